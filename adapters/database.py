@@ -1,0 +1,89 @@
+"""Connections to PostgreSQL: the asyncpg pool and the Alembic migrations."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from alembic import command
+from alembic.config import Config
+
+import migrations
+from adapters.event_store import init_connection
+
+MIGRATIONS_DIR = Path(migrations.__file__).parent
+
+
+def asyncpg_url(url: str) -> str:
+    """The plain `postgresql://` form asyncpg takes (SQLAlchemy's driver suffix removed)."""
+    scheme, rest = url.split("://", 1)
+    return f"{scheme.split('+', 1)[0]}://{rest}"
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The `postgresql+asyncpg://` form SQLAlchemy and Alembic take."""
+    return "postgresql+asyncpg://" + asyncpg_url(url).split("://", 1)[1]
+
+
+def with_database(url: str, database: str) -> str:
+    """The same server URL pointed at another database."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    """An asyncpg pool whose connections pass jsonb through as bytes."""
+    pool = await asyncpg.create_pool(
+        asyncpg_url(url), min_size=min_size, max_size=max_size, init=init_connection
+    )
+    assert pool is not None
+    return pool
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
+    return cfg
+
+
+def migrate_sync(url: str, revision: str = "head") -> None:
+    """Bring the database up to `revision` (blocking; Alembic runs its own event loop)."""
+    command.upgrade(alembic_config(url), revision)
+
+
+async def migrate(url: str, revision: str = "head") -> None:
+    """Bring the database up to `revision` from async code."""
+    await asyncio.to_thread(migrate_sync, url, revision)
+
+
+async def current_revision(url: str) -> str | None:
+    conn = await asyncpg.connect(asyncpg_url(url))
+    try:
+        exists = await conn.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL")
+        if not exists:
+            return None
+        rev: str | None = await conn.fetchval("SELECT version_num FROM alembic_version")
+        return rev
+    finally:
+        await conn.close()
+
+
+async def create_database(server_url: str, name: str) -> str:
+    """Create database `name` on the server and return its URL."""
+    conn = await asyncpg.connect(asyncpg_url(server_url))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(server_url, name)
+
+
+async def drop_database(server_url: str, name: str) -> None:
+    conn = await asyncpg.connect(asyncpg_url(server_url))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()

@@ -1,0 +1,273 @@
+"""The PostgreSQL event store: one append-only table, optimistic concurrency, commit-ordered reads.
+
+Subscribers read in `(tx, position)` order and only below the oldest transaction still running
+(`pg_snapshot_xmin`), so an event whose transaction commits late is never skipped: a plain
+`position >` read would step past it while it was still invisible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Sequence
+from typing import Any, NamedTuple
+
+import asyncpg
+import msgspec
+
+import domain.account
+import domain.job  # noqa: F401
+from domain.errors import ConcurrencyError
+from domain.events import Event, EventRegistry, Metadata, NewEvent, RecordedEvent, registry
+
+NOTIFY_CHANNEL = "spool_events"
+
+_encode = msgspec.json.Encoder().encode
+_decode_metadata = msgspec.json.Decoder(Metadata).decode
+_decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+class Checkpoint(NamedTuple):
+    """A place in the global order: the last `(tx, position)` a reader has seen."""
+
+    tx: int = 0
+    position: int = 0
+
+
+ORIGIN = Checkpoint()
+"""Before the first event."""
+
+
+class StreamAppend(NamedTuple):
+    """One stream's share of a batched append."""
+
+    stream_id: str
+    events: Sequence[NewEvent]
+    expected_version: int | None = None
+
+
+class AppendResult(NamedTuple):
+    stream_id: str
+    version: int
+    position: int
+
+
+_APPEND_ONE = f"""
+WITH head AS (
+    SELECT coalesce(max(version), 0) AS v FROM events WHERE stream_id = $1
+), wake AS (
+    SELECT pg_notify('{NOTIFY_CHANNEL}', '')
+)
+INSERT INTO events (stream_id, version, type, schema_version, data, metadata)
+SELECT $1, head.v + e.n, e.type, e.sv, e.data, e.meta
+FROM head, wake,
+     unnest($2::text[], $3::int2[], $4::jsonb[], $5::jsonb[])
+         WITH ORDINALITY AS e(type, sv, data, meta, n)
+WHERE $6::int IS NULL OR head.v = $6::int
+RETURNING version, position
+"""
+
+_HEADS = """
+SELECT s.stream_id, coalesce((SELECT max(version) FROM events e WHERE e.stream_id = s.stream_id), 0)
+FROM unnest($1::text[]) AS s(stream_id)
+"""
+
+_APPEND_MANY = f"""
+WITH wake AS (SELECT pg_notify('{NOTIFY_CHANNEL}', ''))
+INSERT INTO events (stream_id, version, type, schema_version, data, metadata)
+SELECT e.stream_id, e.version, e.type, e.sv, e.data, e.meta
+FROM wake, unnest($1::text[], $2::int4[], $3::text[], $4::int2[], $5::jsonb[], $6::jsonb[])
+     AS e(stream_id, version, type, sv, data, meta)
+RETURNING stream_id, version, position
+"""
+
+_COLUMNS = (
+    "position, tx::text::bigint, stream_id, version, type, schema_version, data, metadata, "
+    "recorded_at"
+)
+
+_READ_STREAM = f"""
+SELECT {_COLUMNS} FROM events
+WHERE stream_id = $1 AND version >= $2 AND ($3::bigint IS NULL OR position <= $3::bigint)
+ORDER BY version LIMIT $4
+"""
+
+_READ_ALL = f"""
+SELECT {_COLUMNS} FROM events
+WHERE (tx, position) > ($1::text::xid8, $2::bigint)
+  AND tx < pg_snapshot_xmin(pg_current_snapshot())
+  AND ($4::text[] IS NULL OR type = ANY($4::text[]))
+ORDER BY tx, position
+LIMIT $3
+"""
+
+_STREAM_VERSION = "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1"
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Pass jsonb through as raw bytes: msgspec encodes and decodes it, not the driver."""
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=lambda b: b"\x01" + b,
+        decoder=lambda b: b[1:],
+        format="binary",
+    )
+
+
+class EventStore:
+    """Append to and read from the `events` table through an asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool, types: EventRegistry = registry) -> None:
+        self.pool = pool
+        self.types = types
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _columns(
+        self, events: Sequence[NewEvent]
+    ) -> tuple[list[str], list[int], list[bytes], list[bytes]]:
+        names, versions, data, meta = [], [], [], []
+        for e in events:
+            cls = type(e.event)
+            names.append(cls.__name__)
+            versions.append(cls.schema_version)
+            data.append(_encode(e.event))
+            meta.append(_encode(e.metadata))
+        return names, versions, data, meta
+
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None,
+        *,
+        conn: asyncpg.Connection | None = None,
+    ) -> AppendResult:
+        """Append `events` atomically after `expected_version` (None: wherever the stream ends).
+
+        A stream that moved on raises ConcurrencyError; the caller re-reads and decides again.
+        """
+        if not events:
+            raise ValueError("append needs at least one event")
+        columns = self._columns(events)
+        for attempt in range(5):
+            try:
+                if conn is not None:
+                    rows = await conn.fetch(_APPEND_ONE, stream_id, *columns, expected_version)
+                else:
+                    rows = await self.pool.fetch(_APPEND_ONE, stream_id, *columns, expected_version)
+            except asyncpg.UniqueViolationError:
+                # Another writer took the same version between our read of the head and insert.
+                if expected_version is not None or conn is not None:
+                    raise ConcurrencyError(stream_id, expected_version) from None
+                await asyncio.sleep(0.001 * (attempt + 1))
+                continue
+            if not rows:
+                actual = await (conn or self.pool).fetchval(_STREAM_VERSION, stream_id)
+                raise ConcurrencyError(stream_id, expected_version, actual)
+            last = rows[-1]
+            return AppendResult(stream_id, last["version"], last["position"])
+        raise ConcurrencyError(stream_id, expected_version)
+
+    async def append_many(
+        self, appends: Sequence[StreamAppend], *, conn: asyncpg.Connection | None = None
+    ) -> list[AppendResult]:
+        """Append to many streams in one transaction and one insert: the path for high volume.
+
+        All or nothing: one stream whose head is not its expected version fails the batch.
+        """
+        if conn is None:
+            async with self.pool.acquire() as own, own.transaction():
+                return await self.append_many(appends, conn=own)
+        stream_ids = list(dict.fromkeys(a.stream_id for a in appends))
+        heads = dict(await conn.fetch(_HEADS, stream_ids))
+        streams: list[str] = []
+        versions: list[int] = []
+        names: list[str] = []
+        schema_versions: list[int] = []
+        data: list[bytes] = []
+        meta: list[bytes] = []
+        for a in appends:
+            head = heads[a.stream_id]
+            if a.expected_version is not None and a.expected_version != head:
+                raise ConcurrencyError(a.stream_id, a.expected_version, head)
+            n, sv, d, m = self._columns(a.events)
+            streams.extend([a.stream_id] * len(n))
+            versions.extend(range(head + 1, head + 1 + len(n)))
+            heads[a.stream_id] = head + len(n)
+            names.extend(n)
+            schema_versions.extend(sv)
+            data.extend(d)
+            meta.extend(m)
+        try:
+            rows = await conn.fetch(
+                _APPEND_MANY, streams, versions, names, schema_versions, data, meta
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise ConcurrencyError("<batch>", None) from exc
+        last: dict[str, AppendResult] = {}
+        for r in rows:
+            last[r["stream_id"]] = AppendResult(r["stream_id"], r["version"], r["position"])
+        return list(last.values())
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _record(self, row: asyncpg.Record) -> RecordedEvent:
+        name: str = row[4]
+        stored_version: int = row[5]
+        cls = self.types.cls(name)
+        if stored_version == cls.schema_version:
+            data: Event = msgspec.json.decode(row[6], type=cls)
+        else:
+            upcast = self.types.upcast(name, stored_version, _decode_dict(row[6]))
+            data = msgspec.convert(upcast, cls)
+        return RecordedEvent(
+            position=row[0],
+            tx=row[1],
+            stream_id=row[2],
+            version=row[3],
+            type=name,
+            schema_version=cls.schema_version,
+            data=data,
+            metadata=_decode_metadata(row[7]),
+            recorded_at=row[8],
+        )
+
+    async def read_stream(
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        *,
+        limit: int | None = None,
+        up_to_position: int | None = None,
+        conn: asyncpg.Connection | None = None,
+    ) -> list[RecordedEvent]:
+        """A stream's events from `from_version` on, in version order."""
+        rows = await (conn or self.pool).fetch(
+            _READ_STREAM, stream_id, from_version, up_to_position, limit
+        )
+        return [self._record(r) for r in rows]
+
+    async def read_all(
+        self,
+        after: Checkpoint = ORIGIN,
+        limit: int = 1000,
+        *,
+        types: Collection[str] | None = None,
+        conn: asyncpg.Connection | None = None,
+    ) -> list[RecordedEvent]:
+        """Events after `after` in commit order, never past a transaction still in flight."""
+        rows = await (conn or self.pool).fetch(
+            _READ_ALL, str(after.tx), after.position, limit, list(types) if types else None
+        )
+        return [self._record(r) for r in rows]
+
+    async def stream_version(self, stream_id: str) -> int:
+        """The version of a stream's last event; 0 for a stream with none."""
+        version: int = await self.pool.fetchval(_STREAM_VERSION, stream_id)
+        return version
+
+
+def checkpoint_of(event: RecordedEvent) -> Checkpoint:
+    """The checkpoint that stands just after `event`."""
+    return Checkpoint(event.tx, event.position)

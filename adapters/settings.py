@@ -1,0 +1,57 @@
+"""The one settings object, read from `SPOOL_*` environment variables and `spool` flags."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import msgspec
+import platformdirs
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    """Everything Spool is configured with. `None` URLs mean: start an embedded server."""
+
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path(platformdirs.user_data_dir("spool"))
+    storage_url: str | None = None
+    api_key: str | None = None
+    secret_key: str | None = None
+    url_allowlist: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 8081
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from the environment; non-None `overrides` (CLI flags) win."""
+        env = dict(os.environ) if env is None else env
+        values: dict[str, object] = {
+            "database_url": env.get("SPOOL_DATABASE_URL") or None,
+            "redis_url": env.get("SPOOL_REDIS_URL") or None,
+            "storage_url": env.get("SPOOL_STORAGE_URL") or None,
+            "api_key": env.get("SPOOL_API_KEY") or None,
+            "secret_key": env.get("SPOOL_SECRET_KEY") or None,
+            "url_allowlist": tuple(
+                h.strip() for h in env.get("SPOOL_URL_ALLOWLIST", "").split(",") if h.strip()
+            ),
+        }
+        if env.get("SPOOL_DATA_DIR"):
+            values["data_dir"] = Path(env["SPOOL_DATA_DIR"])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "data_dir" in values:
+            values["data_dir"] = Path(str(values["data_dir"])).expanduser()
+        return msgspec.convert(values, cls, strict=False)
+
+    def resolved_secret_key(self) -> str:
+        """The secret key: from settings, else generated once into the data dir."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()

@@ -1,0 +1,85 @@
+"""Every table Spool owns, as SQLAlchemy Core metadata; Alembic migrations mirror these."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+metadata = sa.MetaData()
+
+
+class Xid8(sa.types.UserDefinedType[int]):
+    """PostgreSQL's 64-bit transaction id: the commit-order key of the log."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: object) -> str:
+        return "xid8"
+
+
+# The append-only log. `tx` orders subscribers: see DESIGN.md, "The event store".
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("position", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("stream_id", sa.Text, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("schema_version", sa.SmallInteger, nullable=False),
+    sa.Column("data", pg.JSONB, nullable=False),
+    sa.Column("metadata", pg.JSONB, nullable=False),
+    sa.Column(
+        "recorded_at",
+        sa.DateTime(timezone=True),
+        nullable=False,
+        server_default=sa.text("clock_timestamp()"),
+    ),
+    sa.Column("tx", Xid8(), nullable=False, server_default=sa.text("pg_current_xact_id()")),
+    sa.UniqueConstraint("stream_id", "version", name="events_stream_version_key"),
+    sa.Index("events_tx_position_idx", "tx", "position"),
+)
+
+# One row per projection or process manager: how far it has read the log.
+checkpoints = sa.Table(
+    "checkpoints",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("tx", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("position", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
+    ),
+)
+
+# Projection tables. A projection owns its tables: they can be rebuilt aside and swapped in.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("key_hash", sa.Text, primary_key=True),
+    sa.Column("key_id", sa.Text, nullable=False, unique=True),
+    sa.Column("account_id", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("hint", sa.Text, nullable=False),
+    sa.Column("admin", sa.Boolean, nullable=False),
+    sa.Column("revoked", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("job_id", sa.Text, primary_key=True),
+    sa.Column("account_id", sa.Text, nullable=False),
+    sa.Column("batch_id", sa.Text),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("step", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("version", sa.Integer, nullable=False),
+    # The whole folded JobState, so the row is exactly the fold of the stream.
+    sa.Column("state", pg.JSONB, nullable=False),
+    sa.Index("jobs_account_created_idx", "account_id", sa.text("created_at DESC"), "job_id"),
+    sa.Index("jobs_batch_idx", "batch_id", postgresql_where=sa.text("batch_id IS NOT NULL")),
+)

@@ -1,0 +1,1 @@
+"""Spool's HTTP surfaces, served by Litestar."""

@@ -1,0 +1,41 @@
+"""The Litestar application: every surface, the OpenAPI document and Swagger UI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from litestar import Litestar, MediaType, get
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.response import Redirect
+
+from adapters.event_store import EventStore
+from adapters.settings import Settings
+from api.jobs import JobsController
+from api.requests import request_id_middleware
+
+
+@get("/swagger", include_in_schema=False, media_type=MediaType.HTML)
+async def swagger() -> Redirect:
+    return Redirect("/schema/swagger")
+
+
+def create_app(
+    *, pool: asyncpg.Pool, store: EventStore, settings: Settings, **extra: Any
+) -> Litestar:
+    """Build the API over an open pool; the caller owns the pool's life."""
+    return Litestar(
+        route_handlers=[JobsController, swagger],
+        middleware=[request_id_middleware],
+        state=State({"pool": pool, "store": store, "settings": settings, **extra}),
+        openapi_config=OpenAPIConfig(
+            title="Spool",
+            version="0.1.0",
+            description="A self-hostable, event-sourced media job cluster.",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+        debug=False,
+    )

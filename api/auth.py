@@ -1,0 +1,52 @@
+"""Authentication by API key: `x-api-key`, or `Authorization: Bearer`, checked against digests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request
+from litestar.datastructures import State
+
+from api.errors import JobApiError
+from domain.account import hash_key
+
+
+class Principal(msgspec.Struct, frozen=True):
+    """Who is calling: the key, its account, and whether it may see the whole cluster."""
+
+    key_id: str
+    account_id: str
+    admin: bool
+
+
+def presented_key(request: Request[Any, Any, Any]) -> str | None:
+    """The key a request carries, if any."""
+    key = request.headers.get("x-api-key")
+    if key:
+        return key.strip()
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+async def lookup(state: State, key: str) -> Principal | None:
+    """The principal a key belongs to, or None for an unknown or revoked key."""
+    row = await state.pool.fetchrow(
+        "SELECT key_id, account_id, admin FROM api_keys WHERE key_hash = $1 AND NOT revoked",
+        hash_key(key),
+    )
+    return Principal(row["key_id"], row["account_id"], row["admin"]) if row else None
+
+
+async def job_api_principal(request: Request[Any, Any, Any]) -> Principal:
+    """The caller of a job API endpoint; 401 in the job API's words otherwise."""
+    key = presented_key(request)
+    if key is None:
+        raise JobApiError(status_code=401, detail="Missing x-api-key header")
+    principal = await lookup(request.app.state, key)
+    if principal is None:
+        raise JobApiError(status_code=401, detail="Invalid API Key")
+    return principal

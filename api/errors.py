@@ -1,0 +1,47 @@
+"""Error shapes, one mapper per surface. The job API answers `{"error": "..."}`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from domain.errors import ConcurrencyError
+
+log = logging.getLogger("spool.api")
+
+
+class JobApiError(HTTPException):
+    """An error the job API reports as `{"error": detail}` with `status_code`."""
+
+
+def _validation_message(exc: ValidationException) -> str:
+    extra = exc.extra
+    if isinstance(extra, list) and extra:
+        first = extra[0]
+        if isinstance(first, dict):
+            message = str(first.get("message", exc.detail))
+            key = first.get("key")
+            return f"{message} (field: {key})" if key else message
+    return str(exc.detail)
+
+
+def job_api_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
+    """Map any exception raised under the job API to its documented `{"error": ...}` shape."""
+    if isinstance(exc, ValidationException):
+        return Response({"error": _validation_message(exc)}, status_code=400)
+    if isinstance(exc, HTTPException):
+        return Response(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+    if isinstance(exc, ConcurrencyError):
+        return Response(
+            {"error": "The job changed while this request ran; try again"}, status_code=409
+        )
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return Response({"error": "Internal server error"}, status_code=500)
+
+
+JOB_API_ERRORS = {Exception: job_api_error}

@@ -1,0 +1,26 @@
+"""Errors the domain raises; each surface maps them to its own error shape."""
+
+
+class DomainError(Exception):
+    """A command was refused by the rules of the domain."""
+
+
+class ConcurrencyError(DomainError):
+    """A stream moved on since it was read: re-read it and decide again."""
+
+    def __init__(self, stream_id: str, expected: int | None, actual: int | None = None) -> None:
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"stream {stream_id!r} is at version {actual if actual is not None else '?'}, "
+            f"expected {expected}"
+        )
+
+
+class UnknownEventType(DomainError):
+    """An event type name that no module registered (written by a newer Spool?)."""
+
+
+class InvalidTransition(DomainError):
+    """The command does not apply to the aggregate in its current state."""

@@ -1,0 +1,1 @@
+"""Background work that follows the log: projections, process managers, workers, heartbeats."""

