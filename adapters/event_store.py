@@ -7,7 +7,6 @@ Subscribers read in `(tx, position)` order and only below the oldest transaction
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Collection, Sequence
 from typing import Any, NamedTuple
 
@@ -100,6 +99,8 @@ ORDER BY tx, position
 LIMIT $3
 """
 
+_LOCK_STREAM = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+
 _STREAM_VERSION = "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1"
 
 
@@ -150,24 +151,30 @@ class EventStore:
         if not events:
             raise ValueError("append needs at least one event")
         columns = self._columns(events)
-        for attempt in range(5):
-            try:
-                if conn is not None:
-                    rows = await conn.fetch(_APPEND_ONE, stream_id, *columns, expected_version)
-                else:
-                    rows = await self.pool.fetch(_APPEND_ONE, stream_id, *columns, expected_version)
-            except asyncpg.UniqueViolationError:
-                # Another writer took the same version between our read of the head and insert.
-                if expected_version is not None or conn is not None:
-                    raise ConcurrencyError(stream_id, expected_version) from None
-                await asyncio.sleep(0.001 * (attempt + 1))
-                continue
-            if not rows:
-                actual = await (conn or self.pool).fetchval(_STREAM_VERSION, stream_id)
-                raise ConcurrencyError(stream_id, expected_version, actual)
-            last = rows[-1]
-            return AppendResult(stream_id, last["version"], last["position"])
-        raise ConcurrencyError(stream_id, expected_version)
+        if expected_version is None and conn is None:
+            # "Wherever it ends": queue behind other writers of this stream instead of racing.
+            async with self.pool.acquire() as own, own.transaction():
+                await own.execute(_LOCK_STREAM, stream_id)
+                return await self._insert(own, stream_id, columns, None)
+        return await self._insert(conn or self.pool, stream_id, columns, expected_version)
+
+    async def _insert(
+        self,
+        db: asyncpg.Pool | asyncpg.Connection,
+        stream_id: str,
+        columns: tuple[list[str], list[int], list[bytes], list[bytes]],
+        expected_version: int | None,
+    ) -> AppendResult:
+        try:
+            rows = await db.fetch(_APPEND_ONE, stream_id, *columns, expected_version)
+        except asyncpg.UniqueViolationError:
+            # Another writer took the same version between our read of the head and insert.
+            raise ConcurrencyError(stream_id, expected_version) from None
+        if not rows:
+            actual = await db.fetchval(_STREAM_VERSION, stream_id)
+            raise ConcurrencyError(stream_id, expected_version, actual)
+        last = rows[-1]
+        return AppendResult(stream_id, last["version"], last["position"])
 
     async def append_many(
         self, appends: Sequence[StreamAppend], *, conn: asyncpg.Connection | None = None

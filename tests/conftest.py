@@ -1,0 +1,130 @@
+"""The one test harness: real PostgreSQL and Redis, a fresh database per run, the API in-process.
+
+`SPOOL_TEST_DATABASE_URL` / `SPOOL_TEST_REDIS_URL` point the suite at running servers (CI uses
+the machine's); without them it starts embedded ones, as `spool up` would.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from litestar import Litestar
+
+from adapters.database import create_database, create_pool, drop_database, migrate
+from adapters.event_store import EventStore
+from adapters.settings import Settings
+from api.app import create_app
+from reactors.projection import ProjectionRunner
+from reactors.projections import all_projections
+from spool.embedded import EmbeddedPostgres, EmbeddedRedis
+from spool.keys import issue
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server to create test databases on."""
+    given = os.environ.get("SPOOL_TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    pg = EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg"))
+    try:
+        yield pg.start()
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis server of the suite's own."""
+    given = os.environ.get("SPOOL_TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    redis = EmbeddedRedis(tmp_path_factory.mktemp("embedded-redis"))
+    try:
+        yield redis.start()
+    finally:
+        redis.stop()
+
+
+async def _fresh_database(server_url: str) -> tuple[str, str]:
+    name = f"spool_test_{uuid.uuid4().hex[:12]}"
+    url = await create_database(server_url, name)
+    await migrate(url)
+    return name, url
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_url: str) -> AsyncIterator[str]:
+    """A database of this test run's own, migrated to head, dropped at the end."""
+    name, url = await _fresh_database(server_url)
+    yield url
+    await drop_database(server_url, name)
+
+
+@pytest.fixture
+async def fresh_database_url(server_url: str) -> AsyncIterator[str]:
+    """A database of this one test's own, for tests that look at the whole log."""
+    name, url = await _fresh_database(server_url)
+    yield url
+    await drop_database(server_url, name)
+
+
+@pytest.fixture(scope="session")
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(database_url, min_size=2, max_size=20)
+    yield p
+    await p.close()
+
+
+@pytest.fixture(scope="session")
+def store(pool: asyncpg.Pool) -> EventStore:
+    return EventStore(pool)
+
+
+@pytest.fixture(scope="session")
+def runner(store: EventStore) -> ProjectionRunner:
+    return ProjectionRunner(store, all_projections())
+
+
+def api_client(app: Litestar) -> httpx.AsyncClient:
+    """An HTTP client bound to `app` in this event loop (so it can share the test's pool)."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://spool.test")
+
+
+@pytest.fixture(scope="session")
+async def client(
+    pool: asyncpg.Pool, store: EventStore, database_url: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The API, in-process, over the run's database."""
+    app = create_app(pool=pool, store=store, settings=Settings(database_url=database_url))
+    async with api_client(app) as c:
+        yield c
+
+
+@pytest.fixture
+async def api_key(store: EventStore, runner: ProjectionRunner) -> str:
+    """A fresh account's key, usable at once."""
+    key, _ = await issue(store, name=f"test-{uuid.uuid4().hex[:6]}", admin=False)
+    await runner.catch_up("api_keys")
+    return key
+
+
+@pytest.fixture
+async def other_api_key(store: EventStore, runner: ProjectionRunner) -> str:
+    """A second, unrelated account's key."""
+    key, _ = await issue(store, name="someone-else", admin=False)
+    await runner.catch_up("api_keys")
+    return key
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

@@ -1,0 +1,153 @@
+"""The `spool` command against the run's database, and `spool up` on embedded defaults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from adapters.event_store import EventStore
+from spool.embedded import free_port
+
+SPOOL = [sys.executable, "-m", "spool"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOL_")}
+    env.update(extra)
+    return env
+
+
+def _spool(
+    *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SPOOL, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+async def test_keys_create_prints_a_key_that_works_at_once(
+    database_url: str, client: httpx.AsyncClient
+) -> None:
+    done = _spool(
+        "keys", "create", "--name", "ci robot", "--database-url", database_url, env=_env()
+    )
+    assert done.returncode == 0, done.stderr
+    key = done.stdout.strip().splitlines()[-1]
+    assert key.startswith("sk_")
+
+    answer = await client.post(
+        "/jobs", json={"url": "http://media.test/k.mp4"}, headers={"x-api-key": key}
+    )
+    assert answer.status_code == 201
+
+
+async def test_keys_are_stored_only_as_digests(database_url: str, store: EventStore) -> None:
+    done = _spool(
+        "keys",
+        "create",
+        "--name",
+        "digest check",
+        "--admin",
+        "--database-url",
+        database_url,
+        env=_env(),
+    )
+    key = done.stdout.strip().splitlines()[-1]
+    everywhere = await store.pool.fetchval(
+        "SELECT count(*) FROM events WHERE data::text LIKE '%' || $1 || '%' "
+        "OR metadata::text LIKE '%' || $1 || '%'",
+        key,
+    )
+    in_keys_table = await store.pool.fetchval(
+        "SELECT count(*) FROM api_keys WHERE key_hash = $1 OR hint = $1", key
+    )
+    assert (everywhere, in_keys_table) == (0, 0)
+    admin = await store.pool.fetchval("SELECT admin FROM api_keys WHERE name = 'digest check'")
+    assert admin is True
+
+
+def test_a_blank_key_name_is_a_clear_cli_error(database_url: str) -> None:
+    done = _spool("keys", "create", "--name", "  ", "--database-url", database_url, env=_env())
+    assert done.returncode == 2
+    assert "--name" in done.stderr and "blank" in done.stderr
+
+
+def test_rebuilding_an_unknown_projection_names_the_known_ones(database_url: str) -> None:
+    done = _spool("projections", "rebuild", "nope", "--database-url", database_url, env=_env())
+    assert done.returncode == 2
+    assert "jobs" in done.stderr and "api_keys" in done.stderr
+
+
+async def test_projections_rebuild_keeps_every_row(
+    database_url: str, client: httpx.AsyncClient, api_key: str, store: EventStore
+) -> None:
+    for i in range(3):
+        await client.post(
+            "/jobs", json={"url": f"http://media.test/r{i}.mp4"}, headers={"x-api-key": api_key}
+        )
+    done = _spool("projections", "rebuild", "--database-url", database_url, env=_env())
+    assert done.returncode == 0, done.stderr
+    assert "jobs: rebuilt from" in done.stdout
+    jobs_in_log = await store.pool.fetchval("SELECT count(*) FROM events WHERE type = 'JobCreated'")
+    assert await store.pool.fetchval("SELECT count(*) FROM jobs") == jobs_in_log
+    listing = await client.get("/jobs", headers={"x-api-key": api_key})
+    assert len(listing.json()["jobs"]) == 3
+
+
+def test_spool_up_serves_jobs_on_embedded_defaults_and_stops_cleanly(tmp_path: Path) -> None:
+    """The first command a new user runs: no Postgres or Redis configured."""
+    port = free_port()
+    key = "sk_smoke_test_key_0123456789abcdef"
+    data_dir = tmp_path / "data"
+    env = _env(SPOOL_API_KEY=key)
+    log = (tmp_path / "up.log").open("w")
+    proc = subprocess.Popen(
+        [*SPOOL, "up", "--port", str(port), "--data-dir", str(data_dir)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "up.log").read_text()
+            try:
+                if httpx.get(f"{base}/schema/openapi.json", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "spool up did not answer within 120 s"
+            time.sleep(0.25)
+
+        headers = {"x-api-key": key}
+        created = httpx.post(
+            f"{base}/jobs", json={"url": "http://media.test/s.mp4"}, headers=headers
+        )
+        assert created.status_code == 201
+        job_id = created.json()["job_id"]
+        got = httpx.get(f"{base}/jobs/{job_id}", headers=headers).json()
+        assert (got["status"], got["step"]) == ("Pending", "Queued")
+        history = httpx.get(f"{base}/jobs/{job_id}/events", headers=headers).json()
+        assert [e["type"] for e in history["events"]] == ["JobCreated"]
+
+        # A second spool process on the same data dir joins the running embedded server.
+        second = _spool(
+            "keys", "create", "--name", "second", "--data-dir", str(data_dir), env=_env()
+        )
+        assert second.returncode == 0, second.stderr
+        other = second.stdout.strip().splitlines()[-1]
+        theirs = httpx.get(f"{base}/jobs/{job_id}", headers={"x-api-key": other})
+        assert theirs.status_code == 404
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        log.close()
+    assert code == 0, (tmp_path / "up.log").read_text()
+    assert not (data_dir / "postgres" / "postmaster.pid").exists()
