@@ -25,6 +25,9 @@ from reactors.projections import all_projections
 from spool.embedded import EmbeddedPostgres, EmbeddedRedis
 from spool.keys import issue
 
+# Fixtures for real media (FFmpeg + loopback HTTP) and a real S3 server (moto) live beside this.
+pytest_plugins = ["tests.fixtures.media", "tests.fixtures.s3"]
+
 
 @pytest.fixture(scope="session")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
