@@ -1,0 +1,821 @@
+"""Object storage: where finished media goes. Any S3-compatible endpoint, or a local folder.
+
+Both backends speak one small protocol (`ObjectStorage`) so the upload stage does not care which
+it has. Keys given to a storage are relative to that storage's own prefix (an S3 URL's path, or a
+folder's root) and are checked so that they can never climb out of it.
+
+An upload ends in exactly one of two states: the whole object is there, or nothing is. A cancel or
+a failure mid-upload aborts the multipart upload (S3 keeps, and bills, the parts of an upload
+nobody completes or aborts), and a cancel that lands after the object was written deletes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import mimetypes
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any, Protocol, TypeAlias
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import msgspec
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+log = logging.getLogger(__name__)
+
+UploadProgress: TypeAlias = Callable[[int, int], None]
+"""Called as `(bytes_sent, total_bytes)` while an upload runs, ending with `(total, total)`."""
+
+# S3's own limits: parts other than the last must be at least 5 MiB, an upload has at most
+# 10,000 parts, and a SigV4 presigned URL lives at most 7 days.
+MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_PARTS = 10_000
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+
+_LOCAL_CHUNK = 1024 * 1024
+_LOCAL_TEMP_PREFIX = ".spool-upload-"
+_PROBE_PREFIX = ".spool-probe-"
+
+# Error codes that mean "try again later" even when the status is a 4xx (S3 throttles with 503
+# SlowDown, but other S3-compatible stores answer 429 or 400 with these codes).
+_RETRYABLE_CODES = frozenset(
+    {
+        "InternalError",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "ServiceUnavailable",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "TooManyRequests",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+    }
+)
+
+
+class StoredObject(msgspec.Struct):
+    """An object that an upload left in storage.
+
+    `key` is the key as given (relative to the storage's prefix); `url` names the object in full:
+    `s3://bucket/prefix/key` or `file:///abs/path`. `etag` is S3's ETag without its quotes (an MD5
+    hex digest for single-part objects, `<md5>-<parts>` for multipart ones).
+    """
+
+    key: str
+    size: int
+    etag: str | None
+    url: str
+
+
+class StorageError(Exception):
+    """A storage refused or failed an operation.
+
+    The message is the storage's own reason (`"NoSuchBucket: The specified bucket does not
+    exist"`) and is safe to show a user: it never carries credentials. `retryable` says whether the
+    same call may succeed later (server errors, throttling, connection trouble) or needs someone to
+    change something first (missing bucket, denied access).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.code = code
+
+
+class StorageCancelled(Exception):
+    """An upload was cancelled through its `cancel` event; no object was left behind."""
+
+
+class ObjectStorage(Protocol):
+    """What the upload stage needs from a storage. Keys are relative to the storage's prefix."""
+
+    description: str
+    """Where objects go, for people and logs, e.g. `s3://bucket/prefix at http://host:9000`."""
+
+    async def put_file(
+        self,
+        key: str,
+        path: Path,
+        *,
+        content_type: str | None = None,
+        on_progress: UploadProgress | None = None,
+        cancel: asyncio.Event | None = None,
+    ) -> StoredObject:
+        """Upload the file at `path` as `key`; all of it or, on error or cancel, nothing."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Delete `key`; deleting a missing object is not an error."""
+        ...
+
+    async def exists(self, key: str) -> bool:
+        """Whether an object `key` exists."""
+        ...
+
+    async def presigned_url(self, key: str, expires_seconds: int = 86400) -> str:
+        """A URL that fetches `key` without credentials for `expires_seconds`."""
+        ...
+
+    async def probe(self) -> None:
+        """Write and delete a small object; raise `StorageError` with the storage's reason."""
+        ...
+
+    async def list_keys(self, prefix: str = "") -> list[str]:
+        """Every key starting with `prefix`, sorted."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the storage may be used again afterwards."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys
+
+
+def _check_key(key: str, *, what: str = "object key") -> str:
+    """`key` if it is a clean relative path, else ValueError. Shared by every backend so that a
+    key that would escape a folder is refused in S3 too (the same key may later go to a folder).
+    """
+    if not key:
+        raise ValueError(f"{what} is empty")
+    if "\x00" in key:
+        raise ValueError(f"{what} contains a NUL character")
+    if "\\" in key:
+        raise ValueError(f"{what} contains a backslash: {key!r}")
+    if key.startswith("/"):
+        raise ValueError(f"{what} must be relative, not start with '/': {key!r}")
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            raise ValueError(f"{what} has an empty, '.' or '..' path segment: {key!r}")
+    return key
+
+
+def object_key(prefix: str, folder: str | None, filename: str) -> str:
+    """Join `prefix`, `folder` and `filename` into one object key, refusing anything that could
+    climb out of `prefix` ('..', a leading '/', backslashes, NUL).
+
+    The API sanitises folder and file names already; this is the last line of defence, so it
+    refuses rather than repairs. `prefix` may end in '/'; `folder` may be nested (`a/b`).
+    """
+    parts: list[str] = []
+    prefix = prefix.rstrip("/")
+    if prefix:
+        parts.append(_check_key(prefix, what="prefix"))
+    if folder:
+        parts.append(_check_key(folder.rstrip("/") or "/", what="folder"))
+    if "/" in filename:
+        raise ValueError(f"file name must not contain '/': {filename!r}")
+    parts.append(_check_key(filename, what="file name"))
+    return "/".join(parts)
+
+
+def _content_type(key: str, path: Path) -> str:
+    # The key is what readers will see (the local file may be a temp name), so it wins.
+    guessed = mimetypes.guess_type(key.rsplit("/", 1)[-1])[0] or mimetypes.guess_type(path.name)[0]
+    return guessed or "application/octet-stream"
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress
+
+
+class _ProgressThrottle:
+    """Passes progress on at most once a second or every 5 %, whichever comes first, and then
+    exactly one final `(total, total)` once the object is really stored.
+
+    The final call is held back until the upload is complete (not when the last byte left), so a
+    caller that sees 100 % can rely on the object being there.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        callback: UploadProgress | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        interval: float = 1.0,
+        fraction: float = 0.05,
+    ) -> None:
+        self._total = total
+        self._callback = callback
+        self._clock = clock
+        self._interval = interval
+        self._step = max(1, math.ceil(total * fraction))
+        self._last_sent = 0
+        self._last_time = clock()
+        self._finished = False
+
+    def advance(self, sent: int) -> None:
+        """Note that `sent` bytes are out; maybe tell the callback."""
+        if self._callback is None or self._finished or sent >= self._total:
+            return
+        now = self._clock()
+        if sent - self._last_sent >= self._step or (
+            sent > self._last_sent and now - self._last_time >= self._interval
+        ):
+            self._last_sent, self._last_time = sent, now
+            self._callback(sent, self._total)
+
+    def finish(self) -> None:
+        """The object is stored: report 100 %, once."""
+        if self._callback is None or self._finished:
+            return
+        self._finished = True
+        self._callback(self._total, self._total)
+
+
+def _cancelled(cancel: asyncio.Event | None) -> bool:
+    return cancel is not None and cancel.is_set()
+
+
+# ---------------------------------------------------------------------------------------------
+# S3
+
+
+class S3Storage:
+    """Any S3-compatible store (AWS S3, Cloudflare R2, MinIO, ...) through aiobotocore.
+
+    One client per instance, created on first use and closed by `close()`. Files above
+    `multipart_threshold` go up in `part_size` parts, one at a time, so a cancel takes effect
+    between parts and memory use stays at one part.
+    """
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        path_style: bool = True,
+        multipart_threshold: int = 8 * 1024 * 1024,
+        part_size: int = 8 * 1024 * 1024,
+    ) -> None:
+        if not bucket:
+            raise ValueError("bucket is empty")
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
+        if multipart_threshold < 0:
+            raise ValueError("multipart_threshold must not be negative")
+        prefix = prefix.strip("/")
+        if prefix:
+            _check_key(prefix, what="prefix")
+        self.bucket = bucket
+        self.prefix = prefix
+        self.endpoint_url = endpoint_url
+        # MinIO and moto ignore the region but SigV4 needs one to sign with; us-east-1 is what
+        # they expect. Against AWS itself (no endpoint) botocore's own lookup decides.
+        self.region = region or ("us-east-1" if endpoint_url else None)
+        self.multipart_threshold = multipart_threshold
+        self.part_size = part_size
+        self._access_key = access_key
+        self._secret_key = secret_key
+        self._path_style = path_style
+        self._session = get_session()
+        self._client: Any = None
+        self._stack: AsyncExitStack | None = None
+        self._client_lock = asyncio.Lock()
+        where = _redact_userinfo(endpoint_url) if endpoint_url else f"AWS {self.region or ''}"
+        self.description = f"s3://{bucket}/{prefix} at {where.rstrip()}"
+
+    def __repr__(self) -> str:
+        return f"S3Storage({self.description})"
+
+    def _full_key(self, key: str) -> str:
+        _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _url(self, full_key: str) -> str:
+        return f"s3://{self.bucket}/{full_key}"
+
+    async def _get_client(self) -> Any:
+        if self._client is not None:
+            return self._client
+        async with self._client_lock:
+            if self._client is None:
+                config = AioConfig(
+                    signature_version="s3v4",
+                    s3={"addressing_style": "path" if self._path_style else "auto"},
+                    retries={"max_attempts": 3, "mode": "standard"},
+                    connect_timeout=10,
+                    read_timeout=120,
+                    # botocore >= 1.36 adds CRC checksums to every upload by default; several
+                    # S3-compatible stores (older MinIO, some R2 paths) reject those headers.
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                )
+                stack = AsyncExitStack()
+                self._client = await stack.enter_async_context(
+                    self._session.create_client(
+                        "s3",
+                        endpoint_url=self.endpoint_url,
+                        region_name=self.region,
+                        aws_access_key_id=self._access_key,
+                        aws_secret_access_key=self._secret_key,
+                        config=config,
+                    )
+                )
+                self._stack = stack
+        return self._client
+
+    async def close(self) -> None:
+        """Close the client and its connection pool; a later call opens a new one."""
+        async with self._client_lock:
+            stack, self._stack, self._client = self._stack, None, None
+            if stack is not None:
+                await stack.aclose()
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn botocore's exceptions into `StorageError`s with the storage's own reason."""
+        try:
+            yield
+        except ClientError as exc:
+            raise self._client_error(exc) from exc
+        except (BotoConnectionError, HTTPClientError) as exc:
+            raise StorageError(
+                self._redact(str(exc)), retryable=True, code="ConnectionError"
+            ) from exc
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            raise StorageError(
+                f"NoCredentials: {exc}", retryable=False, code="NoCredentials"
+            ) from exc
+        except BotoCoreError as exc:
+            raise StorageError(self._redact(str(exc)), retryable=False) from exc
+
+    def _client_error(self, exc: ClientError) -> StorageError:
+        error = exc.response.get("Error", {})
+        meta = exc.response.get("ResponseMetadata", {})
+        status = int(meta.get("HTTPStatusCode") or 0)
+        code = str(error.get("Code") or status or "Unknown")
+        # HEAD answers have no body, so botocore only knows the status ("404", "Not Found").
+        message = str(error.get("Message") or "") or _HTTP_REASONS.get(status, "no message")
+        retryable = status >= 500 or status == 429 or code in _RETRYABLE_CODES
+        return StorageError(self._redact(f"{code}: {message}"), retryable=retryable, code=code)
+
+    def _redact(self, text: str) -> str:
+        # Stores echo little back, but an error string must never be the way a secret leaks.
+        if self._secret_key:
+            text = text.replace(self._secret_key, "***")
+        return text
+
+    async def put_file(
+        self,
+        key: str,
+        path: Path,
+        *,
+        content_type: str | None = None,
+        on_progress: UploadProgress | None = None,
+        cancel: asyncio.Event | None = None,
+    ) -> StoredObject:
+        """Upload `path` as `key`: a single PUT up to `multipart_threshold`, multipart above.
+
+        Raises `StorageCancelled` if `cancel` is set before the upload completes (or just after:
+        then the finished object is deleted again), `StorageError` if the storage fails, and
+        `OSError` if the local file cannot be read. Either way no object and no unfinished
+        multipart upload are left behind.
+        """
+        full_key = self._full_key(key)
+        size = (await asyncio.to_thread(path.stat)).st_size
+        content_type = content_type or _content_type(key, path)
+        progress = _ProgressThrottle(size, on_progress)
+        if _cancelled(cancel):
+            raise StorageCancelled(f"upload of {key} cancelled")
+        client = await self._get_client()
+        if size > self.multipart_threshold:
+            etag = await self._put_multipart(
+                client, full_key, path, size, content_type, progress, cancel
+            )
+        else:
+            body = await asyncio.to_thread(path.read_bytes)
+            with self._errors():
+                response = await client.put_object(
+                    Bucket=self.bucket, Key=full_key, Body=body, ContentType=content_type
+                )
+            etag = response.get("ETag")
+        if _cancelled(cancel):
+            # The cancel came while the last request was in flight: undo it, as promised.
+            await self._delete_quietly(client, full_key)
+            raise StorageCancelled(f"upload of {key} cancelled")
+        progress.finish()
+        return StoredObject(
+            key=key, size=size, etag=etag.strip('"') if etag else None, url=self._url(full_key)
+        )
+
+    async def _put_multipart(
+        self,
+        client: Any,
+        full_key: str,
+        path: Path,
+        size: int,
+        content_type: str,
+        progress: _ProgressThrottle,
+        cancel: asyncio.Event | None,
+    ) -> str | None:
+        # A file too big for 10,000 parts of the configured size gets larger parts instead.
+        part_size = max(self.part_size, math.ceil(size / MAX_PARTS))
+        with self._errors():
+            created = await client.create_multipart_upload(
+                Bucket=self.bucket, Key=full_key, ContentType=content_type
+            )
+        upload_id: str = created["UploadId"]
+        try:
+            parts: list[dict[str, Any]] = []
+            sent = 0
+            with path.open("rb") as f:
+                for number in range(1, MAX_PARTS + 1):
+                    if _cancelled(cancel):
+                        raise StorageCancelled(f"upload of {full_key} cancelled")
+                    chunk = await asyncio.to_thread(f.read, part_size)
+                    if not chunk:
+                        break
+                    with self._errors():
+                        part = await client.upload_part(
+                            Bucket=self.bucket,
+                            Key=full_key,
+                            UploadId=upload_id,
+                            PartNumber=number,
+                            Body=chunk,
+                        )
+                    parts.append({"ETag": part["ETag"], "PartNumber": number})
+                    sent += len(chunk)
+                    progress.advance(sent)
+            if _cancelled(cancel):
+                raise StorageCancelled(f"upload of {full_key} cancelled")
+            with self._errors():
+                done = await client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=full_key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+        except BaseException:
+            # Also on task cancellation: shield the abort so the parts do not linger.
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self._abort(client, full_key, upload_id))
+            raise
+        etag = done.get("ETag")
+        return str(etag) if etag else None
+
+    async def _abort(self, client: Any, full_key: str, upload_id: str) -> None:
+        try:
+            await client.abort_multipart_upload(
+                Bucket=self.bucket, Key=full_key, UploadId=upload_id
+            )
+        except Exception as exc:
+            # Nothing more to do here; a bucket lifecycle rule is the backstop for these.
+            log.warning("could not abort multipart upload %s of %s: %s", upload_id, full_key, exc)
+
+    async def _delete_quietly(self, client: Any, full_key: str) -> None:
+        try:
+            await client.delete_object(Bucket=self.bucket, Key=full_key)
+        except Exception as exc:
+            log.warning("could not delete cancelled upload %s: %s", full_key, exc)
+
+    async def delete(self, key: str) -> None:
+        """Delete `key`. S3 answers 204 for a missing key too, so this is idempotent."""
+        full_key = self._full_key(key)
+        client = await self._get_client()
+        with self._errors():
+            await client.delete_object(Bucket=self.bucket, Key=full_key)
+
+    async def exists(self, key: str) -> bool:
+        """Whether `key` exists (a HEAD request; 404 means no)."""
+        full_key = self._full_key(key)
+        client = await self._get_client()
+        try:
+            with self._errors():
+                await client.head_object(Bucket=self.bucket, Key=full_key)
+        except StorageError as exc:
+            if exc.code in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    async def presigned_url(self, key: str, expires_seconds: int = 86400) -> str:
+        """A presigned GET URL for `key`, valid for `expires_seconds` (at most 7 days)."""
+        if not 1 <= expires_seconds <= MAX_PRESIGN_SECONDS:
+            raise ValueError(f"expires_seconds must be between 1 and {MAX_PRESIGN_SECONDS}")
+        full_key = self._full_key(key)
+        client = await self._get_client()
+        with self._errors():
+            url = await client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": full_key},
+                ExpiresIn=expires_seconds,
+            )
+        return str(url)
+
+    async def probe(self) -> None:
+        """Write and delete a tiny object under the prefix: proves bucket, credentials, rights."""
+        full_key = self._full_key(f"{_PROBE_PREFIX}{uuid.uuid4().hex}")
+        client = await self._get_client()
+        with self._errors():
+            await client.put_object(
+                Bucket=self.bucket, Key=full_key, Body=b"spool probe", ContentType="text/plain"
+            )
+            await client.delete_object(Bucket=self.bucket, Key=full_key)
+
+    async def list_keys(self, prefix: str = "") -> list[str]:
+        """Keys under the storage's prefix that start with `prefix`, relative to the storage."""
+        if "\x00" in prefix:
+            raise ValueError("prefix contains a NUL character")
+        base = f"{self.prefix}/" if self.prefix else ""
+        client = await self._get_client()
+        keys: list[str] = []
+        with self._errors():
+            pages = client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base + prefix
+            )
+            async for page in pages:
+                keys.extend(item["Key"][len(base) :] for item in page.get("Contents", []))
+        return sorted(keys)
+
+
+_HTTP_REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    409: "Conflict",
+    412: "Precondition Failed",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def _redact_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
+# ---------------------------------------------------------------------------------------------
+# Local folder
+
+
+class LocalStorage:
+    """Objects as files under `root`: the embedded default, and the same interface as S3.
+
+    Uploads are copied to a hidden temp file beside the target and renamed into place, so a
+    reader never sees half a file and a cancelled upload leaves nothing. Keys are checked and the
+    resolved path must stay under the root (which also catches symlinks pointing out of it).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.description = self.root.as_uri()
+
+    def __repr__(self) -> str:
+        return f"LocalStorage({self.description})"
+
+    def _path(self, key: str) -> Path:
+        _check_key(key)
+        root = self.root.resolve()
+        path = (root / key).resolve()
+        if not path.is_relative_to(root) or path == root:
+            raise ValueError(f"object key escapes the storage root: {key!r}")
+        return path
+
+    async def put_file(
+        self,
+        key: str,
+        path: Path,
+        *,
+        content_type: str | None = None,
+        on_progress: UploadProgress | None = None,
+        cancel: asyncio.Event | None = None,
+    ) -> StoredObject:
+        """Copy `path` to `key` in chunks (cancel is checked between them), then rename it into
+        place. `content_type` is accepted for the protocol's sake; files do not keep one.
+        """
+        target = self._path(key)
+        size = (await asyncio.to_thread(path.stat)).st_size
+        progress = _ProgressThrottle(size, on_progress)
+        if _cancelled(cancel):
+            raise StorageCancelled(f"upload of {key} cancelled")
+        try:
+            await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{exc.strerror}: {target.parent}", retryable=False) from exc
+        temp = target.with_name(f"{_LOCAL_TEMP_PREFIX}{uuid.uuid4().hex}")
+        digest = hashlib.md5(usedforsecurity=False)
+        try:
+            with path.open("rb") as src, temp.open("wb") as dst:
+                sent = 0
+                while True:
+                    if _cancelled(cancel):
+                        raise StorageCancelled(f"upload of {key} cancelled")
+                    chunk = await asyncio.to_thread(src.read, _LOCAL_CHUNK)
+                    if not chunk:
+                        break
+                    await asyncio.to_thread(dst.write, chunk)
+                    digest.update(chunk)
+                    sent += len(chunk)
+                    progress.advance(sent)
+            if _cancelled(cancel):
+                raise StorageCancelled(f"upload of {key} cancelled")
+            await asyncio.to_thread(os.replace, temp, target)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        progress.finish()
+        return StoredObject(key=key, size=size, etag=digest.hexdigest(), url=target.as_uri())
+
+    async def delete(self, key: str) -> None:
+        """Remove `key` (a missing file is fine) and any folders that leaves empty."""
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        root = self.root.resolve()
+        parent = path.parent
+        while parent != root and parent.is_relative_to(root):
+            try:
+                parent.rmdir()
+            except OSError:
+                break  # not empty (or gone): stop climbing
+            parent = parent.parent
+
+    async def exists(self, key: str) -> bool:
+        """Whether a file exists at `key`."""
+        return self._path(key).is_file()
+
+    async def presigned_url(self, key: str, expires_seconds: int = 86400) -> str:
+        """A `file://` URL for `key`; a file has no expiry, so `expires_seconds` is ignored."""
+        return self._path(key).as_uri()
+
+    async def probe(self) -> None:
+        """Create the root if needed, then write and delete a tiny file in it."""
+        probe = self.root / f"{_PROBE_PREFIX}{uuid.uuid4().hex}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"spool probe")
+            probe.unlink()
+        except OSError as exc:
+            raise StorageError(f"{exc.strerror}: {self.root}", retryable=False) from exc
+
+    async def list_keys(self, prefix: str = "") -> list[str]:
+        """Every stored key starting with `prefix` (temp files of running uploads excluded)."""
+        return await asyncio.to_thread(self._list_keys, prefix)
+
+    def _list_keys(self, prefix: str) -> list[str]:
+        root = self.root.resolve()
+        if not root.is_dir():
+            return []
+        keys: list[str] = []
+        for dirpath, _dirnames, filenames in os.walk(root):
+            for name in filenames:
+                if name.startswith((_LOCAL_TEMP_PREFIX, _PROBE_PREFIX)):
+                    continue
+                key = (Path(dirpath) / name).relative_to(root).as_posix()
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+# ---------------------------------------------------------------------------------------------
+# URLs
+
+
+_S3_PARAMS = ("endpoint", "region", "path_style", "access_key", "secret_key")
+_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def storage_from_url(url: str | None, *, data_dir: Path) -> ObjectStorage:
+    """The storage a `SPOOL_STORAGE_URL`-style URL names.
+
+    - `None` or `""`: a `LocalStorage` in `data_dir / "storage"`.
+    - `file:///abs/path`: a `LocalStorage` there.
+    - `s3://bucket/prefix?endpoint=http://127.0.0.1:9000&region=us-east-1&path_style=true`:
+      an `S3Storage`. Credentials come from `access_key` / `secret_key` query parameters when
+      given, else from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, else botocore's own chain
+      (instance roles and the like).
+
+    Anything else raises `ValueError` saying what is wrong; messages never repeat a secret.
+    """
+    if not url:
+        return LocalStorage(data_dir / "storage")
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        return _local_from_url(parts.netloc, parts.path, parts.query)
+    if scheme == "s3":
+        return _s3_from_url(parts.netloc, parts.path, parts.query)
+    shown = f"{scheme}://" if scheme else "a URL without a scheme"
+    raise ValueError(
+        f"unsupported storage URL {shown}: expected s3://bucket/prefix or file:///path"
+    )
+
+
+def _local_from_url(netloc: str, path: str, query: str) -> LocalStorage:
+    if netloc not in ("", "localhost"):
+        raise ValueError(
+            f"file storage URL must be file:///absolute/path (got host {netloc!r}; "
+            "use three slashes)"
+        )
+    if query:
+        raise ValueError("file storage URL takes no query parameters")
+    local = unquote(path)
+    if not local.startswith("/"):
+        raise ValueError("file storage URL needs an absolute path: file:///absolute/path")
+    if "\x00" in local:
+        raise ValueError("file storage URL path contains a NUL character")
+    return LocalStorage(Path(local))
+
+
+def _s3_from_url(netloc: str, path: str, query: str) -> S3Storage:
+    if "@" in netloc:
+        raise ValueError(
+            "s3 storage URL must not carry credentials before the bucket; use access_key and "
+            "secret_key query parameters or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+        )
+    bucket = netloc
+    if not bucket:
+        raise ValueError("s3 storage URL needs a bucket: s3://bucket/prefix")
+    if not _BUCKET.match(bucket):
+        raise ValueError(f"s3 storage URL has an invalid bucket name: {bucket!r}")
+    prefix = unquote(path).strip("/")
+    if prefix:
+        _check_key(prefix, what="s3 storage URL prefix")
+
+    params: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in _S3_PARAMS:
+            raise ValueError(
+                f"unknown s3 storage URL parameter {name!r}; known: {', '.join(_S3_PARAMS)}"
+            )
+        if name in params:
+            raise ValueError(f"s3 storage URL parameter {name!r} is given twice")
+        params[name] = value
+
+    endpoint = params.get("endpoint") or None
+    if endpoint is not None:
+        ep = urlsplit(endpoint)
+        # Checked first so that no message below can echo a password from the endpoint.
+        if "@" in ep.netloc:
+            raise ValueError("s3 storage URL endpoint must not carry credentials")
+        if ep.scheme not in ("http", "https") or not ep.hostname:
+            raise ValueError(
+                f"s3 storage URL endpoint must be http(s)://host[:port], got {endpoint!r}"
+            )
+        try:
+            ep.port  # noqa: B018 - only to validate it
+        except ValueError:
+            raise ValueError(f"s3 storage URL endpoint has a bad port: {endpoint!r}") from None
+
+    path_style = True
+    if "path_style" in params:
+        flag = params["path_style"].lower()
+        if flag not in _TRUE | _FALSE:
+            raise ValueError("s3 storage URL parameter path_style must be true or false")
+        path_style = flag in _TRUE
+
+    access_key = params.get("access_key") or None
+    secret_key = params.get("secret_key") or None
+    if (access_key is None) != (secret_key is None):
+        raise ValueError("s3 storage URL needs both access_key and secret_key, or neither")
+    if access_key is None:
+        access_key = os.environ.get("AWS_ACCESS_KEY_ID") or None
+        secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY") or None
+
+    return S3Storage(
+        bucket=bucket,
+        prefix=prefix,
+        endpoint_url=endpoint,
+        region=params.get("region") or None,
+        access_key=access_key,
+        secret_key=secret_key,
+        path_style=path_style,
+    )
