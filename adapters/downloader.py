@@ -1,0 +1,781 @@
+"""Fetching media with yt-dlp as a library: every connection guarded, HLS/DASH native, no merging.
+
+`download` is blocking; callers run it in a thread. Every HTTP request yt-dlp makes (the page,
+manifests, segments, each redirect hop) goes through one request handler of ours, which asks the
+`UrlGuard` about the URL and, when the socket is opened, about the very address it connects to:
+see `_GuardedRH`.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.client
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+from yt_dlp import YoutubeDL
+from yt_dlp.globals import plugin_dirs
+from yt_dlp.networking._helper import _socket_connect, create_connection
+from yt_dlp.networking._urllib import (
+    HTTPHandler,
+    RedirectHandler,
+    UrllibRH,
+    _create_http_connection,
+)
+from yt_dlp.networking.exceptions import (
+    CertificateVerifyError,
+    HTTPError,
+    RequestError,
+    TransportError,
+    UnsupportedRequest,
+)
+from yt_dlp.utils import DownloadCancelled as YtDlpCancelled
+from yt_dlp.utils import (
+    ExtractorError,
+    GeoRestrictedError,
+    UnsupportedError,
+    determine_protocol,
+)
+
+from adapters.ssrf import UrlGuard, UrlRefused
+
+logger = logging.getLogger(__name__)
+
+FileKind = Literal["video", "audio", "av", "subtitle", "thumbnail"]
+
+# Protocols yt-dlp fetches itself through its networking layer. Anything else (rtmp, rtsp, mms,
+# websockets, ...) would hand the URL to an outside tool that the guard never sees.
+_NATIVE_PROTOCOLS = frozenset(
+    {"http", "https", "m3u8", "m3u8_native", "http_dash_segments", "http_dash_segments_generator"}
+)
+_RESOLUTIONS = re.compile(r"(\d{3,4})p?")
+_PROGRESS_SECONDS = 1.0
+_PROGRESS_PERCENT = 5.0
+
+
+class DownloadProgress(msgspec.Struct, frozen=True):
+    """How far a download has got, across all the files it fetches."""
+
+    downloaded_bytes: int
+    total_bytes: int | None
+    speed: float | None  # bytes/s
+    eta: float | None  # seconds
+    percent: float | None
+
+
+class MediaInfo(msgspec.Struct, frozen=True):
+    """What the source says about the media; codecs and size are those of the chosen formats."""
+
+    title: str | None
+    description: str | None
+    release_date: str | None  # ISO date, e.g. "2024-05-31"
+    duration: float | None
+    webpage_url: str | None
+    extractor: str | None
+    video_codec: str | None
+    audio_codec: str | None
+    width: int | None
+    height: int | None
+
+
+class DownloadedFile(msgspec.Struct, frozen=True):
+    """One file a download left in its destination folder."""
+
+    path: str
+    kind: FileKind
+    format_id: str | None
+    size: int
+
+
+class DownloadResult(msgspec.Struct, frozen=True):
+    """The files fetched for one URL and what is known about them."""
+
+    files: list[DownloadedFile]
+    info: MediaInfo
+    total_bytes: int
+    seconds: float
+
+
+class DownloadFailed(Exception):
+    """A download that did not succeed; str() is a reason a user can act on, never a traceback."""
+
+    def __init__(
+        self, message: str, *, kind: Literal["error", "warning"] = "error", retryable: bool = False
+    ) -> None:
+        super().__init__(message)
+        # "warning" for content problems (private, geo-blocked, gone), "error" for failures.
+        self.kind: Literal["error", "warning"] = kind
+        self.retryable = retryable
+
+
+class DownloadCancelled(Exception):
+    """The caller's cancel event was set; the partial files are gone."""
+
+
+# --- guarded networking ---------------------------------------------------------------------------
+
+
+class _RefusedRequest(RequestError):  # type: ignore[misc]
+    """The guard refused a request; a RequestError so yt-dlp's director passes it up unchanged."""
+
+    def __init__(self, refusal: UrlRefused) -> None:
+        super().__init__(str(refusal))
+        self.refusal = refusal
+
+
+class _CancelledRequest(RequestError):  # type: ignore[misc]
+    """A request started after the cancel event was set."""
+
+
+class _Cancelled(YtDlpCancelled):  # type: ignore[misc]
+    """Raised from a progress hook; yt-dlp lets its own DownloadCancelled pass through."""
+
+
+def _guarded_connect(
+    guard: UrlGuard, address: tuple[str, int], timeout: Any = None, source_address: Any = None
+) -> socket.socket:
+    """yt-dlp's `create_connection`, asking the guard about each address before connecting to it.
+
+    Checking the address actually connected to (not only the URL beforehand) closes the gap a
+    DNS answer that changes between check and connect would open, and covers redirect hops.
+    """
+    host = address[0]
+
+    def connect(ip_addr: tuple[Any, ...], timeout: Any, source_address: Any) -> socket.socket:
+        try:
+            guard.check_address(host, str(ip_addr[4][0]))
+        except UrlRefused as e:
+            raise _RefusedRequest(e) from e
+        sock: socket.socket = _socket_connect(ip_addr, timeout, source_address)
+        return sock
+
+    sock: socket.socket = create_connection(
+        address, timeout, source_address, _create_socket_func=connect
+    )
+    return sock
+
+
+class _GuardedHTTPHandler(HTTPHandler):  # type: ignore[misc]
+    """yt-dlp's urllib HTTP(S) handler whose connections open through `_guarded_connect`."""
+
+    def __init__(self, guard: UrlGuard, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._guard = guard
+
+    def _connection(self, conn_class: type[Any], *args: Any, **kwargs: Any) -> Any:
+        conn = _create_http_connection(conn_class, self._source_address, *args, **kwargs)
+        conn._create_connection = functools.partial(_guarded_connect, self._guard)
+        return conn
+
+    def http_open(self, req: urllib.request.Request) -> Any:
+        conn_class = self._make_conn_class(http.client.HTTPConnection, req)
+        return self.do_open(functools.partial(self._connection, conn_class), req)
+
+    def https_open(self, req: urllib.request.Request) -> Any:
+        conn_class = self._make_conn_class(http.client.HTTPSConnection, req)
+        return self.do_open(
+            functools.partial(self._connection, conn_class), req, context=self._context
+        )
+
+
+class _GuardedRedirectHandler(RedirectHandler):  # type: ignore[misc]
+    """yt-dlp's redirect rules, refusing a hop to a guarded URL before any connection is made."""
+
+    def __init__(self, guard: UrlGuard) -> None:
+        super().__init__()
+        self._guard = guard
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> Any:
+        try:
+            self._guard.check_url(newurl)
+        except UrlRefused as e:
+            fp.close()
+            raise _RefusedRequest(UrlRefused(f"{e} (redirected from {req.full_url})")) from e
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+class _GuardedRH(UrllibRH):  # type: ignore[misc]
+    """The only request handler our YoutubeDL has: http(s) alone, no proxies, every hop guarded.
+
+    yt-dlp follows redirects inside the handler (urllib's opener), so the guard is asked at
+    three points: the request URL in `_send`, each redirect target in the redirect handler,
+    and each address a socket connects to in `_guarded_connect`.
+    """
+
+    _SUPPORTED_URL_SCHEMES = ("http", "https")
+
+    def __init__(self, *, guard: UrlGuard, cancel: threading.Event | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._guard = guard
+        self._cancel = cancel
+
+    def _create_instance(
+        self, proxies: Any, cookiejar: Any, legacy_ssl_support: bool | None = None
+    ) -> urllib.request.OpenerDirector:
+        # Like UrllibRH's opener, minus proxy, data:, ftp: and file: handlers.
+        opener = urllib.request.OpenerDirector()
+        for handler in (
+            _GuardedHTTPHandler(
+                self._guard,
+                debuglevel=0,
+                context=self._make_sslcontext(legacy_ssl_support=legacy_ssl_support),
+                source_address=self.source_address,
+            ),
+            urllib.request.HTTPCookieProcessor(cookiejar),
+            urllib.request.UnknownHandler(),
+            urllib.request.HTTPDefaultErrorHandler(),
+            urllib.request.HTTPErrorProcessor(),
+            _GuardedRedirectHandler(self._guard),
+        ):
+            opener.add_handler(handler)
+        opener.addheaders = []
+        return opener
+
+    def _send(self, request: Any) -> Any:
+        if self._cancel is not None and self._cancel.is_set():
+            raise _CancelledRequest("download cancelled")
+        if any(url for key, url in self._get_proxies(request).items() if key != "no"):
+            # A proxy would connect on our behalf to addresses the guard never sees.
+            raise _RefusedRequest(UrlRefused("URL refused: downloads may not use a proxy"))
+        try:
+            self._guard.check_url(request.url)
+        except UrlRefused as e:
+            raise _RefusedRequest(e) from e
+        return super()._send(request)
+
+
+class _GuardedYoutubeDL(YoutubeDL):  # type: ignore[misc]
+    """A YoutubeDL whose request director holds `_GuardedRH` and nothing else."""
+
+    def __init__(
+        self, params: dict[str, Any], *, guard: UrlGuard, cancel: threading.Event | None
+    ) -> None:
+        self._spool_handler = functools.partial(_GuardedRH, guard=guard, cancel=cancel)
+        super().__init__(params)
+
+    @functools.cached_property
+    def _request_director(self) -> Any:
+        # The stock director holds every registered handler (requests, curl_cffi, websockets):
+        # none of them would ask the guard.
+        return self.build_request_director([self._spool_handler])
+
+
+class _QuietLog:
+    """Takes yt-dlp's console output and sends it to our logger instead."""
+
+    def debug(self, msg: str) -> None:
+        logger.debug("yt-dlp: %s", msg)
+
+    def info(self, msg: str) -> None:
+        logger.debug("yt-dlp: %s", msg)
+
+    def warning(self, msg: str) -> None:
+        logger.info("yt-dlp: %s", msg)
+
+    def error(self, msg: str) -> None:
+        # The failure itself reaches the caller as DownloadFailed; this is only context.
+        logger.info("yt-dlp: %s", msg)
+
+
+# --- format choice --------------------------------------------------------------------------------
+
+
+def _format_sort(max_resolution: str) -> list[str]:
+    """yt-dlp's `format_sort` for a resolution cap; its `res` field is the shorter side."""
+    value = max_resolution.strip().lower()
+    if value in ("", "best"):
+        return []
+    m = _RESOLUTIONS.fullmatch(value)
+    if m is None:
+        raise ValueError(
+            f"max_resolution must be 'best' or a number of lines, not {max_resolution!r}"
+        )
+    # `res:N` ranks formats whose shorter side is at most N first (best of them on top), and
+    # only if none is that small, the smallest larger one: a cap, with a fallback.
+    return [f"res:{int(m.group(1))}"]
+
+
+def _has(fmt: dict[str, Any], codec_field: str) -> bool:
+    """Whether a format carries that track; unknown codecs (direct files) count as present."""
+    return fmt.get(codec_field) != "none"
+
+
+def _kind(fmt: dict[str, Any]) -> FileKind:
+    if not _has(fmt, "vcodec"):
+        return "audio"
+    if not _has(fmt, "acodec"):
+        return "video"
+    return "av"
+
+
+def _selector(
+    audio_only: bool, chosen: list[dict[str, Any]]
+) -> Callable[[dict[str, Any]], Iterator[dict[str, Any]]]:
+    """A yt-dlp format selector; yielding two formats makes yt-dlp fetch two files, unmerged.
+
+    Video: the best format with video; if that has no audio, it and the best audio-only format
+    (two files for the mux stage), or, without an audio-only format, the best format with both.
+    Audio only: the best audio-only format, else the best format that has audio.
+    `chosen` receives the picks so progress can weigh them.
+    """
+
+    def select(ctx: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        # ctx["formats"] is sorted worst to best by yt-dlp, honouring `format_sort`.
+        formats = [
+            f
+            for f in ctx["formats"]
+            if determine_protocol(f) in _NATIVE_PROTOCOLS
+            and (_has(f, "vcodec") or _has(f, "acodec"))
+        ]
+        audio = [f for f in formats if not _has(f, "vcodec")]
+        picks: list[dict[str, Any]] = []
+        if audio_only:
+            with_audio = audio or [f for f in formats if _has(f, "acodec")]
+            picks = with_audio[-1:]
+        else:
+            video = [f for f in formats if _has(f, "vcodec")]
+            if not video:
+                picks = audio[-1:]
+            elif _has(video[-1], "acodec"):
+                picks = [video[-1]]
+            elif audio:
+                picks = [video[-1], audio[-1]]
+            else:
+                both = [f for f in video if _has(f, "acodec")]
+                picks = both[-1:] or [video[-1]]
+        chosen[:] = picks
+        yield from picks
+
+    return select
+
+
+# --- progress -------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Turns yt-dlp's per-chunk hook calls into at most one report a second or per 5 %."""
+
+    def __init__(
+        self,
+        on_progress: Callable[[DownloadProgress], None] | None,
+        cancel: threading.Event | None,
+        chosen: list[dict[str, Any]],
+    ) -> None:
+        self._on_progress = on_progress
+        self._cancel = cancel
+        self._chosen = chosen
+        # format_id -> [downloaded, total or None, finished]
+        self._files: dict[str, list[Any]] = {}
+        self._last_time = time.monotonic()
+        self._last_percent = 0.0
+        self._percent = 0.0
+
+    def hook(self, d: dict[str, Any]) -> None:
+        """yt-dlp progress hook: the one place a running download can be stopped."""
+        if self._cancel is not None and self._cancel.is_set():
+            raise _Cancelled("download cancelled")
+        if self._on_progress is None:
+            return
+        format_id = (d.get("info_dict") or {}).get("format_id")
+        if format_id is None or not any(f.get("format_id") == format_id for f in self._chosen):
+            return  # a subtitle: too small to weigh
+        total = d.get("total_bytes") or d.get("total_bytes_estimate")
+        finished = d.get("status") == "finished"
+        downloaded = int(d.get("downloaded_bytes") or (total if finished else 0) or 0)
+        self._files[format_id] = [downloaded, int(total) if total else None, finished]
+        snapshot = self._snapshot(d)
+        now = time.monotonic()
+        moved = snapshot.percent is not None and snapshot.percent - self._last_percent >= (
+            _PROGRESS_PERCENT
+        )
+        if moved or now - self._last_time >= _PROGRESS_SECONDS:
+            self._last_time = now
+            self._last_percent = snapshot.percent or self._last_percent
+            self._emit(snapshot)
+
+    def _snapshot(self, d: dict[str, Any]) -> DownloadProgress:
+        sizes: list[int | None] = []
+        fractions: list[float | None] = []
+        downloaded = 0
+        for fmt in self._chosen:
+            done, total, finished = self._files.get(fmt["format_id"], [0, None, False])
+            downloaded += done
+            estimate = total or fmt.get("filesize") or fmt.get("filesize_approx")
+            sizes.append(int(estimate) if estimate else None)
+            if finished:
+                fractions.append(1.0)
+            elif fmt["format_id"] not in self._files:
+                fractions.append(0.0)
+            else:
+                fractions.append(min(1.0, done / total) if total else None)
+        known_sizes = [s for s in sizes if s is not None]
+        total_bytes = sum(known_sizes) if len(known_sizes) == len(sizes) and sizes else None
+        percent: float | None
+        if total_bytes:
+            percent = 100.0 * downloaded / total_bytes
+        elif fractions and all(f is not None for f in fractions):
+            # Files of unknown size weigh the same.
+            percent = 100.0 * sum(f or 0.0 for f in fractions) / len(fractions)
+        else:
+            percent = None
+        if percent is not None:
+            # Never backwards (a later file's size may raise the total), never 100 before the end.
+            self._percent = max(self._percent, min(percent, 99.9))
+            percent = round(self._percent, 1)
+        speed = d.get("speed")
+        eta = d.get("eta")
+        if total_bytes and speed:
+            eta = max(0.0, (total_bytes - downloaded) / speed)
+        return DownloadProgress(
+            downloaded_bytes=downloaded,
+            total_bytes=total_bytes,
+            speed=float(speed) if speed else None,
+            eta=float(eta) if eta is not None else None,
+            percent=percent,
+        )
+
+    def finish(self, total_bytes: int, seconds: float) -> None:
+        """The closing report: always 100 %."""
+        self._emit(
+            DownloadProgress(
+                downloaded_bytes=total_bytes,
+                total_bytes=total_bytes,
+                speed=total_bytes / seconds if seconds > 0 else None,
+                eta=0.0,
+                percent=100.0,
+            )
+        )
+
+    def _emit(self, progress: DownloadProgress) -> None:
+        if self._on_progress is None:
+            return
+        try:
+            self._on_progress(progress)
+        except Exception:
+            # Reporting progress is a side show: a failing callback must not fail the download.
+            logger.exception("progress callback failed")
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+_CONTENT_PROBLEMS = re.compile(
+    r"\bprivate\b|unavailable|not available|\bremoved\b|\bdeleted\b|terminated|\bgeo|"
+    r"\bcountr|\bregion|members[- ]only|premium|subscri|sign in|log ?in|\bage\b|"
+    r"age[- ]restricted|copyright|blocked|does not exist",
+    re.IGNORECASE,
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and every exception it wraps (yt-dlp keeps them in several places)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        exc_info = getattr(e, "exc_info", None)
+        inner = exc_info[1] if isinstance(exc_info, tuple) and len(exc_info) > 1 else None
+        cause = getattr(e, "cause", None)
+        todo += [
+            inner if isinstance(inner, BaseException) else None,
+            cause if isinstance(cause, BaseException) else None,
+            e.__cause__,
+            e.__context__,
+        ]
+
+
+def _clean(message: str) -> str:
+    """A yt-dlp message without its console dressing: colour, `ERROR:`, `[generic] id:`."""
+    text = _ANSI.sub("", message).strip().splitlines()[0] if message.strip() else ""
+    text = re.sub(r"^(ERROR|WARNING):\s*", "", text)
+    text = re.sub(r"^\[[\w:.-]+\]\s*(?:[^:\s]+:\s+)?", "", text)
+    text = re.sub(r"\s*\(caused by .*\)$", "", text)
+    text = re.sub(r";?\s*please report this issue.*$", "", text, flags=re.IGNORECASE)
+    return text.strip().rstrip(".") or "unknown error"
+
+
+def _failure(exc: BaseException, url: str, *, audio_only: bool) -> DownloadFailed:
+    """The user-facing DownloadFailed for whatever yt-dlp raised."""
+    chain = list(_chain(exc))
+    for e in chain:
+        if isinstance(e, _RefusedRequest):
+            return _refusal(e.refusal)
+    for e in chain:
+        if isinstance(e, HTTPError):
+            return _http_failure(e)
+    for e in chain:
+        if isinstance(e, GeoRestrictedError):
+            return DownloadFailed(
+                f"The source is not available in this region: {_clean(e.orig_msg)}",
+                kind="warning",
+                retryable=False,
+            )
+        if isinstance(e, (UnsupportedError, UnsupportedRequest)):
+            return DownloadFailed(
+                f"Unsupported URL: no downloadable media found at {url}", retryable=False
+            )
+    for e in chain:
+        if isinstance(e, (TimeoutError, socket.timeout)) or "timed out" in str(e).lower():
+            return DownloadFailed(
+                f"Timed out waiting for the source at {url}; it may be slow or unreachable",
+                retryable=True,
+            )
+    for e in chain:
+        if isinstance(e, CertificateVerifyError):
+            return DownloadFailed(
+                f"The source's TLS certificate is not trusted at {url}: {_clean(str(e))}",
+                retryable=False,
+            )
+    for e in chain:
+        if isinstance(e, (TransportError, ConnectionError)):
+            return DownloadFailed(
+                f"Could not fetch from the source at {url}: {_clean(str(e))}", retryable=True
+            )
+    for e in chain:
+        message = str(e)
+        if message.startswith("Requested format is not available") or (
+            isinstance(e, ExtractorError) and e.orig_msg.startswith("Requested format")
+        ):
+            what = "audio" if audio_only else "media"
+            return DownloadFailed(f"No {what} format at {url} can be downloaded", retryable=False)
+        if "ffmpeg" in message.lower():
+            # yt-dlp wanted FFmpeg to fetch the stream (live HLS, or features its own HLS
+            # downloader lacks); FFmpeg would fetch past the guard, so it is never given URLs.
+            return DownloadFailed(
+                f"The stream at {url} cannot be downloaded: it is live, or needs features "
+                "only FFmpeg's downloader has, which Spool does not use for fetching",
+                retryable=False,
+            )
+    for e in chain:
+        if isinstance(e, ExtractorError) and e.expected:
+            reason = _clean(e.orig_msg)
+            if _CONTENT_PROBLEMS.search(reason):
+                return DownloadFailed(
+                    f"The media is not available: {reason}", kind="warning", retryable=False
+                )
+            return DownloadFailed(f"Download failed: {reason}", retryable=False)
+    return DownloadFailed(f"Download failed: {_clean(str(exc))}", retryable=True)
+
+
+def _refusal(refusal: UrlRefused) -> DownloadFailed:
+    # A policy refusal: retrying cannot change it, unless it was only that DNS did not answer.
+    return DownloadFailed(str(refusal), retryable=isinstance(refusal.__cause__, socket.gaierror))
+
+
+def _http_failure(e: Any) -> DownloadFailed:
+    status = int(e.status)
+    reason = e.reason or ""
+    where = getattr(getattr(e, "response", None), "url", None) or "the source"
+    message = f"Source answered HTTP {status} {reason}".rstrip() + f" for {where}"
+    if status in (403, 404, 410, 451):
+        # Forbidden, gone, or withheld: the content is not there for us; retrying won't help.
+        return DownloadFailed(message, kind="warning", retryable=False)
+    if status in (408, 425, 429) or status >= 500:
+        return DownloadFailed(message, retryable=True)
+    return DownloadFailed(message, retryable=False)
+
+
+# --- the download ---------------------------------------------------------------------------------
+
+
+def _iso_date(value: Any) -> str | None:
+    text = str(value) if value else ""
+    return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if re.fullmatch(r"\d{8}", text) else None
+
+
+def _media_info(info: dict[str, Any], chosen: list[dict[str, Any]]) -> MediaInfo:
+    video = next((f for f in chosen if _has(f, "vcodec")), None)
+    audio = next((f for f in chosen if _has(f, "acodec")), None)
+    duration = info.get("duration")
+    width = video.get("width") if video else None
+    height = video.get("height") if video else None
+    return MediaInfo(
+        title=info.get("title"),
+        description=info.get("description"),
+        release_date=_iso_date(info.get("release_date") or info.get("upload_date")),
+        duration=float(duration) if isinstance(duration, (int, float)) else None,
+        webpage_url=info.get("webpage_url"),
+        extractor=info.get("extractor"),
+        video_codec=video.get("vcodec") if video else None,
+        audio_codec=audio.get("acodec") if audio else None,
+        width=int(width) if width else None,
+        height=int(height) if height else None,
+    )
+
+
+_SUBTITLE_SUFFIXES = frozenset(
+    {".vtt", ".srt", ".ass", ".ssa", ".ttml", ".dfxp", ".srv1", ".srv2", ".srv3", ".json3", ".lrc"}
+)
+_IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".avif"})
+
+
+def _collected_files(
+    info: dict[str, Any], dest: Path, before: set[Path], *, subtitles: bool, thumbnail: bool
+) -> list[DownloadedFile]:
+    files: list[DownloadedFile] = []
+    media: set[str] = set()
+    for fmt in info.get("requested_downloads") or []:
+        path = fmt.get("filepath")
+        if not path or os.path.abspath(path) in media or not os.path.isfile(path):
+            continue
+        media.add(os.path.abspath(path))
+        files.append(DownloadedFile(path, _kind(fmt), fmt.get("format_id"), os.path.getsize(path)))
+    # yt-dlp writes subtitles and thumbnails under one name and then moves them to the name the
+    # template gives, while its info dict keeps the first: so look for them in `dest` instead.
+    for path in sorted(set(dest.iterdir()) - before):
+        if os.path.abspath(path) in media or not path.is_file():
+            continue
+        suffix = path.suffix.lower()
+        kind: FileKind | None = None
+        if subtitles and suffix in _SUBTITLE_SUFFIXES:
+            kind = "subtitle"
+        elif thumbnail and suffix in _IMAGE_SUFFIXES:
+            kind = "thumbnail"
+        if kind is not None:
+            files.append(DownloadedFile(str(path), kind, None, path.stat().st_size))
+    return files
+
+
+def _remove_new_files(dest: Path, before: set[Path]) -> None:
+    """Delete what this download left in `dest` (parts, fragments, finished files)."""
+    for path in sorted(dest.rglob("*"), reverse=True):
+        if path in before:
+            continue
+        try:
+            if path.is_dir():
+                path.rmdir()
+            else:
+                path.unlink()
+        except OSError:
+            logger.warning("could not remove %s after a failed download", path)
+
+
+def download(
+    url: str,
+    dest: Path,
+    *,
+    guard: UrlGuard,
+    audio_only: bool = False,
+    max_resolution: str = "best",
+    download_subtitles: bool = False,
+    download_thumbnail: bool = False,
+    on_progress: Callable[[DownloadProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> DownloadResult:
+    """Fetch `url` into `dest` (blocking): one "av" file, or separate "video" and "audio" files.
+
+    Raises DownloadFailed with a user-facing reason, or DownloadCancelled once `cancel` is set;
+    either way the files this call created in `dest` are removed.
+    """
+    format_sort = _format_sort(max_resolution)  # a bad value is the caller's bug: fail first
+    try:
+        # The handler checks this URL again (and every later one); asking first gives a plain
+        # refusal before yt-dlp starts, e.g. for a scheme it would otherwise call unsupported.
+        guard.check_url(url)
+    except UrlRefused as e:
+        raise _refusal(e) from None
+    dest.mkdir(parents=True, exist_ok=True)
+    before = set(dest.rglob("*"))
+    chosen: list[dict[str, Any]] = []
+    progress = _Progress(on_progress, cancel, chosen)
+    params: dict[str, Any] = {
+        # Library use reads no configuration files; these keep it off the console and disk.
+        "logger": _QuietLog(),
+        "quiet": True,
+        "noprogress": True,
+        "color": {"stdout": "no_color", "stderr": "no_color"},
+        "cachedir": False,
+        "paths": {"home": str(dest), "temp": str(dest)},
+        # One file per format; subtitles and thumbnail named once, so the second file of a
+        # video+audio pair finds them written instead of writing a copy.
+        "outtmpl": {
+            "default": "media.%(format_id)s.%(ext)s",
+            "subtitle": "media.%(ext)s",
+            "thumbnail": "media.%(ext)s",
+        },
+        "restrictfilenames": True,
+        "windowsfilenames": True,
+        # One item, even when the URL is a playlist; a batch of episodes is made elsewhere.
+        "noplaylist": True,
+        "playlist_items": "1",
+        "format": _selector(audio_only, chosen),
+        "format_sort": format_sort,
+        # Fetch HLS and DASH with yt-dlp's own downloaders, so every segment request passes the
+        # guard; and point yt-dlp's FFmpeg lookup at nothing, so it can neither hand a stream to
+        # FFmpeg (which would fetch URLs on its own) nor merge or "fix up" files (the mux stage
+        # does that).
+        "hls_prefer_native": True,
+        "external_downloader": {"default": "native"},
+        "ffmpeg_location": os.path.join(os.devnull, "no-ffmpeg"),
+        "fixup": "never",
+        "proxy": "",
+        "socket_timeout": 20,
+        "retries": 3,
+        "fragment_retries": 3,
+        "extractor_retries": 1,
+        "writesubtitles": download_subtitles,
+        "writethumbnail": download_thumbnail,
+        "progress_hooks": [progress.hook],
+    }
+    # yt-dlp would import plugin code from the user's config folders (~/.config/yt-dlp/plugins
+    # and the like); a server runs only the code it was installed with.
+    plugin_dirs.value = []
+    started = time.monotonic()
+    try:
+        with _GuardedYoutubeDL(params, guard=guard, cancel=cancel) as ydl:
+            info = ydl.extract_info(url, download=True)
+    except BaseException as exc:
+        cancelled = (cancel is not None and cancel.is_set()) or any(
+            isinstance(e, (_Cancelled, _CancelledRequest)) for e in _chain(exc)
+        )
+        _remove_new_files(dest, before)
+        if cancelled:
+            raise DownloadCancelled(f"download of {url} cancelled") from None
+        if not isinstance(exc, Exception):
+            raise  # KeyboardInterrupt, SystemExit: not ours to translate
+        raise _failure(exc, url, audio_only=audio_only) from None
+    if cancel is not None and cancel.is_set():
+        _remove_new_files(dest, before)
+        raise DownloadCancelled(f"download of {url} cancelled")
+    if info is None:
+        _remove_new_files(dest, before)
+        raise DownloadFailed(f"Download failed: nothing could be fetched from {url}")
+    if info.get("_type") == "playlist":
+        entries = [e for e in info.get("entries") or [] if e]
+        if not entries:
+            _remove_new_files(dest, before)
+            raise DownloadFailed(f"Download failed: the playlist at {url} has no media")
+        info = entries[0]
+    files = _collected_files(
+        info, dest, before, subtitles=download_subtitles, thumbnail=download_thumbnail
+    )
+    if not any(f.kind in ("video", "audio", "av") for f in files):
+        _remove_new_files(dest, before)
+        raise DownloadFailed(f"Download failed: no media file was fetched from {url}")
+    seconds = time.monotonic() - started
+    total = sum(f.size for f in files)
+    progress.finish(total, seconds)
+    return DownloadResult(
+        files=files, info=_media_info(info, chosen), total_bytes=total, seconds=seconds
+    )
