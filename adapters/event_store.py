@@ -7,14 +7,15 @@ Subscribers read in `(tx, position)` order and only below the oldest transaction
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Sequence
 from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
 
-import domain.account
-import domain.job  # noqa: F401
+# Importing the aggregates registers every event type this store decodes.
+from domain import account, job, node  # noqa: F401
 from domain.errors import ConcurrencyError
 from domain.events import Event, EventRegistry, Metadata, NewEvent, RecordedEvent, registry
 
@@ -45,9 +46,16 @@ class StreamAppend(NamedTuple):
 
 
 class AppendResult(NamedTuple):
+    """Where an append's last event landed; `checkpoint` is where a reader is once past it."""
+
     stream_id: str
     version: int
     position: int
+    tx: int
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(self.tx, self.position)
 
 
 _APPEND_ONE = f"""
@@ -62,7 +70,7 @@ FROM head, wake,
      unnest($2::text[], $3::int2[], $4::jsonb[], $5::jsonb[])
          WITH ORDINALITY AS e(type, sv, data, meta, n)
 WHERE $6::int IS NULL OR head.v = $6::int
-RETURNING version, position
+RETURNING version, position, tx::text::bigint AS tx
 """
 
 _HEADS = """
@@ -76,7 +84,7 @@ INSERT INTO events (stream_id, version, type, schema_version, data, metadata)
 SELECT e.stream_id, e.version, e.type, e.sv, e.data, e.meta
 FROM wake, unnest($1::text[], $2::int4[], $3::text[], $4::int2[], $5::jsonb[], $6::jsonb[])
      AS e(stream_id, version, type, sv, data, meta)
-RETURNING stream_id, version, position
+RETURNING stream_id, version, position, tx::text::bigint AS tx
 """
 
 _COLUMNS = (
@@ -174,7 +182,7 @@ class EventStore:
             actual = await db.fetchval(_STREAM_VERSION, stream_id)
             raise ConcurrencyError(stream_id, expected_version, actual)
         last = rows[-1]
-        return AppendResult(stream_id, last["version"], last["position"])
+        return AppendResult(stream_id, last["version"], last["position"], last["tx"])
 
     async def append_many(
         self, appends: Sequence[StreamAppend], *, conn: asyncpg.Connection | None = None
@@ -214,7 +222,9 @@ class EventStore:
             raise ConcurrencyError("<batch>", None) from exc
         last: dict[str, AppendResult] = {}
         for r in rows:
-            last[r["stream_id"]] = AppendResult(r["stream_id"], r["version"], r["position"])
+            last[r["stream_id"]] = AppendResult(
+                r["stream_id"], r["version"], r["position"], r["tx"]
+            )
         return list(last.values())
 
     # -- reading -------------------------------------------------------------------------
@@ -268,6 +278,22 @@ class EventStore:
             _READ_ALL, str(after.tx), after.position, limit, list(types) if types else None
         )
         return [self._record(r) for r in rows]
+
+    async def wait_readable(self, at: Checkpoint, within: float = 30.0) -> None:
+        """Wait until subscribers can read up to `at`: every older transaction has ended."""
+        async with asyncio.timeout(within):
+            while not await self.pool.fetchval(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot()) > $1::text::xid8", str(at.tx)
+            ):
+                await asyncio.sleep(0.01)
+
+    async def has_unreadable(self) -> bool:
+        """Whether committed events wait behind an older transaction still in flight."""
+        found: bool = await self.pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM events "
+            "WHERE tx >= pg_snapshot_xmin(pg_current_snapshot()))"
+        )
+        return found
 
     async def stream_version(self, stream_id: str) -> int:
         """The version of a stream's last event; 0 for a stream with none."""

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from pathlib import Path
 
 import msgspec
 import platformdirs
+
+_NUMERIC_ENV = {
+    "stage_attempts": "SPOOL_STAGE_ATTEMPTS",
+    "retry_backoff": "SPOOL_RETRY_BACKOFF",
+    "stall_timeout": "SPOOL_STALL_TIMEOUT",
+    "reconcile_interval": "SPOOL_RECONCILE_INTERVAL",
+    "node_timeout": "SPOOL_NODE_TIMEOUT",
+}
 
 
 class Settings(msgspec.Struct, kw_only=True):
@@ -22,6 +31,20 @@ class Settings(msgspec.Struct, kw_only=True):
     url_allowlist: tuple[str, ...] = ()
     host: str = "127.0.0.1"
     port: int = 8081
+    # This node, when it runs a worker.
+    node_id: str = msgspec.field(default_factory=socket.gethostname)
+    role: str = "worker"
+    tags: tuple[str, ...] = ()
+    download_concurrency: int = 2
+    mux_concurrency: int = 1
+    upload_concurrency: int = 2
+    # How the pipeline treats failure.
+    stage_attempts: int = 3
+    retry_backoff: float = 2.0
+    stall_timeout: float = 120.0
+    reconcile_interval: float = 10.0
+    node_timeout: float = 15.0
+    heartbeat_interval: float = 1.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -37,6 +60,11 @@ class Settings(msgspec.Struct, kw_only=True):
                 h.strip() for h in env.get("SPOOL_URL_ALLOWLIST", "").split(",") if h.strip()
             ),
         }
+        for name, var in _NUMERIC_ENV.items():
+            if env.get(var):
+                values[name] = env[var]
+        if env.get("SPOOL_NODE_ID"):
+            values["node_id"] = env["SPOOL_NODE_ID"]
         if env.get("SPOOL_DATA_DIR"):
             values["data_dir"] = Path(env["SPOOL_DATA_DIR"])
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -83,3 +83,25 @@ jobs = sa.Table(
     sa.Index("jobs_account_created_idx", "account_id", sa.text("created_at DESC"), "job_id"),
     sa.Index("jobs_batch_idx", "batch_id", postgresql_where=sa.text("batch_id IS NOT NULL")),
 )
+
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("node_id", sa.Text, primary_key=True),
+    sa.Column("hostname", sa.Text, nullable=False),
+    sa.Column("ip", sa.Text, nullable=False),
+    sa.Column("role", sa.Text, nullable=False, server_default="worker"),
+    sa.Column("tags", pg.ARRAY(sa.Text), nullable=False, server_default="{}"),
+    sa.Column("capabilities", pg.JSONB, nullable=False, server_default="{}"),
+    sa.Column("concurrency", pg.JSONB, nullable=False, server_default="{}"),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("stopped_at", sa.DateTime(timezone=True)),
+    sa.Column("last_heartbeat_at", sa.DateTime(timezone=True)),
+    sa.Column("downloading", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("muxing", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("uploading", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("running", pg.ARRAY(sa.Text), nullable=False, server_default="{}"),
+    sa.Column("usage", pg.JSONB, nullable=False, server_default="{}"),
+    sa.Column("heartbeats", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Index("nodes_last_heartbeat_idx", "last_heartbeat_at"),
+)

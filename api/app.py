@@ -13,6 +13,8 @@ from litestar.response import Redirect
 
 from adapters.event_store import EventStore
 from adapters.settings import Settings
+from adapters.storage import ObjectStorage
+from api.dashboard import DashboardController
 from api.jobs import JobsController
 from api.requests import request_id_middleware
 
@@ -23,13 +25,20 @@ async def swagger() -> Redirect:
 
 
 def create_app(
-    *, pool: asyncpg.Pool, store: EventStore, settings: Settings, **extra: Any
+    *,
+    pool: asyncpg.Pool,
+    store: EventStore,
+    settings: Settings,
+    storage: ObjectStorage,
+    **extra: Any,
 ) -> Litestar:
-    """Build the API over an open pool; the caller owns the pool's life."""
+    """Build the API over open connections; the caller owns their life."""
     return Litestar(
-        route_handlers=[JobsController, swagger],
+        route_handlers=[JobsController, DashboardController, swagger],
         middleware=[request_id_middleware],
-        state=State({"pool": pool, "store": store, "settings": settings, **extra}),
+        state=State(
+            {"pool": pool, "store": store, "settings": settings, "storage": storage, **extra}
+        ),
         openapi_config=OpenAPIConfig(
             title="Spool",
             version="0.1.0",

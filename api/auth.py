@@ -50,3 +50,11 @@ async def job_api_principal(request: Request[Any, Any, Any]) -> Principal:
     if principal is None:
         raise JobApiError(status_code=401, detail="Invalid API Key")
     return principal
+
+
+async def job_api_admin(request: Request[Any, Any, Any]) -> Principal:
+    """An admin caller of a cluster-wide endpoint under the job API's error shape."""
+    principal = await job_api_principal(request)
+    if not principal.admin:
+        raise JobApiError(status_code=403, detail="This endpoint needs an admin API key")
+    return principal

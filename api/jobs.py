@@ -4,37 +4,43 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, delete, get, post
 from litestar.di import Provide
 from litestar.params import Parameter
 
 from adapters.event_store import EventStore
+from adapters.job_store import load_job as load_job_state
+from adapters.storage import ObjectStorage, StorageError
 from api.auth import Principal, job_api_principal
 from api.errors import JOB_API_ERRORS, JobApiError
+from api.job_requests import CreateJobBody, decode_create_job_body, validate_create_job
 from api.requests import command_metadata
 from domain import job
-from domain.events import NewEvent
+from domain.errors import ConcurrencyError, InvalidTransition
+from domain.events import Event, NewEvent
 
 _decode_state = msgspec.json.Decoder(job.JobState).decode
 _to_builtins = msgspec.to_builtins
 
 
-class CreateJob(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
-    """Body of `POST /jobs`."""
-
-    url: Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
-    format: str | None = None
-    filename: str | None = None
-    folder: str | None = None
-
-
 class JobCreatedAnswer(msgspec.Struct):
     job_id: str
+
+
+class ProgressView(msgspec.Struct):
+    """Where the running stage is: `speed` in bytes/s, `eta` in seconds."""
+
+    stage: str
+    percent: float | None
+    bytes: int | None
+    total_bytes: int | None
+    speed: float | None
+    eta: float | None
 
 
 class JobView(msgspec.Struct, omit_defaults=False):
@@ -44,15 +50,52 @@ class JobView(msgspec.Struct, omit_defaults=False):
     url: str
     status: str
     step: str
-    batch_id: str | None
-    folder: str | None
-    filename: str | None
-    format: str | None
+    progress: ProgressView | None
     s3_url: str | None
+    subtitle_url: str | None
     error: str | None
     error_type: str | None
+    title: str | None
+    description: str | None
+    release_date: str | None
+    folder: str | None
+    filename: str | None
+    format: str
+    batch_id: str | None
+    file_size: int | None
+    file_deleted: bool
+    storage_key: str | None
+    native_video_codec: str | None
+    native_audio_codec: str | None
+    video_codec: str | None
+    audio_codec: str | None
+    requested_quality: str
+    actual_quality: str | None
+    duration_seconds: float | None
+    download_retries: int
+    mux_retries: int
+    upload_retries: int
+    queue_wait_ms: int | None
+    download_duration_ms: int | None
+    mux_duration_ms: int | None
+    upload_duration_ms: int | None
+    total_duration_ms: int | None
+    download_speed_mbps: float | None
+    upload_speed_mbps: float | None
+    webhook_status: str | None
     created_at: int
     finished_at: int | None
+
+
+class JobAction(msgspec.Struct):
+    job_id: str
+    status: str
+
+
+class FileDeletedAnswer(msgspec.Struct):
+    job_id: str
+    deleted: bool
+    key: str
 
 
 class JobPage(msgspec.Struct):
@@ -80,32 +123,70 @@ def _ms(at: datetime | None) -> int | None:
     return None if at is None else int(at.timestamp() * 1000)
 
 
-def view(state: job.JobState) -> JobView:
+def _stage_ms(state: job.JobState, stage: str) -> int | None:
+    timing = state.timings.get(stage)
+    return None if timing is None or timing.seconds is None else int(timing.seconds * 1000)
+
+
+def _mbps(state: job.JobState, stage: str) -> float | None:
+    timing = state.timings.get(stage)
+    if timing is None or not timing.seconds or not timing.bytes:
+        return None
+    return round(timing.bytes * 8 / timing.seconds / 1_000_000, 2)
+
+
+def view(state: job.JobState, s3_url: str | None = None) -> JobView:
     """The public view of a job's state."""
     created = _ms(state.created_at)
     assert created is not None
+    p = state.progress
+    started = _ms(state.started_at)
+    finished = _ms(state.finished_at)
     return JobView(
         id=state.job_id,
         url=state.url,
         status=state.status,
         step=state.step,
-        batch_id=state.batch_id,
-        folder=state.options.folder,
-        filename=state.options.filename,
-        format=state.options.format,
-        s3_url=None,
+        progress=ProgressView(p.stage, p.percent, p.bytes, p.total_bytes, p.speed, p.eta)
+        if p is not None and state.status == "Processing"
+        else None,
+        s3_url=s3_url,
+        subtitle_url=None,
         error=state.error,
         error_type=state.error_type,
+        title=state.title,
+        description=state.description,
+        release_date=state.release_date,
+        folder=state.options.folder,
+        filename=state.options.filename,
+        format=job.output_ext(state.options),
+        batch_id=state.batch_id,
+        file_size=state.file_size,
+        file_deleted=state.file_deleted,
+        storage_key=state.key,
+        native_video_codec=state.native_video_codec,
+        native_audio_codec=state.native_audio_codec,
+        video_codec=state.video_codec,
+        audio_codec=state.audio_codec,
+        requested_quality=state.options.quality_preset or state.options.max_resolution,
+        actual_quality=state.actual_quality,
+        duration_seconds=state.duration,
+        download_retries=state.retries.get("download", 0),
+        mux_retries=state.retries.get("mux", 0),
+        upload_retries=state.retries.get("upload", 0),
+        queue_wait_ms=started - created if started is not None else None,
+        download_duration_ms=_stage_ms(state, "download"),
+        mux_duration_ms=_stage_ms(state, "mux"),
+        upload_duration_ms=_stage_ms(state, "upload"),
+        total_duration_ms=finished - created
+        if finished is not None and state.status == "Completed"
+        else None,
+        download_speed_mbps=_mbps(state, "download"),
+        upload_speed_mbps=_mbps(state, "upload"),
+        webhook_status=None,
         created_at=created,
-        finished_at=_ms(state.finished_at),
+        finished_at=finished,
     )
-
-
-def _check_url(url: str) -> str:
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise JobApiError(status_code=400, detail="Invalid URL: expected an http(s) URL")
-    return url.strip()
 
 
 def _job_id(raw: str) -> str:
@@ -118,22 +199,45 @@ def _job_id(raw: str) -> str:
 async def load_job(
     request: Request[Any, Any, Any], job_id: str, principal: Principal
 ) -> job.JobState:
-    """A job of the caller's: from the projection, else folded from its stream.
-
-    The fold answers for a job created a moment ago that the projection has not reached yet.
-    """
-    state: Any = request.app.state
-    row = await state.pool.fetchrow("SELECT state FROM jobs WHERE job_id = $1", job_id)
-    found: job.JobState | None
-    if row is not None:
-        found = _decode_state(row[0])
-    else:
-        store: EventStore = state.store
-        events = await store.read_stream(job.stream_id(job_id))
-        found = job.fold([(e.data, e.recorded_at, e.version) for e in events])
+    """A job of the caller's, exact to its last event; 404 for anyone else's."""
+    found = await load_job_state(request.app.state.store, _job_id(job_id))
     if found is None or found.account_id != principal.account_id:
         raise JobApiError(status_code=404, detail="Job not found")
     return found
+
+
+async def _s3_url(request: Request[Any, Any, Any], state: job.JobState) -> str | None:
+    if state.status != "Completed" or state.key is None or state.file_deleted:
+        return None
+    storage: ObjectStorage = request.app.state.storage
+    return await storage.presigned_url(state.key, expires_seconds=24 * 3600)
+
+
+async def _decide(
+    request: Request[Any, Any, Any],
+    principal: Principal,
+    job_id: str,
+    decide: Callable[[job.JobState], list[Event]],
+) -> job.JobState:
+    """Load, decide, append with the version read; re-read and decide again on a clash."""
+    store: EventStore = request.app.state.store
+    meta = command_metadata(request, principal.key_id)
+    for _ in range(10):
+        state = await load_job(request, job_id, principal)
+        try:
+            events = decide(state)
+        except InvalidTransition as exc:
+            raise JobApiError(status_code=400, detail=str(exc)) from None
+        try:
+            await store.append(
+                job.stream_id(state.job_id), [NewEvent(e, meta) for e in events], state.version
+            )
+        except ConcurrencyError:
+            continue  # progress or a stage landed meanwhile: decide again on the new state
+        for e in events:
+            state = job.evolve(state, e, state.updated_at, state.version + 1)
+        return state
+    raise JobApiError(status_code=409, detail="The job is changing too fast; try again")
 
 
 def _cursor(created_at: datetime, job_id: str) -> str:
@@ -161,14 +265,14 @@ class JobsController(Controller):
 
     @post("/", status_code=201)
     async def create_job(
-        self, request: Request[Any, Any, Any], data: CreateJob, principal: Principal
+        self, request: Request[Any, Any, Any], data: CreateJobBody, principal: Principal
     ) -> JobCreatedAnswer:
         """Create a download job."""
-        url = _check_url(data.url)
+        # `data` documents the body; the raw body is decoded again strictly, so "23" is not 23.
+        valid = validate_create_job(decode_create_job_body(await request.body()))
         job_id = str(uuid.uuid4())
-        options = job.JobOptions(format=data.format, filename=data.filename, folder=data.folder)
         events = job.create(
-            job_id=job_id, account_id=principal.account_id, url=url, options=options
+            job_id=job_id, account_id=principal.account_id, url=valid.url, options=valid.options
         )
         meta = command_metadata(request, principal.key_id)
         store: EventStore = request.app.state.store
@@ -179,8 +283,46 @@ class JobsController(Controller):
     async def get_job(
         self, request: Request[Any, Any, Any], job_id: str, principal: Principal
     ) -> JobView:
-        """Get a job's status."""
-        return view(await load_job(request, _job_id(job_id), principal))
+        """Get a job's status, with a presigned `s3_url` (24 h) once it is Completed."""
+        state = await load_job(request, job_id, principal)
+        return view(state, await _s3_url(request, state))
+
+    @delete("/{job_id:str}", status_code=200)
+    async def cancel_job(
+        self, request: Request[Any, Any, Any], job_id: str, principal: Principal
+    ) -> JobAction:
+        """Cancel a Pending or Processing job; a running stage is aborted and its files removed."""
+        state = await _decide(request, principal, job_id, job.cancel)
+        return JobAction(job_id=state.job_id, status=state.status)
+
+    @post("/{job_id:str}/retry", status_code=200)
+    async def retry_job(
+        self, request: Request[Any, Any, Any], job_id: str, principal: Principal
+    ) -> JobAction:
+        """Start a Failed or Cancelled job again from download."""
+        state = await _decide(request, principal, job_id, job.retry)
+        return JobAction(job_id=state.job_id, status=state.status)
+
+    @delete("/{job_id:str}/file", status_code=200)
+    async def delete_file(
+        self, request: Request[Any, Any, Any], job_id: str, principal: Principal
+    ) -> FileDeletedAnswer:
+        """Delete a completed job's file from storage; the job records that it is gone."""
+        state = await load_job(request, job_id, principal)
+        try:
+            job.delete_file(state)
+        except InvalidTransition as exc:
+            raise JobApiError(status_code=400, detail=str(exc)) from None
+        storage: ObjectStorage = request.app.state.storage
+        assert state.key is not None
+        try:
+            await storage.delete(state.key)
+        except StorageError as exc:
+            raise JobApiError(
+                status_code=502, detail=f"Storage refused the delete: {exc}"
+            ) from None
+        state = await _decide(request, principal, job_id, job.delete_file)
+        return FileDeletedAnswer(job_id=state.job_id, deleted=True, key=state.key or "")
 
     @get("/")
     async def list_jobs(
@@ -228,8 +370,7 @@ class JobsController(Controller):
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     ) -> EventPage:
         """A job's full event history, oldest first: the audit trail."""
-        jid = _job_id(job_id)
-        await load_job(request, jid, principal)
+        jid = (await load_job(request, job_id, principal)).job_id
         store: EventStore = request.app.state.store
         events = await store.read_stream(job.stream_id(jid), from_version, limit=limit + 1)
         page = events[:limit]

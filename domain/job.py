@@ -1,4 +1,10 @@
-"""The job aggregate: its events, its state, and the pure decide/evolve functions over them."""
+"""The job aggregate: its events, its state, and the pure decide/evolve functions over them.
+
+A job runs in *runs* (a retry starts a new run from download) made of *stages* (download, mux,
+upload), each tried in numbered *attempts*. `(run, stage, attempt)` names one unit of work; a
+worker holding a unit that is no longer the job's current one does nothing, which is what makes
+duplicate deliveries harmless.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,12 @@ from domain.events import Event, event, registry
 
 JobStatus = Literal["Pending", "Processing", "Completed", "Failed", "Cancelled"]
 JobStep = Literal["Queued", "Downloading", "Muxing", "Uploading", "Finished"]
+Stage = Literal["download", "mux", "upload"]
+ErrorType = Literal["error", "warning"]
+
+TERMINAL: frozenset[str] = frozenset({"Completed", "Failed", "Cancelled"})
+STEP_OF: dict[Stage, JobStep] = {"download": "Downloading", "mux": "Muxing", "upload": "Uploading"}
+NEXT_STAGE: dict[Stage, Stage | None] = {"download": "mux", "mux": "upload", "upload": None}
 
 
 class JobOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -33,6 +45,28 @@ class JobOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     folder: str | None = None
     webhook_url: str | None = None
     enable_progress_webhook: bool = False
+
+
+class MediaFile(msgspec.Struct, frozen=True, kw_only=True):
+    """A file a stage left on its node's disk."""
+
+    path: str
+    kind: str
+    size: int
+
+
+class Progress(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """How far the running stage is."""
+
+    stage: Stage
+    percent: float | None = None
+    bytes: int | None = None
+    total_bytes: int | None = None
+    speed: float | None = None
+    eta: float | None = None
+
+
+# -- events ----------------------------------------------------------------------------------
 
 
 @event
@@ -61,6 +95,132 @@ def _job_created_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@event
+class StageStarted(Event, frozen=True, kw_only=True):
+    stage: Stage
+    run: int
+    attempt: int
+    node_id: str
+
+
+@event
+class StageProgressed(Event, frozen=True, kw_only=True):
+    run: int
+    attempt: int
+    progress: Progress
+
+
+@event
+class DownloadCompleted(Event, frozen=True, kw_only=True):
+    run: int
+    attempt: int
+    node_id: str
+    files: list[MediaFile]
+    bytes: int
+    seconds: float
+    title: str | None = None
+    description: str | None = None
+    release_date: str | None = None
+    duration: float | None = None
+    native_video_codec: str | None = None
+    native_audio_codec: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+@event
+class MuxCompleted(Event, frozen=True, kw_only=True):
+    run: int
+    attempt: int
+    node_id: str
+    output: MediaFile
+    seconds: float
+    duration: float | None = None
+    video_codec: str | None = None
+    audio_codec: str | None = None
+
+
+@event
+class JobCompleted(Event, frozen=True, kw_only=True):
+    """The upload finished: the file is in storage. The one terminal success event."""
+
+    run: int
+    attempt: int
+    node_id: str
+    key: str
+    storage: str
+    size: int
+    seconds: float
+
+
+@event
+class StageFailed(Event, frozen=True, kw_only=True):
+    """An attempt failed. `retry_stage` / `retry_attempt` say what runs next (None: nothing)."""
+
+    stage: Stage
+    run: int
+    attempt: int
+    node_id: str | None
+    reason: str
+    error_type: ErrorType = "error"
+    retry_stage: Stage | None = None
+    retry_attempt: int | None = None
+    retry_in: float = 0.0
+
+
+@event
+class JobFailed(Event, frozen=True, kw_only=True):
+    run: int
+    stage: Stage
+    reason: str
+    error_type: ErrorType = "error"
+
+
+@event
+class JobCancelled(Event, frozen=True, kw_only=True):
+    run: int
+    stage: Stage | None
+    reason: str = "cancelled by the user"
+
+
+@event
+class JobRetried(Event, frozen=True, kw_only=True):
+    run: int
+
+
+@event
+class FileDeleted(Event, frozen=True, kw_only=True):
+    key: str
+
+
+EVENT_TYPES: frozenset[str] = frozenset(
+    cls.__name__
+    for cls in (
+        JobCreated,
+        StageStarted,
+        StageProgressed,
+        DownloadCompleted,
+        MuxCompleted,
+        JobCompleted,
+        StageFailed,
+        JobFailed,
+        JobCancelled,
+        JobRetried,
+        FileDeleted,
+    )
+)
+"""Every event type a job stream holds."""
+
+
+# -- state -----------------------------------------------------------------------------------
+
+
+class StageTiming(msgspec.Struct, kw_only=True, omit_defaults=True):
+    started_at: datetime | None = None
+    seconds: float | None = None
+    bytes: int | None = None
+
+
 class JobState(msgspec.Struct, kw_only=True):
     """A job folded from its events: what `GET /jobs/{id}` shows."""
 
@@ -73,15 +233,62 @@ class JobState(msgspec.Struct, kw_only=True):
     batch_id: str | None = None
     created_at: datetime
     updated_at: datetime
+    started_at: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = None
-    error_type: str | None = None
+    error_type: ErrorType | None = None
     version: int = 0
+    # Where the pipeline stands: the current unit of work.
+    run: int = 1
+    stage: Stage = "download"
+    attempt: int = 1
+    node_id: str | None = None
+    progress: Progress | None = None
+    retries: dict[str, int] = msgspec.field(default_factory=dict)
+    # What the stages produced.
+    files: list[MediaFile] = msgspec.field(default_factory=list)
+    output: MediaFile | None = None
+    title: str | None = None
+    description: str | None = None
+    release_date: str | None = None
+    native_video_codec: str | None = None
+    native_audio_codec: str | None = None
+    actual_quality: str | None = None
+    video_codec: str | None = None
+    audio_codec: str | None = None
+    duration: float | None = None
+    key: str | None = None
+    storage: str | None = None
+    file_size: int | None = None
+    file_deleted: bool = False
+    timings: dict[str, StageTiming] = msgspec.field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+AUDIO_FORMATS: frozenset[str] = frozenset({"m4a", "mp3", "ogg", "opus"})
+
+
+def output_ext(options: JobOptions) -> str:
+    """The container the user gets: the asked `format`, else m4a for audio, mp4 for video."""
+    if options.format:
+        return options.format
+    return "m4a" if options.audio_only else "mp4"
 
 
 def stream_id(job_id: str) -> str:
     """The event stream that holds one job."""
     return f"job-{job_id}"
+
+
+def arq_job_id(job_id: str, run: int, stage: Stage, attempt: int) -> str:
+    """The deterministic queue id of one unit of work: a replayed dispatch enqueues nothing."""
+    return f"{job_id}:{run}:{stage}:{attempt}"
+
+
+# -- decide ----------------------------------------------------------------------------------
 
 
 def create(
@@ -93,6 +300,106 @@ def create(
             job_id=job_id, account_id=account_id, url=url, options=options, batch_id=batch_id
         )
     ]
+
+
+def is_current(state: JobState, stage: Stage, run: int, attempt: int) -> bool:
+    """Whether `(run, stage, attempt)` is the unit of work the job is waiting on."""
+    return (
+        not state.terminal
+        and state.run == run
+        and state.stage == stage
+        and state.attempt == attempt
+    )
+
+
+def _require_current(state: JobState, stage: Stage, run: int, attempt: int) -> None:
+    if not is_current(state, stage, run, attempt):
+        raise InvalidTransition(
+            f"job {state.job_id} is at {state.status}/{state.stage} run {state.run} attempt "
+            f"{state.attempt}, not {stage} run {run} attempt {attempt}"
+        )
+
+
+def start_stage(state: JobState, stage: Stage, run: int, attempt: int, node_id: str) -> list[Event]:
+    """A node begins a unit of work."""
+    _require_current(state, stage, run, attempt)
+    return [StageStarted(stage=stage, run=run, attempt=attempt, node_id=node_id)]
+
+
+def fail_stage(
+    state: JobState,
+    stage: Stage,
+    run: int,
+    attempt: int,
+    *,
+    node_id: str | None,
+    reason: str,
+    error_type: ErrorType = "error",
+    retryable: bool = True,
+    max_attempts: int = 3,
+    backoff: float = 2.0,
+    restart_from_download: bool = False,
+) -> list[Event]:
+    """An attempt failed: retry it with exponential backoff, or fail the job when out of tries.
+
+    `restart_from_download` is for a lost node: its local files went with it.
+    """
+    _require_current(state, stage, run, attempt)
+    if retryable and attempt < max_attempts:
+        retry_stage: Stage = "download" if restart_from_download else stage
+        return [
+            StageFailed(
+                stage=stage,
+                run=run,
+                attempt=attempt,
+                node_id=node_id,
+                reason=reason,
+                error_type=error_type,
+                retry_stage=retry_stage,
+                retry_attempt=attempt + 1,
+                retry_in=backoff * 2 ** (attempt - 1),
+            )
+        ]
+    return [
+        StageFailed(
+            stage=stage,
+            run=run,
+            attempt=attempt,
+            node_id=node_id,
+            reason=reason,
+            error_type=error_type,
+        ),
+        JobFailed(run=run, stage=stage, reason=reason, error_type=error_type),
+    ]
+
+
+def cancel(state: JobState) -> list[Event]:
+    """Cancel a Pending or Processing job; a finished one cannot be."""
+    if state.terminal:
+        raise InvalidTransition(f"Job is already {state.status.lower()} and cannot be cancelled")
+    running = state.stage if state.status == "Processing" else None
+    return [JobCancelled(run=state.run, stage=running)]
+
+
+def retry(state: JobState) -> list[Event]:
+    """Start a Failed or Cancelled job again from download."""
+    if state.status not in ("Failed", "Cancelled"):
+        raise InvalidTransition(
+            f"Only failed or cancelled jobs can be retried (this job is {state.status})"
+        )
+    return [JobRetried(run=state.run + 1)]
+
+
+def delete_file(state: JobState) -> list[Event]:
+    """Record that the uploaded object was deleted."""
+    if state.key is None or state.status != "Completed":
+        raise InvalidTransition("Job has no uploaded file")
+    if state.file_deleted:
+        raise InvalidTransition("File already deleted")
+    return [FileDeleted(key=state.key)]
+
+
+# -- evolve ----------------------------------------------------------------------------------
 
 
 def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> JobState:
@@ -116,7 +423,81 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         raise InvalidTransition(f"{type(ev).__name__} before JobCreated")
     state.updated_at = at
     state.version = version
+    if isinstance(ev, StageStarted):
+        state.status, state.step = "Processing", STEP_OF[ev.stage]
+        state.node_id = ev.node_id
+        state.progress = Progress(stage=ev.stage, percent=0.0)
+        state.started_at = state.started_at or at
+        state.timings[ev.stage] = StageTiming(started_at=at)
+    elif isinstance(ev, StageProgressed):
+        if ev.run == state.run and ev.attempt == state.attempt and not state.terminal:
+            state.progress = ev.progress
+    elif isinstance(ev, DownloadCompleted):
+        state.files = list(ev.files)
+        state.title, state.description = ev.title, ev.description
+        state.release_date = ev.release_date
+        state.native_video_codec, state.native_audio_codec = (
+            ev.native_video_codec,
+            ev.native_audio_codec,
+        )
+        if ev.width and ev.height:
+            state.actual_quality = f"{min(ev.width, ev.height)}p"
+        state.duration = ev.duration
+        state.timings["download"] = StageTiming(
+            started_at=state.timings.get("download", StageTiming()).started_at,
+            seconds=ev.seconds,
+            bytes=ev.bytes,
+        )
+        _advance(state, "download")
+    elif isinstance(ev, MuxCompleted):
+        state.output = ev.output
+        state.video_codec, state.audio_codec = ev.video_codec, ev.audio_codec
+        state.duration = ev.duration or state.duration
+        state.timings["mux"] = StageTiming(
+            started_at=state.timings.get("mux", StageTiming()).started_at,
+            seconds=ev.seconds,
+            bytes=ev.output.size,
+        )
+        _advance(state, "mux")
+    elif isinstance(ev, JobCompleted):
+        state.key, state.storage, state.file_size = ev.key, ev.storage, ev.size
+        state.timings["upload"] = StageTiming(
+            started_at=state.timings.get("upload", StageTiming()).started_at,
+            seconds=ev.seconds,
+            bytes=ev.size,
+        )
+        state.status, state.step = "Completed", "Finished"
+        state.finished_at, state.progress = at, None
+        state.error = state.error_type = None
+    elif isinstance(ev, StageFailed):
+        state.retries[ev.stage] = state.retries.get(ev.stage, 0) + 1
+        state.error, state.error_type = ev.reason, ev.error_type
+        if ev.retry_stage is not None and ev.retry_attempt is not None:
+            state.stage, state.attempt = ev.retry_stage, ev.retry_attempt
+            state.progress = None
+    elif isinstance(ev, JobFailed):
+        state.status, state.step = "Failed", "Finished"
+        state.error, state.error_type = ev.reason, ev.error_type
+        state.finished_at, state.progress = at, None
+    elif isinstance(ev, JobCancelled):
+        state.status, state.step = "Cancelled", "Finished"
+        state.error, state.error_type = None, None
+        state.finished_at, state.progress = at, None
+    elif isinstance(ev, JobRetried):
+        state.status, state.step = "Pending", "Queued"
+        state.run, state.stage, state.attempt = ev.run, "download", 1
+        state.node_id, state.progress, state.finished_at = None, None, None
+        state.error = state.error_type = None
+        state.files, state.output, state.key = [], None, None
+    elif isinstance(ev, FileDeleted):
+        state.file_deleted = True
     return state
+
+
+def _advance(state: JobState, done: Stage) -> None:
+    nxt = NEXT_STAGE[done]
+    assert nxt is not None
+    state.stage, state.attempt, state.progress = nxt, 1, None
 
 
 def fold(events: list[tuple[Event, datetime, int]]) -> JobState | None:
@@ -125,7 +506,3 @@ def fold(events: list[tuple[Event, datetime, int]]) -> JobState | None:
     for ev, at, version in events:
         state = evolve(state, ev, at, version)
     return state
-
-
-EVENT_TYPES: frozenset[str] = frozenset({"JobCreated"})
-"""Every event type a job stream holds."""

@@ -120,6 +120,22 @@ class ProjectionRunner:
                     break
         return total
 
+    async def wait_until(self, name: str, at: Checkpoint, within: float = 30.0) -> None:
+        """Catch `name` up until it has applied everything up to `at` (an append's checkpoint).
+
+        A fresh event becomes readable only once every older transaction on the server has
+        ended, so this may take a moment; it gives up with TimeoutError after `within` s.
+        """
+        async with asyncio.timeout(within):
+            while True:
+                await self.catch_up(name)
+                row = await self.pool.fetchrow(
+                    "SELECT tx, position FROM checkpoints WHERE name = $1", name
+                )
+                if row is not None and (row["tx"], row["position"]) >= tuple(at):
+                    return
+                await asyncio.sleep(0.02)
+
     async def pending(self, name: str) -> int:
         """How many events of its types a projection has yet to apply."""
         projection = self.projection(name)
@@ -201,6 +217,11 @@ class ProjectionRunner:
                     await listener.add_listener(NOTIFY_CHANNEL, on_notify)
                 self._wake.clear()
                 await self.catch_up()
+                if await self.store.has_unreadable():
+                    # A NOTIFY came for events still behind an older open transaction: look
+                    # again shortly rather than at the next poll.
+                    self._wake.set()
+                    await asyncio.sleep(0.02)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("projection catch-up failed, will retry: %s", exc)
                 if listener is not None:

@@ -82,11 +82,72 @@ def main(verbose: bool) -> None:
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the API binds.")
 @click.option("--port", default=8081, show_default=True, type=int, help="Port the API binds.")
-def up(**flags: Any) -> None:
+@click.option(
+    "--node-id", default=None, help="This node's id [env: SPOOL_NODE_ID; default: the hostname]."
+)
+@click.option(
+    "--url-allowlist",
+    default=None,
+    metavar="HOSTS",
+    help="Comma-separated hosts / CIDRs downloads may reach despite the SSRF rules "
+    "[env: SPOOL_URL_ALLOWLIST].",
+)
+def up(url_allowlist: str | None, **flags: Any) -> None:
     """Run the cluster on this machine: API, worker and reactors, on embedded defaults."""
     from spool.serve import up as serve
 
-    _run(serve(_settings(**flags)))
+    allow = (
+        tuple(h.strip() for h in url_allowlist.split(",") if h.strip()) if url_allowlist else None
+    )
+    _run(serve(_settings(url_allowlist=allow, **flags)))
+
+
+@main.command()
+@_database_options
+@click.option(
+    "--redis-url",
+    default=None,
+    metavar="URL",
+    help="Redis URL [env: SPOOL_REDIS_URL; default: an embedded redis-server].",
+)
+@click.option(
+    "--storage-url", default=None, metavar="URL", help="Default storage [env: SPOOL_STORAGE_URL]."
+)
+@click.option(
+    "--node-id",
+    default=None,
+    help="This node's id [env: SPOOL_NODE_ID; "
+    "default: the hostname]. Mux and upload come back to the node that downloaded.",
+)
+@click.option("--role", default=None, help="This node's role (worker, compute, storage...).")
+@click.option("--tag", "tags", multiple=True, help="A tag for this node; repeat for more.")
+@click.option(
+    "--concurrency",
+    default=None,
+    metavar="download=N,mux=N,upload=N",
+    help="How many of each stage this node runs at once [default: 2,1,2].",
+)
+def worker(concurrency: str | None, tags: tuple[str, ...], **flags: Any) -> None:
+    """Run a worker node: download, mux and upload stages, with a heartbeat every second."""
+    from spool.serve import worker as run_worker
+
+    _run(run_worker(_settings(tags=tags or None, **_concurrency(concurrency), **flags)))
+
+
+def _concurrency(spec: str | None) -> dict[str, int]:
+    if not spec:
+        return {}
+    out: dict[str, int] = {}
+    for part in spec.split(","):
+        stage, _, n = part.partition("=")
+        stage = stage.strip()
+        if stage not in ("download", "mux", "upload") or not n.strip().isdigit() or int(n) < 1:
+            raise click.BadParameter(
+                f"{part!r}: expected download=N, mux=N or upload=N with N >= 1",
+                param_hint="--concurrency",
+            )
+        out[f"{stage}_concurrency"] = int(n)
+    return out
 
 
 @main.command()
@@ -116,9 +177,9 @@ def keys_create(name: str, admin: bool, **flags: Any) -> None:
 
     async def go() -> str:
         async with open_runtime(_settings(**flags)) as rt:
-            key, _ = await issue(rt.store, name=name, admin=admin)
-            await rt.runner.catch_up("api_keys")
-            return key
+            issued = await issue(rt.store, name=name, admin=admin)
+            await rt.runner.wait_until("api_keys", issued.at)
+            return issued.key
 
     if not name.strip():
         raise click.BadParameter("must not be blank", param_hint="--name")

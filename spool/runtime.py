@@ -8,10 +8,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import asyncpg
+from arq.connections import ArqRedis
 
 from adapters.database import create_pool, migrate
 from adapters.event_store import EventStore
+from adapters.queue import connect
 from adapters.settings import Settings
+from adapters.storage import ObjectStorage, storage_from_url
 from reactors.projection import ProjectionRunner
 from reactors.projections import all_projections
 from spool.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -30,6 +33,8 @@ class Runtime:
     pool: asyncpg.Pool
     store: EventStore
     runner: ProjectionRunner
+    storage: ObjectStorage
+    redis: ArqRedis | None = None
     embedded: list[EmbeddedPostgres | EmbeddedRedis] = field(default_factory=list)
 
 
@@ -40,6 +45,8 @@ async def open_runtime(
     """Start what `settings` leave unset, migrate, and yield the wired parts; stop all on exit."""
     embedded: list[EmbeddedPostgres | EmbeddedRedis] = []
     pool: asyncpg.Pool | None = None
+    redis: ArqRedis | None = None
+    storage: ObjectStorage | None = None
     try:
         database_url = settings.database_url
         if database_url is None:
@@ -48,22 +55,32 @@ async def open_runtime(
             database_url = pg.start()
         redis_url = settings.redis_url
         if redis_url is None and need_redis:
-            redis = EmbeddedRedis(settings.data_dir)
-            embedded.append(redis)
-            redis_url = redis.start()
+            local_redis = EmbeddedRedis(settings.data_dir)
+            embedded.append(local_redis)
+            redis_url = local_redis.start()
         if run_migrations:
             await migrate(database_url)
-        pool = await create_pool(database_url)
+        pool = await create_pool(database_url, max_size=20)
         store = EventStore(pool)
         runner = ProjectionRunner(store, all_projections())
-        runtime = Runtime(settings, database_url, redis_url, pool, store, runner, embedded)
+        storage = storage_from_url(settings.storage_url, data_dir=settings.data_dir)
+        if redis_url is not None and need_redis:
+            redis = await connect(redis_url)
+        runtime = Runtime(
+            settings, database_url, redis_url, pool, store, runner, storage, redis, embedded
+        )
         if settings.api_key:
             await runner.catch_up("api_keys")
-            if await ensure_admin_key(store, settings.api_key):
+            created = await ensure_admin_key(store, settings.api_key)
+            if created is not None:
+                await runner.wait_until("api_keys", created.at)
                 log.info("created the admin key given in SPOOL_API_KEY")
-            await runner.catch_up("api_keys")
         yield runtime
     finally:
+        if redis is not None:
+            await redis.aclose()
+        if storage is not None:
+            await storage.close()
         if pool is not None:
             await pool.close()
         for server in reversed(embedded):

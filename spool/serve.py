@@ -1,4 +1,4 @@
-"""`spool up`: the API, the projection runner and (later) the worker and reactors in one process."""
+"""`spool up` and `spool worker`: the long-running processes, stopped by SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
@@ -6,34 +6,64 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Generator
+from collections.abc import Coroutine, Generator
+from typing import Any
 
 import uvicorn
 
 from adapters.settings import Settings
 from api.app import create_app
-from spool.runtime import open_runtime
+from reactors.node import Node
+from reactors.pipeline import PipelineReactor
+from reactors.projection import ProjectionRunner
+from reactors.reconciler import Reconciler
+from spool.runtime import Runtime, open_runtime
 
 log = logging.getLogger("spool")
 
 
 class _Server(uvicorn.Server):
-    """Uvicorn without its own signal handling: `spool up` stops every part on one signal."""
+    """Uvicorn without its own signal handling: one signal stops every part of the process."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
 
 
-async def up(settings: Settings) -> None:
-    """Run until SIGINT or SIGTERM, then stop everything it started."""
+def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def node_for(rt: Runtime) -> Node:
+    assert rt.redis is not None
+    return Node(store=rt.store, redis=rt.redis, storage=rt.storage, settings=rt.settings)
+
+
+async def _supervise(stop: asyncio.Event, parts: dict[str, Coroutine[Any, Any, Any]]) -> None:
+    """Run `parts` until `stop` (or until one of them ends), then let each finish."""
+    tasks = [asyncio.create_task(coro, name=name) for name, coro in parts.items()]
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    for t in done:
+        if t is not stopper and not t.cancelled() and t.exception() is not None:
+            log.error("%s stopped: %s", t.get_name(), t.exception())
+    _, pending = await asyncio.wait(tasks, timeout=30)
+    for t in pending:
+        t.cancel()
+
+
+async def up(settings: Settings) -> None:
+    """API, projections, the pipeline reactor, the reconciler and one worker node."""
+    stop = _stop_on_signals()
     async with open_runtime(settings, need_redis=True) as rt:
+        assert rt.redis is not None
         await rt.runner.catch_up()
-        app = create_app(pool=rt.pool, store=rt.store, settings=settings)
+        app = create_app(pool=rt.pool, store=rt.store, settings=settings, storage=rt.storage)
         server = _Server(
             uvicorn.Config(
                 app,
@@ -42,19 +72,33 @@ async def up(settings: Settings) -> None:
                 log_level="info",
                 lifespan="on",
                 access_log=False,
+                log_config=None,
             )
         )
-        tasks = [
-            asyncio.create_task(server.serve(), name="api"),
-            asyncio.create_task(rt.runner.run(stop), name="projections"),
-        ]
+        pipeline = ProjectionRunner(rt.store, [PipelineReactor(rt.redis)])
+
+        async def api() -> None:
+            serving = asyncio.create_task(server.serve())
+            await stop.wait()
+            server.should_exit = True
+            await serving
+
         log.info("spool is up: http://%s:%d (Swagger UI at /swagger)", settings.host, settings.port)
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-        stop.set()
-        server.should_exit = True
-        for t in done:
-            if t is not stopper and t.exception() is not None:
-                log.error("%s stopped: %s", t.get_name(), t.exception())
-        await asyncio.wait(tasks, timeout=10)
+        await _supervise(
+            stop,
+            {
+                "api": api(),
+                "projections": rt.runner.run(stop),
+                "pipeline": pipeline.run(stop),
+                "reconciler": Reconciler(rt.store, rt.redis, settings).run(stop),
+                "node": node_for(rt).run(stop),
+            },
+        )
         log.info("spool stopped")
+
+
+async def worker(settings: Settings) -> None:
+    """One worker node: its arq workers and its heartbeat."""
+    stop = _stop_on_signals()
+    async with open_runtime(settings, need_redis=True) as rt:
+        await _supervise(stop, {"node": node_for(rt).run(stop)})

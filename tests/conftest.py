@@ -19,6 +19,7 @@ from litestar import Litestar
 from adapters.database import create_database, create_pool, drop_database, migrate
 from adapters.event_store import EventStore
 from adapters.settings import Settings
+from adapters.storage import LocalStorage
 from api.app import create_app
 from reactors.projection import ProjectionRunner
 from reactors.projections import all_projections
@@ -26,7 +27,7 @@ from spool.embedded import EmbeddedPostgres, EmbeddedRedis
 from spool.keys import issue
 
 # Fixtures for real media (FFmpeg + loopback HTTP) and a real S3 server (moto) live beside this.
-pytest_plugins = ["tests.fixtures.media", "tests.fixtures.s3"]
+pytest_plugins = ["tests.fixtures.media", "tests.fixtures.s3", "tests.fixtures.cluster"]
 
 
 @pytest.fixture(scope="session")
@@ -104,10 +105,16 @@ def api_client(app: Litestar) -> httpx.AsyncClient:
 
 @pytest.fixture(scope="session")
 async def client(
-    pool: asyncpg.Pool, store: EventStore, database_url: str
+    pool: asyncpg.Pool,
+    store: EventStore,
+    database_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The API, in-process, over the run's database."""
-    app = create_app(pool=pool, store=store, settings=Settings(database_url=database_url))
+    """The API, in-process, over the run's database (storage: a local folder)."""
+    storage = LocalStorage(tmp_path_factory.mktemp("storage"))
+    app = create_app(
+        pool=pool, store=store, settings=Settings(database_url=database_url), storage=storage
+    )
     async with api_client(app) as c:
         yield c
 
@@ -115,17 +122,17 @@ async def client(
 @pytest.fixture
 async def api_key(store: EventStore, runner: ProjectionRunner) -> str:
     """A fresh account's key, usable at once."""
-    key, _ = await issue(store, name=f"test-{uuid.uuid4().hex[:6]}", admin=False)
-    await runner.catch_up("api_keys")
-    return key
+    issued = await issue(store, name=f"test-{uuid.uuid4().hex[:6]}", admin=False)
+    await runner.wait_until("api_keys", issued.at)
+    return issued.key
 
 
 @pytest.fixture
 async def other_api_key(store: EventStore, runner: ProjectionRunner) -> str:
     """A second, unrelated account's key."""
-    key, _ = await issue(store, name="someone-else", admin=False)
-    await runner.catch_up("api_keys")
-    return key
+    issued = await issue(store, name="someone-else", admin=False)
+    await runner.wait_until("api_keys", issued.at)
+    return issued.key
 
 
 @pytest.fixture

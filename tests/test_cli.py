@@ -13,6 +13,7 @@ import httpx
 
 from adapters.event_store import EventStore
 from spool.embedded import free_port
+from tests.fixtures.media import MediaServer, media_duration
 
 SPOOL = [sys.executable, "-m", "spool"]
 
@@ -100,15 +101,28 @@ async def test_projections_rebuild_keeps_every_row(
     assert len(listing.json()["jobs"]) == 3
 
 
-def test_spool_up_serves_jobs_on_embedded_defaults_and_stops_cleanly(tmp_path: Path) -> None:
-    """The first command a new user runs: no Postgres or Redis configured."""
+def test_spool_up_runs_a_job_to_completion_on_embedded_defaults(
+    tmp_path: Path, media_server: MediaServer
+) -> None:
+    """The first command a new user runs: no Postgres, Redis or storage configured."""
     port = free_port()
     key = "sk_smoke_test_key_0123456789abcdef"
     data_dir = tmp_path / "data"
     env = _env(SPOOL_API_KEY=key)
     log = (tmp_path / "up.log").open("w")
     proc = subprocess.Popen(
-        [*SPOOL, "up", "--port", str(port), "--data-dir", str(data_dir)],
+        [
+            *SPOOL,
+            "up",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--url-allowlist",
+            "127.0.0.1/32",
+            "--node-id",
+            "smoke-node",
+        ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -128,14 +142,27 @@ def test_spool_up_serves_jobs_on_embedded_defaults_and_stops_cleanly(tmp_path: P
 
         headers = {"x-api-key": key}
         created = httpx.post(
-            f"{base}/jobs", json={"url": "http://media.test/s.mp4"}, headers=headers
+            f"{base}/jobs",
+            json={"url": media_server.url("clip.mp4"), "filename": "smoke"},
+            headers=headers,
         )
         assert created.status_code == 201
         job_id = created.json()["job_id"]
-        got = httpx.get(f"{base}/jobs/{job_id}", headers=headers).json()
-        assert (got["status"], got["step"]) == ("Pending", "Queued")
+        deadline = time.monotonic() + 90
+        while (got := httpx.get(f"{base}/jobs/{job_id}", headers=headers).json())["status"] in (
+            "Pending",
+            "Processing",
+        ):
+            assert time.monotonic() < deadline, got
+            time.sleep(0.2)
+        assert got["status"] == "Completed", got
+        stored = data_dir / "storage" / "smoke.mp4"
+        assert stored.exists()
+        assert abs(media_duration(stored) - 2.0) < 0.3
         history = httpx.get(f"{base}/jobs/{job_id}/events", headers=headers).json()
-        assert [e["type"] for e in history["events"]] == ["JobCreated"]
+        assert [e["type"] for e in history["events"]].count("JobCompleted") == 1
+        stats = httpx.get(f"{base}/dashboard/cluster", headers=headers).json()
+        assert set(stats) == {"total_downloading", "total_muxing", "total_uploading"}
 
         # A second spool process on the same data dir joins the running embedded server.
         second = _spool(
@@ -147,7 +174,7 @@ def test_spool_up_serves_jobs_on_embedded_defaults_and_stops_cleanly(tmp_path: P
         assert theirs.status_code == 404
     finally:
         proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=30)
+        code = proc.wait(timeout=60)
         log.close()
     assert code == 0, (tmp_path / "up.log").read_text()
     assert not (data_dir / "postgres" / "postmaster.pid").exists()

@@ -131,7 +131,7 @@ async def test_a_jobs_events_tell_who_created_it_and_in_which_request(
     [
         ({}, "url"),
         ({"url": 5}, "Expected `str`"),
-        ({"url": ""}, "url"),
+        ({"url": ""}, "Invalid URL"),
         ({"url": "ftp://media.test/a.mp4"}, "Invalid URL"),
         ({"url": "not a url"}, "Invalid URL"),
         ([1, 2], "Expected `object`"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import asyncpg
 import msgspec
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 from adapters.database import create_pool
 from adapters.event_store import EventStore
 from adapters.settings import Settings
+from adapters.storage import LocalStorage
 from api.app import create_app
 from domain import job
 from domain.events import NewEvent, RecordedEvent
@@ -47,6 +49,7 @@ async def isolated(fresh_database_url: str) -> AsyncIterator[EventStore]:
 
 
 async def _create_jobs(store: EventStore, account_id: str, n: int) -> list[str]:
+    """Create `n` jobs and wait until subscribers can read them all."""
     ids = [str(uuid.uuid4()) for _ in range(n)]
     for jid in ids:
         events = job.create(
@@ -55,7 +58,8 @@ async def _create_jobs(store: EventStore, account_id: str, n: int) -> list[str]:
             url=f"http://media.test/{jid}",
             options=job.JobOptions(),
         )
-        await store.append(job.stream_id(jid), [NewEvent(e) for e in events], 0)
+        last = await store.append(job.stream_id(jid), [NewEvent(e) for e in events], 0)
+    await store.wait_readable(last.checkpoint)
     return ids
 
 
@@ -100,15 +104,17 @@ async def test_the_jobs_projection_equals_the_fold_of_each_stream(isolated: Even
 
 
 async def test_a_rebuild_serves_the_old_rows_until_it_swaps_in_the_new(
-    isolated: EventStore,
+    isolated: EventStore, tmp_path: Path
 ) -> None:
     runner = ProjectionRunner(isolated, all_projections(), batch_size=10)
-    key, account_id = await issue(isolated, name="t", admin=False)
+    key, account_id, _ = await issue(isolated, name="t", admin=False)
     ids = await _create_jobs(isolated, account_id, 45)
     await runner.catch_up()
     before = await isolated.pool.fetch("SELECT job_id, state FROM jobs ORDER BY job_id")
 
-    app = create_app(pool=isolated.pool, store=isolated, settings=Settings())
+    app = create_app(
+        pool=isolated.pool, store=isolated, settings=Settings(), storage=LocalStorage(tmp_path)
+    )
     answers: list[int] = []
     async with api_client(app) as client:
         rebuilding = ProjectionRunner(isolated, all_projections(), batch_size=10)

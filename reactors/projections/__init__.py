@@ -5,8 +5,9 @@ from __future__ import annotations
 from reactors.projection import Projection
 from reactors.projections.api_keys import ApiKeysProjection
 from reactors.projections.jobs import JobsProjection
+from reactors.projections.nodes import NodesProjection
 
 
 def all_projections() -> list[Projection]:
     """Every projection, in the order the runner applies them."""
-    return [ApiKeysProjection(), JobsProjection()]
+    return [ApiKeysProjection(), JobsProjection(), NodesProjection()]

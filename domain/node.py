@@ -1,0 +1,67 @@
+"""Worker nodes: registration and the once-a-second heartbeat."""
+
+from __future__ import annotations
+
+import msgspec
+
+from domain.events import Event, event
+
+ONLINE_SECONDS = 30.0
+"""A node whose last heartbeat is younger than this counts in cluster stats."""
+
+
+class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
+    cpu_count: int
+    memory_total_gb: float
+    storage_total_gb: float
+    has_gpu: bool = False
+    stages: list[str] = msgspec.field(default_factory=list)
+    platform: str = "linux"
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    """What psutil says about the machine right now."""
+
+    cpu_percent: float
+    memory_used: int
+    memory_total: int
+    disk_free: int
+    disk_total: int
+
+
+@event
+class NodeStarted(Event, frozen=True, kw_only=True):
+    node_id: str
+    hostname: str
+    ip: str
+    role: str
+    tags: list[str]
+    capabilities: Capabilities
+    concurrency: dict[str, int]
+
+
+@event
+class NodeHeartbeat(Event, frozen=True, kw_only=True):
+    """Sent every second: what the node is doing and how the machine is."""
+
+    node_id: str
+    hostname: str
+    ip: str
+    downloading: int
+    muxing: int
+    uploading: int
+    running: list[str]
+    usage: Usage
+
+
+@event
+class NodeStopped(Event, frozen=True, kw_only=True):
+    node_id: str
+
+
+EVENT_TYPES: frozenset[str] = frozenset({"NodeStarted", "NodeHeartbeat", "NodeStopped"})
+
+
+def stream_id(node_id: str) -> str:
+    """The event stream that holds one node."""
+    return f"node-{node_id}"

@@ -1,0 +1,394 @@
+"""A worker node: arq workers for its queues, the stage runner, and the heartbeat.
+
+One process per node. Downloads come from the shared queue; mux and upload come from the node's
+own queue, because the files are on its disk. Every second the node appends, in one batched
+transaction, its heartbeat and the latest progress of each running stage, then looks for
+cancellations of what it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from arq.connections import ArqRedis
+from arq.worker import Worker, func
+
+from adapters import sysinfo
+from adapters.event_store import EventStore, StreamAppend
+from adapters.job_store import load_job
+from adapters.queue import DOWNLOAD_QUEUE, node_queue
+from adapters.settings import Settings
+from adapters.ssrf import UrlGuard
+from adapters.storage import ObjectStorage
+from domain import job, node
+from domain.errors import ConcurrencyError, InvalidTransition
+from domain.events import Event, Metadata, NewEvent
+from reactors import stages
+
+log = logging.getLogger("spool.node")
+
+STAGE_TIMEOUT = 6 * 3600
+"""arq's own limit; stalls are caught much sooner by the node's progress watchdog."""
+
+
+@dataclass
+class RunningUnit:
+    """A unit of work this node is running now."""
+
+    job_id: str
+    stage: job.Stage
+    run: int
+    attempt: int
+    since_version: int
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    last_progress: float = field(default_factory=time.monotonic)
+    progress: job.Progress | None = None
+    reported: job.Progress | None = None
+    stalled: bool = False
+
+
+class Node:
+    """Runs stages for the cluster and reports on itself."""
+
+    def __init__(
+        self,
+        *,
+        store: EventStore,
+        redis: ArqRedis,
+        storage: ObjectStorage,
+        settings: Settings,
+    ) -> None:
+        self.store = store
+        self.redis = redis
+        self.storage = storage
+        self.settings = settings
+        self.node_id = settings.node_id
+        self.guard = UrlGuard(settings.url_allowlist)
+        self.workroot = settings.data_dir / "work"
+        self.running: dict[str, RunningUnit] = {}
+        # Units taken from a queue but perhaps still waiting for a slot: reported as running so
+        # the reconciler never mistakes them for lost.
+        self.claimed: set[str] = set()
+        self.slots = {
+            "download": asyncio.Semaphore(settings.download_concurrency),
+            "mux": asyncio.Semaphore(settings.mux_concurrency),
+            "upload": asyncio.Semaphore(settings.upload_concurrency),
+        }
+        self.meta = Metadata(actor=f"node:{self.node_id}", node_id=self.node_id)
+        self.hostname = sysinfo.hostname()
+        self.ip = sysinfo.primary_ip()
+
+    # -- life ----------------------------------------------------------------------------
+
+    def _workers(self) -> list[Worker]:
+        common: dict[str, Any] = {
+            "redis_pool": self.redis,
+            "handle_signals": False,
+            "ctx": {"node": self},
+            "job_timeout": STAGE_TIMEOUT,
+            "keep_result": 7 * 24 * 3600,
+            "poll_delay": 0.2,
+            "max_tries": 1000,
+        }
+        s = self.settings
+        return [
+            Worker(
+                [func(download, name="download")],
+                queue_name=DOWNLOAD_QUEUE,
+                max_jobs=s.download_concurrency,
+                **common,
+            ),
+            Worker(
+                [func(mux, name="mux"), func(upload, name="upload")],
+                queue_name=node_queue(self.node_id),
+                max_jobs=s.mux_concurrency + s.upload_concurrency,
+                **common,
+            ),
+        ]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until `stop` is set; then hand back what is running and say goodbye."""
+        self.workroot.mkdir(parents=True, exist_ok=True)
+        await self._append_node(
+            node.NodeStarted(
+                node_id=self.node_id,
+                hostname=self.hostname,
+                ip=self.ip,
+                role=self.settings.role,
+                tags=list(self.settings.tags),
+                capabilities=sysinfo.capabilities(self.workroot, ["download", "mux", "upload"]),
+                concurrency={
+                    "download": self.settings.download_concurrency,
+                    "mux": self.settings.mux_concurrency,
+                    "upload": self.settings.upload_concurrency,
+                },
+            )
+        )
+        workers = self._workers()
+        tasks = [asyncio.create_task(w.async_run(), name=f"arq:{w.queue_name}") for w in workers]
+        ticker = asyncio.create_task(self._tick_forever(stop), name="heartbeat")
+        log.info("node %s working (download queue + %s)", self.node_id, node_queue(self.node_id))
+        await stop.wait()
+        handed_back = list(self.running.values())
+        for w in workers:
+            w.handle_sig(signal.SIGTERM)  # cancels its running jobs and its poll loop
+        for t in tasks:
+            t.cancel()  # a worker stopped before its poll loop began has nothing to signal
+        await asyncio.gather(*tasks, return_exceptions=True)
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        for unit in handed_back:
+            with contextlib.suppress(Exception):
+                await self._fail(
+                    unit,
+                    stages.StageError(
+                        f"Node {self.node_id} stopped during {unit.stage}", retryable=True
+                    ),
+                )
+        await self._append_node(node.NodeStopped(node_id=self.node_id))
+
+    async def _append_node(self, ev: Event) -> None:
+        await self.store.append(node.stream_id(self.node_id), [NewEvent(ev, self.meta)], None)
+
+    # -- the heartbeat -------------------------------------------------------------------
+
+    async def _tick_forever(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await self.tick()
+            except Exception as exc:  # the heartbeat must outlive a database hiccup
+                log.warning("heartbeat failed, will retry: %s", exc)
+            elapsed = time.monotonic() - started
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    stop.wait(), max(0.05, self.settings.heartbeat_interval - elapsed)
+                )
+
+    def counts(self) -> dict[str, int]:
+        counts = {"download": 0, "mux": 0, "upload": 0}
+        for unit in self.running.values():
+            counts[unit.stage] += 1
+        return counts
+
+    async def tick(self) -> None:
+        """Heartbeat + progress in one transaction; then cancellations and stalls."""
+        counts = self.counts()
+        beat = node.NodeHeartbeat(
+            node_id=self.node_id,
+            hostname=self.hostname,
+            ip=self.ip,
+            downloading=counts["download"],
+            muxing=counts["mux"],
+            uploading=counts["upload"],
+            running=sorted(self.claimed | set(self.running)),
+            usage=sysinfo.usage(self.workroot),
+        )
+        appends = [StreamAppend(node.stream_id(self.node_id), [NewEvent(beat, self.meta)])]
+        reported: list[RunningUnit] = []
+        for unit in list(self.running.values()):
+            if unit.progress is not None and unit.progress != unit.reported:
+                ev = job.StageProgressed(run=unit.run, attempt=unit.attempt, progress=unit.progress)
+                appends.append(StreamAppend(job.stream_id(unit.job_id), [NewEvent(ev, self.meta)]))
+                reported.append(unit)
+        try:
+            await self.store.append_many(appends)
+        except ConcurrencyError:
+            # A job stream moved under us (its stage completing): send the heartbeat alone now,
+            # the progress again next second.
+            await self.store.append_many(appends[:1])
+        else:
+            for unit in reported:
+                unit.reported = unit.progress
+        await self._check_cancellations()
+        self._check_stalls()
+
+    async def _check_cancellations(self) -> None:
+        if not self.running:
+            return
+        units = list(self.running.values())
+        rows = await self.store.pool.fetch(
+            """
+            SELECT DISTINCT e.stream_id FROM unnest($1::text[], $2::int[]) AS r(stream_id, v)
+            JOIN events e ON e.stream_id = r.stream_id AND e.version > r.v
+            WHERE e.type = 'JobCancelled'
+            """,
+            [job.stream_id(u.job_id) for u in units],
+            [u.since_version for u in units],
+        )
+        cancelled = {r[0] for r in rows}
+        for unit in units:
+            if job.stream_id(unit.job_id) in cancelled:
+                unit.cancel.set()
+
+    def _check_stalls(self) -> None:
+        now = time.monotonic()
+        for unit in self.running.values():
+            if not unit.stalled and now - unit.last_progress > self.settings.stall_timeout:
+                unit.stalled = True
+                unit.cancel.set()
+
+    # -- the stage runner ----------------------------------------------------------------
+
+    async def run_stage(self, stage: job.Stage, job_id: str, run: int, attempt: int) -> str:
+        """Run one unit of work if it is still the job's current one; returns what happened."""
+        unit_id = job.arq_job_id(job_id, run, stage, attempt)
+        if unit_id in self.claimed:
+            return "already running here"
+        self.claimed.add(unit_id)
+        try:
+            return await self._claimed(unit_id, stage, job_id, run, attempt)
+        finally:
+            self.claimed.discard(unit_id)
+
+    async def _claimed(
+        self, unit_id: str, stage: job.Stage, job_id: str, run: int, attempt: int
+    ) -> str:
+        async with self.slots[stage]:
+            state = await load_job(self.store, job_id)
+            if state is None or not job.is_current(state, stage, run, attempt):
+                return "stale"
+            if stage != "download" and state.node_id != self.node_id:
+                return f"files are on node {state.node_id}"
+            try:
+                result = await self.store.append(
+                    job.stream_id(job_id),
+                    [
+                        NewEvent(e, self.meta)
+                        for e in job.start_stage(state, stage, run, attempt, self.node_id)
+                    ],
+                    state.version,
+                )
+            except (ConcurrencyError, InvalidTransition):
+                return "taken or changed"
+            state = await load_job(self.store, job_id)
+            assert state is not None
+            unit = RunningUnit(job_id, stage, run, attempt, since_version=result.version)
+            self.running[unit_id] = unit
+            try:
+                return await self._execute(unit, state)
+            finally:
+                self.running.pop(unit_id, None)
+
+    def _progress_sink(self, unit: RunningUnit) -> stages.ProgressSink:
+        def sink(p: job.Progress) -> None:
+            unit.progress = p
+            unit.last_progress = time.monotonic()
+
+        return sink
+
+    def workdir(self, job_id: str, run: int) -> Path:
+        return self.workroot / job_id / str(run)
+
+    async def _execute(self, unit: RunningUnit, state: job.JobState) -> str:
+        workdir = self.workdir(unit.job_id, unit.run)
+        sink = self._progress_sink(unit)
+        try:
+            done: Event
+            if unit.stage == "download":
+                if workdir.exists():  # a previous attempt's leftovers
+                    stages.remove_workdir(workdir)
+                done = await stages.download(
+                    state, self.node_id, workdir, self.guard, sink, unit.cancel
+                )
+            elif unit.stage == "mux":
+                done = await stages.mux(state, self.node_id, workdir, sink, unit.cancel)
+            else:
+                done = await stages.upload(state, self.node_id, self.storage, sink, unit.cancel)
+        except stages.StageCancelled:
+            if unit.stalled:
+                return await self._fail(
+                    unit,
+                    stages.StageError(
+                        f"No progress for {self.settings.stall_timeout:g} s during {unit.stage}",
+                        retryable=True,
+                    ),
+                )
+            stages.remove_workdir(workdir)
+            return "cancelled"
+        except stages.StageError as exc:
+            return await self._fail(unit, exc)
+        except Exception as exc:
+            log.exception("%s of job %s failed unexpectedly", unit.stage, unit.job_id)
+            return await self._fail(
+                unit,
+                stages.StageError(f"Internal error: {type(exc).__name__}: {exc}", retryable=True),
+            )
+        return await self._complete(unit, done, workdir)
+
+    async def _complete(self, unit: RunningUnit, done: Event, workdir: Path) -> str:
+        """Record a stage's result, unless the job moved on (cancel wins)."""
+        while True:
+            state = await load_job(self.store, unit.job_id)
+            if state is None or not job.is_current(state, unit.stage, unit.run, unit.attempt):
+                if isinstance(done, job.JobCompleted):
+                    await self.storage.delete(done.key)
+                stages.remove_workdir(workdir)
+                return "cancelled" if state is not None and state.status == "Cancelled" else "stale"
+            try:
+                await self.store.append(
+                    job.stream_id(unit.job_id), [NewEvent(done, self.meta)], state.version
+                )
+            except ConcurrencyError:
+                continue  # something (progress, a cancel) landed first: look again
+            if isinstance(done, job.JobCompleted):
+                stages.remove_workdir(self.workroot / unit.job_id)
+            return "completed"
+
+    async def _fail(self, unit: RunningUnit, exc: stages.StageError) -> str:
+        while True:
+            state = await load_job(self.store, unit.job_id)
+            if state is None or not job.is_current(state, unit.stage, unit.run, unit.attempt):
+                return "stale"
+            events = job.fail_stage(
+                state,
+                unit.stage,
+                unit.run,
+                unit.attempt,
+                node_id=self.node_id,
+                reason=exc.reason,
+                error_type=exc.error_type,
+                retryable=exc.retryable,
+                max_attempts=self.settings.stage_attempts,
+                backoff=self.settings.retry_backoff,
+            )
+            try:
+                await self.store.append(
+                    job.stream_id(unit.job_id),
+                    [NewEvent(e, self.meta) for e in events],
+                    state.version,
+                )
+            except ConcurrencyError:
+                continue
+            if any(isinstance(e, job.JobFailed) for e in events):
+                stages.remove_workdir(self.workroot / unit.job_id)
+                return "failed"
+            if unit.stage == "download":
+                stages.remove_workdir(self.workdir(unit.job_id, unit.run))
+            return "will retry"
+
+
+# arq entry points: the function names are the stage names the dispatcher enqueues.
+
+
+async def download(ctx: dict[str, Any], job_id: str, run: int, attempt: int) -> str:
+    node_: Node = ctx["node"]
+    return await node_.run_stage("download", job_id, run, attempt)
+
+
+async def mux(ctx: dict[str, Any], job_id: str, run: int, attempt: int) -> str:
+    node_: Node = ctx["node"]
+    return await node_.run_stage("mux", job_id, run, attempt)
+
+
+async def upload(ctx: dict[str, Any], job_id: str, run: int, attempt: int) -> str:
+    node_: Node = ctx["node"]
+    return await node_.run_stage("upload", job_id, run, attempt)

@@ -1,0 +1,130 @@
+"""The reconciler: no accepted job is ever stranded.
+
+Redis is only a transport. Every pass compares each unfinished job in the log with what Redis
+holds and what live nodes say they run, and repairs the difference: a unit Redis lost is
+enqueued again (same id), a unit whose worker or node died is failed so its retry runs. A
+suspicion must hold on two passes in a row before anything is done, so a unit caught between
+queue and heartbeat is never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+
+from arq.connections import ArqRedis
+
+from adapters.event_store import EventStore
+from adapters.job_store import load_job
+from adapters.queue import Dispatch, dispatch, unit_status
+from adapters.settings import Settings
+from domain import job
+from domain.errors import ConcurrencyError, InvalidTransition
+from domain.events import Metadata, NewEvent
+
+log = logging.getLogger("spool.reconciler")
+
+
+class Reconciler:
+    def __init__(self, store: EventStore, redis: ArqRedis, settings: Settings) -> None:
+        self.store = store
+        self.redis = redis
+        self.settings = settings
+        self.meta = Metadata(actor="reconciler")
+        self._suspects: dict[str, str] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Reconcile every `reconcile_interval` seconds until `stop` is set."""
+        while not stop.is_set():
+            try:
+                await self.reconcile_once()
+            except Exception as exc:  # keep going through database or Redis outages
+                log.warning("reconcile pass failed, will retry: %s", exc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.reconcile_interval)
+
+    async def reconcile_once(self) -> list[str]:
+        """One pass; returns what it did, one line per action."""
+        live = {
+            r["node_id"]: set(r["running"])
+            for r in await self.store.pool.fetch(
+                "SELECT node_id, running FROM nodes WHERE stopped_at IS NULL "
+                "AND last_heartbeat_at > now() - $1::interval",
+                timedelta(seconds=self.settings.node_timeout),
+            )
+        }
+        running = set().union(*live.values()) if live else set()
+        rows = await self.store.pool.fetch(
+            "SELECT job_id FROM jobs WHERE status IN ('Pending', 'Processing') "
+            "AND updated_at < now() - $1::interval",
+            timedelta(seconds=max(2.0, 2 * self.settings.heartbeat_interval)),
+        )
+        suspects: dict[str, str] = {}
+        actions: list[str] = []
+        for row in rows:
+            state = await load_job(self.store, row["job_id"])
+            if state is None or state.terminal:
+                continue
+            unit = job.arq_job_id(state.job_id, state.run, state.stage, state.attempt)
+            if unit in running:
+                continue
+            verdict = await self._diagnose(state, unit, live)
+            if verdict is None:
+                continue
+            if self._suspects.get(unit) != verdict:
+                suspects[unit] = verdict  # act only if the next pass sees the same
+                continue
+            action = await self._repair(state, unit, verdict)
+            if action:
+                actions.append(action)
+                log.info("%s", action)
+        self._suspects = suspects
+        return actions
+
+    async def _diagnose(
+        self, state: job.JobState, unit: str, live: dict[str, set[str]]
+    ) -> str | None:
+        if state.stage != "download" and state.node_id not in live:
+            return "node lost"
+        status = await unit_status(self.redis, unit)
+        if status == "missing":
+            return "missing"
+        if status == "in_progress":
+            return "worker lost"
+        if status == "done":
+            return "ended without result"
+        return None  # queued: waiting for a free worker is not a fault
+
+    async def _repair(self, state: job.JobState, unit: str, verdict: str) -> str | None:
+        if verdict == "missing":
+            d = Dispatch(state.job_id, state.run, state.stage, state.attempt, state.node_id)
+            await dispatch(self.redis, d)
+            return f"re-dispatched {unit}: the queue had lost it"
+        reasons = {
+            "node lost": f"Node {state.node_id} stopped answering during {state.stage}",
+            "worker lost": f"The worker running {state.stage} stopped answering",
+            "ended without result": f"The {state.stage} stage ended without a result",
+        }
+        try:
+            events = job.fail_stage(
+                state,
+                state.stage,
+                state.run,
+                state.attempt,
+                node_id=state.node_id,
+                reason=reasons[verdict],
+                retryable=True,
+                max_attempts=self.settings.stage_attempts,
+                backoff=0.0,
+                restart_from_download=verdict == "node lost",
+            )
+            await self.store.append(
+                job.stream_id(state.job_id),
+                [NewEvent(e, self.meta) for e in events],
+                state.version,
+            )
+        except (ConcurrencyError, InvalidTransition):
+            return None  # the job moved on by itself
+        return f"failed {unit} ({verdict}) so that it is retried"

@@ -1,0 +1,222 @@
+"""The bodies of the three pipeline stages: adapters in, one completion event out.
+
+Each stage raises `StageError` with a reason a user can act on, or `StageCancelled` when the job
+was cancelled under it; it leaves nothing behind in either case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from adapters import downloader, muxer
+from adapters.ssrf import UrlGuard
+from adapters.storage import ObjectStorage, StorageCancelled, StorageError, object_key
+from domain import job
+from domain.timecode import parse_timecode
+
+ProgressSink = Callable[[job.Progress], None]
+
+
+class StageError(Exception):
+    """A stage failed; `str()` is the reason shown to the user."""
+
+    def __init__(self, reason: str, *, retryable: bool, error_type: job.ErrorType = "error"):
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.error_type: job.ErrorType = error_type
+
+
+class StageCancelled(Exception):
+    """The job was cancelled while the stage ran."""
+
+
+def output_name(state: job.JobState) -> str:
+    """The uploaded file's name: the user's `filename`, else the title plus a short job id.
+
+    Titles repeat (one source fetched twice), and two jobs must never overwrite each other's
+    object; a name the user chose is theirs to reuse.
+    """
+    ext = job.output_ext(state.options)
+    if state.options.filename:
+        return f"{state.options.filename}.{ext}"
+    title = _slug(state.title or "")
+    short = state.job_id.split("-")[0]
+    return f"{title} [{short}].{ext}" if title else f"{state.job_id}.{ext}"
+
+
+def _slug(title: str) -> str:
+    cleaned = re.sub(r"[^\w\-. ()\[\]]+", "_", title, flags=re.UNICODE).strip(" ._")
+    return re.sub(r"\s+", " ", cleaned)[:200]
+
+
+async def download(
+    state: job.JobState,
+    node_id: str,
+    workdir: Path,
+    guard: UrlGuard,
+    progress: ProgressSink,
+    cancel: asyncio.Event,
+) -> job.DownloadCompleted:
+    """Fetch the source with yt-dlp into `workdir`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_progress(p: downloader.DownloadProgress) -> None:
+        loop.call_soon_threadsafe(
+            progress,
+            job.Progress(
+                stage="download",
+                percent=p.percent,
+                bytes=p.downloaded_bytes,
+                total_bytes=p.total_bytes,
+                speed=p.speed,
+                eta=p.eta,
+            ),
+        )
+
+    relay = asyncio.create_task(_relay(cancel, stop))
+    o = state.options
+    try:
+        result = await asyncio.to_thread(
+            downloader.download,
+            state.url,
+            workdir,
+            guard=guard,
+            audio_only=o.audio_only or o.format in job.AUDIO_FORMATS,
+            max_resolution=o.max_resolution,
+            download_subtitles=o.download_subtitles,
+            download_thumbnail=o.download_thumbnail,
+            on_progress=on_progress,
+            cancel=stop,
+        )
+    except downloader.DownloadCancelled:
+        raise StageCancelled from None
+    except downloader.DownloadFailed as exc:
+        raise StageError(str(exc), retryable=exc.retryable, error_type=exc.kind) from None
+    finally:
+        relay.cancel()
+    if cancel.is_set():
+        raise StageCancelled
+    info = result.info
+    return job.DownloadCompleted(
+        run=state.run,
+        attempt=state.attempt,
+        node_id=node_id,
+        files=[job.MediaFile(path=f.path, kind=f.kind, size=f.size) for f in result.files],
+        bytes=result.total_bytes,
+        seconds=result.seconds,
+        title=info.title,
+        description=info.description,
+        release_date=info.release_date,
+        duration=info.duration,
+        native_video_codec=info.video_codec,
+        native_audio_codec=info.audio_codec,
+        width=info.width,
+        height=info.height,
+    )
+
+
+async def _relay(cancel: asyncio.Event, stop: threading.Event) -> None:
+    """Carry an asyncio cancel over to the download thread."""
+    await cancel.wait()
+    stop.set()
+
+
+async def mux(
+    state: job.JobState,
+    node_id: str,
+    workdir: Path,
+    progress: ProgressSink,
+    cancel: asyncio.Event,
+) -> job.MuxCompleted:
+    """Merge / remux / transcode the downloaded files with FFmpeg."""
+    media = [Path(f.path) for f in state.files if f.kind in ("video", "audio", "av")]
+    if not media:
+        raise StageError("The download produced no media file", retryable=False)
+    missing = [p for p in media if not p.exists()]
+    if missing:
+        raise StageError(
+            f"Downloaded file is gone from this node: {missing[0].name}", retryable=True
+        )
+    o = state.options
+    output = workdir / f"output.{job.output_ext(o)}"
+    try:
+        result = await muxer.mux(
+            media,
+            output,
+            format=job.output_ext(o),
+            video_codec=o.video_codec,
+            audio_codec=o.audio_codec,
+            audio_bitrate=o.audio_bitrate,
+            video_quality=o.video_quality,
+            quality_preset=o.quality_preset,
+            max_resolution=o.max_resolution,
+            audio_only=o.audio_only or job.output_ext(o) in job.AUDIO_FORMATS,
+            clip_start=parse_timecode(o.clip_start) if o.clip_start else None,
+            clip_end=parse_timecode(o.clip_end) if o.clip_end else None,
+            on_progress=lambda pct: progress(job.Progress(stage="mux", percent=pct)),
+            cancel=cancel,
+        )
+    except muxer.MuxCancelled:
+        raise StageCancelled from None
+    except muxer.MuxFailed as exc:
+        raise StageError(str(exc), retryable=False) from None
+    return job.MuxCompleted(
+        run=state.run,
+        attempt=state.attempt,
+        node_id=node_id,
+        output=job.MediaFile(path=result.path, kind="av", size=result.size),
+        seconds=result.seconds,
+        duration=result.duration,
+        video_codec=result.video_codec,
+        audio_codec=result.audio_codec,
+    )
+
+
+async def upload(
+    state: job.JobState,
+    node_id: str,
+    storage: ObjectStorage,
+    progress: ProgressSink,
+    cancel: asyncio.Event,
+) -> job.JobCompleted:
+    """Put the muxed file into object storage."""
+    if state.output is None or not Path(state.output.path).exists():
+        raise StageError("The muxed file is gone from this node", retryable=True)
+    key = object_key("", state.options.folder, output_name(state))
+    started = time.monotonic()
+
+    def on_progress(sent: int, total: int) -> None:
+        percent = 100.0 * sent / total if total else 100.0
+        progress(job.Progress(stage="upload", percent=percent, bytes=sent, total_bytes=total))
+
+    try:
+        stored = await storage.put_file(
+            key, Path(state.output.path), on_progress=on_progress, cancel=cancel
+        )
+    except StorageCancelled:
+        raise StageCancelled from None
+    except StorageError as exc:
+        raise StageError(f"Upload failed: {exc}", retryable=exc.retryable) from None
+    return job.JobCompleted(
+        run=state.run,
+        attempt=state.attempt,
+        node_id=node_id,
+        key=stored.key,
+        storage=storage.description,
+        size=stored.size,
+        seconds=time.monotonic() - started,
+    )
+
+
+def remove_workdir(workdir: Path) -> None:
+    """Delete a job's local files."""
+    shutil.rmtree(workdir, ignore_errors=True)

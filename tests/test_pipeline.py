@@ -1,0 +1,203 @@
+"""The media pipeline end to end: a URL goes in, a playable file lands in S3, every step an event.
+
+Real parts only: PostgreSQL, Redis, moto's S3 server on loopback, FFmpeg, and media made by
+FFmpeg and served from a loopback HTTP server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fixtures.cluster import Cluster, StartCluster
+from tests.fixtures.media import MediaServer, media_duration, media_streams
+
+
+async def _fetch(url: str, dest: Path) -> Path:
+    async with httpx.AsyncClient() as client:
+        answer = await client.get(url)
+    assert answer.status_code == 200
+    dest.write_bytes(answer.content)
+    return dest
+
+
+@pytest.mark.parametrize(
+    ("source", "expect_streams"),
+    [("clip.mp4", 2), ("hls/index.m3u8", 2), ("dash/manifest.mpd", 2)],
+    ids=["direct-mp4", "hls", "dash-separate-video-and-audio"],
+)
+async def test_a_source_ends_as_a_playable_file_in_storage(
+    cluster: Cluster, media_server: MediaServer, tmp_path: Path, source: str, expect_streams: int
+) -> None:
+    job_id = await cluster.create(media_server.url(source), filename="result")
+
+    done = await cluster.wait(job_id, "Completed", "Failed", seconds=90)
+
+    assert done["status"] == "Completed", done
+    assert done["step"] == "Finished"
+    assert done["s3_url"] and "X-Amz-Signature" in done["s3_url"]
+    assert done["storage_key"] == "result.mp4"
+    assert cluster.objects() == ["media/result.mp4"]
+    got = await _fetch(done["s3_url"], tmp_path / "result.mp4")
+    assert abs(media_duration(got) - 2.0) < 0.3
+    assert len(media_streams(got)) == expect_streams
+    assert done["file_size"] == got.stat().st_size
+    for field in (
+        "download_duration_ms",
+        "mux_duration_ms",
+        "upload_duration_ms",
+        "total_duration_ms",
+        "queue_wait_ms",
+    ):
+        assert isinstance(done[field], int), field
+    types = await cluster.event_types(job_id)
+    assert types[0] == "JobCreated"
+    assert types.count("JobCompleted") == 1
+    assert [t for t in types if t in ("StageStarted", "DownloadCompleted", "MuxCompleted")] == [
+        "StageStarted",
+        "DownloadCompleted",
+        "StageStarted",
+        "MuxCompleted",
+        "StageStarted",
+    ]
+    assert types[-1] == "JobCompleted"
+
+
+async def test_audio_only_extracts_an_m4a(
+    cluster: Cluster, media_server: MediaServer, tmp_path: Path
+) -> None:
+    job_id = await cluster.create(media_server.url("clip.mp4"), audio_only=True, filename="sound")
+    done = await cluster.wait(job_id, "Completed", "Failed", seconds=60)
+    assert done["status"] == "Completed", done
+    assert done["storage_key"] == "sound.m4a"
+    got = await _fetch(done["s3_url"], tmp_path / "sound.m4a")
+    assert media_streams(got) == ["audio"]
+
+
+async def test_a_missing_source_fails_with_a_clear_reason_after_no_pointless_retries(
+    cluster: Cluster, media_server: MediaServer
+) -> None:
+    job_id = await cluster.create(media_server.url("missing.mp4"))
+    failed = await cluster.wait(job_id, "Failed", "Completed", seconds=60)
+    assert failed["status"] == "Failed"
+    assert "404" in failed["error"]
+    assert "Traceback" not in failed["error"]
+    assert failed["error_type"] == "warning"  # the content is not there: not Spool's failure
+    assert failed["download_retries"] == 1  # a 404 is final: no pointless retries
+    assert cluster.objects() == []
+    types = await cluster.event_types(job_id)
+    assert types.count("JobFailed") == 1
+
+
+async def test_a_refused_address_fails_the_job_without_fetching(
+    start_cluster: StartCluster, media_server: MediaServer
+) -> None:
+    async with start_cluster(url_allowlist=()) as cluster:
+        job_id = await cluster.create(media_server.url("clip.mp4"))
+        failed = await cluster.wait(job_id, "Failed", "Completed", seconds=60)
+    assert failed["status"] == "Failed"
+    assert "refused" in failed["error"].lower()
+
+
+async def test_cancel_during_download_stops_it_and_leaves_no_object(
+    cluster: Cluster, media_server: MediaServer
+) -> None:
+    job_id = await cluster.create(media_server.slow_url("clip.mp4", chunk=4096, interval=0.1))
+    await cluster.wait(job_id, until=lambda j: j["step"] == "Downloading", seconds=30)
+
+    answer = await cluster.client.delete(f"/jobs/{job_id}", headers=cluster.headers())
+    assert answer.status_code == 200
+    assert answer.json() == {"job_id": job_id, "status": "Cancelled"}
+
+    assert cluster.node is not None
+    node = cluster.node
+    await cluster.wait(job_id, until=lambda j: not node.running, seconds=15)
+    job = await cluster.job(job_id)
+    assert job["status"] == "Cancelled"
+    assert cluster.objects() == []
+    assert not (cluster.settings.data_dir / "work" / job_id / "1").exists()
+    again = await cluster.client.delete(f"/jobs/{job_id}", headers=cluster.headers())
+    assert again.status_code == 400
+    assert "already cancelled" in again.json()["error"]
+
+
+async def test_a_cancelled_job_can_be_retried_to_completion(
+    cluster: Cluster, media_server: MediaServer
+) -> None:
+    job_id = await cluster.create(media_server.slow_url("clip.mp4", chunk=8192, interval=0.05))
+    await cluster.wait(job_id, until=lambda j: j["step"] == "Downloading", seconds=30)
+    await cluster.client.delete(f"/jobs/{job_id}", headers=cluster.headers())
+    await cluster.wait(job_id, "Cancelled")
+
+    retried = await cluster.client.post(f"/jobs/{job_id}/retry", headers=cluster.headers())
+    assert retried.status_code == 200
+    assert retried.json()["status"] == "Pending"
+    done = await cluster.wait(job_id, "Completed", "Failed", seconds=90)
+    assert done["status"] == "Completed", done
+    types = await cluster.event_types(job_id)
+    assert types.count("JobCompleted") == 1
+    assert "JobRetried" in types
+
+
+async def test_retry_is_refused_for_a_job_that_has_not_failed(
+    cluster: Cluster, media_server: MediaServer
+) -> None:
+    job_id = await cluster.create(media_server.url("clip.mp4"))
+    done = await cluster.wait(job_id, "Completed", "Failed", seconds=60)
+    assert done["status"] == "Completed"
+    answer = await cluster.client.post(f"/jobs/{job_id}/retry", headers=cluster.headers())
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "error": "Only failed or cancelled jobs can be retried (this job is Completed)"
+    }
+    cancel = await cluster.client.delete(f"/jobs/{job_id}", headers=cluster.headers())
+    assert cancel.status_code == 400
+    assert "already completed" in cancel.json()["error"]
+
+
+async def test_deleting_the_file_removes_the_object_and_is_recorded(
+    cluster: Cluster, media_server: MediaServer
+) -> None:
+    job_id = await cluster.create(media_server.url("clip.mp4"))
+    await cluster.wait(job_id, "Completed", seconds=60)
+    assert len(cluster.objects()) == 1
+
+    answer = await cluster.client.delete(f"/jobs/{job_id}/file", headers=cluster.headers())
+
+    assert answer.status_code == 200
+    assert cluster.objects() == []
+    job = await cluster.job(job_id)
+    assert job["file_deleted"] is True
+    assert job["s3_url"] is None
+    assert (await cluster.event_types(job_id))[-1] == "FileDeleted"
+    again = await cluster.client.delete(f"/jobs/{job_id}/file", headers=cluster.headers())
+    assert again.status_code == 400
+
+
+async def test_cluster_stats_count_the_stage_a_job_is_in(
+    cluster: Cluster, media_server: MediaServer
+) -> None:
+    admin = cluster.headers(cluster.admin_key)
+    idle = await cluster.client.get("/dashboard/cluster", headers=admin)
+    assert idle.json() == {"total_downloading": 0, "total_muxing": 0, "total_uploading": 0}
+
+    job_id = await cluster.create(media_server.slow_url("clip.mp4", chunk=4096, interval=0.1))
+    await cluster.wait(job_id, until=lambda j: j["step"] == "Downloading", seconds=30)
+    seen = 0
+    for _ in range(50):
+        stats = (await cluster.client.get("/dashboard/cluster", headers=admin)).json()
+        if stats["total_downloading"] == 1:
+            seen += 1
+            break
+        await asyncio.sleep(0.1)
+    assert seen, "the dashboard never counted the running download"
+    await cluster.client.delete(f"/jobs/{job_id}", headers=cluster.headers())
+
+    user = await cluster.client.get("/dashboard/cluster", headers=cluster.headers())
+    assert user.status_code == 403
+    assert user.json() == {"error": "This endpoint needs an admin API key"}
+    anonymous = await cluster.client.get("/dashboard/cluster")
+    assert anonymous.json() == {"error": "Missing x-api-key header"}
