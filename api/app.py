@@ -13,6 +13,7 @@ from litestar.response import Redirect
 
 from adapters.event_store import EventStore
 from adapters.settings import Settings
+from adapters.ssrf import UrlGuard
 from adapters.storage import ObjectStorage
 from api.dashboard import DashboardController
 from api.jobs import JobsController
@@ -37,7 +38,14 @@ def create_app(
         route_handlers=[JobsController, DashboardController, swagger],
         middleware=[request_id_middleware],
         state=State(
-            {"pool": pool, "store": store, "settings": settings, "storage": storage, **extra}
+            {
+                "pool": pool,
+                "store": store,
+                "settings": settings,
+                "storage": storage,
+                "guard": UrlGuard(settings.url_allowlist),
+                **extra,
+            }
         ),
         openapi_config=OpenAPIConfig(
             title="Spool",

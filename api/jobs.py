@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import socket
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -15,6 +16,7 @@ from litestar.params import Parameter
 
 from adapters.event_store import EventStore
 from adapters.job_store import load_job as load_job_state
+from adapters.ssrf import UrlGuard, UrlRefused
 from adapters.storage import ObjectStorage, StorageError
 from api.auth import Principal, job_api_principal
 from api.errors import JOB_API_ERRORS, JobApiError
@@ -189,6 +191,21 @@ def view(state: job.JobState, s3_url: str | None = None) -> JobView:
     )
 
 
+async def _refuse_forbidden_target(request: Request[Any, Any, Any], url: str) -> None:
+    """400 for a URL that resolves to loopback, private, link-local or metadata addresses.
+
+    A name that does not resolve now is accepted: DNS may be down for a moment, and the
+    download stage checks every request again anyway.
+    """
+    guard: UrlGuard = request.app.state.guard
+    try:
+        await guard.check_url_async(url)
+    except UrlRefused as exc:
+        if isinstance(exc.__cause__, socket.gaierror):
+            return
+        raise JobApiError(status_code=400, detail=str(exc)) from None
+
+
 def _job_id(raw: str) -> str:
     try:
         return str(uuid.UUID(raw))
@@ -270,6 +287,7 @@ class JobsController(Controller):
         """Create a download job."""
         # `data` documents the body; the raw body is decoded again strictly, so "23" is not 23.
         valid = validate_create_job(decode_create_job_body(await request.body()))
+        await _refuse_forbidden_target(request, valid.url)
         job_id = str(uuid.uuid4())
         events = job.create(
             job_id=job_id, account_id=principal.account_id, url=valid.url, options=valid.options

@@ -200,3 +200,26 @@ async def test_the_openapi_document_and_swagger_ui_are_served(client: httpx.Asyn
     swagger = await client.get("/swagger", follow_redirects=True)
     assert swagger.status_code == 200
     assert "swagger" in swagger.text.lower()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/a.mp4",
+        "http://localhost:8081/jobs",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/a.mp4",
+        "http://2130706433/a.mp4",
+        "http://0x7f.1/a.mp4",
+        "http://10.0.0.5/a.mp4",
+        "http://[::ffff:192.168.1.1]/a.mp4",
+    ],
+)
+async def test_a_url_aimed_inside_the_network_is_refused_at_submission(
+    client: httpx.AsyncClient, api_key: str, store: EventStore, url: str
+) -> None:
+    before = await store.pool.fetchval("SELECT count(*) FROM events")
+    answer = await client.post("/jobs", json={"url": url}, headers=_auth(api_key))
+    assert answer.status_code == 400
+    assert answer.json()["error"].startswith("URL refused:")
+    assert await store.pool.fetchval("SELECT count(*) FROM events") == before

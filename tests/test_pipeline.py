@@ -92,14 +92,27 @@ async def test_a_missing_source_fails_with_a_clear_reason_after_no_pointless_ret
     assert types.count("JobFailed") == 1
 
 
-async def test_a_refused_address_fails_the_job_without_fetching(
+async def test_a_loopback_url_is_refused_at_submission_unless_allowlisted(
     start_cluster: StartCluster, media_server: MediaServer
 ) -> None:
     async with start_cluster(url_allowlist=()) as cluster:
-        job_id = await cluster.create(media_server.url("clip.mp4"))
-        failed = await cluster.wait(job_id, "Failed", "Completed", seconds=60)
+        answer = await cluster.client.post(
+            "/jobs", json={"url": media_server.url("clip.mp4")}, headers=cluster.headers()
+        )
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "URL refused: 127.0.0.1 is a loopback address"}
+
+
+async def test_a_redirect_into_a_refused_address_fails_the_job_at_download(
+    cluster: Cluster, media_server: MediaServer
+) -> None:
+    # 127.0.0.2 serves the same file, but only 127.0.0.1/32 is allowlisted.
+    job_id = await cluster.create(media_server.redirect_url(media_server.alt_url("clip.mp4")))
+    failed = await cluster.wait(job_id, "Failed", "Completed", seconds=60)
     assert failed["status"] == "Failed"
     assert "refused" in failed["error"].lower()
+    assert "127.0.0.2" in failed["error"]
+    assert cluster.objects() == []
 
 
 async def test_cancel_during_download_stops_it_and_leaves_no_object(
