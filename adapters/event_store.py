@@ -103,7 +103,7 @@ SELECT {_COLUMNS} FROM events
 WHERE (tx, position) > ($1::text::xid8, $2::bigint)
   AND tx < pg_snapshot_xmin(pg_current_snapshot())
   AND ($4::text[] IS NULL OR type = ANY($4::text[]))
-ORDER BY tx, position
+ORDER BY events.tx, events.position  -- the table's columns (and index), not the bigint alias
 LIMIT $3
 """
 

@@ -114,7 +114,7 @@ async def test_a_transaction_that_commits_late_is_not_skipped(fresh_database_url
             # The slow transaction takes its position first, then stays open...
             await store.append("probe-slow", [_created("slow")], 0, conn=slow)
             # ...while a later one commits.
-            await store.append("probe-fast", [_created("fast")], 0)
+            fast = await store.append("probe-fast", [_created("fast")], 0)
 
             seen = await store.read_all(ORIGIN)
             assert seen == []  # nothing yet: the fast event stands behind an open transaction
@@ -125,6 +125,8 @@ async def test_a_transaction_that_commits_late_is_not_skipped(fresh_database_url
 
             await tx.commit()
 
+        # Readable once no older transaction on the server is still open (other tests' too).
+        await store.wait_readable(fast.checkpoint)
         after_commit = await store.read_all(ORIGIN)
         assert [e.stream_id for e in after_commit] == ["probe-slow", "probe-fast"]
 

@@ -36,7 +36,11 @@ class JobsProjection:
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
         touched = {e.stream_id.removeprefix("job-") for e in events}
         rows = await conn.fetch(
-            "SELECT job_id, state FROM jobs WHERE job_id = ANY($1)", list(touched)
+            # A join on unnest keeps the index plan even when a cached generic plan was made
+            # while the table was empty (a rebuild's shadow table, a fresh install).
+            "SELECT j.job_id, j.state FROM unnest($1::text[]) AS t(job_id) "
+            "JOIN jobs j USING (job_id)",
+            list(touched),
         )
         states: dict[str, job.JobState | None] = {r[0]: _decode_state(r[1]) for r in rows}
         for e in events:
