@@ -7,6 +7,7 @@ was cancelled under it; it leaves nothing behind in either case.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import threading
@@ -218,5 +219,7 @@ async def upload(
 
 
 def remove_workdir(workdir: Path) -> None:
-    """Delete a job's local files."""
+    """Delete a run's local files, and the job's folder too once no run is left in it."""
     shutil.rmtree(workdir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        workdir.parent.rmdir()  # only succeeds when empty: a newer run's files stay
