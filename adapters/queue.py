@@ -14,6 +14,10 @@ DOWNLOAD_QUEUE = "spool:queue:download"
 """Downloads go to any node."""
 
 
+WEBHOOK_QUEUE = "spool:queue:webhook"
+"""Webhook deliveries go to any node, beside (not behind) the media work."""
+
+
 def node_queue(node_id: str) -> str:
     """Mux and upload go to the node that downloaded: the files are on its disk."""
     return f"spool:queue:node:{node_id}"
@@ -77,3 +81,20 @@ async def unit_status(redis: ArqRedis, unit_id: str) -> UnitStatus:
     if queued:
         return "queued"
     return "missing"
+
+
+async def dispatch_webhook(
+    redis: ArqRedis, job_id: str, run: int, kind: str, version: int, *, unit_id: str
+) -> bool:
+    """Enqueue one webhook delivery under `unit_id`; False if already queued or done."""
+    job = await redis.enqueue_job(
+        "webhook",
+        job_id,
+        run,
+        kind,
+        version,
+        _job_id=unit_id,
+        _queue_name=WEBHOOK_QUEUE,
+        _expires=7 * 24 * 3600,
+    )
+    return job is not None

@@ -45,6 +45,8 @@ class Settings(msgspec.Struct, kw_only=True):
     reconcile_interval: float = 10.0
     node_timeout: float = 15.0
     heartbeat_interval: float = 1.0
+    webhook_attempts: int = 5
+    webhook_backoff: float = 5.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:

@@ -18,6 +18,7 @@ from adapters.storage import ObjectStorage
 from api.dashboard import DashboardController
 from api.jobs import JobsController
 from api.requests import request_id_middleware
+from api.user import UserController
 
 
 @get("/swagger", include_in_schema=False, media_type=MediaType.HTML)
@@ -35,7 +36,7 @@ def create_app(
 ) -> Litestar:
     """Build the API over open connections; the caller owns their life."""
     return Litestar(
-        route_handlers=[JobsController, DashboardController, swagger],
+        route_handlers=[JobsController, DashboardController, UserController, swagger],
         middleware=[request_id_middleware],
         state=State(
             {

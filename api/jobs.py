@@ -185,7 +185,7 @@ def view(state: job.JobState, s3_url: str | None = None) -> JobView:
         else None,
         download_speed_mbps=_mbps(state, "download"),
         upload_speed_mbps=_mbps(state, "upload"),
-        webhook_status=None,
+        webhook_status=state.webhook_status,
         created_at=created,
         finished_at=finished,
     )

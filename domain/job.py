@@ -193,9 +193,34 @@ class FileDeleted(Event, frozen=True, kw_only=True):
     key: str
 
 
+WebhookKind = Literal["job.completed", "job.failed"]
+
+
+@event
+class WebhookDelivered(Event, frozen=True, kw_only=True):
+    kind: WebhookKind
+    url: str
+    attempt: int
+    status_code: int
+    seconds: float
+
+
+@event
+class WebhookFailed(Event, frozen=True, kw_only=True):
+    """A delivery attempt failed; `final` when no retry follows."""
+
+    kind: WebhookKind
+    url: str
+    attempt: int
+    reason: str
+    final: bool
+
+
 EVENT_TYPES: frozenset[str] = frozenset(
     cls.__name__
     for cls in (
+        WebhookDelivered,
+        WebhookFailed,
         JobCreated,
         StageStarted,
         StageProgressed,
@@ -261,6 +286,8 @@ class JobState(msgspec.Struct, kw_only=True):
     storage: str | None = None
     file_size: int | None = None
     file_deleted: bool = False
+    webhook_status: Literal["pending", "retrying", "delivered", "failed"] | None = None
+    webhook_attempts: int = 0
     timings: dict[str, StageTiming] = msgspec.field(default_factory=dict)
 
     @property
@@ -469,6 +496,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         state.status, state.step = "Completed", "Finished"
         state.finished_at, state.progress = at, None
         state.error = state.error_type = None
+        state.webhook_status = "pending" if state.options.webhook_url else None
     elif isinstance(ev, StageFailed):
         state.retries[ev.stage] = state.retries.get(ev.stage, 0) + 1
         state.error, state.error_type = ev.reason, ev.error_type
@@ -479,12 +507,19 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         state.status, state.step = "Failed", "Finished"
         state.error, state.error_type = ev.reason, ev.error_type
         state.finished_at, state.progress = at, None
+        state.webhook_status = "pending" if state.options.webhook_url else None
+    elif isinstance(ev, WebhookDelivered):
+        state.webhook_status, state.webhook_attempts = "delivered", ev.attempt
+    elif isinstance(ev, WebhookFailed):
+        state.webhook_status = "failed" if ev.final else "retrying"
+        state.webhook_attempts = ev.attempt
     elif isinstance(ev, JobCancelled):
         state.status, state.step = "Cancelled", "Finished"
         state.error, state.error_type = None, None
         state.finished_at, state.progress = at, None
     elif isinstance(ev, JobRetried):
         state.status, state.step = "Pending", "Queued"
+        state.webhook_status, state.webhook_attempts = None, 0
         state.run, state.stage, state.attempt = ev.run, "download", 1
         state.node_id, state.progress, state.finished_at = None, None, None
         state.error = state.error_type = None

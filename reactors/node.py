@@ -23,7 +23,7 @@ from arq.worker import Worker, func
 from adapters import sysinfo
 from adapters.event_store import EventStore, StreamAppend
 from adapters.job_store import load_job
-from adapters.queue import DOWNLOAD_QUEUE, node_queue
+from adapters.queue import DOWNLOAD_QUEUE, WEBHOOK_QUEUE, node_queue
 from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
 from adapters.storage import ObjectStorage
@@ -31,6 +31,7 @@ from domain import job, node
 from domain.errors import ConcurrencyError, InvalidTransition
 from domain.events import Event, Metadata, NewEvent
 from reactors import stages
+from reactors.webhooks import WebhookSender, deliver_webhook
 
 log = logging.getLogger("spool.node")
 
@@ -82,6 +83,7 @@ class Node:
             "upload": asyncio.Semaphore(settings.upload_concurrency),
         }
         self.meta = Metadata(actor=f"node:{self.node_id}", node_id=self.node_id)
+        self.webhooks = WebhookSender(store, storage, settings)
         self.hostname = sysinfo.hostname()
         self.ip = sysinfo.primary_ip()
 
@@ -91,7 +93,7 @@ class Node:
         common: dict[str, Any] = {
             "redis_pool": self.redis,
             "handle_signals": False,
-            "ctx": {"node": self},
+            "ctx": {"node": self, "webhooks": self.webhooks},
             "job_timeout": STAGE_TIMEOUT,
             "keep_result": 7 * 24 * 3600,
             "poll_delay": 0.2,
@@ -110,6 +112,12 @@ class Node:
                 queue_name=node_queue(self.node_id),
                 max_jobs=s.mux_concurrency + s.upload_concurrency,
                 **common,
+            ),
+            Worker(
+                [func(deliver_webhook, name="webhook", max_tries=s.webhook_attempts)],
+                queue_name=WEBHOOK_QUEUE,
+                max_jobs=10,
+                **{**common, "job_timeout": 60},
             ),
         ]
 

@@ -17,6 +17,7 @@ from reactors.node import Node
 from reactors.pipeline import PipelineReactor
 from reactors.projection import ProjectionRunner
 from reactors.reconciler import Reconciler
+from reactors.webhooks import WebhookReactor
 from spool.runtime import Runtime, open_runtime
 
 log = logging.getLogger("spool")
@@ -75,7 +76,7 @@ async def up(settings: Settings) -> None:
                 log_config=None,
             )
         )
-        pipeline = ProjectionRunner(rt.store, [PipelineReactor(rt.redis)])
+        pipeline = ProjectionRunner(rt.store, [PipelineReactor(rt.redis), WebhookReactor(rt.redis)])
 
         async def api() -> None:
             serving = asyncio.create_task(server.serve())

@@ -1,0 +1,56 @@
+"""Sending a webhook: one signed POST, through the same SSRF guard as downloads, no redirects."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import httpx
+
+from adapters.ssrf import UrlGuard, UrlRefused
+from domain import webhook
+
+
+class WebhookAnswer:
+    """What the receiver said, or why nothing was said."""
+
+    def __init__(self, status_code: int | None, reason: str, seconds: float) -> None:
+        self.status_code = status_code
+        self.reason = reason
+        self.seconds = seconds
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+async def post(
+    url: str, body: bytes, *, secret: str, kind: str, guard: UrlGuard, timeout: float = 10.0
+) -> tuple[WebhookAnswer, bool]:
+    """POST `body` to `url`; returns the answer and whether a retry could help."""
+    started = time.monotonic()
+    try:
+        await guard.check_url_async(url)
+    except UrlRefused as exc:
+        return WebhookAnswer(None, str(exc), 0.0), False
+    now = int(time.time())
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "Spool-Webhook/1",
+        webhook.EVENT_HEADER: kind,
+        webhook.DELIVERY_HEADER: str(uuid.uuid4()),
+        webhook.TIMESTAMP_HEADER: str(now),
+        webhook.SIGNATURE_HEADER: webhook.sign(secret, now, body),
+    }
+    try:
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+            answer = await client.post(url, content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        return WebhookAnswer(None, f"{type(exc).__name__}: {exc}", time.monotonic() - started), True
+    elapsed = time.monotonic() - started
+    if 200 <= answer.status_code < 300:
+        return WebhookAnswer(answer.status_code, "OK", elapsed), False
+    reason = f"receiver answered HTTP {answer.status_code}"
+    # 4xx other than timeouts / rate limits means the receiver rejects this delivery for good.
+    retry = answer.status_code >= 500 or answer.status_code in (408, 409, 425, 429)
+    return WebhookAnswer(answer.status_code, reason, elapsed), retry

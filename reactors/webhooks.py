@@ -1,0 +1,177 @@
+"""Webhooks: a reactor that queues deliveries as jobs finish, and the arq function that sends them.
+
+Completion and failure webhooks are retried with exponential backoff and every attempt is an
+event on the job's stream. Progress webhooks (`enable_progress_webhook`) are best effort: one
+attempt each, at most one per progress event, not recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+import sqlalchemy as sa
+from arq import Retry
+from arq.connections import ArqRedis
+
+from adapters import webhook_client
+from adapters.event_store import EventStore
+from adapters.job_store import load_job
+from adapters.queue import dispatch_webhook
+from adapters.settings import Settings
+from adapters.ssrf import UrlGuard
+from adapters.storage import ObjectStorage
+from domain import job
+from domain.events import Metadata, NewEvent, RecordedEvent
+from domain.webhook import account_secret
+
+log = logging.getLogger("spool.webhooks")
+
+_KINDS: dict[type, str] = {
+    job.JobCompleted: "job.completed",
+    job.JobFailed: "job.failed",
+    job.StageStarted: "job.progress",
+    job.StageProgressed: "job.progress",
+}
+
+
+class WebhookReactor:
+    """Queues a delivery for each finished job (and each progress step, when asked)."""
+
+    name = "webhooks"
+    tables: Sequence[sa.Table] = ()
+    event_types: frozenset[str] = frozenset(
+        {"JobCreated", "JobCompleted", "JobFailed", "StageStarted", "StageProgressed"}
+    )
+
+    def __init__(self, redis: ArqRedis) -> None:
+        self.redis = redis
+        # job id -> (webhook url, progress too?), learned from JobCreated as it passes.
+        self._targets: dict[str, tuple[str | None, bool]] = {}
+
+    async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+        for e in events:
+            job_id = e.stream_id.removeprefix("job-")
+            ev = e.data
+            if isinstance(ev, job.JobCreated):
+                self._targets[job_id] = (ev.options.webhook_url, ev.options.enable_progress_webhook)
+                continue
+            url, progress = await self._target(conn, job_id)
+            if url is None:
+                continue
+            kind = _KINDS[type(ev)]
+            if kind == "job.progress" and not progress:
+                continue
+            run = getattr(ev, "run", 1)
+            if kind == "job.progress":
+                unit = f"{job_id}:{run}:webhook:progress:{e.version}"
+            else:
+                unit = f"{job_id}:{run}:webhook:{kind}"
+                self._targets.pop(job_id, None)
+            await dispatch_webhook(self.redis, job_id, run, kind, e.version, unit_id=unit)
+
+    async def _target(self, conn: asyncpg.Connection, job_id: str) -> tuple[str | None, bool]:
+        if job_id not in self._targets:
+            row = await conn.fetchval("SELECT state->'options' FROM jobs WHERE job_id = $1", job_id)
+            options = msgspec.json.decode(row, type=job.JobOptions) if row else job.JobOptions()
+            self._targets[job_id] = (options.webhook_url, options.enable_progress_webhook)
+        return self._targets[job_id]
+
+
+class Payload(msgspec.Struct, omit_defaults=True):
+    """What a webhook POST carries."""
+
+    event: str
+    job_id: str
+    status: str
+    step: str
+    sent_at: int
+    title: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    storage_key: str | None = None
+    s3_url: str | None = None
+    file_size: int | None = None
+    progress: job.Progress | None = None
+
+
+class WebhookSender:
+    """Sends deliveries for one node; held in the arq context."""
+
+    def __init__(self, store: EventStore, storage: ObjectStorage, settings: Settings) -> None:
+        self.store = store
+        self.storage = storage
+        self.settings = settings
+        self.guard = UrlGuard(settings.url_allowlist)
+        self.secret_key = settings.resolved_secret_key()
+        self.meta = Metadata(actor=f"node:{settings.node_id}", node_id=settings.node_id)
+
+    async def deliver(self, job_id: str, run: int, kind: str, attempt: int) -> str:
+        state = await load_job(self.store, job_id)
+        if state is None or state.options.webhook_url is None or state.run != run:
+            return "stale"
+        if kind == "job.progress" and state.terminal:
+            return "stale"  # the job finished meanwhile: its final webhook says more
+        payload = Payload(
+            event=kind,
+            job_id=job_id,
+            status=state.status,
+            step=state.step,
+            sent_at=int(time.time() * 1000),
+            title=state.title,
+            error=state.error,
+            error_type=state.error_type,
+            storage_key=state.key,
+            file_size=state.file_size,
+            progress=state.progress if kind == "job.progress" else None,
+        )
+        if kind == "job.completed" and state.key and not state.file_deleted:
+            payload.s3_url = await self.storage.presigned_url(state.key, 24 * 3600)
+        url = state.options.webhook_url
+        answer, retry = await webhook_client.post(
+            url,
+            msgspec.json.encode(payload),
+            secret=account_secret(self.secret_key, state.account_id),
+            kind=kind,
+            guard=self.guard,
+        )
+        if kind == "job.progress":
+            return "sent" if answer.ok else f"dropped: {answer.reason}"
+        final = not retry or attempt >= self.settings.webhook_attempts
+        outcome: job.WebhookKind = "job.completed" if kind == "job.completed" else "job.failed"
+        recorded: job.WebhookDelivered | job.WebhookFailed
+        if answer.ok:
+            assert answer.status_code is not None
+            recorded = job.WebhookDelivered(
+                kind=outcome,
+                url=url,
+                attempt=attempt,
+                status_code=answer.status_code,
+                seconds=answer.seconds,
+            )
+        else:
+            recorded = job.WebhookFailed(
+                kind=outcome,
+                url=url,
+                attempt=attempt,
+                reason=answer.reason,
+                final=final,
+            )
+        await self.store.append(job.stream_id(job_id), [NewEvent(recorded, self.meta)], None)
+        if answer.ok:
+            return "delivered"
+        if final:
+            return f"failed: {answer.reason}"
+        raise Retry(defer=self.settings.webhook_backoff * 2 ** (attempt - 1))
+
+
+async def deliver_webhook(
+    ctx: dict[str, Any], job_id: str, run: int, kind: str, version: int
+) -> str:
+    """arq entry point: deliver one webhook (attempt = arq's try number)."""
+    sender: WebhookSender = ctx["webhooks"]
+    return await sender.deliver(job_id, run, kind, int(ctx.get("job_try", 1)))

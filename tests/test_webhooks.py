@@ -1,0 +1,139 @@
+"""Webhooks: signed POSTs on completion and failure, retried with backoff, each one an event."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from domain import webhook
+from tests.fixtures.cluster import Cluster
+from tests.fixtures.media import MediaServer
+
+
+class Receiver:
+    """A loopback HTTP endpoint that answers with scripted status codes and keeps what it got."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                status = receiver.statuses.pop(0) if receiver.statuses else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def payloads(self) -> list[dict[str, Any]]:
+        return [json.loads(body) for _, body in self.received]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.server.shutdown()
+    r.server.server_close()
+
+
+async def _secret(cluster: Cluster) -> str:
+    answer = await cluster.client.get("/user/webhook", headers=cluster.headers())
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["signature_header"] == "X-Spool-Signature"
+    secret: str = body["secret"]
+    return secret
+
+
+async def test_a_completed_job_posts_one_signed_webhook(
+    cluster: Cluster, media_server: MediaServer, receiver: Receiver
+) -> None:
+    job_id = await cluster.create(media_server.url("clip.mp4"), webhook_url=receiver.url)
+    done = await cluster.wait(
+        job_id, seconds=60, until=lambda j: j["webhook_status"] in ("delivered", "failed")
+    )
+
+    assert done["status"] == "Completed"
+    assert done["webhook_status"] == "delivered"
+    [(headers, body)] = receiver.received
+    payload = json.loads(body)
+    assert (payload["event"], payload["job_id"], payload["status"]) == (
+        "job.completed",
+        job_id,
+        "Completed",
+    )
+    assert payload["s3_url"]
+    assert headers["x-spool-event"] == "job.completed"
+    secret = await _secret(cluster)
+    assert webhook.verify(
+        secret, int(headers["x-spool-timestamp"]), body, headers["x-spool-signature"]
+    )
+    assert not webhook.verify(
+        secret, int(headers["x-spool-timestamp"]) + 1, body, headers["x-spool-signature"]
+    )
+    types = await cluster.event_types(job_id)
+    assert types.count("WebhookDelivered") == 1
+    assert types.index("WebhookDelivered") > types.index("JobCompleted")
+
+
+async def test_a_failing_receiver_is_retried_with_each_attempt_recorded(
+    cluster: Cluster, media_server: MediaServer, receiver: Receiver
+) -> None:
+    receiver.statuses = [503, 500]
+    job_id = await cluster.create(media_server.url("missing.mp4"), webhook_url=receiver.url)
+    done = await cluster.wait(
+        job_id, seconds=60, until=lambda j: j["webhook_status"] in ("delivered", "failed")
+    )
+
+    assert done["status"] == "Failed"
+    assert done["webhook_status"] == "delivered"
+    assert [p["event"] for p in receiver.payloads()] == ["job.failed"] * 3
+    assert "404" in receiver.payloads()[-1]["error"]
+    types = await cluster.event_types(job_id)
+    assert [t for t in types if t.startswith("Webhook")] == [
+        "WebhookFailed",
+        "WebhookFailed",
+        "WebhookDelivered",
+    ]
+
+
+async def test_a_receiver_that_rejects_the_delivery_is_not_retried(
+    cluster: Cluster, media_server: MediaServer, receiver: Receiver
+) -> None:
+    receiver.statuses = [410]
+    job_id = await cluster.create(media_server.url("clip.mp4"), webhook_url=receiver.url)
+    done = await cluster.wait(
+        job_id, seconds=60, until=lambda j: j["webhook_status"] in ("delivered", "failed")
+    )
+    assert done["webhook_status"] == "failed"
+    assert len(receiver.received) == 1
+
+
+async def test_progress_webhooks_arrive_only_when_asked_for(
+    cluster: Cluster, media_server: MediaServer, receiver: Receiver
+) -> None:
+    job_id = await cluster.create(
+        media_server.url("clip.mp4"), webhook_url=receiver.url, enable_progress_webhook=True
+    )
+    await cluster.wait(job_id, seconds=60, until=lambda j: j["webhook_status"] == "delivered")
+    payloads = receiver.payloads()
+    progress = [p for p in payloads if p["event"] == "job.progress"]
+    assert [p["event"] for p in payloads].count("job.completed") == 1
+    assert len(progress) >= 2  # best effort, but the stage starts at least
+    assert {p["progress"]["stage"] for p in progress if p.get("progress")} >= {"download"}
+    assert all(p["status"] == "Processing" for p in progress)
