@@ -456,7 +456,7 @@ async def mux(
     on_progress: Callable[[float], None] | None = None,
     cancel: asyncio.Event | None = None,
     # A plain seconds figure, as the job pipeline's stage deadline is one.
-    timeout: float | None = None,  # noqa: ASYNC109
+    timeout: float | None = None,
 ) -> MuxResult:
     """Probe the inputs, plan, and run FFmpeg; the file lands at `output_path(output, ext)`."""
     started = time.monotonic()
