@@ -55,6 +55,7 @@ class JobView(msgspec.Struct, omit_defaults=False):
     progress: ProgressView | None
     s3_url: str | None
     subtitle_url: str | None
+    thumbnail_url: str | None
     error: str | None
     error_type: str | None
     title: str | None
@@ -137,7 +138,15 @@ def _mbps(state: job.JobState, stage: str) -> float | None:
     return round(timing.bytes * 8 / timing.seconds / 1_000_000, 2)
 
 
-def view(state: job.JobState, s3_url: str | None = None) -> JobView:
+class Links(msgspec.Struct):
+    """Presigned URLs of a completed job's files."""
+
+    media: str | None = None
+    subtitle: str | None = None
+    thumbnail: str | None = None
+
+
+def view(state: job.JobState, links: Links | None = None) -> JobView:
     """The public view of a job's state."""
     created = _ms(state.created_at)
     assert created is not None
@@ -152,8 +161,9 @@ def view(state: job.JobState, s3_url: str | None = None) -> JobView:
         progress=ProgressView(p.stage, p.percent, p.bytes, p.total_bytes, p.speed, p.eta)
         if p is not None and state.status == "Processing"
         else None,
-        s3_url=s3_url,
-        subtitle_url=None,
+        s3_url=links.media if links else None,
+        subtitle_url=links.subtitle if links else None,
+        thumbnail_url=links.thumbnail if links else None,
         error=state.error,
         error_type=state.error_type,
         title=state.title,
@@ -223,11 +233,18 @@ async def load_job(
     return found
 
 
-async def _s3_url(request: Request[Any, Any, Any], state: job.JobState) -> str | None:
+async def _links(request: Request[Any, Any, Any], state: job.JobState) -> Links | None:
+    """Presigned (24 h) URLs of a completed job's files, unless they were deleted."""
     if state.status != "Completed" or state.key is None or state.file_deleted:
         return None
     storage: ObjectStorage = request.app.state.storage
-    return await storage.presigned_url(state.key, expires_seconds=24 * 3600)
+
+    async def sign(key: str | None) -> str | None:
+        return None if key is None else await storage.presigned_url(key, 24 * 3600)
+
+    return Links(
+        await sign(state.key), await sign(state.subtitle_key), await sign(state.thumbnail_key)
+    )
 
 
 async def _decide(
@@ -303,7 +320,7 @@ class JobsController(Controller):
     ) -> JobView:
         """Get a job's status, with a presigned `s3_url` (24 h) once it is Completed."""
         state = await load_job(request, job_id, principal)
-        return view(state, await _s3_url(request, state))
+        return view(state, await _links(request, state))
 
     @delete("/{job_id:str}", status_code=200)
     async def cancel_job(
@@ -334,7 +351,9 @@ class JobsController(Controller):
         storage: ObjectStorage = request.app.state.storage
         assert state.key is not None
         try:
-            await storage.delete(state.key)
+            for key in (state.key, state.subtitle_key, state.thumbnail_key):
+                if key is not None:
+                    await storage.delete(key)
         except StorageError as exc:
             raise JobApiError(
                 status_code=502, detail=f"Storage refused the delete: {exc}"

@@ -151,6 +151,8 @@ class JobCompleted(Event, frozen=True, kw_only=True):
     storage: str
     size: int
     seconds: float
+    subtitle_key: str | None = None
+    thumbnail_key: str | None = None
 
 
 @event
@@ -283,6 +285,8 @@ class JobState(msgspec.Struct, kw_only=True):
     audio_codec: str | None = None
     duration: float | None = None
     key: str | None = None
+    subtitle_key: str | None = None
+    thumbnail_key: str | None = None
     storage: str | None = None
     file_size: int | None = None
     file_deleted: bool = False
@@ -488,6 +492,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         _advance(state, "mux")
     elif isinstance(ev, JobCompleted):
         state.key, state.storage, state.file_size = ev.key, ev.storage, ev.size
+        state.subtitle_key, state.thumbnail_key = ev.subtitle_key, ev.thumbnail_key
         state.timings["upload"] = StageTiming(
             started_at=state.timings.get("upload", StageTiming()).started_at,
             seconds=ev.seconds,
@@ -524,6 +529,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         state.node_id, state.progress, state.finished_at = None, None, None
         state.error = state.error_type = None
         state.files, state.output, state.key = [], None, None
+        state.subtitle_key = state.thumbnail_key = None
     elif isinstance(ev, FileDeleted):
         state.file_deleted = True
     return state

@@ -338,7 +338,9 @@ class Node:
             state = await load_job(self.store, unit.job_id)
             if state is None or not job.is_current(state, unit.stage, unit.run, unit.attempt):
                 if isinstance(done, job.JobCompleted):
-                    await self.storage.delete(done.key)
+                    for key in (done.key, done.subtitle_key, done.thumbnail_key):
+                        if key is not None:
+                            await self.storage.delete(key)
                 stages.remove_workdir(workdir)
                 return "cancelled" if state is not None and state.status == "Cancelled" else "stale"
             try:

@@ -207,6 +207,31 @@ async def upload(
         raise StageCancelled from None
     except StorageError as exc:
         raise StageError(f"Upload failed: {exc}", retryable=exc.retryable) from None
+    # Subtitles and thumbnail travel beside the media, named after it: "<name>.en.vtt".
+    extras: dict[str, str] = {}
+    stem = key.rsplit(".", 1)[0]
+    for kind in ("subtitle", "thumbnail"):
+        found = next((f for f in state.files if f.kind == kind), None)
+        if found is None or not Path(found.path).exists():
+            continue
+        suffix = (
+            "".join(Path(found.path).suffixes[-2:])
+            if kind == "subtitle"
+            else Path(found.path).suffix
+        )
+        try:
+            extra = await storage.put_file(f"{stem}{suffix}", Path(found.path), cancel=cancel)
+        except StorageCancelled:
+            await storage.delete(stored.key)
+            for done_key in extras.values():
+                await storage.delete(done_key)
+            raise StageCancelled from None
+        except StorageError as exc:
+            await storage.delete(stored.key)
+            raise StageError(
+                f"Upload of the {kind} failed: {exc}", retryable=exc.retryable
+            ) from None
+        extras[kind] = extra.key
     return job.JobCompleted(
         run=state.run,
         attempt=state.attempt,
@@ -215,6 +240,8 @@ async def upload(
         storage=storage.description,
         size=stored.size,
         seconds=time.monotonic() - started,
+        subtitle_key=extras.get("subtitle"),
+        thumbnail_key=extras.get("thumbnail"),
     )
 
 

@@ -214,3 +214,26 @@ async def test_cluster_stats_count_the_stage_a_job_is_in(
     assert user.json() == {"error": "This endpoint needs an admin API key"}
     anonymous = await cluster.client.get("/dashboard/cluster")
     assert anonymous.json() == {"error": "Missing x-api-key header"}
+
+
+async def test_subtitles_and_thumbnail_land_beside_the_media_with_their_own_urls(
+    cluster: Cluster, media_server: MediaServer, tmp_path: Path
+) -> None:
+    job_id = await cluster.create(
+        media_server.url("watch.html"),
+        filename="page",
+        download_subtitles=True,
+        download_thumbnail=True,
+    )
+    done = await cluster.wait(job_id, "Completed", "Failed", seconds=60)
+    assert done["status"] == "Completed", done
+    assert done["title"].startswith("A test clip")
+    assert sorted(cluster.objects()) == ["media/page.en.vtt", "media/page.jpg", "media/page.mp4"]
+    subtitle = await _fetch(done["subtitle_url"], tmp_path / "page.vtt")
+    assert subtitle.read_text().startswith("WEBVTT")
+    thumbnail = await _fetch(done["thumbnail_url"], tmp_path / "page.jpg")
+    assert thumbnail.read_bytes()[:2] == b"\xff\xd8"  # a JPEG
+
+    deleted = await cluster.client.delete(f"/jobs/{job_id}/file", headers=cluster.headers())
+    assert deleted.status_code == 200
+    assert cluster.objects() == []
