@@ -248,7 +248,7 @@ class StageTiming(msgspec.Struct, kw_only=True, omit_defaults=True):
     bytes: int | None = None
 
 
-class JobState(msgspec.Struct, kw_only=True):
+class JobState(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A job folded from its events: what `GET /jobs/{id}` shows."""
 
     job_id: str

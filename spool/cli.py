@@ -59,82 +59,54 @@ def main(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-@main.command()
-@_database_options
-@click.option(
-    "--redis-url",
-    default=None,
-    metavar="URL",
-    help="Redis URL [env: SPOOL_REDIS_URL; default: an embedded redis-server].",
-)
-@click.option(
-    "--storage-url",
-    default=None,
-    metavar="URL",
-    help="Default storage: s3://bucket/prefix?endpoint=... or file:///path "
-    "[env: SPOOL_STORAGE_URL; default: a folder under the data dir].",
-)
-@click.option(
-    "--api-key",
-    default=None,
-    metavar="KEY",
-    help="An admin key to create at start if missing [env: SPOOL_API_KEY].",
-)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address the API binds.")
-@click.option("--port", default=8081, show_default=True, type=int, help="Port the API binds.")
-@click.option(
-    "--node-id", default=None, help="This node's id [env: SPOOL_NODE_ID; default: the hostname]."
-)
-@click.option(
-    "--url-allowlist",
-    default=None,
-    metavar="HOSTS",
-    help="Comma-separated hosts / CIDRs downloads may reach despite the SSRF rules "
-    "[env: SPOOL_URL_ALLOWLIST].",
-)
-def up(url_allowlist: str | None, **flags: Any) -> None:
-    """Run the cluster on this machine: API, worker and reactors, on embedded defaults."""
-    from spool.serve import up as serve
-
-    allow = (
-        tuple(h.strip() for h in url_allowlist.split(",") if h.strip()) if url_allowlist else None
-    )
-    _run(serve(_settings(url_allowlist=allow, **flags)))
-
-
-@main.command()
-@_database_options
-@click.option(
-    "--redis-url",
-    default=None,
-    metavar="URL",
-    help="Redis URL [env: SPOOL_REDIS_URL; default: an embedded redis-server].",
-)
-@click.option(
-    "--storage-url", default=None, metavar="URL", help="Default storage [env: SPOOL_STORAGE_URL]."
-)
-@click.option(
-    "--node-id",
-    default=None,
-    help="This node's id [env: SPOOL_NODE_ID; "
-    "default: the hostname]. Mux and upload come back to the node that downloaded.",
-)
-@click.option("--role", default=None, help="This node's role (worker, compute, storage...).")
-@click.option("--tag", "tags", multiple=True, help="A tag for this node; repeat for more.")
-@click.option(
-    "--concurrency",
-    default=None,
-    metavar="download=N,mux=N,upload=N",
-    help="How many of each stage this node runs at once [default: 2,1,2].",
-)
-def worker(concurrency: str | None, tags: tuple[str, ...], **flags: Any) -> None:
-    """Run a worker node: download, mux and upload stages, with a heartbeat every second."""
-    from spool.serve import worker as run_worker
-
-    _run(run_worker(_settings(tags=tags or None, **_concurrency(concurrency), **flags)))
+def _node_options(fn: F) -> F:
+    """Flags of every command that runs a worker node (`up` runs one too)."""
+    options = [
+        click.option(
+            "--redis-url",
+            default=None,
+            metavar="URL",
+            help="Redis URL [env: SPOOL_REDIS_URL; default: an embedded redis-server].",
+        ),
+        click.option(
+            "--storage-url",
+            default=None,
+            metavar="URL",
+            help="Default storage: s3://bucket/prefix?endpoint=... or file:///path "
+            "[env: SPOOL_STORAGE_URL; default: a folder under the data dir].",
+        ),
+        click.option(
+            "--node-id",
+            default=None,
+            help="This node's id [env: SPOOL_NODE_ID; default: the hostname]. Mux and "
+            "upload come back to the node that downloaded.",
+        ),
+        click.option(
+            "--url-allowlist",
+            default=None,
+            metavar="HOSTS",
+            callback=_host_list,
+            help="Comma-separated hosts / CIDRs downloads may reach despite the SSRF "
+            "rules [env: SPOOL_URL_ALLOWLIST].",
+        ),
+        click.option(
+            "--concurrency",
+            default=None,
+            metavar="download=N,mux=N,upload=N",
+            callback=_concurrency,
+            help="How many of each stage this node runs at once [default: 2,1,2].",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
 
 
-def _concurrency(spec: str | None) -> dict[str, int]:
+def _host_list(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    return tuple(h.strip() for h in value.split(",") if h.strip()) if value else None
+
+
+def _concurrency(ctx: click.Context, param: click.Parameter, spec: str | None) -> dict[str, int]:
     if not spec:
         return {}
     out: dict[str, int] = {}
@@ -148,6 +120,36 @@ def _concurrency(spec: str | None) -> dict[str, int]:
             )
         out[f"{stage}_concurrency"] = int(n)
     return out
+
+
+@main.command()
+@_database_options
+@_node_options
+@click.option(
+    "--api-key",
+    default=None,
+    metavar="KEY",
+    help="An admin key to create at start if missing [env: SPOOL_API_KEY].",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the API binds.")
+@click.option("--port", default=8081, show_default=True, type=int, help="Port the API binds.")
+def up(concurrency: dict[str, int], **flags: Any) -> None:
+    """Run the cluster on this machine: API, worker and reactors, on embedded defaults."""
+    from spool.serve import up as serve
+
+    _run(serve(_settings(**concurrency, **flags)))
+
+
+@main.command()
+@_database_options
+@_node_options
+@click.option("--role", default=None, help="This node's role (worker, compute, storage...).")
+@click.option("--tag", "tags", multiple=True, help="A tag for this node; repeat for more.")
+def worker(concurrency: dict[str, int], tags: tuple[str, ...], **flags: Any) -> None:
+    """Run a worker node: download, mux and upload stages, with a heartbeat every second."""
+    from spool.serve import worker as run_worker
+
+    _run(run_worker(_settings(tags=tags or None, **concurrency, **flags)))
 
 
 @main.command()

@@ -25,6 +25,7 @@ ON CONFLICT (job_id) DO UPDATE SET
     batch_id = excluded.batch_id, status = excluded.status, step = excluded.step,
     updated_at = excluded.updated_at, finished_at = excluded.finished_at,
     version = excluded.version, state = excluded.state
+WHERE jobs.version < excluded.version
 """
 
 
@@ -34,13 +35,22 @@ class JobsProjection:
     event_types: frozenset[str] = frozenset(job.EVENT_TYPES)
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
-        touched = {e.stream_id.removeprefix("job-") for e in events}
-        rows = await conn.fetch(
-            # A join on unnest keeps the index plan even when a cached generic plan was made
-            # while the table was empty (a rebuild's shadow table, a fresh install).
-            "SELECT j.job_id, j.state FROM unnest($1::text[]) AS t(job_id) "
-            "JOIN jobs j USING (job_id)",
-            list(touched),
+        # A stream whose first event here is its version 1 is a new job: nothing to load.
+        # (Should its row exist after all, the upsert's version guard keeps the newer row.)
+        first: dict[str, int] = {}
+        for e in events:
+            first.setdefault(e.stream_id.removeprefix("job-"), e.version)
+        touched = [job_id for job_id, version in first.items() if version > 1]
+        rows = (
+            await conn.fetch(
+                # A join on unnest keeps the index plan even when a cached generic plan was made
+                # while the table was empty (a rebuild's shadow table, a fresh install).
+                "SELECT j.job_id, j.state FROM unnest($1::text[]) AS t(job_id) "
+                "JOIN jobs j USING (job_id)",
+                touched,
+            )
+            if touched
+            else []
         )
         states: dict[str, job.JobState | None] = {r[0]: _decode_state(r[1]) for r in rows}
         for e in events:
