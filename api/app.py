@@ -15,6 +15,7 @@ from adapters.event_store import EventStore
 from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
 from adapters.storage import ObjectStorage
+from api.batches import BatchController
 from api.dashboard import DashboardController
 from api.jobs import JobsController
 from api.requests import request_id_middleware
@@ -36,7 +37,13 @@ def create_app(
 ) -> Litestar:
     """Build the API over open connections; the caller owns their life."""
     return Litestar(
-        route_handlers=[JobsController, DashboardController, UserController, swagger],
+        route_handlers=[
+            JobsController,
+            BatchController,
+            DashboardController,
+            UserController,
+            swagger,
+        ],
         middleware=[request_id_middleware],
         state=State(
             {

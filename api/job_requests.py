@@ -407,8 +407,6 @@ def _refuse_unsupported(body: CreateJobBody) -> None:
             raise _bad("max_duration must be a positive number of seconds")
         # It caps a live recording, and JobOptions has nowhere to keep it yet.
         raise _bad("max_duration is not supported yet")
-    if body.paused:
-        raise _bad("paused is only for playlist URLs, which are not supported yet")
     if body.storage is not None:
         raise _bad("storage is not supported yet")
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import socket
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -14,17 +14,33 @@ from litestar import Controller, Request, delete, get, post
 from litestar.di import Provide
 from litestar.params import Parameter
 
+from adapters.downloader import DownloadFailed
 from adapters.event_store import EventStore
 from adapters.job_store import load_job as load_job_state
-from adapters.ssrf import UrlGuard, UrlRefused
+from adapters.playlists import Playlist, extract_playlist, looks_like_media
+from adapters.ssrf import UrlGuard
 from adapters.storage import ObjectStorage, StorageError
 from api.auth import Principal, job_api_principal
+from api.batches import (
+    BatchCreatedAnswer,
+    BulkAnswer,
+    Episode,
+    NewJob,
+    create_batch,
+    create_bulk,
+)
 from api.errors import JOB_API_ERRORS, JobApiError
-from api.job_requests import CreateJobBody, decode_create_job_body, validate_create_job
+from api.job_requests import (
+    CreateJobBody,
+    ValidJob,
+    decode_create_job_body,
+    validate_create_job,
+)
 from api.requests import command_metadata
+from api.targets import refuse_forbidden_target
 from domain import job
 from domain.errors import ConcurrencyError, InvalidTransition
-from domain.events import Event, NewEvent
+from domain.events import Event, Metadata, NewEvent
 
 _decode_state = msgspec.json.Decoder(job.JobState).decode
 _to_builtins = msgspec.to_builtins
@@ -201,19 +217,64 @@ def view(state: job.JobState, links: Links | None = None) -> JobView:
     )
 
 
-async def _refuse_forbidden_target(request: Request[Any, Any, Any], url: str) -> None:
-    """400 for a URL that resolves to loopback, private, link-local or metadata addresses.
+PLAYLIST_SECONDS = 30.0
+"""How long `POST /jobs` waits for a page or feed to list its entries."""
 
-    A name that does not resolve now is accepted: DNS may be down for a moment, and the
-    download stage checks every request again anyway.
-    """
+
+async def _playlist(request: Request[Any, Any, Any], url: str) -> Playlist | None:
+    """The entries if `url` is a playlist or feed; None for one piece of media."""
+    if looks_like_media(url):
+        return None
     guard: UrlGuard = request.app.state.guard
     try:
-        await guard.check_url_async(url)
-    except UrlRefused as exc:
-        if isinstance(exc.__cause__, socket.gaierror):
-            return
+        return await asyncio.wait_for(
+            asyncio.to_thread(extract_playlist, url, guard=guard), PLAYLIST_SECONDS
+        )
+    except TimeoutError:
+        raise JobApiError(
+            status_code=504, detail=f"Source did not answer within {PLAYLIST_SECONDS:g} s"
+        ) from None
+    except DownloadFailed as exc:
+        if exc.retryable:
+            return None  # a passing fault: the download stage will try (and report) again
         raise JobApiError(status_code=400, detail=str(exc)) from None
+
+
+async def _create_playlist_batch(
+    store: EventStore,
+    meta: Metadata,
+    principal: Principal,
+    valid: ValidJob,
+    playlist: Playlist,
+    body: CreateJobBody,
+) -> BatchCreatedAnswer:
+    if not playlist.entries:
+        raise JobApiError(status_code=400, detail="The playlist or feed has no entries")
+    # Each entry gets the options asked for, but a name of its own (its title), not one
+    # shared `filename` that every episode would overwrite.
+    options = msgspec.structs.replace(valid.options, filename=None)
+    jobs = [
+        NewJob(ValidJob(url=entry.url, options=options), title=entry.title)
+        for entry in playlist.entries
+    ]
+    batch_id, job_ids = await create_batch(
+        store,
+        meta,
+        principal,
+        jobs,
+        kind="playlist",
+        paused=body.paused,
+        source_url=valid.url,
+        title=playlist.title,
+    )
+    return BatchCreatedAnswer(
+        batch_id=batch_id,
+        total_episodes=len(job_ids),
+        episode_jobs=[
+            Episode(job_id=j, title=e.title, url=e.url)
+            for j, e in zip(job_ids, playlist.entries, strict=True)
+        ],
+    )
 
 
 def _job_id(raw: str) -> str:
@@ -300,19 +361,35 @@ class JobsController(Controller):
     @post("/", status_code=201)
     async def create_job(
         self, request: Request[Any, Any, Any], data: CreateJobBody, principal: Principal
-    ) -> JobCreatedAnswer:
-        """Create a download job."""
+    ) -> JobCreatedAnswer | BatchCreatedAnswer:
+        """Create a download job; a playlist or feed URL creates a batch of its entries."""
         # `data` documents the body; the raw body is decoded again strictly, so "23" is not 23.
-        valid = validate_create_job(decode_create_job_body(await request.body()))
-        await _refuse_forbidden_target(request, valid.url)
+        body = decode_create_job_body(await request.body())
+        valid = validate_create_job(body)
+        await refuse_forbidden_target(request, valid.url)
+        meta = command_metadata(request, principal.key_id)
+        store: EventStore = request.app.state.store
+        playlist = await _playlist(request, valid.url)
+        if playlist is not None:
+            return await _create_playlist_batch(store, meta, principal, valid, playlist, body)
+        if body.paused:
+            raise JobApiError(status_code=400, detail="paused is only for playlist or feed URLs")
         job_id = str(uuid.uuid4())
         events = job.create(
             job_id=job_id, account_id=principal.account_id, url=valid.url, options=valid.options
         )
-        meta = command_metadata(request, principal.key_id)
-        store: EventStore = request.app.state.store
         await store.append(job.stream_id(job_id), [NewEvent(e, meta) for e in events], 0)
         return JobCreatedAnswer(job_id=job_id)
+
+    @post("/bulk", status_code=201)
+    async def create_jobs_in_bulk(
+        self, request: Request[Any, Any, Any], data: dict[str, Any], principal: Principal
+    ) -> BulkAnswer:
+        """Create up to 100 jobs at once: `{"jobs": [{"url", "filename"?}], <shared options>}`.
+
+        All jobs or none: one invalid item rejects the request, naming its index.
+        """
+        return await create_bulk(request, principal)
 
     @get("/{job_id:str}")
     async def get_job(

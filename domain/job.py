@@ -80,6 +80,21 @@ class JobCreated(Event, frozen=True, kw_only=True):
     url: str
     options: JobOptions = JobOptions()
     batch_id: str | None = None
+    # A job of a paused batch waits for JobReleased; a feed entry brings its own title.
+    held: bool = False
+    title: str | None = None
+
+
+@event
+class JobReleased(Event, frozen=True, kw_only=True):
+    """Its paused batch was started: the job may download now."""
+
+
+@event
+class JobRenamed(Event, frozen=True, kw_only=True):
+    """The file name was changed while the job was held in a paused batch."""
+
+    filename: str
 
 
 @registry.upcaster("JobCreated", 1)
@@ -221,6 +236,8 @@ class WebhookFailed(Event, frozen=True, kw_only=True):
 EVENT_TYPES: frozenset[str] = frozenset(
     cls.__name__
     for cls in (
+        JobReleased,
+        JobRenamed,
         WebhookDelivered,
         WebhookFailed,
         JobCreated,
@@ -258,6 +275,7 @@ class JobState(msgspec.Struct, kw_only=True, omit_defaults=True):
     status: JobStatus
     step: JobStep
     batch_id: str | None = None
+    held: bool = False
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None
@@ -323,20 +341,46 @@ def arq_job_id(job_id: str, run: int, stage: Stage, attempt: int) -> str:
 
 
 def create(
-    *, job_id: str, account_id: str, url: str, options: JobOptions, batch_id: str | None = None
+    *,
+    job_id: str,
+    account_id: str,
+    url: str,
+    options: JobOptions,
+    batch_id: str | None = None,
+    held: bool = False,
+    title: str | None = None,
 ) -> list[Event]:
     """Decide the events that create a job."""
     return [
         JobCreated(
-            job_id=job_id, account_id=account_id, url=url, options=options, batch_id=batch_id
+            job_id=job_id,
+            account_id=account_id,
+            url=url,
+            options=options,
+            batch_id=batch_id,
+            held=held,
+            title=title,
         )
     ]
+
+
+def release(state: JobState) -> list[Event]:
+    """Let a held job download; a job already released or finished needs nothing."""
+    return [JobReleased()] if state.held and not state.terminal else []
+
+
+def rename(state: JobState, filename: str) -> list[Event]:
+    """Change the file name of a job that is still held."""
+    if not state.held:
+        raise InvalidTransition("Only jobs of a paused batch can be renamed")
+    return [JobRenamed(filename=filename)]
 
 
 def is_current(state: JobState, stage: Stage, run: int, attempt: int) -> bool:
     """Whether `(run, stage, attempt)` is the unit of work the job is waiting on."""
     return (
         not state.terminal
+        and not state.held
         and state.run == run
         and state.stage == stage
         and state.attempt == attempt
@@ -446,6 +490,8 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             status="Pending",
             step="Queued",
             batch_id=ev.batch_id,
+            held=ev.held,
+            title=ev.title,
             created_at=at,
             updated_at=at,
             version=version,
@@ -465,7 +511,8 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             state.progress = ev.progress
     elif isinstance(ev, DownloadCompleted):
         state.files = list(ev.files)
-        state.title, state.description = ev.title, ev.description
+        # A feed entry's own title wins over what the media file says about itself.
+        state.title, state.description = state.title or ev.title, ev.description
         state.release_date = ev.release_date
         state.native_video_codec, state.native_audio_codec = (
             ev.native_video_codec,
@@ -532,6 +579,10 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         state.subtitle_key = state.thumbnail_key = None
     elif isinstance(ev, FileDeleted):
         state.file_deleted = True
+    elif isinstance(ev, JobReleased):
+        state.held = False
+    elif isinstance(ev, JobRenamed):
+        state.options = msgspec.structs.replace(state.options, filename=ev.filename)
     return state
 
 

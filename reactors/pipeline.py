@@ -20,6 +20,8 @@ from domain.events import Event, RecordedEvent
 def next_unit(job_id: str, ev: Event) -> Dispatch | None:
     """The unit of work an event calls for, if any."""
     if isinstance(ev, job.JobCreated):
+        return None if ev.held else Dispatch(job_id, 1, "download", 1)
+    if isinstance(ev, job.JobReleased):
         return Dispatch(job_id, 1, "download", 1)
     if isinstance(ev, job.JobRetried):
         return Dispatch(job_id, ev.run, "download", 1)
@@ -38,7 +40,14 @@ class PipelineReactor:
     name = "pipeline"
     tables: Sequence[sa.Table] = ()
     event_types: frozenset[str] = frozenset(
-        {"JobCreated", "JobRetried", "DownloadCompleted", "MuxCompleted", "StageFailed"}
+        {
+            "JobCreated",
+            "JobReleased",
+            "JobRetried",
+            "DownloadCompleted",
+            "MuxCompleted",
+            "StageFailed",
+        }
     )
 
     def __init__(self, redis: ArqRedis) -> None:

@@ -65,8 +65,8 @@ class Reconciler:
         actions: list[str] = []
         for row in rows:
             state = await load_job(self.store, row["job_id"])
-            if state is None or state.terminal:
-                continue
+            if state is None or state.terminal or state.held:
+                continue  # a held job waits for its batch to start: nothing is stranded
             unit = job.arq_job_id(state.job_id, state.run, state.stage, state.attempt)
             if unit in running:
                 continue

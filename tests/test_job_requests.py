@@ -246,7 +246,6 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"max_duration": 0}, "max_duration must be a positive number of seconds"),
     ({"max_duration": -5}, "max_duration must be a positive number of seconds"),
     ({"max_duration": 3600}, "max_duration is not supported yet"),
-    ({"paused": True}, "paused is only for playlist URLs, which are not supported yet"),
     ({"storage": {}}, "storage is not supported yet"),
     ({"storage": {"type": "s3", "bucket": "b"}}, "storage is not supported yet"),
     # format

@@ -1,0 +1,89 @@
+"""Is a URL a playlist or feed? yt-dlp lists the entries of one without fetching any media."""
+
+from __future__ import annotations
+
+import os
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+from yt_dlp.utils import unsmuggle_url
+
+from adapters.downloader import DownloadFailed, _failure, _GuardedYoutubeDL, _QuietLog
+from adapters.ssrf import UrlGuard
+
+# A URL ending in one of these is a single piece of media (or its manifest): no need to ask
+# yt-dlp, which would cost a request per POST /jobs.
+MEDIA_SUFFIXES = frozenset(
+    {
+        ".mp4",
+        ".m4v",
+        ".mkv",
+        ".webm",
+        ".mov",
+        ".avi",
+        ".flv",
+        ".ts",
+        ".m4a",
+        ".mp3",
+        ".aac",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".wav",
+        ".flac",
+        ".m3u8",
+        ".mpd",
+    }
+)
+
+
+class Entry(msgspec.Struct, frozen=True):
+    url: str
+    title: str | None
+
+
+class Playlist(msgspec.Struct, frozen=True):
+    title: str | None
+    entries: list[Entry]
+
+
+def looks_like_media(url: str) -> bool:
+    """Whether the URL's path names a media file or manifest by its suffix."""
+    return PurePosixPath(urlsplit(url).path).suffix.lower() in MEDIA_SUFFIXES
+
+
+def extract_playlist(url: str, *, guard: UrlGuard, limit: int = 500) -> Playlist | None:
+    """The entries of a playlist or feed at `url`, or None if it is a single item (blocking).
+
+    Raises DownloadFailed with yt-dlp's reason when the URL cannot be read at all.
+    """
+    params: dict[str, Any] = {
+        "logger": _QuietLog(),
+        "quiet": True,
+        "noprogress": True,
+        "cachedir": False,
+        "extract_flat": "in_playlist",
+        "playlistend": limit,
+        "ffmpeg_location": os.path.join(os.devnull, "no-ffmpeg"),
+        "proxy": "",
+        "socket_timeout": 20,
+        "extractor_retries": 1,
+    }
+    try:
+        with _GuardedYoutubeDL(params, guard=guard, cancel=None) as ydl:
+            info = ydl.extract_info(url, download=False, process=True)
+    except DownloadFailed:
+        raise
+    except Exception as exc:
+        raise _failure(exc, url, audio_only=False) from None
+    if not info or info.get("_type") != "playlist":
+        return None
+    entries = [
+        # yt-dlp smuggles extractor hints into a URL fragment; the job wants the plain URL.
+        Entry(url=unsmuggle_url(str(e.get("url") or e.get("webpage_url")))[0], title=e.get("title"))
+        for e in info.get("entries") or []
+        if e and (e.get("url") or e.get("webpage_url"))
+    ]
+    return Playlist(title=info.get("title"), entries=entries)

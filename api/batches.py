@@ -1,0 +1,388 @@
+"""Bulk jobs and batches (seed 002): create many jobs at once, pause, rename, start, cancel."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, delete, get, patch, post
+from litestar.di import Provide
+
+from adapters.event_store import EventStore, StreamAppend
+from adapters.job_store import load_job
+from api.auth import Principal, job_api_principal
+from api.errors import JOB_API_ERRORS, JobApiError
+from api.job_requests import (
+    CreateJobBody,
+    ValidJob,
+    validate_create_job,
+    validate_filename,
+)
+from api.requests import command_metadata
+from api.targets import refuse_forbidden_target
+from domain import batch, job
+from domain.errors import ConcurrencyError, InvalidTransition
+from domain.events import Metadata, NewEvent
+
+MAX_BULK = 100
+
+
+class Episode(msgspec.Struct):
+    job_id: str
+    title: str | None
+    url: str
+
+
+class BatchCreatedAnswer(msgspec.Struct):
+    """What `POST /jobs` answers for a playlist or feed URL."""
+
+    batch_id: str
+    total_episodes: int
+    episode_jobs: list[Episode]
+
+
+class BulkAnswer(msgspec.Struct):
+    batch_id: str
+    total_jobs: int
+    job_ids: list[str]
+
+
+class BatchJob(msgspec.Struct):
+    id: str
+    status: str
+    step: str
+    title: str | None
+    filename: str | None
+    error: str | None
+
+
+class BatchView(msgspec.Struct):
+    batch_id: str
+    kind: str
+    status: str
+    title: str | None
+    source_url: str | None
+    total_jobs: int
+    counts: dict[str, int]
+    progress: float
+    jobs: list[BatchJob]
+
+
+class Rename(msgspec.Struct):
+    job_id: str
+    filename: str
+
+
+class Renames(msgspec.Struct):
+    renames: list[Rename]
+
+
+class RenameError(msgspec.Struct):
+    job_id: str
+    error: str
+
+
+class RenameAnswer(msgspec.Struct):
+    updated: int
+    errors: list[RenameError]
+
+
+class StartAnswer(msgspec.Struct):
+    batch_id: str
+    started_jobs: int
+    status: str
+
+
+class CancelAnswer(msgspec.Struct):
+    batch_id: str
+    cancelled_jobs: int
+    status: str
+
+
+class NewJob(msgspec.Struct, frozen=True):
+    """One job of a batch about to be created."""
+
+    valid: ValidJob
+    title: str | None = None
+
+
+async def create_batch(
+    store: EventStore,
+    meta: Metadata,
+    principal: Principal,
+    jobs: list[NewJob],
+    *,
+    kind: batch.BatchKind,
+    paused: bool,
+    source_url: str | None = None,
+    title: str | None = None,
+) -> tuple[str, list[str]]:
+    """Append a batch and all its jobs in one transaction: all of them exist, or none."""
+    batch_id = str(uuid.uuid4())
+    job_ids = [str(uuid.uuid4()) for _ in jobs]
+    appends = [
+        StreamAppend(
+            job.stream_id(job_id),
+            [
+                NewEvent(e, meta)
+                for e in job.create(
+                    job_id=job_id,
+                    account_id=principal.account_id,
+                    url=new.valid.url,
+                    options=new.valid.options,
+                    batch_id=batch_id,
+                    held=paused,
+                    title=new.title,
+                )
+            ],
+            0,
+        )
+        for job_id, new in zip(job_ids, jobs, strict=True)
+    ]
+    created = batch.BatchCreated(
+        batch_id=batch_id,
+        account_id=principal.account_id,
+        kind=kind,
+        job_ids=job_ids,
+        paused=paused,
+        source_url=source_url,
+        title=title,
+    )
+    appends.append(StreamAppend(batch.stream_id(batch_id), [NewEvent(created, meta)], 0))
+    await store.append_many(appends)
+    return batch_id, job_ids
+
+
+def _bulk_items(raw: bytes) -> tuple[list[CreateJobBody], bool]:
+    """Each item of a bulk body merged with the shared options, decoded strictly."""
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise JobApiError(status_code=400, detail=f"Invalid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise JobApiError(status_code=400, detail="Expected a JSON object with `jobs`")
+    items = body.pop("jobs", None)
+    if not isinstance(items, list) or not items:
+        raise JobApiError(status_code=400, detail="`jobs` must be a non-empty list")
+    if len(items) > MAX_BULK:
+        raise JobApiError(status_code=400, detail=f"Too many jobs (max {MAX_BULK} per request)")
+    paused = body.pop("paused", False)
+    if not isinstance(paused, bool):
+        raise JobApiError(status_code=400, detail="`paused` must be true or false")
+    bodies = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise JobApiError(status_code=400, detail=f"jobs[{index}]: expected an object")
+        unknown = set(item) - {"url", "filename"}
+        if unknown:
+            raise JobApiError(
+                status_code=400,
+                detail=f"jobs[{index}]: only url and filename may be set per item "
+                f"(got {', '.join(sorted(unknown))})",
+            )
+        try:
+            bodies.append(msgspec.convert({**body, **item}, CreateJobBody, strict=True))
+        except msgspec.ValidationError as exc:
+            raise JobApiError(status_code=400, detail=f"jobs[{index}]: {exc}") from None
+    return bodies, paused
+
+
+async def load_batch(
+    request: Request[Any, Any, Any], batch_id: str, principal: Principal
+) -> batch.BatchState:
+    """A batch of the caller's; 404 for anyone else's."""
+    try:
+        bid = str(uuid.UUID(batch_id))
+    except ValueError:
+        raise JobApiError(status_code=404, detail="Batch not found") from None
+    store: EventStore = request.app.state.store
+    events = await store.read_stream(batch.stream_id(bid))
+    state = batch.fold([(e.data, e.recorded_at, e.version) for e in events])
+    if state is None or state.account_id != principal.account_id:
+        raise JobApiError(status_code=404, detail="Batch not found")
+    return state
+
+
+async def batch_jobs(store: EventStore, state: batch.BatchState) -> list[job.JobState]:
+    """The batch's jobs, each exact to its last event."""
+    found = [await load_job(store, job_id) for job_id in state.job_ids]
+    return [j for j in found if j is not None]
+
+
+class BatchController(Controller):
+    path = "/batch"
+    dependencies = {"principal": Provide(job_api_principal)}
+    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
+    tags = ["batches"]
+
+    @get("/{batch_id:str}")
+    async def get_batch(
+        self, request: Request[Any, Any, Any], batch_id: str, principal: Principal
+    ) -> BatchView:
+        """A batch's status, job counts by status, progress, and its jobs."""
+        state = await load_batch(request, batch_id, principal)
+        jobs = await batch_jobs(request.app.state.store, state)
+        counts: dict[str, int] = {}
+        for j in jobs:
+            counts[j.status] = counts.get(j.status, 0) + 1
+        finished = sum(1 for j in jobs if j.terminal)
+        status = state.status
+        if status == "processing" and jobs and finished == len(jobs):
+            status = "completed"  # type: ignore[assignment]
+        return BatchView(
+            batch_id=state.batch_id,
+            kind=state.kind,
+            status=status,
+            title=state.title,
+            source_url=state.source_url,
+            total_jobs=len(state.job_ids),
+            counts=counts,
+            progress=round(100.0 * finished / len(jobs), 1) if jobs else 0.0,
+            jobs=[
+                BatchJob(
+                    id=j.job_id,
+                    status=j.status,
+                    step=j.step,
+                    title=j.title,
+                    filename=j.options.filename,
+                    error=j.error,
+                )
+                for j in jobs
+            ],
+        )
+
+    @patch("/{batch_id:str}/jobs", status_code=200)
+    async def rename_jobs(
+        self, request: Request[Any, Any, Any], batch_id: str, data: Renames, principal: Principal
+    ) -> RenameAnswer:
+        """Rename jobs of a paused batch: `{"renames": [{"job_id", "filename"}]}`."""
+        state = await load_batch(request, batch_id, principal)
+        try:
+            batch.require_paused_for_rename(state)
+        except InvalidTransition as exc:
+            raise JobApiError(status_code=400, detail=str(exc)) from None
+        store: EventStore = request.app.state.store
+        meta = command_metadata(request, principal.key_id)
+        errors: list[RenameError] = []
+        updated = 0
+        members = set(state.job_ids)
+        for r in data.renames:
+            if r.job_id not in members:
+                errors.append(RenameError(r.job_id, "Job is not in this batch"))
+                continue
+            try:
+                filename = validate_filename(r.filename)
+            except JobApiError as exc:
+                errors.append(RenameError(r.job_id, str(exc.detail)))
+                continue
+            if await _append_decided(store, meta, r.job_id, lambda s, f=filename: job.rename(s, f)):
+                updated += 1
+            else:
+                errors.append(RenameError(r.job_id, "Job is no longer waiting in the batch"))
+        return RenameAnswer(updated=updated, errors=errors)
+
+    @post("/{batch_id:str}/start", status_code=200)
+    async def start_batch(
+        self, request: Request[Any, Any, Any], batch_id: str, principal: Principal
+    ) -> StartAnswer:
+        """Start a paused batch: its jobs begin downloading."""
+        state = await load_batch(request, batch_id, principal)
+        store: EventStore = request.app.state.store
+        jobs = await batch_jobs(store, state)
+        held = [j for j in jobs if j.held and not j.terminal]
+        try:
+            started = batch.start(state, len(held))
+        except InvalidTransition as exc:
+            raise JobApiError(status_code=400, detail=str(exc)) from None
+        meta = command_metadata(request, principal.key_id)
+        appends = [
+            StreamAppend(
+                job.stream_id(j.job_id), [NewEvent(e, meta) for e in job.release(j)], j.version
+            )
+            for j in held
+        ]
+        appends.append(
+            StreamAppend(
+                batch.stream_id(state.batch_id), [NewEvent(e, meta) for e in started], state.version
+            )
+        )
+        try:
+            await store.append_many(appends)
+        except ConcurrencyError:
+            raise JobApiError(
+                status_code=409, detail="The batch changed meanwhile; try again"
+            ) from None
+        return StartAnswer(batch_id=state.batch_id, started_jobs=len(held), status="processing")
+
+    @delete("/{batch_id:str}", status_code=200)
+    async def cancel_batch(
+        self, request: Request[Any, Any, Any], batch_id: str, principal: Principal
+    ) -> CancelAnswer:
+        """Cancel a batch: every unfinished job of it is cancelled."""
+        state = await load_batch(request, batch_id, principal)
+        store: EventStore = request.app.state.store
+        meta = command_metadata(request, principal.key_id)
+        cancelled = 0
+        for job_id in state.job_ids:
+            if await _append_decided(store, meta, job_id, job.cancel):
+                cancelled += 1
+        try:
+            events = batch.cancel(state, cancelled)
+            await store.append(
+                batch.stream_id(state.batch_id), [NewEvent(e, meta) for e in events], state.version
+            )
+        except InvalidTransition as exc:
+            raise JobApiError(status_code=400, detail=str(exc)) from None
+        except ConcurrencyError:
+            raise JobApiError(
+                status_code=409, detail="The batch changed meanwhile; try again"
+            ) from None
+        return CancelAnswer(batch_id=state.batch_id, cancelled_jobs=cancelled, status="cancelled")
+
+
+async def _append_decided(store: EventStore, meta: Metadata, job_id: str, decide: Any) -> bool:
+    """Decide on a job and append; re-read on a clash. False if the decision was refused."""
+    for _ in range(10):
+        state = await load_job(store, job_id)
+        if state is None:
+            return False
+        try:
+            events = decide(state)
+        except InvalidTransition:
+            return False
+        if not events:
+            return False
+        try:
+            await store.append(
+                job.stream_id(job_id), [NewEvent(e, meta) for e in events], state.version
+            )
+            return True
+        except ConcurrencyError:
+            continue
+    return False
+
+
+async def create_bulk(request: Request[Any, Any, Any], principal: Principal) -> BulkAnswer:
+    """`POST /jobs/bulk`: all jobs or none; a bad item names its index."""
+    bodies, paused = _bulk_items(await request.body())
+    valid: list[NewJob] = []
+    for index, body in enumerate(bodies):
+        try:
+            valid.append(NewJob(validate_create_job(body)))
+        except JobApiError as exc:
+            raise JobApiError(status_code=400, detail=f"jobs[{index}]: {exc.detail}") from None
+    for index, new in enumerate(valid):
+        try:
+            await refuse_forbidden_target(request, new.valid.url)
+        except JobApiError as exc:
+            raise JobApiError(status_code=400, detail=f"jobs[{index}]: {exc.detail}") from None
+    batch_id, job_ids = await create_batch(
+        request.app.state.store,
+        command_metadata(request, principal.key_id),
+        principal,
+        valid,
+        kind="bulk",
+        paused=paused,
+    )
+    return BulkAnswer(batch_id=batch_id, total_jobs=len(job_ids), job_ids=job_ids)

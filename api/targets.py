@@ -1,0 +1,26 @@
+"""Where downloads may go: the SSRF rule applied when a URL is submitted."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from litestar import Request
+
+from adapters.ssrf import UrlGuard, UrlRefused
+from api.errors import JobApiError
+
+
+async def refuse_forbidden_target(request: Request[Any, Any, Any], url: str) -> None:
+    """400 for a URL that resolves to loopback, private, link-local or metadata addresses.
+
+    A name that does not resolve now is accepted: DNS may be down for a moment, and the
+    download stage checks every request again anyway.
+    """
+    guard: UrlGuard = request.app.state.guard
+    try:
+        await guard.check_url_async(url)
+    except UrlRefused as exc:
+        if isinstance(exc.__cause__, socket.gaierror):
+            return
+        raise JobApiError(status_code=400, detail=str(exc)) from None
