@@ -121,20 +121,25 @@ class ProjectionRunner:
         return total
 
     async def wait_until(self, name: str, at: Checkpoint, within: float = 30.0) -> None:
-        """Catch `name` up until it has applied everything up to `at` (an append's checkpoint).
+        """Catch `name` up at least to `at` (an append's checkpoint).
 
         A fresh event becomes readable only once every older transaction on the server has
-        ended, so this may take a moment; it gives up with TimeoutError after `within` s.
+        ended; from then on one catch-up applies it (a projection that does not follow its
+        type simply moves on). Gives up with TimeoutError after `within` seconds.
         """
-        async with asyncio.timeout(within):
-            while True:
-                await self.catch_up(name)
-                row = await self.pool.fetchrow(
-                    "SELECT tx, position FROM checkpoints WHERE name = $1", name
-                )
-                if row is not None and (row["tx"], row["position"]) >= tuple(at):
-                    return
-                await asyncio.sleep(0.02)
+        await self.store.wait_readable(at, within)
+        await self.catch_up(name)
+
+    async def settle(self, name: str | None = None, within: float = 30.0) -> None:
+        """Catch up to every event committed so far, waiting out older open transactions."""
+        last = await self.pool.fetchrow(
+            "SELECT tx::text::bigint AS tx, position FROM events "
+            "ORDER BY events.tx DESC, events.position DESC LIMIT 1"
+        )
+        if last is None:
+            return
+        for projection in [self.projection(name)] if name else self.projections:
+            await self.wait_until(projection.name, Checkpoint(last["tx"], last["position"]), within)
 
     async def pending(self, name: str) -> int:
         """How many events of its types a projection has yet to apply."""

@@ -113,7 +113,10 @@ async def client(
     """The API, in-process, over the run's database (storage: a local folder)."""
     storage = LocalStorage(tmp_path_factory.mktemp("storage"))
     app = create_app(
-        pool=pool, store=store, settings=Settings(database_url=database_url), storage=storage
+        pool=pool,
+        store=store,
+        settings=Settings(database_url=database_url, secret_key="test-secret-key"),
+        storage=storage,
     )
     async with api_client(app) as c:
         yield c

@@ -51,7 +51,7 @@ async def test_a_job_reads_the_same_from_the_projection_as_from_the_log(
 ) -> None:
     job_id = await _create(client, api_key)
     from_log = (await client.get(f"/jobs/{job_id}", headers=_auth(api_key))).json()
-    await runner.catch_up()
+    await runner.settle()
     from_projection = (await client.get(f"/jobs/{job_id}", headers=_auth(api_key))).json()
     assert from_projection == from_log
 
@@ -94,7 +94,7 @@ async def test_another_users_job_answers_404_like_a_missing_one(
         history = await client.get(f"/jobs/{job_id}/events", headers=_auth(other_api_key))
         assert theirs.status_code == missing.status_code == history.status_code == 404
         assert theirs.json() == missing.json() == {"error": "Job not found"}
-        await runner.catch_up()
+        await runner.settle()
     listing = await client.get("/jobs", headers=_auth(other_api_key))
     assert job_id not in {j["id"] for j in listing.json()["jobs"]}
 
@@ -160,7 +160,7 @@ async def test_the_job_list_is_newest_first_and_pages_with_a_cursor(
     client: httpx.AsyncClient, api_key: str, runner: ProjectionRunner
 ) -> None:
     created = [await _create(client, api_key, f"http://media.test/{i}.mp4") for i in range(5)]
-    await runner.catch_up()
+    await runner.settle()
 
     seen: list[str] = []
     cursor: str | None = None

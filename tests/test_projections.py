@@ -109,11 +109,14 @@ async def test_a_rebuild_serves_the_old_rows_until_it_swaps_in_the_new(
     runner = ProjectionRunner(isolated, all_projections(), batch_size=10)
     key, account_id, _ = await issue(isolated, name="t", admin=False)
     ids = await _create_jobs(isolated, account_id, 45)
-    await runner.catch_up()
+    await runner.settle()
     before = await isolated.pool.fetch("SELECT job_id, state FROM jobs ORDER BY job_id")
 
     app = create_app(
-        pool=isolated.pool, store=isolated, settings=Settings(), storage=LocalStorage(tmp_path)
+        pool=isolated.pool,
+        store=isolated,
+        settings=Settings(secret_key="test-secret-key"),
+        storage=LocalStorage(tmp_path),
     )
     answers: list[int] = []
     async with api_client(app) as client:
@@ -140,7 +143,7 @@ async def test_a_rebuild_serves_the_old_rows_until_it_swaps_in_the_new(
 
     # The live runner carries on from the swapped-in checkpoint without applying anything twice.
     more = await _create_jobs(isolated, account_id, 3)
-    assert await runner.catch_up() == 3
+    assert await runner.catch_up("jobs") == 3
     count = await isolated.pool.fetchval("SELECT count(*) FROM jobs")
     assert count == 48
     assert set(more) <= {r[0] for r in await isolated.pool.fetch("SELECT job_id FROM jobs")}
