@@ -1,17 +1,55 @@
-"""The caller's own settings that are not storage: the webhook signing secret."""
+"""The caller's own settings: the webhook signing secret, and where their uploads go.
+
+Storage endpoints (`/user/s3`, `/user/bucket` (legacy alias of s3), `/user/gcs`, `/user/oss`,
+`/user/blob`): POST checks the credentials by writing and deleting a small probe object, then
+records a `StorageConfigured` event on the account stream with the credentials sealed under
+the account's destroyable data key; DELETE records `StorageRemoved`. Answers never carry a
+secret: they show the provider, bucket, region, endpoint, prefix and a masked key id.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import re
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
-from litestar import Controller, Request, get
+from litestar import Controller, Request, delete, get, post
 from litestar.di import Provide
 
+# Importing the account storage (and through it domain.storage_config) registers the storage
+# events with the registry the event store decodes with.
+from adapters import secret_box
+from adapters.account_storage import (
+    GCS_ENDPOINT,
+    Credentials,
+    StorageSpec,
+    build_storage,
+    oss_endpoint,
+)
+from adapters.event_store import EventStore
 from adapters.settings import Settings
+from adapters.ssrf import UrlGuard, UrlRefused
+from adapters.storage import StorageError
 from api.auth import Principal, job_api_principal
-from api.errors import JOB_API_ERRORS
-from domain import webhook
+from api.errors import JOB_API_ERRORS, JobApiError
+from api.requests import command_metadata
+from domain import storage_config, webhook
+from domain.account import stream_id
+from domain.errors import ConcurrencyError
+from domain.events import NewEvent
+from domain.storage_config import PROVIDER_NAMES, Provider, StorageConfigured, StorageState
+
+PROBE_TIMEOUT = 30.0
+"""Seconds a credentials check may take before the POST answers 400 (unreachable endpoint)."""
+
+_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
+_CONTAINER = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+_ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
+_REGION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+_PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
 
 
 class WebhookSecret(msgspec.Struct):
@@ -22,6 +60,363 @@ class WebhookSecret(msgspec.Struct):
     timestamp_header: str
     algorithm: str
     signed_content: str
+
+
+class S3Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Any S3-compatible storage: AWS S3, Cloudflare R2, MinIO, Wasabi, Backblaze B2..."""
+
+    bucket: str
+    access_key: str
+    secret_key: str
+    endpoint: str | None = None
+    """e.g. `https://s3.us-east-1.amazonaws.com`, `https://<account>.r2.cloudflarestorage.com`;
+    omitted: AWS S3 itself."""
+    region: str | None = None
+    """e.g. `us-east-1`; `auto` for R2."""
+    folder_prefix: str | None = None
+    base_folder: str | None = None
+    path_style: bool = True
+    """Address buckets as `endpoint/bucket` (MinIO needs it) rather than `bucket.endpoint`."""
+
+
+class GcsBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Google Cloud Storage through its S3-interoperable XML API, with an HMAC key."""
+
+    bucket: str
+    access_key: str
+    """The HMAC key's access id (`GOOG1...`)."""
+    secret_key: str
+    """The HMAC key's secret."""
+    folder_prefix: str | None = None
+    base_folder: str | None = None
+    endpoint: str | None = None
+    """Defaults to `https://storage.googleapis.com`."""
+    region: str | None = None
+
+
+class OssBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Alibaba Cloud OSS through its S3-compatible API (virtual-hosted style)."""
+
+    bucket: str
+    access_key: str
+    secret_key: str
+    region: str | None = None
+    """e.g. `cn-hangzhou`; gives the endpoint `https://oss-cn-hangzhou.aliyuncs.com`."""
+    endpoint: str | None = None
+    folder_prefix: str | None = None
+    base_folder: str | None = None
+    path_style: bool = False
+    """OSS itself refuses path style; only for OSS-compatible servers that need it."""
+
+
+class BlobBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Azure Blob Storage: an account key or a SAS token (or a connection string)."""
+
+    container: str
+    account_name: str | None = None
+    account_key: str | None = None
+    sas_token: str | None = None
+    connection_string: str | None = None
+    endpoint: str | None = None
+    """The blob service URL; defaults to `https://<account_name>.blob.core.windows.net`."""
+    folder_prefix: str | None = None
+    base_folder: str | None = None
+
+
+class StorageAnswer(msgspec.Struct, kw_only=True):
+    """A storage configuration as the API shows it: never a secret."""
+
+    message: str
+    provider: str
+    container_or_bucket: str | None = None
+    folder_prefix: str | None = None
+    region: str | None = None
+    endpoint: str | None = None
+    path_style: bool | None = None
+    access_key: str | None = None
+    """The access key id, masked (`AKIA…WXYZ`)."""
+    account_name: str | None = None
+    default: bool = False
+    """True when no storage of the user's own is configured: uploads go to the cluster's."""
+
+
+def _bad(message: str) -> JobApiError:
+    return JobApiError(status_code=400, detail=message)
+
+
+def _text(value: str | None, field: str, *, required: bool = False) -> str | None:
+    """`value` trimmed; None when empty (400 if `required`)."""
+    value = value.strip() if value is not None else None
+    if not value:
+        if required:
+            raise _bad(f"{field} is required")
+        return None
+    return value
+
+
+def _secret(value: str | None, field: str) -> str:
+    """A key or secret: required, printable ASCII without spaces, of sane length."""
+    value = _text(value, field, required=True)
+    assert value is not None
+    if len(value) > 1024 or not _PRINTABLE.match(value):
+        raise _bad(f"{field} must be printable characters without spaces")
+    return value
+
+
+def _prefix(folder_prefix: str | None, base_folder: str | None) -> str:
+    """The object key prefix: `folder_prefix/base_folder`, each part checked."""
+    parts = [p.strip().strip("/") for p in (folder_prefix, base_folder) if p and p.strip("/ ")]
+    prefix = "/".join(parts)
+    if "\\" in prefix or "\x00" in prefix or len(prefix) > 512:
+        raise _bad("folder_prefix must be a relative path like downloads/2024")
+    if any(segment in ("", ".", "..") for segment in prefix.split("/")) and prefix:
+        raise _bad("folder_prefix must not contain empty, '.' or '..' segments")
+    return prefix
+
+
+def _region(value: str | None) -> str | None:
+    region = _text(value, "region")
+    if region is not None and not _REGION.match(region):
+        raise _bad("region must look like us-east-1 (letters, digits and '-')")
+    return region
+
+
+def _bucket(value: str, field: str = "bucket") -> str:
+    bucket = _text(value, field, required=True)
+    assert bucket is not None
+    if not _BUCKET.match(bucket):
+        raise _bad(f"{field} is not a valid bucket name: 3 to 63 letters, digits, '.', '-'")
+    return bucket
+
+
+def _endpoint(value: str | None) -> str | None:
+    """An http(s) endpoint without credentials, query or fragment; trailing '/' dropped."""
+    endpoint = _text(value, "endpoint")
+    if endpoint is None:
+        return None
+    parts = urlsplit(endpoint)
+    if "@" in parts.netloc:
+        raise _bad("endpoint must not carry credentials")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _bad("endpoint must be an http(s)://host[:port] URL")
+    try:
+        parts.port  # noqa: B018 - only to validate it
+    except ValueError:
+        raise _bad("endpoint has an invalid port") from None
+    if parts.query or parts.fragment:
+        raise _bad("endpoint must not have a query or fragment")
+    return endpoint.rstrip("/")
+
+
+def _parse_connection_string(text: str) -> dict[str, str]:
+    """`Key=Value;...` pairs of an Azure connection string (values may contain '=')."""
+    fields: dict[str, str] = {}
+    for part in text.strip().strip(";").split(";"):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip():
+            raise _bad("connection_string must be Key=Value pairs separated by ';'")
+        fields[name.strip()] = value.strip()
+    return fields
+
+
+def _blob_config(body: BlobBody) -> tuple[StorageSpec, Credentials, str]:
+    account_name = _text(body.account_name, "account_name")
+    account_key = _text(body.account_key, "account_key")
+    sas_token = _text(body.sas_token, "sas_token")
+    endpoint = _endpoint(body.endpoint)
+    if body.connection_string is not None and body.connection_string.strip():
+        fields = _parse_connection_string(body.connection_string)
+        account_name = account_name or fields.get("AccountName")
+        account_key = account_key or fields.get("AccountKey")
+        sas_token = sas_token or fields.get("SharedAccessSignature")
+        endpoint = endpoint or _endpoint(fields.get("BlobEndpoint"))
+        if endpoint is None and account_name and fields.get("EndpointSuffix"):
+            protocol = fields.get("DefaultEndpointsProtocol", "https")
+            endpoint = _endpoint(
+                f"{protocol}://{account_name}.blob.{fields['EndpointSuffix'].strip('.')}"
+            )
+    if account_name is None:
+        raise _bad("account_name is required (or a connection_string that has AccountName)")
+    if not _ACCOUNT.match(account_name):
+        raise _bad("account_name must be 3 to 24 lowercase letters and digits")
+    if account_key is None and sas_token is None:
+        raise _bad("Either account_key or sas_token must be provided")
+    if account_key is not None and sas_token is not None:
+        raise _bad("Provide either account_key or sas_token, not both")
+    if account_key is not None:
+        account_key = _secret(account_key, "account_key")
+    if sas_token is not None:
+        sas_token = _secret(sas_token.lstrip("?"), "sas_token")
+    container = _text(body.container, "container", required=True)
+    assert container is not None
+    if not _CONTAINER.match(container):
+        raise _bad("container must be 3 to 63 lowercase letters, digits and single '-'")
+    spec = StorageSpec(
+        provider="blob",
+        bucket=container,
+        endpoint=endpoint or f"https://{account_name}.blob.core.windows.net",
+        prefix=_prefix(body.folder_prefix, body.base_folder),
+        path_style=True,
+        account_name=account_name,
+    )
+    hint = f"{account_name} ({'account key' if account_key else 'SAS token'})"
+    return spec, Credentials(account_key=account_key, sas_token=sas_token), hint
+
+
+def _s3_like_config(
+    provider: Provider, body: S3Body | GcsBody | OssBody
+) -> tuple[StorageSpec, Credentials, str]:
+    """Spec, credentials and masked key id of the S3-compatible providers."""
+    access_key = _secret(body.access_key, "access_key")
+    secret_key = _secret(body.secret_key, "secret_key")
+    region = _region(body.region)
+    endpoint = _endpoint(body.endpoint)
+    if isinstance(body, GcsBody):
+        endpoint, path_style = endpoint or GCS_ENDPOINT, True
+    elif isinstance(body, OssBody):
+        if endpoint is None:
+            if region is None:
+                raise _bad("region (e.g. cn-hangzhou) or endpoint is required")
+            endpoint = oss_endpoint(region)
+        path_style = body.path_style
+    else:
+        path_style = body.path_style
+    spec = StorageSpec(
+        provider=provider,
+        bucket=_bucket(body.bucket),
+        region=region,
+        endpoint=endpoint,
+        prefix=_prefix(body.folder_prefix, body.base_folder),
+        path_style=path_style,
+    )
+    credentials = Credentials(access_key=access_key, secret_key=secret_key)
+    return spec, credentials, storage_config.mask_key_id(access_key)
+
+
+async def _refuse_forbidden_endpoint(request: Request[Any, Any, Any], endpoint: str) -> None:
+    """400 for an endpoint that resolves to loopback, private, link-local or metadata addresses.
+
+    The check below (the probe) is a request the API itself makes to a user-chosen host: the
+    same SSRF rules as for download URLs apply. A name that does not resolve is let through:
+    the probe then fails with the storage client's own connection error.
+    """
+    guard: UrlGuard = request.app.state.guard
+    try:
+        await guard.check_url_async(endpoint)
+    except UrlRefused as exc:
+        if isinstance(exc.__cause__, socket.gaierror):
+            return
+        raise _bad(f"endpoint refused: {exc}") from None
+
+
+async def _check(spec: StorageSpec, credentials: Credentials) -> None:
+    """Write and delete a probe object; 400 with the storage's own reason if that fails."""
+    try:
+        storage = build_storage(spec, credentials)
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            await storage.probe()
+    except StorageError as exc:
+        message = exc.message
+        for secret in (credentials.secret_key, credentials.account_key, credentials.sas_token):
+            if secret:
+                message = message.replace(secret, "***")
+        raise _bad(f"Storage check failed: {message}") from None
+    except TimeoutError:
+        raise _bad(
+            f"Storage check failed: no answer from the storage within {PROBE_TIMEOUT:.0f} s"
+        ) from None
+    finally:
+        await storage.close()
+
+
+async def _state(store: EventStore, account_id: str) -> StorageState:
+    """The account's storage state, exact to the last event of its stream."""
+    events = await store.read_stream(stream_id(account_id))
+    return storage_config.fold((e.version, e.data) for e in events)
+
+
+def _answer(configured: StorageConfigured | None, message: str) -> StorageAnswer:
+    if configured is None:
+        return StorageAnswer(message=message, provider="default", default=True)
+    blob = configured.provider == "blob"
+    return StorageAnswer(
+        message=message,
+        provider=configured.provider,
+        container_or_bucket=configured.bucket,
+        folder_prefix=configured.prefix or None,
+        region=configured.region,
+        endpoint=configured.endpoint,
+        path_style=None if blob else configured.path_style,
+        access_key=None if blob else configured.access_key_hint,
+        account_name=configured.account_name,
+    )
+
+
+async def _configure(
+    request: Request[Any, Any, Any],
+    principal: Principal,
+    spec: StorageSpec,
+    credentials: Credentials,
+    hint: str,
+) -> StorageAnswer:
+    if spec.endpoint is not None:
+        await _refuse_forbidden_endpoint(request, spec.endpoint)
+    await _check(spec, credentials)
+    settings: Settings = request.app.state.settings
+    sealed = await secret_box.seal(
+        request.app.state.pool,
+        settings.resolved_secret_key(),
+        principal.account_id,
+        msgspec.json.encode(credentials),
+    )
+    configured = StorageConfigured(
+        account_id=principal.account_id,
+        provider=spec.provider,
+        bucket=spec.bucket,
+        region=spec.region,
+        endpoint=spec.endpoint,
+        prefix=spec.prefix,
+        path_style=spec.path_style,
+        access_key_hint=hint,
+        account_name=spec.account_name,
+        sealed_credentials=sealed,
+    )
+    store: EventStore = request.app.state.store
+    state = await _state(store, principal.account_id)
+    events = storage_config.configure(state, configured)
+    meta = command_metadata(request, principal.key_id)
+    # Configuring always succeeds and replaces what was there, so no expected version: the
+    # store queues this append behind any other writer of the account stream.
+    await store.append(stream_id(principal.account_id), [NewEvent(e, meta) for e in events], None)
+    name = PROVIDER_NAMES[spec.provider]
+    return _answer(configured, f"{name} storage configured successfully")
+
+
+async def _remove(
+    request: Request[Any, Any, Any], principal: Principal, provider: Provider
+) -> StorageAnswer:
+    store: EventStore = request.app.state.store
+    meta = command_metadata(request, principal.key_id)
+    for _ in range(10):
+        state = await _state(store, principal.account_id)
+        try:
+            events = storage_config.remove(
+                state, account_id=principal.account_id, provider=provider
+            )
+        except storage_config.StorageNotConfigured as exc:
+            raise JobApiError(status_code=404, detail=str(exc)) from None
+        try:
+            await store.append(
+                stream_id(principal.account_id), [NewEvent(e, meta) for e in events], state.version
+            )
+        except ConcurrencyError:
+            continue  # the account changed meanwhile (a new key, a new storage): decide again
+        name = PROVIDER_NAMES[provider]
+        return _answer(None, f"{name} storage removed; uploads go to the default storage")
+    raise JobApiError(status_code=409, detail="The account is changing too fast; try again")
 
 
 class UserController(Controller):
@@ -43,3 +438,83 @@ class UserController(Controller):
             algorithm="HMAC-SHA256, hex, prefixed sha256=",
             signed_content="<timestamp header value>.<raw request body>",
         )
+
+    @get("/storage")
+    async def get_storage(
+        self, request: Request[Any, Any, Any], principal: Principal
+    ) -> StorageAnswer:
+        """Where your uploads go: your own storage (secrets masked), or the cluster default."""
+        state = await _state(request.app.state.store, principal.account_id)
+        if state.current is None:
+            return _answer(None, "No storage of your own: uploads go to the default storage")
+        return _answer(state.current, f"{PROVIDER_NAMES[state.current.provider]} storage")
+
+    @post("/s3", status_code=201)
+    async def configure_s3(
+        self, request: Request[Any, Any, Any], data: S3Body, principal: Principal
+    ) -> StorageAnswer:
+        """Configure S3-compatible storage (AWS S3, R2, MinIO, Wasabi...); checked first."""
+        return await _configure(request, principal, *_s3_like_config("s3", data))
+
+    @delete("/s3", status_code=200)
+    async def remove_s3(
+        self, request: Request[Any, Any, Any], principal: Principal
+    ) -> StorageAnswer:
+        """Remove the S3 storage configuration: uploads go to the default storage again."""
+        return await _remove(request, principal, "s3")
+
+    @post("/bucket", status_code=201)
+    async def configure_bucket(
+        self, request: Request[Any, Any, Any], data: S3Body, principal: Principal
+    ) -> StorageAnswer:
+        """Configure S3 storage (legacy; the same as POST /user/s3)."""
+        return await _configure(request, principal, *_s3_like_config("s3", data))
+
+    @delete("/bucket", status_code=200)
+    async def remove_bucket(
+        self, request: Request[Any, Any, Any], principal: Principal
+    ) -> StorageAnswer:
+        """Remove S3 storage (legacy; the same as DELETE /user/s3)."""
+        return await _remove(request, principal, "s3")
+
+    @post("/gcs", status_code=201)
+    async def configure_gcs(
+        self, request: Request[Any, Any, Any], data: GcsBody, principal: Principal
+    ) -> StorageAnswer:
+        """Configure Google Cloud Storage (XML API, HMAC key); checked first."""
+        return await _configure(request, principal, *_s3_like_config("gcs", data))
+
+    @delete("/gcs", status_code=200)
+    async def remove_gcs(
+        self, request: Request[Any, Any, Any], principal: Principal
+    ) -> StorageAnswer:
+        """Remove the Google Cloud Storage configuration."""
+        return await _remove(request, principal, "gcs")
+
+    @post("/oss", status_code=201)
+    async def configure_oss(
+        self, request: Request[Any, Any, Any], data: OssBody, principal: Principal
+    ) -> StorageAnswer:
+        """Configure Alibaba Cloud OSS (virtual-hosted style); checked first."""
+        return await _configure(request, principal, *_s3_like_config("oss", data))
+
+    @delete("/oss", status_code=200)
+    async def remove_oss(
+        self, request: Request[Any, Any, Any], principal: Principal
+    ) -> StorageAnswer:
+        """Remove the Alibaba OSS configuration."""
+        return await _remove(request, principal, "oss")
+
+    @post("/blob", status_code=201)
+    async def configure_blob(
+        self, request: Request[Any, Any, Any], data: BlobBody, principal: Principal
+    ) -> StorageAnswer:
+        """Configure Azure Blob Storage (account key, SAS token or connection string)."""
+        return await _configure(request, principal, *_blob_config(data))
+
+    @delete("/blob", status_code=200)
+    async def remove_blob(
+        self, request: Request[Any, Any, Any], principal: Principal
+    ) -> StorageAnswer:
+        """Remove the Azure Blob Storage configuration."""
+        return await _remove(request, principal, "blob")
