@@ -105,3 +105,31 @@ nodes = sa.Table(
     sa.Column("heartbeats", sa.BigInteger, nullable=False, server_default="0"),
     sa.Index("nodes_last_heartbeat_idx", "last_heartbeat_at"),
 )
+
+# Not a projection and not the log: each account's data key, wrapped (adapters.secret_box).
+account_keys = sa.Table(
+    "account_keys",
+    metadata,
+    sa.Column("account_id", sa.Text, primary_key=True),
+    sa.Column("key_version", sa.Integer, nullable=False),
+    sa.Column("wrapped_key", sa.LargeBinary),
+    sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
+    ),
+    sa.Column("destroyed_at", sa.DateTime(timezone=True)),
+)
+
+# Per account and UTC day: job activity and bytes moved. Storage held is uploaded minus deleted.
+usage_daily = sa.Table(
+    "usage_daily",
+    metadata,
+    sa.Column("account_id", sa.Text, primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("jobs_created", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("jobs_completed", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("jobs_failed", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("jobs_cancelled", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("bytes_downloaded", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("bytes_uploaded", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("bytes_deleted", sa.BigInteger, nullable=False, server_default="0"),
+)

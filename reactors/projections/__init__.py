@@ -6,8 +6,16 @@ from reactors.projection import Projection
 from reactors.projections.api_keys import ApiKeysProjection
 from reactors.projections.jobs import JobsProjection
 from reactors.projections.nodes import NodesProjection
+from reactors.projections.storage_configs import StorageConfigsProjection
+from reactors.projections.usage import UsageProjection
 
 
 def all_projections() -> list[Projection]:
     """Every projection, in the order the runner applies them."""
-    return [ApiKeysProjection(), JobsProjection(), NodesProjection()]
+    return [
+        ApiKeysProjection(),
+        JobsProjection(),
+        NodesProjection(),
+        UsageProjection(),
+        StorageConfigsProjection(),
+    ]

@@ -1,0 +1,72 @@
+"""`POST /metadata` (seed 002): what a URL holds, read without downloading the media.
+
+Same key and error shape as the job API (`x-api-key`, `{"error": ...}`) and the same URL guard
+as downloads. A URL that cannot be read answers 400 with yt-dlp's reason; a source that does not
+answer within the limit answers 504.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, post
+from litestar.di import Provide
+
+from adapters import metadata
+from adapters.ssrf import UrlGuard
+from api.auth import Principal, job_api_principal
+from api.errors import JOB_API_ERRORS, JobApiError
+
+_MAX_URL = 4096
+
+
+class MetadataRequest(msgspec.Struct, forbid_unknown_fields=True):
+    url: str
+
+
+def _timeout(request: Request[Any, Any, Any]) -> float:
+    """The configured limit: a `metadata_timeout` setting once there is one, else the default.
+
+    The module attribute is read on each call so a test (or an operator's patch) can lower it.
+    """
+    configured = getattr(request.app.state.settings, "metadata_timeout", None)
+    return float(configured) if configured else metadata.EXTRACT_TIMEOUT
+
+
+def _valid_url(raw: str) -> str:
+    url = raw.strip()
+    if not url:
+        raise JobApiError(status_code=400, detail="url is required")
+    if len(url) > _MAX_URL:
+        raise JobApiError(status_code=400, detail=f"URL too long (max {_MAX_URL} characters)")
+    return url
+
+
+class MetadataController(Controller):
+    path = "/metadata"
+    dependencies = {"principal": Provide(job_api_principal)}
+    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
+    tags = ["metadata"]
+
+    @post("/", status_code=200)
+    async def extract_metadata(
+        self, request: Request[Any, Any, Any], data: MetadataRequest, principal: Principal
+    ) -> metadata.MediaMetadata:
+        """Extract title, duration, formats, thumbnails and subtitles without downloading.
+
+        Formats list `format_id`, `ext` (container), `vcodec` / `acodec` ("none" means the
+        format has no such track, null that the source does not say), `width`, `height`,
+        `resolution`, `fps`, `tbr` (kbit/s), `filesize` (bytes, when the source says) and
+        `filesize_approx`. A playlist or feed answers `is_playlist: true` and `entries` (its
+        item count). 400 with the reason for a refused, unreachable or unsupported URL; 504
+        when the source does not answer within the limit.
+        """
+        url = _valid_url(data.url)
+        guard: UrlGuard = request.app.state.guard
+        try:
+            return await metadata.extract_async(url, guard=guard, timeout=_timeout(request))
+        except metadata.MetadataFailed as exc:
+            raise JobApiError(status_code=400, detail=str(exc)) from None
+        except metadata.MetadataTimeout as exc:
+            raise JobApiError(status_code=504, detail=str(exc)) from None

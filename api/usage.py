@@ -1,0 +1,115 @@
+"""`GET /usage` (seed 002): the caller's jobs and bytes, this month and all time.
+
+Read from projections (`usage_daily`, `jobs`), so it trails the log by a moment. Months and days
+are UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any, get_args
+
+import msgspec
+from litestar import Controller, Request, get
+from litestar.di import Provide
+
+from api.auth import Principal, job_api_principal
+from api.errors import JOB_API_ERRORS
+from domain.job import JobStatus
+
+_STATUSES: tuple[str, ...] = get_args(JobStatus)
+_COUNTERS = (
+    "jobs_created",
+    "jobs_completed",
+    "jobs_failed",
+    "jobs_cancelled",
+    "bytes_downloaded",
+    "bytes_uploaded",
+    "bytes_deleted",
+)
+
+# One pass over the account's days: all-time sums and, filtered, this month's.
+_TOTALS = "SELECT {all_time}, {month} FROM usage_daily WHERE account_id = $1".format(
+    all_time=", ".join(f"coalesce(sum({c}), 0)::bigint" for c in _COUNTERS),
+    month=", ".join(f"coalesce(sum({c}) FILTER (WHERE day >= $2), 0)::bigint" for c in _COUNTERS),
+)
+_BY_STATUS = """
+SELECT status, count(*), count(*) FILTER (WHERE created_at >= $2)
+FROM jobs WHERE account_id = $1 GROUP BY status
+"""
+
+
+class UsagePeriod(msgspec.Struct):
+    """Usage over one period (all time, or this calendar month so far).
+
+    - `jobs_created`, `jobs_completed`, `jobs_failed`, `jobs_cancelled`: how many times that
+      happened in the period (a job failed, retried and completed counts in both).
+    - `jobs_by_status`: the jobs created in the period, by their status now.
+    - `bytes_downloaded`: fetched from sources (every download run, retries included).
+    - `bytes_uploaded`: media files written to storage; `bytes_deleted`: those deleted since.
+    - `storage_bytes`: bytes held in storage now, at the end of the period (the same figure
+      for both periods); `storage_bytes_change`: uploaded minus deleted within the period.
+    """
+
+    jobs_created: int
+    jobs_completed: int
+    jobs_failed: int
+    jobs_cancelled: int
+    jobs_by_status: dict[str, int]
+    bytes_downloaded: int
+    bytes_uploaded: int
+    bytes_deleted: int
+    storage_bytes: int
+    storage_bytes_change: int
+
+
+class UsageAnswer(msgspec.Struct):
+    """`month` is the current UTC month (`YYYY-MM`) that `this_month` covers."""
+
+    month: str
+    all_time: UsagePeriod
+    this_month: UsagePeriod
+
+
+def _period(counts: dict[str, int], by_status: dict[str, int], held: int) -> UsagePeriod:
+    return UsagePeriod(
+        jobs_created=counts["jobs_created"],
+        jobs_completed=counts["jobs_completed"],
+        jobs_failed=counts["jobs_failed"],
+        jobs_cancelled=counts["jobs_cancelled"],
+        jobs_by_status=by_status,
+        bytes_downloaded=counts["bytes_downloaded"],
+        bytes_uploaded=counts["bytes_uploaded"],
+        bytes_deleted=counts["bytes_deleted"],
+        storage_bytes=held,
+        storage_bytes_change=counts["bytes_uploaded"] - counts["bytes_deleted"],
+    )
+
+
+class UsageController(Controller):
+    path = "/usage"
+    dependencies = {"principal": Provide(job_api_principal)}
+    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
+    tags = ["usage"]
+
+    @get("/")
+    async def usage(self, request: Request[Any, Any, Any], principal: Principal) -> UsageAnswer:
+        """The caller's usage this month (UTC) and all time; a user without jobs gets zeros."""
+        now = datetime.now(UTC)
+        month_start = date(now.year, now.month, 1)
+        pool = request.app.state.pool
+        totals = await pool.fetchrow(_TOTALS, principal.account_id, month_start)
+        n = len(_COUNTERS)
+        all_time = {c: int(totals[i]) for i, c in enumerate(_COUNTERS)}
+        this_month = {c: int(totals[n + i]) for i, c in enumerate(_COUNTERS)}
+        rows = await pool.fetch(
+            _BY_STATUS, principal.account_id, datetime(now.year, now.month, 1, tzinfo=UTC)
+        )
+        status_all = dict.fromkeys(_STATUSES, 0) | {r[0]: int(r[1]) for r in rows}
+        status_month = dict.fromkeys(_STATUSES, 0) | {r[0]: int(r[2]) for r in rows}
+        held = all_time["bytes_uploaded"] - all_time["bytes_deleted"]
+        return UsageAnswer(
+            month=f"{now.year:04d}-{now.month:02d}",
+            all_time=_period(all_time, status_all, held),
+            this_month=_period(this_month, status_month, held),
+        )

@@ -1,0 +1,127 @@
+"""The `usage_daily` table: per account and UTC day, job activity and the bytes moved.
+
+Counters are of events, on the day each was recorded: `jobs_created` (JobCreated),
+`jobs_completed` (JobCompleted), `jobs_failed` (JobFailed), `jobs_cancelled` (JobCancelled);
+a job that fails, is retried and then completes counts once as failed and once as completed.
+`bytes_downloaded` sums DownloadCompleted.bytes (every run's download, retries included),
+`bytes_uploaded` sums JobCompleted.size (the media file), `bytes_deleted` the size of each
+file whose FileDeleted was recorded. Storage held is `bytes_uploaded - bytes_deleted`.
+
+Only JobCreated names the account, and only JobCompleted the size a FileDeleted frees; both are
+read back from the log itself (the job stream's version 1, its last JobCompleted) rather than
+from another projection, whose progress this one cannot rely on, least of all in a rebuild.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, date
+
+import asyncpg
+import sqlalchemy as sa
+
+from adapters.tables import usage_daily
+from domain import job
+from domain.events import RecordedEvent
+
+log = logging.getLogger("spool.projections.usage")
+
+COUNTERS = (
+    "jobs_created",
+    "jobs_completed",
+    "jobs_failed",
+    "jobs_cancelled",
+    "bytes_downloaded",
+    "bytes_uploaded",
+    "bytes_deleted",
+)
+
+# Additive: the runner hands each event over exactly once, so adding is idempotent enough.
+_UPSERT = f"""
+INSERT INTO usage_daily (account_id, day, {", ".join(COUNTERS)})
+SELECT * FROM unnest($1::text[], $2::date[], {
+    ", ".join(f"${i}::bigint[]" for i in range(3, 3 + len(COUNTERS)))
+})
+ON CONFLICT (account_id, day) DO UPDATE SET {
+    ", ".join(f"{c} = usage_daily.{c} + excluded.{c}" for c in COUNTERS)
+}
+"""
+
+_ACCOUNTS = """
+SELECT e.stream_id, e.data->>'account_id'
+FROM unnest($1::text[]) AS t(stream_id)
+JOIN events e ON e.stream_id = t.stream_id AND e.version = 1 AND e.type = 'JobCreated'
+"""
+
+# The size of the upload a FileDeleted removed: the stream's last JobCompleted before it.
+_DELETED_SIZES = """
+SELECT t.stream_id, t.version, (
+    SELECT (c.data->>'size')::bigint FROM events c
+    WHERE c.stream_id = t.stream_id AND c.version < t.version AND c.type = 'JobCompleted'
+    ORDER BY c.version DESC LIMIT 1
+)
+FROM unnest($1::text[], $2::int[]) AS t(stream_id, version)
+"""
+
+_TYPES = frozenset(
+    {"JobCreated", "DownloadCompleted", "JobCompleted", "JobFailed", "JobCancelled", "FileDeleted"}
+)
+
+
+class UsageProjection:
+    name = "usage"
+    tables: Sequence[sa.Table] = (usage_daily,)
+    event_types: frozenset[str] = _TYPES
+
+    async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+        accounts: dict[str, str] = {}
+        for e in events:
+            if isinstance(e.data, job.JobCreated):
+                accounts[e.stream_id] = e.data.account_id
+        unknown = sorted({e.stream_id for e in events} - accounts.keys())
+        if unknown:
+            accounts.update({r[0]: r[1] for r in await conn.fetch(_ACCOUNTS, unknown)})
+        deletions = [e for e in events if isinstance(e.data, job.FileDeleted)]
+        freed: dict[tuple[str, int], int] = {}
+        if deletions:
+            rows = await conn.fetch(
+                _DELETED_SIZES, [e.stream_id for e in deletions], [e.version for e in deletions]
+            )
+            freed = {(r[0], r[1]): int(r[2] or 0) for r in rows}
+
+        totals: dict[tuple[str, date], dict[str, int]] = defaultdict(
+            lambda: dict.fromkeys(COUNTERS, 0)
+        )
+        for e in events:
+            account = accounts.get(e.stream_id)
+            if account is None:
+                # Cannot happen with a sound log (every job stream opens with JobCreated); skip
+                # rather than stall the projection on one bad stream.
+                log.warning("usage: %s has no JobCreated; %s not counted", e.stream_id, e.type)
+                continue
+            row = totals[(account, e.recorded_at.astimezone(UTC).date())]
+            ev = e.data
+            if isinstance(ev, job.JobCreated):
+                row["jobs_created"] += 1
+            elif isinstance(ev, job.DownloadCompleted):
+                row["bytes_downloaded"] += ev.bytes
+            elif isinstance(ev, job.JobCompleted):
+                row["jobs_completed"] += 1
+                row["bytes_uploaded"] += ev.size
+            elif isinstance(ev, job.JobFailed):
+                row["jobs_failed"] += 1
+            elif isinstance(ev, job.JobCancelled):
+                row["jobs_cancelled"] += 1
+            elif isinstance(ev, job.FileDeleted):
+                row["bytes_deleted"] += freed.get((e.stream_id, e.version), 0)
+        if not totals:
+            return
+        keys = list(totals)
+        await conn.execute(
+            _UPSERT,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            *([totals[k][c] for k in keys] for c in COUNTERS),
+        )
