@@ -15,7 +15,7 @@ import asyncpg
 import msgspec
 
 # Importing the aggregates registers every event type this store decodes.
-from domain import account, batch, job, node  # noqa: F401
+from domain import account, batch, job, node, storage_config  # noqa: F401
 from domain.errors import ConcurrencyError
 from domain.events import Event, EventRegistry, Metadata, NewEvent, RecordedEvent, registry
 

@@ -11,6 +11,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.response import Redirect
 
+from adapters.account_storage import AccountStorages
 from adapters.event_store import EventStore
 from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
@@ -18,7 +19,9 @@ from adapters.storage import ObjectStorage
 from api.batches import BatchController
 from api.dashboard import DashboardController
 from api.jobs import JobsController
+from api.metadata import MetadataController
 from api.requests import request_id_middleware
+from api.usage import UsageController
 from api.user import UserController
 
 
@@ -41,6 +44,8 @@ def create_app(
             JobsController,
             BatchController,
             DashboardController,
+            MetadataController,
+            UsageController,
             UserController,
             swagger,
         ],
@@ -51,6 +56,7 @@ def create_app(
                 "store": store,
                 "settings": settings,
                 "storage": storage,
+                "storages": AccountStorages(pool, settings.resolved_secret_key(), storage),
                 "guard": UrlGuard(settings.url_allowlist),
                 **extra,
             }

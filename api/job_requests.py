@@ -391,22 +391,15 @@ def _check_clip(
 
 
 def _refuse_unsupported(body: CreateJobBody) -> None:
-    """Refuse, plainly, the documented fields the pipeline cannot honour yet.
+    """Refuse, plainly, what the pipeline cannot honour (yet), and contradictory live options.
 
     Accepting them and doing nothing would hand the caller a job that is not what they asked
     for. False / null (the defaults) are always fine, so clients that send every field work.
     """
-    if body.live_recording:
-        raise _bad("live_recording is not supported yet")
-    if body.live_from_start:
-        raise _bad("live_from_start is not supported yet")
-    if body.wait_for_video:
-        raise _bad("wait_for_video is not supported yet")
-    if body.max_duration is not None:
-        if body.max_duration <= 0:
-            raise _bad("max_duration must be a positive number of seconds")
-        # It caps a live recording, and JobOptions has nowhere to keep it yet.
-        raise _bad("max_duration is not supported yet")
+    if body.max_duration is not None and body.max_duration <= 0:
+        raise _bad("max_duration must be a positive number of seconds")
+    if body.live_from_start and not body.live_recording:
+        raise _bad("live_from_start requires live_recording")
     if body.storage is not None:
         raise _bad("storage is not supported yet")
 
@@ -473,5 +466,9 @@ def validate_create_job(body: CreateJobBody) -> ValidJob:
             folder=folder,
             webhook_url=webhook_url,
             enable_progress_webhook=body.enable_progress_webhook,
+            live_recording=body.live_recording,
+            live_from_start=body.live_from_start,
+            max_duration=body.max_duration,
+            wait_for_video=body.wait_for_video,
         ),
     )

@@ -14,12 +14,13 @@ from litestar import Controller, Request, delete, get, post
 from litestar.di import Provide
 from litestar.params import Parameter
 
+from adapters.account_storage import AccountStorages
 from adapters.downloader import DownloadFailed
 from adapters.event_store import EventStore
 from adapters.job_store import load_job as load_job_state
 from adapters.playlists import Playlist, extract_playlist, looks_like_media
 from adapters.ssrf import UrlGuard
-from adapters.storage import ObjectStorage, StorageError
+from adapters.storage import StorageError
 from api.auth import Principal, job_api_principal
 from api.batches import (
     BatchCreatedAnswer,
@@ -298,7 +299,8 @@ async def _links(request: Request[Any, Any, Any], state: job.JobState) -> Links 
     """Presigned (24 h) URLs of a completed job's files, unless they were deleted."""
     if state.status != "Completed" or state.key is None or state.file_deleted:
         return None
-    storage: ObjectStorage = request.app.state.storage
+    storages: AccountStorages = request.app.state.storages
+    storage = await storages.get(state.account_id)
 
     async def sign(key: str | None) -> str | None:
         return None if key is None else await storage.presigned_url(key, 24 * 3600)
@@ -425,7 +427,8 @@ class JobsController(Controller):
             job.delete_file(state)
         except InvalidTransition as exc:
             raise JobApiError(status_code=400, detail=str(exc)) from None
-        storage: ObjectStorage = request.app.state.storage
+        storages: AccountStorages = request.app.state.storages
+        storage = await storages.get(state.account_id)
         assert state.key is not None
         try:
             for key in (state.key, state.subtitle_key, state.thumbnail_key):

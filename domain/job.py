@@ -45,6 +45,10 @@ class JobOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     folder: str | None = None
     webhook_url: str | None = None
     enable_progress_webhook: bool = False
+    live_recording: bool = False
+    live_from_start: bool = False
+    max_duration: int | None = None
+    wait_for_video: bool = False
 
 
 class MediaFile(msgspec.Struct, frozen=True, kw_only=True):

@@ -21,6 +21,7 @@ from arq.connections import ArqRedis
 from arq.worker import Worker, func
 
 from adapters import sysinfo
+from adapters.account_storage import AccountStorages
 from adapters.event_store import EventStore, StreamAppend
 from adapters.job_store import load_job
 from adapters.queue import DOWNLOAD_QUEUE, WEBHOOK_QUEUE, node_queue
@@ -69,6 +70,8 @@ class Node:
         self.store = store
         self.redis = redis
         self.storage = storage
+        # Each account's uploads go to its own storage when it configured one.
+        self.storages = AccountStorages(store.pool, settings.resolved_secret_key(), storage)
         self.settings = settings
         self.node_id = settings.node_id
         self.guard = UrlGuard(settings.url_allowlist)
@@ -83,7 +86,7 @@ class Node:
             "upload": asyncio.Semaphore(settings.upload_concurrency),
         }
         self.meta = Metadata(actor=f"node:{self.node_id}", node_id=self.node_id)
-        self.webhooks = WebhookSender(store, storage, settings)
+        self.webhooks = WebhookSender(store, self.storages, settings)
         self.hostname = sysinfo.hostname()
         self.ip = sysinfo.primary_ip()
 
@@ -310,7 +313,8 @@ class Node:
             elif unit.stage == "mux":
                 done = await stages.mux(state, self.node_id, workdir, sink, unit.cancel)
             else:
-                done = await stages.upload(state, self.node_id, self.storage, sink, unit.cancel)
+                storage = await self.storages.get(state.account_id)
+                done = await stages.upload(state, self.node_id, storage, sink, unit.cancel)
         except stages.StageCancelled:
             if unit.stalled:
                 return await self._fail(
@@ -340,7 +344,12 @@ class Node:
                 if isinstance(done, job.JobCompleted):
                     for key in (done.key, done.subtitle_key, done.thumbnail_key):
                         if key is not None:
-                            await self.storage.delete(key)
+                            storage = (
+                                self.storage
+                                if state is None
+                                else await self.storages.get(state.account_id)
+                            )
+                            await storage.delete(key)
                 stages.remove_workdir(workdir)
                 return "cancelled" if state is not None and state.status == "Cancelled" else "stale"
             try:

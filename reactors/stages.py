@@ -14,8 +14,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from adapters import downloader, muxer
+from adapters import downloader, live_hls, muxer
 from adapters.ssrf import UrlGuard
 from adapters.storage import ObjectStorage, StorageCancelled, StorageError, object_key
 from domain import job
@@ -86,18 +87,35 @@ async def download(
     relay = asyncio.create_task(_relay(cancel, stop))
     o = state.options
     try:
-        result = await asyncio.to_thread(
-            downloader.download,
-            state.url,
-            workdir,
-            guard=guard,
-            audio_only=o.audio_only or o.format in job.AUDIO_FORMATS,
-            max_resolution=o.max_resolution,
-            download_subtitles=o.download_subtitles,
-            download_thumbnail=o.download_thumbnail,
-            on_progress=on_progress,
-            cancel=stop,
-        )
+        if o.live_recording or (
+            _is_hls(state.url)
+            and await asyncio.to_thread(live_hls.is_live_hls, state.url, guard=guard)
+        ):
+            # A live stream: recorded until it ends, or until max_duration seconds of it.
+            result = await asyncio.to_thread(
+                live_hls.record,
+                state.url,
+                workdir,
+                guard=guard,
+                max_duration=o.max_duration,
+                live_from_start=o.live_from_start,
+                wait_for_video=WAIT_FOR_VIDEO_SECONDS if o.wait_for_video else None,
+                on_progress=on_progress,
+                cancel=stop,
+            )
+        else:
+            result = await asyncio.to_thread(
+                downloader.download,
+                state.url,
+                workdir,
+                guard=guard,
+                audio_only=o.audio_only or o.format in job.AUDIO_FORMATS,
+                max_resolution=o.max_resolution,
+                download_subtitles=o.download_subtitles,
+                download_thumbnail=o.download_thumbnail,
+                on_progress=on_progress,
+                cancel=stop,
+            )
     except downloader.DownloadCancelled:
         raise StageCancelled from None
     except downloader.DownloadFailed as exc:
@@ -123,6 +141,14 @@ async def download(
         width=info.width,
         height=info.height,
     )
+
+
+WAIT_FOR_VIDEO_SECONDS = 300.0
+"""How long `wait_for_video` waits for a stream that has not started yet."""
+
+
+def _is_hls(url: str) -> bool:
+    return urlsplit(url).path.lower().endswith(".m3u8")
 
 
 async def _relay(cancel: asyncio.Event, stop: threading.Event) -> None:

@@ -19,12 +19,12 @@ from arq import Retry
 from arq.connections import ArqRedis
 
 from adapters import webhook_client
+from adapters.account_storage import AccountStorages
 from adapters.event_store import EventStore
 from adapters.job_store import load_job
 from adapters.queue import dispatch_webhook
 from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
-from adapters.storage import ObjectStorage
 from domain import job
 from domain.events import Metadata, NewEvent, RecordedEvent
 from domain.webhook import account_secret
@@ -102,15 +102,27 @@ class Payload(msgspec.Struct, omit_defaults=True):
 class WebhookSender:
     """Sends deliveries for one node; held in the arq context."""
 
-    def __init__(self, store: EventStore, storage: ObjectStorage, settings: Settings) -> None:
+    def __init__(self, store: EventStore, storages: AccountStorages, settings: Settings) -> None:
         self.store = store
-        self.storage = storage
+        self.storages = storages
         self.settings = settings
         self.guard = UrlGuard(settings.url_allowlist)
         self.secret_key = settings.resolved_secret_key()
         self.meta = Metadata(actor=f"node:{settings.node_id}", node_id=settings.node_id)
 
-    async def deliver(self, job_id: str, run: int, kind: str, attempt: int) -> str:
+    async def _progress_of(self, job_id: str, version: int) -> job.Progress | None:
+        """The progress the triggering event reported (not where the job is by now)."""
+        found = await self.store.read_stream(job.stream_id(job_id), version, limit=1)
+        ev = found[0].data if found else None
+        if isinstance(ev, job.StageProgressed):
+            return ev.progress
+        if isinstance(ev, job.StageStarted):
+            return job.Progress(stage=ev.stage, percent=0.0)
+        return None
+
+    async def deliver(
+        self, job_id: str, run: int, kind: str, attempt: int, version: int = 0
+    ) -> str:
         state = await load_job(self.store, job_id)
         if state is None or state.options.webhook_url is None or state.run != run:
             return "stale"
@@ -127,10 +139,11 @@ class WebhookSender:
             error_type=state.error_type,
             storage_key=state.key,
             file_size=state.file_size,
-            progress=state.progress if kind == "job.progress" else None,
+            progress=await self._progress_of(job_id, version) if kind == "job.progress" else None,
         )
         if kind == "job.completed" and state.key and not state.file_deleted:
-            payload.s3_url = await self.storage.presigned_url(state.key, 24 * 3600)
+            storage = await self.storages.get(state.account_id)
+            payload.s3_url = await storage.presigned_url(state.key, 24 * 3600)
         url = state.options.webhook_url
         answer, retry = await webhook_client.post(
             url,
@@ -174,4 +187,4 @@ async def deliver_webhook(
 ) -> str:
     """arq entry point: deliver one webhook (attempt = arq's try number)."""
     sender: WebhookSender = ctx["webhooks"]
-    return await sender.deliver(job_id, run, kind, int(ctx.get("job_try", 1)))
+    return await sender.deliver(job_id, run, kind, int(ctx.get("job_try", 1)), version)

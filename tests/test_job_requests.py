@@ -240,12 +240,9 @@ BAD: list[tuple[dict[str, Any], str]] = [
         "Invalid URL: too long (max 8192 characters)",
     ),
     # unsupported features, honestly refused
-    ({"live_recording": True}, "live_recording is not supported yet"),
-    ({"live_from_start": True}, "live_from_start is not supported yet"),
-    ({"wait_for_video": True}, "wait_for_video is not supported yet"),
+    ({"live_from_start": True}, "live_from_start requires live_recording"),
     ({"max_duration": 0}, "max_duration must be a positive number of seconds"),
     ({"max_duration": -5}, "max_duration must be a positive number of seconds"),
-    ({"max_duration": 3600}, "max_duration is not supported yet"),
     ({"storage": {}}, "storage is not supported yet"),
     ({"storage": {"type": "s3", "bucket": "b"}}, "storage is not supported yet"),
     # format
