@@ -228,6 +228,18 @@ class AccountStorages:
         self._locks: dict[str, asyncio.Lock] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._retired: list[ObjectStorage] = []
+        # Per-job storages, by account and sealed credentials (few, and kept for reuse).
+        self._overrides: dict[tuple[str, str], ObjectStorage] = {}
+
+    async def for_job(self, account_id: str, override: StorageConfigured | None) -> ObjectStorage:
+        """Where one job's files go: its own `storage` if it named one, else its account's."""
+        if override is None:
+            return await self.get(account_id)
+        key = (account_id, override.sealed_credentials.ciphertext)
+        if key not in self._overrides:
+            credentials = await open_credentials(self.pool, self._secret_key, account_id, override)
+            self._overrides[key] = build_storage(spec_of(override), credentials)
+        return self._overrides[key]
 
     async def get(self, account_id: str) -> ObjectStorage:
         """The storage `account_id`'s uploads go to now. Never close what this returns."""
@@ -288,6 +300,8 @@ class AccountStorages:
             task.cancel()
         # Retired clients are closed here too: their close_later tasks were just cancelled.
         retired, self._retired = self._retired, []
-        for storage in [*storages, *retired]:
+        overrides = list(self._overrides.values())
+        self._overrides.clear()
+        for storage in [*storages, *retired, *overrides]:
             with contextlib.suppress(Exception):
                 await storage.close()

@@ -21,9 +21,11 @@ from api.job_requests import (
 )
 from api.requests import command_metadata
 from api.targets import refuse_forbidden_target
+from api.user import sealed_storage, storage_spec
 from domain import batch, job
 from domain.errors import ConcurrencyError, InvalidTransition
 from domain.events import Metadata, NewEvent
+from domain.storage_config import StorageConfigured
 
 MAX_BULK = 100
 
@@ -105,6 +107,7 @@ class NewJob(msgspec.Struct, frozen=True):
 
     valid: ValidJob
     title: str | None = None
+    storage: StorageConfigured | None = None
 
 
 async def create_batch(
@@ -363,6 +366,13 @@ async def _append_decided(store: EventStore, meta: Metadata, job_id: str, decide
     return False
 
 
+async def job_storage(
+    request: Request[Any, Any, Any], principal: Principal, raw: dict[str, Any]
+) -> StorageConfigured:
+    """A job's own `storage`: parsed like `/user/...`, checked with a probe, credentials sealed."""
+    return await sealed_storage(request, principal, *storage_spec(raw))
+
+
 async def create_bulk(request: Request[Any, Any, Any], principal: Principal) -> BulkAnswer:
     """`POST /jobs/bulk`: all jobs or none; a bad item names its index."""
     bodies, paused = _bulk_items(await request.body())
@@ -377,6 +387,11 @@ async def create_bulk(request: Request[Any, Any, Any], principal: Principal) -> 
             await refuse_forbidden_target(request, new.valid.url)
         except JobApiError as exc:
             raise JobApiError(status_code=400, detail=f"jobs[{index}]: {exc.detail}") from None
+    # One storage for the whole request (a shared option): checked and sealed once.
+    shared = bodies[0].storage
+    if shared is not None:
+        sealed = await job_storage(request, principal, shared)
+        valid = [msgspec.structs.replace(v, storage=sealed) for v in valid]
     batch_id, job_ids = await create_batch(
         request.app.state.store,
         command_metadata(request, principal.key_id),

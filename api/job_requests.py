@@ -400,8 +400,9 @@ def _refuse_unsupported(body: CreateJobBody) -> None:
         raise _bad("max_duration must be a positive number of seconds")
     if body.live_from_start and not body.live_recording:
         raise _bad("live_from_start requires live_recording")
-    if body.storage is not None:
-        raise _bad("storage is not supported yet")
+    # The storage object's contents are checked (and probed) by the job API itself.
+    if body.storage is not None and not body.storage:
+        raise _bad("storage must name a provider and its settings")
 
 
 def validate_create_job(body: CreateJobBody) -> ValidJob:

@@ -29,6 +29,7 @@ from api.batches import (
     NewJob,
     create_batch,
     create_bulk,
+    job_storage,
 )
 from api.errors import JOB_API_ERRORS, JobApiError
 from api.job_requests import (
@@ -42,6 +43,7 @@ from api.targets import refuse_forbidden_target
 from domain import job
 from domain.errors import ConcurrencyError, InvalidTransition
 from domain.events import Event, Metadata, NewEvent
+from domain.storage_config import StorageConfigured
 
 _decode_state = msgspec.json.Decoder(job.JobState).decode
 _to_builtins = msgspec.to_builtins
@@ -248,6 +250,7 @@ async def _create_playlist_batch(
     valid: ValidJob,
     playlist: Playlist,
     body: CreateJobBody,
+    storage: StorageConfigured | None,
 ) -> BatchCreatedAnswer:
     if not playlist.entries:
         raise JobApiError(status_code=400, detail="The playlist or feed has no entries")
@@ -255,7 +258,7 @@ async def _create_playlist_batch(
     # shared `filename` that every episode would overwrite.
     options = msgspec.structs.replace(valid.options, filename=None)
     jobs = [
-        NewJob(ValidJob(url=entry.url, options=options), title=entry.title)
+        NewJob(ValidJob(url=entry.url, options=options), title=entry.title, storage=storage)
         for entry in playlist.entries
     ]
     batch_id, job_ids = await create_batch(
@@ -300,7 +303,7 @@ async def _links(request: Request[Any, Any, Any], state: job.JobState) -> Links 
     if state.status != "Completed" or state.key is None or state.file_deleted:
         return None
     storages: AccountStorages = request.app.state.storages
-    storage = await storages.get(state.account_id)
+    storage = await storages.for_job(state.account_id, state.storage_override)
 
     async def sign(key: str | None) -> str | None:
         return None if key is None else await storage.presigned_url(key, 24 * 3600)
@@ -372,13 +375,20 @@ class JobsController(Controller):
         meta = command_metadata(request, principal.key_id)
         store: EventStore = request.app.state.store
         playlist = await _playlist(request, valid.url)
-        if playlist is not None:
-            return await _create_playlist_batch(store, meta, principal, valid, playlist, body)
-        if body.paused:
+        if body.paused and playlist is None:
             raise JobApiError(status_code=400, detail="paused is only for playlist or feed URLs")
+        storage = await job_storage(request, principal, body.storage) if body.storage else None
+        if playlist is not None:
+            return await _create_playlist_batch(
+                store, meta, principal, valid, playlist, body, storage
+            )
         job_id = str(uuid.uuid4())
         events = job.create(
-            job_id=job_id, account_id=principal.account_id, url=valid.url, options=valid.options
+            job_id=job_id,
+            account_id=principal.account_id,
+            url=valid.url,
+            options=valid.options,
+            storage=storage,
         )
         await store.append(job.stream_id(job_id), [NewEvent(e, meta) for e in events], 0)
         return JobCreatedAnswer(job_id=job_id)
@@ -428,7 +438,7 @@ class JobsController(Controller):
         except InvalidTransition as exc:
             raise JobApiError(status_code=400, detail=str(exc)) from None
         storages: AccountStorages = request.app.state.storages
-        storage = await storages.get(state.account_id)
+        storage = await storages.for_job(state.account_id, state.storage_override)
         assert state.key is not None
         try:
             for key in (state.key, state.subtitle_key, state.thumbnail_key):

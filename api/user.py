@@ -355,13 +355,14 @@ def _answer(configured: StorageConfigured | None, message: str) -> StorageAnswer
     )
 
 
-async def _configure(
+async def sealed_storage(
     request: Request[Any, Any, Any],
     principal: Principal,
     spec: StorageSpec,
     credentials: Credentials,
     hint: str,
-) -> StorageAnswer:
+) -> StorageConfigured:
+    """Check a storage (SSRF rules, then a probe object) and seal its credentials."""
     if spec.endpoint is not None:
         await _refuse_forbidden_endpoint(request, spec.endpoint)
     await _check(spec, credentials)
@@ -372,7 +373,7 @@ async def _configure(
         principal.account_id,
         msgspec.json.encode(credentials),
     )
-    configured = StorageConfigured(
+    return StorageConfigured(
         account_id=principal.account_id,
         provider=spec.provider,
         bucket=spec.bucket,
@@ -384,6 +385,32 @@ async def _configure(
         account_name=spec.account_name,
         sealed_credentials=sealed,
     )
+
+
+def storage_spec(raw: dict[str, Any]) -> tuple[StorageSpec, Credentials, str]:
+    """Spec, credentials and hint of a storage object `{"provider": ..., <its fields>}`."""
+    fields = dict(raw)
+    provider = fields.pop("provider", "s3")
+    bodies: dict[str, Any] = {"s3": S3Body, "gcs": GcsBody, "oss": OssBody, "blob": BlobBody}
+    if provider not in bodies:
+        raise _bad("storage.provider must be s3, gcs, oss or blob")
+    try:
+        body = msgspec.convert(fields, bodies[provider], strict=True)
+    except msgspec.ValidationError as exc:
+        raise _bad(f"storage: {exc}") from None
+    if isinstance(body, BlobBody):
+        return _blob_config(body)
+    return _s3_like_config(provider, body)
+
+
+async def _configure(
+    request: Request[Any, Any, Any],
+    principal: Principal,
+    spec: StorageSpec,
+    credentials: Credentials,
+    hint: str,
+) -> StorageAnswer:
+    configured = await sealed_storage(request, principal, spec, credentials, hint)
     store: EventStore = request.app.state.store
     state = await _state(store, principal.account_id)
     events = storage_config.configure(state, configured)

@@ -15,6 +15,7 @@ import msgspec
 
 from domain.errors import InvalidTransition
 from domain.events import Event, event, registry
+from domain.storage_config import StorageConfigured
 
 JobStatus = Literal["Pending", "Processing", "Completed", "Failed", "Cancelled"]
 JobStep = Literal["Queued", "Downloading", "Muxing", "Uploading", "Finished"]
@@ -87,6 +88,8 @@ class JobCreated(Event, frozen=True, kw_only=True):
     # A job of a paused batch waits for JobReleased; a feed entry brings its own title.
     held: bool = False
     title: str | None = None
+    # A storage for this job only, its credentials sealed with the account's key.
+    storage: StorageConfigured | None = None
 
 
 @event
@@ -280,6 +283,7 @@ class JobState(msgspec.Struct, kw_only=True, omit_defaults=True):
     step: JobStep
     batch_id: str | None = None
     held: bool = False
+    storage_override: StorageConfigured | None = None
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None
@@ -353,6 +357,7 @@ def create(
     batch_id: str | None = None,
     held: bool = False,
     title: str | None = None,
+    storage: StorageConfigured | None = None,
 ) -> list[Event]:
     """Decide the events that create a job."""
     return [
@@ -364,6 +369,7 @@ def create(
             batch_id=batch_id,
             held=held,
             title=title,
+            storage=storage,
         )
     ]
 
@@ -496,6 +502,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             batch_id=ev.batch_id,
             held=ev.held,
             title=ev.title,
+            storage_override=ev.storage,
             created_at=at,
             updated_at=at,
             version=version,

@@ -313,7 +313,7 @@ class Node:
             elif unit.stage == "mux":
                 done = await stages.mux(state, self.node_id, workdir, sink, unit.cancel)
             else:
-                storage = await self.storages.get(state.account_id)
+                storage = await self.storages.for_job(state.account_id, state.storage_override)
                 done = await stages.upload(state, self.node_id, storage, sink, unit.cancel)
         except stages.StageCancelled:
             if unit.stalled:
@@ -347,7 +347,9 @@ class Node:
                             storage = (
                                 self.storage
                                 if state is None
-                                else await self.storages.get(state.account_id)
+                                else await self.storages.for_job(
+                                    state.account_id, state.storage_override
+                                )
                             )
                             await storage.delete(key)
                 stages.remove_workdir(workdir)

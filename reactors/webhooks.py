@@ -142,7 +142,7 @@ class WebhookSender:
             progress=await self._progress_of(job_id, version) if kind == "job.progress" else None,
         )
         if kind == "job.completed" and state.key and not state.file_deleted:
-            storage = await self.storages.get(state.account_id)
+            storage = await self.storages.for_job(state.account_id, state.storage_override)
             payload.s3_url = await storage.presigned_url(state.key, 24 * 3600)
         url = state.options.webhook_url
         answer, retry = await webhook_client.post(

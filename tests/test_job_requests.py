@@ -243,8 +243,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"live_from_start": True}, "live_from_start requires live_recording"),
     ({"max_duration": 0}, "max_duration must be a positive number of seconds"),
     ({"max_duration": -5}, "max_duration must be a positive number of seconds"),
-    ({"storage": {}}, "storage is not supported yet"),
-    ({"storage": {"type": "s3", "bucket": "b"}}, "storage is not supported yet"),
+    ({"storage": {}}, "storage must name a provider and its settings"),
     # format
     ({"format": "avi"}, f"Invalid format (expected {FORMATS})"),
     ({"format": "MP4"}, f"Invalid format (expected {FORMATS})"),
@@ -441,7 +440,7 @@ def test_a_bad_body_is_refused_with_this_message(fields: dict[str, Any], message
 def test_the_first_problem_in_field_order_is_reported() -> None:
     assert _error(url="ftp://x", format="avi") == "Invalid URL: expected an http(s) URL"
     # An unsupported feature is the deal-breaker, so it is named before a fixable typo.
-    assert _error(storage={}, format="avi") == "storage is not supported yet"
+    assert _error(storage={}, format="avi") == "storage must name a provider and its settings"
     assert _error(format="avi", filename="..") == f"Invalid format (expected {FORMATS})"
 
 

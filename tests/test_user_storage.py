@@ -552,3 +552,45 @@ async def test_each_users_jobs_land_in_their_own_storage_only(
     assert got_a.status_code == got_b.status_code == 200
     assert got_a.content == got_b.content  # the same clip, from two different storages
     await blob.close()
+
+
+async def test_a_jobs_own_storage_overrides_the_users_for_that_job_only(
+    cluster: Cluster, s3_server: S3Server, user_bucket: str, media_server: MediaServer
+) -> None:
+    own = (
+        await cluster.client.post(
+            "/jobs",
+            headers=cluster.headers(),
+            json={
+                "url": media_server.url("clip.mp4"),
+                "filename": "elsewhere",
+                "storage": {
+                    "provider": "s3",
+                    **s3_body(s3_server, user_bucket, folder_prefix="one-off"),
+                },
+            },
+        )
+    ).json()["job_id"]
+    plain = await cluster.create(media_server.url("clip.mp4"), filename="usual")
+    for job_id in (own, plain):
+        assert (await cluster.wait(job_id, "Completed", "Failed", seconds=90))[
+            "status"
+        ] == "Completed"
+    listing = s3_server.client().list_objects_v2(Bucket=user_bucket)
+    assert [o["Key"] for o in listing.get("Contents", [])] == ["one-off/elsewhere.mp4"]
+    assert cluster.objects() == ["media/usual.mp4"]
+    assert SECRET not in await all_event_text(cluster)
+    done = await cluster.job(own)
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(done["s3_url"])).status_code == 200
+
+    refused = await cluster.client.post(
+        "/jobs",
+        headers=cluster.headers(),
+        json={
+            "url": media_server.url("clip.mp4"),
+            "storage": {"provider": "s3", **s3_body(s3_server, "no-such-bucket-here")},
+        },
+    )
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith("Storage check failed: NoSuchBucket")
