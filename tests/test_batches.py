@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
 from adapters.event_store import EventStore
+from reactors.projection import ProjectionRunner
+from reactors.projections import all_projections
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.media import MediaServer
+from tests.fixtures.s3 import S3Server
 
 
 def _feed(media_dir: Path, media_server: MediaServer, name: str, episodes: int) -> str:
@@ -29,8 +33,37 @@ def _feed(media_dir: Path, media_server: MediaServer, name: str, episodes: int) 
 
 
 async def test_a_paused_feed_waits_is_renamed_started_and_lands_named_as_renamed(
-    cluster: Cluster, media_server: MediaServer, media_dir: Path
+    cluster: Cluster, media_server: MediaServer, media_dir: Path, s3_server: S3Server
 ) -> None:
+    # The user keeps their media in an S3 bucket of their own.
+    bucket = f"user-{uuid.uuid4().hex[:12]}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    configured = await cluster.client.post(
+        "/user/s3",
+        headers=cluster.headers(),
+        json={
+            "endpoint": s3_server.endpoint_url,
+            "bucket": bucket,
+            "region": "us-east-1",
+            "access_key": "AKIAFEEDUSER0000WXYZ",
+            "secret_key": "feed-user-secret",
+        },
+    )
+    assert configured.status_code == 201, configured.text
+    wrong = await cluster.client.post(
+        "/user/s3",
+        headers=cluster.headers(),
+        json={
+            "endpoint": s3_server.endpoint_url,
+            "bucket": "no-such-bucket-at-all",
+            "access_key": "AKIAFEEDUSER0000WXYZ",
+            "secret_key": "feed-user-secret",
+        },
+    )
+    assert wrong.status_code == 400
+    assert wrong.json()["error"].startswith("Storage check failed: NoSuchBucket")
+    await ProjectionRunner(cluster.store, all_projections()).settle("storage_configs")
+
     feed = _feed(media_dir, media_server, "show20", 20)
     answer = await cluster.client.post(
         "/jobs", json={"url": feed, "paused": True, "folder": "show"}, headers=cluster.headers()
@@ -63,14 +96,20 @@ async def test_a_paused_feed_waits_is_renamed_started_and_lands_named_as_renamed
     for e in episodes:
         done = await cluster.wait(e["job_id"], "Completed", "Failed", seconds=120)
         assert done["status"] == "Completed", done
-    keys = sorted(cluster.objects())
+    listing = s3_server.client().list_objects_v2(Bucket=bucket)
+    keys = sorted(o["Key"] for o in listing.get("Contents", []))
     assert len(keys) == 20
-    assert {
-        "media/show/renamed 1.mp4",
-        "media/show/renamed 2.mp4",
-        "media/show/renamed 3.mp4",
-    } <= set(keys)
-    assert any(k.startswith("media/show/Episode 20 [") for k in keys)
+    assert {"show/renamed 1.mp4", "show/renamed 2.mp4", "show/renamed 3.mp4"} <= set(keys)
+    assert any(k.startswith("show/Episode 20 [") for k in keys)
+    assert cluster.objects() == []  # nothing in the cluster's default storage
+
+    # /usage adds up: 20 jobs completed, and the bytes are the files' sizes.
+    await ProjectionRunner(cluster.store, all_projections()).settle("usage")
+    usage = (await cluster.client.get("/usage", headers=cluster.headers())).json()
+    sizes = sum(o["Size"] for o in listing["Contents"])
+    assert usage["all_time"]["jobs_completed"] == 20
+    assert usage["all_time"]["bytes_uploaded"] == sizes
+    assert usage["all_time"]["storage_bytes"] == sizes
     final = (await cluster.client.get(f"/batch/{batch_id}", headers=cluster.headers())).json()
     assert (final["status"], final["progress"], final["counts"]) == (
         "completed",
