@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 
 from adapters.event_store import EventStore
 from domain import job
+from domain.errors import ConcurrencyError
+from domain.events import Event, Metadata, NewEvent
 
 _decode_state = msgspec.json.Decoder(job.JobState).decode
 
@@ -22,3 +26,37 @@ async def load_job(store: EventStore, job_id: str) -> job.JobState | None:
     for e in tail:
         state = job.evolve(state, e.data, e.recorded_at, e.version)
     return state
+
+
+class JobChangingTooFast(Exception):
+    """Ten decisions in a row lost the race to other writers of the stream."""
+
+
+async def decide_and_append(
+    store: EventStore,
+    job_id: str,
+    decide: Callable[[job.JobState], list[Event]],
+    meta: Metadata,
+) -> job.JobState | None:
+    """Load the job, decide, append at the version read; on a clash, re-read and decide again.
+
+    Returns the new state (None for a job that does not exist). InvalidTransition from
+    `decide` propagates: the command does not apply.
+    """
+    for _ in range(10):
+        state = await load_job(store, job_id)
+        if state is None:
+            return None
+        events = decide(state)
+        if not events:
+            return state
+        try:
+            await store.append(
+                job.stream_id(job_id), [NewEvent(e, meta) for e in events], state.version
+            )
+        except ConcurrencyError:
+            continue  # progress or a stage landed meanwhile: decide again on the new state
+        for e in events:
+            state = job.evolve(state, e, state.updated_at, state.version + 1)
+        return state
+    raise JobChangingTooFast(job_id)

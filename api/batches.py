@@ -10,7 +10,7 @@ from litestar import Controller, Request, delete, get, patch, post
 from litestar.di import Provide
 
 from adapters.event_store import EventStore, StreamAppend
-from adapters.job_store import load_job
+from adapters.job_store import JobChangingTooFast, decide_and_append, load_job
 from api.auth import Principal, job_api_principal
 from api.errors import JOB_API_ERRORS, JobApiError
 from api.job_requests import (
@@ -345,25 +345,11 @@ class BatchController(Controller):
 
 
 async def _append_decided(store: EventStore, meta: Metadata, job_id: str, decide: Any) -> bool:
-    """Decide on a job and append; re-read on a clash. False if the decision was refused."""
-    for _ in range(10):
-        state = await load_job(store, job_id)
-        if state is None:
-            return False
-        try:
-            events = decide(state)
-        except InvalidTransition:
-            return False
-        if not events:
-            return False
-        try:
-            await store.append(
-                job.stream_id(job_id), [NewEvent(e, meta) for e in events], state.version
-            )
-            return True
-        except ConcurrencyError:
-            continue
-    return False
+    """Whether the command (cancel, rename: they refuse rather than do nothing) was recorded."""
+    try:
+        return await decide_and_append(store, job_id, decide, meta) is not None
+    except (InvalidTransition, JobChangingTooFast):
+        return False
 
 
 async def job_storage(

@@ -17,6 +17,7 @@ from litestar.params import Parameter
 from adapters.account_storage import AccountStorages
 from adapters.downloader import DownloadFailed
 from adapters.event_store import EventStore
+from adapters.job_store import JobChangingTooFast, decide_and_append
 from adapters.job_store import load_job as load_job_state
 from adapters.playlists import Playlist, extract_playlist, looks_like_media
 from adapters.ssrf import UrlGuard
@@ -41,7 +42,7 @@ from api.job_requests import (
 from api.requests import command_metadata
 from api.targets import refuse_forbidden_target
 from domain import job
-from domain.errors import ConcurrencyError, InvalidTransition
+from domain.errors import InvalidTransition
 from domain.events import Event, Metadata, NewEvent
 from domain.storage_config import StorageConfigured
 
@@ -319,25 +320,19 @@ async def _decide(
     job_id: str,
     decide: Callable[[job.JobState], list[Event]],
 ) -> job.JobState:
-    """Load, decide, append with the version read; re-read and decide again on a clash."""
-    store: EventStore = request.app.state.store
+    """Run a command on one of the caller's jobs; 400 when it does not apply."""
+    owned = await load_job(request, job_id, principal)  # 404 for anyone else's
     meta = command_metadata(request, principal.key_id)
-    for _ in range(10):
-        state = await load_job(request, job_id, principal)
-        try:
-            events = decide(state)
-        except InvalidTransition as exc:
-            raise JobApiError(status_code=400, detail=str(exc)) from None
-        try:
-            await store.append(
-                job.stream_id(state.job_id), [NewEvent(e, meta) for e in events], state.version
-            )
-        except ConcurrencyError:
-            continue  # progress or a stage landed meanwhile: decide again on the new state
-        for e in events:
-            state = job.evolve(state, e, state.updated_at, state.version + 1)
-        return state
-    raise JobApiError(status_code=409, detail="The job is changing too fast; try again")
+    try:
+        state = await decide_and_append(request.app.state.store, owned.job_id, decide, meta)
+    except InvalidTransition as exc:
+        raise JobApiError(status_code=400, detail=str(exc)) from None
+    except JobChangingTooFast:
+        raise JobApiError(
+            status_code=409, detail="The job is changing too fast; try again"
+        ) from None
+    assert state is not None
+    return state
 
 
 def _cursor(created_at: datetime, job_id: str) -> str:
