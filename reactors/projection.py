@@ -82,13 +82,19 @@ class ProjectionRunner:
         async with self.pool.acquire() as conn, conn.transaction():
             if schema is not None:
                 await conn.execute(f"SET LOCAL search_path = {schema}, public")
-            await conn.execute(
-                "INSERT INTO checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING", checkpoint_name
-            )
             row = await conn.fetchrow(
                 "SELECT tx, position FROM checkpoints WHERE name = $1 FOR UPDATE", checkpoint_name
             )
-            assert row is not None
+            if row is None:  # the first run of this projection: start from the beginning
+                await conn.execute(
+                    "INSERT INTO checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING",
+                    checkpoint_name,
+                )
+                row = await conn.fetchrow(
+                    "SELECT tx, position FROM checkpoints WHERE name = $1 FOR UPDATE",
+                    checkpoint_name,
+                )
+                assert row is not None
             after = Checkpoint(row["tx"], row["position"])
             events = await self.store.read_all(
                 after, self.batch_size, types=projection.event_types, conn=conn
