@@ -39,6 +39,11 @@ def create_app(
     **extra: Any,
 ) -> Litestar:
     """Build the API over open connections; the caller owns their life."""
+    storages = AccountStorages(pool, settings.resolved_secret_key(), storage)
+
+    async def close_storages() -> None:
+        await storages.aclose()
+
     return Litestar(
         route_handlers=[
             JobsController,
@@ -50,13 +55,14 @@ def create_app(
             swagger,
         ],
         middleware=[request_id_middleware],
+        on_shutdown=[close_storages],
         state=State(
             {
                 "pool": pool,
                 "store": store,
                 "settings": settings,
                 "storage": storage,
-                "storages": AccountStorages(pool, settings.resolved_secret_key(), storage),
+                "storages": storages,
                 "guard": UrlGuard(settings.url_allowlist),
                 **extra,
             }

@@ -165,6 +165,7 @@ class Node:
                     ),
                 )
         await self._append_node(node.NodeStopped(node_id=self.node_id))
+        await self.storages.aclose()
 
     async def _append_node(self, ev: Event) -> None:
         await self.store.append(node.stream_id(self.node_id), [NewEvent(ev, self.meta)], None)
