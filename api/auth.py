@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
@@ -32,13 +33,33 @@ def presented_key(request: Request[Any, Any, Any]) -> str | None:
     return None
 
 
+KEY_CACHE_SECONDS = 5.0
+"""How long a verified key is trusted without asking the database again: a revoked key stops
+working within this time. Only keys that verified are kept, so guessing cannot fill the cache."""
+
+_KEY_CACHE_LIMIT = 10_000
+
+
 async def lookup(state: State, key: str) -> Principal | None:
     """The principal a key belongs to, or None for an unknown or revoked key."""
+    verified: dict[str, tuple[Principal, float]] = state.setdefault("verified_keys", {})
+    digest = hash_key(key)
+    now = time.monotonic()
+    cached = verified.get(digest)
+    if cached is not None and cached[1] > now:
+        return cached[0]
     row = await state.pool.fetchrow(
         "SELECT key_id, account_id, admin FROM api_keys WHERE key_hash = $1 AND NOT revoked",
-        hash_key(key),
+        digest,
     )
-    return Principal(row["key_id"], row["account_id"], row["admin"]) if row else None
+    if row is None:
+        verified.pop(digest, None)
+        return None
+    principal = Principal(row["key_id"], row["account_id"], row["admin"])
+    if len(verified) >= _KEY_CACHE_LIMIT:
+        verified.clear()
+    verified[digest] = (principal, now + KEY_CACHE_SECONDS)
+    return principal
 
 
 async def job_api_principal(request: Request[Any, Any, Any]) -> Principal:
