@@ -1,0 +1,339 @@
+"""Shared helpers for the benchmarks under `bench/`: child processes and the statistics they need.
+
+Each child is `python -m bench.harness <what> ...`, run from the repository root. It prints one
+JSON line saying where it listens once it is ready, then serves until SIGTERM / SIGINT:
+
+* `fixtures --root DIR`: a 2 s clip made by FFmpeg (`tests.fixtures.media.make_clip`) served by
+  the loopback `MediaServer`, and moto's `ThreadedMotoServer` (a real S3 server) on loopback;
+* `api --database-url URL --port N --data-dir DIR`: the real Spool API (`api.app.create_app`)
+  under one uvicorn server in one process, wired as `spool up` wires it;
+* `constant --port N`: a minimal Litestar app whose `GET /constant` returns the JSON shape of
+  `GET /dashboard/cluster` from a constant, under the same uvicorn configuration.
+
+The fixtures live in a process of their own so that neither side of a comparison shares a GIL
+with the S3 server or the media server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+from litestar import Litestar, get
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The `q`-th percentile (0..100) by linear interpolation; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = math.floor(rank)
+    high = math.ceil(rank)
+    if low == high:
+        return ordered[low]
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def median(values: Sequence[float]) -> float:
+    return percentile(values, 50.0)
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def python_module(
+    module: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    stdout_pipe: bool = False,
+) -> subprocess.Popen[bytes]:
+    """`python -m module args...` from the repository root, its output into `log`."""
+    out: IO[bytes] | int | None
+    if stdout_pipe:
+        out = subprocess.PIPE
+    elif log is not None:
+        out = log.open("ab")
+    else:
+        out = subprocess.DEVNULL
+    err: IO[bytes] | None = log.open("ab") if stdout_pipe and log is not None else None
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=out,
+        stderr=subprocess.STDOUT if not stdout_pipe and log is not None else err,
+    )
+
+
+def read_ready_line(
+    proc: subprocess.Popen[bytes], seconds: float = 60.0, log: Path | None = None
+) -> dict[str, Any]:
+    """The JSON line a `bench.harness` child prints once it serves."""
+    assert proc.stdout is not None
+    box: list[bytes] = []
+    reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(seconds)
+    if not box or not box[0]:
+        stop_process(proc)
+        raise RuntimeError(
+            f"{proc.args!s} did not report ready within {seconds:g} s"
+            + (f"; its log:\n{log.read_text()[-3000:]}" if log is not None and log.exists() else "")
+        )
+    answer: dict[str, Any] = json.loads(box[0])
+    return answer
+
+
+def wait_http(url: str, seconds: float = 30.0) -> None:
+    """Wait until `url` answers at all (any HTTP status)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer within {seconds:g} s") from None
+            time.sleep(0.1)
+
+
+def stop_process(proc: subprocess.Popen[bytes], seconds: float = 30.0) -> int | None:
+    """SIGTERM, wait, then SIGKILL: the process we started, and only it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(seconds)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(10)
+    return proc.returncode
+
+
+def profiler(pid: int, out: Path, *, rate: int = 97) -> subprocess.Popen[bytes] | None:
+    """`py-spy record` of `pid` into `out` (collapsed stacks), or None without py-spy."""
+    exe = _which("py-spy")
+    if exe is None:
+        print("py-spy is not installed (pip install py-spy): no profile", file=sys.stderr)
+        return None
+    return subprocess.Popen(
+        [
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            str(rate),
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_profiler(proc: subprocess.Popen[bytes] | None) -> None:
+    """py-spy writes its file on SIGINT."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def top_frames(collapsed: Path, n: int = 25, *, own: bool = False) -> list[tuple[float, str]]:
+    """The frames that appear in the most samples of a py-spy raw profile (share, frame).
+
+    `own=False` counts a frame wherever it is on the stack (inclusive); `own=True` only when it
+    is the innermost frame (self time).
+    """
+    counts: dict[str, int] = {}
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples = int(count)
+        total += samples
+        frames = stack.split(";")
+        chosen = [frames[-1]] if own else list(dict.fromkeys(frames))
+        for frame in chosen:
+            counts[frame] = counts.get(frame, 0) + samples
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+    return [(c / total if total else 0.0, f) for f, c in ranked]
+
+
+def _which(name: str) -> str | None:
+    for folder in [str(Path(sys.executable).parent), *os.environ.get("PATH", "").split(os.pathsep)]:
+        candidate = Path(folder) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+# --- the children -----------------------------------------------------------------------------
+
+
+def _until_signalled() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+
+
+def _ready(**where: Any) -> None:
+    sys.stdout.write(json.dumps(where) + "\n")
+    sys.stdout.flush()
+
+
+def serve_fixtures(root: Path, seconds: float) -> None:
+    """The clip over loopback HTTP and an S3 server, until signalled."""
+    from moto.server import ThreadedMotoServer
+
+    from tests.fixtures.media import MediaServer, make_clip
+
+    clip = make_clip(root / "clip.mp4", seconds)
+    media = MediaServer(root).start()
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    s3.start()
+    host, port = s3.get_host_and_port()
+    try:
+        _ready(
+            clip_url=media.url("clip.mp4"),
+            clip_bytes=clip.stat().st_size,
+            s3_endpoint=f"http://{host}:{port}",
+        )
+        _until_signalled()
+    finally:
+        s3.stop()
+        media.stop()
+
+
+def _uvicorn_server(app: Any, port: int) -> Any:
+    import uvicorn
+
+    # As `spool up` runs it: the default asyncio loop (asyncio.run), uvicorn's default HTTP
+    # implementation, no access log. Both apps under test get exactly this.
+    return uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+            log_config=None,
+        )
+    )
+
+
+async def serve_api(database_url: str, port: int, data_dir: Path) -> None:
+    """The real Spool API over `database_url`, served by uvicorn until signalled."""
+    from adapters.database import create_pool
+    from adapters.event_store import EventStore
+    from adapters.settings import Settings
+    from adapters.storage import LocalStorage
+    from api.app import create_app
+
+    pool = await create_pool(database_url, max_size=20)  # as spool.runtime opens it
+    storage = LocalStorage(data_dir / "storage")
+    try:
+        app = create_app(
+            pool=pool,
+            store=EventStore(pool),
+            settings=Settings(database_url=database_url, data_dir=data_dir),
+            storage=storage,
+        )
+        server = _uvicorn_server(app, port)
+        _ready(url=f"http://127.0.0.1:{port}")
+        await server.serve()
+    finally:
+        await storage.close()
+        await pool.close()
+
+
+class ClusterStats(msgspec.Struct):
+    """The shape of `GET /dashboard/cluster`'s answer."""
+
+    total_downloading: int
+    total_muxing: int
+    total_uploading: int
+
+
+@get("/constant")
+async def constant() -> ClusterStats:
+    return ClusterStats(0, 0, 0)
+
+
+async def serve_constant(port: int) -> None:
+    """`GET /constant`: the dashboard's JSON shape from a constant, nothing else."""
+    server = _uvicorn_server(Litestar(route_handlers=[constant], debug=False), port)
+    _ready(url=f"http://127.0.0.1:{port}")
+    await server.serve()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.harness", description=__doc__)
+    sub = parser.add_subparsers(dest="what", required=True)
+    fx = sub.add_parser("fixtures", help="clip over loopback HTTP + moto S3 server")
+    fx.add_argument("--root", type=Path, required=True)
+    fx.add_argument("--seconds", type=float, default=2.0)
+    api = sub.add_parser("api", help="the real Spool API under uvicorn")
+    api.add_argument("--database-url", required=True)
+    api.add_argument("--port", type=int, required=True)
+    api.add_argument("--data-dir", type=Path, required=True)
+    const = sub.add_parser("constant", help="a Litestar app returning a constant")
+    const.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    if args.what == "fixtures":
+        serve_fixtures(args.root, args.seconds)
+    elif args.what == "api":
+        asyncio.run(serve_api(args.database_url, args.port, args.data_dir))
+    else:
+        asyncio.run(serve_constant(args.port))
+
+
+if __name__ == "__main__":
+    main()
