@@ -16,6 +16,7 @@ _NUMERIC_ENV = {
     "stall_timeout": "SPOOL_STALL_TIMEOUT",
     "reconcile_interval": "SPOOL_RECONCILE_INTERVAL",
     "node_timeout": "SPOOL_NODE_TIMEOUT",
+    "metadata_timeout": "SPOOL_METADATA_TIMEOUT",
 }
 
 
@@ -46,6 +47,7 @@ class Settings(msgspec.Struct, kw_only=True):
     node_timeout: float = 15.0
     heartbeat_interval: float = 1.0
     webhook_attempts: int = 5
+    metadata_timeout: float = 30.0
     webhook_backoff: float = 5.0
 
     @classmethod

@@ -14,6 +14,7 @@ from litestar import Controller, Request, post
 from litestar.di import Provide
 
 from adapters import metadata
+from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
 from api.auth import Principal, job_api_principal
 from api.errors import JOB_API_ERRORS, JobApiError
@@ -26,12 +27,9 @@ class MetadataRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def _timeout(request: Request[Any, Any, Any]) -> float:
-    """The configured limit: a `metadata_timeout` setting once there is one, else the default.
-
-    The module attribute is read on each call so a test (or an operator's patch) can lower it.
-    """
-    configured = getattr(request.app.state.settings, "metadata_timeout", None)
-    return float(configured) if configured else metadata.EXTRACT_TIMEOUT
+    """How long a source may take (`SPOOL_METADATA_TIMEOUT`) before the answer is a 504."""
+    settings: Settings = request.app.state.settings
+    return settings.metadata_timeout
 
 
 def _valid_url(raw: str) -> str:

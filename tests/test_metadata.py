@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters import metadata
 from api.app import create_app
 from api.metadata import MetadataController
 from tests.fixtures.cluster import Cluster, StartCluster
@@ -195,7 +194,7 @@ async def test_a_slow_source_answers_504_after_the_limit(
     media_server: MediaServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(metadata, "EXTRACT_TIMEOUT", 0.5)
+    monkeypatch.setattr(api[0].settings, "metadata_timeout", 0.5)
     # The page trickles in 16 bytes a second: far longer than the limit.
     slow = media_server.slow_url("watch.html", chunk=16, interval=1.0)
 
