@@ -27,9 +27,9 @@ which the stages measure around the adapter call; the baseline measures the same
 same way). That overhead is mostly the wait for a free worker when 200 jobs arrive at once, so
 the "in flight" overhead is given too: the same subtraction from the start of the download
 (Spool: `total_duration_ms - queue_wait_ms`), i.e. the hand-offs between stages. CPU seconds
-per job of each process group (workers incl. FFmpeg, this process, the fixtures, PostgreSQL,
-Redis; the last two are whole-server figures, so other users of the servers show up there)
-are read from /proc around each run, with the CPU the rest of the machine used meanwhile
+per job of each process group (workers incl. FFmpeg, this process, the fixtures, the
+PostgreSQL backends connected to the run's database, the whole Redis server) are read from
+/proc around each run, with the CPU the rest of the machine used meanwhile
 (the machine is shared: a run beside someone's test suite is slower, and shows it there).
 Ratio = Spool jobs/s / baseline jobs/s in the same round, target >= 0.8.
 
@@ -47,7 +47,7 @@ the Redis server by someone else (the test suite has one) empties that database 
 that sees the server's FLUSHALL count move is thrown away and run again (`--retries`), and
 `--private-redis` runs a redis-server of the bench's own instead.
 
-Run from the repository root (defaults take about 4-6 minutes on 2 cores):
+Run from the repository root (the defaults take about 6 minutes on 2 cores):
 
     python -m bench.pipeline
     python -m bench.pipeline --jobs 50 --workers 1 --rounds 1 --dashboard-rounds 3   # quicker
