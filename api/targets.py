@@ -11,11 +11,13 @@ from adapters.ssrf import UrlGuard, UrlRefused
 from api.errors import JobApiError
 
 
-async def refuse_forbidden_target(request: Request[Any, Any, Any], url: str) -> None:
+async def refuse_forbidden_target(
+    request: Request[Any, Any, Any], url: str, *, what: str | None = None
+) -> None:
     """400 for a URL that resolves to loopback, private, link-local or metadata addresses.
 
-    A name that does not resolve now is accepted: DNS may be down for a moment, and the
-    download stage checks every request again anyway.
+    A name that does not resolve now is accepted: DNS may be down for a moment, and whatever
+    connects to it later checks again. `what` names the field in the message ("endpoint").
     """
     guard: UrlGuard = request.app.state.guard
     try:
@@ -23,4 +25,5 @@ async def refuse_forbidden_target(request: Request[Any, Any, Any], url: str) -> 
     except UrlRefused as exc:
         if isinstance(exc.__cause__, socket.gaierror):
             return
-        raise JobApiError(status_code=400, detail=str(exc)) from None
+        detail = f"{what} refused: {exc}" if what else str(exc)
+        raise JobApiError(status_code=400, detail=detail) from None

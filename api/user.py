@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,11 +30,11 @@ from adapters.account_storage import (
 )
 from adapters.event_store import EventStore
 from adapters.settings import Settings
-from adapters.ssrf import UrlGuard, UrlRefused
 from adapters.storage import StorageError
 from api.auth import Principal, job_api_principal
 from api.errors import JOB_API_ERRORS, JobApiError
 from api.requests import command_metadata
+from api.targets import refuse_forbidden_target
 from domain import storage_config, webhook
 from domain.account import stream_id
 from domain.errors import ConcurrencyError
@@ -293,22 +292,6 @@ def _s3_like_config(
     return spec, credentials, storage_config.mask_key_id(access_key)
 
 
-async def _refuse_forbidden_endpoint(request: Request[Any, Any, Any], endpoint: str) -> None:
-    """400 for an endpoint that resolves to loopback, private, link-local or metadata addresses.
-
-    The check below (the probe) is a request the API itself makes to a user-chosen host: the
-    same SSRF rules as for download URLs apply. A name that does not resolve is let through:
-    the probe then fails with the storage client's own connection error.
-    """
-    guard: UrlGuard = request.app.state.guard
-    try:
-        await guard.check_url_async(endpoint)
-    except UrlRefused as exc:
-        if isinstance(exc.__cause__, socket.gaierror):
-            return
-        raise _bad(f"endpoint refused: {exc}") from None
-
-
 async def _check(spec: StorageSpec, credentials: Credentials) -> None:
     """Write and delete a probe object; 400 with the storage's own reason if that fails."""
     try:
@@ -364,7 +347,8 @@ async def sealed_storage(
 ) -> StorageConfigured:
     """Check a storage (SSRF rules, then a probe object) and seal its credentials."""
     if spec.endpoint is not None:
-        await _refuse_forbidden_endpoint(request, spec.endpoint)
+        # The probe is a request the API itself makes to a user-chosen host: download rules apply.
+        await refuse_forbidden_target(request, spec.endpoint, what="endpoint")
     await _check(spec, credentials)
     settings: Settings = request.app.state.settings
     sealed = await secret_box.seal(
