@@ -17,6 +17,13 @@ _NUMERIC_ENV = {
     "reconcile_interval": "SPOOL_RECONCILE_INTERVAL",
     "node_timeout": "SPOOL_NODE_TIMEOUT",
     "metadata_timeout": "SPOOL_METADATA_TIMEOUT",
+    "task_concurrency": "SPOOL_TASK_CONCURRENCY",
+    "rate_limit": "SPOOL_RATE_LIMIT",
+}
+
+_FLAG_ENV = {
+    "allow_command_tasks": "SPOOL_ALLOW_COMMAND_TASKS",
+    "allow_python_eval": "SPOOL_ALLOW_PYTHON_EVAL",
 }
 
 
@@ -49,6 +56,12 @@ class Settings(msgspec.Struct, kw_only=True):
     webhook_attempts: int = 5
     metadata_timeout: float = 30.0
     webhook_backoff: float = 5.0
+    # Scheduled tasks on this node: how many at once, and the two types that run code (opt-in).
+    task_concurrency: int = 2
+    allow_command_tasks: bool = False
+    allow_python_eval: bool = False
+    # Requests per minute per API key on the cluster API (`/api/v1`); 0 turns the limit off.
+    rate_limit: int = 60
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -67,6 +80,9 @@ class Settings(msgspec.Struct, kw_only=True):
         for name, var in _NUMERIC_ENV.items():
             if env.get(var):
                 values[name] = env[var]
+        for name, var in _FLAG_ENV.items():
+            if env.get(var):
+                values[name] = env[var].strip().lower() in ("1", "true", "yes", "on")
         if env.get("SPOOL_NODE_ID"):
             values["node_id"] = env["SPOOL_NODE_ID"]
         if env.get("SPOOL_DATA_DIR"):

@@ -103,7 +103,29 @@ nodes = sa.Table(
     sa.Column("running", pg.ARRAY(sa.Text), nullable=False, server_default="{}"),
     sa.Column("usage", pg.JSONB, nullable=False, server_default="{}"),
     sa.Column("heartbeats", sa.BigInteger, nullable=False, server_default="0"),
+    # Set by NodeRemoved: the node is hidden until it registers again (NodeStarted).
+    sa.Column("removed_at", sa.DateTime(timezone=True)),
     sa.Index("nodes_last_heartbeat_idx", "last_heartbeat_at"),
+)
+
+# The cluster's config (domain.cluster_config): one row per section, the fold of `config`.
+cluster_config = sa.Table(
+    "cluster_config",
+    metadata,
+    sa.Column("section", sa.Text, primary_key=True),
+    sa.Column("settings", pg.JSONB, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Per UTC minute: the sum of heartbeats' CPU and memory use, for utilisation over time windows.
+usage_minutes = sa.Table(
+    "usage_minutes",
+    metadata,
+    sa.Column("minute", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("samples", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("cpu_percent_sum", sa.Float, nullable=False, server_default="0"),
+    sa.Column("memory_percent_sum", sa.Float, nullable=False, server_default="0"),
 )
 
 # Not a projection and not the log: each account's data key, wrapped (adapters.secret_box).
@@ -132,4 +154,39 @@ usage_daily = sa.Table(
     sa.Column("bytes_downloaded", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("bytes_uploaded", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("bytes_deleted", sa.BigInteger, nullable=False, server_default="0"),
+)
+
+# Scheduled tasks (domain.task): one row per task, its folded state plus the columns that
+# lists, the scheduler and `/metrics` filter and aggregate on.
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("task_id", sa.Text, primary_key=True),
+    sa.Column("account_id", sa.Text, nullable=False),
+    sa.Column("task_type", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("priority", sa.Text, nullable=False),
+    sa.Column("priority_rank", sa.Integer, nullable=False),
+    sa.Column("payload", pg.JSONB, nullable=False),
+    sa.Column("requirements", pg.JSONB, nullable=False),
+    sa.Column("metadata", pg.JSONB, nullable=False),
+    sa.Column("device_id", sa.Text),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("retry_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_retries", sa.Integer, nullable=False),
+    sa.Column("timeout_seconds", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("result", pg.JSONB),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("assigned_at", sa.DateTime(timezone=True)),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("completed_at", sa.DateTime(timezone=True)),
+    sa.Column("execution_time_seconds", sa.Float(precision=53)),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("state", pg.JSONB, nullable=False),
+    sa.Index("tasks_status_rank_idx", "status", sa.text("priority_rank DESC"), "created_at"),
+    sa.Index("tasks_account_created_idx", "account_id", sa.text("created_at DESC"), "task_id"),
+    sa.Index("tasks_device_status_idx", "device_id", "status"),
 )

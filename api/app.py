@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import asyncpg
@@ -17,10 +18,20 @@ from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
 from adapters.storage import ObjectStorage
 from api.batches import BatchController
+from api.cluster import ClusterController
+from api.cluster_redis import close_redis
+from api.cluster_ws import cluster_ws, stop_feed
+from api.config import ConfigController
 from api.dashboard import DashboardController
+from api.devices import DevicesController
+from api.health import health
 from api.jobs import JobsController
 from api.metadata import MetadataController
+from api.metrics import metrics
+from api.rate_limit import rate_limit_middleware
+from api.request_log import request_log_middleware
 from api.requests import request_id_middleware
+from api.tasks import TasksController
 from api.usage import UsageController
 from api.user import UserController
 
@@ -44,6 +55,23 @@ def create_app(
     async def close_storages() -> None:
         await storages.aclose()
 
+    state = State(
+        {
+            "pool": pool,
+            "store": store,
+            "settings": settings,
+            "storage": storage,
+            "storages": storages,
+            "guard": UrlGuard(settings.url_allowlist),
+            "started_at": time.time(),
+            **extra,
+        }
+    )
+
+    async def close_cluster_api() -> None:
+        await stop_feed(state)
+        await close_redis(state)
+
     return Litestar(
         route_handlers=[
             JobsController,
@@ -52,21 +80,19 @@ def create_app(
             MetadataController,
             UsageController,
             UserController,
+            TasksController,
+            DevicesController,
+            ConfigController,
+            ClusterController,
+            health,
+            metrics,
+            cluster_ws,
             swagger,
         ],
-        middleware=[request_id_middleware],
-        on_shutdown=[close_storages],
-        state=State(
-            {
-                "pool": pool,
-                "store": store,
-                "settings": settings,
-                "storage": storage,
-                "storages": storages,
-                "guard": UrlGuard(settings.url_allowlist),
-                **extra,
-            }
-        ),
+        # Outermost first: the request id exists before the log line and the rate limit.
+        middleware=[request_id_middleware, request_log_middleware, rate_limit_middleware],
+        on_shutdown=[close_storages, close_cluster_api],
+        state=state,
         openapi_config=OpenAPIConfig(
             title="Spool",
             version="0.1.0",

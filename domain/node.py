@@ -17,6 +17,9 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     has_gpu: bool = False
     stages: list[str] = msgspec.field(default_factory=list)
     platform: str = "linux"
+    # What the task scheduler matches on (older registrations lack them: no tasks there).
+    task_types: list[str] = msgspec.field(default_factory=list)
+    internet: bool = False
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,7 +62,17 @@ class NodeStopped(Event, frozen=True, kw_only=True):
     node_id: str
 
 
-EVENT_TYPES: frozenset[str] = frozenset({"NodeStarted", "NodeHeartbeat", "NodeStopped"})
+@event
+class NodeRemoved(Event, frozen=True, kw_only=True):
+    """An admin took the node out of the cluster: it is hidden until it registers again."""
+
+    node_id: str
+    reason: str = "removed by an admin"
+
+
+EVENT_TYPES: frozenset[str] = frozenset(
+    {"NodeStarted", "NodeHeartbeat", "NodeStopped", "NodeRemoved"}
+)
 
 
 def stream_id(node_id: str) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from arq.connections import ArqRedis
 from arq.worker import Worker, func
 
@@ -32,6 +33,8 @@ from domain import job, node
 from domain.errors import ConcurrencyError, InvalidTransition
 from domain.events import Event, Metadata, NewEvent
 from reactors import stages
+from reactors.task_types import advertised, has_internet
+from reactors.tasks import run_task
 from reactors.webhooks import WebhookSender, deliver_webhook
 
 log = logging.getLogger("spool.node")
@@ -89,6 +92,8 @@ class Node:
         self.webhooks = WebhookSender(store, self.storages, settings)
         self.hostname = sysinfo.hostname()
         self.ip = sysinfo.primary_ip()
+        # The `removed_at` of the last removal this node answered by registering again.
+        self._removal_seen: Any = None
 
     # -- life ----------------------------------------------------------------------------
 
@@ -111,9 +116,16 @@ class Node:
                 **common,
             ),
             Worker(
-                [func(mux, name="mux"), func(upload, name="upload")],
+                [
+                    func(mux, name="mux"),
+                    func(upload, name="upload"),
+                    func(ping, name="ping", keep_result=60, timeout=10, max_tries=1),
+                    func(run_task, name="task"),
+                ],
                 queue_name=node_queue(self.node_id),
-                max_jobs=s.mux_concurrency + s.upload_concurrency,
+                # One slot more than the stages' own limits (their semaphores still gate them):
+                # a ping must not wait behind a long mux.
+                max_jobs=s.mux_concurrency + s.upload_concurrency + 1 + s.task_concurrency,
                 **common,
             ),
             Worker(
@@ -127,21 +139,8 @@ class Node:
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set; then hand back what is running and say goodbye."""
         self.workroot.mkdir(parents=True, exist_ok=True)
-        await self._append_node(
-            node.NodeStarted(
-                node_id=self.node_id,
-                hostname=self.hostname,
-                ip=self.ip,
-                role=self.settings.role,
-                tags=list(self.settings.tags),
-                capabilities=sysinfo.capabilities(self.workroot, ["download", "mux", "upload"]),
-                concurrency={
-                    "download": self.settings.download_concurrency,
-                    "mux": self.settings.mux_concurrency,
-                    "upload": self.settings.upload_concurrency,
-                },
-            )
-        )
+        self._removal_seen = await self._removed_at()
+        await self._register()
         workers = self._workers()
         tasks = [asyncio.create_task(w.async_run(), name=f"arq:{w.queue_name}") for w in workers]
         ticker = asyncio.create_task(self._tick_forever(stop), name="heartbeat")
@@ -166,6 +165,43 @@ class Node:
                 )
         await self._append_node(node.NodeStopped(node_id=self.node_id))
         await self.storages.aclose()
+
+    async def _register(self) -> None:
+        """Tell the cluster who this node is (at start, and again after an admin removed it)."""
+        await self._append_node(
+            node.NodeStarted(
+                node_id=self.node_id,
+                hostname=self.hostname,
+                ip=self.ip,
+                role=self.settings.role,
+                tags=list(self.settings.tags),
+                capabilities=msgspec.structs.replace(
+                    sysinfo.capabilities(self.workroot, ["download", "mux", "upload"]),
+                    task_types=advertised(self.settings),
+                    internet=has_internet(),
+                ),
+                concurrency={
+                    "download": self.settings.download_concurrency,
+                    "mux": self.settings.mux_concurrency,
+                    "upload": self.settings.upload_concurrency,
+                    "task": self.settings.task_concurrency,
+                },
+            )
+        )
+
+    async def _removed_at(self) -> Any:
+        """When an admin last removed this node, if the `nodes` projection says so."""
+        return await self.store.pool.fetchval(
+            "SELECT removed_at FROM nodes WHERE node_id = $1", self.node_id
+        )
+
+    async def _check_removed(self) -> None:
+        """Register again after a removal: heartbeats alone never bring a removed node back."""
+        removed_at = await self._removed_at()
+        if removed_at is not None and removed_at != self._removal_seen:
+            self._removal_seen = removed_at
+            log.warning("node %s was removed from the cluster: registering again", self.node_id)
+            await self._register()
 
     async def _append_node(self, ev: Event) -> None:
         await self.store.append(node.stream_id(self.node_id), [NewEvent(ev, self.meta)], None)
@@ -222,6 +258,7 @@ class Node:
                 unit.reported = unit.progress
         await self._check_cancellations()
         self._check_stalls()
+        await self._check_removed()
 
     async def _check_cancellations(self) -> None:
         if not self.running:
@@ -414,3 +451,9 @@ async def mux(ctx: dict[str, Any], job_id: str, run: int, attempt: int) -> str:
 async def upload(ctx: dict[str, Any], job_id: str, run: int, attempt: int) -> str:
     node_: Node = ctx["node"]
     return await node_.run_stage("upload", job_id, run, attempt)
+
+
+async def ping(ctx: dict[str, Any]) -> dict[str, Any]:
+    """A round trip through this node's own queue: `POST /api/v1/devices/{id}/ping`."""
+    node_: Node = ctx["node"]
+    return {"node_id": node_.node_id, "hostname": node_.hostname, "answered_at": time.time()}

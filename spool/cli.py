@@ -92,9 +92,24 @@ def _node_options(fn: F) -> F:
         click.option(
             "--concurrency",
             default=None,
-            metavar="download=N,mux=N,upload=N",
+            metavar="download=N,mux=N,upload=N,task=N",
             callback=_concurrency,
-            help="How many of each stage this node runs at once [default: 2,1,2].",
+            help="How many of each stage (and scheduled tasks) this node runs at once "
+            "[default: 2,1,2,2; env: SPOOL_TASK_CONCURRENCY for task].",
+        ),
+        click.option(
+            "--allow-command-tasks",
+            is_flag=True,
+            default=None,
+            help="Run `command` tasks (programs, no shell) on this node "
+            "[env: SPOOL_ALLOW_COMMAND_TASKS; default: off].",
+        ),
+        click.option(
+            "--allow-python-eval",
+            is_flag=True,
+            default=None,
+            help="Run `python_eval` tasks (a safe expression evaluator) on this node "
+            "[env: SPOOL_ALLOW_PYTHON_EVAL; default: off].",
         ),
     ]
     for option in reversed(options):
@@ -113,9 +128,10 @@ def _concurrency(ctx: click.Context, param: click.Parameter, spec: str | None) -
     for part in spec.split(","):
         stage, _, n = part.partition("=")
         stage = stage.strip()
-        if stage not in ("download", "mux", "upload") or not n.strip().isdigit() or int(n) < 1:
+        stages = ("download", "mux", "upload", "task")
+        if stage not in stages or not n.strip().isdigit() or int(n) < 1:
             raise click.BadParameter(
-                f"{part!r}: expected download=N, mux=N or upload=N with N >= 1",
+                f"{part!r}: expected download=N, mux=N, upload=N or task=N with N >= 1",
                 param_hint="--concurrency",
             )
         out[f"{stage}_concurrency"] = int(n)

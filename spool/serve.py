@@ -12,11 +12,13 @@ from typing import Any
 import uvicorn
 
 from adapters.settings import Settings
+from adapters.timed_event_store import TimedEventStore
 from api.app import create_app
 from reactors.node import Node
 from reactors.pipeline import PipelineReactor
 from reactors.projection import ProjectionRunner
 from reactors.reconciler import Reconciler
+from reactors.scheduler import Scheduler
 from reactors.webhooks import WebhookReactor
 from spool.runtime import Runtime, open_runtime
 
@@ -59,12 +61,21 @@ async def _supervise(stop: asyncio.Event, parts: dict[str, Coroutine[Any, Any, A
 
 
 async def up(settings: Settings) -> None:
-    """API, projections, the pipeline reactor, the reconciler and one worker node."""
+    """API, projections, the pipeline reactor, the task scheduler, the reconciler, one node."""
     stop = _stop_on_signals()
     async with open_runtime(settings, need_redis=True) as rt:
         assert rt.redis is not None
         await rt.runner.catch_up()
-        app = create_app(pool=rt.pool, store=rt.store, settings=settings, storage=rt.storage)
+        app = create_app(
+            pool=rt.pool,
+            # The API's appends are timed for /metrics; the store is otherwise the same.
+            store=TimedEventStore(rt.pool),
+            settings=settings,
+            storage=rt.storage,
+            redis=rt.redis,
+            # Which events each checkpoint follows, for /metrics' projection lag.
+            projection_types={p.name: p.event_types for p in rt.runner.projections},
+        )
         server = _Server(
             uvicorn.Config(
                 app,
@@ -91,6 +102,7 @@ async def up(settings: Settings) -> None:
                 "api": api(),
                 "projections": rt.runner.run(stop),
                 "pipeline": pipeline.run(stop),
+                "scheduler": Scheduler(rt.store, rt.redis).run(stop),
                 "reconciler": Reconciler(rt.store, rt.redis, settings).run(stop),
                 "node": node_for(rt).run(stop),
             },

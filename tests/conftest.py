@@ -18,6 +18,7 @@ from litestar import Litestar
 
 from adapters.database import create_database, create_pool, drop_database, migrate
 from adapters.event_store import EventStore
+from adapters.queue import connect
 from adapters.settings import Settings
 from adapters.storage import LocalStorage
 from api.app import create_app
@@ -108,24 +109,44 @@ async def client(
     pool: asyncpg.Pool,
     store: EventStore,
     database_url: str,
+    redis_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The API, in-process, over the run's database (storage: a local folder)."""
+    """The API, in-process, over the run's database (storage: a local folder).
+
+    Its rate limit is far above what a test sends: tests of the limit build apps of their own.
+    """
     storage = LocalStorage(tmp_path_factory.mktemp("storage"))
+    redis = await connect(redis_url)
     app = create_app(
         pool=pool,
         store=store,
-        settings=Settings(database_url=database_url, secret_key="test-secret-key"),
+        settings=Settings(
+            database_url=database_url,
+            redis_url=redis_url,
+            secret_key="test-secret-key",
+            rate_limit=100_000,
+        ),
         storage=storage,
+        redis=redis,
     )
     async with api_client(app) as c:
         yield c
+    await redis.aclose()
 
 
 @pytest.fixture
 async def api_key(store: EventStore, runner: ProjectionRunner) -> str:
     """A fresh account's key, usable at once."""
     issued = await issue(store, name=f"test-{uuid.uuid4().hex[:6]}", admin=False)
+    await runner.wait_until("api_keys", issued.at)
+    return issued.key
+
+
+@pytest.fixture
+async def admin_key(store: EventStore, runner: ProjectionRunner) -> str:
+    """A fresh admin key (the cluster API's "Requires Authentication" endpoints), usable at once."""
+    issued = await issue(store, name=f"admin-{uuid.uuid4().hex[:6]}", admin=True)
     await runner.wait_until("api_keys", issued.at)
     return issued.key
 

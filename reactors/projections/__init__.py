@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from reactors.projection import Projection
 from reactors.projections.api_keys import ApiKeysProjection
+from reactors.projections.cluster_config import ClusterConfigProjection
 from reactors.projections.jobs import JobsProjection
 from reactors.projections.nodes import NodesProjection
 from reactors.projections.storage_configs import StorageConfigsProjection
+from reactors.projections.tasks import TasksProjection
 from reactors.projections.usage import UsageProjection
+from reactors.projections.usage_minutes import UsageMinutesProjection
 
 
 def all_projections() -> list[Projection]:
@@ -18,4 +21,7 @@ def all_projections() -> list[Projection]:
         NodesProjection(),
         UsageProjection(),
         StorageConfigsProjection(),
+        TasksProjection(),
+        ClusterConfigProjection(),
+        UsageMinutesProjection(),
     ]

@@ -52,7 +52,7 @@ class NodesProjection:
                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                     ON CONFLICT (node_id) DO UPDATE SET hostname = $2, ip = $3, role = $4,
                         tags = $5, capabilities = $6, concurrency = $7, started_at = $8,
-                        stopped_at = NULL
+                        stopped_at = NULL, removed_at = NULL
                     """,
                     ev.node_id,
                     ev.hostname,
@@ -70,6 +70,12 @@ class NodesProjection:
                     "uploading = 0, running = '{}' WHERE node_id = $1",
                     ev.node_id,
                     e.recorded_at,
+                )
+            elif isinstance(ev, node.NodeRemoved):
+                await self._flush(conn, latest, counts)
+                # Heartbeats keep updating the row but never clear this: only NodeStarted does.
+                await conn.execute(
+                    "UPDATE nodes SET removed_at = $2 WHERE node_id = $1", ev.node_id, e.recorded_at
                 )
         await self._flush(conn, latest, counts)
 

@@ -1,0 +1,94 @@
+"""Loading a task's exact current state from its stream, and deciding on it with a retry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+import asyncpg
+import msgspec
+
+from adapters.event_store import EventStore
+from domain import task
+from domain.errors import ConcurrencyError
+from domain.events import Event, Metadata, NewEvent
+from domain.node import ONLINE_SECONDS, Capabilities
+
+
+async def load_task(store: EventStore, task_id: str) -> task.TaskState | None:
+    """The task folded up to its last event; None if it does not exist.
+
+    A task stream is short (a dozen events at most in practice), so it is folded whole: the
+    answer is exact whatever the projection's lag.
+    """
+    events = await store.read_stream(task.stream_id(task_id))
+    return task.fold([(e.data, e.recorded_at, e.version) for e in events])
+
+
+class TaskChangingTooFast(Exception):
+    """Ten decisions in a row lost the race to other writers of the stream."""
+
+
+async def decide_and_append(
+    store: EventStore,
+    task_id: str,
+    decide: Callable[[task.TaskState], list[Event]],
+    meta: Metadata,
+) -> task.TaskState | None:
+    """Load the task, decide, append at the version read; on a clash, re-read and decide again.
+
+    Returns the new state (None for a task that does not exist). InvalidTransition from
+    `decide` propagates: the command does not apply.
+    """
+    for _ in range(10):
+        state = await load_task(store, task_id)
+        if state is None:
+            return None
+        events = decide(state)
+        if not events:
+            return state
+        try:
+            await store.append(
+                task.stream_id(task_id), [NewEvent(e, meta) for e in events], state.version
+            )
+        except ConcurrencyError:
+            continue
+        return await load_task(store, task_id)
+    raise TaskChangingTooFast(task_id)
+
+
+_decode_caps = msgspec.json.Decoder(Capabilities).decode
+_decode_counts = msgspec.json.Decoder(dict[str, int]).decode
+
+_ONLINE = """
+SELECT n.node_id, n.role, n.tags, n.capabilities, n.concurrency,
+       (SELECT count(*) FROM tasks t
+        WHERE t.device_id = n.node_id AND t.status IN ('assigned', 'running')) AS busy
+FROM nodes n
+WHERE n.stopped_at IS NULL AND n.removed_at IS NULL
+  AND n.last_heartbeat_at > now() - $1::interval
+ORDER BY n.node_id
+"""
+
+
+async def online_offers(
+    pool: asyncpg.Pool, online_seconds: float = ONLINE_SECONDS
+) -> list[task.NodeOffer]:
+    """Every online node as the scheduler sees it, with the task slots it has in use."""
+    rows = await pool.fetch(_ONLINE, timedelta(seconds=online_seconds))
+    offers = []
+    for r in rows:
+        caps = _decode_caps(r["capabilities"])
+        offers.append(
+            task.NodeOffer(
+                node_id=r["node_id"],
+                role=r["role"],
+                tags=list(r["tags"]),
+                capabilities=caps,
+                task_types=list(caps.task_types),
+                internet=caps.internet,
+                slots=_decode_counts(r["concurrency"]).get("task", 0),
+                busy=r["busy"],
+            )
+        )
+    return offers

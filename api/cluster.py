@@ -1,0 +1,162 @@
+"""`/api/v1/cluster`: the seed's cluster status, utilisation and throughput, and its config."""
+
+from __future__ import annotations
+
+import time
+from importlib import metadata
+from typing import Any
+
+import asyncpg
+import msgspec
+from litestar import Controller, Request, Response, get
+from litestar.di import Provide
+
+from adapters.config_store import load_config
+from adapters.settings import Settings
+from api.auth import Principal
+from api.device_view import all_rows, cluster_stats, duration
+from api.envelope import CLUSTER_API_ERRORS, cluster_admin, cluster_principal, success
+from domain import cluster_config as config
+
+WINDOWS_MINUTES = (1, 5, 15)
+
+_JOBS = """
+SELECT count(*) FILTER (WHERE status = 'Completed') AS completed,
+       count(*) FILTER (WHERE status = 'Failed') AS failed,
+       count(*) FILTER (WHERE status = 'Cancelled') AS cancelled
+FROM jobs WHERE finished_at > now() - $1::int * interval '1 minute'
+"""
+
+_TASKS = """
+SELECT count(*) FILTER (WHERE status = 'success') AS completed,
+       count(*) FILTER (WHERE status IN ('failed', 'timeout')) AS failed,
+       avg(execution_time_seconds) FILTER (WHERE status = 'success') AS avg_seconds
+FROM tasks WHERE completed_at > now() - $1::int * interval '1 minute'
+"""
+
+# Whole minutes, the current one included: a 1 minute window reads this minute and the last.
+_USAGE = """
+SELECT sum(samples)::bigint AS samples, sum(cpu_percent_sum) AS cpu,
+       sum(memory_percent_sum) AS memory
+FROM usage_minutes WHERE minute >= date_trunc('minute', now()) - $1::int * interval '1 minute'
+"""
+
+
+def version() -> str:
+    try:
+        return metadata.version("spool")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def server_info(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    settings: Settings = request.app.state.settings
+    started: float = request.app.state.get("started_at", time.time())
+    return {
+        "version": version(),
+        "uptime": duration(time.time() - started),
+        "host": settings.host,
+        "port": settings.port,
+    }
+
+
+async def _window(pool: asyncpg.Pool, minutes: int) -> dict[str, Any]:
+    jobs = await pool.fetchrow(_JOBS, minutes)
+    usage = await pool.fetchrow(_USAGE, minutes)
+    try:
+        tasks: asyncpg.Record | None = await pool.fetchrow(_TASKS, minutes)
+    except asyncpg.UndefinedTableError:  # a database not yet migrated to tasks
+        tasks = None
+    samples = usage["samples"] or 0
+    return {
+        "window_minutes": minutes,
+        "jobs_completed": jobs["completed"],
+        "jobs_failed": jobs["failed"],
+        "jobs_cancelled": jobs["cancelled"],
+        "jobs_per_minute": round(jobs["completed"] / minutes, 2),
+        "tasks_completed": tasks["completed"] if tasks else 0,
+        "tasks_failed": tasks["failed"] if tasks else 0,
+        "tasks_per_minute": round((tasks["completed"] if tasks else 0) / minutes, 2),
+        "avg_task_seconds": round(tasks["avg_seconds"], 4)
+        if tasks and tasks["avg_seconds"] is not None
+        else None,
+        "heartbeats": samples,
+        "avg_cpu_percent": round(usage["cpu"] / samples, 1) if samples else None,
+        "avg_memory_percent": round(usage["memory"] / samples, 1) if samples else None,
+    }
+
+
+class ClusterController(Controller):
+    path = "/api/v1/cluster"
+    dependencies = {"principal": Provide(cluster_principal)}
+    exception_handlers = CLUSTER_API_ERRORS  # type: ignore[assignment]
+    tags = ["cluster"]
+
+    @get("/status")
+    async def status(self, request: Request[Any, Any, Any], principal: Principal) -> Response[Any]:
+        """Device counts, health percentage and resources, and this API server's own info."""
+        rows = await all_rows(request.app.state.pool)
+        return success(
+            request, {"cluster_stats": cluster_stats(rows), "server_info": server_info(request)}
+        )
+
+    @get("/metrics")
+    async def metrics(self, request: Request[Any, Any, Any], principal: Principal) -> Response[Any]:
+        """Utilisation now, and throughput and average machine use over 1, 5 and 15 minutes."""
+        pool: asyncpg.Pool = request.app.state.pool
+        rows = await all_rows(pool)
+        online = [r for r in rows if r["online"]]
+        busy = sum(r["downloading"] + r["muxing"] + r["uploading"] for r in online)
+        slots = 0
+        for r in online:
+            concurrency = _decode(r["concurrency"])
+            slots += sum(v for v in concurrency.values() if isinstance(v, int))
+        windows = {f"last_{m}m": await _window(pool, m) for m in WINDOWS_MINUTES}
+        return success(
+            request,
+            {
+                "current": {
+                    "online_devices": len(online),
+                    "busy_slots": busy,
+                    "total_slots": slots,
+                    "utilisation_percent": round(100 * busy / slots, 1) if slots else 0.0,
+                    "downloading": sum(r["downloading"] for r in online),
+                    "muxing": sum(r["muxing"] for r in online),
+                    "uploading": sum(r["uploading"] for r in online),
+                },
+                "windows": windows,
+            },
+        )
+
+    @get("/config", dependencies={"principal": Provide(cluster_admin)})
+    async def cluster_config(
+        self, request: Request[Any, Any, Any], principal: Principal
+    ) -> Response[Any]:
+        """The cluster config (as events made it) and the settings this server runs with."""
+        settings: Settings = request.app.state.settings
+        state = await load_config(request.app.state.store)
+        return success(
+            request,
+            {
+                **config.as_dict(state),
+                "version": state.version,
+                "settings": {
+                    "host": settings.host,
+                    "port": settings.port,
+                    "rate_limit_per_minute": settings.rate_limit,
+                    "stage_attempts": settings.stage_attempts,
+                    "retry_backoff": settings.retry_backoff,
+                    "stall_timeout": settings.stall_timeout,
+                    "node_timeout": settings.node_timeout,
+                    "reconcile_interval": settings.reconcile_interval,
+                    "download_concurrency": settings.download_concurrency,
+                    "mux_concurrency": settings.mux_concurrency,
+                    "upload_concurrency": settings.upload_concurrency,
+                },
+            },
+        )
+
+
+def _decode(raw: bytes | str | None) -> dict[str, Any]:
+    decoded: dict[str, Any] = msgspec.json.decode(raw) if raw else {}
+    return decoded

@@ -1,0 +1,376 @@
+"""`/ws`: cluster updates pushed as JSON, from one follower of the event log per API process.
+
+The follower reads the log from its head onwards (woken by the store's NOTIFY, polling as a
+fallback; it keeps no checkpoint: a listener sees what happens while it listens) and fans each
+update out to every connection's queue. Devices going offline by silence leave no event, so it
+also compares the `nodes` table's online set once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import msgspec
+from litestar import WebSocket, websocket
+from litestar.datastructures import State
+from litestar.exceptions import WebSocketDisconnect
+
+from adapters.config_store import heartbeat_config
+from adapters.event_store import NOTIFY_CHANNEL, Checkpoint, EventStore, checkpoint_of
+from api.auth import Principal, lookup
+from api.envelope import timestamp
+from domain import job, node, task
+from domain.events import RecordedEvent
+
+log = logging.getLogger("spool.api.ws")
+
+QUEUE_SIZE = 1000
+"""Updates a connection may have unsent; a client that falls further behind is closed."""
+
+POLL_SECONDS = 1.0
+"""How often the follower looks without a NOTIFY, and re-checks devices' heartbeat age."""
+
+JOB_EVENTS: frozenset[str] = frozenset(
+    {
+        "JobCreated",
+        "StageStarted",
+        "DownloadCompleted",
+        "MuxCompleted",
+        "JobCompleted",
+        "StageFailed",
+        "JobFailed",
+        "JobCancelled",
+        "JobRetried",
+    }
+)
+NODE_EVENTS: frozenset[str] = frozenset({"NodeStarted", "NodeStopped", "NodeRemoved"})
+FOLLOWED: frozenset[str] = JOB_EVENTS | NODE_EVENTS | task.EVENT_TYPES
+
+# A task event's status, for events that do not carry one themselves.
+TASK_STATUS = {
+    "TaskSubmitted": "queued",
+    "TaskWaiting": "queued",
+    "TaskAssigned": "assigned",
+    "TaskUnassigned": "queued",
+    "TaskStarted": "running",
+    "TaskSucceeded": "success",
+    "TaskFailed": "failed",
+    "TaskTimedOut": "timeout",
+    "TaskCancelled": "cancelled",
+    "TaskRetried": "queued",
+}
+
+JOB_STATUS = {
+    "JobCreated": "Pending",
+    "StageStarted": "Processing",
+    "JobCompleted": "Completed",
+    "JobFailed": "Failed",
+    "JobCancelled": "Cancelled",
+    "JobRetried": "Pending",
+}
+
+_READABLE_HEAD = """
+SELECT tx::text::bigint AS tx, position FROM events
+WHERE tx < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY events.tx DESC, events.position DESC LIMIT 1
+"""
+
+_ONLINE = """
+SELECT node_id, (stopped_at IS NULL AND last_heartbeat_at > now() - $1::interval) AS online
+FROM nodes WHERE removed_at IS NULL
+"""
+
+
+class Update(msgspec.Struct, frozen=True):
+    """One update and whose it is (None: every listener may see it)."""
+
+    message: dict[str, Any]
+    account_id: str | None = None
+
+
+class Subscriber:
+    """One connection's queue of updates."""
+
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
+        self.overflowed = False
+
+    def offer(self, update: Update) -> None:
+        mine = update.account_id in (None, self.principal.account_id)
+        if not (mine or self.principal.admin):
+            return  # a user sees only their own jobs and tasks
+        try:
+            self.queue.put_nowait(update.message)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+
+class ClusterFeed:
+    """The one log follower of this API process, fanning updates out to subscribers."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self.subscribers: set[Subscriber] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._accounts: dict[str, str] = {}
+        self._announced: dict[str, bool] = {}  # what listeners were last told per device
+        self._table: dict[str, bool] = {}  # the nodes table's online set at the last look
+        self.ready = asyncio.Event()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.store.pool
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="cluster-ws-feed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, principal: Principal) -> AsyncIterator[Subscriber]:
+        sub = Subscriber(principal)
+        self.subscribers.add(sub)
+        try:
+            yield sub
+        finally:
+            self.subscribers.discard(sub)
+
+    def publish(self, update: Update) -> None:
+        for sub in list(self.subscribers):
+            sub.offer(update)
+
+    # -- following the log ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        def on_notify(*_: object) -> None:
+            self._wake.set()
+
+        while True:
+            listener: asyncpg.Connection | None = None
+            try:
+                listener = await self.pool.acquire()
+                await listener.add_listener(NOTIFY_CHANNEL, on_notify)
+                row = await self.pool.fetchrow(_READABLE_HEAD)
+                at = Checkpoint(row["tx"], row["position"]) if row else Checkpoint()
+                self._table = await self._online()
+                self._announced = dict(self._table)
+                self.ready.set()
+                last_look = time.monotonic()
+                while True:
+                    self._wake.clear()
+                    at = await self._follow(at)
+                    if time.monotonic() - last_look >= POLL_SECONDS:
+                        await self._devices()
+                        last_look = time.monotonic()
+                    if await self.store.has_unreadable():
+                        self._wake.set()  # a NOTIFY for events behind an open transaction
+                        await asyncio.sleep(0.02)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep following through a database hiccup
+                log.warning("cluster feed failed, will retry: %s", exc)
+                await asyncio.sleep(POLL_SECONDS)
+            finally:
+                if listener is not None:
+                    with contextlib.suppress(Exception):
+                        await listener.remove_listener(NOTIFY_CHANNEL, on_notify)
+                    with contextlib.suppress(Exception):
+                        await self.pool.release(listener)
+
+    async def _follow(self, at: Checkpoint) -> Checkpoint:
+        while True:
+            events = await self.store.read_all(at, 500, types=FOLLOWED)
+            for e in events:
+                update = await self._update(e)
+                if update is not None:
+                    self.publish(update)
+            if events:
+                at = checkpoint_of(events[-1])
+            if len(events) < 500:
+                return at
+
+    async def _account(self, stream_id: str) -> str | None:
+        """The account a job or task stream belongs to: its first event says."""
+        found = self._accounts.get(stream_id)
+        if found is None:
+            first = await self.store.read_stream(stream_id, 1, limit=1)
+            found = getattr(first[0].data, "account_id", None) if first else None
+            if found is not None:
+                if len(self._accounts) > 10_000:
+                    self._accounts.clear()
+                self._accounts[stream_id] = found
+        return found
+
+    async def _update(self, e: RecordedEvent) -> Update | None:
+        ev = e.data
+        at = e.recorded_at.isoformat().replace("+00:00", "Z")
+        if isinstance(ev, node.NodeStarted):
+            self._announced[ev.node_id] = True
+            return Update(
+                _device(
+                    ev.node_id,
+                    True,
+                    "registered",
+                    at,
+                    role=ev.role,
+                    platform=ev.capabilities.platform,
+                )
+            )
+        if isinstance(ev, node.NodeStopped | node.NodeRemoved):
+            self._announced[ev.node_id] = False
+            reason = "stopped" if isinstance(ev, node.NodeStopped) else "removed"
+            return Update(_device(ev.node_id, False, reason, at))
+        if e.stream_id.startswith("task-"):
+            data = msgspec.to_builtins(ev)
+            return Update(
+                {
+                    "type": "task_update",
+                    "task_id": e.stream_id.removeprefix("task-"),
+                    "stream_id": e.stream_id,
+                    "event_type": e.type,
+                    "status": data.get("status") or TASK_STATUS.get(e.type),
+                    "device_id": data.get("device_id"),
+                    "timestamp": at,
+                },
+                await self._account(e.stream_id),
+            )
+        if e.stream_id.startswith("job-"):
+            data = msgspec.to_builtins(ev)
+            stage = data.get("stage")
+            if isinstance(ev, job.DownloadCompleted):
+                stage = "download"
+            elif isinstance(ev, job.MuxCompleted):
+                stage = "mux"
+            elif isinstance(ev, job.JobCompleted):
+                stage = "upload"
+            return Update(
+                {
+                    "type": "job_update",
+                    "job_id": e.stream_id.removeprefix("job-"),
+                    "stream_id": e.stream_id,
+                    "event_type": e.type,
+                    "stage": stage,
+                    "status": JOB_STATUS.get(e.type),
+                    "node_id": data.get("node_id"),
+                    "timestamp": at,
+                },
+                await self._account(e.stream_id),
+            )
+        return None
+
+    # -- devices going quiet (or coming back) --------------------------------------------
+
+    async def _online(self) -> dict[str, bool]:
+        hb = await heartbeat_config(self.pool)
+        rows = await self.pool.fetch(_ONLINE, timedelta(seconds=hb.timeout))
+        return {r["node_id"]: bool(r["online"]) for r in rows}
+
+    async def _devices(self) -> None:
+        """Announce what the table changed that no event told: silence, or beats resuming."""
+        table = await self._online()
+        now = timestamp()
+        for device_id in table.keys() | self._table.keys():
+            was, is_ = self._table.get(device_id, False), table.get(device_id, False)
+            if was == is_ or self._announced.get(device_id, False) == is_:
+                continue
+            self._announced[device_id] = is_
+            reason = "heartbeat_resumed" if is_ else "heartbeat_timeout"
+            self.publish(Update(_device(device_id, is_, reason, now)))
+        self._table = table
+
+
+def _device(device_id: str, online: bool, reason: str, at: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "device_online" if online else "device_offline",
+        "device_id": device_id,
+        "status": "online" if online else "offline",
+        "reason": reason,
+        "timestamp": at,
+        **extra,
+    }
+
+
+def feed_of(state: State) -> ClusterFeed:
+    """This app's feed, started on first use."""
+    feed: ClusterFeed | None = state.get("cluster_feed")
+    if feed is None:
+        feed = ClusterFeed(state.store)
+        state["cluster_feed"] = feed
+    feed.start()
+    return feed
+
+
+async def stop_feed(state: State) -> None:
+    feed: ClusterFeed | None = state.get("cluster_feed")
+    if feed is not None:
+        await feed.stop()
+
+
+def _presented(socket: WebSocket[Any, Any, Any]) -> str | None:
+    key = socket.headers.get("x-api-key") or socket.query_params.get("api_key")
+    if key:
+        return key.strip()
+    scheme, _, token = socket.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+@websocket("/ws", tags=["cluster"])
+async def cluster_ws(socket: WebSocket[Any, Any, Any]) -> None:
+    """Cluster updates as JSON; authenticate with `X-API-Key` or `?api_key=`."""
+    key = _presented(socket)
+    principal = await lookup(socket.app.state, key) if key else None
+    if principal is None:
+        # Closing before accepting answers the handshake with 403.
+        await socket.close(code=4401, reason="A valid API key is required")
+        return
+    await socket.accept()
+    feed = feed_of(socket.app.state)
+    async with feed.subscribe(principal) as sub:
+        # "connected" promises that whatever is appended from now on will be pushed.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(feed.ready.wait(), 10)
+        await socket.send_json({"type": "connected", "timestamp": timestamp()})
+        receiving = asyncio.create_task(_drain(socket))
+        try:
+            while not receiving.done():
+                getting = asyncio.create_task(sub.queue.get())
+                done, _ = await asyncio.wait(
+                    {getting, receiving}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if getting not in done:
+                    getting.cancel()
+                    break
+                if sub.overflowed:
+                    await socket.close(code=1013, reason="Too far behind: reconnect")
+                    return
+                await socket.send_json(getting.result())
+        except WebSocketDisconnect:
+            pass
+        finally:
+            receiving.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await receiving
+
+
+async def _drain(socket: WebSocket[Any, Any, Any]) -> None:
+    """Read (and ignore) what the client sends, until it goes away."""
+    with contextlib.suppress(WebSocketDisconnect):
+        while True:
+            await socket.receive_data(mode="text")

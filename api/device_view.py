@@ -1,0 +1,216 @@
+"""Devices (Spool's worker nodes) as the cluster API shows them, read from the `nodes` table.
+
+A device is online while it has not stopped and its last heartbeat is younger than the
+heartbeat config's `timeout`; removed devices are not shown at all.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from adapters.config_store import heartbeat_config
+from api.envelope import iso
+from domain.cluster_config import HeartbeatConfig
+
+_GB = 1024**3
+
+_COLUMNS = """
+node_id, hostname, ip, role, tags, capabilities, concurrency, started_at, stopped_at,
+last_heartbeat_at, downloading, muxing, uploading, running, usage, heartbeats,
+coalesce(capabilities->>'platform', 'linux') AS platform,
+(stopped_at IS NULL AND last_heartbeat_at > now() - $1::interval) AS online,
+extract(epoch FROM now() - last_heartbeat_at)::float8 AS heartbeat_age,
+extract(epoch FROM now() - started_at)::float8 AS up_seconds
+"""
+
+STATUSES = ("online", "offline", "all")
+
+_decode = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+class Capabilities(msgspec.Struct):
+    cpu_count: int
+    memory_total_gb: float
+    storage_total_gb: float
+    has_gpu: bool
+
+
+class Device(msgspec.Struct):
+    """The seed's device object."""
+
+    device_id: str
+    role: str
+    platform: str
+    status: str
+    ip_address: str
+    last_heartbeat: str | None
+    uptime: str
+    capabilities: Capabilities
+    tags: list[str]
+
+
+def duration(seconds: float) -> str:
+    """A duration as the seed writes it: `2d 4h 30m`, `2h 30m`, `5m`, `40s`."""
+    s = max(0, int(seconds))
+    days, s = divmod(s, 86_400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if not (days or hours or minutes):
+        return f"{s}s"
+    parts = [f"{days}d"] if days else []
+    if days or hours:
+        parts.append(f"{hours}h")
+    parts.append(f"{minutes}m")
+    return " ".join(parts)
+
+
+def capabilities(row: asyncpg.Record) -> Capabilities:
+    caps = _decode(row["capabilities"])
+    return Capabilities(
+        cpu_count=int(caps.get("cpu_count", 0)),
+        memory_total_gb=float(caps.get("memory_total_gb", 0.0)),
+        storage_total_gb=float(caps.get("storage_total_gb", 0.0)),
+        has_gpu=bool(caps.get("has_gpu", False)),
+    )
+
+
+def device(row: asyncpg.Record) -> Device:
+    online = bool(row["online"])
+    return Device(
+        device_id=row["node_id"],
+        role=row["role"],
+        platform=row["platform"],
+        status="online" if online else "offline",
+        ip_address=row["ip"],
+        last_heartbeat=iso(row["last_heartbeat_at"]),
+        # Online: up since it registered. Offline: not up at all.
+        uptime=duration(row["up_seconds"] or 0) if online else "0m",
+        capabilities=capabilities(row),
+        tags=list(row["tags"]),
+    )
+
+
+def usage(row: asyncpg.Record) -> dict[str, Any]:
+    """The node's latest psutil figures, in the units people read."""
+    u = _decode(row["usage"])
+    if not u:
+        return {}
+    memory_total = u.get("memory_total") or 0
+    disk_total = u.get("disk_total") or 0
+    return {
+        "cpu_percent": round(float(u.get("cpu_percent", 0.0)), 1),
+        "memory_percent": round(100 * u.get("memory_used", 0) / memory_total, 1)
+        if memory_total
+        else 0.0,
+        "memory_used_gb": round(u.get("memory_used", 0) / _GB, 2),
+        "memory_total_gb": round(memory_total / _GB, 2),
+        "disk_percent": round(100 * (disk_total - u.get("disk_free", 0)) / disk_total, 1)
+        if disk_total
+        else 0.0,
+        "disk_free_gb": round(u.get("disk_free", 0) / _GB, 2),
+        "disk_total_gb": round(disk_total / _GB, 2),
+    }
+
+
+class DeviceFilter(msgspec.Struct, frozen=True):
+    status: str = "all"
+    role: str | None = None
+    platform: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+def _where(f: DeviceFilter) -> tuple[str, list[Any]]:
+    """SQL conditions after $1 (the timeout interval) and their arguments."""
+    conds = ["removed_at IS NULL"]
+    args: list[Any] = []
+    online = "(stopped_at IS NULL AND last_heartbeat_at > now() - $1::interval)"
+    if f.status == "online":
+        conds.append(online)
+    elif f.status == "offline":
+        conds.append(f"NOT coalesce({online}, false)")
+    if f.role:
+        args.append(f.role)
+        conds.append(f"role = ${len(args) + 1}")
+    if f.platform:
+        args.append(f.platform)
+        conds.append(f"coalesce(capabilities->>'platform', 'linux') = ${len(args) + 1}")
+    if f.tags:
+        args.append(list(f.tags))
+        conds.append(f"tags @> ${len(args) + 1}::text[]")
+    return " AND ".join(conds), args
+
+
+async def timeout_of(pool: asyncpg.Pool) -> tuple[HeartbeatConfig, timedelta]:
+    hb = await heartbeat_config(pool)
+    return hb, timedelta(seconds=hb.timeout)
+
+
+async def list_devices(
+    pool: asyncpg.Pool, f: DeviceFilter, limit: int, offset: int
+) -> tuple[list[Device], int]:
+    """One page of devices matching `f`, by id, and how many match in all."""
+    _, timeout = await timeout_of(pool)
+    where, args = _where(f)
+    n = len(args) + 2
+    rows = await pool.fetch(
+        f"SELECT {_COLUMNS}, count(*) OVER () AS total FROM nodes WHERE {where} "
+        f"ORDER BY node_id LIMIT ${n} OFFSET ${n + 1}",
+        timeout,
+        *args,
+        limit,
+        offset,
+    )
+    if rows:
+        return [device(r) for r in rows], int(rows[0]["total"])
+    if offset == 0:
+        return [], 0
+    total = await pool.fetchval(f"SELECT count(*) FROM nodes WHERE {where}", timeout, *args)
+    return [], int(total)
+
+
+async def device_row(
+    pool: asyncpg.Pool, device_id: str
+) -> tuple[asyncpg.Record | None, HeartbeatConfig]:
+    """One device's row (None if unknown or removed) and the heartbeat config it was judged by."""
+    hb, timeout = await timeout_of(pool)
+    row = await pool.fetchrow(
+        f"SELECT {_COLUMNS} FROM nodes WHERE node_id = $2 AND removed_at IS NULL",
+        timeout,
+        device_id,
+    )
+    return row, hb
+
+
+async def all_rows(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """Every device that is not removed."""
+    _, timeout = await timeout_of(pool)
+    return list(await pool.fetch(f"SELECT {_COLUMNS} FROM nodes WHERE removed_at IS NULL", timeout))
+
+
+def cluster_stats(rows: list[asyncpg.Record]) -> dict[str, Any]:
+    """The seed's `cluster_stats`; resources count online devices only (what can work now)."""
+    online = [r for r in rows if r["online"]]
+    by_role: dict[str, int] = {}
+    by_platform: dict[str, int] = {}
+    for r in rows:
+        by_role[r["role"]] = by_role.get(r["role"], 0) + 1
+        by_platform[r["platform"]] = by_platform.get(r["platform"], 0) + 1
+    caps = [capabilities(r) for r in online]
+    total = len(rows)
+    return {
+        "total_devices": total,
+        "online_devices": len(online),
+        "offline_devices": total - len(online),
+        "health_percentage": round(100.0 * len(online) / total, 1) if total else 0.0,
+        "total_resources": {
+            "cpu_cores": sum(c.cpu_count for c in caps),
+            "memory_gb": round(sum(c.memory_total_gb for c in caps), 2),
+            "storage_gb": round(sum(c.storage_total_gb for c in caps), 2),
+        },
+        "by_role": dict(sorted(by_role.items())),
+        "by_platform": dict(sorted(by_platform.items())),
+    }

@@ -1,0 +1,265 @@
+"""`/api/v1/devices`: Spool's worker nodes, their status, a real ping, and removal."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import msgspec
+from arq.connections import ArqRedis
+from arq.constants import job_key_prefix
+from arq.jobs import Job
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.di import Provide
+
+from adapters.event_store import EventStore
+from adapters.queue import node_queue
+from api.auth import Principal
+from api.cluster_redis import redis_of
+from api.device_view import (
+    STATUSES,
+    DeviceFilter,
+    all_rows,
+    cluster_stats,
+    device,
+    device_row,
+    list_devices,
+    usage,
+)
+from api.envelope import (
+    CLUSTER_API_ERRORS,
+    DEFAULT_PAGE_SIZE,
+    ClusterApiError,
+    Pagination,
+    cluster_admin,
+    cluster_principal,
+    iso,
+    page_window,
+    success,
+    validation_error,
+)
+from api.requests import command_metadata
+from domain import node
+from domain.events import NewEvent
+
+PING_TIMEOUT = 5.0
+"""How long a ping waits for the node's answer before calling it unreachable."""
+
+
+def _not_found(device_id: str) -> ClusterApiError:
+    return ClusterApiError(
+        404, "DEVICE_NOT_FOUND", f"Device {device_id!r} not found", {"device_id": device_id}
+    )
+
+
+def _tags(given: list[str] | None) -> tuple[str, ...]:
+    """`tags` repeated, or as one comma-separated list, or both."""
+    return tuple(sorted({t.strip() for g in given or [] for t in g.split(",") if t.strip()}))
+
+
+class DevicesController(Controller):
+    path = "/api/v1/devices"
+    dependencies = {"principal": Provide(cluster_principal)}
+    exception_handlers = CLUSTER_API_ERRORS  # type: ignore[assignment]
+    tags = ["cluster: devices"]
+
+    @get("/")
+    async def list_(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Principal,
+        page: int = 1,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        status: str = "all",
+        role: str | None = None,
+        platform: str | None = None,
+        tags: list[str] | None = None,
+    ) -> Response[Any]:
+        """Devices, by id, filtered by status (online, offline, all), role, platform, tags."""
+        limit, offset = page_window(page, page_size)
+        if status not in STATUSES:
+            raise validation_error("status", f"status must be one of {', '.join(STATUSES)}")
+        f = DeviceFilter(status=status, role=role, platform=platform, tags=_tags(tags))
+        devices, total = await list_devices(request.app.state.pool, f, limit, offset)
+        return success(request, devices, pagination=Pagination.of(page, page_size, total))
+
+    @get("/summary")
+    async def summary(self, request: Request[Any, Any, Any], principal: Principal) -> Response[Any]:
+        """Counts by status, role, platform and tag; resources; what the devices are doing."""
+        rows = await all_rows(request.app.state.pool)
+        stats = cluster_stats(rows)
+        by_tag: dict[str, int] = {}
+        for r in rows:
+            for t in r["tags"]:
+                by_tag[t] = by_tag.get(t, 0) + 1
+        online = [r for r in rows if r["online"]]
+        return success(
+            request,
+            {
+                **stats,
+                "by_status": {
+                    "online": stats["online_devices"],
+                    "offline": stats["offline_devices"],
+                },
+                "by_tag": dict(sorted(by_tag.items())),
+                "active_work": {
+                    "downloading": sum(r["downloading"] for r in online),
+                    "muxing": sum(r["muxing"] for r in online),
+                    "uploading": sum(r["uploading"] for r in online),
+                },
+            },
+        )
+
+    @get("/{device_id:str}")
+    async def one(
+        self, request: Request[Any, Any, Any], principal: Principal, device_id: str
+    ) -> Response[Any]:
+        """One device, with its hostname, registration and concurrency besides the list's."""
+        row, _ = await device_row(request.app.state.pool, device_id)
+        if row is None:
+            raise _not_found(device_id)
+        return success(
+            request,
+            {
+                **_as_dict(device(row)),
+                "hostname": row["hostname"],
+                "registered_at": iso(row["started_at"]),
+                "stopped_at": iso(row["stopped_at"]),
+                "concurrency": _json(row["concurrency"]),
+                "heartbeats": row["heartbeats"],
+            },
+        )
+
+    @get("/{device_id:str}/status")
+    async def status(
+        self, request: Request[Any, Any, Any], principal: Principal, device_id: str
+    ) -> Response[Any]:
+        """What the device is doing now, its machine's usage, and how healthy its heartbeat is."""
+        row, hb = await device_row(request.app.state.pool, device_id)
+        if row is None:
+            raise _not_found(device_id)
+        online = bool(row["online"])
+        age = row["heartbeat_age"]
+        missed = int(age // hb.interval) if age is not None else None
+        if not online:
+            health = "unhealthy"
+        elif missed is not None and missed > hb.max_missed:
+            health = "degraded"  # late, but not yet past the timeout
+        else:
+            health = "healthy"
+        return success(
+            request,
+            {
+                "device_id": device_id,
+                "status": "online" if online else "offline",
+                "health": health,
+                "last_heartbeat": iso(row["last_heartbeat_at"]),
+                "heartbeat_age_seconds": round(age, 3) if age is not None else None,
+                "missed_heartbeats": missed,
+                "current": {
+                    "downloading": row["downloading"],
+                    "muxing": row["muxing"],
+                    "uploading": row["uploading"],
+                    "running": list(row["running"]),
+                },
+                "usage": usage(row),
+            },
+        )
+
+    @post("/{device_id:str}/ping", dependencies={"principal": Provide(cluster_admin)})
+    async def ping(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Principal,
+        device_id: str,
+        timeout: float = PING_TIMEOUT,
+    ) -> Response[Any]:
+        """A round trip through the device's own work queue; answers with its latency.
+
+        `timeout` (seconds, at most 30) is how long to wait for the answer.
+        """
+        if not 0 < timeout <= 30:
+            raise validation_error("timeout", "timeout must be more than 0 and at most 30 seconds")
+        row, _ = await device_row(request.app.state.pool, device_id)
+        if row is None:
+            raise _not_found(device_id)
+        if not row["online"]:
+            raise ClusterApiError(
+                503,
+                "INTERNAL_ERROR",
+                f"Device {device_id!r} is offline: no heartbeat for "
+                f"{row['heartbeat_age'] or 0:.0f} s",
+                {"device_id": device_id, "reason": "device_offline"},
+            )
+        redis = await redis_of(request.app.state)
+        if redis is None:
+            raise ClusterApiError(503, "INTERNAL_ERROR", "No Redis configured: cannot reach nodes")
+        ping_id = f"ping:{device_id}:{uuid.uuid4().hex}"
+        sent = time.perf_counter()
+        job = await redis.enqueue_job(
+            "ping", _job_id=ping_id, _queue_name=node_queue(device_id), _expires=timeout
+        )
+        assert job is not None  # a fresh id is never taken
+        try:
+            answer = await job.result(timeout=timeout, poll_delay=0.02)
+        except TimeoutError:
+            await _withdraw(redis, job, device_id)
+            raise ClusterApiError(
+                503,
+                "INTERNAL_ERROR",
+                f"Device {device_id!r} did not answer within {timeout:g} s",
+                {"device_id": device_id, "reason": "ping_timeout"},
+            ) from None
+        latency_ms = (time.perf_counter() - sent) * 1000
+        return success(
+            request,
+            {
+                "device_id": device_id,
+                "reachable": True,
+                "latency_ms": round(latency_ms, 2),
+                "answered_by": answer.get("hostname") if isinstance(answer, dict) else None,
+            },
+            message="pong",
+        )
+
+    @delete(
+        "/{device_id:str}",
+        status_code=200,
+        dependencies={"principal": Provide(cluster_admin)},
+    )
+    async def remove(
+        self, request: Request[Any, Any, Any], principal: Principal, device_id: str
+    ) -> Response[Any]:
+        """Take the device out of the cluster; it shows again only once it registers anew."""
+        row, _ = await device_row(request.app.state.pool, device_id)
+        if row is None:
+            raise _not_found(device_id)
+        store: EventStore = request.app.state.store
+        meta = command_metadata(request, f"key:{principal.key_id}")
+        result = await store.append(
+            node.stream_id(device_id), [NewEvent(node.NodeRemoved(node_id=device_id), meta)], None
+        )
+        return success(
+            request,
+            {"device_id": device_id, "removed": True, "position": result.position},
+            message=f"Device {device_id} removed from the cluster",
+        )
+
+
+async def _withdraw(redis: ArqRedis, job: Job, device_id: str) -> None:
+    """Take an unanswered ping off the queue, so a node that comes back never runs it."""
+    await asyncio.gather(
+        redis.zrem(node_queue(device_id), job.job_id),
+        redis.delete(job_key_prefix + job.job_id),
+    )
+
+
+def _json(raw: bytes | str | None) -> Any:
+    return msgspec.json.decode(raw) if raw else {}
+
+
+def _as_dict(d: msgspec.Struct) -> dict[str, Any]:
+    result: dict[str, Any] = msgspec.to_builtins(d)
+    return result

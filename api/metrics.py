@@ -1,0 +1,185 @@
+"""`GET /metrics`: Prometheus text, gathered from the projections at each scrape.
+
+The seed's `retire_cluster_devices_total` and `retire_cluster_tasks_total`, plus jobs by status
+and step, stage durations, this process's event-store append latency, and projection lag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+from litestar import Request, Response, get
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from adapters.config_store import heartbeat_config
+from adapters.timed_event_store import REGISTRY as PROCESS_REGISTRY
+
+STAGE_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+LAG_WINDOW = 100_000
+"""Projection lag is counted among the log's newest events only, so a scrape stays cheap."""
+
+_DEVICES = """
+SELECT count(*) FILTER (WHERE stopped_at IS NULL AND last_heartbeat_at > now() - $1::interval),
+       count(*)
+FROM nodes WHERE removed_at IS NULL
+"""
+
+_JOBS = "SELECT status, step, count(*) FROM jobs GROUP BY status, step"
+
+_STAGES = f"""
+SELECT t.key AS stage, count(*) AS n, sum(s) AS total,
+       {", ".join(f"count(*) FILTER (WHERE s <= {b})" for b in STAGE_BUCKETS)}
+FROM jobs, jsonb_each(state->'timings') AS t,
+     LATERAL (SELECT (t.value->>'seconds')::float8 AS s) AS v
+WHERE t.value ? 'seconds'
+GROUP BY t.key
+"""
+
+_TASKS = """
+SELECT status, task_type, count(*), coalesce(sum(execution_time_seconds), 0),
+       count(execution_time_seconds)
+FROM tasks GROUP BY status, task_type
+"""
+
+_HEAD = "SELECT coalesce(max(position), 0) FROM events"
+
+_LAG = """
+SELECT count(*), extract(epoch FROM now() - min(recorded_at))::float8
+FROM events
+WHERE position > greatest($2::bigint, $4::bigint)
+  AND (tx, position) > ($1::text::xid8, $2::bigint)
+  AND tx < pg_snapshot_xmin(pg_current_snapshot())
+  AND ($3::text[] IS NULL OR type = ANY($3::text[]))
+"""
+
+
+class _Families:
+    """A collector over metric families built beforehand (collect() cannot await)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+
+
+async def _families(pool: asyncpg.Pool, types: Mapping[str, frozenset[str]]) -> list[Metric]:
+    hb = await heartbeat_config(pool)
+    online, total = await pool.fetchrow(_DEVICES, timedelta(seconds=hb.timeout))
+    devices = GaugeMetricFamily(
+        "retire_cluster_devices_total", "Total number of registered devices", labels=["status"]
+    )
+    devices.add_metric(["online"], online)
+    devices.add_metric(["offline"], total - online)
+
+    jobs = GaugeMetricFamily(
+        "spool_jobs_total", "Jobs by status and step", labels=["status", "step"]
+    )
+    for status, step, n in await pool.fetch(_JOBS):
+        jobs.add_metric([status, step], n)
+
+    stages = HistogramMetricFamily(
+        "spool_stage_duration_seconds",
+        "How long finished job stages took",
+        labels=["stage"],
+    )
+    for row in await pool.fetch(_STAGES):
+        buckets = [(str(b), row[3 + i]) for i, b in enumerate(STAGE_BUCKETS)]
+        buckets.append(("+Inf", row["n"]))
+        stages.add_metric([row["stage"]], buckets, sum_value=row["total"] or 0.0)
+
+    tasks = CounterMetricFamily(
+        "retire_cluster_tasks_total", "Total number of tasks", labels=["status"]
+    )
+    by_type = GaugeMetricFamily(
+        "spool_tasks_by_type", "Tasks by status and type", labels=["status", "task_type"]
+    )
+    task_seconds = CounterMetricFamily(
+        "spool_task_execution_seconds_total",
+        "Execution time of finished tasks, summed by type",
+        labels=["task_type"],
+    )
+    try:
+        task_rows = await pool.fetch(_TASKS)
+    except asyncpg.UndefinedTableError:  # a database not yet migrated to tasks
+        task_rows = []
+    by_status: dict[str, int] = {}
+    seconds: dict[str, float] = {}
+    for status, task_type, n, total_seconds, _timed in task_rows:
+        by_status[status] = by_status.get(status, 0) + n
+        seconds[task_type] = seconds.get(task_type, 0.0) + total_seconds
+        by_type.add_metric([status, task_type], n)
+    for status, n in sorted(by_status.items()):
+        tasks.add_metric([status], n)
+    for task_type, s in sorted(seconds.items()):
+        task_seconds.add_metric([task_type], s)
+
+    head = await pool.fetchval(_HEAD)
+    head_family = GaugeMetricFamily(
+        "spool_event_log_head_position", "Position of the newest event in the log"
+    )
+    head_family.add_metric([], head)
+    lag_events = GaugeMetricFamily(
+        "spool_projection_lag_events",
+        "Events of its types a projection or reactor has yet to apply (newest events only)",
+        labels=["projection"],
+    )
+    lag_seconds = GaugeMetricFamily(
+        "spool_projection_lag_seconds",
+        "Age of the oldest event a projection or reactor has yet to apply (0 when caught up)",
+        labels=["projection"],
+    )
+    checkpoint_age = GaugeMetricFamily(
+        "spool_projection_checkpoint_age_seconds",
+        "Time since a projection or reactor last moved its checkpoint",
+        labels=["projection"],
+    )
+    checkpoints = await pool.fetch(
+        "SELECT name, tx, position, extract(epoch FROM now() - updated_at)::float8 AS age "
+        "FROM checkpoints WHERE name NOT LIKE '%@rebuild' ORDER BY name"
+    )
+    for cp in checkpoints:
+        followed = types.get(cp["name"])
+        n, age = await pool.fetchrow(
+            _LAG,
+            str(cp["tx"]),
+            cp["position"],
+            list(followed) if followed else None,
+            head - LAG_WINDOW,
+        )
+        lag_events.add_metric([cp["name"]], n)
+        lag_seconds.add_metric([cp["name"]], age or 0.0)
+        checkpoint_age.add_metric([cp["name"]], cp["age"])
+    return [
+        devices,
+        tasks,
+        by_type,
+        task_seconds,
+        jobs,
+        stages,
+        head_family,
+        lag_events,
+        lag_seconds,
+        checkpoint_age,
+    ]
+
+
+@get("/metrics", tags=["cluster"], media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus text format; no key needed (scrapers rarely carry one)."""
+    state = request.app.state
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(await _families(state.pool, state.get("projection_types", {}))))
+    body = generate_latest(registry) + generate_latest(PROCESS_REGISTRY)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

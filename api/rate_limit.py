@@ -1,0 +1,132 @@
+"""Per-key rate limits on `/api/v1`, shared by every API process through Redis.
+
+A fixed one-minute window per key: one INCR (and an EXPIRE on the window's first request) in a
+single round trip. Litestar's own RateLimitMiddleware reads and then writes a history list
+(two processes lose each other's counts) and sends a relative reset, so it is not used here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any
+
+import msgspec
+from litestar.datastructures import MutableScopeHeaders
+from litestar.enums import ScopeType
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
+
+from api.cluster_redis import redis_of
+from api.envelope import timestamp
+
+log = logging.getLogger("spool.api")
+
+PREFIX = "/api/v1"
+WINDOW_SECONDS = 60
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _caller(scope: Scope) -> str:
+    """Who is counted: the key presented (hashed, never stored in clear), else the address."""
+    headers = dict(scope["headers"])
+    key = headers.get(b"x-api-key", b"").strip()
+    if not key:
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        key = token.strip() if scheme.lower() == b"bearer" else b""
+    if key:
+        return "key:" + hashlib.sha256(key).hexdigest()[:32]
+    client = scope.get("client")
+    return f"addr:{client[0] if client else 'unknown'}"
+
+
+async def _count(app_state: Any, caller: str, now: float) -> tuple[int, int] | None:
+    """(requests so far in this window, when it resets); None when Redis cannot say."""
+    redis = await redis_of(app_state)
+    if redis is None:
+        return None
+    window = int(now) // WINDOW_SECONDS * WINDOW_SECONDS
+    name = f"spool:ratelimit:{caller}:{window}"
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.incr(name)
+        pipe.expire(name, WINDOW_SECONDS + 5, nx=True)
+        count, _ = await pipe.execute()
+    return int(count), window + WINDOW_SECONDS
+
+
+def rate_limit_middleware(app: ASGIApp) -> ASGIApp:
+    """429 `RATE_LIMIT_EXCEEDED` past the limit; X-RateLimit-* headers on every `/api/v1` answer."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP or not scope["path"].startswith(PREFIX):
+            await app(scope, receive, send)
+            return
+        state = scope["app"].state
+        limit: int = state.settings.rate_limit
+        if limit <= 0:
+            await app(scope, receive, send)
+            return
+        try:
+            counted = await _count(state, _caller(scope), time.time())
+        except Exception as exc:  # Redis down: serve rather than refuse everyone
+            log.warning("rate limit not checked: %s", exc)
+            counted = None
+        if counted is None:
+            await app(scope, receive, send)
+            return
+        count, reset = counted
+        headers = {
+            "x-ratelimit-limit": str(limit),
+            "x-ratelimit-remaining": str(max(0, limit - count)),
+            "x-ratelimit-reset": str(reset),
+        }
+        if count > limit:
+            await _refuse(scope, send, headers, limit, reset)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                h = MutableScopeHeaders.from_message(message)
+                for k, v in headers.items():
+                    h[k] = v
+            await send(message)
+
+        await app(scope, receive, send_with_headers)
+
+    return middleware
+
+
+async def _refuse(
+    scope: Scope, send: Send, headers: dict[str, str], limit: int, reset: int
+) -> None:
+    rid = scope.get("state", {}).get("request_id", "")
+    body = _encode(
+        {
+            "status": "error",
+            "message": f"Too many requests: {limit} per minute per API key",
+            "error_code": "RATE_LIMIT_EXCEEDED",
+            "error_details": {"limit": limit, "reset": reset, "reason": "rate_limit"},
+            "timestamp": timestamp(),
+            "request_id": rid,
+        }
+    )
+    retry_after = max(1, reset - int(time.time()))
+    raw: list[tuple[bytes, bytes]] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(retry_after).encode()),
+        *((k.encode(), v.encode()) for k, v in headers.items()),
+    ]
+    start: HTTPResponseStartEvent = {"type": "http.response.start", "status": 429, "headers": raw}
+    await send(start)
+    end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
+    await send(end)

@@ -1,0 +1,514 @@
+"""`/api/v1/tasks` (seed 004): submit scheduled tasks, follow them, cancel and retry them.
+
+Reads of one task fold its stream (exact at once); lists and statistics come from the `tasks`
+projection, so they trail the log by a moment. A key sees its own account's tasks; an admin key
+sees every task.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.di import Provide
+
+from adapters.event_store import EventStore
+from adapters.task_store import TaskChangingTooFast, decide_and_append, load_task, online_offers
+from api.auth import Principal
+from api.envelope import (
+    CLUSTER_API_ERRORS,
+    DEFAULT_PAGE_SIZE,
+    ClusterApiError,
+    Pagination,
+    cluster_admin,
+    cluster_principal,
+    iso,
+    page_window,
+    success,
+    validation_error,
+)
+from api.requests import command_metadata
+from domain import task
+from domain.errors import InvalidTransition
+from domain.events import Event, NewEvent
+
+MAX_BODY_BYTES = 256 * 1024
+"""A task's payload travels in an event: keep it small."""
+
+
+class RequirementsBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The seed's requirements; every field optional."""
+
+    min_cpu_cores: int = 0
+    min_memory_gb: float = 0.0
+    min_storage_gb: float = 0.0
+    required_platform: str | None = None
+    required_role: str | None = None
+    required_tags: list[str] = msgspec.field(default_factory=list)
+    gpu_required: bool = False
+    internet_required: bool = False
+    timeout_seconds: int = 300
+    max_retries: int = 0
+
+
+class SubmitTaskBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /api/v1/tasks`: `task_type` and `payload`, with optional priority, requirements,
+    metadata."""
+
+    task_type: str
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    priority: str = "normal"
+    requirements: RequirementsBody | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+_decode_body = msgspec.json.Decoder(SubmitTaskBody).decode
+_decode_requirements = msgspec.json.Decoder(task.Requirements).decode
+_decode_state = msgspec.json.Decoder(task.TaskState).decode
+_AT_PATH = re.compile(r"at `\$\.?([^`]*)`")
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
+
+
+def _body(raw: bytes) -> SubmitTaskBody:
+    """The request body, strictly decoded; a 400 naming the field at fault otherwise."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise validation_error("body", f"The body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        return _decode_body(raw)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        path = _AT_PATH.search(message)
+        field = path.group(1) if path else ""
+        unknown = _UNKNOWN_FIELD.search(message)
+        if unknown:
+            field = f"{field}.{unknown.group(1)}" if field else unknown.group(1)
+        missing = re.search(r"missing required field `([^`]*)`", message)
+        if missing and not field:
+            field = missing.group(1)
+        raise validation_error(
+            field.replace("[", ".").replace("]", "") or "body", message
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise validation_error("body", f"The body is not valid JSON: {exc}") from None
+
+
+class TaskSummary(msgspec.Struct):
+    task_id: str
+    task_type: str
+    status: str
+    priority: str
+    created_at: str | None
+
+
+class Submitted(msgspec.Struct):
+    task_id: str
+    task: TaskSummary
+
+
+class TaskView(msgspec.Struct):
+    """A task in full: its request, where it runs, and what came of it."""
+
+    task_id: str
+    task_type: str
+    status: str
+    priority: str
+    payload: dict[str, Any]
+    requirements: dict[str, Any]
+    metadata: dict[str, Any]
+    device_id: str | None
+    attempt: int
+    retry_count: int
+    max_retries: int
+    timeout_seconds: int
+    reason: str | None
+    result_data: Any
+    error: str | None
+    execution_time_seconds: float | None
+    created_at: str | None
+    assigned_at: str | None
+    started_at: str | None
+    completed_at: str | None
+    updated_at: str | None
+
+
+class Progress(msgspec.Struct):
+    elapsed_seconds: float | None
+    timeout_seconds: int
+    timeout_used_percent: float | None
+
+
+class StatusView(msgspec.Struct):
+    task_id: str
+    status: str
+    priority: str
+    device_id: str | None
+    attempt: int
+    retry_count: int
+    max_retries: int
+    reason: str | None
+    error: str | None
+    progress: Progress
+    created_at: str | None
+    assigned_at: str | None
+    started_at: str | None
+    completed_at: str | None
+    updated_at: str | None
+
+
+class ResultView(msgspec.Struct):
+    """The seed's result object (plus `error` for a task that did not succeed)."""
+
+    task_id: str
+    status: str
+    result_data: Any
+    execution_time_seconds: float | None
+    worker_device_id: str | None
+    started_at: str | None
+    completed_at: str | None
+    error: str | None
+
+
+def summary(state: task.TaskState) -> TaskSummary:
+    return TaskSummary(
+        state.task_id, state.task_type, state.status, state.priority, iso(state.created_at)
+    )
+
+
+def view(state: task.TaskState) -> TaskView:
+    """The public view of a task's state."""
+    req = state.requirements
+    return TaskView(
+        task_id=state.task_id,
+        task_type=state.task_type,
+        status=state.status,
+        priority=state.priority,
+        payload=state.payload,
+        requirements=msgspec.to_builtins(req),
+        metadata=state.metadata,
+        device_id=state.device_id,
+        attempt=state.attempt,
+        retry_count=state.retry_count,
+        max_retries=req.max_retries,
+        timeout_seconds=req.timeout_seconds,
+        reason=state.reason,
+        result_data=state.result_data,
+        error=state.error,
+        execution_time_seconds=state.execution_time_seconds,
+        created_at=iso(state.created_at),
+        assigned_at=iso(state.assigned_at),
+        started_at=iso(state.started_at),
+        completed_at=iso(state.completed_at),
+        updated_at=iso(state.updated_at),
+    )
+
+
+def _progress(state: task.TaskState) -> Progress:
+    timeout = state.requirements.timeout_seconds
+    if state.started_at is None:
+        return Progress(None, timeout, None)
+    end = state.completed_at or datetime.now(UTC)
+    elapsed = max(0.0, (end - state.started_at).total_seconds())
+    return Progress(round(elapsed, 3), timeout, round(min(100.0, 100 * elapsed / timeout), 1))
+
+
+def _not_found(task_id: str) -> ClusterApiError:
+    return ClusterApiError(
+        404, "TASK_NOT_FOUND", f"Task {task_id!r} not found", {"task_id": task_id}
+    )
+
+
+def _task_id(raw: str) -> str:
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise _not_found(raw) from None
+
+
+async def _load(
+    request: Request[Any, Any, Any], raw_id: str, principal: Principal
+) -> task.TaskState:
+    """A task the caller may see, exact to its last event; 404 for anyone else's."""
+    found = await load_task(request.app.state.store, _task_id(raw_id))
+    if found is None or not (principal.admin or found.account_id == principal.account_id):
+        raise _not_found(raw_id)
+    return found
+
+
+async def _decide(
+    request: Request[Any, Any, Any],
+    principal: Principal,
+    raw_id: str,
+    decide: Callable[[task.TaskState], list[Event]],
+) -> task.TaskState:
+    owned = await _load(request, raw_id, principal)
+    meta = command_metadata(request, principal.key_id)
+    try:
+        state = await decide_and_append(request.app.state.store, owned.task_id, decide, meta)
+    except InvalidTransition as exc:
+        raise validation_error("status", str(exc)) from None
+    except TaskChangingTooFast:
+        raise validation_error("task_id", "The task is changing too fast; try again") from None
+    assert state is not None
+    return state
+
+
+def _choice(field: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
+    if value is not None and value not in allowed:
+        raise validation_error(field, f"{field} must be one of {', '.join(allowed)}")
+    return value
+
+
+_LIST = """
+SELECT state, count(*) OVER () AS total FROM tasks
+WHERE ($1::text IS NULL OR account_id = $1)
+  AND ($2::text IS NULL OR status = $2)
+  AND ($3::text IS NULL OR task_type = $3)
+  AND ($4::text IS NULL OR priority = $4)
+  AND ($5::text IS NULL OR device_id = $5)
+ORDER BY created_at DESC, task_id DESC
+LIMIT $6 OFFSET $7
+"""
+
+_COUNT = """
+SELECT count(*) FROM tasks
+WHERE ($1::text IS NULL OR account_id = $1)
+  AND ($2::text IS NULL OR status = $2)
+  AND ($3::text IS NULL OR task_type = $3)
+  AND ($4::text IS NULL OR priority = $4)
+  AND ($5::text IS NULL OR device_id = $5)
+"""
+
+_BY_STATUS = """
+SELECT status, count(*) FROM tasks WHERE ($1::text IS NULL OR account_id = $1) GROUP BY status
+"""
+
+_BY_TYPE = """
+SELECT task_type, count(*) AS total,
+       count(*) FILTER (WHERE status = 'success') AS success,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE status = 'timeout') AS timeout,
+       count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+       avg(execution_time_seconds) FILTER (WHERE status = 'success') AS mean,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY execution_time_seconds)
+           FILTER (WHERE status = 'success') AS p95
+FROM tasks WHERE ($1::text IS NULL OR account_id = $1)
+GROUP BY task_type ORDER BY task_type
+"""
+
+_OVERALL_TIMES = """
+SELECT avg(execution_time_seconds) AS mean,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY execution_time_seconds) AS p95
+FROM tasks WHERE status = 'success' AND ($1::text IS NULL OR account_id = $1)
+"""
+
+
+def _rate(success: int, finished: int) -> float | None:
+    """Percent of finished tasks (success, failed, timeout) that succeeded."""
+    return round(100.0 * success / finished, 2) if finished else None
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+class TasksController(Controller):
+    path = "/api/v1/tasks"
+    dependencies = {"principal": Provide(cluster_principal)}
+    exception_handlers = CLUSTER_API_ERRORS  # type: ignore[assignment]
+    tags = ["cluster: tasks"]
+
+    @post("/", status_code=201)
+    async def submit(
+        self, request: Request[Any, Any, Any], principal: Principal, data: dict[str, Any]
+    ) -> Response[Any]:
+        """Submit a task; it waits `queued` until a node that meets its requirements is free.
+
+        Body: `task_type`, `payload`, `priority` (low, normal, high, urgent), `requirements`
+        (min_cpu_cores, min_memory_gb, min_storage_gb, required_platform, required_role,
+        required_tags, gpu_required, internet_required, timeout_seconds, max_retries), `metadata`.
+        """
+        # The raw body is decoded strictly here (not by the framework) to name a bad field.
+        body = _body(await request.body())
+        given = body.requirements or RequirementsBody()
+        requirements = _decode_requirements(msgspec.json.encode(given))
+        task_id = str(uuid.uuid4())
+        try:
+            events = task.submit(
+                task_id=task_id,
+                account_id=principal.account_id,
+                task_type=body.task_type,
+                payload=body.payload,
+                priority=body.priority,
+                requirements=requirements,
+                metadata=body.metadata,
+            )
+        except task.InvalidTask as exc:
+            raise validation_error(exc.field, str(exc)) from None
+        store: EventStore = request.app.state.store
+        meta = command_metadata(request, principal.key_id)
+        await store.append(task.stream_id(task_id), [NewEvent(e, meta) for e in events], 0)
+        state = await load_task(store, task_id)
+        assert state is not None
+        return success(
+            request,
+            Submitted(task_id=task_id, task=summary(state)),
+            message="Task submitted",
+            status_code=201,
+        )
+
+    @get("/")
+    async def list_tasks(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Principal,
+        page: int = 1,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        status: str | None = None,
+        task_type: str | None = None,
+        priority: str | None = None,
+        device_id: str | None = None,
+    ) -> Response[Any]:
+        """Tasks, newest first, filtered by status, task_type, priority, device_id."""
+        limit, offset = page_window(page, page_size)
+        _choice("status", status, task.STATUSES)
+        _choice("priority", priority, task.PRIORITIES)
+        account = None if principal.admin else principal.account_id
+        filters = (account, status, task_type, priority, device_id)
+        rows = await request.app.state.pool.fetch(_LIST, *filters, limit, offset)
+        if rows:
+            total = rows[0]["total"]
+        else:  # past the last page: the count still answers how many there are
+            total = await request.app.state.pool.fetchval(_COUNT, *filters)
+        return success(
+            request,
+            [view(_decode_state(r["state"])) for r in rows],
+            pagination=Pagination.of(page, page_size, total),
+        )
+
+    @get("/statistics")
+    async def statistics(
+        self, request: Request[Any, Any, Any], principal: Principal
+    ) -> Response[Any]:
+        """Counts by status, success rate, mean and p95 execution time (s) overall and by type."""
+        pool = request.app.state.pool
+        account = None if principal.admin else principal.account_id
+        counts = {s: 0 for s in task.STATUSES}
+        counts.update({r[0]: r[1] for r in await pool.fetch(_BY_STATUS, account)})
+        finished = counts["success"] + counts["failed"] + counts["timeout"]
+        overall = await pool.fetchrow(_OVERALL_TIMES, account)
+        by_type = {
+            r["task_type"]: {
+                "total": r["total"],
+                "success": r["success"],
+                "failed": r["failed"],
+                "timeout": r["timeout"],
+                "cancelled": r["cancelled"],
+                "success_rate": _rate(r["success"], r["success"] + r["failed"] + r["timeout"]),
+                "mean_execution_time_seconds": _seconds(r["mean"]),
+                "p95_execution_time_seconds": _seconds(r["p95"]),
+            }
+            for r in await pool.fetch(_BY_TYPE, account)
+        }
+        return success(
+            request,
+            {
+                "total_tasks": sum(counts.values()),
+                "by_status": counts,
+                "success_rate": _rate(counts["success"], finished),
+                "mean_execution_time_seconds": _seconds(overall["mean"]),
+                "p95_execution_time_seconds": _seconds(overall["p95"]),
+                "by_type": by_type,
+            },
+        )
+
+    @get("/types")
+    async def types(self, request: Request[Any, Any, Any], principal: Principal) -> Response[Any]:
+        """The task types online nodes run (the union), and which nodes run each."""
+        offers = await online_offers(request.app.state.pool)
+        by_type: dict[str, list[str]] = {}
+        for o in offers:
+            for t in o.task_types:
+                by_type.setdefault(t, []).append(o.node_id)
+        return success(
+            request,
+            {
+                "task_types": sorted(by_type),
+                "by_type": {t: sorted(nodes) for t, nodes in sorted(by_type.items())},
+                "known_task_types": list(task.TASK_TYPES),
+                "online_devices": len(offers),
+            },
+        )
+
+    @get("/{task_id:str}")
+    async def get_task(
+        self, request: Request[Any, Any, Any], principal: Principal, task_id: str
+    ) -> Response[Any]:
+        """A task in full: payload, requirements, where it runs, and its result."""
+        return success(request, view(await _load(request, task_id, principal)))
+
+    @get("/{task_id:str}/status")
+    async def task_status(
+        self, request: Request[Any, Any, Any], principal: Principal, task_id: str
+    ) -> Response[Any]:
+        """Where a task stands: status, device, attempt, why it waits, time used."""
+        state = await _load(request, task_id, principal)
+        return success(
+            request,
+            StatusView(
+                task_id=state.task_id,
+                status=state.status,
+                priority=state.priority,
+                device_id=state.device_id,
+                attempt=state.attempt,
+                retry_count=state.retry_count,
+                max_retries=state.requirements.max_retries,
+                reason=state.reason,
+                error=state.error,
+                progress=_progress(state),
+                created_at=iso(state.created_at),
+                assigned_at=iso(state.assigned_at),
+                started_at=iso(state.started_at),
+                completed_at=iso(state.completed_at),
+                updated_at=iso(state.updated_at),
+            ),
+        )
+
+    @get("/{task_id:str}/result")
+    async def task_result(
+        self, request: Request[Any, Any, Any], principal: Principal, task_id: str
+    ) -> Response[Any]:
+        """What a finished task produced; `result_data` is null until it succeeds."""
+        state = await _load(request, task_id, principal)
+        answer = ResultView(
+            task_id=state.task_id,
+            status=state.status,
+            result_data=state.result_data,
+            execution_time_seconds=state.execution_time_seconds,
+            worker_device_id=state.device_id,
+            started_at=iso(state.started_at),
+            completed_at=iso(state.completed_at),
+            error=state.error,
+        )
+        message = None if state.terminal else f"Task is {state.status}: no result yet"
+        return success(request, answer, message=message)
+
+    @post("/{task_id:str}/cancel", status_code=200, dependencies={"admin": Provide(cluster_admin)})
+    async def cancel(
+        self, request: Request[Any, Any, Any], admin: Principal, task_id: str
+    ) -> Response[Any]:
+        """Cancel a queued, assigned or running task (admin key); a running one is stopped."""
+        state = await _decide(request, admin, task_id, task.cancel)
+        return success(request, view(state), message="Task cancelled")
+
+    @post("/{task_id:str}/retry", status_code=200, dependencies={"admin": Provide(cluster_admin)})
+    async def retry(
+        self, request: Request[Any, Any, Any], admin: Principal, task_id: str
+    ) -> Response[Any]:
+        """Queue a failed, timed-out or cancelled task again (admin key)."""
+        state = await _decide(request, admin, task_id, task.retry)
+        return success(request, view(state), message="Task queued again")

@@ -1,0 +1,55 @@
+"""The `usage_minutes` table: heartbeats' CPU and memory use summed per UTC minute."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+import sqlalchemy as sa
+
+from adapters.tables import usage_minutes
+from domain import node
+from domain.events import RecordedEvent
+
+_UPSERT = """
+INSERT INTO usage_minutes (minute, samples, cpu_percent_sum, memory_percent_sum)
+SELECT * FROM unnest($1::timestamptz[], $2::bigint[], $3::float8[], $4::float8[])
+ON CONFLICT (minute) DO UPDATE SET
+    samples = usage_minutes.samples + excluded.samples,
+    cpu_percent_sum = usage_minutes.cpu_percent_sum + excluded.cpu_percent_sum,
+    memory_percent_sum = usage_minutes.memory_percent_sum + excluded.memory_percent_sum
+"""
+
+
+class UsageMinutesProjection:
+    name = "usage_minutes"
+    tables: Sequence[sa.Table] = (usage_minutes,)
+    event_types: frozenset[str] = frozenset({"NodeHeartbeat"})
+
+    async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+        # A batch holds about a minute or two of beats: sum in Python, one upsert per batch.
+        sums: dict[datetime, list[float]] = {}
+        for e in events:
+            ev = e.data
+            if not isinstance(ev, node.NodeHeartbeat):
+                continue
+            minute = e.recorded_at.replace(second=0, microsecond=0)
+            memory = (
+                100.0 * ev.usage.memory_used / ev.usage.memory_total
+                if ev.usage.memory_total
+                else 0.0
+            )
+            s = sums.setdefault(minute, [0, 0.0, 0.0])
+            s[0] += 1
+            s[1] += ev.usage.cpu_percent
+            s[2] += memory
+        if sums:
+            minutes = sorted(sums)
+            await conn.execute(
+                _UPSERT,
+                minutes,
+                [int(sums[m][0]) for m in minutes],
+                [sums[m][1] for m in minutes],
+                [sums[m][2] for m in minutes],
+            )

@@ -1,0 +1,252 @@
+"""The task scheduler: places queued tasks on nodes, and takes back what a node cannot finish.
+
+Two parts. A reactor follows the log under the checkpoint `scheduler`: each `TaskAssigned` is
+enqueued on its node's own queue under the id `task:<id>:<attempt>` (a replay enqueues nothing
+twice), and every task or node event wakes the planner. The planner, on a wake or a tick, reads
+queued tasks and online nodes, runs the pure `domain.task.plan`, and appends each assignment at
+the task stream's version it read, so two schedulers never assign one task twice. On each pass
+it also times out attempts past their `timeout_seconds` (retried while `max_retries` allows: a
+node killed mid-task ends this way), sends back to the queue tasks assigned to a node that went
+offline before starting them, and re-enqueues an assignment that Redis lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+import asyncpg
+import msgspec
+import sqlalchemy as sa
+from arq.connections import ArqRedis
+
+from adapters.config_store import heartbeat_config
+from adapters.event_store import EventStore
+from adapters.queue import node_queue, unit_status
+from adapters.task_store import load_task, online_offers
+from domain import task
+from domain.errors import ConcurrencyError, InvalidTransition
+from domain.events import Event, Metadata, NewEvent, RecordedEvent
+from reactors.projection import ProjectionRunner
+from reactors.projections.tasks import TasksProjection
+
+log = logging.getLogger("spool.scheduler")
+
+LOCK_KEY = "spool:scheduler"
+"""One planner at a time across processes (a Postgres advisory lock), so slots are not
+over-counted; expected versions alone already prevent a double assignment."""
+
+LOST_AFTER = timedelta(seconds=10)
+"""An assignment older than this whose queue entry is gone is enqueued again."""
+
+_decode_requirements = msgspec.json.Decoder(task.Requirements).decode
+
+_QUEUED = """
+SELECT task_id, task_type, priority, created_at, requirements, reason, version
+FROM tasks WHERE status = 'queued'
+ORDER BY priority_rank DESC, created_at, task_id
+LIMIT $1
+"""
+
+_ACTIVE = """
+SELECT task_id, status, device_id, attempt, assigned_at,
+       coalesce(started_at, assigned_at) + timeout_seconds * interval '1 second' <= now()
+           AS overdue
+FROM tasks WHERE status IN ('assigned', 'running')
+"""
+
+
+def _unassign(reason: str) -> Callable[[task.TaskState], list[Event]]:
+    return lambda s: task.unassign(s, reason) if s.status == "assigned" else []
+
+
+async def enqueue(redis: ArqRedis, task_id: str, attempt: int, node_id: str) -> bool:
+    """Put one attempt on its node's queue; False if that attempt is already queued or done."""
+    job = await redis.enqueue_job(
+        "task",
+        task_id,
+        attempt,
+        _job_id=task.arq_job_id(task_id, attempt),
+        _queue_name=node_queue(node_id),
+        _expires=7 * 24 * 3600,
+    )
+    return job is not None
+
+
+class TaskDispatcher:
+    """The log-following half: enqueue each assignment, and wake the planner on any change."""
+
+    name = "scheduler"
+    tables: Sequence[sa.Table] = ()
+    event_types: frozenset[str] = task.EVENT_TYPES | {"NodeStarted", "NodeStopped", "NodeRemoved"}
+
+    def __init__(self, redis: ArqRedis, wake: asyncio.Event) -> None:
+        self.redis = redis
+        self.wake = wake
+
+    async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+        # Only the last assignment of each task in the batch can still be current.
+        latest: dict[str, task.TaskAssigned] = {}
+        for e in events:
+            task_id = e.stream_id.removeprefix("task-")
+            if isinstance(e.data, task.TaskAssigned):
+                latest[task_id] = e.data
+            elif isinstance(e.data, task.TaskUnassigned | task.TaskCancelled):
+                latest.pop(task_id, None)
+        for task_id, assigned in latest.items():
+            await enqueue(self.redis, task_id, assigned.attempt, assigned.device_id)
+        if events:
+            self.wake.set()
+
+
+class Scheduler:
+    """Runs the dispatcher and the planner until stopped."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        redis: ArqRedis,
+        *,
+        tick: float = 1.0,
+        online_seconds: float | None = None,
+        batch_size: int = 500,
+    ) -> None:
+        self.store = store
+        self.redis = redis
+        self.tick = tick
+        self.online_seconds = online_seconds
+        self.batch_size = batch_size
+        self.wake = asyncio.Event()
+        self.meta = Metadata(actor="scheduler")
+        self.follower = ProjectionRunner(
+            store, [TaskDispatcher(redis, self.wake)], poll_interval=tick
+        )
+        # The planner reads the `tasks` table: it brings it up to date itself before each pass.
+        self.tasks_view = ProjectionRunner(store, [TasksProjection()])
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.store.pool
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.gather(self.follower.run(stop), self._plan_forever(stop))
+
+    async def _plan_forever(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.wake.clear()
+            try:
+                for action in await self.pass_once():
+                    log.info("%s", action)
+            except Exception as exc:  # keep scheduling through database or Redis outages
+                log.warning("scheduler pass failed, will retry: %s", exc)
+            waiters = [asyncio.ensure_future(e.wait()) for e in (self.wake, stop)]
+            try:
+                await asyncio.wait(waiters, timeout=self.tick, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+
+    async def pass_once(self) -> list[str]:
+        """One planning pass; returns what it did, one line per action."""
+        await self.tasks_view.catch_up("tasks")
+        async with self.pool.acquire() as lock:
+            if not await lock.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", LOCK_KEY):
+                return []  # another scheduler is planning right now
+            try:
+                return await self._pass()
+            finally:
+                await lock.execute("SELECT pg_advisory_unlock(hashtext($1))", LOCK_KEY)
+
+    async def _pass(self) -> list[str]:
+        online_seconds = self.online_seconds
+        if online_seconds is None:
+            online_seconds = float((await heartbeat_config(self.pool)).timeout)
+        offers = await online_offers(self.pool, online_seconds)
+        actions = await self._take_back(
+            {o.node_id for o in offers}, await self.pool.fetchval("SELECT now()")
+        )
+        rows = await self.pool.fetch(_QUEUED, self.batch_size)
+        by_id = {r["task_id"]: r for r in rows}
+        queued = [
+            task.QueuedTask(
+                task_id=r["task_id"],
+                task_type=r["task_type"],
+                priority=r["priority"],
+                created_at=r["created_at"],
+                requirements=_decode_requirements(r["requirements"]),
+            )
+            for r in rows
+        ]
+        placed = task.plan(queued, offers)
+        for a in placed.assignments:
+            row = by_id[a.task_id]
+            attempt = await self._assign(row, a.node_id)
+            if attempt is not None:
+                actions.append(f"assigned task {a.task_id} to {a.node_id} (attempt {attempt})")
+        for task_id, reason in placed.waiting.items():
+            row = by_id[task_id]
+            if row["reason"] != reason:
+                with contextlib.suppress(ConcurrencyError):
+                    await self._append(task_id, [task.TaskWaiting(reason=reason)], row["version"])
+        return actions
+
+    async def _assign(self, row: asyncpg.Record, node_id: str) -> int | None:
+        """Assign at the version the projection showed; None if the task moved on meanwhile."""
+        state = await load_task(self.store, row["task_id"])
+        if state is None or state.version != row["version"]:
+            return None  # the projection lags: plan again on the next pass
+        try:
+            events = task.assign(state, node_id)
+            await self._append(state.task_id, events, state.version)
+        except (ConcurrencyError, InvalidTransition):
+            return None
+        assigned = events[0]
+        assert isinstance(assigned, task.TaskAssigned)
+        return assigned.attempt
+
+    async def _take_back(self, online: set[str], now: datetime) -> list[str]:
+        """Time out overdue attempts, requeue what offline nodes never started, re-enqueue
+        assignments Redis lost."""
+        actions: list[str] = []
+        for r in await self.pool.fetch(_ACTIVE):
+            task_id, device = r["task_id"], r["device_id"]
+            if r["overdue"]:
+                done = await self._decide(
+                    task_id, lambda s: task.time_out(s, s.attempt) if task.overdue(s, now) else []
+                )
+                if done:
+                    actions.append(f"timed out task {task_id} on {device}")
+                continue
+            if r["status"] != "assigned":
+                continue
+            if device not in online:
+                reason = f"Node {device} went offline before starting the task"
+                if await self._decide(task_id, _unassign(reason)):
+                    actions.append(f"requeued task {task_id}: {reason}")
+            elif r["assigned_at"] < now - LOST_AFTER:
+                unit = task.arq_job_id(task_id, r["attempt"])
+                if await unit_status(self.redis, unit) == "missing":
+                    await enqueue(self.redis, task_id, r["attempt"], device)
+                    actions.append(f"re-enqueued {unit}: the queue had lost it")
+        return actions
+
+    async def _decide(self, task_id: str, decide: Callable[[task.TaskState], list[Event]]) -> bool:
+        state = await load_task(self.store, task_id)
+        if state is None:
+            return False
+        try:
+            events = decide(state)
+            if not events:
+                return False
+            await self._append(task_id, events, state.version)
+        except (ConcurrencyError, InvalidTransition):
+            return False  # the task moved on by itself
+        return True
+
+    async def _append(self, task_id: str, events: list[Event], version: int) -> None:
+        await self.store.append(
+            task.stream_id(task_id), [NewEvent(e, self.meta) for e in events], version
+        )

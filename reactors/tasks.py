@@ -1,0 +1,199 @@
+"""Running scheduled tasks on a node: the arq function `task` and the runner behind it.
+
+The scheduler enqueues `(task, attempt)` on the node's own queue. The runner starts it only if
+it is still the task's current attempt on this node, runs its executor under the task's timeout,
+watches the stream for a cancel (or the scheduler timing it out), and appends the outcome at
+the version it read, so a late or duplicate delivery changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+
+from adapters.event_store import EventStore
+from adapters.settings import Settings
+from adapters.ssrf import UrlGuard
+from adapters.task_store import load_task
+from domain import task
+from domain.errors import ConcurrencyError, InvalidTransition
+from domain.events import Event, Metadata, NewEvent
+from reactors.task_types import EXECUTORS, TaskContext, TaskError, TaskRefused, advertised
+
+log = logging.getLogger("spool.tasks")
+
+WATCH_INTERVAL = 0.5
+"""How often a running task's stream is checked for a cancel."""
+
+
+class TaskHost(Protocol):
+    """What the runner needs of its node."""
+
+    store: EventStore
+    settings: Settings
+    node_id: str
+    guard: UrlGuard
+    workroot: Path
+
+
+class TaskRunner:
+    """Runs the task attempts this node was assigned, at most `task_concurrency` at once."""
+
+    def __init__(self, host: TaskHost) -> None:
+        self.store = host.store
+        self.settings = host.settings
+        self.node_id = host.node_id
+        self.guard = host.guard
+        self.workroot = host.workroot / "tasks"
+        self.slots = asyncio.Semaphore(max(1, host.settings.task_concurrency))
+        self.meta = Metadata(actor=f"node:{host.node_id}", node_id=host.node_id)
+        self.types = set(advertised(host.settings))
+
+    async def run(self, task_id: str, attempt: int) -> str:
+        """Run one attempt if it is still this node's to run; returns what happened."""
+        async with self.slots:
+            state = await load_task(self.store, task_id)
+            if state is None or not task.is_current(state, self.node_id, attempt):
+                return "stale"
+            try:
+                events = task.start(state, self.node_id, attempt)
+                await self._append(task_id, events, state.version)
+            except (ConcurrencyError, InvalidTransition):
+                return "taken or changed"
+            started = await load_task(self.store, task_id)
+            assert started is not None
+            return await self._execute(started, attempt)
+
+    async def _append(self, task_id: str, events: list[Event], version: int) -> None:
+        await self.store.append(
+            task.stream_id(task_id), [NewEvent(e, self.meta) for e in events], version
+        )
+
+    async def _record(
+        self, task_id: str, attempt: int, decide: Callable[[task.TaskState], list[Event]]
+    ) -> bool:
+        """Append an outcome unless the attempt is no longer current (cancel and timeout win)."""
+        for _ in range(10):
+            state = await load_task(self.store, task_id)
+            if state is None or not task.is_current(state, self.node_id, attempt):
+                return False
+            try:
+                await self._append(task_id, decide(state), state.version)
+            except ConcurrencyError:
+                continue
+            except InvalidTransition:
+                return False
+            return True
+        return False
+
+    async def _execute(self, state: task.TaskState, attempt: int) -> str:
+        task_id, timeout = state.task_id, state.requirements.timeout_seconds
+        executor = EXECUTORS.get(state.task_type)
+        if executor is None or state.task_type not in self.types:
+            reason = f"Node {self.node_id} does not run {state.task_type} tasks"
+            await self._record(
+                task_id,
+                attempt,
+                lambda s: task.fail(s, self.node_id, attempt, reason, retryable=False),
+            )
+            return "refused"
+        ctx = TaskContext(self.node_id, self.settings, self.guard, self.workroot / task_id)
+
+        async def bounded() -> Any:
+            async with asyncio.timeout(timeout):
+                return await executor(state.payload, ctx)
+
+        work = asyncio.create_task(bounded(), name=f"task:{task_id}:{attempt}")
+        moved_on = asyncio.Event()
+        watcher = asyncio.create_task(self._watch(state, attempt, work, moved_on))
+        began = time.monotonic()
+        try:
+            result = await work
+        except asyncio.CancelledError:
+            if moved_on.is_set():
+                return "cancelled"
+            # The node is stopping: hand the attempt back so that it is retried elsewhere.
+            why = f"Node {self.node_id} stopped during the task"
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    self._record(task_id, attempt, lambda s: task.fail(s, None, attempt, why))
+                )
+            raise
+        except TimeoutError:
+            await self._record(task_id, attempt, lambda s: task.time_out(s, attempt))
+            return "timeout"
+        except TaskError as exc:
+            seconds = round(time.monotonic() - began, 4)
+            retryable, error = not isinstance(exc, TaskRefused), str(exc)
+            await self._record(
+                task_id,
+                attempt,
+                lambda s: task.fail(
+                    s, self.node_id, attempt, error, retryable=retryable, seconds=seconds
+                ),
+            )
+            return "failed"
+        except Exception as exc:
+            log.exception("task %s failed unexpectedly", task_id)
+            why = f"Internal error: {type(exc).__name__}: {exc}"
+            await self._record(task_id, attempt, lambda s: task.fail(s, self.node_id, attempt, why))
+            return "failed"
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        seconds = round(time.monotonic() - began, 4)
+        done = await self._record(
+            task_id,
+            attempt,
+            lambda s: task.succeed(s, self.node_id, attempt, _json_safe(result), seconds),
+        )
+        return "success" if done else "stale"
+
+    async def _watch(
+        self,
+        state: task.TaskState,
+        attempt: int,
+        work: asyncio.Task[Any],
+        moved_on: asyncio.Event,
+    ) -> None:
+        """Stop the work when the task moves on without it: cancelled, or timed out elsewhere."""
+        stream, seen = task.stream_id(state.task_id), state.version
+        while not work.done():
+            await asyncio.sleep(WATCH_INTERVAL)
+            try:
+                version = await self.store.stream_version(stream)
+                if version == seen:
+                    continue
+                seen = version
+                now = await load_task(self.store, state.task_id)
+            except Exception as exc:  # a database hiccup must not stop the task
+                log.warning("watching task %s failed, will retry: %s", state.task_id, exc)
+                continue
+            if now is None or not task.is_current(now, self.node_id, attempt):
+                moved_on.set()
+                work.cancel()
+                return
+
+
+def _json_safe(value: Any) -> Any:
+    """A result as JSON can carry it (anything else becomes its repr)."""
+    try:
+        return msgspec.json.decode(msgspec.json.encode(value))
+    except (TypeError, msgspec.EncodeError):
+        return repr(value)
+
+
+async def run_task(ctx: dict[str, Any], task_id: str, attempt: int) -> str:
+    """arq entry point (`task`): run one assigned attempt on this node."""
+    runner: TaskRunner | None = ctx.get("task_runner")
+    if runner is None:
+        runner = ctx["task_runner"] = TaskRunner(ctx["node"])
+    return await runner.run(task_id, attempt)

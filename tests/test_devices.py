@@ -1,0 +1,238 @@
+"""`/api/v1/devices`: Spool's worker nodes, listed, filtered, paged, inspected and removed."""
+
+from __future__ import annotations
+
+import httpx
+
+from adapters.event_store import EventStore
+from domain import node
+from reactors.projection import ProjectionRunner
+from tests.cluster_api_helpers import (
+    append_node,
+    assert_envelope,
+    assert_error,
+    heartbeat,
+    node_started,
+    register,
+    unique,
+)
+
+DEVICE_FIELDS = {
+    "device_id",
+    "role",
+    "platform",
+    "status",
+    "ip_address",
+    "last_heartbeat",
+    "uptime",
+    "capabilities",
+    "tags",
+}
+
+
+async def _three(store: EventStore, runner: ProjectionRunner) -> tuple[str, str, str, str]:
+    """A tag shared by three devices: an online GPU compute box, a windows storage box, and a
+    compute box that stopped."""
+    tag = unique("fleet")
+    a, b, c = unique("gpu-box"), unique("store-box"), unique("old-box")
+    await register(store, runner, a, role="compute", tags=(tag, "gpu-capable"), has_gpu=True)
+    await register(store, runner, b, role="storage", platform="windows", tags=(tag,))
+    await register(store, runner, c, role="compute", tags=(tag,))
+    await append_node(store, runner, c, node.NodeStopped(node_id=c))
+    return tag, a, b, c
+
+
+async def _ids(client: httpx.AsyncClient, key: str, **params: object) -> list[str]:
+    answer = await client.get("/api/v1/devices", params=params, headers={"X-API-Key": key})
+    assert answer.status_code == 200, answer.text
+    return sorted(d["device_id"] for d in answer.json()["data"])
+
+
+async def test_the_device_list_has_the_seed_shape(
+    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, api_key: str
+) -> None:
+    tag, a, _, _ = await _three(store, runner)
+    answer = await client.get(
+        "/api/v1/devices", params={"tags": tag}, headers={"X-API-Key": api_key}
+    )
+    assert answer.status_code == 200
+    body = answer.json()
+    assert_envelope(body)
+    assert body["pagination"] == {
+        "page": 1,
+        "page_size": 20,
+        "total_items": 3,
+        "total_pages": 1,
+        "has_next": False,
+        "has_previous": False,
+    }
+    gpu = next(d for d in body["data"] if d["device_id"] == a)
+    assert set(gpu) == DEVICE_FIELDS
+    assert gpu["role"] == "compute"
+    assert gpu["platform"] == "linux"
+    assert gpu["status"] == "online"
+    assert gpu["ip_address"] == "192.168.1.101"
+    assert gpu["last_heartbeat"].endswith("Z")
+    assert gpu["uptime"].endswith(("s", "m"))
+    assert gpu["capabilities"] == {
+        "cpu_count": 8,
+        "memory_total_gb": 16.0,
+        "storage_total_gb": 500.0,
+        "has_gpu": True,
+    }
+    assert sorted(gpu["tags"]) == sorted([tag, "gpu-capable"])
+
+
+async def test_devices_filter_by_status_role_platform_and_tags(
+    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, api_key: str
+) -> None:
+    tag, a, b, c = await _three(store, runner)
+    assert await _ids(client, api_key, tags=tag, status="online") == sorted([a, b])
+    assert await _ids(client, api_key, tags=tag, status="offline") == [c]
+    assert await _ids(client, api_key, tags=tag, status="all") == sorted([a, b, c])
+    assert await _ids(client, api_key, tags=tag, role="compute") == sorted([a, c])
+    assert await _ids(client, api_key, tags=tag, platform="windows") == [b]
+    # A device must have every tag asked for: as a comma list, or repeated.
+    assert await _ids(client, api_key, tags=f"{tag},gpu-capable") == [a]
+    assert await _ids(client, api_key, tags=[tag, "gpu-capable"]) == [a]
+    assert await _ids(client, api_key, tags=[tag, unique("nobody")]) == []
+
+
+async def test_devices_are_paged(
+    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, api_key: str
+) -> None:
+    tag, *devices = await _three(store, runner)
+    headers = {"Authorization": f"Bearer {api_key}"}
+    first = (
+        await client.get("/api/v1/devices", params={"tags": tag, "page_size": 2}, headers=headers)
+    ).json()
+    second = (
+        await client.get(
+            "/api/v1/devices", params={"tags": tag, "page_size": 2, "page": 2}, headers=headers
+        )
+    ).json()
+    assert len(first["data"]) == 2 and len(second["data"]) == 1
+    assert first["pagination"]["has_next"] and not first["pagination"]["has_previous"]
+    assert second["pagination"]["has_previous"] and not second["pagination"]["has_next"]
+    assert second["pagination"]["total_pages"] == 2
+    seen = [d["device_id"] for d in first["data"] + second["data"]]
+    assert sorted(seen) == sorted(devices)
+
+
+async def test_bad_list_parameters_name_the_field(client: httpx.AsyncClient, api_key: str) -> None:
+    headers = {"X-API-Key": api_key}
+    too_big = await client.get("/api/v1/devices", params={"page_size": 101}, headers=headers)
+    assert too_big.status_code == 400
+    assert_error(too_big.json(), "VALIDATION_ERROR")
+    assert too_big.json()["error_details"]["field"] == "page_size"
+    status = await client.get("/api/v1/devices", params={"status": "asleep"}, headers=headers)
+    assert status.status_code == 400
+    assert status.json()["error_details"]["field"] == "status"
+
+
+async def test_the_device_api_needs_a_key(client: httpx.AsyncClient) -> None:
+    answer = await client.get("/api/v1/devices")
+    assert answer.status_code == 401
+    assert_error(answer.json(), "UNAUTHORIZED")
+    wrong = await client.get("/api/v1/devices", headers={"X-API-Key": "sk_not_a_key"})
+    assert wrong.status_code == 401
+
+
+async def test_an_unknown_device_is_device_not_found(
+    client: httpx.AsyncClient, api_key: str
+) -> None:
+    for path in ("/api/v1/devices/nope", "/api/v1/devices/nope/status"):
+        answer = await client.get(path, headers={"X-API-Key": api_key})
+        assert answer.status_code == 404
+        assert_error(answer.json(), "DEVICE_NOT_FOUND")
+
+
+async def test_one_device_and_its_status(
+    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, api_key: str
+) -> None:
+    device_id = unique("laptop")
+    await append_node(
+        store,
+        runner,
+        device_id,
+        node_started(device_id, tags=("development",)),
+        heartbeat(device_id, cpu=42.0, muxing=1),
+    )
+    headers = {"X-API-Key": api_key}
+    one = (await client.get(f"/api/v1/devices/{device_id}", headers=headers)).json()
+    assert_envelope(one)
+    assert one["data"]["device_id"] == device_id
+    assert one["data"]["hostname"] == f"host-{device_id}"
+    assert one["data"]["status"] == "online"
+    status = (await client.get(f"/api/v1/devices/{device_id}/status", headers=headers)).json()
+    data = status["data"]
+    assert data["status"] == "online"
+    assert data["health"] == "healthy"
+    assert 0 <= data["heartbeat_age_seconds"] < 30
+    assert data["current"] == {
+        "downloading": 1,
+        "muxing": 1,
+        "uploading": 0,
+        "running": ["job-x:1:download:1"],
+    }
+    assert data["usage"]["cpu_percent"] == 42.0
+    assert data["usage"]["memory_percent"] == 25.0
+    assert data["usage"]["disk_percent"] == 20.0
+
+
+async def test_the_summary_counts_devices(
+    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, api_key: str
+) -> None:
+    headers = {"X-API-Key": api_key}
+    before = (await client.get("/api/v1/devices/summary", headers=headers)).json()["data"]
+    await _three(store, runner)
+    after = (await client.get("/api/v1/devices/summary", headers=headers)).json()["data"]
+    assert after["total_devices"] == before["total_devices"] + 3
+    assert after["online_devices"] == before["online_devices"] + 2
+    assert after["by_status"]["offline"] == before["by_status"]["offline"] + 1
+    assert after["by_role"]["storage"] == before["by_role"].get("storage", 0) + 1
+    assert after["by_platform"]["windows"] == before["by_platform"].get("windows", 0) + 1
+
+
+async def test_removing_a_device_needs_an_admin_key(
+    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, api_key: str
+) -> None:
+    device_id = unique("keep-me")
+    await register(store, runner, device_id)
+    answer = await client.delete(f"/api/v1/devices/{device_id}", headers={"X-API-Key": api_key})
+    assert answer.status_code == 403
+    assert_error(answer.json(), "UNAUTHORIZED")
+    still = await client.get(f"/api/v1/devices/{device_id}", headers={"X-API-Key": api_key})
+    assert still.status_code == 200
+
+
+async def test_a_removed_device_stays_gone_until_it_registers_again(
+    client: httpx.AsyncClient,
+    store: EventStore,
+    runner: ProjectionRunner,
+    api_key: str,
+    admin_key: str,
+) -> None:
+    device_id = unique("retired")
+    await register(store, runner, device_id)
+    removed = await client.delete(f"/api/v1/devices/{device_id}", headers={"X-API-Key": admin_key})
+    assert removed.status_code == 200, removed.text
+    assert removed.json()["data"]["removed"] is True
+    events = await store.read_stream(node.stream_id(device_id))
+    assert events[-1].type == "NodeRemoved"  # appended, nothing rewritten
+
+    await runner.settle("nodes")
+    headers = {"X-API-Key": api_key}
+    assert (await client.get(f"/api/v1/devices/{device_id}", headers=headers)).status_code == 404
+    assert device_id not in await _ids(client, api_key)
+    again = await client.delete(f"/api/v1/devices/{device_id}", headers={"X-API-Key": admin_key})
+    assert again.status_code == 404
+
+    # Its heartbeats alone do not bring it back...
+    await append_node(store, runner, device_id, heartbeat(device_id))
+    assert (await client.get(f"/api/v1/devices/{device_id}", headers=headers)).status_code == 404
+    # ...registering does.
+    await append_node(store, runner, device_id, node_started(device_id), heartbeat(device_id))
+    back = await client.get(f"/api/v1/devices/{device_id}", headers=headers)
+    assert back.status_code == 200
+    assert back.json()["data"]["status"] == "online"

@@ -1,0 +1,110 @@
+"""Devices against a real running node: a ping's round trip, and coming back after removal."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from domain import node
+from tests.cluster_api_helpers import append_node, assert_error, heartbeat, node_started, unique
+from tests.fixtures.cluster import Cluster, StartCluster
+
+
+async def _device(c: Cluster, device_id: str) -> dict[str, Any] | None:
+    answer = await c.client.get(f"/api/v1/devices/{device_id}", headers=c.headers())
+    if answer.status_code == 404:
+        return None
+    assert answer.status_code == 200, answer.text
+    data: dict[str, Any] = answer.json()["data"]
+    return data
+
+
+async def _until(check: Any, seconds: float = 20) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        found = await check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+async def _online(c: Cluster, device_id: str) -> dict[str, Any]:
+    async def online() -> dict[str, Any] | None:
+        d = await _device(c, device_id)
+        return d if d is not None and d["status"] == "online" else None
+
+    found: dict[str, Any] = await _until(online)
+    return found
+
+
+async def test_ping_is_a_round_trip_to_the_node(start_cluster: StartCluster) -> None:
+    async with start_cluster() as c:
+        node_id = c.settings.node_id
+        await _online(c, node_id)
+        admin = {"X-API-Key": c.admin_key}
+        answer = await c.client.post(f"/api/v1/devices/{node_id}/ping", headers=admin)
+        assert answer.status_code == 200, answer.text
+        data = answer.json()["data"]
+        assert data["device_id"] == node_id
+        assert data["reachable"] is True
+        assert 0 < data["latency_ms"] < 5000
+
+        not_admin = await c.client.post(f"/api/v1/devices/{node_id}/ping", headers=c.headers())
+        assert not_admin.status_code == 403
+
+        # Once the node has stopped, a ping says so at once instead of waiting.
+        await c.stop_node()
+
+        async def offline() -> bool:
+            d = await _device(c, node_id)
+            return d is not None and d["status"] == "offline"
+
+        await _until(offline)
+        dead = await c.client.post(f"/api/v1/devices/{node_id}/ping", headers=admin)
+        assert dead.status_code == 503
+        assert_error(dead.json(), "INTERNAL_ERROR")
+        assert dead.json()["error_details"]["reason"] == "device_offline"
+
+
+async def test_a_node_that_never_answers_times_out_clearly(start_cluster: StartCluster) -> None:
+    async with start_cluster(with_node=False) as c:
+        # Its heartbeat says online, but no worker reads its queue.
+        ghost = unique("ghost")
+        await append_node(c.store, None, ghost, node_started(ghost), heartbeat(ghost))
+        await _online(c, ghost)
+        started = time.monotonic()
+        answer = await c.client.post(
+            f"/api/v1/devices/{ghost}/ping",
+            params={"timeout": 0.5},
+            headers={"X-API-Key": c.admin_key},
+        )
+        assert answer.status_code == 503
+        assert_error(answer.json(), "INTERNAL_ERROR")
+        assert answer.json()["error_details"]["reason"] == "ping_timeout"
+        assert time.monotonic() - started < 5
+        # The unanswered ping left nothing queued for when the node comes back.
+        assert await c.redis.zcard(f"spool:queue:node:{ghost}") == 0
+
+
+async def test_a_removed_node_registers_again_by_itself(start_cluster: StartCluster) -> None:
+    async with start_cluster() as c:
+        node_id = c.settings.node_id
+        await _online(c, node_id)
+        removed = await c.client.delete(
+            f"/api/v1/devices/{node_id}", headers={"X-API-Key": c.admin_key}
+        )
+        assert removed.status_code == 200, removed.text
+
+        # The running node notices on a heartbeat tick and registers anew.
+        async def registered_again() -> list[str] | None:
+            types = [e.type for e in await c.store.read_stream(node.stream_id(node_id))]
+            after = types[types.index("NodeRemoved") :]
+            return types if "NodeStarted" in after else None
+
+        types = await _until(registered_again)
+        await _online(c, node_id)
+        await asyncio.sleep(1.5)  # a few more ticks: it registers once, not on every beat
+        types = [e.type for e in await c.store.read_stream(node.stream_id(node_id))]
+        assert types.count("NodeStarted") == 2  # at start, and once after the removal

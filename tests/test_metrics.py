@@ -1,0 +1,104 @@
+"""`GET /metrics`: Prometheus text, with the seed's metrics and Spool's own."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from domain import node, task
+from domain.events import NewEvent
+from tests.cluster_api_helpers import FreshApi, append_node, fresh_api, heartbeat, node_started
+
+
+@pytest.fixture
+async def api(fresh_database_url: str, redis_url: str) -> AsyncIterator[FreshApi]:
+    async with fresh_api(fresh_database_url, redis_url) as a:
+        yield a
+
+
+async def _scrape(api: FreshApi) -> dict[str, list[Sample]]:
+    answer = await api.client.get("/metrics")  # scrapers carry no key
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    samples: dict[str, list[Sample]] = {}
+    for family in text_string_to_metric_families(answer.text):
+        for s in family.samples:
+            samples.setdefault(s.name, []).append(s)
+    return samples
+
+
+def _value(samples: dict[str, list[Sample]], name: str, **labels: str) -> float:
+    matching = [s.value for s in samples.get(name, []) if labels.items() <= s.labels.items()]
+    assert len(matching) == 1, (name, labels, samples.get(name))
+    return matching[0]
+
+
+async def _a_finished_task(api: FreshApi, task_id: str) -> None:
+    events = [
+        task.TaskSubmitted(task_id=task_id, account_id="acct", task_type="echo"),
+        task.TaskAssigned(device_id="laptop-001", attempt=1),
+        task.TaskStarted(device_id="laptop-001", attempt=1),
+        task.TaskSucceeded(device_id="laptop-001", attempt=1, execution_time_seconds=0.05),
+    ]
+    await api.store.append(task.stream_id(task_id), [NewEvent(e) for e in events], 0)
+
+
+async def test_metrics_carry_the_seeds_metrics(api: FreshApi) -> None:
+    await append_node(
+        api.store, api.runner, "laptop-001", node_started("laptop-001"), heartbeat("laptop-001")
+    )
+    await append_node(
+        api.store,
+        api.runner,
+        "old-001",
+        node_started("old-001"),
+        node.NodeStopped(node_id="old-001"),
+    )
+    await _a_finished_task(api, "t-1")
+    await _a_finished_task(api, "t-2")
+    await api.runner.settle()
+    samples = await _scrape(api)
+    assert _value(samples, "retire_cluster_devices_total", status="online") == 1
+    assert _value(samples, "retire_cluster_devices_total", status="offline") == 1
+    assert _value(samples, "retire_cluster_tasks_total", status="success") == 2
+    assert _value(samples, "spool_task_execution_seconds_total", task_type="echo") == 0.1
+
+
+async def test_metrics_show_projection_lag_and_append_latency(api: FreshApi) -> None:
+    await api.runner.settle()
+    caught_up = await _scrape(api)
+    assert _value(caught_up, "spool_projection_lag_events", projection="nodes") == 0
+    assert _value(caught_up, "spool_projection_lag_seconds", projection="nodes") == 0
+    # Events the nodes projection has not applied yet are its lag.
+    await append_node(
+        api.store, None, "laptop-001", node_started("laptop-001"), heartbeat("laptop-001")
+    )
+    behind = await _scrape(api)
+    assert _value(behind, "spool_projection_lag_events", projection="nodes") == 2
+    assert _value(behind, "spool_projection_lag_events", projection="api_keys") == 0
+    assert _value(behind, "spool_event_log_head_position") >= 2
+    # This process timed its appends (the test's store is the API's timed store).
+    assert _value(behind, "spool_event_store_append_seconds_count", kind="append") >= 1
+
+
+async def test_metrics_count_jobs_by_status_and_step(api: FreshApi) -> None:
+    await api.pool.execute(
+        """
+        INSERT INTO jobs (job_id, account_id, url, status, step, created_at, updated_at,
+                          finished_at, version, state)
+        VALUES ('j1', 'acct', 'http://x', 'Completed', 'Finished', now(), now(), now(), 5,
+                '{"timings": {"download": {"seconds": 3.0}, "mux": {"seconds": 12.0}}}'),
+               ('j2', 'acct', 'http://x', 'Processing', 'Muxing', now(), now(), NULL, 3,
+                '{"timings": {"download": {"seconds": 40.0}}}')
+        """
+    )
+    samples = await _scrape(api)
+    assert _value(samples, "spool_jobs_total", status="Completed", step="Finished") == 1
+    assert _value(samples, "spool_jobs_total", status="Processing", step="Muxing") == 1
+    assert _value(samples, "spool_stage_duration_seconds_count", stage="download") == 2
+    assert _value(samples, "spool_stage_duration_seconds_sum", stage="download") == 43.0
+    assert _value(samples, "spool_stage_duration_seconds_bucket", stage="download", le="5.0") == 1
+    assert _value(samples, "spool_stage_duration_seconds_bucket", stage="mux", le="15.0") == 1

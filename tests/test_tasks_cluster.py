@@ -1,0 +1,298 @@
+"""Scheduled tasks on a real cluster: `spool worker` processes with different tags and types,
+the scheduler placing tasks on the right one, a node killed mid-task, and the seed's client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from adapters.task_store import load_task
+from api.app import create_app
+from domain import task
+from reactors.scheduler import Scheduler
+from spool.embedded import free_port
+from tests.fixtures.cluster import Cluster, StartCluster
+
+BASE = "/api/v1/tasks"
+
+
+# The seed's Python client, verbatim (hence unformatted).
+# fmt: off
+import requests  # noqa: E402
+
+
+class RetireClusterAPI:
+    def __init__(self, base_url, api_key=None):
+        self.base_url = base_url
+        self.headers = {'Content-Type': 'application/json'}
+        if api_key:
+            self.headers['X-API-Key'] = api_key
+
+    def get_cluster_status(self):
+        response = requests.get(
+            f"{self.base_url}/cluster/status",
+            headers=self.headers
+        )
+        return response.json()
+
+    def submit_task(self, task_type, payload, **kwargs):
+        data = {
+            'task_type': task_type,
+            'payload': payload,
+            **kwargs
+        }
+        response = requests.post(
+            f"{self.base_url}/tasks",
+            json=data,
+            headers=self.headers
+        )
+        return response.json()
+# fmt: on
+
+
+# -- harness ---------------------------------------------------------------------------------
+
+
+def _worker(
+    cluster: Cluster, node_id: str, log: Path, *flags: str, **env: str
+) -> subprocess.Popen[bytes]:
+    """`spool worker` as a process of its own, configured through flags and the environment."""
+    environ = {
+        **os.environ,
+        "SPOOL_DATABASE_URL": cluster.settings.database_url or "",
+        "SPOOL_REDIS_URL": cluster.settings.redis_url or "",
+        "SPOOL_STORAGE_URL": cluster.settings.storage_url or "",
+        "SPOOL_URL_ALLOWLIST": "127.0.0.1/32",
+        "SPOOL_DATA_DIR": str(cluster.settings.data_dir / node_id),
+        "SPOOL_NODE_ID": node_id,
+        **env,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "spool", "worker", *flags],
+        env=environ,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+@contextmanager
+def workers(*procs: subprocess.Popen[bytes]) -> Iterator[list[subprocess.Popen[bytes]]]:
+    running = list(procs)
+    try:
+        yield running
+    finally:
+        for p in running:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in running:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def start_scheduler(cluster: Cluster, **options: Any) -> None:
+    """Run the scheduler beside the cluster's other reactors (stopped with them)."""
+    stop = asyncio.Event()
+    cluster.stops["scheduler"] = stop
+    scheduler = Scheduler(cluster.store, cluster.redis, tick=0.3, **options)
+    cluster.tasks["scheduler"] = asyncio.create_task(scheduler.run(stop))
+
+
+async def nodes_running(cluster: Cluster, *node_ids: str, seconds: float = 60) -> None:
+    """Wait until every node advertises its task types as an online node."""
+    deadline = time.monotonic() + seconds
+    while True:
+        rows = await cluster.pool.fetch(
+            "SELECT node_id FROM nodes WHERE stopped_at IS NULL "
+            "AND last_heartbeat_at > now() - interval '5 seconds' "
+            "AND capabilities ? 'task_types'"
+        )
+        if set(node_ids) <= {r[0] for r in rows}:
+            return
+        assert time.monotonic() < deadline, f"nodes never came up: {rows}"
+        await asyncio.sleep(0.2)
+
+
+async def submit(cluster: Cluster, **body: Any) -> str:
+    body.setdefault("payload", {})
+    answer = await cluster.client.post(BASE, json=body, headers={"X-API-Key": cluster.key})
+    assert answer.status_code == 201, answer.text
+    task_id: str = answer.json()["data"]["task_id"]
+    return task_id
+
+
+async def settled(
+    cluster: Cluster, task_id: str, *statuses: str, seconds: float = 60
+) -> task.TaskState:
+    """Poll the task's stream until its status is one of `statuses`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        state = await load_task(cluster.store, task_id)
+        assert state is not None
+        if state.status in statuses:
+            return state
+        assert time.monotonic() < deadline, f"task stuck: {state}"
+        await asyncio.sleep(0.1)
+
+
+async def history(cluster: Cluster, task_id: str) -> list[str]:
+    return [e.type for e in await cluster.store.read_stream(task.stream_id(task_id))]
+
+
+@asynccontextmanager
+async def served(cluster: Cluster) -> AsyncIterator[str]:
+    """The cluster's API over a real loopback port (uvicorn), for clients outside the loop."""
+    app = create_app(
+        pool=cluster.pool, store=cluster.store, settings=cluster.settings, storage=cluster.storage
+    )
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_config=None)
+    )
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not serving.done(), "uvicorn did not start"
+        await asyncio.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/api/v1"
+    finally:
+        server.should_exit = True
+        await serving
+
+
+# -- the cluster -----------------------------------------------------------------------------
+
+
+async def test_tasks_with_requirements_land_on_the_right_node(
+    start_cluster: StartCluster, tmp_path: Path
+) -> None:
+    async with start_cluster(with_node=False) as cluster:
+        start_scheduler(cluster)
+        log = tmp_path / "workers.log"
+        with workers(
+            _worker(
+                cluster,
+                "gpu-box",
+                log,
+                "--role",
+                "compute",
+                "--tag",
+                "gpu-capable",
+                SPOOL_ALLOW_PYTHON_EVAL="1",
+            ),
+            _worker(cluster, "plain-box", log, "--role", "worker", "--tag", "edge"),
+        ):
+            await nodes_running(cluster, "gpu-box", "plain-box")
+
+            tagged = [
+                await submit(
+                    cluster, task_type="echo", requirements={"required_tags": ["gpu-capable"]}
+                )
+                for _ in range(3)
+            ]
+            by_role = [
+                await submit(cluster, task_type="echo", requirements={"required_role": "worker"})
+                for _ in range(3)
+            ]
+            evaluated = await submit(
+                cluster, task_type="python_eval", payload={"expression": "6 * 7"}
+            )
+            impossible = await submit(
+                cluster, task_type="echo", requirements={"min_memory_gb": 100_000}
+            )
+
+            for task_id in tagged:
+                done = await settled(cluster, task_id, "success", "failed", "timeout")
+                assert (done.status, done.device_id) == ("success", "gpu-box"), log.read_text()
+            for task_id in by_role:
+                done = await settled(cluster, task_id, "success", "failed", "timeout")
+                assert (done.status, done.device_id) == ("success", "plain-box")
+            done = await settled(cluster, evaluated, "success", "failed")
+            assert done.device_id == "gpu-box"  # the only node that opted in
+            assert done.result_data == {"expression": "6 * 7", "result": 42}
+
+            waiting = await settled(cluster, impossible, "queued")
+            deadline = time.monotonic() + 10
+            while waiting.reason is None or "plain-box" not in waiting.reason:
+                assert time.monotonic() < deadline, waiting
+                await asyncio.sleep(0.1)
+                waiting = await settled(cluster, impossible, "queued")
+            status = await cluster.client.get(
+                f"{BASE}/{impossible}/status", headers={"X-API-Key": cluster.key}
+            )
+            reason = status.json()["data"]["reason"]
+            assert reason.startswith("No online node meets the requirements")
+            assert "gpu-box has" in reason and "GB memory, needs 100000" in reason
+
+            types = await cluster.client.get(f"{BASE}/types", headers={"X-API-Key": cluster.key})
+            data = types.json()["data"]
+            assert data["by_type"]["python_eval"] == ["gpu-box"]
+            assert data["by_type"]["echo"] == ["gpu-box", "plain-box"]
+            assert "command" not in data["task_types"]
+
+            # The seed's own client, over a real port, from another thread.
+            async with served(cluster) as base_url:
+                api = RetireClusterAPI(base_url, api_key=cluster.key)
+                answer = await asyncio.to_thread(api.submit_task, "echo", {"message": "Hello"})
+                assert answer["status"] == "success", answer
+                task_id = answer["data"]["task_id"]
+                assert answer["data"]["task"]["status"] == "queued"
+                await settled(cluster, task_id, "success")
+                result = await asyncio.to_thread(
+                    requests.get, f"{base_url}/tasks/{task_id}/result", headers=api.headers
+                )
+                body = result.json()["data"]
+                assert body["result_data"] == {"echo": {"message": "Hello"}}
+                assert body["worker_device_id"] in ("gpu-box", "plain-box")
+                assert body["execution_time_seconds"] >= 0
+
+
+async def test_a_node_killed_mid_task_times_out_and_is_retried_per_its_settings(
+    start_cluster: StartCluster, tmp_path: Path
+) -> None:
+    async with start_cluster(with_node=False) as cluster:
+        start_scheduler(cluster, online_seconds=3.0)
+        log = tmp_path / "workers.log"
+        doomed = _worker(cluster, "doomed", log)
+        with workers(doomed) as running:
+            await nodes_running(cluster, "doomed")
+            retried = await submit(
+                cluster,
+                task_type="sleep",
+                payload={"seconds": 1},
+                requirements={"timeout_seconds": 4, "max_retries": 1},
+                metadata={"note": "first attempt dies with its node"},
+            )
+            given_up = await submit(
+                cluster,
+                task_type="sleep",
+                payload={"seconds": 1},
+                requirements={"timeout_seconds": 4, "max_retries": 0},
+            )
+            for task_id in (retried, given_up):
+                assert (await settled(cluster, task_id, "running")).device_id == "doomed"
+
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait(10)
+            running.append(_worker(cluster, "survivor", log))
+
+            ended = await settled(cluster, given_up, "timeout", "success", "failed", seconds=60)
+            assert ended.status == "timeout"
+            assert ended.error == "Exceeded its timeout of 4 s"
+
+            done = await settled(cluster, retried, "success", "timeout", "failed", seconds=90)
+            assert (done.status, done.device_id, done.retry_count) == ("success", "survivor", 1)
+            events = await history(cluster, retried)
+            assert events.count("TaskTimedOut") == 1 and events.count("TaskSucceeded") == 1
+            assert "TaskRetried" in events
