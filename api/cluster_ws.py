@@ -23,7 +23,7 @@ from litestar.datastructures import State
 from litestar.exceptions import WebSocketDisconnect
 
 from adapters.config_store import heartbeat_config
-from adapters.event_store import NOTIFY_CHANNEL, Checkpoint, EventStore, checkpoint_of
+from adapters.event_store import NOTIFY_CHANNEL, Checkpoint, EventStore
 from api.auth import Principal, lookup
 from api.envelope import timestamp
 from domain import job, node, task
@@ -196,14 +196,13 @@ class ClusterFeed:
 
     async def _follow(self, at: Checkpoint) -> Checkpoint:
         while True:
-            events = await self.store.read_all(at, 500, types=FOLLOWED)
-            for e in events:
+            batch = await self.store.read_batch(at, 500, types=FOLLOWED)
+            for e in batch.events:
                 update = await self._update(e)
                 if update is not None:
                     self.publish(update)
-            if events:
-                at = checkpoint_of(events[-1])
-            if len(events) < 500:
+            at = batch.horizon  # past the events it does not follow too: never scanned twice
+            if len(batch.events) < 500:
                 return at
 
     async def _account(self, stream_id: str) -> str | None:

@@ -17,7 +17,7 @@ from domain.node import ONLINE_SECONDS
 _CLUSTER = """
 SELECT coalesce(sum(downloading), 0), coalesce(sum(muxing), 0), coalesce(sum(uploading), 0)
 FROM nodes
-WHERE stopped_at IS NULL AND last_heartbeat_at > now() - $1::interval
+WHERE stopped_at IS NULL AND removed_at IS NULL AND last_heartbeat_at > now() - $1::interval
 """
 
 

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from adapters.event_store import NOTIFY_CHANNEL, Checkpoint, EventStore, checkpoint_of
+from adapters.event_store import NOTIFY_CHANNEL, Batch, Checkpoint, EventStore, checkpoint_of
 from domain.events import RecordedEvent
 
 log = logging.getLogger("spool.projections")
@@ -49,7 +49,7 @@ class ReadAhead(NamedTuple):
     """A batch read from `after` before the transaction that will apply it began."""
 
     after: Checkpoint
-    events: list[RecordedEvent]
+    batch: Batch
 
 
 async def _locked_checkpoint(conn: asyncpg.Connection, name: str) -> Checkpoint:
@@ -93,8 +93,26 @@ class ProjectionRunner:
         raise KeyError(f"no projection named {name!r} (known: {known})")
 
     async def _read(self, projection: Projection, after: Checkpoint) -> ReadAhead:
-        events = await self.store.read_all(after, self.batch_size, types=projection.event_types)
-        return ReadAhead(after, events)
+        batch = await self.store.read_batch(after, self.batch_size, types=projection.event_types)
+        return ReadAhead(after, batch)
+
+    async def _look(self, projection: Projection, checkpoint_name: str) -> ReadAhead | None:
+        """Read without a lock or a transaction; None when there is nothing worth a write.
+
+        Most wake-ups bring nothing for most projections; they then cost two reads instead of
+        a write transaction each. Events of other types are stepped over once enough of them
+        pile up, so no wake-up scans more than about a batch of them.
+        """
+        row = await self.pool.fetchrow(
+            "SELECT tx, position FROM checkpoints WHERE name = $1", checkpoint_name
+        )
+        after = Checkpoint(row["tx"], row["position"]) if row else Checkpoint()
+        ahead = await self._read(projection, after)
+        if not ahead.batch.events and ahead.batch.horizon.position - after.position < (
+            self.batch_size
+        ):
+            return None
+        return ahead
 
     async def _step(
         self,
@@ -115,7 +133,11 @@ class ProjectionRunner:
         them and the checkpoint.
         """
         prefetched: ReadAhead | None = None
-        if ahead is not None:
+        if ahead is None and finish is None:
+            prefetched = await self._look(projection, checkpoint_name)
+            if prefetched is None:
+                return 0, None
+        elif ahead is not None:
             # Awaited before taking a connection: with a pool of one, the read needs it first.
             try:
                 prefetched = await ahead
@@ -133,18 +155,20 @@ class ProjectionRunner:
                 await conn.execute(setup)
                 after = await _locked_checkpoint(conn, checkpoint_name)
                 if prefetched is not None and prefetched.after == after:
-                    events = prefetched.events
+                    batch = prefetched.batch
                 else:
-                    events = await self.store.read_all(
+                    batch = await self.store.read_batch(
                         after, self.batch_size, types=projection.event_types, conn=conn
                     )
+                events = batch.events
                 if len(events) == self.batch_size:
                     next_read = asyncio.create_task(
                         self._read(projection, checkpoint_of(events[-1]))
                     )
                 if events:
                     await projection.apply(conn, events)
-                    after = checkpoint_of(events[-1])
+                if batch.horizon > after:
+                    after = batch.horizon
                     await conn.execute(
                         "UPDATE checkpoints SET tx = $2, position = $3, updated_at = now() "
                         "WHERE name = $1",

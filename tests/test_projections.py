@@ -13,11 +13,11 @@ import pytest
 import sqlalchemy as sa
 
 from adapters.database import create_pool
-from adapters.event_store import EventStore
+from adapters.event_store import EventStore, StreamAppend
 from adapters.settings import Settings
 from adapters.storage import LocalStorage
 from api.app import create_app
-from domain import job
+from domain import job, node
 from domain.events import NewEvent, RecordedEvent
 from reactors.projection import ProjectionRunner
 from reactors.projections import all_projections
@@ -73,6 +73,48 @@ async def test_two_runners_on_one_projection_apply_each_event_once(isolated: Eve
     positions = [r[0] for r in rows]
     assert len(positions) == 120
     assert len(set(positions)) == 120
+
+
+async def _append_other_events(store: EventStore, n: int) -> None:
+    """`n` events of a type `ApplicationLog` does not follow."""
+    stops = [NewEvent(node.NodeStopped(node_id="elsewhere")) for _ in range(n)]
+    [result] = await store.append_many([StreamAppend(node.stream_id("elsewhere"), stops)])
+    await store.wait_readable(result.checkpoint)
+
+
+async def _checkpoint(store: EventStore, name: str) -> asyncpg.Record | None:
+    return await store.pool.fetchrow(
+        "SELECT position, updated_at FROM checkpoints WHERE name = $1", name
+    )
+
+
+async def test_a_projection_steps_over_a_pile_of_events_it_does_not_follow(
+    isolated: EventStore,
+) -> None:
+    await _create_jobs(isolated, "a", 3)
+    await _append_other_events(isolated, 2500)
+    runner = ProjectionRunner(isolated, [ApplicationLog()], batch_size=100)
+
+    assert await runner.catch_up() == 3
+
+    last = await isolated.pool.fetchval("SELECT max(position) FROM events")
+    cp = await _checkpoint(isolated, "application_log")
+    assert cp is not None and cp["position"] == last  # later wake-ups need not scan them again
+    assert await isolated.pool.fetchval("SELECT count(*) FROM application_log") == 3
+
+
+async def test_a_wake_up_with_nothing_to_follow_writes_nothing(isolated: EventStore) -> None:
+    await _create_jobs(isolated, "a", 2)
+    runner = ProjectionRunner(isolated, [ApplicationLog()], batch_size=100)
+    await runner.catch_up()
+    before = await _checkpoint(isolated, "application_log")
+    await _append_other_events(isolated, 5)
+
+    assert await runner.catch_up() == 0
+
+    assert await _checkpoint(isolated, "application_log") == before
+    await _create_jobs(isolated, "a", 1)
+    assert await runner.catch_up() == 1  # and the next event it follows is applied at once
 
 
 async def test_the_runner_wakes_on_notify_without_waiting_for_its_poll(
