@@ -108,8 +108,10 @@ class ProjectionRunner:
         )
         after = Checkpoint(row["tx"], row["position"]) if row else Checkpoint()
         ahead = await self._read(projection, after)
-        if not ahead.batch.events and ahead.batch.horizon.position - after.position < (
-            self.batch_size
+        if (
+            row is not None  # a first run writes its checkpoint row, which health checks read
+            and not ahead.batch.events
+            and ahead.batch.horizon.position - after.position < self.batch_size
         ):
             return None
         return ahead
