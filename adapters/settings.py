@@ -19,6 +19,8 @@ _NUMERIC_ENV = {
     "metadata_timeout": "SPOOL_METADATA_TIMEOUT",
     "task_concurrency": "SPOOL_TASK_CONCURRENCY",
     "rate_limit": "SPOOL_RATE_LIMIT",
+    "health_token_ttl": "SPOOL_HEALTH_TOKEN_TTL",
+    "health_auth_timeout": "SPOOL_HEALTH_AUTH_TIMEOUT",
 }
 
 _FLAG_ENV = {
@@ -62,6 +64,9 @@ class Settings(msgspec.Struct, kw_only=True):
     allow_python_eval: bool = False
     # Requests per minute per API key on the cluster API (`/api/v1`); 0 turns the limit off.
     rate_limit: int = 60
+    # The health websocket: lifetime of its JWTs, and how long a socket may stay unauthenticated.
+    health_token_ttl: float = 900.0
+    health_auth_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:

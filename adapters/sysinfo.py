@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import platform
 import shutil
 import socket
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -53,3 +56,58 @@ def usage(data_dir: Path) -> Usage:
         disk_free=disk.free,
         disk_total=disk.total,
     )
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name as the operating system reports it ("" when it does not say)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Processor", "cpu model"):
+                return value.strip()
+    return platform.processor() or ""
+
+
+def host_report() -> dict[str, Any]:
+    """CPUs, memory and disks of this machine in the health websocket's `sysinfo` shape."""
+    model = cpu_model()
+    cpus = [
+        {"model": model, "name": str(i), "usage": usage}
+        for i, usage in enumerate(psutil.cpu_percent(interval=None, percpu=True), start=1)
+    ]
+    memory, swap = psutil.virtual_memory(), psutil.swap_memory()
+    used = memory.total - memory.available  # so that used + free = total, as the seed shows
+    disks = []
+    for part in psutil.disk_partitions(all=False):
+        try:
+            disk = psutil.disk_usage(part.mountpoint)
+        except OSError:
+            continue  # a mount we may not read (or one that vanished) is left out
+        disks.append({"free": disk.free, "name": part.device, "total": disk.total})
+    return {
+        "cpus": cpus,
+        "mem": {
+            "total": memory.total,
+            "used": used,
+            "free": memory.available,
+            "swap_total": swap.total,
+            "swap_used": swap.used,
+            "swap_free": swap.free,
+        },
+        "disks": disks,
+    }
+
+
+def network_report() -> list[dict[str, Any]]:
+    """Bytes and packets in and out per network interface since boot."""
+    return [
+        {
+            "name": name,
+            "bytes_in": c.bytes_recv,
+            "bytes_out": c.bytes_sent,
+            "packets_in": c.packets_recv,
+            "packets_out": c.packets_sent,
+        }
+        for name, c in sorted(psutil.net_io_counters(pernic=True).items())
+    ]

@@ -25,6 +25,7 @@ from api.config import ConfigController
 from api.dashboard import DashboardController
 from api.devices import DevicesController
 from api.health import health
+from api.health_ws import health_ws, start_health, stop_health
 from api.jobs import JobsController
 from api.metadata import MetadataController
 from api.metrics import metrics
@@ -32,6 +33,7 @@ from api.rate_limit import rate_limit_middleware
 from api.request_log import request_log_middleware
 from api.requests import request_id_middleware
 from api.tasks import TasksController
+from api.tokens import issue_health_token
 from api.usage import UsageController
 from api.user import UserController
 
@@ -68,7 +70,11 @@ def create_app(
         }
     )
 
+    async def open_health() -> None:
+        await start_health(state)
+
     async def close_cluster_api() -> None:
+        await stop_health(state)
         await stop_feed(state)
         await close_redis(state)
 
@@ -87,10 +93,13 @@ def create_app(
             health,
             metrics,
             cluster_ws,
+            health_ws,
+            issue_health_token,
             swagger,
         ],
         # Outermost first: the request id exists before the log line and the rate limit.
         middleware=[request_id_middleware, request_log_middleware, rate_limit_middleware],
+        on_startup=[open_health],
         on_shutdown=[close_storages, close_cluster_api],
         state=state,
         openapi_config=OpenAPIConfig(

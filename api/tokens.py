@@ -1,0 +1,52 @@
+"""`POST /api/auth/token`: an API key traded for a short-lived JWT (for the health websocket)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from litestar import Request, Response, post
+from litestar.datastructures import State
+
+from adapters.settings import Settings
+from adapters.tokens import issue_token, signing_key
+from api.auth import lookup, presented_key
+
+
+def token_key(state: State) -> bytes:
+    """This app's JWT signing key, derived once from the server secret."""
+    key: bytes | None = state.get("token_key")
+    if key is None:
+        settings: Settings = state.settings
+        key = signing_key(settings.resolved_secret_key())
+        state["token_key"] = key
+    return key
+
+
+@post("/api/auth/token", status_code=200, tags=["health"])
+async def issue_health_token(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    """A JWT for `ws://HOST/api/health/ws`, for the API key in `Authorization` or `x-api-key`."""
+    key = presented_key(request)
+    if key is None:
+        return Response({"message": "Missing API key"}, status_code=401)
+    principal = await lookup(request.app.state, key)
+    if principal is None:
+        return Response({"message": "Invalid API key"}, status_code=401)
+    settings: Settings = request.app.state.settings
+    token, expires_at = issue_token(
+        token_key(request.app.state),
+        key_id=principal.key_id,
+        account_id=principal.account_id,
+        admin=principal.admin,
+        ttl_seconds=settings.health_token_ttl,
+    )
+    return Response(
+        {
+            "token": token,
+            "token_type": "Bearer",
+            "expires_in": int(settings.health_token_ttl),
+            "expires_at": datetime.fromtimestamp(expires_at, UTC)
+            .isoformat()
+            .replace("+00:00", "Z"),
+        }
+    )
