@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import requests
-import uvicorn
 
 from tests.cluster_api_helpers import FreshApi, fresh_api, register
+from tests.fixtures.loopback import serve_on_loopback
 
 
 class RetireClusterAPI:
@@ -32,22 +31,11 @@ class RetireClusterAPI:
 
 @pytest.fixture
 async def base(fresh_database_url: str, redis_url: str) -> AsyncIterator[tuple[FreshApi, str]]:
-    async with fresh_api(fresh_database_url, redis_url) as api:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = uvicorn.Server(
-            uvicorn.Config(api.app, host="127.0.0.1", port=port, log_level="warning")
-        )
-        serving = asyncio.create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.02)
+    async with fresh_api(fresh_database_url, redis_url) as api, serve_on_loopback(api.app) as port:
         await api.pool.execute(  # as the scheduler leaves it, so /health can say healthy
             "INSERT INTO checkpoints (name, position) VALUES ('scheduler', 0)"
         )
         yield api, f"http://127.0.0.1:{port}"
-        server.should_exit = True
-        await asyncio.wait_for(serving, 10)
 
 
 async def _curl(*args: str) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from typing import Any
 
 import jwt
 import pytest
-import uvicorn
 import websockets
 from websockets.asyncio.client import ClientConnection
 
@@ -19,7 +18,7 @@ from adapters.tokens import issue_token, signing_key
 from domain import account
 from domain.events import NewEvent
 from tests.cluster_api_helpers import FreshApi, append_node, fresh_api, heartbeat, node_started
-from tests.test_ws import _free_port
+from tests.fixtures.loopback import serve_on_loopback
 
 AUTH_TIMEOUT = 1.0
 """The served app's `health_auth_timeout`: short, so the test of it is quick."""
@@ -34,17 +33,11 @@ class Served:
 @pytest.fixture
 async def served(fresh_database_url: str, redis_url: str) -> AsyncIterator[Served]:
     """The API behind a real uvicorn on loopback, as `tests/test_ws.py` serves it."""
-    async with fresh_api(fresh_database_url, redis_url, health_auth_timeout=AUTH_TIMEOUT) as api:
-        port = _free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(api.app, host="127.0.0.1", port=port, lifespan="on", log_level="warning")
-        )
-        serving = asyncio.create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.02)
+    async with (
+        fresh_api(fresh_database_url, redis_url, health_auth_timeout=AUTH_TIMEOUT) as api,
+        serve_on_loopback(api.app) as port,
+    ):
         yield Served(api, port)
-        server.should_exit = True
-        await asyncio.wait_for(serving, 10)
 
 
 async def _token(api: FreshApi, key: str) -> str:

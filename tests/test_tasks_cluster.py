@@ -14,14 +14,12 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from adapters.task_store import load_task
 from api.app import create_app
 from domain import task
 from reactors.scheduler import Scheduler
-from spool.embedded import free_port
 from tests.fixtures.cluster import Cluster, StartCluster
+from tests.fixtures.loopback import serve_on_loopback
 
 BASE = "/api/v1/tasks"
 
@@ -156,19 +154,8 @@ async def served(cluster: Cluster) -> AsyncIterator[str]:
     app = create_app(
         pool=cluster.pool, store=cluster.store, settings=cluster.settings, storage=cluster.storage
     )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_config=None)
-    )
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not serving.done(), "uvicorn did not start"
-        await asyncio.sleep(0.05)
-    try:
+    async with serve_on_loopback(app) as port:
         yield f"http://127.0.0.1:{port}/api/v1"
-    finally:
-        server.should_exit = True
-        await serving
 
 
 # -- the cluster -----------------------------------------------------------------------------

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-import uvicorn
 import websockets
 from websockets.asyncio.client import ClientConnection
 
@@ -18,13 +16,7 @@ from domain import job, node, task
 from domain.cluster_config import STREAM_ID, HeartbeatConfig, HeartbeatConfigChanged
 from domain.events import NewEvent
 from tests.cluster_api_helpers import FreshApi, append_node, fresh_api, heartbeat, node_started
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+from tests.fixtures.loopback import serve_on_loopback
 
 
 class Served:
@@ -36,17 +28,8 @@ class Served:
 @pytest.fixture
 async def served(fresh_database_url: str, redis_url: str) -> AsyncIterator[Served]:
     """The API behind a real uvicorn on loopback (websockets need a real server)."""
-    async with fresh_api(fresh_database_url, redis_url) as api:
-        port = _free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(api.app, host="127.0.0.1", port=port, lifespan="on", log_level="warning")
-        )
-        serving = asyncio.create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.02)
+    async with fresh_api(fresh_database_url, redis_url) as api, serve_on_loopback(api.app) as port:
         yield Served(api, port)
-        server.should_exit = True
-        await asyncio.wait_for(serving, 10)
 
 
 async def _next(
