@@ -14,6 +14,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -308,18 +309,17 @@ class Node:
             if stage != "download" and state.node_id != self.node_id:
                 return f"files are on node {state.node_id}"
             try:
+                started = job.start_stage(state, stage, run, attempt, self.node_id)
                 result = await self.store.append(
-                    job.stream_id(job_id),
-                    [
-                        NewEvent(e, self.meta)
-                        for e in job.start_stage(state, stage, run, attempt, self.node_id)
-                    ],
-                    state.version,
+                    job.stream_id(job_id), [NewEvent(e, self.meta) for e in started], state.version
                 )
             except (ConcurrencyError, InvalidTransition):
                 return "taken or changed"
-            state = await load_job(self.store, job_id)
-            assert state is not None
+            # Appended at the version read, so the state is the read one plus these events: no
+            # second read of the job per stage.
+            now = datetime.now(UTC)
+            for e in started:
+                state = job.evolve(state, e, now, state.version + 1)
             unit = RunningUnit(job_id, stage, run, attempt, since_version=result.version)
             self.running[unit_id] = unit
             try:
