@@ -41,19 +41,8 @@ MAX_BODY_BYTES = 256 * 1024
 """A task's payload travels in an event: keep it small."""
 
 
-class RequirementsBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The seed's requirements; every field optional."""
-
-    min_cpu_cores: int = 0
-    min_memory_gb: float = 0.0
-    min_storage_gb: float = 0.0
-    required_platform: str | None = None
-    required_role: str | None = None
-    required_tags: list[str] = msgspec.field(default_factory=list)
-    gpu_required: bool = False
-    internet_required: bool = False
-    timeout_seconds: int = 300
-    max_retries: int = 0
+class RequirementsBody(task.Requirements, frozen=True, forbid_unknown_fields=True):
+    """The seed's requirements (`domain.task.Requirements`), refusing fields it does not know."""
 
 
 class SubmitTaskBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
