@@ -15,7 +15,16 @@ import asyncpg
 import msgspec
 
 # Importing the aggregates registers every event type this store decodes.
-from domain import account, batch, cluster_config, job, node, storage_config, task  # noqa: F401
+from domain import (  # noqa: F401
+    account,
+    batch,
+    cluster_config,
+    job,
+    node,
+    storage_config,
+    task,
+    viewer,
+)
 from domain.errors import ConcurrencyError
 from domain.events import Event, EventRegistry, Metadata, NewEvent, RecordedEvent, registry
 

@@ -21,6 +21,8 @@ _NUMERIC_ENV = {
     "rate_limit": "SPOOL_RATE_LIMIT",
     "health_token_ttl": "SPOOL_HEALTH_TOKEN_TTL",
     "health_auth_timeout": "SPOOL_HEALTH_AUTH_TIMEOUT",
+    "viewer_stats_interval": "SPOOL_VIEWER_STATS_INTERVAL",
+    "viewer_timeout": "SPOOL_VIEWER_TIMEOUT",
 }
 
 _FLAG_ENV = {
@@ -67,6 +69,11 @@ class Settings(msgspec.Struct, kw_only=True):
     # The health websocket: lifetime of its JWTs, and how long a socket may stay unauthenticated.
     health_token_ttl: float = 900.0
     health_auth_timeout: float = 10.0
+    # Viewers (live connections): how often a live one reports its bytes, how long one may stay
+    # silent before it is closed by timeout, and an optional GeoIP database (MaxMind .mmdb).
+    viewer_stats_interval: float = 5.0
+    viewer_timeout: float = 30.0
+    geoip_database: Path | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -90,6 +97,8 @@ class Settings(msgspec.Struct, kw_only=True):
                 values[name] = env[var].strip().lower() in ("1", "true", "yes", "on")
         if env.get("SPOOL_NODE_ID"):
             values["node_id"] = env["SPOOL_NODE_ID"]
+        if env.get("SPOOL_GEOIP_DATABASE"):
+            values["geoip_database"] = Path(env["SPOOL_GEOIP_DATABASE"])
         if env.get("SPOOL_DATA_DIR"):
             values["data_dir"] = Path(env["SPOOL_DATA_DIR"])
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,247 @@
+"""Live viewer sessions held by this process, recorded as viewer streams.
+
+A session appends `ViewerConnected` when it opens and `ViewerDisconnected` when it closes. In
+between, one flush loop per process appends every open session's `ViewerStats` in a single
+batched append each interval: byte counters are plain integer additions on the hot path, and a
+session that moved nothing still reports, so a silent one means its holder is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from adapters.event_store import EventStore, StreamAppend
+from domain import viewer
+from domain.errors import ConcurrencyError
+from domain.events import Metadata, NewEvent
+
+log = logging.getLogger("spool.viewers")
+
+
+class ClientFacts:
+    """What the User-Agent and the address tell about a client; empty strings when unknown."""
+
+    __slots__ = ("browser_name", "country_code", "country_name", "device_type", "os_name")
+
+    def __init__(
+        self,
+        device_type: str = "",
+        os_name: str = "",
+        browser_name: str = "",
+        country_code: str = "",
+        country_name: str = "",
+    ) -> None:
+        self.device_type = device_type
+        self.os_name = os_name
+        self.browser_name = browser_name
+        self.country_code = country_code
+        self.country_name = country_name
+
+
+Describe = Callable[[str, str], ClientFacts]
+"""(user_agent, remote_address) -> what they tell; the recorder's way to fill client facts."""
+
+
+def _no_facts(user_agent: str, remote_address: str) -> ClientFacts:
+    return ClientFacts()
+
+
+class ViewerSession:
+    """One live connection: count its bytes, change its state, close it."""
+
+    def __init__(self, recorder: ViewerRecorder, viewer_id: str, bitrate: int) -> None:
+        self._recorder = recorder
+        self.viewer_id = viewer_id
+        self.in_total = 0
+        self.out_total = 0
+        self.bitrate = bitrate
+        self._bitrate_sent = bitrate
+        self._last_in = 0
+        self._last_out = 0
+        self._last_at = time.monotonic()
+        self.version = 1
+        self.closed = False
+
+    def add_in(self, n: int) -> None:
+        """Count bytes received from the client."""
+        self.in_total += n
+
+    def add_out(self, n: int) -> None:
+        """Count bytes sent to the client."""
+        self.out_total += n
+
+    def set_bitrate(self, bits_per_second: int) -> None:
+        """The media's bitrate, once known; it travels with the next stats."""
+        self.bitrate = max(0, bits_per_second)
+
+    async def set_state(self, state: str) -> None:
+        """Record a state change (PLAYING, PAUSED, ...)."""
+        viewer.check_state(state)
+        await self._recorder._append_one(
+            self, viewer.ViewerStateChanged(viewer_id=self.viewer_id, state=state)
+        )
+
+    async def close(self) -> None:
+        """Record the goodbye with the final byte totals; closing twice does nothing."""
+        await self._recorder._close(self, "closed")
+
+    def _stats(self, now: float) -> viewer.ViewerStats:
+        elapsed = max(now - self._last_at, 1e-3)
+        ev = viewer.ViewerStats(
+            viewer_id=self.viewer_id,
+            in_bandwidth=int((self.in_total - self._last_in) / elapsed),
+            out_bandwidth=int((self.out_total - self._last_out) / elapsed),
+            in_total_bytes=self.in_total,
+            out_total_bytes=self.out_total,
+            bitrate=self.bitrate if self.bitrate != self._bitrate_sent else None,
+        )
+        self._last_in, self._last_out, self._last_at = self.in_total, self.out_total, now
+        self._bitrate_sent = self.bitrate
+        return ev
+
+
+class ViewerRecorder:
+    """The sessions this process holds, and the loop that reports their stats."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        node_id: str,
+        interval: float = 5.0,
+        describe: Describe = _no_facts,
+    ) -> None:
+        self.store = store
+        self.node_id = node_id
+        self.interval = interval
+        self.describe = describe
+        self.sessions: dict[str, ViewerSession] = {}
+        self._lock = asyncio.Lock()
+        self._loop: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start reporting stats every interval."""
+        if self._loop is None:
+            self._loop = asyncio.create_task(self._run(), name="viewer-stats")
+
+    async def aclose(self) -> None:
+        """Stop the loop and say goodbye for every session still open."""
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+            self._loop = None
+        for session in list(self.sessions.values()):
+            with contextlib.suppress(Exception):
+                await self._close(session, "closed")
+
+    async def open(
+        self,
+        *,
+        harness_type: str,
+        state: str,
+        stream_key: str = "",
+        application_id: str = "",
+        remote_address: str = "",
+        user_agent: str = "",
+        bitrate: int = 0,
+    ) -> ViewerSession:
+        """Open a session: appends ViewerConnected now, so the viewer shows at once."""
+        facts = self.describe(user_agent, remote_address)
+        viewer_id = viewer.new_viewer_id()
+        ev = viewer.ViewerConnected(
+            viewer_id=viewer_id,
+            harness_type=harness_type,
+            state=state,
+            application_id=application_id[: viewer.MAX_TEXT],
+            stream_key=stream_key[: viewer.MAX_TEXT],
+            remote_address=remote_address[: viewer.MAX_TEXT],
+            user_agent=user_agent[: viewer.MAX_TEXT],
+            device_type=facts.device_type,
+            os_name=facts.os_name[: viewer.MAX_TEXT],
+            browser_name=facts.browser_name[: viewer.MAX_TEXT],
+            country_code=facts.country_code,
+            country_name=facts.country_name[: viewer.MAX_TEXT],
+            started_at=int(time.time() * 1000),
+            bitrate=max(0, bitrate),
+            node_id=self.node_id,
+        )
+        viewer.check_connect(ev, None)
+        session = ViewerSession(self, viewer_id, ev.bitrate)
+        await self.store.append(viewer.stream_id(viewer_id), [self._new(ev)], 0)
+        self.sessions[viewer_id] = session
+        return session
+
+    def _new(self, ev: viewer.ViewerEvent) -> NewEvent:
+        return NewEvent(ev, Metadata(actor=self.node_id, node_id=self.node_id))
+
+    async def _append_one(self, session: ViewerSession, ev: viewer.ViewerEvent) -> None:
+        async with self._lock:
+            if session.closed:
+                return
+            try:
+                await self.store.append(
+                    viewer.stream_id(session.viewer_id), [self._new(ev)], session.version
+                )
+            except ConcurrencyError:
+                # Someone else ended it (the timeout reactor while we stalled): it stays ended.
+                session.closed = True
+                self.sessions.pop(session.viewer_id, None)
+                return
+            session.version += 1
+
+    async def _close(self, session: ViewerSession, reason: viewer.DisconnectReason) -> None:
+        if session.closed:
+            return
+        await self._append_one(
+            session,
+            viewer.ViewerDisconnected(
+                viewer_id=session.viewer_id,
+                reason=reason,
+                in_total_bytes=session.in_total,
+                out_total_bytes=session.out_total,
+            ),
+        )
+        session.closed = True
+        self.sessions.pop(session.viewer_id, None)
+
+    async def flush(self) -> None:
+        """Append one ViewerStats for every open session, in one batched append."""
+        async with self._lock:
+            live = [s for s in self.sessions.values() if not s.closed]
+            if not live:
+                return
+            now = time.monotonic()
+            appends = [
+                StreamAppend(
+                    viewer.stream_id(s.viewer_id), [self._new(s._stats(now))], s.version
+                )
+                for s in live
+            ]
+            try:
+                await self.store.append_many(appends)
+            except ConcurrencyError:
+                # One of them was ended elsewhere: append one by one and drop the ended ones.
+                for s, a in zip(live, appends, strict=True):
+                    try:
+                        await self.store.append(a.stream_id, a.events, s.version)
+                    except ConcurrencyError:
+                        s.closed = True
+                        self.sessions.pop(s.viewer_id, None)
+                        continue
+                    s.version += 1
+                return
+            for s in live:
+                s.version += 1
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.flush()
+            except Exception:  # the next interval tries again; stats are not worth a crash
+                log.exception("viewer stats flush failed")
