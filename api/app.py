@@ -17,6 +17,7 @@ from adapters.event_store import EventStore
 from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
 from adapters.storage import ObjectStorage
+from adapters.viewer_sessions import ViewerRecorder
 from api.batches import BatchController
 from api.cluster import ClusterController
 from api.cluster_redis import close_redis
@@ -70,10 +71,18 @@ def create_app(
         }
     )
 
+    # This process's live connections (websockets, playback), reported as viewer streams.
+    viewers = ViewerRecorder(
+        store, node_id=f"api-{settings.node_id}", interval=settings.viewer_stats_interval
+    )
+    state["viewers"] = viewers
+
     async def open_health() -> None:
         await start_health(state)
+        await viewers.start()
 
     async def close_cluster_api() -> None:
+        await viewers.aclose()
         await stop_health(state)
         await stop_feed(state)
         await close_redis(state)
