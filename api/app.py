@@ -30,9 +30,7 @@ from api.health_ws import health_ws, start_health, stop_health
 from api.jobs import JobsController
 from api.metadata import MetadataController
 from api.metrics import metrics
-from api.rate_limit import rate_limit_middleware
-from api.request_log import request_log_middleware
-from api.requests import request_id_middleware
+from api.middleware import request_middleware
 from api.tasks import TasksController
 from api.tokens import issue_health_token
 from api.usage import UsageController
@@ -106,8 +104,7 @@ def create_app(
             issue_health_token,
             swagger,
         ],
-        # Outermost first: the request id exists before the log line and the rate limit.
-        middleware=[request_id_middleware, request_log_middleware, rate_limit_middleware],
+        middleware=[request_middleware],
         on_startup=[open_health],
         on_shutdown=[close_storages, close_cluster_api],
         state=state,

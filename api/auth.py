@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 
 from api.errors import JobApiError
@@ -21,16 +22,21 @@ class Principal(msgspec.Struct, frozen=True):
     admin: bool
 
 
-def presented_key(request: Request[Any, Any, Any]) -> str | None:
-    """The key a request carries, if any."""
-    key = request.headers.get("x-api-key")
-    if key:
-        return key.strip()
-    auth = request.headers.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
+def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The key a request carries, if any: `x-api-key`, else `Authorization: Bearer`."""
+    # The raw header pairs, not `connection.headers`: building that mapping cost more than the
+    # rest of the check on the dashboard's hot path. Servers send header names lower-cased.
+    bearer = None
+    for name, value in connection.scope["headers"]:
+        if name == b"x-api-key":
+            key = value.decode("latin-1").strip()
+            if key:
+                return key
+        elif name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                bearer = token.strip()
+    return bearer
 
 
 KEY_CACHE_SECONDS = 5.0

@@ -10,20 +10,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
-from litestar.datastructures import MutableScopeHeaders
-from litestar.enums import ScopeType
-from litestar.types import (
-    ASGIApp,
-    HTTPResponseBodyEvent,
-    HTTPResponseStartEvent,
-    Message,
-    Receive,
-    Scope,
-    Send,
-)
+from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Scope, Send
 
 from api.cluster_redis import redis_of
 from api.envelope import timestamp
@@ -63,51 +53,45 @@ async def _count(app_state: Any, caller: str, now: float) -> tuple[int, int] | N
     return int(count), window + WINDOW_SECONDS
 
 
-def rate_limit_middleware(app: ASGIApp) -> ASGIApp:
-    """429 `RATE_LIMIT_EXCEEDED` past the limit; X-RateLimit-* headers on every `/api/v1` answer."""
+class Verdict(NamedTuple):
+    """A counted request: the headers its answer carries, and whether it is over the limit."""
 
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP or not scope["path"].startswith(PREFIX):
-            await app(scope, receive, send)
-            return
-        state = scope["app"].state
-        limit: int = state.settings.rate_limit
-        if limit <= 0:
-            await app(scope, receive, send)
-            return
-        try:
-            counted = await _count(state, _caller(scope), time.time())
-        except Exception as exc:  # Redis down: serve rather than refuse everyone
-            log.warning("rate limit not checked: %s", exc)
-            counted = None
-        if counted is None:
-            await app(scope, receive, send)
-            return
-        count, reset = counted
-        headers = {
-            "x-ratelimit-limit": str(limit),
-            "x-ratelimit-remaining": str(max(0, limit - count)),
-            "x-ratelimit-reset": str(reset),
-        }
-        if count > limit:
-            await _refuse(scope, send, headers, limit, reset)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                h = MutableScopeHeaders.from_message(message)
-                for k, v in headers.items():
-                    h[k] = v
-            await send(message)
-
-        await app(scope, receive, send_with_headers)
-
-    return middleware
+    headers: list[tuple[bytes, bytes]]
+    refused: bool
+    limit: int
+    reset: int
 
 
-async def _refuse(
-    scope: Scope, send: Send, headers: dict[str, str], limit: int, reset: int
-) -> None:
+async def check(scope: Scope) -> Verdict | None:
+    """Count a `/api/v1` request against its caller's window; None when nothing was counted."""
+    if not scope["path"].startswith(PREFIX):
+        return None
+    state = scope["app"].state
+    limit: int = state.settings.rate_limit
+    if limit <= 0:
+        return None
+    try:
+        counted = await _count(state, _caller(scope), time.time())
+    except Exception as exc:  # Redis down: serve rather than refuse everyone
+        log.warning("rate limit not checked: %s", exc)
+        return None
+    if counted is None:
+        return None
+    count, reset = counted
+    headers = [
+        (b"x-ratelimit-limit", str(limit).encode()),
+        (b"x-ratelimit-remaining", str(max(0, limit - count)).encode()),
+        (b"x-ratelimit-reset", str(reset).encode()),
+    ]
+    return Verdict(headers, count > limit, limit, reset)
+
+
+async def refuse(scope: Scope, send: Send, verdict: Verdict) -> None:
+    """Answer 429 `RATE_LIMIT_EXCEEDED` in the cluster API's envelope.
+
+    `send` adds the verdict's X-RateLimit-* headers, as it does to every counted answer.
+    """
+    limit, reset = verdict.limit, verdict.reset
     rid = scope.get("state", {}).get("request_id", "")
     body = _encode(
         {
@@ -124,7 +108,6 @@ async def _refuse(
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         (b"retry-after", str(retry_after).encode()),
-        *((k.encode(), v.encode()) for k, v in headers.items()),
     ]
     start: HTTPResponseStartEvent = {"type": "http.response.start", "status": 429, "headers": raw}
     await send(start)
