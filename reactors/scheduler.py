@@ -152,13 +152,12 @@ class Scheduler:
     async def pass_once(self) -> list[str]:
         """One planning pass; returns what it did, one line per action."""
         await self.tasks_view.catch_up("tasks")
-        async with self.pool.acquire() as lock:
-            if not await lock.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", LOCK_KEY):
+        # A transaction-scoped lock: it ends with the transaction, whatever happens to the pass,
+        # and leaves no session state on the pooled connection.
+        async with self.pool.acquire() as lock, lock.transaction():
+            if not await lock.fetchval("SELECT pg_try_advisory_xact_lock(hashtext($1))", LOCK_KEY):
                 return []  # another scheduler is planning right now
-            try:
-                return await self._pass()
-            finally:
-                await lock.execute("SELECT pg_advisory_unlock(hashtext($1))", LOCK_KEY)
+            return await self._pass()
 
     async def _pass(self) -> list[str]:
         online_seconds = self.online_seconds
