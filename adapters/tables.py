@@ -190,3 +190,89 @@ tasks = sa.Table(
     sa.Index("tasks_account_created_idx", "account_id", sa.text("created_at DESC"), "task_id"),
     sa.Index("tasks_device_status_idx", "device_id", "status"),
 )
+
+# Live viewers (domain.viewer): one row per connected viewer, deleted at ViewerDisconnected (the
+# history stays in the log). Stats rewrite a row every few seconds, so no index covers a column
+# they change: updates stay HOT, and the fill factor leaves them room on the page.
+viewers = sa.Table(
+    "viewers",
+    metadata,
+    sa.Column("viewer_id", sa.Text, primary_key=True),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("harness_type", sa.Text, nullable=False),
+    sa.Column("system", sa.Boolean, nullable=False),
+    sa.Column("application_id", sa.Text, nullable=False),
+    sa.Column("stream_key", sa.Text, nullable=False),
+    sa.Column("remote_address", sa.Text, nullable=False),
+    sa.Column("device_type", sa.Text, nullable=False),
+    sa.Column("os_name", sa.Text, nullable=False),
+    sa.Column("browser_name", sa.Text, nullable=False),
+    sa.Column("country_code", sa.Text, nullable=False),
+    sa.Column("country_name", sa.Text, nullable=False),
+    sa.Column("started_at", sa.BigInteger, nullable=False),  # Unix ms, the seed's startTime
+    sa.Column("in_bandwidth", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("out_bandwidth", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("in_total_bytes", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("out_total_bytes", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("health_score", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("health_grade", sa.Text, nullable=False, server_default="No Data"),
+    sa.Column("bitrate", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("measured", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("node_id", sa.Text, nullable=False),
+    sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    postgresql_with={"fillfactor": 80},
+)
+
+# The viewer list's index: one row per live viewer and search term (`''` for every viewer, then
+# its lower-cased id, stream key, address, country code and country name). Every list query,
+# searched or not, is then a range of one narrow index in the list's order, which an index-only
+# scan walks from either end. Rows are only inserted and deleted, never updated.
+viewer_terms = sa.Table(
+    "viewer_terms",
+    metadata,
+    sa.Column("term", sa.Text, nullable=False),
+    sa.Column("started_at", sa.BigInteger, nullable=False),
+    sa.Column("viewer_id", sa.Text, nullable=False),
+    sa.Column("harness_type", sa.Text, nullable=False),
+    sa.Column("system", sa.Boolean, nullable=False),
+    sa.Index(
+        "viewer_terms_order_idx", "term", sa.text("started_at DESC"), "viewer_id", unique=True
+    ),
+    sa.Index(
+        "viewer_terms_harness_idx", "term", "harness_type", sa.text("started_at DESC"), "viewer_id"
+    ),
+    sa.Index(
+        "viewer_terms_viewers_idx",
+        "term",
+        sa.text("started_at DESC"),
+        "viewer_id",
+        postgresql_where=sa.text("NOT system"),
+    ),
+)
+
+# Live viewers per term and harness type, kept in the same transaction as `viewer_terms`, so a
+# list's totalItems is a sum of at most ten rows however many viewers match.
+viewer_term_counts = sa.Table(
+    "viewer_term_counts",
+    metadata,
+    sa.Column("term", sa.Text, primary_key=True),
+    sa.Column("harness_type", sa.Text, primary_key=True),
+    sa.Column("live", sa.BigInteger, nullable=False),
+)
+
+# Live viewers per term, harness type and span of start times (an hour, and a minute), so a deep
+# page finds the minute where it begins by summing a few hundred rows instead of walking the
+# list index from its end: OFFSET then only skips within that minute.
+viewer_term_spans = sa.Table(
+    "viewer_term_spans",
+    metadata,
+    sa.Column("term", sa.Text, primary_key=True),
+    sa.Column("width", sa.BigInteger, primary_key=True),
+    sa.Column("start", sa.BigInteger, primary_key=True),
+    sa.Column("harness_type", sa.Text, primary_key=True),
+    sa.Column("live", sa.BigInteger, nullable=False),
+)
+
+VIEWER_SPAN_WIDTHS: tuple[int, ...] = (3_600_000, 60_000)
+"""The spans of start times (ms) in `viewer_term_spans`: hours to find the hour, then minutes."""

@@ -19,6 +19,7 @@ from reactors.pipeline import PipelineReactor
 from reactors.projection import ProjectionRunner
 from reactors.reconciler import Reconciler
 from reactors.scheduler import Scheduler
+from reactors.viewer_timeouts import ViewerTimeouts
 from reactors.webhooks import WebhookReactor
 from spool.runtime import Runtime, open_runtime
 
@@ -104,6 +105,7 @@ async def up(settings: Settings) -> None:
                 "pipeline": pipeline.run(stop),
                 "scheduler": Scheduler(rt.store, rt.redis).run(stop),
                 "reconciler": Reconciler(rt.store, rt.redis, settings).run(stop),
+                "viewer-timeouts": ViewerTimeouts(rt.store, settings).run(stop),
                 "node": node_for(rt).run(stop),
             },
         )

@@ -11,6 +11,7 @@ from reactors.projections.storage_configs import StorageConfigsProjection
 from reactors.projections.tasks import TasksProjection
 from reactors.projections.usage import UsageProjection
 from reactors.projections.usage_minutes import UsageMinutesProjection
+from reactors.projections.viewers import ViewersProjection
 
 
 def all_projections() -> list[Projection]:
@@ -24,4 +25,5 @@ def all_projections() -> list[Projection]:
         TasksProjection(),
         ClusterConfigProjection(),
         UsageMinutesProjection(),
+        ViewersProjection(),
     ]

@@ -1,0 +1,416 @@
+"""Playback of finished outputs: `GET /media/{job_id}` (progressive, with Range) and HLS.
+
+Who may play: the job's owner, by API key (`x-api-key` / `Authorization: Bearer`) or by a
+`?token=<JWT>` from `POST /api/auth/token`, so a player or `curl` can be handed a plain URL.
+Anyone else's job answers 404, as in the job API, whose `{"error": ...}` shape this keeps.
+
+Every playback is a viewer. A progressive download is one GENERIC_PROGRESSIVE_VIEWER per request
+that sends bytes, counted chunk by chunk as the client takes them. HLS is many small requests,
+so its viewer (GENERIC_HLS_VIEWER) is one per job, client address and User-Agent: opened by the
+first request, fed by every playlist and segment, and closed by a sweeper once no request came
+for `viewer_timeout` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import mimetypes
+import re
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from litestar import Litestar, Request, Response, Router, get, head
+from litestar.background_tasks import BackgroundTask
+from litestar.datastructures import State
+from litestar.response import Stream
+
+from adapters.account_storage import AccountStorages
+from adapters.job_store import load_job
+from adapters.media_cache import PLAYLIST, HlsCache, HlsFailed
+from adapters.settings import Settings
+from adapters.storage import ObjectInfo, ObjectStorage, StorageError
+from adapters.tokens import TokenError, verify_token
+from adapters.viewer_sessions import ViewerSession
+from api.auth import lookup, presented_key
+from api.errors import JOB_API_ERRORS, JobApiError
+from api.tokens import token_key
+from api.viewer_sources import client_address, close_viewer, open_viewer
+from domain import job
+
+_MEDIA_TYPES = {
+    "mp4": "video/mp4",
+    "m4a": "audio/mp4",
+    "mov": "video/quicktime",
+    "mkv": "video/x-matroska",
+    "webm": "video/webm",
+    "mp3": "audio/mpeg",
+    "ogg": "audio/ogg",
+    "opus": "audio/ogg",
+    "ts": "video/mp2t",
+}
+_HLS_TYPES = {
+    ".m3u8": "application/vnd.apple.mpegurl",
+    ".ts": "video/mp2t",
+    ".m4s": "video/iso.segment",
+    ".mp4": "video/mp4",
+}
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+_REVOKED = "SELECT revoked FROM api_keys WHERE key_id = $1"
+
+
+# -- who is asking, and for what ---------------------------------------------------------------
+
+
+class Caller:
+    """An authenticated player: its account, and the token it came with (to pass on in URLs)."""
+
+    __slots__ = ("account_id", "token")
+
+    def __init__(self, account_id: str, token: str | None) -> None:
+        self.account_id = account_id
+        self.token = token
+
+
+async def _caller(request: Request[Any, Any, Any]) -> Caller:
+    """The caller by API key, else by `?token=`; 401 in the job API's words otherwise."""
+    state = request.app.state
+    key = presented_key(request)
+    if key is not None:
+        principal = await lookup(state, key)
+        if principal is None:
+            raise JobApiError(status_code=401, detail="Invalid API Key")
+        return Caller(principal.account_id, None)
+    token = request.query_params.get("token")
+    if not token:
+        raise JobApiError(status_code=401, detail="Missing x-api-key header or token")
+    try:
+        claims = verify_token(token_key(state), token)
+    except TokenError as exc:
+        raise JobApiError(status_code=401, detail=f"Invalid token: {exc}") from None
+    if await state.pool.fetchval(_REVOKED, claims.key_id) is not False:
+        raise JobApiError(status_code=401, detail="Invalid token: its API key is revoked")
+    return Caller(claims.account_id, token)
+
+
+async def _finished_job(
+    request: Request[Any, Any, Any], job_id: str, caller: Caller
+) -> job.JobState:
+    """The caller's completed job with its file still stored; 404 / 409 otherwise."""
+    try:
+        jid = str(uuid.UUID(job_id))
+    except ValueError:
+        raise JobApiError(status_code=404, detail="Job not found") from None
+    state = await load_job(request.app.state.store, jid)
+    if state is None or state.account_id != caller.account_id:
+        raise JobApiError(status_code=404, detail="Job not found")
+    if state.status != "Completed" or state.key is None:
+        raise JobApiError(status_code=409, detail=f"Job is not completed (status: {state.status})")
+    if state.file_deleted:
+        raise JobApiError(status_code=404, detail="The job's file was deleted")
+    return state
+
+
+async def _stored(
+    request: Request[Any, Any, Any], state: job.JobState
+) -> tuple[ObjectStorage, ObjectInfo]:
+    """The storage holding the job's file, and the file's size."""
+    storages: AccountStorages = request.app.state.storages
+    assert state.key is not None
+    try:
+        storage = await storages.for_job(state.account_id, state.storage_override)
+        info = await storage.head(state.key)
+    except StorageError as exc:
+        raise JobApiError(status_code=502, detail=f"Storage refused the read: {exc}") from None
+    if info is None:
+        raise JobApiError(status_code=404, detail="The job's file is gone from storage")
+    return storage, info
+
+
+def media_type(key: str) -> str:
+    """The Content-Type of an output, by its extension."""
+    ext = key.rsplit(".", 1)[-1].lower() if "." in key else ""
+    return _MEDIA_TYPES.get(ext) or mimetypes.guess_type(key)[0] or "application/octet-stream"
+
+
+def bitrate(state: job.JobState) -> int:
+    """The output's average bitrate in bits/s (0 when its size or length is unknown)."""
+    if not state.file_size or not state.duration or state.duration <= 0:
+        return 0
+    return int(state.file_size * 8 / state.duration)
+
+
+# -- Range -------------------------------------------------------------------------------------
+
+
+class Unsatisfiable(Exception):
+    """A Range no byte of the object falls in: 416."""
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive `(first, last)` bytes a `Range` header asks of `size`; None: the whole.
+
+    One range only (`bytes=a-b`, `bytes=a-`, `bytes=-n`). A header that is malformed or asks
+    for several ranges is ignored, as RFC 9110 lets a server do: the whole object is sent.
+    """
+    if not header:
+        return None
+    m = _RANGE.match(header)
+    if m is None or not (m.group(1) or m.group(2)):
+        return None
+    first, last = m.group(1), m.group(2)
+    if not first:  # a suffix: the last n bytes
+        n = int(last)
+        if n == 0 or size == 0:
+            raise Unsatisfiable
+        return max(0, size - n), size - 1
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        raise Unsatisfiable
+    return start, min(int(last) if last else size - 1, size - 1)
+
+
+# -- progressive -------------------------------------------------------------------------------
+
+
+async def _counted(
+    chunks: AsyncGenerator[bytes, None], session: ViewerSession | None
+) -> AsyncGenerator[bytes, None]:
+    """Yield `chunks`, counting each one once the server came back for the next: it was sent."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+            if session is not None:
+                session.add_out(len(chunk))
+    finally:
+        close_viewer(session)
+        with contextlib.suppress(Exception):
+            await chunks.aclose()
+
+
+async def _finish(body: AsyncGenerator[bytes, None], session: ViewerSession | None) -> None:
+    """After the response: end the body (if a disconnect left it suspended) and the viewer."""
+    with contextlib.suppress(Exception):
+        await body.aclose()
+    close_viewer(session)
+
+
+def _file_headers(state: job.JobState, size: int) -> dict[str, str]:
+    name = state.key.rsplit("/", 1)[-1] if state.key else "media"
+    return {
+        "Accept-Ranges": "bytes",
+        "Content-Length": str(size),
+        "Content-Disposition": f"inline; filename*=UTF-8''{quote(name)}",
+        "Cache-Control": "private, no-transform",
+    }
+
+
+async def _play(request: Request[Any, Any, Any], job_id: str, *, send: bool) -> Response[Any]:
+    caller = await _caller(request)
+    state = await _finished_job(request, job_id, caller)
+    storage, info = await _stored(request, state)
+    assert state.key is not None
+    kind = media_type(state.key)
+    try:
+        wanted = byte_range(request.headers.get("range"), info.size)
+    except Unsatisfiable:
+        return Response(
+            {"error": f"Range not satisfiable: the file has {info.size} bytes"},
+            status_code=416,
+            headers={"Content-Range": f"bytes */{info.size}", "Accept-Ranges": "bytes"},
+        )
+    start, end = wanted if wanted is not None else (0, info.size - 1)
+    headers = _file_headers(state, end - start + 1)
+    if wanted is not None:
+        headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
+    status = 206 if wanted is not None else 200
+    if not send or end < start:  # HEAD, or an empty file: nothing to stream
+        return Response(b"", status_code=status, headers=headers, media_type=kind)
+    session = await open_viewer(
+        request.app.state,
+        request,
+        harness_type="GENERIC_PROGRESSIVE_VIEWER",
+        state_name="PLAYING",
+        stream_key=state.job_id,
+        application_id=state.account_id,
+        bitrate=bitrate(state),
+    )
+    whole = start == 0 and end == info.size - 1
+    body = _counted(storage.read(state.key, start, None if whole else end), session)
+    return Stream(
+        body,
+        status_code=status,
+        headers=headers,
+        media_type=kind,
+        background=BackgroundTask(_finish, body, session),
+    )
+
+
+@get("/{job_id:str}", summary="Play or download a finished output (HTTP Range supported)")
+async def media_file(request: Request[Any, Any, Any], job_id: str) -> Response[Any]:
+    """The job's output file: 200 whole, 206 for a `Range`, 416 when no byte is in range."""
+    return await _play(request, job_id, send=True)
+
+
+@head("/{job_id:str}", summary="Size and type of a finished output")
+async def media_file_head(request: Request[Any, Any, Any], job_id: str) -> Response[None]:
+    """The headers `GET` would answer with, and no body."""
+    return await _play(request, job_id, send=False)
+
+
+# -- HLS ---------------------------------------------------------------------------------------
+
+
+class _HlsViewer:
+    __slots__ = ("last_seen", "session")
+
+    def __init__(self, session: ViewerSession) -> None:
+        self.session = session
+        self.last_seen = time.monotonic()
+
+
+class Media:
+    """This app's HLS renditions and the HLS viewers it holds."""
+
+    def __init__(self, state: State) -> None:
+        settings: Settings = state.settings
+        self.state = state
+        self.cache = HlsCache(settings.data_dir / "media-cache" / "hls")
+        self.timeout = settings.viewer_timeout
+        self.viewers: dict[tuple[str, str, str], _HlsViewer] = {}
+        self._opening = asyncio.Lock()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def viewer(
+        self, request: Request[Any, Any, Any], state: job.JobState
+    ) -> ViewerSession | None:
+        """The HLS viewer of this job, client and User-Agent: the one open, else a new one."""
+        key = (state.job_id, client_address(request), request.headers.get("user-agent", ""))
+        async with self._opening:  # two segments asked at once must not open two viewers
+            held = self.viewers.get(key)
+            if held is not None and not held.session.closed:
+                held.last_seen = time.monotonic()
+                return held.session
+            session = await open_viewer(
+                self.state,
+                request,
+                harness_type="GENERIC_HLS_VIEWER",
+                state_name="PLAYING",
+                stream_key=state.job_id,
+                application_id=state.account_id,
+                bitrate=bitrate(state),
+            )
+            if session is None:
+                return None
+            self.viewers[key] = _HlsViewer(session)
+            if self._sweeper is None or self._sweeper.done():
+                self._sweeper = asyncio.create_task(self._sweep(), name="hls-viewer-sweeper")
+            return session
+
+    async def _sweep(self) -> None:
+        """Close viewers idle for `timeout`; stops by itself once none is left."""
+        every = max(0.1, min(5.0, self.timeout / 4))
+        while self.viewers:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            for key, held in list(self.viewers.items()):
+                if held.session.closed or now - held.last_seen >= self.timeout:
+                    del self.viewers[key]
+                    close_viewer(held.session)
+
+    async def aclose(self) -> None:
+        """Stop the sweeper and builds, and say goodbye for every HLS viewer still open."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        held, self.viewers = list(self.viewers.values()), {}
+        for h in held:
+            with contextlib.suppress(Exception):
+                await h.session.close()
+        await self.cache.aclose()
+
+
+def media_of(state: State) -> Media:
+    """This app's playback state, made on first use."""
+    media: Media | None = state.get("media")
+    if media is None:
+        media = Media(state)
+        state["media"] = media
+    return media
+
+
+async def stop_media(app: Litestar) -> None:
+    """On shutdown: end HLS viewers and builds."""
+    media: Media | None = app.state.get("media")
+    if media is not None:
+        await media.aclose()
+
+
+def playlist_with_token(text: str, token: str | None) -> str:
+    """The playlist with `?token=` on every URI, so a player can follow it; as is without one."""
+    if not token:
+        return text
+    suffix = f"?token={quote(token, safe='')}"
+    lines = []
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            line += suffix
+        elif line.startswith("#EXT-X-MAP:"):
+            line = re.sub(r'URI="([^"?]+)"', lambda m: f'URI="{m.group(1)}{suffix}"', line)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+@get("/{job_id:str}/{name:str}", summary="HLS playlist (index.m3u8) and segments of an output")
+async def media_hls(request: Request[Any, Any, Any], job_id: str, name: str) -> Response[bytes]:
+    """`index.m3u8` and the segments it lists, cut from the output on first request."""
+    caller = await _caller(request)
+    state = await _finished_job(request, job_id, caller)
+    media = media_of(request.app.state)
+    if media.cache.ready(state.job_id) is None:
+        storage, _ = await _stored(request, state)
+        assert state.key is not None
+        key = state.key
+
+        async def fetch(path: Path) -> None:
+            with path.open("wb") as f:
+                async for chunk in storage.read(key):
+                    await asyncio.to_thread(f.write, chunk)
+
+        try:
+            await media.cache.ensure(state.job_id, fetch)
+        except (HlsFailed, StorageError) as exc:
+            raise JobApiError(status_code=502, detail=f"Could not make HLS: {exc}") from None
+    path = media.cache.file(state.job_id, name)
+    if path is None:
+        raise JobApiError(status_code=404, detail=f"No such HLS file: {name}")
+    if name == PLAYLIST:
+        text = await asyncio.to_thread(path.read_text)
+        body = playlist_with_token(text, caller.token).encode()
+    else:
+        body = await asyncio.to_thread(path.read_bytes)
+    session = await media.viewer(request, state)
+    if session is not None:
+        session.add_out(len(body))
+    return Response(
+        body,
+        media_type=_HLS_TYPES.get(path.suffix, "application/octet-stream"),
+        headers={"Cache-Control": "private, no-cache" if name == PLAYLIST else "private"},
+    )
+
+
+media_router = Router(
+    path="/media",
+    route_handlers=[media_file, media_file_head, media_hls],
+    exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
+    tags=["media"],
+)
+"""Playback of finished outputs, mounted at `/media`."""

@@ -1,0 +1,79 @@
+"""The API's own live connections as viewers: open and close sessions on this process's recorder.
+
+A viewer is bookkeeping about a connection, never a reason to refuse or break one: a failure to
+record (the database away for a moment) is logged and the connection goes on unrecorded.
+Closing is handed to a task of its own, because it is usually reached while the connection's
+task is being cancelled (the client left), where an await would be cancelled too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+
+from adapters.viewer_sessions import ViewerRecorder, ViewerSession
+
+log = logging.getLogger("spool.api.viewers")
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The peer's IP address as the server saw it ("" when the server gives none)."""
+    client = connection.client
+    return client.host if client is not None else ""
+
+
+async def open_viewer(
+    state: State,
+    connection: ASGIConnection[Any, Any, Any, Any],
+    *,
+    harness_type: str,
+    state_name: str,
+    stream_key: str,
+    application_id: str,
+    bitrate: int = 0,
+) -> ViewerSession | None:
+    """A viewer for `connection` on this app's recorder; None when it could not be recorded."""
+    recorder: ViewerRecorder | None = state.get("viewers")
+    if recorder is None:
+        return None
+    try:
+        return await recorder.open(
+            harness_type=harness_type,
+            state=state_name,
+            stream_key=stream_key,
+            application_id=application_id,
+            remote_address=client_address(connection),
+            user_agent=connection.headers.get("user-agent", ""),
+            bitrate=bitrate,
+        )
+    except Exception:
+        log.warning("could not record a %s viewer", harness_type, exc_info=True)
+        return None
+
+
+def close_viewer(session: ViewerSession | None) -> None:
+    """Record the goodbye of `session` (if any) in the background; closing twice is harmless."""
+    if session is None or session.closed:
+        return
+    task = asyncio.get_running_loop().create_task(_close(session))
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+async def _close(session: ViewerSession) -> None:
+    try:
+        await session.close()
+    except Exception:
+        log.warning("could not record the end of viewer %s", session.viewer_id, exc_info=True)
+
+
+async def closed_viewers() -> None:
+    """Wait for goodbyes still being recorded (shutdown, tests)."""
+    while _closing:
+        await asyncio.gather(*list(_closing), return_exceptions=True)
