@@ -19,6 +19,7 @@ import base64
 import hashlib
 import hmac
 import xml.etree.ElementTree as ET
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
 from email.utils import formatdate
 from pathlib import Path
@@ -29,6 +30,8 @@ import httpx
 from adapters.storage import (
     _PROBE_PREFIX,
     MAX_PRESIGN_SECONDS,
+    READ_CHUNK,
+    ObjectInfo,
     StorageCancelled,
     StorageError,
     StoredObject,
@@ -37,6 +40,7 @@ from adapters.storage import (
     _check_key,
     _content_type,
     _ProgressThrottle,
+    range_header,
 )
 
 API_VERSION = "2021-12-02"
@@ -149,6 +153,7 @@ class BlobStorage:
         headers: dict[str, str] | None = None,
         content: bytes = b"",
         ok: tuple[int, ...] = (200, 201, 202),
+        stream: bool = False,
     ) -> httpx.Response:
         params = dict(params or {})
         headers = {
@@ -166,15 +171,18 @@ class BlobStorage:
         url = f"{parts.scheme}://{parts.netloc}{path}"
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self._timeout, follow_redirects=False)
+        request = self._client.build_request(
+            method, url, params=params, headers=headers, content=content
+        )
         try:
-            answer = await self._client.request(
-                method, url, params=params, headers=headers, content=content
-            )
+            answer = await self._client.send(request, stream=stream)
         except httpx.TransportError as exc:
             raise StorageError(
                 self._redact(f"ConnectionError: {exc!r}"), retryable=True, code="ConnectionError"
             ) from exc
         if answer.status_code not in ok:
+            if stream:
+                await answer.aread()  # the error's XML body, and the connection back to the pool
             raise self._error(answer)
         return answer
 
@@ -343,6 +351,33 @@ class BlobStorage:
             marker = root.findtext("NextMarker") or ""
             if not marker:
                 return sorted(keys)
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        """Size and content type of blob `key` (Get Blob Properties); None when missing."""
+        answer = await self._request("HEAD", self._path(self._full_key(key)), ok=(200, 404))
+        if answer.status_code == 404:
+            return None
+        return ObjectInfo(
+            int(answer.headers.get("Content-Length", "0")), answer.headers.get("Content-Type")
+        )
+
+    async def read(
+        self, key: str, start: int = 0, end: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """Get Blob, with `x-ms-range` unless the whole blob is asked for, streamed."""
+        headers = {} if start == 0 and end is None else {"x-ms-range": range_header(start, end)}
+        answer = await self._request(
+            "GET", self._path(self._full_key(key)), headers=headers, ok=(200, 206), stream=True
+        )
+        try:
+            async for chunk in answer.aiter_bytes(READ_CHUNK):
+                yield chunk
+        except httpx.TransportError as exc:
+            raise StorageError(
+                self._redact(f"ConnectionError: {exc!r}"), retryable=True, code="ConnectionError"
+            ) from exc
+        finally:
+            await answer.aclose()
 
     async def create_container(self) -> None:
         """Create the container (already there is fine): for set-up and tests, not uploads."""

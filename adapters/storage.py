@@ -21,7 +21,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Protocol, TypeAlias
@@ -87,6 +87,24 @@ class StoredObject(msgspec.Struct):
     url: str
 
 
+class ObjectInfo(msgspec.Struct, frozen=True):
+    """What a stored object is: its size in bytes and, when the storage keeps one, its type."""
+
+    size: int
+    content_type: str | None = None
+
+
+READ_CHUNK = 256 * 1024
+"""How many bytes `read` yields at a time: small enough to stop soon after a client leaves."""
+
+
+def range_header(start: int, end: int | None) -> str:
+    """An HTTP `Range` value for bytes `start`..`end` (inclusive; None: to the end)."""
+    if start < 0 or (end is not None and end < start):
+        raise ValueError(f"bad byte range {start}-{end}")
+    return f"bytes={start}-{'' if end is None else end}"
+
+
 class StorageError(Exception):
     """A storage refused or failed an operation.
 
@@ -143,6 +161,18 @@ class ObjectStorage(Protocol):
 
     async def list_keys(self, prefix: str = "") -> list[str]:
         """Every key starting with `prefix`, sorted."""
+        ...
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        """Size (and type) of `key`; None when there is no such object."""
+        ...
+
+    def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
+        """The bytes of `key` from `start` to `end` (inclusive; None: to the end), in chunks.
+
+        The range must lie inside the object (`head` tells its size); a missing object raises
+        `StorageError`. Closing the iterator early releases the connection or file.
+        """
         ...
 
     async def close(self) -> None:
@@ -555,6 +585,35 @@ class S3Storage:
                 keys.extend(item["Key"][len(base) :] for item in page.get("Contents", []))
         return sorted(keys)
 
+    async def head(self, key: str) -> ObjectInfo | None:
+        """Size and content type of `key` (HeadObject); None for a missing key."""
+        full_key = self._full_key(key)
+        client = await self._get_client()
+        try:
+            with self._errors():
+                answer = await client.head_object(Bucket=self.bucket, Key=full_key)
+        except StorageError as exc:
+            if exc.code in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return ObjectInfo(int(answer["ContentLength"]), answer.get("ContentType"))
+
+    async def read(
+        self, key: str, start: int = 0, end: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """GetObject, with a `Range` unless the whole object is asked for."""
+        full_key = self._full_key(key)
+        extra = {} if start == 0 and end is None else {"Range": range_header(start, end)}
+        client = await self._get_client()
+        with self._errors():
+            answer = await client.get_object(Bucket=self.bucket, Key=full_key, **extra)
+        body = answer["Body"]
+        try:
+            while chunk := await body.read(READ_CHUNK):
+                yield chunk
+        finally:
+            body.close()  # a reader that stopped early must not keep the connection busy
+
 
 _HTTP_REASONS = {
     400: "Bad Request",
@@ -698,6 +757,40 @@ class LocalStorage:
                 if key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        """The file's size; None when there is no file at `key`. Files keep no content type."""
+        path = self._path(key)
+        try:
+            stat = await asyncio.to_thread(path.stat)
+        except FileNotFoundError:
+            return None
+        return ObjectInfo(stat.st_size) if path.is_file() else None
+
+    async def read(
+        self, key: str, start: int = 0, end: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """The file's bytes from `start` to `end` (inclusive), read in a thread chunk by chunk."""
+        range_header(start, end)  # the same checks as the other backends
+        path = self._path(key)
+        try:
+            f = await asyncio.to_thread(path.open, "rb")
+        except FileNotFoundError:
+            raise StorageError(f"NoSuchKey: {key}", code="NoSuchKey") from None
+        try:
+            await asyncio.to_thread(f.seek, start)
+            left = None if end is None else end - start + 1
+            while left is None or left > 0:
+                chunk = await asyncio.to_thread(
+                    f.read, READ_CHUNK if left is None else min(READ_CHUNK, left)
+                )
+                if not chunk:
+                    break
+                if left is not None:
+                    left -= len(chunk)
+                yield chunk
+        finally:
+            f.close()
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -1,9 +1,12 @@
 """Live viewer sessions held by this process, recorded as viewer streams.
 
-A session appends `ViewerConnected` when it opens and `ViewerDisconnected` when it closes. In
-between, one flush loop per process appends every open session's `ViewerStats` in a single
-batched append each interval: byte counters are plain integer additions on the hot path, and a
-session that moved nothing still reports, so a silent one means its holder is gone.
+A session records `ViewerConnected` when it opens and `ViewerDisconnected` when it closes; in
+between, every open session reports `ViewerStats` each stats interval, and a session that moved
+nothing still reports, so a silent one means its holder is gone. Byte counters are plain integer
+additions on the hot path. Nothing is appended where it happens: one flush loop per process
+writes what its sessions queued, every `LIFECYCLE_SECONDS`, in a single batched append. A
+worker node opens and closes two sessions per job (mux, upload); one commit each would have
+cost the pipeline four commits per job.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from domain.errors import ConcurrencyError
 from domain.events import Metadata, NewEvent
 
 log = logging.getLogger("spool.viewers")
+
+LIFECYCLE_SECONDS = 1.0
+"""How long a connect, state change or goodbye may wait in the queue before it is written."""
 
 
 class ClientFacts:
@@ -53,8 +59,7 @@ def _no_facts(user_agent: str, remote_address: str) -> ClientFacts:
 class ViewerSession:
     """One live connection: count its bytes, change its state, close it."""
 
-    def __init__(self, recorder: ViewerRecorder, viewer_id: str, bitrate: int) -> None:
-        self._recorder = recorder
+    def __init__(self, viewer_id: str, bitrate: int) -> None:
         self.viewer_id = viewer_id
         self.in_total = 0
         self.out_total = 0
@@ -63,7 +68,10 @@ class ViewerSession:
         self._last_in = 0
         self._last_out = 0
         self._last_at = time.monotonic()
-        self.version = 1
+        self.written = 0
+        """The stream's version as far as this process has written it."""
+        self.queued: list[viewer.ViewerEvent] = []
+        self.closing = False
         self.closed = False
 
     def add_in(self, n: int) -> None:
@@ -81,13 +89,22 @@ class ViewerSession:
     async def set_state(self, state: str) -> None:
         """Record a state change (PLAYING, PAUSED, ...)."""
         viewer.check_state(state)
-        await self._recorder._append_one(
-            self, viewer.ViewerStateChanged(viewer_id=self.viewer_id, state=state)
-        )
+        if not self.closing:
+            self.queued.append(viewer.ViewerStateChanged(viewer_id=self.viewer_id, state=state))
 
     async def close(self) -> None:
         """Record the goodbye with the final byte totals; closing twice does nothing."""
-        await self._recorder._close(self, "closed")
+        if self.closing:
+            return
+        self.closing = True
+        self.queued.append(
+            viewer.ViewerDisconnected(
+                viewer_id=self.viewer_id,
+                reason="closed",
+                in_total_bytes=self.in_total,
+                out_total_bytes=self.out_total,
+            )
+        )
 
     def _stats(self, now: float) -> viewer.ViewerStats:
         elapsed = max(now - self._last_at, 1e-3)
@@ -105,7 +122,7 @@ class ViewerSession:
 
 
 class ViewerRecorder:
-    """The sessions this process holds, and the loop that reports their stats."""
+    """The sessions this process holds, and the loop that writes what they queued."""
 
     def __init__(
         self,
@@ -118,26 +135,29 @@ class ViewerRecorder:
         self.store = store
         self.node_id = node_id
         self.interval = interval
+        """Seconds between two stats of a session."""
         self.describe = describe
         self.sessions: dict[str, ViewerSession] = {}
         self._lock = asyncio.Lock()
         self._loop: asyncio.Task[None] | None = None
+        self._stats_due = time.monotonic() + interval
 
     async def start(self) -> None:
-        """Start reporting stats every interval."""
+        """Start writing queued events, and stats every interval."""
         if self._loop is None:
-            self._loop = asyncio.create_task(self._run(), name="viewer-stats")
+            self._loop = asyncio.create_task(self._run(), name="viewer-sessions")
 
     async def aclose(self) -> None:
-        """Stop the loop and say goodbye for every session still open."""
+        """Stop the loop, say goodbye for every session still open and write it all."""
         if self._loop is not None:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
             self._loop = None
         for session in list(self.sessions.values()):
-            with contextlib.suppress(Exception):
-                await self._close(session, "closed")
+            await session.close()
+        with contextlib.suppress(Exception):
+            await self.flush()
 
     async def open(
         self,
@@ -150,7 +170,7 @@ class ViewerRecorder:
         user_agent: str = "",
         bitrate: int = 0,
     ) -> ViewerSession:
-        """Open a session: appends ViewerConnected now, so the viewer shows at once."""
+        """Open a session; its ViewerConnected goes out with the next flush."""
         facts = self.describe(user_agent, remote_address)
         viewer_id = viewer.new_viewer_id()
         ev = viewer.ViewerConnected(
@@ -171,77 +191,63 @@ class ViewerRecorder:
             node_id=self.node_id,
         )
         viewer.check_connect(ev, None)
-        session = ViewerSession(self, viewer_id, ev.bitrate)
-        await self.store.append(viewer.stream_id(viewer_id), [self._new(ev)], 0)
+        session = ViewerSession(viewer_id, ev.bitrate)
+        session.queued.append(ev)
         self.sessions[viewer_id] = session
         return session
 
     def _new(self, ev: viewer.ViewerEvent) -> NewEvent:
         return NewEvent(ev, Metadata(actor=self.node_id, node_id=self.node_id))
 
-    async def _append_one(self, session: ViewerSession, ev: viewer.ViewerEvent) -> None:
+    async def flush(self, *, stats: bool = True) -> None:
+        """Write every queued event, with (`stats`) one ViewerStats per open session first."""
         async with self._lock:
-            if session.closed:
-                return
-            try:
-                await self.store.append(
-                    viewer.stream_id(session.viewer_id), [self._new(ev)], session.version
-                )
-            except ConcurrencyError:
-                # Someone else ended it (the timeout reactor while we stalled): it stays ended.
-                session.closed = True
-                self.sessions.pop(session.viewer_id, None)
-                return
-            session.version += 1
-
-    async def _close(self, session: ViewerSession, reason: viewer.DisconnectReason) -> None:
-        if session.closed:
-            return
-        await self._append_one(
-            session,
-            viewer.ViewerDisconnected(
-                viewer_id=session.viewer_id,
-                reason=reason,
-                in_total_bytes=session.in_total,
-                out_total_bytes=session.out_total,
-            ),
-        )
-        session.closed = True
-        self.sessions.pop(session.viewer_id, None)
-
-    async def flush(self) -> None:
-        """Append one ViewerStats for every open session, in one batched append."""
-        async with self._lock:
-            live = [s for s in self.sessions.values() if not s.closed]
-            if not live:
-                return
             now = time.monotonic()
+            if stats:
+                for s in self.sessions.values():
+                    if not s.closing and s.written > 0:
+                        s.queued.append(s._stats(now))
+            due = [s for s in self.sessions.values() if s.queued]
+            if not due:
+                return
+            batch = [(s, list(s.queued)) for s in due]
             appends = [
                 StreamAppend(
-                    viewer.stream_id(s.viewer_id), [self._new(s._stats(now))], s.version
+                    viewer.stream_id(s.viewer_id), [self._new(e) for e in events], s.written
                 )
-                for s in live
+                for s, events in batch
             ]
             try:
                 await self.store.append_many(appends)
             except ConcurrencyError:
-                # One of them was ended elsewhere: append one by one and drop the ended ones.
-                for s, a in zip(live, appends, strict=True):
+                # One of them was ended elsewhere (the timeout reactor while we stalled):
+                # append one by one and drop the ended ones.
+                for (s, events), a in zip(batch, appends, strict=True):
                     try:
-                        await self.store.append(a.stream_id, a.events, s.version)
+                        await self.store.append(a.stream_id, a.events, s.written)
                     except ConcurrencyError:
-                        s.closed = True
+                        s.closing = s.closed = True
                         self.sessions.pop(s.viewer_id, None)
                         continue
-                    s.version += 1
+                    self._written(s, events)
                 return
-            for s in live:
-                s.version += 1
+            for s, events in batch:
+                self._written(s, events)
+
+    def _written(self, session: ViewerSession, events: list[viewer.ViewerEvent]) -> None:
+        del session.queued[: len(events)]
+        session.written += len(events)
+        if session.closing and not session.queued:
+            session.closed = True
+            self.sessions.pop(session.viewer_id, None)
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(min(LIFECYCLE_SECONDS, self.interval))
+            stats = time.monotonic() >= self._stats_due
+            if stats:
+                self._stats_due = time.monotonic() + self.interval
             try:
-                await self.flush()
-            except Exception:  # the next interval tries again; stats are not worth a crash
-                log.exception("viewer stats flush failed")
+                await self.flush(stats=stats)
+            except Exception:  # the next round tries again; viewers are not worth a crash
+                log.exception("viewer sessions flush failed")

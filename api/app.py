@@ -13,6 +13,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.response import Redirect
 
 from adapters.account_storage import AccountStorages
+from adapters.client_facts import describer
 from adapters.event_store import EventStore
 from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
@@ -28,6 +29,7 @@ from api.devices import DevicesController
 from api.health import health
 from api.health_ws import health_ws, start_health, stop_health
 from api.jobs import JobsController
+from api.media import media_router, stop_media
 from api.metadata import MetadataController
 from api.metrics import metrics
 from api.middleware import request_middleware
@@ -35,6 +37,7 @@ from api.tasks import TasksController
 from api.tokens import issue_health_token
 from api.usage import UsageController
 from api.user import UserController
+from api.viewers import list_cluster_viewers, report_viewer_events
 
 
 @get("/swagger", include_in_schema=False, media_type=MediaType.HTML)
@@ -71,7 +74,10 @@ def create_app(
 
     # This process's live connections (websockets, playback), reported as viewer streams.
     viewers = ViewerRecorder(
-        store, node_id=f"api-{settings.node_id}", interval=settings.viewer_stats_interval
+        store,
+        node_id=f"api-{settings.node_id}",
+        interval=settings.viewer_stats_interval,
+        describe=describer(settings),
     )
     state["viewers"] = viewers
 
@@ -102,11 +108,14 @@ def create_app(
             cluster_ws,
             health_ws,
             issue_health_token,
+            media_router,
+            list_cluster_viewers,
+            report_viewer_events,
             swagger,
         ],
         middleware=[request_middleware],
         on_startup=[open_health],
-        on_shutdown=[close_storages, close_cluster_api],
+        on_shutdown=[stop_media, close_storages, close_cluster_api],
         state=state,
         openapi_config=OpenAPIConfig(
             title="Spool",

@@ -24,8 +24,10 @@ from litestar.exceptions import WebSocketDisconnect
 
 from adapters.config_store import heartbeat_config
 from adapters.event_store import NOTIFY_CHANNEL, Checkpoint, EventStore
+from adapters.viewer_sessions import ViewerSession
 from api.auth import Principal, lookup
 from api.envelope import timestamp
+from api.viewer_sources import close_viewer, open_viewer
 from domain import job, node, task
 from domain.events import RecordedEvent
 
@@ -180,8 +182,11 @@ class ClusterFeed:
                     if await self.store.has_unreadable():
                         self._wake.set()  # a NOTIFY for events behind an open transaction
                         await asyncio.sleep(0.02)
+                    # asyncio.timeout, not wait_for: in 3.11 a wait_for whose event fires as
+                    # the task is cancelled swallows the cancel, and shutdown then hangs.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+                        async with asyncio.timeout(POLL_SECONDS):
+                            await self._wake.wait()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # keep following through a database hiccup
@@ -340,13 +345,30 @@ async def cluster_ws(socket: WebSocket[Any, Any, Any]) -> None:
         await socket.close(code=4401, reason="A valid API key is required")
         return
     await socket.accept()
+    viewer = await open_viewer(
+        socket.app.state,
+        socket,
+        harness_type="CLUSTER_DATA_CLIENT",
+        state_name="CONNECTED",
+        stream_key="/ws",
+        application_id=principal.account_id,
+    )
+    try:
+        await _serve(socket, principal, viewer)
+    finally:
+        close_viewer(viewer)
+
+
+async def _serve(
+    socket: WebSocket[Any, Any, Any], principal: Principal, viewer: ViewerSession | None
+) -> None:
     feed = feed_of(socket.app.state)
     async with feed.subscribe(principal) as sub:
         # "connected" promises that whatever is appended from now on will be pushed.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(feed.ready.wait(), 10)
-        await socket.send_json({"type": "connected", "timestamp": timestamp()})
-        receiving = asyncio.create_task(_drain(socket))
+        await _send(socket, {"type": "connected", "timestamp": timestamp()}, viewer)
+        receiving = asyncio.create_task(_drain(socket, viewer))
         try:
             while not receiving.done():
                 getting = asyncio.create_task(sub.queue.get())
@@ -359,7 +381,7 @@ async def cluster_ws(socket: WebSocket[Any, Any, Any]) -> None:
                 if sub.overflowed:
                     await socket.close(code=1013, reason="Too far behind: reconnect")
                     return
-                await socket.send_json(getting.result())
+                await _send(socket, getting.result(), viewer)
         except WebSocketDisconnect:
             pass
         finally:
@@ -368,8 +390,23 @@ async def cluster_ws(socket: WebSocket[Any, Any, Any]) -> None:
                 await receiving
 
 
-async def _drain(socket: WebSocket[Any, Any, Any]) -> None:
+_encode = msgspec.json.Encoder().encode
+
+
+async def _send(
+    socket: WebSocket[Any, Any, Any], message: dict[str, Any], viewer: ViewerSession | None
+) -> None:
+    """Send one update as JSON text, counting its bytes for the connection's viewer."""
+    raw = _encode(message)
+    await socket.send_data(raw, mode="text")
+    if viewer is not None:
+        viewer.add_out(len(raw))
+
+
+async def _drain(socket: WebSocket[Any, Any, Any], viewer: ViewerSession | None) -> None:
     """Read (and ignore) what the client sends, until it goes away."""
     with contextlib.suppress(WebSocketDisconnect):
         while True:
-            await socket.receive_data(mode="text")
+            data = await socket.receive_data(mode="text")
+            if viewer is not None:
+                viewer.add_in(len(data.encode()) if isinstance(data, str) else len(data))

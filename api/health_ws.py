@@ -23,8 +23,10 @@ from litestar.exceptions import WebSocketDisconnect
 from adapters import sysinfo
 from adapters.settings import Settings
 from adapters.tokens import TokenClaims, TokenError, verify_token
+from adapters.viewer_sessions import ViewerSession
 from api.request_log import request_counts
 from api.tokens import token_key
+from api.viewer_sources import close_viewer, open_viewer
 
 log = logging.getLogger("spool.api.health")
 
@@ -133,9 +135,15 @@ def _error(text: str) -> str:
 class HealthSession:
     """One authenticated connection: its commands and its sysinfo subscription."""
 
-    def __init__(self, socket: WebSocket[Any, Any, Any], claims: TokenClaims) -> None:
+    def __init__(
+        self,
+        socket: WebSocket[Any, Any, Any],
+        claims: TokenClaims,
+        viewer: ViewerSession | None = None,
+    ) -> None:
         self.socket = socket
         self.claims = claims
+        self.viewer = viewer
         self.state: State = socket.app.state
         self._sending = asyncio.Lock()  # the stream and the replies share one socket
         self._stream: asyncio.Task[None] | None = None
@@ -144,12 +152,16 @@ class HealthSession:
     async def send(self, text: str) -> None:
         async with self._sending:
             await self.socket.send_text(text)
+        if self.viewer is not None:
+            self.viewer.add_out(len(text.encode()))
 
     async def run(self) -> None:
         try:
             while True:
-                text = await self.socket.receive_data(mode="text")
-                await self.send(await self.answer(str(text).strip()))
+                text = str(await self.socket.receive_data(mode="text"))
+                if self.viewer is not None:
+                    self.viewer.add_in(len(text.encode()))
+                await self.send(await self.answer(text.strip()))
         finally:
             if self._stream is not None:
                 self._stream.cancel()
@@ -285,4 +297,15 @@ async def health_ws(socket: WebSocket[Any, Any, Any]) -> None:
     with contextlib.suppress(WebSocketDisconnect):
         claims = await _authenticate(socket, settings.health_auth_timeout)
         if claims is not None:
-            await HealthSession(socket, claims).run()
+            viewer = await open_viewer(
+                socket.app.state,
+                socket,
+                harness_type="CLUSTER_DATA_CLIENT",
+                state_name="CONNECTED",
+                stream_key="/api/health/ws",
+                application_id=claims.account_id,
+            )
+            try:
+                await HealthSession(socket, claims, viewer).run()
+            finally:
+                close_viewer(viewer)

@@ -30,6 +30,7 @@ from adapters.queue import DOWNLOAD_QUEUE, WEBHOOK_QUEUE, node_queue
 from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
 from adapters.storage import ObjectStorage
+from adapters.viewer_sessions import ViewerRecorder
 from domain import job, node
 from domain.errors import ConcurrencyError, InvalidTransition
 from domain.events import Event, Metadata, NewEvent
@@ -93,6 +94,10 @@ class Node:
         self.webhooks = WebhookSender(store, self.storages, settings)
         self.hostname = sysinfo.hostname()
         self.ip = sysinfo.primary_ip()
+        # The stage sessions this node holds (TRANSCODER, FILE_WRITER), reported as viewers.
+        self.viewers = ViewerRecorder(
+            store, node_id=self.node_id, interval=settings.viewer_stats_interval
+        )
         # The `removed_at` of the last removal this node answered by registering again.
         self._removal_seen: Any = None
 
@@ -142,6 +147,7 @@ class Node:
         self.workroot.mkdir(parents=True, exist_ok=True)
         self._removal_seen = await self._removed_at()
         await self._register()
+        await self.viewers.start()
         workers = self._workers()
         tasks = [asyncio.create_task(w.async_run(), name=f"arq:{w.queue_name}") for w in workers]
         ticker = asyncio.create_task(self._tick_forever(stop), name="heartbeat")
@@ -165,6 +171,7 @@ class Node:
                     ),
                 )
         await self._append_node(node.NodeStopped(node_id=self.node_id))
+        await self.viewers.aclose()
         await self.storages.aclose()
 
     async def _register(self) -> None:
@@ -349,10 +356,14 @@ class Node:
                     state, self.node_id, workdir, self.guard, sink, unit.cancel
                 )
             elif unit.stage == "mux":
-                done = await stages.mux(state, self.node_id, workdir, sink, unit.cancel)
+                done = await stages.mux(
+                    state, self.node_id, workdir, sink, unit.cancel, self.viewers, self.ip
+                )
             else:
                 storage = await self.storages.for_job(state.account_id, state.storage_override)
-                done = await stages.upload(state, self.node_id, storage, sink, unit.cancel)
+                done = await stages.upload(
+                    state, self.node_id, storage, sink, unit.cancel, self.viewers, self.ip
+                )
         except stages.StageCancelled:
             if unit.stalled:
                 return await self._fail(

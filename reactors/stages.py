@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import shutil
 import threading
@@ -19,10 +20,13 @@ from urllib.parse import urlsplit
 from adapters import downloader, live_hls, muxer
 from adapters.ssrf import UrlGuard
 from adapters.storage import ObjectStorage, StorageCancelled, StorageError, object_key
+from adapters.viewer_sessions import ViewerRecorder, ViewerSession
 from domain import job
 from domain.timecode import parse_timecode
 
 ProgressSink = Callable[[job.Progress], None]
+
+log = logging.getLogger("spool.stages")
 
 
 class StageError(Exception):
@@ -157,14 +161,58 @@ async def _relay(cancel: asyncio.Event, stop: threading.Event) -> None:
     stop.set()
 
 
+async def _session(
+    viewers: ViewerRecorder | None,
+    state: job.JobState,
+    *,
+    harness_type: str,
+    state_name: str,
+    node_ip: str,
+    bitrate: int,
+) -> ViewerSession | None:
+    """A stage's viewer session, when the node records them; a failure to record is no failure
+    of the stage."""
+    if viewers is None:
+        return None
+    try:
+        return await viewers.open(
+            harness_type=harness_type,
+            state=state_name,
+            stream_key=state.job_id,
+            application_id=state.account_id,
+            remote_address=node_ip,
+            bitrate=bitrate,
+        )
+    except Exception:
+        log.warning("could not record the %s session of job %s", harness_type, state.job_id)
+        return None
+
+
+async def _end(session: ViewerSession | None) -> None:
+    """Close a stage's session, shielded: it is often reached while the stage is cancelled."""
+    if session is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(session.close())
+
+
+def _bitrate(size: int, duration: float | None) -> int:
+    return int(size * 8 / duration) if duration and duration > 0 else 0
+
+
 async def mux(
     state: job.JobState,
     node_id: str,
     workdir: Path,
     progress: ProgressSink,
     cancel: asyncio.Event,
+    viewers: ViewerRecorder | None = None,
+    node_ip: str = "",
 ) -> job.MuxCompleted:
-    """Merge / remux / transcode the downloaded files with FFmpeg."""
+    """Merge / remux / transcode the downloaded files with FFmpeg.
+
+    With `viewers`, the mux is a TRANSCODER session: in, the input bytes read (estimated from
+    the progress, as FFmpeg does not report its reads); out, the output file as it grows.
+    """
     media = [Path(f.path) for f in state.files if f.kind in ("video", "audio", "av")]
     if not media:
         raise StageError("The download produced no media file", retryable=False)
@@ -175,6 +223,21 @@ async def mux(
         )
     o = state.options
     output = workdir / f"output.{job.output_ext(o)}"
+    in_size = sum(p.stat().st_size for p in media)
+    session = await _session(
+        viewers,
+        state,
+        harness_type="TRANSCODER",
+        state_name="TRANSCODING",
+        node_ip=node_ip,
+        bitrate=_bitrate(in_size, state.duration),
+    )
+
+    def on_progress(pct: float) -> None:
+        progress(job.Progress(stage="mux", percent=pct))
+        if session is not None:
+            _count(session, int(in_size * min(pct, 100.0) / 100), _size_of(workdir))
+
     try:
         result = await muxer.mux(
             media,
@@ -189,13 +252,18 @@ async def mux(
             audio_only=o.audio_only or job.output_ext(o) in job.AUDIO_FORMATS,
             clip_start=parse_timecode(o.clip_start) if o.clip_start else None,
             clip_end=parse_timecode(o.clip_end) if o.clip_end else None,
-            on_progress=lambda pct: progress(job.Progress(stage="mux", percent=pct)),
+            on_progress=on_progress,
             cancel=cancel,
         )
+        if session is not None:
+            session.set_bitrate(_bitrate(result.size, result.duration))
+            _count(session, in_size, result.size)
     except muxer.MuxCancelled:
         raise StageCancelled from None
     except muxer.MuxFailed as exc:
         raise StageError(str(exc), retryable=False) from None
+    finally:
+        await _end(session)
     return job.MuxCompleted(
         run=state.run,
         attempt=state.attempt,
@@ -214,17 +282,64 @@ async def upload(
     storage: ObjectStorage,
     progress: ProgressSink,
     cancel: asyncio.Event,
+    viewers: ViewerRecorder | None = None,
+    node_ip: str = "",
 ) -> job.JobCompleted:
-    """Put the muxed file into object storage."""
+    """Put the muxed file into object storage.
+
+    With `viewers`, the upload is a FILE_WRITER session whose out bytes are the bytes sent.
+    """
     if state.output is None or not Path(state.output.path).exists():
         raise StageError("The muxed file is gone from this node", retryable=True)
     key = object_key("", state.options.folder, output_name(state))
     started = time.monotonic()
+    session = await _session(
+        viewers,
+        state,
+        harness_type="FILE_WRITER",
+        state_name="WRITING",
+        node_ip=node_ip,
+        bitrate=_bitrate(state.output.size, state.duration),
+    )
 
     def on_progress(sent: int, total: int) -> None:
         percent = 100.0 * sent / total if total else 100.0
         progress(job.Progress(stage="upload", percent=percent, bytes=sent, total_bytes=total))
+        if session is not None:
+            _count(session, 0, sent)
 
+    try:
+        return await _upload(state, node_id, storage, key, started, on_progress, cancel, session)
+    finally:
+        await _end(session)
+
+
+def _count(session: ViewerSession, in_total: int, out_total: int) -> None:
+    """Move a session's counters up to these totals (a stage knows totals, not deltas)."""
+    session.add_in(max(0, in_total - session.in_total))
+    session.add_out(max(0, out_total - session.out_total))
+
+
+def _size_of(workdir: Path) -> int:
+    """Bytes FFmpeg has written so far: the output file(s) in the run's folder."""
+    total = 0
+    for path in workdir.glob("output.*"):
+        with contextlib.suppress(OSError):
+            total += path.stat().st_size
+    return total
+
+
+async def _upload(
+    state: job.JobState,
+    node_id: str,
+    storage: ObjectStorage,
+    key: str,
+    started: float,
+    on_progress: Callable[[int, int], None],
+    cancel: asyncio.Event,
+    session: ViewerSession | None,
+) -> job.JobCompleted:
+    assert state.output is not None
     try:
         stored = await storage.put_file(
             key, Path(state.output.path), on_progress=on_progress, cancel=cancel
@@ -258,6 +373,8 @@ async def upload(
                 f"Upload of the {kind} failed: {exc}", retryable=exc.retryable
             ) from None
         extras[kind] = extra.key
+        if session is not None:
+            session.add_out(extra.size)
     return job.JobCompleted(
         run=state.run,
         attempt=state.attempt,
