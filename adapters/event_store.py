@@ -115,6 +115,12 @@ WHERE stream_id = $1 AND version >= $2 AND ($3::bigint IS NULL OR position <= $3
 ORDER BY version LIMIT $4
 """
 
+_READ_STREAMS = f"""
+SELECT {_COLUMNS} FROM events
+WHERE stream_id = ANY($1::text[]) AND (tx, position) <= ($2::text::xid8, $3::bigint)
+ORDER BY stream_id, version
+"""
+
 _READ_ALL = f"""
 SELECT {_COLUMNS} FROM events
 WHERE (tx, position) > ($1::text::xid8, $2::bigint)
@@ -303,6 +309,19 @@ class EventStore:
         """A stream's events from `from_version` on, in version order."""
         rows = await (conn or self.pool).fetch(
             _READ_STREAM, stream_id, from_version, up_to_position, limit
+        )
+        return [self._record(r) for r in rows]
+
+    async def read_streams(
+        self,
+        stream_ids: Sequence[str],
+        up_to: Checkpoint,
+        *,
+        conn: asyncpg.Connection | None = None,
+    ) -> list[RecordedEvent]:
+        """Many streams' events up to `up_to` in the global order, stream by stream by version."""
+        rows = await (conn or self.pool).fetch(
+            _READ_STREAMS, list(stream_ids), str(up_to.tx), up_to.position
         )
         return [self._record(r) for r in rows]
 

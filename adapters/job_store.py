@@ -7,6 +7,7 @@ from collections.abc import Callable
 import msgspec
 
 from adapters.event_store import EventStore
+from adapters.history import AsOf, read_stream_as_of
 from domain import job
 from domain.errors import ConcurrencyError
 from domain.events import Event, Metadata, NewEvent
@@ -26,6 +27,12 @@ async def load_job(store: EventStore, job_id: str) -> job.JobState | None:
     for e in tail:
         state = job.evolve(state, e.data, e.recorded_at, e.version)
     return state
+
+
+async def load_job_as_of(store: EventStore, job_id: str, as_of: AsOf) -> job.JobState | None:
+    """The job as it stood at `as_of`, folded from its first event; None if it did not exist."""
+    events = await read_stream_as_of(store, job.stream_id(job_id), as_of)
+    return job.fold([(e.data, e.recorded_at, e.version) for e in events])
 
 
 class JobChangingTooFast(Exception):

@@ -9,6 +9,7 @@ import asyncpg
 import msgspec
 
 from adapters.event_store import EventStore
+from adapters.history import AsOf, read_stream_as_of
 from domain import task
 from domain.errors import ConcurrencyError
 from domain.events import Event, Metadata, NewEvent
@@ -22,6 +23,12 @@ async def load_task(store: EventStore, task_id: str) -> task.TaskState | None:
     answer is exact whatever the projection's lag.
     """
     events = await store.read_stream(task.stream_id(task_id))
+    return task.fold([(e.data, e.recorded_at, e.version) for e in events])
+
+
+async def load_task_as_of(store: EventStore, task_id: str, as_of: AsOf) -> task.TaskState | None:
+    """The task as it stood at `as_of`; None if it did not exist yet."""
+    events = await read_stream_as_of(store, task.stream_id(task_id), as_of)
     return task.fold([(e.data, e.recorded_at, e.version) for e in events])
 
 

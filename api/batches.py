@@ -10,7 +10,9 @@ from litestar import Controller, Request, delete, get, patch, post
 from litestar.di import Provide
 
 from adapters.event_store import EventStore, StreamAppend
-from adapters.job_store import JobChangingTooFast, decide_and_append, load_job
+from adapters.history import AsOf, read_stream_as_of
+from adapters.job_store import JobChangingTooFast, decide_and_append, load_job, load_job_as_of
+from api.as_of import BadAsOf, parse_as_of
 from api.auth import Principal, job_api_principal
 from api.errors import JOB_API_ERRORS, JobApiError
 from api.job_requests import (
@@ -213,6 +215,22 @@ async def batch_jobs(store: EventStore, state: batch.BatchState) -> list[job.Job
     return [j for j in found if j is not None]
 
 
+async def batch_then(
+    store: EventStore, batch_id: str, raw_as_of: str
+) -> tuple[batch.BatchState, list[job.JobState]]:
+    """An (owned) batch and its jobs as they stood at `as_of`; 400 / 404 as the job API does."""
+    try:
+        as_of: AsOf = parse_as_of(raw_as_of)
+    except BadAsOf as exc:
+        raise JobApiError(status_code=400, detail=str(exc)) from None
+    events = await read_stream_as_of(store, batch.stream_id(batch_id), as_of)
+    state = batch.fold([(e.data, e.recorded_at, e.version) for e in events])
+    if state is None:
+        raise JobApiError(status_code=404, detail=f"Batch did not exist yet at as_of={raw_as_of}")
+    found = [await load_job_as_of(store, job_id, as_of) for job_id in state.job_ids]
+    return state, [j for j in found if j is not None]
+
+
 class BatchController(Controller):
     path = "/batch"
     dependencies = {"principal": Provide(job_api_principal)}
@@ -221,11 +239,23 @@ class BatchController(Controller):
 
     @get("/{batch_id:str}")
     async def get_batch(
-        self, request: Request[Any, Any, Any], batch_id: str, principal: Principal
+        self,
+        request: Request[Any, Any, Any],
+        batch_id: str,
+        principal: Principal,
+        as_of: str | None = None,
     ) -> BatchView:
-        """A batch's status, job counts by status, progress, and its jobs."""
+        """A batch's status, job counts by status, progress, and its jobs.
+
+        `as_of` (an event position, or an ISO 8601 time) answers the batch and its jobs as they
+        stood then.
+        """
         state = await load_batch(request, batch_id, principal)
-        jobs = await batch_jobs(request.app.state.store, state)
+        store: EventStore = request.app.state.store
+        if as_of is None:
+            jobs = await batch_jobs(store, state)
+        else:
+            state, jobs = await batch_then(store, state.batch_id, as_of)
         counts: dict[str, int] = {}
         for j in jobs:
             counts[j.status] = counts.get(j.status, 0) + 1

@@ -17,11 +17,12 @@ from litestar.params import Parameter
 from adapters.account_storage import AccountStorages
 from adapters.downloader import DownloadFailed
 from adapters.event_store import EventStore
-from adapters.job_store import JobChangingTooFast, decide_and_append
+from adapters.job_store import JobChangingTooFast, decide_and_append, load_job_as_of
 from adapters.job_store import load_job as load_job_state
 from adapters.playlists import Playlist, extract_playlist, looks_like_media
 from adapters.ssrf import UrlGuard
 from adapters.storage import StorageError
+from api.as_of import BadAsOf, parse_as_of
 from api.auth import Principal, job_api_principal
 from api.batches import (
     BatchCreatedAnswer,
@@ -127,6 +128,9 @@ class JobPage(msgspec.Struct):
 
 
 class EventView(msgspec.Struct):
+    """One recorded event; `metadata` always has every field (actor, node_id, correlation_id,
+    causation_id, request_id), null where the event's writer had none."""
+
     position: int
     version: int
     type: str
@@ -140,6 +144,10 @@ class EventPage(msgspec.Struct):
     job_id: str
     events: list[EventView]
     next_from_version: int | None
+
+
+def _metadata(meta: Metadata) -> dict[str, Any]:
+    return {name: getattr(meta, name) for name in meta.__struct_fields__}
 
 
 def _ms(at: datetime | None) -> int | None:
@@ -299,6 +307,20 @@ async def load_job(
     return found
 
 
+async def load_job_then(
+    request: Request[Any, Any, Any], job_id: str, raw_as_of: str
+) -> job.JobState:
+    """An (owned) job as it stood at `as_of`; 400 for a bad `as_of`, 404 before the job."""
+    try:
+        as_of = parse_as_of(raw_as_of)
+    except BadAsOf as exc:
+        raise JobApiError(status_code=400, detail=str(exc)) from None
+    then = await load_job_as_of(request.app.state.store, job_id, as_of)
+    if then is None:
+        raise JobApiError(status_code=404, detail=f"Job did not exist yet at as_of={raw_as_of}")
+    return then
+
+
 async def _links(request: Request[Any, Any, Any], state: job.JobState) -> Links | None:
     """Presigned (24 h) URLs of a completed job's files, unless they were deleted."""
     if state.status != "Completed" or state.key is None or state.file_deleted:
@@ -400,11 +422,21 @@ class JobsController(Controller):
 
     @get("/{job_id:str}")
     async def get_job(
-        self, request: Request[Any, Any, Any], job_id: str, principal: Principal
+        self,
+        request: Request[Any, Any, Any],
+        job_id: str,
+        principal: Principal,
+        as_of: str | None = None,
     ) -> JobView:
-        """Get a job's status, with a presigned `s3_url` (24 h) once it is Completed."""
+        """Get a job's status, with a presigned `s3_url` (24 h) once it is Completed.
+
+        `as_of` (an event position, or an ISO 8601 time) answers the job as it stood then,
+        folded from its events, without links to its files.
+        """
         state = await load_job(request, job_id, principal)
-        return view(state, await _links(request, state))
+        if as_of is None:
+            return view(state, await _links(request, state))
+        return view(await load_job_then(request, state.job_id, as_of))
 
     @delete("/{job_id:str}", status_code=200)
     async def cancel_job(
@@ -505,7 +537,7 @@ class JobsController(Controller):
                     type=e.type,
                     schema_version=e.schema_version,
                     data=_to_builtins(e.data),
-                    metadata=_to_builtins(e.metadata),
+                    metadata=_metadata(e.metadata),
                     recorded_at=e.recorded_at.isoformat(),
                 )
                 for e in page

@@ -18,7 +18,14 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import Provide
 
 from adapters.event_store import EventStore
-from adapters.task_store import TaskChangingTooFast, decide_and_append, load_task, online_offers
+from adapters.task_store import (
+    TaskChangingTooFast,
+    decide_and_append,
+    load_task,
+    load_task_as_of,
+    online_offers,
+)
+from api.as_of import BadAsOf, parse_as_of
 from api.auth import Principal
 from api.envelope import (
     CLUSTER_API_ERRORS,
@@ -228,6 +235,25 @@ async def _load(
     return found
 
 
+async def _task_then(
+    request: Request[Any, Any, Any], task_id: str, raw_as_of: str
+) -> task.TaskState:
+    """A (visible) task as it stood at `as_of`; 400 for a bad `as_of`, 404 before the task."""
+    try:
+        as_of = parse_as_of(raw_as_of)
+    except BadAsOf as exc:
+        raise validation_error("as_of", str(exc)) from None
+    then = await load_task_as_of(request.app.state.store, task_id, as_of)
+    if then is None:
+        raise ClusterApiError(
+            404,
+            "TASK_NOT_FOUND",
+            f"Task {task_id!r} did not exist yet at as_of={raw_as_of}",
+            {"task_id": task_id, "as_of": raw_as_of},
+        )
+    return then
+
+
 async def _decide(
     request: Request[Any, Any, Any],
     principal: Principal,
@@ -435,10 +461,20 @@ class TasksController(Controller):
 
     @get("/{task_id:str}")
     async def get_task(
-        self, request: Request[Any, Any, Any], principal: Principal, task_id: str
+        self,
+        request: Request[Any, Any, Any],
+        principal: Principal,
+        task_id: str,
+        as_of: str | None = None,
     ) -> Response[Any]:
-        """A task in full: payload, requirements, where it runs, and its result."""
-        return success(request, view(await _load(request, task_id, principal)))
+        """A task in full: payload, requirements, where it runs, and its result.
+
+        `as_of` (an event position, or an ISO 8601 time) answers the task as it stood then.
+        """
+        state = await _load(request, task_id, principal)
+        if as_of is not None:
+            state = await _task_then(request, state.task_id, as_of)
+        return success(request, view(state))
 
     @get("/{task_id:str}/status")
     async def task_status(
