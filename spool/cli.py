@@ -251,3 +251,62 @@ def projections_rebuild(name: str | None, **flags: Any) -> None:
                 click.echo(f"{n}: rebuilt from {applied} events and swapped in")
 
     _run(go())
+
+
+@main.group()
+def replay() -> None:
+    """Audit the log: a stream's history as a timeline, or verify the projections against it."""
+
+
+def _replay_command(kind: str) -> None:
+    @replay.command(kind, help=f"Print a {kind}'s history: one line an event, then a summary.")
+    @_database_options
+    @click.argument("stream_id", metavar="ID")
+    @click.option("--json", "as_json", is_flag=True, help="One JSON object an event (JSON Lines).")
+    @click.option("--progress", is_flag=True, help="Show progress events too (text only).")
+    def show(stream_id: str, as_json: bool, progress: bool, **flags: Any) -> None:
+        from spool.replay import load_timeline, render_json_lines, render_text
+
+        async def go() -> Any:
+            async with open_runtime(_settings(**flags)) as rt:
+                return await load_timeline(rt.store, kind, stream_id)
+
+        try:
+            timeline = _run(go())
+        except ValueError:
+            raise click.BadParameter(f"{stream_id!r} is not a {kind} id", param_hint="ID") from None
+        if timeline is None:
+            raise click.ClickException(f"no {kind} {stream_id} in the log")
+        for line in (
+            render_json_lines(timeline) if as_json else render_text(timeline, progress=progress)
+        ):
+            click.echo(line)
+
+
+for _kind in ("job", "batch", "task"):
+    _replay_command(_kind)
+
+
+@replay.command("verify")
+@_database_options
+def replay_verify(**flags: Any) -> None:
+    """Fold every job, task and batch stream again and compare with the projections.
+
+    Each difference is printed (stream, column, projection value vs folded value) and the
+    command exits 1; it exits 0 when there is none.
+    """
+    from reactors.verify import Difference, verify
+
+    def found(d: Difference) -> None:
+        click.echo(f"{d.stream_id} {d.column}: projection {d.projected!r} != folded {d.folded!r}")
+
+    async def go() -> Any:
+        async with open_runtime(_settings(**flags)) as rt:
+            return await verify(rt.store, rt.runner, found)
+
+    result = _run(go())
+    counts = ", ".join(f"{n} {name}" for name, n in result.checked.items())
+    if result.differences:
+        click.echo(f"checked {counts}: {result.differences} differences", err=True)
+        sys.exit(1)
+    click.echo(f"checked {counts}: no differences")

@@ -1,0 +1,407 @@
+"""Replay verification: fold streams from the log again and compare them with projection rows.
+
+A projection trails the log, so each is compared only up to its own checkpoint, inside one
+read-only repeatable-read snapshot in which a checkpoint and the rows it produced agree (they
+commit together). Streams are listed through a server-side cursor and read a page at a time,
+so memory stays flat however long the log is.
+
+Checked: `jobs` (every column, and the folded state key by key), `tasks` (likewise), batches
+(the job ids each batch stream names against the `jobs` rows that carry its batch id) and
+`usage_daily` (each account's counters per day, summed from the job streams).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date
+from functools import partial
+from typing import Any, NamedTuple
+
+import asyncpg
+import msgspec
+
+from adapters.event_store import Checkpoint, EventStore
+from domain import batch, job, task
+from domain.events import RecordedEvent
+from reactors.projection import ProjectionRunner
+from reactors.projections.usage import COUNTERS, UsageProjection
+
+PAGE = 500
+"""Streams read and compared at a time."""
+
+_json = msgspec.json.Encoder()
+
+
+class Difference(NamedTuple):
+    """One value the projection holds that the fold of the stream does not give."""
+
+    stream_id: str
+    column: str
+    projected: Any
+    folded: Any
+
+
+MISSING = "<no row>"
+"""What a side shows for a row that does not exist."""
+
+
+class Verified(NamedTuple):
+    """How many streams (or rows) each check compared, and how many differed."""
+
+    checked: dict[str, int]
+    differences: int
+
+
+Found = Callable[[Difference], None]
+
+
+def _plain(value: Any) -> Any:
+    """A value as JSON would carry it, so a fold and a jsonb column compare like for like."""
+    return msgspec.json.decode(_json.encode(value))
+
+
+def _diff(stream_id: str, column: str, projected: Any, folded: Any) -> Iterator[Difference]:
+    """Every leaf that differs, named by its path (`state.status`)."""
+    if isinstance(projected, dict) and isinstance(folded, dict):
+        for key in sorted(projected.keys() | folded.keys(), key=str):
+            yield from _diff(
+                stream_id,
+                f"{column}.{key}",
+                projected.get(key, MISSING),
+                folded.get(key, MISSING),
+            )
+    elif projected != folded:
+        yield Difference(stream_id, column, projected, folded)
+
+
+# -- what each row should be -----------------------------------------------------------------
+
+
+def job_row(state: job.JobState) -> dict[str, Any]:
+    """The `jobs` row (the columns checked) the projection writes for a job's state."""
+    return {
+        "account_id": state.account_id,
+        "batch_id": state.batch_id,
+        "url": state.url,
+        "status": state.status,
+        "step": state.step,
+        "created_at": state.created_at,
+        "updated_at": state.updated_at,
+        "finished_at": state.finished_at,
+        "version": state.version,
+        "state": _plain(state),
+    }
+
+
+def task_row(state: task.TaskState) -> dict[str, Any]:
+    """The `tasks` row the projection writes for a task's state."""
+    req = state.requirements
+    return {
+        "account_id": state.account_id,
+        "task_type": state.task_type,
+        "status": state.status,
+        "priority": state.priority,
+        "priority_rank": state.priority_rank,
+        "payload": _plain(state.payload),
+        "requirements": _plain(req),
+        "metadata": _plain(state.metadata),
+        "device_id": state.device_id,
+        "attempt": state.attempt,
+        "retry_count": state.retry_count,
+        "max_retries": req.max_retries,
+        "timeout_seconds": req.timeout_seconds,
+        "reason": state.reason,
+        "result": _plain(state.result_data),
+        "error": state.error,
+        "created_at": state.created_at,
+        "updated_at": state.updated_at,
+        "assigned_at": state.assigned_at,
+        "started_at": state.started_at,
+        "completed_at": state.completed_at,
+        "execution_time_seconds": state.execution_time_seconds,
+        "version": state.version,
+        "state": _plain(state),
+    }
+
+
+def _fold_job(events: Sequence[RecordedEvent]) -> dict[str, Any] | None:
+    state = job.fold([(e.data, e.recorded_at, e.version) for e in events])
+    return None if state is None else job_row(state)
+
+
+def _fold_task(events: Sequence[RecordedEvent]) -> dict[str, Any] | None:
+    state = task.fold([(e.data, e.recorded_at, e.version) for e in events])
+    return None if state is None else task_row(state)
+
+
+@dataclass(frozen=True)
+class RowCheck:
+    """A projection table with one row per stream, each row the fold of its stream."""
+
+    projection: str
+    table: str
+    key: str
+    prefix: str
+    first_type: str
+    fold: Callable[[Sequence[RecordedEvent]], dict[str, Any] | None]
+    columns: tuple[str, ...]
+    json_columns: frozenset[str]
+
+
+_JOB_COLUMNS = (
+    "account_id",
+    "batch_id",
+    "url",
+    "status",
+    "step",
+    "created_at",
+    "updated_at",
+    "finished_at",
+    "version",
+    "state",
+)
+_TASK_COLUMNS = (
+    "account_id",
+    "task_type",
+    "status",
+    "priority",
+    "priority_rank",
+    "payload",
+    "requirements",
+    "metadata",
+    "device_id",
+    "attempt",
+    "retry_count",
+    "max_retries",
+    "timeout_seconds",
+    "reason",
+    "result",
+    "error",
+    "created_at",
+    "updated_at",
+    "assigned_at",
+    "started_at",
+    "completed_at",
+    "execution_time_seconds",
+    "version",
+    "state",
+)
+JOBS = RowCheck(
+    "jobs", "jobs", "job_id", "job-", "JobCreated", _fold_job, _JOB_COLUMNS, frozenset({"state"})
+)
+TASKS = RowCheck(
+    "tasks",
+    "tasks",
+    "task_id",
+    "task-",
+    "TaskSubmitted",
+    _fold_task,
+    _TASK_COLUMNS,
+    frozenset({"payload", "requirements", "metadata", "result", "state"}),
+)
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+# Every stream that had begun by the checkpoint: its first event is of the opening type.
+_STREAMS = """
+SELECT stream_id FROM events
+WHERE version = 1 AND type = $1 AND (tx, position) <= ($2::text::xid8, $3::bigint)
+ORDER BY stream_id
+"""
+
+
+async def _checkpoint(conn: asyncpg.Connection, name: str) -> Checkpoint:
+    row = await conn.fetchrow("SELECT tx, position FROM checkpoints WHERE name = $1", name)
+    return Checkpoint(row["tx"], row["position"]) if row else Checkpoint()
+
+
+async def _stream_pages(
+    conn: asyncpg.Connection, first_type: str, at: Checkpoint
+) -> AsyncIterator[list[str]]:
+    cursor = await conn.cursor(_STREAMS, first_type, str(at.tx), at.position)
+    while page := [r[0] for r in await cursor.fetch(PAGE)]:
+        yield page
+
+
+def _by_stream(events: Sequence[RecordedEvent]) -> dict[str, list[RecordedEvent]]:
+    out: dict[str, list[RecordedEvent]] = defaultdict(list)
+    for e in events:
+        out[e.stream_id].append(e)
+    return out
+
+
+# -- checks ----------------------------------------------------------------------------------
+
+
+async def _check_rows(
+    conn: asyncpg.Connection, store: EventStore, check: RowCheck, found: Found
+) -> tuple[int, int]:
+    """Compare every stream of `check` with its row, and every row with its stream."""
+    at = await _checkpoint(conn, check.projection)
+    checked = differences = 0
+    # Only the columns the fold gives: a column added for reporting is not this check's.
+    select = (
+        f"SELECT {check.key}, {', '.join(check.columns)} FROM {check.table} "
+        f"WHERE {check.key} = ANY($1::text[])"
+    )
+    async for page in _stream_pages(conn, check.first_type, at):
+        streams = _by_stream(await store.read_streams(page, at, conn=conn))
+        keys = [s.removeprefix(check.prefix) for s in page]
+        rows = {r[check.key]: r for r in await conn.fetch(select, keys)}
+        for stream_id, key in zip(page, keys, strict=True):
+            checked += 1
+            folded = check.fold(streams[stream_id])
+            row = rows.get(key)
+            projected = None if row is None else _row(row, check)
+            if projected is None or folded is None:
+                if projected != folded:
+                    found(Difference(stream_id, "row", _presence(projected), _presence(folded)))
+                    differences += 1
+                continue
+            for column in check.columns:
+                for d in _diff(stream_id, column, projected[column], folded[column]):
+                    found(d)
+                    differences += 1
+    # Rows whose stream had not begun by the checkpoint (or never did).
+    orphans = await conn.cursor(
+        f"SELECT {check.key} FROM {check.table} t WHERE NOT EXISTS ("
+        "SELECT 1 FROM events e WHERE e.stream_id = $1 || t."
+        f"{check.key} AND e.version = 1 AND (e.tx, e.position) <= ($2::text::xid8, $3::bigint))",
+        check.prefix,
+        str(at.tx),
+        at.position,
+    )
+    while extra := await orphans.fetch(PAGE):
+        for r in extra:
+            checked += 1
+            differences += 1
+            found(Difference(check.prefix + r[0], "row", "present", MISSING))
+    return checked, differences
+
+
+def _presence(row: dict[str, Any] | None) -> str:
+    return MISSING if row is None else "present"
+
+
+def _row(record: asyncpg.Record, check: RowCheck) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for column, value in record.items():
+        if column == check.key:
+            continue
+        if column in check.json_columns:
+            value = None if value is None else msgspec.json.decode(value)
+        out[column] = value
+    return out
+
+
+async def _check_batches(
+    conn: asyncpg.Connection, store: EventStore, found: Found
+) -> tuple[int, int]:
+    """Each batch stream's job ids against the `jobs` rows that carry its batch id.
+
+    A batch is created in the same transaction as its jobs, so the jobs checkpoint cuts both.
+    """
+    at = await _checkpoint(conn, "jobs")
+    checked = differences = 0
+    async for page in _stream_pages(conn, "BatchCreated", at):
+        streams = _by_stream(await store.read_streams(page, at, conn=conn))
+        ids = [s.removeprefix("batch-") for s in page]
+        members: dict[str, list[str]] = defaultdict(list)
+        for r in await conn.fetch(
+            "SELECT batch_id, job_id FROM jobs WHERE batch_id = ANY($1::text[])", ids
+        ):
+            members[r[0]].append(r[1])
+        for stream_id, batch_id in zip(page, ids, strict=True):
+            checked += 1
+            state = batch.fold([(e.data, e.recorded_at, e.version) for e in streams[stream_id]])
+            folded = sorted(state.job_ids) if state else []
+            projected = sorted(members.get(batch_id, []))
+            if projected != folded:
+                found(Difference(stream_id, "jobs.batch_id", projected, folded))
+                differences += 1
+    return checked, differences
+
+
+def add_usage(
+    totals: dict[tuple[str, date], dict[str, int]], events: Sequence[RecordedEvent]
+) -> None:
+    """Add one job stream's events to the per account and UTC day counters of `usage_daily`."""
+    if not events or not isinstance(events[0].data, job.JobCreated):
+        return
+    account = events[0].data.account_id
+    uploaded = 0  # the last upload's size: what a FileDeleted frees
+    for e in events:
+        ev = e.data
+        if e.type not in UsageProjection.event_types:
+            continue
+        row = totals.setdefault(
+            (account, e.recorded_at.astimezone(UTC).date()), dict.fromkeys(COUNTERS, 0)
+        )
+        if isinstance(ev, job.JobCreated):
+            row["jobs_created"] += 1
+        elif isinstance(ev, job.DownloadCompleted):
+            row["bytes_downloaded"] += ev.bytes
+        elif isinstance(ev, job.JobCompleted):
+            row["jobs_completed"] += 1
+            row["bytes_uploaded"] += ev.size
+            uploaded = ev.size
+        elif isinstance(ev, job.JobFailed):
+            row["jobs_failed"] += 1
+        elif isinstance(ev, job.JobCancelled):
+            row["jobs_cancelled"] += 1
+        elif isinstance(ev, job.FileDeleted):
+            row["bytes_deleted"] += uploaded
+
+
+async def _check_usage(
+    conn: asyncpg.Connection, store: EventStore, found: Found
+) -> tuple[int, int]:
+    """`usage_daily` against counters summed again from every job stream."""
+    at = await _checkpoint(conn, "usage")
+    totals: dict[tuple[str, date], dict[str, int]] = {}
+    async for page in _stream_pages(conn, "JobCreated", at):
+        for events in _by_stream(await store.read_streams(page, at, conn=conn)).values():
+            add_usage(totals, events)
+    checked = differences = 0
+    seen: set[tuple[str, date]] = set()
+    rows = await conn.cursor("SELECT * FROM usage_daily ORDER BY account_id, day")
+    while page_rows := await rows.fetch(PAGE):
+        for r in page_rows:
+            key = (r["account_id"], r["day"])
+            seen.add(key)
+            checked += 1
+            folded = totals.get(key, dict.fromkeys(COUNTERS, 0))
+            for column in COUNTERS:
+                if r[column] != folded[column]:
+                    found(Difference(f"usage {key[0]} {key[1]}", column, r[column], folded[column]))
+                    differences += 1
+    for key in sorted(totals.keys() - seen):
+        if any(totals[key].values()):
+            checked += 1
+            differences += 1
+            found(Difference(f"usage {key[0]} {key[1]}", "row", MISSING, "present"))
+    return checked, differences
+
+
+async def verify(store: EventStore, runner: ProjectionRunner, found: Found) -> Verified:
+    """Catch the projections up, then fold every stream and report each difference to `found`."""
+    await runner.catch_up()
+    checked: dict[str, int] = {}
+    total = 0
+    async with (
+        store.pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        checks: list[tuple[str, Callable[[], Awaitable[tuple[int, int]]]]] = [
+            ("jobs", partial(_check_rows, conn, store, JOBS, found)),
+            ("tasks", partial(_check_rows, conn, store, TASKS, found)),
+            ("batches", partial(_check_batches, conn, store, found)),
+            ("usage_daily", partial(_check_usage, conn, store, found)),
+        ]
+        for name, check in checks:
+            checked[name], differences = await check()
+            total += differences
+    return Verified(checked, total)

@@ -1,0 +1,235 @@
+"""`spool replay`: a stream's history as a readable timeline, or as JSON Lines for machines."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import msgspec
+
+from adapters.event_store import EventStore
+from domain import batch, job, task
+from domain.events import Event, RecordedEvent
+
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass
+class Entry:
+    """One event on the timeline, with what it means in words."""
+
+    event: RecordedEvent
+    elapsed: float
+    note: str
+    stage: str | None = None
+    stage_seconds: float | None = None
+
+
+@dataclass
+class Timeline:
+    """A stream's events in order, what each says, and what they add up to."""
+
+    stream_id: str
+    entries: list[Entry] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    retries: dict[str, int] = field(default_factory=dict)
+    nodes: list[str] = field(default_factory=list)
+    status: str | None = None
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    size = float(n)
+    for unit in ("KB", "MB", "GB"):
+        size /= 1024
+        if size < 1024 or unit == "GB":
+            break
+    return f"{size:.1f} {unit}"
+
+
+def _by(e: RecordedEvent) -> str:
+    """Who caused an event: the API key id, node or reactor that wrote it."""
+    return f"by {e.metadata.actor}" if e.metadata.actor else "by (unknown)"
+
+
+def _data(ev: Event) -> str:
+    """An event's fields, compactly, for types without a sentence of their own."""
+    fields = msgspec.to_builtins(ev)
+    return " ".join(f"{k}={_encode(v).decode()}" for k, v in fields.items() if v not in (None, []))
+
+
+def _job_note(ev: Event, e: RecordedEvent) -> str:
+    if isinstance(ev, job.JobCreated):
+        held = ", held in a paused batch" if ev.held else ""
+        return f"{ev.url} {_by(e)}{held}"
+    if isinstance(ev, job.StageStarted):
+        return f"{ev.stage} run {ev.run} attempt {ev.attempt} on {ev.node_id}"
+    if isinstance(ev, job.StageProgressed):
+        p = ev.progress
+        percent = f"{p.percent:.0f}%" if p.percent is not None else "?%"
+        return f"{p.stage} {percent}" + (f" of {_size(p.total_bytes)}" if p.total_bytes else "")
+    if isinstance(ev, job.DownloadCompleted):
+        return f"{_size(ev.bytes)} on {ev.node_id}" + (f", {ev.title!r}" if ev.title else "")
+    if isinstance(ev, job.MuxCompleted):
+        codecs = "/".join(c for c in (ev.video_codec, ev.audio_codec) if c)
+        return f"{_size(ev.output.size)} {codecs} on {ev.node_id}".rstrip()
+    if isinstance(ev, job.JobCompleted):
+        return f"{ev.key} ({_size(ev.size)}) in {ev.storage} from {ev.node_id}"
+    if isinstance(ev, job.StageFailed):
+        then = (
+            f"; retry {ev.retry_stage} attempt {ev.retry_attempt} in {ev.retry_in:g}s"
+            if ev.retry_stage
+            else "; no retry"
+        )
+        return f"{ev.stage} attempt {ev.attempt} on {ev.node_id}: {ev.reason}{then}"
+    if isinstance(ev, job.JobFailed):
+        return f"at {ev.stage}: {ev.reason}"
+    if isinstance(ev, job.JobCancelled):
+        return f"{_by(e)}: {ev.reason}" + (f" (during {ev.stage})" if ev.stage else "")
+    if isinstance(ev, job.JobRetried | job.JobReleased | job.JobRenamed | job.FileDeleted):
+        return f"{_data(ev)} {_by(e)}".strip()
+    return _data(ev)
+
+
+_STAGE_DONE = {
+    job.DownloadCompleted: "download",
+    job.MuxCompleted: "mux",
+    job.JobCompleted: "upload",
+}
+
+
+def job_timeline(stream_id: str, events: Sequence[RecordedEvent]) -> Timeline:
+    """A job's events with stage durations (wall time from start to end), retries and nodes."""
+    timeline = Timeline(stream_id)
+    started: dict[str, datetime] = {}
+    state: job.JobState | None = None
+    for e in events:
+        ev = e.data
+        state = job.evolve(state, ev, e.recorded_at, e.version)
+        entry = Entry(e, _elapsed(events, e), _job_note(ev, e))
+        if isinstance(ev, job.StageStarted):
+            started[ev.stage] = e.recorded_at
+            entry.stage = ev.stage
+            if ev.node_id not in timeline.nodes:
+                timeline.nodes.append(ev.node_id)
+        stage = _STAGE_DONE.get(type(ev)) or (ev.stage if isinstance(ev, job.StageFailed) else None)
+        if stage is not None and stage in started:
+            seconds = (e.recorded_at - started.pop(stage)).total_seconds()
+            entry.stage, entry.stage_seconds = stage, round(seconds, 3)
+            entry.note += f"; {stage} took {seconds:.2f}s"
+            if not isinstance(ev, job.StageFailed):
+                timeline.stage_seconds[stage] = round(seconds, 3)
+        if isinstance(ev, job.StageFailed) and ev.retry_stage is not None:
+            timeline.retries[ev.stage] = timeline.retries.get(ev.stage, 0) + 1
+        if isinstance(ev, job.JobRetried):
+            timeline.retries["run"] = timeline.retries.get("run", 0) + 1
+        timeline.entries.append(entry)
+    timeline.status = state.status if state else None
+    return timeline
+
+
+def _task_note(ev: Event, e: RecordedEvent) -> str:
+    if isinstance(ev, task.TaskSubmitted):
+        return f"{ev.task_type} ({ev.priority}) {_by(e)}"
+    if isinstance(ev, task.TaskCancelled):
+        return f"{_by(e)}: {ev.reason}"
+    return _data(ev)
+
+
+def task_timeline(stream_id: str, events: Sequence[RecordedEvent]) -> Timeline:
+    """A task's events: submitted, assigned, run, and how it ended."""
+    timeline = Timeline(stream_id)
+    state: task.TaskState | None = None
+    for e in events:
+        state = task.evolve(state, e.data, e.recorded_at, e.version)
+        entry = Entry(e, _elapsed(events, e), _task_note(e.data, e))
+        if isinstance(e.data, task.TaskAssigned) and e.data.device_id not in timeline.nodes:
+            timeline.nodes.append(e.data.device_id)
+        if isinstance(e.data, task.TaskRetried):
+            timeline.retries["task"] = timeline.retries.get("task", 0) + 1
+        timeline.entries.append(entry)
+    timeline.status = state.status if state else None
+    return timeline
+
+
+def batch_timeline(stream_id: str, events: Sequence[RecordedEvent]) -> Timeline:
+    """A batch's own events (its jobs have timelines of their own)."""
+    timeline = Timeline(stream_id)
+    state: batch.BatchState | None = None
+    for e in events:
+        state = batch.evolve(state, e.data, e.recorded_at, e.version)
+        note = f"{_data(e.data)} {_by(e)}".strip()
+        timeline.entries.append(Entry(e, _elapsed(events, e), note))
+    timeline.status = state.status if state else None
+    return timeline
+
+
+def _elapsed(events: Sequence[RecordedEvent], e: RecordedEvent) -> float:
+    return round((e.recorded_at - events[0].recorded_at).total_seconds(), 3)
+
+
+def render_text(timeline: Timeline, *, progress: bool = False) -> Iterator[str]:
+    """The timeline for people: one line an event, then a summary."""
+    yield f"{timeline.stream_id}"
+    hidden = 0
+    for entry in timeline.entries:
+        e = entry.event
+        if isinstance(e.data, job.StageProgressed) and not progress:
+            hidden += 1
+            continue
+        at = e.recorded_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        yield (
+            f"  {e.position:>8}  {at}  +{entry.elapsed:>8.3f}s  v{e.version:<3} {e.type:<18} "
+            f"{entry.note}"
+        )
+    summary = [f"status {timeline.status}"]
+    if timeline.stage_seconds:
+        stages = ", ".join(f"{s} {t:.2f}s" for s, t in timeline.stage_seconds.items())
+        summary.append(f"stages: {stages}")
+    retries = ", ".join(f"{s} {n}" for s, n in timeline.retries.items()) or "none"
+    summary.append(f"retries: {retries}")
+    if timeline.nodes:
+        summary.append(f"nodes: {', '.join(timeline.nodes)}")
+    if hidden:
+        summary.append(f"{hidden} progress events not shown (--progress shows them)")
+    yield "; ".join(summary)
+
+
+def render_json_lines(timeline: Timeline) -> Iterator[str]:
+    """The timeline for machines: one JSON object an event, in stream order."""
+    for entry in timeline.entries:
+        e = entry.event
+        yield _encode(
+            {
+                "stream_id": e.stream_id,
+                "position": e.position,
+                "version": e.version,
+                "type": e.type,
+                "schema_version": e.schema_version,
+                "recorded_at": e.recorded_at,
+                "elapsed_seconds": entry.elapsed,
+                "stage": entry.stage,
+                "stage_seconds": entry.stage_seconds,
+                "note": entry.note,
+                "data": e.data,
+                "metadata": {n: getattr(e.metadata, n) for n in e.metadata.__struct_fields__},
+            }
+        ).decode()
+
+
+BUILDERS: dict[str, Callable[[str, Sequence[RecordedEvent]], Timeline]] = {
+    "job": job_timeline,
+    "batch": batch_timeline,
+    "task": task_timeline,
+}
+"""Timeline builders by the kind of stream they read."""
+
+
+async def load_timeline(store: EventStore, kind: str, raw_id: str) -> Timeline | None:
+    """The timeline of the job, batch or task `raw_id` (a UUID); None if it has no events."""
+    stream_id = f"{kind}-{uuid.UUID(raw_id)}"
+    events = await store.read_stream(stream_id)
+    return BUILDERS[kind](stream_id, events) if events else None
