@@ -75,6 +75,7 @@ from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -424,7 +425,8 @@ async def run_spool(env: Env, workers: int, jobs: int, profile: Path | None) -> 
                 profiler(p.pid, profile / f"spool-{workers}w-{n}.txt")
                 for p, n in zip(procs, node_ids, strict=True)
             ]
-        meter = CpuMeter(procs, env.fixtures_pid, database_url.rsplit("/", 1)[-1])
+        # The path names the database, also in a socket URL (`...?host=/run/dir`).
+        meter = CpuMeter(procs, env.fixtures_pid, urlsplit(database_url).path.lstrip("/"))
         meter.start()
 
         async def create(_: int) -> str:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +54,8 @@ class RunningUnit:
     stage: job.Stage
     run: int
     attempt: int
+    state: job.JobState
+    """The job as this node knows it: exact while no one else appends to its stream."""
     since_version: int
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     last_progress: float = field(default_factory=time.monotonic)
@@ -82,6 +85,10 @@ class Node:
         self.guard = UrlGuard(settings.url_allowlist)
         self.workroot = settings.data_dir / "work"
         self.running: dict[str, RunningUnit] = {}
+        # The job as this node left it after recording a stage, for its next stage here (mux
+        # and upload come back to this node): no read of the job per stage. Bounded, since a
+        # job cancelled in between never calls for its next stage.
+        self.known: dict[str, job.JobState] = {}
         # Units taken from a queue but perhaps still waiting for a slot: reported as running so
         # the reconciler never mistakes them for lost.
         self.claimed: set[str] = set()
@@ -256,14 +263,22 @@ class Node:
                 appends.append(StreamAppend(job.stream_id(unit.job_id), [NewEvent(ev, self.meta)]))
                 reported.append(unit)
         try:
-            await self.store.append_many(appends)
+            results = await self.store.append_many(appends)
         except ConcurrencyError:
             # A job stream moved under us (its stage completing): send the heartbeat alone now,
             # the progress again next second.
             await self.store.append_many(appends[:1])
         else:
-            for unit in reported:
+            versions = {r.stream_id: r.version for r in results}
+            now = datetime.now(UTC)
+            for unit, sent in zip(reported, appends[1:], strict=True):
                 unit.reported = unit.progress
+                # Right after the version the node knows: the node's view stays exact. After
+                # anything else, the next append at the known version clashes and re-reads.
+                if versions[sent.stream_id] == unit.state.version + 1:
+                    unit.state = job.evolve(
+                        unit.state, sent.events[0].event, now, unit.state.version + 1
+                    )
         await self._check_cancellations()
         self._check_stalls()
         await self._check_removed()
@@ -309,30 +324,100 @@ class Node:
     async def _claimed(
         self, unit_id: str, stage: job.Stage, job_id: str, run: int, attempt: int
     ) -> str:
-        async with self.slots[stage]:
+        workdir = self.workdir(job_id, run)
+        try:
+            async with self.slots[stage]:
+                unit = await self._start(stage, job_id, run, attempt)
+                if isinstance(unit, str):
+                    return unit
+                self.running[unit_id] = unit
+                outcome = await self._execute(unit, workdir)
+            # The slot is free while the result is recorded: the next unit need not wait for it.
+            if isinstance(outcome, str):
+                return outcome
+            return await self._complete(unit, outcome, workdir)
+        finally:
+            self.running.pop(unit_id, None)
+
+    async def _start(
+        self, stage: job.Stage, job_id: str, run: int, attempt: int
+    ) -> RunningUnit | str:
+        """Append StageStarted; the running unit, or why it does not run here."""
+        state = self.known.pop(job_id, None)
+        fresh = state is None
+        if state is None:
             state = await load_job(self.store, job_id)
-            if state is None or not job.is_current(state, stage, run, attempt):
+            if state is None:
                 return "stale"
-            if stage != "download" and state.node_id != self.node_id:
-                return f"files are on node {state.node_id}"
+        unit = RunningUnit(job_id, stage, run, attempt, state, since_version=state.version)
+
+        def start(s: job.JobState) -> list[Event]:
+            if stage != "download" and s.node_id != self.node_id:
+                return []  # the files are elsewhere: start nothing
+            return job.start_stage(s, stage, run, attempt, self.node_id)
+
+        try:
+            started = await self._record(unit, start, fresh=fresh)
+        except InvalidTransition:
+            return "taken or changed"
+        if started is None:
+            return "stale"
+        if stage != "download" and started.node_id != self.node_id:
+            return f"files are on node {started.node_id}"
+        unit.since_version = started.version
+        return unit
+
+    def _remember(self, state: job.JobState) -> None:
+        if state.terminal:
+            return
+        self.known[state.job_id] = state
+        while len(self.known) > 1000:
+            del self.known[next(iter(self.known))]  # the oldest: dicts keep insertion order
+
+    async def _record(
+        self,
+        unit: RunningUnit,
+        decide: Callable[[job.JobState], list[Event]],
+        *,
+        fresh: bool = False,
+    ) -> job.JobState | None:
+        """Append what `decide` makes of the job at the version this node knows.
+
+        Optimistic concurrency: the job is read again only when the append clashes (a cancel,
+        a retry, a progress event landed first) or when the state held (not `fresh` from the
+        store) says the unit is no longer current; then `decide` runs again on what was read.
+        Returns the job after the append, also kept in `unit.state`; None when the unit is no
+        longer the job's current one (`unit.state` is then the job as read). InvalidTransition
+        from `decide` propagates.
+        """
+        state: job.JobState | None = unit.state
+        while True:
+            if state is None or (
+                not fresh and not job.is_current(state, unit.stage, unit.run, unit.attempt)
+            ):
+                state = await load_job(self.store, unit.job_id)
+                if state is None:
+                    return None
+                unit.state, fresh = state, True
+            if not job.is_current(state, unit.stage, unit.run, unit.attempt):
+                return None
+            events = decide(state)
+            if not events:
+                return state
             try:
-                started = job.start_stage(state, stage, run, attempt, self.node_id)
-                result = await self.store.append(
-                    job.stream_id(job_id), [NewEvent(e, self.meta) for e in started], state.version
+                await self.store.append(
+                    job.stream_id(unit.job_id),
+                    [NewEvent(e, self.meta) for e in events],
+                    state.version,
                 )
-            except (ConcurrencyError, InvalidTransition):
-                return "taken or changed"
-            # Appended at the version read, so the state is the read one plus these events: no
-            # second read of the job per stage.
+            except ConcurrencyError:
+                state = None  # something landed first: read the job and decide again
+                continue
             now = datetime.now(UTC)
-            for e in started:
+            for e in events:
                 state = job.evolve(state, e, now, state.version + 1)
-            unit = RunningUnit(job_id, stage, run, attempt, since_version=result.version)
-            self.running[unit_id] = unit
-            try:
-                return await self._execute(unit, state)
-            finally:
-                self.running.pop(unit_id, None)
+            unit.state = state
+            return state
 
     def _progress_sink(self, unit: RunningUnit) -> stages.ProgressSink:
         def sink(p: job.Progress) -> None:
@@ -344,26 +429,25 @@ class Node:
     def workdir(self, job_id: str, run: int) -> Path:
         return self.workroot / job_id / str(run)
 
-    async def _execute(self, unit: RunningUnit, state: job.JobState) -> str:
-        workdir = self.workdir(unit.job_id, unit.run)
+    async def _execute(self, unit: RunningUnit, workdir: Path) -> Event | str:
+        """Run the stage: its result event to record, or what happened instead."""
+        state = unit.state
         sink = self._progress_sink(unit)
         try:
-            done: Event
             if unit.stage == "download":
                 if workdir.exists():  # a previous attempt's leftovers
                     stages.remove_workdir(workdir)
-                done = await stages.download(
+                return await stages.download(
                     state, self.node_id, workdir, self.guard, sink, unit.cancel
                 )
-            elif unit.stage == "mux":
-                done = await stages.mux(
+            if unit.stage == "mux":
+                return await stages.mux(
                     state, self.node_id, workdir, sink, unit.cancel, self.viewers, self.ip
                 )
-            else:
-                storage = await self.storages.for_job(state.account_id, state.storage_override)
-                done = await stages.upload(
-                    state, self.node_id, storage, sink, unit.cancel, self.viewers, self.ip
-                )
+            storage = await self.storages.for_job(state.account_id, state.storage_override)
+            return await stages.upload(
+                state, self.node_id, storage, sink, unit.cancel, self.viewers, self.ip
+            )
         except stages.StageCancelled:
             if unit.stalled:
                 return await self._fail(
@@ -383,42 +467,29 @@ class Node:
                 unit,
                 stages.StageError(f"Internal error: {type(exc).__name__}: {exc}", retryable=True),
             )
-        return await self._complete(unit, done, workdir)
 
     async def _complete(self, unit: RunningUnit, done: Event, workdir: Path) -> str:
         """Record a stage's result, unless the job moved on (cancel wins)."""
-        while True:
-            state = await load_job(self.store, unit.job_id)
-            if state is None or not job.is_current(state, unit.stage, unit.run, unit.attempt):
-                if isinstance(done, job.JobCompleted):
-                    for key in (done.key, done.subtitle_key, done.thumbnail_key):
-                        if key is not None:
-                            storage = (
-                                self.storage
-                                if state is None
-                                else await self.storages.for_job(
-                                    state.account_id, state.storage_override
-                                )
-                            )
-                            await storage.delete(key)
-                stages.remove_workdir(workdir)
-                return "cancelled" if state is not None and state.status == "Cancelled" else "stale"
-            try:
-                await self.store.append(
-                    job.stream_id(unit.job_id), [NewEvent(done, self.meta)], state.version
-                )
-            except ConcurrencyError:
-                continue  # something (progress, a cancel) landed first: look again
+        state = await self._record(unit, lambda _: [done])
+        if state is None:
             if isinstance(done, job.JobCompleted):
-                stages.remove_workdir(self.workroot / unit.job_id)
-            return "completed"
+                held = unit.state
+                storage = await self.storages.for_job(held.account_id, held.storage_override)
+                for key in (done.key, done.subtitle_key, done.thumbnail_key):
+                    if key is not None:
+                        await storage.delete(key)
+            stages.remove_workdir(workdir)
+            return "cancelled" if unit.state.status == "Cancelled" else "stale"
+        if isinstance(done, job.JobCompleted):
+            stages.remove_workdir(self.workroot / unit.job_id)
+        self._remember(state)
+        return "completed"
 
     async def _fail(self, unit: RunningUnit, exc: stages.StageError) -> str:
-        while True:
-            state = await load_job(self.store, unit.job_id)
-            if state is None or not job.is_current(state, unit.stage, unit.run, unit.attempt):
-                return "stale"
-            events = job.fail_stage(
+        events: list[Event] = []
+
+        def decide(state: job.JobState) -> list[Event]:
+            events[:] = job.fail_stage(
                 state,
                 unit.stage,
                 unit.run,
@@ -430,20 +501,18 @@ class Node:
                 max_attempts=self.settings.stage_attempts,
                 backoff=self.settings.retry_backoff,
             )
-            try:
-                await self.store.append(
-                    job.stream_id(unit.job_id),
-                    [NewEvent(e, self.meta) for e in events],
-                    state.version,
-                )
-            except ConcurrencyError:
-                continue
-            if any(isinstance(e, job.JobFailed) for e in events):
-                stages.remove_workdir(self.workroot / unit.job_id)
-                return "failed"
-            if unit.stage == "download":
-                stages.remove_workdir(self.workdir(unit.job_id, unit.run))
-            return "will retry"
+            return events
+
+        state = await self._record(unit, decide)
+        if state is None:
+            return "stale"
+        if any(isinstance(e, job.JobFailed) for e in events):
+            stages.remove_workdir(self.workroot / unit.job_id)
+            return "failed"
+        if unit.stage == "download":
+            stages.remove_workdir(self.workdir(unit.job_id, unit.run))
+        self._remember(state)
+        return "will retry"
 
 
 # arq entry points: the function names are the stage names the dispatcher enqueues.
