@@ -228,8 +228,12 @@ BUILDERS: dict[str, Callable[[str, Sequence[RecordedEvent]], Timeline]] = {
 """Timeline builders by the kind of stream they read."""
 
 
-async def load_timeline(store: EventStore, kind: str, raw_id: str) -> Timeline | None:
-    """The timeline of the job, batch or task `raw_id` (a UUID); None if it has no events."""
-    stream_id = f"{kind}-{uuid.UUID(raw_id)}"
+def stream_of(kind: str, raw_id: str) -> str:
+    """The stream of the job, batch or task `raw_id`; ValueError unless it is a UUID."""
+    return f"{kind}-{uuid.UUID(raw_id)}"
+
+
+async def load_timeline(store: EventStore, kind: str, stream_id: str) -> Timeline | None:
+    """The timeline of a job, batch or task stream; None if it has no events."""
     events = await store.read_stream(stream_id)
     return BUILDERS[kind](stream_id, events) if events else None
