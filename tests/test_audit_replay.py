@@ -103,9 +103,12 @@ async def test_verify_passes_on_a_healthy_log_and_catches_a_row_changed_by_hand(
     await cluster.pool.execute(
         "UPDATE usage_daily SET jobs_completed = jobs_completed + 5 WHERE jobs_completed > 0"
     )
+    task_id = task.json()["data"]["task_id"]
+    await cluster.pool.execute("DELETE FROM tasks WHERE task_id = $1", task_id)
     broken = await _spool(url, "replay", "verify")
 
     assert broken.exit_code == 1
     assert f"job-{job_id} status: projection 'Failed' != folded 'Completed'" in broken.stdout
     assert "jobs_completed: projection 6 != folded 1" in broken.stdout
-    assert "2 differences" in broken.stderr
+    assert f"task-{task_id} row: projection '<no row>' != folded 'present'" in broken.stdout
+    assert "3 differences" in broken.stderr
