@@ -62,7 +62,7 @@ async def test_replay_job_tells_what_happened_when_where_and_on_whose_request(
 
     assert cancelled.exit_code == 0, cancelled.stderr
     [line] = [x for x in cancelled.stdout.splitlines() if "JobCancelled" in x]
-    assert f"by {canceller}" in line
+    assert f"by key {canceller} (user)" in line
     assert cancelled.stdout.strip().splitlines()[-1].startswith("status Cancelled")
 
 
