@@ -261,22 +261,24 @@ def replay() -> None:
 def _replay_command(kind: str) -> None:
     @replay.command(kind, help=f"Print a {kind}'s history: one line an event, then a summary.")
     @_database_options
-    @click.argument("stream_id", metavar="ID")
+    @click.argument("raw_id", metavar="ID")
     @click.option("--json", "as_json", is_flag=True, help="One JSON object an event (JSON Lines).")
     @click.option("--progress", is_flag=True, help="Show progress events too (text only).")
-    def show(stream_id: str, as_json: bool, progress: bool, **flags: Any) -> None:
-        from spool.replay import load_timeline, render_json_lines, render_text
+    def show(raw_id: str, as_json: bool, progress: bool, **flags: Any) -> None:
+        from spool.replay import load_timeline, render_json_lines, render_text, stream_of
+
+        try:
+            stream_id = stream_of(kind, raw_id)
+        except ValueError:
+            raise click.BadParameter(f"{raw_id!r} is not a {kind} id", param_hint="ID") from None
 
         async def go() -> Any:
             async with open_runtime(_settings(**flags)) as rt:
                 return await load_timeline(rt.store, kind, stream_id)
 
-        try:
-            timeline = _run(go())
-        except ValueError:
-            raise click.BadParameter(f"{stream_id!r} is not a {kind} id", param_hint="ID") from None
+        timeline = _run(go())
         if timeline is None:
-            raise click.ClickException(f"no {kind} {stream_id} in the log")
+            raise click.ClickException(f"no {kind} {raw_id} in the log")
         for line in (
             render_json_lines(timeline) if as_json else render_text(timeline, progress=progress)
         ):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -14,6 +14,9 @@ from domain import batch, job, task
 from domain.events import Event, RecordedEvent
 
 _encode = msgspec.json.Encoder().encode
+
+Names = Mapping[str, str]
+"""API key names by key id, to say on whose request an event happened."""
 
 
 @dataclass
@@ -50,9 +53,12 @@ def _size(n: int) -> str:
     return f"{size:.1f} {unit}"
 
 
-def _by(e: RecordedEvent) -> str:
-    """Who caused an event: the API key id, node or reactor that wrote it."""
-    return f"by {e.metadata.actor}" if e.metadata.actor else "by (unknown)"
+def _by(e: RecordedEvent, names: Names) -> str:
+    """Who caused an event: the API key (id and name), node or reactor that wrote it."""
+    actor = e.metadata.actor
+    if actor is None:
+        return "by (unknown)"
+    return f"by key {actor} ({names[actor]})" if actor in names else f"by {actor}"
 
 
 def _data(ev: Event) -> str:
@@ -61,10 +67,10 @@ def _data(ev: Event) -> str:
     return " ".join(f"{k}={_encode(v).decode()}" for k, v in fields.items() if v not in (None, []))
 
 
-def _job_note(ev: Event, e: RecordedEvent) -> str:
+def _job_note(ev: Event, e: RecordedEvent, names: Names) -> str:
     if isinstance(ev, job.JobCreated):
         held = ", held in a paused batch" if ev.held else ""
-        return f"{ev.url} {_by(e)}{held}"
+        return f"{ev.url} {_by(e, names)}{held}"
     if isinstance(ev, job.StageStarted):
         return f"{ev.stage} run {ev.run} attempt {ev.attempt} on {ev.node_id}"
     if isinstance(ev, job.StageProgressed):
@@ -88,9 +94,9 @@ def _job_note(ev: Event, e: RecordedEvent) -> str:
     if isinstance(ev, job.JobFailed):
         return f"at {ev.stage}: {ev.reason}"
     if isinstance(ev, job.JobCancelled):
-        return f"{_by(e)}: {ev.reason}" + (f" (during {ev.stage})" if ev.stage else "")
+        return f"{_by(e, names)}: {ev.reason}" + (f" (during {ev.stage})" if ev.stage else "")
     if isinstance(ev, job.JobRetried | job.JobReleased | job.JobRenamed | job.FileDeleted):
-        return f"{_data(ev)} {_by(e)}".strip()
+        return f"{_data(ev)} {_by(e, names)}".strip()
     return _data(ev)
 
 
@@ -101,7 +107,7 @@ _STAGE_DONE = {
 }
 
 
-def job_timeline(stream_id: str, events: Sequence[RecordedEvent]) -> Timeline:
+def job_timeline(stream_id: str, events: Sequence[RecordedEvent], names: Names) -> Timeline:
     """A job's events with stage durations (wall time from start to end), retries and nodes."""
     timeline = Timeline(stream_id)
     started: dict[str, datetime] = {}
@@ -109,7 +115,7 @@ def job_timeline(stream_id: str, events: Sequence[RecordedEvent]) -> Timeline:
     for e in events:
         ev = e.data
         state = job.evolve(state, ev, e.recorded_at, e.version)
-        entry = Entry(e, _elapsed(events, e), _job_note(ev, e))
+        entry = Entry(e, _elapsed(events, e), _job_note(ev, e, names))
         if isinstance(ev, job.StageStarted):
             started[ev.stage] = e.recorded_at
             entry.stage = ev.stage
@@ -131,21 +137,21 @@ def job_timeline(stream_id: str, events: Sequence[RecordedEvent]) -> Timeline:
     return timeline
 
 
-def _task_note(ev: Event, e: RecordedEvent) -> str:
+def _task_note(ev: Event, e: RecordedEvent, names: Names) -> str:
     if isinstance(ev, task.TaskSubmitted):
-        return f"{ev.task_type} ({ev.priority}) {_by(e)}"
+        return f"{ev.task_type} ({ev.priority}) {_by(e, names)}"
     if isinstance(ev, task.TaskCancelled):
-        return f"{_by(e)}: {ev.reason}"
+        return f"{_by(e, names)}: {ev.reason}"
     return _data(ev)
 
 
-def task_timeline(stream_id: str, events: Sequence[RecordedEvent]) -> Timeline:
+def task_timeline(stream_id: str, events: Sequence[RecordedEvent], names: Names) -> Timeline:
     """A task's events: submitted, assigned, run, and how it ended."""
     timeline = Timeline(stream_id)
     state: task.TaskState | None = None
     for e in events:
         state = task.evolve(state, e.data, e.recorded_at, e.version)
-        entry = Entry(e, _elapsed(events, e), _task_note(e.data, e))
+        entry = Entry(e, _elapsed(events, e), _task_note(e.data, e, names))
         if isinstance(e.data, task.TaskAssigned) and e.data.device_id not in timeline.nodes:
             timeline.nodes.append(e.data.device_id)
         if isinstance(e.data, task.TaskRetried):
@@ -155,13 +161,13 @@ def task_timeline(stream_id: str, events: Sequence[RecordedEvent]) -> Timeline:
     return timeline
 
 
-def batch_timeline(stream_id: str, events: Sequence[RecordedEvent]) -> Timeline:
+def batch_timeline(stream_id: str, events: Sequence[RecordedEvent], names: Names) -> Timeline:
     """A batch's own events (its jobs have timelines of their own)."""
     timeline = Timeline(stream_id)
     state: batch.BatchState | None = None
     for e in events:
         state = batch.evolve(state, e.data, e.recorded_at, e.version)
-        note = f"{_data(e.data)} {_by(e)}".strip()
+        note = f"{_data(e.data)} {_by(e, names)}".strip()
         timeline.entries.append(Entry(e, _elapsed(events, e), note))
     timeline.status = state.status if state else None
     return timeline
@@ -220,7 +226,7 @@ def render_json_lines(timeline: Timeline) -> Iterator[str]:
         ).decode()
 
 
-BUILDERS: dict[str, Callable[[str, Sequence[RecordedEvent]], Timeline]] = {
+BUILDERS: dict[str, Callable[[str, Sequence[RecordedEvent], Names], Timeline]] = {
     "job": job_timeline,
     "batch": batch_timeline,
     "task": task_timeline,
@@ -228,8 +234,18 @@ BUILDERS: dict[str, Callable[[str, Sequence[RecordedEvent]], Timeline]] = {
 """Timeline builders by the kind of stream they read."""
 
 
-async def load_timeline(store: EventStore, kind: str, raw_id: str) -> Timeline | None:
-    """The timeline of the job, batch or task `raw_id` (a UUID); None if it has no events."""
-    stream_id = f"{kind}-{uuid.UUID(raw_id)}"
+def stream_of(kind: str, raw_id: str) -> str:
+    """The stream of the job, batch or task `raw_id`; ValueError unless it is a UUID."""
+    return f"{kind}-{uuid.UUID(raw_id)}"
+
+
+async def load_timeline(store: EventStore, kind: str, stream_id: str) -> Timeline | None:
+    """The timeline of a job, batch or task stream; None if it has no events."""
     events = await store.read_stream(stream_id)
-    return BUILDERS[kind](stream_id, events) if events else None
+    if not events:
+        return None
+    actors = list({e.metadata.actor for e in events if e.metadata.actor})
+    rows = await store.pool.fetch(
+        "SELECT key_id, name FROM api_keys WHERE key_id = ANY($1::text[])", actors
+    )
+    return BUILDERS[kind](stream_id, events, {r[0]: r[1] for r in rows})

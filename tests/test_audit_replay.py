@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 
+from click.testing import CliRunner, Result
+
+from spool.cli import main
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.media import MediaServer
 
-SPOOL = [sys.executable, "-m", "spool"]
 
-
-async def _spool(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run `spool ...` as its own process (off the event loop, so the cluster keeps running)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOL_")}
-    command = [*SPOOL, *args, "--database-url", database_url]
-    return await asyncio.to_thread(
-        subprocess.run, command, env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+async def _spool(database_url: str, *args: str) -> Result:
+    """Run `spool ...` in a thread of its own (its own event loop; the cluster keeps running)."""
+    command = [*args, "--database-url", database_url]
+    return await asyncio.to_thread(CliRunner().invoke, main, command, env={"SPOOL_API_KEY": None})
 
 
 async def test_replay_job_tells_what_happened_when_where_and_on_whose_request(
@@ -45,7 +40,7 @@ async def test_replay_job_tells_what_happened_when_where_and_on_whose_request(
     lines = await _spool(url, "replay", "job", done, "--json")
     cancelled = await _spool(url, "replay", "job", slow)
 
-    assert text.returncode == 0, text.stderr
+    assert text.exit_code == 0, text.stderr
     out = text.stdout
     assert f"job-{done}" in out.splitlines()[0]
     for fragment in ("JobCreated", "StageStarted", "DownloadCompleted", "JobCompleted"):
@@ -57,7 +52,7 @@ async def test_replay_job_tells_what_happened_when_where_and_on_whose_request(
     assert f"nodes: {cluster.settings.node_id}" in summary
     assert "retries: none" in summary
 
-    assert lines.returncode == 0, lines.stderr
+    assert lines.exit_code == 0, lines.stderr
     events = [json.loads(line) for line in lines.stdout.splitlines()]
     assert [e["version"] for e in events] == list(range(1, len(events) + 1))
     assert events[0]["type"] == "JobCreated" and events[0]["metadata"]["actor"]
@@ -65,20 +60,19 @@ async def test_replay_job_tells_what_happened_when_where_and_on_whose_request(
     assert completed["stage"] == "upload" and completed["stage_seconds"] >= 0
     assert completed["metadata"]["node_id"] == cluster.settings.node_id
 
-    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.exit_code == 0, cancelled.stderr
     [line] = [x for x in cancelled.stdout.splitlines() if "JobCancelled" in x]
-    assert f"by {canceller}" in line
+    assert f"by key {canceller} (user)" in line
     assert cancelled.stdout.strip().splitlines()[-1].startswith("status Cancelled")
 
 
-async def test_replay_of_an_unknown_or_malformed_id_is_a_clear_error(cluster: Cluster) -> None:
-    url = cluster.settings.database_url
-    assert url is not None
+async def test_replay_of_an_unknown_or_malformed_id_is_a_clear_error(database_url: str) -> None:
+    url = database_url
     missing = await _spool(url, "replay", "job", "6f1c1a51-8a1f-4d4e-9b8a-3f0c1f6b2a10")
     malformed = await _spool(url, "replay", "task", "nope")
 
-    assert missing.returncode == 1 and "no job" in missing.stderr
-    assert malformed.returncode == 2 and "not a task id" in malformed.stderr
+    assert missing.exit_code == 1 and "no job" in missing.stderr
+    assert malformed.exit_code == 2 and "not a task id" in malformed.stderr
 
 
 async def test_verify_passes_on_a_healthy_log_and_catches_a_row_changed_by_hand(
@@ -100,7 +94,7 @@ async def test_verify_passes_on_a_healthy_log_and_catches_a_row_changed_by_hand(
 
     healthy = await _spool(url, "replay", "verify")
 
-    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert healthy.exit_code == 0, healthy.stdout + healthy.stderr
     assert "no differences" in healthy.stdout
     assert "2 jobs" in healthy.stdout and "1 batches" in healthy.stdout
     assert "1 tasks" in healthy.stdout
@@ -109,9 +103,12 @@ async def test_verify_passes_on_a_healthy_log_and_catches_a_row_changed_by_hand(
     await cluster.pool.execute(
         "UPDATE usage_daily SET jobs_completed = jobs_completed + 5 WHERE jobs_completed > 0"
     )
+    task_id = task.json()["data"]["task_id"]
+    await cluster.pool.execute("DELETE FROM tasks WHERE task_id = $1", task_id)
     broken = await _spool(url, "replay", "verify")
 
-    assert broken.returncode == 1
+    assert broken.exit_code == 1
     assert f"job-{job_id} status: projection 'Failed' != folded 'Completed'" in broken.stdout
     assert "jobs_completed: projection 6 != folded 1" in broken.stdout
-    assert "2 differences" in broken.stderr
+    assert f"task-{task_id} row: projection '<no row>' != folded 'present'" in broken.stdout
+    assert "3 differences" in broken.stderr
