@@ -32,7 +32,7 @@ class Reconciler:
         self.store = store
         self.redis = redis
         self.settings = settings
-        self.meta = Metadata(actor="reconciler")
+        self.actor = "reconciler"
         self._suspects: dict[str, str] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -97,9 +97,23 @@ class Reconciler:
             return "ended without result"
         return None  # queued: waiting for a free worker is not a fault
 
+    async def _meta(self, state: job.JobState) -> Metadata:
+        """The repair follows from the job's last event: its request's correlation, caused by it."""
+        last = await self.store.read_stream(job.stream_id(state.job_id), state.version, limit=1)
+        return last[0].causes(actor=self.actor) if last else Metadata(actor=self.actor)
+
     async def _repair(self, state: job.JobState, unit: str, verdict: str) -> str | None:
+        meta = await self._meta(state)
         if verdict == "missing":
-            d = Dispatch(state.job_id, state.run, state.stage, state.attempt, state.node_id)
+            d = Dispatch(
+                state.job_id,
+                state.run,
+                state.stage,
+                state.attempt,
+                state.node_id,
+                correlation_id=meta.correlation_id,
+                causation_id=meta.causation_id,
+            )
             await dispatch(self.redis, d)
             return f"re-dispatched {unit}: the queue had lost it"
         reasons = {
@@ -122,7 +136,7 @@ class Reconciler:
             )
             await self.store.append(
                 job.stream_id(state.job_id),
-                [NewEvent(e, self.meta) for e in events],
+                [NewEvent(e, meta) for e in events],
                 state.version,
             )
         except (ConcurrencyError, InvalidTransition):
