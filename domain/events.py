@@ -37,6 +37,12 @@ class Metadata(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     request_id: str | None = None
     node_id: str | None = None
 
+    def following(self, cause: Metadata) -> Metadata:
+        """This actor's metadata for work that `cause` called for: its correlation and cause."""
+        return msgspec.structs.replace(
+            self, correlation_id=cause.correlation_id, causation_id=cause.causation_id
+        )
+
 
 NO_CAUSE = Metadata()
 """For work that follows from no recorded request (older queue entries, tests)."""

@@ -363,9 +363,7 @@ class Node:
             state = await load_job(self.store, job_id)
             if state is None:
                 return "stale"
-        meta = msgspec.structs.replace(
-            self.meta, correlation_id=cause.correlation_id, causation_id=cause.causation_id
-        )
+        meta = self.meta.following(cause)
         unit = RunningUnit(job_id, stage, run, attempt, state, state.version, meta)
 
         def start(s: job.JobState) -> list[Event]:

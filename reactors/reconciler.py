@@ -22,7 +22,8 @@ from adapters.queue import Dispatch, dispatch, unit_status
 from adapters.settings import Settings
 from domain import job
 from domain.errors import ConcurrencyError, InvalidTransition
-from domain.events import Metadata, NewEvent
+from domain.events import NewEvent
+from reactors.causes import following
 
 log = logging.getLogger("spool.reconciler")
 
@@ -32,7 +33,6 @@ class Reconciler:
         self.store = store
         self.redis = redis
         self.settings = settings
-        self.actor = "reconciler"
         self._suspects: dict[str, str] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -97,13 +97,11 @@ class Reconciler:
             return "ended without result"
         return None  # queued: waiting for a free worker is not a fault
 
-    async def _meta(self, state: job.JobState) -> Metadata:
-        """The repair follows from the job's last event: its request's correlation, caused by it."""
-        last = await self.store.read_stream(job.stream_id(state.job_id), state.version, limit=1)
-        return last[0].causes(actor=self.actor) if last else Metadata(actor=self.actor)
-
     async def _repair(self, state: job.JobState, unit: str, verdict: str) -> str | None:
-        meta = await self._meta(state)
+        # The repair follows from the job's last event: its request's correlation, caused by it.
+        meta = await following(
+            self.store, job.stream_id(state.job_id), state.version, actor="reconciler"
+        )
         if verdict == "missing":
             d = Dispatch(
                 state.job_id,

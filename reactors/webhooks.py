@@ -175,9 +175,7 @@ class WebhookSender:
                 reason=answer.reason,
                 final=final,
             )
-        meta = msgspec.structs.replace(
-            self.meta, correlation_id=cause.correlation_id, causation_id=cause.causation_id
-        )
+        meta = self.meta.following(cause)
         await self.store.append(job.stream_id(job_id), [NewEvent(recorded, meta)], None)
         if answer.ok:
             return "delivered"

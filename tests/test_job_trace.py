@@ -10,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from itertools import pairwise
 from typing import Any
 
+from domain import task
+from domain.events import event_id
 from spool.keys import issue
-from tests.fixtures.cluster import Cluster
+from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer
+from tests.test_tasks_cluster import settled, start_scheduler
 from tests.test_webhooks import Receiver
 
 STAGE_EVENTS = {"StageStarted", "StageProgressed", "DownloadCompleted", "MuxCompleted"}
@@ -196,3 +200,29 @@ async def test_the_trace_of_another_users_job_is_not_found(
     assert (unknown.status_code, unknown.json()) == (404, {"error": "Job not found"})
     assert bad_page.status_code == 400
     assert "error" in bad_page.json()
+
+
+async def test_a_tasks_events_follow_the_request_that_submitted_it(
+    start_cluster: StartCluster,
+) -> None:
+    request_id = f"task-{uuid.uuid4().hex}"
+    async with start_cluster() as cluster:
+        start_scheduler(cluster)
+        answer = await cluster.client.post(
+            "/api/v1/tasks",
+            json={"task_type": "echo", "payload": {"n": 1}},
+            headers={"X-API-Key": cluster.key, "X-Request-ID": request_id},
+        )
+        assert answer.status_code == 201, answer.text
+        task_id = answer.json()["data"]["task_id"]
+        await settled(cluster, task_id, "success", seconds=30)
+        recorded = await cluster.store.read_stream(task.stream_id(task_id))
+
+    assert {e.metadata.correlation_id for e in recorded} == {request_id}
+    assert recorded[0].metadata.causation_id == request_id
+    assert [e.type for e in recorded][-3:] == ["TaskAssigned", "TaskStarted", "TaskSucceeded"]
+    # Here each event follows from the one before it (a TaskWaiting may precede the assignment
+    # while the node's first heartbeat is on its way).
+    for before, e in pairwise(recorded):
+        assert e.metadata.causation_id == event_id(before.position), (before.type, e.type)
+    assert recorded[-1].metadata.node_id == cluster.settings.node_id
