@@ -142,12 +142,17 @@ UNION ALL
  LIMIT 1)
 """
 
-# `events_correlation_idx` (partial, on the correlation id): the predicate repeats its condition.
+# The hits come from `events_correlation_idx` (partial: the predicate repeats its condition)
+# as an array first, then each row by its key: as one join the planner, unable to tell how rare
+# a correlation id is, may walk the whole log in position order instead.
 _READ_CORRELATED = f"""
 SELECT {_COLUMNS} FROM events
-WHERE (metadata->>'correlation_id') = ANY($1::text[])
-  AND (metadata->>'correlation_id') IS NOT NULL
-  AND position > $2
+WHERE position = ANY(ARRAY(
+    SELECT position FROM events
+    WHERE (metadata->>'correlation_id') = ANY($1::text[])
+      AND (metadata->>'correlation_id') IS NOT NULL
+      AND position > $2
+))
   AND ($4::text IS NULL OR stream_id = $5::text OR NOT starts_with(stream_id, $4::text))
 ORDER BY position
 LIMIT $3

@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 from arq.connections import ArqRedis
+from arq.typing import WorkerCoroutine
 from arq.worker import Worker, func
 
 from adapters import sysinfo
@@ -535,46 +536,26 @@ class Node:
 # arq entry points: the function names are the stage names the dispatcher enqueues.
 
 
-def _cause(correlation_id: str | None, causation_id: str | None) -> Metadata:
-    return Metadata(correlation_id=correlation_id, causation_id=causation_id)
+def _stage_function(stage: job.Stage) -> WorkerCoroutine:
+    async def run_unit(
+        ctx: dict[str, Any],
+        job_id: str,
+        run: int,
+        attempt: int,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> str:
+        node_: Node = ctx["node"]
+        cause = Metadata(correlation_id=correlation_id, causation_id=causation_id)
+        return await node_.run_stage(stage, job_id, run, attempt, cause)
+
+    run_unit.__name__ = run_unit.__qualname__ = stage
+    return run_unit
 
 
-async def download(
-    ctx: dict[str, Any],
-    job_id: str,
-    run: int,
-    attempt: int,
-    correlation_id: str | None = None,
-    causation_id: str | None = None,
-) -> str:
-    node_: Node = ctx["node"]
-    cause = _cause(correlation_id, causation_id)
-    return await node_.run_stage("download", job_id, run, attempt, cause)
-
-
-async def mux(
-    ctx: dict[str, Any],
-    job_id: str,
-    run: int,
-    attempt: int,
-    correlation_id: str | None = None,
-    causation_id: str | None = None,
-) -> str:
-    node_: Node = ctx["node"]
-    return await node_.run_stage("mux", job_id, run, attempt, _cause(correlation_id, causation_id))
-
-
-async def upload(
-    ctx: dict[str, Any],
-    job_id: str,
-    run: int,
-    attempt: int,
-    correlation_id: str | None = None,
-    causation_id: str | None = None,
-) -> str:
-    node_: Node = ctx["node"]
-    cause = _cause(correlation_id, causation_id)
-    return await node_.run_stage("upload", job_id, run, attempt, cause)
+download = _stage_function("download")
+mux = _stage_function("mux")
+upload = _stage_function("upload")
 
 
 async def ping(ctx: dict[str, Any]) -> dict[str, Any]:
