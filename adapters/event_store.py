@@ -148,6 +148,22 @@ UNION ALL
  LIMIT 1)
 """
 
+# The hits come from `events_correlation_idx` (partial: the predicate repeats its condition)
+# as an array first, then each row by its key: as one join the planner, unable to tell how rare
+# a correlation id is, may walk the whole log in position order instead.
+_READ_CORRELATED = f"""
+SELECT {_COLUMNS} FROM events
+WHERE position = ANY(ARRAY(
+    SELECT position FROM events
+    WHERE (metadata->>'correlation_id') = ANY($1::text[])
+      AND (metadata->>'correlation_id') IS NOT NULL
+      AND position > $2
+))
+  AND ($4::text IS NULL OR stream_id = $5::text OR NOT starts_with(stream_id, $4::text))
+ORDER BY position
+LIMIT $3
+"""
+
 _LOCK_STREAM = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 
 _STREAM_VERSION = "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1"
@@ -362,6 +378,25 @@ class EventStore:
             if last is not None and last > horizon:
                 horizon = last
         return Batch(events, horizon)
+
+    async def read_correlated(
+        self,
+        correlation_ids: Sequence[str],
+        *,
+        after: int = 0,
+        limit: int = 1000,
+        leave_out_prefix: str | None = None,
+        keep_stream: str | None = None,
+    ) -> list[RecordedEvent]:
+        """Events of any stream that carry one of `correlation_ids`, in position order.
+
+        Streams starting with `leave_out_prefix` are left out, except `keep_stream` (a job's
+        trace keeps its own stream and leaves out the other jobs of the same request).
+        """
+        rows = await self.pool.fetch(
+            _READ_CORRELATED, list(correlation_ids), after, limit, leave_out_prefix, keep_stream
+        )
+        return [self._record(r) for r in rows]
 
     async def wait_readable(self, at: Checkpoint, within: float = 30.0) -> None:
         """Wait until subscribers can read up to `at`: every older transaction has ended."""

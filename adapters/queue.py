@@ -8,6 +8,8 @@ from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 
+from domain import job
+from domain.events import Event
 from domain.job import Stage, arq_job_id
 
 DOWNLOAD_QUEUE = "spool:queue:download"
@@ -37,6 +39,10 @@ class Dispatch(NamedTuple):
     attempt: int
     node_id: str | None = None
     defer: float = 0.0
+    correlation_id: str | None = None
+    """The request the work follows from; the worker's events carry it on."""
+    causation_id: str | None = None
+    """The event that called for this unit (`domain.events.event_id`)."""
 
     @property
     def unit_id(self) -> str:
@@ -51,7 +57,7 @@ class Dispatch(NamedTuple):
 
 async def dispatch(redis: ArqRedis, d: Dispatch) -> bool:
     """Enqueue `d` under its deterministic id; False if that unit is already queued or done."""
-    job = await redis.enqueue_job(
+    queued = await redis.enqueue_job(
         d.stage,
         d.job_id,
         d.run,
@@ -60,8 +66,27 @@ async def dispatch(redis: ArqRedis, d: Dispatch) -> bool:
         _queue_name=d.queue,
         _defer_by=d.defer or None,
         _expires=7 * 24 * 3600,
+        correlation_id=d.correlation_id,
+        causation_id=d.causation_id,
     )
-    return job is not None
+    return queued is not None
+
+
+def unit_for(job_id: str, ev: Event) -> Dispatch | None:
+    """The unit of work a job event calls for, if any (the pipeline's dispatch rule)."""
+    if isinstance(ev, job.JobCreated):
+        return None if ev.held else Dispatch(job_id, 1, "download", 1)
+    if isinstance(ev, job.JobReleased):
+        return Dispatch(job_id, 1, "download", 1)
+    if isinstance(ev, job.JobRetried):
+        return Dispatch(job_id, ev.run, "download", 1)
+    if isinstance(ev, job.DownloadCompleted):
+        return Dispatch(job_id, ev.run, "mux", 1, ev.node_id)
+    if isinstance(ev, job.MuxCompleted):
+        return Dispatch(job_id, ev.run, "upload", 1, ev.node_id)
+    if isinstance(ev, job.StageFailed) and ev.retry_stage and ev.retry_attempt:
+        return Dispatch(job_id, ev.run, ev.retry_stage, ev.retry_attempt, ev.node_id, ev.retry_in)
+    return None
 
 
 UnitStatus = Literal["queued", "in_progress", "done", "missing"]
@@ -83,18 +108,54 @@ async def unit_status(redis: ArqRedis, unit_id: str) -> UnitStatus:
     return "missing"
 
 
-async def dispatch_webhook(
-    redis: ArqRedis, job_id: str, run: int, kind: str, version: int, *, unit_id: str
-) -> bool:
-    """Enqueue one webhook delivery under `unit_id`; False if already queued or done."""
-    job = await redis.enqueue_job(
+WEBHOOK_KINDS: dict[type[Event], str] = {
+    job.JobCompleted: "job.completed",
+    job.JobFailed: "job.failed",
+    job.StageStarted: "job.progress",
+    job.StageProgressed: "job.progress",
+}
+"""The job events that send a webhook, and the webhook's `event`."""
+
+
+class WebhookDispatch(NamedTuple):
+    """One webhook delivery to enqueue."""
+
+    job_id: str
+    run: int
+    kind: str
+    version: int
+    """The version of the job event that called for it."""
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+    @property
+    def unit_id(self) -> str:
+        if self.kind == "job.progress":
+            return f"{self.job_id}:{self.run}:webhook:progress:{self.version}"
+        return f"{self.job_id}:{self.run}:webhook:{self.kind}"
+
+
+def webhook_for(job_id: str, ev: Event, version: int, *, progress: bool) -> WebhookDispatch | None:
+    """The delivery a job event calls for, for a job with a webhook URL (`progress`: also the
+    progress webhooks)."""
+    kind = WEBHOOK_KINDS.get(type(ev))
+    if kind is None or (kind == "job.progress" and not progress):
+        return None
+    return WebhookDispatch(job_id, getattr(ev, "run", 1), kind, version)
+
+
+async def dispatch_webhook(redis: ArqRedis, d: WebhookDispatch) -> bool:
+    """Enqueue one webhook delivery under its id; False if already queued or done."""
+    queued = await redis.enqueue_job(
         "webhook",
-        job_id,
-        run,
-        kind,
-        version,
-        _job_id=unit_id,
+        d.job_id,
+        d.run,
+        d.kind,
+        d.version,
+        _job_id=d.unit_id,
         _queue_name=WEBHOOK_QUEUE,
         _expires=7 * 24 * 3600,
+        correlation_id=d.correlation_id,
+        causation_id=d.causation_id,
     )
-    return job is not None
+    return queued is not None

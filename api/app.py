@@ -28,6 +28,7 @@ from api.dashboard import DashboardController
 from api.devices import DevicesController
 from api.health import health
 from api.health_ws import health_ws, start_health, stop_health
+from api.job_trace import job_trace
 from api.jobs import JobsController
 from api.media import media_router, stop_media
 from api.metadata import MetadataController
@@ -94,6 +95,7 @@ def create_app(
     return Litestar(
         route_handlers=[
             JobsController,
+            job_trace,
             BatchController,
             DashboardController,
             MetadataController,

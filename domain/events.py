@@ -23,13 +23,34 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Metadata(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Who and what caused an event; the store adds the recorded time."""
+    """Who and what caused an event; the store adds the recorded time.
+
+    `correlation_id` is the id of the API request that started the chain (its `x-request-id`);
+    every event that follows from it, in any process, carries it on. `causation_id` is the id
+    of the one thing that caused this event: the request id for the request's own events,
+    otherwise the causing event's `event_id` (its global position).
+    """
 
     correlation_id: str | None = None
     causation_id: str | None = None
     actor: str | None = None
     request_id: str | None = None
     node_id: str | None = None
+
+    def following(self, cause: Metadata) -> Metadata:
+        """This actor's metadata for work that `cause` called for: its correlation and cause."""
+        return msgspec.structs.replace(
+            self, correlation_id=cause.correlation_id, causation_id=cause.causation_id
+        )
+
+
+NO_CAUSE = Metadata()
+"""For work that follows from no recorded request (older queue entries, tests)."""
+
+
+def event_id(position: int) -> str:
+    """An event's id in causation chains: its global position, unique and never reused."""
+    return str(position)
 
 
 class NewEvent(msgspec.Struct, frozen=True):
@@ -51,6 +72,15 @@ class RecordedEvent(msgspec.Struct, frozen=True):
     data: Event
     metadata: Metadata
     recorded_at: datetime
+
+    def causes(self, *, actor: str, node_id: str | None = None) -> Metadata:
+        """Metadata for an event this one caused: the same correlation, caused by this event."""
+        return Metadata(
+            correlation_id=self.metadata.correlation_id,
+            causation_id=event_id(self.position),
+            actor=actor,
+            node_id=node_id,
+        )
 
 
 E = TypeVar("E", bound=type[Event])

@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 from arq.connections import ArqRedis
+from arq.typing import WorkerCoroutine
 from arq.worker import Worker, func
 
 from adapters import sysinfo
@@ -34,7 +35,7 @@ from adapters.storage import ObjectStorage
 from adapters.viewer_sessions import ViewerRecorder
 from domain import job, node
 from domain.errors import ConcurrencyError, InvalidTransition
-from domain.events import Event, Metadata, NewEvent
+from domain.events import NO_CAUSE, Event, Metadata, NewEvent, event_id
 from reactors import stages
 from reactors.task_types import advertised, has_internet
 from reactors.tasks import run_task
@@ -57,6 +58,9 @@ class RunningUnit:
     state: job.JobState
     """The job as this node knows it: exact while no one else appends to its stream."""
     since_version: int
+    meta: Metadata
+    """Metadata of the unit's events: its request's correlation, caused by the dispatching
+    event, then (once started) by its own StageStarted."""
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     last_progress: float = field(default_factory=time.monotonic)
     progress: job.Progress | None = None
@@ -260,7 +264,7 @@ class Node:
         for unit in list(self.running.values()):
             if unit.progress is not None and unit.progress != unit.reported:
                 ev = job.StageProgressed(run=unit.run, attempt=unit.attempt, progress=unit.progress)
-                appends.append(StreamAppend(job.stream_id(unit.job_id), [NewEvent(ev, self.meta)]))
+                appends.append(StreamAppend(job.stream_id(unit.job_id), [NewEvent(ev, unit.meta)]))
                 reported.append(unit)
         try:
             results = await self.store.append_many(appends)
@@ -310,24 +314,35 @@ class Node:
 
     # -- the stage runner ----------------------------------------------------------------
 
-    async def run_stage(self, stage: job.Stage, job_id: str, run: int, attempt: int) -> str:
-        """Run one unit of work if it is still the job's current one; returns what happened."""
+    async def run_stage(
+        self, stage: job.Stage, job_id: str, run: int, attempt: int, cause: Metadata = NO_CAUSE
+    ) -> str:
+        """Run one unit of work if it is still the job's current one; returns what happened.
+
+        `cause` holds the correlation and causation ids the dispatcher gave the unit.
+        """
         unit_id = job.arq_job_id(job_id, run, stage, attempt)
         if unit_id in self.claimed:
             return "already running here"
         self.claimed.add(unit_id)
         try:
-            return await self._claimed(unit_id, stage, job_id, run, attempt)
+            return await self._claimed(unit_id, stage, job_id, run, attempt, cause)
         finally:
             self.claimed.discard(unit_id)
 
     async def _claimed(
-        self, unit_id: str, stage: job.Stage, job_id: str, run: int, attempt: int
+        self,
+        unit_id: str,
+        stage: job.Stage,
+        job_id: str,
+        run: int,
+        attempt: int,
+        cause: Metadata,
     ) -> str:
         workdir = self.workdir(job_id, run)
         try:
             async with self.slots[stage]:
-                unit = await self._start(stage, job_id, run, attempt)
+                unit = await self._start(stage, job_id, run, attempt, cause)
                 if isinstance(unit, str):
                     return unit
                 self.running[unit_id] = unit
@@ -340,7 +355,7 @@ class Node:
             self.running.pop(unit_id, None)
 
     async def _start(
-        self, stage: job.Stage, job_id: str, run: int, attempt: int
+        self, stage: job.Stage, job_id: str, run: int, attempt: int, cause: Metadata
     ) -> RunningUnit | str:
         """Append StageStarted; the running unit, or why it does not run here."""
         state = self.known.pop(job_id, None)
@@ -349,7 +364,8 @@ class Node:
             state = await load_job(self.store, job_id)
             if state is None:
                 return "stale"
-        unit = RunningUnit(job_id, stage, run, attempt, state, since_version=state.version)
+        meta = self.meta.following(cause)
+        unit = RunningUnit(job_id, stage, run, attempt, state, state.version, meta)
 
         def start(s: job.JobState) -> list[Event]:
             if stage != "download" and s.node_id != self.node_id:
@@ -405,9 +421,9 @@ class Node:
             if not events:
                 return state
             try:
-                await self.store.append(
+                appended = await self.store.append(
                     job.stream_id(unit.job_id),
-                    [NewEvent(e, self.meta) for e in events],
+                    [NewEvent(e, unit.meta) for e in events],
                     state.version,
                 )
             except ConcurrencyError:
@@ -417,6 +433,8 @@ class Node:
             for e in events:
                 state = job.evolve(state, e, now, state.version + 1)
             unit.state = state
+            # What the unit appends next follows from this.
+            unit.meta = msgspec.structs.replace(unit.meta, causation_id=event_id(appended.position))
             return state
 
     def _progress_sink(self, unit: RunningUnit) -> stages.ProgressSink:
@@ -518,19 +536,26 @@ class Node:
 # arq entry points: the function names are the stage names the dispatcher enqueues.
 
 
-async def download(ctx: dict[str, Any], job_id: str, run: int, attempt: int) -> str:
-    node_: Node = ctx["node"]
-    return await node_.run_stage("download", job_id, run, attempt)
+def _stage_function(stage: job.Stage) -> WorkerCoroutine:
+    async def run_unit(
+        ctx: dict[str, Any],
+        job_id: str,
+        run: int,
+        attempt: int,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> str:
+        node_: Node = ctx["node"]
+        cause = Metadata(correlation_id=correlation_id, causation_id=causation_id)
+        return await node_.run_stage(stage, job_id, run, attempt, cause)
+
+    run_unit.__name__ = run_unit.__qualname__ = stage
+    return run_unit
 
 
-async def mux(ctx: dict[str, Any], job_id: str, run: int, attempt: int) -> str:
-    node_: Node = ctx["node"]
-    return await node_.run_stage("mux", job_id, run, attempt)
-
-
-async def upload(ctx: dict[str, Any], job_id: str, run: int, attempt: int) -> str:
-    node_: Node = ctx["node"]
-    return await node_.run_stage("upload", job_id, run, attempt)
+download = _stage_function("download")
+mux = _stage_function("mux")
+upload = _stage_function("upload")
 
 
 async def ping(ctx: dict[str, Any]) -> dict[str, Any]:

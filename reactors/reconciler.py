@@ -22,7 +22,8 @@ from adapters.queue import Dispatch, dispatch, unit_status
 from adapters.settings import Settings
 from domain import job
 from domain.errors import ConcurrencyError, InvalidTransition
-from domain.events import Metadata, NewEvent
+from domain.events import NewEvent
+from reactors.causes import following
 
 log = logging.getLogger("spool.reconciler")
 
@@ -32,7 +33,6 @@ class Reconciler:
         self.store = store
         self.redis = redis
         self.settings = settings
-        self.meta = Metadata(actor="reconciler")
         self._suspects: dict[str, str] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -98,8 +98,20 @@ class Reconciler:
         return None  # queued: waiting for a free worker is not a fault
 
     async def _repair(self, state: job.JobState, unit: str, verdict: str) -> str | None:
+        # The repair follows from the job's last event: its request's correlation, caused by it.
+        meta = await following(
+            self.store, job.stream_id(state.job_id), state.version, actor="reconciler"
+        )
         if verdict == "missing":
-            d = Dispatch(state.job_id, state.run, state.stage, state.attempt, state.node_id)
+            d = Dispatch(
+                state.job_id,
+                state.run,
+                state.stage,
+                state.attempt,
+                state.node_id,
+                correlation_id=meta.correlation_id,
+                causation_id=meta.causation_id,
+            )
             await dispatch(self.redis, d)
             return f"re-dispatched {unit}: the queue had lost it"
         reasons = {
@@ -122,7 +134,7 @@ class Reconciler:
             )
             await self.store.append(
                 job.stream_id(state.job_id),
-                [NewEvent(e, self.meta) for e in events],
+                [NewEvent(e, meta) for e in events],
                 state.version,
             )
         except (ConcurrencyError, InvalidTransition):

@@ -29,7 +29,8 @@ from adapters.queue import node_queue, unit_status
 from adapters.task_store import load_task, online_offers
 from domain import task
 from domain.errors import ConcurrencyError, InvalidTransition
-from domain.events import Event, Metadata, NewEvent, RecordedEvent
+from domain.events import NO_CAUSE, Event, Metadata, NewEvent, RecordedEvent
+from reactors.causes import following
 from reactors.projection import ProjectionRunner
 from reactors.projections.tasks import TasksProjection
 
@@ -52,7 +53,7 @@ LIMIT $1
 """
 
 _ACTIVE = """
-SELECT task_id, status, device_id, attempt, assigned_at,
+SELECT task_id, status, device_id, attempt, assigned_at, version,
        coalesce(started_at, assigned_at) + timeout_seconds * interval '1 second' <= now()
            AS overdue
 FROM tasks WHERE status IN ('assigned', 'running')
@@ -63,8 +64,13 @@ def _unassign(reason: str) -> Callable[[task.TaskState], list[Event]]:
     return lambda s: task.unassign(s, reason) if s.status == "assigned" else []
 
 
-async def enqueue(redis: ArqRedis, task_id: str, attempt: int, node_id: str) -> bool:
-    """Put one attempt on its node's queue; False if that attempt is already queued or done."""
+async def enqueue(
+    redis: ArqRedis, task_id: str, attempt: int, node_id: str, cause: Metadata = NO_CAUSE
+) -> bool:
+    """Put one attempt on its node's queue; False if that attempt is already queued or done.
+
+    The node's events for it carry `cause`'s correlation and causation ids.
+    """
     job = await redis.enqueue_job(
         "task",
         task_id,
@@ -72,6 +78,8 @@ async def enqueue(redis: ArqRedis, task_id: str, attempt: int, node_id: str) -> 
         _job_id=task.arq_job_id(task_id, attempt),
         _queue_name=node_queue(node_id),
         _expires=7 * 24 * 3600,
+        correlation_id=cause.correlation_id,
+        causation_id=cause.causation_id,
     )
     return job is not None
 
@@ -89,15 +97,18 @@ class TaskDispatcher:
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
         # Only the last assignment of each task in the batch can still be current.
-        latest: dict[str, task.TaskAssigned] = {}
+        latest: dict[str, RecordedEvent] = {}
         for e in events:
             task_id = e.stream_id.removeprefix("task-")
             if isinstance(e.data, task.TaskAssigned):
-                latest[task_id] = e.data
+                latest[task_id] = e
             elif isinstance(e.data, task.TaskUnassigned | task.TaskCancelled):
                 latest.pop(task_id, None)
-        for task_id, assigned in latest.items():
-            await enqueue(self.redis, task_id, assigned.attempt, assigned.device_id)
+        for task_id, e in latest.items():
+            assigned = e.data
+            assert isinstance(assigned, task.TaskAssigned)
+            cause = e.causes(actor="scheduler")
+            await enqueue(self.redis, task_id, assigned.attempt, assigned.device_id, cause)
         if events:
             self.wake.set()
 
@@ -120,7 +131,6 @@ class Scheduler:
         self.online_seconds = online_seconds
         self.batch_size = batch_size
         self.wake = asyncio.Event()
-        self.meta = Metadata(actor="scheduler")
         self.follower = ProjectionRunner(
             store, [TaskDispatcher(redis, self.wake)], poll_interval=tick
         )
@@ -228,7 +238,8 @@ class Scheduler:
             elif r["assigned_at"] < now - LOST_AFTER:
                 unit = task.arq_job_id(task_id, r["attempt"])
                 if await unit_status(self.redis, unit) == "missing":
-                    await enqueue(self.redis, task_id, r["attempt"], device)
+                    cause = await self._following(task_id, r["version"])
+                    await enqueue(self.redis, task_id, r["attempt"], device, cause)
                     actions.append(f"re-enqueued {unit}: the queue had lost it")
         return actions
 
@@ -245,7 +256,12 @@ class Scheduler:
             return False  # the task moved on by itself
         return True
 
+    async def _following(self, task_id: str, version: int) -> Metadata:
+        return await following(self.store, task.stream_id(task_id), version, actor="scheduler")
+
     async def _append(self, task_id: str, events: list[Event], version: int) -> None:
+        """Append at `version`, following from the event there (its request's correlation)."""
+        meta = await self._following(task_id, version)
         await self.store.append(
-            task.stream_id(task_id), [NewEvent(e, self.meta) for e in events], version
+            task.stream_id(task_id), [NewEvent(e, meta) for e in events], version
         )

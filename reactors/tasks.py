@@ -24,7 +24,7 @@ from adapters.ssrf import UrlGuard
 from adapters.task_store import load_task
 from domain import task
 from domain.errors import ConcurrencyError, InvalidTransition
-from domain.events import Event, Metadata, NewEvent
+from domain.events import NO_CAUSE, Event, Metadata, NewEvent, event_id
 from reactors.task_types import EXECUTORS, TaskContext, TaskError, TaskRefused, advertised
 
 log = logging.getLogger("spool.tasks")
@@ -56,28 +56,40 @@ class TaskRunner:
         self.meta = Metadata(actor=f"node:{host.node_id}", node_id=host.node_id)
         self.types = set(advertised(host.settings))
 
-    async def run(self, task_id: str, attempt: int) -> str:
-        """Run one attempt if it is still this node's to run; returns what happened."""
+    async def run(self, task_id: str, attempt: int, cause: Metadata = NO_CAUSE) -> str:
+        """Run one attempt if it is still this node's to run; returns what happened.
+
+        Its events carry `cause`'s correlation; TaskStarted is caused by what `cause` names,
+        the outcome by TaskStarted.
+        """
         async with self.slots:
             state = await load_task(self.store, task_id)
             if state is None or not task.is_current(state, self.node_id, attempt):
                 return "stale"
+            meta = self.meta.following(cause)
             try:
                 events = task.start(state, self.node_id, attempt)
-                await self._append(task_id, events, state.version)
+                started_at = await self._append(task_id, events, state.version, meta)
             except (ConcurrencyError, InvalidTransition):
                 return "taken or changed"
             started = await load_task(self.store, task_id)
             assert started is not None
-            return await self._execute(started, attempt)
+            meta = msgspec.structs.replace(meta, causation_id=event_id(started_at))
+            return await self._execute(started, attempt, meta)
 
-    async def _append(self, task_id: str, events: list[Event], version: int) -> None:
-        await self.store.append(
-            task.stream_id(task_id), [NewEvent(e, self.meta) for e in events], version
+    async def _append(self, task_id: str, events: list[Event], version: int, meta: Metadata) -> int:
+        """Append at `version`; the position of the last event appended."""
+        appended = await self.store.append(
+            task.stream_id(task_id), [NewEvent(e, meta) for e in events], version
         )
+        return appended.position
 
     async def _record(
-        self, task_id: str, attempt: int, decide: Callable[[task.TaskState], list[Event]]
+        self,
+        task_id: str,
+        attempt: int,
+        decide: Callable[[task.TaskState], list[Event]],
+        meta: Metadata,
     ) -> bool:
         """Append an outcome unless the attempt is no longer current (cancel and timeout win)."""
         for _ in range(10):
@@ -85,7 +97,7 @@ class TaskRunner:
             if state is None or not task.is_current(state, self.node_id, attempt):
                 return False
             try:
-                await self._append(task_id, decide(state), state.version)
+                await self._append(task_id, decide(state), state.version, meta)
             except ConcurrencyError:
                 continue
             except InvalidTransition:
@@ -93,7 +105,7 @@ class TaskRunner:
             return True
         return False
 
-    async def _execute(self, state: task.TaskState, attempt: int) -> str:
+    async def _execute(self, state: task.TaskState, attempt: int, meta: Metadata) -> str:
         task_id, timeout = state.task_id, state.requirements.timeout_seconds
         executor = EXECUTORS.get(state.task_type)
         if executor is None or state.task_type not in self.types:
@@ -102,6 +114,7 @@ class TaskRunner:
                 task_id,
                 attempt,
                 lambda s: task.fail(s, self.node_id, attempt, reason, retryable=False),
+                meta,
             )
             return "refused"
         ctx = TaskContext(self.node_id, self.settings, self.guard, self.workroot / task_id)
@@ -123,11 +136,11 @@ class TaskRunner:
             why = f"Node {self.node_id} stopped during the task"
             with contextlib.suppress(Exception):
                 await asyncio.shield(
-                    self._record(task_id, attempt, lambda s: task.fail(s, None, attempt, why))
+                    self._record(task_id, attempt, lambda s: task.fail(s, None, attempt, why), meta)
                 )
             raise
         except TimeoutError:
-            await self._record(task_id, attempt, lambda s: task.time_out(s, attempt))
+            await self._record(task_id, attempt, lambda s: task.time_out(s, attempt), meta)
             return "timeout"
         except TaskError as exc:
             seconds = round(time.monotonic() - began, 4)
@@ -138,12 +151,15 @@ class TaskRunner:
                 lambda s: task.fail(
                     s, self.node_id, attempt, error, retryable=retryable, seconds=seconds
                 ),
+                meta,
             )
             return "failed"
         except Exception as exc:
             log.exception("task %s failed unexpectedly", task_id)
             why = f"Internal error: {type(exc).__name__}: {exc}"
-            await self._record(task_id, attempt, lambda s: task.fail(s, self.node_id, attempt, why))
+            await self._record(
+                task_id, attempt, lambda s: task.fail(s, self.node_id, attempt, why), meta
+            )
             return "failed"
         finally:
             watcher.cancel()
@@ -154,6 +170,7 @@ class TaskRunner:
             task_id,
             attempt,
             lambda s: task.succeed(s, self.node_id, attempt, _json_safe(result), seconds),
+            meta,
         )
         return "success" if done else "stale"
 
@@ -191,9 +208,16 @@ def _json_safe(value: Any) -> Any:
         return repr(value)
 
 
-async def run_task(ctx: dict[str, Any], task_id: str, attempt: int) -> str:
+async def run_task(
+    ctx: dict[str, Any],
+    task_id: str,
+    attempt: int,
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+) -> str:
     """arq entry point (`task`): run one assigned attempt on this node."""
     runner: TaskRunner | None = ctx.get("task_runner")
     if runner is None:
         runner = ctx["task_runner"] = TaskRunner(ctx["node"])
-    return await runner.run(task_id, attempt)
+    cause = Metadata(correlation_id=correlation_id, causation_id=causation_id)
+    return await runner.run(task_id, attempt, cause)

@@ -22,21 +22,14 @@ from adapters import webhook_client
 from adapters.account_storage import AccountStorages
 from adapters.event_store import EventStore
 from adapters.job_store import load_job
-from adapters.queue import dispatch_webhook
+from adapters.queue import dispatch_webhook, webhook_for
 from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
 from domain import job
-from domain.events import Metadata, NewEvent, RecordedEvent
+from domain.events import NO_CAUSE, Metadata, NewEvent, RecordedEvent, event_id
 from domain.webhook import account_secret
 
 log = logging.getLogger("spool.webhooks")
-
-_KINDS: dict[type, str] = {
-    job.JobCompleted: "job.completed",
-    job.JobFailed: "job.failed",
-    job.StageStarted: "job.progress",
-    job.StageProgressed: "job.progress",
-}
 
 
 class WebhookReactor:
@@ -63,16 +56,17 @@ class WebhookReactor:
             url, progress = await self._target(conn, job_id)
             if url is None:
                 continue
-            kind = _KINDS[type(ev)]
-            if kind == "job.progress" and not progress:
+            delivery = webhook_for(job_id, ev, e.version, progress=progress)
+            if delivery is None:
                 continue
-            run = getattr(ev, "run", 1)
-            if kind == "job.progress":
-                unit = f"{job_id}:{run}:webhook:progress:{e.version}"
-            else:
-                unit = f"{job_id}:{run}:webhook:{kind}"
+            if delivery.kind != "job.progress":
                 self._targets.pop(job_id, None)
-            await dispatch_webhook(self.redis, job_id, run, kind, e.version, unit_id=unit)
+            await dispatch_webhook(
+                self.redis,
+                delivery._replace(
+                    correlation_id=e.metadata.correlation_id, causation_id=event_id(e.position)
+                ),
+            )
 
     async def _target(self, conn: asyncpg.Connection, job_id: str) -> tuple[str | None, bool]:
         if job_id not in self._targets:
@@ -121,8 +115,15 @@ class WebhookSender:
         return None
 
     async def deliver(
-        self, job_id: str, run: int, kind: str, attempt: int, version: int = 0
+        self,
+        job_id: str,
+        run: int,
+        kind: str,
+        attempt: int,
+        version: int = 0,
+        cause: Metadata = NO_CAUSE,
     ) -> str:
+        """Send one delivery; its outcome event carries `cause`'s correlation and causation."""
         state = await load_job(self.store, job_id)
         if state is None or state.options.webhook_url is None or state.run != run:
             return "stale"
@@ -174,7 +175,8 @@ class WebhookSender:
                 reason=answer.reason,
                 final=final,
             )
-        await self.store.append(job.stream_id(job_id), [NewEvent(recorded, self.meta)], None)
+        meta = self.meta.following(cause)
+        await self.store.append(job.stream_id(job_id), [NewEvent(recorded, meta)], None)
         if answer.ok:
             return "delivered"
         if final:
@@ -183,8 +185,15 @@ class WebhookSender:
 
 
 async def deliver_webhook(
-    ctx: dict[str, Any], job_id: str, run: int, kind: str, version: int
+    ctx: dict[str, Any],
+    job_id: str,
+    run: int,
+    kind: str,
+    version: int,
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
 ) -> str:
     """arq entry point: deliver one webhook (attempt = arq's try number)."""
     sender: WebhookSender = ctx["webhooks"]
-    return await sender.deliver(job_id, run, kind, int(ctx.get("job_try", 1)), version)
+    cause = Metadata(correlation_id=correlation_id, causation_id=causation_id)
+    return await sender.deliver(job_id, run, kind, int(ctx.get("job_try", 1)), version, cause)

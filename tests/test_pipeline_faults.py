@@ -81,6 +81,14 @@ async def test_a_redis_flushall_mid_run_loses_no_job(
         assert [j["status"] for j in finished] == ["Completed"] * 4
         for job_id in job_ids:
             assert (await cluster.event_types(job_id)).count("JobCompleted") == 1
+            # The units the reconciler dispatched again still follow the job's request.
+            answer = await cluster.client.get(
+                f"/jobs/{job_id}/events", params={"limit": 1000}, headers=cluster.headers()
+            )
+            history = answer.json()["events"]
+            assert {e["metadata"]["correlation_id"] for e in history} == {
+                history[0]["metadata"]["request_id"]
+            }
         assert sorted(cluster.objects()) == [f"media/f{i}.mp4" for i in range(4)]
 
 

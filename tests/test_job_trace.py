@@ -1,0 +1,228 @@
+"""Correlation: a request's id follows every event it causes, and `GET /jobs/{id}/trace` lists
+the chain.
+
+Real parts only: PostgreSQL, Redis, moto's S3 server, FFmpeg, the loopback media server and a
+loopback webhook receiver; the API is driven in-process, its middleware included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from itertools import pairwise
+from typing import Any
+
+from domain import task
+from domain.events import event_id
+from spool.keys import issue
+from tests.fixtures.cluster import Cluster, StartCluster
+from tests.fixtures.media import MediaServer
+from tests.test_tasks_cluster import settled, start_scheduler
+from tests.test_webhooks import Receiver
+
+STAGE_EVENTS = {"StageStarted", "StageProgressed", "DownloadCompleted", "MuxCompleted"}
+
+
+async def _create(cluster: Cluster, url: str, request_id: str, **options: Any) -> str:
+    answer = await cluster.client.post(
+        "/jobs",
+        json={"url": url, **options},
+        headers={**cluster.headers(), "X-Request-ID": request_id},
+    )
+    assert answer.status_code == 201, answer.text
+    assert answer.headers["x-request-id"] == request_id
+    job_id: str = answer.json()["job_id"]
+    return job_id
+
+
+async def _events(cluster: Cluster, job_id: str) -> list[dict[str, Any]]:
+    answer = await cluster.client.get(
+        f"/jobs/{job_id}/events", params={"limit": 1000}, headers=cluster.headers()
+    )
+    assert answer.status_code == 200, answer.text
+    events: list[dict[str, Any]] = answer.json()["events"]
+    return events
+
+
+async def _trace(cluster: Cluster, job_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+    """Every page of the trace, joined."""
+    events: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        answer = await cluster.client.get(
+            f"/jobs/{job_id}/trace",
+            params={"after": after, "limit": limit},
+            headers=cluster.headers(),
+        )
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        events += page["events"]
+        if page["next_after"] is None:
+            return events
+        after = page["next_after"]
+
+
+def _cause_of(events: list[dict[str, Any]], e: dict[str, Any]) -> dict[str, Any]:
+    """The earlier event `e` names as its cause."""
+    by_position = {str(x["position"]): x for x in events}
+    cause = by_position[e["metadata"]["causation_id"]]
+    assert cause["position"] < e["position"]
+    return cause
+
+
+async def test_every_event_of_a_job_carries_its_requests_correlation_and_a_real_cause(
+    cluster: Cluster, media_server: MediaServer
+) -> None:
+    request_id = f"trace-{uuid.uuid4().hex}"
+    receiver = Receiver()
+    try:
+        job_id = await _create(
+            cluster, media_server.url("clip.mp4"), request_id, webhook_url=receiver.url
+        )
+        await cluster.wait(
+            job_id, seconds=60, until=lambda j: j["webhook_status"] in ("delivered", "failed")
+        )
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()
+    assert cluster.node is not None
+    events = await _events(cluster, job_id)
+    types = [e["type"] for e in events]
+    assert types[-2:] == ["JobCompleted", "WebhookDelivered"], types
+
+    assert {e["metadata"]["correlation_id"] for e in events} == {request_id}
+    created = events[0]
+    assert created["metadata"]["causation_id"] == request_id
+    assert created["metadata"]["request_id"] == request_id
+    for e in events:
+        if e["type"] in STAGE_EVENTS | {"JobCompleted", "WebhookDelivered"}:
+            assert e["metadata"]["node_id"] == cluster.node.node_id, e
+            assert e["metadata"]["actor"] == f"node:{cluster.node.node_id}", e
+
+    # Each stage starts from the event that called for it and ends caused by its start; the
+    # webhook delivery follows from JobCompleted.
+    steps = [e for e in events if e["type"] != "StageProgressed"]
+    assert [(e["type"], _cause_of(events, e)["type"]) for e in steps[1:]] == [
+        ("StageStarted", "JobCreated"),
+        ("DownloadCompleted", "StageStarted"),
+        ("StageStarted", "DownloadCompleted"),
+        ("MuxCompleted", "StageStarted"),
+        ("StageStarted", "MuxCompleted"),
+        ("JobCompleted", "StageStarted"),
+        ("WebhookDelivered", "JobCompleted"),
+    ]
+    for e in events:
+        if e["type"] == "StageProgressed":
+            assert _cause_of(events, e)["type"] == "StageStarted"
+
+    # The trace lists the same chain in log order, with the arq jobs each event enqueued, and
+    # pages through it without losing or repeating an event.
+    answer = await cluster.client.get(f"/jobs/{job_id}/trace", headers=cluster.headers())
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert [r["correlation_id"] for r in body["requests"]] == [request_id]
+    assert body["requests"][0]["first_event"] == "JobCreated"
+    traced = body["events"]
+    assert [e["position"] for e in traced] == [e["position"] for e in events]
+    assert [e["position"] for e in await _trace(cluster, job_id, limit=3)] == [
+        e["position"] for e in events
+    ]
+    dispatched = {e["type"]: e["dispatched"] for e in traced if e["dispatched"]}
+    assert dispatched == {
+        "JobCreated": [f"{job_id}:1:download:1"],
+        "DownloadCompleted": [f"{job_id}:1:mux:1"],
+        "MuxCompleted": [f"{job_id}:1:upload:1"],
+        "JobCompleted": [f"{job_id}:1:webhook:job.completed"],
+    }
+
+
+async def test_a_retry_starts_a_new_correlation_and_the_trace_lists_both_requests(
+    cluster: Cluster, media_server: MediaServer
+) -> None:
+    first, second = f"create-{uuid.uuid4().hex}", f"retry-{uuid.uuid4().hex}"
+    job_id = await _create(cluster, media_server.url("missing.mp4"), first)
+    await cluster.wait(job_id, "Failed", seconds=60)
+
+    answer = await cluster.client.post(
+        f"/jobs/{job_id}/retry", headers={**cluster.headers(), "X-Request-ID": second}
+    )
+    assert answer.status_code == 200, answer.text
+    await cluster.wait(job_id, "Failed", seconds=60, until=lambda j: j["download_retries"] == 2)
+
+    events = await _events(cluster, job_id)
+    retried = next(i for i, e in enumerate(events) if e["type"] == "JobRetried")
+    assert {e["metadata"]["correlation_id"] for e in events[:retried]} == {first}
+    assert {e["metadata"]["correlation_id"] for e in events[retried:]} == {second}
+    assert events[retried]["metadata"]["causation_id"] == second
+    restarted = events[retried + 1]
+    assert restarted["type"] == "StageStarted"
+    assert _cause_of(events, restarted)["type"] == "JobRetried"
+
+    traced = await _trace(cluster, job_id)
+    body = (await cluster.client.get(f"/jobs/{job_id}/trace", headers=cluster.headers())).json()
+    assert [r["correlation_id"] for r in body["requests"]] == [first, second]
+    assert [e["position"] for e in traced] == [e["position"] for e in events]
+    assert [e["dispatched"] for e in traced if e["type"] == "JobRetried"] == [
+        [f"{job_id}:2:download:1"]
+    ]
+
+
+async def _other_user_key(cluster: Cluster) -> str:
+    """A key of a second account, once the API knows it."""
+    other = await issue(cluster.store, name="other", admin=False)
+    deadline = time.monotonic() + 10
+    while (
+        await cluster.client.get("/jobs", headers=cluster.headers(other.key))
+    ).status_code != 200:
+        assert time.monotonic() < deadline, "the new key never became usable"
+        await asyncio.sleep(0.1)
+    return other.key
+
+
+async def test_the_trace_of_another_users_job_is_not_found(
+    cluster: Cluster, media_server: MediaServer
+) -> None:
+    job_id = await _create(cluster, media_server.url("missing.mp4"), f"r-{uuid.uuid4().hex}")
+    other_api_key = await _other_user_key(cluster)
+
+    other = await cluster.client.get(
+        f"/jobs/{job_id}/trace", headers=cluster.headers(other_api_key)
+    )
+    nobody = await cluster.client.get(f"/jobs/{job_id}/trace")
+    unknown = await cluster.client.get(f"/jobs/{uuid.uuid4()}/trace", headers=cluster.headers())
+    bad_page = await cluster.client.get(
+        f"/jobs/{job_id}/trace", params={"limit": 0}, headers=cluster.headers()
+    )
+
+    assert (other.status_code, other.json()) == (404, {"error": "Job not found"})
+    assert (nobody.status_code, nobody.json()) == (401, {"error": "Missing x-api-key header"})
+    assert (unknown.status_code, unknown.json()) == (404, {"error": "Job not found"})
+    assert bad_page.status_code == 400
+    assert "error" in bad_page.json()
+
+
+async def test_a_tasks_events_follow_the_request_that_submitted_it(
+    start_cluster: StartCluster,
+) -> None:
+    request_id = f"task-{uuid.uuid4().hex}"
+    async with start_cluster() as cluster:
+        start_scheduler(cluster)
+        answer = await cluster.client.post(
+            "/api/v1/tasks",
+            json={"task_type": "echo", "payload": {"n": 1}},
+            headers={"X-API-Key": cluster.key, "X-Request-ID": request_id},
+        )
+        assert answer.status_code == 201, answer.text
+        task_id = answer.json()["data"]["task_id"]
+        await settled(cluster, task_id, "success", seconds=30)
+        recorded = await cluster.store.read_stream(task.stream_id(task_id))
+
+    assert {e.metadata.correlation_id for e in recorded} == {request_id}
+    assert recorded[0].metadata.causation_id == request_id
+    assert [e.type for e in recorded][-3:] == ["TaskAssigned", "TaskStarted", "TaskSucceeded"]
+    # Here each event follows from the one before it (a TaskWaiting may precede the assignment
+    # while the node's first heartbeat is on its way).
+    for before, e in pairwise(recorded):
+        assert e.metadata.causation_id == event_id(before.position), (before.type, e.type)
+    assert recorded[-1].metadata.node_id == cluster.settings.node_id
