@@ -40,7 +40,7 @@ from api.auth import lookup, presented_key
 from api.errors import JOB_API_ERRORS, JobApiError
 from api.tokens import token_key
 from api.viewer_sources import client_address, close_viewer, open_viewer
-from domain import job
+from domain import job, viewer
 
 _MEDIA_TYPES = {
     "mp4": "video/mp4",
@@ -135,13 +135,6 @@ def media_type(key: str) -> str:
     """The Content-Type of an output, by its extension."""
     ext = key.rsplit(".", 1)[-1].lower() if "." in key else ""
     return _MEDIA_TYPES.get(ext) or mimetypes.guess_type(key)[0] or "application/octet-stream"
-
-
-def bitrate(state: job.JobState) -> int:
-    """The output's average bitrate in bits/s (0 when its size or length is unknown)."""
-    if not state.file_size or not state.duration or state.duration <= 0:
-        return 0
-    return int(state.file_size * 8 / state.duration)
 
 
 # -- Range -------------------------------------------------------------------------------------
@@ -239,7 +232,7 @@ async def _play(request: Request[Any, Any, Any], job_id: str, *, send: bool) -> 
         state_name="PLAYING",
         stream_key=state.job_id,
         application_id=state.account_id,
-        bitrate=bitrate(state),
+        bitrate=viewer.bitrate(state.file_size, state.duration),
     )
     whole = start == 0 and end == info.size - 1
     body = _counted(storage.read(state.key, start, None if whole else end), session)
@@ -304,7 +297,7 @@ class Media:
                 state_name="PLAYING",
                 stream_key=state.job_id,
                 application_id=state.account_id,
-                bitrate=bitrate(state),
+                bitrate=viewer.bitrate(state.file_size, state.duration),
             )
             if session is None:
                 return None
@@ -333,8 +326,7 @@ class Media:
             self._sweeper = None
         held, self.viewers = list(self.viewers.values()), {}
         for h in held:
-            with contextlib.suppress(Exception):
-                await h.session.close()
+            h.session.close()
         await self.cache.aclose()
 
 
