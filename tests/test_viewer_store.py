@@ -27,6 +27,13 @@ class CountingStore(EventStore):
         return events
 
 
+async def load_one(store: EventStore, viewer_id: str) -> tuple[viewer.ViewerState | None, int]:
+    """The viewer as `load_viewers` gives it, and how many events it read for that."""
+    counting = CountingStore(store)
+    state = (await load_viewers(counting, [viewer_id]))[viewer_id]
+    return state, counting.read
+
+
 async def folded(store: EventStore, viewer_id: str) -> viewer.ViewerState | None:
     return viewer.fold([e.data for e in await store.read_stream(viewer.stream_id(viewer_id))])
 
@@ -44,10 +51,7 @@ async def test_a_projected_viewer_is_its_row_and_no_event_is_read(
     await playing(store, vid, 300)
     await append(store, vid, viewer.ViewerStateChanged(viewer_id=vid, state="PAUSED"))
     await runner.settle("viewers")
-    counting = CountingStore(store)
-    loaded = await load_viewers(counting, [vid])
-    assert loaded == {vid: await folded(store, vid)}
-    assert counting.read == 0
+    assert await load_one(store, vid) == (await folded(store, vid), 0)
 
 
 async def test_events_the_projection_has_not_seen_are_folded_onto_the_row(
@@ -58,12 +62,10 @@ async def test_events_the_projection_has_not_seen_are_folded_onto_the_row(
     await runner.settle("viewers")
     await append(store, vid, stats(vid, 50_000, 400_000, bitrate=1_000_000))
     await append(store, vid, viewer.ViewerStateChanged(viewer_id=vid, state="PAUSED"))
-    counting = CountingStore(store)  # the runner is not running: the row lags by two events
-    loaded = await load_viewers(counting, [vid])
-    state = loaded[vid]
-    assert state == await folded(store, vid)
+    # The runner is not running: the row lags by two events.
+    state, read = await load_one(store, vid)
+    assert (state, read) == (await folded(store, vid), 2)
     assert state is not None and (state.version, state.bitrate) == (303, 1_000_000)
-    assert counting.read == 2
 
 
 async def test_a_disconnected_viewer_is_read_from_its_first_and_last_events(
@@ -76,11 +78,9 @@ async def test_a_disconnected_viewer_is_read_from_its_first_and_last_events(
     )
     await append(store, vid, goodbye)
     await runner.settle("viewers")  # its row is gone
-    counting = CountingStore(store)
-    state = (await load_viewers(counting, [vid]))[vid]
-    assert state is not None
+    state, read = await load_one(store, vid)
+    assert state is not None and read == 2
     assert (state.closed, state.version, state.out_total_bytes) == (True, 302, 500_000)
-    assert counting.read == 2
     # What the events API decides on it is what the full fold decides.
     full = await folded(store, vid)
     assert full is not None and (full.closed, full.version) == (state.closed, state.version)
