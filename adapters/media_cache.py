@@ -4,13 +4,15 @@
 (`-c copy`, no re-encoding) into MPEG-TS segments; a file whose codecs MPEG-TS cannot carry (VP9,
 Opus) is cut into fragmented-MP4 segments instead. A rendition is built in a temporary folder and
 renamed into place, so a reader never sees half of one; one build per name runs at a time in a
-process, and requests that arrive meanwhile wait for that same build.
+process, and requests that arrive meanwhile wait for that same build. Removing a rendition (its
+source was deleted) stops its build and renames the folder away before deleting it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -19,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from adapters.ffmpeg import ffmpeg_exe
+
+log = logging.getLogger("spool.media")
 
 PLAYLIST = "index.m3u8"
 SEGMENT_SECONDS = 4
@@ -37,6 +41,10 @@ Fetch = Callable[[Path], Awaitable[None]]
 
 class HlsFailed(Exception):
     """FFmpeg could not cut the media into HLS; the message says why."""
+
+
+class HlsRemoved(Exception):
+    """The rendition was removed (its source deleted) while a request waited for its build."""
 
 
 class HlsCache:
@@ -70,10 +78,17 @@ class HlsCache:
             build = asyncio.create_task(self._build(name, fetch), name=f"hls:{name}")
             self._building[name] = build
             build.add_done_callback(lambda t: self._built(name, t))
-        return await asyncio.shield(build)
+        try:
+            return await asyncio.shield(build)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if build.cancelled() and (task is None or not task.cancelling()):
+                raise HlsRemoved(f"rendition {name} was removed while it was being cut") from None
+            raise
 
     def _built(self, name: str, build: asyncio.Task[Path]) -> None:
-        self._building.pop(name, None)
+        if self._building.get(name) is build:
+            del self._building[name]
         if not build.cancelled():
             build.exception()  # seen here, so an unawaited failure is not reported as lost
 
@@ -158,6 +173,23 @@ class HlsCache:
         if proc.returncode != 0:
             lines = err.decode(errors="replace").strip().splitlines()
             raise HlsFailed(lines[-1] if lines else f"FFmpeg exited with status {proc.returncode}")
+
+    async def remove(self, name: str) -> None:
+        """Drop the rendition: stop its build if one runs and delete its folder, if any."""
+        folder = self._folder(name)
+        build = self._building.pop(name, None)
+        if build is not None:
+            build.cancel()
+            await asyncio.gather(build, return_exceptions=True)
+        gone = self.root / f"{_TEMP_PREFIX}gone-{name}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(folder, gone)  # from here on no reader finds it, whole or half
+        except FileNotFoundError:
+            return
+        except OSError:
+            log.warning("could not remove the HLS rendition %s", folder, exc_info=True)
+            return
+        await asyncio.to_thread(shutil.rmtree, gone, True)
 
     async def aclose(self) -> None:
         """Stop builds still running (their temporary folders are removed)."""

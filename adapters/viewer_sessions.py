@@ -86,14 +86,14 @@ class ViewerSession:
         """The media's bitrate, once known; it travels with the next stats."""
         self.bitrate = max(0, bits_per_second)
 
-    async def set_state(self, state: str) -> None:
-        """Record a state change (PLAYING, PAUSED, ...)."""
+    def set_state(self, state: str) -> None:
+        """Queue a state change (PLAYING, PAUSED, ...) for the next flush."""
         viewer.check_state(state)
         if not self.closing:
             self.queued.append(viewer.ViewerStateChanged(viewer_id=self.viewer_id, state=state))
 
-    async def close(self) -> None:
-        """Record the goodbye with the final byte totals; closing twice does nothing."""
+    def close(self) -> None:
+        """Queue the goodbye with the final byte totals; closing twice does nothing."""
         if self.closing:
             return
         self.closing = True
@@ -155,7 +155,7 @@ class ViewerRecorder:
                 await self._loop
             self._loop = None
         for session in list(self.sessions.values()):
-            await session.close()
+            session.close()
         with contextlib.suppress(Exception):
             await self.flush()
 

@@ -40,6 +40,7 @@ from api.job_requests import (
     decode_create_job_body,
     validate_create_job,
 )
+from api.media import forget_media
 from api.requests import command_metadata
 from api.targets import refuse_forbidden_target
 from domain import job
@@ -476,6 +477,7 @@ class JobsController(Controller):
                 status_code=502, detail=f"Storage refused the delete: {exc}"
             ) from None
         state = await _decide(request, principal, job_id, job.delete_file)
+        await forget_media(request.app.state, state.job_id)
         return FileDeletedAnswer(job_id=state.job_id, deleted=True, key=state.key or "")
 
     @get("/")

@@ -9,6 +9,8 @@ that sends bytes, counted chunk by chunk as the client takes them. HLS is many s
 so its viewer (GENERIC_HLS_VIEWER) is one per job, client address and User-Agent: opened by the
 first request, fed by every playlist and segment, and closed by a sweeper once no request came
 for `viewer_timeout` seconds.
+
+When a job's file is deleted, `forget_media` drops its HLS rendition and ends its HLS viewers.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from litestar.response import Stream
 
 from adapters.account_storage import AccountStorages
 from adapters.job_store import load_job
-from adapters.media_cache import PLAYLIST, HlsCache, HlsFailed
+from adapters.media_cache import PLAYLIST, HlsCache, HlsFailed, HlsRemoved
 from adapters.settings import Settings
 from adapters.storage import ObjectInfo, ObjectStorage, StorageError
 from adapters.tokens import TokenError, verify_token
@@ -40,7 +42,7 @@ from api.auth import lookup, presented_key
 from api.errors import JOB_API_ERRORS, JobApiError
 from api.tokens import token_key
 from api.viewer_sources import client_address, close_viewer, open_viewer
-from domain import job
+from domain import job, viewer
 
 _MEDIA_TYPES = {
     "mp4": "video/mp4",
@@ -135,13 +137,6 @@ def media_type(key: str) -> str:
     """The Content-Type of an output, by its extension."""
     ext = key.rsplit(".", 1)[-1].lower() if "." in key else ""
     return _MEDIA_TYPES.get(ext) or mimetypes.guess_type(key)[0] or "application/octet-stream"
-
-
-def bitrate(state: job.JobState) -> int:
-    """The output's average bitrate in bits/s (0 when its size or length is unknown)."""
-    if not state.file_size or not state.duration or state.duration <= 0:
-        return 0
-    return int(state.file_size * 8 / state.duration)
 
 
 # -- Range -------------------------------------------------------------------------------------
@@ -239,7 +234,7 @@ async def _play(request: Request[Any, Any, Any], job_id: str, *, send: bool) -> 
         state_name="PLAYING",
         stream_key=state.job_id,
         application_id=state.account_id,
-        bitrate=bitrate(state),
+        bitrate=viewer.bitrate(state.file_size, state.duration),
     )
     whole = start == 0 and end == info.size - 1
     body = _counted(storage.read(state.key, start, None if whole else end), session)
@@ -304,7 +299,7 @@ class Media:
                 state_name="PLAYING",
                 stream_key=state.job_id,
                 application_id=state.account_id,
-                bitrate=bitrate(state),
+                bitrate=viewer.bitrate(state.file_size, state.duration),
             )
             if session is None:
                 return None
@@ -324,6 +319,12 @@ class Media:
                     del self.viewers[key]
                     close_viewer(held.session)
 
+    async def forget(self, job_id: str) -> None:
+        """The job's file is gone: drop its rendition and end its HLS viewers."""
+        for key in [k for k in self.viewers if k[0] == job_id]:
+            close_viewer(self.viewers.pop(key).session)
+        await self.cache.remove(job_id)
+
     async def aclose(self) -> None:
         """Stop the sweeper and builds, and say goodbye for every HLS viewer still open."""
         if self._sweeper is not None:
@@ -333,8 +334,7 @@ class Media:
             self._sweeper = None
         held, self.viewers = list(self.viewers.values()), {}
         for h in held:
-            with contextlib.suppress(Exception):
-                await h.session.close()
+            h.session.close()
         await self.cache.aclose()
 
 
@@ -345,6 +345,11 @@ def media_of(state: State) -> Media:
         media = Media(state)
         state["media"] = media
     return media
+
+
+async def forget_media(state: State, job_id: str) -> None:
+    """After a job's file was deleted: remove its HLS rendition and end its HLS viewers."""
+    await media_of(state).forget(job_id)
 
 
 async def stop_media(app: Litestar) -> None:
@@ -387,6 +392,8 @@ async def media_hls(request: Request[Any, Any, Any], job_id: str, name: str) -> 
 
         try:
             await media.cache.ensure(state.job_id, fetch)
+        except HlsRemoved:
+            raise JobApiError(status_code=404, detail="The job's file was deleted") from None
         except (HlsFailed, StorageError) as exc:
             raise JobApiError(status_code=502, detail=f"Could not make HLS: {exc}") from None
     path = media.cache.file(state.job_id, name)

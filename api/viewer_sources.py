@@ -2,13 +2,12 @@
 
 A viewer is bookkeeping about a connection, never a reason to refuse or break one: a failure to
 record (the database away for a moment) is logged and the connection goes on unrecorded.
-Closing is handed to a task of its own, because it is usually reached while the connection's
-task is being cancelled (the client left), where an await would be cancelled too.
+Opening and closing only queue events for the recorder's next flush, so closing needs no await
+and is safe where the connection's task is being cancelled (the client left).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -18,8 +17,6 @@ from litestar.datastructures import State
 from adapters.viewer_sessions import ViewerRecorder, ViewerSession
 
 log = logging.getLogger("spool.api.viewers")
-
-_closing: set[asyncio.Task[None]] = set()
 
 
 def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
@@ -58,22 +55,6 @@ async def open_viewer(
 
 
 def close_viewer(session: ViewerSession | None) -> None:
-    """Record the goodbye of `session` (if any) in the background; closing twice is harmless."""
-    if session is None or session.closed:
-        return
-    task = asyncio.get_running_loop().create_task(_close(session))
-    _closing.add(task)
-    task.add_done_callback(_closing.discard)
-
-
-async def _close(session: ViewerSession) -> None:
-    try:
-        await session.close()
-    except Exception:
-        log.warning("could not record the end of viewer %s", session.viewer_id, exc_info=True)
-
-
-async def closed_viewers() -> None:
-    """Wait for goodbyes still being recorded (shutdown, tests)."""
-    while _closing:
-        await asyncio.gather(*list(_closing), return_exceptions=True)
+    """Queue the goodbye of `session`, if any; closing twice is harmless."""
+    if session is not None:
+        session.close()

@@ -19,6 +19,7 @@ from litestar import Request, Response, get, post
 from adapters.event_store import EventStore, StreamAppend
 from adapters.tables import VIEWER_SPAN_WIDTHS
 from adapters.viewer_sessions import ViewerRecorder
+from adapters.viewer_store import load_viewers
 from api.auth import Principal, lookup, presented_key
 from api.requests import command_metadata
 from domain import viewer
@@ -458,16 +459,9 @@ async def report_viewer_events(request: Request[Any, Any, Any]) -> Response[dict
     made = {
         i for item, i in zip(body.events, ids, strict=True) if isinstance(item, ConnectItem)
     } - {item.id for item in body.events if item.id}
-    states: dict[str, viewer.ViewerState | None] = {}
-    for viewer_id in dict.fromkeys(ids):
-        if viewer_id in made:
-            states[viewer_id] = None  # a fresh id: nothing to read
-        elif len(viewer_id) <= 64:  # longer is no id (check_connect says so); no stream to read
-            states[viewer_id] = viewer.fold(
-                [e.data for e in await store.read_stream(viewer.stream_id(viewer_id))]
-            )
-        else:
-            states[viewer_id] = None
+    # A fresh id has nothing to read, nor has one too long to be an id (check_connect says so).
+    states: dict[str, viewer.ViewerState | None] = dict.fromkeys(ids)
+    states.update(await load_viewers(store, [v for v in states if v not in made and len(v) <= 64]))
     versions = {v: s.version if s else 0 for v, s in states.items()}
 
     node_id = f"key:{principal.key_id}"

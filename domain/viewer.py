@@ -261,6 +261,14 @@ def check_stats(ev: ViewerStats, existing: ViewerState) -> None:
 
 # -- health --------------------------------------------------------------------------------
 
+
+def bitrate(size: int | None, duration: float | None) -> int:
+    """A media file's average bitrate in bits/s; 0 when its size or length is unknown."""
+    if not size or not duration or duration <= 0:
+        return 0
+    return int(size * 8 / duration)
+
+
 NO_DATA = "No Data"
 
 _GRADES: tuple[tuple[int, str], ...] = (

@@ -21,7 +21,7 @@ from adapters import downloader, live_hls, muxer
 from adapters.ssrf import UrlGuard
 from adapters.storage import ObjectStorage, StorageCancelled, StorageError, object_key
 from adapters.viewer_sessions import ViewerRecorder, ViewerSession
-from domain import job
+from domain import job, viewer
 from domain.timecode import parse_timecode
 
 ProgressSink = Callable[[job.Progress], None]
@@ -188,15 +188,10 @@ async def _session(
         return None
 
 
-async def _end(session: ViewerSession | None) -> None:
-    """Close a stage's session, shielded: it is often reached while the stage is cancelled."""
+def _end(session: ViewerSession | None) -> None:
+    """Close a stage's session (its goodbye is queued; nothing here can be cancelled)."""
     if session is not None:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(session.close())
-
-
-def _bitrate(size: int, duration: float | None) -> int:
-    return int(size * 8 / duration) if duration and duration > 0 else 0
+        session.close()
 
 
 async def mux(
@@ -230,7 +225,7 @@ async def mux(
         harness_type="TRANSCODER",
         state_name="TRANSCODING",
         node_ip=node_ip,
-        bitrate=_bitrate(in_size, state.duration),
+        bitrate=viewer.bitrate(in_size, state.duration),
     )
 
     def on_progress(pct: float) -> None:
@@ -256,14 +251,14 @@ async def mux(
             cancel=cancel,
         )
         if session is not None:
-            session.set_bitrate(_bitrate(result.size, result.duration))
+            session.set_bitrate(viewer.bitrate(result.size, result.duration))
             _count(session, in_size, result.size)
     except muxer.MuxCancelled:
         raise StageCancelled from None
     except muxer.MuxFailed as exc:
         raise StageError(str(exc), retryable=False) from None
     finally:
-        await _end(session)
+        _end(session)
     return job.MuxCompleted(
         run=state.run,
         attempt=state.attempt,
@@ -299,7 +294,7 @@ async def upload(
         harness_type="FILE_WRITER",
         state_name="WRITING",
         node_ip=node_ip,
-        bitrate=_bitrate(state.output.size, state.duration),
+        bitrate=viewer.bitrate(state.output.size, state.duration),
     )
 
     def on_progress(sent: int, total: int) -> None:
@@ -311,7 +306,7 @@ async def upload(
     try:
         return await _upload(state, node_id, storage, key, started, on_progress, cancel, session)
     finally:
-        await _end(session)
+        _end(session)
 
 
 def _count(session: ViewerSession, in_total: int, out_total: int) -> None:

@@ -20,6 +20,7 @@ from litestar import Litestar
 from adapters.blob_storage import BlobStorage
 from adapters.event_store import EventStore
 from adapters.ffmpeg import ffmpeg_exe
+from adapters.media_cache import HlsCache, HlsRemoved
 from adapters.settings import Settings
 from adapters.storage import LocalStorage, ObjectStorage, StorageError, storage_from_url
 from api.app import create_app
@@ -293,6 +294,46 @@ async def test_hls_is_cut_once_and_reused(playback: Playback) -> None:
     )
     assert again.text == first.text
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == made
+
+
+async def test_deleting_the_file_removes_its_hls_rendition_and_ends_its_viewers(
+    playback: Playback,
+) -> None:
+    playlist = f"/media/{playback.job_id}/index.m3u8"
+    assert (await playback.client.get(playlist, headers=playback.auth())).status_code == 200
+    media = playback.app.state.media
+    folder = media.cache.ready(playback.job_id)
+    assert folder is not None
+    [held] = [v for k, v in media.viewers.items() if k[0] == playback.job_id]
+
+    deleted = await playback.client.delete(f"/jobs/{playback.job_id}/file", headers=playback.auth())
+    assert deleted.status_code == 200, deleted.text
+    assert not folder.exists()
+    assert list(media.cache.root.iterdir()) == []  # nothing renamed away was left behind
+    assert held.session.closing
+    assert not any(k[0] == playback.job_id for k in media.viewers)
+    again = await playback.client.get(playlist, headers=playback.auth())
+    assert again.status_code == 404
+    assert again.json() == {"error": "The job's file was deleted"}
+
+
+async def test_removing_a_rendition_mid_build_stops_the_build(tmp_path: Path) -> None:
+    cache = HlsCache(tmp_path / "hls")
+    fetching, never = asyncio.Event(), asyncio.Event()
+
+    async def fetch(path: Path) -> None:
+        path.write_bytes(b"partial")
+        fetching.set()
+        await never.wait()  # the source is still downloading when the delete comes
+
+    waiting = asyncio.create_task(cache.ensure("job1", fetch))
+    await asyncio.wait_for(fetching.wait(), 10)
+    await cache.remove("job1")
+    with pytest.raises(HlsRemoved):
+        await asyncio.wait_for(waiting, 10)
+    assert cache.ready("job1") is None
+    assert list(cache.root.iterdir()) == []
+    await cache.remove("job1")  # removing what is not there is fine
 
 
 def test_a_playlist_gets_the_token_on_every_uri() -> None:

@@ -2,14 +2,18 @@
 
 Each connection is checked in the event log (its `viewer-<id>` stream folded): harness type,
 stream key, account, byte totals equal to what really crossed the wire, and a goodbye at the end.
+A real `curl` download is also watched in `GET /api/cluster/viewers` while it plays.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -199,3 +203,75 @@ async def test_a_job_on_a_node_is_a_transcoder_then_a_file_writer(
         assert upload.connected.state == "WRITING"
         assert upload.state.out_total_bytes == done["file_size"]
         assert all(v.state.closed for v in await viewers(cluster.store))
+
+
+async def _progressive_rows(api: FreshApi, job_id: str) -> list[dict[str, Any]]:
+    """The list's progressive viewers of `job_id` (searched by stream key), projection caught up."""
+    await api.runner.settle("viewers")
+    answer = await api.client.get(
+        "/api/cluster/viewers",
+        params={"harnessType": "GENERIC_PROGRESSIVE_VIEWER", "search": job_id},
+        headers={"Authorization": f"Bearer {api.admin_key}"},
+    )
+    assert answer.status_code == 200, answer.text
+    rows: list[dict[str, Any]] = answer.json()["data"]["list"]
+    return rows
+
+
+async def test_curl_playing_an_output_is_listed_with_growing_bytes_then_vanishes(
+    served: Served, tmp_path: Path
+) -> None:
+    # The server counts what it hands to the socket, and loopback's socket buffers take about
+    # 10 MB at once (tcp_rmem here grows to 32 MB): a small output is all "sent" within half a
+    # second while curl still reads it for seconds, and its viewer has ended by then. So the
+    # output is uncompressed video (cheap to make, 35 MB) and curl reads it at 7 MB/s.
+    api = served.api
+    raw = make_clip(tmp_path / "raw.mkv", 12.0, video_codec="rawvideo", audio_codec="pcm_s16le")
+    size = raw.stat().st_size
+    job_id = await finished_job(api.store, api.app.state.storage, api.account_id, raw, duration=12)
+    curl = await asyncio.create_subprocess_exec(
+        "curl",
+        "--silent",
+        "--show-error",
+        "--output",
+        "/dev/null",
+        "--limit-rate",
+        "7M",
+        "--header",
+        f"x-api-key: {api.key}",
+        "--write-out",
+        "%{http_code} %{size_download}",
+        f"{served.base}/media/{job_id}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    playing: list[dict[str, Any]] = []
+    while curl.returncode is None:
+        rows = await _progressive_rows(api, job_id)
+        if curl.returncode is None and rows:
+            playing.append(rows[0])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(curl.wait(), 0.1)
+    out, err = await curl.communicate()
+    assert curl.returncode == 0, err
+    assert out.decode() == f"200 {size}"
+
+    assert playing, "curl's viewer was never listed while it played"
+    row = playing[-1]
+    assert len({r["id"] for r in playing}) == 1
+    assert (row["harnessType"], row["streamKey"]) == ("GENERIC_PROGRESSIVE_VIEWER", job_id)
+    assert row["state"] == "PLAYING"
+    assert (row["browserName"], row["deviceType"]) == ("curl", "DESKTOP")
+    assert row["remoteAddress"] == "127.0.0.1"
+    assert row["applicationId"] == api.account_id
+    sent = [r["outTotalBytes"] for r in playing]
+    assert sent == sorted(sent) and sent[-1] <= size
+    assert len({n for n in sent if 0 < n < size}) >= 2, f"bytes never grew while listed: {sent}"
+
+    deadline = time.monotonic() + 10
+    while await _progressive_rows(api, job_id):
+        assert time.monotonic() < deadline, "curl's viewer outlived the download"
+        await asyncio.sleep(0.1)
+    seen = await wait_for_viewer(api.store, "GENERIC_PROGRESSIVE_VIEWER", job_id)
+    assert seen.state.out_total_bytes == size
+    assert seen.reason == "closed"

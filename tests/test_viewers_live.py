@@ -1,6 +1,7 @@
 """Issue 6, end to end: a dashboard websocket, a worker muxing and uploading a job, and a client
 playing the output (HLS) all show in `GET /api/cluster/viewers` with the right harness types and
-bytes, and vanish when they end.
+bytes, and vanish when they end. The `curl` binary playing an output progressively is watched in
+the list by `tests/test_viewer_sources.py`.
 
 The cluster is real (projections, pipeline, a node, moto S3 behind a throttling proxy). The
 upload is paused at the proxy so the FILE_WRITER stays on the list long enough to be seen; the
@@ -78,7 +79,7 @@ async def test_websocket_worker_and_player_show_in_the_viewer_list_then_vanish(
     async with start_cluster(
         storage_url=throttled_s3.storage_url, viewer_stats_interval=0.5, viewer_timeout=3.0
     ) as cluster:
-        # A second API process of the same cluster, on a real port for websockets and curl.
+        # A second API process of the same cluster, on a real port for websockets and players.
         app = create_app(
             pool=cluster.pool,
             store=cluster.store,
@@ -115,8 +116,9 @@ async def test_websocket_worker_and_player_show_in_the_viewer_list_then_vanish(
 
             await _until(cluster, _none("CLUSTER_DATA_CLIENT", "/ws"))
 
-            # A player (curl) plays the output over HLS: many requests, one viewer, listed with
-            # every byte it was sent, until it has been idle for `viewer_timeout`.
+            # A player (an HTTP client with curl's User-Agent) plays the output over HLS: many
+            # requests, one viewer, listed with every byte it was sent, until it has been idle
+            # for `viewer_timeout`.
             headers = {**cluster.headers(), "User-Agent": "curl/8.5.0"}
             sent = 0
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:

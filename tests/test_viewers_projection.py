@@ -218,7 +218,7 @@ async def test_the_recorder_opens_reports_and_closes_a_viewer_end_to_end(
     assert r["out_bandwidth"] > 0 and r["health_score"] == 100  # far faster than 100 kB/s
     assert r["health_grade"] == "Very Good"
 
-    await session.close()
+    session.close()
     await recorder.flush()
     await runner.settle("viewers")
     assert await row(pool, session.viewer_id) is None
@@ -238,8 +238,8 @@ async def test_sessions_opened_and_closed_between_flushes_are_written_in_one_tra
         for h in ("TRANSCODER", "FILE_WRITER", "TRANSCODER")
     ]
     sessions[0].add_in(1_000)
-    await sessions[0].close()
-    await sessions[1].set_state("WRITING")
+    sessions[0].close()
+    sessions[1].set_state("WRITING")
     await recorder.flush()
     streams = [await store.read_stream(viewer.stream_id(s.viewer_id)) for s in sessions]
     assert [[e.type for e in events] for events in streams] == [

@@ -1,0 +1,75 @@
+"""Loading viewers' current state for a decision, reading as few events as it can.
+
+A live viewer's stream grows by one stats event every few seconds, so folding it from the start
+costs more the longer it plays. The `viewers` projection row is the fold at the row's version:
+it serves as a snapshot, and only the events after it (none, unless the projection lags) are
+read. A disconnected viewer has no row: its first and last events say that it ended and with
+which totals, which is all a decision needs of it (it takes no further events).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import msgspec
+
+from adapters.event_store import EventStore
+from domain import viewer
+
+_ROWS = """
+SELECT viewer_id, harness_type, state, started_at, bitrate, in_bandwidth, out_bandwidth,
+       in_total_bytes, out_total_bytes, measured, version
+FROM viewers WHERE viewer_id = ANY($1::text[])
+"""
+
+_HEADS = """
+SELECT s.stream_id, coalesce((SELECT max(version) FROM events e WHERE e.stream_id = s.stream_id), 0)
+FROM unnest($1::text[]) AS s(stream_id)
+"""
+
+
+async def load_viewers(
+    store: EventStore, viewer_ids: Collection[str]
+) -> dict[str, viewer.ViewerState | None]:
+    """Each viewer as its events fold it (None for one that never connected)."""
+    ids = list(dict.fromkeys(viewer_ids))
+    # Rows before heads: a head read later is never behind its row.
+    rows = {r["viewer_id"]: r for r in await store.pool.fetch(_ROWS, ids)}
+    heads: dict[str, int] = dict(await store.pool.fetch(_HEADS, [viewer.stream_id(v) for v in ids]))
+    found: dict[str, viewer.ViewerState | None] = {}
+    for viewer_id in ids:
+        head, row = heads[viewer.stream_id(viewer_id)], rows.get(viewer_id)
+        if head == 0:
+            found[viewer_id] = None
+        elif row is not None:
+            state: viewer.ViewerState | None = viewer.ViewerState(
+                viewer_id=viewer_id,
+                harness_type=row["harness_type"],
+                state=row["state"],
+                started_at=row["started_at"],
+                bitrate=row["bitrate"],
+                in_bandwidth=row["in_bandwidth"],
+                out_bandwidth=row["out_bandwidth"],
+                in_total_bytes=row["in_total_bytes"],
+                out_total_bytes=row["out_total_bytes"],
+                measured=row["measured"],
+                version=row["version"],
+            )
+            if head > row["version"]:  # the projection has not seen the newest events yet
+                for e in await store.read_stream(viewer.stream_id(viewer_id), row["version"] + 1):
+                    state = viewer.evolve(state, e.data)
+            found[viewer_id] = state
+        else:
+            found[viewer_id] = await _without_row(store, viewer_id, head)
+    return found
+
+
+async def _without_row(store: EventStore, viewer_id: str, head: int) -> viewer.ViewerState | None:
+    stream = viewer.stream_id(viewer_id)
+    [last] = await store.read_stream(stream, head, limit=1)
+    if not isinstance(last.data, viewer.ViewerDisconnected):
+        # Connected but not projected yet: a young stream, folded whole.
+        return viewer.fold([e.data for e in await store.read_stream(stream)])
+    first = await store.read_stream(stream, 1, limit=1)
+    ended = viewer.evolve(viewer.evolve(None, first[0].data), last.data)
+    return msgspec.structs.replace(ended, version=head) if ended is not None else None
