@@ -102,11 +102,12 @@ async def current_revision(url: str) -> str | None:
         await conn.close()
 
 
-async def create_database(server_url: str, name: str) -> str:
-    """Create database `name` on the server and return its URL."""
+async def create_database(server_url: str, name: str, template: str | None = None) -> str:
+    """Create database `name` on the server (a copy of `template` if given) and return its URL."""
     conn = await asyncpg.connect(asyncpg_url(server_url))
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        copy = f' TEMPLATE "{template}"' if template else ""
+        await conn.execute(f'CREATE DATABASE "{name}"{copy}')
     finally:
         await conn.close()
     return with_database(server_url, name)

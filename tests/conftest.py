@@ -59,25 +59,36 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         redis.stop()
 
 
-async def _fresh_database(server_url: str) -> tuple[str, str]:
+@pytest.fixture(scope="session")
+async def migrated_template(server_url: str) -> AsyncIterator[str]:
+    """A database migrated to head once per run, copied for each test that needs its own.
+
+    Copying a database is a file copy (about 0.2 s); migrating one takes about 1.7 s.
+    Nothing ever connects to it after the migration, as CREATE DATABASE ... TEMPLATE requires.
+    """
+    name = f"spool_template_{uuid.uuid4().hex[:12]}"
+    await migrate(await create_database(server_url, name))
+    yield name
+    await drop_database(server_url, name)
+
+
+async def _fresh_database(server_url: str, template: str) -> tuple[str, str]:
     name = f"spool_test_{uuid.uuid4().hex[:12]}"
-    url = await create_database(server_url, name)
-    await migrate(url)
-    return name, url
+    return name, await create_database(server_url, name, template=template)
 
 
 @pytest.fixture(scope="session")
-async def database_url(server_url: str) -> AsyncIterator[str]:
+async def database_url(server_url: str, migrated_template: str) -> AsyncIterator[str]:
     """A database of this test run's own, migrated to head, dropped at the end."""
-    name, url = await _fresh_database(server_url)
+    name, url = await _fresh_database(server_url, migrated_template)
     yield url
     await drop_database(server_url, name)
 
 
 @pytest.fixture
-async def fresh_database_url(server_url: str) -> AsyncIterator[str]:
+async def fresh_database_url(server_url: str, migrated_template: str) -> AsyncIterator[str]:
     """A database of this one test's own, for tests that look at the whole log."""
-    name, url = await _fresh_database(server_url)
+    name, url = await _fresh_database(server_url, migrated_template)
     yield url
     await drop_database(server_url, name)
 
