@@ -262,16 +262,31 @@ class Node:
         appends = [StreamAppend(node.stream_id(self.node_id), [NewEvent(beat, self.meta)])]
         reported: list[RunningUnit] = []
         for unit in list(self.running.values()):
-            if unit.progress is not None and unit.progress != unit.reported:
+            if (
+                unit.progress is not None
+                and unit.progress != unit.reported
+                and job.is_current(unit.state, unit.stage, unit.run, unit.attempt)
+            ):
                 ev = job.StageProgressed(run=unit.run, attempt=unit.attempt, progress=unit.progress)
-                appends.append(StreamAppend(job.stream_id(unit.job_id), [NewEvent(ev, unit.meta)]))
+                # At the version the node knows: progress never lands after the stage's own
+                # completion (or a cancel) appended meanwhile.
+                appends.append(
+                    StreamAppend(
+                        job.stream_id(unit.job_id), [NewEvent(ev, unit.meta)], unit.state.version
+                    )
+                )
                 reported.append(unit)
         try:
             results = await self.store.append_many(appends)
         except ConcurrencyError:
-            # A job stream moved under us (its stage completing): send the heartbeat alone now,
-            # the progress again next second.
+            # A job stream moved under us (its stage completing, a cancel): send the heartbeat
+            # alone now; read those jobs again so that next second's progress goes at the
+            # version they have now, if their stage is still running.
             await self.store.append_many(appends[:1])
+            for unit in reported:
+                fresh = await load_job(self.store, unit.job_id)
+                if fresh is not None and fresh.version > unit.state.version:
+                    unit.state = fresh
         else:
             versions = {r.stream_id: r.version for r in results}
             now = datetime.now(UTC)

@@ -10,6 +10,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -50,7 +51,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Redis server of the suite's own."""
     given = os.environ.get("SPOOL_TEST_REDIS_URL")
     if given:
-        yield given
+        yield _database_of_this_worker(given)
         return
     redis = EmbeddedRedis(tmp_path_factory.mktemp("embedded-redis"))
     try:
@@ -70,6 +71,18 @@ async def migrated_template(server_url: str) -> AsyncIterator[str]:
     await migrate(await create_database(server_url, name))
     yield name
     await drop_database(server_url, name)
+
+
+def _database_of_this_worker(url: str) -> str:
+    """Under pytest-xdist each worker process takes Redis database 1 + its number.
+
+    Tests flush their Redis database when they start a cluster, so two workers must not share
+    one.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return url
+    return urlsplit(url)._replace(path=f"/{1 + int(worker[2:])}").geturl()
 
 
 async def _fresh_database(server_url: str, template: str) -> tuple[str, str]:

@@ -7,6 +7,8 @@ import json
 
 from click.testing import CliRunner, Result
 
+from reactors.projection import ProjectionRunner
+from reactors.projections import all_projections
 from spool.cli import main
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.media import MediaServer
@@ -16,6 +18,14 @@ async def _spool(database_url: str, *args: str) -> Result:
     """Run `spool ...` in a thread of its own (its own event loop; the cluster keeps running)."""
     command = [*args, "--database-url", database_url]
     return await asyncio.to_thread(CliRunner().invoke, main, command, env={"SPOOL_API_KEY": None})
+
+
+async def _caught_up(cluster: Cluster, *names: str, seconds: float = 30) -> None:
+    """Wait until the cluster's projections have applied every event of theirs so far."""
+    runner = ProjectionRunner(cluster.store, all_projections())
+    async with asyncio.timeout(seconds):
+        while any([await runner.pending(n) for n in names]):
+            await asyncio.sleep(0.1)
 
 
 async def test_replay_job_tells_what_happened_when_where_and_on_whose_request(
@@ -91,6 +101,7 @@ async def test_verify_passes_on_a_healthy_log_and_catches_a_row_changed_by_hand(
         "/api/v1/tasks", json={"task_type": "echo", "payload": {}}, headers=cluster.headers()
     )
     assert bulk.status_code == task.status_code == 201
+    await _caught_up(cluster, "jobs", "tasks")
 
     healthy = await _spool(url, "replay", "verify")
 

@@ -7,10 +7,24 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from spool.embedded import EmbeddedRedis
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis server of this module's own: its FLUSHALL must not empty other tests' queues."""
+    redis = EmbeddedRedis(tmp_path_factory.mktemp("flushall-redis"))
+    try:
+        yield redis.start()
+    finally:
+        redis.stop()
 
 
 def _worker(cluster: Cluster, node_id: str, log: Path) -> subprocess.Popen[bytes]:
