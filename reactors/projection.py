@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+from adapters import reporting
 from adapters.event_store import NOTIFY_CHANNEL, Batch, Checkpoint, EventStore, checkpoint_of
 from domain.events import RecordedEvent
 
@@ -286,9 +287,13 @@ class ProjectionRunner:
             # The live runner is now blocked on its checkpoint; nothing new lands in old tables.
             if live is not None and (live["tx"], live["position"]) > tuple(at):
                 return  # the log moved on while we read it: take another batch first
+            # The reporting views name the live tables: they go and come back with the swap.
+            had_views = await reporting.drop_views(conn)
             for table in projection.tables:
                 await conn.execute(f"DROP TABLE public.{table.name}")
                 await conn.execute(f"ALTER TABLE {REBUILD_SCHEMA}.{table.name} SET SCHEMA public")
+            if had_views:
+                await reporting.create_views(conn)
             await conn.execute(
                 "INSERT INTO checkpoints (name, tx, position) VALUES ($1, $2, $3) "
                 "ON CONFLICT (name) DO UPDATE SET tx = $2, position = $3, updated_at = now()",
