@@ -160,6 +160,7 @@ FROM public.nodes n
 SELECT m.node_id::text AS node_id,
        m.minute::timestamptz AS minute,
        m.samples::bigint AS samples,
+       m.cpu_percent_sum::numeric AS cpu_percent_sum,
        (m.cpu_percent_sum / m.samples)::double precision AS cpu_percent_avg,
        m.cpu_percent_max::double precision AS cpu_percent_max,
        (100 * m.memory_used_sum / nullif(m.memory_total_sum, 0))::double precision

@@ -6,8 +6,12 @@ commit together). Streams are listed through a server-side cursor and read a pag
 so memory stays flat however long the log is.
 
 Checked: `jobs` (every column, and the folded state key by key), `tasks` (likewise), batches
-(the job ids each batch stream names against the `jobs` rows that carry its batch id) and
-`usage_daily` (each account's counters per day, summed from the job streams).
+(the job ids each batch stream names against the `jobs` rows that carry its batch id, and the
+`batches` rows), `usage_daily` (each account's counters per day, summed from the job streams),
+`job_stages` (each job's stage attempts) and `job_minutes` (counters per minute).
+
+Not checked: `node_minutes`, a rollup of heartbeats that keeps its figures after the heartbeat
+events are archived, so the log is not its measure; nor `nodes`, `usage_minutes` and `viewers`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date
+from datetime import UTC, date, datetime
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -27,6 +31,8 @@ from domain import batch, job, task
 from domain.errors import InvalidTransition
 from domain.events import RecordedEvent
 from reactors.projection import ProjectionRunner
+from reactors.projections import batches as batch_rows
+from reactors.projections import job_minutes, job_stages
 from reactors.projections.usage import COUNTERS, UsageProjection
 
 PAGE = 500
@@ -191,6 +197,16 @@ _TASK_COLUMNS = (
 )
 JOBS = RowCheck(
     "jobs", "jobs", "job_id", "job-", "JobCreated", _fold_job, _JOB_COLUMNS, frozenset({"state"})
+)
+BATCHES = RowCheck(
+    "batches",
+    "batches",
+    "batch_id",
+    "batch-",
+    "BatchCreated",
+    batch_rows.fold,
+    batch_rows.COLUMNS,
+    frozenset(),
 )
 TASKS = RowCheck(
     "tasks",
@@ -394,6 +410,84 @@ async def _check_usage(
     return checked, differences
 
 
+async def _check_job_stages(
+    conn: asyncpg.Connection, store: EventStore, found: Found
+) -> tuple[int, int]:
+    """Each job stream's stage attempts folded again, against its `job_stages` rows."""
+    at = await _checkpoint(conn, "job_stages")
+    checked = differences = 0
+    select = (
+        f"SELECT {', '.join(job_stages.COLUMNS)} FROM job_stages WHERE job_id = ANY($1::text[])"
+    )
+    async for page in _stream_pages(conn, "JobCreated", at):
+        streams = _by_stream(await store.read_streams(page, at, conn=conn))
+        keys = [s.removeprefix("job-") for s in page]
+        projected: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        for r in await conn.fetch(select, keys):
+            projected[r["job_id"]][_stage_name(r["run"], r["stage"], r["attempt"])] = dict(r)
+        for stream_id, key in zip(page, keys, strict=True):
+            checked += 1
+            folded = {
+                _stage_name(k[1], k[2], k[3]): msgspec.structs.asdict(row)
+                for k, row in job_stages.fold(streams[stream_id]).items()
+            }
+            rows = projected.pop(key, {})
+            if rows == folded:
+                continue
+            for d in _diff(stream_id, "job_stages", rows, folded):
+                found(d)
+                differences += 1
+    orphans = await conn.fetch(
+        "SELECT DISTINCT job_id FROM job_stages s WHERE NOT EXISTS (SELECT 1 FROM events e "
+        "WHERE e.stream_id = 'job-' || s.job_id AND e.version = 1 "
+        "AND (e.tx, e.position) <= ($1::text::xid8, $2::bigint))",
+        str(at.tx),
+        at.position,
+    )
+    for r in orphans:
+        checked += 1
+        differences += 1
+        found(Difference(f"job-{r[0]}", "job_stages", "present", MISSING))
+    return checked, differences
+
+
+def _stage_name(run: int, stage: str, attempt: int) -> str:
+    """A stage attempt's name in a difference: `<run>.<stage>.<attempt>`."""
+    return f"{run}.{stage}.{attempt}"
+
+
+async def _check_job_minutes(
+    conn: asyncpg.Connection, store: EventStore, found: Found
+) -> tuple[int, int]:
+    """`job_minutes` against counters summed again from every job stream."""
+    at = await _checkpoint(conn, "job_minutes")
+    totals: dict[datetime, dict[str, int]] = {}
+    async for page in _stream_pages(conn, "JobCreated", at):
+        for events in _by_stream(await store.read_streams(page, at, conn=conn)).values():
+            job_minutes.add(totals, events)
+    checked = differences = 0
+    seen: set[datetime] = set()
+    rows = await conn.cursor("SELECT * FROM job_minutes ORDER BY minute")
+    while page_rows := await rows.fetch(PAGE):
+        for r in page_rows:
+            minute = r["minute"]
+            seen.add(minute)
+            checked += 1
+            folded = totals.get(minute, dict.fromkeys(job_minutes.COUNTERS, 0))
+            for column in job_minutes.COUNTERS:
+                if r[column] != folded[column]:
+                    name = f"job_minutes {minute.astimezone(UTC).isoformat()}"
+                    found(Difference(name, column, r[column], folded[column]))
+                    differences += 1
+    for minute in sorted(totals.keys() - seen):
+        if any(totals[minute].values()):
+            checked += 1
+            differences += 1
+            name = f"job_minutes {minute.isoformat()}"
+            found(Difference(name, "row", MISSING, "present"))
+    return checked, differences
+
+
 async def verify(store: EventStore, runner: ProjectionRunner, found: Found) -> Verified:
     """Catch the projections up, then fold every stream and report each difference to `found`."""
     await runner.catch_up()
@@ -408,6 +502,9 @@ async def verify(store: EventStore, runner: ProjectionRunner, found: Found) -> V
             ("tasks", partial(_check_rows, conn, store, TASKS, found)),
             ("batches", partial(_check_batches, conn, store, found)),
             ("usage_daily", partial(_check_usage, conn, store, found)),
+            ("batch_rows", partial(_check_rows, conn, store, BATCHES, found)),
+            ("job_stages", partial(_check_job_stages, conn, store, found)),
+            ("job_minutes", partial(_check_job_minutes, conn, store, found)),
         ]
         for name, check in checks:
             checked[name], differences = await check()
