@@ -380,15 +380,75 @@ def add_usage(
             row["bytes_deleted"] += uploaded
 
 
-async def _check_usage(
-    conn: asyncpg.Connection, store: EventStore, found: Found
-) -> tuple[int, int]:
-    """`usage_daily` against counters summed again from every job stream."""
-    at = await _checkpoint(conn, "usage")
-    totals: dict[tuple[str, date], dict[str, int]] = {}
+def _upto(events: Sequence[RecordedEvent], at: Checkpoint) -> Sequence[RecordedEvent]:
+    """The events a projection at checkpoint `at` has applied."""
+    if not events or (events[-1].tx, events[-1].position) <= at:
+        return events
+    return [e for e in events if (e.tx, e.position) <= at]
+
+
+class _JobFolds:
+    """What one pass over every job stream gathers for the checks that fold job streams.
+
+    `usage_daily`, `job_stages` and `job_minutes` each compare up to their own checkpoint; the
+    streams are read once, up to the furthest, and each check sees only its part of them.
+    """
+
+    def __init__(self, usage_at: Checkpoint, stages_at: Checkpoint, minutes_at: Checkpoint):
+        self.usage_at, self.stages_at, self.minutes_at = usage_at, stages_at, minutes_at
+        self.usage: dict[tuple[str, date], dict[str, int]] = {}
+        self.minutes: dict[datetime, dict[str, int]] = {}
+        self.stages_checked = self.stages_differences = 0
+
+
+_STAGE_ROWS = (
+    f"SELECT {', '.join(job_stages.COLUMNS)} FROM job_stages WHERE job_id = ANY($1::text[])"
+)
+
+
+async def _fold_job_streams(conn: asyncpg.Connection, store: EventStore, found: Found) -> _JobFolds:
+    """Read every job stream once: sum the usage and minute counters, compare stage rows."""
+    folds = _JobFolds(
+        await _checkpoint(conn, "usage"),
+        await _checkpoint(conn, "job_stages"),
+        await _checkpoint(conn, "job_minutes"),
+    )
+    at = max(folds.usage_at, folds.stages_at, folds.minutes_at)
     async for page in _stream_pages(conn, "JobCreated", at):
-        for events in _by_stream(await store.read_streams(page, at, conn=conn)).values():
-            add_usage(totals, events)
+        streams = _by_stream(await store.read_streams(page, at, conn=conn))
+        keys = [s.removeprefix("job-") for s in page]
+        projected: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        for r in await conn.fetch(_STAGE_ROWS, keys):
+            projected[r["job_id"]][_stage_name(r["run"], r["stage"], r["attempt"])] = dict(r)
+        for stream_id, key in zip(page, keys, strict=True):
+            events = streams[stream_id]
+            add_usage(folds.usage, _upto(events, folds.usage_at))
+            job_minutes.add(folds.minutes, _upto(events, folds.minutes_at))
+            staged = _upto(events, folds.stages_at)
+            if not staged:
+                continue  # begun after the stage projection's checkpoint: its orphan check
+            folds.stages_checked += 1
+            folded = {
+                _stage_name(k[1], k[2], k[3]): msgspec.structs.asdict(row)
+                for k, row in job_stages.fold(staged).items()
+            }
+            rows = projected.get(key, {})
+            if rows == folded:
+                continue
+            for d in _diff(stream_id, "job_stages", rows, folded):
+                found(d)
+                folds.stages_differences += 1
+    return folds
+
+
+def _stage_name(run: int, stage: str, attempt: int) -> str:
+    """A stage attempt's name in a difference: `<run>.<stage>.<attempt>`."""
+    return f"{run}.{stage}.{attempt}"
+
+
+async def _check_usage(conn: asyncpg.Connection, folds: _JobFolds, found: Found) -> tuple[int, int]:
+    """`usage_daily` against counters summed again from every job stream."""
+    totals = folds.usage
     checked = differences = 0
     seen: set[tuple[str, date]] = set()
     rows = await conn.cursor("SELECT * FROM usage_daily ORDER BY account_id, day")
@@ -411,32 +471,11 @@ async def _check_usage(
 
 
 async def _check_job_stages(
-    conn: asyncpg.Connection, store: EventStore, found: Found
+    conn: asyncpg.Connection, folds: _JobFolds, found: Found
 ) -> tuple[int, int]:
-    """Each job stream's stage attempts folded again, against its `job_stages` rows."""
-    at = await _checkpoint(conn, "job_stages")
-    checked = differences = 0
-    select = (
-        f"SELECT {', '.join(job_stages.COLUMNS)} FROM job_stages WHERE job_id = ANY($1::text[])"
-    )
-    async for page in _stream_pages(conn, "JobCreated", at):
-        streams = _by_stream(await store.read_streams(page, at, conn=conn))
-        keys = [s.removeprefix("job-") for s in page]
-        projected: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-        for r in await conn.fetch(select, keys):
-            projected[r["job_id"]][_stage_name(r["run"], r["stage"], r["attempt"])] = dict(r)
-        for stream_id, key in zip(page, keys, strict=True):
-            checked += 1
-            folded = {
-                _stage_name(k[1], k[2], k[3]): msgspec.structs.asdict(row)
-                for k, row in job_stages.fold(streams[stream_id]).items()
-            }
-            rows = projected.pop(key, {})
-            if rows == folded:
-                continue
-            for d in _diff(stream_id, "job_stages", rows, folded):
-                found(d)
-                differences += 1
+    """The stage rows compared in the pass, plus rows of jobs whose stream had not begun."""
+    checked, differences = folds.stages_checked, folds.stages_differences
+    at = folds.stages_at
     orphans = await conn.fetch(
         "SELECT DISTINCT job_id FROM job_stages s WHERE NOT EXISTS (SELECT 1 FROM events e "
         "WHERE e.stream_id = 'job-' || s.job_id AND e.version = 1 "
@@ -451,20 +490,11 @@ async def _check_job_stages(
     return checked, differences
 
 
-def _stage_name(run: int, stage: str, attempt: int) -> str:
-    """A stage attempt's name in a difference: `<run>.<stage>.<attempt>`."""
-    return f"{run}.{stage}.{attempt}"
-
-
 async def _check_job_minutes(
-    conn: asyncpg.Connection, store: EventStore, found: Found
+    conn: asyncpg.Connection, folds: _JobFolds, found: Found
 ) -> tuple[int, int]:
     """`job_minutes` against counters summed again from every job stream."""
-    at = await _checkpoint(conn, "job_minutes")
-    totals: dict[datetime, dict[str, int]] = {}
-    async for page in _stream_pages(conn, "JobCreated", at):
-        for events in _by_stream(await store.read_streams(page, at, conn=conn)).values():
-            job_minutes.add(totals, events)
+    totals = folds.minutes
     checked = differences = 0
     seen: set[datetime] = set()
     rows = await conn.cursor("SELECT * FROM job_minutes ORDER BY minute")
@@ -483,8 +513,7 @@ async def _check_job_minutes(
         if any(totals[minute].values()):
             checked += 1
             differences += 1
-            name = f"job_minutes {minute.isoformat()}"
-            found(Difference(name, "row", MISSING, "present"))
+            found(Difference(f"job_minutes {minute.isoformat()}", "row", MISSING, "present"))
     return checked, differences
 
 
@@ -501,12 +530,17 @@ async def verify(store: EventStore, runner: ProjectionRunner, found: Found) -> V
             ("jobs", partial(_check_rows, conn, store, JOBS, found)),
             ("tasks", partial(_check_rows, conn, store, TASKS, found)),
             ("batches", partial(_check_batches, conn, store, found)),
-            ("usage_daily", partial(_check_usage, conn, store, found)),
             ("batch_rows", partial(_check_rows, conn, store, BATCHES, found)),
-            ("job_stages", partial(_check_job_stages, conn, store, found)),
-            ("job_minutes", partial(_check_job_minutes, conn, store, found)),
         ]
         for name, check in checks:
             checked[name], differences = await check()
+            total += differences
+        folds = await _fold_job_streams(conn, store, found)
+        for name, compare in (
+            ("usage_daily", _check_usage),
+            ("job_stages", _check_job_stages),
+            ("job_minutes", _check_job_minutes),
+        ):
+            checked[name], differences = await compare(conn, folds, found)
             total += differences
     return Verified(checked, total)
