@@ -77,12 +77,12 @@ LEFT JOIN public.jobs j ON j.job_id = s.job_id
 """,
     "job_minutes": """
 SELECT m.minute::timestamptz AS minute,
-       m.jobs_created::bigint AS jobs_created,
-       m.jobs_completed::bigint AS jobs_completed,
-       m.jobs_failed::bigint AS jobs_failed,
-       m.jobs_cancelled::bigint AS jobs_cancelled,
-       m.bytes_downloaded::bigint AS bytes_downloaded,
-       m.bytes_uploaded::bigint AS bytes_uploaded
+       m.jobs_completed::bigint AS completed,
+       m.jobs_failed::bigint AS failed,
+       m.bytes_uploaded::bigint AS bytes,
+       m.jobs_cancelled::bigint AS cancelled,
+       m.jobs_created::bigint AS created,
+       m.bytes_downloaded::bigint AS bytes_downloaded
 FROM public.job_minutes m
 """,
     "batches": """

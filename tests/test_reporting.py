@@ -8,7 +8,9 @@ the real pipeline and finds it in the views.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -20,7 +22,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from adapters.database import create_pool
+from adapters.database import create_database, create_pool, drop_database, migrate
 from adapters.event_store import EventStore
 from domain import batch, job, node
 from domain.events import Event, Metadata
@@ -205,10 +207,9 @@ async def write_history(h: History) -> None:
     await h.record("node-node-b", "2026-12-01T10:00:00", node.NodeStopped(node_id="node-b"))
 
 
-@pytest.fixture
-async def history(fresh_database_url: str) -> AsyncIterator[tuple[asyncpg.Pool, ProjectionRunner]]:
-    """A database holding the history above, every projection caught up with it."""
-    pool = await create_pool(fresh_database_url, max_size=5)
+@contextlib.asynccontextmanager
+async def _history(url: str) -> AsyncIterator[tuple[asyncpg.Pool, ProjectionRunner]]:
+    pool = await create_pool(url, max_size=5)
     try:
         await write_history(History(pool))
         runner = ProjectionRunner(EventStore(pool), all_projections())
@@ -216,6 +217,28 @@ async def history(fresh_database_url: str) -> AsyncIterator[tuple[asyncpg.Pool, 
         yield pool, runner
     finally:
         await pool.close()
+
+
+@pytest.fixture(scope="module")
+async def history(server_url: str) -> AsyncIterator[tuple[asyncpg.Pool, ProjectionRunner]]:
+    """A database holding the history above, every projection caught up: for reading only."""
+    name = f"spool_test_{uuid.uuid4().hex[:12]}"
+    url = await create_database(server_url, name)
+    try:
+        await migrate(url)
+        async with _history(url) as ready:
+            yield ready
+    finally:
+        await drop_database(server_url, name)
+
+
+@pytest.fixture
+async def own_history(
+    fresh_database_url: str,
+) -> AsyncIterator[tuple[asyncpg.Pool, ProjectionRunner]]:
+    """The same history in a database of this test's own, which it may change."""
+    async with _history(fresh_database_url) as ready:
+        yield ready
 
 
 # -- the document ------------------------------------------------------------------------------
@@ -393,9 +416,9 @@ async def test_the_heartbeat_rollup_averages_exactly_per_node_and_minute(
 
 
 async def test_a_rebuild_in_other_batches_gives_the_same_rows_and_the_views_survive_it(
-    history: tuple[asyncpg.Pool, ProjectionRunner],
+    own_history: tuple[asyncpg.Pool, ProjectionRunner],
 ) -> None:
-    pool, _ = history
+    pool, _ = own_history
     views = ("node_minutes", "job_stages", "job_minutes", "batches", "jobs", "usage_daily")
     before = {v: await pool.fetch(f"SELECT * FROM reporting.{v} ORDER BY 1, 2") for v in views}
     small = ProjectionRunner(EventStore(pool), all_projections(), batch_size=2)
@@ -408,9 +431,9 @@ async def test_a_rebuild_in_other_batches_gives_the_same_rows_and_the_views_surv
 
 
 async def test_replay_verify_finds_the_new_projections_equal_to_the_log(
-    history: tuple[asyncpg.Pool, ProjectionRunner],
+    own_history: tuple[asyncpg.Pool, ProjectionRunner],
 ) -> None:
-    pool, runner = history
+    pool, runner = own_history
     found: list[Any] = []
     result = await verify(EventStore(pool), runner, found.append)
     assert found == [] and result.differences == 0
@@ -459,8 +482,7 @@ async def test_a_real_job_shows_in_the_views_stage_by_stage(
     ]
     assert stages[-1]["bytes"] == done["file_size"]
     minutes = await cluster.pool.fetchrow(
-        "SELECT sum(jobs_completed) AS completed, sum(bytes_uploaded) AS uploaded "
-        "FROM reporting.job_minutes"
+        "SELECT sum(completed) AS completed, sum(bytes) AS uploaded FROM reporting.job_minutes"
     )
     assert (minutes["completed"], minutes["uploaded"]) == (1, done["file_size"])
     rollup = await cluster.pool.fetchval(
