@@ -259,13 +259,15 @@ def documented_columns() -> dict[str, list[tuple[str, str]]]:
 
 
 def documented_examples() -> dict[str, str]:
-    """Each ```sql block under its `### ` heading."""
+    """Each ```sql block under its `### ` heading (every block in the document has one)."""
+    text = DOC.read_text()
     examples: dict[str, str] = {}
-    for section in re.split(r"^### ", DOC.read_text(), flags=re.M)[1:]:
+    for section in re.split(r"^### ", text, flags=re.M)[1:]:
         title, _, body = section.partition("\n")
         for sql in re.findall(r"```sql\n(.*?)```", body, flags=re.S):
             assert title not in examples, f"two examples under {title!r}"
             examples[title] = sql
+    assert len(examples) == text.count("```sql"), "a ```sql block outside a ### section"
     return examples
 
 
