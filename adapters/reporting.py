@@ -7,11 +7,14 @@ A change here comes with a migration that calls `statements()` again.
 
 Every column is cast to its documented type in the view, so a change in a projection table
 (or in the JSON of a folded state) cannot change what a report sees without a failing test.
-A projection rebuild swaps tables, which views depend on: it drops these views and creates
-them again in the same transaction (reactors/projection.py).
+A projection rebuild swaps tables, which views depend on: in the swap's transaction it points
+the views at the new tables before it drops the old ones (`repoint_views`).
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
 
 import asyncpg
 
@@ -225,10 +228,17 @@ FROM public.viewers v
 }
 
 
-def statements() -> list[str]:
-    """The DDL that creates the schema and (re)creates every view, one statement each."""
+def statements(moved: Mapping[str, str] | None = None) -> list[str]:
+    """The DDL that creates the schema and creates or replaces every view, one statement each.
+
+    `moved` maps a table name to the schema to read it from instead of `public` (a rebuild's
+    copy about to be swapped in).
+    """
     out = [f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"]
-    out += [f"CREATE OR REPLACE VIEW {SCHEMA}.{name} AS {sql}" for name, sql in VIEWS.items()]
+    for name, sql in VIEWS.items():
+        for table, schema in (moved or {}).items():
+            sql = re.sub(rf"\bpublic\.{re.escape(table)}\b", f"{schema}.{table}", sql)
+        out.append(f"CREATE OR REPLACE VIEW {SCHEMA}.{name} AS {sql}")
     return out
 
 
@@ -237,16 +247,15 @@ def drop_statements() -> list[str]:
     return [f"DROP VIEW IF EXISTS {SCHEMA}.{name}" for name in reversed(VIEWS)]
 
 
-async def drop_views(conn: asyncpg.Connection) -> bool:
-    """Drop the views in this transaction; False (and nothing done) if there is no schema."""
+async def repoint_views(conn: asyncpg.Connection, schema: str, tables: Iterable[str]) -> None:
+    """Point the views at `tables` in `schema` (in this transaction) before the live ones go.
+
+    A view follows its table by identity, not by name: pointed at a rebuild's copies, the views
+    move with them when they are moved into `public`, and the old tables can be dropped. The
+    views themselves are replaced, never dropped, so views a user built on them stay.
+    Nothing is done on a database without the reporting schema.
+    """
     if not await conn.fetchval("SELECT to_regnamespace($1) IS NOT NULL", SCHEMA):
-        return False
-    for statement in drop_statements():
-        await conn.execute(statement)
-    return True
-
-
-async def create_views(conn: asyncpg.Connection) -> None:
-    """Create (or replace) the schema's views in this transaction."""
-    for statement in statements():
+        return
+    for statement in statements(dict.fromkeys(tables, schema)):
         await conn.execute(statement)

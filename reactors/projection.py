@@ -287,13 +287,11 @@ class ProjectionRunner:
             # The live runner is now blocked on its checkpoint; nothing new lands in old tables.
             if live is not None and (live["tx"], live["position"]) > tuple(at):
                 return  # the log moved on while we read it: take another batch first
-            # The reporting views name the live tables: they go and come back with the swap.
-            had_views = await reporting.drop_views(conn)
+            # The reporting views read the live tables: point them at the new ones first.
+            await reporting.repoint_views(conn, REBUILD_SCHEMA, [t.name for t in projection.tables])
             for table in projection.tables:
                 await conn.execute(f"DROP TABLE public.{table.name}")
                 await conn.execute(f"ALTER TABLE {REBUILD_SCHEMA}.{table.name} SET SCHEMA public")
-            if had_views:
-                await reporting.create_views(conn)
             await conn.execute(
                 "INSERT INTO checkpoints (name, tx, position) VALUES ($1, $2, $3) "
                 "ON CONFLICT (name) DO UPDATE SET tx = $2, position = $3, updated_at = now()",

@@ -423,9 +423,22 @@ async def test_a_rebuild_in_other_batches_gives_the_same_rows_and_the_views_surv
     pool, _ = own_history
     views = ("node_minutes", "job_stages", "job_minutes", "batches", "jobs", "usage_daily")
     before = {v: await pool.fetch(f"SELECT * FROM reporting.{v} ORDER BY 1, 2") for v in views}
+    # A report of the user's own, built on a reporting view, must outlive the swaps.
+    await pool.execute(
+        "CREATE VIEW public.my_report AS SELECT status, count(*) AS n FROM reporting.jobs "
+        "GROUP BY status"
+    )
     small = ProjectionRunner(EventStore(pool), all_projections(), batch_size=2)
     for name in ("node_minutes", "job_stages", "job_minutes", "batches", "jobs", "usage"):
         await small.rebuild(name)
+    mine = await pool.fetch("SELECT status, n FROM my_report ORDER BY status")
+    assert [tuple(r.values()) for r in mine] == [
+        ("Cancelled", 1), ("Completed", 3), ("Failed", 1), ("Pending", 1)
+    ]  # fmt: skip
+    tables = await pool.fetchval(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'spool_rebuild'"
+    )
+    assert tables == 0
     after = {v: await pool.fetch(f"SELECT * FROM reporting.{v} ORDER BY 1, 2") for v in views}
     for v in views:
         assert [tuple(r.values()) for r in after[v]] == [tuple(r.values()) for r in before[v]], v
