@@ -276,3 +276,73 @@ viewer_term_spans = sa.Table(
 
 VIEWER_SPAN_WIDTHS: tuple[int, ...] = (3_600_000, 60_000)
 """The spans of start times (ms) in `viewer_term_spans`: hours to find the hour, then minutes."""
+
+# Reporting (the `reporting` views read these; see adapters/reporting.py and docs/reporting.md).
+
+# One row per attempt of a stage: (job, run, stage, attempt), when and where it ran, how it ended.
+job_stages = sa.Table(
+    "job_stages",
+    metadata,
+    sa.Column("job_id", sa.Text, primary_key=True),
+    sa.Column("run", sa.Integer, primary_key=True),
+    sa.Column("stage", sa.Text, primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("node_id", sa.Text),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("outcome", sa.Text),  # completed | failed | cancelled; NULL while it runs
+    sa.Column("work_ms", sa.BigInteger),  # the worker's own measure of a completed attempt
+    sa.Column("bytes", sa.BigInteger),
+    sa.Column("reason", sa.Text),
+    sa.Index("job_stages_finished_idx", "finished_at"),
+)
+
+# Per UTC minute, cluster-wide: job events counted on the minute each was recorded.
+job_minutes = sa.Table(
+    "job_minutes",
+    metadata,
+    sa.Column("minute", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("jobs_created", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("jobs_completed", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("jobs_failed", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("jobs_cancelled", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("bytes_downloaded", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("bytes_uploaded", sa.BigInteger, nullable=False, server_default="0"),
+)
+
+# Per node and UTC minute: its heartbeats rolled up. Sums are exact (numeric), so a rebuild in
+# other batches gives the same rows; the table outlives the heartbeat events it was made from.
+node_minutes = sa.Table(
+    "node_minutes",
+    metadata,
+    sa.Column("node_id", sa.Text, primary_key=True),
+    sa.Column("minute", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("samples", sa.BigInteger, nullable=False),
+    sa.Column("cpu_percent_sum", sa.Numeric, nullable=False),
+    sa.Column("cpu_percent_max", sa.Float(precision=53), nullable=False),
+    sa.Column("memory_used_sum", sa.Numeric, nullable=False),
+    sa.Column("memory_total_sum", sa.Numeric, nullable=False),
+    sa.Column("memory_percent_max", sa.Float(precision=53), nullable=False),
+    sa.Column("downloading_max", sa.Integer, nullable=False),
+    sa.Column("muxing_max", sa.Integer, nullable=False),
+    sa.Column("uploading_max", sa.Integer, nullable=False),
+    sa.Index("node_minutes_minute_idx", "minute"),
+)
+
+# One row per batch (domain.batch), its folded state.
+batches = sa.Table(
+    "batches",
+    metadata,
+    sa.Column("batch_id", sa.Text, primary_key=True),
+    sa.Column("account_id", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("source_url", sa.Text),
+    sa.Column("title", sa.Text),
+    sa.Column("job_ids", pg.ARRAY(sa.Text), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Index("batches_account_created_idx", "account_id", sa.text("created_at DESC")),
+)

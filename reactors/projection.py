@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+from adapters import reporting
 from adapters.event_store import NOTIFY_CHANNEL, Batch, Checkpoint, EventStore, checkpoint_of
 from domain.events import RecordedEvent
 
@@ -286,6 +287,8 @@ class ProjectionRunner:
             # The live runner is now blocked on its checkpoint; nothing new lands in old tables.
             if live is not None and (live["tx"], live["position"]) > tuple(at):
                 return  # the log moved on while we read it: take another batch first
+            # The reporting views read the live tables: point them at the new ones first.
+            await reporting.repoint_views(conn, REBUILD_SCHEMA, [t.name for t in projection.tables])
             for table in projection.tables:
                 await conn.execute(f"DROP TABLE public.{table.name}")
                 await conn.execute(f"ALTER TABLE {REBUILD_SCHEMA}.{table.name} SET SCHEMA public")

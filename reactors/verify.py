@@ -6,8 +6,12 @@ commit together). Streams are listed through a server-side cursor and read a pag
 so memory stays flat however long the log is.
 
 Checked: `jobs` (every column, and the folded state key by key), `tasks` (likewise), batches
-(the job ids each batch stream names against the `jobs` rows that carry its batch id) and
-`usage_daily` (each account's counters per day, summed from the job streams).
+(the job ids each batch stream names against the `jobs` rows that carry its batch id, and the
+`batches` rows), `usage_daily` (each account's counters per day, summed from the job streams),
+`job_stages` (each job's stage attempts) and `job_minutes` (counters per minute).
+
+Not checked: `node_minutes`, a rollup of heartbeats that keeps its figures after the heartbeat
+events are archived, so the log is not its measure; nor `nodes`, `usage_minutes` and `viewers`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date
+from datetime import UTC, date, datetime
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -27,6 +31,8 @@ from domain import batch, job, task
 from domain.errors import InvalidTransition
 from domain.events import RecordedEvent
 from reactors.projection import ProjectionRunner
+from reactors.projections import batches as batch_rows
+from reactors.projections import job_minutes, job_stages
 from reactors.projections.usage import COUNTERS, UsageProjection
 
 PAGE = 500
@@ -191,6 +197,16 @@ _TASK_COLUMNS = (
 )
 JOBS = RowCheck(
     "jobs", "jobs", "job_id", "job-", "JobCreated", _fold_job, _JOB_COLUMNS, frozenset({"state"})
+)
+BATCHES = RowCheck(
+    "batches",
+    "batches",
+    "batch_id",
+    "batch-",
+    "BatchCreated",
+    batch_rows.fold,
+    batch_rows.COLUMNS,
+    frozenset(),
 )
 TASKS = RowCheck(
     "tasks",
@@ -364,15 +380,75 @@ def add_usage(
             row["bytes_deleted"] += uploaded
 
 
-async def _check_usage(
-    conn: asyncpg.Connection, store: EventStore, found: Found
-) -> tuple[int, int]:
-    """`usage_daily` against counters summed again from every job stream."""
-    at = await _checkpoint(conn, "usage")
-    totals: dict[tuple[str, date], dict[str, int]] = {}
+def _upto(events: Sequence[RecordedEvent], at: Checkpoint) -> Sequence[RecordedEvent]:
+    """The events a projection at checkpoint `at` has applied."""
+    if not events or (events[-1].tx, events[-1].position) <= at:
+        return events
+    return [e for e in events if (e.tx, e.position) <= at]
+
+
+class _JobFolds:
+    """What one pass over every job stream gathers for the checks that fold job streams.
+
+    `usage_daily`, `job_stages` and `job_minutes` each compare up to their own checkpoint; the
+    streams are read once, up to the furthest, and each check sees only its part of them.
+    """
+
+    def __init__(self, usage_at: Checkpoint, stages_at: Checkpoint, minutes_at: Checkpoint):
+        self.usage_at, self.stages_at, self.minutes_at = usage_at, stages_at, minutes_at
+        self.usage: dict[tuple[str, date], dict[str, int]] = {}
+        self.minutes: dict[datetime, dict[str, int]] = {}
+        self.stages_checked = self.stages_differences = 0
+
+
+_STAGE_ROWS = (
+    f"SELECT {', '.join(job_stages.COLUMNS)} FROM job_stages WHERE job_id = ANY($1::text[])"
+)
+
+
+async def _fold_job_streams(conn: asyncpg.Connection, store: EventStore, found: Found) -> _JobFolds:
+    """Read every job stream once: sum the usage and minute counters, compare stage rows."""
+    folds = _JobFolds(
+        await _checkpoint(conn, "usage"),
+        await _checkpoint(conn, "job_stages"),
+        await _checkpoint(conn, "job_minutes"),
+    )
+    at = max(folds.usage_at, folds.stages_at, folds.minutes_at)
     async for page in _stream_pages(conn, "JobCreated", at):
-        for events in _by_stream(await store.read_streams(page, at, conn=conn)).values():
-            add_usage(totals, events)
+        streams = _by_stream(await store.read_streams(page, at, conn=conn))
+        keys = [s.removeprefix("job-") for s in page]
+        projected: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        for r in await conn.fetch(_STAGE_ROWS, keys):
+            projected[r["job_id"]][_stage_name(r["run"], r["stage"], r["attempt"])] = dict(r)
+        for stream_id, key in zip(page, keys, strict=True):
+            events = streams[stream_id]
+            add_usage(folds.usage, _upto(events, folds.usage_at))
+            job_minutes.add(folds.minutes, _upto(events, folds.minutes_at))
+            staged = _upto(events, folds.stages_at)
+            if not staged:
+                continue  # begun after the stage projection's checkpoint: its orphan check
+            folds.stages_checked += 1
+            folded = {
+                _stage_name(k[1], k[2], k[3]): msgspec.structs.asdict(row)
+                for k, row in job_stages.fold(staged).items()
+            }
+            rows = projected.get(key, {})
+            if rows == folded:
+                continue
+            for d in _diff(stream_id, "job_stages", rows, folded):
+                found(d)
+                folds.stages_differences += 1
+    return folds
+
+
+def _stage_name(run: int, stage: str, attempt: int) -> str:
+    """A stage attempt's name in a difference: `<run>.<stage>.<attempt>`."""
+    return f"{run}.{stage}.{attempt}"
+
+
+async def _check_usage(conn: asyncpg.Connection, folds: _JobFolds, found: Found) -> tuple[int, int]:
+    """`usage_daily` against counters summed again from every job stream."""
+    totals = folds.usage
     checked = differences = 0
     seen: set[tuple[str, date]] = set()
     rows = await conn.cursor("SELECT * FROM usage_daily ORDER BY account_id, day")
@@ -394,6 +470,53 @@ async def _check_usage(
     return checked, differences
 
 
+async def _check_job_stages(
+    conn: asyncpg.Connection, folds: _JobFolds, found: Found
+) -> tuple[int, int]:
+    """The stage rows compared in the pass, plus rows of jobs whose stream had not begun."""
+    checked, differences = folds.stages_checked, folds.stages_differences
+    at = folds.stages_at
+    orphans = await conn.fetch(
+        "SELECT DISTINCT job_id FROM job_stages s WHERE NOT EXISTS (SELECT 1 FROM events e "
+        "WHERE e.stream_id = 'job-' || s.job_id AND e.version = 1 "
+        "AND (e.tx, e.position) <= ($1::text::xid8, $2::bigint))",
+        str(at.tx),
+        at.position,
+    )
+    for r in orphans:
+        checked += 1
+        differences += 1
+        found(Difference(f"job-{r[0]}", "job_stages", "present", MISSING))
+    return checked, differences
+
+
+async def _check_job_minutes(
+    conn: asyncpg.Connection, folds: _JobFolds, found: Found
+) -> tuple[int, int]:
+    """`job_minutes` against counters summed again from every job stream."""
+    totals = folds.minutes
+    checked = differences = 0
+    seen: set[datetime] = set()
+    rows = await conn.cursor("SELECT * FROM job_minutes ORDER BY minute")
+    while page_rows := await rows.fetch(PAGE):
+        for r in page_rows:
+            minute = r["minute"]
+            seen.add(minute)
+            checked += 1
+            folded = totals.get(minute, dict.fromkeys(job_minutes.COUNTERS, 0))
+            for column in job_minutes.COUNTERS:
+                if r[column] != folded[column]:
+                    name = f"job_minutes {minute.astimezone(UTC).isoformat()}"
+                    found(Difference(name, column, r[column], folded[column]))
+                    differences += 1
+    for minute in sorted(totals.keys() - seen):
+        if any(totals[minute].values()):
+            checked += 1
+            differences += 1
+            found(Difference(f"job_minutes {minute.isoformat()}", "row", MISSING, "present"))
+    return checked, differences
+
+
 async def verify(store: EventStore, runner: ProjectionRunner, found: Found) -> Verified:
     """Catch the projections up, then fold every stream and report each difference to `found`."""
     await runner.catch_up()
@@ -407,9 +530,17 @@ async def verify(store: EventStore, runner: ProjectionRunner, found: Found) -> V
             ("jobs", partial(_check_rows, conn, store, JOBS, found)),
             ("tasks", partial(_check_rows, conn, store, TASKS, found)),
             ("batches", partial(_check_batches, conn, store, found)),
-            ("usage_daily", partial(_check_usage, conn, store, found)),
+            ("batch_rows", partial(_check_rows, conn, store, BATCHES, found)),
         ]
         for name, check in checks:
             checked[name], differences = await check()
+            total += differences
+        folds = await _fold_job_streams(conn, store, found)
+        for name, compare in (
+            ("usage_daily", _check_usage),
+            ("job_stages", _check_job_stages),
+            ("job_minutes", _check_job_minutes),
+        ):
+            checked[name], differences = await compare(conn, folds, found)
             total += differences
     return Verified(checked, total)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from reactors.projection import Projection
 from reactors.projections.api_keys import ApiKeysProjection
+from reactors.projections.batches import BatchesProjection
 from reactors.projections.cluster_config import ClusterConfigProjection
+from reactors.projections.job_minutes import JobMinutesProjection
+from reactors.projections.job_stages import JobStagesProjection
 from reactors.projections.jobs import JobsProjection
+from reactors.projections.node_minutes import NodeMinutesProjection
 from reactors.projections.nodes import NodesProjection
 from reactors.projections.storage_configs import StorageConfigsProjection
 from reactors.projections.tasks import TasksProjection
@@ -26,4 +30,9 @@ def all_projections() -> list[Projection]:
         ClusterConfigProjection(),
         UsageMinutesProjection(),
         ViewersProjection(),
+        # Reporting (docs/reporting.md): read by the `reporting` views, not by the API.
+        JobStagesProjection(),
+        JobMinutesProjection(),
+        NodeMinutesProjection(),
+        BatchesProjection(),
     ]

@@ -1,0 +1,91 @@
+"""Reporting: the tables of the job_stages, job_minutes, node_minutes and batches projections,
+and the `reporting` schema of views over the projection tables (adapters/reporting.py).
+
+The new projections start with no checkpoint, so on an existing database the runner fills
+their tables from the whole log on its first pass.
+
+Revision ID: 0010
+Revises: 0009
+Create Date: 2026-12-04
+"""
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql as pg
+
+from adapters import reporting
+
+revision = "0010"
+down_revision = "0009"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "job_stages",
+        sa.Column("job_id", sa.Text, primary_key=True),
+        sa.Column("run", sa.Integer, primary_key=True),
+        sa.Column("stage", sa.Text, primary_key=True),
+        sa.Column("attempt", sa.Integer, primary_key=True),
+        sa.Column("node_id", sa.Text),
+        sa.Column("started_at", sa.DateTime(timezone=True)),
+        sa.Column("finished_at", sa.DateTime(timezone=True)),
+        sa.Column("outcome", sa.Text),
+        sa.Column("work_ms", sa.BigInteger),
+        sa.Column("bytes", sa.BigInteger),
+        sa.Column("reason", sa.Text),
+    )
+    op.create_index("job_stages_finished_idx", "job_stages", ["finished_at"])
+    op.create_table(
+        "job_minutes",
+        sa.Column("minute", sa.DateTime(timezone=True), primary_key=True),
+        sa.Column("jobs_created", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("jobs_completed", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("jobs_failed", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("jobs_cancelled", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("bytes_downloaded", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("bytes_uploaded", sa.BigInteger, nullable=False, server_default="0"),
+    )
+    op.create_table(
+        "node_minutes",
+        sa.Column("node_id", sa.Text, primary_key=True),
+        sa.Column("minute", sa.DateTime(timezone=True), primary_key=True),
+        sa.Column("samples", sa.BigInteger, nullable=False),
+        sa.Column("cpu_percent_sum", sa.Numeric, nullable=False),
+        sa.Column("cpu_percent_max", sa.Float(precision=53), nullable=False),
+        sa.Column("memory_used_sum", sa.Numeric, nullable=False),
+        sa.Column("memory_total_sum", sa.Numeric, nullable=False),
+        sa.Column("memory_percent_max", sa.Float(precision=53), nullable=False),
+        sa.Column("downloading_max", sa.Integer, nullable=False),
+        sa.Column("muxing_max", sa.Integer, nullable=False),
+        sa.Column("uploading_max", sa.Integer, nullable=False),
+    )
+    op.create_index("node_minutes_minute_idx", "node_minutes", ["minute"])
+    op.create_table(
+        "batches",
+        sa.Column("batch_id", sa.Text, primary_key=True),
+        sa.Column("account_id", sa.Text, nullable=False),
+        sa.Column("kind", sa.Text, nullable=False),
+        sa.Column("status", sa.Text, nullable=False),
+        sa.Column("source_url", sa.Text),
+        sa.Column("title", sa.Text),
+        sa.Column("job_ids", pg.ARRAY(sa.Text), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True)),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("version", sa.Integer, nullable=False),
+    )
+    op.create_index(
+        "batches_account_created_idx", "batches", ["account_id", sa.text("created_at DESC")]
+    )
+    for statement in reporting.statements():
+        op.execute(statement)
+
+
+def downgrade() -> None:
+    for statement in reporting.drop_statements():
+        op.execute(statement)
+    op.execute(f"DROP SCHEMA IF EXISTS {reporting.SCHEMA}")
+    for table in ("batches", "node_minutes", "job_minutes", "job_stages"):
+        op.drop_table(table)

@@ -1,0 +1,141 @@
+"""The `job_stages` table: one row per attempt of a stage (job, run, stage, attempt).
+
+A row opens at StageStarted (its node and start; the last StageStarted of an attempt wins, as
+in the job's own timings) and closes at the attempt's end: DownloadCompleted, MuxCompleted or
+JobCompleted (`completed`, with the worker's measured time and the bytes it moved), StageFailed
+(`failed`, with the reason), or JobCancelled while it ran (`cancelled`). An attempt that failed
+before any node started it (a timeout) has a row with no start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+import msgspec
+import sqlalchemy as sa
+
+from adapters.tables import job_stages
+from domain import job
+from domain.events import Event, RecordedEvent
+
+StageKey = tuple[str, int, str, int]
+"""job_id, run, stage, attempt"""
+
+
+class StageRow(msgspec.Struct, kw_only=True):
+    """One `job_stages` row."""
+
+    job_id: str
+    run: int
+    stage: str
+    attempt: int
+    node_id: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    outcome: str | None = None
+    work_ms: int | None = None
+    bytes: int | None = None
+    reason: str | None = None
+
+
+COLUMNS: tuple[str, ...] = StageRow.__struct_fields__
+
+EVENT_TYPES: frozenset[str] = frozenset(
+    {
+        "StageStarted",
+        "DownloadCompleted",
+        "MuxCompleted",
+        "JobCompleted",
+        "StageFailed",
+        "JobCancelled",
+    }
+)
+
+
+def _row(rows: dict[StageKey, StageRow], key: StageKey) -> StageRow:
+    row = rows.get(key)
+    if row is None:
+        row = rows[key] = StageRow(job_id=key[0], run=key[1], stage=key[2], attempt=key[3])
+    return row
+
+
+def _complete(row: StageRow, at: datetime, node_id: str, seconds: float, size: int) -> None:
+    row.finished_at, row.outcome, row.node_id = at, "completed", node_id
+    row.work_ms, row.bytes = int(seconds * 1000), size  # as GET /jobs reports a stage's time
+
+
+def evolve(rows: dict[StageKey, StageRow], job_id: str, ev: Event, at: datetime) -> None:
+    """Apply one job event to the stage rows of that job (rows of other jobs are untouched)."""
+    if isinstance(ev, job.StageStarted):
+        row = _row(rows, (job_id, ev.run, ev.stage, ev.attempt))
+        row.node_id, row.started_at = ev.node_id, at
+    elif isinstance(ev, job.DownloadCompleted):
+        row = _row(rows, (job_id, ev.run, "download", ev.attempt))
+        _complete(row, at, ev.node_id, ev.seconds, ev.bytes)
+    elif isinstance(ev, job.MuxCompleted):
+        row = _row(rows, (job_id, ev.run, "mux", ev.attempt))
+        _complete(row, at, ev.node_id, ev.seconds, ev.output.size)
+    elif isinstance(ev, job.JobCompleted):
+        row = _row(rows, (job_id, ev.run, "upload", ev.attempt))
+        _complete(row, at, ev.node_id, ev.seconds, ev.size)
+    elif isinstance(ev, job.StageFailed):
+        row = _row(rows, (job_id, ev.run, ev.stage, ev.attempt))
+        row.finished_at, row.outcome, row.reason = at, "failed", ev.reason
+        row.node_id = ev.node_id or row.node_id
+    elif isinstance(ev, job.JobCancelled) and ev.stage is not None:
+        for key, row in rows.items():
+            if key[:3] == (job_id, ev.run, ev.stage) and row.outcome is None:
+                row.finished_at, row.outcome, row.reason = at, "cancelled", ev.reason
+
+
+def fold(events: Sequence[RecordedEvent]) -> dict[StageKey, StageRow]:
+    """Every stage row of one job stream, folded from its events."""
+    rows: dict[StageKey, StageRow] = {}
+    for e in events:
+        evolve(rows, e.stream_id.removeprefix("job-"), e.data, e.recorded_at)
+    return rows
+
+
+_LOAD = """
+SELECT s.job_id, s.run, s.stage, s.attempt, s.node_id, s.started_at, s.finished_at, s.outcome,
+       s.work_ms, s.bytes, s.reason
+FROM unnest($1::text[]) AS t(job_id) JOIN job_stages s USING (job_id)
+"""
+
+_UPSERT = """
+INSERT INTO job_stages (job_id, run, stage, attempt, node_id, started_at, finished_at, outcome,
+                        work_ms, bytes, reason)
+SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::text[],
+                     $6::timestamptz[], $7::timestamptz[], $8::text[], $9::int8[], $10::int8[],
+                     $11::text[])
+ON CONFLICT (job_id, run, stage, attempt) DO UPDATE SET
+    node_id = excluded.node_id, started_at = excluded.started_at,
+    finished_at = excluded.finished_at, outcome = excluded.outcome, work_ms = excluded.work_ms,
+    bytes = excluded.bytes, reason = excluded.reason
+"""
+
+
+class JobStagesProjection:
+    name = "job_stages"
+    tables: Sequence[sa.Table] = (job_stages,)
+    event_types: frozenset[str] = EVENT_TYPES
+
+    async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+        # A cancel closes whichever attempt is open, so each touched job's rows are loaded whole
+        # (a handful per job) and folded on in Python with the same code verify uses.
+        job_ids = sorted({e.stream_id.removeprefix("job-") for e in events})
+        rows: dict[StageKey, StageRow] = {}
+        for r in await conn.fetch(_LOAD, job_ids):
+            rows[(r[0], r[1], r[2], r[3])] = StageRow(**dict(r.items()))
+        before = {k: msgspec.structs.astuple(v) for k, v in rows.items()}
+        for e in events:
+            evolve(rows, e.stream_id.removeprefix("job-"), e.data, e.recorded_at)
+        changed = [
+            msgspec.structs.astuple(v)
+            for k, v in rows.items()
+            if before.get(k) != msgspec.structs.astuple(v)
+        ]
+        if changed:
+            await conn.execute(_UPSERT, *(list(c) for c in zip(*changed, strict=True)))
