@@ -6,6 +6,7 @@ const KEY_STORAGE = "spool.dashboard.apiKey";
 const TICK_MS = 1000;
 const MAX_BACKOFF_MS = 8000;
 const STAGES = ["Downloading", "Muxing", "Uploading"];
+const STAGE_NAMES = ["download", "mux", "upload"];
 const FINAL = new Set(["Completed", "Failed", "Cancelled", "Skipped", "Warning"]);
 
 // What each feed reads, and how often (in ticks of one second).
@@ -345,7 +346,7 @@ function updateRow(tr, job) {
   const stages = tr.querySelector(".stages");
   const percents = stagePercents(job);
   stages.replaceChildren(
-    ...percents.map((p, i) => meter(p, `${STAGES[i].slice(0, 3).toLowerCase()} ${Math.round(p)}%`, p >= 100 ? "done" : "")),
+    ...percents.map((p, i) => meter(p, `${STAGE_NAMES[i]} ${Math.round(p)}%`, p >= 100 ? "done" : "")),
   );
   tr.querySelector(".cancel").hidden = !(job.status === "Pending" || job.status === "Processing");
   tr.querySelector(".retry").hidden = !(job.status === "Failed" || job.status === "Cancelled");
@@ -365,7 +366,10 @@ async function pollJobs() {
     if (!tr) {
       tr = jobRow(job);
       state.rows.set(job.id, tr);
+    } else if (FINAL.has(job.status) && tr.dataset.status !== job.status) {
+      state.lastRun.throughput = undefined; // a job just finished: its minute's bar grew
     }
+    tr.dataset.status = job.status;
     updateRow(tr, job);
     return tr;
   });
@@ -492,7 +496,7 @@ async function pollViewers() {
   $("viewers-note").hidden = true;
   const data = answer.data;
   state.viewerPages = data.totalPages;
-  $("viewer-page").textContent = `page ${data.currentPage} of ${Math.max(1, data.totalPages)} · ${data.totalItems} viewers`;
+  $("viewer-page").textContent = `page ${data.currentPage} of ${Math.max(1, data.totalPages)} · ${data.totalItems} viewer${data.totalItems === 1 ? "" : "s"}`;
   $("viewer-prev").disabled = !data.hasPrevious;
   $("viewer-next").disabled = !data.hasNext;
   const body = $("viewers-body");
