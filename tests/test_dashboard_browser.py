@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -183,6 +184,14 @@ async def test_a_user_key_sees_its_own_jobs_and_a_note_instead_of_cluster_panels
     await expect(page.locator("#session-kind")).to_have_text("connected · user key")
     await expect(page.locator("#viewers-note")).to_contain_text("needs an admin key")
     await expect(page.locator("#cluster-note")).to_contain_text("not an admin key")
+    await expect(page.locator("#jobs-body")).to_contain_text("No jobs yet")
+    # Bad input: the API's 400 reason shows, and nothing is created.
+    await page.fill("#job-url", "http://127.0.0.1:9/clip.mp4")
+    await page.fill("#job-folder", "../escape")
+    await page.click("#submit-form button[type=submit]")
+    await expect(page.locator("#jobs-message")).to_contain_text(
+        re.compile(r"The job was not created: .*[Ff]older")
+    )
     await expect(page.locator("#jobs-body")).to_contain_text("No jobs yet")
     # The key stays in this tab's session storage, and a reload reconnects with it.
     assert (

@@ -165,17 +165,57 @@ async function tick() {
   state.busy = true;
   try {
     const results = await Promise.allSettled(names.map((n) => POLLERS[n]()));
-    const failure = results.find((r) => r.status === "rejected");
-    if (failure) throw failure.reason;
-    for (const n of names) state.lastRun[n] = now;
-    recovered();
-  } catch (error) {
-    failed(error);
+    // A refused key or a server that is gone stops the whole page (then backs off); an error
+    // of one endpoint shows in its own panel, which tries again at its own pace.
+    let stop = null;
+    names.forEach((name, i) => {
+      const result = results[i];
+      if (result.status === "rejected" && (isDown(result.reason) || isRefused(result.reason))) {
+        stop = stop || result.reason;
+        return;
+      }
+      state.lastRun[name] = now;
+      panelError(name, result.status === "rejected" ? result.reason : null);
+    });
+    if (stop) failed(stop);
+    else recovered();
   } finally {
     state.busy = false;
   }
   if (state.admin !== null && names.length === 1 && names[0] === "cluster" && !state.lastRun.jobs) {
     tick(); // the key's kind is known now: fill every panel at once
+  }
+}
+
+function isDown(error) {
+  // 502-504 come from a proxy in front of a server that is not answering.
+  return error instanceof Unreachable || (error instanceof ApiError && [502, 503, 504].includes(error.status));
+}
+
+function isRefused(error) {
+  return error instanceof ApiError && error.status === 401;
+}
+
+const PANEL_NOTES = { cluster: "cluster-note", nodes: "nodes-note", throughput: "throughput-note", viewers: "viewers-note" };
+
+function panelError(name, error) {
+  if (name === "jobs") {
+    const message = $("jobs-message");
+    if (error) {
+      message.textContent = `Jobs could not be read: ${error.message}`;
+      message.dataset.error = "1";
+    } else if (message.dataset.error) {
+      message.textContent = "";
+      delete message.dataset.error;
+    }
+    return;
+  }
+  const note = $(PANEL_NOTES[name]);
+  if (error) {
+    note.textContent = `Could not read this panel: ${error.message}`;
+    note.hidden = false;
+  } else if (state.admin) {
+    note.hidden = true;
   }
 }
 
@@ -189,7 +229,7 @@ function recovered() {
 }
 
 function failed(error) {
-  if (error instanceof ApiError && error.status === 401) {
+  if (isRefused(error)) {
     keyRefused(error);
     return;
   }
@@ -197,7 +237,7 @@ function failed(error) {
   const wait = Math.min(TICK_MS * 2 ** (state.failures - 1), MAX_BACKOFF_MS);
   state.retryAt = Date.now() + wait;
   const why =
-    error instanceof Unreachable
+    isDown(error)
       ? "Cannot reach the Spool API: the server may be down."
       : `The Spool API answered an error (${error.status || "?"}: ${error.message}).`;
   showBanner("error", `${why} Retrying in ${Math.round(wait / 1000)} s…`);
@@ -387,20 +427,25 @@ async function pollJobs() {
   }
 }
 
-async function jobAction(id, action) {
+// The jobs panel's message line: what the last action did.
+function say(text) {
   const message = $("jobs-message");
+  message.textContent = text;
+  delete message.dataset.error;
+}
+
+async function jobAction(id, action) {
   try {
     const answer =
       action === "cancel"
         ? await api(`/jobs/${encodeURIComponent(id)}`, { method: "DELETE" })
         : await api(`/jobs/${encodeURIComponent(id)}/retry`, { method: "POST" });
-    message.textContent = `Job ${id.slice(0, 8)}: ${action === "cancel" ? "cancelled" : "retried"} (now ${answer.status}).`;
+    say(`Job ${id.slice(0, 8)}: ${action === "cancel" ? "cancelled" : "retried"} (now ${answer.status}).`);
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) return keyRefused(error);
-    message.textContent = `Could not ${action} job ${id.slice(0, 8)}: ${error.message}`;
+    say(`Could not ${action} job ${id.slice(0, 8)}: ${error.message}`);
   }
-  state.lastRun.jobs = undefined;
-  tick();
+  refresh("jobs");
 }
 
 async function submitJob(event) {
@@ -410,19 +455,19 @@ async function submitJob(event) {
   if ($("job-audio-only").checked) body.audio_only = true;
   if ($("job-folder").value.trim()) body.folder = $("job-folder").value.trim();
   if ($("job-filename").value.trim()) body.filename = $("job-filename").value.trim();
-  const message = $("jobs-message");
   try {
     const answer = await api("/jobs", { method: "POST", body });
-    message.textContent = answer.job_id
-      ? `Created job ${answer.job_id}.`
-      : `Created batch ${answer.batch_id} (${answer.total_episodes} jobs).`;
+    say(
+      answer.job_id
+        ? `Created job ${answer.job_id}.`
+        : `Created batch ${answer.batch_id} (${answer.total_episodes} jobs).`,
+    );
     $("job-url").value = "";
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) return keyRefused(error);
-    message.textContent = `The job was not created: ${error.message}`;
+    say(`The job was not created: ${error.message}`);
   }
-  state.lastRun.jobs = undefined;
-  tick();
+  refresh("jobs");
 }
 
 function selectJob(id) {
@@ -482,18 +527,7 @@ function viewerQuery() {
 }
 
 async function pollViewers() {
-  let answer;
-  try {
-    answer = await api(`/api/cluster/viewers?${viewerQuery()}`, { bearer: true });
-  } catch (error) {
-    if (error instanceof ApiError && error.status === 400) {
-      $("viewers-note").textContent = error.message;
-      $("viewers-note").hidden = false;
-      return;
-    }
-    throw error;
-  }
-  $("viewers-note").hidden = true;
+  const answer = await api(`/api/cluster/viewers?${viewerQuery()}`, { bearer: true });
   const data = answer.data;
   state.viewerPages = data.totalPages;
   $("viewer-page").textContent = `page ${data.currentPage} of ${Math.max(1, data.totalPages)} · ${data.totalItems} viewer${data.totalItems === 1 ? "" : "s"}`;
@@ -531,9 +565,20 @@ function viewerFiltersChanged() {
   refreshViewers();
 }
 
+// Read one feed now (after an action or a filter change) rather than at its next turn.
+function refresh(name) {
+  if (!state.key || (FEEDS[name].admin && state.admin !== true)) return;
+  POLLERS[name]().then(
+    () => {
+      state.lastRun[name] = Date.now();
+      panelError(name, null);
+    },
+    (error) => (isDown(error) || isRefused(error) ? failed(error) : panelError(name, error)),
+  );
+}
+
 function refreshViewers() {
-  if (!state.key || state.admin !== true) return;
-  pollViewers().then(() => (state.lastRun.viewers = Date.now()), failed);
+  refresh("viewers");
 }
 
 // -- throughput charts ------------------------------------------------------------------------
@@ -624,9 +669,7 @@ function start() {
     clearBanner();
   });
   $("submit-form").addEventListener("submit", submitJob);
-  $("throughput-minutes").addEventListener("change", () => {
-    if (state.admin) pollThroughput().then(() => (state.lastRun.throughput = Date.now()), failed);
-  });
+  $("throughput-minutes").addEventListener("change", () => refresh("throughput"));
   $("viewer-search").addEventListener("input", () => {
     clearTimeout(searchTimer);
     searchTimer = setTimeout(viewerFiltersChanged, 300);
