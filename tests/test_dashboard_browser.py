@@ -3,7 +3,8 @@
 One cluster (API over a loopback port, worker node, S3) and one browser serve the whole module;
 each test opens its own browser context, so session storage starts empty. The screenshot of the
 populated page is written to `$SPOOL_TEST_ARTIFACTS/dashboard.png`, or without that variable to
-`<pytest basetemp>/artifacts/dashboard.png`.
+`<pytest basetemp>/artifacts/dashboard.png`; beside it, the page refusing a bad key
+(`dashboard-bad-key.png`) and while the API is down (`dashboard-server-down.png`).
 """
 
 from __future__ import annotations
@@ -167,12 +168,16 @@ async def as_admin(api: Api, path: str) -> dict[str, Any]:
     return body
 
 
-async def test_a_bad_key_shows_the_error_and_asks_again(page: Page, dash: Api) -> None:
+async def test_a_bad_key_shows_the_error_and_asks_again(
+    page: Page, dash: Api, artifacts: Path
+) -> None:
     await connect(page, dash, BAD_KEY)
     await expect(page.locator("#banner")).to_contain_text("Invalid API Key")
+    await page.screenshot(path=str(artifacts / "dashboard-bad-key.png"))
     await expect(page.locator("#banner")).to_contain_text("refused")
     await expect(page.locator("#key-form")).to_be_visible()
     await expect(page.locator("#board")).to_be_hidden()
+    await expect(page.locator("#welcome")).to_contain_text("Paste an API key")
     assert await page.evaluate("sessionStorage.length") == 0  # a refused key is not kept
     assert BAD_KEY not in page.url
 
@@ -343,7 +348,9 @@ async def test_a_hidden_tab_stops_polling_and_resumes_when_shown(page: Page, das
         )
 
 
-async def test_the_page_recovers_by_itself_when_the_api_comes_back(page: Page, dash: Api) -> None:
+async def test_the_page_recovers_by_itself_when_the_api_comes_back(
+    page: Page, dash: Api, artifacts: Path
+) -> None:
     await connect(page, dash, dash.cluster.admin_key)
     await expect(page.locator("#downloading")).to_have_text("0")
     await dash.stop()
@@ -351,9 +358,12 @@ async def test_the_page_recovers_by_itself_when_the_api_comes_back(page: Page, d
         await expect(page.locator("#banner")).to_contain_text(
             "Cannot reach the Spool API", timeout=WAIT_MS
         )
+        await expect(page.locator("#board")).to_have_class(re.compile("stale"))
+        await page.screenshot(path=str(artifacts / "dashboard-server-down.png"))
     finally:
         await dash.start()
     await expect(page.locator("#banner")).to_be_hidden(timeout=WAIT_MS)
+    await expect(page.locator("#board")).not_to_have_class(re.compile("stale"))
     await expect(page.locator("#session-kind")).to_have_text("connected · admin key")
     updated = await page.locator("#updated").text_content()
     await expect(page.locator("#updated")).not_to_have_text(updated or "", timeout=WAIT_MS)

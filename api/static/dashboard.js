@@ -102,6 +102,8 @@ function connect(key) {
   $("session").hidden = false;
   $("session-kind").textContent = "connected";
   $("board").hidden = false;
+  $("board").classList.remove("stale");
+  $("welcome").hidden = true;
   clearBanner();
   startPolling();
 }
@@ -113,6 +115,7 @@ function disconnect() {
   $("key-form").hidden = false;
   $("session").hidden = true;
   $("board").hidden = true;
+  $("welcome").hidden = false;
 }
 
 function keyRefused(error) {
@@ -223,6 +226,7 @@ function recovered() {
   if (state.failures > 0) {
     state.failures = 0;
     state.lastRun = {}; // everything is stale after an outage: read it all again
+    $("board").classList.remove("stale");
     clearBanner();
   }
   $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
@@ -234,6 +238,7 @@ function failed(error) {
     return;
   }
   state.failures += 1;
+  $("board").classList.add("stale"); // what is shown is as old as the last answer
   const wait = Math.min(TICK_MS * 2 ** (state.failures - 1), MAX_BACKOFF_MS);
   state.retryAt = Date.now() + wait;
   const why =
