@@ -42,7 +42,10 @@ CHROMIUM_ARGS = [
 ]
 
 WAIT_MS = 30_000
-"""The longest a test waits for the page to show something (a job's whole run fits in it)."""
+"""The longest a test waits for the page to show a job's progress (a whole run fits in it)."""
+
+# What the page shows after one poll or one click: generous, for a CI machine under load.
+expect.set_options(timeout=10_000)
 
 
 class Api:
