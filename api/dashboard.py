@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get
+from litestar.datastructures import CacheControlHeader
 from litestar.static_files import create_static_files_router
 
 from api.auth import job_api_admin
@@ -183,7 +184,11 @@ class DashboardController(Controller):
 
 
 dashboard_static = create_static_files_router(
-    path="/dashboard/static", directories=[STATIC_DIR], name="dashboard_static"
+    path="/dashboard/static",
+    directories=[STATIC_DIR],
+    name="dashboard_static",
+    # Revalidated on each load, so a page served after an upgrade never runs an older script.
+    cache_control=CacheControlHeader(no_cache=True),
 )
 """The page's CSS and JS. Public, like the page: neither holds anything but code."""
 

@@ -31,6 +31,7 @@ async def test_the_page_and_its_files_are_served_without_a_key(api: FreshApi) ->
     script = await api.client.get("/dashboard/static/dashboard.js")
     assert script.status_code == 200
     assert "sessionStorage" in script.text
+    assert script.headers["cache-control"] == "no-cache"  # never an older script after upgrade
     style = await api.client.get("/dashboard/static/dashboard.css")
     assert style.status_code == 200
     missing = await api.client.get("/dashboard/static/nothing.js")
