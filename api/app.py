@@ -24,7 +24,7 @@ from api.cluster import ClusterController
 from api.cluster_redis import close_redis
 from api.cluster_ws import cluster_ws, stop_feed
 from api.config import ConfigController
-from api.dashboard import DashboardController
+from api.dashboard import DashboardController, dashboard_static
 from api.devices import DevicesController
 from api.health import health
 from api.health_ws import health_ws, start_health, stop_health
@@ -98,6 +98,7 @@ def create_app(
             job_trace,
             BatchController,
             DashboardController,
+            dashboard_static,
             MetadataController,
             UsageController,
             UserController,

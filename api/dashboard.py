@@ -1,23 +1,85 @@
-"""Cluster stats for the dashboard (seed 000): counts over nodes heard from in the last 30 s."""
+"""The dashboard: its page, cluster stats (seed 000), nodes and throughput for the charts."""
 
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, get
+from litestar import Controller, MediaType, Request, Response, get
+from litestar.datastructures import CacheControlHeader
+from litestar.static_files import create_static_files_router
 
 from api.auth import job_api_admin
-from api.errors import JOB_API_ERRORS
+from api.errors import JOB_API_ERRORS, JobApiError
 from domain.node import ONLINE_SECONDS
+
+STATIC_DIR = Path(__file__).parent / "static"
+"""The page's HTML, CSS and JS: plain files, shipped as package data (no build step)."""
+
+_PAGE = (STATIC_DIR / "dashboard.html").read_bytes()
+
+# The page loads nothing but its own files and talks only to this origin; no referrer leaves.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
 
 _CLUSTER = """
 SELECT coalesce(sum(downloading), 0), coalesce(sum(muxing), 0), coalesce(sum(uploading), 0)
 FROM nodes
 WHERE stopped_at IS NULL AND removed_at IS NULL AND last_heartbeat_at > now() - $1::interval
 """
+
+NODES_SHOWN_FOR = timedelta(hours=1)
+"""A node silent for longer than this drops off the dashboard's node list."""
+
+MAX_NODES = 200
+
+_NODES = """
+SELECT node_id, hostname, ip, downloading, muxing, uploading, cardinality(running),
+       (usage->>'cpu_percent')::float8,
+       (usage->>'memory_used')::float8 / nullif((usage->>'memory_total')::float8, 0) * 100,
+       (stopped_at IS NULL AND last_heartbeat_at > now() - $1::interval),
+       extract(epoch FROM now() - last_heartbeat_at)::float8
+FROM nodes
+WHERE removed_at IS NULL AND last_heartbeat_at > now() - $2::interval
+ORDER BY 10 DESC, node_id
+LIMIT $3
+"""
+
+MAX_MINUTES = 24 * 60
+
+# TODO(merge): read `reporting.job_minutes(minute, completed, failed, bytes)` instead of the
+# `jobs` projection once its migration lands: the subquery `j` becomes
+# `SELECT minute, completed, failed, bytes FROM reporting.job_minutes, w WHERE minute >= w.first`.
+THROUGHPUT_SQL = """
+WITH w AS (
+    SELECT date_trunc('minute', now()) - ($1::int - 1) * interval '1 minute' AS first,
+           date_trunc('minute', now()) AS last
+)
+SELECT m.minute, coalesce(j.completed, 0), coalesce(j.failed, 0), coalesce(j.bytes, 0)
+FROM w, generate_series(w.first, w.last, interval '1 minute') AS m(minute)
+LEFT JOIN (
+    SELECT date_trunc('minute', finished_at) AS minute,
+           count(*) FILTER (WHERE status = 'Completed') AS completed,
+           count(*) FILTER (WHERE status = 'Failed') AS failed,
+           coalesce(sum((state->>'file_size')::bigint) FILTER (WHERE status = 'Completed'), 0)
+               ::bigint AS bytes
+    FROM jobs, w
+    WHERE finished_at >= w.first
+    GROUP BY 1
+) AS j USING (minute)
+ORDER BY m.minute
+"""
+"""Jobs finished and bytes stored per minute, every minute of the window (zeros included)."""
 
 
 class ClusterStats(msgspec.Struct):
@@ -26,10 +88,49 @@ class ClusterStats(msgspec.Struct):
     total_uploading: int
 
 
+class NodeView(msgspec.Struct):
+    """A node as the dashboard lists it; percentages 0-100, null before its first heartbeat."""
+
+    node_id: str
+    hostname: str
+    ip: str
+    online: bool
+    heartbeat_age_seconds: float | None
+    cpu_percent: float | None
+    memory_percent: float | None
+    downloading: int
+    muxing: int
+    uploading: int
+    running: int
+
+
+class NodeList(msgspec.Struct):
+    nodes: list[NodeView]
+
+
+class MinutePoint(msgspec.Struct):
+    """One UTC minute: jobs that completed and failed in it, and the bytes they stored."""
+
+    minute: datetime
+    completed: int
+    failed: int
+    bytes: int
+
+
+class Throughput(msgspec.Struct):
+    minutes: int
+    points: list[MinutePoint]
+
+
 class DashboardController(Controller):
     path = "/dashboard"
     exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
     tags = ["dashboard"]
+
+    @get("/", media_type=MediaType.HTML, include_in_schema=False)
+    async def page(self) -> Response[bytes]:
+        """The dashboard page; it asks for an API key and keeps it in session storage only."""
+        return Response(_PAGE, media_type=MediaType.HTML, headers=_PAGE_HEADERS)
 
     @get("/cluster")
     async def cluster(self, request: Request[Any, Any, Any]) -> ClusterStats:
@@ -38,6 +139,58 @@ class DashboardController(Controller):
         # second, and the dependency machinery cost a tenth of the endpoint's throughput.
         await job_api_admin(request)
         return await _cluster_stats(request)
+
+    @get("/nodes")
+    async def nodes(self, request: Request[Any, Any, Any]) -> NodeList:
+        """Nodes heard from in the last hour: heartbeat age, CPU and memory, stage counts."""
+        await job_api_admin(request)
+        rows = await request.app.state.pool.fetch(
+            _NODES, timedelta(seconds=ONLINE_SECONDS), NODES_SHOWN_FOR, MAX_NODES
+        )
+        return NodeList(
+            nodes=[
+                NodeView(
+                    node_id=r[0],
+                    hostname=r[1],
+                    ip=r[2],
+                    downloading=r[3],
+                    muxing=r[4],
+                    uploading=r[5],
+                    running=r[6],
+                    cpu_percent=r[7],
+                    memory_percent=None if r[8] is None else round(r[8], 1),
+                    online=r[9],
+                    heartbeat_age_seconds=None if r[10] is None else round(r[10], 1),
+                )
+                for r in rows
+            ]
+        )
+
+    @get("/throughput")
+    async def throughput(self, request: Request[Any, Any, Any], minutes: int = 60) -> Throughput:
+        """Jobs completed and failed, and bytes stored, per minute over the last `minutes`."""
+        await job_api_admin(request)
+        if not 1 <= minutes <= MAX_MINUTES:
+            raise JobApiError(
+                status_code=400, detail=f"minutes must be between 1 and {MAX_MINUTES}"
+            )
+        points = await request.app.state.pool.fetch(THROUGHPUT_SQL, minutes)
+        return Throughput(
+            minutes=minutes,
+            points=[
+                MinutePoint(minute=p[0], completed=p[1], failed=p[2], bytes=p[3]) for p in points
+            ],
+        )
+
+
+dashboard_static = create_static_files_router(
+    path="/dashboard/static",
+    directories=[STATIC_DIR],
+    name="dashboard_static",
+    # Revalidated on each load, so a page served after an upgrade never runs an older script.
+    cache_control=CacheControlHeader(no_cache=True),
+)
+"""The page's CSS and JS. Public, like the page: neither holds anything but code."""
 
 
 STATS_CACHE_SECONDS = 0.5

@@ -14,7 +14,7 @@ log = logging.getLogger("api.requests")
 
 _encode = msgspec.json.Encoder().encode
 
-POLLED_PATHS = frozenset({"/dashboard/cluster"})
+POLLED_PATHS = frozenset({"/dashboard/cluster", "/dashboard/nodes", "/dashboard/throughput"})
 """Polled every second by every open dashboard: logged only when DEBUG is on, or these lines
 would bury the rest (and cost the endpoint a tenth of its throughput)."""
 

@@ -1,0 +1,699 @@
+// The Spool dashboard: plain JS, no build step. The API key lives in sessionStorage only and
+// travels in request headers, never in a URL.
+"use strict";
+
+const KEY_STORAGE = "spool.dashboard.apiKey";
+const TICK_MS = 1000;
+const MAX_BACKOFF_MS = 8000;
+const STAGES = ["Downloading", "Muxing", "Uploading"];
+const STAGE_NAMES = ["download", "mux", "upload"];
+const FINAL = new Set(["Completed", "Failed", "Cancelled", "Skipped", "Warning"]);
+
+// What each feed reads, and how often (in ticks of one second).
+const FEEDS = {
+  cluster: { every: 1, admin: true },
+  nodes: { every: 2, admin: true },
+  jobs: { every: 2, admin: false },
+  viewers: { every: 5, admin: true },
+  throughput: { every: 10, admin: true },
+};
+
+const state = {
+  key: null,
+  admin: null, // null until the first answer of /dashboard/cluster tells
+  interval: null,
+  busy: false,
+  failures: 0,
+  retryAt: 0,
+  lastRun: {},
+  rows: new Map(),
+  selectedJob: null,
+  timelineSeen: "",
+  viewerPage: 1,
+  viewerPages: 0,
+};
+
+const $ = (id) => document.getElementById(id);
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+class Unreachable extends Error {}
+
+// One request to the API. `bearer` sends the key as `Authorization: Bearer` (the viewer list),
+// otherwise as `x-api-key` (the job API and the dashboard).
+async function api(path, { method = "GET", body, bearer = false } = {}) {
+  const headers = bearer ? { Authorization: `Bearer ${state.key}` } : { "x-api-key": state.key };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: "no-store",
+      credentials: "omit",
+    });
+  } catch (e) {
+    throw new Unreachable("The Spool API cannot be reached");
+  }
+  let data = null;
+  try {
+    data = await response.json();
+  } catch (e) {
+    data = null;
+  }
+  if (!response.ok) {
+    const said = data && (data.error || data.message);
+    throw new ApiError(response.status, said || `HTTP ${response.status}`);
+  }
+  return data;
+}
+
+// -- the banner --------------------------------------------------------------------------
+
+function showBanner(kind, text) {
+  const banner = $("banner");
+  banner.className = kind;
+  banner.textContent = text;
+  banner.hidden = false;
+}
+
+function clearBanner() {
+  $("banner").hidden = true;
+  $("banner").textContent = "";
+}
+
+// -- the key ------------------------------------------------------------------------------
+
+function connect(key) {
+  state.key = key;
+  state.admin = null;
+  state.failures = 0;
+  state.retryAt = 0;
+  state.lastRun = {};
+  state.rows.clear();
+  $("jobs-body").replaceChildren(emptyRow(6, "No jobs yet."));
+  $("key-form").hidden = true;
+  $("session").hidden = false;
+  $("session-kind").textContent = "connected";
+  $("board").hidden = false;
+  $("board").classList.remove("stale");
+  $("welcome").hidden = true;
+  clearBanner();
+  startPolling();
+}
+
+function disconnect() {
+  stopPolling();
+  sessionStorage.removeItem(KEY_STORAGE);
+  state.key = null;
+  $("key-form").hidden = false;
+  $("session").hidden = true;
+  $("board").hidden = true;
+  $("welcome").hidden = false;
+}
+
+function keyRefused(error) {
+  disconnect();
+  showBanner(
+    "error",
+    `The API key was refused (${error.status}: ${error.message}). Paste a valid key to continue.`,
+  );
+  $("api-key").focus();
+}
+
+// -- polling: every second while the tab is visible, cleared when it is hidden -------------
+
+function startPolling() {
+  stopPolling();
+  if (!state.key || document.hidden) return;
+  state.interval = setInterval(tick, TICK_MS);
+  tick();
+}
+
+function stopPolling() {
+  if (state.interval) {
+    clearInterval(state.interval);
+    state.interval = null;
+  }
+}
+
+function due(name, now) {
+  const feed = FEEDS[name];
+  if (feed.admin && state.admin !== true) return false;
+  const last = state.lastRun[name];
+  return last === undefined || now - last >= feed.every * TICK_MS - 100;
+}
+
+const POLLERS = {
+  cluster: pollCluster,
+  nodes: pollNodes,
+  jobs: pollJobs,
+  viewers: pollViewers,
+  throughput: pollThroughput,
+};
+
+async function tick() {
+  if (document.hidden || state.busy || !state.key) return;
+  const now = Date.now();
+  if (now < state.retryAt) return;
+  // Until the key is known to be admin or not, ask /dashboard/cluster alone.
+  const names = state.admin === null ? ["cluster"] : Object.keys(FEEDS).filter((n) => due(n, now));
+  if (names.length === 0) return;
+  state.busy = true;
+  try {
+    const results = await Promise.allSettled(names.map((n) => POLLERS[n]()));
+    // A refused key or a server that is gone stops the whole page (then backs off); an error
+    // of one endpoint shows in its own panel, which tries again at its own pace.
+    let stop = null;
+    names.forEach((name, i) => {
+      const result = results[i];
+      if (result.status === "rejected" && (isDown(result.reason) || isRefused(result.reason))) {
+        stop = stop || result.reason;
+        return;
+      }
+      state.lastRun[name] = now;
+      panelError(name, result.status === "rejected" ? result.reason : null);
+    });
+    if (stop) failed(stop);
+    else recovered();
+  } finally {
+    state.busy = false;
+  }
+  if (state.admin !== null && names.length === 1 && names[0] === "cluster" && !state.lastRun.jobs) {
+    tick(); // the key's kind is known now: fill every panel at once
+  }
+}
+
+function isDown(error) {
+  // 502-504 come from a proxy in front of a server that is not answering.
+  return error instanceof Unreachable || (error instanceof ApiError && [502, 503, 504].includes(error.status));
+}
+
+function isRefused(error) {
+  return error instanceof ApiError && error.status === 401;
+}
+
+const PANEL_NOTES = { cluster: "cluster-note", nodes: "nodes-note", throughput: "throughput-note", viewers: "viewers-note" };
+
+function panelError(name, error) {
+  if (name === "jobs") {
+    const message = $("jobs-message");
+    if (error) {
+      message.textContent = `Jobs could not be read: ${error.message}`;
+      message.dataset.error = "1";
+    } else if (message.dataset.error) {
+      message.textContent = "";
+      delete message.dataset.error;
+    }
+    return;
+  }
+  const note = $(PANEL_NOTES[name]);
+  if (error) {
+    note.textContent = `Could not read this panel: ${error.message}`;
+    note.hidden = false;
+  } else if (state.admin) {
+    note.hidden = true;
+  }
+}
+
+function recovered() {
+  if (state.failures > 0) {
+    state.failures = 0;
+    state.lastRun = {}; // everything is stale after an outage: read it all again
+    $("board").classList.remove("stale");
+    clearBanner();
+  }
+  $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+}
+
+function failed(error) {
+  if (isRefused(error)) {
+    keyRefused(error);
+    return;
+  }
+  state.failures += 1;
+  $("board").classList.add("stale"); // what is shown is as old as the last answer
+  const wait = Math.min(TICK_MS * 2 ** (state.failures - 1), MAX_BACKOFF_MS);
+  state.retryAt = Date.now() + wait;
+  const why =
+    isDown(error)
+      ? "Cannot reach the Spool API: the server may be down."
+      : `The Spool API answered an error (${error.status || "?"}: ${error.message}).`;
+  showBanner("error", `${why} Retrying in ${Math.round(wait / 1000)} s…`);
+}
+
+// -- cluster counters ------------------------------------------------------------------------
+
+async function pollCluster() {
+  let stats;
+  try {
+    stats = await api("/dashboard/cluster");
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 403) {
+      setAdmin(false);
+      return;
+    }
+    throw error;
+  }
+  setAdmin(true);
+  $("downloading").textContent = stats.total_downloading;
+  $("muxing").textContent = stats.total_muxing;
+  $("uploading").textContent = stats.total_uploading;
+}
+
+function setAdmin(admin) {
+  if (state.admin === admin) return;
+  state.admin = admin;
+  $("session-kind").textContent = admin ? "connected · admin key" : "connected · user key";
+  const note = "This key is not an admin key: the cluster-wide panels need one. Your own jobs are below.";
+  for (const id of ["cluster-note", "nodes-note", "throughput-note", "viewers-note"]) {
+    $(id).textContent = admin ? "" : note;
+    $(id).hidden = admin;
+  }
+  $("viewers-note").textContent = admin ? "" : "The viewer list shows every client's address, so it needs an admin key.";
+  $("viewers-filters").hidden = !admin;
+}
+
+// -- nodes ------------------------------------------------------------------------------------
+
+function emptyRow(columns, text) {
+  const tr = document.createElement("tr");
+  tr.className = "empty";
+  const td = cell(text);
+  td.colSpan = columns;
+  tr.append(td);
+  return tr;
+}
+
+function cell(content, className) {
+  const td = document.createElement("td");
+  if (content instanceof Node) td.append(content);
+  else td.textContent = content === null || content === undefined ? "–" : String(content);
+  if (className) td.className = className;
+  return td;
+}
+
+function meter(percent, label, extraClass) {
+  const box = document.createElement("div");
+  box.className = `meter ${extraClass || ""}`.trim();
+  const fill = document.createElement("span");
+  const value = percent === null || percent === undefined ? 0 : Math.max(0, Math.min(100, percent));
+  fill.style.width = `${value}%`;
+  const text = document.createElement("em");
+  text.textContent = label !== undefined ? label : percent === null || percent === undefined ? "–" : `${Math.round(percent)}%`;
+  box.append(fill, text);
+  return box;
+}
+
+async function pollNodes() {
+  const answer = await api("/dashboard/nodes");
+  const body = $("nodes-body");
+  if (answer.nodes.length === 0) {
+    body.replaceChildren(emptyRow(5, "No node has reported in the last hour."));
+    return;
+  }
+  body.replaceChildren(
+    ...answer.nodes.map((n) => {
+      const tr = document.createElement("tr");
+      tr.dataset.nodeId = n.node_id;
+      const name = document.createElement("span");
+      const dot = document.createElement("span");
+      dot.className = n.online ? "dot online" : "dot";
+      dot.title = n.online ? "online" : "offline";
+      name.append(dot, `${n.hostname} (${n.node_id}) ${n.ip}`);
+      const age = n.heartbeat_age_seconds === null ? "never" : `${n.heartbeat_age_seconds.toFixed(1)} s ago`;
+      tr.append(
+        cell(name),
+        cell(age, "heartbeat"),
+        cell(meter(n.cpu_percent, undefined, n.cpu_percent > 90 ? "hot" : "")),
+        cell(meter(n.memory_percent, undefined, n.memory_percent > 90 ? "hot" : "")),
+        cell(`${n.downloading} / ${n.muxing} / ${n.uploading}`, "stage-counts"),
+      );
+      return tr;
+    }),
+  );
+}
+
+// -- jobs ---------------------------------------------------------------------------------------
+
+function stagePercents(job) {
+  if (job.status === "Completed") return [100, 100, 100];
+  const at = STAGES.indexOf(job.step);
+  return STAGES.map((_, i) => {
+    if (at < 0 || i > at) return 0;
+    if (i < at) return 100;
+    return job.progress && job.progress.percent !== null ? job.progress.percent : 0;
+  });
+}
+
+function jobRow(job) {
+  const tr = document.createElement("tr");
+  tr.dataset.jobId = job.id;
+  const idCell = cell(job.id.slice(0, 8), "job-id");
+  idCell.title = job.id;
+  const url = cell(job.url, "url");
+  url.title = job.url;
+  const status = document.createElement("span");
+  const stages = document.createElement("div");
+  stages.className = "stages";
+  const actions = document.createElement("td");
+  const cancel = button("Cancel", "cancel danger", () => jobAction(job.id, "cancel"));
+  const retry = button("Retry", "retry", () => jobAction(job.id, "retry"));
+  actions.append(cancel, retry);
+  tr.append(idCell, url, cell(status, "status"), cell(stages, "progress"), cell(time(job.created_at), "created"), actions);
+  tr.addEventListener("click", () => selectJob(job.id));
+  return tr;
+}
+
+function button(text, className, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = className;
+  b.textContent = text;
+  b.addEventListener("click", (event) => {
+    event.stopPropagation();
+    onClick();
+  });
+  return b;
+}
+
+function updateRow(tr, job) {
+  const status = tr.querySelector(".status span");
+  status.className = `badge ${job.status}`;
+  status.textContent = job.status === "Processing" ? `${job.status} · ${job.step}` : job.status;
+  status.title = job.error || "";
+  const stages = tr.querySelector(".stages");
+  const percents = stagePercents(job);
+  stages.replaceChildren(
+    ...percents.map((p, i) => meter(p, `${STAGE_NAMES[i]} ${Math.round(p)}%`, p >= 100 ? "done" : "")),
+  );
+  tr.querySelector(".cancel").hidden = !(job.status === "Pending" || job.status === "Processing");
+  tr.querySelector(".retry").hidden = !(job.status === "Failed" || job.status === "Cancelled");
+  tr.classList.toggle("selected", job.id === state.selectedJob);
+}
+
+async function pollJobs() {
+  const page = await api("/jobs?limit=20");
+  const body = $("jobs-body");
+  if (page.jobs.length === 0) {
+    body.replaceChildren(emptyRow(6, "No jobs yet: submit one above."));
+    state.rows.clear();
+    return;
+  }
+  const rows = page.jobs.map((job) => {
+    let tr = state.rows.get(job.id);
+    if (!tr) {
+      tr = jobRow(job);
+      state.rows.set(job.id, tr);
+    } else if (FINAL.has(job.status) && tr.dataset.status !== job.status) {
+      state.lastRun.throughput = undefined; // a job just finished: its minute's bar grew
+    }
+    tr.dataset.status = job.status;
+    updateRow(tr, job);
+    return tr;
+  });
+  const shown = new Set(page.jobs.map((j) => j.id));
+  for (const id of state.rows.keys()) if (!shown.has(id)) state.rows.delete(id);
+  // Re-append in order: existing rows move, so buttons under the pointer stay the same nodes.
+  rows.forEach((tr, i) => {
+    if (body.children[i] !== tr) body.insertBefore(tr, body.children[i] || null);
+  });
+  while (body.children.length > rows.length) body.lastElementChild.remove();
+  const selected = page.jobs.find((j) => j.id === state.selectedJob);
+  if (selected) {
+    const seen = `${selected.status}/${selected.step}/${selected.progress ? selected.progress.percent : ""}`;
+    if (seen !== state.timelineSeen || !FINAL.has(selected.status)) await loadTimeline(selected.id, seen);
+  }
+}
+
+// The jobs panel's message line: what the last action did.
+function say(text) {
+  const message = $("jobs-message");
+  message.textContent = text;
+  delete message.dataset.error;
+}
+
+async function jobAction(id, action) {
+  try {
+    const answer =
+      action === "cancel"
+        ? await api(`/jobs/${encodeURIComponent(id)}`, { method: "DELETE" })
+        : await api(`/jobs/${encodeURIComponent(id)}/retry`, { method: "POST" });
+    say(`Job ${id.slice(0, 8)}: ${action === "cancel" ? "cancelled" : "retried"} (now ${answer.status}).`);
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) return keyRefused(error);
+    say(`Could not ${action} job ${id.slice(0, 8)}: ${error.message}`);
+  }
+  refresh("jobs");
+}
+
+async function submitJob(event) {
+  event.preventDefault();
+  const body = { url: $("job-url").value.trim() };
+  if ($("job-format").value) body.format = $("job-format").value;
+  if ($("job-audio-only").checked) body.audio_only = true;
+  if ($("job-folder").value.trim()) body.folder = $("job-folder").value.trim();
+  if ($("job-filename").value.trim()) body.filename = $("job-filename").value.trim();
+  try {
+    const answer = await api("/jobs", { method: "POST", body });
+    say(
+      answer.job_id
+        ? `Created job ${answer.job_id}.`
+        : `Created batch ${answer.batch_id} (${answer.total_episodes} jobs).`,
+    );
+    $("job-url").value = "";
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) return keyRefused(error);
+    say(`The job was not created: ${error.message}`);
+  }
+  refresh("jobs");
+}
+
+function selectJob(id) {
+  state.selectedJob = id;
+  state.timelineSeen = "";
+  for (const [jobId, tr] of state.rows) tr.classList.toggle("selected", jobId === id);
+  loadTimeline(id, "").catch(() => {});
+}
+
+async function loadTimeline(id, seen) {
+  const page = await api(`/jobs/${encodeURIComponent(id)}/events?limit=1000`);
+  if (state.selectedJob !== id) return;
+  state.timelineSeen = seen;
+  $("timeline").hidden = false;
+  $("timeline-job").textContent = id;
+  $("timeline-list").replaceChildren(
+    ...page.events.map((e) => {
+      const li = document.createElement("li");
+      li.dataset.type = e.type;
+      const at = document.createElement("time");
+      at.dateTime = e.recorded_at;
+      at.textContent = new Date(e.recorded_at).toLocaleTimeString([], { hour12: false }) + "." + String(new Date(e.recorded_at).getMilliseconds()).padStart(3, "0");
+      const what = document.createElement("strong");
+      what.textContent = e.type;
+      li.append(at, what, eventDetail(e));
+      return li;
+    }),
+  );
+}
+
+function eventDetail(e) {
+  const parts = [];
+  const d = e.data || {};
+  for (const name of ["stage", "attempt", "percent", "bytes", "error", "reason", "status"]) {
+    if (d[name] !== undefined && d[name] !== null && typeof d[name] !== "object") parts.push(`${name} ${d[name]}`);
+  }
+  if (e.metadata && e.metadata.node_id) parts.push(`on ${e.metadata.node_id}`);
+  const span = document.createElement("span");
+  span.className = "muted";
+  span.textContent = parts.length ? ` — ${parts.join(", ")}` : "";
+  return span;
+}
+
+function time(ms) {
+  return ms ? new Date(ms).toLocaleTimeString([], { hour12: false }) : "–";
+}
+
+// -- viewers ---------------------------------------------------------------------------------
+
+function viewerQuery() {
+  const q = new URLSearchParams({ page: String(state.viewerPage), rowsPerPage: "10" });
+  const search = $("viewer-search").value.trim();
+  if (search) q.set("search", search);
+  if ($("viewer-harness").value) q.set("harnessType", $("viewer-harness").value);
+  if ($("viewer-system").value) q.set("systemClients", $("viewer-system").value);
+  return q;
+}
+
+async function pollViewers() {
+  const answer = await api(`/api/cluster/viewers?${viewerQuery()}`, { bearer: true });
+  const data = answer.data;
+  state.viewerPages = data.totalPages;
+  $("viewer-page").textContent = `page ${data.currentPage} of ${Math.max(1, data.totalPages)} · ${data.totalItems} viewer${data.totalItems === 1 ? "" : "s"}`;
+  $("viewer-prev").disabled = !data.hasPrevious;
+  $("viewer-next").disabled = !data.hasNext;
+  const body = $("viewers-body");
+  if (data.list.length === 0) {
+    body.replaceChildren(emptyRow(8, "No viewers match."));
+    return;
+  }
+  body.replaceChildren(
+    ...data.list.map((v) => {
+      const tr = document.createElement("tr");
+      tr.dataset.viewerId = v.id;
+      const client = [v.remoteAddress, v.countryCode, v.deviceType, v.osName, v.browserName].filter(Boolean).join(" · ");
+      tr.append(
+        cell(v.id),
+        cell(v.harnessType),
+        cell(v.state),
+        cell(v.streamKey),
+        cell(client),
+        cell(`${Math.round(v.duration / 1000)} s`),
+        cell(`${bytes(v.outBandwidth)}/s`),
+        cell(`${v.healthGrade} (${v.healthScore})`),
+      );
+      return tr;
+    }),
+  );
+}
+
+let searchTimer = null;
+
+function viewerFiltersChanged() {
+  state.viewerPage = 1;
+  refreshViewers();
+}
+
+// Read one feed now (after an action or a filter change) rather than at its next turn.
+function refresh(name) {
+  if (!state.key || (FEEDS[name].admin && state.admin !== true)) return;
+  POLLERS[name]().then(
+    () => {
+      state.lastRun[name] = Date.now();
+      panelError(name, null);
+    },
+    (error) => (isDown(error) || isRefused(error) ? failed(error) : panelError(name, error)),
+  );
+}
+
+function refreshViewers() {
+  refresh("viewers");
+}
+
+// -- throughput charts ------------------------------------------------------------------------
+
+function bytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = n;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${unit === 0 ? value : value.toFixed(1)} ${units[unit]}`;
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(name, attributes, text) {
+  const el = document.createElementNS(SVG, name);
+  for (const [k, v] of Object.entries(attributes)) el.setAttribute(k, String(v));
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+// A bar chart of stacked series over the minutes: `series` is [[className, values], ...].
+function drawBars(chart, points, series, format) {
+  const width = 600;
+  const height = 150;
+  const top = 16;
+  const bottom = 18;
+  const totals = points.map((_, i) => series.reduce((sum, [, values]) => sum + values[i], 0));
+  const max = Math.max(1, ...totals);
+  const slot = width / Math.max(1, points.length);
+  const scale = (height - top - bottom) / max;
+  const shapes = [];
+  points.forEach((p, i) => {
+    let y = height - bottom;
+    for (const [className, values] of series) {
+      const h = values[i] * scale;
+      if (h <= 0) continue;
+      y -= h;
+      const bar = svg("rect", { class: className, x: i * slot + slot * 0.1, y, width: Math.max(1, slot * 0.8), height: h });
+      bar.append(svg("title", {}, `${new Date(p.minute).toLocaleTimeString([], { hour12: false, hour: "2-digit", minute: "2-digit" })}: ${format(values[i])} ${className}`));
+      shapes.push(bar);
+    }
+  });
+  const first = points.length ? new Date(points[0].minute) : null;
+  const last = points.length ? new Date(points[points.length - 1].minute) : null;
+  const hm = (d) => d.toLocaleTimeString([], { hour12: false, hour: "2-digit", minute: "2-digit" });
+  chart.replaceChildren(
+    svg("line", { x1: 0, x2: width, y1: height - bottom, y2: height - bottom, stroke: "#c8ced8" }),
+    svg("text", { x: 4, y: 12 }, `max ${format(max)}`),
+    ...(first ? [svg("text", { x: 4, y: height - 4 }, hm(first)), svg("text", { x: width - 4, y: height - 4, "text-anchor": "end" }, hm(last))] : []),
+    ...shapes,
+  );
+}
+
+async function pollThroughput() {
+  const minutes = $("throughput-minutes").value;
+  const answer = await api(`/dashboard/throughput?minutes=${encodeURIComponent(minutes)}`);
+  const points = answer.points;
+  const completed = points.map((p) => p.completed);
+  const failed = points.map((p) => p.failed);
+  const sent = points.map((p) => p.bytes);
+  const sum = (xs) => xs.reduce((a, b) => a + b, 0);
+  drawBars($("jobs-chart"), points, [["completed", completed], ["failed", failed]], (n) => `${n} jobs`);
+  drawBars($("bytes-chart"), points, [["bytes", sent]], bytes);
+  $("throughput-totals").textContent =
+    `Last ${answer.minutes} min: ${sum(completed)} completed, ${sum(failed)} failed, ${bytes(sum(sent))} stored.`;
+}
+
+// -- start -------------------------------------------------------------------------------------
+
+function start() {
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = $("api-key").value.trim();
+    $("api-key").value = "";
+    if (!key) {
+      showBanner("error", "Paste an API key (sk_...) to connect.");
+      return;
+    }
+    sessionStorage.setItem(KEY_STORAGE, key);
+    connect(key);
+  });
+  $("forget-key").addEventListener("click", () => {
+    disconnect();
+    clearBanner();
+  });
+  $("submit-form").addEventListener("submit", submitJob);
+  $("throughput-minutes").addEventListener("change", () => refresh("throughput"));
+  $("viewer-search").addEventListener("input", () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(viewerFiltersChanged, 300);
+  });
+  $("viewer-harness").addEventListener("change", viewerFiltersChanged);
+  $("viewer-system").addEventListener("change", viewerFiltersChanged);
+  $("viewer-prev").addEventListener("click", () => {
+    state.viewerPage = Math.max(1, state.viewerPage - 1);
+    refreshViewers();
+  });
+  $("viewer-next").addEventListener("click", () => {
+    state.viewerPage += 1;
+    refreshViewers();
+  });
+  // Poll only while the tab is visible: the interval is cleared when it is hidden.
+  document.addEventListener("visibilitychange", () => (document.hidden ? stopPolling() : startPolling()));
+  window.addEventListener("pagehide", stopPolling);
+  const saved = sessionStorage.getItem(KEY_STORAGE);
+  if (saved) connect(saved);
+}
+
+start();

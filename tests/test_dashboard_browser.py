@@ -1,0 +1,372 @@
+"""The dashboard page in a real browser: Debian's chromium driven by Playwright.
+
+One cluster (API over a loopback port, worker node, S3) and one browser serve the whole module;
+each test opens its own browser context, so session storage starts empty. The screenshot of the
+populated page is written to `$SPOOL_TEST_ARTIFACTS/dashboard.png`, or without that variable to
+`<pytest basetemp>/artifacts/dashboard.png`; beside it, the page refusing a bad key
+(`dashboard-bad-key.png`) and while the API is down (`dashboard-server-down.png`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, Request, async_playwright, expect
+
+from adapters.database import create_database, drop_database, migrate
+from api.app import create_app
+from tests.fixtures.cluster import Cluster, running_cluster
+from tests.fixtures.loopback import serve_on_loopback
+from tests.fixtures.media import MediaServer
+from tests.fixtures.s3 import S3Server
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+WAIT_MS = 30_000
+"""The longest a test waits for the page to show a job's progress (a whole run fits in it)."""
+
+# What the page shows after one poll or one click: generous, for a CI machine under load.
+expect.set_options(timeout=10_000)
+
+
+class Api:
+    """The cluster's API served on one loopback port, which a test can stop and start again."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.port: int | None = None
+        self._serving: AbstractAsyncContextManager[int] | None = None
+
+    async def start(self) -> None:
+        """Start a new API process's worth: a fresh app over the cluster, on the same port."""
+        c = self.cluster
+        app = create_app(pool=c.pool, store=c.store, settings=c.settings, storage=c.storage)
+        self._serving = serve_on_loopback(app, port=self.port)
+        self.port = await self._serving.__aenter__()
+
+    async def stop(self) -> None:
+        assert self._serving is not None
+        serving, self._serving = self._serving, None
+        await serving.__aexit__(None, None, None)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/dashboard"
+
+
+@pytest.fixture(scope="module")
+async def module_database(server_url: str) -> AsyncIterator[str]:
+    name = f"spool_test_{uuid.uuid4().hex[:12]}"
+    url = await create_database(server_url, name)
+    await migrate(url)
+    yield url
+    await drop_database(server_url, name)
+
+
+@pytest.fixture(scope="module")
+def module_bucket(s3_server: S3Server) -> Iterator[str]:
+    name = f"spool-dash-{uuid.uuid4().hex[:16]}"
+    s3_server.client().create_bucket(Bucket=name)
+    yield name
+
+
+@pytest.fixture(scope="module")
+async def dash(
+    module_database: str,
+    redis_url: str,
+    s3_server: S3Server,
+    module_bucket: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Api]:
+    """A running cluster whose API listens on a loopback port."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+        env.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+        storage_url = (
+            f"s3://{module_bucket}/media?endpoint={s3_server.endpoint_url}"
+            f"&region={s3_server.region}"
+        )
+        async with running_cluster(
+            database_url=module_database,
+            redis_url=redis_url,
+            storage_url=storage_url,
+            bucket=module_bucket,
+            s3=s3_server,
+            data_dir=tmp_path_factory.mktemp("dashboard") / "data",
+        ) as cluster:
+            api = Api(cluster)
+            await api.start()
+            try:
+                yield api
+            finally:
+                if api._serving is not None:
+                    await api.stop()
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's chromium (never a downloaded one), one for the module."""
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture
+async def page(browser: Browser, dash: Api) -> AsyncIterator[Page]:
+    """A fresh browser context's page; afterwards, no request URL it made carried a key."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 1100})
+    opened = await context.new_page()
+    urls: list[str] = []
+    opened.on("request", lambda r: urls.append(r.url))
+    yield opened
+    await context.close()
+    keys = [dash.cluster.key, dash.cluster.admin_key, BAD_KEY]
+    assert not [u for u in urls if any(k in u for k in keys)], "a key went into a URL"
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    given = os.environ.get("SPOOL_TEST_ARTIFACTS")
+    folder = Path(given) if given else tmp_path_factory.getbasetemp() / "artifacts"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+BAD_KEY = "sk_this_key_was_never_issued"
+
+
+async def connect(page: Page, api: Api, key: str) -> None:
+    """Open the dashboard and paste `key`, as an operator would."""
+    await page.goto(api.url)
+    await page.fill("#api-key", key)
+    await page.click("#key-form button[type=submit]")
+
+
+async def as_admin(api: Api, path: str) -> dict[str, Any]:
+    """GET `path` with the admin key (the page's jobs are the admin account's)."""
+    cluster = api.cluster
+    answer = await cluster.client.get(path, headers=cluster.headers(cluster.admin_key))
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+async def test_a_bad_key_shows_the_error_and_asks_again(
+    page: Page, dash: Api, artifacts: Path
+) -> None:
+    await connect(page, dash, BAD_KEY)
+    await expect(page.locator("#banner")).to_contain_text("Invalid API Key")
+    await page.screenshot(path=str(artifacts / "dashboard-bad-key.png"))
+    await expect(page.locator("#banner")).to_contain_text("refused")
+    await expect(page.locator("#key-form")).to_be_visible()
+    await expect(page.locator("#board")).to_be_hidden()
+    await expect(page.locator("#welcome")).to_contain_text("Paste an API key")
+    assert await page.evaluate("sessionStorage.length") == 0  # a refused key is not kept
+    assert BAD_KEY not in page.url
+
+
+async def test_a_user_key_sees_its_own_jobs_and_a_note_instead_of_cluster_panels(
+    page: Page, dash: Api
+) -> None:
+    await connect(page, dash, dash.cluster.key)
+    await expect(page.locator("#session-kind")).to_have_text("connected · user key")
+    await expect(page.locator("#viewers-note")).to_contain_text("needs an admin key")
+    await expect(page.locator("#cluster-note")).to_contain_text("not an admin key")
+    await expect(page.locator("#jobs-body")).to_contain_text("No jobs yet")
+    # Bad input: the API's 400 reason shows, and nothing is created.
+    await page.fill("#job-url", "http://127.0.0.1:9/clip.mp4")
+    await page.fill("#job-folder", "../escape")
+    await page.click("#submit-form button[type=submit]")
+    await expect(page.locator("#jobs-message")).to_contain_text(
+        re.compile(r"The job was not created: .*[Ff]older")
+    )
+    await expect(page.locator("#jobs-body")).to_contain_text("No jobs yet")
+    # The key stays in this tab's session storage, and a reload reconnects with it.
+    assert (
+        await page.evaluate("sessionStorage.getItem('spool.dashboard.apiKey')") == dash.cluster.key
+    )
+    await page.reload()
+    await expect(page.locator("#session-kind")).to_have_text("connected · user key")
+    await page.click("#forget-key")
+    await expect(page.locator("#key-form")).to_be_visible()
+    assert await page.evaluate("sessionStorage.length") == 0
+
+
+async def test_counters_and_the_node_change_while_a_job_runs(
+    page: Page, dash: Api, media_server: MediaServer
+) -> None:
+    cluster = dash.cluster
+    assert cluster.node is not None
+    await connect(page, dash, cluster.admin_key)
+    node_row = page.locator(f"#nodes-body tr[data-node-id='{cluster.settings.node_id}']")
+    await expect(node_row).to_contain_text("s ago")
+    await expect(node_row.locator(".meter em").first).to_contain_text("%")
+    await expect(page.locator("#downloading")).to_have_text("0")
+
+    # About five seconds of download: time enough for a one-second poll to see it.
+    job_id = await cluster.create(media_server.slow_url("clip.mp4", chunk=4096, interval=0.1))
+    await expect(page.locator("#downloading")).to_have_text("1", timeout=WAIT_MS)
+    await expect(node_row.locator(".stage-counts")).to_have_text("1 / 0 / 0", timeout=WAIT_MS)
+    cancelled = await cluster.client.delete(f"/jobs/{job_id}", headers=cluster.headers())
+    assert cancelled.status_code == 200
+    await expect(page.locator("#downloading")).to_have_text("0", timeout=WAIT_MS)
+    await expect(node_row.locator(".stage-counts")).to_have_text("0 / 0 / 0", timeout=WAIT_MS)
+
+
+async def test_a_job_submitted_from_the_page_completes_with_its_timeline_and_chart(
+    page: Page, dash: Api, media_server: MediaServer, artifacts: Path
+) -> None:
+    await connect(page, dash, dash.cluster.admin_key)
+    await page.fill("#job-url", media_server.url("clip.mp4"))
+    await page.select_option("#job-format", "mkv")
+    await page.fill("#job-folder", "dashboard")
+    await page.click("#submit-form button[type=submit]")
+    await expect(page.locator("#jobs-message")).to_contain_text("Created job")
+    job_id = (await page.locator("#jobs-message").text_content() or "").split()[-1].rstrip(".")
+    row = page.locator(f"#jobs-body tr[data-job-id='{job_id}']")
+    await expect(row.locator(".status")).to_have_text("Completed", timeout=WAIT_MS)
+    await expect(row.locator(".progress")).to_contain_text("upload 100%")
+    assert (await as_admin(dash, f"/jobs/{job_id}"))["folder"] == "dashboard"
+
+    await row.click()
+    timeline = page.locator("#timeline-list")
+    await expect(timeline.locator("li").first).to_contain_text("JobCreated")
+    await expect(timeline.locator("li[data-type='JobCompleted']")).to_have_count(1)
+    await expect(page.locator("#throughput-totals")).to_contain_text("1 completed", timeout=WAIT_MS)
+    assert await page.locator("#jobs-chart rect.completed").count() >= 1
+    assert await page.locator("#bytes-chart rect.bytes").count() >= 1
+
+    shot = artifacts / "dashboard.png"
+    await page.screenshot(path=str(shot), full_page=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_cancel_and_retry_from_the_page(
+    page: Page, dash: Api, media_server: MediaServer
+) -> None:
+    await connect(page, dash, dash.cluster.admin_key)
+    # About 2.5 s of download, so the cancel lands before the job is done.
+    await page.fill("#job-url", media_server.slow_url("clip.mp4", chunk=8192, interval=0.1))
+    await page.click("#submit-form button[type=submit]")
+    await expect(page.locator("#jobs-message")).to_contain_text("Created job")
+    job_id = (await page.locator("#jobs-message").text_content() or "").split()[-1].rstrip(".")
+    row = page.locator(f"#jobs-body tr[data-job-id='{job_id}']")
+
+    await row.locator("button.cancel").click()
+    await expect(row.locator(".status")).to_have_text("Cancelled", timeout=WAIT_MS)
+    await expect(row.locator("button.cancel")).to_be_hidden()
+    await row.locator("button.retry").click()
+    await expect(page.locator("#jobs-message")).to_contain_text("retried")
+    await expect(row.locator(".status")).to_have_text("Completed", timeout=WAIT_MS)
+    events = (await as_admin(dash, f"/jobs/{job_id}/events?limit=1000"))["events"]
+    assert [e["type"] for e in events].count("JobCompleted") == 1
+    assert "JobCancelled" in [e["type"] for e in events]
+
+
+async def test_the_viewer_list_filters_and_pages(page: Page, dash: Api) -> None:
+    now = int(time.time() * 1000)
+    stream = f"dash-{uuid.uuid4().hex[:6]}"
+    events = [
+        {
+            "type": "connect",
+            "harnessType": "RTMP_VIEWER",
+            "state": "PLAYING",
+            "streamKey": stream,
+            "remoteAddress": f"127.0.0.{n + 10}",
+            "startTime": now - n * 1000,
+        }
+        for n in range(11)
+    ]
+    events.append(
+        {"type": "connect", "harnessType": "TRANSCODER", "state": "RUNNING", "streamKey": stream}
+    )
+    bearer = {"Authorization": f"Bearer {dash.cluster.admin_key}"}
+    answer = await dash.cluster.client.post(
+        "/api/cluster/viewers/events", json={"events": events}, headers=bearer
+    )
+    assert answer.status_code == 200, answer.text
+
+    await connect(page, dash, dash.cluster.admin_key)
+    await page.fill("#viewer-search", stream)
+    await expect(page.locator("#viewer-page")).to_have_text(
+        "page 1 of 2 · 12 viewers", timeout=WAIT_MS
+    )
+    await expect(page.locator("#viewers-body tr")).to_have_count(10)
+    await page.click("#viewer-next")
+    await expect(page.locator("#viewer-page")).to_have_text("page 2 of 2 · 12 viewers")
+    await expect(page.locator("#viewers-body tr")).to_have_count(2)
+    await page.select_option("#viewer-system", "false")  # back to page 1, system clients hidden
+    await expect(page.locator("#viewer-page")).to_have_text("page 1 of 2 · 11 viewers")
+    await page.select_option("#viewer-system", "")
+    await page.select_option("#viewer-harness", "TRANSCODER")
+    await expect(page.locator("#viewer-page")).to_have_text("page 1 of 1 · 1 viewer")
+    await expect(page.locator("#viewers-body")).to_contain_text("RUNNING")
+
+
+async def test_a_hidden_tab_stops_polling_and_resumes_when_shown(page: Page, dash: Api) -> None:
+    polls: list[str] = []
+
+    def seen(request: Request) -> None:
+        if request.url.endswith("/dashboard/cluster"):
+            polls.append(request.url)
+
+    page.on("request", seen)
+    await connect(page, dash, dash.cluster.admin_key)
+    await expect(page.locator("#downloading")).to_have_text("0")
+    await page.evaluate(
+        """() => {
+            Object.defineProperty(document, 'hidden', {value: true, configurable: true});
+            document.dispatchEvent(new Event('visibilitychange'));
+        }"""
+    )
+    before = len(polls)
+    await asyncio.sleep(2.5)  # more than two polling periods
+    assert len(polls) == before, "a hidden tab kept polling"
+    async with page.expect_request(lambda r: r.url.endswith("/dashboard/cluster")):
+        await page.evaluate(
+            """() => {
+                Object.defineProperty(document, 'hidden', {value: false, configurable: true});
+                document.dispatchEvent(new Event('visibilitychange'));
+            }"""
+        )
+
+
+async def test_the_page_recovers_by_itself_when_the_api_comes_back(
+    page: Page, dash: Api, artifacts: Path
+) -> None:
+    await connect(page, dash, dash.cluster.admin_key)
+    await expect(page.locator("#downloading")).to_have_text("0")
+    await dash.stop()
+    try:
+        await expect(page.locator("#banner")).to_contain_text(
+            "Cannot reach the Spool API", timeout=WAIT_MS
+        )
+        await expect(page.locator("#board")).to_have_class(re.compile("stale"))
+        await page.screenshot(path=str(artifacts / "dashboard-server-down.png"))
+    finally:
+        await dash.start()
+    await expect(page.locator("#banner")).to_be_hidden(timeout=WAIT_MS)
+    await expect(page.locator("#board")).not_to_have_class(re.compile("stale"))
+    await expect(page.locator("#session-kind")).to_have_text("connected · admin key")
+    updated = await page.locator("#updated").text_content()
+    await expect(page.locator("#updated")).not_to_have_text(updated or "", timeout=WAIT_MS)
