@@ -57,9 +57,7 @@ LIMIT $3
 
 MAX_MINUTES = 24 * 60
 
-# TODO(merge): read `reporting.job_minutes(minute, completed, failed, bytes)` instead of the
-# `jobs` projection once its migration lands: the subquery `j` becomes
-# `SELECT minute, completed, failed, bytes FROM reporting.job_minutes, w WHERE minute >= w.first`.
+# From the documented `reporting.job_minutes` view, which a rebuild keeps pointing at live rows.
 THROUGHPUT_SQL = """
 WITH w AS (
     SELECT date_trunc('minute', now()) - ($1::int - 1) * interval '1 minute' AS first,
@@ -68,14 +66,7 @@ WITH w AS (
 SELECT m.minute, coalesce(j.completed, 0), coalesce(j.failed, 0), coalesce(j.bytes, 0)
 FROM w, generate_series(w.first, w.last, interval '1 minute') AS m(minute)
 LEFT JOIN (
-    SELECT date_trunc('minute', finished_at) AS minute,
-           count(*) FILTER (WHERE status = 'Completed') AS completed,
-           count(*) FILTER (WHERE status = 'Failed') AS failed,
-           coalesce(sum((state->>'file_size')::bigint) FILTER (WHERE status = 'Completed'), 0)
-               ::bigint AS bytes
-    FROM jobs, w
-    WHERE finished_at >= w.first
-    GROUP BY 1
+    SELECT minute, completed, failed, bytes FROM reporting.job_minutes, w WHERE minute >= w.first
 ) AS j USING (minute)
 ORDER BY m.minute
 """

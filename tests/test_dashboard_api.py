@@ -75,7 +75,7 @@ async def _finished_job(api: FreshApi, *, size: int | None) -> None:
     done = await api.store.append(
         job.stream_id(job_id), [NewEvent(created, meta), NewEvent(end, meta)], 0
     )
-    await api.runner.wait_until("jobs", done.checkpoint)
+    await api.runner.wait_until("job_minutes", done.checkpoint)
 
 
 async def test_throughput_counts_finished_jobs_and_bytes_per_minute(api: FreshApi) -> None:

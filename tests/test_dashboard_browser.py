@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page, Request, async_playwright, expect
 
-from adapters.database import create_database, drop_database, migrate
+from adapters.database import create_database, drop_database
 from api.app import create_app
 from tests.fixtures.cluster import Cluster, running_cluster
 from tests.fixtures.loopback import serve_on_loopback
@@ -74,10 +74,9 @@ class Api:
 
 
 @pytest.fixture(scope="module")
-async def module_database(server_url: str) -> AsyncIterator[str]:
+async def module_database(server_url: str, migrated_template: str) -> AsyncIterator[str]:
     name = f"spool_test_{uuid.uuid4().hex[:12]}"
-    url = await create_database(server_url, name)
-    await migrate(url)
+    url = await create_database(server_url, name, template=migrated_template)
     yield url
     await drop_database(server_url, name)
 
