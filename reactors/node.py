@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from arq.connections import ArqRedis
 from arq.typing import WorkerCoroutine
 from arq.worker import Worker, func
 
-from adapters import sysinfo
+from adapters import event_partitions, sysinfo
 from adapters.account_storage import AccountStorages
 from adapters.event_store import EventStore, StreamAppend
 from adapters.job_store import load_job
@@ -111,6 +111,7 @@ class Node:
         )
         # The `removed_at` of the last removal this node answered by registering again.
         self._removal_seen: Any = None
+        self._heartbeat_day: date | None = None
 
     # -- life ----------------------------------------------------------------------------
 
@@ -259,7 +260,13 @@ class Node:
             running=sorted(self.claimed | set(self.running)),
             usage=sysinfo.usage(self.workroot),
         )
-        appends = [StreamAppend(node.stream_id(self.node_id), [NewEvent(beat, self.meta)])]
+        today = datetime.now(UTC).date()
+        if today != self._heartbeat_day:
+            # Tomorrow's partition too, so the first beat after midnight waits on no DDL.
+            await event_partitions.ensure_ahead(self.store.pool, today)
+            self._heartbeat_day = today
+        beats = node.heartbeat_stream_id(self.node_id, today)
+        appends = [StreamAppend(beats, [NewEvent(beat, self.meta)])]
         reported: list[RunningUnit] = []
         for unit in list(self.running.values()):
             if unit.progress is not None and unit.progress != unit.reported:
