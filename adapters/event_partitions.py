@@ -25,7 +25,7 @@ from domain import node
 
 _TABLE = re.compile(r"^events_heartbeat_(\d{8})$")
 
-_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('spool:event-partitions', 0))"
+LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('spool:event-partitions', 0))"
 
 
 class DayTable(NamedTuple):
@@ -108,7 +108,7 @@ async def ensure_days(pool: asyncpg.Pool, days: Iterable[date]) -> None:
     if not wanted:
         return
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(_LOCK)
+        await conn.execute(LOCK)
         have = {t.day: t for t in await day_tables(conn)}
         for day in wanted:
             held = have.get(day)

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+from adapters import event_archive
 from adapters.event_store import NOTIFY_CHANNEL, Batch, Checkpoint, EventStore, checkpoint_of
 from domain.events import RecordedEvent
 
@@ -265,6 +266,7 @@ class ProjectionRunner:
         which takes the live checkpoint's lock, applies the last events, and renames tables.
         """
         projection = self.projection(name)
+        await self._check_history(projection)
         shadow = f"{name}@rebuild"
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {REBUILD_SCHEMA}")
@@ -307,6 +309,19 @@ class ProjectionRunner:
             finish=swap,
             until=lambda: swapped,
         )
+
+    async def _check_history(self, projection: Projection) -> None:
+        """Refuse to rebuild from a log with archived heartbeats the projection would miss."""
+        if "NodeHeartbeat" not in projection.event_types:
+            return
+        gone = await event_archive.outstanding(self.pool)
+        if gone:
+            files = "\n".join(f"  spool events restore {g.file}" for g in gone)
+            raise event_archive.ArchiveError(
+                f"{projection.name} is built from heartbeats, and {len(gone)} day(s) of them "
+                f"({gone[0].day} to {gone[-1].day}) are archived: a rebuild now would lose "
+                f"their figures. Restore them first:\n{files}"
+            )
 
     def wake(self) -> None:
         """Ask the runner to look at the log now."""
