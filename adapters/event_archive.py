@@ -97,7 +97,7 @@ async def outstanding(db: asyncpg.Pool | asyncpg.Connection) -> list[Outstanding
 
 
 async def _lagging(conn: asyncpg.Connection, table: str, readers: Sequence[str]) -> list[str]:
-    """The `readers` (or their rebuilds) whose checkpoint is still inside `table`."""
+    """The `readers` (or rebuilds of them: `a+b@rebuild`) whose checkpoint is inside `table`."""
     last = await conn.fetchrow(
         f"SELECT tx::text::bigint AS tx, position FROM {table} "
         "ORDER BY tx DESC, position DESC LIMIT 1"
@@ -106,7 +106,7 @@ async def _lagging(conn: asyncpg.Connection, table: str, readers: Sequence[str])
         return []
     rows = await conn.fetch(
         "SELECT name FROM checkpoints WHERE (tx, position) < ($1, $2) "
-        "AND split_part(name, '@', 1) = ANY($3::text[]) ORDER BY name",
+        "AND string_to_array(split_part(name, '@', 1), '+') && $3::text[] ORDER BY name",
         last["tx"],
         last["position"],
         list(readers),
