@@ -93,6 +93,24 @@ def upgrade() -> None:
         "CREATE TABLE events_after_heartbeats PARTITION OF events "
         "FOR VALUES FROM ('heartbeat.') TO (MAXVALUE)"
     )
+    # Heartbeat days already in the log (a database migrated down and up again) get theirs.
+    op.execute(
+        """
+        DO $$
+        DECLARE d date;
+        BEGIN
+            FOR d IN SELECT DISTINCT substr(stream_id, 11, 10)::date FROM events_unpartitioned
+                     WHERE stream_id COLLATE "C" >= 'heartbeat-'
+                       AND stream_id COLLATE "C" < 'heartbeat.'
+            LOOP
+                EXECUTE format('CREATE TABLE %I PARTITION OF events FOR VALUES FROM (%L) TO (%L)',
+                               'events_heartbeat_' || to_char(d, 'YYYYMMDD'),
+                               'heartbeat-' || to_char(d, 'YYYY-MM-DD'),
+                               'heartbeat-' || to_char(d + 1, 'YYYY-MM-DD'));
+            END LOOP;
+        END $$
+        """
+    )
     op.execute(
         f"INSERT INTO events ({_COLUMNS}) OVERRIDING SYSTEM VALUE "
         f"SELECT {_COLUMNS} FROM events_unpartitioned ORDER BY position"
@@ -122,11 +140,9 @@ def downgrade() -> None:
     op.execute("DROP TABLE event_archives")
     op.execute("ALTER TABLE events RENAME TO events_partitioned")
     op.execute("ALTER SEQUENCE events_position_seq RENAME TO events_partitioned_position_seq")
-    op.execute(
-        "ALTER TABLE events_partitioned DROP CONSTRAINT events_stream_version_key;"
-        "DROP INDEX events_position_idx; DROP INDEX events_tx_position_idx;"
-        "DROP INDEX events_correlation_idx"
-    )
+    op.execute("ALTER TABLE events_partitioned DROP CONSTRAINT events_stream_version_key")
+    for index in ("events_position_idx", "events_tx_position_idx", "events_correlation_idx"):
+        op.execute(f"DROP INDEX {index}")
     op.execute(
         """
         CREATE TABLE events (
