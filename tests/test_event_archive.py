@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from adapters.database import create_pool
-from adapters.event_store import EventStore, StreamAppend
+from adapters.event_store import EventStore
 from adapters.queue import connect
 from adapters.settings import Settings
 from adapters.storage import LocalStorage
@@ -25,7 +25,7 @@ from reactors.projection import ProjectionRunner
 from reactors.projections import all_projections
 from spool.cli import main
 from spool.keys import issue
-from tests.cluster_api_helpers import heartbeat, node_started
+from tests.cluster_api_helpers import append_heartbeats, node_started
 from tests.conftest import api_client
 
 TODAY = datetime.now(UTC).date()
@@ -47,14 +47,6 @@ async def own_pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(fresh_database_url)
     yield pool
     await pool.close()
-
-
-async def _beat(store: EventStore, node_id: str, day: date, n: int) -> None:
-    meta = Metadata(actor=f"node:{node_id}", node_id=node_id)
-    stream = node.heartbeat_stream_id(node_id, day)
-    await store.append_many(
-        [StreamAppend(stream, [NewEvent(heartbeat(node_id, cpu=float(i)), meta)]) for i in range(n)]
-    )
 
 
 async def _rows(pool: asyncpg.Pool, table: str, key: str) -> list[Any]:
@@ -88,8 +80,8 @@ async def test_archive_and_restore_lose_nothing_and_verify_passes_after_each(
         await store.append(node.stream_id("n1"), [NewEvent(node_started("n1"), meta)], None)
         for day in OLD_DAYS:
             for node_id in ("n1", "n2"):
-                await _beat(store, node_id, day, 40)
-        await _beat(store, "n1", TODAY, 5)
+                await append_heartbeats(store, node_id, day, 40)
+        await append_heartbeats(store, "n1", TODAY, 5)
         await runner.settle()
         log_before = await own_pool.fetch(ALL_COLUMNS)
         nodes_before = await _rows(own_pool, "nodes", "node_id")
@@ -177,23 +169,3 @@ async def test_archive_refuses_a_date_not_in_the_past(
     assert why in refused.output
     assert await pool.fetchval("SELECT count(*) FROM event_archives") == 0
     assert await pool.fetchval("SELECT count(*) FROM events") >= count
-
-
-async def test_heartbeats_land_in_their_days_partition(
-    pool: asyncpg.Pool, store: EventStore
-) -> None:
-    day = TODAY - timedelta(days=400)
-    await _beat(store, "partition-probe", day, 3)
-    where = await pool.fetch(
-        "SELECT DISTINCT tableoid::regclass::text AS t FROM events WHERE stream_id = $1",
-        node.heartbeat_stream_id("partition-probe", day),
-    )
-    assert [r["t"] for r in where] == [f"events_heartbeat_{day:%Y%m%d}"]
-    jobs_and_nodes = await pool.fetch(
-        "SELECT DISTINCT tableoid::regclass::text AS t FROM events "
-        "WHERE NOT starts_with(stream_id, 'heartbeat-')"
-    )
-    assert {r["t"] for r in jobs_and_nodes} <= {
-        "events_before_heartbeats",
-        "events_after_heartbeats",
-    }
