@@ -97,21 +97,31 @@ async def outstanding(db: asyncpg.Pool | asyncpg.Connection) -> list[Outstanding
 
 
 async def _lagging(conn: asyncpg.Connection, table: str, readers: Sequence[str]) -> list[str]:
-    """The `readers` (or rebuilds of them: `a+b@rebuild`) whose checkpoint is inside `table`."""
+    """The `readers` not yet past `table` (one that never ran neither), and rebuilds of them
+    (`a+b@rebuild`) still inside it."""
     last = await conn.fetchrow(
         f"SELECT tx::text::bigint AS tx, position FROM {table} "
         "ORDER BY tx DESC, position DESC LIMIT 1"
     )
     if last is None:
         return []
-    rows = await conn.fetch(
-        "SELECT name FROM checkpoints WHERE (tx, position) < ($1, $2) "
+    past = {
+        r["name"]
+        for r in await conn.fetch(
+            "SELECT name FROM checkpoints WHERE (tx, position) >= ($1, $2) AND name = ANY($3)",
+            last["tx"],
+            last["position"],
+            list(readers),
+        )
+    }
+    rebuilds = await conn.fetch(
+        "SELECT name FROM checkpoints WHERE (tx, position) < ($1, $2) AND name LIKE '%@rebuild' "
         "AND string_to_array(split_part(name, '@', 1), '+') && $3::text[] ORDER BY name",
         last["tx"],
         last["position"],
         list(readers),
     )
-    return [r["name"] for r in rows]
+    return [r for r in readers if r not in past] + [r["name"] for r in rebuilds]
 
 
 def _lines(rows: list[asyncpg.Record]) -> Iterator[bytes]:
@@ -197,9 +207,16 @@ async def archive(
             if t.attached and not t.detach_pending:
                 behind = await _lagging(conn, t.table, readers)
                 if behind:
+                    rebuilds = [b for b in behind if b.endswith("@rebuild")]
+                    hint = (
+                        "; a rebuild is running or was interrupted: let it finish, or run "
+                        "`spool projections rebuild` again"
+                        if rebuilds
+                        else ""
+                    )
                     raise ArchiveError(
                         f"heartbeats of {t.day} are not yet read by {', '.join(behind)}: "
-                        "let them catch up (is `spool up` running?) and archive again"
+                        f"let them catch up (is `spool up` running?) and archive again{hint}"
                     )
         for t in days:
             if t.detach_pending:  # an earlier DETACH ... CONCURRENTLY was interrupted

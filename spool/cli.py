@@ -246,6 +246,12 @@ def projections_rebuild(names: tuple[str, ...], **flags: Any) -> None:
             runner = ProjectionRunner(rt.store, rt.runner.projections, batch_size=REBUILD_BATCH)
             for n in chosen:  # before any work: refused means nothing was touched
                 await runner.check_history(n)
+            # What an interrupted rebuild of any of them left behind starts again from zero.
+            await rt.pool.execute(
+                "DELETE FROM checkpoints WHERE name LIKE '%@rebuild' "
+                "AND string_to_array(split_part(name, '@', 1), '+') && $1::text[]",
+                chosen,
+            )
             types = set().union(*(runner.projection(n).event_types for n in chosen))
             total = await rt.pool.fetchval(
                 "SELECT count(*) FROM events WHERE type = ANY($1::text[])", list(types)

@@ -169,3 +169,22 @@ async def test_archive_refuses_a_date_not_in_the_past(
     assert why in refused.output
     assert await pool.fetchval("SELECT count(*) FROM event_archives") == 0
     assert await pool.fetchval("SELECT count(*) FROM events") >= count
+
+
+async def test_archive_waits_for_every_projection_that_reads_heartbeats(
+    fresh_database_url: str, own_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    store = EventStore(own_pool)
+    await append_heartbeats(store, "n1", OLD_DAYS[0], 10)
+    log_before = await own_pool.fetch(ALL_COLUMNS)
+
+    refused = await _spool(
+        fresh_database_url, "events", "archive", "--before", str(OLD_DAYS[1]),
+        "--dir", str(tmp_path),
+    )  # fmt: skip
+
+    assert refused.exit_code == 1
+    assert f"heartbeats of {OLD_DAYS[0]} are not yet read by " in refused.output
+    assert "nodes" in refused.output and "usage_minutes" in refused.output
+    assert await own_pool.fetch(ALL_COLUMNS) == log_before
+    assert list(tmp_path.iterdir()) == []
