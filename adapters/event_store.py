@@ -8,11 +8,14 @@ Subscribers read in `(tx, position)` order and only below the oldest transaction
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from datetime import date
 from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
+
+from adapters import event_partitions
 
 # Importing the aggregates registers every event type this store decodes.
 from domain import (  # noqa: F401
@@ -188,6 +191,15 @@ class EventStore:
         self.types = types
         # A Decoder made once per type decodes faster than msgspec.json.decode(type=...).
         self._decoders: dict[str, tuple[type[Event], msgspec.json.Decoder[Any]]] = {}
+        self._heartbeat_days: set[date] = set()
+        """Days whose heartbeat partition this store has seen attached."""
+
+    async def _partitions_for(self, stream_ids: Iterable[str]) -> None:
+        """Attach the partition of any heartbeat day not seen yet, before rows go to it."""
+        days = event_partitions.heartbeat_days(stream_ids) - self._heartbeat_days
+        if days:
+            await event_partitions.ensure_days(self.pool, days)
+            self._heartbeat_days |= days
 
     # -- writing -------------------------------------------------------------------------
 
@@ -218,6 +230,7 @@ class EventStore:
         if not events:
             raise ValueError("append needs at least one event")
         columns = self._columns(events)
+        await self._partitions_for([stream_id])
         if expected_version is None and conn is None:
             # "Wherever it ends": queue behind other writers of this stream instead of racing.
             async with self.pool.acquire() as own, own.transaction():
@@ -250,6 +263,7 @@ class EventStore:
 
         All or nothing: one stream whose head is not its expected version fails the batch.
         """
+        await self._partitions_for(a.stream_id for a in appends)
         if conn is None:
             async with self.pool.acquire() as own, own.transaction():
                 return await self.append_many(appends, conn=own)

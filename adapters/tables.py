@@ -17,12 +17,13 @@ class Xid8(sa.types.UserDefinedType[int]):
         return "xid8"
 
 
-# The append-only log. `tx` orders subscribers: see DESIGN.md, "The event store".
+# The append-only log. `tx` orders subscribers: see DESIGN.md, "The event store". Partitioned
+# by RANGE on stream_id, a partition per heartbeat day (migration 0011, adapters/event_partitions).
 events = sa.Table(
     "events",
     metadata,
-    sa.Column("position", sa.BigInteger, sa.Identity(always=True), primary_key=True),
-    sa.Column("stream_id", sa.Text, nullable=False),
+    sa.Column("position", sa.BigInteger, sa.Identity(always=True), nullable=False),
+    sa.Column("stream_id", sa.Text(collation="C"), nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("type", sa.Text, nullable=False),
     sa.Column("schema_version", sa.SmallInteger, nullable=False),
@@ -37,6 +38,8 @@ events = sa.Table(
     sa.Column("tx", Xid8(), nullable=False, server_default=sa.text("pg_current_xact_id()")),
     sa.UniqueConstraint("stream_id", "version", name="events_stream_version_key"),
     sa.Index("events_tx_position_idx", "tx", "position"),
+    sa.Index("events_position_idx", "position"),
+    postgresql_partition_by="RANGE (stream_id)",
 )
 
 # One row per projection or process manager: how far it has read the log.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import msgspec
 
 from domain.events import Event, event
@@ -78,3 +80,23 @@ EVENT_TYPES: frozenset[str] = frozenset(
 def stream_id(node_id: str) -> str:
     """The event stream that holds one node."""
     return f"node-{node_id}"
+
+
+HEARTBEAT_PREFIX = "heartbeat-"
+"""Heartbeats go to one stream per node per UTC day, so a whole day can be archived at once."""
+
+
+def heartbeat_stream_id(node_id: str, day: date) -> str:
+    """The stream that holds one node's heartbeats of one UTC day."""
+    return f"{HEARTBEAT_PREFIX}{day.isoformat()}-{node_id}"
+
+
+def heartbeat_day(stream_id: str) -> date | None:
+    """The UTC day of a heartbeat stream; None for any other stream (or a malformed one)."""
+    if not stream_id.startswith(HEARTBEAT_PREFIX):
+        return None
+    head = stream_id[len(HEARTBEAT_PREFIX) : len(HEARTBEAT_PREFIX) + 10]
+    try:
+        return date.fromisoformat(head)
+    except ValueError:
+        return None

@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from arq.connections import ArqRedis
 from arq.typing import WorkerCoroutine
 from arq.worker import Worker, func
 
-from adapters import sysinfo
+from adapters import event_partitions, sysinfo
 from adapters.account_storage import AccountStorages
 from adapters.event_store import EventStore, StreamAppend
 from adapters.job_store import load_job
@@ -111,6 +111,7 @@ class Node:
         )
         # The `removed_at` of the last removal this node answered by registering again.
         self._removal_seen: Any = None
+        self._heartbeat_day: date | None = None
 
     # -- life ----------------------------------------------------------------------------
 
@@ -259,7 +260,13 @@ class Node:
             running=sorted(self.claimed | set(self.running)),
             usage=sysinfo.usage(self.workroot),
         )
-        appends = [StreamAppend(node.stream_id(self.node_id), [NewEvent(beat, self.meta)])]
+        today = datetime.now(UTC).date()
+        if today != self._heartbeat_day:
+            # Tomorrow's partition too, so the first beat after midnight waits on no DDL.
+            await event_partitions.ensure_ahead(self.store.pool, today)
+            self._heartbeat_day = today
+        beats = node.heartbeat_stream_id(self.node_id, today)
+        appends = [StreamAppend(beats, [NewEvent(beat, self.meta)])]
         reported: list[RunningUnit] = []
         for unit in list(self.running.values()):
             if (
@@ -307,10 +314,14 @@ class Node:
             return
         units = list(self.running.values())
         rows = await self.store.pool.fetch(
+            # One probe per stream, by (stream_id, version): a join lets the planner weigh a
+            # scan of every partition, heartbeat days included, against probes it cannot
+            # tell will find nothing there.
             """
-            SELECT DISTINCT e.stream_id FROM unnest($1::text[], $2::int[]) AS r(stream_id, v)
-            JOIN events e ON e.stream_id = r.stream_id AND e.version > r.v
-            WHERE e.type = 'JobCancelled'
+            SELECT r.stream_id FROM unnest($1::text[], $2::int[]) AS r(stream_id, v)
+            WHERE (SELECT true FROM events e
+                   WHERE e.stream_id = r.stream_id AND e.version > r.v
+                     AND e.type = 'JobCancelled' LIMIT 1)
             """,
             [job.stream_id(u.job_id) for u in units],
             [u.since_version for u in units],

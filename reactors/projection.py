@@ -19,13 +19,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from adapters import reporting
+from adapters import event_archive, reporting
 from adapters.event_store import NOTIFY_CHANNEL, Batch, Checkpoint, EventStore, checkpoint_of
 from domain.events import RecordedEvent
 
 log = logging.getLogger("spool.projections")
 
 REBUILD_SCHEMA = "spool_rebuild"
+REBUILD_BATCH = 5000
+"""Events a rebuild applies per transaction (a live runner's batches are smaller)."""
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
@@ -63,6 +65,30 @@ async def _locked_checkpoint(conn: asyncpg.Connection, name: str) -> Checkpoint:
         row = await conn.fetchrow(_LOCK_CHECKPOINT, name)
         assert row is not None
     return Checkpoint(row["tx"], row["position"])
+
+
+class _Together:
+    """Several projections fed from one read of the log, each the events of its own types."""
+
+    def __init__(self, members: Sequence[Projection]) -> None:
+        self.members = list(members)
+        self.name = "+".join(p.name for p in self.members)
+        self.tables: Sequence[sa.Table] = [t for p in self.members for t in p.tables]
+        self.event_types = frozenset().union(*(p.event_types for p in self.members))
+        self.applied = dict.fromkeys((p.name for p in self.members), 0)
+        """Events each member has applied."""
+
+    async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+        counts: dict[str, int] = {}
+        for p in self.members:
+            mine = (
+                events if len(self.members) == 1 else [e for e in events if e.type in p.event_types]
+            )
+            if mine:
+                await p.apply(conn, mine)
+                counts[p.name] = len(mine)
+        for name, n in counts.items():
+            self.applied[name] += n
 
 
 class ProjectionRunner:
@@ -265,12 +291,27 @@ class ProjectionRunner:
         The live tables keep serving (and the live runner keeps them current) until the swap,
         which takes the live checkpoint's lock, applies the last events, and renames tables.
         """
-        projection = self.projection(name)
-        shadow = f"{name}@rebuild"
+        return (await self.rebuild_together([name], progress))[name]
+
+    async def rebuild_together(
+        self, names: Sequence[str], progress: Progress | None = None
+    ) -> dict[str, int]:
+        """Rebuild several projections in one pass over the log, then swap them all at once.
+
+        Each batch is read and decoded once and applied to every projection's shadow tables
+        (each gets the events of its own types); returns the events each applied.
+        """
+        members = sorted((self.projection(n) for n in dict.fromkeys(names)), key=lambda p: p.name)
+        for p in members:
+            await self.check_history(p.name)
+        together = _Together(members)
+        shadow = f"{together.name}@rebuild"
         async with self.pool.acquire() as conn, conn.transaction():
+            # Rebuilds may run side by side: IF NOT EXISTS alone races on the catalog.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('spool:rebuild-schema'))")
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {REBUILD_SCHEMA}")
             await conn.execute("DELETE FROM checkpoints WHERE name = $1", shadow)
-            for table in projection.tables:
+            for table in together.tables:
                 await conn.execute(f"DROP TABLE IF EXISTS {REBUILD_SCHEMA}.{table.name}")
                 copy = table.to_metadata(sa.MetaData(), schema=REBUILD_SCHEMA)
                 await conn.execute(str(CreateTable(copy).compile(dialect=_DIALECT)))
@@ -281,35 +322,54 @@ class ProjectionRunner:
 
         async def swap(conn: asyncpg.Connection, at: Checkpoint) -> None:
             nonlocal swapped
-            live = await conn.fetchrow(
-                "SELECT tx, position FROM checkpoints WHERE name = $1 FOR UPDATE", name
-            )
-            # The live runner is now blocked on its checkpoint; nothing new lands in old tables.
-            if live is not None and (live["tx"], live["position"]) > tuple(at):
-                return  # the log moved on while we read it: take another batch first
+            # In name order, as every rebuild takes them: two rebuilds cannot deadlock.
+            for p in members:
+                live = await conn.fetchrow(
+                    "SELECT tx, position FROM checkpoints WHERE name = $1 FOR UPDATE", p.name
+                )
+                # The live runner is now blocked on this checkpoint: nothing new lands in the
+                # old tables.
+                if live is not None and (live["tx"], live["position"]) > tuple(at):
+                    return  # the log moved on while we read it: take another batch first
             # The reporting views read the live tables: point them at the new ones first.
-            await reporting.repoint_views(conn, REBUILD_SCHEMA, [t.name for t in projection.tables])
-            for table in projection.tables:
+            await reporting.repoint_views(conn, REBUILD_SCHEMA, [t.name for t in together.tables])
+            for table in together.tables:
                 await conn.execute(f"DROP TABLE public.{table.name}")
                 await conn.execute(f"ALTER TABLE {REBUILD_SCHEMA}.{table.name} SET SCHEMA public")
             await conn.execute(
-                "INSERT INTO checkpoints (name, tx, position) VALUES ($1, $2, $3) "
-                "ON CONFLICT (name) DO UPDATE SET tx = $2, position = $3, updated_at = now()",
-                name,
+                "INSERT INTO checkpoints (name, tx, position) SELECT n, $2, $3 "
+                "FROM unnest($1::text[]) n ON CONFLICT (name) DO UPDATE "
+                "SET tx = $2, position = $3, updated_at = now()",
+                [p.name for p in members],
                 at.tx,
                 at.position,
             )
             await conn.execute("DELETE FROM checkpoints WHERE name = $1", shadow)
             swapped = True
 
-        return await self._follow(
-            projection,
+        await self._follow(
+            together,
             shadow,
             progress,
             schema=REBUILD_SCHEMA,
             finish=swap,
             until=lambda: swapped,
         )
+        return dict(together.applied)
+
+    async def check_history(self, name: str) -> None:
+        """Refuse to rebuild from a log with archived heartbeats the projection would miss."""
+        projection = self.projection(name)
+        if "NodeHeartbeat" not in projection.event_types:
+            return
+        gone = await event_archive.outstanding(self.pool)
+        if gone:
+            files = "\n".join(f"  spool events restore {g.file}" for g in gone)
+            raise event_archive.ArchiveError(
+                f"{projection.name} is built from heartbeats, and {len(gone)} day(s) of them "
+                f"({gone[0].day} to {gone[-1].day}) are archived: a rebuild now would lose "
+                f"their figures. Restore them first:\n{files}"
+            )
 
     def wake(self) -> None:
         """Ask the runner to look at the log now."""

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -224,33 +225,131 @@ def projections_status(**flags: Any) -> None:
 
 @projections.command("rebuild")
 @_database_options
-@click.argument("name", required=False)
-def projections_rebuild(name: str | None, **flags: Any) -> None:
-    """Rebuild NAME (default: every projection) from position zero, aside, then swap it in.
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+def projections_rebuild(names: tuple[str, ...], **flags: Any) -> None:
+    """Rebuild NAMEs (default: every projection) from position zero, aside, then swap them in.
 
-    The API keeps serving the old rows until the new ones are complete.
+    One pass over the log feeds them all; the API keeps serving the old rows until the new
+    ones are complete, and all are swapped in one short transaction.
     """
+    from reactors.projection import REBUILD_BATCH, ProjectionRunner
 
-    async def go() -> None:
+    async def go() -> dict[str, int]:
         async with open_runtime(_settings(**flags)) as rt:
-            names = [name] if name else [p.name for p in rt.runner.projections]
-            for n in names:
+            chosen = list(names) or [p.name for p in rt.runner.projections]
+            for n in chosen:
                 try:
                     rt.runner.projection(n)
                 except KeyError as exc:
                     raise click.BadParameter(str(exc.args[0]), param_hint="NAME") from None
-                await rt.pool.execute("DELETE FROM checkpoints WHERE name = $1", f"{n}@rebuild")
-                total = await rt.pool.fetchval(
-                    "SELECT count(*) FROM events WHERE type = ANY($1::text[])",
-                    list(rt.runner.projection(n).event_types),
-                )
-                with click.progressbar(
-                    length=total, label=f"rebuilding {n}", file=sys.stderr, show_pos=True
-                ) as bar:
-                    applied = await rt.runner.rebuild(n, progress=bar.update)
-                click.echo(f"{n}: rebuilt from {applied} events and swapped in")
+            # Large batches: a rebuild applies the whole log, so per-batch costs add up.
+            runner = ProjectionRunner(rt.store, rt.runner.projections, batch_size=REBUILD_BATCH)
+            for n in chosen:  # before any work: refused means nothing was touched
+                await runner.check_history(n)
+            # What an interrupted rebuild of any of them left behind starts again from zero.
+            await rt.pool.execute(
+                "DELETE FROM checkpoints WHERE name LIKE '%@rebuild' "
+                "AND string_to_array(split_part(name, '@', 1), '+') && $1::text[]",
+                chosen,
+            )
+            types = set().union(*(runner.projection(n).event_types for n in chosen))
+            total = await rt.pool.fetchval(
+                "SELECT count(*) FROM events WHERE type = ANY($1::text[])", list(types)
+            )
+            with click.progressbar(
+                length=total,
+                label=f"rebuilding {', '.join(chosen)}",
+                file=sys.stderr,
+                show_pos=True,
+            ) as bar:
+                return await runner.rebuild_together(chosen, progress=bar.update)
 
-    _run(go())
+    for n, applied in _run(go()).items():
+        click.echo(f"{n}: rebuilt from {applied} events and swapped in")
+
+
+@main.group()
+def events() -> None:
+    """Retention of the event log: archive old heartbeat days to files, restore them."""
+
+
+def _past_date(ctx: click.Context, param: click.Parameter, value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+@events.command("archive")
+@_database_options
+@click.option(
+    "--before",
+    "before",
+    required=True,
+    metavar="DATE",
+    callback=_past_date,
+    help="Archive every heartbeat day before this UTC date (YYYY-MM-DD, before today).",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the files go [default: archive/ under the data dir].",
+)
+def events_archive(before: date, directory: Path | None, **flags: Any) -> None:
+    """Write heartbeat days before DATE to files, then detach and drop their partitions.
+
+    One gzip'd JSON Lines file a day (docs/retention.md); each is recorded in the database.
+    """
+    from adapters.event_archive import archive
+
+    today = datetime.now(UTC).date()
+    if before >= today:  # checked before any server starts: bad input touches nothing
+        raise click.BadParameter(
+            f"{before} is not before today ({today} UTC): only finished days can be archived",
+            param_hint="--before",
+        )
+    settings = _settings(**flags)
+    target = directory or settings.data_dir / "archive"
+
+    async def go() -> Any:
+        async with open_runtime(settings) as rt:
+            readers = [p.name for p in rt.runner.projections if "NodeHeartbeat" in p.event_types]
+            return await archive(rt.pool, before, target, today, readers)
+
+    done = _run(go())  # an ArchiveError is a RuntimeError: _run shows its message
+    for a in done:
+        where = a.file if a.file is not None else "(no events: partition dropped)"
+        click.echo(f"{a.day}: {a.events} events -> {where}")
+    if not done:
+        click.echo(f"no heartbeat days before {before} in the log")
+
+
+@events.command("restore")
+@_database_options
+@click.argument("file", type=click.Path(path_type=Path))
+def events_restore(file: Path, **flags: Any) -> None:
+    """Bring an archived heartbeat day back into the log, positions and order as they were.
+
+    Restoring a day that is already back changes nothing.
+    """
+    from adapters.event_archive import ArchiveError, read_file, restore
+
+    try:
+        read_file(file)  # a missing or corrupt file fails before any server starts
+    except ArchiveError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def go() -> Any:
+        async with open_runtime(_settings(**flags)) as rt:
+            return await restore(rt.pool, file)
+
+    done = _run(go())
+    if done.already:
+        click.echo(f"{done.day}: already in the log, nothing restored")
+    else:
+        click.echo(f"{done.day}: {done.events} events restored from {file}")
 
 
 @main.group()

@@ -7,6 +7,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import httpx
 from litestar import Litestar
 
 from adapters.database import create_pool
-from adapters.event_store import AppendResult, EventStore
+from adapters.event_store import AppendResult, EventStore, StreamAppend
 from adapters.queue import connect
 from adapters.settings import Settings
 from adapters.storage import LocalStorage
@@ -184,3 +185,12 @@ async def fresh_api(
         if redis is not None:
             await redis.aclose()
         await pool.close()
+
+
+async def append_heartbeats(store: EventStore, node_id: str, day: date, n: int) -> None:
+    """`n` heartbeats of a node into its stream of `day`, in one batched append."""
+    meta = Metadata(actor=f"node:{node_id}", node_id=node_id)
+    stream = node.heartbeat_stream_id(node_id, day)
+    await store.append_many(
+        [StreamAppend(stream, [NewEvent(heartbeat(node_id, cpu=float(i)), meta)]) for i in range(n)]
+    )
