@@ -390,6 +390,8 @@ class JobsController(Controller):
         body = decode_create_job_body(await request.body())
         valid = validate_create_job(body)
         await refuse_forbidden_target(request, valid.url)
+        if valid.options.webhook_url is not None:
+            await refuse_forbidden_target(request, valid.options.webhook_url, what="webhook_url")
         meta = command_metadata(request, principal.key_id)
         store: EventStore = request.app.state.store
         playlist = await _playlist(request, valid.url)
