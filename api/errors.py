@@ -25,7 +25,8 @@ def client_fault(exc: Exception) -> str | None:
     if isinstance(exc, asyncpg.CharacterNotInRepertoireError):
         return "Text must not contain NUL characters"
     if isinstance(exc, OverflowError) or (
-        isinstance(exc, asyncpg.DataError) and "out of int64 range" in str(exc)
+        # "value out of int32 range" (an int column) or "... int64 ..." (bigint).
+        isinstance(exc, asyncpg.DataError) and "out of int" in str(exc)
     ):
         return "A number in the request is out of range"
     return None

@@ -372,6 +372,7 @@ def _parse_cursor(cursor: str) -> tuple[datetime, str]:
         raise JobApiError(status_code=400, detail="Invalid cursor") from None
 
 
+MAX_VERSION = 2**31 - 1  # stream versions are PostgreSQL integers
 StatusFilter = Literal["Pending", "Processing", "Completed", "Failed", "Cancelled"]
 
 
@@ -524,7 +525,7 @@ class JobsController(Controller):
         request: Request[Any, Any, Any],
         job_id: str,
         principal: Principal,
-        from_version: Annotated[int, Parameter(ge=1)] = 1,
+        from_version: Annotated[int, Parameter(ge=1, le=MAX_VERSION)] = 1,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     ) -> EventPage:
         """A job's full event history, oldest first: the audit trail."""
