@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.generation.case import Case
 
+from adapters.event_store import EventStore
 from tests.cluster_api_helpers import FreshApi, fresh_api, register
 from tests.fixtures.loopback import serve_on_loopback
 
@@ -330,10 +331,16 @@ REFUSED_NAMES = [
 
 @pytest.mark.parametrize(("field", "value"), REFUSED_NAMES)
 async def test_path_tricks_in_filename_and_folder_are_refused(
-    client: httpx.AsyncClient, api_key: str, field: str, value: str
+    client: httpx.AsyncClient, api_key: str, store: EventStore, field: str, value: str
 ) -> None:
+    before = await store.pool.fetchval("SELECT count(*) FROM events")
     answer = await client.post("/jobs", json={"url": MEDIA, field: value}, headers=_auth(api_key))
     assert_surface_error("/jobs", answer, 400)
+    bulk = await client.post(
+        "/jobs/bulk", json={"jobs": [{"url": MEDIA, field: value}]}, headers=_auth(api_key)
+    )
+    assert_surface_error("/jobs/bulk", bulk, 400)
+    assert await store.pool.fetchval("SELECT count(*) FROM events") == before  # nothing stored
 
 
 # Accepted, but what is stored is one harmless segment (filename) or plain segments (folder).
@@ -382,9 +389,11 @@ async def test_unicode_tricks_in_names_are_stored_harmless(
     ],
 )
 async def test_header_injection_in_a_webhook_url_is_refused(
-    client: httpx.AsyncClient, api_key: str, webhook_url: str
+    client: httpx.AsyncClient, api_key: str, store: EventStore, webhook_url: str
 ) -> None:
+    before = await store.pool.fetchval("SELECT count(*) FROM events")
     answer = await client.post(
         "/jobs", json={"url": MEDIA, "webhook_url": webhook_url}, headers=_auth(api_key)
     )
     assert_surface_error("/jobs", answer, 400)
+    assert await store.pool.fetchval("SELECT count(*) FROM events") == before

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -18,8 +20,13 @@ import httpx
 import jwt
 import pytest
 
+from adapters import webhook_client
+from adapters.settings import Settings
+from adapters.ssrf import UrlGuard
 from adapters.tokens import TokenError, issue_token, signing_key, verify_token
+from reactors.task_types import EXECUTORS, TaskContext, TaskRefused
 from tests.fixtures.cluster import StartCluster
+from tests.fixtures.loopback import serve_on_loopback
 from tests.fixtures.s3 import S3Server
 
 MEDIA = "https://media.test/clip.mp4"
@@ -167,6 +174,94 @@ async def test_a_webhook_aimed_inside_the_network_is_refused_at_submission(
     )
     assert bulk.status_code == 400, bulk.text
     assert "webhook_url refused" in bulk.json()["error"]
+
+
+async def test_a_webhook_receiver_cannot_redirect_the_delivery_elsewhere() -> None:
+    hits: list[str] = []
+
+    async def receiver(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        hits.append(scope["path"])
+        if scope["path"] == "/hook":
+            # Where a redirect would lead: allowed by the guard too, so only "no redirects"
+            # keeps the delivery from going there.
+            headers = [(b"location", b"/internal-admin"), (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": 307, "headers": headers})
+        else:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with serve_on_loopback(receiver, lifespan="off") as port:
+        answer, retry = await webhook_client.post(
+            f"http://127.0.0.1:{port}/hook",
+            b"{}",
+            secret="s",
+            kind="job.completed",
+            guard=UrlGuard(["127.0.0.1/32"]),
+        )
+    assert hits == ["/hook"]
+    assert answer.status_code == 307 and not answer.ok and not retry
+
+
+def _rebinding_dns(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
+    """`name` answers a public address to its first lookup and 127.0.0.1 to every later one.
+
+    Patched at `socket.getaddrinfo`, under every resolver in the process (the event loop's
+    and the HTTP client's alike).
+    """
+    real = socket.getaddrinfo
+    answers: list[str] = []
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in (name, name.encode()):
+            return real(host, port, *args, **kwargs)
+        address = "93.184.216.34" if not answers else "127.0.0.1"
+        answers.append(address)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return answers
+
+
+async def _counting_receiver(hits: list[str]) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            hits.append(scope["path"])
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"inside"})
+
+    return app
+
+
+async def test_a_webhook_name_that_rebinds_to_loopback_is_refused_before_sending(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hits: list[str] = []
+    async with serve_on_loopback(await _counting_receiver(hits), lifespan="off") as port:
+        answers = _rebinding_dns(monkeypatch, "rebind.test")
+        answer, retry = await webhook_client.post(
+            f"http://rebind.test:{port}/hook", b"{}", secret="s", kind="job.completed",
+            guard=UrlGuard(),
+        )  # fmt: skip
+    assert answers[0] == "93.184.216.34" and "127.0.0.1" in answers  # the check, then the rebind
+    assert hits == []
+    assert answer.reason == "URL refused: rebind.test resolves to 127.0.0.1, a loopback address"
+    assert not answer.ok and not retry
+
+
+async def test_an_http_request_task_whose_name_rebinds_sends_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    hits: list[str] = []
+    async with serve_on_loopback(await _counting_receiver(hits), lifespan="off") as port:
+        _rebinding_dns(monkeypatch, "rebind.test")
+        ctx = TaskContext("node-t", Settings(data_dir=tmp_path), UrlGuard(), tmp_path / "work")
+        with pytest.raises(TaskRefused, match=r"rebind\.test resolves to 127\.0\.0\.1"):
+            await EXECUTORS["http_request"](
+                {"url": f"http://rebind.test:{port}/admin", "method": "POST", "body": "x"}, ctx
+            )
+    assert hits == []
 
 
 # -- tokens ----------------------------------------------------------------------------------
