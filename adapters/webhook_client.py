@@ -7,6 +7,7 @@ import uuid
 
 import httpx
 
+from adapters.guarded_http import guarded_client
 from adapters.ssrf import UrlGuard, UrlRefused
 from domain import webhook
 
@@ -43,8 +44,10 @@ async def post(
         webhook.SIGNATURE_HEADER: webhook.sign(secret, now, body),
     }
     try:
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+        async with guarded_client(guard, timeout=timeout) as client:
             answer = await client.post(url, content=body, headers=headers)
+    except UrlRefused as exc:  # the name resolved elsewhere when connecting (DNS rebinding)
+        return WebhookAnswer(None, str(exc), time.monotonic() - started), False
     except httpx.HTTPError as exc:
         return WebhookAnswer(None, f"{type(exc).__name__}: {exc}", time.monotonic() - started), True
     elapsed = time.monotonic() - started

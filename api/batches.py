@@ -401,6 +401,9 @@ async def create_bulk(request: Request[Any, Any, Any], principal: Principal) -> 
     for index, new in enumerate(valid):
         try:
             await refuse_forbidden_target(request, new.valid.url)
+            if new.valid.options.webhook_url is not None:
+                hook = new.valid.options.webhook_url
+                await refuse_forbidden_target(request, hook, what="webhook_url")
         except JobApiError as exc:
             raise JobApiError(status_code=400, detail=f"jobs[{index}]: {exc.detail}") from None
     # One storage for the whole request (a shared option): checked and sealed once.

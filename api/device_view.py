@@ -168,7 +168,11 @@ async def list_devices(
         return [device(r) for r in rows], int(rows[0]["total"])
     if offset == 0:
         return [], 0
-    total = await pool.fetchval(f"SELECT count(*) FROM nodes WHERE {where}", timeout, *args)
+    # `$1` must appear even when no condition reads the timeout (status "all"): the server
+    # counts the parameters a statement uses, and a page past the end was a 500.
+    total = await pool.fetchval(
+        f"SELECT count(*) FROM nodes WHERE $1::interval IS NOT NULL AND {where}", timeout, *args
+    )
     return [], int(total)
 
 

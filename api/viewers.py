@@ -7,6 +7,7 @@ address across all accounts, and the events API writes into the cluster's record
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -15,12 +16,14 @@ from typing import Any, NamedTuple
 import asyncpg
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.exceptions import HTTPException
 
 from adapters.event_store import EventStore, StreamAppend
 from adapters.tables import VIEWER_SPAN_WIDTHS
 from adapters.viewer_sessions import ViewerRecorder
 from adapters.viewer_store import load_viewers
 from api.auth import Principal, lookup, presented_key
+from api.errors import client_fault
 from api.requests import command_metadata
 from domain import viewer
 from domain.errors import ConcurrencyError
@@ -36,6 +39,9 @@ NON_SYSTEM_TYPES: tuple[str, ...] = tuple(
 )
 
 
+log = logging.getLogger("spool.api")
+
+
 class ViewerApiError(Exception):
     """An answer other than 2xx, in the viewer API's shape: `{"message": ...}`."""
 
@@ -46,11 +52,20 @@ class ViewerApiError(Exception):
 
 
 def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
-    assert isinstance(exc, ViewerApiError)
-    return Response({"message": exc.message}, status_code=exc.status_code)
+    """Map any exception under the viewer API to its `{"message": ...}` shape."""
+    if isinstance(exc, ViewerApiError):
+        return Response({"message": exc.message}, status_code=exc.status_code)
+    if isinstance(exc, HTTPException):  # e.g. 413 for a body past the size limit
+        return Response(
+            {"message": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+    if (fault := client_fault(exc)) is not None:
+        return Response({"message": fault}, status_code=400)
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return Response({"message": "Internal server error"}, status_code=500)
 
 
-_ERRORS = {ViewerApiError: _error}
+_ERRORS = {Exception: _error}
 
 
 async def _admin(request: Request[Any, Any, Any]) -> Principal:

@@ -24,6 +24,7 @@ import httpx
 import psutil
 
 from adapters import sysinfo
+from adapters.guarded_http import guarded_client
 from adapters.settings import Settings
 from adapters.ssrf import UrlGuard, UrlRefused
 
@@ -140,9 +141,8 @@ async def http_request(payload: dict[str, Any], ctx: TaskContext) -> Any:
         content = str(payload["body"]).encode()
     started = time.monotonic()
     # No proxies from the environment: a proxy would connect where the guard never looks.
-    async with httpx.AsyncClient(
-        timeout=timeout, follow_redirects=False, trust_env=False
-    ) as client:
+    # Each connection is judged again when opened (DNS rebinding), before a byte is sent.
+    async with guarded_client(ctx.guard, timeout=timeout) as client:
         for _hop in range(MAX_REDIRECTS + 1):
             try:
                 await ctx.guard.check_url_async(url)
@@ -172,6 +172,8 @@ async def http_request(payload: dict[str, Any], ctx: TaskContext) -> Any:
                         body += chunk
                         if len(body) > MAX_HTTP_BODY:
                             break
+            except UrlRefused as exc:
+                raise TaskRefused(str(exc)) from None
             except httpx.HTTPError as exc:
                 raise TaskError(f"HTTP request failed: {type(exc).__name__}: {exc}") from None
             text = body[:MAX_HTTP_BODY].decode(response.encoding or "utf-8", errors="replace")

@@ -122,6 +122,15 @@ async def test_a_forged_token_is_refused(served: Served) -> None:
         await _closed(ws)
 
 
+async def test_an_unsigned_alg_none_token_is_refused(served: Served) -> None:
+    genuine = await _token(served.api, served.api.admin_key)
+    claims = jwt.decode(genuine, options={"verify_signature": False})
+    unsigned = jwt.encode(claims, None, algorithm="none")
+    async with websockets.connect(served.url) as ws:
+        assert (await _ask(ws, f"auth {unsigned}")).startswith("error: invalid token")
+        await _closed(ws)
+
+
 async def test_a_malformed_token_is_refused(served: Served) -> None:
     async with websockets.connect(served.url) as ws:
         assert (await _ask(ws, "auth not.a.jwt")).startswith("error: invalid token")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,6 +62,14 @@ REFUSED = [
         "Teredo form of 127.0.0.1, a loopback address",
     ),
     ("http://[64:ff9b::a00:1]/", "NAT64 form of 10.0.0.1, a private address"),
+    ("http://[fd00::]/", "URL refused: fd00:: is a private address"),
+    ("http://[fd00::1]:8080/x", "fd00::1 is a private address"),
+    ("http://[::ffff:7f00:1]/", "IPv4-mapped form of 127.0.0.1, a loopback address"),
+    ("http://[0:0:0:0:0:ffff:127.0.0.1]/", "IPv4-mapped form of 127.0.0.1, a loopback address"),
+    # 169.254.169.254 spelt as one decimal number, and in hex.
+    ("http://2852039166/", "resolves to 169.254.169.254, a cloud metadata address"),
+    ("http://0xa9fea9fe/", "resolves to 169.254.169.254, a cloud metadata address"),
+    ("http://127.000.000.001/", "resolves to 127.0.0.1, a loopback address"),
 ]
 
 
@@ -203,3 +214,30 @@ async def test_async_check_admits_public_and_allowlisted() -> None:
     await UrlGuard(["127.0.0.1/32"]).check_url_async("http://127.0.0.1:9/")
     with pytest.raises(UrlRefused, match="only http and https"):
         await UrlGuard().check_url_async("file:///etc/passwd")
+
+
+def _hosts_file_names() -> list[tuple[str, str]]:
+    """(name, address) for every name /etc/hosts gives a non-public address (localhost at least)."""
+    names = [("localhost", "127.0.0.1")]
+    for line in Path("/etc/hosts").read_text().splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 2:
+            continue
+        try:
+            address = ipaddress.ip_address(fields[0])
+        except ValueError:
+            continue
+        if not address.is_global:
+            names += [(name, fields[0]) for name in fields[1:] if name != "localhost"]
+    return names
+
+
+@pytest.mark.parametrize(("name", "address"), _hosts_file_names())
+async def test_a_name_the_resolver_maps_inside_the_network_is_refused(
+    name: str, address: str
+) -> None:
+    # Real resolution (no stub): the name is looked up as a download would look it up.
+    with pytest.raises(UrlRefused, match=f"{re.escape(name)} resolves to "):
+        UrlGuard().check_url(f"http://{name}:8080/clip.mp4")
+    with pytest.raises(UrlRefused, match="resolves to"):
+        await UrlGuard().check_url_async(f"https://{name.upper()}./x")

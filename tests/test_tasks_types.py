@@ -139,3 +139,33 @@ async def test_http_request_checks_every_redirect(
         await EXECUTORS["http_request"](
             {"url": local_http + path}, ctx(tmp_path, ("127.0.0.1/32",))
         )
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "().__class__.__bases__[0].__subclasses__()",
+        "[c for c in ().__class__.__base__.__subclasses__()]",
+        "getattr((), '__class__')",
+        "type(1)",
+        "eval('1 + 1')",
+        "exec('import os')",
+        "compile('1', 'x', 'eval')",
+        "globals()",
+        "(lambda: 1)()",
+        "'{0.__class__.__bases__}'.format(1)",
+        "'{x.__class__}'.format_map({'x': 1})",
+        "f'{().__class__}'",
+        "x.__class__.__mro__",
+        "'a' * 10 ** 9",
+        "[1] * 10 ** 9",
+        "10 ** 10 ** 10",
+        "2 ** 99999999",
+    ],
+)
+async def test_python_eval_refuses_escapes_and_resource_bombs(tmp_path: Path, attack: str) -> None:
+    c = ctx(tmp_path, allow_python_eval=True)
+    with pytest.raises(TaskRefused) as refused:
+        await EXECUTORS["python_eval"]({"expression": attack, "variables": {"x": 1}}, c)
+    # Whatever the reason, nothing of the interpreter's insides comes back.
+    assert "<class" not in str(refused.value)
