@@ -158,7 +158,10 @@ async def test_a_rebuild_gives_the_same_figures_and_a_cancel_counts(
     before = await _usage_until(
         api,
         cluster.key,
-        lambda b: b["all_time"]["jobs_cancelled"] == b["all_time"]["jobs_by_status"]["Cancelled"] == 1,
+        lambda b: (
+            b["all_time"]["jobs_cancelled"] == 1
+            and b["all_time"]["jobs_by_status"]["Cancelled"] == 1
+        ),
     )
 
     runner = ProjectionRunner(cluster.store, [UsageProjection()])
