@@ -154,7 +154,15 @@ async def test_a_rebuild_gives_the_same_figures_and_a_cancel_counts(
     job_id = await cluster.create(media_server.slow_url("clip.mp4", interval=0.5))
     cancelled = await cluster.client.delete(f"/jobs/{job_id}", headers=cluster.headers())
     assert cancelled.status_code == 200, cancelled.text
-    before = await _usage_until(api, cluster.key, lambda b: b["all_time"]["jobs_cancelled"] == 1)
+    # Counters come from the usage projection, jobs_by_status from the jobs one: wait for both.
+    before = await _usage_until(
+        api,
+        cluster.key,
+        lambda b: (
+            b["all_time"]["jobs_cancelled"] == 1
+            and b["all_time"]["jobs_by_status"]["Cancelled"] == 1
+        ),
+    )
 
     runner = ProjectionRunner(cluster.store, [UsageProjection()])
     await runner.rebuild("usage")

@@ -17,7 +17,7 @@ from reactors.projection import ProjectionRunner
 from reactors.projections import all_projections
 from reactors.viewer_timeouts import LOCK_KEY, ViewerTimeouts
 
-TIMEOUT = 0.5
+TIMEOUT = 2.0  # long enough that "just now" stays true on a loaded machine
 
 
 @pytest.fixture
