@@ -169,6 +169,8 @@ LIMIT $3
 
 _LOCK_STREAM = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 
+_UNVERSIONED_TRIES = 10
+
 _STREAM_VERSION = "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1"
 
 
@@ -232,11 +234,23 @@ class EventStore:
         columns = self._columns(events)
         await self._partitions_for([stream_id])
         if expected_version is None and conn is None:
-            # "Wherever it ends": queue behind other writers of this stream instead of racing.
-            async with self.pool.acquire() as own, own.transaction():
-                await own.execute(_LOCK_STREAM, stream_id)
-                return await self._insert(own, stream_id, columns, None)
+            # "Wherever it ends": queue behind other such writers of this stream instead of
+            # racing. A writer with an expected version takes no lock and may still take the
+            # head first; then the head is read again, since the caller asked for no version.
+            for _ in range(_UNVERSIONED_TRIES - 1):
+                try:
+                    return await self._append_at_end(stream_id, columns)
+                except ConcurrencyError:
+                    continue
+            return await self._append_at_end(stream_id, columns)
         return await self._insert(conn or self.pool, stream_id, columns, expected_version)
+
+    async def _append_at_end(
+        self, stream_id: str, columns: tuple[list[str], list[int], list[bytes], list[bytes]]
+    ) -> AppendResult:
+        async with self.pool.acquire() as own, own.transaction():
+            await own.execute(_LOCK_STREAM, stream_id)
+            return await self._insert(own, stream_id, columns, None)
 
     async def _insert(
         self,

@@ -74,6 +74,27 @@ async def test_concurrent_writers_of_one_stream_lose_no_write(store: EventStore)
     assert {e.data for e in events} == {w.event for w in writes}
 
 
+async def test_an_append_at_the_end_never_loses_to_a_versioned_writer(store: EventStore) -> None:
+    """Found by test_job_properties: progress (no version) racing a stage result (versioned)."""
+    stream = f"probe-{uuid.uuid4()}"
+    await store.append(stream, [_created()], expected_version=0)
+
+    async def versioned_writer() -> None:
+        for _ in range(15):
+            while True:
+                head = await store.stream_version(stream)
+                try:
+                    await store.append(stream, [_created()], expected_version=head)
+                    break
+                except ConcurrencyError:
+                    continue
+
+    anywhere = [store.append(stream, [_created()], expected_version=None) for _ in range(30)]
+    await asyncio.gather(versioned_writer(), versioned_writer(), *anywhere)
+
+    assert await store.stream_version(stream) == 1 + 30 + 30
+
+
 async def test_racing_writers_with_the_same_expected_version_only_one_wins(
     store: EventStore,
 ) -> None:

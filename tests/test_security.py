@@ -29,7 +29,7 @@ from tests.fixtures.cluster import StartCluster
 from tests.fixtures.loopback import serve_on_loopback
 from tests.fixtures.s3 import S3Server
 
-MEDIA = "https://media.test/clip.mp4"
+MEDIA = "https://93.184.216.34/clip.mp4"  # an address literal: no DNS lookup
 
 
 def _auth(key: str) -> dict[str, str]:
@@ -45,7 +45,7 @@ async def _owned_by(client: httpx.AsyncClient, key: str) -> dict[str, str]:
     assert job.status_code == 201, job.text
     bulk = await client.post(
         "/jobs/bulk",
-        json={"jobs": [{"url": MEDIA}, {"url": "https://media.test/other.mp4"}]},
+        json={"jobs": [{"url": MEDIA}, {"url": "https://93.184.216.34/other.mp4"}]},
         headers=_auth(key),
     )
     assert bulk.status_code == 201, bulk.text
