@@ -75,11 +75,15 @@ class AppendResult(NamedTuple):
         return Checkpoint(self.tx, self.position)
 
 
+# The NOTIFY's payload: the distinct event types appended, comma-separated. A follower wakes
+# only the readers of those types (a heartbeat wakes the `nodes` projection, not all of them).
+_TYPES_OF = "array_to_string(ARRAY(SELECT DISTINCT t FROM unnest({}::text[]) AS t), ',')"
+
 _APPEND_ONE = f"""
 WITH head AS (
     SELECT coalesce(max(version), 0) AS v FROM events WHERE stream_id = $1
 ), wake AS (
-    SELECT pg_notify('{NOTIFY_CHANNEL}', '')
+    SELECT pg_notify('{NOTIFY_CHANNEL}', {_TYPES_OF.format("$2")})
 )
 INSERT INTO events (stream_id, version, type, schema_version, data, metadata)
 SELECT $1, head.v + e.n, e.type, e.sv, e.data, e.meta
@@ -96,7 +100,7 @@ FROM unnest($1::text[]) AS s(stream_id)
 """
 
 _APPEND_MANY = f"""
-WITH wake AS (SELECT pg_notify('{NOTIFY_CHANNEL}', ''))
+WITH wake AS (SELECT pg_notify('{NOTIFY_CHANNEL}', {_TYPES_OF.format("$3")}))
 INSERT INTO events (stream_id, version, type, schema_version, data, metadata)
 SELECT e.stream_id, e.version, e.type, e.sv, e.data, e.meta
 FROM wake, unnest($1::text[], $2::int4[], $3::text[], $4::int2[], $5::jsonb[], $6::jsonb[])
@@ -244,14 +248,24 @@ class EventStore:
         return AppendResult(stream_id, last["version"], last["position"], last["tx"])
 
     async def append_many(
-        self, appends: Sequence[StreamAppend], *, conn: asyncpg.Connection | None = None
+        self,
+        appends: Sequence[StreamAppend],
+        *,
+        conn: asyncpg.Connection | None = None,
+        durable: bool = True,
     ) -> list[AppendResult]:
         """Append to many streams in one transaction and one insert: the path for high volume.
 
         All or nothing: one stream whose head is not its expected version fails the batch.
+        `durable=False` commits without waiting for the WAL flush: for facts re-sent every
+        second (heartbeats, progress), where a server crash may lose the last fraction of a
+        second of them and nothing else. A later durable commit makes them durable too (the WAL
+        is flushed in order), so no stream is ever left with a gap.
         """
         if conn is None:
             async with self.pool.acquire() as own, own.transaction():
+                if not durable:
+                    await own.execute("SET LOCAL synchronous_commit = off")
                 return await self.append_many(appends, conn=own)
         stream_ids = list(dict.fromkeys(a.stream_id for a in appends))
         heads = dict(await conn.fetch(_HEADS, stream_ids))
