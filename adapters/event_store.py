@@ -99,12 +99,35 @@ SELECT s.stream_id, coalesce((SELECT max(version) FROM events e WHERE e.stream_i
 FROM unnest($1::text[]) AS s(stream_id)
 """
 
+# One statement, hence one round trip and (outside a caller's transaction) its own transaction:
+# the heads are read, every expected version checked (`before`: events of the same stream
+# earlier in the batch), and the rows inserted at head + n, in the order given (ORDINALITY:
+# positions follow versions), or none at all. `commit_mode` may turn off the wait for the WAL
+# flush for this transaction alone (set_config's is_local), for `durable=False`.
 _APPEND_MANY = f"""
-WITH wake AS (SELECT pg_notify('{NOTIFY_CHANNEL}', {_TYPES_OF.format("$3")}))
+WITH heads AS (
+    SELECT s.stream_id,
+           coalesce((SELECT max(version) FROM events e WHERE e.stream_id = s.stream_id), 0) AS v
+    FROM unnest($1::text[]) AS s(stream_id)
+), checked AS (
+    SELECT coalesce(bool_and(c.expected IS NULL OR c.expected = h.v + c.before), true) AS ok
+    FROM unnest($2::text[], $3::int4[], $4::int4[]) AS c(stream_id, expected, before)
+    JOIN heads h ON h.stream_id = c.stream_id
+), commit_mode AS (
+    SELECT set_config(
+        'synchronous_commit',
+        CASE WHEN $11::bool THEN current_setting('synchronous_commit') ELSE 'off' END,
+        true
+    )
+), wake AS (SELECT pg_notify('{NOTIFY_CHANNEL}', {_TYPES_OF.format("$7")}))
 INSERT INTO events (stream_id, version, type, schema_version, data, metadata)
-SELECT e.stream_id, e.version, e.type, e.sv, e.data, e.meta
-FROM wake, unnest($1::text[], $2::int4[], $3::text[], $4::int2[], $5::jsonb[], $6::jsonb[])
-     AS e(stream_id, version, type, sv, data, meta)
+SELECT e.stream_id, h.v + e.n, e.type, e.sv, e.data, e.meta
+FROM checked, commit_mode, wake,
+     unnest($5::text[], $6::int4[], $7::text[], $8::int2[], $9::jsonb[], $10::jsonb[])
+         WITH ORDINALITY AS e(stream_id, n, type, sv, data, meta, ord)
+     JOIN heads h ON h.stream_id = e.stream_id
+WHERE checked.ok
+ORDER BY e.ord
 RETURNING stream_id, version, position, tx::text::bigint AS tx
 """
 
@@ -262,37 +285,53 @@ class EventStore:
         second of them and nothing else. A later durable commit makes them durable too (the WAL
         is flushed in order), so no stream is ever left with a gap.
         """
-        if conn is None:
-            async with self.pool.acquire() as own, own.transaction():
-                if not durable:
-                    await own.execute("SET LOCAL synchronous_commit = off")
-                return await self.append_many(appends, conn=own)
-        stream_ids = list(dict.fromkeys(a.stream_id for a in appends))
-        heads = dict(await conn.fetch(_HEADS, stream_ids))
         streams: list[str] = []
-        versions: list[int] = []
+        offsets: list[int] = []
         names: list[str] = []
         schema_versions: list[int] = []
         data: list[bytes] = []
         meta: list[bytes] = []
+        checks: tuple[list[str], list[int | None], list[int]] = ([], [], [])
+        seen: dict[str, int] = {}
         for a in appends:
-            head = heads[a.stream_id]
-            if a.expected_version is not None and a.expected_version != head:
-                raise ConcurrencyError(a.stream_id, a.expected_version, head)
+            before = seen.get(a.stream_id, 0)
+            checks[0].append(a.stream_id)
+            checks[1].append(a.expected_version)
+            checks[2].append(before)
             n, sv, d, m = self._columns(a.events)
             streams.extend([a.stream_id] * len(n))
-            versions.extend(range(head + 1, head + 1 + len(n)))
-            heads[a.stream_id] = head + len(n)
+            offsets.extend(range(before + 1, before + 1 + len(n)))
+            seen[a.stream_id] = before + len(n)
             names.extend(n)
             schema_versions.extend(sv)
             data.extend(d)
             meta.extend(m)
+        if not names:
+            return []
+        db = conn or self.pool
         try:
-            rows = await conn.fetch(
-                _APPEND_MANY, streams, versions, names, schema_versions, data, meta
+            rows = await db.fetch(
+                _APPEND_MANY,
+                list(seen),
+                *checks,
+                streams,
+                offsets,
+                names,
+                schema_versions,
+                data,
+                meta,
+                # In a caller's transaction the caller decides how it commits.
+                durable or conn is not None,
             )
         except asyncpg.UniqueViolationError as exc:
+            # Another writer took a version between our read of a head and our insert.
             raise ConcurrencyError("<batch>", None) from exc
+        if not rows:
+            heads = dict(await db.fetch(_HEADS, list(seen)))
+            for stream_id, expected, before in zip(*checks, strict=True):
+                if expected is not None and expected != heads[stream_id] + before:
+                    raise ConcurrencyError(stream_id, expected, heads[stream_id] + before)
+            raise ConcurrencyError("<batch>", None)  # the heads moved back in line since
         last: dict[str, AppendResult] = {}
         for r in rows:
             last[r["stream_id"]] = AppendResult(
