@@ -105,7 +105,7 @@ def constant_server(processes: int, root: Path) -> Iterator[str]:
 
 async def fill(database_url: str, n: int, key_account: str, key_share: float) -> list[str]:
     """COPY `n` jobs into `jobs` and their JobCreated into `events`; the key account's ids."""
-    pool = await create_pool(database_url, max_size=2)
+    pool = await create_pool(database_url, min_size=1, max_size=2)
     start = datetime.now(UTC) - timedelta(days=30)
     options = job.JobOptions()
     every = max(1, round(1 / key_share)) if key_share > 0 else n + 1
@@ -181,7 +181,7 @@ async def run(args: argparse.Namespace) -> None:
     async with spool_cluster(args.database_url, "api_reads") as cluster:
         with kept_logs(cluster):
             api = await asyncio.to_thread(cluster.start_api, 1)
-            pool = await create_pool(cluster.database_url, max_size=1)
+            pool = await create_pool(cluster.database_url, min_size=1, max_size=1)
             try:
                 account = await pool.fetchval(
                     "SELECT account_id FROM api_keys WHERE name = 'SPOOL_API_KEY'"
