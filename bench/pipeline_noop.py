@@ -86,6 +86,7 @@ async def spool_node(args: argparse.Namespace) -> None:
         redis_url=args.redis_url,
         data_dir=args.data_dir,
         node_id=args.node_id,
+        **_concurrency(args.concurrency),
     )
     stop = _stop_on_signals()
     async with open_runtime(settings, need_redis=True, run_migrations=False) as rt:
@@ -131,7 +132,7 @@ async def arq_node(args: argparse.Namespace) -> None:
         "poll_delay": 0.2,
         "max_tries": 1000,
     }
-    settings = Settings()
+    settings = Settings(**_concurrency(args.concurrency))
     workers = [
         Worker(
             [func(arq_download, name="download")],
@@ -153,6 +154,13 @@ async def arq_node(args: argparse.Namespace) -> None:
     for t in tasks:
         t.cancel()
     await redis.aclose()
+
+
+def _concurrency(n: int) -> dict[str, int]:
+    """Each stage's concurrency: n, or (0) the node defaults (download=2, mux=1, upload=2)."""
+    if n == 0:
+        return {}
+    return {f"{stage}_concurrency": n for stage in ("download", "mux", "upload")}
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -267,7 +275,9 @@ async def throughput(side: Side, n: int) -> tuple[float, float]:
     return n / seconds, seconds
 
 
-def start_workers(kind: str, cluster: Cluster, n: int) -> list[subprocess.Popen[bytes]]:
+def start_workers(
+    kind: str, cluster: Cluster, n: int, concurrency: int
+) -> list[subprocess.Popen[bytes]]:
     procs = []
     for i in range(n):
         log = (cluster.root / f"{kind}-{i}.log").open("ab")
@@ -286,6 +296,8 @@ def start_workers(kind: str, cluster: Cluster, n: int) -> list[subprocess.Popen[
                     str(cluster.root / f"{kind}-{i}"),
                     "--node-id",
                     f"{kind}-{i}",
+                    "--concurrency",
+                    str(concurrency),
                 ],
                 cwd=REPO_ROOT,
                 stdout=log,
@@ -302,8 +314,8 @@ async def run(args: argparse.Namespace) -> None:
     async with spool_cluster(args.database_url, "noop") as cluster:
         with kept_logs(cluster):
             cluster.spool("reactors", "reactors")
-            spool_nodes = start_workers("spool-node", cluster, args.workers)
-            arq_nodes = start_workers("arq-node", cluster, args.workers)
+            spool_nodes = start_workers("spool-node", cluster, args.workers, args.concurrency)
+            arq_nodes = start_workers("arq-node", cluster, args.workers, args.concurrency)
             pool = await create_pool(cluster.database_url, max_size=10)
             redis = await connect(cluster.redis_url)
             try:
@@ -353,7 +365,8 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]])
         )
     lines.append(
         f"\nSpool / raw arq jobs/s: {statistics.median(ratios):.2f}x "
-        f"({min(ratios):.2f}-{max(ratios):.2f}; target >= 0.5x), {args.workers} worker process(es)"
+        f"({min(ratios):.2f}-{max(ratios):.2f}; target >= 0.5x), {args.workers} worker "
+        f"process(es), stage concurrency {args.concurrency or 'default'}"
     )
     return "\n".join(lines)
 
@@ -367,11 +380,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         child.add_argument("--redis-url", required=True)
         child.add_argument("--data-dir", type=Path, required=True)
         child.add_argument("--node-id", required=True)
+        child.add_argument("--concurrency", type=int, required=True)
     p.add_argument("--database-url", default=DEFAULT_URL, help="server to create a database on")
     p.add_argument("--workers", type=int, default=1, help="worker processes per side")
     p.add_argument("--jobs", type=int, default=200, help="jobs per throughput run")
     p.add_argument("--latency-jobs", type=int, default=20, help="jobs one at a time per round")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=0,
+        help="units of each stage a worker runs at once (0: the node defaults 2/1/2, under "
+        "which arq's 0.2 s poll cadence caps both sides at ~10 jobs/s)",
+    )
     return p.parse_args(argv)
 
 
