@@ -41,7 +41,15 @@ import msgspec
 from litestar import Litestar, get
 
 from adapters.database import create_pool
-from bench.harness import REPO_ROOT, free_port, stop_process, wait_http
+from bench.harness import (
+    REPO_ROOT,
+    free_port,
+    profiler,
+    stop_process,
+    stop_profiler,
+    top_frames,
+    wait_http,
+)
 from bench.heartbeats import wrk_latency
 from bench.spool_processes import kept_logs, spool_cluster
 from domain import job
@@ -210,9 +218,20 @@ async def run(args: argparse.Namespace) -> None:
                     for r in range(args.rounds):
                         for name in names[r % 3 :] + names[: r % 3]:
                             url, lua = targets[name]
+                            prof = None
+                            if args.profile and processes == 1 and r == 0 and name != "constant":
+                                args.profile.mkdir(parents=True, exist_ok=True)
+                                kind = "get_job" if "{id}" in name else "list_jobs"
+                                out = args.profile / f"{kind}.txt"
+                                prof = profiler(api.pid, out)
                             got = await asyncio.to_thread(
                                 wrk, url, cluster.key, args.seconds, lua, ids
                             )
+                            if prof is not None:
+                                stop_profiler(prof)
+                                print(f"  py-spy of the API process, {name}, self time:")
+                                for share, frame in top_frames(out, 25, own=True):
+                                    print(f"    {share:6.1%}  {frame}")
                             results.setdefault((processes, name), []).append(got)
                             print(
                                 f"  {processes} process(es) round {r + 1} {name}: "
@@ -252,6 +271,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=10)
+    p.add_argument("--profile", type=Path, default=None, help="py-spy the 1-process API here")
     return p.parse_args(argv)
 
 
