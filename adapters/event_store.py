@@ -79,32 +79,47 @@ class AppendResult(NamedTuple):
 # only the readers of those types (a heartbeat wakes the `nodes` projection, not all of them).
 _TYPES_OF = "array_to_string(ARRAY(SELECT DISTINCT t FROM unnest({}::text[]) AS t), ',')"
 
-_APPEND_ONE = f"""
+_WAKE_CTE = f", wake AS (SELECT pg_notify('{NOTIFY_CHANNEL}', {_TYPES_OF}))"
+
+
+def _append_one(*, notify: bool) -> str:
+    wake = _WAKE_CTE.format("$2") if notify else ""
+    return f"""
 WITH head AS (
     SELECT coalesce(max(version), 0) AS v FROM events WHERE stream_id = $1
-), wake AS (
-    SELECT pg_notify('{NOTIFY_CHANNEL}', {_TYPES_OF.format("$2")})
-)
+){wake}
 INSERT INTO events (stream_id, version, type, schema_version, data, metadata)
 SELECT $1, head.v + e.n, e.type, e.sv, e.data, e.meta
-FROM head, wake,
+FROM head{", wake" if notify else ""},
      unnest($2::text[], $3::int2[], $4::jsonb[], $5::jsonb[])
          WITH ORDINALITY AS e(type, sv, data, meta, n)
 WHERE $6::int IS NULL OR head.v = $6::int
 RETURNING version, position, tx::text::bigint AS tx
 """
 
+
+# An append in a caller's transaction NOTIFYs in it (delivered at its commit); one of the
+# store's own NOTIFYs after its commit, in a statement of its own. A NOTIFY in a committing
+# transaction takes a lock for the whole server until the commit is flushed, which made every
+# appender on the server wait in line for the others' fsyncs.
+_APPEND_ONE = _append_one(notify=True)
+_APPEND_ONE_QUIET = _append_one(notify=False)
+_WAKE = "SELECT pg_notify($1, $2)"
+
 _HEADS = """
 SELECT s.stream_id, coalesce((SELECT max(version) FROM events e WHERE e.stream_id = s.stream_id), 0)
 FROM unnest($1::text[]) AS s(stream_id)
 """
+
 
 # One statement, hence one round trip and (outside a caller's transaction) its own transaction:
 # the heads are read, every expected version checked (`before`: events of the same stream
 # earlier in the batch), and the rows inserted at head + n, in the order given (ORDINALITY:
 # positions follow versions), or none at all. `commit_mode` may turn off the wait for the WAL
 # flush for this transaction alone (set_config's is_local), for `durable=False`.
-_APPEND_MANY = f"""
+def _append_many(*, notify: bool) -> str:
+    wake = _WAKE_CTE.format("$7") if notify else ""
+    return f"""
 WITH heads AS (
     SELECT s.stream_id,
            coalesce((SELECT max(version) FROM events e WHERE e.stream_id = s.stream_id), 0) AS v
@@ -119,10 +134,10 @@ WITH heads AS (
         CASE WHEN $11::bool THEN current_setting('synchronous_commit') ELSE 'off' END,
         true
     )
-), wake AS (SELECT pg_notify('{NOTIFY_CHANNEL}', {_TYPES_OF.format("$7")}))
+){wake}
 INSERT INTO events (stream_id, version, type, schema_version, data, metadata)
 SELECT e.stream_id, h.v + e.n, e.type, e.sv, e.data, e.meta
-FROM checked, commit_mode, wake,
+FROM checked, commit_mode{", wake" if notify else ""},
      unnest($5::text[], $6::int4[], $7::text[], $8::int2[], $9::jsonb[], $10::jsonb[])
          WITH ORDINALITY AS e(stream_id, n, type, sv, data, meta, ord)
      JOIN heads h ON h.stream_id = e.stream_id
@@ -130,6 +145,10 @@ WHERE checked.ok
 ORDER BY e.ord
 RETURNING stream_id, version, position, tx::text::bigint AS tx
 """
+
+
+_APPEND_MANY = _append_many(notify=True)
+_APPEND_MANY_QUIET = _append_many(notify=False)
 
 _COLUMNS = (
     "position, tx::text::bigint, stream_id, version, type, schema_version, data, metadata, "
@@ -245,22 +264,31 @@ class EventStore:
         if not events:
             raise ValueError("append needs at least one event")
         columns = self._columns(events)
-        if expected_version is None and conn is None:
-            # "Wherever it ends": queue behind other writers of this stream instead of racing.
-            async with self.pool.acquire() as own, own.transaction():
-                await own.execute(_LOCK_STREAM, stream_id)
-                return await self._insert(own, stream_id, columns, None)
-        return await self._insert(conn or self.pool, stream_id, columns, expected_version)
+        if conn is not None:
+            return await self._insert(conn, stream_id, columns, expected_version, _APPEND_ONE)
+        async with self.pool.acquire() as own:
+            if expected_version is None:
+                # "Wherever it ends": queue behind other writers of this stream, not racing.
+                async with own.transaction():
+                    await own.execute(_LOCK_STREAM, stream_id)
+                    result = await self._insert(own, stream_id, columns, None, _APPEND_ONE_QUIET)
+            else:
+                result = await self._insert(
+                    own, stream_id, columns, expected_version, _APPEND_ONE_QUIET
+                )
+            await _wake(own, columns[0])
+            return result
 
     async def _insert(
         self,
-        db: asyncpg.Pool | asyncpg.Connection,
+        db: asyncpg.Connection,
         stream_id: str,
         columns: tuple[list[str], list[int], list[bytes], list[bytes]],
         expected_version: int | None,
+        sql: str,
     ) -> AppendResult:
         try:
-            rows = await db.fetch(_APPEND_ONE, stream_id, *columns, expected_version)
+            rows = await db.fetch(sql, stream_id, *columns, expected_version)
         except asyncpg.UniqueViolationError:
             # Another writer took the same version between our read of the head and insert.
             raise ConcurrencyError(stream_id, expected_version) from None
@@ -308,10 +336,36 @@ class EventStore:
             meta.extend(m)
         if not names:
             return []
-        db = conn or self.pool
+        if conn is None:
+            async with self.pool.acquire() as own:
+                results = await self._insert_many(
+                    own, _APPEND_MANY_QUIET, seen, checks, streams, offsets, names,
+                    schema_versions, data, meta, durable,
+                )  # fmt: skip
+                await _wake(own, names)
+                return results
+        return await self._insert_many(
+            conn, _APPEND_MANY, seen, checks, streams, offsets, names, schema_versions, data,
+            meta, True,  # in a caller's transaction the caller decides how it commits
+        )  # fmt: skip
+
+    async def _insert_many(
+        self,
+        db: asyncpg.Connection,
+        sql: str,
+        seen: dict[str, int],
+        checks: tuple[list[str], list[int | None], list[int]],
+        streams: list[str],
+        offsets: list[int],
+        names: list[str],
+        schema_versions: list[int],
+        data: list[bytes],
+        meta: list[bytes],
+        durable: bool,
+    ) -> list[AppendResult]:
         try:
             rows = await db.fetch(
-                _APPEND_MANY,
+                sql,
                 list(seen),
                 *checks,
                 streams,
@@ -320,8 +374,7 @@ class EventStore:
                 schema_versions,
                 data,
                 meta,
-                # In a caller's transaction the caller decides how it commits.
-                durable or conn is not None,
+                durable,
             )
         except asyncpg.UniqueViolationError as exc:
             # Another writer took a version between our read of a head and our insert.
@@ -471,6 +524,11 @@ class EventStore:
         """The version of a stream's last event; 0 for a stream with none."""
         version: int = await self.pool.fetchval(_STREAM_VERSION, stream_id)
         return version
+
+
+async def _wake(conn: asyncpg.Connection, types: Sequence[str]) -> None:
+    """NOTIFY the followers of these types, after the append's commit (see `_APPEND_ONE`)."""
+    await conn.execute(_WAKE, NOTIFY_CHANNEL, ",".join(sorted(set(types))))
 
 
 def checkpoint_of(event: RecordedEvent) -> Checkpoint:
