@@ -78,34 +78,80 @@ class AppendResult(NamedTuple):
         return Checkpoint(self.tx, self.position)
 
 
-_APPEND_ONE = f"""
+# The NOTIFY's payload: the distinct event types appended, comma-separated. A follower wakes
+# only the readers of those types (a heartbeat wakes the `nodes` projection, not all of them).
+_TYPES_OF = "array_to_string(ARRAY(SELECT DISTINCT t FROM unnest({}::text[]) AS t), ',')"
+
+_WAKE_CTE = f", wake AS (SELECT pg_notify('{NOTIFY_CHANNEL}', {_TYPES_OF}))"
+
+
+def _append_one(*, notify: bool) -> str:
+    wake = _WAKE_CTE.format("$2") if notify else ""
+    return f"""
 WITH head AS (
     SELECT coalesce(max(version), 0) AS v FROM events WHERE stream_id = $1
-), wake AS (
-    SELECT pg_notify('{NOTIFY_CHANNEL}', '')
-)
+){wake}
 INSERT INTO events (stream_id, version, type, schema_version, data, metadata)
 SELECT $1, head.v + e.n, e.type, e.sv, e.data, e.meta
-FROM head, wake,
+FROM head{", wake" if notify else ""},
      unnest($2::text[], $3::int2[], $4::jsonb[], $5::jsonb[])
          WITH ORDINALITY AS e(type, sv, data, meta, n)
 WHERE $6::int IS NULL OR head.v = $6::int
 RETURNING version, position, tx::text::bigint AS tx
 """
 
+
+# An append in a caller's transaction NOTIFYs in it (delivered at its commit); one of the
+# store's own NOTIFYs after its commit, in a statement of its own. A NOTIFY in a committing
+# transaction takes a lock for the whole server until the commit is flushed, which made every
+# appender on the server wait in line for the others' fsyncs.
+_APPEND_ONE = _append_one(notify=True)
+_APPEND_ONE_QUIET = _append_one(notify=False)
+_WAKE = "SELECT pg_notify($1, $2)"
+
 _HEADS = """
 SELECT s.stream_id, coalesce((SELECT max(version) FROM events e WHERE e.stream_id = s.stream_id), 0)
 FROM unnest($1::text[]) AS s(stream_id)
 """
 
-_APPEND_MANY = f"""
-WITH wake AS (SELECT pg_notify('{NOTIFY_CHANNEL}', ''))
+
+# One statement, hence one round trip and (outside a caller's transaction) its own transaction:
+# the heads are read, every expected version checked (`before`: events of the same stream
+# earlier in the batch), and the rows inserted at head + n, in the order given (ORDINALITY:
+# positions follow versions), or none at all. `commit_mode` may turn off the wait for the WAL
+# flush for this transaction alone (set_config's is_local), for `durable=False`.
+def _append_many(*, notify: bool) -> str:
+    wake = _WAKE_CTE.format("$7") if notify else ""
+    return f"""
+WITH heads AS (
+    SELECT s.stream_id,
+           coalesce((SELECT max(version) FROM events e WHERE e.stream_id = s.stream_id), 0) AS v
+    FROM unnest($1::text[]) AS s(stream_id)
+), checked AS (
+    SELECT coalesce(bool_and(c.expected IS NULL OR c.expected = h.v + c.before), true) AS ok
+    FROM unnest($2::text[], $3::int4[], $4::int4[]) AS c(stream_id, expected, before)
+    JOIN heads h ON h.stream_id = c.stream_id
+), commit_mode AS (
+    SELECT set_config(
+        'synchronous_commit',
+        CASE WHEN $11::bool THEN current_setting('synchronous_commit') ELSE 'off' END,
+        true
+    )
+){wake}
 INSERT INTO events (stream_id, version, type, schema_version, data, metadata)
-SELECT e.stream_id, e.version, e.type, e.sv, e.data, e.meta
-FROM wake, unnest($1::text[], $2::int4[], $3::text[], $4::int2[], $5::jsonb[], $6::jsonb[])
-     AS e(stream_id, version, type, sv, data, meta)
+SELECT e.stream_id, h.v + e.n, e.type, e.sv, e.data, e.meta
+FROM checked, commit_mode{", wake" if notify else ""},
+     unnest($5::text[], $6::int4[], $7::text[], $8::int2[], $9::jsonb[], $10::jsonb[])
+         WITH ORDINALITY AS e(stream_id, n, type, sv, data, meta, ord)
+     JOIN heads h ON h.stream_id = e.stream_id
+WHERE checked.ok
+ORDER BY e.ord
 RETURNING stream_id, version, position, tx::text::bigint AS tx
 """
+
+
+_APPEND_MANY = _append_many(notify=True)
+_APPEND_MANY_QUIET = _append_many(notify=False)
 
 _COLUMNS = (
     "position, tx::text::bigint, stream_id, version, type, schema_version, data, metadata, "
@@ -233,7 +279,9 @@ class EventStore:
             raise ValueError("append needs at least one event")
         columns = self._columns(events)
         await self._partitions_for([stream_id])
-        if expected_version is None and conn is None:
+        if conn is not None:
+            return await self._insert(conn, stream_id, columns, expected_version, _APPEND_ONE)
+        if expected_version is None:
             # "Wherever it ends": queue behind other such writers of this stream instead of
             # racing. A writer with an expected version takes no lock and may still take the
             # head first; then the head is read again, since the caller asked for no version.
@@ -243,24 +291,33 @@ class EventStore:
                 except ConcurrencyError:
                     continue
             return await self._append_at_end(stream_id, columns)
-        return await self._insert(conn or self.pool, stream_id, columns, expected_version)
+        async with self.pool.acquire() as own:
+            result = await self._insert(
+                own, stream_id, columns, expected_version, _APPEND_ONE_QUIET
+            )
+            await _wake(own, columns[0])
+            return result
 
     async def _append_at_end(
         self, stream_id: str, columns: tuple[list[str], list[int], list[bytes], list[bytes]]
     ) -> AppendResult:
-        async with self.pool.acquire() as own, own.transaction():
-            await own.execute(_LOCK_STREAM, stream_id)
-            return await self._insert(own, stream_id, columns, None)
+        async with self.pool.acquire() as own:
+            async with own.transaction():
+                await own.execute(_LOCK_STREAM, stream_id)
+                result = await self._insert(own, stream_id, columns, None, _APPEND_ONE_QUIET)
+            await _wake(own, columns[0])
+            return result
 
     async def _insert(
         self,
-        db: asyncpg.Pool | asyncpg.Connection,
+        db: asyncpg.Connection,
         stream_id: str,
         columns: tuple[list[str], list[int], list[bytes], list[bytes]],
         expected_version: int | None,
+        sql: str,
     ) -> AppendResult:
         try:
-            rows = await db.fetch(_APPEND_ONE, stream_id, *columns, expected_version)
+            rows = await db.fetch(sql, stream_id, *columns, expected_version)
         except asyncpg.UniqueViolationError:
             # Another writer took the same version between our read of the head and insert.
             raise ConcurrencyError(stream_id, expected_version) from None
@@ -271,42 +328,93 @@ class EventStore:
         return AppendResult(stream_id, last["version"], last["position"], last["tx"])
 
     async def append_many(
-        self, appends: Sequence[StreamAppend], *, conn: asyncpg.Connection | None = None
+        self,
+        appends: Sequence[StreamAppend],
+        *,
+        conn: asyncpg.Connection | None = None,
+        durable: bool = True,
     ) -> list[AppendResult]:
         """Append to many streams in one transaction and one insert: the path for high volume.
 
         All or nothing: one stream whose head is not its expected version fails the batch.
+        `durable=False` commits without waiting for the WAL flush: for facts re-sent every
+        second (heartbeats, progress), where a server crash may lose the last fraction of a
+        second of them and nothing else. A later durable commit makes them durable too (the WAL
+        is flushed in order), so no stream is ever left with a gap.
         """
         await self._partitions_for(a.stream_id for a in appends)
-        if conn is None:
-            async with self.pool.acquire() as own, own.transaction():
-                return await self.append_many(appends, conn=own)
-        stream_ids = list(dict.fromkeys(a.stream_id for a in appends))
-        heads = dict(await conn.fetch(_HEADS, stream_ids))
         streams: list[str] = []
-        versions: list[int] = []
+        offsets: list[int] = []
         names: list[str] = []
         schema_versions: list[int] = []
         data: list[bytes] = []
         meta: list[bytes] = []
+        checks: tuple[list[str], list[int | None], list[int]] = ([], [], [])
+        seen: dict[str, int] = {}
         for a in appends:
-            head = heads[a.stream_id]
-            if a.expected_version is not None and a.expected_version != head:
-                raise ConcurrencyError(a.stream_id, a.expected_version, head)
+            before = seen.get(a.stream_id, 0)
+            checks[0].append(a.stream_id)
+            checks[1].append(a.expected_version)
+            checks[2].append(before)
             n, sv, d, m = self._columns(a.events)
             streams.extend([a.stream_id] * len(n))
-            versions.extend(range(head + 1, head + 1 + len(n)))
-            heads[a.stream_id] = head + len(n)
+            offsets.extend(range(before + 1, before + 1 + len(n)))
+            seen[a.stream_id] = before + len(n)
             names.extend(n)
             schema_versions.extend(sv)
             data.extend(d)
             meta.extend(m)
+        if not names:
+            return []
+        if conn is None:
+            async with self.pool.acquire() as own:
+                results = await self._insert_many(
+                    own, _APPEND_MANY_QUIET, seen, checks, streams, offsets, names,
+                    schema_versions, data, meta, durable,
+                )  # fmt: skip
+                await _wake(own, names)
+                return results
+        return await self._insert_many(
+            conn, _APPEND_MANY, seen, checks, streams, offsets, names, schema_versions, data,
+            meta, True,  # in a caller's transaction the caller decides how it commits
+        )  # fmt: skip
+
+    async def _insert_many(
+        self,
+        db: asyncpg.Connection,
+        sql: str,
+        seen: dict[str, int],
+        checks: tuple[list[str], list[int | None], list[int]],
+        streams: list[str],
+        offsets: list[int],
+        names: list[str],
+        schema_versions: list[int],
+        data: list[bytes],
+        meta: list[bytes],
+        durable: bool,
+    ) -> list[AppendResult]:
         try:
-            rows = await conn.fetch(
-                _APPEND_MANY, streams, versions, names, schema_versions, data, meta
+            rows = await db.fetch(
+                sql,
+                list(seen),
+                *checks,
+                streams,
+                offsets,
+                names,
+                schema_versions,
+                data,
+                meta,
+                durable,
             )
         except asyncpg.UniqueViolationError as exc:
+            # Another writer took a version between our read of a head and our insert.
             raise ConcurrencyError("<batch>", None) from exc
+        if not rows:
+            heads = dict(await db.fetch(_HEADS, list(seen)))
+            for stream_id, expected, before in zip(*checks, strict=True):
+                if expected is not None and expected != heads[stream_id] + before:
+                    raise ConcurrencyError(stream_id, expected, heads[stream_id] + before)
+            raise ConcurrencyError("<batch>", None)  # the heads moved back in line since
         last: dict[str, AppendResult] = {}
         for r in rows:
             last[r["stream_id"]] = AppendResult(
@@ -446,6 +554,11 @@ class EventStore:
         """The version of a stream's last event; 0 for a stream with none."""
         version: int = await self.pool.fetchval(_STREAM_VERSION, stream_id)
         return version
+
+
+async def _wake(conn: asyncpg.Connection, types: Sequence[str]) -> None:
+    """NOTIFY the followers of these types, after the append's commit (see `_APPEND_ONE`)."""
+    await conn.execute(_WAKE, NOTIFY_CHANNEL, ",".join(sorted(set(types))))
 
 
 def checkpoint_of(event: RecordedEvent) -> Checkpoint:

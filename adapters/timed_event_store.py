@@ -23,7 +23,7 @@ APPEND_SECONDS = Histogram(
     registry=REGISTRY,
 )
 
-# append_many calls itself once with its own connection: only the outermost call is timed.
+# A store method may call another (append_many once called itself): only the outermost is timed.
 _timing: ContextVar[bool] = ContextVar("spool_timing_append", default=False)
 
 

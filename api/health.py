@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -11,6 +12,9 @@ from litestar import Request, Response, get
 
 from api.cluster_redis import redis_of
 from api.envelope import timestamp
+
+PROCESS_HEADER = "x-spool-process"
+"""The id of the API process that answered `/health`."""
 
 CHECK_TIMEOUT = 2.0
 """A component that takes longer than this to answer counts as unhealthy."""
@@ -114,4 +118,9 @@ async def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         "components": components,
         "details": details,
     }
-    return Response(body, status_code=200 if status == "healthy" else 503)
+    # Which API process answered: `spool api --processes N` runs several behind one port.
+    return Response(
+        body,
+        status_code=200 if status == "healthy" else 503,
+        headers={PROCESS_HEADER: str(os.getpid())},
+    )

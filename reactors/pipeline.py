@@ -7,6 +7,7 @@ which unit is `adapters.queue.unit_for`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import asyncpg
@@ -15,6 +16,9 @@ from arq.connections import ArqRedis
 
 from adapters.queue import dispatch, unit_for
 from domain.events import RecordedEvent, event_id
+
+DISPATCH_AT_ONCE = 64
+"""Enqueues in flight at once while a batch is dispatched."""
 
 
 class PipelineReactor:
@@ -37,14 +41,20 @@ class PipelineReactor:
         self.redis = redis
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+        units = []
         for e in events:
             unit = unit_for(e.stream_id.removeprefix("job-"), e.data)
             if unit is not None:
                 # The unit follows the event's request and names the event as its cause; its
                 # id stays the deterministic one, so a replay still enqueues nothing twice.
-                await dispatch(
-                    self.redis,
+                units.append(
                     unit._replace(
                         correlation_id=e.metadata.correlation_id, causation_id=event_id(e.position)
-                    ),
+                    )
                 )
+        # Each enqueue is a few Redis round trips; one after another they held up the whole
+        # batch (and every job behind it). Units are independent: their order does not matter.
+        for i in range(0, len(units), DISPATCH_AT_ONCE):
+            await asyncio.gather(
+                *(dispatch(self.redis, u) for u in units[i : i + DISPATCH_AT_ONCE])
+            )

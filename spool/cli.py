@@ -48,6 +48,18 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
         raise click.ClickException(str(exc)) from exc
 
 
+def _serve(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a long-running command on uvloop where it is installed (faster I/O for asyncpg)."""
+    try:
+        import uvloop
+    except ImportError:
+        return _run(coro)
+    try:
+        return uvloop.run(coro)
+    except (OSError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
 def main(verbose: bool) -> None:
@@ -154,7 +166,77 @@ def up(concurrency: dict[str, int], **flags: Any) -> None:
     """Run the cluster on this machine: API, worker and reactors, on embedded defaults."""
     from spool.serve import up as serve
 
-    _run(serve(_settings(**concurrency, **flags)))
+    _serve(serve(_settings(**concurrency, **flags)))
+
+
+def _service_options(fn: F) -> F:
+    """Redis and storage flags of the commands that run no node (`api`, `reactors`)."""
+    fn = click.option(
+        "--storage-url",
+        default=None,
+        metavar="URL",
+        help="Default storage: s3://bucket/prefix?endpoint=... or file:///path "
+        "[env: SPOOL_STORAGE_URL; default: a folder under the data dir].",
+    )(fn)
+    fn = click.option(
+        "--redis-url",
+        default=None,
+        metavar="URL",
+        help="Redis URL [env: SPOOL_REDIS_URL; default: an embedded redis-server].",
+    )(fn)
+    return fn
+
+
+@main.command()
+@_database_options
+@_service_options
+@click.option(
+    "--api-key",
+    default=None,
+    metavar="KEY",
+    help="An admin key to create at start if missing [env: SPOOL_API_KEY].",
+)
+@click.option(
+    "--url-allowlist",
+    default=None,
+    metavar="HOSTS",
+    callback=_host_list,
+    help="Comma-separated hosts / CIDRs the URL checks let through [env: SPOOL_URL_ALLOWLIST].",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the API binds.")
+@click.option("--port", default=8081, show_default=True, type=int, help="Port the API binds.")
+@click.option(
+    "--processes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="API processes sharing the port (uvicorn workers); about one per core.",
+)
+def api(processes: int, **flags: Any) -> None:
+    """Run the API alone (no reactors, no node), in one or more processes.
+
+    Run `spool reactors` somewhere against the same database and Redis: the API's reads come
+    from the projections they keep.
+    """
+    from spool.serve import api as serve_api
+
+    try:
+        serve_api(_settings(**flags), processes)
+    except (OSError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@_database_options
+@_service_options
+def reactors(**flags: Any) -> None:
+    """Run the projections, the pipeline and webhook reactors, the scheduler and the reconciler.
+
+    Several at once (on several machines) are safe: each event is applied once.
+    """
+    from spool.serve import run_reactors
+
+    _serve(run_reactors(_settings(**flags)))
 
 
 @main.command()
@@ -166,7 +248,7 @@ def worker(concurrency: dict[str, int], tags: tuple[str, ...], **flags: Any) -> 
     """Run a worker node: download, mux and upload stages, with a heartbeat every second."""
     from spool.serve import worker as run_worker
 
-    _run(run_worker(_settings(tags=tags or None, **concurrency, **flags)))
+    _serve(run_worker(_settings(tags=tags or None, **concurrency, **flags)))
 
 
 @main.command()

@@ -204,16 +204,26 @@ async def test_a_v1_job_created_is_upcast_to_v2_on_read(store: EventStore) -> No
     assert stored == 1  # history is never rewritten
 
 
-async def test_append_notifies_listeners_on_commit(store: EventStore) -> None:
-    woke = asyncio.Event()
+async def test_append_notifies_listeners_on_commit_naming_the_types(store: EventStore) -> None:
+    payloads: asyncio.Queue[str] = asyncio.Queue()
 
-    def on_notify(*_: object) -> None:
-        woke.set()
+    def on_notify(_c: object, _pid: int, _channel: str, payload: str) -> None:
+        payloads.put_nowait(payload)
 
     async with store.pool.acquire() as listener:
         await listener.add_listener(NOTIFY_CHANNEL, on_notify)
         try:
-            await store.append(f"job-{uuid.uuid4()}", [_created()], 0)
-            await asyncio.wait_for(woke.wait(), timeout=5)
+            probe = _created()
+            await store.append(f"job-{uuid.uuid4()}", [probe], 0)
+            named = type(probe.event).__name__
+            assert await asyncio.wait_for(payloads.get(), timeout=5) == named
+            await store.append_many(
+                [
+                    StreamAppend(f"job-{uuid.uuid4()}", [_created()]),
+                    StreamAppend(f"job-{uuid.uuid4()}", [_created()]),
+                ],
+                durable=False,
+            )
+            assert await asyncio.wait_for(payloads.get(), timeout=5) == named
         finally:
             await listener.remove_listener(NOTIFY_CHANNEL, on_notify)

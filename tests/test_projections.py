@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -13,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from adapters.database import create_pool
-from adapters.event_store import EventStore, StreamAppend
+from adapters.event_store import Batch, EventStore, StreamAppend
 from adapters.settings import Settings
 from adapters.storage import LocalStorage
 from api.app import create_app
@@ -22,7 +23,9 @@ from domain.events import NewEvent, RecordedEvent
 from reactors.projection import ProjectionRunner
 from reactors.projections import all_projections
 from reactors.projections.jobs import JobsProjection
+from reactors.projections.nodes import NodesProjection
 from spool.keys import issue
+from tests.cluster_api_helpers import node_started
 from tests.conftest import api_client
 
 
@@ -126,6 +129,48 @@ async def test_the_runner_wakes_on_notify_without_waiting_for_its_poll(
     try:
         await asyncio.sleep(0.3)  # let it finish its first catch-up and go to sleep
         [jid] = await _create_jobs(isolated, "a", 1)
+        async with asyncio.timeout(5):
+            while not await isolated.pool.fetchval("SELECT 1 FROM jobs WHERE job_id = $1", jid):
+                await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+class ReadCountingStore(EventStore):
+    """The real store, counting the reads each projection (by its types) makes."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self.reads: list[frozenset[str]] = []
+
+    async def read_batch(self, *args: Any, **kwargs: Any) -> Batch:
+        self.reads.append(frozenset(kwargs.get("types") or ()))
+        return await super().read_batch(*args, **kwargs)
+
+
+async def test_a_notify_wakes_only_the_projections_of_the_types_it_names(
+    isolated: EventStore,
+) -> None:
+    store = ReadCountingStore(isolated.pool)
+    jobs, nodes = JobsProjection(), NodesProjection()
+    runner = ProjectionRunner(store, [jobs, nodes], poll_interval=60)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        await asyncio.sleep(0.3)  # the first look (at every projection) is done
+        store.reads.clear()
+        started = node_started("notified")  # followed by the nodes projection, not the jobs one
+        await isolated.append(node.stream_id("notified"), [NewEvent(started)], 0)
+        async with asyncio.timeout(5):
+            while not await isolated.pool.fetchval(
+                "SELECT 1 FROM nodes WHERE node_id = 'notified'"
+            ):
+                await asyncio.sleep(0.02)
+        assert nodes.event_types in store.reads
+        assert jobs.event_types not in store.reads
+
+        [jid] = await _create_jobs(isolated, "a", 1)  # and a job wakes the jobs projection
         async with asyncio.timeout(5):
             while not await isolated.pool.fetchval("SELECT 1 FROM jobs WHERE job_id = $1", jid):
                 await asyncio.sleep(0.02)
