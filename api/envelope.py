@@ -18,6 +18,7 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 
 from api.auth import Principal, lookup, presented_key
 from api.requests import request_id
+from api.unavailable import MESSAGE, RETRY_AFTER, database_down
 
 log = logging.getLogger("spool.api")
 
@@ -164,6 +165,13 @@ def cluster_api_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
         status = exc.status_code
         code = _CODE_BY_STATUS.get(status, "INTERNAL_ERROR")
         message, headers = str(exc.detail), exc.headers
+    elif database_down(exc):
+        # The seed's codes have no "unavailable": its 503 carries INTERNAL_ERROR, and the
+        # details say why.
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        status, code, message = 503, "INTERNAL_ERROR", MESSAGE
+        details = {"reason": "database_unavailable"}
+        headers = {"retry-after": RETRY_AFTER}
     else:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         status, code, message = 500, "INTERNAL_ERROR", "Internal server error"

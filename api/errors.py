@@ -8,6 +8,7 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from api.unavailable import MESSAGE, RETRY_AFTER, database_down
 from domain.errors import ConcurrencyError
 
 log = logging.getLogger("spool.api")
@@ -40,6 +41,9 @@ def job_api_error(request: Request[Any, Any, Any], exc: Exception) -> Response[d
         return Response(
             {"error": "The job changed while this request ran; try again"}, status_code=409
         )
+    if database_down(exc):
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return Response({"error": MESSAGE}, status_code=503, headers={"retry-after": RETRY_AFTER})
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return Response({"error": "Internal server error"}, status_code=500)
 

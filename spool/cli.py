@@ -156,6 +156,53 @@ def up(concurrency: dict[str, int], **flags: Any) -> None:
     _run(serve(_settings(**concurrency, **flags)))
 
 
+@main.command("api")
+@_database_options
+@click.option(
+    "--redis-url",
+    default=None,
+    metavar="URL",
+    help="Redis URL [env: SPOOL_REDIS_URL; default: an embedded redis-server].",
+)
+@click.option(
+    "--storage-url",
+    default=None,
+    metavar="URL",
+    help="Default storage [env: SPOOL_STORAGE_URL; default: a folder under the data dir].",
+)
+@click.option(
+    "--api-key",
+    default=None,
+    metavar="KEY",
+    help="An admin key to create at start if missing [env: SPOOL_API_KEY].",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the API binds.")
+@click.option("--port", default=8081, show_default=True, type=int, help="Port the API binds.")
+def api_command(**flags: Any) -> None:
+    """Run the API alone; `spool reactors` and `spool worker` do the rest."""
+    from spool.serve import api as serve
+
+    _run(serve(_settings(**flags)))
+
+
+@main.command("reactors")
+@_database_options
+@click.option(
+    "--redis-url",
+    default=None,
+    metavar="URL",
+    help="Redis URL [env: SPOOL_REDIS_URL; default: an embedded redis-server].",
+)
+def reactors_command(**flags: Any) -> None:
+    """Run projections, the pipeline, scheduler, reconciler and viewer timeouts (no API).
+
+    Any number may run at once: each event still counts once and each unit runs once.
+    """
+    from spool.serve import reactors as run_reactors
+
+    _run(run_reactors(_settings(**flags)))
+
+
 @main.command()
 @_database_options
 @_node_options

@@ -1,4 +1,4 @@
-"""`spool up` and `spool worker`: the long-running processes, stopped by SIGINT or SIGTERM."""
+"""`spool up`, `api`, `reactors` and `worker`: long-running processes, stopped by SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -61,55 +61,90 @@ async def _supervise(stop: asyncio.Event, parts: dict[str, Coroutine[Any, Any, A
         t.cancel()
 
 
+def _api_server(rt: Runtime, settings: Settings) -> _Server:
+    assert rt.redis is not None
+    app = create_app(
+        pool=rt.pool,
+        # The API's appends are timed for /metrics; the store is otherwise the same.
+        store=TimedEventStore(rt.pool),
+        settings=settings,
+        storage=rt.storage,
+        redis=rt.redis,
+        # Which events each checkpoint follows, for /metrics' projection lag.
+        projection_types={p.name: p.event_types for p in rt.runner.projections},
+    )
+    return _Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            lifespan="on",
+            access_log=False,
+            log_config=None,
+        )
+    )
+
+
+async def _serve_api(server: _Server, stop: asyncio.Event) -> None:
+    serving = asyncio.create_task(server.serve())
+    await stop.wait()
+    server.should_exit = True
+    await serving
+
+
+def _reactors(
+    rt: Runtime, settings: Settings, stop: asyncio.Event
+) -> dict[str, Coroutine[Any, Any, Any]]:
+    """The log followers and timers: any number of processes may run them at once.
+
+    Projections and the pipeline lock their checkpoint row, the pipeline's enqueues are
+    idempotent by unit id, the scheduler and viewer timeouts take advisory locks, and the
+    reconciler acts only on what two of its passes agree on, at the job's version.
+    """
+    assert rt.redis is not None
+    pipeline = ProjectionRunner(rt.store, [PipelineReactor(rt.redis), WebhookReactor(rt.redis)])
+    return {
+        "projections": rt.runner.run(stop),
+        "pipeline": pipeline.run(stop),
+        "scheduler": Scheduler(rt.store, rt.redis).run(stop),
+        "reconciler": Reconciler(rt.store, rt.redis, settings).run(stop),
+        "viewer-timeouts": ViewerTimeouts(rt.store, settings).run(stop),
+    }
+
+
 async def up(settings: Settings) -> None:
     """API, projections, the pipeline reactor, the task scheduler, the reconciler, one node."""
     stop = _stop_on_signals()
     async with open_runtime(settings, need_redis=True) as rt:
-        assert rt.redis is not None
         await rt.runner.catch_up()
-        app = create_app(
-            pool=rt.pool,
-            # The API's appends are timed for /metrics; the store is otherwise the same.
-            store=TimedEventStore(rt.pool),
-            settings=settings,
-            storage=rt.storage,
-            redis=rt.redis,
-            # Which events each checkpoint follows, for /metrics' projection lag.
-            projection_types={p.name: p.event_types for p in rt.runner.projections},
-        )
-        server = _Server(
-            uvicorn.Config(
-                app,
-                host=settings.host,
-                port=settings.port,
-                log_level="info",
-                lifespan="on",
-                access_log=False,
-                log_config=None,
-            )
-        )
-        pipeline = ProjectionRunner(rt.store, [PipelineReactor(rt.redis), WebhookReactor(rt.redis)])
-
-        async def api() -> None:
-            serving = asyncio.create_task(server.serve())
-            await stop.wait()
-            server.should_exit = True
-            await serving
-
+        server = _api_server(rt, settings)
         log.info("spool is up: http://%s:%d (Swagger UI at /swagger)", settings.host, settings.port)
         await _supervise(
             stop,
             {
-                "api": api(),
-                "projections": rt.runner.run(stop),
-                "pipeline": pipeline.run(stop),
-                "scheduler": Scheduler(rt.store, rt.redis).run(stop),
-                "reconciler": Reconciler(rt.store, rt.redis, settings).run(stop),
-                "viewer-timeouts": ViewerTimeouts(rt.store, settings).run(stop),
+                "api": _serve_api(server, stop),
+                **_reactors(rt, settings, stop),
                 "node": node_for(rt).run(stop),
             },
         )
         log.info("spool stopped")
+
+
+async def api(settings: Settings) -> None:
+    """The API alone (no reactors, no node): run as many as the load needs."""
+    stop = _stop_on_signals()
+    async with open_runtime(settings, need_redis=True) as rt:
+        server = _api_server(rt, settings)
+        log.info("spool api on http://%s:%d", settings.host, settings.port)
+        await _supervise(stop, {"api": _serve_api(server, stop)})
+
+
+async def reactors(settings: Settings) -> None:
+    """Projections, the pipeline, the scheduler, the reconciler and viewer timeouts, no API."""
+    stop = _stop_on_signals()
+    async with open_runtime(settings, need_redis=True) as rt:
+        await _supervise(stop, _reactors(rt, settings, stop))
 
 
 async def worker(settings: Settings) -> None:
