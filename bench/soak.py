@@ -41,6 +41,7 @@ from redis.asyncio import Redis
 
 from adapters.database import asyncpg_url
 from bench.harness import free_port, percentile
+from domain import job, task
 from spool.embedded import EmbeddedPostgres, EmbeddedRedis
 from tests.fixtures.media import MediaServer, make_clip
 from tests.fixtures.processes import SpoolProcesses, audit, replay_verify, wait_http
@@ -307,9 +308,11 @@ async def soak(args: argparse.Namespace) -> int:
 
     statuses = Counter(found.jobs.values())
     task_statuses = Counter(found.tasks.values())
-    lost = len(found.missing_jobs) + len([j for j in found.unfinished_jobs if j in tally.jobs])
+    lost = len(found.missing_jobs) + len(
+        [j for j, s in found.jobs.items() if s not in job.TERMINAL and j in tally.jobs]
+    )
     lost_tasks = len(found.missing_tasks) + len(
-        [t for t in found.unfinished_tasks if t in tally.tasks]
+        [t for t, s in found.tasks.items() if s not in task.TERMINAL and t in tally.tasks]
     )
     extra = len([j for j in found.jobs if j not in tally.jobs])
     result = {
