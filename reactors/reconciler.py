@@ -28,6 +28,16 @@ from reactors.causes import following
 log = logging.getLogger("spool.reconciler")
 
 
+_NODES_BEHIND = """
+SELECT NOT EXISTS (SELECT 1 FROM checkpoints WHERE name = 'nodes') OR EXISTS (
+    SELECT 1 FROM events e JOIN checkpoints c ON c.name = 'nodes'
+    WHERE (e.tx, e.position) > (c.tx::text::xid8, c.position) AND e.type = 'NodeHeartbeat'
+    AND e.recorded_at < now() - $1::interval
+)
+"""
+"""Whether the nodes projection has yet to apply a heartbeat older than a couple of beats."""
+
+
 class Reconciler:
     def __init__(self, store: EventStore, redis: ArqRedis, settings: Settings) -> None:
         self.store = store
@@ -47,6 +57,13 @@ class Reconciler:
 
     async def reconcile_once(self) -> list[str]:
         """One pass; returns what it did, one line per action."""
+        if await self.store.pool.fetchval(
+            _NODES_BEHIND, timedelta(seconds=max(2.0, 2 * self.settings.heartbeat_interval))
+        ):
+            # Liveness is read from the nodes projection: while it trails the log, a busy node
+            # looks dead and its running units lost. Judge nothing until it has caught up.
+            self._suspects = {}
+            return []
         live = {
             r["node_id"]: set(r["running"])
             for r in await self.store.pool.fetch(

@@ -144,6 +144,8 @@ async def reactors(settings: Settings) -> None:
     """Projections, the pipeline, the scheduler, the reconciler and viewer timeouts, no API."""
     stop = _stop_on_signals()
     async with open_runtime(settings, need_redis=True) as rt:
+        await rt.runner.catch_up()  # as `up` does: nothing acts on a stale view of the cluster
+        log.info("spool reactors running")
         await _supervise(stop, _reactors(rt, settings, stop))
 
 
