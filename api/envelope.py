@@ -16,9 +16,10 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
+from adapters.database import unreachable
 from api.auth import Principal, lookup, presented_key
 from api.requests import request_id
-from api.unavailable import MESSAGE, RETRY_AFTER, database_down
+from api.unavailable import MESSAGE, RETRY_AFTER
 
 log = logging.getLogger("spool.api")
 
@@ -165,7 +166,7 @@ def cluster_api_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
         status = exc.status_code
         code = _CODE_BY_STATUS.get(status, "INTERNAL_ERROR")
         message, headers = str(exc.detail), exc.headers
-    elif database_down(exc):
+    elif unreachable(exc):
         # The seed's codes have no "unavailable": its 503 carries INTERNAL_ERROR, and the
         # details say why.
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)

@@ -8,7 +8,8 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from api.unavailable import MESSAGE, RETRY_AFTER, database_down
+from adapters.database import unreachable
+from api.unavailable import MESSAGE, RETRY_AFTER
 from domain.errors import ConcurrencyError
 
 log = logging.getLogger("spool.api")
@@ -41,7 +42,7 @@ def job_api_error(request: Request[Any, Any, Any], exc: Exception) -> Response[d
         return Response(
             {"error": "The job changed while this request ran; try again"}, status_code=409
         )
-    if database_down(exc):
+    if unreachable(exc):
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
         return Response({"error": MESSAGE}, status_code=503, headers={"retry-after": RETRY_AFTER})
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import timedelta
 
 from arq.connections import ArqRedis
@@ -44,6 +45,7 @@ class Reconciler:
         self.redis = redis
         self.settings = settings
         self._suspects: dict[str, str] = {}
+        self._quiet_until = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Reconcile every `reconcile_interval` seconds until `stop` is set."""
@@ -52,11 +54,17 @@ class Reconciler:
                 await self.reconcile_once()
             except Exception as exc:  # keep going through database or Redis outages
                 log.warning("reconcile pass failed, will retry: %s", exc)
+                # Nodes could not beat through the outage either: give them a node timeout
+                # to be heard again before any looks dead.
+                self._quiet_until = time.monotonic() + self.settings.node_timeout
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.reconcile_interval)
 
     async def reconcile_once(self) -> list[str]:
         """One pass; returns what it did, one line per action."""
+        if time.monotonic() < self._quiet_until:
+            self._suspects = {}
+            return []
         if await self.store.pool.fetchval(
             _NODES_BEHIND, timedelta(seconds=max(2.0, 2 * self.settings.heartbeat_interval))
         ):

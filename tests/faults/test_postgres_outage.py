@@ -108,5 +108,9 @@ async def test_while_postgres_is_down_the_api_answers_503_and_no_job_is_lost(
             )
             assert body["error_details"] == {"reason": "database_unavailable"}
         assert [j["status"] for j in finished] == ["Completed"] * 4, procs.logs()
-        # The worker appended through the outage: its download went on and was recorded once.
+        # The worker waited the outage out: no stage was failed (and run again) because of it.
+        for job_id in job_ids:
+            events = await cluster.store.read_stream(job.stream_id(job_id))
+            assert [e.data for e in events if isinstance(e.data, job.StageFailed)] == []
+        assert "the database is unreachable, retrying" in procs.log("steady", tail=10**6)
         await assert_nothing_lost(cluster, [*job_ids, after])
