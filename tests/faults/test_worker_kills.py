@@ -43,17 +43,25 @@ def long_clip(media_dir: Path) -> str:
     return path.name
 
 
-# Per stage: how a job is held in it long enough to be caught there, and its step meanwhile.
+# Per stage: how a job is held in it long enough to be caught there.
 Source = Callable[[MediaServer, str], tuple[str, dict[str, Any]]]
-HOLD: dict[str, tuple[str, Source]] = {
-    "download": (
-        "Downloading",
-        lambda m, _: (m.slow_url("clip.mp4", chunk=8192, interval=0.1), {}),
-    ),
-    "mux": ("Muxing", lambda m, long: (m.url(long), {"format": "webm"})),
+HOLD: dict[str, Source] = {
+    "download": lambda m, _: (m.slow_url("clip.mp4", chunk=8192, interval=0.1), {}),
+    "mux": lambda m, long: (m.url(long), {"format": "webm"}),
     # The upload is held by pausing the proxy in front of S3 (below).
-    "upload": ("Uploading", lambda m, _: (m.url("clip.mp4"), {})),
+    "upload": lambda m, _: (m.url("clip.mp4"), {}),
 }
+
+
+async def _stage_started(cluster: Cluster, job_id: str, stage: str) -> None:
+    """Wait until the log says the job's `stage` started on a node."""
+    deadline = time.monotonic() + 90
+    while True:
+        events = await cluster.store.read_stream(job.stream_id(job_id))
+        if any(isinstance(e.data, job.StageStarted) and e.data.stage == stage for e in events):
+            return
+        assert time.monotonic() < deadline, [e.type for e in events]
+        await asyncio.sleep(0.1)
 
 
 @pytest.mark.parametrize("stage", ["download", "mux", "upload"])
@@ -65,7 +73,7 @@ async def test_a_worker_killed_mid_stage_and_restarted_completes_every_job_once(
     request: pytest.FixtureRequest,
     tmp_path: Path,
 ) -> None:
-    step, source = HOLD[stage]
+    source = HOLD[stage]
     throttled: ThrottledS3 | None = None
     overrides: dict[str, Any] = {}
     if stage == "upload":
@@ -79,7 +87,7 @@ async def test_a_worker_killed_mid_stage_and_restarted_completes_every_job_once(
             if throttled is not None:
                 throttled.proxy.pause()  # uploads hang, half sent, until the kill
             job_ids = [await cluster.create(url, filename=f"{stage}{i}", **options) for i in (0, 1)]
-            await cluster.wait(job_ids[0], until=lambda j: j["step"] == step, seconds=90)
+            await _stage_started(cluster, job_ids[0], stage)
 
             procs.kill("mortal")
             procs.worker("mortal", *CONCURRENCY)
