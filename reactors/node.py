@@ -521,14 +521,23 @@ class Node:
         """Record a stage's result, unless the job moved on (cancel wins)."""
         state = await self._record(unit, lambda _: [done])
         if state is None:
+            current = unit.state  # the job as read: cancelled, or moved on to another attempt
             if isinstance(done, job.JobCompleted):
-                held = unit.state
-                storage = await self.storages.for_job(held.account_id, held.storage_override)
+                # Another attempt may have completed the job under the same key: keep its files.
+                owned = (
+                    {current.key, current.subtitle_key, current.thumbnail_key}
+                    if current.status == "Completed"
+                    else set()
+                )
+                storage = await self.storages.for_job(current.account_id, current.storage_override)
                 for key in (done.key, done.subtitle_key, done.thumbnail_key):
-                    if key is not None:
+                    if key is not None and key not in owned:
                         await storage.delete(key)
-            stages.remove_workdir(workdir)
-            return "cancelled" if unit.state.status == "Cancelled" else "stale"
+            # A later attempt of this run (a retry after a wrong "worker lost") still needs the
+            # files; only a job that ended, or a run that started over, frees them.
+            if current.terminal or current.run != unit.run:
+                stages.remove_workdir(workdir)
+            return "cancelled" if current.status == "Cancelled" else "stale"
         if isinstance(done, job.JobCompleted):
             stages.remove_workdir(self.workroot / unit.job_id)
         self._remember(state)

@@ -11,8 +11,11 @@ from typing import Any
 
 import pytest
 
+from adapters.job_store import load_job
 from adapters.task_store import load_task
 from domain import job, task
+from domain.errors import ConcurrencyError
+from domain.events import Metadata, NewEvent
 from tests.faults.checks import assert_nothing_lost
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer, make_clip
@@ -185,4 +188,43 @@ async def test_a_stage_without_progress_is_failed_and_retried(
         assert failed["status"] == "Failed"
         assert "No progress for 1.5 s" in failed["error"]
         assert failed["download_retries"] == 2
+        await assert_nothing_lost(cluster, [job_id])
+
+
+async def test_an_upload_wrongly_given_up_on_finishes_late_and_its_retry_still_completes(
+    start_cluster: StartCluster, media_server: MediaServer, request: pytest.FixtureRequest
+) -> None:
+    throttled: ThrottledS3 = request.getfixturevalue("throttled_s3")
+    # One upload at a time: the retry waits until the attempt given up on has finished.
+    async with start_cluster(storage_url=throttled.storage_url, upload_concurrency=1) as cluster:
+        throttled.proxy.pause()
+        job_id = await cluster.create(media_server.url("clip.mp4"), filename="late")
+        await _stage_started(cluster, job_id, "upload")
+
+        # What the reconciler appends when it takes a starved worker for a dead one.
+        while True:
+            state = await load_job(cluster.store, job_id)
+            assert state is not None
+            events = job.fail_stage(
+                state,
+                "upload",
+                state.run,
+                state.attempt,
+                node_id=state.node_id,
+                reason="The worker running upload stopped answering",
+                backoff=0.0,
+            )
+            try:
+                await cluster.store.append(
+                    job.stream_id(job_id),
+                    [NewEvent(e, Metadata(actor="test")) for e in events],
+                    state.version,
+                )
+                break
+            except ConcurrencyError:
+                continue  # a progress event landed first
+        throttled.proxy.unthrottle()
+
+        finished = await cluster.wait(job_id, *job.TERMINAL, seconds=90)
+        assert finished["status"] == "Completed", finished
         await assert_nothing_lost(cluster, [job_id])
