@@ -34,6 +34,29 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
+_UNREACHABLE = (
+    OSError,  # refused, reset, or the socket file gone
+    asyncpg.PostgresConnectionError,  # class 08: the connection failed or was lost
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, starting up
+)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """True when `exc` (or what caused it) says the database could not be reached.
+
+    A stopped, restarting or cut-off server fails a call fast, in one of these ways; whatever
+    the call was, it can simply be tried again once the server is back.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, _UNREACHABLE):
+            return True
+        if isinstance(seen, asyncpg.InterfaceError) and "connection" in str(seen):
+            return True  # "connection is closed", "connection was closed in the middle..."
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class SpoolConnection(asyncpg.Connection):  # type: ignore[misc]
     """A pooled connection that remembers whether it took session state (LISTEN)."""
 

@@ -16,9 +16,11 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
+from adapters.database import unreachable
 from api.auth import Principal, lookup, presented_key
 from api.errors import client_fault
 from api.requests import request_id
+from api.unavailable import MESSAGE, RETRY_AFTER
 
 log = logging.getLogger("spool.api")
 
@@ -171,6 +173,13 @@ def cluster_api_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
         message, headers = str(exc.detail), exc.headers
     elif (fault := client_fault(exc)) is not None:
         status, code, message = 400, "VALIDATION_ERROR", fault
+    elif unreachable(exc):
+        # The seed's codes have no "unavailable": its 503 carries INTERNAL_ERROR, and the
+        # details say why.
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        status, code, message = 503, "INTERNAL_ERROR", MESSAGE
+        details = {"reason": "database_unavailable"}
+        headers = {"retry-after": RETRY_AFTER}
     else:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         status, code, message = 500, "INTERNAL_ERROR", "Internal server error"

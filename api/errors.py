@@ -9,6 +9,8 @@ import asyncpg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from adapters.database import unreachable
+from api.unavailable import MESSAGE, RETRY_AFTER
 from domain.errors import ConcurrencyError
 
 log = logging.getLogger("spool.api")
@@ -61,6 +63,9 @@ def job_api_error(request: Request[Any, Any, Any], exc: Exception) -> Response[d
         )
     if (fault := client_fault(exc)) is not None:
         return Response({"error": fault}, status_code=400)
+    if unreachable(exc):
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return Response({"error": MESSAGE}, status_code=503, headers={"retry-after": RETRY_AFTER})
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return Response({"error": "Internal server error"}, status_code=500)
 

@@ -13,11 +13,11 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from arq.connections import ArqRedis
@@ -26,6 +26,7 @@ from arq.worker import Worker, func
 
 from adapters import event_partitions, sysinfo
 from adapters.account_storage import AccountStorages
+from adapters.database import unreachable
 from adapters.event_store import EventStore, StreamAppend
 from adapters.job_store import load_job
 from adapters.queue import DOWNLOAD_QUEUE, WEBHOOK_QUEUE, node_queue
@@ -42,6 +43,11 @@ from reactors.tasks import run_task
 from reactors.webhooks import WebhookSender, deliver_webhook
 
 log = logging.getLogger("spool.node")
+
+T = TypeVar("T")
+
+APPEND_PATIENCE = 120.0
+"""Seconds a stage's result waits for an unreachable database before its unit gives up."""
 
 STAGE_TIMEOUT = 6 * 3600
 """arq's own limit; stalls are caught much sooner by the node's progress watchdog."""
@@ -388,7 +394,7 @@ class Node:
         state = self.known.pop(job_id, None)
         fresh = state is None
         if state is None:
-            state = await load_job(self.store, job_id)
+            state = await _through_outage(f"job {job_id}", lambda: load_job(self.store, job_id))
             if state is None:
                 return "stale"
         meta = self.meta.following(cause)
@@ -438,7 +444,9 @@ class Node:
             if state is None or (
                 not fresh and not job.is_current(state, unit.stage, unit.run, unit.attempt)
             ):
-                state = await load_job(self.store, unit.job_id)
+                state = await _through_outage(
+                    f"job {unit.job_id}", lambda: load_job(self.store, unit.job_id)
+                )
                 if state is None:
                     return None
                 unit.state, fresh = state, True
@@ -448,11 +456,7 @@ class Node:
             if not events:
                 return state
             try:
-                appended = await self.store.append(
-                    job.stream_id(unit.job_id),
-                    [NewEvent(e, unit.meta) for e in events],
-                    state.version,
-                )
+                position = await self._append_through_outage(unit, state.version, events)
             except ConcurrencyError:
                 state = None  # something landed first: read the job and decide again
                 continue
@@ -461,8 +465,35 @@ class Node:
                 state = job.evolve(state, e, now, state.version + 1)
             unit.state = state
             # What the unit appends next follows from this.
-            unit.meta = msgspec.structs.replace(unit.meta, causation_id=event_id(appended.position))
+            unit.meta = msgspec.structs.replace(unit.meta, causation_id=event_id(position))
             return state
+
+    async def _append_through_outage(
+        self, unit: RunningUnit, version: int, events: list[Event]
+    ) -> int:
+        """Append `events` at `version`, retrying while the database cannot be reached.
+
+        The work is done and on disk: losing its result to a database restart would cost a
+        whole stage again. An append whose commit went through but whose answer was lost is
+        found in the log on the next try and not appended twice. Gives up (raises) after
+        `APPEND_PATIENCE` seconds; ConcurrencyError propagates at once.
+        """
+        stream_id = job.stream_id(unit.job_id)
+        tried = False
+
+        async def append() -> int:
+            nonlocal tried
+            if tried:
+                after = await self.store.read_stream(stream_id, version + 1, limit=len(events))
+                if [e.data for e in after] == events:
+                    return after[-1].position  # the lost answer's append: it committed
+            tried = True
+            appended = await self.store.append(
+                stream_id, [NewEvent(e, unit.meta) for e in events], version
+            )
+            return appended.position
+
+        return await _through_outage(f"job {unit.job_id}", append)
 
     def _progress_sink(self, unit: RunningUnit) -> stages.ProgressSink:
         def sink(p: job.Progress) -> None:
@@ -517,14 +548,23 @@ class Node:
         """Record a stage's result, unless the job moved on (cancel wins)."""
         state = await self._record(unit, lambda _: [done])
         if state is None:
+            current = unit.state  # the job as read: cancelled, or moved on to another attempt
             if isinstance(done, job.JobCompleted):
-                held = unit.state
-                storage = await self.storages.for_job(held.account_id, held.storage_override)
+                # Another attempt may have completed the job under the same key: keep its files.
+                owned = (
+                    {current.key, current.subtitle_key, current.thumbnail_key}
+                    if current.status == "Completed"
+                    else set()
+                )
+                storage = await self.storages.for_job(current.account_id, current.storage_override)
                 for key in (done.key, done.subtitle_key, done.thumbnail_key):
-                    if key is not None:
+                    if key is not None and key not in owned:
                         await storage.delete(key)
-            stages.remove_workdir(workdir)
-            return "cancelled" if unit.state.status == "Cancelled" else "stale"
+            # A later attempt of this run (a retry after a wrong "worker lost") still needs the
+            # files; only a job that ended, or a run that started over, frees them.
+            if current.terminal or current.run != unit.run:
+                stages.remove_workdir(workdir)
+            return "cancelled" if current.status == "Cancelled" else "stale"
         if isinstance(done, job.JobCompleted):
             stages.remove_workdir(self.workroot / unit.job_id)
         self._remember(state)
@@ -558,6 +598,21 @@ class Node:
             stages.remove_workdir(self.workdir(unit.job_id, unit.run))
         self._remember(state)
         return "will retry"
+
+
+async def _through_outage(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """`call()`, tried again while the database cannot be reached, for `APPEND_PATIENCE` s."""
+    give_up = time.monotonic() + APPEND_PATIENCE
+    delay = 0.25
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            if not unreachable(exc) or time.monotonic() >= give_up:
+                raise
+            log.warning("%s: the database is unreachable, retrying: %s", what, exc)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 5.0)
 
 
 # arq entry points: the function names are the stage names the dispatcher enqueues.

@@ -425,8 +425,14 @@ class ProjectionRunner:
                     self._everything = True  # the poll: every projection looks
                 self._wake.clear()
                 await self._catch_up_notified()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("projection catch-up failed, will retry: %s", exc)
+            except Exception as exc:
+                # A database restart breaks connections mid-operation in more ways than
+                # asyncpg's connection errors (InternalClientError: "cannot switch to state");
+                # a runner that ended here would take its whole process down with it.
+                if isinstance(exc, OSError | asyncpg.PostgresError | asyncpg.InterfaceError):
+                    log.warning("projection catch-up failed, will retry: %s", exc)
+                else:
+                    log.exception("projection catch-up failed unexpectedly, will retry")
                 if listener is not None:
                     with contextlib.suppress(Exception):
                         await self.pool.release(listener)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import timedelta
 
 from arq.connections import ArqRedis
@@ -28,12 +29,23 @@ from reactors.causes import following
 log = logging.getLogger("spool.reconciler")
 
 
+_NODES_BEHIND = """
+SELECT NOT EXISTS (SELECT 1 FROM checkpoints WHERE name = 'nodes') OR EXISTS (
+    SELECT 1 FROM events e JOIN checkpoints c ON c.name = 'nodes'
+    WHERE (e.tx, e.position) > (c.tx::text::xid8, c.position) AND e.type = 'NodeHeartbeat'
+    AND e.recorded_at < now() - $1::interval
+)
+"""
+"""Whether the nodes projection has yet to apply a heartbeat older than a couple of beats."""
+
+
 class Reconciler:
     def __init__(self, store: EventStore, redis: ArqRedis, settings: Settings) -> None:
         self.store = store
         self.redis = redis
         self.settings = settings
         self._suspects: dict[str, str] = {}
+        self._quiet_until = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Reconcile every `reconcile_interval` seconds until `stop` is set."""
@@ -42,11 +54,24 @@ class Reconciler:
                 await self.reconcile_once()
             except Exception as exc:  # keep going through database or Redis outages
                 log.warning("reconcile pass failed, will retry: %s", exc)
+                # Nodes could not beat through the outage either: give them a node timeout
+                # to be heard again before any looks dead.
+                self._quiet_until = time.monotonic() + self.settings.node_timeout
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.reconcile_interval)
 
     async def reconcile_once(self) -> list[str]:
         """One pass; returns what it did, one line per action."""
+        if time.monotonic() < self._quiet_until:
+            self._suspects = {}
+            return []
+        if await self.store.pool.fetchval(
+            _NODES_BEHIND, timedelta(seconds=max(2.0, 2 * self.settings.heartbeat_interval))
+        ):
+            # Liveness is read from the nodes projection: while it trails the log, a busy node
+            # looks dead and its running units lost. Judge nothing until it has caught up.
+            self._suspects = {}
+            return []
         live = {
             r["node_id"]: set(r["running"])
             for r in await self.store.pool.fetch(

@@ -242,6 +242,141 @@ def reactors(**flags: Any) -> None:
 @main.command()
 @_database_options
 @_node_options
+@click.option(
+    "--api-key",
+    default=None,
+    metavar="KEY",
+    help="An admin key to create at start if missing [env: SPOOL_API_KEY].",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the API binds.")
+@click.option("--port", default=8081, show_default=True, type=int, help="Port the API binds.")
+def up(concurrency: dict[str, int], **flags: Any) -> None:
+    """Run the cluster on this machine: API, worker and reactors, on embedded defaults."""
+    from spool.serve import up as serve
+
+    _serve(serve(_settings(**concurrency, **flags)))
+
+
+def _service_options(fn: F) -> F:
+    """Redis and storage flags of the commands that run no node (`api`, `reactors`)."""
+    fn = click.option(
+        "--storage-url",
+        default=None,
+        metavar="URL",
+        help="Default storage: s3://bucket/prefix?endpoint=... or file:///path "
+        "[env: SPOOL_STORAGE_URL; default: a folder under the data dir].",
+    )(fn)
+    fn = click.option(
+        "--redis-url",
+        default=None,
+        metavar="URL",
+        help="Redis URL [env: SPOOL_REDIS_URL; default: an embedded redis-server].",
+    )(fn)
+    return fn
+
+
+@main.command()
+@_database_options
+@_service_options
+@click.option(
+    "--api-key",
+    default=None,
+    metavar="KEY",
+    help="An admin key to create at start if missing [env: SPOOL_API_KEY].",
+)
+@click.option(
+    "--url-allowlist",
+    default=None,
+    metavar="HOSTS",
+    callback=_host_list,
+    help="Comma-separated hosts / CIDRs the URL checks let through [env: SPOOL_URL_ALLOWLIST].",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the API binds.")
+@click.option("--port", default=8081, show_default=True, type=int, help="Port the API binds.")
+@click.option(
+    "--processes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="API processes sharing the port (uvicorn workers); about one per core.",
+)
+def api(processes: int, **flags: Any) -> None:
+    """Run the API alone (no reactors, no node), in one or more processes.
+
+    Run `spool reactors` somewhere against the same database and Redis: the API's reads come
+    from the projections they keep.
+    """
+    from spool.serve import api as serve_api
+
+    try:
+        serve_api(_settings(**flags), processes)
+    except (OSError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@_database_options
+@_service_options
+def reactors(**flags: Any) -> None:
+    """Run the projections, the pipeline and webhook reactors, the scheduler and the reconciler.
+
+    Several at once (on several machines) are safe: each event is applied once.
+    """
+    from spool.serve import run_reactors
+
+    _serve(run_reactors(_settings(**flags)))
+
+
+@main.command("api")
+@_database_options
+@click.option(
+    "--redis-url",
+    default=None,
+    metavar="URL",
+    help="Redis URL [env: SPOOL_REDIS_URL; default: an embedded redis-server].",
+)
+@click.option(
+    "--storage-url",
+    default=None,
+    metavar="URL",
+    help="Default storage [env: SPOOL_STORAGE_URL; default: a folder under the data dir].",
+)
+@click.option(
+    "--api-key",
+    default=None,
+    metavar="KEY",
+    help="An admin key to create at start if missing [env: SPOOL_API_KEY].",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the API binds.")
+@click.option("--port", default=8081, show_default=True, type=int, help="Port the API binds.")
+def api_command(**flags: Any) -> None:
+    """Run the API alone; `spool reactors` and `spool worker` do the rest."""
+    from spool.serve import api as serve
+
+    _run(serve(_settings(**flags)))
+
+
+@main.command("reactors")
+@_database_options
+@click.option(
+    "--redis-url",
+    default=None,
+    metavar="URL",
+    help="Redis URL [env: SPOOL_REDIS_URL; default: an embedded redis-server].",
+)
+def reactors_command(**flags: Any) -> None:
+    """Run projections, the pipeline, scheduler, reconciler and viewer timeouts (no API).
+
+    Any number may run at once: each event still counts once and each unit runs once.
+    """
+    from spool.serve import reactors as run_reactors
+
+    _run(run_reactors(_settings(**flags)))
+
+
+@main.command()
+@_database_options
+@_node_options
 @click.option("--role", default=None, help="This node's role (worker, compute, storage...).")
 @click.option("--tag", "tags", multiple=True, help="A tag for this node; repeat for more.")
 def worker(concurrency: dict[str, int], tags: tuple[str, ...], **flags: Any) -> None:

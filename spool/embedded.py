@@ -30,6 +30,19 @@ class EmbeddedPostgres:
         log.info("embedded PostgreSQL at %s", self.pgdata)
         return url
 
+    def pause(self) -> None:
+        """Stop the server now (fast shutdown: clients are cut off), keeping its data."""
+        assert self._server is not None
+        self._server.stop()
+
+    def resume(self) -> str:
+        """Start the paused server again; it answers at the same URL."""
+        assert self._server is not None
+        with self._server._lock:
+            self._server.ensure_postgres_running()
+        url: str = self._server.get_uri()
+        return url
+
     def stop(self) -> None:
         """Let go of the server; the last spool process to let go stops it."""
         if self._server is not None:

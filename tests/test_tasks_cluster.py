@@ -17,7 +17,6 @@ from typing import Any
 from adapters.task_store import load_task
 from api.app import create_app
 from domain import task
-from reactors.scheduler import Scheduler
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.loopback import serve_on_loopback
 
@@ -101,10 +100,7 @@ def workers(*procs: subprocess.Popen[bytes]) -> Iterator[list[subprocess.Popen[b
 
 def start_scheduler(cluster: Cluster, **options: Any) -> None:
     """Run the scheduler beside the cluster's other reactors (stopped with them)."""
-    stop = asyncio.Event()
-    cluster.stops["scheduler"] = stop
-    scheduler = Scheduler(cluster.store, cluster.redis, tick=0.3, **options)
-    cluster.tasks["scheduler"] = asyncio.create_task(scheduler.run(stop))
+    cluster.start_scheduler(**options)
 
 
 async def nodes_running(cluster: Cluster, *node_ids: str, seconds: float = 60) -> None:
