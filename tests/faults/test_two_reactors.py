@@ -40,7 +40,7 @@ async def _task_ended(cluster: Cluster, task_id: str) -> str:
 
 async def _running(procs: SpoolProcesses, *names: str) -> None:
     deadline = time.monotonic() + 90
-    while not all("spool reactors running" in procs.log(n) for n in names):
+    while not all("spool reactors are running" in procs.log(n) for n in names):
         assert time.monotonic() < deadline, procs.logs()
         await asyncio.sleep(0.2)
 
