@@ -158,6 +158,9 @@ _COLUMNS = (
     "recorded_at"
 )
 
+EVENT_COLUMNS = _COLUMNS
+"""The columns `EventStore.decode` takes, in its order, for queries joined to other tables."""
+
 _READ_STREAM = f"""
 SELECT {_COLUMNS} FROM events
 WHERE stream_id = $1 AND version >= $2 AND ($3::bigint IS NULL OR position <= $3::bigint)
@@ -424,7 +427,11 @@ class EventStore:
 
     # -- reading -------------------------------------------------------------------------
 
-    def _record(self, row: asyncpg.Record) -> RecordedEvent:
+    def decode(self, row: Sequence[Any]) -> RecordedEvent:
+        """A recorded event from a row of `EVENT_COLUMNS` (for reads joined to other tables)."""
+        return self._record(row)
+
+    def _record(self, row: Sequence[Any]) -> RecordedEvent:
         name: str = row[4]
         stored_version: int = row[5]
         known = self._decoders.get(name)

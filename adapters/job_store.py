@@ -6,13 +6,28 @@ from collections.abc import Callable
 
 import msgspec
 
-from adapters.event_store import EventStore
+from adapters.event_store import EVENT_COLUMNS, EventStore
 from adapters.history import AsOf, read_stream_as_of
 from domain import job
 from domain.errors import ConcurrencyError
 from domain.events import Event, Metadata, NewEvent
 
 _decode_state = msgspec.json.Decoder(job.JobState).decode
+
+# The projection row and the stream's events after it in one round trip (every job read of the
+# API and of the nodes makes it): at least one row, the state (or NULL) in the first column,
+# each later event in the others.
+_ROW_AND_TAIL = f"""
+SELECT j.state, t.*
+FROM (SELECT 1) AS one
+LEFT JOIN jobs j ON j.job_id = $1
+LEFT JOIN LATERAL (
+    SELECT {EVENT_COLUMNS} FROM events
+    WHERE stream_id = $2 AND version > coalesce(j.version, 0)
+    ORDER BY version
+) AS t ON true
+ORDER BY t.version
+"""
 
 
 async def load_job(store: EventStore, job_id: str) -> job.JobState | None:
@@ -21,11 +36,12 @@ async def load_job(store: EventStore, job_id: str) -> job.JobState | None:
     The projection may lag, so it only saves folding from the start: every event after the
     row's version is folded on top, which makes the answer exact.
     """
-    row = await store.pool.fetchval("SELECT state FROM jobs WHERE job_id = $1", job_id)
-    state = _decode_state(row) if row is not None else None
-    tail = await store.read_stream(job.stream_id(job_id), state.version + 1 if state else 1)
-    for e in tail:
-        state = job.evolve(state, e.data, e.recorded_at, e.version)
+    rows = await store.pool.fetch(_ROW_AND_TAIL, job_id, job.stream_id(job_id))
+    state = _decode_state(rows[0][0]) if rows[0][0] is not None else None
+    for row in rows:
+        if row[1] is not None:
+            e = store.decode(tuple(row)[1:])
+            state = job.evolve(state, e.data, e.recorded_at, e.version)
     return state
 
 
