@@ -182,7 +182,7 @@ async def test_a_stage_without_progress_is_failed_and_retried(
 ) -> None:
     # The source sends a little, then nothing for longer than the stall timeout.
     async with start_cluster(stall_timeout=1.5, stage_attempts=2) as cluster:
-        stalled = media_server.slow_url("clip.mp4", chunk=1024, interval=5)
+        stalled = media_server.slow_url("clip.mp4", chunk=1024, interval=2.5)
         job_id = await cluster.create(stalled)
         failed = await cluster.wait(job_id, "Failed", "Completed", seconds=60)
         assert failed["status"] == "Failed"
