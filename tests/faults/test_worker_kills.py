@@ -39,10 +39,10 @@ async def _history(cluster: Cluster, job_id: str) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def long_clip(media_dir: Path) -> str:
-    """A 20 s 640x360 clip beside the suite's media: re-encoding it to WebM takes seconds."""
+    """A 10 s 640x360 clip beside the suite's media: re-encoding it to WebM takes seconds."""
     path = media_dir / "long.mp4"
     if not path.exists():
-        make_clip(path, 20.0, width=640, height=360)
+        make_clip(path, 10.0, width=640, height=360)
     return path.name
 
 
