@@ -35,21 +35,32 @@ def with_database(url: str, database: str) -> str:
 
 
 _UNREACHABLE = (
-    OSError,  # refused, reset, or the socket file gone
     asyncpg.PostgresConnectionError,  # class 08: the connection failed or was lost
     asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, starting up
 )
+
+
+def _raised_in_asyncpg(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("asyncpg"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def unreachable(exc: BaseException) -> bool:
     """True when `exc` (or what caused it) says the database could not be reached.
 
     A stopped, restarting or cut-off server fails a call fast, in one of these ways; whatever
-    the call was, it can simply be tried again once the server is back.
+    the call was, it can simply be tried again once the server is back. An OSError counts only
+    when asyncpg raised it (refused, reset, the socket file gone), not a missing local file.
     """
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, _UNREACHABLE):
+            return True
+        if isinstance(seen, OSError) and _raised_in_asyncpg(seen):
             return True
         if isinstance(seen, asyncpg.InterfaceError) and "connection" in str(seen):
             return True  # "connection is closed", "connection was closed in the middle..."

@@ -29,14 +29,15 @@ from reactors.causes import following
 log = logging.getLogger("spool.reconciler")
 
 
-_NODES_BEHIND = """
-SELECT NOT EXISTS (SELECT 1 FROM checkpoints WHERE name = 'nodes') OR EXISTS (
-    SELECT 1 FROM events e JOIN checkpoints c ON c.name = 'nodes'
-    WHERE (e.tx, e.position) > (c.tx::text::xid8, c.position) AND e.type = 'NodeHeartbeat'
-    AND e.recorded_at < now() - $1::interval
+_UNAPPLIED_HEARTBEAT = """
+SELECT EXISTS (
+    SELECT 1 FROM events
+    WHERE (tx, position) > ($1::text::xid8, $2::bigint) AND type = 'NodeHeartbeat'
+    AND recorded_at < now() - $3::interval
 )
 """
-"""Whether the nodes projection has yet to apply a heartbeat older than a couple of beats."""
+"""Whether a heartbeat older than `$3` lies past the nodes projection's checkpoint (an index
+range scan from the checkpoint: the log's tail, not the log)."""
 
 
 class Reconciler:
@@ -65,9 +66,7 @@ class Reconciler:
         if time.monotonic() < self._quiet_until:
             self._suspects = {}
             return []
-        if await self.store.pool.fetchval(
-            _NODES_BEHIND, timedelta(seconds=max(2.0, 2 * self.settings.heartbeat_interval))
-        ):
+        if await self._nodes_behind():
             # Liveness is read from the nodes projection: while it trails the log, a busy node
             # looks dead and its running units lost. Judge nothing until it has caught up.
             self._suspects = {}
@@ -107,6 +106,20 @@ class Reconciler:
                 log.info("%s", action)
         self._suspects = suspects
         return actions
+
+    async def _nodes_behind(self) -> bool:
+        at = await self.store.pool.fetchrow(
+            "SELECT tx, position FROM checkpoints WHERE name = 'nodes'"
+        )
+        if at is None:
+            return True  # the nodes projection has never run
+        behind: bool = await self.store.pool.fetchval(
+            _UNAPPLIED_HEARTBEAT,
+            str(at["tx"]),
+            at["position"],
+            timedelta(seconds=max(2.0, 2 * self.settings.heartbeat_interval)),
+        )
+        return behind
 
     async def _diagnose(
         self, state: job.JobState, unit: str, live: dict[str, set[str]]

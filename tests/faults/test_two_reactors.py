@@ -5,6 +5,7 @@ and when one is SIGKILLed the other carries on alone."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -38,9 +39,13 @@ async def _task_ended(cluster: Cluster, task_id: str) -> str:
         await asyncio.sleep(0.1)
 
 
+_RUNNING = re.compile(r"spool reactors (are )?running")
+
+
 async def _running(procs: SpoolProcesses, *names: str) -> None:
+    """Wait until each process has caught up and started its reactors (it logs so)."""
     deadline = time.monotonic() + 90
-    while not all("spool reactors are running" in procs.log(n) for n in names):
+    while not all(_RUNNING.search(procs.log(n)) for n in names):
         assert time.monotonic() < deadline, procs.logs()
         await asyncio.sleep(0.2)
 

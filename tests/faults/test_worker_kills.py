@@ -50,10 +50,10 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def long_clip(media_dir: Path) -> str:
-    """A 20 s 640x360 clip beside the suite's media: re-encoding it to WebM takes seconds."""
+    """A 10 s 640x360 clip beside the suite's media: re-encoding it to WebM takes seconds."""
     path = media_dir / "long.mp4"
     if not path.exists():
-        make_clip(path, 20.0, width=640, height=360)
+        make_clip(path, 10.0, width=640, height=360)
     return path.name
 
 
@@ -67,13 +67,14 @@ HOLD: dict[str, Source] = {
 }
 
 
-async def _stage_started(cluster: Cluster, job_id: str, stage: str) -> None:
-    """Wait until the log says the job's `stage` started on a node."""
+async def _stage_started(cluster: Cluster, job_ids: list[str], stage: str) -> str:
+    """Wait until the log says `stage` started on a node for one of the jobs; returns which."""
     deadline = time.monotonic() + 90
     while True:
-        events = await cluster.store.read_stream(job.stream_id(job_id))
-        if any(isinstance(e.data, job.StageStarted) and e.data.stage == stage for e in events):
-            return
+        for job_id in job_ids:
+            events = await cluster.store.read_stream(job.stream_id(job_id))
+            if any(isinstance(e.data, job.StageStarted) and e.data.stage == stage for e in events):
+                return job_id
         assert time.monotonic() < deadline, [e.type for e in events]
         await asyncio.sleep(0.1)
 
@@ -101,7 +102,8 @@ async def test_a_worker_killed_mid_stage_and_restarted_completes_every_job_once(
             if throttled is not None:
                 throttled.proxy.pause()  # uploads hang, half sent, until the kill
             job_ids = [await cluster.create(url, filename=f"{stage}{i}", **options) for i in (0, 1)]
-            await _stage_started(cluster, job_ids[0], stage)
+            # One at a time muxes and uploads: the other job waits for the slot.
+            struck = await _stage_started(cluster, job_ids, stage)
 
             procs.kill("mortal")
             procs.worker("mortal", *CONCURRENCY)
@@ -113,9 +115,8 @@ async def test_a_worker_killed_mid_stage_and_restarted_completes_every_job_once(
             procs.stop_all()
         assert [j["status"] for j in finished] == ["Completed"] * 2, procs.logs()
         # The kill struck the stage itself: its attempt was failed and run again.
-        failed = [
-            e["data"] for e in await _history(cluster, job_ids[0]) if e["type"] == "StageFailed"
-        ]
+        history = await _history(cluster, struck)
+        failed = [e["data"] for e in history if e["type"] == "StageFailed"]
         assert stage in [f["stage"] for f in failed], failed
         await assert_nothing_lost(cluster, job_ids)
 
@@ -193,7 +194,7 @@ async def test_a_stage_without_progress_is_failed_and_retried(
 ) -> None:
     # The source sends a little, then nothing for longer than the stall timeout.
     async with start_cluster(stall_timeout=1.5, stage_attempts=2) as cluster:
-        stalled = media_server.slow_url("clip.mp4", chunk=1024, interval=5)
+        stalled = media_server.slow_url("clip.mp4", chunk=1024, interval=2.5)
         job_id = await cluster.create(stalled)
         failed = await cluster.wait(job_id, "Failed", "Completed", seconds=60)
         assert failed["status"] == "Failed"
@@ -210,7 +211,7 @@ async def test_an_upload_wrongly_given_up_on_finishes_late_and_its_retry_still_c
     async with start_cluster(storage_url=throttled.storage_url, upload_concurrency=1) as cluster:
         throttled.proxy.pause()
         job_id = await cluster.create(media_server.url("clip.mp4"), filename="late")
-        await _stage_started(cluster, job_id, "upload")
+        await _stage_started(cluster, [job_id], "upload")
 
         # What the reconciler appends when it takes a starved worker for a dead one.
         while True:
