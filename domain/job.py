@@ -603,6 +603,21 @@ def _advance(state: JobState, done: Stage) -> None:
     state.stage, state.attempt, state.progress = nxt, 1, None
 
 
+def count(counts: dict[str, int], ev: Event) -> None:
+    """Add one event to usage counters: jobs created / completed / failed / cancelled, bytes."""
+    if isinstance(ev, JobCreated):
+        counts["jobs_created"] += 1
+    elif isinstance(ev, DownloadCompleted):
+        counts["bytes_downloaded"] += ev.bytes
+    elif isinstance(ev, JobCompleted):
+        counts["jobs_completed"] += 1
+        counts["bytes_uploaded"] += ev.size
+    elif isinstance(ev, JobFailed):
+        counts["jobs_failed"] += 1
+    elif isinstance(ev, JobCancelled):
+        counts["jobs_cancelled"] += 1
+
+
 def fold(events: list[tuple[Event, datetime, int]]) -> JobState | None:
     """Fold a job's events, in stream order, into its state."""
     state: JobState | None = None

@@ -364,20 +364,12 @@ def add_usage(
         row = totals.setdefault(
             (account, e.recorded_at.astimezone(UTC).date()), dict.fromkeys(COUNTERS, 0)
         )
-        if isinstance(ev, job.JobCreated):
-            row["jobs_created"] += 1
-        elif isinstance(ev, job.DownloadCompleted):
-            row["bytes_downloaded"] += ev.bytes
-        elif isinstance(ev, job.JobCompleted):
-            row["jobs_completed"] += 1
-            row["bytes_uploaded"] += ev.size
-            uploaded = ev.size
-        elif isinstance(ev, job.JobFailed):
-            row["jobs_failed"] += 1
-        elif isinstance(ev, job.JobCancelled):
-            row["jobs_cancelled"] += 1
-        elif isinstance(ev, job.FileDeleted):
+        if isinstance(ev, job.FileDeleted):
             row["bytes_deleted"] += uploaded
+            continue
+        if isinstance(ev, job.JobCompleted):
+            uploaded = ev.size
+        job.count(row, ev)
 
 
 def _upto(events: Sequence[RecordedEvent], at: Checkpoint) -> Sequence[RecordedEvent]:

@@ -29,7 +29,12 @@ from spool.embedded import EmbeddedPostgres, EmbeddedRedis
 from spool.keys import issue
 
 # Fixtures for real media (FFmpeg + loopback HTTP) and a real S3 server (moto) live beside this.
-pytest_plugins = ["tests.fixtures.media", "tests.fixtures.s3", "tests.fixtures.cluster"]
+pytest_plugins = [
+    "tests.fixtures.media",
+    "tests.fixtures.s3",
+    "tests.fixtures.cluster",
+    "tests.fixtures.request_log",
+]
 
 
 @pytest.fixture(scope="session")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
 from domain import job, node
 from domain.events import Metadata, NewEvent
 from tests.cluster_api_helpers import FreshApi, append_node, fresh_api, heartbeat, register
+from tests.fixtures.request_log import Lines
 
 
 @pytest.fixture
@@ -120,32 +120,11 @@ async def test_the_dashboard_data_needs_an_admin_key(api: FreshApi) -> None:
         assert bearer.status_code == 200
 
 
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.paths: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.INFO:
-            self.paths.append(record.getMessage())
-
-
-@pytest.fixture
-def request_log() -> Iterator[Lines]:
-    logger = logging.getLogger("api.requests")
-    handler, level = Lines(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 async def test_the_dashboard_polls_write_no_request_log_lines(
     api: FreshApi, request_log: Lines
 ) -> None:
     for path in ("/dashboard/cluster", "/dashboard/nodes", "/dashboard/throughput?minutes=5"):
         assert (await api.client.get(path, headers=api.admin())).status_code == 200
-    assert request_log.paths == []
+    assert request_log.lines == []
     await api.client.get("/jobs", headers=api.user())  # an ordinary request still is logged
-    assert len(request_log.paths) == 1 and '"path":"/jobs"' in request_log.paths[0]
+    assert len(request_log.lines) == 1 and '"path":"/jobs"' in request_log.lines[0]

@@ -52,18 +52,7 @@ def add(totals: dict[datetime, dict[str, int]], events: Sequence[RecordedEvent])
         ev = e.data
         if e.type not in EVENT_TYPES:
             continue
-        row = totals.setdefault(minute_of(e.recorded_at), dict.fromkeys(COUNTERS, 0))
-        if isinstance(ev, job.JobCreated):
-            row["jobs_created"] += 1
-        elif isinstance(ev, job.DownloadCompleted):
-            row["bytes_downloaded"] += ev.bytes
-        elif isinstance(ev, job.JobCompleted):
-            row["jobs_completed"] += 1
-            row["bytes_uploaded"] += ev.size
-        elif isinstance(ev, job.JobFailed):
-            row["jobs_failed"] += 1
-        elif isinstance(ev, job.JobCancelled):
-            row["jobs_cancelled"] += 1
+        job.count(totals.setdefault(minute_of(e.recorded_at), dict.fromkeys(COUNTERS, 0)), ev)
 
 
 class JobMinutesProjection:

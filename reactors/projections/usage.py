@@ -103,19 +103,10 @@ class UsageProjection:
                 continue
             row = totals[(account, e.recorded_at.astimezone(UTC).date())]
             ev = e.data
-            if isinstance(ev, job.JobCreated):
-                row["jobs_created"] += 1
-            elif isinstance(ev, job.DownloadCompleted):
-                row["bytes_downloaded"] += ev.bytes
-            elif isinstance(ev, job.JobCompleted):
-                row["jobs_completed"] += 1
-                row["bytes_uploaded"] += ev.size
-            elif isinstance(ev, job.JobFailed):
-                row["jobs_failed"] += 1
-            elif isinstance(ev, job.JobCancelled):
-                row["jobs_cancelled"] += 1
-            elif isinstance(ev, job.FileDeleted):
+            if isinstance(ev, job.FileDeleted):
                 row["bytes_deleted"] += freed.get((e.stream_id, e.version), 0)
+            else:
+                job.count(row, ev)
         if not totals:
             return
         keys = list(totals)
