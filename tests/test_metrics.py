@@ -73,9 +73,11 @@ async def test_metrics_show_projection_lag_and_append_latency(api: FreshApi) -> 
     assert _value(caught_up, "spool_projection_lag_events", projection="nodes") == 0
     assert _value(caught_up, "spool_projection_lag_seconds", projection="nodes") == 0
     # Events the nodes projection has not applied yet are its lag.
-    await append_node(
+    appended = await append_node(
         api.store, None, "laptop-001", node_started("laptop-001"), heartbeat("laptop-001")
     )
+    # Readable once every older transaction on the server has ended (another test's, too).
+    await api.store.wait_readable(appended.checkpoint)
     behind = await _scrape(api)
     assert _value(behind, "spool_projection_lag_events", projection="nodes") == 2
     assert _value(behind, "spool_projection_lag_events", projection="api_keys") == 0

@@ -179,6 +179,45 @@ async def test_a_notify_wakes_only_the_projections_of_the_types_it_names(
         await asyncio.wait_for(task, 5)
 
 
+class BatchCountingJobs(JobsProjection):
+    """The jobs projection, recording how many events each of its transactions applied."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    async def apply(self, conn: Any, events: Any) -> None:
+        self.batches.append(len(events))
+        await super().apply(conn, events)
+
+
+async def test_appends_made_moments_apart_are_applied_together(isolated: EventStore) -> None:
+    jobs = BatchCountingJobs()
+    # A long coalescing window, so that a slow machine still lands all five appends inside it.
+    runner = ProjectionRunner(isolated, [jobs], poll_interval=60, coalesce=2.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        await asyncio.sleep(0.3)  # the first look is done
+        jobs.batches.clear()
+        ids = []
+        for _ in range(5):  # five appends a tenth of a second apart, five NOTIFYs
+            ids += await _create_jobs(isolated, "a", 1)
+            await asyncio.sleep(0.1)
+        async with asyncio.timeout(10):
+            while (
+                await isolated.pool.fetchval(
+                    "SELECT count(*) FROM jobs WHERE job_id = ANY($1::text[])", ids
+                )
+                < 5
+            ):
+                await asyncio.sleep(0.05)
+        assert jobs.batches == [5]  # one transaction for the burst, not one per append
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
 async def test_the_jobs_projection_equals_the_fold_of_each_stream(isolated: EventStore) -> None:
     ids = await _create_jobs(isolated, "a", 5)
     await ProjectionRunner(isolated, all_projections()).catch_up()
