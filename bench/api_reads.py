@@ -48,12 +48,12 @@ from bench.harness import (
     stop_process,
     stop_profiler,
     top_frames,
-    wait_http,
 )
 from bench.heartbeats import wrk_latency
 from bench.spool_processes import kept_logs, spool_cluster
 from domain import job
 from domain.events import Metadata
+from tests.fixtures.processes import wait_http
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 

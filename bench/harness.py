@@ -27,9 +27,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -113,21 +110,6 @@ def read_ready_line(
         )
     answer: dict[str, Any] = json.loads(box[0])
     return answer
-
-
-def wait_http(url: str, seconds: float = 30.0) -> None:
-    """Wait until `url` answers at all (any HTTP status)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not answer within {seconds:g} s") from None
-            time.sleep(0.1)
 
 
 def stop_process(proc: subprocess.Popen[bytes], seconds: float = 30.0) -> int | None:

@@ -98,7 +98,6 @@ from bench.harness import (
     stop_process,
     stop_profiler,
     top_frames,
-    wait_http,
 )
 from domain import job, node
 from domain.events import Metadata, NewEvent
@@ -108,6 +107,7 @@ from reactors.projections import all_projections
 from reactors.reconciler import Reconciler
 from spool.embedded import EmbeddedRedis
 from spool.keys import issue
+from tests.fixtures.processes import wait_http
 from tests.fixtures.s3 import S3Server
 
 SUBMITTERS = 8
@@ -730,7 +730,7 @@ async def _served(log: Path, *args: str) -> AsyncIterator[tuple[str, int]]:
     proc = python_module("bench.harness", *args, stdout_pipe=True, log=log)
     try:
         url: str = read_ready_line(proc, log=log)["url"]
-        wait_http(url + "/")
+        wait_http(url + "/", 30)
         yield url, proc.pid
     finally:
         stop_process(proc)

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapters.database import create_database, drop_database, migrate
-from bench.harness import REPO_ROOT, free_port, stop_process, wait_http
+from bench.harness import REPO_ROOT, free_port, stop_process
 from spool.embedded import EmbeddedRedis
+from tests.fixtures.processes import wait_http
 
 
 @dataclass
