@@ -9,6 +9,7 @@ import msgspec
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
+from litestar.types import Scope
 
 from api.errors import JobApiError
 from domain.account import hash_key
@@ -24,10 +25,15 @@ class Principal(msgspec.Struct, frozen=True):
 
 def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     """The key a request carries, if any: `x-api-key`, else `Authorization: Bearer`."""
+    return key_in(connection.scope)
+
+
+def key_in(scope: Scope) -> str | None:
+    """The key in a request's raw headers: `x-api-key`, else `Authorization: Bearer`."""
     # The raw header pairs, not `connection.headers`: building that mapping cost more than the
     # rest of the check on the dashboard's hot path. Servers send header names lower-cased.
     bearer = None
-    for name, value in connection.scope["headers"]:
+    for name, value in scope["headers"]:
         if name == b"x-api-key":
             key = value.decode("latin-1").strip()
             if key:
@@ -46,14 +52,24 @@ working within this time. Only keys that verified are kept, so guessing cannot f
 _KEY_CACHE_LIMIT = 10_000
 
 
+def _verified(state: State) -> dict[str, tuple[Principal, float]]:
+    verified: dict[str, tuple[Principal, float]] = state.setdefault("verified_keys", {})
+    return verified
+
+
+def recently_verified(state: State, key: str) -> Principal | None:
+    """The principal of a key verified in the last `KEY_CACHE_SECONDS`, without a query."""
+    cached = _verified(state).get(hash_key(key))
+    return cached[0] if cached is not None and cached[1] > time.monotonic() else None
+
+
 async def lookup(state: State, key: str) -> Principal | None:
     """The principal a key belongs to, or None for an unknown or revoked key."""
-    verified: dict[str, tuple[Principal, float]] = state.setdefault("verified_keys", {})
+    known = recently_verified(state, key)
+    if known is not None:
+        return known
     digest = hash_key(key)
-    now = time.monotonic()
-    cached = verified.get(digest)
-    if cached is not None and cached[1] > now:
-        return cached[0]
+    verified = _verified(state)
     row = await state.pool.fetchrow(
         "SELECT key_id, account_id, admin FROM api_keys WHERE key_hash = $1 AND NOT revoked",
         digest,
@@ -64,7 +80,7 @@ async def lookup(state: State, key: str) -> Principal | None:
     principal = Principal(row["key_id"], row["account_id"], row["admin"])
     if len(verified) >= _KEY_CACHE_LIMIT:
         verified.clear()
-    verified[digest] = (principal, now + KEY_CACHE_SECONDS)
+    verified[digest] = (principal, time.monotonic() + KEY_CACHE_SECONDS)
     return principal
 
 

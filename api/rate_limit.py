@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import msgspec
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Scope, Send
 
+from api.auth import key_in
 from api.cluster_redis import redis_of
 from api.envelope import timestamp
 
@@ -30,13 +31,9 @@ _encode = msgspec.json.Encoder().encode
 
 def _caller(scope: Scope) -> str:
     """Who is counted: the key presented (hashed, never stored in clear), else the address."""
-    headers = dict(scope["headers"])
-    key = headers.get(b"x-api-key", b"").strip()
-    if not key:
-        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
-        key = token.strip() if scheme.lower() == b"bearer" else b""
+    key = key_in(scope)
     if key:
-        return "key:" + hashlib.sha256(key).hexdigest()[:32]
+        return "key:" + hashlib.sha256(key.encode("latin-1")).hexdigest()[:32]
     client = scope.get("client")
     return f"addr:{client[0] if client else 'unknown'}"
 

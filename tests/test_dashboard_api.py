@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
-from domain import job, node
+from domain import account, job, node
+from domain.account import hash_key
 from domain.events import Metadata, NewEvent
+from spool.keys import issue
 from tests.cluster_api_helpers import FreshApi, append_node, fresh_api, heartbeat, register
 from tests.fixtures.request_log import Lines
 
@@ -128,3 +131,61 @@ async def test_the_dashboard_polls_write_no_request_log_lines(
     assert request_log.lines == []
     await api.client.get("/jobs", headers=api.user())  # an ordinary request still is logged
     assert len(request_log.lines) == 1 and '"path":"/jobs"' in request_log.lines[0]
+
+
+async def test_cluster_stats_refuse_every_caller_but_an_admin_even_with_a_warm_cache(
+    api: FreshApi,
+) -> None:
+    # An admin's poll fills the cached answer; a user's own request makes its key a known one.
+    assert (await api.client.get("/dashboard/cluster", headers=api.admin())).status_code == 200
+    assert (await api.client.get("/jobs", headers=api.user())).status_code == 200
+    missing = await api.client.get("/dashboard/cluster")
+    assert (missing.status_code, missing.json()) == (401, {"error": "Missing x-api-key header"})
+    wrong = await api.client.get("/dashboard/cluster", headers={"x-api-key": "sk_wrong"})
+    assert (wrong.status_code, wrong.json()) == (401, {"error": "Invalid API Key"})
+    user = await api.client.get("/dashboard/cluster", headers=api.user())
+    assert user.status_code == 403
+    assert user.json() == {"error": "This endpoint needs an admin API key"}
+    bearer = await api.client.get(
+        "/dashboard/cluster", headers={"Authorization": f"Bearer {api.admin_key}"}
+    )
+    assert bearer.status_code == 200
+
+
+async def test_a_cached_cluster_answer_looks_like_a_fresh_one(api: FreshApi) -> None:
+    await register(api.store, api.runner, "n-cached")
+    await append_node(api.store, api.runner, "n-cached", heartbeat("n-cached", muxing=2))
+    first = await api.client.get("/dashboard/cluster", headers=api.admin())
+    again = await api.client.get(
+        "/dashboard/cluster", headers={**api.admin(), "x-request-id": "poll-2"}
+    )
+    for answer in (first, again):
+        assert answer.status_code == 200
+        assert answer.json() == {"total_downloading": 1, "total_muxing": 2, "total_uploading": 0}
+        assert answer.headers["content-type"] == "application/json"
+    assert first.headers["x-request-id"] and first.headers["x-request-id"] != "poll-2"
+    assert again.headers["x-request-id"] == "poll-2"
+    assert again.content == first.content
+
+
+async def test_a_revoked_admin_key_stops_reading_cluster_stats_once_its_cache_time_is_over(
+    api: FreshApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("api.auth.KEY_CACHE_SECONDS", 0.2)
+    monkeypatch.setattr("api.dashboard.STATS_CACHE_SECONDS", 60.0)  # the answer stays cached
+    admin = await issue(api.store, name="leaving", admin=True)
+    await api.runner.wait_until("api_keys", admin.at)
+    headers = {"x-api-key": admin.key}
+    assert (await api.client.get("/dashboard/cluster", headers=headers)).status_code == 200
+    key_id = await api.pool.fetchval(
+        "SELECT key_id FROM api_keys WHERE key_hash = $1", hash_key(admin.key)
+    )
+    revoked = await api.store.append(
+        account.stream_id(admin.account_id), [NewEvent(account.ApiKeyRevoked(key_id=key_id))], 1
+    )
+    await api.runner.wait_until("api_keys", revoked.checkpoint)
+    await asyncio.sleep(0.3)
+    after = await api.client.get("/dashboard/cluster", headers=headers)
+    assert (after.status_code, after.json()) == (401, {"error": "Invalid API Key"})
+    # The cached answer is still served to a key that is still good.
+    assert (await api.client.get("/dashboard/cluster", headers=api.admin())).status_code == 200
