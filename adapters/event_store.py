@@ -22,6 +22,7 @@ from domain import (  # noqa: F401
     account,
     batch,
     cluster_config,
+    idempotency,
     job,
     node,
     storage_config,

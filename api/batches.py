@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
-from litestar import Controller, Request, delete, get, patch, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import Provide
 
 from adapters.event_store import EventStore, StreamAppend
@@ -15,6 +15,7 @@ from adapters.job_store import JobChangingTooFast, decide_and_append, load_job, 
 from api.as_of import BadAsOf, parse_as_of
 from api.auth import Principal, job_api_principal
 from api.errors import JOB_API_ERRORS, JobApiError
+from api.idempotency import commit, earlier_answer, idempotency_of
 from api.job_requests import (
     CreateJobBody,
     ValidJob,
@@ -112,8 +113,15 @@ class NewJob(msgspec.Struct, frozen=True):
     storage: StorageConfigured | None = None
 
 
-async def create_batch(
-    store: EventStore,
+class BatchPlan(NamedTuple):
+    """A new batch's id, its jobs' ids, and the appends that create them."""
+
+    batch_id: str
+    job_ids: list[str]
+    appends: list[StreamAppend]
+
+
+def plan_batch(
     meta: Metadata,
     principal: Principal,
     jobs: list[NewJob],
@@ -122,8 +130,8 @@ async def create_batch(
     paused: bool,
     source_url: str | None = None,
     title: str | None = None,
-) -> tuple[str, list[str]]:
-    """Append a batch and all its jobs in one transaction: all of them exist, or none."""
+) -> BatchPlan:
+    """A batch and all its jobs, to be appended in one transaction: all of them, or none."""
     batch_id = str(uuid.uuid4())
     job_ids = [str(uuid.uuid4()) for _ in jobs]
     appends = [
@@ -139,6 +147,7 @@ async def create_batch(
                     batch_id=batch_id,
                     held=paused,
                     title=new.title,
+                    storage=new.storage,
                 )
             ],
             0,
@@ -155,8 +164,7 @@ async def create_batch(
         title=title,
     )
     appends.append(StreamAppend(batch.stream_id(batch_id), [NewEvent(created, meta)], 0))
-    await store.append_many(appends)
-    return batch_id, job_ids
+    return BatchPlan(batch_id, job_ids, appends)
 
 
 def _bulk_items(raw: bytes) -> tuple[list[CreateJobBody], bool]:
@@ -389,8 +397,14 @@ async def job_storage(
     return await sealed_storage(request, principal, *storage_spec(raw))
 
 
-async def create_bulk(request: Request[Any, Any, Any], principal: Principal) -> BulkAnswer:
+async def create_bulk(
+    request: Request[Any, Any, Any], principal: Principal, idempotency_key: str | None
+) -> Response[Any]:
     """`POST /jobs/bulk`: all jobs or none; a bad item names its index."""
+    store: EventStore = request.app.state.store
+    idem = await idempotency_of(request, principal, idempotency_key)
+    if idem is not None and (earlier := await earlier_answer(store, idem)) is not None:
+        return earlier
     bodies, paused = _bulk_items(await request.body())
     valid: list[NewJob] = []
     for index, body in enumerate(bodies):
@@ -411,12 +425,7 @@ async def create_bulk(request: Request[Any, Any, Any], principal: Principal) -> 
     if shared is not None:
         sealed = await job_storage(request, principal, shared)
         valid = [msgspec.structs.replace(v, storage=sealed) for v in valid]
-    batch_id, job_ids = await create_batch(
-        request.app.state.store,
-        command_metadata(request, principal.key_id),
-        principal,
-        valid,
-        kind="bulk",
-        paused=paused,
-    )
-    return BulkAnswer(batch_id=batch_id, total_jobs=len(job_ids), job_ids=job_ids)
+    meta = command_metadata(request, principal.key_id)
+    plan = plan_batch(meta, principal, valid, kind="bulk", paused=paused)
+    answer = BulkAnswer(batch_id=plan.batch_id, total_jobs=len(plan.job_ids), job_ids=plan.job_ids)
+    return await commit(store, plan.appends, answer, idem, meta)

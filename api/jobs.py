@@ -10,13 +10,13 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import Provide
 from litestar.params import Parameter
 
 from adapters.account_storage import AccountStorages
 from adapters.downloader import DownloadFailed
-from adapters.event_store import EventStore
+from adapters.event_store import EventStore, StreamAppend
 from adapters.job_store import JobChangingTooFast, decide_and_append, load_job_as_of
 from adapters.job_store import load_job as load_job_state
 from adapters.playlists import Playlist, extract_playlist, looks_like_media
@@ -29,11 +29,12 @@ from api.batches import (
     BulkAnswer,
     Episode,
     NewJob,
-    create_batch,
     create_bulk,
     job_storage,
+    plan_batch,
 )
 from api.errors import JOB_API_ERRORS, JobApiError
+from api.idempotency import IdempotencyKey, commit, earlier_answer, idempotency_of
 from api.job_requests import (
     CreateJobBody,
     ValidJob,
@@ -253,15 +254,14 @@ async def _playlist(request: Request[Any, Any, Any], url: str) -> Playlist | Non
         raise JobApiError(status_code=400, detail=str(exc)) from None
 
 
-async def _create_playlist_batch(
-    store: EventStore,
+def _playlist_batch(
     meta: Metadata,
     principal: Principal,
     valid: ValidJob,
     playlist: Playlist,
     body: CreateJobBody,
     storage: StorageConfigured | None,
-) -> BatchCreatedAnswer:
+) -> tuple[list[StreamAppend], BatchCreatedAnswer]:
     if not playlist.entries:
         raise JobApiError(status_code=400, detail="The playlist or feed has no entries")
     # Each entry gets the options asked for, but a name of its own (its title), not one
@@ -271,8 +271,7 @@ async def _create_playlist_batch(
         NewJob(ValidJob(url=entry.url, options=options), title=entry.title, storage=storage)
         for entry in playlist.entries
     ]
-    batch_id, job_ids = await create_batch(
-        store,
+    plan = plan_batch(
         meta,
         principal,
         jobs,
@@ -281,14 +280,15 @@ async def _create_playlist_batch(
         source_url=valid.url,
         title=playlist.title,
     )
-    return BatchCreatedAnswer(
-        batch_id=batch_id,
-        total_episodes=len(job_ids),
+    answer = BatchCreatedAnswer(
+        batch_id=plan.batch_id,
+        total_episodes=len(plan.job_ids),
         episode_jobs=[
             Episode(job_id=j, title=e.title, url=e.url)
-            for j, e in zip(job_ids, playlist.entries, strict=True)
+            for j, e in zip(plan.job_ids, playlist.entries, strict=True)
         ],
     )
+    return plan.appends, answer
 
 
 def _job_id(raw: str) -> str:
@@ -384,9 +384,21 @@ class JobsController(Controller):
 
     @post("/", status_code=201)
     async def create_job(
-        self, request: Request[Any, Any, Any], data: CreateJobBody, principal: Principal
-    ) -> JobCreatedAnswer | BatchCreatedAnswer:
-        """Create a download job; a playlist or feed URL creates a batch of its entries."""
+        self,
+        request: Request[Any, Any, Any],
+        data: CreateJobBody,
+        principal: Principal,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[JobCreatedAnswer | BatchCreatedAnswer]:
+        """Create a download job; a playlist or feed URL creates a batch of its entries.
+
+        With an `Idempotency-Key` header, sending the same request again answers what the
+        first one got (with `Idempotent-Replayed: true`) and creates nothing more.
+        """
+        store: EventStore = request.app.state.store
+        idem = await idempotency_of(request, principal, idempotency_key)
+        if idem is not None and (earlier := await earlier_answer(store, idem)) is not None:
+            return earlier
         # `data` documents the body; the raw body is decoded again strictly, so "23" is not 23.
         body = decode_create_job_body(await request.body())
         valid = validate_create_job(body)
@@ -394,15 +406,13 @@ class JobsController(Controller):
         if valid.options.webhook_url is not None:
             await refuse_forbidden_target(request, valid.options.webhook_url, what="webhook_url")
         meta = command_metadata(request, principal.key_id)
-        store: EventStore = request.app.state.store
         playlist = await _playlist(request, valid.url)
         if body.paused and playlist is None:
             raise JobApiError(status_code=400, detail="paused is only for playlist or feed URLs")
         storage = await job_storage(request, principal, body.storage) if body.storage else None
         if playlist is not None:
-            return await _create_playlist_batch(
-                store, meta, principal, valid, playlist, body, storage
-            )
+            appends, answer = _playlist_batch(meta, principal, valid, playlist, body, storage)
+            return await commit(store, appends, answer, idem, meta)
         job_id = str(uuid.uuid4())
         events = job.create(
             job_id=job_id,
@@ -411,18 +421,22 @@ class JobsController(Controller):
             options=valid.options,
             storage=storage,
         )
-        await store.append(job.stream_id(job_id), [NewEvent(e, meta) for e in events], 0)
-        return JobCreatedAnswer(job_id=job_id)
+        created = StreamAppend(job.stream_id(job_id), [NewEvent(e, meta) for e in events], 0)
+        return await commit(store, [created], JobCreatedAnswer(job_id=job_id), idem, meta)
 
     @post("/bulk", status_code=201)
     async def create_jobs_in_bulk(
-        self, request: Request[Any, Any, Any], data: dict[str, Any], principal: Principal
-    ) -> BulkAnswer:
+        self,
+        request: Request[Any, Any, Any],
+        data: dict[str, Any],
+        principal: Principal,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[BulkAnswer]:
         """Create up to 100 jobs at once: `{"jobs": [{"url", "filename"?}], <shared options>}`.
 
         All jobs or none: one invalid item rejects the request, naming its index.
         """
-        return await create_bulk(request, principal)
+        return await create_bulk(request, principal, idempotency_key)
 
     @get("/{job_id:str}")
     async def get_job(

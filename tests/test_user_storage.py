@@ -594,3 +594,28 @@ async def test_a_jobs_own_storage_overrides_the_users_for_that_job_only(
     )
     assert refused.status_code == 400
     assert refused.json()["error"].startswith("Storage check failed: NoSuchBucket")
+
+
+async def test_a_bulk_requests_storage_is_where_each_of_its_jobs_lands(
+    cluster: Cluster, s3_server: S3Server, user_bucket: str, media_server: MediaServer
+) -> None:
+    answer = await cluster.client.post(
+        "/jobs/bulk",
+        headers=cluster.headers(),
+        json={
+            "jobs": [
+                {"url": media_server.url("clip.mp4"), "filename": "first"},
+                {"url": media_server.url("clip.mp4"), "filename": "second"},
+            ],
+            "storage": {"provider": "s3", **s3_body(s3_server, user_bucket, folder_prefix="bulk")},
+        },
+    )
+    assert answer.status_code == 201, answer.text
+    for job_id in answer.json()["job_ids"]:
+        done = await cluster.wait(job_id, "Completed", "Failed", seconds=90)
+        assert done["status"] == "Completed", done
+    listing = s3_server.client().list_objects_v2(Bucket=user_bucket)
+    keys = sorted(o["Key"] for o in listing.get("Contents", []))
+    assert keys == ["bulk/first.mp4", "bulk/second.mp4"]
+    assert cluster.objects() == []  # nothing went to the cluster's default bucket
+    assert SECRET not in await all_event_text(cluster)

@@ -1,0 +1,127 @@
+"""`Idempotency-Key` on the requests that create jobs: a retry gets the first answer.
+
+The record of the first request is appended in the same transaction as the jobs it created, so
+a request either created its jobs and its record or neither: a client that lost the answer (a
+timeout, a dropped connection, the API killed) can send the same request again and never gets a
+second job. Two copies racing each other both get the winner's answer.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, NamedTuple
+
+import msgspec
+from litestar import MediaType, Request, Response
+from litestar.params import Parameter
+
+from adapters.event_store import EventStore, StreamAppend
+from api.auth import Principal
+from api.errors import JobApiError
+from domain import idempotency
+from domain.errors import ConcurrencyError
+from domain.events import Metadata, NewEvent
+
+HEADER = "idempotency-key"
+
+_encode = msgspec.json.Encoder().encode
+
+
+class Idempotent(NamedTuple):
+    """A request that carries a key: where its record lives and what makes it the same."""
+
+    account_id: str
+    key: str
+    stream_id: str
+    method: str
+    path: str
+    fingerprint: str
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Parameter(
+        header=HEADER,
+        required=False,
+        description=(
+            "Any unique string (a UUID, say), at most 255 printable ASCII characters. Sending "
+            "the same request again with the same key creates nothing more and answers what "
+            "the first request got, with `Idempotent-Replayed: true`; the same key with a "
+            "different request is a 422."
+        ),
+    ),
+]
+"""The header as a handler parameter: read by the handler, and documented in OpenAPI."""
+
+
+async def idempotency_of(
+    request: Request[Any, Any, Any], principal: Principal, raw: str | None
+) -> Idempotent | None:
+    """The request's `Idempotency-Key`, checked (400 when malformed); None without one."""
+    if raw is None:
+        return None
+    try:
+        key = idempotency.check_key(raw)
+    except idempotency.BadIdempotencyKey as exc:
+        raise JobApiError(status_code=400, detail=str(exc)) from None
+    method, path = request.method, request.url.path
+    return Idempotent(
+        account_id=principal.account_id,
+        key=key,
+        stream_id=idempotency.stream_id(principal.account_id, key),
+        method=method,
+        path=path,
+        fingerprint=idempotency.fingerprint(method, path, await request.body()),
+    )
+
+
+async def earlier_answer(store: EventStore, idem: Idempotent) -> Response[Any] | None:
+    """The answer the first request with this key got; 422 if that was another request."""
+    recorded = await store.read_stream(idem.stream_id, limit=1)
+    if not recorded:
+        return None
+    first = recorded[0].data
+    assert isinstance(first, idempotency.RequestRecorded)
+    if first.fingerprint != idem.fingerprint:
+        raise JobApiError(
+            status_code=422,
+            detail="This Idempotency-Key was already used for a different request",
+        )
+    return Response(
+        first.answer.encode(),
+        status_code=first.status,
+        media_type=MediaType.JSON,
+        headers={"idempotent-replayed": "true"},
+    )
+
+
+async def commit(
+    store: EventStore,
+    appends: list[StreamAppend],
+    answer: msgspec.Struct,
+    idem: Idempotent | None,
+    meta: Metadata,
+) -> Response[Any]:
+    """Append what a request created (with its record, if it has a key); 201 and `answer`."""
+    if idem is None:
+        await store.append_many(appends)
+        return Response(answer, status_code=201)
+    record = idempotency.RequestRecorded(
+        account_id=idem.account_id,
+        key_digest=idempotency.key_digest(idem.key),
+        method=idem.method,
+        path=idem.path,
+        fingerprint=idem.fingerprint,
+        status=201,
+        answer=_encode(answer).decode(),
+    )
+    try:
+        await store.append_many(
+            [*appends, StreamAppend(idem.stream_id, [NewEvent(record, meta)], 0)]
+        )
+    except ConcurrencyError:
+        # Our jobs' streams are new, so the clash is the key: a copy of this request won.
+        earlier = await earlier_answer(store, idem)
+        if earlier is None:
+            raise
+        return earlier
+    return Response(answer, status_code=201)
