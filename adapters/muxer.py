@@ -64,6 +64,9 @@ class MuxResult(msgspec.Struct):
     video_codec: str | None
     audio_codec: str | None
     seconds: float
+    source_video_codec: str | None = None
+    """The first video stream's codec among the inputs, as FFmpeg read it."""
+    source_audio_codec: str | None = None
 
 
 class MuxFailed(Exception):
@@ -491,7 +494,13 @@ async def mux(
         video_codec=_codec_of(written, "video", the_plan.video_codec),
         audio_codec=_codec_of(written, "audio", the_plan.audio_codec),
         seconds=time.monotonic() - started,
+        source_video_codec=_first_codec(infos, "video"),
+        source_audio_codec=_first_codec(infos, "audio"),
     )
+
+
+def _first_codec(infos: list[ProbeInfo], kind: str) -> str | None:
+    return next((s.codec for i in infos for s in i.streams if s.kind == kind), None)
 
 
 async def _run(

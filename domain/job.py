@@ -160,6 +160,11 @@ class MuxCompleted(Event, frozen=True, kw_only=True):
     duration: float | None = None
     video_codec: str | None = None
     audio_codec: str | None = None
+    # What the downloaded files held, as FFmpeg read and names them (`h264`, `aac`), the words
+    # of `video_codec` and of the request's options. The download's own figures (yt-dlp's, from
+    # a manifest: `avc1.42c00d`, or none for a direct file) stand only until the mux.
+    native_video_codec: str | None = None
+    native_audio_codec: str | None = None
 
 
 @event
@@ -541,6 +546,8 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
     elif isinstance(ev, MuxCompleted):
         state.output = ev.output
         state.video_codec, state.audio_codec = ev.video_codec, ev.audio_codec
+        state.native_video_codec = ev.native_video_codec or state.native_video_codec
+        state.native_audio_codec = ev.native_audio_codec or state.native_audio_codec
         state.duration = ev.duration or state.duration
         state.timings["mux"] = StageTiming(
             started_at=state.timings.get("mux", StageTiming()).started_at,

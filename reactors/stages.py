@@ -268,6 +268,8 @@ async def mux(
         duration=result.duration,
         video_codec=result.video_codec,
         audio_codec=result.audio_codec,
+        native_video_codec=result.source_video_codec,
+        native_audio_codec=result.source_audio_codec,
     )
 
 

@@ -45,6 +45,8 @@ async def test_a_source_ends_as_a_playable_file_in_storage(
     assert abs(media_duration(got) - 2.0) < 0.3
     assert len(media_streams(got)) == expect_streams
     assert done["file_size"] == got.stat().st_size
+    # The source's own codecs, whether the source said them (HLS, DASH) or only the file did.
+    assert (done["native_video_codec"], done["native_audio_codec"]) == ("h264", "aac")
     for field in (
         "download_duration_ms",
         "mux_duration_ms",
