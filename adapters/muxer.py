@@ -67,6 +67,9 @@ class MuxResult(msgspec.Struct):
     source_video_codec: str | None = None
     """The first video stream's codec among the inputs, as FFmpeg read it."""
     source_audio_codec: str | None = None
+    width: int | None = None
+    """The written video's frame size; None for audio."""
+    height: int | None = None
 
 
 class MuxFailed(Exception):
@@ -487,6 +490,7 @@ async def mux(
     progress.finish()
 
     written = await asyncio.to_thread(probe, target)
+    video = next((s for s in written.streams if s.kind == "video"), None)
     return MuxResult(
         path=str(target),
         size=target.stat().st_size,
@@ -496,6 +500,8 @@ async def mux(
         seconds=time.monotonic() - started,
         source_video_codec=_first_codec(infos, "video"),
         source_audio_codec=_first_codec(infos, "audio"),
+        width=video.width if video else None,
+        height=video.height if video else None,
     )
 
 

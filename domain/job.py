@@ -165,6 +165,9 @@ class MuxCompleted(Event, frozen=True, kw_only=True):
     # a manifest: `avc1.42c00d`, or none for a direct file) stand only until the mux.
     native_video_codec: str | None = None
     native_audio_codec: str | None = None
+    # The written file's frame: what was delivered (after `max_resolution`), not the source's.
+    width: int | None = None
+    height: int | None = None
 
 
 @event
@@ -548,6 +551,8 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         state.video_codec, state.audio_codec = ev.video_codec, ev.audio_codec
         state.native_video_codec = ev.native_video_codec or state.native_video_codec
         state.native_audio_codec = ev.native_audio_codec or state.native_audio_codec
+        if ev.width and ev.height:
+            state.actual_quality = f"{min(ev.width, ev.height)}p"
         state.duration = ev.duration or state.duration
         state.timings["mux"] = StageTiming(
             started_at=state.timings.get("mux", StageTiming()).started_at,

@@ -270,6 +270,8 @@ async def mux(
         audio_codec=result.audio_codec,
         native_video_codec=result.source_video_codec,
         native_audio_codec=result.source_audio_codec,
+        width=result.width,
+        height=result.height,
     )
 
 

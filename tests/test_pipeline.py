@@ -13,7 +13,13 @@ import httpx
 import pytest
 
 from tests.fixtures.cluster import Cluster, StartCluster
-from tests.fixtures.media import MediaServer, media_duration, media_streams
+from tests.fixtures.media import (
+    MediaServer,
+    make_clip,
+    media_duration,
+    media_streams,
+    video_size,
+)
 
 
 async def _fetch(url: str, dest: Path) -> Path:
@@ -47,6 +53,7 @@ async def test_a_source_ends_as_a_playable_file_in_storage(
     assert done["file_size"] == got.stat().st_size
     # The source's own codecs, whether the source said them (HLS, DASH) or only the file did.
     assert (done["native_video_codec"], done["native_audio_codec"]) == ("h264", "aac")
+    assert done["actual_quality"] == "240p"  # the clip is 320x240
     for field in (
         "download_duration_ms",
         "mux_duration_ms",
@@ -77,6 +84,18 @@ async def test_audio_only_extracts_an_m4a(
     assert done["storage_key"] == "sound.m4a"
     got = await _fetch(done["s3_url"], tmp_path / "sound.m4a")
     assert media_streams(got) == ["audio"]
+
+
+async def test_max_resolution_delivers_the_shorter_side_asked_for_and_says_so(
+    cluster: Cluster, media_server: MediaServer, media_dir: Path, tmp_path: Path
+) -> None:
+    make_clip(media_dir / "vga.mp4", 1.0, width=640, height=480)
+    job_id = await cluster.create(media_server.url("vga.mp4"), max_resolution="360")
+    done = await cluster.wait(job_id, "Completed", "Failed", seconds=60)
+    assert done["status"] == "Completed", done
+    assert (done["requested_quality"], done["actual_quality"]) == ("360", "360p")
+    got = await _fetch(done["s3_url"], tmp_path / "small.mp4")
+    assert video_size(got) == (480, 360)
 
 
 async def test_a_missing_source_fails_with_a_clear_reason_after_no_pointless_retries(
