@@ -383,6 +383,9 @@ class BlobStorage:
         """Create the container (already there is fine): for set-up and tests, not uploads."""
         await self._request("PUT", self._path(), params={"restype": "container"}, ok=(201, 409))
 
+    async def abort_unfinished(self, upload: str) -> None:
+        """Nothing to abort: uncommitted blocks are no blob, and Azure drops them in 7 days."""
+
     async def close(self) -> None:
         """Close the HTTP client; a later call opens a new one."""
         client, self._client = self._client, None

@@ -119,6 +119,9 @@ class StorageError(Exception):
         self.message = message
         self.retryable = retryable
         self.code = code
+        self.unfinished: str | None = None
+        """An upload the failed call began and could not undo, the storage being gone by then,
+        in the form `abort_unfinished` takes. Its parts cost storage until it is aborted."""
 
 
 class StorageCancelled(Exception):
@@ -173,6 +176,10 @@ class ObjectStorage(Protocol):
         The range must lie inside the object (`head` tells its size); a missing object raises
         `StorageError`. Closing the iterator early releases the connection or file.
         """
+        ...
+
+    async def abort_unfinished(self, upload: str) -> None:
+        """Undo an upload a failed `put_file` left (`StorageError.unfinished`); twice is fine."""
         ...
 
     async def close(self) -> None:
@@ -503,22 +510,40 @@ class S3Storage:
                     UploadId=upload_id,
                     MultipartUpload={"Parts": parts},
                 )
-        except BaseException:
+        except BaseException as exc:
             # Also on task cancellation: shield the abort so the parts do not linger.
+            aborted = False
             with contextlib.suppress(BaseException):
-                await asyncio.shield(self._abort(client, full_key, upload_id))
+                aborted = await asyncio.shield(self._abort(client, full_key, upload_id))
+            if not aborted and isinstance(exc, StorageError):
+                exc.unfinished = f"{upload_id} {full_key}"
             raise
         etag = done.get("ETag")
         return str(etag) if etag else None
 
-    async def _abort(self, client: Any, full_key: str, upload_id: str) -> None:
+    async def _abort(self, client: Any, full_key: str, upload_id: str) -> bool:
         try:
             await client.abort_multipart_upload(
                 Bucket=self.bucket, Key=full_key, UploadId=upload_id
             )
         except Exception as exc:
-            # Nothing more to do here; a bucket lifecycle rule is the backstop for these.
+            # The caller records it (`StorageError.unfinished`) for a later attempt to abort.
             log.warning("could not abort multipart upload %s of %s: %s", upload_id, full_key, exc)
+            return False
+        return True
+
+    async def abort_unfinished(self, upload: str) -> None:
+        """Abort a multipart upload a failed `put_file` could not; one already gone is fine."""
+        upload_id, _, full_key = upload.partition(" ")
+        client = await self._get_client()
+        try:
+            with self._errors():
+                await client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=full_key, UploadId=upload_id
+                )
+        except StorageError as exc:
+            if exc.code != "NoSuchUpload":
+                raise
 
     async def _delete_quietly(self, client: Any, full_key: str) -> None:
         try:
@@ -791,6 +816,9 @@ class LocalStorage:
                 yield chunk
         finally:
             f.close()
+
+    async def abort_unfinished(self, upload: str) -> None:
+        """Nothing to abort: a file is written whole or removed on the spot."""
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -8,6 +8,7 @@ duplicate deliveries harmless.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -183,6 +184,8 @@ class JobCompleted(Event, frozen=True, kw_only=True):
     seconds: float
     subtitle_key: str | None = None
     thumbnail_key: str | None = None
+    aborted_uploads: list[str] = msgspec.field(default_factory=list)
+    """Earlier attempts' unfinished uploads this attempt aborted first."""
 
 
 @event
@@ -198,6 +201,9 @@ class StageFailed(Event, frozen=True, kw_only=True):
     retry_stage: Stage | None = None
     retry_attempt: int | None = None
     retry_in: float = 0.0
+    unfinished_uploads: list[str] = msgspec.field(default_factory=list)
+    """Multipart uploads the attempt began and could not abort (the storage was gone by then):
+    kept on the job until a later upload aborts them, since their parts cost storage."""
 
 
 @event
@@ -308,6 +314,8 @@ class JobState(msgspec.Struct, kw_only=True, omit_defaults=True):
     retries: dict[str, int] = msgspec.field(default_factory=dict)
     # What the stages produced.
     files: list[MediaFile] = msgspec.field(default_factory=list)
+    unfinished_uploads: list[str] = msgspec.field(default_factory=list)
+    """Failed attempts' multipart uploads still to abort (`StorageError.unfinished`)."""
     output: MediaFile | None = None
     title: str | None = None
     description: str | None = None
@@ -432,6 +440,7 @@ def fail_stage(
     max_attempts: int = 3,
     backoff: float = 2.0,
     restart_from_download: bool = False,
+    unfinished_uploads: Sequence[str] = (),
 ) -> list[Event]:
     """An attempt failed: retry it with exponential backoff, or fail the job when out of tries.
 
@@ -451,6 +460,7 @@ def fail_stage(
                 retry_stage=retry_stage,
                 retry_attempt=attempt + 1,
                 retry_in=backoff * 2 ** (attempt - 1),
+                unfinished_uploads=list(unfinished_uploads),
             )
         ]
     return [
@@ -461,6 +471,7 @@ def fail_stage(
             node_id=node_id,
             reason=reason,
             error_type=error_type,
+            unfinished_uploads=list(unfinished_uploads),
         ),
         JobFailed(run=run, stage=stage, reason=reason, error_type=error_type),
     ]
@@ -563,6 +574,8 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
     elif isinstance(ev, JobCompleted):
         state.key, state.storage, state.file_size = ev.key, ev.storage, ev.size
         state.subtitle_key, state.thumbnail_key = ev.subtitle_key, ev.thumbnail_key
+        aborted = set(ev.aborted_uploads)
+        state.unfinished_uploads = [u for u in state.unfinished_uploads if u not in aborted]
         state.timings["upload"] = StageTiming(
             started_at=state.timings.get("upload", StageTiming()).started_at,
             seconds=ev.seconds,
@@ -575,6 +588,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
     elif isinstance(ev, StageFailed):
         state.retries[ev.stage] = state.retries.get(ev.stage, 0) + 1
         state.error, state.error_type = ev.reason, ev.error_type
+        state.unfinished_uploads += ev.unfinished_uploads
         if ev.retry_stage is not None and ev.retry_attempt is not None:
             state.stage, state.attempt = ev.retry_stage, ev.retry_attempt
             state.progress = None

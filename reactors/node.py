@@ -585,6 +585,7 @@ class Node:
                 retryable=exc.retryable,
                 max_attempts=self.settings.stage_attempts,
                 backoff=self.settings.retry_backoff,
+                unfinished_uploads=exc.unfinished_uploads,
             )
             return events
 

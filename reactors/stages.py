@@ -13,7 +13,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,11 +32,20 @@ log = logging.getLogger("spool.stages")
 class StageError(Exception):
     """A stage failed; `str()` is the reason shown to the user."""
 
-    def __init__(self, reason: str, *, retryable: bool, error_type: job.ErrorType = "error"):
+    def __init__(
+        self,
+        reason: str,
+        *,
+        retryable: bool,
+        error_type: job.ErrorType = "error",
+        unfinished_uploads: Sequence[str] = (),
+    ):
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
         self.error_type: job.ErrorType = error_type
+        self.unfinished_uploads = list(unfinished_uploads)
+        """Uploads the attempt left behind, for a later attempt to abort."""
 
 
 class StageCancelled(Exception):
@@ -339,6 +348,7 @@ async def _upload(
     session: ViewerSession | None,
 ) -> job.JobCompleted:
     assert state.output is not None
+    aborted = await _abort_unfinished(storage, state.unfinished_uploads)
     try:
         stored = await storage.put_file(
             key, Path(state.output.path), on_progress=on_progress, cancel=cancel
@@ -346,7 +356,11 @@ async def _upload(
     except StorageCancelled:
         raise StageCancelled from None
     except StorageError as exc:
-        raise StageError(f"Upload failed: {exc}", retryable=exc.retryable) from None
+        raise StageError(
+            f"Upload failed: {exc}",
+            retryable=exc.retryable,
+            unfinished_uploads=[exc.unfinished] if exc.unfinished else [],
+        ) from None
     # Subtitles and thumbnail travel beside the media, named after it: "<name>.en.vtt".
     extras: dict[str, str] = {}
     stem = key.rsplit(".", 1)[0]
@@ -384,7 +398,21 @@ async def _upload(
         seconds=time.monotonic() - started,
         subtitle_key=extras.get("subtitle"),
         thumbnail_key=extras.get("thumbnail"),
+        aborted_uploads=aborted,
     )
+
+
+async def _abort_unfinished(storage: ObjectStorage, unfinished: list[str]) -> list[str]:
+    """Abort what earlier attempts left unfinished; those that still fail wait for the next."""
+    aborted = []
+    for upload in unfinished:
+        try:
+            await storage.abort_unfinished(upload)
+        except StorageError as exc:
+            log.warning("unfinished upload %s still not aborted: %s", upload, exc)
+            continue
+        aborted.append(upload)
+    return aborted
 
 
 def remove_workdir(workdir: Path) -> None:
