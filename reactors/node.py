@@ -167,7 +167,9 @@ class Node:
         await self._register()
         await self.viewers.start()
         workers = self._workers()
-        tasks = [asyncio.create_task(w.async_run(), name=f"arq:{w.queue_name}") for w in workers]
+        tasks = [
+            asyncio.create_task(_keep_working(w, stop), name=f"arq:{w.queue_name}") for w in workers
+        ]
         ticker = asyncio.create_task(self._tick_forever(stop), name="heartbeat")
         log.info("node %s working (download queue + %s)", self.node_id, node_queue(self.node_id))
         await stop.wait()
@@ -599,6 +601,41 @@ class Node:
             stages.remove_workdir(self.workdir(unit.job_id, unit.run))
         self._remember(state)
         return "will retry"
+
+
+WORKER_RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0)
+"""Seconds before an arq worker that died is started again: the first tries, then each later."""
+
+
+async def _keep_working(worker: Worker, stop: asyncio.Event) -> None:
+    """Run an arq worker until `stop`; one whose poll loop dies (Redis gone) starts again.
+
+    arq's loop ends at the first Redis error. Without this the node went on beating, so the
+    cluster took it for alive, while it took no more work from that queue, ever. The jobs the
+    worker was running carry on (their results go to PostgreSQL; the reconciler re-dispatches
+    whatever the queue lost), and the same worker, its limits counting them, polls again.
+    """
+    failures = 0
+    while True:
+        started = time.monotonic()
+        try:
+            await worker.async_run()
+            return  # stopped on purpose (`handle_sig`)
+        except Exception as exc:
+            if stop.is_set():
+                return
+            if time.monotonic() - started > 60:
+                failures = 0  # it ran fine for a while: this is a new outage
+            delay = WORKER_RESTART_DELAYS[min(failures, len(WORKER_RESTART_DELAYS) - 1)]
+            failures += 1
+            log.warning(
+                "arq worker of %s stopped (%s: %s); polling again in %g s",
+                worker.queue_name,
+                type(exc).__name__,
+                exc,
+                delay,
+            )
+        await asyncio.sleep(delay)
 
 
 async def _through_outage(what: str, call: Callable[[], Awaitable[T]]) -> T:

