@@ -14,20 +14,27 @@ import gc
 import json
 import logging
 import time
+import uuid
 import warnings
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import jwt
 import pytest
 import websockets
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from adapters.tokens import issue_token, signing_key
+from api.cluster_ws import QUEUE_SIZE, ClusterFeed, Update, feed_of
 from api.health_ws import COMMAND_MAX_CHARS
 from api.ws_limits import WS_MAX_MESSAGE_BYTES
+from domain import job
+from domain.events import NewEvent
 from tests.cluster_api_helpers import FreshApi, append_node, fresh_api, heartbeat, node_started
 from tests.fixtures.loopback import serve_on_loopback
 
@@ -113,9 +120,7 @@ def _server_tasks() -> set[asyncio.Task[Any]]:
 def _server_sockets() -> list[WebSocketsSansIOProtocol]:
     """uvicorn's live websocket connections in this process (it serves in the test's loop)."""
     return [
-        o
-        for o in gc.get_objects()
-        if isinstance(o, WebSocketsSansIOProtocol) and not o.disconnected
+        o for o in gc.get_objects() if type(o) is WebSocketsSansIOProtocol and not o.disconnected
     ]
 
 
@@ -347,3 +352,233 @@ async def test_a_session_ends_when_its_token_expires(served: Served) -> None:
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
         assert seen[-1] == "error: token expired: authenticate on a new socket"
         assert all(json.loads(m).keys() == {"cpus", "mem", "disks"} for m in seen[:-1])
+
+
+# -- floods, clients that never read, clients that vanish ----------------------------------
+
+
+def _buffered(protocol: WebSocketsSansIOProtocol) -> tuple[int, int]:
+    """What uvicorn holds for one connection: messages not yet read by the app, bytes unsent."""
+    return protocol.queue.qsize(), protocol.transport.get_write_buffer_size()
+
+
+async def test_a_flood_of_commands_is_answered_in_order_and_other_sockets_stay_quick(
+    served: Served,
+) -> None:
+    flooder, other = await _authed(served), await _authed(served)
+    n = 3000
+    sending = asyncio.create_task(_send_all(flooder, ["requests"] * n))
+    # While the flood is read and answered, another socket's answers stay quick.
+    for _ in range(10):
+        started = time.monotonic()
+        assert json.loads(await _ask(other, "requests")).keys() == {"total", "by_method"}
+        assert time.monotonic() - started < 1.0
+    await sending
+    totals = [json.loads(await asyncio.wait_for(flooder.recv(), 10))["total"] for _ in range(n)]
+    assert totals == sorted(totals), "answered one by one, in order"
+    await flooder.close()
+    await other.close()
+
+
+async def _send_all(ws: ClientConnection, commands: list[str]) -> None:
+    for command in commands:
+        await ws.send(command)
+
+
+async def test_a_client_that_never_reads_is_not_buffered_without_bound(served: Served) -> None:
+    # `logs 500` answers about 65 KB: a thousand of them unread are 65 MB, past what the
+    # kernel's socket buffers hold (32 MB here). The server must stop answering (and reading)
+    # rather than keep answering into its own memory.
+    for i in range(600):
+        logging.getLogger("spool.test").warning("line %d %s", i, "x" * 80)
+    before = set(_server_sockets())
+    # No compression: the lines are alike, and deflated answers would fit the kernel's buffers.
+    stalled = await _authed(served, admin=True, max_queue=1, compression=None)
+    (protocol,) = set(_server_sockets()) - before
+    try:
+        for _ in range(1000):
+            await stalled.send("logs 500")
+        held_back = False
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            unread, unsent = _buffered(protocol)
+            # uvicorn stops reading once a message waits for the app; the frames of the chunk
+            # it had read by then (asyncio reads 256 KiB at most) are queued: 14 bytes each.
+            assert unread * len(b"logs 500" + b"\x81\x88mask") <= 256 * 1024
+            assert unsent <= 256 * 1024, "uvicorn holds its high-water mark and one answer"
+            held_back = held_back or not protocol.writable.is_set()
+        assert held_back, "the server never had to wait for the client"
+        # Another socket is served meanwhile.
+        other = await _authed(served, admin=True)
+        assert len(json.loads(await _ask(other, "logs 1"))["lines"]) == 1
+        await other.close()
+    finally:
+        stalled.transport.abort()  # the stalled client vanishes without a goodbye
+    await _settles(lambda: protocol.disconnected)
+
+
+async def test_a_subscriber_that_never_reads_is_not_buffered_without_bound(
+    served: Served,
+) -> None:
+    before = set(_server_sockets())
+    ws = await _authed(served, max_queue=1)
+    (protocol,) = set(_server_sockets()) - before
+    try:
+        assert await _ask(ws, "subscribe sysinfo 1") == "ok"
+        await asyncio.sleep(3.5)  # three more reports, none read
+        unread, unsent = _buffered(protocol)
+        assert unread == 0
+        assert unsent <= 64 * 1024
+    finally:
+        ws.transport.abort()
+    await _settles(lambda: protocol.disconnected)
+
+
+async def test_a_cluster_listener_that_falls_behind_is_closed_1013_and_its_queue_bounded(
+    served: Served,
+) -> None:
+    api = served.api
+    async with websockets.connect(f"{served.cluster}?api_key={api.admin_key}") as ws:
+        assert json.loads(await ws.recv())["type"] == "connected"
+        feed: ClusterFeed = api.app.state["cluster_feed"]
+        (sub,) = feed.subscribers
+        # Three queues' worth at once, faster than any socket drains: what a burst of events
+        # does to a listener that reads slowly.
+        for i in range(3 * QUEUE_SIZE):
+            feed.publish(Update({"type": "device_offline", "device_id": f"d{i}"}))
+            assert sub.queue.qsize() <= QUEUE_SIZE
+        assert await _close_code(ws) == 1013
+    await _settles(lambda: not feed.subscribers)
+
+
+async def test_vanishing_clients_leave_no_task_subscriber_or_connection_behind(
+    served: Served,
+) -> None:
+    api = served.api
+    # The cluster feed is one task for the process, started by the first listener.
+    async with websockets.connect(f"{served.cluster}?api_key={api.key}") as ws:
+        await ws.recv()
+    feed = feed_of(api.app.state)
+    await _settles(lambda: not _server_sockets())
+    tasks = len(_server_tasks())
+    health = [await _authed(served, admin=True) for _ in range(5)]
+    for ws in health:
+        assert await _ask(ws, "subscribe sysinfo 1") == "ok"
+    cluster = [await websockets.connect(f"{served.cluster}?api_key={api.key}") for _ in range(5)]
+    half_open = [await websockets.connect(served.health) for _ in range(5)]  # never authed
+    for ws in cluster:
+        await ws.recv()
+    assert len(feed.subscribers) == 5
+    for ws in [*health, *cluster, *half_open]:
+        ws.transport.abort()  # no close frame: a cable pulled mid-subscription
+    await _settles(lambda: not _server_sockets() and not feed.subscribers)
+    await _settles(lambda: len(_server_tasks()) <= tasks)
+
+
+# -- the cluster socket ----------------------------------------------------------------------
+
+
+async def test_a_cluster_socket_refuses_hostile_keys_with_403(served: Served) -> None:
+    for key in ["", "sk_\x00", "\x00", "sk_" + "a" * 4000, "' OR '1'='1", "sk_\u202e", "sk_\udcff"]:
+        quoted = quote(key, errors="surrogatepass")
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            async with websockets.connect(f"{served.cluster}?api_key={quoted}"):
+                pass
+        assert refused.value.response.status_code == 403, key
+    for header in ({"x-api-key": "sk_\t"}, {"authorization": "Bearer"}, {"authorization": "x"}):
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            async with websockets.connect(served.cluster, additional_headers=header):
+                pass
+        assert refused.value.response.status_code == 403, header
+
+
+async def test_what_a_cluster_listener_sends_is_ignored_and_bounded(served: Served) -> None:
+    api = served.api
+    url = f"{served.cluster}?api_key={api.key}"
+    async with websockets.connect(url) as ws:
+        await ws.recv()
+        for junk in ["subscribe everything", "\x00" * 1000, b"\xff" * 1000, "{" * 5000]:
+            await ws.send(junk)
+        # Still listening: its own job's update arrives.
+        await api.store.append(
+            "job-mine",
+            [NewEvent(job.JobCreated(job_id="mine", account_id=api.account_id, url="https://x/"))],
+            0,
+        )
+        update = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert (update["type"], update["job_id"]) == ("job_update", "mine")
+    for too_much in (b"\x00" * (WS_MAX_MESSAGE_BYTES + 1), "a" * (WS_MAX_MESSAGE_BYTES + 1)):
+        async with websockets.connect(url) as ws:
+            await ws.recv()
+            await ws.send(too_much)
+            assert await _close_code(ws) == 1009
+    async with websockets.connect(url) as ws:
+        await ws.recv()
+        await ws.send(b"\xff\xfe", text=True)
+        assert await _close_code(ws) == 1007
+
+
+# -- any sequence of frames ----------------------------------------------------------------
+
+WORDS = ["sysinfo", "subscribe", "unsubscribe", "network", "requests", "logs", "auth", "SYSINFO"]
+ARGS = st.one_of(
+    st.integers(-(10**20), 10**20).map(str),
+    st.sampled_from(
+        ["sysinfo", "n1", "NaN", "inf", "-0", "1e3", "0x10", "' OR 1=1--", "\x00", "%00", "../.."]
+    ),
+    st.text(max_size=30),
+)
+COMMANDS = st.builds(
+    lambda word, args, sep: sep.join([word, *args]),
+    st.sampled_from(WORDS),
+    st.lists(ARGS, max_size=3),
+    st.sampled_from([" ", "  ", "\t", " \n "]),
+)
+FRAMES = st.lists(
+    st.one_of(COMMANDS, st.text(max_size=200), st.binary(max_size=64)), min_size=1, max_size=8
+)
+
+SHAPES = [
+    {"cpus", "mem", "disks"},  # sysinfo, and what a subscription streams
+    {"cpus", "mem", "disks", "node"},  # sysinfo of a node
+    {"interfaces"},  # network
+    {"total", "by_method"},  # requests
+]
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(frames=FRAMES)
+async def test_any_frames_get_seed_shaped_answers_and_nothing_of_another_account(
+    served: Served, frames: list[str | bytes]
+) -> None:
+    api = served.api
+    if not api.app.state.get("prop_ready"):
+        await append_node(api.store, api.runner, "n1", node_started("n1"), heartbeat("n1"))
+        api.app.state["prop_ready"] = True
+    # What only the cluster's admins may read: a log line about another account's request.
+    secret = f"another-account-{uuid.uuid4().hex}"
+    logging.getLogger("spool.api").warning("request of %s", secret)
+    ws = await _authed(served)  # a user's token
+    try:
+        for frame in frames:
+            await ws.send(frame)
+        # A command no frame can be: its answer marks the end of the answers to `frames`.
+        end = f"end-{uuid.uuid4().hex}"
+        await ws.send(end)
+        while (reply := await asyncio.wait_for(ws.recv(), 10)) != f"error: unknown command {end!r}":
+            assert isinstance(reply, str)
+            assert secret not in reply
+            if reply == "ok" or reply.startswith("error: "):
+                continue
+            assert json.loads(reply).keys() in SHAPES, reply
+    except ConnectionClosed as closed:
+        # Closing is a proper answer to some input (a bad `auth` cannot come: it is authed);
+        # failing is not: 1011 and Litestar's 4500 are the server's own errors.
+        assert closed.rcvd is not None and closed.rcvd.code in REFUSING_CLOSE_CODES, closed
+    finally:
+        await ws.close()
