@@ -2,7 +2,9 @@
 
 Commands, one per text message: `sysinfo [node_id]`, `subscribe sysinfo <seconds> [node_id]`,
 `unsubscribe`, `network`, `requests`, `logs [N]`. Answers are JSON; `ok` confirms; anything
-refused is a text message starting with `error: `.
+refused is a text message starting with `error: ` (binary frames and commands past
+`COMMAND_MAX_CHARS` too). Closes: 4401 (refused token, or the token expired), 4408 (no `auth`
+in time); uvicorn's 1009 (past `api.ws_limits.WS_MAX_MESSAGE_BYTES`) and 1007 (not UTF-8).
 """
 
 from __future__ import annotations
