@@ -2,7 +2,9 @@
 
 Commands, one per text message: `sysinfo [node_id]`, `subscribe sysinfo <seconds> [node_id]`,
 `unsubscribe`, `network`, `requests`, `logs [N]`. Answers are JSON; `ok` confirms; anything
-refused is a text message starting with `error: `.
+refused is a text message starting with `error: ` (binary frames and commands past
+`COMMAND_MAX_CHARS` too). Closes: 4401 (refused token, or the token expired), 4408 (no `auth`
+in time); uvicorn's 1009 (past `api.ws_limits.WS_MAX_MESSAGE_BYTES`) and 1007 (not UTF-8).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from datetime import datetime
 from typing import Any
@@ -21,9 +24,11 @@ from litestar.datastructures import State
 from litestar.exceptions import WebSocketDisconnect
 
 from adapters import sysinfo
+from adapters.database import unreachable
 from adapters.settings import Settings
 from adapters.tokens import TokenClaims, TokenError, verify_token
 from adapters.viewer_sessions import ViewerSession
+from api.errors import client_fault
 from api.request_log import request_counts
 from api.tokens import token_key
 from api.viewer_sources import close_viewer, open_viewer
@@ -34,6 +39,10 @@ BUFFERED_LOGGERS = ("spool", "api")
 """The loggers whose lines `logs` can show."""
 
 LOG_CAPACITY = 500
+COMMAND_MAX_CHARS = 1024
+"""The longest command answered; a JWT is about 300 characters. Longer ones are refused unread."""
+ECHO_MAX_CHARS = 40
+"""How much of what a client sent an error message quotes back."""
 LOGS_DEFAULT = 50
 SUBSCRIBE_MIN_SECONDS, SUBSCRIBE_MAX_SECONDS = 1, 60
 
@@ -132,6 +141,44 @@ def _error(text: str) -> str:
     return f"error: {text}"
 
 
+def _quoted(text: str) -> str:
+    """`text` as an error message quotes it: repr'd, and cut short (an error is not an echo)."""
+    return repr(text if len(text) <= ECHO_MAX_CHARS else text[:ECHO_MAX_CHARS] + "...")
+
+
+class Refusal(msgspec.Struct, frozen=True):
+    """A message that cannot be a command, and the error that answers it."""
+
+    answer: str
+
+
+NOT_TEXT = Refusal(_error("commands are text frames"))
+TOO_LONG = Refusal(_error(f"a command is at most {COMMAND_MAX_CHARS} characters"))
+
+
+async def _command(
+    socket: WebSocket[Any, Any, Any], viewer: ViewerSession | None = None
+) -> str | Refusal:
+    """The next command, stripped, or the refusal of a message that cannot be one.
+
+    A binary frame is refused rather than read as text (Litestar's `receive_data(mode="text")`
+    would make it ""), and a command past `COMMAND_MAX_CHARS` is refused before anything splits
+    it: "sysinfo a a a ..." in 64 KiB would otherwise become 32,000 strings.
+    """
+    event = await socket.receive()
+    if event["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(detail="disconnect event", code=event.get("code", 1000))
+    text, data = event.get("text"), event.get("bytes")
+    if viewer is not None:
+        size = len(data) if isinstance(data, bytes) else 0
+        viewer.add_in(len(text.encode()) if isinstance(text, str) else size)
+    if not isinstance(text, str):
+        return NOT_TEXT
+    if len(text) > COMMAND_MAX_CHARS:
+        return TOO_LONG
+    return text.strip()
+
+
 class HealthSession:
     """One authenticated connection: its commands and its sysinfo subscription."""
 
@@ -156,19 +203,49 @@ class HealthSession:
             self.viewer.add_out(len(text.encode()))
 
     async def run(self) -> None:
+        """Answer commands until the client leaves or its token expires.
+
+        The token is checked once, at `auth`; without this bound a socket would outlive its
+        short-lived token for good (and an admin's would go on reading the logs).
+        """
+        loop = asyncio.get_running_loop()
+        expires = loop.time() + (self.claims.expires_at - time.time())
         try:
-            while True:
-                text = str(await self.socket.receive_data(mode="text"))
-                if self.viewer is not None:
-                    self.viewer.add_in(len(text.encode()))
-                await self.send(await self.answer(text.strip()))
+            async with asyncio.timeout_at(expires):
+                while True:
+                    command = await _command(self.socket, self.viewer)
+                    if isinstance(command, Refusal):
+                        await self.send(command.answer)
+                    else:
+                        await self.send(await self.answer(command))
+        except TimeoutError:
+            await self._end_stream()
+            expired = _error("token expired: authenticate on a new socket")
+            await _goodbye(self.socket, expired, 4401, "Token expired")
         finally:
-            if self._stream is not None:
-                self._stream.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._stream
+            await self._end_stream()
+
+    async def _end_stream(self) -> None:
+        """Cancel the stream where it is (perhaps blocked sending to a client that stopped)."""
+        if self._stream is not None:
+            self._stream.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._stream
+            self._stream = None
 
     async def answer(self, text: str) -> str:
+        """The answer to one command; what only hostile input causes is an error, not a crash."""
+        try:
+            return await self._answer(text)
+        except Exception as exc:
+            fault = client_fault(exc)
+            if fault is not None:
+                return _error(fault)
+            if unreachable(exc):
+                return _error("the database is unavailable, try again")
+            raise
+
+    async def _answer(self, text: str) -> str:
         if not text:
             return _error("empty command")
         command, *args = text.split()
@@ -189,18 +266,18 @@ class HealthSession:
         if command == "auth":
             return _error("already authenticated")
         if command in ("sysinfo", "unsubscribe", "network", "requests", "logs"):
-            return _error(f"wrong arguments for {command!r}")
-        return _error(f"unknown command {command!r}")
+            return _error(f"wrong arguments for {_quoted(command)}")
+        return _error(f"unknown command {_quoted(command)}")
 
     async def sysinfo(self, node_id: str | None) -> str:
         if node_id is None:
             return _encode(await asyncio.to_thread(sysinfo.host_report)).decode()
         row = await self.state.pool.fetchrow(_NODE, node_id)
         if row is None:
-            return _error(f"unknown node {node_id!r}")
+            return _error(f"unknown node {_quoted(node_id)}")
         report = node_report(row)
         if report is None:
-            return _error(f"node {node_id!r} has sent no heartbeat yet")
+            return _error(f"node {_quoted(node_id)} has sent no heartbeat yet")
         return _encode(report).decode()
 
     async def subscribe(self, args: list[str]) -> str:
@@ -209,7 +286,7 @@ class HealthSession:
         try:
             every = int(args[1])
         except ValueError:
-            return _error(f"seconds must be a whole number, not {args[1]!r}")
+            return _error(f"seconds must be a whole number, not {_quoted(args[1])}")
         if not SUBSCRIBE_MIN_SECONDS <= every <= SUBSCRIBE_MAX_SECONDS:
             return _error(
                 f"seconds must be between {SUBSCRIBE_MIN_SECONDS} and {SUBSCRIBE_MAX_SECONDS}"
@@ -248,7 +325,7 @@ class HealthSession:
         try:
             n = LOGS_DEFAULT if count is None else int(count)
         except ValueError:
-            return _error(f"N must be a whole number, not {count!r}")
+            return _error(f"N must be a whole number, not {_quoted(str(count))}")
         if not 1 <= n <= LOG_CAPACITY:
             return _error(f"N must be between 1 and {LOG_CAPACITY}")
         buffer: LogBuffer | None = self.state.get("log_buffer")
@@ -258,35 +335,56 @@ class HealthSession:
 _REVOKED = "SELECT revoked FROM api_keys WHERE key_id = $1"
 
 
+GOODBYE_SECONDS = 2.0
+"""How long a refused socket's last words may take: a client that does not read gets no more."""
+
+
+async def _goodbye(socket: WebSocket[Any, Any, Any], text: str, code: int, reason: str) -> None:
+    """Tell the client why and close; give up after `GOODBYE_SECONDS` (uvicorn then drops it)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(GOODBYE_SECONDS):
+            await socket.send_text(text)
+            await socket.close(code=code, reason=reason)
+
+
 async def _authenticate(socket: WebSocket[Any, Any, Any], timeout: float) -> TokenClaims | None:
-    """Wait for `auth <JWT>`: the claims, or None once the socket was told why and closed."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout  # from connecting: refused commands do not extend it
-    while True:
-        left = deadline - loop.time()
-        try:
-            if left <= 0:
-                raise TimeoutError
-            text = str(await asyncio.wait_for(socket.receive_data(mode="text"), left)).strip()
-        except TimeoutError:
-            await socket.send_text(_error("authentication timed out"))
-            await socket.close(code=4408, reason="Authentication timed out")
-            return None
-        command, _, token = text.partition(" ")
-        if command != "auth":
-            await socket.send_text(_error("authenticate first: send 'auth <JWT>'"))
-            continue
-        try:
-            claims = verify_token(token_key(socket.app.state), token.strip())
-            revoked = await socket.app.state.pool.fetchval(_REVOKED, claims.key_id)
-            if revoked is not False:
-                raise TokenError("the token's API key is revoked or unknown")
-        except TokenError as exc:
-            await socket.send_text(_error(str(exc)))
-            await socket.close(code=4401, reason="Authentication failed")
-            return None
-        await socket.send_text("ok")
-        return claims
+    """Wait for `auth <JWT>`: the claims, or None once the socket was told why and closed.
+
+    The timeout runs from connecting and bounds the whole exchange, answers included: refused
+    commands do not extend it, nor does a client that sends and never reads the refusals.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                command = await _command(socket)
+                if isinstance(command, Refusal):
+                    await socket.send_text(command.answer)
+                    continue
+                verb, _, token = command.partition(" ")
+                if verb != "auth":
+                    await socket.send_text(_error("authenticate first: send 'auth <JWT>'"))
+                    continue
+                try:
+                    claims = verify_token(token_key(socket.app.state), token.strip())
+                    revoked = await socket.app.state.pool.fetchval(_REVOKED, claims.key_id)
+                    if revoked is not False:
+                        raise TokenError("the token's API key is revoked or unknown")
+                except TokenError as exc:
+                    refused = _error(str(exc))
+                    break
+                except Exception as exc:
+                    if not unreachable(exc):
+                        raise
+                    unavailable = _error("the database is unavailable, try again")
+                    await _goodbye(socket, unavailable, 1013, "Try again later")
+                    return None
+                await socket.send_text("ok")
+                return claims
+    except TimeoutError:
+        await _goodbye(socket, _error("authentication timed out"), 4408, "Authentication timed out")
+        return None
+    await _goodbye(socket, refused, 4401, "Authentication failed")
+    return None
 
 
 @websocket("/api/health/ws", tags=["health"])

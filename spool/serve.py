@@ -21,6 +21,7 @@ from litestar import Litestar
 from adapters.settings import Settings
 from adapters.timed_event_store import TimedEventStore
 from api.app import create_app
+from api.ws_limits import UVICORN_WS
 from reactors.node import Node
 from reactors.pipeline import PipelineReactor
 from reactors.projection import ProjectionRunner
@@ -120,6 +121,7 @@ async def up(settings: Settings) -> None:
                 lifespan="on",
                 access_log=False,
                 log_config=None,
+                **UVICORN_WS,
             )
         )
 
@@ -230,6 +232,7 @@ def api(settings: Settings, processes: int) -> None:
             lifespan="on",
             access_log=False,
             log_config=None,
+            **UVICORN_WS,
         )
     finally:
         for server in reversed(embedded):
