@@ -29,7 +29,6 @@ import contextlib
 import re
 import statistics
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -41,19 +40,13 @@ import msgspec
 from litestar import Litestar, get
 
 from adapters.database import create_pool
-from bench.harness import (
-    REPO_ROOT,
-    free_port,
-    profiler,
-    stop_process,
-    stop_profiler,
-    top_frames,
-)
+from bench.cluster import spool_cluster
+from bench.harness import profiler, stop_profiler, top_frames
 from bench.heartbeats import wrk_latency
-from bench.spool_processes import kept_logs, spool_cluster
 from domain import job
 from domain.events import Metadata
-from tests.fixtures.processes import wait_http
+from spool.embedded import free_port
+from tests.fixtures.processes import start_module, stop_processes, wait_http
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -91,21 +84,17 @@ def constant_app() -> Litestar:
 @contextlib.contextmanager
 def constant_server(processes: int, root: Path) -> Iterator[str]:
     port = free_port()
-    with (root / f"constant-{port}.log").open("ab") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "uvicorn", "bench.api_reads:constant_app", "--factory",
-                "--workers", str(processes), "--host", "127.0.0.1", "--port", str(port),
-                "--log-level", "warning", "--no-access-log",
-            ],
-            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    proc = start_module(
+        "uvicorn", "bench.api_reads:constant_app", "--factory", "--workers", str(processes),
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
+        log=root / f"constant-{port}.log",
+    )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/constant", 60)
+        wait_http(f"{url}/constant", 60, proc)
         yield url
     finally:
-        stop_process(proc)
+        stop_processes(proc)
 
 
 # -- the fill -----------------------------------------------------------------------------------
@@ -187,57 +176,54 @@ def wrk(url: str, key: str, seconds: int, script: Path | None, ids: Path) -> dic
 async def run(args: argparse.Namespace) -> None:
     results: dict[tuple[int, str], list[dict[str, float]]] = {}
     async with spool_cluster(args.database_url, "api_reads") as cluster:
-        with kept_logs(cluster):
-            api = await asyncio.to_thread(cluster.start_api, 1)
-            pool = await create_pool(cluster.database_url, min_size=1, max_size=1)
-            try:
-                account = await pool.fetchval(
-                    "SELECT account_id FROM api_keys WHERE name = 'SPOOL_API_KEY'"
-                )
-            finally:
-                await pool.close()
-            ours = await fill(cluster.database_url, args.jobs, account, args.key_share)
-            ids = cluster.root / "ids.txt"
-            ids.write_text("\n".join(ours[: args.ids]) + "\n")
-            script = cluster.root / "get_job.lua"
-            script.write_text(LUA)
-            print(f"the key's account holds {len(ours):,} of the {args.jobs:,} jobs", flush=True)
-            for processes in args.processes:
-                if processes != 1:
-                    await asyncio.to_thread(cluster.stop, api)
-                    api = await asyncio.to_thread(cluster.start_api, processes)
-                with constant_server(processes, cluster.root) as const_url:
-                    targets = {
-                        "constant": (f"{const_url}/constant", None),
-                        "GET /jobs/{id}": (f"{cluster.api_url}/jobs/", script),
-                        "GET /jobs (page of 50)": (f"{cluster.api_url}/jobs?limit=50", None),
-                    }
-                    for url, lua in targets.values():  # warm up
-                        await asyncio.to_thread(wrk, url, cluster.key, 2, lua, ids)
-                    names = list(targets)
-                    for r in range(args.rounds):
-                        for name in names[r % 3 :] + names[: r % 3]:
-                            url, lua = targets[name]
-                            prof = None
-                            if args.profile and processes == 1 and r == 0 and name != "constant":
-                                args.profile.mkdir(parents=True, exist_ok=True)
-                                kind = "get_job" if "{id}" in name else "list_jobs"
-                                out = args.profile / f"{kind}.txt"
-                                prof = profiler(api.pid, out)
-                            got = await asyncio.to_thread(
-                                wrk, url, cluster.key, args.seconds, lua, ids
-                            )
-                            if prof is not None:
-                                stop_profiler(prof)
-                                print(f"  py-spy of the API process, {name}, self time:")
-                                for share, frame in top_frames(out, 25, own=True):
-                                    print(f"    {share:6.1%}  {frame}")
-                            results.setdefault((processes, name), []).append(got)
-                            print(
-                                f"  {processes} process(es) round {r + 1} {name}: "
-                                f"{got['rps']:,.0f} req/s, p99 {got.get('p99_ms', 0):.2f} ms",
-                                flush=True,
-                            )
+        await asyncio.to_thread(cluster.start_api, 1)
+        pool = await create_pool(cluster.database_url, min_size=1, max_size=1)
+        try:
+            account = await pool.fetchval(
+                "SELECT account_id FROM api_keys WHERE name = 'SPOOL_API_KEY'"
+            )
+        finally:
+            await pool.close()
+        ours = await fill(cluster.database_url, args.jobs, account, args.key_share)
+        ids = cluster.procs.root / "ids.txt"
+        ids.write_text("\n".join(ours[: args.ids]) + "\n")
+        script = cluster.procs.root / "get_job.lua"
+        script.write_text(LUA)
+        print(f"the key's account holds {len(ours):,} of the {args.jobs:,} jobs", flush=True)
+        for processes in args.processes:
+            if processes != 1:
+                await asyncio.to_thread(cluster.procs.stop, "api")
+                await asyncio.to_thread(cluster.start_api, processes)
+            with constant_server(processes, cluster.procs.root) as const_url:
+                targets = {
+                    "constant": (f"{const_url}/constant", None),
+                    "GET /jobs/{id}": (f"{cluster.api_url}/jobs/", script),
+                    "GET /jobs (page of 50)": (f"{cluster.api_url}/jobs?limit=50", None),
+                }
+                for url, lua in targets.values():  # warm up
+                    await asyncio.to_thread(wrk, url, cluster.key, 2, lua, ids)
+                names = list(targets)
+                for r in range(args.rounds):
+                    for name in names[r % 3 :] + names[: r % 3]:
+                        url, lua = targets[name]
+                        prof = None
+                        if args.profile and processes == 1 and r == 0 and name != "constant":
+                            args.profile.mkdir(parents=True, exist_ok=True)
+                            kind = "get_job" if "{id}" in name else "list_jobs"
+                            out = args.profile / f"{kind}.txt"
+                            prof = profiler(cluster.procs.procs["api"].pid, out)
+                        got = await asyncio.to_thread(wrk, url, cluster.key, args.seconds, lua, ids)
+                        if prof is not None:
+                            stop_profiler(prof)
+                            print(f"  py-spy of the API process, {name}, self time:")
+                            for share, frame in top_frames(out, 25, own=True):
+                                print(f"    {share:6.1%}  {frame}")
+                        results.setdefault((processes, name), []).append(got)
+                        print(
+                            f"  {processes} process(es) round {r + 1} {name}: "
+                            f"{got['rps']:,.0f} req/s, p99 {got.get('p99_ms', 0):.2f} ms",
+                            flush=True,
+                        )
     print()
     print(report(args, results))
 

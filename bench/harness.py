@@ -1,7 +1,8 @@
-"""Shared helpers for the benchmarks under `bench/`: child processes and the statistics they need.
+"""Benchmark children of our own, the ready line they print; statistics; py-spy profiles.
 
-Each child is `python -m bench.harness <what> ...`, run from the repository root. It prints one
-JSON line saying where it listens once it is ready, then serves until SIGTERM / SIGINT:
+They start and stop through `tests.fixtures.processes`, as every child does. Each child here is
+`python -m bench.harness <what> ...`; it prints one JSON line saying where it listens once it
+is ready, then serves until SIGTERM / SIGINT:
 
 * `fixtures --root DIR`: a 2 s clip made by FFmpeg (`tests.fixtures.media.make_clip`) served by
   the loopback `MediaServer`, and moto's `ThreadedMotoServer` (a real S3 server) on loopback;
@@ -18,24 +19,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import msgspec
 from litestar import Litestar, get
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
+from tests.fixtures.processes import stop_processes
 
 # --- statistics -------------------------------------------------------------------------------
 
@@ -60,39 +58,6 @@ def median(values: Sequence[float]) -> float:
 # --- processes --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def python_module(
-    module: str,
-    *args: str,
-    env: dict[str, str] | None = None,
-    log: Path | None = None,
-    stdout_pipe: bool = False,
-) -> subprocess.Popen[bytes]:
-    """`python -m module args...` from the repository root, its output into `log`."""
-    out: IO[bytes] | int | None
-    if stdout_pipe:
-        out = subprocess.PIPE
-    elif log is not None:
-        out = log.open("ab")
-    else:
-        out = subprocess.DEVNULL
-    err: IO[bytes] | None = log.open("ab") if stdout_pipe and log is not None else None
-    return subprocess.Popen(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO_ROOT,
-        env={**os.environ, **(env or {})},
-        stdout=out,
-        stderr=subprocess.STDOUT if not stdout_pipe and log is not None else err,
-    )
-
-
 def read_ready_line(
     proc: subprocess.Popen[bytes], seconds: float = 60.0, log: Path | None = None
 ) -> dict[str, Any]:
@@ -103,27 +68,13 @@ def read_ready_line(
     reader.start()
     reader.join(seconds)
     if not box or not box[0]:
-        stop_process(proc)
+        stop_processes(proc)
         raise RuntimeError(
             f"{proc.args!s} did not report ready within {seconds:g} s"
             + (f"; its log:\n{log.read_text()[-3000:]}" if log is not None and log.exists() else "")
         )
     answer: dict[str, Any] = json.loads(box[0])
     return answer
-
-
-def stop_process(proc: subprocess.Popen[bytes], seconds: float = 30.0) -> int | None:
-    """SIGTERM, wait, then SIGKILL: the process we started, and only it."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(seconds)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait(10)
-    return proc.returncode
 
 
 def profiler(pid: int, out: Path, *, rate: int = 97) -> subprocess.Popen[bytes] | None:

@@ -1,6 +1,6 @@
 """Heartbeat ingestion: 1,000 simulated nodes at 1 Hz for 60 s, the dashboard polled meanwhile.
 
-Spool runs as a user runs it (`bench.spool_processes`): `spool reactors` (the `nodes`
+Spool runs as a user runs it (`bench.cluster`): `spool reactors` (the `nodes`
 projection among them) and `spool api --processes N`, over a database of the bench's own and an
 embedded Redis. The nodes are simulated by `--simulators` child processes, each appending what
 `reactors.node.Node.tick` appends: one `NodeHeartbeat` per node per second, one
@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import re
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,10 +40,11 @@ import asyncpg
 
 from adapters.database import asyncpg_url, create_pool
 from adapters.event_store import EventStore, StreamAppend
-from bench.harness import REPO_ROOT, percentile, profiler, stop_profiler, top_frames
-from bench.spool_processes import Cluster, kept_logs, spool_cluster
+from bench.cluster import spool_cluster
+from bench.harness import percentile, profiler, stop_profiler, top_frames
 from domain import node
 from domain.events import Metadata, NewEvent
+from tests.fixtures.processes import start_module
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 GB = 1024**3
@@ -206,9 +205,10 @@ def wrk_latency(out: str) -> dict[str, float]:
 
 
 async def run(args: argparse.Namespace) -> None:
-    async with spool_cluster(args.database_url, "heartbeats") as cluster, _logs(cluster):
-        reactors = cluster.spool("reactors", "reactors")
-        api = await asyncio.to_thread(cluster.start_api, args.api_processes)
+    async with spool_cluster(args.database_url, "heartbeats") as cluster:
+        reactors = cluster.procs.start("reactors", "reactors")
+        await asyncio.to_thread(cluster.start_api, args.api_processes)
+        api = cluster.procs.procs["api"]
         profiles = []
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
@@ -263,27 +263,17 @@ def start_simulators(
     """`--simulators` child processes sharing the nodes between them."""
     share = -(-args.nodes // args.simulators)
     return [
-        subprocess.Popen(
-            [
-                sys.executable, "-m", "bench.heartbeats", "simulate",
-                "--database-url", database_url, "--first", str(first),
-                "--nodes", str(min(share, args.nodes - first)),
-                "--total-nodes", str(args.nodes), "--start-at", repr(start_at),
-                "--seconds", str(args.seconds), "--flip-every", str(args.flip_every),
-                "--connections", str(args.connections),
-                *(["--durable"] if args.durable else []),
-            ],
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
+        start_module(
+            "bench.heartbeats", "simulate", "--database-url", database_url, "--first", str(first),
+            "--nodes", str(min(share, args.nodes - first)),
+            "--total-nodes", str(args.nodes), "--start-at", repr(start_at),
+            "--seconds", str(args.seconds), "--flip-every", str(args.flip_every),
+            "--connections", str(args.connections),
+            *(["--durable"] if args.durable else []),
+            pipe_stdout=True,
         )
         for first in range(0, args.nodes, share)
     ]  # fmt: skip
-
-
-@contextlib.asynccontextmanager
-async def _logs(cluster: Cluster) -> Any:
-    with kept_logs(cluster):
-        yield
 
 
 def _last_line(proc: subprocess.Popen[bytes]) -> str:

@@ -89,13 +89,10 @@ from adapters.storage import storage_from_url
 from api.app import create_app
 from bench import pipeline_arq
 from bench.harness import (
-    free_port,
     median,
     percentile,
     profiler,
-    python_module,
     read_ready_line,
-    stop_process,
     stop_profiler,
     top_frames,
 )
@@ -105,9 +102,9 @@ from reactors.pipeline import PipelineReactor
 from reactors.projection import ProjectionRunner
 from reactors.projections import all_projections
 from reactors.reconciler import Reconciler
-from spool.embedded import EmbeddedRedis
+from spool.embedded import EmbeddedRedis, free_port
 from spool.keys import issue
-from tests.fixtures.processes import wait_http
+from tests.fixtures.processes import SpoolProcesses, start_module, stop_processes, wait_http
 from tests.fixtures.s3 import S3Server
 
 SUBMITTERS = 8
@@ -150,18 +147,18 @@ class Env:
 @contextlib.contextmanager
 def fixtures(tmp: Path) -> Iterator[dict[str, Any]]:
     """The fixtures process: the clip over loopback HTTP and moto's S3 server."""
-    proc = python_module(
+    proc = start_module(
         "bench.harness",
         "fixtures",
         "--root",
         str(tmp / "media"),
-        stdout_pipe=True,
+        pipe_stdout=True,
         log=tmp / "fixtures.log",
     )
     try:
         yield {**read_ready_line(proc, 120, tmp / "fixtures.log"), "pid": proc.pid}
     finally:
-        stop_process(proc)
+        stop_processes(proc)
 
 
 # --- CPU accounting ---------------------------------------------------------------------------
@@ -321,24 +318,16 @@ def _cycles(starts: list[tuple[str, float]]) -> list[float]:
     return out
 
 
-def _spool_worker(
-    env: Env, database_url: str, storage_url: str, node_id: str, log: Path
-) -> subprocess.Popen[bytes]:
-    """`spool worker` as a process of its own, configured only through the environment."""
-    return python_module(
-        "spool",
-        "worker",
-        "--concurrency",
-        env.concurrency,
-        env={
+def _spool_nodes(env: Env, database_url: str, storage_url: str, workers: int) -> SpoolProcesses:
+    """`spool worker` processes of a run, configured only through the environment."""
+    return SpoolProcesses(
+        env.tmp / "logs" / f"spool-{workers}w",
+        {
             "SPOOL_DATABASE_URL": database_url,
             "SPOOL_REDIS_URL": env.redis_url,
             "SPOOL_STORAGE_URL": storage_url,
             "SPOOL_URL_ALLOWLIST": "127.0.0.1/32",
-            "SPOOL_DATA_DIR": str(env.tmp / "nodes" / node_id),
-            "SPOOL_NODE_ID": node_id,
         },
-        log=log,
     )
 
 
@@ -401,12 +390,8 @@ async def run_spool(env: Env, workers: int, jobs: int, profile: Path | None) -> 
     }
     tasks = [asyncio.create_task(coro, name=name) for name, coro in parts.items()]
     node_ids = [f"bench-node-{i + 1}" for i in range(workers)]
-    logs = env.tmp / "logs"
-    logs.mkdir(exist_ok=True)
-    procs = [
-        _spool_worker(env, database_url, storage_url, n, logs / f"spool-{workers}w-{n}.log")
-        for n in node_ids
-    ]
+    nodes = _spool_nodes(env, database_url, storage_url, workers)
+    procs = [nodes.worker(n, "--concurrency", env.concurrency) for n in node_ids]
     profilers: list[subprocess.Popen[bytes] | None] = []
     try:
 
@@ -446,7 +431,7 @@ async def run_spool(env: Env, workers: int, jobs: int, profile: Path | None) -> 
                 "count(*) FILTER (WHERE status IN ('Failed', 'Cancelled')) FROM jobs"
             )
             if row[1]:
-                raise RuntimeError(f"{row[1]} jobs failed; see the logs under {logs}")
+                raise RuntimeError(f"{row[1]} jobs failed; see the logs under {nodes.root}")
             return bool(row[0] >= jobs)
 
         await _until(finished, max(300.0, jobs * 3.0), "spool jobs", procs)
@@ -498,8 +483,7 @@ async def run_spool(env: Env, workers: int, jobs: int, profile: Path | None) -> 
     finally:
         for p in profilers:
             stop_profiler(p)
-        for proc in procs:
-            stop_process(proc)
+        nodes.stop_all()
         stop.set()
         await asyncio.wait(tasks, timeout=30)
         await client.aclose()
@@ -518,9 +502,8 @@ async def run_arq(env: Env, workers: int, jobs: int, profile: Path | None) -> Pi
     flushalls = await _flushalls(redis)
     node_ids = [f"arq-node-{i + 1}" for i in range(workers)]
     logs = env.tmp / "logs"
-    logs.mkdir(exist_ok=True)
     procs = [
-        python_module(
+        start_module(
             "bench.pipeline_arq",
             "--node-id",
             n,
@@ -602,8 +585,7 @@ async def run_arq(env: Env, workers: int, jobs: int, profile: Path | None) -> Pi
     finally:
         for p in profilers:
             stop_profiler(p)
-        for proc in procs:
-            stop_process(proc)
+        stop_processes(*procs)
         await redis.aclose()
 
 
@@ -727,13 +709,13 @@ async def _seed_nodes(store: EventStore, runner: ProjectionRunner, nodes: int) -
 
 @contextlib.asynccontextmanager
 async def _served(log: Path, *args: str) -> AsyncIterator[tuple[str, int]]:
-    proc = python_module("bench.harness", *args, stdout_pipe=True, log=log)
+    proc = start_module("bench.harness", *args, pipe_stdout=True, log=log)
     try:
         url: str = read_ready_line(proc, log=log)["url"]
-        wait_http(url + "/", 30)
+        wait_http(url + "/", 30, proc)
         yield url, proc.pid
     finally:
-        stop_process(proc)
+        stop_processes(proc)
 
 
 @dataclass

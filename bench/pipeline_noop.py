@@ -33,8 +33,6 @@ import asyncio
 import contextlib
 import signal
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -48,8 +46,7 @@ from adapters.database import create_pool
 from adapters.event_store import EventStore
 from adapters.queue import connect
 from adapters.settings import Settings
-from bench.harness import REPO_ROOT, stop_process
-from bench.spool_processes import Cluster, kept_logs, spool_cluster
+from bench.cluster import Cluster, spool_cluster
 from domain import job
 from domain.events import Event, NewEvent
 from reactors.node import Node, RunningUnit
@@ -80,14 +77,7 @@ class NoopNode(Node):
 
 
 async def spool_node(args: argparse.Namespace) -> None:
-    settings = Settings.from_env(
-        {},
-        database_url=args.database_url,
-        redis_url=args.redis_url,
-        data_dir=args.data_dir,
-        node_id=args.node_id,
-        **_concurrency(args.concurrency),
-    )
+    settings = Settings.from_env(None, **_concurrency(args.concurrency))
     stop = _stop_on_signals()
     async with open_runtime(settings, need_redis=True, run_migrations=False) as rt:
         assert rt.redis is not None
@@ -122,17 +112,18 @@ async def arq_upload(ctx: dict[str, Any], job_id: str, submitted: float) -> None
 
 
 async def arq_node(args: argparse.Namespace) -> None:
+    settings = Settings.from_env(None, **_concurrency(args.concurrency))
+    assert settings.redis_url is not None
     stop = _stop_on_signals()
-    redis = await connect(args.redis_url)
+    redis = await connect(settings.redis_url)
     common: dict[str, Any] = {
         "redis_pool": redis,
         "handle_signals": False,
-        "ctx": {"node_queue": _arq_node_queue(args.node_id)},
+        "ctx": {"node_queue": _arq_node_queue(settings.node_id)},
         "keep_result": 7 * 24 * 3600,
         "poll_delay": 0.2,
         "max_tries": 1000,
     }
-    settings = Settings(**_concurrency(args.concurrency))
     workers = [
         Worker(
             [func(arq_download, name="download")],
@@ -142,7 +133,7 @@ async def arq_node(args: argparse.Namespace) -> None:
         ),
         Worker(
             [func(arq_mux, name="mux"), func(arq_upload, name="upload")],
-            queue_name=_arq_node_queue(args.node_id),
+            queue_name=_arq_node_queue(settings.node_id),
             max_jobs=settings.mux_concurrency + settings.upload_concurrency + 1,
             **common,
         ),
@@ -275,36 +266,14 @@ async def throughput(side: Side, n: int) -> tuple[float, float]:
     return n / seconds, seconds
 
 
-def start_workers(
-    kind: str, cluster: Cluster, n: int, concurrency: int
-) -> list[subprocess.Popen[bytes]]:
-    procs = []
-    for i in range(n):
-        log = (cluster.root / f"{kind}-{i}.log").open("ab")
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.pipeline_noop",
-                    kind,
-                    "--database-url",
-                    cluster.database_url,
-                    "--redis-url",
-                    cluster.redis_url,
-                    "--data-dir",
-                    str(cluster.root / f"{kind}-{i}"),
-                    "--node-id",
-                    f"{kind}-{i}",
-                    "--concurrency",
-                    str(concurrency),
-                ],
-                cwd=REPO_ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
-    return procs
+def start_workers(kind: str, cluster: Cluster, n: int, concurrency: int) -> None:
+    """`n` nodes of `kind` (this module's children), configured as `spool worker` is; the
+    cluster stops them with its `spool` children."""
+    for name in (f"{kind}-{i}" for i in range(n)):
+        cluster.procs.start(
+            name, kind, "--concurrency", str(concurrency), module="bench.pipeline_noop",
+            SPOOL_NODE_ID=name, SPOOL_DATA_DIR=str(cluster.procs.root / name),
+        )  # fmt: skip
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -312,38 +281,35 @@ async def run(args: argparse.Namespace) -> None:
         s: {"latency": [], "rate": []} for s in ("spool", "raw arq")
     }
     async with spool_cluster(args.database_url, "noop") as cluster:
-        with kept_logs(cluster):
-            cluster.spool("reactors", "reactors")
-            spool_nodes = start_workers("spool-node", cluster, args.workers, args.concurrency)
-            arq_nodes = start_workers("arq-node", cluster, args.workers, args.concurrency)
-            pool = await create_pool(cluster.database_url, max_size=10)
-            redis = await connect(cluster.redis_url)
-            try:
-                deadline = time.monotonic() + 120
-                while await pool.fetchval("SELECT count(*) FROM nodes") < args.workers:
-                    assert time.monotonic() < deadline, "the nodes did not register"
-                    await asyncio.sleep(0.2)
-                sides: list[Side] = [SpoolSide(cluster, EventStore(pool)), ArqSide(redis)]
-                for side in sides:  # warm up
-                    await latency(side, 3)
-                    await throughput(side, 16)
-                for r in range(args.rounds):
-                    for side in sides[r % 2 :] + sides[: r % 2]:
-                        lat = await latency(side, args.latency_jobs)
-                        rate, seconds = await throughput(side, args.jobs)
-                        results[side.name]["latency"].extend(lat)
-                        results[side.name]["rate"].append(rate)
-                        print(
-                            f"  round {r + 1} {side.name}: latency median "
-                            f"{statistics.median(lat) * 1000:.1f} ms; {args.jobs} jobs in "
-                            f"{seconds:.2f} s = {rate:.1f} jobs/s",
-                            flush=True,
-                        )
-            finally:
-                await redis.aclose()
-                await pool.close()
-                for proc in spool_nodes + arq_nodes:
-                    await asyncio.to_thread(stop_process, proc)
+        cluster.procs.start("reactors", "reactors")
+        start_workers("spool-node", cluster, args.workers, args.concurrency)
+        start_workers("arq-node", cluster, args.workers, args.concurrency)
+        pool = await create_pool(cluster.database_url, max_size=10)
+        redis = await connect(cluster.redis_url)
+        try:
+            deadline = time.monotonic() + 120
+            while await pool.fetchval("SELECT count(*) FROM nodes") < args.workers:
+                assert time.monotonic() < deadline, "the nodes did not register"
+                await asyncio.sleep(0.2)
+            sides: list[Side] = [SpoolSide(cluster, EventStore(pool)), ArqSide(redis)]
+            for side in sides:  # warm up
+                await latency(side, 3)
+                await throughput(side, 16)
+            for r in range(args.rounds):
+                for side in sides[r % 2 :] + sides[: r % 2]:
+                    lat = await latency(side, args.latency_jobs)
+                    rate, seconds = await throughput(side, args.jobs)
+                    results[side.name]["latency"].extend(lat)
+                    results[side.name]["rate"].append(rate)
+                    print(
+                        f"  round {r + 1} {side.name}: latency median "
+                        f"{statistics.median(lat) * 1000:.1f} ms; {args.jobs} jobs in "
+                        f"{seconds:.2f} s = {rate:.1f} jobs/s",
+                        flush=True,
+                    )
+        finally:
+            await redis.aclose()
+            await pool.close()
     print()
     print(report(args, results))
 
@@ -375,11 +341,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="what")
     for kind in ("spool-node", "arq-node"):
-        child = sub.add_parser(kind, help="(internal) one worker process")
-        child.add_argument("--database-url", required=True)
-        child.add_argument("--redis-url", required=True)
-        child.add_argument("--data-dir", type=Path, required=True)
-        child.add_argument("--node-id", required=True)
+        child = sub.add_parser(kind, help="(internal) one worker process, set up by SPOOL_*")
         child.add_argument("--concurrency", type=int, required=True)
     p.add_argument("--database-url", default=DEFAULT_URL, help="server to create a database on")
     p.add_argument("--workers", type=int, default=1, help="worker processes per side")

@@ -45,20 +45,15 @@ import httpx
 from adapters.database import create_database, create_pool, drop_database, migrate
 from adapters.event_partitions import ensure_days
 from adapters.event_store import EventStore
-from bench.harness import (
-    REPO_ROOT,
-    free_port,
-    percentile,
-    python_module,
-    read_ready_line,
-    stop_process,
-)
+from bench.harness import percentile, read_ready_line
 from bench.verify import _heartbeat, _job_events
 from domain import job, node
 from domain.events import Metadata, NewEvent
 from reactors.projection import ProjectionRunner
 from reactors.projections import all_projections
+from spool.embedded import free_port
 from spool.keys import issue
+from tests.fixtures.processes import REPO_ROOT, child_env, start_module, stop_processes
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 CHUNK = 20_000
@@ -176,9 +171,9 @@ async def main(args: argparse.Namespace) -> int:
 
         work = Path(tempfile.mkdtemp(prefix="spool-bench-rebuild-"))
         port = free_port()
-        api = python_module(
+        api = start_module(
             "bench.harness", "api", "--database-url", url, "--port", str(port),
-            "--data-dir", str(work), stdout_pipe=True, log=work / "api.log",
+            "--data-dir", str(work), pipe_stdout=True, log=work / "api.log",
         )  # fmt: skip
         base = read_ready_line(api, log=work / "api.log")["url"]
         owner = {u.account_id: u.key for u in users}
@@ -206,8 +201,9 @@ async def main(args: argparse.Namespace) -> int:
         probing = asyncio.create_task(probe.run(base, paths, stop))
         started = time.perf_counter()
         child = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "spool", "projections", "rebuild", "--database-url", url,
-            cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable, "-m", "spool", "projections", "rebuild", cwd=REPO_ROOT,
+            env=child_env(SPOOL_DATABASE_URL=url), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, err = await child.communicate()
         wall = time.perf_counter() - started
@@ -248,7 +244,7 @@ async def main(args: argparse.Namespace) -> int:
         return 0 if before == after and not probe.failures else 1
     finally:
         if api is not None:
-            stop_process(api)
+            stop_processes(api)
         await drop_database(args.database_url, name)
 
 

@@ -40,11 +40,12 @@ from moto.server import ThreadedMotoServer
 from redis.asyncio import Redis
 
 from adapters.database import asyncpg_url
-from bench.harness import free_port, percentile
+from bench.harness import percentile
 from domain import job, task
 from spool.embedded import EmbeddedPostgres, EmbeddedRedis
+from tests.fixtures.audit import audit, replay_verify
 from tests.fixtures.media import MediaServer, make_clip
-from tests.fixtures.processes import SpoolProcesses, audit, replay_verify, wait_http
+from tests.fixtures.processes import SpoolProcesses
 from tests.fixtures.s3 import S3Server
 
 WORKERS = ("soak-a", "soak-b")
@@ -246,7 +247,6 @@ async def soak(args: argparse.Namespace) -> int:
     media = MediaServer(root / "media").start()
 
     key = "sk_soak_" + secrets.token_urlsafe(24)
-    api_port = free_port()
     procs = SpoolProcesses(
         root / "logs",
         {
@@ -269,12 +269,11 @@ async def soak(args: argparse.Namespace) -> int:
     tally = Tally()
     try:
         # The API migrates first; the others then find the schema in place.
-        api = procs.start("api", "api", "--port", str(api_port), SPOOL_API_KEY=key)
-        wait_http(f"http://127.0.0.1:{api_port}/health", 120, api)
+        api_url = procs.api(SPOOL_API_KEY=key)
         procs.start("reactors", "reactors")
         for name in WORKERS:
             procs.worker(name)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as client:
+        async with httpx.AsyncClient(base_url=api_url, timeout=30) as client:
             for _ in range(600):  # the admin key is usable once its projection has it
                 r = await client.get("/jobs", headers={"x-api-key": key})
                 if r.status_code == 200:

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import secrets
-import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -24,31 +19,8 @@ from adapters.database import create_database, create_pool, drop_database
 from adapters.event_store import EventStore
 from adapters.queue import DOWNLOAD_QUEUE, connect
 from api.health import PROCESS_HEADER
-from spool.embedded import free_port
 from tests.cluster_api_helpers import append_node, node_started
-
-SPOOL = [sys.executable, "-m", "spool"]
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("SPOOL_")}
-
-
-@contextlib.contextmanager
-def _spool(log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A long-running `spool` command, stopped by SIGTERM (the process we started) at the end."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen([*SPOOL, *args], env=_env(), stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+from tests.fixtures.processes import SpoolProcesses
 
 
 class Api:
@@ -66,43 +38,26 @@ async def api(
     """`spool api --processes 2` on a free port over a new database, which it migrates."""
     name = f"spool_test_{uuid.uuid4().hex[:12]}"
     database_url = await create_database(server_url, name)
-    port = free_port()
     key = "sk_" + secrets.token_urlsafe(24)
     root = tmp_path_factory.mktemp("api-processes")
-    log = root / "api.log"
+    procs = SpoolProcesses(
+        root,
+        {
+            "SPOOL_DATABASE_URL": database_url,
+            "SPOOL_REDIS_URL": redis_url,
+            "SPOOL_DATA_DIR": str(root / "data"),
+        },
+    )
     try:
-        with _spool(
-            log,
-            "api",
-            "--processes",
-            "2",
-            "--port",
-            str(port),
-            "--api-key",
-            key,
-            "--data-dir",
-            str(root / "data"),
-            "--database-url",
-            database_url,
-            "--redis-url",
-            redis_url,
-        ) as proc:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 120
-            async with httpx.AsyncClient() as client:
-                while True:
-                    assert proc.poll() is None, log.read_text()
-                    assert time.monotonic() < deadline, "no answer: " + log.read_text()
-                    with contextlib.suppress(httpx.TransportError):
-                        await client.get(f"{url}/health")
-                        break
-                    await asyncio.sleep(0.2)
-            pool = await create_pool(database_url)
-            try:
-                yield Api(url, key, EventStore(pool), database_url)
-            finally:
-                await pool.close()
+        with procs.kept_logs():
+            url = await asyncio.to_thread(procs.api, "--processes", "2", SPOOL_API_KEY=key)
+        pool = await create_pool(database_url)
+        try:
+            yield Api(url, key, EventStore(pool), database_url)
+        finally:
+            await pool.close()
     finally:
+        await asyncio.to_thread(procs.stop_all)
         await drop_database(server_url, name)
 
 
@@ -183,18 +138,23 @@ async def test_jobs_are_projected_by_two_reactor_processes_once_and_never_by_the
     assert names <= {"api_keys"}
     assert await pool.fetchval("SELECT count(*) FROM jobs") == 0
 
-    args = ["--database-url", api.database_url, "--redis-url", redis_url]
-    with (
-        _spool(tmp_path / "reactors-1.log", "reactors", *args),
-        _spool(tmp_path / "reactors-2.log", "reactors", *args),
-    ):
-        log = tmp_path / "reactors-1.log"
+    procs = SpoolProcesses(
+        tmp_path,
+        {
+            "SPOOL_DATABASE_URL": api.database_url,
+            "SPOOL_REDIS_URL": redis_url,
+            "SPOOL_DATA_DIR": str(tmp_path / "data"),
+        },
+    )
+    procs.start("reactors-1", "reactors")
+    procs.start("reactors-2", "reactors")
+    try:
         deadline = time.monotonic() + 120
 
         async def settled(sql: str) -> int:
             """The value of `sql` once it reaches the number of jobs (or the deadline)."""
             while (value := await pool.fetchval(sql) or 0) < len(job_ids):
-                assert time.monotonic() < deadline, log.read_text()
+                assert time.monotonic() < deadline, procs.logs()
                 await asyncio.sleep(0.2)
             return int(value)
 
@@ -208,8 +168,10 @@ async def test_jobs_are_projected_by_two_reactor_processes_once_and_never_by_the
                 ours = [u.split(":", 1)[0] for u in queued if u.split(":", 1)[0] in job_ids]
                 if len(ours) >= len(job_ids):
                     break
-                assert time.monotonic() < deadline, log.read_text()
+                assert time.monotonic() < deadline, procs.logs()
                 await asyncio.sleep(0.2)
         finally:
             await redis.aclose()
         assert sorted(ours) == sorted(job_ids)
+    finally:
+        procs.stop_all()

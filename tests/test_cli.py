@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,30 +12,28 @@ import httpx
 from adapters.event_store import EventStore
 from spool.embedded import free_port
 from tests.fixtures.media import MediaServer, media_duration
+from tests.fixtures.processes import REPO_ROOT, SpoolProcesses, child_env, wait_http
 
 SPOOL = [sys.executable, "-m", "spool"]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOL_")}
-    env.update(extra)
-    return env
-
-
-def _spool(
-    *args: str, env: dict[str, str], timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
+def _spool(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """A `spool` command run to its end, configured by its flags alone (the CLI is the subject)."""
     return subprocess.run(
-        [*SPOOL, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+        [*SPOOL, *args],
+        env=child_env(),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
 async def test_keys_create_prints_a_key_that_works_at_once(
     database_url: str, client: httpx.AsyncClient
 ) -> None:
-    done = _spool(
-        "keys", "create", "--name", "ci robot", "--database-url", database_url, env=_env()
-    )
+    done = _spool("keys", "create", "--name", "ci robot", "--database-url", database_url)
     assert done.returncode == 0, done.stderr
     key = done.stdout.strip().splitlines()[-1]
     assert key.startswith("sk_")
@@ -57,7 +53,6 @@ async def test_keys_are_stored_only_as_digests(database_url: str, store: EventSt
         "--admin",
         "--database-url",
         database_url,
-        env=_env(),
     )
     key = done.stdout.strip().splitlines()[-1]
     everywhere = await store.pool.fetchval(
@@ -74,13 +69,13 @@ async def test_keys_are_stored_only_as_digests(database_url: str, store: EventSt
 
 
 def test_a_blank_key_name_is_a_clear_cli_error(database_url: str) -> None:
-    done = _spool("keys", "create", "--name", "  ", "--database-url", database_url, env=_env())
+    done = _spool("keys", "create", "--name", "  ", "--database-url", database_url)
     assert done.returncode == 2
     assert "--name" in done.stderr and "blank" in done.stderr
 
 
 def test_rebuilding_an_unknown_projection_names_the_known_ones(database_url: str) -> None:
-    done = _spool("projections", "rebuild", "nope", "--database-url", database_url, env=_env())
+    done = _spool("projections", "rebuild", "nope", "--database-url", database_url)
     assert done.returncode == 2
     assert "jobs" in done.stderr and "api_keys" in done.stderr
 
@@ -92,7 +87,7 @@ async def test_projections_rebuild_keeps_every_row(
         await client.post(
             "/jobs", json={"url": f"http://media.test/r{i}.mp4"}, headers={"x-api-key": api_key}
         )
-    done = _spool("projections", "rebuild", "--database-url", database_url, env=_env())
+    done = _spool("projections", "rebuild", "--database-url", database_url)
     assert done.returncode == 0, done.stderr
     assert "jobs: rebuilt from" in done.stdout
     jobs_in_log = await store.pool.fetchval("SELECT count(*) FROM events WHERE type = 'JobCreated'")
@@ -108,37 +103,22 @@ def test_spool_up_runs_a_job_to_completion_on_embedded_defaults(
     port = free_port()
     key = "sk_smoke_test_key_0123456789abcdef"
     data_dir = tmp_path / "data"
-    env = _env(SPOOL_API_KEY=key)
-    log = (tmp_path / "up.log").open("w")
-    proc = subprocess.Popen(
-        [
-            *SPOOL,
-            "up",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-            "--url-allowlist",
-            "127.0.0.1/32",
-            "--node-id",
-            "smoke-node",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    procs = SpoolProcesses(tmp_path, {"SPOOL_API_KEY": key})
+    proc = procs.start(
+        "up",
+        "up",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--url-allowlist",
+        "127.0.0.1/32",
+        "--node-id",
+        "smoke-node",
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "up.log").read_text()
-            try:
-                if httpx.get(f"{base}/schema/openapi.json", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "spool up did not answer within 120 s"
-            time.sleep(0.25)
+        wait_http(f"{base}/health", 120, proc)
 
         headers = {"x-api-key": key}
         created = httpx.post(
@@ -165,16 +145,12 @@ def test_spool_up_runs_a_job_to_completion_on_embedded_defaults(
         assert set(stats) == {"total_downloading", "total_muxing", "total_uploading"}
 
         # A second spool process on the same data dir joins the running embedded server.
-        second = _spool(
-            "keys", "create", "--name", "second", "--data-dir", str(data_dir), env=_env()
-        )
+        second = _spool("keys", "create", "--name", "second", "--data-dir", str(data_dir))
         assert second.returncode == 0, second.stderr
         other = second.stdout.strip().splitlines()[-1]
         theirs = httpx.get(f"{base}/jobs/{job_id}", headers={"x-api-key": other})
         assert theirs.status_code == 404
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=60)
-        log.close()
-    assert code == 0, (tmp_path / "up.log").read_text()
+        procs.stop("up", seconds=60)
+    assert proc.returncode == 0, procs.log("up")
     assert not (data_dir / "postgres" / "postmaster.pid").exists()

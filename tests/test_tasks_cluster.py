@@ -4,13 +4,9 @@ the scheduler placing tasks on the right one, a node killed mid-task, and the se
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +15,7 @@ from api.app import create_app
 from domain import task
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.loopback import serve_on_loopback
+from tests.fixtures.processes import SpoolProcesses
 
 BASE = "/api/v1/tasks"
 
@@ -58,44 +55,6 @@ class RetireClusterAPI:
 
 
 # -- harness ---------------------------------------------------------------------------------
-
-
-def _worker(
-    cluster: Cluster, node_id: str, log: Path, *flags: str, **env: str
-) -> subprocess.Popen[bytes]:
-    """`spool worker` as a process of its own, configured through flags and the environment."""
-    environ = {
-        **os.environ,
-        "SPOOL_DATABASE_URL": cluster.settings.database_url or "",
-        "SPOOL_REDIS_URL": cluster.settings.redis_url or "",
-        "SPOOL_STORAGE_URL": cluster.settings.storage_url or "",
-        "SPOOL_URL_ALLOWLIST": "127.0.0.1/32",
-        "SPOOL_DATA_DIR": str(cluster.settings.data_dir / node_id),
-        "SPOOL_NODE_ID": node_id,
-        **env,
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "spool", "worker", *flags],
-        env=environ,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-
-
-@contextmanager
-def workers(*procs: subprocess.Popen[bytes]) -> Iterator[list[subprocess.Popen[bytes]]]:
-    running = list(procs)
-    try:
-        yield running
-    finally:
-        for p in running:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in running:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 def start_scheduler(cluster: Cluster, **options: Any) -> None:
@@ -162,20 +121,12 @@ async def test_tasks_with_requirements_land_on_the_right_node(
 ) -> None:
     async with start_cluster(with_node=False) as cluster:
         start_scheduler(cluster)
-        log = tmp_path / "workers.log"
-        with workers(
-            _worker(
-                cluster,
-                "gpu-box",
-                log,
-                "--role",
-                "compute",
-                "--tag",
-                "gpu-capable",
-                SPOOL_ALLOW_PYTHON_EVAL="1",
-            ),
-            _worker(cluster, "plain-box", log, "--role", "worker", "--tag", "edge"),
-        ):
+        procs = SpoolProcesses.like(cluster.settings, tmp_path)
+        procs.worker(
+            "gpu-box", "--role", "compute", "--tag", "gpu-capable", SPOOL_ALLOW_PYTHON_EVAL="1"
+        )
+        procs.worker("plain-box", "--role", "worker", "--tag", "edge")
+        try:
             await nodes_running(cluster, "gpu-box", "plain-box")
 
             tagged = [
@@ -197,7 +148,7 @@ async def test_tasks_with_requirements_land_on_the_right_node(
 
             for task_id in tagged:
                 done = await settled(cluster, task_id, "success", "failed", "timeout")
-                assert (done.status, done.device_id) == ("success", "gpu-box"), log.read_text()
+                assert (done.status, done.device_id) == ("success", "gpu-box"), procs.logs()
             for task_id in by_role:
                 done = await settled(cluster, task_id, "success", "failed", "timeout")
                 assert (done.status, done.device_id) == ("success", "plain-box")
@@ -239,6 +190,8 @@ async def test_tasks_with_requirements_land_on_the_right_node(
                 assert body["result_data"] == {"echo": {"message": "Hello"}}
                 assert body["worker_device_id"] in ("gpu-box", "plain-box")
                 assert body["execution_time_seconds"] >= 0
+        finally:
+            procs.stop_all()
 
 
 async def test_a_node_killed_mid_task_times_out_and_is_retried_per_its_settings(
@@ -246,9 +199,9 @@ async def test_a_node_killed_mid_task_times_out_and_is_retried_per_its_settings(
 ) -> None:
     async with start_cluster(with_node=False) as cluster:
         start_scheduler(cluster, online_seconds=3.0)
-        log = tmp_path / "workers.log"
-        doomed = _worker(cluster, "doomed", log)
-        with workers(doomed) as running:
+        procs = SpoolProcesses.like(cluster.settings, tmp_path)
+        procs.worker("doomed")
+        try:
             await nodes_running(cluster, "doomed")
             retried = await submit(
                 cluster,
@@ -266,9 +219,8 @@ async def test_a_node_killed_mid_task_times_out_and_is_retried_per_its_settings(
             for task_id in (retried, given_up):
                 assert (await settled(cluster, task_id, "running")).device_id == "doomed"
 
-            doomed.send_signal(signal.SIGKILL)
-            doomed.wait(10)
-            running.append(_worker(cluster, "survivor", log))
+            procs.kill("doomed")
+            procs.worker("survivor")
 
             ended = await settled(cluster, given_up, "timeout", "success", "failed", seconds=60)
             assert ended.status == "timeout"
@@ -279,3 +231,5 @@ async def test_a_node_killed_mid_task_times_out_and_is_retried_per_its_settings(
             events = await history(cluster, retried)
             assert events.count("TaskTimedOut") == 1 and events.count("TaskSucceeded") == 1
             assert "TaskRetried" in events
+        finally:
+            procs.stop_all()

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from reactors.projection import ProjectionRunner
 from reactors.projections import all_projections
 from reactors.verify import Difference, verify
+from tests.fixtures.audit import audit, summary
 from tests.fixtures.cluster import Cluster
-from tests.fixtures.processes import audit, summary
 
 
 async def assert_nothing_lost(
