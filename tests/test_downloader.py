@@ -20,12 +20,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from yt_dlp import YoutubeDL
 
 from adapters.downloader import (
     DownloadCancelled,
     DownloadFailed,
     DownloadProgress,
     DownloadResult,
+    _GuardedYoutubeDL,
+    _QuietLog,
     download,
 )
 from adapters.ssrf import UrlGuard
@@ -432,6 +435,16 @@ def test_nothing_reaches_the_console(
 # A node keeps yt-dlp's extractor list and its TLS context from one download to the next (they
 # cost more CPU than the fetch of a short clip); each download still has its own handler, opener,
 # cookie jar and guard.
+
+
+def test_the_guarded_downloader_knows_the_same_sites_in_the_same_order_as_yt_dlp() -> None:
+    # The first extractor whose pattern matches a URL takes it: the order matters as much.
+    params = {"quiet": True, "logger": _QuietLog()}
+    with YoutubeDL(dict(params)) as stock:
+        for _ in range(2):  # the second instance is built from what the first one worked out
+            with _GuardedYoutubeDL(dict(params), guard=LOOPBACK, cancel=None) as guarded:
+                assert list(guarded._ies.items()) == list(stock._ies.items())
+                assert guarded._ies_instances.keys() == stock._ies_instances.keys()
 
 
 def test_downloads_in_two_threads_at_once_all_succeed(
