@@ -2,26 +2,28 @@
 
 The `storage_configs` projection (one row per account that has a storage) keeps the current
 `StorageConfigured` event, sealed credentials included, so a lookup is one primary-key query.
-Credentials are opened (decrypted) only here, at the moment a client is built.
+Credentials are opened (decrypted) only here, when a configuration is first seen.
 
-`AccountStorages` caches one built storage per account for a short while (30 s by default):
-uploads of one account share a connection pool, and a changed or removed configuration is seen
-within that time. A storage that is replaced is closed only after a grace period, because an
-upload that picked it up a moment ago may still be running on it.
+`AccountStorages` holds one built storage (one client) per storage target, and remembers each
+account's for a short while (30 s by default; a node asks again for every upload): uploads of
+one account share a connection pool, and a changed or removed configuration is seen within
+that time. A storage that is dropped is closed only after a grace period, because an upload that
+picked it up a moment ago may still be running on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import TypeAlias
 
 import asyncpg
 import msgspec
 import sqlalchemy as sa
-from aiobotocore.config import AioConfig
 from sqlalchemy.dialects import postgresql as pg
 
 from adapters import secret_box
@@ -94,23 +96,6 @@ def spec_of(configured: StorageConfigured) -> StorageSpec:
     )
 
 
-class _VirtualHostedSession:
-    """Wraps an aiobotocore session so its S3 clients use virtual-hosted addressing.
-
-    `S3Storage` offers path style or "auto", and with a custom endpoint botocore's "auto" means
-    path style, which Alibaba OSS refuses (SecondLevelDomainForbidden). Until `S3Storage` takes
-    an addressing style of its own, this forces `bucket.endpoint-host` URLs for OSS clients.
-    """
-
-    def __init__(self, session: Any) -> None:
-        self._session = session
-
-    def create_client(self, *args: Any, config: AioConfig | None = None, **kwargs: Any) -> Any:
-        virtual = AioConfig(s3={"addressing_style": "virtual"})
-        merged = config.merge(virtual) if config is not None else virtual
-        return self._session.create_client(*args, config=merged, **kwargs)
-
-
 def build_storage(spec: StorageSpec, credentials: Credentials) -> ObjectStorage:
     """A client for `spec` with `credentials`. Nothing is contacted until first use.
 
@@ -143,7 +128,7 @@ def build_storage(spec: StorageSpec, credentials: Credentials) -> ObjectStorage:
         if not spec.region:
             raise ValueError("an Alibaba OSS storage needs an endpoint or a region")
         endpoint = oss_endpoint(spec.region)
-    storage = S3Storage(
+    return S3Storage(
         bucket=spec.bucket,
         prefix=spec.prefix,
         endpoint_url=endpoint,
@@ -152,10 +137,10 @@ def build_storage(spec: StorageSpec, credentials: Credentials) -> ObjectStorage:
         access_key=credentials.access_key,
         secret_key=credentials.secret_key,
         path_style=path_style,
+        # With a custom endpoint botocore's "auto" means path style, which OSS refuses
+        # (SecondLevelDomainForbidden): its clients name the bucket in the host.
+        addressing_style="virtual" if spec.provider == "oss" and not path_style else None,
     )
-    if spec.provider == "oss" and not path_style:
-        storage._session = _VirtualHostedSession(storage._session)
-    return storage
 
 
 async def open_credentials(
@@ -195,19 +180,33 @@ async def storage_for(
     return build_storage(spec_of(configured), credentials)
 
 
+_Target: TypeAlias = tuple[str, StorageSpec, bytes]
+"""Where a storage goes and as whom: (account id, spec, SHA-256 of the opened credentials).
+
+The account id is part of it so that two accounts never share a client, even with equal keys.
+"""
+
+
 class _Entry(msgspec.Struct):
-    storage: ObjectStorage | None  # None: the account uses the default
+    target: _Target | None  # None: the account uses the default
     fingerprint: bytes | None
     checked_at: float
 
 
 class AccountStorages:
-    """A cached `storage_for`: one client per account, re-checked every `ttl` seconds.
+    """Each account's storage, and each job's own, with one client per storage target.
 
-    `get(account_id)` answers from the cache while the entry is fresh; after that it looks at
-    the projection again and keeps the same client unless the configuration changed. Clients
-    that are replaced (or dropped with `forget`) are closed `close_grace` seconds later, when
-    any upload that was handed them has long finished; `aclose()` closes everything now.
+    `get(account_id)` answers from its cache for `ttl` seconds; after that it reads the
+    account's row in `storage_configs` again (one primary-key query) and keeps the same client
+    unless the configuration changed. With `ttl=0` (a node) every upload reads the row, so a
+    storage configured a moment ago is what the next upload uses.
+
+    Clients are held per target: account, spec and credentials. A configuration saved again
+    with the same settings, or jobs that each name the same storage of their own (each sealed
+    apart, so each with a different ciphertext), reuse one client and its connection pool.
+    At most `max_targets` are held; the least recently used beyond that, like a client that
+    `forget` drops, is closed `close_grace` seconds later, when any upload handed it has long
+    finished. `aclose()` closes everything now.
     """
 
     def __init__(
@@ -218,64 +217,113 @@ class AccountStorages:
         *,
         ttl: float = 30.0,
         close_grace: float = 900.0,
+        max_targets: int = 32,
     ) -> None:
         self.pool = pool
         self.default = default
         self.ttl = ttl
         self.close_grace = close_grace
+        self.max_targets = max_targets
+        self.built = 0
+        """How many storages (each with its own client) this cache has built so far."""
         self._secret_key = secret_key
         self._entries: dict[str, _Entry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._retired: list[ObjectStorage] = []
-        # Per-job storages, by account and sealed credentials (few, and kept for reuse).
-        self._overrides: dict[tuple[str, str], ObjectStorage] = {}
+        # Least recently used first.
+        self._targets: OrderedDict[_Target, ObjectStorage] = OrderedDict()
+        # A per-job storage's sealed credentials -> its target: each job's are opened once.
+        self._sealed: OrderedDict[tuple[str, str], _Target] = OrderedDict()
+
+    def held(self) -> list[ObjectStorage]:
+        """Every storage this cache built and has not closed yet (not the default)."""
+        return [*self._targets.values(), *self._retired]
 
     async def for_job(self, account_id: str, override: StorageConfigured | None) -> ObjectStorage:
         """Where one job's files go: its own `storage` if it named one, else its account's."""
         if override is None:
             return await self.get(account_id)
-        key = (account_id, override.sealed_credentials.ciphertext)
-        if key not in self._overrides:
-            credentials = await open_credentials(self.pool, self._secret_key, account_id, override)
-            self._overrides[key] = build_storage(spec_of(override), credentials)
-        return self._overrides[key]
+        sealed = (account_id, override.sealed_credentials.ciphertext)
+        target = self._sealed.get(sealed)
+        if target is not None:
+            storage = self._use(target)
+            if storage is not None:
+                self._sealed.move_to_end(sealed)
+                return storage
+        target, storage = await self._open(account_id, override)
+        self._sealed[sealed] = target
+        while len(self._sealed) > 16 * self.max_targets:
+            self._sealed.popitem(last=False)
+        return storage
 
     async def get(self, account_id: str) -> ObjectStorage:
         """The storage `account_id`'s uploads go to now. Never close what this returns."""
         entry = self._entries.get(account_id)
         if entry is not None and time.monotonic() - entry.checked_at < self.ttl:
-            return entry.storage or self.default
+            storage = self._held_for(entry)
+            if storage is not None:
+                return storage
         lock = self._locks.setdefault(account_id, asyncio.Lock())
         async with lock:
             entry = self._entries.get(account_id)
             now = time.monotonic()
             if entry is not None and now - entry.checked_at < self.ttl:
-                return entry.storage or self.default
+                storage = self._held_for(entry)
+                if storage is not None:
+                    return storage
             raw = await self.pool.fetchval(
                 "SELECT config FROM storage_configs WHERE account_id = $1", account_id
             )
             fingerprint = None if raw is None else bytes(raw)
             if entry is not None and entry.fingerprint == fingerprint:
-                entry.checked_at = now
-                return entry.storage or self.default
-            storage: ObjectStorage | None = None
-            if raw is not None:
-                configured = msgspec.json.decode(raw, type=StorageConfigured)
-                credentials = await open_credentials(
-                    self.pool, self._secret_key, account_id, configured
-                )
-                storage = build_storage(spec_of(configured), credentials)
-            if entry is not None and entry.storage is not None:
-                self._retire(entry.storage)
-            self._entries[account_id] = _Entry(storage, fingerprint, now)
-            return storage or self.default
+                storage = self._held_for(entry)
+                if storage is not None:
+                    entry.checked_at = now
+                    return storage
+            if raw is None:
+                self._entries[account_id] = _Entry(None, None, now)
+                return self.default
+            configured = msgspec.json.decode(raw, type=StorageConfigured)
+            target, storage = await self._open(account_id, configured)
+            self._entries[account_id] = _Entry(target, fingerprint, now)
+            return storage
+
+    def _held_for(self, entry: _Entry) -> ObjectStorage | None:
+        """The storage an entry names, or None when its client was dropped meanwhile."""
+        return self.default if entry.target is None else self._use(entry.target)
+
+    def _use(self, target: _Target) -> ObjectStorage | None:
+        storage = self._targets.get(target)
+        if storage is not None:
+            self._targets.move_to_end(target)
+        return storage
+
+    async def _open(
+        self, account_id: str, configured: StorageConfigured
+    ) -> tuple[_Target, ObjectStorage]:
+        """The held storage for what `configured` names, built (and held) if there is none."""
+        credentials = await open_credentials(self.pool, self._secret_key, account_id, configured)
+        spec = spec_of(configured)
+        target = (account_id, spec, hashlib.sha256(msgspec.json.encode(credentials)).digest())
+        # No await from here on: two callers cannot both build the same target.
+        storage = self._use(target)
+        if storage is None:
+            storage = build_storage(spec, credentials)
+            self.built += 1
+            self._targets[target] = storage
+            while len(self._targets) > self.max_targets:
+                _, dropped = self._targets.popitem(last=False)
+                self._retire(dropped)
+        return target, storage
 
     def forget(self, account_id: str) -> None:
-        """Drop an account's entry now (e.g. right after its configuration changed)."""
+        """Drop an account's entry and its client now (e.g. right after it changed)."""
         entry = self._entries.pop(account_id, None)
-        if entry is not None and entry.storage is not None:
-            self._retire(entry.storage)
+        if entry is not None and entry.target is not None:
+            storage = self._targets.pop(entry.target, None)
+            if storage is not None:
+                self._retire(storage)
 
     def _retire(self, storage: ObjectStorage) -> None:
         self._retired.append(storage)
@@ -292,16 +340,14 @@ class AccountStorages:
 
     async def aclose(self) -> None:
         """Close every client this cache built (not the default), retired ones included."""
-        storages: Sequence[ObjectStorage] = [
-            e.storage for e in self._entries.values() if e.storage is not None
-        ]
         self._entries.clear()
+        self._sealed.clear()
         for task in list(self._closing):
             task.cancel()
         # Retired clients are closed here too: their close_later tasks were just cancelled.
-        retired, self._retired = self._retired, []
-        overrides = list(self._overrides.values())
-        self._overrides.clear()
-        for storage in [*storages, *retired, *overrides]:
+        storages: Sequence[ObjectStorage] = [*self._targets.values(), *self._retired]
+        self._targets.clear()
+        self._retired = []
+        for storage in storages:
             with contextlib.suppress(Exception):
                 await storage.close()

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import threading
 import time
 import urllib.request
@@ -24,7 +25,7 @@ from typing import Any, Literal
 import msgspec
 from yt_dlp import YoutubeDL
 from yt_dlp.globals import plugin_dirs
-from yt_dlp.networking._helper import _socket_connect, create_connection
+from yt_dlp.networking._helper import _socket_connect, create_connection, make_ssl_context
 from yt_dlp.networking._urllib import (
     HTTPHandler,
     RedirectHandler,
@@ -226,6 +227,19 @@ class _GuardedRH(UrllibRH):  # type: ignore[misc]
         self._guard = guard
         self._cancel = cancel
 
+    def _make_sslcontext(self, legacy_ssl_support: bool | None = None) -> ssl.SSLContext:
+        if self._client_cert:
+            # Never the case for us (no client certificates are configured); built per handler
+            # so that a certificate can never leak into another download's context.
+            context: ssl.SSLContext = super()._make_sslcontext(legacy_ssl_support)
+            return context
+        legacy = self.legacy_ssl_support if legacy_ssl_support is None else legacy_ssl_support
+        return _ssl_context(
+            verify=bool(self.verify),
+            legacy=bool(legacy),
+            use_certifi=not self.prefer_system_certs,
+        )
+
     def _create_instance(
         self, proxies: Any, cookiejar: Any, legacy_ssl_support: bool | None = None
     ) -> urllib.request.OpenerDirector:
@@ -261,6 +275,37 @@ class _GuardedRH(UrllibRH):  # type: ignore[misc]
         return super()._send(request)
 
 
+@functools.cache
+def _ssl_context(*, verify: bool, legacy: bool, use_certifi: bool) -> ssl.SSLContext:
+    """yt-dlp's TLS context for these settings, made once per process and shared.
+
+    Making one loads the whole CA bundle (about 25 ms of CPU), and yt-dlp makes one per request
+    handler, i.e. per download. A context holds only settings and trusted roots, which nothing
+    changes after this, and OpenSSL lets threads open connections from one context at once.
+    What each download must not share stays per download: its handler, opener and cookie jar,
+    and the guard that checks every address it connects to.
+    """
+    context: ssl.SSLContext = make_ssl_context(
+        verify=verify, legacy_support=legacy, use_certifi=use_certifi
+    )
+    return context
+
+
+@functools.cache
+def _default_extractors() -> dict[str, Any]:
+    """yt-dlp's default extractors by key, in its own order, worked out once per process.
+
+    `YoutubeDL.add_default_info_extractors` rebuilds this list for every instance, and its
+    de-duplication is quadratic in the ~1,800 extractors: about 60 ms of CPU per download, more
+    than the rest of setting one up. The list depends only on the extractors installed and the
+    plugins loaded (none: `plugin_dirs` is emptied before the first instance), so it is the same
+    every time; it is asked of yt-dlp itself, on an instance that is then dropped.
+    """
+    holder = YoutubeDL({"quiet": True, "logger": _QuietLog(), "cachedir": False}, auto_init=False)
+    YoutubeDL.add_default_info_extractors(holder)
+    return dict(holder._ies)
+
+
 class _GuardedYoutubeDL(YoutubeDL):  # type: ignore[misc]
     """A YoutubeDL whose request director holds `_GuardedRH` and nothing else."""
 
@@ -268,7 +313,33 @@ class _GuardedYoutubeDL(YoutubeDL):  # type: ignore[misc]
         self, params: dict[str, Any], *, guard: UrlGuard, cancel: threading.Event | None
     ) -> None:
         self._spool_handler = functools.partial(_GuardedRH, guard=guard, cancel=cancel)
+        # yt-dlp would import plugin code from the user's config folders (~/.config/yt-dlp/
+        # plugins and the like) when its first instance is made; a server runs only the code
+        # it was installed with.
+        plugin_dirs.value = []
         super().__init__(params)
+
+    def add_default_info_extractors(self) -> None:
+        if self.params.get("allowed_extractors") is not None:
+            super().add_default_info_extractors()
+            return
+        default = _default_extractors()
+        # What `add_info_extractor` does for a class, for all of them at once (one call each
+        # was still 6 ms a download); classes are shared, as yt-dlp shares them.
+        self._ies.update(default)
+        for ie in default.values():
+            if not isinstance(ie, type):
+                # An extractor given as an instance is bound to its YoutubeDL: a fresh one each
+                # (it keeps its place: the key is there already).
+                self.add_info_extractor(type(ie)())
+
+    def _forceprint(self, key: str, info_dict: Any) -> Any:
+        # yt-dlp renders the formats, thumbnails and subtitles tables at each of its print
+        # points (seven per download), printed or not: a fifth of a download's CPU here. We
+        # never ask it to print; if someone does, yt-dlp's own method runs.
+        if any(v for k, v in self.params.items() if k.startswith(("force", "print_to_file"))):
+            return super()._forceprint(key, info_dict)
+        return None if info_dict is None else dict(info_dict)
 
     @functools.cached_property
     def _request_director(self) -> Any:
@@ -738,9 +809,6 @@ def download(
         "writethumbnail": download_thumbnail,
         "progress_hooks": [progress.hook],
     }
-    # yt-dlp would import plugin code from the user's config folders (~/.config/yt-dlp/plugins
-    # and the like); a server runs only the code it was installed with.
-    plugin_dirs.value = []
     started = time.monotonic()
     try:
         with _GuardedYoutubeDL(params, guard=guard, cancel=cancel) as ydl:

@@ -88,8 +88,12 @@ class Node:
         self.store = store
         self.redis = redis
         self.storage = storage
-        # Each account's uploads go to its own storage when it configured one.
-        self.storages = AccountStorages(store.pool, settings.resolved_secret_key(), storage)
+        # Each account's uploads go to its own storage when it configured one: one client per
+        # storage for the node's life (closed in `run` when it stops), and the account's row
+        # read for each upload (ttl 0), so a storage configured a moment ago takes the next one.
+        self.storages = AccountStorages(
+            store.pool, settings.resolved_secret_key(), storage, ttl=0.0
+        )
         self.settings = settings
         self.node_id = settings.node_id
         self.guard = UrlGuard(settings.url_allowlist)

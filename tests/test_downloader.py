@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import itertools
 import socket
+import ssl
 import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from yt_dlp import YoutubeDL
 
 from adapters.downloader import (
     DownloadCancelled,
     DownloadFailed,
     DownloadProgress,
     DownloadResult,
+    _GuardedYoutubeDL,
+    _QuietLog,
     download,
 )
 from adapters.ssrf import UrlGuard
@@ -417,3 +429,132 @@ def test_nothing_reaches_the_console(
     out, err = capfd.readouterr()
     assert out == ""
     assert err == ""
+
+
+# --- what downloads share, and what they must not ----------------------------------------------
+# A node keeps yt-dlp's extractor list and its TLS context from one download to the next (they
+# cost more CPU than the fetch of a short clip); each download still has its own handler, opener,
+# cookie jar and guard.
+
+
+def test_the_guarded_downloader_knows_the_same_sites_in_the_same_order_as_yt_dlp() -> None:
+    # The first extractor whose pattern matches a URL takes it: the order matters as much.
+    params = {"quiet": True, "logger": _QuietLog()}
+    with YoutubeDL(dict(params)) as stock:
+        for _ in range(2):  # the second instance is built from what the first one worked out
+            with _GuardedYoutubeDL(dict(params), guard=LOOPBACK, cancel=None) as guarded:
+                assert list(guarded._ies.items()) == list(stock._ies.items())
+                assert guarded._ies_instances.keys() == stock._ies_instances.keys()
+
+
+def test_downloads_in_two_threads_at_once_all_succeed(
+    media_server: MediaServer, tmp_path: Path
+) -> None:
+    urls = [media_server.url("clip.mp4"), media_server.url("dash/manifest.mpd")] * 3
+    with ThreadPoolExecutor(2) as pool:
+        results = list(
+            pool.map(
+                lambda n: download(urls[n], tmp_path / str(n), guard=LOOPBACK), range(len(urls))
+            )
+        )
+    assert [sorted(f.kind for f in r.files) for r in results] == [["av"], ["audio", "video"]] * 3
+
+
+class _CookieHandler(BaseHTTPRequestHandler):
+    """Serves one file at any path, hands every client a cookie and notes the cookies it gets."""
+
+    body = b""
+    seen: list[tuple[str, str | None]] = []
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.seen.append((self.path, self.headers.get("Cookie")))
+        self.send_response(200)
+        self.send_header("Content-Type", "video/mp4")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.send_header("Set-Cookie", f"session={self.path.strip('/')}; Path=/")
+        self.end_headers()
+        self.wfile.write(self.body)
+
+
+def test_a_cookie_one_download_was_given_never_reaches_the_next(
+    media_dir: Path, tmp_path: Path
+) -> None:
+    handler = type(
+        "Handler", (_CookieHandler,), {"body": (media_dir / "clip.mp4").read_bytes(), "seen": []}
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        download(f"{base}/first.mp4", tmp_path / "1", guard=LOOPBACK)
+        download(f"{base}/second.mp4", tmp_path / "2", guard=LOOPBACK)
+    finally:
+        server.shutdown()
+        server.server_close()
+    first = [cookie for path, cookie in handler.seen if path == "/first.mp4"]
+    second = [cookie for path, cookie in handler.seen if path == "/second.mp4"]
+    # Within one download the cookie comes back (yt-dlp asks twice: to identify, to fetch)...
+    assert first[0] is None and "session=first.mp4" in first[1:], handler.seen
+    # ...but the next download starts with an empty jar.
+    assert second[0] is None, handler.seen
+    assert not any(c and "first" in c for c in second), handler.seen
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_an_untrusted_certificate_is_refused_by_every_download(
+    media_dir: Path, tmp_path: Path
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    handler = type(
+        "Handler", (_CookieHandler,), {"body": (media_dir / "clip.mp4").read_bytes(), "seen": []}
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}/clip.mp4"
+    try:
+        for n in range(2):  # the second download uses the TLS context the first one made
+            with pytest.raises(DownloadFailed) as failed:
+                download(url, tmp_path / str(n), guard=LOOPBACK)
+            assert str(failed.value).startswith(
+                f"The source's TLS certificate is not trusted at {url}"
+            ), failed.value
+            assert failed.value.retryable is False
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert handler.seen == []  # no request was ever sent over the untrusted connection
