@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from adapters import secret_box
+from adapters.ssrf import UrlGuard
 from adapters.storage import ObjectStorage, S3Storage, StorageError
 from adapters.tables import metadata
 from domain.storage_config import Provider, StorageConfigured
@@ -96,8 +97,14 @@ def spec_of(configured: StorageConfigured) -> StorageSpec:
     )
 
 
-def build_storage(spec: StorageSpec, credentials: Credentials) -> ObjectStorage:
+def build_storage(
+    spec: StorageSpec, credentials: Credentials, *, guard: UrlGuard | None
+) -> ObjectStorage:
     """A client for `spec` with `credentials`. Nothing is contacted until first use.
+
+    `guard` judges the address of every connection the client opens, so an endpoint name that
+    passed the check when it was configured cannot later rebind to a private address; None
+    only for a storage the operator configured (the cluster's own may well be private).
 
     - s3: the endpoint as given, path style unless switched off (MinIO and moto need it; AWS
       takes either).
@@ -117,6 +124,7 @@ def build_storage(spec: StorageSpec, credentials: Credentials) -> ObjectStorage:
             endpoint=spec.endpoint,
             account_key=credentials.account_key,
             sas_token=credentials.sas_token,
+            guard=guard,
         )
     if not credentials.access_key or not credentials.secret_key:
         raise ValueError("an S3-compatible storage needs an access key and a secret key")
@@ -140,6 +148,7 @@ def build_storage(spec: StorageSpec, credentials: Credentials) -> ObjectStorage:
         # With a custom endpoint botocore's "auto" means path style, which OSS refuses
         # (SecondLevelDomainForbidden): its clients name the bucket in the host.
         addressing_style="virtual" if spec.provider == "oss" and not path_style else None,
+        guard=guard,
     )
 
 
@@ -167,7 +176,12 @@ async def current_config(pool: asyncpg.Pool, account_id: str) -> StorageConfigur
 
 
 async def storage_for(
-    pool: asyncpg.Pool, secret_key: str, account_id: str, default: ObjectStorage
+    pool: asyncpg.Pool,
+    secret_key: str,
+    account_id: str,
+    default: ObjectStorage,
+    *,
+    guard: UrlGuard | None,
 ) -> ObjectStorage:
     """The account's own storage (a new client: the caller closes it), or `default` as is.
 
@@ -177,7 +191,7 @@ async def storage_for(
     if configured is None:
         return default
     credentials = await open_credentials(pool, secret_key, account_id, configured)
-    return build_storage(spec_of(configured), credentials)
+    return build_storage(spec_of(configured), credentials, guard=guard)
 
 
 _Target: TypeAlias = tuple[str, StorageSpec, bytes]
@@ -215,12 +229,15 @@ class AccountStorages:
         secret_key: str,
         default: ObjectStorage,
         *,
+        guard: UrlGuard | None,
         ttl: float = 30.0,
         close_grace: float = 900.0,
         max_targets: int = 32,
     ) -> None:
         self.pool = pool
         self.default = default
+        self.guard = guard
+        """Judges every connection to an account's own endpoint (`build_storage`)."""
         self.ttl = ttl
         self.close_grace = close_grace
         self.max_targets = max_targets
@@ -309,7 +326,7 @@ class AccountStorages:
         # No await from here on: two callers cannot both build the same target.
         storage = self._use(target)
         if storage is None:
-            storage = build_storage(spec, credentials)
+            storage = build_storage(spec, credentials, guard=self.guard)
             self.built += 1
             self._targets[target] = storage
             while len(self._targets) > self.max_targets:

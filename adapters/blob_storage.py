@@ -27,6 +27,8 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 
+from adapters.guarded_http import guarded_client
+from adapters.ssrf import UrlGuard, UrlRefused
 from adapters.storage import (
     _PROBE_PREFIX,
     MAX_PRESIGN_SECONDS,
@@ -69,7 +71,10 @@ class BlobStorage:
         block_threshold: int = 8 * 1024 * 1024,
         block_size: int = 8 * 1024 * 1024,
         timeout: float = 60.0,
+        guard: UrlGuard | None = None,
     ) -> None:
+        # A user's endpoint: every connection's address judged again (DNS rebinding).
+        self._guard = guard
         if not account_name or not container:
             raise ValueError("an Azure Blob storage needs an account name and a container")
         if (account_key is None) == (sas_token is None):
@@ -170,12 +175,18 @@ class BlobStorage:
         parts = urlsplit(self.endpoint)
         url = f"{parts.scheme}://{parts.netloc}{path}"
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._timeout, follow_redirects=False)
+            self._client = (
+                httpx.AsyncClient(timeout=self._timeout, follow_redirects=False)
+                if self._guard is None
+                else guarded_client(self._guard, timeout=self._timeout)
+            )
         request = self._client.build_request(
             method, url, params=params, headers=headers, content=content
         )
         try:
             answer = await self._client.send(request, stream=stream)
+        except UrlRefused as exc:
+            raise StorageError(str(exc), retryable=False, code="AddressRefused") from exc
         except httpx.TransportError as exc:
             raise StorageError(
                 self._redact(f"ConnectionError: {exc!r}"), retryable=True, code="ConnectionError"

@@ -40,6 +40,9 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from adapters.guarded_resolver import RefusedAddress, guarded_connector_args
+from adapters.ssrf import UrlGuard
+
 log = logging.getLogger(__name__)
 
 AddressingStyle: TypeAlias = Literal["path", "virtual", "auto"]
@@ -291,6 +294,20 @@ def _cancelled(cancel: asyncio.Event | None) -> bool:
     return cancel is not None and cancel.is_set()
 
 
+def _refusal_in(exc: BaseException) -> RefusedAddress | None:
+    """The guard's refusal behind a connection error, if that is what it was."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # botocore -> aiohttp -> our OSError, through kwargs, causes and os_error
+        if seen is None:
+            return None
+        if isinstance(seen, RefusedAddress):
+            return seen
+        kwargs = getattr(seen, "kwargs", None)
+        inner = kwargs.get("error") if isinstance(kwargs, dict) else None
+        seen = inner or getattr(seen, "os_error", None) or seen.__cause__ or seen.__context__
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # S3
 
@@ -342,7 +359,10 @@ class S3Storage:
         addressing_style: AddressingStyle | None = None,
         multipart_threshold: int = 8 * 1024 * 1024,
         part_size: int = 8 * 1024 * 1024,
+        guard: UrlGuard | None = None,
     ) -> None:
+        # A user's endpoint: every connection's address judged again (DNS rebinding).
+        self._guard = guard
         if not bucket:
             raise ValueError("bucket is empty")
         if part_size < MIN_PART_SIZE:
@@ -401,6 +421,7 @@ class S3Storage:
                     # S3-compatible stores (older MinIO, some R2 paths) reject those headers.
                     request_checksum_calculation="when_required",
                     response_checksum_validation="when_required",
+                    connector_args=guarded_connector_args(self._guard) or None,
                 )
                 stack = AsyncExitStack()
                 self._client = await stack.enter_async_context(
@@ -437,6 +458,9 @@ class S3Storage:
         except ClientError as exc:
             raise self._client_error(exc) from exc
         except (BotoConnectionError, HTTPClientError) as exc:
+            refused = _refusal_in(exc)
+            if refused is not None:
+                raise StorageError(str(refused), retryable=False, code="AddressRefused") from exc
             raise StorageError(
                 self._redact(str(exc)), retryable=True, code="ConnectionError"
             ) from exc

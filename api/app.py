@@ -55,7 +55,8 @@ def create_app(
     **extra: Any,
 ) -> Litestar:
     """Build the API over open connections; the caller owns their life."""
-    storages = AccountStorages(pool, settings.resolved_secret_key(), storage)
+    guard = UrlGuard(settings.url_allowlist)
+    storages = AccountStorages(pool, settings.resolved_secret_key(), storage, guard=guard)
 
     async def close_storages() -> None:
         await storages.aclose()
@@ -67,7 +68,7 @@ def create_app(
             "settings": settings,
             "storage": storage,
             "storages": storages,
-            "guard": UrlGuard(settings.url_allowlist),
+            "guard": guard,
             "started_at": time.time(),
             **extra,
         }

@@ -30,6 +30,7 @@ from adapters.account_storage import (
 )
 from adapters.event_store import EventStore
 from adapters.settings import Settings
+from adapters.ssrf import UrlGuard
 from adapters.storage import StorageError
 from api.auth import Principal, job_api_principal
 from api.errors import JOB_API_ERRORS, JobApiError
@@ -292,10 +293,10 @@ def _s3_like_config(
     return spec, credentials, storage_config.mask_key_id(access_key)
 
 
-async def _check(spec: StorageSpec, credentials: Credentials) -> None:
+async def _check(spec: StorageSpec, credentials: Credentials, guard: UrlGuard) -> None:
     """Write and delete a probe object; 400 with the storage's own reason if that fails."""
     try:
-        storage = build_storage(spec, credentials)
+        storage = build_storage(spec, credentials, guard=guard)
     except ValueError as exc:
         raise _bad(str(exc)) from None
     try:
@@ -349,7 +350,7 @@ async def sealed_storage(
     if spec.endpoint is not None:
         # The probe is a request the API itself makes to a user-chosen host: download rules apply.
         await refuse_forbidden_target(request, spec.endpoint, what="endpoint")
-    await _check(spec, credentials)
+    await _check(spec, credentials, request.app.state.guard)
     settings: Settings = request.app.state.settings
     sealed = await secret_box.seal(
         request.app.state.pool,

@@ -91,12 +91,12 @@ class Node:
         # Each account's uploads go to its own storage when it configured one: one client per
         # storage for the node's life (closed in `run` when it stops), and the account's row
         # read for each upload (ttl 0), so a storage configured a moment ago takes the next one.
+        self.guard = UrlGuard(settings.url_allowlist)
         self.storages = AccountStorages(
-            store.pool, settings.resolved_secret_key(), storage, ttl=0.0
+            store.pool, settings.resolved_secret_key(), storage, guard=self.guard, ttl=0.0
         )
         self.settings = settings
         self.node_id = settings.node_id
-        self.guard = UrlGuard(settings.url_allowlist)
         self.workroot = settings.data_dir / "work"
         self.running: dict[str, RunningUnit] = {}
         # The job as this node left it after recording a stage, for its next stage here (mux

@@ -173,7 +173,9 @@ async def test_two_accounts_with_the_same_keys_never_share_a_client(
         assert answer.status_code == 201, answer.text
     await projected(lean)
     mine = await account_of(lean, lean.key)
-    storages = AccountStorages(lean.pool, lean.settings.resolved_secret_key(), lean.storage, ttl=0)
+    storages = AccountStorages(
+        lean.pool, lean.settings.resolved_secret_key(), lean.storage, guard=lean.guard, ttl=0
+    )
     try:
         assert await storages.get(mine) is not await storages.get(other.account_id)
         assert storages.built == 2
@@ -189,7 +191,9 @@ async def test_saving_the_same_storage_again_keeps_its_client(
     assert answer.status_code == 201, answer.text
     await projected(lean)
     account = await account_of(lean, lean.key)
-    storages = AccountStorages(lean.pool, lean.settings.resolved_secret_key(), lean.storage, ttl=0)
+    storages = AccountStorages(
+        lean.pool, lean.settings.resolved_secret_key(), lean.storage, guard=lean.guard, ttl=0
+    )
     try:
         first = await storages.get(account)
         # The same settings saved again: a new event, a new ciphertext, the same storage.
@@ -217,6 +221,7 @@ async def test_clients_beyond_the_limit_are_closed_after_their_grace(
         lean.pool,
         lean.settings.resolved_secret_key(),
         lean.storage,
+        guard=lean.guard,
         ttl=0,
         max_targets=2,
         close_grace=0.1,

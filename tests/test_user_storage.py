@@ -21,6 +21,7 @@ from adapters import secret_box
 from adapters.account_storage import AccountStorages, storage_for
 from adapters.blob_storage import BlobStorage
 from adapters.event_store import Checkpoint
+from adapters.ssrf import UrlGuard
 from adapters.storage import S3Storage, StorageCancelled, StorageError
 from reactors.projection import ProjectionRunner
 from reactors.projections import all_projections
@@ -135,7 +136,7 @@ async def test_storage_for_builds_a_working_client(
     account = await account_of(lean, lean.key)
     secret_key = lean.settings.resolved_secret_key()
 
-    storage = await storage_for(lean.pool, secret_key, account, lean.storage)
+    storage = await storage_for(lean.pool, secret_key, account, lean.storage, guard=lean.guard)
     assert isinstance(storage, S3Storage) and storage is not lean.storage
     try:
         src = tmp_path / "clip.mp4"
@@ -149,7 +150,7 @@ async def test_storage_for_builds_a_working_client(
     assert got["Body"].read() == b"user media"
 
     # The cached resolver hands out one client per account, and the default to others.
-    cache = AccountStorages(lean.pool, secret_key, lean.storage)
+    cache = AccountStorages(lean.pool, secret_key, lean.storage, guard=lean.guard)
     try:
         first = await cache.get(account)
         assert isinstance(first, S3Storage) and first.bucket == user_bucket
@@ -244,7 +245,10 @@ async def test_delete_falls_back_to_the_default(
     await projected(lean)
     account = await account_of(lean, lean.key)
     secret_key = lean.settings.resolved_secret_key()
-    assert await storage_for(lean.pool, secret_key, account, lean.storage) is lean.storage
+    assert (
+        await storage_for(lean.pool, secret_key, account, lean.storage, guard=lean.guard)
+        is lean.storage
+    )
     assert await lean.pool.fetchval("SELECT count(*) FROM storage_configs") == 0
 
 
@@ -286,7 +290,7 @@ async def test_gcs_and_oss_go_through_the_s3_path(
     await projected(lean)
     account = await account_of(lean, lean.key)
     storage = await storage_for(
-        lean.pool, lean.settings.resolved_secret_key(), account, lean.storage
+        lean.pool, lean.settings.resolved_secret_key(), account, lean.storage, guard=lean.guard
     )
     try:
         await storage.probe()
@@ -327,9 +331,9 @@ async def test_two_users_are_independent(
 
     await projected(lean)
     secret_key = lean.settings.resolved_secret_key()
-    assert await storage_for(lean.pool, secret_key, other.account_id, lean.storage) is (
-        lean.storage
-    )
+    assert await storage_for(
+        lean.pool, secret_key, other.account_id, lean.storage, guard=lean.guard
+    ) is (lean.storage)
 
 
 async def test_shredding_the_account_key_makes_credentials_unreadable(
@@ -346,7 +350,7 @@ async def test_shredding_the_account_key_makes_credentials_unreadable(
     assert await secret_box.shred(lean.pool, account) is True
     assert await secret_box.shred(lean.pool, account) is False  # nothing left to destroy
     with pytest.raises(StorageError) as caught:
-        await storage_for(lean.pool, secret_key, account, lean.storage)
+        await storage_for(lean.pool, secret_key, account, lean.storage, guard=lean.guard)
     assert caught.value.code == "CredentialsUnavailable"
     assert not caught.value.retryable
 
@@ -356,7 +360,7 @@ async def test_shredding_the_account_key_makes_credentials_unreadable(
     )
     assert again.status_code == 201, again.text
     await projected(lean)
-    storage = await storage_for(lean.pool, secret_key, account, lean.storage)
+    storage = await storage_for(lean.pool, secret_key, account, lean.storage, guard=lean.guard)
     await storage.close()
     version = await lean.pool.fetchval(
         "SELECT key_version FROM account_keys WHERE account_id = $1", account
@@ -481,7 +485,7 @@ async def test_configure_blob_through_the_api(lean: Cluster, azurite: AzuriteSer
     await projected(lean)
     account = await account_of(lean, lean.key)
     storage = await storage_for(
-        lean.pool, lean.settings.resolved_secret_key(), account, lean.storage
+        lean.pool, lean.settings.resolved_secret_key(), account, lean.storage, guard=lean.guard
     )
     assert isinstance(storage, BlobStorage)
     await storage.close()
@@ -619,3 +623,60 @@ async def test_a_bulk_requests_storage_is_where_each_of_its_jobs_lands(
     assert keys == ["bulk/first.mp4", "bulk/second.mp4"]
     assert cluster.objects() == []  # nothing went to the cluster's default bucket
     assert SECRET not in await all_event_text(cluster)
+
+
+async def test_a_users_endpoint_is_judged_again_on_every_connection(
+    lean: Cluster, s3_server: S3Server, user_bucket: str, tmp_path: Path
+) -> None:
+    # Configured by name while that name was allowed: it passed the check and the probe.
+    by_name = s3_server.endpoint_url.replace("127.0.0.1", "localhost")
+    answer = await lean.client.post(
+        "/user/s3",
+        json={**s3_body(s3_server, user_bucket), "endpoint": by_name},
+        headers=lean.headers(),
+    )
+    assert answer.status_code == 201, answer.text
+    await projected(lean)
+    account = await account_of(lean, lean.key)
+    src = tmp_path / "clip.mp4"
+    src.write_bytes(b"user media")
+    # Now the name leads somewhere the guard refuses (as a rebound name would): a node's
+    # guard that admits nothing private stands in for the DNS answer changing under it.
+    strict = AccountStorages(
+        lean.pool, lean.settings.resolved_secret_key(), lean.storage, guard=UrlGuard(())
+    )
+    try:
+        storage = await strict.get(account)
+        with pytest.raises(StorageError) as refused:
+            await storage.put_file("rebound.mp4", src)
+        assert refused.value.code == "AddressRefused" and not refused.value.retryable
+        assert (
+            str(refused.value) == "URL refused: localhost resolves to 127.0.0.1, a loopback address"
+        )
+    finally:
+        await strict.aclose()
+    listing = s3_server.client().list_objects_v2(Bucket=user_bucket)
+    assert listing.get("Contents", []) == []  # nothing reached the storage
+
+
+async def test_a_blob_endpoint_is_judged_again_on_every_connection(
+    azurite: AzuriteServer, tmp_path: Path
+) -> None:
+    by_name = azurite.endpoint.replace("127.0.0.1", "localhost")
+    assert by_name != azurite.endpoint
+    src = tmp_path / "clip.mp4"
+    src.write_bytes(b"user media")
+    storage = BlobStorage(
+        account_name=azurite.account_name,
+        account_key=azurite.account_key,
+        endpoint=by_name,
+        container="never-reached",
+        guard=UrlGuard(()),
+    )
+    try:
+        with pytest.raises(StorageError) as refused:
+            await storage.put_file("rebound.mp4", src)
+        assert refused.value.code == "AddressRefused" and not refused.value.retryable
+        assert "localhost resolves to 127.0.0.1" in str(refused.value)
+    finally:
+        await storage.close()
