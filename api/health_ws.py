@@ -210,6 +210,7 @@ class HealthSession:
         """
         loop = asyncio.get_running_loop()
         expires = loop.time() + (self.claims.expires_at - time.time())
+        watcher = asyncio.create_task(self._watch_key(), name="health-ws-key")
         try:
             async with asyncio.timeout_at(expires):
                 while True:
@@ -223,7 +224,31 @@ class HealthSession:
             expired = _error("token expired: authenticate on a new socket")
             await _goodbye(self.socket, expired, 4401, "Token expired")
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher
             await self._end_stream()
+
+    async def _watch_key(self) -> None:
+        """End the session within `KEY_RECHECK_SECONDS` of its API key being revoked.
+
+        A token outlives nothing but its key: without this, revoking a key left its open
+        sessions (an admin's reading the logs, say) running until their tokens expired.
+        """
+        pool = self.socket.app.state.pool
+        while True:
+            await asyncio.sleep(KEY_RECHECK_SECONDS)
+            try:
+                revoked = await pool.fetchval(_REVOKED, self.claims.key_id)
+            except Exception as exc:
+                if unreachable(exc):
+                    continue  # a database outage is not a revocation
+                raise
+            if revoked is not False:
+                await self._end_stream()
+                gone = _error("the token's API key was revoked")
+                await _goodbye(self.socket, gone, 4401, "API key revoked")
+                return
 
     async def _end_stream(self) -> None:
         """Cancel the stream where it is (perhaps blocked sending to a client that stopped)."""
@@ -333,6 +358,10 @@ class HealthSession:
 
 
 _REVOKED = "SELECT revoked FROM api_keys WHERE key_id = $1"
+
+KEY_RECHECK_SECONDS = 5.0
+"""How often an open session asks whether its key was revoked: as long as an HTTP request
+trusts a verified key (`api.auth.KEY_CACHE_SECONDS`)."""
 
 
 GOODBYE_SECONDS = 2.0

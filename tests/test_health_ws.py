@@ -253,3 +253,22 @@ async def test_an_unknown_command_is_an_error(served: Served) -> None:
     ws = await _authed(served)
     assert await _ask(ws, "reboot") == "error: unknown command 'reboot'"
     await ws.close()
+
+
+async def test_an_open_session_ends_soon_after_its_key_is_revoked(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("api.health_ws.KEY_RECHECK_SECONDS", 0.2)
+    api = served.api
+    ws = await _authed(served, admin=False)
+    assert (await _ask(ws, "sysinfo")).startswith("{")
+    key_id = await api.pool.fetchval(
+        "SELECT key_id FROM api_keys WHERE account_id = $1", api.account_id
+    )
+    revoked = account.ApiKeyRevoked(key_id=key_id)
+    result = await api.store.append(account.stream_id(api.account_id), [NewEvent(revoked)], 1)
+    await api.runner.wait_until("api_keys", result.checkpoint)
+    goodbye = await asyncio.wait_for(ws.recv(), 5)
+    assert goodbye == "error: the token's API key was revoked"
+    await _closed(ws)
+    assert ws.close_code == 4401
