@@ -1,4 +1,4 @@
-"""`Idempotency-Key` on the requests that create jobs: a retry gets the first answer.
+"""`Idempotency-Key` on the requests that create jobs and tasks: a retry gets the first answer.
 
 The record of the first request is appended in the same transaction as the jobs it created, so
 a request either created its jobs and its record or neither: a client that lost the answer (a
@@ -12,16 +12,17 @@ from typing import Annotated, Any, NamedTuple
 
 import msgspec
 from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException
 from litestar.params import Parameter
 
 from adapters.event_store import EventStore, StreamAppend
 from api.auth import Principal
-from api.errors import JobApiError
 from domain import idempotency
 from domain.errors import ConcurrencyError
 from domain.events import Metadata, NewEvent
 
 HEADER = "idempotency-key"
+REPLAYED = "idempotent-replayed"
 
 _encode = msgspec.json.Encoder().encode
 
@@ -62,7 +63,7 @@ async def idempotency_of(
     try:
         key = idempotency.check_key(raw)
     except idempotency.BadIdempotencyKey as exc:
-        raise JobApiError(status_code=400, detail=str(exc)) from None
+        raise HTTPException(status_code=400, detail=str(exc)) from None
     method, path = request.method, request.url.path
     return Idempotent(
         account_id=principal.account_id,
@@ -74,37 +75,29 @@ async def idempotency_of(
     )
 
 
-async def earlier_answer(store: EventStore, idem: Idempotent) -> Response[Any] | None:
-    """The answer the first request with this key got; 422 if that was another request."""
+async def earlier_record(store: EventStore, idem: Idempotent) -> idempotency.RequestRecorded | None:
+    """The record of the first request with this key; 422 if that was another request."""
     recorded = await store.read_stream(idem.stream_id, limit=1)
     if not recorded:
         return None
     first = recorded[0].data
     assert isinstance(first, idempotency.RequestRecorded)
     if first.fingerprint != idem.fingerprint:
-        raise JobApiError(
+        raise HTTPException(
             status_code=422,
             detail="This Idempotency-Key was already used for a different request",
         )
-    return Response(
-        first.answer.encode(),
-        status_code=first.status,
-        media_type=MediaType.JSON,
-        headers={"idempotent-replayed": "true"},
-    )
+    return first
 
 
-async def commit(
+async def append_once(
     store: EventStore,
     appends: list[StreamAppend],
     answer: msgspec.Struct,
-    idem: Idempotent | None,
+    idem: Idempotent,
     meta: Metadata,
-) -> Response[Any]:
-    """Append what a request created (with its record, if it has a key); 201 and `answer`."""
-    if idem is None:
-        await store.append_many(appends)
-        return Response(answer, status_code=201)
+) -> idempotency.RequestRecorded | None:
+    """Append what a request created with its record; the winner's, if a copy of it won."""
     record = idempotency.RequestRecorded(
         account_id=idem.account_id,
         key_digest=idempotency.key_digest(idem.key),
@@ -119,9 +112,40 @@ async def commit(
             [*appends, StreamAppend(idem.stream_id, [NewEvent(record, meta)], 0)]
         )
     except ConcurrencyError:
-        # Our jobs' streams are new, so the clash is the key: a copy of this request won.
-        earlier = await earlier_answer(store, idem)
+        # What the request creates is new, so the clash is the key: a copy of it won.
+        earlier = await earlier_record(store, idem)
         if earlier is None:
             raise
         return earlier
-    return Response(answer, status_code=201)
+    return None
+
+
+def replay(first: idempotency.RequestRecorded) -> Response[Any]:
+    """The first request's answer again, marked as such."""
+    return Response(
+        first.answer.encode(),
+        status_code=first.status,
+        media_type=MediaType.JSON,
+        headers={REPLAYED: "true"},
+    )
+
+
+async def earlier_answer(store: EventStore, idem: Idempotent) -> Response[Any] | None:
+    """The answer the first request with this key got; 422 if that was another request."""
+    first = await earlier_record(store, idem)
+    return None if first is None else replay(first)
+
+
+async def commit(
+    store: EventStore,
+    appends: list[StreamAppend],
+    answer: msgspec.Struct,
+    idem: Idempotent | None,
+    meta: Metadata,
+) -> Response[Any]:
+    """Append what a request created (with its record, if it has a key); 201 and `answer`."""
+    if idem is None:
+        await store.append_many(appends)
+        return Response(answer, status_code=201)
+    winner = await append_once(store, appends, answer, idem, meta)
+    return Response(answer, status_code=201) if winner is None else replay(winner)

@@ -17,7 +17,7 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import Provide
 
-from adapters.event_store import EventStore
+from adapters.event_store import EventStore, StreamAppend
 from adapters.task_store import (
     TaskChangingTooFast,
     decide_and_append,
@@ -39,10 +39,18 @@ from api.envelope import (
     success,
     validation_error,
 )
+from api.idempotency import (
+    REPLAYED,
+    IdempotencyKey,
+    append_once,
+    earlier_record,
+    idempotency_of,
+)
 from api.requests import command_metadata
 from domain import task
 from domain.errors import InvalidTransition
 from domain.events import Event, NewEvent
+from domain.idempotency import RequestRecorded
 
 MAX_BODY_BYTES = 256 * 1024
 """A task's payload travels in an event: keep it small."""
@@ -331,6 +339,33 @@ def _seconds(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
+class TaskCreated(msgspec.Struct):
+    """What an idempotency record keeps of a submitted task: the task (its state is live)."""
+
+    task_id: str
+
+
+def _recorded_task(first: RequestRecorded) -> str:
+    return msgspec.json.decode(first.answer, type=TaskCreated).task_id
+
+
+async def _submitted(
+    request: Request[Any, Any, Any], store: EventStore, task_id: str, *, replayed: bool
+) -> Response[Any]:
+    """201 with the task as it is now; a replayed submission is marked as one."""
+    state = await load_task(store, task_id)
+    assert state is not None
+    answer = success(
+        request,
+        Submitted(task_id=task_id, task=summary(state)),
+        message="Task submitted",
+        status_code=201,
+    )
+    if replayed:
+        answer.headers[REPLAYED] = "true"
+    return answer
+
+
 class TasksController(Controller):
     path = "/api/v1/tasks"
     dependencies = {"principal": Provide(cluster_principal)}
@@ -339,7 +374,11 @@ class TasksController(Controller):
 
     @post("/", status_code=201)
     async def submit(
-        self, request: Request[Any, Any, Any], principal: Principal, data: dict[str, Any]
+        self,
+        request: Request[Any, Any, Any],
+        principal: Principal,
+        data: dict[str, Any],
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[Any]:
         """Submit a task; it waits `queued` until a node that meets its requirements is free.
 
@@ -347,6 +386,10 @@ class TasksController(Controller):
         (min_cpu_cores, min_memory_gb, min_storage_gb, required_platform, required_role,
         required_tags, gpu_required, internet_required, timeout_seconds, max_retries), `metadata`.
         """
+        store: EventStore = request.app.state.store
+        idem = await idempotency_of(request, principal, idempotency_key)
+        if idem is not None and (first := await earlier_record(store, idem)) is not None:
+            return await _submitted(request, store, _recorded_task(first), replayed=True)
         # The raw body is decoded strictly here (not by the framework) to name a bad field.
         body = _body(await request.body())
         given = body.requirements or RequirementsBody()
@@ -364,17 +407,15 @@ class TasksController(Controller):
             )
         except task.InvalidTask as exc:
             raise validation_error(exc.field, str(exc)) from None
-        store: EventStore = request.app.state.store
         meta = command_metadata(request, principal.key_id)
-        await store.append(task.stream_id(task_id), [NewEvent(e, meta) for e in events], 0)
-        state = await load_task(store, task_id)
-        assert state is not None
-        return success(
-            request,
-            Submitted(task_id=task_id, task=summary(state)),
-            message="Task submitted",
-            status_code=201,
-        )
+        created = StreamAppend(task.stream_id(task_id), [NewEvent(e, meta) for e in events], 0)
+        if idem is None:
+            await store.append_many([created])
+            return await _submitted(request, store, task_id, replayed=False)
+        winner = await append_once(store, [created], TaskCreated(task_id), idem, meta)
+        if winner is not None:
+            return await _submitted(request, store, _recorded_task(winner), replayed=True)
+        return await _submitted(request, store, task_id, replayed=False)
 
     @get("/")
     async def list_tasks(

@@ -1,4 +1,4 @@
-"""`Idempotency-Key` on `POST /jobs` and `POST /jobs/bulk`: a retried request never doubles."""
+"""`Idempotency-Key` on `POST /jobs`, `/jobs/bulk` and `/api/v1/tasks`: a retry never doubles."""
 
 from __future__ import annotations
 
@@ -159,3 +159,55 @@ async def test_the_key_is_documented_on_both_endpoints(api: FreshApi) -> None:
         params = doc["paths"][path]["post"]["parameters"]
         [header] = [p for p in params if p["name"].lower() == "idempotency-key"]
         assert header["in"] == "header" and not header.get("required", False)
+
+
+async def _submitted_tasks(api: FreshApi) -> int:
+    count: int = await api.pool.fetchval("SELECT count(*) FROM events WHERE type = 'TaskSubmitted'")
+    return count
+
+
+async def test_a_task_submitted_twice_with_a_key_is_one_task(api: FreshApi) -> None:
+    body = {"task_type": "echo", "payload": {"m": 1}}
+    headers = _with_key(api.user(), "task-1")
+    first = await api.client.post("/api/v1/tasks", json=body, headers=headers)
+    again = await api.client.post("/api/v1/tasks", json=body, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json()["data"]["task_id"] == first.json()["data"]["task_id"]
+    assert again.json()["status"] == "success"  # the seed's envelope, of this request
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert await _submitted_tasks(api) == 1
+
+
+async def test_task_copies_racing_each_other_submit_one_task(api: FreshApi) -> None:
+    headers = _with_key(api.user(), "task-burst")
+    body = {"task_type": "echo", "payload": {}}
+    answers = await asyncio.gather(
+        *(api.client.post("/api/v1/tasks", json=body, headers=headers) for _ in range(8))
+    )
+    assert {a.status_code for a in answers} == {201}
+    assert len({a.json()["data"]["task_id"] for a in answers}) == 1
+    assert await _submitted_tasks(api) == 1
+
+
+async def test_task_key_misuse_is_answered_in_the_envelope(api: FreshApi) -> None:
+    headers = _with_key(api.user(), "task-2")
+    first = await api.client.post(
+        "/api/v1/tasks", json={"task_type": "echo", "payload": {}}, headers=headers
+    )
+    assert first.status_code == 201
+    other = await api.client.post(
+        "/api/v1/tasks", json={"task_type": "echo", "payload": {"x": 2}}, headers=headers
+    )
+    assert other.status_code == 422
+    assert other.json()["error_code"] == "VALIDATION_ERROR"
+    assert (
+        other.json()["message"] == "This Idempotency-Key was already used for a different request"
+    )
+    bad = await api.client.post(
+        "/api/v1/tasks",
+        json={"task_type": "echo", "payload": {}},
+        headers=_with_key(api.user(), "has space"),
+    )
+    assert bad.status_code == 400 and bad.json()["status"] == "error"
+    assert await _submitted_tasks(api) == 1
