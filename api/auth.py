@@ -59,16 +59,20 @@ def _verified(state: State) -> dict[str, tuple[Principal, float]]:
 
 def recently_verified(state: State, key: str) -> Principal | None:
     """The principal of a key verified in the last `KEY_CACHE_SECONDS`, without a query."""
-    cached = _verified(state).get(hash_key(key))
+    return _still_trusted(state, hash_key(key))
+
+
+def _still_trusted(state: State, digest: str) -> Principal | None:
+    cached = _verified(state).get(digest)
     return cached[0] if cached is not None and cached[1] > time.monotonic() else None
 
 
 async def lookup(state: State, key: str) -> Principal | None:
     """The principal a key belongs to, or None for an unknown or revoked key."""
-    known = recently_verified(state, key)
+    digest = hash_key(key)
+    known = _still_trusted(state, digest)
     if known is not None:
         return known
-    digest = hash_key(key)
     verified = _verified(state)
     row = await state.pool.fetchrow(
         "SELECT key_id, account_id, admin FROM api_keys WHERE key_hash = $1 AND NOT revoked",

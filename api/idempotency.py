@@ -94,10 +94,16 @@ async def append_once(
     store: EventStore,
     appends: list[StreamAppend],
     answer: msgspec.Struct,
-    idem: Idempotent,
+    idem: Idempotent | None,
     meta: Metadata,
 ) -> idempotency.RequestRecorded | None:
-    """Append what a request created with its record; the winner's, if a copy of it won."""
+    """Append what a request created, with its record if it has a key.
+
+    None when this request's appends went in; the winner's record if a copy of it won.
+    """
+    if idem is None:
+        await store.append_many(appends)
+        return None
     record = idempotency.RequestRecorded(
         account_id=idem.account_id,
         key_digest=idempotency.key_digest(idem.key),
@@ -144,8 +150,5 @@ async def commit(
     meta: Metadata,
 ) -> Response[Any]:
     """Append what a request created (with its record, if it has a key); 201 and `answer`."""
-    if idem is None:
-        await store.append_many(appends)
-        return Response(answer, status_code=201)
     winner = await append_once(store, appends, answer, idem, meta)
     return Response(answer, status_code=201) if winner is None else replay(winner)

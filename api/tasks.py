@@ -409,13 +409,10 @@ class TasksController(Controller):
             raise validation_error(exc.field, str(exc)) from None
         meta = command_metadata(request, principal.key_id)
         created = StreamAppend(task.stream_id(task_id), [NewEvent(e, meta) for e in events], 0)
-        if idem is None:
-            await store.append_many([created])
-            return await _submitted(request, store, task_id, replayed=False)
         winner = await append_once(store, [created], TaskCreated(task_id), idem, meta)
         if winner is not None:
-            return await _submitted(request, store, _recorded_task(winner), replayed=True)
-        return await _submitted(request, store, task_id, replayed=False)
+            task_id = _recorded_task(winner)
+        return await _submitted(request, store, task_id, replayed=winner is not None)
 
     @get("/")
     async def list_tasks(
