@@ -15,18 +15,10 @@ from litestar.di import Provide
 
 from api.auth import Principal, job_api_principal
 from api.errors import JOB_API_ERRORS
-from domain.job import JobStatus
+from domain.job import USAGE_COUNTERS, JobStatus
 
 _STATUSES: tuple[str, ...] = get_args(JobStatus)
-_COUNTERS = (
-    "jobs_created",
-    "jobs_completed",
-    "jobs_failed",
-    "jobs_cancelled",
-    "bytes_downloaded",
-    "bytes_uploaded",
-    "bytes_deleted",
-)
+_COUNTERS = USAGE_COUNTERS
 
 # One pass over the account's days: all-time sums and, filtered, this month's.
 _TOTALS = "SELECT {all_time}, {month} FROM usage_daily WHERE account_id = $1".format(

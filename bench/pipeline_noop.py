@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import statistics
 import time
 import uuid
@@ -51,6 +50,7 @@ from domain import job
 from domain.events import Event, NewEvent
 from reactors.node import Node, RunningUnit
 from spool.runtime import open_runtime
+from spool.serve import stop_on_signals
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ARQ_DOWNLOAD = "bench:noop:download"
@@ -78,7 +78,7 @@ class NoopNode(Node):
 
 async def spool_node(args: argparse.Namespace) -> None:
     settings = Settings.from_env(None, **_concurrency(args.concurrency))
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     async with open_runtime(settings, need_redis=True, run_migrations=False) as rt:
         assert rt.redis is not None
         node = NoopNode(store=rt.store, redis=rt.redis, storage=rt.storage, settings=settings)
@@ -114,7 +114,7 @@ async def arq_upload(ctx: dict[str, Any], job_id: str, submitted: float) -> None
 async def arq_node(args: argparse.Namespace) -> None:
     settings = Settings.from_env(None, **_concurrency(args.concurrency))
     assert settings.redis_url is not None
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     redis = await connect(settings.redis_url)
     common: dict[str, Any] = {
         "redis_pool": redis,
@@ -152,14 +152,6 @@ def _concurrency(n: int) -> dict[str, int]:
     if n == 0:
         return {}
     return {f"{stage}_concurrency": n for stage in ("download", "mux", "upload")}
-
-
-def _stop_on_signals() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
 
 
 # -- the two sides, driven from here ------------------------------------------------------------

@@ -629,6 +629,20 @@ def _advance(state: JobState, done: Stage) -> None:
     state.stage, state.attempt, state.progress = nxt, 1, None
 
 
+COUNTERS = (
+    "jobs_created",
+    "jobs_completed",
+    "jobs_failed",
+    "jobs_cancelled",
+    "bytes_downloaded",
+    "bytes_uploaded",
+)
+"""What `count` adds up, by name: the columns of `job_minutes`."""
+
+USAGE_COUNTERS = (*COUNTERS, "bytes_deleted")
+"""`COUNTERS` and the bytes of the files deleted (`FileDeleted`): the columns of `usage_daily`."""
+
+
 def count(counts: dict[str, int], ev: Event) -> None:
     """Add one event to usage counters: jobs created / completed / failed / cancelled, bytes."""
     if isinstance(ev, JobCreated):

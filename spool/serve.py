@@ -45,7 +45,8 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _stop_on_signals() -> asyncio.Event:
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM: how every long-running command is stopped."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -107,7 +108,7 @@ def reactors(rt: Runtime, stop: asyncio.Event) -> dict[str, Coroutine[Any, Any, 
 
 async def up(settings: Settings) -> None:
     """API, projections, the pipeline reactor, the task scheduler, the reconciler, one node."""
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     async with open_runtime(settings, need_redis=True) as rt:
         assert rt.redis is not None
         await rt.runner.catch_up()
@@ -141,7 +142,7 @@ async def up(settings: Settings) -> None:
 
 async def run_reactors(settings: Settings) -> None:
     """Projections, the pipeline and webhook reactors, the scheduler, the reconciler."""
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     async with open_runtime(settings, need_redis=True) as rt:
         await rt.runner.catch_up()
         log.info("spool reactors are running")
@@ -150,7 +151,7 @@ async def run_reactors(settings: Settings) -> None:
 
 async def worker(settings: Settings) -> None:
     """One worker node: its arq workers and its heartbeat."""
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     async with open_runtime(settings, need_redis=True) as rt:
         await _supervise(stop, {"node": node_for(rt).run(stop)})
 

@@ -17,14 +17,7 @@ from adapters.tables import job_minutes
 from domain import job
 from domain.events import RecordedEvent
 
-COUNTERS = (
-    "jobs_created",
-    "jobs_completed",
-    "jobs_failed",
-    "jobs_cancelled",
-    "bytes_downloaded",
-    "bytes_uploaded",
-)
+COUNTERS = job.COUNTERS
 
 EVENT_TYPES: frozenset[str] = frozenset(
     {"JobCreated", "DownloadCompleted", "JobCompleted", "JobFailed", "JobCancelled"}

@@ -28,15 +28,7 @@ from domain.events import RecordedEvent
 
 log = logging.getLogger("spool.projections.usage")
 
-COUNTERS = (
-    "jobs_created",
-    "jobs_completed",
-    "jobs_failed",
-    "jobs_cancelled",
-    "bytes_downloaded",
-    "bytes_uploaded",
-    "bytes_deleted",
-)
+COUNTERS = job.USAGE_COUNTERS
 
 # Additive: the runner hands each event over exactly once, so adding is idempotent enough.
 _UPSERT = f"""
