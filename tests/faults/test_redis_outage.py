@@ -9,7 +9,6 @@ cluster must pick up by itself once Redis answers again, without a restart.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
@@ -23,26 +22,17 @@ OUTAGE_SECONDS = 5.0
 
 
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    """A Redis server of this module's own: the test stops it, which the suite's must not be."""
-    server = EmbeddedRedis(tmp_path_factory.mktemp("outage-redis"))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def redis_url(redis_server: EmbeddedRedis) -> str:
-    return redis_server.start()
+def redis_url(private_redis: tuple[EmbeddedRedis, str]) -> str:
+    """The clusters here use the module's own Redis, which the test stops."""
+    return private_redis[1]
 
 
 async def test_redis_down_for_seconds_mid_run_loses_no_job_and_the_cluster_resumes_alone(
     start_cluster: StartCluster,
     media_server: MediaServer,
-    redis_server: EmbeddedRedis,
-    redis_url: str,
+    private_redis: tuple[EmbeddedRedis, str],
 ) -> None:
+    redis_server, redis_url = private_redis
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     async with start_cluster(download_concurrency=1) as cluster:
         slow = media_server.slow_url("clip.mp4", chunk=16384, interval=0.05)

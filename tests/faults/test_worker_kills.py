@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +39,9 @@ async def _history(cluster: Cluster, job_id: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_url(private_redis: tuple[EmbeddedRedis, str]) -> str:
     """A Redis server of this module's own: its FLUSHALL must not empty other tests' queues."""
-    redis = EmbeddedRedis(tmp_path_factory.mktemp("flushall-redis"))
-    try:
-        yield redis.start()
-    finally:
-        redis.stop()
+    return private_redis[1]
 
 
 @pytest.fixture(scope="module")
