@@ -581,18 +581,16 @@ class S3Storage:
             # Also on task cancellation: shield the abort so the parts do not linger.
             aborted = False
             with contextlib.suppress(BaseException):
-                aborted = await asyncio.shield(self._abort(client, full_key, upload_id))
+                aborted = await asyncio.shield(self._abort(full_key, upload_id))
             if not aborted and isinstance(exc, StorageError):
                 exc.unfinished = f"{upload_id} {full_key}"
             raise
         etag = done.get("ETag")
         return str(etag) if etag else None
 
-    async def _abort(self, client: Any, full_key: str, upload_id: str) -> bool:
+    async def _abort(self, full_key: str, upload_id: str) -> bool:
         try:
-            await client.abort_multipart_upload(
-                Bucket=self.bucket, Key=full_key, UploadId=upload_id
-            )
+            await self.abort_unfinished(f"{upload_id} {full_key}")
         except Exception as exc:
             # The caller records it (`StorageError.unfinished`) for a later attempt to abort.
             log.warning("could not abort multipart upload %s of %s: %s", upload_id, full_key, exc)
