@@ -17,8 +17,9 @@ class Xid8(sa.types.UserDefinedType[int]):
         return "xid8"
 
 
-# The append-only log. `tx` orders subscribers: see DESIGN.md, "The event store". Partitioned
-# by RANGE on stream_id, a partition per heartbeat day (migration 0011, adapters/event_partitions).
+# The append-only log. `tx` orders subscribers: see docs/architecture.md, "Global order: (tx,
+# position)". Partitioned by RANGE on stream_id, a partition per heartbeat day (migration 0011,
+# adapters/event_partitions).
 events = sa.Table(
     "events",
     metadata,
