@@ -38,12 +38,20 @@ class WebhookReactor:
     name = "webhooks"
     tables: Sequence[sa.Table] = ()
     event_types: frozenset[str] = frozenset(
-        {"JobCreated", "JobCompleted", "JobFailed", "StageStarted", "StageProgressed"}
+        {
+            "JobCreated",
+            "JobCompleted",
+            "JobFailed",
+            "JobCancelled",
+            "StageStarted",
+            "StageProgressed",
+        }
     )
 
     def __init__(self, redis: ArqRedis) -> None:
         self.redis = redis
-        # job id -> (webhook url, progress too?), learned from JobCreated as it passes.
+        # job id -> (webhook url, progress too?), learned from JobCreated as it passes and
+        # forgotten when the job ends, so it holds the live jobs only (a retry asks the table).
         self._targets: dict[str, tuple[str | None, bool]] = {}
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
@@ -53,14 +61,17 @@ class WebhookReactor:
             if isinstance(ev, job.JobCreated):
                 self._targets[job_id] = (ev.options.webhook_url, ev.options.enable_progress_webhook)
                 continue
+            if isinstance(ev, job.JobCancelled):
+                self._targets.pop(job_id, None)
+                continue
             url, progress = await self._target(conn, job_id)
+            if isinstance(ev, job.JobCompleted | job.JobFailed):
+                self._targets.pop(job_id, None)
             if url is None:
                 continue
             delivery = webhook_for(job_id, ev, e.version, progress=progress)
             if delivery is None:
                 continue
-            if delivery.kind != "job.progress":
-                self._targets.pop(job_id, None)
             await dispatch_webhook(
                 self.redis,
                 delivery._replace(

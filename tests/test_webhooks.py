@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
-from domain import webhook
+from adapters.event_store import EventStore
+from domain import job, webhook
+from domain.events import Event, NewEvent
+from domain.job import JobOptions
+from reactors.webhooks import WebhookReactor
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.media import MediaServer
 
@@ -137,3 +142,30 @@ async def test_progress_webhooks_arrive_only_when_asked_for(
     assert len(progress) >= 2  # best effort, but the stage starts at least
     assert {p["progress"]["stage"] for p in progress if p.get("progress")} >= {"download"}
     assert all(p["status"] == "Processing" for p in progress)
+
+
+async def test_the_webhook_reactor_forgets_every_job_that_ended(store: EventStore) -> None:
+    # It learns each job's webhook from JobCreated; a job that ends without a webhook (most
+    # jobs) used to stay in memory for as long as the reactor process ran.
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    endings: list[Event] = [
+        job.JobCompleted(run=1, attempt=1, node_id="n", key="k", storage="s", size=1, seconds=0),
+        job.JobFailed(run=1, stage="download", reason="gone"),
+        job.JobCancelled(run=1, stage=None),
+    ]
+    for job_id in ids:
+        created = job.create(job_id=job_id, account_id="a", url="https://x/y", options=JobOptions())
+        started = await store.append(job.stream_id(job_id), [NewEvent(e) for e in created], 0)
+    await store.wait_readable(started.checkpoint)
+    reactor = WebhookReactor(redis=None)  # type: ignore[arg-type]  # nothing is dispatched
+    async with store.pool.acquire() as conn:
+        await reactor.apply(conn, await store.read_all())
+        assert len(reactor._targets) == 3
+        for job_id, ending in zip(ids, endings, strict=True):
+            ended = await store.append(job.stream_id(job_id), [NewEvent(ending)], 1)
+        await store.wait_readable(ended.checkpoint)
+        later = await store.read_all()
+        assert [type(e.data) for e in later[3:]] == [type(e) for e in endings]
+        await reactor.apply(conn, later[3:])
+
+    assert reactor._targets == {}
