@@ -15,7 +15,7 @@ sequence continues where the old one stood. Heartbeats recorded before this revi
 their node streams (`node-<id>`, in the main partition): moving them would rewrite history.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-04
 """
 

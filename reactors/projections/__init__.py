@@ -1,4 +1,4 @@
-"""The projections Spool maintains; `ALL` is what the runner follows."""
+"""The projections Spool maintains; `all_projections()` is what the runner follows."""
 
 from __future__ import annotations
 
