@@ -37,6 +37,10 @@ def with_database(url: str, database: str) -> str:
 _UNREACHABLE = (
     asyncpg.PostgresConnectionError,  # class 08: the connection failed or was lost
     asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, starting up
+    asyncpg.exceptions.InvalidCatalogNameError,  # 3D000: the database does not exist (yet)
+    asyncpg.exceptions.TooManyConnectionsError,  # 53300: the server's or role's slots are full
+    # 25006: a write reached a server that is (now) a read-only standby, as after a failover.
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
 )
 
 
@@ -64,6 +68,10 @@ def unreachable(exc: BaseException) -> bool:
             return True
         if isinstance(seen, asyncpg.InterfaceError) and "connection" in str(seen):
             return True  # "connection is closed", "connection was closed in the middle..."
+        if isinstance(seen, asyncpg.ObjectNotInPrerequisiteStateError) and (
+            "accepting connections" in str(seen)
+        ):
+            return True  # 55000 at connect: `ALTER DATABASE ... ALLOW_CONNECTIONS false`
         seen = seen.__cause__ or seen.__context__
     return False
 

@@ -1,4 +1,5 @@
-"""Error shapes, one mapper per surface. The job API answers `{"error": "..."}`."""
+"""Error shapes, one mapper per surface. The job API answers `{"error": "..."}`; the viewer list
+and the health token `{"message": "..."}`."""
 
 from __future__ import annotations
 
@@ -71,3 +72,21 @@ def job_api_error(request: Request[Any, Any, Any], exc: Exception) -> Response[d
 
 
 JOB_API_ERRORS = {Exception: job_api_error}
+
+
+def message_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
+    """Map any exception to the `{"message": ...}` shape of the viewer list and health token."""
+    if isinstance(exc, HTTPException):  # e.g. 413 for a body past the size limit
+        return Response(
+            {"message": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+    if (fault := client_fault(exc)) is not None:
+        return Response({"message": fault}, status_code=400)
+    if unreachable(exc):
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return Response({"message": MESSAGE}, status_code=503, headers={"retry-after": RETRY_AFTER})
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return Response({"message": "Internal server error"}, status_code=500)
+
+
+MESSAGE_ERRORS = {Exception: message_error}

@@ -11,6 +11,7 @@ from litestar.datastructures import State
 from adapters.settings import Settings
 from adapters.tokens import issue_token, signing_key
 from api.auth import lookup, presented_key
+from api.errors import MESSAGE_ERRORS
 
 
 def token_key(state: State) -> bytes:
@@ -23,7 +24,12 @@ def token_key(state: State) -> bytes:
     return key
 
 
-@post("/api/auth/token", status_code=200, tags=["health"])
+@post(
+    "/api/auth/token",
+    status_code=200,
+    tags=["health"],
+    exception_handlers=MESSAGE_ERRORS,  # type: ignore[arg-type]
+)
 async def issue_health_token(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     """A JWT for `ws://HOST/api/health/ws`, for the API key in `Authorization` or `x-api-key`."""
     key = presented_key(request)

@@ -16,14 +16,13 @@ from typing import Any, NamedTuple
 import asyncpg
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.exceptions import HTTPException
 
 from adapters.event_store import EventStore, StreamAppend
 from adapters.tables import VIEWER_SPAN_WIDTHS
 from adapters.viewer_sessions import ViewerRecorder
 from adapters.viewer_store import load_viewers
 from api.auth import Principal, lookup, presented_key
-from api.errors import client_fault
+from api.errors import message_error
 from api.requests import command_metadata
 from domain import viewer
 from domain.errors import ConcurrencyError
@@ -55,14 +54,7 @@ def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str
     """Map any exception under the viewer API to its `{"message": ...}` shape."""
     if isinstance(exc, ViewerApiError):
         return Response({"message": exc.message}, status_code=exc.status_code)
-    if isinstance(exc, HTTPException):  # e.g. 413 for a body past the size limit
-        return Response(
-            {"message": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
-        )
-    if (fault := client_fault(exc)) is not None:
-        return Response({"message": fault}, status_code=400)
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return Response({"message": "Internal server error"}, status_code=500)
+    return message_error(request, exc)
 
 
 _ERRORS = {Exception: _error}
