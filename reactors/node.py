@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import msgspec
 from arq.connections import ArqRedis
 from arq.typing import WorkerCoroutine
-from arq.worker import Worker, func
+from arq.worker import Retry, Worker, func
 
 from adapters import event_partitions, sysinfo
 from adapters.account_storage import AccountStorages
@@ -51,6 +51,9 @@ APPEND_PATIENCE = 120.0
 
 STAGE_TIMEOUT = 6 * 3600
 """arq's own limit; stalls are caught much sooner by the node's progress watchdog."""
+
+UNKNOWN_JOB_DEFER = 5.0
+"""Seconds a unit of a job this database does not know waits before it is offered again."""
 
 
 @dataclass
@@ -402,7 +405,14 @@ class Node:
         if state is None:
             state = await _through_outage(f"job {job_id}", lambda: load_job(self.store, job_id))
             if state is None:
-                return "stale"
+                # Not this database's job: the unit goes back to the queue for its owner (a
+                # process of the cluster it came from), never done in that cluster's name.
+                log.warning(
+                    "%s unit of job %s: no such job in this cluster's database; left queued",
+                    stage,
+                    job_id,
+                )
+                raise Retry(defer=UNKNOWN_JOB_DEFER)
         meta = self.meta.following(cause)
         unit = RunningUnit(job_id, stage, run, attempt, state, state.version, meta)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from arq.connections import ArqRedis
 
+from adapters import cluster_identity
 from adapters.database import create_pool, migrate
 from adapters.event_store import EventStore
 from adapters.queue import connect
@@ -66,6 +67,7 @@ async def open_runtime(
         storage = storage_from_url(settings.storage_url, data_dir=settings.data_dir)
         if redis_url is not None and need_redis:
             redis = await connect(redis_url)
+            await cluster_identity.join(pool, redis)
         runtime = Runtime(
             settings, database_url, redis_url, pool, store, runner, storage, redis, embedded
         )

@@ -241,6 +241,7 @@ def api(settings: Settings, processes: int) -> None:
 
 
 async def _prepare(settings: Settings) -> None:
-    """Migrations and the admin key, once, before any API process starts."""
-    async with open_runtime(settings):
+    """Migrations, the admin key and the cluster's claim on Redis, once, before any API process
+    starts."""
+    async with open_runtime(settings, need_redis=True):
         pass

@@ -15,8 +15,10 @@ from urllib.parse import urlsplit
 import asyncpg
 import httpx
 import pytest
+import redis
 from litestar import Litestar
 
+from adapters.cluster_identity import CLUSTER_KEY
 from adapters.database import create_database, create_pool, drop_database, migrate
 from adapters.event_store import EventStore
 from adapters.queue import connect
@@ -63,6 +65,17 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield redis.start()
     finally:
         redis.stop()
+
+
+@pytest.fixture(autouse=True)
+def unclaimed_redis(redis_url: str) -> None:
+    """Each test is a cluster of its own over the suite's Redis: it starts with that Redis not
+    yet claimed by the cluster of a test before it (adapters/cluster_identity.py)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.delete(CLUSTER_KEY)
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")
