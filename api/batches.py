@@ -74,12 +74,12 @@ class BatchView(msgspec.Struct):
     jobs: list[BatchJob]
 
 
-class Rename(msgspec.Struct):
+class Rename(msgspec.Struct, forbid_unknown_fields=True):
     job_id: str
     filename: str
 
 
-class Renames(msgspec.Struct):
+class Renames(msgspec.Struct, forbid_unknown_fields=True):
     renames: list[Rename]
 
 
@@ -183,6 +183,11 @@ def _bulk_items(raw: bytes) -> tuple[list[CreateJobBody], bool]:
     paused = body.pop("paused", False)
     if not isinstance(paused, bool):
         raise JobApiError(status_code=400, detail="`paused` must be true or false")
+    unknown_shared = sorted(set(body) - set(CreateJobBody.__struct_fields__))
+    if unknown_shared:
+        raise JobApiError(
+            status_code=400, detail=f"Object contains unknown field `{unknown_shared[0]}`"
+        )
     bodies = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):

@@ -87,13 +87,13 @@ _WINDOWS_RESERVED: Final = frozenset(
 )
 
 
-class CreateJobBody(msgspec.Struct, kw_only=True):
+class CreateJobBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The body of `POST /jobs`: every documented field; only `url` is required.
 
     Types are deliberately loose (`format: str`, not a `Literal`) so that a wrong value gets our
     documented message from `validate_create_job` rather than a generic schema error. Wrong JSON
-    types are still refused by msgspec. Unknown fields are ignored, so clients written against a
-    newer reference keep working.
+    types are still refused by msgspec, and so are unknown fields: `"fromat": "mkv"` ignored
+    would quietly deliver an mp4.
     """
 
     url: str

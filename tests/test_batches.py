@@ -260,6 +260,20 @@ async def test_one_bad_bulk_item_rejects_the_whole_request(
     assert await store.pool.fetchval("SELECT count(*) FROM events") == before
 
 
+async def test_a_bulk_request_with_an_unknown_shared_option_is_refused_naming_it(
+    client: httpx.AsyncClient, api_key: str, store: EventStore
+) -> None:
+    before = await store.pool.fetchval("SELECT count(*) FROM events")
+    answer = await client.post(
+        "/jobs/bulk",
+        json={"jobs": [{"url": "http://media.test/a.mp4"}], "fromat": "mkv"},
+        headers={"x-api-key": api_key},
+    )
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "Object contains unknown field `fromat`"}
+    assert await store.pool.fetchval("SELECT count(*) FROM events") == before
+
+
 async def test_paused_is_refused_for_a_single_media_url(
     cluster: Cluster, media_server: MediaServer
 ) -> None:

@@ -709,11 +709,18 @@ def test_decode_refuses_wrong_json_types(raw: bytes, message: str) -> None:
     assert caught.value.detail == message
 
 
-def test_decode_ignores_unknown_fields_and_keeps_every_documented_one() -> None:
+def test_decode_refuses_an_unknown_field_naming_it() -> None:
+    with pytest.raises(JobApiError) as caught:
+        decode_create_job_body(b'{"url": "https://media.test/a", "fromat": "mkv"}')
+    assert caught.value.status_code == 400
+    assert caught.value.detail == "Object contains unknown field `fromat`"
+
+
+def test_decode_keeps_every_documented_field() -> None:
     body = decode_create_job_body(
         b'{"url": "https://media.test/a", "format": "mkv", "max_resolution": 720,'
         b' "clip_start": 1.5, "clip_end": "00:00:10", "storage": {"bucket": "b"},'
-        b' "max_duration": 60, "from_a_newer_client": {"x": 1}}'
+        b' "max_duration": 60}'
     )
     assert body.format == "mkv"
     assert body.max_resolution == 720

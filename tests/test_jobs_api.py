@@ -135,6 +135,8 @@ async def test_a_jobs_events_tell_who_created_it_and_in_which_request(
         ({"url": "ftp://media.test/a.mp4"}, "Invalid URL"),
         ({"url": "not a url"}, "Invalid URL"),
         ([1, 2], "Expected `object`"),
+        # A misspelt option would otherwise deliver something else than asked, quietly.
+        ({"url": "http://media.test/a.mp4", "fromat": "mkv"}, "unknown field `fromat`"),
     ],
 )
 async def test_bad_input_gets_a_clear_400_and_writes_nothing(
