@@ -6,11 +6,8 @@ import time
 from typing import Any
 
 import asyncpg
-from litestar import Litestar, MediaType, get
+from litestar import Litestar
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.response import Redirect
 
 from adapters.account_storage import AccountStorages
 from adapters.client_facts import describer
@@ -34,16 +31,12 @@ from api.media import media_router, stop_media
 from api.metadata import MetadataController
 from api.metrics import metrics
 from api.middleware import request_middleware
+from api.swagger import openapi_config, swagger, swagger_assets
 from api.tasks import TasksController
 from api.tokens import issue_health_token
 from api.usage import UsageController
 from api.user import UserController
 from api.viewers import list_cluster_viewers, report_viewer_events
-
-
-@get("/swagger", include_in_schema=False, media_type=MediaType.HTML)
-async def swagger() -> Redirect:
-    return Redirect("/schema/swagger")
 
 
 def create_app(
@@ -116,17 +109,12 @@ def create_app(
             list_cluster_viewers,
             report_viewer_events,
             swagger,
+            swagger_assets,
         ],
         middleware=[request_middleware],
         on_startup=[open_health],
         on_shutdown=[stop_media, close_storages, close_cluster_api],
         state=state,
-        openapi_config=OpenAPIConfig(
-            title="Spool",
-            version="0.1.0",
-            description="A self-hostable, event-sourced media job cluster.",
-            path="/schema",
-            render_plugins=[SwaggerRenderPlugin()],
-        ),
+        openapi_config=openapi_config(),
         debug=False,
     )

@@ -20,26 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, Request, async_playwright, expect
+from playwright.async_api import Browser, Page, Request, expect
 
 from adapters.database import create_database, drop_database
 from api.app import create_app
+from tests.fixtures.browser import chromium
 from tests.fixtures.cluster import Cluster, running_cluster
 from tests.fixtures.loopback import serve_on_loopback
 from tests.fixtures.media import MediaServer
 from tests.fixtures.s3 import S3Server
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 WAIT_MS = 30_000
 """The longest a test waits for the page to show a job's progress (a whole run fits in it)."""
@@ -124,10 +113,8 @@ async def dash(
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
     """Debian's chromium (never a downloaded one), one for the module."""
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    async with chromium() as launched:
         yield launched
-        await launched.close()
 
 
 @pytest.fixture
