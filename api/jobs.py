@@ -412,7 +412,9 @@ class JobsController(Controller):
         storage = await job_storage(request, principal, body.storage) if body.storage else None
         if playlist is not None:
             appends, answer = _playlist_batch(meta, principal, valid, playlist, body, storage)
-            return await commit(store, appends, answer, idem, meta)
+            return await commit(
+                store, appends, answer, idem, meta, quota_account=principal.account_id
+            )
         job_id = str(uuid.uuid4())
         events = job.create(
             job_id=job_id,
@@ -422,7 +424,10 @@ class JobsController(Controller):
             storage=storage,
         )
         created = StreamAppend(job.stream_id(job_id), [NewEvent(e, meta) for e in events], 0)
-        return await commit(store, [created], JobCreatedAnswer(job_id=job_id), idem, meta)
+        one = JobCreatedAnswer(job_id=job_id)
+        return await commit(
+            store, [created], one, idem, meta, quota_account=principal.account_id
+        )
 
     @post("/bulk", status_code=201)
     async def create_jobs_in_bulk(
