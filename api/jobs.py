@@ -425,9 +425,7 @@ class JobsController(Controller):
         )
         created = StreamAppend(job.stream_id(job_id), [NewEvent(e, meta) for e in events], 0)
         one = JobCreatedAnswer(job_id=job_id)
-        return await commit(
-            store, [created], one, idem, meta, quota_account=principal.account_id
-        )
+        return await commit(store, [created], one, idem, meta, quota_account=principal.account_id)
 
     @post("/bulk", status_code=201)
     async def create_jobs_in_bulk(

@@ -34,6 +34,14 @@ class PolicyRefused(DomainError):
         super().__init__(message)
 
 
+class InvalidPolicy(DomainError):
+    """A value that is not a valid grant, quota or variable list; `field` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
 class Quotas(msgspec.Struct, frozen=True, kw_only=True):
     """An account's limits; None is unlimited."""
 
@@ -111,11 +119,11 @@ def fold(account_id: str, events: Iterable[tuple[Event, datetime]]) -> AccountPo
 
 def _env_names(names: Sequence[object], field: str) -> list[str]:
     if len(names) > MAX_ENV_NAMES:
-        raise PolicyRefused(field, f"{field} names at most {MAX_ENV_NAMES} variables")
+        raise InvalidPolicy(field, f"{field} names at most {MAX_ENV_NAMES} variables")
     checked: list[str] = []
     for name in names:
         if not isinstance(name, str) or not _ENV_NAME.match(name):
-            raise PolicyRefused(field, f"{field} holds {name!r}, not an environment variable name")
+            raise InvalidPolicy(field, f"{field} holds {name!r}, not an environment variable name")
         if name not in checked:
             checked.append(name)
     return checked
@@ -126,7 +134,7 @@ def grant(account_id: str, task_types: Sequence[str], env: Sequence[object]) -> 
     chosen = list(dict.fromkeys(task_types)) or list(CODE_TASK_TYPES)
     for t in chosen:
         if t not in CODE_TASK_TYPES:
-            raise PolicyRefused(
+            raise InvalidPolicy(
                 "task_types", f"task_types holds {t!r}; grantable: {', '.join(CODE_TASK_TYPES)}"
             )
     return [CodeTasksGranted(account_id=account_id, task_types=chosen, env=_env_names(env, "env"))]
@@ -142,7 +150,7 @@ def set_quotas(account_id: str, quotas: Quotas) -> list[Event]:
     for name in QUOTA_NAMES:
         value = getattr(quotas, name)
         if value is not None and (isinstance(value, bool) or value < 0):
-            raise PolicyRefused(name, f"{name} must be a whole number, 0 or more, or null")
+            raise InvalidPolicy(name, f"{name} must be a whole number, 0 or more, or null")
     return [QuotasSet(account_id=account_id, quotas=quotas)]
 
 
@@ -160,7 +168,7 @@ def task_env(
     names: list[str] = []
     if payload_env is not None:
         if not isinstance(payload_env, list):
-            raise PolicyRefused("payload.env", "payload.env must be a list of variable names")
+            raise InvalidPolicy("payload.env", "payload.env must be a list of variable names")
         names = _env_names(payload_env, "payload.env")
     if task_type not in CODE_TASK_TYPES:
         return []
@@ -179,3 +187,13 @@ def task_env(
             f"payload.env names {', '.join(refused)}, which the account's grant does not allow",
         )
     return names
+
+
+def still_granted(state: AccountPolicy, task_type: str, env: Sequence[str]) -> str | None:
+    """Why a task allowed by the grant at submission may no longer run (None: it may)."""
+    if state.grant is None or task_type not in state.grant.task_types:
+        return f"the account's grant of {task_type} tasks was revoked"
+    dropped = [n for n in env if n not in state.grant.env]
+    if dropped:
+        return f"the account's grant no longer allows {', '.join(dropped)}"
+    return None
