@@ -39,11 +39,13 @@ class AccountRow(NamedTuple):
     keys: list[dict[str, object]]
 
 
-async def accounts(pool: asyncpg.Pool) -> list[AccountRow]:
-    """Every account that has a key, with its keys' ids, names and admin flags (no digests)."""
+async def accounts(pool: asyncpg.Pool, account_id: str | None = None) -> list[AccountRow]:
+    """Every account that has a key (or only `account_id`), with its keys' ids, names and admin
+    flags; never a digest."""
     rows = await pool.fetch(
         "SELECT account_id, key_id, name, hint, admin, revoked, created_at FROM api_keys "
-        "ORDER BY account_id, created_at, key_id"
+        "WHERE $1::text IS NULL OR account_id = $1 ORDER BY account_id, created_at, key_id",
+        account_id,
     )
     found: dict[str, list[dict[str, object]]] = {}
     for r in rows:
