@@ -170,7 +170,7 @@ async def download(
     )
 
 
-MEDIA_SECONDS_SLACK = 1.0
+MEDIA_SECONDS_SLACK = 0.5
 """A file measured after download may run a fraction of a second past the length it declares."""
 
 

@@ -134,10 +134,17 @@ async def test_a_user_without_jobs_gets_zeros(cluster: Cluster, api: httpx.Async
         "storage_bytes": 0,
         "storage_bytes_change": 0,
     }
+    unlimited = {"limit": None, "used": 0}
     assert body == {
         "month": datetime.now(UTC).strftime("%Y-%m"),
         "all_time": zero,
         "this_month": zero,
+        "quotas": {
+            "max_running_jobs": unlimited,
+            "max_jobs_per_day": unlimited,
+            "max_storage_bytes": unlimited,
+            "max_media_seconds": unlimited,
+        },
     }
 
 
