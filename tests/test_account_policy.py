@@ -4,6 +4,7 @@ tasks (`/api/v1/tasks`), quotas on jobs (`/jobs`, `/jobs/bulk`), `/admin/account
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,9 +15,11 @@ import pytest
 
 from adapters.event_store import EventStore
 from adapters.storage import LocalStorage
+from domain.account import hash_key
 from reactors.projection import ProjectionRunner
 from spool.keys import IssuedKey, issue
-from tests.fixtures.media import make_clip
+from tests.fixtures.cluster import Cluster
+from tests.fixtures.media import MediaServer, make_clip
 from tests.media_helpers import finished_job
 
 TASKS = "/api/v1/tasks"
@@ -375,3 +378,49 @@ async def test_no_quota_set_leaves_jobs_unlimited(
     answers = await asyncio.gather(*(_create(client, account.key, i) for i in range(8)))
     assert {a.status_code for a in answers} == {201}
     assert await _jobs_created(store, account.account_id) == 8
+
+
+# -- the longest media, on a real cluster ----------------------------------------------------
+
+
+async def test_media_longer_than_the_quota_fails_its_job_at_once_naming_the_quota(
+    cluster: Cluster, media_server: MediaServer, media_dir: Path
+) -> None:
+    account_id = await cluster.pool.fetchval(
+        "SELECT account_id FROM api_keys WHERE key_hash = $1", hash_key(cluster.key)
+    )
+    await _set_quotas(cluster.client, cluster.admin_key, account_id, max_media_seconds=60)
+    # A page that declares a ten-minute video whose file would take minutes to fetch: only a
+    # refusal before the download fails it within the wait below.
+    page = media_dir / f"talk-{uuid.uuid4().hex[:8]}.html"
+    ld = {
+        "@context": "https://schema.org",
+        "@type": "VideoObject",
+        "name": "A long talk",
+        "uploadDate": "2024-01-01",
+        "duration": "PT10M",
+        "contentUrl": media_server.slow_url("clip.mp4", chunk=1024, interval=2.0),
+    }
+    page.write_text(
+        "<!DOCTYPE html><html><head><title>A long talk</title>"
+        f'<script type="application/ld+json">{json.dumps(ld)}</script></head><body></body></html>'
+    )
+    declared = await cluster.create(media_server.url(page.name))
+    failed = await cluster.wait(declared, "Completed", "Failed", seconds=30)
+    assert failed["status"] == "Failed", failed
+    assert "max_media_seconds (60 s)" in failed["error"] and "600 s" in failed["error"]
+    assert failed["download_retries"] == 1  # the one attempt: nothing retried
+    events = await cluster.event_types(declared)
+    assert events.count("StageFailed") == 1 and "DownloadCompleted" not in events
+
+    # A source that does not tell its length is measured once fetched: the same refusal.
+    await _set_quotas(cluster.client, cluster.admin_key, account_id, max_media_seconds=1)
+    untold = await cluster.create(media_server.url("clip.mp4"))  # 2 s long
+    failed = await cluster.wait(untold, "Completed", "Failed")
+    assert failed["status"] == "Failed" and "max_media_seconds (1 s)" in failed["error"]
+    assert failed["download_retries"] == 1  # the one attempt: nothing retried
+    assert "DownloadCompleted" not in await cluster.event_types(untold)
+
+    await _set_quotas(cluster.client, cluster.admin_key, account_id, max_media_seconds=5)
+    within = await cluster.create(media_server.url("clip.mp4"))
+    assert (await cluster.wait(within, "Completed", "Failed"))["status"] == "Completed"
