@@ -10,21 +10,35 @@ finished may count as running for a moment longer, which only errs on the safe s
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import asyncpg
 
-from adapters.event_store import EventStore, StreamAppend
+from adapters.event_store import EVENT_COLUMNS, EventStore, StreamAppend
 from domain import account, account_policy, job
 from domain.events import Event, Metadata, NewEvent
+
+# Only the policy's own events: the account stream also holds its keys' events, which may be
+# many, and every job request reads this.
+_POLICY_EVENTS = f"""
+SELECT {EVENT_COLUMNS} FROM events
+WHERE stream_id = $1 AND type = ANY($2::text[]) ORDER BY version
+"""
+_EXISTS = "SELECT EXISTS (SELECT 1 FROM events WHERE stream_id = $1)"
+
+
+T = TypeVar("T")
 
 
 async def load_policy(store: EventStore, account_id: str) -> account_policy.AccountPolicy | None:
     """The account's grant and quotas, exact to its stream's last event; None: no such account."""
-    events = await store.read_stream(account.stream_id(account_id))
-    if not events:
+    stream = account.stream_id(account_id)
+    rows = await store.pool.fetch(_POLICY_EVENTS, stream, account_policy.EVENT_TYPES)
+    if not rows and not await store.pool.fetchval(_EXISTS, stream):
         return None
+    events = [store.decode(r) for r in rows]
     return account_policy.fold(account_id, ((e.data, e.recorded_at) for e in events))
 
 
@@ -65,12 +79,17 @@ async def accounts(pool: asyncpg.Pool, account_id: str | None = None) -> list[Ac
 
 _TERMINAL = sorted(job.TERMINAL)
 
-# JobCreated events the `jobs` projection has not applied yet: every one of them is a job not
-# finished, and (recorded now-ish) counted in today only if recorded since `$2`.
+# Events the `jobs` projection has not applied yet: each JobCreated is a job not finished
+# (counted in today if recorded since `$2`), and each JobRetried of a job the projection still
+# shows finished ($3) is one running again.
 _UNPROJECTED = """
-SELECT count(*) AS created, count(*) FILTER (WHERE e.recorded_at >= $2) AS today
+SELECT count(*) FILTER (WHERE e.type = 'JobCreated') AS created,
+       count(*) FILTER (WHERE e.type = 'JobCreated' AND e.recorded_at >= $2) AS today,
+       count(*) FILTER (WHERE e.type = 'JobRetried') AS retried
 FROM events e
-WHERE e.type = 'JobCreated' AND e.data->>'account_id' = $1
+WHERE (e.type = 'JobCreated' AND e.data->>'account_id' = $1
+       OR e.type = 'JobRetried' AND e.stream_id = ANY(
+           SELECT 'job-' || job_id FROM jobs WHERE account_id = $1 AND status = ANY($3::text[])))
   AND (e.tx, e.position) > (
       SELECT coalesce((SELECT tx::text FROM checkpoints WHERE name = 'jobs'), '0')::xid8,
              coalesce((SELECT position FROM checkpoints WHERE name = 'jobs'), 0))
@@ -86,6 +105,9 @@ _STORED = """
 SELECT coalesce(sum(bytes_uploaded), 0)::bigint - coalesce(sum(bytes_deleted), 0)::bigint
 FROM usage_daily WHERE account_id = $1
 """
+
+_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('spool-quota:' || $1, 0))"
+"""The account's quota lock, held to the end of the transaction that checks and appends."""
 
 RUNNING_RETRY_AFTER = 30
 """Seconds a client is told to wait when its account has too many jobs running at once."""
@@ -122,10 +144,10 @@ async def job_use(db: asyncpg.Connection | asyncpg.Pool, account_id: str, now: d
     """What the account uses now of the quotas on jobs."""
     since = day_start(now)
     projected = await db.fetchrow(_PROJECTED, account_id, since, _TERMINAL)
-    pending = await db.fetchrow(_UNPROJECTED, account_id, since)
+    pending = await db.fetchrow(_UNPROJECTED, account_id, since, _TERMINAL)
     stored = await db.fetchval(_STORED, account_id)
     return JobUse(
-        running=projected["running"] + pending["created"],
+        running=projected["running"] + pending["created"] + pending["retried"],
         today=projected["today"] + pending["today"],
         stored_bytes=int(stored),
     )
@@ -183,12 +205,38 @@ async def append_admitted(
         return
     async with store.pool.acquire() as conn, conn.transaction():
         # Held to the commit: a second request of this account waits here, then counts ours.
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended('spool-quota:' || $1, 0))", account_id
-        )
+        await conn.execute(_LOCK, account_id)
         at = now or datetime.now(UTC)
         judge(policy.quotas, await job_use(conn, account_id, at), asked, at)
         await store.append_many(appends, conn=conn)
+
+
+async def change_admitted(
+    store: EventStore,
+    account_id: str,
+    change: Callable[[asyncpg.Connection | None], Awaitable[T]],
+    *,
+    now: datetime | None = None,
+) -> T:
+    """Make `change`, which sets one finished job of the account running again (a retry), if
+    one more running job fits its `max_running_jobs`; QuotaExceeded else.
+
+    `change` gets the connection to append with (None when the account has no such quota).
+    """
+    policy = await load_policy(store, account_id)
+    limit = None if policy is None else policy.quotas.max_running_jobs
+    if limit is None:
+        return await change(None)
+    async with store.pool.acquire() as conn, conn.transaction():
+        await conn.execute(_LOCK, account_id)
+        at = now or datetime.now(UTC)
+        judge(
+            account_policy.Quotas(max_running_jobs=limit),
+            await job_use(conn, account_id, at),
+            1,
+            at,
+        )
+        return await change(conn)
 
 
 def seconds_quota(policy: account_policy.AccountPolicy | None) -> int | None:

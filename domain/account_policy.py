@@ -81,6 +81,10 @@ class QuotasSet(Event, frozen=True, kw_only=True):
     quotas: Quotas = Quotas()
 
 
+EVENT_TYPES: list[str] = [c.__name__ for c in (CodeTasksGranted, CodeTasksRevoked, QuotasSet)]
+"""The names of the policy's events on the account stream."""
+
+
 class Grant(msgspec.Struct, frozen=True, kw_only=True):
     task_types: list[str]
     env: list[str]

@@ -284,6 +284,35 @@ async def test_past_the_running_jobs_quota_a_job_is_refused_with_429_and_nothing
     assert (await _create(client, account.key, 4)).status_code == 201
 
 
+async def test_retrying_a_finished_job_counts_against_the_running_quota(
+    client: httpx.AsyncClient, admin_key: str, account: IssuedKey, runner: ProjectionRunner
+) -> None:
+    await _set_quotas(client, admin_key, account.account_id, max_running_jobs=1)
+    first = (await _create(client, account.key, 1)).json()["job_id"]
+    assert (await client.delete(f"/jobs/{first}", headers=h(account.key))).status_code == 200
+    await runner.settle("jobs")
+    second = (await _create(client, account.key, 2)).json()["job_id"]
+    # Racing retries of the cancelled job never set two jobs running.
+    retries = await asyncio.gather(
+        *(client.post(f"/jobs/{first}/retry", headers=h(account.key)) for _ in range(3))
+    )
+    assert {r.status_code for r in retries} == {429}, [r.text for r in retries]
+    assert retries[0].json()["quota"] == "max_running_jobs"
+    state = await client.get(f"/jobs/{first}", headers=h(account.key))
+    assert state.json()["status"] == "Cancelled"
+
+    assert (await client.delete(f"/jobs/{second}", headers=h(account.key))).status_code == 200
+    await runner.settle("jobs")
+    answers = await asyncio.gather(
+        *(client.post(f"/jobs/{j}/retry", headers=h(account.key)) for j in (first, second))
+    )
+    assert sorted(a.status_code for a in answers) == [200, 429]
+    # A job that cannot be retried says so, whatever the quota.
+    running = next(j for j, a in zip((first, second), answers, strict=True) if a.status_code == 200)
+    again = await client.post(f"/jobs/{running}/retry", headers=h(account.key))
+    assert again.status_code == 400
+
+
 async def test_a_bulk_request_past_the_daily_quota_is_refused_whole(
     client: httpx.AsyncClient, admin_key: str, account: IssuedKey, store: EventStore
 ) -> None:
