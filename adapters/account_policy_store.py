@@ -10,7 +10,10 @@ finished may count as running for a moment longer, which only errs on the safe s
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import contextlib
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, TypeVar
 
@@ -105,6 +108,23 @@ _STORED = """
 SELECT coalesce(sum(bytes_uploaded), 0)::bigint - coalesce(sum(bytes_deleted), 0)::bigint
 FROM usage_daily WHERE account_id = $1
 """
+
+_turns: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+@contextlib.asynccontextmanager
+async def _in_turn(store: EventStore, account_id: str) -> AsyncIterator[None]:
+    """One request of an account at a time per pool before it takes a connection: an account
+    flooding requests then holds one of the pool's connections waiting on its database lock,
+    not all of them, and other accounts' requests still find one. (Across pools and processes
+    the database lock alone orders them.)"""
+    turn = f"{id(store.pool)}:{account_id}"
+    lock = _turns.get(turn)
+    if lock is None:
+        lock = _turns[turn] = asyncio.Lock()
+    async with lock:
+        yield
+
 
 _LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('spool-quota:' || $1, 0))"
 """The account's quota lock, held to the end of the transaction that checks and appends."""
@@ -203,7 +223,7 @@ async def append_admitted(
     if policy is None or asked == 0 or _unlimited(policy.quotas):
         await store.append_many(appends)
         return
-    async with store.pool.acquire() as conn, conn.transaction():
+    async with _in_turn(store, account_id), store.pool.acquire() as conn, conn.transaction():
         # Held to the commit: a second request of this account waits here, then counts ours.
         await conn.execute(_LOCK, account_id)
         at = now or datetime.now(UTC)
@@ -227,7 +247,7 @@ async def change_admitted(
     limit = None if policy is None else policy.quotas.max_running_jobs
     if limit is None:
         return await change(None)
-    async with store.pool.acquire() as conn, conn.transaction():
+    async with _in_turn(store, account_id), store.pool.acquire() as conn, conn.transaction():
         await conn.execute(_LOCK, account_id)
         at = now or datetime.now(UTC)
         judge(

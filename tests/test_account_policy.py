@@ -4,8 +4,10 @@ tasks (`/api/v1/tasks`), quotas on jobs (`/jobs`, `/jobs/bulk`), `/admin/account
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,11 +15,15 @@ from typing import Any
 import httpx
 import pytest
 
+from adapters.database import create_pool
 from adapters.event_store import EventStore
+from adapters.settings import Settings
 from adapters.storage import LocalStorage
+from api.app import create_app
 from domain.account import hash_key
 from reactors.projection import ProjectionRunner
 from spool.keys import IssuedKey, issue
+from tests.conftest import api_client
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.media import MediaServer, make_clip
 from tests.media_helpers import finished_job
@@ -334,7 +340,32 @@ async def test_a_bulk_request_past_the_daily_quota_is_refused_whole(
     assert await _jobs_created(store, account.account_id) == 3
 
 
+@contextlib.asynccontextmanager
+async def _other_apis(database_url: str, n: int) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """`n` more APIs over the same database, each with a pool of its own (as other processes
+    would have): each API lets one request of an account at a time take a connection, so only
+    the database lock orders requests across them."""
+    settings = Settings(database_url=database_url, secret_key="test-secret-key", rate_limit=100_000)
+    pools = [await create_pool(database_url, min_size=1, max_size=3) for _ in range(n)]
+    clients = [
+        api_client(
+            create_app(
+                pool=p, store=EventStore(p), settings=settings, storage=LocalStorage(Path("/x"))
+            )
+        )
+        for p in pools
+    ]
+    try:
+        yield clients
+    finally:
+        for c in clients:
+            await c.aclose()
+        for p in pools:
+            await p.close()
+
+
 async def test_concurrent_requests_never_pass_the_quota_together(
+    database_url: str,
     client: httpx.AsyncClient,
     admin_key: str,
     account: IssuedKey,
@@ -342,7 +373,11 @@ async def test_concurrent_requests_never_pass_the_quota_together(
     runner: ProjectionRunner,
 ) -> None:
     await _set_quotas(client, admin_key, account.account_id, max_running_jobs=3)
-    answers = await asyncio.gather(*(_create(client, account.key, i) for i in range(12)))
+    async with _other_apis(database_url, 5) as others:
+        apis = [client, *others]
+        answers = await asyncio.gather(
+            *(_create(apis[i % len(apis)], account.key, i) for i in range(12))
+        )
     codes = sorted(a.status_code for a in answers)
     assert codes == [201] * 3 + [429] * 9, [a.text for a in answers]
     assert await _jobs_created(store, account.account_id) == 3
