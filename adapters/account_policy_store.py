@@ -1,11 +1,12 @@
 """Accounts' grants and quotas: read and written on the account stream, and the quota check that
 admits new jobs.
 
-The check and the append of the jobs it admits run in one transaction under an advisory lock of
-the account, so two requests racing each other are judged one after the other: the second sees
-the first's jobs. Counts come from the `jobs` projection plus the `JobCreated` events it has not
-applied yet (those after its checkpoint), so they are exact for jobs created; a job that just
-finished may count as running for a moment longer, which only errs on the safe side.
+The check and the append of the jobs it admits (or of a retry) run in one transaction under an
+advisory lock of the account, so two requests racing each other are judged one after the other:
+the second sees the first's jobs. Counts come from the `jobs` projection plus the `JobCreated`
+and `JobRetried` events it has not applied yet (those after its checkpoint), so they are exact
+for jobs created and retried; a job that just finished may count as running for a moment
+longer, which only errs on the safe side.
 """
 
 from __future__ import annotations
@@ -88,11 +89,11 @@ _TERMINAL = sorted(job.TERMINAL)
 _UNPROJECTED = """
 SELECT count(*) FILTER (WHERE e.type = 'JobCreated') AS created,
        count(*) FILTER (WHERE e.type = 'JobCreated' AND e.recorded_at >= $2) AS today,
-       count(*) FILTER (WHERE e.type = 'JobRetried') AS retried
+       count(*) FILTER (WHERE e.type = 'JobRetried' AND EXISTS (
+           SELECT 1 FROM jobs j WHERE j.job_id = substr(e.stream_id, 5)  -- after 'job-'
+             AND j.account_id = $1 AND j.status = ANY($3::text[]))) AS retried
 FROM events e
-WHERE (e.type = 'JobCreated' AND e.data->>'account_id' = $1
-       OR e.type = 'JobRetried' AND e.stream_id = ANY(
-           SELECT 'job-' || job_id FROM jobs WHERE account_id = $1 AND status = ANY($3::text[])))
+WHERE (e.type = 'JobCreated' AND e.data->>'account_id' = $1 OR e.type = 'JobRetried')
   AND (e.tx, e.position) > (
       SELECT coalesce((SELECT tx::text FROM checkpoints WHERE name = 'jobs'), '0')::xid8,
              coalesce((SELECT position FROM checkpoints WHERE name = 'jobs'), 0))
