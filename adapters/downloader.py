@@ -753,9 +753,13 @@ def download(
     download_thumbnail: bool = False,
     on_progress: Callable[[DownloadProgress], None] | None = None,
     cancel: threading.Event | None = None,
+    max_seconds: int | None = None,
+    too_long: Callable[[float], str] | None = None,
 ) -> DownloadResult:
     """Fetch `url` into `dest` (blocking): one "av" file, or separate "video" and "audio" files.
 
+    With `max_seconds`, a source whose extractor reports a longer duration is refused before
+    any media is fetched: DownloadFailed (not retryable) with `too_long(duration)` as reason.
     Raises DownloadFailed with a user-facing reason, or DownloadCancelled once `cancel` is set;
     either way the files this call created in `dest` are removed.
     """
@@ -809,6 +813,17 @@ def download(
         "writethumbnail": download_thumbnail,
         "progress_hooks": [progress.hook],
     }
+    refused_duration: list[float] = []
+    if max_seconds is not None:
+
+        def longer_than_allowed(info: dict[str, Any], *, incomplete: bool = False) -> str | None:
+            duration = info.get("duration")
+            if isinstance(duration, (int, float)) and duration > max_seconds:
+                refused_duration.append(float(duration))
+                return "longer than allowed"  # yt-dlp skips the entry: nothing is fetched
+            return None
+
+        params["match_filter"] = longer_than_allowed
     started = time.monotonic()
     try:
         with _GuardedYoutubeDL(params, guard=guard, cancel=cancel) as ydl:
@@ -826,6 +841,12 @@ def download(
     if cancel is not None and cancel.is_set():
         _remove_new_files(dest, before)
         raise DownloadCancelled(f"download of {url} cancelled")
+    if refused_duration:
+        _remove_new_files(dest, before)
+        seconds_long = refused_duration[0]
+        raise DownloadFailed(
+            too_long(seconds_long) if too_long else f"The media is {seconds_long:g} s long"
+        )
     if info is None:
         _remove_new_files(dest, before)
         raise DownloadFailed(f"Download failed: nothing could be fetched from {url}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import asyncpg
 import msgspec
 
 from adapters.event_store import EVENT_COLUMNS, EventStore
@@ -60,11 +61,14 @@ async def decide_and_append(
     job_id: str,
     decide: Callable[[job.JobState], list[Event]],
     meta: Metadata,
+    *,
+    conn: asyncpg.Connection | None = None,
 ) -> job.JobState | None:
     """Load the job, decide, append at the version read; on a clash, re-read and decide again.
 
     Returns the new state (None for a job that does not exist). InvalidTransition from
-    `decide` propagates: the command does not apply.
+    `decide` propagates: the command does not apply. With `conn` (in a transaction), the append
+    is made in it, each try under a savepoint so that a clash does not abort the transaction.
     """
     for _ in range(10):
         state = await load_job(store, job_id)
@@ -73,10 +77,13 @@ async def decide_and_append(
         events = decide(state)
         if not events:
             return state
+        new = [NewEvent(e, meta) for e in events]
         try:
-            await store.append(
-                job.stream_id(job_id), [NewEvent(e, meta) for e in events], state.version
-            )
+            if conn is None:
+                await store.append(job.stream_id(job_id), new, state.version)
+            else:
+                async with conn.transaction():
+                    await store.append(job.stream_id(job_id), new, state.version, conn=conn)
         except ConcurrencyError:
             continue  # progress or a stage landed meanwhile: decide again on the new state
         for e in events:

@@ -16,6 +16,7 @@ from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
 from adapters.storage import ObjectStorage
 from adapters.viewer_sessions import ViewerRecorder
+from api.admin_accounts import AdminAccountsController
 from api.batches import BatchController
 from api.cluster import ClusterController
 from api.cluster_redis import close_redis
@@ -95,6 +96,7 @@ def create_app(
             dashboard_static,
             MetadataController,
             UsageController,
+            AdminAccountsController,
             UserController,
             TasksController,
             DevicesController,

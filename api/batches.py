@@ -433,4 +433,4 @@ async def create_bulk(
     meta = command_metadata(request, principal.key_id)
     plan = plan_batch(meta, principal, valid, kind="bulk", paused=paused)
     answer = BulkAnswer(batch_id=plan.batch_id, total_jobs=len(plan.job_ids), job_ids=plan.job_ids)
-    return await commit(store, plan.appends, answer, idem, meta)
+    return await commit(store, plan.appends, answer, idem, meta, quota_account=principal.account_id)

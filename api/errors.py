@@ -10,6 +10,7 @@ import asyncpg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from adapters.account_policy_store import QuotaExceeded
 from adapters.database import unreachable
 from api.unavailable import MESSAGE, RETRY_AFTER
 from domain.errors import ConcurrencyError
@@ -50,10 +51,12 @@ def _validation_message(exc: ValidationException) -> str:
     return str(exc.detail)
 
 
-def job_api_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
+def job_api_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     """Map any exception raised under the job API to its documented `{"error": ...}` shape."""
     if isinstance(exc, ValidationException):
         return Response({"error": _validation_message(exc)}, status_code=400)
+    if isinstance(exc, QuotaExceeded):
+        return quota_answer(exc)
     if isinstance(exc, HTTPException):
         return Response(
             {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
@@ -69,6 +72,14 @@ def job_api_error(request: Request[Any, Any, Any], exc: Exception) -> Response[d
         return Response({"error": MESSAGE}, status_code=503, headers={"retry-after": RETRY_AFTER})
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return Response({"error": "Internal server error"}, status_code=500)
+
+
+def quota_answer(exc: QuotaExceeded) -> Response[dict[str, Any]]:
+    """429 with `Retry-After` past a rate (jobs a day, jobs at once), 403 past a hard limit."""
+    body = {"error": str(exc), "quota": exc.quota, "limit": exc.limit, "used": exc.used}
+    if exc.retry_after is None:
+        return Response(body, status_code=403)
+    return Response(body, status_code=429, headers={"retry-after": str(exc.retry_after)})
 
 
 JOB_API_ERRORS = {Exception: job_api_error}

@@ -15,6 +15,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
 from litestar.params import Parameter
 
+from adapters.account_policy_store import append_admitted
 from adapters.event_store import EventStore, StreamAppend
 from api.auth import Principal
 from domain import idempotency
@@ -96,13 +97,17 @@ async def append_once(
     answer: msgspec.Struct,
     idem: Idempotent | None,
     meta: Metadata,
+    *,
+    quota_account: str | None = None,
 ) -> idempotency.RequestRecorded | None:
     """Append what a request created, with its record if it has a key.
 
-    None when this request's appends went in; the winner's record if a copy of it won.
+    With `quota_account`, the jobs it creates must fit that account's quotas (QuotaExceeded
+    otherwise, and nothing is appended). None when this request's appends went in; the
+    winner's record if a copy of it won.
     """
     if idem is None:
-        await store.append_many(appends)
+        await _append(store, appends, quota_account)
         return None
     record = idempotency.RequestRecorded(
         account_id=idem.account_id,
@@ -114,8 +119,10 @@ async def append_once(
         answer=_encode(answer).decode(),
     )
     try:
-        await store.append_many(
-            [*appends, StreamAppend(idem.stream_id, [NewEvent(record, meta)], 0)]
+        await _append(
+            store,
+            [*appends, StreamAppend(idem.stream_id, [NewEvent(record, meta)], 0)],
+            quota_account,
         )
     except ConcurrencyError:
         # What the request creates is new, so the clash is the key: a copy of it won.
@@ -124,6 +131,15 @@ async def append_once(
             raise
         return earlier
     return None
+
+
+async def _append(
+    store: EventStore, appends: list[StreamAppend], quota_account: str | None
+) -> None:
+    if quota_account is None:
+        await store.append_many(appends)
+    else:
+        await append_admitted(store, quota_account, appends)
 
 
 def replay(first: idempotency.RequestRecorded) -> Response[Any]:
@@ -148,7 +164,12 @@ async def commit(
     answer: msgspec.Struct,
     idem: Idempotent | None,
     meta: Metadata,
+    *,
+    quota_account: str | None = None,
 ) -> Response[Any]:
-    """Append what a request created (with its record, if it has a key); 201 and `answer`."""
-    winner = await append_once(store, appends, answer, idem, meta)
+    """Append what a request created (with its record, if it has a key); 201 and `answer`.
+
+    With `quota_account`, only if its jobs fit that account's quotas (see `append_once`).
+    """
+    winner = await append_once(store, appends, answer, idem, meta, quota_account=quota_account)
     return Response(answer, status_code=201) if winner is None else replay(winner)

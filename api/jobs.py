@@ -9,11 +9,13 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import Provide
 from litestar.params import Parameter
 
+from adapters.account_policy_store import change_admitted
 from adapters.account_storage import AccountStorages
 from adapters.downloader import DownloadFailed
 from adapters.event_store import EventStore, StreamAppend
@@ -342,12 +344,16 @@ async def _decide(
     principal: Principal,
     job_id: str,
     decide: Callable[[job.JobState], list[Event]],
+    *,
+    conn: asyncpg.Connection | None = None,
 ) -> job.JobState:
     """Run a command on one of the caller's jobs; 400 when it does not apply."""
     owned = await load_job(request, job_id, principal)  # 404 for anyone else's
     meta = command_metadata(request, principal.key_id)
     try:
-        state = await decide_and_append(request.app.state.store, owned.job_id, decide, meta)
+        state = await decide_and_append(
+            request.app.state.store, owned.job_id, decide, meta, conn=conn
+        )
     except InvalidTransition as exc:
         raise JobApiError(status_code=400, detail=str(exc)) from None
     except JobChangingTooFast:
@@ -412,7 +418,9 @@ class JobsController(Controller):
         storage = await job_storage(request, principal, body.storage) if body.storage else None
         if playlist is not None:
             appends, answer = _playlist_batch(meta, principal, valid, playlist, body, storage)
-            return await commit(store, appends, answer, idem, meta)
+            return await commit(
+                store, appends, answer, idem, meta, quota_account=principal.account_id
+            )
         job_id = str(uuid.uuid4())
         events = job.create(
             job_id=job_id,
@@ -422,7 +430,8 @@ class JobsController(Controller):
             storage=storage,
         )
         created = StreamAppend(job.stream_id(job_id), [NewEvent(e, meta) for e in events], 0)
-        return await commit(store, [created], JobCreatedAnswer(job_id=job_id), idem, meta)
+        one = JobCreatedAnswer(job_id=job_id)
+        return await commit(store, [created], one, idem, meta, quota_account=principal.account_id)
 
     @post("/bulk", status_code=201)
     async def create_jobs_in_bulk(
@@ -468,8 +477,17 @@ class JobsController(Controller):
     async def retry_job(
         self, request: Request[Any, Any, Any], job_id: str, principal: Principal
     ) -> JobAction:
-        """Start a Failed or Cancelled job again from download."""
-        state = await _decide(request, principal, job_id, job.retry)
+        """Start a Failed or Cancelled job again from download (within `max_running_jobs`)."""
+        owned = await load_job(request, job_id, principal)  # 404 for anyone else's
+        try:  # a job that cannot be retried is a 400 whatever the quota
+            job.retry(owned)
+        except InvalidTransition as exc:
+            raise JobApiError(status_code=400, detail=str(exc)) from None
+
+        async def retry(conn: asyncpg.Connection | None) -> job.JobState:
+            return await _decide(request, principal, job_id, job.retry, conn=conn)
+
+        state = await change_admitted(request.app.state.store, principal.account_id, retry)
         return JobAction(job_id=state.job_id, status=state.status)
 
     @delete("/{job_id:str}/file", status_code=200)

@@ -17,6 +17,7 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import Provide
 
+from adapters.account_policy_store import load_policy
 from adapters.event_store import EventStore, StreamAppend
 from adapters.task_store import (
     TaskChangingTooFast,
@@ -32,7 +33,6 @@ from api.envelope import (
     DEFAULT_PAGE_SIZE,
     ClusterApiError,
     Pagination,
-    cluster_admin,
     cluster_principal,
     iso,
     page_window,
@@ -48,6 +48,13 @@ from api.idempotency import (
 )
 from api.requests import command_metadata
 from domain import task
+from domain.account_policy import (
+    CODE_TASK_TYPES,
+    AccountPolicy,
+    InvalidPolicy,
+    PolicyRefused,
+    task_env,
+)
 from domain.errors import InvalidTransition
 from domain.events import Event, NewEvent
 from domain.idempotency import RequestRecorded
@@ -339,6 +346,29 @@ def _seconds(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
+async def _allowed_env(
+    request: Request[Any, Any, Any], principal: Principal, body: SubmitTaskBody
+) -> list[str]:
+    """What the account's policy lets this task do: 403 naming why it may not run at all."""
+    if body.priority not in task.PRIORITY_RANK:
+        return []  # refused as a bad value by `task.submit`
+    policy = await load_policy(request.app.state.store, principal.account_id)
+    try:
+        return task_env(
+            policy or AccountPolicy(account_id=principal.account_id),
+            admin=principal.admin,
+            task_type=body.task_type,
+            priority=body.priority,
+            payload_env=body.payload.get("env"),
+        )
+    except InvalidPolicy as exc:
+        raise validation_error(exc.field, str(exc)) from None
+    except PolicyRefused as exc:
+        raise ClusterApiError(
+            403, "UNAUTHORIZED", str(exc), {"field": exc.field, "reason": "not_allowed"}
+        ) from None
+
+
 class TaskCreated(msgspec.Struct):
     """What an idempotency record keeps of a submitted task: the task (its state is live)."""
 
@@ -382,6 +412,10 @@ class TasksController(Controller):
     ) -> Response[Any]:
         """Submit a task; it waits `queued` until a node that meets its requirements is free.
 
+        `command`, `python_eval` and `http_request` need an admin key or the account's grant
+        (403 otherwise); `payload.env` names node environment variables the task's process
+        may see (only those the grant allows); `urgent` needs an admin key.
+
         Body: `task_type`, `payload`, `priority` (low, normal, high, urgent), `requirements`
         (min_cpu_cores, min_memory_gb, min_storage_gb, required_platform, required_role,
         required_tags, gpu_required, internet_required, timeout_seconds, max_retries), `metadata`.
@@ -394,6 +428,7 @@ class TasksController(Controller):
         body = _body(await request.body())
         given = body.requirements or RequirementsBody()
         requirements = _decode_requirements(msgspec.json.encode(given))
+        env = await _allowed_env(request, principal, body)
         task_id = str(uuid.uuid4())
         try:
             events = task.submit(
@@ -404,6 +439,8 @@ class TasksController(Controller):
                 priority=body.priority,
                 requirements=requirements,
                 metadata=body.metadata,
+                env=env,
+                by_grant=body.task_type in CODE_TASK_TYPES and not principal.admin,
             )
         except task.InvalidTask as exc:
             raise validation_error(exc.field, str(exc)) from None
@@ -560,18 +597,20 @@ class TasksController(Controller):
         message = None if state.terminal else f"Task is {state.status}: no result yet"
         return success(request, answer, message=message)
 
-    @post("/{task_id:str}/cancel", status_code=200, dependencies={"admin": Provide(cluster_admin)})
+    @post("/{task_id:str}/cancel", status_code=200)
     async def cancel(
-        self, request: Request[Any, Any, Any], admin: Principal, task_id: str
+        self, request: Request[Any, Any, Any], principal: Principal, task_id: str
     ) -> Response[Any]:
-        """Cancel a queued, assigned or running task (admin key); a running one is stopped."""
-        state = await _decide(request, admin, task_id, task.cancel)
+        """Cancel a queued, assigned or running task of the caller's account (an admin key: any
+        task); a running one is stopped. Another account's task is a 404."""
+        state = await _decide(request, principal, task_id, task.cancel)
         return success(request, view(state), message="Task cancelled")
 
-    @post("/{task_id:str}/retry", status_code=200, dependencies={"admin": Provide(cluster_admin)})
+    @post("/{task_id:str}/retry", status_code=200)
     async def retry(
-        self, request: Request[Any, Any, Any], admin: Principal, task_id: str
+        self, request: Request[Any, Any, Any], principal: Principal, task_id: str
     ) -> Response[Any]:
-        """Queue a failed, timed-out or cancelled task again (admin key)."""
-        state = await _decide(request, admin, task_id, task.retry)
+        """Queue a failed, timed-out or cancelled task of the caller's account again (an admin
+        key: any task). Another account's task is a 404."""
+        state = await _decide(request, principal, task_id, task.retry)
         return success(request, view(state), message="Task queued again")

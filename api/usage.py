@@ -13,8 +13,10 @@ import msgspec
 from litestar import Controller, Request, get
 from litestar.di import Provide
 
+from adapters.account_policy_store import job_use, load_policy
 from api.auth import Principal, job_api_principal
 from api.errors import JOB_API_ERRORS
+from domain.account_policy import QUOTA_NAMES, Quotas
 from domain.job import USAGE_COUNTERS, JobStatus
 
 _STATUSES: tuple[str, ...] = get_args(JobStatus)
@@ -55,12 +57,47 @@ class UsagePeriod(msgspec.Struct):
     storage_bytes_change: int
 
 
+class QuotaUse(msgspec.Struct):
+    """One quota beside its use; `limit` null: no limit."""
+
+    limit: int | None
+    used: int
+
+
 class UsageAnswer(msgspec.Struct):
-    """`month` is the current UTC month (`YYYY-MM`) that `this_month` covers."""
+    """`month` is the current UTC month (`YYYY-MM`) that `this_month` covers.
+
+    `quotas`: each quota an admin may set, beside what the account uses of it now: jobs not yet
+    finished, jobs created today (UTC), bytes stored, and the longest media (s) it fetched.
+    """
 
     month: str
     all_time: UsagePeriod
     this_month: UsagePeriod
+    quotas: dict[str, QuotaUse]
+
+
+_LONGEST = """
+SELECT coalesce(max(ceil((state->>'duration')::float8)), 0)::bigint FROM jobs
+WHERE account_id = $1 AND state ? 'duration'
+"""
+
+
+async def _quotas(
+    request: Request[Any, Any, Any], account_id: str, now: datetime
+) -> dict[str, QuotaUse]:
+    pool = request.app.state.pool
+    policy = await load_policy(request.app.state.store, account_id)
+    quotas = policy.quotas if policy is not None else Quotas()
+    use = await job_use(pool, account_id, now)
+    longest = await pool.fetchval(_LONGEST, account_id)
+    used = {
+        "max_running_jobs": use.running,
+        "max_jobs_per_day": use.today,
+        "max_storage_bytes": use.stored_bytes,
+        "max_media_seconds": int(longest),
+    }
+    return {name: QuotaUse(getattr(quotas, name), used[name]) for name in QUOTA_NAMES}
 
 
 def _period(counts: dict[str, int], by_status: dict[str, int], held: int) -> UsagePeriod:
@@ -104,4 +141,5 @@ class UsageController(Controller):
             month=f"{now.year:04d}-{now.month:02d}",
             all_time=_period(all_time, status_all, held),
             this_month=_period(this_month, status_month, held),
+            quotas=await _quotas(request, principal.account_id, now),
         )

@@ -57,3 +57,7 @@ def issue_key(*, key: str, key_id: str, account_id: str, name: str, admin: bool)
             admin=admin,
         )
     ]
+
+
+# Policy events share the account stream: whatever reads the stream must know their types.
+from domain import account_policy as _account_policy  # noqa: E402, F401

@@ -89,6 +89,10 @@ class TaskSubmitted(Event, frozen=True, kw_only=True):
     priority: Priority = "normal"
     requirements: Requirements = Requirements()
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    env: list[str] = msgspec.field(default_factory=list)
+    """The node environment variables its child process may see (decided at submission)."""
+    by_grant: bool = False
+    """Allowed by the account's grant (not an admin key): the node checks the grant again."""
 
 
 @event
@@ -209,6 +213,8 @@ class TaskState(msgspec.Struct, kw_only=True):
     error: str | None = None
     execution_time_seconds: float | None = None
     version: int = 0
+    env: list[str] = msgspec.field(default_factory=list)
+    by_grant: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -231,8 +237,13 @@ def submit(
     priority: str = "normal",
     requirements: Requirements | None = None,
     metadata: dict[str, Any] | None = None,
+    env: list[str] | None = None,
+    by_grant: bool = False,
 ) -> list[Event]:
-    """Decide the event that submits a task, refusing what could never run."""
+    """Decide the event that submits a task, refusing what could never run.
+
+    Whether the caller may submit it (`domain.account_policy.task_env`) is decided before.
+    """
     if not task_type or len(task_type) > MAX_TASK_TYPE_LENGTH:
         raise InvalidTask("task_type", "task_type must be a non-empty name")
     if task_type not in TASK_TYPES:
@@ -264,6 +275,8 @@ def submit(
             priority=rank,
             requirements=req,
             metadata=metadata or {},
+            env=list(env or []),
+            by_grant=by_grant,
         )
     ]
 
@@ -416,6 +429,8 @@ def evolve(state: TaskState | None, ev: Event, at: datetime, version: int) -> Ta
             created_at=at,
             updated_at=at,
             version=version,
+            env=list(ev.env),
+            by_grant=ev.by_grant,
         )
     if state is None:
         raise InvalidTransition(f"{type(ev).__name__} before TaskSubmitted")

@@ -25,6 +25,7 @@ from arq.typing import WorkerCoroutine
 from arq.worker import Retry, Worker, func
 
 from adapters import event_partitions, sysinfo
+from adapters.account_policy_store import load_policy, seconds_quota
 from adapters.account_storage import AccountStorages
 from adapters.database import unreachable
 from adapters.event_store import EventStore, StreamAppend
@@ -529,8 +530,15 @@ class Node:
             if unit.stage == "download":
                 if workdir.exists():  # a previous attempt's leftovers
                     stages.remove_workdir(workdir)
+                policy = await load_policy(self.store, state.account_id)
                 return await stages.download(
-                    state, self.node_id, workdir, self.guard, sink, unit.cancel
+                    state,
+                    self.node_id,
+                    workdir,
+                    self.guard,
+                    sink,
+                    unit.cancel,
+                    max_media_seconds=seconds_quota(policy),
                 )
             if unit.stage == "mux":
                 return await stages.mux(

@@ -78,8 +78,14 @@ async def download(
     guard: UrlGuard,
     progress: ProgressSink,
     cancel: asyncio.Event,
+    max_media_seconds: int | None = None,
 ) -> job.DownloadCompleted:
-    """Fetch the source with yt-dlp into `workdir`."""
+    """Fetch the source with yt-dlp into `workdir`.
+
+    `max_media_seconds` is the account's quota: a longer source fails the job at once (no
+    retries), before its media is fetched when the source tells its duration, else as soon
+    as the fetched file shows it; a live stream is recorded for at most that long.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     loop = asyncio.get_running_loop()
@@ -100,17 +106,18 @@ async def download(
     relay = asyncio.create_task(_relay(cancel, stop))
     o = state.options
     try:
-        if o.live_recording or (
+        live = o.live_recording or (
             _is_hls(state.url)
             and await asyncio.to_thread(live_hls.is_live_hls, state.url, guard=guard)
-        ):
+        )
+        if live:
             # A live stream: recorded until it ends, or until max_duration seconds of it.
             result = await asyncio.to_thread(
                 live_hls.record,
                 state.url,
                 workdir,
                 guard=guard,
-                max_duration=o.max_duration,
+                max_duration=_shorter(o.max_duration, max_media_seconds),
                 live_from_start=o.live_from_start,
                 wait_for_video=WAIT_FOR_VIDEO_SECONDS if o.wait_for_video else None,
                 on_progress=on_progress,
@@ -128,6 +135,8 @@ async def download(
                 download_thumbnail=o.download_thumbnail,
                 on_progress=on_progress,
                 cancel=stop,
+                max_seconds=max_media_seconds,
+                too_long=lambda seconds: too_long(seconds, max_media_seconds),
             )
     except downloader.DownloadCancelled:
         raise StageCancelled from None
@@ -138,6 +147,11 @@ async def download(
     if cancel.is_set():
         raise StageCancelled
     info = result.info
+    if max_media_seconds is not None and not live:  # a recording stops at the quota
+        longest = info.duration or await _probed_duration(result.files)
+        if longest is not None and longest > max_media_seconds + MEDIA_SECONDS_SLACK:
+            remove_workdir(workdir)
+            raise StageError(too_long(longest, max_media_seconds), retryable=False)
     return job.DownloadCompleted(
         run=state.run,
         attempt=state.attempt,
@@ -154,6 +168,37 @@ async def download(
         width=info.width,
         height=info.height,
     )
+
+
+MEDIA_SECONDS_SLACK = 0.5
+"""A file measured after download may run a fraction of a second past the length it declares."""
+
+
+def too_long(seconds: float, limit: int | None) -> str:
+    """The reason a job fails past the account's longest-media quota."""
+    return (
+        f"The media is {seconds:.0f} s long, longer than the account's quota "
+        f"max_media_seconds ({limit} s); ask an admin to raise it"
+    )
+
+
+def _shorter(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+async def _probed_duration(files: Sequence[downloader.DownloadedFile]) -> float | None:
+    """The longest of the fetched media files, as FFmpeg reads them (None: none could be)."""
+    longest: float | None = None
+    for f in files:
+        if f.kind not in ("video", "audio", "av"):
+            continue
+        try:
+            info = await asyncio.to_thread(muxer.probe, Path(f.path))
+        except muxer.MuxFailed:
+            continue
+        if info.duration is not None:
+            longest = max(longest or 0.0, info.duration)
+    return longest
 
 
 WAIT_FOR_VIDEO_SECONDS = 300.0

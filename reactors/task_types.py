@@ -15,8 +15,8 @@ import shlex
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,17 @@ class TaskRefused(TaskError):
     """The task cannot run as given, here or anywhere: retrying will not help."""
 
 
+BASE_ENVIRONMENT: tuple[str, ...] = ("PATH", "LANG", "LC_ALL", "TZ")
+"""Of the node's environment, what every task's child process sees: how to find programs and
+the locale. Nothing else of the node's: its settings, keys and storage credentials stay out."""
+
+
+def child_environment(node: Mapping[str, str], allowed: Sequence[str]) -> dict[str, str]:
+    """The environment of a task's child process: the base variables the node has, plus the
+    ones the task may see (`TaskSubmitted.env`, which an admin's grant allowed)."""
+    return {name: node[name] for name in (*BASE_ENVIRONMENT, *allowed) if name in node}
+
+
 @dataclass(frozen=True)
 class TaskContext:
     """What an executor may use of its node."""
@@ -57,6 +68,8 @@ class TaskContext:
     settings: Settings
     guard: UrlGuard
     workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    """The environment of any process the task starts (see `child_environment`)."""
 
 
 Executor = Callable[[dict[str, Any], TaskContext], Awaitable[Any]]
@@ -209,6 +222,7 @@ async def command(payload: dict[str, Any], ctx: TaskContext) -> Any:
         proc = await asyncio.create_subprocess_exec(
             *args,
             cwd=ctx.workdir,
+            env=ctx.env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -284,6 +298,7 @@ async def python_eval(payload: dict[str, Any], ctx: TaskContext) -> Any:
         _EVAL_CHILD,
         str(EVAL_MEMORY),
         str(int(EVAL_SECONDS)),
+        env=ctx.env,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

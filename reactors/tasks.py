@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,14 +19,23 @@ from typing import Any, Protocol
 
 import msgspec
 
+from adapters.account_policy_store import load_policy
 from adapters.event_store import EventStore
 from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
 from adapters.task_store import load_task
 from domain import task
+from domain.account_policy import AccountPolicy, still_granted
 from domain.errors import ConcurrencyError, InvalidTransition
 from domain.events import NO_CAUSE, Event, Metadata, NewEvent, event_id
-from reactors.task_types import EXECUTORS, TaskContext, TaskError, TaskRefused, advertised
+from reactors.task_types import (
+    EXECUTORS,
+    TaskContext,
+    TaskError,
+    TaskRefused,
+    advertised,
+    child_environment,
+)
 
 log = logging.getLogger("spool.tasks")
 
@@ -117,7 +127,22 @@ class TaskRunner:
                 meta,
             )
             return "refused"
-        ctx = TaskContext(self.node_id, self.settings, self.guard, self.workroot / task_id)
+        refused = await self._no_longer_granted(state)
+        if refused is not None:
+            await self._record(
+                task_id,
+                attempt,
+                lambda s: task.fail(s, self.node_id, attempt, refused, retryable=False),
+                meta,
+            )
+            return "refused"
+        ctx = TaskContext(
+            self.node_id,
+            self.settings,
+            self.guard,
+            self.workroot / task_id,
+            child_environment(os.environ, state.env),
+        )
 
         async def bounded() -> Any:
             async with asyncio.timeout(timeout):
@@ -173,6 +198,17 @@ class TaskRunner:
             meta,
         )
         return "success" if done else "stale"
+
+    async def _no_longer_granted(self, state: task.TaskState) -> str | None:
+        """Why a task its account's grant allowed may not run now (the grant was revoked or
+        narrowed since it was submitted); None when it may."""
+        if not state.by_grant:
+            return None
+        policy = await load_policy(self.store, state.account_id)
+        why = still_granted(
+            policy or AccountPolicy(account_id=state.account_id), state.task_type, state.env
+        )
+        return None if why is None else f"Refused: {why}"
 
     async def _watch(
         self,

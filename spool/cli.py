@@ -288,6 +288,158 @@ def keys_create(name: str, admin: bool, **flags: Any) -> None:
 
 
 @main.group()
+def accounts() -> None:
+    """What an admin allows each account: grants of code-running tasks, and quotas."""
+
+
+def _quota_value(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """A quota flag: a whole number (0 or more), `none` for no limit, or unset (unchanged)."""
+    if value is None:
+        return _UNCHANGED
+    if value.strip().lower() in ("none", "unlimited"):
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise click.BadParameter("a whole number, or none") from None
+    if number < 0:
+        raise click.BadParameter("must be 0 or more")
+    return number
+
+
+_UNCHANGED = object()
+_QUOTA_FLAGS = {
+    "running": "max_running_jobs",
+    "per_day": "max_jobs_per_day",
+    "storage_bytes": "max_storage_bytes",
+    "media_seconds": "max_media_seconds",
+}
+
+
+def _describe(policy: Any) -> str:
+    grant = policy.grant
+    granted = (
+        f"grant: {', '.join(grant.task_types)}"
+        + (f" (env: {', '.join(grant.env)})" if grant.env else "")
+        if grant is not None
+        else "grant: none"
+    )
+    limits = ", ".join(
+        f"{name}={getattr(policy.quotas, name)}"
+        for name in _QUOTA_FLAGS.values()
+        if getattr(policy.quotas, name) is not None
+    )
+    return f"{granted}; quotas: {limits or 'none'}"
+
+
+async def _change_policy(
+    flags: dict[str, Any], account_id: str, decide: Callable[[Any], list[Any]]
+) -> str:
+    """Apply `decide` to an account's policy through the store; a line describing the result."""
+    from adapters.account_policy_store import load_policy, record
+    from domain.events import Metadata
+
+    async with open_runtime(_settings(**flags)) as rt:
+        policy = await load_policy(rt.store, account_id)
+        if policy is None:
+            raise click.ClickException(f"account {account_id!r} not found")
+        await record(rt.store, account_id, decide(policy), Metadata(actor="cli"))
+        changed = await load_policy(rt.store, account_id)
+        return f"{account_id}: {_describe(changed)}"
+
+
+@accounts.command("list")
+@_database_options
+def accounts_list(**flags: Any) -> None:
+    """Every account with a key: its keys' names, its grant and its quotas."""
+    from adapters.account_policy_store import accounts as all_accounts
+    from adapters.account_policy_store import load_policy
+    from domain.account_policy import AccountPolicy
+
+    async def go() -> list[str]:
+        async with open_runtime(_settings(**flags)) as rt:
+            lines = []
+            for row in await all_accounts(rt.pool):
+                policy = await load_policy(rt.store, row.account_id)
+                names = ", ".join(
+                    str(k["name"])
+                    + (" (admin)" if k["admin"] else "")
+                    + (" (revoked)" if k["revoked"] else "")
+                    for k in row.keys
+                )
+                described = _describe(policy or AccountPolicy(account_id=row.account_id))
+                lines.append(f"{row.account_id}  keys: {names}; {described}")
+            return lines
+
+    for line in _run(go()):
+        click.echo(line)
+
+
+@accounts.command("quota")
+@_database_options
+@click.argument("account_id")
+@click.option("--running", callback=_quota_value, help="Jobs not yet finished at once.")
+@click.option("--per-day", callback=_quota_value, help="Jobs created in one UTC day.")
+@click.option("--storage-bytes", callback=_quota_value, help="Bytes held in storage.")
+@click.option("--media-seconds", callback=_quota_value, help="Longest media fetched (s).")
+def accounts_quota(account_id: str, **options: Any) -> None:
+    """Set quotas of ACCOUNT_ID: each flag a number or `none` (no limit); others unchanged."""
+    import msgspec
+
+    from domain import account_policy
+
+    flags = {k: options.pop(k) for k in ("data_dir", "database_url")}
+    given = {_QUOTA_FLAGS[k]: v for k, v in options.items() if v is not _UNCHANGED}
+
+    def decide(policy: Any) -> list[Any]:
+        quotas = msgspec.structs.replace(policy.quotas, **given)
+        return account_policy.set_quotas(account_id, quotas)
+
+    click.echo(_run(_change_policy(flags, account_id, decide)))
+
+
+@accounts.command("grant")
+@_database_options
+@click.argument("account_id")
+@click.option(
+    "--task-type",
+    "task_types",
+    multiple=True,
+    type=click.Choice(["command", "python_eval", "http_request"]),
+    help="A code-running task type to allow (repeat; default: all three).",
+)
+@click.option(
+    "--env",
+    "env",
+    multiple=True,
+    metavar="NAME",
+    help="A node environment variable the account's tasks may name in payload.env (repeat).",
+)
+def accounts_grant(
+    account_id: str, task_types: tuple[str, ...], env: tuple[str, ...], **flags: Any
+) -> None:
+    """Let ACCOUNT_ID run code-running tasks (replaces its earlier grant)."""
+    from domain import account_policy
+
+    try:  # judged before the database is opened: a bad name changes nothing
+        events = account_policy.grant(account_id, list(task_types), list(env))
+    except account_policy.InvalidPolicy as exc:
+        hint = f"--{exc.field.replace('_', '-')}"
+        raise click.BadParameter(str(exc), param_hint=hint) from None
+    click.echo(_run(_change_policy(flags, account_id, lambda _policy: events)))
+
+
+@accounts.command("revoke-grant")
+@_database_options
+@click.argument("account_id")
+def accounts_revoke_grant(account_id: str, **flags: Any) -> None:
+    """Take back ACCOUNT_ID's grant: its queued code-running tasks will not run."""
+    from domain import account_policy
+
+    click.echo(_run(_change_policy(flags, account_id, account_policy.revoke)))
+
+
+@main.group()
 def projections() -> None:
     """Inspect and rebuild projections."""
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 
 from adapters.event_store import EventStore
+from domain.account import hash_key
 from spool.embedded import free_port
 from tests.fixtures.media import MediaServer, media_duration
 from tests.fixtures.processes import REPO_ROOT, SpoolProcesses, child_env, wait_http
@@ -154,3 +155,65 @@ def test_spool_up_runs_a_job_to_completion_on_embedded_defaults(
         procs.stop("up", seconds=60)
     assert proc.returncode == 0, procs.log("up")
     assert not (data_dir / "postgres" / "postmaster.pid").exists()
+
+
+async def test_spool_accounts_sets_quotas_and_grants_that_the_api_obeys(
+    database_url: str, client: httpx.AsyncClient, store: EventStore
+) -> None:
+    made = _spool("keys", "create", "--name", "quota cli", "--database-url", database_url)
+    key = made.stdout.strip().splitlines()[-1]
+    account_id = await store.pool.fetchval(
+        "SELECT account_id FROM api_keys WHERE key_hash = $1", hash_key(key)
+    )
+
+    quota = _spool(
+        "accounts", "quota", account_id, "--per-day", "1", "--database-url", database_url
+    )
+    assert quota.returncode == 0, quota.stderr
+    assert "max_jobs_per_day=1" in quota.stdout
+    first = await client.post(
+        "/jobs", json={"url": "http://media.test/c1.mp4"}, headers={"x-api-key": key}
+    )
+    assert first.status_code == 201
+    second = await client.post(
+        "/jobs", json={"url": "http://media.test/c2.mp4"}, headers={"x-api-key": key}
+    )
+    assert second.status_code == 429 and second.json()["quota"] == "max_jobs_per_day"
+
+    # Other quotas are kept; `none` lifts one.
+    more = _spool("accounts", "quota", account_id, "--running", "4", "--database-url", database_url)
+    assert "max_jobs_per_day=1" in more.stdout and "max_running_jobs=4" in more.stdout
+    lifted = _spool(
+        "accounts", "quota", account_id, "--per-day", "none", "--database-url", database_url
+    )
+    assert "max_jobs_per_day" not in lifted.stdout
+    third = await client.post(
+        "/jobs", json={"url": "http://media.test/c3.mp4"}, headers={"x-api-key": key}
+    )
+    assert third.status_code == 201
+
+    task = {"task_type": "command", "payload": {"command": "true"}}
+    assert (
+        await client.post("/api/v1/tasks", json=task, headers={"x-api-key": key})
+    ).status_code == 403
+    granted = _spool(
+        "accounts", "grant", account_id, "--task-type", "command", "--env", "LANG",
+        "--database-url", database_url,
+    )  # fmt: skip
+    assert granted.returncode == 0 and "grant: command (env: LANG)" in granted.stdout
+    assert (
+        await client.post("/api/v1/tasks", json=task, headers={"x-api-key": key})
+    ).status_code == 201
+    listed = _spool("accounts", "list", "--database-url", database_url)
+    line = next(v for v in listed.stdout.splitlines() if v.startswith(account_id))
+    assert "quota cli" in line and "grant: command" in line and key not in listed.stdout
+    revoked = _spool("accounts", "revoke-grant", account_id, "--database-url", database_url)
+    assert revoked.returncode == 0 and "grant: none" in revoked.stdout
+    assert (
+        await client.post("/api/v1/tasks", json=task, headers={"x-api-key": key})
+    ).status_code == 403
+
+    bad = _spool("accounts", "quota", account_id, "--running", "-3", "--database-url", database_url)
+    assert bad.returncode != 0 and "--running" in bad.stderr
+    unknown = _spool("accounts", "grant", "no-such-account", "--database-url", database_url)
+    assert unknown.returncode != 0 and "not found" in unknown.stderr

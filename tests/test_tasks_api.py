@@ -143,7 +143,7 @@ async def test_the_list_is_newest_first_filtered_and_paginated(
     key = issued.key
     ids = [
         (await submit(client, key, priority=p))["task_id"]
-        for p in ("low", "high", "high", "urgent", "normal")
+        for p in ("low", "high", "high", "low", "normal")
     ]
     await runner.settle("tasks")
 
@@ -203,26 +203,31 @@ async def test_another_account_never_sees_my_tasks_in_lists_but_an_admin_does(
     assert seen.status_code == 200
 
 
-async def test_cancel_and_retry_need_an_admin_key(
-    client: httpx.AsyncClient, api_key: str, admin_key: str
+async def test_an_owner_cancels_and_retries_its_own_task_and_another_account_gets_404(
+    client: httpx.AsyncClient, api_key: str, other_api_key: str, admin_key: str
 ) -> None:
     created = await submit(client, api_key)
     task_id = created["task_id"]
-    refused = await client.post(f"{BASE}/{task_id}/cancel", headers=h(api_key))
-    assert refused.status_code == 403 and refused.json()["error_code"] == "UNAUTHORIZED"
+    # Another account learns nothing, not even that the task exists.
+    for action in ("cancel", "retry"):
+        hidden = await client.post(f"{BASE}/{task_id}/{action}", headers=h(other_api_key))
+        assert hidden.status_code == 404 and hidden.json()["error_code"] == "TASK_NOT_FOUND"
 
     cancelled = await client.post(
-        f"{BASE}/{task_id}/cancel", headers={"Authorization": f"Bearer {admin_key}"}
+        f"{BASE}/{task_id}/cancel", headers={"Authorization": f"Bearer {api_key}"}
     )
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["data"]["status"] == "cancelled"
-    again = await client.post(f"{BASE}/{task_id}/cancel", headers=h(admin_key))
+    again = await client.post(f"{BASE}/{task_id}/cancel", headers=h(api_key))
     assert again.status_code == 400 and again.json()["error_code"] == "VALIDATION_ERROR"
 
-    retried = await client.post(f"{BASE}/{task_id}/retry", headers=h(admin_key))
+    retried = await client.post(f"{BASE}/{task_id}/retry", headers=h(api_key))
     assert retried.status_code == 200 and retried.json()["data"]["status"] == "queued"
-    not_failed = await client.post(f"{BASE}/{task_id}/retry", headers=h(admin_key))
+    not_failed = await client.post(f"{BASE}/{task_id}/retry", headers=h(api_key))
     assert not_failed.status_code == 400
+    # An admin may act on any account's task.
+    by_admin = await client.post(f"{BASE}/{task_id}/cancel", headers=h(admin_key))
+    assert by_admin.status_code == 200 and by_admin.json()["data"]["status"] == "cancelled"
     missing = await client.post(f"{BASE}/{uuid.uuid4()}/cancel", headers=h(admin_key))
     assert missing.status_code == 404 and missing.json()["error_code"] == "TASK_NOT_FOUND"
 

@@ -9,12 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from adapters.event_store import EventStore
 from adapters.queue import node_queue
 from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
 from adapters.task_store import load_task
 from domain import task
+from domain.account import hash_key
 from domain.events import NewEvent
 from reactors.scheduler import enqueue
 from reactors.tasks import TaskRunner
@@ -72,7 +75,7 @@ async def test_priorities_are_honoured_when_slots_are_scarce(
             await submit(cluster, task_type="echo", priority="low", payload={"i": i})
             for i in range(3)
         ]
-        urgent = await submit(cluster, task_type="echo", priority="urgent")
+        urgent = await submit(cluster, cluster.admin_key, task_type="echo", priority="urgent")
         high = await submit(cluster, task_type="echo", priority="high")
         start_scheduler(cluster)
         cluster.start_node(task_concurrency=1)
@@ -143,3 +146,47 @@ async def test_a_replayed_assignment_enqueues_nothing_twice(redis_url: str) -> N
     finally:
         await redis.delete(node_queue(node_id))
         await redis.aclose()
+
+
+async def test_a_granted_accounts_command_sees_no_spool_variable_only_the_ones_it_may_name(
+    start_cluster: StartCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a node's environment typically holds: its settings, keys and storage credentials.
+    monkeypatch.setenv("SPOOL_SECRET_KEY", "node-secret")
+    monkeypatch.setenv("SPOOL_DATABASE_URL", "postgresql://spool:pw@db/spool")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "cloud-secret")
+    monkeypatch.setenv("TENANT_TOKEN", "for-the-tenant")
+    async with start_cluster(allow_command_tasks=True) as cluster:
+        admin = {"X-API-Key": cluster.admin_key}
+        account_id = await cluster.pool.fetchval(
+            "SELECT account_id FROM api_keys WHERE key_hash = $1", hash_key(cluster.key)
+        )
+        grants = f"/admin/accounts/{account_id}/grants"
+        grant = {"task_types": ["command"], "env": ["TENANT_TOKEN"]}
+        assert (await cluster.client.put(grants, json=grant, headers=admin)).status_code == 200
+        # Submitted under the grant, then the grant is revoked before any node runs it.
+        queued = await submit(
+            cluster, task_type="command", payload={"command": "env", "env": ["TENANT_TOKEN"]}
+        )
+        assert (await cluster.client.delete(grants, headers=admin)).status_code == 200
+        start_scheduler(cluster)
+        refused = await settled(cluster, queued, "failed", "success", seconds=30)
+        assert refused.status == "failed" and "revoked" in (refused.error or "")
+        assert refused.result_data is None
+
+        assert (await cluster.client.put(grants, json=grant, headers=admin)).status_code == 200
+        named = await submit(
+            cluster, task_type="command", payload={"command": "env", "env": ["TENANT_TOKEN"]}
+        )
+        plain = await submit(cluster, task_type="command", payload={"command": ["env"]})
+        outputs = {}
+        for task_id in (named, plain):
+            done = await settled(cluster, task_id, "success", "failed", seconds=30)
+            assert done.status == "success", done.error
+            outputs[task_id] = done.result_data["stdout"].splitlines()
+        for lines in outputs.values():
+            assert not [v for v in lines if v.startswith(("SPOOL_", "AWS_"))], lines
+            assert not [v for v in lines if "secret" in v or "pw@" in v], lines
+            assert any(v.startswith("PATH=") for v in lines)
+        assert "TENANT_TOKEN=for-the-tenant" in outputs[named]
+        assert not [v for v in outputs[plain] if v.startswith("TENANT_TOKEN")]

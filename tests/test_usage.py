@@ -111,7 +111,15 @@ async def test_usage_adds_up_jobs_bytes_and_storage_per_user(
     assert body["this_month"] == expected  # every job of this test ran this month
     assert body["month"] == datetime.now(UTC).strftime("%Y-%m")
 
-    mine = await _usage_until(api, other, lambda b: b["all_time"]["jobs_created"] == 1)
+    # Two projections (usage_daily, jobs) feed the answer, each trailing the log on its own.
+    mine = await _usage_until(
+        api,
+        other,
+        lambda b: (
+            b["all_time"]["jobs_created"] == 1
+            and sum(b["all_time"]["jobs_by_status"].values()) == 1
+        ),
+    )
     assert mine["all_time"]["bytes_uploaded"] in (0, sizes[kept])  # theirs may be done by now
     assert mine["all_time"]["jobs_failed"] == 0
     assert sum(mine["all_time"]["jobs_by_status"].values()) == 1
@@ -134,10 +142,17 @@ async def test_a_user_without_jobs_gets_zeros(cluster: Cluster, api: httpx.Async
         "storage_bytes": 0,
         "storage_bytes_change": 0,
     }
+    unlimited = {"limit": None, "used": 0}
     assert body == {
         "month": datetime.now(UTC).strftime("%Y-%m"),
         "all_time": zero,
         "this_month": zero,
+        "quotas": {
+            "max_running_jobs": unlimited,
+            "max_jobs_per_day": unlimited,
+            "max_storage_bytes": unlimited,
+            "max_media_seconds": unlimited,
+        },
     }
 
 

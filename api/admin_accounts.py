@@ -1,0 +1,143 @@
+"""`/admin/accounts` (admin keys only, the job API's error shape): every account with its keys,
+its grant of code-running tasks and its quotas; set quotas, grant and revoke.
+
+Answers are read from the account streams, so a change shows at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, delete, get, put
+from litestar.di import Provide
+
+from adapters.account_policy_store import accounts, load_policy, record
+from api.auth import Principal, job_api_admin
+from api.errors import JOB_API_ERRORS, JobApiError
+from api.requests import command_metadata
+from domain import account_policy
+from domain.account_policy import AccountPolicy, InvalidPolicy, Quotas
+
+
+class QuotasBody(Quotas, frozen=True, forbid_unknown_fields=True):
+    """The account's quotas, all of them: a field left out or null is unlimited."""
+
+
+class GrantBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`task_types`: of command, python_eval, http_request (default all three); `env`: node
+    environment variables the account's tasks may name in `payload.env`."""
+
+    task_types: list[str] = msgspec.field(default_factory=list)
+    env: list[str] = msgspec.field(default_factory=list)
+
+
+class AccountView(msgspec.Struct):
+    account_id: str
+    keys: list[dict[str, Any]]
+    grant: account_policy.Grant | None
+    quotas: Quotas
+
+
+def _decode(raw: bytes, kind: type[Any]) -> Any:
+    """The body, strictly decoded; a 400 naming the field at fault."""
+    try:
+        return msgspec.json.decode(raw or b"{}", type=kind, strict=True)
+    except msgspec.ValidationError as exc:
+        raise JobApiError(status_code=400, detail=f"Invalid body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise JobApiError(status_code=400, detail=f"The body is not valid JSON: {exc}") from None
+
+
+async def _policy(request: Request[Any, Any, Any], account_id: str) -> AccountPolicy:
+    found = await load_policy(request.app.state.store, account_id)
+    if found is None:
+        raise JobApiError(status_code=404, detail=f"Account {account_id!r} not found")
+    return found
+
+
+async def _keys_of(request: Request[Any, Any, Any], account_id: str) -> list[dict[str, Any]]:
+    found = await accounts(request.app.state.pool, account_id)
+    return found[0].keys if found else []
+
+
+def _view(policy: AccountPolicy, keys: list[dict[str, Any]]) -> AccountView:
+    return AccountView(policy.account_id, keys, policy.grant, policy.quotas)
+
+
+def _bad(exc: InvalidPolicy) -> JobApiError:
+    return JobApiError(status_code=400, detail=f"{exc} (field: {exc.field})")
+
+
+class AdminAccountsController(Controller):
+    path = "/admin/accounts"
+    dependencies = {"admin": Provide(job_api_admin)}
+    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
+    tags = ["admin"]
+
+    @get("/")
+    async def list_accounts(
+        self, request: Request[Any, Any, Any], admin: Principal
+    ) -> dict[str, list[AccountView]]:
+        """Every account that has a key: its keys (ids, names; never a secret), grant, quotas."""
+        answer = []
+        for row in await accounts(request.app.state.pool):
+            policy = await load_policy(request.app.state.store, row.account_id)
+            answer.append(_view(policy or AccountPolicy(account_id=row.account_id), row.keys))
+        return {"accounts": answer}
+
+    @get("/{account_id:str}")
+    async def get_account(
+        self, request: Request[Any, Any, Any], admin: Principal, account_id: str
+    ) -> AccountView:
+        """One account's keys, grant and quotas; 404 for an unknown account."""
+        policy = await _policy(request, account_id)
+        return _view(policy, await _keys_of(request, account_id))
+
+    @put("/{account_id:str}/quotas", status_code=200)
+    async def set_quotas(
+        self, request: Request[Any, Any, Any], admin: Principal, account_id: str
+    ) -> AccountView:
+        """Replace the account's quotas: `max_running_jobs`, `max_jobs_per_day`,
+        `max_storage_bytes`, `max_media_seconds` (a whole number; left out or null: unlimited)."""
+        body: QuotasBody = _decode(await request.body(), QuotasBody)
+        await _policy(request, account_id)
+        quotas = Quotas(**msgspec.structs.asdict(body))
+        try:
+            events = account_policy.set_quotas(account_id, quotas)
+        except InvalidPolicy as exc:
+            raise _bad(exc) from None
+        await record(
+            request.app.state.store, account_id, events, command_metadata(request, admin.key_id)
+        )
+        return _view(await _policy(request, account_id), await _keys_of(request, account_id))
+
+    @put("/{account_id:str}/grants", status_code=200)
+    async def grant(
+        self, request: Request[Any, Any, Any], admin: Principal, account_id: str
+    ) -> AccountView:
+        """Let the account run code-running tasks (replaces any earlier grant)."""
+        body: GrantBody = _decode(await request.body(), GrantBody)
+        await _policy(request, account_id)
+        try:
+            events = account_policy.grant(account_id, body.task_types, body.env)
+        except InvalidPolicy as exc:
+            raise _bad(exc) from None
+        await record(
+            request.app.state.store, account_id, events, command_metadata(request, admin.key_id)
+        )
+        return _view(await _policy(request, account_id), await _keys_of(request, account_id))
+
+    @delete("/{account_id:str}/grants", status_code=200)
+    async def revoke_grant(
+        self, request: Request[Any, Any, Any], admin: Principal, account_id: str
+    ) -> AccountView:
+        """Take the account's grant back: its queued code-running tasks will not run."""
+        policy = await _policy(request, account_id)
+        await record(
+            request.app.state.store,
+            account_id,
+            account_policy.revoke(policy),
+            command_metadata(request, admin.key_id),
+        )
+        return _view(await _policy(request, account_id), await _keys_of(request, account_id))
