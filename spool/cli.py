@@ -373,7 +373,7 @@ def keys_list(account: str | None, **flags: Any) -> None:
 
     async def go() -> list[KeyRow]:
         async with open_runtime(_settings(**flags)) as rt:
-            await rt.runner.catch_up("api_keys")
+            await rt.runner.settle("api_keys")
             return await list_keys(rt.store, account)
 
     rows = _run(go())
@@ -399,7 +399,7 @@ def keys_list(account: str | None, **flags: Any) -> None:
 async def _owner(rt: Any, key_id: str) -> str:
     from adapters.key_store import owner_of
 
-    await rt.runner.catch_up("api_keys")
+    await rt.runner.settle("api_keys")
     owner = await owner_of(rt.store, key_id)
     if owner is None:
         raise click.ClickException(f"no key {key_id} (see `spool keys list`)")
