@@ -161,6 +161,31 @@ async def rotate(
     raise ConcurrencyError(account.stream_id(account_id), None)
 
 
+async def set_expiry(
+    store: EventStore,
+    account_id: str,
+    key_id: str,
+    expires_at: datetime,
+    meta: Metadata,
+    now: datetime | None = None,
+) -> Checkpoint:
+    """Give `key_id` a new expiry. UnknownKey, KeyRetired or ValueError (a past or zoneless
+    time): nothing is appended."""
+    for _ in range(10):
+        keys, version = await account_keys(store, account_id)
+        events = account.set_expiry(
+            keys, key_id, expires_at=expires_at, now=now or datetime.now(UTC)
+        )
+        try:
+            result = await store.append(
+                account.stream_id(account_id), [NewEvent(e, meta) for e in events], version
+            )
+        except ConcurrencyError:
+            continue
+        return result.checkpoint
+    raise ConcurrencyError(account.stream_id(account_id), None)
+
+
 _LIST = """
 SELECT k.key_id, k.name, k.account_id, k.hint, k.scope, k.created_at, u.used_at AS last_used_at,
        k.expires_at, k.revoked, k.replaced_by

@@ -56,6 +56,14 @@ class ApiKeyRotated(Event, frozen=True, kw_only=True):
     retires_at: datetime
 
 
+@event
+class ApiKeyExpirySet(Event, frozen=True, kw_only=True):
+    """`key_id` stops working at `expires_at` (set after its creation)."""
+
+    key_id: str
+    expires_at: datetime
+
+
 class UnknownKey(DomainError):
     """No key with this id (on this account)."""
 
@@ -209,6 +217,22 @@ def rotate_key(
     return [*created, ApiKeyRotated(key_id=key_id, replaced_by=new_key_id, retires_at=now + grace)]
 
 
+def set_expiry(
+    keys: dict[str, KeyState], key_id: str, *, expires_at: datetime, now: datetime
+) -> list[Event]:
+    """Decide a new expiry for `key_id`: a future time, on a key that still works."""
+    state = keys.get(key_id)
+    if state is None:
+        raise UnknownKey(key_id)
+    if expires_at.tzinfo is None:
+        raise ValueError("an expiry needs a time zone (say Z for UTC)")
+    if expires_at <= now:
+        raise ValueError("the expiry is in the past: revoke the key instead")
+    if not state.working(now):
+        raise KeyRetired(f"key {key_id} was revoked or has expired: issue a new one")
+    return [ApiKeyExpirySet(key_id=key_id, expires_at=expires_at)]
+
+
 def evolve(keys: dict[str, KeyState], ev: Event, at: datetime) -> dict[str, KeyState]:
     """The account's keys after `ev`, recorded at `at` (a new dict; states are frozen)."""
     out = dict(keys)
@@ -224,6 +248,8 @@ def evolve(keys: dict[str, KeyState], ev: Event, at: datetime) -> dict[str, KeyS
         )
     elif isinstance(ev, ApiKeyRevoked) and ev.key_id in out:
         out[ev.key_id] = msgspec.structs.replace(out[ev.key_id], revoked=True)
+    elif isinstance(ev, ApiKeyExpirySet) and ev.key_id in out:
+        out[ev.key_id] = msgspec.structs.replace(out[ev.key_id], expires_at=ev.expires_at)
     elif isinstance(ev, ApiKeyRotated) and ev.key_id in out:
         old = out[ev.key_id]
         retires = ev.retires_at if old.expires_at is None else min(old.expires_at, ev.retires_at)

@@ -425,6 +425,36 @@ def keys_revoke(key_id: str, **flags: Any) -> None:
     click.echo(f"key {key_id} revoked" if _run(go()) else f"key {key_id} was already revoked")
 
 
+@keys.command("expire")
+@_database_options
+@click.argument("key_id", metavar="ID")
+@click.option(
+    "--at",
+    "when",
+    required=True,
+    callback=_expiry,
+    metavar="WHEN",
+    help="When the key stops working: a time (2027-01-31T12:00Z) or a span (90d, 12h, 30m).",
+)
+def keys_expire(key_id: str, when: datetime, **flags: Any) -> None:
+    """Set when a key stops working (earlier or later than before)."""
+    from adapters.key_store import set_expiry
+    from domain.account import KeyRetired
+    from domain.events import Metadata
+
+    async def go() -> None:
+        async with open_runtime(_settings(**flags)) as rt:
+            owner = await _owner(rt, key_id)
+            try:
+                at = await set_expiry(rt.store, owner, key_id, when, Metadata(actor="cli"))
+            except (KeyRetired, ValueError) as exc:
+                raise click.ClickException(str(exc)) from None
+            await rt.runner.wait_until("api_keys", at)
+
+    _run(go())
+    click.echo(f"key {key_id} expires at {_when(when)}")
+
+
 @keys.command("rotate")
 @_database_options
 @click.argument("key_id", metavar="ID")

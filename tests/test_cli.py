@@ -246,6 +246,22 @@ async def test_keys_rotate_prints_a_new_key_and_the_old_one_works_only_through_i
     assert twice.returncode == 1 and "revoked, replaced or has expired" in twice.stderr
 
 
+async def test_keys_expire_sets_when_a_key_stops_working(
+    database_url: str, store: EventStore
+) -> None:
+    name = f"expiring-{time.time_ns()}"
+    _spool("keys", "create", "--name", name, "--database-url", database_url)
+    key_id = await store.pool.fetchval("SELECT key_id FROM api_keys WHERE name = $1", name)
+    asked = time.time()
+    done = _spool("keys", "expire", key_id, "--at", "12h", "--database-url", database_url)
+    assert done.returncode == 0, done.stderr
+    expires = await store.pool.fetchval("SELECT expires_at FROM api_keys WHERE key_id = $1", key_id)
+    assert abs(expires.timestamp() - (asked + 12 * 3600)) < 60
+    assert done.stdout.strip() == f"key {key_id} expires at {expires:%Y-%m-%d %H:%M:%S}Z"
+    past = _spool("keys", "expire", key_id, "--at", "2001-01-01", "--database-url", database_url)
+    assert past.returncode == 2 and "in the past" in past.stderr
+
+
 def test_bad_key_commands_are_clear_cli_errors(database_url: str) -> None:
     for args, words in (
         (("create", "--name", "x", "--scope", "root"), "unknown scope 'root'"),

@@ -245,7 +245,7 @@ async def _key_id_of_plain(client: httpx.AsyncClient, key: str) -> str:
 async def test_every_key_change_is_an_event_on_the_account_stream_without_the_key(
     store: EventStore, runner: ProjectionRunner
 ) -> None:
-    from adapters.key_store import revoke, rotate
+    from adapters.key_store import revoke, rotate, set_expiry
     from domain.events import Metadata
 
     first = await issue(store, name="events", scope="jobs")
@@ -259,6 +259,8 @@ async def test_every_key_change_is_an_event_on_the_account_stream_without_the_ke
     rotated = await rotate(
         store, first.account_id, first.key_id, grace=timedelta(seconds=30), meta=Metadata()
     )
+    later = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0)
+    await set_expiry(store, first.account_id, expiring.key_id, later, Metadata())
     await revoke(store, first.account_id, expiring.key_id, Metadata())
     events = await store.read_stream(account.stream_id(first.account_id))
     assert [e.type for e in events] == [
@@ -266,6 +268,7 @@ async def test_every_key_change_is_an_event_on_the_account_stream_without_the_ke
         "ApiKeyCreated",
         "ApiKeyCreated",
         "ApiKeyRotated",
+        "ApiKeyExpirySet",
         "ApiKeyRevoked",
     ]
     created = events[2].data
@@ -291,6 +294,11 @@ async def test_every_key_change_is_an_event_on_the_account_stream_without_the_ke
     assert rows[first.key_id]["expires_at"] == turned.retires_at
     assert rows[rotated.key_id]["scope"] == "jobs"
     assert rows[expiring.key_id]["revoked"] is True
+    assert rows[expiring.key_id]["expires_at"] == later
+    folded = account.fold((e.data, e.recorded_at) for e in events)
+    assert {k: (v.scope, v.revoked, v.expires_at) for k, v in folded.items()} == {
+        k: (r["scope"], r["revoked"], r["expires_at"]) for k, r in rows.items()
+    }
 
 
 async def test_a_rotated_key_works_until_its_grace_ends_and_the_new_one_at_once(

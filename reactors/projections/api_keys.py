@@ -8,14 +8,22 @@ import asyncpg
 import sqlalchemy as sa
 
 from adapters.tables import api_keys
-from domain.account import ApiKeyCreated, ApiKeyRevoked, ApiKeyRotated, scope_of
+from domain.account import (
+    ApiKeyCreated,
+    ApiKeyExpirySet,
+    ApiKeyRevoked,
+    ApiKeyRotated,
+    scope_of,
+)
 from domain.events import RecordedEvent
 
 
 class ApiKeysProjection:
     name = "api_keys"
     tables: Sequence[sa.Table] = (api_keys,)
-    event_types: frozenset[str] = frozenset({"ApiKeyCreated", "ApiKeyRevoked", "ApiKeyRotated"})
+    event_types: frozenset[str] = frozenset(
+        {"ApiKeyCreated", "ApiKeyRevoked", "ApiKeyRotated", "ApiKeyExpirySet"}
+    )
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
         for e in events:
@@ -39,6 +47,12 @@ class ApiKeysProjection:
             elif isinstance(ev, ApiKeyRevoked):
                 await conn.execute(
                     "UPDATE api_keys SET revoked = true WHERE key_id = $1", ev.key_id
+                )
+            elif isinstance(ev, ApiKeyExpirySet):
+                await conn.execute(
+                    "UPDATE api_keys SET expires_at = $2 WHERE key_id = $1",
+                    ev.key_id,
+                    ev.expires_at,
                 )
             elif isinstance(ev, ApiKeyRotated):
                 # LEAST ignores a NULL: a key without an expiry retires when its grace ends.
