@@ -426,3 +426,26 @@ async def test_an_expired_key_stops_working_on_http_and_both_websockets(
     assert max(taken) < 5.0, taken
     token = await api.client.post("/api/auth/token", headers=_auth(key))
     assert token.status_code == 401
+
+
+async def test_a_path_spelled_another_way_does_not_escape_the_keys_scope(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, runner: ProjectionRunner, api_key: str
+) -> None:
+    made = await _new_key(client, runner, api_key, scope="jobs")
+    jobs_key = made["key"]
+    for path in (
+        "/api/v1/tasks",
+        "/api/v1/tasks/",
+        "//api/v1/tasks",
+        "/api/v1//tasks",
+        "/api/v1/./tasks",
+        "/api/v1/x/../tasks",
+        "/api/v1/%74asks",
+    ):
+        answer = await client.post(path, json=TASK, headers=_auth(jobs_key))
+        assert answer.status_code in (403, 404), (path, answer.text)
+    submitted = await pool.fetchval(
+        "SELECT count(*) FROM events WHERE type = 'TaskSubmitted' AND data->>'account_id' = $1",
+        made["account_id"],
+    )
+    assert submitted == 0  # the appends are done before the answers: nothing was submitted
