@@ -20,11 +20,14 @@ from domain.account import allows, hash_key, parse_scope
 
 
 class Principal(msgspec.Struct, frozen=True):
-    """Who is calling: the key, its account, and its scope (domain/account.py)."""
+    """Who is calling: the key, its account, and its scope (domain/account.py); when the key
+    stops working, and whether it was rotated out (it works only through its grace)."""
 
     key_id: str
     account_id: str
     scope: str
+    expires_at: datetime | None = None
+    replaced: bool = False
 
     @property
     def scopes(self) -> frozenset[str]:
@@ -117,7 +120,7 @@ def _still_trusted(state: State, digest: str) -> Principal | None:
 
 
 _LOOKUP = """
-SELECT k.key_id, k.account_id, k.scope, k.expires_at, u.used_at
+SELECT k.key_id, k.account_id, k.scope, k.expires_at, k.replaced_by, u.used_at
 FROM api_keys k LEFT JOIN api_key_use u ON u.key_id = k.key_id
 WHERE k.key_hash = $1 AND NOT k.revoked AND (k.expires_at IS NULL OR k.expires_at > now())
 """
@@ -140,7 +143,13 @@ async def lookup(state: State, key: str) -> Principal | None:
     if row is None:
         verified.pop(digest, None)
         return None
-    principal = Principal(row["key_id"], row["account_id"], row["scope"])
+    principal = Principal(
+        row["key_id"],
+        row["account_id"],
+        row["scope"],
+        row["expires_at"],
+        row["replaced_by"] is not None,
+    )
     now = datetime.now(UTC)
     used: datetime | None = row["used_at"]
     if used is None or (now - used).total_seconds() >= LAST_USED_EVERY_SECONDS:

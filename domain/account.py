@@ -24,6 +24,11 @@ SCOPES = ("read", "jobs", "tasks", "admin")
 PLAIN_SCOPE = "jobs,tasks"
 """What a key without a stated scope may do, as before scopes existed."""
 
+NAME_MAX_CHARS = 200
+
+KEYS_PER_ACCOUNT = 100
+"""Working keys an account may hold: past it, a new key waits for a revocation."""
+
 
 @event
 class ApiKeyCreated(Event, frozen=True, kw_only=True):
@@ -160,6 +165,8 @@ def issue_key(
         raise ValueError(f"an API key starts with {KEY_PREFIX!r} and has at least 24 characters")
     if not name.strip():
         raise ValueError("a key needs a name")
+    if len(name.strip()) > NAME_MAX_CHARS:
+        raise ValueError(f"a key's name has at most {NAME_MAX_CHARS} characters")
     canonical = scope_text(parse_scope(scope))
     if expires_at is not None:
         if expires_at.tzinfo is None:
@@ -178,6 +185,11 @@ def issue_key(
             expires_at=expires_at,
         )
     ]
+
+
+def room_for_a_key(keys: dict[str, KeyState], now: datetime) -> bool:
+    """Whether an account holding `keys` may get one more (`KEYS_PER_ACCOUNT` working keys)."""
+    return sum(1 for k in keys.values() if k.working(now)) < KEYS_PER_ACCOUNT
 
 
 def revoke_key(keys: dict[str, KeyState], key_id: str) -> list[Event]:

@@ -449,3 +449,48 @@ async def test_a_path_spelled_another_way_does_not_escape_the_keys_scope(
         made["account_id"],
     )
     assert submitted == 0  # the appends are done before the answers: nothing was submitted
+
+
+async def test_a_key_that_expires_cannot_make_a_key_that_outlives_it(
+    client: httpx.AsyncClient, runner: ProjectionRunner, api_key: str
+) -> None:
+    ends = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
+    short = (await _new_key(client, runner, api_key, expires_at=ends.isoformat()))["key"]
+    later = (ends + timedelta(days=1)).isoformat()
+    refused = await client.post(
+        "/user/keys", json={"name": "longer", "expires_at": later}, headers=_auth(short)
+    )
+    assert refused.status_code == 403 and "outlive" in refused.json()["error"]
+    child = await _new_key(client, runner, short)
+    assert datetime.fromisoformat(child["expires_at"]) == ends
+
+
+async def test_a_rotated_out_key_in_its_grace_works_but_manages_no_keys(
+    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner
+) -> None:
+    from adapters.key_store import rotate
+    from domain.events import Metadata
+
+    old = await issue(store, name="leaked", scope="jobs")
+    new = await rotate(store, old.account_id, old.key_id, grace=timedelta(hours=1), meta=Metadata())
+    await runner.wait_until("api_keys", new.at)
+    assert (await client.get("/jobs", headers=_auth(old.key))).status_code == 200
+    revoke_new = await client.delete(f"/user/keys/{new.key_id}", headers=_auth(old.key))
+    assert revoke_new.status_code == 403 and "rotated out" in revoke_new.json()["error"]
+    make = await client.post("/user/keys", json={"name": "spare"}, headers=_auth(old.key))
+    assert make.status_code == 403
+    assert (await client.get("/jobs", headers=_auth(new.key))).status_code == 200
+
+
+async def test_an_account_holds_at_most_100_working_keys_and_names_are_bounded(
+    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, api_key: str
+) -> None:
+    made = await _new_key(client, runner, api_key, scope="jobs")
+    for n in range(account.KEYS_PER_ACCOUNT - 2):
+        await issue(store, name=f"k{n}", account_id=made["account_id"], scope="read")
+    full = await client.post("/user/keys", json={"name": "one more"}, headers=_auth(api_key))
+    assert full.status_code == 409 and "revoke one first" in full.json()["error"]
+    await client.delete(f"/user/keys/{made['key_id']}", headers=_auth(api_key))
+    room = await client.post("/user/keys", json={"name": "x" * 201}, headers=_auth(api_key))
+    assert room.status_code == 400 and "200 characters" in room.json()["error"]
+    assert (await _new_key(client, runner, api_key, name="y" * 200))["name"] == "y" * 200
