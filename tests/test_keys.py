@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -494,3 +495,33 @@ async def test_an_account_holds_at_most_100_working_keys_and_names_are_bounded(
     room = await client.post("/user/keys", json={"name": "x" * 201}, headers=_auth(api_key))
     assert room.status_code == 400 and "200 characters" in room.json()["error"]
     assert (await _new_key(client, runner, api_key, name="y" * 200))["name"] == "y" * 200
+
+
+async def test_keys_in_a_database_from_before_scopes_keep_their_powers_after_migrating(
+    server_url: str,
+) -> None:
+    from adapters.database import asyncpg_url, create_database, drop_database, migrate
+
+    name = f"spool_test_{uuid.uuid4().hex[:12]}"
+    url = await create_database(server_url, name)
+    try:
+        await migrate(url, "0011")
+        conn = await asyncpg.connect(asyncpg_url(url))
+        try:
+            for key_id, admin in (("old-admin", True), ("old-plain", False)):
+                await conn.execute(
+                    "INSERT INTO api_keys (key_hash, key_id, account_id, name, hint, admin, "
+                    "created_at) VALUES ($1, $1, $1, 'old', 'sk_…', $2, now())",
+                    key_id,
+                    admin,
+                )
+            await migrate(url, "head")
+            rows = await conn.fetch("SELECT key_id, scope, expires_at FROM api_keys ORDER BY 1")
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(server_url, name)
+    assert [tuple(r) for r in rows] == [
+        ("old-admin", "admin", None),
+        ("old-plain", "jobs,tasks", None),
+    ]
