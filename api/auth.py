@@ -31,6 +31,7 @@ class Principal(msgspec.Struct, frozen=True):
 
     @property
     def scopes(self) -> frozenset[str]:
+        """The scopes the key holds, as a set."""
         return parse_scope(self.scope)
 
     @property
