@@ -1,6 +1,6 @@
 """Which cluster a database and a Redis belong to: a process refuses to join two clusters.
 
-The database holds the cluster's id (migration 0016). Redis is claimed with it under
+The database holds the cluster's id (migration 0013). Redis is claimed with it under
 `CLUSTER_KEY` by the first process that starts; every later process compares. A worker pointed
 at the right Redis but at another cluster's database would otherwise take that cluster's queued
 units and, finding none of their jobs, drop them.

@@ -67,6 +67,19 @@ api_keys = sa.Table(
     sa.Column("admin", sa.Boolean, nullable=False),
     sa.Column("revoked", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # Written one way (domain.account.scope_text); `admin` above is "admin" in it.
+    sa.Column("scope", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("replaced_by", sa.Text),
+)
+
+# Not a projection and not the log: when each key was last used (telemetry, written at most once
+# a minute a key by api.auth), so a rebuild of `api_keys` keeps it.
+api_key_use = sa.Table(
+    "api_key_use",
+    metadata,
+    sa.Column("key_id", sa.Text, primary_key=True),
+    sa.Column("used_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 jobs = sa.Table(

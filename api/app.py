@@ -28,6 +28,7 @@ from api.health import health
 from api.health_ws import health_ws, start_health, stop_health
 from api.job_trace import job_trace
 from api.jobs import JobsController
+from api.keys import KeysController
 from api.media import media_router, stop_media
 from api.metadata import MetadataController
 from api.metrics import metrics
@@ -98,6 +99,7 @@ def create_app(
             UsageController,
             AdminAccountsController,
             UserController,
+            KeysController,
             TasksController,
             DevicesController,
             ConfigController,

@@ -2,25 +2,74 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import msgspec
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.types import Scope
 
+from adapters.database import unreachable
 from api.errors import JobApiError
-from domain.account import hash_key
+from domain.account import allows, hash_key, parse_scope
 
 
 class Principal(msgspec.Struct, frozen=True):
-    """Who is calling: the key, its account, and whether it may see the whole cluster."""
+    """Who is calling: the key, its account, and its scope (domain/account.py); when the key
+    stops working, and whether it was rotated out (it works only through its grace)."""
 
     key_id: str
     account_id: str
-    admin: bool
+    scope: str
+    expires_at: datetime | None = None
+    replaced: bool = False
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        """The scopes the key holds, as a set."""
+        return parse_scope(self.scope)
+
+    @property
+    def admin(self) -> bool:
+        """Whether the key may do everything, cluster-wide."""
+        return self.scope == "admin"
+
+
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+_KEYS_PATH = "/user/keys"
+_TASKS_PATH = "/api/v1/tasks"
+# The health token only lets its holder read (the health websocket).
+_READ_POSTS = frozenset({"/api/auth/token"})
+
+
+def needed_scopes(method: str, path: str) -> frozenset[str]:
+    """The scopes of which a key needs one for a request: reads need `read` (every key), task
+    writes `tasks`, managing one's keys any scope that writes, every other write `jobs`.
+    Endpoints for admins alone check `admin` on top."""
+    if method in _READS or path in _READ_POSTS:
+        return frozenset({"read"})
+    if path == _KEYS_PATH or path.startswith(_KEYS_PATH + "/"):
+        return frozenset({"jobs", "tasks"})
+    if path == _TASKS_PATH or path.startswith(_TASKS_PATH + "/"):
+        return frozenset({"tasks"})
+    return frozenset({"jobs"})
+
+
+def scope_refusal(principal: Principal, method: str, path: str) -> str | None:
+    """Why `principal`'s scope does not allow this request, or None when it does."""
+    needed = needed_scopes(method, path)
+    held = principal.scopes
+    if any(allows(held, need) for need in needed):
+        return None
+    return (
+        f"This API key's scope ({principal.scope}) does not allow {method} {path}: "
+        f"it needs {' or '.join(sorted(needed))}"
+    )
 
 
 def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
@@ -45,9 +94,13 @@ def key_in(scope: Scope) -> str | None:
     return bearer
 
 
-KEY_CACHE_SECONDS = 5.0
-"""How long a verified key is trusted without asking the database again: a revoked key stops
-working within this time. Only keys that verified are kept, so guessing cannot fill the cache."""
+KEY_CACHE_SECONDS = 4.0
+"""How long a verified key is trusted without asking the database again. A revoked key stops
+working within this time plus the `api_keys` projection's lag (well under the promised 5 s).
+Only keys that verified are kept, so guessing cannot fill the cache."""
+
+LAST_USED_EVERY_SECONDS = 60
+"""A key's last-used time is written at most this often: it is telemetry, not an event."""
 
 _KEY_CACHE_LIMIT = 10_000
 
@@ -67,25 +120,76 @@ def _still_trusted(state: State, digest: str) -> Principal | None:
     return cached[0] if cached is not None and cached[1] > time.monotonic() else None
 
 
+_LOOKUP = """
+SELECT k.key_id, k.account_id, k.scope, k.expires_at, k.replaced_by, u.used_at
+FROM api_keys k LEFT JOIN api_key_use u ON u.key_id = k.key_id
+WHERE k.key_hash = $1 AND NOT k.revoked AND (k.expires_at IS NULL OR k.expires_at > now())
+"""
+
+_USED = f"""
+INSERT INTO api_key_use AS u (key_id, used_at) VALUES ($1, now())
+ON CONFLICT (key_id) DO UPDATE SET used_at = excluded.used_at
+WHERE u.used_at < excluded.used_at - interval '{LAST_USED_EVERY_SECONDS} seconds'
+"""
+
+
 async def lookup(state: State, key: str) -> Principal | None:
-    """The principal a key belongs to, or None for an unknown or revoked key."""
+    """The principal a key belongs to, or None for an unknown, revoked or expired key."""
     digest = hash_key(key)
     known = _still_trusted(state, digest)
     if known is not None:
         return known
     verified = _verified(state)
-    row = await state.pool.fetchrow(
-        "SELECT key_id, account_id, admin FROM api_keys WHERE key_hash = $1 AND NOT revoked",
-        digest,
-    )
+    row = await state.pool.fetchrow(_LOOKUP, digest)
     if row is None:
         verified.pop(digest, None)
         return None
-    principal = Principal(row["key_id"], row["account_id"], row["admin"])
+    principal = Principal(
+        row["key_id"],
+        row["account_id"],
+        row["scope"],
+        row["expires_at"],
+        row["replaced_by"] is not None,
+    )
+    now = datetime.now(UTC)
+    used: datetime | None = row["used_at"]
+    if used is None or (now - used).total_seconds() >= LAST_USED_EVERY_SECONDS:
+        await state.pool.execute(_USED, principal.key_id)
+    trust = KEY_CACHE_SECONDS
+    expires: datetime | None = row["expires_at"]
+    if expires is not None:
+        trust = min(trust, (expires - now).total_seconds())
     if len(verified) >= _KEY_CACHE_LIMIT:
         verified.clear()
-    verified[digest] = (principal, time.monotonic() + KEY_CACHE_SECONDS)
+    verified[digest] = (principal, time.monotonic() + trust)
     return principal
+
+
+_ALIVE = """
+SELECT NOT revoked AND (expires_at IS NULL OR expires_at > now()) FROM api_keys WHERE key_id = $1
+"""
+
+
+async def key_alive(pool: asyncpg.Pool, key_id: str) -> bool:
+    """Whether the key `key_id` still works: known, not revoked, not expired."""
+    alive: bool | None = await pool.fetchval(_ALIVE, key_id)
+    return alive is True
+
+
+async def key_gone(pool: asyncpg.Pool, key_id: str, every: float) -> None:
+    """Return once the key `key_id` stops working (revoked, expired), asking every `every` s.
+
+    What an open websocket waits on beside its work: it closes when this returns. A database
+    outage is not a revocation: the question is asked again next time.
+    """
+    while True:
+        await asyncio.sleep(every)
+        try:
+            if not await key_alive(pool, key_id):
+                return
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
 
 
 async def job_api_principal(request: Request[Any, Any, Any]) -> Principal:
@@ -96,6 +200,9 @@ async def job_api_principal(request: Request[Any, Any, Any]) -> Principal:
     principal = await lookup(request.app.state, key)
     if principal is None:
         raise JobApiError(status_code=401, detail="Invalid API Key")
+    refusal = scope_refusal(principal, request.method, request.url.path)
+    if refusal is not None:
+        raise JobApiError(status_code=403, detail=refusal)
     return principal
 
 

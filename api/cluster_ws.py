@@ -25,7 +25,7 @@ from litestar.exceptions import WebSocketDisconnect
 from adapters.config_store import heartbeat_config
 from adapters.event_store import NOTIFY_CHANNEL, Checkpoint, EventStore
 from adapters.viewer_sessions import ViewerSession
-from api.auth import Principal, lookup
+from api.auth import KEY_CACHE_SECONDS, Principal, key_gone, lookup
 from api.envelope import timestamp
 from api.viewer_sources import close_viewer, open_viewer
 from domain import job, node, task
@@ -335,6 +335,11 @@ def _presented(socket: WebSocket[Any, Any, Any]) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+KEY_RECHECK_SECONDS = KEY_CACHE_SECONDS
+"""How often an open socket asks whether its key still works: as long as an HTTP request
+trusts a verified key."""
+
+
 @websocket("/ws", tags=["cluster"])
 async def cluster_ws(socket: WebSocket[Any, Any, Any]) -> None:
     """Cluster updates as JSON; authenticate with `X-API-Key` or `?api_key=`."""
@@ -369,12 +374,21 @@ async def _serve(
             await asyncio.wait_for(feed.ready.wait(), 10)
         await _send(socket, {"type": "connected", "timestamp": timestamp()}, viewer)
         receiving = asyncio.create_task(_drain(socket, viewer))
+        # An open socket outlives no key: it closes soon after its key is revoked or expires.
+        gone = asyncio.create_task(
+            key_gone(socket.app.state.pool, principal.key_id, KEY_RECHECK_SECONDS)
+        )
         try:
             while not receiving.done():
                 getting = asyncio.create_task(sub.queue.get())
                 done, _ = await asyncio.wait(
-                    {getting, receiving}, return_when=asyncio.FIRST_COMPLETED
+                    {getting, receiving, gone}, return_when=asyncio.FIRST_COMPLETED
                 )
+                if gone in done:
+                    getting.cancel()
+                    gone.result()  # an error other than an outage ends the socket too
+                    await socket.close(code=4401, reason="API key revoked or expired")
+                    return
                 if getting not in done:
                     getting.cancel()
                     break
@@ -385,9 +399,10 @@ async def _serve(
         except WebSocketDisconnect:
             pass
         finally:
-            receiving.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await receiving
+            for task in (receiving, gone):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
 
 _encode = msgspec.json.Encoder().encode

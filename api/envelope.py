@@ -17,7 +17,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
 from adapters.database import unreachable
-from api.auth import Principal, lookup, presented_key
+from api.auth import Principal, lookup, presented_key, scope_refusal
 from api.errors import client_fault
 from api.requests import request_id
 from api.unavailable import MESSAGE, RETRY_AFTER
@@ -199,7 +199,8 @@ CLUSTER_API_ERRORS = {Exception: cluster_api_error}
 
 
 async def cluster_principal(request: Request[Any, Any, Any]) -> Principal:
-    """Any valid key, from `X-API-Key` or `Authorization: Bearer`; 401 `UNAUTHORIZED` else."""
+    """A valid key whose scope allows the request, from `X-API-Key` or `Authorization: Bearer`;
+    401 `UNAUTHORIZED` else, 403 outside the key's scope."""
     key = presented_key(request)
     if key is None:
         raise ClusterApiError(
@@ -208,6 +209,9 @@ async def cluster_principal(request: Request[Any, Any, Any]) -> Principal:
     principal = await lookup(request.app.state, key)
     if principal is None:
         raise ClusterApiError(401, "UNAUTHORIZED", "Invalid API key")
+    refusal = scope_refusal(principal, request.method, request.url.path)
+    if refusal is not None:
+        raise ClusterApiError(403, "UNAUTHORIZED", refusal)
     return principal
 
 

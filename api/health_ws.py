@@ -28,6 +28,7 @@ from adapters.database import unreachable
 from adapters.settings import Settings
 from adapters.tokens import TokenClaims, TokenError, verify_token
 from adapters.viewer_sessions import ViewerSession
+from api.auth import KEY_CACHE_SECONDS, key_alive, key_gone
 from api.errors import client_fault
 from api.request_log import request_counts
 from api.tokens import token_key
@@ -230,25 +231,15 @@ class HealthSession:
             await self._end_stream()
 
     async def _watch_key(self) -> None:
-        """End the session within `KEY_RECHECK_SECONDS` of its API key being revoked.
+        """End the session within `KEY_RECHECK_SECONDS` of its API key being revoked or expiring.
 
         A token outlives nothing but its key: without this, revoking a key left its open
         sessions (an admin's reading the logs, say) running until their tokens expired.
         """
-        pool = self.socket.app.state.pool
-        while True:
-            await asyncio.sleep(KEY_RECHECK_SECONDS)
-            try:
-                revoked = await pool.fetchval(_REVOKED, self.claims.key_id)
-            except Exception as exc:
-                if unreachable(exc):
-                    continue  # a database outage is not a revocation
-                raise
-            if revoked is not False:
-                await self._end_stream()
-                gone = _error("the token's API key was revoked")
-                await _goodbye(self.socket, gone, 4401, "API key revoked")
-                return
+        await key_gone(self.socket.app.state.pool, self.claims.key_id, KEY_RECHECK_SECONDS)
+        await self._end_stream()
+        gone = _error("the token's API key was revoked or has expired")
+        await _goodbye(self.socket, gone, 4401, "API key revoked")
 
     async def _end_stream(self) -> None:
         """Cancel the stream where it is (perhaps blocked sending to a client that stopped)."""
@@ -357,11 +348,9 @@ class HealthSession:
         return _encode({"lines": buffer.last(n) if buffer else []}).decode()
 
 
-_REVOKED = "SELECT revoked FROM api_keys WHERE key_id = $1"
-
-KEY_RECHECK_SECONDS = 5.0
-"""How often an open session asks whether its key was revoked: as long as an HTTP request
-trusts a verified key (`api.auth.KEY_CACHE_SECONDS`)."""
+KEY_RECHECK_SECONDS = KEY_CACHE_SECONDS
+"""How often an open session asks whether its key still works: as long as an HTTP request
+trusts a verified key."""
 
 
 GOODBYE_SECONDS = 2.0
@@ -395,9 +384,8 @@ async def _authenticate(socket: WebSocket[Any, Any, Any], timeout: float) -> Tok
                     continue
                 try:
                     claims = verify_token(token_key(socket.app.state), token.strip())
-                    revoked = await socket.app.state.pool.fetchval(_REVOKED, claims.key_id)
-                    if revoked is not False:
-                        raise TokenError("the token's API key is revoked or unknown")
+                    if not await key_alive(socket.app.state.pool, claims.key_id):
+                        raise TokenError("the token's API key is revoked, expired or unknown")
                 except TokenError as exc:
                     refused = _error(str(exc))
                     break

@@ -38,7 +38,7 @@ from adapters.settings import Settings
 from adapters.storage import ObjectInfo, ObjectStorage, StorageError
 from adapters.tokens import TokenError, verify_token
 from adapters.viewer_sessions import ViewerSession
-from api.auth import lookup, presented_key
+from api.auth import key_alive, lookup, presented_key
 from api.errors import JOB_API_ERRORS, JobApiError
 from api.tokens import token_key
 from api.viewer_sources import client_address, close_viewer, open_viewer
@@ -62,7 +62,6 @@ _HLS_TYPES = {
     ".mp4": "video/mp4",
 }
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
-_REVOKED = "SELECT revoked FROM api_keys WHERE key_id = $1"
 
 
 # -- who is asking, and for what ---------------------------------------------------------------
@@ -94,8 +93,10 @@ async def _caller(request: Request[Any, Any, Any]) -> Caller:
         claims = verify_token(token_key(state), token)
     except TokenError as exc:
         raise JobApiError(status_code=401, detail=f"Invalid token: {exc}") from None
-    if await state.pool.fetchval(_REVOKED, claims.key_id) is not False:
-        raise JobApiError(status_code=401, detail="Invalid token: its API key is revoked")
+    if not await key_alive(state.pool, claims.key_id):
+        raise JobApiError(
+            status_code=401, detail="Invalid token: its API key is revoked or expired"
+        )
     return Caller(claims.account_id, token)
 
 

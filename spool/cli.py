@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Coroutine
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -268,23 +268,230 @@ def keys() -> None:
     """Manage API keys."""
 
 
+def _expiry(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """`--expires`: an ISO 8601 time (UTC unless it says), or a span from now: 90d, 12h, 30m."""
+    if value is None:
+        return None
+    spans = {"d": "days", "h": "hours", "m": "minutes"}
+    number, unit = value[:-1], value[-1:]
+    if unit in spans and number.isdigit():
+        return datetime.now(UTC) + timedelta(**{spans[unit]: int(number)})
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is neither a time (2027-01-31T12:00Z) nor a span (90d, 12h, 30m)"
+        ) from None
+    at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    if at <= datetime.now(UTC):
+        raise click.BadParameter(f"{value} is in the past")
+    return at
+
+
+def _scope(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from domain.account import parse_scope, scope_text
+
+    if value is None:
+        return None
+    try:
+        return scope_text(parse_scope(value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _when(at: datetime | None) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if at is not None else "-"
+
+
 @keys.command("create")
 @_database_options
 @click.option("--name", required=True, help="What the key is for (shown in listings).")
-@click.option("--admin", is_flag=True, help="Allow cluster-wide endpoints.")
-def keys_create(name: str, admin: bool, **flags: Any) -> None:
-    """Create an account with a new API key and print the key (it is shown only once)."""
-    from spool.keys import issue
-
-    async def go() -> str:
-        async with open_runtime(_settings(**flags)) as rt:
-            issued = await issue(rt.store, name=name, admin=admin)
-            await rt.runner.wait_until("api_keys", issued.at)
-            return issued.key
+@click.option(
+    "--scope",
+    default=None,
+    callback=_scope,
+    help="read, jobs, tasks or admin, or a set like jobs,tasks [default: jobs,tasks].",
+)
+@click.option("--admin", is_flag=True, help="The same as --scope admin.")
+@click.option(
+    "--expires",
+    default=None,
+    callback=_expiry,
+    metavar="WHEN",
+    help="When the key stops working: a time (2027-01-31T12:00Z) or a span (90d, 12h, 30m).",
+)
+@click.option(
+    "--account",
+    default=None,
+    metavar="ID",
+    help="Add the key to this existing account [default: a new account].",
+)
+def keys_create(
+    name: str,
+    scope: str | None,
+    admin: bool,
+    expires: datetime | None,
+    account: str | None,
+    **flags: Any,
+) -> None:
+    """Create an API key and print it (it is shown only once)."""
+    from adapters.key_store import issue
 
     if not name.strip():
         raise click.BadParameter("must not be blank", param_hint="--name")
+    if admin and scope not in (None, "admin"):
+        raise click.BadParameter(f"--admin and --scope {scope} disagree", param_hint="--scope")
+
+    async def go() -> str:
+        async with open_runtime(_settings(**flags)) as rt:
+            if account is not None:
+                known = await rt.pool.fetchval(
+                    "SELECT 1 FROM api_keys WHERE account_id = $1 LIMIT 1", account
+                )
+                if not known:
+                    raise click.BadParameter(f"no account {account}", param_hint="--account")
+            issued = await issue(
+                rt.store,
+                name=name,
+                admin=admin,
+                scope=scope,
+                expires_at=expires,
+                account_id=account,
+            )
+            await rt.runner.wait_until("api_keys", issued.at)
+            return issued.key
+
     click.echo(_run(go()))
+
+
+@keys.command("list")
+@_database_options
+@click.option("--account", default=None, metavar="ID", help="Only this account's keys.")
+def keys_list(account: str | None, **flags: Any) -> None:
+    """Every key: id, name, account, scope, created, last used, expiry, revoked (never the key)."""
+    from adapters.key_store import KeyRow, list_keys
+
+    async def go() -> list[KeyRow]:
+        async with open_runtime(_settings(**flags)) as rt:
+            await rt.runner.settle("api_keys")
+            return await list_keys(rt.store, account)
+
+    rows = _run(go())
+    header = ("ID", "NAME", "ACCOUNT", "SCOPE", "CREATED", "LAST USED", "EXPIRES", "REVOKED")
+    table = [header] + [
+        (
+            r.key_id,
+            r.name,
+            r.account_id,
+            r.scope,
+            _when(r.created_at),
+            _when(r.last_used_at),
+            _when(r.expires_at),
+            "yes" if r.revoked else ("replaced" if r.replaced_by else "no"),
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+async def _owner(rt: Any, key_id: str) -> str:
+    from adapters.key_store import owner_of
+
+    await rt.runner.settle("api_keys")
+    owner = await owner_of(rt.store, key_id)
+    if owner is None:
+        raise click.ClickException(f"no key {key_id} (see `spool keys list`)")
+    return str(owner)
+
+
+@keys.command("revoke")
+@_database_options
+@click.argument("key_id", metavar="ID")
+def keys_revoke(key_id: str, **flags: Any) -> None:
+    """Revoke a key: it stops working everywhere within 5 s, open websockets included."""
+    from adapters.key_store import revoke
+    from domain.events import Metadata
+
+    async def go() -> bool:
+        async with open_runtime(_settings(**flags)) as rt:
+            owner = await _owner(rt, key_id)
+            at = await revoke(rt.store, owner, key_id, Metadata(actor="cli"))
+            if at is not None:
+                await rt.runner.wait_until("api_keys", at)
+            return at is not None
+
+    click.echo(f"key {key_id} revoked" if _run(go()) else f"key {key_id} was already revoked")
+
+
+@keys.command("expire")
+@_database_options
+@click.argument("key_id", metavar="ID")
+@click.option(
+    "--at",
+    "when",
+    required=True,
+    callback=_expiry,
+    metavar="WHEN",
+    help="When the key stops working: a time (2027-01-31T12:00Z) or a span (90d, 12h, 30m).",
+)
+def keys_expire(key_id: str, when: datetime, **flags: Any) -> None:
+    """Set when a key stops working (earlier or later than before)."""
+    from adapters.key_store import set_expiry
+    from domain.account import KeyRetired
+    from domain.events import Metadata
+
+    async def go() -> None:
+        async with open_runtime(_settings(**flags)) as rt:
+            owner = await _owner(rt, key_id)
+            try:
+                at = await set_expiry(rt.store, owner, key_id, when, Metadata(actor="cli"))
+            except (KeyRetired, ValueError) as exc:
+                raise click.ClickException(str(exc)) from None
+            await rt.runner.wait_until("api_keys", at)
+
+    _run(go())
+    click.echo(f"key {key_id} expires at {_when(when)}")
+
+
+@keys.command("rotate")
+@_database_options
+@click.argument("key_id", metavar="ID")
+@click.option(
+    "--grace",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    metavar="SECONDS",
+    help="How long the old key keeps working beside the new one.",
+)
+def keys_rotate(key_id: str, grace: int, **flags: Any) -> None:
+    """Replace a key by a new one (same account, name, scope, expiry) and print it once."""
+    from adapters.key_store import rotate
+    from domain.account import KeyRetired
+    from domain.events import Metadata
+
+    async def go() -> str:
+        async with open_runtime(_settings(**flags)) as rt:
+            owner = await _owner(rt, key_id)
+            try:
+                issued = await rotate(
+                    rt.store,
+                    owner,
+                    key_id,
+                    grace=timedelta(seconds=grace),
+                    meta=Metadata(actor="cli"),
+                )
+            except KeyRetired as exc:
+                raise click.ClickException(str(exc)) from None
+            await rt.runner.wait_until("api_keys", issued.at)
+            return issued.key
+
+    new_key = _run(go())
+    until = f"for {grace} s more" if grace else "no more"
+    click.echo(f"key {key_id} replaced; it works {until}. The new key (shown once):", err=True)
+    click.echo(new_key)
 
 
 @main.group()

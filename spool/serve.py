@@ -30,6 +30,7 @@ from reactors.scheduler import Scheduler
 from reactors.viewer_timeouts import ViewerTimeouts
 from reactors.webhooks import WebhookReactor
 from spool.embedded import EmbeddedPostgres, EmbeddedRedis
+from spool.keys import ensure_first_key
 from spool.runtime import Runtime, open_runtime
 
 log = logging.getLogger("spool")
@@ -106,12 +107,36 @@ def reactors(rt: Runtime, stop: asyncio.Event) -> dict[str, Coroutine[Any, Any, 
     }
 
 
+async def first_key(rt: Runtime, settings: Settings) -> None:
+    """On a database with no key at all: make one admin key and print it once, on stdout.
+
+    Not in the log: a log line is kept and shipped; the key exists only as a digest.
+    """
+    created = await ensure_first_key(rt.store)
+    if created is None:
+        return
+    await rt.runner.wait_until("api_keys", created.at)
+    base = f"http://{settings.host}:{settings.port}"
+    print(
+        "\nSpool made its first API key, an admin key. It is shown only this once (only its\n"
+        "digest is stored); keep it somewhere safe:\n\n"
+        f"    {created.key}\n\n"
+        "Send it as `x-api-key: <key>` or `Authorization: Bearer <key>`, for example:\n"
+        f"    curl -H 'x-api-key: {created.key}' {base}/user/keys\n"
+        "Make keys of narrower scope for people and scripts with\n"
+        "    spool keys create --name NAME --scope jobs    (or POST /user/keys)\n",
+        flush=True,
+    )
+    log.info("made the first admin key (printed on stdout, not logged)")
+
+
 async def up(settings: Settings) -> None:
     """API, projections, the pipeline reactor, the task scheduler, the reconciler, one node."""
     stop = stop_on_signals()
     async with open_runtime(settings, need_redis=True) as rt:
         assert rt.redis is not None
         await rt.runner.catch_up()
+        await first_key(rt, settings)
         app = api_app(rt, settings)
         server = _Server(
             uvicorn.Config(
@@ -241,7 +266,7 @@ def api(settings: Settings, processes: int) -> None:
 
 
 async def _prepare(settings: Settings) -> None:
-    """Migrations, the admin key and the cluster's claim on Redis, once, before any API process
-    starts."""
-    async with open_runtime(settings, need_redis=True):
-        pass
+    """Migrations, the admin key (or the first key) and the cluster's claim on Redis, once,
+    before any API process starts."""
+    async with open_runtime(settings, need_redis=True) as rt:
+        await first_key(rt, settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -10,10 +11,16 @@ from pathlib import Path
 import httpx
 
 from adapters.event_store import EventStore
-from domain.account import hash_key
+from domain import account
 from spool.embedded import free_port
 from tests.fixtures.media import MediaServer, media_duration
-from tests.fixtures.processes import REPO_ROOT, SpoolProcesses, child_env, wait_http
+from tests.fixtures.processes import (
+    REPO_ROOT,
+    SpoolProcesses,
+    child_env,
+    stop_processes,
+    wait_http,
+)
 
 SPOOL = [sys.executable, "-m", "spool"]
 
@@ -163,7 +170,7 @@ async def test_spool_accounts_sets_quotas_and_grants_that_the_api_obeys(
     made = _spool("keys", "create", "--name", "quota cli", "--database-url", database_url)
     key = made.stdout.strip().splitlines()[-1]
     account_id = await store.pool.fetchval(
-        "SELECT account_id FROM api_keys WHERE key_hash = $1", hash_key(key)
+        "SELECT account_id FROM api_keys WHERE key_hash = $1", account.hash_key(key)
     )
 
     quota = _spool(
@@ -217,3 +224,152 @@ async def test_spool_accounts_sets_quotas_and_grants_that_the_api_obeys(
     assert bad.returncode != 0 and "--running" in bad.stderr
     unknown = _spool("accounts", "grant", "no-such-account", "--database-url", database_url)
     assert unknown.returncode != 0 and "not found" in unknown.stderr
+
+
+def _key_row(out: str, name: str) -> list[str]:
+    """The cells of `name`'s line in `spool keys list` (cells are two or more spaces apart)."""
+    (line,) = [line for line in out.splitlines() if f"  {name}  " in line]
+    return re.split(r"\s{2,}", line.strip())
+
+
+async def test_keys_list_shows_id_name_scope_and_expiry_but_never_a_key(
+    database_url: str, store: EventStore
+) -> None:
+    name = f"lister-{time.time_ns()}"
+    made = _spool(
+        "keys", "create", "--name", name, "--scope", "read", "--expires", "30d",
+        "--database-url", database_url,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip().splitlines()[-1]
+    listed = _spool("keys", "list", "--database-url", database_url)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[0].split() == [
+        "ID", "NAME", "ACCOUNT", "SCOPE", "CREATED", "LAST", "USED", "EXPIRES", "REVOKED",
+    ]  # fmt: skip
+    row = await store.pool.fetchrow(
+        "SELECT key_id, account_id, expires_at FROM api_keys WHERE name = $1", name
+    )
+    cells = _key_row(listed.stdout, name)
+    assert cells[:4] == [row["key_id"], name, row["account_id"], "read"]
+    assert cells[5] == "-"  # never used
+    assert cells[6] == row["expires_at"].strftime("%Y-%m-%d %H:%M:%SZ") and cells[7] == "no"
+    assert key not in listed.stdout and account.hash_key(key) not in listed.stdout
+
+
+async def test_keys_revoke_stops_a_key_at_once(
+    database_url: str, client: httpx.AsyncClient, store: EventStore
+) -> None:
+    name = f"revoked-{time.time_ns()}"
+    key = _spool("keys", "create", "--name", name, "--database-url", database_url)
+    key = key.stdout.strip().splitlines()[-1]
+    key_id = await store.pool.fetchval("SELECT key_id FROM api_keys WHERE name = $1", name)
+    done = _spool("keys", "revoke", key_id, "--database-url", database_url)
+    assert (done.returncode, done.stdout.strip()) == (0, f"key {key_id} revoked"), done.stderr
+    answer = await client.get("/jobs", headers={"x-api-key": key})
+    assert answer.status_code == 401
+    again = _spool("keys", "revoke", key_id, "--database-url", database_url)
+    assert again.stdout.strip() == f"key {key_id} was already revoked"
+    listed = _spool("keys", "list", "--database-url", database_url)
+    assert _key_row(listed.stdout, name)[-1] == "yes"
+
+
+async def test_keys_rotate_prints_a_new_key_and_the_old_one_works_only_through_its_grace(
+    database_url: str, client: httpx.AsyncClient, store: EventStore
+) -> None:
+    keys = {}
+    for name in ("graceful", "abrupt"):
+        name = f"{name}-{time.time_ns()}"
+        made = _spool(
+            "keys", "create", "--name", name, "--scope", "jobs", "--database-url", database_url
+        )
+        key_id = await store.pool.fetchval("SELECT key_id FROM api_keys WHERE name = $1", name)
+        keys[name.split("-")[0]] = (made.stdout.strip().splitlines()[-1], key_id)
+    old, key_id = keys["graceful"]
+    rotated = _spool("keys", "rotate", key_id, "--grace", "600", "--database-url", database_url)
+    assert rotated.returncode == 0, rotated.stderr
+    new = rotated.stdout.strip()
+    assert new.startswith("sk_") and new != old and "600 s" in rotated.stderr
+    for key in (old, new):
+        assert (await client.get("/jobs", headers={"x-api-key": key})).status_code == 200
+    scope = await store.pool.fetchval(
+        "SELECT scope FROM api_keys WHERE key_hash = $1", account.hash_key(new)
+    )
+    assert scope == "jobs"
+
+    old, key_id = keys["abrupt"]
+    rotated = _spool("keys", "rotate", key_id, "--database-url", database_url)
+    assert rotated.returncode == 0, rotated.stderr
+    assert (await client.get("/jobs", headers={"x-api-key": old})).status_code == 401
+    new = rotated.stdout.strip()
+    assert (await client.get("/jobs", headers={"x-api-key": new})).status_code == 200
+    twice = _spool("keys", "rotate", key_id, "--database-url", database_url)
+    assert twice.returncode == 1 and "revoked, replaced or has expired" in twice.stderr
+
+
+async def test_keys_expire_sets_when_a_key_stops_working(
+    database_url: str, store: EventStore
+) -> None:
+    name = f"expiring-{time.time_ns()}"
+    _spool("keys", "create", "--name", name, "--database-url", database_url)
+    key_id = await store.pool.fetchval("SELECT key_id FROM api_keys WHERE name = $1", name)
+    asked = time.time()
+    done = _spool("keys", "expire", key_id, "--at", "12h", "--database-url", database_url)
+    assert done.returncode == 0, done.stderr
+    expires = await store.pool.fetchval("SELECT expires_at FROM api_keys WHERE key_id = $1", key_id)
+    assert abs(expires.timestamp() - (asked + 12 * 3600)) < 60
+    assert done.stdout.strip() == f"key {key_id} expires at {expires:%Y-%m-%d %H:%M:%S}Z"
+    past = _spool("keys", "expire", key_id, "--at", "2001-01-01", "--database-url", database_url)
+    assert past.returncode == 2 and "in the past" in past.stderr
+
+
+def test_bad_key_commands_are_clear_cli_errors(database_url: str) -> None:
+    for args, words in (
+        (("create", "--name", "x", "--scope", "root"), "unknown scope 'root'"),
+        (("create", "--name", "x", "--expires", "2001-01-01T00:00Z"), "in the past"),
+        (("create", "--name", "x", "--expires", "soon"), "neither a time"),
+        (("create", "--name", "x", "--account", "nobody"), "no account nobody"),
+        (("revoke", "0123456789abcdef"), "no key 0123456789abcdef"),
+        (("rotate", "0123456789abcdef", "--grace", "-1"), "--grace"),
+    ):
+        done = _spool("keys", *args, "--database-url", database_url)
+        assert done.returncode in (1, 2), (args, done.stderr)
+        assert words in done.stderr, (args, done.stderr)
+        assert "sk_" not in done.stdout
+
+
+def test_the_first_spool_up_on_a_keyless_database_prints_one_admin_key_once(
+    tmp_path: Path, fresh_database_url: str
+) -> None:
+    """Its digest alone is stored; the key is on stdout, never in the log (stderr)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+
+    def up(run: str) -> tuple[str, str]:
+        out, err = tmp_path / f"{run}.out", tmp_path / f"{run}.err"
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            proc = subprocess.Popen(
+                [*SPOOL, "up", "--port", str(port), "--database-url", fresh_database_url,
+                 "--data-dir", str(tmp_path / "data"), "--node-id", f"first-key-{run}"],
+                cwd=REPO_ROOT, env=child_env(), stdout=stdout, stderr=stderr,
+            )  # fmt: skip
+            try:
+                wait_http(f"{base}/health", 120, proc)
+                if run == "first":
+                    key = out.read_text().split("    ")[1].split()[0]
+                    mine = httpx.get(f"{base}/user/keys", headers={"x-api-key": key})
+                    assert mine.status_code == 200, mine.text
+                    (listed,) = mine.json()["keys"]
+                    assert (listed["scope"], listed["name"]) == ("admin", "first admin key")
+                    assert httpx.get(f"{base}/api/v1/config", headers={"x-api-key": key}).is_success
+            finally:
+                stop_processes(proc, seconds=60)
+        return out.read_text(), err.read_text()
+
+    printed, logged = up("first")
+    key = printed.split("    ")[1].split()[0]
+    assert key.startswith("sk_") and printed.count(key) == 2  # the key, and the curl example
+    assert "x-api-key" in printed and "spool keys create" in printed
+    assert key not in logged and "made the first admin key" in logged
+    printed, logged = up("second")
+    assert "sk_" not in printed + logged

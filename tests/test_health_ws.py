@@ -145,7 +145,10 @@ async def test_a_token_of_a_revoked_key_is_refused(served: Served) -> None:
     result = await api.store.append(account.stream_id(api.account_id), [NewEvent(revoked)], 1)
     await api.runner.wait_until("api_keys", result.checkpoint)
     async with websockets.connect(served.url) as ws:
-        assert await _ask(ws, f"auth {token}") == "error: the token's API key is revoked or unknown"
+        assert (
+            await _ask(ws, f"auth {token}")
+            == "error: the token's API key is revoked, expired or unknown"
+        )
         await _closed(ws)
 
 
@@ -269,6 +272,6 @@ async def test_an_open_session_ends_soon_after_its_key_is_revoked(
     result = await api.store.append(account.stream_id(api.account_id), [NewEvent(revoked)], 1)
     await api.runner.wait_until("api_keys", result.checkpoint)
     goodbye = await asyncio.wait_for(ws.recv(), 5)
-    assert goodbye == "error: the token's API key was revoked"
+    assert goodbye == "error: the token's API key was revoked or has expired"
     await _closed(ws)
     assert ws.close_code == 4401

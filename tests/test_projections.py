@@ -233,7 +233,8 @@ async def test_a_rebuild_serves_the_old_rows_until_it_swaps_in_the_new(
     isolated: EventStore, tmp_path: Path
 ) -> None:
     runner = ProjectionRunner(isolated, all_projections(), batch_size=10)
-    key, account_id, _ = await issue(isolated, name="t", admin=False)
+    issued = await issue(isolated, name="t", admin=False)
+    key, account_id = issued.key, issued.account_id
     ids = await _create_jobs(isolated, account_id, 45)
     await runner.settle()
     before = await isolated.pool.fetch("SELECT job_id, state FROM jobs ORDER BY job_id")

@@ -3,16 +3,16 @@
 A process whose Redis is already claimed by another database's cluster refuses to start
 (adapters/cluster_identity.py), so two clusters never take each other's queued work.
 
-Revision ID: 0016
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-07
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0016"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,240 @@
+"""API keys on their account streams: issue, revoke, rotate, list; the first key of a cluster.
+
+Every change is an event on `account-<id>` (domain/account.py decides them); the `api_keys`
+projection folds them for authentication, and the listings read it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
+
+import msgspec
+
+from adapters.event_store import Checkpoint, EventStore
+from domain import account
+from domain.errors import ConcurrencyError
+from domain.events import Metadata, NewEvent
+
+
+def mint() -> str:
+    """A new random API key."""
+    return account.KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_key_id() -> str:
+    """A new key's id: shown in listings and events, never a secret."""
+    return uuid.uuid4().hex[:16]
+
+
+class IssuedKey(NamedTuple):
+    key: str
+    account_id: str
+    at: Checkpoint
+    """Where the key's event stands in the log: wait for `api_keys` to pass it before use."""
+    key_id: str = ""
+
+
+class KeyRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One key as a listing shows it: never the key, nor its digest."""
+
+    key_id: str
+    name: str
+    account_id: str
+    hint: str
+    scope: str
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked: bool
+    replaced_by: str | None
+
+
+async def issue(
+    store: EventStore,
+    *,
+    name: str,
+    admin: bool = False,
+    scope: str | None = None,
+    expires_at: datetime | None = None,
+    account_id: str | None = None,
+    key: str | None = None,
+    actor: str = "cli",
+    meta: Metadata | None = None,
+    now: datetime | None = None,
+) -> IssuedKey:
+    """Issue `key` (or a new one) to `account_id`, or to a new account when None.
+
+    `scope` defaults to `admin` for `admin`, else the plain `jobs,tasks`. ValueError for a
+    blank name, an unknown scope or a past expiry: nothing is appended then.
+    """
+    key = key or mint()
+    key_id = new_key_id()
+    fresh = account_id is None
+    owner = account_id or uuid.uuid4().hex
+    events = account.issue_key(
+        key=key,
+        key_id=key_id,
+        account_id=owner,
+        name=name,
+        scope=scope if scope is not None else ("admin" if admin else account.PLAIN_SCOPE),
+        expires_at=expires_at,
+        now=now or datetime.now(UTC),
+    )
+    meta = meta or Metadata(actor=actor)
+    result = await store.append(
+        account.stream_id(owner), [NewEvent(e, meta) for e in events], 0 if fresh else None
+    )
+    return IssuedKey(key, owner, result.checkpoint, key_id)
+
+
+async def account_keys(
+    store: EventStore, account_id: str
+) -> tuple[dict[str, account.KeyState], int]:
+    """An account's keys folded from its stream, and the version they were read at."""
+    events = await store.read_stream(account.stream_id(account_id))
+    keys = account.fold((e.data, e.recorded_at) for e in events)
+    return keys, events[-1].version if events else 0
+
+
+async def owner_of(store: EventStore, key_id: str) -> str | None:
+    """The account a key id belongs to, by the `api_keys` projection (key ids are unique)."""
+    owner: str | None = await store.pool.fetchval(
+        "SELECT account_id FROM api_keys WHERE key_id = $1", key_id
+    )
+    return owner
+
+
+async def revoke(
+    store: EventStore, account_id: str, key_id: str, meta: Metadata
+) -> Checkpoint | None:
+    """Revoke `key_id` of `account_id`; the checkpoint of the event (None: already revoked).
+
+    UnknownKey if the account holds no such key.
+    """
+    for _ in range(10):
+        keys, version = await account_keys(store, account_id)
+        events = account.revoke_key(keys, key_id)
+        if not events:
+            return None
+        try:
+            result = await store.append(
+                account.stream_id(account_id), [NewEvent(e, meta) for e in events], version
+            )
+        except ConcurrencyError:
+            continue
+        return result.checkpoint
+    raise ConcurrencyError(account.stream_id(account_id), None)
+
+
+async def rotate(
+    store: EventStore,
+    account_id: str,
+    key_id: str,
+    *,
+    grace: timedelta,
+    meta: Metadata,
+    now: datetime | None = None,
+) -> IssuedKey:
+    """A new key for `key_id`'s account, name, scope and expiry; the old one retires after
+    `grace`. UnknownKey, KeyRetired or ValueError (negative grace): nothing is appended."""
+    for _ in range(10):
+        keys, version = await account_keys(store, account_id)
+        key, new_id = mint(), new_key_id()
+        events = account.rotate_key(
+            keys,
+            key_id,
+            new_key=key,
+            new_key_id=new_id,
+            now=now or datetime.now(UTC),
+            grace=grace,
+        )
+        try:
+            result = await store.append(
+                account.stream_id(account_id), [NewEvent(e, meta) for e in events], version
+            )
+        except ConcurrencyError:
+            continue
+        return IssuedKey(key, account_id, result.checkpoint, new_id)
+    raise ConcurrencyError(account.stream_id(account_id), None)
+
+
+async def set_expiry(
+    store: EventStore,
+    account_id: str,
+    key_id: str,
+    expires_at: datetime,
+    meta: Metadata,
+    now: datetime | None = None,
+) -> Checkpoint:
+    """Give `key_id` a new expiry. UnknownKey, KeyRetired or ValueError (a past or zoneless
+    time): nothing is appended."""
+    for _ in range(10):
+        keys, version = await account_keys(store, account_id)
+        events = account.set_expiry(
+            keys, key_id, expires_at=expires_at, now=now or datetime.now(UTC)
+        )
+        try:
+            result = await store.append(
+                account.stream_id(account_id), [NewEvent(e, meta) for e in events], version
+            )
+        except ConcurrencyError:
+            continue
+        return result.checkpoint
+    raise ConcurrencyError(account.stream_id(account_id), None)
+
+
+_LIST = """
+SELECT k.key_id, k.name, k.account_id, k.hint, k.scope, k.created_at, u.used_at AS last_used_at,
+       k.expires_at, k.revoked, k.replaced_by
+FROM api_keys k LEFT JOIN api_key_use u ON u.key_id = k.key_id
+WHERE $1::text IS NULL OR k.account_id = $1
+ORDER BY k.created_at, k.key_id
+"""
+
+
+async def list_keys(store: EventStore, account_id: str | None) -> list[KeyRow]:
+    """The keys of `account_id`, or of every account for None, oldest first."""
+    rows = await store.pool.fetch(_LIST, account_id)
+    return [KeyRow(**dict(r)) for r in rows]
+
+
+async def ensure_admin_key(store: EventStore, key: str) -> IssuedKey | None:
+    """Create the admin key `key` unless the (caught-up) `api_keys` projection has it."""
+    exists = await store.pool.fetchval(
+        "SELECT 1 FROM api_keys WHERE key_hash = $1", account.hash_key(key)
+    )
+    if exists:
+        return None
+    return await issue(store, name="SPOOL_API_KEY", admin=True, key=key, actor="startup")
+
+
+FIRST_KEY_NAME = "first admin key"
+
+# One `spool up` at a time decides whether the log holds no key at all. The range keeps the
+# read to the partition of account streams (stream ids sort in collation "C": '.' follows '-').
+_FIRST_KEY_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('spool:first-key', 0))"
+_ANY_KEY = """
+SELECT 1 FROM events
+WHERE stream_id >= 'account-' AND stream_id < 'account.' AND type = 'ApiKeyCreated' LIMIT 1
+"""
+
+
+async def ensure_first_key(store: EventStore) -> IssuedKey | None:
+    """An admin key for a log that holds no key at all (read from the log, not a projection
+    that may lag); None when there is one. Only the key's digest is stored."""
+    async with store.pool.acquire() as conn, conn.transaction():
+        await conn.execute(_FIRST_KEY_LOCK)
+        if await conn.fetchval(_ANY_KEY):
+            return None
+        key, owner, key_id = mint(), uuid.uuid4().hex, new_key_id()
+        events = account.issue_key(
+            key=key, key_id=key_id, account_id=owner, name=FIRST_KEY_NAME, scope="admin"
+        )
+        meta = Metadata(actor="startup")
+        result = await store.append(
+            account.stream_id(owner), [NewEvent(e, meta) for e in events], 0, conn=conn
+        )
+    return IssuedKey(key, owner, result.checkpoint, key_id)
