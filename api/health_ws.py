@@ -28,6 +28,7 @@ from adapters.database import unreachable
 from adapters.settings import Settings
 from adapters.tokens import TokenClaims, TokenError, verify_token
 from adapters.viewer_sessions import ViewerSession
+from api.cluster_reads import may_read_cluster
 from api.errors import client_fault
 from api.request_log import request_counts
 from api.tokens import token_key
@@ -144,6 +145,23 @@ def _error(text: str) -> str:
 def _quoted(text: str) -> str:
     """`text` as an error message quotes it: repr'd, and cut short (an error is not an echo)."""
     return repr(text if len(text) <= ECHO_MAX_CHARS else text[:ECHO_MAX_CHARS] + "...")
+
+
+CLUSTER_COMMANDS = frozenset({"network", "requests", "logs"})
+"""Commands that read the cluster (its network, every account's requests, the logs) whatever
+their arguments: admin tokens only (api/cluster_reads.py). `sysinfo` and `subscribe sysinfo`
+read it when they name a node; without one they show the API host's own load."""
+
+CLUSTER_REFUSED = "is a cluster-wide read: it needs a token issued to an admin key"
+
+
+def _reads_cluster(command: str, args: list[str]) -> bool:
+    """Whether `command args` reads the cluster rather than the API host's own load."""
+    if command == "sysinfo":
+        return len(args) == 1
+    if command == "subscribe":
+        return len(args) == 3
+    return command in CLUSTER_COMMANDS
 
 
 class Refusal(msgspec.Struct, frozen=True):
@@ -274,6 +292,8 @@ class HealthSession:
         if not text:
             return _error("empty command")
         command, *args = text.split()
+        if _reads_cluster(command, args) and not may_read_cluster(self.claims.admin):
+            return _error(f"{_quoted(command)} {CLUSTER_REFUSED}")
         if command == "sysinfo" and len(args) <= 1:
             return await self.sysinfo(args[0] if args else None)
         if command == "subscribe":
@@ -344,9 +364,6 @@ class HealthSession:
             self._stream = None
 
     def logs(self, count: str | None) -> str:
-        if not self.claims.admin:
-            # Log lines speak of every account's requests: the cluster's admins only.
-            return _error("logs need a token issued to an admin key")
         try:
             n = LOGS_DEFAULT if count is None else int(count)
         except ValueError:

@@ -27,6 +27,7 @@ from adapters.task_store import (
 )
 from api.as_of import BadAsOf, parse_as_of
 from api.auth import Principal
+from api.cluster_reads import may_read_cluster
 from api.envelope import (
     CLUSTER_API_ERRORS,
     DEFAULT_PAGE_SIZE,
@@ -481,21 +482,24 @@ class TasksController(Controller):
 
     @get("/types")
     async def types(self, request: Request[Any, Any, Any], principal: Principal) -> Response[Any]:
-        """The task types online nodes run (the union), and which nodes run each."""
+        """The task types online nodes run (the union); for an admin, which nodes run each.
+
+        Which nodes there are is a cluster-wide read (api/cluster_reads.py): a user key is told
+        only which types it may submit.
+        """
         offers = await online_offers(request.app.state.pool)
         by_type: dict[str, list[str]] = {}
         for o in offers:
             for t in o.task_types:
                 by_type.setdefault(t, []).append(o.node_id)
-        return success(
-            request,
-            {
-                "task_types": sorted(by_type),
-                "by_type": {t: sorted(nodes) for t, nodes in sorted(by_type.items())},
-                "known_task_types": list(task.TASK_TYPES),
-                "online_devices": len(offers),
-            },
-        )
+        answer: dict[str, Any] = {
+            "task_types": sorted(by_type),
+            "known_task_types": list(task.TASK_TYPES),
+        }
+        if may_read_cluster(principal.admin):
+            answer["by_type"] = {t: sorted(nodes) for t, nodes in sorted(by_type.items())}
+            answer["online_devices"] = len(offers)
+        return success(request, answer)
 
     @get("/{task_id:str}")
     async def get_task(
