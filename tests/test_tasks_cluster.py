@@ -169,11 +169,19 @@ async def test_tasks_with_requirements_land_on_the_right_node(
             assert reason.startswith("No online node meets the requirements")
             assert "gpu-box has" in reason and "GB memory, needs 100000" in reason
 
-            types = await cluster.client.get(f"{BASE}/types", headers={"X-API-Key": cluster.key})
+            types = await cluster.client.get(
+                f"{BASE}/types", headers={"X-API-Key": cluster.admin_key}
+            )
             data = types.json()["data"]
             assert data["by_type"]["python_eval"] == ["gpu-box"]
             assert data["by_type"]["echo"] == ["gpu-box", "plain-box"]
             assert "command" not in data["task_types"]
+            # A user is told which types it may submit, not which nodes there are.
+            mine = await cluster.client.get(f"{BASE}/types", headers={"X-API-Key": cluster.key})
+            assert mine.json()["data"] == {
+                "task_types": data["task_types"],
+                "known_task_types": data["known_task_types"],
+            }
 
             # The seed's own client, over a real port, from another thread.
             async with served(cluster) as base_url:
