@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 from litestar import Litestar, MediaType, get
 from litestar.datastructures import State
+from litestar.logging.config import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.response import Redirect
@@ -15,6 +16,7 @@ from litestar.response import Redirect
 from adapters.account_storage import AccountStorages
 from adapters.client_facts import describer
 from adapters.event_store import EventStore
+from adapters.log_redaction import LOG_FORMAT, RedactingFormatter
 from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
 from adapters.storage import ObjectStorage
@@ -129,4 +131,9 @@ def create_app(
             render_plugins=[SwaggerRenderPlugin()],
         ),
         debug=False,
+        # Litestar puts its own handler on the root logger: it formats through the redacting
+        # formatter too, or uvicorn's `/ws?api_key=...` lines would print the key.
+        logging_config=LoggingConfig(
+            formatters={"standard": {"()": RedactingFormatter, "fmt": LOG_FORMAT}}
+        ),
     )

@@ -25,6 +25,7 @@ from litestar.exceptions import WebSocketDisconnect
 
 from adapters import sysinfo
 from adapters.database import unreachable
+from adapters.log_redaction import LOG_FORMAT, RedactingFormatter
 from adapters.settings import Settings
 from adapters.tokens import TokenClaims, TokenError, verify_token
 from adapters.viewer_sessions import ViewerSession
@@ -61,7 +62,8 @@ class LogBuffer(logging.Handler):
     def __init__(self, capacity: int = LOG_CAPACITY) -> None:
         super().__init__()
         self.lines: deque[str] = deque(maxlen=capacity)
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        # The lines `logs` shows are log lines too: no secret in them either.
+        self.setFormatter(RedactingFormatter(LOG_FORMAT))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
