@@ -9,7 +9,8 @@ scraper carries no API key.
 The surfaces, each refusing in its own shape (401 without a key, 403 with a user key):
 `/api/v1/devices` and `/api/v1/cluster/*` (the envelope), `/dashboard/cluster`, `/nodes` and
 `/throughput` and `/metrics` (`{"error"}`), the health socket's `sysinfo <node>`, `network`,
-`requests` and `logs` (`error: ...`), and the device updates of `/ws` (not sent to users).
+`requests` and `logs` (`error: ...`), the device updates of `/ws` (not sent to users), and the
+node ids of `/api/v1/tasks/types` and of a waiting task's reason (left out for users).
 A user's key still reads its own account everywhere, and on the health socket the load of the
 API's own host (`sysinfo` with no node: CPU, memory, disk; no names or addresses).
 """

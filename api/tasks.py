@@ -184,6 +184,13 @@ def summary(state: task.TaskState) -> TaskSummary:
     )
 
 
+def _as_seen_by(principal: Principal, state: task.TaskState) -> task.TaskState:
+    """A task as its caller may see it: the nodes its waiting reason names are the cluster's."""
+    if may_read_cluster(principal.admin):
+        return state
+    return msgspec.structs.replace(state, reason=task.reason_without_nodes(state.reason))
+
+
 def view(state: task.TaskState) -> TaskView:
     """The public view of a task's state."""
     req = state.requirements
@@ -440,7 +447,7 @@ class TasksController(Controller):
             total = await request.app.state.pool.fetchval(_COUNT, *filters)
         return success(
             request,
-            [view(_decode_state(r["state"])) for r in rows],
+            [view(_as_seen_by(principal, _decode_state(r["state"]))) for r in rows],
             pagination=Pagination.of(page, page_size, total),
         )
 
@@ -516,14 +523,14 @@ class TasksController(Controller):
         state = await _load(request, task_id, principal)
         if as_of is not None:
             state = await _task_then(request, state.task_id, as_of)
-        return success(request, view(state))
+        return success(request, view(_as_seen_by(principal, state)))
 
     @get("/{task_id:str}/status")
     async def task_status(
         self, request: Request[Any, Any, Any], principal: Principal, task_id: str
     ) -> Response[Any]:
         """Where a task stands: status, device, attempt, why it waits, time used."""
-        state = await _load(request, task_id, principal)
+        state = _as_seen_by(principal, await _load(request, task_id, principal))
         return success(
             request,
             StatusView(
