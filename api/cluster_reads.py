@@ -8,7 +8,7 @@ scraper carries no API key.
 
 The surfaces, each refusing in its own shape (401 without a key, 403 with a user key):
 `/api/v1/devices` and `/api/v1/cluster/*` (the envelope), `/dashboard/cluster`, `/nodes` and
-`/throughput` and `/metrics` (`{"error"}`), the health socket's `sysinfo <node>`, `network`,
+`/throughput` and `/metrics` (`{"error"}`), `/api/cluster/viewers` (`{"message"}`), the health socket's `sysinfo <node>`, `network`,
 `requests` and `logs` (`error: ...`), the device updates of `/ws` (not sent to users), and the
 node ids of `/api/v1/tasks/types` and of a waiting task's reason (left out for users).
 A user's key still reads its own account everywhere, and on the health socket the load of the
