@@ -13,9 +13,10 @@ import uuid
 from itertools import pairwise
 from typing import Any
 
-from domain import task
-from domain.events import event_id
+from domain import node, task
+from domain.events import Metadata, NewEvent, event_id
 from spool.keys import issue
+from tests.cluster_api_helpers import node_started
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer
 from tests.test_tasks_cluster import settled, start_scheduler
@@ -267,6 +268,13 @@ async def test_another_account_reusing_a_request_id_never_joins_its_trace(
     bulk = await create(second_key, "/jobs/bulk", {"jobs": [{"url": url}]})
     # An admin's account is an account like any other here.
     admin_job = (await create(cluster.admin_key, "/jobs", {"url": url}))["job_id"]
+    # A stream of the cluster's own (a node's) with the same correlation: an admin's to see.
+    node_id = f"trace-node-{uuid.uuid4().hex[:8]}"
+    await cluster.store.append(
+        node.stream_id(node_id),
+        [NewEvent(node_started(node_id), Metadata(correlation_id=request_id, actor="test"))],
+        0,
+    )
 
     first_sees = await _stream_ids(cluster, first_job, first_key)
     second_sees = await _stream_ids(cluster, second_job, second_key)
@@ -277,6 +285,7 @@ async def test_another_account_reusing_a_request_id_never_joins_its_trace(
     assert f"batch-{bulk['batch_id']}" in second_sees
     assert f"job-{second_job}" in second_sees
     assert f"job-{admin_job}" in admin_sees
+    assert node.stream_id(node_id) in admin_sees
     assert not first_sees & second_sees
     assert not admin_sees & (first_sees | second_sees)
     # Nothing of the second account (its key, its jobs) shows in the first account's trace.
