@@ -204,6 +204,14 @@ UNION ALL
 # The hits come from `events_correlation_idx` (partial: the predicate repeats its condition)
 # as an array first, then each row by its key: as one join the planner, unable to tell how rare
 # a correlation id is, may walk the whole log in position order instead.
+_OWNER = """(CASE WHEN starts_with(events.stream_id, 'account-')
+    THEN substr(events.stream_id, 9)
+    ELSE (SELECT origin.data->>'account_id' FROM events AS origin
+          WHERE origin.stream_id = events.stream_id AND origin.version = 1) END)"""
+"""The account a stream belongs to: an account's own stream, or what the stream's first event
+names (a job's, batch's, task's or idempotency record's `account_id`); NULL for the cluster's
+own streams (nodes, viewers, config)."""
+
 _READ_CORRELATED = f"""
 SELECT {_COLUMNS} FROM events
 WHERE position = ANY(ARRAY(
@@ -213,6 +221,8 @@ WHERE position = ANY(ARRAY(
       AND position > $2
 ))
   AND ($4::text IS NULL OR stream_id = $5::text OR NOT starts_with(stream_id, $4::text))
+  AND ($6::text IS NULL OR stream_id = $5::text OR {_OWNER} = $6::text
+       OR ($7::bool AND {_OWNER} IS NULL))
 ORDER BY position
 LIMIT $3
 """
@@ -531,14 +541,26 @@ class EventStore:
         limit: int = 1000,
         leave_out_prefix: str | None = None,
         keep_stream: str | None = None,
+        owner: str | None = None,
+        unowned_too: bool = False,
     ) -> list[RecordedEvent]:
         """Events of any stream that carry one of `correlation_ids`, in position order.
 
         Streams starting with `leave_out_prefix` are left out, except `keep_stream` (a job's
-        trace keeps its own stream and leaves out the other jobs of the same request).
+        trace keeps its own stream and leaves out the other jobs of the same request). With
+        `owner`, only `keep_stream` and the streams of that account are read, and the cluster's
+        own streams (no account's) too when `unowned_too`: a correlation id is the client's to
+        choose, so another account's requests may carry the same one.
         """
         rows = await self.pool.fetch(
-            _READ_CORRELATED, list(correlation_ids), after, limit, leave_out_prefix, keep_stream
+            _READ_CORRELATED,
+            list(correlation_ids),
+            after,
+            limit,
+            leave_out_prefix,
+            keep_stream,
+            owner,
+            unowned_too,
         )
         return [self._record(r) for r in rows]
 

@@ -40,6 +40,8 @@ class Settings(msgspec.Struct, kw_only=True):
     storage_url: str | None = None
     api_key: str | None = None
     secret_key: str | None = None
+    # A token a Prometheus scraper may present instead of an admin key (`GET /metrics`).
+    metrics_token: str | None = None
     url_allowlist: tuple[str, ...] = ()
     host: str = "127.0.0.1"
     port: int = 8081
@@ -85,6 +87,7 @@ class Settings(msgspec.Struct, kw_only=True):
             "storage_url": env.get("SPOOL_STORAGE_URL") or None,
             "api_key": env.get("SPOOL_API_KEY") or None,
             "secret_key": env.get("SPOOL_SECRET_KEY") or None,
+            "metrics_token": env.get("SPOOL_METRICS_TOKEN") or None,
             "url_allowlist": tuple(
                 h.strip() for h in env.get("SPOOL_URL_ALLOWLIST", "").split(",") if h.strip()
             ),

@@ -8,10 +8,12 @@ from typing import Any
 import asyncpg
 from litestar import Litestar
 from litestar.datastructures import State
+from litestar.logging.config import LoggingConfig
 
 from adapters.account_storage import AccountStorages
 from adapters.client_facts import describer
 from adapters.event_store import EventStore
+from adapters.log_redaction import LOG_FORMAT, RedactingFormatter
 from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
 from adapters.storage import ObjectStorage
@@ -121,4 +123,9 @@ def create_app(
         state=state,
         openapi_config=openapi_config(),
         debug=False,
+        # Litestar puts its own handler on the root logger: it formats through the redacting
+        # formatter too, or uvicorn's `/ws?api_key=...` lines would print the key.
+        logging_config=LoggingConfig(
+            formatters={"standard": {"()": RedactingFormatter, "fmt": LOG_FORMAT}}
+        ),
     )

@@ -14,8 +14,9 @@ from litestar.di import Provide
 from adapters.config_store import load_config
 from adapters.settings import Settings
 from api.auth import Principal
+from api.cluster_reads import cluster_reader
 from api.device_view import all_rows, cluster_stats, duration
-from api.envelope import CLUSTER_API_ERRORS, cluster_admin, cluster_principal, success
+from api.envelope import CLUSTER_API_ERRORS, success
 from domain import cluster_config as config
 
 WINDOWS_MINUTES = (1, 5, 15)
@@ -88,7 +89,7 @@ async def _window(pool: asyncpg.Pool, minutes: int) -> dict[str, Any]:
 
 class ClusterController(Controller):
     path = "/api/v1/cluster"
-    dependencies = {"principal": Provide(cluster_principal)}
+    dependencies = {"principal": Provide(cluster_reader)}
     exception_handlers = CLUSTER_API_ERRORS  # type: ignore[assignment]
     tags = ["cluster"]
 
@@ -128,7 +129,7 @@ class ClusterController(Controller):
             },
         )
 
-    @get("/config", dependencies={"principal": Provide(cluster_admin)})
+    @get("/config")
     async def cluster_config(
         self, request: Request[Any, Any, Any], principal: Principal
     ) -> Response[Any]:

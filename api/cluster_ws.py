@@ -26,6 +26,7 @@ from adapters.config_store import heartbeat_config
 from adapters.event_store import NOTIFY_CHANNEL, Checkpoint, EventStore
 from adapters.viewer_sessions import ViewerSession
 from api.auth import KEY_CACHE_SECONDS, Principal, key_gone, lookup
+from api.cluster_reads import may_read_cluster
 from api.envelope import timestamp
 from api.viewer_sources import close_viewer, open_viewer
 from domain import job, node, task
@@ -91,7 +92,7 @@ FROM nodes WHERE removed_at IS NULL
 
 
 class Update(msgspec.Struct, frozen=True):
-    """One update and whose it is (None: every listener may see it)."""
+    """One update and whose it is (None: the cluster's, for those who may read the cluster)."""
 
     message: dict[str, Any]
     account_id: str | None = None
@@ -106,8 +107,10 @@ class Subscriber:
         self.overflowed = False
 
     def offer(self, update: Update) -> None:
-        mine = update.account_id in (None, self.principal.account_id)
-        if not (mine or self.principal.admin):
+        if update.account_id is None:
+            if not may_read_cluster(self.principal.admin):
+                return  # devices coming and going are a cluster-wide read
+        elif update.account_id != self.principal.account_id and not self.principal.admin:
             return  # a user sees only their own jobs and tasks
         try:
             self.queue.put_nowait(update.message)

@@ -13,7 +13,8 @@ from litestar.datastructures import CacheControlHeader
 from litestar.static_files import create_static_files_router
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from api.auth import job_api_admin, key_in, recently_verified
+from api.auth import key_in, recently_verified
+from api.cluster_reads import job_api_cluster_reader, may_read_cluster
 from api.errors import JOB_API_ERRORS, JobApiError
 from domain.node import ONLINE_SECONDS
 
@@ -158,7 +159,7 @@ def answer_from_cache(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         principal = recently_verified(state, key)
-        if principal is None or not principal.admin:
+        if principal is None or not may_read_cluster(principal.admin):
             await app(scope, receive, send)
             return
         headers = [
@@ -184,13 +185,13 @@ class DashboardController(Controller):
     @get("/cluster", middleware=[answer_from_cache])
     async def cluster(self, request: Request[Any, Any, Any]) -> ClusterStats:
         """What every node heard from in the last 30 seconds is doing right now."""
-        await job_api_admin(request)
+        await job_api_cluster_reader(request)
         return await _cluster_stats(request)
 
     @get("/nodes")
     async def nodes(self, request: Request[Any, Any, Any]) -> NodeList:
         """Nodes heard from in the last hour: heartbeat age, CPU and memory, stage counts."""
-        await job_api_admin(request)
+        await job_api_cluster_reader(request)
         rows = await request.app.state.pool.fetch(
             _NODES, timedelta(seconds=ONLINE_SECONDS), NODES_SHOWN_FOR, MAX_NODES
         )
@@ -216,7 +217,7 @@ class DashboardController(Controller):
     @get("/throughput")
     async def throughput(self, request: Request[Any, Any, Any], minutes: int = 60) -> Throughput:
         """Jobs completed and failed, and bytes stored, per minute over the last `minutes`."""
-        await job_api_admin(request)
+        await job_api_cluster_reader(request)
         if not 1 <= minutes <= MAX_MINUTES:
             raise JobApiError(
                 status_code=400, detail=f"minutes must be between 1 and {MAX_MINUTES}"

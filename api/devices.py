@@ -17,6 +17,7 @@ from litestar.di import Provide
 from adapters.event_store import EventStore
 from adapters.queue import node_queue
 from api.auth import Principal
+from api.cluster_reads import cluster_reader
 from api.cluster_redis import redis_of
 from api.device_view import (
     STATUSES,
@@ -34,7 +35,6 @@ from api.envelope import (
     ClusterApiError,
     Pagination,
     cluster_admin,
-    cluster_principal,
     iso,
     page_window,
     success,
@@ -61,7 +61,7 @@ def _tags(given: list[str] | None) -> tuple[str, ...]:
 
 class DevicesController(Controller):
     path = "/api/v1/devices"
-    dependencies = {"principal": Provide(cluster_principal)}
+    dependencies = {"principal": Provide(cluster_reader)}
     exception_handlers = CLUSTER_API_ERRORS  # type: ignore[assignment]
     tags = ["cluster: devices"]
 

@@ -25,10 +25,12 @@ from litestar.exceptions import WebSocketDisconnect
 
 from adapters import sysinfo
 from adapters.database import unreachable
+from adapters.log_redaction import LOG_FORMAT, RedactingFormatter
 from adapters.settings import Settings
 from adapters.tokens import TokenClaims, TokenError, verify_token
 from adapters.viewer_sessions import ViewerSession
 from api.auth import KEY_CACHE_SECONDS, key_alive, key_gone
+from api.cluster_reads import may_read_cluster
 from api.errors import client_fault
 from api.request_log import request_counts
 from api.tokens import token_key
@@ -61,7 +63,8 @@ class LogBuffer(logging.Handler):
     def __init__(self, capacity: int = LOG_CAPACITY) -> None:
         super().__init__()
         self.lines: deque[str] = deque(maxlen=capacity)
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        # The lines `logs` shows are log lines too: no secret in them either.
+        self.setFormatter(RedactingFormatter(LOG_FORMAT))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -145,6 +148,23 @@ def _error(text: str) -> str:
 def _quoted(text: str) -> str:
     """`text` as an error message quotes it: repr'd, and cut short (an error is not an echo)."""
     return repr(text if len(text) <= ECHO_MAX_CHARS else text[:ECHO_MAX_CHARS] + "...")
+
+
+CLUSTER_COMMANDS = frozenset({"network", "requests", "logs"})
+"""Commands that read the cluster (its network, every account's requests, the logs) whatever
+their arguments: admin tokens only (api/cluster_reads.py). `sysinfo` and `subscribe sysinfo`
+read it when they name a node; without one they show the API host's own load."""
+
+CLUSTER_REFUSED = "is a cluster-wide read: it needs a token issued to an admin key"
+
+
+def _reads_cluster(command: str, args: list[str]) -> bool:
+    """Whether `command args` reads the cluster rather than the API host's own load."""
+    if command == "sysinfo":
+        return len(args) == 1
+    if command == "subscribe":
+        return len(args) == 3
+    return command in CLUSTER_COMMANDS
 
 
 class Refusal(msgspec.Struct, frozen=True):
@@ -265,6 +285,8 @@ class HealthSession:
         if not text:
             return _error("empty command")
         command, *args = text.split()
+        if _reads_cluster(command, args) and not may_read_cluster(self.claims.admin):
+            return _error(f"{_quoted(command)} {CLUSTER_REFUSED}")
         if command == "sysinfo" and len(args) <= 1:
             return await self.sysinfo(args[0] if args else None)
         if command == "subscribe":
@@ -335,9 +357,6 @@ class HealthSession:
             self._stream = None
 
     def logs(self, count: str | None) -> str:
-        if not self.claims.admin:
-            # Log lines speak of every account's requests: the cluster's admins only.
-            return _error("logs need a token issued to an admin key")
         try:
             n = LOGS_DEFAULT if count is None else int(count)
         except ValueError:

@@ -6,6 +6,11 @@ reconciler's repairs) carries it on, with `causation_id` naming the event that c
 global position) or, for a request's own events, the request id. The trace lists, in log order,
 every event of any stream that carries one of the job's correlation ids (other jobs that one
 request created, such as a batch's, are left out) and the arq job ids each event enqueued.
+
+A client may choose its own request id (`X-Request-ID`), and another account may choose the
+same one: the trace reads only the streams of the job's account, so another account's requests
+never join it, whoever asks. An admin also sees the cluster's own streams (nodes, config) that
+carry the job's correlation ids; a user sees only their account's.
 """
 
 from __future__ import annotations
@@ -108,6 +113,8 @@ async def job_trace(
         limit=limit + 1,
         leave_out_prefix="job-",
         keep_stream=own,
+        owner=state.account_id,
+        unowned_too=principal.admin,
     )
     page = found[:limit]
     return TracePage(

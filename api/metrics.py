@@ -23,6 +23,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from adapters.config_store import heartbeat_config
 from adapters.timed_event_store import REGISTRY as PROCESS_REGISTRY
+from api.cluster_reads import metrics_reader
+from api.errors import JOB_API_ERRORS
 
 STAGE_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
@@ -175,9 +177,15 @@ async def _families(pool: asyncpg.Pool, types: Mapping[str, frozenset[str]]) -> 
     ]
 
 
-@get("/metrics", tags=["cluster"], media_type=CONTENT_TYPE_LATEST)
+@get(
+    "/metrics",
+    tags=["cluster"],
+    media_type=CONTENT_TYPE_LATEST,
+    exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
+)
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """Prometheus text format; no key needed (scrapers rarely carry one)."""
+    """Prometheus text format, for an admin key or the scrape token (`SPOOL_METRICS_TOKEN`)."""
+    await metrics_reader(request)
     state = request.app.state
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(await _families(state.pool, state.get("projection_types", {}))))

@@ -28,6 +28,7 @@ from adapters.task_store import (
 )
 from api.as_of import BadAsOf, parse_as_of
 from api.auth import Principal
+from api.cluster_reads import may_read_cluster
 from api.envelope import (
     CLUSTER_API_ERRORS,
     DEFAULT_PAGE_SIZE,
@@ -188,6 +189,13 @@ def summary(state: task.TaskState) -> TaskSummary:
     return TaskSummary(
         state.task_id, state.task_type, state.status, state.priority, iso(state.created_at)
     )
+
+
+def _as_seen_by(principal: Principal, state: task.TaskState) -> task.TaskState:
+    """A task as its caller may see it: the nodes its waiting reason names are the cluster's."""
+    if may_read_cluster(principal.admin):
+        return state
+    return msgspec.structs.replace(state, reason=task.reason_without_nodes(state.reason))
 
 
 def view(state: task.TaskState) -> TaskView:
@@ -476,7 +484,7 @@ class TasksController(Controller):
             total = await request.app.state.pool.fetchval(_COUNT, *filters)
         return success(
             request,
-            [view(_decode_state(r["state"])) for r in rows],
+            [view(_as_seen_by(principal, _decode_state(r["state"]))) for r in rows],
             pagination=Pagination.of(page, page_size, total),
         )
 
@@ -518,21 +526,24 @@ class TasksController(Controller):
 
     @get("/types")
     async def types(self, request: Request[Any, Any, Any], principal: Principal) -> Response[Any]:
-        """The task types online nodes run (the union), and which nodes run each."""
+        """The task types online nodes run (the union); for an admin, which nodes run each.
+
+        Which nodes there are is a cluster-wide read (api/cluster_reads.py): a user key is told
+        only which types it may submit.
+        """
         offers = await online_offers(request.app.state.pool)
         by_type: dict[str, list[str]] = {}
         for o in offers:
             for t in o.task_types:
                 by_type.setdefault(t, []).append(o.node_id)
-        return success(
-            request,
-            {
-                "task_types": sorted(by_type),
-                "by_type": {t: sorted(nodes) for t, nodes in sorted(by_type.items())},
-                "known_task_types": list(task.TASK_TYPES),
-                "online_devices": len(offers),
-            },
-        )
+        answer: dict[str, Any] = {
+            "task_types": sorted(by_type),
+            "known_task_types": list(task.TASK_TYPES),
+        }
+        if may_read_cluster(principal.admin):
+            answer["by_type"] = {t: sorted(nodes) for t, nodes in sorted(by_type.items())}
+            answer["online_devices"] = len(offers)
+        return success(request, answer)
 
     @get("/{task_id:str}")
     async def get_task(
@@ -549,14 +560,14 @@ class TasksController(Controller):
         state = await _load(request, task_id, principal)
         if as_of is not None:
             state = await _task_then(request, state.task_id, as_of)
-        return success(request, view(state))
+        return success(request, view(_as_seen_by(principal, state)))
 
     @get("/{task_id:str}/status")
     async def task_status(
         self, request: Request[Any, Any, Any], principal: Principal, task_id: str
     ) -> Response[Any]:
         """Where a task stands: status, device, attempt, why it waits, time used."""
-        state = await _load(request, task_id, principal)
+        state = _as_seen_by(principal, await _load(request, task_id, principal))
         return success(
             request,
             StatusView(

@@ -22,6 +22,7 @@ from adapters.tables import VIEWER_SPAN_WIDTHS
 from adapters.viewer_sessions import ViewerRecorder
 from adapters.viewer_store import load_viewers
 from api.auth import Principal, lookup, presented_key
+from api.cluster_reads import REFUSED, may_read_cluster
 from api.errors import message_error
 from api.requests import command_metadata
 from domain import viewer
@@ -60,16 +61,28 @@ def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str
 _ERRORS = {Exception: _error}
 
 
-async def _admin(request: Request[Any, Any, Any]) -> Principal:
+async def _caller(request: Request[Any, Any, Any]) -> Principal:
     key = presented_key(request)
     if key is None:
         raise ViewerApiError(401, "Missing API key: send Authorization: Bearer <api key>")
     principal = await lookup(request.app.state, key)
     if principal is None:
         raise ViewerApiError(401, "Invalid API key")
+    return principal
+
+
+async def _admin(request: Request[Any, Any, Any]) -> Principal:
+    principal = await _caller(request)
     if not principal.admin:
-        # The list holds every client's IP address across all accounts.
         raise ViewerApiError(403, "This endpoint needs an admin API key")
+    return principal
+
+
+async def _cluster_reader(request: Request[Any, Any, Any]) -> Principal:
+    principal = await _caller(request)
+    if not may_read_cluster(principal.admin):
+        # The list holds every client's IP address across all accounts.
+        raise ViewerApiError(403, REFUSED)
     return principal
 
 
@@ -276,7 +289,7 @@ async def list_cluster_viewers(request: Request[Any, Any, Any]) -> Response[dict
     sessions; `true` or absent shows them. A page past the last is empty, with exact totals.
     """
     began = time.perf_counter()
-    await _admin(request)
+    await _cluster_reader(request)
     q = parse_query(request.query_params)
     page = await list_viewers(request.app.state.pool, q)
     now_ms = int(time.time() * 1000)

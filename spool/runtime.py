@@ -13,6 +13,7 @@ from arq.connections import ArqRedis
 from adapters import cluster_identity
 from adapters.database import create_pool, migrate
 from adapters.event_store import EventStore
+from adapters.log_redaction import remember
 from adapters.queue import connect
 from adapters.settings import Settings
 from adapters.storage import ObjectStorage, storage_from_url
@@ -44,6 +45,7 @@ async def open_runtime(
     settings: Settings, *, need_redis: bool = False, run_migrations: bool = True
 ) -> AsyncIterator[Runtime]:
     """Start what `settings` leave unset, migrate, and yield the wired parts; stop all on exit."""
+    remember(settings.api_key, settings.secret_key, settings.metrics_token)
     embedded: list[EmbeddedPostgres | EmbeddedRedis] = []
     pool: asyncpg.Pool | None = None
     redis: ArqRedis | None = None

@@ -18,6 +18,7 @@ import msgspec
 import uvicorn
 from litestar import Litestar
 
+from adapters.log_redaction import setup_logging
 from adapters.settings import Settings
 from adapters.timed_event_store import TimedEventStore
 from api.app import create_app
@@ -34,8 +35,6 @@ from spool.keys import ensure_first_key
 from spool.runtime import Runtime, open_runtime
 
 log = logging.getLogger("spool")
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class _Server(uvicorn.Server):
@@ -213,9 +212,7 @@ class ApiProcess:
 
 def api_process() -> ApiProcess:
     """uvicorn's app factory in each `spool api` process (settings from the parent)."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(logging.INFO)
     config = msgspec.json.decode(os.environ[API_PROCESS_ENV], type=ApiProcessConfig)
     settings = Settings.from_env({}, **config.settings)
     if config.processes > 1:

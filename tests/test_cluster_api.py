@@ -11,6 +11,7 @@ from tests.cluster_api_helpers import (
     FreshApi,
     append_node,
     assert_envelope,
+    assert_error,
     fresh_api,
     heartbeat,
     node_started,
@@ -58,7 +59,7 @@ async def _two_nodes_and_a_stopped_one(api: FreshApi) -> None:
 
 async def test_cluster_status_has_the_seed_numbers(api: FreshApi) -> None:
     await _two_nodes_and_a_stopped_one(api)
-    answer = await api.client.get("/api/v1/cluster/status", headers=api.user())
+    answer = await api.client.get("/api/v1/cluster/status", headers=api.admin())
     assert answer.status_code == 200
     body = answer.json()
     assert_envelope(body)
@@ -80,7 +81,7 @@ async def test_cluster_status_has_the_seed_numbers(api: FreshApi) -> None:
 
 
 async def test_an_empty_cluster_is_all_zeros(api: FreshApi) -> None:
-    stats = (await api.client.get("/api/v1/cluster/status", headers=api.user())).json()["data"]
+    stats = (await api.client.get("/api/v1/cluster/status", headers=api.admin())).json()["data"]
     assert stats["cluster_stats"]["total_devices"] == 0
     assert stats["cluster_stats"]["health_percentage"] == 0.0
 
@@ -88,7 +89,7 @@ async def test_an_empty_cluster_is_all_zeros(api: FreshApi) -> None:
 async def test_cluster_metrics_show_use_over_time_windows(api: FreshApi) -> None:
     await _two_nodes_and_a_stopped_one(api)
     await api.runner.settle()
-    answer = await api.client.get("/api/v1/cluster/metrics", headers=api.user())
+    answer = await api.client.get("/api/v1/cluster/metrics", headers=api.admin())
     assert answer.status_code == 200
     data = answer.json()["data"]
     assert data["current"]["online_devices"] == 2
@@ -103,6 +104,33 @@ async def test_cluster_metrics_show_use_over_time_windows(api: FreshApi) -> None
         assert window["avg_memory_percent"] == 25.0
         assert window["jobs_completed"] == 0
         assert window["tasks_completed"] == 0
+
+
+CLUSTER_READS = (
+    "/api/v1/devices",
+    "/api/v1/devices/summary",
+    "/api/v1/devices/laptop-001",
+    "/api/v1/devices/laptop-001/status",
+    "/api/v1/cluster/status",
+    "/api/v1/cluster/metrics",
+    "/api/v1/cluster/config",
+)
+
+
+async def test_every_cluster_wide_read_needs_an_admin_key(api: FreshApi) -> None:
+    await _two_nodes_and_a_stopped_one(api)
+    for path in CLUSTER_READS:
+        user = await api.client.get(path, headers=api.user())
+        assert user.status_code == 403, (path, user.text)
+        assert_error(user.json(), "UNAUTHORIZED")
+        assert "admin API key" in user.json()["message"]
+        # Nothing of the cluster in the refusal: no host name, no device.
+        assert "laptop" not in user.text
+        nobody = await api.client.get(path)
+        assert nobody.status_code == 401, (path, nobody.text)
+        assert_error(nobody.json(), "UNAUTHORIZED")
+        admin = await api.client.get(path, headers=api.admin())
+        assert admin.status_code == 200, (path, admin.text)
 
 
 async def test_cluster_config_needs_an_admin_key(api: FreshApi) -> None:

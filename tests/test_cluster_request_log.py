@@ -11,10 +11,10 @@ from tests.fixtures.request_log import Lines
 
 
 async def test_each_request_is_one_json_line(
-    client: httpx.AsyncClient, api_key: str, request_log: Lines
+    client: httpx.AsyncClient, admin_key: str, request_log: Lines
 ) -> None:
     answer = await client.get(
-        "/api/v1/cluster/status", headers={"X-API-Key": api_key, "X-Request-Id": "req-42"}
+        "/api/v1/cluster/status", headers={"X-API-Key": admin_key, "X-Request-Id": "req-42"}
     )
     assert answer.status_code == 200
     [line] = [json.loads(x) for x in request_log.lines if "req-42" in x]

@@ -52,10 +52,10 @@ async def test_the_seeds_curl_lines(base: tuple[FreshApi, str]) -> None:
     await register(api.store, api.runner, "laptop-001")
     health = await _curl(f"{url}/health")
     assert health["status"] == "healthy"
-    status = await _curl("-H", f"X-API-Key: {api.key}", f"{url}/api/v1/cluster/status")
+    status = await _curl("-H", f"X-API-Key: {api.admin_key}", f"{url}/api/v1/cluster/status")
     assert status["status"] == "success"
     assert status["data"]["cluster_stats"]["online_devices"] == 1
-    devices = await _curl("-H", f"Authorization: Bearer {api.key}", f"{url}/api/v1/devices")
+    devices = await _curl("-H", f"Authorization: Bearer {api.admin_key}", f"{url}/api/v1/devices")
     assert [d["device_id"] for d in devices["data"]] == ["laptop-001"]
     assert devices["pagination"]["total_items"] == 1
     config = await _curl("-H", f"X-API-Key: {api.admin_key}", f"{url}/api/v1/cluster/config")
@@ -69,7 +69,7 @@ async def test_the_seeds_python_client_reads_the_cluster_status(
 ) -> None:
     api, url = base
     await register(api.store, api.runner, "laptop-001")
-    client = RetireClusterAPI(f"{url}/api/v1", api_key=api.key)
+    client = RetireClusterAPI(f"{url}/api/v1", api_key=api.admin_key)
     status = await asyncio.to_thread(client.get_cluster_status)
     assert status["status"] == "success"
     assert status["data"]["cluster_stats"]["total_devices"] == 1

@@ -137,6 +137,6 @@ async def test_the_heartbeat_timeout_decides_when_a_device_is_offline(api: Fresh
     assert changed.status_code == 200
     await api.runner.settle("cluster_config")
     device = "/api/v1/devices/quiet-box"
-    assert (await api.client.get(device, headers=api.user())).json()["data"]["status"] == "online"
+    assert (await api.client.get(device, headers=api.admin())).json()["data"]["status"] == "online"
     await asyncio.sleep(2.2)  # no heartbeat for longer than the timeout
-    assert (await api.client.get(device, headers=api.user())).json()["data"]["status"] == "offline"
+    assert (await api.client.get(device, headers=api.admin())).json()["data"]["status"] == "offline"

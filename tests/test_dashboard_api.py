@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from api.cluster_reads import REFUSED
 from domain import account, job, node
 from domain.account import hash_key
 from domain.events import Metadata, NewEvent
@@ -118,7 +119,7 @@ async def test_the_dashboard_data_needs_an_admin_key(api: FreshApi) -> None:
         assert (wrong.status_code, wrong.json()) == (401, {"error": "Invalid API Key"})
         user = await api.client.get(path, headers=api.user())
         assert user.status_code == 403
-        assert user.json() == {"error": "This endpoint needs an admin API key"}
+        assert user.json() == {"error": REFUSED}
         bearer = await api.client.get(path, headers={"Authorization": f"Bearer {api.admin_key}"})
         assert bearer.status_code == 200
 
@@ -145,7 +146,7 @@ async def test_cluster_stats_refuse_every_caller_but_an_admin_even_with_a_warm_c
     assert (wrong.status_code, wrong.json()) == (401, {"error": "Invalid API Key"})
     user = await api.client.get("/dashboard/cluster", headers=api.user())
     assert user.status_code == 403
-    assert user.json() == {"error": "This endpoint needs an admin API key"}
+    assert user.json() == {"error": REFUSED}
     bearer = await api.client.get(
         "/dashboard/cluster", headers={"Authorization": f"Bearer {api.admin_key}"}
     )

@@ -49,11 +49,11 @@ async def _ids(client: httpx.AsyncClient, key: str, **params: object) -> list[st
 
 
 async def test_the_device_list_has_the_seed_shape(
-    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, api_key: str
+    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, admin_key: str
 ) -> None:
     tag, a, _, _ = await _three(store, runner)
     answer = await client.get(
-        "/api/v1/devices", params={"tags": tag}, headers={"X-API-Key": api_key}
+        "/api/v1/devices", params={"tags": tag}, headers={"X-API-Key": admin_key}
     )
     assert answer.status_code == 200
     body = answer.json()
@@ -84,25 +84,25 @@ async def test_the_device_list_has_the_seed_shape(
 
 
 async def test_devices_filter_by_status_role_platform_and_tags(
-    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, api_key: str
+    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, admin_key: str
 ) -> None:
     tag, a, b, c = await _three(store, runner)
-    assert await _ids(client, api_key, tags=tag, status="online") == sorted([a, b])
-    assert await _ids(client, api_key, tags=tag, status="offline") == [c]
-    assert await _ids(client, api_key, tags=tag, status="all") == sorted([a, b, c])
-    assert await _ids(client, api_key, tags=tag, role="compute") == sorted([a, c])
-    assert await _ids(client, api_key, tags=tag, platform="windows") == [b]
+    assert await _ids(client, admin_key, tags=tag, status="online") == sorted([a, b])
+    assert await _ids(client, admin_key, tags=tag, status="offline") == [c]
+    assert await _ids(client, admin_key, tags=tag, status="all") == sorted([a, b, c])
+    assert await _ids(client, admin_key, tags=tag, role="compute") == sorted([a, c])
+    assert await _ids(client, admin_key, tags=tag, platform="windows") == [b]
     # A device must have every tag asked for: as a comma list, or repeated.
-    assert await _ids(client, api_key, tags=f"{tag},gpu-capable") == [a]
-    assert await _ids(client, api_key, tags=[tag, "gpu-capable"]) == [a]
-    assert await _ids(client, api_key, tags=[tag, unique("nobody")]) == []
+    assert await _ids(client, admin_key, tags=f"{tag},gpu-capable") == [a]
+    assert await _ids(client, admin_key, tags=[tag, "gpu-capable"]) == [a]
+    assert await _ids(client, admin_key, tags=[tag, unique("nobody")]) == []
 
 
 async def test_devices_are_paged(
-    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, api_key: str
+    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, admin_key: str
 ) -> None:
     tag, *devices = await _three(store, runner)
-    headers = {"Authorization": f"Bearer {api_key}"}
+    headers = {"Authorization": f"Bearer {admin_key}"}
     first = (
         await client.get("/api/v1/devices", params={"tags": tag, "page_size": 2}, headers=headers)
     ).json()
@@ -119,8 +119,10 @@ async def test_devices_are_paged(
     assert sorted(seen) == sorted(devices)
 
 
-async def test_bad_list_parameters_name_the_field(client: httpx.AsyncClient, api_key: str) -> None:
-    headers = {"X-API-Key": api_key}
+async def test_bad_list_parameters_name_the_field(
+    client: httpx.AsyncClient, admin_key: str
+) -> None:
+    headers = {"X-API-Key": admin_key}
     too_big = await client.get("/api/v1/devices", params={"page_size": 101}, headers=headers)
     assert too_big.status_code == 400
     assert_error(too_big.json(), "VALIDATION_ERROR")
@@ -139,16 +141,16 @@ async def test_the_device_api_needs_a_key(client: httpx.AsyncClient) -> None:
 
 
 async def test_an_unknown_device_is_device_not_found(
-    client: httpx.AsyncClient, api_key: str
+    client: httpx.AsyncClient, admin_key: str
 ) -> None:
     for path in ("/api/v1/devices/nope", "/api/v1/devices/nope/status"):
-        answer = await client.get(path, headers={"X-API-Key": api_key})
+        answer = await client.get(path, headers={"X-API-Key": admin_key})
         assert answer.status_code == 404
         assert_error(answer.json(), "DEVICE_NOT_FOUND")
 
 
 async def test_one_device_and_its_status(
-    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, api_key: str
+    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, admin_key: str
 ) -> None:
     device_id = unique("laptop")
     await append_node(
@@ -158,7 +160,7 @@ async def test_one_device_and_its_status(
         node_started(device_id, tags=("development",)),
         heartbeat(device_id, cpu=42.0, muxing=1),
     )
-    headers = {"X-API-Key": api_key}
+    headers = {"X-API-Key": admin_key}
     one = (await client.get(f"/api/v1/devices/{device_id}", headers=headers)).json()
     assert_envelope(one)
     assert one["data"]["device_id"] == device_id
@@ -181,9 +183,9 @@ async def test_one_device_and_its_status(
 
 
 async def test_the_summary_counts_devices(
-    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, api_key: str
+    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, admin_key: str
 ) -> None:
-    headers = {"X-API-Key": api_key}
+    headers = {"X-API-Key": admin_key}
     before = (await client.get("/api/v1/devices/summary", headers=headers)).json()["data"]
     await _three(store, runner)
     after = (await client.get("/api/v1/devices/summary", headers=headers)).json()["data"]
@@ -195,14 +197,18 @@ async def test_the_summary_counts_devices(
 
 
 async def test_removing_a_device_needs_an_admin_key(
-    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, api_key: str
+    client: httpx.AsyncClient,
+    store: EventStore,
+    runner: ProjectionRunner,
+    api_key: str,
+    admin_key: str,
 ) -> None:
     device_id = unique("keep-me")
     await register(store, runner, device_id)
     answer = await client.delete(f"/api/v1/devices/{device_id}", headers={"X-API-Key": api_key})
     assert answer.status_code == 403
     assert_error(answer.json(), "UNAUTHORIZED")
-    still = await client.get(f"/api/v1/devices/{device_id}", headers={"X-API-Key": api_key})
+    still = await client.get(f"/api/v1/devices/{device_id}", headers={"X-API-Key": admin_key})
     assert still.status_code == 200
 
 
@@ -210,7 +216,6 @@ async def test_a_removed_device_stays_gone_until_it_registers_again(
     client: httpx.AsyncClient,
     store: EventStore,
     runner: ProjectionRunner,
-    api_key: str,
     admin_key: str,
 ) -> None:
     device_id = unique("retired")
@@ -222,9 +227,9 @@ async def test_a_removed_device_stays_gone_until_it_registers_again(
     assert events[-1].type == "NodeRemoved"  # appended, nothing rewritten
 
     await runner.settle("nodes")
-    headers = {"X-API-Key": api_key}
+    headers = {"X-API-Key": admin_key}
     assert (await client.get(f"/api/v1/devices/{device_id}", headers=headers)).status_code == 404
-    assert device_id not in await _ids(client, api_key)
+    assert device_id not in await _ids(client, admin_key)
     again = await client.delete(f"/api/v1/devices/{device_id}", headers={"X-API-Key": admin_key})
     assert again.status_code == 404
 

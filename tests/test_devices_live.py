@@ -12,7 +12,7 @@ from tests.fixtures.cluster import Cluster, StartCluster
 
 
 async def _device(c: Cluster, device_id: str) -> dict[str, Any] | None:
-    answer = await c.client.get(f"/api/v1/devices/{device_id}", headers=c.headers())
+    answer = await c.client.get(f"/api/v1/devices/{device_id}", headers=c.headers(c.admin_key))
     if answer.status_code == 404:
         return None
     assert answer.status_code == 200, answer.text

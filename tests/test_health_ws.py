@@ -246,10 +246,42 @@ async def test_network_requests_and_logs_answer(served: Served) -> None:
     await ws.close()
 
 
-async def test_logs_need_an_admin_token(served: Served) -> None:
+async def test_a_user_token_reads_the_api_hosts_load_and_nothing_of_the_cluster(
+    served: Served,
+) -> None:
+    api = served.api
+    await append_node(
+        api.store, api.runner, "hw-user", node_started("hw-user"), heartbeat("hw-user")
+    )
     ws = await _authed(served, admin=False)
-    assert await _ask(ws, "logs") == "error: logs need a token issued to an admin key"
+    own = json.loads(await _ask(ws, "sysinfo"))
+    assert own.keys() == {"cpus", "mem", "disks"}
+    assert await _ask(ws, "subscribe sysinfo 1") == "ok"
+    assert json.loads(await asyncio.wait_for(ws.recv(), 5)).keys() == {"cpus", "mem", "disks"}
+    await ws.send("unsubscribe")
+    while (reply := await asyncio.wait_for(ws.recv(), 5)) != "ok":
+        assert json.loads(reply).keys() == {"cpus", "mem", "disks"}
+    refused = {
+        command: await _ask(ws, command)
+        for command in (
+            "sysinfo hw-user",
+            "subscribe sysinfo 1 hw-user",
+            "network",
+            "requests",
+            "logs",
+            "logs 5",
+        )
+    }
     await ws.close()
+    rule = "is a cluster-wide read: it needs a token issued to an admin key"
+    assert refused == {
+        "sysinfo hw-user": f"error: 'sysinfo' {rule}",
+        "subscribe sysinfo 1 hw-user": f"error: 'subscribe' {rule}",
+        "network": f"error: 'network' {rule}",
+        "requests": f"error: 'requests' {rule}",
+        "logs": f"error: 'logs' {rule}",
+        "logs 5": f"error: 'logs' {rule}",
+    }
 
 
 async def test_an_unknown_command_is_an_error(served: Served) -> None:

@@ -13,9 +13,10 @@ import uuid
 from itertools import pairwise
 from typing import Any
 
-from domain import task
-from domain.events import event_id
+from domain import node, task
+from domain.events import Metadata, NewEvent, event_id
 from spool.keys import issue
+from tests.cluster_api_helpers import node_started
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer
 from tests.test_tasks_cluster import settled, start_scheduler
@@ -226,3 +227,91 @@ async def test_a_tasks_events_follow_the_request_that_submitted_it(
     for before, e in pairwise(recorded):
         assert e.metadata.causation_id == event_id(before.position), (before.type, e.type)
     assert recorded[-1].metadata.node_id == cluster.settings.node_id
+
+
+async def _stream_ids(cluster: Cluster, job_id: str, key: str) -> set[str]:
+    answer = await cluster.client.get(
+        f"/jobs/{job_id}/trace", params={"limit": 1000}, headers=cluster.headers(key)
+    )
+    assert answer.status_code == 200, answer.text
+    return {e["stream_id"] for e in answer.json()["events"]}
+
+
+async def test_another_account_reusing_a_request_id_never_joins_its_trace(
+    cluster: Cluster, media_server: MediaServer
+) -> None:
+    request_id = f"shared-{uuid.uuid4().hex}"
+    first_key = await _other_user_key(cluster)
+    second_key = await _other_user_key(cluster)
+    url = media_server.url("missing.mp4")
+
+    async def create(key: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer = await cluster.client.post(
+            path,
+            json=body,
+            headers={
+                **cluster.headers(key),
+                "X-Request-ID": request_id,
+                "Idempotency-Key": uuid.uuid4().hex,
+            },
+        )
+        assert answer.status_code == 201, answer.text
+        # The client's id is kept as given, whichever account sends it.
+        assert answer.headers["x-request-id"] == request_id
+        created: dict[str, Any] = answer.json()
+        return created
+
+    first_job = (await create(first_key, "/jobs", {"url": url}))["job_id"]
+    # The second account's job, its idempotency records and a batch of its own all carry the
+    # same correlation id as the first account's job.
+    second_job = (await create(second_key, "/jobs", {"url": url}))["job_id"]
+    bulk = await create(second_key, "/jobs/bulk", {"jobs": [{"url": url}]})
+    # An admin's account is an account like any other here.
+    admin_job = (await create(cluster.admin_key, "/jobs", {"url": url}))["job_id"]
+    # A stream of the cluster's own (a node's) with the same correlation: an admin's to see.
+    node_id = f"trace-node-{uuid.uuid4().hex[:8]}"
+    await cluster.store.append(
+        node.stream_id(node_id),
+        [NewEvent(node_started(node_id), Metadata(correlation_id=request_id, actor="test"))],
+        0,
+    )
+
+    first_sees = await _stream_ids(cluster, first_job, first_key)
+    second_sees = await _stream_ids(cluster, second_job, second_key)
+    admin_sees = await _stream_ids(cluster, admin_job, cluster.admin_key)
+
+    first_streams = {f"job-{first_job}", *[s for s in first_sees if s.startswith("idempotency-")]}
+    assert first_sees == first_streams and len(first_streams) == 2, first_sees
+    assert f"batch-{bulk['batch_id']}" in second_sees
+    assert f"job-{second_job}" in second_sees
+    assert f"job-{admin_job}" in admin_sees
+    assert node.stream_id(node_id) in admin_sees
+    assert not first_sees & second_sees
+    assert not admin_sees & (first_sees | second_sees)
+    # Nothing of the second account (its key, its jobs) shows in the first account's trace.
+    body = (
+        await cluster.client.get(f"/jobs/{first_job}/trace", headers=cluster.headers(first_key))
+    ).text
+    assert second_job not in body and bulk["batch_id"] not in body and admin_job not in body
+    second = await cluster.client.get(
+        f"/jobs/{second_job}/trace", headers=cluster.headers(second_key)
+    )
+    second_actor = second.json()["requests"][0]["actor"]
+    assert second_actor and second_actor not in body
+
+
+async def test_the_servers_own_request_ids_are_random_uuids_none_derived_from_another(
+    cluster: Cluster,
+) -> None:
+    ids = []
+    for _ in range(40):
+        answer = await cluster.client.get("/jobs", headers=cluster.headers())
+        assert answer.status_code == 200, answer.text
+        ids.append(answer.headers["x-request-id"])
+
+    assert all(str(uuid.UUID(i)) == i and uuid.UUID(i).version == 4 for i in ids)
+    # Random ids share no run of leading digits and lie nowhere near each other: a counter or a
+    # clock would make the next id a neighbour of the last.
+    assert len({i[:8] for i in ids}) == len(ids)
+    numbers = sorted(uuid.UUID(i).int for i in ids)
+    assert min(b - a for a, b in pairwise(numbers)) > 2**64

@@ -12,16 +12,18 @@ from domain import node, task
 from domain.events import NewEvent
 from tests.cluster_api_helpers import FreshApi, append_node, fresh_api, heartbeat, node_started
 
+SCRAPE_TOKEN = "scrape-" + "0123456789abcdef" * 2
+
 
 @pytest.fixture
 async def api(fresh_database_url: str, redis_url: str) -> AsyncIterator[FreshApi]:
-    async with fresh_api(fresh_database_url, redis_url) as a:
+    async with fresh_api(fresh_database_url, redis_url, metrics_token=SCRAPE_TOKEN) as a:
         yield a
 
 
 async def _scrape(api: FreshApi) -> dict[str, list[Sample]]:
-    answer = await api.client.get("/metrics")  # scrapers carry no key
-    assert answer.status_code == 200
+    answer = await api.client.get("/metrics", headers={"Authorization": f"Bearer {SCRAPE_TOKEN}"})
+    assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"].startswith("text/plain")
     samples: dict[str, list[Sample]] = {}
     for family in text_string_to_metric_families(answer.text):
@@ -104,3 +106,39 @@ async def test_metrics_count_jobs_by_status_and_step(api: FreshApi) -> None:
     assert _value(samples, "spool_stage_duration_seconds_sum", stage="download") == 43.0
     assert _value(samples, "spool_stage_duration_seconds_bucket", stage="download", le="5.0") == 1
     assert _value(samples, "spool_stage_duration_seconds_bucket", stage="mux", le="15.0") == 1
+
+
+async def test_metrics_answer_an_admin_key_or_the_scrape_token_and_nobody_else(
+    api: FreshApi,
+) -> None:
+    await append_node(api.store, api.runner, "scraped-001", node_started("scraped-001"))
+    by_token = await api.client.get("/metrics", headers={"Authorization": f"Bearer {SCRAPE_TOKEN}"})
+    by_admin = await api.client.get("/metrics", headers=api.admin())
+    by_admin_bearer = await api.client.get(
+        "/metrics", headers={"Authorization": f"Bearer {api.admin_key}"}
+    )
+    for answer in (by_token, by_admin, by_admin_bearer):
+        assert answer.status_code == 200, answer.text
+        assert "retire_cluster_devices_total" in answer.text
+
+    nobody = await api.client.get("/metrics")
+    user = await api.client.get("/metrics", headers=api.user())
+    user_bearer = await api.client.get("/metrics", headers={"Authorization": f"Bearer {api.key}"})
+    wrong = await api.client.get(
+        "/metrics", headers={"Authorization": f"Bearer {SCRAPE_TOKEN[:-1]}x"}
+    )
+    assert (nobody.status_code, user.status_code, user_bearer.status_code) == (401, 403, 403)
+    assert wrong.status_code == 401
+    for refused in (nobody, user, user_bearer, wrong):
+        assert set(refused.json()) == {"error"}, refused.text
+        assert "retire_cluster" not in refused.text
+
+
+async def test_without_a_scrape_token_only_an_admin_key_reads_metrics(
+    fresh_database_url: str, redis_url: str
+) -> None:
+    async with fresh_api(fresh_database_url, redis_url) as api:
+        # No token configured: an empty Bearer or a guess at one is no way in.
+        for headers in ({"Authorization": "Bearer "}, {"Authorization": "Bearer None"}, {}):
+            assert (await api.client.get("/metrics", headers=headers)).status_code == 401
+        assert (await api.client.get("/metrics", headers=api.admin())).status_code == 200

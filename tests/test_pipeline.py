@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from api.cluster_reads import REFUSED
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import (
     MediaServer,
@@ -233,7 +234,7 @@ async def test_cluster_stats_count_the_stage_a_job_is_in(
 
     user = await cluster.client.get("/dashboard/cluster", headers=cluster.headers())
     assert user.status_code == 403
-    assert user.json() == {"error": "This endpoint needs an admin API key"}
+    assert user.json() == {"error": REFUSED}
     anonymous = await cluster.client.get("/dashboard/cluster")
     assert anonymous.json() == {"error": "Missing x-api-key header"}
 

@@ -44,19 +44,19 @@ async def test_the_limit_is_shared_across_api_processes(
     headers = a.user()
     remaining = []
     for api in (a, a, a, b, b):
-        answer = await api.client.get("/api/v1/cluster/status", headers=headers)
+        answer = await api.client.get("/api/v1/tasks", headers=headers)
         assert answer.status_code == 200
         remaining.append(int(answer.headers["X-RateLimit-Remaining"]))
     assert remaining == [4, 3, 2, 1, 0]
 
-    refused = await a.client.get("/api/v1/devices", headers=headers)
+    refused = await a.client.get("/api/v1/tasks", headers=headers)
     assert refused.status_code == 429
     assert_error(refused.json(), "RATE_LIMIT_EXCEEDED")
     assert refused.headers["X-RateLimit-Remaining"] == "0"
     reset = int(refused.headers["X-RateLimit-Reset"])
     assert time.time() <= reset <= time.time() + 61  # epoch seconds, like the seed's example
     assert int(refused.headers["Retry-After"]) >= 1
-    assert (await b.client.get("/api/v1/devices", headers=headers)).status_code == 429
+    assert (await b.client.get("/api/v1/tasks", headers=headers)).status_code == 429
 
     # Another key has its own allowance.
     other = await a.client.get("/api/v1/devices", headers=a.admin())
@@ -85,7 +85,7 @@ async def test_every_cluster_api_answer_carries_the_headers(
     assert anonymous.status_code == 401
     assert anonymous.headers["X-RateLimit-Remaining"] == str(LIMIT - 1)
     missing = await a.client.get(
-        f"/api/v1/devices/{uuid.uuid4().hex}", headers={"X-API-Key": a.key}
+        f"/api/v1/devices/{uuid.uuid4().hex}", headers={"X-API-Key": a.admin_key}
     )
     assert missing.status_code == 404
     assert "X-RateLimit-Reset" in missing.headers

@@ -164,17 +164,39 @@ async def test_tasks_with_requirements_land_on_the_right_node(
                 await asyncio.sleep(0.1)
                 waiting = await settled(cluster, impossible, "queued")
             status = await cluster.client.get(
-                f"{BASE}/{impossible}/status", headers={"X-API-Key": cluster.key}
+                f"{BASE}/{impossible}/status", headers={"X-API-Key": cluster.admin_key}
             )
             reason = status.json()["data"]["reason"]
             assert reason.startswith("No online node meets the requirements")
             assert "gpu-box has" in reason and "GB memory, needs 100000" in reason
+            # The task's owner learns why it waits, not which nodes there are nor what they have.
+            owner = {"X-API-Key": cluster.key}
+            seen = [
+                (await cluster.client.get(f"{BASE}/{impossible}/status", headers=owner)).json(),
+                (await cluster.client.get(f"{BASE}/{impossible}", headers=owner)).json(),
+            ]
+            listed = (await cluster.client.get(BASE, headers=owner)).json()["data"]
+            assert [v["data"]["reason"] for v in seen] == [
+                "No online node meets the requirements"
+            ] * 2
+            assert [t["reason"] for t in listed if t["task_id"] == impossible] == [
+                "No online node meets the requirements"
+            ]
+            assert "plain-box" not in str(seen) and "gpu-box" not in str(seen)
 
-            types = await cluster.client.get(f"{BASE}/types", headers={"X-API-Key": cluster.key})
+            types = await cluster.client.get(
+                f"{BASE}/types", headers={"X-API-Key": cluster.admin_key}
+            )
             data = types.json()["data"]
             assert data["by_type"]["python_eval"] == ["gpu-box"]
             assert data["by_type"]["echo"] == ["gpu-box", "plain-box"]
             assert "command" not in data["task_types"]
+            # A user is told which types it may submit, not which nodes there are.
+            mine = await cluster.client.get(f"{BASE}/types", headers={"X-API-Key": cluster.key})
+            assert mine.json()["data"] == {
+                "task_types": data["task_types"],
+                "known_task_types": data["known_task_types"],
+            }
 
             # The seed's own client, over a real port, from another thread.
             async with served(cluster) as base_url:

@@ -1,0 +1,98 @@
+"""Log lines with their secrets taken out: API keys, tokens, passwords, storage credentials.
+
+Every line a Spool process writes passes `RedactingFormatter` (installed by `setup_logging`),
+whoever logged it: uvicorn prints a websocket's path with its query (`/ws?api_key=...`), a
+library may print a URL with a password in it, an exception may quote what it was given. What
+is recognised by its shape (`sk_...` keys, JWTs, `user:password@` in URLs, secret-named query
+parameters, headers and fields) is replaced wherever it stands, and so is every value a process
+was configured with and named secret (`remember`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+REDACTED = "[redacted]"
+
+_SECRET_NAMES = (
+    r"api[_-]?key|x-api-key|access[_-]?token|refresh[_-]?token|token|jwt|auth|authorization"
+    r"|password|passwd|pwd|secret|secret[_-]?key|client[_-]?secret|secret[_-]?access[_-]?key"
+    r"|aws[_-]?secret[_-]?access[_-]?key|access[_-]?key[_-]?secret|account[_-]?key"
+    r"|sas[_-]?token|session[_-]?token|security[_-]?token|private[_-]?key|credential"
+    r"|x-amz-signature|x-amz-credential|x-amz-security-token|signature|sig"
+)
+
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # Spool's API keys (`sk_` and 43 URL-safe characters), wherever they stand.
+    (re.compile(r"\bsk_[A-Za-z0-9_-]{16,}"), "sk_" + REDACTED),
+    # JWTs: three base64url parts, the first a JSON header (`eyJ` is `{"`).
+    (re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), REDACTED),
+    # A password in a URL: scheme://user:password@host.
+    (
+        re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s/:@]*:)[^\s/@]+@", re.IGNORECASE),
+        r"\1" + REDACTED + "@",
+    ),
+    # `?token=...` and the like in a query string.
+    (
+        re.compile(rf"([?&;](?:{_SECRET_NAMES})=)[^&\s\"'#]*", re.IGNORECASE),
+        r"\1" + REDACTED,
+    ),
+    # `Authorization: Bearer ...`, `x-api-key: ...`.
+    (
+        re.compile(
+            r"((?:authorization|x-api-key)[\"']?\s*[:=]\s*[\"']?(?:bearer\s+)?)[^\s\"',}]+",
+            re.IGNORECASE,
+        ),
+        r"\1" + REDACTED,
+    ),
+    # `"secret_access_key": "..."`, `password=...`, `account_key='...'` in reprs and JSON.
+    (
+        re.compile(
+            rf"([\"']?\b(?:{_SECRET_NAMES})[\"']?\s*[:=]\s*)([\"'])(?:(?!\2).)*\2", re.IGNORECASE
+        ),
+        r"\1\2" + REDACTED + r"\2",
+    ),
+    # `password=...` unquoted, as in `key=value` messages.
+    (
+        re.compile(rf"(\b(?:{_SECRET_NAMES})\s*=\s*)(?![\"'\[])[^\s&,;)}}\]]+", re.IGNORECASE),
+        r"\1" + REDACTED,
+    ),
+)
+
+_known: set[str] = set()
+
+_SHORTEST_REMEMBERED = 8
+"""Shorter configured values are not replaced verbatim: they would blank out ordinary words."""
+
+
+def remember(*secrets: str | None) -> None:
+    """Take these configured values out of every line this process logs from now on."""
+    _known.update(s for s in secrets if s and len(s) >= _SHORTEST_REMEMBERED)
+
+
+def redact(text: str) -> str:
+    """`text` with every secret it holds replaced by `[redacted]`."""
+    for secret in _known:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingFormatter(logging.Formatter):
+    """A formatter whose lines (message, exception and stack included) are `redact`ed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(level: int) -> None:
+    """Log to stderr at `level` through `RedactingFormatter`: how every Spool process logs."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter(LOG_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler])
