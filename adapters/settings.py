@@ -43,6 +43,8 @@ class Settings(msgspec.Struct, kw_only=True):
     url_allowlist: tuple[str, ...] = ()
     host: str = "127.0.0.1"
     port: int = 8081
+    # Where clients reach the API: the base of the signed links to files in a local storage.
+    public_url: str | None = None
     # This node, when it runs a worker.
     node_id: str = msgspec.field(default_factory=socket.gethostname)
     role: str = "worker"
@@ -85,6 +87,7 @@ class Settings(msgspec.Struct, kw_only=True):
             "storage_url": env.get("SPOOL_STORAGE_URL") or None,
             "api_key": env.get("SPOOL_API_KEY") or None,
             "secret_key": env.get("SPOOL_SECRET_KEY") or None,
+            "public_url": env.get("SPOOL_PUBLIC_URL") or None,
             "url_allowlist": tuple(
                 h.strip() for h in env.get("SPOOL_URL_ALLOWLIST", "").split(",") if h.strip()
             ),
@@ -105,6 +108,13 @@ class Settings(msgspec.Struct, kw_only=True):
         if "data_dir" in values:
             values["data_dir"] = Path(str(values["data_dir"])).expanduser()
         return msgspec.convert(values, cls, strict=False)
+
+    def resolved_public_url(self) -> str:
+        """Where clients reach the API: `SPOOL_PUBLIC_URL`, else the API's own address."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def resolved_secret_key(self) -> str:
         """The secret key: from settings, else generated once into the data dir."""

@@ -582,7 +582,7 @@ async def test_a_jobs_own_storage_overrides_the_users_for_that_job_only(
         ] == "Completed"
     listing = s3_server.client().list_objects_v2(Bucket=user_bucket)
     assert [o["Key"] for o in listing.get("Contents", [])] == ["one-off/elsewhere.mp4"]
-    assert cluster.objects() == ["media/usual.mp4"]
+    assert cluster.objects() == [cluster.in_bucket("usual.mp4")]
     assert SECRET not in await all_event_text(cluster)
     done = await cluster.job(own)
     async with httpx.AsyncClient() as client:
