@@ -892,7 +892,7 @@ class LocalStorage:
         """Copy `path` to `key` in chunks (cancel is checked between them), then rename it into
         place. `content_type` is accepted for the protocol's sake; files do not keep one.
 
-        `owner` is written to a hidden file beside the object (`.spool-owner-<name>`). With
+        `owner` is written to a hidden file beside the object (`.spool-owner-<digest>`). With
         `if_absent` the copy is hard-linked into place, which the kernel refuses when a file is
         there already (`ObjectExists`), where a rename would replace it.
         """
@@ -947,7 +947,9 @@ class LocalStorage:
 
     @staticmethod
     def _owner_file(target: Path) -> Path:
-        return target.with_name(f"{_LOCAL_OWNER_PREFIX}{target.name}")
+        # Named by a digest: a fixed length, however near the file system's limit the name is.
+        digest = hashlib.sha256(target.name.encode()).hexdigest()[:32]
+        return target.with_name(f"{_LOCAL_OWNER_PREFIX}{digest}")
 
     def _write_owner(self, target: Path, owner: str) -> None:
         # Written beside and renamed into place, so a reader sees the old owner or the new one.
