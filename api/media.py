@@ -62,6 +62,7 @@ _HLS_TYPES = {
     ".m4s": "video/iso.segment",
     ".mp4": "video/mp4",
 }
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 _REVOKED = "SELECT revoked FROM api_keys WHERE key_id = $1"
 
@@ -451,6 +452,10 @@ async def _linked(
         raise JobApiError(status_code=404, detail="Job not found") from None
     if kind not in KINDS:
         raise JobApiError(status_code=404, detail=f"No such file: {kind}")
+    now = time.time()
+    # A link that could never be valid costs no read of the job: anyone may knock here.
+    if expires <= now or not _SIGNATURE.fullmatch(signature):
+        raise JobApiError(status_code=403, detail="Invalid or expired link")
     state = await load_job(request.app.state.store, jid)
     key = None
     if state is not None and state.status == "Completed" and not state.file_deleted:
@@ -462,7 +467,7 @@ async def _linked(
         object_key=key,
         expires=expires,
         given=signature,
-        now=time.time(),
+        now=now,
     ):
         raise JobApiError(status_code=403, detail="Invalid or expired link")
     assert state is not None

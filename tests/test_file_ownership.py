@@ -264,6 +264,15 @@ async def test_a_local_link_works_without_a_key_and_not_once_tampered_or_expired
             refused = await cluster.client.get(url)
             assert refused.status_code == 403, url
             assert refused.json() == {"error": "Invalid or expired link"}
+        for url, status in [
+            (f"/files/{job_id}/media", 400),  # no expiry, no signature
+            (f"/files/{job_id}/media?expires=soon&signature={signature}", 400),
+            (f"/files/{job_id}/secrets?expires={expires}&signature={signature}", 404),
+            (f"/files/not-a-job/media?expires={expires}&signature={signature}", 404),
+        ]:
+            bad = await cluster.client.get(url)
+            assert bad.status_code == status, (url, bad.text)
+            assert set(bad.json()) == {"error"}, bad.text
 
         # A link made a day and a second ago has expired: the clock is the caller's to give.
         key = link_key(cluster.settings.resolved_secret_key())
