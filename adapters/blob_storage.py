@@ -33,6 +33,7 @@ from adapters.storage import (
     _PROBE_PREFIX,
     MAX_PRESIGN_SECONDS,
     READ_CHUNK,
+    ObjectChanged,
     ObjectExists,
     ObjectInfo,
     StorageCancelled,
@@ -338,9 +339,18 @@ class BlobStorage:
             version_id=answer.headers.get("x-ms-version-id"),
         )
 
-    async def delete(self, key: str) -> None:
-        """Delete `key`; a missing blob is fine."""
-        await self._request("DELETE", self._path(self._full_key(key)), ok=(200, 202, 404))
+    async def delete(self, key: str, *, if_etag: str | None = None) -> None:
+        """Delete `key`; a missing blob is fine. `if_etag` sends `If-Match`: Azure refuses
+        (412, `ObjectChanged`) when the blob was replaced since."""
+        headers = {"If-Match": f'"{if_etag}"'} if if_etag is not None else {}
+        try:
+            await self._request(
+                "DELETE", self._path(self._full_key(key)), headers=headers, ok=(200, 202, 404)
+            )
+        except StorageError as exc:
+            if if_etag is not None and refused_as_existing(exc):
+                raise ObjectChanged(key) from exc
+            raise
 
     async def exists(self, key: str) -> bool:
         """Whether a blob `key` exists (Get Blob Properties)."""

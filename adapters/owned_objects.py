@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from adapters.storage import ObjectStorage, is_same_object
+from adapters.storage import ObjectChanged, ObjectStorage, is_same_object
 from domain.job import StoredFile
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,34 @@ async def delete_owned(
     """
     changed = set(await changed_objects(storage, objects, owner))
     for stored in objects:
+        if stored.key not in changed:
+            try:
+                await storage.delete(stored.key, if_etag=stored.etag)
+            except ObjectChanged:
+                changed.add(stored.key)  # replaced between the HEAD and the delete
         if stored.key in changed:
             log.warning("left %s alone: it is not the object job %s wrote", stored.key, owner)
-        else:
-            await storage.delete(stored.key)
     return sorted(changed)
+
+
+async def delete_all_owned(
+    storage: ObjectStorage, objects: Sequence[StoredFile], owner: str
+) -> tuple[list[str], list[str]]:
+    """Delete `objects` if every one is still as `owner` wrote it: `(changed, deleted)`.
+
+    When a HEAD finds one replaced or gone, `changed` names them and nothing is deleted. Each
+    delete is also conditional on the recorded ETag where the storage can do that, so an object
+    replaced between the check and its delete stays: then it is `changed`, and `deleted` says
+    which went before it.
+    """
+    changed = await changed_objects(storage, objects, owner)
+    if changed:
+        return changed, []
+    deleted: list[str] = []
+    for stored in objects:
+        try:
+            await storage.delete(stored.key, if_etag=stored.etag)
+        except ObjectChanged:
+            return [stored.key], deleted
+        deleted.append(stored.key)
+    return [], deleted

@@ -180,6 +180,14 @@ class StorageError(Exception):
         in the form `abort_unfinished` takes. Its parts cost storage until it is aborted."""
 
 
+class ObjectChanged(StorageError):
+    """A conditional delete found another object at the key than the one it was meant for:
+    nothing was deleted."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"PreconditionFailed: the object at {key} has changed", code="Changed")
+
+
 class ObjectExists(StorageError):
     """`put_file(..., if_absent=True)` found an object at the key already: nothing was written,
     and the object there was left as it was."""
@@ -234,8 +242,13 @@ class ObjectStorage(Protocol):
         """
         ...
 
-    async def delete(self, key: str) -> None:
-        """Delete `key`; deleting a missing object is not an error."""
+    async def delete(self, key: str, *, if_etag: str | None = None) -> None:
+        """Delete `key`; deleting a missing object is not an error.
+
+        With `if_etag`, only while the object's ETag is still that one, where the storage can
+        make a delete conditional (S3 `If-Match`, Blob `If-Match`): `ObjectChanged` otherwise.
+        A folder cannot; its callers compare a HEAD first (`adapters.owned_objects`).
+        """
         ...
 
     async def exists(self, key: str) -> bool:
@@ -726,10 +739,29 @@ class S3Storage:
         except Exception as exc:
             log.warning("could not delete cancelled upload %s: %s", full_key, exc)
 
-    async def delete(self, key: str) -> None:
-        """Delete `key`. S3 answers 204 for a missing key too, so this is idempotent."""
+    async def delete(self, key: str, *, if_etag: str | None = None) -> None:
+        """Delete `key`. S3 answers 204 for a missing key too, so this is idempotent.
+
+        `if_etag` sends `If-Match`: S3 itself refuses (412, `ObjectChanged`) when the object was
+        replaced since. A store that does not know the condition on deletes and says so
+        (`NotImplemented`) is asked again without it.
+        """
         full_key = self._full_key(key)
         client = await self._get_client()
+        if if_etag is not None:
+            try:
+                with self._errors():
+                    await client.delete_object(
+                        Bucket=self.bucket, Key=full_key, IfMatch=f'"{if_etag}"'
+                    )
+                return
+            except StorageError as exc:
+                if refused_as_existing(exc):
+                    raise ObjectChanged(key) from exc
+                if exc.code in ("404", "NoSuchKey", "NotFound"):
+                    return
+                if exc.code not in ("NotImplemented", "501"):
+                    raise
         with self._errors():
             await client.delete_object(Bucket=self.bucket, Key=full_key)
 
@@ -957,9 +989,9 @@ class LocalStorage:
         temp.write_text(owner)
         os.replace(temp, self._owner_file(target))
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, *, if_etag: str | None = None) -> None:
         """Remove `key` (a missing file is fine), its owner note, and any folders that leaves
-        empty."""
+        empty. A file has no ETag to hold the delete to: `if_etag` is not checked here."""
         path = self._path(key)
         path.unlink(missing_ok=True)
         self._owner_file(path).unlink(missing_ok=True)

@@ -21,7 +21,7 @@ from adapters.event_store import EventStore, StreamAppend
 from adapters.file_links import file_link
 from adapters.job_store import JobChangingTooFast, decide_and_append, load_job_as_of
 from adapters.job_store import load_job as load_job_state
-from adapters.owned_objects import changed_objects
+from adapters.owned_objects import delete_all_owned
 from adapters.playlists import Playlist, extract_playlist, looks_like_media
 from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
@@ -507,19 +507,18 @@ class JobsController(Controller):
         try:
             # Only what this job wrote, as it wrote it: an object replaced since (by another
             # job, or behind Spool's back) or gone is not this job's to delete.
-            changed = await changed_objects(storage, objects, state.job_id)
-            if changed:
-                raise JobApiError(
-                    status_code=409,
-                    detail=f"The file at {changed[0]} is no longer the one this job wrote "
-                    "(replaced or removed); nothing was deleted",
-                )
-            for stored in objects:
-                await storage.delete(stored.key)
+            changed, deleted = await delete_all_owned(storage, objects, state.job_id)
         except StorageError as exc:
             raise JobApiError(
                 status_code=502, detail=f"Storage refused the delete: {exc}"
             ) from None
+        if changed:
+            removed = f"only {', '.join(deleted)} was deleted" if deleted else "nothing was deleted"
+            raise JobApiError(
+                status_code=409,
+                detail=f"The file at {changed[0]} is no longer the one this job wrote "
+                f"(replaced or removed); {removed}",
+            )
         state = await _decide(request, principal, job_id, job.delete_file)
         await forget_media(request.app.state, state.job_id)
         return FileDeletedAnswer(job_id=state.job_id, deleted=True, key=state.key or "")

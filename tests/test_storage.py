@@ -23,6 +23,7 @@ from botocore.exceptions import ClientError
 from adapters.blob_storage import BlobStorage
 from adapters.storage import (
     LocalStorage,
+    ObjectChanged,
     ObjectExists,
     ObjectStorage,
     S3Storage,
@@ -512,7 +513,7 @@ def test_storage_from_url_rejects_bad_urls(url: str, says: str, tmp_path: Path) 
 
 
 async def _conditional_writes_keep_the_first_object(
-    storage: ObjectStorage, tmp_path: Path, size: int
+    storage: ObjectStorage, tmp_path: Path, size: int, *, conditional_delete: bool = True
 ) -> None:
     """The promise every backend keeps: `if_absent` never replaces, the owner is kept, a HEAD
     tells the object apart from one put at its key later."""
@@ -537,6 +538,10 @@ async def _conditional_writes_keep_the_first_object(
     await storage.put_file("acct/show.mp4", tmp_path / "second.mp4", owner="job-a")
     # ... and then the object is no longer the one first recorded.
     assert not is_same_object(await storage.head("acct/show.mp4"), **figures, owner="job-a")
+    if conditional_delete:  # the storage itself refuses a delete meant for the first object
+        with pytest.raises(ObjectChanged):
+            await storage.delete("acct/show.mp4", if_etag=stored.etag)
+        assert await storage.head("acct/show.mp4") is not None
     await storage.delete("acct/show.mp4")
     assert not is_same_object(await storage.head("acct/show.mp4"), **figures, owner="job-a")
     assert await storage.list_keys() == []  # the owner note of a folder goes with its file
@@ -544,7 +549,7 @@ async def _conditional_writes_keep_the_first_object(
 
 async def test_local_conditional_write_never_replaces(tmp_path: Path) -> None:
     await _conditional_writes_keep_the_first_object(
-        LocalStorage(tmp_path / "store"), tmp_path, 64 * 1024
+        LocalStorage(tmp_path / "store"), tmp_path, 64 * 1024, conditional_delete=False
     )
 
 
