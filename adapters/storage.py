@@ -209,6 +209,13 @@ _EXISTS_CODES = frozenset(
 )
 
 
+# What an S3-compatible store that does not know `If-Match` on DeleteObject may answer: the
+# delete is sent again without it (the caller compared a HEAD already).
+_UNCONDITIONAL_DELETE_CODES = frozenset(
+    {"NotImplemented", "501", "InvalidArgument", "InvalidRequest"}
+)
+
+
 def refused_as_existing(exc: StorageError) -> bool:
     """Whether a conditional write failed because an object is at the key."""
     return exc.code in _EXISTS_CODES
@@ -744,7 +751,7 @@ class S3Storage:
 
         `if_etag` sends `If-Match`: S3 itself refuses (412, `ObjectChanged`) when the object was
         replaced since. A store that does not know the condition on deletes and says so
-        (`NotImplemented`) is asked again without it.
+        (`NotImplemented`, `InvalidArgument`) is asked again without it.
         """
         full_key = self._full_key(key)
         client = await self._get_client()
@@ -760,7 +767,7 @@ class S3Storage:
                     raise ObjectChanged(key) from exc
                 if exc.code in ("404", "NoSuchKey", "NotFound"):
                     return
-                if exc.code not in ("NotImplemented", "501"):
+                if exc.code not in _UNCONDITIONAL_DELETE_CODES:
                     raise
         with self._errors():
             await client.delete_object(Bucket=self.bucket, Key=full_key)

@@ -193,6 +193,31 @@ async def test_two_jobs_of_one_account_with_one_name_never_overwrite_each_other(
     assert media.get("etag") or media.get("version_id")  # what tells this object from a later one
 
 
+async def test_subtitles_and_thumbnail_follow_the_name_the_media_ended_with(
+    cluster: Cluster, media_server: MediaServer
+) -> None:
+    asked = {"filename": "page", "download_subtitles": True, "download_thumbnail": True}
+    first_id = await cluster.create(media_server.url("watch.html"), **asked)
+    first = await _done(cluster, cluster.key, first_id)
+    second_id = await cluster.create(media_server.url("watch.html"), **asked)
+    second = await _done(cluster, cluster.key, second_id)
+
+    short = second_id.split("-")[0]
+    names = ("page.mp4", "page.en.vtt", "page.jpg")
+    assert sorted(cluster.objects()) == sorted(
+        [cluster.in_bucket(n) for n in names]
+        + [cluster.in_bucket(n.replace("page", f"page [{short}]")) for n in names]
+    )
+    assert first["storage_key"] == cluster.key_of("page.mp4")
+    assert second["storage_key"] == cluster.key_of(f"page [{short}].mp4")
+    async with httpx.AsyncClient() as http:
+        for done in (first, second):
+            assert (await http.get(done["subtitle_url"])).text.startswith("WEBVTT")
+    deleted = await cluster.client.delete(f"/jobs/{second_id}/file", headers=cluster.headers())
+    assert deleted.status_code == 200, deleted.text
+    assert sorted(cluster.objects()) == sorted(cluster.in_bucket(n) for n in names)
+
+
 # -- a delete after the object was replaced -------------------------------------------------------
 
 
