@@ -409,7 +409,7 @@ async def _upload(
             objects=[_recorded(o) for o in written.values()],
         )
     raise StageError(
-        "Upload failed: every name this job may take is held by another job's file",
+        "Upload failed: every name this job may take is held by a file it did not write",
         retryable=False,
     )
 
