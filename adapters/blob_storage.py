@@ -325,12 +325,13 @@ class BlobStorage:
                 },
                 content=body,
             )
+        etag = answer.headers.get("ETag", "").strip('"') or None
         if _cancelled(cancel):
-            # The cancel came while the commit was on its way: the object must not stay.
-            await self.delete(key)
+            # The cancel came while the commit was on its way: the object must not stay (and
+            # only it goes: the ETag it was given).
+            await self.delete(key, if_etag=etag)
             raise StorageCancelled(f"upload of {key} cancelled")
         progress.finish()
-        etag = answer.headers.get("ETag", "").strip('"') or None
         return StoredObject(
             key=key,
             size=size,

@@ -645,8 +645,9 @@ class S3Storage:
                 raise exists from exc
             raise
         if _cancelled(cancel):
-            # The cancel came while the last request was in flight: undo it, as promised.
-            await self._delete_quietly(client, full_key)
+            # The cancel came while the last request was in flight: undo it, as promised (and
+            # only it: the ETag it was given).
+            await self._delete_quietly(key, etag.strip('"') if etag else None)
             raise StorageCancelled(f"upload of {key} cancelled")
         progress.finish()
         return StoredObject(
@@ -740,11 +741,11 @@ class S3Storage:
             if exc.code != "NoSuchUpload":
                 raise
 
-    async def _delete_quietly(self, client: Any, full_key: str) -> None:
+    async def _delete_quietly(self, key: str, etag: str | None) -> None:
         try:
-            await client.delete_object(Bucket=self.bucket, Key=full_key)
+            await self.delete(key, if_etag=etag)
         except Exception as exc:
-            log.warning("could not delete cancelled upload %s: %s", full_key, exc)
+            log.warning("could not delete cancelled upload %s: %s", key, exc)
 
     async def delete(self, key: str, *, if_etag: str | None = None) -> None:
         """Delete `key`. S3 answers 204 for a missing key too, so this is idempotent.
