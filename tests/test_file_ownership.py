@@ -20,6 +20,7 @@ import pytest
 
 from adapters.file_links import LINK_SECONDS, file_link, link_is_valid, link_key, signature
 from adapters.owned_objects import delete_owned
+from adapters.settings import Settings
 from adapters.storage import LocalStorage, S3Storage
 from domain import job
 from reactors import stages
@@ -389,3 +390,12 @@ async def test_a_retry_of_the_same_job_rewrites_its_own_object_and_others_get_a_
         assert await storage.list_keys() == [other.key]
     finally:
         await storage.close()
+
+
+def test_the_public_url_comes_from_the_flag_the_environment_or_the_apis_own_address() -> None:
+    env = {"SPOOL_PUBLIC_URL": "https://spool.example.com/"}
+    assert Settings.from_env(env).resolved_public_url() == "https://spool.example.com"
+    flagged = Settings.from_env(env, public_url="https://media.example.com")
+    assert flagged.resolved_public_url() == "https://media.example.com"
+    assert Settings.from_env({}, port=9000).resolved_public_url() == "http://127.0.0.1:9000"
+    assert Settings.from_env({}, host="::1").resolved_public_url() == "http://[::1]:8081"
