@@ -209,11 +209,10 @@ _EXISTS_CODES = frozenset(
 )
 
 
-# What an S3-compatible store that does not know `If-Match` on DeleteObject may answer: the
-# delete is sent again without it (the caller compared a HEAD already).
-_UNCONDITIONAL_DELETE_CODES = frozenset(
-    {"NotImplemented", "501", "InvalidArgument", "InvalidRequest"}
-)
+# What an S3-compatible store that does not know a condition (`If-None-Match` on PutObject,
+# `If-Match` on DeleteObject) may answer: the request is sent again without it (the caller
+# compared a HEAD already, which is all such a store allows).
+_NO_CONDITION_CODES = frozenset({"NotImplemented", "501", "InvalidArgument", "InvalidRequest"})
 
 
 def refused_as_existing(exc: StorageError) -> bool:
@@ -643,6 +642,18 @@ class S3Storage:
                 exists = ObjectExists(key)
                 exists.unfinished = exc.unfinished
                 raise exists from exc
+            if if_absent and exc.code in _NO_CONDITION_CODES and exc.unfinished is None:
+                log.warning(
+                    "%s takes no conditional writes (%s); writing %s plainly", self, exc, key
+                )
+                return await self.put_file(
+                    key,
+                    path,
+                    content_type=content_type,
+                    on_progress=on_progress,
+                    cancel=cancel,
+                    owner=owner,
+                )
             raise
         if _cancelled(cancel):
             # The cancel came while the last request was in flight: undo it, as promised (and
@@ -768,7 +779,7 @@ class S3Storage:
                     raise ObjectChanged(key) from exc
                 if exc.code in ("404", "NoSuchKey", "NotFound"):
                     return
-                if exc.code not in _UNCONDITIONAL_DELETE_CODES:
+                if exc.code not in _NO_CONDITION_CODES:
                     raise
         with self._errors():
             await client.delete_object(Bucket=self.bucket, Key=full_key)
