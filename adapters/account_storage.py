@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql as pg
 
 from adapters import secret_box
 from adapters.ssrf import UrlGuard
-from adapters.storage import ObjectStorage, S3Storage, StorageError
+from adapters.storage import ObjectStorage, S3Storage, StorageError, account_prefix
 from adapters.tables import metadata
 from domain.storage_config import Provider, StorageConfigured
 
@@ -252,6 +252,11 @@ class AccountStorages:
         self._targets: OrderedDict[_Target, ObjectStorage] = OrderedDict()
         # A per-job storage's sealed credentials -> its target: each job's are opened once.
         self._sealed: OrderedDict[tuple[str, str], _Target] = OrderedDict()
+
+    def key_prefix(self, storage: ObjectStorage, account_id: str) -> str:
+        """Where `account_id`'s keys go on `storage`: under `accounts/<account_id>` on the
+        default storage, which every account shares; at the root of a storage of its own."""
+        return account_prefix(account_id) if storage is self.default else ""
 
     def held(self) -> list[ObjectStorage]:
         """Every storage this cache built and has not closed yet (not the default)."""

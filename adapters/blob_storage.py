@@ -33,6 +33,8 @@ from adapters.storage import (
     _PROBE_PREFIX,
     MAX_PRESIGN_SECONDS,
     READ_CHUNK,
+    ObjectChanged,
+    ObjectExists,
     ObjectInfo,
     StorageCancelled,
     StorageError,
@@ -43,7 +45,11 @@ from adapters.storage import (
     _content_type,
     _ProgressThrottle,
     range_header,
+    refused_as_existing,
 )
+
+_OWNER = "spooljob"
+"""The metadata name (`x-ms-meta-spooljob`) keeping a blob's job: Azure wants C# identifiers."""
 
 API_VERSION = "2021-12-02"
 """The Blob service version requests ask for (Azure and Azurite both speak it)."""
@@ -230,8 +236,39 @@ class BlobStorage:
         content_type: str | None = None,
         on_progress: UploadProgress | None = None,
         cancel: asyncio.Event | None = None,
+        owner: str | None = None,
+        if_absent: bool = False,
     ) -> StoredObject:
-        """Upload `path` as `key`: one Put Blob up to `block_threshold`, blocks above."""
+        """Upload `path` as `key`: one Put Blob up to `block_threshold`, blocks above.
+
+        `owner` is kept as the blob's metadata; `if_absent` sends `If-None-Match: *` with the
+        Put Blob or the Put Block List that commits, so Azure refuses to replace a blob that
+        landed meanwhile (`ObjectExists`; uncommitted blocks are dropped by Azure itself).
+        """
+        try:
+            return await self._put_file(
+                key, path, content_type, on_progress, cancel, owner, if_absent
+            )
+        except StorageError as exc:
+            if if_absent and refused_as_existing(exc):
+                raise ObjectExists(key) from exc
+            raise
+
+    async def _put_file(
+        self,
+        key: str,
+        path: Path,
+        content_type: str | None,
+        on_progress: UploadProgress | None,
+        cancel: asyncio.Event | None,
+        owner: str | None,
+        if_absent: bool,
+    ) -> StoredObject:
+        commit: dict[str, str] = {}
+        if owner is not None:
+            commit[f"x-ms-meta-{_OWNER}"] = owner
+        if if_absent:
+            commit["If-None-Match"] = "*"
         full_key = self._full_key(key)
         blob_path = self._path(full_key)
         size = (await asyncio.to_thread(path.stat)).st_size
@@ -244,7 +281,7 @@ class BlobStorage:
             answer = await self._request(
                 "PUT",
                 blob_path,
-                headers={"x-ms-blob-type": "BlockBlob", "Content-Type": ctype},
+                headers={"x-ms-blob-type": "BlockBlob", "Content-Type": ctype, **commit},
                 content=data,
             )
         else:
@@ -281,20 +318,40 @@ class BlobStorage:
                 "PUT",
                 blob_path,
                 params={"comp": "blocklist"},
-                headers={"x-ms-blob-content-type": ctype, "Content-Type": "application/xml"},
+                headers={
+                    "x-ms-blob-content-type": ctype,
+                    "Content-Type": "application/xml",
+                    **commit,
+                },
                 content=body,
             )
+        etag = answer.headers.get("ETag", "").strip('"') or None
         if _cancelled(cancel):
-            # The cancel came while the commit was on its way: the object must not stay.
-            await self.delete(key)
+            # The cancel came while the commit was on its way: the object must not stay (and
+            # only it goes: the ETag it was given).
+            await self.delete(key, if_etag=etag)
             raise StorageCancelled(f"upload of {key} cancelled")
         progress.finish()
-        etag = answer.headers.get("ETag", "").strip('"') or None
-        return StoredObject(key=key, size=size, etag=etag, url=self._url(full_key))
+        return StoredObject(
+            key=key,
+            size=size,
+            etag=etag,
+            url=self._url(full_key),
+            version_id=answer.headers.get("x-ms-version-id"),
+        )
 
-    async def delete(self, key: str) -> None:
-        """Delete `key`; a missing blob is fine."""
-        await self._request("DELETE", self._path(self._full_key(key)), ok=(200, 202, 404))
+    async def delete(self, key: str, *, if_etag: str | None = None) -> None:
+        """Delete `key`; a missing blob is fine. `if_etag` sends `If-Match`: Azure refuses
+        (412, `ObjectChanged`) when the blob was replaced since."""
+        headers = {"If-Match": f'"{if_etag}"'} if if_etag is not None else {}
+        try:
+            await self._request(
+                "DELETE", self._path(self._full_key(key)), headers=headers, ok=(200, 202, 404)
+            )
+        except StorageError as exc:
+            if if_etag is not None and refused_as_existing(exc):
+                raise ObjectChanged(key) from exc
+            raise
 
     async def exists(self, key: str) -> bool:
         """Whether a blob `key` exists (Get Blob Properties)."""
@@ -369,7 +426,11 @@ class BlobStorage:
         if answer.status_code == 404:
             return None
         return ObjectInfo(
-            int(answer.headers.get("Content-Length", "0")), answer.headers.get("Content-Type")
+            int(answer.headers.get("Content-Length", "0")),
+            answer.headers.get("Content-Type"),
+            etag=answer.headers.get("ETag", "").strip('"') or None,
+            version_id=answer.headers.get("x-ms-version-id"),
+            owner=answer.headers.get(f"x-ms-meta-{_OWNER}"),
         )
 
     async def read(

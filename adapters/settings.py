@@ -45,6 +45,8 @@ class Settings(msgspec.Struct, kw_only=True):
     url_allowlist: tuple[str, ...] = ()
     host: str = "127.0.0.1"
     port: int = 8081
+    # Where clients reach the API: the base of the signed links to files in a local storage.
+    public_url: str | None = None
     # This node, when it runs a worker.
     node_id: str = msgspec.field(default_factory=socket.gethostname)
     role: str = "worker"
@@ -88,6 +90,7 @@ class Settings(msgspec.Struct, kw_only=True):
             "api_key": env.get("SPOOL_API_KEY") or None,
             "secret_key": env.get("SPOOL_SECRET_KEY") or None,
             "metrics_token": env.get("SPOOL_METRICS_TOKEN") or None,
+            "public_url": env.get("SPOOL_PUBLIC_URL") or None,
             "url_allowlist": tuple(
                 h.strip() for h in env.get("SPOOL_URL_ALLOWLIST", "").split(",") if h.strip()
             ),
@@ -108,6 +111,13 @@ class Settings(msgspec.Struct, kw_only=True):
         if "data_dir" in values:
             values["data_dir"] = Path(str(values["data_dir"])).expanduser()
         return msgspec.convert(values, cls, strict=False)
+
+    def resolved_public_url(self) -> str:
+        """Where clients reach the API: `SPOOL_PUBLIC_URL`, else the API's own address."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def resolved_secret_key(self) -> str:
         """The secret key: from settings, else generated once into the data dir."""

@@ -59,7 +59,10 @@ MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 
 _LOCAL_CHUNK = 1024 * 1024
 _LOCAL_TEMP_PREFIX = ".spool-upload-"
+_LOCAL_OWNER_PREFIX = ".spool-owner-"
 _PROBE_PREFIX = ".spool-probe-"
+_S3_OWNER = "spool-job"
+"""The user metadata name (`x-amz-meta-spool-job`) that keeps the job an object belongs to."""
 
 # Error codes that mean "try again later" even when the status is a 4xx (S3 throttles with 503
 # SlowDown, but other S3-compatible stores answer 429 or 400 with these codes).
@@ -92,13 +95,59 @@ class StoredObject(msgspec.Struct):
     size: int
     etag: str | None
     url: str
+    version_id: str | None = None
+    """What tells this very object from a later one at the same key, when the storage says:
+    S3's version id (versioned buckets), a local file's inode and modification time."""
 
 
 class ObjectInfo(msgspec.Struct, frozen=True):
-    """What a stored object is: its size in bytes and, when the storage keeps one, its type."""
+    """What a stored object is: its size in bytes and, when the storage keeps them, its type,
+    ETag, version (as `StoredObject.version_id`) and owner (the `owner` it was put with)."""
 
     size: int
     content_type: str | None = None
+    etag: str | None = None
+    version_id: str | None = None
+    owner: str | None = None
+
+
+def is_same_object(
+    info: ObjectInfo | None,
+    *,
+    size: int | None,
+    etag: str | None,
+    version_id: str | None,
+    owner: str | None,
+) -> bool:
+    """Whether `info` (a HEAD) is still the object that was stored with these figures.
+
+    Every figure both sides know must agree; a figure the record lacks (an event written before
+    it was recorded) is not held against the object. An object someone else put there since has
+    a new version, ETag or owner (and mostly a new size); a missing one is never the same.
+    """
+    if info is None:
+        return False
+    if size is not None and info.size != size:
+        return False
+    if version_id is not None and info.version_id is not None and info.version_id != version_id:
+        return False
+    if etag is not None and info.etag is not None and info.etag != etag:
+        return False
+    return owner is None or info.owner is None or info.owner == owner
+
+
+_ACCOUNT_SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
+
+
+def account_prefix(account_id: str) -> str:
+    """The folder every key of `account_id` lives under on a storage the account does not own.
+
+    `accounts/<account_id>`, or a digest of the id when the id could not be one clean path
+    segment (so no id can reach another's folder, or climb out with '..').
+    """
+    if _ACCOUNT_SEGMENT.match(account_id) and account_id not in (".", ".."):
+        return f"accounts/{account_id}"
+    return f"accounts/~{hashlib.sha256(account_id.encode()).hexdigest()[:32]}"
 
 
 READ_CHUNK = 256 * 1024
@@ -131,6 +180,46 @@ class StorageError(Exception):
         in the form `abort_unfinished` takes. Its parts cost storage until it is aborted."""
 
 
+class ObjectChanged(StorageError):
+    """A conditional delete found another object at the key than the one it was meant for:
+    nothing was deleted."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"PreconditionFailed: the object at {key} has changed", code="Changed")
+
+
+class ObjectExists(StorageError):
+    """`put_file(..., if_absent=True)` found an object at the key already: nothing was written,
+    and the object there was left as it was."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"PreconditionFailed: an object already exists at {key}", code="Exists")
+
+
+# What the storages answer when a conditional write meets an object (S3 412, a concurrent
+# conditional write 409; Azure 409 BlobAlreadyExists or 412 ConditionNotMet).
+_EXISTS_CODES = frozenset(
+    {
+        "PreconditionFailed",
+        "412",
+        "ConditionalRequestConflict",
+        "BlobAlreadyExists",
+        "ConditionNotMet",
+    }
+)
+
+
+# What an S3-compatible store that does not know a condition (`If-None-Match` on PutObject,
+# `If-Match` on DeleteObject) may answer: the request is sent again without it (the caller
+# compared a HEAD already, which is all such a store allows).
+_NO_CONDITION_CODES = frozenset({"NotImplemented", "501", "InvalidArgument", "InvalidRequest"})
+
+
+def refused_as_existing(exc: StorageError) -> bool:
+    """Whether a conditional write failed because an object is at the key."""
+    return exc.code in _EXISTS_CODES
+
+
 class StorageCancelled(Exception):
     """An upload was cancelled through its `cancel` event; no object was left behind."""
 
@@ -149,12 +238,23 @@ class ObjectStorage(Protocol):
         content_type: str | None = None,
         on_progress: UploadProgress | None = None,
         cancel: asyncio.Event | None = None,
+        owner: str | None = None,
+        if_absent: bool = False,
     ) -> StoredObject:
-        """Upload the file at `path` as `key`; all of it or, on error or cancel, nothing."""
+        """Upload the file at `path` as `key`; all of it or, on error or cancel, nothing.
+
+        `owner` is kept with the object (`head` tells it). With `if_absent`, the write is
+        conditional: `ObjectExists` if an object is at `key` by the time it would land.
+        """
         ...
 
-    async def delete(self, key: str) -> None:
-        """Delete `key`; deleting a missing object is not an error."""
+    async def delete(self, key: str, *, if_etag: str | None = None) -> None:
+        """Delete `key`; deleting a missing object is not an error.
+
+        With `if_etag`, only while the object's ETag is still that one, where the storage can
+        make a delete conditional (S3 `If-Match`, Blob `If-Match`): `ObjectChanged` otherwise.
+        A folder cannot; its callers compare a HEAD first (`adapters.owned_objects`).
+        """
         ...
 
     async def exists(self, key: str) -> bool:
@@ -174,7 +274,7 @@ class ObjectStorage(Protocol):
         ...
 
     async def head(self, key: str) -> ObjectInfo | None:
-        """Size (and type) of `key`; None when there is no such object."""
+        """Size (and type, ETag, version, owner) of `key`; None when there is no such object."""
         ...
 
     def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
@@ -495,8 +595,14 @@ class S3Storage:
         content_type: str | None = None,
         on_progress: UploadProgress | None = None,
         cancel: asyncio.Event | None = None,
+        owner: str | None = None,
+        if_absent: bool = False,
     ) -> StoredObject:
         """Upload `path` as `key`: a single PUT up to `multipart_threshold`, multipart above.
+
+        `owner` goes into the object's metadata (`x-amz-meta-spool-job`). `if_absent` sends
+        `If-None-Match: *` on the PUT, or on CompleteMultipartUpload, so S3 itself refuses to
+        replace an object that landed meanwhile: `ObjectExists`, with the parts aborted.
 
         Raises `StorageCancelled` if `cancel` is set before the upload completes (or just after:
         then the finished object is deleted again), `StorageError` if the storage fails, and
@@ -510,24 +616,57 @@ class S3Storage:
         if _cancelled(cancel):
             raise StorageCancelled(f"upload of {key} cancelled")
         client = await self._get_client()
-        if size > self.multipart_threshold:
-            etag = await self._put_multipart(
-                client, full_key, path, size, content_type, progress, cancel
-            )
-        else:
-            body = await asyncio.to_thread(path.read_bytes)
-            with self._errors():
-                response = await client.put_object(
-                    Bucket=self.bucket, Key=full_key, Body=body, ContentType=content_type
+        extra: dict[str, Any] = {}
+        if owner is not None:
+            extra["Metadata"] = {_S3_OWNER: owner}
+        condition: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
+        try:
+            if size > self.multipart_threshold:
+                etag, version_id = await self._put_multipart(
+                    client, full_key, path, size, content_type, progress, cancel, extra, condition
                 )
-            etag = response.get("ETag")
+            else:
+                body = await asyncio.to_thread(path.read_bytes)
+                with self._errors():
+                    response = await client.put_object(
+                        Bucket=self.bucket,
+                        Key=full_key,
+                        Body=body,
+                        ContentType=content_type,
+                        **extra,
+                        **condition,
+                    )
+                etag, version_id = response.get("ETag"), response.get("VersionId")
+        except StorageError as exc:
+            if if_absent and refused_as_existing(exc):
+                exists = ObjectExists(key)
+                exists.unfinished = exc.unfinished
+                raise exists from exc
+            if if_absent and exc.code in _NO_CONDITION_CODES and exc.unfinished is None:
+                log.warning(
+                    "%s takes no conditional writes (%s); writing %s plainly", self, exc, key
+                )
+                return await self.put_file(
+                    key,
+                    path,
+                    content_type=content_type,
+                    on_progress=on_progress,
+                    cancel=cancel,
+                    owner=owner,
+                )
+            raise
         if _cancelled(cancel):
-            # The cancel came while the last request was in flight: undo it, as promised.
-            await self._delete_quietly(client, full_key)
+            # The cancel came while the last request was in flight: undo it, as promised (and
+            # only it: the ETag it was given).
+            await self._delete_quietly(key, etag.strip('"') if etag else None)
             raise StorageCancelled(f"upload of {key} cancelled")
         progress.finish()
         return StoredObject(
-            key=key, size=size, etag=etag.strip('"') if etag else None, url=self._url(full_key)
+            key=key,
+            size=size,
+            etag=etag.strip('"') if etag else None,
+            url=self._url(full_key),
+            version_id=version_id if version_id not in (None, "null") else None,
         )
 
     async def _put_multipart(
@@ -539,12 +678,14 @@ class S3Storage:
         content_type: str,
         progress: _ProgressThrottle,
         cancel: asyncio.Event | None,
-    ) -> str | None:
+        extra: dict[str, Any],
+        condition: dict[str, Any],
+    ) -> tuple[str | None, str | None]:
         # A file too big for 10,000 parts of the configured size gets larger parts instead.
         part_size = max(self.part_size, math.ceil(size / MAX_PARTS))
         with self._errors():
             created = await client.create_multipart_upload(
-                Bucket=self.bucket, Key=full_key, ContentType=content_type
+                Bucket=self.bucket, Key=full_key, ContentType=content_type, **extra
             )
         upload_id: str = created["UploadId"]
         try:
@@ -576,6 +717,7 @@ class S3Storage:
                     Key=full_key,
                     UploadId=upload_id,
                     MultipartUpload={"Parts": parts},
+                    **condition,
                 )
         except BaseException as exc:
             # Also on task cancellation: shield the abort so the parts do not linger.
@@ -585,8 +727,8 @@ class S3Storage:
             if not aborted and isinstance(exc, StorageError):
                 exc.unfinished = f"{upload_id} {full_key}"
             raise
-        etag = done.get("ETag")
-        return str(etag) if etag else None
+        etag, version_id = done.get("ETag"), done.get("VersionId")
+        return (str(etag) if etag else None), (str(version_id) if version_id else None)
 
     async def _abort(self, full_key: str, upload_id: str) -> bool:
         try:
@@ -610,16 +752,35 @@ class S3Storage:
             if exc.code != "NoSuchUpload":
                 raise
 
-    async def _delete_quietly(self, client: Any, full_key: str) -> None:
+    async def _delete_quietly(self, key: str, etag: str | None) -> None:
         try:
-            await client.delete_object(Bucket=self.bucket, Key=full_key)
+            await self.delete(key, if_etag=etag)
         except Exception as exc:
-            log.warning("could not delete cancelled upload %s: %s", full_key, exc)
+            log.warning("could not delete cancelled upload %s: %s", key, exc)
 
-    async def delete(self, key: str) -> None:
-        """Delete `key`. S3 answers 204 for a missing key too, so this is idempotent."""
+    async def delete(self, key: str, *, if_etag: str | None = None) -> None:
+        """Delete `key`. S3 answers 204 for a missing key too, so this is idempotent.
+
+        `if_etag` sends `If-Match`: S3 itself refuses (412, `ObjectChanged`) when the object was
+        replaced since. A store that does not know the condition on deletes and says so
+        (`NotImplemented`, `InvalidArgument`) is asked again without it.
+        """
         full_key = self._full_key(key)
         client = await self._get_client()
+        if if_etag is not None:
+            try:
+                with self._errors():
+                    await client.delete_object(
+                        Bucket=self.bucket, Key=full_key, IfMatch=f'"{if_etag}"'
+                    )
+                return
+            except StorageError as exc:
+                if refused_as_existing(exc):
+                    raise ObjectChanged(key) from exc
+                if exc.code in ("404", "NoSuchKey", "NotFound"):
+                    return
+                if exc.code not in _NO_CONDITION_CODES:
+                    raise
         with self._errors():
             await client.delete_object(Bucket=self.bucket, Key=full_key)
 
@@ -686,7 +847,15 @@ class S3Storage:
             if exc.code in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise
-        return ObjectInfo(int(answer["ContentLength"]), answer.get("ContentType"))
+        etag = answer.get("ETag")
+        version_id = answer.get("VersionId")
+        return ObjectInfo(
+            int(answer["ContentLength"]),
+            answer.get("ContentType"),
+            etag=etag.strip('"') if etag else None,
+            version_id=version_id if version_id not in (None, "null") else None,
+            owner=(answer.get("Metadata") or {}).get(_S3_OWNER),
+        )
 
     async def read(
         self, key: str, start: int = 0, end: int | None = None
@@ -731,6 +900,12 @@ def _redact_userinfo(url: str) -> str:
 # Local folder
 
 
+def _file_version(stat: os.stat_result) -> str:
+    """A file's version: a file put in its place has another inode, one written over in place
+    another modification time."""
+    return f"{stat.st_ino}-{stat.st_mtime_ns}"
+
+
 class LocalStorage:
     """Objects as files under `root`: the embedded default, and the same interface as S3.
 
@@ -762,9 +937,15 @@ class LocalStorage:
         content_type: str | None = None,
         on_progress: UploadProgress | None = None,
         cancel: asyncio.Event | None = None,
+        owner: str | None = None,
+        if_absent: bool = False,
     ) -> StoredObject:
         """Copy `path` to `key` in chunks (cancel is checked between them), then rename it into
         place. `content_type` is accepted for the protocol's sake; files do not keep one.
+
+        `owner` is written to a hidden file beside the object (`.spool-owner-<digest>`). With
+        `if_absent` the copy is hard-linked into place, which the kernel refuses when a file is
+        there already (`ObjectExists`), where a rename would replace it.
         """
         target = self._path(key)
         size = (await asyncio.to_thread(path.stat)).st_size
@@ -792,17 +973,47 @@ class LocalStorage:
                     progress.advance(sent)
             if _cancelled(cancel):
                 raise StorageCancelled(f"upload of {key} cancelled")
-            await asyncio.to_thread(os.replace, temp, target)
+            if if_absent:
+                try:
+                    await asyncio.to_thread(os.link, temp, target)
+                except FileExistsError:
+                    raise ObjectExists(key) from None
+                temp.unlink()
+            else:
+                await asyncio.to_thread(os.replace, temp, target)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
+        stat = await asyncio.to_thread(target.stat)
+        if owner is not None:
+            await asyncio.to_thread(self._write_owner, target, owner)
         progress.finish()
-        return StoredObject(key=key, size=size, etag=digest.hexdigest(), url=target.as_uri())
+        return StoredObject(
+            key=key,
+            size=size,
+            etag=digest.hexdigest(),
+            url=target.as_uri(),
+            version_id=_file_version(stat),
+        )
 
-    async def delete(self, key: str) -> None:
-        """Remove `key` (a missing file is fine) and any folders that leaves empty."""
+    @staticmethod
+    def _owner_file(target: Path) -> Path:
+        # Named by a digest: a fixed length, however near the file system's limit the name is.
+        digest = hashlib.sha256(target.name.encode()).hexdigest()[:32]
+        return target.with_name(f"{_LOCAL_OWNER_PREFIX}{digest}")
+
+    def _write_owner(self, target: Path, owner: str) -> None:
+        # Written beside and renamed into place, so a reader sees the old owner or the new one.
+        temp = target.with_name(f"{_LOCAL_TEMP_PREFIX}{uuid.uuid4().hex}")
+        temp.write_text(owner)
+        os.replace(temp, self._owner_file(target))
+
+    async def delete(self, key: str, *, if_etag: str | None = None) -> None:
+        """Remove `key` (a missing file is fine), its owner note, and any folders that leaves
+        empty. A file has no ETag to hold the delete to: `if_etag` is not checked here."""
         path = self._path(key)
         path.unlink(missing_ok=True)
+        self._owner_file(path).unlink(missing_ok=True)
         root = self.root.resolve()
         parent = path.parent
         while parent != root and parent.is_relative_to(root):
@@ -817,8 +1028,12 @@ class LocalStorage:
         return self._path(key).is_file()
 
     async def presigned_url(self, key: str, expires_seconds: int = 86400) -> str:
-        """A `file://` URL for `key`; a file has no expiry, so `expires_seconds` is ignored."""
-        return self._path(key).as_uri()
+        """Nothing: a folder serves no links of its own. The API serves its files through
+        signed Spool links instead (`adapters.file_links`); a `file://` path would only show
+        the server's disk to a client that cannot open it."""
+        raise StorageError(
+            "NoLinks: a local folder has no links of its own; use a Spool link", code="NoLinks"
+        )
 
     async def probe(self) -> None:
         """Create the root if needed, then write and delete a tiny file in it."""
@@ -841,7 +1056,7 @@ class LocalStorage:
         keys: list[str] = []
         for dirpath, _dirnames, filenames in os.walk(root):
             for name in filenames:
-                if name.startswith((_LOCAL_TEMP_PREFIX, _PROBE_PREFIX)):
+                if name.startswith((_LOCAL_TEMP_PREFIX, _PROBE_PREFIX, _LOCAL_OWNER_PREFIX)):
                     continue
                 key = (Path(dirpath) / name).relative_to(root).as_posix()
                 if key.startswith(prefix):
@@ -849,13 +1064,23 @@ class LocalStorage:
         return sorted(keys)
 
     async def head(self, key: str) -> ObjectInfo | None:
-        """The file's size; None when there is no file at `key`. Files keep no content type."""
+        """The file's size, version and owner; None when there is no file at `key`. Files keep
+        no content type, and no ETag short of reading them whole."""
+        return await asyncio.to_thread(self._head, key)
+
+    def _head(self, key: str) -> ObjectInfo | None:
         path = self._path(key)
         try:
-            stat = await asyncio.to_thread(path.stat)
+            stat = path.stat()
         except FileNotFoundError:
             return None
-        return ObjectInfo(stat.st_size) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            owner: str | None = self._owner_file(path).read_text().strip() or None
+        except FileNotFoundError:
+            owner = None
+        return ObjectInfo(stat.st_size, version_id=_file_version(stat), owner=owner)
 
     async def read(
         self, key: str, start: int = 0, end: int | None = None

@@ -31,7 +31,7 @@ from api.health_ws import health_ws, start_health, stop_health
 from api.job_trace import job_trace
 from api.jobs import JobsController
 from api.keys import KeysController
-from api.media import media_router, stop_media
+from api.media import files_router, media_router, stop_media
 from api.metadata import MetadataController
 from api.metrics import metrics
 from api.middleware import request_middleware
@@ -112,6 +112,7 @@ def create_app(
             health_ws,
             issue_health_token,
             media_router,
+            files_router,
             list_cluster_viewers,
             report_viewer_events,
             swagger,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -19,9 +20,12 @@ from adapters.account_policy_store import change_admitted
 from adapters.account_storage import AccountStorages
 from adapters.downloader import DownloadFailed
 from adapters.event_store import EventStore, StreamAppend
+from adapters.file_links import file_link
 from adapters.job_store import JobChangingTooFast, decide_and_append, load_job_as_of
 from adapters.job_store import load_job as load_job_state
+from adapters.owned_objects import delete_all_owned
 from adapters.playlists import Playlist, extract_playlist, looks_like_media
+from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
 from adapters.storage import StorageError
 from api.as_of import BadAsOf, parse_as_of
@@ -43,7 +47,7 @@ from api.job_requests import (
     decode_create_job_body,
     validate_create_job,
 )
-from api.media import forget_media
+from api.media import forget_media, links_key
 from api.requests import command_metadata
 from api.targets import refuse_forbidden_target
 from domain import job
@@ -171,7 +175,7 @@ def _mbps(state: job.JobState, stage: str) -> float | None:
 
 
 class Links(msgspec.Struct):
-    """Presigned URLs of a completed job's files."""
+    """HTTP(S) links to a completed job's files: presigned, SAS or signed Spool links."""
 
     media: str | None = None
     subtitle: str | None = None
@@ -325,17 +329,32 @@ async def load_job_then(
 
 
 async def _links(request: Request[Any, Any, Any], state: job.JobState) -> Links | None:
-    """Presigned (24 h) URLs of a completed job's files, unless they were deleted."""
+    """Links (24 h) to a completed job's files, unless they were deleted: the storage's own
+    presigned or SAS URLs, or signed Spool links for a local folder (`adapters.file_links`)."""
     if state.status != "Completed" or state.key is None or state.file_deleted:
         return None
     storages: AccountStorages = request.app.state.storages
+    settings: Settings = request.app.state.settings
     storage = await storages.for_job(state.account_id, state.storage_override)
+    now = time.time()
 
-    async def sign(key: str | None) -> str | None:
-        return None if key is None else await storage.presigned_url(key, 24 * 3600)
+    async def link(kind: str, key: str | None) -> str | None:
+        if key is None:
+            return None
+        return await file_link(
+            storage,
+            job_id=state.job_id,
+            kind=kind,
+            object_key=key,
+            public_url=settings.resolved_public_url(),
+            key=links_key(request.app.state),
+            now=now,
+        )
 
     return Links(
-        await sign(state.key), await sign(state.subtitle_key), await sign(state.thumbnail_key)
+        await link("media", state.key),
+        await link("subtitle", state.subtitle_key),
+        await link("thumbnail", state.thumbnail_key),
     )
 
 
@@ -455,7 +474,7 @@ class JobsController(Controller):
         principal: Principal,
         as_of: str | None = None,
     ) -> JobView:
-        """Get a job's status, with a presigned `s3_url` (24 h) once it is Completed.
+        """Get a job's status, with an HTTP(S) `s3_url` (24 h) once it is Completed.
 
         `as_of` (an event position, or an ISO 8601 time) answers the job as it stood then,
         folded from its events, without links to its files.
@@ -502,15 +521,22 @@ class JobsController(Controller):
             raise JobApiError(status_code=400, detail=str(exc)) from None
         storages: AccountStorages = request.app.state.storages
         storage = await storages.for_job(state.account_id, state.storage_override)
-        assert state.key is not None
+        objects = job.recorded_objects(state)
         try:
-            for key in (state.key, state.subtitle_key, state.thumbnail_key):
-                if key is not None:
-                    await storage.delete(key)
+            # Only what this job wrote, as it wrote it: an object replaced since (by another
+            # job, or behind Spool's back) or gone is not this job's to delete.
+            changed, deleted = await delete_all_owned(storage, objects, state.job_id)
         except StorageError as exc:
             raise JobApiError(
                 status_code=502, detail=f"Storage refused the delete: {exc}"
             ) from None
+        if changed:
+            removed = f"only {', '.join(deleted)} was deleted" if deleted else "nothing was deleted"
+            raise JobApiError(
+                status_code=409,
+                detail=f"The file at {changed[0]} is no longer the one this job wrote "
+                f"(replaced or removed); {removed}",
+            )
         state = await _decide(request, principal, job_id, job.delete_file)
         await forget_media(request.app.state, state.job_id)
         return FileDeletedAnswer(job_id=state.job_id, deleted=True, key=state.key or "")

@@ -32,6 +32,7 @@ from litestar.datastructures import State
 from litestar.response import Stream
 
 from adapters.account_storage import AccountStorages
+from adapters.file_links import KINDS, link_is_valid, link_key
 from adapters.job_store import load_job
 from adapters.media_cache import PLAYLIST, HlsCache, HlsFailed, HlsRemoved
 from adapters.settings import Settings
@@ -61,6 +62,7 @@ _HLS_TYPES = {
     ".m4s": "video/iso.segment",
     ".mp4": "video/mp4",
 }
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
 
@@ -119,14 +121,13 @@ async def _finished_job(
 
 
 async def _stored(
-    request: Request[Any, Any, Any], state: job.JobState
+    request: Request[Any, Any, Any], state: job.JobState, key: str
 ) -> tuple[ObjectStorage, ObjectInfo]:
-    """The storage holding the job's file, and the file's size."""
+    """The storage holding the job's file `key`, and the file's size."""
     storages: AccountStorages = request.app.state.storages
-    assert state.key is not None
     try:
         storage = await storages.for_job(state.account_id, state.storage_override)
-        info = await storage.head(state.key)
+        info = await storage.head(key)
     except StorageError as exc:
         raise JobApiError(status_code=502, detail=f"Storage refused the read: {exc}") from None
     if info is None:
@@ -197,12 +198,13 @@ async def _finish(body: AsyncGenerator[bytes, None], session: ViewerSession | No
     close_viewer(session)
 
 
-def _file_headers(state: job.JobState, size: int) -> dict[str, str]:
-    name = state.key.rsplit("/", 1)[-1] if state.key else "media"
+def _file_headers(key: str, size: int, *, attachment: bool = False) -> dict[str, str]:
+    name = key.rsplit("/", 1)[-1]
+    disposition = "attachment" if attachment else "inline"
     return {
         "Accept-Ranges": "bytes",
         "Content-Length": str(size),
-        "Content-Disposition": f"inline; filename*=UTF-8''{quote(name)}",
+        "Content-Disposition": f"{disposition}; filename*=UTF-8''{quote(name)}",
         "Cache-Control": "private, no-transform",
     }
 
@@ -210,9 +212,21 @@ def _file_headers(state: job.JobState, size: int) -> dict[str, str]:
 async def _play(request: Request[Any, Any, Any], job_id: str, *, send: bool) -> Response[Any]:
     caller = await _caller(request)
     state = await _finished_job(request, job_id, caller)
-    storage, info = await _stored(request, state)
     assert state.key is not None
-    kind = media_type(state.key)
+    return await _serve(request, state, state.key, send=send)
+
+
+async def _serve(
+    request: Request[Any, Any, Any],
+    state: job.JobState,
+    key: str,
+    *,
+    send: bool,
+    attachment: bool = False,
+) -> Response[Any]:
+    """One of a job's stored files, whole or the `Range` asked, counted as a viewer."""
+    storage, info = await _stored(request, state, key)
+    kind = media_type(key)
     try:
         wanted = byte_range(request.headers.get("range"), info.size)
     except Unsatisfiable:
@@ -222,7 +236,7 @@ async def _play(request: Request[Any, Any, Any], job_id: str, *, send: bool) -> 
             headers={"Content-Range": f"bytes */{info.size}", "Accept-Ranges": "bytes"},
         )
     start, end = wanted if wanted is not None else (0, info.size - 1)
-    headers = _file_headers(state, end - start + 1)
+    headers = _file_headers(key, end - start + 1, attachment=attachment)
     if wanted is not None:
         headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
     status = 206 if wanted is not None else 200
@@ -238,7 +252,7 @@ async def _play(request: Request[Any, Any, Any], job_id: str, *, send: bool) -> 
         bitrate=viewer.bitrate(state.file_size, state.duration),
     )
     whole = start == 0 and end == info.size - 1
-    body = _counted(storage.read(state.key, start, None if whole else end), session)
+    body = _counted(storage.read(key, start, None if whole else end), session)
     return Stream(
         body,
         status_code=status,
@@ -382,9 +396,9 @@ async def media_hls(request: Request[Any, Any, Any], job_id: str, name: str) -> 
     state = await _finished_job(request, job_id, caller)
     media = media_of(request.app.state)
     if media.cache.ready(state.job_id) is None:
-        storage, _ = await _stored(request, state)
         assert state.key is not None
         key = state.key
+        storage, _ = await _stored(request, state, key)
 
         async def fetch(path: Path) -> None:
             with path.open("wb") as f:
@@ -413,6 +427,85 @@ async def media_hls(request: Request[Any, Any, Any], job_id: str, name: str) -> 
         media_type=_HLS_TYPES.get(path.suffix, "application/octet-stream"),
         headers={"Cache-Control": "private, no-cache" if name == PLAYLIST else "private"},
     )
+
+
+# -- signed links ------------------------------------------------------------------------------
+
+
+def links_key(state: State) -> bytes:
+    """This app's key for signed file links, derived once from the server secret."""
+    key: bytes | None = state.get("links_key")
+    if key is None:
+        settings: Settings = state.settings
+        key = link_key(settings.resolved_secret_key())
+        state["links_key"] = key
+    return key
+
+
+async def _linked(
+    request: Request[Any, Any, Any], job_id: str, kind: str, expires: int, signature: str
+) -> tuple[job.JobState, str]:
+    """The job and key a signed link names; 403 for a bad or expired signature, 404 for a
+    file that is not there (any more)."""
+    try:
+        jid = str(uuid.UUID(job_id))
+    except ValueError:
+        raise JobApiError(status_code=404, detail="Job not found") from None
+    if kind not in KINDS:
+        raise JobApiError(status_code=404, detail=f"No such file: {kind}")
+    now = time.time()
+    # A link that could never be valid costs no read of the job: anyone may knock here.
+    if expires <= now or not _SIGNATURE.fullmatch(signature):
+        raise JobApiError(status_code=403, detail="Invalid or expired link")
+    state = await load_job(request.app.state.store, jid)
+    key = None
+    if state is not None and state.status == "Completed" and not state.file_deleted:
+        key = {"media": state.key, "subtitle": state.subtitle_key}.get(kind, state.thumbnail_key)
+    # The signature is checked before anything about the job is told.
+    if key is None or not link_is_valid(
+        links_key(request.app.state),
+        job_id=jid,
+        object_key=key,
+        expires=expires,
+        given=signature,
+        now=now,
+    ):
+        raise JobApiError(status_code=403, detail="Invalid or expired link")
+    assert state is not None
+    return state, key
+
+
+@get("/{job_id:str}/{kind:str}", summary="A job's file through a signed, expiring link")
+async def linked_file(
+    request: Request[Any, Any, Any],
+    job_id: str,
+    kind: str,
+    expires: int,
+    signature: str,
+    download: bool = False,
+) -> Response[Any]:
+    """The file a signed link names (no API key needed): 200 whole, 206 for a `Range`;
+    `download=true` asks the browser to save it rather than play it."""
+    state, key = await _linked(request, job_id, kind, expires, signature)
+    return await _serve(request, state, key, send=True, attachment=download)
+
+
+@head("/{job_id:str}/{kind:str}", summary="Size and type of a file behind a signed link")
+async def linked_file_head(
+    request: Request[Any, Any, Any], job_id: str, kind: str, expires: int, signature: str
+) -> Response[None]:
+    """The headers `GET` would answer with, and no body."""
+    state, key = await _linked(request, job_id, kind, expires, signature)
+    return await _serve(request, state, key, send=False)
+
+
+files_router = Router(
+    path="/files",
+    route_handlers=[linked_file, linked_file_head],
+    exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
+    tags=["media"],
+)
+"""A job's files through signed links (`adapters.file_links`), mounted at `/files`."""
 
 
 media_router = Router(

@@ -61,6 +61,16 @@ class MediaFile(msgspec.Struct, frozen=True, kw_only=True):
     size: int
 
 
+class StoredFile(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One object a job wrote, as the storage described it just after: what tells it from
+    whatever may lie at its key later (someone else's object, or nothing)."""
+
+    key: str
+    size: int | None = None
+    etag: str | None = None
+    version_id: str | None = None
+
+
 class Progress(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """How far the running stage is."""
 
@@ -186,6 +196,9 @@ class JobCompleted(Event, frozen=True, kw_only=True):
     thumbnail_key: str | None = None
     aborted_uploads: list[str] = msgspec.field(default_factory=list)
     """Earlier attempts' unfinished uploads this attempt aborted first."""
+    objects: list[StoredFile] = msgspec.field(default_factory=list)
+    """Every object written (the media first, then subtitle and thumbnail), with what identifies
+    it: a delete removes an object only while it is still this one."""
 
 
 @event
@@ -329,6 +342,7 @@ class JobState(msgspec.Struct, kw_only=True, omit_defaults=True):
     key: str | None = None
     subtitle_key: str | None = None
     thumbnail_key: str | None = None
+    objects: list[StoredFile] = msgspec.field(default_factory=list)
     storage: str | None = None
     file_size: int | None = None
     file_deleted: bool = False
@@ -494,6 +508,22 @@ def retry(state: JobState) -> list[Event]:
     return [JobRetried(run=state.run + 1)]
 
 
+def recorded_objects(completed: JobState | JobCompleted) -> list[StoredFile]:
+    """The objects a completed job (or one completion) wrote, as recorded.
+
+    A completion recorded before objects were (its `objects` empty) names its keys and the
+    media's size only; those are all a check can hold the objects to.
+    """
+    if completed.objects:
+        return list(completed.objects)
+    if completed.key is None:
+        return []
+    size = completed.file_size if isinstance(completed, JobState) else completed.size
+    found = [StoredFile(key=completed.key, size=size)]
+    found += [StoredFile(key=k) for k in (completed.subtitle_key, completed.thumbnail_key) if k]
+    return found
+
+
 def delete_file(state: JobState) -> list[Event]:
     """Record that the uploaded object was deleted."""
     if state.key is None or state.status != "Completed":
@@ -574,6 +604,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
     elif isinstance(ev, JobCompleted):
         state.key, state.storage, state.file_size = ev.key, ev.storage, ev.size
         state.subtitle_key, state.thumbnail_key = ev.subtitle_key, ev.thumbnail_key
+        state.objects = list(ev.objects)
         aborted = set(ev.aborted_uploads)
         state.unfinished_uploads = [u for u in state.unfinished_uploads if u not in aborted]
         state.timings["upload"] = StageTiming(
@@ -614,6 +645,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         state.error = state.error_type = None
         state.files, state.output, state.key = [], None, None
         state.subtitle_key = state.thumbnail_key = None
+        state.objects = []
     elif isinstance(ev, FileDeleted):
         state.file_deleted = True
     elif isinstance(ev, JobReleased):

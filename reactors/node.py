@@ -30,6 +30,7 @@ from adapters.account_storage import AccountStorages
 from adapters.database import unreachable
 from adapters.event_store import EventStore, StreamAppend
 from adapters.job_store import load_job
+from adapters.owned_objects import delete_owned
 from adapters.queue import DOWNLOAD_QUEUE, WEBHOOK_QUEUE, node_queue
 from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
@@ -546,7 +547,14 @@ class Node:
                 )
             storage = await self.storages.for_job(state.account_id, state.storage_override)
             return await stages.upload(
-                state, self.node_id, storage, sink, unit.cancel, self.viewers, self.ip
+                state,
+                self.node_id,
+                storage,
+                sink,
+                unit.cancel,
+                self.viewers,
+                self.ip,
+                prefix=self.storages.key_prefix(storage, state.account_id),
             )
         except stages.StageCancelled:
             if unit.stalled:
@@ -581,9 +589,13 @@ class Node:
                     else set()
                 )
                 storage = await self.storages.for_job(current.account_id, current.storage_override)
-                for key in (done.key, done.subtitle_key, done.thumbnail_key):
-                    if key is not None and key not in owned:
-                        await storage.delete(key)
+                # Only what this attempt wrote and is still as it wrote it: another job may
+                # hold the key by now.
+                await delete_owned(
+                    storage,
+                    [o for o in job.recorded_objects(done) if o.key not in owned],
+                    current.job_id,
+                )
             # A later attempt of this run (a retry after a wrong "worker lost") still needs the
             # files; only a job that ended, or a run that started over, frees them.
             if current.terminal or current.run != unit.run:

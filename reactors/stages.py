@@ -18,8 +18,16 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from adapters import downloader, live_hls, muxer
+from adapters.owned_objects import delete_owned
 from adapters.ssrf import UrlGuard
-from adapters.storage import ObjectStorage, StorageCancelled, StorageError, object_key
+from adapters.storage import (
+    ObjectExists,
+    ObjectStorage,
+    StorageCancelled,
+    StorageError,
+    StoredObject,
+    object_key,
+)
 from adapters.viewer_sessions import ViewerRecorder, ViewerSession
 from domain import job, viewer
 from domain.timecode import parse_timecode
@@ -52,18 +60,28 @@ class StageCancelled(Exception):
     """The job was cancelled while the stage ran."""
 
 
-def output_name(state: job.JobState) -> str:
-    """The uploaded file's name: the user's `filename`, else the title plus a short job id.
+def output_names(state: job.JobState) -> list[str]:
+    """The names the uploaded file may take, in order: the first one free wins.
 
-    Titles repeat (one source fetched twice), and two jobs must never overwrite each other's
-    object; a name the user chose is theirs to reuse.
+    The user's `filename`, else the title plus a short job id, else the job id. A name another
+    job's object holds is never written over: the next name adds the short job id
+    (`name [1a2b3c4d].mp4`), the last the whole one, which no other job can have chosen.
     """
     ext = job.output_ext(state.options)
-    if state.options.filename:
-        return f"{state.options.filename}.{ext}"
-    title = _slug(state.title or "")
     short = state.job_id.split("-")[0]
-    return f"{title} [{short}].{ext}" if title else f"{state.job_id}.{ext}"
+    whole = state.job_id
+    if state.options.filename:
+        base = state.options.filename
+        return [f"{base}.{ext}", f"{base} [{short}].{ext}", f"{base} [{whole}].{ext}"]
+    title = _slug(state.title or "")
+    if title:
+        return [f"{title} [{short}].{ext}", f"{title} [{whole}].{ext}"]
+    return [f"{whole}.{ext}"]
+
+
+def output_name(state: job.JobState) -> str:
+    """The name the uploaded file takes when that name is free (see `output_names`)."""
+    return output_names(state)[0]
 
 
 def _slug(title: str) -> str:
@@ -337,14 +355,15 @@ async def upload(
     cancel: asyncio.Event,
     viewers: ViewerRecorder | None = None,
     node_ip: str = "",
+    prefix: str = "",
 ) -> job.JobCompleted:
-    """Put the muxed file into object storage.
+    """Put the muxed file into object storage, under `prefix` (the account's folder on a
+    storage it does not own), at the first of `output_names` no other job's object holds.
 
     With `viewers`, the upload is a FILE_WRITER session whose out bytes are the bytes sent.
     """
     if state.output is None or not Path(state.output.path).exists():
         raise StageError("The muxed file is gone from this node", retryable=True)
-    key = object_key("", state.options.folder, output_name(state))
     started = time.monotonic()
     session = await _session(
         viewers,
@@ -362,7 +381,7 @@ async def upload(
             _count(session, 0, sent)
 
     try:
-        return await _upload(state, node_id, storage, key, started, on_progress, cancel, session)
+        return await _upload(state, node_id, storage, prefix, started, on_progress, cancel, session)
     finally:
         _end(session)
 
@@ -386,7 +405,7 @@ async def _upload(
     state: job.JobState,
     node_id: str,
     storage: ObjectStorage,
-    key: str,
+    prefix: str,
     started: float,
     on_progress: Callable[[int, int], None],
     cancel: asyncio.Event,
@@ -394,57 +413,100 @@ async def _upload(
 ) -> job.JobCompleted:
     assert state.output is not None
     aborted = await _abort_unfinished(storage, state.unfinished_uploads)
-    try:
-        stored = await storage.put_file(
-            key, Path(state.output.path), on_progress=on_progress, cancel=cancel
-        )
-    except StorageCancelled:
-        raise StageCancelled from None
-    except StorageError as exc:
-        raise StageError(
-            f"Upload failed: {exc}",
-            retryable=exc.retryable,
-            unfinished_uploads=[exc.unfinished] if exc.unfinished else [],
-        ) from None
     # Subtitles and thumbnail travel beside the media, named after it: "<name>.en.vtt".
-    extras: dict[str, str] = {}
-    stem = key.rsplit(".", 1)[0]
+    extras: list[tuple[str, Path, str]] = []
     for kind in ("subtitle", "thumbnail"):
         found = next((f for f in state.files if f.kind == kind), None)
         if found is None or not Path(found.path).exists():
             continue
-        suffix = (
-            "".join(Path(found.path).suffixes[-2:])
-            if kind == "subtitle"
-            else Path(found.path).suffix
-        )
+        path = Path(found.path)
+        suffix = "".join(path.suffixes[-2:]) if kind == "subtitle" else path.suffix
+        extras.append((kind, path, suffix))
+    for name in output_names(state):
+        key = object_key(prefix, state.options.folder, name)
+        stem = key.rsplit(".", 1)[0]
+        files = [("media", Path(state.output.path), key)]
+        files += [(kind, path, f"{stem}{suffix}") for kind, path, suffix in extras]
         try:
-            extra = await storage.put_file(f"{stem}{suffix}", Path(found.path), cancel=cancel)
+            written = await _put_all(state, storage, files, on_progress, cancel, session)
+        except ObjectExists:
+            continue  # another job's object holds one of the names: the next name
         except StorageCancelled:
-            await storage.delete(stored.key)
-            for done_key in extras.values():
-                await storage.delete(done_key)
             raise StageCancelled from None
         except StorageError as exc:
-            await storage.delete(stored.key)
             raise StageError(
-                f"Upload of the {kind} failed: {exc}", retryable=exc.retryable
+                f"Upload failed: {exc}",
+                retryable=exc.retryable,
+                unfinished_uploads=[exc.unfinished] if exc.unfinished else [],
             ) from None
-        extras[kind] = extra.key
-        if session is not None:
-            session.add_out(extra.size)
-    return job.JobCompleted(
-        run=state.run,
-        attempt=state.attempt,
-        node_id=node_id,
-        key=stored.key,
-        storage=storage.description,
-        size=stored.size,
-        seconds=time.monotonic() - started,
-        subtitle_key=extras.get("subtitle"),
-        thumbnail_key=extras.get("thumbnail"),
-        aborted_uploads=aborted,
+        media = written["media"]
+        return job.JobCompleted(
+            run=state.run,
+            attempt=state.attempt,
+            node_id=node_id,
+            key=media.key,
+            storage=storage.description,
+            size=media.size,
+            seconds=time.monotonic() - started,
+            subtitle_key=written["subtitle"].key if "subtitle" in written else None,
+            thumbnail_key=written["thumbnail"].key if "thumbnail" in written else None,
+            aborted_uploads=aborted,
+            objects=[_recorded(o) for o in written.values()],
+        )
+    raise StageError(
+        "Upload failed: every name this job may take is held by a file it did not write",
+        retryable=False,
     )
+
+
+def _recorded(stored: StoredObject) -> job.StoredFile:
+    return job.StoredFile(
+        key=stored.key, size=stored.size, etag=stored.etag, version_id=stored.version_id
+    )
+
+
+async def _put_all(
+    state: job.JobState,
+    storage: ObjectStorage,
+    files: list[tuple[str, Path, str]],
+    on_progress: Callable[[int, int], None],
+    cancel: asyncio.Event,
+    session: ViewerSession | None,
+) -> dict[str, StoredObject]:
+    """Put each `(kind, path, key)`, the media first; all of them or none.
+
+    A key is written when it is free (conditionally, so one that another job takes meanwhile
+    is refused by the storage) or when this job's own object is there (an earlier attempt's).
+    `ObjectExists` when another job's object holds a key: what this call wrote is removed.
+    """
+    owner = state.job_id
+    found = [await storage.head(key) for _, _, key in files]
+    for (_, _, key), info in zip(files, found, strict=True):
+        if info is not None and info.owner != owner:
+            raise ObjectExists(key)
+    written: dict[str, StoredObject] = {}
+    try:
+        for (kind, path, key), info in zip(files, found, strict=True):
+            written[kind] = await storage.put_file(
+                key,
+                path,
+                on_progress=on_progress if kind == "media" else None,
+                cancel=cancel,
+                owner=owner,
+                if_absent=info is None,
+            )
+            if session is not None and kind != "media":
+                session.add_out(written[kind].size)
+    except BaseException:
+        if written:
+            try:
+                await asyncio.shield(
+                    delete_owned(storage, [_recorded(o) for o in written.values()], owner)
+                )
+            except StorageError as exc:
+                log.warning("could not remove the partial upload of job %s: %s", owner, exc)
+        raise
+    return written
 
 
 async def _abort_unfinished(storage: ObjectStorage, unfinished: list[str]) -> list[str]:

@@ -21,6 +21,7 @@ from arq.connections import ArqRedis
 from adapters import webhook_client
 from adapters.account_storage import AccountStorages
 from adapters.event_store import EventStore
+from adapters.file_links import file_link, link_key
 from adapters.job_store import load_job
 from adapters.queue import dispatch_webhook, webhook_for
 from adapters.settings import Settings
@@ -155,7 +156,15 @@ class WebhookSender:
         )
         if kind == "job.completed" and state.key and not state.file_deleted:
             storage = await self.storages.for_job(state.account_id, state.storage_override)
-            payload.s3_url = await storage.presigned_url(state.key, 24 * 3600)
+            payload.s3_url = await file_link(
+                storage,
+                job_id=job_id,
+                kind="media",
+                object_key=state.key,
+                public_url=self.settings.resolved_public_url(),
+                key=link_key(self.secret_key),
+                now=time.time(),
+            )
         url = state.options.webhook_url
         answer, retry = await webhook_client.post(
             url,

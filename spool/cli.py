@@ -160,6 +160,13 @@ def _concurrency(ctx: click.Context, param: click.Parameter, spec: str | None) -
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the API binds.")
 @click.option("--port", default=8081, show_default=True, type=int, help="Port the API binds.")
+@click.option(
+    "--public-url",
+    default=None,
+    metavar="URL",
+    help="Where clients reach the API: the base of a local storage's signed file links "
+    "[env: SPOOL_PUBLIC_URL; default: http://HOST:PORT].",
+)
 def up(concurrency: dict[str, int], **flags: Any) -> None:
     """Run the cluster on this machine: API, worker and reactors, on embedded defaults."""
     from spool.serve import up as serve
@@ -203,6 +210,13 @@ def _service_options(fn: F) -> F:
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the API binds.")
 @click.option("--port", default=8081, show_default=True, type=int, help="Port the API binds.")
+@click.option(
+    "--public-url",
+    default=None,
+    metavar="URL",
+    help="Where clients reach the API: the base of a local storage's signed file links "
+    "[env: SPOOL_PUBLIC_URL; default: http://HOST:PORT].",
+)
 @click.option(
     "--processes",
     default=1,

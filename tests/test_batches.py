@@ -220,7 +220,7 @@ async def test_bulk_creates_every_job_and_they_complete(
         assert (await cluster.wait(job_id, "Completed", "Failed", seconds=60))[
             "status"
         ] == "Completed"
-    assert sorted(cluster.objects()) == [f"media/bulk/bulk {i}.mkv" for i in range(3)]
+    assert sorted(cluster.objects()) == [cluster.in_bucket(f"bulk/bulk {i}.mkv") for i in range(3)]
 
 
 @pytest.mark.parametrize(

@@ -144,9 +144,16 @@ def test_spool_up_runs_a_job_to_completion_on_embedded_defaults(
             assert time.monotonic() < deadline, got
             time.sleep(0.2)
         assert got["status"] == "Completed", got
-        stored = data_dir / "storage" / "smoke.mp4"
+        # Under the account's folder of the default (local) storage, with a working link.
+        assert got["storage_key"].startswith("accounts/")
+        assert got["storage_key"].endswith("/smoke.mp4")
+        stored = data_dir / "storage" / got["storage_key"]
         assert stored.exists()
         assert abs(media_duration(stored) - 2.0) < 0.3
+        assert got["s3_url"].startswith(f"{base}/files/{job_id}/media?")
+        linked = httpx.get(got["s3_url"])  # no key: the signed link is the permission
+        assert linked.status_code == 200
+        assert linked.content == stored.read_bytes()
         history = httpx.get(f"{base}/jobs/{job_id}/events", headers=headers).json()
         assert [e["type"] for e in history["events"]].count("JobCompleted") == 1
         stats = httpx.get(f"{base}/dashboard/cluster", headers=headers).json()

@@ -232,7 +232,17 @@ async def test_a_job_submitted_from_the_page_completes_with_its_timeline_and_cha
     row = page.locator(f"#jobs-body tr[data-job-id='{job_id}']")
     await expect(row.locator(".status")).to_have_text("Completed", timeout=WAIT_MS)
     await expect(row.locator(".progress")).to_contain_text("upload 100%")
-    assert (await as_admin(dash, f"/jobs/{job_id}"))["folder"] == "dashboard"
+    done = await as_admin(dash, f"/jobs/{job_id}")
+    assert done["folder"] == "dashboard"
+    # Play and Download open the job's own link (presigned here), which any client can fetch.
+    for name in ("Play", "Download"):
+        link = row.get_by_role("link", name=name)
+        await expect(link).to_be_visible()
+        href = await link.get_attribute("href") or ""
+        assert href.split("?")[0] == done["s3_url"].split("?")[0]
+        fetched = await page.request.get(href)
+        assert fetched.status == 200
+        assert len(await fetched.body()) == done["file_size"]
 
     await row.click()
     timeline = page.locator("#timeline-list")

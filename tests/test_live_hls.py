@@ -288,7 +288,7 @@ async def test_a_live_stream_job_records_up_to_its_cap_and_lands_in_storage(
     job_id = await cluster.create(live.url("live/live.m3u8"), max_duration=4, filename="recording")
     done = await cluster.wait(job_id, "Completed", "Failed", seconds=60)
     assert done["status"] == "Completed", done["error"]
-    assert cluster.objects() == ["media/recording.mp4"]
+    assert cluster.objects() == [cluster.in_bucket("recording.mp4")]
     async with httpx.AsyncClient() as client:
         body = (await client.get(done["s3_url"])).content
     (tmp_path / "recording.mp4").write_bytes(body)

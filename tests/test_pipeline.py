@@ -46,8 +46,8 @@ async def test_a_source_ends_as_a_playable_file_in_storage(
     assert done["status"] == "Completed", done
     assert done["step"] == "Finished"
     assert done["s3_url"] and "X-Amz-Signature" in done["s3_url"]
-    assert done["storage_key"] == "result.mp4"
-    assert cluster.objects() == ["media/result.mp4"]
+    assert done["storage_key"] == cluster.key_of("result.mp4")
+    assert cluster.objects() == [cluster.in_bucket("result.mp4")]
     got = await _fetch(done["s3_url"], tmp_path / "result.mp4")
     assert abs(media_duration(got) - 2.0) < 0.3
     assert len(media_streams(got)) == expect_streams
@@ -82,7 +82,7 @@ async def test_audio_only_extracts_an_m4a(
     job_id = await cluster.create(media_server.url("clip.mp4"), audio_only=True, filename="sound")
     done = await cluster.wait(job_id, "Completed", "Failed", seconds=60)
     assert done["status"] == "Completed", done
-    assert done["storage_key"] == "sound.m4a"
+    assert done["storage_key"] == cluster.key_of("sound.m4a")
     got = await _fetch(done["s3_url"], tmp_path / "sound.m4a")
     assert media_streams(got) == ["audio"]
 
@@ -251,7 +251,9 @@ async def test_subtitles_and_thumbnail_land_beside_the_media_with_their_own_urls
     done = await cluster.wait(job_id, "Completed", "Failed", seconds=60)
     assert done["status"] == "Completed", done
     assert done["title"].startswith("A test clip")
-    assert sorted(cluster.objects()) == ["media/page.en.vtt", "media/page.jpg", "media/page.mp4"]
+    assert sorted(cluster.objects()) == [
+        cluster.in_bucket(n) for n in ("page.en.vtt", "page.jpg", "page.mp4")
+    ]
     subtitle = await _fetch(done["subtitle_url"], tmp_path / "page.vtt")
     assert subtitle.read_text().startswith("WEBVTT")
     thumbnail = await _fetch(done["thumbnail_url"], tmp_path / "page.jpg")

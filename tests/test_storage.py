@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import os
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,17 +20,23 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
+from adapters.blob_storage import BlobStorage
 from adapters.storage import (
     LocalStorage,
+    ObjectChanged,
+    ObjectExists,
     ObjectStorage,
     S3Storage,
     StorageCancelled,
     StorageError,
     StoredObject,
     _ProgressThrottle,
+    account_prefix,
+    is_same_object,
     object_key,
     storage_from_url,
 )
+from tests.fixtures.azurite import AzuriteServer, azurite_fixture  # noqa: F401 - the fixture
 from tests.fixtures.s3 import S3Server
 
 MiB = 1024 * 1024
@@ -321,11 +328,18 @@ async def test_local_round_trip(tmp_path: Path) -> None:
     stored = await storage.put_file("u/2024/in.mp4", tmp_path / "in.mp4")
     target = tmp_path / "store" / "u" / "2024" / "in.mp4"
     assert stored == StoredObject(
-        key="u/2024/in.mp4", size=len(data), etag=stored.etag, url=target.as_uri()
+        key="u/2024/in.mp4",
+        size=len(data),
+        etag=stored.etag,
+        url=target.as_uri(),
+        version_id=stored.version_id,
     )
+    assert stored.version_id
     assert target.read_bytes() == data
     assert await storage.exists("u/2024/in.mp4")
-    assert await storage.presigned_url("u/2024/in.mp4") == target.as_uri()
+    # A folder hands out no file:// paths: the API serves its files by signed Spool links.
+    with pytest.raises(StorageError, match="NoLinks"):
+        await storage.presigned_url("u/2024/in.mp4")
     assert await storage.list_keys() == ["u/2024/in.mp4"]
     assert await storage.list_keys("v") == []
 
@@ -493,3 +507,85 @@ def test_storage_from_url_rejects_bad_urls(url: str, says: str, tmp_path: Path) 
         storage_from_url(url, data_dir=tmp_path)
     assert says in str(caught.value)
     assert "secretvalue" not in str(caught.value)
+
+
+# --- Writes that never replace another's object ---------------------------------------------
+
+
+async def _conditional_writes_keep_the_first_object(
+    storage: ObjectStorage, tmp_path: Path, size: int, *, conditional_delete: bool = True
+) -> None:
+    """The promise every backend keeps: `if_absent` never replaces, the owner is kept, a HEAD
+    tells the object apart from one put at its key later."""
+    first = _write(tmp_path / "first.mp4", size)
+    _write(tmp_path / "second.mp4", size)
+    stored = await storage.put_file(
+        "acct/show.mp4", tmp_path / "first.mp4", owner="job-a", if_absent=True
+    )
+    with pytest.raises(ObjectExists):
+        await storage.put_file(
+            "acct/show.mp4", tmp_path / "second.mp4", owner="job-b", if_absent=True
+        )
+    info = await storage.head("acct/show.mp4")
+    assert info is not None and info.owner == "job-a"
+    figures = {"size": stored.size, "etag": stored.etag, "version_id": stored.version_id}
+    assert is_same_object(info, **figures, owner="job-a")
+    assert not is_same_object(info, **figures, owner="job-b")
+    chunks = [c async for c in storage.read("acct/show.mp4")]
+    assert b"".join(chunks) == first  # the refused write changed nothing
+
+    # The same owner may write over its own object (a retry of the same job) ...
+    await storage.put_file("acct/show.mp4", tmp_path / "second.mp4", owner="job-a")
+    # ... and then the object is no longer the one first recorded.
+    assert not is_same_object(await storage.head("acct/show.mp4"), **figures, owner="job-a")
+    if conditional_delete:  # the storage itself refuses a delete meant for the first object
+        with pytest.raises(ObjectChanged):
+            await storage.delete("acct/show.mp4", if_etag=stored.etag)
+        assert await storage.head("acct/show.mp4") is not None
+    await storage.delete("acct/show.mp4")
+    assert not is_same_object(await storage.head("acct/show.mp4"), **figures, owner="job-a")
+    assert await storage.list_keys() == []  # the owner note of a folder goes with its file
+
+
+async def test_local_conditional_write_never_replaces(tmp_path: Path) -> None:
+    await _conditional_writes_keep_the_first_object(
+        LocalStorage(tmp_path / "store"), tmp_path, 64 * 1024, conditional_delete=False
+    )
+
+
+async def test_s3_conditional_put_never_replaces(s3: S3Storage, tmp_path: Path) -> None:
+    await _conditional_writes_keep_the_first_object(s3, tmp_path, 64 * 1024)
+
+
+async def test_s3_conditional_multipart_never_replaces_and_leaves_no_parts(
+    s3_multipart: S3Storage, s3_server: S3Server, s3_bucket: str, tmp_path: Path
+) -> None:
+    await _conditional_writes_keep_the_first_object(s3_multipart, tmp_path, 6 * MiB)
+    uploads = s3_server.client().list_multipart_uploads(Bucket=s3_bucket)
+    assert uploads.get("Uploads", []) == []
+
+
+async def test_blob_conditional_write_never_replaces(
+    azurite: AzuriteServer, tmp_path: Path
+) -> None:
+    storage = BlobStorage(
+        account_name=azurite.account_name,
+        account_key=azurite.account_key,
+        endpoint=azurite.endpoint,
+        container=f"c-{uuid.uuid4().hex[:12]}",
+        block_threshold=1024 * 1024,
+        block_size=1024 * 1024,
+    )
+    try:
+        await storage.create_container()
+        await _conditional_writes_keep_the_first_object(storage, tmp_path, 64 * 1024)
+        await _conditional_writes_keep_the_first_object(storage, tmp_path, 3 * MiB)  # blocks
+    finally:
+        await storage.close()
+
+
+def test_account_prefixes_are_one_clean_segment_each() -> None:
+    assert account_prefix("0f3c9a") == "accounts/0f3c9a"
+    odd = [account_prefix(a) for a in ("..", "a/b", "../x", "", ".")]
+    assert all(p.startswith("accounts/~") and p.count("/") == 1 for p in odd)
+    assert len(set(odd)) == len(odd)

@@ -72,7 +72,7 @@ async def test_a_nodes_uploads_to_the_default_storage_share_one_client(
         await cluster.create(media_server.url("clip.mp4"), filename=f"clip-{n}") for n in range(3)
     ]
     await completed(cluster, *jobs)
-    assert sorted(cluster.objects()) == [f"media/clip-{n}.mp4" for n in range(3)]
+    assert sorted(cluster.objects()) == [cluster.in_bucket(f"clip-{n}.mp4") for n in range(3)]
     assert cluster.storage.clients_opened == 1
 
 
@@ -124,7 +124,7 @@ async def test_a_changed_storage_takes_the_very_next_upload(
     await projected(cluster)
     third = await cluster.create(media_server.url("clip.mp4"), filename="default")
     await completed(cluster, third)
-    assert cluster.objects() == ["media/default.mp4"]
+    assert cluster.objects() == [cluster.in_bucket("default.mp4")]
 
 
 async def test_a_stopped_node_has_closed_every_client_it_opened(

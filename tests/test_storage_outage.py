@@ -48,7 +48,7 @@ async def test_a_storage_outage_mid_upload_is_retried_until_it_is_back_and_store
 
         done = await cluster.wait(job_id, "Completed", "Failed", seconds=60)
         assert done["status"] == "Completed", done
-        assert cluster.objects() == ["media/survivor.mp4"]
+        assert cluster.objects() == [cluster.in_bucket("survivor.mp4")]
         async with httpx.AsyncClient() as client:
             got = await client.get(done["s3_url"])
         assert got.status_code == 200
@@ -71,4 +71,4 @@ async def test_a_storage_outage_mid_upload_is_retried_until_it_is_back_and_store
         ]
         [completed] = [e for e in events if e["type"] == "JobCompleted"]
         assert left and sorted(completed["data"]["aborted_uploads"]) == sorted(left)
-        assert all(u.endswith(" media/survivor.mp4") for u in left)
+        assert all(u.endswith(" " + cluster.in_bucket("survivor.mp4")) for u in left)

@@ -183,7 +183,7 @@ async def test_cancel_during_a_multipart_upload_aborts_it_and_leaves_no_parts(
         held = await _cancel_mid_upload(cluster, throttled_s3, dense_media.url(LARGE), LARGE)
 
         assert held.size > _multipart_threshold(cluster), "the file must go up in parts"
-        assert held.pending_when_held == [f"media/{LARGE}"]  # held inside the first part
+        assert held.pending_when_held == [cluster.in_bucket(LARGE)]  # held inside the first part
         assert throttled_s3.proxy.upstream_bytes < held.size  # the second part never went up
         await _assert_nothing_left(cluster, held.job_id)
 
@@ -201,8 +201,10 @@ async def test_a_file_above_the_multipart_threshold_is_stored_whole_in_parts(
 
         assert done["status"] == "Completed", done
         assert done["file_size"] > _multipart_threshold(cluster)
-        assert cluster.objects() == ["media/whole.mp4"]
-        head = cluster.s3.client().head_object(Bucket=cluster.bucket, Key="media/whole.mp4")
+        assert cluster.objects() == [cluster.in_bucket("whole.mp4")]
+        head = cluster.s3.client().head_object(
+            Bucket=cluster.bucket, Key=cluster.in_bucket("whole.mp4")
+        )
         assert head["ETag"].strip('"').endswith("-2")  # S3's mark of an object made of 2 parts
         assert head["ContentLength"] == done["file_size"]
         assert _pending_uploads(cluster) == []

@@ -582,7 +582,7 @@ async def test_a_jobs_own_storage_overrides_the_users_for_that_job_only(
         ] == "Completed"
     listing = s3_server.client().list_objects_v2(Bucket=user_bucket)
     assert [o["Key"] for o in listing.get("Contents", [])] == ["one-off/elsewhere.mp4"]
-    assert cluster.objects() == ["media/usual.mp4"]
+    assert cluster.objects() == [cluster.in_bucket("usual.mp4")]
     assert SECRET not in await all_event_text(cluster)
     done = await cluster.job(own)
     async with httpx.AsyncClient() as client:
@@ -680,3 +680,50 @@ async def test_a_blob_endpoint_is_judged_again_on_every_connection(
         assert "localhost resolves to 127.0.0.1" in str(refused.value)
     finally:
         await storage.close()
+
+
+async def test_two_jobs_with_one_name_in_an_accounts_own_blob_container_keep_both_files(
+    cluster: Cluster, azurite: AzuriteServer, media_server: MediaServer
+) -> None:
+    container = f"c-{uuid.uuid4().hex[:12]}"
+    blob = BlobStorage(
+        account_name=azurite.account_name,
+        account_key=azurite.account_key,
+        endpoint=azurite.endpoint,
+        container=container,
+    )
+    await blob.create_container()
+    answer = await cluster.client.post(
+        "/user/blob",
+        headers=cluster.headers(),
+        json={
+            "account_name": azurite.account_name,
+            "account_key": azurite.account_key,
+            "container": container,
+            "endpoint": azurite.endpoint,
+        },
+    )
+    assert answer.status_code == 201, answer.text
+    await projected(cluster)
+    first_id = await cluster.create(media_server.url("clip.mp4"), filename="pilot")
+    first = await cluster.wait(first_id, "Completed", "Failed", seconds=90)
+    second_id = await cluster.create(media_server.url("clip.mp4"), filename="pilot")
+    second = await cluster.wait(second_id, "Completed", "Failed", seconds=90)
+    assert (first["status"], second["status"]) == ("Completed", "Completed")
+
+    # The account's own container: no account folder, but the second job's name is its own.
+    short = second_id.split("-")[0]
+    assert (first["storage_key"], second["storage_key"]) == ("pilot.mp4", f"pilot [{short}].mp4")
+    assert await blob.list_keys() == ["pilot [" + short + "].mp4", "pilot.mp4"]
+    info = await blob.head("pilot.mp4")
+    assert info is not None and info.owner == first_id
+    async with httpx.AsyncClient() as client:
+        for done in (first, second):
+            assert "sig=" in done["s3_url"]  # a SAS link
+            assert (await client.get(done["s3_url"])).status_code == 200
+
+    deleted = await cluster.client.delete(f"/jobs/{second_id}/file", headers=cluster.headers())
+    assert deleted.status_code == 200, deleted.text
+    assert await blob.list_keys() == ["pilot.mp4"]
+    assert cluster.objects() == []
+    await blob.close()

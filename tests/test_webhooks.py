@@ -7,6 +7,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from domain import job, webhook
 from domain.events import Event, NewEvent
 from domain.job import JobOptions
 from reactors.webhooks import WebhookReactor
-from tests.fixtures.cluster import Cluster
+from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer
 
 
@@ -94,6 +95,22 @@ async def test_a_completed_job_posts_one_signed_webhook(
     types = await cluster.event_types(job_id)
     assert types.count("WebhookDelivered") == 1
     assert types.index("WebhookDelivered") > types.index("JobCompleted")
+
+
+async def test_a_webhook_from_a_local_storage_carries_a_signed_link_not_a_path(
+    start_cluster: StartCluster, media_server: MediaServer, receiver: Receiver, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    async with start_cluster(storage_url=store.as_uri(), public_url="http://spool.test") as c:
+        job_id = await c.create(media_server.url("clip.mp4"), webhook_url=receiver.url)
+        await c.wait(job_id, seconds=60, until=lambda j: j["webhook_status"] == "delivered")
+        [payload] = receiver.payloads()
+        link = payload["s3_url"]
+        assert link.startswith(f"http://spool.test/files/{job_id}/media?"), link
+        assert str(store) not in link
+        fetched = await c.client.get(link)  # no API key: the link is the permission
+        assert fetched.status_code == 200
+        assert len(fetched.content) == payload["file_size"]
 
 
 async def test_a_failing_receiver_is_retried_with_each_attempt_recorded(

@@ -365,7 +365,7 @@ function jobRow(job) {
   const actions = document.createElement("td");
   const cancel = button("Cancel", "cancel danger", () => jobAction(job.id, "cancel"));
   const retry = button("Retry", "retry", () => jobAction(job.id, "retry"));
-  actions.append(cancel, retry);
+  actions.append(cancel, retry, fileLink("Play", "play"), fileLink("Download", "download"));
   tr.append(idCell, url, cell(status, "status"), cell(stages, "progress"), cell(time(job.created_at), "created"), actions);
   tr.addEventListener("click", () => selectJob(job.id));
   return tr;
@@ -383,6 +383,38 @@ function button(text, className, onClick) {
   return b;
 }
 
+// A link to a completed job's file (its `s3_url`: presigned, SAS or a signed Spool link). The
+// list of jobs carries no links, so a row asks for its job once, when it is first seen done.
+function fileLink(text, className) {
+  const a = document.createElement("a");
+  a.className = `file-link ${className}`;
+  a.textContent = text;
+  a.target = "_blank";
+  a.rel = "noopener noreferrer";
+  a.hidden = true;
+  if (className === "download") a.download = "";
+  a.addEventListener("click", (event) => event.stopPropagation());
+  return a;
+}
+
+async function loadLinks(tr, id) {
+  tr.dataset.links = "loading";
+  try {
+    const full = await api(`/jobs/${encodeURIComponent(id)}`);
+    if (!full.s3_url) {
+      tr.dataset.links = "none";
+      return;
+    }
+    for (const a of tr.querySelectorAll("a.file-link")) {
+      a.href = full.s3_url;
+      a.hidden = false;
+    }
+    tr.dataset.links = "ready";
+  } catch {
+    delete tr.dataset.links; // asked again at the next poll
+  }
+}
+
 function updateRow(tr, job) {
   const status = tr.querySelector(".status span");
   status.className = `badge ${job.status}`;
@@ -395,6 +427,12 @@ function updateRow(tr, job) {
   );
   tr.querySelector(".cancel").hidden = !(job.status === "Pending" || job.status === "Processing");
   tr.querySelector(".retry").hidden = !(job.status === "Failed" || job.status === "Cancelled");
+  const hasFile = job.status === "Completed" && !job.file_deleted;
+  if (hasFile && !tr.dataset.links) loadLinks(tr, job.id);
+  if (!hasFile) {
+    for (const a of tr.querySelectorAll("a.file-link")) a.hidden = true;
+    delete tr.dataset.links;
+  }
   tr.classList.toggle("selected", job.id === state.selectedJob);
 }
 

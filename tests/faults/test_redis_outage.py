@@ -48,7 +48,7 @@ async def test_redis_down_for_seconds_mid_run_loses_no_job_and_the_cluster_resum
         finished = [await cluster.wait(j, *job.TERMINAL, seconds=120) for j in job_ids]
         assert [j["status"] for j in finished] == ["Completed"] * 4, finished
         assert sorted(cluster.objects()) == sorted(
-            [f"media/r{i}.mp4" for i in range(3)] + ["media/during.mp4"]
+            [cluster.in_bucket(f"r{i}.mp4") for i in range(3)] + [cluster.in_bucket("during.mp4")]
         )
         # And a job submitted after the outage goes through at once, on the same processes.
         after = await cluster.create(media_server.url("clip.mp4"), filename="after")

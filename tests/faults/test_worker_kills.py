@@ -181,7 +181,7 @@ async def test_a_redis_flushall_mid_run_loses_no_job(
             assert {e["metadata"]["correlation_id"] for e in history} == {
                 history[0]["metadata"]["request_id"]
             }
-        assert sorted(cluster.objects()) == [f"media/f{i}.mp4" for i in range(4)]
+        assert sorted(cluster.objects()) == [cluster.in_bucket(f"f{i}.mp4") for i in range(4)]
         await assert_nothing_lost(cluster, job_ids)
 
 
