@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
@@ -16,7 +17,7 @@ import msgspec
 from adapters.event_store import Checkpoint, EventStore
 from domain import account
 from domain.errors import ConcurrencyError
-from domain.events import Metadata, NewEvent
+from domain.events import Event, Metadata, NewEvent
 
 
 def mint() -> str:
@@ -107,16 +108,20 @@ async def owner_of(store: EventStore, key_id: str) -> str | None:
     return owner
 
 
-async def revoke(
-    store: EventStore, account_id: str, key_id: str, meta: Metadata
+async def _decide(
+    store: EventStore,
+    account_id: str,
+    decide: Callable[[dict[str, account.KeyState]], list[Event]],
+    meta: Metadata,
 ) -> Checkpoint | None:
-    """Revoke `key_id` of `account_id`; the checkpoint of the event (None: already revoked).
+    """Fold the account's keys, decide, append at the version read; on a clash, again.
 
-    UnknownKey if the account holds no such key.
+    Where the events landed, or None when `decide` found nothing to do. Errors from `decide`
+    (UnknownKey, KeyRetired, ValueError) propagate, and nothing is appended.
     """
     for _ in range(10):
         keys, version = await account_keys(store, account_id)
-        events = account.revoke_key(keys, key_id)
+        events = decide(keys)
         if not events:
             return None
         try:
@@ -124,9 +129,19 @@ async def revoke(
                 account.stream_id(account_id), [NewEvent(e, meta) for e in events], version
             )
         except ConcurrencyError:
-            continue
+            continue  # another change to the account landed meanwhile: decide again
         return result.checkpoint
     raise ConcurrencyError(account.stream_id(account_id), None)
+
+
+async def revoke(
+    store: EventStore, account_id: str, key_id: str, meta: Metadata
+) -> Checkpoint | None:
+    """Revoke `key_id` of `account_id`; the checkpoint of the event (None: already revoked).
+
+    UnknownKey if the account holds no such key.
+    """
+    return await _decide(store, account_id, lambda keys: account.revoke_key(keys, key_id), meta)
 
 
 async def rotate(
@@ -140,10 +155,10 @@ async def rotate(
 ) -> IssuedKey:
     """A new key for `key_id`'s account, name, scope and expiry; the old one retires after
     `grace`. UnknownKey, KeyRetired or ValueError (negative grace): nothing is appended."""
-    for _ in range(10):
-        keys, version = await account_keys(store, account_id)
-        key, new_id = mint(), new_key_id()
-        events = account.rotate_key(
+    key, new_id = mint(), new_key_id()
+
+    def decide(keys: dict[str, account.KeyState]) -> list[Event]:
+        return account.rotate_key(
             keys,
             key_id,
             new_key=key,
@@ -151,14 +166,10 @@ async def rotate(
             now=now or datetime.now(UTC),
             grace=grace,
         )
-        try:
-            result = await store.append(
-                account.stream_id(account_id), [NewEvent(e, meta) for e in events], version
-            )
-        except ConcurrencyError:
-            continue
-        return IssuedKey(key, account_id, result.checkpoint, new_id)
-    raise ConcurrencyError(account.stream_id(account_id), None)
+
+    at = await _decide(store, account_id, decide, meta)
+    assert at is not None  # a rotation always decides two events, or raises
+    return IssuedKey(key, account_id, at, new_id)
 
 
 async def set_expiry(
@@ -171,19 +182,13 @@ async def set_expiry(
 ) -> Checkpoint:
     """Give `key_id` a new expiry. UnknownKey, KeyRetired or ValueError (a past or zoneless
     time): nothing is appended."""
-    for _ in range(10):
-        keys, version = await account_keys(store, account_id)
-        events = account.set_expiry(
-            keys, key_id, expires_at=expires_at, now=now or datetime.now(UTC)
-        )
-        try:
-            result = await store.append(
-                account.stream_id(account_id), [NewEvent(e, meta) for e in events], version
-            )
-        except ConcurrencyError:
-            continue
-        return result.checkpoint
-    raise ConcurrencyError(account.stream_id(account_id), None)
+
+    def decide(keys: dict[str, account.KeyState]) -> list[Event]:
+        return account.set_expiry(keys, key_id, expires_at=expires_at, now=now or datetime.now(UTC))
+
+    at = await _decide(store, account_id, decide, meta)
+    assert at is not None  # a new expiry always decides one event, or raises
+    return at
 
 
 _LIST = """
