@@ -6,6 +6,14 @@ Opus) is cut into fragmented-MP4 segments instead. A rendition is built in a tem
 renamed into place, so a reader never sees half of one; one build per name runs at a time in a
 process, and requests that arrive meanwhile wait for that same build. Removing a rendition (its
 source was deleted) stops its build and renames the folder away before deleting it.
+
+The cache is bounded. Its renditions' bytes stay under `max_bytes`: before a build it makes room
+for the source's size, after it for what was cut, by removing whole renditions, least recently
+used first, never one a request holds (`lease`). At most `max_builds` builds run at once, and at
+most `max_builds_per_account` of one account's, so one account cannot take every slot; a build
+waits up to `build_wait` seconds for a slot, then fails with HlsBusy. Each rendition's folder
+holds its account in `.account`, so the bytes per account survive a restart: at start the cache
+counts what is on disk and removes unfinished builds and folders it cannot attribute.
 """
 
 from __future__ import annotations
@@ -16,8 +24,10 @@ import logging
 import os
 import re
 import shutil
+import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from adapters.ffmpeg import ffmpeg_exe
@@ -34,6 +44,17 @@ BUILD_TIMEOUT = 600.0
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SEGMENT = re.compile(r"^(?:seg\d{5}\.(?:ts|m4s)|init\.mp4)$")
 _TEMP_PREFIX = ".build-"
+_OWNER = ".account"
+"""In a rendition's folder: the account it was cut for (its mtime: when it was last played)."""
+_TOUCH_EVERY = 10.0
+"""Seconds between two updates of a rendition's last-played time on disk."""
+
+MAX_BYTES = 1 << 30
+MAX_BUILDS = 4
+MAX_BUILDS_PER_ACCOUNT = 2
+BUILD_WAIT = 15.0
+RETRY_AFTER = 5
+"""Seconds a caller refused a build slot is told to wait: about one build of a long film."""
 
 Fetch = Callable[[Path], Awaitable[None]]
 """Writes the source media to the given path (from object storage, say)."""
@@ -47,13 +68,157 @@ class HlsRemoved(Exception):
     """The rendition was removed (its source deleted) while a request waited for its build."""
 
 
-class HlsCache:
-    """The renditions under `root`, built on demand."""
+class HlsBusy(Exception):
+    """No build slot came free in time; try again after `retry_after` seconds."""
 
-    def __init__(self, root: Path, *, segment_seconds: int = SEGMENT_SECONDS) -> None:
+    def __init__(self, message: str, retry_after: int = RETRY_AFTER) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class HlsTooLarge(Exception):
+    """The source is larger than the whole cache: it cannot be cut into it."""
+
+
+class BuildSlots:
+    """At most `total` builds at once, and at most `per_account` of one account's."""
+
+    def __init__(self, total: int, per_account: int) -> None:
+        self.total = max(1, total)
+        self.per_account = max(1, min(per_account, self.total))
+        self.running: Counter[str] = Counter()
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def _free(self, account_id: str) -> bool:
+        return self.running.total() < self.total and self.running[account_id] < self.per_account
+
+    async def take(self, account_id: str, wait: float) -> None:
+        """Take a slot for `account_id`, waiting up to `wait` seconds; HlsBusy past that."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while not self._free(account_id):
+            left = deadline - loop.time()
+            if left <= 0:
+                mine = self.running[account_id] >= self.per_account
+                raise HlsBusy(
+                    f"{self.per_account} HLS builds of this account are running already"
+                    if mine
+                    else f"{self.total} HLS builds are running already"
+                )
+            woken: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(woken)
+            try:
+                await asyncio.wait_for(woken, left)
+            except TimeoutError:
+                pass
+            finally:
+                self._waiters.remove(woken)
+        self.running[account_id] += 1
+
+    def give_back(self, account_id: str) -> None:
+        """Free a slot `take` gave; every waiter looks again (each checks its own account)."""
+        self.running[account_id] -= 1
+        if self.running[account_id] <= 0:
+            del self.running[account_id]
+        for woken in self._waiters:
+            if not woken.done():
+                woken.set_result(None)
+
+
+class _Held:
+    """A built rendition: whose it is, its bytes, and when it was last marked as played."""
+
+    __slots__ = ("account_id", "size", "touched")
+
+    def __init__(self, account_id: str, size: int, touched: float) -> None:
+        self.account_id = account_id
+        self.size = size
+        self.touched = touched
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():  # a pid reused after a restart: this process builds nothing yet
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class HlsCache:
+    """The renditions under `root`, built on demand, within `max_bytes` and `max_builds`."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        segment_seconds: int = SEGMENT_SECONDS,
+        max_bytes: int = MAX_BYTES,
+        max_builds: int = MAX_BUILDS,
+        max_builds_per_account: int = MAX_BUILDS_PER_ACCOUNT,
+        build_wait: float = BUILD_WAIT,
+    ) -> None:
         self.root = root
         self.segment_seconds = segment_seconds
+        self.max_bytes = max_bytes
+        self.build_wait = build_wait
+        self.slots = BuildSlots(max_builds, max_builds_per_account)
         self._building: dict[str, asyncio.Task[Path]] = {}
+        # Least recently used first: the order renditions are evicted in.
+        self._held: OrderedDict[str, _Held] = OrderedDict()
+        self._reserved: dict[str, int] = {}
+        self._leases: Counter[str] = Counter()
+        self._recover()
+
+    # -- what is on disk -----------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Count the renditions on disk; remove unfinished builds and unattributable folders.
+
+        A `.build-` folder whose process is gone is a build a crash or kill left half done (a
+        live process's build, in another API process on the same folder, is left alone).
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        found: list[tuple[float, str, _Held]] = []
+        for entry in self.root.iterdir():
+            if entry.name.startswith(_TEMP_PREFIX):
+                pid = entry.name.rsplit("-", 2)[-2] if entry.name.count("-") >= 3 else ""
+                stale = time.time() - entry.stat().st_mtime > 2 * BUILD_TIMEOUT
+                if stale or not pid.isdigit() or not _pid_alive(int(pid)):
+                    shutil.rmtree(entry, ignore_errors=True)
+                continue
+            owner = entry / _OWNER
+            if not entry.is_dir() or not _NAME.match(entry.name) or not owner.is_file():
+                log.info("removing %s from the HLS cache: no finished rendition", entry.name)
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                continue
+            if not (entry / PLAYLIST).is_file():
+                shutil.rmtree(entry, ignore_errors=True)
+                continue
+            touched = owner.stat().st_mtime
+            account_id = owner.read_text().strip()
+            found.append((touched, entry.name, _Held(account_id, _folder_bytes(entry), touched)))
+        for _, name, held in sorted(found):
+            self._held[name] = held
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the built renditions, plus what running builds reserved."""
+        return sum(h.size for h in self._held.values()) + sum(self._reserved.values())
+
+    def account_bytes(self, account_id: str) -> int:
+        """Bytes of `account_id`'s built renditions in the cache."""
+        return sum(h.size for h in self._held.values() if h.account_id == account_id)
 
     def _folder(self, name: str) -> Path:
         if not _NAME.match(name):
@@ -63,19 +228,98 @@ class HlsCache:
     def ready(self, name: str) -> Path | None:
         """The rendition's folder if it was built already."""
         folder = self._folder(name)
-        return folder if (folder / PLAYLIST).is_file() else None
+        if (folder / PLAYLIST).is_file():
+            if name not in self._held:  # another API process on this folder cut it
+                self._adopt(name, folder, None)
+            return folder
+        self._held.pop(name, None)  # removed behind this process's back
+        return None
 
-    async def ensure(self, name: str, fetch: Fetch) -> Path:
+    def _adopt(self, name: str, folder: Path, account_id: str | None) -> None:
+        owner = folder / _OWNER
+        if account_id is None:
+            try:
+                account_id = owner.read_text().strip()
+            except OSError:
+                account_id = ""
+        self._held[name] = _Held(account_id, _folder_bytes(folder), time.time())
+        self._held.move_to_end(name)
+
+    # -- use -----------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lease(self, name: str) -> AsyncIterator[None]:
+        """Hold `name` (built or about to be) against eviction while a request serves it.
+
+        It counts as played now; when the last lease ends, the cache makes room again.
+        """
+        self._leases[name] += 1
+        self._touch(name)
+        try:
+            yield
+        finally:
+            self._leases[name] -= 1
+            if self._leases[name] <= 0:
+                del self._leases[name]
+            await self._make_room(0)
+
+    def _touch(self, name: str) -> None:
+        held = self._held.get(name)
+        if held is None:
+            return
+        self._held.move_to_end(name)
+        now = time.time()
+        if now - held.touched >= _TOUCH_EVERY:  # on disk too, for the order after a restart
+            held.touched = now
+            with contextlib.suppress(OSError):
+                os.utime(self.root / name / _OWNER)
+
+    async def _make_room(self, wanted: int) -> None:
+        """Evict least recently used renditions until `wanted` more bytes fit under the cap."""
+        gone: list[Path] = []
+        for name in list(self._held):
+            if self.held_bytes + wanted <= self.max_bytes:
+                break
+            if self._leases[name] or name in self._building:
+                continue
+            self._held.pop(name)
+            away = self.root / f"{_TEMP_PREFIX}gone-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            try:
+                os.rename(self.root / name, away)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                log.warning("could not evict the HLS rendition %s", name, exc_info=True)
+                continue
+            log.info("evicted the HLS rendition %s to keep the cache under its cap", name)
+            gone.append(away)
+        for away in gone:
+            await asyncio.to_thread(shutil.rmtree, away, True)
+
+    async def ensure(
+        self, name: str, fetch: Fetch, *, account_id: str = "", size_hint: int = 0
+    ) -> Path:
         """The rendition's folder, built now from what `fetch` writes unless it exists.
 
-        A caller that goes away does not stop the build: the next request finds it done.
+        `account_id` is whose build slot it takes and whose bytes it counts as; `size_hint`
+        (the source's size) is the room made before it starts. A caller that goes away does not
+        stop the build: the next request finds it done. HlsBusy: no build slot came free;
+        HlsTooLarge: the source alone is larger than the cache.
         """
         folder = self.ready(name)
         if folder is not None:
+            self._touch(name)
             return folder
+        if size_hint > self.max_bytes:
+            raise HlsTooLarge(
+                f"the file ({size_hint} bytes) is larger than the HLS cache "
+                f"({self.max_bytes} bytes)"
+            )
         build = self._building.get(name)
         if build is None:
-            build = asyncio.create_task(self._build(name, fetch), name=f"hls:{name}")
+            build = asyncio.create_task(
+                self._build(name, fetch, account_id, size_hint), name=f"hls:{name}"
+            )
             self._building[name] = build
             build.add_done_callback(lambda t: self._built(name, t))
         try:
@@ -100,9 +344,22 @@ class HlsCache:
         path = folder / file_name
         return path if path.is_file() else None
 
-    async def _build(self, name: str, fetch: Fetch) -> Path:
+    async def _build(self, name: str, fetch: Fetch, account_id: str, size_hint: int) -> Path:
+        await self.slots.take(account_id, self.build_wait)
+        try:
+            self._reserved[name] = size_hint
+            await self._make_room(0)
+            folder = await self._cut_into_place(name, fetch, account_id)
+        finally:
+            self._reserved.pop(name, None)
+            self.slots.give_back(account_id)
+        await self._make_room(0)  # what was cut may be more than the source's size
+        return folder
+
+    async def _cut_into_place(self, name: str, fetch: Fetch, account_id: str) -> Path:
         final = self._folder(name)
-        temp = self.root / f"{_TEMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+        # The pid tells a later start whether this build's process is still alive.
+        temp = self.root / f"{_TEMP_PREFIX}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         temp.mkdir(parents=True)
         try:
             source = temp / "source"
@@ -114,11 +371,15 @@ class HlsCache:
                     leftover.unlink()
                 await self._cut(source, temp, fragmented=True)
             source.unlink()
+            (temp / _OWNER).write_text(account_id)
             try:
                 os.rename(temp, final)
             except OSError:
-                if self.ready(name) is None:  # not another process's build that won: a fault
+                if not (final / PLAYLIST).is_file():  # not another process's build that won
                     raise
+                self._adopt(name, final, None)
+            else:
+                self._adopt(name, final, account_id)
             return final
         finally:
             await asyncio.to_thread(shutil.rmtree, temp, True)
@@ -181,7 +442,8 @@ class HlsCache:
         if build is not None:
             build.cancel()
             await asyncio.gather(build, return_exceptions=True)
-        gone = self.root / f"{_TEMP_PREFIX}gone-{name}-{uuid.uuid4().hex[:8]}"
+        self._held.pop(name, None)
+        gone = self.root / f"{_TEMP_PREFIX}gone-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             os.rename(folder, gone)  # from here on no reader finds it, whole or half
         except FileNotFoundError:
