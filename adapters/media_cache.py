@@ -296,9 +296,7 @@ class HlsCache:
         for away in gone:
             await asyncio.to_thread(shutil.rmtree, away, True)
 
-    async def ensure(
-        self, name: str, fetch: Fetch, *, account_id: str = "", size_hint: int = 0
-    ) -> Path:
+    async def ensure(self, name: str, fetch: Fetch, *, account_id: str, size_hint: int = 0) -> Path:
         """The rendition's folder, built now from what `fetch` writes unless it exists.
 
         `account_id` is whose build slot it takes and whose bytes it counts as; `size_hint`

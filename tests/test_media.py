@@ -326,7 +326,7 @@ async def test_removing_a_rendition_mid_build_stops_the_build(tmp_path: Path) ->
         fetching.set()
         await never.wait()  # the source is still downloading when the delete comes
 
-    waiting = asyncio.create_task(cache.ensure("job1", fetch))
+    waiting = asyncio.create_task(cache.ensure("job1", fetch, account_id="acct1"))
     await asyncio.wait_for(fetching.wait(), 10)
     await cache.remove("job1")
     with pytest.raises(HlsRemoved):
