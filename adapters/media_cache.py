@@ -12,14 +12,17 @@ for the source's size, after it for what was cut, by removing whole renditions, 
 used first, never one a request holds (`lease`). At most `max_builds` builds run at once, and at
 most `max_builds_per_account` of one account's, so one account cannot take every slot; a build
 waits up to `build_wait` seconds for a slot, then fails with HlsBusy. Each rendition's folder
-holds its account in `.account`, so the bytes per account survive a restart: at start the cache
-counts what is on disk and removes unfinished builds and folders it cannot attribute.
+holds its account and bytes in `.account`, whose mtime is when it was last played: what is on
+disk is the truth every API process on the folder shares. A process reads it back before each
+build and for each account's bytes, and at start it also removes unfinished builds and folders
+it cannot attribute.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -45,9 +48,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SEGMENT = re.compile(r"^(?:seg\d{5}\.(?:ts|m4s)|init\.mp4)$")
 _TEMP_PREFIX = ".build-"
 _OWNER = ".account"
-"""In a rendition's folder: the account it was cut for (its mtime: when it was last played)."""
-_TOUCH_EVERY = 10.0
-"""Seconds between two updates of a rendition's last-played time on disk."""
+"""In a rendition's folder: `{"account", "bytes"}` of its media (its mtime: last played)."""
 
 MAX_BYTES = 1 << 30
 MAX_BUILDS = 4
@@ -126,18 +127,30 @@ class BuildSlots:
 
 
 class _Held:
-    """A built rendition: whose it is, its bytes, and when it was last marked as played."""
+    """A built rendition: whose it is, its bytes on disk, and when it was last played (ns)."""
 
-    __slots__ = ("account_id", "size", "touched")
+    __slots__ = ("account_id", "played", "size")
 
-    def __init__(self, account_id: str, size: int, touched: float) -> None:
+    def __init__(self, account_id: str, size: int, played: int) -> None:
         self.account_id = account_id
         self.size = size
-        self.touched = touched
+        self.played = played
 
 
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+def _read_owner(folder: Path) -> _Held | None:
+    """The rendition in `folder` as its `.account` tells; None for a folder that is not one."""
+    owner = folder / _OWNER
+    try:
+        stat = owner.stat()
+        data = json.loads(owner.read_bytes())
+        held = _Held(str(data["account"]), int(data["bytes"]) + stat.st_size, stat.st_mtime_ns)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return held if (folder / PLAYLIST).is_file() else None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -180,36 +193,39 @@ class HlsCache:
     # -- what is on disk -----------------------------------------------------------------------
 
     def _recover(self) -> None:
-        """Count the renditions on disk; remove unfinished builds and unattributable folders.
+        """Remove unfinished builds and unattributable folders, then count what is left.
 
         A `.build-` folder whose process is gone is a build a crash or kill left half done (a
         live process's build, in another API process on the same folder, is left alone).
         """
         self.root.mkdir(parents=True, exist_ok=True)
-        found: list[tuple[float, str, _Held]] = []
         for entry in self.root.iterdir():
-            if entry.name.startswith(_TEMP_PREFIX):
-                pid = entry.name.rsplit("-", 2)[-2] if entry.name.count("-") >= 3 else ""
-                stale = time.time() - entry.stat().st_mtime > 2 * BUILD_TIMEOUT
-                if stale or not pid.isdigit() or not _pid_alive(int(pid)):
-                    shutil.rmtree(entry, ignore_errors=True)
-                continue
-            owner = entry / _OWNER
-            if not entry.is_dir() or not _NAME.match(entry.name) or not owner.is_file():
-                log.info("removing %s from the HLS cache: no finished rendition", entry.name)
-                if entry.is_dir():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
+            try:
+                if entry.name.startswith(_TEMP_PREFIX):
+                    parts = entry.name.rsplit("-", 2)
+                    pid = parts[-2] if len(parts) == 3 else ""
+                    stale = time.time() - entry.stat().st_mtime > 2 * BUILD_TIMEOUT
+                    if stale or not pid.isdigit() or not _pid_alive(int(pid)):
+                        shutil.rmtree(entry, ignore_errors=True)
+                elif not entry.is_dir():
                     entry.unlink(missing_ok=True)
+                elif not _NAME.match(entry.name) or _read_owner(entry) is None:
+                    log.info("removing %s from the HLS cache: no finished rendition", entry.name)
+                    shutil.rmtree(entry, ignore_errors=True)
+            except FileNotFoundError:  # another API process removed it first
                 continue
-            if not (entry / PLAYLIST).is_file():
-                shutil.rmtree(entry, ignore_errors=True)
+        self._scan()
+
+    def _scan(self) -> None:
+        """Read the renditions on disk, least recently played first (all processes add there)."""
+        found: list[tuple[int, str, _Held]] = []
+        for entry in self.root.iterdir():
+            if entry.name.startswith(_TEMP_PREFIX) or not _NAME.match(entry.name):
                 continue
-            touched = owner.stat().st_mtime
-            account_id = owner.read_text().strip()
-            found.append((touched, entry.name, _Held(account_id, _folder_bytes(entry), touched)))
-        for _, name, held in sorted(found):
-            self._held[name] = held
+            held = _read_owner(entry)
+            if held is not None:
+                found.append((held.played, entry.name, held))
+        self._held = OrderedDict((name, held) for _, name, held in sorted(found))
 
     @property
     def held_bytes(self) -> int:
@@ -217,7 +233,8 @@ class HlsCache:
         return sum(h.size for h in self._held.values()) + sum(self._reserved.values())
 
     def account_bytes(self, account_id: str) -> int:
-        """Bytes of `account_id`'s built renditions in the cache."""
+        """Bytes of `account_id`'s built renditions in the cache, as on disk now."""
+        self._scan()
         return sum(h.size for h in self._held.values() if h.account_id == account_id)
 
     def _folder(self, name: str) -> Path:
@@ -230,20 +247,16 @@ class HlsCache:
         folder = self._folder(name)
         if (folder / PLAYLIST).is_file():
             if name not in self._held:  # another API process on this folder cut it
-                self._adopt(name, folder, None)
+                self._adopt(name, folder)
             return folder
         self._held.pop(name, None)  # removed behind this process's back
         return None
 
-    def _adopt(self, name: str, folder: Path, account_id: str | None) -> None:
-        owner = folder / _OWNER
-        if account_id is None:
-            try:
-                account_id = owner.read_text().strip()
-            except OSError:
-                account_id = ""
-        self._held[name] = _Held(account_id, _folder_bytes(folder), time.time())
-        self._held.move_to_end(name)
+    def _adopt(self, name: str, folder: Path) -> None:
+        held = _read_owner(folder)
+        if held is not None:
+            self._held[name] = held
+            self._held.move_to_end(name)
 
     # -- use -----------------------------------------------------------------------------------
 
@@ -264,15 +277,12 @@ class HlsCache:
             await self._make_room(0)
 
     def _touch(self, name: str) -> None:
-        held = self._held.get(name)
-        if held is None:
+        """Mark the rendition as played now, here and on disk (for the other processes)."""
+        if name not in self._held:
             return
         self._held.move_to_end(name)
-        now = time.time()
-        if now - held.touched >= _TOUCH_EVERY:  # on disk too, for the order after a restart
-            held.touched = now
-            with contextlib.suppress(OSError):
-                os.utime(self.root / name / _OWNER)
+        with contextlib.suppress(OSError):
+            os.utime(self.root / name / _OWNER)
 
     async def _make_room(self, wanted: int) -> None:
         """Evict least recently used renditions until `wanted` more bytes fit under the cap."""
@@ -345,6 +355,7 @@ class HlsCache:
     async def _build(self, name: str, fetch: Fetch, account_id: str, size_hint: int) -> Path:
         await self.slots.take(account_id, self.build_wait)
         try:
+            self._scan()  # what other API processes cut counts against the cap too
             self._reserved[name] = size_hint
             await self._make_room(0)
             folder = await self._cut_into_place(name, fetch, account_id)
@@ -369,15 +380,14 @@ class HlsCache:
                     leftover.unlink()
                 await self._cut(source, temp, fragmented=True)
             source.unlink()
-            (temp / _OWNER).write_text(account_id)
+            owner = {"account": account_id, "bytes": _folder_bytes(temp)}
+            (temp / _OWNER).write_text(json.dumps(owner))
             try:
                 os.rename(temp, final)
             except OSError:
                 if not (final / PLAYLIST).is_file():  # not another process's build that won
                     raise
-                self._adopt(name, final, None)
-            else:
-                self._adopt(name, final, account_id)
+            self._adopt(name, final)
             return final
         finally:
             await asyncio.to_thread(shutil.rmtree, temp, True)

@@ -82,8 +82,8 @@ class Settings(msgspec.Struct, kw_only=True):
     viewer_stats_interval: float = 5.0
     viewer_timeout: float = 30.0
     geoip_database: Path | None = None
-    # The HLS cache of each API process: its cap in bytes (least recently played renditions are
-    # evicted past it), builds at once in all and per account, and how long a build may wait
+    # The HLS cache: its cap in bytes (least recently played renditions are evicted past it),
+    # builds at once in an API process in all and per account, and how long a build may wait
     # for a slot before the request answers 429.
     hls_cache_bytes: int = 1 << 30
     hls_builds: int = 4

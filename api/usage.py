@@ -71,7 +71,7 @@ class UsageAnswer(msgspec.Struct):
     `quotas`: each quota an admin may set, beside what the account uses of it now: jobs not yet
     finished, jobs created today (UTC), bytes stored, and the longest media (s) it fetched.
 
-    `hls_cache_bytes`: bytes of the account's HLS renditions held in this API process's cache now.
+    `hls_cache_bytes`: bytes of the account's HLS renditions held in the HLS cache now.
     """
 
     month: str

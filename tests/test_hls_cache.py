@@ -344,3 +344,24 @@ async def test_a_restart_counts_the_renditions_on_disk_and_removes_unfinished_bu
     finally:
         alive.kill()
         await alive.wait()
+
+
+async def test_two_api_processes_on_one_folder_share_its_cap_and_each_accounts_bytes(
+    tenants: Tenants,
+) -> None:
+    cap = 1 << 20  # about four renditions of the clip
+    jobs = [await tenants.job(tenants.alice) for _ in range(6)]
+    async with (
+        tenants.api(hls_cache_bytes=cap) as (_, one),
+        tenants.api(hls_cache_bytes=cap) as (_, two),
+    ):
+        for i, job_id in enumerate(jobs):  # the processes take turns, as a load balancer does
+            await play(one if i % 2 == 0 else two, tenants.alice, job_id)
+            assert on_disk(tenants.root) <= cap
+        gone = [j for j in jobs if not (tenants.root / j).exists()]
+        assert gone == jobs[: len(gone)]  # the least recently played, whichever process cut it
+        assert len(gone) >= 2
+        held = on_disk(tenants.root)
+        assert await hls_cache_bytes(one, tenants.alice) == held
+        assert await hls_cache_bytes(two, tenants.alice) == held
+        assert await hls_cache_bytes(two, tenants.bob) == 0
