@@ -9,7 +9,8 @@ source was deleted) stops its build and renames the folder away before deleting 
 
 The cache is bounded. Its renditions' bytes stay under `max_bytes`: before a build it makes room
 for the source's size, after it for what was cut, by removing whole renditions, least recently
-used first, never one a request holds (`lease`). At most `max_builds` builds run at once, and at
+used first (the building account's own first while it holds more than half the cap), never one
+a request holds (`lease`). At most `max_builds` builds run at once, and at
 most `max_builds_per_account` of one account's, so one account cannot take every slot; a build
 waits up to `build_wait` seconds for a slot, then fails with HlsBusy. Each rendition's folder
 holds its account and bytes in `.account`, whose mtime is when it was last played: what is on
@@ -235,7 +236,7 @@ class HlsCache:
     def account_bytes(self, account_id: str) -> int:
         """Bytes of `account_id`'s built renditions in the cache, as on disk now."""
         self._scan()
-        return sum(h.size for h in self._held.values() if h.account_id == account_id)
+        return self._account_held(account_id)
 
     def _folder(self, name: str) -> Path:
         if not _NAME.match(name):
@@ -274,7 +275,7 @@ class HlsCache:
             self._leases[name] -= 1
             if self._leases[name] <= 0:
                 del self._leases[name]
-            await self._make_room(0)
+            await self._make_room()
 
     def _touch(self, name: str) -> None:
         """Mark the rendition as played now, here and on disk (for the other processes)."""
@@ -284,27 +285,49 @@ class HlsCache:
         with contextlib.suppress(OSError):
             os.utime(self.root / name / _OWNER)
 
-    async def _make_room(self, wanted: int) -> None:
-        """Evict least recently used renditions until `wanted` more bytes fit under the cap."""
+    async def _make_room(self, account_id: str | None = None, building: int = 0) -> None:
+        """Evict renditions, least recently played first, until the cache is under its cap.
+
+        For a build of `account_id` (of `building` bytes), that account's own renditions go first
+        while it holds more than half the cap: one account playing many files churns its own
+        renditions, not everyone else's.
+        """
         gone: list[Path] = []
+        if account_id is not None:
+            share = self.max_bytes // 2
+            for name, held in list(self._held.items()):
+                if self.held_bytes <= self.max_bytes:
+                    break
+                if self._account_held(account_id) + building <= share:
+                    break
+                if held.account_id == account_id:
+                    self._evict(name, gone)
         for name in list(self._held):
-            if self.held_bytes + wanted <= self.max_bytes:
+            if self.held_bytes <= self.max_bytes:
                 break
-            if self._leases[name] or name in self._building:
-                continue
-            self._held.pop(name)
-            away = self.root / f"{_TEMP_PREFIX}gone-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            try:
-                os.rename(self.root / name, away)
-            except FileNotFoundError:
-                continue
-            except OSError:
-                log.warning("could not evict the HLS rendition %s", name, exc_info=True)
-                continue
-            log.info("evicted the HLS rendition %s to keep the cache under its cap", name)
-            gone.append(away)
+            self._evict(name, gone)
         for away in gone:
             await asyncio.to_thread(shutil.rmtree, away, True)
+
+    def _account_held(self, account_id: str) -> int:
+        return sum(h.size for h in self._held.values() if h.account_id == account_id)
+
+    def _evict(self, name: str, gone: list[Path]) -> None:
+        """Take `name` out of the cache unless a request holds it or it is being cut; the
+        folder is renamed away at once and added to `gone`, for the caller to delete."""
+        if self._leases[name] or name in self._building:
+            return
+        self._held.pop(name)
+        away = self.root / f"{_TEMP_PREFIX}gone-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(self.root / name, away)
+        except FileNotFoundError:  # another API process evicted it first
+            return
+        except OSError:
+            log.warning("could not evict the HLS rendition %s", name, exc_info=True)
+            return
+        log.info("evicted the HLS rendition %s to keep the cache under its cap", name)
+        gone.append(away)
 
     async def ensure(self, name: str, fetch: Fetch, *, account_id: str, size_hint: int = 0) -> Path:
         """The rendition's folder, built now from what `fetch` writes unless it exists.
@@ -357,12 +380,12 @@ class HlsCache:
         try:
             self._scan()  # what other API processes cut counts against the cap too
             self._reserved[name] = size_hint
-            await self._make_room(0)
+            await self._make_room(account_id, size_hint)
             folder = await self._cut_into_place(name, fetch, account_id)
         finally:
             self._reserved.pop(name, None)
             self.slots.give_back(account_id)
-        await self._make_room(0)  # what was cut may be more than the source's size
+        await self._make_room(account_id)  # what was cut may be more than the source's size
         return folder
 
     async def _cut_into_place(self, name: str, fetch: Fetch, account_id: str) -> Path:

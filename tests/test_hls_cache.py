@@ -160,6 +160,24 @@ async def test_many_builds_keep_the_cache_under_its_cap_and_evict_the_least_rece
         assert on_disk(tenants.root) <= cap
 
 
+async def test_one_account_playing_many_files_evicts_its_own_renditions_not_anothers(
+    tenants: Tenants,
+) -> None:
+    cap = 1 << 20  # about four renditions of the clip
+    bobs = await tenants.job(tenants.bob)
+    alices = [await tenants.job(tenants.alice) for _ in range(6)]
+    async with tenants.api(hls_cache_bytes=cap) as (_, client):
+        await play(client, tenants.bob, bobs)  # and never again: the least recently played
+        for job_id in alices:
+            await play(client, tenants.alice, job_id)
+            assert on_disk(tenants.root) <= cap
+            assert (tenants.root / bobs / PLAYLIST).is_file()
+        gone = [j for j in alices if not (tenants.root / j).exists()]
+        assert gone == alices[: len(gone)]
+        assert len(gone) >= 2
+        assert await hls_cache_bytes(client, tenants.bob) == on_disk(tenants.root / bobs)
+
+
 async def test_a_file_larger_than_the_whole_cache_is_refused_hls_but_plays_progressively(
     tenants: Tenants,
 ) -> None:
