@@ -27,10 +27,12 @@ from adapters.media_cache import PLAYLIST, HlsCache
 from adapters.settings import Settings
 from adapters.storage import ObjectStorage, storage_from_url
 from api.app import create_app
+from api.health import PROCESS_HEADER
 from api.media import media_of, stop_media
 from reactors.projection import ProjectionRunner
 from spool.keys import issue
 from tests.fixtures.media import make_clip
+from tests.fixtures.processes import SpoolProcesses
 from tests.media_helpers import finished_job
 
 CLIP_SECONDS = 2.0
@@ -383,3 +385,52 @@ async def test_two_api_processes_on_one_folder_share_its_cap_and_each_accounts_b
         assert await hls_cache_bytes(one, tenants.alice) == held
         assert await hls_cache_bytes(two, tenants.alice) == held
         assert await hls_cache_bytes(two, tenants.bob) == 0
+
+
+async def test_spool_api_processes_keep_the_cap_count_each_account_and_recount_after_a_restart(
+    tenants: Tenants, database_url: str, redis_url: str, s3_storage_url: str, tmp_path: Path
+) -> None:
+    cap = 1 << 20  # about four renditions of the clip
+    jobs = [await tenants.job(tenants.alice) for _ in range(6)]
+    procs = SpoolProcesses(
+        tmp_path / "procs",
+        {
+            "SPOOL_DATABASE_URL": database_url,
+            "SPOOL_REDIS_URL": redis_url,
+            "SPOOL_STORAGE_URL": s3_storage_url,
+            "SPOOL_DATA_DIR": str(tenants.data_dir),
+            "SPOOL_SECRET_KEY": "test-secret-key",
+            "SPOOL_HLS_CACHE_BYTES": str(cap),
+        },
+    )
+    (tmp_path / "procs").mkdir()
+    try:
+        with procs.kept_logs():
+            url = await asyncio.to_thread(procs.api, "--processes", "2")
+            for job_id in jobs:  # a connection each: the two processes share the plays
+                async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                    await play(client, tenants.alice, job_id)
+                assert on_disk(tenants.root) <= cap
+            gone = [j for j in jobs if not (tenants.root / j).exists()]
+            assert gone == jobs[: len(gone)]
+            assert len(gone) >= 2
+            held = on_disk(tenants.root)
+            answered: set[str] = set()
+            while len(answered) < 2:  # whichever process answers, the same count
+                assert len(answered) < 200
+                async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                    # One connection stays with one process: /health names it.
+                    process = (await client.get("/health")).headers[PROCESS_HEADER]
+                    assert await hls_cache_bytes(client, tenants.alice) == held
+                    assert await hls_cache_bytes(client, tenants.bob) == 0
+                answered.add(process)
+
+            await asyncio.to_thread(procs.stop, "api")
+            url = await asyncio.to_thread(procs.api, "--processes", "2")
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                assert await hls_cache_bytes(client, tenants.alice) == held
+                await play(client, tenants.alice, jobs[0])  # evicted before: cut anew
+                assert on_disk(tenants.root) <= cap
+                assert await hls_cache_bytes(client, tenants.alice) == on_disk(tenants.root)
+    finally:
+        await asyncio.to_thread(procs.stop_all)
