@@ -23,6 +23,10 @@ _NUMERIC_ENV = {
     "health_auth_timeout": "SPOOL_HEALTH_AUTH_TIMEOUT",
     "viewer_stats_interval": "SPOOL_VIEWER_STATS_INTERVAL",
     "viewer_timeout": "SPOOL_VIEWER_TIMEOUT",
+    "hls_cache_bytes": "SPOOL_HLS_CACHE_BYTES",
+    "hls_builds": "SPOOL_HLS_BUILDS",
+    "hls_builds_per_account": "SPOOL_HLS_BUILDS_PER_ACCOUNT",
+    "hls_build_wait": "SPOOL_HLS_BUILD_WAIT",
 }
 
 _FLAG_ENV = {
@@ -78,6 +82,13 @@ class Settings(msgspec.Struct, kw_only=True):
     viewer_stats_interval: float = 5.0
     viewer_timeout: float = 30.0
     geoip_database: Path | None = None
+    # The HLS cache: its cap in bytes (least recently played renditions are evicted past it),
+    # builds at once in an API process in all and per account, and how long a build may wait
+    # for a slot before the request answers 429.
+    hls_cache_bytes: int = 1 << 30
+    hls_builds: int = 4
+    hls_builds_per_account: int = 2
+    hls_build_wait: float = 15.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:

@@ -34,7 +34,14 @@ from litestar.response import Stream
 from adapters.account_storage import AccountStorages
 from adapters.file_links import KINDS, link_is_valid, link_key
 from adapters.job_store import load_job
-from adapters.media_cache import PLAYLIST, HlsCache, HlsFailed, HlsRemoved
+from adapters.media_cache import (
+    PLAYLIST,
+    HlsBusy,
+    HlsCache,
+    HlsFailed,
+    HlsRemoved,
+    HlsTooLarge,
+)
 from adapters.settings import Settings
 from adapters.storage import ObjectInfo, ObjectStorage, StorageError
 from adapters.tokens import TokenError, verify_token
@@ -291,7 +298,13 @@ class Media:
     def __init__(self, state: State) -> None:
         settings: Settings = state.settings
         self.state = state
-        self.cache = HlsCache(settings.data_dir / "media-cache" / "hls")
+        self.cache = HlsCache(
+            settings.data_dir / "media-cache" / "hls",
+            max_bytes=settings.hls_cache_bytes,
+            max_builds=settings.hls_builds,
+            max_builds_per_account=settings.hls_builds_per_account,
+            build_wait=settings.hls_build_wait,
+        )
         self.timeout = settings.viewer_timeout
         self.viewers: dict[tuple[str, str, str], _HlsViewer] = {}
         self._opening = asyncio.Lock()
@@ -389,16 +402,14 @@ def playlist_with_token(text: str, token: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-@get("/{job_id:str}/{name:str}", summary="HLS playlist (index.m3u8) and segments of an output")
-async def media_hls(request: Request[Any, Any, Any], job_id: str, name: str) -> Response[bytes]:
-    """`index.m3u8` and the segments it lists, cut from the output on first request."""
-    caller = await _caller(request)
-    state = await _finished_job(request, job_id, caller)
-    media = media_of(request.app.state)
-    if media.cache.ready(state.job_id) is None:
+async def _hls_file(
+    request: Request[Any, Any, Any], cache: HlsCache, state: job.JobState, name: str
+) -> Path:
+    """The rendition's playlist or segment `name`, cut from the job's file first if need be."""
+    if cache.ready(state.job_id) is None:
         assert state.key is not None
         key = state.key
-        storage, _ = await _stored(request, state, key)
+        storage, info = await _stored(request, state, key)
 
         async def fetch(path: Path) -> None:
             with path.open("wb") as f:
@@ -406,19 +417,42 @@ async def media_hls(request: Request[Any, Any, Any], job_id: str, name: str) -> 
                     await asyncio.to_thread(f.write, chunk)
 
         try:
-            await media.cache.ensure(state.job_id, fetch)
+            await cache.ensure(
+                state.job_id, fetch, account_id=state.account_id, size_hint=info.size
+            )
         except HlsRemoved:
             raise JobApiError(status_code=404, detail="The job's file was deleted") from None
+        except HlsBusy as exc:
+            raise JobApiError(
+                status_code=429,
+                detail=f"Too many HLS builds at once: {exc}; try again shortly",
+                headers={"retry-after": str(exc.retry_after)},
+            ) from None
+        except HlsTooLarge as exc:
+            raise JobApiError(
+                status_code=409, detail=f"Cannot make HLS: {exc}; play /media/{state.job_id}"
+            ) from None
         except (HlsFailed, StorageError) as exc:
             raise JobApiError(status_code=502, detail=f"Could not make HLS: {exc}") from None
-    path = media.cache.file(state.job_id, name)
+    path = cache.file(state.job_id, name)
     if path is None:
         raise JobApiError(status_code=404, detail=f"No such HLS file: {name}")
-    if name == PLAYLIST:
-        text = await asyncio.to_thread(path.read_text)
-        body = playlist_with_token(text, caller.token).encode()
-    else:
-        body = await asyncio.to_thread(path.read_bytes)
+    return path
+
+
+@get("/{job_id:str}/{name:str}", summary="HLS playlist (index.m3u8) and segments of an output")
+async def media_hls(request: Request[Any, Any, Any], job_id: str, name: str) -> Response[bytes]:
+    """`index.m3u8` and the segments it lists, cut from the output on first request."""
+    caller = await _caller(request)
+    state = await _finished_job(request, job_id, caller)
+    media = media_of(request.app.state)
+    async with media.cache.lease(state.job_id):  # not evicted while this request reads it
+        path = await _hls_file(request, media.cache, state, name)
+        if name == PLAYLIST:
+            text = await asyncio.to_thread(path.read_text)
+            body = playlist_with_token(text, caller.token).encode()
+        else:
+            body = await asyncio.to_thread(path.read_bytes)
     session = await media.viewer(request, state)
     if session is not None:
         session.add_out(len(body))

@@ -16,6 +16,7 @@ from litestar.di import Provide
 from adapters.account_policy_store import job_use, load_policy
 from api.auth import Principal, job_api_principal
 from api.errors import JOB_API_ERRORS
+from api.media import media_of
 from domain.account_policy import QUOTA_NAMES, Quotas
 from domain.job import USAGE_COUNTERS, JobStatus
 
@@ -69,12 +70,15 @@ class UsageAnswer(msgspec.Struct):
 
     `quotas`: each quota an admin may set, beside what the account uses of it now: jobs not yet
     finished, jobs created today (UTC), bytes stored, and the longest media (s) it fetched.
+
+    `hls_cache_bytes`: bytes of the account's HLS renditions held in the HLS cache now.
     """
 
     month: str
     all_time: UsagePeriod
     this_month: UsagePeriod
     quotas: dict[str, QuotaUse]
+    hls_cache_bytes: int = 0
 
 
 _LONGEST = """
@@ -142,4 +146,5 @@ class UsageController(Controller):
             all_time=_period(all_time, status_all, held),
             this_month=_period(this_month, status_month, held),
             quotas=await _quotas(request, principal.account_id, now),
+            hls_cache_bytes=media_of(request.app.state).cache.account_bytes(principal.account_id),
         )

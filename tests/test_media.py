@@ -286,14 +286,15 @@ async def test_hls_is_cut_once_and_reused(playback: Playback) -> None:
     assert all("token" not in uri for uri in _uris(first.text))  # a key in a header: no token
     folder = playback.app.state.media.cache.ready(playback.job_id)
     assert folder is not None
-    made = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    # The playlist and segments, not `.account`, whose mtime marks when it was last played.
+    made = {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name != ".account"}
     # The object is gone from storage, yet the cut rendition still plays.
     await playback.storage.delete(f"{playback.job_id}.mp4")
     again = await playback.client.get(
         f"/media/{playback.job_id}/index.m3u8", headers=playback.auth()
     )
     assert again.text == first.text
-    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == made
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name != ".account"} == made
 
 
 async def test_deleting_the_file_removes_its_hls_rendition_and_ends_its_viewers(
@@ -326,7 +327,7 @@ async def test_removing_a_rendition_mid_build_stops_the_build(tmp_path: Path) ->
         fetching.set()
         await never.wait()  # the source is still downloading when the delete comes
 
-    waiting = asyncio.create_task(cache.ensure("job1", fetch))
+    waiting = asyncio.create_task(cache.ensure("job1", fetch, account_id="acct1"))
     await asyncio.wait_for(fetching.wait(), 10)
     await cache.remove("job1")
     with pytest.raises(HlsRemoved):

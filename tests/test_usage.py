@@ -153,6 +153,7 @@ async def test_a_user_without_jobs_gets_zeros(cluster: Cluster, api: httpx.Async
             "max_storage_bytes": unlimited,
             "max_media_seconds": unlimited,
         },
+        "hls_cache_bytes": 0,
     }
 
 
