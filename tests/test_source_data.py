@@ -8,7 +8,11 @@ UTF-8 or 100 KB; the cluster's own PostgreSQL, with a check of the test's own on
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import asyncpg
 import pytest
@@ -173,3 +177,67 @@ async def test_a_result_the_database_refuses_fails_the_job_at_once_naming_the_ca
         assert "DownloadCompleted" not in types
         assert types[-2:] == ["StageFailed", "JobFailed"]
         assert cluster.objects() == []
+
+
+async def test_metadata_of_a_page_with_broken_titles_answers_them_made_safe(
+    cluster: Cluster, media_server: MediaServer
+) -> None:
+    answers = {
+        page: await cluster.client.post(
+            "/metadata", json={"url": media_server.url(page)}, headers=cluster.headers()
+        )
+        for page in ("nul-title.html", "surrogate-title.html", "long-title.html")
+    }
+
+    for page, answer in answers.items():
+        assert answer.status_code == 200, (page, answer.text)
+    assert answers["nul-title.html"].json()["title"].startswith(f"Spool{REPLACEMENT}test")
+    assert (
+        answers["surrogate-title.html"]
+        .json()["title"]
+        .startswith(f"Spool{REPLACEMENT}test \U0001f600")
+    )
+    assert len(answers["long-title.html"].json()["title"]) == BOUNDS["title"]
+
+
+class _HostileStatus:
+    """A loopback server whose every answer is a 404 with a NUL and 10 KB in its reason phrase."""
+
+    REASON = "Not\x00Found " + "R" * 10_000
+
+    def __init__(self) -> None:
+        reason = self.REASON
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(404, reason)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/clip.mp4"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def hostile_status() -> Iterator[_HostileStatus]:
+    server = _HostileStatus()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+async def test_a_source_whose_status_line_holds_a_nul_fails_with_its_reason_made_safe(
+    cluster: Cluster, hostile_status: _HostileStatus
+) -> None:
+    job_id = await cluster.create(hostile_status.url)
+
+    failed = await cluster.wait(job_id, "Completed", "Failed", seconds=60)
+
+    assert failed["status"] == "Failed"
+    assert failed["error"].startswith(f"Source answered HTTP 404 Not{REPLACEMENT}Found RRR")
+    assert len(failed["error"]) == BOUNDS["reason"]
+    assert failed["download_retries"] == 1  # a 404 is final, and it was recorded the first time
