@@ -12,6 +12,8 @@ Bounds, in characters (a longer text keeps its start and ends with `…`):
 - `description`: 20,000
 - `reason` (why a stage or job failed, often quoting the source): 2,000
 - codec names (`video_codec`, `audio_codec`, `native_video_codec`, `native_audio_codec`): 100
+- each text in a task's result (`result_data`): 262,144, as much as an `http_request` task
+  keeps of a response body
 - any other text (URLs, paths, dictionary keys and values, items of lists): 8,192
 """
 
@@ -37,6 +39,7 @@ BOUNDS: Mapping[str, int] = {
     "audio_codec": 100,
     "native_video_codec": 100,
     "native_audio_codec": 100,
+    "result_data": 262_144,
 }
 """The longest text each field may hold, by field name, in characters."""
 

@@ -24,6 +24,7 @@ from domain.events import NewEvent
 from domain.source_data import BOUNDS, DEFAULT_BOUND, REPLACEMENT, TRUNCATED, made_safe, safe_text
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer
+from tests.test_tasks_cluster import settled, start_scheduler, submit
 
 # --- what the pure function does ------------------------------------------------------------
 
@@ -241,3 +242,51 @@ async def test_a_source_whose_status_line_holds_a_nul_fails_with_its_reason_made
     assert failed["error"].startswith(f"Source answered HTTP 404 Not{REPLACEMENT}Found RRR")
     assert len(failed["error"]) == BOUNDS["reason"]
     assert failed["download_retries"] == 1  # a 404 is final, and it was recorded the first time
+
+
+class _NulBody:
+    """A loopback server that answers 200 with a body holding a NUL and a lone surrogate's
+    bytes as CESU (invalid UTF-8)."""
+
+    BODY = b"before\x00after \xed\xa0\x80 end"
+
+    def __init__(self) -> None:
+        body = self.BODY
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/note"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+async def test_an_http_request_task_whose_answer_holds_a_nul_succeeds_with_it_replaced(
+    cluster: Cluster,
+) -> None:
+    remote = _NulBody()
+    try:
+        start_scheduler(cluster)
+        task_id = await submit(
+            cluster, cluster.admin_key, task_type="http_request", payload={"url": remote.url}
+        )
+
+        done = await settled(cluster, task_id, "success", "failed", "timeout", seconds=60)
+
+        assert done.status == "success", done
+        assert isinstance(done.result_data, dict)
+        assert done.result_data["status_code"] == 200
+        body = done.result_data["body"]
+        assert body.startswith(f"before{REPLACEMENT}after ") and body.endswith(" end")
+        assert "\x00" not in body
+    finally:
+        remote.server.shutdown()
+        remote.server.server_close()
