@@ -28,6 +28,7 @@ from domain import task
 from domain.account_policy import AccountPolicy, still_granted
 from domain.errors import ConcurrencyError, InvalidTransition
 from domain.events import NO_CAUSE, Event, Metadata, NewEvent, event_id
+from domain.source_data import made_safe
 from reactors.task_types import (
     EXECUTORS,
     TaskContext,
@@ -88,9 +89,13 @@ class TaskRunner:
             return await self._execute(started, attempt, meta)
 
     async def _append(self, task_id: str, events: list[Event], version: int, meta: Metadata) -> int:
-        """Append at `version`; the position of the last event appended."""
+        """Append at `version`; the position of the last event appended.
+
+        Every event of an attempt comes through here, made safe first: a result holds what
+        a remote server or a command wrote (an HTTP body with a NUL, a lone surrogate).
+        """
         appended = await self.store.append(
-            task.stream_id(task_id), [NewEvent(e, meta) for e in events], version
+            task.stream_id(task_id), [NewEvent(made_safe(e), meta) for e in events], version
         )
         return appended.position
 
