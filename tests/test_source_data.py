@@ -19,7 +19,7 @@ import pytest
 
 from adapters.database import asyncpg_url
 from adapters.event_store import EventStore, refusal_reason, refused_for_good
-from domain import job
+from domain import job, task
 from domain.events import NewEvent
 from domain.source_data import BOUNDS, DEFAULT_BOUND, REPLACEMENT, TRUNCATED, made_safe, safe_text
 from tests.fixtures.cluster import Cluster, StartCluster
@@ -147,20 +147,30 @@ async def test_a_100_kb_title_completes_cut_to_its_bound(
     assert len(done["storage_key"].rsplit("/", 1)[-1]) < 260
 
 
+async def _database_refuses(cluster: Cluster, name: str, check: str) -> None:
+    """Add a check to the cluster's database (the test's own) on the partition that holds job
+    and task streams: a bound the database then enforces on every append.
+
+    Not on `events` itself: a heartbeat day's table attached meanwhile would have to carry it.
+    """
+    conn = await asyncpg.connect(asyncpg_url(cluster.settings.database_url))
+    try:
+        await conn.execute(
+            f"ALTER TABLE events_after_heartbeats ADD CONSTRAINT {name} CHECK ({check})"
+        )
+    finally:
+        await conn.close()
+
+
 async def test_a_result_the_database_refuses_fails_the_job_at_once_naming_the_cause(
     start_cluster: StartCluster, media_server: MediaServer
 ) -> None:
     async with start_cluster() as cluster:
         # A database of this test's own that takes titles of at most 500 characters: shorter
         # than the 1,000 Spool keeps, so the download's result is refused however it is sent.
-        conn = await asyncpg.connect(asyncpg_url(cluster.settings.database_url))
-        try:
-            await conn.execute(
-                "ALTER TABLE events ADD CONSTRAINT titles_fit CHECK "
-                "(type <> 'DownloadCompleted' OR length(data->>'title') <= 500)"
-            )
-        finally:
-            await conn.close()
+        await _database_refuses(
+            cluster, "titles_fit", "type <> 'DownloadCompleted' OR length(data->>'title') <= 500"
+        )
         job_id = await cluster.create(media_server.url("long-title.html"))
 
         failed = await cluster.wait(job_id, "Completed", "Failed", seconds=90)
@@ -290,3 +300,28 @@ async def test_an_http_request_task_whose_answer_holds_a_nul_succeeds_with_it_re
     finally:
         remote.server.shutdown()
         remote.server.server_close()
+
+
+async def test_a_task_result_the_database_refuses_fails_the_task_at_once_naming_the_cause(
+    cluster: Cluster,
+) -> None:
+    await _database_refuses(
+        cluster, "results_fit", "type <> 'TaskSucceeded' OR length(data::text) <= 300"
+    )
+    start_scheduler(cluster)
+    task_id = await submit(
+        cluster,
+        task_type="echo",
+        payload={"text": "E" * 500},
+        requirements={"max_retries": 3},
+    )
+
+    done = await settled(cluster, task_id, "success", "failed", "timeout", seconds=60)
+
+    assert done.status == "failed", done
+    assert done.error is not None and done.error.startswith(
+        "The task's result could not be recorded: the database refused it (23514: "
+    ), done.error
+    assert "results_fit" in done.error and "EEEE" not in done.error
+    types = [e.type for e in await cluster.store.read_stream(task.stream_id(task_id))]
+    assert types.count("TaskStarted") == 1 and "TaskSucceeded" not in types
