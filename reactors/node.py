@@ -625,7 +625,7 @@ class Node:
             "the %s result of job %s could not be recorded%s",
             unit.stage,
             unit.job_id,
-            "" if for_good else "; the stage will be retried",
+            " (for good)" if for_good else " (perhaps not for good: it counts as one attempt)",
             exc_info=exc,
         )
         if isinstance(done, job.JobCompleted):
