@@ -594,3 +594,36 @@ async def _wake(conn: asyncpg.Connection, types: Sequence[str]) -> None:
 def checkpoint_of(event: RecordedEvent) -> Checkpoint:
     """The checkpoint that stands just after `event`."""
     return Checkpoint(event.tx, event.position)
+
+
+_REFUSED_VALUES = (
+    asyncpg.DataError,  # class 22: a value the server cannot take (NUL in jsonb, out of range)
+    asyncpg.IntegrityConstraintViolationError,  # class 23: a check the value fails
+    asyncpg.ProgramLimitExceededError,  # class 54: a value past a size the server allows
+    msgspec.EncodeError,  # a value the JSON encoder cannot write
+    ValueError,  # a lone surrogate (UnicodeEncodeError), asyncpg's own argument checks
+    TypeError,
+    OverflowError,
+)
+
+
+def refused_for_good(exc: BaseException) -> bool:
+    """True when an append failed for what it carries, so the same append would fail again.
+
+    The events' content is the cause (the encoder or the server refused a value), not the
+    server's state: trying again, or doing the work again to record the same result, cannot
+    help. A stream that moved on (ConcurrencyError) is not such a refusal: it is translated
+    before this, and means "read and decide again".
+    """
+    return isinstance(exc, _REFUSED_VALUES)
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """What a refused append says to a user: the server's code and message, never the row.
+
+    The server's DETAIL may quote the whole row (a failed check's "Failing row contains ..."),
+    so it stays in the log only.
+    """
+    if isinstance(exc, asyncpg.PostgresError):
+        return f"the database refused it ({exc.sqlstate}: {exc.args[0] if exc.args else exc})"
+    return f"it could not be encoded ({type(exc).__name__}: {exc})"

@@ -54,6 +54,11 @@ async def post(
     if 200 <= answer.status_code < 300:
         return WebhookAnswer(answer.status_code, "OK", elapsed), False
     reason = f"receiver answered HTTP {answer.status_code}"
-    # 4xx other than timeouts / rate limits means the receiver rejects this delivery for good.
+    if 300 <= answer.status_code < 400:
+        # Following it would send the signed body to wherever the receiver points (past the
+        # URL the account gave), and a 303 would turn the POST into a GET: never delivered.
+        reason += ", a redirect: webhooks do not follow redirects, so set the final URL"
+    # A redirect, or a 4xx other than timeouts / rate limits: the same URL would answer the
+    # same to a retry, so the delivery fails for good.
     retry = answer.status_code >= 500 or answer.status_code in (408, 409, 425, 429)
     return WebhookAnswer(answer.status_code, reason, elapsed), retry

@@ -53,6 +53,7 @@ from api.targets import refuse_forbidden_target
 from domain import job
 from domain.errors import InvalidTransition
 from domain.events import Event, Metadata, NewEvent
+from domain.source_data import made_safe
 from domain.storage_config import StorageConfigured
 
 _decode_state = msgspec.json.Decoder(job.JobState).decode
@@ -270,6 +271,8 @@ def _playlist_batch(
 ) -> tuple[list[StreamAppend], BatchCreatedAnswer]:
     if not playlist.entries:
         raise JobApiError(status_code=400, detail="The playlist or feed has no entries")
+    # Titles and URLs are the source's: made safe to record, as a node makes a download's.
+    playlist = made_safe(playlist)
     # Each entry gets the options asked for, but a name of its own (its title), not one
     # shared `filename` that every episode would overwrite.
     options = msgspec.structs.replace(valid.options, filename=None)

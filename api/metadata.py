@@ -18,6 +18,7 @@ from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
 from api.auth import Principal, job_api_principal
 from api.errors import JOB_API_ERRORS, JobApiError
+from domain.source_data import made_safe
 
 _MAX_URL = 4096
 
@@ -63,7 +64,10 @@ class MetadataController(Controller):
         url = _valid_url(data.url)
         guard: UrlGuard = request.app.state.guard
         try:
-            return await metadata.extract_async(url, guard=guard, timeout=_timeout(request))
+            # The source wrote it: a lone surrogate in a title would fail the answer's encoding.
+            return made_safe(
+                await metadata.extract_async(url, guard=guard, timeout=_timeout(request))
+            )
         except metadata.MetadataFailed as exc:
             raise JobApiError(status_code=400, detail=str(exc)) from None
         except metadata.MetadataTimeout as exc:

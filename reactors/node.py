@@ -28,17 +28,18 @@ from adapters import event_partitions, sysinfo
 from adapters.account_policy_store import load_policy, seconds_quota
 from adapters.account_storage import AccountStorages
 from adapters.database import unreachable
-from adapters.event_store import EventStore, StreamAppend
+from adapters.event_store import EventStore, StreamAppend, refusal_reason, refused_for_good
 from adapters.job_store import load_job
 from adapters.owned_objects import delete_owned
 from adapters.queue import DOWNLOAD_QUEUE, WEBHOOK_QUEUE, node_queue
 from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
-from adapters.storage import ObjectStorage
+from adapters.storage import ObjectStorage, StorageError
 from adapters.viewer_sessions import ViewerRecorder
 from domain import job, node
 from domain.errors import ConcurrencyError, InvalidTransition
 from domain.events import NO_CAUSE, Event, Metadata, NewEvent, event_id
+from domain.source_data import made_safe
 from reactors import stages
 from reactors.task_types import advertised, has_internet
 from reactors.tasks import run_task
@@ -470,7 +471,9 @@ class Node:
                 unit.state, fresh = state, True
             if not job.is_current(state, unit.stage, unit.run, unit.attempt):
                 return None
-            events = decide(state)
+            # The one door a unit's events go through: a source's title, description, codecs
+            # or error text become data the log takes (domain/source_data.py).
+            events = [made_safe(e) for e in decide(state)]
             if not events:
                 return state
             try:
@@ -577,8 +580,17 @@ class Node:
             )
 
     async def _complete(self, unit: RunningUnit, done: Event, workdir: Path) -> str:
-        """Record a stage's result, unless the job moved on (cancel wins)."""
-        state = await self._record(unit, lambda _: [done])
+        """Record a stage's result, unless the job moved on (cancel wins).
+
+        A result the store refuses fails the stage with that refusal as its reason; when the
+        same result would be refused again, at once, without spending the job's retries.
+        """
+        try:
+            state = await self._record(unit, lambda _: [done])
+        except Exception as exc:
+            if unreachable(exc):
+                raise  # past APPEND_PATIENCE: nothing can be recorded, the reconciler takes it
+            return await self._unrecordable(unit, done, exc)
         if state is None:
             current = unit.state  # the job as read: cancelled, or moved on to another attempt
             if isinstance(done, job.JobCompleted):
@@ -605,6 +617,32 @@ class Node:
             stages.remove_workdir(self.workroot / unit.job_id)
         self._remember(state)
         return "completed"
+
+    async def _unrecordable(self, unit: RunningUnit, done: Event, exc: Exception) -> str:
+        """Fail the stage whose result `done` could not be appended, naming why."""
+        for_good = refused_for_good(exc)
+        log.error(
+            "the %s result of job %s could not be recorded%s",
+            unit.stage,
+            unit.job_id,
+            " (for good)" if for_good else " (perhaps not for good: it counts as one attempt)",
+            exc_info=exc,
+        )
+        if isinstance(done, job.JobCompleted):
+            # The upload is not on record: its objects would be nobody's. A retry uploads again.
+            storage = await self.storages.for_job(
+                unit.state.account_id, unit.state.storage_override
+            )
+            try:
+                await delete_owned(storage, job.recorded_objects(done), unit.job_id)
+            except StorageError as cleanup:
+                log.warning(
+                    "could not remove the unrecorded upload of job %s: %s", unit.job_id, cleanup
+                )
+        reason = f"The {unit.stage} result could not be recorded: " + (
+            refusal_reason(exc) if for_good else f"{type(exc).__name__}: {exc}"
+        )
+        return await self._fail(unit, stages.StageError(reason, retryable=not for_good))
 
     async def _fail(self, unit: RunningUnit, exc: stages.StageError) -> str:
         events: list[Event] = []

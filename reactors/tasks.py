@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import msgspec
 
 from adapters.account_policy_store import load_policy
-from adapters.event_store import EventStore
+from adapters.event_store import EventStore, refusal_reason, refused_for_good
 from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
 from adapters.task_store import load_task
@@ -28,6 +28,7 @@ from domain import task
 from domain.account_policy import AccountPolicy, still_granted
 from domain.errors import ConcurrencyError, InvalidTransition
 from domain.events import NO_CAUSE, Event, Metadata, NewEvent, event_id
+from domain.source_data import made_safe
 from reactors.task_types import (
     EXECUTORS,
     TaskContext,
@@ -88,9 +89,13 @@ class TaskRunner:
             return await self._execute(started, attempt, meta)
 
     async def _append(self, task_id: str, events: list[Event], version: int, meta: Metadata) -> int:
-        """Append at `version`; the position of the last event appended."""
+        """Append at `version`; the position of the last event appended.
+
+        Every event of an attempt comes through here, made safe first: a result holds what
+        a remote server or a command wrote (an HTTP body with a NUL, a lone surrogate).
+        """
         appended = await self.store.append(
-            task.stream_id(task_id), [NewEvent(e, meta) for e in events], version
+            task.stream_id(task_id), [NewEvent(made_safe(e), meta) for e in events], version
         )
         return appended.position
 
@@ -191,12 +196,29 @@ class TaskRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         seconds = round(time.monotonic() - began, 4)
-        done = await self._record(
-            task_id,
-            attempt,
-            lambda s: task.succeed(s, self.node_id, attempt, _json_safe(result), seconds),
-            meta,
-        )
+        try:
+            done = await self._record(
+                task_id,
+                attempt,
+                lambda s: task.succeed(s, self.node_id, attempt, _json_safe(result), seconds),
+                meta,
+            )
+        except Exception as exc:
+            if not refused_for_good(exc):
+                raise
+            # Left unrecorded, the attempt would sit "running" until its timeout, and each
+            # retry would be refused the same way: it fails now, saying why.
+            log.error("the result of task %s could not be recorded", task_id, exc_info=exc)
+            why = "The task's result could not be recorded: " + refusal_reason(exc)
+            await self._record(
+                task_id,
+                attempt,
+                lambda s: task.fail(
+                    s, self.node_id, attempt, why, retryable=False, seconds=seconds
+                ),
+                meta,
+            )
+            return "failed"
         return "success" if done else "stale"
 
     async def _no_longer_granted(self, state: task.TaskState) -> str | None:

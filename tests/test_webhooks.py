@@ -26,6 +26,8 @@ class Receiver:
 
     def __init__(self) -> None:
         self.statuses: list[int] = []
+        self.location: str | None = None
+        """The `Location` a redirect status is sent with."""
         self.received: list[tuple[dict[str, str], bytes]] = []
         receiver = self
 
@@ -35,6 +37,8 @@ class Receiver:
                 receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 status = receiver.statuses.pop(0) if receiver.statuses else 200
                 self.send_response(status)
+                if 300 <= status < 400 and receiver.location:
+                    self.send_header("Location", receiver.location)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -144,6 +148,37 @@ async def test_a_receiver_that_rejects_the_delivery_is_not_retried(
     )
     assert done["webhook_status"] == "failed"
     assert len(receiver.received) == 1
+
+
+@pytest.mark.parametrize("status", [302, 307, 308])
+async def test_a_receiver_that_answers_a_redirect_is_a_failed_delivery_never_followed(
+    cluster: Cluster, media_server: MediaServer, receiver: Receiver, status: int
+) -> None:
+    elsewhere = Receiver()  # where the redirect points: it must never get the signed body
+    try:
+        receiver.statuses = [status]
+        receiver.location = elsewhere.url
+        job_id = await cluster.create(media_server.url("clip.mp4"), webhook_url=receiver.url)
+        done = await cluster.wait(
+            job_id, seconds=60, until=lambda j: j["webhook_status"] in ("delivered", "failed")
+        )
+
+        assert done["status"] == "Completed"
+        assert done["webhook_status"] == "failed"
+        assert len(receiver.received) == 1
+        assert elsewhere.received == []
+        events = (
+            await cluster.client.get(f"/jobs/{job_id}/events", headers=cluster.headers())
+        ).json()["events"]
+        outcomes = [e for e in events if e["type"].startswith("Webhook")]
+        assert [e["type"] for e in outcomes] == ["WebhookFailed"]
+        assert outcomes[0]["data"]["reason"].startswith(
+            f"receiver answered HTTP {status}, a redirect: webhooks do not follow redirects"
+        )
+        assert outcomes[0]["data"]["final"] is True
+    finally:
+        elsewhere.server.shutdown()
+        elsewhere.server.server_close()
 
 
 async def test_progress_webhooks_arrive_only_when_asked_for(
