@@ -133,13 +133,23 @@ async def test_a_tarpit_probe_is_stopped_at_its_deadline_its_connection_closed_a
     start_cluster: StartCluster, media_server: MediaServer, media_dir: Path
 ) -> None:
     tarpit = media_server.slow_url(tarpit_page(media_dir), chunk=1, interval=DRIP_SECONDS)
-    async with start_cluster(with_node=False, probe_timeout=DEADLINE / 4, probe_share=SHARE) as c:
-        answers = await asyncio.gather(
-            *(
-                c.client.post(path, json={"url": f"{tarpit}&n={n}"}, headers=c.headers())
-                for n, path in enumerate(["/jobs", "/metadata"] * (SHARE // 2))
-            )
+    async with start_cluster(with_node=False, probe_timeout=DEADLINE / 2, probe_share=SHARE) as c:
+        warm = await c.client.post(
+            "/metadata", json={"url": media_server.url("clip.mp4")}, headers=c.headers()
         )
+        assert warm.status_code == 200, warm.text
+        probes = [
+            asyncio.create_task(
+                c.client.post(path, json={"url": f"{tarpit}&n={n}"}, headers=c.headers())
+            )
+            for n, path in enumerate(["/jobs", "/metadata"] * (SHARE // 2))
+        ]
+
+        async def every_probe_in_the_tarpit() -> bool:
+            return media_server.slow_answers.open == SHARE
+
+        await until(every_probe_in_the_tarpit, seconds=DEADLINE / 2)
+        answers = await asyncio.gather(*probes)
         assert [a.status_code for a in answers] == [504] * SHARE, [a.text for a in answers]
 
         async def tarpit_sees_every_connection_closed() -> bool:
