@@ -17,6 +17,8 @@ import httpx
 from spool.keys import issue
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer
+from tests.fixtures.s3 import S3Server
+from tests.fixtures.throttle import ThrottledS3, throttled_s3  # noqa: F401 - the fixture
 from tests.media_helpers import finished_job
 
 DRIP_SECONDS = 1.0
@@ -168,3 +170,31 @@ async def test_a_tarpit_probe_is_stopped_at_its_deadline_its_connection_closed_a
             "/metadata", json={"url": media_server.url("clip.mp4")}, headers=c.headers()
         )
         assert again.status_code == 200, again.text
+
+
+async def test_a_storage_that_never_answers_its_check_is_refused_at_the_probe_deadline(
+    start_cluster: StartCluster,
+    throttled_s3: ThrottledS3,  # noqa: F811
+    s3_server: S3Server,
+) -> None:
+    throttled_s3.proxy.pause()  # the check's request never gets through: a tarpit storage
+    seconds = DEADLINE / 4
+    async with start_cluster(with_node=False, probe_timeout=seconds) as c:
+        answer = await c.client.post(
+            "/user/s3",
+            json={
+                "endpoint": throttled_s3.endpoint_url,
+                "bucket": throttled_s3.bucket,
+                "region": throttled_s3.region,
+                "access_key": s3_server.access_key,
+                "secret_key": s3_server.secret_key,
+            },
+            headers=c.headers(),
+        )
+        shown = await c.client.get("/user/storage", headers=c.headers())
+
+    assert answer.status_code == 400, answer.text
+    assert answer.json() == {
+        "error": f"Storage check failed: no answer from the storage within {seconds:g} s"
+    }
+    assert shown.json()["default"] is True
