@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from adapters.settings import Settings
 from spool.keys import issue
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer
@@ -198,3 +199,13 @@ async def test_a_storage_that_never_answers_its_check_is_refused_at_the_probe_de
         "error": f"Storage check failed: no answer from the storage within {seconds:g} s"
     }
     assert shown.json()["default"] is True
+
+
+def test_the_probe_settings_come_from_the_environment_and_the_older_name_still_works() -> None:
+    env = {"SPOOL_PROBE_TIMEOUT": "7.5", "SPOOL_PROBE_WORKERS": "8", "SPOOL_PROBE_SHARE": "2"}
+    settings = Settings.from_env(env)
+    assert (settings.probe_timeout, settings.probe_workers, settings.probe_share) == (7.5, 8, 2)
+    assert Settings.from_env({"SPOOL_METADATA_TIMEOUT": "12"}).probe_timeout == 12.0
+    newer = {"SPOOL_METADATA_TIMEOUT": "12", "SPOOL_PROBE_TIMEOUT": "9"}
+    assert Settings.from_env(newer).probe_timeout == 9.0
+    assert Settings.from_env({}).probe_timeout == 20.0
