@@ -141,8 +141,18 @@ class _Cancelled(YtDlpCancelled):  # type: ignore[misc]
     """Raised from a progress hook; yt-dlp lets its own DownloadCancelled pass through."""
 
 
+OnConnect = Callable[[socket.socket], None]
+"""Told of every socket a guarded request connects, e.g. so a deadline can shut it from outside
+(adapters/probes.py `Probe.opened`)."""
+
+
 def _guarded_connect(
-    guard: UrlGuard, address: tuple[str, int], timeout: Any = None, source_address: Any = None
+    guard: UrlGuard,
+    address: tuple[str, int],
+    timeout: Any = None,
+    source_address: Any = None,
+    *,
+    on_connect: OnConnect | None = None,
 ) -> socket.socket:
     """yt-dlp's `create_connection`, asking the guard about each address before connecting to it.
 
@@ -157,6 +167,8 @@ def _guarded_connect(
         except UrlRefused as e:
             raise _RefusedRequest(e) from e
         sock: socket.socket = _socket_connect(ip_addr, timeout, source_address)
+        if on_connect is not None:
+            on_connect(sock)
         return sock
 
     sock: socket.socket = create_connection(
@@ -168,13 +180,18 @@ def _guarded_connect(
 class _GuardedHTTPHandler(HTTPHandler):  # type: ignore[misc]
     """yt-dlp's urllib HTTP(S) handler whose connections open through `_guarded_connect`."""
 
-    def __init__(self, guard: UrlGuard, **kwargs: Any) -> None:
+    def __init__(
+        self, guard: UrlGuard, *, on_connect: OnConnect | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self._guard = guard
+        self._on_connect = on_connect
 
     def _connection(self, conn_class: type[Any], *args: Any, **kwargs: Any) -> Any:
         conn = _create_http_connection(conn_class, self._source_address, *args, **kwargs)
-        conn._create_connection = functools.partial(_guarded_connect, self._guard)
+        conn._create_connection = functools.partial(
+            _guarded_connect, self._guard, on_connect=self._on_connect
+        )
         return conn
 
     def http_open(self, req: urllib.request.Request) -> Any:
@@ -222,10 +239,18 @@ class _GuardedRH(UrllibRH):  # type: ignore[misc]
 
     _SUPPORTED_URL_SCHEMES = ("http", "https")
 
-    def __init__(self, *, guard: UrlGuard, cancel: threading.Event | None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        guard: UrlGuard,
+        cancel: threading.Event | None,
+        on_connect: OnConnect | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self._guard = guard
         self._cancel = cancel
+        self._on_connect = on_connect
 
     def _make_sslcontext(self, legacy_ssl_support: bool | None = None) -> ssl.SSLContext:
         if self._client_cert:
@@ -248,6 +273,7 @@ class _GuardedRH(UrllibRH):  # type: ignore[misc]
         for handler in (
             _GuardedHTTPHandler(
                 self._guard,
+                on_connect=self._on_connect,
                 debuglevel=0,
                 context=self._make_sslcontext(legacy_ssl_support=legacy_ssl_support),
                 source_address=self.source_address,
@@ -310,9 +336,16 @@ class _GuardedYoutubeDL(YoutubeDL):  # type: ignore[misc]
     """A YoutubeDL whose request director holds `_GuardedRH` and nothing else."""
 
     def __init__(
-        self, params: dict[str, Any], *, guard: UrlGuard, cancel: threading.Event | None
+        self,
+        params: dict[str, Any],
+        *,
+        guard: UrlGuard,
+        cancel: threading.Event | None,
+        on_connect: OnConnect | None = None,
     ) -> None:
-        self._spool_handler = functools.partial(_GuardedRH, guard=guard, cancel=cancel)
+        self._spool_handler = functools.partial(
+            _GuardedRH, guard=guard, cancel=cancel, on_connect=on_connect
+        )
         # yt-dlp would import plugin code from the user's config folders (~/.config/yt-dlp/
         # plugins and the like) when its first instance is made; a server runs only the code
         # it was installed with.

@@ -2,16 +2,13 @@
 
 The extraction runs through the downloader's guarded YoutubeDL, so every request it makes (the
 page, manifests, each redirect hop, each socket's address) passes the same `UrlGuard` as a
-download does. `extract` is blocking; `extract_async` runs it in a daemon thread with a time
-limit, so a source that never answers costs the caller `timeout` seconds and no more.
+download does. `extract` is blocking; the API runs it as a probe (adapters/probes.py), which
+bounds its total time and stops it at the deadline.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import threading
 from typing import Any
 
 import msgspec
@@ -27,16 +24,11 @@ from adapters.downloader import (
     _QuietLog,
     _refusal,
 )
+from adapters.probes import Probe
 from adapters.ssrf import UrlGuard, UrlRefused
 
-EXTRACT_TIMEOUT = 30.0
-"""Seconds `POST /metadata` waits for a source before answering 504 (a Settings field to be)."""
-
-# Extractions that may run at once in this process; more wait (within their time limit). A
-# source that times out keeps its thread until its socket gives up, so without a cap a slow
-# host could pile up threads.
-_MAX_RUNNING = 16
-_running = threading.BoundedSemaphore(_MAX_RUNNING)
+PER_READ_TIMEOUT = 20.0
+"""Seconds one socket operation may take when `extract` runs outside a probe."""
 
 
 class Thumbnail(msgspec.Struct, frozen=True):
@@ -92,14 +84,6 @@ class MediaMetadata(msgspec.Struct, frozen=True):
 
 class MetadataFailed(Exception):
     """Extraction did not succeed; str() is the reason a user can act on."""
-
-
-class MetadataTimeout(Exception):
-    """The source did not answer within the limit."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"Source did not answer within {seconds:g} s")
-        self.seconds = seconds
 
 
 def _int(value: Any) -> int | None:
@@ -175,14 +159,12 @@ def _any_format(ctx: dict[str, Any]) -> Any:
     yield from ctx["formats"][-1:]
 
 
-def extract(
-    url: str, *, guard: UrlGuard, cancel: threading.Event | None = None, timeout: float = 20.0
-) -> MediaMetadata:
+def extract(url: str, *, guard: UrlGuard, probe: Probe | None = None) -> MediaMetadata:
     """What `url` holds (blocking); nothing is downloaded but pages and manifests.
 
     Raises MetadataFailed with a user-facing reason (a refused URL, an HTTP error, an
-    unsupported page). `timeout` bounds each socket operation; once `cancel` is set no further
-    request starts, so an abandoned extraction ends at its next request.
+    unsupported page). Under a `probe`, each socket operation is bounded by the time left and
+    the probe's `stop` ends the extraction at once (its sockets shut, no further request).
     """
     try:
         # A plain refusal before yt-dlp starts; the handler asks again on every request.
@@ -205,13 +187,18 @@ def extract(
         "ffmpeg_location": os.path.join(os.devnull, "no-ffmpeg"),
         "hls_prefer_native": True,
         "proxy": "",
-        "socket_timeout": timeout,
+        "socket_timeout": probe.remaining() if probe else PER_READ_TIMEOUT,
         "extractor_retries": 0,
         "retries": 0,
     }
     plugin_dirs.value = []  # run only the extractors we were installed with
     try:
-        with _GuardedYoutubeDL(params, guard=guard, cancel=cancel) as ydl:
+        with _GuardedYoutubeDL(
+            params,
+            guard=guard,
+            cancel=probe.cancel if probe else None,
+            on_connect=probe.opened if probe else None,
+        ) as ydl:
             info = ydl.extract_info(url, download=False)
     except Exception as exc:
         failure = _failure(exc, url, audio_only=False)
@@ -228,51 +215,3 @@ def _reworded(failure: DownloadFailed) -> str:
         if message.startswith(prefix):
             return "Could not read metadata: " + message.removeprefix(prefix)
     return message
-
-
-async def extract_async(
-    url: str, *, guard: UrlGuard, timeout: float = EXTRACT_TIMEOUT
-) -> MediaMetadata:
-    """`extract` in a daemon thread; MetadataTimeout after `timeout` seconds.
-
-    Not the loop's default executor: a timed-out extraction keeps running until its socket
-    gives up, and the executor would hold it at shutdown and take its slot meanwhile.
-    """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[MediaMetadata] = loop.create_future()
-    cancel = threading.Event()
-
-    def settle(result: MediaMetadata | None, error: BaseException | None) -> None:
-        if future.done():
-            return  # the caller stopped waiting
-        if error is not None:
-            future.set_exception(error)
-        else:
-            assert result is not None
-            future.set_result(result)
-
-    def work() -> None:
-        result: MediaMetadata | None = None
-        error: BaseException | None = None
-        try:
-            if not _running.acquire(timeout=timeout):
-                return  # the caller has timed out by now
-            try:
-                if not cancel.is_set():
-                    result = extract(url, guard=guard, cancel=cancel, timeout=timeout)
-            finally:
-                _running.release()
-        except BaseException as exc:  # handed to the waiting coroutine, not lost in a thread
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop closed while we worked
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=work, name="spool-metadata", daemon=True).start()
-    try:
-        return await asyncio.wait_for(asyncio.shield(future), timeout)
-    except TimeoutError:
-        raise MetadataTimeout(timeout) from None
-    finally:
-        cancel.set()  # no new request for a result nobody waits for
-        if not future.done():
-            future.cancel()

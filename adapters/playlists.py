@@ -11,6 +11,7 @@ import msgspec
 from yt_dlp.utils import unsmuggle_url
 
 from adapters.downloader import DownloadFailed, _failure, _GuardedYoutubeDL, _QuietLog
+from adapters.probes import Probe
 from adapters.ssrf import UrlGuard
 
 # A URL ending in one of these is a single piece of media (or its manifest): no need to ask
@@ -54,10 +55,14 @@ def looks_like_media(url: str) -> bool:
     return PurePosixPath(urlsplit(url).path).suffix.lower() in MEDIA_SUFFIXES
 
 
-def extract_playlist(url: str, *, guard: UrlGuard, limit: int = 500) -> Playlist | None:
+def extract_playlist(
+    url: str, *, guard: UrlGuard, probe: Probe | None = None, limit: int = 500
+) -> Playlist | None:
     """The entries of a playlist or feed at `url`, or None if it is a single item (blocking).
 
-    Raises DownloadFailed with yt-dlp's reason when the URL cannot be read at all.
+    Raises DownloadFailed with yt-dlp's reason when the URL cannot be read at all. Under a
+    `probe`, each socket operation is bounded by the time left and the probe's `stop` ends the
+    extraction at once.
     """
     params: dict[str, Any] = {
         "logger": _QuietLog(),
@@ -68,11 +73,16 @@ def extract_playlist(url: str, *, guard: UrlGuard, limit: int = 500) -> Playlist
         "playlistend": limit,
         "ffmpeg_location": os.path.join(os.devnull, "no-ffmpeg"),
         "proxy": "",
-        "socket_timeout": 20,
+        "socket_timeout": probe.remaining() if probe else 20.0,
         "extractor_retries": 1,
     }
     try:
-        with _GuardedYoutubeDL(params, guard=guard, cancel=None) as ydl:
+        with _GuardedYoutubeDL(
+            params,
+            guard=guard,
+            cancel=probe.cancel if probe else None,
+            on_connect=probe.opened if probe else None,
+        ) as ydl:
             info = ydl.extract_info(url, download=False, process=True)
     except DownloadFailed:
         raise

@@ -16,7 +16,9 @@ _NUMERIC_ENV = {
     "stall_timeout": "SPOOL_STALL_TIMEOUT",
     "reconcile_interval": "SPOOL_RECONCILE_INTERVAL",
     "node_timeout": "SPOOL_NODE_TIMEOUT",
-    "metadata_timeout": "SPOOL_METADATA_TIMEOUT",
+    "probe_timeout": "SPOOL_PROBE_TIMEOUT",
+    "probe_workers": "SPOOL_PROBE_WORKERS",
+    "probe_share": "SPOOL_PROBE_SHARE",
     "task_concurrency": "SPOOL_TASK_CONCURRENCY",
     "rate_limit": "SPOOL_RATE_LIMIT",
     "health_token_ttl": "SPOOL_HEALTH_TOKEN_TTL",
@@ -66,7 +68,11 @@ class Settings(msgspec.Struct, kw_only=True):
     node_timeout: float = 15.0
     heartbeat_interval: float = 1.0
     webhook_attempts: int = 5
-    metadata_timeout: float = 30.0
+    # Probes of a user's source by the API (playlist detection on `POST /jobs`, `/metadata`):
+    # the total seconds one may take, the threads they run on, and how many one account holds.
+    probe_timeout: float = 20.0
+    probe_workers: int = 32
+    probe_share: int = 4
     webhook_backoff: float = 5.0
     # Scheduled tasks on this node: how many at once, and the two types that run code (opt-in).
     task_concurrency: int = 2
@@ -106,6 +112,8 @@ class Settings(msgspec.Struct, kw_only=True):
                 h.strip() for h in env.get("SPOOL_URL_ALLOWLIST", "").split(",") if h.strip()
             ),
         }
+        if env.get("SPOOL_METADATA_TIMEOUT"):  # the older name of SPOOL_PROBE_TIMEOUT
+            values["probe_timeout"] = env["SPOOL_METADATA_TIMEOUT"]
         for name, var in _NUMERIC_ENV.items():
             if env.get(var):
                 values[name] = env[var]

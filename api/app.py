@@ -35,6 +35,7 @@ from api.media import files_router, media_router, stop_media
 from api.metadata import MetadataController
 from api.metrics import metrics
 from api.middleware import request_middleware
+from api.probes import probe_pool
 from api.swagger import openapi_config, swagger, swagger_assets
 from api.tasks import TasksController
 from api.tokens import issue_health_token
@@ -55,8 +56,12 @@ def create_app(
     guard = UrlGuard(settings.url_allowlist)
     storages = AccountStorages(pool, settings.resolved_secret_key(), storage, guard=guard)
 
+    # Probes of users' sources run on threads of their own (api/probes.py).
+    probes = probe_pool(settings)
+
     async def close_storages() -> None:
         await storages.aclose()
+        probes.shutdown()
 
     state = State(
         {
@@ -66,6 +71,7 @@ def create_app(
             "storage": storage,
             "storages": storages,
             "guard": guard,
+            "probes": probes,
             "started_at": time.time(),
             **extra,
         }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 import uuid
@@ -48,6 +47,7 @@ from api.job_requests import (
     validate_create_job,
 )
 from api.media import forget_media, links_key
+from api.probes import run_probe
 from api.requests import command_metadata
 from api.targets import refuse_forbidden_target
 from domain import job
@@ -238,23 +238,22 @@ def view(state: job.JobState, links: Links | None = None) -> JobView:
     )
 
 
-PLAYLIST_SECONDS = 30.0
-"""How long `POST /jobs` waits for a page or feed to list its entries."""
+async def _playlist(
+    request: Request[Any, Any, Any], principal: Principal, url: str
+) -> Playlist | None:
+    """The entries if `url` is a playlist or feed; None for one piece of media.
 
-
-async def _playlist(request: Request[Any, Any, Any], url: str) -> Playlist | None:
-    """The entries if `url` is a playlist or feed; None for one piece of media."""
+    A probe (api/probes.py): 504 past `probe_timeout`, 429 past the account's share.
+    """
     if looks_like_media(url):
         return None
     guard: UrlGuard = request.app.state.guard
     try:
-        return await asyncio.wait_for(
-            asyncio.to_thread(extract_playlist, url, guard=guard), PLAYLIST_SECONDS
+        return await run_probe(
+            request,
+            principal.account_id,
+            lambda probe: extract_playlist(url, guard=guard, probe=probe),
         )
-    except TimeoutError:
-        raise JobApiError(
-            status_code=504, detail=f"Source did not answer within {PLAYLIST_SECONDS:g} s"
-        ) from None
     except DownloadFailed as exc:
         if exc.retryable:
             return None  # a passing fault: the download stage will try (and report) again
@@ -434,7 +433,7 @@ class JobsController(Controller):
         if valid.options.webhook_url is not None:
             await refuse_forbidden_target(request, valid.options.webhook_url, what="webhook_url")
         meta = command_metadata(request, principal.key_id)
-        playlist = await _playlist(request, valid.url)
+        playlist = await _playlist(request, principal, valid.url)
         if body.paused and playlist is None:
             raise JobApiError(status_code=400, detail="paused is only for playlist or feed URLs")
         storage = await job_storage(request, principal, body.storage) if body.storage else None

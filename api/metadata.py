@@ -2,7 +2,8 @@
 
 Same key and error shape as the job API (`x-api-key`, `{"error": ...}`) and the same URL guard
 as downloads. A URL that cannot be read answers 400 with yt-dlp's reason; a source that does not
-answer within the limit answers 504.
+answer within `probe_timeout` answers 504, and an account past its share of probes 429
+(api/probes.py).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from litestar import Controller, Request, post
 from litestar.di import Provide
 
 from adapters import metadata
-from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
 from api.auth import Principal, job_api_principal
 from api.errors import JOB_API_ERRORS, JobApiError
+from api.probes import run_probe
 from domain.source_data import made_safe
 
 _MAX_URL = 4096
@@ -25,12 +26,6 @@ _MAX_URL = 4096
 
 class MetadataRequest(msgspec.Struct, forbid_unknown_fields=True):
     url: str
-
-
-def _timeout(request: Request[Any, Any, Any]) -> float:
-    """How long a source may take (`SPOOL_METADATA_TIMEOUT`) before the answer is a 504."""
-    settings: Settings = request.app.state.settings
-    return settings.metadata_timeout
 
 
 def _valid_url(raw: str) -> str:
@@ -59,16 +54,19 @@ class MetadataController(Controller):
         `resolution`, `fps`, `tbr` (kbit/s), `filesize` (bytes, when the source says) and
         `filesize_approx`. A playlist or feed answers `is_playlist: true` and `entries` (its
         item count). 400 with the reason for a refused, unreachable or unsupported URL; 504
-        when the source does not answer within the limit.
+        when the source does not answer within the limit; 429 with `Retry-After` while the
+        account already has its share of sources being read.
         """
         url = _valid_url(data.url)
         guard: UrlGuard = request.app.state.guard
         try:
             # The source wrote it: a lone surrogate in a title would fail the answer's encoding.
             return made_safe(
-                await metadata.extract_async(url, guard=guard, timeout=_timeout(request))
+                await run_probe(
+                    request,
+                    principal.account_id,
+                    lambda probe: metadata.extract(url, guard=guard, probe=probe),
+                )
             )
         except metadata.MetadataFailed as exc:
             raise JobApiError(status_code=400, detail=str(exc)) from None
-        except metadata.MetadataTimeout as exc:
-            raise JobApiError(status_code=504, detail=str(exc)) from None

@@ -1,7 +1,8 @@
 """`GET /metrics`: Prometheus text, gathered from the projections at each scrape.
 
 The seed's `retire_cluster_devices_total` and `retire_cluster_tasks_total`, plus jobs by status
-and step, stage durations, this process's event-store append latency, and projection lag.
+and step, stage durations, this process's event-store append latency, projection lag, and the
+probes of users' sources this process runs now.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from adapters.config_store import heartbeat_config
+from adapters.probes import ProbePool
 from adapters.timed_event_store import REGISTRY as PROCESS_REGISTRY
 from api.cluster_reads import metrics_reader
 from api.errors import JOB_API_ERRORS
@@ -177,6 +179,16 @@ async def _families(pool: asyncpg.Pool, types: Mapping[str, frozenset[str]]) -> 
     ]
 
 
+def _probes(probes: ProbePool) -> Metric:
+    """This process's probe threads in use: at 0 once every stopped probe has unwound."""
+    running = GaugeMetricFamily(
+        "spool_probes_running",
+        "Probes of users' sources running on this API process's probe threads",
+    )
+    running.add_metric([], probes.busy)
+    return running
+
+
 @get(
     "/metrics",
     tags=["cluster"],
@@ -188,6 +200,8 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     await metrics_reader(request)
     state = request.app.state
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(await _families(state.pool, state.get("projection_types", {}))))
+    families = await _families(state.pool, state.get("projection_types", {}))
+    families.append(_probes(state.probes))
+    registry.register(_Families(families))
     body = generate_latest(registry) + generate_latest(PROCESS_REGISTRY)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -42,9 +42,6 @@ from domain.errors import ConcurrencyError
 from domain.events import NewEvent
 from domain.storage_config import PROVIDER_NAMES, Provider, StorageConfigured, StorageState
 
-PROBE_TIMEOUT = 30.0
-"""Seconds a credentials check may take before the POST answers 400 (unreachable endpoint)."""
-
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
 _CONTAINER = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 _ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
@@ -293,14 +290,18 @@ def _s3_like_config(
     return spec, credentials, storage_config.mask_key_id(access_key)
 
 
-async def _check(spec: StorageSpec, credentials: Credentials, guard: UrlGuard) -> None:
-    """Write and delete a probe object; 400 with the storage's own reason if that fails."""
+async def _check(
+    spec: StorageSpec, credentials: Credentials, guard: UrlGuard, *, timeout: float
+) -> None:
+    """Write and delete a probe object; 400 with the storage's own reason if that fails, or
+    when the storage has not answered within `timeout` seconds (the probe deadline)."""
     try:
         storage = build_storage(spec, credentials, guard=guard)
     except ValueError as exc:
         raise _bad(str(exc)) from None
     try:
-        async with asyncio.timeout(PROBE_TIMEOUT):
+        # Async I/O on the loop: at the deadline the task is cancelled and its sockets closed.
+        async with asyncio.timeout(timeout):
             await storage.probe()
     except StorageError as exc:
         message = exc.message
@@ -310,7 +311,7 @@ async def _check(spec: StorageSpec, credentials: Credentials, guard: UrlGuard) -
         raise _bad(f"Storage check failed: {message}") from None
     except TimeoutError:
         raise _bad(
-            f"Storage check failed: no answer from the storage within {PROBE_TIMEOUT:.0f} s"
+            f"Storage check failed: no answer from the storage within {timeout:g} s"
         ) from None
     finally:
         await storage.close()
@@ -350,8 +351,8 @@ async def sealed_storage(
     if spec.endpoint is not None:
         # The probe is a request the API itself makes to a user-chosen host: download rules apply.
         await refuse_forbidden_target(request, spec.endpoint, what="endpoint")
-    await _check(spec, credentials, request.app.state.guard)
     settings: Settings = request.app.state.settings
+    await _check(spec, credentials, request.app.state.guard, timeout=settings.probe_timeout)
     sealed = await secret_box.seal(
         request.app.state.pool,
         settings.resolved_secret_key(),

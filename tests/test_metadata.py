@@ -194,7 +194,7 @@ async def test_a_slow_source_answers_504_after_the_limit(
     media_server: MediaServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(api[0].settings, "metadata_timeout", 0.5)
+    monkeypatch.setattr(api[0].settings, "probe_timeout", 0.5)
     # The page trickles in 16 bytes a second: far longer than the limit.
     slow = media_server.slow_url("watch.html", chunk=16, interval=1.0)
 
