@@ -24,7 +24,7 @@ from tests.media_helpers import finished_job
 
 DRIP_SECONDS = 1.0
 """The tarpit sends one byte this often: each read succeeds, so a per-read timeout never fires."""
-DEADLINE = 8.0
+DEADLINE = 15.0
 """The probe deadline of these tests (SPOOL_PROBE_TIMEOUT); time enough for a normal probe on a
 loaded machine, well under the tarpit's 2,000 bytes at one a second."""
 SHARE = 4
