@@ -35,6 +35,7 @@ from api.media import files_router, media_router, stop_media
 from api.metadata import MetadataController
 from api.metrics import metrics
 from api.middleware import request_middleware
+from api.surfaces import SURFACE_ERRORS, refuse_non_json_body
 from api.swagger import openapi_config, swagger, swagger_assets
 from api.tasks import TasksController
 from api.tokens import issue_health_token
@@ -90,7 +91,7 @@ def create_app(
         await stop_feed(state)
         await close_redis(state)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             JobsController,
             job_trace,
@@ -118,7 +119,10 @@ def create_app(
             swagger,
             swagger_assets,
         ],
-        middleware=[request_middleware],
+        # Errors no route handler takes (unknown path, wrong method) answer in their path's
+        # surface shape; a body that is not JSON is a 415 in it before any handler reads it.
+        exception_handlers=SURFACE_ERRORS,  # type: ignore[arg-type]
+        before_request=refuse_non_json_body,
         on_startup=[open_health],
         on_shutdown=[stop_media, close_storages, close_cluster_api],
         state=state,
@@ -130,3 +134,7 @@ def create_app(
             formatters={"standard": {"()": RedactingFormatter, "fmt": LOG_FORMAT}}
         ),
     )
+    # Around the router, not in `middleware=`: Litestar runs that list only once a route is
+    # found, so a 404 or 405 had no request id, was not logged and was not rate-limited.
+    app.asgi_handler = request_middleware(app.asgi_handler)
+    return app

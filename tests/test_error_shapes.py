@@ -1,0 +1,154 @@
+"""One error shape per surface: whatever goes wrong (unknown path, wrong method, body too big or
+not JSON, too many requests, unknown field), the answer is in the shape of the surface its path
+belongs to, never Litestar's own `{"status_code", "detail"}`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from api.surfaces import Surface, surface_of
+from tests.cluster_api_helpers import fresh_api
+from tests.test_hostile_input import BIG
+
+JOB = "x" * 36
+BIG_BODY = b'{"url": "' + b"a" * BIG + b'"}'
+FORM = {"content-type": "multipart/form-data; boundary=x"}
+
+
+def assert_shape(answer: httpx.Response, status: int, surface: Surface, code: str | None) -> None:
+    """`answer` is `status` in `surface`'s error shape (with `code` on `/api/v1`)."""
+    assert answer.status_code == status, answer.text[:300]
+    body: dict[str, Any] = answer.json()
+    assert "status_code" not in body and "detail" not in body, body
+    if surface is Surface.CLUSTER:
+        assert body["status"] == "error", body
+        assert body["error_code"] == code, body
+        assert isinstance(body["message"], str) and body["message"], body
+        assert body["request_id"] == answer.headers["x-request-id"], body
+        assert body["timestamp"].endswith("Z"), body
+    elif surface is Surface.MESSAGE:
+        assert set(body) == {"message"} and body["message"], body
+    else:
+        assert isinstance(body.get("error"), str) and body["error"], body
+
+
+# (method, path, extra request arguments, expected status, expected surface, /api/v1 code)
+CASES: list[tuple[str, str, dict[str, Any], int, Surface, str | None]] = [
+    # -- unknown paths
+    ("GET", "/jobs/x/nothing/here", {}, 404, Surface.JOBS, None),
+    ("GET", "/no-such-surface", {}, 404, Surface.JOBS, None),
+    ("GET", "/api/nothing", {}, 404, Surface.JOBS, None),
+    ("GET", "/api/v1/nothing", {}, 404, Surface.CLUSTER, "NOT_FOUND"),
+    ("GET", "/api/v1", {}, 404, Surface.CLUSTER, "NOT_FOUND"),
+    ("GET", "/api/v1/tasks/a/b/c", {}, 404, Surface.CLUSTER, "NOT_FOUND"),
+    ("GET", "/api/cluster/viewers/nothing", {}, 404, Surface.MESSAGE, None),
+    ("GET", "/api/auth/nothing", {}, 404, Surface.MESSAGE, None),
+    # -- wrong methods
+    ("DELETE", "/jobs", {}, 405, Surface.JOBS, None),
+    ("PUT", "/usage", {}, 405, Surface.JOBS, None),
+    ("POST", "/health", {}, 405, Surface.JOBS, None),
+    ("DELETE", "/api/v1/tasks", {}, 405, Surface.CLUSTER, "METHOD_NOT_ALLOWED"),
+    ("POST", "/api/v1/cluster/status", {}, 405, Surface.CLUSTER, "METHOD_NOT_ALLOWED"),
+    ("DELETE", "/api/cluster/viewers", {}, 405, Surface.MESSAGE, None),
+    ("GET", "/api/auth/token", {}, 405, Surface.MESSAGE, None),
+    # -- bodies past the 10 MB limit
+    ("POST", "/jobs", {"content": BIG_BODY}, 413, Surface.JOBS, None),
+    (
+        "PUT",
+        "/api/v1/config/server",
+        {"content": BIG_BODY},
+        413,
+        Surface.CLUSTER,
+        "PAYLOAD_TOO_LARGE",
+    ),
+    ("POST", "/api/cluster/viewers/events", {"content": BIG_BODY}, 413, Surface.MESSAGE, None),
+    # -- bodies that are not JSON
+    ("POST", "/jobs", {"content": b"--x--", "headers": FORM}, 415, Surface.JOBS, None),
+    (
+        "POST",
+        "/user/keys",
+        {"content": b"<k/>", "headers": {"content-type": "application/xml"}},
+        415,
+        Surface.JOBS,
+        None,
+    ),
+    (
+        "POST",
+        "/api/v1/tasks",
+        {"content": b"--x--", "headers": FORM},
+        415,
+        Surface.CLUSTER,
+        "UNSUPPORTED_MEDIA_TYPE",
+    ),
+    (
+        "POST",
+        "/api/cluster/viewers/events",
+        {"content": b"--x--", "headers": FORM},
+        415,
+        Surface.MESSAGE,
+        None,
+    ),
+    ("POST", "/api/auth/token", {"content": b"--x--", "headers": FORM}, 415, Surface.MESSAGE, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "extra", "status", "surface", "code"),
+    CASES,
+    ids=[f"{c[0]} {c[1]} {c[3]}" for c in CASES],
+)
+async def test_an_http_error_on_any_path_answers_in_that_paths_surface_shape(
+    client: httpx.AsyncClient,
+    admin_key: str,
+    method: str,
+    path: str,
+    extra: dict[str, Any],
+    status: int,
+    surface: Surface,
+    code: str | None,
+) -> None:
+    headers = {
+        "x-api-key": admin_key,
+        "content-type": "application/json",
+        **extra.get("headers", {}),
+    }
+    answer = await client.request(method, path, content=extra.get("content"), headers=headers)
+    assert surface_of(path) is surface
+    assert_shape(answer, status, surface, code)
+
+
+async def test_a_wrong_method_on_the_cluster_api_says_which_methods_the_path_takes(
+    client: httpx.AsyncClient, admin_key: str
+) -> None:
+    answer = await client.delete("/api/v1/tasks", headers={"x-api-key": admin_key})
+    assert_shape(answer, 405, Surface.CLUSTER, "METHOD_NOT_ALLOWED")
+    assert {"GET", "POST"} <= set(answer.json()["error_details"]["allowed"])
+    assert "DELETE" not in answer.headers["allow"]
+
+
+async def test_past_the_rate_limit_an_unknown_cluster_path_is_a_429_in_the_envelope(
+    fresh_database_url: str, redis_url: str
+) -> None:
+    async with fresh_api(fresh_database_url, redis_url, rate_limit=2) as api:
+        for _ in range(2):
+            answer = await api.client.get("/api/v1/nothing", headers=api.user())
+            assert_shape(answer, 404, Surface.CLUSTER, "NOT_FOUND")
+        answer = await api.client.get("/api/v1/nothing", headers=api.user())
+        assert_shape(answer, 429, Surface.CLUSTER, "RATE_LIMIT_EXCEEDED")
+        assert int(answer.headers["retry-after"]) >= 1
+
+
+async def test_a_json_body_sent_without_a_content_type_or_as_curls_form_default_is_still_read(
+    client: httpx.AsyncClient, admin_key: str
+) -> None:
+    # `curl -d '{...}'` names the body a form; the README's examples rely on it being read.
+    for content_type in ("application/x-www-form-urlencoded", "application/json; charset=utf-8"):
+        answer = await client.post(
+            "/api/v1/tasks",
+            content=b'{"task_type": "echo", "payload": {"m": 1}}',
+            headers={"x-api-key": admin_key, "content-type": content_type},
+        )
+        assert answer.status_code == 201, answer.text
