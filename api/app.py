@@ -20,6 +20,7 @@ from adapters.storage import ObjectStorage
 from adapters.viewer_sessions import ViewerRecorder
 from api.admin_accounts import AdminAccountsController
 from api.batches import BatchController
+from api.bodies import check_body
 from api.cluster import ClusterController
 from api.cluster_redis import close_redis
 from api.cluster_ws import cluster_ws, stop_feed
@@ -35,7 +36,7 @@ from api.media import files_router, media_router, stop_media
 from api.metadata import MetadataController
 from api.metrics import metrics
 from api.middleware import request_middleware
-from api.surfaces import SURFACE_ERRORS, refuse_non_json_body
+from api.surfaces import SURFACE_ERRORS
 from api.swagger import openapi_config, swagger, swagger_assets
 from api.tasks import TasksController
 from api.tokens import issue_health_token
@@ -120,9 +121,9 @@ def create_app(
             swagger_assets,
         ],
         # Errors no route handler takes (unknown path, wrong method) answer in their path's
-        # surface shape; a body that is not JSON is a 415 in it before any handler reads it.
+        # surface shape; a body is checked (api/bodies.py) before any handler reads it.
         exception_handlers=SURFACE_ERRORS,  # type: ignore[arg-type]
-        before_request=refuse_non_json_body,
+        before_request=check_body,
         on_startup=[open_health],
         on_shutdown=[stop_media, close_storages, close_cluster_api],
         state=state,

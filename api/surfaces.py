@@ -11,7 +11,6 @@ from enum import Enum
 from typing import Any
 
 from litestar import Request, Response
-from litestar.exceptions import HTTPException
 
 from api.envelope import cluster_api_error
 from api.errors import job_api_error, message_error
@@ -19,10 +18,6 @@ from api.errors import job_api_error, message_error
 CLUSTER_PREFIX = "/api/v1"
 MESSAGE_PREFIXES = ("/api/cluster/viewers", "/api/auth/")
 """The viewer list and the health token answer `{"message": ...}`."""
-
-JSON_TYPES = ("application/json", "application/x-www-form-urlencoded", "text/plain")
-"""Content types a JSON body may be sent under: JSON's own, plus what `curl -d` and a browser's
-`fetch` with a string body send when the caller names none (the body is still parsed as JSON)."""
 
 
 class Surface(Enum):
@@ -57,20 +52,3 @@ def surface_error(request: Request[Any, Any, Any], exc: Exception) -> Response[A
 
 
 SURFACE_ERRORS = {Exception: surface_error}
-
-
-async def refuse_non_json_body(request: Request[Any, Any, Any]) -> None:
-    """415 for a body sent as anything but JSON: every body Spool reads is JSON, so a form or a
-    file upload is a client's mistake, said plainly rather than as a JSON parse error."""
-    if request.method not in ("POST", "PUT", "PATCH", "DELETE"):
-        return
-    headers = request.headers
-    has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
-    given = headers.get("content-type")
-    if not has_body or given is None:
-        return
-    media_type = given.split(";", 1)[0].strip().lower()
-    if media_type in JSON_TYPES or media_type.endswith("+json"):
-        return
-    named = media_type or "an empty content type"
-    raise HTTPException(status_code=415, detail=f"Send the body as application/json, not {named}")

@@ -152,3 +152,95 @@ async def test_a_json_body_sent_without_a_content_type_or_as_curls_form_default_
             headers={"x-api-key": admin_key, "content-type": content_type},
         )
         assert answer.status_code == 201, answer.text
+
+
+# -- unknown fields --------------------------------------------------------------------------
+MEDIA = "https://93.184.216.34/clip.mp4"  # an address literal: no DNS lookup
+S3 = {"bucket": "b", "access_key": "AKIAEXAMPLE", "secret_key": "s"}
+SOMEONE = "00000000-0000-4000-8000-000000000000"
+
+# (method, path, a body that is right but for one field, that field's path)
+UNKNOWN_FIELDS: list[tuple[str, str, dict[str, Any], str]] = [
+    ("POST", "/jobs", {"url": MEDIA, "fromat": "mkv"}, "fromat"),
+    ("POST", "/jobs/bulk", {"jobs": [{"url": MEDIA}], "fromat": "mkv"}, "fromat"),
+    ("POST", "/jobs/bulk", {"jobs": [{"url": MEDIA, "fromat": "mkv"}]}, "fromat"),
+    ("PATCH", f"/batch/{SOMEONE}/jobs", {"renames": [], "fromat": 1}, "fromat"),
+    (
+        "PATCH",
+        f"/batch/{SOMEONE}/jobs",
+        {"renames": [{"job_id": "j", "filename": "f", "nmae": "g"}]},
+        "nmae",
+    ),
+    ("POST", "/metadata", {"url": MEDIA, "fromat": 1}, "fromat"),
+    ("POST", "/user/keys", {"name": "k", "scoep": "read"}, "scoep"),
+    ("POST", "/user/s3", {**S3, "regoin": "us-east-1"}, "regoin"),
+    ("POST", "/user/bucket", {**S3, "regoin": "us-east-1"}, "regoin"),
+    ("POST", "/user/gcs", {**S3, "regoin": "x"}, "regoin"),
+    ("POST", "/user/oss", {**S3, "regoin": "x"}, "regoin"),
+    ("POST", "/user/blob", {"container": "c", "sas_tokne": "x"}, "sas_tokne"),
+    ("PUT", f"/admin/accounts/{SOMEONE}/quotas", {"max_jobs": 3}, "max_jobs"),
+    ("PUT", f"/admin/accounts/{SOMEONE}/grants", {"task_types": [], "evn": []}, "evn"),
+    ("POST", "/api/v1/tasks", {"task_type": "echo", "priorty": "high"}, "priorty"),
+    ("POST", "/api/v1/tasks", {"task_type": "echo", "requirements": {"gpu": True}}, "gpu"),
+    ("PUT", "/api/v1/config/server", {"max_conections": 5}, "max_conections"),
+    ("PUT", "/api/v1/config/heartbeat", {"timout": 60}, "timout"),
+    ("POST", "/api/cluster/viewers/events", {"events": [], "evnets": []}, "evnets"),
+    ("POST", "/api/cluster/viewers/events", {"events": [{"type": "connect", "bogus": 1}]}, "bogus"),
+    # Routes that read no body: every field is unknown, and none is silently ignored.
+    ("POST", f"/jobs/{SOMEONE}/retry", {"force": True}, "force"),
+    ("DELETE", f"/jobs/{SOMEONE}", {"keep_file": True}, "keep_file"),
+    ("POST", f"/batch/{SOMEONE}/start", {"paused": False}, "paused"),
+    ("DELETE", f"/user/keys/{SOMEONE}", {"reason": "lost"}, "reason"),
+    ("POST", f"/api/v1/tasks/{SOMEONE}/cancel", {"reason": "x"}, "reason"),
+    ("POST", "/api/v1/config/reset", {"server": {}}, "server"),
+    ("POST", "/api/v1/devices/nowhere/ping", {"timeout": 1}, "timeout"),
+    ("POST", "/api/auth/token", {"ttl": 5}, "ttl"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    UNKNOWN_FIELDS,
+    ids=[f"{c[0]} {c[1]} {c[3]}" for c in UNKNOWN_FIELDS],
+)
+async def test_an_unknown_field_in_any_json_body_is_a_400_naming_it(
+    client: httpx.AsyncClient,
+    admin_key: str,
+    method: str,
+    path: str,
+    body: dict[str, Any],
+    field: str,
+) -> None:
+    answer = await client.request(method, path, json=body, headers={"x-api-key": admin_key})
+    surface = surface_of(path)
+    assert_shape(answer, 400, surface, "VALIDATION_ERROR")
+    said = answer.json()
+    text = {Surface.JOBS: "error", Surface.MESSAGE: "message"}.get(surface, "message")
+    assert field in said[text], said
+    if surface is Surface.CLUSTER:
+        assert said["error_details"]["field"].split(".")[-1] == field, said
+
+
+async def test_a_route_that_reads_no_body_takes_an_empty_one_or_an_empty_object(
+    client: httpx.AsyncClient, admin_key: str
+) -> None:
+    for body in (b"", b"{}", b" {} "):
+        answer = await client.post(
+            "/api/auth/token",
+            content=body,
+            headers={"x-api-key": admin_key, "content-type": "application/json"},
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["token"]
+
+
+async def test_a_route_that_reads_no_body_refuses_one_that_is_not_an_object(
+    client: httpx.AsyncClient, admin_key: str
+) -> None:
+    answer = await client.post(
+        "/api/v1/config/reset",
+        content=b"[1]",
+        headers={"x-api-key": admin_key, "content-type": "application/json"},
+    )
+    assert_shape(answer, 400, Surface.CLUSTER, "VALIDATION_ERROR")
+    assert answer.json()["message"] == "This request takes no body"
