@@ -36,6 +36,7 @@ from api.media import files_router, media_router, stop_media
 from api.metadata import MetadataController
 from api.metrics import metrics
 from api.middleware import request_middleware
+from api.openapi_errors import document_errors
 from api.surfaces import SURFACE_ERRORS
 from api.swagger import openapi_config, swagger, swagger_assets
 from api.tasks import TasksController
@@ -138,4 +139,6 @@ def create_app(
     # Around the router, not in `middleware=`: Litestar runs that list only once a route is
     # found, so a 404 or 405 had no request id, was not logged and was not rate-limited.
     app.asgi_handler = request_middleware(app.asgi_handler)
+    # Built now, once every route is registered: the document served is this object.
+    document_errors(app.openapi_schema)
     return app
