@@ -46,10 +46,13 @@ CASES: list[tuple[str, str, dict[str, Any], int, Surface, str | None]] = [
     ("GET", "/api/v1/tasks/a/b/c", {}, 404, Surface.CLUSTER, "NOT_FOUND"),
     ("GET", "/api/cluster/viewers/nothing", {}, 404, Surface.MESSAGE, None),
     ("GET", "/api/auth/nothing", {}, 404, Surface.MESSAGE, None),
+    ("GET", "/dashboard/static/nothing.js", {}, 404, Surface.JOBS, None),
+    ("GET", "/schema/nothing.json", {}, 404, Surface.JOBS, None),
     # -- wrong methods
     ("DELETE", "/jobs", {}, 405, Surface.JOBS, None),
     ("PUT", "/usage", {}, 405, Surface.JOBS, None),
     ("POST", "/health", {}, 405, Surface.JOBS, None),
+    ("GET", "/ws", {}, 405, Surface.JOBS, None),  # a websocket, asked without an upgrade
     ("DELETE", "/api/v1/tasks", {}, 405, Surface.CLUSTER, "METHOD_NOT_ALLOWED"),
     ("POST", "/api/v1/cluster/status", {}, 405, Surface.CLUSTER, "METHOD_NOT_ALLOWED"),
     ("DELETE", "/api/cluster/viewers", {}, 405, Surface.MESSAGE, None),
