@@ -282,7 +282,7 @@ async def test_the_openapi_document_lists_each_routes_4xx_in_its_surfaces_shape(
                 assert "status_code" not in schema.get("properties", {}), answer
 
 
-async def test_the_openapi_document_gives_the_cluster_apis_tasks_their_real_schema(
+async def test_the_openapi_document_gives_cluster_api_tasks_devices_and_status_real_schemas(
     client: httpx.AsyncClient,
 ) -> None:
     doc = (await client.get("/schema/openapi.json")).json()
@@ -294,3 +294,8 @@ async def test_the_openapi_document_gives_the_cluster_apis_tasks_their_real_sche
     listed = doc["paths"]["/api/v1/devices"]["get"]["responses"]["200"]
     ref = listed["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
     assert schemas[ref]["properties"]["data"]["type"] == "array"
+    status = doc["paths"]["/api/v1/cluster/status"]["get"]["responses"]["200"]
+    ref = status["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    data = schemas[schemas[ref]["properties"]["data"]["$ref"].rsplit("/", 1)[-1]]
+    info = schemas[data["properties"]["server_info"]["$ref"].rsplit("/", 1)[-1]]
+    assert set(info["properties"]) == {"version", "uptime", "host", "port"}
