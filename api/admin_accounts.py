@@ -14,6 +14,7 @@ from litestar.di import Provide
 
 from adapters.account_policy_store import accounts, load_policy, record
 from api.auth import Principal, job_api_admin
+from api.bodies import READS_BODY
 from api.errors import JOB_API_ERRORS, JobApiError
 from api.requests import command_metadata
 from domain import account_policy
@@ -94,7 +95,7 @@ class AdminAccountsController(Controller):
         policy = await _policy(request, account_id)
         return _view(policy, await _keys_of(request, account_id))
 
-    @put("/{account_id:str}/quotas", status_code=200)
+    @put("/{account_id:str}/quotas", status_code=200, opt=READS_BODY)
     async def set_quotas(
         self, request: Request[Any, Any, Any], admin: Principal, account_id: str
     ) -> AccountView:
@@ -112,7 +113,7 @@ class AdminAccountsController(Controller):
         )
         return _view(await _policy(request, account_id), await _keys_of(request, account_id))
 
-    @put("/{account_id:str}/grants", status_code=200)
+    @put("/{account_id:str}/grants", status_code=200, opt=READS_BODY)
     async def grant(
         self, request: Request[Any, Any, Any], admin: Principal, account_id: str
     ) -> AccountView:

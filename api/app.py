@@ -20,6 +20,7 @@ from adapters.storage import ObjectStorage
 from adapters.viewer_sessions import ViewerRecorder
 from api.admin_accounts import AdminAccountsController
 from api.batches import BatchController
+from api.bodies import check_body
 from api.cluster import ClusterController
 from api.cluster_redis import close_redis
 from api.cluster_ws import cluster_ws, stop_feed
@@ -35,7 +36,9 @@ from api.media import files_router, media_router, stop_media
 from api.metadata import MetadataController
 from api.metrics import metrics
 from api.middleware import request_middleware
+from api.openapi_errors import document_errors
 from api.probes import probe_pool
+from api.surfaces import SURFACE_ERRORS
 from api.swagger import openapi_config, swagger, swagger_assets
 from api.tasks import TasksController
 from api.tokens import issue_health_token
@@ -96,7 +99,7 @@ def create_app(
         await stop_feed(state)
         await close_redis(state)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             JobsController,
             job_trace,
@@ -124,7 +127,10 @@ def create_app(
             swagger,
             swagger_assets,
         ],
-        middleware=[request_middleware],
+        # Errors no route handler takes (unknown path, wrong method) answer in their path's
+        # surface shape; a body is checked (api/bodies.py) before any handler reads it.
+        exception_handlers=SURFACE_ERRORS,  # type: ignore[arg-type]
+        before_request=check_body,
         on_startup=[open_health],
         on_shutdown=[stop_media, close_storages, close_cluster_api],
         state=state,
@@ -136,3 +142,9 @@ def create_app(
             formatters={"standard": {"()": RedactingFormatter, "fmt": LOG_FORMAT}}
         ),
     )
+    # Around the router, not in `middleware=`: Litestar runs that list only once a route is
+    # found, so a 404 or 405 had no request id, was not logged and was not rate-limited.
+    app.asgi_handler = request_middleware(app.asgi_handler)
+    # Built now, once every route is registered: the document served is this object.
+    document_errors(app.openapi_schema)
+    return app

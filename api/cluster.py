@@ -16,7 +16,7 @@ from adapters.settings import Settings
 from api.auth import Principal
 from api.cluster_reads import cluster_reader
 from api.device_view import all_rows, cluster_stats, duration
-from api.envelope import CLUSTER_API_ERRORS, success
+from api.envelope import CLUSTER_API_ERRORS, Envelope, success
 from domain import cluster_config as config
 
 WINDOWS_MINUTES = (1, 5, 15)
@@ -50,15 +50,32 @@ def version() -> str:
         return "0.0.0"
 
 
-def server_info(request: Request[Any, Any, Any]) -> dict[str, Any]:
+class ServerInfo(msgspec.Struct):
+    """This API server: its version, how long it has run (`1d 2h 3m`), where it listens."""
+
+    version: str
+    uptime: str
+    host: str
+    port: int
+
+
+class ClusterStatus(msgspec.Struct):
+    """`GET /api/v1/cluster/status`: the seed's `cluster_stats` and this server's info."""
+
+    cluster_stats: dict[str, Any]
+    server_info: ServerInfo
+
+
+def server_info(request: Request[Any, Any, Any]) -> ServerInfo:
+    """What this API server says of itself."""
     settings: Settings = request.app.state.settings
     started: float = request.app.state.get("started_at", time.time())
-    return {
-        "version": version(),
-        "uptime": duration(time.time() - started),
-        "host": settings.host,
-        "port": settings.port,
-    }
+    return ServerInfo(
+        version=version(),
+        uptime=duration(time.time() - started),
+        host=settings.host,
+        port=settings.port,
+    )
 
 
 async def _window(pool: asyncpg.Pool, minutes: int) -> dict[str, Any]:
@@ -94,12 +111,12 @@ class ClusterController(Controller):
     tags = ["cluster"]
 
     @get("/status")
-    async def status(self, request: Request[Any, Any, Any], principal: Principal) -> Response[Any]:
+    async def status(
+        self, request: Request[Any, Any, Any], principal: Principal
+    ) -> Response[Envelope[ClusterStatus]]:
         """Device counts, health percentage and resources, and this API server's own info."""
         rows = await all_rows(request.app.state.pool)
-        return success(
-            request, {"cluster_stats": cluster_stats(rows), "server_info": server_info(request)}
-        )
+        return success(request, ClusterStatus(cluster_stats(rows), server_info(request)))
 
     @get("/metrics")
     async def metrics(self, request: Request[Any, Any, Any], principal: Principal) -> Response[Any]:

@@ -21,6 +21,7 @@ from api.cluster_reads import cluster_reader
 from api.cluster_redis import redis_of
 from api.device_view import (
     STATUSES,
+    Device,
     DeviceFilter,
     all_rows,
     cluster_stats,
@@ -33,6 +34,7 @@ from api.envelope import (
     CLUSTER_API_ERRORS,
     DEFAULT_PAGE_SIZE,
     ClusterApiError,
+    Envelope,
     Pagination,
     cluster_admin,
     iso,
@@ -76,7 +78,7 @@ class DevicesController(Controller):
         role: str | None = None,
         platform: str | None = None,
         tags: list[str] | None = None,
-    ) -> Response[Any]:
+    ) -> Response[Envelope[list[Device]]]:
         """Devices, by id, filtered by status (online, offline, all), role, platform, tags."""
         limit, offset = page_window(page, page_size)
         if status not in STATUSES:

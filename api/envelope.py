@@ -39,6 +39,11 @@ ERROR_CODES = frozenset(
         "UNAUTHORIZED",
         "RATE_LIMIT_EXCEEDED",
         "INTERNAL_ERROR",
+        # Past the seed's list: errors of the HTTP exchange itself, each a code of its own so
+        # a client can tell a wrong method or body format from a wrong field.
+        "METHOD_NOT_ALLOWED",
+        "PAYLOAD_TOO_LARGE",
+        "UNSUPPORTED_MEDIA_TYPE",
     }
 )
 
@@ -47,8 +52,10 @@ _CODE_BY_STATUS = {
     401: "UNAUTHORIZED",
     403: "UNAUTHORIZED",
     404: "NOT_FOUND",
-    405: "VALIDATION_ERROR",
+    405: "METHOD_NOT_ALLOWED",
     409: "VALIDATION_ERROR",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
     422: "VALIDATION_ERROR",
     429: "RATE_LIMIT_EXCEEDED",
 }
@@ -172,6 +179,9 @@ def cluster_api_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
         status = exc.status_code
         code = _CODE_BY_STATUS.get(status, "INTERNAL_ERROR")
         message, headers = str(exc.detail), exc.headers
+        allow = (headers or {}).get("allow")
+        if status == 405 and allow:
+            details = {"allowed": sorted(allow.split(", ")), "reason": "method_not_allowed"}
     elif (fault := client_fault(exc)) is not None:
         status, code, message = 400, "VALIDATION_ERROR", fault
     elif unreachable(exc):

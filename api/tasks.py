@@ -33,6 +33,7 @@ from api.envelope import (
     CLUSTER_API_ERRORS,
     DEFAULT_PAGE_SIZE,
     ClusterApiError,
+    Envelope,
     Pagination,
     cluster_principal,
     iso,
@@ -389,7 +390,7 @@ def _recorded_task(first: RequestRecorded) -> str:
 
 async def _submitted(
     request: Request[Any, Any, Any], store: EventStore, task_id: str, *, replayed: bool
-) -> Response[Any]:
+) -> Response[Envelope[Submitted]]:
     """201 with the task as it is now; a replayed submission is marked as one."""
     state = await load_task(store, task_id)
     assert state is not None
@@ -417,7 +418,7 @@ class TasksController(Controller):
         principal: Principal,
         data: dict[str, Any],
         idempotency_key: IdempotencyKey = None,
-    ) -> Response[Any]:
+    ) -> Response[Envelope[Submitted]]:
         """Submit a task; it waits `queued` until a node that meets its requirements is free.
 
         `command`, `python_eval` and `http_request` need an admin key or the account's grant
@@ -470,7 +471,7 @@ class TasksController(Controller):
         task_type: str | None = None,
         priority: str | None = None,
         device_id: str | None = None,
-    ) -> Response[Any]:
+    ) -> Response[Envelope[list[TaskView]]]:
         """Tasks, newest first, filtered by status, task_type, priority, device_id."""
         limit, offset = page_window(page, page_size)
         _choice("status", status, task.STATUSES)
@@ -552,7 +553,7 @@ class TasksController(Controller):
         principal: Principal,
         task_id: str,
         as_of: str | None = None,
-    ) -> Response[Any]:
+    ) -> Response[Envelope[TaskView]]:
         """A task in full: payload, requirements, where it runs, and its result.
 
         `as_of` (an event position, or an ISO 8601 time) answers the task as it stood then.
@@ -565,7 +566,7 @@ class TasksController(Controller):
     @get("/{task_id:str}/status")
     async def task_status(
         self, request: Request[Any, Any, Any], principal: Principal, task_id: str
-    ) -> Response[Any]:
+    ) -> Response[Envelope[StatusView]]:
         """Where a task stands: status, device, attempt, why it waits, time used."""
         state = _as_seen_by(principal, await _load(request, task_id, principal))
         return success(
@@ -592,7 +593,7 @@ class TasksController(Controller):
     @get("/{task_id:str}/result")
     async def task_result(
         self, request: Request[Any, Any, Any], principal: Principal, task_id: str
-    ) -> Response[Any]:
+    ) -> Response[Envelope[ResultView]]:
         """What a finished task produced; `result_data` is null until it succeeds."""
         state = await _load(request, task_id, principal)
         answer = ResultView(
@@ -611,7 +612,7 @@ class TasksController(Controller):
     @post("/{task_id:str}/cancel", status_code=200)
     async def cancel(
         self, request: Request[Any, Any, Any], principal: Principal, task_id: str
-    ) -> Response[Any]:
+    ) -> Response[Envelope[TaskView]]:
         """Cancel a queued, assigned or running task of the caller's account (an admin key: any
         task); a running one is stopped. Another account's task is a 404."""
         state = await _decide(request, principal, task_id, task.cancel)
@@ -620,7 +621,7 @@ class TasksController(Controller):
     @post("/{task_id:str}/retry", status_code=200)
     async def retry(
         self, request: Request[Any, Any, Any], principal: Principal, task_id: str
-    ) -> Response[Any]:
+    ) -> Response[Envelope[TaskView]]:
         """Queue a failed, timed-out or cancelled task of the caller's account again (an admin
         key: any task). Another account's task is a 404."""
         state = await _decide(request, principal, task_id, task.retry)

@@ -22,6 +22,7 @@ from adapters.tables import VIEWER_SPAN_WIDTHS
 from adapters.viewer_sessions import ViewerRecorder
 from adapters.viewer_store import load_viewers
 from api.auth import Principal, lookup, presented_key
+from api.bodies import READS_BODY
 from api.cluster_reads import REFUSED, may_read_cluster
 from api.errors import message_error
 from api.requests import command_metadata
@@ -447,6 +448,7 @@ _STATUS = {
 @post(
     "/api/cluster/viewers/events",
     status_code=200,
+    opt=READS_BODY,
     exception_handlers=_ERRORS,  # type: ignore[arg-type]
     tags=["viewers"],
 )

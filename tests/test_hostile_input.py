@@ -21,9 +21,15 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
+from schemathesis.core.failures import FailureGroup
 from schemathesis.generation.case import Case
+from schemathesis.specs.openapi.checks import (
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from adapters.event_store import EventStore
+from api.surfaces import Surface, surface_of
 from tests.cluster_api_helpers import FreshApi, fresh_api, register
 from tests.fixtures.loopback import serve_on_loopback
 
@@ -75,12 +81,13 @@ def surface_error_problem(path: str, status: int, body: Any) -> str | None:
     """Why a 4xx body is not in its surface's documented error shape (None: it is)."""
     if not isinstance(body, dict):
         return f"body is not a JSON object: {body!r:.200}"
-    if path.startswith("/api/v1"):
+    surface = surface_of(path)
+    if surface is Surface.CLUSTER:
         need = {"status", "message", "error_code", "timestamp", "request_id"}
         if body.get("status") != "error" or not need <= body.keys():
             return f"not the /api/v1 error envelope: {body!r:.300}"
         return None
-    if "/cluster/viewers" in path:
+    if surface is Surface.MESSAGE:
         return None if isinstance(body.get("message"), str) else f"no message: {body!r:.300}"
     if isinstance(body.get("error"), str):
         return None
@@ -180,6 +187,17 @@ def fuzz_operation(
         problem = check_answer(case.method, case.path, response)
         if problem is not None:
             found.problems.append(f"{case.method} {case.formatted_path}: {problem}")
+        # Every status the document lists for the operation, with a body that fits its schema.
+        try:
+            case.validate_response(
+                response, checks=[status_code_conformance, response_schema_conformance]
+            )
+        except FailureGroup as group:
+            found.problems.extend(
+                f"{case.method} {case.path} -> {response.status_code}: {failure.title}: "
+                f"{failure.message[:300]}"
+                for failure in group.exceptions
+            )
 
     one()
 
