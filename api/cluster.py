@@ -15,7 +15,7 @@ from adapters.config_store import load_config
 from adapters.settings import Settings
 from api.auth import Principal
 from api.cluster_reads import cluster_reader
-from api.device_view import all_rows, cluster_stats, duration
+from api.device_view import ClusterDeviceStats, all_rows, cluster_stats, duration
 from api.envelope import CLUSTER_API_ERRORS, Envelope, success
 from domain import cluster_config as config
 
@@ -62,8 +62,71 @@ class ServerInfo(msgspec.Struct):
 class ClusterStatus(msgspec.Struct):
     """`GET /api/v1/cluster/status`: the seed's `cluster_stats` and this server's info."""
 
-    cluster_stats: dict[str, Any]
+    cluster_stats: ClusterDeviceStats
     server_info: ServerInfo
+
+
+class CurrentUse(msgspec.Struct):
+    """What the online devices are doing now, against the slots they have."""
+
+    online_devices: int
+    busy_slots: int
+    total_slots: int
+    utilisation_percent: float
+    downloading: int
+    muxing: int
+    uploading: int
+
+
+class MetricsWindow(msgspec.Struct):
+    """Throughput and average machine use over the last `window_minutes`; the averages are
+    null when nothing finished or no heartbeat came in the window."""
+
+    window_minutes: int
+    jobs_completed: int
+    jobs_failed: int
+    jobs_cancelled: int
+    jobs_per_minute: float
+    tasks_completed: int
+    tasks_failed: int
+    tasks_per_minute: float
+    avg_task_seconds: float | None
+    heartbeats: int
+    avg_cpu_percent: float | None
+    avg_memory_percent: float | None
+
+
+class ClusterMetrics(msgspec.Struct):
+    """`GET /api/v1/cluster/metrics`: use now, and windows keyed `last_1m`, `last_5m`,
+    `last_15m`."""
+
+    current: CurrentUse
+    windows: dict[str, MetricsWindow]
+
+
+class RunningSettings(msgspec.Struct):
+    """The settings (adapters/settings.py) this API server runs with."""
+
+    host: str
+    port: int
+    rate_limit_per_minute: int
+    stage_attempts: int
+    retry_backoff: float
+    stall_timeout: float
+    node_timeout: float
+    reconcile_interval: float
+    download_concurrency: int
+    mux_concurrency: int
+    upload_concurrency: int
+
+
+class ClusterConfigView(msgspec.Struct):
+    """`GET /api/v1/cluster/config`: the config sections, its version, and running settings."""
+
+    server: config.ServerConfig
+    heartbeat: config.HeartbeatConfig
+    version: int
+    settings: RunningSettings
 
 
 def server_info(request: Request[Any, Any, Any]) -> ServerInfo:
@@ -78,7 +141,7 @@ def server_info(request: Request[Any, Any, Any]) -> ServerInfo:
     )
 
 
-async def _window(pool: asyncpg.Pool, minutes: int) -> dict[str, Any]:
+async def _window(pool: asyncpg.Pool, minutes: int) -> MetricsWindow:
     jobs = await pool.fetchrow(_JOBS, minutes)
     usage = await pool.fetchrow(_USAGE, minutes)
     try:
@@ -86,22 +149,22 @@ async def _window(pool: asyncpg.Pool, minutes: int) -> dict[str, Any]:
     except asyncpg.UndefinedTableError:  # a database not yet migrated to tasks
         tasks = None
     samples = usage["samples"] or 0
-    return {
-        "window_minutes": minutes,
-        "jobs_completed": jobs["completed"],
-        "jobs_failed": jobs["failed"],
-        "jobs_cancelled": jobs["cancelled"],
-        "jobs_per_minute": round(jobs["completed"] / minutes, 2),
-        "tasks_completed": tasks["completed"] if tasks else 0,
-        "tasks_failed": tasks["failed"] if tasks else 0,
-        "tasks_per_minute": round((tasks["completed"] if tasks else 0) / minutes, 2),
-        "avg_task_seconds": round(tasks["avg_seconds"], 4)
+    return MetricsWindow(
+        window_minutes=minutes,
+        jobs_completed=jobs["completed"],
+        jobs_failed=jobs["failed"],
+        jobs_cancelled=jobs["cancelled"],
+        jobs_per_minute=round(jobs["completed"] / minutes, 2),
+        tasks_completed=tasks["completed"] if tasks else 0,
+        tasks_failed=tasks["failed"] if tasks else 0,
+        tasks_per_minute=round((tasks["completed"] if tasks else 0) / minutes, 2),
+        avg_task_seconds=round(tasks["avg_seconds"], 4)
         if tasks and tasks["avg_seconds"] is not None
         else None,
-        "heartbeats": samples,
-        "avg_cpu_percent": round(usage["cpu"] / samples, 1) if samples else None,
-        "avg_memory_percent": round(usage["memory"] / samples, 1) if samples else None,
-    }
+        heartbeats=samples,
+        avg_cpu_percent=round(usage["cpu"] / samples, 1) if samples else None,
+        avg_memory_percent=round(usage["memory"] / samples, 1) if samples else None,
+    )
 
 
 class ClusterController(Controller):
@@ -119,7 +182,9 @@ class ClusterController(Controller):
         return success(request, ClusterStatus(cluster_stats(rows), server_info(request)))
 
     @get("/metrics")
-    async def metrics(self, request: Request[Any, Any, Any], principal: Principal) -> Response[Any]:
+    async def metrics(
+        self, request: Request[Any, Any, Any], principal: Principal
+    ) -> Response[Envelope[ClusterMetrics]]:
         """Utilisation now, and throughput and average machine use over 1, 5 and 15 minutes."""
         pool: asyncpg.Pool = request.app.state.pool
         rows = await all_rows(pool)
@@ -130,49 +195,41 @@ class ClusterController(Controller):
             concurrency = _decode(r["concurrency"])
             slots += sum(v for v in concurrency.values() if isinstance(v, int))
         windows = {f"last_{m}m": await _window(pool, m) for m in WINDOWS_MINUTES}
-        return success(
-            request,
-            {
-                "current": {
-                    "online_devices": len(online),
-                    "busy_slots": busy,
-                    "total_slots": slots,
-                    "utilisation_percent": round(100 * busy / slots, 1) if slots else 0.0,
-                    "downloading": sum(r["downloading"] for r in online),
-                    "muxing": sum(r["muxing"] for r in online),
-                    "uploading": sum(r["uploading"] for r in online),
-                },
-                "windows": windows,
-            },
+        current = CurrentUse(
+            online_devices=len(online),
+            busy_slots=busy,
+            total_slots=slots,
+            utilisation_percent=round(100 * busy / slots, 1) if slots else 0.0,
+            downloading=sum(r["downloading"] for r in online),
+            muxing=sum(r["muxing"] for r in online),
+            uploading=sum(r["uploading"] for r in online),
         )
+        return success(request, ClusterMetrics(current=current, windows=windows))
 
     @get("/config")
     async def cluster_config(
         self, request: Request[Any, Any, Any], principal: Principal
-    ) -> Response[Any]:
+    ) -> Response[Envelope[ClusterConfigView]]:
         """The cluster config (as events made it) and the settings this server runs with."""
         settings: Settings = request.app.state.settings
         state = await load_config(request.app.state.store)
-        return success(
-            request,
-            {
-                **config.as_dict(state),
-                "version": state.version,
-                "settings": {
-                    "host": settings.host,
-                    "port": settings.port,
-                    "rate_limit_per_minute": settings.rate_limit,
-                    "stage_attempts": settings.stage_attempts,
-                    "retry_backoff": settings.retry_backoff,
-                    "stall_timeout": settings.stall_timeout,
-                    "node_timeout": settings.node_timeout,
-                    "reconcile_interval": settings.reconcile_interval,
-                    "download_concurrency": settings.download_concurrency,
-                    "mux_concurrency": settings.mux_concurrency,
-                    "upload_concurrency": settings.upload_concurrency,
-                },
-            },
+        running = RunningSettings(
+            host=settings.host,
+            port=settings.port,
+            rate_limit_per_minute=settings.rate_limit,
+            stage_attempts=settings.stage_attempts,
+            retry_backoff=settings.retry_backoff,
+            stall_timeout=settings.stall_timeout,
+            node_timeout=settings.node_timeout,
+            reconcile_interval=settings.reconcile_interval,
+            download_concurrency=settings.download_concurrency,
+            mux_concurrency=settings.mux_concurrency,
+            upload_concurrency=settings.upload_concurrency,
         )
+        view = ClusterConfigView(
+            server=state.server, heartbeat=state.heartbeat, version=state.version, settings=running
+        )
+        return success(request, view)
 
 
 def _decode(raw: bytes | str | None) -> dict[str, Any]:

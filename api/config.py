@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from litestar import Controller, Request, Response, get, post, put
 from litestar.di import Provide
 
 from adapters.config_store import change_config, load_config
 from adapters.event_store import EventStore
 from api.auth import Principal
-from api.envelope import CLUSTER_API_ERRORS, cluster_admin, success, validation_error
+from api.envelope import CLUSTER_API_ERRORS, Envelope, cluster_admin, success, validation_error
 from api.requests import command_metadata
 from domain import cluster_config as config
 from domain.events import Event
@@ -31,6 +32,19 @@ async def _change(
     return state
 
 
+class ConfigView(msgspec.Struct):
+    """Every config section, and the version of the `config` stream it was folded at."""
+
+    server: config.ServerConfig
+    heartbeat: config.HeartbeatConfig
+    version: int
+
+
+def config_view(state: config.ClusterConfig) -> ConfigView:
+    """The whole config as `/api/v1/config` answers it."""
+    return ConfigView(server=state.server, heartbeat=state.heartbeat, version=state.version)
+
+
 def _patch(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict) or not data:
         raise validation_error("body", "send a JSON object with the settings to change")
@@ -46,49 +60,47 @@ class ConfigController(Controller):
     @get("/")
     async def everything(
         self, request: Request[Any, Any, Any], principal: Principal
-    ) -> Response[Any]:
+    ) -> Response[Envelope[ConfigView]]:
         """Every config section, and the version of the `config` stream it was folded at."""
         state = await load_config(request.app.state.store)
-        return success(request, {**config.as_dict(state), "version": state.version})
+        return success(request, config_view(state))
 
     @get("/server")
-    async def server(self, request: Request[Any, Any, Any], principal: Principal) -> Response[Any]:
+    async def server(
+        self, request: Request[Any, Any, Any], principal: Principal
+    ) -> Response[Envelope[config.ServerConfig]]:
         state = await load_config(request.app.state.store)
-        return success(request, config.as_dict(state)["server"])
+        return success(request, state.server)
 
     @put("/server")
     async def set_server(
         self, request: Request[Any, Any, Any], principal: Principal, data: dict[str, Any]
-    ) -> Response[Any]:
+    ) -> Response[Envelope[config.ServerConfig]]:
         """Change server settings (e.g. `max_connections`); fields left out keep their values."""
         patch = _patch(data)
         state = await _change(request, principal, lambda s: config.change_server(s, patch))
-        return success(request, config.as_dict(state)["server"], message="Server config updated")
+        return success(request, state.server, message="Server config updated")
 
     @get("/heartbeat")
     async def heartbeat(
         self, request: Request[Any, Any, Any], principal: Principal
-    ) -> Response[Any]:
+    ) -> Response[Envelope[config.HeartbeatConfig]]:
         state = await load_config(request.app.state.store)
-        return success(request, config.as_dict(state)["heartbeat"])
+        return success(request, state.heartbeat)
 
     @put("/heartbeat")
     async def set_heartbeat(
         self, request: Request[Any, Any, Any], principal: Principal, data: dict[str, Any]
-    ) -> Response[Any]:
+    ) -> Response[Envelope[config.HeartbeatConfig]]:
         """Change `interval`, `timeout` (after which a device is offline) and `max_missed`."""
         patch = _patch(data)
         state = await _change(request, principal, lambda s: config.change_heartbeat(s, patch))
-        return success(
-            request, config.as_dict(state)["heartbeat"], message="Heartbeat config updated"
-        )
+        return success(request, state.heartbeat, message="Heartbeat config updated")
 
     @post("/reset", status_code=200)
-    async def reset(self, request: Request[Any, Any, Any], principal: Principal) -> Response[Any]:
+    async def reset(
+        self, request: Request[Any, Any, Any], principal: Principal
+    ) -> Response[Envelope[ConfigView]]:
         """Every section back to its defaults."""
         state = await _change(request, principal, config.reset)
-        return success(
-            request,
-            {**config.as_dict(state), "version": state.version},
-            message="Configuration reset to defaults",
-        )
+        return success(request, config_view(state), message="Configuration reset to defaults")

@@ -53,6 +53,39 @@ class Device(msgspec.Struct):
     tags: list[str]
 
 
+class MachineUsage(msgspec.Struct, omit_defaults=True):
+    """A node's latest psutil figures; `{}` until its first heartbeat with usage."""
+
+    cpu_percent: float | msgspec.UnsetType = msgspec.UNSET
+    memory_percent: float | msgspec.UnsetType = msgspec.UNSET
+    memory_used_gb: float | msgspec.UnsetType = msgspec.UNSET
+    memory_total_gb: float | msgspec.UnsetType = msgspec.UNSET
+    disk_percent: float | msgspec.UnsetType = msgspec.UNSET
+    disk_free_gb: float | msgspec.UnsetType = msgspec.UNSET
+    disk_total_gb: float | msgspec.UnsetType = msgspec.UNSET
+
+
+class TotalResources(msgspec.Struct):
+    """What the online devices have between them."""
+
+    cpu_cores: int
+    memory_gb: float
+    storage_gb: float
+
+
+class ClusterDeviceStats(msgspec.Struct):
+    """The seed's `cluster_stats`: device counts, health, resources, counts by role and
+    platform."""
+
+    total_devices: int
+    online_devices: int
+    offline_devices: int
+    health_percentage: float
+    total_resources: TotalResources
+    by_role: dict[str, int]
+    by_platform: dict[str, int]
+
+
 def duration(seconds: float) -> str:
     """A duration as the seed writes it: `2d 4h 30m`, `2h 30m`, `5m`, `40s`."""
     s = max(0, int(seconds))
@@ -94,26 +127,26 @@ def device(row: asyncpg.Record) -> Device:
     )
 
 
-def usage(row: asyncpg.Record) -> dict[str, Any]:
+def usage(row: asyncpg.Record) -> MachineUsage:
     """The node's latest psutil figures, in the units people read."""
     u = _decode(row["usage"])
     if not u:
-        return {}
+        return MachineUsage()
     memory_total = u.get("memory_total") or 0
     disk_total = u.get("disk_total") or 0
-    return {
-        "cpu_percent": round(float(u.get("cpu_percent", 0.0)), 1),
-        "memory_percent": round(100 * u.get("memory_used", 0) / memory_total, 1)
+    return MachineUsage(
+        cpu_percent=round(float(u.get("cpu_percent", 0.0)), 1),
+        memory_percent=round(100 * u.get("memory_used", 0) / memory_total, 1)
         if memory_total
         else 0.0,
-        "memory_used_gb": round(u.get("memory_used", 0) / _GB, 2),
-        "memory_total_gb": round(memory_total / _GB, 2),
-        "disk_percent": round(100 * (disk_total - u.get("disk_free", 0)) / disk_total, 1)
+        memory_used_gb=round(u.get("memory_used", 0) / _GB, 2),
+        memory_total_gb=round(memory_total / _GB, 2),
+        disk_percent=round(100 * (disk_total - u.get("disk_free", 0)) / disk_total, 1)
         if disk_total
         else 0.0,
-        "disk_free_gb": round(u.get("disk_free", 0) / _GB, 2),
-        "disk_total_gb": round(disk_total / _GB, 2),
-    }
+        disk_free_gb=round(u.get("disk_free", 0) / _GB, 2),
+        disk_total_gb=round(disk_total / _GB, 2),
+    )
 
 
 class DeviceFilter(msgspec.Struct, frozen=True):
@@ -195,7 +228,7 @@ async def all_rows(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     return list(await pool.fetch(f"SELECT {_COLUMNS} FROM nodes WHERE removed_at IS NULL", timeout))
 
 
-def cluster_stats(rows: list[asyncpg.Record]) -> dict[str, Any]:
+def cluster_stats(rows: list[asyncpg.Record]) -> ClusterDeviceStats:
     """The seed's `cluster_stats`; resources count online devices only (what can work now)."""
     online = [r for r in rows if r["online"]]
     by_role: dict[str, int] = {}
@@ -205,16 +238,16 @@ def cluster_stats(rows: list[asyncpg.Record]) -> dict[str, Any]:
         by_platform[r["platform"]] = by_platform.get(r["platform"], 0) + 1
     caps = [capabilities(r) for r in online]
     total = len(rows)
-    return {
-        "total_devices": total,
-        "online_devices": len(online),
-        "offline_devices": total - len(online),
-        "health_percentage": round(100.0 * len(online) / total, 1) if total else 0.0,
-        "total_resources": {
-            "cpu_cores": sum(c.cpu_count for c in caps),
-            "memory_gb": round(sum(c.memory_total_gb for c in caps), 2),
-            "storage_gb": round(sum(c.storage_total_gb for c in caps), 2),
-        },
-        "by_role": dict(sorted(by_role.items())),
-        "by_platform": dict(sorted(by_platform.items())),
-    }
+    return ClusterDeviceStats(
+        total_devices=total,
+        online_devices=len(online),
+        offline_devices=total - len(online),
+        health_percentage=round(100.0 * len(online) / total, 1) if total else 0.0,
+        total_resources=TotalResources(
+            cpu_cores=sum(c.cpu_count for c in caps),
+            memory_gb=round(sum(c.memory_total_gb for c in caps), 2),
+            storage_gb=round(sum(c.storage_total_gb for c in caps), 2),
+        ),
+        by_role=dict(sorted(by_role.items())),
+        by_platform=dict(sorted(by_platform.items())),
+    )

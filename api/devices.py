@@ -21,8 +21,11 @@ from api.cluster_reads import cluster_reader
 from api.cluster_redis import redis_of
 from api.device_view import (
     STATUSES,
+    ClusterDeviceStats,
     Device,
     DeviceFilter,
+    MachineUsage,
+    TotalResources,
     all_rows,
     cluster_stats,
     device,
@@ -48,6 +51,98 @@ from domain.events import NewEvent
 
 PING_TIMEOUT = 5.0
 """How long a ping waits for the node's answer before calling it unreachable."""
+
+
+class ByStatus(msgspec.Struct):
+    online: int
+    offline: int
+
+
+class ActiveWork(msgspec.Struct):
+    """Stages running now on the online devices."""
+
+    downloading: int
+    muxing: int
+    uploading: int
+
+
+class DevicesSummary(msgspec.Struct):
+    """`GET /api/v1/devices/summary`: the seed's `cluster_stats`, with counts by status and
+    tag and the work running now."""
+
+    total_devices: int
+    online_devices: int
+    offline_devices: int
+    health_percentage: float
+    total_resources: TotalResources
+    by_role: dict[str, int]
+    by_platform: dict[str, int]
+    by_status: ByStatus
+    by_tag: dict[str, int]
+    active_work: ActiveWork
+
+
+class DeviceDetail(Device):
+    """One device: the list's fields, and its hostname, registration, concurrency per stage
+    and heartbeat count."""
+
+    hostname: str
+    registered_at: str | None
+    stopped_at: str | None
+    concurrency: dict[str, int]
+    heartbeats: int
+
+
+class DeviceCurrent(ActiveWork):
+    """Stages running on the device now, and the units it runs."""
+
+    running: list[str]
+
+
+class DeviceStatus(msgspec.Struct):
+    """`GET /api/v1/devices/{device_id}/status`: online or not, heartbeat health (`healthy`,
+    `degraded`, `unhealthy`), current work and machine use."""
+
+    device_id: str
+    status: str
+    health: str
+    last_heartbeat: str | None
+    heartbeat_age_seconds: float | None
+    missed_heartbeats: int | None
+    current: DeviceCurrent
+    usage: MachineUsage
+
+
+class PingAnswer(msgspec.Struct):
+    """A ping's round trip through the device's work queue."""
+
+    device_id: str
+    reachable: bool
+    latency_ms: float
+    answered_by: str | None
+
+
+class DeviceRemoved(msgspec.Struct):
+    """The device taken out of the cluster, and the event position that recorded it."""
+
+    device_id: str
+    removed: bool
+    position: int
+
+
+def _summary(stats: ClusterDeviceStats, by_tag: dict[str, int], work: ActiveWork) -> DevicesSummary:
+    return DevicesSummary(
+        total_devices=stats.total_devices,
+        online_devices=stats.online_devices,
+        offline_devices=stats.offline_devices,
+        health_percentage=stats.health_percentage,
+        total_resources=stats.total_resources,
+        by_role=stats.by_role,
+        by_platform=stats.by_platform,
+        by_status=ByStatus(online=stats.online_devices, offline=stats.offline_devices),
+        by_tag=by_tag,
+        active_work=work,
+    )
 
 
 def _not_found(device_id: str) -> ClusterApiError:
@@ -88,7 +183,9 @@ class DevicesController(Controller):
         return success(request, devices, pagination=Pagination.of(page, page_size, total))
 
     @get("/summary")
-    async def summary(self, request: Request[Any, Any, Any], principal: Principal) -> Response[Any]:
+    async def summary(
+        self, request: Request[Any, Any, Any], principal: Principal
+    ) -> Response[Envelope[DevicesSummary]]:
         """Counts by status, role, platform and tag; resources; what the devices are doing."""
         rows = await all_rows(request.app.state.pool)
         stats = cluster_stats(rows)
@@ -97,47 +194,36 @@ class DevicesController(Controller):
             for t in r["tags"]:
                 by_tag[t] = by_tag.get(t, 0) + 1
         online = [r for r in rows if r["online"]]
-        return success(
-            request,
-            {
-                **stats,
-                "by_status": {
-                    "online": stats["online_devices"],
-                    "offline": stats["offline_devices"],
-                },
-                "by_tag": dict(sorted(by_tag.items())),
-                "active_work": {
-                    "downloading": sum(r["downloading"] for r in online),
-                    "muxing": sum(r["muxing"] for r in online),
-                    "uploading": sum(r["uploading"] for r in online),
-                },
-            },
+        work = ActiveWork(
+            downloading=sum(r["downloading"] for r in online),
+            muxing=sum(r["muxing"] for r in online),
+            uploading=sum(r["uploading"] for r in online),
         )
+        return success(request, _summary(stats, dict(sorted(by_tag.items())), work))
 
     @get("/{device_id:str}")
     async def one(
         self, request: Request[Any, Any, Any], principal: Principal, device_id: str
-    ) -> Response[Any]:
+    ) -> Response[Envelope[DeviceDetail]]:
         """One device, with its hostname, registration and concurrency besides the list's."""
         row, _ = await device_row(request.app.state.pool, device_id)
         if row is None:
             raise _not_found(device_id)
-        return success(
-            request,
-            {
-                **_as_dict(device(row)),
-                "hostname": row["hostname"],
-                "registered_at": iso(row["started_at"]),
-                "stopped_at": iso(row["stopped_at"]),
-                "concurrency": _json(row["concurrency"]),
-                "heartbeats": row["heartbeats"],
-            },
+        listed = device(row)
+        detail = DeviceDetail(
+            **msgspec.structs.asdict(listed),
+            hostname=row["hostname"],
+            registered_at=iso(row["started_at"]),
+            stopped_at=iso(row["stopped_at"]),
+            concurrency=_json(row["concurrency"]),
+            heartbeats=row["heartbeats"],
         )
+        return success(request, detail)
 
     @get("/{device_id:str}/status")
     async def status(
         self, request: Request[Any, Any, Any], principal: Principal, device_id: str
-    ) -> Response[Any]:
+    ) -> Response[Envelope[DeviceStatus]]:
         """What the device is doing now, its machine's usage, and how healthy its heartbeat is."""
         row, hb = await device_row(request.app.state.pool, device_id)
         if row is None:
@@ -151,24 +237,23 @@ class DevicesController(Controller):
             health = "degraded"  # late, but not yet past the timeout
         else:
             health = "healthy"
-        return success(
-            request,
-            {
-                "device_id": device_id,
-                "status": "online" if online else "offline",
-                "health": health,
-                "last_heartbeat": iso(row["last_heartbeat_at"]),
-                "heartbeat_age_seconds": round(age, 3) if age is not None else None,
-                "missed_heartbeats": missed,
-                "current": {
-                    "downloading": row["downloading"],
-                    "muxing": row["muxing"],
-                    "uploading": row["uploading"],
-                    "running": list(row["running"]),
-                },
-                "usage": usage(row),
-            },
+        current = DeviceCurrent(
+            downloading=row["downloading"],
+            muxing=row["muxing"],
+            uploading=row["uploading"],
+            running=list(row["running"]),
         )
+        answer = DeviceStatus(
+            device_id=device_id,
+            status="online" if online else "offline",
+            health=health,
+            last_heartbeat=iso(row["last_heartbeat_at"]),
+            heartbeat_age_seconds=round(age, 3) if age is not None else None,
+            missed_heartbeats=missed,
+            current=current,
+            usage=usage(row),
+        )
+        return success(request, answer)
 
     @post("/{device_id:str}/ping", dependencies={"principal": Provide(cluster_admin)})
     async def ping(
@@ -177,7 +262,7 @@ class DevicesController(Controller):
         principal: Principal,
         device_id: str,
         timeout: float = PING_TIMEOUT,
-    ) -> Response[Any]:
+    ) -> Response[Envelope[PingAnswer]]:
         """A round trip through the device's own work queue; answers with its latency.
 
         `timeout` (seconds, at most 30) is how long to wait for the answer.
@@ -215,16 +300,13 @@ class DevicesController(Controller):
                 {"device_id": device_id, "reason": "ping_timeout"},
             ) from None
         latency_ms = (time.perf_counter() - sent) * 1000
-        return success(
-            request,
-            {
-                "device_id": device_id,
-                "reachable": True,
-                "latency_ms": round(latency_ms, 2),
-                "answered_by": answer.get("hostname") if isinstance(answer, dict) else None,
-            },
-            message="pong",
+        pong = PingAnswer(
+            device_id=device_id,
+            reachable=True,
+            latency_ms=round(latency_ms, 2),
+            answered_by=answer.get("hostname") if isinstance(answer, dict) else None,
         )
+        return success(request, pong, message="pong")
 
     @delete(
         "/{device_id:str}",
@@ -233,7 +315,7 @@ class DevicesController(Controller):
     )
     async def remove(
         self, request: Request[Any, Any, Any], principal: Principal, device_id: str
-    ) -> Response[Any]:
+    ) -> Response[Envelope[DeviceRemoved]]:
         """Take the device out of the cluster; it shows again only once it registers anew."""
         row, _ = await device_row(request.app.state.pool, device_id)
         if row is None:
@@ -245,7 +327,7 @@ class DevicesController(Controller):
         )
         return success(
             request,
-            {"device_id": device_id, "removed": True, "position": result.position},
+            DeviceRemoved(device_id=device_id, removed=True, position=result.position),
             message=f"Device {device_id} removed from the cluster",
         )
 
@@ -258,10 +340,6 @@ async def _withdraw(redis: ArqRedis, job: Job, device_id: str) -> None:
     )
 
 
-def _json(raw: bytes | str | None) -> Any:
-    return msgspec.json.decode(raw) if raw else {}
-
-
-def _as_dict(d: msgspec.Struct) -> dict[str, Any]:
-    result: dict[str, Any] = msgspec.to_builtins(d)
-    return result
+def _json(raw: bytes | str | None) -> dict[str, int]:
+    concurrency: dict[str, int] = msgspec.json.decode(raw) if raw else {}
+    return concurrency

@@ -110,6 +110,42 @@ def _body(raw: bytes) -> SubmitTaskBody:
         raise validation_error("body", f"The body is not valid JSON: {exc}") from None
 
 
+class TypeStatistics(msgspec.Struct):
+    """One task type's counts, success rate (percent, null before any finished) and execution
+    times in seconds (null before any succeeded)."""
+
+    total: int
+    success: int
+    failed: int
+    timeout: int
+    cancelled: int
+    success_rate: float | None
+    mean_execution_time_seconds: float | None
+    p95_execution_time_seconds: float | None
+
+
+class TaskStatistics(msgspec.Struct):
+    """`GET /api/v1/tasks/statistics`: counts by status, success rate, execution times overall
+    and by task type."""
+
+    total_tasks: int
+    by_status: dict[str, int]
+    success_rate: float | None
+    mean_execution_time_seconds: float | None
+    p95_execution_time_seconds: float | None
+    by_type: dict[str, TypeStatistics]
+
+
+class TaskTypes(msgspec.Struct, omit_defaults=True):
+    """`GET /api/v1/tasks/types`: the types online nodes run and the types Spool knows; for an
+    admin key also which nodes run each type and how many devices are online."""
+
+    task_types: list[str]
+    known_task_types: list[str]
+    by_type: dict[str, list[str]] | msgspec.UnsetType = msgspec.UNSET
+    online_devices: int | msgspec.UnsetType = msgspec.UNSET
+
+
 class TaskSummary(msgspec.Struct):
     task_id: str
     task_type: str
@@ -492,41 +528,41 @@ class TasksController(Controller):
     @get("/statistics")
     async def statistics(
         self, request: Request[Any, Any, Any], principal: Principal
-    ) -> Response[Any]:
+    ) -> Response[Envelope[TaskStatistics]]:
         """Counts by status, success rate, mean and p95 execution time (s) overall and by type."""
         pool = request.app.state.pool
         account = None if principal.admin else principal.account_id
-        counts = {s: 0 for s in task.STATUSES}
+        counts: dict[str, int] = {s: 0 for s in task.STATUSES}
         counts.update({r[0]: r[1] for r in await pool.fetch(_BY_STATUS, account)})
         finished = counts["success"] + counts["failed"] + counts["timeout"]
         overall = await pool.fetchrow(_OVERALL_TIMES, account)
         by_type = {
-            r["task_type"]: {
-                "total": r["total"],
-                "success": r["success"],
-                "failed": r["failed"],
-                "timeout": r["timeout"],
-                "cancelled": r["cancelled"],
-                "success_rate": _rate(r["success"], r["success"] + r["failed"] + r["timeout"]),
-                "mean_execution_time_seconds": _seconds(r["mean"]),
-                "p95_execution_time_seconds": _seconds(r["p95"]),
-            }
+            r["task_type"]: TypeStatistics(
+                total=r["total"],
+                success=r["success"],
+                failed=r["failed"],
+                timeout=r["timeout"],
+                cancelled=r["cancelled"],
+                success_rate=_rate(r["success"], r["success"] + r["failed"] + r["timeout"]),
+                mean_execution_time_seconds=_seconds(r["mean"]),
+                p95_execution_time_seconds=_seconds(r["p95"]),
+            )
             for r in await pool.fetch(_BY_TYPE, account)
         }
-        return success(
-            request,
-            {
-                "total_tasks": sum(counts.values()),
-                "by_status": counts,
-                "success_rate": _rate(counts["success"], finished),
-                "mean_execution_time_seconds": _seconds(overall["mean"]),
-                "p95_execution_time_seconds": _seconds(overall["p95"]),
-                "by_type": by_type,
-            },
+        answer = TaskStatistics(
+            total_tasks=sum(counts.values()),
+            by_status=counts,
+            success_rate=_rate(counts["success"], finished),
+            mean_execution_time_seconds=_seconds(overall["mean"]),
+            p95_execution_time_seconds=_seconds(overall["p95"]),
+            by_type=by_type,
         )
+        return success(request, answer)
 
     @get("/types")
-    async def types(self, request: Request[Any, Any, Any], principal: Principal) -> Response[Any]:
+    async def types(
+        self, request: Request[Any, Any, Any], principal: Principal
+    ) -> Response[Envelope[TaskTypes]]:
         """The task types online nodes run (the union); for an admin, which nodes run each.
 
         Which nodes there are is a cluster-wide read (api/cluster_reads.py): a user key is told
@@ -537,13 +573,10 @@ class TasksController(Controller):
         for o in offers:
             for t in o.task_types:
                 by_type.setdefault(t, []).append(o.node_id)
-        answer: dict[str, Any] = {
-            "task_types": sorted(by_type),
-            "known_task_types": list(task.TASK_TYPES),
-        }
+        answer = TaskTypes(task_types=sorted(by_type), known_task_types=list(task.TASK_TYPES))
         if may_read_cluster(principal.admin):
-            answer["by_type"] = {t: sorted(nodes) for t, nodes in sorted(by_type.items())}
-            answer["online_devices"] = len(offers)
+            answer.by_type = {t: sorted(nodes) for t, nodes in sorted(by_type.items())}
+            answer.online_devices = len(offers)
         return success(request, answer)
 
     @get("/{task_id:str}")

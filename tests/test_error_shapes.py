@@ -299,3 +299,55 @@ async def test_the_openapi_document_gives_cluster_api_tasks_devices_and_status_r
     data = schemas[schemas[ref]["properties"]["data"]["$ref"].rsplit("/", 1)[-1]]
     info = schemas[data["properties"]["server_info"]["$ref"].rsplit("/", 1)[-1]]
     assert set(info["properties"]) == {"version", "uptime", "host", "port"}
+
+
+def _component(schemas: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """A schema with its `$ref` (if any) followed into `components/schemas`."""
+    ref = schema.get("$ref")
+    return schemas[ref.rsplit("/", 1)[-1]] if ref else schema
+
+
+CLUSTER_API_DATA_FIELDS: dict[tuple[str, str], set[str]] = {
+    ("/api/v1/cluster/metrics", "get"): {"current", "windows"},
+    ("/api/v1/cluster/config", "get"): {"server", "heartbeat", "version", "settings"},
+    ("/api/v1/devices/summary", "get"): {"total_devices", "by_status", "by_tag", "active_work"},
+    ("/api/v1/devices/{device_id}", "get"): {"device_id", "hostname", "concurrency"},
+    ("/api/v1/devices/{device_id}", "delete"): {"device_id", "removed", "position"},
+    ("/api/v1/devices/{device_id}/status", "get"): {"health", "current", "usage"},
+    ("/api/v1/devices/{device_id}/ping", "post"): {"reachable", "latency_ms", "answered_by"},
+    ("/api/v1/tasks/statistics", "get"): {"total_tasks", "by_status", "by_type"},
+    ("/api/v1/tasks/types", "get"): {"task_types", "known_task_types", "by_type"},
+    ("/api/v1/config", "get"): {"server", "heartbeat", "version"},
+    ("/api/v1/config/reset", "post"): {"server", "heartbeat", "version"},
+    ("/api/v1/config/server", "get"): {"max_connections"},
+    ("/api/v1/config/server", "put"): {"max_connections"},
+    ("/api/v1/config/heartbeat", "get"): {"interval", "timeout", "max_missed"},
+    ("/api/v1/config/heartbeat", "put"): {"interval", "timeout", "max_missed"},
+}
+
+
+async def test_every_cluster_api_answer_names_the_fields_its_data_holds(
+    client: httpx.AsyncClient,
+) -> None:
+    doc = (await client.get("/schema/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    untyped = []
+    for path, operations in doc["paths"].items():
+        if not path.startswith("/api/v1"):
+            continue
+        for method, operation in operations.items():
+            answers = [a for s, a in operation.get("responses", {}).items() if s.startswith("2")]
+            for answer in answers:
+                envelope = _component(schemas, answer["content"]["application/json"]["schema"])
+                data = _component(schemas, envelope["properties"]["data"])
+                if data.get("type") == "array":
+                    data = _component(schemas, data["items"])
+                if "properties" not in data:
+                    untyped.append(f"{method.upper()} {path}")
+    assert untyped == []
+    for (path, method), fields in CLUSTER_API_DATA_FIELDS.items():
+        answer = doc["paths"][path][method]["responses"]
+        ok = next(a for s, a in answer.items() if s.startswith("2"))
+        envelope = _component(schemas, ok["content"]["application/json"]["schema"])
+        data = _component(schemas, envelope["properties"]["data"])
+        assert fields <= set(data["properties"]), (path, method)
