@@ -25,7 +25,6 @@ from api.device_view import (
     Device,
     DeviceFilter,
     MachineUsage,
-    TotalResources,
     all_rows,
     cluster_stats,
     device,
@@ -66,17 +65,10 @@ class ActiveWork(msgspec.Struct):
     uploading: int
 
 
-class DevicesSummary(msgspec.Struct):
+class DevicesSummary(ClusterDeviceStats):
     """`GET /api/v1/devices/summary`: the seed's `cluster_stats`, with counts by status and
     tag and the work running now."""
 
-    total_devices: int
-    online_devices: int
-    offline_devices: int
-    health_percentage: float
-    total_resources: TotalResources
-    by_role: dict[str, int]
-    by_platform: dict[str, int]
     by_status: ByStatus
     by_tag: dict[str, int]
     active_work: ActiveWork
@@ -132,13 +124,7 @@ class DeviceRemoved(msgspec.Struct):
 
 def _summary(stats: ClusterDeviceStats, by_tag: dict[str, int], work: ActiveWork) -> DevicesSummary:
     return DevicesSummary(
-        total_devices=stats.total_devices,
-        online_devices=stats.online_devices,
-        offline_devices=stats.offline_devices,
-        health_percentage=stats.health_percentage,
-        total_resources=stats.total_resources,
-        by_role=stats.by_role,
-        by_platform=stats.by_platform,
+        **msgspec.structs.asdict(stats),
         by_status=ByStatus(online=stats.online_devices, offline=stats.offline_devices),
         by_tag=by_tag,
         active_work=work,

@@ -4,7 +4,7 @@ and the health token `{"message": "..."}`."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from litestar import Request, Response
@@ -36,6 +36,31 @@ def client_fault(exc: Exception) -> str | None:
     return None
 
 
+class Failure(NamedTuple):
+    """What went wrong, in words every surface renders in its own shape."""
+
+    status: int
+    message: str
+    headers: dict[str, str] | None = None
+
+
+def classify(request: Request[Any, Any, Any], exc: Exception) -> Failure:
+    """The status and message of an error any surface may meet; logs what is the server's own.
+
+    An HTTP error keeps its own; hostile input is a 400 (`client_fault`); a database out of
+    reach a 503 with `Retry-After` (nothing was changed); anything else a 500, logged whole.
+    """
+    if isinstance(exc, HTTPException):  # e.g. 413 for a body past the size limit
+        return Failure(exc.status_code, str(exc.detail), exc.headers or None)
+    if (fault := client_fault(exc)) is not None:
+        return Failure(400, fault)
+    if unreachable(exc):
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return Failure(503, MESSAGE, {"retry-after": RETRY_AFTER})
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return Failure(500, "Internal server error")
+
+
 class JobApiError(HTTPException):
     """An error the job API reports as `{"error": detail}` with `status_code`."""
 
@@ -57,21 +82,12 @@ def job_api_error(request: Request[Any, Any, Any], exc: Exception) -> Response[d
         return Response({"error": _validation_message(exc)}, status_code=400)
     if isinstance(exc, QuotaExceeded):
         return quota_answer(exc)
-    if isinstance(exc, HTTPException):
-        return Response(
-            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
-        )
     if isinstance(exc, ConcurrencyError):
         return Response(
             {"error": "The job changed while this request ran; try again"}, status_code=409
         )
-    if (fault := client_fault(exc)) is not None:
-        return Response({"error": fault}, status_code=400)
-    if unreachable(exc):
-        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return Response({"error": MESSAGE}, status_code=503, headers={"retry-after": RETRY_AFTER})
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return Response({"error": "Internal server error"}, status_code=500)
+    failure = classify(request, exc)
+    return Response({"error": failure.message}, status_code=failure.status, headers=failure.headers)
 
 
 def quota_answer(exc: QuotaExceeded) -> Response[dict[str, Any]]:
@@ -87,17 +103,10 @@ JOB_API_ERRORS = {Exception: job_api_error}
 
 def message_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
     """Map any exception to the `{"message": ...}` shape of the viewer list and health token."""
-    if isinstance(exc, HTTPException):  # e.g. 413 for a body past the size limit
-        return Response(
-            {"message": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
-        )
-    if (fault := client_fault(exc)) is not None:
-        return Response({"message": fault}, status_code=400)
-    if unreachable(exc):
-        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return Response({"message": MESSAGE}, status_code=503, headers={"retry-after": RETRY_AFTER})
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return Response({"message": "Internal server error"}, status_code=500)
+    failure = classify(request, exc)
+    return Response(
+        {"message": failure.message}, status_code=failure.status, headers=failure.headers
+    )
 
 
 MESSAGE_ERRORS = {Exception: message_error}
