@@ -570,7 +570,11 @@ function viewerQuery() {
 }
 
 async function pollViewers() {
-  const answer = await api(`/api/cluster/viewers?${viewerQuery()}`, { bearer: true });
+  const query = viewerQuery().toString();
+  const answer = await api(`/api/cluster/viewers?${query}`, { bearer: true });
+  // A poll that left before a click or a filter change answers for another page: drop it, or
+  // a slow first page would paint over the second one just shown.
+  if (query !== viewerQuery().toString()) return;
   const data = answer.data;
   state.viewerPages = data.totalPages;
   $("viewer-page").textContent = `page ${data.currentPage} of ${Math.max(1, data.totalPages)} · ${data.totalItems} viewer${data.totalItems === 1 ? "" : "s"}`;
