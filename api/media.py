@@ -48,7 +48,7 @@ from adapters.tokens import TokenError, verify_token
 from adapters.viewer_sessions import ViewerSession
 from api.auth import key_alive, lookup, presented_key
 from api.errors import JOB_API_ERRORS, JobApiError
-from api.tokens import token_key
+from api.tokens import derived_key, token_key
 from api.viewer_sources import client_address, close_viewer, open_viewer
 from domain import job, viewer
 
@@ -468,12 +468,7 @@ async def media_hls(request: Request[Any, Any, Any], job_id: str, name: str) -> 
 
 def links_key(state: State) -> bytes:
     """This app's key for signed file links, derived once from the server secret."""
-    key: bytes | None = state.get("links_key")
-    if key is None:
-        settings: Settings = state.settings
-        key = link_key(settings.resolved_secret_key())
-        state["links_key"] = key
-    return key
+    return derived_key(state, "links_key", link_key)
 
 
 async def _linked(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,14 +15,19 @@ from api.auth import lookup, presented_key
 from api.errors import MESSAGE_ERRORS
 
 
-def token_key(state: State) -> bytes:
-    """This app's JWT signing key, derived once from the server secret."""
-    key: bytes | None = state.get("token_key")
+def derived_key(state: State, name: str, derive: Callable[[str], bytes]) -> bytes:
+    """A key this app derives from the server secret, once, kept in its state under `name`."""
+    key: bytes | None = state.get(name)
     if key is None:
         settings: Settings = state.settings
-        key = signing_key(settings.resolved_secret_key())
-        state["token_key"] = key
+        key = derive(settings.resolved_secret_key())
+        state[name] = key
     return key
+
+
+def token_key(state: State) -> bytes:
+    """This app's JWT signing key, derived once from the server secret."""
+    return derived_key(state, "token_key", signing_key)
 
 
 @post(
