@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, date, datetime, timedelta
@@ -273,6 +274,52 @@ def migrate(**flags: Any) -> None:
             click.echo(f"database is at the latest schema ({rt.database_url.split('@')[-1]})")
 
     _run(go())
+
+
+@main.group()
+def db() -> None:
+    """Where Spool's PostgreSQL is, and a SQL shell on it (for reports: docs/reporting.md)."""
+
+
+def _database_url_in_use(settings: Settings) -> str:
+    """The given URL, else the running embedded server's; never starts one (it would stop
+    again when this command ends, leaving a URL to nothing)."""
+    if settings.database_url:
+        return settings.database_url
+    from spool.embedded import running_postgres_url
+
+    url = running_postgres_url(settings.data_dir)
+    if url is None:
+        raise click.ClickException(
+            f"the embedded PostgreSQL of data dir {settings.data_dir} is not running: "
+            "start `spool up` first (or give --database-url)"
+        )
+    return url
+
+
+@db.command("url")
+@_database_options
+def db_url(**flags: Any) -> None:
+    """Print the PostgreSQL URL Spool uses: the given one, or the running embedded server's."""
+    click.echo(_database_url_in_use(_settings(**flags)))
+
+
+@db.command("shell", context_settings={"ignore_unknown_options": True})
+@_database_options
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+def db_shell(psql_args: tuple[str, ...], **flags: Any) -> None:
+    """Open psql on Spool's database; arguments after the flags go to psql (`-c "SQL"`)."""
+    from spool.embedded import psql_path
+
+    url = _database_url_in_use(_settings(**flags))
+    psql = psql_path()
+    if psql is None:
+        raise click.ClickException(
+            "psql is not installed: install PostgreSQL's client (e.g. apt-get install "
+            "postgresql-client), or point any SQL client at `spool db url`"
+        )
+    sys.stdout.flush()
+    os.execv(psql, [psql, url, *psql_args])
 
 
 @main.group()

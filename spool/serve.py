@@ -30,7 +30,7 @@ from reactors.reconciler import Reconciler
 from reactors.scheduler import Scheduler
 from reactors.viewer_timeouts import ViewerTimeouts
 from reactors.webhooks import WebhookReactor
-from spool.embedded import EmbeddedPostgres, EmbeddedRedis
+from spool.embedded import embedded_servers
 from spool.keys import ensure_first_key
 from spool.runtime import Runtime, open_runtime
 
@@ -132,7 +132,7 @@ async def first_key(rt: Runtime, settings: Settings) -> None:
 async def up(settings: Settings) -> None:
     """API, projections, the pipeline reactor, the task scheduler, the reconciler, one node."""
     stop = stop_on_signals()
-    async with open_runtime(settings, need_redis=True) as rt:
+    async with open_runtime(settings, need_redis=True, embedded="own") as rt:
         assert rt.redis is not None
         await rt.runner.catch_up()
         await first_key(rt, settings)
@@ -167,7 +167,7 @@ async def up(settings: Settings) -> None:
 async def run_reactors(settings: Settings) -> None:
     """Projections, the pipeline and webhook reactors, the scheduler, the reconciler."""
     stop = stop_on_signals()
-    async with open_runtime(settings, need_redis=True) as rt:
+    async with open_runtime(settings, need_redis=True, embedded="join") as rt:
         await rt.runner.catch_up()
         log.info("spool reactors are running")
         await _supervise(stop, reactors(rt, stop))
@@ -176,7 +176,7 @@ async def run_reactors(settings: Settings) -> None:
 async def worker(settings: Settings) -> None:
     """One worker node: its arq workers and its heartbeat."""
     stop = stop_on_signals()
-    async with open_runtime(settings, need_redis=True) as rt:
+    async with open_runtime(settings, need_redis=True, embedded="join") as rt:
         await _supervise(stop, {"node": node_for(rt).run(stop)})
 
 
@@ -224,18 +224,21 @@ def api_process() -> ApiProcess:
 def api(settings: Settings, processes: int) -> None:
     """The API alone in `processes` uvicorn worker processes on one port; no reactors.
 
-    The parent starts what is embedded, migrates and creates the admin key once; the workers
-    only serve. uvicorn's supervisor shares one listening socket among them, restarts a worker
-    that dies, and passes SIGINT / SIGTERM on.
+    The parent finds the embedded servers of a `spool up` on the data dir (when no URL is
+    given), migrates and creates the admin key once; the workers only serve. uvicorn's
+    supervisor shares one listening socket among them, restarts a worker that dies, and passes
+    SIGINT / SIGTERM on.
     """
-    embedded: list[EmbeddedPostgres | EmbeddedRedis] = []
-    try:
-        if settings.database_url is None:
-            embedded.append(pg := EmbeddedPostgres(settings.data_dir))
-            settings = msgspec.structs.replace(settings, database_url=pg.start())
-        if settings.redis_url is None:
-            embedded.append(redis := EmbeddedRedis(settings.data_dir))
-            settings = msgspec.structs.replace(settings, redis_url=redis.start())
+    with embedded_servers(
+        settings.data_dir,
+        database_url=settings.database_url,
+        redis_url=settings.redis_url,
+        need_redis=True,
+        role="join",
+    ) as servers:
+        settings = msgspec.structs.replace(
+            settings, database_url=servers.database_url, redis_url=servers.redis_url
+        )
         asyncio.run(_prepare(settings))
         # The admin key exists now: the workers have no reason to look for it again.
         handed = msgspec.structs.replace(settings, api_key=None)
@@ -257,9 +260,6 @@ def api(settings: Settings, processes: int) -> None:
             log_config=None,
             **UVICORN_WS,
         )
-    finally:
-        for server in reversed(embedded):
-            server.stop()
 
 
 async def _prepare(settings: Settings) -> None:
