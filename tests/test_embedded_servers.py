@@ -110,6 +110,11 @@ def test_a_killed_spool_up_is_recovered_and_its_servers_stop_with_the_next_ctrl_
             assert submitted.status_code == 201, submitted.text
             done = task_ran_on(base, submitted.json()["data"]["task_id"])
             assert (done["status"], done["device_id"]) == ("success", "beside"), procs.logs()
+            # `spool api` beside it serves the same cluster: the task is there.
+            api = procs.api("--data-dir", str(data_dir))
+            seen = httpx.get(f"{api}/api/v1/tasks/{done['task_id']}", headers={"x-api-key": KEY})
+            assert seen.json()["data"]["status"] == "success"
+            procs.stop("api")
             procs.stop("beside")
             assert procs.procs["beside"].returncode == 0, procs.log("beside")
             # The worker joined: the servers it used are still up and still the same.
