@@ -20,7 +20,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -398,7 +398,12 @@ class EmbeddedRedis:
             # The same port as before when it is free: processes that joined the last owner
             # find this one again at the URL they hold.
             kept = recorded.port if recorded is not None else None
-            port = kept if kept is not None and _port_free(kept) else free_port()
+            if kept is not None and _port_free(kept):
+                try:
+                    return self._spawn(kept, timeout)
+                except RuntimeError:
+                    log.info("port %d was taken meanwhile: starting Redis on another", kept)
+            port = free_port()
         return self._spawn(port, timeout)
 
     def _spawn(self, port: int, timeout: float) -> str:
@@ -477,19 +482,22 @@ class ServerUrls:
     redis_url: str | None
 
 
-def _wait_for_owner(data_dir: Path, owner: int, find: Any, what: str, timeout: float) -> str:
+def _wait_for_owner(
+    data_dir: Path, owner: int, find: Callable[[Path], str | None], what: str, timeout: float
+) -> str:
     """The owner's server URL, once `find(data_dir)` sees it (the owner may still be starting)."""
     deadline = time.monotonic() + timeout
-    while True:
-        url: str | None = find(data_dir)
-        if url is not None:
-            return url
-        if owner_pid(data_dir) is None or time.monotonic() > deadline:
+    while (url := find(data_dir)) is None:
+        if owner_pid(data_dir) is None:
+            raise NotRunning(f"spool up (pid {owner}) on data dir {data_dir} stopped")
+        if time.monotonic() > deadline:
             raise NotRunning(
-                f"the embedded {what} of data dir {data_dir} is not running "
-                f"(spool up, pid {owner}, did not start it within {timeout:g} s)"
+                f"spool up (pid {owner}) runs on data dir {data_dir}, but no embedded {what} "
+                f"answered there within {timeout:g} s: if it was given a URL, give this "
+                "process the same one"
             )
         time.sleep(0.1)
+    return url
 
 
 def _no_owner(data_dir: Path, missing: str) -> NotRunning:
