@@ -50,41 +50,43 @@ async def open_runtime(
     """Find or start what `settings` leave unset (as `embedded` says: spool/embedded.py),
     migrate, and yield the wired parts; stop all this process started on exit."""
     remember(settings.api_key, settings.secret_key, settings.metrics_token)
+    servers = contextlib.ExitStack()
     pool: asyncpg.Pool | None = None
     redis: ArqRedis | None = None
     storage: ObjectStorage | None = None
-    with embedded_servers(
-        settings.data_dir,
-        database_url=settings.database_url,
-        redis_url=settings.redis_url,
-        need_redis=need_redis,
-        role=embedded,
-    ) as servers:
-        try:
-            database_url, redis_url = servers.database_url, servers.redis_url
-            if run_migrations:
-                await migrate(database_url)
-            pool = await create_pool(database_url, max_size=20)
-            store = EventStore(pool)
-            runner = ProjectionRunner(store, all_projections())
-            storage = storage_from_url(settings.storage_url, data_dir=settings.data_dir)
-            if redis_url is not None and need_redis:
-                redis = await connect(redis_url)
-                await cluster_identity.join(pool, redis)
-            runtime = Runtime(
-                settings, database_url, redis_url, pool, store, runner, storage, redis
+    try:
+        urls = servers.enter_context(
+            embedded_servers(
+                settings.data_dir,
+                database_url=settings.database_url,
+                redis_url=settings.redis_url,
+                need_redis=need_redis,
+                role=embedded,
             )
-            if settings.api_key:
-                await runner.catch_up("api_keys")
-                created = await ensure_admin_key(store, settings.api_key)
-                if created is not None:
-                    await runner.wait_until("api_keys", created.at)
-                    log.info("created the admin key given in SPOOL_API_KEY")
-            yield runtime
-        finally:
-            if redis is not None:
-                await redis.aclose()
-            if storage is not None:
-                await storage.close()
-            if pool is not None:
-                await pool.close()
+        )
+        database_url, redis_url = urls.database_url, urls.redis_url
+        if run_migrations:
+            await migrate(database_url)
+        pool = await create_pool(database_url, max_size=20)
+        store = EventStore(pool)
+        runner = ProjectionRunner(store, all_projections())
+        storage = storage_from_url(settings.storage_url, data_dir=settings.data_dir)
+        if redis_url is not None and need_redis:
+            redis = await connect(redis_url)
+            await cluster_identity.join(pool, redis)
+        runtime = Runtime(settings, database_url, redis_url, pool, store, runner, storage, redis)
+        if settings.api_key:
+            await runner.catch_up("api_keys")
+            created = await ensure_admin_key(store, settings.api_key)
+            if created is not None:
+                await runner.wait_until("api_keys", created.at)
+                log.info("created the admin key given in SPOOL_API_KEY")
+        yield runtime
+    finally:
+        if redis is not None:
+            await redis.aclose()
+        if storage is not None:
+            await storage.close()
+        if pool is not None:
+            await pool.close()
+        servers.close()

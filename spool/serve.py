@@ -224,20 +224,24 @@ def api_process() -> ApiProcess:
 def api(settings: Settings, processes: int) -> None:
     """The API alone in `processes` uvicorn worker processes on one port; no reactors.
 
-    The parent finds the embedded servers of a `spool up` on the data dir (when no URL is
+    The parent finds the embedded servers of the `spool up` on its data dir (when no URL is
     given), migrates and creates the admin key once; the workers only serve. uvicorn's
     supervisor shares one listening socket among them, restarts a worker that dies, and passes
     SIGINT / SIGTERM on.
     """
-    with embedded_servers(
-        settings.data_dir,
-        database_url=settings.database_url,
-        redis_url=settings.redis_url,
-        need_redis=True,
-        role="join",
-    ) as servers:
+    servers = contextlib.ExitStack()
+    try:
+        urls = servers.enter_context(
+            embedded_servers(
+                settings.data_dir,
+                database_url=settings.database_url,
+                redis_url=settings.redis_url,
+                need_redis=True,
+                role="join",
+            )
+        )
         settings = msgspec.structs.replace(
-            settings, database_url=servers.database_url, redis_url=servers.redis_url
+            settings, database_url=urls.database_url, redis_url=urls.redis_url
         )
         asyncio.run(_prepare(settings))
         # The admin key exists now: the workers have no reason to look for it again.
@@ -260,6 +264,8 @@ def api(settings: Settings, processes: int) -> None:
             log_config=None,
             **UVICORN_WS,
         )
+    finally:
+        servers.close()
 
 
 async def _prepare(settings: Settings) -> None:
