@@ -61,7 +61,8 @@ def test_a_killed_spool_up_is_recovered_and_its_servers_stop_with_the_next_ctrl_
     tmp_path: Path,
 ) -> None:
     """One scenario (each embedded PostgreSQL start costs seconds): `spool up` on embedded
-    defaults; a second one refused; `spool db url`; a worker beside it joining its Redis and
+    defaults; a second one refused; `spool db url` and `db shell`; a worker (and `spool api`)
+    beside it joining its Redis and
     taking a task; SIGKILL; a restart adopting both servers; Ctrl-C leaving nothing running."""
     data_dir = tmp_path / "data"
     port = free_port()
@@ -93,6 +94,10 @@ def test_a_killed_spool_up_is_recovered_and_its_servers_stop_with_the_next_ctrl_
                     await conn.close()
 
             assert asyncio.run(select_one()) == 1
+            shell = procs.run(
+                "db", "shell", "--data-dir", str(data_dir), "-tA", "-c", "SELECT 6 * 7"
+            )
+            assert (shell.returncode, shell.stdout.strip()) == (0, "42"), shell.stderr
 
             procs.start(
                 "beside", "worker", "--data-dir", str(data_dir), "--node-id", "beside",
