@@ -62,8 +62,8 @@ def test_a_killed_spool_up_is_recovered_and_its_servers_stop_with_the_next_ctrl_
 ) -> None:
     """One scenario (each embedded PostgreSQL start costs seconds): `spool up` on embedded
     defaults; a second one refused; `spool db url` and `db shell`; a worker (and `spool api`)
-    beside it joining its Redis and
-    taking a task; SIGKILL; a restart adopting both servers; Ctrl-C leaving nothing running."""
+    beside it joining its Redis and taking a task; SIGKILL; a restart adopting both servers;
+    Ctrl-C leaving nothing running."""
     data_dir = tmp_path / "data"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
