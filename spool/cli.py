@@ -78,7 +78,8 @@ def _node_options(fn: F) -> F:
             "--redis-url",
             default=None,
             metavar="URL",
-            help="Redis URL [env: SPOOL_REDIS_URL; default: an embedded redis-server].",
+            help="Redis URL [env: SPOOL_REDIS_URL; default: the data dir's embedded redis-server, "
+            "run by `spool up`].",
         ),
         click.option(
             "--storage-url",
@@ -188,7 +189,8 @@ def _service_options(fn: F) -> F:
         "--redis-url",
         default=None,
         metavar="URL",
-        help="Redis URL [env: SPOOL_REDIS_URL; default: an embedded redis-server].",
+        help="Redis URL [env: SPOOL_REDIS_URL; default: the data dir's embedded redis-server, "
+        "run by `spool up`].",
     )(fn)
     return fn
 
