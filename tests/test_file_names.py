@@ -1,0 +1,140 @@
+"""File and folder names through the job API: refused with a 400 naming the field and what is
+not allowed, on every surface that takes one (create, bulk, rename); stored names stay readable.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from adapters.event_store import EventStore
+from adapters.key_store import issue
+from domain import job
+from domain.events import NewEvent
+from reactors.projection import ProjectionRunner
+
+URL = "http://media.test/a.mp4"
+FORBIDDEN = '(a name must not contain any of \\ / : * ? " < > |)'
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"x-api-key": key}
+
+
+async def _events(store: EventStore) -> int:
+    count: int = await store.pool.fetchval("SELECT count(*) FROM events")
+    return count
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"filename": "Episode 1: The Start"}, f"Invalid filename: ':' is not allowed {FORBIDDEN}"),
+        ({"filename": "why?"}, f"Invalid filename: '?' is not allowed {FORBIDDEN}"),
+        ({"filename": "a|b"}, f"Invalid filename: '|' is not allowed {FORBIDDEN}"),
+        (
+            {"filename": "final."},
+            "Invalid filename: 'final.' ends with a dot, which Windows drops",
+        ),
+        (
+            {"filename": "final "},
+            "Invalid filename: 'final ' ends with a space, which Windows drops",
+        ),
+        (
+            {"filename": "nul.mp4"},
+            "Invalid filename: 'nul' is a device name on Windows, not allowed as a name with or "
+            "without an extension",
+        ),
+        (
+            {"folder": "shows/Lpt3/s1"},
+            "Invalid folder: 'Lpt3' is a device name on Windows, not allowed as a name with or "
+            "without an extension",
+        ),
+        ({"folder": "shows/../other"}, "Invalid folder: must not contain '..'"),
+        ({"folder": "a<b"}, f"Invalid folder: '<' is not allowed {FORBIDDEN}"),
+        ({"folder": "bell\x07"}, "Invalid folder: control character U+0007 is not allowed"),
+    ],
+)
+async def test_a_name_some_file_system_refuses_gets_a_400_naming_field_and_reason(
+    client: httpx.AsyncClient, api_key: str, store: EventStore, fields: dict[str, str], error: str
+) -> None:
+    before = await _events(store)
+
+    answer = await client.post("/jobs", json={"url": URL, **fields}, headers=_auth(api_key))
+
+    assert answer.status_code == 400
+    assert answer.json() == {"error": error}
+    assert await _events(store) == before
+
+
+async def test_a_bulk_item_with_an_unsafe_name_refuses_the_whole_request(
+    client: httpx.AsyncClient, api_key: str, store: EventStore
+) -> None:
+    before = await _events(store)
+
+    answer = await client.post(
+        "/jobs/bulk",
+        json={"jobs": [{"url": URL, "filename": "fine"}, {"url": URL, "filename": "CON"}]},
+        headers=_auth(api_key),
+    )
+
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "error": "jobs[1]: Invalid filename: 'CON' is a device name on Windows, not allowed as "
+        "a name with or without an extension"
+    }
+    assert await _events(store) == before
+
+
+async def test_a_rename_to_an_unsafe_name_is_refused_and_the_job_keeps_its_name(
+    client: httpx.AsyncClient, api_key: str
+) -> None:
+    created = await client.post(
+        "/jobs/bulk",
+        json={"jobs": [{"url": URL, "filename": "one"}, {"url": URL}], "paused": True},
+        headers=_auth(api_key),
+    )
+    assert created.status_code == 201, created.text
+    batch_id = created.json()["batch_id"]
+    first, second = created.json()["job_ids"]
+
+    renamed = await client.patch(
+        f"/batch/{batch_id}/jobs",
+        json={
+            "renames": [
+                {"job_id": first, "filename": "one: the return"},
+                {"job_id": second, "filename": "two"},
+            ]
+        },
+        headers=_auth(api_key),
+    )
+
+    assert renamed.status_code == 200
+    assert renamed.json() == {
+        "updated": 1,
+        "errors": [{"job_id": first, "error": f"Invalid filename: ':' is not allowed {FORBIDDEN}"}],
+    }
+    names = [
+        (await client.get(f"/jobs/{j}", headers=_auth(api_key))).json()["filename"]
+        for j in (first, second)
+    ]
+    assert names == ["one", "two"]
+
+
+async def test_a_job_stored_before_the_rules_still_reads_with_its_name(
+    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner
+) -> None:
+    issued = await issue(store, name=f"old-{uuid.uuid4().hex[:6]}", admin=False)
+    await runner.wait_until("api_keys", issued.at)
+    job_id = str(uuid.uuid4())
+    # Accepted (and stored) before names were held to every file system's rules.
+    options = job.JobOptions(filename="Episode 1: The Start", folder="con/a")
+    events = job.create(job_id=job_id, account_id=issued.account_id, url=URL, options=options)
+    await store.append(job.stream_id(job_id), [NewEvent(e) for e in events], 0)
+
+    answer = await client.get(f"/jobs/{job_id}", headers=_auth(issued.key))
+
+    assert answer.status_code == 200
+    assert (answer.json()["filename"], answer.json()["folder"]) == ("Episode 1: The Start", "con/a")
