@@ -79,6 +79,11 @@ def check_folder(value: str, *, field: str = "folder") -> str:
     return "/".join(segments)
 
 
+def is_device_name(name: str) -> bool:
+    """Whether Windows opens a device for `name`: `CON`, `nul.mp4`, `Com1 .txt`, any case."""
+    return name.split(".", 1)[0].rstrip(" ").upper() in RESERVED_NAMES
+
+
 def _check_segment(name: str, field: str) -> None:
     """Raise UnsafeName when `name` is not one safe path segment."""
     for c in name:
@@ -105,8 +110,8 @@ def _check_segment(name: str, field: str) -> None:
             f"Invalid {field}: {name!r} ends with a {'dot' if name[-1] == '.' else 'space'}, "
             "which Windows drops"
         )
-    stem = name.split(".", 1)[0].rstrip(" ")
-    if stem.upper() in RESERVED_NAMES:
+    if is_device_name(name):
+        stem = name.split(".", 1)[0].rstrip(" ")
         raise UnsafeName(
             f"Invalid {field}: {stem!r} is a device name on Windows, not allowed as a name "
             "with or without an extension"

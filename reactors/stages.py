@@ -29,7 +29,7 @@ from adapters.storage import (
     object_key,
 )
 from adapters.viewer_sessions import ViewerRecorder, ViewerSession
-from domain import job, viewer
+from domain import file_names, job, viewer
 from domain.timecode import parse_timecode
 
 ProgressSink = Callable[[job.Progress], None]
@@ -86,7 +86,9 @@ def output_name(state: job.JobState) -> str:
 
 def _slug(title: str) -> str:
     cleaned = re.sub(r"[^\w\-. ()\[\]]+", "_", title, flags=re.UNICODE).strip(" ._")
-    return re.sub(r"\s+", " ", cleaned)[:200]
+    slug = re.sub(r"\s+", " ", cleaned)[:200]
+    # A title "Nul.mp4" would name a Windows device ("Nul.mp4 [1a2b3c4d].mp4" is one).
+    return f"_{slug}" if file_names.is_device_name(slug) else slug
 
 
 async def download(

@@ -5,6 +5,7 @@ not allowed, on every surface that takes one (create, bulk, rename); stored name
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -13,7 +14,9 @@ from adapters.event_store import EventStore
 from adapters.key_store import issue
 from domain import job
 from domain.events import NewEvent
+from domain.file_names import check_filename
 from reactors.projection import ProjectionRunner
+from reactors.stages import output_names
 
 URL = "http://media.test/a.mp4"
 FORBIDDEN = '(a name must not contain any of \\ / : * ? " < > |)'
@@ -138,3 +141,24 @@ async def test_a_job_stored_before_the_rules_still_reads_with_its_name(
 
     assert answer.status_code == 200
     assert (answer.json()["filename"], answer.json()["folder"]) == ("Episode 1: The Start", "con/a")
+
+
+@pytest.mark.parametrize(
+    ("title", "first_name"),
+    [
+        ("Nul.mp4", "_Nul.mp4 [{short}].mp4"),
+        ("con", "_con [{short}].mp4"),
+        ("Pilot: part 1?", "Pilot_ part 1 [{short}].mp4"),
+    ],
+)
+def test_a_name_made_from_a_title_is_safe_on_windows_too(title: str, first_name: str) -> None:
+    job_id = str(uuid.uuid4())
+    [created] = job.create(job_id=job_id, account_id="a", url=URL, options=job.JobOptions())
+    state = job.evolve(None, created, datetime.now(UTC), 1)
+    state.title = title
+
+    names = output_names(state)
+
+    assert names[0] == first_name.format(short=job_id.split("-")[0])
+    for name in names:
+        check_filename(name.rsplit(".", 1)[0])  # refuses nothing a title made
