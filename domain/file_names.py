@@ -56,7 +56,7 @@ def check_filename(value: str, *, field: str = "filename") -> str:
     return name
 
 
-def check_folder(value: str, *, field: str = "folder") -> str:
+def check_folder(value: str, *, field: str = "folder", max_length: int = MAX_FOLDER_LENGTH) -> str:
     """`value` as a folder path of `/`-separated names, in NFC, as `a/b/c`.
 
     Repeated and trailing `/` are dropped; each name between them follows the rules of a file
@@ -66,8 +66,8 @@ def check_folder(value: str, *, field: str = "folder") -> str:
         UnsafeName: the path is empty, too long, starts with `/`, or one of its names breaks a
             rule of the module docstring.
     """
-    if len(value) > MAX_FOLDER_LENGTH:
-        raise UnsafeName(f"Invalid {field}: too long (max {MAX_FOLDER_LENGTH} characters)")
+    if len(value) > max_length:
+        raise UnsafeName(f"Invalid {field}: too long (max {max_length} characters)")
     path = unicodedata.normalize("NFC", value)
     if path.startswith("/"):
         raise UnsafeName(f"Invalid {field}: must be relative (must not start with '/')")

@@ -162,3 +162,27 @@ def test_a_name_made_from_a_title_is_safe_on_windows_too(title: str, first_name:
     assert names[0] == first_name.format(short=job_id.split("-")[0])
     for name in names:
         check_filename(name.rsplit(".", 1)[0])  # refuses nothing a title made
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"folder_prefix": "media:2024"}, f"Invalid folder_prefix: ':' is not allowed {FORBIDDEN}"),
+        (
+            {"folder_prefix": "media", "base_folder": "shows/aux"},
+            "Invalid base_folder: 'aux' is a device name on Windows, not allowed as a name with "
+            "or without an extension",
+        ),
+    ],
+)
+async def test_a_storage_folder_prefix_follows_the_same_rules(
+    client: httpx.AsyncClient, api_key: str, fields: dict[str, str], error: str
+) -> None:
+    body = {"bucket": "user-media", "access_key": "AKIAEXAMPLE", "secret_key": "s", **fields}
+
+    answer = await client.post("/user/s3", json=body, headers=_auth(api_key))
+
+    assert answer.status_code == 400
+    assert answer.json() == {"error": error}
+    shown = await client.get("/user/storage", headers=_auth(api_key))
+    assert shown.json()["default"] is True
