@@ -171,18 +171,18 @@ def _handler(open_source: Opener, path: str, budget: _Budget) -> type[BaseHTTPRe
                 str(end - first + 1),
                 content_range=f"bytes {first}-{end}/{total}",
             )
-            position = first
-            while True:
-                copied, capped = self._copy(response)
-                position += copied
-                response.close()
-                if capped or not copied or position > end:
-                    return
+            copied, capped = self._copy(response)
+            position = first + copied
+            while copied and not capped and position <= end:
                 window = min(window * 2, _MAX_WINDOW)
-                next_window = self._source_window(position, end, window)
-                if next_window is None:
+                later = self._source_window(position, end, window)
+                if later is None:
                     return
-                response = next_window
+                try:
+                    copied, capped = self._copy(later)
+                finally:
+                    later.close()
+                position += copied
 
         def _source_window(self, first: int, last: int, window: int) -> SourceResponse | None:
             """The next window, mid-answer: a failure can only end the answer early."""
