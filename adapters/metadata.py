@@ -4,15 +4,27 @@ The extraction runs through the downloader's guarded YoutubeDL, so every request
 page, manifests, each redirect hop, each socket's address) passes the same `UrlGuard` as a
 download does. `extract` is blocking; the API runs it as a probe (adapters/probes.py), which
 bounds its total time and stops it at the deadline.
+
+Of a direct media file (a URL to an .mp4, .mkv, .webm... rather than a page), yt-dlp knows only
+the URL and container; FFmpeg then reads its duration, codecs, resolution and bitrate from the
+file's first bytes (and, for an MP4 indexed at its end, the tail) through the same guarded
+networking, capped in bytes and time (adapters/remote_probe.py).
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import time
+from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 from yt_dlp.globals import plugin_dirs
+from yt_dlp.networking import Request
+
+from adapters import remote_probe
 
 # The downloader's guarded networking and its error translation are reused, not copied: one
 # place decides what a request may reach and how yt-dlp's failures read to a user.
@@ -29,6 +41,10 @@ from adapters.ssrf import UrlGuard, UrlRefused
 
 PER_READ_TIMEOUT = 20.0
 """Seconds one socket operation may take when `extract` runs outside a probe."""
+
+FFMPEG_SHARE = 0.8
+"""The share of the time left that FFmpeg may take to read a direct file: the rest is for the
+answer, so that what yt-dlp found is still told when FFmpeg runs out of time."""
 
 
 class Thumbnail(msgspec.Struct, frozen=True):
@@ -145,8 +161,17 @@ def _metadata(info: dict[str, Any]) -> MediaMetadata:
         entries=len(list(entries)) if playlist and entries is not None else None,
         thumbnails=thumbnails,
         subtitles={lang: tracks for lang, tracks in subtitles.items() if tracks},
-        formats=[_format(f) for f in info.get("formats") or [] if isinstance(f, dict)],
+        formats=[_format(f) for f in _formats(info, playlist) if isinstance(f, dict)],
     )
+
+
+def _formats(info: dict[str, Any], playlist: bool) -> list[Any]:
+    """The source's formats; a result of one format (a file served without a media type) keeps
+    that format's fields in the result itself."""
+    formats = info.get("formats")
+    if formats:
+        return list(formats)
+    return [info] if not playlist and _str(info.get("url")) else []
 
 
 def _any_format(ctx: dict[str, Any]) -> Any:
@@ -200,12 +225,73 @@ def extract(url: str, *, guard: UrlGuard, probe: Probe | None = None) -> MediaMe
             on_connect=probe.opened if probe else None,
         ) as ydl:
             info = ydl.extract_info(url, download=False)
+            facts = _probe_direct(info, params, guard, probe) if isinstance(info, dict) else None
     except Exception as exc:
         failure = _failure(exc, url, audio_only=False)
         raise MetadataFailed(_reworded(failure)) from None
     if not isinstance(info, dict):
         raise MetadataFailed(f"Could not read metadata: nothing found at {url}")
-    return _metadata(ydl.sanitize_info(info))
+    return _with_facts(_metadata(ydl.sanitize_info(info)), facts)
+
+
+def _probe_direct(
+    info: dict[str, Any], params: dict[str, Any], guard: UrlGuard, probe: Probe | None
+) -> remote_probe.MediaFacts | None:
+    """FFmpeg's reading of a direct media file, through the guarded networking (`params` are
+    the extraction's); None for anything else, or when FFmpeg could not tell."""
+    formats = info.get("formats") or []
+    media_url = formats[0].get("url") if len(formats) == 1 else info.get("url")
+    if not info.get("direct") or not isinstance(media_url, str):
+        return None
+    seconds = (probe.remaining() if probe else PER_READ_TIMEOUT) * FFMPEG_SHARE
+    deadline = time.monotonic() + seconds
+    # The relay's connections outlive FFmpeg's requests (a read blocked on a slow source): they
+    # are shut as soon as FFmpeg is done, as a probe's are at its deadline (adapters/probes.py).
+    relay = Probe(deadline)
+
+    def on_connect(sock: socket.socket) -> None:
+        relay.opened(sock)
+        if probe is not None:
+            probe.opened(sock)
+
+    with _GuardedYoutubeDL(
+        {**params, "socket_timeout": seconds},
+        guard=guard,
+        cancel=relay.cancel,
+        on_connect=on_connect,
+    ) as source:
+
+        def open_source(headers: dict[str, str]) -> Any:
+            return source.urlopen(Request(media_url, headers=headers))
+
+        try:
+            return remote_probe.probe(
+                open_source, PurePosixPath(urlsplit(media_url).path).name, deadline=deadline
+            )
+        except OSError:
+            return None  # FFmpeg could not be started: the answer is yt-dlp's alone
+        finally:
+            relay.stop()
+            relay.release()
+
+
+def _with_facts(meta: MediaMetadata, facts: remote_probe.MediaFacts | None) -> MediaMetadata:
+    """`meta` with what FFmpeg read of its one format filled in."""
+    if facts is None or len(meta.formats) != 1:
+        return meta
+    [f] = meta.formats
+    width, height = f.width or facts.width, f.height or facts.height
+    probed = msgspec.structs.replace(
+        f,
+        vcodec=facts.video_codec or f.vcodec,
+        acodec=facts.audio_codec or f.acodec,
+        width=width,
+        height=height,
+        resolution=f"{width}x{height}" if width and height else f.resolution,
+        fps=f.fps or facts.fps,
+        tbr=f.tbr or facts.bitrate_kbps,
+    )
+    return msgspec.structs.replace(meta, duration=meta.duration or facts.duration, formats=[probed])
 
 
 def _reworded(failure: DownloadFailed) -> str:

@@ -6,8 +6,9 @@ a wrong value of the right type (`"format": "avi"`) reaches `validate_create_job
 with our own documented message. Every refusal is a `JobApiError` with status 400, which the job
 API renders as `{"error": "..."}`.
 
-Storage safety (DESIGN, "Security defaults"): `filename` and `folder` are checked, then
-sanitised, so that no stored path can leave the caller's prefix.
+Storage safety (DESIGN, "Security defaults"): `filename` and `folder` are checked by
+domain/file_names.py, so that no stored path can leave the caller's prefix and every name is one
+that Windows, macOS and Linux file systems accept as it is.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from urllib.parse import SplitResult, urlsplit
 import msgspec
 
 from api.errors import JobApiError
+from domain import file_names
 from domain.job import JobOptions
 from domain.timecode import normalize_timecode, parse_timecode
 
@@ -27,7 +29,6 @@ __all__ = [
     "ValidJob",
     "decode_create_job_body",
     "parse_timecode",
-    "sanitize_filename",
     "validate_create_job",
     "validate_filename",
     "validate_folder",
@@ -35,8 +36,6 @@ __all__ = [
 
 MAX_URL_LENGTH: Final = 8192
 MAX_WEBHOOK_URL_LENGTH: Final = 2048
-MAX_FILENAME_LENGTH: Final = 255
-MAX_FOLDER_LENGTH: Final = 200
 
 VIDEO_FORMATS: Final = ("mp4", "mkv", "webm", "mov")
 AUDIO_FORMATS: Final = ("m4a", "mp3", "ogg", "opus")
@@ -70,21 +69,6 @@ AUDIO_CODECS_BY_FORMAT: Final[dict[str, tuple[str, ...]]] = {
     "ogg": ("opus",),
     "opus": ("opus",),
 }
-
-# Invisible characters that reorder the text around them: "clip\u202egpj.exe" displays as
-# "clipexe.jpg". A name is shown to people, so it must read as what it is.
-_BIDI_CONTROLS: Final = frozenset(
-    "\u061c\u200e\u200f"  # Arabic letter mark, left-to-right and right-to-left marks
-    "\u202a\u202b\u202c\u202d\u202e"  # embeddings, pop, overrides
-    "\u2066\u2067\u2068\u2069"  # isolates
-)
-
-# Windows opens a device, not a file, for these names, whatever the extension ("CON.mp4").
-# The superscript digits are in Microsoft's list too.
-_WINDOWS_RESERVED: Final = frozenset(
-    {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
-    | {f"{device}{n}" for device in ("COM", "LPT") for n in "0123456789\u00b9\u00b2\u00b3"}
-)
 
 
 class CreateJobBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -217,93 +201,28 @@ def _check_webhook_url(raw: str) -> str:
     return url
 
 
-def sanitize_filename(name: str) -> str:
-    """Make one path segment safe to store: the result is never empty, `.`, `..` or a path.
-
-    In order: normalise to NFC (one spelling per visible name); turn `/` and `\\` into `_`;
-    drop control characters, unpaired surrogates and bidirectional overrides; collapse runs of
-    whitespace to one space; trim whitespace and dots at both ends; prefix Windows device names
-    (`CON`, `nul.x`, `COM1`...) with `_`; cut to 255 characters.
-
-    Total on any text, so it also suits names that did not come from a user (a media title).
-    `validate_filename` refuses `..`, `/`, `\\` and NUL before calling it, as the reference asks.
-
-    Raises:
-        ValueError: nothing is left.
-    """
-    name = unicodedata.normalize("NFC", name).replace("/", "_").replace("\\", "_")
-    # Whitespace controls (tab, newline) are kept for now and become spaces below, so that
-    # "one\ntwo" reads "one two", not "onetwo".
-    name = "".join(
-        c
-        for c in name
-        if c.isspace() or (unicodedata.category(c) not in ("Cc", "Cs") and c not in _BIDI_CONTROLS)
-    )
-    name = " ".join(name.split()).strip(" .")
-    stem = name.split(".", 1)[0].rstrip(" ")
-    if stem.upper() in _WINDOWS_RESERVED:
-        # A prefix, not a suffix: "CON_.mp4" is safe but "CON.txt_" would still be CON.
-        name = f"_{name}"
-    name = name[:MAX_FILENAME_LENGTH].rstrip(" .")
-    if not name:
-        raise ValueError("empty after removing control characters, whitespace and dots")
-    return name
-
-
 def validate_filename(filename: str) -> str:
-    """A user's `filename` (no extension), checked as the reference says, then sanitised.
+    """A user's `filename` (no extension), checked by `domain.file_names.check_filename`.
 
     Raises:
-        JobApiError: 400 if it is too long, contains `..`, `/`, `\\` or NUL, or is empty
-            after sanitising.
+        JobApiError: 400 naming the field and the character or name that is not allowed.
     """
-    if len(filename) > MAX_FILENAME_LENGTH:
-        raise _bad(f"Filename too long (max {MAX_FILENAME_LENGTH} characters)")
-    if "\x00" in filename:
-        raise _bad("Invalid filename: must not contain NUL")
-    if "/" in filename or "\\" in filename:
-        raise _bad("Invalid filename: must not contain '/' or '\\'")
-    if ".." in filename:
-        raise _bad("Invalid filename: must not contain '..'")
     try:
-        return sanitize_filename(filename)
-    except ValueError as exc:
-        raise _bad(f"Invalid filename: {exc}") from None
+        return file_names.check_filename(filename)
+    except file_names.UnsafeName as exc:
+        raise _bad(str(exc)) from None
 
 
 def validate_folder(folder: str) -> str:
-    """A user's `folder` (a storage prefix), checked, then normalised to `a/b/c`.
-
-    `\\` separates folders like `/` does (a Windows habit; on storage it would be a literal
-    character nobody meant). Repeated separators and a trailing one are dropped, and each
-    segment is sanitised like a filename; a segment that sanitises to nothing (`.`, spaces) is
-    dropped too.
+    """A user's `folder` (a storage prefix), checked by `domain.file_names.check_folder`.
 
     Raises:
-        JobApiError: 400 if it is too long, blank, contains control characters or `..`,
-            starts with `/` or `\\`, or nothing is left after sanitising.
+        JobApiError: 400 naming the field and the character or name that is not allowed.
     """
-    if len(folder) > MAX_FOLDER_LENGTH:
-        raise _bad(f"Folder name too long (max {MAX_FOLDER_LENGTH} characters)")
-    if not folder.strip():
-        raise _bad("Invalid folder: must not be blank")
-    if _has_control(folder):
-        raise _bad("Invalid folder: must not contain control characters")
-    # Leading whitespace is trimmed later, so " /etc" is judged as "/etc".
-    if folder.lstrip().startswith(("/", "\\")):
-        raise _bad("Invalid folder: must not start with '/' or '\\'")
-    if ".." in folder:
-        raise _bad("Invalid folder: must not contain '..'")
-    segments: list[str] = []
-    problem = ""
-    for raw in folder.replace("\\", "/").split("/"):
-        try:
-            segments.append(sanitize_filename(raw))
-        except ValueError as exc:
-            problem = str(exc)
-    if not segments:
-        raise _bad(f"Invalid folder: {problem}")
-    return "/".join(segments)
+    try:
+        return file_names.check_folder(folder)
+    except file_names.UnsafeName as exc:
+        raise _bad(str(exc)) from None
 
 
 def _resolve_format(fmt: str | None, audio_only: bool) -> tuple[str, bool]:

@@ -53,9 +53,13 @@ class MetadataController(Controller):
         format has no such track, null that the source does not say), `width`, `height`,
         `resolution`, `fps`, `tbr` (kbit/s), `filesize` (bytes, when the source says) and
         `filesize_approx`. A playlist or feed answers `is_playlist: true` and `entries` (its
-        item count). 400 with the reason for a refused, unreachable or unsupported URL; 504
-        when the source does not answer within the limit; 429 with `Retry-After` while the
-        account already has its share of sources being read.
+        item count). Of a direct media file, FFmpeg reads `duration`, the codecs (FFmpeg's
+        names), `width` / `height`, `fps` and the whole file's `tbr` from at most 8 MiB of it,
+        fetched through the URL guard; what it cannot read in time stays null.
+
+        400 with the reason for a refused, unreachable or unsupported URL; 504 when the source
+        does not answer within the limit; 429 with `Retry-After` while the account already has
+        its share of sources being read.
         """
         url = _valid_url(data.url)
         guard: UrlGuard = request.app.state.guard

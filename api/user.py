@@ -36,7 +36,7 @@ from api.auth import Principal, job_api_principal
 from api.errors import JOB_API_ERRORS, JobApiError
 from api.requests import command_metadata
 from api.targets import refuse_forbidden_target
-from domain import storage_config, webhook
+from domain import file_names, storage_config, webhook
 from domain.account import stream_id
 from domain.errors import ConcurrencyError
 from domain.events import NewEvent
@@ -47,6 +47,7 @@ _CONTAINER = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 _ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
 _REGION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
+_MAX_PREFIX = 512  # characters of folder_prefix, and of base_folder
 
 
 class WebhookSecret(msgspec.Struct):
@@ -161,14 +162,21 @@ def _secret(value: str | None, field: str) -> str:
 
 
 def _prefix(folder_prefix: str | None, base_folder: str | None) -> str:
-    """The object key prefix: `folder_prefix/base_folder`, each part checked."""
-    parts = [p.strip().strip("/") for p in (folder_prefix, base_folder) if p and p.strip("/ ")]
-    prefix = "/".join(parts)
-    if "\\" in prefix or "\x00" in prefix or len(prefix) > 512:
-        raise _bad("folder_prefix must be a relative path like downloads/2024")
-    if any(segment in ("", ".", "..") for segment in prefix.split("/")) and prefix:
-        raise _bad("folder_prefix must not contain empty, '.' or '..' segments")
-    return prefix
+    """The object key prefix: `folder_prefix/base_folder`, each a folder path held to the rules
+    of a job's `folder` (domain/file_names.py); a `/` around either is dropped."""
+    parts = []
+    for field, value in (("folder_prefix", folder_prefix), ("base_folder", base_folder)):
+        if value is None or not value.strip("/ "):
+            continue
+        try:
+            parts.append(
+                file_names.check_folder(
+                    value.strip().strip("/"), field=field, max_length=_MAX_PREFIX
+                )
+            )
+        except file_names.UnsafeName as exc:
+            raise _bad(str(exc)) from None
+    return "/".join(parts)
 
 
 def _region(value: str | None) -> str | None:

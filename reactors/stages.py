@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from adapters import downloader, live_hls, muxer
+from adapters import downloader, live_hls, muxer, thumbnails
 from adapters.owned_objects import delete_owned
 from adapters.ssrf import UrlGuard
 from adapters.storage import (
@@ -29,7 +29,7 @@ from adapters.storage import (
     object_key,
 )
 from adapters.viewer_sessions import ViewerRecorder, ViewerSession
-from domain import job, viewer
+from domain import file_names, job, viewer
 from domain.timecode import parse_timecode
 
 ProgressSink = Callable[[job.Progress], None]
@@ -86,7 +86,9 @@ def output_name(state: job.JobState) -> str:
 
 def _slug(title: str) -> str:
     cleaned = re.sub(r"[^\w\-. ()\[\]]+", "_", title, flags=re.UNICODE).strip(" ._")
-    return re.sub(r"\s+", " ", cleaned)[:200]
+    slug = re.sub(r"\s+", " ", cleaned)[:200]
+    # A title "Nul.mp4" would name a Windows device ("Nul.mp4 [1a2b3c4d].mp4" is one).
+    return f"_{slug}" if file_names.is_device_name(slug) else slug
 
 
 async def download(
@@ -170,11 +172,15 @@ async def download(
         if longest is not None and longest > max_media_seconds + MEDIA_SECONDS_SLACK:
             remove_workdir(workdir)
             raise StageError(too_long(longest, max_media_seconds), retryable=False)
+    files = result.files
+    if o.download_thumbnail:
+        # A source without a thumbnail of its own gets one from its video (adapters/thumbnails.py).
+        files = await thumbnails.with_thumbnail(files, workdir)
     return job.DownloadCompleted(
         run=state.run,
         attempt=state.attempt,
         node_id=node_id,
-        files=[job.MediaFile(path=f.path, kind=f.kind, size=f.size) for f in result.files],
+        files=[job.MediaFile(path=f.path, kind=f.kind, size=f.size) for f in files],
         bytes=result.total_bytes,
         seconds=result.seconds,
         title=info.title,

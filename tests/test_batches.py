@@ -232,7 +232,8 @@ async def test_bulk_creates_every_job_and_they_complete(
         ),
         (
             [{"url": "http://media.test/a.mp4", "filename": "../x"}],
-            "jobs[0]: Invalid filename: must not contain '/' or '\\'",
+            "jobs[0]: Invalid filename: '/' is not allowed "
+            '(a name must not contain any of \\ / : * ? " < > |)',
         ),
         (
             [{"url": "http://media.test/a.mp4"}, {"url": "http://127.0.0.1/x.mp4"}],

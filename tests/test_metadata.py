@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 import socket
+import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,10 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
+from adapters import remote_probe
+from adapters.ffmpeg import ffmpeg_exe
 from api.app import create_app
 from api.metadata import MetadataController
 from tests.fixtures.cluster import Cluster, StartCluster
-from tests.fixtures.media import MediaServer
+from tests.fixtures.media import MediaServer, make_audio_only, make_clip
 
 
 def api_client(c: Cluster) -> httpx.AsyncClient:
@@ -202,3 +208,149 @@ async def test_a_slow_source_answers_504_after_the_limit(
 
     assert answer.status_code == 504
     assert answer.json() == {"error": "Source did not answer within 0.5 s"}
+
+
+# --- direct media files: what FFmpeg reads of them, through the guarded connection -------------
+
+
+def _big_mp4(path: Path, seconds: float = 12.0) -> Path:
+    """A lossless 720p clip of ~20 MB, its index (moov) at the end, as FFmpeg writes by default."""
+    if not path.exists():
+        subprocess.run(
+            [
+                ffmpeg_exe(),
+                "-hide_banner",
+                "-nostdin",
+                "-loglevel",
+                "error",
+                "-y",
+                *("-f", "lavfi", "-t", f"{seconds}", "-i", "testsrc2=size=1280x720:rate=25"),
+                *("-f", "lavfi", "-t", f"{seconds}", "-i", "sine=frequency=440"),
+                *("-c:v", "libx264", "-preset", "ultrafast", "-qp", "0", "-c:a", "aac"),
+                "-shortest",
+                str(path),
+            ],
+            check=True,
+            capture_output=True,
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def direct_files(media_dir: Path) -> Path:
+    """Direct files beside the session's media: webm, mkv (served without a media type), m4a,
+    a big mp4, and an HLS playlist posing as an mp4."""
+    make_clip(media_dir / "probe.webm", 2.0, video_codec="libvpx-vp9", audio_codec="libopus")
+    make_clip(media_dir / "probe.mkv", 2.0)
+    make_audio_only(media_dir / "probe.m4a", 2.0)
+    _big_mp4(media_dir / "probe-big.mp4")
+    return media_dir
+
+
+async def test_a_direct_mp4_reports_duration_codecs_resolution_and_bitrate(
+    api: tuple[Cluster, httpx.AsyncClient], media_server: MediaServer, media_dir: Path
+) -> None:
+    data = (media_dir / "clip.mp4").read_bytes()
+    assert data.index(b"moov") > data.index(b"mdat")  # its index is at the end of the file
+
+    answer = await _post(api, media_server.url("clip.mp4"))
+
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["duration"] == pytest.approx(2.0, abs=0.1)
+    [f] = body["formats"]
+    assert (f["vcodec"], f["acodec"]) == ("h264", "aac")
+    assert (f["width"], f["height"], f["resolution"]) == (320, 240, "320x240")
+    assert f["fps"] == 25.0
+    # The whole file's bitrate: its size over its length, in kbit/s.
+    assert f["tbr"] == pytest.approx(len(data) * 8 / 1000 / 2.0, rel=0.1)
+
+
+@pytest.mark.parametrize(
+    ("name", "codecs", "size"),
+    [
+        ("probe.webm", ("vp9", "opus"), (320, 240)),
+        # Served as application/octet-stream: yt-dlp cannot tell it is media, FFmpeg can.
+        ("probe.mkv", ("h264", "aac"), (320, 240)),
+        ("probe.m4a", ("none", "aac"), (None, None)),
+    ],
+)
+async def test_other_direct_files_report_their_codecs_and_duration(
+    api: tuple[Cluster, httpx.AsyncClient],
+    media_server: MediaServer,
+    direct_files: Path,
+    name: str,
+    codecs: tuple[str, str],
+    size: tuple[int | None, int | None],
+) -> None:
+    answer = await _post(api, media_server.url(name))
+
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["duration"] == pytest.approx(2.0, abs=0.1)
+    [f] = body["formats"]
+    assert (f["vcodec"], f["acodec"]) == codecs
+    assert (f["width"], f["height"]) == size
+    assert f["tbr"] and f["tbr"] > 0
+
+
+async def test_a_large_direct_file_is_probed_from_a_small_part_of_its_bytes(
+    api: tuple[Cluster, httpx.AsyncClient], media_server: MediaServer, direct_files: Path
+) -> None:
+    size = (direct_files / "probe-big.mp4").stat().st_size
+
+    answer = await _post(api, media_server.url("probe-big.mp4"))
+
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["duration"] == pytest.approx(12.0, abs=0.1)
+    [f] = body["formats"]
+    assert (f["vcodec"], f["width"], f["height"]) == ("h264", 1280, 720)
+    # What FFmpeg's requests took (yt-dlp's own look at the URL is a whole-file GET it leaves).
+    read = media_server.sent_bytes.of("/probe-big.mp4", ranges_only=True)
+    assert read < min(size / 3, remote_probe.MAX_BYTES), (read, size)
+
+
+async def test_a_manifest_posing_as_a_media_file_never_sends_ffmpeg_to_its_urls(
+    api: tuple[Cluster, httpx.AsyncClient], media_server: MediaServer, media_dir: Path
+) -> None:
+    # A DASH manifest served as video/mp4, its segments on 127.0.0.2, outside the allowlist:
+    # FFmpeg, were it to open the manifest, would fetch them itself, past the URL guard.
+    segments = media_dir / "posing-dash"
+    shutil.copytree(media_dir / "dash", segments, dirs_exist_ok=True)
+    manifest = (segments / "manifest.mpd").read_text()
+    base = f"<BaseURL>{media_server.alt_url('posing-dash/')}</BaseURL>"
+    (media_dir / "posing.mp4").write_text(manifest.replace("<Period", f"{base}<Period", 1))
+
+    answer = await _post(api, media_server.url("posing.mp4"))
+
+    assert answer.status_code == 200, answer.text
+    [f] = answer.json()["formats"]
+    assert (f["vcodec"], f["acodec"]) == (None, None)  # not known, and said so by null
+    fetched = {
+        p.name: media_server.sent_bytes.of(f"/posing-dash/{p.name}") for p in segments.iterdir()
+    }
+    assert not any(fetched.values()), fetched
+
+
+async def test_a_direct_file_that_trickles_in_answers_what_is_known_within_the_limit(
+    api: tuple[Cluster, httpx.AsyncClient],
+    media_server: MediaServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(api[0].settings, "probe_timeout", 2.0)
+    # Headers at once (yt-dlp sees a video/mp4), then 16 bytes a second: FFmpeg never gets
+    # far enough to name a codec.
+    slow = media_server.slow_url("clip.mp4", chunk=16, interval=1.0)
+    started = time.monotonic()
+
+    answer = await _post(api, slow)
+
+    assert answer.status_code == 200, answer.text
+    assert time.monotonic() - started < 2.0
+    [f] = answer.json()["formats"]
+    assert (f["ext"], f["vcodec"], f["acodec"], f["width"]) == ("mp4", None, None, None)
+    deadline = time.monotonic() + 5
+    while media_server.slow_answers.open:  # every connection to the source is closed
+        assert time.monotonic() < deadline, "a connection to the source was left open"
+        await asyncio.sleep(0.05)
