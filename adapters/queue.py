@@ -86,6 +86,8 @@ def unit_for(job_id: str, ev: Event) -> Dispatch | None:
         return Dispatch(job_id, ev.run, "upload", 1, ev.node_id)
     if isinstance(ev, job.StageFailed) and ev.retry_stage and ev.retry_attempt:
         return Dispatch(job_id, ev.run, ev.retry_stage, ev.retry_attempt, ev.node_id, ev.retry_in)
+    if isinstance(ev, job.StageInterrupted):
+        return Dispatch(job_id, ev.run, ev.stage, ev.attempt + 1, ev.node_id)
     return None
 
 

@@ -11,7 +11,7 @@ import asyncpg
 from arq.connections import ArqRedis
 
 from adapters import cluster_identity
-from adapters.database import create_pool, migrate
+from adapters.database import check_reachable, create_pool, migrate
 from adapters.event_store import EventStore
 from adapters.log_redaction import remember
 from adapters.queue import connect
@@ -56,6 +56,7 @@ async def open_runtime(
             pg = EmbeddedPostgres(settings.data_dir)
             embedded.append(pg)
             database_url = pg.start()
+        await check_reachable(database_url)
         redis_url = settings.redis_url
         if redis_url is None and need_redis:
             local_redis = EmbeddedRedis(settings.data_dir)
