@@ -62,14 +62,16 @@ async def open_runtime(
             local_redis = EmbeddedRedis(settings.data_dir)
             embedded.append(local_redis)
             redis_url = local_redis.start()
+        if redis_url is not None and need_redis:
+            # Before the migrations: a Redis that is not there is said at once, not after them.
+            redis = await connect(redis_url)
         if run_migrations:
             await migrate(database_url)
         pool = await create_pool(database_url, max_size=20)
         store = EventStore(pool)
         runner = ProjectionRunner(store, all_projections())
         storage = storage_from_url(settings.storage_url, data_dir=settings.data_dir)
-        if redis_url is not None and need_redis:
-            redis = await connect(redis_url)
+        if redis is not None:
             await cluster_identity.join(pool, redis)
         runtime = Runtime(
             settings, database_url, redis_url, pool, store, runner, storage, redis, embedded

@@ -74,38 +74,41 @@ def test_spool_up_on_a_taken_port_exits_within_10_s_saying_so_and_starts_nothing
 
 
 @pytest.mark.parametrize(
-    ("listener", "reason"),
-    [("closed", "connection refused"), ("silent", "no answer within 5 s")],
+    ("server", "listener", "line"),
+    [
+        ("database", "closed", "cannot reach the database at {}: connection refused"),
+        ("database", "silent", "cannot reach the database at {}: no answer within 3 s"),
+        ("redis", "closed", "cannot reach Redis at {}: connection refused"),
+        ("redis", "silent", "cannot reach Redis at {}: no answer within 3 s"),
+    ],
+    ids=["database-closed", "database-silent", "redis-closed", "redis-silent"],
 )
-def test_spool_up_with_an_unreachable_database_exits_within_10_s_saying_so(
-    tmp_path: Path, listener: str, reason: str
+def test_spool_up_with_an_unreachable_database_or_redis_exits_within_10_s_saying_so(
+    tmp_path: Path, database_url: str, server: str, listener: str, line: str
 ) -> None:
-    """A closed port refuses at once; a server that accepts and never answers is given 5 s."""
+    """A closed port refuses at once; a server that accepts and never answers is given a few
+    seconds (3)."""
     data_dir = tmp_path / "data"
     with socket.socket() as silent:
         if listener == "silent":
             silent.bind(("127.0.0.1", 0))
             silent.listen()
-            db_port = silent.getsockname()[1]
+            port = silent.getsockname()[1]
         else:
-            db_port = free_port()
+            port = free_port()
+        unreachable = f"{server}://spool:hunter2@127.0.0.1:{port}/"
+        urls = {
+            "database": ["--database-url", unreachable.replace("database:", "postgresql:")],
+            "redis": ["--database-url", database_url, "--redis-url", f"{unreachable}0"],
+        }[server]
         procs = SpoolProcesses(tmp_path, {})
         proc = procs.start(
-            "up",
-            "up",
-            "--port",
-            str(free_port()),
-            "--data-dir",
-            str(data_dir),
-            "--database-url",
-            f"postgresql://spool:hunter2@127.0.0.1:{db_port}/spool",
+            "up", "up", "--port", str(free_port()), "--data-dir", str(data_dir), *urls
         )
         _ended_within(proc, 10)
     log = procs.log("up")
     assert proc.returncode == 1, log
-    assert _error_lines(log) == [
-        f"Error: cannot reach the database at 127.0.0.1:{db_port}: {reason}"
-    ]
+    assert _error_lines(log) == ["Error: " + line.format(f"127.0.0.1:{port}")]
     assert "hunter2" not in log and "Traceback" not in log
     assert _processes_of(data_dir) == []  # the embedded Redis it would start next, for one
 
