@@ -355,6 +355,10 @@ def api(settings: Settings, processes: int) -> None:
         log.info(
             "spool api: %d process(es) on http://%s:%d", processes, settings.host, settings.port
         )
+        # uvicorn re-raises the signal it stopped on once it has shut down; SIGTERM's default
+        # would then end the process before the `finally` below stops the embedded servers.
+        # Raised as KeyboardInterrupt (SIGINT's way), uvicorn.run returns instead.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         uvicorn.run(
             "spool.serve:api_process",
             factory=True,

@@ -8,6 +8,10 @@ next start. A second SIGINT stops at once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import os
 import signal
 import socket
 import subprocess
@@ -16,12 +20,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import psutil
 import pytest
 
 from spool.embedded import free_port
-from tests.fixtures.media import MediaServer
+from tests.fixtures.media import MediaServer, make_clip
 from tests.fixtures.processes import SpoolProcesses, wait_http
 
 KEY = "sk_lifecycle_test_key_0123456789abcdef"
@@ -52,8 +57,9 @@ def _error_lines(log: str) -> list[str]:
     return [line for line in log.splitlines() if line.startswith("Error: ")]
 
 
-def test_spool_up_on_a_taken_port_exits_within_10_s_saying_so_and_starts_nothing(
-    tmp_path: Path,
+@pytest.mark.parametrize("command", ["up", "api"])
+def test_a_taken_port_ends_the_start_within_10_s_saying_so_and_starts_nothing(
+    tmp_path: Path, command: str
 ) -> None:
     data_dir = tmp_path / "data"
     with socket.socket() as taken:
@@ -63,7 +69,7 @@ def test_spool_up_on_a_taken_port_exits_within_10_s_saying_so_and_starts_nothing
         procs = SpoolProcesses(tmp_path, {})
         # Embedded defaults: were anything started before the port is tried, it would be
         # PostgreSQL and a redis-server under the data dir.
-        proc = procs.start("up", "up", "--port", str(port), "--data-dir", str(data_dir))
+        proc = procs.start("up", command, "--port", str(port), "--data-dir", str(data_dir))
         _ended_within(proc, 10)
     log = procs.log("up")
     assert proc.returncode == 1, log
@@ -139,8 +145,8 @@ def _cluster(tmp_path: Path, database_url: str, redis_url: str) -> SpoolProcesse
     )
 
 
-def _start_up(procs: SpoolProcesses, port: int) -> str:
-    proc = procs.start("up", "up", "--port", str(port))
+def _start_up(procs: SpoolProcesses, port: int, *, new_session: bool = False) -> str:
+    proc = procs.start("up", "up", "--port", str(port), new_session=new_session)
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/health", 60, proc)
     return base
@@ -169,31 +175,55 @@ def _history(base: str, job_id: str) -> list[dict[str, object]]:
     return events
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_stop_during_a_throttled_download_ends_within_10_s_and_the_job_completes_after_restart(
-    tmp_path: Path,
-    fresh_database_url: str,
-    redis_url: str,
-    dripping_media: MediaServer,
-    stop_signal: signal.Signals,
+def _stop_mid_download(
+    procs: SpoolProcesses, port: int, media: MediaServer, stop_signal: signal.Signals
+) -> str:
+    """Start `spool up`, give it a dripping download, stop it with `stop_signal` while it
+    downloads; the job's id, once the process has ended within 10 s, cleanly."""
+    base = _start_up(procs, port)
+    # A few KiB every quarter second: the 2 s clip would take about half a minute.
+    job_id = _downloading(base, media.slow_url("clip.mp4", chunk=4096, interval=0.25))
+    proc = procs.procs["up"]
+    proc.send_signal(stop_signal)
+    _ended_within(proc, 10)
+    log = procs.log("up", tail=100_000)
+    assert proc.returncode == 0, log
+    assert "Traceback" not in log and "rename" not in log
+    # The partial download is gone with it.
+    assert not any((procs.root / "data" / "work" / job_id).rglob("*.*"))
+    return job_id
+
+
+def test_sigterm_during_a_throttled_download_ends_within_10_s_recording_the_interruption(
+    tmp_path: Path, fresh_database_url: str, redis_url: str, dripping_media: MediaServer
 ) -> None:
-    """Ctrl-C (or SIGTERM) cuts the download off; the attempt is recorded as interrupted by
-    the shutdown, spends none of the job's retries, leaves no partial file, and the next start
-    downloads again and completes the job."""
+    procs = _cluster(tmp_path, fresh_database_url, redis_url)
+    with procs.kept_logs():
+        job_id = _stop_mid_download(procs, free_port(), dripping_media, signal.SIGTERM)
+    history = asyncio.run(_logged(fresh_database_url, job_id))
+    assert "StageFailed" not in [t for t, _ in history], history
+    assert history[-1] == (
+        "StageInterrupted",
+        {
+            "stage": "download",
+            "run": 1,
+            "attempt": 1,
+            "node_id": procs.env["SPOOL_NODE_ID"],
+            "reason": "shutdown",
+        },
+    )
+
+
+def test_ctrl_c_during_a_throttled_download_ends_within_10_s_and_the_job_completes_after_restart(
+    tmp_path: Path, fresh_database_url: str, redis_url: str, dripping_media: MediaServer
+) -> None:
+    """Ctrl-C cuts the download off; the attempt is recorded as interrupted by the shutdown,
+    spends none of the job's retries, leaves no partial file, and the next start downloads
+    again and completes the job."""
     procs = _cluster(tmp_path, fresh_database_url, redis_url)
     port = free_port()
     with procs.kept_logs():
-        base = _start_up(procs, port)
-        # A few KiB every quarter second: the 2 s clip would take about half a minute.
-        url = dripping_media.slow_url("clip.mp4", chunk=4096, interval=0.25)
-        job_id = _downloading(base, url)
-        proc = procs.procs["up"]
-        proc.send_signal(stop_signal)
-        _ended_within(proc, 10)
-        first_log = procs.log("up", tail=100_000)
-        assert proc.returncode == 0, first_log
-        assert "Traceback" not in first_log and "rename" not in first_log
-        assert not any((tmp_path / "data" / "work" / job_id).rglob("*.*"))
+        job_id = _stop_mid_download(procs, port, dripping_media, signal.SIGINT)
 
         dripping_media.slow_answers.dripping = False
         base = _start_up(procs, port)
@@ -228,6 +258,70 @@ def test_a_stop_during_a_throttled_download_ends_within_10_s_and_the_job_complet
         assert procs.procs["up"].returncode == 0, procs.log("up")
 
 
+def test_ctrl_c_at_a_terminal_during_a_mux_kills_ffmpeg_and_records_the_interruption(
+    tmp_path: Path, fresh_database_url: str, redis_url: str
+) -> None:
+    """A terminal's Ctrl-C signals the whole foreground process group. FFmpeg, in a group of
+    its own, is not hit by it (it would die and the mux would count as failed): Spool stops it,
+    and nothing of it is left running."""
+    make_clip(tmp_path / "media" / "long.mp4", 30.0)  # x265 takes seconds over it
+    media = MediaServer(tmp_path / "media").start()
+    procs = _cluster(tmp_path, fresh_database_url, redis_url)
+    with procs.kept_logs(), contextlib.ExitStack() as cleanup:
+        cleanup.callback(media.stop)
+        base = _start_up(procs, free_port(), new_session=True)
+        created = httpx.post(
+            f"{base}/jobs",
+            json={"url": media.url("long.mp4"), "video_codec": "h265"},
+            headers=HEADERS,
+        )
+        job_id = created.json()["job_id"]
+        deadline = time.monotonic() + 60
+        while (got := httpx.get(f"{base}/jobs/{job_id}", headers=HEADERS).json())[
+            "step"
+        ] != "Muxing" or not _ffmpeg_of(tmp_path):
+            assert got["status"] in ("Pending", "Processing") and time.monotonic() < deadline, got
+            time.sleep(0.05)
+        proc = procs.procs["up"]
+        os.killpg(proc.pid, signal.SIGINT)
+        _ended_within(proc, 10)
+        assert proc.returncode == 0, procs.log("up")
+        assert _ffmpeg_of(tmp_path) == []
+    history = asyncio.run(_logged(fresh_database_url, job_id))
+    types = [t for t, _ in history]
+    assert "StageFailed" not in types, types
+    assert [d for t, d in history if t == "StageInterrupted"] == [
+        {
+            "stage": "mux",
+            "run": 1,
+            "attempt": 1,
+            "node_id": procs.env["SPOOL_NODE_ID"],
+            "reason": "shutdown",
+        }
+    ]
+    workdir = tmp_path / "data" / "work" / job_id / "1"
+    assert not list(workdir.glob("output.*"))  # FFmpeg's partial output
+    assert list(workdir.glob("media.*"))  # the download, for the mux to run again from
+
+
+async def _logged(database_url: str, job_id: str) -> list[tuple[str, dict[str, object]]]:
+    """A job's events as stored: (type, data) in order."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT type, data::text FROM events WHERE stream_id = $1 ORDER BY version",
+            f"job-{job_id}",
+        )
+    finally:
+        await conn.close()
+    return [(r["type"], json.loads(r["data"])) for r in rows]
+
+
+def _ffmpeg_of(root: Path) -> list[str]:
+    """The FFmpeg processes working under `root` (a node's data dir is in its arguments)."""
+    return [c for c in _processes_of(root) if "ffmpeg" in c]
+
+
 def test_a_second_sigint_stops_spool_up_at_once(
     tmp_path: Path, fresh_database_url: str, redis_url: str, dripping_media: MediaServer
 ) -> None:
@@ -244,13 +338,15 @@ def test_a_second_sigint_stops_spool_up_at_once(
         assert "second SIGINT: stopping at once" in procs.log("up")
 
 
-def test_spool_worker_and_spool_reactors_stop_on_sigterm_within_10_s(
+def test_spool_worker_reactors_and_api_stop_on_sigterm_within_10_s(
     tmp_path: Path, fresh_database_url: str, redis_url: str
 ) -> None:
     procs = _cluster(tmp_path, fresh_database_url, redis_url)
     with procs.kept_logs():
         worker = procs.worker("lifecycle-worker")
         reactors = procs.start("reactors", "reactors")
+        procs.api()  # side by side with the two above, which start meanwhile
+        api = procs.procs["api"]
         deadline = time.monotonic() + 60
         while not (
             "working (download queue" in procs.log("lifecycle-worker")
@@ -259,8 +355,8 @@ def test_spool_worker_and_spool_reactors_stop_on_sigterm_within_10_s(
             assert worker.poll() is None and reactors.poll() is None, procs.logs()
             assert time.monotonic() < deadline, procs.logs()
             time.sleep(0.1)
-        worker.send_signal(signal.SIGTERM)
-        reactors.send_signal(signal.SIGTERM)
-        _ended_within(worker, 10)
-        _ended_within(reactors, 10)
-        assert (worker.returncode, reactors.returncode) == (0, 0), procs.logs()
+        for proc in (api, worker, reactors):
+            proc.send_signal(signal.SIGTERM)
+        for proc in (api, worker, reactors):
+            _ended_within(proc, 10)
+        assert (api.returncode, worker.returncode, reactors.returncode) == (0, 0, 0), procs.logs()
