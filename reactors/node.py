@@ -424,6 +424,9 @@ class Node:
                 if isinstance(unit, str):
                     return unit
                 self.running[unit_id] = unit
+                if self.stopping:  # started while the stop went round the running units
+                    unit.interrupted = True
+                    unit.cancel.set()
                 outcome = await self._execute(unit, workdir)
             # The slot is free while the result is recorded: the next unit need not wait for it.
             if isinstance(outcome, str):

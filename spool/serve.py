@@ -262,9 +262,8 @@ async def up(settings: Settings) -> None:
                 server.should_exit = True
                 await serving
 
-            log.info(
-                "spool is up: http://%s:%d (Swagger UI at /swagger)", settings.host, settings.port
-            )
+            port = sock.getsockname()[1]  # the one bound: `--port 0` takes a free one
+            log.info("spool is up: http://%s:%d (Swagger UI at /swagger)", settings.host, port)
             await _supervise(
                 stop,
                 {"api": api(), **reactors(rt, stop), "node": node_for(rt).run(stop)},
