@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -113,6 +114,37 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asy
     )
     assert pool is not None
     return pool
+
+
+CONNECT_TIMEOUT = 3.0
+"""Seconds a command waits for the database to answer at start before it gives up."""
+
+
+async def check_reachable(url: str, *, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Connect once, or raise RuntimeError with one line saying where and why not.
+
+    A start against a database that refuses, is unknown or does not answer ends at once with
+    that line, instead of hanging in a pool's or a migration's own (minute-long) waits. The
+    line names the host and port, never the URL's password.
+    """
+    parts = urlsplit(asyncpg_url(url))
+    where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+    if parts.hostname is None and "host=" in parts.query:
+        where = "its socket"  # an embedded server's: a socket file named in the query
+    try:
+        conn = await asyncpg.connect(asyncpg_url(url), timeout=timeout)
+    except TimeoutError:
+        raise RuntimeError(
+            f"cannot reach the database at {where}: no answer within {timeout:g} s"
+        ) from None
+    except ConnectionRefusedError:
+        raise RuntimeError(f"cannot reach the database at {where}: connection refused") from None
+    except OSError as exc:
+        reason = "unknown host" if isinstance(exc, socket.gaierror) else exc.strerror or str(exc)
+        raise RuntimeError(f"cannot reach the database at {where}: {reason}") from None
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise RuntimeError(f"cannot use the database at {where}: {exc}") from None
+    await conn.close()
 
 
 def alembic_config(url: str) -> Config:

@@ -8,6 +8,7 @@ see `_GuardedRH`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import logging
@@ -18,6 +19,7 @@ import ssl
 import threading
 import time
 import urllib.request
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -470,6 +472,55 @@ def _selector(
     return select
 
 
+class _SocketCutter:
+    """Shuts every socket of one download as soon as its cancel event is set.
+
+    yt-dlp looks at the cancel event only between chunks (the progress hook) and between
+    requests: a read blocked on a source that drips or has gone silent would hold the download,
+    and the process stopping under it, for up to the socket timeout. A shut socket's read
+    returns at once, and the request that follows is refused by `_GuardedRH._send`.
+    """
+
+    def __init__(self, cancel: threading.Event) -> None:
+        self._cancel = cancel
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._finished = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="download-cutter", daemon=True)
+
+    def opened(self, sock: socket.socket) -> None:
+        """`OnConnect`: a socket of this download."""
+        with self._lock:
+            self._sockets.add(sock)
+        if self._cancel.is_set():
+            _shut(sock)
+
+    def __enter__(self) -> _SocketCutter:
+        self._watcher.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._finished.set()
+
+    def _watch(self) -> None:
+        # A threading.Event cannot call back: look at it a few times a second, until the end.
+        while not self._finished.is_set():
+            if self._cancel.wait(_CUT_POLL_SECONDS):
+                with self._lock:
+                    sockets = list(self._sockets)
+                for sock in sockets:
+                    _shut(sock)
+                return
+
+
+_CUT_POLL_SECONDS = 0.2
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # closed already
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 # --- progress -------------------------------------------------------------------------------------
 
 
@@ -859,7 +910,16 @@ def download(
         params["match_filter"] = longer_than_allowed
     started = time.monotonic()
     try:
-        with _GuardedYoutubeDL(params, guard=guard, cancel=cancel) as ydl:
+        with contextlib.ExitStack() as stack:
+            cutter = stack.enter_context(_SocketCutter(cancel)) if cancel is not None else None
+            ydl = stack.enter_context(
+                _GuardedYoutubeDL(
+                    params,
+                    guard=guard,
+                    cancel=cancel,
+                    on_connect=cutter.opened if cutter is not None else None,
+                )
+            )
             info = ydl.extract_info(url, download=True)
     except BaseException as exc:
         cancelled = (cancel is not None and cancel.is_set()) or any(

@@ -20,6 +20,7 @@ from typing import Literal
 
 import msgspec
 
+from adapters import process_groups
 from adapters.ffmpeg import ffmpeg_exe
 
 # ---------------------------------------------------------------------------------------------
@@ -524,7 +525,11 @@ async def _run(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        # Its own process group: a terminal's Ctrl-C reaches Spool alone, which then stops
+        # FFmpeg itself and records the mux as interrupted, not as FFmpeg failing.
+        start_new_session=True,
     )
+    process_groups.adopt(proc.pid)
     errors: deque[str] = deque(maxlen=30)
     run = asyncio.ensure_future(_drain(proc, progress, errors))
     cancelled = asyncio.ensure_future(cancel.wait()) if cancel is not None else None
@@ -544,11 +549,11 @@ async def _run(
     finally:
         if cancelled is not None:
             cancelled.cancel()
-        if not succeeded:
+        if not succeeded and proc.returncode is None:
             # Also reached when our own task is cancelled: never leave FFmpeg running.
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+            process_groups.kill(proc.pid)
+        process_groups.release(proc.pid)
+        if not succeeded:
             # Shielded so a second cancellation cannot leave the pipes unread and a zombie.
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.shield(run)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal, NamedTuple
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
+from redis.exceptions import RedisError
 
 from domain import job
 from domain.events import Event
@@ -25,9 +27,34 @@ def node_queue(node_id: str) -> str:
     return f"spool:queue:node:{node_id}"
 
 
-async def connect(redis_url: str) -> ArqRedis:
-    """An arq Redis pool for `redis_url`."""
-    return await create_pool(RedisSettings.from_dsn(redis_url))
+CONNECT_DEADLINE = 3.0
+"""Seconds a start gives Redis to answer (two tries, a second apart) before it gives up."""
+
+
+async def connect(redis_url: str, *, deadline: float = CONNECT_DEADLINE) -> ArqRedis:
+    """An arq Redis pool for `redis_url`, or RuntimeError with one line saying why not.
+
+    Bounded by `deadline`: a start against a Redis that refuses, or that accepts and never
+    answers (arq's own retries wait on a reply with no timeout), ends saying so. The line names
+    the host and port, never the URL's password.
+    """
+    settings = RedisSettings.from_dsn(redis_url)
+    settings.conn_retries = 1
+    try:
+        async with asyncio.timeout(deadline):
+            return await create_pool(settings)
+    except (RedisError, OSError, TimeoutError) as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, ConnectionRefusedError):
+            reason = "connection refused"
+        elif isinstance(exc, TimeoutError) or isinstance(cause, TimeoutError):
+            reason = f"no answer within {deadline:g} s"
+        else:
+            reason = str(exc)
+        where = f"{settings.host}:{settings.port}"
+        raise RuntimeError(f"cannot reach Redis at {where}: {reason}") from None
 
 
 class Dispatch(NamedTuple):
@@ -86,6 +113,8 @@ def unit_for(job_id: str, ev: Event) -> Dispatch | None:
         return Dispatch(job_id, ev.run, "upload", 1, ev.node_id)
     if isinstance(ev, job.StageFailed) and ev.retry_stage and ev.retry_attempt:
         return Dispatch(job_id, ev.run, ev.retry_stage, ev.retry_attempt, ev.node_id, ev.retry_in)
+    if isinstance(ev, job.StageInterrupted):
+        return Dispatch(job_id, ev.run, ev.stage, ev.attempt + 1, ev.node_id)
     return None
 
 

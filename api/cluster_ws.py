@@ -48,6 +48,7 @@ JOB_EVENTS: frozenset[str] = frozenset(
         "MuxCompleted",
         "JobCompleted",
         "StageFailed",
+        "StageInterrupted",
         "JobFailed",
         "JobCancelled",
         "JobRetried",

@@ -220,6 +220,22 @@ class StageFailed(Event, frozen=True, kw_only=True):
 
 
 @event
+class StageInterrupted(Event, frozen=True, kw_only=True):
+    """The node running this attempt was stopped (SIGINT / SIGTERM) and cut it short.
+
+    Not the job's fault: the same stage runs again as attempt `attempt + 1`, which spends none
+    of the stage's attempts (see `JobState.interruptions`). The new attempt number gives the
+    unit a queue id of its own (`arq_job_id`), since the interrupted one's result is kept.
+    """
+
+    stage: Stage
+    run: int
+    attempt: int
+    node_id: str
+    reason: Literal["shutdown"] = "shutdown"
+
+
+@event
 class JobFailed(Event, frozen=True, kw_only=True):
     run: int
     stage: Stage
@@ -281,6 +297,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         MuxCompleted,
         JobCompleted,
         StageFailed,
+        StageInterrupted,
         JobFailed,
         JobCancelled,
         JobRetried,
@@ -325,6 +342,9 @@ class JobState(msgspec.Struct, kw_only=True, omit_defaults=True):
     node_id: str | None = None
     progress: Progress | None = None
     retries: dict[str, int] = msgspec.field(default_factory=dict)
+    interruptions: int = 0
+    """Attempts of the current stage that a node's shutdown cut short: they spend no attempt,
+    so `attempt - interruptions` is how many of the stage's attempts are used."""
     # What the stages produced.
     files: list[MediaFile] = msgspec.field(default_factory=list)
     unfinished_uploads: list[str] = msgspec.field(default_factory=list)
@@ -461,7 +481,8 @@ def fail_stage(
     `restart_from_download` is for a lost node: its local files went with it.
     """
     _require_current(state, stage, run, attempt)
-    if retryable and attempt < max_attempts:
+    spent = attempt - state.interruptions  # an attempt cut short by a shutdown is not one
+    if retryable and spent < max_attempts:
         retry_stage: Stage = "download" if restart_from_download else stage
         return [
             StageFailed(
@@ -473,7 +494,7 @@ def fail_stage(
                 error_type=error_type,
                 retry_stage=retry_stage,
                 retry_attempt=attempt + 1,
-                retry_in=backoff * 2 ** (attempt - 1),
+                retry_in=backoff * 2 ** (spent - 1),
                 unfinished_uploads=list(unfinished_uploads),
             )
         ]
@@ -489,6 +510,14 @@ def fail_stage(
         ),
         JobFailed(run=run, stage=stage, reason=reason, error_type=error_type),
     ]
+
+
+def interrupt_stage(
+    state: JobState, stage: Stage, run: int, attempt: int, *, node_id: str
+) -> list[Event]:
+    """A stopping node cut its attempt short: the same stage runs again, no attempt spent."""
+    _require_current(state, stage, run, attempt)
+    return [StageInterrupted(stage=stage, run=run, attempt=attempt, node_id=node_id)]
 
 
 def cancel(state: JobState) -> list[Event]:
@@ -621,7 +650,13 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         state.error, state.error_type = ev.reason, ev.error_type
         state.unfinished_uploads += ev.unfinished_uploads
         if ev.retry_stage is not None and ev.retry_attempt is not None:
+            if ev.retry_stage != state.stage:
+                state.interruptions = 0  # a lost node's stage starts over from download
             state.stage, state.attempt = ev.retry_stage, ev.retry_attempt
+            state.progress = None
+    elif isinstance(ev, StageInterrupted):
+        if ev.run == state.run and ev.stage == state.stage and ev.attempt == state.attempt:
+            state.attempt, state.interruptions = ev.attempt + 1, state.interruptions + 1
             state.progress = None
     elif isinstance(ev, JobFailed):
         state.status, state.step = "Failed", "Finished"
@@ -641,6 +676,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         state.status, state.step = "Pending", "Queued"
         state.webhook_status, state.webhook_attempts = None, 0
         state.run, state.stage, state.attempt = ev.run, "download", 1
+        state.interruptions = 0
         state.node_id, state.progress, state.finished_at = None, None, None
         state.error = state.error_type = None
         state.files, state.output, state.key = [], None, None
@@ -659,6 +695,7 @@ def _advance(state: JobState, done: Stage) -> None:
     nxt = NEXT_STAGE[done]
     assert nxt is not None
     state.stage, state.attempt, state.progress = nxt, 1, None
+    state.interruptions = 0
 
 
 COUNTERS = (

@@ -58,6 +58,13 @@ STAGE_TIMEOUT = 6 * 3600
 UNKNOWN_JOB_DEFER = 5.0
 """Seconds a unit of a job this database does not know waits before it is offered again."""
 
+INTERRUPT_GRACE = 4.0
+"""Seconds a stopping node gives its running stages to stop and record the interruption: the
+download thread, FFmpeg and an upload each notice their cancel event well within it."""
+
+CANCEL_GRACE = 1.0
+"""Seconds, after that, for the stages still running to unwind once their tasks are cancelled."""
+
 
 @dataclass
 class RunningUnit:
@@ -78,6 +85,8 @@ class RunningUnit:
     progress: job.Progress | None = None
     reported: job.Progress | None = None
     stalled: bool = False
+    interrupted: bool = False
+    """Cut short by the node's own stop, not by the user or a stall."""
 
 
 class Node:
@@ -128,6 +137,7 @@ class Node:
         # The `removed_at` of the last removal this node answered by registering again.
         self._removal_seen: Any = None
         self._heartbeat_day: date | None = None
+        self.stopping = False
 
     # -- life ----------------------------------------------------------------------------
 
@@ -170,8 +180,20 @@ class Node:
             ),
         ]
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Work until `stop` is set; then hand back what is running and say goodbye."""
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        interrupt_grace: float = INTERRUPT_GRACE,
+        cancel_grace: float = CANCEL_GRACE,
+    ) -> None:
+        """Work until `stop` is set; then interrupt what is running and say goodbye.
+
+        Each running stage is told to stop (its download, FFmpeg or upload cut off) and records
+        itself as interrupted, so that it runs again on the next start without spending an
+        attempt; one that does not stop within `interrupt_grace` seconds is cancelled and
+        recorded here. Units still waiting for a slot go back to their queue untouched.
+        """
         self.workroot.mkdir(parents=True, exist_ok=True)
         self._removal_seen = await self._removed_at()
         await self._register()
@@ -183,26 +205,35 @@ class Node:
         ticker = asyncio.create_task(self._tick_forever(stop), name="heartbeat")
         log.info("node %s working (download queue + %s)", self.node_id, node_queue(self.node_id))
         await stop.wait()
-        handed_back = list(self.running.values())
+        self.stopping = True
         for w in workers:
-            w.handle_sig(signal.SIGTERM)  # cancels its running jobs and its poll loop
+            w.allow_pick_jobs = False  # nothing new from now on
+        left = await self._interrupt_running(interrupt_grace)
+        for w in workers:
+            w.handle_sig(signal.SIGTERM)  # cancels its jobs (arq queues them again) and its loop
         for t in tasks:
             t.cancel()  # a worker stopped before its poll loop began has nothing to signal
-        await asyncio.gather(*tasks, return_exceptions=True)
+        jobs = [j for w in workers for j in w.tasks.values()]
+        await asyncio.wait([*tasks, *jobs], timeout=cancel_grace)
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ticker
-        for unit in handed_back:
+        for unit in left:
             with contextlib.suppress(Exception):
-                await self._fail(
-                    unit,
-                    stages.StageError(
-                        f"Node {self.node_id} stopped during {unit.stage}", retryable=True
-                    ),
-                )
+                await self._interrupt(unit)
         await self._append_node(node.NodeStopped(node_id=self.node_id))
         await self.viewers.aclose()
         await self.storages.aclose()
+
+    async def _interrupt_running(self, grace: float) -> list[RunningUnit]:
+        """Tell every running stage to stop; the units still running after `grace` seconds."""
+        for unit in self.running.values():
+            unit.interrupted = True
+            unit.cancel.set()
+        deadline = time.monotonic() + grace
+        while self.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return list(self.running.values())
 
     async def _register(self) -> None:
         """Tell the cluster who this node is (at start, and again after an admin removed it)."""
@@ -387,10 +418,15 @@ class Node:
         workdir = self.workdir(job_id, run)
         try:
             async with self.slots[stage]:
+                if self.stopping:
+                    raise Retry(defer=0)  # back to the queue, for the next start or another node
                 unit = await self._start(stage, job_id, run, attempt, cause)
                 if isinstance(unit, str):
                     return unit
                 self.running[unit_id] = unit
+                if self.stopping:  # started while the stop went round the running units
+                    unit.interrupted = True
+                    unit.cancel.set()
                 outcome = await self._execute(unit, workdir)
             # The slot is free while the result is recorded: the next unit need not wait for it.
             if isinstance(outcome, str):
@@ -560,6 +596,8 @@ class Node:
                 prefix=self.storages.key_prefix(storage, state.account_id),
             )
         except stages.StageCancelled:
+            if unit.interrupted:
+                return await self._interrupt(unit)
             if unit.stalled:
                 return await self._fail(
                     unit,
@@ -571,8 +609,12 @@ class Node:
             stages.remove_workdir(workdir)
             return "cancelled"
         except stages.StageError as exc:
+            if unit.interrupted:
+                return await self._interrupt(unit)  # the stop cut it short, whatever it said
             return await self._fail(unit, exc)
         except Exception as exc:
+            if unit.interrupted:
+                return await self._interrupt(unit)
             log.exception("%s of job %s failed unexpectedly", unit.stage, unit.job_id)
             return await self._fail(
                 unit,
@@ -643,6 +685,23 @@ class Node:
             refusal_reason(exc) if for_good else f"{type(exc).__name__}: {exc}"
         )
         return await self._fail(unit, stages.StageError(reason, retryable=not for_good))
+
+    async def _interrupt(self, unit: RunningUnit) -> str:
+        """Record that this node's stop cut the unit short: the stage runs again, no attempt
+        spent. A download's partial files go; a mux or upload keeps the files it works from."""
+
+        def decide(state: job.JobState) -> list[Event]:
+            return job.interrupt_stage(
+                state, unit.stage, unit.run, unit.attempt, node_id=self.node_id
+            )
+
+        state = await self._record(unit, decide)
+        if unit.stage == "download":
+            stages.remove_workdir(self.workdir(unit.job_id, unit.run))
+        if state is None:
+            return "stale"
+        log.info("%s of job %s interrupted by the node's stop", unit.stage, unit.job_id)
+        return "interrupted"
 
     async def _fail(self, unit: RunningUnit, exc: stages.StageError) -> str:
         events: list[Event] = []

@@ -34,6 +34,7 @@ class PipelineReactor:
             "DownloadCompleted",
             "MuxCompleted",
             "StageFailed",
+            "StageInterrupted",
         }
     )
 

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from adapters import downloader, live_hls, muxer, thumbnails
@@ -33,6 +34,7 @@ from domain import file_names, job, viewer
 from domain.timecode import parse_timecode
 
 ProgressSink = Callable[[job.Progress], None]
+T = TypeVar("T")
 
 log = logging.getLogger("spool.stages")
 
@@ -132,7 +134,8 @@ async def download(
         )
         if live:
             # A live stream: recorded until it ends, or until max_duration seconds of it.
-            result = await asyncio.to_thread(
+            result = await _in_thread(
+                stop,
                 live_hls.record,
                 state.url,
                 workdir,
@@ -144,7 +147,8 @@ async def download(
                 cancel=stop,
             )
         else:
-            result = await asyncio.to_thread(
+            result = await _in_thread(
+                stop,
                 downloader.download,
                 state.url,
                 workdir,
@@ -231,6 +235,29 @@ WAIT_FOR_VIDEO_SECONDS = 300.0
 
 def _is_hls(url: str) -> bool:
     return urlsplit(url).path.lower().endswith(".m3u8")
+
+
+THREAD_GRACE = 3.0
+"""Seconds a cancelled download thread is given to stop and remove its partial files."""
+
+
+async def _in_thread(stop: threading.Event, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`call(*args, **kwargs)` in a thread, which observes `stop`.
+
+    A thread cannot be cancelled: were this task cancelled (the process stopping) while the
+    thread went on, the download would outlive the stage, hold the process at exit and leave
+    its files. So a cancellation sets `stop` and waits up to `THREAD_GRACE` for the thread to
+    clean up, then goes on.
+    """
+    running = asyncio.ensure_future(asyncio.to_thread(call, *args, **kwargs))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        stop.set()
+        await asyncio.wait({running}, timeout=THREAD_GRACE)
+        if running.done() and not running.cancelled():
+            running.exception()  # retrieved: a DownloadCancelled here is expected
+        raise
 
 
 async def _relay(cancel: asyncio.Event, stop: threading.Event) -> None:

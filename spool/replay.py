@@ -91,6 +91,11 @@ def _job_note(ev: Event, e: RecordedEvent, names: Names) -> str:
             else "; no retry"
         )
         return f"{ev.stage} attempt {ev.attempt} on {ev.node_id}: {ev.reason}{then}"
+    if isinstance(ev, job.StageInterrupted):
+        return (
+            f"{ev.stage} attempt {ev.attempt} on {ev.node_id}: interrupted by {ev.reason}; "
+            f"{ev.stage} runs again as attempt {ev.attempt + 1} (no attempt spent)"
+        )
     if isinstance(ev, job.JobFailed):
         return f"at {ev.stage}: {ev.reason}"
     if isinstance(ev, job.JobCancelled):
@@ -121,12 +126,13 @@ def job_timeline(stream_id: str, events: Sequence[RecordedEvent], names: Names) 
             entry.stage = ev.stage
             if ev.node_id not in timeline.nodes:
                 timeline.nodes.append(ev.node_id)
-        stage = _STAGE_DONE.get(type(ev)) or (ev.stage if isinstance(ev, job.StageFailed) else None)
+        ended = ev if isinstance(ev, job.StageFailed | job.StageInterrupted) else None
+        stage = _STAGE_DONE.get(type(ev)) or (ended.stage if ended is not None else None)
         if stage is not None and stage in started:
             seconds = (e.recorded_at - started.pop(stage)).total_seconds()
             entry.stage, entry.stage_seconds = stage, round(seconds, 3)
             entry.note += f"; {stage} took {seconds:.2f}s"
-            if not isinstance(ev, job.StageFailed):
+            if not ended:
                 timeline.stage_seconds[stage] = round(seconds, 3)
         if isinstance(ev, job.StageFailed) and ev.retry_stage is not None:
             timeline.retries[ev.stage] = timeline.retries.get(ev.stage, 0) + 1

@@ -11,7 +11,7 @@ import asyncpg
 from arq.connections import ArqRedis
 
 from adapters import cluster_identity
-from adapters.database import create_pool, migrate
+from adapters.database import check_reachable, create_pool, migrate
 from adapters.event_store import EventStore
 from adapters.log_redaction import remember
 from adapters.queue import connect
@@ -65,14 +65,17 @@ async def open_runtime(
             )
         )
         database_url, redis_url = urls.database_url, urls.redis_url
+        await check_reachable(database_url)
+        if redis_url is not None and need_redis:
+            # Before the migrations: a Redis that is not there is said at once, not after them.
+            redis = await connect(redis_url)
         if run_migrations:
             await migrate(database_url)
         pool = await create_pool(database_url, max_size=20)
         store = EventStore(pool)
         runner = ProjectionRunner(store, all_projections())
         storage = storage_from_url(settings.storage_url, data_dir=settings.data_dir)
-        if redis_url is not None and need_redis:
-            redis = await connect(redis_url)
+        if redis is not None:
             await cluster_identity.join(pool, redis)
         runtime = Runtime(settings, database_url, redis_url, pool, store, runner, storage, redis)
         if settings.api_key:

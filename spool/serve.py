@@ -1,23 +1,29 @@
 """`spool up`, `spool api`, `spool reactors` and `spool worker`: the long-running processes.
 
-Each stops on SIGINT or SIGTERM. `spool up` is all of them in one process; the others split it
-for several machines (see the README, "Several machines").
+Each stops on SIGINT or SIGTERM within `STOP_DEADLINE` seconds (running stages are interrupted
+and recorded so), and at once on a second one. `spool up` is all of them in one process; the
+others split it for several machines (see the README, "Several machines").
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
+import socket
+import threading
 from collections.abc import Coroutine, Generator
-from typing import Any
+from types import FrameType
+from typing import Any, NoReturn
 
 import msgspec
 import uvicorn
 from litestar import Litestar
 
+from adapters import process_groups
 from adapters.log_redaction import setup_logging
 from adapters.settings import Settings
 from adapters.timed_event_store import TimedEventStore
@@ -45,13 +51,96 @@ class _Server(uvicorn.Server):
         yield
 
 
-def stop_on_signals() -> asyncio.Event:
-    """An event set by SIGINT or SIGTERM: how every long-running command is stopped."""
+STOP_DEADLINE = 9.0
+"""Seconds from SIGINT / SIGTERM to the end of the process, whatever is still running then."""
+
+STOP_GRACE = 6.5
+"""Seconds the parts of a process are given to stop by themselves (a node interrupting its
+stages and recording so takes most of it) before they are cancelled."""
+
+HTTP_GRACE = 3
+"""Seconds uvicorn waits for open requests and websockets to finish once told to stop."""
+
+
+def stop_on_signals(*, deadline: float = STOP_DEADLINE) -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM: how every long-running command is stopped.
+
+    The first signal sets it and starts a watchdog that ends the process `deadline` seconds
+    later, should anything hang on the way out; a second signal ends the process at once. Both
+    kill the process groups of the children it started (FFmpeg) before exiting. Handlers are
+    Python's own, not the loop's: they run even while the loop is blocked. They log nothing
+    themselves: a handler interrupts whatever the main thread was doing, a write to stderr
+    included, which a second write from inside would break.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if received:
+            _exit_now(f"second {name}: stopping at once", 128 + signum)
+        received.append(signum)
+
+        def stopping() -> None:
+            log.info("%s: stopping (send it again to stop at once)", name)
+            stop.set()
+
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing left to tell
+            loop.call_soon_threadsafe(stopping)
+        watchdog = threading.Timer(
+            deadline, _exit_now, (f"not stopped {deadline:g} s after {name}: stopping now", 1)
+        )
+        watchdog.daemon = True
+        watchdog.start()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, on_signal)
     return stop
+
+
+def _exit_now(why: str, code: int) -> NoReturn:
+    """End the process at once (no cleanup but the children's process groups).
+
+    Says why straight to the stderr file descriptor: the logging handler's buffered stream
+    may be in the middle of a write this call interrupted.
+    """
+    process_groups.kill_all()
+    with contextlib.suppress(OSError):
+        os.write(2, f"spool: {why}\n".encode())
+    os._exit(code)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The API's listening socket, bound before anything else starts.
+
+    A taken port is the commonest reason a start fails: found first, it costs nothing to
+    undo and says so in one line (RuntimeError), instead of surfacing from uvicorn once the
+    database, Redis and the node are up. Addressed as uvicorn would: IPv6 when `host` has a
+    colon.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise RuntimeError(f"cannot listen on {host}:{port}: {_bind_failure(exc)}") from None
+    return sock
+
+
+def _bind_failure(exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror):
+        return "unknown host"
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "no such address on this machine"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    return (exc.strerror or str(exc)).lower()
 
 
 def node_for(rt: Runtime) -> Node:
@@ -59,18 +148,31 @@ def node_for(rt: Runtime) -> Node:
     return Node(store=rt.store, redis=rt.redis, storage=rt.storage, settings=rt.settings)
 
 
-async def _supervise(stop: asyncio.Event, parts: dict[str, Coroutine[Any, Any, Any]]) -> None:
-    """Run `parts` until `stop` (or until one of them ends), then let each finish."""
+async def _supervise(
+    stop: asyncio.Event,
+    parts: dict[str, Coroutine[Any, Any, Any]],
+    *,
+    grace: float = STOP_GRACE,
+) -> None:
+    """Run `parts` until `stop` (or until one of them ends), then give each `grace` seconds to
+    finish before it is cancelled. A part that failed is raised (RuntimeError, one line) once
+    all have stopped: the command then exits non-zero."""
     tasks = [asyncio.create_task(coro, name=name) for name, coro in parts.items()]
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
     stop.set()
-    for t in done:
-        if t is not stopper and not t.cancelled() and t.exception() is not None:
-            log.error("%s stopped: %s", t.get_name(), t.exception())
-    _, pending = await asyncio.wait(tasks, timeout=30)
+    stopper.cancel()
+    failed = [t for t in done if t is not stopper and not t.cancelled() and t.exception()]
+    for t in failed:
+        log.error("%s stopped: %s", t.get_name(), t.exception())
+    _, pending = await asyncio.wait(tasks, timeout=grace)
     for t in pending:
+        log.warning("%s did not stop within %g s: cancelled", t.get_name(), grace)
         t.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=1.0)
+    if failed:
+        raise RuntimeError(f"{failed[0].get_name()} stopped: {failed[0].exception()}")
 
 
 def api_app(rt: Runtime, settings: Settings) -> Litestar:
@@ -132,36 +234,41 @@ async def first_key(rt: Runtime, settings: Settings) -> None:
 async def up(settings: Settings) -> None:
     """API, projections, the pipeline reactor, the task scheduler, the reconciler, one node."""
     stop = stop_on_signals()
-    async with open_runtime(settings, need_redis=True, embedded="own") as rt:
-        assert rt.redis is not None
-        await rt.runner.catch_up()
-        await first_key(rt, settings)
-        app = api_app(rt, settings)
-        server = _Server(
-            uvicorn.Config(
-                app,
-                host=settings.host,
-                port=settings.port,
-                log_level="info",
-                lifespan="on",
-                access_log=False,
-                log_config=None,
-                **UVICORN_WS,
+    with listening_socket(settings.host, settings.port) as sock:
+        async with open_runtime(settings, need_redis=True, embedded="own") as rt:
+            assert rt.redis is not None
+            await rt.runner.catch_up()
+            await first_key(rt, settings)
+            app = api_app(rt, settings)
+            server = _Server(
+                uvicorn.Config(
+                    app,
+                    host=settings.host,
+                    port=settings.port,
+                    log_level="info",
+                    lifespan="on",
+                    access_log=False,
+                    log_config=None,
+                    timeout_graceful_shutdown=HTTP_GRACE,
+                    **UVICORN_WS,
+                )
             )
-        )
 
-        async def api() -> None:
-            serving = asyncio.create_task(server.serve())
-            await stop.wait()
-            server.should_exit = True
-            await serving
+            async def api() -> None:
+                serving = asyncio.create_task(server.serve(sockets=[sock]))
+                stopping = asyncio.create_task(stop.wait())
+                await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                server.should_exit = True
+                await serving
 
-        log.info("spool is up: http://%s:%d (Swagger UI at /swagger)", settings.host, settings.port)
-        await _supervise(
-            stop,
-            {"api": api(), **reactors(rt, stop), "node": node_for(rt).run(stop)},
-        )
-        log.info("spool stopped")
+            port = sock.getsockname()[1]  # the one bound: `--port 0` takes a free one
+            log.info("spool is up: http://%s:%d (Swagger UI at /swagger)", settings.host, port)
+            await _supervise(
+                stop,
+                {"api": api(), **reactors(rt, stop), "node": node_for(rt).run(stop)},
+            )
+            log.info("spool stopped")
 
 
 async def run_reactors(settings: Settings) -> None:
@@ -229,6 +336,8 @@ def api(settings: Settings, processes: int) -> None:
     supervisor shares one listening socket among them, restarts a worker that dies, and passes
     SIGINT / SIGTERM on.
     """
+    # Found before anything starts; uvicorn binds the port again itself once this is closed.
+    listening_socket(settings.host, settings.port).close()
     servers = contextlib.ExitStack()
     try:
         urls = servers.enter_context(
@@ -252,6 +361,10 @@ def api(settings: Settings, processes: int) -> None:
         log.info(
             "spool api: %d process(es) on http://%s:%d", processes, settings.host, settings.port
         )
+        # uvicorn re-raises the signal it stopped on once it has shut down; SIGTERM's default
+        # would then end the process before the `finally` below stops the embedded servers.
+        # Raised as KeyboardInterrupt (SIGINT's way), uvicorn.run returns instead.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         uvicorn.run(
             "spool.serve:api_process",
             factory=True,
@@ -262,6 +375,7 @@ def api(settings: Settings, processes: int) -> None:
             lifespan="on",
             access_log=False,
             log_config=None,
+            timeout_graceful_shutdown=HTTP_GRACE,
             **UVICORN_WS,
         )
     finally:

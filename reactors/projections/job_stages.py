@@ -3,7 +3,8 @@
 A row opens at StageStarted (its node and start; the last StageStarted of an attempt wins, as
 in the job's own timings) and closes at the attempt's end: DownloadCompleted, MuxCompleted or
 JobCompleted (`completed`, with the worker's measured time and the bytes it moved), StageFailed
-(`failed`, with the reason), or JobCancelled while it ran (`cancelled`). An attempt that failed
+(`failed`, with the reason), StageInterrupted (`interrupted`: its node was stopped; the stage
+runs again) or JobCancelled while it ran (`cancelled`). An attempt that failed
 before any node started it (a timeout) has a row with no start.
 """
 
@@ -49,6 +50,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "MuxCompleted",
         "JobCompleted",
         "StageFailed",
+        "StageInterrupted",
         "JobCancelled",
     }
 )
@@ -84,6 +86,10 @@ def evolve(rows: dict[StageKey, StageRow], job_id: str, ev: Event, at: datetime)
         row = _row(rows, (job_id, ev.run, ev.stage, ev.attempt))
         row.finished_at, row.outcome, row.reason = at, "failed", ev.reason
         row.node_id = ev.node_id or row.node_id
+    elif isinstance(ev, job.StageInterrupted):
+        row = _row(rows, (job_id, ev.run, ev.stage, ev.attempt))
+        row.finished_at, row.outcome, row.node_id = at, "interrupted", ev.node_id
+        row.reason = f"interrupted by the {ev.reason} of node {ev.node_id}"
     elif isinstance(ev, job.JobCancelled) and ev.stage is not None:
         for key, row in rows.items():
             if key[:3] == (job_id, ev.run, ev.stage) and row.outcome is None:
