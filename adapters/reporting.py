@@ -20,10 +20,9 @@ from collections.abc import Collection, Iterable, Mapping
 
 import asyncpg
 
-SCHEMA = "reporting"
+from adapters.node_online import configured_timeout, online
 
-ONLINE_SECONDS = 30
-"""A node whose last heartbeat is younger than this is online (domain.node.ONLINE_SECONDS)."""
+SCHEMA = "reporting"
 
 # Each view with its definition, in creation order.
 VIEWS: dict[str, str] = {
@@ -136,9 +135,7 @@ SELECT n.node_id::text AS node_id,
        n.stopped_at::timestamptz AS stopped_at,
        n.removed_at::timestamptz AS removed_at,
        n.last_heartbeat_at::timestamptz AS last_heartbeat_at,
-       (n.stopped_at IS NULL AND n.removed_at IS NULL
-        AND coalesce(n.last_heartbeat_at > now() - interval '{ONLINE_SECONDS} seconds', false)
-       )::boolean AS online,
+       {online(configured_timeout("public.cluster_config"), "n")}::boolean AS online,
        n.downloading::integer AS downloading,
        n.muxing::integer AS muxing,
        n.uploading::integer AS uploading,

@@ -10,6 +10,8 @@ own test; then each surface must show what folding the streams gives:
 - `spool replay job|batch` (`spool.replay.load_timeline`, what the command prints);
 - the `reporting` views (`jobs`, `batches`, `usage_daily`), in SQL;
 - the dashboard's throughput and the cluster metrics' job counts.
+
+A last test holds every surface that says whether a node is online to the one rule.
 """
 
 from __future__ import annotations
@@ -17,24 +19,35 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.key_store import issue
 from api.auth import Principal
 from api.batches import NewJob, plan_batch
 from api.job_requests import ValidJob
 from api.jobs import view
-from domain import batch, job
+from domain import batch, cluster_config, job, node
+from domain.cluster_config import HeartbeatConfig, HeartbeatConfigChanged
 from domain.events import Metadata, NewEvent, RecordedEvent
 from reactors.projections import batches as batch_rows
 from spool.replay import load_timeline
-from tests.cluster_api_helpers import FreshApi, fresh_api
+from tests.cluster_api_helpers import (
+    FreshApi,
+    append_node,
+    fresh_api,
+    heartbeat,
+    node_started,
+    register,
+)
 from tests.test_job_properties import Command, Deliver, Release, Unit, _run_live, commands
+from tests.test_reporting import History as ReportHistory
 
 LINKS = ("s3_url", "subtitle_url", "thumbnail_url")
 """Signed links differ per answer: everything else of a job's view is compared."""
@@ -322,3 +335,39 @@ async def test_a_started_batch_whose_jobs_all_ended_reads_completed_everywhere(
     )
     assert (answer.json()["status"], timeline.status, report) == ("completed",) * 3
     assert answer.json()["counts"] == timeline.counts == {"Completed": 1, "Failed": 1}
+
+
+async def test_a_node_reads_online_or_offline_alike_on_every_surface(api: FreshApi) -> None:
+    """One rule (adapters/node_online.py), with the timeout an admin set: a node silent for
+    45 s is online under a 60 s timeout on every surface, one silent for 90 s offline."""
+    changed = HeartbeatConfigChanged(heartbeat=HeartbeatConfig(interval=1, timeout=60))
+    await api.store.append(cluster_config.STREAM_ID, [NewEvent(changed)], 0)
+    await register(api.store, api.runner, "recent")
+    await register(api.store, api.runner, "stopped")
+    await append_node(api.store, api.runner, "stopped", node.NodeStopped(node_id="stopped"))
+    past = ReportHistory(api.pool)
+    for node_id, silent in (("quiet", 45), ("gone", 90)):
+        at = (datetime.now(UTC) - timedelta(seconds=silent)).replace(tzinfo=None).isoformat()
+        await past.record(node.stream_id(node_id), at, node_started(node_id), heartbeat(node_id))
+    await api.runner.settle()
+    expected = {"recent": True, "quiet": True, "gone": False, "stopped": False}
+
+    devices = await api.client.get("/api/v1/devices", headers=api.admin())
+    shown = {d["device_id"]: d["status"] == "online" for d in devices.json()["data"]}
+    assert shown == expected, "devices"
+    nodes = await api.client.get("/dashboard/nodes", headers=api.admin())
+    assert {n["node_id"]: n["online"] for n in nodes.json()["nodes"]} == expected, "dashboard"
+    cluster = await api.client.get("/dashboard/cluster", headers=api.admin())
+    assert cluster.json()["total_downloading"] == 2, "dashboard cluster"  # one each online
+    rows = await api.pool.fetch("SELECT node_id, online FROM reporting.nodes")
+    assert {r[0]: r[1] for r in rows} == expected, "reporting.nodes"
+    types = await api.client.get("/api/v1/tasks/types", headers=api.admin())
+    assert types.json()["data"]["online_devices"] == 2, "task types"
+    scraped = await api.client.get("/metrics", headers=api.admin())
+    online = [
+        s.value
+        for family in text_string_to_metric_families(scraped.text)
+        for s in family.samples
+        if s.name == "retire_cluster_devices_total" and s.labels == {"status": "online"}
+    ]
+    assert online == [2.0], "metrics"
