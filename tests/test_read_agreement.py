@@ -46,7 +46,15 @@ from tests.cluster_api_helpers import (
     node_started,
     register,
 )
-from tests.test_job_properties import Command, Deliver, Release, Unit, _run_live, commands
+from tests.test_job_properties import (
+    Command,
+    DeleteFile,
+    Deliver,
+    Release,
+    Unit,
+    _run_live,
+    commands,
+)
 from tests.test_reporting import History as ReportHistory
 
 LINKS = ("s3_url", "subtitle_url", "thumbnail_url")
@@ -62,6 +70,13 @@ class ToJob:
 
 
 @dataclass(frozen=True)
+class RunStage:
+    """A node runs one job's current stage through: it starts it, then completes it."""
+
+    index: int
+
+
+@dataclass(frozen=True)
 class StartBatch:
     pass
 
@@ -71,7 +86,7 @@ class CancelBatch:
     pass
 
 
-Step = ToJob | StartBatch | CancelBatch
+Step = ToJob | RunStage | StartBatch | CancelBatch
 Grouping = Literal["alone", "batch", "paused batch"]
 
 
@@ -80,6 +95,10 @@ def _step(roll: int, index: int, command: Command) -> Step:
         return StartBatch()
     if roll < 9:
         return CancelBatch()
+    if roll < 55:  # so that jobs get through all three stages, not only to their first
+        return RunStage(index)
+    if roll < 60:  # a completed job's file deleted: what `bytes_deleted` counts
+        return ToJob(index, DeleteFile())
     return ToJob(index, command)
 
 
@@ -141,7 +160,13 @@ async def _run(api: FreshApi, h: History, history: list[Step]) -> None:
             assert answer.status_code in (200, 400), answer.text  # 400: not paused, or again
             continue
         index = s.index % len(h.job_ids)
-        await _run_live(api.store, h.job_ids[index], s.command, resolved[index])
+        todo = (
+            [Deliver("start", None, 0, 0), Deliver("complete", None, 0, 0)]
+            if isinstance(s, RunStage)
+            else [s.command]
+        )
+        for command in todo:
+            await _run_live(api.store, h.job_ids[index], command, resolved[index])
 
 
 def _fold(events: list[RecordedEvent]) -> job.JobState:
@@ -151,11 +176,16 @@ def _fold(events: list[RecordedEvent]) -> job.JobState:
 
 
 def _counters(streams: list[list[RecordedEvent]]) -> dict[str, int]:
-    """What `domain.job.count` adds up over every event of `streams`."""
+    """What `domain.job.count` adds up over every event of `streams`, and the bytes each
+    FileDeleted freed: the file size of the job it deleted from."""
     counts = dict.fromkeys(job.USAGE_COUNTERS, 0)
     for events in streams:
+        state: job.JobState | None = None
         for e in events:
+            if isinstance(e.data, job.FileDeleted) and state is not None:
+                counts["bytes_deleted"] += state.file_size or 0
             job.count(counts, e.data)
+            state = job.evolve(state, e.data, e.recorded_at, e.version)
     return counts
 
 
@@ -292,7 +322,7 @@ async def api(fresh_database_url: str, redis_url: str) -> Any:
 @given(
     grouping=st.sampled_from(["alone", "batch", "paused batch"]),
     n_jobs=st.integers(1, 3),
-    history=st.lists(steps, min_size=1, max_size=24),
+    history=st.lists(steps, min_size=6, max_size=30),
 )
 async def test_every_read_surface_agrees_with_the_fold_of_the_log(
     api: FreshApi, grouping: Grouping, n_jobs: int, history: list[Step]
