@@ -11,11 +11,13 @@ own test; then each surface must show what folding the streams gives:
 - the `reporting` views (`jobs`, `batches`, `usage_daily`), in SQL;
 - the dashboard's throughput and the cluster metrics' job counts.
 
-A last test holds every surface that says whether a node is online to the one rule.
+The same for tasks (`GET /api/v1/tasks/{id}`, the list, the statistics, `spool replay task`,
+`reporting.tasks`), and every surface that says whether a node is online, to the one rule.
 """
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -28,14 +30,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from adapters import task_store
 from adapters.key_store import issue
 from api.auth import Principal
 from api.batches import NewJob, plan_batch
 from api.job_requests import ValidJob
 from api.jobs import view
-from domain import batch, cluster_config, job, node
+from api.tasks import view as task_view
+from domain import batch, cluster_config, job, node, task
 from domain.cluster_config import HeartbeatConfig, HeartbeatConfigChanged
-from domain.events import Metadata, NewEvent, RecordedEvent
+from domain.errors import InvalidTransition
+from domain.events import Event, Metadata, NewEvent, RecordedEvent
 from reactors.projections import batches as batch_rows
 from spool.replay import load_timeline
 from tests.cluster_api_helpers import (
@@ -401,3 +406,90 @@ async def test_a_node_reads_online_or_offline_alike_on_every_surface(api: FreshA
         if s.name == "retire_cluster_devices_total" and s.labels == {"status": "online"}
     ]
     assert online == [2.0], "metrics"
+
+
+# -- tasks -----------------------------------------------------------------------------------
+
+TASK_COMMANDS: tuple[str, ...] = (
+    "assign", "assign", "start", "start", "succeed", "fail", "fail for good", "time out",
+    "cancel", "retry",
+)  # fmt: skip
+
+
+def _decide_task(state: task.TaskState, command: str) -> list[Event]:
+    """What the scheduler, a node or a user decides, through the domain's own functions."""
+    node_id, attempt = state.device_id or "node-a", state.attempt
+    match command:
+        case "assign":
+            return task.assign(state, "node-a")
+        case "start":
+            return task.start(state, node_id, attempt)
+        case "succeed":
+            return task.succeed(state, node_id, attempt, {"ok": True}, 0.5)
+        case "fail" | "fail for good":
+            return task.fail(state, None, attempt, "boom", retryable=command == "fail")
+        case "time out":
+            return task.time_out(state, attempt)
+        case "cancel":
+            return task.cancel(state)
+    return task.retry(state)
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    histories=st.lists(
+        st.lists(st.sampled_from(TASK_COMMANDS), max_size=10), min_size=1, max_size=3
+    )
+)
+async def test_every_read_of_a_task_agrees_with_the_fold_of_its_stream(
+    api: FreshApi, histories: list[list[str]]
+) -> None:
+    issued = await issue(api.store, name="tasks")
+    await api.runner.wait_until("api_keys", issued.at)
+    meta = Metadata(actor=issued.key_id)
+    ids = [str(uuid.uuid4()) for _ in histories]
+    for task_id, commands_of_task in zip(ids, histories, strict=True):
+        submitted = task.submit(
+            task_id=task_id, account_id=issued.account_id, task_type="sleep",
+            payload={"seconds": 0}, requirements=task.Requirements(max_retries=1),
+        )  # fmt: skip
+        await api.store.append(task.stream_id(task_id), [NewEvent(e, meta) for e in submitted], 0)
+        for command in commands_of_task:
+            with contextlib.suppress(InvalidTransition):
+                await task_store.decide_and_append(
+                    api.store, task_id, lambda s, c=command: _decide_task(s, c), meta
+                )
+    await api.runner.settle()
+
+    headers = {"X-API-Key": issued.key}
+    folded = {}
+    for task_id in ids:
+        events = await api.store.read_stream(task.stream_id(task_id))
+        state = task.fold([(e.data, e.recorded_at, e.version) for e in events])
+        assert state is not None
+        folded[task_id] = state
+        expected = msgspec.to_builtins(task_view(state))
+        one = await api.client.get(f"/api/v1/tasks/{task_id}", headers=headers)
+        assert one.json()["data"] == expected, "GET /api/v1/tasks/id"
+        timeline = await load_timeline(api.store, "task", task.stream_id(task_id))
+        assert timeline is not None and timeline.status == state.status, "spool replay task"
+        row = await api.pool.fetchrow(
+            "SELECT status, attempt, retry_count, error, device_id FROM reporting.tasks "
+            "WHERE task_id = $1",
+            task_id,
+        )
+        assert dict(row) == {
+            "status": state.status, "attempt": state.attempt, "retry_count": state.retry_count,
+            "error": state.error, "device_id": state.device_id,
+        }, "reporting.tasks"  # fmt: skip
+    listed = await api.client.get("/api/v1/tasks", params={"page_size": 100}, headers=headers)
+    got = {t["task_id"]: t["status"] for t in listed.json()["data"]}
+    assert got == {t: s.status for t, s in folded.items()}, "GET /api/v1/tasks"
+    stats = await api.client.get("/api/v1/tasks/statistics", headers=headers)
+    by_status = {s: n for s, n in stats.json()["data"]["by_status"].items() if n}
+    assert by_status == dict(Counter(s.status for s in folded.values())), "task statistics"
