@@ -5,7 +5,7 @@ together. The promise: a view's columns keep their names, types and meaning; new
 be added at the end (which `CREATE OR REPLACE VIEW` allows), nothing is renamed or removed.
 A change here comes with a migration that calls `statements()` again.
 
-A view computes no rule of its own: a status or count that the API also shows is written by
+A view computes no status or count of its own: one that the API also shows is written by
 the projection (with the domain's function) and read here as a column, so the two cannot
 disagree. Every column is cast to its documented type in the view, so a change in a projection table
 (or in the JSON of a folded state) cannot change what a report sees without a failing test.
