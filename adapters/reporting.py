@@ -5,7 +5,9 @@ together. The promise: a view's columns keep their names, types and meaning; new
 be added at the end (which `CREATE OR REPLACE VIEW` allows), nothing is renamed or removed.
 A change here comes with a migration that calls `statements()` again.
 
-Every column is cast to its documented type in the view, so a change in a projection table
+A view computes no status or count of its own: one that the API also shows is written by
+the projection (with the domain's function) and read here as a column, so the two cannot
+disagree. Every column is cast to its documented type in the view, so a change in a projection table
 (or in the JSON of a folded state) cannot change what a report sees without a failing test.
 A projection rebuild swaps tables, which views depend on: in the swap's transaction it points
 the views at the new tables before it drops the old ones (`repoint_views`).
@@ -14,14 +16,13 @@ the views at the new tables before it drops the old ones (`repoint_views`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 import asyncpg
 
-SCHEMA = "reporting"
+from adapters.node_online import configured_timeout, online
 
-ONLINE_SECONDS = 30
-"""A node whose last heartbeat is younger than this is online (domain.node.ONLINE_SECONDS)."""
+SCHEMA = "reporting"
 
 # Each view with its definition, in creation order.
 VIEWS: dict[str, str] = {
@@ -99,25 +100,14 @@ SELECT b.batch_id::text AS batch_id,
        b.started_at::timestamptz AS started_at,
        b.updated_at::timestamptz AS updated_at,
        cardinality(b.job_ids)::integer AS jobs_total,
-       coalesce(c.pending, 0)::integer AS jobs_pending,
-       coalesce(c.processing, 0)::integer AS jobs_processing,
-       coalesce(c.completed, 0)::integer AS jobs_completed,
-       coalesce(c.failed, 0)::integer AS jobs_failed,
-       coalesce(c.cancelled, 0)::integer AS jobs_cancelled,
-       coalesce(c.bytes_uploaded, 0)::bigint AS bytes_uploaded,
-       c.last_finished_at::timestamptz AS last_finished_at
+       b.jobs_pending::integer AS jobs_pending,
+       b.jobs_processing::integer AS jobs_processing,
+       b.jobs_completed::integer AS jobs_completed,
+       b.jobs_failed::integer AS jobs_failed,
+       b.jobs_cancelled::integer AS jobs_cancelled,
+       b.bytes_uploaded::bigint AS bytes_uploaded,
+       b.last_finished_at::timestamptz AS last_finished_at
 FROM public.batches b
-LEFT JOIN LATERAL (
-    SELECT count(*) FILTER (WHERE j.status = 'Pending') AS pending,
-           count(*) FILTER (WHERE j.status = 'Processing') AS processing,
-           count(*) FILTER (WHERE j.status = 'Completed') AS completed,
-           count(*) FILTER (WHERE j.status = 'Failed') AS failed,
-           count(*) FILTER (WHERE j.status = 'Cancelled') AS cancelled,
-           sum((j.state->>'file_size')::bigint) FILTER (WHERE j.status = 'Completed')
-               AS bytes_uploaded,
-           max(j.finished_at) AS last_finished_at
-    FROM public.jobs j WHERE j.batch_id = b.batch_id
-) c ON true
 """,
     "usage_daily": """
 SELECT u.account_id::text AS account_id,
@@ -145,9 +135,7 @@ SELECT n.node_id::text AS node_id,
        n.stopped_at::timestamptz AS stopped_at,
        n.removed_at::timestamptz AS removed_at,
        n.last_heartbeat_at::timestamptz AS last_heartbeat_at,
-       (n.stopped_at IS NULL AND n.removed_at IS NULL
-        AND coalesce(n.last_heartbeat_at > now() - interval '{ONLINE_SECONDS} seconds', false)
-       )::boolean AS online,
+       {online(configured_timeout("public.cluster_config"), "n")}::boolean AS online,
        n.downloading::integer AS downloading,
        n.muxing::integer AS muxing,
        n.uploading::integer AS uploading,
@@ -228,14 +216,19 @@ FROM public.viewers v
 }
 
 
-def statements(moved: Mapping[str, str] | None = None) -> list[str]:
+def statements(
+    moved: Mapping[str, str] | None = None, views: Collection[str] | None = None
+) -> list[str]:
     """The DDL that creates the schema and creates or replaces every view, one statement each.
 
     `moved` maps a table name to the schema to read it from instead of `public` (a rebuild's
-    copy about to be swapped in).
+    copy about to be swapped in). `views` limits it to those views (for a migration older than
+    the current definition of some view).
     """
     out = [f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"]
     for name, sql in VIEWS.items():
+        if views is not None and name not in views:
+            continue
         for table, schema in (moved or {}).items():
             sql = re.sub(rf"\bpublic\.{re.escape(table)}\b", f"{schema}.{table}", sql)
         out.append(f"CREATE OR REPLACE VIEW {SCHEMA}.{name} AS {sql}")

@@ -346,7 +346,9 @@ node_minutes = sa.Table(
     sa.Index("node_minutes_minute_idx", "minute"),
 )
 
-# One row per batch (domain.batch), its folded state.
+# One row per batch (domain.batch): its folded state and what its jobs add up to
+# (`domain.batch.summarize`), kept by the jobs projection. `status` is the status shown,
+# `stream_status` the batch stream's own.
 batches = sa.Table(
     "batches",
     metadata,
@@ -361,5 +363,13 @@ batches = sa.Table(
     sa.Column("started_at", sa.DateTime(timezone=True)),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("stream_status", sa.Text, nullable=False),
+    sa.Column("jobs_pending", sa.Integer, nullable=False),
+    sa.Column("jobs_processing", sa.Integer, nullable=False),
+    sa.Column("jobs_completed", sa.Integer, nullable=False),
+    sa.Column("jobs_failed", sa.Integer, nullable=False),
+    sa.Column("jobs_cancelled", sa.Integer, nullable=False),
+    sa.Column("bytes_uploaded", sa.BigInteger, nullable=False),
+    sa.Column("last_finished_at", sa.DateTime(timezone=True)),
     sa.Index("batches_account_created_idx", "account_id", sa.text("created_at DESC")),
 )

@@ -8,12 +8,14 @@ from datetime import timedelta
 import asyncpg
 import msgspec
 
+from adapters.config_store import heartbeat_config
 from adapters.event_store import EventStore
 from adapters.history import AsOf, read_stream_as_of
+from adapters.node_online import online
 from domain import task
 from domain.errors import ConcurrencyError
 from domain.events import Event, Metadata, NewEvent
-from domain.node import ONLINE_SECONDS, Capabilities
+from domain.node import Capabilities
 
 
 async def load_task(store: EventStore, task_id: str) -> task.TaskState | None:
@@ -67,21 +69,24 @@ async def decide_and_append(
 _decode_caps = msgspec.json.Decoder(Capabilities).decode
 _decode_counts = msgspec.json.Decoder(dict[str, int]).decode
 
-_ONLINE = """
+_ONLINE = f"""
 SELECT n.node_id, n.role, n.tags, n.capabilities, n.concurrency,
        (SELECT count(*) FROM tasks t
         WHERE t.device_id = n.node_id AND t.status IN ('assigned', 'running')) AS busy
 FROM nodes n
-WHERE n.stopped_at IS NULL AND n.removed_at IS NULL
-  AND n.last_heartbeat_at > now() - $1::interval
+WHERE {online("$1::interval", "n")}
 ORDER BY n.node_id
 """
 
 
 async def online_offers(
-    pool: asyncpg.Pool, online_seconds: float = ONLINE_SECONDS
+    pool: asyncpg.Pool, online_seconds: float | None = None
 ) -> list[task.NodeOffer]:
-    """Every online node as the scheduler sees it, with the task slots it has in use."""
+    """Every online node as the scheduler sees it, with the task slots it has in use.
+
+    `online_seconds`: the heartbeat timeout (default: the heartbeat config's)."""
+    if online_seconds is None:
+        online_seconds = float((await heartbeat_config(pool)).timeout)
     rows = await pool.fetch(_ONLINE, timedelta(seconds=online_seconds))
     offers = []
     for r in rows:

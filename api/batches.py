@@ -269,22 +269,16 @@ class BatchController(Controller):
             jobs = await batch_jobs(store, state)
         else:
             state, jobs = await batch_then(store, state.batch_id, as_of)
-        counts: dict[str, int] = {}
-        for j in jobs:
-            counts[j.status] = counts.get(j.status, 0) + 1
-        finished = sum(1 for j in jobs if j.terminal)
-        status = state.status
-        if status == "processing" and jobs and finished == len(jobs):
-            status = "completed"  # type: ignore[assignment]
+        shown = batch.summarize(state, [batch.facts_of(j) for j in jobs])
         return BatchView(
             batch_id=state.batch_id,
             kind=state.kind,
-            status=status,
+            status=shown.status,
             title=state.title,
             source_url=state.source_url,
             total_jobs=len(state.job_ids),
-            counts=counts,
-            progress=round(100.0 * finished / len(jobs), 1) if jobs else 0.0,
+            counts={s: n for s, n in shown.counts.items() if n},  # zeros left out, as always
+            progress=shown.progress,
             jobs=[
                 BatchJob(
                     id=j.job_id,

@@ -24,6 +24,7 @@ from litestar.exceptions import WebSocketDisconnect
 
 from adapters.config_store import heartbeat_config
 from adapters.event_store import NOTIFY_CHANNEL, Checkpoint, EventStore
+from adapters.node_online import online
 from adapters.viewer_sessions import ViewerSession
 from api.auth import KEY_CACHE_SECONDS, Principal, key_gone, lookup
 from api.cluster_reads import may_read_cluster
@@ -86,8 +87,8 @@ WHERE tx < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY events.tx DESC, events.position DESC LIMIT 1
 """
 
-_ONLINE = """
-SELECT node_id, (stopped_at IS NULL AND last_heartbeat_at > now() - $1::interval) AS online
+_ONLINE = f"""
+SELECT node_id, {online("$1::interval")} AS online
 FROM nodes WHERE removed_at IS NULL
 """
 

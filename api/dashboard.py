@@ -13,10 +13,10 @@ from litestar.datastructures import CacheControlHeader
 from litestar.static_files import create_static_files_router
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from adapters.node_online import configured_timeout, online
 from api.auth import key_in, recently_verified
 from api.cluster_reads import job_api_cluster_reader, may_read_cluster
 from api.errors import JOB_API_ERRORS, JobApiError
-from domain.node import ONLINE_SECONDS
 
 STATIC_DIR = Path(__file__).parent / "static"
 """The page's HTML, CSS and JS: plain files, shipped as package data (no build step)."""
@@ -34,10 +34,9 @@ _PAGE_HEADERS = {
     "Cache-Control": "no-cache",
 }
 
-_CLUSTER = """
+_CLUSTER = f"""
 SELECT coalesce(sum(downloading), 0), coalesce(sum(muxing), 0), coalesce(sum(uploading), 0)
-FROM nodes
-WHERE stopped_at IS NULL AND removed_at IS NULL AND last_heartbeat_at > now() - $1::interval
+FROM nodes WHERE {online(configured_timeout())}
 """
 
 NODES_SHOWN_FOR = timedelta(hours=1)
@@ -45,16 +44,16 @@ NODES_SHOWN_FOR = timedelta(hours=1)
 
 MAX_NODES = 200
 
-_NODES = """
+_NODES = f"""
 SELECT node_id, hostname, ip, downloading, muxing, uploading, cardinality(running),
        (usage->>'cpu_percent')::float8,
        (usage->>'memory_used')::float8 / nullif((usage->>'memory_total')::float8, 0) * 100,
-       (stopped_at IS NULL AND last_heartbeat_at > now() - $1::interval),
+       {online(configured_timeout())},
        extract(epoch FROM now() - last_heartbeat_at)::float8
 FROM nodes
-WHERE removed_at IS NULL AND last_heartbeat_at > now() - $2::interval
+WHERE removed_at IS NULL AND last_heartbeat_at > now() - $1::interval
 ORDER BY 10 DESC, node_id
-LIMIT $3
+LIMIT $2
 """
 
 MAX_MINUTES = 24 * 60
@@ -135,7 +134,7 @@ async def _cluster_stats(request: Request[Any, Any, Any]) -> ClusterStats:
     cached: _CachedStats | None = state.get("cluster_stats")
     if cached is not None and cached.until > now:
         return cached.stats
-    row = await state.pool.fetchrow(_CLUSTER, timedelta(seconds=ONLINE_SECONDS))
+    row = await state.pool.fetchrow(_CLUSTER)
     stats = ClusterStats(row[0], row[1], row[2])
     state["cluster_stats"] = _CachedStats(stats, _encode(stats), now + STATS_CACHE_SECONDS)
     return stats
@@ -184,7 +183,7 @@ class DashboardController(Controller):
 
     @get("/cluster", middleware=[answer_from_cache])
     async def cluster(self, request: Request[Any, Any, Any]) -> ClusterStats:
-        """What every node heard from in the last 30 seconds is doing right now."""
+        """What every online node (adapters/node_online.py) is doing right now."""
         await job_api_cluster_reader(request)
         return await _cluster_stats(request)
 
@@ -192,9 +191,7 @@ class DashboardController(Controller):
     async def nodes(self, request: Request[Any, Any, Any]) -> NodeList:
         """Nodes heard from in the last hour: heartbeat age, CPU and memory, stage counts."""
         await job_api_cluster_reader(request)
-        rows = await request.app.state.pool.fetch(
-            _NODES, timedelta(seconds=ONLINE_SECONDS), NODES_SHOWN_FOR, MAX_NODES
-        )
+        rows = await request.app.state.pool.fetch(_NODES, NODES_SHOWN_FOR, MAX_NODES)
         return NodeList(
             nodes=[
                 NodeView(

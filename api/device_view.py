@@ -1,7 +1,7 @@
 """Devices (Spool's worker nodes) as the cluster API shows them, read from the `nodes` table.
 
-A device is online while it has not stopped and its last heartbeat is younger than the
-heartbeat config's `timeout`; removed devices are not shown at all.
+A device is online by the one rule of adapters/node_online.py (not stopped, and a heartbeat
+younger than the heartbeat config's `timeout`); removed devices are not shown at all.
 """
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ import asyncpg
 import msgspec
 
 from adapters.config_store import heartbeat_config
+from adapters.node_online import online
 from api.envelope import iso
 from domain.cluster_config import HeartbeatConfig
 
 _GB = 1024**3
 
-_COLUMNS = """
+_COLUMNS = f"""
 node_id, hostname, ip, role, tags, capabilities, concurrency, started_at, stopped_at,
 last_heartbeat_at, downloading, muxing, uploading, running, usage, heartbeats,
 coalesce(capabilities->>'platform', 'linux') AS platform,
-(stopped_at IS NULL AND last_heartbeat_at > now() - $1::interval) AS online,
+{online("$1::interval")} AS online,
 extract(epoch FROM now() - last_heartbeat_at)::float8 AS heartbeat_age,
 extract(epoch FROM now() - started_at)::float8 AS up_seconds
 """
@@ -160,11 +161,11 @@ def _where(f: DeviceFilter) -> tuple[str, list[Any]]:
     """SQL conditions after $1 (the timeout interval) and their arguments."""
     conds = ["removed_at IS NULL"]
     args: list[Any] = []
-    online = "(stopped_at IS NULL AND last_heartbeat_at > now() - $1::interval)"
+    is_online = online("$1::interval")
     if f.status == "online":
-        conds.append(online)
+        conds.append(is_online)
     elif f.status == "offline":
-        conds.append(f"NOT coalesce({online}, false)")
+        conds.append(f"NOT {is_online}")
     if f.role:
         args.append(f.role)
         conds.append(f"role = ${len(args) + 1}")

@@ -23,6 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from adapters.config_store import heartbeat_config
+from adapters.node_online import online
 from adapters.probes import ProbePool
 from adapters.timed_event_store import REGISTRY as PROCESS_REGISTRY
 from api.cluster_reads import metrics_reader
@@ -33,9 +34,8 @@ STAGE_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0
 LAG_WINDOW = 100_000
 """Projection lag is counted among the log's newest events only, so a scrape stays cheap."""
 
-_DEVICES = """
-SELECT count(*) FILTER (WHERE stopped_at IS NULL AND last_heartbeat_at > now() - $1::interval),
-       count(*)
+_DEVICES = f"""
+SELECT count(*) FILTER (WHERE {online("$1::interval")}), count(*)
 FROM nodes WHERE removed_at IS NULL
 """
 

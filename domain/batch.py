@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Literal
+from typing import Literal, NamedTuple, get_args
 
 import msgspec
 
+from domain import job
 from domain.errors import InvalidTransition
 from domain.events import Event, event
 
 BatchKind = Literal["bulk", "playlist"]
 BatchStatus = Literal["paused", "processing", "cancelled"]
+"""Where the batch's own stream stands: what its commands (start, cancel, rename) look at."""
+ShownStatus = Literal["paused", "processing", "completed", "cancelled"]
+"""The status every read shows (`status_of`): a started batch whose jobs all ended is completed."""
+JOB_STATUSES: tuple[job.JobStatus, ...] = get_args(job.JobStatus)
 
 
 @event
@@ -70,6 +76,7 @@ def require_paused_for_rename(state: BatchState) -> None:
 
 
 def cancel(state: BatchState, cancelled_jobs: int) -> list[Event]:
+    """Cancel a batch that is not cancelled yet; its jobs are cancelled by the caller."""
     if state.status == "cancelled":
         raise InvalidTransition("Batch is already cancelled")
     return [BatchCancelled(cancelled_jobs=cancelled_jobs)]
@@ -101,7 +108,69 @@ def evolve(state: BatchState | None, ev: Event, at: datetime, version: int) -> B
 
 
 def fold(events: list[tuple[Event, datetime, int]]) -> BatchState | None:
+    """Fold a batch's own events, in stream order, into its state."""
     state: BatchState | None = None
     for ev, at, version in events:
         state = evolve(state, ev, at, version)
     return state
+
+
+# -- what every read shows -------------------------------------------------------------------
+# A batch's status and counts depend on its jobs, which live in streams of their own. These
+# functions are the one definition: `GET /batch/{id}` applies them to the jobs folded exactly,
+# `spool replay batch` to the jobs' streams, and the jobs projection to the `jobs` rows it
+# writes in the same transaction, storing the result in the `batches` row that
+# `reporting.batches` reads.
+
+
+class JobFacts(NamedTuple):
+    """What a batch reads of one of its jobs."""
+
+    status: job.JobStatus
+    file_size: int | None
+    finished_at: datetime | None
+
+
+def facts_of(state: job.JobState) -> JobFacts:
+    """The facts of a folded job that its batch counts."""
+    return JobFacts(state.status, state.file_size, state.finished_at)
+
+
+class Summary(NamedTuple):
+    """A batch as every surface shows it."""
+
+    status: ShownStatus
+    counts: dict[str, int]
+    """Its jobs by status, every status named (zero included)."""
+    progress: float
+    """Percent of its jobs that ended (completed, failed or cancelled), one decimal."""
+    bytes_uploaded: int
+    """The total size of its completed jobs' files."""
+    last_finished_at: datetime | None
+
+
+def status_of(state: BatchState, counts: dict[str, int]) -> ShownStatus:
+    """The status shown: the batch's own, except that a started batch whose jobs all ended
+    (completed, failed or cancelled) is `completed`. A retried job makes it `processing` again."""
+    total = sum(counts.values())
+    unfinished = total - sum(counts.get(s, 0) for s in job.TERMINAL)
+    if state.status == "processing" and total and not unfinished:
+        return "completed"
+    return state.status
+
+
+def summarize(state: BatchState, jobs: Iterable[JobFacts]) -> Summary:
+    """The batch's shown status, job counts, progress and bytes, from its jobs' facts."""
+    facts = list(jobs)
+    counts: dict[str, int] = dict.fromkeys(JOB_STATUSES, 0)
+    for f in facts:
+        counts[f.status] += 1
+    finished = sum(counts[s] for s in job.TERMINAL)
+    ended = [f.finished_at for f in facts if f.finished_at is not None]
+    return Summary(
+        status=status_of(state, counts),
+        counts=counts,
+        progress=round(100.0 * finished / len(facts), 1) if facts else 0.0,
+        bytes_uploaded=sum(f.file_size or 0 for f in facts if f.status == "Completed"),
+        last_finished_at=max(ended, default=None),
+    )

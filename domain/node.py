@@ -8,9 +8,6 @@ import msgspec
 
 from domain.events import Event, event
 
-ONLINE_SECONDS = 30.0
-"""A node whose last heartbeat is younger than this counts in cluster stats."""
-
 
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     cpu_count: int

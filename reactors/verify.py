@@ -7,8 +7,9 @@ so memory stays flat however long the log is.
 
 Checked: `jobs` (every column, and the folded state key by key), `tasks` (likewise), batches
 (the job ids each batch stream names against the `jobs` rows that carry its batch id, and the
-`batches` rows), `usage_daily` (each account's counters per day, summed from the job streams),
-`job_stages` (each job's stage attempts) and `job_minutes` (counters per minute).
+`batches` rows, their status and counts summed up from those `jobs` rows), `usage_daily`
+(each account's counters per day, summed from the job streams), `job_stages` (each job's
+stage attempts) and `job_minutes` (counters per minute).
 
 Not checked: `node_minutes`, a rollup of heartbeats that keeps its figures after the heartbeat
 events are archived, so the log is not its measure; nor `nodes`, `usage_minutes` and `viewers`.
@@ -199,13 +200,13 @@ JOBS = RowCheck(
     "jobs", "jobs", "job_id", "job-", "JobCreated", _fold_job, _JOB_COLUMNS, frozenset({"state"})
 )
 BATCHES = RowCheck(
-    "batches",
+    "jobs",  # the jobs projection keeps the batches table
     "batches",
     "batch_id",
     "batch-",
     "BatchCreated",
-    batch_rows.fold,
-    batch_rows.COLUMNS,
+    batch_rows.fold_own,
+    batch_rows.OWN_COLUMNS,
     frozenset(),
 )
 TASKS = RowCheck(
@@ -324,20 +325,34 @@ def _row(record: asyncpg.Record, check: RowCheck) -> dict[str, Any]:
 async def _check_batches(
     conn: asyncpg.Connection, store: EventStore, found: Found
 ) -> tuple[int, int]:
-    """Each batch stream's job ids against the `jobs` rows that carry its batch id.
+    """Each batch stream's job ids against the `jobs` rows that carry its batch id, and the
+    `batches` row's status and counts against `domain.batch.summarize` of those rows (checked
+    against their own streams by the `jobs` check).
 
-    A batch is created in the same transaction as its jobs, so the jobs checkpoint cuts both.
+    A batch is created in the same transaction as its jobs, and the jobs projection writes both
+    tables, so the jobs checkpoint cuts both.
     """
     at = await _checkpoint(conn, "jobs")
     checked = differences = 0
+    summary = ", ".join(batch_rows.SUMMARY_COLUMNS)
     async for page in _stream_pages(conn, "BatchCreated", at):
         streams = _by_stream(await store.read_streams(page, at, conn=conn))
         ids = [s.removeprefix("batch-") for s in page]
         members: dict[str, list[str]] = defaultdict(list)
+        facts: dict[str, list[batch.JobFacts]] = defaultdict(list)
         for r in await conn.fetch(
-            "SELECT batch_id, job_id FROM jobs WHERE batch_id = ANY($1::text[])", ids
+            "SELECT batch_id, job_id, status, (state->>'file_size')::bigint, finished_at "
+            "FROM jobs WHERE batch_id = ANY($1::text[])",
+            ids,
         ):
             members[r[0]].append(r[1])
+            facts[r[0]].append(batch.JobFacts(r[2], r[3], r[4]))
+        rows = {
+            r[0]: dict(r.items())
+            for r in await conn.fetch(
+                f"SELECT batch_id, {summary} FROM batches WHERE batch_id = ANY($1::text[])", ids
+            )
+        }
         for stream_id, batch_id in zip(page, ids, strict=True):
             checked += 1
             state = batch.fold([(e.data, e.recorded_at, e.version) for e in streams[stream_id]])
@@ -346,6 +361,14 @@ async def _check_batches(
             if projected != folded:
                 found(Difference(stream_id, "jobs.batch_id", projected, folded))
                 differences += 1
+            row = rows.get(batch_id)
+            if state is None or row is None:
+                continue  # the row check reports a missing row
+            expected = batch_rows.summary_row(batch.summarize(state, facts[batch_id]))
+            for column, value in expected.items():
+                if row[column] != value:
+                    found(Difference(stream_id, column, row[column], value))
+                    differences += 1
     return checked, differences
 
 

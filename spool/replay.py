@@ -40,6 +40,8 @@ class Timeline:
     retries: dict[str, int] = field(default_factory=dict)
     nodes: list[str] = field(default_factory=list)
     status: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    """A batch's jobs by status (nonzero only); empty for a job or a task."""
 
 
 def _size(n: int) -> str:
@@ -167,15 +169,24 @@ def task_timeline(stream_id: str, events: Sequence[RecordedEvent], names: Names)
     return timeline
 
 
-def batch_timeline(stream_id: str, events: Sequence[RecordedEvent], names: Names) -> Timeline:
-    """A batch's own events (its jobs have timelines of their own)."""
+def batch_timeline(
+    stream_id: str,
+    events: Sequence[RecordedEvent],
+    names: Names,
+    jobs: Sequence[job.JobState] = (),
+) -> Timeline:
+    """A batch's own events (its jobs have timelines of their own), and its status and job
+    counts as every read shows them (`domain.batch.summarize` of `jobs`, its jobs folded)."""
     timeline = Timeline(stream_id)
     state: batch.BatchState | None = None
     for e in events:
         state = batch.evolve(state, e.data, e.recorded_at, e.version)
         note = f"{_data(e.data)} {_by(e, names)}".strip()
         timeline.entries.append(Entry(e, _elapsed(events, e), note))
-    timeline.status = state.status if state else None
+    if state is not None:
+        shown = batch.summarize(state, [batch.facts_of(j) for j in jobs])
+        timeline.status = shown.status
+        timeline.counts = {s: n for s, n in shown.counts.items() if n}
     return timeline
 
 
@@ -198,6 +209,8 @@ def render_text(timeline: Timeline, *, progress: bool = False) -> Iterator[str]:
             f"{entry.note}"
         )
     summary = [f"status {timeline.status}"]
+    if timeline.counts:
+        summary.append("jobs: " + ", ".join(f"{n} {s}" for s, n in timeline.counts.items()))
     if timeline.stage_seconds:
         stages = ", ".join(f"{s} {t:.2f}s" for s, t in timeline.stage_seconds.items())
         summary.append(f"stages: {stages}")
@@ -245,6 +258,18 @@ def stream_of(kind: str, raw_id: str) -> str:
     return f"{kind}-{uuid.UUID(raw_id)}"
 
 
+async def batch_jobs(store: EventStore, events: Sequence[RecordedEvent]) -> list[job.JobState]:
+    """The jobs a batch stream names, each folded from its own stream."""
+    state = batch.fold([(e.data, e.recorded_at, e.version) for e in events])
+    found = []
+    for job_id in state.job_ids if state else []:
+        recorded = await store.read_stream(job.stream_id(job_id))
+        folded = job.fold([(e.data, e.recorded_at, e.version) for e in recorded])
+        if folded is not None:
+            found.append(folded)
+    return found
+
+
 async def load_timeline(store: EventStore, kind: str, stream_id: str) -> Timeline | None:
     """The timeline of a job, batch or task stream; None if it has no events."""
     events = await store.read_stream(stream_id)
@@ -254,4 +279,7 @@ async def load_timeline(store: EventStore, kind: str, stream_id: str) -> Timelin
     rows = await store.pool.fetch(
         "SELECT key_id, name FROM api_keys WHERE key_id = ANY($1::text[])", actors
     )
-    return BUILDERS[kind](stream_id, events, {r[0]: r[1] for r in rows})
+    names = {r[0]: r[1] for r in rows}
+    if kind == "batch":
+        return batch_timeline(stream_id, events, names, await batch_jobs(store, events))
+    return BUILDERS[kind](stream_id, events, names)

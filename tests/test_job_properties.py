@@ -66,6 +66,11 @@ class Release:
 
 
 @dataclass(frozen=True)
+class DeleteFile:
+    """The user deletes a completed job's file (`DELETE /jobs/{id}/file`)."""
+
+
+@dataclass(frozen=True)
 class Unit:
     stage: job.Stage
     run: int
@@ -99,7 +104,7 @@ class Redeliver:
     index: int
 
 
-Command = Cancel | Retry | Release | Deliver | Redeliver
+Command = Cancel | Retry | Release | DeleteFile | Deliver | Redeliver
 
 
 def _command(roll: int, aim: int, index: int, retryable: bool, restart: bool) -> Command:
@@ -124,7 +129,7 @@ def _command(roll: int, aim: int, index: int, retryable: bool, restart: bool) ->
         )
     if roll < 88:
         return Redeliver(index)
-    return (Release(), Retry(), Cancel())[roll % 3]
+    return (Release(), Retry(), Cancel(), DeleteFile())[roll % 4]
 
 
 commands: st.SearchStrategy[Command] = st.builds(
@@ -176,13 +181,15 @@ def decide_delivery(state: job.JobState, kind: str, unit: Unit, d: Deliver) -> l
     )  # fmt: skip
 
 
-def decide_command(state: job.JobState, cmd: Cancel | Retry | Release) -> list[Event]:
+def decide_command(state: job.JobState, cmd: Cancel | Retry | Release | DeleteFile) -> list[Event]:
     """A user's command, refused (no events) where the API would answer 409 or 400."""
     try:
         if isinstance(cmd, Cancel):
             return job.cancel(state)
         if isinstance(cmd, Retry):
             return job.retry(state)
+        if isinstance(cmd, DeleteFile):
+            return job.delete_file(state)
         return job.release(state)
     except InvalidTransition:
         return []
@@ -302,7 +309,7 @@ async def _run_live(
 ) -> None:
     """Run one command the way the API or a node does: read, decide, append, retry on a clash."""
     meta = Metadata(actor="property-test")
-    if isinstance(cmd, Cancel | Retry | Release):
+    if isinstance(cmd, Cancel | Retry | Release | DeleteFile):
         await decide_and_append(store, job_id, lambda s: decide_command(s, cmd), meta)
         return
     seen = await load_job(store, job_id)

@@ -8,6 +8,7 @@ the real pipeline and finds it in the views.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import uuid
@@ -21,13 +22,21 @@ from typing import Any
 import asyncpg
 import msgspec
 import pytest
+from alembic import command
 
-from adapters.database import create_database, create_pool, drop_database, migrate
+from adapters.database import (
+    alembic_config,
+    create_database,
+    create_pool,
+    drop_database,
+    migrate,
+)
 from adapters.event_store import EventStore
 from domain import batch, job, node
 from domain.events import Event, Metadata
 from reactors.projection import ProjectionRunner
 from reactors.projections import all_projections
+from reactors.projections.jobs import JobsProjection
 from reactors.verify import verify
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.media import MediaServer
@@ -429,7 +438,7 @@ async def test_a_rebuild_in_other_batches_gives_the_same_rows_and_the_views_surv
         "GROUP BY status"
     )
     small = ProjectionRunner(EventStore(pool), all_projections(), batch_size=2)
-    for name in ("node_minutes", "job_stages", "job_minutes", "batches", "jobs", "usage"):
+    for name in ("node_minutes", "job_stages", "job_minutes", "jobs", "usage"):  # jobs: batches
         await small.rebuild(name)
     mine = await pool.fetch("SELECT status, n FROM my_report ORDER BY status")
     assert [tuple(r.values()) for r in mine] == [
@@ -507,3 +516,73 @@ async def test_a_real_job_shows_in_the_views_stage_by_stage(
         "SELECT heartbeats FROM reporting.nodes WHERE node_id = $1", node_id
     )
     assert beats > 0 and rollup == beats
+
+
+class _JobRowsOnly(JobsProjection):
+    """The jobs projection as revision 0013 had it: the `jobs` rows, no batches."""
+
+    event_types = job.EVENT_TYPES
+
+    async def apply(self, conn: asyncpg.Connection, events: Any) -> None:
+        await self._apply_jobs(conn, events)
+
+
+async def test_migration_0014_refills_batches_so_a_finished_batch_reads_completed(
+    server_url: str,
+) -> None:
+    """Before 0014 a batch whose jobs had all ended stayed `processing` in the report; after it
+    (and back down, and up again) the report says what `GET /batch` says."""
+    name = f"spool_test_{uuid.uuid4().hex[:12]}"
+    url = await create_database(server_url, name)
+    try:
+        await migrate(url, "0013")
+        pool = await create_pool(url, max_size=5)
+        try:
+            h = History(pool)
+            await write_history(h)
+            await h.job("j6", "2026-12-01T09:20:00", job.JobCancelled(run=1, stage=None))
+            await ProjectionRunner(EventStore(pool), [_JobRowsOnly()]).settle()
+            # The row revision 0013's batches projection wrote, and its checkpoint.
+            await pool.execute(
+                "INSERT INTO batches (batch_id, account_id, kind, status, job_ids, created_at, "
+                "started_at, updated_at, version) VALUES ('b1', 'bob', 'bulk', 'processing', "
+                "'{j5,j6}', $1, $1, $1, 1)",
+                _at("2026-12-01T09:10:00"),
+            )
+            await pool.execute(
+                "INSERT INTO checkpoints (name, tx, position) "
+                "SELECT 'batches', tx, position FROM checkpoints WHERE name = 'jobs'"
+            )
+            jobs_before = await pool.fetch("SELECT * FROM jobs ORDER BY job_id")
+
+            checkpoint = "SELECT tx, position FROM checkpoints WHERE name = 'jobs'"
+            jobs_at = await pool.fetchrow(checkpoint)
+            await migrate(url)
+            # Refilled by the migration itself: no event applied again, no catch-up needed.
+            assert await pool.fetchrow(checkpoint) == jobs_at
+            b1 = await pool.fetchrow("SELECT * FROM reporting.batches WHERE batch_id = 'b1'")
+            assert (b1["status"], b1["jobs_completed"], b1["jobs_cancelled"]) == (
+                "completed", 1, 1
+            )  # fmt: skip
+            assert (b1["jobs_pending"], b1["bytes_uploaded"]) == (0, 2500)
+            runner = ProjectionRunner(EventStore(pool), all_projections())
+            await runner.settle()
+            assert await pool.fetch("SELECT * FROM jobs ORDER BY job_id") == jobs_before
+            found: list[Any] = []
+            assert (await verify(EventStore(pool), runner, found.append)).differences == 0
+
+            await asyncio.to_thread(command.downgrade, alembic_config(url), "0013")
+            back = await pool.fetchrow("SELECT * FROM reporting.batches WHERE batch_id = 'b1'")
+            assert (back["status"], back["jobs_completed"], back["jobs_cancelled"]) == (
+                "processing", 1, 1
+            )  # fmt: skip
+            await migrate(url)
+            await runner.settle()
+            again = await pool.fetchval(
+                "SELECT status FROM reporting.batches WHERE batch_id = 'b1'"
+            )
+            assert again == "completed"
+        finally:
+            await pool.close()
+    finally:
+        await drop_database(server_url, name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from reactors.projection import Projection
 from reactors.projections.api_keys import ApiKeysProjection
-from reactors.projections.batches import BatchesProjection
 from reactors.projections.cluster_config import ClusterConfigProjection
 from reactors.projections.job_minutes import JobMinutesProjection
 from reactors.projections.job_stages import JobStagesProjection
@@ -34,5 +33,4 @@ def all_projections() -> list[Projection]:
         JobStagesProjection(),
         JobMinutesProjection(),
         NodeMinutesProjection(),
-        BatchesProjection(),
     ]

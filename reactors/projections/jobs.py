@@ -1,4 +1,9 @@
-"""The `jobs` table: each job's folded state, as `GET /jobs` answers it."""
+"""The `jobs` table: each job's folded state, as `GET /jobs` answers it; and the `batches` table.
+
+Batches are kept here because what a batch shows depends on its jobs (`domain.batch.summarize`):
+summed up in the transaction that writes the `jobs` rows, a batch's row always agrees with
+them, in a live catch-up and in a rebuild alike (reactors/projections/batches.py).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,10 @@ import asyncpg
 import msgspec
 import sqlalchemy as sa
 
-from adapters.tables import jobs
-from domain import job
+from adapters.tables import batches, jobs
+from domain import batch, job
 from domain.events import RecordedEvent
+from reactors.projections import batches as batch_rows
 
 _encode = msgspec.json.Encoder().encode
 _decode_state = msgspec.json.Decoder(job.JobState).decode
@@ -39,10 +45,20 @@ WHERE jobs.version < excluded.version
 
 class JobsProjection:
     name = "jobs"
-    tables: Sequence[sa.Table] = (jobs,)
-    event_types: frozenset[str] = frozenset(job.EVENT_TYPES)
+    tables: Sequence[sa.Table] = (jobs, batches)
+    event_types: frozenset[str] = job.EVENT_TYPES | batch.EVENT_TYPES
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+        job_events = [e for e in events if e.stream_id.startswith("job-")]
+        batch_events = [e for e in events if e.stream_id.startswith("batch-")]
+        changed = await self._apply_jobs(conn, job_events) if job_events else set()
+        if batch_events or changed:
+            await batch_rows.apply(conn, batch_events, changed)
+
+    async def _apply_jobs(
+        self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]
+    ) -> set[str]:
+        """Write the jobs' rows; the batches whose jobs changed status, size or end."""
         # A stream whose first event here is its version 1 is a new job: nothing to load.
         first: dict[str, int] = {}
         for e in events:
@@ -61,12 +77,16 @@ class JobsProjection:
         )
         states: dict[str, job.JobState | None] = {r[0]: _decode_state(r[1]) for r in rows}
         stored = set(states)
+        changed: set[str] = set()
         for e in events:
             job_id = e.stream_id.removeprefix("job-")
             current = states.get(job_id)
             if current is not None and e.version <= current.version:
                 continue  # already applied (a rebuild overlapping the live runner)
-            states[job_id] = job.evolve(current, e.data, e.recorded_at, e.version)
+            before = None if current is None else batch.facts_of(current)
+            state = states[job_id] = job.evolve(current, e.data, e.recorded_at, e.version)
+            if state.batch_id is not None and batch.facts_of(state) != before:
+                changed.add(state.batch_id)
         new = [_encode(s) for job_id, s in states.items() if s is not None and job_id not in stored]
         known = [_encode(s) for job_id, s in states.items() if s is not None and job_id in stored]
         if new:
@@ -81,3 +101,4 @@ class JobsProjection:
                 known += new
         if known:
             await conn.execute(_UPSERT, known)
+        return changed

@@ -1,0 +1,112 @@
+"""Batches show one status everywhere: the `batches` row holds what its jobs add up to.
+
+`batches.status` now holds the status every read shows (`domain.batch.status_of`: a started
+batch whose jobs all ended is `completed`), `stream_status` the batch stream's own, and the
+job counts, bytes and last end that `reporting.batches` used to count itself. The table moves
+from the `batches` projection to the `jobs` projection (which writes them in one transaction).
+
+The rows are refilled here from the log, up to where the `jobs` checkpoint stands (the `jobs`
+rows are there too): each batch stream folded by `domain.batch`, summed up from its jobs' rows
+by `domain.batch.summarize`, exactly as the projection will go on. The `jobs` checkpoint does not
+move, so nothing is applied twice and no read (a quota's count of unfinished jobs) sees the log
+as unprojected meanwhile.
+
+Revision ID: 0014
+Revises: 0013
+Create Date: 2026-12-07
+"""
+
+from collections import defaultdict
+from datetime import datetime
+from importlib import import_module
+
+import msgspec
+import sqlalchemy as sa
+from alembic import op
+
+from adapters import reporting
+from domain import batch
+from reactors.projections import batches as batch_rows
+
+BATCHES_VIEW_0010 = import_module("migrations.versions.0010_reporting").BATCHES_VIEW
+
+revision = "0014"
+down_revision = "0013"
+branch_labels = None
+depends_on = None
+
+_COUNTS = ("jobs_pending", "jobs_processing", "jobs_completed", "jobs_failed", "jobs_cancelled")
+
+
+_EVENTS = {
+    cls.__name__: cls for cls in (batch.BatchCreated, batch.BatchStarted, batch.BatchCancelled)
+}
+
+_BATCH_EVENTS = """
+SELECT stream_id, version, type, data::text, recorded_at FROM events
+WHERE stream_id LIKE 'batch-%' AND (tx, position) <= (CAST(:tx AS text)::xid8, :position)
+ORDER BY stream_id, version
+"""
+
+_JOB_FACTS = """
+SELECT batch_id, status, (state->>'file_size')::bigint, finished_at
+FROM jobs WHERE batch_id IS NOT NULL
+"""
+
+
+def _refill(conn: sa.Connection) -> None:
+    """Write every batch's row as the jobs projection would at its checkpoint."""
+    at = conn.execute(sa.text("SELECT tx, position FROM checkpoints WHERE name = 'jobs'")).first()
+    if at is None:
+        return  # the jobs projection has not begun: it folds every batch from the start
+    states: dict[str, batch.BatchState] = {}
+    updated: dict[str, datetime] = {}
+    for stream_id, version, kind, data, recorded_at in conn.execute(
+        sa.text(_BATCH_EVENTS), {"tx": str(at[0]), "position": at[1]}
+    ):
+        ev = msgspec.json.decode(data, type=_EVENTS[kind])
+        batch_id = stream_id.removeprefix("batch-")
+        states[batch_id] = batch.evolve(states.get(batch_id), ev, recorded_at, version)
+        updated[batch_id] = recorded_at
+    facts: dict[str, list[batch.JobFacts]] = defaultdict(list)
+    for batch_id, status, size, finished_at in conn.execute(sa.text(_JOB_FACTS)):
+        facts[batch_id].append(batch.JobFacts(status, size, finished_at))
+    columns = ", ".join(batch_rows.COLUMNS)
+    insert = sa.text(
+        f"INSERT INTO batches (batch_id, {columns}) "
+        f"VALUES (:batch_id, {', '.join(':' + c for c in batch_rows.COLUMNS)})"
+    )
+    rows = [
+        {"batch_id": batch_id}
+        | batch_rows.own_row(state, updated[batch_id])
+        | batch_rows.summary_row(batch.summarize(state, facts[batch_id]))
+        for batch_id, state in states.items()
+    ]
+    if rows:
+        conn.execute(insert, rows)
+
+
+def upgrade() -> None:
+    op.execute("DELETE FROM batches")
+    op.add_column("batches", sa.Column("stream_status", sa.Text, nullable=False))
+    for name in _COUNTS:
+        op.add_column("batches", sa.Column(name, sa.Integer, nullable=False))
+    op.add_column("batches", sa.Column("bytes_uploaded", sa.BigInteger, nullable=False))
+    op.add_column("batches", sa.Column("last_finished_at", sa.DateTime(timezone=True)))
+    _refill(op.get_bind())
+    op.execute("DELETE FROM checkpoints WHERE name = 'batches'")
+    for statement in reporting.statements():
+        op.execute(statement)
+
+
+def downgrade() -> None:
+    op.execute("UPDATE batches SET status = stream_status")
+    # 0010's view, which counted the jobs itself: back first, as the new one reads the columns.
+    op.execute(BATCHES_VIEW_0010)
+    for name in ("stream_status", *_COUNTS, "bytes_uploaded", "last_finished_at"):
+        op.drop_column("batches", name)
+    # The batches projection follows its checkpoint again, from where the jobs one stands.
+    op.execute(
+        "INSERT INTO checkpoints (name, tx, position) SELECT 'batches', tx, position "
+        "FROM checkpoints WHERE name = 'jobs' ON CONFLICT (name) DO NOTHING"
+    )
