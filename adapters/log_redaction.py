@@ -1,6 +1,6 @@
 """Log lines with their secrets taken out: API keys, tokens, passwords, storage credentials.
 
-Every line a Spool process writes passes `RedactingFormatter` (installed by `setup_logging`),
+Every line a Spool process writes is redacted by its formatter (adapters/log_format.py),
 whoever logged it: uvicorn prints a websocket's path with its query (`/ws?api_key=...`), a
 library may print a URL with a password in it, an exception may quote what it was given. What
 is recognised by its shape (`sk_...` keys, JWTs, `user:password@` in URLs, secret-named query
@@ -86,13 +86,3 @@ class RedactingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
-
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def setup_logging(level: int) -> None:
-    """Log to stderr at `level` through `RedactingFormatter`: how every Spool process logs."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(RedactingFormatter(LOG_FORMAT))
-    logging.basicConfig(level=level, handlers=[handler])

@@ -18,7 +18,7 @@ import msgspec
 import uvicorn
 from litestar import Litestar
 
-from adapters.log_redaction import setup_logging
+from adapters.log_format import setup_logging
 from adapters.settings import Settings
 from adapters.timed_event_store import TimedEventStore
 from api.app import create_app
