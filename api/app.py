@@ -8,12 +8,10 @@ from typing import Any
 import asyncpg
 from litestar import Litestar
 from litestar.datastructures import State
-from litestar.logging.config import LoggingConfig
 
 from adapters.account_storage import AccountStorages
 from adapters.client_facts import describer
 from adapters.event_store import EventStore
-from adapters.log_redaction import LOG_FORMAT, RedactingFormatter
 from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
 from adapters.storage import ObjectStorage
@@ -136,11 +134,11 @@ def create_app(
         state=state,
         openapi_config=openapi_config(),
         debug=False,
-        # Litestar puts its own handler on the root logger: it formats through the redacting
-        # formatter too, or uvicorn's `/ws?api_key=...` lines would print the key.
-        logging_config=LoggingConfig(
-            formatters={"standard": {"()": RedactingFormatter, "fmt": LOG_FORMAT}}
-        ),
+        # No logging set up by Litestar: its own handler on the root logger replaced the
+        # process's, in a format of its own. Its records reach the process's handler
+        # (adapters/log_format.py); it logs no exception unless in debug, and api/errors.py
+        # logs each unhandled one.
+        logging_config=None,
     )
     # Around the router, not in `middleware=`: Litestar runs that list only once a route is
     # found, so a 404 or 405 had no request id, was not logged and was not rate-limited.

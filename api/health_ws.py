@@ -25,7 +25,7 @@ from litestar.exceptions import WebSocketDisconnect
 
 from adapters import sysinfo
 from adapters.database import unreachable
-from adapters.log_redaction import LOG_FORMAT, RedactingFormatter
+from adapters.log_format import TextFormatter
 from adapters.settings import Settings
 from adapters.tokens import TokenClaims, TokenError, verify_token
 from adapters.viewer_sessions import ViewerSession
@@ -64,7 +64,7 @@ class LogBuffer(logging.Handler):
         super().__init__()
         self.lines: deque[str] = deque(maxlen=capacity)
         # The lines `logs` shows are log lines too: no secret in them either.
-        self.setFormatter(RedactingFormatter(LOG_FORMAT))
+        self.setFormatter(TextFormatter())
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

@@ -12,6 +12,7 @@ import time
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from adapters.log_context import REQUEST_ID
 from api import rate_limit
 from api.request_log import level_of, log_request, request_counts
 from api.requests import new_request_id
@@ -40,6 +41,8 @@ def request_middleware(app: ASGIApp) -> ASGIApp:
         level = level_of(scope["path"])
         started = time.perf_counter() if level is not None else 0.0
         status = 500
+        # Every record logged while the request is served names it.
+        logged_as = REQUEST_ID.set(rid)
 
         async def send_more(message: Message) -> None:
             nonlocal status
@@ -56,5 +59,6 @@ def request_middleware(app: ASGIApp) -> ASGIApp:
         finally:
             if level is not None:
                 log_request(scope, level, status, started)
+            REQUEST_ID.reset(logged_as)
 
     return middleware

