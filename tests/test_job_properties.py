@@ -81,7 +81,7 @@ class Unit:
 class Deliver:
     """A node acting on a unit near the job's current one (a delta of 0 is the current one)."""
 
-    kind: Literal["start", "progress", "complete", "fail"]
+    kind: Literal["start", "progress", "complete", "fail", "interrupt"]
     stage: job.Stage | None  # None: the job's current stage
     run_delta: int
     attempt_delta: int
@@ -115,8 +115,10 @@ def _command(roll: int, aim: int, index: int, retryable: bool, restart: bool) ->
         return Deliver("start", None, 0, 0)
     if roll < 58:
         return Deliver("progress", None, 0, 0)
-    if roll < 66:
+    if roll < 62:
         return Deliver("fail", None, 0, 0, retryable, restart)
+    if roll < 66:  # the node stopping under the unit (spool stopped with Ctrl-C)
+        return Deliver("interrupt", None, 0, 0)
     if roll < 76:  # a stale, early or misrouted unit: another stage, run or attempt
         kind: Literal["start", "progress", "complete", "fail"] = (
             "start",
@@ -174,6 +176,8 @@ def decide_delivery(state: job.JobState, kind: str, unit: Unit, d: Deliver) -> l
     if kind == "complete":
         # A node has a result only for a unit it started (its StageStarted came first).
         return [_done_event(unit, "node-a")] if state.status == "Processing" else []
+    if kind == "interrupt":
+        return job.interrupt_stage(state, unit.stage, unit.run, unit.attempt, node_id="node-a")
     return job.fail_stage(
         state, unit.stage, unit.run, unit.attempt, node_id="node-a", reason="boom",
         retryable=d.retryable, max_attempts=3, backoff=0.0,
@@ -207,7 +211,7 @@ def assert_legal_history(events: list[Event]) -> job.JobState:
     for version, ev in enumerate(events[1:], start=2):
         before = msgspec.structs.replace(state, retries=dict(state.retries))
         unit: tuple[job.Stage, int, int] | None = None
-        if isinstance(ev, job.StageStarted | job.StageFailed):
+        if isinstance(ev, job.StageStarted | job.StageFailed | job.StageInterrupted):
             unit = (ev.stage, ev.run, ev.attempt)
         elif isinstance(ev, job.DownloadCompleted):
             unit = ("download", ev.run, ev.attempt)
@@ -224,6 +228,10 @@ def assert_legal_history(events: list[Event]) -> job.JobState:
         if isinstance(ev, TERMINAL_EVENTS):
             terminal_runs.append(ev.run)
         state = job.evolve(state, ev, T0 + timedelta(seconds=version), version)
+        if isinstance(ev, job.StageInterrupted):
+            # A stop is not a failure: the stage runs again and no retry is spent.
+            assert state.retries == before.retries
+            assert (state.status, state.stage) == (before.status, before.stage)
 
         assert state.status in LEGAL_STATUS_MOVES[before.status], (
             f"{before.status} -> {state.status} by {type(ev).__name__}"
