@@ -38,6 +38,7 @@ from api.batches import (
     job_storage,
     plan_batch,
 )
+from api.bodies import reads_body
 from api.errors import JOB_API_ERRORS, JobApiError
 from api.idempotency import IdempotencyKey, commit, earlier_answer, idempotency_of
 from api.job_requests import (
@@ -454,7 +455,7 @@ class JobsController(Controller):
         one = JobCreatedAnswer(job_id=job_id)
         return await commit(store, [created], one, idem, meta, quota_account=principal.account_id)
 
-    @post("/bulk", status_code=201)
+    @post("/bulk", status_code=201, opt=reads_body("jobs"))
     async def create_jobs_in_bulk(
         self,
         request: Request[Any, Any, Any],
