@@ -114,6 +114,40 @@ async def test_a_missing_source_fails_with_a_clear_reason_after_no_pointless_ret
     assert types.count("JobFailed") == 1
 
 
+async def test_a_host_that_does_not_exist_fails_the_job_at_once_as_a_dns_failure(
+    cluster: Cluster,
+) -> None:
+    # Submission takes a name that does not resolve (DNS may be down a moment); the download
+    # finds it does not exist, and no retry can change that.
+    job_id = await cluster.create("http://example.invalid/clip.mp4")
+    failed = await cluster.wait(job_id, "Failed", "Completed", seconds=30)
+    assert failed["error"] == "Could not resolve host example.invalid: no such host"
+    assert failed["download_retries"] == 1
+    types = await cluster.event_types(job_id)
+    assert (types.count("StageFailed"), types.count("JobFailed")) == (1, 1)
+
+
+@pytest.mark.parametrize("source", ["notes.mp4", "cut-short.mp4"])
+async def test_a_source_that_is_not_media_fails_at_once_naming_no_temp_file(
+    cluster: Cluster, media_server: MediaServer, media_dir: Path, source: str
+) -> None:
+    (media_dir / "notes.mp4").write_text("These are notes, not a movie.\n" * 20)
+    clip = (media_dir / "clip.mp4").read_bytes()
+    (media_dir / "cut-short.mp4").write_bytes(clip[: len(clip) // 2])
+
+    job_id = await cluster.create(media_server.url(source))
+    failed = await cluster.wait(job_id, "Failed", "Completed", seconds=60)
+
+    assert failed["status"] == "Failed"
+    error = failed["error"]
+    assert error.startswith("The source is not playable media: "), error
+    # Neither the node's work dir nor any file name (`media.mp4.mp4`, the source's own).
+    assert str(cluster.settings.data_dir) not in error and "/" not in error, error
+    assert ".mp4" not in error, error
+    assert (failed["download_retries"], failed["mux_retries"]) == (0, 1)
+    assert cluster.objects() == []
+
+
 async def test_a_loopback_url_is_refused_at_submission_unless_allowlisted(
     start_cluster: StartCluster, media_server: MediaServer
 ) -> None:
