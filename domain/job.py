@@ -171,9 +171,10 @@ class MuxCompleted(Event, frozen=True, kw_only=True):
     duration: float | None = None
     video_codec: str | None = None
     audio_codec: str | None = None
-    # What the downloaded files held, as FFmpeg read and names them (`h264`, `aac`), the words
-    # of `video_codec` and of the request's options. The download's own figures (yt-dlp's, from
-    # a manifest: `avc1.42c00d`, or none for a direct file) stand only until the mux.
+    # What the downloaded files held, as FFmpeg read and names them (`h264`, `hevc`, `aac`); the
+    # job's state says them in the request's words (`codec_word`: `h265`). The download's own
+    # figures (yt-dlp's, from a manifest: `avc1.42c00d`, or none for a direct file) stand only
+    # until the mux.
     native_video_codec: str | None = None
     native_audio_codec: str | None = None
     # The written file's frame: what was delivered (after `max_resolution`), not the source's.
@@ -363,6 +364,17 @@ def output_ext(options: JobOptions) -> str:
     if options.format:
         return options.format
     return "m4a" if options.audio_only else "mp4"
+
+
+API_CODEC_WORDS: dict[str, str] = {"hevc": "h265"}
+"""FFmpeg's codec names that the job API words otherwise: a job asked for `video_codec: h265`
+reports `h265`, not FFmpeg's `hevc`. Every other name (h264, vp9, aac, opus, mp3, ...) is the
+same in both."""
+
+
+def codec_word(name: str | None) -> str | None:
+    """A codec as the job API names it (`h265`), given FFmpeg's or a source's name for it."""
+    return None if name is None else API_CODEC_WORDS.get(name, name)
 
 
 def stream_id(job_id: str) -> str:
@@ -574,10 +586,8 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         # A feed entry's own title wins over what the media file says about itself.
         state.title, state.description = state.title or ev.title, ev.description
         state.release_date = ev.release_date
-        state.native_video_codec, state.native_audio_codec = (
-            ev.native_video_codec,
-            ev.native_audio_codec,
-        )
+        state.native_video_codec = codec_word(ev.native_video_codec)
+        state.native_audio_codec = codec_word(ev.native_audio_codec)
         if ev.width and ev.height:
             state.actual_quality = f"{min(ev.width, ev.height)}p"
         state.duration = ev.duration
@@ -589,9 +599,10 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         _advance(state, "download")
     elif isinstance(ev, MuxCompleted):
         state.output = ev.output
-        state.video_codec, state.audio_codec = ev.video_codec, ev.audio_codec
-        state.native_video_codec = ev.native_video_codec or state.native_video_codec
-        state.native_audio_codec = ev.native_audio_codec or state.native_audio_codec
+        state.video_codec = codec_word(ev.video_codec)
+        state.audio_codec = codec_word(ev.audio_codec)
+        state.native_video_codec = codec_word(ev.native_video_codec) or state.native_video_codec
+        state.native_audio_codec = codec_word(ev.native_audio_codec) or state.native_audio_codec
         if ev.width and ev.height:
             state.actual_quality = f"{min(ev.width, ev.height)}p"
         state.duration = ev.duration or state.duration

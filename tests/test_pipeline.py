@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from adapters.muxer import probe
 from api.cluster_reads import REFUSED
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import (
@@ -97,6 +98,19 @@ async def test_max_resolution_delivers_the_shorter_side_asked_for_and_says_so(
     assert (done["requested_quality"], done["actual_quality"]) == ("360", "360p")
     got = await _fetch(done["s3_url"], tmp_path / "small.mp4")
     assert video_size(got) == (480, 360)
+
+
+async def test_a_job_reports_its_codecs_in_the_words_it_was_asked_in(
+    cluster: Cluster, media_server: MediaServer, tmp_path: Path
+) -> None:
+    job_id = await cluster.create(media_server.url("clip.mp4"), video_codec="h265")
+    done = await cluster.wait(job_id, "Completed", "Failed", seconds=60)
+    assert done["status"] == "Completed", done
+    # FFmpeg calls it hevc; the job was asked for h265 and says h265.
+    assert (done["video_codec"], done["audio_codec"]) == ("h265", "aac")
+    assert (done["native_video_codec"], done["native_audio_codec"]) == ("h264", "aac")
+    got = await _fetch(done["s3_url"], tmp_path / "result.mp4")
+    assert [s.codec for s in probe(got).streams if s.kind == "video"] == ["hevc"]
 
 
 async def test_a_missing_source_fails_with_a_clear_reason_after_no_pointless_retries(
