@@ -314,7 +314,11 @@ class JobState(msgspec.Struct, kw_only=True, omit_defaults=True):
     storage_override: StorageConfigured | None = None
     created_at: datetime
     updated_at: datetime
+    # The current run's: a retry starts them over (earlier runs stay in the job's events).
     started_at: datetime | None = None
+    """When the current run's first stage started."""
+    retried_at: datetime | None = None
+    """When the current run was asked for by a retry; None in the first run (see `queued_at`)."""
     finished_at: datetime | None = None
     error: str | None = None
     error_type: ErrorType | None = None
@@ -350,10 +354,16 @@ class JobState(msgspec.Struct, kw_only=True, omit_defaults=True):
     webhook_status: Literal["pending", "retrying", "delivered", "failed"] | None = None
     webhook_attempts: int = 0
     timings: dict[str, StageTiming] = msgspec.field(default_factory=dict)
+    """Each stage's timing in the current run."""
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def queued_at(self) -> datetime:
+        """When the current run was asked for: the job's creation, or its latest retry."""
+        return self.retried_at or self.created_at
 
 
 AUDIO_FORMATS: frozenset[str] = frozenset({"m4a", "mp3", "ogg", "opus"})
@@ -653,6 +663,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         state.webhook_status, state.webhook_attempts = None, 0
         state.run, state.stage, state.attempt = ev.run, "download", 1
         state.node_id, state.progress, state.finished_at = None, None, None
+        state.retried_at, state.started_at, state.timings = at, None, {}
         state.error = state.error_type = None
         state.files, state.output, state.key = [], None, None
         state.subtitle_key = state.thumbnail_key = None

@@ -190,3 +190,17 @@ def test_codecs_are_said_in_the_job_apis_words_whatever_ffmpeg_calls_them() -> N
     state = _apply(state, [muxed])
     assert (state.video_codec, state.audio_codec) == ("h265", "aac")
     assert (state.native_video_codec, state.native_audio_codec) == ("h265", "opus")
+
+
+def test_a_retry_starts_the_timings_over_and_counts_from_the_retry() -> None:
+    state = _download(_new())
+    assert state.timings["download"].seconds == 1.0
+    state = _apply(state, job.start_stage(state, "mux", 1, 1, "n1"))
+    state = _apply(
+        state, job.fail_stage(state, "mux", 1, 1, node_id="n1", reason="bad", retryable=False)
+    )
+    later = datetime(2026, 11, 24, tzinfo=UTC)
+    (retried,) = job.retry(state)
+    state = job.evolve(state, retried, later, state.version + 1)
+    assert (state.timings, state.started_at, state.queued_at) == ({}, None, later)
+    assert state.created_at == AT  # the job itself is as old as it was

@@ -7,7 +7,9 @@ FFmpeg and served from a loopback HTTP server.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -224,6 +226,43 @@ async def test_a_cancelled_job_can_be_retried_to_completion(
     types = await cluster.event_types(job_id)
     assert types.count("JobCompleted") == 1
     assert "JobRetried" in types
+
+
+async def test_after_a_retry_the_timings_describe_the_new_run_and_the_old_one_stays_in_history(
+    cluster: Cluster, media_server: MediaServer, media_dir: Path
+) -> None:
+    source = media_dir / "appears-later.mp4"
+    job_id = await cluster.create(media_server.url(source.name))
+    failed = await cluster.wait(job_id, "Failed", "Completed", seconds=30)
+    assert failed["status"] == "Failed"  # a 404: the file is not there yet
+
+    source.write_bytes((media_dir / "clip.mp4").read_bytes())
+    answer = await cluster.client.post(f"/jobs/{job_id}/retry", headers=cluster.headers())
+    assert answer.status_code == 200, answer.text
+    done = await cluster.wait(job_id, "Completed", "Failed", seconds=60)
+    assert done["status"] == "Completed", done
+
+    events = (
+        await cluster.client.get(
+            f"/jobs/{job_id}/events", params={"limit": 1000}, headers=cluster.headers()
+        )
+    ).json()["events"]
+
+    def at_ms(event: dict[str, Any]) -> int:
+        return int(datetime.fromisoformat(event["recorded_at"]).timestamp() * 1000)
+
+    retried = next(e for e in events if e["type"] == "JobRetried")
+    second_run = [e for e in events if e["data"].get("run") == 2]
+    first_start = next(e for e in second_run if e["type"] == "StageStarted")
+    downloaded = next(e for e in second_run if e["type"] == "DownloadCompleted")
+    # The first run is still in the history: its start and its failure.
+    assert [e["type"] for e in events if e["data"].get("run") == 1][:1] == ["StageStarted"]
+    assert any(e["type"] == "JobFailed" and e["data"]["run"] == 1 for e in events)
+    # ...but every timing is the second run's, counted from the retry, not from the creation.
+    assert done["total_duration_ms"] == done["finished_at"] - at_ms(retried)
+    assert done["queue_wait_ms"] == at_ms(first_start) - at_ms(retried)
+    assert done["download_duration_ms"] == int(downloaded["data"]["seconds"] * 1000)
+    assert done["total_duration_ms"] < done["finished_at"] - done["created_at"]
 
 
 async def test_retry_is_refused_for_a_job_that_has_not_failed(
