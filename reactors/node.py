@@ -574,10 +574,7 @@ class Node:
             return await self._fail(unit, exc)
         except Exception as exc:
             log.exception("%s of job %s failed unexpectedly", unit.stage, unit.job_id)
-            return await self._fail(
-                unit,
-                stages.StageError(f"Internal error: {type(exc).__name__}: {exc}", retryable=True),
-            )
+            return await self._fail(unit, stages.unexpected(exc))
 
     async def _complete(self, unit: RunningUnit, done: Event, workdir: Path) -> str:
         """Record a stage's result, unless the job moved on (cancel wins).

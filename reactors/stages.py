@@ -60,6 +60,13 @@ class StageCancelled(Exception):
     """The job was cancelled while the stage ran."""
 
 
+def unexpected(exc: Exception) -> StageError:
+    """A retryable StageError for an error no stage expected; its reason names no file (an
+    OSError's file is one of this node's, which means nothing to the user)."""
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return StageError(f"Internal error: {type(exc).__name__}: {detail}", retryable=True)
+
+
 def output_names(state: job.JobState) -> list[str]:
     """The names the uploaded file may take, in order: the first one free wins.
 
