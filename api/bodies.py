@@ -80,11 +80,12 @@ def _missing(field: str) -> ValidationException:
     return ValidationException(detail=message, extra=[{"key": field, "message": message}])
 
 
-_KINDS = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+_KINDS = {"[": "an array", '"': "a string", "n": "null", "t": "a boolean", "f": "a boolean"}
 
 
-def _kind(value: Any) -> str:
-    return "null" if value is None else _KINDS.get(type(value), "not an object")
+def _kind(raw: bytes) -> str:
+    """What JSON value other than an object `raw` (stripped, valid JSON) holds."""
+    return _KINDS.get(chr(raw[0]), "a number")
 
 
 def _no_body_here(field: str | None) -> ValidationException:
@@ -131,14 +132,18 @@ def _fault(raw: bytes, required: tuple[str, ...]) -> ValidationException | None:
     if not raw:
         return _not_an_object("The body is empty", required)
     try:
-        decoded = msgspec.json.decode(raw)
+        fields = _top_level.decode(raw)
+    except msgspec.ValidationError:
+        return _not_an_object(f"The body is {_kind(raw)}, not an object", required)
     except msgspec.DecodeError as exc:
         reason = str(exc).removeprefix("JSON is malformed: ")
         return _not_an_object(f"The body is not JSON: {reason}", required)
-    if not isinstance(decoded, dict):
-        return _not_an_object(f"The body is {_kind(decoded)}, not an object", required)
-    missing = next((f for f in required if f not in decoded), None)
+    missing = next((f for f in required if f not in fields), None)
     return None if missing is None else _missing(missing)
+
+
+_top_level = msgspec.json.Decoder(dict[str, msgspec.Raw])
+"""An object's fields, their values left undecoded: the handler decodes them (once)."""
 
 
 def body_fault(request: Request[Any, Any, Any]) -> ValidationException | None:
