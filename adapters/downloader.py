@@ -18,6 +18,7 @@ import socket
 import ssl
 import threading
 import time
+import urllib.parse
 import urllib.request
 import weakref
 from collections.abc import Callable, Iterator
@@ -49,7 +50,7 @@ from yt_dlp.utils import (
     determine_protocol,
 )
 
-from adapters.ssrf import UrlGuard, UrlRefused
+from adapters.ssrf import UnresolvedHost, UrlGuard, UrlRefused
 
 logger = logging.getLogger(__name__)
 
@@ -662,12 +663,23 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def _clean(message: str) -> str:
     """A yt-dlp message without its console dressing: colour, `ERROR:`, `[generic] id:`."""
-    text = _ANSI.sub("", message).strip().splitlines()[0] if message.strip() else ""
+    # yt-dlp writes "\r" before a "[download]" line (a console's line rewrite): not a new line.
+    plain = _ANSI.sub("", message).replace("\r", "").strip()
+    text = plain.splitlines()[0] if plain else ""
     text = re.sub(r"^(ERROR|WARNING):\s*", "", text)
     text = re.sub(r"^\[[\w:.-]+\]\s*(?:[^:\s]+:\s+)?", "", text)
     text = re.sub(r"\s*\(caused by .*\)$", "", text)
     text = re.sub(r";?\s*please report this issue.*$", "", text, flags=re.IGNORECASE)
     return text.strip().rstrip(".") or "unknown error"
+
+
+_ENDED_EARLY = re.compile(r"Downloaded (\d+) bytes, expected (\d+) bytes")
+
+
+def _without_paths(failure: DownloadFailed, dest: Path) -> DownloadFailed:
+    """`failure` with every path under `dest` (the node's temp names) said in user terms."""
+    reason = re.sub(re.escape(str(dest)) + r"[^\s'\"]*", "the downloaded file", str(failure))
+    return DownloadFailed(reason, kind=failure.kind, retryable=failure.retryable)
 
 
 def _failure(exc: BaseException, url: str, *, audio_only: bool) -> DownloadFailed:
@@ -677,8 +689,19 @@ def _failure(exc: BaseException, url: str, *, audio_only: bool) -> DownloadFaile
         if isinstance(e, _RefusedRequest):
             return _refusal(e.refusal)
     for e in chain:
+        if isinstance(e, socket.gaierror):
+            # yt-dlp's own lookup of a host (a redirect's, or one the guard had admitted by
+            # name) failed: the same DNS failure as the guard's.
+            return _refusal(UnresolvedHost(urllib.parse.urlsplit(url).hostname or url, e))
+    for e in chain:
         if isinstance(e, HTTPError):
             return _http_failure(e)
+    for e in chain:
+        if (ended := _ENDED_EARLY.search(str(e))) is not None:
+            got, expected = ended.groups()
+            return DownloadFailed(
+                f"The source ended early: it sent {got} of {expected} bytes", retryable=True
+            )
     for e in chain:
         if isinstance(e, GeoRestrictedError):
             return DownloadFailed(
@@ -708,6 +731,13 @@ def _failure(exc: BaseException, url: str, *, audio_only: bool) -> DownloadFaile
                 f"Could not fetch from the source at {url}: {_clean(str(e))}", retryable=True
             )
     for e in chain:
+        if isinstance(e, OSError) and e.filename is not None:
+            # Writing on this node's disk failed (full, gone): what failed, not which temp file.
+            return DownloadFailed(
+                f"Could not write the download on this node: {e.strerror or 'disk error'}",
+                retryable=True,
+            )
+    for e in chain:
         message = str(e)
         if message.startswith("Requested format is not available") or (
             isinstance(e, ExtractorError) and e.orig_msg.startswith("Requested format")
@@ -734,8 +764,10 @@ def _failure(exc: BaseException, url: str, *, audio_only: bool) -> DownloadFaile
 
 
 def _refusal(refusal: UrlRefused) -> DownloadFailed:
-    # A policy refusal: retrying cannot change it, unless it was only that DNS did not answer.
-    return DownloadFailed(str(refusal), retryable=isinstance(refusal.__cause__, socket.gaierror))
+    # A policy refusal, or a host that does not exist: retrying cannot change either. Only DNS
+    # that did not answer this time is worth asking again.
+    retryable = isinstance(refusal, UnresolvedHost) and not refusal.final
+    return DownloadFailed(str(refusal), retryable=retryable)
 
 
 def _http_failure(e: Any) -> DownloadFailed:
@@ -930,7 +962,7 @@ def download(
             raise DownloadCancelled(f"download of {url} cancelled") from None
         if not isinstance(exc, Exception):
             raise  # KeyboardInterrupt, SystemExit: not ours to translate
-        raise _failure(exc, url, audio_only=audio_only) from None
+        raise _without_paths(_failure(exc, url, audio_only=audio_only), dest) from None
     if cancel is not None and cancel.is_set():
         _remove_new_files(dest, before)
         raise DownloadCancelled(f"download of {url} cancelled")

@@ -17,11 +17,12 @@ from typing import Any
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from adapters.ssrf import UrlGuard, UrlRefused
+from adapters.ssrf import UnresolvedHost, UrlGuard, UrlRefused
 
 
 class RefusedAddress(OSError):
-    """The storage endpoint's name resolved to an address the guard refuses."""
+    """The storage endpoint's name resolved to an address the guard refuses, or to nothing at
+    all (it does not exist): either way, asking again gives the same answer."""
 
 
 class GuardedResolver(AbstractResolver):
@@ -34,7 +35,14 @@ class GuardedResolver(AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        answers = await self._inner.resolve(host, port, family)
+        try:
+            answers = await self._inner.resolve(host, port, family)
+        except socket.gaierror as exc:
+            unresolved = UnresolvedHost(host, exc)
+            if unresolved.final:
+                # "Could not resolve host ...: no such host", not a connection error to retry.
+                raise RefusedAddress(str(unresolved)) from None
+            raise
         for answer in answers:
             try:
                 self._guard.check_address(host, answer["host"])

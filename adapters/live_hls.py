@@ -40,6 +40,7 @@ from adapters.downloader import (
     DownloadProgress,
     DownloadResult,
     MediaInfo,
+    _refusal,
 )
 from adapters.ssrf import UrlGuard, UrlRefused
 
@@ -135,11 +136,6 @@ def _client(guard: UrlGuard, timeout: float) -> httpx.Client:
         timeout=httpx.Timeout(timeout),
         headers={"User-Agent": "Spool live recorder"},
     )
-
-
-def _refusal(refusal: UrlRefused) -> DownloadFailed:
-    # A policy refusal: retrying cannot change it, unless it was only that DNS did not answer.
-    return DownloadFailed(str(refusal), retryable=isinstance(refusal.__cause__, socket.gaierror))
 
 
 class _HttpStatus(Exception):

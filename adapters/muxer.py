@@ -74,7 +74,19 @@ class MuxResult(msgspec.Struct):
 
 
 class MuxFailed(Exception):
-    """FFmpeg could not make the file; the message is fit to show the user."""
+    """FFmpeg could not make the file; the message is fit to show the user (it names no file:
+    the files are this node's temp files, which mean nothing to the user)."""
+
+
+class Unreadable(MuxFailed):
+    """FFmpeg cannot read a file as media: it holds none, or too little of it (cut short).
+
+    `detail` is FFmpeg's own reason ("Invalid data found when processing input").
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"FFmpeg cannot read the media: {detail}")
+        self.detail = detail
 
 
 class MuxCancelled(Exception):
@@ -173,12 +185,12 @@ def probe(path: Path) -> ProbeInfo:
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
-        raise MuxFailed(f"Reading {path.name} took too long") from exc
+        raise Unreadable("reading it took too long") from exc
     # Without an output FFmpeg always exits non-zero; an "Input #0" header means it read the file.
     info = _parse_probe(done.stderr, path)
     if info is None:
         detail = _last_error(done.stderr.splitlines(), [path]) or "unreadable media"
-        raise MuxFailed(f"Cannot read {path.name}: {detail}")
+        raise Unreadable(detail)
     return info
 
 
@@ -490,7 +502,11 @@ async def mux(
     await _run(the_plan.args, progress, cancel, timeout, [*input_paths, target], target)
     progress.finish()
 
-    written = await asyncio.to_thread(probe, target)
+    try:
+        written = await asyncio.to_thread(probe, target)
+    except Unreadable as exc:
+        # Unreadable is about the inputs; an output FFmpeg cannot read back is its own failure.
+        raise MuxFailed(f"Muxing failed: the file written is unreadable ({exc})") from None
     video = next((s for s in written.streams if s.kind == "video"), None)
     return MuxResult(
         path=str(target),
@@ -642,7 +658,7 @@ _OPENING = re.compile(r"^Error opening (input|output) files?: ")
 
 
 def _last_error(lines: Iterable[str], paths: list[Path]) -> str | None:
-    """The last meaningful FFmpeg error line, without addresses or our full paths."""
+    """The last meaningful FFmpeg error line, without addresses or any of `paths`' names."""
     meaningful = None
     for line in lines:
         text = _CONTEXT.sub("", line.strip())
@@ -651,7 +667,10 @@ def _last_error(lines: Iterable[str], paths: list[Path]) -> str | None:
     if meaningful is None:
         return None
     meaningful = _OPENING.sub("", meaningful)
-    for path in paths:
-        meaningful = meaningful.replace(_ffmpeg_path(path), path.name)
-        meaningful = meaningful.replace(str(path), path.name)
+    # Longest first, so a path is never half replaced by its own name.
+    for name in sorted(
+        {n for p in paths for n in (_ffmpeg_path(p), str(p), p.name)}, key=len, reverse=True
+    ):
+        # "<file>: Invalid data found..." says the same without the file's name.
+        meaningful = meaningful.removeprefix(f"{name}: ").replace(name, "the file")
     return meaningful[:300]

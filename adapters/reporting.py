@@ -56,9 +56,13 @@ SELECT j.job_id::text AS job_id,
        (j.state->>'started_at')::timestamptz AS started_at,
        j.finished_at::timestamptz AS finished_at,
        j.updated_at::timestamptz AS updated_at,
-       (extract(epoch FROM (j.state->>'started_at')::timestamptz - j.created_at) * 1000
+       -- The current run's, as GET /jobs/{id} says them: from its retry, if it was retried.
+       (extract(epoch FROM (j.state->>'started_at')::timestamptz
+                - coalesce((j.state->>'retried_at')::timestamptz, j.created_at)) * 1000
        )::bigint AS queue_wait_ms,
-       (extract(epoch FROM j.finished_at - j.created_at) * 1000)::bigint AS duration_ms,
+       (extract(epoch FROM j.finished_at
+                - coalesce((j.state->>'retried_at')::timestamptz, j.created_at)) * 1000
+       )::bigint AS duration_ms,
        j.version::integer AS version
 FROM public.jobs j
 """,

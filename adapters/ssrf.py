@@ -40,6 +40,27 @@ class UrlRefused(ValueError):
     """A URL that downloads may not reach; str() is a user-facing reason."""
 
 
+# getaddrinfo's answers that a host does not exist, as opposed to DNS not answering for now
+# (EAI_AGAIN) or failing (EAI_FAIL): asking again cannot change them.
+_NO_SUCH_HOST = frozenset(
+    code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)) if code is not None
+)
+
+
+class UnresolvedHost(UrlRefused):
+    """The URL's host did not resolve: a DNS failure, not a policy refusal.
+
+    `final` when the name does not exist (retrying cannot help); otherwise DNS did not answer
+    this time.
+    """
+
+    def __init__(self, host: str, cause: Exception) -> None:
+        self.host = host
+        self.final = not isinstance(cause, socket.gaierror) or cause.errno in _NO_SUCH_HOST
+        why = "no such host" if self.final else f"DNS did not answer ({_gai_reason(cause)})"
+        super().__init__(f"Could not resolve host {host}: {why}")
+
+
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Address] | None:
     """The IPv4 address an IPv6 transition form carries, with the form's name."""
     if ip.ipv4_mapped is not None:
@@ -170,7 +191,7 @@ class UrlGuard:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as e:
             # Fail closed: a host we cannot resolve is a host we cannot vouch for.
-            raise UrlRefused(f"URL refused: cannot resolve host {host} ({_gai_reason(e)})") from e
+            raise UnresolvedHost(host, e) from e
         self._judge(host, infos)
 
     async def check_url_async(self, url: str) -> None:
@@ -182,7 +203,7 @@ class UrlGuard:
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as e:
-            raise UrlRefused(f"URL refused: cannot resolve host {host} ({_gai_reason(e)})") from e
+            raise UnresolvedHost(host, e) from e
         self._judge(host, infos)
 
 

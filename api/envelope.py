@@ -18,6 +18,7 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 
 from adapters.database import unreachable
 from api.auth import Principal, lookup, presented_key, scope_refusal
+from api.bodies import in_place_of
 from api.errors import client_fault
 from api.requests import request_id
 from api.unavailable import MESSAGE, RETRY_AFTER
@@ -165,6 +166,7 @@ def _validation_details(exc: ValidationException) -> tuple[str, dict[str, Any]]:
 
 def cluster_api_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """Map any exception raised under `/api/v1` to the seed's error envelope."""
+    exc = in_place_of(request, exc)
     headers: dict[str, str] | None = None
     details: dict[str, Any] | None = None
     if isinstance(exc, ClusterApiError):

@@ -12,6 +12,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from adapters.account_policy_store import QuotaExceeded
 from adapters.database import unreachable
+from api.bodies import in_place_of
 from api.unavailable import MESSAGE, RETRY_AFTER
 from domain.errors import ConcurrencyError
 
@@ -50,6 +51,7 @@ def classify(request: Request[Any, Any, Any], exc: Exception) -> Failure:
     An HTTP error keeps its own; hostile input is a 400 (`client_fault`); a database out of
     reach a 503 with `Retry-After` (nothing was changed); anything else a 500, logged whole.
     """
+    exc = in_place_of(request, exc)
     if isinstance(exc, HTTPException):  # e.g. 413 for a body past the size limit
         return Failure(exc.status_code, str(exc.detail), exc.headers or None)
     if (fault := client_fault(exc)) is not None:
@@ -78,6 +80,7 @@ def _validation_message(exc: ValidationException) -> str:
 
 def job_api_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     """Map any exception raised under the job API to its documented `{"error": ...}` shape."""
+    exc = in_place_of(request, exc)
     if isinstance(exc, ValidationException):
         return Response({"error": _validation_message(exc)}, status_code=400)
     if isinstance(exc, QuotaExceeded):

@@ -38,6 +38,7 @@ from api.batches import (
     job_storage,
     plan_batch,
 )
+from api.bodies import reads_body
 from api.errors import JOB_API_ERRORS, JobApiError
 from api.idempotency import IdempotencyKey, commit, earlier_answer, idempotency_of
 from api.job_requests import (
@@ -188,6 +189,9 @@ def view(state: job.JobState, links: Links | None = None) -> JobView:
     created = _ms(state.created_at)
     assert created is not None
     p = state.progress
+    # Timings are the current run's: after a retry, from the retry (earlier runs: the events).
+    queued = _ms(state.queued_at)
+    assert queued is not None
     started = _ms(state.started_at)
     finished = _ms(state.finished_at)
     return JobView(
@@ -223,11 +227,11 @@ def view(state: job.JobState, links: Links | None = None) -> JobView:
         download_retries=state.retries.get("download", 0),
         mux_retries=state.retries.get("mux", 0),
         upload_retries=state.retries.get("upload", 0),
-        queue_wait_ms=started - created if started is not None else None,
+        queue_wait_ms=started - queued if started is not None else None,
         download_duration_ms=_stage_ms(state, "download"),
         mux_duration_ms=_stage_ms(state, "mux"),
         upload_duration_ms=_stage_ms(state, "upload"),
-        total_duration_ms=finished - created
+        total_duration_ms=finished - queued
         if finished is not None and state.status == "Completed"
         else None,
         download_speed_mbps=_mbps(state, "download"),
@@ -454,7 +458,7 @@ class JobsController(Controller):
         one = JobCreatedAnswer(job_id=job_id)
         return await commit(store, [created], one, idem, meta, quota_account=principal.account_id)
 
-    @post("/bulk", status_code=201)
+    @post("/bulk", status_code=201, opt=reads_body("jobs"))
     async def create_jobs_in_bulk(
         self,
         request: Request[Any, Any, Any],

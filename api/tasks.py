@@ -28,6 +28,7 @@ from adapters.task_store import (
 )
 from api.as_of import BadAsOf, parse_as_of
 from api.auth import Principal
+from api.bodies import reads_body
 from api.cluster_reads import may_read_cluster
 from api.envelope import (
     CLUSTER_API_ERRORS,
@@ -447,7 +448,7 @@ class TasksController(Controller):
     exception_handlers = CLUSTER_API_ERRORS  # type: ignore[assignment]
     tags = ["cluster: tasks"]
 
-    @post("/", status_code=201)
+    @post("/", status_code=201, opt=reads_body("task_type"))
     async def submit(
         self,
         request: Request[Any, Any, Any],

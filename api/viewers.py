@@ -22,7 +22,7 @@ from adapters.tables import VIEWER_SPAN_WIDTHS
 from adapters.viewer_sessions import ViewerRecorder
 from adapters.viewer_store import load_viewers
 from api.auth import Principal, lookup, presented_key
-from api.bodies import READS_BODY
+from api.bodies import body_fault, reads_body
 from api.cluster_reads import REFUSED, may_read_cluster
 from api.errors import message_error
 from api.requests import command_metadata
@@ -448,7 +448,7 @@ _STATUS = {
 @post(
     "/api/cluster/viewers/events",
     status_code=200,
-    opt=READS_BODY,
+    opt=reads_body("events"),
     exception_handlers=_ERRORS,  # type: ignore[arg-type]
     tags=["viewers"],
 )
@@ -461,6 +461,8 @@ async def report_viewer_events(request: Request[Any, Any, Any]) -> Response[dict
     of the request is appended. Answers the viewer id of each event, in order.
     """
     principal = await _admin(request)
+    if (fault := body_fault(request)) is not None:
+        raise fault
     try:
         body = _decode_body(await request.body())
     except msgspec.ValidationError as exc:

@@ -171,9 +171,10 @@ class MuxCompleted(Event, frozen=True, kw_only=True):
     duration: float | None = None
     video_codec: str | None = None
     audio_codec: str | None = None
-    # What the downloaded files held, as FFmpeg read and names them (`h264`, `aac`), the words
-    # of `video_codec` and of the request's options. The download's own figures (yt-dlp's, from
-    # a manifest: `avc1.42c00d`, or none for a direct file) stand only until the mux.
+    # What the downloaded files held, as FFmpeg read and names them (`h264`, `hevc`, `aac`); the
+    # job's state says them in the request's words (`codec_word`: `h265`). The download's own
+    # figures (yt-dlp's, from a manifest: `avc1.42c00d`, or none for a direct file) stand only
+    # until the mux.
     native_video_codec: str | None = None
     native_audio_codec: str | None = None
     # The written file's frame: what was delivered (after `max_resolution`), not the source's.
@@ -330,7 +331,11 @@ class JobState(msgspec.Struct, kw_only=True, omit_defaults=True):
     storage_override: StorageConfigured | None = None
     created_at: datetime
     updated_at: datetime
+    # The current run's: a retry starts them over (earlier runs stay in the job's events).
     started_at: datetime | None = None
+    """When the current run's first stage started."""
+    retried_at: datetime | None = None
+    """When the current run was asked for by a retry; None in the first run (see `queued_at`)."""
     finished_at: datetime | None = None
     error: str | None = None
     error_type: ErrorType | None = None
@@ -369,10 +374,16 @@ class JobState(msgspec.Struct, kw_only=True, omit_defaults=True):
     webhook_status: Literal["pending", "retrying", "delivered", "failed"] | None = None
     webhook_attempts: int = 0
     timings: dict[str, StageTiming] = msgspec.field(default_factory=dict)
+    """Each stage's timing in the current run."""
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def queued_at(self) -> datetime:
+        """When the current run was asked for: the job's creation, or its latest retry."""
+        return self.retried_at or self.created_at
 
 
 AUDIO_FORMATS: frozenset[str] = frozenset({"m4a", "mp3", "ogg", "opus"})
@@ -383,6 +394,17 @@ def output_ext(options: JobOptions) -> str:
     if options.format:
         return options.format
     return "m4a" if options.audio_only else "mp4"
+
+
+API_CODEC_WORDS: dict[str, str] = {"hevc": "h265"}
+"""FFmpeg's codec names that the job API words otherwise: a job asked for `video_codec: h265`
+reports `h265`, not FFmpeg's `hevc`. Every other name (h264, vp9, aac, opus, mp3, ...) is the
+same in both."""
+
+
+def codec_word(name: str | None) -> str | None:
+    """A codec as the job API names it (`h265`), given FFmpeg's or a source's name for it."""
+    return None if name is None else API_CODEC_WORDS.get(name, name)
 
 
 def stream_id(job_id: str) -> str:
@@ -603,10 +625,8 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         # A feed entry's own title wins over what the media file says about itself.
         state.title, state.description = state.title or ev.title, ev.description
         state.release_date = ev.release_date
-        state.native_video_codec, state.native_audio_codec = (
-            ev.native_video_codec,
-            ev.native_audio_codec,
-        )
+        state.native_video_codec = codec_word(ev.native_video_codec)
+        state.native_audio_codec = codec_word(ev.native_audio_codec)
         if ev.width and ev.height:
             state.actual_quality = f"{min(ev.width, ev.height)}p"
         state.duration = ev.duration
@@ -618,9 +638,10 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         _advance(state, "download")
     elif isinstance(ev, MuxCompleted):
         state.output = ev.output
-        state.video_codec, state.audio_codec = ev.video_codec, ev.audio_codec
-        state.native_video_codec = ev.native_video_codec or state.native_video_codec
-        state.native_audio_codec = ev.native_audio_codec or state.native_audio_codec
+        state.video_codec = codec_word(ev.video_codec)
+        state.audio_codec = codec_word(ev.audio_codec)
+        state.native_video_codec = codec_word(ev.native_video_codec) or state.native_video_codec
+        state.native_audio_codec = codec_word(ev.native_audio_codec) or state.native_audio_codec
         if ev.width and ev.height:
             state.actual_quality = f"{min(ev.width, ev.height)}p"
         state.duration = ev.duration or state.duration
@@ -678,6 +699,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         state.run, state.stage, state.attempt = ev.run, "download", 1
         state.interruptions = 0
         state.node_id, state.progress, state.finished_at = None, None, None
+        state.retried_at, state.started_at, state.timings = at, None, {}
         state.error = state.error_type = None
         state.files, state.output, state.key = [], None, None
         state.subtitle_key = state.thumbnail_key = None

@@ -617,10 +617,7 @@ class Node:
             if unit.interrupted:
                 return await self._interrupt(unit)
             log.exception("%s of job %s failed unexpectedly", unit.stage, unit.job_id)
-            return await self._fail(
-                unit,
-                stages.StageError(f"Internal error: {type(exc).__name__}: {exc}", retryable=True),
-            )
+            return await self._fail(unit, stages.unexpected(exc))
 
     async def _complete(self, unit: RunningUnit, done: Event, workdir: Path) -> str:
         """Record a stage's result, unless the job moved on (cancel wins).

@@ -62,6 +62,13 @@ class StageCancelled(Exception):
     """The job was cancelled while the stage ran."""
 
 
+def unexpected(exc: Exception) -> StageError:
+    """A retryable StageError for an error no stage expected; its reason names no file (an
+    OSError's file is one of this node's, which means nothing to the user)."""
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return StageError(f"Internal error: {type(exc).__name__}: {detail}", retryable=True)
+
+
 def output_names(state: job.JobState) -> list[str]:
     """The names the uploaded file may take, in order: the first one free wins.
 
@@ -316,11 +323,8 @@ async def mux(
     media = [Path(f.path) for f in state.files if f.kind in ("video", "audio", "av")]
     if not media:
         raise StageError("The download produced no media file", retryable=False)
-    missing = [p for p in media if not p.exists()]
-    if missing:
-        raise StageError(
-            f"Downloaded file is gone from this node: {missing[0].name}", retryable=True
-        )
+    if not all(p.exists() for p in media):
+        raise StageError("The downloaded media is gone from this node", retryable=True)
     o = state.options
     output = workdir / f"output.{job.output_ext(o)}"
     in_size = sum(p.stat().st_size for p in media)
@@ -360,6 +364,10 @@ async def mux(
             _count(session, in_size, result.size)
     except muxer.MuxCancelled:
         raise StageCancelled from None
+    except muxer.Unreadable as exc:
+        # Whatever came down is not media, or is cut short: fetching it again gives the same.
+        reason = f"The source is not playable media: {exc.detail}"
+        raise StageError(reason, retryable=False) from None
     except muxer.MuxFailed as exc:
         raise StageError(str(exc), retryable=False) from None
     finally:

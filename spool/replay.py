@@ -82,7 +82,8 @@ def _job_note(ev: Event, e: RecordedEvent, names: Names) -> str:
     if isinstance(ev, job.DownloadCompleted):
         return f"{_size(ev.bytes)} on {ev.node_id}" + (f", {ev.title!r}" if ev.title else "")
     if isinstance(ev, job.MuxCompleted):
-        codecs = "/".join(c for c in (ev.video_codec, ev.audio_codec) if c)
+        words = (job.codec_word(ev.video_codec), job.codec_word(ev.audio_codec))
+        codecs = "/".join(c for c in words if c)
         return f"{_size(ev.output.size)} {codecs} on {ev.node_id}".rstrip()
     if isinstance(ev, job.JobCompleted):
         return f"{ev.key} ({_size(ev.size)}) in {ev.storage} from {ev.node_id}"

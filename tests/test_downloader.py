@@ -244,6 +244,45 @@ def test_missing_file_is_a_final_404(media_server: MediaServer, tmp_path: Path) 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_host_that_does_not_exist_is_a_final_dns_failure(tmp_path: Path) -> None:
+    with pytest.raises(DownloadFailed) as failed:
+        download("http://example.invalid/clip.mp4", tmp_path, guard=LOOPBACK)
+    assert str(failed.value) == "Could not resolve host example.invalid: no such host"
+    assert failed.value.retryable is False
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("status", [404, 410])
+def test_a_source_that_is_gone_is_final(
+    media_server: MediaServer, tmp_path: Path, status: int
+) -> None:
+    with pytest.raises(DownloadFailed) as failed:
+        download(media_server.status_url(status), tmp_path, guard=LOOPBACK)
+    assert f"HTTP {status}" in str(failed.value)
+    assert failed.value.retryable is False
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_a_server_error_is_worth_retrying(
+    media_server: MediaServer, tmp_path: Path, status: int
+) -> None:
+    with pytest.raises(DownloadFailed) as failed:
+        download(media_server.status_url(status), tmp_path, guard=LOOPBACK)
+    assert f"HTTP {status}" in str(failed.value)
+    assert failed.value.retryable is True
+
+
+def test_a_source_that_ends_early_says_so_and_is_worth_retrying(
+    media_server: MediaServer, media_dir: Path, tmp_path: Path
+) -> None:
+    size = (media_dir / "clip.mp4").stat().st_size
+    with pytest.raises(DownloadFailed) as failed:
+        download(media_server.cut_url("clip.mp4"), tmp_path, guard=LOOPBACK)
+    assert str(failed.value) == (f"The source ended early: it sent {size // 2} of {size} bytes")
+    assert failed.value.retryable is True
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_closed_port_is_retryable(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -224,6 +224,44 @@ async def test_an_unknown_field_in_any_json_body_is_a_400_naming_it(
         assert said["error_details"]["field"].split(".")[-1] == field, said
 
 
+# (method, path, the field its body must hold)
+REQUIRED_FIELDS: list[tuple[str, str, str]] = [
+    ("POST", "/jobs", "url"),
+    ("POST", "/jobs/bulk", "jobs"),
+    ("POST", "/metadata", "url"),
+    ("PATCH", f"/batch/{SOMEONE}/jobs", "renames"),
+    ("POST", "/user/keys", "name"),
+    ("POST", "/user/s3", "bucket"),
+    ("POST", "/api/v1/tasks", "task_type"),
+    ("POST", "/api/cluster/viewers/events", "events"),
+]
+NOT_AN_OBJECT = {"empty": b"", "not JSON": b"url=https://a.example/x.mp4", "an array": b"[1]"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "field"), REQUIRED_FIELDS, ids=[f"{c[0]} {c[1]}" for c in REQUIRED_FIELDS]
+)
+@pytest.mark.parametrize("body", list(NOT_AN_OBJECT.values()), ids=list(NOT_AN_OBJECT))
+async def test_an_empty_or_non_json_body_is_a_400_naming_the_required_field_not_data(
+    client: httpx.AsyncClient, admin_key: str, method: str, path: str, field: str, body: bytes
+) -> None:
+    for sent in (body, b"{}"):
+        answer = await client.request(
+            method,
+            path,
+            content=sent,
+            headers={"x-api-key": admin_key, "content-type": "application/json"},
+        )
+        surface = surface_of(path)
+        assert_shape(answer, 400, surface, "VALIDATION_ERROR")
+        said = answer.json()
+        text = said["error"] if surface is Surface.JOBS else said["message"]
+        assert f"`{field}`" in text, said
+        assert "data" not in text, said
+        if surface is Surface.CLUSTER:
+            assert said["error_details"]["field"] == field, said
+
+
 async def test_a_route_that_reads_no_body_takes_an_empty_one_or_an_empty_object(
     client: httpx.AsyncClient, admin_key: str
 ) -> None:

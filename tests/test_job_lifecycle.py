@@ -171,3 +171,36 @@ def test_progress_of_an_old_attempt_is_ignored() -> None:
 def test_only_an_uploaded_file_can_be_deleted_once() -> None:
     with pytest.raises(InvalidTransition, match="no uploaded file"):
         job.delete_file(_new())
+
+
+def test_codecs_are_said_in_the_job_apis_words_whatever_ffmpeg_calls_them() -> None:
+    state = _download(_new())
+    state = _apply(state, job.start_stage(state, "mux", 1, 1, "n1"))
+    muxed = job.MuxCompleted(
+        run=1,
+        attempt=1,
+        node_id="n1",
+        output=job.MediaFile(path="/w/o.mp4", kind="av", size=9),
+        seconds=0.5,
+        video_codec="hevc",
+        audio_codec="aac",
+        native_video_codec="hevc",
+        native_audio_codec="opus",
+    )
+    state = _apply(state, [muxed])
+    assert (state.video_codec, state.audio_codec) == ("h265", "aac")
+    assert (state.native_video_codec, state.native_audio_codec) == ("h265", "opus")
+
+
+def test_a_retry_starts_the_timings_over_and_counts_from_the_retry() -> None:
+    state = _download(_new())
+    assert state.timings["download"].seconds == 1.0
+    state = _apply(state, job.start_stage(state, "mux", 1, 1, "n1"))
+    state = _apply(
+        state, job.fail_stage(state, "mux", 1, 1, node_id="n1", reason="bad", retryable=False)
+    )
+    later = datetime(2026, 11, 24, tzinfo=UTC)
+    (retried,) = job.retry(state)
+    state = job.evolve(state, retried, later, state.version + 1)
+    assert (state.timings, state.started_at, state.queued_at) == ({}, None, later)
+    assert state.created_at == AT  # the job itself is as old as it was

@@ -134,7 +134,7 @@ async def test_a_jobs_events_tell_who_created_it_and_in_which_request(
         ({"url": ""}, "Invalid URL"),
         ({"url": "ftp://media.test/a.mp4"}, "Invalid URL"),
         ({"url": "not a url"}, "Invalid URL"),
-        ([1, 2], "Expected `object`"),
+        ([1, 2], "The body is an array, not an object; send a JSON object with `url`"),
         # A misspelt option would otherwise deliver something else than asked, quietly.
         ({"url": "http://media.test/a.mp4", "fromat": "mkv"}, "unknown field `fromat`"),
     ],

@@ -20,6 +20,7 @@ from adapters.muxer import (
     MuxPlan,
     ProbeInfo,
     StreamInfo,
+    Unreadable,
     _last_error,
     _parse_probe,
     _Progress,
@@ -486,13 +487,17 @@ def test_unopenable_input_parses_to_none_and_its_error_reads_plainly() -> None:
     assert message == "Invalid data found when processing input"
 
 
-def test_error_lines_lose_addresses_and_full_paths() -> None:
+def test_error_lines_lose_addresses_paths_and_file_names() -> None:
     lines = [
         "[vost#0:0 @ 0x1234abcd] Error opening file:/srv/spool/tmp/out.mp4: Permission denied",
         "Conversion failed!",
     ]
     assert _last_error(lines, [Path("/srv/spool/tmp/out.mp4")]) == (
-        "Error opening out.mp4: Permission denied"
+        "Error opening the file: Permission denied"
+    )
+    named = ["media.mp4.mp4: Invalid data found when processing input"]
+    assert _last_error(named, [Path("/w/media.mp4.mp4")]) == (
+        "Invalid data found when processing input"
     )
     assert _last_error(["", "Conversion failed!"], []) is None
 
@@ -651,11 +656,12 @@ async def test_progress_rises_and_ends_at_100_once(media: dict[str, Path], tmp_p
 async def test_a_corrupt_input_fails_with_a_readable_message(tmp_path: Path) -> None:
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypisom" + b"not really a movie" * 100)
-    with pytest.raises(MuxFailed) as failed:
+    with pytest.raises(Unreadable) as failed:
         await mux([broken], tmp_path / "out")
     message = str(failed.value)
-    assert message.startswith("Cannot read broken.mp4: ")
+    assert message.startswith("FFmpeg cannot read the media: ")
     assert "Traceback" not in message and str(tmp_path) not in message
+    assert "broken.mp4" not in message  # the node's own file names mean nothing to a user
     assert list(tmp_path.iterdir()) == [broken]
 
 

@@ -7,11 +7,14 @@ FFmpeg and served from a loopback HTTP server.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from adapters.muxer import probe
 from api.cluster_reads import REFUSED
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import (
@@ -99,6 +102,19 @@ async def test_max_resolution_delivers_the_shorter_side_asked_for_and_says_so(
     assert video_size(got) == (480, 360)
 
 
+async def test_a_job_reports_its_codecs_in_the_words_it_was_asked_in(
+    cluster: Cluster, media_server: MediaServer, tmp_path: Path
+) -> None:
+    job_id = await cluster.create(media_server.url("clip.mp4"), video_codec="h265")
+    done = await cluster.wait(job_id, "Completed", "Failed", seconds=60)
+    assert done["status"] == "Completed", done
+    # FFmpeg calls it hevc; the job was asked for h265 and says h265.
+    assert (done["video_codec"], done["audio_codec"]) == ("h265", "aac")
+    assert (done["native_video_codec"], done["native_audio_codec"]) == ("h264", "aac")
+    got = await _fetch(done["s3_url"], tmp_path / "result.mp4")
+    assert [s.codec for s in probe(got).streams if s.kind == "video"] == ["hevc"]
+
+
 async def test_a_missing_source_fails_with_a_clear_reason_after_no_pointless_retries(
     cluster: Cluster, media_server: MediaServer
 ) -> None:
@@ -112,6 +128,40 @@ async def test_a_missing_source_fails_with_a_clear_reason_after_no_pointless_ret
     assert cluster.objects() == []
     types = await cluster.event_types(job_id)
     assert types.count("JobFailed") == 1
+
+
+async def test_a_host_that_does_not_exist_fails_the_job_at_once_as_a_dns_failure(
+    cluster: Cluster,
+) -> None:
+    # Submission takes a name that does not resolve (DNS may be down a moment); the download
+    # finds it does not exist, and no retry can change that.
+    job_id = await cluster.create("http://example.invalid/clip.mp4")
+    failed = await cluster.wait(job_id, "Failed", "Completed", seconds=30)
+    assert failed["error"] == "Could not resolve host example.invalid: no such host"
+    assert failed["download_retries"] == 1
+    types = await cluster.event_types(job_id)
+    assert (types.count("StageFailed"), types.count("JobFailed")) == (1, 1)
+
+
+@pytest.mark.parametrize("source", ["notes.mp4", "cut-short.mp4"])
+async def test_a_source_that_is_not_media_fails_at_once_naming_no_temp_file(
+    cluster: Cluster, media_server: MediaServer, media_dir: Path, source: str
+) -> None:
+    (media_dir / "notes.mp4").write_text("These are notes, not a movie.\n" * 20)
+    clip = (media_dir / "clip.mp4").read_bytes()
+    (media_dir / "cut-short.mp4").write_bytes(clip[: len(clip) // 2])
+
+    job_id = await cluster.create(media_server.url(source))
+    failed = await cluster.wait(job_id, "Failed", "Completed", seconds=60)
+
+    assert failed["status"] == "Failed"
+    error = failed["error"]
+    assert error.startswith("The source is not playable media: "), error
+    # Neither the node's work dir nor any file name (`media.mp4.mp4`, the source's own).
+    assert str(cluster.settings.data_dir) not in error and "/" not in error, error
+    assert ".mp4" not in error, error
+    assert (failed["download_retries"], failed["mux_retries"]) == (0, 1)
+    assert cluster.objects() == []
 
 
 async def test_a_loopback_url_is_refused_at_submission_unless_allowlisted(
@@ -176,6 +226,43 @@ async def test_a_cancelled_job_can_be_retried_to_completion(
     types = await cluster.event_types(job_id)
     assert types.count("JobCompleted") == 1
     assert "JobRetried" in types
+
+
+async def test_after_a_retry_the_timings_describe_the_new_run_and_the_old_one_stays_in_history(
+    cluster: Cluster, media_server: MediaServer, media_dir: Path
+) -> None:
+    source = media_dir / "appears-later.mp4"
+    job_id = await cluster.create(media_server.url(source.name))
+    failed = await cluster.wait(job_id, "Failed", "Completed", seconds=30)
+    assert failed["status"] == "Failed"  # a 404: the file is not there yet
+
+    source.write_bytes((media_dir / "clip.mp4").read_bytes())
+    answer = await cluster.client.post(f"/jobs/{job_id}/retry", headers=cluster.headers())
+    assert answer.status_code == 200, answer.text
+    done = await cluster.wait(job_id, "Completed", "Failed", seconds=60)
+    assert done["status"] == "Completed", done
+
+    events = (
+        await cluster.client.get(
+            f"/jobs/{job_id}/events", params={"limit": 1000}, headers=cluster.headers()
+        )
+    ).json()["events"]
+
+    def at_ms(event: dict[str, Any]) -> int:
+        return int(datetime.fromisoformat(event["recorded_at"]).timestamp() * 1000)
+
+    retried = next(e for e in events if e["type"] == "JobRetried")
+    second_run = [e for e in events if e["data"].get("run") == 2]
+    first_start = next(e for e in second_run if e["type"] == "StageStarted")
+    downloaded = next(e for e in second_run if e["type"] == "DownloadCompleted")
+    # The first run is still in the history: its start and its failure.
+    assert [e["type"] for e in events if e["data"].get("run") == 1][:1] == ["StageStarted"]
+    assert any(e["type"] == "JobFailed" and e["data"]["run"] == 1 for e in events)
+    # ...but every timing is the second run's, counted from the retry, not from the creation.
+    assert done["total_duration_ms"] == done["finished_at"] - at_ms(retried)
+    assert done["queue_wait_ms"] == at_ms(first_start) - at_ms(retried)
+    assert done["download_duration_ms"] == int(downloaded["data"]["seconds"] * 1000)
+    assert done["total_duration_ms"] < done["finished_at"] - done["created_at"]
 
 
 async def test_retry_is_refused_for_a_job_that_has_not_failed(

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from adapters.ssrf import UrlGuard, UrlRefused
+from adapters.ssrf import UnresolvedHost, UrlGuard, UrlRefused
 
 REFUSED = [
     ("http://127.0.0.1/", "URL refused: 127.0.0.1 is a loopback address"),
@@ -186,10 +186,28 @@ def test_public_name_is_admitted(monkeypatch: pytest.MonkeyPatch) -> None:
     UrlGuard().check_url("https://media.example.com/v.mp4")
 
 
-def test_unresolvable_host_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_dns(monkeypatch, {"nowhere.invalid": []})
-    with pytest.raises(UrlRefused, match=r"cannot resolve host nowhere\.invalid"):
+def test_a_host_that_does_not_exist_is_refused_as_a_final_dns_failure() -> None:
+    # .invalid never resolves (RFC 6761): the machine's own resolver says so, no network needed.
+    with pytest.raises(UnresolvedHost) as caught:
         UrlGuard().check_url("http://nowhere.invalid/")
+    assert str(caught.value) == "Could not resolve host nowhere.invalid: no such host"
+    assert caught.value.final is True
+
+
+def test_dns_that_does_not_answer_is_a_dns_failure_worth_retrying(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def getaddrinfo(*args: Any, **kwargs: Any) -> list[tuple[Any, ...]]:
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with pytest.raises(UnresolvedHost) as caught:
+        UrlGuard().check_url("http://media.example.com/")
+    assert str(caught.value) == (
+        "Could not resolve host media.example.com: DNS did not answer "
+        "(Temporary failure in name resolution)"
+    )
+    assert caught.value.final is False
 
 
 def test_check_address_judges_one_connection() -> None:

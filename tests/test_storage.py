@@ -21,6 +21,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from adapters.blob_storage import BlobStorage
+from adapters.ssrf import UrlGuard
 from adapters.storage import (
     LocalStorage,
     ObjectChanged,
@@ -241,6 +242,27 @@ async def test_unreachable_endpoint_is_retryable(tmp_path: Path) -> None:
         await storage.close()
     assert caught.value.retryable is True
     assert "s3cr3t" not in str(caught.value)
+
+
+async def test_a_users_endpoint_whose_host_does_not_exist_is_a_final_dns_failure(
+    tmp_path: Path,
+) -> None:
+    storage = S3Storage(
+        bucket="b",
+        endpoint_url="http://storage.invalid:9000",
+        access_key="a",
+        secret_key="s3cr3t",
+        guard=UrlGuard(),
+    )
+    src = tmp_path / "clip.mp4"
+    src.write_bytes(b"media")
+    try:
+        with pytest.raises(StorageError) as caught:
+            await storage.put_file("clip.mp4", src)
+    finally:
+        await storage.close()
+    assert str(caught.value) == "Could not resolve host storage.invalid: no such host"
+    assert caught.value.retryable is False
 
 
 def test_client_errors_map_to_storage_errors() -> None:

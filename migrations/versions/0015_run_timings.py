@@ -1,0 +1,26 @@
+"""The `reporting.jobs` timings describe the job's current run (from its latest retry), as
+`GET /jobs/{id}` does: the views are replaced with their definitions in adapters/reporting.py.
+
+Revision ID: 0015
+Revises: 0014
+Create Date: 2026-12-07
+"""
+
+from alembic import op
+
+from adapters import reporting
+
+revision = "0015"
+down_revision = "0014"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    for statement in reporting.statements():
+        op.execute(statement)
+
+
+def downgrade() -> None:
+    # The views read the same columns either way; the older timings are not worth restoring.
+    pass
