@@ -2,7 +2,7 @@
 
 Each stops on SIGINT or SIGTERM within `STOP_DEADLINE` seconds (running stages are interrupted
 and recorded so), and at once on a second one. `spool up` is all of them in one process; the
-others split it for several machines (see the README, "Several machines").
+others split it for several machines (see docs/operations.md, "Several machines").
 """
 
 from __future__ import annotations
