@@ -160,7 +160,9 @@ def test_a_normal_start_on_embedded_defaults_logs_json_on_a_non_tty_and_no_warni
     records = _records(up_log)  # JSON: stderr is a file here
     assert any(r["message"].startswith("spool is up") for r in records)
     assert _warnings(up_log) == []
-    assert _records(listed.stderr) and _warnings(listed.stderr) == []
+    # `keys list` joins the running servers and may log nothing; what it logs is JSON.
+    _records(listed.stderr)
+    assert _warnings(listed.stderr) == []
 
 
 def test_text_format_is_every_api_processs_format_when_asked(
