@@ -30,6 +30,7 @@ from reactors.projection import ProjectionRunner
 from reactors.projections import all_projections
 from spool.embedded import EmbeddedPostgres, EmbeddedRedis
 from spool.keys import issue
+from tests.fixtures.databases import Databases
 from tests.fixtures.embedded_postgres import postgres_data_dir
 from tests.fixtures.redis_database import own_redis_database
 
@@ -103,25 +104,28 @@ async def migrated_template(server_url: str) -> AsyncIterator[str]:
     await drop_database(server_url, name)
 
 
-async def _fresh_database(server_url: str, template: str) -> tuple[str, str]:
-    name = f"spool_test_{uuid.uuid4().hex[:12]}"
-    return name, await create_database(server_url, name, template=template)
+@pytest.fixture(scope="session")
+async def databases(server_url: str, migrated_template: str) -> AsyncIterator[Databases]:
+    """Where fresh databases come from: one made ahead, used ones dropped in the background."""
+    supply = Databases(server_url, migrated_template)
+    yield supply
+    await supply.close()
 
 
 @pytest.fixture(scope="session")
-async def database_url(server_url: str, migrated_template: str) -> AsyncIterator[str]:
+async def database_url(databases: Databases) -> AsyncIterator[str]:
     """A database of this test run's own, migrated to head, dropped at the end."""
-    name, url = await _fresh_database(server_url, migrated_template)
+    name, url = await databases.take()
     yield url
-    await drop_database(server_url, name)
+    databases.give_back(name)
 
 
 @pytest.fixture
-async def fresh_database_url(server_url: str, migrated_template: str) -> AsyncIterator[str]:
+async def fresh_database_url(databases: Databases) -> AsyncIterator[str]:
     """A database of this one test's own, for tests that look at the whole log."""
-    name, url = await _fresh_database(server_url, migrated_template)
+    name, url = await databases.take()
     yield url
-    await drop_database(server_url, name)
+    databases.give_back(name)
 
 
 @pytest.fixture(scope="session")
