@@ -30,6 +30,7 @@ from reactors.projection import ProjectionRunner
 from reactors.projections import all_projections
 from spool.embedded import EmbeddedPostgres, EmbeddedRedis
 from spool.keys import issue
+from tests.cluster_api_helpers import FreshApi, fresh_api
 from tests.fixtures.databases import Databases
 from tests.fixtures.embedded_postgres import postgres_data_dir
 from tests.fixtures.redis_database import own_redis_database
@@ -126,6 +127,18 @@ async def fresh_database_url(databases: Databases) -> AsyncIterator[str]:
     name, url = await databases.take()
     yield url
     databases.give_back(name)
+
+
+@pytest.fixture(scope="module")
+async def module_api(databases: Databases, redis_url: str) -> AsyncIterator[FreshApi]:
+    """An API over a fresh database of the module's own, for the module's tests that change
+    nothing (reads of one fixed data set, refused requests): one setup, not one per test."""
+    name, url = await databases.take()
+    try:
+        async with fresh_api(url, redis_url) as api:
+            yield api
+    finally:
+        databases.give_back(name)
 
 
 @pytest.fixture(scope="session")
