@@ -1,16 +1,17 @@
 """The one test harness: real PostgreSQL and Redis, a fresh database per run, the API in-process.
 
 `SPOOL_TEST_DATABASE_URL` / `SPOOL_TEST_REDIS_URL` point the suite at running servers (CI uses
-the machine's); without them it starts embedded ones, as `spool up` would.
+the machine's); without them it starts embedded ones, as `spool up` would. Several runs may
+share those servers at once: each makes databases of its own on them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -29,6 +30,10 @@ from reactors.projection import ProjectionRunner
 from reactors.projections import all_projections
 from spool.embedded import EmbeddedPostgres, EmbeddedRedis
 from spool.keys import issue
+from tests.cluster_api_helpers import FreshApi, fresh_api
+from tests.fixtures.databases import Databases
+from tests.fixtures.embedded_postgres import postgres_data_dir
+from tests.fixtures.redis_database import own_redis_database
 
 # Fixtures for real media (FFmpeg + loopback HTTP) and a real S3 server (moto) live beside this.
 pytest_plugins = [
@@ -40,31 +45,40 @@ pytest_plugins = [
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_url() -> Iterator[str]:
     """A PostgreSQL server to create test databases on."""
     given = os.environ.get("SPOOL_TEST_DATABASE_URL")
     if given:
         yield given
         return
-    pg = EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg"))
-    try:
-        yield pg.start()
-    finally:
-        pg.stop()
+    with postgres_data_dir("suite-pg") as data_dir:
+        pg = EmbeddedPostgres(data_dir)
+        try:
+            yield pg.start()
+        finally:
+            pg.stop()
+
+
+@pytest.fixture
+def embedded_pg_dir() -> Iterator[Path]:
+    """A data folder for a test's own embedded PostgreSQL (`EmbeddedPostgres` or
+    `spool up --data-dir` under it), outside pytest's temp root."""
+    with postgres_data_dir("pg") as folder:
+        yield folder
 
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Redis server of the suite's own."""
+    """A Redis database of this test process's own: on the given server when one of its
+    databases is free (tests/fixtures/redis_database.py), else on an embedded server."""
     given = os.environ.get("SPOOL_TEST_REDIS_URL")
-    if given:
-        yield _database_of_this_worker(given)
-        return
-    redis = EmbeddedRedis(tmp_path_factory.mktemp("embedded-redis"))
-    try:
-        yield redis.start()
-    finally:
-        redis.stop()
+    with contextlib.ExitStack() as held:
+        url = held.enter_context(own_redis_database(given)) if given else None
+        if url is None:
+            server = EmbeddedRedis(tmp_path_factory.mktemp("embedded-redis"))
+            url = server.start()
+            held.callback(server.stop)
+        yield url
 
 
 @pytest.fixture(autouse=True)
@@ -91,37 +105,40 @@ async def migrated_template(server_url: str) -> AsyncIterator[str]:
     await drop_database(server_url, name)
 
 
-def _database_of_this_worker(url: str) -> str:
-    """Under pytest-xdist each worker process takes Redis database 1 + its number.
-
-    Tests flush their Redis database when they start a cluster, so two workers must not share
-    one.
-    """
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    if not worker.startswith("gw"):
-        return url
-    return urlsplit(url)._replace(path=f"/{1 + int(worker[2:])}").geturl()
-
-
-async def _fresh_database(server_url: str, template: str) -> tuple[str, str]:
-    name = f"spool_test_{uuid.uuid4().hex[:12]}"
-    return name, await create_database(server_url, name, template=template)
+@pytest.fixture(scope="session")
+async def databases(server_url: str, migrated_template: str) -> AsyncIterator[Databases]:
+    """Where fresh databases come from: one made ahead, used ones dropped in the background."""
+    supply = Databases(server_url, migrated_template)
+    yield supply
+    await supply.close()
 
 
 @pytest.fixture(scope="session")
-async def database_url(server_url: str, migrated_template: str) -> AsyncIterator[str]:
+async def database_url(databases: Databases) -> AsyncIterator[str]:
     """A database of this test run's own, migrated to head, dropped at the end."""
-    name, url = await _fresh_database(server_url, migrated_template)
+    name, url = await databases.take()
     yield url
-    await drop_database(server_url, name)
+    databases.give_back(name)
 
 
 @pytest.fixture
-async def fresh_database_url(server_url: str, migrated_template: str) -> AsyncIterator[str]:
+async def fresh_database_url(databases: Databases) -> AsyncIterator[str]:
     """A database of this one test's own, for tests that look at the whole log."""
-    name, url = await _fresh_database(server_url, migrated_template)
+    name, url = await databases.take()
     yield url
-    await drop_database(server_url, name)
+    databases.give_back(name)
+
+
+@pytest.fixture(scope="module")
+async def module_api(databases: Databases, redis_url: str) -> AsyncIterator[FreshApi]:
+    """An API over a fresh database of the module's own, for the module's tests that change
+    nothing (reads of one fixed data set, refused requests): one setup, not one per test."""
+    name, url = await databases.take()
+    try:
+        async with fresh_api(url, redis_url) as api:
+            yield api
+    finally:
+        databases.give_back(name)
 
 
 @pytest.fixture(scope="session")

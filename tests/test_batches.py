@@ -187,8 +187,7 @@ async def test_another_users_batch_answers_404_everywhere(
     ).json()
     batch_id = created["batch_id"]
     other = await issue(cluster.store, name="other", admin=False)
-    await cluster.store.wait_readable(other.at)
-    await asyncio.sleep(0.5)  # the projection runner picks the key up
+    await ProjectionRunner(cluster.store, all_projections()).wait_until("api_keys", other.at)
     theirs = {"x-api-key": other.key}
     job_id = created["episode_jobs"][0]["job_id"]
     for method, path, body in [

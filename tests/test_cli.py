@@ -105,12 +105,12 @@ async def test_projections_rebuild_keeps_every_row(
 
 
 def test_spool_up_runs_a_job_to_completion_on_embedded_defaults(
-    tmp_path: Path, media_server: MediaServer
+    tmp_path: Path, embedded_pg_dir: Path, media_server: MediaServer
 ) -> None:
     """The first command a new user runs: no Postgres, Redis or storage configured."""
     port = free_port()
     key = "sk_smoke_test_key_0123456789abcdef"
-    data_dir = tmp_path / "data"
+    data_dir = embedded_pg_dir / "data"
     procs = SpoolProcesses(tmp_path, {"SPOOL_API_KEY": key})
     proc = procs.start(
         "up",

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, Request, expect
+from playwright.async_api import Browser, Page, expect
 
 from adapters.database import create_database, drop_database
 from api.app import create_app
@@ -31,6 +31,8 @@ from tests.fixtures.media import MediaServer
 from tests.fixtures.s3 import S3Server
 
 WAIT_MS = 30_000
+POLL_MS = 1_000
+"""How often the page polls while its tab is visible (TICK_MS in api/static/dashboard.js)."""
 """The longest a test waits for the page to show a job's progress (a whole run fits in it)."""
 
 # What the page shows after one poll or one click: generous, for a CI machine under load.
@@ -209,8 +211,9 @@ async def test_counters_and_the_node_change_while_a_job_runs(
     await expect(node_row.locator(".meter em").first).to_contain_text("%")
     await expect(page.locator("#downloading")).to_have_text("0")
 
-    # About five seconds of download: time enough for a one-second poll to see it.
-    job_id = await cluster.create(media_server.slow_url("clip.mp4", chunk=4096, interval=0.1))
+    # A download that holds until it is cancelled: however slow the machine, a poll sees it.
+    url, _ = media_server.held_url("clip.mp4")
+    job_id = await cluster.create(url)
     await expect(page.locator("#downloading")).to_have_text("1", timeout=WAIT_MS)
     await expect(node_row.locator(".stage-counts")).to_have_text("1 / 0 / 0", timeout=WAIT_MS)
     cancelled = await cluster.client.delete(f"/jobs/{job_id}", headers=cluster.headers())
@@ -261,8 +264,9 @@ async def test_cancel_and_retry_from_the_page(
     page: Page, dash: Api, media_server: MediaServer
 ) -> None:
     await connect(page, dash, dash.cluster.admin_key)
-    # About 2.5 s of download, so the cancel lands before the job is done.
-    await page.fill("#job-url", media_server.slow_url("clip.mp4", chunk=8192, interval=0.1))
+    # The download holds until the cancel has landed, however slow the machine.
+    url, release = media_server.held_url("clip.mp4")
+    await page.fill("#job-url", url)
     await page.click("#submit-form button[type=submit]")
     await expect(page.locator("#jobs-message")).to_contain_text("Created job")
     job_id = (await page.locator("#jobs-message").text_content() or "").split()[-1].rstrip(".")
@@ -271,6 +275,7 @@ async def test_cancel_and_retry_from_the_page(
     await row.locator("button.cancel").click()
     await expect(row.locator(".status")).to_have_text("Cancelled", timeout=WAIT_MS)
     await expect(row.locator("button.cancel")).to_be_hidden()
+    release.set()
     await row.locator("button.retry").click()
     await expect(page.locator("#jobs-message")).to_contain_text("retried")
     await expect(row.locator(".status")).to_have_text("Completed", timeout=WAIT_MS)
@@ -320,13 +325,19 @@ async def test_the_viewer_list_filters_and_pages(page: Page, dash: Api) -> None:
 
 
 async def test_a_hidden_tab_stops_polling_and_resumes_when_shown(page: Page, dash: Api) -> None:
-    polls: list[str] = []
-
-    def seen(request: Request) -> None:
-        if request.url.endswith("/dashboard/cluster"):
-            polls.append(request.url)
-
-    page.on("request", seen)
+    # The page counts its own polls as it makes them, and its timers run on a clock the test
+    # moves: three polling periods pass at once, with no poll left unseen in flight.
+    await page.add_init_script(
+        """(() => {
+            window.clusterPolls = 0;
+            const fetchNow = window.fetch;
+            window.fetch = (path, ...rest) => {
+                if (String(path).endsWith("/dashboard/cluster")) window.clusterPolls += 1;
+                return fetchNow(path, ...rest);
+            };
+        })()"""
+    )
+    await page.clock.install()
     await connect(page, dash, dash.cluster.admin_key)
     await expect(page.locator("#downloading")).to_have_text("0")
     await page.evaluate(
@@ -335,9 +346,10 @@ async def test_a_hidden_tab_stops_polling_and_resumes_when_shown(page: Page, das
             document.dispatchEvent(new Event('visibilitychange'));
         }"""
     )
-    before = len(polls)
-    await asyncio.sleep(2.5)  # more than two polling periods
-    assert len(polls) == before, "a hidden tab kept polling"
+    await _until_no_poll_in_flight(page)
+    before = await page.evaluate("window.clusterPolls")
+    await page.clock.run_for(3 * POLL_MS)
+    assert await page.evaluate("window.clusterPolls") == before, "a hidden tab kept polling"
     async with page.expect_request(lambda r: r.url.endswith("/dashboard/cluster")):
         await page.evaluate(
             """() => {
@@ -345,6 +357,14 @@ async def test_a_hidden_tab_stops_polling_and_resumes_when_shown(page: Page, das
                 document.dispatchEvent(new Event('visibilitychange'));
             }"""
         )
+
+
+async def _until_no_poll_in_flight(page: Page) -> None:
+    """Wait until the page's last poll has been answered: a poll still in flight would make
+    the timer's next ticks skip theirs, and a page that never stopped would go unnoticed."""
+    async with asyncio.timeout(WAIT_MS / 1000):
+        while await page.evaluate("state.busy"):
+            await asyncio.sleep(0.05)
 
 
 async def test_the_page_recovers_by_itself_when_the_api_comes_back(

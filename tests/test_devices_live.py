@@ -105,6 +105,20 @@ async def test_a_removed_node_registers_again_by_itself(start_cluster: StartClus
 
         types = await _until(registered_again)
         await _online(c, node_id)
-        await asyncio.sleep(1.5)  # a few more ticks: it registers once, not on every beat
+
+        # A few more beats since (each in a stream of the day's beats): it registers once, not
+        # on every beat.
+        events = await c.store.read_stream(node.stream_id(node_id))
+        registered_at = events[-1].position
+
+        async def beat_thrice_since() -> bool:
+            beats: int = await c.pool.fetchval(
+                "SELECT count(*) FROM events WHERE stream_id LIKE $1 AND position > $2",
+                f"{node.HEARTBEAT_PREFIX}%-{node_id}",
+                registered_at,
+            )
+            return beats >= 3
+
+        await _until(beat_thrice_since)
         types = [e.type for e in await c.store.read_stream(node.stream_id(node_id))]
         assert types.count("NodeStarted") == 2  # at start, and once after the removal

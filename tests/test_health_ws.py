@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from adapters.tokens import issue_token, signing_key
 from domain import account
 from domain.events import NewEvent
 from tests.cluster_api_helpers import FreshApi, append_node, fresh_api, heartbeat, node_started
+from tests.fixtures.databases import Databases
 from tests.fixtures.loopback import serve_on_loopback
 
 AUTH_TIMEOUT = 1.0
@@ -30,14 +32,32 @@ class Served:
         self.url = f"ws://127.0.0.1:{port}/api/health/ws"
 
 
-@pytest.fixture
-async def served(fresh_database_url: str, redis_url: str) -> AsyncIterator[Served]:
+@contextlib.asynccontextmanager
+async def _serving(database_url: str, redis_url: str) -> AsyncIterator[Served]:
     """The API behind a real uvicorn on loopback, as `tests/test_ws.py` serves it."""
     async with (
-        fresh_api(fresh_database_url, redis_url, health_auth_timeout=AUTH_TIMEOUT) as api,
+        fresh_api(database_url, redis_url, health_auth_timeout=AUTH_TIMEOUT) as api,
         serve_on_loopback(api.app) as port,
     ):
         yield Served(api, port)
+
+
+@pytest.fixture(scope="module")
+async def served(databases: Databases, redis_url: str) -> AsyncIterator[Served]:
+    """One served API for the module's tests that leave its keys as they found them."""
+    name, url = await databases.take()
+    try:
+        async with _serving(url, redis_url) as serving:
+            yield serving
+    finally:
+        databases.give_back(name)
+
+
+@pytest.fixture
+async def served_alone(fresh_database_url: str, redis_url: str) -> AsyncIterator[Served]:
+    """A served API of the test's own, for a test that revokes one of its keys."""
+    async with _serving(fresh_database_url, redis_url) as serving:
+        yield serving
 
 
 async def _token(api: FreshApi, key: str) -> str:
@@ -137,14 +157,14 @@ async def test_a_malformed_token_is_refused(served: Served) -> None:
         await _closed(ws)
 
 
-async def test_a_token_of_a_revoked_key_is_refused(served: Served) -> None:
-    api = served.api
+async def test_a_token_of_a_revoked_key_is_refused(served_alone: Served) -> None:
+    api = served_alone.api
     token = await _token(api, api.key)
     key_id = jwt.decode(token, options={"verify_signature": False})["sub"]
     revoked = account.ApiKeyRevoked(key_id=key_id)
     result = await api.store.append(account.stream_id(api.account_id), [NewEvent(revoked)], 1)
     await api.runner.wait_until("api_keys", result.checkpoint)
-    async with websockets.connect(served.url) as ws:
+    async with websockets.connect(served_alone.url) as ws:
         assert (
             await _ask(ws, f"auth {token}")
             == "error: the token's API key is revoked, expired or unknown"
@@ -291,11 +311,11 @@ async def test_an_unknown_command_is_an_error(served: Served) -> None:
 
 
 async def test_an_open_session_ends_soon_after_its_key_is_revoked(
-    served: Served, monkeypatch: pytest.MonkeyPatch
+    served_alone: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("api.health_ws.KEY_RECHECK_SECONDS", 0.2)
-    api = served.api
-    ws = await _authed(served, admin=False)
+    api = served_alone.api
+    ws = await _authed(served_alone, admin=False)
     assert (await _ask(ws, "sysinfo")).startswith("{")
     key_id = await api.pool.fetchval(
         "SELECT key_id FROM api_keys WHERE account_id = $1", api.account_id

@@ -8,6 +8,7 @@ real loopback port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from spool.keys import issue
 from tests.fixtures.azurite import AzuriteServer, azurite_fixture  # noqa: F401 - the fixture
 from tests.fixtures.loopback import serve_on_loopback
 from tests.fixtures.media import make_clip, media_duration, media_streams
+from tests.fixtures.s3 import S3Server
 from tests.media_helpers import finished_job, pending_job
 
 CLIP_SECONDS = 6.0
@@ -64,19 +66,14 @@ class Playback:
         return token
 
 
-@pytest.fixture
-async def playback(
-    store: EventStore,
-    runner: ProjectionRunner,
-    s3_storage_url: str,
-    tmp_path: Path,
-    clip: Path,
+@contextlib.asynccontextmanager
+async def _playing(
+    store: EventStore, runner: ProjectionRunner, storage_url: str, data_dir: Path, clip: Path
 ) -> AsyncIterator[Playback]:
-    """The API over the run's database with moto S3 as default storage, and one finished job."""
-    settings = Settings(
-        data_dir=tmp_path / "data", secret_key="test-secret-key", rate_limit=100_000
-    )
-    storage = storage_from_url(s3_storage_url, data_dir=settings.data_dir)
+    """The API over the run's database with `storage_url` as default storage, and one finished
+    job whose output is `clip`."""
+    settings = Settings(data_dir=data_dir, secret_key="test-secret-key", rate_limit=100_000)
+    storage = storage_from_url(storage_url, data_dir=settings.data_dir)
     issued = await issue(store, name=f"player-{uuid.uuid4().hex[:6]}", admin=False)
     await runner.wait_until("api_keys", issued.at)
     job_id = await finished_job(store, storage, issued.account_id, clip, duration=CLIP_SECONDS)
@@ -90,6 +87,39 @@ async def playback(
     await stop_media(app)
     await app.state.viewers.aclose()
     await storage.close()
+
+
+@pytest.fixture
+async def playback(
+    store: EventStore,
+    runner: ProjectionRunner,
+    s3_storage_url: str,
+    tmp_path: Path,
+    clip: Path,
+) -> AsyncIterator[Playback]:
+    """The API over the run's database with moto S3 as default storage, and one finished job."""
+    async with _playing(store, runner, s3_storage_url, tmp_path / "data", clip) as playing:
+        yield playing
+
+
+@pytest.fixture(scope="module")
+async def stored(
+    store: EventStore,
+    runner: ProjectionRunner,
+    s3_server: S3Server,
+    tmp_path_factory: pytest.TempPathFactory,
+    clip: Path,
+) -> AsyncIterator[Playback]:
+    """`playback` for the module's tests that only read the stored file: one upload for them all."""
+    bucket = f"spool-test-{uuid.uuid4().hex[:16]}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+        env.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+        url = f"s3://{bucket}/media?endpoint={s3_server.endpoint_url}&region={s3_server.region}"
+        data_dir = tmp_path_factory.mktemp("stored") / "data"
+        async with _playing(store, runner, url, data_dir, clip) as playing:
+            yield playing
 
 
 # -- the Range header, alone ---------------------------------------------------------------------
@@ -110,13 +140,13 @@ def test_range_headers_are_read_as_rfc_9110_says() -> None:
 # -- progressive ---------------------------------------------------------------------------------
 
 
-async def test_a_plain_get_streams_the_whole_stored_file(playback: Playback) -> None:
-    answer = await playback.client.get(f"/media/{playback.job_id}", headers=playback.auth())
+async def test_a_plain_get_streams_the_whole_stored_file(stored: Playback) -> None:
+    answer = await stored.client.get(f"/media/{stored.job_id}", headers=stored.auth())
     assert answer.status_code == 200, answer.text
-    assert answer.content == playback.data
+    assert answer.content == stored.data
     assert answer.headers["content-type"] == "video/mp4"
     assert answer.headers["accept-ranges"] == "bytes"
-    assert answer.headers["content-length"] == str(len(playback.data))
+    assert answer.headers["content-length"] == str(len(stored.data))
     assert "content-range" not in answer.headers
 
 
@@ -131,73 +161,73 @@ async def test_a_plain_get_streams_the_whole_stored_file(playback: Playback) -> 
     ids=["first-bytes", "middle", "suffix", "open-ended"],
 )
 async def test_a_range_gets_206_with_exactly_those_bytes(
-    playback: Playback, header: str, first: int, last: int | None
+    stored: Playback, header: str, first: int, last: int | None
 ) -> None:
-    size = len(playback.data)
-    answer = await playback.client.get(
-        f"/media/{playback.job_id}", headers={**playback.auth(), "Range": header}
+    size = len(stored.data)
+    answer = await stored.client.get(
+        f"/media/{stored.job_id}", headers={**stored.auth(), "Range": header}
     )
     assert answer.status_code == 206, answer.text
     start = first if first >= 0 else size + first
     end = last if last is not None else size - 1
-    assert answer.content == playback.data[start : end + 1]
+    assert answer.content == stored.data[start : end + 1]
     assert answer.headers["content-range"] == f"bytes {start}-{end}/{size}"
     assert answer.headers["content-length"] == str(end - start + 1)
     assert answer.headers["content-type"] == "video/mp4"
     assert answer.headers["accept-ranges"] == "bytes"
 
 
-async def test_a_range_past_the_end_is_416_with_the_size(playback: Playback) -> None:
-    size = len(playback.data)
+async def test_a_range_past_the_end_is_416_with_the_size(stored: Playback) -> None:
+    size = len(stored.data)
     for header in (f"bytes={size}-", f"bytes={size + 10}-{size + 20}", "bytes=-0"):
-        answer = await playback.client.get(
-            f"/media/{playback.job_id}", headers={**playback.auth(), "Range": header}
+        answer = await stored.client.get(
+            f"/media/{stored.job_id}", headers={**stored.auth(), "Range": header}
         )
         assert answer.status_code == 416, header
         assert answer.headers["content-range"] == f"bytes */{size}"
         assert "error" in answer.json()
 
 
-async def test_head_tells_size_and_type_without_a_body(playback: Playback) -> None:
-    size = len(playback.data)
-    answer = await playback.client.head(f"/media/{playback.job_id}", headers=playback.auth())
+async def test_head_tells_size_and_type_without_a_body(stored: Playback) -> None:
+    size = len(stored.data)
+    answer = await stored.client.head(f"/media/{stored.job_id}", headers=stored.auth())
     assert answer.status_code == 200
     assert answer.content == b""
     assert answer.headers["content-length"] == str(size)
     assert answer.headers["content-type"] == "video/mp4"
     assert answer.headers["accept-ranges"] == "bytes"
-    ranged = await playback.client.head(
-        f"/media/{playback.job_id}", headers={**playback.auth(), "Range": "bytes=10-19"}
+    ranged = await stored.client.head(
+        f"/media/{stored.job_id}", headers={**stored.auth(), "Range": "bytes=10-19"}
     )
     assert ranged.status_code == 206
     assert ranged.headers["content-range"] == f"bytes 10-19/{size}"
     assert ranged.headers["content-length"] == "10"
 
 
-async def test_a_token_in_the_url_plays_without_headers(playback: Playback) -> None:
-    token = await playback.token()
-    answer = await playback.client.get(f"/media/{playback.job_id}", params={"token": token})
+async def test_a_token_in_the_url_plays_without_headers(stored: Playback) -> None:
+    token = await stored.token()
+    answer = await stored.client.get(f"/media/{stored.job_id}", params={"token": token})
     assert answer.status_code == 200
-    assert answer.content == playback.data
+    assert answer.content == stored.data
     for params, words in (({}, "Missing"), ({"token": token[:-4] + "AAAA"}, "Invalid token")):
-        refused = await playback.client.get(f"/media/{playback.job_id}", params=params)
+        refused = await stored.client.get(f"/media/{stored.job_id}", params=params)
         assert refused.status_code == 401
         assert words in refused.json()["error"]
-    bad_key = await playback.client.get(f"/media/{playback.job_id}", headers=playback.auth("sk_no"))
+    bad_key = await stored.client.get(f"/media/{stored.job_id}", headers=stored.auth("sk_no"))
     assert bad_key.status_code == 401
     assert bad_key.json() == {"error": "Invalid API Key"}
 
 
 async def test_another_accounts_job_and_unknown_jobs_answer_404(
-    playback: Playback, other_api_key: str
+    stored: Playback, other_api_key: str
 ) -> None:
     for job_id, key in (
-        (playback.job_id, other_api_key),
-        (str(uuid.uuid4()), playback.key),
-        ("not-a-job", playback.key),
+        (stored.job_id, other_api_key),
+        (str(uuid.uuid4()), stored.key),
+        ("not-a-job", stored.key),
     ):
         for path in (f"/media/{job_id}", f"/media/{job_id}/index.m3u8"):
-            answer = await playback.client.get(path, headers=playback.auth(key))
+            answer = await stored.client.get(path, headers=stored.auth(key))
             assert answer.status_code == 404, (path, key)
             assert answer.json() == {"error": "Job not found"}
 

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from adapters.database import create_pool
-from adapters.event_store import Batch, EventStore, StreamAppend
+from adapters.event_store import AppendResult, Batch, EventStore, StreamAppend
 from adapters.settings import Settings
 from adapters.storage import LocalStorage
 from api.app import create_app
@@ -51,17 +51,24 @@ async def isolated(fresh_database_url: str) -> AsyncIterator[EventStore]:
     await pool.close()
 
 
+async def _append_job(store: EventStore, account_id: str) -> tuple[str, AppendResult]:
+    """Create one job (one append, one NOTIFY); its id and where its events landed."""
+    jid = str(uuid.uuid4())
+    events = job.create(
+        job_id=jid,
+        account_id=account_id,
+        url=f"http://media.test/{jid}",
+        options=job.JobOptions(),
+    )
+    return jid, await store.append(job.stream_id(jid), [NewEvent(e) for e in events], 0)
+
+
 async def _create_jobs(store: EventStore, account_id: str, n: int) -> list[str]:
     """Create `n` jobs and wait until subscribers can read them all."""
-    ids = [str(uuid.uuid4()) for _ in range(n)]
-    for jid in ids:
-        events = job.create(
-            job_id=jid,
-            account_id=account_id,
-            url=f"http://media.test/{jid}",
-            options=job.JobOptions(),
-        )
-        last = await store.append(job.stream_id(jid), [NewEvent(e) for e in events], 0)
+    ids = []
+    for _ in range(n):
+        jid, last = await _append_job(store, account_id)
+        ids.append(jid)
     await store.wait_readable(last.checkpoint)
     return ids
 
@@ -123,11 +130,12 @@ async def test_a_wake_up_with_nothing_to_follow_writes_nothing(isolated: EventSt
 async def test_the_runner_wakes_on_notify_without_waiting_for_its_poll(
     isolated: EventStore,
 ) -> None:
-    runner = ProjectionRunner(isolated, [JobsProjection()], poll_interval=60)
+    store = LookWatchingStore(isolated.pool)
+    runner = ProjectionRunner(store, [JobsProjection()], poll_interval=60)
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
     try:
-        await asyncio.sleep(0.3)  # let it finish its first catch-up and go to sleep
+        await store.first_look_done()  # from here on only a NOTIFY can wake it within 60 s
         [jid] = await _create_jobs(isolated, "a", 1)
         async with asyncio.timeout(5):
             while not await isolated.pool.fetchval("SELECT 1 FROM jobs WHERE job_id = $1", jid):
@@ -137,7 +145,25 @@ async def test_the_runner_wakes_on_notify_without_waiting_for_its_poll(
         await asyncio.wait_for(task, 5)
 
 
-class ReadCountingStore(EventStore):
+class LookWatchingStore(EventStore):
+    """The real store, telling when a running runner has finished its first look at the log
+    (every look ends by asking whether committed events wait behind an open transaction)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self._looked = asyncio.Event()
+
+    async def has_unreadable(self) -> bool:
+        unreadable = await super().has_unreadable()
+        self._looked.set()
+        return unreadable
+
+    async def first_look_done(self, within: float = 10.0) -> None:
+        """Wait until the runner's first look (at every projection) is over."""
+        await asyncio.wait_for(self._looked.wait(), within)
+
+
+class ReadCountingStore(LookWatchingStore):
     """The real store, counting the reads each projection (by its types) makes."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -158,7 +184,7 @@ async def test_a_notify_wakes_only_the_projections_of_the_types_it_names(
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
     try:
-        await asyncio.sleep(0.3)  # the first look (at every projection) is done
+        await store.first_look_done()
         store.reads.clear()
         started = node_started("notified")  # followed by the nodes projection, not the jobs one
         await isolated.append(node.stream_id("notified"), [NewEvent(started)], 0)
@@ -193,16 +219,18 @@ class BatchCountingJobs(JobsProjection):
 
 async def test_appends_made_moments_apart_are_applied_together(isolated: EventStore) -> None:
     jobs = BatchCountingJobs()
+    store = LookWatchingStore(isolated.pool)
     # A long coalescing window, so that a slow machine still lands all five appends inside it.
-    runner = ProjectionRunner(isolated, [jobs], poll_interval=60, coalesce=2.0)
+    runner = ProjectionRunner(store, [jobs], poll_interval=60, coalesce=2.0)
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
     try:
-        await asyncio.sleep(0.3)  # the first look is done
+        await store.first_look_done()
         jobs.batches.clear()
         ids = []
         for _ in range(5):  # five appends a tenth of a second apart, five NOTIFYs
-            ids += await _create_jobs(isolated, "a", 1)
+            jid, _ = await _append_job(isolated, "a")
+            ids.append(jid)
             await asyncio.sleep(0.1)
         async with asyncio.timeout(10):
             while (

@@ -244,8 +244,10 @@ async def test_clients_beyond_the_limit_are_closed_after_their_grace(
             assert isinstance(storage, S3Storage)
             await storage.exists("nothing-here")  # opens its client
             opened.append(storage)
-        await asyncio.sleep(0.5)
         # The least recently used went over the limit of two and was closed after its grace.
+        async with asyncio.timeout(10):
+            while opened[0].client_open:
+                await asyncio.sleep(0.02)
         assert [isinstance(s, S3Storage) and s.client_open for s in opened] == [False, True, True]
         # Asked for again, it is built again (and the next oldest goes).
         again = await storages.get(users[0].account_id)

@@ -26,6 +26,7 @@ from adapters.storage import S3Storage, StorageCancelled, StorageError
 from reactors.projection import ProjectionRunner
 from reactors.projections import all_projections
 from spool.keys import issue
+from tests.cluster_api_helpers import FreshApi
 from tests.fixtures.azurite import AzuriteServer, azurite_fixture  # noqa: F401 - the fixture
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer
@@ -197,9 +198,9 @@ async def test_wrong_bucket_is_refused_with_the_storage_reason(
     ],
 )
 async def test_bad_bodies_get_a_clear_400(
-    lean: Cluster, body: dict[str, Any], message: str
+    module_api: FreshApi, body: dict[str, Any], message: str
 ) -> None:
-    answer = await lean.client.post("/user/s3", json=body, headers=lean.headers())
+    answer = await module_api.client.post("/user/s3", json=body, headers=module_api.user())
     assert answer.status_code == 400, answer.text
     assert message in answer.json()["error"]
 
@@ -207,15 +208,15 @@ async def test_bad_bodies_get_a_clear_400(
 @pytest.mark.parametrize(
     "endpoint", ["http://169.254.169.254/", "http://10.1.2.3:9000", "http://[::1]:9000"]
 )
-async def test_endpoints_must_pass_the_ssrf_guard(lean: Cluster, endpoint: str) -> None:
+async def test_endpoints_must_pass_the_ssrf_guard(module_api: FreshApi, endpoint: str) -> None:
     body = {"endpoint": endpoint, "bucket": "b-1", "access_key": "a", "secret_key": SECRET}
-    answer = await lean.client.post("/user/s3", json=body, headers=lean.headers())
+    answer = await module_api.client.post("/user/s3", json=body, headers=module_api.user())
     assert answer.status_code == 400
     assert "endpoint refused" in answer.json()["error"]
 
 
-async def test_needs_a_key(lean: Cluster) -> None:
-    answer = await lean.client.post("/user/s3", json={})
+async def test_needs_a_key(module_api: FreshApi) -> None:
+    answer = await module_api.client.post("/user/s3", json={})
     assert answer.status_code == 401
     assert answer.json() == {"error": "Missing x-api-key header"}
 

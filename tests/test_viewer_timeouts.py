@@ -17,7 +17,11 @@ from reactors.projection import ProjectionRunner
 from reactors.projections import all_projections
 from reactors.viewer_timeouts import LOCK_KEY, ViewerTimeouts
 
-TIMEOUT = 2.0  # long enough that "just now" stays true on a loaded machine
+TIMEOUT = 30.0
+"""Long enough that "just now" stays true on a loaded machine: no test waits it out."""
+AT_ONCE = 0.0
+"""A timeout every viewer is past as soon as it has been silent at all: the judgement of a
+viewer silent for longer than the timeout, without waiting the timeout out."""
 
 
 @pytest.fixture
@@ -54,8 +58,9 @@ async def test_a_silent_viewer_is_closed_with_its_last_totals(own_pool: asyncpg.
     await runner.settle("viewers")
     timeouts = ViewerTimeouts(store, Settings(viewer_timeout=TIMEOUT))
     assert await timeouts.close_once() == []  # not silent long enough yet
-    await asyncio.sleep(TIMEOUT + 0.2)
-    assert await timeouts.close_once() == ["v_silent"]
+    assert await ViewerTimeouts(store, Settings(viewer_timeout=AT_ONCE)).close_once() == [
+        "v_silent"
+    ]
     last = (await store.read_stream(viewer.stream_id("v_silent")))[-1].data
     assert isinstance(last, viewer.ViewerDisconnected)
     assert (last.reason, last.in_total_bytes, last.out_total_bytes) == ("timeout", 7, 1234)
@@ -68,13 +73,12 @@ async def test_a_viewer_that_reported_meanwhile_is_left_open(own_pool: asyncpg.P
     runner = ProjectionRunner(store, all_projections())
     await open_viewer(store, "v_late")
     await runner.settle("viewers")
-    await asyncio.sleep(TIMEOUT + 0.2)
     # It speaks after the projection last saw it: the row's version is behind the stream.
     await report(store, "v_late", 1, 10)
-    timeouts = ViewerTimeouts(store, Settings(viewer_timeout=TIMEOUT))
-    assert await timeouts.close_once() == []
+    assert await ViewerTimeouts(store, Settings(viewer_timeout=AT_ONCE)).close_once() == []
     assert await store.stream_version(viewer.stream_id("v_late")) == 2
     await runner.settle("viewers")
+    timeouts = ViewerTimeouts(store, Settings(viewer_timeout=TIMEOUT))
     assert await timeouts.close_once() == []  # seen just now: not silent
 
 
@@ -83,8 +87,7 @@ async def test_only_one_process_closes_at_a_time(own_pool: asyncpg.Pool) -> None
     runner = ProjectionRunner(store, all_projections())
     await open_viewer(store, "v_locked")
     await runner.settle("viewers")
-    await asyncio.sleep(TIMEOUT + 0.2)
-    timeouts = ViewerTimeouts(store, Settings(viewer_timeout=TIMEOUT))
+    timeouts = ViewerTimeouts(store, Settings(viewer_timeout=AT_ONCE))
     async with own_pool.acquire() as other:
         await other.execute("SELECT pg_advisory_lock(hashtext($1))", LOCK_KEY)
         try:
@@ -101,7 +104,7 @@ async def test_the_reactor_runs_until_stopped(own_pool: asyncpg.Pool) -> None:
     await runner.settle("viewers")
     stop = asyncio.Event()
     task = asyncio.create_task(
-        ViewerTimeouts(store, Settings(viewer_timeout=TIMEOUT), tick=0.1).run(stop)
+        ViewerTimeouts(store, Settings(viewer_timeout=AT_ONCE), tick=0.1).run(stop)
     )
     try:
         async with asyncio.timeout(10):

@@ -1,6 +1,8 @@
 """`GET /api/cluster/viewers` (seed 001) and `POST /api/cluster/viewers/events`.
 
-Each test gets a database of its own, so totals are exact: the list counts every live viewer.
+Each test that writes gets a database of its own, so totals are exact: the list counts every live
+viewer. The read-only tests (filters over one fixed set of viewers, refused queries and batches)
+share one database of the module's.
 """
 
 from __future__ import annotations
@@ -190,9 +192,10 @@ async def test_a_viewer_shows_every_seed_field_with_duration_since_its_start(
 # -- filters and search --------------------------------------------------------------------
 
 
-@pytest.fixture
-async def mixed(api: FreshApi) -> FreshApi:
+@pytest.fixture(scope="module")
+async def mixed(module_api: FreshApi) -> FreshApi:
     """Nine viewers: three harness types (two of them system), two countries, two keys."""
+    api = module_api
     await report(
         api,
         [
@@ -283,8 +286,9 @@ async def test_filtered_pages_count_only_the_matches(mixed: FreshApi) -> None:
     ],
 )
 async def test_a_bad_query_parameter_is_a_400_naming_it(
-    api: FreshApi, params: dict[str, str], named: str
+    module_api: FreshApi, params: dict[str, str], named: str
 ) -> None:
+    api = module_api
     r = await api.client.get(VIEWERS, params=params, headers=bearer(api.admin_key))
     assert r.status_code == 400
     assert set(r.json()) == {"message"}
@@ -385,9 +389,9 @@ async def test_one_bad_event_rejects_the_whole_batch_and_names_index_and_field(
     ],
 )
 async def test_a_malformed_batch_is_a_400_naming_what_is_wrong(
-    api: FreshApi, events: list[dict[str, Any]], named: str
+    module_api: FreshApi, events: list[dict[str, Any]], named: str
 ) -> None:
-    r = await post(api, events)
+    r = await post(module_api, events)
     assert r.status_code == 400, r.text
     assert named in r.json()["message"]
 

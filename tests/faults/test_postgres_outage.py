@@ -25,9 +25,9 @@ OUTAGE_SECONDS = 10.0
 
 
 @pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[tuple[EmbeddedPostgres, str]]:
+def own_postgres(embedded_pg_dir: Path) -> Iterator[tuple[EmbeddedPostgres, str]]:
     """A server of this test's own, since the test stops it (the suite's serves other tests)."""
-    pg = EmbeddedPostgres(tmp_path / "own")
+    pg = EmbeddedPostgres(embedded_pg_dir)
     url = pg.start()
     try:
         yield pg, url
