@@ -67,10 +67,11 @@ class Repository(Generic[S]):
     initial: S | None = None
     tries: int = 10
 
-    async def _read(self, aggregate_id: str, executor: Executor) -> Loaded[S]:
+    async def read(self, aggregate_id: str, conn: asyncpg.Connection | None = None) -> Loaded[S]:
+        """The current state and the version it was read at; in `conn` when given."""
+        executor: Executor = conn if conn is not None else self.store.pool
         if self.loader is not None:
             return await self.loader(self.store, aggregate_id, executor)
-        conn = executor if isinstance(executor, asyncpg.Connection) else None
         events = await self.store.read_stream(self.stream_id(aggregate_id), conn=conn)
         if not events:
             return Loaded(None, 0)
@@ -79,7 +80,7 @@ class Repository(Generic[S]):
     async def load(self, aggregate_id: str, as_of: AsOf | None = None) -> S | None:
         """The aggregate as it stands now, or as it stood at `as_of`; None if it had no event."""
         if as_of is None:
-            return (await self._read(aggregate_id, self.store.pool)).state
+            return (await self.read(aggregate_id)).state
         events = await read_stream_as_of(self.store, self.stream_id(aggregate_id), as_of)
         return self.fold(events) if events else None
 
@@ -99,10 +100,9 @@ class Repository(Generic[S]):
         append run in it, each append under a savepoint so that a clash does not abort the
         caller's transaction. ChangingTooFast after `tries` lost races.
         """
-        executor: Executor = conn if conn is not None else self.store.pool
         stream_id = self.stream_id(aggregate_id)
         for _ in range(self.tries):
-            state, version = await self._read(aggregate_id, executor)
+            state, version = await self.read(aggregate_id, conn)
             if state is None:
                 state = self.initial
             if state is None:
@@ -119,6 +119,6 @@ class Repository(Generic[S]):
                         appended = await self.store.append(stream_id, new, version, conn=conn)
             except ConcurrencyError:
                 continue  # another writer landed meanwhile: decide again on what it left
-            after = await self._read(aggregate_id, executor)
+            after = await self.read(aggregate_id, conn)
             return Executed(after.state, appended)
         raise ChangingTooFast(stream_id)
