@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import asyncpg
 import msgspec
 
 from adapters.event_store import AppendResult, EventStore
+from adapters.repository import Repository
 from domain import cluster_config as config
-from domain.errors import ConcurrencyError
-from domain.events import Event, Metadata, NewEvent
+from domain.events import Event, Metadata, RecordedEvent
 
 _decode_heartbeat = msgspec.json.Decoder(config.HeartbeatConfig).decode
 
 
+def _fold(events: Sequence[RecordedEvent]) -> config.ClusterConfig:
+    return config.fold(list(events))
+
+
+def configs(store: EventStore) -> Repository[config.ClusterConfig]:
+    """The cluster config's repository: its one stream, short, folded whole (exact).
+
+    Before any change the stream is empty and the config is the defaults, on which the first
+    change is decided."""
+    return Repository(store, lambda _: config.STREAM_ID, _fold, initial=config.ClusterConfig())
+
+
 async def load_config(store: EventStore) -> config.ClusterConfig:
     """The config folded from its stream: exact, for deciding a change (a short stream)."""
-    return config.fold(await store.read_stream(config.STREAM_ID, 1))
+    return await configs(store).load(config.STREAM_ID) or config.ClusterConfig()
 
 
 async def change_config(
@@ -29,20 +41,9 @@ async def change_config(
 
     InvalidConfig from `decide` propagates. Returns the new config and where it landed.
     """
-    for _ in range(10):
-        events = await store.read_stream(config.STREAM_ID, 1)
-        state = config.fold(events)
-        decided = decide(state)
-        if not decided:
-            return state, None
-        try:
-            result = await store.append(
-                config.STREAM_ID, [NewEvent(e, meta) for e in decided], state.version
-            )
-        except ConcurrencyError:
-            continue
-        return config.fold(await store.read_stream(config.STREAM_ID, 1)), result
-    raise ConcurrencyError(config.STREAM_ID, None)
+    state, appended = await configs(store).execute(config.STREAM_ID, decide, meta)
+    assert state is not None  # the config always exists: `initial` is the defaults
+    return state, appended
 
 
 async def heartbeat_config(pool: asyncpg.Pool) -> config.HeartbeatConfig:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import asyncpg
 import msgspec
 
 from adapters.event_store import EVENT_COLUMNS, EventStore
-from adapters.history import AsOf, read_stream_as_of
+from adapters.history import AsOf
+from adapters.repository import ChangingTooFast, Executor, Loaded, Repository
 from domain import job
-from domain.errors import ConcurrencyError
-from domain.events import Event, Metadata, NewEvent
+from domain.events import Event, Metadata, RecordedEvent
 
 _decode_state = msgspec.json.Decoder(job.JobState).decode
 
@@ -31,29 +31,44 @@ ORDER BY t.version
 """
 
 
-async def load_job(store: EventStore, job_id: str) -> job.JobState | None:
-    """The job folded up to its last event; None if it does not exist.
+async def _load_row_and_tail(
+    store: EventStore, job_id: str, executor: Executor
+) -> Loaded[job.JobState]:
+    """The projection row as a snapshot, every event after its version folded on top.
 
     The projection may lag, so it only saves folding from the start: every event after the
     row's version is folded on top, which makes the answer exact.
     """
-    rows = await store.pool.fetch(_ROW_AND_TAIL, job_id, job.stream_id(job_id))
+    rows = await executor.fetch(_ROW_AND_TAIL, job_id, job.stream_id(job_id))
     state = _decode_state(rows[0][0]) if rows[0][0] is not None else None
     for row in rows:
         if row[1] is not None:
             e = store.decode(tuple(row)[1:])
             state = job.evolve(state, e.data, e.recorded_at, e.version)
-    return state
+    return Loaded(state, state.version if state is not None else 0)
+
+
+def _fold(events: Sequence[RecordedEvent]) -> job.JobState | None:
+    return job.fold([(e.data, e.recorded_at, e.version) for e in events])
+
+
+def jobs(store: EventStore) -> Repository[job.JobState]:
+    """The jobs' repository: reads start from the `jobs` projection row."""
+    return Repository(store, job.stream_id, _fold, loader=_load_row_and_tail)
+
+
+async def load_job(store: EventStore, job_id: str) -> job.JobState | None:
+    """The job folded up to its last event; None if it does not exist."""
+    return await jobs(store).load(job_id)
 
 
 async def load_job_as_of(store: EventStore, job_id: str, as_of: AsOf) -> job.JobState | None:
     """The job as it stood at `as_of`, folded from its first event; None if it did not exist."""
-    events = await read_stream_as_of(store, job.stream_id(job_id), as_of)
-    return job.fold([(e.data, e.recorded_at, e.version) for e in events])
+    return await jobs(store).load(job_id, as_of)
 
 
-class JobChangingTooFast(Exception):
-    """Ten decisions in a row lost the race to other writers of the stream."""
+JobChangingTooFast = ChangingTooFast
+"""Ten decisions in a row lost the race to other writers of the stream."""
 
 
 async def decide_and_append(
@@ -64,29 +79,9 @@ async def decide_and_append(
     *,
     conn: asyncpg.Connection | None = None,
 ) -> job.JobState | None:
-    """Load the job, decide, append at the version read; on a clash, re-read and decide again.
+    """Run `decide` on the job through its repository; the new state (None: no such job).
 
-    Returns the new state (None for a job that does not exist). InvalidTransition from
-    `decide` propagates: the command does not apply. With `conn` (in a transaction), the append
-    is made in it, each try under a savepoint so that a clash does not abort the transaction.
+    InvalidTransition from `decide` propagates: the command does not apply. With `conn` (in a
+    transaction), the append is made in it under a savepoint.
     """
-    for _ in range(10):
-        state = await load_job(store, job_id)
-        if state is None:
-            return None
-        events = decide(state)
-        if not events:
-            return state
-        new = [NewEvent(e, meta) for e in events]
-        try:
-            if conn is None:
-                await store.append(job.stream_id(job_id), new, state.version)
-            else:
-                async with conn.transaction():
-                    await store.append(job.stream_id(job_id), new, state.version, conn=conn)
-        except ConcurrencyError:
-            continue  # progress or a stage landed meanwhile: decide again on the new state
-        for e in events:
-            state = job.evolve(state, e, state.updated_at, state.version + 1)
-        return state
-    raise JobChangingTooFast(job_id)
+    return (await jobs(store).execute(job_id, decide, meta, conn=conn)).state

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 import msgspec
 
 from adapters.event_store import Checkpoint, EventStore
+from adapters.repository import Repository
 from domain import account
-from domain.errors import ConcurrencyError
-from domain.events import Event, Metadata, NewEvent
+from domain.events import Event, Metadata, NewEvent, RecordedEvent
 
 
 def mint() -> str:
@@ -91,13 +91,19 @@ async def issue(
     return IssuedKey(key, owner, result.checkpoint, key_id)
 
 
-async def account_keys(
-    store: EventStore, account_id: str
-) -> tuple[dict[str, account.KeyState], int]:
-    """An account's keys folded from its stream, and the version they were read at."""
-    events = await store.read_stream(account.stream_id(account_id))
-    keys = account.fold((e.data, e.recorded_at) for e in events)
-    return keys, events[-1].version if events else 0
+def _fold(events: Sequence[RecordedEvent]) -> dict[str, account.KeyState]:
+    return account.fold((e.data, e.recorded_at) for e in events)
+
+
+def accounts(store: EventStore) -> Repository[dict[str, account.KeyState]]:
+    """The accounts' repository: an account's keys folded from its stream. An account with no
+    event holds no key, which a command decides on (and refuses: UnknownKey)."""
+    return Repository(store, account.stream_id, _fold, initial={})
+
+
+async def account_keys(store: EventStore, account_id: str) -> dict[str, account.KeyState]:
+    """An account's keys folded from its stream (none for an account with no event)."""
+    return await accounts(store).load(account_id) or {}
 
 
 async def owner_of(store: EventStore, key_id: str) -> str | None:
@@ -114,24 +120,13 @@ async def _decide(
     decide: Callable[[dict[str, account.KeyState]], list[Event]],
     meta: Metadata,
 ) -> Checkpoint | None:
-    """Fold the account's keys, decide, append at the version read; on a clash, again.
+    """Run `decide` on the account's keys through its repository.
 
     Where the events landed, or None when `decide` found nothing to do. Errors from `decide`
     (UnknownKey, KeyRetired, ValueError) propagate, and nothing is appended.
     """
-    for _ in range(10):
-        keys, version = await account_keys(store, account_id)
-        events = decide(keys)
-        if not events:
-            return None
-        try:
-            result = await store.append(
-                account.stream_id(account_id), [NewEvent(e, meta) for e in events], version
-            )
-        except ConcurrencyError:
-            continue  # another change to the account landed meanwhile: decide again
-        return result.checkpoint
-    raise ConcurrencyError(account.stream_id(account_id), None)
+    _, appended = await accounts(store).execute(account_id, decide, meta)
+    return appended.checkpoint if appended is not None else None
 
 
 async def revoke(

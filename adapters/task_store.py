@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 import asyncpg
@@ -10,32 +10,36 @@ import msgspec
 
 from adapters.config_store import heartbeat_config
 from adapters.event_store import EventStore
-from adapters.history import AsOf, read_stream_as_of
+from adapters.history import AsOf
 from adapters.node_online import online
+from adapters.repository import ChangingTooFast, Repository
 from domain import task
-from domain.errors import ConcurrencyError
-from domain.events import Event, Metadata, NewEvent
+from domain.events import Event, Metadata, RecordedEvent
 from domain.node import Capabilities
 
 
-async def load_task(store: EventStore, task_id: str) -> task.TaskState | None:
-    """The task folded up to its last event; None if it does not exist.
-
-    A task stream is short (a dozen events at most in practice), so it is folded whole: the
-    answer is exact whatever the projection's lag.
-    """
-    events = await store.read_stream(task.stream_id(task_id))
+def _fold(events: Sequence[RecordedEvent]) -> task.TaskState | None:
     return task.fold([(e.data, e.recorded_at, e.version) for e in events])
+
+
+def tasks(store: EventStore) -> Repository[task.TaskState]:
+    """The tasks' repository. A task stream is short (a dozen events at most in practice), so
+    it is folded whole: the answer is exact whatever the projection's lag."""
+    return Repository(store, task.stream_id, _fold)
+
+
+async def load_task(store: EventStore, task_id: str) -> task.TaskState | None:
+    """The task folded up to its last event; None if it does not exist."""
+    return await tasks(store).load(task_id)
 
 
 async def load_task_as_of(store: EventStore, task_id: str, as_of: AsOf) -> task.TaskState | None:
     """The task as it stood at `as_of`; None if it did not exist yet."""
-    events = await read_stream_as_of(store, task.stream_id(task_id), as_of)
-    return task.fold([(e.data, e.recorded_at, e.version) for e in events])
+    return await tasks(store).load(task_id, as_of)
 
 
-class TaskChangingTooFast(Exception):
-    """Ten decisions in a row lost the race to other writers of the stream."""
+TaskChangingTooFast = ChangingTooFast
+"""Ten decisions in a row lost the race to other writers of the stream."""
 
 
 async def decide_and_append(
@@ -44,26 +48,11 @@ async def decide_and_append(
     decide: Callable[[task.TaskState], list[Event]],
     meta: Metadata,
 ) -> task.TaskState | None:
-    """Load the task, decide, append at the version read; on a clash, re-read and decide again.
+    """Run `decide` on the task through its repository; the new state (None: no such task).
 
-    Returns the new state (None for a task that does not exist). InvalidTransition from
-    `decide` propagates: the command does not apply.
+    InvalidTransition from `decide` propagates: the command does not apply.
     """
-    for _ in range(10):
-        state = await load_task(store, task_id)
-        if state is None:
-            return None
-        events = decide(state)
-        if not events:
-            return state
-        try:
-            await store.append(
-                task.stream_id(task_id), [NewEvent(e, meta) for e in events], state.version
-            )
-        except ConcurrencyError:
-            continue
-        return await load_task(store, task_id)
-    raise TaskChangingTooFast(task_id)
+    return (await tasks(store).execute(task_id, decide, meta)).state
 
 
 _decode_caps = msgspec.json.Decoder(Capabilities).decode

@@ -111,7 +111,7 @@ class KeysController(Controller):
                 )
         store: EventStore = request.app.state.store
         now = datetime.now(UTC)
-        keys, _ = await account_keys(store, principal.account_id)
+        keys = await account_keys(store, principal.account_id)
         if not room_for_a_key(keys, now):
             raise JobApiError(
                 status_code=409,
@@ -151,7 +151,7 @@ class KeysController(Controller):
         # Another account's key is answered as an unknown one: ids tell nothing across accounts.
         if owner is None or not (principal.admin or owner == principal.account_id):
             raise JobApiError(status_code=404, detail=f"No key {key_id}")
-        keys, _ = await account_keys(store, owner)
+        keys = await account_keys(store, owner)
         target = keys.get(key_id)
         if target is None:
             raise JobApiError(status_code=404, detail=f"No key {key_id}")

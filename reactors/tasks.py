@@ -24,7 +24,7 @@ from adapters.account_policy_store import load_policy
 from adapters.event_store import EventStore, refusal_reason, refused_for_good
 from adapters.settings import Settings
 from adapters.ssrf import UrlGuard
-from adapters.task_store import load_task
+from adapters.task_store import load_task, tasks
 from domain import task
 from domain.account_policy import AccountPolicy, still_granted
 from domain.errors import ConcurrencyError, InvalidTransition
@@ -108,18 +108,17 @@ class TaskRunner:
         meta: Metadata,
     ) -> bool:
         """Append an outcome unless the attempt is no longer current (cancel and timeout win)."""
-        for _ in range(10):
-            state = await load_task(self.store, task_id)
-            if state is None or not task.is_current(state, self.node_id, attempt):
-                return False
-            try:
-                await self._append(task_id, decide(state), state.version, meta)
-            except ConcurrencyError:
-                continue
-            except InvalidTransition:
-                return False
-            return True
-        return False
+
+        def if_current(state: task.TaskState) -> list[Event]:
+            if not task.is_current(state, self.node_id, attempt):
+                return []
+            return [made_safe(e) for e in decide(state)]
+
+        try:
+            _, appended = await tasks(self.store).execute(task_id, if_current, meta)
+        except (ConcurrencyError, InvalidTransition):
+            return False  # ChangingTooFast, or an outcome the task no longer takes
+        return appended is not None
 
     async def _execute(self, state: task.TaskState, attempt: int, meta: Metadata) -> str:
         task_id, timeout = state.task_id, state.requirements.timeout_seconds

@@ -1,0 +1,208 @@
+"""The repository's contract, once, for every aggregate that runs through it.
+
+Each case names an aggregate's repository, how one of its streams is created, a command of
+another writer, our command, a command its fresh state refuses, and what the state shows once
+both writers' commands applied.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import asyncpg
+import pytest
+
+from adapters.config_store import configs
+from adapters.database import create_pool
+from adapters.event_store import EventStore
+from adapters.job_store import jobs
+from adapters.repository import Executor, Loaded, Repository
+from adapters.task_store import tasks
+from domain import cluster_config, job, task
+from domain.errors import DomainError
+from domain.events import Event, Metadata, NewEvent
+
+META = Metadata(actor="repository-test")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    repository: Callable[[EventStore], Repository[Any]]
+    new_id: Callable[[], str]
+    create: Callable[[str], list[Event]]
+    theirs: Callable[[Any], list[Event]]
+    ours: Callable[[Any], list[Event]]
+    refused: Callable[[Any], list[Event]]
+    both_applied: Callable[[Any], bool]
+
+
+CASES = [
+    Case(
+        name="job",
+        repository=jobs,
+        new_id=lambda: uuid.uuid4().hex,
+        create=lambda job_id: job.create(
+            job_id=job_id, account_id="a", url="http://m/a.mp4", options=job.JobOptions(), held=True
+        ),
+        theirs=lambda s: job.rename(s, "theirs.mp4"),
+        ours=job.cancel,
+        refused=job.retry,  # a pending job cannot be retried
+        both_applied=lambda s: s.status == "Cancelled" and s.options.filename == "theirs.mp4",
+    ),
+    Case(
+        name="task",
+        repository=tasks,
+        new_id=lambda: uuid.uuid4().hex,
+        create=lambda task_id: task.submit(task_id=task_id, account_id="a", task_type="echo"),
+        theirs=lambda s: task.assign(s, "node-1"),
+        ours=task.cancel,
+        refused=task.retry,  # a queued task cannot be retried
+        both_applied=lambda s: s.status == "cancelled" and s.device_id == "node-1",
+    ),
+    Case(
+        name="config",
+        repository=configs,
+        new_id=lambda: cluster_config.STREAM_ID,
+        create=lambda _: cluster_config.change_heartbeat(
+            cluster_config.ClusterConfig(), {"interval": 2}
+        ),
+        theirs=lambda s: cluster_config.change_server(s, {"max_connections": 7}),
+        ours=lambda s: cluster_config.change_heartbeat(s, {"timeout": 40}),
+        refused=lambda s: cluster_config.change_heartbeat(s, {"timeout": 0}),
+        both_applied=lambda s: s.server.max_connections == 7 and s.heartbeat.timeout == 40,
+    ),
+]
+
+
+@pytest.fixture
+async def own_store(fresh_database_url: str) -> AsyncIterator[EventStore]:
+    """A log of this test's own: the config is one stream for the whole cluster."""
+    pool: asyncpg.Pool = await create_pool(fresh_database_url, min_size=1, max_size=4)
+    yield EventStore(pool)
+    await pool.close()
+
+
+async def _created(store: EventStore, case: Case) -> str:
+    aggregate_id = case.new_id()
+    repo = case.repository(store)
+    events = case.create(aggregate_id)
+    await store.append(repo.stream_id(aggregate_id), [NewEvent(e, META) for e in events], 0)
+    return aggregate_id
+
+
+def _with_a_writer_in_between(repo: Repository[Any], theirs: Callable[[Any], list[Event]]) -> Any:
+    """`repo` whose first read is followed by another writer's command on the same stream."""
+    landed: list[bool] = []
+
+    async def read_then_let_them_write(
+        store: EventStore, aggregate_id: str, executor: Executor
+    ) -> Loaded[Any]:
+        conn = executor if isinstance(executor, asyncpg.Connection) else None
+        loaded = await repo.read(aggregate_id, conn)
+        if not landed:
+            landed.append(True)
+            assert loaded.state is not None
+            new = [NewEvent(e, META) for e in theirs(loaded.state)]
+            await store.append(repo.stream_id(aggregate_id), new, loaded.version)
+        return loaded
+
+    return replace(repo, loader=read_then_let_them_write)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+async def test_a_clash_with_another_writer_is_decided_again_on_what_they_left(
+    own_store: EventStore, case: Case
+) -> None:
+    aggregate_id = await _created(own_store, case)
+    seen: list[int] = []
+
+    def ours(state: Any) -> list[Event]:
+        seen.append(state.version)
+        return case.ours(state)
+
+    repo = _with_a_writer_in_between(case.repository(own_store), case.theirs)
+    state, appended = await repo.execute(aggregate_id, ours, META)
+
+    assert seen == [1, 2]  # the first decision lost the race; the second saw their event
+    assert appended is not None and appended.version == 3
+    assert case.both_applied(state)
+    assert case.both_applied(await case.repository(own_store).load(aggregate_id))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+async def test_a_clash_inside_a_transaction_is_retried_and_the_transaction_commits(
+    own_store: EventStore, case: Case
+) -> None:
+    aggregate_id = await _created(own_store, case)
+    repo = _with_a_writer_in_between(case.repository(own_store), case.theirs)
+    async with own_store.pool.acquire() as conn, conn.transaction():
+        state, _ = await repo.execute(aggregate_id, case.ours, META, conn=conn)
+        assert case.both_applied(state)
+    assert case.both_applied(await case.repository(own_store).load(aggregate_id))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+async def test_a_refused_decision_appends_nothing(own_store: EventStore, case: Case) -> None:
+    aggregate_id = await _created(own_store, case)
+    repo = case.repository(own_store)
+
+    with pytest.raises(DomainError):
+        await repo.execute(aggregate_id, case.refused, META)
+
+    assert len(await own_store.read_stream(repo.stream_id(aggregate_id))) == 1
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+async def test_an_empty_decision_appends_nothing_and_returns_the_state_read(
+    own_store: EventStore, case: Case
+) -> None:
+    aggregate_id = await _created(own_store, case)
+    repo = case.repository(own_store)
+
+    state, appended = await repo.execute(aggregate_id, lambda _: [], META)
+
+    assert appended is None and state is not None and state.version == 1
+    assert len(await own_store.read_stream(repo.stream_id(aggregate_id))) == 1
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+async def test_as_of_reads_the_state_before_a_later_command(
+    own_store: EventStore, case: Case
+) -> None:
+    aggregate_id = await _created(own_store, case)
+    repo = case.repository(own_store)
+    [created] = await own_store.read_stream(repo.stream_id(aggregate_id))
+    await repo.execute(aggregate_id, case.ours, META)
+
+    by_position = await repo.load(aggregate_id, as_of=created.position)
+    by_time = await repo.load(aggregate_id, as_of=created.recorded_at)
+    now = await repo.load(aggregate_id)
+
+    assert by_position is not None and by_position.version == 1
+    assert by_time is not None and by_time.version == 1
+    assert now is not None and now.version == 2
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+async def test_a_missing_stream_loads_none(own_store: EventStore, case: Case) -> None:
+    repo = case.repository(own_store)
+    assert await repo.load(case.new_id()) is None
+    assert await repo.load(case.new_id(), as_of=10**9) is None
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name != "config"], ids=lambda c: c.name)
+async def test_a_command_on_a_missing_aggregate_decides_nothing(
+    own_store: EventStore, case: Case
+) -> None:
+    repo = case.repository(own_store)
+    missing = case.new_id()
+
+    def never(_: Any) -> list[Event]:
+        raise AssertionError("decided on an aggregate that does not exist")
+
+    assert await repo.execute(missing, never, META) == (None, None)
+    assert await own_store.read_stream(repo.stream_id(missing)) == []
