@@ -8,8 +8,8 @@ server on loopback (in a fixtures process of its own, with the media server, so 
 side shares a GIL with them).
 
 * Spool side: the API (in this process, driven through `httpx.ASGITransport`: real Litestar
-  routing, auth and validation, no socket), the projections, the pipeline reactor and the
-  reconciler run in this process with production defaults, as `spool up` runs them; the nodes
+  routing, auth and validation, no socket) and every reactor (spool/assembly.py) run in this
+  process with production defaults, as `spool up` runs them; the nodes
   are `python -m spool worker --concurrency download=2,mux=1,upload=2` processes configured by
   `SPOOL_*` variables. Jobs are submitted with `POST /jobs` (8 at a time) once every node's
   heartbeat is in; per-job figures come from `GET /jobs/{id}`.
@@ -98,10 +98,9 @@ from bench.harness import (
 )
 from domain import job, node
 from domain.events import Metadata, NewEvent
-from reactors.pipeline import PipelineReactor
 from reactors.projection import ProjectionRunner
 from reactors.projections import all_projections
-from reactors.reconciler import Reconciler
+from spool.assembly import assemble
 from spool.embedded import EmbeddedRedis, free_port
 from spool.keys import issue
 from tests.fixtures.processes import SpoolProcesses, start_module, stop_processes, wait_http
@@ -383,12 +382,10 @@ async def run_spool(env: Env, workers: int, jobs: int, profile: Path | None) -> 
     client = httpx.AsyncClient(transport=transport, base_url="http://spool.bench", timeout=60)
     headers = {"x-api-key": user.key}
     stop = asyncio.Event()
-    parts = {  # what `spool up` runs beside the API, with its defaults
-        "projections": runner.run(stop),
-        "pipeline": ProjectionRunner(store, [PipelineReactor(redis)]).run(stop),
-        "reconciler": Reconciler(store, redis, settings).run(stop),
-    }
-    tasks = [asyncio.create_task(coro, name=name) for name, coro in parts.items()]
+    parts = assemble(  # what `spool up` runs beside the API, with its defaults
+        store=store, redis=redis, storage=storage, settings=settings, projections=runner
+    )
+    tasks = [asyncio.create_task(part.run(stop), name=name) for name, part in parts.items()]
     node_ids = [f"bench-node-{i + 1}" for i in range(workers)]
     nodes = _spool_nodes(env, database_url, storage_url, workers)
     procs = [nodes.worker(n, "--concurrency", env.concurrency) for n in node_ids]

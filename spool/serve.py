@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Coroutine, Generator
+from collections.abc import Collection, Coroutine, Generator
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -29,13 +29,7 @@ from adapters.settings import Settings
 from adapters.timed_event_store import TimedEventStore
 from api.app import create_app
 from api.ws_limits import UVICORN_WS
-from reactors.node import Node
-from reactors.pipeline import PipelineReactor
-from reactors.projection import ProjectionRunner
-from reactors.reconciler import Reconciler
-from reactors.scheduler import Scheduler
-from reactors.viewer_timeouts import ViewerTimeouts
-from reactors.webhooks import WebhookReactor
+from spool.assembly import NODE, REACTORS, assemble
 from spool.embedded import embedded_servers
 from spool.keys import ensure_first_key
 from spool.runtime import Runtime, open_runtime
@@ -143,11 +137,6 @@ def _bind_failure(exc: OSError) -> str:
     return (exc.strerror or str(exc)).lower()
 
 
-def node_for(rt: Runtime) -> Node:
-    assert rt.redis is not None
-    return Node(store=rt.store, redis=rt.redis, storage=rt.storage, settings=rt.settings)
-
-
 async def _supervise(
     stop: asyncio.Event,
     parts: dict[str, Coroutine[Any, Any, Any]],
@@ -189,23 +178,21 @@ def api_app(rt: Runtime, settings: Settings) -> Litestar:
     )
 
 
-def reactors(rt: Runtime, stop: asyncio.Event) -> dict[str, Coroutine[Any, Any, Any]]:
-    """Every log follower and periodic pass; each is safe to run in several processes at once.
-
-    Projections, the pipeline and webhooks: a row lock on their checkpoint (one runner applies a
-    batch, the others wait and find it applied). Scheduler and viewer timeouts: a transaction
-    advisory lock per pass. Reconciler: optimistic concurrency on the job stream, and arq ids
-    that are the unit's own (a second enqueue of the same unit is a no-op).
-    """
+def parts(
+    rt: Runtime, stop: asyncio.Event, names: Collection[str]
+) -> dict[str, Coroutine[Any, Any, Any]]:
+    """The named long-running parts over one process's runtime (spool/assembly.py), running
+    until `stop`."""
     assert rt.redis is not None
-    pipeline = ProjectionRunner(rt.store, [PipelineReactor(rt.redis), WebhookReactor(rt.redis)])
-    return {
-        "projections": rt.runner.run(stop),
-        "pipeline": pipeline.run(stop),
-        "scheduler": Scheduler(rt.store, rt.redis).run(stop),
-        "reconciler": Reconciler(rt.store, rt.redis, rt.settings).run(stop),
-        "viewer-timeouts": ViewerTimeouts(rt.store, rt.settings).run(stop),
-    }
+    built = assemble(
+        store=rt.store,
+        redis=rt.redis,
+        storage=rt.storage,
+        settings=rt.settings,
+        projections=rt.runner,
+        parts=names,
+    )
+    return {name: part.run(stop) for name, part in built.items()}
 
 
 async def first_key(rt: Runtime, settings: Settings) -> None:
@@ -266,25 +253,26 @@ async def up(settings: Settings) -> None:
             log.info("spool is up: http://%s:%d (Swagger UI at /swagger)", settings.host, port)
             await _supervise(
                 stop,
-                {"api": api(), **reactors(rt, stop), "node": node_for(rt).run(stop)},
+                {"api": api(), **parts(rt, stop, (*REACTORS, NODE))},
             )
             log.info("spool stopped")
 
 
 async def run_reactors(settings: Settings) -> None:
-    """Projections, the pipeline and webhook reactors, the scheduler, the reconciler."""
+    """Every reactor: projections, the pipeline and webhook reactors, the scheduler, the
+    reconciler, viewer timeouts."""
     stop = stop_on_signals()
     async with open_runtime(settings, need_redis=True, embedded="join") as rt:
         await rt.runner.catch_up()
         log.info("spool reactors are running")
-        await _supervise(stop, reactors(rt, stop))
+        await _supervise(stop, parts(rt, stop, REACTORS))
 
 
 async def worker(settings: Settings) -> None:
     """One worker node: its arq workers and its heartbeat."""
     stop = stop_on_signals()
     async with open_runtime(settings, need_redis=True, embedded="join") as rt:
-        await _supervise(stop, {"node": node_for(rt).run(stop)})
+        await _supervise(stop, parts(rt, stop, (NODE,)))
 
 
 API_PROCESS_ENV = "SPOOL_API_PROCESS"

@@ -1,0 +1,105 @@
+"""The long-running parts of a Spool cluster, built in one place.
+
+`spool up`, `spool reactors` and `spool worker` (spool/serve.py), the test cluster
+(tests/fixtures/cluster.py) and the pipeline benchmark (bench/pipeline.py) all take their parts
+from `assemble`, so a part added here runs everywhere. Tests pass faster `Timings`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Protocol
+
+from arq.connections import ArqRedis
+
+from adapters.event_store import EventStore
+from adapters.settings import Settings
+from adapters.storage import ObjectStorage
+from reactors.node import Node
+from reactors.pipeline import PipelineReactor
+from reactors.projection import ProjectionRunner
+from reactors.reconciler import Reconciler
+from reactors.scheduler import Scheduler
+from reactors.viewer_timeouts import ViewerTimeouts
+from reactors.webhooks import WebhookReactor
+
+PROJECTIONS = "projections"
+PIPELINE = "pipeline"
+SCHEDULER = "scheduler"
+RECONCILER = "reconciler"
+VIEWER_TIMEOUTS = "viewer-timeouts"
+NODE = "node"
+
+REACTORS = (PROJECTIONS, PIPELINE, SCHEDULER, RECONCILER, VIEWER_TIMEOUTS)
+"""Every log follower and periodic pass: what `spool reactors` runs, and `spool up` beside the
+API and a node."""
+
+
+class Part(Protocol):
+    """A long-running part: runs until `stop` is set."""
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+@dataclass(frozen=True)
+class Timings:
+    """How often the parts look for work when nothing wakes them; production's by default."""
+
+    poll_interval: float = 1.0
+    """The pipeline and webhook reactors' poll when no NOTIFY arrives (the projections' is
+    their runner's own)."""
+    scheduler_tick: float = 1.0
+    scheduler_online_seconds: float | None = None
+    """How recent a node's heartbeat must be for the scheduler to plan on it (None: the
+    heartbeat config's timeout)."""
+    viewer_tick: float | None = None
+    """Between viewer timeout passes (None: a third of the viewer timeout)."""
+
+
+def assemble(
+    *,
+    store: EventStore,
+    redis: ArqRedis,
+    storage: ObjectStorage,
+    settings: Settings,
+    projections: ProjectionRunner,
+    parts: Collection[str] = REACTORS,
+    timings: Timings = Timings(),
+) -> dict[str, Part]:
+    """The named parts asked for (`REACTORS` and/or `NODE`), in `REACTORS` order, node last.
+
+    `projections` is the process's projection runner, which its callers also wait on. Each
+    reactor is safe to run in several processes at once: projections, the pipeline and webhooks
+    take a row lock on their checkpoint (one runner applies a batch, the others wait and find it
+    applied); the scheduler and viewer timeouts a transaction advisory lock per pass; the
+    reconciler relies on optimistic concurrency on the job stream and on arq ids that are the
+    unit's own (a second enqueue of the same unit is a no-op).
+    """
+    unknown = set(parts) - {*REACTORS, NODE}
+    if unknown:
+        raise ValueError(f"no such part: {', '.join(sorted(unknown))}")
+    built: dict[str, Part] = {}
+    if PROJECTIONS in parts:
+        built[PROJECTIONS] = projections
+    if PIPELINE in parts:
+        built[PIPELINE] = ProjectionRunner(
+            store,
+            [PipelineReactor(redis), WebhookReactor(redis)],
+            poll_interval=timings.poll_interval,
+        )
+    if SCHEDULER in parts:
+        built[SCHEDULER] = Scheduler(
+            store,
+            redis,
+            tick=timings.scheduler_tick,
+            online_seconds=timings.scheduler_online_seconds,
+        )
+    if RECONCILER in parts:
+        built[RECONCILER] = Reconciler(store, redis, settings)
+    if VIEWER_TIMEOUTS in parts:
+        built[VIEWER_TIMEOUTS] = ViewerTimeouts(store, settings, tick=timings.viewer_tick)
+    if NODE in parts:
+        built[NODE] = Node(store=store, redis=redis, storage=storage, settings=settings)
+    return built

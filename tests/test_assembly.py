@@ -1,0 +1,67 @@
+"""One assembly of the long-running parts (spool/assembly.py), used by `spool up`, `spool
+reactors`, `spool worker`, the test cluster and the pipeline bench."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from arq.connections import ArqRedis
+
+from adapters.event_store import EventStore
+from adapters.queue import connect
+from adapters.settings import Settings
+from adapters.storage import LocalStorage
+from reactors.node import Node
+from reactors.projection import ProjectionRunner
+from spool.assembly import NODE, REACTORS, Part, assemble
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[ArqRedis]:
+    connection = await connect(redis_url)
+    yield connection
+    await connection.aclose()
+
+
+def parts_of(
+    names: tuple[str, ...], store: EventStore, runner: ProjectionRunner, redis: ArqRedis, tmp: Path
+) -> dict[str, Part]:
+    return assemble(
+        store=store,
+        redis=redis,
+        storage=LocalStorage(tmp / "storage"),
+        settings=Settings(data_dir=tmp),
+        projections=runner,
+        parts=names,
+    )
+
+
+async def test_spool_up_gets_every_reactor_and_a_node_by_name(
+    store: EventStore, runner: ProjectionRunner, redis: ArqRedis, tmp_path: Path
+) -> None:
+    parts = parts_of((*REACTORS, NODE), store, runner, redis, tmp_path)
+    assert list(parts) == [
+        "projections",
+        "pipeline",
+        "scheduler",
+        "reconciler",
+        "viewer-timeouts",
+        "node",
+    ]
+    assert parts["projections"] is runner  # the runner the process also waits on
+    assert isinstance(parts["node"], Node)
+
+
+async def test_spool_worker_gets_only_the_node(
+    store: EventStore, runner: ProjectionRunner, redis: ArqRedis, tmp_path: Path
+) -> None:
+    assert list(parts_of((NODE,), store, runner, redis, tmp_path)) == ["node"]
+
+
+async def test_a_part_the_assembly_does_not_know_is_refused_by_name(
+    store: EventStore, runner: ProjectionRunner, redis: ArqRedis, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="no such part: webhooks"):
+        parts_of(("projections", "webhooks"), store, runner, redis, tmp_path)
