@@ -187,7 +187,7 @@ def probe(path: Path) -> ProbeInfo:
     except subprocess.TimeoutExpired as exc:
         raise Unreadable("reading it took too long") from exc
     # Without an output FFmpeg always exits non-zero; an "Input #0" header means it read the file.
-    info = _parse_probe(done.stderr, path)
+    info = parse_probe(done.stderr, path)
     if info is None:
         detail = _last_error(done.stderr.splitlines(), [path]) or "unreadable media"
         raise Unreadable(detail)
@@ -207,7 +207,7 @@ _KBPS = re.compile(r"\b(\d+) kb/s")
 _DEMUXER_OF = {"mkv": "matroska", "mka": "matroska", "opus": "ogg", "oga": "ogg", "m4v": "mp4"}
 
 
-def _parse_probe(stderr: str, path: Path) -> ProbeInfo | None:
+def parse_probe(stderr: str, path: Path) -> ProbeInfo | None:
     """Parse `ffmpeg -i` output; None when FFmpeg could not open the file."""
     header = _INPUT.search(stderr)
     if header is None:

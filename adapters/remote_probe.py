@@ -307,7 +307,7 @@ def _ffmpeg_describe(url: str, seconds: float) -> str | None:
 
 def _facts(stderr: str, name: str) -> MediaFacts | None:
     # A name, never opened: its extension picks the container among the demuxer's names.
-    info = muxer._parse_probe(stderr, Path(name or "media"))
+    info = muxer.parse_probe(stderr, Path(name or "media"))
     if info is None:
         return None
     video = next((s for s in info.streams if s.kind == "video"), None)

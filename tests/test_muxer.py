@@ -22,10 +22,10 @@ from adapters.muxer import (
     StreamInfo,
     Unreadable,
     _last_error,
-    _parse_probe,
     _Progress,
     mux,
     output_path,
+    parse_probe,
     plan,
     probe,
 )
@@ -444,7 +444,7 @@ At least one output file must be specified
 
 
 def test_probe_output_is_parsed_into_duration_streams_and_container() -> None:
-    info = _parse_probe(_MP4_STDERR, Path("/tmp/a.mp4"))
+    info = parse_probe(_MP4_STDERR, Path("/tmp/a.mp4"))
     assert info == ProbeInfo(
         duration=3723.5,
         streams=[
@@ -471,7 +471,7 @@ def test_the_container_is_the_files_own_kind_when_the_demuxer_agrees(
     demuxer: str, name: str, container: str
 ) -> None:
     stderr = f"Input #0, {demuxer}, from '{name}':\n  Duration: N/A, bitrate: N/A\n"
-    info = _parse_probe(stderr, Path(name))
+    info = parse_probe(stderr, Path(name))
     assert info is not None and info.container == container and info.duration is None
 
 
@@ -482,7 +482,7 @@ def test_unopenable_input_parses_to_none_and_its_error_reads_plainly() -> None:
         "Error opening input file /tmp/jobs/x/broken.mp4.\n"
         "Error opening input files: Invalid data found when processing input\n"
     )
-    assert _parse_probe(stderr, Path("/tmp/jobs/x/broken.mp4")) is None
+    assert parse_probe(stderr, Path("/tmp/jobs/x/broken.mp4")) is None
     message = _last_error(stderr.splitlines(), [Path("/tmp/jobs/x/broken.mp4")])
     assert message == "Invalid data found when processing input"
 
