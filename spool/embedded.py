@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 import psutil
 
+from adapters.settings import Settings
+
 log = logging.getLogger("spool.embedded")
 
 Role = Literal["own", "join", "borrow"]
@@ -509,15 +511,14 @@ def _no_owner(data_dir: Path, missing: str) -> NotRunning:
 
 @contextlib.contextmanager
 def embedded_servers(
-    data_dir: Path,
-    *,
-    database_url: str | None,
-    redis_url: str | None,
-    need_redis: bool,
-    role: Role,
-    join_timeout: float = 30.0,
+    settings: Settings, *, need_redis: bool, role: Role, join_timeout: float = 30.0
 ) -> Iterator[ServerUrls]:
-    """The URLs to use: the given ones, else the data dir's embedded servers as `role` says."""
+    """The URLs to use: the settings' own, else the data dir's embedded servers as `role` says."""
+    data_dir, database_url, redis_url = (
+        settings.data_dir,
+        settings.database_url,
+        settings.redis_url,
+    )
     started: list[EmbeddedPostgres | EmbeddedRedis] = []
     lock: DataDirLock | None = None
     try:

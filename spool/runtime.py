@@ -56,13 +56,7 @@ async def open_runtime(
     storage: ObjectStorage | None = None
     try:
         urls = servers.enter_context(
-            embedded_servers(
-                settings.data_dir,
-                database_url=settings.database_url,
-                redis_url=settings.redis_url,
-                need_redis=need_redis,
-                role=embedded,
-            )
+            embedded_servers(settings, need_redis=need_redis, role=embedded)
         )
         database_url, redis_url = urls.database_url, urls.redis_url
         await check_reachable(database_url)

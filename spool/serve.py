@@ -328,15 +328,7 @@ def api(settings: Settings, processes: int) -> None:
     listening_socket(settings.host, settings.port).close()
     servers = contextlib.ExitStack()
     try:
-        urls = servers.enter_context(
-            embedded_servers(
-                settings.data_dir,
-                database_url=settings.database_url,
-                redis_url=settings.redis_url,
-                need_redis=True,
-                role="join",
-            )
-        )
+        urls = servers.enter_context(embedded_servers(settings, need_redis=True, role="join"))
         settings = msgspec.structs.replace(
             settings, database_url=urls.database_url, redis_url=urls.redis_url
         )
