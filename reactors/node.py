@@ -299,6 +299,8 @@ class Node:
 
     async def tick(self) -> None:
         """Heartbeat + progress in one transaction; then cancellations and stalls."""
+        # Off the loop: the first sample of a process waits out its CPU measuring span.
+        usage = await asyncio.to_thread(sysinfo.usage, self.workroot)
         counts = self.counts()
         beat = node.NodeHeartbeat(
             node_id=self.node_id,
@@ -308,7 +310,7 @@ class Node:
             muxing=counts["mux"],
             uploading=counts["upload"],
             running=sorted(self.claimed | set(self.running)),
-            usage=sysinfo.usage(self.workroot),
+            usage=usage,
         )
         today = datetime.now(UTC).date()
         if today != self._heartbeat_day:

@@ -101,7 +101,7 @@ async def sleep(payload: dict[str, Any], ctx: TaskContext) -> Any:
 async def system_info(payload: dict[str, Any], ctx: TaskContext) -> Any:
     """What the node's machine is and how busy it is, as psutil sees it."""
     caps = sysinfo.capabilities(ctx.workdir, [])
-    usage = sysinfo.usage(ctx.workdir)
+    usage = await asyncio.to_thread(sysinfo.usage, ctx.workdir)  # may wait out a CPU span
     return {
         "device_id": ctx.node_id,
         "hostname": sysinfo.hostname(),
