@@ -35,8 +35,9 @@ def level_of(path: str) -> int | None:
 def log_request(scope: HTTPScope, level: int, status: int, started: float) -> None:
     """Log the request: method, path, status, duration and request id."""
     duration_ms = (time.perf_counter() - started) * 1000
+    # The request id comes with every record logged while the request is served
+    # (adapters/log_context.py, set by api/middleware.py around this call).
     fields = {
-        "request_id": scope.get("state", {}).get("request_id"),
         "method": scope["method"],
         "path": scope["path"],
         "status_code": status,
