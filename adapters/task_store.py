@@ -8,10 +8,9 @@ from datetime import timedelta
 import asyncpg
 import msgspec
 
-from adapters.config_store import heartbeat_config
 from adapters.event_store import EventStore
 from adapters.history import AsOf
-from adapters.node_online import online
+from adapters.node_online import configured_timeout, online
 from adapters.repository import ChangingTooFast, Repository
 from domain import task
 from domain.events import Event, Metadata, RecordedEvent
@@ -63,7 +62,7 @@ SELECT n.node_id, n.role, n.tags, n.capabilities, n.concurrency,
        (SELECT count(*) FROM tasks t
         WHERE t.device_id = n.node_id AND t.status IN ('assigned', 'running')) AS busy
 FROM nodes n
-WHERE {online("$1::interval", "n")}
+WHERE {online(f"coalesce($1::interval, {configured_timeout()})", "n")}
 ORDER BY n.node_id
 """
 
@@ -73,10 +72,10 @@ async def online_offers(
 ) -> list[task.NodeOffer]:
     """Every online node as the scheduler sees it, with the task slots it has in use.
 
-    `online_seconds`: the heartbeat timeout (default: the heartbeat config's)."""
-    if online_seconds is None:
-        online_seconds = float((await heartbeat_config(pool)).timeout)
-    rows = await pool.fetch(_ONLINE, timedelta(seconds=online_seconds))
+    `online_seconds`: the heartbeat timeout (default: the heartbeat config's, read in the
+    same query)."""
+    given = None if online_seconds is None else timedelta(seconds=online_seconds)
+    rows = await pool.fetch(_ONLINE, given)
     offers = []
     for r in rows:
         caps = _decode_caps(r["capabilities"])

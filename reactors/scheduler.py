@@ -23,7 +23,6 @@ import msgspec
 import sqlalchemy as sa
 from arq.connections import ArqRedis
 
-from adapters.config_store import heartbeat_config
 from adapters.event_store import EventStore
 from adapters.queue import node_queue, unit_status
 from adapters.task_store import load_task, online_offers
@@ -170,10 +169,7 @@ class Scheduler:
             return await self._pass()
 
     async def _pass(self) -> list[str]:
-        online_seconds = self.online_seconds
-        if online_seconds is None:
-            online_seconds = float((await heartbeat_config(self.pool)).timeout)
-        offers = await online_offers(self.pool, online_seconds)
+        offers = await online_offers(self.pool, self.online_seconds)
         actions = await self._take_back(
             {o.node_id for o in offers}, await self.pool.fetchval("SELECT now()")
         )
