@@ -8,7 +8,6 @@ probes of users' sources this process runs now.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -22,8 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from adapters.config_store import heartbeat_config
-from adapters.node_online import online
+from adapters.node_online import configured_timeout, online
 from adapters.probes import ProbePool
 from adapters.timed_event_store import REGISTRY as PROCESS_REGISTRY
 from api.cluster_reads import metrics_reader
@@ -35,7 +33,7 @@ LAG_WINDOW = 100_000
 """Projection lag is counted among the log's newest events only, so a scrape stays cheap."""
 
 _DEVICES = f"""
-SELECT count(*) FILTER (WHERE {online("$1::interval")}), count(*)
+SELECT count(*) FILTER (WHERE {online(configured_timeout())}), count(*)
 FROM nodes WHERE removed_at IS NULL
 """
 
@@ -79,8 +77,7 @@ class _Families:
 
 
 async def _families(pool: asyncpg.Pool, types: Mapping[str, frozenset[str]]) -> list[Metric]:
-    hb = await heartbeat_config(pool)
-    online, total = await pool.fetchrow(_DEVICES, timedelta(seconds=hb.timeout))
+    online, total = await pool.fetchrow(_DEVICES)
     devices = GaugeMetricFamily(
         "retire_cluster_devices_total", "Total number of registered devices", labels=["status"]
     )
