@@ -598,9 +598,14 @@ class Node:
                 self.ip,
                 prefix=self.storages.key_prefix(storage, state.account_id),
             )
-        except stages.StageCancelled:
+        except Exception as exc:
             if unit.interrupted:
-                return await self._interrupt(unit)
+                return await self._interrupt(unit)  # the stop cut it short, whatever it raised
+            if isinstance(exc, stages.StageError):
+                return await self._fail(unit, exc)
+            if not isinstance(exc, stages.StageCancelled):
+                log.exception("%s of job %s failed unexpectedly", unit.stage, unit.job_id)
+                return await self._fail(unit, stages.unexpected(exc))
             if unit.stalled:
                 return await self._fail(
                     unit,
@@ -611,15 +616,6 @@ class Node:
                 )
             stages.remove_workdir(workdir)
             return "cancelled"
-        except stages.StageError as exc:
-            if unit.interrupted:
-                return await self._interrupt(unit)  # the stop cut it short, whatever it said
-            return await self._fail(unit, exc)
-        except Exception as exc:
-            if unit.interrupted:
-                return await self._interrupt(unit)
-            log.exception("%s of job %s failed unexpectedly", unit.stage, unit.job_id)
-            return await self._fail(unit, stages.unexpected(exc))
 
     async def _complete(self, unit: RunningUnit, done: Event, workdir: Path) -> str:
         """Record a stage's result, unless the job moved on (cancel wins).
