@@ -20,9 +20,9 @@ from typing import NamedTuple, TypeVar
 
 import asyncpg
 
-from adapters.event_store import EVENT_COLUMNS, EventStore, StreamAppend
-from domain import account, account_policy, job
-from domain.events import Event, Metadata, NewEvent
+from spool.adapters.event_store import EVENT_COLUMNS, EventStore, StreamAppend
+from spool.domain import account, account_policy, job
+from spool.domain.events import Event, Metadata, NewEvent
 
 # Only the policy's own events: the account stream also holds its keys' events, which may be
 # many, and every job request reads this.

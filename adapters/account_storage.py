@@ -26,11 +26,11 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-from adapters import secret_box
-from adapters.ssrf import UrlGuard
-from adapters.storage import ObjectStorage, S3Storage, StorageError, account_prefix
-from adapters.tables import metadata
-from domain.storage_config import Provider, StorageConfigured
+from spool.adapters import secret_box
+from spool.adapters.ssrf import UrlGuard
+from spool.adapters.storage import ObjectStorage, S3Storage, StorageError, account_prefix
+from spool.adapters.tables import metadata
+from spool.domain.storage_config import Provider, StorageConfigured
 
 # The `storage_configs` projection's table (written by reactors.projections.storage_configs).
 # `config` is the whole current StorageConfigured event: non-secret fields and sealed secrets.
@@ -113,7 +113,9 @@ def build_storage(
     - blob: Azure Blob Storage (block uploads) through `adapters.blob_storage`.
     """
     if spec.provider == "blob":
-        from adapters.blob_storage import BlobStorage  # imported late: only Azure users need it
+        from spool.adapters.blob_storage import (
+            BlobStorage,  # imported late: only Azure users need it
+        )
 
         if not spec.account_name:
             raise ValueError("an Azure Blob storage needs an account name")

@@ -27,9 +27,9 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 
-from adapters.guarded_http import guarded_client
-from adapters.ssrf import UrlGuard, UrlRefused
-from adapters.storage import (
+from spool.adapters.guarded_http import guarded_client
+from spool.adapters.ssrf import UrlGuard, UrlRefused
+from spool.adapters.storage import (
     _PROBE_PREFIX,
     MAX_PRESIGN_SECONDS,
     READ_CHUNK,

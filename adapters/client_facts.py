@@ -17,8 +17,8 @@ from typing import Any
 import maxminddb
 import ua_parser
 
-from adapters.settings import Settings
-from adapters.viewer_sessions import ClientFacts, Describe
+from spool.adapters.settings import Settings
+from spool.adapters.viewer_sessions import ClientFacts, Describe
 
 log = logging.getLogger("spool.viewers")
 

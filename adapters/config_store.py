@@ -7,10 +7,10 @@ from collections.abc import Callable, Sequence
 import asyncpg
 import msgspec
 
-from adapters.event_store import AppendResult, EventStore
-from adapters.repository import Repository
-from domain import cluster_config as config
-from domain.events import Event, Metadata, RecordedEvent
+from spool.adapters.event_store import AppendResult, EventStore
+from spool.adapters.repository import Repository
+from spool.domain import cluster_config as config
+from spool.domain.events import Event, Metadata, RecordedEvent
 
 _decode_heartbeat = msgspec.json.Decoder(config.HeartbeatConfig).decode
 

@@ -12,8 +12,8 @@ import asyncpg
 from alembic import command
 from alembic.config import Config
 
-import migrations
-from adapters.event_store import init_connection
+from spool import migrations
+from spool.adapters.event_store import init_connection
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 

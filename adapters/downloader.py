@@ -50,7 +50,7 @@ from yt_dlp.utils import (
     determine_protocol,
 )
 
-from adapters.ssrf import UnresolvedHost, UrlGuard, UrlRefused
+from spool.adapters.ssrf import UnresolvedHost, UrlGuard, UrlRefused
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from typing import Annotated, BinaryIO
 import asyncpg
 import msgspec
 
-from adapters import event_partitions
-from domain import node
+from spool.adapters import event_partitions
+from spool.domain import node
 
 
 class ArchiveError(RuntimeError):

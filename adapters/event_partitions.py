@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import asyncpg
 
-from domain import node
+from spool.domain import node
 
 _TABLE = re.compile(r"^events_heartbeat_(\d{8})$")
 

@@ -15,10 +15,10 @@ from typing import Any, NamedTuple
 import asyncpg
 import msgspec
 
-from adapters import event_partitions
+from spool.adapters import event_partitions
 
 # Importing the aggregates registers every event type this store decodes.
-from domain import (  # noqa: F401
+from spool.domain import (  # noqa: F401
     account,
     batch,
     cluster_config,
@@ -29,8 +29,8 @@ from domain import (  # noqa: F401
     task,
     viewer,
 )
-from domain.errors import ConcurrencyError
-from domain.events import Event, EventRegistry, Metadata, NewEvent, RecordedEvent, registry
+from spool.domain.errors import ConcurrencyError
+from spool.domain.events import Event, EventRegistry, Metadata, NewEvent, RecordedEvent, registry
 
 NOTIFY_CHANNEL = "spool_events"
 

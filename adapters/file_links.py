@@ -14,7 +14,7 @@ import hashlib
 import hmac
 from urllib.parse import quote, urlencode
 
-from adapters.storage import LocalStorage, ObjectStorage
+from spool.adapters.storage import LocalStorage, ObjectStorage
 
 LINK_SECONDS = 24 * 3600
 """How long a link lives: presigned, SAS or Spool alike."""

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import httpcore
 import httpx
 
-from adapters.ssrf import UrlGuard, UrlRefused
+from spool.adapters.ssrf import UrlGuard, UrlRefused
 
 
 class _GuardedBackend(httpcore.AsyncNetworkBackend):

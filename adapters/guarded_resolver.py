@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from adapters.ssrf import UnresolvedHost, UrlGuard, UrlRefused
+from spool.adapters.ssrf import UnresolvedHost, UrlGuard, UrlRefused
 
 
 class RefusedAddress(OSError):

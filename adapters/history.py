@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from itertools import takewhile
 
-from adapters.event_store import EventStore
-from domain.events import RecordedEvent
+from spool.adapters.event_store import EventStore
+from spool.domain.events import RecordedEvent
 
 AsOf = int | datetime
 """A global event position (that event included), or a time (events recorded at or before it)."""

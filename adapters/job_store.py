@@ -7,11 +7,11 @@ from collections.abc import Callable, Sequence
 import asyncpg
 import msgspec
 
-from adapters.event_store import EVENT_COLUMNS, EventStore
-from adapters.history import AsOf
-from adapters.repository import ChangingTooFast, Executor, Loaded, Repository
-from domain import job
-from domain.events import Event, Metadata, RecordedEvent
+from spool.adapters.event_store import EVENT_COLUMNS, EventStore
+from spool.adapters.history import AsOf
+from spool.adapters.repository import ChangingTooFast, Executor, Loaded, Repository
+from spool.domain import job
+from spool.domain.events import Event, Metadata, RecordedEvent
 
 _decode_state = msgspec.json.Decoder(job.JobState).decode
 

@@ -14,10 +14,10 @@ from typing import NamedTuple
 
 import msgspec
 
-from adapters.event_store import Checkpoint, EventStore
-from adapters.repository import Repository
-from domain import account
-from domain.events import Event, Metadata, NewEvent, RecordedEvent
+from spool.adapters.event_store import Checkpoint, EventStore
+from spool.adapters.repository import Repository
+from spool.domain import account
+from spool.domain.events import Event, Metadata, NewEvent, RecordedEvent
 
 
 def mint() -> str:

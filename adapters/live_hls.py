@@ -33,7 +33,7 @@ import httpcore
 import httpx
 from httpcore._backends.sync import SyncStream
 
-from adapters.downloader import (
+from spool.adapters.downloader import (
     DownloadCancelled,
     DownloadedFile,
     DownloadFailed,
@@ -42,7 +42,7 @@ from adapters.downloader import (
     MediaInfo,
     _refusal,
 )
-from adapters.ssrf import UrlGuard, UrlRefused
+from spool.adapters.ssrf import UrlGuard, UrlRefused
 
 logger = logging.getLogger(__name__)
 

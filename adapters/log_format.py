@@ -20,8 +20,8 @@ from typing import IO, Any, Literal
 
 import msgspec
 
-from adapters import log_context
-from adapters.log_redaction import RedactingFormatter, redact
+from spool.adapters import log_context
+from spool.adapters.log_redaction import RedactingFormatter, redact
 
 LogFormat = Literal["json", "text"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("json", "text")

@@ -34,7 +34,7 @@ from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-from adapters.ffmpeg import ffmpeg_exe
+from spool.adapters.ffmpeg import ffmpeg_exe
 
 log = logging.getLogger("spool.media")
 

@@ -24,11 +24,11 @@ import msgspec
 from yt_dlp.globals import plugin_dirs
 from yt_dlp.networking import Request
 
-from adapters import remote_probe
+from spool.adapters import remote_probe
 
 # The downloader's guarded networking and its error translation are reused, not copied: one
 # place decides what a request may reach and how yt-dlp's failures read to a user.
-from adapters.downloader import (
+from spool.adapters.downloader import (
     DownloadFailed,
     _failure,
     _GuardedYoutubeDL,
@@ -36,8 +36,8 @@ from adapters.downloader import (
     _QuietLog,
     _refusal,
 )
-from adapters.probes import Probe
-from adapters.ssrf import UrlGuard, UrlRefused
+from spool.adapters.probes import Probe
+from spool.adapters.ssrf import UrlGuard, UrlRefused
 
 PER_READ_TIMEOUT = 20.0
 """Seconds one socket operation may take when `extract` runs outside a probe."""

@@ -20,8 +20,8 @@ from typing import Literal
 
 import msgspec
 
-from adapters import process_groups
-from adapters.ffmpeg import ffmpeg_exe
+from spool.adapters import process_groups
+from spool.adapters.ffmpeg import ffmpeg_exe
 
 # ---------------------------------------------------------------------------------------------
 # Public types

@@ -10,7 +10,7 @@ the timeout the `cluster_config` table holds.
 
 from __future__ import annotations
 
-from domain.cluster_config import HeartbeatConfig
+from spool.domain.cluster_config import HeartbeatConfig
 
 
 def online(timeout: str, alias: str | None = None) -> str:

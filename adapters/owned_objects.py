@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from adapters.storage import ObjectChanged, ObjectStorage, is_same_object
-from domain.job import StoredFile
+from spool.adapters.storage import ObjectChanged, ObjectStorage, is_same_object
+from spool.domain.job import StoredFile
 
 log = logging.getLogger(__name__)
 

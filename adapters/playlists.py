@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 import msgspec
 from yt_dlp.utils import unsmuggle_url
 
-from adapters.downloader import DownloadFailed, _failure, _GuardedYoutubeDL, _QuietLog
-from adapters.probes import Probe
-from adapters.ssrf import UrlGuard
+from spool.adapters.downloader import DownloadFailed, _failure, _GuardedYoutubeDL, _QuietLog
+from spool.adapters.probes import Probe
+from spool.adapters.ssrf import UrlGuard
 
 # A URL ending in one of these is a single piece of media (or its manifest): no need to ask
 # yt-dlp, which would cost a request per POST /jobs.

@@ -10,9 +10,9 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from redis.exceptions import RedisError
 
-from domain import job
-from domain.events import Event
-from domain.job import Stage, arq_job_id
+from spool.domain import job
+from spool.domain.events import Event
+from spool.domain.job import Stage, arq_job_id
 
 DOWNLOAD_QUEUE = "spool:queue:download"
 """Downloads go to any node."""

@@ -26,8 +26,8 @@ from typing import Protocol
 
 import msgspec
 
-from adapters import muxer
-from adapters.ffmpeg import ffmpeg_exe
+from spool.adapters import muxer
+from spool.adapters.ffmpeg import ffmpeg_exe
 
 MAX_BYTES = 8 * 1024 * 1024
 """Bytes read from the source for one probe, over all of FFmpeg's requests."""

@@ -20,7 +20,7 @@ from collections.abc import Collection, Iterable, Mapping
 
 import asyncpg
 
-from adapters.node_online import configured_timeout, online
+from spool.adapters.node_online import configured_timeout, online
 
 SCHEMA = "reporting"
 

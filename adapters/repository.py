@@ -12,10 +12,10 @@ from typing import Generic, NamedTuple, TypeAlias, TypeVar
 
 import asyncpg
 
-from adapters.event_store import AppendResult, EventStore
-from adapters.history import AsOf, read_stream_as_of
-from domain.errors import ConcurrencyError
-from domain.events import Event, Metadata, NewEvent, RecordedEvent
+from spool.adapters.event_store import AppendResult, EventStore
+from spool.adapters.history import AsOf, read_stream_as_of
+from spool.domain.errors import ConcurrencyError
+from spool.domain.events import Event, Metadata, NewEvent, RecordedEvent
 
 S = TypeVar("S")
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from domain.storage_config import Sealed
+from spool.domain.storage_config import Sealed
 
 __all__ = ["Sealed", "SecretUnavailable", "open_", "seal", "shred", "wrapping_key"]
 

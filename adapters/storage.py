@@ -40,8 +40,8 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from adapters.guarded_resolver import RefusedAddress, guarded_connector_args
-from adapters.ssrf import UrlGuard
+from spool.adapters.guarded_resolver import RefusedAddress, guarded_connector_args
+from spool.adapters.ssrf import UrlGuard
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from domain.node import Capabilities, Usage
+from spool.domain.node import Capabilities, Usage
 
 _GB = 1024**3
 

@@ -8,13 +8,13 @@ from datetime import timedelta
 import asyncpg
 import msgspec
 
-from adapters.event_store import EventStore
-from adapters.history import AsOf
-from adapters.node_online import configured_timeout, online
-from adapters.repository import ChangingTooFast, Repository
-from domain import task
-from domain.events import Event, Metadata, RecordedEvent
-from domain.node import Capabilities
+from spool.adapters.event_store import EventStore
+from spool.adapters.history import AsOf
+from spool.adapters.node_online import configured_timeout, online
+from spool.adapters.repository import ChangingTooFast, Repository
+from spool.domain import task
+from spool.domain.events import Event, Metadata, RecordedEvent
+from spool.domain.node import Capabilities
 
 
 def _fold(events: Sequence[RecordedEvent]) -> task.TaskState | None:

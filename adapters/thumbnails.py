@@ -14,9 +14,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from adapters import muxer
-from adapters.downloader import DownloadedFile
-from adapters.ffmpeg import ffmpeg_exe
+from spool.adapters import muxer
+from spool.adapters.downloader import DownloadedFile
+from spool.adapters.ffmpeg import ffmpeg_exe
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from adapters.event_store import AppendResult, EventStore, StreamAppend
-from domain.events import NewEvent
+from spool.adapters.event_store import AppendResult, EventStore, StreamAppend
+from spool.domain.events import NewEvent
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 """This process's own measurements (not the global registry: tests build many apps)."""

@@ -17,10 +17,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from adapters.event_store import EventStore, StreamAppend
-from domain import viewer
-from domain.errors import ConcurrencyError
-from domain.events import Metadata, NewEvent
+from spool.adapters.event_store import EventStore, StreamAppend
+from spool.domain import viewer
+from spool.domain.errors import ConcurrencyError
+from spool.domain.events import Metadata, NewEvent
 
 log = logging.getLogger("spool.viewers")
 

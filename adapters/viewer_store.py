@@ -13,8 +13,8 @@ from collections.abc import Collection
 
 import msgspec
 
-from adapters.event_store import EventStore
-from domain import viewer
+from spool.adapters.event_store import EventStore
+from spool.domain import viewer
 
 _ROWS = """
 SELECT viewer_id, harness_type, state, started_at, bitrate, in_bandwidth, out_bandwidth,

@@ -7,9 +7,9 @@ import uuid
 
 import httpx
 
-from adapters.guarded_http import guarded_client
-from adapters.ssrf import UrlGuard, UrlRefused
-from domain import webhook
+from spool.adapters.guarded_http import guarded_client
+from spool.adapters.ssrf import UrlGuard, UrlRefused
+from spool.domain import webhook
 
 
 class WebhookAnswer:

@@ -12,13 +12,13 @@ import msgspec
 from litestar import Controller, Request, delete, get, put
 from litestar.di import Provide
 
-from adapters.account_policy_store import accounts, load_policy, record
-from api.auth import Principal, job_api_admin
-from api.bodies import READS_BODY
-from api.errors import JOB_API_ERRORS, JobApiError
-from api.requests import command_metadata
-from domain import account_policy
-from domain.account_policy import AccountPolicy, InvalidPolicy, Quotas
+from spool.adapters.account_policy_store import accounts, load_policy, record
+from spool.api.auth import Principal, job_api_admin
+from spool.api.bodies import READS_BODY
+from spool.api.errors import JOB_API_ERRORS, JobApiError
+from spool.api.requests import command_metadata
+from spool.domain import account_policy
+from spool.domain.account_policy import AccountPolicy, InvalidPolicy, Quotas
 
 
 class QuotasBody(Quotas, frozen=True, forbid_unknown_fields=True):

@@ -9,40 +9,40 @@ import asyncpg
 from litestar import Litestar
 from litestar.datastructures import State
 
-from adapters.account_storage import AccountStorages
-from adapters.client_facts import describer
-from adapters.event_store import EventStore
-from adapters.settings import Settings
-from adapters.ssrf import UrlGuard
-from adapters.storage import ObjectStorage
-from adapters.viewer_sessions import ViewerRecorder
-from api.admin_accounts import AdminAccountsController
-from api.batches import BatchController
-from api.bodies import check_body
-from api.cluster import ClusterController
-from api.cluster_redis import close_redis
-from api.cluster_ws import cluster_ws, stop_feed
-from api.config import ConfigController
-from api.dashboard import DashboardController, dashboard_static
-from api.devices import DevicesController
-from api.health import health
-from api.health_ws import health_ws, start_health, stop_health
-from api.job_trace import job_trace
-from api.jobs import JobsController
-from api.keys import KeysController
-from api.media import files_router, media_router, stop_media
-from api.metadata import MetadataController
-from api.metrics import metrics
-from api.middleware import request_middleware
-from api.openapi_errors import document_errors
-from api.probes import probe_pool
-from api.surfaces import SURFACE_ERRORS
-from api.swagger import openapi_config, swagger, swagger_assets
-from api.tasks import TasksController
-from api.tokens import issue_health_token
-from api.usage import UsageController
-from api.user import UserController
-from api.viewers import list_cluster_viewers, report_viewer_events
+from spool.adapters.account_storage import AccountStorages
+from spool.adapters.client_facts import describer
+from spool.adapters.event_store import EventStore
+from spool.adapters.settings import Settings
+from spool.adapters.ssrf import UrlGuard
+from spool.adapters.storage import ObjectStorage
+from spool.adapters.viewer_sessions import ViewerRecorder
+from spool.api.admin_accounts import AdminAccountsController
+from spool.api.batches import BatchController
+from spool.api.bodies import check_body
+from spool.api.cluster import ClusterController
+from spool.api.cluster_redis import close_redis
+from spool.api.cluster_ws import cluster_ws, stop_feed
+from spool.api.config import ConfigController
+from spool.api.dashboard import DashboardController, dashboard_static
+from spool.api.devices import DevicesController
+from spool.api.health import health
+from spool.api.health_ws import health_ws, start_health, stop_health
+from spool.api.job_trace import job_trace
+from spool.api.jobs import JobsController
+from spool.api.keys import KeysController
+from spool.api.media import files_router, media_router, stop_media
+from spool.api.metadata import MetadataController
+from spool.api.metrics import metrics
+from spool.api.middleware import request_middleware
+from spool.api.openapi_errors import document_errors
+from spool.api.probes import probe_pool
+from spool.api.surfaces import SURFACE_ERRORS
+from spool.api.swagger import openapi_config, swagger, swagger_assets
+from spool.api.tasks import TasksController
+from spool.api.tokens import issue_health_token
+from spool.api.usage import UsageController
+from spool.api.user import UserController
+from spool.api.viewers import list_cluster_viewers, report_viewer_events
 
 
 def create_app(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from adapters.history import AsOf
+from spool.adapters.history import AsOf
 
 
 class BadAsOf(ValueError):

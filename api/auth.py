@@ -14,9 +14,9 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.types import Scope
 
-from adapters.database import unreachable
-from api.errors import JobApiError
-from domain.account import allows, hash_key, parse_scope
+from spool.adapters.database import unreachable
+from spool.api.errors import JobApiError
+from spool.domain.account import allows, hash_key, parse_scope
 
 
 class Principal(msgspec.Struct, frozen=True):

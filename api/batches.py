@@ -9,26 +9,26 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import Provide
 
-from adapters.event_store import EventStore, StreamAppend
-from adapters.history import AsOf, read_stream_as_of
-from adapters.job_store import JobChangingTooFast, decide_and_append, load_job, load_job_as_of
-from api.as_of import BadAsOf, parse_as_of
-from api.auth import Principal, job_api_principal
-from api.errors import JOB_API_ERRORS, JobApiError
-from api.idempotency import commit, earlier_answer, idempotency_of
-from api.job_requests import (
+from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters.history import AsOf, read_stream_as_of
+from spool.adapters.job_store import JobChangingTooFast, decide_and_append, load_job, load_job_as_of
+from spool.api.as_of import BadAsOf, parse_as_of
+from spool.api.auth import Principal, job_api_principal
+from spool.api.errors import JOB_API_ERRORS, JobApiError
+from spool.api.idempotency import commit, earlier_answer, idempotency_of
+from spool.api.job_requests import (
     CreateJobBody,
     ValidJob,
     validate_create_job,
     validate_filename,
 )
-from api.requests import command_metadata
-from api.targets import refuse_forbidden_target
-from api.user import sealed_storage, storage_spec
-from domain import batch, job
-from domain.errors import ConcurrencyError, InvalidTransition
-from domain.events import Metadata, NewEvent
-from domain.storage_config import StorageConfigured
+from spool.api.requests import command_metadata
+from spool.api.targets import refuse_forbidden_target
+from spool.api.user import sealed_storage, storage_spec
+from spool.domain import batch, job
+from spool.domain.errors import ConcurrencyError, InvalidTransition
+from spool.domain.events import Metadata, NewEvent
+from spool.domain.storage_config import StorageConfigured
 
 MAX_BULK = 100
 

@@ -11,13 +11,13 @@ import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.di import Provide
 
-from adapters.config_store import load_config
-from adapters.settings import Settings
-from api.auth import Principal
-from api.cluster_reads import cluster_reader
-from api.device_view import ClusterDeviceStats, all_rows, cluster_stats, duration
-from api.envelope import CLUSTER_API_ERRORS, Envelope, success
-from domain import cluster_config as config
+from spool.adapters.config_store import load_config
+from spool.adapters.settings import Settings
+from spool.api.auth import Principal
+from spool.api.cluster_reads import cluster_reader
+from spool.api.device_view import ClusterDeviceStats, all_rows, cluster_stats, duration
+from spool.api.envelope import CLUSTER_API_ERRORS, Envelope, success
+from spool.domain import cluster_config as config
 
 WINDOWS_MINUTES = (1, 5, 15)
 

@@ -23,10 +23,10 @@ from typing import Any
 
 from litestar import Request
 
-from adapters.settings import Settings
-from api.auth import Principal, job_api_principal, key_in, lookup
-from api.envelope import ClusterApiError, cluster_principal
-from api.errors import JobApiError
+from spool.adapters.settings import Settings
+from spool.api.auth import Principal, job_api_principal, key_in, lookup
+from spool.api.envelope import ClusterApiError, cluster_principal
+from spool.api.errors import JobApiError
 
 REFUSED = "This is a cluster-wide read: it needs an admin API key"
 """What every surface says to a user key, in its own shape."""

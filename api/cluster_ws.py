@@ -22,16 +22,16 @@ from litestar import WebSocket, websocket
 from litestar.datastructures import State
 from litestar.exceptions import WebSocketDisconnect
 
-from adapters.config_store import heartbeat_config
-from adapters.event_store import NOTIFY_CHANNEL, Checkpoint, EventStore
-from adapters.node_online import online
-from adapters.viewer_sessions import ViewerSession
-from api.auth import KEY_CACHE_SECONDS, Principal, key_gone, lookup
-from api.cluster_reads import may_read_cluster
-from api.envelope import timestamp
-from api.viewer_sources import close_viewer, open_viewer
-from domain import job, node, task
-from domain.events import RecordedEvent
+from spool.adapters.config_store import heartbeat_config
+from spool.adapters.event_store import NOTIFY_CHANNEL, Checkpoint, EventStore
+from spool.adapters.node_online import online
+from spool.adapters.viewer_sessions import ViewerSession
+from spool.api.auth import KEY_CACHE_SECONDS, Principal, key_gone, lookup
+from spool.api.cluster_reads import may_read_cluster
+from spool.api.envelope import timestamp
+from spool.api.viewer_sources import close_viewer, open_viewer
+from spool.domain import job, node, task
+from spool.domain.events import RecordedEvent
 
 log = logging.getLogger("spool.api.ws")
 

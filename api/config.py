@@ -9,13 +9,19 @@ import msgspec
 from litestar import Controller, Request, Response, get, post, put
 from litestar.di import Provide
 
-from adapters.config_store import change_config, load_config
-from adapters.event_store import EventStore
-from api.auth import Principal
-from api.envelope import CLUSTER_API_ERRORS, Envelope, cluster_admin, success, validation_error
-from api.requests import command_metadata
-from domain import cluster_config as config
-from domain.events import Event
+from spool.adapters.config_store import change_config, load_config
+from spool.adapters.event_store import EventStore
+from spool.api.auth import Principal
+from spool.api.envelope import (
+    CLUSTER_API_ERRORS,
+    Envelope,
+    cluster_admin,
+    success,
+    validation_error,
+)
+from spool.api.requests import command_metadata
+from spool.domain import cluster_config as config
+from spool.domain.events import Event
 
 
 async def _change(

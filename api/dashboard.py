@@ -13,10 +13,10 @@ from litestar.datastructures import CacheControlHeader
 from litestar.static_files import create_static_files_router
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from adapters.node_online import configured_timeout, online
-from api.auth import key_in, recently_verified
-from api.cluster_reads import job_api_cluster_reader, may_read_cluster
-from api.errors import JOB_API_ERRORS, JobApiError
+from spool.adapters.node_online import configured_timeout, online
+from spool.api.auth import key_in, recently_verified
+from spool.api.cluster_reads import job_api_cluster_reader, may_read_cluster
+from spool.api.errors import JOB_API_ERRORS, JobApiError
 
 STATIC_DIR = Path(__file__).parent / "static"
 """The page's HTML, CSS and JS: plain files, shipped as package data (no build step)."""

@@ -12,10 +12,10 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from adapters.config_store import heartbeat_config
-from adapters.node_online import online
-from api.envelope import iso
-from domain.cluster_config import HeartbeatConfig
+from spool.adapters.config_store import heartbeat_config
+from spool.adapters.node_online import online
+from spool.api.envelope import iso
+from spool.domain.cluster_config import HeartbeatConfig
 
 _GB = 1024**3
 

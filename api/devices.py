@@ -14,12 +14,12 @@ from arq.jobs import Job
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import Provide
 
-from adapters.event_store import EventStore
-from adapters.queue import node_queue
-from api.auth import Principal
-from api.cluster_reads import cluster_reader
-from api.cluster_redis import redis_of
-from api.device_view import (
+from spool.adapters.event_store import EventStore
+from spool.adapters.queue import node_queue
+from spool.api.auth import Principal
+from spool.api.cluster_reads import cluster_reader
+from spool.api.cluster_redis import redis_of
+from spool.api.device_view import (
     STATUSES,
     ClusterDeviceStats,
     Device,
@@ -32,7 +32,7 @@ from api.device_view import (
     list_devices,
     usage,
 )
-from api.envelope import (
+from spool.api.envelope import (
     CLUSTER_API_ERRORS,
     DEFAULT_PAGE_SIZE,
     ClusterApiError,
@@ -44,9 +44,9 @@ from api.envelope import (
     success,
     validation_error,
 )
-from api.requests import command_metadata
-from domain import node
-from domain.events import NewEvent
+from spool.api.requests import command_metadata
+from spool.domain import node
+from spool.domain.events import NewEvent
 
 PING_TIMEOUT = 5.0
 """How long a ping waits for the node's answer before calling it unreachable."""

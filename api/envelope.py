@@ -16,12 +16,12 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
-from adapters.database import unreachable
-from api.auth import Principal, lookup, presented_key, scope_refusal
-from api.bodies import in_place_of
-from api.errors import client_fault
-from api.requests import request_id
-from api.unavailable import MESSAGE, RETRY_AFTER
+from spool.adapters.database import unreachable
+from spool.api.auth import Principal, lookup, presented_key, scope_refusal
+from spool.api.bodies import in_place_of
+from spool.api.errors import client_fault
+from spool.api.requests import request_id
+from spool.api.unavailable import MESSAGE, RETRY_AFTER
 
 log = logging.getLogger("spool.api")
 

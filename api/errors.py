@@ -10,11 +10,11 @@ import asyncpg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from adapters.account_policy_store import QuotaExceeded
-from adapters.database import unreachable
-from api.bodies import in_place_of
-from api.unavailable import MESSAGE, RETRY_AFTER
-from domain.errors import ConcurrencyError
+from spool.adapters.account_policy_store import QuotaExceeded
+from spool.adapters.database import unreachable
+from spool.api.bodies import in_place_of
+from spool.api.unavailable import MESSAGE, RETRY_AFTER
+from spool.domain.errors import ConcurrencyError
 
 log = logging.getLogger("spool.api")
 

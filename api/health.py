@@ -10,9 +10,9 @@ from typing import Any
 import asyncpg
 from litestar import Request, Response, get
 
-from api.auth import lookup, presented_key
-from api.cluster_redis import redis_of
-from api.envelope import timestamp
+from spool.api.auth import lookup, presented_key
+from spool.api.cluster_redis import redis_of
+from spool.api.envelope import timestamp
 
 PROCESS_HEADER = "x-spool-process"
 """The id of the API process that answered `/health`."""

@@ -23,18 +23,18 @@ from litestar import WebSocket, websocket
 from litestar.datastructures import State
 from litestar.exceptions import WebSocketDisconnect
 
-from adapters import sysinfo
-from adapters.database import unreachable
-from adapters.log_format import TextFormatter
-from adapters.settings import Settings
-from adapters.tokens import TokenClaims, TokenError, verify_token
-from adapters.viewer_sessions import ViewerSession
-from api.auth import KEY_CACHE_SECONDS, key_alive, key_gone
-from api.cluster_reads import may_read_cluster
-from api.errors import client_fault
-from api.request_log import request_counts
-from api.tokens import token_key
-from api.viewer_sources import close_viewer, open_viewer
+from spool.adapters import sysinfo
+from spool.adapters.database import unreachable
+from spool.adapters.log_format import TextFormatter
+from spool.adapters.settings import Settings
+from spool.adapters.tokens import TokenClaims, TokenError, verify_token
+from spool.adapters.viewer_sessions import ViewerSession
+from spool.api.auth import KEY_CACHE_SECONDS, key_alive, key_gone
+from spool.api.cluster_reads import may_read_cluster
+from spool.api.errors import client_fault
+from spool.api.request_log import request_counts
+from spool.api.tokens import token_key
+from spool.api.viewer_sources import close_viewer, open_viewer
 
 log = logging.getLogger("spool.api.health")
 

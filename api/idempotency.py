@@ -15,12 +15,12 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
 from litestar.params import Parameter
 
-from adapters.account_policy_store import append_admitted
-from adapters.event_store import EventStore, StreamAppend
-from api.auth import Principal
-from domain import idempotency
-from domain.errors import ConcurrencyError
-from domain.events import Metadata, NewEvent
+from spool.adapters.account_policy_store import append_admitted
+from spool.adapters.event_store import EventStore, StreamAppend
+from spool.api.auth import Principal
+from spool.domain import idempotency
+from spool.domain.errors import ConcurrencyError
+from spool.domain.events import Metadata, NewEvent
 
 HEADER = "idempotency-key"
 REPLAYED = "idempotent-replayed"

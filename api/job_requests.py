@@ -19,10 +19,10 @@ from urllib.parse import SplitResult, urlsplit
 
 import msgspec
 
-from api.errors import JobApiError
-from domain import file_names
-from domain.job import JobOptions
-from domain.timecode import normalize_timecode, parse_timecode
+from spool.api.errors import JobApiError
+from spool.domain import file_names
+from spool.domain.job import JobOptions
+from spool.domain.timecode import normalize_timecode, parse_timecode
 
 __all__ = [
     "CreateJobBody",

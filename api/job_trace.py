@@ -22,13 +22,13 @@ from litestar import Request, get
 from litestar.di import Provide
 from litestar.params import Parameter
 
-from adapters.event_store import EventStore
-from adapters.queue import unit_for, webhook_for
-from api.auth import Principal, job_api_principal
-from api.errors import JOB_API_ERRORS
-from api.jobs import load_job
-from domain import job
-from domain.events import RecordedEvent
+from spool.adapters.event_store import EventStore
+from spool.adapters.queue import unit_for, webhook_for
+from spool.api.auth import Principal, job_api_principal
+from spool.api.errors import JOB_API_ERRORS
+from spool.api.jobs import load_job
+from spool.domain import job
+from spool.domain.events import RecordedEvent
 
 
 class TraceRequest(msgspec.Struct):

@@ -15,21 +15,21 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import Provide
 from litestar.params import Parameter
 
-from adapters.account_policy_store import change_admitted
-from adapters.account_storage import AccountStorages
-from adapters.downloader import DownloadFailed
-from adapters.event_store import EventStore, StreamAppend
-from adapters.file_links import file_link
-from adapters.job_store import JobChangingTooFast, decide_and_append, load_job_as_of
-from adapters.job_store import load_job as load_job_state
-from adapters.owned_objects import delete_all_owned
-from adapters.playlists import Playlist, extract_playlist, looks_like_media
-from adapters.settings import Settings
-from adapters.ssrf import UrlGuard
-from adapters.storage import StorageError
-from api.as_of import BadAsOf, parse_as_of
-from api.auth import Principal, job_api_principal
-from api.batches import (
+from spool.adapters.account_policy_store import change_admitted
+from spool.adapters.account_storage import AccountStorages
+from spool.adapters.downloader import DownloadFailed
+from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters.file_links import file_link
+from spool.adapters.job_store import JobChangingTooFast, decide_and_append, load_job_as_of
+from spool.adapters.job_store import load_job as load_job_state
+from spool.adapters.owned_objects import delete_all_owned
+from spool.adapters.playlists import Playlist, extract_playlist, looks_like_media
+from spool.adapters.settings import Settings
+from spool.adapters.ssrf import UrlGuard
+from spool.adapters.storage import StorageError
+from spool.api.as_of import BadAsOf, parse_as_of
+from spool.api.auth import Principal, job_api_principal
+from spool.api.batches import (
     BatchCreatedAnswer,
     BulkAnswer,
     Episode,
@@ -38,24 +38,24 @@ from api.batches import (
     job_storage,
     plan_batch,
 )
-from api.bodies import reads_body
-from api.errors import JOB_API_ERRORS, JobApiError
-from api.idempotency import IdempotencyKey, commit, earlier_answer, idempotency_of
-from api.job_requests import (
+from spool.api.bodies import reads_body
+from spool.api.errors import JOB_API_ERRORS, JobApiError
+from spool.api.idempotency import IdempotencyKey, commit, earlier_answer, idempotency_of
+from spool.api.job_requests import (
     CreateJobBody,
     ValidJob,
     decode_create_job_body,
     validate_create_job,
 )
-from api.media import forget_media, links_key
-from api.probes import run_probe
-from api.requests import command_metadata
-from api.targets import refuse_forbidden_target
-from domain import job
-from domain.errors import InvalidTransition
-from domain.events import Event, Metadata, NewEvent
-from domain.source_data import made_safe
-from domain.storage_config import StorageConfigured
+from spool.api.media import forget_media, links_key
+from spool.api.probes import run_probe
+from spool.api.requests import command_metadata
+from spool.api.targets import refuse_forbidden_target
+from spool.domain import job
+from spool.domain.errors import InvalidTransition
+from spool.domain.events import Event, Metadata, NewEvent
+from spool.domain.source_data import made_safe
+from spool.domain.storage_config import StorageConfigured
 
 _decode_state = msgspec.json.Decoder(job.JobState).decode
 _to_builtins = msgspec.to_builtins

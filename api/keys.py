@@ -13,12 +13,12 @@ import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.di import Provide
 
-from adapters.event_store import EventStore
-from adapters.key_store import KeyRow, account_keys, issue, list_keys, owner_of, revoke
-from api.auth import Principal, job_api_principal
-from api.errors import JOB_API_ERRORS, JobApiError
-from api.requests import command_metadata
-from domain.account import (
+from spool.adapters.event_store import EventStore
+from spool.adapters.key_store import KeyRow, account_keys, issue, list_keys, owner_of, revoke
+from spool.api.auth import Principal, job_api_principal
+from spool.api.errors import JOB_API_ERRORS, JobApiError
+from spool.api.requests import command_metadata
+from spool.domain.account import (
     KEYS_PER_ACCOUNT,
     PLAIN_SCOPE,
     covers,

@@ -31,10 +31,10 @@ from litestar.background_tasks import BackgroundTask
 from litestar.datastructures import State
 from litestar.response import Stream
 
-from adapters.account_storage import AccountStorages
-from adapters.file_links import KINDS, link_is_valid, link_key
-from adapters.job_store import load_job
-from adapters.media_cache import (
+from spool.adapters.account_storage import AccountStorages
+from spool.adapters.file_links import KINDS, link_is_valid, link_key
+from spool.adapters.job_store import load_job
+from spool.adapters.media_cache import (
     PLAYLIST,
     HlsBusy,
     HlsCache,
@@ -42,15 +42,15 @@ from adapters.media_cache import (
     HlsRemoved,
     HlsTooLarge,
 )
-from adapters.settings import Settings
-from adapters.storage import ObjectInfo, ObjectStorage, StorageError
-from adapters.tokens import TokenError, verify_token
-from adapters.viewer_sessions import ViewerSession
-from api.auth import key_alive, lookup, presented_key
-from api.errors import JOB_API_ERRORS, JobApiError
-from api.tokens import derived_key, token_key
-from api.viewer_sources import client_address, close_viewer, open_viewer
-from domain import job, viewer
+from spool.adapters.settings import Settings
+from spool.adapters.storage import ObjectInfo, ObjectStorage, StorageError
+from spool.adapters.tokens import TokenError, verify_token
+from spool.adapters.viewer_sessions import ViewerSession
+from spool.api.auth import key_alive, lookup, presented_key
+from spool.api.errors import JOB_API_ERRORS, JobApiError
+from spool.api.tokens import derived_key, token_key
+from spool.api.viewer_sources import client_address, close_viewer, open_viewer
+from spool.domain import job, viewer
 
 _MEDIA_TYPES = {
     "mp4": "video/mp4",

@@ -14,12 +14,12 @@ import msgspec
 from litestar import Controller, Request, post
 from litestar.di import Provide
 
-from adapters import metadata
-from adapters.ssrf import UrlGuard
-from api.auth import Principal, job_api_principal
-from api.errors import JOB_API_ERRORS, JobApiError
-from api.probes import run_probe
-from domain.source_data import made_safe
+from spool.adapters import metadata
+from spool.adapters.ssrf import UrlGuard
+from spool.api.auth import Principal, job_api_principal
+from spool.api.errors import JOB_API_ERRORS, JobApiError
+from spool.api.probes import run_probe
+from spool.domain.source_data import made_safe
 
 _MAX_URL = 4096
 

@@ -21,11 +21,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from adapters.node_online import configured_timeout, online
-from adapters.probes import ProbePool
-from adapters.timed_event_store import REGISTRY as PROCESS_REGISTRY
-from api.cluster_reads import metrics_reader
-from api.errors import JOB_API_ERRORS
+from spool.adapters.node_online import configured_timeout, online
+from spool.adapters.probes import ProbePool
+from spool.adapters.timed_event_store import REGISTRY as PROCESS_REGISTRY
+from spool.api.cluster_reads import metrics_reader
+from spool.api.errors import JOB_API_ERRORS
 
 STAGE_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 

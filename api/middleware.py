@@ -12,10 +12,10 @@ import time
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from adapters.log_context import REQUEST_ID
-from api import rate_limit
-from api.request_log import level_of, log_request, request_counts
-from api.requests import new_request_id
+from spool.adapters.log_context import REQUEST_ID
+from spool.api import rate_limit
+from spool.api.request_log import level_of, log_request, request_counts
+from spool.api.requests import new_request_id
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 

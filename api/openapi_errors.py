@@ -19,8 +19,8 @@ from litestar.openapi.spec import (
     Schema,
 )
 
-from api.envelope import ERROR_CODES
-from api.surfaces import Surface, surface_of
+from spool.api.envelope import ERROR_CODES
+from spool.api.surfaces import Surface, surface_of
 
 PUBLIC_PATHS = ("/health", "/files/")
 """Answered without an API key (`/files` takes a signed link; a bad one is a 403)."""

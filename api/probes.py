@@ -8,9 +8,9 @@ from typing import Any, TypeVar
 
 from litestar import Request
 
-from adapters.probes import Probe, ProbeBusy, ProbePool, ProbeTimeout
-from adapters.settings import Settings
-from api.errors import JobApiError
+from spool.adapters.probes import Probe, ProbeBusy, ProbePool, ProbeTimeout
+from spool.adapters.settings import Settings
+from spool.api.errors import JobApiError
 
 T = TypeVar("T")
 

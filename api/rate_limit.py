@@ -17,9 +17,9 @@ from typing import Any, NamedTuple
 import msgspec
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Scope, Send
 
-from api.auth import key_in
-from api.cluster_redis import redis_of
-from api.envelope import timestamp
+from spool.api.auth import key_in
+from spool.api.cluster_redis import redis_of
+from spool.api.envelope import timestamp
 
 log = logging.getLogger("spool.api")
 

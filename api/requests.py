@@ -8,7 +8,7 @@ from typing import Any
 
 from litestar import Request
 
-from domain.events import Metadata
+from spool.domain.events import Metadata
 
 
 class _Ids:

@@ -12,8 +12,8 @@ from typing import Any
 
 from litestar import Request, Response
 
-from api.envelope import cluster_api_error
-from api.errors import job_api_error, message_error
+from spool.api.envelope import cluster_api_error
+from spool.api.errors import job_api_error, message_error
 
 CLUSTER_PREFIX = "/api/v1"
 MESSAGE_PREFIXES = ("/api/cluster/viewers", "/api/auth/")

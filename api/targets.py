@@ -7,8 +7,8 @@ from typing import Any
 
 from litestar import Request
 
-from adapters.ssrf import UrlGuard, UrlRefused
-from api.errors import JobApiError
+from spool.adapters.ssrf import UrlGuard, UrlRefused
+from spool.api.errors import JobApiError
 
 
 async def refuse_forbidden_target(

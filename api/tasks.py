@@ -17,20 +17,20 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import Provide
 
-from adapters.account_policy_store import load_policy
-from adapters.event_store import EventStore, StreamAppend
-from adapters.task_store import (
+from spool.adapters.account_policy_store import load_policy
+from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters.task_store import (
     TaskChangingTooFast,
     decide_and_append,
     load_task,
     load_task_as_of,
     online_offers,
 )
-from api.as_of import BadAsOf, parse_as_of
-from api.auth import Principal
-from api.bodies import reads_body
-from api.cluster_reads import may_read_cluster
-from api.envelope import (
+from spool.api.as_of import BadAsOf, parse_as_of
+from spool.api.auth import Principal
+from spool.api.bodies import reads_body
+from spool.api.cluster_reads import may_read_cluster
+from spool.api.envelope import (
     CLUSTER_API_ERRORS,
     DEFAULT_PAGE_SIZE,
     ClusterApiError,
@@ -42,25 +42,25 @@ from api.envelope import (
     success,
     validation_error,
 )
-from api.idempotency import (
+from spool.api.idempotency import (
     REPLAYED,
     IdempotencyKey,
     append_once,
     earlier_record,
     idempotency_of,
 )
-from api.requests import command_metadata
-from domain import task
-from domain.account_policy import (
+from spool.api.requests import command_metadata
+from spool.domain import task
+from spool.domain.account_policy import (
     CODE_TASK_TYPES,
     AccountPolicy,
     InvalidPolicy,
     PolicyRefused,
     task_env,
 )
-from domain.errors import InvalidTransition
-from domain.events import Event, NewEvent
-from domain.idempotency import RequestRecorded
+from spool.domain.errors import InvalidTransition
+from spool.domain.events import Event, NewEvent
+from spool.domain.idempotency import RequestRecorded
 
 MAX_BODY_BYTES = 256 * 1024
 """A task's payload travels in an event: keep it small."""

@@ -9,10 +9,10 @@ from typing import Any
 from litestar import Request, Response, post
 from litestar.datastructures import State
 
-from adapters.settings import Settings
-from adapters.tokens import issue_token, signing_key
-from api.auth import lookup, presented_key
-from api.errors import MESSAGE_ERRORS
+from spool.adapters.settings import Settings
+from spool.adapters.tokens import issue_token, signing_key
+from spool.api.auth import lookup, presented_key
+from spool.api.errors import MESSAGE_ERRORS
 
 
 def derived_key(state: State, name: str, derive: Callable[[str], bytes]) -> bytes:

@@ -13,12 +13,12 @@ import msgspec
 from litestar import Controller, Request, get
 from litestar.di import Provide
 
-from adapters.account_policy_store import job_use, load_policy
-from api.auth import Principal, job_api_principal
-from api.errors import JOB_API_ERRORS
-from api.media import media_of
-from domain.account_policy import QUOTA_NAMES, Quotas
-from domain.job import USAGE_COUNTERS, JobStatus
+from spool.adapters.account_policy_store import job_use, load_policy
+from spool.api.auth import Principal, job_api_principal
+from spool.api.errors import JOB_API_ERRORS
+from spool.api.media import media_of
+from spool.domain.account_policy import QUOTA_NAMES, Quotas
+from spool.domain.job import USAGE_COUNTERS, JobStatus
 
 _STATUSES: tuple[str, ...] = get_args(JobStatus)
 _COUNTERS = USAGE_COUNTERS

@@ -20,27 +20,27 @@ from litestar.di import Provide
 
 # Importing the account storage (and through it domain.storage_config) registers the storage
 # events with the registry the event store decodes with.
-from adapters import secret_box
-from adapters.account_storage import (
+from spool.adapters import secret_box
+from spool.adapters.account_storage import (
     GCS_ENDPOINT,
     Credentials,
     StorageSpec,
     build_storage,
     oss_endpoint,
 )
-from adapters.event_store import EventStore
-from adapters.settings import Settings
-from adapters.ssrf import UrlGuard
-from adapters.storage import StorageError
-from api.auth import Principal, job_api_principal
-from api.errors import JOB_API_ERRORS, JobApiError
-from api.requests import command_metadata
-from api.targets import refuse_forbidden_target
-from domain import file_names, storage_config, webhook
-from domain.account import stream_id
-from domain.errors import ConcurrencyError
-from domain.events import NewEvent
-from domain.storage_config import PROVIDER_NAMES, Provider, StorageConfigured, StorageState
+from spool.adapters.event_store import EventStore
+from spool.adapters.settings import Settings
+from spool.adapters.ssrf import UrlGuard
+from spool.adapters.storage import StorageError
+from spool.api.auth import Principal, job_api_principal
+from spool.api.errors import JOB_API_ERRORS, JobApiError
+from spool.api.requests import command_metadata
+from spool.api.targets import refuse_forbidden_target
+from spool.domain import file_names, storage_config, webhook
+from spool.domain.account import stream_id
+from spool.domain.errors import ConcurrencyError
+from spool.domain.events import NewEvent
+from spool.domain.storage_config import PROVIDER_NAMES, Provider, StorageConfigured, StorageState
 
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
 _CONTAINER = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")

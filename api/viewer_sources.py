@@ -14,7 +14,7 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 
-from adapters.viewer_sessions import ViewerRecorder, ViewerSession
+from spool.adapters.viewer_sessions import ViewerRecorder, ViewerSession
 
 log = logging.getLogger("spool.api.viewers")
 

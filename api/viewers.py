@@ -17,18 +17,18 @@ import asyncpg
 import msgspec
 from litestar import Request, Response, get, post
 
-from adapters.event_store import EventStore, StreamAppend
-from adapters.tables import VIEWER_SPAN_WIDTHS
-from adapters.viewer_sessions import ViewerRecorder
-from adapters.viewer_store import load_viewers
-from api.auth import Principal, lookup, presented_key
-from api.bodies import body_fault, reads_body
-from api.cluster_reads import REFUSED, may_read_cluster
-from api.errors import message_error
-from api.requests import command_metadata
-from domain import viewer
-from domain.errors import ConcurrencyError
-from domain.events import NewEvent
+from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters.tables import VIEWER_SPAN_WIDTHS
+from spool.adapters.viewer_sessions import ViewerRecorder
+from spool.adapters.viewer_store import load_viewers
+from spool.api.auth import Principal, lookup, presented_key
+from spool.api.bodies import body_fault, reads_body
+from spool.api.cluster_reads import REFUSED, may_read_cluster
+from spool.api.errors import message_error
+from spool.api.requests import command_metadata
+from spool.domain import viewer
+from spool.domain.errors import ConcurrencyError
+from spool.domain.events import NewEvent
 
 MAX_ROWS_PER_PAGE = 100
 DEFAULT_ROWS_PER_PAGE = 10

@@ -39,12 +39,12 @@ from typing import Any
 import msgspec
 from litestar import Litestar, get
 
-from adapters.database import create_pool
 from bench.cluster import spool_cluster
 from bench.harness import profiler, stop_profiler, top_frames
 from bench.heartbeats import wrk_latency
-from domain import job
-from domain.events import Metadata
+from spool.adapters.database import create_pool
+from spool.domain import job
+from spool.domain.events import Metadata
 from spool.embedded import free_port
 from tests.fixtures.processes import start_module, stop_processes, wait_http
 

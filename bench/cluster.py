@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.database import create_database, drop_database, migrate
+from spool.adapters.database import create_database, drop_database, migrate
 from spool.embedded import EmbeddedRedis
 from tests.fixtures.processes import SpoolProcesses
 

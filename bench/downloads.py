@@ -24,8 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from adapters import downloader
-from adapters.ssrf import UrlGuard
+from spool.adapters import downloader
+from spool.adapters.ssrf import UrlGuard
 from tests.fixtures.media import MediaServer, make_clip
 
 

@@ -19,8 +19,8 @@ from datetime import date, timedelta
 
 import asyncpg
 
-from adapters.database import asyncpg_url, create_database, drop_database, migrate
-from adapters.event_partitions import ensure_days
+from spool.adapters.database import asyncpg_url, create_database, drop_database, migrate
+from spool.adapters.event_partitions import ensure_days
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -57,18 +57,18 @@ from dataclasses import dataclass, field
 import asyncpg
 import msgspec
 
-from adapters.database import (
+from spool.adapters.database import (
     asyncpg_url,
     create_database,
     create_pool,
     drop_database,
     migrate,
 )
-from adapters.event_store import NOTIFY_CHANNEL, EventStore, StreamAppend
-from domain.events import Metadata, NewEvent
-from domain.job import JobCreated, JobOptions, stream_id
-from reactors.projection import ProjectionRunner
-from reactors.projections.jobs import JobsProjection
+from spool.adapters.event_store import NOTIFY_CHANNEL, EventStore, StreamAppend
+from spool.domain.events import Metadata, NewEvent
+from spool.domain.job import JobCreated, JobOptions, stream_id
+from spool.reactors.projection import ProjectionRunner
+from spool.reactors.projections.jobs import JobsProjection
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -204,11 +204,11 @@ def _uvicorn_server(app: Any, port: int) -> Any:
 
 async def serve_api(database_url: str, port: int, data_dir: Path) -> None:
     """The real Spool API over `database_url`, served by uvicorn until signalled."""
-    from adapters.database import create_pool
-    from adapters.event_store import EventStore
-    from adapters.settings import Settings
-    from adapters.storage import LocalStorage
-    from api.app import create_app
+    from spool.adapters.database import create_pool
+    from spool.adapters.event_store import EventStore
+    from spool.adapters.settings import Settings
+    from spool.adapters.storage import LocalStorage
+    from spool.api.app import create_app
 
     pool = await create_pool(database_url, max_size=20)  # as spool.runtime opens it
     storage = LocalStorage(data_dir / "storage")

@@ -38,12 +38,12 @@ from typing import Any
 
 import asyncpg
 
-from adapters.database import asyncpg_url, create_pool
-from adapters.event_store import EventStore, StreamAppend
 from bench.cluster import spool_cluster
 from bench.harness import percentile, profiler, stop_profiler, top_frames
-from domain import node
-from domain.events import Metadata, NewEvent
+from spool.adapters.database import asyncpg_url, create_pool
+from spool.adapters.event_store import EventStore, StreamAppend
+from spool.domain import node
+from spool.domain.events import Metadata, NewEvent
 from tests.fixtures.processes import start_module
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -81,12 +81,6 @@ import httpx
 import psutil
 from arq.connections import ArqRedis
 
-from adapters.database import create_database, create_pool, drop_database, migrate
-from adapters.event_store import EventStore, StreamAppend
-from adapters.queue import connect
-from adapters.settings import Settings
-from adapters.storage import storage_from_url
-from api.app import create_app
 from bench import pipeline_arq
 from bench.harness import (
     median,
@@ -96,13 +90,19 @@ from bench.harness import (
     stop_profiler,
     top_frames,
 )
-from domain import job, node
-from domain.events import Metadata, NewEvent
-from reactors.projection import ProjectionRunner
-from reactors.projections import all_projections
+from spool.adapters.database import create_database, create_pool, drop_database, migrate
+from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters.queue import connect
+from spool.adapters.settings import Settings
+from spool.adapters.storage import storage_from_url
+from spool.api.app import create_app
 from spool.assembly import assemble
+from spool.domain import job, node
+from spool.domain.events import Metadata, NewEvent
 from spool.embedded import EmbeddedRedis, free_port
 from spool.keys import issue
+from spool.reactors.projection import ProjectionRunner
+from spool.reactors.projections import all_projections
 from tests.fixtures.processes import SpoolProcesses, start_module, stop_processes, wait_http
 from tests.fixtures.s3 import S3Server
 

@@ -34,10 +34,10 @@ from typing import Any
 from arq.connections import ArqRedis
 from arq.worker import Worker, func
 
-from adapters import downloader, muxer
-from adapters.queue import connect
-from adapters.ssrf import UrlGuard
-from adapters.storage import ObjectStorage, object_key, storage_from_url
+from spool.adapters import downloader, muxer
+from spool.adapters.queue import connect
+from spool.adapters.ssrf import UrlGuard
+from spool.adapters.storage import ObjectStorage, object_key, storage_from_url
 
 DOWNLOAD_QUEUE = "bench:arq:queue:download"
 DONE_LIST = "bench:arq:done"

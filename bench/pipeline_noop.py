@@ -41,14 +41,14 @@ from typing import Any
 from arq.connections import ArqRedis
 from arq.worker import Worker, func
 
-from adapters.database import create_pool
-from adapters.event_store import EventStore
-from adapters.queue import connect
-from adapters.settings import Settings
 from bench.cluster import Cluster, spool_cluster
-from domain import job
-from domain.events import Event, NewEvent
-from reactors.node import Node, RunningUnit
+from spool.adapters.database import create_pool
+from spool.adapters.event_store import EventStore
+from spool.adapters.queue import connect
+from spool.adapters.settings import Settings
+from spool.domain import job
+from spool.domain.events import Event, NewEvent
+from spool.reactors.node import Node, RunningUnit
 from spool.runtime import open_runtime
 from spool.serve import stop_on_signals
 

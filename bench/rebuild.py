@@ -42,17 +42,17 @@ from typing import Any
 import asyncpg
 import httpx
 
-from adapters.database import create_database, create_pool, drop_database, migrate
-from adapters.event_partitions import ensure_days
-from adapters.event_store import EventStore
 from bench.harness import percentile, read_ready_line
 from bench.verify import _heartbeat, _job_events
-from domain import job, node
-from domain.events import Metadata, NewEvent
-from reactors.projection import ProjectionRunner
-from reactors.projections import all_projections
+from spool.adapters.database import create_database, create_pool, drop_database, migrate
+from spool.adapters.event_partitions import ensure_days
+from spool.adapters.event_store import EventStore
+from spool.domain import job, node
+from spool.domain.events import Metadata, NewEvent
 from spool.embedded import free_port
 from spool.keys import issue
+from spool.reactors.projection import ProjectionRunner
+from spool.reactors.projections import all_projections
 from tests.fixtures.processes import REPO_ROOT, child_env, start_module, stop_processes
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -39,9 +39,9 @@ import httpx
 from moto.server import ThreadedMotoServer
 from redis.asyncio import Redis
 
-from adapters.database import asyncpg_url
 from bench.harness import percentile
-from domain import job, task
+from spool.adapters.database import asyncpg_url
+from spool.domain import job, task
 from spool.embedded import EmbeddedPostgres, EmbeddedRedis
 from tests.fixtures.audit import audit, replay_verify
 from tests.fixtures.media import MediaServer, make_clip

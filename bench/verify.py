@@ -25,14 +25,14 @@ import time
 import uuid
 from pathlib import Path
 
-from adapters.database import create_database, create_pool, drop_database, migrate
-from adapters.event_store import EventStore, StreamAppend
-from domain import job, node
-from domain.events import Event, NewEvent
-from reactors.projection import ProjectionRunner
-from reactors.projections import all_projections
-from reactors.verify import Difference, verify
+from spool.adapters.database import create_database, create_pool, drop_database, migrate
+from spool.adapters.event_store import EventStore, StreamAppend
+from spool.domain import job, node
+from spool.domain.events import Event, NewEvent
 from spool.embedded import EmbeddedPostgres
+from spool.reactors.projection import ProjectionRunner
+from spool.reactors.projections import all_projections
+from spool.reactors.verify import Difference, verify
 
 NODE = "bench-node"
 

@@ -41,18 +41,18 @@ from typing import Any
 import asyncpg
 import httpx
 
-from adapters.database import create_database, create_pool, drop_database, migrate
-from adapters.event_store import EventStore
-from adapters.settings import Settings
-from adapters.storage import LocalStorage
-from adapters.tables import VIEWER_SPAN_WIDTHS
-from api.app import create_app
-from api.viewers import ViewerQuery, list_viewers
-from domain import viewer
-from reactors.projection import ProjectionRunner
-from reactors.projections import all_projections
-from reactors.projections.viewers import terms
+from spool.adapters.database import create_database, create_pool, drop_database, migrate
+from spool.adapters.event_store import EventStore
+from spool.adapters.settings import Settings
+from spool.adapters.storage import LocalStorage
+from spool.adapters.tables import VIEWER_SPAN_WIDTHS
+from spool.api.app import create_app
+from spool.api.viewers import ViewerQuery, list_viewers
+from spool.domain import viewer
 from spool.keys import issue
+from spool.reactors.projection import ProjectionRunner
+from spool.reactors.projections import all_projections
+from spool.reactors.projections.viewers import terms
 
 HARNESS_WEIGHTS = {
     "STORM_MSE_VIEWER": 30,

@@ -46,14 +46,14 @@ import msgspec
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
-from adapters.database import create_database, create_pool, drop_database, migrate
-from adapters.event_store import ORIGIN, EventStore, checkpoint_of
 from bench.event_store import new_event
-from domain.events import Metadata, NewEvent
-from domain.job import JobCreated
+from spool.adapters.database import create_database, create_pool, drop_database, migrate
+from spool.adapters.event_store import ORIGIN, EventStore, checkpoint_of
+from spool.domain.events import Metadata, NewEvent
+from spool.domain.job import JobCreated
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-TOPIC = "domain.job:JobCreated"
+TOPIC = "spool.domain.job:JobCreated"
 
 
 class Envelope(msgspec.Struct):

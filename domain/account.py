@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from domain.errors import DomainError
-from domain.events import Event, event
+from spool.domain.errors import DomainError
+from spool.domain.events import Event, event
 
 KEY_PREFIX = "sk_"
 
@@ -280,4 +280,4 @@ def fold(events: Iterable[tuple[Event, datetime]]) -> dict[str, KeyState]:
 
 
 # Policy events share the account stream: whatever reads the stream must know their types.
-from domain import account_policy as _account_policy  # noqa: E402, F401
+from spool.domain import account_policy as _account_policy  # noqa: E402, F401

@@ -13,8 +13,8 @@ from datetime import datetime
 
 import msgspec
 
-from domain.errors import DomainError
-from domain.events import Event, event
+from spool.domain.errors import DomainError
+from spool.domain.events import Event, event
 
 CODE_TASK_TYPES: tuple[str, ...] = ("command", "python_eval", "http_request")
 """Task types that run code or reach the network on a node: an admin key or a grant only."""

@@ -8,9 +8,9 @@ from typing import Literal, NamedTuple, get_args
 
 import msgspec
 
-from domain import job
-from domain.errors import InvalidTransition
-from domain.events import Event, event
+from spool.domain import job
+from spool.domain.errors import InvalidTransition
+from spool.domain.events import Event, event
 
 BatchKind = Literal["bulk", "playlist"]
 BatchStatus = Literal["paused", "processing", "cancelled"]

@@ -6,8 +6,8 @@ from typing import Any
 
 import msgspec
 
-from domain.errors import DomainError
-from domain.events import Event, RecordedEvent, event
+from spool.domain.errors import DomainError
+from spool.domain.events import Event, RecordedEvent, event
 
 STREAM_ID = "config"
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, TypeVar
 
 import msgspec
 
-from domain.errors import UnknownEventType
+from spool.domain.errors import UnknownEventType
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):

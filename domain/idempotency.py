@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
-from domain.events import Event, event
+from spool.domain.events import Event, event
 
 MAX_KEY_LENGTH = 255
 

@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from domain.errors import InvalidTransition
-from domain.events import Event, event, registry
-from domain.storage_config import StorageConfigured
+from spool.domain.errors import InvalidTransition
+from spool.domain.events import Event, event, registry
+from spool.domain.storage_config import StorageConfigured
 
 JobStatus = Literal["Pending", "Processing", "Completed", "Failed", "Cancelled"]
 JobStep = Literal["Queued", "Downloading", "Muxing", "Uploading", "Finished"]

@@ -6,7 +6,7 @@ from datetime import date
 
 import msgspec
 
-from domain.events import Event, event
+from spool.domain.events import Event, event
 
 
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,7 +17,7 @@ from typing import Literal
 
 import msgspec
 
-from domain.events import Event, event
+from spool.domain.events import Event, event
 
 Provider = Literal["s3", "gcs", "oss", "blob"]
 PROVIDERS: tuple[Provider, ...] = ("s3", "gcs", "oss", "blob")

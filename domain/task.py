@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from domain.errors import DomainError, InvalidTransition
-from domain.events import Event, event
-from domain.node import Capabilities
+from spool.domain.errors import DomainError, InvalidTransition
+from spool.domain.events import Event, event
+from spool.domain.node import Capabilities
 
 Priority = Literal["low", "normal", "high", "urgent"]
 TaskStatus = Literal[

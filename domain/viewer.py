@@ -13,8 +13,8 @@ from typing import Literal
 
 import msgspec
 
-from domain.errors import DomainError
-from domain.events import Event, event
+from spool.domain.errors import DomainError
+from spool.domain.events import Event, event
 
 HARNESS_TYPES: tuple[str, ...] = (
     "STORM_MSE_VIEWER",

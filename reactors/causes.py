@@ -3,8 +3,8 @@ event, caused by that event (see `domain.events.Metadata`)."""
 
 from __future__ import annotations
 
-from adapters.event_store import EventStore
-from domain.events import Metadata
+from spool.adapters.event_store import EventStore
+from spool.domain.events import Metadata
 
 
 async def following(

@@ -24,26 +24,26 @@ from arq.connections import ArqRedis
 from arq.typing import WorkerCoroutine
 from arq.worker import Retry, Worker, func
 
-from adapters import event_partitions, log_context, sysinfo
-from adapters.account_policy_store import load_policy, seconds_quota
-from adapters.account_storage import AccountStorages
-from adapters.database import unreachable
-from adapters.event_store import EventStore, StreamAppend, refusal_reason, refused_for_good
-from adapters.job_store import load_job
-from adapters.owned_objects import delete_owned
-from adapters.queue import DOWNLOAD_QUEUE, WEBHOOK_QUEUE, node_queue
-from adapters.settings import Settings
-from adapters.ssrf import UrlGuard
-from adapters.storage import ObjectStorage, StorageError
-from adapters.viewer_sessions import ViewerRecorder
-from domain import job, node
-from domain.errors import ConcurrencyError, InvalidTransition
-from domain.events import NO_CAUSE, Event, Metadata, NewEvent, event_id
-from domain.source_data import made_safe
-from reactors import stages
-from reactors.task_types import advertised, has_internet
-from reactors.tasks import run_task
-from reactors.webhooks import WebhookSender, deliver_webhook
+from spool.adapters import event_partitions, log_context, sysinfo
+from spool.adapters.account_policy_store import load_policy, seconds_quota
+from spool.adapters.account_storage import AccountStorages
+from spool.adapters.database import unreachable
+from spool.adapters.event_store import EventStore, StreamAppend, refusal_reason, refused_for_good
+from spool.adapters.job_store import load_job
+from spool.adapters.owned_objects import delete_owned
+from spool.adapters.queue import DOWNLOAD_QUEUE, WEBHOOK_QUEUE, node_queue
+from spool.adapters.settings import Settings
+from spool.adapters.ssrf import UrlGuard
+from spool.adapters.storage import ObjectStorage, StorageError
+from spool.adapters.viewer_sessions import ViewerRecorder
+from spool.domain import job, node
+from spool.domain.errors import ConcurrencyError, InvalidTransition
+from spool.domain.events import NO_CAUSE, Event, Metadata, NewEvent, event_id
+from spool.domain.source_data import made_safe
+from spool.reactors import stages
+from spool.reactors.task_types import advertised, has_internet
+from spool.reactors.tasks import run_task
+from spool.reactors.webhooks import WebhookSender, deliver_webhook
 
 log = logging.getLogger("spool.node")
 

@@ -14,8 +14,8 @@ import asyncpg
 import sqlalchemy as sa
 from arq.connections import ArqRedis
 
-from adapters.queue import dispatch, unit_for
-from domain.events import RecordedEvent, event_id
+from spool.adapters.queue import dispatch, unit_for
+from spool.domain.events import RecordedEvent, event_id
 
 DISPATCH_AT_ONCE = 64
 """Enqueues in flight at once while a batch is dispatched."""

@@ -19,9 +19,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from adapters import event_archive, reporting
-from adapters.event_store import NOTIFY_CHANNEL, Batch, Checkpoint, EventStore, checkpoint_of
-from domain.events import RecordedEvent
+from spool.adapters import event_archive, reporting
+from spool.adapters.event_store import NOTIFY_CHANNEL, Batch, Checkpoint, EventStore, checkpoint_of
+from spool.domain.events import RecordedEvent
 
 log = logging.getLogger("spool.projections")
 

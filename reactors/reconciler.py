@@ -17,14 +17,14 @@ from datetime import timedelta
 
 from arq.connections import ArqRedis
 
-from adapters.event_store import EventStore
-from adapters.job_store import load_job
-from adapters.queue import Dispatch, dispatch, unit_status
-from adapters.settings import Settings
-from domain import job
-from domain.errors import ConcurrencyError, InvalidTransition
-from domain.events import NewEvent
-from reactors.causes import following
+from spool.adapters.event_store import EventStore
+from spool.adapters.job_store import load_job
+from spool.adapters.queue import Dispatch, dispatch, unit_status
+from spool.adapters.settings import Settings
+from spool.domain import job
+from spool.domain.errors import ConcurrencyError, InvalidTransition
+from spool.domain.events import NewEvent
+from spool.reactors.causes import following
 
 log = logging.getLogger("spool.reconciler")
 

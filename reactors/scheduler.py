@@ -23,15 +23,15 @@ import msgspec
 import sqlalchemy as sa
 from arq.connections import ArqRedis
 
-from adapters.event_store import EventStore
-from adapters.queue import node_queue, unit_status
-from adapters.task_store import load_task, online_offers
-from domain import task
-from domain.errors import ConcurrencyError, InvalidTransition
-from domain.events import NO_CAUSE, Event, Metadata, NewEvent, RecordedEvent
-from reactors.causes import following
-from reactors.projection import ProjectionRunner
-from reactors.projections.tasks import TasksProjection
+from spool.adapters.event_store import EventStore
+from spool.adapters.queue import node_queue, unit_status
+from spool.adapters.task_store import load_task, online_offers
+from spool.domain import task
+from spool.domain.errors import ConcurrencyError, InvalidTransition
+from spool.domain.events import NO_CAUSE, Event, Metadata, NewEvent, RecordedEvent
+from spool.reactors.causes import following
+from spool.reactors.projection import ProjectionRunner
+from spool.reactors.projections.tasks import TasksProjection
 
 log = logging.getLogger("spool.scheduler")
 

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from adapters import downloader, live_hls, muxer, thumbnails
-from adapters.owned_objects import delete_owned
-from adapters.ssrf import UrlGuard
-from adapters.storage import (
+from spool.adapters import downloader, live_hls, muxer, thumbnails
+from spool.adapters.owned_objects import delete_owned
+from spool.adapters.ssrf import UrlGuard
+from spool.adapters.storage import (
     ObjectExists,
     ObjectStorage,
     StorageCancelled,
@@ -29,9 +29,9 @@ from adapters.storage import (
     StoredObject,
     object_key,
 )
-from adapters.viewer_sessions import ViewerRecorder, ViewerSession
-from domain import file_names, job, viewer
-from domain.timecode import parse_timecode
+from spool.adapters.viewer_sessions import ViewerRecorder, ViewerSession
+from spool.domain import file_names, job, viewer
+from spool.domain.timecode import parse_timecode
 
 ProgressSink = Callable[[job.Progress], None]
 T = TypeVar("T")

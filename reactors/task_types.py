@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import psutil
 
-from adapters import sysinfo
-from adapters.guarded_http import guarded_client
-from adapters.settings import Settings
-from adapters.ssrf import UrlGuard, UrlRefused
+from spool.adapters import sysinfo
+from spool.adapters.guarded_http import guarded_client
+from spool.adapters.settings import Settings
+from spool.adapters.ssrf import UrlGuard, UrlRefused
 
 MAX_SLEEP_SECONDS = 3600.0
 MAX_REDIRECTS = 5

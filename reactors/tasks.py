@@ -19,18 +19,18 @@ from typing import Any, Protocol
 
 import msgspec
 
-from adapters import log_context
-from adapters.account_policy_store import load_policy
-from adapters.event_store import EventStore, refusal_reason, refused_for_good
-from adapters.settings import Settings
-from adapters.ssrf import UrlGuard
-from adapters.task_store import load_task, tasks
-from domain import task
-from domain.account_policy import AccountPolicy, still_granted
-from domain.errors import ConcurrencyError, InvalidTransition
-from domain.events import NO_CAUSE, Event, Metadata, NewEvent, event_id
-from domain.source_data import made_safe
-from reactors.task_types import (
+from spool.adapters import log_context
+from spool.adapters.account_policy_store import load_policy
+from spool.adapters.event_store import EventStore, refusal_reason, refused_for_good
+from spool.adapters.settings import Settings
+from spool.adapters.ssrf import UrlGuard
+from spool.adapters.task_store import load_task, tasks
+from spool.domain import task
+from spool.domain.account_policy import AccountPolicy, still_granted
+from spool.domain.errors import ConcurrencyError, InvalidTransition
+from spool.domain.events import NO_CAUSE, Event, Metadata, NewEvent, event_id
+from spool.domain.source_data import made_safe
+from spool.reactors.task_types import (
     EXECUTORS,
     TaskContext,
     TaskError,

@@ -27,14 +27,14 @@ from typing import Any, NamedTuple
 import asyncpg
 import msgspec
 
-from adapters.event_store import Checkpoint, EventStore
-from domain import batch, job, task
-from domain.errors import InvalidTransition
-from domain.events import RecordedEvent
-from reactors.projection import ProjectionRunner
-from reactors.projections import batches as batch_rows
-from reactors.projections import job_minutes, job_stages
-from reactors.projections.usage import COUNTERS, UsageProjection
+from spool.adapters.event_store import Checkpoint, EventStore
+from spool.domain import batch, job, task
+from spool.domain.errors import InvalidTransition
+from spool.domain.events import RecordedEvent
+from spool.reactors.projection import ProjectionRunner
+from spool.reactors.projections import batches as batch_rows
+from spool.reactors.projections import job_minutes, job_stages
+from spool.reactors.projections.usage import COUNTERS, UsageProjection
 
 PAGE = 500
 """Streams read and compared at a time."""

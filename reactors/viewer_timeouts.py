@@ -14,11 +14,11 @@ import contextlib
 import logging
 from datetime import timedelta
 
-from adapters.event_store import EventStore
-from adapters.settings import Settings
-from domain import viewer
-from domain.errors import ConcurrencyError
-from domain.events import Metadata, NewEvent
+from spool.adapters.event_store import EventStore
+from spool.adapters.settings import Settings
+from spool.domain import viewer
+from spool.domain.errors import ConcurrencyError
+from spool.domain.events import Metadata, NewEvent
 
 log = logging.getLogger("spool.viewers")
 

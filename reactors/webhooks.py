@@ -18,17 +18,17 @@ import sqlalchemy as sa
 from arq import Retry
 from arq.connections import ArqRedis
 
-from adapters import webhook_client
-from adapters.account_storage import AccountStorages
-from adapters.event_store import EventStore
-from adapters.file_links import file_link, link_key
-from adapters.job_store import load_job
-from adapters.queue import dispatch_webhook, webhook_for
-from adapters.settings import Settings
-from adapters.ssrf import UrlGuard
-from domain import job
-from domain.events import NO_CAUSE, Metadata, NewEvent, RecordedEvent, event_id
-from domain.webhook import account_secret
+from spool.adapters import webhook_client
+from spool.adapters.account_storage import AccountStorages
+from spool.adapters.event_store import EventStore
+from spool.adapters.file_links import file_link, link_key
+from spool.adapters.job_store import load_job
+from spool.adapters.queue import dispatch_webhook, webhook_for
+from spool.adapters.settings import Settings
+from spool.adapters.ssrf import UrlGuard
+from spool.domain import job
+from spool.domain.events import NO_CAUSE, Metadata, NewEvent, RecordedEvent, event_id
+from spool.domain.webhook import account_secret
 
 log = logging.getLogger("spool.webhooks")
 

@@ -14,16 +14,16 @@ from typing import Protocol
 
 from arq.connections import ArqRedis
 
-from adapters.event_store import EventStore
-from adapters.settings import Settings
-from adapters.storage import ObjectStorage
-from reactors.node import Node
-from reactors.pipeline import PipelineReactor
-from reactors.projection import ProjectionRunner
-from reactors.reconciler import Reconciler
-from reactors.scheduler import Scheduler
-from reactors.viewer_timeouts import ViewerTimeouts
-from reactors.webhooks import WebhookReactor
+from spool.adapters.event_store import EventStore
+from spool.adapters.settings import Settings
+from spool.adapters.storage import ObjectStorage
+from spool.reactors.node import Node
+from spool.reactors.pipeline import PipelineReactor
+from spool.reactors.projection import ProjectionRunner
+from spool.reactors.reconciler import Reconciler
+from spool.reactors.scheduler import Scheduler
+from spool.reactors.viewer_timeouts import ViewerTimeouts
+from spool.reactors.webhooks import WebhookReactor
 
 PROJECTIONS = "projections"
 PIPELINE = "pipeline"

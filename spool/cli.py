@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import click
 
-from adapters.log_format import LOG_FORMAT_ENV, LOG_FORMATS, LogFormat, setup_logging
-from adapters.settings import Settings
+from spool.adapters.log_format import LOG_FORMAT_ENV, LOG_FORMATS, LogFormat, setup_logging
+from spool.adapters.settings import Settings
 from spool.runtime import open_runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -359,7 +359,7 @@ def _expiry(ctx: click.Context, param: click.Parameter, value: str | None) -> da
 
 
 def _scope(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    from domain.account import parse_scope, scope_text
+    from spool.domain.account import parse_scope, scope_text
 
     if value is None:
         return None
@@ -405,7 +405,7 @@ def keys_create(
     **flags: Any,
 ) -> None:
     """Create an API key and print it (it is shown only once)."""
-    from adapters.key_store import issue
+    from spool.adapters.key_store import issue
 
     if not name.strip():
         raise click.BadParameter("must not be blank", param_hint="--name")
@@ -439,7 +439,7 @@ def keys_create(
 @click.option("--account", default=None, metavar="ID", help="Only this account's keys.")
 def keys_list(account: str | None, **flags: Any) -> None:
     """Every key: id, name, account, scope, created, last used, expiry, revoked (never the key)."""
-    from adapters.key_store import KeyRow, list_keys
+    from spool.adapters.key_store import KeyRow, list_keys
 
     async def go() -> list[KeyRow]:
         async with open_runtime(_settings(**flags)) as rt:
@@ -467,7 +467,7 @@ def keys_list(account: str | None, **flags: Any) -> None:
 
 
 async def _owner(rt: Any, key_id: str) -> str:
-    from adapters.key_store import owner_of
+    from spool.adapters.key_store import owner_of
 
     await rt.runner.settle("api_keys")
     owner = await owner_of(rt.store, key_id)
@@ -481,8 +481,8 @@ async def _owner(rt: Any, key_id: str) -> str:
 @click.argument("key_id", metavar="ID")
 def keys_revoke(key_id: str, **flags: Any) -> None:
     """Revoke a key: it stops working everywhere within 5 s, open websockets included."""
-    from adapters.key_store import revoke
-    from domain.events import Metadata
+    from spool.adapters.key_store import revoke
+    from spool.domain.events import Metadata
 
     async def go() -> bool:
         async with open_runtime(_settings(**flags)) as rt:
@@ -508,9 +508,9 @@ def keys_revoke(key_id: str, **flags: Any) -> None:
 )
 def keys_expire(key_id: str, when: datetime, **flags: Any) -> None:
     """Set when a key stops working (earlier or later than before)."""
-    from adapters.key_store import set_expiry
-    from domain.account import KeyRetired
-    from domain.events import Metadata
+    from spool.adapters.key_store import set_expiry
+    from spool.domain.account import KeyRetired
+    from spool.domain.events import Metadata
 
     async def go() -> None:
         async with open_runtime(_settings(**flags)) as rt:
@@ -538,9 +538,9 @@ def keys_expire(key_id: str, when: datetime, **flags: Any) -> None:
 )
 def keys_rotate(key_id: str, grace: int, **flags: Any) -> None:
     """Replace a key by a new one (same account, name, scope, expiry) and print it once."""
-    from adapters.key_store import rotate
-    from domain.account import KeyRetired
-    from domain.events import Metadata
+    from spool.adapters.key_store import rotate
+    from spool.domain.account import KeyRetired
+    from spool.domain.events import Metadata
 
     async def go() -> str:
         async with open_runtime(_settings(**flags)) as rt:
@@ -613,8 +613,8 @@ async def _change_policy(
     flags: dict[str, Any], account_id: str, decide: Callable[[Any], list[Any]]
 ) -> str:
     """Apply `decide` to an account's policy through the store; a line describing the result."""
-    from adapters.account_policy_store import load_policy, record
-    from domain.events import Metadata
+    from spool.adapters.account_policy_store import load_policy, record
+    from spool.domain.events import Metadata
 
     async with open_runtime(_settings(**flags)) as rt:
         policy = await load_policy(rt.store, account_id)
@@ -629,9 +629,9 @@ async def _change_policy(
 @_database_options
 def accounts_list(**flags: Any) -> None:
     """Every account with a key: its keys' names, its grant and its quotas."""
-    from adapters.account_policy_store import accounts as all_accounts
-    from adapters.account_policy_store import load_policy
-    from domain.account_policy import AccountPolicy
+    from spool.adapters.account_policy_store import accounts as all_accounts
+    from spool.adapters.account_policy_store import load_policy
+    from spool.domain.account_policy import AccountPolicy
 
     async def go() -> list[str]:
         async with open_runtime(_settings(**flags)) as rt:
@@ -663,7 +663,7 @@ def accounts_quota(account_id: str, **options: Any) -> None:
     """Set quotas of ACCOUNT_ID: each flag a number or `none` (no limit); others unchanged."""
     import msgspec
 
-    from domain import account_policy
+    from spool.domain import account_policy
 
     flags = {k: options.pop(k) for k in ("data_dir", "database_url")}
     given = {_QUOTA_FLAGS[k]: v for k, v in options.items() if v is not _UNCHANGED}
@@ -696,7 +696,7 @@ def accounts_grant(
     account_id: str, task_types: tuple[str, ...], env: tuple[str, ...], **flags: Any
 ) -> None:
     """Let ACCOUNT_ID run code-running tasks (replaces its earlier grant)."""
-    from domain import account_policy
+    from spool.domain import account_policy
 
     try:  # judged before the database is opened: a bad name changes nothing
         events = account_policy.grant(account_id, list(task_types), list(env))
@@ -711,7 +711,7 @@ def accounts_grant(
 @click.argument("account_id")
 def accounts_revoke_grant(account_id: str, **flags: Any) -> None:
     """Take back ACCOUNT_ID's grant: its queued code-running tasks will not run."""
-    from domain import account_policy
+    from spool.domain import account_policy
 
     click.echo(_run(_change_policy(flags, account_id, account_policy.revoke)))
 
@@ -743,7 +743,7 @@ def projections_rebuild(names: tuple[str, ...], **flags: Any) -> None:
     One pass over the log feeds them all; the API keeps serving the old rows until the new
     ones are complete, and all are swapped in one short transaction.
     """
-    from reactors.projection import REBUILD_BATCH, ProjectionRunner
+    from spool.reactors.projection import REBUILD_BATCH, ProjectionRunner
 
     async def go() -> dict[str, int]:
         async with open_runtime(_settings(**flags)) as rt:
@@ -813,7 +813,7 @@ def events_archive(before: date, directory: Path | None, **flags: Any) -> None:
 
     One gzip'd JSON Lines file a day (docs/retention.md); each is recorded in the database.
     """
-    from adapters.event_archive import archive
+    from spool.adapters.event_archive import archive
 
     today = datetime.now(UTC).date()
     if before >= today:  # checked before any server starts: bad input touches nothing
@@ -845,7 +845,7 @@ def events_restore(file: Path, **flags: Any) -> None:
 
     Restoring a day that is already back changes nothing.
     """
-    from adapters.event_archive import ArchiveError, read_file, restore
+    from spool.adapters.event_archive import ArchiveError, read_file, restore
 
     try:
         read_file(file)  # a missing or corrupt file fails before any server starts
@@ -907,7 +907,7 @@ def replay_verify(**flags: Any) -> None:
     Each difference is printed (stream, column, projection value vs folded value) and the
     command exits 1; it exits 0 when there is none.
     """
-    from reactors.verify import Difference, verify
+    from spool.reactors.verify import Difference, verify
 
     def found(d: Difference) -> None:
         click.echo(f"{d.stream_id} {d.column}: projection {d.projected!r} != folded {d.folded!r}")

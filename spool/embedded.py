@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import psutil
 
-from adapters.settings import Settings
+from spool.adapters.settings import Settings
 
 log = logging.getLogger("spool.embedded")
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from adapters.key_store import IssuedKey, ensure_admin_key, ensure_first_key, issue, mint
+from spool.adapters.key_store import IssuedKey, ensure_admin_key, ensure_first_key, issue, mint
 
 __all__ = ["IssuedKey", "ensure_admin_key", "ensure_first_key", "issue", "mint"]

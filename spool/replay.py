@@ -9,9 +9,9 @@ from datetime import datetime
 
 import msgspec
 
-from adapters.event_store import EventStore
-from domain import batch, job, task
-from domain.events import Event, RecordedEvent
+from spool.adapters.event_store import EventStore
+from spool.domain import batch, job, task
+from spool.domain.events import Event, RecordedEvent
 
 _encode = msgspec.json.Encoder().encode
 

@@ -23,12 +23,12 @@ import msgspec
 import uvicorn
 from litestar import Litestar
 
-from adapters import process_groups
-from adapters.log_format import setup_logging
-from adapters.settings import Settings
-from adapters.timed_event_store import TimedEventStore
-from api.app import create_app
-from api.ws_limits import UVICORN_WS
+from spool.adapters import process_groups
+from spool.adapters.log_format import setup_logging
+from spool.adapters.settings import Settings
+from spool.adapters.timed_event_store import TimedEventStore
+from spool.api.app import create_app
+from spool.api.ws_limits import UVICORN_WS
 from spool.assembly import NODE, REACTORS, assemble
 from spool.embedded import embedded_servers
 from spool.keys import ensure_first_key

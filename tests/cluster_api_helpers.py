@@ -15,20 +15,20 @@ import asyncpg
 import httpx
 from litestar import Litestar
 
-from adapters.database import create_pool
-from adapters.event_store import AppendResult, EventStore, StreamAppend
-from adapters.queue import connect
-from adapters.settings import Settings
-from adapters.storage import LocalStorage
-from adapters.timed_event_store import TimedEventStore
-from api.app import create_app
-from api.cluster_redis import close_redis
-from api.cluster_ws import stop_feed
-from domain import node
-from domain.events import Metadata, NewEvent
-from reactors.projection import ProjectionRunner
-from reactors.projections import all_projections
+from spool.adapters.database import create_pool
+from spool.adapters.event_store import AppendResult, EventStore, StreamAppend
+from spool.adapters.queue import connect
+from spool.adapters.settings import Settings
+from spool.adapters.storage import LocalStorage
+from spool.adapters.timed_event_store import TimedEventStore
+from spool.api.app import create_app
+from spool.api.cluster_redis import close_redis
+from spool.api.cluster_ws import stop_feed
+from spool.domain import node
+from spool.domain.events import Metadata, NewEvent
 from spool.keys import issue
+from spool.reactors.projection import ProjectionRunner
+from spool.reactors.projections import all_projections
 
 GB = 1024**3
 

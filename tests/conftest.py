@@ -19,17 +19,17 @@ import pytest
 import redis
 from litestar import Litestar
 
-from adapters.cluster_identity import CLUSTER_KEY
-from adapters.database import create_database, create_pool, drop_database, migrate
-from adapters.event_store import EventStore
-from adapters.queue import connect
-from adapters.settings import Settings
-from adapters.storage import LocalStorage
-from api.app import create_app
-from reactors.projection import ProjectionRunner
-from reactors.projections import all_projections
+from spool.adapters.cluster_identity import CLUSTER_KEY
+from spool.adapters.database import create_database, create_pool, drop_database, migrate
+from spool.adapters.event_store import EventStore
+from spool.adapters.queue import connect
+from spool.adapters.settings import Settings
+from spool.adapters.storage import LocalStorage
+from spool.api.app import create_app
 from spool.embedded import EmbeddedPostgres, EmbeddedRedis
 from spool.keys import issue
+from spool.reactors.projection import ProjectionRunner
+from spool.reactors.projections import all_projections
 from tests.cluster_api_helpers import FreshApi, fresh_api
 from tests.fixtures.databases import Databases
 from tests.fixtures.embedded_postgres import postgres_data_dir

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import msgspec
 
-from adapters.event_store import EventStore
-from adapters.storage import ObjectStorage
-from domain import job, viewer
-from domain.events import Event, NewEvent
+from spool.adapters.event_store import EventStore
+from spool.adapters.storage import ObjectStorage
+from spool.domain import job, viewer
+from spool.domain.events import Event, NewEvent
 
 
 def _apply(state: job.JobState | None, events: list[Event]) -> job.JobState:

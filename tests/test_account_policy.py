@@ -15,14 +15,14 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.database import create_pool
-from adapters.event_store import EventStore
-from adapters.settings import Settings
-from adapters.storage import LocalStorage
-from api.app import create_app
-from domain.account import hash_key
-from reactors.projection import ProjectionRunner
+from spool.adapters.database import create_pool
+from spool.adapters.event_store import EventStore
+from spool.adapters.settings import Settings
+from spool.adapters.storage import LocalStorage
+from spool.api.app import create_app
+from spool.domain.account import hash_key
 from spool.keys import IssuedKey, issue
+from spool.reactors.projection import ProjectionRunner
 from tests.conftest import api_client
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.media import MediaServer, make_clip

@@ -15,10 +15,10 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from adapters.database import create_database, create_pool, drop_database
-from adapters.event_store import EventStore
-from adapters.queue import DOWNLOAD_QUEUE, connect
-from api.health import PROCESS_HEADER
+from spool.adapters.database import create_database, create_pool, drop_database
+from spool.adapters.event_store import EventStore
+from spool.adapters.queue import DOWNLOAD_QUEUE, connect
+from spool.api.health import PROCESS_HEADER
 from tests.cluster_api_helpers import append_node, node_started
 from tests.fixtures.processes import SpoolProcesses
 

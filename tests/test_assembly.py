@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from arq.connections import ArqRedis
 
-from adapters.event_store import EventStore
-from adapters.queue import connect
-from adapters.settings import Settings
-from adapters.storage import LocalStorage
-from reactors.node import Node
-from reactors.projection import ProjectionRunner
+from spool.adapters.event_store import EventStore
+from spool.adapters.queue import connect
+from spool.adapters.settings import Settings
+from spool.adapters.storage import LocalStorage
 from spool.assembly import NODE, REACTORS, Part, assemble
+from spool.reactors.node import Node
+from spool.reactors.projection import ProjectionRunner
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.event_store import EventStore
+from spool.adapters.event_store import EventStore
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.media import MediaServer
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from adapters.event_store import EventStore
-from reactors.projection import ProjectionRunner
-from reactors.projections import all_projections
+from spool.adapters.event_store import EventStore
+from spool.reactors.projection import ProjectionRunner
+from spool.reactors.projections import all_projections
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.media import MediaServer
 from tests.fixtures.s3 import S3Server

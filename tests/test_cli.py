@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from adapters.event_store import EventStore
-from domain import account
+from spool.adapters.event_store import EventStore
+from spool.domain import account
 from spool.embedded import free_port
 from tests.fixtures.media import MediaServer, media_duration
 from tests.fixtures.processes import (

@@ -8,8 +8,8 @@ import pytest
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
-from adapters.client_facts import describer, parse_user_agent
-from adapters.settings import Settings
+from spool.adapters.client_facts import describer, parse_user_agent
+from spool.adapters.settings import Settings
 
 CHROME_WINDOWS = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from domain import node
+from spool.domain import node
 from tests.cluster_api_helpers import (
     FreshApi,
     append_node,

@@ -15,9 +15,9 @@ import pytest
 from arq.constants import retry_key_prefix
 from arq.jobs import Job
 
-from adapters import cluster_identity
-from adapters.database import create_database, create_pool, drop_database, migrate
-from adapters.queue import Dispatch, connect, dispatch
+from spool.adapters import cluster_identity
+from spool.adapters.database import create_database, create_pool, drop_database, migrate
+from spool.adapters.queue import Dispatch, connect, dispatch
 from tests.fixtures.cluster import StartCluster
 from tests.fixtures.processes import start_module
 

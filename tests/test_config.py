@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from domain import cluster_config
+from spool.domain import cluster_config
 from tests.cluster_api_helpers import FreshApi, assert_envelope, assert_error, fresh_api, register
 
 DEFAULTS = {

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from api.cluster_reads import REFUSED
-from domain import account, job, node
-from domain.account import hash_key
-from domain.events import Metadata, NewEvent
+from spool.api.cluster_reads import REFUSED
+from spool.domain import account, job, node
+from spool.domain.account import hash_key
+from spool.domain.events import Metadata, NewEvent
 from spool.keys import issue
 from tests.cluster_api_helpers import FreshApi, append_node, fresh_api, heartbeat, register
 from tests.fixtures.request_log import Lines
@@ -172,8 +172,8 @@ async def test_a_cached_cluster_answer_looks_like_a_fresh_one(api: FreshApi) -> 
 async def test_a_revoked_admin_key_stops_reading_cluster_stats_once_its_cache_time_is_over(
     api: FreshApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("api.auth.KEY_CACHE_SECONDS", 0.2)
-    monkeypatch.setattr("api.dashboard.STATS_CACHE_SECONDS", 60.0)  # the answer stays cached
+    monkeypatch.setattr("spool.api.auth.KEY_CACHE_SECONDS", 0.2)
+    monkeypatch.setattr("spool.api.dashboard.STATS_CACHE_SECONDS", 60.0)  # the answer stays cached
     admin = await issue(api.store, name="leaving", admin=True)
     await api.runner.wait_until("api_keys", admin.at)
     headers = {"x-api-key": admin.key}

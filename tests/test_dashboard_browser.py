@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page, expect
 
-from adapters.database import create_database, drop_database
-from api.app import create_app
+from spool.adapters.database import create_database, drop_database
+from spool.api.app import create_app
 from tests.fixtures.browser import chromium
 from tests.fixtures.cluster import Cluster, running_cluster
 from tests.fixtures.loopback import serve_on_loopback

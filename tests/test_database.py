@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from adapters.database import create_pool
+from spool.adapters.database import create_pool
 
 
 async def test_a_connection_that_listened_comes_back_listening_to_nothing(

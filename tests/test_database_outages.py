@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 import pytest
 
-from adapters.database import unreachable, with_database
-from api.unavailable import MESSAGE, RETRY_AFTER
+from spool.adapters.database import unreachable, with_database
+from spool.api.unavailable import MESSAGE, RETRY_AFTER
 from tests.cluster_api_helpers import fresh_api
 
 Break = Callable[[asyncpg.Connection, str], Awaitable[None]]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from adapters.event_store import EventStore
-from domain import node
-from reactors.projection import ProjectionRunner
+from spool.adapters.event_store import EventStore
+from spool.domain import node
+from spool.reactors.projection import ProjectionRunner
 from tests.cluster_api_helpers import (
     append_node,
     assert_envelope,

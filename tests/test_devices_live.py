@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-from domain import node
+from spool.domain import node
 from tests.cluster_api_helpers import append_node, assert_error, heartbeat, node_started, unique
 from tests.fixtures.cluster import Cluster, StartCluster
 

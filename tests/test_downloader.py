@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from yt_dlp import YoutubeDL
 
-from adapters.downloader import (
+from spool.adapters.downloader import (
     DownloadCancelled,
     DownloadFailed,
     DownloadProgress,
@@ -31,7 +31,7 @@ from adapters.downloader import (
     _QuietLog,
     download,
 )
-from adapters.ssrf import UrlGuard
+from spool.adapters.ssrf import UrlGuard
 from tests.fixtures.media import (
     MediaServer,
     make_dash,

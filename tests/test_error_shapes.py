@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from api.surfaces import Surface, surface_of
+from spool.api.surfaces import Surface, surface_of
 from tests.cluster_api_helpers import fresh_api
 from tests.test_hostile_input import BIG
 

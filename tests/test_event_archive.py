@@ -13,18 +13,18 @@ import asyncpg
 import pytest
 from click.testing import CliRunner, Result
 
-from adapters.database import create_pool
-from adapters.event_store import EventStore
-from adapters.queue import connect
-from adapters.settings import Settings
-from adapters.storage import LocalStorage
-from api.app import create_app
-from domain import node
-from domain.events import Metadata, NewEvent
-from reactors.projection import ProjectionRunner
-from reactors.projections import all_projections
+from spool.adapters.database import create_pool
+from spool.adapters.event_store import EventStore
+from spool.adapters.queue import connect
+from spool.adapters.settings import Settings
+from spool.adapters.storage import LocalStorage
+from spool.api.app import create_app
 from spool.cli import main
+from spool.domain import node
+from spool.domain.events import Metadata, NewEvent
 from spool.keys import issue
+from spool.reactors.projection import ProjectionRunner
+from spool.reactors.projections import all_projections
 from tests.cluster_api_helpers import append_heartbeats, node_started
 from tests.conftest import api_client
 

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from adapters.database import create_database, drop_database, migrate
-from adapters.event_store import EventStore
-from domain import node
+from spool.adapters.database import create_database, drop_database, migrate
+from spool.adapters.event_store import EventStore
+from spool.domain import node
 from tests.cluster_api_helpers import append_heartbeats
 
 TODAY = datetime.now(UTC).date()

@@ -9,11 +9,17 @@ import asyncpg
 import msgspec
 import pytest
 
-from adapters.database import create_pool
-from adapters.event_store import NOTIFY_CHANNEL, ORIGIN, EventStore, StreamAppend, checkpoint_of
-from domain.errors import ConcurrencyError
-from domain.events import Event, Metadata, NewEvent, registry
-from domain.job import JobCreated, JobOptions
+from spool.adapters.database import create_pool
+from spool.adapters.event_store import (
+    NOTIFY_CHANNEL,
+    ORIGIN,
+    EventStore,
+    StreamAppend,
+    checkpoint_of,
+)
+from spool.domain.errors import ConcurrencyError
+from spool.domain.events import Event, Metadata, NewEvent, registry
+from spool.domain.job import JobCreated, JobOptions
 
 
 @registry.register

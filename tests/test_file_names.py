@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from adapters.event_store import EventStore
-from adapters.key_store import issue
-from domain import job
-from domain.events import NewEvent
-from domain.file_names import check_filename
-from reactors.projection import ProjectionRunner
-from reactors.stages import output_names
+from spool.adapters.event_store import EventStore
+from spool.adapters.key_store import issue
+from spool.domain import job
+from spool.domain.events import NewEvent
+from spool.domain.file_names import check_filename
+from spool.reactors.projection import ProjectionRunner
+from spool.reactors.stages import output_names
 
 URL = "http://media.test/a.mp4"
 FORBIDDEN = '(a name must not contain any of \\ / : * ? " < > |)'

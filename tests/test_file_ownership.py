@@ -18,13 +18,13 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from adapters.file_links import LINK_SECONDS, file_link, link_is_valid, link_key, signature
-from adapters.owned_objects import delete_owned
-from adapters.settings import Settings
-from adapters.storage import LocalStorage, S3Storage
-from domain import job
-from reactors import stages
+from spool.adapters.file_links import LINK_SECONDS, file_link, link_is_valid, link_key, signature
+from spool.adapters.owned_objects import delete_owned
+from spool.adapters.settings import Settings
+from spool.adapters.storage import LocalStorage, S3Storage
+from spool.domain import job
 from spool.keys import issue
+from spool.reactors import stages
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer, make_clip, media_duration
 from tests.fixtures.s3 import S3Server

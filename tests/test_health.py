@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from api import health as health_module
-from domain import task
-from domain.events import NewEvent
+from spool.api import health as health_module
+from spool.domain import task
+from spool.domain.events import NewEvent
 from tests.cluster_api_helpers import FreshApi, fresh_api
 
 COMPONENTS = {"api", "database", "redis", "scheduler", "cluster_server", "task_scheduler"}

@@ -15,9 +15,9 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from adapters.tokens import issue_token, signing_key
-from domain import account
-from domain.events import NewEvent
+from spool.adapters.tokens import issue_token, signing_key
+from spool.domain import account
+from spool.domain.events import NewEvent
 from tests.cluster_api_helpers import FreshApi, append_node, fresh_api, heartbeat, node_started
 from tests.fixtures.databases import Databases
 from tests.fixtures.loopback import serve_on_loopback
@@ -313,7 +313,7 @@ async def test_an_unknown_command_is_an_error(served: Served) -> None:
 async def test_an_open_session_ends_soon_after_its_key_is_revoked(
     served_alone: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("api.health_ws.KEY_RECHECK_SECONDS", 0.2)
+    monkeypatch.setattr("spool.api.health_ws.KEY_RECHECK_SECONDS", 0.2)
     api = served_alone.api
     ws = await _authed(served_alone, admin=False)
     assert (await _ask(ws, "sysinfo")).startswith("{")

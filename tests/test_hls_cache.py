@@ -22,15 +22,15 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from adapters.event_store import EventStore
-from adapters.media_cache import PLAYLIST, HlsCache
-from adapters.settings import Settings
-from adapters.storage import ObjectStorage, storage_from_url
-from api.app import create_app
-from api.health import PROCESS_HEADER
-from api.media import media_of, stop_media
-from reactors.projection import ProjectionRunner
+from spool.adapters.event_store import EventStore
+from spool.adapters.media_cache import PLAYLIST, HlsCache
+from spool.adapters.settings import Settings
+from spool.adapters.storage import ObjectStorage, storage_from_url
+from spool.api.app import create_app
+from spool.api.health import PROCESS_HEADER
+from spool.api.media import media_of, stop_media
 from spool.keys import issue
+from spool.reactors.projection import ProjectionRunner
 from tests.fixtures.media import make_clip
 from tests.fixtures.processes import SpoolProcesses
 from tests.media_helpers import finished_job

@@ -28,8 +28,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from adapters.event_store import EventStore
-from api.surfaces import Surface, surface_of
+from spool.adapters.event_store import EventStore
+from spool.api.surfaces import Surface, surface_of
 from tests.cluster_api_helpers import FreshApi, fresh_api, register
 from tests.fixtures.loopback import serve_on_loopback
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from domain import idempotency
+from spool.domain import idempotency
 from tests.cluster_api_helpers import FreshApi, fresh_api
 
 MEDIA = "https://93.184.216.34/clip.mp4"  # an address literal: no DNS lookup

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from domain import job
-from domain.errors import InvalidTransition
-from domain.events import Event
+from spool.domain import job
+from spool.domain.errors import InvalidTransition
+from spool.domain.events import Event
 
 AT = datetime(2026, 11, 23, tzinfo=UTC)
 

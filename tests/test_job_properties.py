@@ -24,13 +24,13 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.event_store import EventStore
-from adapters.job_store import decide_and_append, load_job
-from domain import job
-from domain.errors import InvalidTransition
-from domain.events import Event, Metadata, NewEvent, RecordedEvent
-from reactors.projection import ProjectionRunner
-from reactors.projections.jobs import JobsProjection
+from spool.adapters.event_store import EventStore
+from spool.adapters.job_store import decide_and_append, load_job
+from spool.domain import job
+from spool.domain.errors import InvalidTransition
+from spool.domain.events import Event, Metadata, NewEvent, RecordedEvent
+from spool.reactors.projection import ProjectionRunner
+from spool.reactors.projections.jobs import JobsProjection
 
 STAGES: tuple[job.Stage, ...] = ("download", "mux", "upload")
 TERMINAL_EVENTS = (job.JobCompleted, job.JobFailed, job.JobCancelled)

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api.errors import JobApiError
-from api.job_requests import (
+from spool.api.errors import JobApiError
+from spool.api.job_requests import (
     AUDIO_CODECS_BY_FORMAT,
     VIDEO_CODECS_BY_FORMAT,
     CreateJobBody,
@@ -25,8 +25,8 @@ from api.job_requests import (
     validate_filename,
     validate_folder,
 )
-from domain.job import JobOptions
-from domain.timecode import MAX_SECONDS, format_seconds, normalize_timecode, parse_timecode
+from spool.domain.job import JobOptions
+from spool.domain.timecode import MAX_SECONDS, format_seconds, normalize_timecode, parse_timecode
 
 URL = "https://media.test/clip.mp4"
 FORBIDDEN = '(a name must not contain any of \\ / : * ? " < > |)'

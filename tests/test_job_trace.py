@@ -13,8 +13,8 @@ import uuid
 from itertools import pairwise
 from typing import Any
 
-from domain import node, task
-from domain.events import Metadata, NewEvent, event_id
+from spool.domain import node, task
+from spool.domain.events import Metadata, NewEvent, event_id
 from spool.keys import issue
 from tests.cluster_api_helpers import node_started
 from tests.fixtures.cluster import Cluster, StartCluster

@@ -7,8 +7,8 @@ import uuid
 import httpx
 import pytest
 
-from adapters.event_store import EventStore
-from reactors.projection import ProjectionRunner
+from spool.adapters.event_store import EventStore
+from spool.reactors.projection import ProjectionRunner
 
 
 def _auth(key: str) -> dict[str, str]:

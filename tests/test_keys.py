@@ -17,12 +17,12 @@ import websockets
 from litestar.datastructures import State
 from websockets.asyncio.client import ClientConnection
 
-from adapters.event_store import EventStore
-from adapters.key_store import issue
-from api.auth import lookup
-from domain import account
-from domain.events import NewEvent
-from reactors.projection import ProjectionRunner
+from spool.adapters.event_store import EventStore
+from spool.adapters.key_store import issue
+from spool.api.auth import lookup
+from spool.domain import account
+from spool.domain.events import NewEvent
+from spool.reactors.projection import ProjectionRunner
 from tests.cluster_api_helpers import FreshApi, fresh_api
 from tests.fixtures.loopback import serve_on_loopback
 
@@ -246,8 +246,8 @@ async def _key_id_of_plain(client: httpx.AsyncClient, key: str) -> str:
 async def test_every_key_change_is_an_event_on_the_account_stream_without_the_key(
     store: EventStore, runner: ProjectionRunner
 ) -> None:
-    from adapters.key_store import revoke, rotate, set_expiry
-    from domain.events import Metadata
+    from spool.adapters.key_store import revoke, rotate, set_expiry
+    from spool.domain.events import Metadata
 
     first = await issue(store, name="events", scope="jobs")
     expiring = await issue(
@@ -305,8 +305,8 @@ async def test_every_key_change_is_an_event_on_the_account_stream_without_the_ke
 async def test_a_rotated_key_works_until_its_grace_ends_and_the_new_one_at_once(
     client: httpx.AsyncClient, pool: asyncpg.Pool, store: EventStore, runner: ProjectionRunner
 ) -> None:
-    from adapters.key_store import rotate
-    from domain.events import Metadata
+    from spool.adapters.key_store import rotate
+    from spool.domain.events import Metadata
 
     old = await issue(store, name="rotating", scope="jobs")
     new = await rotate(
@@ -469,8 +469,8 @@ async def test_a_key_that_expires_cannot_make_a_key_that_outlives_it(
 async def test_a_rotated_out_key_in_its_grace_works_but_manages_no_keys(
     client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner
 ) -> None:
-    from adapters.key_store import rotate
-    from domain.events import Metadata
+    from spool.adapters.key_store import rotate
+    from spool.domain.events import Metadata
 
     old = await issue(store, name="leaked", scope="jobs")
     new = await rotate(store, old.account_id, old.key_id, grace=timedelta(hours=1), meta=Metadata())
@@ -500,7 +500,7 @@ async def test_an_account_holds_at_most_100_working_keys_and_names_are_bounded(
 async def test_keys_in_a_database_from_before_scopes_keep_their_powers_after_migrating(
     server_url: str,
 ) -> None:
-    from adapters.database import asyncpg_url, create_database, drop_database, migrate
+    from spool.adapters.database import asyncpg_url, create_database, drop_database, migrate
 
     name = f"spool_test_{uuid.uuid4().hex[:12]}"
     url = await create_database(server_url, name)

@@ -1,17 +1,25 @@
 """The dependency rule between Spool's layers, as pyproject.toml's [tool.importlinter] states it.
 
-`domain` imports no other layer; `api` and `reactors` never import each other; `adapters`
-imports neither of them nor `spool`; only `spool` wires (docs/architecture.md).
+`spool.domain` imports no other layer; `spool.api` and `spool.reactors` never import each other;
+`spool.adapters` imports neither of them nor the wiring; only the wiring modules of `spool`
+(serve, assembly, cli, ...) wire, and no layer imports them (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ("domain", "adapters", "reactors", "api", "spool", "migrations")
+LAYERS = ("domain", "adapters", "reactors", "api", "migrations")
+CONTRACTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"][
+    "contracts"
+]
+WIRING = CONTRACTS[-1]["forbidden_modules"]
+"""The modules of `spool` that wire the layers, as the last contract names them."""
 
 
 def lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:
@@ -39,28 +47,62 @@ def test_the_layers_keep_the_dependency_rule() -> None:
 
 
 def _tree(tmp_path: Path, imports: dict[str, str]) -> Path:
-    """Empty packages named like the layers; `imports` maps a layer to the line it holds."""
+    """An empty `spool` with the layers and a wiring module; `imports` maps a layer to a line."""
+    root = tmp_path / "spool"
+    root.mkdir()
+    (root / "__init__.py").write_text("")
+    for wiring in WIRING:
+        (root / f"{wiring.removeprefix('spool.')}.py").write_text("")
     for layer in LAYERS:
-        package = tmp_path / layer
+        package = root / layer
         package.mkdir()
         (package / "__init__.py").write_text(imports.get(layer, "") + "\n")
     return tmp_path
 
 
 def test_the_rule_names_a_domain_module_that_imports_an_adapter(tmp_path: Path) -> None:
-    run = lint_imports(_tree(tmp_path, {"domain": "import adapters"}))
+    run = lint_imports(_tree(tmp_path, {"domain": "import spool.adapters"}))
     assert run.returncode != 0
     assert "domain imports no other Spool layer BROKEN" in run.stdout
-    assert "domain -> adapters" in run.stdout
+    assert "spool.domain -> spool.adapters" in run.stdout
 
 
 def test_the_rule_names_an_api_module_that_imports_a_reactor(tmp_path: Path) -> None:
-    run = lint_imports(_tree(tmp_path, {"api": "import reactors"}))
+    run = lint_imports(_tree(tmp_path, {"api": "import spool.reactors"}))
     assert run.returncode != 0
     assert "api and reactors never import each other BROKEN" in run.stdout
 
 
-def test_the_rule_names_a_layer_that_imports_spool(tmp_path: Path) -> None:
-    run = lint_imports(_tree(tmp_path, {"reactors": "import spool"}))
+def test_the_rule_names_a_layer_that_imports_the_wiring(tmp_path: Path) -> None:
+    run = lint_imports(_tree(tmp_path, {"reactors": "import spool.serve"}))
     assert run.returncode != 0
-    assert "only spool wires: no layer imports spool BROKEN" in run.stdout
+    assert "only spool wires: no layer imports the wiring modules BROKEN" in run.stdout
+
+
+def test_a_wheel_installs_nothing_but_spool(tmp_path: Path) -> None:
+    """Another installed package named `api` or `migrations` can never collide with Spool's."""
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = tmp_path.glob("spool-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert tops == {"spool"}
+    for layer in (*LAYERS, "api/static"):
+        assert any(name.startswith(f"spool/{layer}/") for name in names), layer
+    assert any(name.startswith("spool/migrations/versions/0015") for name in names)

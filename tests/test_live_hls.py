@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from adapters.downloader import DownloadCancelled, DownloadFailed, DownloadProgress
-from adapters.ffmpeg import ffmpeg_exe
-from adapters.live_hls import _GuardedBackend, _parse, is_live_hls, record
-from adapters.ssrf import UrlGuard, UrlRefused
+from spool.adapters.downloader import DownloadCancelled, DownloadFailed, DownloadProgress
+from spool.adapters.ffmpeg import ffmpeg_exe
+from spool.adapters.live_hls import _GuardedBackend, _parse, is_live_hls, record
+from spool.adapters.ssrf import UrlGuard, UrlRefused
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.media import MediaServer, make_hls, media_duration
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.log_redaction import _PATTERNS, REDACTED, RedactingFormatter, redact, remember
+from spool.adapters.log_redaction import _PATTERNS, REDACTED, RedactingFormatter, redact, remember
 
 
 @pytest.mark.parametrize(

@@ -24,8 +24,8 @@ import httpx
 import pytest
 import websockets
 
-from adapters.database import create_pool
-from adapters.event_store import EventStore
+from spool.adapters.database import create_pool
+from spool.adapters.event_store import EventStore
 from spool.keys import issue
 from tests.fixtures.media import MediaServer
 from tests.fixtures.processes import SpoolProcesses

@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters import log_context
-from adapters.log_format import JsonFormatter, TextFormatter, chosen_format
-from adapters.log_redaction import REDACTED
+from spool.adapters import log_context
+from spool.adapters.log_format import JsonFormatter, TextFormatter, chosen_format
+from spool.adapters.log_redaction import REDACTED
 from spool.embedded import free_port
 from tests.fixtures.media import MediaServer
 from tests.fixtures.processes import REPO_ROOT, SpoolProcesses, child_env, wait_http

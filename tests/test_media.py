@@ -18,18 +18,18 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from adapters.blob_storage import BlobStorage
-from adapters.event_store import EventStore
-from adapters.ffmpeg import ffmpeg_exe
-from adapters.media_cache import HlsCache, HlsRemoved
-from adapters.settings import Settings
-from adapters.storage import LocalStorage, ObjectStorage, StorageError, storage_from_url
-from api.app import create_app
-from api.media import byte_range, playlist_with_token, stop_media
-from domain import job
-from domain.events import NewEvent
-from reactors.projection import ProjectionRunner
+from spool.adapters.blob_storage import BlobStorage
+from spool.adapters.event_store import EventStore
+from spool.adapters.ffmpeg import ffmpeg_exe
+from spool.adapters.media_cache import HlsCache, HlsRemoved
+from spool.adapters.settings import Settings
+from spool.adapters.storage import LocalStorage, ObjectStorage, StorageError, storage_from_url
+from spool.api.app import create_app
+from spool.api.media import byte_range, playlist_with_token, stop_media
+from spool.domain import job
+from spool.domain.events import NewEvent
 from spool.keys import issue
+from spool.reactors.projection import ProjectionRunner
 from tests.fixtures.azurite import AzuriteServer, azurite_fixture  # noqa: F401 - the fixture
 from tests.fixtures.loopback import serve_on_loopback
 from tests.fixtures.media import make_clip, media_duration, media_streams

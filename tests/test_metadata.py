@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters import remote_probe
-from adapters.ffmpeg import ffmpeg_exe
-from api.app import create_app
-from api.metadata import MetadataController
+from spool.adapters import remote_probe
+from spool.adapters.ffmpeg import ffmpeg_exe
+from spool.api.app import create_app
+from spool.api.metadata import MetadataController
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer, make_audio_only, make_clip
 

@@ -8,8 +8,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from domain import node, task
-from domain.events import NewEvent
+from spool.domain import node, task
+from spool.domain.events import NewEvent
 from tests.cluster_api_helpers import FreshApi, append_node, fresh_api, heartbeat, node_started
 
 SCRAPE_TOKEN = "scrape-" + "0123456789abcdef" * 2

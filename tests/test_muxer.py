@@ -11,7 +11,7 @@ from typing import Any
 import psutil
 import pytest
 
-from adapters.muxer import (
+from spool.adapters.muxer import (
     AUDIO_CODECS,
     QUALITY_PRESETS,
     VIDEO_CODECS,

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.muxer import probe
-from api.cluster_reads import REFUSED
+from spool.adapters.muxer import probe
+from spool.api.cluster_reads import REFUSED
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import (
     MediaServer,

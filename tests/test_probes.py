@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from adapters.settings import Settings
+from spool.adapters.settings import Settings
 from spool.keys import issue
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer

@@ -13,18 +13,18 @@ import msgspec
 import pytest
 import sqlalchemy as sa
 
-from adapters.database import create_pool
-from adapters.event_store import AppendResult, Batch, EventStore, StreamAppend
-from adapters.settings import Settings
-from adapters.storage import LocalStorage
-from api.app import create_app
-from domain import job, node
-from domain.events import NewEvent, RecordedEvent
-from reactors.projection import ProjectionRunner
-from reactors.projections import all_projections
-from reactors.projections.jobs import JobsProjection
-from reactors.projections.nodes import NodesProjection
+from spool.adapters.database import create_pool
+from spool.adapters.event_store import AppendResult, Batch, EventStore, StreamAppend
+from spool.adapters.settings import Settings
+from spool.adapters.storage import LocalStorage
+from spool.api.app import create_app
+from spool.domain import job, node
+from spool.domain.events import NewEvent, RecordedEvent
 from spool.keys import issue
+from spool.reactors.projection import ProjectionRunner
+from spool.reactors.projections import all_projections
+from spool.reactors.projections.jobs import JobsProjection
+from spool.reactors.projections.nodes import NodesProjection
 from tests.cluster_api_helpers import node_started
 from tests.conftest import api_client
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from api.cluster_redis import redis_of
+from spool.api.cluster_redis import redis_of
 from tests.cluster_api_helpers import FreshApi, assert_error, fresh_api
 
 LIMIT = 5

@@ -30,18 +30,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters import task_store
-from adapters.key_store import issue
-from api.auth import Principal
-from api.batches import NewJob, plan_batch
-from api.job_requests import ValidJob
-from api.jobs import view
-from api.tasks import view as task_view
-from domain import batch, cluster_config, job, node, task
-from domain.cluster_config import HeartbeatConfig, HeartbeatConfigChanged
-from domain.errors import InvalidTransition
-from domain.events import Event, Metadata, NewEvent, RecordedEvent
-from reactors.projections import batches as batch_rows
+from spool.adapters import task_store
+from spool.adapters.key_store import issue
+from spool.api.auth import Principal
+from spool.api.batches import NewJob, plan_batch
+from spool.api.job_requests import ValidJob
+from spool.api.jobs import view
+from spool.api.tasks import view as task_view
+from spool.domain import batch, cluster_config, job, node, task
+from spool.domain.cluster_config import HeartbeatConfig, HeartbeatConfigChanged
+from spool.domain.errors import InvalidTransition
+from spool.domain.events import Event, Metadata, NewEvent, RecordedEvent
+from spool.reactors.projections import batches as batch_rows
 from spool.replay import load_timeline
 from tests.cluster_api_helpers import (
     FreshApi,

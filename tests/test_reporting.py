@@ -24,20 +24,20 @@ import msgspec
 import pytest
 from alembic import command
 
-from adapters.database import (
+from spool.adapters.database import (
     alembic_config,
     create_database,
     create_pool,
     drop_database,
     migrate,
 )
-from adapters.event_store import EventStore
-from domain import batch, job, node
-from domain.events import Event, Metadata
-from reactors.projection import ProjectionRunner
-from reactors.projections import all_projections
-from reactors.projections.jobs import JobsProjection
-from reactors.verify import verify
+from spool.adapters.event_store import EventStore
+from spool.domain import batch, job, node
+from spool.domain.events import Event, Metadata
+from spool.reactors.projection import ProjectionRunner
+from spool.reactors.projections import all_projections
+from spool.reactors.projections.jobs import JobsProjection
+from spool.reactors.verify import verify
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.media import MediaServer
 

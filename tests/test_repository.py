@@ -15,15 +15,15 @@ from typing import Any
 import asyncpg
 import pytest
 
-from adapters.config_store import configs
-from adapters.database import create_pool
-from adapters.event_store import EventStore
-from adapters.job_store import jobs
-from adapters.repository import Executor, Loaded, Repository
-from adapters.task_store import tasks
-from domain import cluster_config, job, task
-from domain.errors import DomainError
-from domain.events import Event, Metadata, NewEvent
+from spool.adapters.config_store import configs
+from spool.adapters.database import create_pool
+from spool.adapters.event_store import EventStore
+from spool.adapters.job_store import jobs
+from spool.adapters.repository import Executor, Loaded, Repository
+from spool.adapters.task_store import tasks
+from spool.domain import cluster_config, job, task
+from spool.domain.errors import DomainError
+from spool.domain.events import Event, Metadata, NewEvent
 
 META = Metadata(actor="repository-test")
 

@@ -20,12 +20,12 @@ import httpx
 import jwt
 import pytest
 
-from adapters import webhook_client
-from adapters.log_format import JsonFormatter, TextFormatter
-from adapters.settings import Settings
-from adapters.ssrf import UrlGuard
-from adapters.tokens import TokenError, issue_token, signing_key, verify_token
-from reactors.task_types import EXECUTORS, TaskContext, TaskRefused
+from spool.adapters import webhook_client
+from spool.adapters.log_format import JsonFormatter, TextFormatter
+from spool.adapters.settings import Settings
+from spool.adapters.ssrf import UrlGuard
+from spool.adapters.tokens import TokenError, issue_token, signing_key, verify_token
+from spool.reactors.task_types import EXECUTORS, TaskContext, TaskRefused
 from tests.fixtures.cluster import StartCluster
 from tests.fixtures.loopback import serve_on_loopback
 from tests.fixtures.s3 import S3Server

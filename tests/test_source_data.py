@@ -17,11 +17,18 @@ from typing import Any
 import asyncpg
 import pytest
 
-from adapters.database import asyncpg_url
-from adapters.event_store import EventStore, refusal_reason, refused_for_good
-from domain import job, task
-from domain.events import NewEvent
-from domain.source_data import BOUNDS, DEFAULT_BOUND, REPLACEMENT, TRUNCATED, made_safe, safe_text
+from spool.adapters.database import asyncpg_url
+from spool.adapters.event_store import EventStore, refusal_reason, refused_for_good
+from spool.domain import job, task
+from spool.domain.events import NewEvent
+from spool.domain.source_data import (
+    BOUNDS,
+    DEFAULT_BOUND,
+    REPLACEMENT,
+    TRUNCATED,
+    made_safe,
+    safe_text,
+)
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer
 from tests.test_tasks_cluster import settled, start_scheduler, submit

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from adapters.ssrf import UnresolvedHost, UrlGuard, UrlRefused
+from spool.adapters.ssrf import UnresolvedHost, UrlGuard, UrlRefused
 
 REFUSED = [
     ("http://127.0.0.1/", "URL refused: 127.0.0.1 is a loopback address"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 
-from reactors.stages import unexpected
+from spool.reactors.stages import unexpected
 
 
 def test_an_unexpected_disk_error_names_what_failed_but_not_the_nodes_file() -> None:

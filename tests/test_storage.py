@@ -20,9 +20,9 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from adapters.blob_storage import BlobStorage
-from adapters.ssrf import UrlGuard
-from adapters.storage import (
+from spool.adapters.blob_storage import BlobStorage
+from spool.adapters.ssrf import UrlGuard
+from spool.adapters.storage import (
     LocalStorage,
     ObjectChanged,
     ObjectExists,

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from adapters.account_storage import AccountStorages
-from adapters.storage import S3Storage
-from reactors.projection import ProjectionRunner
-from reactors.projections import all_projections
+from spool.adapters.account_storage import AccountStorages
+from spool.adapters.storage import S3Storage
 from spool.keys import issue
+from spool.reactors.projection import ProjectionRunner
+from spool.reactors.projections import all_projections
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer
 from tests.fixtures.s3 import S3Server

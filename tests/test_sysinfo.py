@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from adapters import sysinfo
+from spool.adapters import sysinfo
 
 _FIRST_SAMPLES = """
 from pathlib import Path
-from adapters import sysinfo
+from spool.adapters import sysinfo
 print(sysinfo.usage(Path(".")).cpu_percent, max(c["usage"] for c in sysinfo.host_report()["cpus"]))
 """
 

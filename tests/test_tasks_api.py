@@ -8,11 +8,11 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.event_store import EventStore
-from domain import task
-from domain.events import NewEvent
-from reactors.projection import ProjectionRunner
+from spool.adapters.event_store import EventStore
+from spool.domain import task
+from spool.domain.events import NewEvent
 from spool.keys import issue
+from spool.reactors.projection import ProjectionRunner
 
 BASE = "/api/v1/tasks"
 

@@ -10,9 +10,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from adapters.task_store import load_task
-from api.app import create_app
-from domain import task
+from spool.adapters.task_store import load_task
+from spool.api.app import create_app
+from spool.domain import task
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.loopback import serve_on_loopback
 from tests.fixtures.processes import SpoolProcesses

@@ -11,16 +11,16 @@ from typing import Any
 
 import pytest
 
-from adapters.event_store import EventStore
-from adapters.queue import node_queue
-from adapters.settings import Settings
-from adapters.ssrf import UrlGuard
-from adapters.task_store import load_task
-from domain import task
-from domain.account import hash_key
-from domain.events import NewEvent
-from reactors.scheduler import enqueue
-from reactors.tasks import TaskRunner
+from spool.adapters.event_store import EventStore
+from spool.adapters.queue import node_queue
+from spool.adapters.settings import Settings
+from spool.adapters.ssrf import UrlGuard
+from spool.adapters.task_store import load_task
+from spool.domain import task
+from spool.domain.account import hash_key
+from spool.domain.events import NewEvent
+from spool.reactors.scheduler import enqueue
+from spool.reactors.tasks import TaskRunner
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.test_tasks_cluster import settled, start_scheduler, submit
 
@@ -133,7 +133,7 @@ async def test_an_attempt_runs_once_however_often_it_is_delivered(
 
 
 async def test_a_replayed_assignment_enqueues_nothing_twice(redis_url: str) -> None:
-    from adapters.queue import connect
+    from spool.adapters.queue import connect
 
     redis = await connect(redis_url)
     try:

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domain import task
-from domain.errors import InvalidTransition
-from domain.node import Capabilities
+from spool.domain import task
+from spool.domain.errors import InvalidTransition
+from spool.domain.node import Capabilities
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TAGS = ["gpu-capable", "ssd", "edge", "dev"]

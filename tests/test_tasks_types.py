@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.settings import Settings
-from adapters.ssrf import UrlGuard
-from reactors.task_types import (
+from spool.adapters.settings import Settings
+from spool.adapters.ssrf import UrlGuard
+from spool.reactors.task_types import (
     EXECUTORS,
     TaskContext,
     TaskError,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import httpx
 
-from adapters.downloader import DownloadedFile
-from adapters.thumbnails import frame_time, with_thumbnail
+from spool.adapters.downloader import DownloadedFile
+from spool.adapters.thumbnails import frame_time, with_thumbnail
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.media import MediaServer, make_audio_only, make_clip, video_size
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from adapters.ffmpeg import ffmpeg_exe
-from adapters.storage import S3Storage
+from spool.adapters.ffmpeg import ffmpeg_exe
+from spool.adapters.storage import S3Storage
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer
 from tests.fixtures.throttle import ThrottledS3, throttled_s3  # noqa: F401 - the fixture

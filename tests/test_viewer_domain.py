@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from domain import viewer
+from spool.domain import viewer
 
 
 @pytest.mark.parametrize(

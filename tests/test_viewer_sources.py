@@ -19,7 +19,7 @@ import httpx
 import pytest
 import websockets
 
-from adapters.job_store import load_job
+from spool.adapters.job_store import load_job
 from tests.cluster_api_helpers import FreshApi, fresh_api
 from tests.fixtures.cluster import StartCluster
 from tests.fixtures.loopback import serve_on_loopback

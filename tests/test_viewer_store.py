@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters.event_store import EventStore
-from adapters.viewer_store import load_viewers
-from domain import viewer
-from domain.events import RecordedEvent
-from reactors.projection import ProjectionRunner
+from spool.adapters.event_store import EventStore
+from spool.adapters.viewer_store import load_viewers
+from spool.domain import viewer
+from spool.domain.events import RecordedEvent
+from spool.reactors.projection import ProjectionRunner
 from tests.test_viewers_projection import append, connected, stats, unique
 
 

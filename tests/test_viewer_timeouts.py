@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from adapters.database import create_pool
-from adapters.event_store import EventStore
-from adapters.settings import Settings
-from domain import viewer
-from domain.events import NewEvent
-from reactors.projection import ProjectionRunner
-from reactors.projections import all_projections
-from reactors.viewer_timeouts import LOCK_KEY, ViewerTimeouts
+from spool.adapters.database import create_pool
+from spool.adapters.event_store import EventStore
+from spool.adapters.settings import Settings
+from spool.domain import viewer
+from spool.domain.events import NewEvent
+from spool.reactors.projection import ProjectionRunner
+from spool.reactors.projections import all_projections
+from spool.reactors.viewer_timeouts import LOCK_KEY, ViewerTimeouts
 
 TIMEOUT = 30.0
 """Long enough that "just now" stays true on a loaded machine: no test waits it out."""

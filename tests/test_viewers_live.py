@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import websockets
 
-from api.app import create_app
+from spool.api.app import create_app
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.loopback import serve_on_loopback
 from tests.fixtures.media import MediaServer, make_clip

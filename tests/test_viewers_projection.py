@@ -7,13 +7,13 @@ import uuid
 
 import asyncpg
 
-from adapters.client_facts import describer
-from adapters.event_store import EventStore, StreamAppend
-from adapters.settings import Settings
-from adapters.viewer_sessions import ViewerRecorder
-from domain import viewer
-from domain.events import NewEvent
-from reactors.projection import ProjectionRunner
+from spool.adapters.client_facts import describer
+from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters.settings import Settings
+from spool.adapters.viewer_sessions import ViewerRecorder
+from spool.domain import viewer
+from spool.domain.events import NewEvent
+from spool.reactors.projection import ProjectionRunner
 
 CHROME_WINDOWS = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "

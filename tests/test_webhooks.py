@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from adapters.event_store import EventStore
-from domain import job, webhook
-from domain.events import Event, NewEvent
-from domain.job import JobOptions
-from reactors.webhooks import WebhookReactor
+from spool.adapters.event_store import EventStore
+from spool.domain import job, webhook
+from spool.domain.events import Event, NewEvent
+from spool.domain.job import JobOptions
+from spool.reactors.webhooks import WebhookReactor
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer
 

@@ -12,9 +12,9 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from domain import job, node, task
-from domain.cluster_config import STREAM_ID, HeartbeatConfig, HeartbeatConfigChanged
-from domain.events import NewEvent
+from spool.domain import job, node, task
+from spool.domain.cluster_config import STREAM_ID, HeartbeatConfig, HeartbeatConfigChanged
+from spool.domain.events import NewEvent
 from tests.cluster_api_helpers import FreshApi, append_node, fresh_api, heartbeat, node_started
 from tests.fixtures.loopback import serve_on_loopback
 

@@ -29,12 +29,12 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from adapters.tokens import issue_token, signing_key
-from api.cluster_ws import QUEUE_SIZE, ClusterFeed, Update, feed_of
-from api.health_ws import CLUSTER_REFUSED, COMMAND_MAX_CHARS
-from api.ws_limits import WS_MAX_MESSAGE_BYTES
-from domain import job
-from domain.events import NewEvent
+from spool.adapters.tokens import issue_token, signing_key
+from spool.api.cluster_ws import QUEUE_SIZE, ClusterFeed, Update, feed_of
+from spool.api.health_ws import CLUSTER_REFUSED, COMMAND_MAX_CHARS
+from spool.api.ws_limits import WS_MAX_MESSAGE_BYTES
+from spool.domain import job
+from spool.domain.events import NewEvent
 from tests.cluster_api_helpers import FreshApi, append_node, fresh_api, heartbeat, node_started
 from tests.fixtures.loopback import serve_on_loopback
 

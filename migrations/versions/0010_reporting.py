@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql as pg
 
-from adapters import reporting
+from spool.adapters import reporting
 
 # reporting.batches as this revision made it: it counted the jobs itself, until 0014 moved the
 # counts into the `batches` table (adapters/reporting.py holds the current definition).

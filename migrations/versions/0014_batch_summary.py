@@ -24,11 +24,11 @@ import msgspec
 import sqlalchemy as sa
 from alembic import op
 
-from adapters import reporting
-from domain import batch
-from reactors.projections import batches as batch_rows
+from spool.adapters import reporting
+from spool.domain import batch
+from spool.reactors.projections import batches as batch_rows
 
-BATCHES_VIEW_0010 = import_module("migrations.versions.0010_reporting").BATCHES_VIEW
+BATCHES_VIEW_0010 = import_module("spool.migrations.versions.0010_reporting").BATCHES_VIEW
 
 revision = "0014"
 down_revision = "0013"

@@ -8,7 +8,7 @@ Create Date: 2026-12-07
 
 from alembic import op
 
-from adapters import reporting
+from spool.adapters import reporting
 
 revision = "0015"
 down_revision = "0014"

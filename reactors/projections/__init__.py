@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from reactors.projection import Projection
-from reactors.projections.api_keys import ApiKeysProjection
-from reactors.projections.cluster_config import ClusterConfigProjection
-from reactors.projections.job_minutes import JobMinutesProjection
-from reactors.projections.job_stages import JobStagesProjection
-from reactors.projections.jobs import JobsProjection
-from reactors.projections.node_minutes import NodeMinutesProjection
-from reactors.projections.nodes import NodesProjection
-from reactors.projections.storage_configs import StorageConfigsProjection
-from reactors.projections.tasks import TasksProjection
-from reactors.projections.usage import UsageProjection
-from reactors.projections.usage_minutes import UsageMinutesProjection
-from reactors.projections.viewers import ViewersProjection
+from spool.reactors.projection import Projection
+from spool.reactors.projections.api_keys import ApiKeysProjection
+from spool.reactors.projections.cluster_config import ClusterConfigProjection
+from spool.reactors.projections.job_minutes import JobMinutesProjection
+from spool.reactors.projections.job_stages import JobStagesProjection
+from spool.reactors.projections.jobs import JobsProjection
+from spool.reactors.projections.node_minutes import NodeMinutesProjection
+from spool.reactors.projections.nodes import NodesProjection
+from spool.reactors.projections.storage_configs import StorageConfigsProjection
+from spool.reactors.projections.tasks import TasksProjection
+from spool.reactors.projections.usage import UsageProjection
+from spool.reactors.projections.usage_minutes import UsageMinutesProjection
+from spool.reactors.projections.viewers import ViewersProjection
 
 
 def all_projections() -> list[Projection]:

@@ -7,15 +7,15 @@ from collections.abc import Sequence
 import asyncpg
 import sqlalchemy as sa
 
-from adapters.tables import api_keys
-from domain.account import (
+from spool.adapters.tables import api_keys
+from spool.domain.account import (
     ApiKeyCreated,
     ApiKeyExpirySet,
     ApiKeyRevoked,
     ApiKeyRotated,
     scope_of,
 )
-from domain.events import RecordedEvent
+from spool.domain.events import RecordedEvent
 
 
 class ApiKeysProjection:

@@ -14,8 +14,8 @@ from typing import Any
 
 import asyncpg
 
-from domain import batch
-from domain.events import RecordedEvent
+from spool.domain import batch
+from spool.domain.events import RecordedEvent
 
 OWN_COLUMNS = (
     "account_id",

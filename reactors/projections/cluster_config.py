@@ -8,9 +8,9 @@ import asyncpg
 import msgspec
 import sqlalchemy as sa
 
-from adapters.tables import cluster_config
-from domain import cluster_config as config
-from domain.events import RecordedEvent
+from spool.adapters.tables import cluster_config
+from spool.domain import cluster_config as config
+from spool.domain.events import RecordedEvent
 
 _encode = msgspec.json.Encoder().encode
 

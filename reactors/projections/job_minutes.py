@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 import asyncpg
 import sqlalchemy as sa
 
-from adapters.tables import job_minutes
-from domain import job
-from domain.events import RecordedEvent
+from spool.adapters.tables import job_minutes
+from spool.domain import job
+from spool.domain.events import RecordedEvent
 
 COUNTERS = job.COUNTERS
 

@@ -17,9 +17,9 @@ import asyncpg
 import msgspec
 import sqlalchemy as sa
 
-from adapters.tables import job_stages
-from domain import job
-from domain.events import Event, RecordedEvent
+from spool.adapters.tables import job_stages
+from spool.domain import job
+from spool.domain.events import Event, RecordedEvent
 
 StageKey = tuple[str, int, str, int]
 """job_id, run, stage, attempt"""

@@ -13,10 +13,10 @@ import asyncpg
 import msgspec
 import sqlalchemy as sa
 
-from adapters.tables import batches, jobs
-from domain import batch, job
-from domain.events import RecordedEvent
-from reactors.projections import batches as batch_rows
+from spool.adapters.tables import batches, jobs
+from spool.domain import batch, job
+from spool.domain.events import RecordedEvent
+from spool.reactors.projections import batches as batch_rows
 
 _encode = msgspec.json.Encoder().encode
 _decode_state = msgspec.json.Decoder(job.JobState).decode

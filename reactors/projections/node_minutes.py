@@ -16,10 +16,10 @@ import asyncpg
 import msgspec
 import sqlalchemy as sa
 
-from adapters.tables import node_minutes
-from domain import node
-from domain.events import RecordedEvent
-from reactors.projections.job_minutes import minute_of
+from spool.adapters.tables import node_minutes
+from spool.domain import node
+from spool.domain.events import RecordedEvent
+from spool.reactors.projections.job_minutes import minute_of
 
 
 class NodeMinute(msgspec.Struct, kw_only=True):

@@ -8,9 +8,9 @@ import asyncpg
 import msgspec
 import sqlalchemy as sa
 
-from adapters.tables import nodes
-from domain import node
-from domain.events import RecordedEvent
+from spool.adapters.tables import nodes
+from spool.domain import node
+from spool.domain.events import RecordedEvent
 
 _encode = msgspec.json.Encoder().encode
 

@@ -12,11 +12,11 @@ import asyncpg
 import msgspec
 import sqlalchemy as sa
 
-from adapters.account_storage import storage_configs
-from domain.events import RecordedEvent
+from spool.adapters.account_storage import storage_configs
+from spool.domain.events import RecordedEvent
 
 # Importing the module registers StorageConfigured / StorageRemoved with the event registry.
-from domain.storage_config import StorageConfigured, StorageRemoved
+from spool.domain.storage_config import StorageConfigured, StorageRemoved
 
 _encode = msgspec.json.Encoder().encode
 

@@ -8,9 +8,9 @@ import asyncpg
 import msgspec
 import sqlalchemy as sa
 
-from adapters.tables import tasks
-from domain import task
-from domain.events import RecordedEvent
+from spool.adapters.tables import tasks
+from spool.domain import task
+from spool.domain.events import RecordedEvent
 
 _encode = msgspec.json.Encoder().encode
 _decode_state = msgspec.json.Decoder(task.TaskState).decode

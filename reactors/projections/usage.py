@@ -22,9 +22,9 @@ from datetime import UTC, date
 import asyncpg
 import sqlalchemy as sa
 
-from adapters.tables import usage_daily
-from domain import job
-from domain.events import RecordedEvent
+from spool.adapters.tables import usage_daily
+from spool.domain import job
+from spool.domain.events import RecordedEvent
 
 log = logging.getLogger("spool.projections.usage")
 

@@ -8,9 +8,9 @@ from datetime import datetime
 import asyncpg
 import sqlalchemy as sa
 
-from adapters.tables import usage_minutes
-from domain import node
-from domain.events import RecordedEvent
+from spool.adapters.tables import usage_minutes
+from spool.domain import node
+from spool.domain.events import RecordedEvent
 
 _UPSERT = """
 INSERT INTO usage_minutes (minute, samples, cpu_percent_sum, memory_percent_sum)

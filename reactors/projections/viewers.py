@@ -17,15 +17,15 @@ from datetime import datetime
 import asyncpg
 import sqlalchemy as sa
 
-from adapters.tables import (
+from spool.adapters.tables import (
     VIEWER_SPAN_WIDTHS,
     viewer_term_counts,
     viewer_term_spans,
     viewer_terms,
     viewers,
 )
-from domain import viewer
-from domain.events import RecordedEvent
+from spool.domain import viewer
+from spool.domain.events import RecordedEvent
 
 ALL = ""
 """The term every live viewer carries: the unsearched list."""

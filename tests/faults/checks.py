@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from reactors.projection import ProjectionRunner
-from reactors.projections import all_projections
-from reactors.verify import Difference, verify
+from spool.reactors.projection import ProjectionRunner
+from spool.reactors.projections import all_projections
+from spool.reactors.verify import Difference, verify
 from tests.fixtures.audit import audit, summary
 from tests.fixtures.cluster import Cluster
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from domain import job
+from spool.domain import job
 from spool.embedded import free_port
 from tests.faults.checks import assert_nothing_lost
 from tests.fixtures.cluster import StartCluster

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.database import create_database, migrate
-from api.unavailable import MESSAGE
-from domain import job
+from spool.adapters.database import create_database, migrate
+from spool.api.unavailable import MESSAGE
+from spool.domain import job
 from spool.embedded import EmbeddedPostgres
 from tests.faults.checks import assert_nothing_lost
 from tests.fixtures.cluster import StartCluster

@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from domain import job
+from spool.domain import job
 from spool.embedded import EmbeddedRedis
 from tests.faults.checks import assert_nothing_lost
 from tests.fixtures.cluster import StartCluster

@@ -10,8 +10,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from adapters.task_store import load_task
-from domain import job, task
+from spool.adapters.task_store import load_task
+from spool.domain import job, task
 from tests.faults.checks import assert_nothing_lost
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from adapters.job_store import load_job
-from adapters.task_store import load_task
-from domain import job, task
-from domain.errors import ConcurrencyError
-from domain.events import Metadata, NewEvent
+from spool.adapters.job_store import load_job
+from spool.adapters.task_store import load_task
+from spool.domain import job, task
+from spool.domain.errors import ConcurrencyError
+from spool.domain.events import Metadata, NewEvent
 from spool.embedded import EmbeddedRedis
 from tests.faults.checks import assert_nothing_lost
 from tests.fixtures.cluster import Cluster, StartCluster
