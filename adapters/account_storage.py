@@ -23,25 +23,12 @@ from typing import TypeAlias
 
 import asyncpg
 import msgspec
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql as pg
 
 from spool.adapters import secret_box
+from spool.adapters.read_models import storage_configs
 from spool.adapters.ssrf import UrlGuard
 from spool.adapters.storage import ObjectStorage, S3Storage, StorageError, account_prefix
-from spool.adapters.tables import metadata
 from spool.domain.storage_config import Provider, StorageConfigured
-
-# The `storage_configs` projection's table (written by reactors.projections.storage_configs).
-# `config` is the whole current StorageConfigured event: non-secret fields and sealed secrets.
-storage_configs = sa.Table(
-    "storage_configs",
-    metadata,
-    sa.Column("account_id", sa.Text, primary_key=True),
-    sa.Column("provider", sa.Text, nullable=False),
-    sa.Column("config", pg.JSONB, nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-)
 
 GCS_ENDPOINT = "https://storage.googleapis.com"
 """GCS's S3-interoperable XML API; HMAC keys sign SigV4 requests there."""
@@ -171,9 +158,7 @@ async def open_credentials(
 
 async def current_config(pool: asyncpg.Pool, account_id: str) -> StorageConfigured | None:
     """The account's storage as the `storage_configs` projection has it, or None."""
-    raw = await pool.fetchval(
-        "SELECT config FROM storage_configs WHERE account_id = $1", account_id
-    )
+    raw = await storage_configs.stored_config(pool, account_id)
     return None if raw is None else msgspec.json.decode(raw, type=StorageConfigured)
 
 
@@ -296,9 +281,7 @@ class AccountStorages:
                 storage = self._held_for(entry)
                 if storage is not None:
                     return storage
-            raw = await self.pool.fetchval(
-                "SELECT config FROM storage_configs WHERE account_id = $1", account_id
-            )
+            raw = await storage_configs.stored_config(self.pool, account_id)
             fingerprint = None if raw is None else bytes(raw)
             if entry is not None and entry.fingerprint == fingerprint:
                 storage = self._held_for(entry)

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import asyncpg
-import msgspec
-
 from spool.adapters.event_store import AppendResult, EventStore
 from spool.adapters.repository import Repository
 from spool.domain import cluster_config as config
 from spool.domain.events import Event, Metadata, RecordedEvent
-
-_decode_heartbeat = msgspec.json.Decoder(config.HeartbeatConfig).decode
 
 
 def _fold(events: Sequence[RecordedEvent]) -> config.ClusterConfig:
@@ -44,9 +39,3 @@ async def change_config(
     state, appended = await configs(store).execute(config.STREAM_ID, decide, meta)
     assert state is not None  # the config always exists: `initial` is the defaults
     return state, appended
-
-
-async def heartbeat_config(pool: asyncpg.Pool) -> config.HeartbeatConfig:
-    """The heartbeat settings as the projection holds them (defaults before any change)."""
-    row = await pool.fetchval("SELECT settings FROM cluster_config WHERE section = 'heartbeat'")
-    return _decode_heartbeat(row) if row is not None else config.HeartbeatConfig()

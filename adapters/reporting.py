@@ -20,7 +20,7 @@ from collections.abc import Collection, Iterable, Mapping
 
 import asyncpg
 
-from spool.adapters.node_online import configured_timeout, online
+from spool.adapters.read_models.nodes import configured_timeout, online
 
 SCHEMA = "reporting"
 

@@ -15,6 +15,7 @@ from litestar.datastructures import State
 from litestar.types import Scope
 
 from spool.adapters.database import unreachable
+from spool.adapters.read_models import api_keys
 from spool.api.errors import JobApiError
 from spool.domain.account import allows, hash_key, parse_scope
 
@@ -120,12 +121,6 @@ def _still_trusted(state: State, digest: str) -> Principal | None:
     return cached[0] if cached is not None and cached[1] > time.monotonic() else None
 
 
-_LOOKUP = """
-SELECT k.key_id, k.account_id, k.scope, k.expires_at, k.replaced_by, u.used_at
-FROM api_keys k LEFT JOIN api_key_use u ON u.key_id = k.key_id
-WHERE k.key_hash = $1 AND NOT k.revoked AND (k.expires_at IS NULL OR k.expires_at > now())
-"""
-
 _USED = f"""
 INSERT INTO api_key_use AS u (key_id, used_at) VALUES ($1, now())
 ON CONFLICT (key_id) DO UPDATE SET used_at = excluded.used_at
@@ -140,7 +135,7 @@ async def lookup(state: State, key: str) -> Principal | None:
     if known is not None:
         return known
     verified = _verified(state)
-    row = await state.pool.fetchrow(_LOOKUP, digest)
+    row = await api_keys.working_key(state.pool, digest)
     if row is None:
         verified.pop(digest, None)
         return None
@@ -165,15 +160,9 @@ async def lookup(state: State, key: str) -> Principal | None:
     return principal
 
 
-_ALIVE = """
-SELECT NOT revoked AND (expires_at IS NULL OR expires_at > now()) FROM api_keys WHERE key_id = $1
-"""
-
-
 async def key_alive(pool: asyncpg.Pool, key_id: str) -> bool:
     """Whether the key `key_id` still works: known, not revoked, not expired."""
-    alive: bool | None = await pool.fetchval(_ALIVE, key_id)
-    return alive is True
+    return await api_keys.key_works(pool, key_id)
 
 
 async def key_gone(pool: asyncpg.Pool, key_id: str, every: float) -> None:

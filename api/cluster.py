@@ -12,39 +12,17 @@ from litestar import Controller, Request, Response, get
 from litestar.di import Provide
 
 from spool.adapters.config_store import load_config
+from spool.adapters.read_models import job_minutes, usage_minutes
+from spool.adapters.read_models import tasks as task_rows
+from spool.adapters.read_models.nodes import all_rows
 from spool.adapters.settings import Settings
 from spool.api.auth import Principal
 from spool.api.cluster_reads import cluster_reader
-from spool.api.device_view import ClusterDeviceStats, all_rows, cluster_stats, duration
+from spool.api.device_view import ClusterDeviceStats, cluster_stats, duration
 from spool.api.envelope import CLUSTER_API_ERRORS, Envelope, success
 from spool.domain import cluster_config as config
 
 WINDOWS_MINUTES = (1, 5, 15)
-
-# Jobs that completed, failed or were cancelled in the window, counted when it happened
-# (`domain.job.count`, through `reporting.job_minutes`): what the dashboard's chart shows for
-# the same minutes. Whole minutes, as `_USAGE` below.
-_JOBS = """
-SELECT coalesce(sum(completed), 0)::bigint AS completed,
-       coalesce(sum(failed), 0)::bigint AS failed,
-       coalesce(sum(cancelled), 0)::bigint AS cancelled
-FROM reporting.job_minutes
-WHERE minute >= date_trunc('minute', now()) - $1::int * interval '1 minute'
-"""
-
-_TASKS = """
-SELECT count(*) FILTER (WHERE status = 'success') AS completed,
-       count(*) FILTER (WHERE status IN ('failed', 'timeout')) AS failed,
-       avg(execution_time_seconds) FILTER (WHERE status = 'success') AS avg_seconds
-FROM tasks WHERE completed_at > now() - $1::int * interval '1 minute'
-"""
-
-# Whole minutes, the current one included: a 1 minute window reads this minute and the last.
-_USAGE = """
-SELECT sum(samples)::bigint AS samples, sum(cpu_percent_sum) AS cpu,
-       sum(memory_percent_sum) AS memory
-FROM usage_minutes WHERE minute >= date_trunc('minute', now()) - $1::int * interval '1 minute'
-"""
 
 
 def version() -> str:
@@ -146,10 +124,10 @@ def server_info(request: Request[Any, Any, Any]) -> ServerInfo:
 
 
 async def _window(pool: asyncpg.Pool, minutes: int) -> MetricsWindow:
-    jobs = await pool.fetchrow(_JOBS, minutes)
-    usage = await pool.fetchrow(_USAGE, minutes)
+    jobs = await job_minutes.window(pool, minutes)
+    usage = await usage_minutes.window(pool, minutes)
     try:
-        tasks: asyncpg.Record | None = await pool.fetchrow(_TASKS, minutes)
+        tasks: asyncpg.Record | None = await task_rows.window(pool, minutes)
     except asyncpg.UndefinedTableError:  # a database not yet migrated to tasks
         tasks = None
     samples = usage["samples"] or 0

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -22,9 +21,8 @@ from litestar import WebSocket, websocket
 from litestar.datastructures import State
 from litestar.exceptions import WebSocketDisconnect
 
-from spool.adapters.config_store import heartbeat_config
 from spool.adapters.event_store import NOTIFY_CHANNEL, Checkpoint, EventStore
-from spool.adapters.node_online import online
+from spool.adapters.read_models import nodes as node_rows
 from spool.adapters.viewer_sessions import ViewerSession
 from spool.api.auth import KEY_CACHE_SECONDS, Principal, key_gone, lookup
 from spool.api.cluster_reads import may_read_cluster
@@ -85,11 +83,6 @@ _READABLE_HEAD = """
 SELECT tx::text::bigint AS tx, position FROM events
 WHERE tx < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY events.tx DESC, events.position DESC LIMIT 1
-"""
-
-_ONLINE = f"""
-SELECT node_id, {online("$1::interval")} AS online
-FROM nodes WHERE removed_at IS NULL
 """
 
 
@@ -287,9 +280,7 @@ class ClusterFeed:
     # -- devices going quiet (or coming back) --------------------------------------------
 
     async def _online(self) -> dict[str, bool]:
-        hb = await heartbeat_config(self.pool)
-        rows = await self.pool.fetch(_ONLINE, timedelta(seconds=hb.timeout))
-        return {r["node_id"]: bool(r["online"]) for r in rows}
+        return await node_rows.online_by_node(self.pool)
 
     async def _devices(self) -> None:
         """Announce what the table changed that no event told: silence, or beats resuming."""

@@ -13,7 +13,8 @@ from litestar.datastructures import CacheControlHeader
 from litestar.static_files import create_static_files_router
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from spool.adapters.node_online import configured_timeout, online
+from spool.adapters.read_models import job_minutes
+from spool.adapters.read_models import nodes as node_rows
 from spool.api.auth import key_in, recently_verified
 from spool.api.cluster_reads import job_api_cluster_reader, may_read_cluster
 from spool.api.errors import JOB_API_ERRORS, JobApiError
@@ -34,44 +35,12 @@ _PAGE_HEADERS = {
     "Cache-Control": "no-cache",
 }
 
-_CLUSTER = f"""
-SELECT coalesce(sum(downloading), 0), coalesce(sum(muxing), 0), coalesce(sum(uploading), 0)
-FROM nodes WHERE {online(configured_timeout())}
-"""
-
 NODES_SHOWN_FOR = timedelta(hours=1)
 """A node silent for longer than this drops off the dashboard's node list."""
 
 MAX_NODES = 200
 
-_NODES = f"""
-SELECT node_id, hostname, ip, downloading, muxing, uploading, cardinality(running),
-       (usage->>'cpu_percent')::float8,
-       (usage->>'memory_used')::float8 / nullif((usage->>'memory_total')::float8, 0) * 100,
-       {online(configured_timeout())},
-       extract(epoch FROM now() - last_heartbeat_at)::float8
-FROM nodes
-WHERE removed_at IS NULL AND last_heartbeat_at > now() - $1::interval
-ORDER BY 10 DESC, node_id
-LIMIT $2
-"""
-
 MAX_MINUTES = 24 * 60
-
-# From the documented `reporting.job_minutes` view, which a rebuild keeps pointing at live rows.
-THROUGHPUT_SQL = """
-WITH w AS (
-    SELECT date_trunc('minute', now()) - ($1::int - 1) * interval '1 minute' AS first,
-           date_trunc('minute', now()) AS last
-)
-SELECT m.minute, coalesce(j.completed, 0), coalesce(j.failed, 0), coalesce(j.bytes, 0)
-FROM w, generate_series(w.first, w.last, interval '1 minute') AS m(minute)
-LEFT JOIN (
-    SELECT minute, completed, failed, bytes FROM reporting.job_minutes, w WHERE minute >= w.first
-) AS j USING (minute)
-ORDER BY m.minute
-"""
-"""Jobs finished and bytes stored per minute, every minute of the window (zeros included)."""
 
 
 class ClusterStats(msgspec.Struct):
@@ -134,8 +103,7 @@ async def _cluster_stats(request: Request[Any, Any, Any]) -> ClusterStats:
     cached: _CachedStats | None = state.get("cluster_stats")
     if cached is not None and cached.until > now:
         return cached.stats
-    row = await state.pool.fetchrow(_CLUSTER)
-    stats = ClusterStats(row[0], row[1], row[2])
+    stats = ClusterStats(*await node_rows.busy_online(state.pool))
     state["cluster_stats"] = _CachedStats(stats, _encode(stats), now + STATS_CACHE_SECONDS)
     return stats
 
@@ -183,7 +151,7 @@ class DashboardController(Controller):
 
     @get("/cluster", middleware=[answer_from_cache])
     async def cluster(self, request: Request[Any, Any, Any]) -> ClusterStats:
-        """What every online node (adapters/node_online.py) is doing right now."""
+        """What every online node (adapters/read_models/nodes.py) is doing right now."""
         await job_api_cluster_reader(request)
         return await _cluster_stats(request)
 
@@ -191,7 +159,7 @@ class DashboardController(Controller):
     async def nodes(self, request: Request[Any, Any, Any]) -> NodeList:
         """Nodes heard from in the last hour: heartbeat age, CPU and memory, stage counts."""
         await job_api_cluster_reader(request)
-        rows = await request.app.state.pool.fetch(_NODES, NODES_SHOWN_FOR, MAX_NODES)
+        rows = await node_rows.heard_within(request.app.state.pool, NODES_SHOWN_FOR, MAX_NODES)
         return NodeList(
             nodes=[
                 NodeView(
@@ -219,7 +187,7 @@ class DashboardController(Controller):
             raise JobApiError(
                 status_code=400, detail=f"minutes must be between 1 and {MAX_MINUTES}"
             )
-        points = await request.app.state.pool.fetch(THROUGHPUT_SQL, minutes)
+        points = await job_minutes.throughput(request.app.state.pool, minutes)
         return Throughput(
             minutes=minutes,
             points=[

@@ -1,32 +1,20 @@
 """Devices (Spool's worker nodes) as the cluster API shows them, read from the `nodes` table.
 
-A device is online by the one rule of adapters/node_online.py (not stopped, and a heartbeat
+A device is online by the one rule of adapters/read_models/nodes.py (not stopped, and a heartbeat
 younger than the heartbeat config's `timeout`); removed devices are not shown at all.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 import asyncpg
 import msgspec
 
-from spool.adapters.config_store import heartbeat_config
-from spool.adapters.node_online import online
+from spool.adapters.read_models.nodes import DeviceFilter, device_rows
 from spool.api.envelope import iso
-from spool.domain.cluster_config import HeartbeatConfig
 
 _GB = 1024**3
-
-_COLUMNS = f"""
-node_id, hostname, ip, role, tags, capabilities, concurrency, started_at, stopped_at,
-last_heartbeat_at, downloading, muxing, uploading, running, usage, heartbeats,
-coalesce(capabilities->>'platform', 'linux') AS platform,
-{online("$1::interval")} AS online,
-extract(epoch FROM now() - last_heartbeat_at)::float8 AS heartbeat_age,
-extract(epoch FROM now() - started_at)::float8 AS up_seconds
-"""
 
 STATUSES = ("online", "offline", "all")
 
@@ -150,83 +138,12 @@ def usage(row: asyncpg.Record) -> MachineUsage:
     )
 
 
-class DeviceFilter(msgspec.Struct, frozen=True):
-    status: str = "all"
-    role: str | None = None
-    platform: str | None = None
-    tags: tuple[str, ...] = ()
-
-
-def _where(f: DeviceFilter) -> tuple[str, list[Any]]:
-    """SQL conditions after $1 (the timeout interval) and their arguments."""
-    conds = ["removed_at IS NULL"]
-    args: list[Any] = []
-    is_online = online("$1::interval")
-    if f.status == "online":
-        conds.append(is_online)
-    elif f.status == "offline":
-        conds.append(f"NOT {is_online}")
-    if f.role:
-        args.append(f.role)
-        conds.append(f"role = ${len(args) + 1}")
-    if f.platform:
-        args.append(f.platform)
-        conds.append(f"coalesce(capabilities->>'platform', 'linux') = ${len(args) + 1}")
-    if f.tags:
-        args.append(list(f.tags))
-        conds.append(f"tags @> ${len(args) + 1}::text[]")
-    return " AND ".join(conds), args
-
-
-async def timeout_of(pool: asyncpg.Pool) -> tuple[HeartbeatConfig, timedelta]:
-    hb = await heartbeat_config(pool)
-    return hb, timedelta(seconds=hb.timeout)
-
-
 async def list_devices(
     pool: asyncpg.Pool, f: DeviceFilter, limit: int, offset: int
 ) -> tuple[list[Device], int]:
     """One page of devices matching `f`, by id, and how many match in all."""
-    _, timeout = await timeout_of(pool)
-    where, args = _where(f)
-    n = len(args) + 2
-    rows = await pool.fetch(
-        f"SELECT {_COLUMNS}, count(*) OVER () AS total FROM nodes WHERE {where} "
-        f"ORDER BY node_id LIMIT ${n} OFFSET ${n + 1}",
-        timeout,
-        *args,
-        limit,
-        offset,
-    )
-    if rows:
-        return [device(r) for r in rows], int(rows[0]["total"])
-    if offset == 0:
-        return [], 0
-    # `$1` must appear even when no condition reads the timeout (status "all"): the server
-    # counts the parameters a statement uses, and a page past the end was a 500.
-    total = await pool.fetchval(
-        f"SELECT count(*) FROM nodes WHERE $1::interval IS NOT NULL AND {where}", timeout, *args
-    )
-    return [], int(total)
-
-
-async def device_row(
-    pool: asyncpg.Pool, device_id: str
-) -> tuple[asyncpg.Record | None, HeartbeatConfig]:
-    """One device's row (None if unknown or removed) and the heartbeat config it was judged by."""
-    hb, timeout = await timeout_of(pool)
-    row = await pool.fetchrow(
-        f"SELECT {_COLUMNS} FROM nodes WHERE node_id = $2 AND removed_at IS NULL",
-        timeout,
-        device_id,
-    )
-    return row, hb
-
-
-async def all_rows(pool: asyncpg.Pool) -> list[asyncpg.Record]:
-    """Every device that is not removed."""
-    _, timeout = await timeout_of(pool)
-    return list(await pool.fetch(f"SELECT {_COLUMNS} FROM nodes WHERE removed_at IS NULL", timeout))
+    rows, total = await device_rows(pool, f, limit, offset)
+    return [device(r) for r in rows], total
 
 
 def cluster_stats(rows: list[asyncpg.Record]) -> ClusterDeviceStats:

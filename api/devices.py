@@ -16,6 +16,7 @@ from litestar.di import Provide
 
 from spool.adapters.event_store import EventStore
 from spool.adapters.queue import node_queue
+from spool.adapters.read_models.nodes import DeviceFilter, all_rows, device_row
 from spool.api.auth import Principal
 from spool.api.cluster_reads import cluster_reader
 from spool.api.cluster_redis import redis_of
@@ -23,12 +24,9 @@ from spool.api.device_view import (
     STATUSES,
     ClusterDeviceStats,
     Device,
-    DeviceFilter,
     MachineUsage,
-    all_rows,
     cluster_stats,
     device,
-    device_row,
     list_devices,
     usage,
 )

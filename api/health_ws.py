@@ -26,6 +26,7 @@ from litestar.exceptions import WebSocketDisconnect
 from spool.adapters import sysinfo
 from spool.adapters.database import unreachable
 from spool.adapters.log_format import TextFormatter
+from spool.adapters.read_models import nodes as node_rows
 from spool.adapters.settings import Settings
 from spool.adapters.tokens import TokenClaims, TokenError, verify_token
 from spool.adapters.viewer_sessions import ViewerSession
@@ -48,11 +49,6 @@ ECHO_MAX_CHARS = 40
 """How much of what a client sent an error message quotes back."""
 LOGS_DEFAULT = 50
 SUBSCRIBE_MIN_SECONDS, SUBSCRIBE_MAX_SECONDS = 1, 60
-
-_NODE = """
-SELECT node_id, hostname, ip, capabilities, usage, last_heartbeat_at FROM nodes
-WHERE node_id = $1 AND removed_at IS NULL
-"""
 
 _encode = msgspec.json.Encoder().encode
 
@@ -310,7 +306,7 @@ class HealthSession:
     async def sysinfo(self, node_id: str | None) -> str:
         if node_id is None:
             return _encode(await asyncio.to_thread(sysinfo.host_report)).decode()
-        row = await self.state.pool.fetchrow(_NODE, node_id)
+        row = await node_rows.registration(self.state.pool, node_id)
         if row is None:
             return _error(f"unknown node {_quoted(node_id)}")
         report = node_report(row)

@@ -24,6 +24,7 @@ from spool.adapters.job_store import JobChangingTooFast, decide_and_append, load
 from spool.adapters.job_store import load_job as load_job_state
 from spool.adapters.owned_objects import delete_all_owned
 from spool.adapters.playlists import Playlist, extract_playlist, looks_like_media
+from spool.adapters.read_models import jobs as job_rows
 from spool.adapters.settings import Settings
 from spool.adapters.ssrf import UrlGuard
 from spool.adapters.storage import StorageError
@@ -57,7 +58,6 @@ from spool.domain.events import Event, Metadata, NewEvent
 from spool.domain.source_data import made_safe
 from spool.domain.storage_config import StorageConfigured
 
-_decode_state = msgspec.json.Decoder(job.JobState).decode
 _to_builtins = msgspec.to_builtins
 
 
@@ -559,28 +559,17 @@ class JobsController(Controller):
     ) -> JobPage:
         """The caller's jobs, newest first; pass `next_cursor` as `cursor` for the next page."""
         after = _parse_cursor(cursor) if cursor else None
-        rows = await request.app.state.pool.fetch(
-            """
-            SELECT state, created_at, job_id FROM jobs
-            WHERE account_id = $1
-              AND ($2::text IS NULL OR status = $2)
-              AND ($3::text IS NULL OR batch_id = $3)
-              AND ($4::timestamptz IS NULL OR (created_at, job_id) < ($4, $5))
-            ORDER BY created_at DESC, job_id DESC
-            LIMIT $6
-            """,
+        found = await job_rows.page(
+            request.app.state.pool,
             principal.account_id,
-            status,
-            batch_id,
-            after[0] if after else None,
-            after[1] if after else None,
-            limit + 1,
+            status=status,
+            batch_id=batch_id,
+            after=after,
+            limit=limit,
         )
-        page = rows[:limit]
-        more = len(rows) > limit
         return JobPage(
-            jobs=[view(_decode_state(r[0])) for r in page],
-            next_cursor=_cursor(page[-1][1], page[-1][2]) if more else None,
+            jobs=[view(state) for state in found.states],
+            next_cursor=_cursor(*found.last) if found.more and found.last else None,
         )
 
     @get("/{job_id:str}/events")

@@ -21,8 +21,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from spool.adapters.node_online import configured_timeout, online
 from spool.adapters.probes import ProbePool
+from spool.adapters.read_models import jobs as job_rows
+from spool.adapters.read_models import nodes as node_rows
+from spool.adapters.read_models import tasks as tasks_model
 from spool.adapters.timed_event_store import REGISTRY as PROCESS_REGISTRY
 from spool.api.cluster_reads import metrics_reader
 from spool.api.errors import JOB_API_ERRORS
@@ -31,28 +33,6 @@ STAGE_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0
 
 LAG_WINDOW = 100_000
 """Projection lag is counted among the log's newest events only, so a scrape stays cheap."""
-
-_DEVICES = f"""
-SELECT count(*) FILTER (WHERE {online(configured_timeout())}), count(*)
-FROM nodes WHERE removed_at IS NULL
-"""
-
-_JOBS = "SELECT status, step, count(*) FROM jobs GROUP BY status, step"
-
-_STAGES = f"""
-SELECT t.key AS stage, count(*) AS n, sum(s) AS total,
-       {", ".join(f"count(*) FILTER (WHERE s <= {b})" for b in STAGE_BUCKETS)}
-FROM jobs, jsonb_each(state->'timings') AS t,
-     LATERAL (SELECT (t.value->>'seconds')::float8 AS s) AS v
-WHERE t.value ? 'seconds'
-GROUP BY t.key
-"""
-
-_TASKS = """
-SELECT status, task_type, count(*), coalesce(sum(execution_time_seconds), 0),
-       count(execution_time_seconds)
-FROM tasks GROUP BY status, task_type
-"""
 
 _HEAD = "SELECT coalesce(max(position), 0) FROM events"
 
@@ -77,7 +57,7 @@ class _Families:
 
 
 async def _families(pool: asyncpg.Pool, types: Mapping[str, frozenset[str]]) -> list[Metric]:
-    online, total = await pool.fetchrow(_DEVICES)
+    online, total = await node_rows.online_count(pool)
     devices = GaugeMetricFamily(
         "retire_cluster_devices_total", "Total number of registered devices", labels=["status"]
     )
@@ -87,7 +67,7 @@ async def _families(pool: asyncpg.Pool, types: Mapping[str, frozenset[str]]) -> 
     jobs = GaugeMetricFamily(
         "spool_jobs_total", "Jobs by status and step", labels=["status", "step"]
     )
-    for status, step, n in await pool.fetch(_JOBS):
+    for status, step, n in await job_rows.count_by_status_step(pool):
         jobs.add_metric([status, step], n)
 
     stages = HistogramMetricFamily(
@@ -95,7 +75,7 @@ async def _families(pool: asyncpg.Pool, types: Mapping[str, frozenset[str]]) -> 
         "How long finished job stages took",
         labels=["stage"],
     )
-    for row in await pool.fetch(_STAGES):
+    for row in await job_rows.stage_times(pool, STAGE_BUCKETS):
         buckets = [(str(b), row[3 + i]) for i, b in enumerate(STAGE_BUCKETS)]
         buckets.append(("+Inf", row["n"]))
         stages.add_metric([row["stage"]], buckets, sum_value=row["total"] or 0.0)
@@ -112,7 +92,7 @@ async def _families(pool: asyncpg.Pool, types: Mapping[str, frozenset[str]]) -> 
         labels=["task_type"],
     )
     try:
-        task_rows = await pool.fetch(_TASKS)
+        task_rows = await tasks_model.count_by_status_type(pool)
     except asyncpg.UndefinedTableError:  # a database not yet migrated to tasks
         task_rows = []
     by_status: dict[str, int] = {}

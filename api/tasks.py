@@ -19,12 +19,13 @@ from litestar.di import Provide
 
 from spool.adapters.account_policy_store import load_policy
 from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters.read_models import tasks as task_rows
+from spool.adapters.read_models.nodes import online_offers
 from spool.adapters.task_store import (
     TaskChangingTooFast,
     decide_and_append,
     load_task,
     load_task_as_of,
-    online_offers,
 )
 from spool.api.as_of import BadAsOf, parse_as_of
 from spool.api.auth import Principal
@@ -339,50 +340,6 @@ def _choice(field: str, value: str | None, allowed: tuple[str, ...]) -> str | No
     return value
 
 
-_LIST = """
-SELECT state, count(*) OVER () AS total FROM tasks
-WHERE ($1::text IS NULL OR account_id = $1)
-  AND ($2::text IS NULL OR status = $2)
-  AND ($3::text IS NULL OR task_type = $3)
-  AND ($4::text IS NULL OR priority = $4)
-  AND ($5::text IS NULL OR device_id = $5)
-ORDER BY created_at DESC, task_id DESC
-LIMIT $6 OFFSET $7
-"""
-
-_COUNT = """
-SELECT count(*) FROM tasks
-WHERE ($1::text IS NULL OR account_id = $1)
-  AND ($2::text IS NULL OR status = $2)
-  AND ($3::text IS NULL OR task_type = $3)
-  AND ($4::text IS NULL OR priority = $4)
-  AND ($5::text IS NULL OR device_id = $5)
-"""
-
-_BY_STATUS = """
-SELECT status, count(*) FROM tasks WHERE ($1::text IS NULL OR account_id = $1) GROUP BY status
-"""
-
-_BY_TYPE = """
-SELECT task_type, count(*) AS total,
-       count(*) FILTER (WHERE status = 'success') AS success,
-       count(*) FILTER (WHERE status = 'failed') AS failed,
-       count(*) FILTER (WHERE status = 'timeout') AS timeout,
-       count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
-       avg(execution_time_seconds) FILTER (WHERE status = 'success') AS mean,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY execution_time_seconds)
-           FILTER (WHERE status = 'success') AS p95
-FROM tasks WHERE ($1::text IS NULL OR account_id = $1)
-GROUP BY task_type ORDER BY task_type
-"""
-
-_OVERALL_TIMES = """
-SELECT avg(execution_time_seconds) AS mean,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY execution_time_seconds) AS p95
-FROM tasks WHERE status = 'success' AND ($1::text IS NULL OR account_id = $1)
-"""
-
-
 def _rate(success: int, finished: int) -> float | None:
     """Percent of finished tasks (success, failed, timeout) that succeeded."""
     return round(100.0 * success / finished, 2) if finished else None
@@ -514,15 +471,11 @@ class TasksController(Controller):
         _choice("status", status, task.STATUSES)
         _choice("priority", priority, task.PRIORITIES)
         account = None if principal.admin else principal.account_id
-        filters = (account, status, task_type, priority, device_id)
-        rows = await request.app.state.pool.fetch(_LIST, *filters, limit, offset)
-        if rows:
-            total = rows[0]["total"]
-        else:  # past the last page: the count still answers how many there are
-            total = await request.app.state.pool.fetchval(_COUNT, *filters)
+        filters = task_rows.TaskFilter(account, status, task_type, priority, device_id)
+        states, total = await task_rows.page(request.app.state.pool, filters, limit, offset)
         return success(
             request,
-            [view(_as_seen_by(principal, _decode_state(r["state"]))) for r in rows],
+            [view(_as_seen_by(principal, state)) for state in states],
             pagination=Pagination.of(page, page_size, total),
         )
 
@@ -533,10 +486,8 @@ class TasksController(Controller):
         """Counts by status, success rate, mean and p95 execution time (s) overall and by type."""
         pool = request.app.state.pool
         account = None if principal.admin else principal.account_id
-        counts: dict[str, int] = {s: 0 for s in task.STATUSES}
-        counts.update({r[0]: r[1] for r in await pool.fetch(_BY_STATUS, account)})
+        counts, overall, per_type = await task_rows.statistics(pool, account)
         finished = counts["success"] + counts["failed"] + counts["timeout"]
-        overall = await pool.fetchrow(_OVERALL_TIMES, account)
         by_type = {
             r["task_type"]: TypeStatistics(
                 total=r["total"],
@@ -548,7 +499,7 @@ class TasksController(Controller):
                 mean_execution_time_seconds=_seconds(r["mean"]),
                 p95_execution_time_seconds=_seconds(r["p95"]),
             )
-            for r in await pool.fetch(_BY_TYPE, account)
+            for r in per_type
         }
         answer = TaskStatistics(
             total_tasks=sum(counts.values()),

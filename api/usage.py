@@ -14,24 +14,15 @@ from litestar import Controller, Request, get
 from litestar.di import Provide
 
 from spool.adapters.account_policy_store import job_use, load_policy
+from spool.adapters.read_models import jobs as job_rows
+from spool.adapters.read_models import usage as usage_rows
 from spool.api.auth import Principal, job_api_principal
 from spool.api.errors import JOB_API_ERRORS
 from spool.api.media import media_of
 from spool.domain.account_policy import QUOTA_NAMES, Quotas
-from spool.domain.job import USAGE_COUNTERS, JobStatus
+from spool.domain.job import JobStatus
 
 _STATUSES: tuple[str, ...] = get_args(JobStatus)
-_COUNTERS = USAGE_COUNTERS
-
-# One pass over the account's days: all-time sums and, filtered, this month's.
-_TOTALS = "SELECT {all_time}, {month} FROM usage_daily WHERE account_id = $1".format(
-    all_time=", ".join(f"coalesce(sum({c}), 0)::bigint" for c in _COUNTERS),
-    month=", ".join(f"coalesce(sum({c}) FILTER (WHERE day >= $2), 0)::bigint" for c in _COUNTERS),
-)
-_BY_STATUS = """
-SELECT status, count(*), count(*) FILTER (WHERE created_at >= $2)
-FROM jobs WHERE account_id = $1 GROUP BY status
-"""
 
 
 class UsagePeriod(msgspec.Struct):
@@ -81,12 +72,6 @@ class UsageAnswer(msgspec.Struct):
     hls_cache_bytes: int = 0
 
 
-_LONGEST = """
-SELECT coalesce(max(ceil((state->>'duration')::float8)), 0)::bigint FROM jobs
-WHERE account_id = $1 AND state ? 'duration'
-"""
-
-
 async def _quotas(
     request: Request[Any, Any, Any], account_id: str, now: datetime
 ) -> dict[str, QuotaUse]:
@@ -94,7 +79,7 @@ async def _quotas(
     policy = await load_policy(request.app.state.store, account_id)
     quotas = policy.quotas if policy is not None else Quotas()
     use = await job_use(pool, account_id, now)
-    longest = await pool.fetchval(_LONGEST, account_id)
+    longest = await job_rows.longest_media(pool, account_id)
     used = {
         "max_running_jobs": use.running,
         "max_jobs_per_day": use.today,
@@ -131,12 +116,9 @@ class UsageController(Controller):
         now = datetime.now(UTC)
         month_start = date(now.year, now.month, 1)
         pool = request.app.state.pool
-        totals = await pool.fetchrow(_TOTALS, principal.account_id, month_start)
-        n = len(_COUNTERS)
-        all_time = {c: int(totals[i]) for i, c in enumerate(_COUNTERS)}
-        this_month = {c: int(totals[n + i]) for i, c in enumerate(_COUNTERS)}
-        rows = await pool.fetch(
-            _BY_STATUS, principal.account_id, datetime(now.year, now.month, 1, tzinfo=UTC)
+        all_time, this_month = await usage_rows.totals(pool, principal.account_id, month_start)
+        rows = await job_rows.count_by_status(
+            pool, principal.account_id, datetime(now.year, now.month, 1, tzinfo=UTC)
         )
         status_all = dict.fromkeys(_STATUSES, 0) | {r[0]: int(r[1]) for r in rows}
         status_month = dict.fromkeys(_STATUSES, 0) | {r[0]: int(r[2]) for r in rows}

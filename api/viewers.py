@@ -11,14 +11,14 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import asyncpg
 import msgspec
 from litestar import Request, Response, get, post
 
 from spool.adapters.event_store import EventStore, StreamAppend
-from spool.adapters.tables import VIEWER_SPAN_WIDTHS
+from spool.adapters.read_models.viewers import DEFAULT_ROWS_PER_PAGE, ViewerQuery, list_viewers
 from spool.adapters.viewer_sessions import ViewerRecorder
 from spool.adapters.viewer_store import load_viewers
 from spool.api.auth import Principal, lookup, presented_key
@@ -31,13 +31,8 @@ from spool.domain.errors import ConcurrencyError
 from spool.domain.events import NewEvent
 
 MAX_ROWS_PER_PAGE = 100
-DEFAULT_ROWS_PER_PAGE = 10
 MAX_EVENTS = 1000
 """Most events one POST may carry."""
-
-NON_SYSTEM_TYPES: tuple[str, ...] = tuple(
-    t for t in viewer.HARNESS_TYPES if t not in viewer.SYSTEM_HARNESS_TYPES
-)
 
 
 log = logging.getLogger("spool.api")
@@ -90,16 +85,6 @@ async def _cluster_reader(request: Request[Any, Any, Any]) -> Principal:
 # -- the list ------------------------------------------------------------------------------
 
 
-class ViewerQuery(NamedTuple):
-    """One list request, checked: what the query function needs."""
-
-    page: int = 1
-    rows_per_page: int = DEFAULT_ROWS_PER_PAGE
-    search: str = ""
-    harness_type: str | None = None
-    system_clients: bool | None = None
-
-
 def parse_query(params: Mapping[str, str]) -> ViewerQuery:
     """The seed's query parameters, checked; ViewerApiError(400) names the bad one."""
     page = _integer(params, "page", 1, "page must be an integer of 1 or more")
@@ -136,124 +121,6 @@ def _integer(params: Mapping[str, str], name: str, default: int, message: str) -
         return int(raw.strip())
     except ValueError:
         raise ViewerApiError(400, message) from None
-
-
-_COLUMNS = """
-v.viewer_id, v.state, v.harness_type, v.application_id, v.stream_key, v.remote_address,
-v.device_type, v.os_name, v.browser_name, v.country_code, v.country_name, v.started_at,
-v.in_bandwidth, v.out_bandwidth, v.in_total_bytes, v.out_total_bytes, v.health_score,
-v.health_grade
-"""
-
-# One statement per filter shape, with and without a start-time bound, so each (prepared, later
-# generic) plan is an index scan of the one `viewer_terms` index that holds that range in the
-# list's order.
-_WHERE = {
-    "all": "t.term = $1",
-    "harness": "t.term = $1 AND t.harness_type = $4",
-    "viewers": "t.term = $1 AND NOT t.system",
-}
-
-
-def _page_sql(shape: str, bounded: bool) -> str:
-    where = _WHERE[shape]
-    if bounded:
-        where += f" AND t.started_at < ${5 if shape == 'harness' else 4}"
-    return f"""
-WITH page AS (
-    SELECT t.viewer_id FROM viewer_terms t WHERE {where}
-    ORDER BY t.started_at DESC, t.viewer_id OFFSET $2 LIMIT $3
-)
-SELECT {_COLUMNS} FROM page JOIN viewers v USING (viewer_id)
-"""
-
-
-_PAGES = {(s, b): _page_sql(s, b) for s in _WHERE for b in (False, True)}
-
-DIRECT_OFFSET = 2_000
-"""Pages that begin this close to the newest viewer skip rows of the list index; deeper pages
-first find the minute they begin in from `viewer_term_spans`, then skip within it."""
-
-_SPANS = """
-SELECT start, sum(live)::bigint AS live FROM viewer_term_spans
-WHERE term = $1 AND width = $2 AND harness_type = ANY($3::text[]) AND start >= $4 AND start < $5
-GROUP BY start ORDER BY start DESC
-"""
-
-_TOTAL = """
-SELECT coalesce(sum(live), 0)::bigint FROM viewer_term_counts
-WHERE term = $1 AND harness_type = ANY($2::text[])
-"""
-
-
-class ViewerPage(NamedTuple):
-    total: int
-    rows: list[asyncpg.Record]
-
-
-def _types(q: ViewerQuery) -> tuple[str, ...]:
-    """The harness types a query admits."""
-    if q.harness_type is not None:
-        if q.system_clients is False and q.harness_type in viewer.SYSTEM_HARNESS_TYPES:
-            return ()
-        return (q.harness_type,)
-    if q.system_clients is False:
-        return NON_SYSTEM_TYPES
-    return viewer.HARNESS_TYPES
-
-
-async def list_viewers(
-    pool: asyncpg.Pool, q: ViewerQuery, *, direct_offset: int = DIRECT_OFFSET
-) -> ViewerPage:
-    """The total matching `q` and its page of rows, newest first, from one snapshot."""
-    types = _types(q)
-    if not types:
-        return ViewerPage(0, [])
-    term = q.search.lower()
-    if q.harness_type is not None:
-        shape, extra = "harness", [q.harness_type]
-    elif q.system_clients is False:
-        shape, extra = "viewers", []
-    else:
-        shape, extra = "all", []
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        total: int = await conn.fetchval(_TOTAL, term, list(types))
-        offset = (q.page - 1) * q.rows_per_page
-        if offset >= total:
-            return ViewerPage(total, [])
-        bound = None
-        if offset >= direct_offset:
-            bound, offset = await _locate(conn, term, list(types), offset)
-        args: list[object] = [term, offset, q.rows_per_page, *extra]
-        if bound is not None:
-            args.append(bound)
-        rows = await conn.fetch(_PAGES[shape, bound is not None], *args)
-    rows.sort(key=lambda r: (-r["started_at"], r["viewer_id"]))
-    return ViewerPage(total, rows)
-
-
-async def _locate(
-    conn: asyncpg.Connection, term: str, types: list[str], offset: int
-) -> tuple[int | None, int]:
-    """Where a deep page begins: a start-time bound and the rows to skip below it.
-
-    Hours newest first until the one holding row `offset`, then that hour's minutes: every
-    matching viewer at or after the bound was counted, so only the rest of one minute is
-    skipped row by row.
-    """
-    low, high = 0, 2**62
-    skipped = 0
-    bound: int | None = None
-    for width in VIEWER_SPAN_WIDTHS:
-        for start, live in await conn.fetch(_SPANS, term, width, types, low, high):
-            if skipped + live > offset:
-                low, high = start, start + width
-                bound = high
-                break
-            skipped += live
-        else:  # the spans do not reach that far (cannot happen in one snapshot): plain skip
-            return None, offset
-    return bound, offset - skipped
 
 
 def _viewer(r: asyncpg.Record, now_ms: int) -> dict[str, Any]:

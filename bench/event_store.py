@@ -65,10 +65,10 @@ from spool.adapters.database import (
     migrate,
 )
 from spool.adapters.event_store import NOTIFY_CHANNEL, EventStore, StreamAppend
+from spool.adapters.read_models.jobs import JobsProjection
 from spool.domain.events import Metadata, NewEvent
 from spool.domain.job import JobCreated, JobOptions, stream_id
 from spool.reactors.projection import ProjectionRunner
-from spool.reactors.projections.jobs import JobsProjection
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -93,6 +93,7 @@ from bench.harness import (
 from spool.adapters.database import create_database, create_pool, drop_database, migrate
 from spool.adapters.event_store import EventStore, StreamAppend
 from spool.adapters.queue import connect
+from spool.adapters.read_models import all_projections
 from spool.adapters.settings import Settings
 from spool.adapters.storage import storage_from_url
 from spool.api.app import create_app
@@ -102,7 +103,6 @@ from spool.domain.events import Metadata, NewEvent
 from spool.embedded import EmbeddedRedis, free_port
 from spool.keys import issue
 from spool.reactors.projection import ProjectionRunner
-from spool.reactors.projections import all_projections
 from tests.fixtures.processes import SpoolProcesses, start_module, stop_processes, wait_http
 from tests.fixtures.s3 import S3Server
 

@@ -47,12 +47,12 @@ from bench.verify import _heartbeat, _job_events
 from spool.adapters.database import create_database, create_pool, drop_database, migrate
 from spool.adapters.event_partitions import ensure_days
 from spool.adapters.event_store import EventStore
+from spool.adapters.read_models import all_projections
 from spool.domain import job, node
 from spool.domain.events import Metadata, NewEvent
 from spool.embedded import free_port
 from spool.keys import issue
 from spool.reactors.projection import ProjectionRunner
-from spool.reactors.projections import all_projections
 from tests.fixtures.processes import REPO_ROOT, child_env, start_module, stop_processes
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -27,11 +27,11 @@ from pathlib import Path
 
 from spool.adapters.database import create_database, create_pool, drop_database, migrate
 from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters.read_models import all_projections
 from spool.domain import job, node
 from spool.domain.events import Event, NewEvent
 from spool.embedded import EmbeddedPostgres
 from spool.reactors.projection import ProjectionRunner
-from spool.reactors.projections import all_projections
 from spool.reactors.verify import Difference, verify
 
 NODE = "bench-node"

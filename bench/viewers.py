@@ -12,9 +12,10 @@ sessions), 20 countries (Zipf-like: the first ones dominate), 2,000 stream keys 
 popular), random IPv4 addresses, start times spread over the last 6 hours.
 
 For each case (filter combination x page 1, the middle page, the last page) the query function
-the endpoint uses (`api.viewers.list_viewers`) is timed `--runs` times after a warm-up; then each
-case runs once more through the real HTTP endpoint (in-process ASGI, admin key, full auth and
-JSON) and a few are timed there too. Reports p50/p99 per case. Target: p99 < 20 ms.
+the endpoint uses (`adapters.read_models.viewers.list_viewers`) is timed `--runs` times after a
+warm-up; then each case runs once more through the real HTTP endpoint (in-process ASGI, admin
+key, full auth and JSON) and a few are timed there too. Reports p50/p99 per case. Target: p99
+< 20 ms.
 
 The script creates its own database `spool_bench_<hex>_viewers`, migrates it and drops it.
 
@@ -43,16 +44,14 @@ import httpx
 
 from spool.adapters.database import create_database, create_pool, drop_database, migrate
 from spool.adapters.event_store import EventStore
+from spool.adapters.read_models import all_projections
+from spool.adapters.read_models.viewers import VIEWER_SPAN_WIDTHS, ViewerQuery, list_viewers, terms
 from spool.adapters.settings import Settings
 from spool.adapters.storage import LocalStorage
-from spool.adapters.tables import VIEWER_SPAN_WIDTHS
 from spool.api.app import create_app
-from spool.api.viewers import ViewerQuery, list_viewers
 from spool.domain import viewer
 from spool.keys import issue
 from spool.reactors.projection import ProjectionRunner
-from spool.reactors.projections import all_projections
-from spool.reactors.projections.viewers import terms
 
 HARNESS_WEIGHTS = {
     "STORM_MSE_VIEWER": 30,

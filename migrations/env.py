@@ -9,7 +9,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from spool.adapters.tables import metadata
+from spool.adapters.read_models import metadata
 
 # Any number of `spool up` may start at once: an advisory lock lets one migrate at a time.
 _MIGRATION_LOCK = 0x5B001

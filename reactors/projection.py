@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import asyncpg
 import sqlalchemy as sa
@@ -21,6 +21,8 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from spool.adapters import event_archive, reporting
 from spool.adapters.event_store import NOTIFY_CHANNEL, Batch, Checkpoint, EventStore, checkpoint_of
+from spool.adapters.read_models.projection import Projection
+from spool.domain import node
 from spool.domain.events import RecordedEvent
 
 log = logging.getLogger("spool.projections")
@@ -29,17 +31,6 @@ REBUILD_SCHEMA = "spool_rebuild"
 REBUILD_BATCH = 5000
 """Events a rebuild applies per transaction (a live runner's batches are smaller)."""
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
-
-
-class Projection(Protocol):
-    """A read model built from the log. `apply` must only write to `tables`."""
-
-    name: str
-    tables: Sequence[sa.Table]
-    event_types: frozenset[str]
-
-    async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
-        """Write the effect of `events` (already in commit order) to the projection's tables."""
 
 
 Progress = Callable[[int], None]
@@ -371,7 +362,7 @@ class ProjectionRunner:
     async def check_history(self, name: str) -> None:
         """Refuse to rebuild from a log with archived heartbeats the projection would miss."""
         projection = self.projection(name)
-        if "NodeHeartbeat" not in projection.event_types:
+        if node.NodeHeartbeat.__name__ not in projection.event_types:
             return
         gone = await event_archive.outstanding(self.pool)
         if gone:

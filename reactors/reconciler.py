@@ -20,6 +20,8 @@ from arq.connections import ArqRedis
 from spool.adapters.event_store import EventStore
 from spool.adapters.job_store import load_job
 from spool.adapters.queue import Dispatch, dispatch, unit_status
+from spool.adapters.read_models import jobs as job_rows
+from spool.adapters.read_models import nodes as node_rows
 from spool.adapters.settings import Settings
 from spool.domain import job
 from spool.domain.errors import ConcurrencyError, InvalidTransition
@@ -71,24 +73,17 @@ class Reconciler:
             # looks dead and its running units lost. Judge nothing until it has caught up.
             self._suspects = {}
             return []
-        live = {
-            r["node_id"]: set(r["running"])
-            for r in await self.store.pool.fetch(
-                "SELECT node_id, running FROM nodes WHERE stopped_at IS NULL "
-                "AND last_heartbeat_at > now() - $1::interval",
-                timedelta(seconds=self.settings.node_timeout),
-            )
-        }
+        live = await node_rows.running_units(
+            self.store.pool, timedelta(seconds=self.settings.node_timeout)
+        )
         running = set().union(*live.values()) if live else set()
-        rows = await self.store.pool.fetch(
-            "SELECT job_id FROM jobs WHERE status IN ('Pending', 'Processing') "
-            "AND updated_at < now() - $1::interval",
-            timedelta(seconds=max(2.0, 2 * self.settings.heartbeat_interval)),
+        quiet = await job_rows.unfinished_quiet_for(
+            self.store.pool, timedelta(seconds=max(2.0, 2 * self.settings.heartbeat_interval))
         )
         suspects: dict[str, str] = {}
         actions: list[str] = []
-        for row in rows:
-            state = await load_job(self.store, row["job_id"])
+        for job_id in quiet:
+            state = await load_job(self.store, job_id)
             if state is None or state.terminal or state.held:
                 continue  # a held job waits for its batch to start: nothing is stranded
             unit = job.arq_job_id(state.job_id, state.run, state.stage, state.attempt)

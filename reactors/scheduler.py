@@ -25,13 +25,14 @@ from arq.connections import ArqRedis
 
 from spool.adapters.event_store import EventStore
 from spool.adapters.queue import node_queue, unit_status
-from spool.adapters.task_store import load_task, online_offers
+from spool.adapters.read_models import tasks as task_rows
+from spool.adapters.read_models.nodes import online_offers
+from spool.adapters.task_store import load_task
 from spool.domain import task
 from spool.domain.errors import ConcurrencyError, InvalidTransition
 from spool.domain.events import NO_CAUSE, Event, Metadata, NewEvent, RecordedEvent
 from spool.reactors.causes import following
 from spool.reactors.projection import ProjectionRunner
-from spool.reactors.projections.tasks import TasksProjection
 
 log = logging.getLogger("spool.scheduler")
 
@@ -43,20 +44,6 @@ LOST_AFTER = timedelta(seconds=10)
 """An assignment older than this whose queue entry is gone is enqueued again."""
 
 _decode_requirements = msgspec.json.Decoder(task.Requirements).decode
-
-_QUEUED = """
-SELECT task_id, task_type, priority, created_at, requirements, reason, version
-FROM tasks WHERE status = 'queued'
-ORDER BY priority_rank DESC, created_at, task_id
-LIMIT $1
-"""
-
-_ACTIVE = """
-SELECT task_id, status, device_id, attempt, assigned_at, version,
-       coalesce(started_at, assigned_at) + timeout_seconds * interval '1 second' <= now()
-           AS overdue
-FROM tasks WHERE status IN ('assigned', 'running')
-"""
 
 
 def _unassign(reason: str) -> Callable[[task.TaskState], list[Event]]:
@@ -134,7 +121,7 @@ class Scheduler:
             store, [TaskDispatcher(redis, self.wake)], poll_interval=tick
         )
         # The planner reads the `tasks` table: it brings it up to date itself before each pass.
-        self.tasks_view = ProjectionRunner(store, [TasksProjection()])
+        self.tasks_view = ProjectionRunner(store, [task_rows.TASKS])
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -173,7 +160,7 @@ class Scheduler:
         actions = await self._take_back(
             {o.node_id for o in offers}, await self.pool.fetchval("SELECT now()")
         )
-        rows = await self.pool.fetch(_QUEUED, self.batch_size)
+        rows = await task_rows.queued(self.pool, self.batch_size)
         by_id = {r["task_id"]: r for r in rows}
         queued = [
             task.QueuedTask(
@@ -216,7 +203,7 @@ class Scheduler:
         """Time out overdue attempts, requeue what offline nodes never started, re-enqueue
         assignments Redis lost."""
         actions: list[str] = []
-        for r in await self.pool.fetch(_ACTIVE):
+        for r in await task_rows.active(self.pool):
             task_id, device = r["task_id"], r["device_id"]
             if r["overdue"]:
                 done = await self._decide(

@@ -28,18 +28,20 @@ import asyncpg
 import msgspec
 
 from spool.adapters.event_store import Checkpoint, EventStore
+from spool.adapters.read_models import batches as batch_rows
+from spool.adapters.read_models import job_minutes, job_stages
+from spool.adapters.read_models import usage as usage_rows
+from spool.adapters.read_models.jobs import JOBS as JOBS_MODEL
+from spool.adapters.read_models.state_projection import StateProjection
+from spool.adapters.read_models.tasks import TASKS as TASKS_MODEL
+from spool.adapters.read_models.usage import COUNTERS, UsageProjection
 from spool.domain import batch, job, task
 from spool.domain.errors import InvalidTransition
 from spool.domain.events import RecordedEvent
 from spool.reactors.projection import ProjectionRunner
-from spool.reactors.projections import batches as batch_rows
-from spool.reactors.projections import job_minutes, job_stages
-from spool.reactors.projections.usage import COUNTERS, UsageProjection
 
 PAGE = 500
 """Streams read and compared at a time."""
-
-_json = msgspec.json.Encoder()
 
 
 class Difference(NamedTuple):
@@ -65,11 +67,6 @@ class Verified(NamedTuple):
 Found = Callable[[Difference], None]
 
 
-def _plain(value: Any) -> Any:
-    """A value as JSON would carry it, so a fold and a jsonb column compare like for like."""
-    return msgspec.json.decode(_json.encode(value))
-
-
 def _diff(stream_id: str, column: str, projected: Any, folded: Any) -> Iterator[Difference]:
     """Every leaf that differs, named by its path (`state.status`)."""
     if isinstance(projected, dict) and isinstance(folded, dict):
@@ -87,138 +84,37 @@ def _diff(stream_id: str, column: str, projected: Any, folded: Any) -> Iterator[
 # -- what each row should be -----------------------------------------------------------------
 
 
-def job_row(state: job.JobState) -> dict[str, Any]:
-    """The `jobs` row (the columns checked) the projection writes for a job's state."""
-    return {
-        "account_id": state.account_id,
-        "batch_id": state.batch_id,
-        "url": state.url,
-        "status": state.status,
-        "step": state.step,
-        "created_at": state.created_at,
-        "updated_at": state.updated_at,
-        "finished_at": state.finished_at,
-        "version": state.version,
-        "state": _plain(state),
-    }
-
-
-def task_row(state: task.TaskState) -> dict[str, Any]:
-    """The `tasks` row the projection writes for a task's state."""
-    req = state.requirements
-    return {
-        "account_id": state.account_id,
-        "task_type": state.task_type,
-        "status": state.status,
-        "priority": state.priority,
-        "priority_rank": state.priority_rank,
-        "payload": _plain(state.payload),
-        "requirements": _plain(req),
-        "metadata": _plain(state.metadata),
-        "device_id": state.device_id,
-        "attempt": state.attempt,
-        "retry_count": state.retry_count,
-        "max_retries": req.max_retries,
-        "timeout_seconds": req.timeout_seconds,
-        "reason": state.reason,
-        "result": _plain(state.result_data),
-        "error": state.error,
-        "created_at": state.created_at,
-        "updated_at": state.updated_at,
-        "assigned_at": state.assigned_at,
-        "started_at": state.started_at,
-        "completed_at": state.completed_at,
-        "execution_time_seconds": state.execution_time_seconds,
-        "version": state.version,
-        "state": _plain(state),
-    }
-
-
-def _fold_job(events: Sequence[RecordedEvent]) -> dict[str, Any] | None:
-    state = job.fold([(e.data, e.recorded_at, e.version) for e in events])
-    return None if state is None else job_row(state)
-
-
-def _fold_task(events: Sequence[RecordedEvent]) -> dict[str, Any] | None:
-    state = task.fold([(e.data, e.recorded_at, e.version) for e in events])
-    return None if state is None else task_row(state)
-
-
 @dataclass(frozen=True)
 class RowCheck:
-    """A projection table with one row per stream, each row the fold of its stream."""
+    """A read model with one row per stream, each row the fold of its stream (`model.fold`, the
+    read model's own `row`)."""
 
     projection: str
-    table: str
-    key: str
-    prefix: str
+    """The checkpoint its rows are written under."""
     first_type: str
-    fold: Callable[[Sequence[RecordedEvent]], dict[str, Any] | None]
-    columns: tuple[str, ...]
-    json_columns: frozenset[str]
+    """The type of a stream's first event."""
+    model: StateProjection[Any]
+
+    @property
+    def table(self) -> str:
+        return self.model.rows.table.name
+
+    @property
+    def key(self) -> str:
+        return self.model.rows.key
+
+    @property
+    def prefix(self) -> str:
+        return self.model.stream
 
 
-_JOB_COLUMNS = (
-    "account_id",
-    "batch_id",
-    "url",
-    "status",
-    "step",
-    "created_at",
-    "updated_at",
-    "finished_at",
-    "version",
-    "state",
-)
-_TASK_COLUMNS = (
-    "account_id",
-    "task_type",
-    "status",
-    "priority",
-    "priority_rank",
-    "payload",
-    "requirements",
-    "metadata",
-    "device_id",
-    "attempt",
-    "retry_count",
-    "max_retries",
-    "timeout_seconds",
-    "reason",
-    "result",
-    "error",
-    "created_at",
-    "updated_at",
-    "assigned_at",
-    "started_at",
-    "completed_at",
-    "execution_time_seconds",
-    "version",
-    "state",
-)
-JOBS = RowCheck(
-    "jobs", "jobs", "job_id", "job-", "JobCreated", _fold_job, _JOB_COLUMNS, frozenset({"state"})
-)
+JOBS = RowCheck(JOBS_MODEL.name, job.JobCreated.__name__, JOBS_MODEL)
 BATCHES = RowCheck(
-    "jobs",  # the jobs projection keeps the batches table
-    "batches",
-    "batch_id",
-    "batch-",
-    "BatchCreated",
-    batch_rows.fold_own,
-    batch_rows.OWN_COLUMNS,
-    frozenset(),
+    JOBS_MODEL.name,  # the jobs projection keeps the batches table
+    batch.BatchCreated.__name__,
+    batch_rows.BATCHES,
 )
-TASKS = RowCheck(
-    "tasks",
-    "tasks",
-    "task_id",
-    "task-",
-    "TaskSubmitted",
-    _fold_task,
-    _TASK_COLUMNS,
-    frozenset({"payload", "requirements", "metadata", "result", "state"}),
-)
+TASKS = RowCheck(TASKS_MODEL.name, task.TaskSubmitted.__name__, TASKS_MODEL)
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -262,7 +158,7 @@ async def _check_rows(
     checked = differences = 0
     # Only the columns the fold gives: a column added for reporting is not this check's.
     select = (
-        f"SELECT {check.key}, {', '.join(check.columns)} FROM {check.table} "
+        f"SELECT {check.key}, {', '.join(check.model.rows.columns)} FROM {check.table} "
         f"WHERE {check.key} = ANY($1::text[])"
     )
     async for page in _stream_pages(conn, check.first_type, at):
@@ -273,7 +169,7 @@ async def _check_rows(
             checked += 1
             row = rows.get(key)
             try:
-                folded = check.fold(streams[stream_id])
+                folded = check.model.fold(streams[stream_id])
             except InvalidTransition as exc:
                 found(Difference(stream_id, "events", _presence(row), f"cannot be folded: {exc}"))
                 differences += 1
@@ -286,7 +182,7 @@ async def _check_rows(
                 continue
             if projected == folded:
                 continue  # the common case: no walk through every key of the state
-            for column in check.columns:
+            for column in check.model.rows.columns:
                 for d in _diff(stream_id, column, projected[column], folded[column]):
                     found(d)
                     differences += 1
@@ -316,7 +212,7 @@ def _row(record: asyncpg.Record, check: RowCheck) -> dict[str, Any]:
     for column, value in record.items():
         if column == check.key:
             continue
-        if column in check.json_columns:
+        if column in check.model.rows.json_columns:
             value = None if value is None else msgspec.json.decode(value)
         out[column] = value
     return out
@@ -334,37 +230,23 @@ async def _check_batches(
     """
     at = await _checkpoint(conn, "jobs")
     checked = differences = 0
-    summary = ", ".join(batch_rows.SUMMARY_COLUMNS)
-    async for page in _stream_pages(conn, "BatchCreated", at):
+    async for page in _stream_pages(conn, BATCHES.first_type, at):
         streams = _by_stream(await store.read_streams(page, at, conn=conn))
         ids = [s.removeprefix("batch-") for s in page]
-        members: dict[str, list[str]] = defaultdict(list)
-        facts: dict[str, list[batch.JobFacts]] = defaultdict(list)
-        for r in await conn.fetch(
-            "SELECT batch_id, job_id, status, (state->>'file_size')::bigint, finished_at "
-            "FROM jobs WHERE batch_id = ANY($1::text[])",
-            ids,
-        ):
-            members[r[0]].append(r[1])
-            facts[r[0]].append(batch.JobFacts(r[2], r[3], r[4]))
-        rows = {
-            r[0]: dict(r.items())
-            for r in await conn.fetch(
-                f"SELECT batch_id, {summary} FROM batches WHERE batch_id = ANY($1::text[])", ids
-            )
-        }
+        members = await batch_rows.jobs_of(conn, ids)
+        rows = await batch_rows.summaries(conn, ids)
         for stream_id, batch_id in zip(page, ids, strict=True):
             checked += 1
             state = batch.fold([(e.data, e.recorded_at, e.version) for e in streams[stream_id]])
             folded = sorted(state.job_ids) if state else []
-            projected = sorted(members.get(batch_id, []))
+            projected = sorted(members[batch_id])
             if projected != folded:
                 found(Difference(stream_id, "jobs.batch_id", projected, folded))
                 differences += 1
             row = rows.get(batch_id)
             if state is None or row is None:
                 continue  # the row check reports a missing row
-            expected = batch_rows.summary_row(batch.summarize(state, facts[batch_id]))
+            expected = batch_rows.summary_row(batch.summarize(state, members[batch_id].values()))
             for column, value in expected.items():
                 if row[column] != value:
                     found(Difference(stream_id, column, row[column], value))
@@ -416,11 +298,6 @@ class _JobFolds:
         self.stages_checked = self.stages_differences = 0
 
 
-_STAGE_ROWS = (
-    f"SELECT {', '.join(job_stages.COLUMNS)} FROM job_stages WHERE job_id = ANY($1::text[])"
-)
-
-
 async def _fold_job_streams(conn: asyncpg.Connection, store: EventStore, found: Found) -> _JobFolds:
     """Read every job stream once: sum the usage and minute counters, compare stage rows."""
     folds = _JobFolds(
@@ -429,12 +306,12 @@ async def _fold_job_streams(conn: asyncpg.Connection, store: EventStore, found: 
         await _checkpoint(conn, "job_minutes"),
     )
     at = max(folds.usage_at, folds.stages_at, folds.minutes_at)
-    async for page in _stream_pages(conn, "JobCreated", at):
+    async for page in _stream_pages(conn, JOBS.first_type, at):
         streams = _by_stream(await store.read_streams(page, at, conn=conn))
         keys = [s.removeprefix("job-") for s in page]
         projected: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-        for r in await conn.fetch(_STAGE_ROWS, keys):
-            projected[r["job_id"]][_stage_name(r["run"], r["stage"], r["attempt"])] = dict(r)
+        for k, row in (await job_stages.rows_of(conn, keys)).items():
+            projected[k[0]][_stage_name(k[1], k[2], k[3])] = msgspec.structs.asdict(row)
         for stream_id, key in zip(page, keys, strict=True):
             events = streams[stream_id]
             add_usage(folds.usage, _upto(events, folds.usage_at))
@@ -466,8 +343,7 @@ async def _check_usage(conn: asyncpg.Connection, folds: _JobFolds, found: Found)
     totals = folds.usage
     checked = differences = 0
     seen: set[tuple[str, date]] = set()
-    rows = await conn.cursor("SELECT * FROM usage_daily ORDER BY account_id, day")
-    while page_rows := await rows.fetch(PAGE):
+    async for page_rows in usage_rows.in_order(conn, PAGE):
         for r in page_rows:
             key = (r["account_id"], r["day"])
             seen.add(key)
@@ -512,8 +388,7 @@ async def _check_job_minutes(
     totals = folds.minutes
     checked = differences = 0
     seen: set[datetime] = set()
-    rows = await conn.cursor("SELECT * FROM job_minutes ORDER BY minute")
-    while page_rows := await rows.fetch(PAGE):
+    async for page_rows in job_minutes.in_order(conn, PAGE):
         for r in page_rows:
             minute = r["minute"]
             seen.add(minute)

@@ -15,6 +15,7 @@ import logging
 from datetime import timedelta
 
 from spool.adapters.event_store import EventStore
+from spool.adapters.read_models import viewers as viewer_rows
 from spool.adapters.settings import Settings
 from spool.domain import viewer
 from spool.domain.errors import ConcurrencyError
@@ -24,14 +25,6 @@ log = logging.getLogger("spool.viewers")
 
 LOCK_KEY = "spool:viewer-timeouts"
 """One closer at a time across processes (a Postgres advisory lock): two would only clash."""
-
-# No index on last_seen_at: stats rewrite it every few seconds and an index would turn those
-# HOT updates into index writes. A pass reads the table once every few seconds instead.
-_SILENT = """
-SELECT viewer_id, version, in_total_bytes, out_total_bytes FROM viewers
-WHERE last_seen_at < now() - $1::interval
-ORDER BY last_seen_at LIMIT $2
-"""
 
 
 class ViewerTimeouts:
@@ -72,8 +65,8 @@ class ViewerTimeouts:
             return await self._pass()
 
     async def _pass(self) -> list[str]:
-        rows = await self.store.pool.fetch(
-            _SILENT, timedelta(seconds=self.timeout), self.batch_size
+        rows = await viewer_rows.silent_for(
+            self.store.pool, timedelta(seconds=self.timeout), self.batch_size
         )
         closed: list[str] = []
         for r in rows:

@@ -24,6 +24,7 @@ from spool.adapters.event_store import EventStore
 from spool.adapters.file_links import file_link, link_key
 from spool.adapters.job_store import load_job
 from spool.adapters.queue import dispatch_webhook, webhook_for
+from spool.adapters.read_models import jobs as job_rows
 from spool.adapters.settings import Settings
 from spool.adapters.ssrf import UrlGuard
 from spool.domain import job
@@ -82,8 +83,7 @@ class WebhookReactor:
 
     async def _target(self, conn: asyncpg.Connection, job_id: str) -> tuple[str | None, bool]:
         if job_id not in self._targets:
-            row = await conn.fetchval("SELECT state->'options' FROM jobs WHERE job_id = $1", job_id)
-            options = msgspec.json.decode(row, type=job.JobOptions) if row else job.JobOptions()
+            options = await job_rows.options_of(conn, job_id)
             self._targets[job_id] = (options.webhook_url, options.enable_progress_webhook)
         return self._targets[job_id]
 

@@ -406,6 +406,7 @@ def keys_create(
 ) -> None:
     """Create an API key and print it (it is shown only once)."""
     from spool.adapters.key_store import issue
+    from spool.adapters.read_models import api_keys
 
     if not name.strip():
         raise click.BadParameter("must not be blank", param_hint="--name")
@@ -414,12 +415,8 @@ def keys_create(
 
     async def go() -> str:
         async with open_runtime(_settings(**flags)) as rt:
-            if account is not None:
-                known = await rt.pool.fetchval(
-                    "SELECT 1 FROM api_keys WHERE account_id = $1 LIMIT 1", account
-                )
-                if not known:
-                    raise click.BadParameter(f"no account {account}", param_hint="--account")
+            if account is not None and not await api_keys.has_keys(rt.pool, account):
+                raise click.BadParameter(f"no account {account}", param_hint="--account")
             issued = await issue(
                 rt.store,
                 name=name,

@@ -10,6 +10,7 @@ from datetime import datetime
 import msgspec
 
 from spool.adapters.event_store import EventStore
+from spool.adapters.read_models import api_keys
 from spool.domain import batch, job, task
 from spool.domain.events import Event, RecordedEvent
 
@@ -277,10 +278,7 @@ async def load_timeline(store: EventStore, kind: str, stream_id: str) -> Timelin
     if not events:
         return None
     actors = list({e.metadata.actor for e in events if e.metadata.actor})
-    rows = await store.pool.fetch(
-        "SELECT key_id, name FROM api_keys WHERE key_id = ANY($1::text[])", actors
-    )
-    names = {r[0]: r[1] for r in rows}
+    names = await api_keys.names_of(store.pool, actors)
     if kind == "batch":
         return batch_timeline(stream_id, events, names, await batch_jobs(store, events))
     return BUILDERS[kind](stream_id, events, names)

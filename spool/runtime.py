@@ -15,12 +15,12 @@ from spool.adapters.database import check_reachable, create_pool, migrate
 from spool.adapters.event_store import EventStore
 from spool.adapters.log_redaction import remember
 from spool.adapters.queue import connect
+from spool.adapters.read_models import all_projections
 from spool.adapters.settings import Settings
 from spool.adapters.storage import ObjectStorage, storage_from_url
 from spool.embedded import Role, embedded_servers
 from spool.keys import ensure_admin_key
 from spool.reactors.projection import ProjectionRunner
-from spool.reactors.projections import all_projections
 
 log = logging.getLogger("spool")
 

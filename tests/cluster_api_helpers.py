@@ -18,6 +18,7 @@ from litestar import Litestar
 from spool.adapters.database import create_pool
 from spool.adapters.event_store import AppendResult, EventStore, StreamAppend
 from spool.adapters.queue import connect
+from spool.adapters.read_models import all_projections
 from spool.adapters.settings import Settings
 from spool.adapters.storage import LocalStorage
 from spool.adapters.timed_event_store import TimedEventStore
@@ -28,7 +29,6 @@ from spool.domain import node
 from spool.domain.events import Metadata, NewEvent
 from spool.keys import issue
 from spool.reactors.projection import ProjectionRunner
-from spool.reactors.projections import all_projections
 
 GB = 1024**3
 

@@ -23,13 +23,13 @@ from spool.adapters.cluster_identity import CLUSTER_KEY
 from spool.adapters.database import create_database, create_pool, drop_database, migrate
 from spool.adapters.event_store import EventStore
 from spool.adapters.queue import connect
+from spool.adapters.read_models import all_projections
 from spool.adapters.settings import Settings
 from spool.adapters.storage import LocalStorage
 from spool.api.app import create_app
 from spool.embedded import EmbeddedPostgres, EmbeddedRedis
 from spool.keys import issue
 from spool.reactors.projection import ProjectionRunner
-from spool.reactors.projections import all_projections
 from tests.cluster_api_helpers import FreshApi, fresh_api
 from tests.fixtures.databases import Databases
 from tests.fixtures.embedded_postgres import postgres_data_dir

@@ -7,9 +7,9 @@ import json
 
 from click.testing import CliRunner, Result
 
+from spool.adapters.read_models import all_projections
 from spool.cli import main
 from spool.reactors.projection import ProjectionRunner
-from spool.reactors.projections import all_projections
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.media import MediaServer
 

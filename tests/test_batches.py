@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from spool.adapters.event_store import EventStore
+from spool.adapters.read_models import all_projections
 from spool.reactors.projection import ProjectionRunner
-from spool.reactors.projections import all_projections
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.media import MediaServer
 from tests.fixtures.s3 import S3Server

@@ -16,6 +16,7 @@ from click.testing import CliRunner, Result
 from spool.adapters.database import create_pool
 from spool.adapters.event_store import EventStore
 from spool.adapters.queue import connect
+from spool.adapters.read_models import all_projections
 from spool.adapters.settings import Settings
 from spool.adapters.storage import LocalStorage
 from spool.api.app import create_app
@@ -24,7 +25,6 @@ from spool.domain import node
 from spool.domain.events import Metadata, NewEvent
 from spool.keys import issue
 from spool.reactors.projection import ProjectionRunner
-from spool.reactors.projections import all_projections
 from tests.cluster_api_helpers import append_heartbeats, node_started
 from tests.conftest import api_client
 

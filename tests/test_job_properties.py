@@ -26,11 +26,11 @@ from hypothesis import strategies as st
 
 from spool.adapters.event_store import EventStore
 from spool.adapters.job_store import decide_and_append, load_job
+from spool.adapters.read_models.jobs import JobsProjection
 from spool.domain import job
 from spool.domain.errors import InvalidTransition
 from spool.domain.events import Event, Metadata, NewEvent, RecordedEvent
 from spool.reactors.projection import ProjectionRunner
-from spool.reactors.projections.jobs import JobsProjection
 
 STAGES: tuple[job.Stage, ...] = ("download", "mux", "upload")
 TERMINAL_EVENTS = (job.JobCompleted, job.JobFailed, job.JobCancelled)

@@ -15,6 +15,9 @@ import sqlalchemy as sa
 
 from spool.adapters.database import create_pool
 from spool.adapters.event_store import AppendResult, Batch, EventStore, StreamAppend
+from spool.adapters.read_models import all_projections
+from spool.adapters.read_models.jobs import JobsProjection
+from spool.adapters.read_models.nodes import NodesProjection
 from spool.adapters.settings import Settings
 from spool.adapters.storage import LocalStorage
 from spool.api.app import create_app
@@ -22,9 +25,6 @@ from spool.domain import job, node
 from spool.domain.events import NewEvent, RecordedEvent
 from spool.keys import issue
 from spool.reactors.projection import ProjectionRunner
-from spool.reactors.projections import all_projections
-from spool.reactors.projections.jobs import JobsProjection
-from spool.reactors.projections.nodes import NodesProjection
 from tests.cluster_api_helpers import node_started
 from tests.conftest import api_client
 

@@ -32,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from spool.adapters import task_store
 from spool.adapters.key_store import issue
+from spool.adapters.read_models import batches as batch_rows
 from spool.api.auth import Principal
 from spool.api.batches import NewJob, plan_batch
 from spool.api.job_requests import ValidJob
@@ -41,7 +42,6 @@ from spool.domain import batch, cluster_config, job, node, task
 from spool.domain.cluster_config import HeartbeatConfig, HeartbeatConfigChanged
 from spool.domain.errors import InvalidTransition
 from spool.domain.events import Event, Metadata, NewEvent, RecordedEvent
-from spool.reactors.projections import batches as batch_rows
 from spool.replay import load_timeline
 from tests.cluster_api_helpers import (
     FreshApi,
@@ -373,7 +373,7 @@ async def test_a_started_batch_whose_jobs_all_ended_reads_completed_everywhere(
 
 
 async def test_a_node_reads_online_or_offline_alike_on_every_surface(api: FreshApi) -> None:
-    """One rule (adapters/node_online.py), with the timeout an admin set: a node silent for
+    """One rule (adapters/read_models/nodes.py), with the timeout an admin set: a node silent for
     45 s is online under a 60 s timeout on every surface, one silent for 90 s offline."""
     changed = HeartbeatConfigChanged(heartbeat=HeartbeatConfig(interval=1, timeout=60))
     await api.store.append(cluster_config.STREAM_ID, [NewEvent(changed)], 0)

@@ -32,11 +32,11 @@ from spool.adapters.database import (
     migrate,
 )
 from spool.adapters.event_store import EventStore
+from spool.adapters.read_models import all_projections
+from spool.adapters.read_models.jobs import JobsProjection
 from spool.domain import batch, job, node
 from spool.domain.events import Event, Metadata
 from spool.reactors.projection import ProjectionRunner
-from spool.reactors.projections import all_projections
-from spool.reactors.projections.jobs import JobsProjection
 from spool.reactors.verify import verify
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.media import MediaServer

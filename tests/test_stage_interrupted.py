@@ -10,9 +10,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from spool.adapters.queue import Dispatch, unit_for
+from spool.adapters.read_models import job_stages
 from spool.domain import job
 from spool.domain.events import Event
-from spool.reactors.projections import job_stages
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from spool.adapters.account_storage import AccountStorages
+from spool.adapters.read_models import all_projections
 from spool.adapters.storage import S3Storage
 from spool.keys import issue
 from spool.reactors.projection import ProjectionRunner
-from spool.reactors.projections import all_projections
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer
 from tests.fixtures.s3 import S3Server

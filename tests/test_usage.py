@@ -11,11 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
+from spool.adapters.read_models.usage import UsageProjection
 from spool.api.app import create_app
 from spool.api.usage import UsageController
 from spool.keys import issue
 from spool.reactors.projection import ProjectionRunner
-from spool.reactors.projections.usage import UsageProjection
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.media import MediaServer
 

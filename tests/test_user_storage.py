@@ -21,11 +21,11 @@ from spool.adapters import secret_box
 from spool.adapters.account_storage import AccountStorages, storage_for
 from spool.adapters.blob_storage import BlobStorage
 from spool.adapters.event_store import Checkpoint
+from spool.adapters.read_models import all_projections
 from spool.adapters.ssrf import UrlGuard
 from spool.adapters.storage import S3Storage, StorageCancelled, StorageError
 from spool.keys import issue
 from spool.reactors.projection import ProjectionRunner
-from spool.reactors.projections import all_projections
 from tests.cluster_api_helpers import FreshApi
 from tests.fixtures.azurite import AzuriteServer, azurite_fixture  # noqa: F401 - the fixture
 from tests.fixtures.cluster import Cluster, StartCluster

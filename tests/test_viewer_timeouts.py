@@ -10,11 +10,11 @@ import pytest
 
 from spool.adapters.database import create_pool
 from spool.adapters.event_store import EventStore
+from spool.adapters.read_models import all_projections
 from spool.adapters.settings import Settings
 from spool.domain import viewer
 from spool.domain.events import NewEvent
 from spool.reactors.projection import ProjectionRunner
-from spool.reactors.projections import all_projections
 from spool.reactors.viewer_timeouts import LOCK_KEY, ViewerTimeouts
 
 TIMEOUT = 30.0

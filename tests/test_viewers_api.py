@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from spool.api.viewers import ViewerQuery, list_viewers
+from spool.adapters.read_models.viewers import ViewerQuery, list_viewers
 from tests.cluster_api_helpers import FreshApi, fresh_api
 
 VIEWERS = "/api/cluster/viewers"

@@ -25,8 +25,8 @@ import sqlalchemy as sa
 from alembic import op
 
 from spool.adapters import reporting
+from spool.adapters.read_models import batches as batch_rows
 from spool.domain import batch
-from spool.reactors.projections import batches as batch_rows
 
 BATCHES_VIEW_0010 = import_module("spool.migrations.versions.0010_reporting").BATCHES_VIEW
 

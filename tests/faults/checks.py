@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from spool.adapters.read_models import all_projections
 from spool.reactors.projection import ProjectionRunner
-from spool.reactors.projections import all_projections
 from spool.reactors.verify import Difference, verify
 from tests.fixtures.audit import audit, summary
 from tests.fixtures.cluster import Cluster

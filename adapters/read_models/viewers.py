@@ -12,20 +12,101 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
 import asyncpg
 import sqlalchemy as sa
 
-from spool.adapters.tables import (
-    VIEWER_SPAN_WIDTHS,
-    viewer_term_counts,
-    viewer_term_spans,
-    viewer_terms,
-    viewers,
-)
+from spool.adapters.tables import metadata
 from spool.domain import viewer
 from spool.domain.events import RecordedEvent
+
+# Live viewers (domain.viewer): one row per connected viewer, deleted at ViewerDisconnected (the
+# history stays in the log). Stats rewrite a row every few seconds, so no index covers a column
+# they change: updates stay HOT, and the fill factor leaves them room on the page.
+viewers = sa.Table(
+    "viewers",
+    metadata,
+    sa.Column("viewer_id", sa.Text, primary_key=True),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("harness_type", sa.Text, nullable=False),
+    sa.Column("system", sa.Boolean, nullable=False),
+    sa.Column("application_id", sa.Text, nullable=False),
+    sa.Column("stream_key", sa.Text, nullable=False),
+    sa.Column("remote_address", sa.Text, nullable=False),
+    sa.Column("device_type", sa.Text, nullable=False),
+    sa.Column("os_name", sa.Text, nullable=False),
+    sa.Column("browser_name", sa.Text, nullable=False),
+    sa.Column("country_code", sa.Text, nullable=False),
+    sa.Column("country_name", sa.Text, nullable=False),
+    sa.Column("started_at", sa.BigInteger, nullable=False),  # Unix ms, the seed's startTime
+    sa.Column("in_bandwidth", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("out_bandwidth", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("in_total_bytes", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("out_total_bytes", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("health_score", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("health_grade", sa.Text, nullable=False, server_default="No Data"),
+    sa.Column("bitrate", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("measured", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("node_id", sa.Text, nullable=False),
+    sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    postgresql_with={"fillfactor": 80},
+)
+
+# The viewer list's index: one row per live viewer and search term (`''` for every viewer, then
+# its lower-cased id, stream key, address, country code and country name). Every list query,
+# searched or not, is then a range of one narrow index in the list's order, which an index-only
+# scan walks from either end. Rows are only inserted and deleted, never updated.
+viewer_terms = sa.Table(
+    "viewer_terms",
+    metadata,
+    sa.Column("term", sa.Text, nullable=False),
+    sa.Column("started_at", sa.BigInteger, nullable=False),
+    sa.Column("viewer_id", sa.Text, nullable=False),
+    sa.Column("harness_type", sa.Text, nullable=False),
+    sa.Column("system", sa.Boolean, nullable=False),
+    sa.Index(
+        "viewer_terms_order_idx", "term", sa.text("started_at DESC"), "viewer_id", unique=True
+    ),
+    sa.Index(
+        "viewer_terms_harness_idx", "term", "harness_type", sa.text("started_at DESC"), "viewer_id"
+    ),
+    sa.Index(
+        "viewer_terms_viewers_idx",
+        "term",
+        sa.text("started_at DESC"),
+        "viewer_id",
+        postgresql_where=sa.text("NOT system"),
+    ),
+)
+
+# Live viewers per term and harness type, kept in the same transaction as `viewer_terms`, so a
+# list's totalItems is a sum of at most ten rows however many viewers match.
+viewer_term_counts = sa.Table(
+    "viewer_term_counts",
+    metadata,
+    sa.Column("term", sa.Text, primary_key=True),
+    sa.Column("harness_type", sa.Text, primary_key=True),
+    sa.Column("live", sa.BigInteger, nullable=False),
+)
+
+# Live viewers per term, harness type and span of start times (an hour, and a minute), so a deep
+# page finds the minute where it begins by summing a few hundred rows instead of walking the
+# list index from its end: OFFSET then only skips within that minute.
+viewer_term_spans = sa.Table(
+    "viewer_term_spans",
+    metadata,
+    sa.Column("term", sa.Text, primary_key=True),
+    sa.Column("width", sa.BigInteger, primary_key=True),
+    sa.Column("start", sa.BigInteger, primary_key=True),
+    sa.Column("harness_type", sa.Text, primary_key=True),
+    sa.Column("live", sa.BigInteger, nullable=False),
+)
+
+VIEWER_SPAN_WIDTHS: tuple[int, ...] = (3_600_000, 60_000)
+"""The spans of start times (ms) in `viewer_term_spans`: hours to find the hour, then minutes."""
 
 ALL = ""
 """The term every live viewer carries: the unsearched list."""
@@ -304,3 +385,155 @@ def _columns(rows: Sequence[tuple[object, ...]], width: int) -> list[list[object
     if not rows:
         return [[] for _ in range(width)]
     return [list(c) for c in zip(*rows, strict=True)]
+
+
+# -- the list --------------------------------------------------------------------------------
+
+DEFAULT_ROWS_PER_PAGE = 10
+
+NON_SYSTEM_TYPES: tuple[str, ...] = tuple(
+    t for t in viewer.HARNESS_TYPES if t not in viewer.SYSTEM_HARNESS_TYPES
+)
+
+
+class ViewerQuery(NamedTuple):
+    """One list request, checked: what the query function needs."""
+
+    page: int = 1
+    rows_per_page: int = DEFAULT_ROWS_PER_PAGE
+    search: str = ""
+    harness_type: str | None = None
+    system_clients: bool | None = None
+
+
+_COLUMNS = """
+v.viewer_id, v.state, v.harness_type, v.application_id, v.stream_key, v.remote_address,
+v.device_type, v.os_name, v.browser_name, v.country_code, v.country_name, v.started_at,
+v.in_bandwidth, v.out_bandwidth, v.in_total_bytes, v.out_total_bytes, v.health_score,
+v.health_grade
+"""
+
+# One statement per filter shape, with and without a start-time bound, so each (prepared, later
+# generic) plan is an index scan of the one `viewer_terms` index that holds that range in the
+# list's order.
+_WHERE = {
+    "all": "t.term = $1",
+    "harness": "t.term = $1 AND t.harness_type = $4",
+    "viewers": "t.term = $1 AND NOT t.system",
+}
+
+
+def _page_sql(shape: str, bounded: bool) -> str:
+    where = _WHERE[shape]
+    if bounded:
+        where += f" AND t.started_at < ${5 if shape == 'harness' else 4}"
+    return f"""
+WITH page AS (
+    SELECT t.viewer_id FROM viewer_terms t WHERE {where}
+    ORDER BY t.started_at DESC, t.viewer_id OFFSET $2 LIMIT $3
+)
+SELECT {_COLUMNS} FROM page JOIN viewers v USING (viewer_id)
+"""
+
+
+_PAGES = {(s, b): _page_sql(s, b) for s in _WHERE for b in (False, True)}
+
+DIRECT_OFFSET = 2_000
+"""Pages that begin this close to the newest viewer skip rows of the list index; deeper pages
+first find the minute they begin in from `viewer_term_spans`, then skip within it."""
+
+_SPANS = """
+SELECT start, sum(live)::bigint AS live FROM viewer_term_spans
+WHERE term = $1 AND width = $2 AND harness_type = ANY($3::text[]) AND start >= $4 AND start < $5
+GROUP BY start ORDER BY start DESC
+"""
+
+_TOTAL = """
+SELECT coalesce(sum(live), 0)::bigint FROM viewer_term_counts
+WHERE term = $1 AND harness_type = ANY($2::text[])
+"""
+
+
+class ViewerPage(NamedTuple):
+    total: int
+    rows: list[asyncpg.Record]
+
+
+def _types(q: ViewerQuery) -> tuple[str, ...]:
+    """The harness types a query admits."""
+    if q.harness_type is not None:
+        if q.system_clients is False and q.harness_type in viewer.SYSTEM_HARNESS_TYPES:
+            return ()
+        return (q.harness_type,)
+    if q.system_clients is False:
+        return NON_SYSTEM_TYPES
+    return viewer.HARNESS_TYPES
+
+
+async def list_viewers(
+    pool: asyncpg.Pool, q: ViewerQuery, *, direct_offset: int = DIRECT_OFFSET
+) -> ViewerPage:
+    """The total matching `q` and its page of rows, newest first, from one snapshot."""
+    types = _types(q)
+    if not types:
+        return ViewerPage(0, [])
+    term = q.search.lower()
+    if q.harness_type is not None:
+        shape, extra = "harness", [q.harness_type]
+    elif q.system_clients is False:
+        shape, extra = "viewers", []
+    else:
+        shape, extra = "all", []
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        total: int = await conn.fetchval(_TOTAL, term, list(types))
+        offset = (q.page - 1) * q.rows_per_page
+        if offset >= total:
+            return ViewerPage(total, [])
+        bound = None
+        if offset >= direct_offset:
+            bound, offset = await _locate(conn, term, list(types), offset)
+        args: list[object] = [term, offset, q.rows_per_page, *extra]
+        if bound is not None:
+            args.append(bound)
+        rows = await conn.fetch(_PAGES[shape, bound is not None], *args)
+    rows.sort(key=lambda r: (-r["started_at"], r["viewer_id"]))
+    return ViewerPage(total, rows)
+
+
+async def _locate(
+    conn: asyncpg.Connection, term: str, types: list[str], offset: int
+) -> tuple[int | None, int]:
+    """Where a deep page begins: a start-time bound and the rows to skip below it.
+
+    Hours newest first until the one holding row `offset`, then that hour's minutes: every
+    matching viewer at or after the bound was counted, so only the rest of one minute is
+    skipped row by row.
+    """
+    low, high = 0, 2**62
+    skipped = 0
+    bound: int | None = None
+    for width in VIEWER_SPAN_WIDTHS:
+        for start, live in await conn.fetch(_SPANS, term, width, types, low, high):
+            if skipped + live > offset:
+                low, high = start, start + width
+                bound = high
+                break
+            skipped += live
+        else:  # the spans do not reach that far (cannot happen in one snapshot): plain skip
+            return None, offset
+    return bound, offset - skipped
+
+
+# No index on last_seen_at: stats rewrite it every few seconds and an index would turn those
+# HOT updates into index writes. A pass reads the table once every few seconds instead.
+_SILENT = """
+SELECT viewer_id, version, in_total_bytes, out_total_bytes FROM viewers
+WHERE last_seen_at < now() - $1::interval
+ORDER BY last_seen_at LIMIT $2
+"""
+
+
+async def silent_for(pool: asyncpg.Pool, silent: timedelta, limit: int) -> list[asyncpg.Record]:
+    """Up to `limit` viewers not heard from for `silent`, longest silent first: viewer_id,
+    version, in_total_bytes, out_total_bytes."""
+    return list(await pool.fetch(_SILENT, silent, limit))

@@ -11,12 +11,24 @@ from collections.abc import Sequence
 import asyncpg
 import msgspec
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 
-from spool.adapters.account_storage import storage_configs
+from spool.adapters.tables import metadata
 from spool.domain.events import RecordedEvent
 
 # Importing the module registers StorageConfigured / StorageRemoved with the event registry.
 from spool.domain.storage_config import StorageConfigured, StorageRemoved
+
+# The `storage_configs` projection's table (written by the projection below).
+# `config` is the whole current StorageConfigured event: non-secret fields and sealed secrets.
+storage_configs = sa.Table(
+    "storage_configs",
+    metadata,
+    sa.Column("account_id", sa.Text, primary_key=True),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("config", pg.JSONB, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
 
 _encode = msgspec.json.Encoder().encode
 
@@ -24,7 +36,7 @@ _encode = msgspec.json.Encoder().encode
 class StorageConfigsProjection:
     name = "storage_configs"
     tables: Sequence[sa.Table] = (storage_configs,)
-    event_types: frozenset[str] = frozenset({"StorageConfigured", "StorageRemoved"})
+    event_types: frozenset[str] = frozenset({StorageConfigured.__name__, StorageRemoved.__name__})
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
         for e in events:
@@ -47,3 +59,11 @@ class StorageConfigsProjection:
                     ev.account_id,
                     ev.provider,
                 )
+
+
+async def stored_config(pool: asyncpg.Pool, account_id: str) -> bytes | None:
+    """The account's current `StorageConfigured`, as JSON, or None."""
+    raw: bytes | None = await pool.fetchval(
+        "SELECT config FROM storage_configs WHERE account_id = $1", account_id
+    )
+    return raw

@@ -17,9 +17,28 @@ import asyncpg
 import msgspec
 import sqlalchemy as sa
 
-from spool.adapters.tables import job_stages
+from spool.adapters.read_models.projection import types_of
+from spool.adapters.tables import metadata
 from spool.domain import job
 from spool.domain.events import Event, RecordedEvent
+
+# One row per attempt of a stage: (job, run, stage, attempt), when and where it ran, how it ended.
+job_stages = sa.Table(
+    "job_stages",
+    metadata,
+    sa.Column("job_id", sa.Text, primary_key=True),
+    sa.Column("run", sa.Integer, primary_key=True),
+    sa.Column("stage", sa.Text, primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("node_id", sa.Text),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("outcome", sa.Text),  # completed | failed | cancelled; NULL while it runs
+    sa.Column("work_ms", sa.BigInteger),  # the worker's own measure of a completed attempt
+    sa.Column("bytes", sa.BigInteger),
+    sa.Column("reason", sa.Text),
+    sa.Index("job_stages_finished_idx", "finished_at"),
+)
 
 StageKey = tuple[str, int, str, int]
 """job_id, run, stage, attempt"""
@@ -43,16 +62,14 @@ class StageRow(msgspec.Struct, kw_only=True):
 
 COLUMNS: tuple[str, ...] = StageRow.__struct_fields__
 
-EVENT_TYPES: frozenset[str] = frozenset(
-    {
-        "StageStarted",
-        "DownloadCompleted",
-        "MuxCompleted",
-        "JobCompleted",
-        "StageFailed",
-        "StageInterrupted",
-        "JobCancelled",
-    }
+EVENT_TYPES: frozenset[str] = types_of(
+    job.StageStarted,
+    job.DownloadCompleted,
+    job.MuxCompleted,
+    job.JobCompleted,
+    job.StageFailed,
+    job.StageInterrupted,
+    job.JobCancelled,
 )
 
 
@@ -104,11 +121,19 @@ def fold(events: Sequence[RecordedEvent]) -> dict[StageKey, StageRow]:
     return rows
 
 
-_LOAD = """
-SELECT s.job_id, s.run, s.stage, s.attempt, s.node_id, s.started_at, s.finished_at, s.outcome,
-       s.work_ms, s.bytes, s.reason
+_LOAD = f"""
+SELECT {", ".join("s." + c for c in COLUMNS)}
 FROM unnest($1::text[]) AS t(job_id) JOIN job_stages s USING (job_id)
 """
+
+
+async def rows_of(conn: asyncpg.Connection, job_ids: Sequence[str]) -> dict[StageKey, StageRow]:
+    """Every stored stage row of these jobs."""
+    return {
+        (r[0], r[1], r[2], r[3]): StageRow(**dict(r.items()))
+        for r in await conn.fetch(_LOAD, list(job_ids))
+    }
+
 
 _UPSERT = """
 INSERT INTO job_stages (job_id, run, stage, attempt, node_id, started_at, finished_at, outcome,
@@ -132,9 +157,7 @@ class JobStagesProjection:
         # A cancel closes whichever attempt is open, so each touched job's rows are loaded whole
         # (a handful per job) and folded on in Python with the same code verify uses.
         job_ids = sorted({e.stream_id.removeprefix("job-") for e in events})
-        rows: dict[StageKey, StageRow] = {}
-        for r in await conn.fetch(_LOAD, job_ids):
-            rows[(r[0], r[1], r[2], r[3])] = StageRow(**dict(r.items()))
+        rows = await rows_of(conn, job_ids)
         before = {k: msgspec.structs.astuple(v) for k, v in rows.items()}
         for e in events:
             evolve(rows, e.stream_id.removeprefix("job-"), e.data, e.recorded_at)

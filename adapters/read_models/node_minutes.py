@@ -16,10 +16,30 @@ import asyncpg
 import msgspec
 import sqlalchemy as sa
 
-from spool.adapters.tables import node_minutes
+from spool.adapters.read_models.job_minutes import minute_of
+from spool.adapters.read_models.projection import types_of
+from spool.adapters.tables import metadata
 from spool.domain import node
 from spool.domain.events import RecordedEvent
-from spool.reactors.projections.job_minutes import minute_of
+
+# Per node and UTC minute: its heartbeats rolled up. Sums are exact (numeric), so a rebuild in
+# other batches gives the same rows; the table outlives the heartbeat events it was made from.
+node_minutes = sa.Table(
+    "node_minutes",
+    metadata,
+    sa.Column("node_id", sa.Text, primary_key=True),
+    sa.Column("minute", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("samples", sa.BigInteger, nullable=False),
+    sa.Column("cpu_percent_sum", sa.Numeric, nullable=False),
+    sa.Column("cpu_percent_max", sa.Float(precision=53), nullable=False),
+    sa.Column("memory_used_sum", sa.Numeric, nullable=False),
+    sa.Column("memory_total_sum", sa.Numeric, nullable=False),
+    sa.Column("memory_percent_max", sa.Float(precision=53), nullable=False),
+    sa.Column("downloading_max", sa.Integer, nullable=False),
+    sa.Column("muxing_max", sa.Integer, nullable=False),
+    sa.Column("uploading_max", sa.Integer, nullable=False),
+    sa.Index("node_minutes_minute_idx", "minute"),
+)
 
 
 class NodeMinute(msgspec.Struct, kw_only=True):
@@ -79,7 +99,7 @@ ON CONFLICT (node_id, minute) DO UPDATE SET
 class NodeMinutesProjection:
     name = "node_minutes"
     tables: Sequence[sa.Table] = (node_minutes,)
-    event_types: frozenset[str] = frozenset({"NodeHeartbeat"})
+    event_types: frozenset[str] = types_of(node.NodeHeartbeat)
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
         # A batch holds a minute or so of every node's beats: summed here, one upsert a batch.

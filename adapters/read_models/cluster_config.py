@@ -7,10 +7,21 @@ from collections.abc import Sequence
 import asyncpg
 import msgspec
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 
-from spool.adapters.tables import cluster_config
+from spool.adapters.tables import metadata
 from spool.domain import cluster_config as config
 from spool.domain.events import RecordedEvent
+
+# The cluster's config (domain.cluster_config): one row per section, the fold of `config`.
+cluster_config = sa.Table(
+    "cluster_config",
+    metadata,
+    sa.Column("section", sa.Text, primary_key=True),
+    sa.Column("settings", pg.JSONB, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
 
 _encode = msgspec.json.Encoder().encode
 
@@ -44,3 +55,12 @@ class ClusterConfigProjection:
                     e.version,
                     e.recorded_at,
                 )
+
+
+_decode_heartbeat = msgspec.json.Decoder(config.HeartbeatConfig).decode
+
+
+async def heartbeat(pool: asyncpg.Pool) -> config.HeartbeatConfig:
+    """The heartbeat settings as the projection holds them (defaults before any change)."""
+    row = await pool.fetchval("SELECT settings FROM cluster_config WHERE section = 'heartbeat'")
+    return _decode_heartbeat(row) if row is not None else config.HeartbeatConfig()

@@ -16,15 +16,31 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, date
 
 import asyncpg
 import sqlalchemy as sa
 
-from spool.adapters.tables import usage_daily
+from spool.adapters.read_models.projection import types_of
+from spool.adapters.tables import metadata
 from spool.domain import job
 from spool.domain.events import RecordedEvent
+
+# Per account and UTC day: job activity and bytes moved. Storage held is uploaded minus deleted.
+usage_daily = sa.Table(
+    "usage_daily",
+    metadata,
+    sa.Column("account_id", sa.Text, primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("jobs_created", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("jobs_completed", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("jobs_failed", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("jobs_cancelled", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("bytes_downloaded", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("bytes_uploaded", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("bytes_deleted", sa.BigInteger, nullable=False, server_default="0"),
+)
 
 log = logging.getLogger("spool.projections.usage")
 
@@ -41,24 +57,31 @@ ON CONFLICT (account_id, day) DO UPDATE SET {
 }
 """
 
-_ACCOUNTS = """
+_ACCOUNTS = f"""
 SELECT e.stream_id, e.data->>'account_id'
 FROM unnest($1::text[]) AS t(stream_id)
-JOIN events e ON e.stream_id = t.stream_id AND e.version = 1 AND e.type = 'JobCreated'
+JOIN events e ON e.stream_id = t.stream_id AND e.version = 1
+    AND e.type = '{job.JobCreated.__name__}'
 """
 
 # The size of the upload a FileDeleted removed: the stream's last JobCompleted before it.
-_DELETED_SIZES = """
+_DELETED_SIZES = f"""
 SELECT t.stream_id, t.version, (
     SELECT (c.data->>'size')::bigint FROM events c
-    WHERE c.stream_id = t.stream_id AND c.version < t.version AND c.type = 'JobCompleted'
+    WHERE c.stream_id = t.stream_id AND c.version < t.version
+      AND c.type = '{job.JobCompleted.__name__}'
     ORDER BY c.version DESC LIMIT 1
 )
 FROM unnest($1::text[], $2::int[]) AS t(stream_id, version)
 """
 
-_TYPES = frozenset(
-    {"JobCreated", "DownloadCompleted", "JobCompleted", "JobFailed", "JobCancelled", "FileDeleted"}
+_TYPES = types_of(
+    job.JobCreated,
+    job.DownloadCompleted,
+    job.JobCompleted,
+    job.JobFailed,
+    job.JobCancelled,
+    job.FileDeleted,
 )
 
 
@@ -91,7 +114,12 @@ class UsageProjection:
             if account is None:
                 # Cannot happen with a sound log (every job stream opens with JobCreated); skip
                 # rather than stall the projection on one bad stream.
-                log.warning("usage: %s has no JobCreated; %s not counted", e.stream_id, e.type)
+                log.warning(
+                    "usage: %s has no %s; %s not counted",
+                    e.stream_id,
+                    job.JobCreated.__name__,
+                    e.type,
+                )
                 continue
             row = totals[(account, e.recorded_at.astimezone(UTC).date())]
             ev = e.data
@@ -108,3 +136,30 @@ class UsageProjection:
             [k[1] for k in keys],
             *([totals[k][c] for k in keys] for c in COUNTERS),
         )
+
+
+# One pass over the account's days: all-time sums and, filtered, this month's.
+_TOTALS = "SELECT {all_time}, {month} FROM usage_daily WHERE account_id = $1".format(
+    all_time=", ".join(f"coalesce(sum({c}), 0)::bigint" for c in COUNTERS),
+    month=", ".join(f"coalesce(sum({c}) FILTER (WHERE day >= $2), 0)::bigint" for c in COUNTERS),
+)
+
+
+async def totals(
+    pool: asyncpg.Pool, account_id: str, since: date
+) -> tuple[dict[str, int], dict[str, int]]:
+    """An account's counters summed over all time, and over the days from `since`."""
+    row = await pool.fetchrow(_TOTALS, account_id, since)
+    n = len(COUNTERS)
+    return (
+        {c: int(row[i]) for i, c in enumerate(COUNTERS)},
+        {c: int(row[n + i]) for i, c in enumerate(COUNTERS)},
+    )
+
+
+async def in_order(conn: asyncpg.Connection, page: int) -> AsyncIterator[list[asyncpg.Record]]:
+    """Every `usage_daily` row by account and day, `page` rows at a time (inside the caller's
+    transaction: a cursor)."""
+    cursor = await conn.cursor("SELECT * FROM usage_daily ORDER BY account_id, day")
+    while rows := await cursor.fetch(page):
+        yield rows

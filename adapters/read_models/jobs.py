@@ -1,0 +1,214 @@
+"""The `jobs` read model: each job's folded state, as `GET /jobs` answers it; and, in the same
+transaction, the `batches` rows.
+
+Batches are kept here because what a batch shows depends on its jobs (`domain.batch.summarize`):
+summed up in the transaction that writes the `jobs` rows, a batch's row always agrees with
+them, in a live catch-up and in a rebuild alike (adapters/read_models/batches.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import NamedTuple
+
+import asyncpg
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+from spool.adapters.read_models import batches as batch_rows
+from spool.adapters.read_models.state_projection import Field, StateProjection, StateRows
+from spool.adapters.tables import metadata
+from spool.domain import batch, job
+from spool.domain.events import RecordedEvent
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("job_id", sa.Text, primary_key=True),
+    sa.Column("account_id", sa.Text, nullable=False),
+    sa.Column("batch_id", sa.Text),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("step", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("version", sa.Integer, nullable=False),
+    # The whole folded JobState, so the row is exactly the fold of the stream.
+    sa.Column("state", pg.JSONB, nullable=False),
+    sa.Index("jobs_account_created_idx", "account_id", sa.text("created_at DESC"), "job_id"),
+    sa.Index("jobs_batch_idx", "batch_id", postgresql_where=sa.text("batch_id IS NOT NULL")),
+)
+
+ROWS = StateRows(
+    jobs,
+    Field("job_id", ("job_id",), fixed=True),
+    [
+        Field("account_id", ("account_id",), fixed=True),
+        Field("batch_id", ("batch_id",)),
+        Field("url", ("url",), fixed=True),
+        Field("status", ("status",)),
+        Field("step", ("step",)),
+        Field("created_at", ("created_at",), "timestamptz", fixed=True),
+        Field("updated_at", ("updated_at",), "timestamptz"),
+        Field("finished_at", ("finished_at",), "timestamptz"),
+        Field("version", ("version",), "int", default=0),
+        Field("state", (), "jsonb"),
+    ],
+    job.JobState,
+)
+
+JOBS = StateProjection(
+    name="jobs",
+    stream=job.stream_id(""),
+    event_types=job.EVENT_TYPES,
+    evolve=job.evolve,
+    rows=ROWS,
+    watch=batch.facts_of,
+)
+"""The jobs' rows; what a batch counts of each job is watched, so its batch is summed again."""
+
+
+class JobsProjection:
+    name = "jobs"
+    tables: Sequence[sa.Table] = (jobs, batch_rows.batches)
+    event_types: frozenset[str] = job.EVENT_TYPES | batch.EVENT_TYPES
+
+    async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+        job_events = [e for e in events if e.stream_id.startswith(JOBS.stream)]
+        batch_events = [e for e in events if e.stream_id.startswith(batch_rows.BATCHES.stream)]
+        changed = await self._apply_jobs(conn, job_events) if job_events else set()
+        if batch_events or changed:
+            await batch_rows.apply(conn, batch_events, changed)
+
+    async def _apply_jobs(
+        self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]
+    ) -> set[str]:
+        """Write the jobs' rows; the batches whose jobs changed status, size or end."""
+        applied = await JOBS.fold_onto(conn, events)
+        if applied.changed:
+            await ROWS.write(conn, applied.changed_states(), applied.stored)
+        changed: set[str] = set()
+        for k in applied.changed:
+            state = applied.states[k].state
+            if state.batch_id is not None and batch.facts_of(state) != applied.before[k]:
+                changed.add(state.batch_id)
+        return changed
+
+
+# -- queries ---------------------------------------------------------------------------------
+
+
+class JobsFound(NamedTuple):
+    """A page of an account's jobs, newest first, and the key of its last row."""
+
+    states: list[job.JobState]
+    more: bool
+    last: tuple[datetime, str] | None
+
+
+_PAGE = """
+SELECT state, created_at, job_id FROM jobs
+WHERE account_id = $1
+  AND ($2::text IS NULL OR status = $2)
+  AND ($3::text IS NULL OR batch_id = $3)
+  AND ($4::timestamptz IS NULL OR (created_at, job_id) < ($4, $5))
+ORDER BY created_at DESC, job_id DESC
+LIMIT $6
+"""
+
+
+async def page(
+    pool: asyncpg.Pool,
+    account_id: str,
+    *,
+    status: str | None,
+    batch_id: str | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> JobsFound:
+    """An account's jobs newest first, `after` the (created_at, job_id) of a previous page's
+    last row; `more` says whether another page follows."""
+    rows = await pool.fetch(
+        _PAGE,
+        account_id,
+        status,
+        batch_id,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit + 1,
+    )
+    shown = rows[:limit]
+    return JobsFound(
+        [ROWS.decode(r[0]) for r in shown],
+        len(rows) > limit,
+        (shown[-1][1], shown[-1][2]) if shown else None,
+    )
+
+
+async def count_by_status_step(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """How many jobs there are of each (status, step): rows of status, step, count."""
+    return list(await pool.fetch("SELECT status, step, count(*) FROM jobs GROUP BY status, step"))
+
+
+async def stage_times(pool: asyncpg.Pool, buckets: Sequence[float]) -> list[asyncpg.Record]:
+    """Per stage, the finished stages' times (s) as a histogram: rows of stage, n, total, then
+    one count per bucket (stages that took at most that long)."""
+    return list(
+        await pool.fetch(
+            f"""
+            SELECT t.key AS stage, count(*) AS n, sum(s) AS total,
+                   {", ".join(f"count(*) FILTER (WHERE s <= {float(b)})" for b in buckets)}
+            FROM jobs, jsonb_each(state->'timings') AS t,
+                 LATERAL (SELECT (t.value->>'seconds')::float8 AS s) AS v
+            WHERE t.value ? 'seconds'
+            GROUP BY t.key
+            """
+        )
+    )
+
+
+_BY_STATUS = """
+SELECT status, count(*), count(*) FILTER (WHERE created_at >= $2)
+FROM jobs WHERE account_id = $1 GROUP BY status
+"""
+
+
+async def count_by_status(
+    pool: asyncpg.Pool, account_id: str, since: datetime
+) -> list[asyncpg.Record]:
+    """An account's jobs by status now: rows of status, how many, how many created `since`."""
+    return list(await pool.fetch(_BY_STATUS, account_id, since))
+
+
+_LONGEST = """
+SELECT coalesce(max(ceil((state->>'duration')::float8)), 0)::bigint FROM jobs
+WHERE account_id = $1 AND state ? 'duration'
+"""
+
+
+async def longest_media(pool: asyncpg.Pool, account_id: str) -> int:
+    """The longest media (whole seconds) any of the account's jobs fetched; 0 for none."""
+    return int(await pool.fetchval(_LONGEST, account_id))
+
+
+_UNFINISHED_QUIET = """
+SELECT job_id FROM jobs WHERE status <> ALL($1::text[]) AND updated_at < now() - $2::interval
+"""
+
+
+async def unfinished_quiet_for(pool: asyncpg.Pool, quiet: timedelta) -> list[str]:
+    """Jobs not finished (`domain.job.TERMINAL`) whose row has not changed for `quiet`."""
+    rows = await pool.fetch(_UNFINISHED_QUIET, sorted(job.TERMINAL), quiet)
+    return [r[0] for r in rows]
+
+
+_decode_options = msgspec.json.Decoder(job.JobOptions).decode
+
+
+async def options_of(conn: asyncpg.Connection, job_id: str) -> job.JobOptions:
+    """The options a job was created with (the defaults for a job without a row yet)."""
+    raw = await conn.fetchval("SELECT state->'options' FROM jobs WHERE job_id = $1", job_id)
+    return _decode_options(raw) if raw else job.JobOptions()

@@ -1,0 +1,274 @@
+"""One row per stream, each the fold of its stream: the algorithm the jobs, tasks and batches
+read models share (`StateProjection`), and the row shape jobs and tasks share (`StateRows`:
+the whole folded state as jsonb plus columns taken from it).
+
+A batch of events is applied by loading the stored state of every stream it continues, folding
+the new events onto those states with the aggregate's `evolve`, and writing the rows that
+changed. `row(state, at)` is what a state's row holds: `reactors/verify.py` folds a stream from
+the log and compares that with the stored row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+
+import asyncpg
+import msgspec
+import sqlalchemy as sa
+
+from spool.domain.events import Event, RecordedEvent
+
+
+class Versioned(Protocol):
+    """A folded state: it knows the version of the last event it applied."""
+
+    @property
+    def version(self) -> int: ...
+
+
+S = TypeVar("S", bound=Versioned)
+
+Row = dict[str, Any]
+"""A row's columns by name (its key column left out)."""
+
+Evolve = Callable[[S | None, Event, datetime, int], S]
+"""An aggregate's `evolve(state, event, recorded_at, version)`."""
+
+_json = msgspec.json.Encoder()
+
+
+def plain(value: Any) -> Any:
+    """A value as JSON carries it, so a fold and a jsonb column compare like for like."""
+    return msgspec.json.decode(_json.encode(value))
+
+
+class Stored(NamedTuple, Generic[S]):
+    """A stream's state and when its last event was recorded."""
+
+    state: S
+    at: datetime
+
+
+class Rows(Protocol[S]):
+    """How a state projection's rows are read, written and shown."""
+
+    table: sa.Table
+    key: str
+    """The table's key column: the stream id without its prefix."""
+    columns: tuple[str, ...]
+    """The columns `row` gives, in table order."""
+    json_columns: frozenset[str]
+
+    async def load(self, conn: asyncpg.Connection, keys: list[str]) -> dict[str, Stored[S]]:
+        """The stored rows of `keys` (those that have one)."""
+
+    async def write(
+        self, conn: asyncpg.Connection, changed: dict[str, Stored[S]], stored: Collection[str]
+    ) -> None:
+        """Write the rows of `changed`; `stored` are the keys that already had a row."""
+
+    def row(self, state: S, at: datetime) -> Row:
+        """The row a state gives, `at` being when its stream's last event was recorded."""
+
+
+class Applied(NamedTuple, Generic[S]):
+    """What applying a batch did: every state it loaded or changed, which it changed, which
+    had a row, and what `watch` said of each changed stream before the batch."""
+
+    states: dict[str, Stored[S]]
+    changed: set[str]
+    stored: set[str]
+    before: dict[str, object]
+
+    def changed_states(self) -> dict[str, Stored[S]]:
+        return {k: self.states[k] for k in self.changed}
+
+
+class StateProjection(Generic[S]):
+    """A read model with one row per stream of one aggregate, each the fold of its stream."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        stream: str,
+        event_types: frozenset[str],
+        evolve: Evolve[S],
+        rows: Rows[S],
+        watch: Callable[[S], object] | None = None,
+    ) -> None:
+        self.name = name
+        self.stream = stream
+        """The prefix of the aggregate's stream ids (`job-`)."""
+        self.event_types = event_types
+        self.evolve = evolve
+        self.rows = rows
+        self.tables: Sequence[sa.Table] = (rows.table,)
+        self.watch = watch
+        """What a caller wants compared before and after a batch (`Applied.before`)."""
+
+    def key(self, stream_id: str) -> str:
+        return stream_id.removeprefix(self.stream)
+
+    def fold(self, events: Sequence[RecordedEvent]) -> Row | None:
+        """The row one whole stream folds to (None for no events)."""
+        state: S | None = None
+        for e in events:
+            state = self.evolve(state, e.data, e.recorded_at, e.version)
+        return None if state is None else self.rows.row(state, events[-1].recorded_at)
+
+    async def fold_onto(
+        self,
+        conn: asyncpg.Connection,
+        events: Sequence[RecordedEvent],
+        also: Collection[str] = (),
+    ) -> Applied[S]:
+        """Fold `events` (of this aggregate's streams) onto the stored states; `also`: keys to
+        load even without events of theirs."""
+        # A stream whose first event here is its version 1 is new: nothing to load.
+        first: dict[str, int] = {}
+        for e in events:
+            first.setdefault(self.key(e.stream_id), e.version)
+        load = [k for k, version in first.items() if version > 1]
+        load += [k for k in also if k not in first]
+        states = await self.rows.load(conn, load) if load else {}
+        stored = set(states)
+        changed: set[str] = set()
+        before: dict[str, object] = {}
+        watch, evolve = self.watch, self.evolve
+        for e in events:
+            key = self.key(e.stream_id)
+            current = states.get(key)
+            if current is not None and e.version <= current.state.version:
+                continue  # already applied (a rebuild overlapping the live runner)
+            if key not in changed:
+                changed.add(key)
+                if watch is not None:
+                    # Taken now: an aggregate may evolve its state in place.
+                    before[key] = None if current is None else watch(current.state)
+            state = evolve(
+                None if current is None else current.state, e.data, e.recorded_at, e.version
+            )
+            states[key] = Stored(state, e.recorded_at)
+        return Applied(states, changed, stored, before)
+
+    async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+        applied = await self.fold_onto(conn, events)
+        if applied.changed:
+            await self.rows.write(conn, applied.changed_states(), applied.stored)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One column of a `StateRows` table: where in the folded state its value is."""
+
+    column: str
+    path: tuple[str, ...]
+    """Attributes from the state to the value (the same names as its JSON keys); () for the
+    whole state."""
+    sql_type: str = "text"
+    """`text`, `int`, `float8`, `timestamptz` or `jsonb`."""
+    default: int | None = None
+    """Written when the state has no value (msgspec leaves out a default)."""
+    fixed: bool = False
+    """Set when the stream begins: an update leaves it."""
+    computed: bool = False
+    """Not in the state's JSON (a property): sent beside it as a column of its own."""
+
+    def value(self, state: object) -> Any:
+        value = state
+        for name in self.path:
+            if value is None:
+                break
+            value = getattr(value, name)
+        if value is None:
+            return self.default
+        return plain(value) if self.sql_type == "jsonb" else value
+
+
+class StateRows(Generic[S]):
+    """Rows that keep the whole folded state (jsonb `state`) and columns taken from it.
+
+    One jsonb array goes in and SQL extracts the columns: asyncpg encodes an array element by
+    element in Python, so one array per column would cost that many times more.
+    """
+
+    def __init__(self, table: sa.Table, key: Field, fields: Sequence[Field], state: type[S]):
+        self.table = table
+        self.key = key.column
+        self.fields = tuple(fields)
+        self.columns = tuple(f.column for f in self.fields)
+        self.json_columns = frozenset(f.column for f in self.fields if f.sql_type == "jsonb")
+        self._encode = msgspec.json.Encoder().encode
+        self._decode = msgspec.json.Decoder(state).decode
+        self._computed = [f for f in (key, *self.fields) if f.computed]
+        every = (key, *self.fields)
+        names = ", ".join(f.column for f in every)
+        computed = "".join(f", ${i}::{f.sql_type}[]" for i, f in enumerate(self._computed, 2))
+        aliases = "".join(f", c{i}" for i in range(len(self._computed)))
+        self.insert_sql = (
+            f"INSERT INTO {table.name} ({names})\n"
+            f"SELECT {', '.join(self._expression(f) for f in every)}\n"
+            f"FROM unnest($1::jsonb[]{computed}) AS t(s{aliases})\n"
+        )
+        updated = [f.column for f in self.fields if not f.fixed]
+        self.upsert_sql = (
+            f"{self.insert_sql}ON CONFLICT ({key.column}) DO UPDATE SET "
+            f"{', '.join(f'{c} = excluded.{c}' for c in updated)}\n"
+            f"WHERE {table.name}.version < excluded.version\n"
+        )
+        self._load_sql = (
+            # A join on unnest keeps the index plan even when a cached generic plan was made
+            # while the table was empty (a rebuild's shadow table, a fresh install).
+            f"SELECT r.{key.column}, r.state, r.updated_at FROM unnest($1::text[]) "
+            f"AS t({key.column}) JOIN {table.name} r USING ({key.column})"
+        )
+
+    def _expression(self, f: Field) -> str:
+        if f.computed:
+            return f"t.c{self._computed.index(f)}"
+        if not f.path:
+            return "s"
+        inner = "".join(f"->'{p}'" for p in f.path[:-1])
+        arrow = "->" if f.sql_type == "jsonb" else "->>"
+        sql = f"s{inner}{arrow}'{f.path[-1]}'"
+        if f.sql_type not in ("text", "jsonb"):
+            sql = f"({sql})::{f.sql_type}"
+        return sql if f.default is None else f"coalesce({sql}, {f.default})"
+
+    def decode(self, raw: bytes) -> S:
+        """A row's `state` column as the state."""
+        return self._decode(raw)
+
+    def row(self, state: S, at: datetime) -> Row:
+        return {f.column: f.value(state) for f in self.fields}
+
+    async def load(self, conn: asyncpg.Connection, keys: list[str]) -> dict[str, Stored[S]]:
+        rows = await conn.fetch(self._load_sql, keys)
+        return {r[0]: Stored(self._decode(r[1]), r[2]) for r in rows}
+
+    def _arguments(self, states: list[S]) -> list[list[Any]]:
+        return [[self._encode(s) for s in states]] + [
+            [f.value(s) for s in states] for f in self._computed
+        ]
+
+    async def write(
+        self, conn: asyncpg.Connection, changed: dict[str, Stored[S]], stored: Collection[str]
+    ) -> None:
+        new = [s.state for k, s in changed.items() if k not in stored]
+        known = [s.state for k, s in changed.items() if k in stored]
+        if new:
+            # Streams without a row are plain inserts: ON CONFLICT's speculative insertion cost
+            # a fifth of the jobs' catch-up time. Should a row exist after all (a rebuild
+            # overlapping the live runner), the savepoint falls back to the upsert, whose
+            # version guard keeps the newer row.
+            try:
+                async with conn.transaction():
+                    await conn.execute(self.insert_sql, *self._arguments(new))
+            except asyncpg.UniqueViolationError:
+                known += new
+        if known:
+            await conn.execute(self.upsert_sql, *self._arguments(known))
