@@ -23,6 +23,7 @@ from spool.api.job_requests import (
     validate_filename,
 )
 from spool.api.requests import command_metadata
+from spool.api.services import Services
 from spool.api.targets import refuse_forbidden_target
 from spool.api.user import sealed_storage, storage_spec
 from spool.domain import batch, job
@@ -206,15 +207,13 @@ def _bulk_items(raw: bytes) -> tuple[list[CreateJobBody], bool]:
     return bodies, paused
 
 
-async def load_batch(
-    request: Request[Any, Any, Any], batch_id: str, principal: Principal
-) -> batch.BatchState:
+async def load_batch(services: Services, batch_id: str, principal: Principal) -> batch.BatchState:
     """A batch of the caller's; 404 for anyone else's."""
     try:
         bid = str(uuid.UUID(batch_id))
     except ValueError:
         raise JobApiError(status_code=404, detail="Batch not found") from None
-    store: EventStore = request.app.state.store
+    store: EventStore = services.store
     events = await store.read_stream(batch.stream_id(bid))
     state = batch.fold([(e.data, e.recorded_at, e.version) for e in events])
     if state is None or state.account_id != principal.account_id:
@@ -254,6 +253,7 @@ class BatchController(Controller):
     async def get_batch(
         self,
         request: Request[Any, Any, Any],
+        services: Services,
         batch_id: str,
         principal: Principal,
         as_of: str | None = None,
@@ -263,8 +263,8 @@ class BatchController(Controller):
         `as_of` (an event position, or an ISO 8601 time) answers the batch and its jobs as they
         stood then.
         """
-        state = await load_batch(request, batch_id, principal)
-        store: EventStore = request.app.state.store
+        state = await load_batch(services, batch_id, principal)
+        store: EventStore = services.store
         if as_of is None:
             jobs = await batch_jobs(store, state)
         else:
@@ -294,15 +294,20 @@ class BatchController(Controller):
 
     @patch("/{batch_id:str}/jobs", status_code=200)
     async def rename_jobs(
-        self, request: Request[Any, Any, Any], batch_id: str, data: Renames, principal: Principal
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        batch_id: str,
+        data: Renames,
+        principal: Principal,
     ) -> RenameAnswer:
         """Rename jobs of a paused batch: `{"renames": [{"job_id", "filename"}]}`."""
-        state = await load_batch(request, batch_id, principal)
+        state = await load_batch(services, batch_id, principal)
         try:
             batch.require_paused_for_rename(state)
         except InvalidTransition as exc:
             raise JobApiError(status_code=400, detail=str(exc)) from None
-        store: EventStore = request.app.state.store
+        store: EventStore = services.store
         meta = command_metadata(request, principal.key_id)
         errors: list[RenameError] = []
         updated = 0
@@ -324,11 +329,15 @@ class BatchController(Controller):
 
     @post("/{batch_id:str}/start", status_code=200)
     async def start_batch(
-        self, request: Request[Any, Any, Any], batch_id: str, principal: Principal
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        batch_id: str,
+        principal: Principal,
     ) -> StartAnswer:
         """Start a paused batch: its jobs begin downloading."""
-        state = await load_batch(request, batch_id, principal)
-        store: EventStore = request.app.state.store
+        state = await load_batch(services, batch_id, principal)
+        store: EventStore = services.store
         jobs = await batch_jobs(store, state)
         held = [j for j in jobs if j.held and not j.terminal]
         try:
@@ -357,11 +366,15 @@ class BatchController(Controller):
 
     @delete("/{batch_id:str}", status_code=200)
     async def cancel_batch(
-        self, request: Request[Any, Any, Any], batch_id: str, principal: Principal
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        batch_id: str,
+        principal: Principal,
     ) -> CancelAnswer:
         """Cancel a batch: every unfinished job of it is cancelled."""
-        state = await load_batch(request, batch_id, principal)
-        store: EventStore = request.app.state.store
+        state = await load_batch(services, batch_id, principal)
+        store: EventStore = services.store
         meta = command_metadata(request, principal.key_id)
         cancelled = 0
         for job_id in state.job_ids:
@@ -390,17 +403,20 @@ async def _append_decided(store: EventStore, meta: Metadata, job_id: str, decide
 
 
 async def job_storage(
-    request: Request[Any, Any, Any], principal: Principal, raw: dict[str, Any]
+    request: Request[Any, Any, Any], services: Services, principal: Principal, raw: dict[str, Any]
 ) -> StorageConfigured:
     """A job's own `storage`: parsed like `/user/...`, checked with a probe, credentials sealed."""
-    return await sealed_storage(request, principal, *storage_spec(raw))
+    return await sealed_storage(request, services, principal, *storage_spec(raw))
 
 
 async def create_bulk(
-    request: Request[Any, Any, Any], principal: Principal, idempotency_key: str | None
+    request: Request[Any, Any, Any],
+    services: Services,
+    principal: Principal,
+    idempotency_key: str | None,
 ) -> Response[Any]:
     """`POST /jobs/bulk`: all jobs or none; a bad item names its index."""
-    store: EventStore = request.app.state.store
+    store: EventStore = services.store
     idem = await idempotency_of(request, principal, idempotency_key)
     if idem is not None and (earlier := await earlier_answer(store, idem)) is not None:
         return earlier
@@ -413,16 +429,16 @@ async def create_bulk(
             raise JobApiError(status_code=400, detail=f"jobs[{index}]: {exc.detail}") from None
     for index, new in enumerate(valid):
         try:
-            await refuse_forbidden_target(request, new.valid.url)
+            await refuse_forbidden_target(services, new.valid.url)
             if new.valid.options.webhook_url is not None:
                 hook = new.valid.options.webhook_url
-                await refuse_forbidden_target(request, hook, what="webhook_url")
+                await refuse_forbidden_target(services, hook, what="webhook_url")
         except JobApiError as exc:
             raise JobApiError(status_code=400, detail=f"jobs[{index}]: {exc.detail}") from None
     # One storage for the whole request (a shared option): checked and sealed once.
     shared = bodies[0].storage
     if shared is not None:
-        sealed = await job_storage(request, principal, shared)
+        sealed = await job_storage(request, services, principal, shared)
         valid = [msgspec.structs.replace(v, storage=sealed) for v in valid]
     meta = command_metadata(request, principal.key_id)
     plan = plan_batch(meta, principal, valid, kind="bulk", paused=paused)

@@ -20,16 +20,18 @@ from spool.api.envelope import (
     validation_error,
 )
 from spool.api.requests import command_metadata
+from spool.api.services import Services
 from spool.domain import cluster_config as config
 from spool.domain.events import Event
 
 
 async def _change(
     request: Request[Any, Any, Any],
+    services: Services,
     principal: Principal,
     decide: Callable[[config.ClusterConfig], list[Event]],
 ) -> config.ClusterConfig:
-    store: EventStore = request.app.state.store
+    store: EventStore = services.store
     meta = command_metadata(request, f"key:{principal.key_id}")
     try:
         state, _ = await change_config(store, decide, meta)
@@ -65,48 +67,60 @@ class ConfigController(Controller):
 
     @get("/")
     async def everything(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> Response[Envelope[ConfigView]]:
         """Every config section, and the version of the `config` stream it was folded at."""
-        state = await load_config(request.app.state.store)
+        state = await load_config(services.store)
         return success(request, config_view(state))
 
     @get("/server")
     async def server(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> Response[Envelope[config.ServerConfig]]:
-        state = await load_config(request.app.state.store)
+        state = await load_config(services.store)
         return success(request, state.server)
 
     @put("/server")
     async def set_server(
-        self, request: Request[Any, Any, Any], principal: Principal, data: dict[str, Any]
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        data: dict[str, Any],
     ) -> Response[Envelope[config.ServerConfig]]:
         """Change server settings (e.g. `max_connections`); fields left out keep their values."""
         patch = _patch(data)
-        state = await _change(request, principal, lambda s: config.change_server(s, patch))
+        state = await _change(
+            request, services, principal, lambda s: config.change_server(s, patch)
+        )
         return success(request, state.server, message="Server config updated")
 
     @get("/heartbeat")
     async def heartbeat(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> Response[Envelope[config.HeartbeatConfig]]:
-        state = await load_config(request.app.state.store)
+        state = await load_config(services.store)
         return success(request, state.heartbeat)
 
     @put("/heartbeat")
     async def set_heartbeat(
-        self, request: Request[Any, Any, Any], principal: Principal, data: dict[str, Any]
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        data: dict[str, Any],
     ) -> Response[Envelope[config.HeartbeatConfig]]:
         """Change `interval`, `timeout` (after which a device is offline) and `max_missed`."""
         patch = _patch(data)
-        state = await _change(request, principal, lambda s: config.change_heartbeat(s, patch))
+        state = await _change(
+            request, services, principal, lambda s: config.change_heartbeat(s, patch)
+        )
         return success(request, state.heartbeat, message="Heartbeat config updated")
 
     @post("/reset", status_code=200)
     async def reset(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> Response[Envelope[ConfigView]]:
         """Every section back to its defaults."""
-        state = await _change(request, principal, config.reset)
+        state = await _change(request, services, principal, config.reset)
         return success(request, config_view(state), message="Configuration reset to defaults")

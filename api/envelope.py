@@ -21,6 +21,7 @@ from spool.api.auth import Principal, lookup, presented_key, scope_refusal
 from spool.api.bodies import in_place_of
 from spool.api.errors import client_fault
 from spool.api.requests import request_id
+from spool.api.services import Services
 from spool.api.unavailable import MESSAGE, RETRY_AFTER
 
 log = logging.getLogger("spool.api")
@@ -210,7 +211,7 @@ def cluster_api_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
 CLUSTER_API_ERRORS = {Exception: cluster_api_error}
 
 
-async def cluster_principal(request: Request[Any, Any, Any]) -> Principal:
+async def cluster_principal(request: Request[Any, Any, Any], services: Services) -> Principal:
     """A valid key whose scope allows the request, from `X-API-Key` or `Authorization: Bearer`;
     401 `UNAUTHORIZED` else, 403 outside the key's scope."""
     key = presented_key(request)
@@ -218,7 +219,7 @@ async def cluster_principal(request: Request[Any, Any, Any]) -> Principal:
         raise ClusterApiError(
             401, "UNAUTHORIZED", "Authentication required: send X-API-Key or Authorization: Bearer"
         )
-    principal = await lookup(request.app.state, key)
+    principal = await lookup(services.keys, key)
     if principal is None:
         raise ClusterApiError(401, "UNAUTHORIZED", "Invalid API key")
     refusal = scope_refusal(principal, request.method, request.url.path)
@@ -227,9 +228,9 @@ async def cluster_principal(request: Request[Any, Any, Any]) -> Principal:
     return principal
 
 
-async def cluster_admin(request: Request[Any, Any, Any]) -> Principal:
+async def cluster_admin(request: Request[Any, Any, Any], services: Services) -> Principal:
     """An admin key, for the endpoints the seed marks "Requires Authentication"."""
-    principal = await cluster_principal(request)
+    principal = await cluster_principal(request, services)
     if not principal.admin:
         raise ClusterApiError(403, "UNAUTHORIZED", "This endpoint needs an admin API key")
     return principal

@@ -47,9 +47,9 @@ from spool.api.job_requests import (
     decode_create_job_body,
     validate_create_job,
 )
-from spool.api.media import forget_media, links_key
 from spool.api.probes import run_probe
 from spool.api.requests import command_metadata
+from spool.api.services import Services
 from spool.api.targets import refuse_forbidden_target
 from spool.domain import job
 from spool.domain.errors import InvalidTransition
@@ -243,7 +243,7 @@ def view(state: job.JobState, links: Links | None = None) -> JobView:
 
 
 async def _playlist(
-    request: Request[Any, Any, Any], principal: Principal, url: str
+    request: Request[Any, Any, Any], services: Services, principal: Principal, url: str
 ) -> Playlist | None:
     """The entries if `url` is a playlist or feed; None for one piece of media.
 
@@ -251,10 +251,10 @@ async def _playlist(
     """
     if looks_like_media(url):
         return None
-    guard: UrlGuard = request.app.state.guard
+    guard: UrlGuard = services.guard
     try:
         return await run_probe(
-            request,
+            services,
             principal.account_id,
             lambda probe: extract_playlist(url, guard=guard, probe=probe),
         )
@@ -310,37 +310,33 @@ def _job_id(raw: str) -> str:
         raise JobApiError(status_code=404, detail="Job not found") from None
 
 
-async def load_job(
-    request: Request[Any, Any, Any], job_id: str, principal: Principal
-) -> job.JobState:
+async def load_job(services: Services, job_id: str, principal: Principal) -> job.JobState:
     """A job of the caller's, exact to its last event; 404 for anyone else's."""
-    found = await load_job_state(request.app.state.store, _job_id(job_id))
+    found = await load_job_state(services.store, _job_id(job_id))
     if found is None or found.account_id != principal.account_id:
         raise JobApiError(status_code=404, detail="Job not found")
     return found
 
 
-async def load_job_then(
-    request: Request[Any, Any, Any], job_id: str, raw_as_of: str
-) -> job.JobState:
+async def load_job_then(services: Services, job_id: str, raw_as_of: str) -> job.JobState:
     """An (owned) job as it stood at `as_of`; 400 for a bad `as_of`, 404 before the job."""
     try:
         as_of = parse_as_of(raw_as_of)
     except BadAsOf as exc:
         raise JobApiError(status_code=400, detail=str(exc)) from None
-    then = await load_job_as_of(request.app.state.store, job_id, as_of)
+    then = await load_job_as_of(services.store, job_id, as_of)
     if then is None:
         raise JobApiError(status_code=404, detail=f"Job did not exist yet at as_of={raw_as_of}")
     return then
 
 
-async def _links(request: Request[Any, Any, Any], state: job.JobState) -> Links | None:
+async def _links(services: Services, state: job.JobState) -> Links | None:
     """Links (24 h) to a completed job's files, unless they were deleted: the storage's own
     presigned or SAS URLs, or signed Spool links for a local folder (`adapters.file_links`)."""
     if state.status != "Completed" or state.key is None or state.file_deleted:
         return None
-    storages: AccountStorages = request.app.state.storages
-    settings: Settings = request.app.state.settings
+    storages: AccountStorages = services.storages
+    settings: Settings = services.settings
     storage = await storages.for_job(state.account_id, state.storage_override)
     now = time.time()
 
@@ -353,7 +349,7 @@ async def _links(request: Request[Any, Any, Any], state: job.JobState) -> Links 
             kind=kind,
             object_key=key,
             public_url=settings.resolved_public_url(),
-            key=links_key(request.app.state),
+            key=services.links_key,
             now=now,
         )
 
@@ -366,6 +362,7 @@ async def _links(request: Request[Any, Any, Any], state: job.JobState) -> Links 
 
 async def _decide(
     request: Request[Any, Any, Any],
+    services: Services,
     principal: Principal,
     job_id: str,
     decide: Callable[[job.JobState], list[Event]],
@@ -373,12 +370,10 @@ async def _decide(
     conn: asyncpg.Connection | None = None,
 ) -> job.JobState:
     """Run a command on one of the caller's jobs; 400 when it does not apply."""
-    owned = await load_job(request, job_id, principal)  # 404 for anyone else's
+    owned = await load_job(services, job_id, principal)  # 404 for anyone else's
     meta = command_metadata(request, principal.key_id)
     try:
-        state = await decide_and_append(
-            request.app.state.store, owned.job_id, decide, meta, conn=conn
-        )
+        state = await decide_and_append(services.store, owned.job_id, decide, meta, conn=conn)
     except InvalidTransition as exc:
         raise JobApiError(status_code=400, detail=str(exc)) from None
     except JobChangingTooFast:
@@ -417,6 +412,7 @@ class JobsController(Controller):
     async def create_job(
         self,
         request: Request[Any, Any, Any],
+        services: Services,
         data: CreateJobBody,
         principal: Principal,
         idempotency_key: IdempotencyKey = None,
@@ -426,21 +422,23 @@ class JobsController(Controller):
         With an `Idempotency-Key` header, sending the same request again answers what the
         first one got (with `Idempotent-Replayed: true`) and creates nothing more.
         """
-        store: EventStore = request.app.state.store
+        store: EventStore = services.store
         idem = await idempotency_of(request, principal, idempotency_key)
         if idem is not None and (earlier := await earlier_answer(store, idem)) is not None:
             return earlier
         # `data` documents the body; the raw body is decoded again strictly, so "23" is not 23.
         body = decode_create_job_body(await request.body())
         valid = validate_create_job(body)
-        await refuse_forbidden_target(request, valid.url)
+        await refuse_forbidden_target(services, valid.url)
         if valid.options.webhook_url is not None:
-            await refuse_forbidden_target(request, valid.options.webhook_url, what="webhook_url")
+            await refuse_forbidden_target(services, valid.options.webhook_url, what="webhook_url")
         meta = command_metadata(request, principal.key_id)
-        playlist = await _playlist(request, principal, valid.url)
+        playlist = await _playlist(request, services, principal, valid.url)
         if body.paused and playlist is None:
             raise JobApiError(status_code=400, detail="paused is only for playlist or feed URLs")
-        storage = await job_storage(request, principal, body.storage) if body.storage else None
+        storage = (
+            await job_storage(request, services, principal, body.storage) if body.storage else None
+        )
         if playlist is not None:
             appends, answer = _playlist_batch(meta, principal, valid, playlist, body, storage)
             return await commit(
@@ -462,6 +460,7 @@ class JobsController(Controller):
     async def create_jobs_in_bulk(
         self,
         request: Request[Any, Any, Any],
+        services: Services,
         data: dict[str, Any],
         principal: Principal,
         idempotency_key: IdempotencyKey = None,
@@ -470,12 +469,13 @@ class JobsController(Controller):
 
         All jobs or none: one invalid item rejects the request, naming its index.
         """
-        return await create_bulk(request, principal, idempotency_key)
+        return await create_bulk(request, services, principal, idempotency_key)
 
     @get("/{job_id:str}")
     async def get_job(
         self,
         request: Request[Any, Any, Any],
+        services: Services,
         job_id: str,
         principal: Principal,
         as_of: str | None = None,
@@ -485,47 +485,47 @@ class JobsController(Controller):
         `as_of` (an event position, or an ISO 8601 time) answers the job as it stood then,
         folded from its events, without links to its files.
         """
-        state = await load_job(request, job_id, principal)
+        state = await load_job(services, job_id, principal)
         if as_of is None:
-            return view(state, await _links(request, state))
-        return view(await load_job_then(request, state.job_id, as_of))
+            return view(state, await _links(services, state))
+        return view(await load_job_then(services, state.job_id, as_of))
 
     @delete("/{job_id:str}", status_code=200)
     async def cancel_job(
-        self, request: Request[Any, Any, Any], job_id: str, principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, job_id: str, principal: Principal
     ) -> JobAction:
         """Cancel a Pending or Processing job; a running stage is aborted and its files removed."""
-        state = await _decide(request, principal, job_id, job.cancel)
+        state = await _decide(request, services, principal, job_id, job.cancel)
         return JobAction(job_id=state.job_id, status=state.status)
 
     @post("/{job_id:str}/retry", status_code=200)
     async def retry_job(
-        self, request: Request[Any, Any, Any], job_id: str, principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, job_id: str, principal: Principal
     ) -> JobAction:
         """Start a Failed or Cancelled job again from download (within `max_running_jobs`)."""
-        owned = await load_job(request, job_id, principal)  # 404 for anyone else's
+        owned = await load_job(services, job_id, principal)  # 404 for anyone else's
         try:  # a job that cannot be retried is a 400 whatever the quota
             job.retry(owned)
         except InvalidTransition as exc:
             raise JobApiError(status_code=400, detail=str(exc)) from None
 
         async def retry(conn: asyncpg.Connection | None) -> job.JobState:
-            return await _decide(request, principal, job_id, job.retry, conn=conn)
+            return await _decide(request, services, principal, job_id, job.retry, conn=conn)
 
-        state = await change_admitted(request.app.state.store, principal.account_id, retry)
+        state = await change_admitted(services.store, principal.account_id, retry)
         return JobAction(job_id=state.job_id, status=state.status)
 
     @delete("/{job_id:str}/file", status_code=200)
     async def delete_file(
-        self, request: Request[Any, Any, Any], job_id: str, principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, job_id: str, principal: Principal
     ) -> FileDeletedAnswer:
         """Delete a completed job's file from storage; the job records that it is gone."""
-        state = await load_job(request, job_id, principal)
+        state = await load_job(services, job_id, principal)
         try:
             job.delete_file(state)
         except InvalidTransition as exc:
             raise JobApiError(status_code=400, detail=str(exc)) from None
-        storages: AccountStorages = request.app.state.storages
+        storages: AccountStorages = services.storages
         storage = await storages.for_job(state.account_id, state.storage_override)
         objects = job.recorded_objects(state)
         try:
@@ -543,14 +543,15 @@ class JobsController(Controller):
                 detail=f"The file at {changed[0]} is no longer the one this job wrote "
                 f"(replaced or removed); {removed}",
             )
-        state = await _decide(request, principal, job_id, job.delete_file)
-        await forget_media(request.app.state, state.job_id)
+        state = await _decide(request, services, principal, job_id, job.delete_file)
+        await services.media.forget(state.job_id)
         return FileDeletedAnswer(job_id=state.job_id, deleted=True, key=state.key or "")
 
     @get("/")
     async def list_jobs(
         self,
         request: Request[Any, Any, Any],
+        services: Services,
         principal: Principal,
         status: StatusFilter | None = None,
         batch_id: str | None = None,
@@ -559,7 +560,7 @@ class JobsController(Controller):
     ) -> JobPage:
         """The caller's jobs, newest first; pass `next_cursor` as `cursor` for the next page."""
         after = _parse_cursor(cursor) if cursor else None
-        rows = await request.app.state.pool.fetch(
+        rows = await services.pool.fetch(
             """
             SELECT state, created_at, job_id FROM jobs
             WHERE account_id = $1
@@ -587,14 +588,15 @@ class JobsController(Controller):
     async def job_events(
         self,
         request: Request[Any, Any, Any],
+        services: Services,
         job_id: str,
         principal: Principal,
         from_version: Annotated[int, Parameter(ge=1, le=MAX_VERSION)] = 1,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     ) -> EventPage:
         """A job's full event history, oldest first: the audit trail."""
-        jid = (await load_job(request, job_id, principal)).job_id
-        store: EventStore = request.app.state.store
+        jid = (await load_job(services, job_id, principal)).job_id
+        store: EventStore = services.store
         events = await store.read_stream(job.stream_id(jid), from_version, limit=limit + 1)
         page = events[:limit]
         return EventPage(

@@ -18,6 +18,7 @@ from spool.adapters.key_store import KeyRow, account_keys, issue, list_keys, own
 from spool.api.auth import Principal, job_api_principal
 from spool.api.errors import JOB_API_ERRORS, JobApiError
 from spool.api.requests import command_metadata
+from spool.api.services import Services
 from spool.domain.account import (
     KEYS_PER_ACCOUNT,
     PLAIN_SCOPE,
@@ -75,15 +76,21 @@ class KeysController(Controller):
     tags = ["user"]
 
     @get("/")
-    async def list_own(self, request: Request[Any, Any, Any], principal: Principal) -> KeyList:
+    async def list_own(
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
+    ) -> KeyList:
         """Your account's keys (an admin: every account's), never the keys themselves."""
-        store: EventStore = request.app.state.store
+        store: EventStore = services.store
         owner = None if principal.admin else principal.account_id
         return KeyList(keys=await list_keys(store, owner))
 
     @post("/", status_code=201)
     async def create(
-        self, request: Request[Any, Any, Any], data: NewKey, principal: Principal
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        data: NewKey,
+        principal: Principal,
     ) -> CreatedKey:
         """A new key on your account; it is shown once, in this answer."""
         _may_manage(principal)
@@ -109,7 +116,7 @@ class KeysController(Controller):
                     detail="A new key cannot outlive the key that asks for it "
                     f"(it expires at {principal.expires_at.isoformat()})",
                 )
-        store: EventStore = request.app.state.store
+        store: EventStore = services.store
         now = datetime.now(UTC)
         keys = await account_keys(store, principal.account_id)
         if not room_for_a_key(keys, now):
@@ -142,11 +149,11 @@ class KeysController(Controller):
 
     @delete("/{key_id:str}", status_code=200)
     async def revoke_one(
-        self, request: Request[Any, Any, Any], key_id: str, principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, key_id: str, principal: Principal
     ) -> RevokedKey:
         """Revoke one of your account's keys (an admin: any key); it stops working within 5 s."""
         _may_manage(principal)
-        store: EventStore = request.app.state.store
+        store: EventStore = services.store
         owner = await owner_of(store, key_id)
         # Another account's key is answered as an unknown one: ids tell nothing across accounts.
         if owner is None or not (principal.admin or owner == principal.account_id):

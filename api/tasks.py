@@ -50,6 +50,7 @@ from spool.api.idempotency import (
     idempotency_of,
 )
 from spool.api.requests import command_metadata
+from spool.api.services import Services
 from spool.domain import task
 from spool.domain.account_policy import (
     CODE_TASK_TYPES,
@@ -286,25 +287,21 @@ def _task_id(raw: str) -> str:
         raise _not_found(raw) from None
 
 
-async def _load(
-    request: Request[Any, Any, Any], raw_id: str, principal: Principal
-) -> task.TaskState:
+async def _load(services: Services, raw_id: str, principal: Principal) -> task.TaskState:
     """A task the caller may see, exact to its last event; 404 for anyone else's."""
-    found = await load_task(request.app.state.store, _task_id(raw_id))
+    found = await load_task(services.store, _task_id(raw_id))
     if found is None or not (principal.admin or found.account_id == principal.account_id):
         raise _not_found(raw_id)
     return found
 
 
-async def _task_then(
-    request: Request[Any, Any, Any], task_id: str, raw_as_of: str
-) -> task.TaskState:
+async def _task_then(services: Services, task_id: str, raw_as_of: str) -> task.TaskState:
     """A (visible) task as it stood at `as_of`; 400 for a bad `as_of`, 404 before the task."""
     try:
         as_of = parse_as_of(raw_as_of)
     except BadAsOf as exc:
         raise validation_error("as_of", str(exc)) from None
-    then = await load_task_as_of(request.app.state.store, task_id, as_of)
+    then = await load_task_as_of(services.store, task_id, as_of)
     if then is None:
         raise ClusterApiError(
             404,
@@ -317,14 +314,15 @@ async def _task_then(
 
 async def _decide(
     request: Request[Any, Any, Any],
+    services: Services,
     principal: Principal,
     raw_id: str,
     decide: Callable[[task.TaskState], list[Event]],
 ) -> task.TaskState:
-    owned = await _load(request, raw_id, principal)
+    owned = await _load(services, raw_id, principal)
     meta = command_metadata(request, principal.key_id)
     try:
-        state = await decide_and_append(request.app.state.store, owned.task_id, decide, meta)
+        state = await decide_and_append(services.store, owned.task_id, decide, meta)
     except InvalidTransition as exc:
         raise validation_error("status", str(exc)) from None
     except TaskChangingTooFast:
@@ -392,13 +390,11 @@ def _seconds(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-async def _allowed_env(
-    request: Request[Any, Any, Any], principal: Principal, body: SubmitTaskBody
-) -> list[str]:
+async def _allowed_env(services: Services, principal: Principal, body: SubmitTaskBody) -> list[str]:
     """What the account's policy lets this task do: 403 naming why it may not run at all."""
     if body.priority not in task.PRIORITY_RANK:
         return []  # refused as a bad value by `task.submit`
-    policy = await load_policy(request.app.state.store, principal.account_id)
+    policy = await load_policy(services.store, principal.account_id)
     try:
         return task_env(
             policy or AccountPolicy(account_id=principal.account_id),
@@ -452,6 +448,7 @@ class TasksController(Controller):
     async def submit(
         self,
         request: Request[Any, Any, Any],
+        services: Services,
         principal: Principal,
         data: dict[str, Any],
         idempotency_key: IdempotencyKey = None,
@@ -466,7 +463,7 @@ class TasksController(Controller):
         (min_cpu_cores, min_memory_gb, min_storage_gb, required_platform, required_role,
         required_tags, gpu_required, internet_required, timeout_seconds, max_retries), `metadata`.
         """
-        store: EventStore = request.app.state.store
+        store: EventStore = services.store
         idem = await idempotency_of(request, principal, idempotency_key)
         if idem is not None and (first := await earlier_record(store, idem)) is not None:
             return await _submitted(request, store, _recorded_task(first), replayed=True)
@@ -474,7 +471,7 @@ class TasksController(Controller):
         body = _body(await request.body())
         given = body.requirements or RequirementsBody()
         requirements = _decode_requirements(msgspec.json.encode(given))
-        env = await _allowed_env(request, principal, body)
+        env = await _allowed_env(services, principal, body)
         task_id = str(uuid.uuid4())
         try:
             events = task.submit(
@@ -501,6 +498,7 @@ class TasksController(Controller):
     async def list_tasks(
         self,
         request: Request[Any, Any, Any],
+        services: Services,
         principal: Principal,
         page: int = 1,
         page_size: int = DEFAULT_PAGE_SIZE,
@@ -515,11 +513,11 @@ class TasksController(Controller):
         _choice("priority", priority, task.PRIORITIES)
         account = None if principal.admin else principal.account_id
         filters = (account, status, task_type, priority, device_id)
-        rows = await request.app.state.pool.fetch(_LIST, *filters, limit, offset)
+        rows = await services.pool.fetch(_LIST, *filters, limit, offset)
         if rows:
             total = rows[0]["total"]
         else:  # past the last page: the count still answers how many there are
-            total = await request.app.state.pool.fetchval(_COUNT, *filters)
+            total = await services.pool.fetchval(_COUNT, *filters)
         return success(
             request,
             [view(_as_seen_by(principal, _decode_state(r["state"]))) for r in rows],
@@ -528,10 +526,10 @@ class TasksController(Controller):
 
     @get("/statistics")
     async def statistics(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> Response[Envelope[TaskStatistics]]:
         """Counts by status, success rate, mean and p95 execution time (s) overall and by type."""
-        pool = request.app.state.pool
+        pool = services.pool
         account = None if principal.admin else principal.account_id
         counts: dict[str, int] = {s: 0 for s in task.STATUSES}
         counts.update({r[0]: r[1] for r in await pool.fetch(_BY_STATUS, account)})
@@ -562,14 +560,14 @@ class TasksController(Controller):
 
     @get("/types")
     async def types(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> Response[Envelope[TaskTypes]]:
         """The task types online nodes run (the union); for an admin, which nodes run each.
 
         Which nodes there are is a cluster-wide read (api/cluster_reads.py): a user key is told
         only which types it may submit.
         """
-        offers = await online_offers(request.app.state.pool)
+        offers = await online_offers(services.pool)
         by_type: dict[str, list[str]] = {}
         for o in offers:
             for t in o.task_types:
@@ -584,6 +582,7 @@ class TasksController(Controller):
     async def get_task(
         self,
         request: Request[Any, Any, Any],
+        services: Services,
         principal: Principal,
         task_id: str,
         as_of: str | None = None,
@@ -592,17 +591,21 @@ class TasksController(Controller):
 
         `as_of` (an event position, or an ISO 8601 time) answers the task as it stood then.
         """
-        state = await _load(request, task_id, principal)
+        state = await _load(services, task_id, principal)
         if as_of is not None:
-            state = await _task_then(request, state.task_id, as_of)
+            state = await _task_then(services, state.task_id, as_of)
         return success(request, view(_as_seen_by(principal, state)))
 
     @get("/{task_id:str}/status")
     async def task_status(
-        self, request: Request[Any, Any, Any], principal: Principal, task_id: str
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        task_id: str,
     ) -> Response[Envelope[StatusView]]:
         """Where a task stands: status, device, attempt, why it waits, time used."""
-        state = _as_seen_by(principal, await _load(request, task_id, principal))
+        state = _as_seen_by(principal, await _load(services, task_id, principal))
         return success(
             request,
             StatusView(
@@ -626,10 +629,14 @@ class TasksController(Controller):
 
     @get("/{task_id:str}/result")
     async def task_result(
-        self, request: Request[Any, Any, Any], principal: Principal, task_id: str
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        task_id: str,
     ) -> Response[Envelope[ResultView]]:
         """What a finished task produced; `result_data` is null until it succeeds."""
-        state = await _load(request, task_id, principal)
+        state = await _load(services, task_id, principal)
         answer = ResultView(
             task_id=state.task_id,
             status=state.status,
@@ -645,18 +652,26 @@ class TasksController(Controller):
 
     @post("/{task_id:str}/cancel", status_code=200)
     async def cancel(
-        self, request: Request[Any, Any, Any], principal: Principal, task_id: str
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        task_id: str,
     ) -> Response[Envelope[TaskView]]:
         """Cancel a queued, assigned or running task of the caller's account (an admin key: any
         task); a running one is stopped. Another account's task is a 404."""
-        state = await _decide(request, principal, task_id, task.cancel)
+        state = await _decide(request, services, principal, task_id, task.cancel)
         return success(request, view(state), message="Task cancelled")
 
     @post("/{task_id:str}/retry", status_code=200)
     async def retry(
-        self, request: Request[Any, Any, Any], principal: Principal, task_id: str
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        task_id: str,
     ) -> Response[Envelope[TaskView]]:
         """Queue a failed, timed-out or cancelled task of the caller's account again (an admin
         key: any task). Another account's task is a 404."""
-        state = await _decide(request, principal, task_id, task.retry)
+        state = await _decide(request, services, principal, task_id, task.retry)
         return success(request, view(state), message="Task queued again")

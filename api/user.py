@@ -35,6 +35,7 @@ from spool.adapters.storage import StorageError
 from spool.api.auth import Principal, job_api_principal
 from spool.api.errors import JOB_API_ERRORS, JobApiError
 from spool.api.requests import command_metadata
+from spool.api.services import Services
 from spool.api.targets import refuse_forbidden_target
 from spool.domain import file_names, storage_config, webhook
 from spool.domain.account import stream_id
@@ -350,6 +351,7 @@ def _answer(configured: StorageConfigured | None, message: str) -> StorageAnswer
 
 async def sealed_storage(
     request: Request[Any, Any, Any],
+    services: Services,
     principal: Principal,
     spec: StorageSpec,
     credentials: Credentials,
@@ -358,11 +360,11 @@ async def sealed_storage(
     """Check a storage (SSRF rules, then a probe object) and seal its credentials."""
     if spec.endpoint is not None:
         # The probe is a request the API itself makes to a user-chosen host: download rules apply.
-        await refuse_forbidden_target(request, spec.endpoint, what="endpoint")
-    settings: Settings = request.app.state.settings
-    await _check(spec, credentials, request.app.state.guard, timeout=settings.probe_timeout)
+        await refuse_forbidden_target(services, spec.endpoint, what="endpoint")
+    settings: Settings = services.settings
+    await _check(spec, credentials, services.guard, timeout=settings.probe_timeout)
     sealed = await secret_box.seal(
-        request.app.state.pool,
+        services.pool,
         settings.resolved_secret_key(),
         principal.account_id,
         msgspec.json.encode(credentials),
@@ -399,13 +401,14 @@ def storage_spec(raw: dict[str, Any]) -> tuple[StorageSpec, Credentials, str]:
 
 async def _configure(
     request: Request[Any, Any, Any],
+    services: Services,
     principal: Principal,
     spec: StorageSpec,
     credentials: Credentials,
     hint: str,
 ) -> StorageAnswer:
-    configured = await sealed_storage(request, principal, spec, credentials, hint)
-    store: EventStore = request.app.state.store
+    configured = await sealed_storage(request, services, principal, spec, credentials, hint)
+    store: EventStore = services.store
     state = await _state(store, principal.account_id)
     events = storage_config.configure(state, configured)
     meta = command_metadata(request, principal.key_id)
@@ -417,9 +420,9 @@ async def _configure(
 
 
 async def _remove(
-    request: Request[Any, Any, Any], principal: Principal, provider: Provider
+    request: Request[Any, Any, Any], services: Services, principal: Principal, provider: Provider
 ) -> StorageAnswer:
-    store: EventStore = request.app.state.store
+    store: EventStore = services.store
     meta = command_metadata(request, principal.key_id)
     for _ in range(10):
         state = await _state(store, principal.account_id)
@@ -448,10 +451,10 @@ class UserController(Controller):
 
     @get("/webhook")
     async def webhook_secret(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> WebhookSecret:
         """The secret your webhooks are signed with, and how the signature is made."""
-        settings: Settings = request.app.state.settings
+        settings: Settings = services.settings
         return WebhookSecret(
             secret=webhook.account_secret(settings.resolved_secret_key(), principal.account_id),
             signature_header=webhook.SIGNATURE_HEADER,
@@ -462,80 +465,100 @@ class UserController(Controller):
 
     @get("/storage")
     async def get_storage(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> StorageAnswer:
         """Where your uploads go: your own storage (secrets masked), or the cluster default."""
-        state = await _state(request.app.state.store, principal.account_id)
+        state = await _state(services.store, principal.account_id)
         if state.current is None:
             return _answer(None, "No storage of your own: uploads go to the default storage")
         return _answer(state.current, f"{PROVIDER_NAMES[state.current.provider]} storage")
 
     @post("/s3", status_code=201)
     async def configure_s3(
-        self, request: Request[Any, Any, Any], data: S3Body, principal: Principal
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        data: S3Body,
+        principal: Principal,
     ) -> StorageAnswer:
         """Configure S3-compatible storage (AWS S3, R2, MinIO, Wasabi...); checked first."""
-        return await _configure(request, principal, *_s3_like_config("s3", data))
+        return await _configure(request, services, principal, *_s3_like_config("s3", data))
 
     @delete("/s3", status_code=200)
     async def remove_s3(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> StorageAnswer:
         """Remove the S3 storage configuration: uploads go to the default storage again."""
-        return await _remove(request, principal, "s3")
+        return await _remove(request, services, principal, "s3")
 
     @post("/bucket", status_code=201)
     async def configure_bucket(
-        self, request: Request[Any, Any, Any], data: S3Body, principal: Principal
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        data: S3Body,
+        principal: Principal,
     ) -> StorageAnswer:
         """Configure S3 storage (legacy; the same as POST /user/s3)."""
-        return await _configure(request, principal, *_s3_like_config("s3", data))
+        return await _configure(request, services, principal, *_s3_like_config("s3", data))
 
     @delete("/bucket", status_code=200)
     async def remove_bucket(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> StorageAnswer:
         """Remove S3 storage (legacy; the same as DELETE /user/s3)."""
-        return await _remove(request, principal, "s3")
+        return await _remove(request, services, principal, "s3")
 
     @post("/gcs", status_code=201)
     async def configure_gcs(
-        self, request: Request[Any, Any, Any], data: GcsBody, principal: Principal
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        data: GcsBody,
+        principal: Principal,
     ) -> StorageAnswer:
         """Configure Google Cloud Storage (XML API, HMAC key); checked first."""
-        return await _configure(request, principal, *_s3_like_config("gcs", data))
+        return await _configure(request, services, principal, *_s3_like_config("gcs", data))
 
     @delete("/gcs", status_code=200)
     async def remove_gcs(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> StorageAnswer:
         """Remove the Google Cloud Storage configuration."""
-        return await _remove(request, principal, "gcs")
+        return await _remove(request, services, principal, "gcs")
 
     @post("/oss", status_code=201)
     async def configure_oss(
-        self, request: Request[Any, Any, Any], data: OssBody, principal: Principal
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        data: OssBody,
+        principal: Principal,
     ) -> StorageAnswer:
         """Configure Alibaba Cloud OSS (virtual-hosted style); checked first."""
-        return await _configure(request, principal, *_s3_like_config("oss", data))
+        return await _configure(request, services, principal, *_s3_like_config("oss", data))
 
     @delete("/oss", status_code=200)
     async def remove_oss(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> StorageAnswer:
         """Remove the Alibaba OSS configuration."""
-        return await _remove(request, principal, "oss")
+        return await _remove(request, services, principal, "oss")
 
     @post("/blob", status_code=201)
     async def configure_blob(
-        self, request: Request[Any, Any, Any], data: BlobBody, principal: Principal
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        data: BlobBody,
+        principal: Principal,
     ) -> StorageAnswer:
         """Configure Azure Blob Storage (account key, SAS token or connection string)."""
-        return await _configure(request, principal, *_blob_config(data))
+        return await _configure(request, services, principal, *_blob_config(data))
 
     @delete("/blob", status_code=200)
     async def remove_blob(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> StorageAnswer:
         """Remove the Azure Blob Storage configuration."""
-        return await _remove(request, principal, "blob")
+        return await _remove(request, services, principal, "blob")
