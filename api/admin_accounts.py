@@ -15,7 +15,7 @@ from litestar.di import Provide
 from spool.adapters.account_policy_store import accounts, load_policy, record
 from spool.api.auth import Principal, job_api_admin
 from spool.api.bodies import READS_BODY
-from spool.api.errors import JOB_API_ERRORS, JobApiError
+from spool.api.errors import JobApiError
 from spool.api.requests import command_metadata
 from spool.api.services import Services
 from spool.domain import account_policy
@@ -74,12 +74,11 @@ def _bad(exc: InvalidPolicy) -> JobApiError:
 class AdminAccountsController(Controller):
     path = "/admin/accounts"
     dependencies = {"admin": Provide(job_api_admin)}
-    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
     tags = ["admin"]
 
     @get("/")
     async def list_accounts(
-        self, request: Request[Any, Any, Any], services: Services, admin: Principal
+        self, services: Services, admin: Principal
     ) -> dict[str, list[AccountView]]:
         """Every account that has a key: its keys (ids, names; never a secret), grant, quotas."""
         answer = []
@@ -90,7 +89,7 @@ class AdminAccountsController(Controller):
 
     @get("/{account_id:str}")
     async def get_account(
-        self, request: Request[Any, Any, Any], services: Services, admin: Principal, account_id: str
+        self, services: Services, admin: Principal, account_id: str
     ) -> AccountView:
         """One account's keys, grant and quotas; 404 for an unknown account."""
         policy = await _policy(services, account_id)

@@ -20,35 +20,19 @@ from spool.adapters.ssrf import UrlGuard
 from spool.adapters.storage import ObjectStorage
 from spool.adapters.tokens import signing_key
 from spool.adapters.viewer_sessions import ViewerRecorder
-from spool.api.admin_accounts import AdminAccountsController
 from spool.api.auth import VerifiedKeys
-from spool.api.batches import BatchController
 from spool.api.bodies import check_body
-from spool.api.cluster import ClusterController
 from spool.api.cluster_redis import close_redis, open_redis
-from spool.api.cluster_ws import ClusterFeed, cluster_ws
-from spool.api.config import ConfigController
-from spool.api.dashboard import DashboardController, StatsCache, dashboard_static
-from spool.api.devices import DevicesController
-from spool.api.health import health
-from spool.api.health_ws import LogBuffer, health_ws, start_health, stop_health
-from spool.api.job_trace import job_trace
-from spool.api.jobs import JobsController
-from spool.api.keys import KeysController
-from spool.api.media import Media, files_router, media_router
-from spool.api.metadata import MetadataController
-from spool.api.metrics import metrics
+from spool.api.cluster_ws import ClusterFeed
+from spool.api.dashboard import StatsCache
+from spool.api.health_ws import LogBuffer, start_health, stop_health
+from spool.api.media import Media
 from spool.api.middleware import request_middleware
 from spool.api.openapi_errors import document_errors
 from spool.api.probes import probe_pool
 from spool.api.services import STATE_KEY, Services
-from spool.api.surfaces import SURFACE_ERRORS
-from spool.api.swagger import openapi_config, swagger, swagger_assets
-from spool.api.tasks import TasksController
-from spool.api.tokens import issue_health_token
-from spool.api.usage import UsageController
-from spool.api.user import UserController
-from spool.api.viewers import list_cluster_viewers, report_viewer_events
+from spool.api.surfaces import SURFACE_ERRORS, SURFACES
+from spool.api.swagger import openapi_config
 
 
 def create_app(
@@ -110,33 +94,7 @@ def create_app(
         await close_redis(services)
 
     app = Litestar(
-        route_handlers=[
-            JobsController,
-            job_trace,
-            BatchController,
-            DashboardController,
-            dashboard_static,
-            MetadataController,
-            UsageController,
-            AdminAccountsController,
-            UserController,
-            KeysController,
-            TasksController,
-            DevicesController,
-            ConfigController,
-            ClusterController,
-            health,
-            metrics,
-            cluster_ws,
-            health_ws,
-            issue_health_token,
-            media_router,
-            files_router,
-            list_cluster_viewers,
-            report_viewer_events,
-            swagger,
-            swagger_assets,
-        ],
+        route_handlers=SURFACES,
         # Errors no route handler takes (unknown path, wrong method) answer in their path's
         # surface shape; a body is checked (api/bodies.py) before any handler reads it.
         exception_handlers=SURFACE_ERRORS,  # type: ignore[arg-type]

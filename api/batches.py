@@ -7,14 +7,13 @@ from typing import Any, NamedTuple
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.di import Provide
 
 from spool.adapters.event_store import EventStore, StreamAppend
 from spool.adapters.history import AsOf, read_stream_as_of
 from spool.adapters.job_store import JobChangingTooFast, decide_and_append, load_job, load_job_as_of
 from spool.api.as_of import BadAsOf, parse_as_of
-from spool.api.auth import Principal, job_api_principal
-from spool.api.errors import JOB_API_ERRORS, JobApiError
+from spool.api.auth import Principal
+from spool.api.errors import JobApiError
 from spool.api.idempotency import commit, earlier_answer, idempotency_of
 from spool.api.job_requests import (
     CreateJobBody,
@@ -245,14 +244,11 @@ async def batch_then(
 
 class BatchController(Controller):
     path = "/batch"
-    dependencies = {"principal": Provide(job_api_principal)}
-    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
     tags = ["batches"]
 
     @get("/{batch_id:str}")
     async def get_batch(
         self,
-        request: Request[Any, Any, Any],
         services: Services,
         batch_id: str,
         principal: Principal,
@@ -406,7 +402,7 @@ async def job_storage(
     request: Request[Any, Any, Any], services: Services, principal: Principal, raw: dict[str, Any]
 ) -> StorageConfigured:
     """A job's own `storage`: parsed like `/user/...`, checked with a probe, credentials sealed."""
-    return await sealed_storage(request, services, principal, *storage_spec(raw))
+    return await sealed_storage(services, principal, *storage_spec(raw))
 
 
 async def create_bulk(

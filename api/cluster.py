@@ -16,7 +16,7 @@ from spool.adapters.settings import Settings
 from spool.api.auth import Principal
 from spool.api.cluster_reads import cluster_reader
 from spool.api.device_view import ClusterDeviceStats, all_rows, cluster_stats, duration
-from spool.api.envelope import CLUSTER_API_ERRORS, Envelope, success
+from spool.api.envelope import Envelope, success
 from spool.api.services import Services
 from spool.domain import cluster_config as config
 
@@ -173,9 +173,8 @@ async def _window(pool: asyncpg.Pool, minutes: int) -> MetricsWindow:
 
 
 class ClusterController(Controller):
-    path = "/api/v1/cluster"
+    path = "/cluster"
     dependencies = {"principal": Provide(cluster_reader)}
-    exception_handlers = CLUSTER_API_ERRORS  # type: ignore[assignment]
     tags = ["cluster"]
 
     @get("/status")

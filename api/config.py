@@ -13,7 +13,6 @@ from spool.adapters.config_store import change_config, load_config
 from spool.adapters.event_store import EventStore
 from spool.api.auth import Principal
 from spool.api.envelope import (
-    CLUSTER_API_ERRORS,
     Envelope,
     cluster_admin,
     success,
@@ -60,9 +59,8 @@ def _patch(data: Any) -> dict[str, Any]:
 
 
 class ConfigController(Controller):
-    path = "/api/v1/config"
+    path = "/config"
     dependencies = {"principal": Provide(cluster_admin)}
-    exception_handlers = CLUSTER_API_ERRORS  # type: ignore[assignment]
     tags = ["cluster: config"]
 
     @get("/")

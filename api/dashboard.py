@@ -16,7 +16,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from spool.adapters.node_online import configured_timeout, online
 from spool.api.auth import key_in, recently_verified
 from spool.api.cluster_reads import job_api_cluster_reader, may_read_cluster
-from spool.api.errors import JOB_API_ERRORS, JobApiError
+from spool.api.errors import JobApiError
 from spool.api.services import Services, services_of
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -182,8 +182,7 @@ def answer_from_cache(app: ASGIApp) -> ASGIApp:
 
 
 class DashboardController(Controller):
-    path = "/dashboard"
-    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
+    path = "/"
     tags = ["dashboard"]
 
     @get("/", media_type=MediaType.HTML, include_in_schema=False)
@@ -241,7 +240,7 @@ class DashboardController(Controller):
 
 
 dashboard_static = create_static_files_router(
-    path="/dashboard/static",
+    path="/static",
     directories=[STATIC_DIR],
     name="dashboard_static",
     # Revalidated on each load, so a page served after an upgrade never runs an older script.

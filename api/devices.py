@@ -32,7 +32,6 @@ from spool.api.device_view import (
     usage,
 )
 from spool.api.envelope import (
-    CLUSTER_API_ERRORS,
     DEFAULT_PAGE_SIZE,
     ClusterApiError,
     Envelope,
@@ -143,9 +142,8 @@ def _tags(given: list[str] | None) -> tuple[str, ...]:
 
 
 class DevicesController(Controller):
-    path = "/api/v1/devices"
+    path = "/devices"
     dependencies = {"principal": Provide(cluster_reader)}
-    exception_handlers = CLUSTER_API_ERRORS  # type: ignore[assignment]
     tags = ["cluster: devices"]
 
     @get("/")

@@ -18,14 +18,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, get
-from litestar.di import Provide
+from litestar import get
 from litestar.params import Parameter
 
 from spool.adapters.event_store import EventStore
 from spool.adapters.queue import unit_for, webhook_for
-from spool.api.auth import Principal, job_api_principal
-from spool.api.errors import JOB_API_ERRORS
+from spool.api.auth import Principal
 from spool.api.jobs import load_job
 from spool.api.services import Services
 from spool.domain import job
@@ -92,12 +90,9 @@ def _dispatched(state: job.JobState, e: RecordedEvent) -> list[str]:
 
 @get(
     "/jobs/{job_id:str}/trace",
-    dependencies={"principal": Provide(job_api_principal)},
-    exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
     tags=["jobs"],
 )
 async def job_trace(
-    request: Request[Any, Any, Any],
     services: Services,
     job_id: str,
     principal: Principal,

@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal
 import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
-from litestar.di import Provide
 from litestar.params import Parameter
 
 from spool.adapters.account_policy_store import change_admitted
@@ -28,7 +27,7 @@ from spool.adapters.settings import Settings
 from spool.adapters.ssrf import UrlGuard
 from spool.adapters.storage import StorageError
 from spool.api.as_of import BadAsOf, parse_as_of
-from spool.api.auth import Principal, job_api_principal
+from spool.api.auth import Principal
 from spool.api.batches import (
     BatchCreatedAnswer,
     BulkAnswer,
@@ -39,7 +38,7 @@ from spool.api.batches import (
     plan_batch,
 )
 from spool.api.bodies import reads_body
-from spool.api.errors import JOB_API_ERRORS, JobApiError
+from spool.api.errors import JobApiError
 from spool.api.idempotency import IdempotencyKey, commit, earlier_answer, idempotency_of
 from spool.api.job_requests import (
     CreateJobBody,
@@ -242,9 +241,7 @@ def view(state: job.JobState, links: Links | None = None) -> JobView:
     )
 
 
-async def _playlist(
-    request: Request[Any, Any, Any], services: Services, principal: Principal, url: str
-) -> Playlist | None:
+async def _playlist(services: Services, principal: Principal, url: str) -> Playlist | None:
     """The entries if `url` is a playlist or feed; None for one piece of media.
 
     A probe (api/probes.py): 504 past `probe_timeout`, 429 past the account's share.
@@ -404,8 +401,6 @@ StatusFilter = Literal["Pending", "Processing", "Completed", "Failed", "Cancelle
 
 class JobsController(Controller):
     path = "/jobs"
-    dependencies = {"principal": Provide(job_api_principal)}
-    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
     tags = ["jobs"]
 
     @post("/", status_code=201)
@@ -433,7 +428,7 @@ class JobsController(Controller):
         if valid.options.webhook_url is not None:
             await refuse_forbidden_target(services, valid.options.webhook_url, what="webhook_url")
         meta = command_metadata(request, principal.key_id)
-        playlist = await _playlist(request, services, principal, valid.url)
+        playlist = await _playlist(services, principal, valid.url)
         if body.paused and playlist is None:
             raise JobApiError(status_code=400, detail="paused is only for playlist or feed URLs")
         storage = (
@@ -474,7 +469,6 @@ class JobsController(Controller):
     @get("/{job_id:str}")
     async def get_job(
         self,
-        request: Request[Any, Any, Any],
         services: Services,
         job_id: str,
         principal: Principal,
@@ -550,7 +544,6 @@ class JobsController(Controller):
     @get("/")
     async def list_jobs(
         self,
-        request: Request[Any, Any, Any],
         services: Services,
         principal: Principal,
         status: StatusFilter | None = None,
@@ -587,7 +580,6 @@ class JobsController(Controller):
     @get("/{job_id:str}/events")
     async def job_events(
         self,
-        request: Request[Any, Any, Any],
         services: Services,
         job_id: str,
         principal: Principal,

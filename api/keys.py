@@ -11,12 +11,11 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
-from litestar.di import Provide
 
 from spool.adapters.event_store import EventStore
 from spool.adapters.key_store import KeyRow, account_keys, issue, list_keys, owner_of, revoke
-from spool.api.auth import Principal, job_api_principal
-from spool.api.errors import JOB_API_ERRORS, JobApiError
+from spool.api.auth import Principal
+from spool.api.errors import JobApiError
 from spool.api.requests import command_metadata
 from spool.api.services import Services
 from spool.domain.account import (
@@ -71,14 +70,10 @@ def _may_manage(principal: Principal) -> None:
 
 class KeysController(Controller):
     path = "/user/keys"
-    dependencies = {"principal": Provide(job_api_principal)}
-    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
     tags = ["user"]
 
     @get("/")
-    async def list_own(
-        self, request: Request[Any, Any, Any], services: Services, principal: Principal
-    ) -> KeyList:
+    async def list_own(self, services: Services, principal: Principal) -> KeyList:
         """Your account's keys (an admin: every account's), never the keys themselves."""
         store: EventStore = services.store
         owner = None if principal.admin else principal.account_id

@@ -47,7 +47,7 @@ from spool.adapters.storage import ObjectInfo, ObjectStorage, StorageError
 from spool.adapters.tokens import TokenError, verify_token
 from spool.adapters.viewer_sessions import ViewerRecorder, ViewerSession
 from spool.api.auth import key_alive, lookup, presented_key
-from spool.api.errors import JOB_API_ERRORS, JobApiError
+from spool.api.errors import JobApiError
 from spool.api.services import Services
 from spool.api.viewer_sources import client_address, close_viewer, open_viewer
 from spool.domain import job, viewer
@@ -521,7 +521,6 @@ async def linked_file_head(
 files_router = Router(
     path="/files",
     route_handlers=[linked_file, linked_file_head],
-    exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
     tags=["media"],
 )
 """A job's files through signed links (`adapters.file_links`), mounted at `/files`."""
@@ -530,7 +529,6 @@ files_router = Router(
 media_router = Router(
     path="/media",
     route_handlers=[media_file, media_file_head, media_hls],
-    exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
     tags=["media"],
 )
 """Playback of finished outputs, mounted at `/media`."""

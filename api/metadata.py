@@ -8,16 +8,13 @@ answer within `probe_timeout` answers 504, and an account past its share of prob
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
-from litestar import Controller, Request, post
-from litestar.di import Provide
+from litestar import Controller, post
 
 from spool.adapters import metadata
 from spool.adapters.ssrf import UrlGuard
-from spool.api.auth import Principal, job_api_principal
-from spool.api.errors import JOB_API_ERRORS, JobApiError
+from spool.api.auth import Principal
+from spool.api.errors import JobApiError
 from spool.api.probes import run_probe
 from spool.api.services import Services
 from spool.domain.source_data import made_safe
@@ -40,14 +37,11 @@ def _valid_url(raw: str) -> str:
 
 class MetadataController(Controller):
     path = "/metadata"
-    dependencies = {"principal": Provide(job_api_principal)}
-    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
     tags = ["metadata"]
 
     @post("/", status_code=200)
     async def extract_metadata(
         self,
-        request: Request[Any, Any, Any],
         services: Services,
         data: MetadataRequest,
         principal: Principal,

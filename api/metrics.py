@@ -25,7 +25,6 @@ from spool.adapters.node_online import configured_timeout, online
 from spool.adapters.probes import ProbePool
 from spool.adapters.timed_event_store import REGISTRY as PROCESS_REGISTRY
 from spool.api.cluster_reads import metrics_reader
-from spool.api.errors import JOB_API_ERRORS
 from spool.api.services import Services
 
 STAGE_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -191,7 +190,6 @@ def _probes(probes: ProbePool) -> Metric:
     "/metrics",
     tags=["cluster"],
     media_type=CONTENT_TYPE_LATEST,
-    exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
 )
 async def metrics(request: Request[Any, Any, Any], services: Services) -> Response[bytes]:
     """Prometheus text format, for an admin key or the scrape token (`SPOOL_METRICS_TOKEN`)."""

@@ -15,7 +15,6 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.di import Provide
 
 from spool.adapters.account_policy_store import load_policy
 from spool.adapters.event_store import EventStore, StreamAppend
@@ -31,12 +30,10 @@ from spool.api.auth import Principal
 from spool.api.bodies import reads_body
 from spool.api.cluster_reads import may_read_cluster
 from spool.api.envelope import (
-    CLUSTER_API_ERRORS,
     DEFAULT_PAGE_SIZE,
     ClusterApiError,
     Envelope,
     Pagination,
-    cluster_principal,
     iso,
     page_window,
     success,
@@ -439,9 +436,7 @@ async def _submitted(
 
 
 class TasksController(Controller):
-    path = "/api/v1/tasks"
-    dependencies = {"principal": Provide(cluster_principal)}
-    exception_handlers = CLUSTER_API_ERRORS  # type: ignore[assignment]
+    path = "/tasks"
     tags = ["cluster: tasks"]
 
     @post("/", status_code=201, opt=reads_body("task_type"))

@@ -9,7 +9,6 @@ from litestar import Request, Response, post
 
 from spool.adapters.tokens import issue_token
 from spool.api.auth import lookup, presented_key
-from spool.api.errors import MESSAGE_ERRORS
 from spool.api.services import Services
 
 
@@ -17,7 +16,6 @@ from spool.api.services import Services
     "/api/auth/token",
     status_code=200,
     tags=["health"],
-    exception_handlers=MESSAGE_ERRORS,  # type: ignore[arg-type]
 )
 async def issue_health_token(
     request: Request[Any, Any, Any], services: Services

@@ -7,15 +7,13 @@ are UTC.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Any, get_args
+from typing import get_args
 
 import msgspec
-from litestar import Controller, Request, get
-from litestar.di import Provide
+from litestar import Controller, get
 
 from spool.adapters.account_policy_store import job_use, load_policy
-from spool.api.auth import Principal, job_api_principal
-from spool.api.errors import JOB_API_ERRORS
+from spool.api.auth import Principal
 from spool.api.services import Services
 from spool.domain.account_policy import QUOTA_NAMES, Quotas
 from spool.domain.job import USAGE_COUNTERS, JobStatus
@@ -119,14 +117,10 @@ def _period(counts: dict[str, int], by_status: dict[str, int], held: int) -> Usa
 
 class UsageController(Controller):
     path = "/usage"
-    dependencies = {"principal": Provide(job_api_principal)}
-    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
     tags = ["usage"]
 
     @get("/")
-    async def usage(
-        self, request: Request[Any, Any, Any], services: Services, principal: Principal
-    ) -> UsageAnswer:
+    async def usage(self, services: Services, principal: Principal) -> UsageAnswer:
         """The caller's usage this month (UTC) and all time; a user without jobs gets zeros."""
         now = datetime.now(UTC)
         month_start = date(now.year, now.month, 1)

@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
-from litestar.di import Provide
 
 # Importing the account storage (and through it domain.storage_config) registers the storage
 # events with the registry the event store decodes with.
@@ -32,8 +31,8 @@ from spool.adapters.event_store import EventStore
 from spool.adapters.settings import Settings
 from spool.adapters.ssrf import UrlGuard
 from spool.adapters.storage import StorageError
-from spool.api.auth import Principal, job_api_principal
-from spool.api.errors import JOB_API_ERRORS, JobApiError
+from spool.api.auth import Principal
+from spool.api.errors import JobApiError
 from spool.api.requests import command_metadata
 from spool.api.services import Services
 from spool.api.targets import refuse_forbidden_target
@@ -350,7 +349,6 @@ def _answer(configured: StorageConfigured | None, message: str) -> StorageAnswer
 
 
 async def sealed_storage(
-    request: Request[Any, Any, Any],
     services: Services,
     principal: Principal,
     spec: StorageSpec,
@@ -407,7 +405,7 @@ async def _configure(
     credentials: Credentials,
     hint: str,
 ) -> StorageAnswer:
-    configured = await sealed_storage(request, services, principal, spec, credentials, hint)
+    configured = await sealed_storage(services, principal, spec, credentials, hint)
     store: EventStore = services.store
     state = await _state(store, principal.account_id)
     events = storage_config.configure(state, configured)
@@ -445,14 +443,10 @@ async def _remove(
 
 class UserController(Controller):
     path = "/user"
-    dependencies = {"principal": Provide(job_api_principal)}
-    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
     tags = ["user"]
 
     @get("/webhook")
-    async def webhook_secret(
-        self, request: Request[Any, Any, Any], services: Services, principal: Principal
-    ) -> WebhookSecret:
+    async def webhook_secret(self, services: Services, principal: Principal) -> WebhookSecret:
         """The secret your webhooks are signed with, and how the signature is made."""
         settings: Settings = services.settings
         return WebhookSecret(
@@ -464,9 +458,7 @@ class UserController(Controller):
         )
 
     @get("/storage")
-    async def get_storage(
-        self, request: Request[Any, Any, Any], services: Services, principal: Principal
-    ) -> StorageAnswer:
+    async def get_storage(self, services: Services, principal: Principal) -> StorageAnswer:
         """Where your uploads go: your own storage (secrets masked), or the cluster default."""
         state = await _state(services.store, principal.account_id)
         if state.current is None:

@@ -60,7 +60,7 @@ def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str
     return message_error(request, exc)
 
 
-_ERRORS = {Exception: _error}
+VIEWER_ERRORS = {Exception: _error}
 
 
 async def _caller(request: Request[Any, Any, Any], services: Services) -> Principal:
@@ -281,7 +281,7 @@ def _viewer(r: asyncpg.Record, now_ms: int) -> dict[str, Any]:
     }
 
 
-@get("/api/cluster/viewers", exception_handlers=_ERRORS, tags=["viewers"])  # type: ignore[arg-type]
+@get("/", tags=["viewers"])
 async def list_cluster_viewers(
     request: Request[Any, Any, Any], services: Services
 ) -> Response[dict[str, Any]]:
@@ -449,10 +449,9 @@ _STATUS = {
 
 
 @post(
-    "/api/cluster/viewers/events",
+    "/events",
     status_code=200,
     opt=reads_body("events"),
-    exception_handlers=_ERRORS,  # type: ignore[arg-type]
     tags=["viewers"],
 )
 async def report_viewer_events(
