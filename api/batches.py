@@ -399,7 +399,7 @@ async def _append_decided(store: EventStore, meta: Metadata, job_id: str, decide
 
 
 async def job_storage(
-    request: Request[Any, Any, Any], services: Services, principal: Principal, raw: dict[str, Any]
+    services: Services, principal: Principal, raw: dict[str, Any]
 ) -> StorageConfigured:
     """A job's own `storage`: parsed like `/user/...`, checked with a probe, credentials sealed."""
     return await sealed_storage(services, principal, *storage_spec(raw))
@@ -434,7 +434,7 @@ async def create_bulk(
     # One storage for the whole request (a shared option): checked and sealed once.
     shared = bodies[0].storage
     if shared is not None:
-        sealed = await job_storage(request, services, principal, shared)
+        sealed = await job_storage(services, principal, shared)
         valid = [msgspec.structs.replace(v, storage=sealed) for v in valid]
     meta = command_metadata(request, principal.key_id)
     plan = plan_batch(meta, principal, valid, kind="bulk", paused=paused)

@@ -431,9 +431,7 @@ class JobsController(Controller):
         playlist = await _playlist(services, principal, valid.url)
         if body.paused and playlist is None:
             raise JobApiError(status_code=400, detail="paused is only for playlist or feed URLs")
-        storage = (
-            await job_storage(request, services, principal, body.storage) if body.storage else None
-        )
+        storage = await job_storage(services, principal, body.storage) if body.storage else None
         if playlist is not None:
             appends, answer = _playlist_batch(meta, principal, valid, playlist, body, storage)
             return await commit(
