@@ -42,14 +42,9 @@ from spool.api.envelope import (
     success,
     validation_error,
 )
-from spool.api.idempotency import (
-    REPLAYED,
-    IdempotencyKey,
-    append_once,
-    earlier_record,
-    idempotency_of,
-)
+from spool.api.idempotency import REPLAYED, IdempotencyKey, idempotency_of
 from spool.api.requests import command_metadata
+from spool.application.idempotency import append_once, earlier_record
 from spool.domain import task
 from spool.domain.account_policy import (
     CODE_TASK_TYPES,
