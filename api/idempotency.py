@@ -18,11 +18,10 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
 from litestar.params import Parameter
 
-from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters.event_store import EventStore
 from spool.api.auth import Principal
-from spool.application.idempotency import Idempotent, append_once, earlier_record
+from spool.application.idempotency import Idempotent, earlier_record
 from spool.domain import idempotency
-from spool.domain.events import Metadata
 
 HEADER = "idempotency-key"
 REPLAYED = "idempotent-replayed"
@@ -80,23 +79,6 @@ async def earlier_answer(store: EventStore, idem: Idempotent) -> Response[Any] |
     another request."""
     first = await earlier_record(store, idem)
     return None if first is None else replay(first)
-
-
-async def commit(
-    store: EventStore,
-    appends: list[StreamAppend],
-    answer: msgspec.Struct,
-    idem: Idempotent | None,
-    meta: Metadata,
-    *,
-    quota_account: str | None = None,
-) -> Response[Any]:
-    """Append what a request created (with its record, if it has a key); 201 and `answer`.
-
-    With `quota_account`, only if its jobs fit that account's quotas (see `append_once`).
-    """
-    winner = await append_once(store, appends, answer, idem, meta, quota_account=quota_account)
-    return created(answer, winner)
 
 
 def created(answer: msgspec.Struct, winner: idempotency.RequestRecorded | None) -> Response[Any]:
