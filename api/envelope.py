@@ -19,7 +19,7 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 from spool.adapters.database import unreachable
 from spool.api.auth import Principal, lookup, presented_key, scope_refusal
 from spool.api.bodies import in_place_of
-from spool.api.errors import client_fault
+from spool.api.errors import client_fault, refusal
 from spool.api.requests import request_id
 from spool.api.unavailable import MESSAGE, RETRY_AFTER
 
@@ -184,6 +184,9 @@ def cluster_api_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
         allow = (headers or {}).get("allow")
         if status == 405 and allow:
             details = {"allowed": sorted(allow.split(", ")), "reason": "method_not_allowed"}
+    elif (refused := refusal(exc)) is not None:
+        status, message = refused.status, refused.message
+        code = _CODE_BY_STATUS.get(status, "INTERNAL_ERROR")
     elif (fault := client_fault(exc)) is not None:
         status, code, message = 400, "VALIDATION_ERROR", fault
     elif unreachable(exc):
