@@ -14,7 +14,6 @@ from arq.jobs import Job
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import Provide
 
-from spool.adapters.event_store import EventStore
 from spool.adapters.queue import node_queue
 from spool.api.auth import Principal
 from spool.api.cluster_reads import cluster_reader
@@ -44,8 +43,7 @@ from spool.api.envelope import (
 )
 from spool.api.requests import command_metadata
 from spool.api.services import Services
-from spool.domain import node
-from spool.domain.events import NewEvent
+from spool.application.nodes import remove_node
 
 PING_TIMEOUT = 5.0
 """How long a ping waits for the node's answer before calling it unreachable."""
@@ -318,11 +316,8 @@ class DevicesController(Controller):
         row, _ = await device_row(services.pool, device_id)
         if row is None:
             raise _not_found(device_id)
-        store: EventStore = services.store
         meta = command_metadata(request, f"key:{principal.key_id}")
-        result = await store.append(
-            node.stream_id(device_id), [NewEvent(node.NodeRemoved(node_id=device_id), meta)], None
-        )
+        result = await remove_node(services.store, device_id, meta)
         return success(
             request,
             DeviceRemoved(device_id=device_id, removed=True, position=result.position),

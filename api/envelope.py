@@ -174,8 +174,8 @@ def cluster_api_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
     elif isinstance(exc, NotFoundException):
         status, code, message = 404, "NOT_FOUND", "Resource not found"
     else:
-        # The seed's codes have no "unavailable": a lost database's 503 carries INTERNAL_ERROR,
-        # and the details say why.
+        # A refused command's status picks its code; the seed's codes have no "unavailable": a
+        # lost database's 503 carries INTERNAL_ERROR, and the details say why.
         failure = classify(request, exc)
         status, message, headers = failure.status, failure.message, failure.headers
         code = _CODE_BY_STATUS.get(status, "INTERNAL_ERROR")

@@ -14,7 +14,17 @@ from spool.adapters.account_policy_store import QuotaExceeded
 from spool.adapters.database import unreachable
 from spool.api.bodies import in_place_of
 from spool.api.unavailable import MESSAGE, RETRY_AFTER
-from spool.domain.errors import ConcurrencyError
+from spool.domain.errors import (
+    ConcurrencyError,
+    Conflict,
+    DomainError,
+    Forbidden,
+    IdempotencyKeyReused,
+    InvalidCommand,
+    InvalidTransition,
+    NotFound,
+    StorageRefused,
+)
 
 log = logging.getLogger("spool.api")
 
@@ -47,6 +57,26 @@ class Failure(NamedTuple):
     """Why, for a surface whose errors carry it (the cluster API's `error_details`)."""
 
 
+_REFUSALS: tuple[tuple[type[DomainError], int], ...] = (
+    (NotFound, 404),
+    (InvalidTransition, 400),
+    (InvalidCommand, 400),
+    (Forbidden, 403),
+    (Conflict, 409),
+    (IdempotencyKeyReused, 422),
+    (StorageRefused, 502),
+)
+
+
+def refusal(exc: Exception) -> Failure | None:
+    """The status of a command the application layer refused, with its message; None if `exc`
+    is no such refusal."""
+    for kind, status in _REFUSALS:
+        if isinstance(exc, kind):
+            return Failure(status, str(exc))
+    return None
+
+
 def classify(request: Request[Any, Any, Any], exc: Exception) -> Failure:
     """The status and message of an error any surface may meet; logs what is the server's own.
 
@@ -56,6 +86,8 @@ def classify(request: Request[Any, Any, Any], exc: Exception) -> Failure:
     exc = in_place_of(request, exc)
     if isinstance(exc, HTTPException):  # e.g. 413 for a body past the size limit
         return Failure(exc.status_code, str(exc.detail), exc.headers or None)
+    if (refused := refusal(exc)) is not None:
+        return refused
     if (fault := client_fault(exc)) is not None:
         return Failure(400, fault)
     if unreachable(exc):

@@ -4,64 +4,40 @@ from __future__ import annotations
 
 import base64
 import time
-import uuid
-from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import Parameter
 
-from spool.adapters.account_policy_store import change_admitted
 from spool.adapters.account_storage import AccountStorages
 from spool.adapters.downloader import DownloadFailed
-from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters.event_store import EventStore
 from spool.adapters.file_links import file_link
-from spool.adapters.job_store import JobChangingTooFast, decide_and_append, load_job_as_of
-from spool.adapters.job_store import load_job as load_job_state
-from spool.adapters.owned_objects import delete_all_owned
+from spool.adapters.job_store import load_job_as_of
 from spool.adapters.playlists import Playlist, extract_playlist, looks_like_media
 from spool.adapters.settings import Settings
 from spool.adapters.ssrf import UrlGuard
-from spool.adapters.storage import StorageError
 from spool.api.as_of import BadAsOf, parse_as_of
 from spool.api.auth import Principal
-from spool.api.batches import (
-    BatchCreatedAnswer,
-    BulkAnswer,
-    Episode,
-    NewJob,
-    create_bulk,
-    job_storage,
-    plan_batch,
-)
+from spool.api.batches import create_bulk, job_storage
 from spool.api.bodies import reads_body
 from spool.api.errors import JobApiError
-from spool.api.idempotency import IdempotencyKey, commit, earlier_answer, idempotency_of
-from spool.api.job_requests import (
-    CreateJobBody,
-    ValidJob,
-    decode_create_job_body,
-    validate_create_job,
-)
+from spool.api.idempotency import IdempotencyKey, created, earlier_answer, idempotency_of
+from spool.api.job_requests import CreateJobBody, decode_create_job_body, validate_create_job
 from spool.api.probes import run_probe
 from spool.api.requests import command_metadata
 from spool.api.services import Services
 from spool.api.targets import refuse_forbidden_target
+from spool.application import jobs as commands
+from spool.application.batches import BulkAnswer
+from spool.application.jobs import BatchCreatedAnswer, JobCreatedAnswer, NewJob
 from spool.domain import job
-from spool.domain.errors import InvalidTransition
-from spool.domain.events import Event, Metadata, NewEvent
-from spool.domain.source_data import made_safe
-from spool.domain.storage_config import StorageConfigured
+from spool.domain.events import Metadata
 
 _decode_state = msgspec.json.Decoder(job.JobState).decode
 _to_builtins = msgspec.to_builtins
-
-
-class JobCreatedAnswer(msgspec.Struct):
-    job_id: str
 
 
 class ProgressView(msgspec.Struct):
@@ -261,58 +237,9 @@ async def _playlist(services: Services, principal: Principal, url: str) -> Playl
         raise JobApiError(status_code=400, detail=str(exc)) from None
 
 
-def _playlist_batch(
-    meta: Metadata,
-    principal: Principal,
-    valid: ValidJob,
-    playlist: Playlist,
-    body: CreateJobBody,
-    storage: StorageConfigured | None,
-) -> tuple[list[StreamAppend], BatchCreatedAnswer]:
-    if not playlist.entries:
-        raise JobApiError(status_code=400, detail="The playlist or feed has no entries")
-    # Titles and URLs are the source's: made safe to record, as a node makes a download's.
-    playlist = made_safe(playlist)
-    # Each entry gets the options asked for, but a name of its own (its title), not one
-    # shared `filename` that every episode would overwrite.
-    options = msgspec.structs.replace(valid.options, filename=None)
-    jobs = [
-        NewJob(ValidJob(url=entry.url, options=options), title=entry.title, storage=storage)
-        for entry in playlist.entries
-    ]
-    plan = plan_batch(
-        meta,
-        principal,
-        jobs,
-        kind="playlist",
-        paused=body.paused,
-        source_url=valid.url,
-        title=playlist.title,
-    )
-    answer = BatchCreatedAnswer(
-        batch_id=plan.batch_id,
-        total_episodes=len(plan.job_ids),
-        episode_jobs=[
-            Episode(job_id=j, title=e.title, url=e.url)
-            for j, e in zip(plan.job_ids, playlist.entries, strict=True)
-        ],
-    )
-    return plan.appends, answer
-
-
-def _job_id(raw: str) -> str:
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        raise JobApiError(status_code=404, detail="Job not found") from None
-
-
 async def load_job(services: Services, job_id: str, principal: Principal) -> job.JobState:
     """A job of the caller's, exact to its last event; 404 for anyone else's."""
-    found = await load_job_state(services.store, _job_id(job_id))
-    if found is None or found.account_id != principal.account_id:
-        raise JobApiError(status_code=404, detail="Job not found")
-    return found
+    return await commands.owned_job(services.store, principal.account_id, job_id)
 
 
 async def load_job_then(services: Services, job_id: str, raw_as_of: str) -> job.JobState:
@@ -355,30 +282,6 @@ async def _links(services: Services, state: job.JobState) -> Links | None:
         await link("subtitle", state.subtitle_key),
         await link("thumbnail", state.thumbnail_key),
     )
-
-
-async def _decide(
-    request: Request[Any, Any, Any],
-    services: Services,
-    principal: Principal,
-    job_id: str,
-    decide: Callable[[job.JobState], list[Event]],
-    *,
-    conn: asyncpg.Connection | None = None,
-) -> job.JobState:
-    """Run a command on one of the caller's jobs; 400 when it does not apply."""
-    owned = await load_job(services, job_id, principal)  # 404 for anyone else's
-    meta = command_metadata(request, principal.key_id)
-    try:
-        state = await decide_and_append(services.store, owned.job_id, decide, meta, conn=conn)
-    except InvalidTransition as exc:
-        raise JobApiError(status_code=400, detail=str(exc)) from None
-    except JobChangingTooFast:
-        raise JobApiError(
-            status_code=409, detail="The job is changing too fast; try again"
-        ) from None
-    assert state is not None
-    return state
 
 
 def _cursor(created_at: datetime, job_id: str) -> str:
@@ -431,23 +334,17 @@ class JobsController(Controller):
         playlist = await _playlist(services, principal, valid.url)
         if body.paused and playlist is None:
             raise JobApiError(status_code=400, detail="paused is only for playlist or feed URLs")
-        storage = await job_storage(services, principal, body.storage) if body.storage else None
-        if playlist is not None:
-            appends, answer = _playlist_batch(meta, principal, valid, playlist, body, storage)
-            return await commit(
-                store, appends, answer, idem, meta, quota_account=principal.account_id
-            )
-        job_id = str(uuid.uuid4())
-        events = job.create(
-            job_id=job_id,
-            account_id=principal.account_id,
-            url=valid.url,
-            options=valid.options,
-            storage=storage,
+        storage = (
+            await job_storage(request, services, principal, body.storage) if body.storage else None
         )
-        created = StreamAppend(job.stream_id(job_id), [NewEvent(e, meta) for e in events], 0)
-        one = JobCreatedAnswer(job_id=job_id)
-        return await commit(store, [created], one, idem, meta, quota_account=principal.account_id)
+        new = NewJob(url=valid.url, options=valid.options, storage=storage)
+        account_id = principal.account_id
+        if playlist is not None:
+            batch = await commands.create_playlist(
+                store, account_id, new, playlist, paused=body.paused, idem=idem, meta=meta
+            )
+            return created(*batch)
+        return created(*await commands.create_job(store, account_id, new, idem, meta))
 
     @post("/bulk", status_code=201, opt=reads_body("jobs"))
     async def create_jobs_in_bulk(
@@ -487,7 +384,8 @@ class JobsController(Controller):
         self, request: Request[Any, Any, Any], services: Services, job_id: str, principal: Principal
     ) -> JobAction:
         """Cancel a Pending or Processing job; a running stage is aborted and its files removed."""
-        state = await _decide(request, services, principal, job_id, job.cancel)
+        meta = command_metadata(request, principal.key_id)
+        state = await commands.cancel_job(services.store, principal.account_id, job_id, meta)
         return JobAction(job_id=state.job_id, status=state.status)
 
     @post("/{job_id:str}/retry", status_code=200)
@@ -495,16 +393,8 @@ class JobsController(Controller):
         self, request: Request[Any, Any, Any], services: Services, job_id: str, principal: Principal
     ) -> JobAction:
         """Start a Failed or Cancelled job again from download (within `max_running_jobs`)."""
-        owned = await load_job(services, job_id, principal)  # 404 for anyone else's
-        try:  # a job that cannot be retried is a 400 whatever the quota
-            job.retry(owned)
-        except InvalidTransition as exc:
-            raise JobApiError(status_code=400, detail=str(exc)) from None
-
-        async def retry(conn: asyncpg.Connection | None) -> job.JobState:
-            return await _decide(request, services, principal, job_id, job.retry, conn=conn)
-
-        state = await change_admitted(services.store, principal.account_id, retry)
+        meta = command_metadata(request, principal.key_id)
+        state = await commands.retry_job(services.store, principal.account_id, job_id, meta)
         return JobAction(job_id=state.job_id, status=state.status)
 
     @delete("/{job_id:str}/file", status_code=200)
@@ -512,30 +402,11 @@ class JobsController(Controller):
         self, request: Request[Any, Any, Any], services: Services, job_id: str, principal: Principal
     ) -> FileDeletedAnswer:
         """Delete a completed job's file from storage; the job records that it is gone."""
-        state = await load_job(services, job_id, principal)
-        try:
-            job.delete_file(state)
-        except InvalidTransition as exc:
-            raise JobApiError(status_code=400, detail=str(exc)) from None
         storages: AccountStorages = services.storages
-        storage = await storages.for_job(state.account_id, state.storage_override)
-        objects = job.recorded_objects(state)
-        try:
-            # Only what this job wrote, as it wrote it: an object replaced since (by another
-            # job, or behind Spool's back) or gone is not this job's to delete.
-            changed, deleted = await delete_all_owned(storage, objects, state.job_id)
-        except StorageError as exc:
-            raise JobApiError(
-                status_code=502, detail=f"Storage refused the delete: {exc}"
-            ) from None
-        if changed:
-            removed = f"only {', '.join(deleted)} was deleted" if deleted else "nothing was deleted"
-            raise JobApiError(
-                status_code=409,
-                detail=f"The file at {changed[0]} is no longer the one this job wrote "
-                f"(replaced or removed); {removed}",
-            )
-        state = await _decide(request, services, principal, job_id, job.delete_file)
+        meta = command_metadata(request, principal.key_id)
+        state = await commands.delete_job_file(
+            services.store, storages, principal.account_id, job_id, meta
+        )
         await services.media.forget(state.job_id)
         return FileDeletedAnswer(job_id=state.job_id, deleted=True, key=state.key or "")
 

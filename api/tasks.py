@@ -8,19 +8,14 @@ sees every task.
 from __future__ import annotations
 
 import re
-import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
 
-from spool.adapters.account_policy_store import load_policy
-from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters.event_store import EventStore
 from spool.adapters.task_store import (
-    TaskChangingTooFast,
-    decide_and_append,
     load_task,
     load_task_as_of,
     online_offers,
@@ -39,26 +34,18 @@ from spool.api.envelope import (
     success,
     validation_error,
 )
-from spool.api.idempotency import (
-    REPLAYED,
-    IdempotencyKey,
-    append_once,
-    earlier_record,
-    idempotency_of,
-)
+from spool.api.idempotency import REPLAYED, IdempotencyKey, idempotency_of
 from spool.api.requests import command_metadata
 from spool.api.services import Services
+from spool.application import tasks as commands
+from spool.application.idempotency import earlier_record
+from spool.application.tasks import recorded_task
 from spool.domain import task
 from spool.domain.account_policy import (
-    CODE_TASK_TYPES,
-    AccountPolicy,
     InvalidPolicy,
     PolicyRefused,
-    task_env,
 )
-from spool.domain.errors import InvalidTransition
-from spool.domain.events import Event, NewEvent
-from spool.domain.idempotency import RequestRecorded
+from spool.domain.errors import Conflict, DomainError, InvalidTransition, NotFound
 
 MAX_BODY_BYTES = 256 * 1024
 """A task's payload travels in an event: keep it small."""
@@ -277,19 +264,32 @@ def _not_found(task_id: str) -> ClusterApiError:
     )
 
 
-def _task_id(raw: str) -> str:
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        raise _not_found(raw) from None
+def _refused(exc: DomainError, raw_id: str) -> ClusterApiError:
+    """A refused task command in the envelope's words; `raw_id` is the task id as asked."""
+    if isinstance(exc, NotFound):
+        return _not_found(raw_id)
+    if isinstance(exc, Conflict):
+        return validation_error("task_id", str(exc))
+    if isinstance(exc, InvalidTransition):
+        return validation_error("status", str(exc))
+    if isinstance(exc, task.InvalidTask | InvalidPolicy):
+        return validation_error(exc.field, str(exc))
+    if isinstance(exc, PolicyRefused):
+        return ClusterApiError(
+            403, "UNAUTHORIZED", str(exc), {"field": exc.field, "reason": "not_allowed"}
+        )
+    raise exc
 
 
 async def _load(services: Services, raw_id: str, principal: Principal) -> task.TaskState:
     """A task the caller may see, exact to its last event; 404 for anyone else's."""
-    found = await load_task(services.store, _task_id(raw_id))
-    if found is None or not (principal.admin or found.account_id == principal.account_id):
-        raise _not_found(raw_id)
-    return found
+    store: EventStore = services.store
+    try:
+        return await commands.visible_task(
+            store, principal.account_id, raw_id, admin=principal.admin
+        )
+    except NotFound as exc:
+        raise _refused(exc, raw_id) from None
 
 
 async def _task_then(services: Services, task_id: str, raw_as_of: str) -> task.TaskState:
@@ -307,25 +307,6 @@ async def _task_then(services: Services, task_id: str, raw_as_of: str) -> task.T
             {"task_id": task_id, "as_of": raw_as_of},
         )
     return then
-
-
-async def _decide(
-    request: Request[Any, Any, Any],
-    services: Services,
-    principal: Principal,
-    raw_id: str,
-    decide: Callable[[task.TaskState], list[Event]],
-) -> task.TaskState:
-    owned = await _load(services, raw_id, principal)
-    meta = command_metadata(request, principal.key_id)
-    try:
-        state = await decide_and_append(services.store, owned.task_id, decide, meta)
-    except InvalidTransition as exc:
-        raise validation_error("status", str(exc)) from None
-    except TaskChangingTooFast:
-        raise validation_error("task_id", "The task is changing too fast; try again") from None
-    assert state is not None
-    return state
 
 
 def _choice(field: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
@@ -387,37 +368,6 @@ def _seconds(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-async def _allowed_env(services: Services, principal: Principal, body: SubmitTaskBody) -> list[str]:
-    """What the account's policy lets this task do: 403 naming why it may not run at all."""
-    if body.priority not in task.PRIORITY_RANK:
-        return []  # refused as a bad value by `task.submit`
-    policy = await load_policy(services.store, principal.account_id)
-    try:
-        return task_env(
-            policy or AccountPolicy(account_id=principal.account_id),
-            admin=principal.admin,
-            task_type=body.task_type,
-            priority=body.priority,
-            payload_env=body.payload.get("env"),
-        )
-    except InvalidPolicy as exc:
-        raise validation_error(exc.field, str(exc)) from None
-    except PolicyRefused as exc:
-        raise ClusterApiError(
-            403, "UNAUTHORIZED", str(exc), {"field": exc.field, "reason": "not_allowed"}
-        ) from None
-
-
-class TaskCreated(msgspec.Struct):
-    """What an idempotency record keeps of a submitted task: the task (its state is live)."""
-
-    task_id: str
-
-
-def _recorded_task(first: RequestRecorded) -> str:
-    return msgspec.json.decode(first.answer, type=TaskCreated).task_id
-
-
 async def _submitted(
     request: Request[Any, Any, Any], store: EventStore, task_id: str, *, replayed: bool
 ) -> Response[Envelope[Submitted]]:
@@ -461,33 +411,25 @@ class TasksController(Controller):
         store: EventStore = services.store
         idem = await idempotency_of(request, principal, idempotency_key)
         if idem is not None and (first := await earlier_record(store, idem)) is not None:
-            return await _submitted(request, store, _recorded_task(first), replayed=True)
+            return await _submitted(request, store, recorded_task(first), replayed=True)
         # The raw body is decoded strictly here (not by the framework) to name a bad field.
         body = _body(await request.body())
         given = body.requirements or RequirementsBody()
-        requirements = _decode_requirements(msgspec.json.encode(given))
-        env = await _allowed_env(services, principal, body)
-        task_id = str(uuid.uuid4())
-        try:
-            events = task.submit(
-                task_id=task_id,
-                account_id=principal.account_id,
-                task_type=body.task_type,
-                payload=body.payload,
-                priority=body.priority,
-                requirements=requirements,
-                metadata=body.metadata,
-                env=env,
-                by_grant=body.task_type in CODE_TASK_TYPES and not principal.admin,
-            )
-        except task.InvalidTask as exc:
-            raise validation_error(exc.field, str(exc)) from None
+        new = commands.NewTask(
+            task_type=body.task_type,
+            payload=body.payload,
+            priority=body.priority,
+            requirements=_decode_requirements(msgspec.json.encode(given)),
+            metadata=body.metadata,
+        )
         meta = command_metadata(request, principal.key_id)
-        created = StreamAppend(task.stream_id(task_id), [NewEvent(e, meta) for e in events], 0)
-        winner = await append_once(store, [created], TaskCreated(task_id), idem, meta)
-        if winner is not None:
-            task_id = _recorded_task(winner)
-        return await _submitted(request, store, task_id, replayed=winner is not None)
+        try:
+            made = await commands.submit_task(
+                store, principal.account_id, new, admin=principal.admin, idem=idem, meta=meta
+            )
+        except (task.InvalidTask, InvalidPolicy, PolicyRefused) as exc:
+            raise _refused(exc, "") from None
+        return await _submitted(request, store, made.task_id, replayed=made.replayed)
 
     @get("/")
     async def list_tasks(
@@ -655,7 +597,14 @@ class TasksController(Controller):
     ) -> Response[Envelope[TaskView]]:
         """Cancel a queued, assigned or running task of the caller's account (an admin key: any
         task); a running one is stopped. Another account's task is a 404."""
-        state = await _decide(request, services, principal, task_id, task.cancel)
+        meta = command_metadata(request, principal.key_id)
+        store: EventStore = services.store
+        try:
+            state = await commands.cancel_task(
+                store, principal.account_id, task_id, meta, admin=principal.admin
+            )
+        except (NotFound, InvalidTransition, Conflict) as exc:
+            raise _refused(exc, task_id) from None
         return success(request, view(state), message="Task cancelled")
 
     @post("/{task_id:str}/retry", status_code=200)
@@ -668,5 +617,12 @@ class TasksController(Controller):
     ) -> Response[Envelope[TaskView]]:
         """Queue a failed, timed-out or cancelled task of the caller's account again (an admin
         key: any task). Another account's task is a 404."""
-        state = await _decide(request, services, principal, task_id, task.retry)
+        meta = command_metadata(request, principal.key_id)
+        store: EventStore = services.store
+        try:
+            state = await commands.retry_task(
+                store, principal.account_id, task_id, meta, admin=principal.admin
+            )
+        except (NotFound, InvalidTransition, Conflict) as exc:
+            raise _refused(exc, task_id) from None
         return success(request, view(state), message="Task queued again")

@@ -27,7 +27,6 @@ from spool.adapters.account_storage import (
     build_storage,
     oss_endpoint,
 )
-from spool.adapters.event_store import EventStore
 from spool.adapters.settings import Settings
 from spool.adapters.ssrf import UrlGuard
 from spool.adapters.storage import StorageError
@@ -36,11 +35,9 @@ from spool.api.errors import JobApiError
 from spool.api.requests import command_metadata
 from spool.api.services import Services
 from spool.api.targets import refuse_forbidden_target
+from spool.application.storage import configure_storage, remove_storage, storage_of
 from spool.domain import file_names, storage_config, webhook
-from spool.domain.account import stream_id
-from spool.domain.errors import ConcurrencyError
-from spool.domain.events import NewEvent
-from spool.domain.storage_config import PROVIDER_NAMES, Provider, StorageConfigured, StorageState
+from spool.domain.storage_config import PROVIDER_NAMES, Provider, StorageConfigured
 
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
 _CONTAINER = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
@@ -325,12 +322,6 @@ async def _check(
         await storage.close()
 
 
-async def _state(store: EventStore, account_id: str) -> StorageState:
-    """The account's storage state, exact to the last event of its stream."""
-    events = await store.read_stream(stream_id(account_id))
-    return storage_config.fold((e.version, e.data) for e in events)
-
-
 def _answer(configured: StorageConfigured | None, message: str) -> StorageAnswer:
     if configured is None:
         return StorageAnswer(message=message, provider="default", default=True)
@@ -406,13 +397,8 @@ async def _configure(
     hint: str,
 ) -> StorageAnswer:
     configured = await sealed_storage(services, principal, spec, credentials, hint)
-    store: EventStore = services.store
-    state = await _state(store, principal.account_id)
-    events = storage_config.configure(state, configured)
     meta = command_metadata(request, principal.key_id)
-    # Configuring always succeeds and replaces what was there, so no expected version: the
-    # store queues this append behind any other writer of the account stream.
-    await store.append(stream_id(principal.account_id), [NewEvent(e, meta) for e in events], None)
+    await configure_storage(services.store, configured, meta)
     name = PROVIDER_NAMES[spec.provider]
     return _answer(configured, f"{name} storage configured successfully")
 
@@ -420,25 +406,10 @@ async def _configure(
 async def _remove(
     request: Request[Any, Any, Any], services: Services, principal: Principal, provider: Provider
 ) -> StorageAnswer:
-    store: EventStore = services.store
     meta = command_metadata(request, principal.key_id)
-    for _ in range(10):
-        state = await _state(store, principal.account_id)
-        try:
-            events = storage_config.remove(
-                state, account_id=principal.account_id, provider=provider
-            )
-        except storage_config.StorageNotConfigured as exc:
-            raise JobApiError(status_code=404, detail=str(exc)) from None
-        try:
-            await store.append(
-                stream_id(principal.account_id), [NewEvent(e, meta) for e in events], state.version
-            )
-        except ConcurrencyError:
-            continue  # the account changed meanwhile (a new key, a new storage): decide again
-        name = PROVIDER_NAMES[provider]
-        return _answer(None, f"{name} storage removed; uploads go to the default storage")
-    raise JobApiError(status_code=409, detail="The account is changing too fast; try again")
+    await remove_storage(services.store, principal.account_id, provider, meta)
+    name = PROVIDER_NAMES[provider]
+    return _answer(None, f"{name} storage removed; uploads go to the default storage")
 
 
 class UserController(Controller):
@@ -460,7 +431,7 @@ class UserController(Controller):
     @get("/storage")
     async def get_storage(self, services: Services, principal: Principal) -> StorageAnswer:
         """Where your uploads go: your own storage (secrets masked), or the cluster default."""
-        state = await _state(services.store, principal.account_id)
+        state = await storage_of(services.store, principal.account_id)
         if state.current is None:
             return _answer(None, "No storage of your own: uploads go to the default storage")
         return _answer(state.current, f"{PROVIDER_NAMES[state.current.provider]} storage")
