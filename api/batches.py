@@ -6,17 +6,17 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.di import Provide
 
 from spool.adapters.event_store import EventStore
 from spool.adapters.history import AsOf, read_stream_as_of
 from spool.adapters.job_store import load_job_as_of
 from spool.api.as_of import BadAsOf, parse_as_of
-from spool.api.auth import Principal, job_api_principal
-from spool.api.errors import JOB_API_ERRORS, JobApiError
+from spool.api.auth import Principal
+from spool.api.errors import JobApiError
 from spool.api.idempotency import created, earlier_answer, idempotency_of
 from spool.api.job_requests import CreateJobBody, validate_create_job, validate_filename
 from spool.api.requests import command_metadata
+from spool.api.services import Services
 from spool.api.targets import refuse_forbidden_target
 from spool.api.user import sealed_storage, storage_spec
 from spool.application import batches as commands
@@ -109,11 +109,9 @@ def _bulk_items(raw: bytes) -> tuple[list[CreateJobBody], bool]:
     return bodies, paused
 
 
-async def load_batch(
-    request: Request[Any, Any, Any], batch_id: str, principal: Principal
-) -> batch.BatchState:
+async def load_batch(services: Services, batch_id: str, principal: Principal) -> batch.BatchState:
     """A batch of the caller's; 404 for anyone else's."""
-    return await owned_batch(request.app.state.store, principal.account_id, batch_id)
+    return await owned_batch(services.store, principal.account_id, batch_id)
 
 
 async def batch_then(
@@ -134,14 +132,12 @@ async def batch_then(
 
 class BatchController(Controller):
     path = "/batch"
-    dependencies = {"principal": Provide(job_api_principal)}
-    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
     tags = ["batches"]
 
     @get("/{batch_id:str}")
     async def get_batch(
         self,
-        request: Request[Any, Any, Any],
+        services: Services,
         batch_id: str,
         principal: Principal,
         as_of: str | None = None,
@@ -151,8 +147,8 @@ class BatchController(Controller):
         `as_of` (an event position, or an ISO 8601 time) answers the batch and its jobs as they
         stood then.
         """
-        state = await load_batch(request, batch_id, principal)
-        store: EventStore = request.app.state.store
+        state = await load_batch(services, batch_id, principal)
+        store: EventStore = services.store
         if as_of is None:
             jobs = await batch_jobs(store, state)
         else:
@@ -182,7 +178,12 @@ class BatchController(Controller):
 
     @patch("/{batch_id:str}/jobs", status_code=200)
     async def rename_jobs(
-        self, request: Request[Any, Any, Any], batch_id: str, data: Renames, principal: Principal
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        batch_id: str,
+        data: Renames,
+        principal: Principal,
     ) -> RenameAnswer:
         """Rename jobs of a paused batch: `{"renames": [{"job_id", "filename"}]}`."""
         renames: list[commands.JobRename] = []
@@ -192,42 +193,53 @@ class BatchController(Controller):
             except JobApiError as exc:
                 renames.append(commands.JobRename(r.job_id, r.filename, refused=str(exc.detail)))
         meta = command_metadata(request, principal.key_id)
-        store: EventStore = request.app.state.store
+        store: EventStore = services.store
         return await commands.rename_jobs(store, principal.account_id, batch_id, renames, meta)
 
     @post("/{batch_id:str}/start", status_code=200)
     async def start_batch(
-        self, request: Request[Any, Any, Any], batch_id: str, principal: Principal
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        batch_id: str,
+        principal: Principal,
     ) -> StartAnswer:
         """Start a paused batch: its jobs begin downloading."""
         meta = command_metadata(request, principal.key_id)
-        store: EventStore = request.app.state.store
+        store: EventStore = services.store
         started = await commands.start_batch(store, principal.account_id, batch_id, meta)
         return StartAnswer(started.batch_id, started_jobs=started.jobs, status="processing")
 
     @delete("/{batch_id:str}", status_code=200)
     async def cancel_batch(
-        self, request: Request[Any, Any, Any], batch_id: str, principal: Principal
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        batch_id: str,
+        principal: Principal,
     ) -> CancelAnswer:
         """Cancel a batch: every unfinished job of it is cancelled."""
         meta = command_metadata(request, principal.key_id)
-        store: EventStore = request.app.state.store
+        store: EventStore = services.store
         cancelled = await commands.cancel_batch(store, principal.account_id, batch_id, meta)
         return CancelAnswer(cancelled.batch_id, cancelled_jobs=cancelled.jobs, status="cancelled")
 
 
 async def job_storage(
-    request: Request[Any, Any, Any], principal: Principal, raw: dict[str, Any]
+    request: Request[Any, Any, Any], services: Services, principal: Principal, raw: dict[str, Any]
 ) -> StorageConfigured:
     """A job's own `storage`: parsed like `/user/...`, checked with a probe, credentials sealed."""
-    return await sealed_storage(request, principal, *storage_spec(raw))
+    return await sealed_storage(services, principal, *storage_spec(raw))
 
 
 async def create_bulk(
-    request: Request[Any, Any, Any], principal: Principal, idempotency_key: str | None
+    request: Request[Any, Any, Any],
+    services: Services,
+    principal: Principal,
+    idempotency_key: str | None,
 ) -> Response[Any]:
     """`POST /jobs/bulk`: all jobs or none; a bad item names its index."""
-    store: EventStore = request.app.state.store
+    store: EventStore = services.store
     idem = await idempotency_of(request, principal, idempotency_key)
     if idem is not None and (earlier := await earlier_answer(store, idem)) is not None:
         return earlier
@@ -241,16 +253,16 @@ async def create_bulk(
         valid.append(NewJob(url=checked.url, options=checked.options))
     for index, new in enumerate(valid):
         try:
-            await refuse_forbidden_target(request, new.url)
+            await refuse_forbidden_target(services, new.url)
             if new.options.webhook_url is not None:
                 hook = new.options.webhook_url
-                await refuse_forbidden_target(request, hook, what="webhook_url")
+                await refuse_forbidden_target(services, hook, what="webhook_url")
         except JobApiError as exc:
             raise JobApiError(status_code=400, detail=f"jobs[{index}]: {exc.detail}") from None
     # One storage for the whole request (a shared option): checked and sealed once.
     shared = bodies[0].storage
     if shared is not None:
-        sealed = await job_storage(request, principal, shared)
+        sealed = await job_storage(request, services, principal, shared)
         valid = [msgspec.structs.replace(v, storage=sealed) for v in valid]
     meta = command_metadata(request, principal.key_id)
     made = await commands.create_bulk(

@@ -53,6 +53,8 @@ class Failure(NamedTuple):
     status: int
     message: str
     headers: dict[str, str] | None = None
+    reason: str | None = None
+    """Why, for a surface whose errors carry it (the cluster API's `error_details`)."""
 
 
 _REFUSALS: tuple[tuple[type[DomainError], int], ...] = (
@@ -90,7 +92,7 @@ def classify(request: Request[Any, Any, Any], exc: Exception) -> Failure:
         return Failure(400, fault)
     if unreachable(exc):
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return Failure(503, MESSAGE, {"retry-after": RETRY_AFTER})
+        return Failure(503, MESSAGE, {"retry-after": RETRY_AFTER}, "database_unavailable")
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return Failure(500, "Internal server error")
 

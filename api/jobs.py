@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
-from litestar.di import Provide
 from litestar.params import Parameter
 
 from spool.adapters.account_storage import AccountStorages
@@ -21,15 +20,15 @@ from spool.adapters.playlists import Playlist, extract_playlist, looks_like_medi
 from spool.adapters.settings import Settings
 from spool.adapters.ssrf import UrlGuard
 from spool.api.as_of import BadAsOf, parse_as_of
-from spool.api.auth import Principal, job_api_principal
+from spool.api.auth import Principal
 from spool.api.batches import create_bulk, job_storage
 from spool.api.bodies import reads_body
-from spool.api.errors import JOB_API_ERRORS, JobApiError
+from spool.api.errors import JobApiError
 from spool.api.idempotency import IdempotencyKey, created, earlier_answer, idempotency_of
 from spool.api.job_requests import CreateJobBody, decode_create_job_body, validate_create_job
-from spool.api.media import forget_media, links_key
 from spool.api.probes import run_probe
 from spool.api.requests import command_metadata
+from spool.api.services import Services
 from spool.api.targets import refuse_forbidden_target
 from spool.application import jobs as commands
 from spool.application.batches import BulkAnswer
@@ -218,19 +217,17 @@ def view(state: job.JobState, links: Links | None = None) -> JobView:
     )
 
 
-async def _playlist(
-    request: Request[Any, Any, Any], principal: Principal, url: str
-) -> Playlist | None:
+async def _playlist(services: Services, principal: Principal, url: str) -> Playlist | None:
     """The entries if `url` is a playlist or feed; None for one piece of media.
 
     A probe (api/probes.py): 504 past `probe_timeout`, 429 past the account's share.
     """
     if looks_like_media(url):
         return None
-    guard: UrlGuard = request.app.state.guard
+    guard: UrlGuard = services.guard
     try:
         return await run_probe(
-            request,
+            services,
             principal.account_id,
             lambda probe: extract_playlist(url, guard=guard, probe=probe),
         )
@@ -240,34 +237,30 @@ async def _playlist(
         raise JobApiError(status_code=400, detail=str(exc)) from None
 
 
-async def load_job(
-    request: Request[Any, Any, Any], job_id: str, principal: Principal
-) -> job.JobState:
+async def load_job(services: Services, job_id: str, principal: Principal) -> job.JobState:
     """A job of the caller's, exact to its last event; 404 for anyone else's."""
-    return await commands.owned_job(request.app.state.store, principal.account_id, job_id)
+    return await commands.owned_job(services.store, principal.account_id, job_id)
 
 
-async def load_job_then(
-    request: Request[Any, Any, Any], job_id: str, raw_as_of: str
-) -> job.JobState:
+async def load_job_then(services: Services, job_id: str, raw_as_of: str) -> job.JobState:
     """An (owned) job as it stood at `as_of`; 400 for a bad `as_of`, 404 before the job."""
     try:
         as_of = parse_as_of(raw_as_of)
     except BadAsOf as exc:
         raise JobApiError(status_code=400, detail=str(exc)) from None
-    then = await load_job_as_of(request.app.state.store, job_id, as_of)
+    then = await load_job_as_of(services.store, job_id, as_of)
     if then is None:
         raise JobApiError(status_code=404, detail=f"Job did not exist yet at as_of={raw_as_of}")
     return then
 
 
-async def _links(request: Request[Any, Any, Any], state: job.JobState) -> Links | None:
+async def _links(services: Services, state: job.JobState) -> Links | None:
     """Links (24 h) to a completed job's files, unless they were deleted: the storage's own
     presigned or SAS URLs, or signed Spool links for a local folder (`adapters.file_links`)."""
     if state.status != "Completed" or state.key is None or state.file_deleted:
         return None
-    storages: AccountStorages = request.app.state.storages
-    settings: Settings = request.app.state.settings
+    storages: AccountStorages = services.storages
+    settings: Settings = services.settings
     storage = await storages.for_job(state.account_id, state.storage_override)
     now = time.time()
 
@@ -280,7 +273,7 @@ async def _links(request: Request[Any, Any, Any], state: job.JobState) -> Links 
             kind=kind,
             object_key=key,
             public_url=settings.resolved_public_url(),
-            key=links_key(request.app.state),
+            key=services.links_key,
             now=now,
         )
 
@@ -311,14 +304,13 @@ StatusFilter = Literal["Pending", "Processing", "Completed", "Failed", "Cancelle
 
 class JobsController(Controller):
     path = "/jobs"
-    dependencies = {"principal": Provide(job_api_principal)}
-    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
     tags = ["jobs"]
 
     @post("/", status_code=201)
     async def create_job(
         self,
         request: Request[Any, Any, Any],
+        services: Services,
         data: CreateJobBody,
         principal: Principal,
         idempotency_key: IdempotencyKey = None,
@@ -328,21 +320,23 @@ class JobsController(Controller):
         With an `Idempotency-Key` header, sending the same request again answers what the
         first one got (with `Idempotent-Replayed: true`) and creates nothing more.
         """
-        store: EventStore = request.app.state.store
+        store: EventStore = services.store
         idem = await idempotency_of(request, principal, idempotency_key)
         if idem is not None and (earlier := await earlier_answer(store, idem)) is not None:
             return earlier
         # `data` documents the body; the raw body is decoded again strictly, so "23" is not 23.
         body = decode_create_job_body(await request.body())
         valid = validate_create_job(body)
-        await refuse_forbidden_target(request, valid.url)
+        await refuse_forbidden_target(services, valid.url)
         if valid.options.webhook_url is not None:
-            await refuse_forbidden_target(request, valid.options.webhook_url, what="webhook_url")
+            await refuse_forbidden_target(services, valid.options.webhook_url, what="webhook_url")
         meta = command_metadata(request, principal.key_id)
-        playlist = await _playlist(request, principal, valid.url)
+        playlist = await _playlist(services, principal, valid.url)
         if body.paused and playlist is None:
             raise JobApiError(status_code=400, detail="paused is only for playlist or feed URLs")
-        storage = await job_storage(request, principal, body.storage) if body.storage else None
+        storage = (
+            await job_storage(request, services, principal, body.storage) if body.storage else None
+        )
         new = NewJob(url=valid.url, options=valid.options, storage=storage)
         account_id = principal.account_id
         if playlist is not None:
@@ -356,6 +350,7 @@ class JobsController(Controller):
     async def create_jobs_in_bulk(
         self,
         request: Request[Any, Any, Any],
+        services: Services,
         data: dict[str, Any],
         principal: Principal,
         idempotency_key: IdempotencyKey = None,
@@ -364,12 +359,12 @@ class JobsController(Controller):
 
         All jobs or none: one invalid item rejects the request, naming its index.
         """
-        return await create_bulk(request, principal, idempotency_key)
+        return await create_bulk(request, services, principal, idempotency_key)
 
     @get("/{job_id:str}")
     async def get_job(
         self,
-        request: Request[Any, Any, Any],
+        services: Services,
         job_id: str,
         principal: Principal,
         as_of: str | None = None,
@@ -379,50 +374,46 @@ class JobsController(Controller):
         `as_of` (an event position, or an ISO 8601 time) answers the job as it stood then,
         folded from its events, without links to its files.
         """
-        state = await load_job(request, job_id, principal)
+        state = await load_job(services, job_id, principal)
         if as_of is None:
-            return view(state, await _links(request, state))
-        return view(await load_job_then(request, state.job_id, as_of))
+            return view(state, await _links(services, state))
+        return view(await load_job_then(services, state.job_id, as_of))
 
     @delete("/{job_id:str}", status_code=200)
     async def cancel_job(
-        self, request: Request[Any, Any, Any], job_id: str, principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, job_id: str, principal: Principal
     ) -> JobAction:
         """Cancel a Pending or Processing job; a running stage is aborted and its files removed."""
         meta = command_metadata(request, principal.key_id)
-        state = await commands.cancel_job(
-            request.app.state.store, principal.account_id, job_id, meta
-        )
+        state = await commands.cancel_job(services.store, principal.account_id, job_id, meta)
         return JobAction(job_id=state.job_id, status=state.status)
 
     @post("/{job_id:str}/retry", status_code=200)
     async def retry_job(
-        self, request: Request[Any, Any, Any], job_id: str, principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, job_id: str, principal: Principal
     ) -> JobAction:
         """Start a Failed or Cancelled job again from download (within `max_running_jobs`)."""
         meta = command_metadata(request, principal.key_id)
-        state = await commands.retry_job(
-            request.app.state.store, principal.account_id, job_id, meta
-        )
+        state = await commands.retry_job(services.store, principal.account_id, job_id, meta)
         return JobAction(job_id=state.job_id, status=state.status)
 
     @delete("/{job_id:str}/file", status_code=200)
     async def delete_file(
-        self, request: Request[Any, Any, Any], job_id: str, principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, job_id: str, principal: Principal
     ) -> FileDeletedAnswer:
         """Delete a completed job's file from storage; the job records that it is gone."""
-        storages: AccountStorages = request.app.state.storages
+        storages: AccountStorages = services.storages
         meta = command_metadata(request, principal.key_id)
         state = await commands.delete_job_file(
-            request.app.state.store, storages, principal.account_id, job_id, meta
+            services.store, storages, principal.account_id, job_id, meta
         )
-        await forget_media(request.app.state, state.job_id)
+        await services.media.forget(state.job_id)
         return FileDeletedAnswer(job_id=state.job_id, deleted=True, key=state.key or "")
 
     @get("/")
     async def list_jobs(
         self,
-        request: Request[Any, Any, Any],
+        services: Services,
         principal: Principal,
         status: StatusFilter | None = None,
         batch_id: str | None = None,
@@ -431,7 +422,7 @@ class JobsController(Controller):
     ) -> JobPage:
         """The caller's jobs, newest first; pass `next_cursor` as `cursor` for the next page."""
         after = _parse_cursor(cursor) if cursor else None
-        rows = await request.app.state.pool.fetch(
+        rows = await services.pool.fetch(
             """
             SELECT state, created_at, job_id FROM jobs
             WHERE account_id = $1
@@ -458,15 +449,15 @@ class JobsController(Controller):
     @get("/{job_id:str}/events")
     async def job_events(
         self,
-        request: Request[Any, Any, Any],
+        services: Services,
         job_id: str,
         principal: Principal,
         from_version: Annotated[int, Parameter(ge=1, le=MAX_VERSION)] = 1,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     ) -> EventPage:
         """A job's full event history, oldest first: the audit trail."""
-        jid = (await load_job(request, job_id, principal)).job_id
-        store: EventStore = request.app.state.store
+        jid = (await load_job(services, job_id, principal)).job_id
+        store: EventStore = services.store
         events = await store.read_stream(job.stream_id(jid), from_version, limit=limit + 1)
         page = events[:limit]
         return EventPage(

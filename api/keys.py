@@ -11,13 +11,12 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
-from litestar.di import Provide
 
 from spool.adapters.event_store import EventStore
 from spool.adapters.key_store import KeyRow, list_keys
-from spool.api.auth import Principal, job_api_principal
-from spool.api.errors import JOB_API_ERRORS
+from spool.api.auth import Principal
 from spool.api.requests import command_metadata
+from spool.api.services import Services
 from spool.application.keys import create_key, revoke_key
 
 
@@ -53,23 +52,25 @@ class RevokedKey(msgspec.Struct):
 
 class KeysController(Controller):
     path = "/user/keys"
-    dependencies = {"principal": Provide(job_api_principal)}
-    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
     tags = ["user"]
 
     @get("/")
-    async def list_own(self, request: Request[Any, Any, Any], principal: Principal) -> KeyList:
+    async def list_own(self, services: Services, principal: Principal) -> KeyList:
         """Your account's keys (an admin: every account's), never the keys themselves."""
-        store: EventStore = request.app.state.store
+        store: EventStore = services.store
         owner = None if principal.admin else principal.account_id
         return KeyList(keys=await list_keys(store, owner))
 
     @post("/", status_code=201)
     async def create(
-        self, request: Request[Any, Any, Any], data: NewKey, principal: Principal
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        data: NewKey,
+        principal: Principal,
     ) -> CreatedKey:
         """A new key on your account; it is shown once, in this answer."""
-        store: EventStore = request.app.state.store
+        store: EventStore = services.store
         meta = command_metadata(request, f"key:{principal.key_id}")
         new = await create_key(
             store, principal, data.name, data.scope, data.expires_at, meta, now=datetime.now(UTC)
@@ -86,10 +87,10 @@ class KeysController(Controller):
 
     @delete("/{key_id:str}", status_code=200)
     async def revoke_one(
-        self, request: Request[Any, Any, Any], key_id: str, principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, key_id: str, principal: Principal
     ) -> RevokedKey:
         """Revoke one of your account's keys (an admin: any key); it stops working within 5 s."""
-        store: EventStore = request.app.state.store
+        store: EventStore = services.store
         meta = command_metadata(request, f"key:{principal.key_id}")
         done = await revoke_key(store, principal, key_id, meta)
         message = "Key revoked" if done else "Key was already revoked"

@@ -13,7 +13,6 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.di import Provide
 
 from spool.adapters.event_store import EventStore
 from spool.adapters.task_store import (
@@ -26,12 +25,10 @@ from spool.api.auth import Principal
 from spool.api.bodies import reads_body
 from spool.api.cluster_reads import may_read_cluster
 from spool.api.envelope import (
-    CLUSTER_API_ERRORS,
     DEFAULT_PAGE_SIZE,
     ClusterApiError,
     Envelope,
     Pagination,
-    cluster_principal,
     iso,
     page_window,
     success,
@@ -39,6 +36,7 @@ from spool.api.envelope import (
 )
 from spool.api.idempotency import REPLAYED, IdempotencyKey, idempotency_of
 from spool.api.requests import command_metadata
+from spool.api.services import Services
 from spool.application import tasks as commands
 from spool.application.idempotency import earlier_record
 from spool.application.tasks import recorded_task
@@ -283,11 +281,9 @@ def _refused(exc: DomainError, raw_id: str) -> ClusterApiError:
     raise exc
 
 
-async def _load(
-    request: Request[Any, Any, Any], raw_id: str, principal: Principal
-) -> task.TaskState:
+async def _load(services: Services, raw_id: str, principal: Principal) -> task.TaskState:
     """A task the caller may see, exact to its last event; 404 for anyone else's."""
-    store: EventStore = request.app.state.store
+    store: EventStore = services.store
     try:
         return await commands.visible_task(
             store, principal.account_id, raw_id, admin=principal.admin
@@ -296,15 +292,13 @@ async def _load(
         raise _refused(exc, raw_id) from None
 
 
-async def _task_then(
-    request: Request[Any, Any, Any], task_id: str, raw_as_of: str
-) -> task.TaskState:
+async def _task_then(services: Services, task_id: str, raw_as_of: str) -> task.TaskState:
     """A (visible) task as it stood at `as_of`; 400 for a bad `as_of`, 404 before the task."""
     try:
         as_of = parse_as_of(raw_as_of)
     except BadAsOf as exc:
         raise validation_error("as_of", str(exc)) from None
-    then = await load_task_as_of(request.app.state.store, task_id, as_of)
+    then = await load_task_as_of(services.store, task_id, as_of)
     if then is None:
         raise ClusterApiError(
             404,
@@ -392,15 +386,14 @@ async def _submitted(
 
 
 class TasksController(Controller):
-    path = "/api/v1/tasks"
-    dependencies = {"principal": Provide(cluster_principal)}
-    exception_handlers = CLUSTER_API_ERRORS  # type: ignore[assignment]
+    path = "/tasks"
     tags = ["cluster: tasks"]
 
     @post("/", status_code=201, opt=reads_body("task_type"))
     async def submit(
         self,
         request: Request[Any, Any, Any],
+        services: Services,
         principal: Principal,
         data: dict[str, Any],
         idempotency_key: IdempotencyKey = None,
@@ -415,7 +408,7 @@ class TasksController(Controller):
         (min_cpu_cores, min_memory_gb, min_storage_gb, required_platform, required_role,
         required_tags, gpu_required, internet_required, timeout_seconds, max_retries), `metadata`.
         """
-        store: EventStore = request.app.state.store
+        store: EventStore = services.store
         idem = await idempotency_of(request, principal, idempotency_key)
         if idem is not None and (first := await earlier_record(store, idem)) is not None:
             return await _submitted(request, store, recorded_task(first), replayed=True)
@@ -442,6 +435,7 @@ class TasksController(Controller):
     async def list_tasks(
         self,
         request: Request[Any, Any, Any],
+        services: Services,
         principal: Principal,
         page: int = 1,
         page_size: int = DEFAULT_PAGE_SIZE,
@@ -456,11 +450,11 @@ class TasksController(Controller):
         _choice("priority", priority, task.PRIORITIES)
         account = None if principal.admin else principal.account_id
         filters = (account, status, task_type, priority, device_id)
-        rows = await request.app.state.pool.fetch(_LIST, *filters, limit, offset)
+        rows = await services.pool.fetch(_LIST, *filters, limit, offset)
         if rows:
             total = rows[0]["total"]
         else:  # past the last page: the count still answers how many there are
-            total = await request.app.state.pool.fetchval(_COUNT, *filters)
+            total = await services.pool.fetchval(_COUNT, *filters)
         return success(
             request,
             [view(_as_seen_by(principal, _decode_state(r["state"]))) for r in rows],
@@ -469,10 +463,10 @@ class TasksController(Controller):
 
     @get("/statistics")
     async def statistics(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> Response[Envelope[TaskStatistics]]:
         """Counts by status, success rate, mean and p95 execution time (s) overall and by type."""
-        pool = request.app.state.pool
+        pool = services.pool
         account = None if principal.admin else principal.account_id
         counts: dict[str, int] = {s: 0 for s in task.STATUSES}
         counts.update({r[0]: r[1] for r in await pool.fetch(_BY_STATUS, account)})
@@ -503,14 +497,14 @@ class TasksController(Controller):
 
     @get("/types")
     async def types(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> Response[Envelope[TaskTypes]]:
         """The task types online nodes run (the union); for an admin, which nodes run each.
 
         Which nodes there are is a cluster-wide read (api/cluster_reads.py): a user key is told
         only which types it may submit.
         """
-        offers = await online_offers(request.app.state.pool)
+        offers = await online_offers(services.pool)
         by_type: dict[str, list[str]] = {}
         for o in offers:
             for t in o.task_types:
@@ -525,6 +519,7 @@ class TasksController(Controller):
     async def get_task(
         self,
         request: Request[Any, Any, Any],
+        services: Services,
         principal: Principal,
         task_id: str,
         as_of: str | None = None,
@@ -533,17 +528,21 @@ class TasksController(Controller):
 
         `as_of` (an event position, or an ISO 8601 time) answers the task as it stood then.
         """
-        state = await _load(request, task_id, principal)
+        state = await _load(services, task_id, principal)
         if as_of is not None:
-            state = await _task_then(request, state.task_id, as_of)
+            state = await _task_then(services, state.task_id, as_of)
         return success(request, view(_as_seen_by(principal, state)))
 
     @get("/{task_id:str}/status")
     async def task_status(
-        self, request: Request[Any, Any, Any], principal: Principal, task_id: str
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        task_id: str,
     ) -> Response[Envelope[StatusView]]:
         """Where a task stands: status, device, attempt, why it waits, time used."""
-        state = _as_seen_by(principal, await _load(request, task_id, principal))
+        state = _as_seen_by(principal, await _load(services, task_id, principal))
         return success(
             request,
             StatusView(
@@ -567,10 +566,14 @@ class TasksController(Controller):
 
     @get("/{task_id:str}/result")
     async def task_result(
-        self, request: Request[Any, Any, Any], principal: Principal, task_id: str
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        task_id: str,
     ) -> Response[Envelope[ResultView]]:
         """What a finished task produced; `result_data` is null until it succeeds."""
-        state = await _load(request, task_id, principal)
+        state = await _load(services, task_id, principal)
         answer = ResultView(
             task_id=state.task_id,
             status=state.status,
@@ -586,12 +589,16 @@ class TasksController(Controller):
 
     @post("/{task_id:str}/cancel", status_code=200)
     async def cancel(
-        self, request: Request[Any, Any, Any], principal: Principal, task_id: str
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        task_id: str,
     ) -> Response[Envelope[TaskView]]:
         """Cancel a queued, assigned or running task of the caller's account (an admin key: any
         task); a running one is stopped. Another account's task is a 404."""
         meta = command_metadata(request, principal.key_id)
-        store: EventStore = request.app.state.store
+        store: EventStore = services.store
         try:
             state = await commands.cancel_task(
                 store, principal.account_id, task_id, meta, admin=principal.admin
@@ -602,12 +609,16 @@ class TasksController(Controller):
 
     @post("/{task_id:str}/retry", status_code=200)
     async def retry(
-        self, request: Request[Any, Any, Any], principal: Principal, task_id: str
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        task_id: str,
     ) -> Response[Envelope[TaskView]]:
         """Queue a failed, timed-out or cancelled task of the caller's account again (an admin
         key: any task). Another account's task is a 404."""
         meta = command_metadata(request, principal.key_id)
-        store: EventStore = request.app.state.store
+        store: EventStore = services.store
         try:
             state = await commands.retry_task(
                 store, principal.account_id, task_id, meta, admin=principal.admin

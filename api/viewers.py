@@ -25,6 +25,7 @@ from spool.api.bodies import body_fault, reads_body
 from spool.api.cluster_reads import REFUSED, may_read_cluster
 from spool.api.errors import message_error
 from spool.api.requests import command_metadata
+from spool.api.services import Services
 from spool.application.viewers import Item
 from spool.application.viewers import report_viewer_events as record_viewer_events
 from spool.domain import viewer
@@ -58,28 +59,28 @@ def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str
     return message_error(request, exc)
 
 
-_ERRORS = {Exception: _error}
+VIEWER_ERRORS = {Exception: _error}
 
 
-async def _caller(request: Request[Any, Any, Any]) -> Principal:
+async def _caller(request: Request[Any, Any, Any], services: Services) -> Principal:
     key = presented_key(request)
     if key is None:
         raise ViewerApiError(401, "Missing API key: send Authorization: Bearer <api key>")
-    principal = await lookup(request.app.state, key)
+    principal = await lookup(services.keys, key)
     if principal is None:
         raise ViewerApiError(401, "Invalid API key")
     return principal
 
 
-async def _admin(request: Request[Any, Any, Any]) -> Principal:
-    principal = await _caller(request)
+async def _admin(request: Request[Any, Any, Any], services: Services) -> Principal:
+    principal = await _caller(request, services)
     if not principal.admin:
         raise ViewerApiError(403, "This endpoint needs an admin API key")
     return principal
 
 
-async def _cluster_reader(request: Request[Any, Any, Any]) -> Principal:
-    principal = await _caller(request)
+async def _cluster_reader(request: Request[Any, Any, Any], services: Services) -> Principal:
+    principal = await _caller(request, services)
     if not may_read_cluster(principal.admin):
         # The list holds every client's IP address across all accounts.
         raise ViewerApiError(403, REFUSED)
@@ -279,8 +280,10 @@ def _viewer(r: asyncpg.Record, now_ms: int) -> dict[str, Any]:
     }
 
 
-@get("/api/cluster/viewers", exception_handlers=_ERRORS, tags=["viewers"])  # type: ignore[arg-type]
-async def list_cluster_viewers(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+@get("/", tags=["viewers"])
+async def list_cluster_viewers(
+    request: Request[Any, Any, Any], services: Services
+) -> Response[dict[str, Any]]:
     """Live viewers, newest first: `page`, `rowsPerPage`, `search`, `harnessType`,
     `systemClients`. Admin key in `Authorization: Bearer`.
 
@@ -289,9 +292,9 @@ async def list_cluster_viewers(request: Request[Any, Any, Any]) -> Response[dict
     sessions; `true` or absent shows them. A page past the last is empty, with exact totals.
     """
     began = time.perf_counter()
-    await _cluster_reader(request)
+    await _cluster_reader(request, services)
     q = parse_query(request.query_params)
-    page = await list_viewers(request.app.state.pool, q)
+    page = await list_viewers(services.pool, q)
     now_ms = int(time.time() * 1000)
     total_pages = math.ceil(page.total / q.rows_per_page)
     body = {
@@ -323,13 +326,14 @@ _decode_body = msgspec.json.Decoder(EventsBody).decode
 
 
 @post(
-    "/api/cluster/viewers/events",
+    "/events",
     status_code=200,
     opt=reads_body("events"),
-    exception_handlers=_ERRORS,  # type: ignore[arg-type]
     tags=["viewers"],
 )
-async def report_viewer_events(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+async def report_viewer_events(
+    request: Request[Any, Any, Any], services: Services
+) -> Response[dict[str, Any]]:
     """Sessions of an external media server: `{"events": [{"type": "connect" | "stats" |
     "state" | "disconnect", "id": ..., ...}]}`, at most 1,000, admin key.
 
@@ -337,7 +341,7 @@ async def report_viewer_events(request: Request[Any, Any, Any]) -> Response[dict
     viewer) or 409 (already connected, or already disconnected), naming its index, and nothing
     of the request is appended. Answers the viewer id of each event, in order.
     """
-    principal = await _admin(request)
+    principal = await _admin(request, services)
     if (fault := body_fault(request)) is not None:
         raise fault
     try:
@@ -351,8 +355,8 @@ async def report_viewer_events(request: Request[Any, Any, Any]) -> Response[dict
     if len(body.events) > MAX_EVENTS:
         raise ViewerApiError(400, f"events must hold at most {MAX_EVENTS} events")
 
-    store: EventStore = request.app.state.store
-    recorder: ViewerRecorder = request.app.state.viewers
+    store: EventStore = services.store
+    recorder: ViewerRecorder = services.viewers
     reporter = f"key:{principal.key_id}"
     meta = command_metadata(request, reporter)
     ids = await record_viewer_events(store, recorder, body.events, meta, reporter=reporter)
