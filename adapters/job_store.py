@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import asyncpg
 import msgspec
@@ -11,7 +11,7 @@ from spool.adapters.event_store import EVENT_COLUMNS, EventStore
 from spool.adapters.history import AsOf
 from spool.adapters.repository import ChangingTooFast, Executor, Loaded, Repository
 from spool.domain import job
-from spool.domain.events import Event, Metadata, RecordedEvent
+from spool.domain.events import Event, Metadata
 
 _decode_state = msgspec.json.Decoder(job.JobState).decode
 
@@ -48,13 +48,9 @@ async def _load_row_and_tail(
     return Loaded(state, state.version if state is not None else 0)
 
 
-def _fold(events: Sequence[RecordedEvent]) -> job.JobState | None:
-    return job.fold([(e.data, e.recorded_at, e.version) for e in events])
-
-
 def jobs(store: EventStore) -> Repository[job.JobState]:
     """The jobs' repository: reads start from the `jobs` projection row."""
-    return Repository(store, job.stream_id, _fold, loader=_load_row_and_tail)
+    return Repository(store, job.AGGREGATE, loader=_load_row_and_tail)
 
 
 async def load_job(store: EventStore, job_id: str) -> job.JobState | None:

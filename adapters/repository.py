@@ -14,6 +14,7 @@ import asyncpg
 
 from spool.adapters.event_store import AppendResult, EventStore
 from spool.adapters.history import AsOf, read_stream_as_of
+from spool.domain.aggregate import Aggregate, steps
 from spool.domain.errors import ConcurrencyError
 from spool.domain.events import Event, Metadata, NewEvent, RecordedEvent
 
@@ -52,20 +53,26 @@ class ChangingTooFast(ConcurrencyError):
 class Repository(Generic[S]):
     """The one way to read an aggregate and to run a command on it.
 
-    `fold` turns a stream's events, in version order, into the state (None when there are
-    none). `loader`, when given, reads the current state a faster way than folding the whole
-    stream (a snapshot row plus the tail); as-of reads always fold from the first event.
-    `initial` is what a command decides on when the stream has no event yet: None refuses
-    (the aggregate must exist), a value (an empty config, an account with no keys) lets the
-    first command create the stream.
+    Built from the aggregate's descriptor (`domain.aggregate.Aggregate`: its stream id, fold
+    and initial state). `loader`, when given, reads the current state a faster way than folding
+    the whole stream (a snapshot row plus the tail); as-of reads always fold from the first
+    event. A command on a stream with no event decides on the aggregate's initial state
+    (`fold([])`): None refuses (the aggregate must exist), a value (an empty config, an account
+    with no keys) lets the first command create the stream.
     """
 
     store: EventStore
-    stream_id: Callable[[str], str]
-    fold: Callable[[Sequence[RecordedEvent]], S | None]
+    aggregate: Aggregate[S]
     loader: Loader[S] | None = None
-    initial: S | None = None
     tries: int = 10
+
+    def stream_id(self, aggregate_id: str) -> str:
+        """The stream that holds one aggregate."""
+        return self.aggregate.stream_id(aggregate_id)
+
+    def fold(self, events: Sequence[RecordedEvent]) -> S | None:
+        """The state after `events`, in version order."""
+        return self.aggregate.fold(steps(events))
 
     async def read(self, aggregate_id: str, conn: asyncpg.Connection | None = None) -> Loaded[S]:
         """The current state and the version it was read at; in `conn` when given."""
@@ -94,17 +101,19 @@ class Repository(Generic[S]):
     ) -> Executed[S]:
         """Load, decide, append at the version read; on a clash, re-read and decide again.
 
-        A missing aggregate (with no `initial`) is not decided on: `Executed(None, None)`. An
-        error raised by `decide` propagates and nothing is appended; an empty decision appends
-        nothing and returns the state read. With `conn` (in a transaction) the reads and the
-        append run in it, each append under a savepoint so that a clash does not abort the
-        caller's transaction. ChangingTooFast after `tries` lost races.
+        Returns the state after the decision (its events folded onto the state read, with the
+        times the store recorded them) and where they landed. A missing aggregate (initial state
+        None) is not decided on: `Executed(None, None)`. An error raised by `decide` propagates
+        and nothing is appended; an empty decision appends nothing and returns the state read.
+        With `conn` (in a transaction) the reads and the append run in it, each append under a
+        savepoint so that a clash does not abort the caller's transaction. ChangingTooFast
+        after `tries` lost races.
         """
         stream_id = self.stream_id(aggregate_id)
         for _ in range(self.tries):
             state, version = await self.read(aggregate_id, conn)
             if state is None:
-                state = self.initial
+                state = self.aggregate.initial
             if state is None:
                 return Executed(None, None)
             events = decide(state)
@@ -119,6 +128,14 @@ class Repository(Generic[S]):
                         appended = await self.store.append(stream_id, new, version, conn=conn)
             except ConcurrencyError:
                 continue  # another writer landed meanwhile: decide again on what it left
-            after = await self.read(aggregate_id, conn)
-            return Executed(after.state, appended)
+            return Executed(self.after(state, version, events, appended), appended)
         raise ChangingTooFast(stream_id)
+
+    def after(
+        self, state: S | None, version: int, events: Sequence[Event], appended: AppendResult
+    ) -> S | None:
+        """`state` (read at `version`) with `events`, just appended, folded on."""
+        evolve = self.aggregate.evolve
+        for n, (ev, at) in enumerate(zip(events, appended.recorded_at, strict=True), 1):
+            state = evolve(state, ev, at, version + n)
+        return state

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-import msgspec
-
 from spool.adapters.event_store import EventStore
 from spool.domain import viewer
+from spool.domain.aggregate import steps
 
 _ROWS = """
 SELECT viewer_id, harness_type, state, started_at, bitrate, in_bandwidth, out_bandwidth,
@@ -57,7 +56,7 @@ async def load_viewers(
             )
             if head > row["version"]:  # the projection has not seen the newest events yet
                 for e in await store.read_stream(viewer.stream_id(viewer_id), row["version"] + 1):
-                    state = viewer.evolve(state, e.data)
+                    state = viewer.evolve(state, e.data, e.recorded_at, e.version)
             found[viewer_id] = state
         else:
             found[viewer_id] = await _without_row(store, viewer_id, head)
@@ -69,7 +68,8 @@ async def _without_row(store: EventStore, viewer_id: str, head: int) -> viewer.V
     [last] = await store.read_stream(stream, head, limit=1)
     if not isinstance(last.data, viewer.ViewerDisconnected):
         # Connected but not projected yet: a young stream, folded whole.
-        return viewer.fold([e.data for e in await store.read_stream(stream)])
+        return viewer.fold(steps(await store.read_stream(stream)))
     first = await store.read_stream(stream, 1, limit=1)
-    ended = viewer.evolve(viewer.evolve(None, first[0].data), last.data)
-    return msgspec.structs.replace(ended, version=head) if ended is not None else None
+    [opened] = first
+    connected = viewer.evolve(None, opened.data, opened.recorded_at, opened.version)
+    return viewer.evolve(connected, last.data, last.recorded_at, head)

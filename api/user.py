@@ -29,16 +29,17 @@ from spool.adapters.account_storage import (
     oss_endpoint,
 )
 from spool.adapters.event_store import EventStore
+from spool.adapters.repository import ChangingTooFast
 from spool.adapters.settings import Settings
 from spool.adapters.ssrf import UrlGuard
 from spool.adapters.storage import StorageError
+from spool.adapters.storage_config_store import load_storage, remove_storage
 from spool.api.auth import Principal, job_api_principal
 from spool.api.errors import JOB_API_ERRORS, JobApiError
 from spool.api.requests import command_metadata
 from spool.api.targets import refuse_forbidden_target
 from spool.domain import file_names, storage_config, webhook
 from spool.domain.account import stream_id
-from spool.domain.errors import ConcurrencyError
 from spool.domain.events import NewEvent
 from spool.domain.storage_config import PROVIDER_NAMES, Provider, StorageConfigured, StorageState
 
@@ -327,8 +328,7 @@ async def _check(
 
 async def _state(store: EventStore, account_id: str) -> StorageState:
     """The account's storage state, exact to the last event of its stream."""
-    events = await store.read_stream(stream_id(account_id))
-    return storage_config.fold((e.version, e.data) for e in events)
+    return await load_storage(store, account_id)
 
 
 def _answer(configured: StorageConfigured | None, message: str) -> StorageAnswer:
@@ -421,23 +421,17 @@ async def _remove(
 ) -> StorageAnswer:
     store: EventStore = request.app.state.store
     meta = command_metadata(request, principal.key_id)
-    for _ in range(10):
-        state = await _state(store, principal.account_id)
-        try:
-            events = storage_config.remove(
-                state, account_id=principal.account_id, provider=provider
-            )
-        except storage_config.StorageNotConfigured as exc:
-            raise JobApiError(status_code=404, detail=str(exc)) from None
-        try:
-            await store.append(
-                stream_id(principal.account_id), [NewEvent(e, meta) for e in events], state.version
-            )
-        except ConcurrencyError:
-            continue  # the account changed meanwhile (a new key, a new storage): decide again
-        name = PROVIDER_NAMES[provider]
-        return _answer(None, f"{name} storage removed; uploads go to the default storage")
-    raise JobApiError(status_code=409, detail="The account is changing too fast; try again")
+    try:
+        await remove_storage(store, principal.account_id, provider, meta)
+    except storage_config.StorageNotConfigured as exc:
+        raise JobApiError(status_code=404, detail=str(exc)) from None
+    except ChangingTooFast:
+        # the account changed on every try (new keys, a new storage)
+        raise JobApiError(
+            status_code=409, detail="The account is changing too fast; try again"
+        ) from None
+    name = PROVIDER_NAMES[provider]
+    return _answer(None, f"{name} storage removed; uploads go to the default storage")
 
 
 class UserController(Controller):

@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -501,7 +502,9 @@ async def report_viewer_events(request: Request[Any, Any, Any]) -> Response[dict
             viewer.ViewerExists,
         ) as exc:
             raise ViewerApiError(_STATUS[type(exc)], f"events[{index}]: {exc}") from None
-        states[viewer_id] = viewer.evolve(states[viewer_id], ev)
+        before = states[viewer_id]
+        at, version = datetime.now(UTC), (before.version if before else 0) + 1
+        states[viewer_id] = viewer.evolve(before, ev, at, version)
         new.setdefault(viewer_id, []).append(NewEvent(ev, meta))
     try:
         await store.append_many(

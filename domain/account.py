@@ -8,11 +8,13 @@ cluster-wide. Keys issued before scopes existed hold `admin` or `jobs,tasks`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
+from typing import TypeAlias
 
 import msgspec
 
+from spool.domain.aggregate import Aggregate, Step
 from spool.domain.errors import DomainError
 from spool.domain.events import Event, event
 
@@ -93,6 +95,10 @@ class KeyState(msgspec.Struct, frozen=True, kw_only=True):
     def working(self, now: datetime) -> bool:
         """Whether the key is accepted at `now`: not revoked, not past its expiry."""
         return not self.revoked and (self.expires_at is None or self.expires_at > now)
+
+
+Keys: TypeAlias = Mapping[str, KeyState]
+"""An account's keys by key id: the account aggregate's state (evolve makes a new one)."""
 
 
 def stream_id(account_id: str) -> str:
@@ -187,12 +193,12 @@ def issue_key(
     ]
 
 
-def room_for_a_key(keys: dict[str, KeyState], now: datetime) -> bool:
+def room_for_a_key(keys: Keys, now: datetime) -> bool:
     """Whether an account holding `keys` may get one more (`KEYS_PER_ACCOUNT` working keys)."""
     return sum(1 for k in keys.values() if k.working(now)) < KEYS_PER_ACCOUNT
 
 
-def revoke_key(keys: dict[str, KeyState], key_id: str) -> list[Event]:
+def revoke_key(keys: Keys, key_id: str) -> list[Event]:
     """Decide the revocation of `key_id`; nothing for a key already revoked."""
     state = keys.get(key_id)
     if state is None:
@@ -201,7 +207,7 @@ def revoke_key(keys: dict[str, KeyState], key_id: str) -> list[Event]:
 
 
 def rotate_key(
-    keys: dict[str, KeyState],
+    keys: Keys,
     key_id: str,
     *,
     new_key: str,
@@ -229,9 +235,7 @@ def rotate_key(
     return [*created, ApiKeyRotated(key_id=key_id, replaced_by=new_key_id, retires_at=now + grace)]
 
 
-def set_expiry(
-    keys: dict[str, KeyState], key_id: str, *, expires_at: datetime, now: datetime
-) -> list[Event]:
+def set_expiry(keys: Keys, key_id: str, *, expires_at: datetime, now: datetime) -> list[Event]:
     """Decide a new expiry for `key_id`: a future time, on a key that still works."""
     state = keys.get(key_id)
     if state is None:
@@ -245,9 +249,10 @@ def set_expiry(
     return [ApiKeyExpirySet(key_id=key_id, expires_at=expires_at)]
 
 
-def evolve(keys: dict[str, KeyState], ev: Event, at: datetime) -> dict[str, KeyState]:
-    """The account's keys after `ev`, recorded at `at` (a new dict; states are frozen)."""
-    out = dict(keys)
+def evolve(keys: Keys | None, ev: Event, at: datetime, version: int) -> Keys:
+    """The account's keys after `ev`, recorded at `at`: a new mapping (states are frozen);
+    other events of the account stream leave them as they are."""
+    out = dict(keys or {})
     if isinstance(ev, ApiKeyCreated):
         out[ev.key_id] = KeyState(
             key_id=ev.key_id,
@@ -271,12 +276,20 @@ def evolve(keys: dict[str, KeyState], ev: Event, at: datetime) -> dict[str, KeyS
     return out
 
 
-def fold(events: Iterable[tuple[Event, datetime]]) -> dict[str, KeyState]:
-    """An account's keys from its stream's events and their recorded times."""
-    keys: dict[str, KeyState] = {}
-    for ev, at in events:
-        keys = evolve(keys, ev, at)
-    return keys
+AGGREGATE: Aggregate[Keys] = Aggregate(
+    name="account",
+    stream_id=stream_id,
+    evolve=evolve,
+    event_classes=(ApiKeyCreated, ApiKeyRevoked, ApiKeyRotated, ApiKeyExpirySet),
+    initial={},
+)
+
+EVENT_TYPES: frozenset[str] = AGGREGATE.event_types
+
+
+def fold(events: Iterable[Step]) -> Keys:
+    """An account's keys from its stream's events (none before any)."""
+    return AGGREGATE.fold(events) or {}
 
 
 # Policy events share the account stream: whatever reads the stream must know their types.

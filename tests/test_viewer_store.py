@@ -9,6 +9,7 @@ from typing import Any
 from spool.adapters.event_store import EventStore
 from spool.adapters.viewer_store import load_viewers
 from spool.domain import viewer
+from spool.domain.aggregate import steps
 from spool.domain.events import RecordedEvent
 from spool.reactors.projection import ProjectionRunner
 from tests.test_viewers_projection import append, connected, stats, unique
@@ -35,7 +36,7 @@ async def load_one(store: EventStore, viewer_id: str) -> tuple[viewer.ViewerStat
 
 
 async def folded(store: EventStore, viewer_id: str) -> viewer.ViewerState | None:
-    return viewer.fold([e.data for e in await store.read_stream(viewer.stream_id(viewer_id))])
+    return viewer.fold(steps(await store.read_stream(viewer.stream_id(viewer_id))))
 
 
 async def playing(store: EventStore, viewer_id: str, reports: int) -> None:
