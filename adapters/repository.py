@@ -8,17 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, NamedTuple, TypeAlias, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeAlias, TypeVar
 
 import asyncpg
 
-from spool.adapters.event_store import AppendResult, EventStore
+from spool.adapters.event_store import AppendResult, EventStore, StreamAppend
 from spool.adapters.history import AsOf, read_stream_as_of
 from spool.domain.aggregate import Aggregate, steps
 from spool.domain.errors import ConcurrencyError
 from spool.domain.events import Event, Metadata, NewEvent, RecordedEvent
 
 S = TypeVar("S")
+T = TypeVar("T")
 
 Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
 """Where a read runs: the pool, or a caller's connection (which sees its own uncommitted writes)."""
@@ -40,6 +41,18 @@ class Executed(NamedTuple, Generic[S]):
 
 Loader = Callable[[EventStore, str, Executor], Awaitable[Loaded[S]]]
 """Reads one aggregate's current state: `(store, aggregate id, executor)`."""
+
+
+class Patience(Protocol):
+    """How a repository makes each read and append: `(what, call)`, awaiting `call()`; a worker
+    node's tries it again while the database cannot be reached (reactors/node.py)."""
+
+    def __call__(self, what: str, call: Callable[[], Awaitable[T]], /) -> Awaitable[T]: ...
+
+
+async def at_once(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """Each read and append tried once: an outage is the caller's to answer."""
+    return await call()
 
 
 class ChangingTooFast(ConcurrencyError):
@@ -65,6 +78,7 @@ class Repository(Generic[S]):
     aggregate: Aggregate[S]
     loader: Loader[S] | None = None
     tries: int = 10
+    patience: Patience = at_once
 
     def stream_id(self, aggregate_id: str) -> str:
         """The stream that holds one aggregate."""
@@ -98,8 +112,12 @@ class Repository(Generic[S]):
         metadata: Metadata,
         *,
         conn: asyncpg.Connection | None = None,
+        known: Loaded[S] | None = None,
     ) -> Executed[S]:
         """Load, decide, append at the version read; on a clash, re-read and decide again.
+
+        `known`: a state the caller holds and the version it was read at, decided on first
+        instead of a read (a worker node keeps its jobs' states).
 
         Returns the state after the decision (its events folded onto the state read, with the
         times the store recorded them) and where they landed. A missing aggregate (initial state
@@ -111,7 +129,12 @@ class Repository(Generic[S]):
         """
         stream_id = self.stream_id(aggregate_id)
         for _ in range(self.tries):
-            state, version = await self.read(aggregate_id, conn)
+            if known is None:
+                state, version = await self.patience(
+                    stream_id, lambda: self.read(aggregate_id, conn)
+                )
+            else:
+                (state, version), known = known, None
             if state is None:
                 state = self.aggregate.initial
             if state is None:
@@ -119,17 +142,41 @@ class Repository(Generic[S]):
             events = decide(state)
             if not events:
                 return Executed(state, None)
-            new = [NewEvent(e, metadata) for e in events]
             try:
-                if conn is None:
-                    appended = await self.store.append(stream_id, new, version)
-                else:
-                    async with conn.transaction():
-                        appended = await self.store.append(stream_id, new, version, conn=conn)
+                appended = await self._append(stream_id, events, version, metadata, conn)
             except ConcurrencyError:
                 continue  # another writer landed meanwhile: decide again on what it left
             return Executed(self.after(state, version, events, appended), appended)
         raise ChangingTooFast(stream_id)
+
+    async def _append(
+        self,
+        stream_id: str,
+        events: list[Event],
+        version: int,
+        metadata: Metadata,
+        conn: asyncpg.Connection | None,
+    ) -> AppendResult:
+        """Append at `version` through `patience`; a try after one whose answer was lost looks
+        first whether that one committed, so that nothing is appended twice."""
+        new = [NewEvent(e, metadata) for e in events]
+        tried = False
+
+        async def attempt() -> AppendResult:
+            nonlocal tried
+            if tried:
+                after = await self.store.read_stream(
+                    stream_id, version + 1, limit=len(events), conn=conn
+                )
+                if [e.data for e in after] == events:
+                    return landed(after)  # the lost answer's append: it committed
+            tried = True
+            if conn is None:
+                return await self.store.append(stream_id, new, version)
+            async with conn.transaction():
+                return await self.store.append(stream_id, new, version, conn=conn)
+
+        return await self.patience(stream_id, attempt)
 
     def after(
         self, state: S | None, version: int, events: Sequence[Event], appended: AppendResult
@@ -139,3 +186,68 @@ class Repository(Generic[S]):
         for n, (ev, at) in enumerate(zip(events, appended.recorded_at, strict=True), 1):
             state = evolve(state, ev, at, version + n)
         return state
+
+
+def landed(recorded: Sequence[RecordedEvent]) -> AppendResult:
+    """Where recorded events (one append's, in version order) landed."""
+    last = recorded[-1]
+    times = tuple(e.recorded_at for e in recorded)
+    return AppendResult(last.stream_id, last.version, last.position, last.tx, times)
+
+
+class UnitOfWork:
+    """One command over several streams: each stream loaded through its repository, what was
+    decided for each recorded, and all appended at the versions read, in one transaction.
+
+    Made and committed by `execute_many`, which decides again on a clash.
+    """
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self._read: dict[str, int] = {}
+        self._decided: dict[str, list[Event]] = {}
+
+    async def load(self, repository: Repository[S], aggregate_id: str) -> S | None:
+        """The aggregate as it stands (its initial state if it has no event yet)."""
+        state, version = await repository.read(aggregate_id)
+        self._read[repository.stream_id(aggregate_id)] = version
+        return state if state is not None else repository.aggregate.initial
+
+    def record(self, repository: Repository[S], aggregate_id: str, events: list[Event]) -> None:
+        """Append `events` to an aggregate this unit loaded, at the version it was read at."""
+        stream_id = repository.stream_id(aggregate_id)
+        if stream_id not in self._read:
+            raise ValueError(f"{stream_id} was not loaded in this unit of work")
+        self._decided.setdefault(stream_id, []).extend(events)
+
+    async def commit(self, metadata: Metadata) -> list[AppendResult]:
+        """Append every decision in one transaction (in the order recorded); nothing if none."""
+        appends = [
+            StreamAppend(stream_id, [NewEvent(e, metadata) for e in events], self._read[stream_id])
+            for stream_id, events in self._decided.items()
+            if events
+        ]
+        return await self.store.append_many(appends) if appends else []
+
+
+async def execute_many(
+    store: EventStore,
+    work: Callable[[UnitOfWork], Awaitable[T]],
+    metadata: Metadata,
+    *,
+    tries: int = 10,
+) -> T:
+    """Run `work` (load, decide, record) on a fresh unit of work and commit it; on a clash,
+    run it again on what the other writer left, up to `tries` times (then ChangingTooFast).
+
+    A `DomainError` from `work` propagates and nothing is appended. Returns what `work` did.
+    """
+    for _ in range(tries):
+        unit = UnitOfWork(store)
+        result = await work(unit)
+        try:
+            await unit.commit(metadata)
+        except ConcurrencyError:
+            continue
+        return result
+    raise ChangingTooFast("<several streams>")

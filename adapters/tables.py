@@ -97,6 +97,8 @@ jobs = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     # The whole folded JobState, so the row is exactly the fold of the stream.
     sa.Column("state", pg.JSONB, nullable=False),
+    # The shape `state` was written in (domain.job.AGGREGATE.snapshot_version); NULL: unknown.
+    sa.Column("snapshot_version", sa.SmallInteger),
     sa.Index("jobs_account_created_idx", "account_id", sa.text("created_at DESC"), "job_id"),
     sa.Index("jobs_batch_idx", "batch_id", postgresql_where=sa.text("batch_id IS NOT NULL")),
 )
@@ -238,6 +240,8 @@ viewers = sa.Table(
     sa.Column("node_id", sa.Text, nullable=False),
     sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
+    # The shape the row holds (domain.viewer.AGGREGATE.snapshot_version); NULL: unknown.
+    sa.Column("snapshot_version", sa.SmallInteger),
     postgresql_with={"fillfactor": 80},
 )
 

@@ -4,7 +4,8 @@ A live viewer's stream grows by one stats event every few seconds, so folding it
 costs more the longer it plays. The `viewers` projection row is the fold at the row's version:
 it serves as a snapshot, and only the events after it (none, unless the projection lags) are
 read. A disconnected viewer has no row: its first and last events say that it ended and with
-which totals, which is all a decision needs of it (it takes no further events).
+which totals, which is all a decision needs of it (it takes no further events). A row of
+another snapshot version than this code's is taken for no row.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from spool.domain.aggregate import steps
 _ROWS = """
 SELECT viewer_id, harness_type, state, started_at, bitrate, in_bandwidth, out_bandwidth,
        in_total_bytes, out_total_bytes, measured, version
-FROM viewers WHERE viewer_id = ANY($1::text[])
+FROM viewers WHERE viewer_id = ANY($1::text[]) AND snapshot_version = $2
 """
 
 _HEADS = """
@@ -33,7 +34,8 @@ async def load_viewers(
     """Each viewer as its events fold it (None for one that never connected)."""
     ids = list(dict.fromkeys(viewer_ids))
     # Rows before heads: a head read later is never behind its row.
-    rows = {r["viewer_id"]: r for r in await store.pool.fetch(_ROWS, ids)}
+    snapshot_version = viewer.AGGREGATE.snapshot_version
+    rows = {r["viewer_id"]: r for r in await store.pool.fetch(_ROWS, ids, snapshot_version)}
     heads: dict[str, int] = dict(await store.pool.fetch(_HEADS, [viewer.stream_id(v) for v in ids]))
     found: dict[str, viewer.ViewerState | None] = {}
     for viewer_id in ids:

@@ -9,8 +9,9 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import Provide
 
+from spool.adapters import batch_store
 from spool.adapters.event_store import EventStore, StreamAppend
-from spool.adapters.history import AsOf, read_stream_as_of
+from spool.adapters.history import AsOf
 from spool.adapters.job_store import JobChangingTooFast, decide_and_append, load_job, load_job_as_of
 from spool.api.as_of import BadAsOf, parse_as_of
 from spool.api.auth import Principal, job_api_principal
@@ -215,8 +216,7 @@ async def load_batch(
     except ValueError:
         raise JobApiError(status_code=404, detail="Batch not found") from None
     store: EventStore = request.app.state.store
-    events = await store.read_stream(batch.stream_id(bid))
-    state = batch.fold([(e.data, e.recorded_at, e.version) for e in events])
+    state = await batch_store.load_batch(store, bid)
     if state is None or state.account_id != principal.account_id:
         raise JobApiError(status_code=404, detail="Batch not found")
     return state
@@ -236,8 +236,7 @@ async def batch_then(
         as_of: AsOf = parse_as_of(raw_as_of)
     except BadAsOf as exc:
         raise JobApiError(status_code=400, detail=str(exc)) from None
-    events = await read_stream_as_of(store, batch.stream_id(batch_id), as_of)
-    state = batch.fold([(e.data, e.recorded_at, e.version) for e in events])
+    state = await batch_store.load_batch(store, batch_id, as_of)
     if state is None:
         raise JobApiError(status_code=404, detail=f"Batch did not exist yet at as_of={raw_as_of}")
     found = [await load_job_as_of(store, job_id, as_of) for job_id in state.job_ids]
@@ -329,26 +328,11 @@ class BatchController(Controller):
         """Start a paused batch: its jobs begin downloading."""
         state = await load_batch(request, batch_id, principal)
         store: EventStore = request.app.state.store
-        jobs = await batch_jobs(store, state)
-        held = [j for j in jobs if j.held and not j.terminal]
+        meta = command_metadata(request, principal.key_id)
         try:
-            started = batch.start(state, len(held))
+            held = await batch_store.start_batch(store, state.batch_id, meta)
         except InvalidTransition as exc:
             raise JobApiError(status_code=400, detail=str(exc)) from None
-        meta = command_metadata(request, principal.key_id)
-        appends = [
-            StreamAppend(
-                job.stream_id(j.job_id), [NewEvent(e, meta) for e in job.release(j)], j.version
-            )
-            for j in held
-        ]
-        appends.append(
-            StreamAppend(
-                batch.stream_id(state.batch_id), [NewEvent(e, meta) for e in started], state.version
-            )
-        )
-        try:
-            await store.append_many(appends)
         except ConcurrencyError:
             raise JobApiError(
                 status_code=409, detail="The batch changed meanwhile; try again"
@@ -368,10 +352,7 @@ class BatchController(Controller):
             if await _append_decided(store, meta, job_id, job.cancel):
                 cancelled += 1
         try:
-            events = batch.cancel(state, cancelled)
-            await store.append(
-                batch.stream_id(state.batch_id), [NewEvent(e, meta) for e in events], state.version
-            )
+            await batch_store.cancel_batch(store, state.batch_id, cancelled, meta)
         except InvalidTransition as exc:
             raise JobApiError(status_code=400, detail=str(exc)) from None
         except ConcurrencyError:

@@ -43,6 +43,10 @@ class Aggregate(Generic[S]):
     evolve: Callable[[S | None, Event, datetime, int], S | None]
     event_classes: tuple[type[Event], ...]
     initial: S | None = None
+    snapshot_version: int = 1
+    """The shape of the state a snapshot row holds (`jobs.state`, the `viewers` row). Raise it
+    when the state's fields or evolve's meaning change: rows stamped otherwise are ignored and
+    the stream folded instead, until `spool projections rebuild` writes them anew."""
     event_types: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -1,0 +1,32 @@
+"""Snapshot rows carry the version of the state's shape they hold (`snapshot_version`).
+
+`jobs.state` and the `viewers` row serve the repositories as snapshots (adapters/job_store.py,
+adapters/viewer_store.py). A row stamped with another version than the aggregate's
+`snapshot_version` (domain/aggregate.py), or with none, is ignored by the loaders, which fold
+the whole stream instead. Rows written before this revision hold the shape of version 1.
+
+Revision ID: 0016_snapshot_version
+Revises: 0015
+Create Date: 2026-12-07
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0016_snapshot_version"
+down_revision = "0015"
+branch_labels = None
+depends_on = None
+
+_TABLES = ("jobs", "viewers")
+
+
+def upgrade() -> None:
+    for table in _TABLES:
+        op.add_column(table, sa.Column("snapshot_version", sa.SmallInteger))
+        op.execute(f"UPDATE {table} SET snapshot_version = 1")
+
+
+def downgrade() -> None:
+    for table in _TABLES:
+        op.drop_column(table, "snapshot_version")
