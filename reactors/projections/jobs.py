@@ -23,13 +23,12 @@ _decode_state = msgspec.json.Decoder(job.JobState).decode
 
 # One jsonb array in, columns extracted in SQL: asyncpg encodes one array element by element
 # in Python, so eleven parallel arrays cost eleven times that.
-_INSERT = f"""
+_INSERT = """
 INSERT INTO jobs (job_id, account_id, batch_id, url, status, step, created_at, updated_at,
-                  finished_at, version, state, snapshot_version)
+                  finished_at, version, state)
 SELECT s->>'job_id', s->>'account_id', s->>'batch_id', s->>'url', s->>'status', s->>'step',
        (s->>'created_at')::timestamptz, (s->>'updated_at')::timestamptz,
-       (s->>'finished_at')::timestamptz, coalesce((s->>'version')::int, 0), s,
-       {job.AGGREGATE.snapshot_version}
+       (s->>'finished_at')::timestamptz, coalesce((s->>'version')::int, 0), s
 FROM unnest($1::jsonb[]) AS t(s)
 """
 

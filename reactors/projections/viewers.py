@@ -56,18 +56,17 @@ class _Pending:
     disconnected: bool = False
 
 
-_INSERT = f"""
+_INSERT = """
 INSERT INTO viewers (viewer_id, state, harness_type, system, application_id, stream_key,
                      remote_address, device_type, os_name, browser_name, country_code,
                      country_name, started_at, in_bandwidth, out_bandwidth, in_total_bytes,
                      out_total_bytes, health_score, health_grade, bitrate, measured, node_id,
-                     last_seen_at, version, snapshot_version)
-SELECT *, {viewer.AGGREGATE.snapshot_version}
-FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[],
-            $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-            $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::int[],
-            $19::text[], $20::int8[], $21::bool[], $22::text[], $23::timestamptz[],
-            $24::int[])
+                     last_seen_at, version)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[],
+                     $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                     $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::int[],
+                     $19::text[], $20::int8[], $21::bool[], $22::text[], $23::timestamptz[],
+                     $24::int[])
 ON CONFLICT (viewer_id) DO NOTHING
 RETURNING viewer_id
 """
