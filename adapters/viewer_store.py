@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from spool.adapters.event_store import EventStore
+from spool.adapters.repository import Executor, Loaded, Repository
 from spool.domain import viewer
 from spool.domain.aggregate import steps
 
@@ -26,6 +27,20 @@ _HEADS = """
 SELECT s.stream_id, coalesce((SELECT max(version) FROM events e WHERE e.stream_id = s.stream_id), 0)
 FROM unnest($1::text[]) AS s(stream_id)
 """
+
+
+def viewers(store: EventStore) -> Repository[viewer.ViewerState]:
+    """The viewers' repository: reads start from the `viewers` row (`load_viewers`)."""
+    return Repository(store, viewer.AGGREGATE, loader=_load_one)
+
+
+async def _load_one(
+    store: EventStore, viewer_id: str, executor: Executor
+) -> Loaded[viewer.ViewerState]:
+    # The row and the stream are read through the pool: a viewer's events are never appended
+    # in a caller's transaction.
+    state = (await load_viewers(store, [viewer_id]))[viewer_id]
+    return Loaded(state, state.version if state is not None else 0)
 
 
 async def load_viewers(

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from spool.adapters.event_store import EventStore
-from spool.adapters.viewer_store import load_viewers
+from spool.adapters.viewer_store import load_viewers, viewers
 from spool.domain import viewer
 from spool.domain.aggregate import steps
 from spool.domain.events import RecordedEvent
@@ -92,3 +92,16 @@ async def test_a_viewer_not_projected_yet_and_an_unknown_one(store: EventStore) 
     await playing(store, young, 2)
     loaded = await load_viewers(store, [young, unknown, young])
     assert loaded == {young: await folded(store, young), unknown: None}
+
+
+async def test_the_viewers_repository_reads_through_the_row_and_folds_as_of(
+    store: EventStore, runner: ProjectionRunner
+) -> None:
+    vid = f"v_{unique()}"
+    await playing(store, vid, 3)
+    await runner.settle("viewers")
+    [first, *_] = await store.read_stream(viewer.stream_id(vid))
+
+    assert await viewers(store).load(vid) == await folded(store, vid)
+    then = await viewers(store).load(vid, as_of=first.position)
+    assert then is not None and (then.version, then.measured) == (1, False)
