@@ -71,6 +71,11 @@ class ApiKeyExpirySet(Event, frozen=True, kw_only=True):
     expires_at: datetime
 
 
+class InvalidKey(DomainError, ValueError):
+    """A key command's input was refused (a bad key, name, scope, expiry or grace); still a
+    ValueError, as callers have always caught it."""
+
+
 class UnknownKey(DomainError):
     """No key with this id (on this account)."""
 
@@ -117,15 +122,15 @@ def hint(key: str) -> str:
 
 
 def parse_scope(text: str) -> frozenset[str]:
-    """The scopes named in `read`, `jobs,tasks`...; ValueError for an unknown or empty one."""
+    """The scopes named in `read`, `jobs,tasks`...; InvalidKey for an unknown or empty one."""
     names = {part.strip() for part in text.split(",") if part.strip()}
     unknown = sorted(names - set(SCOPES))
     if unknown:
-        raise ValueError(
+        raise InvalidKey(
             f"unknown scope {', '.join(repr(u) for u in unknown)}: choose from {', '.join(SCOPES)}"
         )
     if not names:
-        raise ValueError(f"a scope names at least one of {', '.join(SCOPES)}")
+        raise InvalidKey(f"a scope names at least one of {', '.join(SCOPES)}")
     return frozenset(names)
 
 
@@ -166,19 +171,19 @@ def issue_key(
     expires_at: datetime | None = None,
     now: datetime | None = None,
 ) -> list[Event]:
-    """Decide the events that issue `key` to an account; ValueError for bad input."""
+    """Decide the events that issue `key` to an account; InvalidKey for bad input."""
     if not key.startswith(KEY_PREFIX) or len(key) < 24:
-        raise ValueError(f"an API key starts with {KEY_PREFIX!r} and has at least 24 characters")
+        raise InvalidKey(f"an API key starts with {KEY_PREFIX!r} and has at least 24 characters")
     if not name.strip():
-        raise ValueError("a key needs a name")
+        raise InvalidKey("a key needs a name")
     if len(name.strip()) > NAME_MAX_CHARS:
-        raise ValueError(f"a key's name has at most {NAME_MAX_CHARS} characters")
+        raise InvalidKey(f"a key's name has at most {NAME_MAX_CHARS} characters")
     canonical = scope_text(parse_scope(scope))
     if expires_at is not None:
         if expires_at.tzinfo is None:
-            raise ValueError("an expiry needs a time zone (say Z for UTC)")
+            raise InvalidKey("an expiry needs a time zone (say Z for UTC)")
         if now is not None and expires_at <= now:
-            raise ValueError("the expiry is in the past")
+            raise InvalidKey("the expiry is in the past")
     return [
         ApiKeyCreated(
             key_id=key_id,
@@ -221,7 +226,7 @@ def rotate_key(
     if state is None:
         raise UnknownKey(key_id)
     if grace < timedelta(0):
-        raise ValueError("a grace period cannot be negative")
+        raise InvalidKey("a grace period cannot be negative")
     if state.revoked or state.replaced_by is not None or not state.working(now):
         raise KeyRetired(f"key {key_id} was revoked, replaced or has expired: issue a new one")
     created = issue_key(
@@ -241,9 +246,9 @@ def set_expiry(keys: Keys, key_id: str, *, expires_at: datetime, now: datetime) 
     if state is None:
         raise UnknownKey(key_id)
     if expires_at.tzinfo is None:
-        raise ValueError("an expiry needs a time zone (say Z for UTC)")
+        raise InvalidKey("an expiry needs a time zone (say Z for UTC)")
     if expires_at <= now:
-        raise ValueError("the expiry is in the past: revoke the key instead")
+        raise InvalidKey("the expiry is in the past: revoke the key instead")
     if not state.working(now):
         raise KeyRetired(f"key {key_id} was revoked or has expired: issue a new one")
     return [ApiKeyExpirySet(key_id=key_id, expires_at=expires_at)]
