@@ -434,14 +434,15 @@ class EventStore:
                 if expected is not None and expected != heads[stream_id] + before:
                     raise ConcurrencyError(stream_id, expected, heads[stream_id] + before)
             raise ConcurrencyError("<batch>", None)  # the heads moved back in line since
-        last: dict[str, AppendResult] = {}
+        last: dict[str, Any] = {}
+        times: dict[str, list[datetime]] = {}
         for r in rows:
-            known = last.get(r["stream_id"])
-            times = (*known.recorded_at, r["recorded_at"]) if known else (r["recorded_at"],)
-            last[r["stream_id"]] = AppendResult(
-                r["stream_id"], r["version"], r["position"], r["tx"], times
-            )
-        return list(last.values())
+            last[r["stream_id"]] = r
+            times.setdefault(r["stream_id"], []).append(r["recorded_at"])
+        return [
+            AppendResult(stream_id, r["version"], r["position"], r["tx"], tuple(times[stream_id]))
+            for stream_id, r in last.items()
+        ]
 
     # -- reading -------------------------------------------------------------------------
 

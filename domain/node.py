@@ -90,7 +90,9 @@ class NodeState(msgspec.Struct, frozen=True, kw_only=True):
 def evolve(state: NodeState | None, ev: Event, at: datetime, version: int) -> NodeState | None:
     """The node after one more fact; a heartbeat (from its day stream) moves no version."""
     if isinstance(ev, NodeStarted):
-        return NodeState(node_id=ev.node_id, started_at=at, version=version)
+        # A registration clears a stop and a removal; the last beat stays what it was.
+        beat = state.last_heartbeat_at if state is not None else None
+        return NodeState(node_id=ev.node_id, started_at=at, last_heartbeat_at=beat, version=version)
     if not isinstance(ev, NodeHeartbeat | NodeStopped | NodeRemoved):
         return state
     known = state if state is not None else NodeState(node_id=ev.node_id)
