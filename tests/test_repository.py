@@ -8,7 +8,7 @@ both writers' commands applied.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -379,3 +379,23 @@ async def test_a_unit_of_work_that_lost_a_race_is_decided_again_on_what_the_othe
     for job_id in (first, second):
         state = await repo.load(job_id)
         assert state is not None and not state.held
+
+
+async def test_a_retry_after_a_lost_answer_does_not_append_twice(own_store: EventStore) -> None:
+    case = CASES[0]  # the job
+    aggregate_id = await _created(own_store, case)
+    calls: list[str] = []
+
+    async def answer_lost_once(what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """A database that committed the first try but whose answer never came back."""
+        calls.append(what)
+        if len(calls) == 2:  # the append (the first call was the read)
+            await call()
+        return await call()
+
+    repo = replace(case.repository(own_store), patience=answer_lost_once)
+    state, appended = await repo.execute(aggregate_id, case.ours, META)
+
+    assert len(await own_store.read_stream(repo.stream_id(aggregate_id))) == 2
+    assert appended is not None and appended.version == 2
+    assert state == await case.repository(own_store).load(aggregate_id)
