@@ -48,7 +48,7 @@ from spool.adapters.queue import connect
 from spool.adapters.settings import Settings
 from spool.domain import job
 from spool.domain.events import Event, NewEvent
-from spool.reactors.node import Node, RunningUnit
+from spool.reactors.worker import Node, RunningUnit
 from spool.runtime import open_runtime
 from spool.serve import stop_on_signals
 
