@@ -43,43 +43,47 @@ POLL_SECONDS = 1.0
 """How often the follower looks without a NOTIFY, and re-checks devices' heartbeat age."""
 
 JOB_EVENTS: frozenset[str] = frozenset(
-    {
-        "JobCreated",
-        "StageStarted",
-        "DownloadCompleted",
-        "MuxCompleted",
-        "JobCompleted",
-        "StageFailed",
-        "StageInterrupted",
-        "JobFailed",
-        "JobCancelled",
-        "JobRetried",
-    }
+    cls.__name__
+    for cls in (
+        job.JobCreated,
+        job.StageStarted,
+        job.DownloadCompleted,
+        job.MuxCompleted,
+        job.JobCompleted,
+        job.StageFailed,
+        job.StageInterrupted,
+        job.JobFailed,
+        job.JobCancelled,
+        job.JobRetried,
+    )
 )
-NODE_EVENTS: frozenset[str] = frozenset({"NodeStarted", "NodeStopped", "NodeRemoved"})
+NODE_EVENTS: frozenset[str] = frozenset(
+    cls.__name__ for cls in (node.NodeStarted, node.NodeStopped, node.NodeRemoved)
+)
 FOLLOWED: frozenset[str] = JOB_EVENTS | NODE_EVENTS | task.EVENT_TYPES
 
 # A task event's status, for events that do not carry one themselves.
 TASK_STATUS = {
-    "TaskSubmitted": "queued",
-    "TaskWaiting": "queued",
-    "TaskAssigned": "assigned",
-    "TaskUnassigned": "queued",
-    "TaskStarted": "running",
-    "TaskSucceeded": "success",
-    "TaskFailed": "failed",
-    "TaskTimedOut": "timeout",
-    "TaskCancelled": "cancelled",
-    "TaskRetried": "queued",
+    task.TaskSubmitted.__name__: "queued",
+    task.TaskWaiting.__name__: "queued",
+    task.TaskAssigned.__name__: "assigned",
+    task.TaskUnassigned.__name__: "queued",
+    task.TaskStarted.__name__: "running",
+    task.TaskSucceeded.__name__: "success",
+    task.TaskFailed.__name__: "failed",
+    task.TaskTimedOut.__name__: "timeout",
+    task.TaskCancelled.__name__: "cancelled",
+    task.TaskRetried.__name__: "queued",
 }
 
+# A job event's status on the wire (the job's status names, as `GET /jobs/{id}` shows them).
 JOB_STATUS = {
-    "JobCreated": "Pending",
-    "StageStarted": "Processing",
-    "JobCompleted": "Completed",
-    "JobFailed": "Failed",
-    "JobCancelled": "Cancelled",
-    "JobRetried": "Pending",
+    job.JobCreated.__name__: "Pending",
+    job.StageStarted.__name__: "Processing",
+    job.JobCompleted.__name__: "Completed",
+    job.JobFailed.__name__: "Failed",
+    job.JobCancelled.__name__: "Cancelled",
+    job.JobRetried.__name__: "Pending",
 }
 
 _READABLE_HEAD = """

@@ -250,7 +250,9 @@ async def run(args: argparse.Namespace) -> None:
                 print(f"  {share_:6.1%}  {frame}")
         conn = await asyncpg.connect(asyncpg_url(cluster.database_url))
         try:
-            stored = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'NodeHeartbeat'")
+            stored = await conn.fetchval(
+                "SELECT count(*) FROM events WHERE type = $1", node.NodeHeartbeat.__name__
+            )
         finally:
             await conn.close()
     print()

@@ -179,19 +179,23 @@ class SpoolSide:
         """Seconds from JobCreated to JobCompleted of each of `ids` that completed."""
         rows = await self.store.pool.fetch(
             "SELECT c.stream_id, extract(epoch FROM d.recorded_at - c.recorded_at)::float8 "
-            "FROM events c JOIN events d ON d.stream_id = c.stream_id AND d.type = 'JobCompleted' "
-            "WHERE c.stream_id = ANY($1::text[]) AND c.type = 'JobCreated'",
+            "FROM events c JOIN events d ON d.stream_id = c.stream_id AND d.type = $3 "
+            "WHERE c.stream_id = ANY($1::text[]) AND c.type = $2",
             [job.stream_id(i) for i in ids],
+            job.JobCreated.__name__,
+            job.JobCompleted.__name__,
         )
         return {r[0].removeprefix("job-"): r[1] for r in rows}
 
     async def span(self, ids: Sequence[str]) -> float:
         """Seconds from the first JobCreated to the last JobCompleted of `ids`."""
         seconds: float = await self.store.pool.fetchval(
-            "SELECT extract(epoch FROM max(recorded_at) FILTER (WHERE type = 'JobCompleted') "
-            "- min(recorded_at) FILTER (WHERE type = 'JobCreated'))::float8 "
+            "SELECT extract(epoch FROM max(recorded_at) FILTER (WHERE type = $3) "
+            "- min(recorded_at) FILTER (WHERE type = $2))::float8 "
             "FROM events WHERE stream_id = ANY($1::text[])",
             [job.stream_id(i) for i in ids],
+            job.JobCreated.__name__,
+            job.JobCompleted.__name__,
         )
         return seconds
 

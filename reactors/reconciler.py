@@ -21,7 +21,7 @@ from spool.adapters.job_store import load_job
 from spool.adapters.periodic import run_periodically
 from spool.adapters.queue import Dispatch, dispatch, unit_status
 from spool.adapters.settings import Settings
-from spool.domain import job
+from spool.domain import job, node
 from spool.domain.errors import ConcurrencyError, InvalidTransition
 from spool.domain.events import NewEvent
 from spool.reactors.causes import following
@@ -29,10 +29,10 @@ from spool.reactors.causes import following
 log = logging.getLogger("spool.reconciler")
 
 
-_UNAPPLIED_HEARTBEAT = """
+_UNAPPLIED_HEARTBEAT = f"""
 SELECT EXISTS (
     SELECT 1 FROM events
-    WHERE (tx, position) > ($1::text::xid8, $2::bigint) AND type = 'NodeHeartbeat'
+    WHERE (tx, position) > ($1::text::xid8, $2::bigint) AND type = '{node.NodeHeartbeat.__name__}'
     AND recorded_at < now() - $3::interval
 )
 """

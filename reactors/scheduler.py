@@ -27,7 +27,7 @@ from spool.adapters.event_store import EventStore
 from spool.adapters.periodic import run_periodically
 from spool.adapters.queue import node_queue, unit_status
 from spool.adapters.task_store import load_task, online_offers
-from spool.domain import task
+from spool.domain import node, task
 from spool.domain.errors import ConcurrencyError, InvalidTransition
 from spool.domain.events import NO_CAUSE, Event, Metadata, NewEvent, RecordedEvent
 from spool.reactors.causes import following
@@ -89,7 +89,9 @@ class TaskDispatcher:
 
     name = "scheduler"
     tables: Sequence[sa.Table] = ()
-    event_types: frozenset[str] = task.EVENT_TYPES | {"NodeStarted", "NodeStopped", "NodeRemoved"}
+    event_types: frozenset[str] = task.EVENT_TYPES | {
+        cls.__name__ for cls in (node.NodeStarted, node.NodeStopped, node.NodeRemoved)
+    }
 
     def __init__(self, redis: ArqRedis, wake: asyncio.Event) -> None:
         self.redis = redis

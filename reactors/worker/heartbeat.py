@@ -20,6 +20,15 @@ from spool.reactors.worker.unit import RunningUnit
 
 log = logging.getLogger("spool.node")
 
+# One probe per stream, by (stream_id, version): a join lets the planner weigh a scan of every
+# partition, heartbeat days included, against probes it cannot tell will find nothing there.
+_CANCELLED = f"""
+SELECT r.stream_id FROM unnest($1::text[], $2::int[]) AS r(stream_id, v)
+WHERE (SELECT true FROM events e
+       WHERE e.stream_id = r.stream_id AND e.version > r.v
+         AND e.type = '{job.JobCancelled.__name__}' LIMIT 1)
+"""
+
 
 class Heartbeat(Registration):
     """Beats, reports progress, and notices cancellations, stalls and a removal."""
@@ -110,15 +119,7 @@ class Heartbeat(Registration):
             return
         units = list(self.running.values())
         rows = await self.store.pool.fetch(
-            # One probe per stream, by (stream_id, version): a join lets the planner weigh a
-            # scan of every partition, heartbeat days included, against probes it cannot
-            # tell will find nothing there.
-            """
-            SELECT r.stream_id FROM unnest($1::text[], $2::int[]) AS r(stream_id, v)
-            WHERE (SELECT true FROM events e
-                   WHERE e.stream_id = r.stream_id AND e.version > r.v
-                     AND e.type = 'JobCancelled' LIMIT 1)
-            """,
+            _CANCELLED,
             [job.stream_id(u.job_id) for u in units],
             [u.since_version for u in units],
         )
