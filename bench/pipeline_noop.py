@@ -3,7 +3,7 @@
 What Spool adds around the media work is events and dispatch: `JobCreated` appended, the
 pipeline reactor reading it and enqueueing the download unit, the node recording
 `StageStarted` / `DownloadCompleted`, the reactor enqueueing mux on that node, and so on to
-`JobCompleted`. Here every stage is a no-op (`NoopNode`: `reactors.node.Node` whose stage
+`JobCompleted`. Here every stage is a no-op (`NoopNode`: `reactors.worker.Node` whose stage
 execution returns its completion event at once, without touching media), so all that is left is
 that orchestration. Spool runs as a user runs it: `spool reactors` and `--workers` node
 processes, over a database of the bench's own and an embedded Redis.
