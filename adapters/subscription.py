@@ -113,18 +113,14 @@ class LogSubscription:
                     else:
                         self.log.exception("%s failed unexpectedly, will retry", self.what)
                     if listener is not None:
-                        with contextlib.suppress(Exception):
-                            await pool.release(listener)
+                        await _release(pool, listener, self._notify)
                         listener = None
                 await first_of(self._wake, stop, seconds=self.poll_interval)
                 if self._wake.is_set() and not stop.is_set() and self.coalesce > 0:
                     await first_of(stop, seconds=self.coalesce)
         finally:
             if listener is not None:
-                with contextlib.suppress(Exception):
-                    await listener.remove_listener(NOTIFY_CHANNEL, self._notify)
-                with contextlib.suppress(Exception):
-                    await pool.release(listener)
+                await _release(pool, listener, self._notify)
 
     async def _look(self, catch_up: CatchUp) -> None:
         look = Look(frozenset(self._notified), self._everything)
@@ -159,3 +155,13 @@ class LogSubscription:
             after = batch.horizon
             if len(batch.events) < batch_size:
                 return
+
+
+async def _release(
+    pool: asyncpg.Pool, listener: asyncpg.Connection, callback: Callable[..., None]
+) -> None:
+    """Give the listening connection back to the pool, deaf, whatever state it is in."""
+    with contextlib.suppress(Exception):
+        await listener.remove_listener(NOTIFY_CHANNEL, callback)
+    with contextlib.suppress(Exception):
+        await pool.release(listener)
