@@ -21,8 +21,8 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from spool.adapters import event_archive, reporting
 from spool.adapters.event_store import Batch, Checkpoint, EventStore, checkpoint_of
 from spool.adapters.subscription import LogSubscription, Look
+from spool.domain import node
 from spool.domain.events import RecordedEvent
-from spool.domain.node import NodeHeartbeat
 
 log = logging.getLogger("spool.projections")
 
@@ -374,7 +374,7 @@ class ProjectionRunner:
     async def check_history(self, name: str) -> None:
         """Refuse to rebuild from a log with archived heartbeats the projection would miss."""
         projection = self.projection(name)
-        if NodeHeartbeat.__name__ not in projection.event_types:
+        if node.NodeHeartbeat.__name__ not in projection.event_types:
             return
         gone = await event_archive.outstanding(self.pool)
         if gone:
