@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from spool.adapters.event_store import EventStore
 from spool.adapters.history import AsOf
 from spool.adapters.repository import ChangingTooFast, Repository
 from spool.domain import task
-from spool.domain.events import Event, Metadata, RecordedEvent
-
-
-def _fold(events: Sequence[RecordedEvent]) -> task.TaskState | None:
-    return task.fold([(e.data, e.recorded_at, e.version) for e in events])
+from spool.domain.events import Event, Metadata
 
 
 def tasks(store: EventStore) -> Repository[task.TaskState]:
     """The tasks' repository. A task stream is short (a dozen events at most in practice), so
     it is folded whole: the answer is exact whatever the projection's lag."""
-    return Repository(store, task.stream_id, _fold)
+    return Repository(store, task.AGGREGATE)
 
 
 async def load_task(store: EventStore, task_id: str) -> task.TaskState | None:

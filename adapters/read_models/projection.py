@@ -9,6 +9,7 @@ from typing import Protocol
 import asyncpg
 import sqlalchemy as sa
 
+from spool.domain.aggregate import event_types
 from spool.domain.events import Event, RecordedEvent
 
 
@@ -25,4 +26,4 @@ class Projection(Protocol):
 
 def types_of(*classes: type[Event]) -> frozenset[str]:
     """The type names of event classes, as the log stores them and `event_types` lists them."""
-    return frozenset(c.__name__ for c in classes)
+    return event_types(classes)

@@ -52,6 +52,13 @@ viewers = sa.Table(
     sa.Column("node_id", sa.Text, nullable=False),
     sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
+    # The shape the row holds, as for `jobs` (domain.viewer.AGGREGATE.snapshot_version).
+    sa.Column(
+        "snapshot_version",
+        sa.SmallInteger,
+        nullable=False,
+        server_default=sa.text(str(viewer.AGGREGATE.snapshot_version)),
+    ),
     postgresql_with={"fillfactor": 80},
 )
 
