@@ -41,7 +41,7 @@ from spool.api.swagger import openapi_config, swagger, swagger_assets
 from spool.api.tasks import TasksController
 from spool.api.tokens import issue_health_token
 from spool.api.usage import UsageController
-from spool.api.user import UserController
+from spool.api.user import UserController, storage_router
 from spool.api.viewers import list_cluster_viewers, report_viewer_events
 
 
@@ -108,6 +108,7 @@ def create_app(
             UsageController,
             AdminAccountsController,
             UserController,
+            storage_router,
             KeysController,
             TasksController,
             DevicesController,
