@@ -30,7 +30,7 @@ from spool.adapters.storage import (
     object_key,
 )
 from spool.adapters.viewer_sessions import ViewerRecorder, ViewerSession
-from spool.domain import file_names, job, job_options, viewer
+from spool.domain import file_names, job, viewer
 
 ProgressSink = Callable[[job.Progress], None]
 T = TypeVar("T")
@@ -159,10 +159,7 @@ async def download(
                 state.url,
                 workdir,
                 guard=guard,
-                audio_only=job_options.is_audio_only(o),
-                max_resolution=o.max_resolution,
-                download_subtitles=o.download_subtitles,
-                download_thumbnail=o.download_thumbnail,
+                **downloader.download_options(o),
                 on_progress=on_progress,
                 cancel=stop,
                 max_seconds=max_media_seconds,
