@@ -108,7 +108,7 @@ def create_app(
             UsageController,
             AdminAccountsController,
             UserController,
-            storage_router,
+            storage_router(),
             KeysController,
             TasksController,
             DevicesController,

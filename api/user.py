@@ -450,15 +450,16 @@ def _storage_routes(route: str, provider: StorageProvider) -> list[HTTPRouteHand
     ]
 
 
-storage_router = Router(
-    path="/user",
-    route_handlers=[
-        handler
-        for route, name in [*((p, p) for p in PROVIDERS), *_LEGACY_NAMES.items()]
-        for handler in _storage_routes(route, PROVIDERS[name])
-    ],
-    dependencies={"principal": Provide(job_api_principal)},
-    exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
-    tags=["user"],
-)
-"""Every provider's configure and remove routes, made from `domain.storage_providers`."""
+def storage_router() -> Router:
+    """Every provider's configure and remove routes, made from `domain.storage_providers`."""
+    return Router(
+        path="/user",
+        route_handlers=[
+            handler
+            for route, name in [*((p, p) for p in PROVIDERS), *_LEGACY_NAMES.items()]
+            for handler in _storage_routes(route, PROVIDERS[name])
+        ],
+        dependencies={"principal": Provide(job_api_principal)},
+        exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
+        tags=["user"],
+    )
