@@ -35,10 +35,12 @@ from spool.domain import file_names, storage_config, storage_providers, webhook
 from spool.domain.account import stream_id
 from spool.domain.errors import ConcurrencyError
 from spool.domain.events import NewEvent
-from spool.domain.storage_config import PROVIDER_NAMES, Provider, StorageConfigured, StorageState
+from spool.domain.storage_config import StorageConfigured, StorageState
 from spool.domain.storage_providers import (
+    PROVIDER_NAMES,
     PROVIDERS,
     BlobBody,
+    Provider,
     S3CompatibleBody,
     StorageProvider,
 )

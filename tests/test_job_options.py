@@ -2,11 +2,14 @@
 
 The served OpenAPI document's create body holds every option the domain declares; a job asked
 for nothing but its URL is created with the domain's resolved defaults; a refused value gets
-the domain's own message, from `POST /jobs` and `POST /jobs/bulk` alike.
+the domain's own message, from `POST /jobs` and `POST /jobs/bulk` alike; and whatever the domain
+accepts, the muxer can make.
 """
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,8 +17,18 @@ import msgspec
 import pytest
 
 from spool.adapters.event_store import EventStore
+from spool.adapters.muxer import ProbeInfo, StreamInfo, mux_options, plan
 from spool.domain import job
-from spool.domain.job_options import AskedOptions, InvalidOption, JobOptions, resolve
+from spool.domain.job_options import (
+    AUDIO_CODECS_BY_FORMAT,
+    AUDIO_FORMATS,
+    VIDEO_CODECS_BY_FORMAT,
+    VIDEO_FORMATS,
+    AskedOptions,
+    InvalidOption,
+    JobOptions,
+    resolve,
+)
 
 URL = "https://media.test/clip.mp4"
 
@@ -104,3 +117,30 @@ def test_a_jobs_options_asked_again_give_the_same_options(asked: dict[str, Any])
     """What a job was created with is itself a request the rules take as it is."""
     options = resolve(msgspec.convert(asked, AskedOptions))
     assert resolve(options) == options
+
+
+SOURCES = [
+    [StreamInfo(kind="video", codec="h264"), StreamInfo(kind="audio", codec="aac")],
+    [StreamInfo(kind="video", codec="vp9"), StreamInfo(kind="audio", codec="opus")],
+    [StreamInfo(kind="video", codec="prores"), StreamInfo(kind="audio", codec="pcm_s24le")],
+]
+
+
+@pytest.mark.parametrize("fmt", VIDEO_FORMATS + AUDIO_FORMATS)
+def test_every_format_and_codec_the_domain_accepts_the_muxer_can_write(fmt: str) -> None:
+    """A job the API accepts never fails later because the muxer cannot make what it asked."""
+    video_codecs = ("copy", *VIDEO_CODECS_BY_FORMAT.get(fmt, ()))
+    audio_codecs = ("copy", *AUDIO_CODECS_BY_FORMAT[fmt])
+    for video_codec, audio_codec in itertools.product(video_codecs, audio_codecs):
+        options = resolve(
+            AskedOptions(format=fmt, video_codec=video_codec, audio_codec=audio_codec)
+        )
+        for streams in SOURCES:
+            source = ProbeInfo(duration=10.0, streams=streams, container="mkv")
+            made = plan(
+                [source],
+                Path("/out/file"),
+                input_paths=[Path("/in/source.mkv")],
+                **mux_options(options),
+            )
+            assert made.output_ext == fmt
