@@ -265,7 +265,7 @@ def plan(
     video_quality: int = DEFAULTS.video_quality,
     quality_preset: str | None = DEFAULTS.quality_preset,
     max_resolution: str = DEFAULTS.max_resolution,
-    audio_only: bool = False,
+    audio_only: bool = DEFAULTS.audio_only,
     clip_start: float | None = None,
     clip_end: float | None = None,
 ) -> MuxPlan:
@@ -509,7 +509,7 @@ async def mux(
     video_quality: int = DEFAULTS.video_quality,
     quality_preset: str | None = DEFAULTS.quality_preset,
     max_resolution: str = DEFAULTS.max_resolution,
-    audio_only: bool = False,
+    audio_only: bool = DEFAULTS.audio_only,
     clip_start: float | None = None,
     clip_end: float | None = None,
     on_progress: Callable[[float], None] | None = None,
