@@ -27,6 +27,8 @@ from spool.adapters.ffmpeg import ffmpeg_exe
 from spool.domain.job_options import (
     AUDIO_FORMATS,
     CRF_RANGE,
+    DEFAULT_AUDIO_CODECS,
+    DEFAULT_VIDEO_CODECS,
     DEFAULTS,
     QUALITY_PRESETS,
     JobOptions,
@@ -127,20 +129,6 @@ AUDIO_CODECS: dict[str, frozenset[str] | None] = {
     "mp3": frozenset({"mp3"}),
     "ogg": frozenset({"vorbis", "opus", "flac"}),
     "opus": frozenset({"opus"}),
-}
-
-# What a container gets when its source codec cannot be copied and the user named none.
-_DEFAULT_VIDEO = {"mp4": "h264", "mov": "h264", "mkv": "h264", "webm": "vp9"}
-_DEFAULT_AUDIO = {
-    "mp4": "aac",
-    "mov": "aac",
-    "mkv": "aac",
-    "webm": "opus",
-    "m4a": "aac",
-    "mp3": "mp3",
-    # .ogg conventionally means Vorbis; whoever wants Opus asks for the opus format.
-    "ogg": "vorbis",
-    "opus": "opus",
 }
 
 # FFmpeg muxer names: set explicitly so the output's file name never decides the container.
@@ -333,7 +321,7 @@ def plan(
         else:
             # Re-encoding only for a filter or a cut keeps the source codec where we can.
             keep = copyable and stream.codec in _VIDEO_ENCODERS
-            out_video = want_video or (stream.codec if keep else _DEFAULT_VIDEO[fmt])
+            out_video = want_video or (stream.codec if keep else DEFAULT_VIDEO_CODECS[fmt])
             if holds is not None and out_video not in holds:
                 raise MuxFailed(f"The {fmt} format cannot hold {video_codec} video")
             transcodes_video = True
@@ -352,7 +340,7 @@ def plan(
             out_audio = stream.codec
             args += ["-c:a", "copy"]
         else:
-            out_audio = want_audio or _DEFAULT_AUDIO[fmt]
+            out_audio = want_audio or DEFAULT_AUDIO_CODECS[fmt]
             if holds is not None and out_audio not in holds:
                 raise MuxFailed(f"The {fmt} format cannot hold {audio_codec} audio")
             transcodes_audio = True

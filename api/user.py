@@ -1,10 +1,11 @@
 """The caller's own settings: the webhook signing secret, and where their uploads go.
 
 Storage endpoints (`/user/<provider>` for each provider of `domain.storage_providers`, and
-`/user/bucket`, the legacy name of s3; `storage_router`): POST checks the credentials by writing and deleting a small probe object, then
-records a `StorageConfigured` event on the account stream with the credentials sealed under
-the account's destroyable data key; DELETE records `StorageRemoved`. Answers never carry a
-secret: they show the provider, bucket, region, endpoint, prefix and a masked key id.
+`/user/bucket`, the legacy name of s3; `storage_router`): POST checks the credentials by
+writing and deleting a small probe object, then records a `StorageConfigured` event on the
+account stream with the credentials sealed under the account's destroyable data key; DELETE
+records `StorageRemoved`. Answers never carry a secret: they show the provider, bucket,
+region, endpoint, prefix and a masked key id.
 """
 
 from __future__ import annotations

@@ -67,6 +67,26 @@ AUDIO_CODECS_BY_FORMAT: Final[dict[str, tuple[str, ...]]] = {
     "opus": ("opus",),
 }
 
+DEFAULT_VIDEO_CODECS: Final[dict[str, str]] = {
+    "mp4": "h264",
+    "mov": "h264",
+    "mkv": "h264",
+    "webm": "vp9",
+}
+"""What the mux stage encodes video to when the source's cannot be copied and none was asked."""
+DEFAULT_AUDIO_CODECS: Final[dict[str, str]] = {
+    "mp4": "aac",
+    "mov": "aac",
+    "mkv": "aac",
+    "webm": "opus",
+    "m4a": "aac",
+    "mp3": "mp3",
+    # .ogg conventionally means Vorbis; whoever wants Opus asks for the opus format.
+    "ogg": "vorbis",
+    "opus": "opus",
+}
+"""The same for audio, in FFmpeg's codec names (`vorbis` is not one a request may ask for)."""
+
 
 class InvalidOption(DomainError):
     """A job request the rules refuse; the message is the one the job API answers."""
