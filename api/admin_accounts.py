@@ -15,8 +15,9 @@ from litestar.di import Provide
 from spool.adapters.account_policy_store import accounts, load_policy, record
 from spool.api.auth import Principal, job_api_admin
 from spool.api.bodies import READS_BODY
-from spool.api.errors import JOB_API_ERRORS, JobApiError
+from spool.api.errors import JobApiError
 from spool.api.requests import command_metadata
+from spool.api.services import Services
 from spool.domain import account_policy
 from spool.domain.account_policy import AccountPolicy, InvalidPolicy, Quotas
 
@@ -50,15 +51,15 @@ def _decode(raw: bytes, kind: type[Any]) -> Any:
         raise JobApiError(status_code=400, detail=f"The body is not valid JSON: {exc}") from None
 
 
-async def _policy(request: Request[Any, Any, Any], account_id: str) -> AccountPolicy:
-    found = await load_policy(request.app.state.store, account_id)
+async def _policy(services: Services, account_id: str) -> AccountPolicy:
+    found = await load_policy(services.store, account_id)
     if found is None:
         raise JobApiError(status_code=404, detail=f"Account {account_id!r} not found")
     return found
 
 
-async def _keys_of(request: Request[Any, Any, Any], account_id: str) -> list[dict[str, Any]]:
-    found = await accounts(request.app.state.pool, account_id)
+async def _keys_of(services: Services, account_id: str) -> list[dict[str, Any]]:
+    found = await accounts(services.pool, account_id)
     return found[0].keys if found else []
 
 
@@ -73,72 +74,67 @@ def _bad(exc: InvalidPolicy) -> JobApiError:
 class AdminAccountsController(Controller):
     path = "/admin/accounts"
     dependencies = {"admin": Provide(job_api_admin)}
-    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
     tags = ["admin"]
 
     @get("/")
     async def list_accounts(
-        self, request: Request[Any, Any, Any], admin: Principal
+        self, services: Services, admin: Principal
     ) -> dict[str, list[AccountView]]:
         """Every account that has a key: its keys (ids, names; never a secret), grant, quotas."""
         answer = []
-        for row in await accounts(request.app.state.pool):
-            policy = await load_policy(request.app.state.store, row.account_id)
+        for row in await accounts(services.pool):
+            policy = await load_policy(services.store, row.account_id)
             answer.append(_view(policy or AccountPolicy(account_id=row.account_id), row.keys))
         return {"accounts": answer}
 
     @get("/{account_id:str}")
     async def get_account(
-        self, request: Request[Any, Any, Any], admin: Principal, account_id: str
+        self, services: Services, admin: Principal, account_id: str
     ) -> AccountView:
         """One account's keys, grant and quotas; 404 for an unknown account."""
-        policy = await _policy(request, account_id)
-        return _view(policy, await _keys_of(request, account_id))
+        policy = await _policy(services, account_id)
+        return _view(policy, await _keys_of(services, account_id))
 
     @put("/{account_id:str}/quotas", status_code=200, opt=READS_BODY)
     async def set_quotas(
-        self, request: Request[Any, Any, Any], admin: Principal, account_id: str
+        self, request: Request[Any, Any, Any], services: Services, admin: Principal, account_id: str
     ) -> AccountView:
         """Replace the account's quotas: `max_running_jobs`, `max_jobs_per_day`,
         `max_storage_bytes`, `max_media_seconds` (a whole number; left out or null: unlimited)."""
         body: QuotasBody = _decode(await request.body(), QuotasBody)
-        await _policy(request, account_id)
+        await _policy(services, account_id)
         quotas = Quotas(**msgspec.structs.asdict(body))
         try:
             events = account_policy.set_quotas(account_id, quotas)
         except InvalidPolicy as exc:
             raise _bad(exc) from None
-        await record(
-            request.app.state.store, account_id, events, command_metadata(request, admin.key_id)
-        )
-        return _view(await _policy(request, account_id), await _keys_of(request, account_id))
+        await record(services.store, account_id, events, command_metadata(request, admin.key_id))
+        return _view(await _policy(services, account_id), await _keys_of(services, account_id))
 
     @put("/{account_id:str}/grants", status_code=200, opt=READS_BODY)
     async def grant(
-        self, request: Request[Any, Any, Any], admin: Principal, account_id: str
+        self, request: Request[Any, Any, Any], services: Services, admin: Principal, account_id: str
     ) -> AccountView:
         """Let the account run code-running tasks (replaces any earlier grant)."""
         body: GrantBody = _decode(await request.body(), GrantBody)
-        await _policy(request, account_id)
+        await _policy(services, account_id)
         try:
             events = account_policy.grant(account_id, body.task_types, body.env)
         except InvalidPolicy as exc:
             raise _bad(exc) from None
-        await record(
-            request.app.state.store, account_id, events, command_metadata(request, admin.key_id)
-        )
-        return _view(await _policy(request, account_id), await _keys_of(request, account_id))
+        await record(services.store, account_id, events, command_metadata(request, admin.key_id))
+        return _view(await _policy(services, account_id), await _keys_of(services, account_id))
 
     @delete("/{account_id:str}/grants", status_code=200)
     async def revoke_grant(
-        self, request: Request[Any, Any, Any], admin: Principal, account_id: str
+        self, request: Request[Any, Any, Any], services: Services, admin: Principal, account_id: str
     ) -> AccountView:
         """Take the account's grant back: its queued code-running tasks will not run."""
-        policy = await _policy(request, account_id)
+        policy = await _policy(services, account_id)
         await record(
-            request.app.state.store,
+            services.store,
             account_id,
             account_policy.revoke(policy),
             command_metadata(request, admin.key_id),
         )
-        return _view(await _policy(request, account_id), await _keys_of(request, account_id))
+        return _view(await _policy(services, account_id), await _keys_of(services, account_id))

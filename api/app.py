@@ -3,46 +3,36 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Mapping
 
 import asyncpg
+from arq.connections import ArqRedis
 from litestar import Litestar
 from litestar.datastructures import State
+from litestar.di import Provide
 
 from spool.adapters.account_storage import AccountStorages
 from spool.adapters.client_facts import describer
 from spool.adapters.event_store import EventStore
+from spool.adapters.file_links import link_key
 from spool.adapters.settings import Settings
 from spool.adapters.ssrf import UrlGuard
 from spool.adapters.storage import ObjectStorage
+from spool.adapters.tokens import signing_key
 from spool.adapters.viewer_sessions import ViewerRecorder
-from spool.api.admin_accounts import AdminAccountsController
-from spool.api.batches import BatchController
+from spool.api.auth import VerifiedKeys
 from spool.api.bodies import check_body
-from spool.api.cluster import ClusterController
-from spool.api.cluster_redis import close_redis
-from spool.api.cluster_ws import cluster_ws, stop_feed
-from spool.api.config import ConfigController
-from spool.api.dashboard import DashboardController, dashboard_static
-from spool.api.devices import DevicesController
-from spool.api.health import health
-from spool.api.health_ws import health_ws, start_health, stop_health
-from spool.api.job_trace import job_trace
-from spool.api.jobs import JobsController
-from spool.api.keys import KeysController
-from spool.api.media import files_router, media_router, stop_media
-from spool.api.metadata import MetadataController
-from spool.api.metrics import metrics
+from spool.api.cluster_redis import close_redis, open_redis
+from spool.api.cluster_ws import ClusterFeed
+from spool.api.dashboard import StatsCache
+from spool.api.health_ws import LogBuffer, start_health, stop_health
+from spool.api.media import Media
 from spool.api.middleware import request_middleware
 from spool.api.openapi_errors import document_errors
 from spool.api.probes import probe_pool
-from spool.api.surfaces import SURFACE_ERRORS
-from spool.api.swagger import openapi_config, swagger, swagger_assets
-from spool.api.tasks import TasksController
-from spool.api.tokens import issue_health_token
-from spool.api.usage import UsageController
-from spool.api.user import UserController, storage_router
-from spool.api.viewers import list_cluster_viewers, report_viewer_events
+from spool.api.services import STATE_KEY, Services
+from spool.api.surfaces import SURFACE_ERRORS, SURFACES
+from spool.api.swagger import openapi_config
 
 
 def create_app(
@@ -51,33 +41,14 @@ def create_app(
     store: EventStore,
     settings: Settings,
     storage: ObjectStorage,
-    **extra: Any,
+    redis: ArqRedis | None = None,
+    projection_types: Mapping[str, frozenset[str]] | None = None,
 ) -> Litestar:
-    """Build the API over open connections; the caller owns their life."""
+    """Build the API over open connections; the caller owns their life (and `redis`'s, if
+    given: without one, the app opens its own from `settings.redis_url` and closes it)."""
     guard = UrlGuard(settings.url_allowlist)
-    storages = AccountStorages(pool, settings.resolved_secret_key(), storage, guard=guard)
-
-    # Probes of users' sources run on threads of their own (api/probes.py).
-    probes = probe_pool(settings)
-
-    async def close_storages() -> None:
-        await storages.aclose()
-        probes.shutdown()
-
-    state = State(
-        {
-            "pool": pool,
-            "store": store,
-            "settings": settings,
-            "storage": storage,
-            "storages": storages,
-            "guard": guard,
-            "probes": probes,
-            "started_at": time.time(),
-            **extra,
-        }
-    )
-
+    secret = settings.resolved_secret_key()
+    storages = AccountStorages(pool, secret, storage, guard=guard)
     # This process's live connections (websockets, playback), reported as viewer streams.
     viewers = ViewerRecorder(
         store,
@@ -85,54 +56,53 @@ def create_app(
         interval=settings.viewer_stats_interval,
         describe=describer(settings),
     )
-    state["viewers"] = viewers
+    services = Services(
+        pool=pool,
+        store=store,
+        settings=settings,
+        storage=storage,
+        storages=storages,
+        guard=guard,
+        # Probes of users' sources run on threads of their own (api/probes.py).
+        probes=probe_pool(settings),
+        viewers=viewers,
+        keys=VerifiedKeys(pool),
+        redis=redis if redis is not None else open_redis(settings),
+        owns_redis=redis is None,
+        feed=ClusterFeed(store),
+        media=Media(settings, viewers),
+        log_buffer=LogBuffer(),
+        dashboard_stats=StatsCache(),
+        token_key=signing_key(secret),
+        links_key=link_key(secret),
+        started_at=time.time(),
+        projection_types=projection_types or {},
+    )
 
     async def open_health() -> None:
-        await start_health(state)
+        await start_health(services.log_buffer)
         await viewers.start()
+
+    async def close_storages() -> None:
+        await storages.aclose()
+        services.probes.shutdown()
 
     async def close_cluster_api() -> None:
         await viewers.aclose()
-        await stop_health(state)
-        await stop_feed(state)
-        await close_redis(state)
+        await stop_health(services.log_buffer)
+        await services.feed.stop()
+        await close_redis(services)
 
     app = Litestar(
-        route_handlers=[
-            JobsController,
-            job_trace,
-            BatchController,
-            DashboardController,
-            dashboard_static,
-            MetadataController,
-            UsageController,
-            AdminAccountsController,
-            UserController,
-            storage_router(),
-            KeysController,
-            TasksController,
-            DevicesController,
-            ConfigController,
-            ClusterController,
-            health,
-            metrics,
-            cluster_ws,
-            health_ws,
-            issue_health_token,
-            media_router,
-            files_router,
-            list_cluster_viewers,
-            report_viewer_events,
-            swagger,
-            swagger_assets,
-        ],
+        route_handlers=SURFACES,
         # Errors no route handler takes (unknown path, wrong method) answer in their path's
         # surface shape; a body is checked (api/bodies.py) before any handler reads it.
         exception_handlers=SURFACE_ERRORS,  # type: ignore[arg-type]
         before_request=check_body,
         on_startup=[open_health],
-        on_shutdown=[stop_media, close_storages, close_cluster_api],
-        state=state,
+        on_shutdown=[services.media.aclose, close_storages, close_cluster_api],
+        state=State({STATE_KEY: services}),
+        dependencies={"services": Provide(lambda: services, use_cache=True, sync_to_thread=False)},
         openapi_config=openapi_config(),
         debug=False,
         # No logging set up by Litestar: its own handler on the root logger replaced the

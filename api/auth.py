@@ -11,11 +11,11 @@ import asyncpg
 import msgspec
 from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.datastructures import State
 from litestar.types import Scope
 
 from spool.adapters.database import unreachable
 from spool.api.errors import JobApiError
+from spool.api.services import Services
 from spool.domain.account import allows, hash_key, parse_scope
 
 
@@ -105,18 +105,23 @@ LAST_USED_EVERY_SECONDS = 60
 _KEY_CACHE_LIMIT = 10_000
 
 
-def _verified(state: State) -> dict[str, tuple[Principal, float]]:
-    verified: dict[str, tuple[Principal, float]] = state.setdefault("verified_keys", {})
-    return verified
+class VerifiedKeys:
+    """The keys this process verified lately, by digest, each with when its trust ends."""
+
+    __slots__ = ("pool", "trusted")
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.trusted: dict[str, tuple[Principal, float]] = {}
 
 
-def recently_verified(state: State, key: str) -> Principal | None:
+def recently_verified(keys: VerifiedKeys, key: str) -> Principal | None:
     """The principal of a key verified in the last `KEY_CACHE_SECONDS`, without a query."""
-    return _still_trusted(state, hash_key(key))
+    return _still_trusted(keys, hash_key(key))
 
 
-def _still_trusted(state: State, digest: str) -> Principal | None:
-    cached = _verified(state).get(digest)
+def _still_trusted(keys: VerifiedKeys, digest: str) -> Principal | None:
+    cached = keys.trusted.get(digest)
     return cached[0] if cached is not None and cached[1] > time.monotonic() else None
 
 
@@ -133,14 +138,14 @@ WHERE u.used_at < excluded.used_at - interval '{LAST_USED_EVERY_SECONDS} seconds
 """
 
 
-async def lookup(state: State, key: str) -> Principal | None:
+async def lookup(keys: VerifiedKeys, key: str) -> Principal | None:
     """The principal a key belongs to, or None for an unknown, revoked or expired key."""
     digest = hash_key(key)
-    known = _still_trusted(state, digest)
+    known = _still_trusted(keys, digest)
     if known is not None:
         return known
-    verified = _verified(state)
-    row = await state.pool.fetchrow(_LOOKUP, digest)
+    verified = keys.trusted
+    row = await keys.pool.fetchrow(_LOOKUP, digest)
     if row is None:
         verified.pop(digest, None)
         return None
@@ -154,7 +159,7 @@ async def lookup(state: State, key: str) -> Principal | None:
     now = datetime.now(UTC)
     used: datetime | None = row["used_at"]
     if used is None or (now - used).total_seconds() >= LAST_USED_EVERY_SECONDS:
-        await state.pool.execute(_USED, principal.key_id)
+        await keys.pool.execute(_USED, principal.key_id)
     trust = KEY_CACHE_SECONDS
     expires: datetime | None = row["expires_at"]
     if expires is not None:
@@ -192,12 +197,12 @@ async def key_gone(pool: asyncpg.Pool, key_id: str, every: float) -> None:
                 raise
 
 
-async def job_api_principal(request: Request[Any, Any, Any]) -> Principal:
+async def job_api_principal(request: Request[Any, Any, Any], services: Services) -> Principal:
     """The caller of a job API endpoint; 401 in the job API's words otherwise."""
     key = presented_key(request)
     if key is None:
         raise JobApiError(status_code=401, detail="Missing x-api-key header")
-    principal = await lookup(request.app.state, key)
+    principal = await lookup(services.keys, key)
     if principal is None:
         raise JobApiError(status_code=401, detail="Invalid API Key")
     refusal = scope_refusal(principal, request.method, request.url.path)
@@ -206,9 +211,9 @@ async def job_api_principal(request: Request[Any, Any, Any]) -> Principal:
     return principal
 
 
-async def job_api_admin(request: Request[Any, Any, Any]) -> Principal:
+async def job_api_admin(request: Request[Any, Any, Any], services: Services) -> Principal:
     """An admin caller of a cluster-wide endpoint under the job API's error shape."""
-    principal = await job_api_principal(request)
+    principal = await job_api_principal(request, services)
     if not principal.admin:
         raise JobApiError(status_code=403, detail="This endpoint needs an admin API key")
     return principal

@@ -2,55 +2,30 @@
 
 from __future__ import annotations
 
-import uuid
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.di import Provide
 
-from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters.event_store import EventStore
 from spool.adapters.history import AsOf, read_stream_as_of
-from spool.adapters.job_store import JobChangingTooFast, decide_and_append, load_job, load_job_as_of
+from spool.adapters.job_store import load_job_as_of
 from spool.api.as_of import BadAsOf, parse_as_of
-from spool.api.auth import Principal, job_api_principal
-from spool.api.errors import JOB_API_ERRORS, JobApiError
-from spool.api.idempotency import commit, earlier_answer, idempotency_of
-from spool.api.job_requests import (
-    CreateJobBody,
-    ValidJob,
-    validate_create_job,
-    validate_filename,
-)
+from spool.api.auth import Principal
+from spool.api.errors import JobApiError
+from spool.api.idempotency import created, earlier_answer, idempotency_of
+from spool.api.job_requests import CreateJobBody, validate_create_job, validate_filename
 from spool.api.requests import command_metadata
+from spool.api.services import Services
 from spool.api.targets import refuse_forbidden_target
 from spool.api.user import sealed_storage, storage_spec
+from spool.application import batches as commands
+from spool.application.batches import RenameAnswer, batch_jobs, owned_batch
+from spool.application.jobs import NewJob
 from spool.domain import batch, job
-from spool.domain.errors import ConcurrencyError, InvalidTransition
-from spool.domain.events import Metadata, NewEvent
 from spool.domain.storage_config import StorageConfigured
 
 MAX_BULK = 100
-
-
-class Episode(msgspec.Struct):
-    job_id: str
-    title: str | None
-    url: str
-
-
-class BatchCreatedAnswer(msgspec.Struct):
-    """What `POST /jobs` answers for a playlist or feed URL."""
-
-    batch_id: str
-    total_episodes: int
-    episode_jobs: list[Episode]
-
-
-class BulkAnswer(msgspec.Struct):
-    batch_id: str
-    total_jobs: int
-    job_ids: list[str]
 
 
 class BatchJob(msgspec.Struct):
@@ -83,16 +58,6 @@ class Renames(msgspec.Struct, forbid_unknown_fields=True):
     renames: list[Rename]
 
 
-class RenameError(msgspec.Struct):
-    job_id: str
-    error: str
-
-
-class RenameAnswer(msgspec.Struct):
-    updated: int
-    errors: list[RenameError]
-
-
 class StartAnswer(msgspec.Struct):
     batch_id: str
     started_jobs: int
@@ -103,68 +68,6 @@ class CancelAnswer(msgspec.Struct):
     batch_id: str
     cancelled_jobs: int
     status: str
-
-
-class NewJob(msgspec.Struct, frozen=True):
-    """One job of a batch about to be created."""
-
-    valid: ValidJob
-    title: str | None = None
-    storage: StorageConfigured | None = None
-
-
-class BatchPlan(NamedTuple):
-    """A new batch's id, its jobs' ids, and the appends that create them."""
-
-    batch_id: str
-    job_ids: list[str]
-    appends: list[StreamAppend]
-
-
-def plan_batch(
-    meta: Metadata,
-    principal: Principal,
-    jobs: list[NewJob],
-    *,
-    kind: batch.BatchKind,
-    paused: bool,
-    source_url: str | None = None,
-    title: str | None = None,
-) -> BatchPlan:
-    """A batch and all its jobs, to be appended in one transaction: all of them, or none."""
-    batch_id = str(uuid.uuid4())
-    job_ids = [str(uuid.uuid4()) for _ in jobs]
-    appends = [
-        StreamAppend(
-            job.stream_id(job_id),
-            [
-                NewEvent(e, meta)
-                for e in job.create(
-                    job_id=job_id,
-                    account_id=principal.account_id,
-                    url=new.valid.url,
-                    options=new.valid.options,
-                    batch_id=batch_id,
-                    held=paused,
-                    title=new.title,
-                    storage=new.storage,
-                )
-            ],
-            0,
-        )
-        for job_id, new in zip(job_ids, jobs, strict=True)
-    ]
-    created = batch.BatchCreated(
-        batch_id=batch_id,
-        account_id=principal.account_id,
-        kind=kind,
-        job_ids=job_ids,
-        paused=paused,
-        source_url=source_url,
-        title=title,
-    )
-    appends.append(StreamAppend(batch.stream_id(batch_id), [NewEvent(created, meta)], 0))
-    return BatchPlan(batch_id, job_ids, appends)
 
 
 def _bulk_items(raw: bytes) -> tuple[list[CreateJobBody], bool]:
@@ -206,26 +109,9 @@ def _bulk_items(raw: bytes) -> tuple[list[CreateJobBody], bool]:
     return bodies, paused
 
 
-async def load_batch(
-    request: Request[Any, Any, Any], batch_id: str, principal: Principal
-) -> batch.BatchState:
+async def load_batch(services: Services, batch_id: str, principal: Principal) -> batch.BatchState:
     """A batch of the caller's; 404 for anyone else's."""
-    try:
-        bid = str(uuid.UUID(batch_id))
-    except ValueError:
-        raise JobApiError(status_code=404, detail="Batch not found") from None
-    store: EventStore = request.app.state.store
-    events = await store.read_stream(batch.stream_id(bid))
-    state = batch.fold([(e.data, e.recorded_at, e.version) for e in events])
-    if state is None or state.account_id != principal.account_id:
-        raise JobApiError(status_code=404, detail="Batch not found")
-    return state
-
-
-async def batch_jobs(store: EventStore, state: batch.BatchState) -> list[job.JobState]:
-    """The batch's jobs, each exact to its last event."""
-    found = [await load_job(store, job_id) for job_id in state.job_ids]
-    return [j for j in found if j is not None]
+    return await owned_batch(services.store, principal.account_id, batch_id)
 
 
 async def batch_then(
@@ -246,14 +132,12 @@ async def batch_then(
 
 class BatchController(Controller):
     path = "/batch"
-    dependencies = {"principal": Provide(job_api_principal)}
-    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
     tags = ["batches"]
 
     @get("/{batch_id:str}")
     async def get_batch(
         self,
-        request: Request[Any, Any, Any],
+        services: Services,
         batch_id: str,
         principal: Principal,
         as_of: str | None = None,
@@ -263,8 +147,8 @@ class BatchController(Controller):
         `as_of` (an event position, or an ISO 8601 time) answers the batch and its jobs as they
         stood then.
         """
-        state = await load_batch(request, batch_id, principal)
-        store: EventStore = request.app.state.store
+        state = await load_batch(services, batch_id, principal)
+        store: EventStore = services.store
         if as_of is None:
             jobs = await batch_jobs(store, state)
         else:
@@ -294,113 +178,68 @@ class BatchController(Controller):
 
     @patch("/{batch_id:str}/jobs", status_code=200)
     async def rename_jobs(
-        self, request: Request[Any, Any, Any], batch_id: str, data: Renames, principal: Principal
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        batch_id: str,
+        data: Renames,
+        principal: Principal,
     ) -> RenameAnswer:
         """Rename jobs of a paused batch: `{"renames": [{"job_id", "filename"}]}`."""
-        state = await load_batch(request, batch_id, principal)
-        try:
-            batch.require_paused_for_rename(state)
-        except InvalidTransition as exc:
-            raise JobApiError(status_code=400, detail=str(exc)) from None
-        store: EventStore = request.app.state.store
-        meta = command_metadata(request, principal.key_id)
-        errors: list[RenameError] = []
-        updated = 0
-        members = set(state.job_ids)
+        renames: list[commands.JobRename] = []
         for r in data.renames:
-            if r.job_id not in members:
-                errors.append(RenameError(r.job_id, "Job is not in this batch"))
-                continue
             try:
-                filename = validate_filename(r.filename)
+                renames.append(commands.JobRename(r.job_id, validate_filename(r.filename)))
             except JobApiError as exc:
-                errors.append(RenameError(r.job_id, str(exc.detail)))
-                continue
-            if await _append_decided(store, meta, r.job_id, lambda s, f=filename: job.rename(s, f)):
-                updated += 1
-            else:
-                errors.append(RenameError(r.job_id, "Job is no longer waiting in the batch"))
-        return RenameAnswer(updated=updated, errors=errors)
+                renames.append(commands.JobRename(r.job_id, r.filename, refused=str(exc.detail)))
+        meta = command_metadata(request, principal.key_id)
+        store: EventStore = services.store
+        return await commands.rename_jobs(store, principal.account_id, batch_id, renames, meta)
 
     @post("/{batch_id:str}/start", status_code=200)
     async def start_batch(
-        self, request: Request[Any, Any, Any], batch_id: str, principal: Principal
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        batch_id: str,
+        principal: Principal,
     ) -> StartAnswer:
         """Start a paused batch: its jobs begin downloading."""
-        state = await load_batch(request, batch_id, principal)
-        store: EventStore = request.app.state.store
-        jobs = await batch_jobs(store, state)
-        held = [j for j in jobs if j.held and not j.terminal]
-        try:
-            started = batch.start(state, len(held))
-        except InvalidTransition as exc:
-            raise JobApiError(status_code=400, detail=str(exc)) from None
         meta = command_metadata(request, principal.key_id)
-        appends = [
-            StreamAppend(
-                job.stream_id(j.job_id), [NewEvent(e, meta) for e in job.release(j)], j.version
-            )
-            for j in held
-        ]
-        appends.append(
-            StreamAppend(
-                batch.stream_id(state.batch_id), [NewEvent(e, meta) for e in started], state.version
-            )
-        )
-        try:
-            await store.append_many(appends)
-        except ConcurrencyError:
-            raise JobApiError(
-                status_code=409, detail="The batch changed meanwhile; try again"
-            ) from None
-        return StartAnswer(batch_id=state.batch_id, started_jobs=len(held), status="processing")
+        store: EventStore = services.store
+        started = await commands.start_batch(store, principal.account_id, batch_id, meta)
+        return StartAnswer(started.batch_id, started_jobs=started.jobs, status="processing")
 
     @delete("/{batch_id:str}", status_code=200)
     async def cancel_batch(
-        self, request: Request[Any, Any, Any], batch_id: str, principal: Principal
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        batch_id: str,
+        principal: Principal,
     ) -> CancelAnswer:
         """Cancel a batch: every unfinished job of it is cancelled."""
-        state = await load_batch(request, batch_id, principal)
-        store: EventStore = request.app.state.store
         meta = command_metadata(request, principal.key_id)
-        cancelled = 0
-        for job_id in state.job_ids:
-            if await _append_decided(store, meta, job_id, job.cancel):
-                cancelled += 1
-        try:
-            events = batch.cancel(state, cancelled)
-            await store.append(
-                batch.stream_id(state.batch_id), [NewEvent(e, meta) for e in events], state.version
-            )
-        except InvalidTransition as exc:
-            raise JobApiError(status_code=400, detail=str(exc)) from None
-        except ConcurrencyError:
-            raise JobApiError(
-                status_code=409, detail="The batch changed meanwhile; try again"
-            ) from None
-        return CancelAnswer(batch_id=state.batch_id, cancelled_jobs=cancelled, status="cancelled")
-
-
-async def _append_decided(store: EventStore, meta: Metadata, job_id: str, decide: Any) -> bool:
-    """Whether the command (cancel, rename: they refuse rather than do nothing) was recorded."""
-    try:
-        return await decide_and_append(store, job_id, decide, meta) is not None
-    except (InvalidTransition, JobChangingTooFast):
-        return False
+        store: EventStore = services.store
+        cancelled = await commands.cancel_batch(store, principal.account_id, batch_id, meta)
+        return CancelAnswer(cancelled.batch_id, cancelled_jobs=cancelled.jobs, status="cancelled")
 
 
 async def job_storage(
-    request: Request[Any, Any, Any], principal: Principal, raw: dict[str, Any]
+    request: Request[Any, Any, Any], services: Services, principal: Principal, raw: dict[str, Any]
 ) -> StorageConfigured:
     """A job's own `storage`: parsed like `/user/...`, checked with a probe, credentials sealed."""
-    return await sealed_storage(request, principal, *storage_spec(raw))
+    return await sealed_storage(services, principal, *storage_spec(raw))
 
 
 async def create_bulk(
-    request: Request[Any, Any, Any], principal: Principal, idempotency_key: str | None
+    request: Request[Any, Any, Any],
+    services: Services,
+    principal: Principal,
+    idempotency_key: str | None,
 ) -> Response[Any]:
     """`POST /jobs/bulk`: all jobs or none; a bad item names its index."""
-    store: EventStore = request.app.state.store
+    store: EventStore = services.store
     idem = await idempotency_of(request, principal, idempotency_key)
     if idem is not None and (earlier := await earlier_answer(store, idem)) is not None:
         return earlier
@@ -408,23 +247,25 @@ async def create_bulk(
     valid: list[NewJob] = []
     for index, body in enumerate(bodies):
         try:
-            valid.append(NewJob(validate_create_job(body)))
+            checked = validate_create_job(body)
         except JobApiError as exc:
             raise JobApiError(status_code=400, detail=f"jobs[{index}]: {exc.detail}") from None
+        valid.append(NewJob(url=checked.url, options=checked.options))
     for index, new in enumerate(valid):
         try:
-            await refuse_forbidden_target(request, new.valid.url)
-            if new.valid.options.webhook_url is not None:
-                hook = new.valid.options.webhook_url
-                await refuse_forbidden_target(request, hook, what="webhook_url")
+            await refuse_forbidden_target(services, new.url)
+            if new.options.webhook_url is not None:
+                hook = new.options.webhook_url
+                await refuse_forbidden_target(services, hook, what="webhook_url")
         except JobApiError as exc:
             raise JobApiError(status_code=400, detail=f"jobs[{index}]: {exc.detail}") from None
     # One storage for the whole request (a shared option): checked and sealed once.
     shared = bodies[0].storage
     if shared is not None:
-        sealed = await job_storage(request, principal, shared)
+        sealed = await job_storage(request, services, principal, shared)
         valid = [msgspec.structs.replace(v, storage=sealed) for v in valid]
     meta = command_metadata(request, principal.key_id)
-    plan = plan_batch(meta, principal, valid, kind="bulk", paused=paused)
-    answer = BulkAnswer(batch_id=plan.batch_id, total_jobs=len(plan.job_ids), job_ids=plan.job_ids)
-    return await commit(store, plan.appends, answer, idem, meta, quota_account=principal.account_id)
+    made = await commands.create_bulk(
+        store, principal.account_id, valid, paused=paused, idem=idem, meta=meta
+    )
+    return created(*made)

@@ -16,7 +16,8 @@ from spool.adapters.settings import Settings
 from spool.api.auth import Principal
 from spool.api.cluster_reads import cluster_reader
 from spool.api.device_view import ClusterDeviceStats, all_rows, cluster_stats, duration
-from spool.api.envelope import CLUSTER_API_ERRORS, Envelope, success
+from spool.api.envelope import Envelope, success
+from spool.api.services import Services
 from spool.domain import cluster_config as config
 
 WINDOWS_MINUTES = (1, 5, 15)
@@ -133,10 +134,10 @@ class ClusterConfigView(msgspec.Struct):
     settings: RunningSettings
 
 
-def server_info(request: Request[Any, Any, Any]) -> ServerInfo:
+def server_info(services: Services) -> ServerInfo:
     """What this API server says of itself."""
-    settings: Settings = request.app.state.settings
-    started: float = request.app.state.get("started_at", time.time())
+    settings: Settings = services.settings
+    started: float = services.started_at
     return ServerInfo(
         version=version(),
         uptime=duration(time.time() - started),
@@ -172,25 +173,24 @@ async def _window(pool: asyncpg.Pool, minutes: int) -> MetricsWindow:
 
 
 class ClusterController(Controller):
-    path = "/api/v1/cluster"
+    path = "/cluster"
     dependencies = {"principal": Provide(cluster_reader)}
-    exception_handlers = CLUSTER_API_ERRORS  # type: ignore[assignment]
     tags = ["cluster"]
 
     @get("/status")
     async def status(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> Response[Envelope[ClusterStatus]]:
         """Device counts, health percentage and resources, and this API server's own info."""
-        rows = await all_rows(request.app.state.pool)
-        return success(request, ClusterStatus(cluster_stats(rows), server_info(request)))
+        rows = await all_rows(services.pool)
+        return success(request, ClusterStatus(cluster_stats(rows), server_info(services)))
 
     @get("/metrics")
     async def metrics(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> Response[Envelope[ClusterMetrics]]:
         """Utilisation now, and throughput and average machine use over 1, 5 and 15 minutes."""
-        pool: asyncpg.Pool = request.app.state.pool
+        pool: asyncpg.Pool = services.pool
         rows = await all_rows(pool)
         online = [r for r in rows if r["online"]]
         busy = sum(r["downloading"] + r["muxing"] + r["uploading"] for r in online)
@@ -212,11 +212,11 @@ class ClusterController(Controller):
 
     @get("/config")
     async def cluster_config(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> Response[Envelope[ClusterConfigView]]:
         """The cluster config (as events made it) and the settings this server runs with."""
-        settings: Settings = request.app.state.settings
-        state = await load_config(request.app.state.store)
+        settings: Settings = services.settings
+        state = await load_config(services.store)
         running = RunningSettings(
             host=settings.host,
             port=settings.port,

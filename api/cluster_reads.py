@@ -23,10 +23,10 @@ from typing import Any
 
 from litestar import Request
 
-from spool.adapters.settings import Settings
 from spool.api.auth import Principal, job_api_principal, key_in, lookup
 from spool.api.envelope import ClusterApiError, cluster_principal
 from spool.api.errors import JobApiError
+from spool.api.services import Services
 
 REFUSED = "This is a cluster-wide read: it needs an admin API key"
 """What every surface says to a user key, in its own shape."""
@@ -37,23 +37,23 @@ def may_read_cluster(admin: bool) -> bool:
     return admin
 
 
-async def cluster_reader(request: Request[Any, Any, Any]) -> Principal:
+async def cluster_reader(request: Request[Any, Any, Any], services: Services) -> Principal:
     """The caller of a cluster-wide read under `/api/v1`, refused in the envelope otherwise."""
-    principal = await cluster_principal(request)
+    principal = await cluster_principal(request, services)
     if not may_read_cluster(principal.admin):
         raise ClusterApiError(403, "UNAUTHORIZED", REFUSED)
     return principal
 
 
-async def job_api_cluster_reader(request: Request[Any, Any, Any]) -> Principal:
+async def job_api_cluster_reader(request: Request[Any, Any, Any], services: Services) -> Principal:
     """The caller of a cluster-wide read answered as `{"error"}` (the dashboard's panels)."""
-    principal = await job_api_principal(request)
+    principal = await job_api_principal(request, services)
     if not may_read_cluster(principal.admin):
         raise JobApiError(status_code=403, detail=REFUSED)
     return principal
 
 
-async def metrics_reader(request: Request[Any, Any, Any]) -> None:
+async def metrics_reader(request: Request[Any, Any, Any], services: Services) -> None:
     """An admin key, or the scrape token as `Authorization: Bearer`; `{"error"}` otherwise."""
     key = key_in(request.scope)
     if key is None:
@@ -61,11 +61,10 @@ async def metrics_reader(request: Request[Any, Any, Any]) -> None:
             status_code=401,
             detail="Send an admin API key (x-api-key) or the scrape token (Authorization: Bearer)",
         )
-    settings: Settings = request.app.state.settings
-    token = settings.metrics_token
+    token = services.settings.metrics_token
     if token and hmac.compare_digest(key.encode(), token.encode()):
         return
-    principal = await lookup(request.app.state, key)
+    principal = await lookup(services.keys, key)
     if principal is None:
         raise JobApiError(status_code=401, detail="Invalid API key or scrape token")
     if not may_read_cluster(principal.admin):

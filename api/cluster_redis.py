@@ -1,38 +1,25 @@
-"""The API process's Redis: given to `create_app(redis=...)`, else opened once from settings."""
+"""The API process's Redis: given to `create_app(redis=...)`, else opened from settings."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 from arq.connections import ArqRedis
-from litestar.datastructures import State
 
-_lock = asyncio.Lock()
+from spool.adapters.settings import Settings
+from spool.api.services import Services
 
 
-async def redis_of(state: State) -> ArqRedis | None:
-    """The Redis to use for rate limits and pings; None when no Redis is configured."""
-    redis: ArqRedis | None = state.get("redis")
-    if redis is not None:
-        return redis
-    url = state.settings.redis_url
+def open_redis(settings: Settings) -> ArqRedis | None:
+    """A Redis client for `settings.redis_url` (None without one); it connects on first use."""
+    url = settings.redis_url
     if url is None:
         return None
-    async with _lock:
-        if state.get("redis") is None:
-            # Connects on first use and fails fast: a Redis that is down must not stall requests
-            # (arq's create_pool would retry for seconds).
-            state["redis"] = ArqRedis.from_url(url, socket_connect_timeout=1.0)
-            state["redis_owned"] = True  # opened here, so closed here at shutdown
-    opened: ArqRedis = state["redis"]
-    return opened
+    # Fails fast: a Redis that is down must not stall requests (arq's create_pool would retry
+    # for seconds).
+    redis: ArqRedis = ArqRedis.from_url(url, socket_connect_timeout=1.0)
+    return redis
 
 
-async def close_redis(state: State) -> None:
-    """Close the Redis this module opened (a given one belongs to the caller)."""
-    if state.get("redis_owned"):
-        redis: Any = state.pop("redis", None)
-        state["redis_owned"] = False
-        if redis is not None:
-            await redis.aclose()
+async def close_redis(services: Services) -> None:
+    """Close the Redis the app opened (a given one belongs to the caller)."""
+    if services.owns_redis and services.redis is not None:
+        await services.redis.aclose()

@@ -19,7 +19,6 @@ from typing import Any
 import asyncpg
 import msgspec
 from litestar import WebSocket, websocket
-from litestar.datastructures import State
 from litestar.exceptions import WebSocketDisconnect
 
 from spool.adapters.config_store import heartbeat_config
@@ -29,6 +28,7 @@ from spool.adapters.viewer_sessions import ViewerSession
 from spool.api.auth import KEY_CACHE_SECONDS, Principal, key_gone, lookup
 from spool.api.cluster_reads import may_read_cluster
 from spool.api.envelope import timestamp
+from spool.api.services import Services
 from spool.api.viewer_sources import close_viewer, open_viewer
 from spool.domain import job, node, task
 from spool.domain.events import RecordedEvent
@@ -316,22 +316,6 @@ def _device(device_id: str, online: bool, reason: str, at: str, **extra: Any) ->
     }
 
 
-def feed_of(state: State) -> ClusterFeed:
-    """This app's feed, started on first use."""
-    feed: ClusterFeed | None = state.get("cluster_feed")
-    if feed is None:
-        feed = ClusterFeed(state.store)
-        state["cluster_feed"] = feed
-    feed.start()
-    return feed
-
-
-async def stop_feed(state: State) -> None:
-    feed: ClusterFeed | None = state.get("cluster_feed")
-    if feed is not None:
-        await feed.stop()
-
-
 def _presented(socket: WebSocket[Any, Any, Any]) -> str | None:
     key = socket.headers.get("x-api-key") or socket.query_params.get("api_key")
     if key:
@@ -346,17 +330,17 @@ trusts a verified key."""
 
 
 @websocket("/ws", tags=["cluster"])
-async def cluster_ws(socket: WebSocket[Any, Any, Any]) -> None:
+async def cluster_ws(socket: WebSocket[Any, Any, Any], services: Services) -> None:
     """Cluster updates as JSON; authenticate with `X-API-Key` or `?api_key=`."""
     key = _presented(socket)
-    principal = await lookup(socket.app.state, key) if key else None
+    principal = await lookup(services.keys, key) if key else None
     if principal is None:
         # Closing before accepting answers the handshake with 403.
         await socket.close(code=4401, reason="A valid API key is required")
         return
     await socket.accept()
     viewer = await open_viewer(
-        socket.app.state,
+        services.viewers,
         socket,
         harness_type="CLUSTER_DATA_CLIENT",
         state_name="CONNECTED",
@@ -364,15 +348,19 @@ async def cluster_ws(socket: WebSocket[Any, Any, Any]) -> None:
         application_id=principal.account_id,
     )
     try:
-        await _serve(socket, principal, viewer)
+        await _serve(socket, services, principal, viewer)
     finally:
         close_viewer(viewer)
 
 
 async def _serve(
-    socket: WebSocket[Any, Any, Any], principal: Principal, viewer: ViewerSession | None
+    socket: WebSocket[Any, Any, Any],
+    services: Services,
+    principal: Principal,
+    viewer: ViewerSession | None,
 ) -> None:
-    feed = feed_of(socket.app.state)
+    feed = services.feed
+    feed.start()  # the one follower of this process, started by its first listener
     async with feed.subscribe(principal) as sub:
         # "connected" promises that whatever is appended from now on will be pushed.
         with contextlib.suppress(TimeoutError):
@@ -380,9 +368,7 @@ async def _serve(
         await _send(socket, {"type": "connected", "timestamp": timestamp()}, viewer)
         receiving = asyncio.create_task(_drain(socket, viewer))
         # An open socket outlives no key: it closes soon after its key is revoked or expires.
-        gone = asyncio.create_task(
-            key_gone(socket.app.state.pool, principal.key_id, KEY_RECHECK_SECONDS)
-        )
+        gone = asyncio.create_task(key_gone(services.pool, principal.key_id, KEY_RECHECK_SECONDS))
         try:
             while not receiving.done():
                 getting = asyncio.create_task(sub.queue.get())

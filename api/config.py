@@ -13,23 +13,24 @@ from spool.adapters.config_store import change_config, load_config
 from spool.adapters.event_store import EventStore
 from spool.api.auth import Principal
 from spool.api.envelope import (
-    CLUSTER_API_ERRORS,
     Envelope,
     cluster_admin,
     success,
     validation_error,
 )
 from spool.api.requests import command_metadata
+from spool.api.services import Services
 from spool.domain import cluster_config as config
 from spool.domain.events import Event
 
 
 async def _change(
     request: Request[Any, Any, Any],
+    services: Services,
     principal: Principal,
     decide: Callable[[config.ClusterConfig], list[Event]],
 ) -> config.ClusterConfig:
-    store: EventStore = request.app.state.store
+    store: EventStore = services.store
     meta = command_metadata(request, f"key:{principal.key_id}")
     try:
         state, _ = await change_config(store, decide, meta)
@@ -58,55 +59,66 @@ def _patch(data: Any) -> dict[str, Any]:
 
 
 class ConfigController(Controller):
-    path = "/api/v1/config"
+    path = "/config"
     dependencies = {"principal": Provide(cluster_admin)}
-    exception_handlers = CLUSTER_API_ERRORS  # type: ignore[assignment]
     tags = ["cluster: config"]
 
     @get("/")
     async def everything(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> Response[Envelope[ConfigView]]:
         """Every config section, and the version of the `config` stream it was folded at."""
-        state = await load_config(request.app.state.store)
+        state = await load_config(services.store)
         return success(request, config_view(state))
 
     @get("/server")
     async def server(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> Response[Envelope[config.ServerConfig]]:
-        state = await load_config(request.app.state.store)
+        state = await load_config(services.store)
         return success(request, state.server)
 
     @put("/server")
     async def set_server(
-        self, request: Request[Any, Any, Any], principal: Principal, data: dict[str, Any]
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        data: dict[str, Any],
     ) -> Response[Envelope[config.ServerConfig]]:
         """Change server settings (e.g. `max_connections`); fields left out keep their values."""
         patch = _patch(data)
-        state = await _change(request, principal, lambda s: config.change_server(s, patch))
+        state = await _change(
+            request, services, principal, lambda s: config.change_server(s, patch)
+        )
         return success(request, state.server, message="Server config updated")
 
     @get("/heartbeat")
     async def heartbeat(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> Response[Envelope[config.HeartbeatConfig]]:
-        state = await load_config(request.app.state.store)
+        state = await load_config(services.store)
         return success(request, state.heartbeat)
 
     @put("/heartbeat")
     async def set_heartbeat(
-        self, request: Request[Any, Any, Any], principal: Principal, data: dict[str, Any]
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        data: dict[str, Any],
     ) -> Response[Envelope[config.HeartbeatConfig]]:
         """Change `interval`, `timeout` (after which a device is offline) and `max_missed`."""
         patch = _patch(data)
-        state = await _change(request, principal, lambda s: config.change_heartbeat(s, patch))
+        state = await _change(
+            request, services, principal, lambda s: config.change_heartbeat(s, patch)
+        )
         return success(request, state.heartbeat, message="Heartbeat config updated")
 
     @post("/reset", status_code=200)
     async def reset(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> Response[Envelope[ConfigView]]:
         """Every section back to its defaults."""
-        state = await _change(request, principal, config.reset)
+        state = await _change(request, services, principal, config.reset)
         return success(request, config_view(state), message="Configuration reset to defaults")

@@ -16,7 +16,8 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from spool.adapters.node_online import configured_timeout, online
 from spool.api.auth import key_in, recently_verified
 from spool.api.cluster_reads import job_api_cluster_reader, may_read_cluster
-from spool.api.errors import JOB_API_ERRORS, JobApiError
+from spool.api.errors import JobApiError
+from spool.api.services import Services, services_of
 
 STATIC_DIR = Path(__file__).parent / "static"
 """The page's HTML, CSS and JS: plain files, shipped as package data (no build step)."""
@@ -125,18 +126,27 @@ class _CachedStats(NamedTuple):
     until: float
 
 
+class StatsCache:
+    """The cluster stats last read by this process, answered until `STATS_CACHE_SECONDS` pass."""
+
+    __slots__ = ("current",)
+
+    def __init__(self) -> None:
+        self.current: _CachedStats | None = None
+
+
 _encode = msgspec.json.Encoder().encode
 
 
-async def _cluster_stats(request: Request[Any, Any, Any]) -> ClusterStats:
-    state = request.app.state
+async def _cluster_stats(services: Services) -> ClusterStats:
+    cache = services.dashboard_stats
     now = time.monotonic()
-    cached: _CachedStats | None = state.get("cluster_stats")
+    cached = cache.current
     if cached is not None and cached.until > now:
         return cached.stats
-    row = await state.pool.fetchrow(_CLUSTER)
+    row = await services.pool.fetchrow(_CLUSTER)
     stats = ClusterStats(row[0], row[1], row[2])
-    state["cluster_stats"] = _CachedStats(stats, _encode(stats), now + STATS_CACHE_SECONDS)
+    cache.current = _CachedStats(stats, _encode(stats), now + STATS_CACHE_SECONDS)
     return stats
 
 
@@ -151,13 +161,13 @@ def answer_from_cache(app: ASGIApp) -> ASGIApp:
     """
 
     async def serve(scope: Scope, receive: Receive, send: Send) -> None:
-        state = scope["app"].state
-        cached: _CachedStats | None = state.get("cluster_stats")
+        services = services_of(scope["app"])
+        cached = services.dashboard_stats.current
         key = key_in(scope)
         if cached is None or cached.until <= time.monotonic() or key is None:
             await app(scope, receive, send)
             return
-        principal = recently_verified(state, key)
+        principal = recently_verified(services.keys, key)
         if principal is None or not may_read_cluster(principal.admin):
             await app(scope, receive, send)
             return
@@ -172,8 +182,7 @@ def answer_from_cache(app: ASGIApp) -> ASGIApp:
 
 
 class DashboardController(Controller):
-    path = "/dashboard"
-    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
+    path = "/"
     tags = ["dashboard"]
 
     @get("/", media_type=MediaType.HTML, include_in_schema=False)
@@ -182,16 +191,16 @@ class DashboardController(Controller):
         return Response(_PAGE, media_type=MediaType.HTML, headers=_PAGE_HEADERS)
 
     @get("/cluster", middleware=[answer_from_cache])
-    async def cluster(self, request: Request[Any, Any, Any]) -> ClusterStats:
+    async def cluster(self, request: Request[Any, Any, Any], services: Services) -> ClusterStats:
         """What every online node (adapters/node_online.py) is doing right now."""
-        await job_api_cluster_reader(request)
-        return await _cluster_stats(request)
+        await job_api_cluster_reader(request, services)
+        return await _cluster_stats(services)
 
     @get("/nodes")
-    async def nodes(self, request: Request[Any, Any, Any]) -> NodeList:
+    async def nodes(self, request: Request[Any, Any, Any], services: Services) -> NodeList:
         """Nodes heard from in the last hour: heartbeat age, CPU and memory, stage counts."""
-        await job_api_cluster_reader(request)
-        rows = await request.app.state.pool.fetch(_NODES, NODES_SHOWN_FOR, MAX_NODES)
+        await job_api_cluster_reader(request, services)
+        rows = await services.pool.fetch(_NODES, NODES_SHOWN_FOR, MAX_NODES)
         return NodeList(
             nodes=[
                 NodeView(
@@ -212,14 +221,16 @@ class DashboardController(Controller):
         )
 
     @get("/throughput")
-    async def throughput(self, request: Request[Any, Any, Any], minutes: int = 60) -> Throughput:
+    async def throughput(
+        self, request: Request[Any, Any, Any], services: Services, minutes: int = 60
+    ) -> Throughput:
         """Jobs completed and failed, and bytes stored, per minute over the last `minutes`."""
-        await job_api_cluster_reader(request)
+        await job_api_cluster_reader(request, services)
         if not 1 <= minutes <= MAX_MINUTES:
             raise JobApiError(
                 status_code=400, detail=f"minutes must be between 1 and {MAX_MINUTES}"
             )
-        points = await request.app.state.pool.fetch(THROUGHPUT_SQL, minutes)
+        points = await services.pool.fetch(THROUGHPUT_SQL, minutes)
         return Throughput(
             minutes=minutes,
             points=[
@@ -229,7 +240,7 @@ class DashboardController(Controller):
 
 
 dashboard_static = create_static_files_router(
-    path="/dashboard/static",
+    path="/static",
     directories=[STATIC_DIR],
     name="dashboard_static",
     # Revalidated on each load, so a page served after an upgrade never runs an older script.

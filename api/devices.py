@@ -14,11 +14,9 @@ from arq.jobs import Job
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import Provide
 
-from spool.adapters.event_store import EventStore
 from spool.adapters.queue import node_queue
 from spool.api.auth import Principal
 from spool.api.cluster_reads import cluster_reader
-from spool.api.cluster_redis import redis_of
 from spool.api.device_view import (
     STATUSES,
     ClusterDeviceStats,
@@ -33,7 +31,6 @@ from spool.api.device_view import (
     usage,
 )
 from spool.api.envelope import (
-    CLUSTER_API_ERRORS,
     DEFAULT_PAGE_SIZE,
     ClusterApiError,
     Envelope,
@@ -45,8 +42,8 @@ from spool.api.envelope import (
     validation_error,
 )
 from spool.api.requests import command_metadata
-from spool.domain import node
-from spool.domain.events import NewEvent
+from spool.api.services import Services
+from spool.application.nodes import remove_node
 
 PING_TIMEOUT = 5.0
 """How long a ping waits for the node's answer before calling it unreachable."""
@@ -143,15 +140,15 @@ def _tags(given: list[str] | None) -> tuple[str, ...]:
 
 
 class DevicesController(Controller):
-    path = "/api/v1/devices"
+    path = "/devices"
     dependencies = {"principal": Provide(cluster_reader)}
-    exception_handlers = CLUSTER_API_ERRORS  # type: ignore[assignment]
     tags = ["cluster: devices"]
 
     @get("/")
     async def list_(
         self,
         request: Request[Any, Any, Any],
+        services: Services,
         principal: Principal,
         page: int = 1,
         page_size: int = DEFAULT_PAGE_SIZE,
@@ -165,15 +162,15 @@ class DevicesController(Controller):
         if status not in STATUSES:
             raise validation_error("status", f"status must be one of {', '.join(STATUSES)}")
         f = DeviceFilter(status=status, role=role, platform=platform, tags=_tags(tags))
-        devices, total = await list_devices(request.app.state.pool, f, limit, offset)
+        devices, total = await list_devices(services.pool, f, limit, offset)
         return success(request, devices, pagination=Pagination.of(page, page_size, total))
 
     @get("/summary")
     async def summary(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> Response[Envelope[DevicesSummary]]:
         """Counts by status, role, platform and tag; resources; what the devices are doing."""
-        rows = await all_rows(request.app.state.pool)
+        rows = await all_rows(services.pool)
         stats = cluster_stats(rows)
         by_tag: dict[str, int] = {}
         for r in rows:
@@ -189,10 +186,14 @@ class DevicesController(Controller):
 
     @get("/{device_id:str}")
     async def one(
-        self, request: Request[Any, Any, Any], principal: Principal, device_id: str
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        device_id: str,
     ) -> Response[Envelope[DeviceDetail]]:
         """One device, with its hostname, registration and concurrency besides the list's."""
-        row, _ = await device_row(request.app.state.pool, device_id)
+        row, _ = await device_row(services.pool, device_id)
         if row is None:
             raise _not_found(device_id)
         listed = device(row)
@@ -208,10 +209,14 @@ class DevicesController(Controller):
 
     @get("/{device_id:str}/status")
     async def status(
-        self, request: Request[Any, Any, Any], principal: Principal, device_id: str
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        device_id: str,
     ) -> Response[Envelope[DeviceStatus]]:
         """What the device is doing now, its machine's usage, and how healthy its heartbeat is."""
-        row, hb = await device_row(request.app.state.pool, device_id)
+        row, hb = await device_row(services.pool, device_id)
         if row is None:
             raise _not_found(device_id)
         online = bool(row["online"])
@@ -245,6 +250,7 @@ class DevicesController(Controller):
     async def ping(
         self,
         request: Request[Any, Any, Any],
+        services: Services,
         principal: Principal,
         device_id: str,
         timeout: float = PING_TIMEOUT,
@@ -255,7 +261,7 @@ class DevicesController(Controller):
         """
         if not 0 < timeout <= 30:
             raise validation_error("timeout", "timeout must be more than 0 and at most 30 seconds")
-        row, _ = await device_row(request.app.state.pool, device_id)
+        row, _ = await device_row(services.pool, device_id)
         if row is None:
             raise _not_found(device_id)
         if not row["online"]:
@@ -266,7 +272,7 @@ class DevicesController(Controller):
                 f"{row['heartbeat_age'] or 0:.0f} s",
                 {"device_id": device_id, "reason": "device_offline"},
             )
-        redis = await redis_of(request.app.state)
+        redis = services.redis
         if redis is None:
             raise ClusterApiError(503, "INTERNAL_ERROR", "No Redis configured: cannot reach nodes")
         ping_id = f"ping:{device_id}:{uuid.uuid4().hex}"
@@ -300,17 +306,18 @@ class DevicesController(Controller):
         dependencies={"principal": Provide(cluster_admin)},
     )
     async def remove(
-        self, request: Request[Any, Any, Any], principal: Principal, device_id: str
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        device_id: str,
     ) -> Response[Envelope[DeviceRemoved]]:
         """Take the device out of the cluster; it shows again only once it registers anew."""
-        row, _ = await device_row(request.app.state.pool, device_id)
+        row, _ = await device_row(services.pool, device_id)
         if row is None:
             raise _not_found(device_id)
-        store: EventStore = request.app.state.store
         meta = command_metadata(request, f"key:{principal.key_id}")
-        result = await store.append(
-            node.stream_id(device_id), [NewEvent(node.NodeRemoved(node_id=device_id), meta)], None
-        )
+        result = await remove_node(services.store, device_id, meta)
         return success(
             request,
             DeviceRemoved(device_id=device_id, removed=True, position=result.position),

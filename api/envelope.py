@@ -7,7 +7,6 @@ an `error_code` from the seed's list.
 
 from __future__ import annotations
 
-import logging
 import math
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -16,14 +15,11 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
-from spool.adapters.database import unreachable
 from spool.api.auth import Principal, lookup, presented_key, scope_refusal
 from spool.api.bodies import in_place_of
-from spool.api.errors import client_fault
+from spool.api.errors import classify
 from spool.api.requests import request_id
-from spool.api.unavailable import MESSAGE, RETRY_AFTER
-
-log = logging.getLogger("spool.api")
+from spool.api.services import Services
 
 T = TypeVar("T")
 
@@ -177,25 +173,17 @@ def cluster_api_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
         status, code = 400, "VALIDATION_ERROR"
     elif isinstance(exc, NotFoundException):
         status, code, message = 404, "NOT_FOUND", "Resource not found"
-    elif isinstance(exc, HTTPException):
-        status = exc.status_code
+    else:
+        # A refused command's status picks its code; the seed's codes have no "unavailable": a
+        # lost database's 503 carries INTERNAL_ERROR, and the details say why.
+        failure = classify(request, exc)
+        status, message, headers = failure.status, failure.message, failure.headers
         code = _CODE_BY_STATUS.get(status, "INTERNAL_ERROR")
-        message, headers = str(exc.detail), exc.headers
         allow = (headers or {}).get("allow")
         if status == 405 and allow:
             details = {"allowed": sorted(allow.split(", ")), "reason": "method_not_allowed"}
-    elif (fault := client_fault(exc)) is not None:
-        status, code, message = 400, "VALIDATION_ERROR", fault
-    elif unreachable(exc):
-        # The seed's codes have no "unavailable": its 503 carries INTERNAL_ERROR, and the
-        # details say why.
-        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-        status, code, message = 503, "INTERNAL_ERROR", MESSAGE
-        details = {"reason": "database_unavailable"}
-        headers = {"retry-after": RETRY_AFTER}
-    else:
-        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        status, code, message = 500, "INTERNAL_ERROR", "Internal server error"
+        elif failure.reason is not None:
+            details = {"reason": failure.reason}
     body: dict[str, Any] = {
         "status": "error",
         "message": message,
@@ -210,7 +198,7 @@ def cluster_api_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
 CLUSTER_API_ERRORS = {Exception: cluster_api_error}
 
 
-async def cluster_principal(request: Request[Any, Any, Any]) -> Principal:
+async def cluster_principal(request: Request[Any, Any, Any], services: Services) -> Principal:
     """A valid key whose scope allows the request, from `X-API-Key` or `Authorization: Bearer`;
     401 `UNAUTHORIZED` else, 403 outside the key's scope."""
     key = presented_key(request)
@@ -218,7 +206,7 @@ async def cluster_principal(request: Request[Any, Any, Any]) -> Principal:
         raise ClusterApiError(
             401, "UNAUTHORIZED", "Authentication required: send X-API-Key or Authorization: Bearer"
         )
-    principal = await lookup(request.app.state, key)
+    principal = await lookup(services.keys, key)
     if principal is None:
         raise ClusterApiError(401, "UNAUTHORIZED", "Invalid API key")
     refusal = scope_refusal(principal, request.method, request.url.path)
@@ -227,9 +215,9 @@ async def cluster_principal(request: Request[Any, Any, Any]) -> Principal:
     return principal
 
 
-async def cluster_admin(request: Request[Any, Any, Any]) -> Principal:
+async def cluster_admin(request: Request[Any, Any, Any], services: Services) -> Principal:
     """An admin key, for the endpoints the seed marks "Requires Authentication"."""
-    principal = await cluster_principal(request)
+    principal = await cluster_principal(request, services)
     if not principal.admin:
         raise ClusterApiError(403, "UNAUTHORIZED", "This endpoint needs an admin API key")
     return principal

@@ -14,7 +14,17 @@ from spool.adapters.account_policy_store import QuotaExceeded
 from spool.adapters.database import unreachable
 from spool.api.bodies import in_place_of
 from spool.api.unavailable import MESSAGE, RETRY_AFTER
-from spool.domain.errors import ConcurrencyError
+from spool.domain.errors import (
+    ConcurrencyError,
+    Conflict,
+    DomainError,
+    Forbidden,
+    IdempotencyKeyReused,
+    InvalidCommand,
+    InvalidTransition,
+    NotFound,
+    StorageRefused,
+)
 
 log = logging.getLogger("spool.api")
 
@@ -43,6 +53,28 @@ class Failure(NamedTuple):
     status: int
     message: str
     headers: dict[str, str] | None = None
+    reason: str | None = None
+    """Why, for a surface whose errors carry it (the cluster API's `error_details`)."""
+
+
+_REFUSALS: tuple[tuple[type[DomainError], int], ...] = (
+    (NotFound, 404),
+    (InvalidTransition, 400),
+    (InvalidCommand, 400),
+    (Forbidden, 403),
+    (Conflict, 409),
+    (IdempotencyKeyReused, 422),
+    (StorageRefused, 502),
+)
+
+
+def refusal(exc: Exception) -> Failure | None:
+    """The status of a command the application layer refused, with its message; None if `exc`
+    is no such refusal."""
+    for kind, status in _REFUSALS:
+        if isinstance(exc, kind):
+            return Failure(status, str(exc))
+    return None
 
 
 def classify(request: Request[Any, Any, Any], exc: Exception) -> Failure:
@@ -54,11 +86,13 @@ def classify(request: Request[Any, Any, Any], exc: Exception) -> Failure:
     exc = in_place_of(request, exc)
     if isinstance(exc, HTTPException):  # e.g. 413 for a body past the size limit
         return Failure(exc.status_code, str(exc.detail), exc.headers or None)
+    if (refused := refusal(exc)) is not None:
+        return refused
     if (fault := client_fault(exc)) is not None:
         return Failure(400, fault)
     if unreachable(exc):
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return Failure(503, MESSAGE, {"retry-after": RETRY_AFTER})
+        return Failure(503, MESSAGE, {"retry-after": RETRY_AFTER}, "database_unavailable")
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return Failure(500, "Internal server error")
 

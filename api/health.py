@@ -11,8 +11,8 @@ import asyncpg
 from litestar import Request, Response, get
 
 from spool.api.auth import lookup, presented_key
-from spool.api.cluster_redis import redis_of
 from spool.api.envelope import timestamp
+from spool.api.services import Services
 
 PROCESS_HEADER = "x-spool-process"
 """The id of the API process that answered `/health`."""
@@ -56,8 +56,8 @@ async def _database(pool: asyncpg.Pool) -> None:
         raise RuntimeError("SELECT 1 did not answer 1")
 
 
-async def _redis(request: Request[Any, Any, Any]) -> None:
-    redis = await redis_of(request.app.state)
+async def _redis(services: Services) -> None:
+    redis = services.redis
     if redis is None:
         raise RuntimeError("no Redis configured")
     if not await redis.ping():
@@ -83,29 +83,29 @@ async def _scheduler(pool: asyncpg.Pool) -> tuple[str, dict[str, Any]]:
     return "healthy", details
 
 
-async def _admin_asks(request: Request[Any, Any, Any]) -> bool:
+async def _admin_asks(request: Request[Any, Any, Any], services: Services) -> bool:
     """Whether the caller presents an admin key; False when that cannot be told (database down)."""
     key = presented_key(request)
     if key is None:
         return False
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
-            principal = await lookup(request.app.state, key)
+            principal = await lookup(services.keys, key)
     except Exception:  # the database is what is down: nobody is known to be an admin now
         return False
     return principal is not None and principal.admin
 
 
 @get("/health", tags=["cluster"])
-async def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+async def health(request: Request[Any, Any, Any], services: Services) -> Response[dict[str, Any]]:
     """200 `healthy` when every component is; 503 `unhealthy` (database or Redis down) or
     `degraded` (the scheduler missing or behind) otherwise."""
-    pool: asyncpg.Pool = request.app.state.pool
+    pool: asyncpg.Pool = services.pool
     (
         (db, db_ms, db_error),
         (redis, redis_ms, redis_error),
         (sched, sched_details),
-    ) = await asyncio.gather(_timed(_database(pool)), _timed(_redis(request)), _scheduler(pool))
+    ) = await asyncio.gather(_timed(_database(pool)), _timed(_redis(services)), _scheduler(pool))
     components = {
         "api": "healthy",
         "database": db,
@@ -121,7 +121,7 @@ async def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         status = "degraded"
     else:
         status = "healthy"
-    if not await _admin_asks(request):
+    if not await _admin_asks(request, services):
         # The drivers' own words name hosts, ports, databases and roles: an admin's to read.
         db_error = db_error and "unreachable"
         redis_error = redis_error and "unreachable"

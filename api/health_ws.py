@@ -20,20 +20,18 @@ from typing import Any
 import asyncpg
 import msgspec
 from litestar import WebSocket, websocket
-from litestar.datastructures import State
 from litestar.exceptions import WebSocketDisconnect
 
 from spool.adapters import sysinfo
 from spool.adapters.database import unreachable
 from spool.adapters.log_format import TextFormatter
-from spool.adapters.settings import Settings
 from spool.adapters.tokens import TokenClaims, TokenError, verify_token
 from spool.adapters.viewer_sessions import ViewerSession
 from spool.api.auth import KEY_CACHE_SECONDS, key_alive, key_gone
 from spool.api.cluster_reads import may_read_cluster
 from spool.api.errors import client_fault
 from spool.api.request_log import request_counts
-from spool.api.tokens import token_key
+from spool.api.services import Services
 from spool.api.viewer_sources import close_viewer, open_viewer
 
 log = logging.getLogger("spool.api.health")
@@ -76,20 +74,16 @@ class LogBuffer(logging.Handler):
         return list(self.lines)[-n:] if n > 0 else []
 
 
-async def start_health(state: State) -> None:
+async def start_health(buffer: LogBuffer) -> None:
     """Attach this app's log buffer and take psutil's first CPU sample (the next one compares)."""
-    buffer = LogBuffer()
-    state["log_buffer"] = buffer
     for name in BUFFERED_LOGGERS:
         logging.getLogger(name).addHandler(buffer)
     await asyncio.to_thread(sysinfo.host_report)
 
 
-async def stop_health(state: State) -> None:
-    buffer: LogBuffer | None = state.get("log_buffer")
-    if buffer is not None:
-        for name in BUFFERED_LOGGERS:
-            logging.getLogger(name).removeHandler(buffer)
+async def stop_health(buffer: LogBuffer) -> None:
+    for name in BUFFERED_LOGGERS:
+        logging.getLogger(name).removeHandler(buffer)
 
 
 def _json(raw: Any) -> dict[str, Any]:
@@ -206,13 +200,14 @@ class HealthSession:
     def __init__(
         self,
         socket: WebSocket[Any, Any, Any],
+        services: Services,
         claims: TokenClaims,
         viewer: ViewerSession | None = None,
     ) -> None:
         self.socket = socket
+        self.services = services
         self.claims = claims
         self.viewer = viewer
-        self.state: State = socket.app.state
         self._sending = asyncio.Lock()  # the stream and the replies share one socket
         self._stream: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -256,7 +251,7 @@ class HealthSession:
         A token outlives nothing but its key: without this, revoking a key left its open
         sessions (an admin's reading the logs, say) running until their tokens expired.
         """
-        await key_gone(self.socket.app.state.pool, self.claims.key_id, KEY_RECHECK_SECONDS)
+        await key_gone(self.services.pool, self.claims.key_id, KEY_RECHECK_SECONDS)
         await self._end_stream()
         gone = _error("the token's API key was revoked or has expired")
         await _goodbye(self.socket, gone, 4401, "API key revoked")
@@ -310,7 +305,7 @@ class HealthSession:
     async def sysinfo(self, node_id: str | None) -> str:
         if node_id is None:
             return _encode(await asyncio.to_thread(sysinfo.host_report)).decode()
-        row = await self.state.pool.fetchrow(_NODE, node_id)
+        row = await self.services.pool.fetchrow(_NODE, node_id)
         if row is None:
             return _error(f"unknown node {_quoted(node_id)}")
         report = node_report(row)
@@ -363,8 +358,7 @@ class HealthSession:
             return _error(f"N must be a whole number, not {_quoted(str(count))}")
         if not 1 <= n <= LOG_CAPACITY:
             return _error(f"N must be between 1 and {LOG_CAPACITY}")
-        buffer: LogBuffer | None = self.state.get("log_buffer")
-        return _encode({"lines": buffer.last(n) if buffer else []}).decode()
+        return _encode({"lines": self.services.log_buffer.last(n)}).decode()
 
 
 KEY_RECHECK_SECONDS = KEY_CACHE_SECONDS
@@ -384,7 +378,9 @@ async def _goodbye(socket: WebSocket[Any, Any, Any], text: str, code: int, reaso
             await socket.close(code=code, reason=reason)
 
 
-async def _authenticate(socket: WebSocket[Any, Any, Any], timeout: float) -> TokenClaims | None:
+async def _authenticate(
+    socket: WebSocket[Any, Any, Any], services: Services, timeout: float
+) -> TokenClaims | None:
     """Wait for `auth <JWT>`: the claims, or None once the socket was told why and closed.
 
     The timeout runs from connecting and bounds the whole exchange, answers included: refused
@@ -402,8 +398,8 @@ async def _authenticate(socket: WebSocket[Any, Any, Any], timeout: float) -> Tok
                     await socket.send_text(_error("authenticate first: send 'auth <JWT>'"))
                     continue
                 try:
-                    claims = verify_token(token_key(socket.app.state), token.strip())
-                    if not await key_alive(socket.app.state.pool, claims.key_id):
+                    claims = verify_token(services.token_key, token.strip())
+                    if not await key_alive(services.pool, claims.key_id):
                         raise TokenError("the token's API key is revoked, expired or unknown")
                 except TokenError as exc:
                     refused = _error(str(exc))
@@ -424,15 +420,14 @@ async def _authenticate(socket: WebSocket[Any, Any, Any], timeout: float) -> Tok
 
 
 @websocket("/api/health/ws", tags=["health"])
-async def health_ws(socket: WebSocket[Any, Any, Any]) -> None:
+async def health_ws(socket: WebSocket[Any, Any, Any], services: Services) -> None:
     """Machine health after `auth <JWT>`: sysinfo, network, requests and logs."""
     await socket.accept()
-    settings: Settings = socket.app.state.settings
     with contextlib.suppress(WebSocketDisconnect):
-        claims = await _authenticate(socket, settings.health_auth_timeout)
+        claims = await _authenticate(socket, services, services.settings.health_auth_timeout)
         if claims is not None:
             viewer = await open_viewer(
-                socket.app.state,
+                services.viewers,
                 socket,
                 harness_type="CLUSTER_DATA_CLIENT",
                 state_name="CONNECTED",
@@ -440,6 +435,6 @@ async def health_ws(socket: WebSocket[Any, Any, Any]) -> None:
                 application_id=claims.account_id,
             )
             try:
-                await HealthSession(socket, claims, viewer).run()
+                await HealthSession(socket, services, claims, viewer).run()
             finally:
                 close_viewer(viewer)

@@ -18,15 +18,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, get
-from litestar.di import Provide
+from litestar import get
 from litestar.params import Parameter
 
 from spool.adapters.event_store import EventStore
 from spool.adapters.queue import unit_for, webhook_for
-from spool.api.auth import Principal, job_api_principal
-from spool.api.errors import JOB_API_ERRORS
+from spool.api.auth import Principal
 from spool.api.jobs import load_job
+from spool.api.services import Services
 from spool.domain import job
 from spool.domain.events import RecordedEvent
 
@@ -91,20 +90,18 @@ def _dispatched(state: job.JobState, e: RecordedEvent) -> list[str]:
 
 @get(
     "/jobs/{job_id:str}/trace",
-    dependencies={"principal": Provide(job_api_principal)},
-    exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
     tags=["jobs"],
 )
 async def job_trace(
-    request: Request[Any, Any, Any],
+    services: Services,
     job_id: str,
     principal: Principal,
     after: Annotated[int, Parameter(ge=0)] = 0,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
 ) -> TracePage:
     """A job's causal chain: each request that acted on it and every event that followed."""
-    state = await load_job(request, job_id, principal)
-    store: EventStore = request.app.state.store
+    state = await load_job(services, job_id, principal)
+    store: EventStore = services.store
     own = job.stream_id(state.job_id)
     requests = _requests(await store.read_stream(own))
     found = await store.read_correlated(

@@ -4,65 +4,40 @@ from __future__ import annotations
 
 import base64
 import time
-import uuid
-from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
-from litestar.di import Provide
 from litestar.params import Parameter
 
-from spool.adapters.account_policy_store import change_admitted
 from spool.adapters.account_storage import AccountStorages
 from spool.adapters.downloader import DownloadFailed
-from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters.event_store import EventStore
 from spool.adapters.file_links import file_link
-from spool.adapters.job_store import JobChangingTooFast, decide_and_append, load_job_as_of
-from spool.adapters.job_store import load_job as load_job_state
-from spool.adapters.owned_objects import delete_all_owned
+from spool.adapters.job_store import load_job_as_of
 from spool.adapters.playlists import Playlist, extract_playlist, looks_like_media
 from spool.adapters.settings import Settings
 from spool.adapters.ssrf import UrlGuard
-from spool.adapters.storage import StorageError
 from spool.api.as_of import BadAsOf, parse_as_of
-from spool.api.auth import Principal, job_api_principal
-from spool.api.batches import (
-    BatchCreatedAnswer,
-    BulkAnswer,
-    Episode,
-    NewJob,
-    create_bulk,
-    job_storage,
-    plan_batch,
-)
+from spool.api.auth import Principal
+from spool.api.batches import create_bulk, job_storage
 from spool.api.bodies import reads_body
-from spool.api.errors import JOB_API_ERRORS, JobApiError
-from spool.api.idempotency import IdempotencyKey, commit, earlier_answer, idempotency_of
-from spool.api.job_requests import (
-    CreateJobBody,
-    ValidJob,
-    decode_create_job_body,
-    validate_create_job,
-)
-from spool.api.media import forget_media, links_key
+from spool.api.errors import JobApiError
+from spool.api.idempotency import IdempotencyKey, created, earlier_answer, idempotency_of
+from spool.api.job_requests import CreateJobBody, decode_create_job_body, validate_create_job
 from spool.api.probes import run_probe
 from spool.api.requests import command_metadata
+from spool.api.services import Services
 from spool.api.targets import refuse_forbidden_target
+from spool.application import jobs as commands
+from spool.application.batches import BulkAnswer
+from spool.application.jobs import BatchCreatedAnswer, JobCreatedAnswer, NewJob
 from spool.domain import job
-from spool.domain.errors import InvalidTransition
-from spool.domain.events import Event, Metadata, NewEvent
-from spool.domain.source_data import made_safe
-from spool.domain.storage_config import StorageConfigured
+from spool.domain.events import Metadata
 
 _decode_state = msgspec.json.Decoder(job.JobState).decode
 _to_builtins = msgspec.to_builtins
-
-
-class JobCreatedAnswer(msgspec.Struct):
-    job_id: str
 
 
 class ProgressView(msgspec.Struct):
@@ -242,19 +217,17 @@ def view(state: job.JobState, links: Links | None = None) -> JobView:
     )
 
 
-async def _playlist(
-    request: Request[Any, Any, Any], principal: Principal, url: str
-) -> Playlist | None:
+async def _playlist(services: Services, principal: Principal, url: str) -> Playlist | None:
     """The entries if `url` is a playlist or feed; None for one piece of media.
 
     A probe (api/probes.py): 504 past `probe_timeout`, 429 past the account's share.
     """
     if looks_like_media(url):
         return None
-    guard: UrlGuard = request.app.state.guard
+    guard: UrlGuard = services.guard
     try:
         return await run_probe(
-            request,
+            services,
             principal.account_id,
             lambda probe: extract_playlist(url, guard=guard, probe=probe),
         )
@@ -264,83 +237,30 @@ async def _playlist(
         raise JobApiError(status_code=400, detail=str(exc)) from None
 
 
-def _playlist_batch(
-    meta: Metadata,
-    principal: Principal,
-    valid: ValidJob,
-    playlist: Playlist,
-    body: CreateJobBody,
-    storage: StorageConfigured | None,
-) -> tuple[list[StreamAppend], BatchCreatedAnswer]:
-    if not playlist.entries:
-        raise JobApiError(status_code=400, detail="The playlist or feed has no entries")
-    # Titles and URLs are the source's: made safe to record, as a node makes a download's.
-    playlist = made_safe(playlist)
-    # Each entry gets the options asked for, but a name of its own (its title), not one
-    # shared `filename` that every episode would overwrite.
-    options = msgspec.structs.replace(valid.options, filename=None)
-    jobs = [
-        NewJob(ValidJob(url=entry.url, options=options), title=entry.title, storage=storage)
-        for entry in playlist.entries
-    ]
-    plan = plan_batch(
-        meta,
-        principal,
-        jobs,
-        kind="playlist",
-        paused=body.paused,
-        source_url=valid.url,
-        title=playlist.title,
-    )
-    answer = BatchCreatedAnswer(
-        batch_id=plan.batch_id,
-        total_episodes=len(plan.job_ids),
-        episode_jobs=[
-            Episode(job_id=j, title=e.title, url=e.url)
-            for j, e in zip(plan.job_ids, playlist.entries, strict=True)
-        ],
-    )
-    return plan.appends, answer
-
-
-def _job_id(raw: str) -> str:
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        raise JobApiError(status_code=404, detail="Job not found") from None
-
-
-async def load_job(
-    request: Request[Any, Any, Any], job_id: str, principal: Principal
-) -> job.JobState:
+async def load_job(services: Services, job_id: str, principal: Principal) -> job.JobState:
     """A job of the caller's, exact to its last event; 404 for anyone else's."""
-    found = await load_job_state(request.app.state.store, _job_id(job_id))
-    if found is None or found.account_id != principal.account_id:
-        raise JobApiError(status_code=404, detail="Job not found")
-    return found
+    return await commands.owned_job(services.store, principal.account_id, job_id)
 
 
-async def load_job_then(
-    request: Request[Any, Any, Any], job_id: str, raw_as_of: str
-) -> job.JobState:
+async def load_job_then(services: Services, job_id: str, raw_as_of: str) -> job.JobState:
     """An (owned) job as it stood at `as_of`; 400 for a bad `as_of`, 404 before the job."""
     try:
         as_of = parse_as_of(raw_as_of)
     except BadAsOf as exc:
         raise JobApiError(status_code=400, detail=str(exc)) from None
-    then = await load_job_as_of(request.app.state.store, job_id, as_of)
+    then = await load_job_as_of(services.store, job_id, as_of)
     if then is None:
         raise JobApiError(status_code=404, detail=f"Job did not exist yet at as_of={raw_as_of}")
     return then
 
 
-async def _links(request: Request[Any, Any, Any], state: job.JobState) -> Links | None:
+async def _links(services: Services, state: job.JobState) -> Links | None:
     """Links (24 h) to a completed job's files, unless they were deleted: the storage's own
     presigned or SAS URLs, or signed Spool links for a local folder (`adapters.file_links`)."""
     if state.status != "Completed" or state.key is None or state.file_deleted:
         return None
-    storages: AccountStorages = request.app.state.storages
-    settings: Settings = request.app.state.settings
+    storages: AccountStorages = services.storages
+    settings: Settings = services.settings
     storage = await storages.for_job(state.account_id, state.storage_override)
     now = time.time()
 
@@ -353,7 +273,7 @@ async def _links(request: Request[Any, Any, Any], state: job.JobState) -> Links 
             kind=kind,
             object_key=key,
             public_url=settings.resolved_public_url(),
-            key=links_key(request.app.state),
+            key=services.links_key,
             now=now,
         )
 
@@ -362,31 +282,6 @@ async def _links(request: Request[Any, Any, Any], state: job.JobState) -> Links 
         await link("subtitle", state.subtitle_key),
         await link("thumbnail", state.thumbnail_key),
     )
-
-
-async def _decide(
-    request: Request[Any, Any, Any],
-    principal: Principal,
-    job_id: str,
-    decide: Callable[[job.JobState], list[Event]],
-    *,
-    conn: asyncpg.Connection | None = None,
-) -> job.JobState:
-    """Run a command on one of the caller's jobs; 400 when it does not apply."""
-    owned = await load_job(request, job_id, principal)  # 404 for anyone else's
-    meta = command_metadata(request, principal.key_id)
-    try:
-        state = await decide_and_append(
-            request.app.state.store, owned.job_id, decide, meta, conn=conn
-        )
-    except InvalidTransition as exc:
-        raise JobApiError(status_code=400, detail=str(exc)) from None
-    except JobChangingTooFast:
-        raise JobApiError(
-            status_code=409, detail="The job is changing too fast; try again"
-        ) from None
-    assert state is not None
-    return state
 
 
 def _cursor(created_at: datetime, job_id: str) -> str:
@@ -409,14 +304,13 @@ StatusFilter = Literal["Pending", "Processing", "Completed", "Failed", "Cancelle
 
 class JobsController(Controller):
     path = "/jobs"
-    dependencies = {"principal": Provide(job_api_principal)}
-    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
     tags = ["jobs"]
 
     @post("/", status_code=201)
     async def create_job(
         self,
         request: Request[Any, Any, Any],
+        services: Services,
         data: CreateJobBody,
         principal: Principal,
         idempotency_key: IdempotencyKey = None,
@@ -426,42 +320,37 @@ class JobsController(Controller):
         With an `Idempotency-Key` header, sending the same request again answers what the
         first one got (with `Idempotent-Replayed: true`) and creates nothing more.
         """
-        store: EventStore = request.app.state.store
+        store: EventStore = services.store
         idem = await idempotency_of(request, principal, idempotency_key)
         if idem is not None and (earlier := await earlier_answer(store, idem)) is not None:
             return earlier
         # `data` documents the body; the raw body is decoded again strictly, so "23" is not 23.
         body = decode_create_job_body(await request.body())
         valid = validate_create_job(body)
-        await refuse_forbidden_target(request, valid.url)
+        await refuse_forbidden_target(services, valid.url)
         if valid.options.webhook_url is not None:
-            await refuse_forbidden_target(request, valid.options.webhook_url, what="webhook_url")
+            await refuse_forbidden_target(services, valid.options.webhook_url, what="webhook_url")
         meta = command_metadata(request, principal.key_id)
-        playlist = await _playlist(request, principal, valid.url)
+        playlist = await _playlist(services, principal, valid.url)
         if body.paused and playlist is None:
             raise JobApiError(status_code=400, detail="paused is only for playlist or feed URLs")
-        storage = await job_storage(request, principal, body.storage) if body.storage else None
-        if playlist is not None:
-            appends, answer = _playlist_batch(meta, principal, valid, playlist, body, storage)
-            return await commit(
-                store, appends, answer, idem, meta, quota_account=principal.account_id
-            )
-        job_id = str(uuid.uuid4())
-        events = job.create(
-            job_id=job_id,
-            account_id=principal.account_id,
-            url=valid.url,
-            options=valid.options,
-            storage=storage,
+        storage = (
+            await job_storage(request, services, principal, body.storage) if body.storage else None
         )
-        created = StreamAppend(job.stream_id(job_id), [NewEvent(e, meta) for e in events], 0)
-        one = JobCreatedAnswer(job_id=job_id)
-        return await commit(store, [created], one, idem, meta, quota_account=principal.account_id)
+        new = NewJob(url=valid.url, options=valid.options, storage=storage)
+        account_id = principal.account_id
+        if playlist is not None:
+            batch = await commands.create_playlist(
+                store, account_id, new, playlist, paused=body.paused, idem=idem, meta=meta
+            )
+            return created(*batch)
+        return created(*await commands.create_job(store, account_id, new, idem, meta))
 
     @post("/bulk", status_code=201, opt=reads_body("jobs"))
     async def create_jobs_in_bulk(
         self,
         request: Request[Any, Any, Any],
+        services: Services,
         data: dict[str, Any],
         principal: Principal,
         idempotency_key: IdempotencyKey = None,
@@ -470,12 +359,12 @@ class JobsController(Controller):
 
         All jobs or none: one invalid item rejects the request, naming its index.
         """
-        return await create_bulk(request, principal, idempotency_key)
+        return await create_bulk(request, services, principal, idempotency_key)
 
     @get("/{job_id:str}")
     async def get_job(
         self,
-        request: Request[Any, Any, Any],
+        services: Services,
         job_id: str,
         principal: Principal,
         as_of: str | None = None,
@@ -485,72 +374,46 @@ class JobsController(Controller):
         `as_of` (an event position, or an ISO 8601 time) answers the job as it stood then,
         folded from its events, without links to its files.
         """
-        state = await load_job(request, job_id, principal)
+        state = await load_job(services, job_id, principal)
         if as_of is None:
-            return view(state, await _links(request, state))
-        return view(await load_job_then(request, state.job_id, as_of))
+            return view(state, await _links(services, state))
+        return view(await load_job_then(services, state.job_id, as_of))
 
     @delete("/{job_id:str}", status_code=200)
     async def cancel_job(
-        self, request: Request[Any, Any, Any], job_id: str, principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, job_id: str, principal: Principal
     ) -> JobAction:
         """Cancel a Pending or Processing job; a running stage is aborted and its files removed."""
-        state = await _decide(request, principal, job_id, job.cancel)
+        meta = command_metadata(request, principal.key_id)
+        state = await commands.cancel_job(services.store, principal.account_id, job_id, meta)
         return JobAction(job_id=state.job_id, status=state.status)
 
     @post("/{job_id:str}/retry", status_code=200)
     async def retry_job(
-        self, request: Request[Any, Any, Any], job_id: str, principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, job_id: str, principal: Principal
     ) -> JobAction:
         """Start a Failed or Cancelled job again from download (within `max_running_jobs`)."""
-        owned = await load_job(request, job_id, principal)  # 404 for anyone else's
-        try:  # a job that cannot be retried is a 400 whatever the quota
-            job.retry(owned)
-        except InvalidTransition as exc:
-            raise JobApiError(status_code=400, detail=str(exc)) from None
-
-        async def retry(conn: asyncpg.Connection | None) -> job.JobState:
-            return await _decide(request, principal, job_id, job.retry, conn=conn)
-
-        state = await change_admitted(request.app.state.store, principal.account_id, retry)
+        meta = command_metadata(request, principal.key_id)
+        state = await commands.retry_job(services.store, principal.account_id, job_id, meta)
         return JobAction(job_id=state.job_id, status=state.status)
 
     @delete("/{job_id:str}/file", status_code=200)
     async def delete_file(
-        self, request: Request[Any, Any, Any], job_id: str, principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, job_id: str, principal: Principal
     ) -> FileDeletedAnswer:
         """Delete a completed job's file from storage; the job records that it is gone."""
-        state = await load_job(request, job_id, principal)
-        try:
-            job.delete_file(state)
-        except InvalidTransition as exc:
-            raise JobApiError(status_code=400, detail=str(exc)) from None
-        storages: AccountStorages = request.app.state.storages
-        storage = await storages.for_job(state.account_id, state.storage_override)
-        objects = job.recorded_objects(state)
-        try:
-            # Only what this job wrote, as it wrote it: an object replaced since (by another
-            # job, or behind Spool's back) or gone is not this job's to delete.
-            changed, deleted = await delete_all_owned(storage, objects, state.job_id)
-        except StorageError as exc:
-            raise JobApiError(
-                status_code=502, detail=f"Storage refused the delete: {exc}"
-            ) from None
-        if changed:
-            removed = f"only {', '.join(deleted)} was deleted" if deleted else "nothing was deleted"
-            raise JobApiError(
-                status_code=409,
-                detail=f"The file at {changed[0]} is no longer the one this job wrote "
-                f"(replaced or removed); {removed}",
-            )
-        state = await _decide(request, principal, job_id, job.delete_file)
-        await forget_media(request.app.state, state.job_id)
+        storages: AccountStorages = services.storages
+        meta = command_metadata(request, principal.key_id)
+        state = await commands.delete_job_file(
+            services.store, storages, principal.account_id, job_id, meta
+        )
+        await services.media.forget(state.job_id)
         return FileDeletedAnswer(job_id=state.job_id, deleted=True, key=state.key or "")
 
     @get("/")
     async def list_jobs(
         self,
-        request: Request[Any, Any, Any],
+        services: Services,
         principal: Principal,
         status: StatusFilter | None = None,
         batch_id: str | None = None,
@@ -559,7 +422,7 @@ class JobsController(Controller):
     ) -> JobPage:
         """The caller's jobs, newest first; pass `next_cursor` as `cursor` for the next page."""
         after = _parse_cursor(cursor) if cursor else None
-        rows = await request.app.state.pool.fetch(
+        rows = await services.pool.fetch(
             """
             SELECT state, created_at, job_id FROM jobs
             WHERE account_id = $1
@@ -586,15 +449,15 @@ class JobsController(Controller):
     @get("/{job_id:str}/events")
     async def job_events(
         self,
-        request: Request[Any, Any, Any],
+        services: Services,
         job_id: str,
         principal: Principal,
         from_version: Annotated[int, Parameter(ge=1, le=MAX_VERSION)] = 1,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     ) -> EventPage:
         """A job's full event history, oldest first: the audit trail."""
-        jid = (await load_job(request, job_id, principal)).job_id
-        store: EventStore = request.app.state.store
+        jid = (await load_job(services, job_id, principal)).job_id
+        store: EventStore = services.store
         events = await store.read_stream(job.stream_id(jid), from_version, limit=limit + 1)
         page = events[:limit]
         return EventPage(

@@ -10,13 +10,14 @@ so its viewer (GENERIC_HLS_VIEWER) is one per job, client address and User-Agent
 first request, fed by every playlist and segment, and closed by a sweeper once no request came
 for `viewer_timeout` seconds.
 
-When a job's file is deleted, `forget_media` drops its HLS rendition and ends its HLS viewers.
+When a job's file is deleted, `Media.forget` drops its HLS rendition and ends its HLS viewers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import mimetypes
 import re
 import time
@@ -26,13 +27,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from litestar import Litestar, Request, Response, Router, get, head
+from litestar import Request, Response, Router, get, head
 from litestar.background_tasks import BackgroundTask
-from litestar.datastructures import State
 from litestar.response import Stream
 
 from spool.adapters.account_storage import AccountStorages
-from spool.adapters.file_links import KINDS, link_is_valid, link_key
+from spool.adapters.file_links import KINDS, link_is_valid
 from spool.adapters.job_store import load_job
 from spool.adapters.media_cache import (
     PLAYLIST,
@@ -45,10 +45,10 @@ from spool.adapters.media_cache import (
 from spool.adapters.settings import Settings
 from spool.adapters.storage import ObjectInfo, ObjectStorage, StorageError
 from spool.adapters.tokens import TokenError, verify_token
-from spool.adapters.viewer_sessions import ViewerSession
+from spool.adapters.viewer_sessions import ViewerRecorder, ViewerSession
 from spool.api.auth import key_alive, lookup, presented_key
-from spool.api.errors import JOB_API_ERRORS, JobApiError
-from spool.api.tokens import derived_key, token_key
+from spool.api.errors import JobApiError
+from spool.api.services import Services
 from spool.api.viewer_sources import client_address, close_viewer, open_viewer
 from spool.domain import job, viewer
 
@@ -86,12 +86,11 @@ class Caller:
         self.token = token
 
 
-async def _caller(request: Request[Any, Any, Any]) -> Caller:
+async def _caller(request: Request[Any, Any, Any], services: Services) -> Caller:
     """The caller by API key, else by `?token=`; 401 in the job API's words otherwise."""
-    state = request.app.state
     key = presented_key(request)
     if key is not None:
-        principal = await lookup(state, key)
+        principal = await lookup(services.keys, key)
         if principal is None:
             raise JobApiError(status_code=401, detail="Invalid API Key")
         return Caller(principal.account_id, None)
@@ -99,25 +98,23 @@ async def _caller(request: Request[Any, Any, Any]) -> Caller:
     if not token:
         raise JobApiError(status_code=401, detail="Missing x-api-key header or token")
     try:
-        claims = verify_token(token_key(state), token)
+        claims = verify_token(services.token_key, token)
     except TokenError as exc:
         raise JobApiError(status_code=401, detail=f"Invalid token: {exc}") from None
-    if not await key_alive(state.pool, claims.key_id):
+    if not await key_alive(services.pool, claims.key_id):
         raise JobApiError(
             status_code=401, detail="Invalid token: its API key is revoked or expired"
         )
     return Caller(claims.account_id, token)
 
 
-async def _finished_job(
-    request: Request[Any, Any, Any], job_id: str, caller: Caller
-) -> job.JobState:
+async def _finished_job(services: Services, job_id: str, caller: Caller) -> job.JobState:
     """The caller's completed job with its file still stored; 404 / 409 otherwise."""
     try:
         jid = str(uuid.UUID(job_id))
     except ValueError:
         raise JobApiError(status_code=404, detail="Job not found") from None
-    state = await load_job(request.app.state.store, jid)
+    state = await load_job(services.store, jid)
     if state is None or state.account_id != caller.account_id:
         raise JobApiError(status_code=404, detail="Job not found")
     if state.status != "Completed" or state.key is None:
@@ -128,10 +125,10 @@ async def _finished_job(
 
 
 async def _stored(
-    request: Request[Any, Any, Any], state: job.JobState, key: str
+    services: Services, state: job.JobState, key: str
 ) -> tuple[ObjectStorage, ObjectInfo]:
     """The storage holding the job's file `key`, and the file's size."""
-    storages: AccountStorages = request.app.state.storages
+    storages: AccountStorages = services.storages
     try:
         storage = await storages.for_job(state.account_id, state.storage_override)
         info = await storage.head(key)
@@ -216,15 +213,18 @@ def _file_headers(key: str, size: int, *, attachment: bool = False) -> dict[str,
     }
 
 
-async def _play(request: Request[Any, Any, Any], job_id: str, *, send: bool) -> Response[Any]:
-    caller = await _caller(request)
-    state = await _finished_job(request, job_id, caller)
+async def _play(
+    request: Request[Any, Any, Any], services: Services, job_id: str, *, send: bool
+) -> Response[Any]:
+    caller = await _caller(request, services)
+    state = await _finished_job(services, job_id, caller)
     assert state.key is not None
-    return await _serve(request, state, state.key, send=send)
+    return await _serve(request, services, state, state.key, send=send)
 
 
 async def _serve(
     request: Request[Any, Any, Any],
+    services: Services,
     state: job.JobState,
     key: str,
     *,
@@ -232,7 +232,7 @@ async def _serve(
     attachment: bool = False,
 ) -> Response[Any]:
     """One of a job's stored files, whole or the `Range` asked, counted as a viewer."""
-    storage, info = await _stored(request, state, key)
+    storage, info = await _stored(services, state, key)
     kind = media_type(key)
     try:
         wanted = byte_range(request.headers.get("range"), info.size)
@@ -250,7 +250,7 @@ async def _serve(
     if not send or end < start:  # HEAD, or an empty file: nothing to stream
         return Response(b"", status_code=status, headers=headers, media_type=kind)
     session = await open_viewer(
-        request.app.state,
+        services.viewers,
         request,
         harness_type="GENERIC_PROGRESSIVE_VIEWER",
         state_name="PLAYING",
@@ -270,15 +270,19 @@ async def _serve(
 
 
 @get("/{job_id:str}", summary="Play or download a finished output (HTTP Range supported)")
-async def media_file(request: Request[Any, Any, Any], job_id: str) -> Response[Any]:
+async def media_file(
+    request: Request[Any, Any, Any], services: Services, job_id: str
+) -> Response[Any]:
     """The job's output file: 200 whole, 206 for a `Range`, 416 when no byte is in range."""
-    return await _play(request, job_id, send=True)
+    return await _play(request, services, job_id, send=True)
 
 
 @head("/{job_id:str}", summary="Size and type of a finished output")
-async def media_file_head(request: Request[Any, Any, Any], job_id: str) -> Response[None]:
+async def media_file_head(
+    request: Request[Any, Any, Any], services: Services, job_id: str
+) -> Response[None]:
     """The headers `GET` would answer with, and no body."""
-    return await _play(request, job_id, send=False)
+    return await _play(request, services, job_id, send=False)
 
 
 # -- HLS ---------------------------------------------------------------------------------------
@@ -295,20 +299,25 @@ class _HlsViewer:
 class Media:
     """This app's HLS renditions and the HLS viewers it holds."""
 
-    def __init__(self, state: State) -> None:
-        settings: Settings = state.settings
-        self.state = state
-        self.cache = HlsCache(
+    def __init__(self, settings: Settings, recorder: ViewerRecorder) -> None:
+        self.settings = settings
+        self.recorder = recorder
+        self.timeout = settings.viewer_timeout
+        self.viewers: dict[tuple[str, str, str], _HlsViewer] = {}
+        self._opening = asyncio.Lock()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @functools.cached_property
+    def cache(self) -> HlsCache:
+        """The renditions on disk, made on first use: making it tidies what a crash left."""
+        settings = self.settings
+        return HlsCache(
             settings.data_dir / "media-cache" / "hls",
             max_bytes=settings.hls_cache_bytes,
             max_builds=settings.hls_builds,
             max_builds_per_account=settings.hls_builds_per_account,
             build_wait=settings.hls_build_wait,
         )
-        self.timeout = settings.viewer_timeout
-        self.viewers: dict[tuple[str, str, str], _HlsViewer] = {}
-        self._opening = asyncio.Lock()
-        self._sweeper: asyncio.Task[None] | None = None
 
     async def viewer(
         self, request: Request[Any, Any, Any], state: job.JobState
@@ -321,7 +330,7 @@ class Media:
                 held.last_seen = time.monotonic()
                 return held.session
             session = await open_viewer(
-                self.state,
+                self.recorder,
                 request,
                 harness_type="GENERIC_HLS_VIEWER",
                 state_name="PLAYING",
@@ -363,28 +372,8 @@ class Media:
         held, self.viewers = list(self.viewers.values()), {}
         for h in held:
             h.session.close()
-        await self.cache.aclose()
-
-
-def media_of(state: State) -> Media:
-    """This app's playback state, made on first use."""
-    media: Media | None = state.get("media")
-    if media is None:
-        media = Media(state)
-        state["media"] = media
-    return media
-
-
-async def forget_media(state: State, job_id: str) -> None:
-    """After a job's file was deleted: remove its HLS rendition and end its HLS viewers."""
-    await media_of(state).forget(job_id)
-
-
-async def stop_media(app: Litestar) -> None:
-    """On shutdown: end HLS viewers and builds."""
-    media: Media | None = app.state.get("media")
-    if media is not None:
-        await media.aclose()
+        if "cache" in self.__dict__:  # made: a cache never used has nothing to stop
+            await self.cache.aclose()
 
 
 def playlist_with_token(text: str, token: str | None) -> str:
@@ -402,14 +391,12 @@ def playlist_with_token(text: str, token: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def _hls_file(
-    request: Request[Any, Any, Any], cache: HlsCache, state: job.JobState, name: str
-) -> Path:
+async def _hls_file(services: Services, cache: HlsCache, state: job.JobState, name: str) -> Path:
     """The rendition's playlist or segment `name`, cut from the job's file first if need be."""
     if cache.ready(state.job_id) is None:
         assert state.key is not None
         key = state.key
-        storage, info = await _stored(request, state, key)
+        storage, info = await _stored(services, state, key)
 
         async def fetch(path: Path) -> None:
             with path.open("wb") as f:
@@ -441,13 +428,15 @@ async def _hls_file(
 
 
 @get("/{job_id:str}/{name:str}", summary="HLS playlist (index.m3u8) and segments of an output")
-async def media_hls(request: Request[Any, Any, Any], job_id: str, name: str) -> Response[bytes]:
+async def media_hls(
+    request: Request[Any, Any, Any], services: Services, job_id: str, name: str
+) -> Response[bytes]:
     """`index.m3u8` and the segments it lists, cut from the output on first request."""
-    caller = await _caller(request)
-    state = await _finished_job(request, job_id, caller)
-    media = media_of(request.app.state)
+    caller = await _caller(request, services)
+    state = await _finished_job(services, job_id, caller)
+    media = services.media
     async with media.cache.lease(state.job_id):  # not evicted while this request reads it
-        path = await _hls_file(request, media.cache, state, name)
+        path = await _hls_file(services, media.cache, state, name)
         if name == PLAYLIST:
             text = await asyncio.to_thread(path.read_text)
             body = playlist_with_token(text, caller.token).encode()
@@ -466,13 +455,8 @@ async def media_hls(request: Request[Any, Any, Any], job_id: str, name: str) -> 
 # -- signed links ------------------------------------------------------------------------------
 
 
-def links_key(state: State) -> bytes:
-    """This app's key for signed file links, derived once from the server secret."""
-    return derived_key(state, "links_key", link_key)
-
-
 async def _linked(
-    request: Request[Any, Any, Any], job_id: str, kind: str, expires: int, signature: str
+    services: Services, job_id: str, kind: str, expires: int, signature: str
 ) -> tuple[job.JobState, str]:
     """The job and key a signed link names; 403 for a bad or expired signature, 404 for a
     file that is not there (any more)."""
@@ -486,13 +470,13 @@ async def _linked(
     # A link that could never be valid costs no read of the job: anyone may knock here.
     if expires <= now or not _SIGNATURE.fullmatch(signature):
         raise JobApiError(status_code=403, detail="Invalid or expired link")
-    state = await load_job(request.app.state.store, jid)
+    state = await load_job(services.store, jid)
     key = None
     if state is not None and state.status == "Completed" and not state.file_deleted:
         key = {"media": state.key, "subtitle": state.subtitle_key}.get(kind, state.thumbnail_key)
     # The signature is checked before anything about the job is told.
     if key is None or not link_is_valid(
-        links_key(request.app.state),
+        services.links_key,
         job_id=jid,
         object_key=key,
         expires=expires,
@@ -507,6 +491,7 @@ async def _linked(
 @get("/{job_id:str}/{kind:str}", summary="A job's file through a signed, expiring link")
 async def linked_file(
     request: Request[Any, Any, Any],
+    services: Services,
     job_id: str,
     kind: str,
     expires: int,
@@ -515,23 +500,27 @@ async def linked_file(
 ) -> Response[Any]:
     """The file a signed link names (no API key needed): 200 whole, 206 for a `Range`;
     `download=true` asks the browser to save it rather than play it."""
-    state, key = await _linked(request, job_id, kind, expires, signature)
-    return await _serve(request, state, key, send=True, attachment=download)
+    state, key = await _linked(services, job_id, kind, expires, signature)
+    return await _serve(request, services, state, key, send=True, attachment=download)
 
 
 @head("/{job_id:str}/{kind:str}", summary="Size and type of a file behind a signed link")
 async def linked_file_head(
-    request: Request[Any, Any, Any], job_id: str, kind: str, expires: int, signature: str
+    request: Request[Any, Any, Any],
+    services: Services,
+    job_id: str,
+    kind: str,
+    expires: int,
+    signature: str,
 ) -> Response[None]:
     """The headers `GET` would answer with, and no body."""
-    state, key = await _linked(request, job_id, kind, expires, signature)
-    return await _serve(request, state, key, send=False)
+    state, key = await _linked(services, job_id, kind, expires, signature)
+    return await _serve(request, services, state, key, send=False)
 
 
 files_router = Router(
     path="/files",
     route_handlers=[linked_file, linked_file_head],
-    exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
     tags=["media"],
 )
 """A job's files through signed links (`adapters.file_links`), mounted at `/files`."""
@@ -540,7 +529,6 @@ files_router = Router(
 media_router = Router(
     path="/media",
     route_handlers=[media_file, media_file_head, media_hls],
-    exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
     tags=["media"],
 )
 """Playback of finished outputs, mounted at `/media`."""

@@ -8,17 +8,15 @@ answer within `probe_timeout` answers 504, and an account past its share of prob
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
-from litestar import Controller, Request, post
-from litestar.di import Provide
+from litestar import Controller, post
 
 from spool.adapters import metadata
 from spool.adapters.ssrf import UrlGuard
-from spool.api.auth import Principal, job_api_principal
-from spool.api.errors import JOB_API_ERRORS, JobApiError
+from spool.api.auth import Principal
+from spool.api.errors import JobApiError
 from spool.api.probes import run_probe
+from spool.api.services import Services
 from spool.domain.source_data import made_safe
 
 _MAX_URL = 4096
@@ -39,13 +37,14 @@ def _valid_url(raw: str) -> str:
 
 class MetadataController(Controller):
     path = "/metadata"
-    dependencies = {"principal": Provide(job_api_principal)}
-    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
     tags = ["metadata"]
 
     @post("/", status_code=200)
     async def extract_metadata(
-        self, request: Request[Any, Any, Any], data: MetadataRequest, principal: Principal
+        self,
+        services: Services,
+        data: MetadataRequest,
+        principal: Principal,
     ) -> metadata.MediaMetadata:
         """Extract title, duration, formats, thumbnails and subtitles without downloading.
 
@@ -62,12 +61,12 @@ class MetadataController(Controller):
         its share of sources being read.
         """
         url = _valid_url(data.url)
-        guard: UrlGuard = request.app.state.guard
+        guard: UrlGuard = services.guard
         try:
             # The source wrote it: a lone surrogate in a title would fail the answer's encoding.
             return made_safe(
                 await run_probe(
-                    request,
+                    services,
                     principal.account_id,
                     lambda probe: metadata.extract(url, guard=guard, probe=probe),
                 )

@@ -25,7 +25,7 @@ from spool.adapters.node_online import configured_timeout, online
 from spool.adapters.probes import ProbePool
 from spool.adapters.timed_event_store import REGISTRY as PROCESS_REGISTRY
 from spool.api.cluster_reads import metrics_reader
-from spool.api.errors import JOB_API_ERRORS
+from spool.api.services import Services
 
 STAGE_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
@@ -190,15 +190,13 @@ def _probes(probes: ProbePool) -> Metric:
     "/metrics",
     tags=["cluster"],
     media_type=CONTENT_TYPE_LATEST,
-    exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
 )
-async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+async def metrics(request: Request[Any, Any, Any], services: Services) -> Response[bytes]:
     """Prometheus text format, for an admin key or the scrape token (`SPOOL_METRICS_TOKEN`)."""
-    await metrics_reader(request)
-    state = request.app.state
+    await metrics_reader(request, services)
     registry = CollectorRegistry(auto_describe=False)
-    families = await _families(state.pool, state.get("projection_types", {}))
-    families.append(_probes(state.probes))
+    families = await _families(services.pool, services.projection_types)
+    families.append(_probes(services.probes))
     registry.register(_Families(families))
     body = generate_latest(registry) + generate_latest(PROCESS_REGISTRY)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

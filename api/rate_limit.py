@@ -12,14 +12,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import msgspec
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Scope, Send
 
 from spool.api.auth import key_in
-from spool.api.cluster_redis import redis_of
 from spool.api.envelope import timestamp
+from spool.api.services import Services, services_of
 
 log = logging.getLogger("spool.api")
 
@@ -38,9 +38,9 @@ def _caller(scope: Scope) -> str:
     return f"addr:{client[0] if client else 'unknown'}"
 
 
-async def _count(app_state: Any, caller: str, now: float) -> tuple[int, int] | None:
+async def _count(services: Services, caller: str, now: float) -> tuple[int, int] | None:
     """(requests so far in this window, when it resets); None when Redis cannot say."""
-    redis = await redis_of(app_state)
+    redis = services.redis
     if redis is None:
         return None
     window = int(now) // WINDOW_SECONDS * WINDOW_SECONDS
@@ -65,12 +65,12 @@ async def check(scope: Scope) -> Verdict | None:
     """Count a `/api/v1` request against its caller's window; None when nothing was counted."""
     if not scope["path"].startswith(PREFIX):
         return None
-    state = scope["app"].state
-    limit: int = state.settings.rate_limit
+    services = services_of(scope["app"])
+    limit = services.settings.rate_limit
     if limit <= 0:
         return None
     try:
-        counted = await _count(state, _caller(scope), time.time())
+        counted = await _count(services, _caller(scope), time.time())
     except Exception as exc:  # Redis down: serve rather than refuse everyone
         log.warning("rate limit not checked: %s", exc)
         return None

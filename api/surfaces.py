@@ -1,8 +1,16 @@
-"""Which API surface a path belongs to, and the one app-level handler that answers in its shape.
+"""The API's surfaces: one Litestar `Router` each, and the error shape of a path no route takes.
 
-Litestar raises 404 and 405 while routing, before any controller's own handlers are known, and
-answers its own `{"status_code", "detail"}` unless the app has a handler. This module is that
-handler: it picks the surface by path and renders the error as that surface does.
+Each surface's Router carries what all of its endpoints share: its path, its error renderer
+(`exception_handlers`) and the dependency that authenticates its caller (`principal`). An
+endpoint is a handler in the surface's module, listed in its Router; it takes `principal` and
+`services` (api/services.py) as parameters. The job API (`/jobs`, `/batch`, `/user`, ...)
+answers `{"error": ...}`; the cluster API (`/api/v1`) the seed's envelope; the viewers and the
+health token and websocket `{"message": ...}`; media, the dashboard and the operational
+endpoints (`/health`, `/metrics`, `/ws`, Swagger UI) `{"error": ...}`.
+
+Litestar raises 404 and 405 while routing, before any Router's own handlers are known, and
+answers its own `{"status_code", "detail"}` unless the app has a handler. `surface_error` is
+that handler: it picks the surface by path and renders the error as that surface does.
 """
 
 from __future__ import annotations
@@ -10,10 +18,33 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-from litestar import Request, Response
+from litestar import Request, Response, Router
+from litestar.di import Provide
 
-from spool.api.envelope import cluster_api_error
-from spool.api.errors import job_api_error, message_error
+from spool.api.admin_accounts import AdminAccountsController
+from spool.api.auth import job_api_principal
+from spool.api.batches import BatchController
+from spool.api.cluster import ClusterController
+from spool.api.cluster_ws import cluster_ws
+from spool.api.config import ConfigController
+from spool.api.dashboard import DashboardController, dashboard_static
+from spool.api.devices import DevicesController
+from spool.api.envelope import CLUSTER_API_ERRORS, cluster_api_error, cluster_principal
+from spool.api.errors import JOB_API_ERRORS, MESSAGE_ERRORS, job_api_error, message_error
+from spool.api.health import health
+from spool.api.health_ws import health_ws
+from spool.api.job_trace import job_trace
+from spool.api.jobs import JobsController
+from spool.api.keys import KeysController
+from spool.api.media import files_router, media_router
+from spool.api.metadata import MetadataController
+from spool.api.metrics import metrics
+from spool.api.swagger import swagger, swagger_assets
+from spool.api.tasks import TasksController
+from spool.api.tokens import issue_health_token
+from spool.api.usage import UsageController
+from spool.api.user import UserController, storage_router
+from spool.api.viewers import VIEWER_ERRORS, list_cluster_viewers, report_viewer_events
 
 CLUSTER_PREFIX = "/api/v1"
 MESSAGE_PREFIXES = ("/api/cluster/viewers", "/api/auth/")
@@ -52,3 +83,74 @@ def surface_error(request: Request[Any, Any, Any], exc: Exception) -> Response[A
 
 
 SURFACE_ERRORS = {Exception: surface_error}
+
+
+# Litestar's `ExceptionHandlersMap` is typed for handlers of `Request[Any, Any, State]`; ours
+# take any Request, hence the ignores below.
+
+JOB_API = Router(
+    path="/",
+    route_handlers=[
+        JobsController,
+        job_trace,
+        BatchController,
+        MetadataController,
+        UsageController,
+        UserController,
+        storage_router(),
+        KeysController,
+        AdminAccountsController,  # its `admin` dependency on top of the caller
+    ],
+    dependencies={"principal": Provide(job_api_principal)},
+    exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
+)
+"""Seed 002 and what Spool adds beside it: jobs, batches, metadata, usage, the user's storage,
+webhook and keys, the admin's accounts. Key in `x-api-key` or `Authorization: Bearer`."""
+
+CLUSTER_API = Router(
+    path=CLUSTER_PREFIX,
+    route_handlers=[TasksController, DevicesController, ConfigController, ClusterController],
+    # Devices and cluster reads narrow it to admin keys (`cluster_reader`), the config too.
+    dependencies={"principal": Provide(cluster_principal)},
+    exception_handlers=CLUSTER_API_ERRORS,  # type: ignore[arg-type]
+)
+"""Seed 004's `/api/v1`: tasks, devices, config and cluster status, in its envelope."""
+
+VIEWERS = Router(
+    path="/api/cluster/viewers",
+    route_handlers=[list_cluster_viewers, report_viewer_events],
+    exception_handlers=VIEWER_ERRORS,  # type: ignore[arg-type]
+)
+"""Seed 001's viewer list and the events API of external media servers (admin keys)."""
+
+HEALTH = Router(
+    path="/",
+    route_handlers=[issue_health_token, health_ws],
+    exception_handlers=MESSAGE_ERRORS,  # type: ignore[arg-type]
+)
+"""Seed 003: `POST /api/auth/token` (a key for a JWT) and the `ws /api/health/ws` it opens."""
+
+MEDIA = Router(
+    path="/",
+    route_handlers=[media_router, files_router],
+    exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
+)
+"""Playback (`/media`, owner key or `?token=`) and signed file links (`/files`, no key)."""
+
+DASHBOARD = Router(
+    path="/dashboard",
+    route_handlers=[DashboardController, dashboard_static],
+    exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
+)
+"""The dashboard page and its files (public) and its panels (admin keys, checked in each
+handler so that a bad query parameter is still answered before the key)."""
+
+OPERATIONS = Router(
+    path="/",
+    route_handlers=[health, metrics, cluster_ws, swagger, swagger_assets],
+    exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
+)
+"""`/health` (no key), `/metrics` (admin key or scrape token), `ws /ws` (key), Swagger UI."""
+
+SURFACES = [JOB_API, CLUSTER_API, VIEWERS, HEALTH, MEDIA, DASHBOARD, OPERATIONS]
+"""Every route of the API, one Router per surface: what `create_app` serves."""

@@ -8,20 +8,14 @@ sees every task.
 from __future__ import annotations
 
 import re
-import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.di import Provide
 
-from spool.adapters.account_policy_store import load_policy
-from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters.event_store import EventStore
 from spool.adapters.task_store import (
-    TaskChangingTooFast,
-    decide_and_append,
     load_task,
     load_task_as_of,
     online_offers,
@@ -31,36 +25,27 @@ from spool.api.auth import Principal
 from spool.api.bodies import reads_body
 from spool.api.cluster_reads import may_read_cluster
 from spool.api.envelope import (
-    CLUSTER_API_ERRORS,
     DEFAULT_PAGE_SIZE,
     ClusterApiError,
     Envelope,
     Pagination,
-    cluster_principal,
     iso,
     page_window,
     success,
     validation_error,
 )
-from spool.api.idempotency import (
-    REPLAYED,
-    IdempotencyKey,
-    append_once,
-    earlier_record,
-    idempotency_of,
-)
+from spool.api.idempotency import REPLAYED, IdempotencyKey, idempotency_of
 from spool.api.requests import command_metadata
+from spool.api.services import Services
+from spool.application import tasks as commands
+from spool.application.idempotency import earlier_record
+from spool.application.tasks import recorded_task
 from spool.domain import task
 from spool.domain.account_policy import (
-    CODE_TASK_TYPES,
-    AccountPolicy,
     InvalidPolicy,
     PolicyRefused,
-    task_env,
 )
-from spool.domain.errors import InvalidTransition
-from spool.domain.events import Event, NewEvent
-from spool.domain.idempotency import RequestRecorded
+from spool.domain.errors import Conflict, DomainError, InvalidTransition, NotFound
 
 MAX_BODY_BYTES = 256 * 1024
 """A task's payload travels in an event: keep it small."""
@@ -279,32 +264,41 @@ def _not_found(task_id: str) -> ClusterApiError:
     )
 
 
-def _task_id(raw: str) -> str:
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        raise _not_found(raw) from None
+def _refused(exc: DomainError, raw_id: str) -> ClusterApiError:
+    """A refused task command in the envelope's words; `raw_id` is the task id as asked."""
+    if isinstance(exc, NotFound):
+        return _not_found(raw_id)
+    if isinstance(exc, Conflict):
+        return validation_error("task_id", str(exc))
+    if isinstance(exc, InvalidTransition):
+        return validation_error("status", str(exc))
+    if isinstance(exc, task.InvalidTask | InvalidPolicy):
+        return validation_error(exc.field, str(exc))
+    if isinstance(exc, PolicyRefused):
+        return ClusterApiError(
+            403, "UNAUTHORIZED", str(exc), {"field": exc.field, "reason": "not_allowed"}
+        )
+    raise exc
 
 
-async def _load(
-    request: Request[Any, Any, Any], raw_id: str, principal: Principal
-) -> task.TaskState:
+async def _load(services: Services, raw_id: str, principal: Principal) -> task.TaskState:
     """A task the caller may see, exact to its last event; 404 for anyone else's."""
-    found = await load_task(request.app.state.store, _task_id(raw_id))
-    if found is None or not (principal.admin or found.account_id == principal.account_id):
-        raise _not_found(raw_id)
-    return found
+    store: EventStore = services.store
+    try:
+        return await commands.visible_task(
+            store, principal.account_id, raw_id, admin=principal.admin
+        )
+    except NotFound as exc:
+        raise _refused(exc, raw_id) from None
 
 
-async def _task_then(
-    request: Request[Any, Any, Any], task_id: str, raw_as_of: str
-) -> task.TaskState:
+async def _task_then(services: Services, task_id: str, raw_as_of: str) -> task.TaskState:
     """A (visible) task as it stood at `as_of`; 400 for a bad `as_of`, 404 before the task."""
     try:
         as_of = parse_as_of(raw_as_of)
     except BadAsOf as exc:
         raise validation_error("as_of", str(exc)) from None
-    then = await load_task_as_of(request.app.state.store, task_id, as_of)
+    then = await load_task_as_of(services.store, task_id, as_of)
     if then is None:
         raise ClusterApiError(
             404,
@@ -313,24 +307,6 @@ async def _task_then(
             {"task_id": task_id, "as_of": raw_as_of},
         )
     return then
-
-
-async def _decide(
-    request: Request[Any, Any, Any],
-    principal: Principal,
-    raw_id: str,
-    decide: Callable[[task.TaskState], list[Event]],
-) -> task.TaskState:
-    owned = await _load(request, raw_id, principal)
-    meta = command_metadata(request, principal.key_id)
-    try:
-        state = await decide_and_append(request.app.state.store, owned.task_id, decide, meta)
-    except InvalidTransition as exc:
-        raise validation_error("status", str(exc)) from None
-    except TaskChangingTooFast:
-        raise validation_error("task_id", "The task is changing too fast; try again") from None
-    assert state is not None
-    return state
 
 
 def _choice(field: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
@@ -392,39 +368,6 @@ def _seconds(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-async def _allowed_env(
-    request: Request[Any, Any, Any], principal: Principal, body: SubmitTaskBody
-) -> list[str]:
-    """What the account's policy lets this task do: 403 naming why it may not run at all."""
-    if body.priority not in task.PRIORITY_RANK:
-        return []  # refused as a bad value by `task.submit`
-    policy = await load_policy(request.app.state.store, principal.account_id)
-    try:
-        return task_env(
-            policy or AccountPolicy(account_id=principal.account_id),
-            admin=principal.admin,
-            task_type=body.task_type,
-            priority=body.priority,
-            payload_env=body.payload.get("env"),
-        )
-    except InvalidPolicy as exc:
-        raise validation_error(exc.field, str(exc)) from None
-    except PolicyRefused as exc:
-        raise ClusterApiError(
-            403, "UNAUTHORIZED", str(exc), {"field": exc.field, "reason": "not_allowed"}
-        ) from None
-
-
-class TaskCreated(msgspec.Struct):
-    """What an idempotency record keeps of a submitted task: the task (its state is live)."""
-
-    task_id: str
-
-
-def _recorded_task(first: RequestRecorded) -> str:
-    return msgspec.json.decode(first.answer, type=TaskCreated).task_id
-
-
 async def _submitted(
     request: Request[Any, Any, Any], store: EventStore, task_id: str, *, replayed: bool
 ) -> Response[Envelope[Submitted]]:
@@ -443,15 +386,14 @@ async def _submitted(
 
 
 class TasksController(Controller):
-    path = "/api/v1/tasks"
-    dependencies = {"principal": Provide(cluster_principal)}
-    exception_handlers = CLUSTER_API_ERRORS  # type: ignore[assignment]
+    path = "/tasks"
     tags = ["cluster: tasks"]
 
     @post("/", status_code=201, opt=reads_body("task_type"))
     async def submit(
         self,
         request: Request[Any, Any, Any],
+        services: Services,
         principal: Principal,
         data: dict[str, Any],
         idempotency_key: IdempotencyKey = None,
@@ -466,41 +408,34 @@ class TasksController(Controller):
         (min_cpu_cores, min_memory_gb, min_storage_gb, required_platform, required_role,
         required_tags, gpu_required, internet_required, timeout_seconds, max_retries), `metadata`.
         """
-        store: EventStore = request.app.state.store
+        store: EventStore = services.store
         idem = await idempotency_of(request, principal, idempotency_key)
         if idem is not None and (first := await earlier_record(store, idem)) is not None:
-            return await _submitted(request, store, _recorded_task(first), replayed=True)
+            return await _submitted(request, store, recorded_task(first), replayed=True)
         # The raw body is decoded strictly here (not by the framework) to name a bad field.
         body = _body(await request.body())
         given = body.requirements or RequirementsBody()
-        requirements = _decode_requirements(msgspec.json.encode(given))
-        env = await _allowed_env(request, principal, body)
-        task_id = str(uuid.uuid4())
-        try:
-            events = task.submit(
-                task_id=task_id,
-                account_id=principal.account_id,
-                task_type=body.task_type,
-                payload=body.payload,
-                priority=body.priority,
-                requirements=requirements,
-                metadata=body.metadata,
-                env=env,
-                by_grant=body.task_type in CODE_TASK_TYPES and not principal.admin,
-            )
-        except task.InvalidTask as exc:
-            raise validation_error(exc.field, str(exc)) from None
+        new = commands.NewTask(
+            task_type=body.task_type,
+            payload=body.payload,
+            priority=body.priority,
+            requirements=_decode_requirements(msgspec.json.encode(given)),
+            metadata=body.metadata,
+        )
         meta = command_metadata(request, principal.key_id)
-        created = StreamAppend(task.stream_id(task_id), [NewEvent(e, meta) for e in events], 0)
-        winner = await append_once(store, [created], TaskCreated(task_id), idem, meta)
-        if winner is not None:
-            task_id = _recorded_task(winner)
-        return await _submitted(request, store, task_id, replayed=winner is not None)
+        try:
+            made = await commands.submit_task(
+                store, principal.account_id, new, admin=principal.admin, idem=idem, meta=meta
+            )
+        except (task.InvalidTask, InvalidPolicy, PolicyRefused) as exc:
+            raise _refused(exc, "") from None
+        return await _submitted(request, store, made.task_id, replayed=made.replayed)
 
     @get("/")
     async def list_tasks(
         self,
         request: Request[Any, Any, Any],
+        services: Services,
         principal: Principal,
         page: int = 1,
         page_size: int = DEFAULT_PAGE_SIZE,
@@ -515,11 +450,11 @@ class TasksController(Controller):
         _choice("priority", priority, task.PRIORITIES)
         account = None if principal.admin else principal.account_id
         filters = (account, status, task_type, priority, device_id)
-        rows = await request.app.state.pool.fetch(_LIST, *filters, limit, offset)
+        rows = await services.pool.fetch(_LIST, *filters, limit, offset)
         if rows:
             total = rows[0]["total"]
         else:  # past the last page: the count still answers how many there are
-            total = await request.app.state.pool.fetchval(_COUNT, *filters)
+            total = await services.pool.fetchval(_COUNT, *filters)
         return success(
             request,
             [view(_as_seen_by(principal, _decode_state(r["state"]))) for r in rows],
@@ -528,10 +463,10 @@ class TasksController(Controller):
 
     @get("/statistics")
     async def statistics(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> Response[Envelope[TaskStatistics]]:
         """Counts by status, success rate, mean and p95 execution time (s) overall and by type."""
-        pool = request.app.state.pool
+        pool = services.pool
         account = None if principal.admin else principal.account_id
         counts: dict[str, int] = {s: 0 for s in task.STATUSES}
         counts.update({r[0]: r[1] for r in await pool.fetch(_BY_STATUS, account)})
@@ -562,14 +497,14 @@ class TasksController(Controller):
 
     @get("/types")
     async def types(
-        self, request: Request[Any, Any, Any], principal: Principal
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> Response[Envelope[TaskTypes]]:
         """The task types online nodes run (the union); for an admin, which nodes run each.
 
         Which nodes there are is a cluster-wide read (api/cluster_reads.py): a user key is told
         only which types it may submit.
         """
-        offers = await online_offers(request.app.state.pool)
+        offers = await online_offers(services.pool)
         by_type: dict[str, list[str]] = {}
         for o in offers:
             for t in o.task_types:
@@ -584,6 +519,7 @@ class TasksController(Controller):
     async def get_task(
         self,
         request: Request[Any, Any, Any],
+        services: Services,
         principal: Principal,
         task_id: str,
         as_of: str | None = None,
@@ -592,17 +528,21 @@ class TasksController(Controller):
 
         `as_of` (an event position, or an ISO 8601 time) answers the task as it stood then.
         """
-        state = await _load(request, task_id, principal)
+        state = await _load(services, task_id, principal)
         if as_of is not None:
-            state = await _task_then(request, state.task_id, as_of)
+            state = await _task_then(services, state.task_id, as_of)
         return success(request, view(_as_seen_by(principal, state)))
 
     @get("/{task_id:str}/status")
     async def task_status(
-        self, request: Request[Any, Any, Any], principal: Principal, task_id: str
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        task_id: str,
     ) -> Response[Envelope[StatusView]]:
         """Where a task stands: status, device, attempt, why it waits, time used."""
-        state = _as_seen_by(principal, await _load(request, task_id, principal))
+        state = _as_seen_by(principal, await _load(services, task_id, principal))
         return success(
             request,
             StatusView(
@@ -626,10 +566,14 @@ class TasksController(Controller):
 
     @get("/{task_id:str}/result")
     async def task_result(
-        self, request: Request[Any, Any, Any], principal: Principal, task_id: str
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        task_id: str,
     ) -> Response[Envelope[ResultView]]:
         """What a finished task produced; `result_data` is null until it succeeds."""
-        state = await _load(request, task_id, principal)
+        state = await _load(services, task_id, principal)
         answer = ResultView(
             task_id=state.task_id,
             status=state.status,
@@ -645,18 +589,40 @@ class TasksController(Controller):
 
     @post("/{task_id:str}/cancel", status_code=200)
     async def cancel(
-        self, request: Request[Any, Any, Any], principal: Principal, task_id: str
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        task_id: str,
     ) -> Response[Envelope[TaskView]]:
         """Cancel a queued, assigned or running task of the caller's account (an admin key: any
         task); a running one is stopped. Another account's task is a 404."""
-        state = await _decide(request, principal, task_id, task.cancel)
+        meta = command_metadata(request, principal.key_id)
+        store: EventStore = services.store
+        try:
+            state = await commands.cancel_task(
+                store, principal.account_id, task_id, meta, admin=principal.admin
+            )
+        except (NotFound, InvalidTransition, Conflict) as exc:
+            raise _refused(exc, task_id) from None
         return success(request, view(state), message="Task cancelled")
 
     @post("/{task_id:str}/retry", status_code=200)
     async def retry(
-        self, request: Request[Any, Any, Any], principal: Principal, task_id: str
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        task_id: str,
     ) -> Response[Envelope[TaskView]]:
         """Queue a failed, timed-out or cancelled task of the caller's account again (an admin
         key: any task). Another account's task is a 404."""
-        state = await _decide(request, principal, task_id, task.retry)
+        meta = command_metadata(request, principal.key_id)
+        store: EventStore = services.store
+        try:
+            state = await commands.retry_task(
+                store, principal.account_id, task_id, meta, admin=principal.admin
+            )
+        except (NotFound, InvalidTransition, Conflict) as exc:
+            raise _refused(exc, task_id) from None
         return success(request, view(state), message="Task queued again")

@@ -7,16 +7,14 @@ are UTC.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Any, get_args
+from typing import get_args
 
 import msgspec
-from litestar import Controller, Request, get
-from litestar.di import Provide
+from litestar import Controller, get
 
 from spool.adapters.account_policy_store import job_use, load_policy
-from spool.api.auth import Principal, job_api_principal
-from spool.api.errors import JOB_API_ERRORS
-from spool.api.media import media_of
+from spool.api.auth import Principal
+from spool.api.services import Services
 from spool.domain.account_policy import QUOTA_NAMES, Quotas
 from spool.domain.job import USAGE_COUNTERS, JobStatus
 
@@ -87,11 +85,9 @@ WHERE account_id = $1 AND state ? 'duration'
 """
 
 
-async def _quotas(
-    request: Request[Any, Any, Any], account_id: str, now: datetime
-) -> dict[str, QuotaUse]:
-    pool = request.app.state.pool
-    policy = await load_policy(request.app.state.store, account_id)
+async def _quotas(services: Services, account_id: str, now: datetime) -> dict[str, QuotaUse]:
+    pool = services.pool
+    policy = await load_policy(services.store, account_id)
     quotas = policy.quotas if policy is not None else Quotas()
     use = await job_use(pool, account_id, now)
     longest = await pool.fetchval(_LONGEST, account_id)
@@ -121,16 +117,14 @@ def _period(counts: dict[str, int], by_status: dict[str, int], held: int) -> Usa
 
 class UsageController(Controller):
     path = "/usage"
-    dependencies = {"principal": Provide(job_api_principal)}
-    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
     tags = ["usage"]
 
     @get("/")
-    async def usage(self, request: Request[Any, Any, Any], principal: Principal) -> UsageAnswer:
+    async def usage(self, services: Services, principal: Principal) -> UsageAnswer:
         """The caller's usage this month (UTC) and all time; a user without jobs gets zeros."""
         now = datetime.now(UTC)
         month_start = date(now.year, now.month, 1)
-        pool = request.app.state.pool
+        pool = services.pool
         totals = await pool.fetchrow(_TOTALS, principal.account_id, month_start)
         n = len(_COUNTERS)
         all_time = {c: int(totals[i]) for i, c in enumerate(_COUNTERS)}
@@ -145,6 +139,6 @@ class UsageController(Controller):
             month=f"{now.year:04d}-{now.month:02d}",
             all_time=_period(all_time, status_all, held),
             this_month=_period(this_month, status_month, held),
-            quotas=await _quotas(request, principal.account_id, now),
-            hls_cache_bytes=media_of(request.app.state).cache.account_bytes(principal.account_id),
+            quotas=await _quotas(services, principal.account_id, now),
+            hls_cache_bytes=services.media.cache.account_bytes(principal.account_id),
         )

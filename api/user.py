@@ -17,26 +17,23 @@ from urllib.parse import urlsplit
 
 import msgspec
 from litestar import Controller, Request, Router, delete, get, post
-from litestar.di import Provide
 from litestar.handlers import HTTPRouteHandler
 
 # Importing the account storage (and through it domain.storage_config) registers the storage
 # events with the registry the event store decodes with.
 from spool.adapters import secret_box
 from spool.adapters.account_storage import Credentials, StorageSpec, build_storage
-from spool.adapters.event_store import EventStore
 from spool.adapters.settings import Settings
 from spool.adapters.ssrf import UrlGuard
 from spool.adapters.storage import StorageError
-from spool.api.auth import Principal, job_api_principal
-from spool.api.errors import JOB_API_ERRORS, JobApiError
+from spool.api.auth import Principal
+from spool.api.errors import JobApiError
 from spool.api.requests import command_metadata
+from spool.api.services import Services
 from spool.api.targets import refuse_forbidden_target
+from spool.application.storage import configure_storage, remove_storage, storage_of
 from spool.domain import file_names, storage_config, storage_providers, webhook
-from spool.domain.account import stream_id
-from spool.domain.errors import ConcurrencyError
-from spool.domain.events import NewEvent
-from spool.domain.storage_config import StorageConfigured, StorageState
+from spool.domain.storage_config import StorageConfigured
 from spool.domain.storage_providers import (
     PROVIDER_NAMES,
     PROVIDERS,
@@ -277,12 +274,6 @@ async def _check(
         await storage.close()
 
 
-async def _state(store: EventStore, account_id: str) -> StorageState:
-    """The account's storage state, exact to the last event of its stream."""
-    events = await store.read_stream(stream_id(account_id))
-    return storage_config.fold((e.version, e.data) for e in events)
-
-
 def _answer(configured: StorageConfigured | None, message: str) -> StorageAnswer:
     if configured is None:
         return StorageAnswer(message=message, provider="default", default=True)
@@ -301,7 +292,7 @@ def _answer(configured: StorageConfigured | None, message: str) -> StorageAnswer
 
 
 async def sealed_storage(
-    request: Request[Any, Any, Any],
+    services: Services,
     principal: Principal,
     spec: StorageSpec,
     credentials: Credentials,
@@ -310,11 +301,11 @@ async def sealed_storage(
     """Check a storage (SSRF rules, then a probe object) and seal its credentials."""
     if spec.endpoint is not None:
         # The probe is a request the API itself makes to a user-chosen host: download rules apply.
-        await refuse_forbidden_target(request, spec.endpoint, what="endpoint")
-    settings: Settings = request.app.state.settings
-    await _check(spec, credentials, request.app.state.guard, timeout=settings.probe_timeout)
+        await refuse_forbidden_target(services, spec.endpoint, what="endpoint")
+    settings: Settings = services.settings
+    await _check(spec, credentials, services.guard, timeout=settings.probe_timeout)
     sealed = await secret_box.seal(
-        request.app.state.pool,
+        services.pool,
         settings.resolved_secret_key(),
         principal.account_id,
         msgspec.json.encode(credentials),
@@ -350,59 +341,36 @@ def storage_spec(raw: dict[str, Any]) -> tuple[StorageSpec, Credentials, str]:
 
 async def _configure(
     request: Request[Any, Any, Any],
+    services: Services,
     principal: Principal,
     spec: StorageSpec,
     credentials: Credentials,
     hint: str,
 ) -> StorageAnswer:
-    configured = await sealed_storage(request, principal, spec, credentials, hint)
-    store: EventStore = request.app.state.store
-    state = await _state(store, principal.account_id)
-    events = storage_config.configure(state, configured)
+    configured = await sealed_storage(services, principal, spec, credentials, hint)
     meta = command_metadata(request, principal.key_id)
-    # Configuring always succeeds and replaces what was there, so no expected version: the
-    # store queues this append behind any other writer of the account stream.
-    await store.append(stream_id(principal.account_id), [NewEvent(e, meta) for e in events], None)
+    await configure_storage(services.store, configured, meta)
     name = PROVIDER_NAMES[spec.provider]
     return _answer(configured, f"{name} storage configured successfully")
 
 
 async def _remove(
-    request: Request[Any, Any, Any], principal: Principal, provider: Provider
+    request: Request[Any, Any, Any], services: Services, principal: Principal, provider: Provider
 ) -> StorageAnswer:
-    store: EventStore = request.app.state.store
     meta = command_metadata(request, principal.key_id)
-    for _ in range(10):
-        state = await _state(store, principal.account_id)
-        try:
-            events = storage_config.remove(
-                state, account_id=principal.account_id, provider=provider
-            )
-        except storage_config.StorageNotConfigured as exc:
-            raise JobApiError(status_code=404, detail=str(exc)) from None
-        try:
-            await store.append(
-                stream_id(principal.account_id), [NewEvent(e, meta) for e in events], state.version
-            )
-        except ConcurrencyError:
-            continue  # the account changed meanwhile (a new key, a new storage): decide again
-        name = PROVIDER_NAMES[provider]
-        return _answer(None, f"{name} storage removed; uploads go to the default storage")
-    raise JobApiError(status_code=409, detail="The account is changing too fast; try again")
+    await remove_storage(services.store, principal.account_id, provider, meta)
+    name = PROVIDER_NAMES[provider]
+    return _answer(None, f"{name} storage removed; uploads go to the default storage")
 
 
 class UserController(Controller):
     path = "/user"
-    dependencies = {"principal": Provide(job_api_principal)}
-    exception_handlers = JOB_API_ERRORS  # type: ignore[assignment]
     tags = ["user"]
 
     @get("/webhook")
-    async def webhook_secret(
-        self, request: Request[Any, Any, Any], principal: Principal
-    ) -> WebhookSecret:
+    async def webhook_secret(self, services: Services, principal: Principal) -> WebhookSecret:
         """The secret your webhooks are signed with, and how the signature is made."""
-        settings: Settings = request.app.state.settings
+        settings: Settings = services.settings
         return WebhookSecret(
             secret=webhook.account_secret(settings.resolved_secret_key(), principal.account_id),
             signature_header=webhook.SIGNATURE_HEADER,
@@ -412,11 +380,9 @@ class UserController(Controller):
         )
 
     @get("/storage")
-    async def get_storage(
-        self, request: Request[Any, Any, Any], principal: Principal
-    ) -> StorageAnswer:
+    async def get_storage(self, services: Services, principal: Principal) -> StorageAnswer:
         """Where your uploads go: your own storage (secrets masked), or the cluster default."""
-        state = await _state(request.app.state.store, principal.account_id)
+        state = await storage_of(services.store, principal.account_id)
         if state.current is None:
             return _answer(None, "No storage of your own: uploads go to the default storage")
         return _answer(state.current, f"{PROVIDER_NAMES[state.current.provider]} storage")
@@ -431,12 +397,14 @@ def _storage_routes(route: str, provider: StorageProvider) -> list[HTTPRouteHand
     legacy = "" if route == provider.name else f" (legacy; the same as /user/{provider.name})"
 
     async def configure(
-        request: Request[Any, Any, Any], data: Any, principal: Principal
+        request: Request[Any, Any, Any], services: Services, data: Any, principal: Principal
     ) -> StorageAnswer:
-        return await _configure(request, principal, *_config(provider, data))
+        return await _configure(request, services, principal, *_config(provider, data))
 
-    async def remove(request: Request[Any, Any, Any], principal: Principal) -> StorageAnswer:
-        return await _remove(request, principal, provider.name)
+    async def remove(
+        request: Request[Any, Any, Any], services: Services, principal: Principal
+    ) -> StorageAnswer:
+        return await _remove(request, services, principal, provider.name)
 
     # The body type is the provider's: it is what the route decodes and what OpenAPI shows.
     configure.__annotations__ = {**configure.__annotations__, "data": provider.body}
@@ -454,7 +422,11 @@ def _storage_routes(route: str, provider: StorageProvider) -> list[HTTPRouteHand
 
 
 def storage_router() -> Router:
-    """Every provider's configure and remove routes, made from `domain.storage_providers`."""
+    """Every provider's configure and remove routes, made from `domain.storage_providers`.
+
+    Registered in the job API's Router (api/surfaces.py), which gives them the caller and the
+    error shape.
+    """
     return Router(
         path="/user",
         route_handlers=[
@@ -462,7 +434,5 @@ def storage_router() -> Router:
             for route, name in [*((p, p) for p in PROVIDERS), *_LEGACY_NAMES.items()]
             for handler in _storage_routes(route, PROVIDERS[name])
         ],
-        dependencies={"principal": Provide(job_api_principal)},
-        exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
         tags=["user"],
     )

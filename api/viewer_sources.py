@@ -12,7 +12,6 @@ import logging
 from typing import Any
 
 from litestar.connection import ASGIConnection
-from litestar.datastructures import State
 
 from spool.adapters.viewer_sessions import ViewerRecorder, ViewerSession
 
@@ -26,7 +25,7 @@ def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
 
 
 async def open_viewer(
-    state: State,
+    recorder: ViewerRecorder,
     connection: ASGIConnection[Any, Any, Any, Any],
     *,
     harness_type: str,
@@ -36,9 +35,6 @@ async def open_viewer(
     bitrate: int = 0,
 ) -> ViewerSession | None:
     """A viewer for `connection` on this app's recorder; None when it could not be recorded."""
-    recorder: ViewerRecorder | None = state.get("viewers")
-    if recorder is None:
-        return None
     try:
         return await recorder.open(
             harness_type=harness_type,

@@ -17,18 +17,18 @@ import asyncpg
 import msgspec
 from litestar import Request, Response, get, post
 
-from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters.event_store import EventStore
 from spool.adapters.tables import VIEWER_SPAN_WIDTHS
 from spool.adapters.viewer_sessions import ViewerRecorder
-from spool.adapters.viewer_store import load_viewers
 from spool.api.auth import Principal, lookup, presented_key
 from spool.api.bodies import body_fault, reads_body
 from spool.api.cluster_reads import REFUSED, may_read_cluster
 from spool.api.errors import message_error
 from spool.api.requests import command_metadata
+from spool.api.services import Services
+from spool.application.viewers import Item
+from spool.application.viewers import report_viewer_events as record_viewer_events
 from spool.domain import viewer
-from spool.domain.errors import ConcurrencyError
-from spool.domain.events import NewEvent
 
 MAX_ROWS_PER_PAGE = 100
 DEFAULT_ROWS_PER_PAGE = 10
@@ -59,28 +59,28 @@ def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str
     return message_error(request, exc)
 
 
-_ERRORS = {Exception: _error}
+VIEWER_ERRORS = {Exception: _error}
 
 
-async def _caller(request: Request[Any, Any, Any]) -> Principal:
+async def _caller(request: Request[Any, Any, Any], services: Services) -> Principal:
     key = presented_key(request)
     if key is None:
         raise ViewerApiError(401, "Missing API key: send Authorization: Bearer <api key>")
-    principal = await lookup(request.app.state, key)
+    principal = await lookup(services.keys, key)
     if principal is None:
         raise ViewerApiError(401, "Invalid API key")
     return principal
 
 
-async def _admin(request: Request[Any, Any, Any]) -> Principal:
-    principal = await _caller(request)
+async def _admin(request: Request[Any, Any, Any], services: Services) -> Principal:
+    principal = await _caller(request, services)
     if not principal.admin:
         raise ViewerApiError(403, "This endpoint needs an admin API key")
     return principal
 
 
-async def _cluster_reader(request: Request[Any, Any, Any]) -> Principal:
-    principal = await _caller(request)
+async def _cluster_reader(request: Request[Any, Any, Any], services: Services) -> Principal:
+    principal = await _caller(request, services)
     if not may_read_cluster(principal.admin):
         # The list holds every client's IP address across all accounts.
         raise ViewerApiError(403, REFUSED)
@@ -280,8 +280,10 @@ def _viewer(r: asyncpg.Record, now_ms: int) -> dict[str, Any]:
     }
 
 
-@get("/api/cluster/viewers", exception_handlers=_ERRORS, tags=["viewers"])  # type: ignore[arg-type]
-async def list_cluster_viewers(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+@get("/", tags=["viewers"])
+async def list_cluster_viewers(
+    request: Request[Any, Any, Any], services: Services
+) -> Response[dict[str, Any]]:
     """Live viewers, newest first: `page`, `rowsPerPage`, `search`, `harnessType`,
     `systemClients`. Admin key in `Authorization: Bearer`.
 
@@ -290,9 +292,9 @@ async def list_cluster_viewers(request: Request[Any, Any, Any]) -> Response[dict
     sessions; `true` or absent shows them. A page past the last is empty, with exact totals.
     """
     began = time.perf_counter()
-    await _cluster_reader(request)
+    await _cluster_reader(request, services)
     q = parse_query(request.query_params)
-    page = await list_viewers(request.app.state.pool, q)
+    page = await list_viewers(services.pool, q)
     now_ms = int(time.time() * 1000)
     total_pages = math.ceil(page.total / q.rows_per_page)
     body = {
@@ -316,56 +318,6 @@ async def list_cluster_viewers(request: Request[Any, Any, Any]) -> Response[dict
 # -- the events API ------------------------------------------------------------------------
 
 
-class _Item(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
-    pass
-
-
-class ConnectItem(_Item, tag="connect", tag_field="type"):
-    """A session began. `id` may be left out: one is made. Client facts given here win over
-    what the User-Agent and the address tell."""
-
-    harness_type: str
-    state: str
-    id: str | None = None
-    application_id: str = ""
-    stream_key: str = ""
-    remote_address: str = ""
-    user_agent: str = ""
-    device_type: str = ""
-    os_name: str = ""
-    browser_name: str = ""
-    country_code: str = ""
-    country_name: str = ""
-    start_time: int | None = None
-    bitrate: int = 0
-    node_id: str = ""
-
-
-class StatsItem(_Item, tag="stats", tag_field="type"):
-    id: str
-    in_bandwidth: int
-    out_bandwidth: int
-    in_total_bytes: int
-    out_total_bytes: int
-    bitrate: int | None = None
-
-
-class StateItem(_Item, tag="state", tag_field="type"):
-    id: str
-    state: str
-
-
-class DisconnectItem(_Item, tag="disconnect", tag_field="type"):
-    """A goodbye; totals left out stay at the last ones reported."""
-
-    id: str
-    in_total_bytes: int | None = None
-    out_total_bytes: int | None = None
-
-
-Item = ConnectItem | StatsItem | StateItem | DisconnectItem
-
-
 class EventsBody(msgspec.Struct, forbid_unknown_fields=True):
     events: list[Item]
 
@@ -373,86 +325,15 @@ class EventsBody(msgspec.Struct, forbid_unknown_fields=True):
 _decode_body = msgspec.json.Decoder(EventsBody).decode
 
 
-def _event(
-    item: Item,
-    viewer_id: str,
-    existing: viewer.ViewerState | None,
-    recorder: ViewerRecorder,
-    node_id: str,
-) -> viewer.ViewerEvent:
-    """The domain event an item asks for, checked against the viewer as it stands."""
-    if isinstance(item, ConnectItem):
-        facts = recorder.describe(item.user_agent, item.remote_address)
-        explicit_country = bool(item.country_code or item.country_name)
-        connected = viewer.ViewerConnected(
-            viewer_id=viewer_id,
-            harness_type=item.harness_type,
-            state=item.state,
-            application_id=item.application_id,
-            stream_key=item.stream_key,
-            remote_address=item.remote_address,
-            user_agent=item.user_agent,
-            device_type=item.device_type or facts.device_type,
-            os_name=item.os_name or facts.os_name,
-            browser_name=item.browser_name or facts.browser_name,
-            # A given code and name travel together; never a looked-up name beside another code.
-            country_code=item.country_code if explicit_country else facts.country_code,
-            country_name=item.country_name if explicit_country else facts.country_name,
-            started_at=int(time.time() * 1000) if item.start_time is None else item.start_time,
-            bitrate=item.bitrate,
-            node_id=item.node_id or node_id,
-        )
-        viewer.check_connect(connected, existing)
-        return connected
-    current = viewer.check_open(viewer_id, existing)
-    if isinstance(item, StatsItem):
-        stats = viewer.ViewerStats(
-            viewer_id=viewer_id,
-            in_bandwidth=item.in_bandwidth,
-            out_bandwidth=item.out_bandwidth,
-            in_total_bytes=item.in_total_bytes,
-            out_total_bytes=item.out_total_bytes,
-            bitrate=item.bitrate,
-        )
-        viewer.check_stats(stats, current)
-        return stats
-    if isinstance(item, StateItem):
-        viewer.check_state(item.state)
-        return viewer.ViewerStateChanged(viewer_id=viewer_id, state=item.state)
-    in_total = current.in_total_bytes if item.in_total_bytes is None else item.in_total_bytes
-    out_total = current.out_total_bytes if item.out_total_bytes is None else item.out_total_bytes
-    # The same rule as stats: totals never go down, nor below zero.
-    viewer.check_stats(
-        viewer.ViewerStats(
-            viewer_id=viewer_id,
-            in_bandwidth=0,
-            out_bandwidth=0,
-            in_total_bytes=in_total,
-            out_total_bytes=out_total,
-        ),
-        current,
-    )
-    return viewer.ViewerDisconnected(
-        viewer_id=viewer_id, reason="closed", in_total_bytes=in_total, out_total_bytes=out_total
-    )
-
-
-_STATUS = {
-    viewer.InvalidViewer: 400,
-    viewer.ViewerNotFound: 404,
-    viewer.ViewerClosed: 409,
-    viewer.ViewerExists: 409,
-}
-
-
 @post(
-    "/api/cluster/viewers/events",
+    "/events",
     status_code=200,
     opt=reads_body("events"),
-    exception_handlers=_ERRORS,  # type: ignore[arg-type]
     tags=["viewers"],
 )
-async def report_viewer_events(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+async def report_viewer_events(
+    request: Request[Any, Any, Any], services: Services
+) -> Response[dict[str, Any]]:
     """Sessions of an external media server: `{"events": [{"type": "connect" | "stats" |
     "state" | "disconnect", "id": ..., ...}]}`, at most 1,000, admin key.
 
@@ -460,7 +341,7 @@ async def report_viewer_events(request: Request[Any, Any, Any]) -> Response[dict
     viewer) or 409 (already connected, or already disconnected), naming its index, and nothing
     of the request is appended. Answers the viewer id of each event, in order.
     """
-    principal = await _admin(request)
+    principal = await _admin(request, services)
     if (fault := body_fault(request)) is not None:
         raise fault
     try:
@@ -474,41 +355,9 @@ async def report_viewer_events(request: Request[Any, Any, Any]) -> Response[dict
     if len(body.events) > MAX_EVENTS:
         raise ViewerApiError(400, f"events must hold at most {MAX_EVENTS} events")
 
-    store: EventStore = request.app.state.store
-    recorder: ViewerRecorder = request.app.state.viewers
-    ids = [
-        (item.id or viewer.new_viewer_id()) if isinstance(item, ConnectItem) else item.id
-        for item in body.events
-    ]
-    made = {
-        i for item, i in zip(body.events, ids, strict=True) if isinstance(item, ConnectItem)
-    } - {item.id for item in body.events if item.id}
-    # A fresh id has nothing to read, nor has one too long to be an id (check_connect says so).
-    states: dict[str, viewer.ViewerState | None] = dict.fromkeys(ids)
-    states.update(await load_viewers(store, [v for v in states if v not in made and len(v) <= 64]))
-    versions = {v: s.version if s else 0 for v, s in states.items()}
-
-    node_id = f"key:{principal.key_id}"
-    meta = command_metadata(request, node_id)
-    new: dict[str, list[NewEvent]] = {}
-    for index, (item, viewer_id) in enumerate(zip(body.events, ids, strict=True)):
-        try:
-            ev = _event(item, viewer_id, states[viewer_id], recorder, node_id)
-        except (
-            viewer.InvalidViewer,
-            viewer.ViewerNotFound,
-            viewer.ViewerClosed,
-            viewer.ViewerExists,
-        ) as exc:
-            raise ViewerApiError(_STATUS[type(exc)], f"events[{index}]: {exc}") from None
-        states[viewer_id] = viewer.evolve(states[viewer_id], ev)
-        new.setdefault(viewer_id, []).append(NewEvent(ev, meta))
-    try:
-        await store.append_many(
-            [StreamAppend(viewer.stream_id(v), evs, versions[v]) for v, evs in new.items()]
-        )
-    except ConcurrencyError:
-        raise ViewerApiError(
-            409, "A viewer in this request changed while it was checked; send it again"
-        ) from None
+    store: EventStore = services.store
+    recorder: ViewerRecorder = services.viewers
+    reporter = f"key:{principal.key_id}"
+    meta = command_metadata(request, reporter)
+    ids = await record_viewer_events(store, recorder, body.events, meta, reporter=reporter)
     return Response({"ids": ids})

@@ -24,3 +24,27 @@ class UnknownEventType(DomainError):
 
 class InvalidTransition(DomainError):
     """The command does not apply to the aggregate in its current state."""
+
+
+class NotFound(DomainError):
+    """The thing a command names does not exist, or is not the caller's to see."""
+
+
+class InvalidCommand(DomainError):
+    """A command's own values are wrong, whatever the state it meets."""
+
+
+class Forbidden(DomainError):
+    """The caller may not give this command."""
+
+
+class Conflict(DomainError):
+    """The command met a state that changed under it (lost races, a replaced object): retry."""
+
+
+class IdempotencyKeyReused(DomainError):
+    """An `Idempotency-Key` already recorded for another request."""
+
+
+class StorageRefused(DomainError):
+    """The account's storage refused what the command asked of it."""

@@ -23,7 +23,7 @@ from spool.adapters.storage import LocalStorage
 from spool.adapters.timed_event_store import TimedEventStore
 from spool.api.app import create_app
 from spool.api.cluster_redis import close_redis
-from spool.api.cluster_ws import stop_feed
+from spool.api.services import services_of
 from spool.domain import node
 from spool.domain.events import Metadata, NewEvent
 from spool.keys import issue
@@ -179,8 +179,8 @@ async def fresh_api(
                 )
             finally:
                 # httpx does not run the app's lifespan: shut down what the app opened.
-                await stop_feed(app.state)
-                await close_redis(app.state)
+                await services_of(app).feed.stop()
+                await close_redis(services_of(app))
     finally:
         if redis is not None:
             await redis.aclose()

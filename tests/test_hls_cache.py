@@ -28,7 +28,7 @@ from spool.adapters.settings import Settings
 from spool.adapters.storage import ObjectStorage, storage_from_url
 from spool.api.app import create_app
 from spool.api.health import PROCESS_HEADER
-from spool.api.media import media_of, stop_media
+from spool.api.services import services_of
 from spool.keys import issue
 from spool.reactors.projection import ProjectionRunner
 from tests.fixtures.media import make_clip
@@ -91,8 +91,8 @@ class Tenants:
             transport=httpx.ASGITransport(app=app), base_url="http://spool.test", timeout=60
         ) as client:
             yield app, client
-        await stop_media(app)
-        await app.state.viewers.aclose()
+        await services_of(app).media.aclose()
+        await services_of(app).viewers.aclose()
 
 
 @pytest.fixture
@@ -269,7 +269,7 @@ async def test_past_its_build_slots_an_account_gets_429_with_retry_after_and_oth
     waiting_job, other_job = await tenants.job(tenants.alice), await tenants.job(tenants.alice)
     bobs_job = await tenants.job(tenants.bob)
     async with tenants.api(hls_builds_per_account=1, hls_build_wait=0.5) as (app, client):
-        cache = media_of(app.state).cache
+        cache = services_of(app).media.cache
         sources = HeldSources(tenants.clip)
         # One of Alice's builds holds her only slot: its source is still arriving.
         holding = asyncio.create_task(
@@ -357,7 +357,7 @@ async def test_a_restart_counts_the_renditions_on_disk_and_removes_unfinished_bu
             assert not half.exists()
             assert not stray.exists()
             assert running.exists()
-            cache = media_of(app.state).cache
+            cache = services_of(app).media.cache
             assert cache.held_bytes == on_disk(tenants.root) - on_disk(running)
             await play(client, tenants.alice, alices)
             assert (tenants.root / alices / PLAYLIST).stat().st_mtime_ns == cut  # not cut again

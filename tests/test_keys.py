@@ -14,12 +14,11 @@ import asyncpg
 import httpx
 import pytest
 import websockets
-from litestar.datastructures import State
 from websockets.asyncio.client import ClientConnection
 
 from spool.adapters.event_store import EventStore
 from spool.adapters.key_store import issue
-from spool.api.auth import lookup
+from spool.api.auth import VerifiedKeys, lookup
 from spool.domain import account
 from spool.domain.events import NewEvent
 from spool.reactors.projection import ProjectionRunner
@@ -217,7 +216,7 @@ async def test_an_admin_lists_and_revokes_every_accounts_keys(
     revoked = await client.delete(f"/user/keys/{theirs}", headers=_auth(admin_key))
     assert revoked.status_code == 200 and revoked.json()["revoked"] is True
     await runner.settle("api_keys")
-    assert await lookup(State({"pool": pool}), other_api_key) is None
+    assert await lookup(VerifiedKeys(pool), other_api_key) is None
 
 
 async def test_a_lower_key_cannot_revoke_a_higher_key_of_its_account(
@@ -314,10 +313,10 @@ async def test_a_rotated_key_works_until_its_grace_ends_and_the_new_one_at_once(
     )
     await runner.wait_until("api_keys", new.at)
     assert (await client.get("/jobs", headers=_auth(new.key))).status_code == 200
-    fresh = State({"pool": pool})
+    fresh = VerifiedKeys(pool)
     assert await lookup(fresh, old.key) is not None  # in its grace
     deadline = time.monotonic() + 5
-    while await lookup(State({"pool": pool}), old.key) is not None:
+    while await lookup(VerifiedKeys(pool), old.key) is not None:
         assert time.monotonic() < deadline, "the old key outlived its grace"
         await asyncio.sleep(0.1)
     made = (await client.get("/user/keys", headers=_auth(new.key))).json()["keys"]
@@ -331,7 +330,7 @@ async def test_last_use_is_recorded_at_most_once_a_minute(
     first = await pool.fetchval("SELECT used_at FROM api_key_use WHERE key_id = $1", key_id)
     assert first is not None
     # A cache of its own, as another API process has: it asks the database again.
-    assert await lookup(State({"pool": pool}), api_key) is not None
+    assert await lookup(VerifiedKeys(pool), api_key) is not None
     again = await pool.fetchval("SELECT used_at FROM api_key_use WHERE key_id = $1", key_id)
     assert again == first
     listed = (await client.get("/user/keys", headers=_auth(api_key))).json()["keys"][0]

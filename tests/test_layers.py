@@ -1,8 +1,9 @@
 """The dependency rule between Spool's layers, as pyproject.toml's [tool.importlinter] states it.
 
 `spool.domain` imports no other layer; `spool.api` and `spool.reactors` never import each other;
-`spool.adapters` imports neither of them nor the wiring; only the wiring modules of `spool`
-(serve, assembly, cli, ...) wire, and no layer imports them (docs/architecture.md).
+`spool.application` (the commands) imports neither of them nor the wiring; `spool.adapters`
+imports none of those three; only the wiring modules of `spool` (serve, assembly, cli, ...)
+wire, and no layer imports them (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ("domain", "adapters", "reactors", "api", "migrations")
+LAYERS = ("domain", "adapters", "application", "reactors", "api", "migrations")
 CONTRACTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"][
     "contracts"
 ]
@@ -77,6 +78,18 @@ def test_the_rule_names_a_layer_that_imports_the_wiring(tmp_path: Path) -> None:
     run = lint_imports(_tree(tmp_path, {"reactors": "import spool.serve"}))
     assert run.returncode != 0
     assert "only spool wires: no layer imports the wiring modules BROKEN" in run.stdout
+
+
+def test_the_rule_names_an_application_module_that_imports_the_api(tmp_path: Path) -> None:
+    run = lint_imports(_tree(tmp_path, {"application": "import spool.api"}))
+    assert run.returncode != 0
+    assert "application imports neither api, reactors nor the wiring BROKEN" in run.stdout
+
+
+def test_the_rule_names_an_adapter_that_imports_the_application(tmp_path: Path) -> None:
+    run = lint_imports(_tree(tmp_path, {"adapters": "import spool.application"}))
+    assert run.returncode != 0
+    assert "adapters import neither application, api, reactors nor the wiring BROKEN" in run.stdout
 
 
 def test_a_wheel_installs_nothing_but_spool(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ from spool.adapters.media_cache import HlsCache, HlsRemoved
 from spool.adapters.settings import Settings
 from spool.adapters.storage import LocalStorage, ObjectStorage, StorageError, storage_from_url
 from spool.api.app import create_app
-from spool.api.media import byte_range, playlist_with_token, stop_media
+from spool.api.media import byte_range, playlist_with_token
+from spool.api.services import services_of
 from spool.domain import job
 from spool.domain.events import NewEvent
 from spool.keys import issue
@@ -84,8 +85,8 @@ async def _playing(
         yield Playback(
             app, client, store, storage, issued.key, issued.account_id, job_id, clip.read_bytes()
         )
-    await stop_media(app)
-    await app.state.viewers.aclose()
+    await services_of(app).media.aclose()
+    await services_of(app).viewers.aclose()
     await storage.close()
 
 
@@ -314,7 +315,7 @@ async def test_hls_is_cut_once_and_reused(playback: Playback) -> None:
     )
     assert first.status_code == 200
     assert all("token" not in uri for uri in _uris(first.text))  # a key in a header: no token
-    folder = playback.app.state.media.cache.ready(playback.job_id)
+    folder = services_of(playback.app).media.cache.ready(playback.job_id)
     assert folder is not None
     # The playlist and segments, not `.account`, whose mtime marks when it was last played.
     made = {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name != ".account"}
@@ -332,7 +333,7 @@ async def test_deleting_the_file_removes_its_hls_rendition_and_ends_its_viewers(
 ) -> None:
     playlist = f"/media/{playback.job_id}/index.m3u8"
     assert (await playback.client.get(playlist, headers=playback.auth())).status_code == 200
-    media = playback.app.state.media
+    media = services_of(playback.app).media
     folder = media.cache.ready(playback.job_id)
     assert folder is not None
     [held] = [v for k, v in media.viewers.items() if k[0] == playback.job_id]

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from spool.api.cluster_redis import redis_of
+from spool.api.services import services_of
 from tests.cluster_api_helpers import FreshApi, assert_error, fresh_api
 
 LIMIT = 5
@@ -29,7 +29,7 @@ async def two_apis(
             await asyncio.sleep(60 - time.time() % 60 + 0.1)
         # Callers without a key are counted by address, and every test's client is 127.0.0.1:
         # another test's anonymous requests this minute must not count against this one.
-        redis = await redis_of(a.app.state)
+        redis = services_of(a.app).redis
         assert redis is not None
         anonymous = await redis.keys("spool:ratelimit:addr:*")
         if anonymous:

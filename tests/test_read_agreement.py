@@ -32,11 +32,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from spool.adapters import task_store
 from spool.adapters.key_store import issue
-from spool.api.auth import Principal
-from spool.api.batches import NewJob, plan_batch
-from spool.api.job_requests import ValidJob
 from spool.api.jobs import view
 from spool.api.tasks import view as task_view
+from spool.application.jobs import NewJob, plan_batch
 from spool.domain import batch, cluster_config, job, node, task
 from spool.domain.cluster_config import HeartbeatConfig, HeartbeatConfigChanged
 from spool.domain.errors import InvalidTransition
@@ -122,7 +120,7 @@ class History:
 
 async def _create(api: FreshApi, grouping: Grouping, n_jobs: int) -> History:
     """A new account with `n_jobs` jobs: one by one as `POST /jobs` makes them, or as one
-    batch as `POST /jobs/bulk` makes it (api.batches.plan_batch)."""
+    batch as `POST /jobs/bulk` makes it (application.jobs.plan_batch)."""
     issued = await issue(api.store, name="reader")
     await api.runner.wait_until("api_keys", issued.at)
     meta = Metadata(actor=issued.key_id)
@@ -135,11 +133,10 @@ async def _create(api: FreshApi, grouping: Grouping, n_jobs: int) -> History:
             )
             await api.store.append(job.stream_id(job_id), [NewEvent(e, meta) for e in created], 0)
         return History(issued.key, issued.account_id, ids, None)
-    principal = Principal(key_id=issued.key_id, account_id=issued.account_id, scope="jobs")
     plan = plan_batch(
         meta,
-        principal,
-        [NewJob(ValidJob(f"http://x/{i}", options)) for i in range(n_jobs)],
+        issued.account_id,
+        [NewJob(f"http://x/{i}", options) for i in range(n_jobs)],
         kind="bulk",
         paused=grouping == "paused batch",
     )

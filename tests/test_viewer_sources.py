@@ -20,6 +20,7 @@ import pytest
 import websockets
 
 from spool.adapters.job_store import load_job
+from spool.api.services import services_of
 from tests.cluster_api_helpers import FreshApi, fresh_api
 from tests.fixtures.cluster import StartCluster
 from tests.fixtures.loopback import serve_on_loopback
@@ -101,7 +102,7 @@ async def test_a_download_is_a_progressive_viewer_counting_the_bytes_sent(
 ) -> None:
     api = served.api
     job_id = await finished_job(
-        api.store, api.app.state.storage, api.account_id, clip, duration=CLIP_SECONDS
+        api.store, services_of(api.app).storage, api.account_id, clip, duration=CLIP_SECONDS
     )
     async with httpx.AsyncClient(base_url=served.base, timeout=30) as http:
         got = await http.get(f"/media/{job_id}", headers={**api.user(), "User-Agent": "curl/8.5.0"})
@@ -119,7 +120,7 @@ async def test_a_download_is_a_progressive_viewer_counting_the_bytes_sent(
 async def test_a_range_request_counts_only_its_range(served: Served, clip: Path) -> None:
     api = served.api
     job_id = await finished_job(
-        api.store, api.app.state.storage, api.account_id, clip, duration=CLIP_SECONDS
+        api.store, services_of(api.app).storage, api.account_id, clip, duration=CLIP_SECONDS
     )
     async with httpx.AsyncClient(base_url=served.base, timeout=30) as http:
         got = await http.get(f"/media/{job_id}", headers={**api.user(), "Range": "bytes=-1000"})
@@ -135,7 +136,9 @@ async def test_a_client_that_leaves_mid_download_ends_its_viewer(
 ) -> None:
     api = served.api
     big = make_clip(tmp_path / "big.mp4", 60.0, width=640, height=480)
-    job_id = await finished_job(api.store, api.app.state.storage, api.account_id, big, duration=60)
+    job_id = await finished_job(
+        api.store, services_of(api.app).storage, api.account_id, big, duration=60
+    )
     async with (
         httpx.AsyncClient(base_url=served.base, timeout=30) as http,
         http.stream("GET", f"/media/{job_id}", headers=api.user()) as answer,
@@ -155,7 +158,7 @@ async def test_hls_playback_is_one_viewer_closed_after_it_goes_idle(
 ) -> None:
     api = served.api
     job_id = await finished_job(
-        api.store, api.app.state.storage, api.account_id, clip, duration=CLIP_SECONDS
+        api.store, services_of(api.app).storage, api.account_id, clip, duration=CLIP_SECONDS
     )
     headers = {**api.user(), "User-Agent": "hls-player/1.0"}
     sent = 0
@@ -228,7 +231,9 @@ async def test_curl_playing_an_output_is_listed_with_growing_bytes_then_vanishes
     api = served.api
     raw = make_clip(tmp_path / "raw.mkv", 12.0, video_codec="rawvideo", audio_codec="pcm_s16le")
     size = raw.stat().st_size
-    job_id = await finished_job(api.store, api.app.state.storage, api.account_id, raw, duration=12)
+    job_id = await finished_job(
+        api.store, services_of(api.app).storage, api.account_id, raw, duration=12
+    )
     curl = await asyncio.create_subprocess_exec(
         "curl",
         "--silent",

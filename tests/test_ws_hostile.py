@@ -30,8 +30,9 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from spool.adapters.tokens import issue_token, signing_key
-from spool.api.cluster_ws import QUEUE_SIZE, ClusterFeed, Update, feed_of
+from spool.api.cluster_ws import QUEUE_SIZE, ClusterFeed, Update
 from spool.api.health_ws import CLUSTER_REFUSED, COMMAND_MAX_CHARS
+from spool.api.services import services_of
 from spool.api.ws_limits import WS_MAX_MESSAGE_BYTES
 from spool.domain import job
 from spool.domain.events import NewEvent
@@ -441,7 +442,7 @@ async def test_a_cluster_listener_that_falls_behind_is_closed_1013_and_its_queue
     api = served.api
     async with websockets.connect(f"{served.cluster}?api_key={api.admin_key}") as ws:
         assert json.loads(await ws.recv())["type"] == "connected"
-        feed: ClusterFeed = api.app.state["cluster_feed"]
+        feed: ClusterFeed = services_of(api.app).feed
         (sub,) = feed.subscribers
         # Three queues' worth at once, faster than any socket drains: what a burst of events
         # does to a listener that reads slowly.
@@ -459,7 +460,7 @@ async def test_vanishing_clients_leave_no_task_subscriber_or_connection_behind(
     # The cluster feed is one task for the process, started by the first listener.
     async with websockets.connect(f"{served.cluster}?api_key={api.key}") as ws:
         await ws.recv()
-    feed = feed_of(api.app.state)
+    feed = services_of(api.app).feed
     await _settles(lambda: not _server_sockets())
     tasks = len(_server_tasks())
     health = [await _authed(served, admin=True) for _ in range(5)]

@@ -1,0 +1,175 @@
+"""Batch commands: create a bulk batch, start a paused batch, cancel one, rename its jobs."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import msgspec
+
+from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters.job_store import jobs, load_job
+from spool.adapters.repository import ChangingTooFast, Repository
+from spool.application.idempotency import Idempotent, append_once
+from spool.application.jobs import Created, NewJob, plan_batch
+from spool.domain import batch, job
+from spool.domain.errors import ConcurrencyError, Conflict, InvalidTransition, NotFound
+from spool.domain.events import Event, Metadata, NewEvent, RecordedEvent
+
+
+class BulkAnswer(msgspec.Struct):
+    batch_id: str
+    total_jobs: int
+    job_ids: list[str]
+
+
+class JobRename(msgspec.Struct, frozen=True):
+    """One job to rename; `refused` says why its filename was found invalid (None: valid)."""
+
+    job_id: str
+    filename: str
+    refused: str | None = None
+
+
+class RenameError(msgspec.Struct):
+    job_id: str
+    error: str
+
+
+class RenameAnswer(msgspec.Struct):
+    updated: int
+    errors: list[RenameError]
+
+
+class BatchChanged(NamedTuple):
+    """The batch a command changed, and how many of its jobs it changed with it."""
+
+    batch_id: str
+    jobs: int
+
+
+def _fold(events: Sequence[RecordedEvent]) -> batch.BatchState | None:
+    return batch.fold([(e.data, e.recorded_at, e.version) for e in events])
+
+
+def batches(store: EventStore) -> Repository[batch.BatchState]:
+    """The batches' repository: a batch's stream is short, so it is folded whole."""
+    return Repository(store, batch.stream_id, _fold)
+
+
+async def create_bulk(
+    store: EventStore,
+    account_id: str,
+    new_jobs: list[NewJob],
+    *,
+    paused: bool,
+    idem: Idempotent | None,
+    meta: Metadata,
+) -> Created[BulkAnswer]:
+    """A batch of all the jobs, or none: one over the quotas refuses them all."""
+    plan = plan_batch(meta, account_id, new_jobs, kind="bulk", paused=paused)
+    answer = BulkAnswer(batch_id=plan.batch_id, total_jobs=len(plan.job_ids), job_ids=plan.job_ids)
+    earlier = await append_once(store, plan.appends, answer, idem, meta, quota_account=account_id)
+    return Created(answer, earlier)
+
+
+async def owned_batch(store: EventStore, account_id: str, raw_id: str) -> batch.BatchState:
+    """A batch of the account's; NotFound for anyone else's."""
+    try:
+        batch_id = str(uuid.UUID(raw_id))
+    except ValueError:
+        raise NotFound("Batch not found") from None
+    state = await batches(store).load(batch_id)
+    if state is None or state.account_id != account_id:
+        raise NotFound("Batch not found")
+    return state
+
+
+async def batch_jobs(store: EventStore, state: batch.BatchState) -> list[job.JobState]:
+    """The batch's jobs, each exact to its last event."""
+    found = [await load_job(store, job_id) for job_id in state.job_ids]
+    return [j for j in found if j is not None]
+
+
+async def start_batch(
+    store: EventStore, account_id: str, batch_id: str, meta: Metadata
+) -> BatchChanged:
+    """Start a paused batch and release its held jobs, in one transaction."""
+    state = await owned_batch(store, account_id, batch_id)
+    held = [j for j in await batch_jobs(store, state) if j.held and not j.terminal]
+    started = batch.start(state, len(held))
+    appends = [
+        StreamAppend(
+            job.stream_id(j.job_id), [NewEvent(e, meta) for e in job.release(j)], j.version
+        )
+        for j in held
+    ]
+    appends.append(
+        StreamAppend(
+            batch.stream_id(state.batch_id), [NewEvent(e, meta) for e in started], state.version
+        )
+    )
+    try:
+        await store.append_many(appends)
+    except ConcurrencyError:
+        raise Conflict("The batch changed meanwhile; try again") from None
+    return BatchChanged(state.batch_id, len(held))
+
+
+async def cancel_batch(
+    store: EventStore, account_id: str, batch_id: str, meta: Metadata
+) -> BatchChanged:
+    """Cancel every unfinished job of a batch, then the batch."""
+    state = await owned_batch(store, account_id, batch_id)
+    cancelled = 0
+    for job_id in state.job_ids:
+        if await _recorded(store, meta, job_id, job.cancel):
+            cancelled += 1
+    events = batch.cancel(state, cancelled)
+    try:
+        await store.append(
+            batch.stream_id(state.batch_id), [NewEvent(e, meta) for e in events], state.version
+        )
+    except ConcurrencyError:
+        raise Conflict("The batch changed meanwhile; try again") from None
+    return BatchChanged(state.batch_id, cancelled)
+
+
+async def rename_jobs(
+    store: EventStore, account_id: str, batch_id: str, renames: list[JobRename], meta: Metadata
+) -> RenameAnswer:
+    """Rename jobs of a paused batch; each rename that cannot be made is reported, not raised."""
+    state = await owned_batch(store, account_id, batch_id)
+    batch.require_paused_for_rename(state)
+    errors: list[RenameError] = []
+    updated = 0
+    members = set(state.job_ids)
+    for r in renames:
+        if r.job_id not in members:
+            errors.append(RenameError(r.job_id, "Job is not in this batch"))
+        elif r.refused is not None:
+            errors.append(RenameError(r.job_id, r.refused))
+        elif await _recorded(store, meta, r.job_id, _renaming(r.filename)):
+            updated += 1
+        else:
+            errors.append(RenameError(r.job_id, "Job is no longer waiting in the batch"))
+    return RenameAnswer(updated=updated, errors=errors)
+
+
+def _renaming(filename: str) -> Callable[[job.JobState], list[Event]]:
+    return lambda state: job.rename(state, filename)
+
+
+async def _recorded(
+    store: EventStore,
+    meta: Metadata,
+    job_id: str,
+    decide: Callable[[job.JobState], list[Event]],
+) -> bool:
+    """Whether the command (cancel, rename: they refuse rather than do nothing) was recorded."""
+    try:
+        done = await jobs(store).execute(job_id, decide, meta)
+    except (InvalidTransition, ChangingTooFast):
+        return False
+    return done.state is not None

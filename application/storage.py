@@ -1,0 +1,60 @@
+"""Storage commands: make a (checked, sealed) storage the account's own, or remove it.
+
+Checking a storage and sealing its credentials happen before (`api/user.py`,
+`sealed_storage`): a command here gets a `StorageConfigured` ready to record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from spool.adapters.event_store import EventStore
+from spool.adapters.repository import ChangingTooFast, Repository
+from spool.domain import storage_config
+from spool.domain.account import stream_id
+from spool.domain.errors import Conflict, NotFound
+from spool.domain.events import Event, Metadata, NewEvent, RecordedEvent
+from spool.domain.storage_config import Provider, StorageConfigured, StorageState
+
+
+def _fold(events: Sequence[RecordedEvent]) -> StorageState:
+    return storage_config.fold((e.version, e.data) for e in events)
+
+
+def storages(store: EventStore) -> Repository[StorageState]:
+    """The accounts' storage settings, folded from the account stream they share with keys."""
+    return Repository(store, stream_id, _fold, initial=StorageState())
+
+
+async def storage_of(store: EventStore, account_id: str) -> StorageState:
+    """The account's storage state, exact to the last event of its stream."""
+    return await storages(store).load(account_id) or StorageState()
+
+
+async def configure_storage(
+    store: EventStore, configured: StorageConfigured, meta: Metadata
+) -> StorageConfigured:
+    """Make `configured` its account's storage, in place of any other."""
+    state = await storage_of(store, configured.account_id)
+    events = storage_config.configure(state, configured)
+    # Configuring always succeeds and replaces what was there, so no expected version: the
+    # store queues this append behind any other writer of the account stream.
+    await store.append(stream_id(configured.account_id), [NewEvent(e, meta) for e in events], None)
+    return configured
+
+
+async def remove_storage(
+    store: EventStore, account_id: str, provider: Provider, meta: Metadata
+) -> None:
+    """Drop the account's `provider` storage; NotFound when that is not the one it has."""
+
+    def remove(state: StorageState) -> list[Event]:
+        try:
+            return storage_config.remove(state, account_id=account_id, provider=provider)
+        except storage_config.StorageNotConfigured as exc:
+            raise NotFound(str(exc)) from None
+
+    try:
+        await storages(store).execute(account_id, remove, meta)
+    except ChangingTooFast:
+        raise Conflict("The account is changing too fast; try again") from None
