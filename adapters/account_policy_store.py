@@ -22,6 +22,7 @@ import asyncpg
 
 from spool.adapters.event_store import EVENT_COLUMNS, EventStore, StreamAppend
 from spool.domain import account, account_policy, job
+from spool.domain.aggregate import steps
 from spool.domain.events import Event, Metadata, NewEvent
 
 # Only the policy's own events: the account stream also holds its keys' events, which may be
@@ -39,11 +40,11 @@ T = TypeVar("T")
 async def load_policy(store: EventStore, account_id: str) -> account_policy.AccountPolicy | None:
     """The account's grant and quotas, exact to its stream's last event; None: no such account."""
     stream = account.stream_id(account_id)
-    rows = await store.pool.fetch(_POLICY_EVENTS, stream, account_policy.EVENT_TYPES)
+    rows = await store.pool.fetch(_POLICY_EVENTS, stream, sorted(account_policy.EVENT_TYPES))
     if not rows and not await store.pool.fetchval(_EXISTS, stream):
         return None
-    events = [store.decode(r) for r in rows]
-    return account_policy.fold(account_id, ((e.data, e.recorded_at) for e in events))
+    policy = account_policy.fold(steps(store.decode(r) for r in rows))
+    return policy or account_policy.AccountPolicy(account_id=account_id)
 
 
 async def record(store: EventStore, account_id: str, events: list[Event], meta: Metadata) -> None:

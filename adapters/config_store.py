@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import asyncpg
 import msgspec
@@ -10,13 +10,9 @@ import msgspec
 from spool.adapters.event_store import AppendResult, EventStore
 from spool.adapters.repository import Repository
 from spool.domain import cluster_config as config
-from spool.domain.events import Event, Metadata, RecordedEvent
+from spool.domain.events import Event, Metadata
 
 _decode_heartbeat = msgspec.json.Decoder(config.HeartbeatConfig).decode
-
-
-def _fold(events: Sequence[RecordedEvent]) -> config.ClusterConfig:
-    return config.fold(list(events))
 
 
 def configs(store: EventStore) -> Repository[config.ClusterConfig]:
@@ -24,7 +20,7 @@ def configs(store: EventStore) -> Repository[config.ClusterConfig]:
 
     Before any change the stream is empty and the config is the defaults, on which the first
     change is decided."""
-    return Repository(store, lambda _: config.STREAM_ID, _fold, initial=config.ClusterConfig())
+    return Repository(store, config.AGGREGATE)
 
 
 async def load_config(store: EventStore) -> config.ClusterConfig:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection, Iterable, Sequence
-from datetime import date
+from datetime import date, datetime
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -73,6 +73,9 @@ class AppendResult(NamedTuple):
     version: int
     position: int
     tx: int
+    recorded_at: tuple[datetime, ...] = ()
+    """When each event of the stream in this append was recorded, in version order (so a
+    writer folds what it appended onto the state it decided on, without reading it back)."""
 
     @property
     def checkpoint(self) -> Checkpoint:
@@ -98,7 +101,7 @@ FROM head{", wake" if notify else ""},
      unnest($2::text[], $3::int2[], $4::jsonb[], $5::jsonb[])
          WITH ORDINALITY AS e(type, sv, data, meta, n)
 WHERE $6::int IS NULL OR head.v = $6::int
-RETURNING version, position, tx::text::bigint AS tx
+RETURNING version, position, tx::text::bigint AS tx, recorded_at
 """
 
 
@@ -147,7 +150,7 @@ FROM checked, commit_mode{", wake" if notify else ""},
      JOIN heads h ON h.stream_id = e.stream_id
 WHERE checked.ok
 ORDER BY e.ord
-RETURNING stream_id, version, position, tx::text::bigint AS tx
+RETURNING stream_id, version, position, tx::text::bigint AS tx, recorded_at
 """
 
 
@@ -338,8 +341,10 @@ class EventStore:
         if not rows:
             actual = await db.fetchval(_STREAM_VERSION, stream_id)
             raise ConcurrencyError(stream_id, expected_version, actual)
+        rows.sort(key=lambda r: r["version"])
         last = rows[-1]
-        return AppendResult(stream_id, last["version"], last["position"], last["tx"])
+        times = tuple(r["recorded_at"] for r in rows)
+        return AppendResult(stream_id, last["version"], last["position"], last["tx"], times)
 
     async def append_many(
         self,
@@ -429,12 +434,15 @@ class EventStore:
                 if expected is not None and expected != heads[stream_id] + before:
                     raise ConcurrencyError(stream_id, expected, heads[stream_id] + before)
             raise ConcurrencyError("<batch>", None)  # the heads moved back in line since
-        last: dict[str, AppendResult] = {}
+        last: dict[str, Any] = {}
+        times: dict[str, list[datetime]] = {}
         for r in rows:
-            last[r["stream_id"]] = AppendResult(
-                r["stream_id"], r["version"], r["position"], r["tx"]
-            )
-        return list(last.values())
+            last[r["stream_id"]] = r
+            times.setdefault(r["stream_id"], []).append(r["recorded_at"])
+        return [
+            AppendResult(stream_id, r["version"], r["position"], r["tx"], tuple(times[stream_id]))
+            for stream_id, r in last.items()
+        ]
 
     # -- reading -------------------------------------------------------------------------
 

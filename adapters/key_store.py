@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
@@ -17,7 +17,7 @@ import msgspec
 from spool.adapters.event_store import Checkpoint, EventStore
 from spool.adapters.repository import Repository
 from spool.domain import account
-from spool.domain.events import Event, Metadata, NewEvent, RecordedEvent
+from spool.domain.events import Event, Metadata, NewEvent
 
 
 def mint() -> str:
@@ -91,17 +91,13 @@ async def issue(
     return IssuedKey(key, owner, result.checkpoint, key_id)
 
 
-def _fold(events: Sequence[RecordedEvent]) -> dict[str, account.KeyState]:
-    return account.fold((e.data, e.recorded_at) for e in events)
-
-
-def accounts(store: EventStore) -> Repository[dict[str, account.KeyState]]:
+def accounts(store: EventStore) -> Repository[account.Keys]:
     """The accounts' repository: an account's keys folded from its stream. An account with no
     event holds no key, which a command decides on (and refuses: UnknownKey)."""
-    return Repository(store, account.stream_id, _fold, initial={})
+    return Repository(store, account.AGGREGATE)
 
 
-async def account_keys(store: EventStore, account_id: str) -> dict[str, account.KeyState]:
+async def account_keys(store: EventStore, account_id: str) -> account.Keys:
     """An account's keys folded from its stream (none for an account with no event)."""
     return await accounts(store).load(account_id) or {}
 
@@ -117,7 +113,7 @@ async def owner_of(store: EventStore, key_id: str) -> str | None:
 async def _decide(
     store: EventStore,
     account_id: str,
-    decide: Callable[[dict[str, account.KeyState]], list[Event]],
+    decide: Callable[[account.Keys], list[Event]],
     meta: Metadata,
 ) -> Checkpoint | None:
     """Run `decide` on the account's keys through its repository.
@@ -152,7 +148,7 @@ async def rotate(
     `grace`. UnknownKey, KeyRetired or ValueError (negative grace): nothing is appended."""
     key, new_id = mint(), new_key_id()
 
-    def decide(keys: dict[str, account.KeyState]) -> list[Event]:
+    def decide(keys: account.Keys) -> list[Event]:
         return account.rotate_key(
             keys,
             key_id,
@@ -178,7 +174,7 @@ async def set_expiry(
     """Give `key_id` a new expiry. UnknownKey, KeyRetired or ValueError (a past or zoneless
     time): nothing is appended."""
 
-    def decide(keys: dict[str, account.KeyState]) -> list[Event]:
+    def decide(keys: account.Keys) -> list[Event]:
         return account.set_expiry(keys, key_id, expires_at=expires_at, now=now or datetime.now(UTC))
 
     at = await _decide(store, account_id, decide, meta)

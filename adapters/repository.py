@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, NamedTuple, TypeAlias, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeAlias, TypeVar
 
 import asyncpg
 
-from spool.adapters.event_store import AppendResult, EventStore
+from spool.adapters.event_store import AppendResult, EventStore, StreamAppend
 from spool.adapters.history import AsOf, read_stream_as_of
+from spool.domain.aggregate import Aggregate, steps
 from spool.domain.errors import ConcurrencyError
 from spool.domain.events import Event, Metadata, NewEvent, RecordedEvent
 
 S = TypeVar("S")
+T = TypeVar("T")
 
 Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
 """Where a read runs: the pool, or a caller's connection (which sees its own uncommitted writes)."""
@@ -41,6 +43,18 @@ Loader = Callable[[EventStore, str, Executor], Awaitable[Loaded[S]]]
 """Reads one aggregate's current state: `(store, aggregate id, executor)`."""
 
 
+class Patience(Protocol):
+    """How a repository makes each read and append: `(what, call)`, awaiting `call()`; a worker
+    node's tries it again while the database cannot be reached (reactors/node.py)."""
+
+    def __call__(self, what: str, call: Callable[[], Awaitable[T]], /) -> Awaitable[T]: ...
+
+
+async def at_once(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """Each read and append tried once: an outage is the caller's to answer."""
+    return await call()
+
+
 class ChangingTooFast(ConcurrencyError):
     """Every try of a command lost the race to another writer of the stream."""
 
@@ -52,20 +66,27 @@ class ChangingTooFast(ConcurrencyError):
 class Repository(Generic[S]):
     """The one way to read an aggregate and to run a command on it.
 
-    `fold` turns a stream's events, in version order, into the state (None when there are
-    none). `loader`, when given, reads the current state a faster way than folding the whole
-    stream (a snapshot row plus the tail); as-of reads always fold from the first event.
-    `initial` is what a command decides on when the stream has no event yet: None refuses
-    (the aggregate must exist), a value (an empty config, an account with no keys) lets the
-    first command create the stream.
+    Built from the aggregate's descriptor (`domain.aggregate.Aggregate`: its stream id, fold
+    and initial state). `loader`, when given, reads the current state a faster way than folding
+    the whole stream (a snapshot row plus the tail); as-of reads always fold from the first
+    event. A command on a stream with no event decides on the aggregate's initial state
+    (`fold([])`): None refuses (the aggregate must exist), a value (an empty config, an account
+    with no keys) lets the first command create the stream.
     """
 
     store: EventStore
-    stream_id: Callable[[str], str]
-    fold: Callable[[Sequence[RecordedEvent]], S | None]
+    aggregate: Aggregate[S]
     loader: Loader[S] | None = None
-    initial: S | None = None
     tries: int = 10
+    patience: Patience = at_once
+
+    def stream_id(self, aggregate_id: str) -> str:
+        """The stream that holds one aggregate."""
+        return self.aggregate.stream_id(aggregate_id)
+
+    def fold(self, events: Sequence[RecordedEvent]) -> S | None:
+        """The state after `events`, in version order."""
+        return self.aggregate.fold(steps(events))
 
     async def read(self, aggregate_id: str, conn: asyncpg.Connection | None = None) -> Loaded[S]:
         """The current state and the version it was read at; in `conn` when given."""
@@ -91,34 +112,142 @@ class Repository(Generic[S]):
         metadata: Metadata,
         *,
         conn: asyncpg.Connection | None = None,
+        known: Loaded[S] | None = None,
     ) -> Executed[S]:
         """Load, decide, append at the version read; on a clash, re-read and decide again.
 
-        A missing aggregate (with no `initial`) is not decided on: `Executed(None, None)`. An
-        error raised by `decide` propagates and nothing is appended; an empty decision appends
-        nothing and returns the state read. With `conn` (in a transaction) the reads and the
-        append run in it, each append under a savepoint so that a clash does not abort the
-        caller's transaction. ChangingTooFast after `tries` lost races.
+        `known`: a state the caller holds and the version it was read at, decided on first
+        instead of a read (a worker node keeps its jobs' states).
+
+        Returns the state after the decision (its events folded onto the state read, with the
+        times the store recorded them) and where they landed. A missing aggregate (initial state
+        None) is not decided on: `Executed(None, None)`. An error raised by `decide` propagates
+        and nothing is appended; an empty decision appends nothing and returns the state read.
+        With `conn` (in a transaction) the reads and the append run in it, each append under a
+        savepoint so that a clash does not abort the caller's transaction. ChangingTooFast
+        after `tries` lost races.
         """
         stream_id = self.stream_id(aggregate_id)
         for _ in range(self.tries):
-            state, version = await self.read(aggregate_id, conn)
+            if known is None:
+                state, version = await self.patience(
+                    stream_id, lambda: self.read(aggregate_id, conn)
+                )
+            else:
+                (state, version), known = known, None
             if state is None:
-                state = self.initial
+                state = self.aggregate.initial
             if state is None:
                 return Executed(None, None)
             events = decide(state)
             if not events:
                 return Executed(state, None)
-            new = [NewEvent(e, metadata) for e in events]
             try:
-                if conn is None:
-                    appended = await self.store.append(stream_id, new, version)
-                else:
-                    async with conn.transaction():
-                        appended = await self.store.append(stream_id, new, version, conn=conn)
+                appended = await self._append(stream_id, events, version, metadata, conn)
             except ConcurrencyError:
                 continue  # another writer landed meanwhile: decide again on what it left
-            after = await self.read(aggregate_id, conn)
-            return Executed(after.state, appended)
+            return Executed(self.after(state, version, events, appended), appended)
         raise ChangingTooFast(stream_id)
+
+    async def _append(
+        self,
+        stream_id: str,
+        events: list[Event],
+        version: int,
+        metadata: Metadata,
+        conn: asyncpg.Connection | None,
+    ) -> AppendResult:
+        """Append at `version` through `patience`; a try after one whose answer was lost looks
+        first whether that one committed, so that nothing is appended twice."""
+        new = [NewEvent(e, metadata) for e in events]
+        tried = False
+
+        async def attempt() -> AppendResult:
+            nonlocal tried
+            if tried:
+                after = await self.store.read_stream(
+                    stream_id, version + 1, limit=len(events), conn=conn
+                )
+                if [e.data for e in after] == events:
+                    return landed(after)  # the lost answer's append: it committed
+            tried = True
+            if conn is None:
+                return await self.store.append(stream_id, new, version)
+            async with conn.transaction():
+                return await self.store.append(stream_id, new, version, conn=conn)
+
+        return await self.patience(stream_id, attempt)
+
+    def after(
+        self, state: S | None, version: int, events: Sequence[Event], appended: AppendResult
+    ) -> S | None:
+        """`state` (read at `version`) with `events`, just appended, folded on."""
+        evolve = self.aggregate.evolve
+        for n, (ev, at) in enumerate(zip(events, appended.recorded_at, strict=True), 1):
+            state = evolve(state, ev, at, version + n)
+        return state
+
+
+def landed(recorded: Sequence[RecordedEvent]) -> AppendResult:
+    """Where recorded events (one append's, in version order) landed."""
+    last = recorded[-1]
+    times = tuple(e.recorded_at for e in recorded)
+    return AppendResult(last.stream_id, last.version, last.position, last.tx, times)
+
+
+class UnitOfWork:
+    """One command over several streams: each stream loaded through its repository, what was
+    decided for each recorded, and all appended at the versions read, in one transaction.
+
+    Made and committed by `execute_many`, which decides again on a clash.
+    """
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self._read: dict[str, int] = {}
+        self._decided: dict[str, list[Event]] = {}
+
+    async def load(self, repository: Repository[S], aggregate_id: str) -> S | None:
+        """The aggregate as it stands (its initial state if it has no event yet)."""
+        state, version = await repository.read(aggregate_id)
+        self._read[repository.stream_id(aggregate_id)] = version
+        return state if state is not None else repository.aggregate.initial
+
+    def record(self, repository: Repository[S], aggregate_id: str, events: list[Event]) -> None:
+        """Append `events` to an aggregate this unit loaded, at the version it was read at."""
+        stream_id = repository.stream_id(aggregate_id)
+        if stream_id not in self._read:
+            raise ValueError(f"{stream_id} was not loaded in this unit of work")
+        self._decided.setdefault(stream_id, []).extend(events)
+
+    async def commit(self, metadata: Metadata) -> list[AppendResult]:
+        """Append every decision in one transaction (in the order recorded); nothing if none."""
+        appends = [
+            StreamAppend(stream_id, [NewEvent(e, metadata) for e in events], self._read[stream_id])
+            for stream_id, events in self._decided.items()
+            if events
+        ]
+        return await self.store.append_many(appends) if appends else []
+
+
+async def execute_many(
+    store: EventStore,
+    work: Callable[[UnitOfWork], Awaitable[T]],
+    metadata: Metadata,
+    *,
+    tries: int = 10,
+) -> T:
+    """Run `work` (load, decide, record) on a fresh unit of work and commit it; on a clash,
+    run it again on what the other writer left, up to `tries` times (then ChangingTooFast).
+
+    A `DomainError` from `work` propagates and nothing is appended. Returns what `work` did.
+    """
+    for _ in range(tries):
+        unit = UnitOfWork(store)
+        result = await work(unit)
+        try:
+            await unit.commit(metadata)
+        except ConcurrencyError:
+            continue
+        return result
+    raise ChangingTooFast("<several streams>")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
+from spool.domain import job, viewer
+
 metadata = sa.MetaData()
 
 
@@ -97,6 +99,14 @@ jobs = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     # The whole folded JobState, so the row is exactly the fold of the stream.
     sa.Column("state", pg.JSONB, nullable=False),
+    # The shape `state` was written in: every row the projection writes takes the default,
+    # which a migration moves with domain.job.AGGREGATE.snapshot_version (adapters/job_store.py).
+    sa.Column(
+        "snapshot_version",
+        sa.SmallInteger,
+        nullable=False,
+        server_default=sa.text(str(job.AGGREGATE.snapshot_version)),
+    ),
     sa.Index("jobs_account_created_idx", "account_id", sa.text("created_at DESC"), "job_id"),
     sa.Index("jobs_batch_idx", "batch_id", postgresql_where=sa.text("batch_id IS NOT NULL")),
 )
@@ -238,6 +248,13 @@ viewers = sa.Table(
     sa.Column("node_id", sa.Text, nullable=False),
     sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
+    # The shape the row holds, as for `jobs` (domain.viewer.AGGREGATE.snapshot_version).
+    sa.Column(
+        "snapshot_version",
+        sa.SmallInteger,
+        nullable=False,
+        server_default=sa.text(str(viewer.AGGREGATE.snapshot_version)),
+    ),
     postgresql_with={"fillfactor": 80},
 )
 

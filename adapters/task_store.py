@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import timedelta
 
 import asyncpg
@@ -13,18 +13,14 @@ from spool.adapters.history import AsOf
 from spool.adapters.node_online import configured_timeout, online
 from spool.adapters.repository import ChangingTooFast, Repository
 from spool.domain import task
-from spool.domain.events import Event, Metadata, RecordedEvent
+from spool.domain.events import Event, Metadata
 from spool.domain.node import Capabilities
-
-
-def _fold(events: Sequence[RecordedEvent]) -> task.TaskState | None:
-    return task.fold([(e.data, e.recorded_at, e.version) for e in events])
 
 
 def tasks(store: EventStore) -> Repository[task.TaskState]:
     """The tasks' repository. A task stream is short (a dozen events at most in practice), so
     it is folded whole: the answer is exact whatever the projection's lag."""
-    return Repository(store, task.stream_id, _fold)
+    return Repository(store, task.AGGREGATE)
 
 
 async def load_task(store: EventStore, task_id: str) -> task.TaskState | None:

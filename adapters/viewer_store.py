@@ -4,22 +4,23 @@ A live viewer's stream grows by one stats event every few seconds, so folding it
 costs more the longer it plays. The `viewers` projection row is the fold at the row's version:
 it serves as a snapshot, and only the events after it (none, unless the projection lags) are
 read. A disconnected viewer has no row: its first and last events say that it ended and with
-which totals, which is all a decision needs of it (it takes no further events).
+which totals, which is all a decision needs of it (it takes no further events). A row of
+another snapshot version than this code's is taken for no row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 
-import msgspec
-
 from spool.adapters.event_store import EventStore
+from spool.adapters.repository import Executor, Loaded, Repository
 from spool.domain import viewer
+from spool.domain.aggregate import steps
 
 _ROWS = """
 SELECT viewer_id, harness_type, state, started_at, bitrate, in_bandwidth, out_bandwidth,
        in_total_bytes, out_total_bytes, measured, version
-FROM viewers WHERE viewer_id = ANY($1::text[])
+FROM viewers WHERE viewer_id = ANY($1::text[]) AND snapshot_version = $2
 """
 
 _HEADS = """
@@ -28,13 +29,28 @@ FROM unnest($1::text[]) AS s(stream_id)
 """
 
 
+def viewers(store: EventStore) -> Repository[viewer.ViewerState]:
+    """The viewers' repository: reads start from the `viewers` row (`load_viewers`)."""
+    return Repository(store, viewer.AGGREGATE, loader=_load_one)
+
+
+async def _load_one(
+    store: EventStore, viewer_id: str, executor: Executor
+) -> Loaded[viewer.ViewerState]:
+    # The row and the stream are read through the pool: a viewer's events are never appended
+    # in a caller's transaction.
+    state = (await load_viewers(store, [viewer_id]))[viewer_id]
+    return Loaded(state, state.version if state is not None else 0)
+
+
 async def load_viewers(
     store: EventStore, viewer_ids: Collection[str]
 ) -> dict[str, viewer.ViewerState | None]:
     """Each viewer as its events fold it (None for one that never connected)."""
     ids = list(dict.fromkeys(viewer_ids))
     # Rows before heads: a head read later is never behind its row.
-    rows = {r["viewer_id"]: r for r in await store.pool.fetch(_ROWS, ids)}
+    snapshot_version = viewer.AGGREGATE.snapshot_version
+    rows = {r["viewer_id"]: r for r in await store.pool.fetch(_ROWS, ids, snapshot_version)}
     heads: dict[str, int] = dict(await store.pool.fetch(_HEADS, [viewer.stream_id(v) for v in ids]))
     found: dict[str, viewer.ViewerState | None] = {}
     for viewer_id in ids:
@@ -57,7 +73,7 @@ async def load_viewers(
             )
             if head > row["version"]:  # the projection has not seen the newest events yet
                 for e in await store.read_stream(viewer.stream_id(viewer_id), row["version"] + 1):
-                    state = viewer.evolve(state, e.data)
+                    state = viewer.evolve(state, e.data, e.recorded_at, e.version)
             found[viewer_id] = state
         else:
             found[viewer_id] = await _without_row(store, viewer_id, head)
@@ -69,7 +85,8 @@ async def _without_row(store: EventStore, viewer_id: str, head: int) -> viewer.V
     [last] = await store.read_stream(stream, head, limit=1)
     if not isinstance(last.data, viewer.ViewerDisconnected):
         # Connected but not projected yet: a young stream, folded whole.
-        return viewer.fold([e.data for e in await store.read_stream(stream)])
+        return viewer.fold(steps(await store.read_stream(stream)))
     first = await store.read_stream(stream, 1, limit=1)
-    ended = viewer.evolve(viewer.evolve(None, first[0].data), last.data)
-    return msgspec.structs.replace(ended, version=head) if ended is not None else None
+    [opened] = first
+    connected = viewer.evolve(None, opened.data, opened.recorded_at, opened.version)
+    return viewer.evolve(connected, last.data, last.recorded_at, head)

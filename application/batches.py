@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import NamedTuple
 
 import msgspec
 
-from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters import batch_store
+from spool.adapters.batch_store import batches
+from spool.adapters.event_store import EventStore
 from spool.adapters.job_store import jobs, load_job
-from spool.adapters.repository import ChangingTooFast, Repository
+from spool.adapters.repository import ChangingTooFast
 from spool.application.idempotency import Idempotent, append_once
 from spool.application.jobs import Created, NewJob, plan_batch
 from spool.domain import batch, job
 from spool.domain.errors import ConcurrencyError, Conflict, InvalidTransition, NotFound
-from spool.domain.events import Event, Metadata, NewEvent, RecordedEvent
+from spool.domain.events import Event, Metadata
 
 
 class BulkAnswer(msgspec.Struct):
@@ -47,15 +49,6 @@ class BatchChanged(NamedTuple):
 
     batch_id: str
     jobs: int
-
-
-def _fold(events: Sequence[RecordedEvent]) -> batch.BatchState | None:
-    return batch.fold([(e.data, e.recorded_at, e.version) for e in events])
-
-
-def batches(store: EventStore) -> Repository[batch.BatchState]:
-    """The batches' repository: a batch's stream is short, so it is folded whole."""
-    return Repository(store, batch.stream_id, _fold)
 
 
 async def create_bulk(
@@ -97,21 +90,8 @@ async def start_batch(
 ) -> BatchChanged:
     """Start a paused batch and release its held jobs, in one transaction."""
     state = await owned_batch(store, account_id, batch_id)
-    held = [j for j in await batch_jobs(store, state) if j.held and not j.terminal]
-    started = batch.start(state, len(held))
-    appends = [
-        StreamAppend(
-            job.stream_id(j.job_id), [NewEvent(e, meta) for e in job.release(j)], j.version
-        )
-        for j in held
-    ]
-    appends.append(
-        StreamAppend(
-            batch.stream_id(state.batch_id), [NewEvent(e, meta) for e in started], state.version
-        )
-    )
     try:
-        await store.append_many(appends)
+        held = await batch_store.start_batch(store, state.batch_id, meta)
     except ConcurrencyError:
         raise Conflict("The batch changed meanwhile; try again") from None
     return BatchChanged(state.batch_id, len(held))
@@ -126,11 +106,8 @@ async def cancel_batch(
     for job_id in state.job_ids:
         if await _recorded(store, meta, job_id, job.cancel):
             cancelled += 1
-    events = batch.cancel(state, cancelled)
     try:
-        await store.append(
-            batch.stream_id(state.batch_id), [NewEvent(e, meta) for e in events], state.version
-        )
+        await batch_store.cancel_batch(store, state.batch_id, cancelled, meta)
     except ConcurrencyError:
         raise Conflict("The batch changed meanwhile; try again") from None
     return BatchChanged(state.batch_id, cancelled)

@@ -6,24 +6,14 @@ Checking a storage and sealing its credentials happen before (`api/user.py`,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from spool.adapters.event_store import EventStore
-from spool.adapters.repository import ChangingTooFast, Repository
+from spool.adapters.repository import ChangingTooFast
+from spool.adapters.storage_config_store import storages
 from spool.domain import storage_config
 from spool.domain.account import stream_id
 from spool.domain.errors import Conflict, NotFound
-from spool.domain.events import Event, Metadata, NewEvent, RecordedEvent
+from spool.domain.events import Event, Metadata, NewEvent
 from spool.domain.storage_config import Provider, StorageConfigured, StorageState
-
-
-def _fold(events: Sequence[RecordedEvent]) -> StorageState:
-    return storage_config.fold((e.version, e.data) for e in events)
-
-
-def storages(store: EventStore) -> Repository[StorageState]:
-    """The accounts' storage settings, folded from the account stream they share with keys."""
-    return Repository(store, stream_id, _fold, initial=StorageState())
 
 
 async def storage_of(store: EventStore, account_id: str) -> StorageState:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import msgspec
 
@@ -171,7 +172,9 @@ async def report_viewer_events(
             ev = _event(item, viewer_id, states[viewer_id], recorder, reporter, now)
         except tuple(_REFUSED) as exc:
             raise _REFUSED[type(exc)](f"events[{index}]: {exc}") from None
-        states[viewer_id] = viewer.evolve(states[viewer_id], ev)
+        before = states[viewer_id]
+        at, version = datetime.fromtimestamp(now, UTC), (before.version if before else 0) + 1
+        states[viewer_id] = viewer.evolve(before, ev, at, version)
         new.setdefault(viewer_id, []).append(NewEvent(ev, meta))
     try:
         await store.append_many(

@@ -8,11 +8,13 @@ cluster-wide. Keys issued before scopes existed hold `admin` or `jobs,tasks`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
+from typing import TypeAlias
 
 import msgspec
 
+from spool.domain.aggregate import Aggregate, Step
 from spool.domain.errors import DomainError
 from spool.domain.events import Event, event
 
@@ -69,6 +71,11 @@ class ApiKeyExpirySet(Event, frozen=True, kw_only=True):
     expires_at: datetime
 
 
+class InvalidKey(DomainError, ValueError):
+    """A key command's input was refused (a bad key, name, scope, expiry or grace); still a
+    ValueError, as callers have always caught it."""
+
+
 class UnknownKey(DomainError):
     """No key with this id (on this account)."""
 
@@ -95,6 +102,10 @@ class KeyState(msgspec.Struct, frozen=True, kw_only=True):
         return not self.revoked and (self.expires_at is None or self.expires_at > now)
 
 
+Keys: TypeAlias = Mapping[str, KeyState]
+"""An account's keys by key id: the account aggregate's state (evolve makes a new one)."""
+
+
 def stream_id(account_id: str) -> str:
     """The event stream that holds one account."""
     return f"account-{account_id}"
@@ -111,15 +122,15 @@ def hint(key: str) -> str:
 
 
 def parse_scope(text: str) -> frozenset[str]:
-    """The scopes named in `read`, `jobs,tasks`...; ValueError for an unknown or empty one."""
+    """The scopes named in `read`, `jobs,tasks`...; InvalidKey for an unknown or empty one."""
     names = {part.strip() for part in text.split(",") if part.strip()}
     unknown = sorted(names - set(SCOPES))
     if unknown:
-        raise ValueError(
+        raise InvalidKey(
             f"unknown scope {', '.join(repr(u) for u in unknown)}: choose from {', '.join(SCOPES)}"
         )
     if not names:
-        raise ValueError(f"a scope names at least one of {', '.join(SCOPES)}")
+        raise InvalidKey(f"a scope names at least one of {', '.join(SCOPES)}")
     return frozenset(names)
 
 
@@ -160,19 +171,19 @@ def issue_key(
     expires_at: datetime | None = None,
     now: datetime | None = None,
 ) -> list[Event]:
-    """Decide the events that issue `key` to an account; ValueError for bad input."""
+    """Decide the events that issue `key` to an account; InvalidKey for bad input."""
     if not key.startswith(KEY_PREFIX) or len(key) < 24:
-        raise ValueError(f"an API key starts with {KEY_PREFIX!r} and has at least 24 characters")
+        raise InvalidKey(f"an API key starts with {KEY_PREFIX!r} and has at least 24 characters")
     if not name.strip():
-        raise ValueError("a key needs a name")
+        raise InvalidKey("a key needs a name")
     if len(name.strip()) > NAME_MAX_CHARS:
-        raise ValueError(f"a key's name has at most {NAME_MAX_CHARS} characters")
+        raise InvalidKey(f"a key's name has at most {NAME_MAX_CHARS} characters")
     canonical = scope_text(parse_scope(scope))
     if expires_at is not None:
         if expires_at.tzinfo is None:
-            raise ValueError("an expiry needs a time zone (say Z for UTC)")
+            raise InvalidKey("an expiry needs a time zone (say Z for UTC)")
         if now is not None and expires_at <= now:
-            raise ValueError("the expiry is in the past")
+            raise InvalidKey("the expiry is in the past")
     return [
         ApiKeyCreated(
             key_id=key_id,
@@ -187,12 +198,12 @@ def issue_key(
     ]
 
 
-def room_for_a_key(keys: dict[str, KeyState], now: datetime) -> bool:
+def room_for_a_key(keys: Keys, now: datetime) -> bool:
     """Whether an account holding `keys` may get one more (`KEYS_PER_ACCOUNT` working keys)."""
     return sum(1 for k in keys.values() if k.working(now)) < KEYS_PER_ACCOUNT
 
 
-def revoke_key(keys: dict[str, KeyState], key_id: str) -> list[Event]:
+def revoke_key(keys: Keys, key_id: str) -> list[Event]:
     """Decide the revocation of `key_id`; nothing for a key already revoked."""
     state = keys.get(key_id)
     if state is None:
@@ -201,7 +212,7 @@ def revoke_key(keys: dict[str, KeyState], key_id: str) -> list[Event]:
 
 
 def rotate_key(
-    keys: dict[str, KeyState],
+    keys: Keys,
     key_id: str,
     *,
     new_key: str,
@@ -215,7 +226,7 @@ def rotate_key(
     if state is None:
         raise UnknownKey(key_id)
     if grace < timedelta(0):
-        raise ValueError("a grace period cannot be negative")
+        raise InvalidKey("a grace period cannot be negative")
     if state.revoked or state.replaced_by is not None or not state.working(now):
         raise KeyRetired(f"key {key_id} was revoked, replaced or has expired: issue a new one")
     created = issue_key(
@@ -229,25 +240,24 @@ def rotate_key(
     return [*created, ApiKeyRotated(key_id=key_id, replaced_by=new_key_id, retires_at=now + grace)]
 
 
-def set_expiry(
-    keys: dict[str, KeyState], key_id: str, *, expires_at: datetime, now: datetime
-) -> list[Event]:
+def set_expiry(keys: Keys, key_id: str, *, expires_at: datetime, now: datetime) -> list[Event]:
     """Decide a new expiry for `key_id`: a future time, on a key that still works."""
     state = keys.get(key_id)
     if state is None:
         raise UnknownKey(key_id)
     if expires_at.tzinfo is None:
-        raise ValueError("an expiry needs a time zone (say Z for UTC)")
+        raise InvalidKey("an expiry needs a time zone (say Z for UTC)")
     if expires_at <= now:
-        raise ValueError("the expiry is in the past: revoke the key instead")
+        raise InvalidKey("the expiry is in the past: revoke the key instead")
     if not state.working(now):
         raise KeyRetired(f"key {key_id} was revoked or has expired: issue a new one")
     return [ApiKeyExpirySet(key_id=key_id, expires_at=expires_at)]
 
 
-def evolve(keys: dict[str, KeyState], ev: Event, at: datetime) -> dict[str, KeyState]:
-    """The account's keys after `ev`, recorded at `at` (a new dict; states are frozen)."""
-    out = dict(keys)
+def evolve(keys: Keys | None, ev: Event, at: datetime, version: int) -> Keys:
+    """The account's keys after `ev`, recorded at `at`: a new mapping (states are frozen);
+    other events of the account stream leave them as they are."""
+    out = dict(keys or {})
     if isinstance(ev, ApiKeyCreated):
         out[ev.key_id] = KeyState(
             key_id=ev.key_id,
@@ -271,12 +281,20 @@ def evolve(keys: dict[str, KeyState], ev: Event, at: datetime) -> dict[str, KeyS
     return out
 
 
-def fold(events: Iterable[tuple[Event, datetime]]) -> dict[str, KeyState]:
-    """An account's keys from its stream's events and their recorded times."""
-    keys: dict[str, KeyState] = {}
-    for ev, at in events:
-        keys = evolve(keys, ev, at)
-    return keys
+AGGREGATE: Aggregate[Keys] = Aggregate(
+    name="account",
+    stream_id=stream_id,
+    evolve=evolve,
+    event_classes=(ApiKeyCreated, ApiKeyRevoked, ApiKeyRotated, ApiKeyExpirySet),
+    initial={},
+)
+
+EVENT_TYPES: frozenset[str] = AGGREGATE.event_types
+
+
+def fold(events: Iterable[Step]) -> Keys:
+    """An account's keys from its stream's events (none before any)."""
+    return AGGREGATE.fold(events) or {}
 
 
 # Policy events share the account stream: whatever reads the stream must know their types.

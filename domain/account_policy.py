@@ -8,11 +8,13 @@ No quota set means no limit.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 import msgspec
 
+from spool.domain.account import stream_id
+from spool.domain.aggregate import Aggregate
 from spool.domain.errors import DomainError
 from spool.domain.events import Event, event
 
@@ -81,16 +83,12 @@ class QuotasSet(Event, frozen=True, kw_only=True):
     quotas: Quotas = Quotas()
 
 
-EVENT_TYPES: list[str] = [c.__name__ for c in (CodeTasksGranted, CodeTasksRevoked, QuotasSet)]
-"""The names of the policy's events on the account stream."""
-
-
 class Grant(msgspec.Struct, frozen=True, kw_only=True):
     task_types: list[str]
     env: list[str]
 
 
-class AccountPolicy(msgspec.Struct, kw_only=True):
+class AccountPolicy(msgspec.Struct, frozen=True, kw_only=True):
     """An account's grant (None: none) and quotas, as the account stream has them."""
 
     account_id: str
@@ -99,26 +97,35 @@ class AccountPolicy(msgspec.Struct, kw_only=True):
     updated_at: datetime | None = None
 
 
-def evolve(state: AccountPolicy, ev: Event, at: datetime) -> AccountPolicy:
-    """Apply one event of the account stream; events that are not policy leave it unchanged."""
-    if isinstance(ev, CodeTasksGranted):
-        state.grant = Grant(task_types=list(ev.task_types), env=list(ev.env))
-    elif isinstance(ev, CodeTasksRevoked):
-        state.grant = None
-    elif isinstance(ev, QuotasSet):
-        state.quotas = ev.quotas
-    else:
+def evolve(
+    state: AccountPolicy | None, ev: Event, at: datetime, version: int
+) -> AccountPolicy | None:
+    """Apply one event of the account stream; events that are not policy leave it unchanged
+    (None: the account has had no policy event yet)."""
+    if not isinstance(ev, CodeTasksGranted | CodeTasksRevoked | QuotasSet):
         return state
-    state.updated_at = at
-    return state
+    if state is None:
+        state = AccountPolicy(account_id=ev.account_id)
+    if isinstance(ev, CodeTasksGranted):
+        grant = Grant(task_types=list(ev.task_types), env=list(ev.env))
+        return msgspec.structs.replace(state, grant=grant, updated_at=at)
+    if isinstance(ev, CodeTasksRevoked):
+        return msgspec.structs.replace(state, grant=None, updated_at=at)
+    return msgspec.structs.replace(state, quotas=ev.quotas, updated_at=at)
 
 
-def fold(account_id: str, events: Iterable[tuple[Event, datetime]]) -> AccountPolicy:
-    """The policy of an account from its stream's events, oldest first."""
-    state = AccountPolicy(account_id=account_id)
-    for ev, at in events:
-        state = evolve(state, ev, at)
-    return state
+AGGREGATE: Aggregate[AccountPolicy] = Aggregate(
+    name="account_policy",
+    stream_id=stream_id,
+    evolve=evolve,
+    event_classes=(CodeTasksGranted, CodeTasksRevoked, QuotasSet),
+)
+
+EVENT_TYPES: frozenset[str] = AGGREGATE.event_types
+"""The names of the policy's events on the account stream."""
+
+fold = AGGREGATE.fold
+"""The policy of an account from its stream's events, oldest first (None: no policy event)."""
 
 
 def _env_names(names: Sequence[object], field: str) -> list[str]:

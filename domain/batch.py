@@ -9,6 +9,7 @@ from typing import Literal, NamedTuple, get_args
 import msgspec
 
 from spool.domain import job
+from spool.domain.aggregate import Aggregate
 from spool.domain.errors import InvalidTransition
 from spool.domain.events import Event, event
 
@@ -41,10 +42,7 @@ class BatchCancelled(Event, frozen=True, kw_only=True):
     cancelled_jobs: int
 
 
-EVENT_TYPES: frozenset[str] = frozenset({"BatchCreated", "BatchStarted", "BatchCancelled"})
-
-
-class BatchState(msgspec.Struct, kw_only=True):
+class BatchState(msgspec.Struct, frozen=True, kw_only=True):
     batch_id: str
     account_id: str
     kind: BatchKind
@@ -89,7 +87,7 @@ def evolve(state: BatchState | None, ev: Event, at: datetime, version: int) -> B
             batch_id=ev.batch_id,
             account_id=ev.account_id,
             kind=ev.kind,
-            job_ids=ev.job_ids,
+            job_ids=list(ev.job_ids),
             status="paused" if ev.paused else "processing",
             source_url=ev.source_url,
             title=ev.title,
@@ -99,20 +97,24 @@ def evolve(state: BatchState | None, ev: Event, at: datetime, version: int) -> B
         )
     if state is None:
         raise InvalidTransition(f"{type(ev).__name__} before BatchCreated")
-    state.version = version
     if isinstance(ev, BatchStarted):
-        state.status, state.started_at = "processing", at
-    elif isinstance(ev, BatchCancelled):
-        state.status = "cancelled"
-    return state
+        return msgspec.structs.replace(state, status="processing", started_at=at, version=version)
+    if isinstance(ev, BatchCancelled):
+        return msgspec.structs.replace(state, status="cancelled", version=version)
+    return msgspec.structs.replace(state, version=version)
 
 
-def fold(events: list[tuple[Event, datetime, int]]) -> BatchState | None:
-    """Fold a batch's own events, in stream order, into its state."""
-    state: BatchState | None = None
-    for ev, at, version in events:
-        state = evolve(state, ev, at, version)
-    return state
+AGGREGATE: Aggregate[BatchState] = Aggregate(
+    name="batch",
+    stream_id=stream_id,
+    evolve=evolve,
+    event_classes=(BatchCreated, BatchStarted, BatchCancelled),
+)
+
+EVENT_TYPES: frozenset[str] = AGGREGATE.event_types
+
+fold = AGGREGATE.fold
+"""A batch's own events, in stream order, folded into its state."""
 
 
 # -- what every read shows -------------------------------------------------------------------

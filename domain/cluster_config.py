@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import msgspec
 
+from spool.domain.aggregate import Aggregate, Step
 from spool.domain.errors import DomainError
-from spool.domain.events import Event, RecordedEvent, event
+from spool.domain.events import Event, event
 
 STREAM_ID = "config"
 
@@ -58,11 +61,6 @@ class ConfigReset(Event, frozen=True, kw_only=True):
     """Every section back to its defaults."""
 
 
-EVENT_TYPES: frozenset[str] = frozenset(
-    {"ServerConfigChanged", "HeartbeatConfigChanged", "ConfigReset"}
-)
-
-
 class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
     server: ServerConfig = ServerConfig()
     heartbeat: HeartbeatConfig = HeartbeatConfig()
@@ -72,23 +70,38 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
 SECTIONS: tuple[str, ...] = ("server", "heartbeat")
 
 
-def evolve(state: ClusterConfig, recorded: RecordedEvent) -> ClusterConfig:
-    """The config after one more event of its stream."""
-    ev = recorded.data
+def stream_id(_: str = STREAM_ID) -> str:
+    """The one stream that holds the cluster's config, whatever id is asked for."""
+    return STREAM_ID
+
+
+def evolve(state: ClusterConfig | None, ev: Event, at: datetime, version: int) -> ClusterConfig:
+    """The config after one more event of its stream (None before: the defaults)."""
+    if state is None:
+        state = ClusterConfig()
     if isinstance(ev, ServerConfigChanged):
-        return msgspec.structs.replace(state, server=ev.server, version=recorded.version)
+        return msgspec.structs.replace(state, server=ev.server, version=version)
     if isinstance(ev, HeartbeatConfigChanged):
-        return msgspec.structs.replace(state, heartbeat=ev.heartbeat, version=recorded.version)
+        return msgspec.structs.replace(state, heartbeat=ev.heartbeat, version=version)
     if isinstance(ev, ConfigReset):
-        return ClusterConfig(version=recorded.version)
-    return msgspec.structs.replace(state, version=recorded.version)
+        return ClusterConfig(version=version)
+    return msgspec.structs.replace(state, version=version)
 
 
-def fold(events: list[RecordedEvent]) -> ClusterConfig:
-    state = ClusterConfig()
-    for e in events:
-        state = evolve(state, e)
-    return state
+AGGREGATE: Aggregate[ClusterConfig] = Aggregate(
+    name="config",
+    stream_id=stream_id,
+    evolve=evolve,
+    event_classes=(ServerConfigChanged, HeartbeatConfigChanged, ConfigReset),
+    initial=ClusterConfig(),
+)
+
+EVENT_TYPES: frozenset[str] = AGGREGATE.event_types
+
+
+def fold(events: Iterable[Step]) -> ClusterConfig:
+    """The config after its stream's events (the defaults before any)."""
+    return AGGREGATE.fold(events) or ClusterConfig()
 
 
 def _checked(

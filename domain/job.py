@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from spool.domain.aggregate import Aggregate
 from spool.domain.errors import InvalidTransition
 from spool.domain.events import Event, event, registry
 from spool.domain.job_options import JobOptions as JobOptions
@@ -261,40 +262,16 @@ class WebhookFailed(Event, frozen=True, kw_only=True):
     final: bool
 
 
-EVENT_TYPES: frozenset[str] = frozenset(
-    cls.__name__
-    for cls in (
-        JobReleased,
-        JobRenamed,
-        WebhookDelivered,
-        WebhookFailed,
-        JobCreated,
-        StageStarted,
-        StageProgressed,
-        DownloadCompleted,
-        MuxCompleted,
-        JobCompleted,
-        StageFailed,
-        StageInterrupted,
-        JobFailed,
-        JobCancelled,
-        JobRetried,
-        FileDeleted,
-    )
-)
-"""Every event type a job stream holds."""
-
-
 # -- state -----------------------------------------------------------------------------------
 
 
-class StageTiming(msgspec.Struct, kw_only=True, omit_defaults=True):
+class StageTiming(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     started_at: datetime | None = None
     seconds: float | None = None
     bytes: int | None = None
 
 
-class JobState(msgspec.Struct, kw_only=True, omit_defaults=True):
+class JobState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A job folded from its events: what `GET /jobs/{id}` shows."""
 
     job_id: str
@@ -555,7 +532,7 @@ def delete_file(state: JobState) -> list[Event]:
 
 
 def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> JobState:
-    """Apply one recorded event to a job's state."""
+    """Apply one recorded event to a job's state: a new state (states are frozen)."""
     if isinstance(ev, JobCreated):
         if state is not None:
             raise InvalidTransition(f"job {ev.job_id} created twice")
@@ -576,115 +553,204 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         )
     if state is None:
         raise InvalidTransition(f"{type(ev).__name__} before JobCreated")
-    state.updated_at = at
-    state.version = version
+    replace = msgspec.structs.replace
     if isinstance(ev, StageStarted):
-        state.status, state.step = "Processing", STEP_OF[ev.stage]
-        state.node_id = ev.node_id
-        state.progress = Progress(stage=ev.stage, percent=0.0)
-        state.started_at = state.started_at or at
-        state.timings[ev.stage] = StageTiming(started_at=at)
-    elif isinstance(ev, StageProgressed):
+        return replace(
+            state,
+            updated_at=at,
+            version=version,
+            status="Processing",
+            step=STEP_OF[ev.stage],
+            node_id=ev.node_id,
+            progress=Progress(stage=ev.stage, percent=0.0),
+            started_at=state.started_at or at,
+            timings={**state.timings, ev.stage: StageTiming(started_at=at)},
+        )
+    if isinstance(ev, StageProgressed):
         if ev.run == state.run and ev.attempt == state.attempt and not state.terminal:
-            state.progress = ev.progress
+            return replace(state, updated_at=at, version=version, progress=ev.progress)
     elif isinstance(ev, DownloadCompleted):
-        state.files = list(ev.files)
-        # A feed entry's own title wins over what the media file says about itself.
-        state.title, state.description = state.title or ev.title, ev.description
-        state.release_date = ev.release_date
-        state.native_video_codec = codec_word(ev.native_video_codec)
-        state.native_audio_codec = codec_word(ev.native_audio_codec)
-        if ev.width and ev.height:
-            state.actual_quality = f"{min(ev.width, ev.height)}p"
-        state.duration = ev.duration
-        state.timings["download"] = StageTiming(
-            started_at=state.timings.get("download", StageTiming()).started_at,
-            seconds=ev.seconds,
-            bytes=ev.bytes,
+        return replace(
+            state,
+            updated_at=at,
+            version=version,
+            files=list(ev.files),
+            # A feed entry's own title wins over what the media file says about itself.
+            title=state.title or ev.title,
+            description=ev.description,
+            release_date=ev.release_date,
+            native_video_codec=codec_word(ev.native_video_codec),
+            native_audio_codec=codec_word(ev.native_audio_codec),
+            actual_quality=_quality(ev.width, ev.height) or state.actual_quality,
+            duration=ev.duration,
+            timings=_timed(state, "download", ev.seconds, ev.bytes),
+            **_advanced("download"),
         )
-        _advance(state, "download")
     elif isinstance(ev, MuxCompleted):
-        state.output = ev.output
-        state.video_codec = codec_word(ev.video_codec)
-        state.audio_codec = codec_word(ev.audio_codec)
-        state.native_video_codec = codec_word(ev.native_video_codec) or state.native_video_codec
-        state.native_audio_codec = codec_word(ev.native_audio_codec) or state.native_audio_codec
-        if ev.width and ev.height:
-            state.actual_quality = f"{min(ev.width, ev.height)}p"
-        state.duration = ev.duration or state.duration
-        state.timings["mux"] = StageTiming(
-            started_at=state.timings.get("mux", StageTiming()).started_at,
-            seconds=ev.seconds,
-            bytes=ev.output.size,
+        return replace(
+            state,
+            updated_at=at,
+            version=version,
+            output=ev.output,
+            video_codec=codec_word(ev.video_codec),
+            audio_codec=codec_word(ev.audio_codec),
+            native_video_codec=codec_word(ev.native_video_codec) or state.native_video_codec,
+            native_audio_codec=codec_word(ev.native_audio_codec) or state.native_audio_codec,
+            actual_quality=_quality(ev.width, ev.height) or state.actual_quality,
+            duration=ev.duration or state.duration,
+            timings=_timed(state, "mux", ev.seconds, ev.output.size),
+            **_advanced("mux"),
         )
-        _advance(state, "mux")
     elif isinstance(ev, JobCompleted):
-        state.key, state.storage, state.file_size = ev.key, ev.storage, ev.size
-        state.subtitle_key, state.thumbnail_key = ev.subtitle_key, ev.thumbnail_key
-        state.objects = list(ev.objects)
         aborted = set(ev.aborted_uploads)
-        state.unfinished_uploads = [u for u in state.unfinished_uploads if u not in aborted]
-        state.timings["upload"] = StageTiming(
-            started_at=state.timings.get("upload", StageTiming()).started_at,
-            seconds=ev.seconds,
-            bytes=ev.size,
+        return replace(
+            state,
+            updated_at=at,
+            version=version,
+            key=ev.key,
+            storage=ev.storage,
+            file_size=ev.size,
+            subtitle_key=ev.subtitle_key,
+            thumbnail_key=ev.thumbnail_key,
+            objects=list(ev.objects),
+            unfinished_uploads=[u for u in state.unfinished_uploads if u not in aborted],
+            timings=_timed(state, "upload", ev.seconds, ev.size),
+            status="Completed",
+            step="Finished",
+            finished_at=at,
+            progress=None,
+            error=None,
+            error_type=None,
+            webhook_status="pending" if state.options.webhook_url else None,
         )
-        state.status, state.step = "Completed", "Finished"
-        state.finished_at, state.progress = at, None
-        state.error = state.error_type = None
-        state.webhook_status = "pending" if state.options.webhook_url else None
     elif isinstance(ev, StageFailed):
-        state.retries[ev.stage] = state.retries.get(ev.stage, 0) + 1
-        state.error, state.error_type = ev.reason, ev.error_type
-        state.unfinished_uploads += ev.unfinished_uploads
-        if ev.retry_stage is not None and ev.retry_attempt is not None:
-            if ev.retry_stage != state.stage:
-                state.interruptions = 0  # a lost node's stage starts over from download
-            state.stage, state.attempt = ev.retry_stage, ev.retry_attempt
-            state.progress = None
+        failed = replace(
+            state,
+            updated_at=at,
+            version=version,
+            retries={**state.retries, ev.stage: state.retries.get(ev.stage, 0) + 1},
+            error=ev.reason,
+            error_type=ev.error_type,
+            unfinished_uploads=state.unfinished_uploads + ev.unfinished_uploads,
+        )
+        if ev.retry_stage is None or ev.retry_attempt is None:
+            return failed
+        return replace(
+            failed,
+            stage=ev.retry_stage,
+            attempt=ev.retry_attempt,
+            progress=None,
+            # A lost node's stage starts over from download, its interruptions with it.
+            interruptions=0 if ev.retry_stage != state.stage else state.interruptions,
+        )
     elif isinstance(ev, StageInterrupted):
         if ev.run == state.run and ev.stage == state.stage and ev.attempt == state.attempt:
-            state.attempt, state.interruptions = ev.attempt + 1, state.interruptions + 1
-            state.progress = None
+            return replace(
+                state,
+                updated_at=at,
+                version=version,
+                attempt=ev.attempt + 1,
+                interruptions=state.interruptions + 1,
+                progress=None,
+            )
     elif isinstance(ev, JobFailed):
-        state.status, state.step = "Failed", "Finished"
-        state.error, state.error_type = ev.reason, ev.error_type
-        state.finished_at, state.progress = at, None
-        state.webhook_status = "pending" if state.options.webhook_url else None
+        return replace(
+            state,
+            updated_at=at,
+            version=version,
+            status="Failed",
+            step="Finished",
+            error=ev.reason,
+            error_type=ev.error_type,
+            finished_at=at,
+            progress=None,
+            webhook_status="pending" if state.options.webhook_url else None,
+        )
     elif isinstance(ev, WebhookDelivered):
-        state.webhook_status, state.webhook_attempts = "delivered", ev.attempt
+        return replace(
+            state,
+            updated_at=at,
+            version=version,
+            webhook_status="delivered",
+            webhook_attempts=ev.attempt,
+        )
     elif isinstance(ev, WebhookFailed):
-        state.webhook_status = "failed" if ev.final else "retrying"
-        state.webhook_attempts = ev.attempt
+        return replace(
+            state,
+            updated_at=at,
+            version=version,
+            webhook_status="failed" if ev.final else "retrying",
+            webhook_attempts=ev.attempt,
+        )
     elif isinstance(ev, JobCancelled):
-        state.status, state.step = "Cancelled", "Finished"
-        state.error, state.error_type = None, None
-        state.finished_at, state.progress = at, None
+        return replace(
+            state,
+            updated_at=at,
+            version=version,
+            status="Cancelled",
+            step="Finished",
+            error=None,
+            error_type=None,
+            finished_at=at,
+            progress=None,
+        )
     elif isinstance(ev, JobRetried):
-        state.status, state.step = "Pending", "Queued"
-        state.webhook_status, state.webhook_attempts = None, 0
-        state.run, state.stage, state.attempt = ev.run, "download", 1
-        state.interruptions = 0
-        state.node_id, state.progress, state.finished_at = None, None, None
-        state.retried_at, state.started_at, state.timings = at, None, {}
-        state.error = state.error_type = None
-        state.files, state.output, state.key = [], None, None
-        state.subtitle_key = state.thumbnail_key = None
-        state.objects = []
+        return replace(
+            state,
+            updated_at=at,
+            version=version,
+            status="Pending",
+            step="Queued",
+            webhook_status=None,
+            webhook_attempts=0,
+            run=ev.run,
+            stage="download",
+            attempt=1,
+            interruptions=0,
+            node_id=None,
+            progress=None,
+            finished_at=None,
+            retried_at=at,
+            started_at=None,
+            timings={},
+            error=None,
+            error_type=None,
+            files=[],
+            output=None,
+            key=None,
+            subtitle_key=None,
+            thumbnail_key=None,
+            objects=[],
+        )
     elif isinstance(ev, FileDeleted):
-        state.file_deleted = True
+        return replace(state, updated_at=at, version=version, file_deleted=True)
     elif isinstance(ev, JobReleased):
-        state.held = False
+        return replace(state, updated_at=at, version=version, held=False)
     elif isinstance(ev, JobRenamed):
-        state.options = msgspec.structs.replace(state.options, filename=ev.filename)
-    return state
+        options = replace(state.options, filename=ev.filename)
+        return replace(state, updated_at=at, version=version, options=options)
+    return replace(state, updated_at=at, version=version)
 
 
-def _advance(state: JobState, done: Stage) -> None:
+def _quality(width: int | None, height: int | None) -> str | None:
+    """The delivered quality a frame names (`720p`); None when the frame is not known."""
+    return f"{min(width, height)}p" if width and height else None
+
+
+def _timed(state: JobState, stage: Stage, seconds: float, size: int) -> dict[str, StageTiming]:
+    """The run's timings with `stage` finished: its start kept, its duration and bytes set."""
+    started = state.timings.get(stage)
+    timing = StageTiming(
+        started_at=started.started_at if started else None, seconds=seconds, bytes=size
+    )
+    return {**state.timings, stage: timing}
+
+
+def _advanced(done: Stage) -> dict[str, Any]:
+    """The changes that move a job past a finished stage to the first attempt of the next."""
     nxt = NEXT_STAGE[done]
     assert nxt is not None
-    state.stage, state.attempt, state.progress = nxt, 1, None
-    state.interruptions = 0
+    return {"stage": nxt, "attempt": 1, "progress": None, "interruptions": 0}
 
 
 COUNTERS = (
@@ -716,9 +782,31 @@ def count(counts: dict[str, int], ev: Event) -> None:
         counts["jobs_cancelled"] += 1
 
 
-def fold(events: list[tuple[Event, datetime, int]]) -> JobState | None:
-    """Fold a job's events, in stream order, into its state."""
-    state: JobState | None = None
-    for ev, at, version in events:
-        state = evolve(state, ev, at, version)
-    return state
+AGGREGATE: Aggregate[JobState] = Aggregate(
+    name="job",
+    stream_id=stream_id,
+    evolve=evolve,
+    event_classes=(
+        JobCreated,
+        JobReleased,
+        JobRenamed,
+        StageStarted,
+        StageProgressed,
+        DownloadCompleted,
+        MuxCompleted,
+        JobCompleted,
+        StageFailed,
+        StageInterrupted,
+        JobFailed,
+        JobCancelled,
+        JobRetried,
+        FileDeleted,
+        WebhookDelivered,
+        WebhookFailed,
+    ),
+)
+
+EVENT_TYPES: frozenset[str] = AGGREGATE.event_types
+"""Every event type a job stream holds."""
+
+fold = AGGREGATE.fold

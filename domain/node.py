@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 
 import msgspec
 
+from spool.domain.aggregate import Aggregate
 from spool.domain.events import Event, event
 
 
@@ -69,14 +70,51 @@ class NodeRemoved(Event, frozen=True, kw_only=True):
     reason: str = "removed by an admin"
 
 
-EVENT_TYPES: frozenset[str] = frozenset(
-    {"NodeStarted", "NodeHeartbeat", "NodeStopped", "NodeRemoved"}
-)
-
-
 def stream_id(node_id: str) -> str:
     """The event stream that holds one node."""
     return f"node-{node_id}"
+
+
+class NodeState(msgspec.Struct, frozen=True, kw_only=True):
+    """A node as its facts fold it: what the `nodes` projection keeps of its life."""
+
+    node_id: str
+    started_at: datetime | None = None
+    last_heartbeat_at: datetime | None = None
+    stopped_at: datetime | None = None
+    removed_at: datetime | None = None
+    version: int = 0
+    """The version of the last event of the node's own stream (heartbeats live in day streams)."""
+
+
+def evolve(state: NodeState | None, ev: Event, at: datetime, version: int) -> NodeState | None:
+    """The node after one more fact; a heartbeat (from its day stream) moves no version."""
+    if isinstance(ev, NodeStarted):
+        # A registration clears a stop and a removal; the last beat stays what it was.
+        beat = state.last_heartbeat_at if state is not None else None
+        return NodeState(node_id=ev.node_id, started_at=at, last_heartbeat_at=beat, version=version)
+    if not isinstance(ev, NodeHeartbeat | NodeStopped | NodeRemoved):
+        return state
+    known = state if state is not None else NodeState(node_id=ev.node_id)
+    if isinstance(ev, NodeHeartbeat):
+        # A beat says the node runs: it is no longer stopped (as in the projection's upsert).
+        return msgspec.structs.replace(known, last_heartbeat_at=at, stopped_at=None)
+    if isinstance(ev, NodeStopped):
+        return msgspec.structs.replace(known, stopped_at=at, version=version)
+    return msgspec.structs.replace(known, removed_at=at, version=version)
+
+
+AGGREGATE: Aggregate[NodeState] = Aggregate(
+    name="node",
+    stream_id=stream_id,
+    evolve=evolve,
+    event_classes=(NodeStarted, NodeHeartbeat, NodeStopped, NodeRemoved),
+)
+
+EVENT_TYPES: frozenset[str] = AGGREGATE.event_types
+
+fold = AGGREGATE.fold
+"""A node's facts (its stream's and its heartbeats', in recorded order) folded."""
 
 
 HEARTBEAT_PREFIX = "heartbeat-"

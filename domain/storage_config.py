@@ -13,9 +13,13 @@ Destroying the account's data key makes every sealed credential in the log unrea
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 import msgspec
 
+from spool.domain.account import stream_id
+from spool.domain.aggregate import Aggregate, Step
+from spool.domain.errors import DomainError
 from spool.domain.events import Event, event
 from spool.domain.storage_providers import PROVIDER_NAMES as PROVIDER_NAMES
 from spool.domain.storage_providers import Provider as Provider
@@ -73,24 +77,32 @@ class StorageState(msgspec.Struct, frozen=True, kw_only=True):
     current: StorageConfigured | None = None
 
 
-def evolve(state: StorageState, e: Event, version: int) -> StorageState:
+def evolve(state: StorageState | None, e: Event, at: datetime, version: int) -> StorageState:
     """`state` after event `e` at stream `version`; other account events only move the version."""
     if isinstance(e, StorageConfigured):
         return StorageState(version=version, current=e)
     if isinstance(e, StorageRemoved):
         return StorageState(version=version, current=None)
-    return StorageState(version=version, current=state.current)
+    return StorageState(version=version, current=state.current if state else None)
 
 
-def fold(events: Iterable[tuple[int, Event]]) -> StorageState:
-    """The storage state of an account from its `(version, event)` pairs, in order."""
-    state = StorageState()
-    for version, e in events:
-        state = evolve(state, e, version)
-    return state
+AGGREGATE: Aggregate[StorageState] = Aggregate(
+    name="storage",
+    stream_id=stream_id,
+    evolve=evolve,
+    event_classes=(StorageConfigured, StorageRemoved),
+    initial=StorageState(),
+)
+
+EVENT_TYPES: frozenset[str] = AGGREGATE.event_types
 
 
-class StorageNotConfigured(Exception):
+def fold(events: Iterable[Step]) -> StorageState:
+    """The storage state of an account from its stream's events, in order."""
+    return AGGREGATE.fold(events) or StorageState()
+
+
+class StorageNotConfigured(DomainError):
     """A removal named a provider the account has not configured."""
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from spool.domain.aggregate import Aggregate, event_types
 from spool.domain.errors import DomainError, InvalidTransition
 from spool.domain.events import Event, event
 from spool.domain.node import Capabilities
@@ -158,21 +159,19 @@ class TaskRetried(Event, frozen=True, kw_only=True):
     retry_count: int
 
 
-EVENT_TYPES: frozenset[str] = frozenset(
-    cls.__name__
-    for cls in (
-        TaskSubmitted,
-        TaskWaiting,
-        TaskAssigned,
-        TaskUnassigned,
-        TaskStarted,
-        TaskSucceeded,
-        TaskFailed,
-        TaskTimedOut,
-        TaskCancelled,
-        TaskRetried,
-    )
+EVENT_CLASSES: tuple[type[Event], ...] = (
+    TaskSubmitted,
+    TaskWaiting,
+    TaskAssigned,
+    TaskUnassigned,
+    TaskStarted,
+    TaskSucceeded,
+    TaskFailed,
+    TaskTimedOut,
+    TaskCancelled,
+    TaskRetried,
 )
+EVENT_TYPES: frozenset[str] = event_types(EVENT_CLASSES)
 """Every event type a task stream holds."""
 
 
@@ -189,7 +188,7 @@ def arq_job_id(task_id: str, attempt: int) -> str:
 # -- state -----------------------------------------------------------------------------------
 
 
-class TaskState(msgspec.Struct, kw_only=True):
+class TaskState(msgspec.Struct, frozen=True, kw_only=True):
     """A task folded from its events: what `GET /api/v1/tasks/{id}` shows."""
 
     task_id: str
@@ -434,43 +433,99 @@ def evolve(state: TaskState | None, ev: Event, at: datetime, version: int) -> Ta
         )
     if state is None:
         raise InvalidTransition(f"{type(ev).__name__} before TaskSubmitted")
-    state.updated_at, state.version = at, version
+    replace = msgspec.structs.replace
     if isinstance(ev, TaskWaiting):
-        state.reason = ev.reason
-    elif isinstance(ev, TaskAssigned):
-        state.status, state.device_id, state.attempt = "assigned", ev.device_id, ev.attempt
-        state.assigned_at, state.started_at, state.reason = at, None, None
-    elif isinstance(ev, TaskUnassigned):
-        state.status, state.device_id, state.assigned_at = "queued", None, None
-        state.reason = ev.reason
-    elif isinstance(ev, TaskStarted):
-        state.status, state.started_at = "running", at
-    elif isinstance(ev, TaskSucceeded):
-        state.status, state.completed_at = "success", at
-        state.result_data, state.error = ev.result_data, None
-        state.execution_time_seconds = ev.execution_time_seconds
-    elif isinstance(ev, TaskFailed):
-        state.status, state.completed_at, state.error = "failed", at, ev.error
-        state.execution_time_seconds = ev.execution_time_seconds
-    elif isinstance(ev, TaskTimedOut):
-        state.status, state.completed_at = "timeout", at
-        state.error = f"Exceeded its timeout of {ev.timeout_seconds} s"
-    elif isinstance(ev, TaskCancelled):
-        state.status, state.completed_at, state.reason = "cancelled", at, ev.reason
-    elif isinstance(ev, TaskRetried):
-        state.status, state.retry_count = "queued", ev.retry_count
-        state.device_id = state.assigned_at = state.started_at = state.completed_at = None
-        state.result_data, state.execution_time_seconds = None, None
-        state.reason = f"retry {ev.retry_count} after: {state.error}" if ev.automatic else None
-    return state
+        return replace(state, updated_at=at, version=version, reason=ev.reason)
+    if isinstance(ev, TaskAssigned):
+        return replace(
+            state,
+            updated_at=at,
+            version=version,
+            status="assigned",
+            device_id=ev.device_id,
+            attempt=ev.attempt,
+            assigned_at=at,
+            started_at=None,
+            reason=None,
+        )
+    if isinstance(ev, TaskUnassigned):
+        return replace(
+            state,
+            updated_at=at,
+            version=version,
+            status="queued",
+            device_id=None,
+            assigned_at=None,
+            reason=ev.reason,
+        )
+    if isinstance(ev, TaskStarted):
+        return replace(state, updated_at=at, version=version, status="running", started_at=at)
+    if isinstance(ev, TaskSucceeded):
+        return replace(
+            state,
+            updated_at=at,
+            version=version,
+            status="success",
+            completed_at=at,
+            result_data=ev.result_data,
+            error=None,
+            execution_time_seconds=ev.execution_time_seconds,
+        )
+    if isinstance(ev, TaskFailed):
+        return replace(
+            state,
+            updated_at=at,
+            version=version,
+            status="failed",
+            completed_at=at,
+            error=ev.error,
+            execution_time_seconds=ev.execution_time_seconds,
+        )
+    if isinstance(ev, TaskTimedOut):
+        return replace(
+            state,
+            updated_at=at,
+            version=version,
+            status="timeout",
+            completed_at=at,
+            error=f"Exceeded its timeout of {ev.timeout_seconds} s",
+        )
+    if isinstance(ev, TaskCancelled):
+        return replace(
+            state,
+            updated_at=at,
+            version=version,
+            status="cancelled",
+            completed_at=at,
+            reason=ev.reason,
+        )
+    if isinstance(ev, TaskRetried):
+        return replace(
+            state,
+            updated_at=at,
+            version=version,
+            status="queued",
+            retry_count=ev.retry_count,
+            device_id=None,
+            assigned_at=None,
+            started_at=None,
+            completed_at=None,
+            result_data=None,
+            execution_time_seconds=None,
+            reason=f"retry {ev.retry_count} after: {state.error}" if ev.automatic else None,
+        )
+    return replace(state, updated_at=at, version=version)
 
 
-def fold(events: Sequence[tuple[Event, datetime, int]]) -> TaskState | None:
-    """Fold a task's events, in stream order, into its state."""
-    state: TaskState | None = None
-    for ev, at, version in events:
-        state = evolve(state, ev, at, version)
-    return state
+AGGREGATE: Aggregate[TaskState] = Aggregate(
+    name="task",
+    stream_id=stream_id,
+    evolve=evolve,
+    event_classes=EVENT_CLASSES,
+)
+
+fold = AGGREGATE.fold
+"""A task's events, in stream order, folded into its state."""
 
 
 # -- placement -------------------------------------------------------------------------------

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 import secrets
+from datetime import datetime
 from typing import Literal
 
 import msgspec
 
+from spool.domain.aggregate import Aggregate
 from spool.domain.errors import DomainError
 from spool.domain.events import Event, event
 
@@ -125,10 +127,6 @@ class ViewerDisconnected(Event, frozen=True, kw_only=True):
     out_total_bytes: int
 
 
-EVENT_TYPES: frozenset[str] = frozenset(
-    {"ViewerConnected", "ViewerStats", "ViewerStateChanged", "ViewerDisconnected"}
-)
-
 ViewerEvent = ViewerConnected | ViewerStats | ViewerStateChanged | ViewerDisconnected
 
 
@@ -149,8 +147,9 @@ class ViewerState(msgspec.Struct, frozen=True, kw_only=True):
     version: int = 0
 
 
-def evolve(state: ViewerState | None, ev: Event) -> ViewerState | None:
-    """The viewer after one more event; events of other types leave it as it is."""
+def evolve(state: ViewerState | None, ev: Event, at: datetime, version: int) -> ViewerState | None:
+    """The viewer after one more event at stream `version`; a stream holds nothing before its
+    ViewerConnected, and events of other types leave it as it is."""
     if isinstance(ev, ViewerConnected):
         return ViewerState(
             viewer_id=ev.viewer_id,
@@ -158,11 +157,10 @@ def evolve(state: ViewerState | None, ev: Event) -> ViewerState | None:
             state=ev.state,
             started_at=ev.started_at,
             bitrate=ev.bitrate,
-            version=1,
+            version=version,
         )
     if state is None:
         return None
-    version = state.version + 1
     if isinstance(ev, ViewerStats):
         return msgspec.structs.replace(
             state,
@@ -187,12 +185,17 @@ def evolve(state: ViewerState | None, ev: Event) -> ViewerState | None:
     return state
 
 
-def fold(events: list[Event]) -> ViewerState | None:
-    """A viewer from its whole stream, oldest event first."""
-    state: ViewerState | None = None
-    for ev in events:
-        state = evolve(state, ev)
-    return state
+AGGREGATE: Aggregate[ViewerState] = Aggregate(
+    name="viewer",
+    stream_id=stream_id,
+    evolve=evolve,
+    event_classes=(ViewerConnected, ViewerStats, ViewerStateChanged, ViewerDisconnected),
+)
+
+EVENT_TYPES: frozenset[str] = AGGREGATE.event_types
+
+fold = AGGREGATE.fold
+"""A viewer from its whole stream, oldest event first."""
 
 
 # -- decisions -----------------------------------------------------------------------------

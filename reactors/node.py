@@ -14,7 +14,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,9 +29,10 @@ from spool.adapters.account_policy_store import load_policy, seconds_quota
 from spool.adapters.account_storage import AccountStorages
 from spool.adapters.database import unreachable
 from spool.adapters.event_store import EventStore, StreamAppend, refusal_reason, refused_for_good
-from spool.adapters.job_store import load_job
+from spool.adapters.job_store import jobs, load_job
 from spool.adapters.owned_objects import delete_owned
 from spool.adapters.queue import DOWNLOAD_QUEUE, WEBHOOK_QUEUE, node_queue
+from spool.adapters.repository import Loaded
 from spool.adapters.settings import Settings
 from spool.adapters.ssrf import UrlGuard
 from spool.adapters.storage import ObjectStorage, StorageError
@@ -490,70 +491,40 @@ class Node:
     ) -> job.JobState | None:
         """Append what `decide` makes of the job at the version this node knows.
 
-        Optimistic concurrency: the job is read again only when the append clashes (a cancel,
-        a retry, a progress event landed first) or when the state held (not `fresh` from the
+        Through the jobs' repository, every read and append ridden through a database outage
+        (`_through_outage`). The job is read again only when the append clashes (a cancel, a
+        retry, a progress event landed first) or when the state held (not `fresh` from the
         store) says the unit is no longer current; then `decide` runs again on what was read.
         Returns the job after the append, also kept in `unit.state`; None when the unit is no
         longer the job's current one (`unit.state` is then the job as read). InvalidTransition
         from `decide` propagates.
         """
-        state: job.JobState | None = unit.state
-        while True:
-            if state is None or (
-                not fresh and not job.is_current(state, unit.stage, unit.run, unit.attempt)
-            ):
-                state = await _through_outage(
-                    f"job {unit.job_id}", lambda: load_job(self.store, unit.job_id)
-                )
-                if state is None:
-                    return None
-                unit.state, fresh = state, True
-            if not job.is_current(state, unit.stage, unit.run, unit.attempt):
-                return None
+        held = unit.state
+        known = None
+        if fresh or job.is_current(held, unit.stage, unit.run, unit.attempt):
+            known = Loaded(held, held.version)
+        current = True
+
+        def decide_if_current(state: job.JobState) -> list[Event]:
+            nonlocal current
+            current = job.is_current(state, unit.stage, unit.run, unit.attempt)
             # The one door a unit's events go through: a source's title, description, codecs
             # or error text become data the log takes (domain/source_data.py).
-            events = [made_safe(e) for e in decide(state)]
-            if not events:
-                return state
-            try:
-                position = await self._append_through_outage(unit, state.version, events)
-            except ConcurrencyError:
-                state = None  # something landed first: read the job and decide again
-                continue
-            now = datetime.now(UTC)
-            for e in events:
-                state = job.evolve(state, e, now, state.version + 1)
-            unit.state = state
+            return [made_safe(e) for e in decide(state)] if current else []
+
+        repository = replace(jobs(self.store), patience=_through_outage)
+        state, appended = await repository.execute(
+            unit.job_id, decide_if_current, unit.meta, known=known
+        )
+        if state is None:
+            return None
+        unit.state = state
+        if not current:
+            return None
+        if appended is not None:
             # What the unit appends next follows from this.
-            unit.meta = msgspec.structs.replace(unit.meta, causation_id=event_id(position))
-            return state
-
-    async def _append_through_outage(
-        self, unit: RunningUnit, version: int, events: list[Event]
-    ) -> int:
-        """Append `events` at `version`, retrying while the database cannot be reached.
-
-        The work is done and on disk: losing its result to a database restart would cost a
-        whole stage again. An append whose commit went through but whose answer was lost is
-        found in the log on the next try and not appended twice. Gives up (raises) after
-        `APPEND_PATIENCE` seconds; ConcurrencyError propagates at once.
-        """
-        stream_id = job.stream_id(unit.job_id)
-        tried = False
-
-        async def append() -> int:
-            nonlocal tried
-            if tried:
-                after = await self.store.read_stream(stream_id, version + 1, limit=len(events))
-                if [e.data for e in after] == events:
-                    return after[-1].position  # the lost answer's append: it committed
-            tried = True
-            appended = await self.store.append(
-                stream_id, [NewEvent(e, unit.meta) for e in events], version
-            )
-            return appended.position
-
-        return await _through_outage(f"job {unit.job_id}", append)
+            unit.meta = msgspec.structs.replace(unit.meta, causation_id=event_id(appended.position))
+        return state
 
     def _progress_sink(self, unit: RunningUnit) -> stages.ProgressSink:
         def sink(p: job.Progress) -> None:

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,13 +23,14 @@ import msgspec
 from spool.adapters import log_context
 from spool.adapters.account_policy_store import load_policy
 from spool.adapters.event_store import EventStore, refusal_reason, refused_for_good
+from spool.adapters.repository import Loaded
 from spool.adapters.settings import Settings
 from spool.adapters.ssrf import UrlGuard
 from spool.adapters.task_store import load_task, tasks
 from spool.domain import task
 from spool.domain.account_policy import AccountPolicy, still_granted
 from spool.domain.errors import ConcurrencyError, InvalidTransition
-from spool.domain.events import NO_CAUSE, Event, Metadata, NewEvent, event_id
+from spool.domain.events import NO_CAUSE, Event, Metadata, event_id
 from spool.domain.source_data import made_safe
 from spool.reactors.task_types import (
     EXECUTORS,
@@ -79,26 +81,20 @@ class TaskRunner:
             if state is None or not task.is_current(state, self.node_id, attempt):
                 return "stale"
             meta = self.meta.following(cause)
+            # Once, at the version read: a clash means another node or a cancel got there.
+            once = replace(tasks(self.store), tries=1)
             try:
-                events = task.start(state, self.node_id, attempt)
-                started_at = await self._append(task_id, events, state.version, meta)
+                started, appended = await once.execute(
+                    task_id,
+                    lambda s: [made_safe(e) for e in task.start(s, self.node_id, attempt)],
+                    meta,
+                    known=Loaded(state, state.version),
+                )
             except (ConcurrencyError, InvalidTransition):
                 return "taken or changed"
-            started = await load_task(self.store, task_id)
-            assert started is not None
-            meta = msgspec.structs.replace(meta, causation_id=event_id(started_at))
+            assert started is not None and appended is not None
+            meta = msgspec.structs.replace(meta, causation_id=event_id(appended.position))
             return await self._execute(started, attempt, meta)
-
-    async def _append(self, task_id: str, events: list[Event], version: int, meta: Metadata) -> int:
-        """Append at `version`; the position of the last event appended.
-
-        Every event of an attempt comes through here, made safe first: a result holds what
-        a remote server or a command wrote (an HTTP body with a NUL, a lone surrogate).
-        """
-        appended = await self.store.append(
-            task.stream_id(task_id), [NewEvent(made_safe(e), meta) for e in events], version
-        )
-        return appended.position
 
     async def _record(
         self,

@@ -13,6 +13,7 @@ import msgspec
 from spool.adapters.event_store import EventStore
 from spool.adapters.storage import ObjectStorage
 from spool.domain import job, viewer
+from spool.domain.aggregate import steps
 from spool.domain.events import Event, NewEvent
 
 
@@ -103,8 +104,9 @@ async def viewers(store: EventStore) -> list[Viewer]:
     )
     found = []
     for row in rows:
-        events = [e.data for e in await store.read_stream(row["stream_id"], 1)]
-        state = viewer.fold(events)
+        recorded = await store.read_stream(row["stream_id"], 1)
+        events = [e.data for e in recorded]
+        state = viewer.fold(steps(recorded))
         first = events[0]
         assert state is not None and isinstance(first, viewer.ViewerConnected)
         last = events[-1]

@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime
 
 import httpx
+import msgspec
 import pytest
 
 from spool.adapters.event_store import EventStore
@@ -155,7 +156,7 @@ def test_a_name_made_from_a_title_is_safe_on_windows_too(title: str, first_name:
     job_id = str(uuid.uuid4())
     [created] = job.create(job_id=job_id, account_id="a", url=URL, options=job.JobOptions())
     state = job.evolve(None, created, datetime.now(UTC), 1)
-    state.title = title
+    state = msgspec.structs.replace(state, title=title)
 
     names = output_names(state)
 

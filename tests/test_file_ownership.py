@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import msgspec
 import pytest
 
 from spool.adapters.file_links import LINK_SECONDS, file_link, link_is_valid, link_key, signature
@@ -345,7 +346,8 @@ def _state(tmp_path: Path, job_id: str, filename: str = "pilot") -> job.JobState
     )
     state = job.fold([(e, datetime.now(UTC), i + 1) for i, e in enumerate(events)])
     assert state is not None
-    state.output = job.MediaFile(path=str(output), kind="av", size=output.stat().st_size)
+    output_file = job.MediaFile(path=str(output), kind="av", size=output.stat().st_size)
+    state = msgspec.structs.replace(state, output=output_file)
     return state
 
 

@@ -20,6 +20,7 @@ from spool.adapters.event_store import EventStore
 from spool.adapters.key_store import issue
 from spool.api.auth import VerifiedKeys, lookup
 from spool.domain import account
+from spool.domain.aggregate import steps
 from spool.domain.events import NewEvent
 from spool.reactors.projection import ProjectionRunner
 from tests.cluster_api_helpers import FreshApi, fresh_api
@@ -295,7 +296,7 @@ async def test_every_key_change_is_an_event_on_the_account_stream_without_the_ke
     assert rows[rotated.key_id]["scope"] == "jobs"
     assert rows[expiring.key_id]["revoked"] is True
     assert rows[expiring.key_id]["expires_at"] == later
-    folded = account.fold((e.data, e.recorded_at) for e in events)
+    folded = account.fold(steps(events))
     assert {k: (v.scope, v.revoked, v.expires_at) for k, v in folded.items()} == {
         k: (r["scope"], r["revoked"], r["expires_at"]) for k, r in rows.items()
     }

@@ -567,7 +567,9 @@ async def test_migration_0014_refills_batches_so_a_finished_batch_reads_complete
             assert (b1["jobs_pending"], b1["bytes_uploaded"]) == (0, 2500)
             runner = ProjectionRunner(EventStore(pool), all_projections())
             await runner.settle()
-            assert await pool.fetch("SELECT * FROM jobs ORDER BY job_id") == jobs_before
+            # The columns 0013 had (later revisions add their own).
+            then = ", ".join(jobs_before[0].keys())
+            assert await pool.fetch(f"SELECT {then} FROM jobs ORDER BY job_id") == jobs_before
             found: list[Any] = []
             assert (await verify(EventStore(pool), runner, found.append)).differences == 0
 

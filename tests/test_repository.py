@@ -8,20 +8,32 @@ both writers' commands applied.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg
 import pytest
 
+from spool.adapters.batch_store import batches, start_batch
 from spool.adapters.config_store import configs
 from spool.adapters.database import create_pool
 from spool.adapters.event_store import EventStore
 from spool.adapters.job_store import jobs
-from spool.adapters.repository import Executor, Loaded, Repository
+from spool.adapters.repository import Executor, Loaded, Repository, UnitOfWork, execute_many
 from spool.adapters.task_store import tasks
-from spool.domain import cluster_config, job, task
+from spool.domain import (
+    account,
+    account_policy,
+    batch,
+    cluster_config,
+    job,
+    node,
+    storage_config,
+    task,
+    viewer,
+)
+from spool.domain.aggregate import Aggregate, steps
 from spool.domain.errors import DomainError
 from spool.domain.events import Event, Metadata, NewEvent
 
@@ -206,3 +218,184 @@ async def test_a_command_on_a_missing_aggregate_decides_nothing(
 
     assert await repo.execute(missing, never, META) == (None, None)
     assert await own_store.read_stream(repo.stream_id(missing)) == []
+
+
+# -- as_of and the state a command returns, for every aggregate ------------------------------
+
+_CAPS = node.Capabilities(cpu_count=1, memory_total_gb=1.0, storage_total_gb=1.0)
+_SEALED = storage_config.Sealed(key_version=1, nonce="bm9uY2U=", ciphertext="c2VjcmV0")
+
+
+def _history(kind: str, aggregate_id: str) -> tuple[list[Event], list[Event]]:
+    """Two commands' events on one aggregate: the first (creating it), then a later one."""
+    if kind == "job":
+        options = job.JobOptions()
+        created = job.create(job_id=aggregate_id, account_id="a", url="http://m/a", options=options)
+        return created, [job.JobCancelled(run=1, stage=None)]
+    if kind == "batch":
+        created_batch = batch.BatchCreated(
+            batch_id=aggregate_id, account_id="a", kind="bulk", job_ids=[], paused=True
+        )
+        return [created_batch], [batch.BatchStarted(started_jobs=0)]
+    if kind == "task":
+        submitted = task.submit(task_id=aggregate_id, account_id="a", task_type="echo")
+        return submitted, [task.TaskCancelled(reason="no longer needed")]
+    if kind == "viewer":
+        connected = viewer.ViewerConnected(
+            viewer_id=aggregate_id, harness_type="STORM_HLS_VIEWER", state="PLAYING", started_at=1
+        )
+        return [connected], [viewer.ViewerStateChanged(viewer_id=aggregate_id, state="PAUSED")]
+    if kind == "account":
+        issued = account.issue_key(
+            key="sk_" + "k" * 30, key_id="key-1", account_id=aggregate_id, name="n", scope="jobs"
+        )
+        return issued, [account.ApiKeyRevoked(key_id="key-1")]
+    if kind == "storage":
+        configured = storage_config.StorageConfigured(
+            account_id=aggregate_id, provider="s3", bucket="b", sealed_credentials=_SEALED
+        )
+        return [configured], [storage_config.StorageRemoved(account_id=aggregate_id, provider="s3")]
+    if kind == "account_policy":
+        quotas = account_policy.QuotasSet(
+            account_id=aggregate_id, quotas=account_policy.Quotas(max_running_jobs=2)
+        )
+        granted = account_policy.CodeTasksGranted(account_id=aggregate_id, task_types=["command"])
+        return [quotas], [granted]
+    if kind == "config":
+        changed = cluster_config.HeartbeatConfigChanged(
+            heartbeat=cluster_config.HeartbeatConfig(interval=2)
+        )
+        return [changed], [cluster_config.ConfigReset()]
+    assert kind == "node"
+    started = node.NodeStarted(
+        node_id=aggregate_id, hostname="h", ip="127.0.0.1", role="worker", tags=[],
+        capabilities=_CAPS, concurrency={},
+    )  # fmt: skip
+    return [started], [node.NodeStopped(node_id=aggregate_id)]
+
+
+AGGREGATES: list[Aggregate[Any]] = [
+    job.AGGREGATE,
+    batch.AGGREGATE,
+    task.AGGREGATE,
+    viewer.AGGREGATE,
+    account.AGGREGATE,
+    storage_config.AGGREGATE,
+    account_policy.AGGREGATE,
+    cluster_config.AGGREGATE,
+    node.AGGREGATE,
+]
+
+
+@pytest.mark.parametrize("aggregate", AGGREGATES, ids=lambda a: a.name)
+async def test_as_of_answers_every_aggregate_as_the_log_held_it(
+    own_store: EventStore, aggregate: Aggregate[Any]
+) -> None:
+    repo = Repository(own_store, aggregate)
+    aggregate_id = uuid.uuid4().hex
+    first, later = _history(aggregate.name, aggregate_id)
+    stream = repo.stream_id(aggregate_id)
+    await own_store.append(stream, [NewEvent(e, META) for e in first], 0)
+    await own_store.append(stream, [NewEvent(e, META) for e in later], len(first))
+    recorded = await own_store.read_stream(stream)
+    created = recorded[len(first) - 1]
+
+    then = await repo.load(aggregate_id, as_of=created.position)
+    by_time = await repo.load(aggregate_id, as_of=created.recorded_at)
+    now = await repo.load(aggregate_id)
+
+    assert then == by_time == aggregate.fold(steps(recorded[: len(first)]))
+    assert now == aggregate.fold(steps(recorded))
+    assert then != now
+    assert await repo.load(aggregate_id, as_of=created.position - 1) is None
+
+
+@pytest.mark.parametrize("aggregate", AGGREGATES, ids=lambda a: a.name)
+async def test_a_command_returns_the_state_a_later_read_finds(
+    own_store: EventStore, aggregate: Aggregate[Any]
+) -> None:
+    repo = Repository(own_store, aggregate)
+    aggregate_id = uuid.uuid4().hex
+    first, later = _history(aggregate.name, aggregate_id)
+    await own_store.append(repo.stream_id(aggregate_id), [NewEvent(e, META) for e in first], 0)
+
+    state, appended = await repo.execute(aggregate_id, lambda _: later, META)
+
+    assert appended is not None and appended.version == len(first) + len(later)
+    assert state == await repo.load(aggregate_id)  # the recorded times included
+
+
+async def test_a_batch_starts_with_its_held_jobs_in_one_unit_of_work(
+    own_store: EventStore,
+) -> None:
+    batch_id, held, running = (uuid.uuid4().hex for _ in range(3))
+    for job_id, paused in ((held, True), (running, False)):
+        created = job.create(
+            job_id=job_id, account_id="a", url="http://m/a", options=job.JobOptions(), held=paused
+        )
+        await own_store.append(job.stream_id(job_id), [NewEvent(e, META) for e in created], 0)
+    made = batch.BatchCreated(
+        batch_id=batch_id, account_id="a", kind="bulk", job_ids=[held, running], paused=True
+    )
+    await own_store.append(batch.stream_id(batch_id), [NewEvent(made, META)], 0)
+
+    released = await start_batch(own_store, batch_id, META)
+
+    assert [j.job_id for j in released] == [held]
+    started = await batches(own_store).load(batch_id)
+    assert started is not None and started.status == "processing"
+    now_held = await jobs(own_store).load(held)
+    assert now_held is not None and not now_held.held
+    with pytest.raises(DomainError):  # started already: nothing more is appended
+        await start_batch(own_store, batch_id, META)
+    assert len(await own_store.read_stream(batch.stream_id(batch_id))) == 2
+
+
+async def test_a_unit_of_work_that_lost_a_race_is_decided_again_on_what_the_other_left(
+    own_store: EventStore,
+) -> None:
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    for job_id in (first, second):
+        created = job.create(
+            job_id=job_id, account_id="a", url="http://m/a", options=job.JobOptions(), held=True
+        )
+        await own_store.append(job.stream_id(job_id), [NewEvent(e, META) for e in created], 0)
+    repo = jobs(own_store)
+    seen: list[int] = []
+
+    async def release_both(unit: UnitOfWork) -> None:
+        states = [await unit.load(repo, job_id) for job_id in (first, second)]
+        seen.append(states[1].version)
+        if len(seen) == 1:  # another writer renames the second job after our read
+            await own_store.append(
+                job.stream_id(second), [NewEvent(job.JobRenamed(filename="x.mp4"), META)], 1
+            )
+        for s in states:
+            unit.record(repo, s.job_id, job.release(s))
+
+    await execute_many(own_store, release_both, META)
+
+    assert seen == [1, 2]
+    for job_id in (first, second):
+        state = await repo.load(job_id)
+        assert state is not None and not state.held
+
+
+async def test_a_retry_after_a_lost_answer_does_not_append_twice(own_store: EventStore) -> None:
+    case = CASES[0]  # the job
+    aggregate_id = await _created(own_store, case)
+    calls: list[str] = []
+
+    async def answer_lost_once(what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """A database that committed the first try but whose answer never came back."""
+        calls.append(what)
+        if len(calls) == 2:  # the append (the first call was the read)
+            await call()
+        return await call()
+
+    repo = replace(case.repository(own_store), patience=answer_lost_once)
+    state, appended = await repo.execute(aggregate_id, case.ours, META)
+
+    assert len(await own_store.read_stream(repo.stream_id(aggregate_id))) == 2
+    assert appended is not None and appended.version == 2
+    assert state == await case.repository(own_store).load(aggregate_id)

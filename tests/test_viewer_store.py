@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from spool.adapters.event_store import EventStore
-from spool.adapters.viewer_store import load_viewers
+from spool.adapters.viewer_store import load_viewers, viewers
 from spool.domain import viewer
+from spool.domain.aggregate import steps
 from spool.domain.events import RecordedEvent
 from spool.reactors.projection import ProjectionRunner
 from tests.test_viewers_projection import append, connected, stats, unique
@@ -35,7 +36,7 @@ async def load_one(store: EventStore, viewer_id: str) -> tuple[viewer.ViewerStat
 
 
 async def folded(store: EventStore, viewer_id: str) -> viewer.ViewerState | None:
-    return viewer.fold([e.data for e in await store.read_stream(viewer.stream_id(viewer_id))])
+    return viewer.fold(steps(await store.read_stream(viewer.stream_id(viewer_id))))
 
 
 async def playing(store: EventStore, viewer_id: str, reports: int) -> None:
@@ -91,3 +92,16 @@ async def test_a_viewer_not_projected_yet_and_an_unknown_one(store: EventStore) 
     await playing(store, young, 2)
     loaded = await load_viewers(store, [young, unknown, young])
     assert loaded == {young: await folded(store, young), unknown: None}
+
+
+async def test_the_viewers_repository_reads_through_the_row_and_folds_as_of(
+    store: EventStore, runner: ProjectionRunner
+) -> None:
+    vid = f"v_{unique()}"
+    await playing(store, vid, 3)
+    await runner.settle("viewers")
+    [first, *_] = await store.read_stream(viewer.stream_id(vid))
+
+    assert await viewers(store).load(vid) == await folded(store, vid)
+    then = await viewers(store).load(vid, as_of=first.position)
+    assert then is not None and (then.version, then.measured) == (1, False)
