@@ -45,7 +45,7 @@ Loader = Callable[[EventStore, str, Executor], Awaitable[Loaded[S]]]
 
 class Patience(Protocol):
     """How a repository makes each read and append: `(what, call)`, awaiting `call()`; a worker
-    node's tries it again while the database cannot be reached (reactors/node.py)."""
+    node's tries it again while the database cannot be reached (reactors/worker/outage.py)."""
 
     def __call__(self, what: str, call: Callable[[], Awaitable[T]], /) -> Awaitable[T]: ...
 

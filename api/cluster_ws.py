@@ -1,9 +1,9 @@
 """`/ws`: cluster updates pushed as JSON, from one follower of the event log per API process.
 
-The follower reads the log from its head onwards (woken by the store's NOTIFY, polling as a
-fallback; it keeps no checkpoint: a listener sees what happens while it listens) and fans each
-update out to every connection's queue. Devices going offline by silence leave no event, so it
-also compares the `nodes` table's online set once a second.
+The follower reads the log from its head onwards (`adapters/subscription.py`: woken by the
+store's NOTIFY, polling as a fallback; it keeps no checkpoint: a listener sees what happens
+while it listens) and fans each update out to every connection's queue. Devices going offline
+by silence leave no event, so it also compares the `nodes` table's online set once a second.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
 from spool.adapters.config_store import heartbeat_config
-from spool.adapters.event_store import NOTIFY_CHANNEL, Checkpoint, EventStore
+from spool.adapters.event_store import Checkpoint, EventStore
 from spool.adapters.node_online import online
+from spool.adapters.subscription import LogSubscription, Look
 from spool.adapters.viewer_sessions import ViewerSession
 from spool.api.auth import KEY_CACHE_SECONDS, Principal, key_gone, lookup
 from spool.api.cluster_reads import may_read_cluster
@@ -42,43 +43,47 @@ POLL_SECONDS = 1.0
 """How often the follower looks without a NOTIFY, and re-checks devices' heartbeat age."""
 
 JOB_EVENTS: frozenset[str] = frozenset(
-    {
-        "JobCreated",
-        "StageStarted",
-        "DownloadCompleted",
-        "MuxCompleted",
-        "JobCompleted",
-        "StageFailed",
-        "StageInterrupted",
-        "JobFailed",
-        "JobCancelled",
-        "JobRetried",
-    }
+    cls.__name__
+    for cls in (
+        job.JobCreated,
+        job.StageStarted,
+        job.DownloadCompleted,
+        job.MuxCompleted,
+        job.JobCompleted,
+        job.StageFailed,
+        job.StageInterrupted,
+        job.JobFailed,
+        job.JobCancelled,
+        job.JobRetried,
+    )
 )
-NODE_EVENTS: frozenset[str] = frozenset({"NodeStarted", "NodeStopped", "NodeRemoved"})
+NODE_EVENTS: frozenset[str] = frozenset(
+    cls.__name__ for cls in (node.NodeStarted, node.NodeStopped, node.NodeRemoved)
+)
 FOLLOWED: frozenset[str] = JOB_EVENTS | NODE_EVENTS | task.EVENT_TYPES
 
 # A task event's status, for events that do not carry one themselves.
 TASK_STATUS = {
-    "TaskSubmitted": "queued",
-    "TaskWaiting": "queued",
-    "TaskAssigned": "assigned",
-    "TaskUnassigned": "queued",
-    "TaskStarted": "running",
-    "TaskSucceeded": "success",
-    "TaskFailed": "failed",
-    "TaskTimedOut": "timeout",
-    "TaskCancelled": "cancelled",
-    "TaskRetried": "queued",
+    task.TaskSubmitted.__name__: "queued",
+    task.TaskWaiting.__name__: "queued",
+    task.TaskAssigned.__name__: "assigned",
+    task.TaskUnassigned.__name__: "queued",
+    task.TaskStarted.__name__: "running",
+    task.TaskSucceeded.__name__: "success",
+    task.TaskFailed.__name__: "failed",
+    task.TaskTimedOut.__name__: "timeout",
+    task.TaskCancelled.__name__: "cancelled",
+    task.TaskRetried.__name__: "queued",
 }
 
+# A job event's status on the wire (the job's status names, as `GET /jobs/{id}` shows them).
 JOB_STATUS = {
-    "JobCreated": "Pending",
-    "StageStarted": "Processing",
-    "JobCompleted": "Completed",
-    "JobFailed": "Failed",
-    "JobCancelled": "Cancelled",
-    "JobRetried": "Pending",
+    job.JobCreated.__name__: "Pending",
+    job.StageStarted.__name__: "Processing",
+    job.JobCompleted.__name__: "Completed",
+    job.JobFailed.__name__: "Failed",
+    job.JobCancelled.__name__: "Cancelled",
+    job.JobRetried.__name__: "Pending",
 }
 
 _READABLE_HEAD = """
@@ -126,7 +131,11 @@ class ClusterFeed:
     def __init__(self, store: EventStore) -> None:
         self.store = store
         self.subscribers: set[Subscriber] = set()
-        self._wake = asyncio.Event()
+        self._subscription = LogSubscription(
+            store, what="cluster feed", poll_interval=POLL_SECONDS, logger=log
+        )
+        self._at = Checkpoint()
+        self._last_look = 0.0
         self._task: asyncio.Task[None] | None = None
         self._accounts: dict[str, str] = {}
         self._announced: dict[str, bool] = {}  # what listeners were last told per device
@@ -164,56 +173,28 @@ class ClusterFeed:
     # -- following the log ---------------------------------------------------------------
 
     async def _run(self) -> None:
-        def on_notify(*_: object) -> None:
-            self._wake.set()
+        # Runs until cancelled (`stop`): the feed lives as long as its app.
+        await self._subscription.follow(self._catch_up, asyncio.Event(), on_listen=self._listening)
 
-        while True:
-            listener: asyncpg.Connection | None = None
-            try:
-                listener = await self.pool.acquire()
-                await listener.add_listener(NOTIFY_CHANNEL, on_notify)
-                row = await self.pool.fetchrow(_READABLE_HEAD)
-                at = Checkpoint(row["tx"], row["position"]) if row else Checkpoint()
-                self._table = await self._online()
-                self._announced = dict(self._table)
-                self.ready.set()
-                last_look = time.monotonic()
-                while True:
-                    self._wake.clear()
-                    at = await self._follow(at)
-                    if time.monotonic() - last_look >= POLL_SECONDS:
-                        await self._devices()
-                        last_look = time.monotonic()
-                    if await self.store.has_unreadable():
-                        self._wake.set()  # a NOTIFY for events behind an open transaction
-                        await asyncio.sleep(0.02)
-                    # asyncio.timeout, not wait_for: in 3.11 a wait_for whose event fires as
-                    # the task is cancelled swallows the cancel, and shutdown then hangs.
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(POLL_SECONDS):
-                            await self._wake.wait()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # keep following through a database hiccup
-                log.warning("cluster feed failed, will retry: %s", exc)
-                await asyncio.sleep(POLL_SECONDS)
-            finally:
-                if listener is not None:
-                    with contextlib.suppress(Exception):
-                        await listener.remove_listener(NOTIFY_CHANNEL, on_notify)
-                    with contextlib.suppress(Exception):
-                        await self.pool.release(listener)
+    async def _listening(self) -> None:
+        """Start from the readable head: a listener sees what happens while it listens."""
+        row = await self.pool.fetchrow(_READABLE_HEAD)
+        self._at = Checkpoint(row["tx"], row["position"]) if row else Checkpoint()
+        self._table = await self._online()
+        self._announced = dict(self._table)
+        self.ready.set()
+        self._last_look = time.monotonic()
 
-    async def _follow(self, at: Checkpoint) -> Checkpoint:
-        while True:
-            batch = await self.store.read_batch(at, 500, types=FOLLOWED)
+    async def _catch_up(self, _look: Look) -> None:
+        async for batch in self._subscription.batches(self._at, FOLLOWED, 500):
             for e in batch.events:
                 update = await self._update(e)
                 if update is not None:
                     self.publish(update)
-            at = batch.horizon  # past the events it does not follow too: never scanned twice
-            if len(batch.events) < 500:
-                return at
+            self._at = batch.horizon  # past the events it does not follow too
+        if time.monotonic() - self._last_look >= POLL_SECONDS:
+            await self._devices()
+            self._last_look = time.monotonic()
 
     async def _account(self, stream_id: str) -> str | None:
         """The account a job or task stream belongs to: its first event says."""

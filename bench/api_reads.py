@@ -128,7 +128,7 @@ async def fill(database_url: str, n: int, key_account: str, key_share: float) ->
                      _encode(state))
                 )  # fmt: skip
                 event_rows.append(
-                    (job.stream_id(jid), 1, "JobCreated", created.schema_version,
+                    (job.stream_id(jid), 1, job.JobCreated.__name__, created.schema_version,
                      _encode(created), _encode(Metadata(actor="bench")), at)
                 )  # fmt: skip
             await pool.copy_records_to_table(

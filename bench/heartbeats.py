@@ -3,7 +3,7 @@
 Spool runs as a user runs it (`bench.cluster`): `spool reactors` (the `nodes`
 projection among them) and `spool api --processes N`, over a database of the bench's own and an
 embedded Redis. The nodes are simulated by `--simulators` child processes, each appending what
-`reactors.node.Node.tick` appends: one `NodeHeartbeat` per node per second, one
+`reactors.worker.Node.tick` appends: one `NodeHeartbeat` per node per second, one
 `EventStore.append_many` transaction each, straight to PostgreSQL (nodes do not go through the
 API), every node at its own offset within the second. Each node first registers (`NodeStarted`).
 
@@ -250,7 +250,9 @@ async def run(args: argparse.Namespace) -> None:
                 print(f"  {share_:6.1%}  {frame}")
         conn = await asyncpg.connect(asyncpg_url(cluster.database_url))
         try:
-            stored = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'NodeHeartbeat'")
+            stored = await conn.fetchval(
+                "SELECT count(*) FROM events WHERE type = $1", node.NodeHeartbeat.__name__
+            )
         finally:
             await conn.close()
     print()

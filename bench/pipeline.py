@@ -453,7 +453,8 @@ async def run_spool(env: Env, workers: int, jobs: int, profile: Path | None) -> 
             (r[0], r[1].timestamp())
             for r in await pool.fetch(
                 "SELECT data->>'node_id', recorded_at FROM events "
-                "WHERE type = 'StageStarted' AND data->>'stage' = 'mux'"
+                "WHERE type = $1 AND data->>'stage' = 'mux'",
+                job.StageStarted.__name__,
             )
         ]
         events = {
@@ -943,7 +944,7 @@ def report(
                     if k in job.EVENT_TYPES
                 )
                 + "; heartbeats "
-                + str(ev.get("NodeHeartbeat", 0)),
+                + str(ev.get(node.NodeHeartbeat.__name__, 0)),
                 "",
             ]
     if dashboard is not None:

@@ -4,7 +4,7 @@ The same adapter calls the Spool stages make (`adapters.downloader.download` in 
 `adapters.muxer.mux`, `S3Storage.put_file` through `storage_from_url`) with the same arguments
 a default job gets, chained the way Spool chains them: download comes from a shared queue, then
 the function itself enqueues mux on its own node's queue, and mux enqueues upload there. The
-process is shaped like a Spool node (`reactors/node.py`): one arq `Worker` on the download queue
+process is shaped like a Spool node (`reactors/worker/`): one arq `Worker` on the download queue
 with `max_jobs = download`, one on the node queue with `max_jobs = mux + upload`, a semaphore per
 stage, the same arq options (poll delay 0.2 s, results kept, deterministic job ids). What is
 missing is everything event-sourced: no PostgreSQL, no events, no projections, no heartbeat,

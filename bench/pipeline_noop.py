@@ -3,7 +3,7 @@
 What Spool adds around the media work is events and dispatch: `JobCreated` appended, the
 pipeline reactor reading it and enqueueing the download unit, the node recording
 `StageStarted` / `DownloadCompleted`, the reactor enqueueing mux on that node, and so on to
-`JobCompleted`. Here every stage is a no-op (`NoopNode`: `reactors.node.Node` whose stage
+`JobCompleted`. Here every stage is a no-op (`NoopNode`: `reactors.worker.Node` whose stage
 execution returns its completion event at once, without touching media), so all that is left is
 that orchestration. Spool runs as a user runs it: `spool reactors` and `--workers` node
 processes, over a database of the bench's own and an embedded Redis.
@@ -48,7 +48,7 @@ from spool.adapters.queue import connect
 from spool.adapters.settings import Settings
 from spool.domain import job
 from spool.domain.events import Event, NewEvent
-from spool.reactors.node import Node, RunningUnit
+from spool.reactors.worker import Node, RunningUnit
 from spool.runtime import open_runtime
 from spool.serve import stop_on_signals
 
@@ -179,19 +179,23 @@ class SpoolSide:
         """Seconds from JobCreated to JobCompleted of each of `ids` that completed."""
         rows = await self.store.pool.fetch(
             "SELECT c.stream_id, extract(epoch FROM d.recorded_at - c.recorded_at)::float8 "
-            "FROM events c JOIN events d ON d.stream_id = c.stream_id AND d.type = 'JobCompleted' "
-            "WHERE c.stream_id = ANY($1::text[]) AND c.type = 'JobCreated'",
+            "FROM events c JOIN events d ON d.stream_id = c.stream_id AND d.type = $3 "
+            "WHERE c.stream_id = ANY($1::text[]) AND c.type = $2",
             [job.stream_id(i) for i in ids],
+            job.JobCreated.__name__,
+            job.JobCompleted.__name__,
         )
         return {r[0].removeprefix("job-"): r[1] for r in rows}
 
     async def span(self, ids: Sequence[str]) -> float:
         """Seconds from the first JobCreated to the last JobCompleted of `ids`."""
         seconds: float = await self.store.pool.fetchval(
-            "SELECT extract(epoch FROM max(recorded_at) FILTER (WHERE type = 'JobCompleted') "
-            "- min(recorded_at) FILTER (WHERE type = 'JobCreated'))::float8 "
+            "SELECT extract(epoch FROM max(recorded_at) FILTER (WHERE type = $3) "
+            "- min(recorded_at) FILTER (WHERE type = $2))::float8 "
             "FROM events WHERE stream_id = ANY($1::text[])",
             [job.stream_id(i) for i in ids],
+            job.JobCreated.__name__,
+            job.JobCompleted.__name__,
         )
         return seconds
 

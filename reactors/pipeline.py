@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from arq.connections import ArqRedis
 
 from spool.adapters.queue import dispatch, unit_for
+from spool.domain import job
 from spool.domain.events import RecordedEvent, event_id
 
 DISPATCH_AT_ONCE = 64
@@ -27,15 +28,16 @@ class PipelineReactor:
     name = "pipeline"
     tables: Sequence[sa.Table] = ()
     event_types: frozenset[str] = frozenset(
-        {
-            "JobCreated",
-            "JobReleased",
-            "JobRetried",
-            "DownloadCompleted",
-            "MuxCompleted",
-            "StageFailed",
-            "StageInterrupted",
-        }
+        cls.__name__
+        for cls in (
+            job.JobCreated,
+            job.JobReleased,
+            job.JobRetried,
+            job.DownloadCompleted,
+            job.MuxCompleted,
+            job.StageFailed,
+            job.StageInterrupted,
+        )
     )
 
     def __init__(self, redis: ArqRedis) -> None:

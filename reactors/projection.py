@@ -9,7 +9,6 @@ while the live tables keep serving, then swaps them in within one short transact
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple, Protocol
@@ -20,7 +19,9 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from spool.adapters import event_archive, reporting
-from spool.adapters.event_store import NOTIFY_CHANNEL, Batch, Checkpoint, EventStore, checkpoint_of
+from spool.adapters.event_store import Batch, Checkpoint, EventStore, checkpoint_of
+from spool.adapters.subscription import LogSubscription, Look
+from spool.domain import node
 from spool.domain.events import RecordedEvent
 
 log = logging.getLogger("spool.projections")
@@ -113,11 +114,13 @@ class ProjectionRunner:
         events arrive a few milliseconds apart from API, nodes and reactors. 30 ms cut the
         projection process's CPU per job from 27 to 18 ms and PostgreSQL's from 24 to 15 ms
         (bench/pipeline.py, BENCHMARKS.md) for at most 30 ms more latency per hop."""
-        self._wake = asyncio.Event()
-        # The event types NOTIFYs named since the last look (each append names its types), and
-        # whether to look at every projection anyway (a poll, a wake(), a bare NOTIFY).
-        self._notified: set[str] = set()
-        self._everything = True
+        self.subscription = LogSubscription(
+            store,
+            what="projection catch-up",
+            poll_interval=poll_interval,
+            coalesce=coalesce,
+            logger=log,
+        )
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -371,7 +374,7 @@ class ProjectionRunner:
     async def check_history(self, name: str) -> None:
         """Refuse to rebuild from a log with archived heartbeats the projection would miss."""
         projection = self.projection(name)
-        if "NodeHeartbeat" not in projection.event_types:
+        if node.NodeHeartbeat.__name__ not in projection.event_types:
             return
         gone = await event_archive.outstanding(self.pool)
         if gone:
@@ -384,80 +387,19 @@ class ProjectionRunner:
 
     def wake(self) -> None:
         """Ask the runner to look at the log now."""
-        self._everything = True
-        self._wake.set()
+        self.subscription.wake()
 
-    def _notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        if payload:
-            self._notified.update(payload.split(","))
-        else:
-            self._everything = True
-        self._wake.set()
-
-    async def _catch_up_notified(self) -> None:
+    async def _catch_up_notified(self, look: Look) -> None:
         """Catch up the projections that follow a type notified since the last look.
 
         A thousand nodes beating once a second wake the runner a thousand times a second: only
         the projections of heartbeats then do any work. The others move their checkpoints past
         the heartbeats at the next poll, in one read.
         """
-        notified, everything = self._notified, self._everything
-        self._notified, self._everything = set(), False
-        try:
-            for projection in self.projections:
-                if everything or not notified.isdisjoint(projection.event_types):
-                    await self._follow(projection, projection.name, None)
-        except BaseException:
-            self._notified |= notified
-            self._everything |= everything
-            raise
-        if await self.store.has_unreadable():
-            # A NOTIFY came for events still behind an older open transaction: look again
-            # shortly, for the same types, rather than at the next poll.
-            self._notified |= notified
-            self._everything |= everything
-            self._wake.set()
-            await asyncio.sleep(0.02)
+        for projection in self.projections:
+            if look.concerns(projection.event_types):
+                await self._follow(projection, projection.name, None)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the log until `stop` is set: wake on NOTIFY, else poll every interval."""
-        listener: asyncpg.Connection | None = None
-        while not stop.is_set():
-            try:
-                if listener is None or listener.is_closed():
-                    listener = await self.pool.acquire()
-                    await listener.add_listener(NOTIFY_CHANNEL, self._notify)
-                    self._everything = True
-                if not self._wake.is_set():
-                    self._everything = True  # the poll: every projection looks
-                self._wake.clear()
-                await self._catch_up_notified()
-            except Exception as exc:
-                # A database restart breaks connections mid-operation in more ways than
-                # asyncpg's connection errors (InternalClientError: "cannot switch to state");
-                # a runner that ended here would take its whole process down with it.
-                if isinstance(exc, OSError | asyncpg.PostgresError | asyncpg.InterfaceError):
-                    log.warning("projection catch-up failed, will retry: %s", exc)
-                else:
-                    log.exception("projection catch-up failed unexpectedly, will retry")
-                if listener is not None:
-                    with contextlib.suppress(Exception):
-                        await self.pool.release(listener)
-                    listener = None
-            await _first_of(self._wake, stop, seconds=self.poll_interval)
-            if self._wake.is_set() and not stop.is_set() and self.coalesce > 0:
-                await _first_of(stop, seconds=self.coalesce)
-        if listener is not None:
-            with contextlib.suppress(Exception):
-                await listener.remove_listener(NOTIFY_CHANNEL, self._notify)
-                await self.pool.release(listener)
-
-
-async def _first_of(*events: asyncio.Event, seconds: float) -> None:
-    """Wait until any of `events` is set, or `seconds` pass."""
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
+        await self.subscription.follow(self._catch_up_notified, stop)

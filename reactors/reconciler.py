@@ -10,7 +10,6 @@ queue and heartbeat is never touched.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from datetime import timedelta
@@ -19,9 +18,10 @@ from arq.connections import ArqRedis
 
 from spool.adapters.event_store import EventStore
 from spool.adapters.job_store import load_job
+from spool.adapters.periodic import run_periodically
 from spool.adapters.queue import Dispatch, dispatch, unit_status
 from spool.adapters.settings import Settings
-from spool.domain import job
+from spool.domain import job, node
 from spool.domain.errors import ConcurrencyError, InvalidTransition
 from spool.domain.events import NewEvent
 from spool.reactors.causes import following
@@ -29,10 +29,10 @@ from spool.reactors.causes import following
 log = logging.getLogger("spool.reconciler")
 
 
-_UNAPPLIED_HEARTBEAT = """
+_UNAPPLIED_HEARTBEAT = f"""
 SELECT EXISTS (
     SELECT 1 FROM events
-    WHERE (tx, position) > ($1::text::xid8, $2::bigint) AND type = 'NodeHeartbeat'
+    WHERE (tx, position) > ($1::text::xid8, $2::bigint) AND type = '{node.NodeHeartbeat.__name__}'
     AND recorded_at < now() - $3::interval
 )
 """
@@ -50,16 +50,19 @@ class Reconciler:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Reconcile every `reconcile_interval` seconds until `stop` is set."""
-        while not stop.is_set():
-            try:
-                await self.reconcile_once()
-            except Exception as exc:  # keep going through database or Redis outages
-                log.warning("reconcile pass failed, will retry: %s", exc)
-                # Nodes could not beat through the outage either: give them a node timeout
-                # to be heard again before any looks dead.
-                self._quiet_until = time.monotonic() + self.settings.node_timeout
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.reconcile_interval)
+        await run_periodically(
+            self.reconcile_once,
+            interval=self.settings.reconcile_interval,
+            stop=stop,
+            what="reconcile pass",
+            on_error=self._after_outage,
+            logger=log,
+        )
+
+    def _after_outage(self, _exc: Exception) -> None:
+        # Nodes could not beat through the outage either: give them a node timeout to be heard
+        # again before any looks dead.
+        self._quiet_until = time.monotonic() + self.settings.node_timeout
 
     async def reconcile_once(self) -> list[str]:
         """One pass; returns what it did, one line per action."""

@@ -24,9 +24,10 @@ import sqlalchemy as sa
 from arq.connections import ArqRedis
 
 from spool.adapters.event_store import EventStore
+from spool.adapters.periodic import run_periodically
 from spool.adapters.queue import node_queue, unit_status
 from spool.adapters.task_store import load_task, online_offers
-from spool.domain import task
+from spool.domain import node, task
 from spool.domain.errors import ConcurrencyError, InvalidTransition
 from spool.domain.events import NO_CAUSE, Event, Metadata, NewEvent, RecordedEvent
 from spool.reactors.causes import following
@@ -88,7 +89,9 @@ class TaskDispatcher:
 
     name = "scheduler"
     tables: Sequence[sa.Table] = ()
-    event_types: frozenset[str] = task.EVENT_TYPES | {"NodeStarted", "NodeStopped", "NodeRemoved"}
+    event_types: frozenset[str] = task.EVENT_TYPES | {
+        cls.__name__ for cls in (node.NodeStarted, node.NodeStopped, node.NodeRemoved)
+    }
 
     def __init__(self, redis: ArqRedis, wake: asyncio.Event) -> None:
         self.redis = redis
@@ -144,19 +147,13 @@ class Scheduler:
         await asyncio.gather(self.follower.run(stop), self._plan_forever(stop))
 
     async def _plan_forever(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            self.wake.clear()
-            try:
-                for action in await self.pass_once():
-                    log.info("%s", action)
-            except Exception as exc:  # keep scheduling through database or Redis outages
-                log.warning("scheduler pass failed, will retry: %s", exc)
-            waiters = [asyncio.ensure_future(e.wait()) for e in (self.wake, stop)]
-            try:
-                await asyncio.wait(waiters, timeout=self.tick, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waiters:
-                    w.cancel()
+        async def plan() -> None:
+            for action in await self.pass_once():
+                log.info("%s", action)
+
+        await run_periodically(
+            plan, interval=self.tick, stop=stop, wake=self.wake, what="scheduler pass", logger=log
+        )
 
     async def pass_once(self) -> list[str]:
         """One planning pass; returns what it did, one line per action."""

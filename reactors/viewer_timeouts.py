@@ -10,11 +10,11 @@ for the next pass to judge again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import timedelta
 
 from spool.adapters.event_store import EventStore
+from spool.adapters.periodic import run_periodically
 from spool.adapters.settings import Settings
 from spool.domain import viewer
 from spool.domain.errors import ConcurrencyError
@@ -54,13 +54,9 @@ class ViewerTimeouts:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Close silent viewers every tick until `stop` is set."""
-        while not stop.is_set():
-            try:
-                await self.close_once()
-            except Exception as exc:  # keep going through database outages
-                log.warning("viewer timeout pass failed, will retry: %s", exc)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.tick)
+        await run_periodically(
+            self.close_once, interval=self.tick, stop=stop, what="viewer timeout pass", logger=log
+        )
 
     async def close_once(self) -> list[str]:
         """One pass; returns the ids of the viewers it closed."""

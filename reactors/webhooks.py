@@ -39,14 +39,15 @@ class WebhookReactor:
     name = "webhooks"
     tables: Sequence[sa.Table] = ()
     event_types: frozenset[str] = frozenset(
-        {
-            "JobCreated",
-            "JobCompleted",
-            "JobFailed",
-            "JobCancelled",
-            "StageStarted",
-            "StageProgressed",
-        }
+        cls.__name__
+        for cls in (
+            job.JobCreated,
+            job.JobCompleted,
+            job.JobFailed,
+            job.JobCancelled,
+            job.StageStarted,
+            job.StageProgressed,
+        )
     )
 
     def __init__(self, redis: ArqRedis) -> None:

@@ -17,13 +17,13 @@ from arq.connections import ArqRedis
 from spool.adapters.event_store import EventStore
 from spool.adapters.settings import Settings
 from spool.adapters.storage import ObjectStorage
-from spool.reactors.node import Node
 from spool.reactors.pipeline import PipelineReactor
 from spool.reactors.projection import ProjectionRunner
 from spool.reactors.reconciler import Reconciler
 from spool.reactors.scheduler import Scheduler
 from spool.reactors.viewer_timeouts import ViewerTimeouts
 from spool.reactors.webhooks import WebhookReactor
+from spool.reactors.worker import Node
 
 PROJECTIONS = "projections"
 PIPELINE = "pipeline"

@@ -15,6 +15,7 @@ import click
 
 from spool.adapters.log_format import LOG_FORMAT_ENV, LOG_FORMATS, LogFormat, setup_logging
 from spool.adapters.settings import Settings
+from spool.domain.node import NodeHeartbeat
 from spool.runtime import open_runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -826,7 +827,8 @@ def events_archive(before: date, directory: Path | None, **flags: Any) -> None:
 
     async def go() -> Any:
         async with open_runtime(settings) as rt:
-            readers = [p.name for p in rt.runner.projections if "NodeHeartbeat" in p.event_types]
+            beat = NodeHeartbeat.__name__
+            readers = [p.name for p in rt.runner.projections if beat in p.event_types]
             return await archive(rt.pool, before, target, today, readers)
 
     done = _run(go())  # an ArchiveError is a RuntimeError: _run shows its message

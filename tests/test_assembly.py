@@ -14,8 +14,8 @@ from spool.adapters.queue import connect
 from spool.adapters.settings import Settings
 from spool.adapters.storage import LocalStorage
 from spool.assembly import NODE, REACTORS, Part, assemble
-from spool.reactors.node import Node
 from spool.reactors.projection import ProjectionRunner
+from spool.reactors.worker import Node
 
 
 @pytest.fixture

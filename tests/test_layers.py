@@ -8,6 +8,7 @@ wire, and no layer imports them (docs/architecture.md).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -94,6 +95,23 @@ def test_the_rule_names_an_adapter_that_imports_the_application(tmp_path: Path) 
 
 def test_a_wheel_installs_nothing_but_spool(tmp_path: Path) -> None:
     """Another installed package named `api` or `migrations` can never collide with Spool's."""
+    # A copy of the tree, links kept: the build writes build/ and *.egg-info where it runs.
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            ".azurite",
+            "build",
+            "artifacts",
+            "*.egg-info",
+            "*_cache",
+            "__pycache__",
+        ),
+    )
     build = subprocess.run(
         [
             sys.executable,
@@ -103,15 +121,15 @@ def test_a_wheel_installs_nothing_but_spool(tmp_path: Path) -> None:
             "--no-deps",
             "-q",
             "-w",
-            str(tmp_path),
-            str(ROOT),
+            str(tmp_path / "wheel"),
+            str(source),
         ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert build.returncode == 0, build.stderr
-    (wheel,) = tmp_path.glob("spool-*.whl")
+    (wheel,) = (tmp_path / "wheel").glob("spool-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
     tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}

@@ -1,0 +1,167 @@
+"""Following the event log as it grows: the one catch-up loop of every log follower.
+
+Every append NOTIFYs `NOTIFY_CHANNEL` with the event types it wrote. A follower (the projection
+runner, hence the pipeline, webhook and scheduler reactors; the `/ws` cluster feed) is woken by
+those NOTIFYs, polls every `poll_interval` as a fallback (a NOTIFY can be lost with its
+connection), and catches up from its own checkpoint in (tx, position) order. Where the
+checkpoint lives and how a batch is applied (under a row lock, in one transaction) is the
+follower's; the waking, the listener's life and the retry after a failure are here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from typing import NamedTuple
+
+import asyncpg
+
+from spool.adapters.event_store import NOTIFY_CHANNEL, Batch, Checkpoint, EventStore
+from spool.adapters.periodic import first_of
+
+log = logging.getLogger("spool.subscription")
+
+UNREADABLE_RETRY = 0.02
+"""Seconds before looking again when a NOTIFY came for events behind an older open
+transaction: much sooner than the next poll."""
+
+
+class Look(NamedTuple):
+    """What a wake-up calls for: the event types notified since the last look, or everything
+    (a poll, a `wake()`, a NOTIFY that named no types, the first look after (re)connecting)."""
+
+    types: frozenset[str]
+    everything: bool
+
+    def concerns(self, types: Collection[str]) -> bool:
+        """Whether a follower of `types` has anything to look at."""
+        return self.everything or not self.types.isdisjoint(types)
+
+
+CatchUp = Callable[[Look], Awaitable[None]]
+
+
+class LogSubscription:
+    """Wakes a follower on NOTIFY, else every `poll_interval`, until its stop is set."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        what: str,
+        poll_interval: float = 1.0,
+        coalesce: float = 0.0,
+        logger: logging.Logger = log,
+    ) -> None:
+        self.store = store
+        self.what = what
+        self.poll_interval = poll_interval
+        self.coalesce = coalesce
+        """Seconds to wait after a NOTIFY before catching up, so that the appends of a busy
+        moment are taken in one look rather than one each."""
+        self.log = logger
+        self._wake = asyncio.Event()
+        self._notified: set[str] = set()
+        self._everything = True
+
+    def wake(self) -> None:
+        """Look at the log now, for every type."""
+        self._everything = True
+        self._wake.set()
+
+    def _notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if payload:
+            self._notified.update(payload.split(","))
+        else:
+            self._everything = True
+        self._wake.set()
+
+    async def follow(
+        self,
+        catch_up: CatchUp,
+        stop: asyncio.Event,
+        *,
+        on_listen: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Call `catch_up` on every wake-up until `stop` is set.
+
+        `on_listen` runs each time the listener is (re)attached, before the look that follows:
+        from then on no append goes unnoticed. A failure (a database restart breaks connections
+        in more ways than asyncpg's connection errors) is logged, the listener dropped and
+        attached again on the next turn: a follower that ended here would take its process down.
+        """
+        pool = self.store.pool
+        listener: asyncpg.Connection | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    if listener is None or listener.is_closed():
+                        listener = await pool.acquire()
+                        await listener.add_listener(NOTIFY_CHANNEL, self._notify)
+                        self._everything = True
+                        if on_listen is not None:
+                            await on_listen()
+                    if not self._wake.is_set():
+                        self._everything = True  # the poll: look at everything
+                    self._wake.clear()
+                    await self._look(catch_up)
+                except Exception as exc:
+                    if isinstance(exc, OSError | asyncpg.PostgresError | asyncpg.InterfaceError):
+                        self.log.warning("%s failed, will retry: %s", self.what, exc)
+                    else:
+                        self.log.exception("%s failed unexpectedly, will retry", self.what)
+                    if listener is not None:
+                        await _release(pool, listener, self._notify)
+                        listener = None
+                await first_of(self._wake, stop, seconds=self.poll_interval)
+                if self._wake.is_set() and not stop.is_set() and self.coalesce > 0:
+                    await first_of(stop, seconds=self.coalesce)
+        finally:
+            if listener is not None:
+                await _release(pool, listener, self._notify)
+
+    async def _look(self, catch_up: CatchUp) -> None:
+        look = Look(frozenset(self._notified), self._everything)
+        self._notified, self._everything = set(), False
+        try:
+            await catch_up(look)
+        except BaseException:
+            self._put_back(look)
+            raise
+        if await self.store.has_unreadable():
+            # A NOTIFY came for events still behind an older open transaction: look again
+            # shortly, for the same types, rather than at the next poll.
+            self._put_back(look)
+            self._wake.set()
+            await asyncio.sleep(UNREADABLE_RETRY)
+
+    def _put_back(self, look: Look) -> None:
+        self._notified |= look.types
+        self._everything |= look.everything
+
+    async def batches(
+        self, after: Checkpoint, types: frozenset[str], batch_size: int
+    ) -> AsyncIterator[Batch]:
+        """The batches of `types` committed after `after`, in (tx, position) order, up to now.
+
+        Each batch's horizon steps past the events of other types too, so a follower that keeps
+        it as its checkpoint never scans them twice. Ends after the first short batch.
+        """
+        while True:
+            batch = await self.store.read_batch(after, batch_size, types=types)
+            yield batch
+            after = batch.horizon
+            if len(batch.events) < batch_size:
+                return
+
+
+async def _release(
+    pool: asyncpg.Pool, listener: asyncpg.Connection, callback: Callable[..., None]
+) -> None:
+    """Give the listening connection back to the pool, deaf, whatever state it is in."""
+    with contextlib.suppress(Exception):
+        await listener.remove_listener(NOTIFY_CHANNEL, callback)
+    with contextlib.suppress(Exception):
+        await pool.release(listener)

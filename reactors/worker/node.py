@@ -1,0 +1,67 @@
+"""The node: registration, heartbeat and stage runner together, and its life from start to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from spool.adapters import log_context
+from spool.adapters.queue import node_queue
+from spool.domain import node
+from spool.reactors.worker.arq_workers import arq_workers, keep_working
+from spool.reactors.worker.heartbeat import Heartbeat
+from spool.reactors.worker.shutdown import (
+    CANCEL_GRACE,
+    INTERRUPT_GRACE,
+    interrupt_running,
+    stop_workers,
+)
+from spool.reactors.worker.stages_runner import StageRunner
+
+log = logging.getLogger("spool.node")
+
+
+class Node(Heartbeat, StageRunner):
+    """Runs stages for the cluster and reports on itself."""
+
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        interrupt_grace: float = INTERRUPT_GRACE,
+        cancel_grace: float = CANCEL_GRACE,
+    ) -> None:
+        """Work until `stop` is set; then interrupt what is running and say goodbye.
+
+        Each running stage is told to stop (its download, FFmpeg or upload cut off) and records
+        itself as interrupted, so that it runs again on the next start without spending an
+        attempt; one that does not stop within `interrupt_grace` seconds is cancelled and
+        recorded here. Units still waiting for a slot go back to their queue untouched.
+        """
+        log_context.NODE_ID.set(self.node_id)  # on every record of the node's tasks
+        self.workroot.mkdir(parents=True, exist_ok=True)
+        self._removal_seen = await self._removed_at()
+        await self._register()
+        await self.viewers.start()
+        workers = arq_workers(self)
+        tasks = [
+            asyncio.create_task(keep_working(w, stop), name=f"arq:{w.queue_name}") for w in workers
+        ]
+        ticker = asyncio.create_task(self._tick_forever(stop), name="heartbeat")
+        log.info("node %s working (download queue + %s)", self.node_id, node_queue(self.node_id))
+        await stop.wait()
+        self.stopping = True
+        for w in workers:
+            w.allow_pick_jobs = False  # nothing new from now on
+        left = await interrupt_running(self.running, interrupt_grace)
+        await stop_workers(workers, tasks, cancel_grace)
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        for unit in left:
+            with contextlib.suppress(Exception):
+                await self._interrupt(unit)
+        await self._append_node(node.NodeStopped(node_id=self.node_id))
+        await self.viewers.aclose()
+        await self.storages.aclose()

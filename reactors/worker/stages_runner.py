@@ -1,0 +1,347 @@
+"""A node's stage runner: takes a unit, runs its stage, records what came of it.
+
+Every event a unit appends goes through `StageRunner._record`, through the jobs' repository: at
+the version the node knows, read again only on a clash (optimistic concurrency on the job stream).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import msgspec
+from arq.worker import Retry
+
+from spool.adapters.account_policy_store import load_policy, seconds_quota
+from spool.adapters.database import unreachable
+from spool.adapters.event_store import refusal_reason, refused_for_good
+from spool.adapters.job_store import jobs, load_job
+from spool.adapters.owned_objects import delete_owned
+from spool.adapters.repository import Loaded
+from spool.adapters.storage import StorageError
+from spool.domain import job
+from spool.domain.errors import InvalidTransition
+from spool.domain.events import NO_CAUSE, Event, Metadata, event_id
+from spool.domain.source_data import made_safe
+from spool.reactors import stages
+from spool.reactors.worker.outage import through_outage
+from spool.reactors.worker.state import NodeState
+from spool.reactors.worker.unit import RunningUnit
+
+log = logging.getLogger("spool.node")
+
+UNKNOWN_JOB_DEFER = 5.0
+"""Seconds a unit of a job this database does not know waits before it is offered again."""
+
+
+class StageRunner(NodeState):
+    """Runs the download, mux and upload units the node's arq workers take."""
+
+    async def run_stage(
+        self, stage: job.Stage, job_id: str, run: int, attempt: int, cause: Metadata = NO_CAUSE
+    ) -> str:
+        """Run one unit of work if it is still the job's current one; returns what happened.
+
+        `cause` holds the correlation and causation ids the dispatcher gave the unit.
+        """
+        unit_id = job.arq_job_id(job_id, run, stage, attempt)
+        if unit_id in self.claimed:
+            return "already running here"
+        self.claimed.add(unit_id)
+        try:
+            return await self._claimed(unit_id, stage, job_id, run, attempt, cause)
+        finally:
+            self.claimed.discard(unit_id)
+
+    async def _claimed(
+        self,
+        unit_id: str,
+        stage: job.Stage,
+        job_id: str,
+        run: int,
+        attempt: int,
+        cause: Metadata,
+    ) -> str:
+        workdir = self.workdir(job_id, run)
+        try:
+            async with self.slots[stage]:
+                if self.stopping:
+                    raise Retry(defer=0)  # back to the queue, for the next start or another node
+                unit = await self._start(stage, job_id, run, attempt, cause)
+                if isinstance(unit, str):
+                    return unit
+                self.running[unit_id] = unit
+                if self.stopping:  # started while the stop went round the running units
+                    unit.interrupted = True
+                    unit.cancel.set()
+                outcome = await self._execute(unit, workdir)
+            # The slot is free while the result is recorded: the next unit need not wait for it.
+            if isinstance(outcome, str):
+                return outcome
+            return await self._complete(unit, outcome, workdir)
+        finally:
+            self.running.pop(unit_id, None)
+
+    async def _start(
+        self, stage: job.Stage, job_id: str, run: int, attempt: int, cause: Metadata
+    ) -> RunningUnit | str:
+        """Append StageStarted; the running unit, or why it does not run here."""
+        state = self.known.pop(job_id, None)
+        fresh = state is None
+        if state is None:
+            state = await through_outage(f"job {job_id}", lambda: load_job(self.store, job_id))
+            if state is None:
+                # Not this database's job: the unit goes back to the queue for its owner (a
+                # process of the cluster it came from), never done in that cluster's name.
+                log.warning(
+                    "%s unit of job %s: no such job in this cluster's database; left queued",
+                    stage,
+                    job_id,
+                )
+                raise Retry(defer=UNKNOWN_JOB_DEFER)
+        meta = self.meta.following(cause)
+        unit = RunningUnit(job_id, stage, run, attempt, state, state.version, meta)
+
+        def start(s: job.JobState) -> list[Event]:
+            if stage != "download" and s.node_id != self.node_id:
+                return []  # the files are elsewhere: start nothing
+            return job.start_stage(s, stage, run, attempt, self.node_id)
+
+        try:
+            started = await self._record(unit, start, fresh=fresh)
+        except InvalidTransition:
+            return "taken or changed"
+        if started is None:
+            return "stale"
+        if stage != "download" and started.node_id != self.node_id:
+            return f"files are on node {started.node_id}"
+        unit.since_version = started.version
+        return unit
+
+    def _remember(self, state: job.JobState) -> None:
+        if state.terminal:
+            return
+        self.known[state.job_id] = state
+        while len(self.known) > 1000:
+            del self.known[next(iter(self.known))]  # the oldest: dicts keep insertion order
+
+    async def _record(
+        self,
+        unit: RunningUnit,
+        decide: Callable[[job.JobState], list[Event]],
+        *,
+        fresh: bool = False,
+    ) -> job.JobState | None:
+        """Append what `decide` makes of the job at the version this node knows.
+
+        Through the jobs' repository, every read and append ridden through a database outage
+        (`through_outage`). The job is read again only when the append clashes (a cancel, a
+        retry, a progress event landed first) or when the state held (not `fresh` from the
+        store) says the unit is no longer current; then `decide` runs again on what was read.
+        Returns the job after the append, also kept in `unit.state`; None when the unit is no
+        longer the job's current one (`unit.state` is then the job as read). InvalidTransition
+        from `decide` propagates.
+        """
+        held = unit.state
+        known = None
+        if fresh or job.is_current(held, unit.stage, unit.run, unit.attempt):
+            known = Loaded(held, held.version)
+        current = True
+
+        def decide_if_current(state: job.JobState) -> list[Event]:
+            nonlocal current
+            current = job.is_current(state, unit.stage, unit.run, unit.attempt)
+            # The one door a unit's events go through: a source's title, description, codecs
+            # or error text become data the log takes (domain/source_data.py).
+            return [made_safe(e) for e in decide(state)] if current else []
+
+        repository = replace(jobs(self.store), patience=through_outage)
+        state, appended = await repository.execute(
+            unit.job_id, decide_if_current, unit.meta, known=known
+        )
+        if state is None:
+            return None
+        unit.state = state
+        if not current:
+            return None
+        if appended is not None:
+            # What the unit appends next follows from this.
+            unit.meta = msgspec.structs.replace(unit.meta, causation_id=event_id(appended.position))
+        return state
+
+    def _progress_sink(self, unit: RunningUnit) -> stages.ProgressSink:
+        def sink(p: job.Progress) -> None:
+            unit.progress = p
+            unit.last_progress = time.monotonic()
+
+        return sink
+
+    def workdir(self, job_id: str, run: int) -> Path:
+        return self.workroot / job_id / str(run)
+
+    async def _execute(self, unit: RunningUnit, workdir: Path) -> Event | str:
+        """Run the stage: its result event to record, or what happened instead."""
+        state = unit.state
+        sink = self._progress_sink(unit)
+        try:
+            if unit.stage == "download":
+                if workdir.exists():  # a previous attempt's leftovers
+                    stages.remove_workdir(workdir)
+                policy = await load_policy(self.store, state.account_id)
+                return await stages.download(
+                    state,
+                    self.node_id,
+                    workdir,
+                    self.guard,
+                    sink,
+                    unit.cancel,
+                    max_media_seconds=seconds_quota(policy),
+                )
+            if unit.stage == "mux":
+                return await stages.mux(
+                    state, self.node_id, workdir, sink, unit.cancel, self.viewers, self.ip
+                )
+            storage = await self.storages.for_job(state.account_id, state.storage_override)
+            return await stages.upload(
+                state,
+                self.node_id,
+                storage,
+                sink,
+                unit.cancel,
+                self.viewers,
+                self.ip,
+                prefix=self.storages.key_prefix(storage, state.account_id),
+            )
+        except Exception as exc:
+            if unit.interrupted:
+                return await self._interrupt(unit)  # the stop cut it short, whatever it raised
+            if isinstance(exc, stages.StageError):
+                return await self._fail(unit, exc)
+            if not isinstance(exc, stages.StageCancelled):
+                log.exception("%s of job %s failed unexpectedly", unit.stage, unit.job_id)
+                return await self._fail(unit, stages.unexpected(exc))
+            if unit.stalled:
+                return await self._fail(
+                    unit,
+                    stages.StageError(
+                        f"No progress for {self.settings.stall_timeout:g} s during {unit.stage}",
+                        retryable=True,
+                    ),
+                )
+            stages.remove_workdir(workdir)
+            return "cancelled"
+
+    async def _complete(self, unit: RunningUnit, done: Event, workdir: Path) -> str:
+        """Record a stage's result, unless the job moved on (cancel wins).
+
+        A result the store refuses fails the stage with that refusal as its reason; when the
+        same result would be refused again, at once, without spending the job's retries.
+        """
+        try:
+            state = await self._record(unit, lambda _: [done])
+        except Exception as exc:
+            if unreachable(exc):
+                raise  # past APPEND_PATIENCE: nothing can be recorded, the reconciler takes it
+            return await self._unrecordable(unit, done, exc)
+        if state is None:
+            current = unit.state  # the job as read: cancelled, or moved on to another attempt
+            if isinstance(done, job.JobCompleted):
+                # Another attempt may have completed the job under the same key: keep its files.
+                owned = (
+                    {current.key, current.subtitle_key, current.thumbnail_key}
+                    if current.status == "Completed"
+                    else set()
+                )
+                storage = await self.storages.for_job(current.account_id, current.storage_override)
+                # Only what this attempt wrote and is still as it wrote it: another job may
+                # hold the key by now.
+                await delete_owned(
+                    storage,
+                    [o for o in job.recorded_objects(done) if o.key not in owned],
+                    current.job_id,
+                )
+            # A later attempt of this run (a retry after a wrong "worker lost") still needs the
+            # files; only a job that ended, or a run that started over, frees them.
+            if current.terminal or current.run != unit.run:
+                stages.remove_workdir(workdir)
+            return "cancelled" if current.status == "Cancelled" else "stale"
+        if isinstance(done, job.JobCompleted):
+            stages.remove_workdir(self.workroot / unit.job_id)
+        self._remember(state)
+        return "completed"
+
+    async def _unrecordable(self, unit: RunningUnit, done: Event, exc: Exception) -> str:
+        """Fail the stage whose result `done` could not be appended, naming why."""
+        for_good = refused_for_good(exc)
+        log.error(
+            "the %s result of job %s could not be recorded%s",
+            unit.stage,
+            unit.job_id,
+            " (for good)" if for_good else " (perhaps not for good: it counts as one attempt)",
+            exc_info=exc,
+        )
+        if isinstance(done, job.JobCompleted):
+            # The upload is not on record: its objects would be nobody's. A retry uploads again.
+            storage = await self.storages.for_job(
+                unit.state.account_id, unit.state.storage_override
+            )
+            try:
+                await delete_owned(storage, job.recorded_objects(done), unit.job_id)
+            except StorageError as cleanup:
+                log.warning(
+                    "could not remove the unrecorded upload of job %s: %s", unit.job_id, cleanup
+                )
+        reason = f"The {unit.stage} result could not be recorded: " + (
+            refusal_reason(exc) if for_good else f"{type(exc).__name__}: {exc}"
+        )
+        return await self._fail(unit, stages.StageError(reason, retryable=not for_good))
+
+    async def _interrupt(self, unit: RunningUnit) -> str:
+        """Record that this node's stop cut the unit short: the stage runs again, no attempt
+        spent. A download's partial files go; a mux or upload keeps the files it works from."""
+
+        def decide(state: job.JobState) -> list[Event]:
+            return job.interrupt_stage(
+                state, unit.stage, unit.run, unit.attempt, node_id=self.node_id
+            )
+
+        state = await self._record(unit, decide)
+        if unit.stage == "download":
+            stages.remove_workdir(self.workdir(unit.job_id, unit.run))
+        if state is None:
+            return "stale"
+        log.info("%s of job %s interrupted by the node's stop", unit.stage, unit.job_id)
+        return "interrupted"
+
+    async def _fail(self, unit: RunningUnit, exc: stages.StageError) -> str:
+        events: list[Event] = []
+
+        def decide(state: job.JobState) -> list[Event]:
+            events[:] = job.fail_stage(
+                state,
+                unit.stage,
+                unit.run,
+                unit.attempt,
+                node_id=self.node_id,
+                reason=exc.reason,
+                error_type=exc.error_type,
+                retryable=exc.retryable,
+                max_attempts=self.settings.stage_attempts,
+                backoff=self.settings.retry_backoff,
+                unfinished_uploads=exc.unfinished_uploads,
+            )
+            return events
+
+        state = await self._record(unit, decide)
+        if state is None:
+            return "stale"
+        if any(isinstance(e, job.JobFailed) for e in events):
+            stages.remove_workdir(self.workroot / unit.job_id)
+            return "failed"
+        if unit.stage == "download":
+            stages.remove_workdir(self.workdir(unit.job_id, unit.run))
+        self._remember(state)
+        return "will retry"

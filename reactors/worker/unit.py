@@ -1,0 +1,33 @@
+"""A unit of work a node is running: the job as the node knows it, and how the stage fares."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from spool.domain import job
+from spool.domain.events import Metadata
+
+
+@dataclass
+class RunningUnit:
+    """A unit of work this node is running now."""
+
+    job_id: str
+    stage: job.Stage
+    run: int
+    attempt: int
+    state: job.JobState
+    """The job as this node knows it: exact while no one else appends to its stream."""
+    since_version: int
+    meta: Metadata
+    """Metadata of the unit's events: its request's correlation, caused by the dispatching
+    event, then (once started) by its own StageStarted."""
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    last_progress: float = field(default_factory=time.monotonic)
+    progress: job.Progress | None = None
+    reported: job.Progress | None = None
+    stalled: bool = False
+    interrupted: bool = False
+    """Cut short by the node's own stop, not by the user or a stall."""

@@ -1,0 +1,101 @@
+"""The one catch-up loop of every log follower (adapters/subscription.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from spool.adapters.database import create_pool
+from spool.adapters.event_store import Checkpoint, EventStore
+from spool.adapters.subscription import LogSubscription, Look
+from spool.domain import job, node
+from spool.domain.events import NewEvent
+
+
+@pytest.fixture
+async def store(fresh_database_url: str) -> AsyncIterator[EventStore]:
+    pool = await create_pool(fresh_database_url, max_size=5)
+    yield EventStore(pool)
+    await pool.close()
+
+
+async def _create_job(store: EventStore) -> str:
+    """One job: one append, one NOTIFY; readable once this returns."""
+    jid = str(uuid.uuid4())
+    events = job.create(
+        job_id=jid, account_id="a", url=f"http://media.test/{jid}", options=job.JobOptions()
+    )
+    appended = await store.append(job.stream_id(jid), [NewEvent(e) for e in events], 0)
+    await store.wait_readable(appended.checkpoint)
+    return jid
+
+
+async def test_an_append_wakes_the_follower_with_the_types_it_wrote(store: EventStore) -> None:
+    subscription = LogSubscription(store, what="test follower", poll_interval=3600)
+    stop, listening = asyncio.Event(), asyncio.Event()
+    looks: asyncio.Queue[Look] = asyncio.Queue()
+
+    async def catch_up(look: Look) -> None:
+        await looks.put(look)
+
+    async def on_listen() -> None:
+        listening.set()
+
+    following = asyncio.create_task(subscription.follow(catch_up, stop, on_listen=on_listen))
+    try:
+        await asyncio.wait_for(listening.wait(), 10)
+        first = await asyncio.wait_for(looks.get(), 10)
+        assert first.everything  # the first look after attaching takes everything
+        await _create_job(store)
+        look = await asyncio.wait_for(looks.get(), 10)  # an hour's poll: only NOTIFY explains it
+        assert not look.everything
+        assert look.concerns({job.JobCreated.__name__})
+        assert not look.concerns({node.NodeHeartbeat.__name__})
+    finally:
+        stop.set()
+        await asyncio.wait_for(following, 10)
+
+
+async def test_a_failed_catch_up_is_handed_the_same_types_again(store: EventStore) -> None:
+    subscription = LogSubscription(store, what="test follower", poll_interval=0.05)
+    stop, failed = asyncio.Event(), asyncio.Event()
+    after_failure: asyncio.Queue[Look] = asyncio.Queue()
+    first_look_done = asyncio.Event()
+
+    async def catch_up(look: Look) -> None:
+        if not first_look_done.is_set():
+            first_look_done.set()
+            return
+        if look.concerns({job.JobCreated.__name__}) and not failed.is_set():
+            failed.set()
+            raise ConnectionError("the database restarted mid-batch")
+        if failed.is_set():
+            await after_failure.put(look)
+
+    following = asyncio.create_task(subscription.follow(catch_up, stop))
+    try:
+        await asyncio.wait_for(first_look_done.wait(), 10)
+        await _create_job(store)
+        await asyncio.wait_for(failed.wait(), 10)
+        again = await asyncio.wait_for(after_failure.get(), 10)
+        assert again.concerns({job.JobCreated.__name__})
+    finally:
+        stop.set()
+        await asyncio.wait_for(following, 10)
+
+
+async def test_batches_come_in_commit_order_and_step_past_other_types(store: EventStore) -> None:
+    ids = [await _create_job(store) for _ in range(5)]
+    subscription = LogSubscription(store, what="test follower")
+    seen: list[str] = []
+    horizons: list[Checkpoint] = []
+    async for batch in subscription.batches(Checkpoint(), job.EVENT_TYPES, 2):
+        seen += [e.stream_id.removeprefix("job-") for e in batch.events]
+        horizons.append(batch.horizon)
+    assert seen == ids
+    assert horizons == sorted(horizons)
+    nothing = [b.events async for b in subscription.batches(Checkpoint(), node.EVENT_TYPES, 2)]
+    assert nothing == [[]]
