@@ -29,17 +29,7 @@ from spool.adapters.read_models import storage_configs
 from spool.adapters.ssrf import UrlGuard
 from spool.adapters.storage import ObjectStorage, S3Storage, StorageError, account_prefix
 from spool.domain.storage_config import Provider, StorageConfigured
-
-GCS_ENDPOINT = "https://storage.googleapis.com"
-"""GCS's S3-interoperable XML API; HMAC keys sign SigV4 requests there."""
-
-
-def oss_endpoint(region: str) -> str:
-    """Alibaba OSS's public endpoint for a region such as `cn-hangzhou` (or `oss-cn-hangzhou`)."""
-    region = region.strip()
-    if not region.startswith("oss-"):
-        region = f"oss-{region}"
-    return f"https://{region}.aliyuncs.com"
+from spool.domain.storage_providers import PROVIDERS
 
 
 class Credentials(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -93,13 +83,12 @@ def build_storage(
     passed the check when it was configured cannot later rebind to a private address; None
     only for a storage the operator configured (the cluster's own may well be private).
 
-    - s3: the endpoint as given, path style unless switched off (MinIO and moto need it; AWS
-      takes either).
-    - gcs: GCS's XML API (or the given endpoint), path style, HMAC key as the key pair.
-    - oss: virtual-hosted style (OSS refuses path style), endpoint from the region if not given.
-    - blob: Azure Blob Storage (block uploads) through `adapters.blob_storage`.
+    The provider's declaration (`domain.storage_providers.PROVIDERS`) says how to reach it:
+    S3-compatible ones through `S3Storage` with its endpoint, addressing and signing region;
+    Azure Blob (block uploads) through `adapters.blob_storage`.
     """
-    if spec.provider == "blob":
+    provider = PROVIDERS[spec.provider]
+    if provider.protocol == "azure-blob":
         from spool.adapters.blob_storage import (
             BlobStorage,  # imported late: only Azure users need it
         )
@@ -117,26 +106,20 @@ def build_storage(
         )
     if not credentials.access_key or not credentials.secret_key:
         raise ValueError("an S3-compatible storage needs an access key and a secret key")
-    endpoint = spec.endpoint
-    path_style = spec.path_style
-    if spec.provider == "gcs":
-        endpoint = endpoint or GCS_ENDPOINT
-    elif spec.provider == "oss" and endpoint is None:
+    endpoint = spec.endpoint or provider.endpoint
+    if endpoint is None and provider.endpoint_for_region is not None:
         if not spec.region:
-            raise ValueError("an Alibaba OSS storage needs an endpoint or a region")
-        endpoint = oss_endpoint(spec.region)
+            raise ValueError(f"A storage on {provider.label} needs an endpoint or a region")
+        endpoint = provider.endpoint_for_region(spec.region)
     return S3Storage(
         bucket=spec.bucket,
         prefix=spec.prefix,
         endpoint_url=endpoint,
-        # GCS ignores the region in SigV4 but needs one to sign with; "auto" is what it expects.
-        region=spec.region or ("auto" if spec.provider == "gcs" else None),
+        region=spec.region or provider.signing_region,
         access_key=credentials.access_key,
         secret_key=credentials.secret_key,
-        path_style=path_style,
-        # With a custom endpoint botocore's "auto" means path style, which OSS refuses
-        # (SecondLevelDomainForbidden): its clients name the bucket in the host.
-        addressing_style="virtual" if spec.provider == "oss" and not path_style else None,
+        path_style=spec.path_style,
+        addressing_style="virtual" if provider.virtual_hosted and not spec.path_style else None,
         guard=guard,
     )
 

@@ -23,7 +23,7 @@ import urllib.request
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import msgspec
 from yt_dlp import YoutubeDL
@@ -51,6 +51,7 @@ from yt_dlp.utils import (
 )
 
 from spool.adapters.ssrf import UnresolvedHost, UrlGuard, UrlRefused
+from spool.domain.job_options import DEFAULTS, JobOptions, is_audio_only
 
 logger = logging.getLogger(__name__)
 
@@ -858,15 +859,34 @@ def _remove_new_files(dest: Path, before: set[Path]) -> None:
             logger.warning("could not remove %s after a failed download", path)
 
 
+class DownloadOptions(TypedDict):
+    """What `download` takes from a job's options."""
+
+    audio_only: bool
+    max_resolution: str
+    download_subtitles: bool
+    download_thumbnail: bool
+
+
+def download_options(options: JobOptions) -> DownloadOptions:
+    """A job's options as `download`'s arguments."""
+    return DownloadOptions(
+        audio_only=is_audio_only(options),
+        max_resolution=options.max_resolution,
+        download_subtitles=options.download_subtitles,
+        download_thumbnail=options.download_thumbnail,
+    )
+
+
 def download(
     url: str,
     dest: Path,
     *,
     guard: UrlGuard,
-    audio_only: bool = False,
-    max_resolution: str = "best",
-    download_subtitles: bool = False,
-    download_thumbnail: bool = False,
+    audio_only: bool = DEFAULTS.audio_only,
+    max_resolution: str = DEFAULTS.max_resolution,
+    download_subtitles: bool = DEFAULTS.download_subtitles,
+    download_thumbnail: bool = DEFAULTS.download_thumbnail,
     on_progress: Callable[[DownloadProgress], None] | None = None,
     cancel: threading.Event | None = None,
     max_seconds: int | None = None,

@@ -4,6 +4,8 @@
 streams whenever the target container can hold them and re-encoding only when it cannot, when
 the user asks for a codec, or when a filter (scaling, an exact clip) needs decoded frames.
 `mux` probes, plans and runs FFmpeg as a subprocess with progress, cancellation and a timeout.
+The options' names, defaults, presets and formats are `domain.job_options`'; `mux_options`
+reads a job's options into `mux`'s arguments.
 """
 
 from __future__ import annotations
@@ -16,12 +18,25 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 import msgspec
 
 from spool.adapters import process_groups
 from spool.adapters.ffmpeg import ffmpeg_exe
+from spool.domain.job_options import (
+    AUDIO_FORMATS,
+    CRF_RANGE,
+    DEFAULT_AUDIO_CODECS,
+    DEFAULT_VIDEO_CODECS,
+    DEFAULTS,
+    QUALITY_PRESETS,
+    JobOptions,
+    is_audio_only,
+    output_ext,
+    output_format,
+)
+from spool.domain.timecode import parse_timecode
 
 # ---------------------------------------------------------------------------------------------
 # Public types
@@ -115,22 +130,6 @@ AUDIO_CODECS: dict[str, frozenset[str] | None] = {
     "ogg": frozenset({"vorbis", "opus", "flac"}),
     "opus": frozenset({"opus"}),
 }
-VIDEO_FORMATS = frozenset(VIDEO_CODECS)
-AUDIO_FORMATS = frozenset(AUDIO_CODECS) - VIDEO_FORMATS
-
-# What a container gets when its source codec cannot be copied and the user named none.
-_DEFAULT_VIDEO = {"mp4": "h264", "mov": "h264", "mkv": "h264", "webm": "vp9"}
-_DEFAULT_AUDIO = {
-    "mp4": "aac",
-    "mov": "aac",
-    "mkv": "aac",
-    "webm": "opus",
-    "m4a": "aac",
-    "mp3": "mp3",
-    # .ogg conventionally means Vorbis; whoever wants Opus asks for the opus format.
-    "ogg": "vorbis",
-    "opus": "opus",
-}
 
 # FFmpeg muxer names: set explicitly so the output's file name never decides the container.
 _MUXERS = {
@@ -150,9 +149,6 @@ _VIDEO_NAMES = {"h264": "h264", "h265": "hevc", "hevc": "hevc", "vp9": "vp9"}
 _AUDIO_NAMES = {"aac": "aac", "opus": "opus", "mp3": "mp3"}
 _VIDEO_ENCODERS = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9"}
 _AUDIO_ENCODERS = {"aac": "aac", "opus": "libopus", "mp3": "libmp3lame", "vorbis": "libvorbis"}
-
-QUALITY_PRESETS: dict[str, int] = {"highest": 18, "high": 20, "medium": 23, "low": 28, "lowest": 32}
-"""`quality_preset` -> CRF; a preset overrides `video_quality`."""
 
 _BITRATE = re.compile(r"^[1-9]\d{0,3}k$")
 _RESOLUTION = re.compile(r"^([1-9]\d{1,4})p?$")
@@ -251,13 +247,13 @@ def plan(
     *,
     input_paths: list[Path],
     format: str | None = None,
-    video_codec: str = "copy",
-    audio_codec: str = "copy",
-    audio_bitrate: str = "192k",
-    video_quality: int = 23,
-    quality_preset: str | None = None,
-    max_resolution: str = "best",
-    audio_only: bool = False,
+    video_codec: str = DEFAULTS.video_codec,
+    audio_codec: str = DEFAULTS.audio_codec,
+    audio_bitrate: str = DEFAULTS.audio_bitrate,
+    video_quality: int = DEFAULTS.video_quality,
+    quality_preset: str | None = DEFAULTS.quality_preset,
+    max_resolution: str = DEFAULTS.max_resolution,
+    audio_only: bool = DEFAULTS.audio_only,
     clip_start: float | None = None,
     clip_end: float | None = None,
 ) -> MuxPlan:
@@ -265,7 +261,7 @@ def plan(
     if len(inputs) != len(input_paths) or not inputs:
         raise ValueError("plan needs one ProbeInfo per input path, and at least one input")
 
-    fmt = (format or ("m4a" if audio_only else "mp4")).lower()
+    fmt = output_format(format, audio_only).lower()
     if fmt not in _MUXERS:
         raise MuxFailed(
             f"Unsupported format '{format}'; choose one of {', '.join(sorted(_MUXERS))}"
@@ -325,7 +321,7 @@ def plan(
         else:
             # Re-encoding only for a filter or a cut keeps the source codec where we can.
             keep = copyable and stream.codec in _VIDEO_ENCODERS
-            out_video = want_video or (stream.codec if keep else _DEFAULT_VIDEO[fmt])
+            out_video = want_video or (stream.codec if keep else DEFAULT_VIDEO_CODECS[fmt])
             if holds is not None and out_video not in holds:
                 raise MuxFailed(f"The {fmt} format cannot hold {video_codec} video")
             transcodes_video = True
@@ -344,7 +340,7 @@ def plan(
             out_audio = stream.codec
             args += ["-c:a", "copy"]
         else:
-            out_audio = want_audio or _DEFAULT_AUDIO[fmt]
+            out_audio = want_audio or DEFAULT_AUDIO_CODECS[fmt]
             if holds is not None and out_audio not in holds:
                 raise MuxFailed(f"The {fmt} format cannot hold {audio_codec} audio")
             transcodes_audio = True
@@ -379,8 +375,9 @@ def _crf(video_quality: int, quality_preset: str | None) -> int:
             names = ", ".join(QUALITY_PRESETS)
             raise MuxFailed(f"Unknown quality_preset '{quality_preset}'; choose one of {names}")
         return QUALITY_PRESETS[quality_preset]
-    if not 0 <= video_quality <= 51:
-        raise MuxFailed("video_quality must be a CRF between 0 and 51")
+    low, high = CRF_RANGE
+    if not low <= video_quality <= high:
+        raise MuxFailed(f"video_quality must be a CRF between {low} and {high}")
     return video_quality
 
 
@@ -458,18 +455,49 @@ def _ffmpeg_path(path: Path) -> str:
 # Run
 
 
+class MuxOptions(TypedDict):
+    """What `mux` takes from a job's options."""
+
+    format: str
+    video_codec: str
+    audio_codec: str
+    audio_bitrate: str
+    video_quality: int
+    quality_preset: str | None
+    max_resolution: str
+    audio_only: bool
+    clip_start: float | None
+    clip_end: float | None
+
+
+def mux_options(options: JobOptions) -> MuxOptions:
+    """A job's options as `mux`'s arguments (clip bounds in seconds)."""
+    return MuxOptions(
+        format=output_ext(options),
+        video_codec=options.video_codec,
+        audio_codec=options.audio_codec,
+        audio_bitrate=options.audio_bitrate,
+        video_quality=options.video_quality,
+        quality_preset=options.quality_preset,
+        max_resolution=options.max_resolution,
+        audio_only=is_audio_only(options),
+        clip_start=parse_timecode(options.clip_start) if options.clip_start else None,
+        clip_end=parse_timecode(options.clip_end) if options.clip_end else None,
+    )
+
+
 async def mux(
     input_paths: list[Path],
     output: Path,
     *,
     format: str | None = None,
-    video_codec: str = "copy",
-    audio_codec: str = "copy",
-    audio_bitrate: str = "192k",
-    video_quality: int = 23,
-    quality_preset: str | None = None,
-    max_resolution: str = "best",
-    audio_only: bool = False,
+    video_codec: str = DEFAULTS.video_codec,
+    audio_codec: str = DEFAULTS.audio_codec,
+    audio_bitrate: str = DEFAULTS.audio_bitrate,
+    video_quality: int = DEFAULTS.video_quality,
+    quality_preset: str | None = DEFAULTS.quality_preset,
+    max_resolution: str = DEFAULTS.max_resolution,
+    audio_only: bool = DEFAULTS.audio_only,
     clip_start: float | None = None,
     clip_end: float | None = None,
     on_progress: Callable[[float], None] | None = None,

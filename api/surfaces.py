@@ -43,7 +43,7 @@ from spool.api.swagger import swagger, swagger_assets
 from spool.api.tasks import TasksController
 from spool.api.tokens import issue_health_token
 from spool.api.usage import UsageController
-from spool.api.user import UserController
+from spool.api.user import UserController, storage_router
 from spool.api.viewers import VIEWER_ERRORS, list_cluster_viewers, report_viewer_events
 
 CLUSTER_PREFIX = "/api/v1"
@@ -97,6 +97,7 @@ JOB_API = Router(
         MetadataController,
         UsageController,
         UserController,
+        storage_router(),
         KeysController,
         AdminAccountsController,  # its `admin` dependency on top of the caller
     ],

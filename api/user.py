@@ -1,10 +1,11 @@
 """The caller's own settings: the webhook signing secret, and where their uploads go.
 
-Storage endpoints (`/user/s3`, `/user/bucket` (legacy alias of s3), `/user/gcs`, `/user/oss`,
-`/user/blob`): POST checks the credentials by writing and deleting a small probe object, then
-records a `StorageConfigured` event on the account stream with the credentials sealed under
-the account's destroyable data key; DELETE records `StorageRemoved`. Answers never carry a
-secret: they show the provider, bucket, region, endpoint, prefix and a masked key id.
+Storage endpoints (`/user/<provider>` for each provider of `domain.storage_providers`, and
+`/user/bucket`, the legacy name of s3; `storage_router`): POST checks the credentials by
+writing and deleting a small probe object, then records a `StorageConfigured` event on the
+account stream with the credentials sealed under the account's destroyable data key; DELETE
+records `StorageRemoved`. Answers never carry a secret: they show the provider, bucket,
+region, endpoint, prefix and a masked key id.
 """
 
 from __future__ import annotations
@@ -15,18 +16,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, Router, delete, get, post
+from litestar.handlers import HTTPRouteHandler
 
 # Importing the account storage (and through it domain.storage_config) registers the storage
 # events with the registry the event store decodes with.
 from spool.adapters import secret_box
-from spool.adapters.account_storage import (
-    GCS_ENDPOINT,
-    Credentials,
-    StorageSpec,
-    build_storage,
-    oss_endpoint,
-)
+from spool.adapters.account_storage import Credentials, StorageSpec, build_storage
 from spool.adapters.settings import Settings
 from spool.adapters.ssrf import UrlGuard
 from spool.adapters.storage import StorageError
@@ -36,8 +32,16 @@ from spool.api.requests import command_metadata
 from spool.api.services import Services
 from spool.api.targets import refuse_forbidden_target
 from spool.application.storage import configure_storage, remove_storage, storage_of
-from spool.domain import file_names, storage_config, webhook
-from spool.domain.storage_config import PROVIDER_NAMES, Provider, StorageConfigured
+from spool.domain import file_names, storage_config, storage_providers, webhook
+from spool.domain.storage_config import StorageConfigured
+from spool.domain.storage_providers import (
+    PROVIDER_NAMES,
+    PROVIDERS,
+    BlobBody,
+    Provider,
+    S3CompatibleBody,
+    StorageProvider,
+)
 
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
 _CONTAINER = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
@@ -55,67 +59,6 @@ class WebhookSecret(msgspec.Struct):
     timestamp_header: str
     algorithm: str
     signed_content: str
-
-
-class S3Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Any S3-compatible storage: AWS S3, Cloudflare R2, MinIO, Wasabi, Backblaze B2..."""
-
-    bucket: str
-    access_key: str
-    secret_key: str
-    endpoint: str | None = None
-    """e.g. `https://s3.us-east-1.amazonaws.com`, `https://<account>.r2.cloudflarestorage.com`;
-    omitted: AWS S3 itself."""
-    region: str | None = None
-    """e.g. `us-east-1`; `auto` for R2."""
-    folder_prefix: str | None = None
-    base_folder: str | None = None
-    path_style: bool = True
-    """Address buckets as `endpoint/bucket` (MinIO needs it) rather than `bucket.endpoint`."""
-
-
-class GcsBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Google Cloud Storage through its S3-interoperable XML API, with an HMAC key."""
-
-    bucket: str
-    access_key: str
-    """The HMAC key's access id (`GOOG1...`)."""
-    secret_key: str
-    """The HMAC key's secret."""
-    folder_prefix: str | None = None
-    base_folder: str | None = None
-    endpoint: str | None = None
-    """Defaults to `https://storage.googleapis.com`."""
-    region: str | None = None
-
-
-class OssBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Alibaba Cloud OSS through its S3-compatible API (virtual-hosted style)."""
-
-    bucket: str
-    access_key: str
-    secret_key: str
-    region: str | None = None
-    """e.g. `cn-hangzhou`; gives the endpoint `https://oss-cn-hangzhou.aliyuncs.com`."""
-    endpoint: str | None = None
-    folder_prefix: str | None = None
-    base_folder: str | None = None
-    path_style: bool = False
-    """OSS itself refuses path style; only for OSS-compatible servers that need it."""
-
-
-class BlobBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Azure Blob Storage: an account key or a SAS token (or a connection string)."""
-
-    container: str
-    account_name: str | None = None
-    account_key: str | None = None
-    sas_token: str | None = None
-    connection_string: str | None = None
-    endpoint: str | None = None
-    """The blob service URL; defaults to `https://<account_name>.blob.core.windows.net`."""
-    folder_prefix: str | None = None
-    base_folder: str | None = None
 
 
 class StorageAnswer(msgspec.Struct, kw_only=True):
@@ -266,25 +209,23 @@ def _blob_config(body: BlobBody) -> tuple[StorageSpec, Credentials, str]:
 
 
 def _s3_like_config(
-    provider: Provider, body: S3Body | GcsBody | OssBody
+    provider: StorageProvider, body: S3CompatibleBody
 ) -> tuple[StorageSpec, Credentials, str]:
-    """Spec, credentials and masked key id of the S3-compatible providers."""
+    """Spec, credentials and masked key id of an S3-compatible provider, by its declaration."""
     access_key = _secret(body.access_key, "access_key")
     secret_key = _secret(body.secret_key, "secret_key")
     region = _region(body.region)
-    endpoint = _endpoint(body.endpoint)
-    if isinstance(body, GcsBody):
-        endpoint, path_style = endpoint or GCS_ENDPOINT, True
-    elif isinstance(body, OssBody):
-        if endpoint is None:
-            if region is None:
-                raise _bad("region (e.g. cn-hangzhou) or endpoint is required")
-            endpoint = oss_endpoint(region)
-        path_style = body.path_style
-    else:
-        path_style = body.path_style
+    endpoint = _endpoint(body.endpoint) or provider.endpoint
+    if endpoint is None and provider.endpoint_for_region is not None:
+        if region is None:
+            raise _bad(f"region (e.g. {provider.region_example}) or endpoint is required")
+        endpoint = provider.endpoint_for_region(region)
+    path_style = provider.path_style
+    if path_style is None:
+        # A provider whose addressing is the user's choice has `path_style` in its body.
+        path_style = bool(getattr(body, "path_style", True))
     spec = StorageSpec(
-        provider=provider,
+        provider=provider.name,
         bucket=_bucket(body.bucket),
         region=region,
         endpoint=endpoint,
@@ -293,6 +234,17 @@ def _s3_like_config(
     )
     credentials = Credentials(access_key=access_key, secret_key=secret_key)
     return spec, credentials, storage_config.mask_key_id(access_key)
+
+
+def _config(
+    provider: StorageProvider, body: msgspec.Struct
+) -> tuple[StorageSpec, Credentials, str]:
+    """Spec, credentials and hint of a provider's body."""
+    if isinstance(body, BlobBody):
+        return _blob_config(body)
+    if not isinstance(body, S3CompatibleBody):
+        raise TypeError(f"{type(body).__name__} is not a storage body")
+    return _s3_like_config(provider, body)
 
 
 async def _check(
@@ -375,17 +327,16 @@ async def sealed_storage(
 def storage_spec(raw: dict[str, Any]) -> tuple[StorageSpec, Credentials, str]:
     """Spec, credentials and hint of a storage object `{"provider": ..., <its fields>}`."""
     fields = dict(raw)
-    provider = fields.pop("provider", "s3")
-    bodies: dict[str, Any] = {"s3": S3Body, "gcs": GcsBody, "oss": OssBody, "blob": BlobBody}
-    if provider not in bodies:
-        raise _bad("storage.provider must be s3, gcs, oss or blob")
+    name = fields.pop("provider", "s3")
+    provider = storage_providers.named(name)
+    if provider is None:
+        *others, last = PROVIDERS
+        raise _bad(f"storage.provider must be {', '.join(others)} or {last}")
     try:
-        body = msgspec.convert(fields, bodies[provider], strict=True)
+        body = msgspec.convert(fields, provider.body, strict=True)
     except msgspec.ValidationError as exc:
         raise _bad(f"storage: {exc}") from None
-    if isinstance(body, BlobBody):
-        return _blob_config(body)
-    return _s3_like_config(provider, body)
+    return _config(provider, body)
 
 
 async def _configure(
@@ -436,92 +387,52 @@ class UserController(Controller):
             return _answer(None, "No storage of your own: uploads go to the default storage")
         return _answer(state.current, f"{PROVIDER_NAMES[state.current.provider]} storage")
 
-    @post("/s3", status_code=201)
-    async def configure_s3(
-        self,
-        request: Request[Any, Any, Any],
-        services: Services,
-        data: S3Body,
-        principal: Principal,
-    ) -> StorageAnswer:
-        """Configure S3-compatible storage (AWS S3, R2, MinIO, Wasabi...); checked first."""
-        return await _configure(request, services, principal, *_s3_like_config("s3", data))
 
-    @delete("/s3", status_code=200)
-    async def remove_s3(
-        self, request: Request[Any, Any, Any], services: Services, principal: Principal
-    ) -> StorageAnswer:
-        """Remove the S3 storage configuration: uploads go to the default storage again."""
-        return await _remove(request, services, principal, "s3")
+_LEGACY_NAMES: dict[str, Provider] = {"bucket": "s3"}
+"""Route names kept for old clients: `/user/bucket` is `/user/s3`."""
 
-    @post("/bucket", status_code=201)
-    async def configure_bucket(
-        self,
-        request: Request[Any, Any, Any],
-        services: Services,
-        data: S3Body,
-        principal: Principal,
-    ) -> StorageAnswer:
-        """Configure S3 storage (legacy; the same as POST /user/s3)."""
-        return await _configure(request, services, principal, *_s3_like_config("s3", data))
 
-    @delete("/bucket", status_code=200)
-    async def remove_bucket(
-        self, request: Request[Any, Any, Any], services: Services, principal: Principal
-    ) -> StorageAnswer:
-        """Remove S3 storage (legacy; the same as DELETE /user/s3)."""
-        return await _remove(request, services, principal, "s3")
+def _storage_routes(route: str, provider: StorageProvider) -> list[HTTPRouteHandler]:
+    """`POST /user/<route>` (configure, checked first) and `DELETE /user/<route>` (remove)."""
+    legacy = "" if route == provider.name else f" (legacy; the same as /user/{provider.name})"
 
-    @post("/gcs", status_code=201)
-    async def configure_gcs(
-        self,
-        request: Request[Any, Any, Any],
-        services: Services,
-        data: GcsBody,
-        principal: Principal,
+    async def configure(
+        request: Request[Any, Any, Any], services: Services, data: Any, principal: Principal
     ) -> StorageAnswer:
-        """Configure Google Cloud Storage (XML API, HMAC key); checked first."""
-        return await _configure(request, services, principal, *_s3_like_config("gcs", data))
+        return await _configure(request, services, principal, *_config(provider, data))
 
-    @delete("/gcs", status_code=200)
-    async def remove_gcs(
-        self, request: Request[Any, Any, Any], services: Services, principal: Principal
+    async def remove(
+        request: Request[Any, Any, Any], services: Services, principal: Principal
     ) -> StorageAnswer:
-        """Remove the Google Cloud Storage configuration."""
-        return await _remove(request, services, principal, "gcs")
+        return await _remove(request, services, principal, provider.name)
 
-    @post("/oss", status_code=201)
-    async def configure_oss(
-        self,
-        request: Request[Any, Any, Any],
-        services: Services,
-        data: OssBody,
-        principal: Principal,
-    ) -> StorageAnswer:
-        """Configure Alibaba Cloud OSS (virtual-hosted style); checked first."""
-        return await _configure(request, services, principal, *_s3_like_config("oss", data))
+    # The body type is the provider's: it is what the route decodes and what OpenAPI shows.
+    configure.__annotations__ = {**configure.__annotations__, "data": provider.body}
+    configure.__name__ = configure.__qualname__ = f"configure_{route}"
+    configure.__doc__ = f"Configure {provider.about}{legacy}; checked first."
+    remove.__name__ = remove.__qualname__ = f"remove_{route}"
+    remove.__doc__ = (
+        f"Remove the {provider.label} storage configuration{legacy}: uploads go to the default "
+        "storage again."
+    )
+    return [
+        post(f"/{route}", status_code=201)(configure),
+        delete(f"/{route}", status_code=200)(remove),
+    ]
 
-    @delete("/oss", status_code=200)
-    async def remove_oss(
-        self, request: Request[Any, Any, Any], services: Services, principal: Principal
-    ) -> StorageAnswer:
-        """Remove the Alibaba OSS configuration."""
-        return await _remove(request, services, principal, "oss")
 
-    @post("/blob", status_code=201)
-    async def configure_blob(
-        self,
-        request: Request[Any, Any, Any],
-        services: Services,
-        data: BlobBody,
-        principal: Principal,
-    ) -> StorageAnswer:
-        """Configure Azure Blob Storage (account key, SAS token or connection string)."""
-        return await _configure(request, services, principal, *_blob_config(data))
+def storage_router() -> Router:
+    """Every provider's configure and remove routes, made from `domain.storage_providers`.
 
-    @delete("/blob", status_code=200)
-    async def remove_blob(
-        self, request: Request[Any, Any, Any], services: Services, principal: Principal
-    ) -> StorageAnswer:
-        """Remove the Azure Blob Storage configuration."""
-        return await _remove(request, services, principal, "blob")
+    Registered in the job API's Router (api/surfaces.py), which gives them the caller and the
+    error shape.
+    """
+    return Router(
+        path="/user",
+        route_handlers=[
+            handler
+            for route, name in [*((p, p) for p in PROVIDERS), *_LEGACY_NAMES.items()]
+            for handler in _storage_routes(route, PROVIDERS[name])
+        ],
+        tags=["user"],
+    )

@@ -17,6 +17,8 @@ import msgspec
 from spool.domain.aggregate import Aggregate
 from spool.domain.errors import InvalidTransition
 from spool.domain.events import Event, event, registry
+from spool.domain.job_options import JobOptions as JobOptions
+from spool.domain.job_options import output_ext as output_ext
 from spool.domain.storage_config import StorageConfigured
 
 JobStatus = Literal["Pending", "Processing", "Completed", "Failed", "Cancelled"]
@@ -27,31 +29,6 @@ ErrorType = Literal["error", "warning"]
 TERMINAL: frozenset[str] = frozenset({"Completed", "Failed", "Cancelled"})
 STEP_OF: dict[Stage, JobStep] = {"download": "Downloading", "mux": "Muxing", "upload": "Uploading"}
 NEXT_STAGE: dict[Stage, Stage | None] = {"download": "mux", "mux": "upload", "upload": None}
-
-
-class JobOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """What the user asked for beyond the URL; the names are the job API's."""
-
-    format: str | None = None
-    video_codec: str = "copy"
-    audio_codec: str = "copy"
-    audio_bitrate: str = "192k"
-    video_quality: int = 23
-    quality_preset: str | None = None
-    max_resolution: str = "best"
-    audio_only: bool = False
-    download_subtitles: bool = False
-    download_thumbnail: bool = False
-    clip_start: str | None = None
-    clip_end: str | None = None
-    filename: str | None = None
-    folder: str | None = None
-    webhook_url: str | None = None
-    enable_progress_webhook: bool = False
-    live_recording: bool = False
-    live_from_start: bool = False
-    max_duration: int | None = None
-    wait_for_video: bool = False
 
 
 class MediaFile(msgspec.Struct, frozen=True, kw_only=True):
@@ -361,16 +338,6 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     def queued_at(self) -> datetime:
         """When the current run was asked for: the job's creation, or its latest retry."""
         return self.retried_at or self.created_at
-
-
-AUDIO_FORMATS: frozenset[str] = frozenset({"m4a", "mp3", "ogg", "opus"})
-
-
-def output_ext(options: JobOptions) -> str:
-    """The container the user gets: the asked `format`, else m4a for audio, mp4 for video."""
-    if options.format:
-        return options.format
-    return "m4a" if options.audio_only else "mp4"
 
 
 API_CODEC_WORDS: dict[str, str] = {"hevc": "h265"}

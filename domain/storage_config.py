@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Literal
 
 import msgspec
 
@@ -22,17 +21,8 @@ from spool.domain.account import stream_id
 from spool.domain.aggregate import Aggregate, Step
 from spool.domain.errors import DomainError
 from spool.domain.events import Event, event
-
-Provider = Literal["s3", "gcs", "oss", "blob"]
-PROVIDERS: tuple[Provider, ...] = ("s3", "gcs", "oss", "blob")
-
-PROVIDER_NAMES: dict[str, str] = {
-    "s3": "S3",
-    "gcs": "Google Cloud Storage",
-    "oss": "Alibaba OSS",
-    "blob": "Azure Blob",
-}
-"""How each provider is named in messages to users."""
+from spool.domain.storage_providers import PROVIDER_NAMES as PROVIDER_NAMES
+from spool.domain.storage_providers import Provider as Provider
 
 
 class Sealed(msgspec.Struct, frozen=True, kw_only=True):

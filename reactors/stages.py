@@ -31,7 +31,6 @@ from spool.adapters.storage import (
 )
 from spool.adapters.viewer_sessions import ViewerRecorder, ViewerSession
 from spool.domain import file_names, job, viewer
-from spool.domain.timecode import parse_timecode
 
 ProgressSink = Callable[[job.Progress], None]
 T = TypeVar("T")
@@ -160,10 +159,7 @@ async def download(
                 state.url,
                 workdir,
                 guard=guard,
-                audio_only=o.audio_only or o.format in job.AUDIO_FORMATS,
-                max_resolution=o.max_resolution,
-                download_subtitles=o.download_subtitles,
-                download_thumbnail=o.download_thumbnail,
+                **downloader.download_options(o),
                 on_progress=on_progress,
                 cancel=stop,
                 max_seconds=max_media_seconds,
@@ -346,16 +342,7 @@ async def mux(
         result = await muxer.mux(
             media,
             output,
-            format=job.output_ext(o),
-            video_codec=o.video_codec,
-            audio_codec=o.audio_codec,
-            audio_bitrate=o.audio_bitrate,
-            video_quality=o.video_quality,
-            quality_preset=o.quality_preset,
-            max_resolution=o.max_resolution,
-            audio_only=o.audio_only or job.output_ext(o) in job.AUDIO_FORMATS,
-            clip_start=parse_timecode(o.clip_start) if o.clip_start else None,
-            clip_end=parse_timecode(o.clip_end) if o.clip_end else None,
+            **muxer.mux_options(o),
             on_progress=on_progress,
             cancel=cancel,
         )

@@ -16,8 +16,6 @@ from hypothesis import strategies as st
 
 from spool.api.errors import JobApiError
 from spool.api.job_requests import (
-    AUDIO_CODECS_BY_FORMAT,
-    VIDEO_CODECS_BY_FORMAT,
     CreateJobBody,
     ValidJob,
     decode_create_job_body,
@@ -26,6 +24,7 @@ from spool.api.job_requests import (
     validate_folder,
 )
 from spool.domain.job import JobOptions
+from spool.domain.job_options import AUDIO_CODECS_BY_FORMAT, VIDEO_CODECS_BY_FORMAT
 from spool.domain.timecode import MAX_SECONDS, format_seconds, normalize_timecode, parse_timecode
 
 URL = "https://media.test/clip.mp4"
