@@ -1,8 +1,9 @@
 """The one loop of every periodic pass: run, survive a failure, wait for the next turn or a stop.
 
-The reconciler, the scheduler's planner, viewer timeouts, a node's heartbeat and the health
-websocket's sysinfo stream each run a pass every so often until told to stop, and each must
-outlive a database or Redis hiccup: that loop is written here once.
+The reconciler, the scheduler's planner, viewer timeouts and a node's heartbeat each run a pass
+every so often until told to stop, and each must outlive a database or Redis hiccup: that loop
+is written here once. (The health websocket's sysinfo stream is not one of them: it must end
+with its client, not outlive a failure.)
 """
 
 from __future__ import annotations

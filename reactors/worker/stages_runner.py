@@ -31,6 +31,9 @@ from spool.reactors.worker.outage import through_outage
 from spool.reactors.worker.state import NodeState
 from spool.reactors.worker.unit import RunningUnit
 
+RECORD_TRIES = 1_000
+"""How many clashes in a row `_record` re-decides before giving up (each one a fresh read)."""
+
 log = logging.getLogger("spool.node")
 
 UNKNOWN_JOB_DEFER = 5.0
@@ -158,7 +161,9 @@ class StageRunner(NodeState):
             # or error text become data the log takes (domain/source_data.py).
             return [made_safe(e) for e in decide(state)] if current else []
 
-        repository = replace(jobs(self.store), patience=through_outage)
+        # The work is done and on disk: a result lost to busy writers (progress, webhooks) would
+        # cost a whole stage again, so clashes are re-decided for as long as they come.
+        repository = replace(jobs(self.store), patience=through_outage, tries=RECORD_TRIES)
         state, appended = await repository.execute(
             unit.job_id, decide_if_current, unit.meta, known=known
         )
