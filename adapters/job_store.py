@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import asyncpg
 import msgspec
 
 from spool.adapters.event_store import EVENT_COLUMNS, EventStore
 from spool.adapters.history import AsOf
-from spool.adapters.repository import ChangingTooFast, Executor, Loaded, Repository
+from spool.adapters.repository import Executor, Loaded, Repository
 from spool.domain import job
-from spool.domain.events import Event, Metadata
 
 _decode_state = msgspec.json.Decoder(job.JobState).decode
 
@@ -64,23 +60,3 @@ async def load_job(store: EventStore, job_id: str) -> job.JobState | None:
 async def load_job_as_of(store: EventStore, job_id: str, as_of: AsOf) -> job.JobState | None:
     """The job as it stood at `as_of`, folded from its first event; None if it did not exist."""
     return await jobs(store).load(job_id, as_of)
-
-
-JobChangingTooFast = ChangingTooFast
-"""Ten decisions in a row lost the race to other writers of the stream."""
-
-
-async def decide_and_append(
-    store: EventStore,
-    job_id: str,
-    decide: Callable[[job.JobState], list[Event]],
-    meta: Metadata,
-    *,
-    conn: asyncpg.Connection | None = None,
-) -> job.JobState | None:
-    """Run `decide` on the job through its repository; the new state (None: no such job).
-
-    InvalidTransition from `decide` propagates: the command does not apply. With `conn` (in a
-    transaction), the append is made in it under a savepoint.
-    """
-    return (await jobs(store).execute(job_id, decide, meta, conn=conn)).state

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from spool.adapters.event_store import EventStore
 from spool.adapters.history import AsOf
-from spool.adapters.repository import ChangingTooFast, Repository
+from spool.adapters.repository import Repository
 from spool.domain import task
-from spool.domain.events import Event, Metadata
 
 
 def tasks(store: EventStore) -> Repository[task.TaskState]:
@@ -25,20 +22,3 @@ async def load_task(store: EventStore, task_id: str) -> task.TaskState | None:
 async def load_task_as_of(store: EventStore, task_id: str, as_of: AsOf) -> task.TaskState | None:
     """The task as it stood at `as_of`; None if it did not exist yet."""
     return await tasks(store).load(task_id, as_of)
-
-
-TaskChangingTooFast = ChangingTooFast
-"""Ten decisions in a row lost the race to other writers of the stream."""
-
-
-async def decide_and_append(
-    store: EventStore,
-    task_id: str,
-    decide: Callable[[task.TaskState], list[Event]],
-    meta: Metadata,
-) -> task.TaskState | None:
-    """Run `decide` on the task through its repository; the new state (None: no such task).
-
-    InvalidTransition from `decide` propagates: the command does not apply.
-    """
-    return (await tasks(store).execute(task_id, decide, meta)).state

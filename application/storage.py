@@ -10,9 +10,8 @@ from spool.adapters.event_store import EventStore
 from spool.adapters.repository import ChangingTooFast
 from spool.adapters.storage_config_store import storages
 from spool.domain import storage_config
-from spool.domain.account import stream_id
 from spool.domain.errors import Conflict, NotFound
-from spool.domain.events import Event, Metadata, NewEvent
+from spool.domain.events import Event, Metadata
 from spool.domain.storage_config import Provider, StorageConfigured, StorageState
 
 
@@ -25,11 +24,12 @@ async def configure_storage(
     store: EventStore, configured: StorageConfigured, meta: Metadata
 ) -> StorageConfigured:
     """Make `configured` its account's storage, in place of any other."""
-    state = await storage_of(store, configured.account_id)
-    events = storage_config.configure(state, configured)
-    # Configuring always succeeds and replaces what was there, so no expected version: the
-    # store queues this append behind any other writer of the account stream.
-    await store.append(stream_id(configured.account_id), [NewEvent(e, meta) for e in events], None)
+    try:
+        await storages(store).execute(
+            configured.account_id, lambda state: storage_config.configure(state, configured), meta
+        )
+    except ChangingTooFast:
+        raise Conflict("The account is changing too fast; try again") from None
     return configured
 
 

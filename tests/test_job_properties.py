@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spool.adapters.event_store import EventStore
-from spool.adapters.job_store import decide_and_append, load_job
+from spool.adapters.job_store import jobs, load_job
 from spool.adapters.read_models.jobs import JobsProjection
 from spool.domain import job
 from spool.domain.errors import InvalidTransition
@@ -318,7 +318,7 @@ async def _run_live(
     """Run one command the way the API or a node does: read, decide, append, retry on a clash."""
     meta = Metadata(actor="property-test")
     if isinstance(cmd, Cancel | Retry | Release | DeleteFile):
-        await decide_and_append(store, job_id, lambda s: decide_command(s, cmd), meta)
+        await jobs(store).execute(job_id, lambda s: decide_command(s, cmd), meta)
         return
     seen = await load_job(store, job_id)
     assert seen is not None
@@ -333,7 +333,7 @@ async def _run_live(
         events = decide_delivery(seen, "progress", unit, d)
         await store.append(job.stream_id(job_id), [NewEvent(e, meta) for e in events], None)
         return
-    await decide_and_append(store, job_id, lambda s: decide_delivery(s, d.kind, unit, d), meta)
+    await jobs(store).execute(job_id, lambda s: decide_delivery(s, d.kind, unit, d), meta)
 
 
 async def _apply_in_chunks(

@@ -458,8 +458,8 @@ async def test_every_read_of_a_task_agrees_with_the_fold_of_its_stream(
         await api.store.append(task.stream_id(task_id), [NewEvent(e, meta) for e in submitted], 0)
         for command in commands_of_task:
             with contextlib.suppress(InvalidTransition):
-                await task_store.decide_and_append(
-                    api.store, task_id, lambda s, c=command: _decide_task(s, c), meta
+                await task_store.tasks(api.store).execute(
+                    task_id, lambda s, c=command: _decide_task(s, c), meta
                 )
     await api.runner.settle()
 
