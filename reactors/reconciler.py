@@ -12,20 +12,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from datetime import timedelta
 
 from arq.connections import ArqRedis
 
 from spool.adapters.event_store import EventStore
-from spool.adapters.job_store import load_job
+from spool.adapters.job_store import jobs, load_job
 from spool.adapters.periodic import run_periodically
 from spool.adapters.queue import Dispatch, dispatch, unit_status
 from spool.adapters.read_models import jobs as job_rows
 from spool.adapters.read_models import nodes as node_rows
+from spool.adapters.repository import ChangingTooFast, Loaded
 from spool.adapters.settings import Settings
 from spool.domain import job, node
-from spool.domain.errors import ConcurrencyError, InvalidTransition
-from spool.domain.events import NewEvent
+from spool.domain.errors import InvalidTransition
+from spool.domain.events import Event
 from spool.reactors.causes import following
 
 log = logging.getLogger("spool.reconciler")
@@ -155,24 +157,26 @@ class Reconciler:
             "worker lost": f"The worker running {state.stage} stopped answering",
             "ended without result": f"The {state.stage} stage ended without a result",
         }
-        try:
-            events = job.fail_stage(
-                state,
-                state.stage,
-                state.run,
-                state.attempt,
-                node_id=state.node_id,
+
+        def fail(current: job.JobState) -> list[Event]:
+            return job.fail_stage(
+                current,
+                current.stage,
+                current.run,
+                current.attempt,
+                node_id=current.node_id,
                 reason=reasons[verdict],
                 retryable=True,
                 max_attempts=self.settings.stage_attempts,
                 backoff=0.0,
                 restart_from_download=verdict == "node lost",
             )
-            await self.store.append(
-                job.stream_id(state.job_id),
-                [NewEvent(e, meta) for e in events],
-                state.version,
-            )
-        except (ConcurrencyError, InvalidTransition):
+
+        # Decided on the state the verdict was reached on, once: a clash means the job moved on
+        # by itself, and the verdict no longer holds.
+        repair = replace(jobs(self.store), tries=1)
+        try:
+            await repair.execute(state.job_id, fail, meta, known=Loaded(state, state.version))
+        except (ChangingTooFast, InvalidTransition):
             return None  # the job moved on by itself
         return f"failed {unit} ({verdict}) so that it is retried"
