@@ -19,7 +19,6 @@ from typing import NamedTuple
 import asyncpg
 
 from spool.adapters.event_store import NOTIFY_CHANNEL, Batch, Checkpoint, EventStore
-from spool.adapters.periodic import first_of
 
 log = logging.getLogger("spool.subscription")
 
@@ -94,6 +93,11 @@ class LogSubscription:
         """
         pool = self.store.pool
         listener: asyncpg.Connection | None = None
+        # One task for the follower's life turns a stop into a wake-up, so that each wait below
+        # awaits one event under a timeout and starts no task: a follower keeps the same tasks
+        # however often it wakes (a websocket feed's process counts its tasks).
+        stopped = asyncio.ensure_future(stop.wait())
+        stopped.add_done_callback(lambda _: self._wake.set())
         try:
             while not stop.is_set():
                 try:
@@ -115,10 +119,11 @@ class LogSubscription:
                     if listener is not None:
                         await _release(pool, listener, self._notify)
                         listener = None
-                await first_of(self._wake, stop, seconds=self.poll_interval)
+                await _within(self.poll_interval, self._wake)
                 if self._wake.is_set() and not stop.is_set() and self.coalesce > 0:
-                    await first_of(stop, seconds=self.coalesce)
+                    await _within(self.coalesce, stop)
         finally:
+            stopped.cancel()
             if listener is not None:
                 await _release(pool, listener, self._notify)
 
@@ -165,3 +170,10 @@ async def _release(
         await listener.remove_listener(NOTIFY_CHANNEL, callback)
     with contextlib.suppress(Exception):
         await pool.release(listener)
+
+
+async def _within(seconds: float, event: asyncio.Event) -> None:
+    """Wait until `event` is set or `seconds` pass, starting no task."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
