@@ -73,6 +73,11 @@ def unreachable(exc: BaseException) -> bool:
             "accepting connections" in str(seen)
         ):
             return True  # 55000 at connect: `ALTER DATABASE ... ALLOW_CONNECTIONS false`
+        if isinstance(seen, asyncpg.InternalClientError) and "another operation" in str(seen):
+            # A connection that broke mid-query in an outage and was taken again: the call
+            # failed before anything was sent ("cannot switch to state N; another operation
+            # is in progress"), so it can be tried again like any other unreachable call.
+            return True
         seen = seen.__cause__ or seen.__context__
     return False
 

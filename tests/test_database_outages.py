@@ -111,6 +111,14 @@ async def test_too_many_connections_and_a_read_only_standby_are_outages(
     assert read_only.value.sqlstate == "25006"
     assert unreachable(read_only.value)
 
+    # A connection broken mid-query by the outage and taken again fails before sending
+    # anything: tried again once the server answers, as a worker's result must be.
+    broken = asyncpg.InternalClientError(
+        "cannot switch to state 11; another operation (2) is in progress"
+    )
+    assert unreachable(broken)
+    assert not unreachable(asyncpg.InternalClientError("unexpected message from the server"))
+
     # A request's own fault is still not an outage.
     with pytest.raises(asyncpg.PostgresError) as bad:
         await server.execute("SELECT 1/0")
