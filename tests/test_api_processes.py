@@ -20,7 +20,7 @@ from spool.adapters.event_store import EventStore
 from spool.adapters.queue import DOWNLOAD_QUEUE, connect
 from spool.api.health import PROCESS_HEADER
 from tests.cluster_api_helpers import append_node, node_started
-from tests.fixtures.processes import SpoolProcesses
+from tests.fixtures.processes import MODULE_LIVED, SpoolProcesses
 
 
 class Api:
@@ -46,6 +46,7 @@ async def api(
             "SPOOL_DATABASE_URL": database_url,
             "SPOOL_REDIS_URL": redis_url,
             "SPOOL_DATA_DIR": str(root / "data"),
+            MODULE_LIVED: "1",
         },
     )
     try:

@@ -145,8 +145,8 @@ def _cluster(tmp_path: Path, database_url: str, redis_url: str) -> SpoolProcesse
     )
 
 
-def _start_up(procs: SpoolProcesses, port: int, *, new_session: bool = False) -> str:
-    proc = procs.start("up", "up", "--port", str(port), new_session=new_session)
+def _start_up(procs: SpoolProcesses, port: int) -> str:
+    proc = procs.start("up", "up", "--port", str(port))
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/health", 60, proc)
     return base
@@ -269,7 +269,7 @@ def test_ctrl_c_at_a_terminal_during_a_mux_kills_ffmpeg_and_records_the_interrup
     procs = _cluster(tmp_path, fresh_database_url, redis_url)
     with procs.kept_logs(), contextlib.ExitStack() as cleanup:
         cleanup.callback(media.stop)
-        base = _start_up(procs, free_port(), new_session=True)
+        base = _start_up(procs, free_port())
         created = httpx.post(
             f"{base}/jobs",
             json={"url": media.url("long.mp4"), "video_codec": "h265"},
