@@ -21,9 +21,10 @@ from typing import NamedTuple, TypeVar
 import asyncpg
 
 from spool.adapters.event_store import EVENT_COLUMNS, EventStore, StreamAppend
+from spool.adapters.repository import Repository, record_many
 from spool.domain import account, account_policy, job
 from spool.domain.aggregate import steps
-from spool.domain.events import Event, Metadata, NewEvent
+from spool.domain.events import Event, Metadata
 
 # Only the policy's own events: the account stream also holds its keys' events, which may be
 # many, and every job request reads this.
@@ -47,10 +48,16 @@ async def load_policy(store: EventStore, account_id: str) -> account_policy.Acco
     return policy or account_policy.AccountPolicy(account_id=account_id)
 
 
+def policies(store: EventStore) -> Repository[account_policy.AccountPolicy]:
+    """The account policies' repository (on the account streams, which keys share)."""
+    return Repository(store, account_policy.AGGREGATE)
+
+
 async def record(store: EventStore, account_id: str, events: list[Event], meta: Metadata) -> None:
-    """Append policy events at the end of the account stream (other writers share it)."""
+    """Record policy events where the account stream ends (keys share the stream): a grant or
+    quotas replace whatever stood before, and a revocation ends any grant."""
     if events:
-        await store.append(account.stream_id(account_id), [NewEvent(e, meta) for e in events], None)
+        await policies(store).record(account_id, events, meta)
 
 
 class AccountRow(NamedTuple):
@@ -223,14 +230,14 @@ async def append_admitted(
     policy = await load_policy(store, account_id)
     asked = _new_jobs(appends)
     if policy is None or asked == 0 or _unlimited(policy.quotas):
-        await store.append_many(appends)
+        await record_many(store, appends)
         return
     async with _in_turn(store, account_id), store.pool.acquire() as conn, conn.transaction():
         # Held to the commit: a second request of this account waits here, then counts ours.
         await conn.execute(_LOCK, account_id)
         at = now or datetime.now(UTC)
         judge(policy.quotas, await job_use(conn, account_id, at), asked, at)
-        await store.append_many(appends, conn=conn)
+        await record_many(store, appends, conn=conn)
 
 
 async def change_admitted(

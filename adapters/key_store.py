@@ -17,7 +17,7 @@ import msgspec
 from spool.adapters.event_store import Checkpoint, EventStore
 from spool.adapters.repository import Repository
 from spool.domain import account
-from spool.domain.events import Event, Metadata, NewEvent
+from spool.domain.events import Event, Metadata
 
 
 def mint() -> str:
@@ -73,7 +73,6 @@ async def issue(
     """
     key = key or mint()
     key_id = new_key_id()
-    fresh = account_id is None
     owner = account_id or uuid.uuid4().hex
     events = account.issue_key(
         key=key,
@@ -85,10 +84,10 @@ async def issue(
         now=now or datetime.now(UTC),
     )
     meta = meta or Metadata(actor=actor)
-    result = await store.append(
-        account.stream_id(owner), [NewEvent(e, meta) for e in events], 0 if fresh else None
-    )
-    return IssuedKey(key, owner, result.checkpoint, key_id)
+    # On the account as read: a new one (no event yet) is created at version 0.
+    _, appended = await accounts(store).execute(owner, lambda _keys: events, meta)
+    assert appended is not None  # issuing always decides its events, or raises
+    return IssuedKey(key, owner, appended.checkpoint, key_id)
 
 
 def accounts(store: EventStore) -> Repository[account.Keys]:
@@ -230,7 +229,6 @@ async def ensure_first_key(store: EventStore) -> IssuedKey | None:
             key=key, key_id=key_id, account_id=owner, name=FIRST_KEY_NAME, scope="admin"
         )
         meta = Metadata(actor="startup")
-        result = await store.append(
-            account.stream_id(owner), [NewEvent(e, meta) for e in events], 0, conn=conn
-        )
-    return IssuedKey(key, owner, result.checkpoint, key_id)
+        _, appended = await accounts(store).execute(owner, lambda _keys: events, meta, conn=conn)
+    assert appended is not None  # issuing always decides its events, or raises
+    return IssuedKey(key, owner, appended.checkpoint, key_id)

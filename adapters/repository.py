@@ -1,7 +1,11 @@
-"""One repository for every aggregate: load a stream's state, and decide on it with a retry.
+"""One repository for every aggregate: load a stream's state, decide on it with a retry, or
+record facts that need no decision.
 
-The unit-of-work rule of docs/architecture.md in one place: load the state, decide, append at
-the version read; when another writer got there first, re-read and decide again.
+The unit-of-work rule of docs/architecture.md in one place: a command loads the state, decides,
+and appends at the version read; when another writer got there first, it re-reads and decides
+again (`execute`, `execute_many`). A fact (a heartbeat, a node's description, a webhook's
+answer) is recorded where its stream ends, without a read (`record`, `record_many`). Nothing
+else in Spool appends (tests/test_appends.py holds every module to it).
 """
 
 from __future__ import annotations
@@ -149,6 +153,23 @@ class Repository(Generic[S]):
             return Executed(self.after(state, version, events, appended), appended)
         raise ChangingTooFast(stream_id)
 
+    async def record(
+        self,
+        aggregate_id: str,
+        events: Sequence[Event],
+        metadata: Metadata,
+        *,
+        conn: asyncpg.Connection | None = None,
+    ) -> AppendResult:
+        """Append facts where the aggregate's stream ends: no read, no decision, no clash.
+
+        For events that stand whatever the stream holds (a node's description, its removal, a
+        webhook's answer, an account's policy): other writers' events may land before or after
+        them. With `conn`, in the caller's transaction.
+        """
+        new = [NewEvent(e, metadata) for e in events]
+        return await self.store.append(self.stream_id(aggregate_id), new, None, conn=conn)
+
     async def _append(
         self,
         stream_id: str,
@@ -213,6 +234,12 @@ class UnitOfWork:
         self._read[repository.stream_id(aggregate_id)] = version
         return state if state is not None else repository.aggregate.initial
 
+    def know(self, repository: Repository[S], aggregate_id: str, loaded: Loaded[S]) -> S | None:
+        """Take a state the caller read (many at once, say) as this unit's read of the aggregate:
+        what is recorded for it is appended at `loaded.version`."""
+        self._read[repository.stream_id(aggregate_id)] = loaded.version
+        return loaded.state if loaded.state is not None else repository.aggregate.initial
+
     def record(self, repository: Repository[S], aggregate_id: str, events: list[Event]) -> None:
         """Append `events` to an aggregate this unit loaded, at the version it was read at."""
         stream_id = repository.stream_id(aggregate_id)
@@ -251,3 +278,25 @@ async def execute_many(
             continue
         return result
     raise ChangingTooFast("<several streams>")
+
+
+async def record_many(
+    store: EventStore,
+    appends: Sequence[StreamAppend],
+    *,
+    conn: asyncpg.Connection | None = None,
+    durable: bool = True,
+) -> list[AppendResult]:
+    """Append several streams' parts in one transaction, all or nothing; nothing if none.
+
+    A part without an expected version is a fact, appended where its stream ends. One with it is
+    written by the one writer that holds that stream's version without reading it (a viewer
+    session after what it wrote, a node's progress at the version it knows, a new stream at 0):
+    a stream that moved refuses the whole batch with ConcurrencyError, and the caller, which
+    knows what it holds, says what follows (no retry here: there is nothing to decide again).
+    `durable=False` for facts re-sent every second (`EventStore.append_many`); `conn` appends in
+    the caller's transaction.
+    """
+    if not appends:
+        return []
+    return await store.append_many(appends, conn=conn, durable=durable)

@@ -16,11 +16,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters.repository import record_many
 from spool.domain import viewer
 from spool.domain.errors import ConcurrencyError
-from spool.domain.events import Metadata, NewEvent
+from spool.domain.events import Event, Metadata, NewEvent
 
 log = logging.getLogger("spool.viewers")
 
@@ -59,18 +61,21 @@ def _no_facts(user_agent: str, remote_address: str) -> ClientFacts:
 class ViewerSession:
     """One live connection: count its bytes, change its state, close it."""
 
-    def __init__(self, viewer_id: str, bitrate: int) -> None:
-        self.viewer_id = viewer_id
+    def __init__(self, opened: viewer.ViewerState) -> None:
+        self.viewer_id = opened.viewer_id
+        self.opened = opened
+        """The viewer as its connect left it: what its state changes are decided on (this
+        session is its one writer, and queues nothing once closing)."""
         self.in_total = 0
         self.out_total = 0
-        self.bitrate = bitrate
-        self._bitrate_sent = bitrate
+        self.bitrate = opened.bitrate
+        self._bitrate_sent = opened.bitrate
         self._last_in = 0
         self._last_out = 0
         self._last_at = time.monotonic()
         self.written = 0
         """The stream's version as far as this process has written it."""
-        self.queued: list[viewer.ViewerEvent] = []
+        self.queued: list[Event] = []
         self.closing = False
         self.closed = False
 
@@ -88,9 +93,9 @@ class ViewerSession:
 
     def set_state(self, state: str) -> None:
         """Queue a state change (PLAYING, PAUSED, ...) for the next flush."""
-        viewer.check_state(state)
+        changed = viewer.change_state(self.opened, self.viewer_id, state)
         if not self.closing:
-            self.queued.append(viewer.ViewerStateChanged(viewer_id=self.viewer_id, state=state))
+            self.queued.extend(changed)
 
     def close(self) -> None:
         """Queue the goodbye with the final byte totals; closing twice does nothing."""
@@ -137,6 +142,7 @@ class ViewerRecorder:
         self.interval = interval
         """Seconds between two stats of a session."""
         self.describe = describe
+        self.meta = Metadata(actor=node_id, node_id=node_id)
         self.sessions: dict[str, ViewerSession] = {}
         self._lock = asyncio.Lock()
         self._loop: asyncio.Task[None] | None = None
@@ -190,14 +196,13 @@ class ViewerRecorder:
             bitrate=max(0, bitrate),
             node_id=self.node_id,
         )
-        viewer.check_connect(ev, None)
-        session = ViewerSession(viewer_id, ev.bitrate)
-        session.queued.append(ev)
+        connected = viewer.connect(None, ev)
+        opened = viewer.evolve(None, ev, datetime.now(UTC), 1)
+        assert opened is not None  # a ViewerConnected opens the viewer
+        session = ViewerSession(opened)
+        session.queued.extend(connected)
         self.sessions[viewer_id] = session
         return session
-
-    def _new(self, ev: viewer.ViewerEvent) -> NewEvent:
-        return NewEvent(ev, Metadata(actor=self.node_id, node_id=self.node_id))
 
     async def flush(self, *, stats: bool = True) -> None:
         """Write every queued event, with (`stats`) one ViewerStats per open session first."""
@@ -211,20 +216,24 @@ class ViewerRecorder:
             if not due:
                 return
             batch = [(s, list(s.queued)) for s in due]
+            # At the version each session wrote: it is its viewer's one writer, but for the
+            # timeout reactor, which ends a viewer that went silent.
             appends = [
                 StreamAppend(
-                    viewer.stream_id(s.viewer_id), [self._new(e) for e in events], s.written
+                    viewer.stream_id(s.viewer_id),
+                    [NewEvent(e, self.meta) for e in events],
+                    s.written,
                 )
                 for s, events in batch
             ]
             try:
-                await self.store.append_many(appends)
+                await record_many(self.store, appends)
             except ConcurrencyError:
                 # One of them was ended elsewhere (the timeout reactor while we stalled):
                 # append one by one and drop the ended ones.
                 for (s, events), a in zip(batch, appends, strict=True):
                     try:
-                        await self.store.append(a.stream_id, a.events, s.written)
+                        await record_many(self.store, [a])
                     except ConcurrencyError:
                         s.closing = s.closed = True
                         self.sessions.pop(s.viewer_id, None)
@@ -234,7 +243,7 @@ class ViewerRecorder:
             for s, events in batch:
                 self._written(s, events)
 
-    def _written(self, session: ViewerSession, events: list[viewer.ViewerEvent]) -> None:
+    def _written(self, session: ViewerSession, events: list[Event]) -> None:
         del session.queued[: len(events)]
         session.written += len(events)
         if session.closing and not session.queued:

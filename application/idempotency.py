@@ -13,6 +13,7 @@ import msgspec
 
 from spool.adapters.account_policy_store import append_admitted
 from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters.repository import record_many
 from spool.domain import idempotency
 from spool.domain.errors import ConcurrencyError, IdempotencyKeyReused
 from spool.domain.events import Metadata, NewEvent
@@ -90,6 +91,6 @@ async def _append(
     store: EventStore, appends: list[StreamAppend], quota_account: str | None
 ) -> None:
     if quota_account is None:
-        await store.append_many(appends)
+        await record_many(store, appends)
     else:
         await append_admitted(store, quota_account, appends)

@@ -8,12 +8,13 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters.event_store import EventStore
+from spool.adapters.repository import ChangingTooFast, Loaded, UnitOfWork, execute_many
 from spool.adapters.viewer_sessions import ViewerRecorder
-from spool.adapters.viewer_store import load_viewers
+from spool.adapters.viewer_store import load_viewers, viewers
 from spool.domain import viewer
-from spool.domain.errors import ConcurrencyError, Conflict, InvalidCommand, NotFound
-from spool.domain.events import Metadata, NewEvent
+from spool.domain.errors import Conflict, InvalidCommand, NotFound
+from spool.domain.events import Event, Metadata
 
 _REFUSED: dict[type[Exception], Callable[[str], Exception]] = {
     viewer.InvalidViewer: InvalidCommand,
@@ -74,15 +75,15 @@ class DisconnectItem(_Item, tag="disconnect", tag_field="type"):
 Item = ConnectItem | StatsItem | StateItem | DisconnectItem
 
 
-def _event(
+def _decide(
     item: Item,
     viewer_id: str,
     existing: viewer.ViewerState | None,
     recorder: ViewerRecorder,
     node_id: str,
     now: float,
-) -> viewer.ViewerEvent:
-    """The domain event an item asks for, checked against the viewer as it stands."""
+) -> list[Event]:
+    """The events an item asks for, decided on the viewer as it stands."""
     if isinstance(item, ConnectItem):
         facts = recorder.describe(item.user_agent, item.remote_address)
         explicit_country = bool(item.country_code or item.country_name)
@@ -104,38 +105,24 @@ def _event(
             bitrate=item.bitrate,
             node_id=item.node_id or node_id,
         )
-        viewer.check_connect(connected, existing)
-        return connected
-    current = viewer.check_open(viewer_id, existing)
+        return viewer.connect(existing, connected)
     if isinstance(item, StatsItem):
-        stats = viewer.ViewerStats(
-            viewer_id=viewer_id,
+        return viewer.report_stats(
+            existing,
+            viewer_id,
             in_bandwidth=item.in_bandwidth,
             out_bandwidth=item.out_bandwidth,
             in_total_bytes=item.in_total_bytes,
             out_total_bytes=item.out_total_bytes,
             bitrate=item.bitrate,
         )
-        viewer.check_stats(stats, current)
-        return stats
     if isinstance(item, StateItem):
-        viewer.check_state(item.state)
-        return viewer.ViewerStateChanged(viewer_id=viewer_id, state=item.state)
-    in_total = current.in_total_bytes if item.in_total_bytes is None else item.in_total_bytes
-    out_total = current.out_total_bytes if item.out_total_bytes is None else item.out_total_bytes
-    # The same rule as stats: totals never go down, nor below zero.
-    viewer.check_stats(
-        viewer.ViewerStats(
-            viewer_id=viewer_id,
-            in_bandwidth=0,
-            out_bandwidth=0,
-            in_total_bytes=in_total,
-            out_total_bytes=out_total,
-        ),
-        current,
-    )
-    return viewer.ViewerDisconnected(
-        viewer_id=viewer_id, reason="closed", in_total_bytes=in_total, out_total_bytes=out_total
+        return viewer.change_state(existing, viewer_id, item.state)
+    return viewer.disconnect(
+        existing,
+        viewer_id,
+        in_total_bytes=item.in_total_bytes,
+        out_total_bytes=item.out_total_bytes,
     )
 
 
@@ -160,28 +147,35 @@ async def report_viewer_events(
     made = {i for item, i in zip(items, ids, strict=True) if isinstance(item, ConnectItem)} - {
         item.id for item in items if item.id
     }
-    # A fresh id has nothing to read, nor has one too long to be an id (check_connect says so).
-    states: dict[str, viewer.ViewerState | None] = dict.fromkeys(ids)
-    states.update(await load_viewers(store, [v for v in states if v not in made and len(v) <= 64]))
-    versions = {v: s.version if s else 0 for v, s in states.items()}
+    repository = viewers(store)
 
-    now = clock()
-    new: dict[str, list[NewEvent]] = {}
-    for index, (item, viewer_id) in enumerate(zip(items, ids, strict=True)):
-        try:
-            ev = _event(item, viewer_id, states[viewer_id], recorder, reporter, now)
-        except tuple(_REFUSED) as exc:
-            raise _REFUSED[type(exc)](f"events[{index}]: {exc}") from None
-        before = states[viewer_id]
-        at, version = datetime.fromtimestamp(now, UTC), (before.version if before else 0) + 1
-        states[viewer_id] = viewer.evolve(before, ev, at, version)
-        new.setdefault(viewer_id, []).append(NewEvent(ev, meta))
-    try:
-        await store.append_many(
-            [StreamAppend(viewer.stream_id(v), evs, versions[v]) for v, evs in new.items()]
+    async def report(unit: UnitOfWork) -> list[str]:
+        # Read together (one query for the rows): a fresh id has nothing to read, nor has one
+        # too long to be an id (viewer.connect says so).
+        states: dict[str, viewer.ViewerState | None] = dict.fromkeys(ids)
+        states.update(
+            await load_viewers(store, [v for v in states if v not in made and len(v) <= 64])
         )
-    except ConcurrencyError:
+        for viewer_id, state in states.items():
+            unit.know(repository, viewer_id, Loaded(state, state.version if state else 0))
+        now = clock()
+        at = datetime.fromtimestamp(now, UTC)
+        for index, (item, viewer_id) in enumerate(zip(items, ids, strict=True)):
+            try:
+                events = _decide(item, viewer_id, states[viewer_id], recorder, reporter, now)
+            except tuple(_REFUSED) as exc:
+                raise _REFUSED[type(exc)](f"events[{index}]: {exc}") from None
+            for ev in events:
+                before = states[viewer_id]
+                version = (before.version if before else 0) + 1
+                states[viewer_id] = viewer.evolve(before, ev, at, version)
+            unit.record(repository, viewer_id, events)
+        return ids
+
+    try:
+        # Once: a viewer that changed while the report was checked refuses the report.
+        return await execute_many(store, report, meta, tries=1)
+    except ChangingTooFast:
         raise Conflict(
             "A viewer in this request changed while it was checked; send it again"
         ) from None
-    return ids

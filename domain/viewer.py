@@ -201,44 +201,102 @@ fold = AGGREGATE.fold
 # -- decisions -----------------------------------------------------------------------------
 
 
-def check_connect(ev: ViewerConnected, existing: ViewerState | None) -> None:
-    """Raise InvalidViewer / ViewerExists unless `ev` may open this viewer."""
-    if not _ID.match(ev.viewer_id):
+def connect(existing: ViewerState | None, connected: ViewerConnected) -> list[Event]:
+    """Open a viewer with `connected`: InvalidViewer when a field cannot be recorded as given,
+    ViewerExists when the id already has a viewer."""
+    if not _ID.match(connected.viewer_id):
         raise InvalidViewer("id must be 1-64 letters, digits, '_', '.', ':' or '-'")
-    if ev.harness_type not in HARNESS_TYPES:
+    if connected.harness_type not in HARNESS_TYPES:
         raise InvalidViewer(f"harnessType must be one of: {', '.join(HARNESS_TYPES)}")
-    check_state(ev.state)
-    if ev.device_type and ev.device_type not in DEVICE_TYPES:
+    _require_state_word(connected.state)
+    if connected.device_type and connected.device_type not in DEVICE_TYPES:
         raise InvalidViewer(f"deviceType must be one of: {', '.join(DEVICE_TYPES)}")
     for name, value in (
-        ("applicationId", ev.application_id),
-        ("streamKey", ev.stream_key),
-        ("remoteAddress", ev.remote_address),
-        ("userAgent", ev.user_agent),
-        ("osName", ev.os_name),
-        ("browserName", ev.browser_name),
-        ("countryName", ev.country_name),
+        ("applicationId", connected.application_id),
+        ("streamKey", connected.stream_key),
+        ("remoteAddress", connected.remote_address),
+        ("userAgent", connected.user_agent),
+        ("osName", connected.os_name),
+        ("browserName", connected.browser_name),
+        ("countryName", connected.country_name),
     ):
         if len(value) > MAX_TEXT:
             raise InvalidViewer(f"{name} must be at most {MAX_TEXT} characters")
-    if ev.country_code and not re.fullmatch(r"[A-Z]{2}", ev.country_code):
+    if connected.country_code and not re.fullmatch(r"[A-Z]{2}", connected.country_code):
         raise InvalidViewer("countryCode must be two upper-case letters (ISO 3166-1 alpha-2)")
-    if ev.started_at < 0:
+    if connected.started_at < 0:
         raise InvalidViewer("startTime must be a Unix time in milliseconds")
-    if ev.bitrate < 0:
+    if connected.bitrate < 0:
         raise InvalidViewer("bitrate must not be negative")
     if existing is not None:
-        raise ViewerExists(f"viewer {ev.viewer_id} already exists")
+        raise ViewerExists(f"viewer {connected.viewer_id} already exists")
+    return [connected]
 
 
-def check_state(state: str) -> None:
-    """Raise InvalidViewer unless `state` is an upper-case token such as PLAYING."""
+def change_state(existing: ViewerState | None, viewer_id: str, state: str) -> list[Event]:
+    """Move a connected viewer to `state`, an upper-case word such as PLAYING."""
+    _require_open(viewer_id, existing)
+    _require_state_word(state)
+    return [ViewerStateChanged(viewer_id=viewer_id, state=state)]
+
+
+def report_stats(
+    existing: ViewerState | None,
+    viewer_id: str,
+    *,
+    in_bandwidth: int,
+    out_bandwidth: int,
+    in_total_bytes: int,
+    out_total_bytes: int,
+    bitrate: int | None = None,
+) -> list[Event]:
+    """A connected viewer's counters: never negative, and totals never go down."""
+    current = _require_open(viewer_id, existing)
+    _require_counters(current, in_bandwidth, out_bandwidth, in_total_bytes, out_total_bytes)
+    if bitrate is not None and bitrate < 0:
+        raise InvalidViewer("bitrate must not be negative")
+    return [
+        ViewerStats(
+            viewer_id=viewer_id,
+            in_bandwidth=in_bandwidth,
+            out_bandwidth=out_bandwidth,
+            in_total_bytes=in_total_bytes,
+            out_total_bytes=out_total_bytes,
+            bitrate=bitrate,
+        )
+    ]
+
+
+def disconnect(
+    existing: ViewerState | None,
+    viewer_id: str,
+    *,
+    reason: DisconnectReason = "closed",
+    in_total_bytes: int | None = None,
+    out_total_bytes: int | None = None,
+) -> list[Event]:
+    """End a connected viewer; totals left out stay at the last ones recorded, and follow the
+    same rule as stats (never negative, never down)."""
+    current = _require_open(viewer_id, existing)
+    in_total = current.in_total_bytes if in_total_bytes is None else in_total_bytes
+    out_total = current.out_total_bytes if out_total_bytes is None else out_total_bytes
+    _require_counters(current, 0, 0, in_total, out_total)
+    return [
+        ViewerDisconnected(
+            viewer_id=viewer_id,
+            reason=reason,
+            in_total_bytes=in_total,
+            out_total_bytes=out_total,
+        )
+    ]
+
+
+def _require_state_word(state: str) -> None:
     if not _STATE.match(state):
         raise InvalidViewer("state must be an upper-case word such as PLAYING (A-Z, 0-9, _)")
 
 
-def check_open(viewer_id: str, existing: ViewerState | None) -> ViewerState:
-    """The viewer, if it is connected; else ViewerNotFound / ViewerClosed."""
+def _require_open(viewer_id: str, existing: ViewerState | None) -> ViewerState:
     if existing is None:
         raise ViewerNotFound(f"viewer {viewer_id} not found")
     if existing.closed:
@@ -246,20 +304,19 @@ def check_open(viewer_id: str, existing: ViewerState | None) -> ViewerState:
     return existing
 
 
-def check_stats(ev: ViewerStats, existing: ViewerState) -> None:
-    """Raise InvalidViewer when counters are negative or totals run backwards."""
+def _require_counters(
+    current: ViewerState, in_bandwidth: int, out_bandwidth: int, in_total: int, out_total: int
+) -> None:
     for name, value in (
-        ("inBandwidth", ev.in_bandwidth),
-        ("outBandwidth", ev.out_bandwidth),
-        ("inTotalBytes", ev.in_total_bytes),
-        ("outTotalBytes", ev.out_total_bytes),
+        ("inBandwidth", in_bandwidth),
+        ("outBandwidth", out_bandwidth),
+        ("inTotalBytes", in_total),
+        ("outTotalBytes", out_total),
     ):
         if value < 0:
             raise InvalidViewer(f"{name} must not be negative")
-    if ev.in_total_bytes < existing.in_total_bytes or ev.out_total_bytes < existing.out_total_bytes:
+    if in_total < current.in_total_bytes or out_total < current.out_total_bytes:
         raise InvalidViewer("inTotalBytes and outTotalBytes never go down")
-    if ev.bitrate is not None and ev.bitrate < 0:
-        raise InvalidViewer("bitrate must not be negative")
 
 
 # -- health --------------------------------------------------------------------------------

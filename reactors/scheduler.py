@@ -13,9 +13,9 @@ offline before starting them, and re-enqueues an assignment that Redis lost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -28,10 +28,11 @@ from spool.adapters.periodic import run_periodically
 from spool.adapters.queue import node_queue, unit_status
 from spool.adapters.read_models import tasks as task_rows
 from spool.adapters.read_models.nodes import online_offers
-from spool.adapters.task_store import load_task
+from spool.adapters.repository import ChangingTooFast
+from spool.adapters.task_store import tasks
 from spool.domain import node, task
-from spool.domain.errors import ConcurrencyError, InvalidTransition
-from spool.domain.events import NO_CAUSE, Event, Metadata, NewEvent, RecordedEvent
+from spool.domain.errors import InvalidTransition
+from spool.domain.events import NO_CAUSE, Event, Metadata, RecordedEvent
 from spool.reactors.causes import following
 from spool.reactors.projection import ProjectionRunner
 
@@ -45,6 +46,10 @@ LOST_AFTER = timedelta(seconds=10)
 """An assignment older than this whose queue entry is gone is enqueued again."""
 
 _decode_requirements = msgspec.json.Decoder(task.Requirements).decode
+
+
+def _wait(reason: str) -> Callable[[task.TaskState], list[Event]]:
+    return lambda s: task.wait(s, reason)
 
 
 def _unassign(reason: str) -> Callable[[task.TaskState], list[Event]]:
@@ -119,6 +124,8 @@ class Scheduler:
         self.tick = tick
         self.online_seconds = online_seconds
         self.batch_size = batch_size
+        # Decided once, on the task as the pass saw it: a clash means it moved on by itself.
+        self.tasks = replace(tasks(store), tries=1)
         self.wake = asyncio.Event()
         self.follower = ProjectionRunner(
             store, [TaskDispatcher(redis, self.wake)], poll_interval=tick
@@ -178,23 +185,15 @@ class Scheduler:
         for task_id, reason in placed.waiting.items():
             row = by_id[task_id]
             if row["reason"] != reason:
-                with contextlib.suppress(ConcurrencyError):
-                    await self._append(task_id, [task.TaskWaiting(reason=reason)], row["version"])
+                await self._decide(task_id, _wait(reason), at=row["version"])
         return actions
 
     async def _assign(self, row: asyncpg.Record, node_id: str) -> int | None:
         """Assign at the version the projection showed; None if the task moved on meanwhile."""
-        state = await load_task(self.store, row["task_id"])
-        if state is None or state.version != row["version"]:
-            return None  # the projection lags: plan again on the next pass
-        try:
-            events = task.assign(state, node_id)
-            await self._append(state.task_id, events, state.version)
-        except (ConcurrencyError, InvalidTransition):
-            return None
-        assigned = events[0]
-        assert isinstance(assigned, task.TaskAssigned)
-        return assigned.attempt
+        assigned = await self._decide(
+            row["task_id"], lambda s: task.assign(s, node_id), at=row["version"]
+        )
+        return assigned.attempt if assigned is not None else None
 
     async def _take_back(self, online: set[str], now: datetime) -> list[str]:
         """Time out overdue attempts, requeue what offline nodes never started, re-enqueue
@@ -206,14 +205,14 @@ class Scheduler:
                 done = await self._decide(
                     task_id, lambda s: task.time_out(s, s.attempt) if task.overdue(s, now) else []
                 )
-                if done:
+                if done is not None:
                     actions.append(f"timed out task {task_id} on {device}")
                 continue
             if r["status"] != "assigned":
                 continue
             if device not in online:
                 reason = f"Node {device} went offline before starting the task"
-                if await self._decide(task_id, _unassign(reason)):
+                if await self._decide(task_id, _unassign(reason)) is not None:
                     actions.append(f"requeued task {task_id}: {reason}")
             elif r["assigned_at"] < now - LOST_AFTER:
                 unit = task.arq_job_id(task_id, r["attempt"])
@@ -223,25 +222,28 @@ class Scheduler:
                     actions.append(f"re-enqueued {unit}: the queue had lost it")
         return actions
 
-    async def _decide(self, task_id: str, decide: Callable[[task.TaskState], list[Event]]) -> bool:
-        state = await load_task(self.store, task_id)
-        if state is None:
-            return False
+    async def _decide(
+        self,
+        task_id: str,
+        decide: Callable[[task.TaskState], list[Event]],
+        *,
+        at: int | None = None,
+    ) -> task.TaskState | None:
+        """Decide once on the task as it stands, following from its latest event; `at`: only on
+        the version the projection showed (a task that moved since waits for the next pass).
+
+        The task after the decision, or None when nothing was appended (it did not exist, had
+        nothing to do, or moved on by itself).
+        """
+        loaded = await self.tasks.read(task_id)
+        if loaded.state is None or (at is not None and loaded.version != at):
+            return None  # the projection lags: plan again on the next pass
+        meta = await self._following(task_id, loaded.version)
         try:
-            events = decide(state)
-            if not events:
-                return False
-            await self._append(task_id, events, state.version)
-        except (ConcurrencyError, InvalidTransition):
-            return False  # the task moved on by itself
-        return True
+            after, appended = await self.tasks.execute(task_id, decide, meta, known=loaded)
+        except (ChangingTooFast, InvalidTransition):
+            return None  # the task moved on by itself
+        return after if appended is not None else None
 
     async def _following(self, task_id: str, version: int) -> Metadata:
         return await following(self.store, task.stream_id(task_id), version, actor="scheduler")
-
-    async def _append(self, task_id: str, events: list[Event], version: int) -> None:
-        """Append at `version`, following from the event there (its request's correlation)."""
-        meta = await self._following(task_id, version)
-        await self.store.append(
-            task.stream_id(task_id), [NewEvent(e, meta) for e in events], version
-        )

@@ -1,25 +1,27 @@
 """Closes viewers that went silent: a connection whose holder died says no goodbye.
 
 Every live session reports stats each `viewer_stats_interval`, and every event of a viewer moves
-its row's `last_seen_at`. A row older than `viewer_timeout` is closed by appending
-`ViewerDisconnected(reason="timeout")` with the row's totals, at the row's version: if the
-viewer moved meanwhile (or the projection is behind), the append clashes and the viewer is left
-for the next pass to judge again.
+its row's `last_seen_at`. A row older than `viewer_timeout` is closed through the viewers'
+repository by `viewer.disconnect(reason="timeout")`, decided once on the viewer read at the
+row's version: if the viewer moved meanwhile (or the projection is behind), nothing is appended
+and the viewer is left for the next pass to judge again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from datetime import timedelta
 
 from spool.adapters.event_store import EventStore
 from spool.adapters.periodic import run_periodically
 from spool.adapters.read_models import viewers as viewer_rows
+from spool.adapters.repository import ChangingTooFast
 from spool.adapters.settings import Settings
+from spool.adapters.viewer_store import viewers
 from spool.domain import viewer
-from spool.domain.errors import ConcurrencyError
-from spool.domain.events import Metadata, NewEvent
+from spool.domain.events import Event, Metadata
 
 log = logging.getLogger("spool.viewers")
 
@@ -44,6 +46,8 @@ class ViewerTimeouts:
         self.tick = tick if tick is not None else min(5.0, max(0.5, self.timeout / 3))
         self.batch_size = batch_size
         self.meta = Metadata(actor="viewer-timeouts")
+        # Decided once, on the viewer as the row saw it silent: a clash means it spoke since.
+        self.viewers = replace(viewers(store), tries=1)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Close silent viewers every tick until `stop` is set."""
@@ -66,19 +70,19 @@ class ViewerTimeouts:
         )
         closed: list[str] = []
         for r in rows:
-            ev = viewer.ViewerDisconnected(
-                viewer_id=r["viewer_id"],
-                reason="timeout",
-                in_total_bytes=r["in_total_bytes"],
-                out_total_bytes=r["out_total_bytes"],
-            )
+            viewer_id, silent_at = r["viewer_id"], r["version"]
+
+            def time_out(state: viewer.ViewerState, silent_at: int = silent_at) -> list[Event]:
+                if state.version != silent_at or state.closed:
+                    return []  # it moved since the projection saw it: judge it again next pass
+                return viewer.disconnect(state, state.viewer_id, reason="timeout")
+
             try:
-                await self.store.append(
-                    viewer.stream_id(r["viewer_id"]), [NewEvent(ev, self.meta)], r["version"]
-                )
-            except ConcurrencyError:
-                continue  # it moved since the projection saw it: judge it again next pass
-            closed.append(r["viewer_id"])
+                _, appended = await self.viewers.execute(viewer_id, time_out, self.meta)
+            except ChangingTooFast:
+                continue  # it moved while judged: judge it again next pass
+            if appended is not None:
+                closed.append(viewer_id)
         if closed:
             log.info("closed %d silent viewer(s) by timeout", len(closed))
         return closed

@@ -22,13 +22,13 @@ from spool.adapters import webhook_client
 from spool.adapters.account_storage import AccountStorages
 from spool.adapters.event_store import EventStore
 from spool.adapters.file_links import file_link, link_key
-from spool.adapters.job_store import load_job
+from spool.adapters.job_store import jobs, load_job
 from spool.adapters.queue import dispatch_webhook, webhook_for
 from spool.adapters.read_models import jobs as job_rows
 from spool.adapters.settings import Settings
 from spool.adapters.ssrf import UrlGuard
 from spool.domain import job
-from spool.domain.events import NO_CAUSE, Metadata, NewEvent, RecordedEvent, event_id
+from spool.domain.events import NO_CAUSE, Metadata, RecordedEvent, event_id
 from spool.domain.webhook import account_secret
 
 log = logging.getLogger("spool.webhooks")
@@ -197,7 +197,8 @@ class WebhookSender:
                 final=final,
             )
         meta = self.meta.following(cause)
-        await self.store.append(job.stream_id(job_id), [NewEvent(recorded, meta)], None)
+        # A fact about the delivery, whatever the job did since: recorded where its stream ends.
+        await jobs(self.store).record(job_id, [recorded], meta)
         if answer.ok:
             return "delivered"
         if final:

@@ -12,6 +12,7 @@ from spool.adapters import event_partitions, sysinfo
 from spool.adapters.event_store import StreamAppend
 from spool.adapters.job_store import load_job
 from spool.adapters.periodic import run_periodically
+from spool.adapters.repository import record_many
 from spool.domain import job, node
 from spool.domain.errors import ConcurrencyError
 from spool.domain.events import NewEvent
@@ -89,12 +90,12 @@ class Heartbeat(Registration):
                 reported.append(unit)
         try:
             # Re-sent every second: not worth a WAL flush each (1,000 nodes are 1,000 commits/s).
-            results = await self.store.append_many(appends, durable=False)
+            results = await record_many(self.store, appends, durable=False)
         except ConcurrencyError:
             # A job stream moved under us (its stage completing, a cancel): send the heartbeat
             # alone now; read those jobs again so that next second's progress goes at the
             # version they have now, if their stage is still running.
-            await self.store.append_many(appends[:1], durable=False)
+            await record_many(self.store, appends[:1], durable=False)
             for unit in reported:
                 fresh = await load_job(self.store, unit.job_id)
                 if fresh is not None and fresh.version > unit.state.version:

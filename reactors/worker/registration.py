@@ -8,8 +8,9 @@ from typing import Any
 import msgspec
 
 from spool.adapters import sysinfo
+from spool.adapters.node_store import nodes
 from spool.domain import node
-from spool.domain.events import Event, NewEvent
+from spool.domain.events import Event
 from spool.reactors.task_types import advertised, has_internet
 from spool.reactors.worker.state import NodeState
 
@@ -57,4 +58,4 @@ class Registration(NodeState):
             await self._register()
 
     async def _append_node(self, ev: Event) -> None:
-        await self.store.append(node.stream_id(self.node_id), [NewEvent(ev, self.meta)], None)
+        await nodes(self.store).record(self.node_id, [ev], self.meta)
