@@ -15,12 +15,21 @@ from typing import Any
 import asyncpg
 import pytest
 
+from spool.adapters import node_store
 from spool.adapters.batch_store import batches, start_batch
 from spool.adapters.config_store import configs
 from spool.adapters.database import create_pool
-from spool.adapters.event_store import EventStore
+from spool.adapters.event_store import EventStore, StreamAppend
 from spool.adapters.job_store import jobs
-from spool.adapters.repository import Executor, Loaded, Repository, UnitOfWork, execute_many
+from spool.adapters.repository import (
+    ChangingTooFast,
+    Executor,
+    Loaded,
+    Repository,
+    UnitOfWork,
+    execute_many,
+    record_many,
+)
 from spool.adapters.task_store import tasks
 from spool.domain import (
     account,
@@ -34,7 +43,7 @@ from spool.domain import (
     viewer,
 )
 from spool.domain.aggregate import Aggregate, steps
-from spool.domain.errors import DomainError
+from spool.domain.errors import ConcurrencyError, DomainError
 from spool.domain.events import Event, Metadata, NewEvent
 
 META = Metadata(actor="repository-test")
@@ -399,3 +408,54 @@ async def test_a_retry_after_a_lost_answer_does_not_append_twice(own_store: Even
     assert len(await own_store.read_stream(repo.stream_id(aggregate_id))) == 2
     assert appended is not None and appended.version == 2
     assert state == await case.repository(own_store).load(aggregate_id)
+
+
+async def test_a_recorded_fact_lands_where_the_stream_ends_whoever_wrote_before(
+    own_store: EventStore,
+) -> None:
+    node_id = uuid.uuid4().hex
+    nodes = node_store.nodes(own_store)
+    await nodes.record(node_id, [node.NodeStopped(node_id=node_id)], META)
+    await own_store.append(
+        node.stream_id(node_id), [NewEvent(node.NodeRemoved(node_id=node_id))], 1
+    )
+
+    removed_again = await nodes.record(node_id, [node.NodeRemoved(node_id=node_id)], META)
+
+    assert removed_again.version == 3
+    state = await nodes.load(node_id)
+    assert state is not None and state.removed_at is not None and state.version == 3
+
+
+async def test_a_recorded_batch_lands_whole_or_not_at_all(own_store: EventStore) -> None:
+    node_id, job_id = uuid.uuid4().hex, uuid.uuid4().hex
+    beat = StreamAppend(node.stream_id(node_id), [NewEvent(node.NodeStopped(node_id=node_id))])
+    stale = StreamAppend(job.stream_id(job_id), [NewEvent(job.JobReleased())], 3)
+
+    with pytest.raises(ConcurrencyError):
+        await record_many(own_store, [beat, stale])
+    assert await own_store.read_stream(node.stream_id(node_id)) == []
+
+    [landed] = await record_many(own_store, [beat], durable=False)
+    assert landed.version == 1
+
+
+async def test_a_unit_of_work_decides_on_the_states_it_was_given_at_their_versions(
+    own_store: EventStore,
+) -> None:
+    case = CASES[0]  # the job
+    job_id = await _created(own_store, case)
+    repo = jobs(own_store)
+    read = await repo.read(job_id)
+    assert read.state is not None
+    await own_store.append(
+        repo.stream_id(job_id), [NewEvent(e) for e in case.theirs(read.state)], 1
+    )
+
+    async def release(unit: UnitOfWork) -> None:
+        state = unit.know(repo, job_id, read)  # read before the other writer's event
+        unit.record(repo, job_id, case.ours(state))
+
+    with pytest.raises(ChangingTooFast):
+        await execute_many(own_store, release, META, tries=1)
+    assert len(await own_store.read_stream(repo.stream_id(job_id))) == 2

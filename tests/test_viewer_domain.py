@@ -1,7 +1,11 @@
-"""The viewer domain's pure rules: a media file's bitrate, and health from bandwidth against it."""
+"""The viewer domain's pure rules: a media file's bitrate, health from bandwidth against it,
+and the decisions on a viewer's events."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+import msgspec
 import pytest
 
 from spool.domain import viewer
@@ -51,3 +55,44 @@ def test_no_bitrate_or_no_measurement_is_no_data() -> None:
 )  # fmt: skip
 def test_grades_change_at_90_75_50_and_25(score: int, word: str) -> None:
     assert viewer.grade(score) == word
+
+
+def _opened(**counters: int) -> viewer.ViewerState:
+    return viewer.ViewerState(
+        viewer_id="v-1", harness_type="GENERIC_HLS_VIEWER", state="PLAYING", started_at=0,
+        **counters,
+    )  # fmt: skip
+
+
+def test_a_viewer_opens_once_and_only_with_fields_it_can_record() -> None:
+    connected = viewer.ViewerConnected(
+        viewer_id="v-1", harness_type="GENERIC_HLS_VIEWER", state="PLAYING", started_at=0
+    )
+    assert viewer.connect(None, connected) == [connected]
+    with pytest.raises(viewer.ViewerExists):
+        viewer.connect(_opened(), connected)
+    with pytest.raises(viewer.InvalidViewer, match="harnessType"):
+        viewer.connect(None, msgspec.structs.replace(connected, harness_type="TELEVISION"))
+
+
+def test_a_goodbye_keeps_the_last_totals_and_ends_the_viewer_for_good() -> None:
+    [bye] = viewer.disconnect(_opened(in_total_bytes=5, out_total_bytes=9), "v-1")
+    assert bye == viewer.ViewerDisconnected(
+        viewer_id="v-1", reason="closed", in_total_bytes=5, out_total_bytes=9
+    )
+    ended = viewer.evolve(_opened(), bye, datetime.now(UTC), 2)
+    with pytest.raises(viewer.ViewerClosed):
+        viewer.change_state(ended, "v-1", "PAUSED")
+    with pytest.raises(viewer.ViewerNotFound):
+        viewer.disconnect(None, "v-2")
+
+
+def test_stats_never_run_totals_backwards_nor_below_zero() -> None:
+    counters = {"in_bandwidth": 0, "out_bandwidth": 0, "in_total_bytes": 4, "out_total_bytes": 4}
+    assert len(viewer.report_stats(_opened(in_total_bytes=4), "v-1", **counters)) == 1
+    with pytest.raises(viewer.InvalidViewer, match="never go down"):
+        viewer.report_stats(_opened(in_total_bytes=5), "v-1", **counters)
+    with pytest.raises(viewer.InvalidViewer, match="inBandwidth"):
+        viewer.report_stats(_opened(), "v-1", **{**counters, "in_bandwidth": -1})
+    with pytest.raises(viewer.InvalidViewer, match="state must be"):
+        viewer.change_state(_opened(), "v-1", "paused")
