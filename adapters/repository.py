@@ -161,7 +161,8 @@ class Repository(Generic[S]):
         *,
         conn: asyncpg.Connection | None = None,
     ) -> AppendResult:
-        """Append facts where the aggregate's stream ends: no read, no decision, no clash.
+        """Append facts where the aggregate's stream ends: no read and no decision; another
+        writer only moves where they land.
 
         For events that stand whatever the stream holds (a node's description, its removal, a
         webhook's answer, an account's policy): other writers' events may land before or after
