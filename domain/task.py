@@ -542,6 +542,8 @@ class NodeOffer(msgspec.Struct, frozen=True, kw_only=True):
     internet: bool
     slots: int
     busy: int = 0
+    draining: bool = False
+    """An admin drained the node: it finishes what it runs and is given nothing new."""
 
 
 class QueuedTask(msgspec.Struct, frozen=True, kw_only=True):
@@ -567,6 +569,8 @@ class Plan(msgspec.Struct, frozen=True):
 def unmet(requirements: Requirements, offer: NodeOffer, task_type: str | None = None) -> str | None:
     """Why `offer` cannot run a task with these requirements; None if it can."""
     caps = offer.capabilities
+    if offer.draining:
+        return "is draining"
     if task_type is not None and task_type not in offer.task_types:
         return f"does not run {task_type} tasks"
     if caps.cpu_count < requirements.min_cpu_cores:
