@@ -111,7 +111,8 @@ class TaskAssigned(Event, frozen=True, kw_only=True):
 
 @event
 class TaskUnassigned(Event, frozen=True, kw_only=True):
-    """Back to the queue before it started (its node went offline); not counted as a retry."""
+    """Back to the queue before it started (its node went offline or was drained); not counted
+    as a retry."""
 
     attempt: int
     reason: str
