@@ -1,4 +1,5 @@
-"""Nodes' streams: facts a node states about itself (and an admin's removal), never decided."""
+"""Nodes' streams: the facts a node states about itself, an admin's removal, and an admin's
+drain and undrain (decided on the node's fold: `domain.node.drain`, `undrain`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from spool.domain import node
 
 
 def nodes(store: EventStore) -> Repository[node.NodeState]:
-    """The nodes' repository: a node's events are recorded where its stream ends
-    (`Repository.record`), since nothing about them is refused."""
+    """The nodes' repository: folds a node's own stream (its heartbeats live in day streams).
+    A node's facts and its removal are recorded where the stream ends (`Repository.record`);
+    a drain is decided (`Repository.execute`)."""
     return Repository(store, node.AGGREGATE)
