@@ -1,9 +1,11 @@
 """The API's surfaces: one Litestar `Router` each, and the error shape of a path no route takes.
 
 Each surface's Router carries what all of its endpoints share: its path, its error renderer
-(`exception_handlers`) and the dependency that authenticates its caller (`principal`). An
-endpoint is a handler in the surface's module, listed in its Router; it takes `principal` and
-`services` (api/services.py) as parameters. The job API (`/jobs`, `/batch`, `/user`, ...)
+(`exception_handlers`) and who may call it: either a guard (api/guards.py) that admits the caller
+before anything else is read, handing it on as the `principal` dependency, or a `principal`
+dependency that authenticates the caller itself. An endpoint is a handler in the surface's
+module, listed in its Router; it takes `principal` and `services` (api/services.py) as
+parameters. The job API (`/jobs`, `/batch`, `/user`, ...)
 answers `{"error": ...}`; the cluster API (`/api/v1`) the seed's envelope; the viewers and the
 health token and websocket `{"message": ...}`; media, the dashboard and the operational
 endpoints (`/health`, `/metrics`, `/ws`, Swagger UI) `{"error": ...}`.
@@ -25,12 +27,14 @@ from spool.api.admin_accounts import AdminAccountsController
 from spool.api.auth import job_api_principal
 from spool.api.batches import BatchController
 from spool.api.cluster import ClusterController
+from spool.api.cluster_reads import job_api_cluster_reader
 from spool.api.cluster_ws import cluster_ws
 from spool.api.config import ConfigController
 from spool.api.dashboard import DashboardController, dashboard_static
 from spool.api.devices import DevicesController
 from spool.api.envelope import CLUSTER_API_ERRORS, cluster_api_error, cluster_principal
 from spool.api.errors import JOB_API_ERRORS, MESSAGE_ERRORS, job_api_error, message_error
+from spool.api.guards import ADMITTED, guard
 from spool.api.health import health
 from spool.api.health_ws import health_ws
 from spool.api.job_trace import job_trace
@@ -41,10 +45,15 @@ from spool.api.metadata import MetadataController
 from spool.api.metrics import metrics
 from spool.api.swagger import swagger, swagger_assets
 from spool.api.tasks import TasksController
-from spool.api.tokens import issue_health_token
+from spool.api.tokens import issue_health_token, token_caller
 from spool.api.usage import UsageController
 from spool.api.user import UserController, storage_router
-from spool.api.viewers import VIEWER_ERRORS, list_cluster_viewers, report_viewer_events
+from spool.api.viewers import (
+    VIEWER_ERRORS,
+    list_cluster_viewers,
+    report_viewer_events,
+    viewer_caller,
+)
 
 CLUSTER_PREFIX = "/api/v1"
 MESSAGE_PREFIXES = ("/api/cluster/viewers", "/api/auth/")
@@ -119,6 +128,8 @@ CLUSTER_API = Router(
 VIEWERS = Router(
     path="/api/cluster/viewers",
     route_handlers=[list_cluster_viewers, report_viewer_events],
+    guards=[guard(viewer_caller)],  # each route narrows it to admin keys
+    dependencies={"principal": ADMITTED},
     exception_handlers=VIEWER_ERRORS,  # type: ignore[arg-type]
 )
 """Seed 001's viewer list and the events API of external media servers (admin keys)."""
@@ -126,6 +137,8 @@ VIEWERS = Router(
 HEALTH = Router(
     path="/",
     route_handlers=[issue_health_token, health_ws],
+    guards=[guard(token_caller)],  # the socket is keyless: its token comes in band
+    dependencies={"principal": ADMITTED},
     exception_handlers=MESSAGE_ERRORS,  # type: ignore[arg-type]
 )
 """Seed 003: `POST /api/auth/token` (a key for a JWT) and the `ws /api/health/ws` it opens."""
@@ -140,10 +153,11 @@ MEDIA = Router(
 DASHBOARD = Router(
     path="/dashboard",
     route_handlers=[DashboardController, dashboard_static],
+    guards=[guard(job_api_cluster_reader)],  # the page and its files are keyless
+    dependencies={"principal": ADMITTED},
     exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
 )
-"""The dashboard page and its files (public) and its panels (admin keys, checked in each
-handler so that a bad query parameter is still answered before the key)."""
+"""The dashboard page and its files (public) and its panels (admin keys)."""
 
 OPERATIONS = Router(
     path="/",

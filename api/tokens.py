@@ -6,10 +6,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Request, Response, post
+from litestar.exceptions import HTTPException
 
 from spool.adapters.tokens import issue_token
-from spool.api.auth import lookup, presented_key
+from spool.api.auth import Principal, lookup, presented_key
 from spool.api.services import Services
+
+
+async def token_caller(request: Request[Any, Any, Any], services: Services) -> Principal:
+    """Whose key asks for a token (the health surface's guard); 401 as `{"message"}` otherwise."""
+    key = presented_key(request)
+    if key is None:
+        raise HTTPException(status_code=401, detail="Missing API key")
+    principal = await lookup(services.keys, key)
+    if principal is None:
+        raise HTTPException(status_code=401, detail="Invalid API key")
+    return principal
 
 
 @post(
@@ -17,16 +29,8 @@ from spool.api.services import Services
     status_code=200,
     tags=["health"],
 )
-async def issue_health_token(
-    request: Request[Any, Any, Any], services: Services
-) -> Response[dict[str, Any]]:
+async def issue_health_token(services: Services, principal: Principal) -> Response[dict[str, Any]]:
     """A JWT for `ws://HOST/api/health/ws`, for the API key in `Authorization` or `x-api-key`."""
-    key = presented_key(request)
-    if key is None:
-        return Response({"message": "Missing API key"}, status_code=401)
-    principal = await lookup(services.keys, key)
-    if principal is None:
-        return Response({"message": "Invalid API key"}, status_code=401)
     settings = services.settings
     token, expires_at = issue_token(
         services.token_key,
