@@ -4,7 +4,9 @@ A surface's Router lists its guard (api/surfaces.py). The guard admits the calle
 surface's own words (the Router's error renderer answers a refusal, as it answers any error of
 the surface) and keeps the admitted `Principal` on the connection, where the surface's
 `principal` dependency (`ADMITTED`) hands it to the handlers. A route marked `KEYLESS` is let
-through: a public page, or the health socket, which authenticates in band with a token.
+through: a public page, or the health socket, which authenticates in band with a token. A
+surface whose routes are each let in differently (api/surfaces.py, OPERATIONS) gives each its
+own guard, which keeps what it admitted the same way (`keep_admitted`).
 """
 
 from __future__ import annotations
@@ -42,9 +44,14 @@ def guard(admit: Admit) -> Guard:
         if not isinstance(connection, Request):
             # A socket answers a refusal only by closing: it authenticates itself.
             raise TypeError(f"{handler} is a socket under a key guard: mark it KEYLESS")
-        connection.state[_ADMITTED] = await admit(connection, services_of(connection.app))
+        keep_admitted(connection, await admit(connection, services_of(connection.app)))
 
     return check
+
+
+def keep_admitted(connection: ASGIConnection[Any, Any, Any, Any], principal: Principal) -> None:
+    """Keep the caller a guard admitted, for the route's `principal` dependency (`ADMITTED`)."""
+    connection.state[_ADMITTED] = principal
 
 
 def admitted(scope: Scope) -> Principal:

@@ -183,7 +183,8 @@ DASHBOARD = surface(
 """The dashboard page and its files (public) and its panels (admin keys)."""
 
 OPERATIONS = surface("/", [health, metrics, cluster_ws, swagger, swagger_assets], JOB_API_ERRORS)
-"""`/health` (no key), `/metrics` (admin key or scrape token), `ws /ws` (key), Swagger UI."""
+"""`/health` (no key), `/metrics` (admin key or scrape token), `ws /ws` (key), Swagger UI: each
+route that takes a key has a guard of its own (`metrics_reader`, `socket_caller`)."""
 
 SURFACES = [JOB_API, CLUSTER_API, VIEWERS, HEALTH, MEDIA, DASHBOARD, OPERATIONS]
 """Every route of the API, one Router per surface: what `create_app` serves."""
