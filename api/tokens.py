@@ -9,19 +9,22 @@ from litestar import Request, Response, post
 from litestar.exceptions import HTTPException
 
 from spool.adapters.tokens import issue_token
-from spool.api.auth import Principal, lookup, presented_key
+from spool.api.auth import Principal, Unauthenticated, key_holder
 from spool.api.services import Services
 
 
 async def token_caller(request: Request[Any, Any, Any], services: Services) -> Principal:
     """Whose key asks for a token (the health surface's guard); 401 as `{"message"}` otherwise."""
-    key = presented_key(request)
-    if key is None:
-        raise HTTPException(status_code=401, detail="Missing API key")
-    principal = await lookup(services.keys, key)
-    if principal is None:
-        raise HTTPException(status_code=401, detail="Invalid API key")
-    return principal
+    return await key_holder(request, services.keys, _UNAUTHENTICATED)
+
+
+def _unauthenticated(message: str) -> HTTPException:
+    return HTTPException(status_code=401, detail=message)
+
+
+_UNAUTHENTICATED = Unauthenticated(
+    _unauthenticated, missing="Missing API key", invalid="Invalid API key"
+)
 
 
 @post(

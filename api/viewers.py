@@ -22,7 +22,7 @@ from litestar.handlers.base import BaseRouteHandler
 from spool.adapters.event_store import EventStore
 from spool.adapters.read_models.viewers import DEFAULT_ROWS_PER_PAGE, ViewerQuery, list_viewers
 from spool.adapters.viewer_sessions import ViewerRecorder
-from spool.api.auth import Principal, lookup, presented_key
+from spool.api.auth import Principal, Unauthenticated, key_holder
 from spool.api.bodies import body_fault, reads_body
 from spool.api.cluster_reads import REFUSED, may_read_cluster
 from spool.api.errors import message_error
@@ -62,13 +62,18 @@ VIEWER_ERRORS = {Exception: _error}
 
 async def viewer_caller(request: Request[Any, Any, Any], services: Services) -> Principal:
     """The caller of the viewer API (its Router's guard); 401 as `{"message"}` otherwise."""
-    key = presented_key(request)
-    if key is None:
-        raise ViewerApiError(401, "Missing API key: send Authorization: Bearer <api key>")
-    principal = await lookup(services.keys, key)
-    if principal is None:
-        raise ViewerApiError(401, "Invalid API key")
-    return principal
+    return await key_holder(request, services.keys, _UNAUTHENTICATED)
+
+
+def _unauthenticated(message: str) -> ViewerApiError:
+    return ViewerApiError(401, message)
+
+
+_UNAUTHENTICATED = Unauthenticated(
+    _unauthenticated,
+    missing="Missing API key: send Authorization: Bearer <api key>",
+    invalid="Invalid API key",
+)
 
 
 def _admin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
