@@ -14,6 +14,7 @@ A new option is one field of `AskedOptions` (plus its rule in `resolve` and a na
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import SplitResult, urlsplit
 
@@ -236,10 +237,7 @@ def check_filename(filename: str) -> str:
     Raises:
         InvalidOption: naming the field and the character or name that is not allowed.
     """
-    try:
-        return file_names.check_filename(filename)
-    except file_names.UnsafeName as exc:
-        raise _bad(str(exc)) from None
+    return _safe_name(file_names.check_filename, filename)
 
 
 def check_folder(folder: str) -> str:
@@ -248,8 +246,13 @@ def check_folder(folder: str) -> str:
     Raises:
         InvalidOption: naming the field and the character or name that is not allowed.
     """
+    return _safe_name(file_names.check_folder, folder)
+
+
+def _safe_name(check: Callable[[str], str], name: str) -> str:
+    """`check(name)`, its refusal (`file_names.UnsafeName`) raised as an InvalidOption."""
     try:
-        return file_names.check_folder(folder)
+        return check(name)
     except file_names.UnsafeName as exc:
         raise _bad(str(exc)) from None
 
