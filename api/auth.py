@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
@@ -186,14 +187,41 @@ async def key_gone(pool: asyncpg.Pool, key_id: str, every: float) -> None:
                 raise
 
 
+class Unauthenticated(NamedTuple):
+    """How a surface answers a request without a working key: `refuse(message)` is its 401."""
+
+    refuse: Callable[[str], Exception]
+    missing: str
+    """Said to a request without a key."""
+    invalid: str
+    """Said to a key that is unknown, revoked or expired."""
+
+
+async def key_holder(
+    connection: ASGIConnection[Any, Any, Any, Any], keys: VerifiedKeys, words: Unauthenticated
+) -> Principal:
+    """Whose working key a request carries; the surface's 401 (`words`) raised otherwise."""
+    key = presented_key(connection)
+    if key is None:
+        raise words.refuse(words.missing)
+    principal = await lookup(keys, key)
+    if principal is None:
+        raise words.refuse(words.invalid)
+    return principal
+
+
+def _job_api_refusal(message: str) -> JobApiError:
+    return JobApiError(status_code=401, detail=message)
+
+
+_JOB_API_UNAUTHENTICATED = Unauthenticated(
+    _job_api_refusal, missing="Missing x-api-key header", invalid="Invalid API Key"
+)
+
+
 async def job_api_principal(request: Request[Any, Any, Any], services: Services) -> Principal:
     """The caller of a job API endpoint; 401 in the job API's words otherwise."""
-    key = presented_key(request)
-    if key is None:
-        raise JobApiError(status_code=401, detail="Missing x-api-key header")
-    principal = await lookup(services.keys, key)
-    if principal is None:
-        raise JobApiError(status_code=401, detail="Invalid API Key")
+    principal = await key_holder(request, services.keys, _JOB_API_UNAUTHENTICATED)
     refusal = scope_refusal(principal, request.method, request.url.path)
     if refusal is not None:
         raise JobApiError(status_code=403, detail=refusal)

@@ -22,11 +22,13 @@ import hmac
 from typing import Any
 
 from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
 
 from spool.api.auth import Principal, job_api_principal, key_in, lookup
 from spool.api.envelope import ClusterApiError, cluster_principal
 from spool.api.errors import JobApiError
-from spool.api.services import Services
+from spool.api.services import Services, services_of
 
 REFUSED = "This is a cluster-wide read: it needs an admin API key"
 """What every surface says to a user key, in its own shape."""
@@ -53,9 +55,13 @@ async def job_api_cluster_reader(request: Request[Any, Any, Any], services: Serv
     return principal
 
 
-async def metrics_reader(request: Request[Any, Any, Any], services: Services) -> None:
-    """An admin key, or the scrape token as `Authorization: Bearer`; `{"error"}` otherwise."""
-    key = key_in(request.scope)
+async def metrics_reader(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    """The guard of `/metrics`: an admin key, or the scrape token as `Authorization: Bearer`;
+    `{"error"}` otherwise."""
+    services = services_of(connection.app)
+    key = key_in(connection.scope)
     if key is None:
         raise JobApiError(
             status_code=401,

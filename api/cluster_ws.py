@@ -18,7 +18,9 @@ from typing import Any
 import asyncpg
 import msgspec
 from litestar import WebSocket, websocket
-from litestar.exceptions import WebSocketDisconnect
+from litestar.connection import ASGIConnection
+from litestar.exceptions import WebSocketDisconnect, WebSocketException
+from litestar.handlers.base import BaseRouteHandler
 
 from spool.adapters.event_store import Checkpoint, EventStore
 from spool.adapters.read_models import nodes as node_rows
@@ -27,7 +29,8 @@ from spool.adapters.viewer_sessions import ViewerSession
 from spool.api.auth import KEY_CACHE_SECONDS, Principal, key_gone, lookup
 from spool.api.cluster_reads import may_read_cluster
 from spool.api.envelope import timestamp
-from spool.api.services import Services
+from spool.api.guards import ADMITTED, keep_admitted
+from spool.api.services import Services, services_of
 from spool.api.viewer_sources import close_viewer, open_viewer
 from spool.domain import job, node, task
 from spool.domain.events import RecordedEvent
@@ -288,7 +291,7 @@ def _device(device_id: str, online: bool, reason: str, at: str, **extra: Any) ->
     }
 
 
-def _presented(socket: WebSocket[Any, Any, Any]) -> str | None:
+def _presented(socket: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     key = socket.headers.get("x-api-key") or socket.query_params.get("api_key")
     if key:
         return key.strip()
@@ -301,15 +304,21 @@ KEY_RECHECK_SECONDS = KEY_CACHE_SECONDS
 trusts a verified key."""
 
 
-@websocket("/ws", tags=["cluster"])
-async def cluster_ws(socket: WebSocket[Any, Any, Any], services: Services) -> None:
-    """Cluster updates as JSON; authenticate with `X-API-Key` or `?api_key=`."""
+async def socket_caller(socket: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """The guard of `/ws`: a key that works, else the handshake is refused (a close before the
+    socket is accepted answers it with 403)."""
     key = _presented(socket)
-    principal = await lookup(services.keys, key) if key else None
+    principal = await lookup(services_of(socket.app).keys, key) if key else None
     if principal is None:
-        # Closing before accepting answers the handshake with 403.
-        await socket.close(code=4401, reason="A valid API key is required")
-        return
+        raise WebSocketException(detail="A valid API key is required", code=4401)
+    keep_admitted(socket, principal)
+
+
+@websocket("/ws", guards=[socket_caller], dependencies={"principal": ADMITTED}, tags=["cluster"])
+async def cluster_ws(
+    socket: WebSocket[Any, Any, Any], services: Services, principal: Principal
+) -> None:
+    """Cluster updates as JSON; authenticate with `X-API-Key` or `?api_key=`."""
     await socket.accept()
     viewer = await open_viewer(
         services.viewers,

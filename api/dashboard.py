@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import msgspec
-from litestar import Controller, MediaType, Request, Response, get
+from litestar import Controller, MediaType, Response, get
 from litestar.datastructures import CacheControlHeader
 from litestar.static_files import create_static_files_router
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -16,8 +16,9 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from spool.adapters.read_models import job_minutes
 from spool.adapters.read_models import nodes as node_rows
 from spool.api.auth import key_in, recently_verified
-from spool.api.cluster_reads import job_api_cluster_reader, may_read_cluster
+from spool.api.cluster_reads import may_read_cluster
 from spool.api.errors import JobApiError
+from spool.api.guards import KEYLESS
 from spool.api.services import Services, services_of
 from spool.domain.node import WorkState, work_state
 
@@ -127,8 +128,8 @@ def answer_from_cache(app: ASGIApp) -> ASGIApp:
     Every open dashboard polls this each second. Past the app's own middleware (request id,
     count, no log line) a cached answer needs no `Request`, no signature model and no encoding,
     which were most of its cost. Anything else (no key, an unknown, revoked or non-admin key, a
-    stale cache) goes on to the handler, which answers it in the job API's words and refills the
-    cache, so this path never decides who is refused.
+    stale cache) goes on to the route, whose guard answers it in the job API's words and whose
+    handler refills the cache, so this path never decides who is refused.
     """
 
     async def serve(scope: Scope, receive: Receive, send: Send) -> None:
@@ -156,21 +157,19 @@ class DashboardController(Controller):
     path = "/"
     tags = ["dashboard"]
 
-    @get("/", media_type=MediaType.HTML, include_in_schema=False)
+    @get("/", media_type=MediaType.HTML, include_in_schema=False, opt=KEYLESS)
     async def page(self) -> Response[bytes]:
         """The dashboard page; it asks for an API key and keeps it in session storage only."""
         return Response(_PAGE, media_type=MediaType.HTML, headers=_PAGE_HEADERS)
 
     @get("/cluster", middleware=[answer_from_cache])
-    async def cluster(self, request: Request[Any, Any, Any], services: Services) -> ClusterStats:
+    async def cluster(self, services: Services) -> ClusterStats:
         """What every online node (adapters/read_models/nodes.py) is doing right now."""
-        await job_api_cluster_reader(request, services)
         return await _cluster_stats(services)
 
     @get("/nodes")
-    async def nodes(self, request: Request[Any, Any, Any], services: Services) -> NodeList:
+    async def nodes(self, services: Services) -> NodeList:
         """Nodes heard from in the last hour: heartbeat age, CPU and memory, stage counts."""
-        await job_api_cluster_reader(request, services)
         rows = await node_rows.heard_within(services.pool, NODES_SHOWN_FOR, MAX_NODES)
         return NodeList(
             nodes=[
@@ -193,11 +192,8 @@ class DashboardController(Controller):
         )
 
     @get("/throughput")
-    async def throughput(
-        self, request: Request[Any, Any, Any], services: Services, minutes: int = 60
-    ) -> Throughput:
+    async def throughput(self, services: Services, minutes: int = 60) -> Throughput:
         """Jobs completed and failed, and bytes stored, per minute over the last `minutes`."""
-        await job_api_cluster_reader(request, services)
         if not 1 <= minutes <= MAX_MINUTES:
             raise JobApiError(
                 status_code=400, detail=f"minutes must be between 1 and {MAX_MINUTES}"
@@ -217,5 +213,6 @@ dashboard_static = create_static_files_router(
     name="dashboard_static",
     # Revalidated on each load, so a page served after an upgrade never runs an older script.
     cache_control=CacheControlHeader(no_cache=True),
+    opt=KEYLESS,
 )
 """The page's CSS and JS. Public, like the page: neither holds anything but code."""

@@ -15,7 +15,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
-from spool.api.auth import Principal, lookup, presented_key, scope_refusal
+from spool.api.auth import Principal, Unauthenticated, key_holder, scope_refusal
 from spool.api.bodies import in_place_of
 from spool.api.errors import classify
 from spool.api.requests import request_id
@@ -198,17 +198,21 @@ def cluster_api_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
 CLUSTER_API_ERRORS = {Exception: cluster_api_error}
 
 
+def _unauthorized(message: str) -> ClusterApiError:
+    return ClusterApiError(401, "UNAUTHORIZED", message)
+
+
+_UNAUTHENTICATED = Unauthenticated(
+    _unauthorized,
+    missing="Authentication required: send X-API-Key or Authorization: Bearer",
+    invalid="Invalid API key",
+)
+
+
 async def cluster_principal(request: Request[Any, Any, Any], services: Services) -> Principal:
     """A valid key whose scope allows the request, from `X-API-Key` or `Authorization: Bearer`;
     401 `UNAUTHORIZED` else, 403 outside the key's scope."""
-    key = presented_key(request)
-    if key is None:
-        raise ClusterApiError(
-            401, "UNAUTHORIZED", "Authentication required: send X-API-Key or Authorization: Bearer"
-        )
-    principal = await lookup(services.keys, key)
-    if principal is None:
-        raise ClusterApiError(401, "UNAUTHORIZED", "Invalid API key")
+    principal = await key_holder(request, services.keys, _UNAUTHENTICATED)
     refusal = scope_refusal(principal, request.method, request.url.path)
     if refusal is not None:
         raise ClusterApiError(403, "UNAUTHORIZED", refusal)

@@ -31,6 +31,7 @@ from spool.adapters.viewer_sessions import ViewerSession
 from spool.api.auth import KEY_CACHE_SECONDS, key_alive, key_gone
 from spool.api.cluster_reads import may_read_cluster
 from spool.api.errors import client_fault
+from spool.api.guards import KEYLESS
 from spool.api.request_log import request_counts
 from spool.api.services import Services
 from spool.api.viewer_sources import close_viewer, open_viewer
@@ -415,9 +416,13 @@ async def _authenticate(
     return None
 
 
-@websocket("/api/health/ws", tags=["health"])
+@websocket("/api/health/ws", tags=["health"], opt=KEYLESS)
 async def health_ws(socket: WebSocket[Any, Any, Any], services: Services) -> None:
-    """Machine health after `auth <JWT>`: sysinfo, network, requests and logs."""
+    """Machine health after `auth <JWT>`: sysinfo, network, requests and logs.
+
+    Keyless to its surface's guard: the token comes in band, after the socket is accepted (seed
+    003), so `_authenticate` checks it here.
+    """
     await socket.accept()
     with contextlib.suppress(WebSocketDisconnect):
         claims = await _authenticate(socket, services, services.settings.health_auth_timeout)

@@ -8,10 +8,9 @@ probes of users' sources this process runs now.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
 
 import asyncpg
-from litestar import Request, Response, get
+from litestar import Response, get
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -168,12 +167,12 @@ def _probes(probes: ProbePool) -> Metric:
 
 @get(
     "/metrics",
+    guards=[metrics_reader],
     tags=["cluster"],
     media_type=CONTENT_TYPE_LATEST,
 )
-async def metrics(request: Request[Any, Any, Any], services: Services) -> Response[bytes]:
+async def metrics(services: Services) -> Response[bytes]:
     """Prometheus text format, for an admin key or the scrape token (`SPOOL_METRICS_TOKEN`)."""
-    await metrics_reader(request, services)
     registry = CollectorRegistry(auto_describe=False)
     families = await _families(services.pool, services.projection_types)
     families.append(_probes(services.probes))

@@ -1,9 +1,11 @@
 """The API's surfaces: one Litestar `Router` each, and the error shape of a path no route takes.
 
 Each surface's Router carries what all of its endpoints share: its path, its error renderer
-(`exception_handlers`) and the dependency that authenticates its caller (`principal`). An
-endpoint is a handler in the surface's module, listed in its Router; it takes `principal` and
-`services` (api/services.py) as parameters. The job API (`/jobs`, `/batch`, `/user`, ...)
+(`exception_handlers`) and who may call it: either a guard (api/guards.py) that admits the caller
+before anything else is read, handing it on as the `principal` dependency, or a `principal`
+dependency that authenticates the caller itself. An endpoint is a handler in the surface's
+module, listed in its Router; it takes `principal` and `services` (api/services.py) as
+parameters. The job API (`/jobs`, `/batch`, `/user`, ...)
 answers `{"error": ...}`; the cluster API (`/api/v1`) the seed's envelope; the viewers and the
 health token and websocket `{"message": ...}`; media, the dashboard and the operational
 endpoints (`/health`, `/metrics`, `/ws`, Swagger UI) `{"error": ...}`.
@@ -15,22 +17,26 @@ that handler: it picks the surface by path and renders the error as that surface
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from enum import Enum
 from typing import Any
 
 from litestar import Request, Response, Router
 from litestar.di import Provide
+from litestar.types import ControllerRouterHandler, ExceptionHandlersMap, Guard
 
 from spool.api.admin_accounts import AdminAccountsController
-from spool.api.auth import job_api_principal
+from spool.api.auth import Principal, job_api_principal
 from spool.api.batches import BatchController
 from spool.api.cluster import ClusterController
+from spool.api.cluster_reads import job_api_cluster_reader
 from spool.api.cluster_ws import cluster_ws
 from spool.api.config import ConfigController
 from spool.api.dashboard import DashboardController, dashboard_static
 from spool.api.devices import DevicesController
 from spool.api.envelope import CLUSTER_API_ERRORS, cluster_api_error, cluster_principal
 from spool.api.errors import JOB_API_ERRORS, MESSAGE_ERRORS, job_api_error, message_error
+from spool.api.guards import ADMITTED, Admit, guard
 from spool.api.health import health
 from spool.api.health_ws import health_ws
 from spool.api.job_trace import job_trace
@@ -41,10 +47,15 @@ from spool.api.metadata import MetadataController
 from spool.api.metrics import metrics
 from spool.api.swagger import swagger, swagger_assets
 from spool.api.tasks import TasksController
-from spool.api.tokens import issue_health_token
+from spool.api.tokens import issue_health_token, token_caller
 from spool.api.usage import UsageController
 from spool.api.user import UserController, storage_router
-from spool.api.viewers import VIEWER_ERRORS, list_cluster_viewers, report_viewer_events
+from spool.api.viewers import (
+    VIEWER_ERRORS,
+    list_cluster_viewers,
+    report_viewer_events,
+    viewer_caller,
+)
 
 CLUSTER_PREFIX = "/api/v1"
 MESSAGE_PREFIXES = ("/api/cluster/viewers", "/api/auth/")
@@ -85,12 +96,40 @@ def surface_error(request: Request[Any, Any, Any], exc: Exception) -> Response[A
 SURFACE_ERRORS = {Exception: surface_error}
 
 
-# Litestar's `ExceptionHandlersMap` is typed for handlers of `Request[Any, Any, State]`; ours
-# take any Request, hence the ignores below.
+def surface(
+    path: str,
+    route_handlers: Sequence[ControllerRouterHandler],
+    errors: Mapping[type[Exception], Callable[..., Response[Any]]],
+    *,
+    admit: Admit | None = None,
+    principal: Callable[..., Awaitable[Principal]] | None = None,
+) -> Router:
+    """One surface's Router: its routes, the renderer of its errors, and who may call it.
 
-JOB_API = Router(
-    path="/",
-    route_handlers=[
+    `admit` makes a guard (api/guards.py) that lets the caller in before anything else is read
+    and hands it on as the `principal` dependency; `principal` instead is a dependency that
+    authenticates the caller itself, as the handler's parameters are resolved.
+    """
+    assert admit is None or principal is None, "one way of authenticating a surface"
+    # Litestar's map is keyed by status codes too and typed for handlers of
+    # `Request[Any, Any, State]`; ours take any Request and are keyed by exception alone.
+    handlers: ExceptionHandlersMap = {kind: render for kind, render in errors.items()}
+    guards: list[Guard] = []
+    caller = None if principal is None else Provide(principal)
+    if admit is not None:
+        guards, caller = [guard(admit)], ADMITTED
+    return Router(
+        path=path,
+        route_handlers=route_handlers,
+        guards=guards,
+        dependencies={} if caller is None else {"principal": caller},
+        exception_handlers=handlers,
+    )
+
+
+JOB_API = surface(
+    "/",
+    [
         JobsController,
         job_trace,
         BatchController,
@@ -101,56 +140,51 @@ JOB_API = Router(
         KeysController,
         AdminAccountsController,  # its `admin` dependency on top of the caller
     ],
-    dependencies={"principal": Provide(job_api_principal)},
-    exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
+    JOB_API_ERRORS,
+    principal=job_api_principal,
 )
 """Seed 002 and what Spool adds beside it: jobs, batches, metadata, usage, the user's storage,
 webhook and keys, the admin's accounts. Key in `x-api-key` or `Authorization: Bearer`."""
 
-CLUSTER_API = Router(
-    path=CLUSTER_PREFIX,
-    route_handlers=[TasksController, DevicesController, ConfigController, ClusterController],
+CLUSTER_API = surface(
+    CLUSTER_PREFIX,
+    [TasksController, DevicesController, ConfigController, ClusterController],
+    CLUSTER_API_ERRORS,
     # Devices and cluster reads narrow it to admin keys (`cluster_reader`), the config too.
-    dependencies={"principal": Provide(cluster_principal)},
-    exception_handlers=CLUSTER_API_ERRORS,  # type: ignore[arg-type]
+    principal=cluster_principal,
 )
 """Seed 004's `/api/v1`: tasks, devices, config and cluster status, in its envelope."""
 
-VIEWERS = Router(
-    path="/api/cluster/viewers",
-    route_handlers=[list_cluster_viewers, report_viewer_events],
-    exception_handlers=VIEWER_ERRORS,  # type: ignore[arg-type]
+VIEWERS = surface(
+    "/api/cluster/viewers",
+    [list_cluster_viewers, report_viewer_events],
+    VIEWER_ERRORS,
+    admit=viewer_caller,  # each route narrows it to admin keys
 )
 """Seed 001's viewer list and the events API of external media servers (admin keys)."""
 
-HEALTH = Router(
-    path="/",
-    route_handlers=[issue_health_token, health_ws],
-    exception_handlers=MESSAGE_ERRORS,  # type: ignore[arg-type]
+HEALTH = surface(
+    "/",
+    [issue_health_token, health_ws],
+    MESSAGE_ERRORS,
+    admit=token_caller,  # the socket is keyless: its token comes in band
 )
 """Seed 003: `POST /api/auth/token` (a key for a JWT) and the `ws /api/health/ws` it opens."""
 
-MEDIA = Router(
-    path="/",
-    route_handlers=[media_router, files_router],
-    exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
-)
+MEDIA = surface("/", [media_router, files_router], JOB_API_ERRORS)
 """Playback (`/media`, owner key or `?token=`) and signed file links (`/files`, no key)."""
 
-DASHBOARD = Router(
-    path="/dashboard",
-    route_handlers=[DashboardController, dashboard_static],
-    exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
+DASHBOARD = surface(
+    "/dashboard",
+    [DashboardController, dashboard_static],
+    JOB_API_ERRORS,
+    admit=job_api_cluster_reader,  # the page and its files are keyless
 )
-"""The dashboard page and its files (public) and its panels (admin keys, checked in each
-handler so that a bad query parameter is still answered before the key)."""
+"""The dashboard page and its files (public) and its panels (admin keys)."""
 
-OPERATIONS = Router(
-    path="/",
-    route_handlers=[health, metrics, cluster_ws, swagger, swagger_assets],
-    exception_handlers=JOB_API_ERRORS,  # type: ignore[arg-type]
-)
-"""`/health` (no key), `/metrics` (admin key or scrape token), `ws /ws` (key), Swagger UI."""
+OPERATIONS = surface("/", [health, metrics, cluster_ws, swagger, swagger_assets], JOB_API_ERRORS)
+"""`/health` (no key), `/metrics` (admin key or scrape token), `ws /ws` (key), Swagger UI: each
+route that takes a key has a guard of its own (`metrics_reader`, `socket_caller`)."""
 
 SURFACES = [JOB_API, CLUSTER_API, VIEWERS, HEALTH, MEDIA, DASHBOARD, OPERATIONS]
 """Every route of the API, one Router per surface: what `create_app` serves."""

@@ -6,10 +6,25 @@ from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Request, Response, post
+from litestar.exceptions import HTTPException
 
 from spool.adapters.tokens import issue_token
-from spool.api.auth import lookup, presented_key
+from spool.api.auth import Principal, Unauthenticated, key_holder
 from spool.api.services import Services
+
+
+async def token_caller(request: Request[Any, Any, Any], services: Services) -> Principal:
+    """Whose key asks for a token (the health surface's guard); 401 as `{"message"}` otherwise."""
+    return await key_holder(request, services.keys, _UNAUTHENTICATED)
+
+
+def _unauthenticated(message: str) -> HTTPException:
+    return HTTPException(status_code=401, detail=message)
+
+
+_UNAUTHENTICATED = Unauthenticated(
+    _unauthenticated, missing="Missing API key", invalid="Invalid API key"
+)
 
 
 @post(
@@ -17,16 +32,8 @@ from spool.api.services import Services
     status_code=200,
     tags=["health"],
 )
-async def issue_health_token(
-    request: Request[Any, Any, Any], services: Services
-) -> Response[dict[str, Any]]:
+async def issue_health_token(services: Services, principal: Principal) -> Response[dict[str, Any]]:
     """A JWT for `ws://HOST/api/health/ws`, for the API key in `Authorization` or `x-api-key`."""
-    key = presented_key(request)
-    if key is None:
-        return Response({"message": "Missing API key"}, status_code=401)
-    principal = await lookup(services.keys, key)
-    if principal is None:
-        return Response({"message": "Invalid API key"}, status_code=401)
     settings = services.settings
     token, expires_at = issue_token(
         services.token_key,

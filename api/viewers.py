@@ -16,14 +16,17 @@ from typing import Any
 import asyncpg
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
 
 from spool.adapters.event_store import EventStore
 from spool.adapters.read_models.viewers import DEFAULT_ROWS_PER_PAGE, ViewerQuery, list_viewers
 from spool.adapters.viewer_sessions import ViewerRecorder
-from spool.api.auth import Principal, lookup, presented_key
+from spool.api.auth import Principal, Unauthenticated, key_holder
 from spool.api.bodies import body_fault, reads_body
 from spool.api.cluster_reads import REFUSED, may_read_cluster
 from spool.api.errors import message_error
+from spool.api.guards import admitted
 from spool.api.requests import command_metadata
 from spool.api.services import Services
 from spool.application.viewers import Item
@@ -57,29 +60,31 @@ def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str
 VIEWER_ERRORS = {Exception: _error}
 
 
-async def _caller(request: Request[Any, Any, Any], services: Services) -> Principal:
-    key = presented_key(request)
-    if key is None:
-        raise ViewerApiError(401, "Missing API key: send Authorization: Bearer <api key>")
-    principal = await lookup(services.keys, key)
-    if principal is None:
-        raise ViewerApiError(401, "Invalid API key")
-    return principal
+async def viewer_caller(request: Request[Any, Any, Any], services: Services) -> Principal:
+    """The caller of the viewer API (its Router's guard); 401 as `{"message"}` otherwise."""
+    return await key_holder(request, services.keys, _UNAUTHENTICATED)
 
 
-async def _admin(request: Request[Any, Any, Any], services: Services) -> Principal:
-    principal = await _caller(request, services)
-    if not principal.admin:
+def _unauthenticated(message: str) -> ViewerApiError:
+    return ViewerApiError(401, message)
+
+
+_UNAUTHENTICATED = Unauthenticated(
+    _unauthenticated,
+    missing="Missing API key: send Authorization: Bearer <api key>",
+    invalid="Invalid API key",
+)
+
+
+def _admin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    if not admitted(connection.scope).admin:
         raise ViewerApiError(403, "This endpoint needs an admin API key")
-    return principal
 
 
-async def _cluster_reader(request: Request[Any, Any, Any], services: Services) -> Principal:
-    principal = await _caller(request, services)
-    if not may_read_cluster(principal.admin):
+def _cluster_reader(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    if not may_read_cluster(admitted(connection.scope).admin):
         # The list holds every client's IP address across all accounts.
         raise ViewerApiError(403, REFUSED)
-    return principal
 
 
 # -- the list ------------------------------------------------------------------------------
@@ -147,7 +152,7 @@ def _viewer(r: asyncpg.Record, now_ms: int) -> dict[str, Any]:
     }
 
 
-@get("/", tags=["viewers"])
+@get("/", guards=[_cluster_reader], tags=["viewers"])
 async def list_cluster_viewers(
     request: Request[Any, Any, Any], services: Services
 ) -> Response[dict[str, Any]]:
@@ -159,7 +164,6 @@ async def list_cluster_viewers(
     sessions; `true` or absent shows them. A page past the last is empty, with exact totals.
     """
     began = time.perf_counter()
-    await _cluster_reader(request, services)
     q = parse_query(request.query_params)
     page = await list_viewers(services.pool, q)
     now_ms = int(time.time() * 1000)
@@ -196,10 +200,11 @@ _decode_body = msgspec.json.Decoder(EventsBody).decode
     "/events",
     status_code=200,
     opt=reads_body("events"),
+    guards=[_admin],
     tags=["viewers"],
 )
 async def report_viewer_events(
-    request: Request[Any, Any, Any], services: Services
+    request: Request[Any, Any, Any], services: Services, principal: Principal
 ) -> Response[dict[str, Any]]:
     """Sessions of an external media server: `{"events": [{"type": "connect" | "stats" |
     "state" | "disconnect", "id": ..., ...}]}`, at most 1,000, admin key.
@@ -208,7 +213,6 @@ async def report_viewer_events(
     viewer) or 409 (already connected, or already disconnected), naming its index, and nothing
     of the request is appended. Answers the viewer id of each event, in order.
     """
-    principal = await _admin(request, services)
     if (fault := body_fault(request)) is not None:
         raise fault
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -15,8 +14,9 @@ from spool.adapters.job_store import jobs, load_job
 from spool.adapters.repository import ChangingTooFast
 from spool.application.idempotency import Idempotent, append_once
 from spool.application.jobs import Created, NewJob, plan_batch
+from spool.application.ownership import load_owned
 from spool.domain import batch, job
-from spool.domain.errors import ConcurrencyError, Conflict, InvalidTransition, NotFound
+from spool.domain.errors import ConcurrencyError, Conflict, InvalidTransition
 from spool.domain.events import Event, Metadata
 
 
@@ -69,14 +69,7 @@ async def create_bulk(
 
 async def owned_batch(store: EventStore, account_id: str, raw_id: str) -> batch.BatchState:
     """A batch of the account's; NotFound for anyone else's."""
-    try:
-        batch_id = str(uuid.UUID(raw_id))
-    except ValueError:
-        raise NotFound("Batch not found") from None
-    state = await batches(store).load(batch_id)
-    if state is None or state.account_id != account_id:
-        raise NotFound("Batch not found")
-    return state
+    return await load_owned(batches(store), account_id, raw_id, "Batch")
 
 
 async def batch_jobs(store: EventStore, state: batch.BatchState) -> list[job.JobState]:

@@ -23,8 +23,9 @@ from spool.adapters.playlists import Playlist
 from spool.adapters.repository import ChangingTooFast
 from spool.adapters.storage import StorageError
 from spool.application.idempotency import Idempotent, append_once
+from spool.application.ownership import load_owned
 from spool.domain import batch, job
-from spool.domain.errors import Conflict, InvalidCommand, NotFound, StorageRefused
+from spool.domain.errors import Conflict, InvalidCommand, StorageRefused
 from spool.domain.events import Event, Metadata, NewEvent
 from spool.domain.idempotency import RequestRecorded
 from spool.domain.source_data import made_safe
@@ -184,14 +185,7 @@ async def create_playlist(
 
 async def owned_job(store: EventStore, account_id: str, raw_id: str) -> job.JobState:
     """A job of the account's, exact to its last event; NotFound for anyone else's."""
-    try:
-        job_id = str(uuid.UUID(raw_id))
-    except ValueError:
-        raise NotFound("Job not found") from None
-    found = await jobs(store).load(job_id)
-    if found is None or found.account_id != account_id:
-        raise NotFound("Job not found")
-    return found
+    return await load_owned(jobs(store), account_id, raw_id, "Job")
 
 
 async def decide(

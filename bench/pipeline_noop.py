@@ -46,6 +46,7 @@ from spool.adapters.database import create_pool
 from spool.adapters.event_store import EventStore
 from spool.adapters.queue import connect
 from spool.adapters.settings import Settings
+from spool.assembly import NODE, assemble
 from spool.domain import job
 from spool.domain.events import Event, NewEvent
 from spool.reactors.worker import Node, RunningUnit
@@ -77,12 +78,21 @@ class NoopNode(Node):
 
 
 async def spool_node(args: argparse.Namespace) -> None:
+    """`spool worker`'s node (spool/assembly.py), its stages no-ops."""
     settings = Settings.from_env(None, **_concurrency(args.concurrency))
     stop = stop_on_signals()
     async with open_runtime(settings, need_redis=True, run_migrations=False) as rt:
         assert rt.redis is not None
-        node = NoopNode(store=rt.store, redis=rt.redis, storage=rt.storage, settings=settings)
-        await node.run(stop)
+        parts = assemble(
+            store=rt.store,
+            redis=rt.redis,
+            storage=rt.storage,
+            settings=settings,
+            projections=rt.runner,
+            parts=(NODE,),
+            node_type=NoopNode,
+        )
+        await parts[NODE].run(stop)
 
 
 # -- raw arq no-op functions (a child process) --------------------------------------------------

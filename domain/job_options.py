@@ -14,6 +14,7 @@ A new option is one field of `AskedOptions` (plus its rule in `resolve` and a na
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import SplitResult, urlsplit
 
@@ -202,13 +203,7 @@ def check_url(raw: str) -> str:
     # header gets injected into the downloader's request.
     if _has_control(url) or any(c.isspace() for c in url):
         raise _bad("Invalid URL: must not contain spaces or control characters")
-    parts = _split_http_url(url)
-    if parts is None:
-        raise _bad("Invalid URL: expected an http(s) URL")
-    if _has_credentials(parts):
-        # The URL is stored in the job's events, which are never rewritten or deleted.
-        raise _bad("Invalid URL: must not contain credentials (user:password@)")
-    return url
+    return _http_url(url, "Invalid URL", "an http(s) URL")
 
 
 def _check_webhook_url(raw: str) -> str:
@@ -222,11 +217,17 @@ def _check_webhook_url(raw: str) -> str:
     # every parser agreeing on which host we call.
     if any(c.isspace() for c in url) or "\\" in url:
         raise _bad("Invalid webhook_url: expected an http(s) URL with a host")
+    return _http_url(url, "Invalid webhook_url", "an http(s) URL with a host")
+
+
+def _http_url(url: str, refusal: str, expected: str) -> str:
+    """`url`, if it is an http(s) URL without credentials; `refusal` heads what is wrong."""
     parts = _split_http_url(url)
     if parts is None:
-        raise _bad("Invalid webhook_url: expected an http(s) URL with a host")
+        raise _bad(f"{refusal}: expected {expected}")
     if _has_credentials(parts):
-        raise _bad("Invalid webhook_url: must not contain credentials (user:password@)")
+        # A job's URLs are stored in its events, which are never rewritten or deleted.
+        raise _bad(f"{refusal}: must not contain credentials (user:password@)")
     return url
 
 
@@ -236,10 +237,7 @@ def check_filename(filename: str) -> str:
     Raises:
         InvalidOption: naming the field and the character or name that is not allowed.
     """
-    try:
-        return file_names.check_filename(filename)
-    except file_names.UnsafeName as exc:
-        raise _bad(str(exc)) from None
+    return _safe_name(file_names.check_filename, filename)
 
 
 def check_folder(folder: str) -> str:
@@ -248,8 +246,13 @@ def check_folder(folder: str) -> str:
     Raises:
         InvalidOption: naming the field and the character or name that is not allowed.
     """
+    return _safe_name(file_names.check_folder, folder)
+
+
+def _safe_name(check: Callable[[str], str], name: str) -> str:
+    """`check(name)`, its refusal (`file_names.UnsafeName`) raised as an InvalidOption."""
     try:
-        return file_names.check_folder(folder)
+        return check(name)
     except file_names.UnsafeName as exc:
         raise _bad(str(exc)) from None
 

@@ -1,8 +1,9 @@
 """The long-running parts of a Spool cluster, built in one place.
 
 `spool up`, `spool reactors` and `spool worker` (spool/serve.py), the test cluster
-(tests/fixtures/cluster.py) and the pipeline benchmark (bench/pipeline.py) all take their parts
-from `assemble`, so a part added here runs everywhere. Tests pass faster `Timings`.
+(tests/fixtures/cluster.py) and the pipeline benchmarks (bench/pipeline.py,
+bench/pipeline_noop.py) all take their parts from `assemble`, so a part added here runs
+everywhere. Tests pass faster `Timings`; the no-op benchmark a node whose stages do no media work.
 """
 
 from __future__ import annotations
@@ -67,10 +68,12 @@ def assemble(
     projections: ProjectionRunner,
     parts: Collection[str] = REACTORS,
     timings: Timings = Timings(),
+    node_type: type[Node] = Node,
 ) -> dict[str, Part]:
     """The named parts asked for (`REACTORS` and/or `NODE`), in `REACTORS` order, node last.
 
-    `projections` is the process's projection runner, which its callers also wait on. Each
+    `projections` is the process's projection runner, which its callers also wait on;
+    `node_type` the class of the node (a benchmark's may run its stages as no-ops). Each
     reactor is safe to run in several processes at once: projections, the pipeline and webhooks
     take a row lock on their checkpoint (one runner applies a batch, the others wait and find it
     applied); the scheduler and viewer timeouts a transaction advisory lock per pass; the
@@ -101,5 +104,5 @@ def assemble(
     if VIEWER_TIMEOUTS in parts:
         built[VIEWER_TIMEOUTS] = ViewerTimeouts(store, settings, tick=timings.viewer_tick)
     if NODE in parts:
-        built[NODE] = Node(store=store, redis=redis, storage=storage, settings=settings)
+        built[NODE] = node_type(store=store, redis=redis, storage=storage, settings=settings)
     return built

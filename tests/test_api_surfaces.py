@@ -219,3 +219,51 @@ def test_no_api_module_but_the_accessor_reads_the_apps_state(repo_root: Path) ->
         for line in _state_reads(path.read_text())
     }
     assert found == set(), "take `services: Services` (api/services.py) instead"
+
+
+# -- guarded surfaces ---------------------------------------------------------------------------
+
+FORM = {"content-type": "multipart/form-data; boundary=x"}
+
+# (method, path, what else is wrong with the request, the surface's refusal of a missing key)
+UNKEYED: list[tuple[str, str, dict[str, Any], dict[str, str]]] = [
+    ("GET", "/dashboard/throughput?minutes=abc", {}, {"error": "Missing x-api-key header"}),
+    ("GET", "/dashboard/nodes", {}, {"error": "Missing x-api-key header"}),
+    (
+        "POST",
+        "/api/cluster/viewers/events",
+        {"content": b"--x--", "headers": FORM},
+        {"message": "Missing API key: send Authorization: Bearer <api key>"},
+    ),
+    (
+        "GET",
+        "/api/cluster/viewers?page=abc",
+        {},
+        {"message": "Missing API key: send Authorization: Bearer <api key>"},
+    ),
+    (
+        "POST",
+        "/api/auth/token",
+        {"content": b"--x--", "headers": FORM},
+        {"message": "Missing API key"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "extra", "refusal"), UNKEYED, ids=[f"{c[0]} {c[1]}" for c in UNKEYED]
+)
+async def test_a_guarded_surface_refuses_a_caller_without_a_key_before_reading_the_request(
+    client: httpx.AsyncClient,
+    method: str,
+    path: str,
+    extra: dict[str, Any],
+    refusal: dict[str, str],
+) -> None:
+    answer = await client.request(method, path, **extra)
+    assert (answer.status_code, answer.json()) == (401, refusal)
+
+
+async def test_the_dashboard_page_and_its_files_need_no_key(client: httpx.AsyncClient) -> None:
+    for path in ("/dashboard/", "/dashboard/static/dashboard.js"):
+        assert (await client.get(path)).status_code == 200, path

@@ -26,7 +26,12 @@ async def redis(redis_url: str) -> AsyncIterator[ArqRedis]:
 
 
 def parts_of(
-    names: tuple[str, ...], store: EventStore, runner: ProjectionRunner, redis: ArqRedis, tmp: Path
+    names: tuple[str, ...],
+    store: EventStore,
+    runner: ProjectionRunner,
+    redis: ArqRedis,
+    tmp: Path,
+    node_type: type[Node] = Node,
 ) -> dict[str, Part]:
     return assemble(
         store=store,
@@ -35,6 +40,7 @@ def parts_of(
         settings=Settings(data_dir=tmp),
         projections=runner,
         parts=names,
+        node_type=node_type,
     )
 
 
@@ -65,3 +71,13 @@ async def test_a_part_the_assembly_does_not_know_is_refused_by_name(
 ) -> None:
     with pytest.raises(ValueError, match="no such part: webhooks"):
         parts_of(("projections", "webhooks"), store, runner, redis, tmp_path)
+
+
+async def test_a_benchmark_gets_its_own_kind_of_node_from_the_same_assembly(
+    store: EventStore, runner: ProjectionRunner, redis: ArqRedis, tmp_path: Path
+) -> None:
+    class NoopNode(Node):
+        """A node whose stages would do no media work (bench/pipeline_noop.py)."""
+
+    parts = parts_of((NODE,), store, runner, redis, tmp_path, node_type=NoopNode)
+    assert type(parts["node"]) is NoopNode

@@ -144,6 +144,42 @@ class _Pending:
     disconnected: bool = False
 
 
+class _Traffic(NamedTuple):
+    """What a viewer's row shows of its traffic and health."""
+
+    in_bandwidth: int
+    out_bandwidth: int
+    in_total_bytes: int
+    out_total_bytes: int
+    bitrate: int
+    measured: bool
+    score: int
+    grade: str
+
+
+def _traffic(
+    p: _Pending, harness_type: str, bitrate: int, in_bw: int, out_bw: int, *, measured: bool
+) -> _Traffic:
+    """The row's traffic once `p` is applied over what it showed (`bitrate`, bandwidths,
+    whether it was ever `measured`); the totals are the latest stats' (0 without any)."""
+    stats = p.stats
+    if p.bitrate is not None:
+        bitrate = p.bitrate
+    if stats is not None:
+        in_bw, out_bw, measured = stats.in_bandwidth, stats.out_bandwidth, True
+    score, grade = viewer.health(harness_type, bitrate, in_bw, out_bw, measured)
+    return _Traffic(
+        in_bw,
+        out_bw,
+        stats.in_total_bytes if stats else 0,
+        stats.out_total_bytes if stats else 0,
+        bitrate,
+        measured,
+        score,
+        grade,
+    )
+
+
 _INSERT = """
 INSERT INTO viewers (viewer_id, state, harness_type, system, application_id, stream_key,
                      remote_address, device_type, os_name, browser_name, country_code,
@@ -265,11 +301,7 @@ class ViewersProjection:
             assert c is not None and p.seen_at is not None
             if p.disconnected:
                 continue  # came and went within one batch: nothing to show
-            stats = p.stats
-            bitrate = c.bitrate if p.bitrate is None else p.bitrate
-            in_bw = stats.in_bandwidth if stats else 0
-            out_bw = stats.out_bandwidth if stats else 0
-            score, grade = viewer.health(c.harness_type, bitrate, in_bw, out_bw, stats is not None)
+            t = _traffic(p, c.harness_type, c.bitrate, 0, 0, measured=False)
             rows.append(
                 (
                     c.viewer_id,
@@ -285,14 +317,14 @@ class ViewersProjection:
                     c.country_code,
                     c.country_name,
                     c.started_at,
-                    in_bw,
-                    out_bw,
-                    stats.in_total_bytes if stats else 0,
-                    stats.out_total_bytes if stats else 0,
-                    score,
-                    grade,
-                    bitrate,
-                    stats is not None,
+                    t.in_bandwidth,
+                    t.out_bandwidth,
+                    t.in_total_bytes,
+                    t.out_total_bytes,
+                    t.score,
+                    t.grade,
+                    t.bitrate,
+                    t.measured,
                     c.node_id,
                     p.seen_at,
                     p.version,
@@ -321,24 +353,26 @@ class ViewersProjection:
         # (it has disconnected) are dropped here.
         for r in await conn.fetch(_EXISTING, list(changed)):
             p = changed[r["viewer_id"]]
-            stats = p.stats
-            bitrate = r["bitrate"] if p.bitrate is None else p.bitrate
-            measured = r["measured"] or stats is not None
-            in_bw = stats.in_bandwidth if stats else r["in_bandwidth"]
-            out_bw = stats.out_bandwidth if stats else r["out_bandwidth"]
-            score, grade = viewer.health(r["harness_type"], bitrate, in_bw, out_bw, measured)
+            t = _traffic(
+                p,
+                r["harness_type"],
+                r["bitrate"],
+                r["in_bandwidth"],
+                r["out_bandwidth"],
+                measured=r["measured"],
+            )
             rows.append(
                 (
                     r["viewer_id"],
                     p.state,
-                    in_bw,
-                    out_bw,
-                    stats.in_total_bytes if stats else 0,
-                    stats.out_total_bytes if stats else 0,
-                    bitrate,
-                    measured,
-                    score,
-                    grade,
+                    t.in_bandwidth,
+                    t.out_bandwidth,
+                    t.in_total_bytes,
+                    t.out_total_bytes,
+                    t.bitrate,
+                    t.measured,
+                    t.score,
+                    t.grade,
                     p.seen_at,
                     p.version,
                 )

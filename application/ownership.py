@@ -1,0 +1,36 @@
+"""An account's own aggregates: another account's is not found, like one that does not exist."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Protocol, TypeVar
+
+from spool.adapters.repository import Repository
+from spool.domain.errors import NotFound
+
+
+class Owned(Protocol):
+    """An aggregate's state that names the account it belongs to."""
+
+    @property
+    def account_id(self) -> str: ...
+
+
+S = TypeVar("S", bound=Owned)
+
+
+async def load_owned(repository: Repository[S], account_id: str, raw_id: str, what: str) -> S:
+    """The aggregate `raw_id` (a UUID) of the account's, exact to its last event.
+
+    Raises:
+        NotFound: `"{what} not found"`, for an id that is no UUID, no such aggregate, or
+            another account's (which it must not learn exists).
+    """
+    try:
+        aggregate_id = str(uuid.UUID(raw_id))
+    except ValueError:
+        raise NotFound(f"{what} not found") from None
+    state = await repository.load(aggregate_id)
+    if state is None or state.account_id != account_id:
+        raise NotFound(f"{what} not found")
+    return state
