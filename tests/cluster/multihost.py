@@ -40,13 +40,16 @@ API_PORT = 8081
 
 TIMINGS = {
     "SPOOL_STALL_TIMEOUT": "10",
-    "SPOOL_RECONCILE_INTERVAL": "0.5",
+    "SPOOL_RECONCILE_INTERVAL": "2",
     "SPOOL_NODE_TIMEOUT": "5",
     "SPOOL_RETRY_BACKOFF": "0.2",
 }
 """Faster than production's defaults (docs/architecture.md, Settings), so tests wait less; a
 test may override any. A node is lost `SPOOL_NODE_TIMEOUT` after its last heartbeat (one a
-second), and the reconciler acts on what two passes `SPOOL_RECONCILE_INTERVAL` apart agree on."""
+second), and the reconciler acts on what two passes `SPOOL_RECONCILE_INTERVAL` apart agree on.
+Those passes stay two heartbeats apart, as production's are (10 s): with passes 0.5 s apart,
+a unit a starved node has just taken, not yet in any heartbeat of that node, is judged lost on
+a loaded machine ("The worker running mux stopped answering") while the node runs it."""
 
 
 @dataclass

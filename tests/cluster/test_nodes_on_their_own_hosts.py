@@ -72,10 +72,11 @@ async def test_a_node_killed_mid_download_has_its_downloads_taken_over_by_anothe
 ) -> None:
     """A node that loses power (SIGKILL of every process on its host) stops beating; once its
     last heartbeat is `SPOOL_NODE_TIMEOUT` old (5 s here, 15 s by default) the reconciler finds
-    its downloads running nowhere, and after two passes `SPOOL_RECONCILE_INTERVAL` apart
-    (0.5 s here, 10 s by default) fails each so that its retry is queued for any node: within
-    about node timeout + 2 x reconcile interval (+ the pipeline's dispatch), about 6 s here,
-    45 s with the defaults. arq's in-progress key of the dead worker is never waited on."""
+    its downloads running nowhere, and after two passes `SPOOL_RECONCILE_INTERVAL` apart (2 s
+    here, 10 s by default) fails each so that its retry is queued for any node: another node
+    starts it within about node timeout + 2 x reconcile interval + the pipeline's dispatch,
+    about 10 s here, 35 s with the defaults (printed per job with `-s`). The dead worker's
+    arq in-progress key is never waited on."""
     async with start_multihost(nodes=3) as cluster:
         held, gate = cluster.db.media.held_url("clip.mp4")
         # More downloads than the nodes' 3 x 2 download slots: every node is busy with two.
@@ -113,4 +114,58 @@ async def _downloading_on(cluster: MultiHost, jobs: list[str], node: str, count:
         if len(found) >= count:
             return found
         assert time.monotonic() < deadline, f"{node} downloads {found}"
+        await asyncio.sleep(0.2)
+
+
+OUTAGE_SECONDS = 15.0
+"""How long the link stays down: the issue asks for 60 s. What happens depends only on the cut
+outlasting `SPOOL_NODE_TIMEOUT` (5 s) plus the reconciler's two passes (2 s apart) and the
+node's stall timeout (`SPOOL_STALL_TIMEOUT`, 10 s), all shortened here the same way; beyond
+that a longer cut changes nothing but the wait."""
+
+
+async def test_a_node_cut_off_mid_download_is_replaced_then_rejoins_and_takes_new_work(
+    start_multihost: StartMultiHost,
+) -> None:
+    """node1's link goes down while it downloads: node2 is given its downloads once node1 is
+    lost. node1 rides the outage out (its database calls fail with "No route to host" and are
+    tried again); when the link comes back its downloads finish late and are refused ("stale":
+    the attempt is no longer current), it is online again and takes new work. What it does to
+    an upload cut off half-made is not covered here."""
+    async with start_multihost(nodes=2) as cluster:
+        held, gate = cluster.db.media.held_url("clip.mp4")
+        jobs = await cluster.create_jobs({"url": held, "filename": f"cut{i}"} for i in range(4))
+        victims = await _downloading_on(cluster, jobs, "node1", count=2)
+
+        node1 = cluster.nodes["node1"]
+        node1.link.cut()
+        cut_at = time.monotonic()
+        await _until_not_online(cluster, "node1")
+        gate.set()  # node2's downloads, and node1's once taken over, finish at once
+        ended = await cluster.wait_ended(jobs, seconds=120)
+        # The outage lasts its length even when the jobs were done sooner: what node1 does
+        # when its link comes back must not depend on how fast node2 was.
+        await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - cut_at)))
+        node1.link.mend()
+
+        await _assert_all_completed(cluster, ended)
+        for job_id in victims:
+            history = await cluster.events(job_id)
+            assert _node_of(history, "DownloadCompleted") != ["node1"]
+            assert _node_of(history, "JobCompleted") == ["node2"], history
+        # Back on the network, node1 beats again and takes its share of new downloads.
+        await cluster.wait_online(["node1"])
+        again, more = cluster.db.media.held_url("clip.mp4")
+        later = await cluster.create_jobs({"url": again, "filename": f"back{i}"} for i in range(4))
+        await _downloading_on(cluster, later, "node1", count=1)
+        more.set()
+        ended = await cluster.wait_ended(later, seconds=120)
+        await _assert_all_completed(cluster, ended)
+        await _assert_nothing_lost(cluster, jobs + later)
+
+
+async def _until_not_online(cluster: MultiHost, node: str) -> None:
+    deadline = time.monotonic() + 60
+    while node in await cluster.online():
+        assert time.monotonic() < deadline, f"{node} still online"
         await asyncio.sleep(0.2)
