@@ -3,18 +3,15 @@ over the suite's PostgreSQL and Redis, skipped with the reason where namespaces 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.cluster.multihost import MultiHost, multihost
 from tests.cluster.network import namespaces_unavailable
+from tests.fixtures.databases import Databases
 from tests.fixtures.media import make_clip
-
-StartMultiHost = Callable[..., contextlib.AbstractAsyncContextManager[MultiHost]]
 
 
 @pytest.fixture(scope="session")
@@ -33,20 +30,33 @@ def cluster_media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture
-def start_multihost(
-    namespaces: None, fresh_database_url: str, redis_url: str, cluster_media: Path, tmp_path: Path
-) -> StartMultiHost:
-    """A factory: `async with start_multihost(nodes=3, SPOOL_NODE_TIMEOUT="4") as c: ...`."""
-
-    def start(nodes: int, **options: Any) -> contextlib.AbstractAsyncContextManager[MultiHost]:
-        return multihost(
-            database_url=fresh_database_url,
+@pytest.fixture(scope="module")
+async def three_nodes(
+    namespaces: None,
+    databases: Databases,
+    redis_url: str,
+    cluster_media: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[MultiHost]:
+    """A cluster of three node hosts over a database of its own, shared by a module's tests:
+    starting one costs seconds of imports on every host."""
+    name, url = await databases.take()
+    try:
+        async with multihost(
+            database_url=url,
             redis_url=redis_url,
             media_root=cluster_media,
-            root=tmp_path / "hosts",
-            nodes=nodes,
-            **options,
-        )
+            root=tmp_path_factory.mktemp("hosts"),
+            nodes=3,
+        ) as cluster:
+            yield cluster
+    finally:
+        databases.give_back(name)
 
-    return start
+
+@pytest.fixture
+async def cluster(three_nodes: MultiHost) -> MultiHost:
+    """The module's cluster with every node up, linked and online, whatever the test before
+    did to it."""
+    await three_nodes.restore()
+    return three_nodes

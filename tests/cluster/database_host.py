@@ -17,6 +17,7 @@ bound to the bridge address alone.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import subprocess
 import time
@@ -123,6 +124,10 @@ def database_host(
     with contextlib.ExitStack() as held:
         database = held.enter_context(forwarded(database_url, address))
         redis = held.enter_context(forwarded(redis_url, address))
+        # moto's werkzeug logs a line per request, thousands in a run.
+        werkzeug = logging.getLogger("werkzeug")
+        held.callback(werkzeug.setLevel, werkzeug.level)
+        werkzeug.setLevel(logging.WARNING)
         moto = ThreadedMotoServer(ip_address=address, port=0, verbose=False)
         moto.start()
         held.callback(moto.stop)

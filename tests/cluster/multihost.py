@@ -85,6 +85,17 @@ class MultiHost:
         tmp.mkdir(parents=True, exist_ok=True)
         host.procs.worker(host.name, *self.worker_flags, TMPDIR=str(tmp))
 
+    async def restore(self) -> None:
+        """Every node's link up and its worker running again (after a test cut or killed
+        one), and every node online."""
+        for host in self.nodes.values():
+            host.link.mend()
+            proc = host.procs.procs.get(host.name)
+            if proc is None or proc.poll() is not None:
+                host.kill()  # what a dead worker left on its host
+                self.start_worker(host)
+        await self.wait_online(self.nodes)
+
     @property
     def hosts(self) -> list[Host]:
         return [self.api, *self.nodes.values()]

@@ -22,7 +22,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-TEST_RANGE = ipaddress.ip_network("198.18.0.0/15")
+TEST_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
 """Where every address a test gives out lies; nothing is ever sent outside it."""
 
 
@@ -75,14 +75,15 @@ def netem_unavailable() -> str | None:
 
 def _free_subnet() -> ipaddress.IPv4Network:
     """A /24 of the test range that no address in the root namespace lies in."""
-    used = []
-    for line in ip("-o", "-4", "addr", "show").stdout.splitlines():
-        used.append(ipaddress.ip_interface(line.split()[3]).network)
+    used = [
+        ipaddress.ip_interface(line.split()[3]).network
+        for line in ip("-o", "-4", "addr", "show").stdout.splitlines()
+    ]
     subnets = list(TEST_RANGE.subnets(new_prefix=24))
     random.shuffle(subnets)
     for subnet in subnets:
         if not any(subnet.overlaps(u) for u in used):
-            return subnet  # type: ignore[return-value]
+            return subnet
     raise RuntimeError("every /24 of 198.18.0.0/15 is in use here")
 
 

@@ -9,9 +9,12 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.cluster.conftest import StartMultiHost
 from tests.cluster.multihost import MultiHost
 from tests.faults.checks import assert_log_and_bucket_clean
+
+BUSY = 9
+"""More held downloads than the three nodes' download slots (two each, `spool worker`'s
+default): every node is busy with two."""
 
 
 async def _assert_all_completed(cluster: MultiHost, ended: dict[str, str]) -> None:
@@ -43,32 +46,27 @@ def _last_run(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def test_sixty_jobs_spread_over_three_nodes_and_each_stays_on_its_downloads_node(
-    start_multihost: StartMultiHost,
+    cluster: MultiHost,
 ) -> None:
-    async with start_multihost(nodes=3) as cluster:
-        url = cluster.db.media.url("clip.mp4")
-        jobs = await cluster.create_jobs({"url": url, "filename": f"clip{i}"} for i in range(60))
+    url = cluster.db.media.url("clip.mp4")
+    jobs = await cluster.create_jobs({"url": url, "filename": f"clip{i}"} for i in range(60))
 
-        ended = await cluster.wait_ended(jobs, seconds=240)
+    ended = await cluster.wait_ended(jobs, seconds=240)
 
-        await _assert_all_completed(cluster, ended)
-        histories = {j: await cluster.events(j) for j in jobs}
-        downloaded_on = {
-            j: _node_of(_last_run(h), "DownloadCompleted") for j, h in histories.items()
-        }
-        assert {n for nodes in downloaded_on.values() for n in nodes} == set(cluster.nodes)
-        for job_id, history in histories.items():
-            last = _last_run(history)
-            (node,) = downloaded_on[job_id]
-            # Every stage of the run that completed, its start and its end, names that node.
-            assert set(_node_of(last, "StageStarted", "MuxCompleted", "JobCompleted")) == {node}, (
-                last
-            )
-        await _assert_nothing_lost(cluster, jobs)
+    await _assert_all_completed(cluster, ended)
+    histories = {j: await cluster.events(j) for j in jobs}
+    downloaded_on = {j: _node_of(_last_run(h), "DownloadCompleted") for j, h in histories.items()}
+    assert {n for nodes in downloaded_on.values() for n in nodes} == set(cluster.nodes)
+    for job_id, history in histories.items():
+        last = _last_run(history)
+        (node,) = downloaded_on[job_id]
+        # Every stage of the run that completed, its start and its end, names that node.
+        assert set(_node_of(last, "StageStarted", "MuxCompleted", "JobCompleted")) == {node}, last
+    await _assert_nothing_lost(cluster, jobs)
 
 
 async def test_a_node_killed_mid_download_has_its_downloads_taken_over_by_another(
-    start_multihost: StartMultiHost,
+    cluster: MultiHost,
 ) -> None:
     """A node that loses power (SIGKILL of every process on its host) stops beating; once its
     last heartbeat is `SPOOL_NODE_TIMEOUT` old (5 s here, 15 s by default) the reconciler finds
@@ -77,29 +75,28 @@ async def test_a_node_killed_mid_download_has_its_downloads_taken_over_by_anothe
     starts it within about node timeout + 2 x reconcile interval + the pipeline's dispatch,
     about 10 s here, 35 s with the defaults (printed per job with `-s`). The dead worker's
     arq in-progress key is never waited on."""
-    async with start_multihost(nodes=3) as cluster:
-        held, gate = cluster.db.media.held_url("clip.mp4")
-        # More downloads than the nodes' 3 x 2 download slots: every node is busy with two.
-        jobs = await cluster.create_jobs({"url": held, "filename": f"held{i}"} for i in range(9))
-        victims = await _downloading_on(cluster, jobs, "node1", count=2)
+    held, gate = cluster.db.media.held_url("clip.mp4")
+    # More downloads than the nodes' 3 x 2 download slots: every node is busy with two.
+    jobs = await cluster.create_jobs({"url": held, "filename": f"held{i}"} for i in range(BUSY))
+    victims = await _downloading_on(cluster, jobs, "node1", count=2)
 
-        cluster.nodes["node1"].kill()
-        killed_at = datetime.now(UTC)
-        gate.set()  # the downloads still running finish; the retried ones run at full speed
+    cluster.nodes["node1"].kill()
+    killed_at = datetime.now(UTC)
+    gate.set()  # the downloads still running finish; the retried ones run at full speed
 
-        ended = await cluster.wait_ended(jobs, seconds=120)
+    ended = await cluster.wait_ended(jobs, seconds=120)
 
-        await _assert_all_completed(cluster, ended)
-        for job_id in victims:
-            history = await cluster.events(job_id)
-            failed = [e["data"] for e in history if e["type"] == "StageFailed"]
-            assert [(f["stage"], f["node_id"]) for f in failed] == [("download", "node1")], failed
-            (completed_on,) = _node_of(history, "JobCompleted")
-            assert completed_on in {"node2", "node3"}
-            retried = _last_run(history)[0]
-            taken_over = datetime.fromisoformat(retried["recorded_at"]) - killed_at
-            print(f"{job_id}: download taken over by {completed_on} {taken_over} after the kill")
-        await _assert_nothing_lost(cluster, jobs)
+    await _assert_all_completed(cluster, ended)
+    for job_id in victims:
+        history = await cluster.events(job_id)
+        failed = [e["data"] for e in history if e["type"] == "StageFailed"]
+        assert [(f["stage"], f["node_id"]) for f in failed] == [("download", "node1")], failed
+        (completed_on,) = _node_of(history, "JobCompleted")
+        assert completed_on in {"node2", "node3"}
+        retried = _last_run(history)[0]
+        taken_over = datetime.fromisoformat(retried["recorded_at"]) - killed_at
+        print(f"{job_id}: download taken over by {completed_on} {taken_over} after the kill")
+    await _assert_nothing_lost(cluster, jobs)
 
 
 async def _downloading_on(cluster: MultiHost, jobs: list[str], node: str, count: int) -> list[str]:
@@ -125,43 +122,44 @@ that a longer cut changes nothing but the wait."""
 
 
 async def test_a_node_cut_off_mid_download_is_replaced_then_rejoins_and_takes_new_work(
-    start_multihost: StartMultiHost,
+    cluster: MultiHost,
 ) -> None:
-    """node1's link goes down while it downloads: node2 is given its downloads once node1 is
-    lost. node1 rides the outage out (its database calls fail with "No route to host" and are
-    tried again); when the link comes back its downloads finish late and are refused ("stale":
-    the attempt is no longer current), it is online again and takes new work. What it does to
-    an upload cut off half-made is not covered here."""
-    async with start_multihost(nodes=2) as cluster:
-        held, gate = cluster.db.media.held_url("clip.mp4")
-        jobs = await cluster.create_jobs({"url": held, "filename": f"cut{i}"} for i in range(4))
-        victims = await _downloading_on(cluster, jobs, "node1", count=2)
+    """node1's link goes down while it downloads: the other nodes are given its downloads
+    once node1 is lost. node1 rides the outage out (its database calls fail with "No route to
+    host" and are tried again); when the link comes back its downloads finish late and are
+    refused ("stale": the attempt is no longer current), it is online again and takes new
+    work. What it does to an upload cut off half-made is not covered here."""
+    held, gate = cluster.db.media.held_url("clip.mp4")
+    jobs = await cluster.create_jobs({"url": held, "filename": f"cut{i}"} for i in range(BUSY))
+    victims = await _downloading_on(cluster, jobs, "node1", count=2)
 
-        node1 = cluster.nodes["node1"]
-        node1.link.cut()
-        cut_at = time.monotonic()
-        await _until_not_online(cluster, "node1")
-        gate.set()  # node2's downloads, and node1's once taken over, finish at once
-        ended = await cluster.wait_ended(jobs, seconds=120)
-        # The outage lasts its length even when the jobs were done sooner: what node1 does
-        # when its link comes back must not depend on how fast node2 was.
-        await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - cut_at)))
-        node1.link.mend()
+    node1 = cluster.nodes["node1"]
+    node1.link.cut()
+    cut_at = time.monotonic()
+    await _until_not_online(cluster, "node1")
+    gate.set()  # the other nodes' downloads, and node1's once taken over, finish at once
+    ended = await cluster.wait_ended(jobs, seconds=120)
+    # The outage lasts its length even when the jobs were done sooner: what node1 does
+    # when its link comes back must not depend on how fast node2 was.
+    await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - cut_at)))
+    node1.link.mend()
 
-        await _assert_all_completed(cluster, ended)
-        for job_id in victims:
-            history = await cluster.events(job_id)
-            assert _node_of(history, "DownloadCompleted") != ["node1"]
-            assert _node_of(history, "JobCompleted") == ["node2"], history
-        # Back on the network, node1 beats again and takes its share of new downloads.
-        await cluster.wait_online(["node1"])
-        again, more = cluster.db.media.held_url("clip.mp4")
-        later = await cluster.create_jobs({"url": again, "filename": f"back{i}"} for i in range(4))
-        await _downloading_on(cluster, later, "node1", count=1)
-        more.set()
-        ended = await cluster.wait_ended(later, seconds=120)
-        await _assert_all_completed(cluster, ended)
-        await _assert_nothing_lost(cluster, jobs + later)
+    await _assert_all_completed(cluster, ended)
+    for job_id in victims:
+        history = await cluster.events(job_id)
+        assert _node_of(history, "DownloadCompleted") != ["node1"]
+        (completed_on,) = _node_of(history, "JobCompleted")
+        assert completed_on in {"node2", "node3"}
+    # Back on the network, node1 beats again and takes its share of new downloads: the other
+    # nodes' slots are all held.
+    await cluster.wait_online(["node1"])
+    again, more = cluster.db.media.held_url("clip.mp4")
+    later = await cluster.create_jobs({"url": again, "filename": f"back{i}"} for i in range(BUSY))
+    await _downloading_on(cluster, later, "node1", count=1)
+    more.set()
+    ended = await cluster.wait_ended(later, seconds=120)
+    await _assert_all_completed(cluster, ended)
+    await _assert_nothing_lost(cluster, jobs + later)
 
 
 async def _until_not_online(cluster: MultiHost, node: str) -> None:
