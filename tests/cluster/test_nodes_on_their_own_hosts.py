@@ -76,7 +76,6 @@ async def test_a_node_killed_mid_download_has_its_downloads_taken_over_by_anothe
     about 10 s here, 35 s with the defaults (printed per job with `-s`). The dead worker's
     arq in-progress key is never waited on."""
     held, gate = cluster.db.media.held_url("clip.mp4")
-    # More downloads than the nodes' 3 x 2 download slots: every node is busy with two.
     jobs = await cluster.create_jobs({"url": held, "filename": f"held{i}"} for i in range(BUSY))
     victims = await _downloading_on(cluster, jobs, "node1", count=2)
 
