@@ -1,0 +1,168 @@
+"""Worker nodes on hosts of their own (network namespaces, tests/cluster/multihost.py), each
+reaching the database host and the API's host through its own link: work spreads over them,
+each job's files stay on the node that downloaded them, and a node that dies loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from tests.cluster.multihost import MultiHost
+from tests.faults.checks import assert_log_and_bucket_clean
+
+BUSY = 9
+"""More held downloads than the three nodes' download slots (two each, `spool worker`'s
+default): every node is busy with two."""
+
+
+async def _assert_all_completed(cluster: MultiHost, ended: dict[str, str]) -> None:
+    others = [j for j, status in ended.items() if status != "Completed"]
+    assert others == [], (
+        f"{len(others)} not completed; {others[0]}:\n{await cluster.story(others[0])}"
+    )
+
+
+async def _assert_nothing_lost(cluster: MultiHost, jobs: list[str]) -> None:
+    await assert_log_and_bucket_clean(
+        cluster.database_url, cluster.store, cluster.db.objects(), jobs
+    )
+
+
+def _node_of(events: list[dict[str, Any]], *types: str) -> list[str]:
+    """The node each event of `types` names, in the job's order."""
+    return [e["data"]["node_id"] for e in events if e["type"] in types]
+
+
+def _last_run(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The job's events from the start of its last download attempt on."""
+    starts = [
+        i
+        for i, e in enumerate(events)
+        if e["type"] == "StageStarted" and e["data"]["stage"] == "download"
+    ]
+    return events[starts[-1] :]
+
+
+async def test_sixty_jobs_spread_over_three_nodes_and_each_stays_on_its_downloads_node(
+    cluster: MultiHost,
+) -> None:
+    url = cluster.db.media.url("clip.mp4")
+    jobs = await cluster.create_jobs({"url": url, "filename": f"clip{i}"} for i in range(60))
+
+    ended = await cluster.wait_ended(jobs, seconds=240)
+
+    await _assert_all_completed(cluster, ended)
+    histories = {j: await cluster.events(j) for j in jobs}
+    downloaded_on = {j: _node_of(_last_run(h), "DownloadCompleted") for j, h in histories.items()}
+    assert {n for nodes in downloaded_on.values() for n in nodes} == set(cluster.nodes)
+    for job_id, history in histories.items():
+        last = _last_run(history)
+        (node,) = downloaded_on[job_id]
+        # Every stage of the run that completed, its start and its end, names that node.
+        assert set(_node_of(last, "StageStarted", "MuxCompleted", "JobCompleted")) == {node}, last
+    await _assert_nothing_lost(cluster, jobs)
+
+
+async def test_a_node_killed_mid_download_has_its_downloads_taken_over_by_another(
+    cluster: MultiHost,
+) -> None:
+    """A node that loses power (SIGKILL of every process on its host) stops beating; once its
+    last heartbeat is `SPOOL_NODE_TIMEOUT` old (5 s here, 15 s by default) the reconciler finds
+    its downloads running nowhere, and after two passes `SPOOL_RECONCILE_INTERVAL` apart (2 s
+    here, 10 s by default) fails each so that its retry is queued for any node: another node
+    starts it within about node timeout + 2 x reconcile interval + the pipeline's dispatch,
+    about 10 s here, 35 s with the defaults (printed per job with `-s`). The dead worker's
+    arq in-progress key is never waited on."""
+    held, gate = cluster.db.media.held_url("clip.mp4")
+    jobs = await cluster.create_jobs({"url": held, "filename": f"held{i}"} for i in range(BUSY))
+    victims = await _downloading_on(cluster, jobs, "node1", count=2)
+
+    cluster.nodes["node1"].kill()
+    killed_at = datetime.now(UTC)
+    gate.set()  # the downloads still running finish; the retried ones run at full speed
+
+    ended = await cluster.wait_ended(jobs, seconds=120)
+
+    await _assert_all_completed(cluster, ended)
+    for job_id in victims:
+        history = await cluster.events(job_id)
+        failed = [e["data"] for e in history if e["type"] == "StageFailed"]
+        assert [(f["stage"], f["node_id"]) for f in failed] == [("download", "node1")], failed
+        (completed_on,) = _node_of(history, "JobCompleted")
+        assert completed_on in {"node2", "node3"}
+        retried = _last_run(history)[0]
+        taken_over = datetime.fromisoformat(retried["recorded_at"]) - killed_at
+        print(f"{job_id}: download taken over by {completed_on} {taken_over} after the kill")
+    await _assert_nothing_lost(cluster, jobs)
+
+
+async def _downloading_on(cluster: MultiHost, jobs: list[str], node: str, count: int) -> list[str]:
+    """Wait until `count` of `jobs` are downloading on `node`; those jobs."""
+    deadline = time.monotonic() + 90
+    while True:
+        found = []
+        for job_id in jobs:
+            history = await cluster.events(job_id)
+            if _node_of(history, "StageStarted") == [node]:
+                found.append(job_id)
+        if len(found) >= count:
+            return found
+        assert time.monotonic() < deadline, f"{node} downloads {found}"
+        await asyncio.sleep(0.2)
+
+
+OUTAGE_SECONDS = 15.0
+"""How long the link stays down: the issue asks for 60 s. What happens depends only on the cut
+outlasting `SPOOL_NODE_TIMEOUT` (5 s) plus the reconciler's two passes (2 s apart) and the
+node's stall timeout (`SPOOL_STALL_TIMEOUT`, 10 s), all shortened here the same way; beyond
+that a longer cut changes nothing but the wait."""
+
+
+async def test_a_node_cut_off_mid_download_is_replaced_then_rejoins_and_takes_new_work(
+    cluster: MultiHost,
+) -> None:
+    """node1's link goes down while it downloads: the other nodes are given its downloads
+    once node1 is lost. node1 rides the outage out (its database calls fail with "No route to
+    host" and are tried again); when the link comes back its downloads finish late and are
+    refused ("stale": the attempt is no longer current), it is online again and takes new
+    work. What it does to an upload cut off half-made is not covered here."""
+    held, gate = cluster.db.media.held_url("clip.mp4")
+    jobs = await cluster.create_jobs({"url": held, "filename": f"cut{i}"} for i in range(BUSY))
+    victims = await _downloading_on(cluster, jobs, "node1", count=2)
+
+    node1 = cluster.nodes["node1"]
+    node1.link.cut()
+    cut_at = time.monotonic()
+    await _until_not_online(cluster, "node1")
+    gate.set()  # the other nodes' downloads, and node1's once taken over, finish at once
+    ended = await cluster.wait_ended(jobs, seconds=120)
+    # The outage lasts its length even when the jobs were done sooner: what node1 does
+    # when its link comes back must not depend on how fast node2 was.
+    await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - cut_at)))
+    node1.link.mend()
+
+    await _assert_all_completed(cluster, ended)
+    for job_id in victims:
+        history = await cluster.events(job_id)
+        assert _node_of(history, "DownloadCompleted") != ["node1"]
+        (completed_on,) = _node_of(history, "JobCompleted")
+        assert completed_on in {"node2", "node3"}
+    # Back on the network, node1 beats again and takes its share of new downloads: the other
+    # nodes' slots are all held.
+    await cluster.wait_online(["node1"])
+    again, more = cluster.db.media.held_url("clip.mp4")
+    later = await cluster.create_jobs({"url": again, "filename": f"back{i}"} for i in range(BUSY))
+    await _downloading_on(cluster, later, "node1", count=1)
+    more.set()
+    ended = await cluster.wait_ended(later, seconds=120)
+    await _assert_all_completed(cluster, ended)
+    await _assert_nothing_lost(cluster, jobs + later)
+
+
+async def _until_not_online(cluster: MultiHost, node: str) -> None:
+    deadline = time.monotonic() + 60
+    while node in await cluster.online():
+        assert time.monotonic() < deadline, f"{node} still online"
+        await asyncio.sleep(0.2)
