@@ -366,18 +366,10 @@ async def _check_job_stages(
 ) -> tuple[int, int]:
     """The stage rows compared in the pass, plus rows of jobs whose stream had not begun."""
     checked, differences = folds.stages_checked, folds.stages_differences
-    at = folds.stages_at
-    orphans = await conn.fetch(
-        "SELECT DISTINCT job_id FROM job_stages s WHERE NOT EXISTS (SELECT 1 FROM events e "
-        "WHERE e.stream_id = 'job-' || s.job_id AND e.version = 1 "
-        "AND (e.tx, e.position) <= ($1::text::xid8, $2::bigint))",
-        str(at.tx),
-        at.position,
-    )
-    for r in orphans:
+    for job_id in await job_stages.without_stream(conn, folds.stages_at):
         checked += 1
         differences += 1
-        found(Difference(f"job-{r[0]}", "job_stages", "present", MISSING))
+        found(Difference(f"job-{job_id}", "job_stages", "present", MISSING))
     return checked, differences
 
 

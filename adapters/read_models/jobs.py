@@ -240,6 +240,52 @@ async def longest_media(pool: asyncpg.Pool, account_id: str) -> int:
     return int(await pool.fetchval(_LONGEST, account_id))
 
 
+# Events the projection has not applied yet (those after its checkpoint): each JobCreated is a
+# job not finished (counted in today if recorded since `$2`), and each JobRetried of a job the
+# rows still show finished ($3) is one running again.
+_UNPROJECTED = """
+SELECT count(*) FILTER (WHERE e.type = 'JobCreated') AS created,
+       count(*) FILTER (WHERE e.type = 'JobCreated' AND e.recorded_at >= $2) AS today,
+       count(*) FILTER (WHERE e.type = 'JobRetried' AND EXISTS (
+           SELECT 1 FROM jobs j WHERE j.job_id = substr(e.stream_id, 5)  -- after 'job-'
+             AND j.account_id = $1 AND j.status = ANY($3::text[]))) AS retried
+FROM events e
+WHERE (e.type = 'JobCreated' AND e.data->>'account_id' = $1 OR e.type = 'JobRetried')
+  AND (e.tx, e.position) > (
+      SELECT coalesce((SELECT tx::text FROM checkpoints WHERE name = 'jobs'), '0')::xid8,
+             coalesce((SELECT position FROM checkpoints WHERE name = 'jobs'), 0))
+"""
+
+_PROJECTED = """
+SELECT count(*) FILTER (WHERE status <> ALL($3::text[])) AS running,
+       count(*) FILTER (WHERE created_at >= $2) AS today
+FROM jobs WHERE account_id = $1
+"""
+
+_TERMINAL = sorted(job.TERMINAL)
+
+
+class AccountJobs(NamedTuple):
+    """An account's jobs not finished, and those created since a time."""
+
+    running: int
+    today: int
+
+
+async def account_jobs(
+    db: asyncpg.Pool | asyncpg.Connection, account_id: str, since: datetime
+) -> AccountJobs:
+    """The account's jobs not finished and those created `since`: the rows plus the JobCreated
+    and JobRetried events the projection has not applied yet, so exact for jobs created and
+    retried (a job that just finished may count as running a moment longer)."""
+    projected = await db.fetchrow(_PROJECTED, account_id, since, _TERMINAL)
+    pending = await db.fetchrow(_UNPROJECTED, account_id, since, _TERMINAL)
+    return AccountJobs(
+        running=projected["running"] + pending["created"] + pending["retried"],
+        today=projected["today"] + pending["today"],
+    )
+
+
 _UNFINISHED_QUIET = """
 SELECT job_id FROM jobs WHERE status <> ALL($1::text[]) AND updated_at < now() - $2::interval
 """
