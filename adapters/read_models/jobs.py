@@ -243,14 +243,15 @@ async def longest_media(pool: asyncpg.Pool, account_id: str) -> int:
 # Events the projection has not applied yet (those after its checkpoint): each JobCreated is a
 # job not finished (counted in today if recorded since `$2`), and each JobRetried of a job the
 # rows still show finished ($3) is one running again.
-_UNPROJECTED = """
-SELECT count(*) FILTER (WHERE e.type = 'JobCreated') AS created,
-       count(*) FILTER (WHERE e.type = 'JobCreated' AND e.recorded_at >= $2) AS today,
-       count(*) FILTER (WHERE e.type = 'JobRetried' AND EXISTS (
+_CREATED, _RETRIED = job.JobCreated.__name__, job.JobRetried.__name__
+_UNPROJECTED = f"""
+SELECT count(*) FILTER (WHERE e.type = '{_CREATED}') AS created,
+       count(*) FILTER (WHERE e.type = '{_CREATED}' AND e.recorded_at >= $2) AS today,
+       count(*) FILTER (WHERE e.type = '{_RETRIED}' AND EXISTS (
            SELECT 1 FROM jobs j WHERE j.job_id = substr(e.stream_id, 5)  -- after 'job-'
              AND j.account_id = $1 AND j.status = ANY($3::text[]))) AS retried
 FROM events e
-WHERE (e.type = 'JobCreated' AND e.data->>'account_id' = $1 OR e.type = 'JobRetried')
+WHERE (e.type = '{_CREATED}' AND e.data->>'account_id' = $1 OR e.type = '{_RETRIED}')
   AND (e.tx, e.position) > (
       SELECT coalesce((SELECT tx::text FROM checkpoints WHERE name = 'jobs'), '0')::xid8,
              coalesce((SELECT position FROM checkpoints WHERE name = 'jobs'), 0))

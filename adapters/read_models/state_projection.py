@@ -10,7 +10,7 @@ the log and compares that with the stored row.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
@@ -19,7 +19,7 @@ import asyncpg
 import msgspec
 import sqlalchemy as sa
 
-from spool.adapters.event_store import read_prefixes
+from spool.adapters.event_store import Checkpoint, read_prefixes
 from spool.domain.aggregate import Aggregate, steps
 from spool.domain.events import Event, RecordedEvent
 
@@ -161,6 +161,42 @@ class StateProjection(Generic[S]):
         applied = await self.fold_onto(conn, events)
         if applied.changed:
             await self.rows.write(conn, applied.changed_states(), applied.stored)
+
+    # -- what `reactors/verify.py` compares with the fold ------------------------------------
+
+    async def stored(self, conn: asyncpg.Connection, keys: list[str]) -> dict[str, Row]:
+        """The stored rows of `keys` as `fold` gives a row (its columns, jsonb decoded), by key;
+        columns a row has beyond those (for reporting) are left out."""
+        rows, json_columns = self.rows, self.rows.json_columns
+        found = await conn.fetch(
+            f"SELECT {rows.key}, {', '.join(rows.columns)} FROM {rows.table.name} "
+            f"WHERE {rows.key} = ANY($1::text[])",
+            keys,
+        )
+        return {
+            r[0]: {
+                c: msgspec.json.decode(v) if c in json_columns and v is not None else v
+                for c, v in list(r.items())[1:]
+            }
+            for r in found
+        }
+
+    async def without_stream(
+        self, conn: asyncpg.Connection, at: Checkpoint, page: int
+    ) -> AsyncIterator[list[str]]:
+        """The keys of rows whose stream had not begun by `at` (or never did), `page` at a time
+        (in the caller's transaction: a cursor)."""
+        rows = self.rows
+        cursor = await conn.cursor(
+            f"SELECT {rows.key} FROM {rows.table.name} t WHERE NOT EXISTS ("
+            f"SELECT 1 FROM events e WHERE e.stream_id = $1 || t.{rows.key} AND e.version = 1 "
+            "AND (e.tx, e.position) <= ($2::text::xid8, $3::bigint))",
+            self.stream,
+            str(at.tx),
+            at.position,
+        )
+        while found := await cursor.fetch(page):
+            yield [r[0] for r in found]
 
 
 @dataclass(frozen=True)
