@@ -145,6 +145,9 @@ class _Pending:
     disconnected: bool = False
 
 
+# The stamp is this code's, not the column's default, which a migration moves while an older
+# release may still insert rows of its own shape. An update leaves the stamp: it rewrites a few
+# columns from the row it finds, so a stale row stays stale until the viewer leaves.
 _INSERT = f"""
 INSERT INTO viewers (viewer_id, state, harness_type, system, application_id, stream_key,
                      remote_address, device_type, os_name, browser_name, country_code,
@@ -159,9 +162,6 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text
 ON CONFLICT (viewer_id) DO NOTHING
 RETURNING viewer_id
 """
-# The stamp is this code's, not the column's default, which a migration moves while an older
-# release may still insert rows of its own shape. An update leaves the stamp: it rewrites a few
-# columns from the row it finds, so a stale row stays stale until the viewer leaves.
 
 _EXISTING = """
 SELECT viewer_id, harness_type, bitrate, measured, in_bandwidth, out_bandwidth
