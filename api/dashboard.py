@@ -19,6 +19,7 @@ from spool.api.auth import key_in, recently_verified
 from spool.api.cluster_reads import job_api_cluster_reader, may_read_cluster
 from spool.api.errors import JobApiError
 from spool.api.services import Services, services_of
+from spool.domain.node import WorkState, work_state
 
 STATIC_DIR = Path(__file__).parent / "static"
 """The page's HTML, CSS and JS: plain files, shipped as package data (no build step)."""
@@ -57,6 +58,8 @@ class NodeView(msgspec.Struct):
     hostname: str
     ip: str
     online: bool
+    state: WorkState
+    """Whether it takes new work (`domain.node.work_state`): "active", or "draining"."""
     heartbeat_age_seconds: float | None
     cpu_percent: float | None
     memory_percent: float | None
@@ -183,6 +186,7 @@ class DashboardController(Controller):
                     memory_percent=None if r[8] is None else round(r[8], 1),
                     online=r[9],
                     heartbeat_age_seconds=None if r[10] is None else round(r[10], 1),
+                    state=work_state(r[11]),
                 )
                 for r in rows
             ]

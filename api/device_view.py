@@ -1,7 +1,9 @@
 """Devices (Spool's worker nodes) as the cluster API shows them, read from the `nodes` table.
 
 A device is online by the one rule of adapters/read_models/nodes.py (not stopped, and a heartbeat
-younger than the heartbeat config's `timeout`); removed devices are not shown at all.
+younger than the heartbeat config's `timeout`); removed devices are not shown at all. Its `state`
+says whether it takes new work (`domain.node.work_state`): "active", or "draining" once an admin
+drained it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import msgspec
 
 from spool.adapters.read_models.nodes import DeviceFilter, device_rows
 from spool.api.envelope import iso
+from spool.domain.node import WorkState, work_state
 
 _GB = 1024**3
 
@@ -29,12 +32,13 @@ class Capabilities(msgspec.Struct):
 
 
 class Device(msgspec.Struct):
-    """The seed's device object."""
+    """The seed's device object, and whether it takes new work (`state`, Spool's)."""
 
     device_id: str
     role: str
     platform: str
     status: str
+    state: WorkState
     ip_address: str
     last_heartbeat: str | None
     uptime: str
@@ -107,6 +111,7 @@ def device(row: asyncpg.Record) -> Device:
         role=row["role"],
         platform=row["platform"],
         status="online" if online else "offline",
+        state=work_state(row["draining_since"] is not None),
         ip_address=row["ip"],
         last_heartbeat=iso(row["last_heartbeat_at"]),
         # Online: up since it registered. Offline: not up at all.

@@ -1,4 +1,4 @@
-"""`/api/v1/devices`: Spool's worker nodes, their status, a real ping, and removal."""
+"""`/api/v1/devices`: Spool's worker nodes, their status, a real ping, drain and removal."""
 
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ from spool.api.envelope import (
 )
 from spool.api.requests import command_metadata
 from spool.api.services import Services
-from spool.application.nodes import remove_node
+from spool.application.nodes import drain_node, remove_node, undrain_node
+from spool.domain.node import NodeState, UnknownNode, WorkState, work_state
 
 PING_TIMEOUT = 5.0
 """How long a ping waits for the node's answer before calling it unreachable."""
@@ -92,6 +93,7 @@ class DeviceStatus(msgspec.Struct):
 
     device_id: str
     status: str
+    state: WorkState
     health: str
     last_heartbeat: str | None
     heartbeat_age_seconds: float | None
@@ -115,6 +117,23 @@ class DeviceRemoved(msgspec.Struct):
     device_id: str
     removed: bool
     position: int
+
+
+class DeviceDrain(msgspec.Struct):
+    """A device's drain after the request: its `state` as the device list shows it, and since
+    when it drains (None once undrained)."""
+
+    device_id: str
+    state: WorkState
+    draining_since: str | None
+
+
+def _drain_answer(state: NodeState) -> DeviceDrain:
+    return DeviceDrain(
+        device_id=state.node_id,
+        state=work_state(state.draining_since is not None),
+        draining_since=iso(state.draining_since),
+    )
 
 
 def _summary(stats: ClusterDeviceStats, by_tag: dict[str, int], work: ActiveWork) -> DevicesSummary:
@@ -235,6 +254,7 @@ class DevicesController(Controller):
         answer = DeviceStatus(
             device_id=device_id,
             status="online" if online else "offline",
+            state=work_state(row["draining_since"] is not None),
             health=health,
             last_heartbeat=iso(row["last_heartbeat_at"]),
             heartbeat_age_seconds=round(age, 3) if age is not None else None,
@@ -320,6 +340,54 @@ class DevicesController(Controller):
             request,
             DeviceRemoved(device_id=device_id, removed=True, position=result.position),
             message=f"Device {device_id} removed from the cluster",
+        )
+
+    @post(
+        "/{device_id:str}/drain",
+        status_code=200,
+        dependencies={"principal": Provide(cluster_admin)},
+    )
+    async def drain(
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        device_id: str,
+    ) -> Response[Envelope[DeviceDrain]]:
+        """Drain the device: it finishes what it runs and takes no new work until undrained.
+
+        Draining a draining device changes nothing. A restart keeps the drain."""
+        meta = command_metadata(request, f"key:{principal.key_id}")
+        try:
+            state = await drain_node(services.store, device_id, meta)
+        except UnknownNode:
+            raise _not_found(device_id) from None
+        return success(
+            request,
+            _drain_answer(state),
+            message=f"Device {device_id} is draining: it finishes what it runs, takes nothing new",
+        )
+
+    @post(
+        "/{device_id:str}/undrain",
+        status_code=200,
+        dependencies={"principal": Provide(cluster_admin)},
+    )
+    async def undrain(
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        device_id: str,
+    ) -> Response[Envelope[DeviceDrain]]:
+        """Let a draining device take new work again; an active device stays as it is."""
+        meta = command_metadata(request, f"key:{principal.key_id}")
+        try:
+            state = await undrain_node(services.store, device_id, meta)
+        except UnknownNode:
+            raise _not_found(device_id) from None
+        return success(
+            request, _drain_answer(state), message=f"Device {device_id} takes new work again"
         )
 
 

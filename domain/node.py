@@ -1,12 +1,14 @@
-"""Worker nodes: registration and the once-a-second heartbeat."""
+"""Worker nodes: registration, the once-a-second heartbeat, and an admin's drain."""
 
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Literal
 
 import msgspec
 
 from spool.domain.aggregate import Aggregate
+from spool.domain.errors import NotFound
 from spool.domain.events import Event, event
 
 
@@ -70,6 +72,28 @@ class NodeRemoved(Event, frozen=True, kw_only=True):
     reason: str = "removed by an admin"
 
 
+@event
+class NodeDrainRequested(Event, frozen=True, kw_only=True):
+    """An admin asked the node to finish what it runs and take no new work."""
+
+    node_id: str
+
+
+@event
+class NodeUndrained(Event, frozen=True, kw_only=True):
+    """An admin let a draining node take new work again."""
+
+    node_id: str
+
+
+class UnknownNode(NotFound):
+    """No node of that id ever registered, or an admin removed it (until it registers again)."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        super().__init__(f"node {node_id!r} not found")
+
+
 def stream_id(node_id: str) -> str:
     """The event stream that holds one node."""
     return f"node-{node_id}"
@@ -83,6 +107,9 @@ class NodeState(msgspec.Struct, frozen=True, kw_only=True):
     last_heartbeat_at: datetime | None = None
     stopped_at: datetime | None = None
     removed_at: datetime | None = None
+    draining_since: datetime | None = None
+    """When an admin drained the node; None while it takes work. A restart keeps it: only an
+    undrain ends a drain."""
     version: int = 0
     """The version of the last event of the node's own stream (heartbeats live in day streams)."""
 
@@ -90,10 +117,17 @@ class NodeState(msgspec.Struct, frozen=True, kw_only=True):
 def evolve(state: NodeState | None, ev: Event, at: datetime, version: int) -> NodeState | None:
     """The node after one more fact; a heartbeat (from its day stream) moves no version."""
     if isinstance(ev, NodeStarted):
-        # A registration clears a stop and a removal; the last beat stays what it was.
-        beat = state.last_heartbeat_at if state is not None else None
-        return NodeState(node_id=ev.node_id, started_at=at, last_heartbeat_at=beat, version=version)
-    if not isinstance(ev, NodeHeartbeat | NodeStopped | NodeRemoved):
+        # A registration clears a stop and a removal; the last beat and a drain stay.
+        return NodeState(
+            node_id=ev.node_id,
+            started_at=at,
+            last_heartbeat_at=state.last_heartbeat_at if state is not None else None,
+            draining_since=state.draining_since if state is not None else None,
+            version=version,
+        )
+    if not isinstance(
+        ev, NodeHeartbeat | NodeStopped | NodeRemoved | NodeDrainRequested | NodeUndrained
+    ):
         return state
     known = state if state is not None else NodeState(node_id=ev.node_id)
     if isinstance(ev, NodeHeartbeat):
@@ -101,14 +135,58 @@ def evolve(state: NodeState | None, ev: Event, at: datetime, version: int) -> No
         return msgspec.structs.replace(known, last_heartbeat_at=at, stopped_at=None)
     if isinstance(ev, NodeStopped):
         return msgspec.structs.replace(known, stopped_at=at, version=version)
+    if isinstance(ev, NodeDrainRequested):
+        return msgspec.structs.replace(known, draining_since=at, version=version)
+    if isinstance(ev, NodeUndrained):
+        return msgspec.structs.replace(known, draining_since=None, version=version)
     return msgspec.structs.replace(known, removed_at=at, version=version)
+
+
+def _require_known(state: NodeState) -> None:
+    if state.removed_at is not None:
+        raise UnknownNode(state.node_id)
+
+
+def drain(state: NodeState) -> list[Event]:
+    """Ask the node to finish what it runs and take nothing new; nothing if it drains already.
+
+    A removed node is refused like one that never was: it is not in the cluster to drain."""
+    _require_known(state)
+    if state.draining_since is not None:
+        return []
+    return [NodeDrainRequested(node_id=state.node_id)]
+
+
+def undrain(state: NodeState) -> list[Event]:
+    """Let a draining node take new work again; nothing if it is not draining."""
+    _require_known(state)
+    if state.draining_since is None:
+        return []
+    return [NodeUndrained(node_id=state.node_id)]
+
+
+WorkState = Literal["active", "draining"]
+"""Whether a node takes new work, as devices and the dashboard show it (`state`). Quarantine
+and a disk below its floor are the next reasons to join "draining" here (issue 22)."""
+
+
+def work_state(draining: bool) -> WorkState:
+    """The one rule for the `state` every surface shows of a node."""
+    return "draining" if draining else "active"
 
 
 AGGREGATE: Aggregate[NodeState] = Aggregate(
     name="node",
     stream_id=stream_id,
     evolve=evolve,
-    event_classes=(NodeStarted, NodeHeartbeat, NodeStopped, NodeRemoved),
+    event_classes=(
+        NodeStarted,
+        NodeHeartbeat,
+        NodeStopped,
+        NodeRemoved,
+        NodeDrainRequested,
+        NodeUndrained,
+    ),
 )
 
 EVENT_TYPES: frozenset[str] = AGGREGATE.event_types

@@ -111,7 +111,8 @@ class TaskAssigned(Event, frozen=True, kw_only=True):
 
 @event
 class TaskUnassigned(Event, frozen=True, kw_only=True):
-    """Back to the queue before it started (its node went offline); not counted as a retry."""
+    """Back to the queue before it started (its node went offline or was drained); not counted
+    as a retry."""
 
     attempt: int
     reason: str
@@ -542,6 +543,8 @@ class NodeOffer(msgspec.Struct, frozen=True, kw_only=True):
     internet: bool
     slots: int
     busy: int = 0
+    draining: bool = False
+    """An admin drained the node: it finishes what it runs and is given nothing new."""
 
 
 class QueuedTask(msgspec.Struct, frozen=True, kw_only=True):
@@ -567,6 +570,8 @@ class Plan(msgspec.Struct, frozen=True):
 def unmet(requirements: Requirements, offer: NodeOffer, task_type: str | None = None) -> str | None:
     """Why `offer` cannot run a task with these requirements; None if it can."""
     caps = offer.capabilities
+    if offer.draining:
+        return "is draining"
     if task_type is not None and task_type not in offer.task_types:
         return f"does not run {task_type} tasks"
     if caps.cpu_count < requirements.min_cpu_cores:

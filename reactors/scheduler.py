@@ -7,7 +7,7 @@ queued tasks and online nodes, runs the pure `domain.task.plan`, and appends eac
 the task stream's version it read, so two schedulers never assign one task twice. On each pass
 it also times out attempts past their `timeout_seconds` (retried while `max_retries` allows: a
 node killed mid-task ends this way), sends back to the queue tasks assigned to a node that went
-offline before starting them, and re-enqueues an assignment that Redis lost.
+offline or was drained before starting them, and re-enqueues an assignment that Redis lost.
 """
 
 from __future__ import annotations
@@ -77,7 +77,14 @@ class TaskDispatcher:
     name = "scheduler"
     tables: Sequence[sa.Table] = ()
     event_types: frozenset[str] = task.EVENT_TYPES | {
-        cls.__name__ for cls in (node.NodeStarted, node.NodeStopped, node.NodeRemoved)
+        cls.__name__
+        for cls in (
+            node.NodeStarted,
+            node.NodeStopped,
+            node.NodeRemoved,
+            node.NodeDrainRequested,
+            node.NodeUndrained,
+        )
     }
 
     def __init__(self, redis: ArqRedis, wake: asyncio.Event) -> None:
@@ -155,7 +162,9 @@ class Scheduler:
     async def _pass(self) -> list[str]:
         offers = await online_offers(self.pool, self.online_seconds)
         actions = await self._take_back(
-            {o.node_id for o in offers}, await self.pool.fetchval("SELECT now()")
+            {o.node_id for o in offers},
+            {o.node_id for o in offers if o.draining},
+            await self.pool.fetchval("SELECT now()"),
         )
         rows = await task_rows.queued(self.pool, self.batch_size)
         by_id = {r["task_id"]: r for r in rows}
@@ -196,9 +205,9 @@ class Scheduler:
         assert isinstance(assigned, task.TaskAssigned)
         return assigned.attempt
 
-    async def _take_back(self, online: set[str], now: datetime) -> list[str]:
-        """Time out overdue attempts, requeue what offline nodes never started, re-enqueue
-        assignments Redis lost."""
+    async def _take_back(self, online: set[str], draining: set[str], now: datetime) -> list[str]:
+        """Time out overdue attempts, requeue what offline or draining nodes never started,
+        re-enqueue assignments Redis lost."""
         actions: list[str] = []
         for r in await task_rows.active(self.pool):
             task_id, device = r["task_id"], r["device_id"]
@@ -211,8 +220,12 @@ class Scheduler:
                 continue
             if r["status"] != "assigned":
                 continue
-            if device not in online:
-                reason = f"Node {device} went offline before starting the task"
+            if device not in online or device in draining:
+                reason = (
+                    f"Node {device} went offline before starting the task"
+                    if device not in online
+                    else f"Node {device} was drained before starting the task"
+                )
                 if await self._decide(task_id, _unassign(reason)):
                     actions.append(f"requeued task {task_id}: {reason}")
             elif r["assigned_at"] < now - LOST_AFTER:

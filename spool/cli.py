@@ -715,6 +715,51 @@ def accounts_revoke_grant(account_id: str, **flags: Any) -> None:
 
 
 @main.group()
+def nodes() -> None:
+    """Drain and undrain worker nodes (`/api/v1/devices` lists them)."""
+
+
+def _change_drain(flags: dict[str, Any], node_id: str, drain: bool) -> str:
+    """Drain or undrain a node through its repository; a line saying where it stands."""
+    from spool.application.nodes import drain_node, undrain_node
+    from spool.domain.events import Metadata
+    from spool.domain.node import UnknownNode
+
+    async def go() -> str:
+        async with open_runtime(_settings(**flags)) as rt:
+            command = drain_node if drain else undrain_node
+            try:
+                state = await command(rt.store, node_id, Metadata(actor="cli"))
+            except UnknownNode:
+                raise click.ClickException(
+                    f"node {node_id!r} not found (never registered, or removed)"
+                ) from None
+            if state.draining_since is None:
+                return f"{node_id}: active, takes new work"
+            since = state.draining_since.isoformat(timespec="seconds")
+            return f"{node_id}: draining since {since}: finishes what it runs, takes nothing new"
+
+    line: str = _run(go())
+    return line
+
+
+@nodes.command("drain")
+@_database_options
+@click.argument("node_id")
+def nodes_drain(node_id: str, **flags: Any) -> None:
+    """Drain NODE_ID: it finishes what it runs and takes no new work until undrained."""
+    click.echo(_change_drain(flags, node_id, drain=True))
+
+
+@nodes.command("undrain")
+@_database_options
+@click.argument("node_id")
+def nodes_undrain(node_id: str, **flags: Any) -> None:
+    """Let NODE_ID take new work again."""
+    click.echo(_change_drain(flags, node_id, drain=False))
+
+
+@main.group()
 def projections() -> None:
     """Inspect and rebuild projections."""
 

@@ -86,6 +86,8 @@ DOCUMENTED: set[tuple[str, str]] = {
     ("GET", "/api/v1/devices/{device_id}"),
     ("DELETE", "/api/v1/devices/{device_id}"),
     ("POST", "/api/v1/devices/{device_id}/ping"),
+    ("POST", "/api/v1/devices/{device_id}/drain"),
+    ("POST", "/api/v1/devices/{device_id}/undrain"),
     ("GET", "/api/v1/devices/{device_id}/status"),
     ("GET", "/api/v1/config"),
     ("GET", "/api/v1/config/heartbeat"),

@@ -11,8 +11,11 @@ from pathlib import Path
 import httpx
 
 from spool.adapters.event_store import EventStore
-from spool.domain import account
+from spool.adapters.read_models import nodes
+from spool.domain import account, node
 from spool.embedded import free_port
+from spool.reactors.projection import ProjectionRunner
+from tests.cluster_api_helpers import register, unique
 from tests.fixtures.media import MediaServer, media_duration
 from tests.fixtures.processes import (
     REPO_ROOT,
@@ -380,3 +383,31 @@ def test_the_first_spool_up_on_a_keyless_database_prints_one_admin_key_once(
     assert key not in logged and "made the first admin key" in logged
     printed, logged = up("second")
     assert "sk_" not in printed + logged
+
+
+async def test_spool_nodes_drains_and_undrains_a_node(
+    database_url: str, store: EventStore, runner: ProjectionRunner
+) -> None:
+    node_id = unique("cli-node")
+    await register(store, runner, node_id)
+    registered = len(await store.read_stream(node.stream_id(node_id)))
+
+    drained = _spool("nodes", "drain", node_id, "--database-url", database_url)
+    assert drained.returncode == 0, drained.stderr
+    assert f"{node_id}: draining since" in drained.stdout
+    again = _spool("nodes", "drain", node_id, "--database-url", database_url)
+    assert again.returncode == 0 and again.stdout == drained.stdout  # twice is once
+    await runner.settle("nodes")
+    assert await nodes.draining(store.pool, node_id)
+    recorded = (await store.read_stream(node.stream_id(node_id)))[registered:]
+    assert [(e.type, e.metadata.actor) for e in recorded] == [("NodeDrainRequested", "cli")]
+
+    undrained = _spool("nodes", "undrain", node_id, "--database-url", database_url)
+    assert undrained.returncode == 0, undrained.stderr
+    assert undrained.stdout.strip() == f"{node_id}: active, takes new work"
+    await runner.settle("nodes")
+    assert not await nodes.draining(store.pool, node_id)
+
+    unknown = _spool("nodes", "drain", unique("no-such-node"), "--database-url", database_url)
+    assert unknown.returncode == 1
+    assert "not found (never registered, or removed)" in unknown.stderr

@@ -42,10 +42,11 @@ async def test_the_page_and_its_files_are_served_without_a_key(api: FreshApi) ->
     assert missing.status_code == 404
 
 
-async def test_nodes_show_heartbeat_age_usage_and_stage_counts(api: FreshApi) -> None:
+async def test_nodes_show_heartbeat_age_usage_stage_counts_and_drain(api: FreshApi) -> None:
     await register(api.store, api.runner, "busy-1", ip="10.0.0.7")
     await append_node(api.store, api.runner, "gone-2", heartbeat("gone-2", cpu=95.0))
     await append_node(api.store, api.runner, "gone-2", node.NodeStopped(node_id="gone-2"))
+    await append_node(api.store, api.runner, "gone-2", node.NodeDrainRequested(node_id="gone-2"))
 
     answer = await api.client.get("/dashboard/nodes", headers=api.admin())
     assert answer.status_code == 200
@@ -60,7 +61,9 @@ async def test_nodes_show_heartbeat_age_usage_and_stage_counts(api: FreshApi) ->
     assert busy["memory_percent"] == 25.0  # 4 of 16 GiB
     assert (busy["downloading"], busy["muxing"], busy["uploading"]) == (1, 0, 0)
     assert busy["running"] == 1
+    assert busy["state"] == "active"
     assert nodes["gone-2"]["online"] is False
+    assert nodes["gone-2"]["state"] == "draining"
     assert nodes["gone-2"]["cpu_percent"] == 95.0
 
 

@@ -22,6 +22,7 @@ DEVICE_FIELDS = {
     "role",
     "platform",
     "status",
+    "state",
     "ip_address",
     "last_heartbeat",
     "uptime",
@@ -71,6 +72,7 @@ async def test_the_device_list_has_the_seed_shape(
     assert gpu["role"] == "compute"
     assert gpu["platform"] == "linux"
     assert gpu["status"] == "online"
+    assert gpu["state"] == "active"
     assert gpu["ip_address"] == "192.168.1.101"
     assert gpu["last_heartbeat"].endswith("Z")
     assert gpu["uptime"].endswith(("s", "m"))
@@ -241,3 +243,101 @@ async def test_a_removed_device_stays_gone_until_it_registers_again(
     back = await client.get(f"/api/v1/devices/{device_id}", headers=headers)
     assert back.status_code == 200
     assert back.json()["data"]["status"] == "online"
+
+
+async def _state(client: httpx.AsyncClient, key: str, device_id: str) -> str:
+    answer = await client.get(f"/api/v1/devices/{device_id}", headers={"X-API-Key": key})
+    assert answer.status_code == 200, answer.text
+    state: str = answer.json()["data"]["state"]
+    return state
+
+
+async def test_a_drained_device_shows_draining_until_it_is_undrained(
+    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, admin_key: str
+) -> None:
+    device_id = unique("maintained")
+    await register(store, runner, device_id)
+    headers = {"X-API-Key": admin_key, "x-request-id": unique("drain-request")}
+    drained = await client.post(f"/api/v1/devices/{device_id}/drain", headers=headers)
+    assert drained.status_code == 200, drained.text
+    assert_envelope(drained.json())
+    data = drained.json()["data"]
+    assert data["device_id"] == device_id and data["state"] == "draining"
+    assert data["draining_since"].endswith("Z")
+
+    # Twice is once: nothing more is recorded, and the drain keeps its start.
+    again = await client.post(f"/api/v1/devices/{device_id}/drain", headers=headers)
+    assert again.status_code == 200 and again.json()["data"] == data
+    events = await store.read_stream(node.stream_id(device_id))
+    drains = [e for e in events if isinstance(e.data, node.NodeDrainRequested)]
+    assert len(drains) == 1
+    # Who asked: the admin's key, on the request that asked.
+    assert drains[0].metadata.actor is not None and drains[0].metadata.actor.startswith("key:")
+    assert drains[0].metadata.request_id == headers["x-request-id"]
+
+    await runner.settle("nodes")
+    assert await _state(client, admin_key, device_id) == "draining"
+    listed = await client.get("/api/v1/devices", params={"status": "online"}, headers=headers)
+    shown = next(d for d in listed.json()["data"] if d["device_id"] == device_id)
+    assert shown["state"] == "draining" and shown["status"] == "online"
+    status = await client.get(f"/api/v1/devices/{device_id}/status", headers=headers)
+    assert status.json()["data"]["state"] == "draining"
+    # A restart keeps the drain: only an undrain ends it.
+    await append_node(store, runner, device_id, node_started(device_id), heartbeat(device_id))
+    assert await _state(client, admin_key, device_id) == "draining"
+
+    undrained = await client.post(f"/api/v1/devices/{device_id}/undrain", headers=headers)
+    assert undrained.status_code == 200, undrained.text
+    assert undrained.json()["data"] == {
+        "device_id": device_id,
+        "state": "active",
+        "draining_since": None,
+    }
+    assert (await client.post(f"/api/v1/devices/{device_id}/undrain", headers=headers)).json()[
+        "data"
+    ]["state"] == "active"
+    types = [e.type for e in await store.read_stream(node.stream_id(device_id))]
+    assert types.count("NodeUndrained") == 1
+    await runner.settle("nodes")
+    assert await _state(client, admin_key, device_id) == "active"
+
+
+async def test_draining_an_unknown_or_removed_device_is_device_not_found(
+    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, admin_key: str
+) -> None:
+    headers = {"X-API-Key": admin_key}
+    ghost = unique("never-was")
+    for action in ("drain", "undrain"):
+        answer = await client.post(f"/api/v1/devices/{ghost}/{action}", headers=headers)
+        assert answer.status_code == 404, answer.text
+        assert_error(answer.json(), "DEVICE_NOT_FOUND")
+    assert await store.read_stream(node.stream_id(ghost)) == []  # a refusal records nothing
+
+    retired = unique("retired")
+    await register(store, runner, retired)
+    await client.delete(f"/api/v1/devices/{retired}", headers=headers)
+    answer = await client.post(f"/api/v1/devices/{retired}/drain", headers=headers)
+    assert answer.status_code == 404
+    assert_error(answer.json(), "DEVICE_NOT_FOUND")
+
+
+async def test_draining_a_device_needs_an_admin_key(
+    client: httpx.AsyncClient,
+    store: EventStore,
+    runner: ProjectionRunner,
+    api_key: str,
+    admin_key: str,
+) -> None:
+    device_id = unique("busy")
+    await register(store, runner, device_id)
+    for action in ("drain", "undrain"):
+        answer = await client.post(
+            f"/api/v1/devices/{device_id}/{action}", headers={"X-API-Key": api_key}
+        )
+        assert answer.status_code == 403
+        assert_error(answer.json(), "UNAUTHORIZED")
+    nobody = await client.post(f"/api/v1/devices/{device_id}/drain")
+    assert nobody.status_code == 401
+    types = [e.type for e in await store.read_stream(node.stream_id(device_id))]
+    assert "NodeDrainRequested" not in types
+    assert await _state(client, admin_key, device_id) == "active"

@@ -1,5 +1,5 @@
 """A node's fold (domain.node) says what the `nodes` row says of its life: when it started, beat
-last, stopped and was removed."""
+last, stopped, was removed and was drained."""
 
 from __future__ import annotations
 
@@ -52,6 +52,9 @@ async def test_a_nodes_fold_agrees_with_its_row_through_its_life(
         (started, _beat(node_id), _beat(node_id)),
         (node.NodeStopped(node_id=node_id),),
         (_beat(node_id),),  # beating again: no longer stopped
+        (node.NodeDrainRequested(node_id=node_id),),
+        (started, _beat(node_id)),  # a restart keeps the drain
+        (node.NodeUndrained(node_id=node_id),),
         (node.NodeRemoved(node_id=node_id),),
         (started,),  # registering again brings it back
     ]
@@ -59,12 +62,13 @@ async def test_a_nodes_fold_agrees_with_its_row_through_its_life(
         await _facts(store, node_id, *events)
         await runner.settle("nodes")
         row = await store.pool.fetchrow(
-            "SELECT started_at, last_heartbeat_at, stopped_at, removed_at FROM nodes "
-            "WHERE node_id = $1",
+            "SELECT started_at, last_heartbeat_at, stopped_at, removed_at, draining_since "
+            "FROM nodes WHERE node_id = $1",
             node_id,
         )
         state = node.fold(steps(await _all_facts(store, node_id)))
         assert row is not None and state is not None
         assert tuple(row) == (
-            state.started_at, state.last_heartbeat_at, state.stopped_at, state.removed_at
+            state.started_at, state.last_heartbeat_at, state.stopped_at, state.removed_at,
+            state.draining_since,
         )  # fmt: skip

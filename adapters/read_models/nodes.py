@@ -48,6 +48,8 @@ nodes = sa.Table(
     sa.Column("heartbeats", sa.BigInteger, nullable=False, server_default="0"),
     # Set by NodeRemoved: the node is hidden until it registers again (NodeStarted).
     sa.Column("removed_at", sa.DateTime(timezone=True)),
+    # Set by NodeDrainRequested, cleared by NodeUndrained only: the node takes no new work.
+    sa.Column("draining_since", sa.DateTime(timezone=True)),
     sa.Index("nodes_last_heartbeat_idx", "last_heartbeat_at"),
 )
 
@@ -115,6 +117,12 @@ class NodesProjection:
                 # Heartbeats keep updating the row but never clear this: only NodeStarted does.
                 await conn.execute(
                     "UPDATE nodes SET removed_at = $2 WHERE node_id = $1", ev.node_id, e.recorded_at
+                )
+            elif isinstance(ev, node.NodeDrainRequested | node.NodeUndrained):
+                # A drain names a node that registered, so its row is there (domain.node.drain).
+                since = e.recorded_at if isinstance(ev, node.NodeDrainRequested) else None
+                await conn.execute(
+                    "UPDATE nodes SET draining_since = $2 WHERE node_id = $1", ev.node_id, since
                 )
         await self._flush(conn, latest, counts)
 
@@ -187,7 +195,7 @@ _decode_caps = msgspec.json.Decoder(Capabilities).decode
 _decode_counts = msgspec.json.Decoder(dict[str, int]).decode
 
 _ONLINE = f"""
-SELECT n.node_id, n.role, n.tags, n.capabilities, n.concurrency,
+SELECT n.node_id, n.role, n.tags, n.capabilities, n.concurrency, n.draining_since,
        (SELECT count(*) FROM tasks t
         WHERE t.device_id = n.node_id AND t.status IN ('assigned', 'running')) AS busy
 FROM nodes n
@@ -218,6 +226,7 @@ async def online_offers(
                 internet=caps.internet,
                 slots=_decode_counts(r["concurrency"]).get("task", 0),
                 busy=r["busy"],
+                draining=r["draining_since"] is not None,
             )
         )
     return offers
@@ -227,7 +236,7 @@ async def online_offers(
 # timeout it is judged by.
 _DEVICE = f"""
 node_id, hostname, ip, role, tags, capabilities, concurrency, started_at, stopped_at,
-last_heartbeat_at, downloading, muxing, uploading, running, usage, heartbeats,
+last_heartbeat_at, downloading, muxing, uploading, running, usage, heartbeats, draining_since,
 coalesce(capabilities->>'platform', 'linux') AS platform,
 {online("$1::interval")} AS online,
 extract(epoch FROM now() - last_heartbeat_at)::float8 AS heartbeat_age,
@@ -344,7 +353,8 @@ SELECT node_id, hostname, ip, downloading, muxing, uploading, cardinality(runnin
        (usage->>'cpu_percent')::float8,
        (usage->>'memory_used')::float8 / nullif((usage->>'memory_total')::float8, 0) * 100,
        {online(configured_timeout())},
-       extract(epoch FROM now() - last_heartbeat_at)::float8
+       extract(epoch FROM now() - last_heartbeat_at)::float8,
+       draining_since IS NOT NULL
 FROM nodes
 WHERE removed_at IS NULL AND last_heartbeat_at > now() - $1::interval
 ORDER BY 10 DESC, node_id
@@ -354,7 +364,8 @@ LIMIT $2
 
 async def heard_within(pool: asyncpg.Pool, within: timedelta, limit: int) -> list[asyncpg.Record]:
     """Nodes heard from within `within`, online first: rows of node_id, hostname, ip,
-    downloading, muxing, uploading, units running, CPU %, memory %, online, heartbeat age (s)."""
+    downloading, muxing, uploading, units running, CPU %, memory %, online, heartbeat age (s),
+    draining."""
     return list(await pool.fetch(_HEARD_WITHIN, within, limit))
 
 
@@ -396,3 +407,11 @@ _RUNNING_UNITS = f"SELECT node_id, running FROM nodes WHERE {working('$1::interv
 async def running_units(pool: asyncpg.Pool, within: timedelta) -> dict[str, set[str]]:
     """The units each node still working (`working`, heard from within `within`) runs."""
     return {r["node_id"]: set(r["running"]) for r in await pool.fetch(_RUNNING_UNITS, within)}
+
+
+_DRAINING = "SELECT draining_since IS NOT NULL FROM nodes WHERE node_id = $1"
+
+
+async def draining(pool: asyncpg.Pool, node_id: str) -> bool:
+    """Whether an admin drained the node (False for a node the table does not hold)."""
+    return bool(await pool.fetchval(_DRAINING, node_id))

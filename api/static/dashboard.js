@@ -327,6 +327,13 @@ async function pollNodes() {
       dot.className = n.online ? "dot online" : "dot";
       dot.title = n.online ? "online" : "offline";
       name.append(dot, `${n.hostname} (${n.node_id}) ${n.ip}`);
+      if (n.state !== "active") {
+        // Draining: it finishes what it runs and takes nothing new (docs/cluster-api.md).
+        const state = document.createElement("span");
+        state.className = `badge node-state ${n.state}`;
+        state.textContent = n.state;
+        name.append(" ", state);
+      }
       const age = n.heartbeat_age_seconds === null ? "never" : `${n.heartbeat_age_seconds.toFixed(1)} s ago`;
       tr.append(
         cell(name),

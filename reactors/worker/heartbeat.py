@@ -15,6 +15,7 @@ from spool.adapters.periodic import run_periodically
 from spool.domain import job, node
 from spool.domain.errors import ConcurrencyError
 from spool.domain.events import NewEvent
+from spool.reactors.worker.drain import Drain
 from spool.reactors.worker.registration import Registration
 from spool.reactors.worker.unit import RunningUnit
 
@@ -30,8 +31,8 @@ WHERE (SELECT true FROM events e
 """
 
 
-class Heartbeat(Registration):
-    """Beats, reports progress, and notices cancellations, stalls and a removal."""
+class Heartbeat(Registration, Drain):
+    """Beats, reports progress, and notices cancellations, stalls, a removal and a drain."""
 
     async def _tick_forever(self, stop: asyncio.Event) -> None:
         await run_periodically(
@@ -113,6 +114,7 @@ class Heartbeat(Registration):
         await self._check_cancellations()
         self._check_stalls()
         await self._check_removed()
+        await self._check_drained()
 
     async def _check_cancellations(self) -> None:
         if not self.running:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 
 from spool.adapters import log_context
-from spool.adapters.queue import node_queue
+from spool.adapters.queue import DOWNLOAD_QUEUE, node_queue
 from spool.domain import node
 from spool.reactors.worker.arq_workers import arq_workers, keep_working
 from spool.reactors.worker.heartbeat import Heartbeat
@@ -45,6 +45,8 @@ class Node(Heartbeat, StageRunner):
         await self._register()
         await self.viewers.start()
         workers = arq_workers(self)
+        self.downloads = next(w for w in workers if w.queue_name == DOWNLOAD_QUEUE)
+        await self._check_drained()  # a drain outlives a restart: pick nothing from the start
         tasks = [
             asyncio.create_task(keep_working(w, stop), name=f"arq:{w.queue_name}") for w in workers
         ]

@@ -27,8 +27,8 @@ from spool.domain.errors import InvalidTransition
 from spool.domain.events import NO_CAUSE, Event, Metadata, event_id
 from spool.domain.source_data import made_safe
 from spool.reactors import stages
+from spool.reactors.worker.drain import Drain
 from spool.reactors.worker.outage import through_outage
-from spool.reactors.worker.state import NodeState
 from spool.reactors.worker.unit import RunningUnit
 
 RECORD_TRIES = 1_000
@@ -40,7 +40,7 @@ UNKNOWN_JOB_DEFER = 5.0
 """Seconds a unit of a job this database does not know waits before it is offered again."""
 
 
-class StageRunner(NodeState):
+class StageRunner(Drain):
     """Runs the download, mux and upload units the node's arq workers take."""
 
     async def run_stage(
@@ -73,6 +73,8 @@ class StageRunner(NodeState):
             async with self.slots[stage]:
                 if self.stopping:
                     raise Retry(defer=0)  # back to the queue, for the next start or another node
+                if stage == "download":
+                    await self._refuse_if_drained()  # taken just before the drain reached us
                 unit = await self._start(stage, job_id, run, attempt, cause)
                 if isinstance(unit, str):
                     return unit

@@ -7,6 +7,7 @@ from datetime import date
 from typing import Any
 
 from arq.connections import ArqRedis
+from arq.worker import Worker
 
 from spool.adapters import sysinfo
 from spool.adapters.account_storage import AccountStorages
@@ -70,3 +71,7 @@ class NodeState:
         self._removal_seen: Any = None
         self._heartbeat_day: date | None = None
         self.stopping = False
+        # Whether an admin drained the node (reactors/worker/drain.py), and the arq worker of the
+        # shared download queue, which picks nothing while it is.
+        self.draining = False
+        self.downloads: Worker | None = None
