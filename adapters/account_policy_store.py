@@ -21,6 +21,8 @@ from typing import NamedTuple, TypeVar
 import asyncpg
 
 from spool.adapters.event_store import EVENT_COLUMNS, EventStore, StreamAppend
+from spool.adapters.read_models import api_keys, usage
+from spool.adapters.read_models import jobs as job_rows
 from spool.adapters.repository import Repository, record_many
 from spool.domain import account, account_policy, job
 from spool.domain.aggregate import steps
@@ -68,13 +70,8 @@ class AccountRow(NamedTuple):
 async def accounts(pool: asyncpg.Pool, account_id: str | None = None) -> list[AccountRow]:
     """Every account that has a key (or only `account_id`), with its keys' ids, names and admin
     flags; never a digest."""
-    rows = await pool.fetch(
-        "SELECT account_id, key_id, name, hint, admin, revoked, created_at FROM api_keys "
-        "WHERE $1::text IS NULL OR account_id = $1 ORDER BY account_id, created_at, key_id",
-        account_id,
-    )
     found: dict[str, list[dict[str, object]]] = {}
-    for r in rows:
+    for r in await api_keys.by_account(pool, account_id):
         found.setdefault(r["account_id"], []).append(
             {
                 "key_id": r["key_id"],
@@ -88,35 +85,6 @@ async def accounts(pool: asyncpg.Pool, account_id: str | None = None) -> list[Ac
 
 
 # -- the quota check -------------------------------------------------------------------------
-
-_TERMINAL = sorted(job.TERMINAL)
-
-# Events the `jobs` projection has not applied yet: each JobCreated is a job not finished
-# (counted in today if recorded since `$2`), and each JobRetried of a job the projection still
-# shows finished ($3) is one running again.
-_UNPROJECTED = """
-SELECT count(*) FILTER (WHERE e.type = 'JobCreated') AS created,
-       count(*) FILTER (WHERE e.type = 'JobCreated' AND e.recorded_at >= $2) AS today,
-       count(*) FILTER (WHERE e.type = 'JobRetried' AND EXISTS (
-           SELECT 1 FROM jobs j WHERE j.job_id = substr(e.stream_id, 5)  -- after 'job-'
-             AND j.account_id = $1 AND j.status = ANY($3::text[]))) AS retried
-FROM events e
-WHERE (e.type = 'JobCreated' AND e.data->>'account_id' = $1 OR e.type = 'JobRetried')
-  AND (e.tx, e.position) > (
-      SELECT coalesce((SELECT tx::text FROM checkpoints WHERE name = 'jobs'), '0')::xid8,
-             coalesce((SELECT position FROM checkpoints WHERE name = 'jobs'), 0))
-"""
-
-_PROJECTED = """
-SELECT count(*) FILTER (WHERE status <> ALL($3::text[])) AS running,
-       count(*) FILTER (WHERE created_at >= $2) AS today
-FROM jobs WHERE account_id = $1
-"""
-
-_STORED = """
-SELECT coalesce(sum(bytes_uploaded), 0)::bigint - coalesce(sum(bytes_deleted), 0)::bigint
-FROM usage_daily WHERE account_id = $1
-"""
 
 _turns: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -171,15 +139,8 @@ def day_start(now: datetime) -> datetime:
 
 async def job_use(db: asyncpg.Connection | asyncpg.Pool, account_id: str, now: datetime) -> JobUse:
     """What the account uses now of the quotas on jobs."""
-    since = day_start(now)
-    projected = await db.fetchrow(_PROJECTED, account_id, since, _TERMINAL)
-    pending = await db.fetchrow(_UNPROJECTED, account_id, since, _TERMINAL)
-    stored = await db.fetchval(_STORED, account_id)
-    return JobUse(
-        running=projected["running"] + pending["created"] + pending["retried"],
-        today=projected["today"] + pending["today"],
-        stored_bytes=int(stored),
-    )
+    jobs = await job_rows.account_jobs(db, account_id, day_start(now))
+    return JobUse(jobs.running, jobs.today, await usage.stored_bytes(db, account_id))
 
 
 def _new_jobs(appends: list[StreamAppend]) -> int:

@@ -8,7 +8,7 @@ Subscribers read in `(tx, position)` order and only below the oldest transaction
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any, NamedTuple
 
@@ -248,14 +248,77 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+class EventDecoder:
+    """Recorded events from rows of `EVENT_COLUMNS`, each upcast to its type's current schema."""
+
+    def __init__(self, types: EventRegistry = registry) -> None:
+        self.types = types
+        # A Decoder made once per type decodes faster than msgspec.json.decode(type=...).
+        self._decoders: dict[str, tuple[type[Event], msgspec.json.Decoder[Any]]] = {}
+
+    def decode(self, row: Sequence[Any]) -> RecordedEvent:
+        """A recorded event from a row of `EVENT_COLUMNS`."""
+        name: str = row[4]
+        stored_version: int = row[5]
+        known = self._decoders.get(name)
+        if known is None:
+            cls = self.types.cls(name)
+            known = self._decoders[name] = (cls, msgspec.json.Decoder(cls))
+        cls, decoder = known
+        if stored_version == cls.schema_version:
+            data: Event = decoder.decode(row[6])
+        else:
+            upcast = self.types.upcast(name, stored_version, _decode_dict(row[6]))
+            data = msgspec.convert(upcast, cls)
+        return RecordedEvent(
+            position=row[0],
+            tx=row[1],
+            stream_id=row[2],
+            version=row[3],
+            type=name,
+            schema_version=cls.schema_version,
+            data=data,
+            metadata=_decode_metadata(row[7]),
+            recorded_at=row[8],
+        )
+
+
+DECODER = EventDecoder()
+"""The decoder of every registered event type: a store's, and that of a reader without one."""
+
+# Each stream's events up to a version of its own, for a reader that holds a connection but no
+# store: a projection folding a stream again under a stale snapshot row
+# (adapters/read_models/state_projection.py).
+_READ_PREFIXES = f"""
+SELECT e.* FROM unnest($1::text[], $2::int[]) AS h(stream_id, version)
+CROSS JOIN LATERAL (
+    SELECT {_COLUMNS} FROM events
+    WHERE events.stream_id = h.stream_id AND events.version <= h.version
+) AS e
+ORDER BY e.stream_id, e.version
+"""
+
+
+async def read_prefixes(
+    conn: asyncpg.Connection, versions: Mapping[str, int]
+) -> dict[str, list[RecordedEvent]]:
+    """Each stream's events up to its version in `versions`, in version order (streams without
+    such events left out)."""
+    streams = list(versions)
+    found: dict[str, list[RecordedEvent]] = {}
+    for row in await conn.fetch(_READ_PREFIXES, streams, [versions[s] for s in streams]):
+        e = DECODER.decode(row)
+        found.setdefault(e.stream_id, []).append(e)
+    return found
+
+
 class EventStore:
     """Append to and read from the `events` table through an asyncpg pool."""
 
     def __init__(self, pool: asyncpg.Pool, types: EventRegistry = registry) -> None:
         self.pool = pool
         self.types = types
-        # A Decoder made once per type decodes faster than msgspec.json.decode(type=...).
-        self._decoders: dict[str, tuple[type[Event], msgspec.json.Decoder[Any]]] = {}
+        self._decoder = DECODER if types is registry else EventDecoder(types)
         self._heartbeat_days: set[date] = set()
         """Days whose heartbeat partition this store has seen attached."""
 
@@ -451,29 +514,7 @@ class EventStore:
         return self._record(row)
 
     def _record(self, row: Sequence[Any]) -> RecordedEvent:
-        name: str = row[4]
-        stored_version: int = row[5]
-        known = self._decoders.get(name)
-        if known is None:
-            cls = self.types.cls(name)
-            known = self._decoders[name] = (cls, msgspec.json.Decoder(cls))
-        cls, decoder = known
-        if stored_version == cls.schema_version:
-            data: Event = decoder.decode(row[6])
-        else:
-            upcast = self.types.upcast(name, stored_version, _decode_dict(row[6]))
-            data = msgspec.convert(upcast, cls)
-        return RecordedEvent(
-            position=row[0],
-            tx=row[1],
-            stream_id=row[2],
-            version=row[3],
-            type=name,
-            schema_version=cls.schema_version,
-            data=data,
-            metadata=_decode_metadata(row[7]),
-            recorded_at=row[8],
-        )
+        return self._decoder.decode(row)
 
     async def read_stream(
         self,
@@ -592,6 +633,10 @@ class EventStore:
         """The version of a stream's last event; 0 for a stream with none."""
         version: int = await self.pool.fetchval(_STREAM_VERSION, stream_id)
         return version
+
+    async def stream_versions(self, stream_ids: Sequence[str]) -> dict[str, int]:
+        """The version of each stream's last event; 0 for a stream with none."""
+        return dict(await self.pool.fetch(_HEADS, list(stream_ids)))
 
 
 async def _wake(conn: asyncpg.Connection, types: Sequence[str]) -> None:

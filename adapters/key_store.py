@@ -15,6 +15,7 @@ from typing import NamedTuple
 import msgspec
 
 from spool.adapters.event_store import Checkpoint, EventStore
+from spool.adapters.read_models import api_keys
 from spool.adapters.repository import Repository
 from spool.domain import account
 from spool.domain.events import Event, Metadata
@@ -103,10 +104,7 @@ async def account_keys(store: EventStore, account_id: str) -> account.Keys:
 
 async def owner_of(store: EventStore, key_id: str) -> str | None:
     """The account a key id belongs to, by the `api_keys` projection (key ids are unique)."""
-    owner: str | None = await store.pool.fetchval(
-        "SELECT account_id FROM api_keys WHERE key_id = $1", key_id
-    )
-    return owner
+    return await api_keys.account_of(store.pool, key_id)
 
 
 async def _decide(
@@ -181,27 +179,14 @@ async def set_expiry(
     return at
 
 
-_LIST = """
-SELECT k.key_id, k.name, k.account_id, k.hint, k.scope, k.created_at, u.used_at AS last_used_at,
-       k.expires_at, k.revoked, k.replaced_by
-FROM api_keys k LEFT JOIN api_key_use u ON u.key_id = k.key_id
-WHERE $1::text IS NULL OR k.account_id = $1
-ORDER BY k.created_at, k.key_id
-"""
-
-
 async def list_keys(store: EventStore, account_id: str | None) -> list[KeyRow]:
     """The keys of `account_id`, or of every account for None, oldest first."""
-    rows = await store.pool.fetch(_LIST, account_id)
-    return [KeyRow(**dict(r)) for r in rows]
+    return [KeyRow(**dict(r)) for r in await api_keys.listing(store.pool, account_id)]
 
 
 async def ensure_admin_key(store: EventStore, key: str) -> IssuedKey | None:
     """Create the admin key `key` unless the (caught-up) `api_keys` projection has it."""
-    exists = await store.pool.fetchval(
-        "SELECT 1 FROM api_keys WHERE key_hash = $1", account.hash_key(key)
-    )
-    if exists:
+    if await api_keys.known_digest(store.pool, account.hash_key(key)):
         return None
     return await issue(store, name="SPOOL_API_KEY", admin=True, key=key, actor="startup")
 

@@ -13,20 +13,10 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from spool.adapters.event_store import EventStore
+from spool.adapters.read_models import viewers as viewer_rows
 from spool.adapters.repository import Executor, Loaded, Repository
 from spool.domain import viewer
 from spool.domain.aggregate import steps
-
-_ROWS = """
-SELECT viewer_id, harness_type, state, started_at, bitrate, in_bandwidth, out_bandwidth,
-       in_total_bytes, out_total_bytes, measured, version
-FROM viewers WHERE viewer_id = ANY($1::text[]) AND snapshot_version = $2
-"""
-
-_HEADS = """
-SELECT s.stream_id, coalesce((SELECT max(version) FROM events e WHERE e.stream_id = s.stream_id), 0)
-FROM unnest($1::text[]) AS s(stream_id)
-"""
 
 
 def viewers(store: EventStore) -> Repository[viewer.ViewerState]:
@@ -49,30 +39,17 @@ async def load_viewers(
     """Each viewer as its events fold it (None for one that never connected)."""
     ids = list(dict.fromkeys(viewer_ids))
     # Rows before heads: a head read later is never behind its row.
-    snapshot_version = viewer.AGGREGATE.snapshot_version
-    rows = {r["viewer_id"]: r for r in await store.pool.fetch(_ROWS, ids, snapshot_version)}
-    heads: dict[str, int] = dict(await store.pool.fetch(_HEADS, [viewer.stream_id(v) for v in ids]))
+    rows = await viewer_rows.snapshots(store.pool, ids)
+    heads = await store.stream_versions([viewer.stream_id(v) for v in ids])
     found: dict[str, viewer.ViewerState | None] = {}
     for viewer_id in ids:
         head, row = heads[viewer.stream_id(viewer_id)], rows.get(viewer_id)
         if head == 0:
             found[viewer_id] = None
         elif row is not None:
-            state: viewer.ViewerState | None = viewer.ViewerState(
-                viewer_id=viewer_id,
-                harness_type=row["harness_type"],
-                state=row["state"],
-                started_at=row["started_at"],
-                bitrate=row["bitrate"],
-                in_bandwidth=row["in_bandwidth"],
-                out_bandwidth=row["out_bandwidth"],
-                in_total_bytes=row["in_total_bytes"],
-                out_total_bytes=row["out_total_bytes"],
-                measured=row["measured"],
-                version=row["version"],
-            )
-            if head > row["version"]:  # the projection has not seen the newest events yet
-                for e in await store.read_stream(viewer.stream_id(viewer_id), row["version"] + 1):
+            state: viewer.ViewerState | None = row
+            if head > row.version:  # the projection has not seen the newest events yet
+                for e in await store.read_stream(viewer.stream_id(viewer_id), row.version + 1):
                     state = viewer.evolve(state, e.data, e.recorded_at, e.version)
             found[viewer_id] = state
         else:

@@ -45,8 +45,10 @@ class Aggregate(Generic[S]):
     initial: S | None = None
     snapshot_version: int = 1
     """The shape of the state a snapshot row holds (`jobs.state`, the `viewers` row). Raise it
-    when the state's fields or evolve's meaning change: rows stamped otherwise are ignored and
-    the stream folded instead, until `spool projections rebuild` writes them anew."""
+    when the state's fields or evolve's meaning change: the projection stamps every row it
+    writes with it, and rows stamped otherwise are ignored and the stream folded instead, until
+    the projection writes the job's row again on its next event (a viewer's row: never, it goes
+    when the viewer leaves) or `spool projections rebuild` writes them all anew."""
     event_types: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -96,14 +96,6 @@ class RowCheck:
     model: StateProjection[Any]
 
     @property
-    def table(self) -> str:
-        return self.model.rows.table.name
-
-    @property
-    def key(self) -> str:
-        return self.model.rows.key
-
-    @property
     def prefix(self) -> str:
         return self.model.stream
 
@@ -156,25 +148,24 @@ async def _check_rows(
     """Compare every stream of `check` with its row, and every row with its stream."""
     at = await _checkpoint(conn, check.projection)
     checked = differences = 0
-    # Only the columns the fold gives: a column added for reporting is not this check's.
-    select = (
-        f"SELECT {check.key}, {', '.join(check.model.rows.columns)} FROM {check.table} "
-        f"WHERE {check.key} = ANY($1::text[])"
-    )
     async for page in _stream_pages(conn, check.first_type, at):
         streams = _by_stream(await store.read_streams(page, at, conn=conn))
         keys = [s.removeprefix(check.prefix) for s in page]
-        rows = {r[check.key]: r for r in await conn.fetch(select, keys)}
+        # Only the columns the fold gives: a column added for reporting is not this check's.
+        rows = await check.model.stored(conn, keys)
         for stream_id, key in zip(page, keys, strict=True):
             checked += 1
-            row = rows.get(key)
+            projected = rows.get(key)
             try:
                 folded = check.model.fold(streams[stream_id])
             except InvalidTransition as exc:
-                found(Difference(stream_id, "events", _presence(row), f"cannot be folded: {exc}"))
+                found(
+                    Difference(
+                        stream_id, "events", _presence(projected), f"cannot be folded: {exc}"
+                    )
+                )
                 differences += 1
                 continue
-            projected = None if row is None else _row(row, check)
             if projected is None or folded is None:
                 if projected != folded:
                     found(Difference(stream_id, "row", _presence(projected), _presence(folded)))
@@ -187,35 +178,16 @@ async def _check_rows(
                     found(d)
                     differences += 1
     # Rows whose stream had not begun by the checkpoint (or never did).
-    orphans = await conn.cursor(
-        f"SELECT {check.key} FROM {check.table} t WHERE NOT EXISTS ("
-        "SELECT 1 FROM events e WHERE e.stream_id = $1 || t."
-        f"{check.key} AND e.version = 1 AND (e.tx, e.position) <= ($2::text::xid8, $3::bigint))",
-        check.prefix,
-        str(at.tx),
-        at.position,
-    )
-    while extra := await orphans.fetch(PAGE):
-        for r in extra:
+    async for extra in check.model.without_stream(conn, at, PAGE):
+        for key in extra:
             checked += 1
             differences += 1
-            found(Difference(check.prefix + r[0], "row", "present", MISSING))
+            found(Difference(check.prefix + key, "row", "present", MISSING))
     return checked, differences
 
 
 def _presence(row: object | None) -> str:
     return MISSING if row is None else "present"
-
-
-def _row(record: asyncpg.Record, check: RowCheck) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for column, value in record.items():
-        if column == check.key:
-            continue
-        if column in check.model.rows.json_columns:
-            value = None if value is None else msgspec.json.decode(value)
-        out[column] = value
-    return out
 
 
 async def _check_batches(
@@ -366,18 +338,10 @@ async def _check_job_stages(
 ) -> tuple[int, int]:
     """The stage rows compared in the pass, plus rows of jobs whose stream had not begun."""
     checked, differences = folds.stages_checked, folds.stages_differences
-    at = folds.stages_at
-    orphans = await conn.fetch(
-        "SELECT DISTINCT job_id FROM job_stages s WHERE NOT EXISTS (SELECT 1 FROM events e "
-        "WHERE e.stream_id = 'job-' || s.job_id AND e.version = 1 "
-        "AND (e.tx, e.position) <= ($1::text::xid8, $2::bigint))",
-        str(at.tx),
-        at.position,
-    )
-    for r in orphans:
+    for job_id in await job_stages.without_stream(conn, folds.stages_at):
         checked += 1
         differences += 1
-        found(Difference(f"job-{r[0]}", "job_stages", "present", MISSING))
+        found(Difference(f"job-{job_id}", "job_stages", "present", MISSING))
     return checked, differences
 
 

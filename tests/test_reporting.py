@@ -33,7 +33,8 @@ from spool.adapters.database import (
 )
 from spool.adapters.event_store import EventStore
 from spool.adapters.read_models import all_projections
-from spool.adapters.read_models.jobs import JobsProjection
+from spool.adapters.read_models import jobs as job_rows
+from spool.adapters.read_models.state_projection import Field, StateProjection, StateRows
 from spool.domain import batch, job, node
 from spool.domain.events import Event, Metadata
 from spool.reactors.projection import ProjectionRunner
@@ -518,13 +519,28 @@ async def test_a_real_job_shows_in_the_views_stage_by_stage(
     assert beats > 0 and rollup == beats
 
 
-class _JobRowsOnly(JobsProjection):
-    """The jobs projection as revision 0013 had it: the `jobs` rows, no batches."""
+class _JobRowsOnly:
+    """The jobs projection as revision 0013 had it: the `jobs` rows (no snapshot stamp, a
+    column of 0016), no batches."""
 
+    name = "jobs"
+    tables = (job_rows.jobs,)
     event_types = job.EVENT_TYPES
+    rows = StateProjection(
+        name="jobs",
+        stream=job_rows.JOBS.stream,
+        event_types=job.EVENT_TYPES,
+        evolve=job.evolve,
+        rows=StateRows(
+            job_rows.jobs,
+            Field("job_id", ("job_id",), fixed=True),
+            job_rows.ROWS.fields,
+            job.JobState,
+        ),
+    )
 
     async def apply(self, conn: asyncpg.Connection, events: Any) -> None:
-        await self._apply_jobs(conn, events)
+        await self.rows.apply(conn, events)
 
 
 async def test_migration_0014_refills_batches_so_a_finished_batch_reads_completed(

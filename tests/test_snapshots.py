@@ -4,12 +4,15 @@ of the stream, right after an upgrade as before it."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 
 import msgspec
 
 from spool.adapters.event_store import EventStore
 from spool.adapters.job_store import load_job
+from spool.adapters.read_models import jobs as job_rows
 from spool.adapters.viewer_store import load_viewers
 from spool.domain import job, viewer
 from spool.domain.aggregate import steps
@@ -20,10 +23,14 @@ from tests.test_viewers_projection import append, connected, stats, unique
 META = Metadata(actor="snapshot-test")
 
 
-async def _job(store: EventStore) -> str:
+async def _job(store: EventStore, account_id: str = "a") -> str:
     job_id = str(uuid.uuid4())
     created = job.create(
-        job_id=job_id, account_id="a", url="http://m/a.mp4", options=job.JobOptions(), held=True
+        job_id=job_id,
+        account_id=account_id,
+        url="http://m/a.mp4",
+        options=job.JobOptions(),
+        held=True,
     )
     events = [*created, job.JobRenamed(filename="first.mp4"), job.JobReleased()]
     await store.append(job.stream_id(job_id), [NewEvent(e, META) for e in events], 0)
@@ -60,24 +67,70 @@ async def test_a_job_row_of_another_snapshot_version_is_folded_from_its_stream(
         assert await load_job(store, job_id) == folded
 
 
+@contextlib.asynccontextmanager
+async def _default_moved(store: EventStore, table: str) -> AsyncIterator[None]:
+    """The stamp column's default as a migration for a later shape would leave it, while this
+    release's projection still writes rows."""
+    was = await store.pool.fetchval(
+        "SELECT column_default FROM information_schema.columns "
+        "WHERE table_name = $1 AND column_name = 'snapshot_version'",
+        table,
+    )
+    column = f"ALTER TABLE {table} ALTER COLUMN snapshot_version SET DEFAULT"
+    await store.pool.execute(f"{column} 99")
+    try:
+        yield
+    finally:
+        await store.pool.execute(f"{column} {was}")
+
+
 async def test_the_jobs_projection_stamps_its_rows_with_the_snapshot_version(
     store: EventStore, runner: ProjectionRunner
 ) -> None:
-    job_id = await _job(store)
-    await runner.settle("jobs")
+    async with _default_moved(store, "jobs"):
+        job_id = await _job(store)
+        await runner.settle("jobs")
     stamped = await store.pool.fetchval(
         "SELECT snapshot_version FROM jobs WHERE job_id = $1", job_id
     )
     assert stamped == job.AGGREGATE.snapshot_version
 
 
+async def test_a_job_row_an_older_shape_wrote_is_folded_again_when_the_job_moves_on(
+    store: EventStore, runner: ProjectionRunner
+) -> None:
+    account_id = f"acct_{uuid.uuid4().hex}"
+    job_id = await _job(store, account_id)
+    await runner.settle("jobs")
+    await _write_row(store, job_id, "an older shape's answer", job.AGGREGATE.snapshot_version - 1)
+
+    renamed = NewEvent(job.JobRenamed(filename="second.mp4"), META)
+    await store.append(job.stream_id(job_id), [renamed], None)
+    await runner.settle("jobs")
+
+    folded = job.fold(steps(await store.read_stream(job.stream_id(job_id))))
+    assert folded is not None and folded.title is None
+    assert folded.options.filename == "second.mp4"
+    row = await store.pool.fetchrow(
+        "SELECT state, snapshot_version FROM jobs WHERE job_id = $1", job_id
+    )
+    assert row["snapshot_version"] == job.AGGREGATE.snapshot_version
+    assert job_rows.ROWS.decode(row["state"]) == folded
+    listed = await job_rows.page(
+        store.pool, account_id, status=None, batch_id=None, after=None, limit=10
+    )
+    assert listed.states == [folded]  # what GET /jobs lists, as the events say
+    assert await load_job(store, job_id) == folded
+
+
 async def test_a_viewer_row_of_another_snapshot_version_is_folded_from_its_stream(
     store: EventStore, runner: ProjectionRunner
 ) -> None:
     vid = f"v_{unique()}"
-    await append(store, vid, connected(vid, unique(), bitrate=800_000))
-    await append(store, vid, stats(vid, 100_000, 1000), stats(vid, 100_000, 2000))
-    await runner.settle("viewers")
+    async with _default_moved(store, "viewers"):
+        await append(store, vid, connected(vid, unique(), bitrate=800_000))
+        await append(store, vid, stats(vid, 100_000, 1000), stats(vid, 100_000, 2000))
+        await runner.settle("viewers")
     folded = viewer.fold(steps(await store.read_stream(viewer.stream_id(vid))))
     stamped = await store.pool.fetchval(
         "SELECT snapshot_version FROM viewers WHERE viewer_id = $1", vid

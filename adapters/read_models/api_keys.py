@@ -124,6 +124,47 @@ async def has_keys(pool: asyncpg.Pool, account_id: str) -> bool:
     )
 
 
+async def known_digest(pool: asyncpg.Pool, digest: str) -> bool:
+    """Whether a key with this digest was ever issued (revoked or expired ones too)."""
+    return bool(await pool.fetchval("SELECT 1 FROM api_keys WHERE key_hash = $1", digest))
+
+
+async def account_of(pool: asyncpg.Pool, key_id: str) -> str | None:
+    """The account the key `key_id` belongs to (key ids are unique); None if unknown."""
+    owner: str | None = await pool.fetchval(
+        "SELECT account_id FROM api_keys WHERE key_id = $1", key_id
+    )
+    return owner
+
+
+_LISTING = """
+SELECT k.key_id, k.name, k.account_id, k.hint, k.scope, k.created_at, u.used_at AS last_used_at,
+       k.expires_at, k.revoked, k.replaced_by
+FROM api_keys k LEFT JOIN api_key_use u ON u.key_id = k.key_id
+WHERE $1::text IS NULL OR k.account_id = $1
+ORDER BY k.created_at, k.key_id
+"""
+
+
+async def listing(pool: asyncpg.Pool, account_id: str | None) -> list[asyncpg.Record]:
+    """The keys of `account_id` (every account's for None), oldest first, as a listing shows
+    them: key_id, name, account_id, hint, scope, created_at, last_used_at, expires_at, revoked,
+    replaced_by (never the digest)."""
+    return list(await pool.fetch(_LISTING, account_id))
+
+
+_BY_ACCOUNT = """
+SELECT account_id, key_id, name, hint, admin, revoked, created_at FROM api_keys
+WHERE $1::text IS NULL OR account_id = $1 ORDER BY account_id, created_at, key_id
+"""
+
+
+async def by_account(pool: asyncpg.Pool, account_id: str | None) -> list[asyncpg.Record]:
+    """The keys of `account_id` (every account's for None) ordered by account, then age:
+    account_id, key_id, name, hint, admin, revoked, created_at."""
+    return list(await pool.fetch(_BY_ACCOUNT, account_id))
+
+
 async def names_of(pool: asyncpg.Pool, key_ids: Sequence[str]) -> dict[str, str]:
     """The names of these keys, by key id (unknown ids left out)."""
     rows = await pool.fetch(

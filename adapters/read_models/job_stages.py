@@ -17,6 +17,7 @@ import asyncpg
 import msgspec
 import sqlalchemy as sa
 
+from spool.adapters.event_store import Checkpoint
 from spool.adapters.read_models.projection import types_of
 from spool.adapters.tables import metadata
 from spool.domain import job
@@ -133,6 +134,18 @@ async def rows_of(conn: asyncpg.Connection, job_ids: Sequence[str]) -> dict[Stag
         (r[0], r[1], r[2], r[3]): StageRow(**dict(r.items()))
         for r in await conn.fetch(_LOAD, list(job_ids))
     }
+
+
+_WITHOUT_STREAM = """
+SELECT DISTINCT job_id FROM job_stages s WHERE NOT EXISTS (
+    SELECT 1 FROM events e WHERE e.stream_id = 'job-' || s.job_id AND e.version = 1
+    AND (e.tx, e.position) <= ($1::text::xid8, $2::bigint))
+"""
+
+
+async def without_stream(conn: asyncpg.Connection, at: Checkpoint) -> list[str]:
+    """The jobs with stage rows whose stream had not begun by `at` (for `verify`)."""
+    return [r[0] for r in await conn.fetch(_WITHOUT_STREAM, str(at.tx), at.position)]
 
 
 _UPSERT = """

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
+from spool.adapters.event_store import EVENT_COLUMNS
 from spool.adapters.read_models import batches as batch_rows
 from spool.adapters.read_models.state_projection import Field, StateProjection, StateRows
 from spool.adapters.tables import metadata
@@ -38,8 +39,9 @@ jobs = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     # The whole folded JobState, so the row is exactly the fold of the stream.
     sa.Column("state", pg.JSONB, nullable=False),
-    # The shape `state` was written in: every row the projection writes takes the default,
-    # which a migration moves with domain.job.AGGREGATE.snapshot_version (adapters/job_store.py).
+    # The shape `state` was written in: the projection stamps every row it writes with
+    # domain.job.AGGREGATE.snapshot_version, and a row stamped otherwise is not used as a
+    # snapshot (`ROWS.load`, `row_and_tail`). The default stamps rows older than the column.
     sa.Column(
         "snapshot_version",
         sa.SmallInteger,
@@ -66,6 +68,7 @@ ROWS = StateRows(
         Field("state", (), "jsonb"),
     ],
     job.JobState,
+    snapshot=job.AGGREGATE,
 )
 
 JOBS = StateProjection(
@@ -107,6 +110,41 @@ class JobsProjection:
 
 
 # -- queries ---------------------------------------------------------------------------------
+
+# The row and the stream's events after it in one round trip (every job read of the API and of
+# the nodes makes it): at least one row, the state (or NULL) in the first column, each later
+# event in the others. A row of another snapshot version than this code's (written before an
+# upgrade changed JobState) is not used: the whole stream comes back instead.
+_ROW_AND_TAIL = f"""
+SELECT j.state, t.*
+FROM (SELECT 1) AS one
+LEFT JOIN jobs j ON j.job_id = $1 AND j.snapshot_version = $3
+LEFT JOIN LATERAL (
+    SELECT {EVENT_COLUMNS} FROM events
+    WHERE stream_id = $2 AND version > coalesce(j.version, 0)
+    ORDER BY version
+) AS t ON true
+ORDER BY t.version
+"""
+
+
+class RowAndTail(NamedTuple):
+    """A job's row as a snapshot and the events its stream holds after it."""
+
+    state: job.JobState | None
+    """The row's state; None without a row of this code's snapshot version."""
+    tail: list[Sequence[Any]]
+    """The later events as rows of `EVENT_COLUMNS` (`EventStore.decode` reads them)."""
+
+
+async def row_and_tail(executor: asyncpg.Pool | asyncpg.Connection, job_id: str) -> RowAndTail:
+    """The job's row, if it has one of `job.AGGREGATE.snapshot_version`, and every event of its
+    stream after the row's version (all of them without such a row), in version order."""
+    rows = await executor.fetch(
+        _ROW_AND_TAIL, job_id, job.stream_id(job_id), job.AGGREGATE.snapshot_version
+    )
+    state = ROWS.decode(rows[0][0]) if rows[0][0] is not None else None
+    return RowAndTail(state, [tuple(r)[1:] for r in rows if r[1] is not None])
 
 
 class JobsFound(NamedTuple):
@@ -200,6 +238,53 @@ WHERE account_id = $1 AND state ? 'duration'
 async def longest_media(pool: asyncpg.Pool, account_id: str) -> int:
     """The longest media (whole seconds) any of the account's jobs fetched; 0 for none."""
     return int(await pool.fetchval(_LONGEST, account_id))
+
+
+# Events the projection has not applied yet (those after its checkpoint): each JobCreated is a
+# job not finished (counted in today if recorded since `$2`), and each JobRetried of a job the
+# rows still show finished ($3) is one running again.
+_CREATED, _RETRIED = job.JobCreated.__name__, job.JobRetried.__name__
+_UNPROJECTED = f"""
+SELECT count(*) FILTER (WHERE e.type = '{_CREATED}') AS created,
+       count(*) FILTER (WHERE e.type = '{_CREATED}' AND e.recorded_at >= $2) AS today,
+       count(*) FILTER (WHERE e.type = '{_RETRIED}' AND EXISTS (
+           SELECT 1 FROM jobs j WHERE j.job_id = substr(e.stream_id, 5)  -- after 'job-'
+             AND j.account_id = $1 AND j.status = ANY($3::text[]))) AS retried
+FROM events e
+WHERE (e.type = '{_CREATED}' AND e.data->>'account_id' = $1 OR e.type = '{_RETRIED}')
+  AND (e.tx, e.position) > (
+      SELECT coalesce((SELECT tx::text FROM checkpoints WHERE name = 'jobs'), '0')::xid8,
+             coalesce((SELECT position FROM checkpoints WHERE name = 'jobs'), 0))
+"""
+
+_PROJECTED = """
+SELECT count(*) FILTER (WHERE status <> ALL($3::text[])) AS running,
+       count(*) FILTER (WHERE created_at >= $2) AS today
+FROM jobs WHERE account_id = $1
+"""
+
+_TERMINAL = sorted(job.TERMINAL)
+
+
+class AccountJobs(NamedTuple):
+    """An account's jobs not finished, and those created since a time."""
+
+    running: int
+    today: int
+
+
+async def account_jobs(
+    db: asyncpg.Pool | asyncpg.Connection, account_id: str, since: datetime
+) -> AccountJobs:
+    """The account's jobs not finished and those created `since`: the rows plus the JobCreated
+    and JobRetried events the projection has not applied yet, so exact for jobs created and
+    retried (a job that just finished may count as running a moment longer)."""
+    projected = await db.fetchrow(_PROJECTED, account_id, since, _TERMINAL)
+    pending = await db.fetchrow(_UNPROJECTED, account_id, since, _TERMINAL)
+    return AccountJobs(
+        running=projected["running"] + pending["created"] + pending["retried"],
+        today=projected["today"] + pending["today"],
+    )
 
 
 _UNFINISHED_QUIET = """

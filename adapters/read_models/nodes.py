@@ -12,7 +12,7 @@ timeout the `cluster_config` table holds (`configured_timeout`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -391,6 +391,14 @@ async def registration(pool: asyncpg.Pool, node_id: str) -> asyncpg.Record | Non
     hostname, ip, capabilities, usage, last_heartbeat_at."""
     row: asyncpg.Record | None = await pool.fetchrow(_NODE, node_id)
     return row
+
+
+async def removed_at(pool: asyncpg.Pool, node_id: str) -> datetime | None:
+    """When an admin last removed the node, if it has not registered again since."""
+    at: datetime | None = await pool.fetchval(
+        "SELECT removed_at FROM nodes WHERE node_id = $1", node_id
+    )
+    return at
 
 
 _RUNNING_UNITS = f"SELECT node_id, running FROM nodes WHERE {working('$1::interval')}"

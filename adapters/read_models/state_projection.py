@@ -10,7 +10,7 @@ the log and compares that with the stored row.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
@@ -19,6 +19,8 @@ import asyncpg
 import msgspec
 import sqlalchemy as sa
 
+from spool.adapters.event_store import Checkpoint, read_prefixes
+from spool.domain.aggregate import Aggregate, steps
 from spool.domain.events import Event, RecordedEvent
 
 
@@ -160,6 +162,42 @@ class StateProjection(Generic[S]):
         if applied.changed:
             await self.rows.write(conn, applied.changed_states(), applied.stored)
 
+    # -- what `reactors/verify.py` compares with the fold ------------------------------------
+
+    async def stored(self, conn: asyncpg.Connection, keys: list[str]) -> dict[str, Row]:
+        """The stored rows of `keys` as `fold` gives a row (its columns, jsonb decoded), by key;
+        columns a row has beyond those (for reporting) are left out."""
+        rows, json_columns = self.rows, self.rows.json_columns
+        found = await conn.fetch(
+            f"SELECT {rows.key}, {', '.join(rows.columns)} FROM {rows.table.name} "
+            f"WHERE {rows.key} = ANY($1::text[])",
+            keys,
+        )
+        return {
+            r[0]: {
+                c: msgspec.json.decode(v) if c in json_columns and v is not None else v
+                for c, v in list(r.items())[1:]
+            }
+            for r in found
+        }
+
+    async def without_stream(
+        self, conn: asyncpg.Connection, at: Checkpoint, page: int
+    ) -> AsyncIterator[list[str]]:
+        """The keys of rows whose stream had not begun by `at` (or never did), `page` at a time
+        (in the caller's transaction: a cursor)."""
+        rows = self.rows
+        cursor = await conn.cursor(
+            f"SELECT {rows.key} FROM {rows.table.name} t WHERE NOT EXISTS ("
+            f"SELECT 1 FROM events e WHERE e.stream_id = $1 || t.{rows.key} AND e.version = 1 "
+            "AND (e.tx, e.position) <= ($2::text::xid8, $3::bigint))",
+            self.stream,
+            str(at.tx),
+            at.position,
+        )
+        while found := await cursor.fetch(page):
+            yield [r[0] for r in found]
+
 
 @dataclass(frozen=True)
 class Field:
@@ -194,10 +232,23 @@ class StateRows(Generic[S]):
 
     One jsonb array goes in and SQL extracts the columns: asyncpg encodes an array element by
     element in Python, so one array per column would cost that many times more.
+
+    With `snapshot` (the aggregate, for a table with a `snapshot_version` column) every row
+    written is stamped with the aggregate's `snapshot_version`, and a row stamped otherwise
+    (written by a release whose state had another shape) is not loaded: its stream is folded
+    again up to the row's version instead, and the next write replaces it.
     """
 
-    def __init__(self, table: sa.Table, key: Field, fields: Sequence[Field], state: type[S]):
+    def __init__(
+        self,
+        table: sa.Table,
+        key: Field,
+        fields: Sequence[Field],
+        state: type[S],
+        snapshot: Aggregate[S] | None = None,
+    ):
         self.table = table
+        self.snapshot = snapshot
         self.key = key.column
         self.fields = tuple(fields)
         self.columns = tuple(f.column for f in self.fields)
@@ -206,15 +257,25 @@ class StateRows(Generic[S]):
         self._decode = msgspec.json.Decoder(state).decode
         self._computed = [f for f in (key, *self.fields) if f.computed]
         every = (key, *self.fields)
-        names = ", ".join(f.column for f in every)
+        names = [f.column for f in every]
+        values = [self._expression(f) for f in every]
+        updated = [f.column for f in self.fields if not f.fixed]
+        if snapshot is not None:
+            # Written by this code, not left to the column's default: a migration moves the
+            # default while an older release may still be writing rows of its own shape.
+            names.append("snapshot_version")
+            values.append(str(int(snapshot.snapshot_version)))
+            updated.append("snapshot_version")
+            current = f"r.snapshot_version = {int(snapshot.snapshot_version)}"
+        else:
+            current = "true"
         computed = "".join(f", ${i}::{f.sql_type}[]" for i, f in enumerate(self._computed, 2))
         aliases = "".join(f", c{i}" for i in range(len(self._computed)))
         self.insert_sql = (
-            f"INSERT INTO {table.name} ({names})\n"
-            f"SELECT {', '.join(self._expression(f) for f in every)}\n"
+            f"INSERT INTO {table.name} ({', '.join(names)})\n"
+            f"SELECT {', '.join(values)}\n"
             f"FROM unnest($1::jsonb[]{computed}) AS t(s{aliases})\n"
         )
-        updated = [f.column for f in self.fields if not f.fixed]
         self.upsert_sql = (
             f"{self.insert_sql}ON CONFLICT ({key.column}) DO UPDATE SET "
             f"{', '.join(f'{c} = excluded.{c}' for c in updated)}\n"
@@ -223,8 +284,8 @@ class StateRows(Generic[S]):
         self._load_sql = (
             # A join on unnest keeps the index plan even when a cached generic plan was made
             # while the table was empty (a rebuild's shadow table, a fresh install).
-            f"SELECT r.{key.column}, r.state, r.updated_at FROM unnest($1::text[]) "
-            f"AS t({key.column}) JOIN {table.name} r USING ({key.column})"
+            f"SELECT r.{key.column}, r.state, r.updated_at, {current}, r.version "
+            f"FROM unnest($1::text[]) AS t({key.column}) JOIN {table.name} r USING ({key.column})"
         )
 
     def _expression(self, f: Field) -> str:
@@ -247,8 +308,32 @@ class StateRows(Generic[S]):
         return {f.column: f.value(state) for f in self.fields}
 
     async def load(self, conn: asyncpg.Connection, keys: list[str]) -> dict[str, Stored[S]]:
-        rows = await conn.fetch(self._load_sql, keys)
-        return {r[0]: Stored(self._decode(r[1]), r[2]) for r in rows}
+        found: dict[str, Stored[S]] = {}
+        stale: dict[str, int] = {}
+        for key, state, at, current, version in await conn.fetch(self._load_sql, keys):
+            if current:
+                found[key] = Stored(self._decode(state), at)
+            else:
+                stale[key] = version
+        if stale:
+            found.update(await self._refold(conn, stale))
+        return found
+
+    async def _refold(
+        self, conn: asyncpg.Connection, stale: dict[str, int]
+    ) -> dict[str, Stored[S]]:
+        """The states stale rows stand for, folded from their streams up to each row's version
+        (the events after it are the caller's to fold)."""
+        aggregate = self.snapshot
+        assert aggregate is not None  # rows are only stale against a snapshot version
+        streams = {aggregate.stream_id(k): k for k in stale}
+        folded: dict[str, Stored[S]] = {}
+        prefixes = await read_prefixes(conn, {s: stale[k] for s, k in streams.items()})
+        for stream, events in prefixes.items():
+            state = aggregate.fold(steps(events))
+            if state is not None:
+                folded[streams[stream]] = Stored(state, events[-1].recorded_at)
+        return folded
 
     def _arguments(self, states: list[S]) -> list[list[Any]]:
         return [[self._encode(s) for s in states]] + [

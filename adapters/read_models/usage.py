@@ -157,6 +157,17 @@ async def totals(
     )
 
 
+_STORED = """
+SELECT coalesce(sum(bytes_uploaded), 0)::bigint - coalesce(sum(bytes_deleted), 0)::bigint
+FROM usage_daily WHERE account_id = $1
+"""
+
+
+async def stored_bytes(db: asyncpg.Pool | asyncpg.Connection, account_id: str) -> int:
+    """The bytes the account's files hold now: uploaded minus deleted, over all time."""
+    return int(await db.fetchval(_STORED, account_id))
+
+
 async def in_order(conn: asyncpg.Connection, page: int) -> AsyncIterator[list[asyncpg.Record]]:
     """Every `usage_daily` row by account and day, `page` rows at a time (inside the caller's
     transaction: a cursor)."""

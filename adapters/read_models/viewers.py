@@ -52,7 +52,8 @@ viewers = sa.Table(
     sa.Column("node_id", sa.Text, nullable=False),
     sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
-    # The shape the row holds, as for `jobs` (domain.viewer.AGGREGATE.snapshot_version).
+    # The shape the row holds, as for `jobs`: an insert stamps domain.viewer.AGGREGATE's
+    # snapshot_version, and `snapshots` leaves out a row stamped otherwise.
     sa.Column(
         "snapshot_version",
         sa.SmallInteger,
@@ -180,17 +181,20 @@ def _traffic(
     )
 
 
-_INSERT = """
+# The stamp is this code's, not the column's default, which a migration moves while an older
+# release may still insert rows of its own shape. An update leaves the stamp: it rewrites a few
+# columns from the row it finds, so a stale row stays stale until the viewer leaves.
+_INSERT = f"""
 INSERT INTO viewers (viewer_id, state, harness_type, system, application_id, stream_key,
                      remote_address, device_type, os_name, browser_name, country_code,
                      country_name, started_at, in_bandwidth, out_bandwidth, in_total_bytes,
                      out_total_bytes, health_score, health_grade, bitrate, measured, node_id,
-                     last_seen_at, version)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[],
-                     $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-                     $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::int[],
-                     $19::text[], $20::int8[], $21::bool[], $22::text[], $23::timestamptz[],
-                     $24::int[])
+                     last_seen_at, version, snapshot_version)
+SELECT *, {viewer.AGGREGATE.snapshot_version}
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+            $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::int[],
+            $19::text[], $20::int8[], $21::bool[], $22::text[], $23::timestamptz[], $24::int[])
 ON CONFLICT (viewer_id) DO NOTHING
 RETURNING viewer_id
 """
@@ -563,6 +567,20 @@ async def _locate(
         else:  # the spans do not reach that far (cannot happen in one snapshot): plain skip
             return None, offset
     return bound, offset - skipped
+
+
+_SNAPSHOTS = """
+SELECT viewer_id, harness_type, state, started_at, bitrate, in_bandwidth, out_bandwidth,
+       in_total_bytes, out_total_bytes, measured, version
+FROM viewers WHERE viewer_id = ANY($1::text[]) AND snapshot_version = $2
+"""
+
+
+async def snapshots(pool: asyncpg.Pool, viewer_ids: list[str]) -> dict[str, viewer.ViewerState]:
+    """The rows of these viewers as their states at each row's version (adapters/viewer_store.py
+    folds what follows): connected viewers' rows of this code's snapshot version only."""
+    rows = await pool.fetch(_SNAPSHOTS, viewer_ids, viewer.AGGREGATE.snapshot_version)
+    return {r["viewer_id"]: viewer.ViewerState(**dict(r)) for r in rows}
 
 
 # No index on last_seen_at: stats rewrite it every few seconds and an index would turn those

@@ -9,6 +9,7 @@ import msgspec
 
 from spool.adapters import sysinfo
 from spool.adapters.node_store import nodes
+from spool.adapters.read_models import nodes as node_rows
 from spool.domain import node
 from spool.domain.events import Event
 from spool.reactors.task_types import advertised, has_internet
@@ -45,9 +46,7 @@ class Registration(NodeState):
 
     async def _removed_at(self) -> Any:
         """When an admin last removed this node, if the `nodes` projection says so."""
-        return await self.store.pool.fetchval(
-            "SELECT removed_at FROM nodes WHERE node_id = $1", self.node_id
-        )
+        return await node_rows.removed_at(self.store.pool, self.node_id)
 
     async def _check_removed(self) -> None:
         """Register again after a removal: heartbeats alone never bring a removed node back."""
