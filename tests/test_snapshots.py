@@ -13,8 +13,9 @@ import msgspec
 from spool.adapters.event_store import EventStore
 from spool.adapters.job_store import load_job
 from spool.adapters.read_models import jobs as job_rows
+from spool.adapters.read_models import tasks as task_rows
 from spool.adapters.viewer_store import load_viewers
-from spool.domain import job, viewer
+from spool.domain import job, task, viewer
 from spool.domain.aggregate import steps
 from spool.domain.events import Metadata, NewEvent
 from spool.reactors.projection import ProjectionRunner
@@ -121,6 +122,41 @@ async def test_a_job_row_an_older_shape_wrote_is_folded_again_when_the_job_moves
     )
     assert listed.states == [folded]  # what GET /jobs lists, as the events say
     assert await load_job(store, job_id) == folded
+
+
+async def test_a_task_row_an_older_shape_wrote_is_folded_again_when_the_task_moves_on(
+    store: EventStore, runner: ProjectionRunner
+) -> None:
+    task_id = str(uuid.uuid4())
+    submitted = task.submit(task_id=task_id, account_id="a", task_type="echo")
+    await store.append(task.stream_id(task_id), [NewEvent(e, META) for e in submitted], 0)
+    await runner.settle("tasks")
+    raw = await store.pool.fetchval("SELECT state FROM tasks WHERE task_id = $1", task_id)
+    older = msgspec.json.decode(raw)
+    older["reason"] = "an older shape's answer"
+    await store.pool.execute(
+        "UPDATE tasks SET state = $2, snapshot_version = $3 WHERE task_id = $1",
+        task_id,
+        msgspec.json.encode(older),
+        task.AGGREGATE.snapshot_version - 1,
+    )
+
+    state = task.fold(steps(await store.read_stream(task.stream_id(task_id))))
+    assert state is not None
+    await store.append(
+        task.stream_id(task_id), [NewEvent(e, META) for e in task.cancel(state)], None
+    )
+    await runner.settle("tasks")
+
+    folded = task.fold(steps(await store.read_stream(task.stream_id(task_id))))
+    assert folded is not None and folded.status == "cancelled"
+    assert folded.reason != "an older shape's answer"
+    row = await store.pool.fetchrow(
+        "SELECT state, snapshot_version, reason FROM tasks WHERE task_id = $1", task_id
+    )
+    assert row["snapshot_version"] == task.AGGREGATE.snapshot_version
+    assert task_rows.ROWS.decode(row["state"]) == folded
+    assert row["reason"] == folded.reason  # what GET /api/v1/tasks shows
 
 
 async def test_a_viewer_row_of_another_snapshot_version_is_folded_from_its_stream(

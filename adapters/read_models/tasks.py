@@ -43,6 +43,13 @@ tasks = sa.Table(
     sa.Column("execution_time_seconds", sa.Float(precision=53)),
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("state", pg.JSONB, nullable=False),
+    # The shape `state` was written in (migration 0018): a row of another is folded again.
+    sa.Column(
+        "snapshot_version",
+        sa.SmallInteger,
+        nullable=False,
+        server_default=sa.text(str(task.AGGREGATE.snapshot_version)),
+    ),
     sa.Index("tasks_status_rank_idx", "status", sa.text("priority_rank DESC"), "created_at"),
     sa.Index("tasks_account_created_idx", "account_id", sa.text("created_at DESC"), "task_id"),
     sa.Index("tasks_device_status_idx", "device_id", "status"),
@@ -78,6 +85,7 @@ ROWS = StateRows(
         Field("state", (), "jsonb"),
     ],
     task.TaskState,
+    snapshot=task.AGGREGATE,
 )
 
 TASKS = StateProjection(
