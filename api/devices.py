@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -14,6 +15,7 @@ from arq.jobs import Job
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import Provide
 
+from spool.adapters.event_store import EventStore
 from spool.adapters.queue import node_queue
 from spool.adapters.read_models.nodes import DeviceFilter, all_rows, device_row
 from spool.api.auth import Principal
@@ -42,6 +44,7 @@ from spool.api.envelope import (
 from spool.api.requests import command_metadata
 from spool.api.services import Services
 from spool.application.nodes import drain_node, remove_node, undrain_node
+from spool.domain.events import Metadata
 from spool.domain.node import NodeState, UnknownNode, WorkState, work_state
 
 PING_TIMEOUT = 5.0
@@ -128,12 +131,26 @@ class DeviceDrain(msgspec.Struct):
     draining_since: str | None
 
 
-def _drain_answer(state: NodeState) -> DeviceDrain:
-    return DeviceDrain(
+async def _drain_command(
+    request: Request[Any, Any, Any],
+    services: Services,
+    principal: Principal,
+    device_id: str,
+    command: Callable[[EventStore, str, Metadata], Awaitable[NodeState]],
+    message: str,
+) -> Response[Envelope[DeviceDrain]]:
+    """Run a drain or undrain on `device_id` for its admin; the device's work state, or 404."""
+    meta = command_metadata(request, f"key:{principal.key_id}")
+    try:
+        state = await command(services.store, device_id, meta)
+    except UnknownNode:
+        raise _not_found(device_id) from None
+    answer = DeviceDrain(
         device_id=state.node_id,
         state=work_state(state.draining_since is not None),
         draining_since=iso(state.draining_since),
     )
+    return success(request, answer, message=message)
 
 
 def _summary(stats: ClusterDeviceStats, by_tag: dict[str, int], work: ActiveWork) -> DevicesSummary:
@@ -357,15 +374,13 @@ class DevicesController(Controller):
         """Drain the device: it finishes what it runs and takes no new work until undrained.
 
         Draining a draining device changes nothing. A restart keeps the drain."""
-        meta = command_metadata(request, f"key:{principal.key_id}")
-        try:
-            state = await drain_node(services.store, device_id, meta)
-        except UnknownNode:
-            raise _not_found(device_id) from None
-        return success(
+        return await _drain_command(
             request,
-            _drain_answer(state),
-            message=f"Device {device_id} is draining: it finishes what it runs, takes nothing new",
+            services,
+            principal,
+            device_id,
+            drain_node,
+            f"Device {device_id} is draining: it finishes what it runs, takes nothing new",
         )
 
     @post(
@@ -381,13 +396,13 @@ class DevicesController(Controller):
         device_id: str,
     ) -> Response[Envelope[DeviceDrain]]:
         """Let a draining device take new work again; an active device stays as it is."""
-        meta = command_metadata(request, f"key:{principal.key_id}")
-        try:
-            state = await undrain_node(services.store, device_id, meta)
-        except UnknownNode:
-            raise _not_found(device_id) from None
-        return success(
-            request, _drain_answer(state), message=f"Device {device_id} takes new work again"
+        return await _drain_command(
+            request,
+            services,
+            principal,
+            device_id,
+            undrain_node,
+            f"Device {device_id} takes new work again",
         )
 
 
