@@ -440,7 +440,7 @@ async def _upload(
     session: ViewerSession | None,
 ) -> job.JobCompleted:
     assert state.output is not None
-    aborted = await _abort_unfinished(storage, state.unfinished_uploads)
+    aborted = await abort_unfinished(storage, state.unfinished_uploads)
     # Subtitles and thumbnail travel beside the media, named after it: "<name>.en.vtt".
     extras: list[tuple[str, Path, str]] = []
     for kind in ("subtitle", "thumbnail"):
@@ -537,8 +537,9 @@ async def _put_all(
     return written
 
 
-async def _abort_unfinished(storage: ObjectStorage, unfinished: list[str]) -> list[str]:
-    """Abort what earlier attempts left unfinished; those that still fail wait for the next."""
+async def abort_unfinished(storage: ObjectStorage, unfinished: list[str]) -> list[str]:
+    """Abort multipart uploads attempts left unfinished; the ones aborted (or already gone).
+    Those that still fail are left for the caller to keep or report."""
     aborted = []
     for upload in unfinished:
         try:

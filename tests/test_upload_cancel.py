@@ -15,19 +15,20 @@ aborted so that no parts linger).
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from spool.adapters.ffmpeg import ffmpeg_exe
+from spool.adapters.job_store import jobs
 from spool.adapters.storage import S3Storage
+from spool.assembly import PIPELINE, PROJECTIONS
+from spool.domain import job
+from spool.domain.events import Event, Metadata
 from tests.fixtures.cluster import Cluster, StartCluster
-from tests.fixtures.media import MediaServer
+from tests.fixtures.media import MediaServer, make_dense_clip
 from tests.fixtures.throttle import ThrottledS3, throttled_s3  # noqa: F401 - the fixture
 
 SMALL = "small.mp4"
@@ -47,34 +48,12 @@ def s3_storage_url(throttled_s3: ThrottledS3) -> str:  # noqa: F811 - overrides 
     return throttled_s3.storage_url
 
 
-def _make_dense_clip(path: Path, *, seconds: float, video_bitrate: str) -> Path:
-    """A clip of noise, which x264 cannot squeeze, so its size follows the bitrate; < 1 s."""
-    rate = ["-b:v", video_bitrate, "-maxrate", video_bitrate, "-bufsize", video_bitrate]
-    proc = subprocess.run(
-        [
-            ffmpeg_exe(),
-            *["-hide_banner", "-nostdin", "-loglevel", "error", "-y"],
-            *["-f", "lavfi", "-t", f"{seconds}", "-i", "testsrc2=size=640x360:rate=25"],
-            *["-f", "lavfi", "-t", f"{seconds}", "-i", "sine=frequency=440:sample_rate=44100"],
-            *["-vf", "noise=alls=60:allf=t", "-c:v", "libx264", "-preset", "ultrafast"],
-            *["-pix_fmt", "yuv420p", *rate, "-c:a", "aac", "-b:a", "64k", "-shortest"],
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"ffmpeg could not make {path.name}:\n{proc.stderr}")
-    return path
-
-
 @pytest.fixture(scope="module")
 def dense_media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MediaServer]:
     """`small.mp4` (~5 MiB: one PUT) and `large.mp4` (~10 MiB: two 8 MiB-max parts), served."""
     root = tmp_path_factory.mktemp("dense-media")
-    _make_dense_clip(root / SMALL, seconds=2, video_bitrate="16M")
-    _make_dense_clip(root / LARGE, seconds=2, video_bitrate="34M")
+    make_dense_clip(root / SMALL, seconds=2, video_bitrate="16M")
+    make_dense_clip(root / LARGE, seconds=2, video_bitrate="34M")
     server = MediaServer(root).start()
     try:
         yield server
@@ -186,6 +165,73 @@ async def test_cancel_during_a_multipart_upload_aborts_it_and_leaves_no_parts(
         assert held.pending_when_held == [cluster.in_bucket(LARGE)]  # held inside the first part
         assert throttled_s3.proxy.upstream_bytes < held.size  # the second part never went up
         await _assert_nothing_left(cluster, held.job_id)
+
+
+async def test_an_upload_whose_job_moved_on_to_another_node_aborts_its_multipart_upload(
+    start_cluster: StartCluster,
+    throttled_s3: ThrottledS3,  # noqa: F811
+    dense_media: MediaServer,
+) -> None:
+    """The node is thought lost mid-upload (as after a cut link): the reconciler fails the
+    upload so that the job starts over from download, and another node takes that download.
+    The node learns it at its next heartbeat and stops: its multipart upload is aborted, it
+    records nothing, and the run's files, which no current unit needs, leave its disk.
+
+    Only projections and the pipeline run, and the pipeline stops before the job moves on: the
+    other node is this test, which takes the download and does nothing with it."""
+    proxy = throttled_s3.proxy
+    async with start_cluster(stall_timeout=60, with_reactors=False) as cluster:
+        cluster.start(PROJECTIONS, PIPELINE)
+        node = cluster.node
+        assert node is not None
+        job_id = await cluster.create(dense_media.url(LARGE), filename="moved")
+        await cluster.wait(job_id, until=lambda j: j["step"] == "Uploading", seconds=30)
+        await _eventually("the upload is on the wire", lambda: proxy.upstream_bytes >= IN_FLIGHT)
+        proxy.pause()
+        try:
+            assert _pending_uploads(cluster) == [cluster.in_bucket("moved.mp4")]
+            cluster.stops[PIPELINE].set()
+            await asyncio.wait_for(cluster.tasks[PIPELINE], 30)
+            (unit,) = node.running.values()
+
+            await _move_on_to(cluster, job_id, "node-elsewhere", lost=node.node_id)
+            await _eventually("the node stops the unit", lambda: unit.cancel.is_set(), 10)
+        finally:
+            proxy.unthrottle()
+        await _eventually("the node runs nothing", lambda: not node.running)
+
+        assert unit.moved_on
+        assert _pending_uploads(cluster) == []
+        assert cluster.objects() == []
+        assert not (cluster.settings.data_dir / "work" / job_id).exists()
+        types = await cluster.event_types(job_id)
+        # Nothing of the node's after the takeover: no result, no failure of its own.
+        assert types[-2:] == ["StageFailed", "StageStarted"]
+        assert "JobCompleted" not in types
+
+
+async def _move_on_to(cluster: Cluster, job_id: str, other: str, *, lost: str) -> None:
+    """What the reconciler and another node append when `lost` is judged lost mid-upload: the
+    upload fails over to a download anywhere, and `other` starts that download."""
+    repository = jobs(cluster.store)
+
+    def fail(state: job.JobState) -> list[Event]:
+        return job.fail_stage(
+            state,
+            "upload",
+            state.run,
+            state.attempt,
+            node_id=lost,
+            reason=f"Node {lost} stopped answering during upload",
+            backoff=0.0,
+            restart_from_download=True,
+        )
+
+    def start(state: job.JobState) -> list[Event]:
+        return job.start_stage(state, "download", state.run, state.attempt, other)
+
+    await repository.execute(job_id, fail, Metadata(actor="reconciler"))
+    await repository.execute(job_id, start, Metadata(actor=f"node:{other}", node_id=other))
 
 
 async def test_a_file_above_the_multipart_threshold_is_stored_whole_in_parts(

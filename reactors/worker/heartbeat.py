@@ -22,18 +22,33 @@ from spool.reactors.worker.unit import RunningUnit
 
 log = logging.getLogger("spool.node")
 
+_MOVING = (
+    job.StageStarted,
+    job.DownloadCompleted,
+    job.MuxCompleted,
+    job.JobCompleted,
+    job.StageFailed,
+    job.StageInterrupted,
+    job.JobFailed,
+    job.JobCancelled,
+    job.JobRetried,
+)
+"""The events that can take a job off a unit: a later one than the unit's own start is read
+as a sign to load the job and see (progress, webhooks, renames never move it)."""
+
 # One probe per stream, by (stream_id, version): a join lets the planner weigh a scan of every
 # partition, heartbeat days included, against probes it cannot tell will find nothing there.
-_CANCELLED = f"""
+_MOVED = f"""
 SELECT r.stream_id FROM unnest($1::text[], $2::int[]) AS r(stream_id, v)
 WHERE (SELECT true FROM events e
        WHERE e.stream_id = r.stream_id AND e.version > r.v
-         AND e.type = '{job.JobCancelled.__name__}' LIMIT 1)
+         AND e.type IN ({", ".join(f"'{t.__name__}'" for t in _MOVING)}) LIMIT 1)
 """
 
 
 class Heartbeat(Registration, Drain):
-    """Beats, reports progress, and notices cancellations, stalls, a removal and a drain."""
+    """Beats, reports progress, and notices units whose job moved on, stalls, a removal and a
+    drain."""
 
     async def _tick_forever(self, stop: asyncio.Event) -> None:
         await run_periodically(
@@ -52,7 +67,7 @@ class Heartbeat(Registration, Drain):
         return counts
 
     async def tick(self) -> None:
-        """Heartbeat + progress in one transaction; then cancellations and stalls."""
+        """Heartbeat + progress in one transaction; then units whose job moved on, and stalls."""
         # Off the loop: the first sample of a process waits out its CPU measuring span.
         usage = await asyncio.to_thread(sysinfo.usage, self.workroot)
         counts = self.counts()
@@ -112,24 +127,45 @@ class Heartbeat(Registration, Drain):
                     unit.state = job.evolve(
                         unit.state, sent.events[0].event, now, unit.state.version + 1
                     )
-        await self._check_cancellations()
+        await self._check_moved_on()
         self._check_stalls()
         await self._check_removed()
         await self._check_drained()
 
-    async def _check_cancellations(self) -> None:
+    async def _check_moved_on(self) -> None:
+        """Stop the units whose job moved on without them: cancelled, or failed over to another
+        attempt or node while this one was cut off or thought lost. Each is told to stop (its
+        download's sockets shut, FFmpeg killed, its multipart upload aborted) rather than
+        finish work whose result would be refused."""
         if not self.running:
             return
         units = list(self.running.values())
         rows = await self.store.pool.fetch(
-            _CANCELLED,
+            _MOVED,
             [job.stream_id(u.job_id) for u in units],
             [u.since_version for u in units],
         )
-        cancelled = {r[0] for r in rows}
+        moved = {r[0] for r in rows}
         for unit in units:
-            if job.stream_id(unit.job_id) in cancelled:
-                unit.cancel.set()
+            if job.stream_id(unit.job_id) not in moved or unit.worked or unit.cancel.is_set():
+                continue
+            fresh = await load_job(self.store, unit.job_id)
+            if fresh is None or job.is_current(fresh, unit.stage, unit.run, unit.attempt):
+                continue
+            unit.state = fresh
+            unit.moved_on = True
+            unit.cancel.set()
+            log.info(
+                "%s of job %s (run %d, attempt %d) stopped: the job is at %s/%s run %d attempt %d",
+                unit.stage,
+                unit.job_id,
+                unit.run,
+                unit.attempt,
+                fresh.status,
+                fresh.stage,
+                fresh.run,
+                fresh.attempt,
+            )
 
     def _check_stalls(self) -> None:
         now = time.monotonic()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from spool.adapters.job_store import jobs, load_job
 from spool.adapters.owned_objects import delete_owned
 from spool.adapters.repository import Loaded
 from spool.adapters.storage import StorageError
-from spool.domain import job
+from spool.domain import job, work_files
 from spool.domain.errors import InvalidTransition
 from spool.domain.events import NO_CAUSE, Event, Metadata, event_id
 from spool.domain.source_data import made_safe
@@ -83,6 +83,7 @@ class StageRunner(Drain):
                     unit.interrupted = True
                     unit.cancel.set()
                 outcome = await self._execute(unit, workdir)
+                unit.worked = True
             # The slot is free while the result is recorded: the next unit need not wait for it.
             if isinstance(outcome, str):
                 return outcome
@@ -230,6 +231,8 @@ class StageRunner(Drain):
             if not isinstance(exc, stages.StageCancelled):
                 log.exception("%s of job %s failed unexpectedly", unit.stage, unit.job_id)
                 return await self._fail(unit, stages.unexpected(exc))
+            if unit.moved_on:
+                return await self._left_behind(unit, workdir)
             if unit.stalled:
                 return await self._fail(
                     unit,
@@ -270,11 +273,7 @@ class StageRunner(Drain):
                     [o for o in job.recorded_objects(done) if o.key not in owned],
                     current.job_id,
                 )
-            # A later attempt of this run (a retry after a wrong "worker lost") still needs the
-            # files; only a job that ended, or a run that started over, frees them.
-            if current.terminal or current.run != unit.run:
-                stages.remove_workdir(workdir)
-            return "cancelled" if current.status == "Cancelled" else "stale"
+            return await self._left_behind(unit, workdir)
         if isinstance(done, job.JobCompleted):
             stages.remove_workdir(self.workroot / unit.job_id)
         self._remember(state)
@@ -323,6 +322,32 @@ class StageRunner(Drain):
         log.info("%s of job %s interrupted by the node's stop", unit.stage, unit.job_id)
         return "interrupted"
 
+    async def _left_behind(
+        self, unit: RunningUnit, workdir: Path, unfinished: Sequence[str] = ()
+    ) -> str:
+        """The job moved on without the unit (`unit.state`, as read): abort the multipart
+        uploads it began and could not abort (no later attempt learns of them: the job takes
+        no event of this unit's now), and free the run's files unless the job's current unit
+        on this node still needs them or another unit of the run works on them here."""
+        current = unit.state
+        if unfinished:
+            storage = await self.storages.for_job(current.account_id, current.storage_override)
+            aborted = await stages.abort_unfinished(storage, list(unfinished))
+            if len(aborted) < len(unfinished):
+                log.warning(
+                    "%d multipart upload(s) of job %s's stale %s are still not aborted",
+                    len(unfinished) - len(aborted),
+                    unit.job_id,
+                    unit.stage,
+                )
+        in_use = any(
+            other is not unit and other.job_id == unit.job_id and other.run == unit.run
+            for other in self.running.values()
+        )
+        if not in_use and not work_files.still_needed(current, self.node_id, unit.run):
+            stages.remove_workdir(workdir)
+        return "cancelled" if current.status == "Cancelled" else "stale"
+
     async def _fail(self, unit: RunningUnit, exc: stages.StageError) -> str:
         events: list[Event] = []
 
@@ -344,7 +369,8 @@ class StageRunner(Drain):
 
         state = await self._record(unit, decide)
         if state is None:
-            return "stale"
+            workdir = self.workdir(unit.job_id, unit.run)
+            return await self._left_behind(unit, workdir, exc.unfinished_uploads)
         if any(isinstance(e, job.JobFailed) for e in events):
             stages.remove_workdir(self.workroot / unit.job_id)
             return "failed"

@@ -31,3 +31,9 @@ class RunningUnit:
     stalled: bool = False
     interrupted: bool = False
     """Cut short by the node's own stop, not by the user or a stall."""
+    worked: bool = False
+    """The stage's work is over: what is left is recording its result (which may be the job's
+    moving on, not to be taken for another's)."""
+    moved_on: bool = False
+    """The job moved on without this unit (cancelled, failed over to another node or attempt):
+    `state` is the job as read then, and what the unit does is nobody's any more."""
