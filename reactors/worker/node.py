@@ -18,6 +18,7 @@ from spool.reactors.worker.shutdown import (
     stop_workers,
 )
 from spool.reactors.worker.stages_runner import StageRunner
+from spool.reactors.worker.sweep import sweep_workroot
 
 log = logging.getLogger("spool.node")
 
@@ -42,6 +43,8 @@ class Node(Heartbeat, StageRunner):
         log_context.NODE_ID.set(self.node_id)  # on every record of the node's tasks
         self.workroot.mkdir(parents=True, exist_ok=True)
         self._removal_seen = await self._removed_at()
+        # Before any unit is taken: what a killed or cut-off run of this node left behind.
+        await sweep_workroot(self.store, self.workroot, self.node_id)
         await self._register()
         await self.viewers.start()
         workers = arq_workers(self)
