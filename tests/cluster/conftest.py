@@ -11,7 +11,7 @@ import pytest
 from tests.cluster.multihost import MultiHost, multihost
 from tests.cluster.network import namespaces_unavailable
 from tests.fixtures.databases import Databases
-from tests.fixtures.media import make_clip
+from tests.fixtures.media import make_clip, make_dense_clip
 
 
 @pytest.fixture(scope="session")
@@ -24,9 +24,11 @@ def namespaces() -> None:
 
 @pytest.fixture(scope="session")
 def cluster_media(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`clip.mp4`: a 1 s 160x120 clip, short so that 60 jobs go through in seconds."""
+    """`clip.mp4`: a 1 s 160x120 clip, short so that 60 jobs go through in seconds; and
+    `dense.mp4`, ~10 MiB of noise, uploaded in two parts (the multipart threshold is 8 MiB)."""
     root = tmp_path_factory.mktemp("cluster-media")
     make_clip(root / "clip.mp4", 1.0, width=160, height=120)
+    make_dense_clip(root / "dense.mp4", seconds=2, video_bitrate="34M")
     return root
 
 

@@ -59,6 +59,16 @@ class DatabaseHost:
             "AWS_SECRET_ACCESS_KEY": self.s3.secret_key,
         }
 
+    def unfinished_uploads(self) -> list[str]:
+        """The keys of the bucket's multipart uploads begun and neither completed nor aborted
+        (S3's ListMultipartUploads): parts a user pays for and never sees."""
+        client = self.s3.client()
+        try:
+            listing = client.list_multipart_uploads(Bucket=self.bucket)
+            return [u["Key"] for u in listing.get("Uploads", [])]
+        finally:
+            client.close()
+
     def objects(self) -> list[str]:
         """The keys in the bucket, listed by a plain S3 client."""
         client = self.s3.client()

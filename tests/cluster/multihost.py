@@ -86,10 +86,11 @@ class MultiHost:
         host.procs.worker(host.name, *self.worker_flags, TMPDIR=str(tmp))
 
     async def restore(self) -> None:
-        """Every node's link up and its worker running again (after a test cut or killed
-        one), and every node online."""
+        """Every node's link up, at full speed, and its worker running again (after a test
+        cut, slowed or killed one), and every node online."""
         for host in self.nodes.values():
             host.link.mend()
+            host.link.unslow()
             proc = host.procs.procs.get(host.name)
             if proc is None or proc.poll() is not None:
                 host.kill()  # what a dead worker left on its host

@@ -62,13 +62,28 @@ def namespaces_unavailable() -> str | None:
 
 def netem_unavailable() -> str | None:
     """Why `tc netem` (delay, loss) cannot be used here, or None when it can."""
+    return _qdisc_unavailable("netem", "delay", "1ms")
+
+
+def tbf_unavailable() -> str | None:
+    """Why `tc tbf` (a rate cap, `Link.cap`) cannot be used here, or None when it can."""
+    return _qdisc_unavailable(*_TBF, "8mbit")
+
+
+_TBF = ("tbf", "burst", "32kb", "latency", "400ms", "rate")
+"""A token bucket: a small burst, and packets queued up to 400 ms before they are dropped."""
+
+
+def _qdisc_unavailable(*spec: str) -> str | None:
+    """Why the queueing discipline `spec` cannot be set up here (the kernel may lack its
+    module), or None when it can: tried on the loopback of a namespace made for it."""
     name = f"spool-probe-{secrets.token_hex(3)}"
     if ip("netns", "add", name, check=False).returncode != 0:
         return "cannot make a network namespace"
     try:
         ip("-n", name, "link", "set", "lo", "up")
-        added = tc("-n", name, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms")
-        return None if added.returncode == 0 else f"tc netem: {added.stderr.strip()}"
+        added = tc("-n", name, "qdisc", "add", "dev", "lo", "root", *spec)
+        return None if added.returncode == 0 else f"tc {spec[0]}: {added.stderr.strip()}"
     finally:
         ip("netns", "del", name, check=False)
 
@@ -119,8 +134,16 @@ class Link:
             if done.returncode != 0:
                 raise RuntimeError(f"tc {' '.join(where)}: {done.stderr.strip()}")
 
+    def cap(self, rate_mbit: float) -> None:
+        """Cap what the host sends (its uploads) at `rate_mbit` megabits a second with `tc tbf`;
+        what it receives is not slowed. `tbf_unavailable` says first whether the kernel can."""
+        done = tc("-n", self.namespace, "qdisc", "replace", "dev", "eth0", "root",
+                  *_TBF, f"{rate_mbit}mbit")  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"tc tbf in {self.namespace}: {done.stderr.strip()}")
+
     def unslow(self) -> None:
-        """Remove what `slow` added."""
+        """Remove what `slow` or `cap` added."""
         tc("-n", self.namespace, "qdisc", "del", "dev", "eth0", "root")
         tc("qdisc", "del", "dev", self.veth, "root")
 

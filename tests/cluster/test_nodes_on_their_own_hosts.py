@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from tests.cluster.multihost import MultiHost
+from tests.cluster.network import tbf_unavailable
 from tests.faults.checks import assert_log_and_bucket_clean
 
 BUSY = 9
@@ -127,7 +131,7 @@ async def test_a_node_cut_off_mid_download_is_replaced_then_rejoins_and_takes_ne
     once node1 is lost. node1 rides the outage out (its database calls fail with "No route to
     host" and are tried again); when the link comes back its downloads finish late and are
     refused ("stale": the attempt is no longer current), it is online again and takes new
-    work. What it does to an upload cut off half-made is not covered here."""
+    work. An upload cut off half-made is the next test's."""
     held, gate = cluster.db.media.held_url("clip.mp4")
     jobs = await cluster.create_jobs({"url": held, "filename": f"cut{i}"} for i in range(BUSY))
     victims = await _downloading_on(cluster, jobs, "node1", count=2)
@@ -166,3 +170,89 @@ async def _until_not_online(cluster: MultiHost, node: str) -> None:
     while node in await cluster.online():
         assert time.monotonic() < deadline, f"{node} still online"
         await asyncio.sleep(0.2)
+
+
+UPLOAD_CAP_MBIT = 16.0
+"""node1's sending rate in the test of a cut mid-upload: its ~10 MiB upload takes about five
+seconds, long enough to cut the link in the middle of it."""
+
+
+async def test_a_node_cut_off_mid_upload_aborts_its_half_made_upload_when_it_comes_back(
+    cluster: MultiHost,
+) -> None:
+    """node1's link goes down in the middle of a multipart upload, for `OUTAGE_SECONDS` (long
+    enough for node1 to be lost and its job handed on, see above): the job starts over from
+    download on another node and completes there. When the link comes back, node1's next
+    heartbeat finds the job moved on; its upload stops and is aborted, so the bucket keeps
+    no half-made upload (S3's ListMultipartUploads lists none), and the run's files leave
+    node1's disk. The other nodes are drained until node1 is lost, so that the job's first
+    download, and its upload, are node1's."""
+    node1 = cluster.nodes["node1"]
+    others = [n for n in cluster.nodes if n != "node1"]
+    reason = tbf_unavailable()
+    if reason is not None:
+        pytest.skip(f"slowing node1's upload needs tc tbf: {reason}")
+    node1.link.cap(UPLOAD_CAP_MBIT)
+    try:
+        for name in others:
+            await _drain(cluster, name, "drain", until="draining")
+        (job_id,) = await cluster.create_jobs(
+            [{"url": cluster.db.media.url("dense.mp4"), "filename": "cut-upload"}]
+        )
+        await _until(cluster, "node1's multipart upload is begun", cluster.db.unfinished_uploads)
+
+        node1.link.cut()
+        cut_at = time.monotonic()
+        await _until_not_online(cluster, "node1")
+        for name in others:
+            await _drain(cluster, name, "undrain", until="active")
+        ended = await cluster.wait_ended([job_id], seconds=120)
+        await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - cut_at)))
+        node1.link.mend()
+
+        await _assert_all_completed(cluster, ended)
+        history = await cluster.events(job_id)
+        assert _node_of(history, "StageStarted")[:3] == ["node1"] * 3  # download, mux, upload
+        (completed_on,) = _node_of(history, "JobCompleted")
+        assert completed_on in others
+        await _until(
+            cluster, "node1 aborts its upload", lambda: not cluster.db.unfinished_uploads()
+        )
+        work = node1.procs.root / "nodes" / "node1" / "work"
+        await _until(cluster, "node1 frees the run's files", lambda: not (work / job_id).exists())
+        assert cluster.db.objects() == [f"media/{_key_of(history)}"]
+        await _assert_nothing_lost(cluster, [job_id])
+    finally:
+        node1.link.unslow()
+        for name in others:
+            await _drain(cluster, name, "undrain", until="active")
+
+
+async def _drain(cluster: MultiHost, node: str, command: str, *, until: str) -> None:
+    """POST /api/v1/devices/{node}/drain (or undrain), then wait until the device list shows
+    `until`: the row the node reads before each download."""
+    answer = await cluster.client.post(f"/api/v1/devices/{node}/{command}")
+    assert answer.status_code == 200, answer.text
+    deadline = time.monotonic() + 30
+    while True:
+        shown = await cluster.client.get(f"/api/v1/devices/{node}")
+        assert shown.status_code == 200, shown.text
+        if shown.json()["data"]["state"] == until:
+            return
+        assert time.monotonic() < deadline, shown.text
+        await asyncio.sleep(0.2)
+
+
+async def _until(cluster: MultiHost, what: str, check: Callable[[], object]) -> None:
+    """Wait until `check()` holds: 90 s, for a host whose connections come back from a cut
+    link only as fast as TCP's retransmission backoff lets them."""
+    deadline = time.monotonic() + 90
+    while not check():
+        assert time.monotonic() < deadline, f"gave up waiting until {what}: {cluster.logs()}"
+        await asyncio.sleep(0.1)
+
+
+def _key_of(history: list[dict[str, Any]]) -> str:
+    (completed,) = [e["data"] for e in history if e["type"] == "JobCompleted"]
+    key: str = completed["key"]
+    return key
