@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.cluster_api_helpers import FreshApi
+from tests.cluster_api_helpers import append_node, fresh_api, heartbeat, node_started
+from tests.fixtures.databases import Databases
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 RULES = DEPLOY / "prometheus" / "spool-rules.yml"
@@ -68,20 +71,57 @@ def _rules(path: Path) -> list[dict[str, Any]]:
     return rules
 
 
-def _metrics_named(expr: str) -> set[str]:
-    """The metric names an expression selects, as promql-parser parses it (a syntax error
-    raises)."""
+def _selections(expr: str) -> list[tuple[str, set[str]]]:
+    """Each metric an expression selects, with the labels it needs that metric to carry (those
+    its selector matches, and those an enclosing `by (...)` groups by), as promql-parser parses
+    it (a syntax error raises)."""
     for variable, duration in GRAFANA_VARIABLES.items():
         expr = expr.replace(variable, duration)
-    names: set[str] = set()
+    found: list[tuple[str, set[str]]] = []
+
+    def selected(node: Any) -> list[str]:
+        names: list[str] = []
+        promql_parser.walk(
+            node,
+            lambda n: names.append(n.name) if isinstance(n, promql_parser.VectorSelector) else None,
+        )
+        return names
 
     def visit(node: Any) -> None:
         if isinstance(node, promql_parser.VectorSelector):
             assert node.name, f"a selector without a metric name in {expr}"
-            names.add(node.name)
+            found.append((node.name, {m.name for m in node.matchers.matchers}))
+        elif (
+            isinstance(node, promql_parser.AggregateExpr)
+            and node.modifier is not None
+            and node.modifier.type == promql_parser.AggModifierType.By
+        ):
+            found.extend((name, set(node.modifier.labels)) for name in selected(node.expr))
 
     promql_parser.walk(promql_parser.parse(expr), visit)
-    return names
+    return found
+
+
+def _metrics_named(expr: str) -> set[str]:
+    """The metric names an expression selects."""
+    return {name for name, _ in _selections(expr)}
+
+
+def _assert_scraped(exprs: list[str], scrape: Scrape, *, sampled: bool = True) -> None:
+    """Every metric the expressions select is in the scrape, and every label they match or
+    group it by is on its samples. With `sampled`, each metric whose labels are used has
+    samples there; without, a metric with none (a counter nothing has counted yet) has its
+    labels left unchecked."""
+    for expr in exprs:
+        for name, labels in _selections(expr):
+            assert name in scrape.names, f"{name} is not in /metrics ({expr})"
+            if labels and (sampled or name in scrape.labels):
+                carried = scrape.labels.get(name, set())
+                assert labels <= carried, f"{name} has no label {labels - carried} ({expr})"
+
+
+def _rule_exprs(path: Path) -> list[str]:
+    return [rule["expr"] for rule in _rules(path)]
 
 
 def _dashboard() -> dict[str, Any]:
@@ -93,18 +133,50 @@ def _dashboard_exprs() -> list[str]:
     return [t["expr"] for panel in _dashboard()["panels"] for t in panel["targets"]]
 
 
+@dataclass(frozen=True)
+class Scrape:
+    names: set[str]
+    """Every metric name the scrape shows, with or without samples: a counter's `_total`, a
+    histogram's `_bucket`, `_count` and `_sum`."""
+    labels: dict[str, set[str]]
+    """The label names on each metric's samples."""
+
+
+_FINISHED_JOBS = """
+INSERT INTO jobs (job_id, account_id, url, status, step, created_at, updated_at, finished_at,
+                  version, state)
+VALUES ('done', 'acct', 'http://x', 'Completed', 'Finished', now(), now(), now(), 5,
+        '{"timings": {"download": {"seconds": 3.0}, "mux": {"seconds": 2.0},
+                      "upload": {"seconds": 1.0}}}'),
+       ('failed', 'acct', 'http://x', 'Failed', 'Finished', now(), now(), now(), 3, '{}')
+"""
+
+
 @pytest.fixture(scope="module")
-async def exported(module_api: FreshApi) -> set[str]:
-    """Every metric name a scrape of the API's /metrics shows, with or without samples: a
-    counter's `_total`, a histogram's `_bucket`, `_count` and `_sum`."""
-    answer = await module_api.client.get("/metrics", headers=module_api.admin())
+async def scrape(databases: Databases, redis_url: str) -> AsyncIterator[Scrape]:
+    """A scrape of the API's /metrics over a log that holds a node, and a job that completed
+    and one that failed, so that the families the rules match on have samples."""
+    name, url = await databases.take()
+    try:
+        async with fresh_api(url, redis_url) as api:
+            await append_node(
+                api.store, api.runner, "node-1", node_started("node-1"), heartbeat("node-1")
+            )
+            await api.pool.execute(_FINISHED_JOBS)
+            await api.runner.settle()
+            answer = await api.client.get("/metrics", headers=api.admin())
+    finally:
+        databases.give_back(name)
     assert answer.status_code == 200, answer.text
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
     names: set[str] = set()
+    labels: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(answer.text):
         names |= {family.name + s for s in suffixes.get(family.type, ("",))}
-        names |= {sample.name for sample in family.samples}
-    return names
+        for sample in family.samples:
+            names.add(sample.name)
+            labels.setdefault(sample.name, set()).update(sample.labels)
+    yield Scrape(names, labels)
 
 
 @pytest.mark.parametrize("path", [RULES, NODE_HEALTH_RULES], ids=lambda p: p.name)
@@ -131,17 +203,15 @@ def test_the_alert_rules_cover_what_an_operator_of_several_machines_is_woken_for
     } <= named
 
 
-def test_every_metric_the_alert_rules_name_is_in_a_real_scrape(exported: set[str]) -> None:
-    named = {m for rule in _rules(RULES) for m in _metrics_named(rule["expr"])}
-    assert named - exported == set()
+def test_every_metric_and_label_the_alert_rules_name_is_in_a_real_scrape(scrape: Scrape) -> None:
+    _assert_scraped(_rule_exprs(RULES), scrape)
 
 
 @LANDING_MARK
-def test_every_metric_the_node_health_rules_name_is_in_a_real_scrape(
-    exported: set[str],
+def test_every_metric_and_label_the_node_health_rules_name_is_in_a_real_scrape(
+    scrape: Scrape,
 ) -> None:
-    named = {m for rule in _rules(NODE_HEALTH_RULES) for m in _metrics_named(rule["expr"])}
-    assert named - exported == set()
+    _assert_scraped(_rule_exprs(NODE_HEALTH_RULES), scrape, sampled=False)
 
 
 def test_the_dashboard_is_grafana_json_whose_panels_query_a_chosen_prometheus() -> None:
@@ -177,13 +247,16 @@ def test_the_dashboard_shows_jobs_stages_throughput_lag_nodes_queue_age_and_leas
     } <= named
 
 
-def test_every_metric_the_dashboard_names_today_is_in_a_real_scrape(exported: set[str]) -> None:
-    named = {m for expr in _dashboard_exprs() for m in _metrics_named(expr)}
-    assert named - LANDING - exported == set()
+def test_every_metric_and_label_the_dashboard_names_today_is_in_a_real_scrape(
+    scrape: Scrape,
+) -> None:
+    today = [e for e in _dashboard_exprs() if not _metrics_named(e) & LANDING]
+    _assert_scraped(today, scrape)
 
 
 @LANDING_MARK
-def test_the_dashboards_node_health_panels_name_metrics_in_a_real_scrape(
-    exported: set[str],
+def test_the_dashboards_node_health_panels_name_metrics_and_labels_in_a_real_scrape(
+    scrape: Scrape,
 ) -> None:
-    assert LANDING - exported == set()
+    landing = [e for e in _dashboard_exprs() if _metrics_named(e) & LANDING]
+    _assert_scraped(landing, scrape, sampled=False)
