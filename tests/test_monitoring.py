@@ -4,9 +4,10 @@ dashboard over the API's `GET /metrics`, written only over metrics a real scrape
 The rule files are checked against Prometheus's rule file format (rulefmt, what `promtool check
 rules` reads: its groups, its rules' keys, its durations) and every expression, in the rules
 and in the dashboard's panels, is parsed by promql-parser (the PromQL parser GreptimeDB
-maintains in Rust, with Python bindings), which also names the metrics each one selects. Each
-of those must be in a scrape of the API: a family without samples still prints its HELP and
-TYPE lines.
+maintains in Rust, with Python bindings), which also names the metrics each one selects and
+the labels it matches or groups them by. Each of those metrics must be in a scrape of the API
+(a family without samples still prints its HELP and TYPE lines), and each of those labels on
+its samples, in a scrape of an API whose log holds a node, a completed job and a failed one.
 """
 
 from __future__ import annotations
