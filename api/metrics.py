@@ -1,6 +1,7 @@
 """`GET /metrics`: Prometheus text, gathered from the projections at each scrape.
 
-The seed's `retire_cluster_devices_total` and `retire_cluster_tasks_total`, plus jobs by status
+The seed's `retire_cluster_devices_total` and `retire_cluster_tasks_total`, plus online nodes by
+work state (`spool_nodes{state=...}`, `domain.node.work_state`), jobs by status
 and step, stage durations, this process's event-store append latency, projection lag, and the
 probes of users' sources this process runs now.
 """
@@ -62,6 +63,13 @@ async def _families(pool: asyncpg.Pool, types: Mapping[str, frozenset[str]]) -> 
     )
     devices.add_metric(["online"], online)
     devices.add_metric(["offline"], total - online)
+    by_state = GaugeMetricFamily(
+        "spool_nodes",
+        "Online nodes by work state: active, quarantined, draining, disk_floor",
+        labels=["state"],
+    )
+    for state, n in (await node_rows.online_by_state(pool)).items():
+        by_state.add_metric([state], n)
 
     jobs = GaugeMetricFamily(
         "spool_jobs_total", "Jobs by status and step", labels=["status", "step"]
@@ -143,6 +151,7 @@ async def _families(pool: asyncpg.Pool, types: Mapping[str, frozenset[str]]) -> 
         checkpoint_age.add_metric([cp["name"]], cp["age"])
     return [
         devices,
+        by_state,
         tasks,
         by_type,
         task_seconds,
