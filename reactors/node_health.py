@@ -123,7 +123,7 @@ class NodeHealthReactor:
         row = await conn.fetchrow(_ROW, node_id)
         before = _decode(row["failures"]) if row is not None else []
         failures = node_health.recent(before, failed, self.quarantine_after)
-        await conn.execute(_SET_FAILURES, node_id, _encode(failures).decode())
+        await conn.execute(_SET_FAILURES, node_id, _encode(failures))
         quarantined = row is not None and row["quarantined"]
         if quarantined or not node_health.quarantine_due(failures, self.quarantine_after):
             return

@@ -468,14 +468,21 @@ async def gate(pool: asyncpg.Pool, node_id: str) -> Gate:
     )
 
 
+STATE_COLUMNS: dict[node.WorkState, str] = {
+    "quarantined": "quarantined_since",
+    "draining": "draining_since",
+    "disk_floor": "disk_floor",
+}
+"""The `nodes` column that holds when each work state but "active" holds: not NULL."""
+
+
 def work_of(row: asyncpg.Record) -> tuple[node.WorkState, str | None]:
     """A `nodes` row's `state` and why it takes no new work (`domain.node.work_state`), from
     its columns draining_since, quarantined_since, quarantine_reason and disk_floor."""
-    draining = row["draining_since"] is not None
+    holds = {s: row[c] is not None for s, c in STATE_COLUMNS.items()}
+    draining = holds["draining"]
     state = node.work_state(
-        draining,
-        quarantined=row["quarantined_since"] is not None,
-        disk_floor=row["disk_floor"] is not None,
+        draining, quarantined=holds["quarantined"], disk_floor=holds["disk_floor"]
     )
     reason = node.work_reason(
         draining,
@@ -483,6 +490,15 @@ def work_of(row: asyncpg.Record) -> tuple[node.WorkState, str | None]:
         disk_floor=row["disk_floor"],
     )
     return state, reason
+
+
+def work_state_sql(alias: str) -> str:
+    """SQL: the `state` of the `nodes` row `alias` by the same rule as `work_of` (the domain's
+    `WORK_STATE_ORDER` over `STATE_COLUMNS`), for SQL readers such as `reporting.nodes`."""
+    whens = " ".join(
+        f"WHEN {alias}.{STATE_COLUMNS[s]} IS NOT NULL THEN '{s}'" for s in node.WORK_STATE_ORDER
+    )
+    return f"(CASE {whens} ELSE 'active' END)"
 
 
 _ONLINE_WORK = f"""

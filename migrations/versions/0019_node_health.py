@@ -4,7 +4,8 @@ working state (`node_failures`).
 `nodes.quarantined_since` and `quarantine_reason` are set by `NodeQuarantined` and cleared by
 `NodeReleased`, `probe_started_at` set by `NodeProbeStarted` (domain/node.py); `disk_floor` is
 the latest heartbeat's reason for taking no download. `node_failures` holds each node's
-node-side failures in a row (reactors/node_health.py). Nodes quarantined before this revision
+node-side failures in a row (reactors/node_health.py). `reporting.nodes` shows them and the
+node's `state`. Nodes quarantined before this revision
 do not exist: the events are new with it.
 
 Revision ID: 0019_node_health
@@ -12,9 +13,15 @@ Revises: 0018_task_snapshot_version
 Create Date: 2026-12-07
 """
 
+from importlib import import_module
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql as pg
+
+from spool.adapters import reporting
+
+NODES_VIEW_0010 = import_module("spool.migrations.versions.0010_reporting").NODES_VIEW
 
 revision = "0019_node_health"
 down_revision = "0018_task_snapshot_version"
@@ -33,9 +40,14 @@ def upgrade() -> None:
         sa.Column("failures", pg.JSONB, nullable=False, server_default="[]"),
         sa.Column("quarantined", sa.Boolean, nullable=False, server_default=sa.false()),
     )
+    # reporting.nodes gains the work state and its facts, at its end.
+    for statement in reporting.statements(views=["nodes"]):
+        op.execute(statement)
 
 
 def downgrade() -> None:
+    op.execute("DROP VIEW IF EXISTS reporting.nodes")
+    op.execute(NODES_VIEW_0010)
     op.drop_table("node_failures")
     for column in ("disk_floor", "probe_started_at", "quarantine_reason", "quarantined_since"):
         op.drop_column("nodes", column)
