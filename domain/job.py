@@ -445,12 +445,13 @@ def fail_stage(
     backoff: float = 2.0,
     restart_from_download: bool = False,
     unfinished_uploads: Sequence[str] = (),
-    blame: Blame = "node",
+    blame: Blame | None = None,
 ) -> list[Event]:
     """An attempt failed: retry it with exponential backoff, or fail the job when out of tries.
 
     `restart_from_download` is for a lost node: its local files went with it. `blame` says whose
-    fault it is; a failure no one classified (a lost node or worker) is the node's.
+    fault it is; None (the reconciler's verdicts on a lost node or worker) is no one's in
+    particular and counts toward no quarantine: a lost node is gone, or restarts clean.
     """
     _require_current(state, stage, run, attempt)
     spent = attempt - state.interruptions  # an attempt cut short by a shutdown is not one

@@ -48,7 +48,7 @@ class NodeStarted(Event, frozen=True, kw_only=True):
 
 
 @event
-class NodeHeartbeat(Event, frozen=True, kw_only=True):
+class NodeHeartbeat(Event, frozen=True, kw_only=True, omit_defaults=True):
     """Sent every second: what the node is doing and how the machine is."""
 
     node_id: str

@@ -16,7 +16,7 @@ import msgspec
 
 Blame = Literal["node", "source", "storage", "request", "cluster"]
 """Whose fault a failed unit is. "node": the machine that ran it (an internal error, its files
-gone, a stalled mux, the node or its worker lost); "source": the media's origin (an HTTP error, a
+gone, a stalled mux); "source": the media's origin (an HTTP error, a
 timeout, unplayable or unsupported media); "storage": the user's object storage (an upload the
 storage refused); "request": the job or task itself (over its quota, a task's own error);
 "cluster": the shared services (a result the event store could not record). Only "node" counts
@@ -29,8 +29,9 @@ REASON_CHARS = 200
 
 
 def counts_against_node(blame: Blame | None) -> bool:
-    """Whether a failure with this blame counts toward its node's quarantine. A failure recorded
-    before failures carried a blame (None) does not: it cannot be told from a source's."""
+    """Whether a failure with this blame counts toward its node's quarantine. One with none does
+    not: recorded before failures carried a blame (it cannot be told from a source's), or the
+    reconciler's verdict on a lost node or worker (the node is gone, or restarts clean)."""
     return blame in NODE_SIDE
 
 
