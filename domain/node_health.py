@@ -56,7 +56,8 @@ def quarantine_due(failures: Sequence[UnitFailure], after: int) -> bool:
 def quarantine_reason(failures: Sequence[UnitFailure]) -> str:
     """What a quarantine says of itself: how many units failed in a row, the last one's reason."""
     last = failures[-1].reason if failures else "unknown"
-    return f"{len(failures)} units failed in a row on this node; the last: {last}"
+    units = "1 unit" if len(failures) == 1 else f"{len(failures)} units"
+    return f"{units} failed in a row on this node; the last: {last}"
 
 
 def probe_due(
