@@ -156,6 +156,18 @@ class NodeState(msgspec.Struct, frozen=True, kw_only=True):
     """The version of the last event of the node's own stream (heartbeats live in day streams)."""
 
 
+_NODE_FACTS = (  # what the node's fold takes besides its registration
+    NodeHeartbeat,
+    NodeStopped,
+    NodeRemoved,
+    NodeDrainRequested,
+    NodeUndrained,
+    NodeQuarantined,
+    NodeProbeStarted,
+    NodeReleased,
+)
+
+
 def evolve(state: NodeState | None, ev: Event, at: datetime, version: int) -> NodeState | None:
     """The node after one more fact; a heartbeat (from its day stream) moves no version."""
     if isinstance(ev, NodeStarted):
@@ -194,18 +206,6 @@ def evolve(state: NodeState | None, ev: Event, at: datetime, version: int) -> No
             version=version,
         )
     return msgspec.structs.replace(known, removed_at=at, version=version)
-
-
-_NODE_FACTS = (
-    NodeHeartbeat,
-    NodeStopped,
-    NodeRemoved,
-    NodeDrainRequested,
-    NodeUndrained,
-    NodeQuarantined,
-    NodeProbeStarted,
-    NodeReleased,
-)
 
 
 def _require_known(state: NodeState) -> None:
