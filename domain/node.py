@@ -103,10 +103,13 @@ class NodeQuarantined(Event, frozen=True, kw_only=True):
 
 @event
 class NodeProbeStarted(Event, frozen=True, kw_only=True):
-    """A quarantined node took one unit (`unit`, its queue id) to show whether it works again."""
+    """A quarantined node took one download (`unit`, its queue id) to show whether it works
+    again: the probe is that job's run (`job_id`, `run`), whose mux and upload follow here."""
 
     node_id: str
     unit: str
+    job_id: str
+    run: int
 
 
 ReleasedBy = Literal["admin", "probe"]
@@ -114,7 +117,8 @@ ReleasedBy = Literal["admin", "probe"]
 
 @event
 class NodeReleased(Event, frozen=True, kw_only=True):
-    """The node's quarantine ended: an admin released it, or its probe unit (`unit`) succeeded."""
+    """The node's quarantine ended: an admin released it, or its probe (the run that began with
+    the download `unit`) completed."""
 
     node_id: str
     by: ReleasedBy
@@ -149,8 +153,8 @@ class NodeState(msgspec.Struct, frozen=True, kw_only=True):
     """When failures in a row quarantined the node; None while it is not quarantined. A restart
     keeps it: only a release ends it."""
     quarantine_reason: str | None = None
-    probe: str | None = None
-    """The unit of the node's latest probe while quarantined."""
+    probe: NodeProbeStarted | None = None
+    """The node's latest probe while quarantined."""
     probe_started_at: datetime | None = None
     version: int = 0
     """The version of the last event of the node's own stream (heartbeats live in day streams)."""
@@ -195,7 +199,7 @@ def evolve(state: NodeState | None, ev: Event, at: datetime, version: int) -> No
             known, quarantined_since=at, quarantine_reason=ev.reason, version=version
         )
     if isinstance(ev, NodeProbeStarted):
-        return msgspec.structs.replace(known, probe=ev.unit, probe_started_at=at, version=version)
+        return msgspec.structs.replace(known, probe=ev, probe_started_at=at, version=version)
     if isinstance(ev, NodeReleased):
         return msgspec.structs.replace(
             known,
@@ -239,11 +243,12 @@ def quarantine(state: NodeState, failures: list[UnitFailure], reason: str) -> li
     return [NodeQuarantined(node_id=state.node_id, reason=reason, failures=failures)]
 
 
-def start_probe(state: NodeState, unit: str) -> list[Event]:
-    """A quarantined node takes `unit` as its probe; nothing if it is no longer quarantined."""
-    if state.quarantined_since is None or state.probe == unit:
+def start_probe(state: NodeState, unit: str, job_id: str, run: int) -> list[Event]:
+    """A quarantined node takes the download `unit` of the job's run as its probe; nothing if
+    it is no longer quarantined, or took that unit already."""
+    if state.quarantined_since is None or (state.probe is not None and state.probe.unit == unit):
         return []
-    return [NodeProbeStarted(node_id=state.node_id, unit=unit)]
+    return [NodeProbeStarted(node_id=state.node_id, unit=unit, job_id=job_id, run=run)]
 
 
 def release(state: NodeState) -> list[Event]:
@@ -255,12 +260,22 @@ def release(state: NodeState) -> list[Event]:
     return [NodeReleased(node_id=state.node_id, by="admin")]
 
 
-def probe_succeeded(state: NodeState, unit: str) -> list[Event]:
-    """The node's probe `unit` succeeded: its quarantine ends. Nothing for any other unit (one
-    the node ran before its quarantine finishing late says nothing of the node now)."""
-    if state.quarantined_since is None or state.probe != unit:
+def probe_succeeded(state: NodeState, job_id: str, run: int) -> list[Event]:
+    """The job's run completed on the node: when it is the node's probe, its quarantine ends.
+    Nothing for any other run (one the node began before its quarantine, finishing late, says
+    nothing of the node now)."""
+    probe = state.probe
+    if (
+        state.quarantined_since is None
+        or probe is None
+        or (probe.job_id, probe.run)
+        != (
+            job_id,
+            run,
+        )
+    ):
         return []
-    return [NodeReleased(node_id=state.node_id, by="probe", unit=unit)]
+    return [NodeReleased(node_id=state.node_id, by="probe", unit=probe.unit)]
 
 
 WorkState = Literal["active", "draining", "quarantined", "disk_floor"]

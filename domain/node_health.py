@@ -63,8 +63,8 @@ def quarantine_reason(failures: Sequence[UnitFailure]) -> str:
 def probe_due(
     quarantined_since: datetime, last_probe_at: datetime | None, now: datetime, interval: float
 ) -> bool:
-    """Whether a quarantined node may take its next probe unit: `interval` seconds after it was
-    quarantined, and after its last probe began (whatever that probe's outcome)."""
+    """Whether a quarantined node may take its next probe (one job's download): `interval`
+    seconds after it was quarantined, and after its last probe began (whatever its outcome)."""
     since = max(quarantined_since, last_probe_at) if last_probe_at else quarantined_since
     return now - since >= timedelta(seconds=interval)
 

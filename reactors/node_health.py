@@ -1,17 +1,21 @@
 """The node health reactor: quarantines a node whose units fail in a row, and releases it when
-its probe unit succeeds.
+its probe completes.
 
 It follows the log under its own checkpoint (`node-health`), beside the pipeline reactor. Each
-node's node-side failures since its last success or release (`domain.node_health`: only a
-failure blamed on the node counts) live in `node_failures`, written in the transaction that
-moves the checkpoint; the decisions (`domain.node.quarantine`, `probe_succeeded`) are appended
-to the node's stream in that same transaction, on the node's fold. So a batch applied again
+node's node-side failures (`domain.node_health`: only a failure blamed on the node counts)
+since it last completed a job or a task, or was released, live in `node_failures`, written in
+the transaction that moves the checkpoint; the decisions (`domain.node.quarantine`,
+`probe_succeeded`) are appended to the node's stream in that same transaction, on the node's
+fold. So a batch applied again
 after a crash finds the table as the log left it, and the fold already quarantined or released:
 nothing is decided twice, and a restart resumes where the checkpoint stands.
 
-What counts is the order of the log: a success after `NodeQuarantined` releases the node only
-when it is the unit the node took as its probe (`NodeProbeStarted`); one of a unit the node ran
-before it was quarantined says nothing of the node now.
+A success is a job completed (its upload: every stage ran on the node) or a task succeeded; a
+download or a mux that succeeded alone is none, since a node whose mux always fails still
+downloads, and would otherwise never fail twice in a row. What counts is the order of the log:
+a job completed after `NodeQuarantined` releases the node only when it is the run the node took
+as its probe (`NodeProbeStarted`); one the node began before it was quarantined says nothing of
+the node now.
 """
 
 from __future__ import annotations
@@ -32,8 +36,6 @@ from spool.domain.node_health import UnitFailure
 
 log = logging.getLogger("spool.node_health")
 
-_SUCCESSES = (job.DownloadCompleted, job.MuxCompleted, job.JobCompleted, task.TaskSucceeded)
-
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(list[UnitFailure]).decode
 
@@ -46,33 +48,25 @@ _SET_QUARANTINED = """
 INSERT INTO node_failures (node_id, quarantined) VALUES ($1, $2)
 ON CONFLICT (node_id) DO UPDATE SET quarantined = excluded.quarantined
 """
+_QUARANTINED = "SELECT quarantined FROM node_failures WHERE node_id = $1"
 _CLEAR = "UPDATE node_failures SET failures = '[]' WHERE node_id = $1 AND failures <> '[]'"
 _RELEASED = "UPDATE node_failures SET failures = '[]', quarantined = false WHERE node_id = $1"
 
 
-def _outcome(e: RecordedEvent) -> tuple[str, str] | None:
-    """The node and the unit (its queue id) of a unit's success or failure; None otherwise."""
+def _failure(e: RecordedEvent) -> tuple[str, UnitFailure] | None:
+    """The node and the unit (its queue id, and why it failed) of a failure the node is blamed
+    for; None for any other event."""
     ev = e.data
-    if isinstance(
-        ev, job.StageFailed | job.DownloadCompleted | job.MuxCompleted | job.JobCompleted
+    if isinstance(ev, job.StageFailed) and ev.node_id and node_health.counts_against_node(ev.blame):
+        unit = job.arq_job_id(e.stream_id.removeprefix("job-"), ev.run, ev.stage, ev.attempt)
+        return ev.node_id, UnitFailure(unit=unit, reason=ev.reason)
+    if (
+        isinstance(ev, task.TaskFailed)
+        and ev.device_id
+        and node_health.counts_against_node(ev.blame)
     ):
-        stage: job.Stage = (
-            ev.stage
-            if isinstance(ev, job.StageFailed)
-            else "download"
-            if isinstance(ev, job.DownloadCompleted)
-            else "mux"
-            if isinstance(ev, job.MuxCompleted)
-            else "upload"
-        )
-        if ev.node_id is None:
-            return None
-        job_id = e.stream_id.removeprefix("job-")
-        return ev.node_id, job.arq_job_id(job_id, ev.run, stage, ev.attempt)
-    if isinstance(ev, task.TaskFailed | task.TaskSucceeded):
-        if ev.device_id is None:
-            return None
-        return ev.device_id, task.arq_job_id(e.stream_id.removeprefix("task-"), ev.attempt)
+        unit = task.arq_job_id(e.stream_id.removeprefix("task-"), ev.attempt)
+        return ev.device_id, UnitFailure(unit=unit, reason=ev.error)
     return None
 
 
@@ -86,7 +80,8 @@ class NodeHealthReactor:
         for cls in (
             job.StageFailed,
             task.TaskFailed,
-            *_SUCCESSES,
+            job.JobCompleted,
+            task.TaskSucceeded,
             node.NodeQuarantined,
             node.NodeReleased,
         )
@@ -102,20 +97,16 @@ class NodeHealthReactor:
             ev = e.data
             if isinstance(ev, node.NodeQuarantined):
                 await conn.execute(_SET_QUARANTINED, ev.node_id, True)
-                continue
-            if isinstance(ev, node.NodeReleased):
+            elif isinstance(ev, node.NodeReleased):
                 await conn.execute(_RELEASED, ev.node_id)
-                continue
-            outcome = _outcome(e)
-            if outcome is None:
-                continue
-            node_id, unit = outcome
-            if isinstance(ev, job.StageFailed | task.TaskFailed):
-                if self.quarantine_after > 0 and node_health.counts_against_node(ev.blame):
-                    reason = ev.reason if isinstance(ev, job.StageFailed) else ev.error
-                    await self._failed(conn, e, node_id, UnitFailure(unit=unit, reason=reason))
-            else:
-                await self._succeeded(conn, e, node_id, unit)
+            elif isinstance(ev, job.JobCompleted):
+                await self._succeeded(
+                    conn, e, ev.node_id, (e.stream_id.removeprefix("job-"), ev.run)
+                )
+            elif isinstance(ev, task.TaskSucceeded):
+                await self._succeeded(conn, e, ev.device_id, None)
+            elif self.quarantine_after > 0 and (failure := _failure(e)) is not None:
+                await self._failed(conn, e, *failure)
 
     async def _failed(
         self, conn: asyncpg.Connection, e: RecordedEvent, node_id: str, failed: UnitFailure
@@ -138,19 +129,25 @@ class NodeHealthReactor:
             log.warning("node %s quarantined: %s", node_id, reason)
 
     async def _succeeded(
-        self, conn: asyncpg.Connection, e: RecordedEvent, node_id: str, unit: str
+        self,
+        conn: asyncpg.Connection,
+        e: RecordedEvent,
+        node_id: str,
+        run: tuple[str, int] | None,
     ) -> None:
-        quarantined = await conn.fetchval(
-            "SELECT quarantined FROM node_failures WHERE node_id = $1", node_id
-        )
-        if not quarantined:
+        """A job's `run` (job id, run) completed on the node, or a task succeeded there (None):
+        its failures are no longer in a row; a quarantined node's probe run releases it."""
+        if not await conn.fetchval(_QUARANTINED, node_id):
             await conn.execute(_CLEAR, node_id)
             return
+        if run is None:
+            return  # a quarantined node is given no task: one finishing late proves nothing
+        job_id, number = run
         _, appended = await self.nodes.execute(
             node_id,
-            lambda s: node.probe_succeeded(s, unit),
+            lambda s: node.probe_succeeded(s, job_id, number),
             e.causes(actor="node-health"),
             conn=conn,
         )
         if appended is not None:
-            log.warning("node %s released: its probe unit %s succeeded", node_id, unit)
+            log.warning("node %s released: its probe, job %s run %d, completed", node_id, *run)

@@ -4,7 +4,8 @@ Against an in-process cluster (real PostgreSQL, Redis, S3, media server). A node
 own side here by a mux that raises on it alone (an I/O error no stage expected: the node's
 fault); a source that answers 404 fails the other way. Nothing proves a negative by waiting:
 a job runs on another node, or the node health reactor is shown to have read past the failures
-before the node is shown still taking work.
+before the node is shown still taking work. The devices API is asked every tenth of a second,
+so these clusters have no rate limit.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ async def _quarantined_by_failing_muxes(
 async def test_a_node_whose_units_fail_in_a_row_is_quarantined_and_another_node_downloads(
     start_cluster: StartCluster, media_server: MediaServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with start_cluster(quarantine_after=2) as c:
+    async with start_cluster(quarantine_after=2, rate_limit=0) as c:
         node_id = c.settings.node_id
         failing, _ = await _quarantined_by_failing_muxes(c, media_server, monkeypatch)
         shown = await _shows(c, node_id, "quarantined")
@@ -123,7 +124,7 @@ async def test_a_node_whose_units_fail_in_a_row_is_quarantined_and_another_node_
 async def test_an_admins_release_lets_a_quarantined_node_take_work_again(
     start_cluster: StartCluster, media_server: MediaServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with start_cluster(quarantine_after=2) as c:
+    async with start_cluster(quarantine_after=2, rate_limit=0) as c:
         node_id = c.settings.node_id
         _, broken = await _quarantined_by_failing_muxes(c, media_server, monkeypatch)
         broken.clear()
@@ -143,7 +144,7 @@ async def test_an_admins_release_lets_a_quarantined_node_take_work_again(
 async def test_a_quarantined_nodes_successful_probe_releases_it(
     start_cluster: StartCluster, media_server: MediaServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with start_cluster(quarantine_after=2, quarantine_probe_interval=1.0) as c:
+    async with start_cluster(quarantine_after=2, quarantine_probe_interval=1.0, rate_limit=0) as c:
         node_id = c.settings.node_id
         _, broken = await _quarantined_by_failing_muxes(c, media_server, monkeypatch)
         broken.clear()  # the node works again: only a probe can tell
@@ -170,10 +171,31 @@ async def _health_read_past(c: Cluster, job_id: str) -> None:
     await _until(past)
 
 
+async def test_a_success_in_between_starts_the_count_again(
+    start_cluster: StartCluster, media_server: MediaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with start_cluster(quarantine_after=2, stage_attempts=1, rate_limit=0) as c:
+        node_id = c.settings.node_id
+        broken = {node_id}
+        _break_mux_on(monkeypatch, broken)
+        first = await c.create(media_server.url("clip.mp4"))
+        await c.wait(first, "Failed")
+        broken.clear()
+        await c.wait(await c.create(media_server.url("clip.mp4")), "Completed")
+        broken.add(node_id)
+        second = await c.create(media_server.url("clip.mp4"))
+        await c.wait(second, "Failed")
+        await _health_read_past(c, second)
+        await _shows(c, node_id, "active")  # two failures, but not in a row
+        third = await c.create(media_server.url("clip.mp4"))
+        await c.wait(third, "Failed")
+        await _shows(c, node_id, "quarantined")
+
+
 async def test_failures_blamed_on_the_source_do_not_count_against_the_node(
     start_cluster: StartCluster, media_server: MediaServer
 ) -> None:
-    async with start_cluster(quarantine_after=2, stage_attempts=1) as c:
+    async with start_cluster(quarantine_after=2, stage_attempts=1, rate_limit=0) as c:
         node_id = c.settings.node_id
         failed = [await c.create(media_server.status_url(404)) for _ in range(3)]
         for job_id in failed:
@@ -192,7 +214,7 @@ async def test_a_node_below_its_disk_floor_takes_no_download_and_says_why(
     start_cluster: StartCluster, media_server: MediaServer
 ) -> None:
     # A floor of the whole disk: no disk is ever that free.
-    async with start_cluster(disk_floor="100%") as c:
+    async with start_cluster(disk_floor="100%", rate_limit=0) as c:
         node_id = c.settings.node_id
         shown = await _shows(c, node_id, "disk_floor")
         assert "is below the floor of" in shown["state_reason"]
@@ -211,7 +233,7 @@ async def test_a_node_below_its_disk_floor_takes_no_download_and_says_why(
 async def test_the_scheduler_places_no_task_on_a_quarantined_node(
     start_cluster: StartCluster,
 ) -> None:
-    async with start_cluster() as c:
+    async with start_cluster(rate_limit=0) as c:
         node_id = c.settings.node_id
         await _shows(c, node_id, "active")
         failures = [UnitFailure(unit="job-1:1:mux:1", reason="Internal error")]
@@ -260,13 +282,15 @@ def test_quarantine_and_release_are_decided_on_the_nodes_own_facts() -> None:
     # A restart keeps the quarantine.
     restarted = node.evolve(quarantined, started, at, 3)
     assert restarted is not None and restarted.quarantine_reason == "1 unit failed"
-    # Only the probe's own success releases it.
-    assert node.probe_succeeded(restarted, "j:2:download:1") == []
-    [probe] = node.start_probe(restarted, "j:2:download:1")
+    # Only the probe's own run, completed, releases it.
+    assert node.probe_succeeded(restarted, "j", 2) == []
+    [probe] = node.start_probe(restarted, "j:2:download:1", "j", 2)
     probing = node.evolve(restarted, probe, at, 4)
     assert probing is not None
-    assert node.probe_succeeded(probing, "j:3:download:1") == []
-    [released] = node.probe_succeeded(probing, "j:2:download:1")
+    assert node.start_probe(probing, "j:2:download:1", "j", 2) == []  # a replay: nothing
+    assert node.probe_succeeded(probing, "j", 1) == []
+    assert node.probe_succeeded(probing, "k", 2) == []
+    [released] = node.probe_succeeded(probing, "j", 2)
     assert released == node.NodeReleased(node_id="n", by="probe", unit="j:2:download:1")
     free = node.evolve(probing, released, at, 5)
     assert free is not None and free.quarantined_since is None and free.probe is None

@@ -11,8 +11,9 @@ gives a draining or quarantined node none (`domain.task.unmet`).
 A quarantined node takes one probe: `quarantine_probe_interval` seconds after its quarantine,
 and after its previous probe began, its download worker picks again; the first download it
 takes is recorded as its probe (`NodeProbeStarted`) and it picks nothing more. The node health
-reactor releases the node when that unit succeeds (reactors/node_health.py); when it fails, the
-node stays quarantined and probes again an interval later.
+reactor releases the node when that job's run completes here, mux and upload included
+(reactors/node_health.py); when it fails, the node stays quarantined and probes again an
+interval later.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Drain(NodeState):
             gate.quarantined_since, gate.probe_started_at, gate.now, interval
         )
 
-    async def _refuse_new_download(self, unit: str) -> None:
+    async def _refuse_new_download(self, unit: str, job_id: str, run: int) -> None:
         """Hand a download back to its queue (arq `Retry`) when the node takes none now; when it
         is quarantined and due a probe, take this one as its probe. The reads ride out a
         database outage, as the unit's own reads do."""
@@ -93,7 +94,7 @@ class Drain(NodeState):
         await through_outage(
             f"node {self.node_id}'s probe",
             lambda: nodes(self.store).execute(
-                self.node_id, lambda s: node.start_probe(s, unit), self.meta
+                self.node_id, lambda s: node.start_probe(s, unit, job_id, run), self.meta
             ),
         )
         log.warning("node %s is quarantined: unit %s is its probe", self.node_id, unit)

@@ -81,7 +81,7 @@ class StageRunner(Drain):
                     raise Retry(defer=0)  # back to the queue, for the next start or another node
                 if stage == "download":
                     # Taken just before a drain, a quarantine or the disk floor reached us.
-                    await self._refuse_new_download(unit_id)
+                    await self._refuse_new_download(unit_id, job_id, run)
                 unit = await self._start(stage, job_id, run, attempt, cause)
                 if isinstance(unit, str):
                     return unit
