@@ -1,5 +1,5 @@
 """Worker nodes: registration, the once-a-second heartbeat, an admin's drain, and a quarantine
-(units failing in a row on the node) that an admin or a successful probe unit ends."""
+(units failing in a row on the node) that an admin or a probe job completing on it ends."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ class NodeUndrained(Event, frozen=True, kw_only=True):
 @event
 class NodeQuarantined(Event, frozen=True, kw_only=True):
     """Units failed in a row on the node (`failures`, the newest last): it takes no new work
-    until an admin releases it or a probe unit succeeds (domain/node_health.py)."""
+    until an admin releases it or a probe job completes on it (domain/node_health.py)."""
 
     node_id: str
     reason: str

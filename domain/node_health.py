@@ -1,5 +1,5 @@
 """A node's health: who a failed unit is blamed on, when failures in a row quarantine a node,
-when a quarantined node may try one probe unit, and a free-disk floor.
+when a quarantined node may try one probe job, and a free-disk floor.
 
 Pure rules; the node health reactor (reactors/node_health.py) applies them over the log, the
 node's download worker (reactors/worker/drain.py) over its own disk and its node's facts.
