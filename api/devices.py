@@ -46,7 +46,7 @@ from spool.api.requests import command_metadata
 from spool.api.services import Services
 from spool.application.nodes import drain_node, release_node, remove_node, undrain_node
 from spool.domain.events import Metadata
-from spool.domain.node import NodeState, UnknownNode, WorkState, work_state
+from spool.domain.node import WORK_STATE_ORDER, NodeState, UnknownNode, WorkState, work_state
 
 PING_TIMEOUT = 5.0
 """How long a ping waits for the node's answer before calling it unreachable."""
@@ -67,10 +67,12 @@ class ActiveWork(msgspec.Struct):
 
 class DevicesSummary(ClusterDeviceStats):
     """`GET /api/v1/devices/summary`: the seed's `cluster_stats`, with counts by status and
-    tag and the work running now."""
+    tag, online devices by work state (as `/metrics` counts `spool_nodes`), and the work
+    running now."""
 
     by_status: ByStatus
     by_tag: dict[str, int]
+    by_state: dict[WorkState, int]
     active_work: ActiveWork
 
 
@@ -160,11 +162,17 @@ async def _drain_command(
     return success(request, answer, message=message)
 
 
-def _summary(stats: ClusterDeviceStats, by_tag: dict[str, int], work: ActiveWork) -> DevicesSummary:
+def _summary(
+    stats: ClusterDeviceStats,
+    by_tag: dict[str, int],
+    by_state: dict[WorkState, int],
+    work: ActiveWork,
+) -> DevicesSummary:
     return DevicesSummary(
         **msgspec.structs.asdict(stats),
         by_status=ByStatus(online=stats.online_devices, offline=stats.offline_devices),
         by_tag=by_tag,
+        by_state=by_state,
         active_work=work,
     )
 
@@ -218,12 +226,15 @@ class DevicesController(Controller):
             for t in r["tags"]:
                 by_tag[t] = by_tag.get(t, 0) + 1
         online = [r for r in rows if r["online"]]
+        by_state: dict[WorkState, int] = dict.fromkeys(("active", *WORK_STATE_ORDER), 0)
+        for r in online:
+            by_state[work_of(r)[0]] += 1
         work = ActiveWork(
             downloading=sum(r["downloading"] for r in online),
             muxing=sum(r["muxing"] for r in online),
             uploading=sum(r["uploading"] for r in online),
         )
-        return success(request, _summary(stats, dict(sorted(by_tag.items())), work))
+        return success(request, _summary(stats, dict(sorted(by_tag.items())), by_state, work))
 
     @get("/{device_id:str}")
     async def one(

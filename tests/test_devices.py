@@ -361,10 +361,13 @@ async def _quarantine(store: EventStore, runner: ProjectionRunner, device_id: st
 async def test_a_quarantined_device_shows_why_until_an_admin_releases_it(
     client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, admin_key: str
 ) -> None:
+    headers = {"X-API-Key": admin_key}
+    before = (await client.get("/api/v1/devices/summary", headers=headers)).json()["data"]
     device_id = unique("failing")
     await register(store, runner, device_id)
     await _quarantine(store, runner, device_id)
-    headers = {"X-API-Key": admin_key}
+    after = (await client.get("/api/v1/devices/summary", headers=headers)).json()["data"]
+    assert after["by_state"]["quarantined"] == before["by_state"]["quarantined"] + 1
     shown = (await client.get(f"/api/v1/devices/{device_id}", headers=headers)).json()["data"]
     assert shown["state"] == "quarantined"
     assert shown["state_reason"].startswith("quarantined: 5 units failed in a row")
