@@ -47,8 +47,8 @@ WHERE (SELECT true FROM events e
 
 
 class Heartbeat(Registration, Drain):
-    """Beats, reports progress, and notices units whose job moved on, stalls, a removal and a
-    drain."""
+    """Beats, reports progress, and notices units whose job moved on, stalls, a removal, a
+    drain, a quarantine and a disk below its floor."""
 
     async def _tick_forever(self, stop: asyncio.Event) -> None:
         await run_periodically(
@@ -80,6 +80,7 @@ class Heartbeat(Registration, Drain):
             uploading=counts["upload"],
             running=sorted(self.claimed | set(self.running)),
             usage=usage,
+            disk_floor=self.disk_floor,
         )
         today = datetime.now(UTC).date()
         if today != self._heartbeat_day:
@@ -130,7 +131,7 @@ class Heartbeat(Registration, Drain):
         await self._check_moved_on()
         self._check_stalls()
         await self._check_removed()
-        await self._check_drained()
+        await self._follow_health()
 
     async def _check_moved_on(self) -> None:
         """Stop the units whose job moved on without them: cancelled, or failed over to another
