@@ -61,13 +61,18 @@ def _size(path: Path) -> int:
     return total
 
 
-def _remove(path: Path) -> int:
-    """Remove a run folder or stray file; the bytes it held."""
-    size = _size(path)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+def _remove(path: Path) -> int | None:
+    """Remove a run folder or stray file; the bytes it held, or None when it stays (with a
+    warning: a leftover the node cannot delete must not keep it from starting)."""
+    try:
+        size = _size(path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("work folder sweep: could not remove a stale run: %s", exc.strerror or exc)
+        return None
     return size
 
 
@@ -94,8 +99,10 @@ async def sweep_workroot(store: EventStore, workroot: Path, node_id: str) -> Swe
             if run is not None and work_files.still_needed(state, node_id, run):
                 kept += 1
                 continue
-            size += await asyncio.to_thread(_remove, entry)
-            removed += 1
+            freed = await asyncio.to_thread(_remove, entry)
+            if freed is not None:
+                size += freed
+                removed += 1
         with contextlib.suppress(OSError):
             (workroot / job_id).rmdir()  # only when nothing is left in it
     swept = Swept(removed, size, kept)
