@@ -33,6 +33,8 @@ from spool.domain import job
 from tests.cluster.database_host import DatabaseHost, database_host
 from tests.cluster.hosts import Host
 from tests.cluster.network import Network, network
+from tests.cluster.slow_link import Relay, netem_missing, relayed, unslow
+from tests.cluster.slow_link import relay as slow_relay
 from tests.fixtures.processes import SpoolProcesses, stop_processes
 
 API_PORT = 8081
@@ -86,8 +88,10 @@ class MultiHost:
         host.procs.worker(host.name, *self.worker_flags, TMPDIR=str(tmp))
 
     async def restore(self) -> None:
-        """Every node's link up and its worker running again (after a test cut or killed
-        one), and every node online."""
+        """Every link at full speed, every node's link up and its worker running again (after
+        a test slowed, cut or killed one), and every node online."""
+        for host in self.hosts:
+            unslow(host)
         for host in self.nodes.values():
             host.link.mend()
             proc = host.procs.procs.get(host.name)
@@ -209,7 +213,15 @@ async def multihost(
             **settings,
         }
         link = net.add("api")
-        api = Host("api", link, SpoolProcesses(root / "api", dict(env), prefix=link.exec_prefix))
+        api_env = dict(env)
+        relay: Relay | None = None
+        if netem_missing() is not None:
+            # What `slow` slows where netem cannot (tests/cluster/slow_link.py).
+            relay = held.enter_context(slow_relay(net.address))
+            api_env["SPOOL_DATABASE_URL"] = relayed(db.database_url, relay)
+            api_env["SPOOL_REDIS_URL"] = relayed(db.redis_url, relay)
+        procs = SpoolProcesses(root / "api", api_env, prefix=link.exec_prefix)
+        api = Host("api", link, procs, relay)
         pool = await create_pool(database_url, max_size=4)
         held.push_async_callback(pool.close)
         client = httpx.AsyncClient(

@@ -1,0 +1,231 @@
+"""A slow link between a host and the database host: `tc netem` where the kernel has it, else
+relays in this process that do to the host's PostgreSQL and Redis traffic what netem would.
+
+`slow(host, delay, loss)` delays every packet by `delay` seconds each way and drops `loss` of
+them. With netem (`netem_unavailable` in tests/cluster/network.py finds out once, on a
+throwaway namespace) the kernel does it to everything on the host's link. Kernels built
+without `sch_netem` answer "Specified qdisc kind is unknown", and a test cannot load a module
+into the kernel it runs on. There the host is given, from its start, relays on the database
+host in place of the direct PostgreSQL and Redis forwards (tests/cluster/database_host.py);
+they pass data straight through until the host is slowed, and then:
+
+- every chunk read from either side is written on `delay` later, in the order it came: a
+  link's latency, not a serialisation of the traffic;
+- a chunk loses at least one of its segments (of `SEGMENT` bytes) with the probability that
+  `loss` per packet gives, and is then held `RTO_MIN` longer, the stall a retransmission
+  timeout costs TCP; what comes behind it waits, as behind a lost segment.
+
+What the relay slows is the host's path to PostgreSQL and Redis, which is what the host's
+processes (the API and the reactors) do with the database host; the test process's own HTTP
+calls to the host are not slowed by it, where netem slows them too. A test prints which one
+ran (`Host.slowed_by`).
+
+A relay is bounded: `MAX_CONNECTIONS` at once (more are closed at once, as a full backlog
+would refuse them) and `BUFFERED_CHUNKS` chunks of at most `CHUNK` bytes queued each way per
+connection (it stops reading a side whose data it cannot pass on yet). Closing it closes
+every connection it holds and ends its thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import math
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+from tests.cluster.hosts import Host
+from tests.cluster.network import netem_unavailable
+
+SEGMENT = 1448
+"""Bytes of a TCP segment on an Ethernet link (1500-byte MTU, timestamps on)."""
+
+RTO_MIN = 0.2
+"""Linux's least retransmission timeout (`TCP_RTO_MIN`): how long TCP waits before it sends a
+lost segment again, at the least."""
+
+CHUNK = 64 * 1024
+BUFFERED_CHUNKS = 16
+MAX_CONNECTIONS = 128
+"""The API and the reactors hold a pool of PostgreSQL connections each (adapters/database.py
+`create_pool`) and a few Redis connections: far fewer than this."""
+
+
+@functools.cache
+def netem_missing() -> str | None:
+    """Why netem cannot slow a link here (asked once per test process), or None."""
+    return netem_unavailable()
+
+
+@dataclass(frozen=True)
+class Impairment:
+    """What a relay does to what it passes: seconds of delay each way, and the share of
+    packets lost."""
+
+    delay: float = 0.0
+    loss: float = 0.0
+
+    def hold(self, size: int, draw: float) -> float:
+        """Seconds a chunk of `size` bytes is held, for a uniform `draw` in [0, 1)."""
+        segments = max(1, math.ceil(size / SEGMENT))
+        lost = draw < 1 - (1 - self.loss) ** segments
+        return self.delay + (RTO_MIN if lost else 0.0)
+
+
+class Relay:
+    """TCP relays on `address`, one port per upstream server, run by an event loop in a
+    thread of their own (the test's loop may block in a host's `kill`), all impaired alike."""
+
+    def __init__(self, address: str, *, seed: int | None = None) -> None:
+        self.address = address
+        self.impairment = Impairment()
+        self._random = random.Random(seed)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._servers: list[asyncio.Server] = []
+        self._connections: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def forward(self, host: str, port: int) -> int:
+        """Relay a new port on `address` to `host:port`; that port."""
+        made = asyncio.run_coroutine_threadsafe(self._listen(host, port), self._loop)
+        return made.result(timeout=10)
+
+    def close(self) -> None:
+        """Stop listening, close every connection, end the thread."""
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(timeout=10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        self._loop.close()
+
+    async def _listen(self, host: str, port: int) -> int:
+        server = await asyncio.start_server(
+            functools.partial(self._relay, host, port), self.address, 0, limit=CHUNK
+        )
+        self._servers.append(server)
+        listening: int = server.sockets[0].getsockname()[1]
+        return listening
+
+    async def _close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()
+
+    async def _relay(
+        self, host: str, port: int, client: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._connections) >= MAX_CONNECTIONS:
+            writer.close()
+            return
+        self._connections.add(task)
+        upstream_writer: asyncio.StreamWriter | None = None
+        try:
+            upstream, upstream_writer = await asyncio.open_connection(host, port, limit=CHUNK)
+            ways = [
+                asyncio.create_task(self._one_way(client, upstream_writer)),
+                asyncio.create_task(self._one_way(upstream, writer)),
+            ]
+            try:
+                # The servers and clients here close a connection whole: when one side ends,
+                # nothing more is to come from the other.
+                await asyncio.wait(ways, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for way in ways:
+                    way.cancel()
+                await asyncio.gather(*ways, return_exceptions=True)
+        except OSError:
+            pass
+        except asyncio.CancelledError:
+            # Only `close` cancels a connection, and the stream server of Python 3.11 logs a
+            # cancelled callback as an error: it ends here, quietly.
+            pass
+        finally:
+            for end in (writer, upstream_writer):
+                if end is not None:
+                    end.close()
+            self._connections.discard(task)
+
+    async def _one_way(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        """Pass `source` to `sink`, each chunk held as the impairment says, in order, until
+        `source` ends or either side fails."""
+        queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(BUFFERED_CHUNKS)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(_pass_on(queue, sink))
+                while data := await source.read(CHUNK):
+                    hold = self.impairment.hold(len(data), self._random.random())
+                    await queue.put((time.monotonic() + hold, data))
+                await queue.put(None)  # what was read before the end still arrives, late
+        except* OSError:
+            pass
+
+
+async def _pass_on(
+    queue: asyncio.Queue[tuple[float, bytes] | None], sink: asyncio.StreamWriter
+) -> None:
+    """Write each chunk of `queue` to `sink` when it is due, until the end (None)."""
+    while (item := await queue.get()) is not None:
+        due, data = item
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        sink.write(data)
+        await sink.drain()
+
+
+@contextlib.contextmanager
+def relay(address: str) -> Iterator[Relay]:
+    """A `Relay` on `address`, closed with all it holds at the end."""
+    made = Relay(address)
+    made.start()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def relayed(url: str, relay: Relay) -> str:
+    """`url` (a `postgresql://` or `redis://` URL at an address and port) through `relay`:
+    the same URL at the relay's address, on a port relaying to where `url` points."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None, url
+    port = relay.forward(parts.hostname, parts.port or 0)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{relay.address}:{port}"
+    return urlunsplit(parts._replace(netloc=f"{credentials}@{netloc}" if credentials else netloc))
+
+
+def slow(host: Host, delay: float = 0.05, loss: float = 0.01) -> str:
+    """Slow `host`'s link to the database host: `delay` seconds each way, `loss` of the packets
+    dropped; how ("netem" or "relay"). Undone by `unslow`, which the `cluster` fixture
+    (tests/cluster/conftest.py) calls before each test."""
+    if host.relay is not None:
+        host.relay.impairment = Impairment(delay, loss)
+        host.slowed_by = "relay"
+    else:
+        reason = netem_missing()
+        assert reason is None, f"{host.name} has no relay and {reason}"
+        host.link.slow(delay * 1000, loss * 100)
+        host.slowed_by = "netem"
+    return host.slowed_by
+
+
+def unslow(host: Host) -> None:
+    """Give `host` its full-speed link back."""
+    if host.slowed_by == "relay" and host.relay is not None:
+        host.relay.impairment = Impairment()
+    elif host.slowed_by == "netem":
+        host.link.unslow()
+    host.slowed_by = None
