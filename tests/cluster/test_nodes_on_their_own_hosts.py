@@ -65,6 +65,17 @@ async def test_sixty_jobs_spread_over_three_nodes_and_each_stays_on_its_download
     await _assert_nothing_lost(cluster, jobs)
 
 
+async def test_the_devices_list_shows_each_node_at_its_own_hosts_address(
+    cluster: MultiHost,
+) -> None:
+    answer = await cluster.client.get("/api/v1/devices")
+    assert answer.status_code == 200, answer.text
+
+    shown = {d["device_id"]: d["ip_address"] for d in answer.json()["data"]}
+
+    assert shown == {name: host.address for name, host in cluster.nodes.items()}
+
+
 async def test_a_node_killed_mid_download_has_its_downloads_taken_over_by_another(
     cluster: MultiHost,
 ) -> None:
