@@ -5,9 +5,10 @@ relays in this process that do to the host's PostgreSQL and Redis traffic what n
 them. With netem (`netem_unavailable` in tests/cluster/network.py finds out once, on a
 throwaway namespace) the kernel does it to everything on the host's link. Kernels built
 without `sch_netem` answer "Specified qdisc kind is unknown", and a test cannot load a module
-into the kernel it runs on. There the host is given, from its start, relays on the database
-host in place of the direct PostgreSQL and Redis forwards (tests/cluster/database_host.py);
-they pass data straight through until the host is slowed, and then:
+into the kernel it runs on. The machine these tests were written on has such a kernel, so
+there the relays ran: the host is given, from its start, relays on the database host in front
+of its PostgreSQL and Redis forwards (tests/cluster/database_host.py), which pass data
+straight through until the host is slowed, and then:
 
 - every chunk read from either side is written on `delay` later, in the order it came: a
   link's latency, not a serialisation of the traffic;
@@ -15,10 +16,10 @@ they pass data straight through until the host is slowed, and then:
   `loss` per packet gives, and is then held `RTO_MIN` longer, the stall a retransmission
   timeout costs TCP; what comes behind it waits, as behind a lost segment.
 
-What the relay slows is the host's path to PostgreSQL and Redis, which is what the host's
-processes (the API and the reactors) do with the database host; the test process's own HTTP
-calls to the host are not slowed by it, where netem slows them too. A test prints which one
-ran (`Host.slowed_by`).
+The relays slow the host's PostgreSQL and Redis traffic alone: the API's requests to S3 and to
+the media server (the database host's too), and the test process's HTTP calls to the API, go
+at full speed, where netem slows them as well. `slow` answers which one ran (`Host.slowed_by`),
+and a test prints it.
 
 A relay is bounded: `MAX_CONNECTIONS` at once (more are closed at once, as a full backlog
 would refuse them) and `BUFFERED_CHUNKS` chunks of at most `CHUNK` bytes queued each way per
@@ -89,6 +90,10 @@ class Relay:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
+        self.most = 0
+        """The most connections held at once so far."""
+        self.refused = 0
+        """Connections closed at once for want of room (`MAX_CONNECTIONS`)."""
 
     def start(self) -> None:
         self._thread.start()
@@ -129,9 +134,11 @@ class Relay:
         task = asyncio.current_task()
         assert task is not None
         if len(self._connections) >= MAX_CONNECTIONS:
+            self.refused += 1
             writer.close()
             return
         self._connections.add(task)
+        self.most = max(self.most, len(self._connections))
         upstream_writer: asyncio.StreamWriter | None = None
         try:
             upstream, upstream_writer = await asyncio.open_connection(host, port, limit=CHUNK)
