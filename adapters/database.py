@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-from alembic import command
-from alembic.config import Config
 
 from spool import migrations
 from spool.adapters.event_store import init_connection
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 
@@ -153,6 +154,11 @@ async def check_reachable(url: str, *, timeout: float = CONNECT_TIMEOUT) -> None
 
 
 def alembic_config(url: str) -> Config:
+    """Alembic's configuration for the database at `url`, over this repository's migrations."""
+    # Imported here: Alembic costs every process's start a noticeable share of its imports, and
+    # only the processes that migrate need it.
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
@@ -161,6 +167,8 @@ def alembic_config(url: str) -> Config:
 
 def migrate_sync(url: str, revision: str = "head") -> None:
     """Bring the database up to `revision` (blocking; Alembic runs its own event loop)."""
+    from alembic import command
+
     command.upgrade(alembic_config(url), revision)
 
 

@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.arguments import add_database_url
 from bench.cluster import spool_cluster
 from tests.cluster.multihost import multihost
 from tests.cluster.network import namespaces_unavailable
@@ -94,13 +95,7 @@ def main() -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "SPOOL_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-        help="a PostgreSQL server to create the bench databases on",
-    )
+    add_database_url(parser)
     parser.add_argument("--nodes", default="1,2,3", help="node counts to run")
     parser.add_argument("--jobs", type=int, default=60)
     parser.add_argument("--clip-seconds", type=float, default=1.0)
