@@ -48,6 +48,7 @@ async def three_nodes(
             media_root=cluster_media,
             root=tmp_path_factory.mktemp("hosts"),
             nodes=3,
+            slowable=True,
         ) as cluster:
             yield cluster
     finally:

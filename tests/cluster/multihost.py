@@ -188,12 +188,15 @@ async def multihost(
     root: Path,
     nodes: int,
     worker_flags: tuple[str, ...] = (),
+    slowable: bool = False,
     **settings: str,
 ) -> AsyncIterator[MultiHost]:
     """A running cluster of `nodes` worker hosts over a migrated database and a Redis database
     (both on loopback here, the database host), every node online; everything stopped and
     removed at the end, however the test ends. `settings` are `SPOOL_*` variables over
-    `TIMINGS`."""
+    `TIMINGS`. A `slowable` cluster's API host can be slowed (tests/cluster/slow_link.py
+    `slow`): where netem cannot, its database traffic then passes relays in this process from
+    the start, which a bench had better not pay for."""
     async with contextlib.AsyncExitStack() as held:
         net = held.enter_context(network())
         db = held.enter_context(database_host(net.address, database_url, redis_url, media_root))
@@ -215,7 +218,7 @@ async def multihost(
         link = net.add("api")
         api_env = dict(env)
         relay: Relay | None = None
-        if netem_missing() is not None:
+        if slowable and netem_missing() is not None:
             # What `slow` slows where netem cannot (tests/cluster/slow_link.py).
             relay = held.enter_context(slow_relay(net.address))
             api_env["SPOOL_DATABASE_URL"] = relayed(db.database_url, relay)

@@ -6,9 +6,10 @@ them. With netem (`netem_unavailable` in tests/cluster/network.py finds out once
 throwaway namespace) the kernel does it to everything on the host's link. Kernels built
 without `sch_netem` answer "Specified qdisc kind is unknown", and a test cannot load a module
 into the kernel it runs on. The machine these tests were written on has such a kernel, so
-there the relays ran: the host is given, from its start, relays on the database host in front
-of its PostgreSQL and Redis forwards (tests/cluster/database_host.py), which pass data
-straight through until the host is slowed, and then:
+there the relays ran: the API host of a `slowable` cluster (tests/cluster/multihost.py) is
+given, from its start, relays on the database host in front of its PostgreSQL and Redis
+forwards (tests/cluster/database_host.py), which pass data straight through until the host is
+slowed, and then:
 
 - every chunk read from either side is written on `delay` later, in the order it came: a
   link's latency, not a serialisation of the traffic;
@@ -223,7 +224,7 @@ def slow(host: Host, delay: float = 0.05, loss: float = 0.01) -> str:
         host.slowed_by = "relay"
     else:
         reason = netem_missing()
-        assert reason is None, f"{host.name} has no relay and {reason}"
+        assert reason is None, f"{reason}, and {host.name} has no relays (`slowable`)"
         host.link.slow(delay * 1000, loss * 100)
         host.slowed_by = "netem"
     return host.slowed_by
