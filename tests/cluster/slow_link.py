@@ -52,7 +52,11 @@ RTO_MIN = 0.2
 lost segment again, at the least."""
 
 CHUNK = 64 * 1024
+"""The most a relay reads from a side at once."""
+
 BUFFERED_CHUNKS = 16
+"""Chunks a relay holds each way per connection before it stops reading that side."""
+
 MAX_CONNECTIONS = 128
 """The API and the reactors hold a pool of PostgreSQL connections each (adapters/database.py
 `create_pool`) and a few Redis connections: far fewer than this."""
@@ -91,12 +95,11 @@ class Relay:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
-        self.most = 0
-        """The most connections held at once so far."""
         self.refused = 0
         """Connections closed at once for want of room (`MAX_CONNECTIONS`)."""
 
     def start(self) -> None:
+        """Run the relays' event loop (`forward` needs it)."""
         self._thread.start()
 
     def forward(self, host: str, port: int) -> int:
@@ -139,7 +142,6 @@ class Relay:
             writer.close()
             return
         self._connections.add(task)
-        self.most = max(self.most, len(self._connections))
         upstream_writer: asyncio.StreamWriter | None = None
         try:
             upstream, upstream_writer = await asyncio.open_connection(host, port, limit=CHUNK)
@@ -208,8 +210,8 @@ def relayed(url: str, relay: Relay) -> str:
     """`url` (a `postgresql://` or `redis://` URL at an address and port) through `relay`:
     the same URL at the relay's address, on a port relaying to where `url` points."""
     parts = urlsplit(url)
-    assert parts.hostname is not None, url
-    port = relay.forward(parts.hostname, parts.port or 0)
+    assert parts.hostname is not None and parts.port is not None, url
+    port = relay.forward(parts.hostname, parts.port)
     credentials = parts.netloc.rpartition("@")[0]
     netloc = f"{relay.address}:{port}"
     return urlunsplit(parts._replace(netloc=f"{credentials}@{netloc}" if credentials else netloc))
