@@ -1,8 +1,10 @@
 """`GET /metrics`: Prometheus text, gathered from the projections at each scrape.
 
 The seed's `retire_cluster_devices_total` and `retire_cluster_tasks_total`, plus jobs by status
-and step, stage durations, this process's event-store append latency, projection lag, and the
-probes of users' sources this process runs now.
+and step, stage durations, how long the oldest unit of each stage has waited for a node, this
+process's event-store append latency, projection lag, and the probes of users' sources this
+process runs now. The alert rules and the dashboard in deploy/ are written over these names
+(tests/test_monitoring.py holds them to a real scrape).
 """
 
 from __future__ import annotations
@@ -79,6 +81,14 @@ async def _families(pool: asyncpg.Pool, types: Mapping[str, frozenset[str]]) -> 
         buckets.append(("+Inf", row["n"]))
         stages.add_metric([row["stage"]], buckets, sum_value=row["total"] or 0.0)
 
+    queue_age = GaugeMetricFamily(
+        "spool_queue_oldest_seconds",
+        "How long the oldest unit of work of each stage has waited for a node (0 when none waits)",
+        labels=["stage"],
+    )
+    for stage, age in (await job_rows.oldest_waiting(pool)).items():
+        queue_age.add_metric([stage], age)
+
     tasks = CounterMetricFamily(
         "retire_cluster_tasks_total", "Total number of tasks", labels=["status"]
     )
@@ -148,6 +158,7 @@ async def _families(pool: asyncpg.Pool, types: Mapping[str, frozenset[str]]) -> 
         task_seconds,
         jobs,
         stages,
+        queue_age,
         head_family,
         lag_events,
         lag_seconds,
