@@ -6,10 +6,11 @@ them. With netem (`netem_unavailable` in tests/cluster/network.py finds out once
 throwaway namespace) the kernel does it to everything on the host's link. Kernels built
 without `sch_netem` answer "Specified qdisc kind is unknown", and a test cannot load a module
 into the kernel it runs on. The machine these tests were written on has such a kernel, so
-there the relays ran: the API host of a `slowable` cluster (tests/cluster/multihost.py) is
-given, from its start, relays on the database host in front of its PostgreSQL and Redis
-forwards (tests/cluster/database_host.py), which pass data straight through until the host is
-slowed, and then:
+there the relays ran: the database host of a `slowable` cluster (tests/cluster/multihost.py)
+forwards PostgreSQL and Redis through relays in this process in place of socat
+(tests/cluster/database_host.py). Every host reaches them at the same URLs, as in production;
+they pass the traffic of a host not slowed straight through, and for a slowed one (its
+connections told apart by their source address):
 
 - every chunk read from either side is written on `delay` later, in the order it came: a
   link's latency, not a serialisation of the traffic;
@@ -17,10 +18,13 @@ slowed, and then:
   `loss` per packet gives, and is then held `RTO_MIN` longer, the stall a retransmission
   timeout costs TCP; what comes behind it waits, as behind a lost segment.
 
-The relays slow the host's PostgreSQL and Redis traffic alone: the API's requests to S3 and to
-the media server (the database host's too), and the test process's HTTP calls to the API, go
-at full speed, where netem slows them as well. `slow` answers which one ran (`Host.slowed_by`),
-and a test prints it.
+The relays slow the host's PostgreSQL and Redis traffic alone: its requests to S3 and to the
+media server (the database host's too), and the test process's HTTP calls to it, go at full
+speed, where netem slows them as well. And PostgreSQL's own checks of a silent peer
+(adapters/database.py `peer_settings`: keepalives, `tcp_user_timeout`) probe the relay, which
+answers while a host's link is cut: of them, only the idle-in-transaction timeout lets go of
+a session a cut host left open, and an idle session stays until the host's side gives up.
+`slow` answers which one ran (`Host.slowed_by`), and a test prints it.
 
 A relay is bounded: `MAX_CONNECTIONS` at once (more are closed at once, as a full backlog
 would refuse them) and `BUFFERED_CHUNKS` chunks of at most `CHUNK` bytes queued each way per
@@ -39,7 +43,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 from tests.cluster.hosts import Host
 from tests.cluster.network import netem_unavailable
@@ -57,9 +60,9 @@ CHUNK = 64 * 1024
 BUFFERED_CHUNKS = 16
 """Chunks a relay holds each way per connection before it stops reading that side."""
 
-MAX_CONNECTIONS = 128
-"""The API and the reactors hold a pool of PostgreSQL connections each (adapters/database.py
-`create_pool`) and a few Redis connections: far fewer than this."""
+MAX_CONNECTIONS = 512
+"""Each process of each host holds a pool of PostgreSQL connections (adapters/database.py
+`create_pool`) and a few Redis connections: a cluster of a few hosts holds far fewer."""
 
 
 @functools.cache
@@ -83,13 +86,18 @@ class Impairment:
         return self.delay + (RTO_MIN if lost else 0.0)
 
 
+FULL_SPEED = Impairment()
+
+
 class Relay:
     """TCP relays on `address`, one port per upstream server, run by an event loop in a
-    thread of their own (the test's loop may block in a host's `kill`), all impaired alike."""
+    thread of their own (the test's loop may block in a host's `kill`). What passes is impaired
+    as `impairments` says for the address the connection comes from, read chunk by chunk, so a
+    change applies to connections already open."""
 
     def __init__(self, address: str, *, seed: int | None = None) -> None:
         self.address = address
-        self.impairment = Impairment()
+        self.impairments: dict[str, Impairment] = {}
         self._random = random.Random(seed)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -102,9 +110,10 @@ class Relay:
         """Run the relays' event loop (`forward` needs it)."""
         self._thread.start()
 
-    def forward(self, host: str, port: int) -> int:
-        """Relay a new port on `address` to `host:port`; that port."""
-        made = asyncio.run_coroutine_threadsafe(self._listen(host, port), self._loop)
+    def forward(self, port: int, upstream: str) -> int:
+        """Relay `port` on `address` (0: a free one) to `upstream`, `TCP:host:port` or
+        `UNIX-CONNECT:path` as socat writes them; the port."""
+        made = asyncio.run_coroutine_threadsafe(self._listen(port, upstream), self._loop)
         return made.result(timeout=10)
 
     def close(self) -> None:
@@ -115,9 +124,13 @@ class Relay:
             self._thread.join(timeout=10)
         self._loop.close()
 
-    async def _listen(self, host: str, port: int) -> int:
+    async def _listen(self, port: int, upstream: str) -> int:
         server = await asyncio.start_server(
-            functools.partial(self._relay, host, port), self.address, 0, limit=CHUNK
+            functools.partial(self._relay, upstream),
+            self.address,
+            port,
+            limit=CHUNK,
+            reuse_address=True,
         )
         self._servers.append(server)
         listening: int = server.sockets[0].getsockname()[1]
@@ -133,7 +146,7 @@ class Relay:
             await server.wait_closed()
 
     async def _relay(
-        self, host: str, port: int, client: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, upstream_at: str, client: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -142,12 +155,13 @@ class Relay:
             writer.close()
             return
         self._connections.add(task)
+        peer: str = writer.get_extra_info("peername")[0]
         upstream_writer: asyncio.StreamWriter | None = None
         try:
-            upstream, upstream_writer = await asyncio.open_connection(host, port, limit=CHUNK)
+            upstream, upstream_writer = await _connect(upstream_at)
             ways = [
-                asyncio.create_task(self._one_way(client, upstream_writer)),
-                asyncio.create_task(self._one_way(upstream, writer)),
+                asyncio.create_task(self._one_way(client, upstream_writer, peer)),
+                asyncio.create_task(self._one_way(upstream, writer, peer)),
             ]
             try:
                 # The servers and clients here close a connection whole: when one side ends,
@@ -169,19 +183,32 @@ class Relay:
                     end.close()
             self._connections.discard(task)
 
-    async def _one_way(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        """Pass `source` to `sink`, each chunk held as the impairment says, in order, until
-        `source` ends or either side fails."""
+    async def _one_way(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, peer: str
+    ) -> None:
+        """Pass `source` to `sink`, each chunk held as `peer`'s impairment says, in order,
+        until `source` ends or either side fails."""
         queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(BUFFERED_CHUNKS)
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(_pass_on(queue, sink))
                 while data := await source.read(CHUNK):
-                    hold = self.impairment.hold(len(data), self._random.random())
+                    impairment = self.impairments.get(peer, FULL_SPEED)
+                    hold = impairment.hold(len(data), self._random.random())
                     await queue.put((time.monotonic() + hold, data))
                 await queue.put(None)  # what was read before the end still arrives, late
         except* OSError:
             pass
+
+
+async def _connect(upstream: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to `upstream`, written as socat writes it."""
+    kind, _, where = upstream.partition(":")
+    if kind == "UNIX-CONNECT":
+        return await asyncio.open_unix_connection(where, limit=CHUNK)
+    assert kind == "TCP", upstream
+    host, _, port = where.rpartition(":")
+    return await asyncio.open_connection(host, int(port), limit=CHUNK)
 
 
 async def _pass_on(
@@ -206,23 +233,12 @@ def relay(address: str) -> Iterator[Relay]:
         made.close()
 
 
-def relayed(url: str, relay: Relay) -> str:
-    """`url` (a `postgresql://` or `redis://` URL at an address and port) through `relay`:
-    the same URL at the relay's address, on a port relaying to where `url` points."""
-    parts = urlsplit(url)
-    assert parts.hostname is not None and parts.port is not None, url
-    port = relay.forward(parts.hostname, parts.port)
-    credentials = parts.netloc.rpartition("@")[0]
-    netloc = f"{relay.address}:{port}"
-    return urlunsplit(parts._replace(netloc=f"{credentials}@{netloc}" if credentials else netloc))
-
-
 def slow(host: Host, delay: float = 0.05, loss: float = 0.01) -> str:
     """Slow `host`'s link to the database host: `delay` seconds each way, `loss` of the packets
     dropped; how ("netem" or "relay"). Undone by `unslow`, which the `cluster` fixture
     (tests/cluster/conftest.py) calls before each test."""
     if host.relay is not None:
-        host.relay.impairment = Impairment(delay, loss)
+        host.relay.impairments[host.address] = Impairment(delay, loss)
         host.slowed_by = "relay"
     else:
         reason = netem_missing()
@@ -235,7 +251,7 @@ def slow(host: Host, delay: float = 0.05, loss: float = 0.01) -> str:
 def unslow(host: Host) -> None:
     """Give `host` its full-speed link back."""
     if host.slowed_by == "relay" and host.relay is not None:
-        host.relay.impairment = Impairment()
+        host.relay.impairments.pop(host.address, None)
     elif host.slowed_by == "netem":
         host.link.unslow()
     host.slowed_by = None

@@ -117,29 +117,38 @@ async def _dashboard(cluster: MultiHost) -> dict[str, Any]:
     return found
 
 
-async def test_a_slowed_relay_holds_each_way_keeps_order_and_closes_what_it_holds() -> None:
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(1 << 16):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(1 << 16):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
 
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+
+async def test_a_relay_holds_a_slowed_hosts_traffic_each_way_in_order_and_no_one_elses() -> None:
+    server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+    upstream = f"TCP:127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    sent = b"".join(b"%d\n" % i for i in range(10_000))
     try:
         with relay("127.0.0.1") as relaying:
-            port = relaying.forward("127.0.0.1", server.sockets[0].getsockname()[1])
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            relaying.impairment = Impairment(delay=0.05)
-            sent = b"".join(b"%d\n" % i for i in range(10_000))
+            port = relaying.forward(0, upstream)
+            # Three hosts on one relay: loopback answers on all of 127.0.0.0/8.
+            slowed, stalled, other = [
+                await asyncio.open_connection("127.0.0.1", port, local_addr=(f"127.0.0.{n}", 0))
+                for n in (1, 2, 3)
+            ]
+            relaying.impairments["127.0.0.1"] = Impairment(delay=0.05)
+            relaying.impairments["127.0.0.2"] = Impairment(delay=600)
 
             started = time.monotonic()
-            writer.write(sent)
-            echoed = await reader.readexactly(len(sent))
+            for _, writer in (slowed, stalled, other):
+                writer.write(sent)
 
-            assert echoed == sent
+            assert await slowed[0].readexactly(len(sent)) == sent
             assert time.monotonic() - started >= 2 * 0.05
-        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed with the relay
-        writer.close()
+            assert await asyncio.wait_for(other[0].readexactly(len(sent)), 60) == sent
+        for reader, writer in (slowed, stalled, other):
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # closed with the relay
+            writer.close()
     finally:
         server.close()
 
