@@ -1,14 +1,15 @@
 """A slow link between a host and the database host: `tc netem` where the kernel has it, else
 relays in this process that do to the host's PostgreSQL and Redis traffic what netem would.
 
-`slow(host, delay, loss)` delays every packet by `delay` seconds each way and drops `loss` of
-them. With netem (`netem_unavailable` in tests/cluster/network.py finds out once, on a
-throwaway namespace) the kernel does it to everything on the host's link. Kernels built
-without `sch_netem` answer "Specified qdisc kind is unknown", and a test cannot load a module
-into the kernel it runs on. The machine these tests were written on has such a kernel, so
-there the relays ran: the database host of a `slowable` cluster (tests/cluster/multihost.py)
-forwards PostgreSQL and Redis through relays in this process in place of socat
-(tests/cluster/database_host.py). Every host reaches them at the same URLs, as in production;
+`slow(host, delay, loss)` slows a host of a `slowable` cluster (tests/cluster/multihost.py; a
+test module asks for one with `SLOWABLE = True`, tests/cluster/conftest.py): it delays every
+packet by `delay` seconds each way and drops `loss` of them. With netem (`netem_unavailable`
+in tests/cluster/network.py finds out once, on a throwaway namespace) the kernel does it to
+everything on the host's link. Kernels built without `sch_netem` answer "Specified qdisc kind
+is unknown", and a test cannot load a module into the kernel it runs on. The machine these
+tests were written on has such a kernel, so there the relays ran: the database host of a
+`slowable` cluster forwards PostgreSQL and Redis through relays in this process in place of
+socat (tests/cluster/database_host.py). Every host reaches them at the same URLs, as in production;
 they pass the traffic of a host not slowed straight through, and for a slowed one (its
 connections told apart by their source address):
 

@@ -13,6 +13,9 @@ from tests.cluster.multihost import MultiHost
 from tests.cluster.slow_link import RTO_MIN, SEGMENT, Impairment, relay, slow, unslow
 from tests.faults.checks import assert_log_and_bucket_clean
 
+SLOWABLE = True
+"""This module's cluster can slow its hosts' links (tests/cluster/conftest.py `three_nodes`)."""
+
 JOBS = 12
 """Enough that every node downloads, muxes and uploads several while the API and the reactors
 wait a round trip of the slow link on each query; few enough for a test of seconds."""
