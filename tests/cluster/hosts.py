@@ -27,7 +27,8 @@ class Host:
     link: Link
     procs: SpoolProcesses
     relay: Relay | None = None
-    """Where its PostgreSQL and Redis traffic passes when netem cannot slow its link."""
+    """What its PostgreSQL and Redis traffic passes in a `slowable` cluster where netem cannot
+    slow its link (tests/cluster/slow_link.py)."""
     slowed_by: str | None = None
     """"netem" or "relay" while slowed."""
 
