@@ -60,6 +60,9 @@ class Settings(msgspec.Struct, kw_only=True):
     public_url: str | None = None
     # This node, when it runs a worker.
     node_id: str = msgspec.field(default_factory=socket.gethostname)
+    # The address the node reports (`/api/v1/devices` `ip_address`); None: the address its
+    # route to the database host leaves from (adapters/sysinfo.py `primary_ip`).
+    node_address: str | None = None
     role: str = "worker"
     tags: tuple[str, ...] = ()
     download_concurrency: int = 2
@@ -140,6 +143,8 @@ class Settings(msgspec.Struct, kw_only=True):
                 values[name] = env[var].strip().lower() in ("1", "true", "yes", "on")
         if env.get("SPOOL_NODE_ID"):
             values["node_id"] = env["SPOOL_NODE_ID"]
+        if env.get("SPOOL_NODE_ADDRESS"):
+            values["node_address"] = env["SPOOL_NODE_ADDRESS"]
         if env.get("SPOOL_GEOIP_DATABASE"):
             values["geoip_database"] = Path(env["SPOOL_GEOIP_DATABASE"])
         if env.get("SPOOL_DISK_FLOOR"):

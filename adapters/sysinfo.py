@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import os
 import platform
 import shutil
@@ -25,15 +26,24 @@ def hostname() -> str:
     return socket.gethostname()
 
 
-def primary_ip() -> str:
-    """The address this machine would use to reach others (no packet is sent)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+def primary_ip(toward: str | None = None) -> str:
+    """The address this machine reaches `toward` (a host name or address: the database host
+    a node works with) from, else the one its default route leaves by, else 127.0.0.1. No
+    packet is sent. A machine whose only route is its link to the cluster has no default
+    route, and one on the database host reaches it over loopback: neither says where the
+    machine is, so each falls through to the next."""
+    for target in (toward, "192.0.2.1"):  # TEST-NET-1: a routing lookup only
+        if target is None:
+            continue
         try:
-            s.connect(("192.0.2.1", 9))  # TEST-NET-1: routing lookup only, nothing leaves
-            ip: str = s.getsockname()[0]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect((target, 9))
+                ip: str = s.getsockname()[0]
+        except OSError:  # no route, or a name that does not resolve to an IPv4 address
+            continue
+        if not ipaddress.ip_address(ip).is_loopback:
             return ip
-        except OSError:
-            return "127.0.0.1"
+    return "127.0.0.1"
 
 
 def capabilities(data_dir: Path, stages: list[str]) -> Capabilities:

@@ -122,3 +122,10 @@ async def test_a_removed_node_registers_again_by_itself(start_cluster: StartClus
         await _until(beat_thrice_since)
         types = [e.type for e in await c.store.read_stream(node.stream_id(node_id))]
         assert types.count("NodeStarted") == 2  # at start, and once after the removal
+
+
+async def test_a_node_given_its_address_reports_that_address(start_cluster: StartCluster) -> None:
+    async with start_cluster(node_address="203.0.113.7") as c:
+        device = await _online(c, c.settings.node_id)
+
+        assert device["ip_address"] == "203.0.113.7"

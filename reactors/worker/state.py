@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import date
 from typing import Any
+from urllib.parse import urlsplit
 
 from arq.connections import ArqRedis
 from arq.worker import Worker
@@ -62,7 +63,9 @@ class NodeState:
         self.meta = Metadata(actor=f"node:{self.node_id}", node_id=self.node_id)
         self.webhooks = WebhookSender(store, self.storages, settings)
         self.hostname = sysinfo.hostname()
-        self.ip = sysinfo.primary_ip()
+        # Where the node is, as the cluster sees it: the address it reaches the database from.
+        database = urlsplit(settings.database_url).hostname if settings.database_url else None
+        self.ip = settings.node_address or sysinfo.primary_ip(toward=database)
         # The stage sessions this node holds (TRANSCODER, FILE_WRITER), reported as viewers.
         self.viewers = ViewerRecorder(
             store, node_id=self.node_id, interval=settings.viewer_stats_interval

@@ -39,9 +39,12 @@ async def three_nodes(
     redis_url: str,
     cluster_media: Path,
     tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[MultiHost]:
     """A cluster of three node hosts over a database of its own, shared by a module's tests:
-    starting one costs seconds of imports on every host."""
+    starting one costs seconds of imports on every host. A module that sets `SLOWABLE = True`
+    gets a cluster whose links `slow` can slow (tests/cluster/slow_link.py); the others keep
+    socat's forwards, whatever the kernel."""
     name, url = await databases.take()
     try:
         async with multihost(
@@ -50,6 +53,7 @@ async def three_nodes(
             media_root=cluster_media,
             root=tmp_path_factory.mktemp("hosts"),
             nodes=3,
+            slowable=getattr(request.module, "SLOWABLE", False),
         ) as cluster:
             yield cluster
     finally:

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from moto.server import ThreadedMotoServer
@@ -32,6 +33,9 @@ from moto.server import ThreadedMotoServer
 from tests.fixtures.media import MediaServer
 from tests.fixtures.processes import kill_group
 from tests.fixtures.s3 import S3Server
+
+if TYPE_CHECKING:
+    from tests.cluster.slow_link import Relay
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,9 @@ class DatabaseHost:
     s3: S3Server
     bucket: str
     media: MediaServer
+    relay: Relay | None = None
+    """What forwards PostgreSQL and Redis in a `slowable` cluster (tests/cluster/multihost.py),
+    in place of socat."""
 
     @property
     def storage_url(self) -> str:
@@ -100,10 +107,15 @@ def _upstream(url: str, address: str) -> tuple[str, int, str]:
 
 
 @contextlib.contextmanager
-def forwarded(url: str, address: str) -> Iterator[str]:
+def forwarded(url: str, address: str, relay: Relay | None = None) -> Iterator[str]:
     """The server at `url` (on loopback or a local socket) reachable on `address` through
-    `socat`, at the same port; the URL to give the other hosts."""
+    `socat`, or through `relay` (tests/cluster/slow_link.py) when given, at the same port; the
+    URL to give the other hosts."""
     upstream, port, moved = _upstream(url, address)
+    if relay is not None:
+        relay.forward(port, upstream)
+        yield moved
+        return
     proc = subprocess.Popen(
         ["socat", f"TCP-LISTEN:{port},bind={address},fork,reuseaddr", upstream],
         stdout=subprocess.DEVNULL,
@@ -127,13 +139,17 @@ def forwarded(url: str, address: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def database_host(
-    address: str, database_url: str, redis_url: str, media_root: Path
+    address: str,
+    database_url: str,
+    redis_url: str,
+    media_root: Path,
+    relay: Relay | None = None,
 ) -> Iterator[DatabaseHost]:
-    """PostgreSQL and Redis forwarded, moto with a fresh bucket and the media server over
-    `media_root`, all on `address`; all stopped at the end."""
+    """PostgreSQL and Redis forwarded (by `relay` when given), moto with a fresh bucket and the
+    media server over `media_root`, all on `address`; all stopped at the end."""
     with contextlib.ExitStack() as held:
-        database = held.enter_context(forwarded(database_url, address))
-        redis = held.enter_context(forwarded(redis_url, address))
+        database = held.enter_context(forwarded(database_url, address, relay))
+        redis = held.enter_context(forwarded(redis_url, address, relay))
         # moto's werkzeug logs a line per request, thousands in a run.
         werkzeug = logging.getLogger("werkzeug")
         held.callback(werkzeug.setLevel, werkzeug.level)
@@ -149,4 +165,4 @@ def database_host(
         client.close()
         media = MediaServer(media_root, host=address).start()
         held.callback(media.stop)
-        yield DatabaseHost(address, database, redis, s3, bucket, media)
+        yield DatabaseHost(address, database, redis, s3, bucket, media, relay)

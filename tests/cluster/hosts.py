@@ -9,18 +9,28 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tests.cluster.network import Link
 from tests.fixtures.processes import SpoolProcesses
 
+if TYPE_CHECKING:
+    from tests.cluster.slow_link import Relay
+
 
 @dataclass
 class Host:
-    """A machine of the cluster: its link and its processes."""
+    """A machine of the cluster: its link and its processes, and how its link is slowed
+    (tests/cluster/slow_link.py)."""
 
     name: str
     link: Link
     procs: SpoolProcesses
+    relay: Relay | None = None
+    """What its PostgreSQL and Redis traffic passes in a `slowable` cluster where netem cannot
+    slow its link (tests/cluster/slow_link.py)."""
+    slowed_by: str | None = None
+    """"netem" or "relay" while slowed."""
 
     @property
     def address(self) -> str:

@@ -33,6 +33,8 @@ from spool.domain import job
 from tests.cluster.database_host import DatabaseHost, database_host
 from tests.cluster.hosts import Host
 from tests.cluster.network import Network, network
+from tests.cluster.slow_link import Relay, netem_missing, unslow
+from tests.cluster.slow_link import relay as slow_relay
 from tests.fixtures.processes import SpoolProcesses, stop_processes
 
 API_PORT = 8081
@@ -78,7 +80,7 @@ class MultiHost:
         """A new host `name` running `spool worker` with node id `name`."""
         link = self.network.add(name)
         procs = SpoolProcesses(self.root / name, dict(self.env), prefix=link.exec_prefix)
-        host = self.nodes[name] = Host(name, link, procs)
+        host = self.nodes[name] = Host(name, link, procs, self.db.relay)
         self.start_worker(host)
         return host
 
@@ -89,8 +91,11 @@ class MultiHost:
         host.procs.worker(host.name, *self.worker_flags, TMPDIR=str(tmp))
 
     async def restore(self) -> None:
-        """Every node's link up, at full speed, and its worker running again (after a test
-        cut, slowed or killed one), and every node online."""
+        """Every link at full speed (unslowed, uncapped), every node's link up and its worker
+        running again (after a test slowed, capped, cut or killed one), and every node
+        online."""
+        for host in self.hosts:
+            unslow(host)
         for host in self.nodes.values():
             host.link.mend()
             host.link.unslow()
@@ -188,15 +193,24 @@ async def multihost(
     root: Path,
     nodes: int,
     worker_flags: tuple[str, ...] = (),
+    slowable: bool = False,
     **settings: str,
 ) -> AsyncIterator[MultiHost]:
     """A running cluster of `nodes` worker hosts over a migrated database and a Redis database
     (both on loopback here, the database host), every node online; everything stopped and
     removed at the end, however the test ends. `settings` are `SPOOL_*` variables over
-    `TIMINGS`."""
+    `TIMINGS`. A `slowable` cluster's hosts can be slowed (tests/cluster/slow_link.py `slow`):
+    where netem cannot, their database traffic passes relays in this process from the start,
+    which a bench had better not pay for."""
     async with contextlib.AsyncExitStack() as held:
         net = held.enter_context(network())
-        db = held.enter_context(database_host(net.address, database_url, redis_url, media_root))
+        # What `slow` slows where netem cannot (tests/cluster/slow_link.py).
+        relay: Relay | None = None
+        if slowable and netem_missing() is not None:
+            relay = held.enter_context(slow_relay(net.address))
+        db = held.enter_context(
+            database_host(net.address, database_url, redis_url, media_root, relay)
+        )
         flushed = redis.Redis.from_url(redis_url)
         flushed.flushdb()  # the test's own database, left as another test's cluster left it
         flushed.close()
@@ -213,7 +227,8 @@ async def multihost(
             **settings,
         }
         link = net.add("api")
-        api = Host("api", link, SpoolProcesses(root / "api", dict(env), prefix=link.exec_prefix))
+        procs = SpoolProcesses(root / "api", dict(env), prefix=link.exec_prefix)
+        api = Host("api", link, procs, db.relay)
         pool = await create_pool(database_url, max_size=4)
         held.push_async_callback(pool.close)
         client = httpx.AsyncClient(

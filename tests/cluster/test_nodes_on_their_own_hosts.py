@@ -137,6 +137,17 @@ async def test_compose_gives_each_service_the_environment_its_host_ran_with(
     assert len(set(node_ids)) == 2
 
 
+async def test_the_devices_list_shows_each_node_at_its_own_hosts_address(
+    cluster: MultiHost,
+) -> None:
+    answer = await cluster.client.get("/api/v1/devices")
+    assert answer.status_code == 200, answer.text
+
+    shown = {d["device_id"]: d["ip_address"] for d in answer.json()["data"]}
+
+    assert shown == {name: host.address for name, host in cluster.nodes.items()}
+
+
 async def test_a_node_killed_mid_download_has_its_downloads_taken_over_by_another(
     cluster: MultiHost,
 ) -> None:
