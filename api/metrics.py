@@ -1,8 +1,9 @@
 """`GET /metrics`: Prometheus text, gathered from the projections at each scrape.
 
 The seed's `retire_cluster_devices_total` and `retire_cluster_tasks_total`, plus jobs by status
-and step, stage durations, this process's event-store append latency, projection lag, and the
-probes of users' sources this process runs now.
+and step, stage durations, attempts handed on because their lease expired, this process's
+event-store append latency, projection lag, and the probes of users' sources this process runs
+now.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from spool.adapters.probes import ProbePool
+from spool.adapters.read_models import job_stages
 from spool.adapters.read_models import jobs as job_rows
 from spool.adapters.read_models import nodes as node_rows
 from spool.adapters.read_models import tasks as tasks_model
 from spool.adapters.timed_event_store import REGISTRY as PROCESS_REGISTRY
 from spool.api.cluster_reads import metrics_reader
 from spool.api.services import Services
+from spool.domain import job
 
 STAGE_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
@@ -78,6 +81,17 @@ async def _families(pool: asyncpg.Pool, types: Mapping[str, frozenset[str]]) -> 
         buckets = [(str(b), row[3 + i]) for i, b in enumerate(STAGE_BUCKETS)]
         buckets.append(("+Inf", row["n"]))
         stages.add_metric([row["stage"]], buckets, sum_value=row["total"] or 0.0)
+
+    expiries = CounterMetricFamily(
+        "spool_lease_expiries_total",
+        "Units of work handed on to another attempt because their node's lease expired",
+        labels=["stage"],
+    )
+    # Every stage has its series from the start, so a rate over it is defined before the
+    # first expiry.
+    counted = dict.fromkeys(job.STEP_OF, 0) | dict(await job_stages.lease_expiries(pool))
+    for stage, n in counted.items():
+        expiries.add_metric([stage], n)
 
     tasks = CounterMetricFamily(
         "retire_cluster_tasks_total", "Total number of tasks", labels=["status"]
@@ -148,6 +162,7 @@ async def _families(pool: asyncpg.Pool, types: Mapping[str, frozenset[str]]) -> 
         task_seconds,
         jobs,
         stages,
+        expiries,
         head_family,
         lag_events,
         lag_seconds,

@@ -196,6 +196,9 @@ class StageFailed(Event, frozen=True, kw_only=True):
     unfinished_uploads: list[str] = msgspec.field(default_factory=list)
     """Multipart uploads the attempt began and could not abort (the storage was gone by then):
     kept on the job until a later upload aborts them, since their parts cost storage."""
+    lease_expired: bool = False
+    """The reconciler handed the attempt on because its node's lease on it expired
+    (domain/lease.py): the node stopped saying it runs it, not the work that failed."""
 
 
 @event
@@ -441,10 +444,12 @@ def fail_stage(
     backoff: float = 2.0,
     restart_from_download: bool = False,
     unfinished_uploads: Sequence[str] = (),
+    lease_expired: bool = False,
 ) -> list[Event]:
     """An attempt failed: retry it with exponential backoff, or fail the job when out of tries.
 
-    `restart_from_download` is for a lost node: its local files went with it.
+    `restart_from_download` is for a lost node: its local files went with it. `lease_expired`:
+    the failure is the reconciler's, on an expired lease (`StageFailed.lease_expired`).
     """
     _require_current(state, stage, run, attempt)
     spent = attempt - state.interruptions  # an attempt cut short by a shutdown is not one
@@ -462,6 +467,7 @@ def fail_stage(
                 retry_attempt=attempt + 1,
                 retry_in=backoff * 2 ** (spent - 1),
                 unfinished_uploads=list(unfinished_uploads),
+                lease_expired=lease_expired,
             )
         ]
     return [
@@ -473,6 +479,7 @@ def fail_stage(
             reason=reason,
             error_type=error_type,
             unfinished_uploads=list(unfinished_uploads),
+            lease_expired=lease_expired,
         ),
         JobFailed(run=run, stage=stage, reason=reason, error_type=error_type),
     ]
