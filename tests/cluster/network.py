@@ -60,17 +60,32 @@ def namespaces_unavailable() -> str | None:
         ip("netns", "del", name, check=False)  # takes the pair with it
 
 
-def netem_unavailable() -> str | None:
-    """Why `tc netem` (delay, loss) cannot be used here, or None when it can."""
+def _qdisc_unavailable(*spec: str) -> str | None:
+    """Why the queueing discipline `spec` cannot be set on an interface here, or None."""
     name = f"spool-probe-{secrets.token_hex(3)}"
     if ip("netns", "add", name, check=False).returncode != 0:
         return "cannot make a network namespace"
     try:
         ip("-n", name, "link", "set", "lo", "up")
-        added = tc("-n", name, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms")
-        return None if added.returncode == 0 else f"tc netem: {added.stderr.strip()}"
+        added = tc("-n", name, "qdisc", "add", "dev", "lo", "root", *spec)
+        return None if added.returncode == 0 else f"tc {spec[0]}: {added.stderr.strip()}"
     finally:
         ip("netns", "del", name, check=False)
+
+
+def netem_unavailable() -> str | None:
+    """Why `tc netem` (delay, loss) cannot be used here, or None when it can."""
+    return _qdisc_unavailable("netem", "delay", "1ms")
+
+
+_TBF = ("tbf", "burst", "16kbit", "latency", "200ms")
+"""A token bucket (`Link.throttle`): a burst of two packets, and at most 200 ms of queue, so
+the host's other traffic (its heartbeats) waits behind a bulk transfer no longer than that."""
+
+
+def throttle_unavailable() -> str | None:
+    """Why `tc tbf` (a rate limit, `Link.throttle`) cannot be used here, or None when it can."""
+    return _qdisc_unavailable(*_TBF, "rate", "1mbit")
 
 
 def _free_subnet() -> ipaddress.IPv4Network:
@@ -119,8 +134,17 @@ class Link:
             if done.returncode != 0:
                 raise RuntimeError(f"tc {' '.join(where)}: {done.stderr.strip()}")
 
+    def throttle(self, kbit: int) -> None:
+        """Limit what the host sends (its uploads) to `kbit` kilobits a second with `tc tbf`;
+        raises when the kernel has no tbf (`throttle_unavailable` says so first). `unslow`
+        removes it."""
+        where = ("-n", self.namespace, "qdisc", "replace", "dev", "eth0", "root")
+        done = tc(*where, *_TBF, "rate", f"{kbit}kbit")
+        if done.returncode != 0:
+            raise RuntimeError(f"tc {' '.join(where)}: {done.stderr.strip()}")
+
     def unslow(self) -> None:
-        """Remove what `slow` added."""
+        """Remove what `slow` or `throttle` added."""
         tc("-n", self.namespace, "qdisc", "del", "dev", "eth0", "root")
         tc("qdisc", "del", "dev", self.veth, "root")
 
