@@ -14,12 +14,20 @@ from datetime import date, datetime, timedelta
 from spool.adapters.event_store import EVENT_COLUMNS, EventStore
 from spool.domain import job, lease, node
 
+# The job's last StageStarted, if it began the job's current unit and no event since has ended
+# that attempt (`lease.ATTEMPT_ENDERS`: a unit id comes back after a restart from download).
 _STARTED = f"""
-SELECT {EVENT_COLUMNS} FROM events
-WHERE stream_id = $1 AND type = '{job.StageStarted.__name__}'
-  AND data->>'stage' = $2 AND (data->>'run')::int = $3 AND (data->>'attempt')::int = $4
-ORDER BY version DESC LIMIT 1
+SELECT {EVENT_COLUMNS} FROM (
+    SELECT * FROM events WHERE stream_id = $1 AND type = '{job.StageStarted.__name__}'
+    ORDER BY version DESC LIMIT 1
+) AS started
+WHERE data->>'stage' = $2 AND (data->>'run')::int = $3 AND (data->>'attempt')::int = $4
+  AND NOT EXISTS (
+    SELECT 1 FROM events later
+    WHERE later.stream_id = $1 AND later.version > started.version AND later.type = ANY($5::text[])
+  )
 """
+_ENDERS = [cls.__name__ for cls in lease.ATTEMPT_ENDERS]
 
 # Read backwards from the stream's end: the latest beat listing the unit is found at once while
 # the node runs it, and when the node died with it.
@@ -43,7 +51,7 @@ async def granted(store: EventStore, state: job.JobState, ttl: timedelta) -> lea
     """The lease of the job's current unit as its StageStarted granted it; None if no node
     has started that unit."""
     row = await store.pool.fetchrow(
-        _STARTED, job.stream_id(state.job_id), state.stage, state.run, state.attempt
+        _STARTED, job.stream_id(state.job_id), state.stage, state.run, state.attempt, _ENDERS
     )
     if row is None:
         return None

@@ -18,7 +18,23 @@ from datetime import datetime, timedelta
 import msgspec
 
 from spool.domain import job
+from spool.domain.events import Event
 from spool.domain.node import NodeHeartbeat
+
+ATTEMPT_ENDERS: tuple[type[Event], ...] = (
+    job.DownloadCompleted,
+    job.MuxCompleted,
+    job.JobCompleted,
+    job.StageFailed,
+    job.StageInterrupted,
+    job.JobFailed,
+    job.JobCancelled,
+    job.JobRetried,
+)
+"""The job events that end whichever attempt is running. A StageStarted followed by one grants
+nothing any more, even when the job comes back to a unit of the same id: a mux or an upload
+whose node was lost starts over from download, and the attempts of the stages after it count
+from 1 again (`job._advanced`)."""
 
 
 class Lease(msgspec.Struct, frozen=True, kw_only=True):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 
 from spool.adapters.database import create_pool
 from spool.adapters.event_store import EventStore
@@ -224,3 +224,42 @@ async def test_a_mux_whose_node_is_gone_restarts_from_download_one_whose_node_be
         kept_files, _ = await s.failure(dropped)
         assert (kept_files.retry_stage, kept_files.retry_attempt) == ("mux", 2)
         assert "lease of node restarted on mux expired" in kept_files.reason
+
+
+async def test_a_mux_started_over_from_download_is_not_judged_by_its_first_incarnations_start(
+    fresh_database_url: str, redis_url: str
+) -> None:
+    """A unit's id comes back after a restart from download (the mux after the new download is
+    attempt 1 again): the lease of the first mux, on a node long gone, is not the new one's."""
+    async with scene(fresh_database_url, redis_url, lease_ttl=2.0) as s:
+        first_mux = await s.started("gone", stage="mux")
+        job_id = first_mux.split(":")[0]
+        meta = Metadata(actor="test")
+        version = len(await s.history(first_mux))
+        again = [
+            job.StageFailed(
+                stage="mux",
+                run=1,
+                attempt=1,
+                node_id="gone",
+                reason="The lease of node gone on mux expired",
+                retry_stage="download",
+                retry_attempt=2,
+                lease_expired=True,
+            ),
+            job.StageStarted(stage="download", run=1, attempt=2, node_id="n2"),
+            _completed("download", "n2"),
+        ]
+        await s.store.append(job.stream_id(job_id), [NewEvent(e, meta) for e in again], version)
+        # The new mux waits in n2's queue for a slot; n2 beats on.
+        await s.redis.set(job_key_prefix + first_mux, b"queued", px=3_600_000)
+        lost = await s.started("elsewhere")  # shows the passes judge and act meanwhile
+        async with s.beating("n2"):
+            await s.passes_until(lambda: s.handed_on(lost))
+
+        assert not s.handed_on(first_mux), s.done
+        assert [type(e.data) for e in (await s.history(first_mux))[-3:]] == [
+            job.StageFailed,
+            job.StageStarted,
+            job.DownloadCompleted,
+        ]
