@@ -29,6 +29,11 @@ WHERE data->>'stage' = $2 AND (data->>'run')::int = $3 AND (data->>'attempt')::i
 """
 _ENDERS = [cls.__name__ for cls in lease.ATTEMPT_ENDERS]
 
+_ENDED = """
+SELECT recorded_at FROM events WHERE stream_id = $1 AND type = ANY($2::text[])
+ORDER BY version DESC LIMIT 1
+"""
+
 # Read backwards from the stream's end: the latest beat listing the unit is found at once while
 # the node runs it, and when the node died with it.
 _RENEWAL = f"""
@@ -58,6 +63,13 @@ async def granted(store: EventStore, state: job.JobState, ttl: timedelta) -> lea
     started = store.decode(row)
     assert isinstance(started.data, job.StageStarted)
     return lease.granted(state.job_id, started.data, started.recorded_at, ttl)
+
+
+async def current_since(store: EventStore, job_id: str) -> datetime | None:
+    """When the job's current unit became current: the last event that ended an attempt
+    (`lease.ATTEMPT_ENDERS`); None for the first unit of the job's first run."""
+    at: datetime | None = await store.pool.fetchval(_ENDED, job.stream_id(job_id), _ENDERS)
+    return at
 
 
 def _days(since: datetime, now: datetime) -> list[date]:

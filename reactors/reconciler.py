@@ -10,11 +10,13 @@ is stuck:
   node is gone with the files of a mux or an upload. That verdict is acted on at the first pass
   that reaches it: it is read from facts already recorded, and the lease's time to live is the
   margin the two-pass rule below was for, so no second look is needed.
-- A unit no node has started is judged by what Redis holds: lost from the queue, it is enqueued
-  again (same id); taken by a worker that no live node lists for a lease's time, or ended in
-  Redis without moving the job on, it is failed so that its retry runs. Those verdicts read
-  Redis and the nodes projection at different moments, so they must hold on two passes in a
-  row before anything is done: a unit caught between queue and heartbeat is never touched.
+- A unit no node has started is judged by what Redis holds: lost from the queue, or refused by
+  arq for what it still holds of an earlier unit of the same id (a mux or an upload comes back
+  as attempt 1 after a restart from download), it is enqueued again (same id); taken by a
+  worker that no live node lists for a lease's time, or ended in Redis without moving the job
+  on, it is failed so that its retry runs. Those verdicts read Redis and the nodes projection
+  at different moments, so they must hold on two passes in a row before anything is done: a
+  unit caught between queue and heartbeat is never touched.
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ from spool.adapters import lease_facts
 from spool.adapters.event_store import EventStore
 from spool.adapters.job_store import jobs, load_job
 from spool.adapters.periodic import run_periodically
-from spool.adapters.queue import Dispatch, dispatch, unit_status
+from spool.adapters.queue import (
+    Dispatch,
+    dispatch,
+    enqueued_at,
+    forget,
+    unit_status,
+)
 from spool.adapters.read_models import jobs as job_rows
 from spool.adapters.read_models import nodes as node_rows
 from spool.adapters.repository import ChangingTooFast, Loaded
@@ -180,6 +188,10 @@ class Reconciler:
         status = await unit_status(self.redis, unit)
         if status == "missing":
             return "missing"
+        if state.stage != "download" and await self._of_an_earlier_unit(state, unit):
+            # A mux or an upload again after a restart from download has its earlier unit's
+            # id; arq dropped its dispatch for what it still holds of that one.
+            return "earlier unit"
         if status == "in_progress" and now - state.updated_at >= ttl:
             # Taken by a worker no live node has listed for as long as a lease lasts.
             return "worker lost"
@@ -187,8 +199,17 @@ class Reconciler:
             return "ended without result"
         return None  # queued: waiting for a free worker is not a fault
 
+    async def _of_an_earlier_unit(self, state: job.JobState, unit: str) -> bool:
+        """Whether what Redis holds under the unit's id was enqueued before the unit became
+        the job's current one."""
+        enqueued = await enqueued_at(self.redis, unit)
+        since = await lease_facts.current_since(self.store, state.job_id)
+        return enqueued is not None and since is not None and enqueued < since
+
     async def _repair(self, state: job.JobState, unit: str, verdict: str) -> str | None:
-        if verdict == "missing":
+        if verdict == "earlier unit":
+            await forget(self.redis, unit)
+        if verdict in ("missing", "earlier unit"):
             # The repair follows from the job's last event: its request's correlation.
             meta = await following(
                 self.store, job.stream_id(state.job_id), state.version, actor="reconciler"
@@ -203,6 +224,8 @@ class Reconciler:
                 causation_id=meta.causation_id,
             )
             await dispatch(self.redis, d)
+            if verdict == "earlier unit":
+                return f"re-dispatched {unit}: the queue held an earlier unit of its id"
             return f"re-dispatched {unit}: the queue had lost it"
         reasons = {
             "node lost": f"Node {state.node_id} stopped answering before {state.stage} started",

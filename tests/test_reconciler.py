@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.jobs import serialize_result
 
 from spool.adapters.database import create_pool
 from spool.adapters.event_store import EventStore
-from spool.adapters.queue import connect
+from spool.adapters.queue import Dispatch, connect, dispatch
 from spool.adapters.read_models import all_projections, job_stages
 from spool.adapters.read_models import jobs as job_rows
 from spool.adapters.settings import Settings
@@ -73,6 +74,29 @@ class Scene:
         unit = job.arq_job_id(job_id, 1, stage, 1)
         await self.redis.set(in_progress_key_prefix + unit, b"1", px=3_600_000)
         return unit
+
+    async def started_over(self, first_mux: str, node_id: str) -> None:
+        """The job of `first_mux` (started, its node gone) started over from download, which
+        `node_id` has done: its mux is attempt 1 again, the same unit id, not started yet."""
+        job_id = first_mux.split(":")[0]
+        again = [
+            job.StageFailed(
+                stage="mux",
+                run=1,
+                attempt=1,
+                node_id="gone",
+                reason="The lease of node gone on mux expired",
+                retry_stage="download",
+                retry_attempt=2,
+                lease_expired=True,
+            ),
+            job.StageStarted(stage="download", run=1, attempt=2, node_id=node_id),
+            _completed("download", node_id),
+        ]
+        await self.redis.delete(in_progress_key_prefix + first_mux)  # its worker is gone
+        version = len(await self.history(first_mux))
+        meta = Metadata(actor="test")
+        await self.store.append(job.stream_id(job_id), [NewEvent(e, meta) for e in again], version)
 
     async def beat(self, node_id: str, *units: str) -> None:
         """One heartbeat of `node_id` listing `units`, where a node appends it."""
@@ -233,26 +257,10 @@ async def test_a_mux_started_over_from_download_is_not_judged_by_its_first_incar
     attempt 1 again): the lease of the first mux, on a node long gone, is not the new one's."""
     async with scene(fresh_database_url, redis_url, lease_ttl=2.0) as s:
         first_mux = await s.started("gone", stage="mux")
-        job_id = first_mux.split(":")[0]
-        meta = Metadata(actor="test")
-        version = len(await s.history(first_mux))
-        again = [
-            job.StageFailed(
-                stage="mux",
-                run=1,
-                attempt=1,
-                node_id="gone",
-                reason="The lease of node gone on mux expired",
-                retry_stage="download",
-                retry_attempt=2,
-                lease_expired=True,
-            ),
-            job.StageStarted(stage="download", run=1, attempt=2, node_id="n2"),
-            _completed("download", "n2"),
-        ]
-        await s.store.append(job.stream_id(job_id), [NewEvent(e, meta) for e in again], version)
+        await s.started_over(first_mux, "n2")
         # The new mux waits in n2's queue for a slot; n2 beats on.
-        await s.redis.set(job_key_prefix + first_mux, b"queued", px=3_600_000)
+        job_id = first_mux.split(":")[0]
+        await dispatch(s.redis, Dispatch(job_id, 1, "mux", 1, "n2"))
         lost = await s.started("elsewhere")  # shows the passes judge and act meanwhile
         async with s.beating("n2"):
             await s.passes_until(lambda: s.handed_on(lost))
@@ -263,3 +271,25 @@ async def test_a_mux_started_over_from_download_is_not_judged_by_its_first_incar
             job.StageStarted,
             job.DownloadCompleted,
         ]
+
+
+async def test_a_unit_arq_refused_for_an_earlier_units_result_of_its_id_is_enqueued_again(
+    fresh_database_url: str, redis_url: str
+) -> None:
+    """arq enqueues nothing under an id whose result it keeps: the mux after a restart from
+    download would never run. It is enqueued again, no attempt spent."""
+    async with scene(fresh_database_url, redis_url, lease_ttl=2.0) as s:
+        first_mux = await s.started("gone", stage="mux")
+        ran = int(time.time() * 1000)  # the first mux ran to its end, before the restart
+        kept = serialize_result("mux", (), {}, 1, ran, True, "stale", ran, ran, "", "q", first_mux)
+        assert kept is not None
+        await s.redis.set(result_key_prefix + first_mux, kept, px=3_600_000)
+        await s.started_over(first_mux, "n2")
+
+        async with s.beating("n2"):
+            await s.passes_until(lambda: any(first_mux in action for action in s.done))
+
+        assert s.done == [f"re-dispatched {first_mux}: the queue held an earlier unit of its id"]
+        assert await s.redis.exists(job_key_prefix + first_mux)  # queued for n2 again
+        last = (await s.history(first_mux))[-1]
+        assert isinstance(last.data, job.DownloadCompleted)  # no attempt failed

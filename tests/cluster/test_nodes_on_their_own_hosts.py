@@ -142,7 +142,7 @@ async def test_a_node_killed_mid_upload_has_its_unit_taken_over_and_stored_once(
     failed = [e["data"] for e in history if e["type"] == "StageFailed"]
     assert [(f["stage"], f["node_id"], f["lease_expired"]) for f in failed] == [
         ("upload", victim, True)
-    ], failed
+    ], await cluster.story(job_id)
     assert f"lease of node {victim} on upload expired" in failed[0]["reason"]
     assert failed[0]["retry_stage"] == "download"  # its muxed file went with it
     (completed_on,) = _node_of(history, "JobCompleted")
