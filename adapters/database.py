@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-from alembic import command
-from alembic.config import Config
 
 from spool import migrations
 from spool.adapters.event_store import init_connection
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 
@@ -107,8 +108,34 @@ async def reset_connection(conn: asyncpg.Connection) -> None:
         conn.listened = False
 
 
-async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    """An asyncpg pool whose connections pass jsonb through as bytes."""
+def peer_settings(peer_timeout: float) -> dict[str, str]:
+    """What the server is told, per connection, so that a client that vanished (its machine
+    died, its link went down) is let go within `peer_timeout` seconds.
+
+    An event becomes readable only once every older transaction has ended (the projections
+    read below the oldest running one, adapters/event_store.py), so one connection left open
+    in a transaction by a node cut off from the network would hold every projection of the
+    cluster back until the server noticed: by default, TCP's two hours. The server ends a
+    transaction idle that long, probes a silent peer with keepalives (unanswered for about
+    five sixths of the timeout: dead), and drops a connection whose sent data goes unacknowledged
+    that long. Unix-socket connections ignore the TCP parts.
+    """
+    whole = max(1, round(peer_timeout))
+    return {
+        "idle_in_transaction_session_timeout": str(round(peer_timeout * 1000)),
+        "tcp_keepalives_idle": str(max(1, whole // 3)),
+        "tcp_keepalives_interval": str(max(1, whole // 6)),
+        "tcp_keepalives_count": "3",
+        "tcp_user_timeout": str(round(peer_timeout * 1000)),
+    }
+
+
+async def create_pool(
+    url: str, *, min_size: int = 2, max_size: int = 10, peer_timeout: float | None = None
+) -> asyncpg.Pool:
+    """An asyncpg pool whose connections pass jsonb through as bytes; with `peer_timeout`, the
+    server lets go of a connection whose client vanished within that many seconds
+    (`peer_settings`)."""
     pool = await asyncpg.create_pool(
         asyncpg_url(url),
         min_size=min_size,
@@ -116,6 +143,7 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asy
         init=init_connection,
         connection_class=SpoolConnection,
         reset=reset_connection,
+        server_settings=None if peer_timeout is None else peer_settings(peer_timeout),
     )
     assert pool is not None
     return pool
@@ -153,6 +181,11 @@ async def check_reachable(url: str, *, timeout: float = CONNECT_TIMEOUT) -> None
 
 
 def alembic_config(url: str) -> Config:
+    """Alembic's configuration for the database at `url`, over this repository's migrations."""
+    # Imported here: Alembic costs every process's start a noticeable share of its imports, and
+    # only the processes that migrate need it.
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
@@ -161,6 +194,8 @@ def alembic_config(url: str) -> Config:
 
 def migrate_sync(url: str, revision: str = "head") -> None:
     """Bring the database up to `revision` (blocking; Alembic runs its own event loop)."""
+    from alembic import command
+
     command.upgrade(alembic_config(url), revision)
 
 

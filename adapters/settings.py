@@ -17,6 +17,7 @@ _NUMERIC_ENV = {
     "reconcile_interval": "SPOOL_RECONCILE_INTERVAL",
     "node_timeout": "SPOOL_NODE_TIMEOUT",
     "lease_ttl": "SPOOL_LEASE_TTL",
+    "database_peer_timeout": "SPOOL_DATABASE_PEER_TIMEOUT",
     "probe_timeout": "SPOOL_PROBE_TIMEOUT",
     "probe_workers": "SPOOL_PROBE_WORKERS",
     "probe_share": "SPOOL_PROBE_SHARE",
@@ -71,6 +72,9 @@ class Settings(msgspec.Struct, kw_only=True):
     # unit (domain/lease.py); None: `node_timeout`, as long as the node itself is trusted.
     lease_ttl: float | None = None
     heartbeat_interval: float = 1.0
+    # How soon PostgreSQL lets go of a process that vanished mid-transaction (adapters/database.py
+    # `peer_settings`): until then its open transaction holds every projection back.
+    database_peer_timeout: float = 30.0
     webhook_attempts: int = 5
     # Probes of a user's source by the API (playlist detection on `POST /jobs`, `/metadata`):
     # the total seconds one may take, the threads they run on, and how many one account holds.

@@ -1,9 +1,11 @@
 """`GET /metrics`: Prometheus text, gathered from the projections at each scrape.
 
 The seed's `retire_cluster_devices_total` and `retire_cluster_tasks_total`, plus jobs by status
-and step, stage durations, attempts handed on because their lease expired, this process's
-event-store append latency, projection lag, and the probes of users' sources this process runs
-now.
+and step, stage durations, how long the oldest unit of each stage has waited for a node,
+attempts handed on because their lease expired, this process's event-store append latency,
+projection lag, and the probes of users' sources this process runs now. The alert rules and the
+dashboard in deploy/ are written over these names (tests/test_monitoring.py holds them to a real
+scrape).
 """
 
 from __future__ import annotations
@@ -81,6 +83,14 @@ async def _families(pool: asyncpg.Pool, types: Mapping[str, frozenset[str]]) -> 
         buckets = [(str(b), row[3 + i]) for i, b in enumerate(STAGE_BUCKETS)]
         buckets.append(("+Inf", row["n"]))
         stages.add_metric([row["stage"]], buckets, sum_value=row["total"] or 0.0)
+
+    queue_age = GaugeMetricFamily(
+        "spool_queue_oldest_seconds",
+        "How long the oldest unit of work of each stage has waited for a node (0 when none waits)",
+        labels=["stage"],
+    )
+    for stage, age in (await job_rows.oldest_waiting(pool)).items():
+        queue_age.add_metric([stage], age)
 
     expiries = CounterMetricFamily(
         "spool_lease_expiries_total",
@@ -162,6 +172,7 @@ async def _families(pool: asyncpg.Pool, types: Mapping[str, frozenset[str]]) -> 
         task_seconds,
         jobs,
         stages,
+        queue_age,
         expiries,
         head_family,
         lag_events,

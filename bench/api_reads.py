@@ -39,6 +39,7 @@ from typing import Any
 import msgspec
 from litestar import Litestar, get
 
+from bench.arguments import add_database_url
 from bench.cluster import spool_cluster
 from bench.harness import profiler, stop_profiler, top_frames
 from bench.heartbeats import wrk_latency
@@ -47,8 +48,6 @@ from spool.domain import job
 from spool.domain.events import Metadata
 from spool.embedded import free_port
 from tests.fixtures.processes import start_module, stop_processes, wait_http
-
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 _encode = msgspec.json.Encoder().encode
 
@@ -250,7 +249,7 @@ def report(args: argparse.Namespace, results: dict[tuple[int, str], list[dict[st
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--database-url", default=DEFAULT_URL, help="server to create a database on")
+    add_database_url(p)
     p.add_argument("--jobs", type=int, default=1_000_000)
     p.add_argument("--key-share", type=float, default=0.1, help="share of jobs the key owns")
     p.add_argument("--ids", type=int, default=20_000, help="ids the GET /jobs/{id} script uses")

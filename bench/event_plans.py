@@ -7,7 +7,7 @@ in node streams). After ANALYZE, each query is PREPAREd and EXPLAINed with a gen
 asyncpg's cached statements get after a few runs), and the script says for each whether a
 non-empty partition of `events` is read by a sequential scan.
 
-    python bench/event_plans.py --database-url postgresql://postgres@/postgres?host=...
+    python -m bench.event_plans --database-url postgresql://postgres@/postgres?host=...
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from datetime import date, timedelta
 
 import asyncpg
 
+from bench.arguments import add_database_url
 from spool.adapters.database import asyncpg_url, create_database, drop_database, migrate
 from spool.adapters.event_partitions import ensure_days
-
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 DAY0 = date(2026, 11, 1)
 
@@ -181,7 +180,7 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--database-url", default=DEFAULT_URL, help="server to create a database on")
+    add_database_url(p)
     p.add_argument("--jobs", type=int, default=40_000)
     p.add_argument("--days", type=int, default=3)
     p.add_argument("--beats", type=int, default=100_000, help="heartbeats a day")

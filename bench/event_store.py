@@ -38,9 +38,9 @@ on the server, migrates them, and drops them at the end; it touches no other dat
 
 Run from the repository root (defaults: about 2 minutes on a quiet machine, 4 under load):
 
-    python bench/event_store.py
-    python bench/event_store.py --rounds 5 --catchup-events 50000       # quicker
-    python bench/event_store.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
+    python -m bench.event_store
+    python -m bench.event_store --rounds 5 --catchup-events 50000       # quicker
+    python -m bench.event_store --database-url postgresql://postgres@127.0.0.1:5432/postgres
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import msgspec
 
+from bench.arguments import add_database_url
 from spool.adapters.database import (
     asyncpg_url,
     create_database,
@@ -69,8 +70,6 @@ from spool.adapters.read_models.jobs import JobsProjection
 from spool.domain.events import Metadata, NewEvent
 from spool.domain.job import JobCreated, JobOptions, stream_id
 from spool.reactors.projection import ProjectionRunner
-
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 RAW_TABLE = """
 CREATE TABLE raw_events (
@@ -469,7 +468,7 @@ async def main(args: argparse.Namespace) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--database-url", default=DEFAULT_URL, help="server to create databases on")
+    add_database_url(p)
     p.add_argument("--rounds", type=int, default=9, help="interleaved rounds per append mode")
     p.add_argument("--single-events", type=int, default=500, help="events/round, 1/tx 1 conn")
     p.add_argument("--concurrent-events", type=int, default=1600, help="events/round, 1/tx tasks")

@@ -38,6 +38,7 @@ from typing import Any
 
 import asyncpg
 
+from bench.arguments import add_database_url
 from bench.cluster import spool_cluster
 from bench.harness import percentile, profiler, stop_profiler, top_frames
 from spool.adapters.database import asyncpg_url, create_pool
@@ -46,7 +47,6 @@ from spool.domain import node
 from spool.domain.events import Metadata, NewEvent
 from tests.fixtures.processes import start_module
 
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 GB = 1024**3
 USAGE = node.Usage(
     cpu_percent=12.5, memory_used=4 * GB, memory_total=16 * GB, disk_free=400 * GB,
@@ -355,7 +355,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     sim.add_argument("--flip-every", type=int, required=True)
     sim.add_argument("--connections", type=int, required=True)
     sim.add_argument("--durable", action="store_true")
-    p.add_argument("--database-url", default=DEFAULT_URL, help="server to create a database on")
+    add_database_url(p)
     p.add_argument("--nodes", type=int, default=1000)
     p.add_argument("--seconds", type=int, default=60)
     p.add_argument("--simulators", type=int, default=4, help="processes appending heartbeats")

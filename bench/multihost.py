@@ -8,6 +8,13 @@ measures from the first `JobCreated` to the last `JobCompleted` in the log (the 
 online before the first job is sent). On one machine every node shares its cores: the ratio
 between node counts says how far the cluster's coordination lets work spread, not what more
 machines would add. Needs root (network namespaces).
+
+`python -m bench.multihost --takeover 5` measures instead, on 3 nodes, how long a dead node's
+work waits: each round holds downloads on every node (a source that trickles until released),
+kills every process on node1's host once two of its downloads run, and reads from the log the
+time from the kill to each of those downloads starting again on another node. The cluster's
+timings are the test harness's (`TIMINGS` in tests/cluster/multihost.py), printed with the
+result: the takeover time follows from them (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -15,12 +22,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import tempfile
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.arguments import add_database_url
 from bench.cluster import spool_cluster
-from tests.cluster.multihost import multihost
+from tests.cluster.multihost import TIMINGS, MultiHost, multihost
 from tests.cluster.network import namespaces_unavailable
 from tests.fixtures.media import make_clip
 
@@ -64,6 +75,77 @@ async def run(server_url: str, media: Path, nodes: int, jobs: int, seconds: floa
     return Run(nodes, jobs, completed, float(span))
 
 
+_STARTS = """
+SELECT stream_id, data->>'node_id' AS node_id, recorded_at
+FROM events
+WHERE type = 'StageStarted' AND data->>'stage' = 'download' AND stream_id = ANY($1::text[])
+ORDER BY position
+"""
+
+HELD = 9
+"""Held downloads a round starts: more than the three nodes' download slots (two each)."""
+
+
+async def _download_starts(
+    cluster: MultiHost, jobs: list[str]
+) -> dict[str, list[tuple[str, datetime]]]:
+    """Each job's download starts, in order: (node, when)."""
+    rows = await cluster.store.pool.fetch(_STARTS, [f"job-{j}" for j in jobs])
+    found: dict[str, list[tuple[str, datetime]]] = {}
+    for r in rows:
+        found.setdefault(r["stream_id"].removeprefix("job-"), []).append(
+            (r["node_id"], r["recorded_at"])
+        )
+    return found
+
+
+async def takeover_round(cluster: MultiHost, seconds: float) -> list[float]:
+    """Kill node1 while two of its downloads run; seconds from the kill to each one's restart
+    elsewhere."""
+    held, gate = cluster.db.media.held_url("clip.mp4")
+    jobs = await cluster.create_jobs({"url": held, "filename": f"held{i}"} for i in range(HELD))
+    deadline = time.monotonic() + seconds
+    while True:
+        starts = await _download_starts(cluster, jobs)
+        victims = [j for j, s in starts.items() if [n for n, _ in s] == ["node1"]]
+        if len(victims) >= 2:
+            break
+        assert time.monotonic() < deadline, "node1 never ran two downloads"
+        await asyncio.sleep(0.1)
+    cluster.nodes["node1"].kill()
+    killed_at = datetime.now(UTC)
+    gate.set()
+    while True:
+        starts = await _download_starts(cluster, jobs)
+        restarted = [s[1][1] for j in victims if len(s := starts.get(j, [])) > 1]
+        if len(restarted) == len(victims):
+            break
+        assert time.monotonic() < deadline, f"not taken over: {victims}"
+        await asyncio.sleep(0.1)
+    await cluster.wait_ended(jobs, seconds)
+    return [(at - killed_at).total_seconds() for at in restarted]
+
+
+async def takeover(server_url: str, media: Path, rounds: int, seconds: float) -> list[float]:
+    """`rounds` node deaths on one 3-node cluster (node1 restarted between them)."""
+    found: list[float] = []
+    async with spool_cluster(server_url, "takeover") as made:
+        with tempfile.TemporaryDirectory(prefix="spool-bench-hosts-") as root:
+            async with multihost(
+                database_url=made.database_url,
+                redis_url=made.redis_url,
+                media_root=media,
+                root=Path(root),
+                nodes=3,
+            ) as cluster:
+                for n in range(rounds):
+                    await cluster.restore()
+                    took = await takeover_round(cluster, seconds)
+                    print(f"round {n + 1}: " + ", ".join(f"{t:.1f} s" for t in took), flush=True)
+                    found += took
+    return found
+
+
 async def amain(args: argparse.Namespace) -> None:
     reason = namespaces_unavailable()
     if reason is not None:
@@ -72,6 +154,14 @@ async def amain(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="spool-bench-media-") as folder:
         media = Path(folder)
         make_clip(media / "clip.mp4", args.clip_seconds, width=160, height=120)
+        if args.takeover:
+            took = await takeover(args.database_url, media, args.takeover, args.timeout)
+            print(
+                f"\nnode death to its downloads running elsewhere, {len(took)} downloads: "
+                f"median {statistics.median(took):.1f} s, min {min(took):.1f} s, "
+                f"max {max(took):.1f} s\n(timings: {TIMINGS})"
+            )
+            return
         runs = []
         for nodes in counts:
             print(f"{nodes} node(s): {args.jobs} jobs", flush=True)
@@ -94,17 +184,18 @@ def main() -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "SPOOL_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-        help="a PostgreSQL server to create the bench databases on",
-    )
+    add_database_url(parser)
     parser.add_argument("--nodes", default="1,2,3", help="node counts to run")
     parser.add_argument("--jobs", type=int, default=60)
     parser.add_argument("--clip-seconds", type=float, default=1.0)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
+    parser.add_argument(
+        "--takeover",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="measure node death to takeover over ROUNDS kills instead of throughput",
+    )
     asyncio.run(amain(parser.parse_args()))
 
 

@@ -82,6 +82,7 @@ import psutil
 from arq.connections import ArqRedis
 
 from bench import pipeline_arq
+from bench.arguments import add_database_url
 from bench.harness import (
     median,
     percentile,
@@ -1068,13 +1069,7 @@ def main() -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "SPOOL_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-        help="a PostgreSQL server to create the bench databases on",
-    )
+    add_database_url(parser)
     parser.add_argument(
         "--redis-url",
         default="redis://127.0.0.1:6379/15",

@@ -41,6 +41,7 @@ from typing import Any
 from arq.connections import ArqRedis
 from arq.worker import Worker, func
 
+from bench.arguments import add_database_url
 from bench.cluster import Cluster, spool_cluster
 from spool.adapters.database import create_pool
 from spool.adapters.event_store import EventStore
@@ -53,7 +54,6 @@ from spool.reactors.worker import Node, RunningUnit
 from spool.runtime import open_runtime
 from spool.serve import stop_on_signals
 
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ARQ_DOWNLOAD = "bench:noop:download"
 ARQ_DONE = "bench:noop:done"
 
@@ -349,7 +349,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for kind in ("spool-node", "arq-node"):
         child = sub.add_parser(kind, help="(internal) one worker process, set up by SPOOL_*")
         child.add_argument("--concurrency", type=int, required=True)
-    p.add_argument("--database-url", default=DEFAULT_URL, help="server to create a database on")
+    add_database_url(p)
     p.add_argument("--workers", type=int, default=1, help="worker processes per side")
     p.add_argument("--jobs", type=int, default=200, help="jobs per throughput run")
     p.add_argument("--latency-jobs", type=int, default=20, help="jobs one at a time per round")

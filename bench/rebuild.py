@@ -42,6 +42,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from bench.arguments import add_database_url
 from bench.harness import percentile, read_ready_line
 from bench.verify import _heartbeat, _job_events
 from spool.adapters.database import create_database, create_pool, drop_database, migrate
@@ -55,7 +56,6 @@ from spool.keys import issue
 from spool.reactors.projection import ProjectionRunner
 from tests.fixtures.processes import REPO_ROOT, child_env, start_module, stop_processes
 
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 CHUNK = 20_000
 COLUMNS = ["stream_id", "version", "type", "schema_version", "data", "metadata"]
 
@@ -250,7 +250,7 @@ async def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--database-url", default=DEFAULT_URL, help="server to create a database on")
+    add_database_url(p)
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--heartbeat-share", type=float, default=0.3, help="of all events")
     p.add_argument("--nodes", type=int, default=10)

@@ -46,13 +46,13 @@ import msgspec
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
+from bench.arguments import add_database_url
 from bench.event_store import new_event
 from spool.adapters.database import create_database, create_pool, drop_database, migrate
 from spool.adapters.event_store import ORIGIN, EventStore, checkpoint_of
 from spool.domain.events import Metadata, NewEvent
 from spool.domain.job import JobCreated
 
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 TOPIC = "spool.domain.job:JobCreated"
 
 
@@ -303,7 +303,7 @@ def summary(all_modes: Sequence[Mode], args: argparse.Namespace) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--database-url", default=DEFAULT_URL, help="server to create a database on")
+    add_database_url(p)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--single-events", type=int, default=300, help="events/round, 1 writer")
     p.add_argument("--concurrent-events", type=int, default=1600, help="events/round, N writers")

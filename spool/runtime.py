@@ -65,7 +65,9 @@ async def open_runtime(
             redis = await connect(redis_url)
         if run_migrations:
             await migrate(database_url)
-        pool = await create_pool(database_url, max_size=20)
+        pool = await create_pool(
+            database_url, max_size=20, peer_timeout=settings.database_peer_timeout
+        )
         store = EventStore(pool)
         runner = ProjectionRunner(store, all_projections())
         storage = storage_from_url(settings.storage_url, data_dir=settings.data_dir)

@@ -33,7 +33,7 @@ from spool.reactors.projection import ProjectionRunner
 from tests.cluster_api_helpers import FreshApi, fresh_api
 from tests.fixtures.databases import Databases
 from tests.fixtures.embedded_postgres import postgres_data_dir
-from tests.fixtures.processes import kill_processes_on_redis
+from tests.fixtures.processes import kill_processes_on_redis, spawned_since_last_check
 from tests.fixtures.redis_database import own_redis_database
 
 # Fixtures for real media (FFmpeg + loopback HTTP) and a real S3 server (moto) live beside this.
@@ -88,21 +88,25 @@ def unclaimed_redis(redis_url: str) -> Iterator[None]:
     yet claimed by the cluster of a test before it (adapters/cluster_identity.py), and ends
     with no process of its own left on it, which would take the next test's units or claim
     the Redis again for this test's cluster."""
-    kill_processes_on_redis(redis_url)  # left by a test that failed before its own check
+    if spawned_since_last_check():
+        kill_processes_on_redis(redis_url)  # left by a test that failed before its own check
     _unclaim(redis_url)
     yield
-    left = kill_processes_on_redis(redis_url)
+    left = kill_processes_on_redis(redis_url) if spawned_since_last_check() else []
     # Also after: a module-scoped fixture of the next test starts before this fixture does.
     _unclaim(redis_url)
     assert left == [], f"the test left processes running on its Redis: {left}"
 
 
+_unclaiming: dict[str, redis.Redis] = {}
+
+
 def _unclaim(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        client.delete(CLUSTER_KEY)
-    finally:
-        client.close()
+    # One connection for the whole run: a new one per test costs more than the DELETE.
+    client = _unclaiming.get(redis_url)
+    if client is None:
+        client = _unclaiming[redis_url] = redis.Redis.from_url(redis_url)
+    client.delete(CLUSTER_KEY)
 
 
 @pytest.fixture(scope="session")

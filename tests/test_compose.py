@@ -52,8 +52,9 @@ def test_the_cluster_has_its_engines_an_api_reactors_and_several_workers(
     assert sum(c[:2] == ["spool", "worker"] for c in commands.values()) >= 2
     assert commands["api"][:2] == ["spool", "api"] and "--processes" in commands["api"]
     assert commands["reactors"][:2] == ["spool", "reactors"]
-    node_ids = [c[c.index("--node-id") + 1] for c in commands.values() if c[1] == "worker"]
-    assert len(set(node_ids)) == len(node_ids)  # each node its own id
+    workers = [name for name, c in commands.items() if c[1] == "worker"]
+    node_ids = [services[name]["environment"].get("SPOOL_NODE_ID") for name in workers]
+    assert None not in node_ids and len(set(node_ids)) == len(node_ids)  # each its own id
 
 
 def test_the_bucket_is_created_before_spool_starts(compose: dict[str, Any]) -> None:

@@ -108,6 +108,36 @@ async def test_metrics_count_jobs_by_status_and_step(api: FreshApi) -> None:
     assert _value(samples, "spool_stage_duration_seconds_bucket", stage="mux", le="15.0") == 1
 
 
+async def test_queue_age_is_how_long_the_oldest_unit_of_each_stage_has_waited_for_a_node(
+    api: FreshApi,
+) -> None:
+    # w1 and w2 wait for a download (w1 for two minutes), w3 for its upload; r1 runs its mux
+    # (it shows progress), h1 is held in a paused batch and d1 has finished: none of those waits.
+    await api.pool.execute(
+        """
+        INSERT INTO jobs (job_id, account_id, url, status, step, created_at, updated_at,
+                          finished_at, version, state)
+        VALUES ('w1', 'acct', 'http://x', 'Pending', 'Queued', now() - interval '2 min',
+                now() - interval '120 s', NULL, 1, '{}'),
+               ('w2', 'acct', 'http://x', 'Pending', 'Queued', now(), now() - interval '5 s',
+                NULL, 1, '{}'),
+               ('w3', 'acct', 'http://x', 'Processing', 'Muxing', now() - interval '1 h',
+                now() - interval '30 s', NULL, 4, '{"stage": "upload"}'),
+               ('r1', 'acct', 'http://x', 'Processing', 'Muxing', now() - interval '1 h',
+                now() - interval '1 h', NULL, 4,
+                '{"stage": "mux", "progress": {"stage": "mux", "percent": 10.0}}'),
+               ('h1', 'acct', 'http://x', 'Pending', 'Queued', now() - interval '1 h',
+                now() - interval '1 h', NULL, 1, '{"held": true}'),
+               ('d1', 'acct', 'http://x', 'Completed', 'Finished', now() - interval '1 h',
+                now() - interval '1 h', now(), 5, '{"stage": "upload"}')
+        """
+    )
+    samples = await _scrape(api)
+    assert 120 <= _value(samples, "spool_queue_oldest_seconds", stage="download") < 300
+    assert 30 <= _value(samples, "spool_queue_oldest_seconds", stage="upload") < 300
+    assert _value(samples, "spool_queue_oldest_seconds", stage="mux") == 0
+
+
 async def test_metrics_answer_an_admin_key_or_the_scrape_token_and_nobody_else(
     api: FreshApi,
 ) -> None:

@@ -216,6 +216,30 @@ async def stage_times(pool: asyncpg.Pool, buckets: Sequence[float]) -> list[asyn
     )
 
 
+# A unit waits from the event that made it current (the job's creation, release or retry, the
+# previous stage's completion, a failed attempt's retry) until a node starts it: its job is
+# neither finished nor held and shows no progress (`domain.job.evolve` sets `progress` on
+# StageStarted and clears it on every hand-on). Defaults are omitted from `state`: a missing
+# `stage` is download, a missing `held` is false.
+_OLDEST_WAITING = """
+SELECT coalesce(state->>'stage', 'download') AS stage,
+       extract(epoch FROM now() - min(updated_at))::float8 AS age
+FROM jobs
+WHERE status <> ALL($1::text[]) AND NOT state ? 'progress'
+  AND NOT coalesce((state->>'held')::boolean, false)
+GROUP BY 1
+"""
+
+
+async def oldest_waiting(pool: asyncpg.Pool) -> dict[str, float]:
+    """Per stage, how long (s) the oldest unit waiting for a node has waited; 0 for a stage
+    with none waiting, so every stage is always reported."""
+    waiting: dict[str, float] = {stage: 0.0 for stage in job.STEP_OF}
+    for row in await pool.fetch(_OLDEST_WAITING, _TERMINAL):
+        waiting[row["stage"]] = max(0.0, row["age"])
+    return waiting
+
+
 _BY_STATUS = """
 SELECT status, count(*), count(*) FILTER (WHERE created_at >= $2)
 FROM jobs WHERE account_id = $1 GROUP BY status

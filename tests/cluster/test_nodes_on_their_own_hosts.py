@@ -5,12 +5,15 @@ each job's files stay on the node that downloaded them, and a node that dies los
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
+import yaml
 
 from spool.domain import node
 from tests.cluster.multihost import TIMINGS, MultiHost
@@ -79,6 +82,70 @@ async def test_sixty_jobs_spread_over_three_nodes_and_each_stays_on_its_download
         # Every stage of the run that completed, its start and its end, names that node.
         assert set(_node_of(last, "StageStarted", "MuxCompleted", "JobCompleted")) == {node}, last
     await _assert_nothing_lost(cluster, jobs)
+
+
+SHARED = (
+    "SPOOL_DATABASE_URL",
+    "SPOOL_REDIS_URL",
+    "SPOOL_STORAGE_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "SPOOL_SECRET_KEY",
+)
+"""What every process of a cluster must be given alike, on every machine."""
+
+TEST_ONLY = {
+    **dict.fromkeys(TIMINGS, "timings shortened so that tests wait less"),
+    "SPOOL_RATE_LIMIT": "one test client submits far faster than a user may",
+    "SPOOL_URL_ALLOWLIST": "the test's media server is on a private address, refused by default",
+}
+"""What the harness gives its processes that a production cluster leaves at its default."""
+
+COMPOSE_SERVICES = {"api": "api", "reactors": "reactors", "node1": "worker-1", "node2": "worker-2"}
+"""The harness's process each compose service is the production form of."""
+
+COMPOSE_ADDS = {"api": {"SPOOL_DATA_DIR"}, "reactors": {"SPOOL_DATA_DIR"}}
+"""What compose gives that the harness does not: the harness leaves the API's and the reactors'
+data dir (the API's media cache) at its default, in the test machine's home; a container
+keeps it on a volume of its own."""
+
+
+def _given(pid: int) -> dict[str, str]:
+    """What the harness set in a process's environment: what it holds that this process does
+    not hold alike (pytest's PYTEST_* change from test to test)."""
+    env = psutil.Process(pid).environ()
+    return {k: v for k, v in env.items() if os.environ.get(k) != v and not k.startswith("PYTEST_")}
+
+
+async def test_compose_gives_each_service_the_environment_its_host_ran_with(
+    cluster: MultiHost,
+) -> None:
+    """compose.yaml is the production form of this cluster: each service is given every
+    variable its process here was given (less the test's own, `TEST_ONLY`), and no other but
+    its data dir; what is shared here is shared there, and what is a node's own is its own."""
+    ran = {
+        "api": _given(cluster.api.procs.procs["api"].pid),
+        "reactors": _given(cluster.api.procs.procs["reactors"].pid),
+        **{name: _given(h.procs.procs[name].pid) for name, h in cluster.nodes.items()},
+    }
+    for name in SHARED:
+        assert len({env[name] for env in ran.values()}) == 1, f"{name} differs between hosts"
+    for own in ("SPOOL_NODE_ID", "SPOOL_DATA_DIR", "TMPDIR"):
+        assert len({ran[n][own] for n in cluster.nodes}) == len(cluster.nodes), own
+
+    compose = yaml.safe_load((Path(__file__).parents[2] / "compose.yaml").read_text())
+    services = compose["services"]
+    for process, service in COMPOSE_SERVICES.items():
+        # A container's /tmp is its own, as each node's temp dir is here.
+        needed = set(ran[process]) - set(TEST_ONLY) - {"TMPDIR"}
+        given = set(services[service]["environment"])
+        assert needed <= given, f"{service} lacks {needed - given}"
+        assert given - needed <= COMPOSE_ADDS.get(process, set()), f"{service}: {given - needed}"
+    for name in SHARED:
+        values = {str(s["environment"][name]) for s in services.values() if s.get("build")}
+        assert len(values) == 1, f"compose services differ in {name}: {values}"
+    node_ids = [services[s]["environment"]["SPOOL_NODE_ID"] for s in ("worker-1", "worker-2")]
+    assert len(set(node_ids)) == 2
 
 
 async def test_a_node_killed_mid_download_has_its_downloads_taken_over_by_another(
