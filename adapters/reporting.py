@@ -20,7 +20,7 @@ from collections.abc import Collection, Iterable, Mapping
 
 import asyncpg
 
-from spool.adapters.read_models.nodes import configured_timeout, online
+from spool.adapters.read_models.nodes import configured_timeout, online, work_state_sql
 
 SCHEMA = "reporting"
 
@@ -148,7 +148,12 @@ SELECT n.node_id::text AS node_id,
        (n.usage->>'memory_used')::bigint AS memory_used_bytes,
        (n.usage->>'memory_total')::bigint AS memory_total_bytes,
        (n.usage->>'disk_free')::bigint AS disk_free_bytes,
-       (n.usage->>'disk_total')::bigint AS disk_total_bytes
+       (n.usage->>'disk_total')::bigint AS disk_total_bytes,
+       {work_state_sql("n")}::text AS state,
+       n.draining_since::timestamptz AS draining_since,
+       n.quarantined_since::timestamptz AS quarantined_since,
+       n.quarantine_reason::text AS quarantine_reason,
+       n.disk_floor::text AS disk_floor
 FROM public.nodes n
 """,
     "node_minutes": """

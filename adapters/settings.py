@@ -10,6 +10,8 @@ from pathlib import Path
 import msgspec
 import platformdirs
 
+from spool.domain.node_health import DiskFloor, parse_disk_floor
+
 _NUMERIC_ENV = {
     "stage_attempts": "SPOOL_STAGE_ATTEMPTS",
     "retry_backoff": "SPOOL_RETRY_BACKOFF",
@@ -31,6 +33,8 @@ _NUMERIC_ENV = {
     "hls_builds": "SPOOL_HLS_BUILDS",
     "hls_builds_per_account": "SPOOL_HLS_BUILDS_PER_ACCOUNT",
     "hls_build_wait": "SPOOL_HLS_BUILD_WAIT",
+    "quarantine_after": "SPOOL_QUARANTINE_AFTER",
+    "quarantine_probe_interval": "SPOOL_QUARANTINE_PROBE_INTERVAL",
 }
 
 _FLAG_ENV = {
@@ -103,6 +107,16 @@ class Settings(msgspec.Struct, kw_only=True):
     hls_builds: int = 4
     hls_builds_per_account: int = 2
     hls_build_wait: float = 15.0
+    # Node health (domain/node_health.py): node-side unit failures in a row that quarantine a
+    # node (0: never; read by the reactors), seconds a quarantined node waits before each probe
+    # unit (read by the node), and the free disk below which a node takes no download: bytes
+    # ("5000000000") or a percent of its disk ("5%"), "0" for none (read by the node).
+    quarantine_after: int = 5
+    quarantine_probe_interval: float = 300.0
+    disk_floor: str = "0"
+
+    def __post_init__(self) -> None:
+        parse_disk_floor(self.disk_floor)  # a malformed floor stops the process at its start
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -132,12 +146,18 @@ class Settings(msgspec.Struct, kw_only=True):
             values["node_id"] = env["SPOOL_NODE_ID"]
         if env.get("SPOOL_GEOIP_DATABASE"):
             values["geoip_database"] = Path(env["SPOOL_GEOIP_DATABASE"])
+        if env.get("SPOOL_DISK_FLOOR"):
+            values["disk_floor"] = env["SPOOL_DISK_FLOOR"]
         if env.get("SPOOL_DATA_DIR"):
             values["data_dir"] = Path(env["SPOOL_DATA_DIR"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "data_dir" in values:
             values["data_dir"] = Path(str(values["data_dir"])).expanduser()
         return msgspec.convert(values, cls, strict=False)
+
+    def resolved_disk_floor(self) -> DiskFloor:
+        """The free-disk floor `disk_floor` says."""
+        return parse_disk_floor(self.disk_floor)
 
     def resolved_public_url(self) -> str:
         """Where clients reach the API: `SPOOL_PUBLIC_URL`, else the API's own address."""

@@ -121,14 +121,20 @@ def usage(data_dir: Path) -> Usage:
     """Current CPU, memory and disk use; CPU is the average since the previous call (over at
     least a tenth of a second: the first call of a process waits that long)."""
     memory = psutil.virtual_memory()
-    disk = shutil.disk_usage(data_dir if data_dir.exists() else Path.home())
+    free, total = disk_space(data_dir)
     return Usage(
         cpu_percent=_CPU.percent(),
         memory_used=memory.total - memory.available,
         memory_total=memory.total,
-        disk_free=disk.free,
-        disk_total=disk.total,
+        disk_free=free,
+        disk_total=total,
     )
+
+
+def disk_space(data_dir: Path) -> tuple[int, int]:
+    """Free and total bytes of the disk that holds `data_dir` (the home's before it exists)."""
+    disk = shutil.disk_usage(data_dir if data_dir.exists() else Path.home())
+    return disk.free, disk.total
 
 
 @functools.cache

@@ -121,3 +121,15 @@ cluster_identity = sa.Table(
     sa.Column("one", sa.Boolean, nullable=False, server_default=sa.true(), unique=True),
     sa.CheckConstraint("one", name="cluster_identity_one_row"),
 )
+
+# Not a projection and not the log: the node health reactor's working state
+# (reactors/node_health.py), written under its checkpoint: each node's node-side unit failures
+# since its last success or release, the newest last, and whether the log last said it is
+# quarantined.
+node_failures = sa.Table(
+    "node_failures",
+    metadata,
+    sa.Column("node_id", sa.Text, primary_key=True),
+    sa.Column("failures", pg.JSONB, nullable=False, server_default="[]"),
+    sa.Column("quarantined", sa.Boolean, nullable=False, server_default=sa.false()),
+)

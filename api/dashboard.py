@@ -20,7 +20,7 @@ from spool.api.cluster_reads import may_read_cluster
 from spool.api.errors import JobApiError
 from spool.api.guards import KEYLESS
 from spool.api.services import Services, services_of
-from spool.domain.node import WorkState, work_state
+from spool.domain.node import WorkState
 
 STATIC_DIR = Path(__file__).parent / "static"
 """The page's HTML, CSS and JS: plain files, shipped as package data (no build step)."""
@@ -60,7 +60,10 @@ class NodeView(msgspec.Struct):
     ip: str
     online: bool
     state: WorkState
-    """Whether it takes new work (`domain.node.work_state`): "active", or "draining"."""
+    """Whether it takes new work (`domain.node.work_state`): "active", "quarantined",
+    "draining" or "disk_floor"."""
+    state_reason: str | None
+    """Why it takes no new work; None while active."""
     heartbeat_age_seconds: float | None
     cpu_percent: float | None
     memory_percent: float | None
@@ -185,9 +188,11 @@ class DashboardController(Controller):
                     memory_percent=None if r[8] is None else round(r[8], 1),
                     online=r[9],
                     heartbeat_age_seconds=None if r[10] is None else round(r[10], 1),
-                    state=work_state(r[11]),
+                    state=work[0],
+                    state_reason=work[1],
                 )
                 for r in rows
+                for work in [node_rows.work_of(r)]
             ]
         )
 

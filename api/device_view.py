@@ -2,8 +2,8 @@
 
 A device is online by the one rule of adapters/read_models/nodes.py (not stopped, and a heartbeat
 younger than the heartbeat config's `timeout`); removed devices are not shown at all. Its `state`
-says whether it takes new work (`domain.node.work_state`): "active", or "draining" once an admin
-drained it.
+says whether it takes new work (`domain.node.work_state`): "active", or "quarantined",
+"draining" or "disk_floor" when it takes none, with why in `state_reason`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from spool.adapters.read_models.nodes import DeviceFilter, device_rows
+from spool.adapters.read_models.nodes import DeviceFilter, device_rows, work_of
 from spool.api.envelope import iso
-from spool.domain.node import WorkState, work_state
+from spool.domain.node import WorkState
 
 _GB = 1024**3
 
@@ -32,13 +32,15 @@ class Capabilities(msgspec.Struct):
 
 
 class Device(msgspec.Struct):
-    """The seed's device object, and whether it takes new work (`state`, Spool's)."""
+    """The seed's device object, and whether it takes new work (`state`, and why not in
+    `state_reason`: Spool's)."""
 
     device_id: str
     role: str
     platform: str
     status: str
     state: WorkState
+    state_reason: str | None
     ip_address: str
     last_heartbeat: str | None
     uptime: str
@@ -106,12 +108,14 @@ def capabilities(row: asyncpg.Record) -> Capabilities:
 
 def device(row: asyncpg.Record) -> Device:
     online = bool(row["online"])
+    state, reason = work_of(row)
     return Device(
         device_id=row["node_id"],
         role=row["role"],
         platform=row["platform"],
         status="online" if online else "offline",
-        state=work_state(row["draining_since"] is not None),
+        state=state,
+        state_reason=reason,
         ip_address=row["ip"],
         last_heartbeat=iso(row["last_heartbeat_at"]),
         # Online: up since it registered. Offline: not up at all.

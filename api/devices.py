@@ -1,4 +1,5 @@
-"""`/api/v1/devices`: Spool's worker nodes, their status, a real ping, drain and removal."""
+"""`/api/v1/devices`: Spool's worker nodes, their status, a real ping, drain, release from a
+quarantine, and removal."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from litestar.di import Provide
 
 from spool.adapters.event_store import EventStore
 from spool.adapters.queue import node_queue
-from spool.adapters.read_models.nodes import DeviceFilter, all_rows, device_row
+from spool.adapters.read_models.nodes import DeviceFilter, all_rows, device_row, work_of
 from spool.api.auth import Principal
 from spool.api.cluster_reads import cluster_reader
 from spool.api.device_view import (
@@ -43,9 +44,9 @@ from spool.api.envelope import (
 )
 from spool.api.requests import command_metadata
 from spool.api.services import Services
-from spool.application.nodes import drain_node, remove_node, undrain_node
+from spool.application.nodes import drain_node, release_node, remove_node, undrain_node
 from spool.domain.events import Metadata
-from spool.domain.node import NodeState, UnknownNode, WorkState, work_state
+from spool.domain.node import WORK_STATE_ORDER, NodeState, UnknownNode, WorkState, work_state
 
 PING_TIMEOUT = 5.0
 """How long a ping waits for the node's answer before calling it unreachable."""
@@ -66,10 +67,12 @@ class ActiveWork(msgspec.Struct):
 
 class DevicesSummary(ClusterDeviceStats):
     """`GET /api/v1/devices/summary`: the seed's `cluster_stats`, with counts by status and
-    tag and the work running now."""
+    tag, online devices by work state (as `/metrics` counts `spool_nodes`), and the work
+    running now."""
 
     by_status: ByStatus
     by_tag: dict[str, int]
+    by_state: dict[WorkState, int]
     active_work: ActiveWork
 
 
@@ -97,6 +100,7 @@ class DeviceStatus(msgspec.Struct):
     device_id: str
     status: str
     state: WorkState
+    state_reason: str | None
     health: str
     last_heartbeat: str | None
     heartbeat_age_seconds: float | None
@@ -123,12 +127,14 @@ class DeviceRemoved(msgspec.Struct):
 
 
 class DeviceDrain(msgspec.Struct):
-    """A device's drain after the request: its `state` as the device list shows it, and since
-    when it drains (None once undrained)."""
+    """A device after a drain, undrain or release: its `state` as the device list shows it
+    (but for the disk floor, which its next heartbeat says), since when it drains (None once
+    undrained) and since when it is quarantined (None once released)."""
 
     device_id: str
     state: WorkState
     draining_since: str | None
+    quarantined_since: str | None
 
 
 async def _drain_command(
@@ -139,25 +145,34 @@ async def _drain_command(
     command: Callable[[EventStore, str, Metadata], Awaitable[NodeState]],
     message: str,
 ) -> Response[Envelope[DeviceDrain]]:
-    """Run a drain or undrain on `device_id` for its admin; the device's work state, or 404."""
+    """Run a drain, undrain or release on `device_id` for its admin; the device's work state,
+    or 404."""
     meta = command_metadata(request, f"key:{principal.key_id}")
     try:
         state = await command(services.store, device_id, meta)
     except UnknownNode:
         raise _not_found(device_id) from None
+    draining = state.draining_since is not None
     answer = DeviceDrain(
         device_id=state.node_id,
-        state=work_state(state.draining_since is not None),
+        state=work_state(draining, quarantined=state.quarantined_since is not None),
         draining_since=iso(state.draining_since),
+        quarantined_since=iso(state.quarantined_since),
     )
     return success(request, answer, message=message)
 
 
-def _summary(stats: ClusterDeviceStats, by_tag: dict[str, int], work: ActiveWork) -> DevicesSummary:
+def _summary(
+    stats: ClusterDeviceStats,
+    by_tag: dict[str, int],
+    by_state: dict[WorkState, int],
+    work: ActiveWork,
+) -> DevicesSummary:
     return DevicesSummary(
         **msgspec.structs.asdict(stats),
         by_status=ByStatus(online=stats.online_devices, offline=stats.offline_devices),
         by_tag=by_tag,
+        by_state=by_state,
         active_work=work,
     )
 
@@ -211,12 +226,15 @@ class DevicesController(Controller):
             for t in r["tags"]:
                 by_tag[t] = by_tag.get(t, 0) + 1
         online = [r for r in rows if r["online"]]
+        by_state: dict[WorkState, int] = dict.fromkeys(("active", *WORK_STATE_ORDER), 0)
+        for r in online:
+            by_state[work_of(r)[0]] += 1
         work = ActiveWork(
             downloading=sum(r["downloading"] for r in online),
             muxing=sum(r["muxing"] for r in online),
             uploading=sum(r["uploading"] for r in online),
         )
-        return success(request, _summary(stats, dict(sorted(by_tag.items())), work))
+        return success(request, _summary(stats, dict(sorted(by_tag.items())), by_state, work))
 
     @get("/{device_id:str}")
     async def one(
@@ -268,10 +286,12 @@ class DevicesController(Controller):
             uploading=row["uploading"],
             running=list(row["running"]),
         )
+        state, reason = work_of(row)
         answer = DeviceStatus(
             device_id=device_id,
             status="online" if online else "offline",
-            state=work_state(row["draining_since"] is not None),
+            state=state,
+            state_reason=reason,
             health=health,
             last_heartbeat=iso(row["last_heartbeat_at"]),
             heartbeat_age_seconds=round(age, 3) if age is not None else None,
@@ -403,6 +423,29 @@ class DevicesController(Controller):
             device_id,
             undrain_node,
             f"Device {device_id} takes new work again",
+        )
+
+    @post(
+        "/{device_id:str}/release",
+        status_code=200,
+        dependencies={"principal": Provide(cluster_admin)},
+    )
+    async def release(
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        device_id: str,
+    ) -> Response[Envelope[DeviceDrain]]:
+        """Release a quarantined device: it takes new work again (unless drained), and its
+        failures in a row count from zero. A device not quarantined stays as it is."""
+        return await _drain_command(
+            request,
+            services,
+            principal,
+            device_id,
+            release_node,
+            f"Device {device_id} is released from its quarantine",
         )
 
 

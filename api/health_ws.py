@@ -101,6 +101,7 @@ def node_report(row: asyncpg.Record) -> dict[str, Any] | None:
     usage, caps = _json(row["usage"]), _json(row["capabilities"])
     if not usage:
         return None
+    state, reason = node_rows.work_of(row)
     cpu = float(usage.get("cpu_percent", 0.0))
     total, used = int(usage.get("memory_total", 0)), int(usage.get("memory_used", 0))
     return {
@@ -128,6 +129,8 @@ def node_report(row: asyncpg.Record) -> dict[str, Any] | None:
             "hostname": row["hostname"],
             "ip": row["ip"],
             "last_heartbeat": _iso(row["last_heartbeat_at"]),
+            "state": state,
+            "state_reason": reason,
         },
     }
 

@@ -1,11 +1,11 @@
 """`GET /metrics`: Prometheus text, gathered from the projections at each scrape.
 
-The seed's `retire_cluster_devices_total` and `retire_cluster_tasks_total`, plus jobs by status
-and step, stage durations, how long the oldest unit of each stage has waited for a node,
-attempts handed on because their lease expired, this process's event-store append latency,
-projection lag, and the probes of users' sources this process runs now. The alert rules and the
-dashboard in deploy/ are written over these names (tests/test_monitoring.py holds them to a real
-scrape).
+The seed's `retire_cluster_devices_total` and `retire_cluster_tasks_total`, plus online nodes by
+work state (`spool_nodes{state=...}`, `domain.node.work_state`), jobs by status and step, stage
+durations, how long the oldest unit of each stage has waited for a node, attempts handed on
+because their lease expired, this process's event-store append latency, projection lag, and
+the probes of users' sources this process runs now. The alert rules and the dashboard in
+deploy/ are written over these names (tests/test_monitoring.py holds them to a real scrape).
 """
 
 from __future__ import annotations
@@ -67,6 +67,13 @@ async def _families(pool: asyncpg.Pool, types: Mapping[str, frozenset[str]]) -> 
     )
     devices.add_metric(["online"], online)
     devices.add_metric(["offline"], total - online)
+    by_state = GaugeMetricFamily(
+        "spool_nodes",
+        "Online nodes by work state: active, quarantined, draining, disk_floor",
+        labels=["state"],
+    )
+    for state, n in (await node_rows.online_by_state(pool)).items():
+        by_state.add_metric([state], n)
 
     jobs = GaugeMetricFamily(
         "spool_jobs_total", "Jobs by status and step", labels=["status", "step"]
@@ -167,6 +174,7 @@ async def _families(pool: asyncpg.Pool, types: Mapping[str, frozenset[str]]) -> 
         checkpoint_age.add_metric([cp["name"]], cp["age"])
     return [
         devices,
+        by_state,
         tasks,
         by_type,
         task_seconds,

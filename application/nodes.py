@@ -1,5 +1,6 @@
 """Node commands: take a node out of the cluster (it shows again only once it registers anew),
-and drain or undrain it (it finishes what it runs and takes nothing new, or takes work again)."""
+drain or undrain it (it finishes what it runs and takes nothing new, or takes work again), and
+release it from a quarantine."""
 
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ async def undrain_node(store: EventStore, node_id: str, meta: Metadata) -> node.
     """Let the node take new work again; nothing changes if it is not draining. An unknown or
     removed node raises `UnknownNode`."""
     return await _decide(store, node_id, node.undrain, meta)
+
+
+async def release_node(store: EventStore, node_id: str, meta: Metadata) -> node.NodeState:
+    """End the node's quarantine: it takes work again (unless drained). Nothing changes if it
+    is not quarantined; an unknown or removed node raises `UnknownNode`."""
+    return await _decide(store, node_id, node.release, meta)
 
 
 async def _decide(

@@ -19,6 +19,7 @@ from spool.domain.errors import InvalidTransition
 from spool.domain.events import Event, event, registry
 from spool.domain.job_options import JobOptions as JobOptions
 from spool.domain.job_options import output_ext as output_ext
+from spool.domain.node_health import Blame
 from spool.domain.storage_config import StorageConfigured
 
 JobStatus = Literal["Pending", "Processing", "Completed", "Failed", "Cancelled"]
@@ -196,6 +197,9 @@ class StageFailed(Event, frozen=True, kw_only=True):
     unfinished_uploads: list[str] = msgspec.field(default_factory=list)
     """Multipart uploads the attempt began and could not abort (the storage was gone by then):
     kept on the job until a later upload aborts them, since their parts cost storage."""
+    blame: Blame | None = None
+    """Whose fault the failure is (domain/node_health.py); None in failures recorded before
+    failures carried one."""
     lease_expired: bool = False
     """The reconciler handed the attempt on because its node's lease on it expired
     (domain/lease.py): the node stopped saying it runs it, not the work that failed."""
@@ -444,12 +448,16 @@ def fail_stage(
     backoff: float = 2.0,
     restart_from_download: bool = False,
     unfinished_uploads: Sequence[str] = (),
+    blame: Blame | None = None,
     lease_expired: bool = False,
 ) -> list[Event]:
     """An attempt failed: retry it with exponential backoff, or fail the job when out of tries.
 
-    `restart_from_download` is for a lost node: its local files went with it. `lease_expired`:
-    the failure is the reconciler's, on an expired lease (`StageFailed.lease_expired`).
+    `restart_from_download` is for a lost node: its local files went with it. `blame` says whose
+    fault it is; None (the reconciler's verdicts on a lost node or worker, an expired lease) is
+    no one's in particular and counts toward no quarantine: a lost node is gone, or restarts
+    clean. `lease_expired`: the failure is the reconciler's, on an expired lease
+    (`StageFailed.lease_expired`).
     """
     _require_current(state, stage, run, attempt)
     spent = attempt - state.interruptions  # an attempt cut short by a shutdown is not one
@@ -467,6 +475,7 @@ def fail_stage(
                 retry_attempt=attempt + 1,
                 retry_in=backoff * 2 ** (spent - 1),
                 unfinished_uploads=list(unfinished_uploads),
+                blame=blame,
                 lease_expired=lease_expired,
             )
         ]
@@ -479,6 +488,7 @@ def fail_stage(
             reason=reason,
             error_type=error_type,
             unfinished_uploads=list(unfinished_uploads),
+            blame=blame,
             lease_expired=lease_expired,
         ),
         JobFailed(run=run, stage=stage, reason=reason, error_type=error_type),

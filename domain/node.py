@@ -1,4 +1,5 @@
-"""Worker nodes: registration, the once-a-second heartbeat, and an admin's drain."""
+"""Worker nodes: registration, the once-a-second heartbeat, an admin's drain, and a quarantine
+(units failing in a row on the node) that an admin or a probe job completing on it ends."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import msgspec
 from spool.domain.aggregate import Aggregate
 from spool.domain.errors import NotFound
 from spool.domain.events import Event, event
+from spool.domain.node_health import UnitFailure
 
 
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
@@ -46,7 +48,7 @@ class NodeStarted(Event, frozen=True, kw_only=True):
 
 
 @event
-class NodeHeartbeat(Event, frozen=True, kw_only=True):
+class NodeHeartbeat(Event, frozen=True, kw_only=True, omit_defaults=True):
     """Sent every second: what the node is doing and how the machine is."""
 
     node_id: str
@@ -57,6 +59,9 @@ class NodeHeartbeat(Event, frozen=True, kw_only=True):
     uploading: int
     running: list[str]
     usage: Usage
+    disk_floor: str | None = None
+    """Why the node takes no new download: its free disk is below its floor
+    (`domain.node_health.below_disk_floor`); None above it, and in older heartbeats."""
 
 
 @event
@@ -86,6 +91,40 @@ class NodeUndrained(Event, frozen=True, kw_only=True):
     node_id: str
 
 
+@event
+class NodeQuarantined(Event, frozen=True, kw_only=True):
+    """Units failed in a row on the node (`failures`, the newest last): it takes no new work
+    until an admin releases it or a probe job completes on it (domain/node_health.py)."""
+
+    node_id: str
+    reason: str
+    failures: list[UnitFailure]
+
+
+@event
+class NodeProbeStarted(Event, frozen=True, kw_only=True):
+    """A quarantined node took one download (`unit`, its queue id) to show whether it works
+    again: the probe is that job's run (`job_id`, `run`), whose mux and upload follow here."""
+
+    node_id: str
+    unit: str
+    job_id: str
+    run: int
+
+
+ReleasedBy = Literal["admin", "probe"]
+
+
+@event
+class NodeReleased(Event, frozen=True, kw_only=True):
+    """The node's quarantine ended: an admin released it, or its probe (the run that began with
+    the download `unit`) completed."""
+
+    node_id: str
+    by: ReleasedBy
+    unit: str | None = None
+
+
 class UnknownNode(NotFound):
     """No node of that id ever registered, or an admin removed it (until it registers again)."""
 
@@ -110,24 +149,40 @@ class NodeState(msgspec.Struct, frozen=True, kw_only=True):
     draining_since: datetime | None = None
     """When an admin drained the node; None while it takes work. A restart keeps it: only an
     undrain ends a drain."""
+    quarantined_since: datetime | None = None
+    """When failures in a row quarantined the node; None while it is not quarantined. A restart
+    keeps it: only a release ends it."""
+    quarantine_reason: str | None = None
+    probe: NodeProbeStarted | None = None
+    """The node's latest probe while quarantined."""
+    probe_started_at: datetime | None = None
     version: int = 0
     """The version of the last event of the node's own stream (heartbeats live in day streams)."""
+
+
+_NODE_FACTS = (  # what the node's fold takes besides its registration
+    NodeHeartbeat,
+    NodeStopped,
+    NodeRemoved,
+    NodeDrainRequested,
+    NodeUndrained,
+    NodeQuarantined,
+    NodeProbeStarted,
+    NodeReleased,
+)
 
 
 def evolve(state: NodeState | None, ev: Event, at: datetime, version: int) -> NodeState | None:
     """The node after one more fact; a heartbeat (from its day stream) moves no version."""
     if isinstance(ev, NodeStarted):
-        # A registration clears a stop and a removal; the last beat and a drain stay.
-        return NodeState(
-            node_id=ev.node_id,
-            started_at=at,
-            last_heartbeat_at=state.last_heartbeat_at if state is not None else None,
-            draining_since=state.draining_since if state is not None else None,
-            version=version,
+        # A registration clears a stop and a removal; the last beat, a drain and a quarantine
+        # stay.
+        if state is None:
+            return NodeState(node_id=ev.node_id, started_at=at, version=version)
+        return msgspec.structs.replace(
+            state, started_at=at, stopped_at=None, removed_at=None, version=version
         )
-    if not isinstance(
-        ev, NodeHeartbeat | NodeStopped | NodeRemoved | NodeDrainRequested | NodeUndrained
-    ):
+    if not isinstance(ev, _NODE_FACTS):
         return state
     known = state if state is not None else NodeState(node_id=ev.node_id)
     if isinstance(ev, NodeHeartbeat):
@@ -139,6 +194,21 @@ def evolve(state: NodeState | None, ev: Event, at: datetime, version: int) -> No
         return msgspec.structs.replace(known, draining_since=at, version=version)
     if isinstance(ev, NodeUndrained):
         return msgspec.structs.replace(known, draining_since=None, version=version)
+    if isinstance(ev, NodeQuarantined):
+        return msgspec.structs.replace(
+            known, quarantined_since=at, quarantine_reason=ev.reason, version=version
+        )
+    if isinstance(ev, NodeProbeStarted):
+        return msgspec.structs.replace(known, probe=ev, probe_started_at=at, version=version)
+    if isinstance(ev, NodeReleased):
+        return msgspec.structs.replace(
+            known,
+            quarantined_since=None,
+            quarantine_reason=None,
+            probe=None,
+            probe_started_at=None,
+            version=version,
+        )
     return msgspec.structs.replace(known, removed_at=at, version=version)
 
 
@@ -165,14 +235,76 @@ def undrain(state: NodeState) -> list[Event]:
     return [NodeUndrained(node_id=state.node_id)]
 
 
-WorkState = Literal["active", "draining"]
-"""Whether a node takes new work, as devices and the dashboard show it (`state`). Quarantine
-and a disk below its floor are the next reasons to join "draining" here (issue 22)."""
+def quarantine(state: NodeState, failures: list[UnitFailure], reason: str) -> list[Event]:
+    """Quarantine the node for `failures` in a row; nothing if it is quarantined already (so a
+    replayed decision records nothing twice) or removed."""
+    if state.removed_at is not None or state.quarantined_since is not None:
+        return []
+    return [NodeQuarantined(node_id=state.node_id, reason=reason, failures=failures)]
 
 
-def work_state(draining: bool) -> WorkState:
-    """The one rule for the `state` every surface shows of a node."""
-    return "draining" if draining else "active"
+def start_probe(state: NodeState, unit: str, job_id: str, run: int) -> list[Event]:
+    """A quarantined node takes the download `unit` of the job's run as its probe; nothing if
+    it is no longer quarantined, or took that unit already."""
+    if state.quarantined_since is None or (state.probe is not None and state.probe.unit == unit):
+        return []
+    return [NodeProbeStarted(node_id=state.node_id, unit=unit, job_id=job_id, run=run)]
+
+
+def release(state: NodeState) -> list[Event]:
+    """An admin ends the node's quarantine; nothing if it is not quarantined. A removed node is
+    refused like one that never was."""
+    _require_known(state)
+    if state.quarantined_since is None:
+        return []
+    return [NodeReleased(node_id=state.node_id, by="admin")]
+
+
+def probe_succeeded(state: NodeState, job_id: str, run: int) -> list[Event]:
+    """The job's run completed on the node: when it is the node's probe, its quarantine ends.
+    Nothing for any other run (one the node began before its quarantine, finishing late, says
+    nothing of the node now)."""
+    probe = state.probe
+    if (
+        state.quarantined_since is None
+        or probe is None
+        or (probe.job_id, probe.run)
+        != (
+            job_id,
+            run,
+        )
+    ):
+        return []
+    return [NodeReleased(node_id=state.node_id, by="probe", unit=probe.unit)]
+
+
+WorkState = Literal["active", "draining", "quarantined", "disk_floor"]
+"""Whether a node takes new work, as devices, the dashboard, `/metrics` and reports show it
+(`state`)."""
+
+WORK_STATE_ORDER: tuple[WorkState, ...] = ("quarantined", "draining", "disk_floor")
+"""Which state a node shows when several hold, the first winning: a quarantine is a fault that
+only an admin or a probe ends, a drain an admin's own act, a disk floor lifts by itself."""
+
+
+def work_state(draining: bool, *, quarantined: bool = False, disk_floor: bool = False) -> WorkState:
+    """The one rule for the `state` every surface shows of a node (`WORK_STATE_ORDER`)."""
+    holds = {"quarantined": quarantined, "draining": draining, "disk_floor": disk_floor}
+    return next((s for s in WORK_STATE_ORDER if holds[s]), "active")
+
+
+def work_reason(
+    draining: bool, *, quarantine_reason: str | None = None, disk_floor: str | None = None
+) -> str | None:
+    """Why the node takes no new work, every reason that holds in `WORK_STATE_ORDER`; None for
+    an active node."""
+    reasons = {
+        "quarantined": f"quarantined: {quarantine_reason}" if quarantine_reason else None,
+        "draining": "draining: an admin drained it" if draining else None,
+        "disk_floor": f"disk floor: {disk_floor}" if disk_floor else None,
+    }
+    said = [r for s in WORK_STATE_ORDER if (r := reasons[s])]
+    return "; ".join(said) or None
 
 
 AGGREGATE: Aggregate[NodeState] = Aggregate(
@@ -186,6 +318,9 @@ AGGREGATE: Aggregate[NodeState] = Aggregate(
         NodeRemoved,
         NodeDrainRequested,
         NodeUndrained,
+        NodeQuarantined,
+        NodeProbeStarted,
+        NodeReleased,
     ),
 )
 

@@ -18,6 +18,7 @@ from spool.domain.aggregate import Aggregate, event_types
 from spool.domain.errors import DomainError, InvalidTransition
 from spool.domain.events import Event, event
 from spool.domain.node import Capabilities
+from spool.domain.node_health import Blame
 
 Priority = Literal["low", "normal", "high", "urgent"]
 TaskStatus = Literal[
@@ -138,6 +139,9 @@ class TaskFailed(Event, frozen=True, kw_only=True):
     attempt: int
     error: str
     execution_time_seconds: float | None = None
+    blame: Blame | None = None
+    """Whose fault the failure is (domain/node_health.py); None when no one's in particular (a
+    node's stop) and in failures recorded before failures carried one."""
 
 
 @event
@@ -354,14 +358,20 @@ def fail(
     *,
     retryable: bool = True,
     seconds: float | None = None,
+    blame: Blame | None = None,
 ) -> list[Event]:
-    """The attempt failed; it is queued again while `max_retries` allows and a retry can help."""
+    """The attempt failed; it is queued again while `max_retries` allows and a retry can help.
+    `blame` says whose fault it is (only the node's counts toward its quarantine)."""
     if state.status not in ACTIVE or state.attempt != attempt:
         raise InvalidTransition(f"Task is {state.status} at attempt {state.attempt}")
     if device_id is not None and state.device_id != device_id:
         raise InvalidTransition(f"Task runs on {state.device_id}, not {device_id}")
     failed = TaskFailed(
-        device_id=state.device_id, attempt=attempt, error=error, execution_time_seconds=seconds
+        device_id=state.device_id,
+        attempt=attempt,
+        error=error,
+        execution_time_seconds=seconds,
+        blame=blame,
     )
     return [failed, *_retry_after_failure(state, retryable)]
 
@@ -545,6 +555,8 @@ class NodeOffer(msgspec.Struct, frozen=True, kw_only=True):
     busy: int = 0
     draining: bool = False
     """An admin drained the node: it finishes what it runs and is given nothing new."""
+    quarantined: bool = False
+    """Units failed in a row on the node: it is given nothing new until released."""
 
 
 class QueuedTask(msgspec.Struct, frozen=True, kw_only=True):
@@ -570,6 +582,8 @@ class Plan(msgspec.Struct, frozen=True):
 def unmet(requirements: Requirements, offer: NodeOffer, task_type: str | None = None) -> str | None:
     """Why `offer` cannot run a task with these requirements; None if it can."""
     caps = offer.capabilities
+    if offer.quarantined:
+        return "is quarantined"
     if offer.draining:
         return "is draining"
     if task_type is not None and task_type not in offer.task_types:

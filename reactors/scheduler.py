@@ -7,7 +7,8 @@ queued tasks and online nodes, runs the pure `domain.task.plan`, and appends eac
 the task stream's version it read, so two schedulers never assign one task twice. On each pass
 it also times out attempts past their `timeout_seconds` (retried while `max_retries` allows: a
 node killed mid-task ends this way), sends back to the queue tasks assigned to a node that went
-offline or was drained before starting them, and re-enqueues an assignment that Redis lost.
+offline, was drained or was quarantined before starting them, and re-enqueues an assignment
+that Redis lost.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ class TaskDispatcher:
             node.NodeRemoved,
             node.NodeDrainRequested,
             node.NodeUndrained,
+            node.NodeQuarantined,
+            node.NodeReleased,
         )
     }
 
@@ -170,7 +173,11 @@ class Scheduler:
         offers = await online_offers(self.pool, self.online_seconds)
         actions = await self._take_back(
             {o.node_id for o in offers},
-            {o.node_id for o in offers if o.draining},
+            {
+                o.node_id: "quarantined" if o.quarantined else "drained"
+                for o in offers
+                if o.draining or o.quarantined
+            },
             await self.pool.fetchval("SELECT now()"),
         )
         rows = await task_rows.queued(self.pool, self.batch_size)
@@ -204,9 +211,12 @@ class Scheduler:
         )
         return assigned.attempt if assigned is not None else None
 
-    async def _take_back(self, online: set[str], draining: set[str], now: datetime) -> list[str]:
-        """Time out overdue attempts, requeue what offline or draining nodes never started,
-        re-enqueue assignments Redis lost."""
+    async def _take_back(
+        self, online: set[str], closed: dict[str, str], now: datetime
+    ) -> list[str]:
+        """Time out overdue attempts, requeue what offline, drained or quarantined nodes
+        (`closed`: why each takes nothing new) never started, re-enqueue assignments Redis
+        lost."""
         actions: list[str] = []
         for r in await task_rows.active(self.pool):
             task_id, device = r["task_id"], r["device_id"]
@@ -219,11 +229,11 @@ class Scheduler:
                 continue
             if r["status"] != "assigned":
                 continue
-            if device not in online or device in draining:
+            if device not in online or device in closed:
                 reason = (
                     f"Node {device} went offline before starting the task"
                     if device not in online
-                    else f"Node {device} was drained before starting the task"
+                    else f"Node {device} was {closed[device]} before starting the task"
                 )
                 if await self._decide(task_id, _unassign(reason)) is not None:
                     actions.append(f"requeued task {task_id}: {reason}")

@@ -31,6 +31,7 @@ from spool.adapters.storage import (
 )
 from spool.adapters.viewer_sessions import ViewerRecorder, ViewerSession
 from spool.domain import file_names, job, viewer
+from spool.domain.node_health import Blame
 
 ProgressSink = Callable[[job.Progress], None]
 T = TypeVar("T")
@@ -48,6 +49,7 @@ class StageError(Exception):
         retryable: bool,
         error_type: job.ErrorType = "error",
         unfinished_uploads: Sequence[str] = (),
+        blame: Blame = "node",
     ):
         super().__init__(reason)
         self.reason = reason
@@ -55,6 +57,9 @@ class StageError(Exception):
         self.error_type: job.ErrorType = error_type
         self.unfinished_uploads = list(unfinished_uploads)
         """Uploads the attempt left behind, for a later attempt to abort."""
+        self.blame: Blame = blame
+        """Whose fault it is (domain/node_health.py): only the node's counts toward its
+        quarantine. Unless a stage says otherwise, the node's."""
 
 
 class StageCancelled(Exception):
@@ -168,7 +173,9 @@ async def download(
     except downloader.DownloadCancelled:
         raise StageCancelled from None
     except downloader.DownloadFailed as exc:
-        raise StageError(str(exc), retryable=exc.retryable, error_type=exc.kind) from None
+        raise StageError(
+            str(exc), retryable=exc.retryable, error_type=exc.kind, blame="source"
+        ) from None
     finally:
         relay.cancel()
     if cancel.is_set():
@@ -178,7 +185,7 @@ async def download(
         longest = info.duration or await _probed_duration(result.files)
         if longest is not None and longest > max_media_seconds + MEDIA_SECONDS_SLACK:
             remove_workdir(workdir)
-            raise StageError(too_long(longest, max_media_seconds), retryable=False)
+            raise StageError(too_long(longest, max_media_seconds), retryable=False, blame="request")
     files = result.files
     if o.download_thumbnail:
         # A source without a thumbnail of its own gets one from its video (adapters/thumbnails.py).
@@ -318,7 +325,7 @@ async def mux(
     """
     media = [Path(f.path) for f in state.files if f.kind in ("video", "audio", "av")]
     if not media:
-        raise StageError("The download produced no media file", retryable=False)
+        raise StageError("The download produced no media file", retryable=False, blame="source")
     if not all(p.exists() for p in media):
         raise StageError("The downloaded media is gone from this node", retryable=True)
     o = state.options
@@ -354,9 +361,10 @@ async def mux(
     except muxer.Unreadable as exc:
         # Whatever came down is not media, or is cut short: fetching it again gives the same.
         reason = f"The source is not playable media: {exc.detail}"
-        raise StageError(reason, retryable=False) from None
+        raise StageError(reason, retryable=False, blame="source") from None
     except muxer.MuxFailed as exc:
-        raise StageError(str(exc), retryable=False) from None
+        # FFmpeg refused this media with these options: the same on any node.
+        raise StageError(str(exc), retryable=False, blame="source") from None
     finally:
         _end(session)
     return job.MuxCompleted(
@@ -466,6 +474,7 @@ async def _upload(
                 f"Upload failed: {exc}",
                 retryable=exc.retryable,
                 unfinished_uploads=[exc.unfinished] if exc.unfinished else [],
+                blame="storage",
             ) from None
         media = written["media"]
         return job.JobCompleted(
@@ -484,6 +493,7 @@ async def _upload(
     raise StageError(
         "Upload failed: every name this job may take is held by a file it did not write",
         retryable=False,
+        blame="storage",
     )
 
 

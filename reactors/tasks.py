@@ -124,7 +124,9 @@ class TaskRunner:
             await self._record(
                 task_id,
                 attempt,
-                lambda s: task.fail(s, self.node_id, attempt, reason, retryable=False),
+                lambda s: task.fail(
+                    s, self.node_id, attempt, reason, retryable=False, blame="node"
+                ),
                 meta,
             )
             return "refused"
@@ -133,7 +135,9 @@ class TaskRunner:
             await self._record(
                 task_id,
                 attempt,
-                lambda s: task.fail(s, self.node_id, attempt, refused, retryable=False),
+                lambda s: task.fail(
+                    s, self.node_id, attempt, refused, retryable=False, blame="request"
+                ),
                 meta,
             )
             return "refused"
@@ -175,7 +179,13 @@ class TaskRunner:
                 task_id,
                 attempt,
                 lambda s: task.fail(
-                    s, self.node_id, attempt, error, retryable=retryable, seconds=seconds
+                    s,
+                    self.node_id,
+                    attempt,
+                    error,
+                    retryable=retryable,
+                    seconds=seconds,
+                    blame="request",
                 ),
                 meta,
             )
@@ -184,7 +194,10 @@ class TaskRunner:
             log.exception("task %s failed unexpectedly", task_id)
             why = f"Internal error: {type(exc).__name__}: {exc}"
             await self._record(
-                task_id, attempt, lambda s: task.fail(s, self.node_id, attempt, why), meta
+                task_id,
+                attempt,
+                lambda s: task.fail(s, self.node_id, attempt, why, blame="node"),
+                meta,
             )
             return "failed"
         finally:
@@ -210,7 +223,13 @@ class TaskRunner:
                 task_id,
                 attempt,
                 lambda s: task.fail(
-                    s, self.node_id, attempt, why, retryable=False, seconds=seconds
+                    s,
+                    self.node_id,
+                    attempt,
+                    why,
+                    retryable=False,
+                    seconds=seconds,
+                    blame="cluster",
                 ),
                 meta,
             )

@@ -18,6 +18,7 @@ from arq.connections import ArqRedis
 from spool.adapters.event_store import EventStore
 from spool.adapters.settings import Settings
 from spool.adapters.storage import ObjectStorage
+from spool.reactors.node_health import NodeHealthReactor
 from spool.reactors.pipeline import PipelineReactor
 from spool.reactors.projection import ProjectionRunner
 from spool.reactors.reconciler import Reconciler
@@ -89,7 +90,11 @@ def assemble(
     if PIPELINE in parts:
         built[PIPELINE] = ProjectionRunner(
             store,
-            [PipelineReactor(redis), WebhookReactor(redis)],
+            [
+                PipelineReactor(redis),
+                WebhookReactor(redis),
+                NodeHealthReactor(store, settings.quarantine_after),
+            ],
             poll_interval=timings.poll_interval,
         )
     if SCHEDULER in parts:

@@ -716,24 +716,31 @@ def accounts_revoke_grant(account_id: str, **flags: Any) -> None:
 
 @main.group()
 def nodes() -> None:
-    """Drain and undrain worker nodes (`/api/v1/devices` lists them)."""
+    """Drain, undrain and release worker nodes (`/api/v1/devices` lists them)."""
 
 
-def _change_drain(flags: dict[str, Any], node_id: str, drain: bool) -> str:
-    """Drain or undrain a node through its repository; a line saying where it stands."""
-    from spool.application.nodes import drain_node, undrain_node
+def _change_node(flags: dict[str, Any], node_id: str, action: str) -> str:
+    """Drain, undrain or release a node through its repository; a line saying where it stands."""
+    from spool.application.nodes import drain_node, release_node, undrain_node
     from spool.domain.events import Metadata
     from spool.domain.node import UnknownNode
 
+    command = {"drain": drain_node, "undrain": undrain_node, "release": release_node}[action]
+
     async def go() -> str:
         async with open_runtime(_settings(**flags)) as rt:
-            command = drain_node if drain else undrain_node
             try:
                 state = await command(rt.store, node_id, Metadata(actor="cli"))
             except UnknownNode:
                 raise click.ClickException(
                     f"node {node_id!r} not found (never registered, or removed)"
                 ) from None
+            if state.quarantined_since is not None:
+                since = state.quarantined_since.isoformat(timespec="seconds")
+                return (
+                    f"{node_id}: quarantined since {since}: takes no new work until released "
+                    f"({state.quarantine_reason})"
+                )
             if state.draining_since is None:
                 return f"{node_id}: active, takes new work"
             since = state.draining_since.isoformat(timespec="seconds")
@@ -748,7 +755,7 @@ def _change_drain(flags: dict[str, Any], node_id: str, drain: bool) -> str:
 @click.argument("node_id")
 def nodes_drain(node_id: str, **flags: Any) -> None:
     """Drain NODE_ID: it finishes what it runs and takes no new work until undrained."""
-    click.echo(_change_drain(flags, node_id, drain=True))
+    click.echo(_change_node(flags, node_id, "drain"))
 
 
 @nodes.command("undrain")
@@ -756,7 +763,15 @@ def nodes_drain(node_id: str, **flags: Any) -> None:
 @click.argument("node_id")
 def nodes_undrain(node_id: str, **flags: Any) -> None:
     """Let NODE_ID take new work again."""
-    click.echo(_change_drain(flags, node_id, drain=False))
+    click.echo(_change_node(flags, node_id, "undrain"))
+
+
+@nodes.command("release")
+@_database_options
+@click.argument("node_id")
+def nodes_release(node_id: str, **flags: Any) -> None:
+    """Release NODE_ID from its quarantine: it takes new work again (unless drained)."""
+    click.echo(_change_node(flags, node_id, "release"))
 
 
 @main.group()

@@ -88,6 +88,7 @@ DOCUMENTED: set[tuple[str, str]] = {
     ("POST", "/api/v1/devices/{device_id}/ping"),
     ("POST", "/api/v1/devices/{device_id}/drain"),
     ("POST", "/api/v1/devices/{device_id}/undrain"),
+    ("POST", "/api/v1/devices/{device_id}/release"),
     ("GET", "/api/v1/devices/{device_id}/status"),
     ("GET", "/api/v1/config"),
     ("GET", "/api/v1/config/heartbeat"),

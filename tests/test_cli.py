@@ -13,9 +13,10 @@ import httpx
 from spool.adapters.event_store import EventStore
 from spool.adapters.read_models import nodes
 from spool.domain import account, node
+from spool.domain.node_health import UnitFailure
 from spool.embedded import free_port
 from spool.reactors.projection import ProjectionRunner
-from tests.cluster_api_helpers import register, unique
+from tests.cluster_api_helpers import append_node, register, unique
 from tests.fixtures.media import MediaServer, media_duration
 from tests.fixtures.processes import (
     REPO_ROOT,
@@ -398,7 +399,7 @@ async def test_spool_nodes_drains_and_undrains_a_node(
     again = _spool("nodes", "drain", node_id, "--database-url", database_url)
     assert again.returncode == 0 and again.stdout == drained.stdout  # twice is once
     await runner.settle("nodes")
-    assert await nodes.draining(store.pool, node_id)
+    assert (await nodes.gate(store.pool, node_id)).draining
     recorded = (await store.read_stream(node.stream_id(node_id)))[registered:]
     assert [(e.type, e.metadata.actor) for e in recorded] == [("NodeDrainRequested", "cli")]
 
@@ -406,8 +407,31 @@ async def test_spool_nodes_drains_and_undrains_a_node(
     assert undrained.returncode == 0, undrained.stderr
     assert undrained.stdout.strip() == f"{node_id}: active, takes new work"
     await runner.settle("nodes")
-    assert not await nodes.draining(store.pool, node_id)
+    assert not (await nodes.gate(store.pool, node_id)).draining
 
     unknown = _spool("nodes", "drain", unique("no-such-node"), "--database-url", database_url)
+    assert unknown.returncode == 1
+    assert "not found (never registered, or removed)" in unknown.stderr
+
+
+async def test_spool_nodes_release_ends_a_quarantine(
+    database_url: str, store: EventStore, runner: ProjectionRunner
+) -> None:
+    node_id = unique("cli-node")
+    await register(store, runner, node_id)
+    failures = [UnitFailure(unit="job-1:1:mux:1", reason="Internal error: OSError")]
+    quarantined = node.NodeQuarantined(node_id=node_id, reason="1 unit failed", failures=failures)
+    await append_node(store, runner, node_id, quarantined)
+
+    released = _spool("nodes", "release", node_id, "--database-url", database_url)
+    assert released.returncode == 0, released.stderr
+    assert released.stdout.strip() == f"{node_id}: active, takes new work"
+    [last] = (await store.read_stream(node.stream_id(node_id)))[-1:]
+    assert isinstance(last.data, node.NodeReleased)
+    assert (last.data.by, last.metadata.actor) == ("admin", "cli")
+    await runner.settle("nodes")
+    assert (await nodes.gate(store.pool, node_id)).quarantined_since is None
+
+    unknown = _spool("nodes", "release", unique("no-such-node"), "--database-url", database_url)
     assert unknown.returncode == 1
     assert "not found (never registered, or removed)" in unknown.stderr

@@ -6,12 +6,14 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 
 from spool.api.cluster_reads import REFUSED
 from spool.domain import account, job, node
 from spool.domain.account import hash_key
 from spool.domain.events import Metadata, NewEvent
+from spool.domain.node_health import UnitFailure, quarantine_reason
 from spool.keys import issue
 from tests.cluster_api_helpers import FreshApi, append_node, fresh_api, heartbeat, register
 from tests.fixtures.request_log import Lines
@@ -65,6 +67,27 @@ async def test_nodes_show_heartbeat_age_usage_stage_counts_and_drain(api: FreshA
     assert nodes["gone-2"]["online"] is False
     assert nodes["gone-2"]["state"] == "draining"
     assert nodes["gone-2"]["cpu_percent"] == 95.0
+
+
+async def test_nodes_show_a_quarantine_and_a_disk_floor_with_why(api: FreshApi) -> None:
+    failures = [UnitFailure(unit="job-1:1:mux:1", reason="Internal error: OSError")]
+    quarantined = node.NodeQuarantined(
+        node_id="sick-1", reason=quarantine_reason(failures), failures=failures
+    )
+    await register(api.store, api.runner, "sick-1")
+    await append_node(api.store, api.runner, "sick-1", quarantined)
+    full = msgspec.structs.replace(heartbeat("full-2"), disk_floor="free disk 1.0 GB is low")
+    await register(api.store, api.runner, "full-2")
+    await append_node(api.store, api.runner, "full-2", full)
+
+    answer = await api.client.get("/dashboard/nodes", headers=api.admin())
+    nodes = {n["node_id"]: n for n in answer.json()["nodes"]}
+    assert nodes["sick-1"]["state"] == "quarantined"
+    assert nodes["sick-1"]["state_reason"] == (
+        "quarantined: 1 unit failed in a row on this node; the last: Internal error: OSError"
+    )
+    assert nodes["full-2"]["state"] == "disk_floor"
+    assert nodes["full-2"]["state_reason"] == "disk floor: free disk 1.0 GB is low"
 
 
 async def _finished_job(api: FreshApi, *, size: int | None) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import httpx
+import msgspec
 
 from spool.adapters.event_store import EventStore
 from spool.domain import node
+from spool.domain.node_health import UnitFailure, quarantine_reason
 from spool.reactors.projection import ProjectionRunner
 from tests.cluster_api_helpers import (
     append_node,
@@ -23,6 +25,7 @@ DEVICE_FIELDS = {
     "platform",
     "status",
     "state",
+    "state_reason",
     "ip_address",
     "last_heartbeat",
     "uptime",
@@ -292,6 +295,7 @@ async def test_a_drained_device_shows_draining_until_it_is_undrained(
         "device_id": device_id,
         "state": "active",
         "draining_since": None,
+        "quarantined_since": None,
     }
     assert (await client.post(f"/api/v1/devices/{device_id}/undrain", headers=headers)).json()[
         "data"
@@ -307,7 +311,7 @@ async def test_draining_an_unknown_or_removed_device_is_device_not_found(
 ) -> None:
     headers = {"X-API-Key": admin_key}
     ghost = unique("never-was")
-    for action in ("drain", "undrain"):
+    for action in ("drain", "undrain", "release"):
         answer = await client.post(f"/api/v1/devices/{ghost}/{action}", headers=headers)
         assert answer.status_code == 404, answer.text
         assert_error(answer.json(), "DEVICE_NOT_FOUND")
@@ -316,9 +320,10 @@ async def test_draining_an_unknown_or_removed_device_is_device_not_found(
     retired = unique("retired")
     await register(store, runner, retired)
     await client.delete(f"/api/v1/devices/{retired}", headers=headers)
-    answer = await client.post(f"/api/v1/devices/{retired}/drain", headers=headers)
-    assert answer.status_code == 404
-    assert_error(answer.json(), "DEVICE_NOT_FOUND")
+    for action in ("drain", "release"):
+        answer = await client.post(f"/api/v1/devices/{retired}/{action}", headers=headers)
+        assert answer.status_code == 404
+        assert_error(answer.json(), "DEVICE_NOT_FOUND")
 
 
 async def test_draining_a_device_needs_an_admin_key(
@@ -330,14 +335,77 @@ async def test_draining_a_device_needs_an_admin_key(
 ) -> None:
     device_id = unique("busy")
     await register(store, runner, device_id)
-    for action in ("drain", "undrain"):
+    await _quarantine(store, runner, device_id)
+    for action in ("drain", "undrain", "release"):
         answer = await client.post(
             f"/api/v1/devices/{device_id}/{action}", headers={"X-API-Key": api_key}
         )
         assert answer.status_code == 403
         assert_error(answer.json(), "UNAUTHORIZED")
-    nobody = await client.post(f"/api/v1/devices/{device_id}/drain")
-    assert nobody.status_code == 401
+    for action in ("drain", "release"):
+        nobody = await client.post(f"/api/v1/devices/{device_id}/{action}")
+        assert nobody.status_code == 401
     types = [e.type for e in await store.read_stream(node.stream_id(device_id))]
-    assert "NodeDrainRequested" not in types
+    assert "NodeDrainRequested" not in types and "NodeReleased" not in types
+    assert await _state(client, admin_key, device_id) == "quarantined"
+
+
+async def _quarantine(store: EventStore, runner: ProjectionRunner, device_id: str) -> None:
+    """The node health reactor's decision, as it records it (reactors/node_health.py)."""
+    failures = [UnitFailure(unit=f"job-{i}:1:mux:1", reason="Internal error") for i in range(5)]
+    reason = quarantine_reason(failures)
+    quarantined = node.NodeQuarantined(node_id=device_id, reason=reason, failures=failures)
+    await append_node(store, runner, device_id, quarantined)
+
+
+async def test_a_quarantined_device_shows_why_until_an_admin_releases_it(
+    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, admin_key: str
+) -> None:
+    headers = {"X-API-Key": admin_key}
+    before = (await client.get("/api/v1/devices/summary", headers=headers)).json()["data"]
+    device_id = unique("failing")
+    await register(store, runner, device_id)
+    await _quarantine(store, runner, device_id)
+    after = (await client.get("/api/v1/devices/summary", headers=headers)).json()["data"]
+    assert after["by_state"]["quarantined"] == before["by_state"]["quarantined"] + 1
+    shown = (await client.get(f"/api/v1/devices/{device_id}", headers=headers)).json()["data"]
+    assert shown["state"] == "quarantined"
+    assert shown["state_reason"].startswith("quarantined: 5 units failed in a row")
+    status = await client.get(f"/api/v1/devices/{device_id}/status", headers=headers)
+    assert status.json()["data"]["state"] == "quarantined"
+    # A drain on top shows the quarantine first: it is what keeps the node idle after undrain.
+    await client.post(f"/api/v1/devices/{device_id}/drain", headers=headers)
+    await runner.settle("nodes")
+    reason = (await client.get(f"/api/v1/devices/{device_id}", headers=headers)).json()["data"][
+        "state_reason"
+    ]
+    assert reason.startswith("quarantined: ") and "; draining: " in reason
+
+    released = await client.post(f"/api/v1/devices/{device_id}/release", headers=headers)
+    assert released.status_code == 200, released.text
+    assert released.json()["data"]["state"] == "draining"
+    assert released.json()["data"]["quarantined_since"] is None
+    again = await client.post(f"/api/v1/devices/{device_id}/release", headers=headers)
+    assert again.json()["data"] == released.json()["data"]
+    events = await store.read_stream(node.stream_id(device_id))
+    releases = [e.data for e in events if isinstance(e.data, node.NodeReleased)]
+    assert [r.by for r in releases] == ["admin"]  # twice is once
+    await client.post(f"/api/v1/devices/{device_id}/undrain", headers=headers)
+    await runner.settle("nodes")
+    assert await _state(client, admin_key, device_id) == "active"
+
+
+async def test_a_device_below_its_disk_floor_shows_disk_floor_with_the_reason(
+    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, admin_key: str
+) -> None:
+    device_id = unique("full-disk")
+    await register(store, runner, device_id)
+    why = "free disk 1.0 GB is below the floor of 25.0 GB"
+    low = msgspec.structs.replace(heartbeat(device_id), disk_floor=why)
+    await append_node(store, runner, device_id, low)
+    headers = {"X-API-Key": admin_key}
+    shown = (await client.get(f"/api/v1/devices/{device_id}", headers=headers)).json()["data"]
+    assert (shown["state"], shown["state_reason"]) == ("disk_floor", f"disk floor: {why}")
+    # The next heartbeat above the floor lifts it: nothing to release.
+    await append_node(store, runner, device_id, heartbeat(device_id))
     assert await _state(client, admin_key, device_id) == "active"

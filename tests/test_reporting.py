@@ -34,6 +34,7 @@ from spool.adapters.database import (
 from spool.adapters.event_store import EventStore
 from spool.adapters.read_models import all_projections
 from spool.adapters.read_models import jobs as job_rows
+from spool.adapters.read_models import nodes as node_rows
 from spool.adapters.read_models.state_projection import Field, StateProjection, StateRows
 from spool.domain import batch, job, node
 from spool.domain.events import Event, Metadata
@@ -604,3 +605,27 @@ async def test_migration_0014_refills_batches_so_a_finished_batch_reads_complete
             await pool.close()
     finally:
         await drop_database(server_url, name)
+
+
+async def test_reporting_nodes_shows_the_state_the_devices_api_shows(
+    history: tuple[asyncpg.Pool, ProjectionRunner],
+) -> None:
+    pool, _ = history
+    at = _at("2026-12-01T10:00:00")
+    combos = [
+        (d, q, f) for d in (None, at) for q in (None, at) for f in (None, "free disk 1 B is low")
+    ]
+    rows = await pool.fetch(
+        "SELECT *, "
+        + node_rows.work_state_sql("n")
+        + " AS state FROM unnest($1::timestamptz[], $2::timestamptz[], $3::text[]) "
+        "AS n(draining_since, quarantined_since, disk_floor), "
+        "LATERAL (SELECT 'units failed'::text AS quarantine_reason) r",
+        [d for d, _, _ in combos],
+        [q for _, q, _ in combos],
+        [f for _, _, f in combos],
+    )
+    assert len(rows) == len(combos)
+    assert {r["state"] for r in rows} == {"active", "draining", "quarantined", "disk_floor"}
+    for r in rows:
+        assert r["state"] == node_rows.work_of(r)[0], dict(r)

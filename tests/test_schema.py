@@ -27,8 +27,10 @@ OUTSIDE_PROJECTIONS = {
     tables.account_keys,
     tables.event_archives,
     tables.cluster_identity,
+    tables.node_failures,
 }
-"""The log and the operational tables no projection writes."""
+"""The log, the operational tables and the node health reactor's state: no projection writes
+them."""
 
 
 def _of_the_schema(obj: Any, name: str | None, type_: str, reflected: bool, _: Any) -> bool:

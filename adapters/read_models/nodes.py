@@ -50,6 +50,12 @@ nodes = sa.Table(
     sa.Column("removed_at", sa.DateTime(timezone=True)),
     # Set by NodeDrainRequested, cleared by NodeUndrained only: the node takes no new work.
     sa.Column("draining_since", sa.DateTime(timezone=True)),
+    # Set by NodeQuarantined, cleared by NodeReleased only; the probe by NodeProbeStarted.
+    sa.Column("quarantined_since", sa.DateTime(timezone=True)),
+    sa.Column("quarantine_reason", sa.Text),
+    sa.Column("probe_started_at", sa.DateTime(timezone=True)),
+    # The latest heartbeat's reason for taking no download (its disk below the floor), or NULL.
+    sa.Column("disk_floor", sa.Text),
     sa.Index("nodes_last_heartbeat_idx", "last_heartbeat_at"),
 )
 
@@ -57,11 +63,12 @@ _encode = msgspec.json.Encoder().encode
 
 _HEARTBEAT = """
 INSERT INTO nodes (node_id, hostname, ip, last_heartbeat_at, downloading, muxing, uploading,
-                   running, usage, heartbeats)
-SELECT n, h, ip, at, d, m, u, r::text[], us, c
+                   running, usage, heartbeats, disk_floor)
+SELECT n, h, ip, at, d, m, u, r::text[], us, c, f
 FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int[], $6::int[],
-            $7::int[], $8::text[], $9::jsonb[], $10::bigint[]) AS t(n, h, ip, at, d, m, u, r, us, c)
-ON CONFLICT (node_id) DO UPDATE SET
+            $7::int[], $8::text[], $9::jsonb[], $10::bigint[], $11::text[])
+     AS t(n, h, ip, at, d, m, u, r, us, c, f)
+ON CONFLICT (node_id) DO UPDATE SET disk_floor = excluded.disk_floor,
     hostname = excluded.hostname, ip = excluded.ip,
     last_heartbeat_at = excluded.last_heartbeat_at, downloading = excluded.downloading,
     muxing = excluded.muxing, uploading = excluded.uploading, running = excluded.running,
@@ -124,6 +131,26 @@ class NodesProjection:
                 await conn.execute(
                     "UPDATE nodes SET draining_since = $2 WHERE node_id = $1", ev.node_id, since
                 )
+            elif isinstance(ev, node.NodeQuarantined):
+                await conn.execute(
+                    "UPDATE nodes SET quarantined_since = $2, quarantine_reason = $3 "
+                    "WHERE node_id = $1",
+                    ev.node_id,
+                    e.recorded_at,
+                    ev.reason,
+                )
+            elif isinstance(ev, node.NodeProbeStarted):
+                await conn.execute(
+                    "UPDATE nodes SET probe_started_at = $2 WHERE node_id = $1",
+                    ev.node_id,
+                    e.recorded_at,
+                )
+            elif isinstance(ev, node.NodeReleased):
+                await conn.execute(
+                    "UPDATE nodes SET quarantined_since = NULL, quarantine_reason = NULL, "
+                    "probe_started_at = NULL WHERE node_id = $1",
+                    ev.node_id,
+                )
         await self._flush(conn, latest, counts)
 
     async def _flush(
@@ -147,6 +174,7 @@ class NodesProjection:
             [_running(b.running) for b, _ in beats],
             [_encode(b.usage) for b, _ in beats],
             [counts[b.node_id] for b, _ in beats],
+            [b.disk_floor for b, _ in beats],
         )
         latest.clear()
         counts.clear()
@@ -196,6 +224,7 @@ _decode_counts = msgspec.json.Decoder(dict[str, int]).decode
 
 _ONLINE = f"""
 SELECT n.node_id, n.role, n.tags, n.capabilities, n.concurrency, n.draining_since,
+       n.quarantined_since,
        (SELECT count(*) FROM tasks t
         WHERE t.device_id = n.node_id AND t.status IN ('assigned', 'running')) AS busy
 FROM nodes n
@@ -227,6 +256,7 @@ async def online_offers(
                 slots=_decode_counts(r["concurrency"]).get("task", 0),
                 busy=r["busy"],
                 draining=r["draining_since"] is not None,
+                quarantined=r["quarantined_since"] is not None,
             )
         )
     return offers
@@ -237,6 +267,7 @@ async def online_offers(
 _DEVICE = f"""
 node_id, hostname, ip, role, tags, capabilities, concurrency, started_at, stopped_at,
 last_heartbeat_at, downloading, muxing, uploading, running, usage, heartbeats, draining_since,
+quarantined_since, quarantine_reason, disk_floor,
 coalesce(capabilities->>'platform', 'linux') AS platform,
 {online("$1::interval")} AS online,
 extract(epoch FROM now() - last_heartbeat_at)::float8 AS heartbeat_age,
@@ -354,7 +385,7 @@ SELECT node_id, hostname, ip, downloading, muxing, uploading, cardinality(runnin
        (usage->>'memory_used')::float8 / nullif((usage->>'memory_total')::float8, 0) * 100,
        {online(configured_timeout())},
        extract(epoch FROM now() - last_heartbeat_at)::float8,
-       draining_since IS NOT NULL
+       draining_since, quarantined_since, quarantine_reason, disk_floor
 FROM nodes
 WHERE removed_at IS NULL AND last_heartbeat_at > now() - $1::interval
 ORDER BY 10 DESC, node_id
@@ -365,7 +396,8 @@ LIMIT $2
 async def heard_within(pool: asyncpg.Pool, within: timedelta, limit: int) -> list[asyncpg.Record]:
     """Nodes heard from within `within`, online first: rows of node_id, hostname, ip,
     downloading, muxing, uploading, units running, CPU %, memory %, online, heartbeat age (s),
-    draining."""
+    then the columns `work_of` reads (draining_since, quarantined_since, quarantine_reason,
+    disk_floor)."""
     return list(await pool.fetch(_HEARD_WITHIN, within, limit))
 
 
@@ -381,14 +413,15 @@ async def online_by_node(pool: asyncpg.Pool) -> dict[str, bool]:
 
 
 _NODE = """
-SELECT node_id, hostname, ip, capabilities, usage, last_heartbeat_at FROM nodes
-WHERE node_id = $1 AND removed_at IS NULL
+SELECT node_id, hostname, ip, capabilities, usage, last_heartbeat_at,
+       draining_since, quarantined_since, quarantine_reason, disk_floor
+FROM nodes WHERE node_id = $1 AND removed_at IS NULL
 """
 
 
 async def registration(pool: asyncpg.Pool, node_id: str) -> asyncpg.Record | None:
     """A node's registration and latest heartbeat (None if unknown or removed): node_id,
-    hostname, ip, capabilities, usage, last_heartbeat_at."""
+    hostname, ip, capabilities, usage, last_heartbeat_at, and the columns `work_of` reads."""
     row: asyncpg.Record | None = await pool.fetchrow(_NODE, node_id)
     return row
 
@@ -409,9 +442,74 @@ async def running_units(pool: asyncpg.Pool, within: timedelta) -> dict[str, set[
     return {r["node_id"]: set(r["running"]) for r in await pool.fetch(_RUNNING_UNITS, within)}
 
 
-_DRAINING = "SELECT draining_since IS NOT NULL FROM nodes WHERE node_id = $1"
+class Gate(msgspec.Struct, frozen=True):
+    """What a node's download worker follows of its own row: a drain, a quarantine, its probes."""
+
+    draining: bool = False
+    quarantined_since: datetime | None = None
+    probe_started_at: datetime | None = None
+    now: datetime | None = None
+    """The database's clock, which the times above are of."""
 
 
-async def draining(pool: asyncpg.Pool, node_id: str) -> bool:
-    """Whether an admin drained the node (False for a node the table does not hold)."""
-    return bool(await pool.fetchval(_DRAINING, node_id))
+_GATE = """
+SELECT draining_since IS NOT NULL, quarantined_since, probe_started_at, now()
+FROM nodes WHERE node_id = $1
+"""
+
+
+async def gate(pool: asyncpg.Pool, node_id: str) -> Gate:
+    """The node's drain and quarantine (nothing for a node the table does not hold)."""
+    row = await pool.fetchrow(_GATE, node_id)
+    if row is None:
+        return Gate()
+    return Gate(
+        draining=bool(row[0]), quarantined_since=row[1], probe_started_at=row[2], now=row[3]
+    )
+
+
+STATE_COLUMNS: dict[node.WorkState, str] = {
+    "quarantined": "quarantined_since",
+    "draining": "draining_since",
+    "disk_floor": "disk_floor",
+}
+"""The `nodes` column that holds when each work state but "active" holds: not NULL."""
+
+
+def work_of(row: asyncpg.Record) -> tuple[node.WorkState, str | None]:
+    """A `nodes` row's `state` and why it takes no new work (`domain.node.work_state`), from
+    its columns draining_since, quarantined_since, quarantine_reason and disk_floor."""
+    holds = {s: row[c] is not None for s, c in STATE_COLUMNS.items()}
+    draining = holds["draining"]
+    state = node.work_state(
+        draining, quarantined=holds["quarantined"], disk_floor=holds["disk_floor"]
+    )
+    reason = node.work_reason(
+        draining,
+        quarantine_reason=row["quarantine_reason"] if row["quarantined_since"] else None,
+        disk_floor=row["disk_floor"],
+    )
+    return state, reason
+
+
+def work_state_sql(alias: str) -> str:
+    """SQL: the `state` of the `nodes` row `alias` by the same rule as `work_of` (the domain's
+    `WORK_STATE_ORDER` over `STATE_COLUMNS`), for SQL readers such as `reporting.nodes`."""
+    whens = " ".join(
+        f"WHEN {alias}.{STATE_COLUMNS[s]} IS NOT NULL THEN '{s}'" for s in node.WORK_STATE_ORDER
+    )
+    return f"(CASE {whens} ELSE 'active' END)"
+
+
+_ONLINE_WORK = f"""
+SELECT draining_since, quarantined_since, quarantine_reason, disk_floor
+FROM nodes WHERE {online(configured_timeout())}
+"""
+
+
+async def online_by_state(pool: asyncpg.Pool) -> dict[node.WorkState, int]:
+    """How many online nodes are in each work state (`work_of`), every state named."""
+    counts: dict[node.WorkState, int] = dict.fromkeys(("active", *node.WORK_STATE_ORDER), 0)
+    for r in await pool.fetch(_ONLINE_WORK):
+        counts[work_of(r)[0]] += 1
+    return counts

@@ -328,10 +328,12 @@ async function pollNodes() {
       dot.title = n.online ? "online" : "offline";
       name.append(dot, `${n.hostname} (${n.node_id}) ${n.ip}`);
       if (n.state !== "active") {
-        // Draining: it finishes what it runs and takes nothing new (docs/cluster-api.md).
+        // Quarantined, draining or below its disk floor: it finishes what it runs and takes
+        // nothing new; the badge's title says why (docs/cluster-api.md).
         const state = document.createElement("span");
         state.className = `badge node-state ${n.state}`;
-        state.textContent = n.state;
+        state.textContent = n.state.replace("_", " ");
+        if (n.state_reason) state.title = n.state_reason;
         name.append(" ", state);
       }
       const age = n.heartbeat_age_seconds === null ? "never" : `${n.heartbeat_age_seconds.toFixed(1)} s ago`;

@@ -15,6 +15,37 @@ from sqlalchemy.dialects import postgresql as pg
 
 from spool.adapters import reporting
 
+# reporting.nodes as this revision made it, until 0019 added each node's work state (the current
+# definition reads columns that only 0019 adds).
+NODES_VIEW = """CREATE OR REPLACE VIEW reporting.nodes AS
+SELECT n.node_id::text AS node_id,
+       n.hostname::text AS hostname,
+       n.ip::text AS ip,
+       n.role::text AS role,
+       n.tags::text[] AS tags,
+       (n.capabilities->>'cpu_count')::integer AS cpu_count,
+       (n.capabilities->>'memory_total_gb')::double precision AS memory_total_gb,
+       (n.capabilities->>'storage_total_gb')::double precision AS storage_total_gb,
+       coalesce((n.capabilities->>'has_gpu')::boolean, false)::boolean AS has_gpu,
+       n.started_at::timestamptz AS started_at,
+       n.stopped_at::timestamptz AS stopped_at,
+       n.removed_at::timestamptz AS removed_at,
+       n.last_heartbeat_at::timestamptz AS last_heartbeat_at,
+       (n.stopped_at IS NULL AND n.removed_at IS NULL AND coalesce(n.last_heartbeat_at > now()
+        - make_interval(secs => coalesce((SELECT (c.settings->>'timeout')::int
+          FROM public.cluster_config c WHERE c.section = 'heartbeat'), 30)), false))::boolean
+        AS online,
+       n.downloading::integer AS downloading,
+       n.muxing::integer AS muxing,
+       n.uploading::integer AS uploading,
+       n.heartbeats::bigint AS heartbeats,
+       (n.usage->>'cpu_percent')::double precision AS cpu_percent,
+       (n.usage->>'memory_used')::bigint AS memory_used_bytes,
+       (n.usage->>'memory_total')::bigint AS memory_total_bytes,
+       (n.usage->>'disk_free')::bigint AS disk_free_bytes,
+       (n.usage->>'disk_total')::bigint AS disk_total_bytes
+FROM public.nodes n"""
+
 # reporting.batches as this revision made it: it counted the jobs itself, until 0014 moved the
 # counts into the `batches` table (adapters/reporting.py holds the current definition).
 BATCHES_VIEW = """CREATE OR REPLACE VIEW reporting.batches AS
@@ -113,9 +144,11 @@ def upgrade() -> None:
     op.create_index(
         "batches_account_created_idx", "batches", ["account_id", sa.text("created_at DESC")]
     )
-    for statement in reporting.statements(views=[v for v in reporting.VIEWS if v != "batches"]):
+    older = ("batches", "nodes")
+    for statement in reporting.statements(views=[v for v in reporting.VIEWS if v not in older]):
         op.execute(statement)
     op.execute(BATCHES_VIEW)
+    op.execute(NODES_VIEW)
 
 
 def downgrade() -> None:

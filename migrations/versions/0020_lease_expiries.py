@@ -6,7 +6,7 @@ on a unit whose lease ran out (domain/lease.py); `/metrics` counts them by stage
 they keep `false`.
 
 Revision ID: 0020_lease_expiries
-Revises: 0018_task_snapshot_version
+Revises: 0019_node_health
 Create Date: 2026-12-07
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0020_lease_expiries"
-down_revision = "0018_task_snapshot_version"
+down_revision = "0019_node_health"
 branch_labels = None
 depends_on = None
 

@@ -33,7 +33,8 @@ WHERE (SELECT true FROM events e
 
 
 class Heartbeat(Registration, Drain):
-    """Beats, reports progress, and notices cancellations, stalls, a removal and a drain."""
+    """Beats, reports progress, and notices cancellations, stalls, a removal, a drain, a
+    quarantine and a disk below its floor."""
 
     async def _tick_forever(self, stop: asyncio.Event) -> None:
         await run_periodically(
@@ -65,6 +66,7 @@ class Heartbeat(Registration, Drain):
             uploading=counts["upload"],
             running=sorted(self.claimed | set(self.running)),
             usage=usage,
+            disk_floor=self.disk_floor,
         )
         today = datetime.now(UTC).date()
         if today != self._heartbeat_day:
@@ -115,7 +117,7 @@ class Heartbeat(Registration, Drain):
         await self._check_cancellations()
         self._check_stalls()
         await self._check_removed()
-        await self._check_drained()
+        await self._follow_health()
 
     async def _check_cancellations(self) -> None:
         if not self.running:

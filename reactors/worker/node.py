@@ -46,7 +46,8 @@ class Node(Heartbeat, StageRunner):
         await self.viewers.start()
         workers = arq_workers(self)
         self.downloads = next(w for w in workers if w.queue_name == DOWNLOAD_QUEUE)
-        await self._check_drained()  # a drain outlives a restart: pick nothing from the start
+        # A drain and a quarantine outlive a restart: pick nothing from the start.
+        await self._follow_health()
         tasks = [
             asyncio.create_task(keep_working(w, stop), name=f"arq:{w.queue_name}") for w in workers
         ]

@@ -25,6 +25,7 @@ from spool.adapters.storage import StorageError
 from spool.domain import job
 from spool.domain.errors import InvalidTransition
 from spool.domain.events import NO_CAUSE, Event, Metadata, event_id
+from spool.domain.node_health import Blame
 from spool.domain.source_data import made_safe
 from spool.reactors import stages
 from spool.reactors.worker.drain import Drain
@@ -38,6 +39,11 @@ log = logging.getLogger("spool.node")
 
 UNKNOWN_JOB_DEFER = 5.0
 """Seconds a unit of a job this database does not know waits before it is offered again."""
+
+
+STALL_BLAME: dict[job.Stage, Blame] = {"download": "source", "mux": "node", "upload": "storage"}
+"""Whose fault a stage that stops making progress is: a download waits on its source, an
+upload on the storage, a mux on nothing but this node."""
 
 
 class StageRunner(Drain):
@@ -74,7 +80,8 @@ class StageRunner(Drain):
                 if self.stopping:
                     raise Retry(defer=0)  # back to the queue, for the next start or another node
                 if stage == "download":
-                    await self._refuse_if_drained()  # taken just before the drain reached us
+                    # Taken just before a drain, a quarantine or the disk floor reached us.
+                    await self._refuse_new_download(unit_id, job_id, run)
                 unit = await self._start(stage, job_id, run, attempt, cause)
                 if isinstance(unit, str):
                     return unit
@@ -236,6 +243,7 @@ class StageRunner(Drain):
                     stages.StageError(
                         f"No progress for {self.settings.stall_timeout:g} s during {unit.stage}",
                         retryable=True,
+                        blame=STALL_BLAME[unit.stage],
                     ),
                 )
             stages.remove_workdir(workdir)
@@ -304,7 +312,9 @@ class StageRunner(Drain):
         reason = f"The {unit.stage} result could not be recorded: " + (
             refusal_reason(exc) if for_good else f"{type(exc).__name__}: {exc}"
         )
-        return await self._fail(unit, stages.StageError(reason, retryable=not for_good))
+        return await self._fail(
+            unit, stages.StageError(reason, retryable=not for_good, blame="cluster")
+        )
 
     async def _interrupt(self, unit: RunningUnit) -> str:
         """Record that this node's stop cut the unit short: the stage runs again, no attempt
@@ -339,6 +349,7 @@ class StageRunner(Drain):
                 max_attempts=self.settings.stage_attempts,
                 backoff=self.settings.retry_backoff,
                 unfinished_uploads=exc.unfinished_uploads,
+                blame=exc.blame,
             )
             return events
 

@@ -71,7 +71,13 @@ class NodeState:
         self._removal_seen: Any = None
         self._heartbeat_day: date | None = None
         self.stopping = False
-        # Whether an admin drained the node (reactors/worker/drain.py), and the arq worker of the
-        # shared download queue, which picks nothing while it is.
-        self.draining = False
+        # Why the node takes no new download now (drained, quarantined, below its disk floor:
+        # reactors/worker/drain.py), and the arq worker of the shared download queue, which
+        # picks nothing while it is so.
+        self.refusing: str | None = None
+        self.quarantined = False
+        self.floor = settings.resolved_disk_floor()
+        self.disk_floor: str | None = None
+        """Why its disk takes no download (below the floor), as its heartbeat says."""
+        self._probe_taken: float | None = None
         self.downloads: Worker | None = None
