@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Literal, NamedTuple
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.jobs import DeserializationError, Job
 from redis.exceptions import RedisError
 
 from spool.domain import job
@@ -135,6 +137,24 @@ async def unit_status(redis: ArqRedis, unit_id: str) -> UnitStatus:
     if queued:
         return "queued"
     return "missing"
+
+
+async def enqueued_at(redis: ArqRedis, unit_id: str) -> datetime | None:
+    """When the unit Redis holds under `unit_id` (queued, in progress or done) was enqueued,
+    by the clock of the process that enqueued it; None when Redis holds nothing of it."""
+    try:
+        info = await Job(unit_id, redis).info()
+    except DeserializationError:
+        return None  # not written by arq: nothing to tell from it
+    return None if info is None else info.enqueue_time
+
+
+async def forget(redis: ArqRedis, unit_id: str) -> None:
+    """Drop all Redis holds under a unit's id (its job, in-progress mark and result): until
+    then arq enqueues nothing under that id. A worker still holding it finds it gone."""
+    await redis.delete(
+        job_key_prefix + unit_id, in_progress_key_prefix + unit_id, result_key_prefix + unit_id
+    )
 
 
 WEBHOOK_KINDS: dict[type[Event], str] = {

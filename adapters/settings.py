@@ -18,6 +18,7 @@ _NUMERIC_ENV = {
     "stall_timeout": "SPOOL_STALL_TIMEOUT",
     "reconcile_interval": "SPOOL_RECONCILE_INTERVAL",
     "node_timeout": "SPOOL_NODE_TIMEOUT",
+    "lease_ttl": "SPOOL_LEASE_TTL",
     "database_peer_timeout": "SPOOL_DATABASE_PEER_TIMEOUT",
     "probe_timeout": "SPOOL_PROBE_TIMEOUT",
     "probe_workers": "SPOOL_PROBE_WORKERS",
@@ -74,6 +75,9 @@ class Settings(msgspec.Struct, kw_only=True):
     stall_timeout: float = 120.0
     reconcile_interval: float = 10.0
     node_timeout: float = 15.0
+    # How long a node's lease on a unit it started lasts past its last heartbeat listing the
+    # unit (domain/lease.py); None: `node_timeout`, as long as the node itself is trusted.
+    lease_ttl: float | None = None
     heartbeat_interval: float = 1.0
     # How soon PostgreSQL lets go of a process that vanished mid-transaction (adapters/database.py
     # `peer_settings`): until then its open transaction holds every projection back.
@@ -166,6 +170,11 @@ class Settings(msgspec.Struct, kw_only=True):
             return self.public_url.rstrip("/")
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    def resolved_lease_ttl(self) -> float:
+        """Seconds a lease lasts past its grant or last renewal: `lease_ttl`, else
+        `node_timeout`."""
+        return self.node_timeout if self.lease_ttl is None else self.lease_ttl
 
     def resolved_secret_key(self) -> str:
         """The secret key: from settings, else generated once into the data dir."""

@@ -2,10 +2,10 @@
 
 The seed's `retire_cluster_devices_total` and `retire_cluster_tasks_total`, plus online nodes by
 work state (`spool_nodes{state=...}`, `domain.node.work_state`), jobs by status and step, stage
-durations, how long the oldest unit of each stage has waited for a node, this process's
-event-store append latency, projection lag, and the probes of users' sources this process runs
-now. The alert rules and the dashboard in deploy/ are written over these names
-(tests/test_monitoring.py holds them to a real scrape).
+durations, how long the oldest unit of each stage has waited for a node, attempts handed on
+because their lease expired, this process's event-store append latency, projection lag, and
+the probes of users' sources this process runs now. The alert rules and the dashboard in
+deploy/ are written over these names (tests/test_monitoring.py holds them to a real scrape).
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from spool.adapters.probes import ProbePool
+from spool.adapters.read_models import job_stages
 from spool.adapters.read_models import jobs as job_rows
 from spool.adapters.read_models import nodes as node_rows
 from spool.adapters.read_models import tasks as tasks_model
 from spool.adapters.timed_event_store import REGISTRY as PROCESS_REGISTRY
 from spool.api.cluster_reads import metrics_reader
 from spool.api.services import Services
+from spool.domain import job
 
 STAGE_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
@@ -96,6 +98,17 @@ async def _families(pool: asyncpg.Pool, types: Mapping[str, frozenset[str]]) -> 
     )
     for stage, age in (await job_rows.oldest_waiting(pool)).items():
         queue_age.add_metric([stage], age)
+
+    expiries = CounterMetricFamily(
+        "spool_lease_expiries_total",
+        "Units of work handed on to another attempt because their node's lease expired",
+        labels=["stage"],
+    )
+    # Every stage has its series from the start, so a rate over it is defined before the
+    # first expiry.
+    counted = dict.fromkeys(job.STEP_OF, 0) | dict(await job_stages.lease_expiries(pool))
+    for stage, n in counted.items():
+        expiries.add_metric([stage], n)
 
     tasks = CounterMetricFamily(
         "retire_cluster_tasks_total", "Total number of tasks", labels=["status"]
@@ -168,6 +181,7 @@ async def _families(pool: asyncpg.Pool, types: Mapping[str, frozenset[str]]) -> 
         jobs,
         stages,
         queue_age,
+        expiries,
         head_family,
         lag_events,
         lag_seconds,

@@ -200,6 +200,9 @@ class StageFailed(Event, frozen=True, kw_only=True):
     blame: Blame | None = None
     """Whose fault the failure is (domain/node_health.py); None in failures recorded before
     failures carried one."""
+    lease_expired: bool = False
+    """The reconciler handed the attempt on because its node's lease on it expired
+    (domain/lease.py): the node stopped saying it runs it, not the work that failed."""
 
 
 @event
@@ -446,12 +449,15 @@ def fail_stage(
     restart_from_download: bool = False,
     unfinished_uploads: Sequence[str] = (),
     blame: Blame | None = None,
+    lease_expired: bool = False,
 ) -> list[Event]:
     """An attempt failed: retry it with exponential backoff, or fail the job when out of tries.
 
     `restart_from_download` is for a lost node: its local files went with it. `blame` says whose
-    fault it is; None (the reconciler's verdicts on a lost node or worker) is no one's in
-    particular and counts toward no quarantine: a lost node is gone, or restarts clean.
+    fault it is; None (the reconciler's verdicts on a lost node or worker, an expired lease) is
+    no one's in particular and counts toward no quarantine: a lost node is gone, or restarts
+    clean. `lease_expired`: the failure is the reconciler's, on an expired lease
+    (`StageFailed.lease_expired`).
     """
     _require_current(state, stage, run, attempt)
     spent = attempt - state.interruptions  # an attempt cut short by a shutdown is not one
@@ -470,6 +476,7 @@ def fail_stage(
                 retry_in=backoff * 2 ** (spent - 1),
                 unfinished_uploads=list(unfinished_uploads),
                 blame=blame,
+                lease_expired=lease_expired,
             )
         ]
     return [
@@ -482,6 +489,7 @@ def fail_stage(
             error_type=error_type,
             unfinished_uploads=list(unfinished_uploads),
             blame=blame,
+            lease_expired=lease_expired,
         ),
         JobFailed(run=run, stage=stage, reason=reason, error_type=error_type),
     ]

@@ -1,10 +1,22 @@
 """The reconciler: no accepted job is ever stranded.
 
-Redis is only a transport. Every pass compares each unfinished job in the log with what Redis
-holds and what live nodes say they run, and repairs the difference: a unit Redis lost is
-enqueued again (same id), a unit whose worker or node died is failed so its retry runs. A
-suspicion must hold on two passes in a row before anything is done, so a unit caught between
-queue and heartbeat is never touched.
+Redis is only a transport. Every pass looks at each unfinished job in the log and repairs what
+is stuck:
+
+- A unit a node has started runs under that node's lease (domain/lease.py), judged from the
+  log alone (adapters/lease_facts.py): its StageStarted grants it, each heartbeat of the node
+  that lists the unit renews it. While the lease holds the unit is left alone, whatever Redis
+  says; once it has expired the unit is failed so that its retry runs, from download when the
+  node is gone with the files of a mux or an upload. That verdict is acted on at the first pass
+  that reaches it: it is read from facts already recorded, and the lease's time to live is the
+  margin the two-pass rule below was for, so no second look is needed.
+- A unit no node has started is judged by what Redis holds: lost from the queue, or refused by
+  arq for what it still holds of an earlier unit of the same id (a mux or an upload comes back
+  as attempt 1 after a restart from download), it is enqueued again (same id); taken by a
+  worker that no live node lists for a lease's time, or ended in Redis without moving the job
+  on, it is failed so that its retry runs. Those verdicts read Redis and the nodes projection
+  at different moments, so they must hold on two passes in a row before anything is done: a
+  unit caught between queue and heartbeat is never touched.
 """
 
 from __future__ import annotations
@@ -13,19 +25,26 @@ import asyncio
 import logging
 import time
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from arq.connections import ArqRedis
 
+from spool.adapters import lease_facts
 from spool.adapters.event_store import EventStore
 from spool.adapters.job_store import jobs, load_job
 from spool.adapters.periodic import run_periodically
-from spool.adapters.queue import Dispatch, dispatch, unit_status
+from spool.adapters.queue import (
+    Dispatch,
+    dispatch,
+    enqueued_at,
+    forget,
+    unit_status,
+)
 from spool.adapters.read_models import jobs as job_rows
 from spool.adapters.read_models import nodes as node_rows
 from spool.adapters.repository import ChangingTooFast, Loaded
 from spool.adapters.settings import Settings
-from spool.domain import job, node
+from spool.domain import job, lease, node
 from spool.domain.errors import InvalidTransition
 from spool.domain.events import Event
 from spool.reactors.causes import following
@@ -64,43 +83,46 @@ class Reconciler:
         )
 
     def _after_outage(self, _exc: Exception) -> None:
-        # Nodes could not beat through the outage either: give them a node timeout to be heard
-        # again before any looks dead.
-        self._quiet_until = time.monotonic() + self.settings.node_timeout
+        # Nodes could not beat through the outage either, so no lease was renewed: give them a
+        # lease's time to be heard again before any lease counts as expired.
+        self._quiet_until = time.monotonic() + self.settings.resolved_lease_ttl()
 
     async def reconcile_once(self) -> list[str]:
         """One pass; returns what it did, one line per action."""
         if time.monotonic() < self._quiet_until:
             self._suspects = {}
             return []
-        if await self._nodes_behind():
-            # Liveness is read from the nodes projection: while it trails the log, a busy node
-            # looks dead and its running units lost. Judge nothing until it has caught up.
-            self._suspects = {}
-            return []
-        live = await node_rows.running_units(
-            self.store.pool, timedelta(seconds=self.settings.node_timeout)
-        )
-        running = set().union(*live.values()) if live else set()
-        quiet = await job_rows.unfinished_quiet_for(
-            self.store.pool, timedelta(seconds=max(2.0, 2 * self.settings.heartbeat_interval))
-        )
+        ttl = timedelta(seconds=self.settings.resolved_lease_ttl())
+        quiet = timedelta(seconds=max(2.0, 2 * self.settings.heartbeat_interval))
+        now = await lease_facts.database_now(self.store)
+        # What live nodes say they run, for units no node has started; None while the nodes
+        # projection trails the log (a busy node would look dead): such units wait a pass.
+        live = None
+        if not await self._nodes_behind():
+            live = await node_rows.running_units(
+                self.store.pool, timedelta(seconds=self.settings.node_timeout)
+            )
         suspects: dict[str, str] = {}
         actions: list[str] = []
-        for job_id in quiet:
+        for job_id, is_quiet in await job_rows.unfinished(self.store.pool, quiet):
             state = await load_job(self.store, job_id)
             if state is None or state.terminal or state.held:
                 continue  # a held job waits for its batch to start: nothing is stranded
             unit = job.arq_job_id(state.job_id, state.run, state.stage, state.attempt)
-            if unit in running:
-                continue
-            verdict = await self._diagnose(state, unit, live)
-            if verdict is None:
-                continue
-            if self._suspects.get(unit) != verdict:
-                suspects[unit] = verdict  # act only if the next pass sees the same
-                continue
-            action = await self._repair(state, unit, verdict)
+            held = None
+            if state.status == "Processing":  # a Pending job's first unit has not started
+                held = await lease_facts.granted(self.store, state, ttl)
+            action: str | None = None
+            if held is not None:
+                action = await self._judge_lease(state, held, now)
+            elif is_quiet and live is not None:
+                verdict = await self._diagnose(state, unit, live, now, ttl)
+                if verdict is None:
+                    continue
+                if self._suspects.get(unit) != verdict:
+                    suspects[unit] = verdict  # act only if the next pass sees the same
+                    continue
+                action = await self._repair(state, unit, verdict)
             if action:
                 actions.append(action)
                 log.info("%s", action)
@@ -121,26 +143,77 @@ class Reconciler:
         )
         return behind
 
-    async def _diagnose(
-        self, state: job.JobState, unit: str, live: dict[str, set[str]]
+    async def _judge_lease(
+        self, state: job.JobState, held: lease.Lease, now: datetime
     ) -> str | None:
-        if state.stage != "download" and state.node_id not in live:
-            return "node lost"
+        """Hand the started unit on if its node's lease on it has expired at `now`."""
+        if not lease.expired(held, now):
+            return None  # its grant alone still holds it: no heartbeat need be read
+        held = await lease_facts.renewed(self.store, held, now)
+        if not lease.expired(held, now):
+            return None
+        # The retry of a mux or an upload goes to the node that holds the files: only while
+        # that node is still heard from (it restarted, or dropped the unit) can it take it.
+        gone = not await lease_facts.heard_since(self.store, held.node_id, now - held.ttl, now)
+        since = held.renewed_at.astimezone(UTC).strftime("%H:%M:%S")
+        reason = (
+            f"The lease of node {held.node_id} on {state.stage} expired: no heartbeat of it "
+            f"has listed the unit since {since} UTC (lease {held.ttl.total_seconds():g} s)"
+        )
+        failed = await self._fail(
+            state,
+            reason,
+            restart_from_download=gone and state.stage != "download",
+            lease_expired=True,
+        )
+        if not failed:
+            return None
+        return f"failed {held.unit} (lease of node {held.node_id} expired) so that it is retried"
+
+    async def _diagnose(
+        self,
+        state: job.JobState,
+        unit: str,
+        live: dict[str, set[str]],
+        now: datetime,
+        ttl: timedelta,
+    ) -> str | None:
+        """What is wrong with a unit no node has started, if anything."""
+        if state.stage != "download" and not await lease_facts.heard_since(
+            self.store, state.node_id or "", now - ttl, now
+        ):
+            return "node lost"  # its files are on a node that is gone: it can never start
+        if any(unit in units for units in live.values()):
+            return None  # taken, waiting for a slot on a live node
         status = await unit_status(self.redis, unit)
         if status == "missing":
             return "missing"
-        if status == "in_progress":
+        if state.stage != "download" and await self._of_an_earlier_unit(state, unit):
+            # A mux or an upload again after a restart from download has its earlier unit's
+            # id; arq dropped its dispatch for what it still holds of that one.
+            return "earlier unit"
+        if status == "in_progress" and now - state.updated_at >= ttl:
+            # Taken by a worker no live node has listed for as long as a lease lasts.
             return "worker lost"
         if status == "done":
             return "ended without result"
         return None  # queued: waiting for a free worker is not a fault
 
+    async def _of_an_earlier_unit(self, state: job.JobState, unit: str) -> bool:
+        """Whether what Redis holds under the unit's id was enqueued before the unit became
+        the job's current one."""
+        enqueued = await enqueued_at(self.redis, unit)
+        since = await lease_facts.current_since(self.store, state.job_id)
+        return enqueued is not None and since is not None and enqueued < since
+
     async def _repair(self, state: job.JobState, unit: str, verdict: str) -> str | None:
-        # The repair follows from the job's last event: its request's correlation, caused by it.
-        meta = await following(
-            self.store, job.stream_id(state.job_id), state.version, actor="reconciler"
-        )
-        if verdict == "missing":
+        if verdict == "earlier unit":
+            await forget(self.redis, unit)
+        if verdict in ("missing", "earlier unit"):
+            # The repair follows from the job's last event: its request's correlation.
+            meta = await following(
+                self.store, job.stream_id(state.job_id), state.version, actor="reconciler"
+            )
             d = Dispatch(
                 state.job_id,
                 state.run,
@@ -151,12 +224,32 @@ class Reconciler:
                 causation_id=meta.causation_id,
             )
             await dispatch(self.redis, d)
+            if verdict == "earlier unit":
+                return f"re-dispatched {unit}: the queue held an earlier unit of its id"
             return f"re-dispatched {unit}: the queue had lost it"
         reasons = {
-            "node lost": f"Node {state.node_id} stopped answering during {state.stage}",
-            "worker lost": f"The worker running {state.stage} stopped answering",
+            "node lost": f"Node {state.node_id} stopped answering before {state.stage} started",
+            "worker lost": f"The worker that took {state.stage} stopped answering",
             "ended without result": f"The {state.stage} stage ended without a result",
         }
+        failed = await self._fail(
+            state, reasons[verdict], restart_from_download=verdict == "node lost"
+        )
+        return f"failed {unit} ({verdict}) so that it is retried" if failed else None
+
+    async def _fail(
+        self,
+        state: job.JobState,
+        reason: str,
+        *,
+        restart_from_download: bool,
+        lease_expired: bool = False,
+    ) -> bool:
+        """Fail the job's current attempt, retryably; False if the job moved on by itself."""
+        # The failure follows from the job's last event: its request's correlation, caused by it.
+        meta = await following(
+            self.store, job.stream_id(state.job_id), state.version, actor="reconciler"
+        )
 
         def fail(current: job.JobState) -> list[Event]:
             return job.fail_stage(
@@ -165,11 +258,12 @@ class Reconciler:
                 current.run,
                 current.attempt,
                 node_id=current.node_id,
-                reason=reasons[verdict],
+                reason=reason,
                 retryable=True,
                 max_attempts=self.settings.stage_attempts,
                 backoff=0.0,
-                restart_from_download=verdict == "node lost",
+                restart_from_download=restart_from_download,
+                lease_expired=lease_expired,
             )
 
         # Decided on the state the verdict was reached on, once: a clash means the job moved on
@@ -178,5 +272,5 @@ class Reconciler:
         try:
             await repair.execute(state.job_id, fail, meta, known=Loaded(state, state.version))
         except (ChangingTooFast, InvalidTransition):
-            return None  # the job moved on by itself
-        return f"failed {unit} ({verdict}) so that it is retried"
+            return False
+        return True

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from spool.domain import node, task
+from spool.domain import job, node, task
 from spool.domain.events import NewEvent
 from tests.cluster_api_helpers import FreshApi, append_node, fresh_api, heartbeat, node_started
 
@@ -172,3 +172,35 @@ async def test_without_a_scrape_token_only_an_admin_key_reads_metrics(
         for headers in ({"Authorization": "Bearer "}, {"Authorization": "Bearer None"}, {}):
             assert (await api.client.get("/metrics", headers=headers)).status_code == 401
         assert (await api.client.get("/metrics", headers=api.admin())).status_code == 200
+
+
+async def test_metrics_count_the_units_handed_on_for_an_expired_lease_by_stage(
+    api: FreshApi,
+) -> None:
+    created = job.create(job_id="j1", account_id="acct", url="http://x", options=job.JobOptions())
+    lapsed = job.StageFailed(
+        stage="download",
+        run=1,
+        attempt=1,
+        node_id="gone",
+        reason="The lease of node gone on download expired",
+        retry_stage="download",
+        retry_attempt=2,
+        lease_expired=True,
+    )
+    broken = job.StageFailed(
+        stage="download", run=1, attempt=2, node_id="n2", reason="HTTP 500", retry_attempt=3
+    )
+    events = [
+        *created,
+        job.StageStarted(stage="download", run=1, attempt=1, node_id="gone"),
+        lapsed,
+        job.StageStarted(stage="download", run=1, attempt=2, node_id="n2"),
+        broken,
+    ]
+    await api.store.append(job.stream_id("j1"), [NewEvent(e) for e in events], 0)
+    await api.runner.settle()
+    samples = await _scrape(api)
+    assert _value(samples, "spool_lease_expiries_total", stage="download") == 1
+    assert _value(samples, "spool_lease_expiries_total", stage="mux") == 0
+    assert _value(samples, "spool_lease_expiries_total", stage="upload") == 0

@@ -5,7 +5,9 @@ in the job's own timings) and closes at the attempt's end: DownloadCompleted, Mu
 JobCompleted (`completed`, with the worker's measured time and the bytes it moved), StageFailed
 (`failed`, with the reason), StageInterrupted (`interrupted`: its node was stopped; the stage
 runs again) or JobCancelled while it ran (`cancelled`). An attempt that failed
-before any node started it (a timeout) has a row with no start.
+before any node started it (a timeout) has a row with no start. A failed attempt the
+reconciler handed on because its node's lease expired (domain/lease.py) has `lease_expired`
+set: `/metrics` counts them (`spool_lease_expiries_total`, api/metrics.py).
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ job_stages = sa.Table(
     sa.Column("work_ms", sa.BigInteger),  # the worker's own measure of a completed attempt
     sa.Column("bytes", sa.BigInteger),
     sa.Column("reason", sa.Text),
+    sa.Column("lease_expired", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("job_stages_finished_idx", "finished_at"),
+    # The few attempts handed on for an expired lease, counted at each scrape (migration 0020).
+    sa.Index("job_stages_lease_expired_idx", "stage", postgresql_where=sa.text("lease_expired")),
 )
 
 StageKey = tuple[str, int, str, int]
@@ -59,6 +64,7 @@ class StageRow(msgspec.Struct, kw_only=True):
     work_ms: int | None = None
     bytes: int | None = None
     reason: str | None = None
+    lease_expired: bool = False
 
 
 COLUMNS: tuple[str, ...] = StageRow.__struct_fields__
@@ -104,6 +110,7 @@ def evolve(rows: dict[StageKey, StageRow], job_id: str, ev: Event, at: datetime)
         row = _row(rows, (job_id, ev.run, ev.stage, ev.attempt))
         row.finished_at, row.outcome, row.reason = at, "failed", ev.reason
         row.node_id = ev.node_id or row.node_id
+        row.lease_expired = ev.lease_expired
     elif isinstance(ev, job.StageInterrupted):
         row = _row(rows, (job_id, ev.run, ev.stage, ev.attempt))
         row.finished_at, row.outcome, row.node_id = at, "interrupted", ev.node_id
@@ -150,14 +157,14 @@ async def without_stream(conn: asyncpg.Connection, at: Checkpoint) -> list[str]:
 
 _UPSERT = """
 INSERT INTO job_stages (job_id, run, stage, attempt, node_id, started_at, finished_at, outcome,
-                        work_ms, bytes, reason)
+                        work_ms, bytes, reason, lease_expired)
 SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::text[],
                      $6::timestamptz[], $7::timestamptz[], $8::text[], $9::int8[], $10::int8[],
-                     $11::text[])
+                     $11::text[], $12::bool[])
 ON CONFLICT (job_id, run, stage, attempt) DO UPDATE SET
     node_id = excluded.node_id, started_at = excluded.started_at,
     finished_at = excluded.finished_at, outcome = excluded.outcome, work_ms = excluded.work_ms,
-    bytes = excluded.bytes, reason = excluded.reason
+    bytes = excluded.bytes, reason = excluded.reason, lease_expired = excluded.lease_expired
 """
 
 
@@ -181,3 +188,13 @@ class JobStagesProjection:
         ]
         if changed:
             await conn.execute(_UPSERT, *(list(c) for c in zip(*changed, strict=True)))
+
+
+_LEASE_EXPIRIES = (
+    "SELECT stage, count(*) FROM job_stages WHERE lease_expired GROUP BY stage ORDER BY stage"
+)
+
+
+async def lease_expiries(pool: asyncpg.Pool) -> list[tuple[str, int]]:
+    """How many attempts of each stage were handed on because their lease expired."""
+    return [(r[0], int(r[1])) for r in await pool.fetch(_LEASE_EXPIRIES)]

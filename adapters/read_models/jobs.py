@@ -311,15 +311,17 @@ async def account_jobs(
     )
 
 
-_UNFINISHED_QUIET = """
-SELECT job_id FROM jobs WHERE status <> ALL($1::text[]) AND updated_at < now() - $2::interval
+_UNFINISHED = """
+SELECT job_id, updated_at < now() - $2::interval AS quiet FROM jobs
+WHERE status <> ALL($1::text[]) AND (status = 'Processing' OR updated_at < now() - $2::interval)
 """
 
 
-async def unfinished_quiet_for(pool: asyncpg.Pool, quiet: timedelta) -> list[str]:
-    """Jobs not finished (`domain.job.TERMINAL`) whose row has not changed for `quiet`."""
-    rows = await pool.fetch(_UNFINISHED_QUIET, sorted(job.TERMINAL), quiet)
-    return [r[0] for r in rows]
+async def unfinished(pool: asyncpg.Pool, quiet: timedelta) -> list[tuple[str, bool]]:
+    """Jobs not finished (`domain.job.TERMINAL`) that are processing or whose row has not
+    changed for `quiet`; each with whether it has been quiet that long."""
+    rows = await pool.fetch(_UNFINISHED, sorted(job.TERMINAL), quiet)
+    return [(r[0], bool(r[1])) for r in rows]
 
 
 _decode_options = msgspec.json.Decoder(job.JobOptions).decode

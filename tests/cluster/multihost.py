@@ -44,15 +44,17 @@ TIMINGS = {
     "SPOOL_STALL_TIMEOUT": "10",
     "SPOOL_RECONCILE_INTERVAL": "2",
     "SPOOL_NODE_TIMEOUT": "5",
+    "SPOOL_LEASE_TTL": "5",
     "SPOOL_RETRY_BACKOFF": "0.2",
     "SPOOL_DATABASE_PEER_TIMEOUT": "5",
 }
 """Faster than production's defaults (docs/architecture.md, Settings), so tests wait less; a
-test may override any. A node is lost `SPOOL_NODE_TIMEOUT` after its last heartbeat (one a
-second), and the reconciler acts on what two passes `SPOOL_RECONCILE_INTERVAL` apart agree on.
-Those passes stay two heartbeats apart, as production's are (10 s): with passes 0.5 s apart,
-a unit a starved node has just taken, not yet in any heartbeat of that node, is judged lost on
-a loaded machine ("The worker running mux stopped answering") while the node runs it. A
+test may override any. A node's lease on a unit it started expires `SPOOL_LEASE_TTL` after the
+last of its heartbeats (one a second) that listed the unit, and the reconciler, passing every
+`SPOOL_RECONCILE_INTERVAL`, hands the unit on at the first pass after that (docs/architecture.md,
+Leases). Those passes stay two heartbeats apart, as production's are (10 s): the units no node
+has started yet are still judged by what two passes agree on, and a unit a starved node has
+just taken, in no heartbeat of it yet, must not be judged lost between them. A
 node cut off mid-transaction holds the projections back until PostgreSQL lets its session go
 (`SPOOL_DATABASE_PEER_TIMEOUT`): 5 s here, so a test's waits outlast it."""
 

@@ -8,7 +8,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +16,25 @@ import psutil
 import pytest
 import yaml
 
+from spool.domain import node
 from tests.cluster.multihost import TIMINGS, MultiHost
 from tests.cluster.network import tbf_unavailable
 from tests.faults.checks import assert_log_and_bucket_clean
+from tests.fixtures.media import make_clip
 
 BUSY = 9
 """More held downloads than the three nodes' download slots (two each, `spool worker`'s
 default): every node is busy with two."""
+
+LEASE = timedelta(seconds=float(TIMINGS["SPOOL_LEASE_TTL"]))
+PASS = timedelta(seconds=float(TIMINGS["SPOOL_RECONCILE_INTERVAL"]))
+TAKEOVER = LEASE + 2 * PASS + timedelta(seconds=5)
+"""The longest from a dead node's last heartbeat to its unit starting on another node: the
+lease, up to two reconcile passes (docs/architecture.md, Leases), and 5 s for the pipeline to
+dispatch the retry and a node to start it on a loaded machine."""
+
+UPLINK_MBIT = 1.0
+"""The throttled uplink of the node killed mid-upload: the clip takes it seconds to send."""
 
 
 async def _assert_all_completed(cluster: MultiHost, ended: dict[str, str]) -> None:
@@ -151,19 +163,16 @@ async def test_the_devices_list_shows_each_node_at_its_own_hosts_address(
 async def test_a_node_killed_mid_download_has_its_downloads_taken_over_by_another(
     cluster: MultiHost,
 ) -> None:
-    """A node that loses power (SIGKILL of every process on its host) stops beating; once its
-    last heartbeat is `SPOOL_NODE_TIMEOUT` old (5 s here, 15 s by default) the reconciler finds
-    its downloads running nowhere, and after two passes `SPOOL_RECONCILE_INTERVAL` apart (2 s
-    here, 10 s by default) fails each so that its retry is queued for any node: another node
-    starts it within about node timeout + 2 x reconcile interval + the pipeline's dispatch,
-    about 10 s here, 35 s with the defaults (printed per job with `-s`). The dead worker's
-    arq in-progress key is never waited on."""
+    """A node that loses power (SIGKILL of every process on its host) stops beating, so its
+    leases on the downloads it runs are no longer renewed: once the last heartbeat listing them
+    is `SPOOL_LEASE_TTL` old (5 s here, the node timeout of 15 s by default), the reconciler's
+    next pass (`SPOOL_RECONCILE_INTERVAL`, 2 s here, 10 s by default) fails each so that its
+    retry is queued for any node. The dead worker's arq in-progress key is never waited on."""
     held, gate = cluster.db.media.held_url("clip.mp4")
     jobs = await cluster.create_jobs({"url": held, "filename": f"held{i}"} for i in range(BUSY))
     victims = await _downloading_on(cluster, jobs, "node1", count=2)
 
     cluster.nodes["node1"].kill()
-    killed_at = datetime.now(UTC)
     gate.set()  # the downloads still running finish; the retried ones run at full speed
 
     ended = await cluster.wait_ended(jobs, seconds=120)
@@ -172,13 +181,93 @@ async def test_a_node_killed_mid_download_has_its_downloads_taken_over_by_anothe
     for job_id in victims:
         history = await cluster.events(job_id)
         failed = [e["data"] for e in history if e["type"] == "StageFailed"]
-        assert [(f["stage"], f["node_id"]) for f in failed] == [("download", "node1")], failed
+        assert [(f["stage"], f["node_id"], f["lease_expired"]) for f in failed] == [
+            ("download", "node1", True)
+        ], failed
         (completed_on,) = _node_of(history, "JobCompleted")
         assert completed_on in {"node2", "node3"}
-        retried = _last_run(history)[0]
-        taken_over = datetime.fromisoformat(retried["recorded_at"]) - killed_at
-        print(f"{job_id}: download taken over by {completed_on} {taken_over} after the kill")
+        await _assert_taken_over_in_time(cluster, job_id, history, "node1")
     await _assert_nothing_lost(cluster, jobs)
+
+
+async def test_a_node_killed_mid_upload_has_its_unit_taken_over_and_stored_once(
+    cluster: MultiHost, cluster_media: Path
+) -> None:
+    """The node uploading a job's file loses power halfway (its uplink is throttled so that
+    the upload lasts seconds). The file it muxed is gone with it, so once its lease on the
+    upload expires the job starts over from download on another node; the bucket ends with
+    that node's object alone."""
+    unavailable = tbf_unavailable()
+    if unavailable is not None:
+        pytest.skip(f"a slow upload needs a rate limit on the node's link: {unavailable}")
+    if not (cluster_media / "long.mp4").exists():
+        make_clip(cluster_media / "long.mp4", 4.0, width=640, height=360)  # about 1 MB
+    held, gate = cluster.db.media.held_url("long.mp4")
+    (job_id,) = await cluster.create_jobs([{"url": held, "filename": "mid-upload"}])
+    victim = await _stage_started_on(cluster, job_id, "download")
+    host = cluster.nodes[victim]
+    host.link.cap(UPLINK_MBIT)
+    try:
+        gate.set()
+        await _stage_started_on(cluster, job_id, "upload")
+        host.kill()
+    finally:
+        host.link.unslow()
+
+    ended = await cluster.wait_ended([job_id], seconds=120)
+
+    await _assert_all_completed(cluster, ended)
+    history = await cluster.events(job_id)
+    failed = [e["data"] for e in history if e["type"] == "StageFailed"]
+    assert [(f["stage"], f["node_id"], f["lease_expired"]) for f in failed] == [
+        ("upload", victim, True)
+    ], await cluster.story(job_id)
+    assert f"lease of node {victim} on upload expired" in failed[0]["reason"]
+    assert failed[0]["retry_stage"] == "download"  # its muxed file went with it
+    (completed_on,) = _node_of(history, "JobCompleted")
+    assert completed_on != victim
+    await _assert_taken_over_in_time(cluster, job_id, history, victim)
+    await _assert_nothing_lost(cluster, [job_id])
+
+
+async def _assert_taken_over_in_time(
+    cluster: MultiHost, job_id: str, history: list[dict[str, Any]], dead: str
+) -> None:
+    """The job's unit was handed on no sooner than its lease allowed and started elsewhere
+    within `TAKEOVER`, both measured from the dead node's last heartbeat in the log."""
+    last_beat = await _last_heartbeat(cluster, dead)
+    (failed_at,) = [_at(e) for e in history if e["type"] == "StageFailed"]
+    restarted_at = next(
+        _at(e) for e in history if e["type"] == "StageStarted" and _at(e) > failed_at
+    )
+    assert failed_at - last_beat >= LEASE, (last_beat, failed_at)
+    assert restarted_at - last_beat <= TAKEOVER, (last_beat, restarted_at)
+    print(f"{job_id}: taken over {restarted_at - last_beat} after {dead}'s last heartbeat")
+
+
+async def _last_heartbeat(cluster: MultiHost, node_id: str) -> datetime:
+    today = datetime.now(UTC).date()
+    streams = [node.heartbeat_stream_id(node_id, today - timedelta(days=d)) for d in (0, 1)]
+    at: datetime = await cluster.store.pool.fetchval(
+        "SELECT max(recorded_at) FROM events WHERE stream_id = ANY($1::text[])", streams
+    )
+    return at
+
+
+def _at(event: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(event["recorded_at"])
+
+
+async def _stage_started_on(cluster: MultiHost, job_id: str, stage: str) -> str:
+    """Wait until `stage` of the job has started; the node it started on."""
+    deadline = time.monotonic() + 90
+    while True:
+        history = await cluster.events(job_id)
+        started = [e for e in history if e["type"] == "StageStarted"]
+        if on := [e["data"]["node_id"] for e in started if e["data"]["stage"] == stage]:
+            return str(on[-1])
+        assert time.monotonic() < deadline, history
+        await asyncio.sleep(0.1)
 
 
 async def _downloading_on(cluster: MultiHost, jobs: list[str], node: str, count: int) -> list[str]:
