@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,9 +56,10 @@ class Run:
         return self.completed / self.seconds
 
 
-async def run(server_url: str, media: Path, nodes: int, jobs: int, seconds: float) -> Run:
-    """One cluster of `nodes` worker hosts through `jobs` jobs; what it did."""
-    async with spool_cluster(server_url, f"multihost{nodes}") as made:
+@contextlib.asynccontextmanager
+async def _hosts(server_url: str, media: Path, nodes: int, name: str) -> AsyncIterator[MultiHost]:
+    """A multi-host cluster of `nodes` worker hosts over a database and Redis of its own."""
+    async with spool_cluster(server_url, name) as made:
         with tempfile.TemporaryDirectory(prefix="spool-bench-hosts-") as root:
             async with multihost(
                 database_url=made.database_url,
@@ -65,12 +68,18 @@ async def run(server_url: str, media: Path, nodes: int, jobs: int, seconds: floa
                 root=Path(root),
                 nodes=nodes,
             ) as cluster:
-                url = cluster.db.media.url("clip.mp4")
-                made_jobs = await cluster.create_jobs(
-                    {"url": url, "filename": f"clip{i}"} for i in range(jobs)
-                )
-                ended = await cluster.wait_ended(made_jobs, seconds)
-                span = await cluster.store.pool.fetchval(_SPAN)
+                yield cluster
+
+
+async def run(server_url: str, media: Path, nodes: int, jobs: int, seconds: float) -> Run:
+    """One cluster of `nodes` worker hosts through `jobs` jobs; what it did."""
+    async with _hosts(server_url, media, nodes, f"multihost{nodes}") as cluster:
+        url = cluster.db.media.url("clip.mp4")
+        made_jobs = await cluster.create_jobs(
+            {"url": url, "filename": f"clip{i}"} for i in range(jobs)
+        )
+        ended = await cluster.wait_ended(made_jobs, seconds)
+        span = await cluster.store.pool.fetchval(_SPAN)
     completed = sum(status == "Completed" for status in ended.values())
     return Run(nodes, jobs, completed, float(span))
 
@@ -129,20 +138,12 @@ async def takeover_round(cluster: MultiHost, seconds: float) -> list[float]:
 async def takeover(server_url: str, media: Path, rounds: int, seconds: float) -> list[float]:
     """`rounds` node deaths on one 3-node cluster (node1 restarted between them)."""
     found: list[float] = []
-    async with spool_cluster(server_url, "takeover") as made:
-        with tempfile.TemporaryDirectory(prefix="spool-bench-hosts-") as root:
-            async with multihost(
-                database_url=made.database_url,
-                redis_url=made.redis_url,
-                media_root=media,
-                root=Path(root),
-                nodes=3,
-            ) as cluster:
-                for n in range(rounds):
-                    await cluster.restore()
-                    took = await takeover_round(cluster, seconds)
-                    print(f"round {n + 1}: " + ", ".join(f"{t:.1f} s" for t in took), flush=True)
-                    found += took
+    async with _hosts(server_url, media, 3, "takeover") as cluster:
+        for n in range(rounds):
+            await cluster.restore()
+            took = await takeover_round(cluster, seconds)
+            print(f"round {n + 1}: " + ", ".join(f"{t:.1f} s" for t in took), flush=True)
+            found += took
     return found
 
 

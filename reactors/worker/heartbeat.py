@@ -13,26 +13,16 @@ from spool.adapters.event_store import StreamAppend
 from spool.adapters.job_store import load_job
 from spool.adapters.periodic import run_periodically
 from spool.adapters.repository import record_many
-from spool.domain import job, node
+from spool.domain import job, lease, node
 from spool.domain.errors import ConcurrencyError
-from spool.domain.events import NewEvent
+from spool.domain.events import Event, NewEvent
 from spool.reactors.worker.drain import Drain
 from spool.reactors.worker.registration import Registration
 from spool.reactors.worker.unit import RunningUnit
 
 log = logging.getLogger("spool.node")
 
-_MOVING = (
-    job.StageStarted,
-    job.DownloadCompleted,
-    job.MuxCompleted,
-    job.JobCompleted,
-    job.StageFailed,
-    job.StageInterrupted,
-    job.JobFailed,
-    job.JobCancelled,
-    job.JobRetried,
-)
+_MOVING: tuple[type[Event], ...] = (job.StageStarted, *lease.ATTEMPT_ENDERS)
 """The events that can take a job off a unit: a later one than the unit's own start is read
 as a sign to load the job and see (progress, webhooks, renames never move it)."""
 
