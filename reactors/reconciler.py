@@ -70,6 +70,7 @@ class Reconciler:
         self.settings = settings
         self._suspects: dict[str, str] = {}
         self._quiet_until = 0.0
+        self._outage = False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Reconcile every `reconcile_interval` seconds until `stop` is set."""
@@ -83,12 +84,19 @@ class Reconciler:
         )
 
     def _after_outage(self, _exc: Exception) -> None:
-        # Nodes could not beat through the outage either, so no lease was renewed: give them a
-        # lease's time to be heard again before any lease counts as expired.
-        self._quiet_until = time.monotonic() + self.settings.resolved_lease_ttl()
+        self._outage = True
 
     async def reconcile_once(self) -> list[str]:
         """One pass; returns what it did, one line per action."""
+        if self._outage:
+            # Nodes could not beat through the outage either, so no lease was renewed: give
+            # them a lease's time from when the database answers again to be heard before any
+            # lease counts as expired. Counted from the failed pass instead, the quiet ran out
+            # while the outage went on, and a node still reconnecting had its units taken
+            # while it ran them (tests/faults/test_postgres_outage.py).
+            await lease_facts.database_now(self.store)  # raises while it is still down
+            self._outage = False
+            self._quiet_until = time.monotonic() + self.settings.resolved_lease_ttl()
         if time.monotonic() < self._quiet_until:
             self._suspects = {}
             return []
