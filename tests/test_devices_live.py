@@ -2,40 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 from spool.domain import node
 from tests.cluster_api_helpers import append_node, assert_error, heartbeat, node_started, unique
 from tests.fixtures.cluster import Cluster, StartCluster
-
-
-async def _device(c: Cluster, device_id: str) -> dict[str, Any] | None:
-    answer = await c.client.get(f"/api/v1/devices/{device_id}", headers=c.headers(c.admin_key))
-    if answer.status_code == 404:
-        return None
-    assert answer.status_code == 200, answer.text
-    data: dict[str, Any] = answer.json()["data"]
-    return data
-
-
-async def _until(check: Any, seconds: float = 20) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        found = await check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.1)
+from tests.fixtures.waiting import until
 
 
 async def _online(c: Cluster, device_id: str) -> dict[str, Any]:
     async def online() -> dict[str, Any] | None:
-        d = await _device(c, device_id)
+        d = await c.device(device_id)
         return d if d is not None and d["status"] == "online" else None
 
-    found: dict[str, Any] = await _until(online)
+    found: dict[str, Any] = await until(online, seconds=20)
     return found
 
 
@@ -58,10 +39,10 @@ async def test_ping_is_a_round_trip_to_the_node(start_cluster: StartCluster) -> 
         await c.stop_node()
 
         async def offline() -> bool:
-            d = await _device(c, node_id)
+            d = await c.device(node_id)
             return d is not None and d["status"] == "offline"
 
-        await _until(offline)
+        await until(offline, seconds=20)
         dead = await c.client.post(f"/api/v1/devices/{node_id}/ping", headers=admin)
         assert dead.status_code == 503
         assert_error(dead.json(), "INTERNAL_ERROR")
@@ -103,7 +84,7 @@ async def test_a_removed_node_registers_again_by_itself(start_cluster: StartClus
             after = types[types.index("NodeRemoved") :]
             return types if "NodeStarted" in after else None
 
-        types = await _until(registered_again)
+        types = await until(registered_again, seconds=20)
         await _online(c, node_id)
 
         # A few more beats since (each in a stream of the day's beats): it registers once, not
@@ -119,7 +100,7 @@ async def test_a_removed_node_registers_again_by_itself(start_cluster: StartClus
             )
             return beats >= 3
 
-        await _until(beat_thrice_since)
+        await until(beat_thrice_since, seconds=20)
         types = [e.type for e in await c.store.read_stream(node.stream_id(node_id))]
         assert types.count("NodeStarted") == 2  # at start, and once after the removal
 

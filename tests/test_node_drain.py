@@ -7,10 +7,7 @@ node, is still untouched after the drained node finished a whole job of its own.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import pytest
@@ -25,39 +22,16 @@ from spool.reactors.scheduler import Scheduler
 from tests.cluster_api_helpers import append_node, heartbeat, node_started, unique
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer
-
-T = TypeVar("T")
-
-
-async def _until(
-    check: Callable[[], Awaitable[T | None]], seconds: float = 30, every: float = 0.1
-) -> T:
-    deadline = time.monotonic() + seconds
-    while True:
-        found = await check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(every)
-
-
-async def _device(c: Cluster, device_id: str) -> dict[str, Any] | None:
-    """The device as the API shows it; None before the node registered."""
-    answer = await c.client.get(f"/api/v1/devices/{device_id}", headers=c.headers(c.admin_key))
-    if answer.status_code == 404:
-        return None
-    assert answer.status_code == 200, answer.text
-    data: dict[str, Any] = answer.json()["data"]
-    return data
+from tests.fixtures.waiting import until
 
 
 async def _shows(c: Cluster, device_id: str, status: str, state: str) -> None:
     async def shown() -> bool:
-        d = await _device(c, device_id)
+        d = await c.device(device_id)
         return d is not None and d["status"] == status and d["state"] == state
 
     # The devices API allows an admin key 60 requests a minute: a slow start must not spend them.
-    await _until(shown, every=1.0)
+    await until(shown, every=1.0)
 
 
 async def _post(c: Cluster, device_id: str, action: str) -> dict[str, Any]:
@@ -178,14 +152,14 @@ async def test_the_scheduler_places_no_task_on_a_drained_node(
             assert state is not None and state.status == "queued", state
             return state.reason if state.reason and "is draining" in state.reason else None
 
-        assert node_id in await _until(waits_for_the_drain)
+        assert node_id in await until(waits_for_the_drain)
         await _post(c, node_id, "undrain")
 
         async def succeeded() -> task.TaskState | None:
             state = await load_task(c.store, task_id)
             return state if state is not None and state.status == "success" else None
 
-        assert (await _until(succeeded)).device_id == node_id
+        assert (await until(succeeded)).device_id == node_id
 
 
 async def test_a_task_assigned_to_a_node_that_is_then_drained_goes_back_to_the_queue(
@@ -214,7 +188,7 @@ async def test_a_task_assigned_to_a_node_that_is_then_drained_goes_back_to_the_q
             state = await load_task(c.store, task_id)
             return state is not None and (state.status, state.device_id) == ("assigned", ghost)
 
-        await _until(assigned_to_ghost)
+        await until(assigned_to_ghost)
 
         await _post(c, ghost, "drain")
         await _shows(c, ghost, "online", "draining")
@@ -228,7 +202,7 @@ async def test_a_task_assigned_to_a_node_that_is_then_drained_goes_back_to_the_q
                 for e in events
             )
 
-        await _until(taken_back)
+        await until(taken_back)
 
         async def placed_nowhere_saying_why() -> str | None:
             await scheduler.pass_once()  # once the `tasks` table shows it queued again
@@ -236,7 +210,7 @@ async def test_a_task_assigned_to_a_node_that_is_then_drained_goes_back_to_the_q
             assert waiting is not None and waiting.status == "queued", waiting
             return waiting.reason if waiting.reason and "is draining" in waiting.reason else None
 
-        assert f"{ghost} is draining" in await _until(placed_nowhere_saying_why)
+        assert f"{ghost} is draining" in await until(placed_nowhere_saying_why)
 
 
 def test_drain_is_decided_on_the_nodes_own_facts() -> None:

@@ -10,11 +10,8 @@ so these clusters have no rate limit.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from arq.worker import Retry
@@ -28,35 +25,15 @@ from spool.reactors import stages
 from tests.cluster_api_helpers import append_node
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer
-
-T = TypeVar("T")
-
-
-async def _until(check: Callable[[], Awaitable[T | None]], seconds: float = 60) -> T:
-    deadline = time.monotonic() + seconds
-    while True:
-        found = await check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.1)
-
-
-async def _device(c: Cluster, device_id: str) -> dict[str, Any] | None:
-    answer = await c.client.get(f"/api/v1/devices/{device_id}", headers=c.headers(c.admin_key))
-    if answer.status_code == 404:
-        return None
-    assert answer.status_code == 200, answer.text
-    data: dict[str, Any] = answer.json()["data"]
-    return data
+from tests.fixtures.waiting import until
 
 
 async def _shows(c: Cluster, device_id: str, state: str) -> dict[str, Any]:
     async def shown() -> dict[str, Any] | None:
-        d = await _device(c, device_id)
+        d = await c.device(device_id)
         return d if d is not None and d["status"] == "online" and d["state"] == state else None
 
-    return await _until(shown)
+    return await until(shown, seconds=60)
 
 
 def _break_mux_on(monkeypatch: pytest.MonkeyPatch, broken: set[str]) -> None:
@@ -168,7 +145,7 @@ async def _health_read_past(c: Cluster, job_id: str) -> None:
         )
         return position is not None and position >= last.position
 
-    await _until(past)
+    await until(past, seconds=60)
 
 
 async def test_a_success_in_between_starts_the_count_again(
@@ -255,14 +232,14 @@ async def test_the_scheduler_places_no_task_on_a_quarantined_node(
             assert state is not None and state.status == "queued", state
             return state.reason if state.reason and "is quarantined" in state.reason else None
 
-        assert node_id in await _until(waits_for_the_release)
+        assert node_id in await until(waits_for_the_release, seconds=60)
         await c.client.post(f"/api/v1/devices/{node_id}/release", headers=c.headers(c.admin_key))
 
         async def succeeded() -> bool:
             state = await load_task(c.store, task_id)
             return state is not None and state.status == "success"
 
-        await _until(succeeded)
+        await until(succeeded, seconds=60)
 
 
 def test_quarantine_and_release_are_decided_on_the_nodes_own_facts() -> None:
