@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from arq.worker import Worker
 
@@ -31,7 +31,7 @@ async def interrupt_running(running: Mapping[str, RunningUnit], grace: float) ->
 
 
 async def stop_workers(
-    workers: list[Worker], loops: list[asyncio.Task[None]], cancel_grace: float
+    workers: Sequence[Worker], loops: list[asyncio.Task[None]], cancel_grace: float
 ) -> None:
     """Stop the arq workers; their jobs are cancelled (arq queues them again) within the grace."""
     for w in workers:
