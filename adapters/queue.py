@@ -184,16 +184,17 @@ async def dispatch(redis: ArqRedis, d: Dispatch) -> bool:
 
 
 def unit_for(job_id: str, ev: Event) -> Dispatch | None:
-    """The unit of work a job event calls for, if any (the pipeline's dispatch rule)."""
+    """The unit of work a job event calls for, if any (the pipeline's dispatch rule). A result
+    whose node went straight on to the next stage (`chained`) calls for none: it runs."""
     if isinstance(ev, job.JobCreated):
         return None if ev.held else Dispatch(job_id, 1, "download", 1)
     if isinstance(ev, job.JobReleased):
         return Dispatch(job_id, 1, "download", 1)
     if isinstance(ev, job.JobRetried):
         return Dispatch(job_id, ev.run, "download", 1)
-    if isinstance(ev, job.DownloadCompleted):
+    if isinstance(ev, job.DownloadCompleted) and not ev.chained:
         return Dispatch(job_id, ev.run, "mux", 1, ev.node_id)
-    if isinstance(ev, job.MuxCompleted):
+    if isinstance(ev, job.MuxCompleted) and not ev.chained:
         return Dispatch(job_id, ev.run, "upload", 1, ev.node_id)
     if isinstance(ev, job.StageFailed) and ev.retry_stage and ev.retry_attempt:
         return Dispatch(job_id, ev.run, ev.retry_stage, ev.retry_attempt, ev.node_id, ev.retry_in)

@@ -65,7 +65,7 @@ class Node(Heartbeat, StageRunner):
         for w in workers:
             w.allow_pick_jobs = False  # nothing new from now on
         left = await interrupt_running(self.running, interrupt_grace)
-        await stop_workers(workers, tasks, cancel_grace)
+        await stop_workers(workers, tasks, cancel_grace, self.chains)
         listening.set()
         for t in (ticker, wakeups):
             t.cancel()

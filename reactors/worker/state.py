@@ -56,6 +56,9 @@ class NodeState:
         # Units taken from a queue but perhaps still waiting for a slot: reported as running so
         # the reconciler never mistakes them for lost.
         self.claimed: set[str] = set()
+        # The tasks of stages this node went straight on to after the one before (mux after
+        # its download, upload after its mux: `StageRunner._go_on`), outside any arq unit.
+        self.chains: set[asyncio.Task[str]] = set()
         self.slots = {
             "download": asyncio.Semaphore(settings.download_concurrency),
             "mux": asyncio.Semaphore(settings.mux_concurrency),
