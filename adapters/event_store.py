@@ -8,6 +8,7 @@ Subscribers read in `(tx, position)` order and only below the oldest transaction
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any, NamedTuple
@@ -31,6 +32,8 @@ from spool.domain import (  # noqa: F401
 )
 from spool.domain.errors import ConcurrencyError
 from spool.domain.events import Event, EventRegistry, Metadata, NewEvent, RecordedEvent, registry
+
+log = logging.getLogger("spool.events")
 
 NOTIFY_CHANNEL = "spool_events"
 
@@ -321,6 +324,7 @@ class EventStore:
         self._decoder = DECODER if types is registry else EventDecoder(types)
         self._heartbeat_days: set[date] = set()
         """Days whose heartbeat partition this store has seen attached."""
+        self._waker = Waker(pool)
 
     async def _partitions_for(self, stream_ids: Iterable[str]) -> None:
         """Attach the partition of any heartbeat day not seen yet, before rows go to it."""
@@ -381,18 +385,17 @@ class EventStore:
             result = await self._insert(
                 own, stream_id, columns, expected_version, _APPEND_ONE_QUIET
             )
-            await _wake(own, columns[0])
-            return result
+        self._waker.wake(columns[0])
+        return result
 
     async def _append_at_end(
         self, stream_id: str, columns: tuple[list[str], list[int], list[bytes], list[bytes]]
     ) -> AppendResult:
-        async with self.pool.acquire() as own:
-            async with own.transaction():
-                await own.execute(_LOCK_STREAM, stream_id)
-                result = await self._insert(own, stream_id, columns, None, _APPEND_ONE_QUIET)
-            await _wake(own, columns[0])
-            return result
+        async with self.pool.acquire() as own, own.transaction():
+            await own.execute(_LOCK_STREAM, stream_id)
+            result = await self._insert(own, stream_id, columns, None, _APPEND_ONE_QUIET)
+        self._waker.wake(columns[0])
+        return result
 
     async def _insert(
         self,
@@ -467,8 +470,8 @@ class EventStore:
                     own, _APPEND_MANY_QUIET, seen, checks, streams, offsets, names,
                     schema_versions, data, meta, durable,
                 )  # fmt: skip
-                await _wake(own, names)
-                return results
+            self._waker.wake(names)
+            return results
         return await self._insert_many(
             conn, _APPEND_MANY, seen, checks, streams, offsets, names, schema_versions, data,
             meta, True,  # in a caller's transaction the caller decides how it commits
@@ -652,9 +655,36 @@ class EventStore:
         return dict(await self.pool.fetch(_HEADS, list(stream_ids)))
 
 
-async def _wake(conn: asyncpg.Connection, types: Sequence[str]) -> None:
-    """NOTIFY the followers of these types, after the append's commit (see `_APPEND_ONE`)."""
-    await conn.execute(_WAKE, NOTIFY_CHANNEL, ",".join(sorted(set(types))))
+class Waker:
+    """Sends the NOTIFYs of the store's own appends after their commits (see `_APPEND_ONE`).
+
+    One at a time, off the append's path: the append returns once committed, and the types
+    appended while a NOTIFY is on its way go together in the next, so a busy process sends far
+    fewer than one per append and an idle one sends each at once. A NOTIFY lost (the database
+    went away, the process ended first) costs the followers one poll, never an event.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.pending: set[str] = set()
+        self.sending: asyncio.Task[None] | None = None
+
+    def wake(self, types: Iterable[str]) -> None:
+        """NOTIFY the followers of `types` as soon as the previous NOTIFY has gone."""
+        self.pending.update(types)
+        if self.sending is None or self.sending.done():
+            self.sending = asyncio.get_running_loop().create_task(self._send())
+
+    async def _send(self) -> None:
+        while self.pending:
+            types, self.pending = self.pending, set()
+            try:
+                async with self.pool.acquire() as conn:
+                    await conn.execute(_WAKE, NOTIFY_CHANNEL, ",".join(sorted(types)))
+            except Exception as exc:  # the pool closing, the database gone: followers poll
+                log.debug("NOTIFY of %s not sent: %s", ",".join(sorted(types)), exc)
+                self.pending.clear()
+                return
 
 
 def checkpoint_of(event: RecordedEvent) -> Checkpoint:

@@ -8,6 +8,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 
 from spool.adapters.queue import DOWNLOAD_QUEUE, WEBHOOK_QUEUE, node_queue
@@ -22,6 +24,25 @@ log = logging.getLogger("spool.node")
 
 STAGE_TIMEOUT = 6 * 3600
 """arq's own limit; stalls are caught much sooner by the node's progress watchdog."""
+
+
+CLAIM = """
+local claimed = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score and tonumber(score) <= tonumber(ARGV[1])
+     and redis.call('EXISTS', ARGV[3] .. id) == 0 then
+    redis.call('PSETEX', ARGV[3] .. id, ARGV[2], '1')
+    claimed[#claimed + 1] = id
+    claimed[#claimed + 1] = score
+  end
+end
+return claimed
+"""
+"""Claims queued units for a worker, as arq's per-unit transaction does: KEYS[1] the queue;
+ARGV: now (ms), the in-progress mark's lifetime (ms), the mark's key prefix, then unit ids.
+Returns the claimed ids, each followed by its score."""
 
 
 class PromptWorker(Worker):
@@ -47,6 +68,36 @@ class PromptWorker(Worker):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_delay_s):
                     await self.wake.wait()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """Claim up to the free slots' worth of `job_ids` in one round trip, and run them.
+
+        arq claims one unit at a time (a watched transaction, four round trips each), and a
+        look finds the worker's own running units first (a unit stays in its queue until it
+        ends): under load the claims, not the units, set the pace. The claim is the same one
+        arq makes (not running anywhere, due, marked in progress for `in_progress_timeout_s`),
+        made for all of them at once by `CLAIM`, atomic in Redis as arq's transaction is.
+        """
+        free = self.max_jobs - self.job_counter
+        wanted = [j.decode() for j in job_ids if j.decode() not in self.tasks][:free]
+        if free <= 0 or not wanted:
+            return
+        claimed: list[bytes] = await self.pool.eval(  # type: ignore[misc]
+            CLAIM,
+            1,
+            self.queue_name,
+            str(timestamp_ms()),
+            str(int(self.in_progress_timeout_s * 1000)),
+            in_progress_key_prefix,
+            *wanted,
+        )
+        for job_id, score in zip(claimed[::2], claimed[1::2], strict=True):
+            await self.sem.acquire()  # never waits: no more are claimed than slots are free
+            self.job_counter += 1
+            unit = job_id.decode()
+            task = self.loop.create_task(self.run_job(unit, int(float(score))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[unit] = task
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
