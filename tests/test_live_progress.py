@@ -27,6 +27,9 @@ from spool.reactors.projection import ProjectionRunner
 from spool.reactors.worker.node import Node
 from spool.reactors.worker.unit import RunningUnit
 from spool.replay import load_timeline, render_text
+from tests.fixtures.cluster import Cluster
+from tests.fixtures.media import MediaServer
+from tests.fixtures.waiting import until
 
 
 def _auth(key: str) -> dict[str, str]:
@@ -273,3 +276,39 @@ def test_a_milestone_is_each_new_tenth_of_a_stage_and_none_without_a_percent() -
     assert job.progress_milestone(_at(90), mux)  # the last recorded was another stage's
     recording = job.Progress(stage="download", bytes=10_000_000, speed=2_000_000.0)
     assert not job.progress_milestone(started, recording)
+
+
+async def test_a_real_download_shows_its_progress_live_and_records_only_its_tenths(
+    cluster: Cluster, media_server: MediaServer, media_dir: Path
+) -> None:
+    size = (media_dir / "clip.mp4").stat().st_size
+    # About five seconds of download: several heartbeats' worth of progress.
+    job_id = await cluster.create(media_server.slow_url("clip.mp4", chunk=size // 100))
+    seen: set[float] = set()
+
+    async def finished() -> Any:
+        body = await cluster.job(job_id)
+        if body["step"] == "Downloading" and body["progress"] is not None:
+            seen.add(body["progress"]["percent"])
+        return body["status"] in ("Completed", "Failed") and body
+
+    done = await until(finished, seconds=90, every=0.2)
+
+    assert done["status"] == "Completed", done
+    assert done["progress"] is None
+    assert len({p for p in seen if 0 < p < 100}) >= 3  # it moved as the test watched
+    events = await cluster.store.read_stream(job.stream_id(job_id))
+    for stage in ("download", "mux", "upload"):
+        recorded = [
+            e.data.progress.percent
+            for e in events
+            if isinstance(e.data, job.StageProgressed) and e.data.progress.stage == stage
+        ]
+        assert len(recorded) <= 10, (stage, recorded)
+        steps = [int(p // 10) for p in recorded if p is not None]
+        assert steps == sorted(set(steps)), (stage, recorded)  # one per tenth at most
+    assert await until(lambda: _gone(cluster.store, job_id), seconds=10)
+
+
+async def _gone(store: EventStore, job_id: str) -> bool:
+    return await _rows(store, job_id) == []
