@@ -379,10 +379,11 @@ class JobsController(Controller):
         """
         state = await load_job(services, job_id, principal)
         if as_of is None:
-            live = await live_progress.of_job(
-                services.pool, state.job_id, live_progress.fresh_within(services.settings)
-            )
-            state = live_progress.shown(state, live)
+            if state.status == "Processing":  # no other job shows progress
+                live = await live_progress.of_job(
+                    services.pool, state.job_id, live_progress.fresh_within(services.settings)
+                )
+                state = live_progress.shown(state, live)
             return view(state, await _links(services, state))
         return view(await load_job_then(services, state.job_id, as_of))
 
