@@ -350,13 +350,19 @@ class EventStore:
         expected_version: int | None,
         *,
         conn: asyncpg.Connection | None = None,
+        durable: bool = True,
     ) -> AppendResult:
         """Append `events` atomically after `expected_version` (None: wherever the stream ends).
 
         A stream that moved on raises ConcurrencyError; the caller re-reads and decides again.
+        `durable=False` (with an expected version, outside a caller's transaction) commits
+        without waiting for the WAL flush, as `append_many` does.
         """
         if not events:
             raise ValueError("append needs at least one event")
+        if not durable and conn is None and expected_version is not None:
+            appended = StreamAppend(stream_id, events, expected_version)
+            return (await self.append_many([appended], durable=False))[0]
         columns = self._columns(events)
         await self._partitions_for([stream_id])
         if conn is not None:

@@ -138,6 +138,9 @@ class DownloadCompleted(Event, frozen=True, kw_only=True):
     native_audio_codec: str | None = None
     width: int | None = None
     height: int | None = None
+    chained: bool = False
+    """The node went straight on to the mux: its StageStarted follows in the same append, and
+    nothing is dispatched for it (`chain`)."""
 
 
 @event
@@ -159,6 +162,8 @@ class MuxCompleted(Event, frozen=True, kw_only=True):
     # The written file's frame: what was delivered (after `max_resolution`), not the source's.
     width: int | None = None
     height: int | None = None
+    chained: bool = False
+    """The node went straight on to the upload (see `DownloadCompleted.chained`)."""
 
 
 @event
@@ -465,6 +470,21 @@ def start_stage(state: JobState, stage: Stage, run: int, attempt: int, node_id: 
     """A node begins a unit of work."""
     _require_current(state, stage, run, attempt)
     return [StageStarted(stage=stage, run=run, attempt=attempt, node_id=node_id)]
+
+
+def chain(done: DownloadCompleted | MuxCompleted) -> list[Event]:
+    """A stage's result and the next stage's start on the same node, to be appended together.
+
+    Mux and upload must run where the download's files are; a node with a free slot for the
+    next stage starts it in the append that records the result, instead of a round trip
+    through its queue. Each stage keeps its own events, and the next stage is a started unit
+    under the node's lease like any other.
+    """
+    nxt: Stage = "mux" if isinstance(done, DownloadCompleted) else "upload"
+    return [
+        msgspec.structs.replace(done, chained=True),
+        StageStarted(stage=nxt, run=done.run, attempt=1, node_id=done.node_id),
+    ]
 
 
 def fail_stage(

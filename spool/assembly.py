@@ -96,6 +96,9 @@ def assemble(
                 NodeHealthReactor(store, settings.quarantine_after),
             ],
             poll_interval=timings.poll_interval,
+            # Its dispatches are on every job's critical path: each NOTIFY is looked at at
+            # once, not gathered with the appends of the next moment as projections are.
+            coalesce=0.0,
         )
     if SCHEDULER in parts:
         built[SCHEDULER] = Scheduler(

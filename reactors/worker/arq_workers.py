@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -23,42 +24,76 @@ STAGE_TIMEOUT = 6 * 3600
 """arq's own limit; stalls are caught much sooner by the node's progress watchdog."""
 
 
-def arq_workers(node: Node) -> list[Worker]:
-    """The node's three workers: the shared download queue, its own queue, webhooks."""
+class PromptWorker(Worker):
+    """An arq worker that looks at its queue when woken, not only at its next poll.
+
+    arq's loop sleeps `poll_delay` between looks at the queue: every unit waited for it, and a
+    worker at its `max_jobs` let a freed slot idle until then too. This one looks again as soon
+    as `wake` is set (a unit was enqueued on its queue: adapters/queue.py `enqueue`) or one of
+    its own units ended, and polls every `poll_delay` as a fallback (a wake-up can be lost with
+    its connection; a deferred unit falls due unannounced).
+    """
+
+    def __init__(self, *args: Any, wake: asyncio.Event, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.wake = wake
+
+    async def main(self) -> None:
+        self.ctx["redis"] = self.pool
+        while True:
+            # Cleared before the look: a wake-up that comes during it means a look again.
+            self.wake.clear()
+            await self._poll_iteration()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_delay_s):
+                    await self.wake.wait()
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self.wake.set()  # a slot is free: what waits in the queue need not wait for the poll
+
+
+def arq_workers(node: Node) -> list[PromptWorker]:
+    """The node's three workers: the shared download queue, its own queue, webhooks; each woken
+    by `node.wakes[its queue]`."""
     common: dict[str, Any] = {
         "redis_pool": node.redis,
         "handle_signals": False,
         "ctx": {"node": node, "webhooks": node.webhooks},
         "job_timeout": STAGE_TIMEOUT,
         "keep_result": 7 * 24 * 3600,
-        "poll_delay": 0.2,
+        "poll_delay": node.settings.queue_poll,
         "max_tries": 1000,
     }
     s = node.settings
+    own = node_queue(node.node_id)
     return [
-        Worker(
+        PromptWorker(
             [func(download, name="download")],
             queue_name=DOWNLOAD_QUEUE,
             max_jobs=s.download_concurrency,
+            wake=node.wakes[DOWNLOAD_QUEUE],
             **common,
         ),
-        Worker(
+        PromptWorker(
             [
                 func(mux, name="mux"),
                 func(upload, name="upload"),
                 func(ping, name="ping", keep_result=60, timeout=10, max_tries=1),
                 func(run_task, name="task"),
             ],
-            queue_name=node_queue(node.node_id),
+            queue_name=own,
+            wake=node.wakes[own],
             # One slot more than the stages' own limits (their semaphores still gate them):
             # a ping must not wait behind a long mux.
             max_jobs=s.mux_concurrency + s.upload_concurrency + 1 + s.task_concurrency,
             **common,
         ),
-        Worker(
+        PromptWorker(
             [func(deliver_webhook, name="webhook", max_tries=s.webhook_attempts)],
             queue_name=WEBHOOK_QUEUE,
             max_jobs=10,
+            wake=node.wakes[WEBHOOK_QUEUE],
             **{**common, "job_timeout": 60},
         ),
     ]

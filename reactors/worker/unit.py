@@ -37,3 +37,7 @@ class RunningUnit:
     moved_on: bool = False
     """The job moved on without this unit (cancelled, failed over to another node or attempt):
     `state` is the job as read then, and what the unit does is nobody's any more."""
+
+    @property
+    def unit_id(self) -> str:
+        return job.arq_job_id(self.job_id, self.run, self.stage, self.attempt)
