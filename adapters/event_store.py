@@ -456,6 +456,13 @@ class EventStore:
             return []
         if conn is None:
             async with self.pool.acquire() as own:
+                if not durable:
+                    # Its commit waits for no flush, so the NOTIFY's server-wide lock is held
+                    # for no fsync: sent within the statement, one round trip fewer.
+                    return await self._insert_many(
+                        own, _APPEND_MANY, seen, checks, streams, offsets, names,
+                        schema_versions, data, meta, durable,
+                    )  # fmt: skip
                 results = await self._insert_many(
                     own, _APPEND_MANY_QUIET, seen, checks, streams, offsets, names,
                     schema_versions, data, meta, durable,
