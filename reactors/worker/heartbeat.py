@@ -123,8 +123,9 @@ class Heartbeat(Registration, Drain):
                     unit.state = job.evolve(
                         unit.state, sent.events[0].event, now, unit.state.version + 1
                     )
-        # Beside the log, not in its transaction: an append in a caller's transaction would
-        # notify inside it and commit durably (adapters/event_store.py `append_many`).
+        # Beside the append, not in its transaction: the non-durable append is a statement of
+        # its own (adapters/event_store.py `append_many`), and a reader falls back on the
+        # fold's last milestone whenever the row is missing.
         if live or self._live_sent:
             await live_progress.publish(
                 self.store.pool, self.node_id, live, live_progress.fresh_within(self.settings)
