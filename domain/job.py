@@ -425,6 +425,39 @@ def is_current(state: JobState, stage: Stage, run: int, attempt: int) -> bool:
     )
 
 
+PROGRESS_STEP = 10.0
+"""Percent between two progress events a stage's history keeps (`progress_milestone`)."""
+
+
+def _progress_step(p: Progress) -> int | None:
+    if p.percent is None:
+        return None
+    return int(min(max(p.percent, 0.0), 100.0) // PROGRESS_STEP)
+
+
+def progress_milestone(last_recorded: Progress | None, now: Progress) -> bool:
+    """Whether `now` is worth a `StageProgressed` in the job's history: its percent entered a
+    step of `PROGRESS_STEP` past the last recorded one's (the stage's start counts as zero). A
+    stage without a known percent (a live recording) has none: its history keeps the start and
+    the result, and its progress lives outside the log (adapters/live_progress.py)."""
+    step = _progress_step(now)
+    if step is None:
+        return False
+    last = None if last_recorded is None or last_recorded.stage != now.stage else last_recorded
+    before = _progress_step(last) if last is not None else None
+    return step > (before or 0)
+
+
+def with_live_progress(
+    state: JobState, stage: Stage, run: int, attempt: int, progress: Progress
+) -> JobState:
+    """The job showing a node's latest progress, if `(run, stage, attempt)` is the unit it
+    waits on; as it is for any other unit's (one it moved off, or it ended)."""
+    if not is_current(state, stage, run, attempt) or progress.stage != stage:
+        return state
+    return msgspec.structs.replace(state, progress=progress)
+
+
 def _require_current(state: JobState, stage: Stage, run: int, attempt: int) -> None:
     if not is_current(state, stage, run, attempt):
         raise InvalidTransition(

@@ -82,6 +82,9 @@ class NodeState:
         # The `removed_at` of the last removal this node answered by registering again.
         self._removal_seen: Any = None
         self._heartbeat_day: date | None = None
+        # Whether the node may have rows in `live_progress`: true at start, so the first beat
+        # clears what a previous run of this node left there.
+        self._live_sent = True
         self.stopping = False
         # Why the node takes no new download now (drained, quarantined, below its disk floor:
         # reactors/worker/drain.py), and the arq worker of the shared download queue, which

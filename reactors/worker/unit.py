@@ -27,7 +27,7 @@ class RunningUnit:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     last_progress: float = field(default_factory=time.monotonic)
     progress: job.Progress | None = None
-    reported: job.Progress | None = None
+    """The stage's latest progress, sent every heartbeat (adapters/live_progress.py)."""
     stalled: bool = False
     interrupted: bool = False
     """Cut short by the node's own stop, not by the user or a stall."""
