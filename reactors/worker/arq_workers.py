@@ -28,7 +28,8 @@ STAGE_TIMEOUT = 6 * 3600
 
 CLAIM = """
 local claimed = {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
+  if #claimed >= 2 * tonumber(ARGV[4]) then break end
   local id = ARGV[i]
   local score = redis.call('ZSCORE', KEYS[1], id)
   if score and tonumber(score) <= tonumber(ARGV[1])
@@ -41,7 +42,8 @@ end
 return claimed
 """
 """Claims queued units for a worker, as arq's per-unit transaction does: KEYS[1] the queue;
-ARGV: now (ms), the in-progress mark's lifetime (ms), the mark's key prefix, then unit ids.
+ARGV: now (ms), the in-progress mark's lifetime (ms), the mark's key prefix, how many to claim
+at most, then unit ids in queue order (running ones among them are passed over, as arq does).
 Returns the claimed ids, each followed by its score."""
 
 
@@ -79,7 +81,9 @@ class PromptWorker(Worker):
         made for all of them at once by `CLAIM`, atomic in Redis as arq's transaction is.
         """
         free = self.max_jobs - self.job_counter
-        wanted = [j.decode() for j in job_ids if j.decode() not in self.tasks][:free]
+        # All of them, not the first `free`: the head of a shared queue is often the units
+        # other workers run, and a worker offered only those would claim nothing and idle.
+        wanted = [j.decode() for j in job_ids if j.decode() not in self.tasks]
         if free <= 0 or not wanted:
             return
         claimed: list[bytes] = await self.pool.eval(  # type: ignore[misc]
@@ -89,6 +93,7 @@ class PromptWorker(Worker):
             str(timestamp_ms()),
             str(int(self.in_progress_timeout_s * 1000)),
             in_progress_key_prefix,
+            str(free),
             *wanted,
         )
         for job_id, score in zip(claimed[::2], claimed[1::2], strict=True):
