@@ -2,17 +2,27 @@
 
 The fold moves the job to the next attempt of the same stage, the pipeline dispatches that
 attempt (to the node that holds the files, for a mux or an upload), the stage's attempts are
-not spent, and the reads (`job_stages`, `spool replay`) show it as interrupted, not failed.
+not spent, and the reads (`job_stages`, `spool replay`) show it as interrupted, not failed. A
+stage the node went straight on to (no queue holds it) is interrupted and run again the same way.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from spool.adapters.queue import Dispatch, unit_for
 from spool.adapters.read_models import job_stages
 from spool.domain import job
-from spool.domain.events import Event
+from spool.domain.events import Event, RecordedEvent
+from tests.faults.checks import assert_nothing_lost
+from tests.fixtures.cluster import Cluster, StartCluster
+from tests.fixtures.media import MediaServer, make_clip
+from tests.fixtures.throttle import ThrottledS3, throttled_s3  # noqa: F401
+from tests.fixtures.waiting import until
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -92,3 +102,76 @@ def test_the_stage_row_of_an_interrupted_attempt_says_interrupted() -> None:
     row = rows[("j1", 1, "download", 1)]
     assert (row.outcome, row.finished_at) == ("interrupted", AT)
     assert row.reason == "interrupted by the shutdown of node n1"
+
+
+@pytest.fixture(scope="module")
+def long_clip(media_dir: Path) -> str:
+    """A 10 s 640x360 clip beside the suite's media: re-encoding it to WebM takes seconds."""
+    path = media_dir / "long-for-interruption.mp4"
+    if not path.exists():
+        make_clip(path, 10.0, width=640, height=360)
+    return path.name
+
+
+async def _started(cluster: Cluster, job_id: str, stage: str) -> list[RecordedEvent]:
+    async def check() -> list[RecordedEvent] | None:
+        log = await cluster.store.read_stream(job.stream_id(job_id))
+        return log if any(_is_start(e.data, stage) for e in log) else None
+
+    return await until(check, seconds=60)
+
+
+def _is_start(e: Event, stage: str) -> bool:
+    return isinstance(e, job.StageStarted) and e.stage == stage
+
+
+@pytest.mark.parametrize("stage", ["mux", "upload"])
+async def test_a_node_stopped_during_a_stage_it_went_straight_on_to_records_it_interrupted(
+    stage: str,
+    start_cluster: StartCluster,
+    media_server: MediaServer,
+    long_clip: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    # A mux is held by its length (WebM of a long clip), an upload by a paused storage proxy.
+    source, options = (long_clip, {"format": "webm"}) if stage == "mux" else ("clip.mp4", {})
+    overrides: dict[str, Any] = {}
+    throttled: ThrottledS3 | None = None
+    if stage == "upload":
+        throttled = request.getfixturevalue("throttled_s3")
+        overrides["storage_url"] = throttled.storage_url
+    async with start_cluster(**overrides) as cluster:
+        if throttled is not None:
+            throttled.proxy.pause()  # the upload hangs, half sent, until after the stop
+        job_id = await cluster.create(media_server.url(source), filename="cut", **options)
+        log = await _started(cluster, job_id, stage)
+        # The node went straight on to the stage: its start is in the append of the result.
+        start = next(e for e in log if _is_start(e.data, stage))
+        result = next(e for e in log if e.version == start.version - 1)
+        assert isinstance(result.data, job.DownloadCompleted | job.MuxCompleted)
+        assert result.data.chained and result.tx == start.tx
+
+        await cluster.stop_node()
+        stopped = await cluster.store.read_stream(job.stream_id(job_id))
+        assert [e.data for e in stopped if isinstance(e.data, job.StageInterrupted)] == [
+            job.StageInterrupted(stage=stage, run=1, attempt=1, node_id=cluster.settings.node_id)
+        ]
+
+        if throttled is not None:
+            throttled.proxy.unthrottle()
+        cluster.start_node()
+        done = await cluster.wait(job_id, *job.TERMINAL, seconds=120)
+        assert done["status"] == "Completed", done
+        assert done[f"{stage}_retries"] == 0, done
+
+        log = await cluster.store.read_stream(job.stream_id(job_id))
+        assert not any(isinstance(e.data, job.StageFailed) for e in log)
+        started = [
+            (e.data.stage, e.data.attempt) for e in log if isinstance(e.data, job.StageStarted)
+        ]
+        expected = [("download", 1), ("mux", 1), ("upload", 1)]
+        expected.insert(expected.index((stage, 1)) + 1, (stage, 2))
+        assert started == expected
+        assert sum(isinstance(e.data, job.JobCompleted) for e in log) == 1
+        assert cluster.objects() == [cluster.in_bucket(f"cut.{options.get('format', 'mp4')}")]
+        await assert_nothing_lost(cluster, [job_id])
