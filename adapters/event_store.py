@@ -85,11 +85,29 @@ class AppendResult(NamedTuple):
         return Checkpoint(self.tx, self.position)
 
 
-# The NOTIFY's payload: the distinct event types appended, comma-separated. A follower wakes
-# only the readers of those types (a heartbeat wakes the `nodes` projection, not all of them).
+# The NOTIFY's payload: `<tx>:<types>`, the appending transaction's id and the distinct event
+# types appended, comma-separated (`wake_payload`, `parse_wake`). A follower wakes only the
+# readers of those types (a heartbeat wakes the `nodes` projection, not all of them), and knows
+# from the id whether its reads could see them yet (adapters/subscription.py).
 _TYPES_OF = "array_to_string(ARRAY(SELECT DISTINCT t FROM unnest({}::text[]) AS t), ',')"
 
-_WAKE_CTE = f", wake AS (SELECT pg_notify('{NOTIFY_CHANNEL}', {_TYPES_OF}))"
+_WAKE_CTE = (
+    f", wake AS (SELECT pg_notify('{NOTIFY_CHANNEL}', "
+    f"pg_current_xact_id()::text || ':' || {_TYPES_OF}))"
+)
+
+
+def wake_payload(tx: int, types: Iterable[str]) -> str:
+    """The NOTIFY payload for events of `types` appended by transaction `tx`."""
+    return f"{tx}:{','.join(sorted(set(types)))}"
+
+
+def parse_wake(payload: str) -> tuple[int | None, frozenset[str]]:
+    """(transaction id, event types) of a NOTIFY payload; an empty payload names neither (a
+    wake-up for every type), one without an id (`JobCreated,StageStarted`) only types."""
+    tx, sep, types = payload.rpartition(":")
+    named = frozenset(t for t in types.split(",") if t)
+    return (int(tx) if sep and tx.isdigit() else None), named
 
 
 def _append_one(*, notify: bool) -> str:
@@ -385,7 +403,7 @@ class EventStore:
             result = await self._insert(
                 own, stream_id, columns, expected_version, _APPEND_ONE_QUIET
             )
-        self._waker.wake(columns[0])
+        self._waker.wake(columns[0], result.tx)
         return result
 
     async def _append_at_end(
@@ -394,7 +412,7 @@ class EventStore:
         async with self.pool.acquire() as own, own.transaction():
             await own.execute(_LOCK_STREAM, stream_id)
             result = await self._insert(own, stream_id, columns, None, _APPEND_ONE_QUIET)
-        self._waker.wake(columns[0])
+        self._waker.wake(columns[0], result.tx)
         return result
 
     async def _insert(
@@ -470,7 +488,7 @@ class EventStore:
                     own, _APPEND_MANY_QUIET, seen, checks, streams, offsets, names,
                     schema_versions, data, meta, durable,
                 )  # fmt: skip
-            self._waker.wake(names)
+            self._waker.wake(names, max(r.tx for r in results))
             return results
         return await self._insert_many(
             conn, _APPEND_MANY, seen, checks, streams, offsets, names, schema_versions, data,
@@ -637,6 +655,14 @@ class EventStore:
             ):
                 await asyncio.sleep(0.01)
 
+    async def readable_below(self) -> int:
+        """The transaction id below which every transaction has ended: what a read made from
+        now on can see (`read_batch` reads below it). No table is read."""
+        xmin: int = await self.pool.fetchval(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+        )
+        return xmin
+
     async def has_unreadable(self) -> bool:
         """Whether committed events wait behind an older transaction still in flight."""
         found: bool = await self.pool.fetchval(
@@ -667,20 +693,24 @@ class Waker:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self.pending: set[str] = set()
+        self.tx = 0
+        """The newest appending transaction among the pending types'."""
         self.sending: asyncio.Task[None] | None = None
 
-    def wake(self, types: Iterable[str]) -> None:
-        """NOTIFY the followers of `types` as soon as the previous NOTIFY has gone."""
+    def wake(self, types: Iterable[str], tx: int) -> None:
+        """NOTIFY the followers of `types`, appended by transaction `tx`, as soon as the
+        previous NOTIFY has gone."""
         self.pending.update(types)
+        self.tx = max(self.tx, tx)
         if self.sending is None or self.sending.done():
             self.sending = asyncio.get_running_loop().create_task(self._send())
 
     async def _send(self) -> None:
         while self.pending:
-            types, self.pending = self.pending, set()
+            types, self.pending, tx, self.tx = self.pending, set(), self.tx, 0
             try:
                 async with self.pool.acquire() as conn:
-                    await conn.execute(_WAKE, NOTIFY_CHANNEL, ",".join(sorted(types)))
+                    await conn.execute(_WAKE, NOTIFY_CHANNEL, wake_payload(tx, types))
             except Exception as exc:  # the pool closing, the database gone: followers poll
                 log.debug("NOTIFY of %s not sent: %s", ",".join(sorted(types)), exc)
                 self.pending.clear()
