@@ -345,6 +345,12 @@ class StageRunner(Drain):
                     if current.status == "Completed"
                     else set()
                 )
+                if not current.terminal:
+                    # The attempt the job went on to writes the same keys, and may have by now:
+                    # same owner, same bytes, same ETag, so its object would pass for this
+                    # one's and go. Left to it, which overwrites them; should the job end
+                    # without completing, they stay behind (an orphan, not a lost file).
+                    owned = {o.key for o in job.recorded_objects(done)}
                 storage = await self.storages.for_job(current.account_id, current.storage_override)
                 # Only what this attempt wrote and is still as it wrote it: another job may
                 # hold the key by now.
