@@ -28,7 +28,8 @@ STAGE_TIMEOUT = 6 * 3600
 
 CLAIM = """
 local claimed = {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
+  if #claimed >= 2 * tonumber(ARGV[4]) then break end
   local id = ARGV[i]
   local score = redis.call('ZSCORE', KEYS[1], id)
   if score and tonumber(score) <= tonumber(ARGV[1])
@@ -41,8 +42,10 @@ end
 return claimed
 """
 """Claims queued units for a worker, as arq's per-unit transaction does: KEYS[1] the queue;
-ARGV: now (ms), the in-progress mark's lifetime (ms), the mark's key prefix, then unit ids.
-Returns the claimed ids, each followed by its score."""
+ARGV: now (ms), the in-progress mark's lifetime (ms), the mark's key prefix, how many to claim
+at most, then the candidate unit ids in queue order (those running elsewhere, or a dead
+worker's until their mark expires, are passed over). Returns the claimed ids, each followed by
+its score."""
 
 
 class PromptWorker(Worker):
@@ -79,8 +82,8 @@ class PromptWorker(Worker):
         made for all of them at once by `CLAIM`, atomic in Redis as arq's transaction is.
         """
         free = self.max_jobs - self.job_counter
-        wanted = [j.decode() for j in job_ids if j.decode() not in self.tasks][:free]
-        if free <= 0 or not wanted:
+        candidates = [j.decode() for j in job_ids if j.decode() not in self.tasks]
+        if free <= 0 or not candidates:
             return
         claimed: list[bytes] = await self.pool.eval(  # type: ignore[misc]
             CLAIM,
@@ -89,7 +92,8 @@ class PromptWorker(Worker):
             str(timestamp_ms()),
             str(int(self.in_progress_timeout_s * 1000)),
             in_progress_key_prefix,
-            *wanted,
+            str(free),
+            *candidates,
         )
         for job_id, score in zip(claimed[::2], claimed[1::2], strict=True):
             await self.sem.acquire()  # never waits: no more are claimed than slots are free
