@@ -43,8 +43,9 @@ return claimed
 """
 """Claims queued units for a worker, as arq's per-unit transaction does: KEYS[1] the queue;
 ARGV: now (ms), the in-progress mark's lifetime (ms), the mark's key prefix, how many to claim
-at most, then unit ids in queue order (running ones among them are passed over, as arq does).
-Returns the claimed ids, each followed by its score."""
+at most, then the candidate unit ids in queue order (those running elsewhere, or a dead
+worker's until their mark expires, are passed over). Returns the claimed ids, each followed by
+its score."""
 
 
 class PromptWorker(Worker):
@@ -81,10 +82,8 @@ class PromptWorker(Worker):
         made for all of them at once by `CLAIM`, atomic in Redis as arq's transaction is.
         """
         free = self.max_jobs - self.job_counter
-        # All of them, not the first `free`: the head of a shared queue is often the units
-        # other workers run, and a worker offered only those would claim nothing and idle.
-        wanted = [j.decode() for j in job_ids if j.decode() not in self.tasks]
-        if free <= 0 or not wanted:
+        candidates = [j.decode() for j in job_ids if j.decode() not in self.tasks]
+        if free <= 0 or not candidates:
             return
         claimed: list[bytes] = await self.pool.eval(  # type: ignore[misc]
             CLAIM,
@@ -94,7 +93,7 @@ class PromptWorker(Worker):
             str(int(self.in_progress_timeout_s * 1000)),
             in_progress_key_prefix,
             str(free),
-            *wanted,
+            *candidates,
         )
         for job_id, score in zip(claimed[::2], claimed[1::2], strict=True):
             await self.sem.acquire()  # never waits: no more are claimed than slots are free
