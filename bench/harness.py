@@ -107,6 +107,54 @@ async def wait_for(
         await asyncio.sleep(every)
 
 
+class OtherTransactions:
+    """The longest write transaction seen open in other databases of the server, sampled every
+    `every` seconds while the block runs.
+
+    A reader of the log reads only below the oldest transaction still open on the server
+    (adapters/event_store.py, `pg_snapshot_xmin`), and transaction ids are server-wide: on a
+    shared server, another database's long transaction holds every projection and reactor of
+    the run back for as long. A bench reports what it saw, so that such a stall is not taken
+    for Spool's own.
+    """
+
+    def __init__(self, pool: Any, every: float = 0.5) -> None:
+        self.pool = pool
+        self.every = every
+        self.longest = 0.0
+        self.where = ""
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        while True:
+            row = await self.pool.fetchrow(
+                "SELECT datname, extract(epoch FROM now() - xact_start)::float8 AS age "
+                "FROM pg_stat_activity WHERE backend_xid IS NOT NULL "
+                "AND datname IS DISTINCT FROM current_database() ORDER BY xact_start LIMIT 1"
+            )
+            if row is not None and row["age"] > self.longest:
+                self.longest, self.where = row["age"], row["datname"] or ""
+            await asyncio.sleep(self.every)
+
+    async def __aenter__(self) -> OtherTransactions:
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def describe(self) -> str:
+        if not self.where:
+            return "no write transaction seen open in another database of the server"
+        return (
+            f"the longest write transaction seen open in another database of the server: "
+            f"{self.longest:.1f} s (`{self.where}`)"
+        )
+
+
 @dataclass(frozen=True)
 class Fixtures:
     """Where the fixtures child serves the clip and S3, and its pid (for CPU accounting)."""

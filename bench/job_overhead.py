@@ -21,6 +21,10 @@ concurrency, on the same Redis), where no event marks a stage: there the stages 
 seconds the stage functions measure around the adapter calls, and Spool's overhead is given by
 that measure too (`GET /jobs/{id}`'s `*_duration_ms`, which the stages measure the same way).
 
+The longest write transaction open meanwhile in other databases of the server is reported
+(`bench.harness.OtherTransactions`): a reader of the log, so every reactor, waits for it,
+whatever its database, and a job submitted meanwhile is dispatched only after it.
+
 Goal (issue 23): overhead by events, median <= 50 ms.
 
     python -m bench.job_overhead                   # 40 jobs a side, about 3 minutes
@@ -48,7 +52,14 @@ from arq.connections import ArqRedis
 from bench import pipeline_arq
 from bench.arguments import add_database_url
 from bench.cluster import Cluster, spool_cluster
-from bench.harness import Fixtures, fixtures, median, percentile, wait_for
+from bench.harness import (
+    Fixtures,
+    OtherTransactions,
+    fixtures,
+    median,
+    percentile,
+    wait_for,
+)
 from spool.adapters.database import create_pool
 from spool.adapters.queue import connect
 from spool.domain import job
@@ -121,8 +132,11 @@ def by_events(rows: Sequence[asyncpg.Record]) -> Timing:
 class SpoolRun:
     """Jobs through `POST /jobs` of the cluster's API, one at a time."""
 
-    def __init__(self, cluster: Cluster, pool: asyncpg.Pool, fx: Fixtures) -> None:
+    def __init__(
+        self, cluster: Cluster, pool: asyncpg.Pool, fx: Fixtures, others: OtherTransactions
+    ) -> None:
         self.cluster = cluster
+        self.others = others
         self.pool = pool
         self.fx = fx
         self.client = httpx.AsyncClient(
@@ -143,12 +157,18 @@ class SpoolRun:
             return body if body["status"] == "Completed" else None
 
         procs = list(self.cluster.procs.procs.values())
-        body = await wait_for(done, 120, "a Spool job", procs, every=0.05)
-        rows = await self.pool.fetch(
+        history = (
             "SELECT type, data->>'stage', recorded_at FROM events WHERE stream_id = $1 "
-            "ORDER BY version",
-            job.stream_id(job_id),
+            "ORDER BY version"
         )
+        try:
+            body = await wait_for(done, 120, "a Spool job", procs, every=0.05)
+        except TimeoutError:
+            rows = await self.pool.fetch(history, job.stream_id(job_id))
+            print(f"job {job_id}'s history: {[(r[0], r[1]) for r in rows]}", file=sys.stderr)
+            print(f"meanwhile, {self.others.describe()}", file=sys.stderr)
+            raise
+        rows = await self.pool.fetch(history, job.stream_id(job_id))
         timing = by_events(rows)
         self.by_events.timings.append(timing)
         own = sum(float(body[f"{s}_duration_ms"]) for s in STAGES)  # type: ignore[arg-type]
@@ -194,7 +214,8 @@ class ArqRun:
 # -- the run ------------------------------------------------------------------------------------
 
 
-async def run(args: argparse.Namespace) -> list[Side]:
+async def run(args: argparse.Namespace) -> tuple[list[Side], str]:
+    """The three sides' timings, and what other databases' transactions did meanwhile."""
     async with spool_cluster(args.database_url, "job_overhead") as cluster:
         with fixtures(cluster.procs.root / "fixtures") as fx:
             cluster.procs.env["SPOOL_URL_ALLOWLIST"] = "127.0.0.1/32"
@@ -210,9 +231,10 @@ async def run(args: argparse.Namespace) -> list[Side]:
                 logs=cluster.procs.root,
                 concurrency=args.concurrency,
             )
-            pool = await create_pool(cluster.database_url, min_size=1, max_size=2)
+            pool = await create_pool(cluster.database_url, min_size=1, max_size=3)
             redis = await connect(cluster.redis_url)
-            spool = SpoolRun(cluster, pool, fx)
+            others = OtherTransactions(pool)
+            spool = SpoolRun(cluster, pool, fx, others)
             arq = ArqRun(redis, fx)
             try:
 
@@ -232,31 +254,32 @@ async def run(args: argparse.Namespace) -> list[Side]:
                 spool.by_events.timings.clear()
                 spool.by_own.timings.clear()
                 arq.side.timings.clear()
-                for i in range(args.jobs):
-                    for one in (spool.one, arq.one) if i % 2 == 0 else (arq.one, spool.one):
-                        await one()
-                    if (i + 1) % 10 == 0:
-                        print(
-                            f"  {i + 1} jobs a side: overhead median Spool "
-                            f"{median([t.overhead for t in spool.by_events.timings]):.0f} ms "
-                            "(by events), plain arq "
-                            f"{median([t.overhead for t in arq.side.timings]):.0f} ms",
-                            flush=True,
-                        )
+                async with others:
+                    for i in range(args.jobs):
+                        for one in (spool.one, arq.one) if i % 2 == 0 else (arq.one, spool.one):
+                            await one()
+                        if (i + 1) % 10 == 0:
+                            print(
+                                f"  {i + 1} jobs a side: overhead median Spool "
+                                f"{median([t.overhead for t in spool.by_events.timings]):.0f} "
+                                "ms (by events), plain arq "
+                                f"{median([t.overhead for t in arq.side.timings]):.0f} ms",
+                                flush=True,
+                            )
             finally:
                 await spool.close()
                 await redis.aclose()
                 await pool.close()
                 await asyncio.to_thread(stop_processes, *arq_nodes)
-    return [spool.by_events, spool.by_own, arq.side]
+    return [spool.by_events, spool.by_own, arq.side], others.describe()
 
 
 def _gap(timings: list[Timing], which: int) -> str:
     known = [t.gaps[which] for t in timings if t.gaps is not None]
-    return f"{median(known):,.0f}" if known else "-"
+    return f"{median(known):,.0f} ({max(known):,.0f})" if known else "-"
 
 
-def report(args: argparse.Namespace, sides: list[Side], load: str) -> str:
+def report(args: argparse.Namespace, sides: list[Side], load: str, others: str) -> str:
     def q(values: list[float]) -> str:
         return " / ".join(f"{percentile(values, p):,.0f}" for p in (50, 90, 99))
 
@@ -267,7 +290,8 @@ def report(args: argparse.Namespace, sides: list[Side], load: str) -> str:
         "",
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores, load average "
         f"{load} before it; {args.jobs} jobs a side one at a time (after {args.warmup} "
-        f"warm-up), node concurrency `{args.concurrency}`. Medians unless said; ms.",
+        f"warm-up), node concurrency `{args.concurrency}`; {others}. ms; where the overhead "
+        "goes: median (max).",
         "",
         "| side | end to end | stage sum | overhead p50 / p90 / p99 | overhead / end to end "
         "| " + " | ".join(GAPS) + " |",
@@ -313,8 +337,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    sides = asyncio.run(run(args))
-    text = report(args, sides, load)
+    sides, others = asyncio.run(run(args))
+    text = report(args, sides, load, others)
     print("\n" + text)
     if args.markdown is not None:
         args.markdown.write_text(text + "\n")

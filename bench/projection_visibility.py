@@ -22,7 +22,9 @@ From the moment the append is called, each sample times, side by side:
   folds the job from its snapshot and events (api/jobs.py `load_job`, exact to the last event),
   so it shows what a read of the log costs through the API, not the projection hop.
 
-The next sample starts once the last one is seen everywhere. Two phases, `--events` samples
+The next sample starts once the last one is seen everywhere. The longest write transaction
+open meanwhile in other databases of the server is reported (`bench.harness.OtherTransactions`):
+a reader of the log waits for it, whatever its database. Two phases, `--events` samples
 each: at rest, then under a background load of `--load-rate` `JobCreated`/s (held jobs of
 another account, appended one per transaction by another task of this process on its own
 connection; the achieved rate is reported). The ratio API / floor shows what the projection
@@ -54,7 +56,7 @@ import httpx
 
 from bench.arguments import add_database_url
 from bench.cluster import spool_cluster
-from bench.harness import percentile, wait_for
+from bench.harness import OtherTransactions, percentile, wait_for
 from spool.adapters.database import create_pool
 from spool.adapters.event_store import NOTIFY_CHANNEL, EventStore
 from spool.domain import job
@@ -70,6 +72,8 @@ class Phase:
         default_factory=lambda: {k: {m: [] for m in MEASURES} for k in ("create", "rename")}
     )
     load_rate: float = 0.0
+    others: str = ""
+    """What other databases' write transactions did meanwhile (`OtherTransactions`)."""
 
 
 class Listener:
@@ -244,7 +248,9 @@ async def run(args: argparse.Namespace) -> list[Phase]:
             probe = Probe(EventStore(pool), listener, reader, client, args.poll_ms / 1000.0)
             await probe_phase(probe, account, 20, Phase("warm-up"))
             at_rest = Phase("at rest")
-            await probe_phase(probe, account, args.events, at_rest)
+            async with OtherTransactions(pool) as others:
+                await probe_phase(probe, account, args.events, at_rest)
+            at_rest.others = others.describe()
             phases.append(at_rest)
             p99 = percentile(_all(at_rest, "API list"), 99)
             print(f"  at rest: API list p99 {p99:.1f} ms", flush=True)
@@ -255,7 +261,9 @@ async def run(args: argparse.Namespace) -> list[Phase]:
                 load = asyncio.create_task(background_load(load_pool, args.load_rate, stop))
                 try:
                     await asyncio.sleep(1.0)  # the load's first second, before measuring
-                    await probe_phase(probe, account, args.events, loaded)
+                    async with OtherTransactions(pool) as others:
+                        await probe_phase(probe, account, args.events, loaded)
+                    loaded.others = others.describe()
                 finally:
                     stop.set()
                     loaded.load_rate = await load
@@ -315,7 +323,8 @@ def report(args: argparse.Namespace, phases: list[Phase], load: str) -> str:
         lines.append("")
         lines.append(
             f"{phase.name}: API list p99 {p99:.1f} ms; goal <= 100 ms "
-            + ("met." if p99 <= 100 else "**missed**.")
+            + ("met" if p99 <= 100 else "**missed**")
+            + f"; {phase.others}."
         )
     return "\n".join(lines)
 
