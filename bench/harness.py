@@ -108,32 +108,32 @@ async def wait_for(
 
 
 class OtherTransactions:
-    """The longest write transaction seen open in other databases of the server, sampled every
+    """The write transactions seen open in other databases of the server, sampled every
     `every` seconds while the block runs.
 
     A reader of the log reads only below the oldest transaction still open on the server
     (adapters/event_store.py, `pg_snapshot_xmin`), and transaction ids are server-wide: on a
     shared server, another database's long transaction holds every projection and reactor of
-    the run back for as long. A bench reports what it saw, so that such a stall is not taken
-    for Spool's own.
+    the run back for as long. A bench reports what it saw, and which of its samples such a
+    transaction held (`held`), so that such a stall is not taken for Spool's own.
     """
 
-    def __init__(self, pool: Any, every: float = 0.5) -> None:
+    def __init__(self, pool: Any, every: float = 0.1) -> None:
         self.pool = pool
         self.every = every
-        self.longest = 0.0
-        self.where = ""
+        self.seen: dict[tuple[int, float], tuple[str, float, float]] = {}
+        """(pid, start) -> (database, start, last seen open), epoch seconds."""
         self._task: asyncio.Task[None] | None = None
 
     async def _sample(self) -> None:
         while True:
-            row = await self.pool.fetchrow(
-                "SELECT datname, extract(epoch FROM now() - xact_start)::float8 AS age "
-                "FROM pg_stat_activity WHERE backend_xid IS NOT NULL "
-                "AND datname IS DISTINCT FROM current_database() ORDER BY xact_start LIMIT 1"
+            rows = await self.pool.fetch(
+                "SELECT pid, datname, extract(epoch FROM xact_start)::float8 AS start, "
+                "extract(epoch FROM clock_timestamp())::float8 AS now FROM pg_stat_activity "
+                "WHERE backend_xid IS NOT NULL AND datname IS DISTINCT FROM current_database()"
             )
-            if row is not None and row["age"] > self.longest:
-                self.longest, self.where = row["age"], row["datname"] or ""
+            for r in rows:
+                self.seen[(r["pid"], r["start"])] = (r["datname"] or "", r["start"], r["now"])
             await asyncio.sleep(self.every)
 
     async def __aenter__(self) -> OtherTransactions:
@@ -146,12 +146,23 @@ class OtherTransactions:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def held(self, start: float, end: float | None = None, *, longer: float = 0.02) -> bool:
+        """Whether such a transaction, seen open for more than `longer` seconds, was open at
+        some time between `start` and `end` (epoch seconds; `end` None: at `start`): an event
+        appended then waited for its end. Shorter ones are left for the figures to show."""
+        end = start if end is None else end
+        return any(
+            began < end and seen > start and seen - began > longer
+            for _, began, seen in self.seen.values()
+        )
+
     def describe(self) -> str:
-        if not self.where:
+        if not self.seen:
             return "no write transaction seen open in another database of the server"
+        where, began, seen = max(self.seen.values(), key=lambda t: t[2] - t[1])
         return (
-            f"the longest write transaction seen open in another database of the server: "
-            f"{self.longest:.1f} s (`{self.where}`)"
+            f"{len(self.seen)} write transaction(s) seen open in other databases of the "
+            f"server, the longest {seen - began:.1f} s (`{where}`)"
         )
 
 
