@@ -114,7 +114,7 @@ class OtherTransactions:
     A reader of the log reads only below the oldest transaction still open on the server
     (adapters/event_store.py, `pg_snapshot_xmin`), and transaction ids are server-wide: on a
     shared server, another database's long transaction holds every projection and reactor of
-    the run back for as long. A bench reports what it saw, and which of its samples such a
+    the run back for as long. A bench reports what it saw, and which of its events such a
     transaction held (`held`), so that such a stall is not taken for Spool's own.
     """
 
@@ -146,15 +146,11 @@ class OtherTransactions:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def held(self, start: float, end: float | None = None, *, longer: float = 0.02) -> bool:
-        """Whether such a transaction, seen open for more than `longer` seconds, was open at
-        some time between `start` and `end` (epoch seconds; `end` None: at `start`): an event
-        appended then waited for its end. Shorter ones are left for the figures to show."""
-        end = start if end is None else end
-        return any(
-            began < end and seen > start and seen - began > longer
-            for _, began, seen in self.seen.values()
-        )
+    def held(self, at: float, *, longer: float = 0.02) -> bool:
+        """Whether such a transaction began before `at` (epoch seconds) and was still seen open
+        more than `longer` seconds after it: an event appended at `at` waited for it (at least
+        that long) before any reader could see it."""
+        return any(began < at and seen > at + longer for _, began, seen in self.seen.values())
 
     def describe(self) -> str:
         if not self.seen:

@@ -23,8 +23,8 @@ that measure too (`GET /jobs/{id}`'s `*_duration_ms`, which the stages measure t
 
 The write transactions open meanwhile in other databases of the server are watched
 (`bench.harness.OtherTransactions`): a reader of the log, so every reactor, waits for such a
-transaction, whatever its database, so the Spool jobs that ran while one was open ("held") are
-also left out in a row of their own.
+transaction, whatever its database, so the Spool jobs with an event appended while one was open
+and still open after it ("held") are also left out in a row of their own.
 
 Goal (issue 23): overhead by events, median <= 50 ms.
 
@@ -83,8 +83,8 @@ class Timing:
     stages: float
     gaps: tuple[float, float, float] | None
     """Where the overhead goes (`GAPS`), when the stages' starts and ends are known."""
-    span: tuple[float, float] = (0.0, 0.0)
-    """When the job was created and completed, epoch seconds."""
+    moments: tuple[float, ...] = ()
+    """When each of the job's events was appended, epoch seconds."""
 
     @property
     def overhead(self) -> float:
@@ -122,7 +122,7 @@ def by_events(rows: Sequence[asyncpg.Record]) -> Timing:
         return (b - a).total_seconds() * 1000.0
 
     return Timing(
-        span=(created.timestamp(), completed.timestamp()),
+        moments=tuple(at.timestamp() for _, _, at in rows),
         end_to_end=ms(created, completed),
         stages=sum(ms(a, b) for a, b in spans.values()),
         gaps=(
@@ -176,7 +176,7 @@ class SpoolRun:
         timing = by_events(rows)
         self.by_events.timings.append(timing)
         own = sum(float(body[f"{s}_duration_ms"]) for s in STAGES)  # type: ignore[arg-type]
-        self.by_own.timings.append(Timing(timing.end_to_end, own, None, timing.span))
+        self.by_own.timings.append(Timing(timing.end_to_end, own, None, timing.moments))
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -276,7 +276,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Side], str]:
                 await pool.close()
                 await asyncio.to_thread(stop_processes, *arq_nodes)
     sides = [spool.by_events, spool.by_own, arq.side]
-    unheld = [t for t in spool.by_events.timings if not others.held(*t.span)]
+    unheld = [t for t in spool.by_events.timings if not any(others.held(at) for at in t.moments)]
     if len(unheld) < len(spool.by_events.timings):
         held = len(spool.by_events.timings) - len(unheld)
         sides.append(Side(f"Spool, stages by events, without the {held} held", unheld))

@@ -25,11 +25,12 @@ From the moment the append is called, each sample times, side by side:
 The next sample starts once the last one is seen everywhere. The write transactions open
 meanwhile in other databases of the server are watched (`bench.harness.OtherTransactions`): a
 reader of the log waits for such a transaction, whatever its database, so the samples appended
-while one was open are also left out in a row of their own. Two phases, `--events` samples
-each: at rest, then under a background load of `--load-rate` `JobCreated`/s (held jobs of
-another account, appended one per transaction by another task of this process on its own
-connection; the achieved rate is reported). The ratio API / floor shows what the projection
-hop (projection runner, its commit, the API's read) adds.
+while one was open, and still open after, are also left out in a row of their own.
+
+Two phases, `--events` samples each: at rest, then under a background load of `--load-rate`
+`JobCreated`/s (held jobs of another account, appended one per transaction by another task of
+this process on its own connection; the achieved rate is reported). The ratio API list / floor
+shows what the projection hop (projection runner, its commit, the API's read) adds.
 
 Goal (issue 23): event to projection row visible in the API, p99 <= 100 ms.
 
@@ -354,7 +355,7 @@ def report(args: argparse.Namespace, phases: list[Phase], load: str) -> str:
             + ("met" if p99 <= 100 else "**missed**")
             + f"; {phase.others}"
             + (
-                f"; without the {sum(phase.held)} samples appended while one was open: "
+                f"; without the {sum(phase.held)} samples one held: "
                 f"p99 {percentile(_unheld(phase)['API list'], 99):.1f} ms."
                 if any(phase.held)
                 else "."
