@@ -8,6 +8,7 @@ Subscribers read in `(tx, position)` order and only below the oldest transaction
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any, NamedTuple
@@ -31,6 +32,8 @@ from spool.domain import (  # noqa: F401
 )
 from spool.domain.errors import ConcurrencyError
 from spool.domain.events import Event, EventRegistry, Metadata, NewEvent, RecordedEvent, registry
+
+log = logging.getLogger("spool.events")
 
 NOTIFY_CHANNEL = "spool_events"
 
@@ -82,11 +85,29 @@ class AppendResult(NamedTuple):
         return Checkpoint(self.tx, self.position)
 
 
-# The NOTIFY's payload: the distinct event types appended, comma-separated. A follower wakes
-# only the readers of those types (a heartbeat wakes the `nodes` projection, not all of them).
+# The NOTIFY's payload: `<tx>:<types>`, the appending transaction's id and the distinct event
+# types appended, comma-separated (`wake_payload`, `parse_wake`). A follower wakes only the
+# readers of those types (a heartbeat wakes the `nodes` projection, not all of them), and knows
+# from the id whether its reads could see them yet (adapters/subscription.py).
 _TYPES_OF = "array_to_string(ARRAY(SELECT DISTINCT t FROM unnest({}::text[]) AS t), ',')"
 
-_WAKE_CTE = f", wake AS (SELECT pg_notify('{NOTIFY_CHANNEL}', {_TYPES_OF}))"
+_WAKE_CTE = (
+    f", wake AS (SELECT pg_notify('{NOTIFY_CHANNEL}', "
+    f"pg_current_xact_id()::text || ':' || {_TYPES_OF}))"
+)
+
+
+def wake_payload(tx: int, types: Iterable[str]) -> str:
+    """The NOTIFY payload for events of `types` appended by transaction `tx`."""
+    return f"{tx}:{','.join(sorted(set(types)))}"
+
+
+def parse_wake(payload: str) -> tuple[int | None, frozenset[str]]:
+    """(transaction id, event types) of a NOTIFY payload; an empty payload names neither (a
+    wake-up for every type), one without an id (`JobCreated,StageStarted`) only types."""
+    tx, sep, types = payload.rpartition(":")
+    named = frozenset(t for t in types.split(",") if t)
+    return (int(tx) if sep and tx.isdigit() else None), named
 
 
 def _append_one(*, notify: bool) -> str:
@@ -321,6 +342,7 @@ class EventStore:
         self._decoder = DECODER if types is registry else EventDecoder(types)
         self._heartbeat_days: set[date] = set()
         """Days whose heartbeat partition this store has seen attached."""
+        self._waker = Waker(pool)
 
     async def _partitions_for(self, stream_ids: Iterable[str]) -> None:
         """Attach the partition of any heartbeat day not seen yet, before rows go to it."""
@@ -350,13 +372,19 @@ class EventStore:
         expected_version: int | None,
         *,
         conn: asyncpg.Connection | None = None,
+        durable: bool = True,
     ) -> AppendResult:
         """Append `events` atomically after `expected_version` (None: wherever the stream ends).
 
         A stream that moved on raises ConcurrencyError; the caller re-reads and decides again.
+        `durable=False` (with an expected version, outside a caller's transaction) commits
+        without waiting for the WAL flush, as `append_many` does.
         """
         if not events:
             raise ValueError("append needs at least one event")
+        if not durable and conn is None and expected_version is not None:
+            appended = StreamAppend(stream_id, events, expected_version)
+            return (await self.append_many([appended], durable=False))[0]
         columns = self._columns(events)
         await self._partitions_for([stream_id])
         if conn is not None:
@@ -375,18 +403,17 @@ class EventStore:
             result = await self._insert(
                 own, stream_id, columns, expected_version, _APPEND_ONE_QUIET
             )
-            await _wake(own, columns[0])
-            return result
+        self._waker.wake(columns[0], result.tx)
+        return result
 
     async def _append_at_end(
         self, stream_id: str, columns: tuple[list[str], list[int], list[bytes], list[bytes]]
     ) -> AppendResult:
-        async with self.pool.acquire() as own:
-            async with own.transaction():
-                await own.execute(_LOCK_STREAM, stream_id)
-                result = await self._insert(own, stream_id, columns, None, _APPEND_ONE_QUIET)
-            await _wake(own, columns[0])
-            return result
+        async with self.pool.acquire() as own, own.transaction():
+            await own.execute(_LOCK_STREAM, stream_id)
+            result = await self._insert(own, stream_id, columns, None, _APPEND_ONE_QUIET)
+        self._waker.wake(columns[0], result.tx)
+        return result
 
     async def _insert(
         self,
@@ -450,12 +477,19 @@ class EventStore:
             return []
         if conn is None:
             async with self.pool.acquire() as own:
+                if not durable:
+                    # Its commit waits for no flush, so the NOTIFY's server-wide lock is held
+                    # for no fsync: sent within the statement, one round trip fewer.
+                    return await self._insert_many(
+                        own, _APPEND_MANY, seen, checks, streams, offsets, names,
+                        schema_versions, data, meta, durable,
+                    )  # fmt: skip
                 results = await self._insert_many(
                     own, _APPEND_MANY_QUIET, seen, checks, streams, offsets, names,
                     schema_versions, data, meta, durable,
                 )  # fmt: skip
-                await _wake(own, names)
-                return results
+            self._waker.wake(names, max(r.tx for r in results))
+            return results
         return await self._insert_many(
             conn, _APPEND_MANY, seen, checks, streams, offsets, names, schema_versions, data,
             meta, True,  # in a caller's transaction the caller decides how it commits
@@ -621,6 +655,14 @@ class EventStore:
             ):
                 await asyncio.sleep(0.01)
 
+    async def readable_below(self) -> int:
+        """The transaction id below which every transaction has ended: what a read made from
+        now on can see (`read_batch` reads below it). No table is read."""
+        xmin: int = await self.pool.fetchval(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+        )
+        return xmin
+
     async def has_unreadable(self) -> bool:
         """Whether committed events wait behind an older transaction still in flight."""
         found: bool = await self.pool.fetchval(
@@ -639,9 +681,40 @@ class EventStore:
         return dict(await self.pool.fetch(_HEADS, list(stream_ids)))
 
 
-async def _wake(conn: asyncpg.Connection, types: Sequence[str]) -> None:
-    """NOTIFY the followers of these types, after the append's commit (see `_APPEND_ONE`)."""
-    await conn.execute(_WAKE, NOTIFY_CHANNEL, ",".join(sorted(set(types))))
+class Waker:
+    """Sends the NOTIFYs of the store's own appends after their commits (see `_APPEND_ONE`).
+
+    One at a time, off the append's path: the append returns once committed, and the types
+    appended while a NOTIFY is on its way go together in the next, so a busy process sends far
+    fewer than one per append and an idle one sends each at once. A NOTIFY lost (the database
+    went away, the process ended first) costs the followers one poll, never an event.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.pending: set[str] = set()
+        self.tx = 0
+        """The newest appending transaction among the pending types'."""
+        self.sending: asyncio.Task[None] | None = None
+
+    def wake(self, types: Iterable[str], tx: int) -> None:
+        """NOTIFY the followers of `types`, appended by transaction `tx`, as soon as the
+        previous NOTIFY has gone."""
+        self.pending.update(types)
+        self.tx = max(self.tx, tx)
+        if self.sending is None or self.sending.done():
+            self.sending = asyncio.get_running_loop().create_task(self._send())
+
+    async def _send(self) -> None:
+        while self.pending:
+            types, self.pending, tx, self.tx = self.pending, set(), self.tx, 0
+            try:
+                async with self.pool.acquire() as conn:
+                    await conn.execute(_WAKE, NOTIFY_CHANNEL, wake_payload(tx, types))
+            except Exception as exc:  # the pool closing, the database gone: followers poll
+                log.debug("NOTIFY of %s not sent: %s", ",".join(sorted(types)), exc)
+                self.pending.clear()
+                return
 
 
 def checkpoint_of(event: RecordedEvent) -> Checkpoint:

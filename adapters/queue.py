@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
@@ -15,6 +18,8 @@ from redis.exceptions import RedisError
 from spool.domain import job
 from spool.domain.events import Event
 from spool.domain.job import Stage, arq_job_id
+
+log = logging.getLogger("spool.queue")
 
 DOWNLOAD_QUEUE = "spool:queue:download"
 """Downloads go to any node."""
@@ -59,6 +64,83 @@ async def connect(redis_url: str, *, deadline: float = CONNECT_DEADLINE) -> ArqR
         raise RuntimeError(f"cannot reach Redis at {where}: {reason}") from None
 
 
+UNIT_EXPIRES = 7 * 24 * 3600
+"""Seconds a queued unit (and its result) stays in Redis: the reconciler re-dispatches what
+expires unrun."""
+
+
+def wake_channel(queue: str) -> str:
+    """The pub/sub channel that tells the workers of `queue` to look at it now."""
+    return f"spool:wake:{queue}"
+
+
+async def enqueue(
+    redis: ArqRedis,
+    function: str,
+    *args: Any,
+    queue: str,
+    unit_id: str,
+    defer: float | None = None,
+    expires: float = UNIT_EXPIRES,
+    **kwargs: Any,
+) -> Job | None:
+    """Enqueue one unit under its id, then wake its queue's workers; None when Redis already
+    holds that id (queued, running or done), which is how a replay enqueues nothing twice.
+
+    The wake-up spares the unit the workers' poll: a unit due now is taken within a round trip
+    of its enqueue. A deferred one waits for the poll that finds it due.
+    """
+    queued = await redis.enqueue_job(
+        function,
+        *args,
+        _job_id=unit_id,
+        _queue_name=queue,
+        _defer_by=defer or None,
+        _expires=expires,
+        **kwargs,
+    )
+    if queued is not None and not defer:
+        await redis.publish(wake_channel(queue), b"")
+    return queued
+
+
+WAKE_RETRY = 1.0
+"""Seconds before a wake-up listener whose Redis connection failed subscribes again (the
+workers' poll goes on meanwhile)."""
+
+
+async def listen_for_wakeups(
+    redis: ArqRedis, wakes: Mapping[str, asyncio.Event], stop: asyncio.Event
+) -> None:
+    """Set `wakes[queue]` whenever a unit is enqueued on `queue`, until `stop`.
+
+    One subscription for all of a node's queues. A wake-up lost with a connection costs one
+    poll interval, never the unit: every event is also set after each (re)subscription.
+    """
+    by_channel = {wake_channel(q): e for q, e in wakes.items()}
+    while not stop.is_set():
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(*by_channel)
+            for e in by_channel.values():
+                e.set()
+            while not stop.is_set():
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    channel = message["channel"]
+                    name = channel.decode() if isinstance(channel, bytes) else channel
+                    if (wake := by_channel.get(name)) is not None:
+                        wake.set()
+        except (RedisError, OSError) as exc:
+            log.warning("queue wake-ups lost (%s); subscribing again", exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WAKE_RETRY):
+                    await stop.wait()
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
 class Dispatch(NamedTuple):
     """One unit of work to enqueue."""
 
@@ -86,15 +168,15 @@ class Dispatch(NamedTuple):
 
 async def dispatch(redis: ArqRedis, d: Dispatch) -> bool:
     """Enqueue `d` under its deterministic id; False if that unit is already queued or done."""
-    queued = await redis.enqueue_job(
+    queued = await enqueue(
+        redis,
         d.stage,
         d.job_id,
         d.run,
         d.attempt,
-        _job_id=d.unit_id,
-        _queue_name=d.queue,
-        _defer_by=d.defer or None,
-        _expires=7 * 24 * 3600,
+        queue=d.queue,
+        unit_id=d.unit_id,
+        defer=d.defer,
         correlation_id=d.correlation_id,
         causation_id=d.causation_id,
     )
@@ -102,16 +184,17 @@ async def dispatch(redis: ArqRedis, d: Dispatch) -> bool:
 
 
 def unit_for(job_id: str, ev: Event) -> Dispatch | None:
-    """The unit of work a job event calls for, if any (the pipeline's dispatch rule)."""
+    """The unit of work a job event calls for, if any (the pipeline's dispatch rule). A result
+    whose node went straight on to the next stage (`chained`) calls for none: it runs."""
     if isinstance(ev, job.JobCreated):
         return None if ev.held else Dispatch(job_id, 1, "download", 1)
     if isinstance(ev, job.JobReleased):
         return Dispatch(job_id, 1, "download", 1)
     if isinstance(ev, job.JobRetried):
         return Dispatch(job_id, ev.run, "download", 1)
-    if isinstance(ev, job.DownloadCompleted):
+    if isinstance(ev, job.DownloadCompleted) and not ev.chained:
         return Dispatch(job_id, ev.run, "mux", 1, ev.node_id)
-    if isinstance(ev, job.MuxCompleted):
+    if isinstance(ev, job.MuxCompleted) and not ev.chained:
         return Dispatch(job_id, ev.run, "upload", 1, ev.node_id)
     if isinstance(ev, job.StageFailed) and ev.retry_stage and ev.retry_attempt:
         return Dispatch(job_id, ev.run, ev.retry_stage, ev.retry_attempt, ev.node_id, ev.retry_in)
@@ -195,15 +278,15 @@ def webhook_for(job_id: str, ev: Event, version: int, *, progress: bool) -> Webh
 
 async def dispatch_webhook(redis: ArqRedis, d: WebhookDispatch) -> bool:
     """Enqueue one webhook delivery under its id; False if already queued or done."""
-    queued = await redis.enqueue_job(
+    queued = await enqueue(
+        redis,
         "webhook",
         d.job_id,
         d.run,
         d.kind,
         d.version,
-        _job_id=d.unit_id,
-        _queue_name=WEBHOOK_QUEUE,
-        _expires=7 * 24 * 3600,
+        queue=WEBHOOK_QUEUE,
+        unit_id=d.unit_id,
         correlation_id=d.correlation_id,
         causation_id=d.causation_id,
     )

@@ -117,6 +117,7 @@ class Repository(Generic[S]):
         *,
         conn: asyncpg.Connection | None = None,
         known: Loaded[S] | None = None,
+        durable: bool = True,
     ) -> Executed[S]:
         """Load, decide, append at the version read; on a clash, re-read and decide again.
 
@@ -129,7 +130,8 @@ class Repository(Generic[S]):
         and nothing is appended; an empty decision appends nothing and returns the state read.
         With `conn` (in a transaction) the reads and the append run in it, each append under a
         savepoint so that a clash does not abort the caller's transaction. ChangingTooFast
-        after `tries` lost races.
+        after `tries` lost races. `durable=False`: the append commits without waiting for its
+        WAL flush (`EventStore.append`).
         """
         stream_id = self.stream_id(aggregate_id)
         for _ in range(self.tries):
@@ -147,7 +149,7 @@ class Repository(Generic[S]):
             if not events:
                 return Executed(state, None)
             try:
-                appended = await self._append(stream_id, events, version, metadata, conn)
+                appended = await self._append(stream_id, events, version, metadata, conn, durable)
             except ConcurrencyError:
                 continue  # another writer landed meanwhile: decide again on what it left
             return Executed(self.after(state, version, events, appended), appended)
@@ -178,6 +180,7 @@ class Repository(Generic[S]):
         version: int,
         metadata: Metadata,
         conn: asyncpg.Connection | None,
+        durable: bool = True,
     ) -> AppendResult:
         """Append at `version` through `patience`; a try after one whose answer was lost looks
         first whether that one committed, so that nothing is appended twice."""
@@ -194,7 +197,7 @@ class Repository(Generic[S]):
                     return landed(after)  # the lost answer's append: it committed
             tried = True
             if conn is None:
-                return await self.store.append(stream_id, new, version)
+                return await self.store.append(stream_id, new, version, durable=durable)
             async with conn.transaction():
                 return await self.store.append(stream_id, new, version, conn=conn)
 

@@ -19,6 +19,7 @@ _NUMERIC_ENV = {
     "reconcile_interval": "SPOOL_RECONCILE_INTERVAL",
     "node_timeout": "SPOOL_NODE_TIMEOUT",
     "lease_ttl": "SPOOL_LEASE_TTL",
+    "queue_poll": "SPOOL_QUEUE_POLL",
     "database_peer_timeout": "SPOOL_DATABASE_PEER_TIMEOUT",
     "probe_timeout": "SPOOL_PROBE_TIMEOUT",
     "probe_workers": "SPOOL_PROBE_WORKERS",
@@ -79,6 +80,10 @@ class Settings(msgspec.Struct, kw_only=True):
     # unit (domain/lease.py); None: `node_timeout`, as long as the node itself is trusted.
     lease_ttl: float | None = None
     heartbeat_interval: float = 1.0
+    # Seconds between a node's looks at a queue when no wake-up comes (reactors/worker/
+    # arq_workers.py `PromptWorker`): units are taken on their enqueue's wake-up, so this only
+    # bounds the cost of a lost one and how late a deferred retry starts.
+    queue_poll: float = 0.2
     # How soon PostgreSQL lets go of a process that vanished mid-transaction (adapters/database.py
     # `peer_settings`): until then its open transaction holds every projection back.
     database_peer_timeout: float = 30.0

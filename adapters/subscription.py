@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import asyncpg
 
-from spool.adapters.event_store import NOTIFY_CHANNEL, Batch, Checkpoint, EventStore
+from spool.adapters.event_store import NOTIFY_CHANNEL, Batch, Checkpoint, EventStore, parse_wake
 
 log = logging.getLogger("spool.subscription")
 
@@ -64,6 +64,10 @@ class LogSubscription:
         self._wake = asyncio.Event()
         self._notified: set[str] = set()
         self._everything = True
+        self._newest = 0
+        """The newest appending transaction notified since the last look."""
+        self._untimed = False
+        """A NOTIFY without a transaction id came since the last look."""
 
     def wake(self) -> None:
         """Look at the log now, for every type."""
@@ -71,10 +75,15 @@ class LogSubscription:
         self._wake.set()
 
     def _notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        if payload:
-            self._notified.update(payload.split(","))
+        tx, types = parse_wake(payload)
+        if types:
+            self._notified.update(types)
         else:
             self._everything = True
+        if tx is None:
+            self._untimed = True
+        else:
+            self._newest = max(self._newest, tx)
         self._wake.set()
 
     async def follow(
@@ -129,22 +138,28 @@ class LogSubscription:
 
     async def _look(self, catch_up: CatchUp) -> None:
         look = Look(frozenset(self._notified), self._everything)
-        self._notified, self._everything = set(), False
+        newest, untimed = self._newest, self._untimed
+        self._notified, self._everything, self._newest, self._untimed = set(), False, 0, False
         try:
+            # Every read of the catch-up sees at least what lies below this.
+            readable = await self.store.readable_below() if newest else 0
             await catch_up(look)
         except BaseException:
-            self._put_back(look)
+            self._put_back(look, newest, untimed)
             raise
-        if await self.store.has_unreadable():
-            # A NOTIFY came for events still behind an older open transaction: look again
-            # shortly, for the same types, rather than at the next poll.
-            self._put_back(look)
+        if (newest and newest >= readable) or (untimed and await self.store.has_unreadable()):
+            # A NOTIFY came for events still behind an older open transaction when the
+            # catch-up read: look again shortly, for the same types, rather than at the next
+            # poll. A NOTIFY's transaction id tells it without reading the log.
+            self._put_back(look, newest, untimed)
             self._wake.set()
             await asyncio.sleep(UNREADABLE_RETRY)
 
-    def _put_back(self, look: Look) -> None:
+    def _put_back(self, look: Look, newest: int, untimed: bool) -> None:
         self._notified |= look.types
         self._everything |= look.everything
+        self._newest = max(self._newest, newest)
+        self._untimed |= untimed
 
     async def batches(
         self, after: Checkpoint, types: frozenset[str], batch_size: int

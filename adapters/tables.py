@@ -133,3 +133,22 @@ node_failures = sa.Table(
     sa.Column("failures", pg.JSONB, nullable=False, server_default="[]"),
     sa.Column("quarantined", sa.Boolean, nullable=False, server_default=sa.false()),
 )
+
+# Not a projection and not the log: each running unit's latest progress as its node last sent it
+# (adapters/live_progress.py), rewritten every heartbeat. Unlogged: a server crash empties it,
+# and the next heartbeats fill it again; its writes cost no WAL. One row per unit, so a unit the
+# job has moved off never overwrites the current one's.
+live_progress = sa.Table(
+    "live_progress",
+    metadata,
+    sa.Column("job_id", sa.Text, primary_key=True),
+    sa.Column("run", sa.Integer, primary_key=True),
+    sa.Column("stage", sa.Text, primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("node_id", sa.Text, nullable=False),
+    sa.Column("progress", pg.JSONB, nullable=False),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
+    ),
+    prefixes=["UNLOGGED"],
+)

@@ -17,7 +17,7 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import Provide
 
 from spool.adapters.event_store import EventStore
-from spool.adapters.queue import node_queue
+from spool.adapters.queue import enqueue, node_queue
 from spool.adapters.read_models.nodes import DeviceFilter, all_rows, device_row, work_of
 from spool.api.auth import Principal
 from spool.api.cluster_reads import cluster_reader
@@ -332,8 +332,8 @@ class DevicesController(Controller):
             raise ClusterApiError(503, "INTERNAL_ERROR", "No Redis configured: cannot reach nodes")
         ping_id = f"ping:{device_id}:{uuid.uuid4().hex}"
         sent = time.perf_counter()
-        job = await redis.enqueue_job(
-            "ping", _job_id=ping_id, _queue_name=node_queue(device_id), _expires=timeout
+        job = await enqueue(
+            redis, "ping", queue=node_queue(device_id), unit_id=ping_id, expires=timeout
         )
         assert job is not None  # a fresh id is never taken
         try:

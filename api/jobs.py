@@ -11,6 +11,7 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import Parameter
 
+from spool.adapters import live_progress
 from spool.adapters.account_storage import AccountStorages
 from spool.adapters.downloader import DownloadFailed
 from spool.adapters.event_store import EventStore
@@ -371,11 +372,18 @@ class JobsController(Controller):
     ) -> JobView:
         """Get a job's status, with an HTTP(S) `s3_url` (24 h) once it is Completed.
 
+        `progress` is the running stage's latest, as its node sent it at its last heartbeat.
+
         `as_of` (an event position, or an ISO 8601 time) answers the job as it stood then,
         folded from its events, without links to its files.
         """
         state = await load_job(services, job_id, principal)
         if as_of is None:
+            if state.status == "Processing":  # no other job shows progress
+                live = await live_progress.of_job(
+                    services.pool, state.job_id, live_progress.fresh_within(services.settings)
+                )
+                state = live_progress.shown(state, live)
             return view(state, await _links(services, state))
         return view(await load_job_then(services, state.job_id, as_of))
 
@@ -429,6 +437,7 @@ class JobsController(Controller):
             batch_id=batch_id,
             after=after,
             limit=limit,
+            live_within=live_progress.fresh_within(services.settings),
         )
         return JobPage(
             jobs=[view(state) for state in found.states],

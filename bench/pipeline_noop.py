@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import statistics
 import time
 import uuid
@@ -38,13 +39,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+import psutil
 from arq.connections import ArqRedis
 from arq.worker import Worker, func
 
 from bench.arguments import add_database_url
 from bench.cluster import Cluster, spool_cluster
 from spool.adapters.database import create_pool
-from spool.adapters.event_store import EventStore
+from spool.adapters.event_store import Checkpoint, EventStore
 from spool.adapters.queue import connect
 from spool.adapters.settings import Settings
 from spool.assembly import NODE, assemble
@@ -173,6 +176,8 @@ class SpoolSide:
     def __init__(self, cluster: Cluster, store: EventStore) -> None:
         self.cluster = cluster
         self.store = store
+        self.finished: set[str] = set()
+        self.cursor = Checkpoint()
 
     async def submit(self) -> str:
         jid = str(uuid.uuid4())
@@ -186,7 +191,24 @@ class SpoolSide:
         return jid
 
     async def completed(self, ids: Sequence[str]) -> dict[str, float]:
-        """Seconds from JobCreated to JobCompleted of each of `ids` that completed."""
+        """Seconds from JobCreated to JobCompleted of each of `ids` that completed.
+
+        Completions are read from the log as a projection reads it, from where the last look
+        ended: the bench's own polling must not cost the database more than the cluster it
+        measures.
+        """
+        if any(i not in self.finished for i in ids):
+            while True:  # what completed since the last look, as a projection reads the log
+                batch = await self.store.read_batch(
+                    self.cursor, 1000, types={job.JobCompleted.__name__}
+                )
+                self.finished.update(e.stream_id.removeprefix("job-") for e in batch.events)
+                self.cursor = batch.horizon
+                if len(batch.events) < 1000:
+                    break
+        done = [i for i in ids if i in self.finished]
+        if len(done) < len(ids):
+            return dict.fromkeys(done, 0.0)
         rows = await self.store.pool.fetch(
             "SELECT c.stream_id, extract(epoch FROM d.recorded_at - c.recorded_at)::float8 "
             "FROM events c JOIN events d ON d.stream_id = c.stream_id AND d.type = $3 "
@@ -196,6 +218,57 @@ class SpoolSide:
             job.JobCompleted.__name__,
         )
         return {r[0].removeprefix("job-"): r[1] for r in rows}
+
+    async def commits(self, ids: Sequence[str]) -> tuple[float, float]:
+        """(transactions, durable commits) per job that wrote the jobs' events, progress aside.
+
+        Transactions are counted from the log (distinct `tx`); a transaction whose only event
+        is a StageStarted is the node's start of a unit, which commits without waiting for its
+        WAL flush (reactors/worker/stages_runner.py `_start`): the rest are durable.
+        """
+        rows = await self.store.pool.fetch(
+            "SELECT stream_id, tx, array_agg(type) AS types FROM events "
+            "WHERE stream_id = ANY($1::text[]) AND type <> $2 GROUP BY stream_id, tx",
+            [job.stream_id(i) for i in ids],
+            job.StageProgressed.__name__,
+        )
+        started = job.StageStarted.__name__
+        durable = [r for r in rows if list(r["types"]) != [started]]
+        return len(rows) / len(ids), len(durable) / len(ids)
+
+    async def gaps(self, ids: Sequence[str]) -> dict[str, float]:
+        """Median ms of each step of the jobs' lives, by their events' `recorded_at`: where a
+        job's time goes (waiting for a unit to be taken, or in the stages' own appends)."""
+        steps = {
+            "created -> download started": (job.JobCreated, job.StageStarted, "download"),
+            "download started -> done": (job.StageStarted, job.DownloadCompleted, "download"),
+            "download done -> mux started": (job.DownloadCompleted, job.StageStarted, "mux"),
+            "mux started -> done": (job.StageStarted, job.MuxCompleted, "mux"),
+            "mux done -> upload started": (job.MuxCompleted, job.StageStarted, "upload"),
+            "upload started -> completed": (job.StageStarted, job.JobCompleted, "upload"),
+        }
+        rows = await self.store.pool.fetch(
+            "SELECT stream_id, type, data->>'stage' AS stage, "
+            "extract(epoch FROM recorded_at)::float8 AS at FROM events "
+            "WHERE stream_id = ANY($1::text[])",
+            [job.stream_id(i) for i in ids],
+        )
+        at: dict[tuple[str, str, str | None], float] = {}
+        for r in rows:
+            stage = r["stage"] if r["type"] == job.StageStarted.__name__ else None
+            at[(r["stream_id"], r["type"], stage)] = r["at"]
+        medians: dict[str, float] = {}
+        for name, (before, after, stage) in steps.items():
+            first = stage if before is job.StageStarted else None
+            second = stage if after is job.StageStarted else None
+            spans = [
+                at[(sid, after.__name__, second)] - at[(sid, before.__name__, first)]
+                for sid in {r["stream_id"] for r in rows}
+                if (sid, after.__name__, second) in at and (sid, before.__name__, first) in at
+            ]
+            if spans:
+                medians[name] = statistics.median(spans) * 1000
+        return medians
 
     async def span(self, ids: Sequence[str]) -> float:
         """Seconds from the first JobCreated to the last JobCompleted of `ids`."""
@@ -243,33 +316,69 @@ Side = SpoolSide | ArqSide
 
 async def wait_completed(side: Side, ids: Sequence[str], within: float) -> dict[str, float]:
     deadline = time.monotonic() + within
+    # One job is looked for every 2 ms; a throughput run's every 50 ms (the figures come from
+    # the recorded times, not from when the bench saw them).
+    pause = 0.002 if len(ids) == 1 else 0.05
     while len(done := await side.completed(ids)) < len(ids):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{side.name}: {len(ids) - len(done)} jobs did not complete")
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(pause)
     return done
 
 
-async def latency(side: Side, n: int) -> list[float]:
+async def latency(side: Side, n: int) -> tuple[list[float], list[str]]:
+    """Seconds from submit to completion of `n` jobs, one at a time; and their ids."""
     seconds: list[float] = []
+    ids: list[str] = []
     for _ in range(n):
         jid = await side.submit()
         seconds.append((await wait_completed(side, [jid], 60))[jid])
+        ids.append(jid)
+    return seconds, ids
+
+
+def _role(p: psutil.Process) -> str:
+    args = " ".join(p.cmdline())
+    for role in ("spool-node", "arq-node", "redis-server", "reactors"):
+        if role in args:
+            return role
+    return "bench" if p.pid == os.getpid() else p.name()
+
+
+async def cpu_seconds(pool: asyncpg.Pool) -> dict[str, float]:
+    """CPU seconds so far of the bench, its children (by role) and the database's backends."""
+    backends = await pool.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+    )
+    me = psutil.Process()
+    seconds: dict[str, float] = {}
+    procs = [(me, _role(me))] + [(c, _role(c)) for c in me.children(recursive=True)]
+    procs += [(psutil.Process(r["pid"]), "postgres") for r in backends]
+    for proc, role in procs:
+        with contextlib.suppress(psutil.Error):
+            t = proc.cpu_times()
+            seconds[role] = seconds.get(role, 0.0) + t.user + t.system
     return seconds
 
 
-async def throughput(side: Side, n: int) -> tuple[float, float]:
-    """(jobs/s, seconds) for `n` jobs submitted at once by 8 submitters."""
+async def throughput(
+    side: Side, n: int, pool: asyncpg.Pool
+) -> tuple[float, float, list[str], dict[str, float]]:
+    """(jobs/s, seconds, ids, CPU ms per job by process role) for `n` jobs submitted at once
+    by 8 submitters."""
     ids: list[str] = []
 
     async def submitter(k: int) -> None:
         for _ in range(k):
             ids.append(await side.submit())
 
+    before = await cpu_seconds(pool)
     await asyncio.gather(*(submitter(n // 8 + (i < n % 8)) for i in range(8)))
     await wait_completed(side, ids, 600)
+    after = await cpu_seconds(pool)
     seconds = await side.span(ids)
-    return n / seconds, seconds
+    cpu = {role: (after[role] - before.get(role, 0.0)) * 1000 / n for role in after}
+    return n / seconds, seconds, ids, cpu
 
 
 def start_workers(kind: str, cluster: Cluster, n: int, concurrency: int) -> None:
@@ -282,10 +391,27 @@ def start_workers(kind: str, cluster: Cluster, n: int, concurrency: int) -> None
         )  # fmt: skip
 
 
+class Results:
+    """What the rounds measured, per side."""
+
+    def __init__(self) -> None:
+        self.latency: dict[str, list[float]] = {"spool": [], "raw arq": []}
+        self.rate: dict[str, list[float]] = {"spool": [], "raw arq": []}
+        self.commits: list[tuple[float, float]] = []
+        self.gaps: dict[str, dict[str, list[float]]] = {"at rest": {}, "under load": {}}
+        self.cpu: dict[str, dict[str, list[float]]] = {"spool": {}, "raw arq": {}}
+
+    def add_cpu(self, side: str, ms_per_job: dict[str, float]) -> None:
+        for role, ms in ms_per_job.items():
+            self.cpu[side].setdefault(role, []).append(ms)
+
+    def add_gaps(self, load: str, medians: dict[str, float]) -> None:
+        for step, ms in medians.items():
+            self.gaps[load].setdefault(step, []).append(ms)
+
+
 async def run(args: argparse.Namespace) -> None:
-    results: dict[str, dict[str, list[float]]] = {
-        s: {"latency": [], "rate": []} for s in ("spool", "raw arq")
-    }
+    results = Results()
     async with spool_cluster(args.database_url, "noop") as cluster:
         cluster.procs.start("reactors", "reactors")
         start_workers("spool-node", cluster, args.workers, args.concurrency)
@@ -297,16 +423,25 @@ async def run(args: argparse.Namespace) -> None:
             while await pool.fetchval("SELECT count(*) FROM nodes") < args.workers:
                 assert time.monotonic() < deadline, "the nodes did not register"
                 await asyncio.sleep(0.2)
-            sides: list[Side] = [SpoolSide(cluster, EventStore(pool)), ArqSide(redis)]
-            for side in sides:  # warm up
+            spool_side = SpoolSide(cluster, EventStore(pool))
+            sides: list[Side] = [spool_side, ArqSide(redis)]
+            for side in sides:
+                # Warm up: a burst as large as the measured ones, so that every process's
+                # connection pools have grown to what the load needs (a new connection costs
+                # the database a type introspection) before anything is measured.
                 await latency(side, 3)
-                await throughput(side, 16)
+                await throughput(side, args.jobs, pool)
             for r in range(args.rounds):
                 for side in sides[r % 2 :] + sides[: r % 2]:
-                    lat = await latency(side, args.latency_jobs)
-                    rate, seconds = await throughput(side, args.jobs)
-                    results[side.name]["latency"].extend(lat)
-                    results[side.name]["rate"].append(rate)
+                    lat, one_by_one = await latency(side, args.latency_jobs)
+                    rate, seconds, at_once, cpu = await throughput(side, args.jobs, pool)
+                    results.add_cpu(side.name, cpu)
+                    results.latency[side.name].extend(lat)
+                    results.rate[side.name].append(rate)
+                    if side is spool_side:
+                        results.commits.append(await spool_side.commits(one_by_one))
+                        results.add_gaps("at rest", await spool_side.gaps(one_by_one))
+                        results.add_gaps("under load", await spool_side.gaps(at_once))
                     print(
                         f"  round {r + 1} {side.name}: latency median "
                         f"{statistics.median(lat) * 1000:.1f} ms; {args.jobs} jobs in "
@@ -320,26 +455,54 @@ async def run(args: argparse.Namespace) -> None:
     print(report(args, results))
 
 
-def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]]) -> str:
-    spool, arq = results["spool"], results["raw arq"]
-    ratios = [s / a for s, a in zip(spool["rate"], arq["rate"], strict=True)]
+def _percentile(values: Sequence[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+def report(args: argparse.Namespace, results: Results) -> str:
+    spool, arq = results.rate["spool"], results.rate["raw arq"]
+    ratios = [s / a for s, a in zip(spool, arq, strict=True)]
     lines = [
-        "| side | latency median ms (p90) | jobs/s | ms per job at throughput |",
-        "|---|---:|---:|---:|",
+        "| side | latency ms: median | p90 | p99 | jobs/s | ms per job at throughput |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, r in results.items():
-        lat = sorted(r["latency"])
-        rate = statistics.median(r["rate"])
-        p90 = lat[int(len(lat) * 0.9)]
+    for name in ("spool", "raw arq"):
+        lat = results.latency[name]
+        rate = statistics.median(results.rate[name])
         lines.append(
-            f"| {name} | {statistics.median(lat) * 1000:.1f} ({p90 * 1000:.1f}) "
-            f"| {rate:.1f} | {1000 / rate:.1f} |"
+            f"| {name} | {statistics.median(lat) * 1000:.1f} | {_percentile(lat, 0.9) * 1000:.1f} "
+            f"| {_percentile(lat, 0.99) * 1000:.1f} | {rate:.1f} | {1000 / rate:.1f} |"
         )
+    transactions = statistics.median(t for t, _ in results.commits)
+    durable = statistics.median(d for _, d in results.commits)
     lines.append(
         f"\nSpool / raw arq jobs/s: {statistics.median(ratios):.2f}x "
-        f"({min(ratios):.2f}-{max(ratios):.2f}; target >= 0.5x), {args.workers} worker "
-        f"process(es), stage concurrency {args.concurrency or 'default'}"
+        f"({min(ratios):.2f}-{max(ratios):.2f}), {args.workers} worker process(es), stage "
+        f"concurrency {args.concurrency or 'default'}; {len(results.latency['spool'])} latency "
+        f"jobs per side"
     )
+    lines.append(
+        f"Spool job-stream transactions per job: {transactions:.1f}, of which durable "
+        f"commits: {durable:.1f}"
+    )
+    lines.append("\n| a Spool job's step, median ms | at rest | under load |\n|---|---:|---:|")
+    for step in results.gaps["at rest"]:
+        rest = statistics.median(results.gaps["at rest"][step])
+        load = results.gaps["under load"].get(step)
+        under = f"{statistics.median(load):.1f}" if load else "-"
+        lines.append(f"| {step} | {rest:.1f} | {under} |")
+    lines.append("\n| CPU ms per job during the throughput runs, median | spool | raw arq |")
+    lines.append("|---|---:|---:|")
+    roles = sorted({*results.cpu["spool"], *results.cpu["raw arq"]})
+    for role in roles:
+        cells = [
+            f"{statistics.median(results.cpu[side][role]):.2f}"
+            if results.cpu[side].get(role)
+            else "-"
+            for side in ("spool", "raw arq")
+        ]
+        lines.append(f"| {role} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 

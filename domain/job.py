@@ -138,6 +138,9 @@ class DownloadCompleted(Event, frozen=True, kw_only=True):
     native_audio_codec: str | None = None
     width: int | None = None
     height: int | None = None
+    chained: bool = False
+    """The node went straight on to the mux: its StageStarted follows in the same append, and
+    nothing is dispatched for it (`chain`)."""
 
 
 @event
@@ -159,6 +162,8 @@ class MuxCompleted(Event, frozen=True, kw_only=True):
     # The written file's frame: what was delivered (after `max_resolution`), not the source's.
     width: int | None = None
     height: int | None = None
+    chained: bool = False
+    """The node went straight on to the upload (see `DownloadCompleted.chained`)."""
 
 
 @event
@@ -420,6 +425,39 @@ def is_current(state: JobState, stage: Stage, run: int, attempt: int) -> bool:
     )
 
 
+PROGRESS_STEP = 10.0
+"""Percent between two progress events a stage's history keeps (`progress_milestone`)."""
+
+
+def _progress_step(p: Progress) -> int | None:
+    if p.percent is None:
+        return None
+    return int(min(max(p.percent, 0.0), 100.0) // PROGRESS_STEP)
+
+
+def progress_milestone(last_recorded: Progress | None, now: Progress) -> bool:
+    """Whether `now` is worth a `StageProgressed` in the job's history: its percent entered a
+    step of `PROGRESS_STEP` past the last recorded one's (the stage's start counts as zero). A
+    stage without a known percent (a live recording) has none: its history keeps the start and
+    the result, and its progress lives outside the log (adapters/live_progress.py)."""
+    step = _progress_step(now)
+    if step is None:
+        return False
+    last = None if last_recorded is None or last_recorded.stage != now.stage else last_recorded
+    before = _progress_step(last) if last is not None else None
+    return step > (before or 0)
+
+
+def with_live_progress(
+    state: JobState, stage: Stage, run: int, attempt: int, progress: Progress
+) -> JobState:
+    """The job showing a node's latest progress, if `(run, stage, attempt)` is the unit it
+    waits on; as it is for any other unit's (one it moved off, or it ended)."""
+    if not is_current(state, stage, run, attempt) or progress.stage != stage:
+        return state
+    return msgspec.structs.replace(state, progress=progress)
+
+
 def _require_current(state: JobState, stage: Stage, run: int, attempt: int) -> None:
     if not is_current(state, stage, run, attempt):
         raise InvalidTransition(
@@ -432,6 +470,21 @@ def start_stage(state: JobState, stage: Stage, run: int, attempt: int, node_id: 
     """A node begins a unit of work."""
     _require_current(state, stage, run, attempt)
     return [StageStarted(stage=stage, run=run, attempt=attempt, node_id=node_id)]
+
+
+def chain(done: DownloadCompleted | MuxCompleted) -> list[Event]:
+    """A stage's result and the next stage's start on the same node, to be appended together.
+
+    Mux and upload must run where the download's files are; a node with a free slot for the
+    next stage starts it in the append that records the result, instead of a round trip
+    through its queue. Each stage keeps its own events, and the next stage is a started unit
+    under the node's lease like any other.
+    """
+    nxt: Stage = "mux" if isinstance(done, DownloadCompleted) else "upload"
+    return [
+        msgspec.structs.replace(done, chained=True),
+        StageStarted(stage=nxt, run=done.run, attempt=1, node_id=done.node_id),
+    ]
 
 
 def fail_stage(

@@ -24,6 +24,7 @@ import msgspec
 import sqlalchemy as sa
 from arq.connections import ArqRedis
 
+from spool.adapters import queue as queues
 from spool.adapters.event_store import EventStore
 from spool.adapters.periodic import run_periodically
 from spool.adapters.queue import node_queue, unit_status
@@ -64,13 +65,13 @@ async def enqueue(
 
     The node's events for it carry `cause`'s correlation and causation ids.
     """
-    job = await redis.enqueue_job(
+    job = await queues.enqueue(
+        redis,
         "task",
         task_id,
         attempt,
-        _job_id=task.arq_job_id(task_id, attempt),
-        _queue_name=node_queue(node_id),
-        _expires=7 * 24 * 3600,
+        queue=node_queue(node_id),
+        unit_id=task.arq_job_id(task_id, attempt),
         correlation_id=cause.correlation_id,
         causation_id=cause.causation_id,
     )

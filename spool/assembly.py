@@ -46,6 +46,16 @@ class Part(Protocol):
 
 
 @dataclass(frozen=True)
+class Alongside:
+    """Parts that run as one, under one name and one stop."""
+
+    parts: tuple[Part, ...]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.gather(*(p.run(stop) for p in self.parts))
+
+
+@dataclass(frozen=True)
 class Timings:
     """How often the parts look for work when nothing wakes them; production's by default."""
 
@@ -88,14 +98,22 @@ def assemble(
     if PROJECTIONS in parts:
         built[PROJECTIONS] = projections
     if PIPELINE in parts:
-        built[PIPELINE] = ProjectionRunner(
-            store,
-            [
-                PipelineReactor(redis),
-                WebhookReactor(redis),
-                NodeHealthReactor(store, settings.quarantine_after),
-            ],
-            poll_interval=timings.poll_interval,
+        built[PIPELINE] = Alongside(
+            (
+                # Its dispatches are on every job's critical path: each NOTIFY is looked at at
+                # once, not gathered with the appends of the next moment as projections are.
+                ProjectionRunner(
+                    store,
+                    [PipelineReactor(redis)],
+                    poll_interval=timings.poll_interval,
+                    coalesce=0.0,
+                ),
+                ProjectionRunner(
+                    store,
+                    [WebhookReactor(redis), NodeHealthReactor(store, settings.quarantine_after)],
+                    poll_interval=timings.poll_interval,
+                ),
+            )
         )
     if SCHEDULER in parts:
         built[SCHEDULER] = Scheduler(

@@ -16,6 +16,7 @@ from spool.adapters.event_store import (
     EventStore,
     StreamAppend,
     checkpoint_of,
+    parse_wake,
 )
 from spool.domain.errors import ConcurrencyError
 from spool.domain.events import Event, Metadata, NewEvent, registry
@@ -210,7 +211,9 @@ async def test_a_v1_job_created_is_upcast_to_v2_on_read(store: EventStore) -> No
     assert stored == 1  # history is never rewritten
 
 
-async def test_append_notifies_listeners_on_commit_naming_the_types(store: EventStore) -> None:
+async def test_append_notifies_listeners_on_commit_naming_its_transaction_and_the_types(
+    store: EventStore,
+) -> None:
     payloads: asyncio.Queue[str] = asyncio.Queue()
 
     def on_notify(_c: object, _pid: int, _channel: str, payload: str) -> None:
@@ -220,16 +223,18 @@ async def test_append_notifies_listeners_on_commit_naming_the_types(store: Event
         await listener.add_listener(NOTIFY_CHANNEL, on_notify)
         try:
             probe = _created()
-            await store.append(f"job-{uuid.uuid4()}", [probe], 0)
+            one = await store.append(f"job-{uuid.uuid4()}", [probe], 0)
             named = type(probe.event).__name__
-            assert await asyncio.wait_for(payloads.get(), timeout=5) == named
-            await store.append_many(
+            heard = await asyncio.wait_for(payloads.get(), timeout=5)
+            assert parse_wake(heard) == (one.tx, frozenset({named}))
+            many = await store.append_many(
                 [
                     StreamAppend(f"job-{uuid.uuid4()}", [_created()]),
                     StreamAppend(f"job-{uuid.uuid4()}", [_created()]),
                 ],
                 durable=False,
             )
-            assert await asyncio.wait_for(payloads.get(), timeout=5) == named
+            heard = await asyncio.wait_for(payloads.get(), timeout=5)
+            assert parse_wake(heard) == (many[0].tx, frozenset({named}))
         finally:
             await listener.remove_listener(NOTIFY_CHANNEL, on_notify)

@@ -130,12 +130,11 @@ async def test_a_wake_up_with_nothing_to_follow_writes_nothing(isolated: EventSt
 async def test_the_runner_wakes_on_notify_without_waiting_for_its_poll(
     isolated: EventStore,
 ) -> None:
-    store = LookWatchingStore(isolated.pool)
-    runner = ProjectionRunner(store, [JobsProjection()], poll_interval=60)
+    runner = ProjectionRunner(isolated, [JobsProjection()], poll_interval=60)
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
     try:
-        await store.first_look_done()  # from here on only a NOTIFY can wake it within 60 s
+        await first_look_done(runner)  # from here on only a NOTIFY can wake it within 60 s
         [jid] = await _create_jobs(isolated, "a", 1)
         async with asyncio.timeout(5):
             while not await isolated.pool.fetchval("SELECT 1 FROM jobs WHERE job_id = $1", jid):
@@ -145,25 +144,18 @@ async def test_the_runner_wakes_on_notify_without_waiting_for_its_poll(
         await asyncio.wait_for(task, 5)
 
 
-class LookWatchingStore(EventStore):
-    """The real store, telling when a running runner has finished its first look at the log
-    (every look ends by asking whether committed events wait behind an open transaction)."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        super().__init__(pool)
-        self._looked = asyncio.Event()
-
-    async def has_unreadable(self) -> bool:
-        unreadable = await super().has_unreadable()
-        self._looked.set()
-        return unreadable
-
-    async def first_look_done(self, within: float = 10.0) -> None:
-        """Wait until the runner's first look (at every projection) is over."""
-        await asyncio.wait_for(self._looked.wait(), within)
+async def first_look_done(runner: ProjectionRunner, within: float = 10.0) -> None:
+    """Wait until a running runner's first look (at every projection) is over: a first look
+    ends with each projection's first step, which writes its checkpoint row."""
+    names = [p.name for p in runner.projections]
+    async with asyncio.timeout(within):
+        while await runner.pool.fetchval(
+            "SELECT count(*) FROM checkpoints WHERE name = ANY($1::text[])", names
+        ) < len(names):
+            await asyncio.sleep(0.01)
 
 
-class ReadCountingStore(LookWatchingStore):
+class ReadCountingStore(EventStore):
     """The real store, counting the reads each projection (by its types) makes."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -184,7 +176,7 @@ async def test_a_notify_wakes_only_the_projections_of_the_types_it_names(
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
     try:
-        await store.first_look_done()
+        await first_look_done(runner)
         store.reads.clear()
         started = node_started("notified")  # followed by the nodes projection, not the jobs one
         await isolated.append(node.stream_id("notified"), [NewEvent(started)], 0)
@@ -219,13 +211,12 @@ class BatchCountingJobs(JobsProjection):
 
 async def test_appends_made_moments_apart_are_applied_together(isolated: EventStore) -> None:
     jobs = BatchCountingJobs()
-    store = LookWatchingStore(isolated.pool)
     # A long coalescing window, so that a slow machine still lands all five appends inside it.
-    runner = ProjectionRunner(store, [jobs], poll_interval=60, coalesce=2.0)
+    runner = ProjectionRunner(isolated, [jobs], poll_interval=60, coalesce=2.0)
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
     try:
-        await store.first_look_done()
+        await first_look_done(runner)
         jobs.batches.clear()
         ids = []
         for _ in range(5):  # five appends a tenth of a second apart, five NOTIFYs

@@ -28,9 +28,10 @@ OUTSIDE_PROJECTIONS = {
     tables.event_archives,
     tables.cluster_identity,
     tables.node_failures,
+    tables.live_progress,
 }
-"""The log, the operational tables and the node health reactor's state: no projection writes
-them."""
+"""The log, the operational tables, the node health reactor's state and the nodes' live
+progress: no projection writes them."""
 
 
 def _of_the_schema(obj: Any, name: str | None, type_: str, reflected: bool, _: Any) -> bool:

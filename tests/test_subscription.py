@@ -99,3 +99,49 @@ async def test_batches_come_in_commit_order_and_step_past_other_types(store: Eve
     assert horizons == sorted(horizons)
     nothing = [b.events async for b in subscription.batches(Checkpoint(), node.EVENT_TYPES, 2)]
     assert nothing == [[]]
+
+
+async def test_events_behind_an_open_transaction_are_read_once_it_ends_without_a_notify_of_its_own(
+    store: EventStore,
+) -> None:
+    subscription = LogSubscription(store, what="test follower", poll_interval=3600)
+    stop, listening = asyncio.Event(), asyncio.Event()
+    seen: set[str] = set()
+    after = Checkpoint()
+    notified = asyncio.Event()
+
+    async def catch_up(look: Look) -> None:
+        nonlocal after
+        if not look.everything and look.concerns({job.JobCreated.__name__}):
+            notified.set()
+        async for batch in subscription.batches(after, frozenset(job.EVENT_TYPES), 100):
+            seen.update(e.stream_id for e in batch.events)
+            after = batch.horizon
+
+    async def on_listen() -> None:
+        listening.set()
+
+    following = asyncio.create_task(subscription.follow(catch_up, stop, on_listen=on_listen))
+    blocker = await store.pool.acquire()
+    try:
+        await asyncio.wait_for(listening.wait(), 10)
+        # An older transaction, open and holding an id, that will end without appending: no
+        # NOTIFY of its own will say when the job behind it becomes readable.
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.fetchval("SELECT pg_current_xact_id()")
+        jid = str(uuid.uuid4())
+        created = job.create(
+            job_id=jid, account_id="a", url=f"http://media.test/{jid}", options=job.JobOptions()
+        )
+        await store.append(job.stream_id(jid), [NewEvent(e) for e in created], 0)
+        await asyncio.wait_for(notified.wait(), 10)  # the NOTIFY's look ...
+        assert job.stream_id(jid) not in seen  # ... found the job behind the open transaction
+        await transaction.rollback()
+        async with asyncio.timeout(5):  # an hour's poll: only the follower's own re-look
+            while job.stream_id(jid) not in seen:
+                await asyncio.sleep(0.01)
+    finally:
+        await store.pool.release(blocker)
+        stop.set()
+        await asyncio.wait_for(following, 10)

@@ -17,6 +17,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
+from spool.adapters import live_progress
 from spool.adapters.event_store import EVENT_COLUMNS
 from spool.adapters.read_models import batches as batch_rows
 from spool.adapters.read_models.state_projection import Field, StateProjection, StateRows
@@ -148,15 +149,18 @@ async def row_and_tail(executor: asyncpg.Pool | asyncpg.Connection, job_id: str)
 
 
 class JobsFound(NamedTuple):
-    """A page of an account's jobs, newest first, and the key of its last row."""
+    """A page of an account's jobs, newest first (each with its current unit's live progress),
+    and the key of its last row."""
 
     states: list[job.JobState]
     more: bool
     last: tuple[datetime, str] | None
 
 
-_PAGE = """
-SELECT state, created_at, job_id FROM jobs
+_PAGE = f"""
+SELECT state, created_at, job_id,
+       ({live_progress.LIVE_OF_JOB.format(job_id="jobs.job_id", fresh="$7")}) AS live
+FROM jobs
 WHERE account_id = $1
   AND ($2::text IS NULL OR status = $2)
   AND ($3::text IS NULL OR batch_id = $3)
@@ -174,9 +178,11 @@ async def page(
     batch_id: str | None,
     after: tuple[datetime, str] | None,
     limit: int,
+    live_within: timedelta,
 ) -> JobsFound:
     """An account's jobs newest first, `after` the (created_at, job_id) of a previous page's
-    last row; `more` says whether another page follows."""
+    last row, each with the live progress of its current unit sent within `live_within`
+    (adapters/live_progress.py); `more` says whether another page follows."""
     rows = await pool.fetch(
         _PAGE,
         account_id,
@@ -185,10 +191,11 @@ async def page(
         after[0] if after else None,
         after[1] if after else None,
         limit + 1,
+        live_within,
     )
     shown = rows[:limit]
     return JobsFound(
-        [ROWS.decode(r[0]) for r in shown],
+        [live_progress.shown(ROWS.decode(r[0]), live_progress.decode(r[3])) for r in shown],
         len(rows) > limit,
         (shown[-1][1], shown[-1][2]) if shown else None,
     )

@@ -2,8 +2,9 @@
 
 One process per node. Downloads come from the shared queue; mux and upload come from the node's
 own queue, because the files are on its disk. Every second the node appends, in one batched
-transaction, its heartbeat and the latest progress of each running stage, then looks for
-cancellations of what it runs.
+transaction, its heartbeat and each running stage's progress when it reached a new tenth, writes
+every running stage's latest progress to `live_progress` (adapters/live_progress.py), then looks
+for cancellations of what it runs.
 
 One concern a module: `node.py` (the `Node` and its life, start to stop), `state.py` (what it
 holds), `registration.py`, `heartbeat.py`, `stages_runner.py` (running a unit and recording its

@@ -25,6 +25,7 @@ from arq.worker import Retry
 
 from spool.adapters import sysinfo
 from spool.adapters.node_store import nodes
+from spool.adapters.queue import DOWNLOAD_QUEUE
 from spool.adapters.read_models import nodes as node_rows
 from spool.domain import node, node_health
 from spool.reactors.worker.outage import through_outage
@@ -69,6 +70,8 @@ class Drain(NodeState):
         self.quarantined = gate.quarantined_since is not None
         if self.downloads is not None and not self.stopping:
             self.downloads.allow_pick_jobs = refusing is None
+            if refusing is None:
+                self.wakes[DOWNLOAD_QUEUE].set()  # what queued meanwhile need not wait the poll
         return refusing is not None
 
     def _probe_due(self, gate: node_rows.Gate) -> bool:

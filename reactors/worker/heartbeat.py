@@ -1,5 +1,6 @@
-"""A node's heartbeat: every second, its beat and its stages' progress in one transaction,
-then the cancellations and stalls of what it runs."""
+"""A node's heartbeat: every second, its beat (with its stages' progress milestones) in one
+transaction and its stages' live progress beside it, then the cancellations and stalls of what
+it runs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import time
 from datetime import UTC, datetime
 
-from spool.adapters import event_partitions, sysinfo
+from spool.adapters import event_partitions, live_progress, sysinfo
 from spool.adapters.event_store import StreamAppend
 from spool.adapters.job_store import load_job
 from spool.adapters.periodic import run_periodically
@@ -57,7 +58,8 @@ class Heartbeat(Registration, Drain):
         return counts
 
     async def tick(self) -> None:
-        """Heartbeat + progress in one transaction; then units whose job moved on, and stalls."""
+        """Heartbeat + progress milestones in one transaction, live progress beside it; then
+        units whose job moved on, and stalls."""
         # Off the loop: the first sample of a process waits out its CPU measuring span.
         usage = await asyncio.to_thread(sysinfo.usage, self.workroot)
         counts = self.counts()
@@ -80,12 +82,16 @@ class Heartbeat(Registration, Drain):
         beats = node.heartbeat_stream_id(self.node_id, today)
         appends = [StreamAppend(beats, [NewEvent(beat, self.meta)])]
         reported: list[RunningUnit] = []
+        live: list[live_progress.Sent] = []
         for unit in list(self.running.values()):
-            if (
-                unit.progress is not None
-                and unit.progress != unit.reported
-                and job.is_current(unit.state, unit.stage, unit.run, unit.attempt)
+            if unit.progress is None or not job.is_current(
+                unit.state, unit.stage, unit.run, unit.attempt
             ):
+                continue
+            live.append(
+                live_progress.Sent(unit.job_id, unit.run, unit.stage, unit.attempt, unit.progress)
+            )
+            if job.progress_milestone(unit.state.progress, unit.progress):
                 ev = job.StageProgressed(run=unit.run, attempt=unit.attempt, progress=unit.progress)
                 # At the version the node knows: progress never lands after the stage's own
                 # completion (or a cancel) appended meanwhile.
@@ -100,8 +106,8 @@ class Heartbeat(Registration, Drain):
             results = await record_many(self.store, appends, durable=False)
         except ConcurrencyError:
             # A job stream moved under us (its stage completing, a cancel): send the heartbeat
-            # alone now; read those jobs again so that next second's progress goes at the
-            # version they have now, if their stage is still running.
+            # alone now; read those jobs again so that the next milestone goes at the version
+            # they have now, if their stage is still running.
             await record_many(self.store, appends[:1], durable=False)
             for unit in reported:
                 fresh = await load_job(self.store, unit.job_id)
@@ -111,13 +117,20 @@ class Heartbeat(Registration, Drain):
             versions = {r.stream_id: r.version for r in results}
             now = datetime.now(UTC)
             for unit, sent in zip(reported, appends[1:], strict=True):
-                unit.reported = unit.progress
                 # Right after the version the node knows: the node's view stays exact. After
                 # anything else, the next append at the known version clashes and re-reads.
                 if versions[sent.stream_id] == unit.state.version + 1:
                     unit.state = job.evolve(
                         unit.state, sent.events[0].event, now, unit.state.version + 1
                     )
+        # Beside the append, not in its transaction: the non-durable append is a statement of
+        # its own (adapters/event_store.py `append_many`), and a reader falls back on the
+        # fold's last milestone whenever the row is missing.
+        if live or self._live_sent:
+            await live_progress.publish(
+                self.store.pool, self.node_id, live, live_progress.fresh_within(self.settings)
+            )
+            self._live_sent = bool(live)
         await self._check_moved_on()
         self._check_stalls()
         await self._check_removed()

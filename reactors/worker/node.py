@@ -7,7 +7,7 @@ import contextlib
 import logging
 
 from spool.adapters import log_context
-from spool.adapters.queue import DOWNLOAD_QUEUE, node_queue
+from spool.adapters.queue import DOWNLOAD_QUEUE, listen_for_wakeups, node_queue
 from spool.domain import node
 from spool.reactors.worker.arq_workers import arq_workers, keep_working
 from spool.reactors.worker.heartbeat import Heartbeat
@@ -51,6 +51,10 @@ class Node(Heartbeat, StageRunner):
         self.downloads = next(w for w in workers if w.queue_name == DOWNLOAD_QUEUE)
         # A drain and a quarantine outlive a restart: pick nothing from the start.
         await self._follow_health()
+        listening = asyncio.Event()
+        wakeups = asyncio.create_task(
+            listen_for_wakeups(self.redis, self.wakes, listening), name="queue wake-ups"
+        )
         tasks = [
             asyncio.create_task(keep_working(w, stop), name=f"arq:{w.queue_name}") for w in workers
         ]
@@ -61,10 +65,12 @@ class Node(Heartbeat, StageRunner):
         for w in workers:
             w.allow_pick_jobs = False  # nothing new from now on
         left = await interrupt_running(self.running, interrupt_grace)
-        await stop_workers(workers, tasks, cancel_grace)
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
+        await stop_workers(workers, tasks, cancel_grace, self.chains)
+        listening.set()
+        for t in (ticker, wakeups):
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
         for unit in left:
             with contextlib.suppress(Exception):
                 await self._interrupt(unit)

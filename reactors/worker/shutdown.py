@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 from arq.worker import Worker
 
@@ -31,12 +31,17 @@ async def interrupt_running(running: Mapping[str, RunningUnit], grace: float) ->
 
 
 async def stop_workers(
-    workers: list[Worker], loops: list[asyncio.Task[None]], cancel_grace: float
+    workers: Sequence[Worker],
+    loops: list[asyncio.Task[None]],
+    cancel_grace: float,
+    chains: Collection[asyncio.Task[str]] = (),
 ) -> None:
-    """Stop the arq workers; their jobs are cancelled (arq queues them again) within the grace."""
+    """Stop the arq workers; their jobs are cancelled (arq queues them again) within the grace,
+    as are the stages the node went straight on to (`chains`: no queue holds those; the node
+    records them as interrupted)."""
     for w in workers:
         w.handle_sig(signal.SIGTERM)  # cancels its jobs (arq queues them again) and its loop
-    for t in loops:
+    for t in [*loops, *chains]:
         t.cancel()  # a worker stopped before its poll loop began has nothing to signal
     jobs = [j for w in workers for j in w.tasks.values()]
-    await asyncio.wait([*loops, *jobs], timeout=cancel_grace)
+    await asyncio.wait([*loops, *jobs, *chains], timeout=cancel_grace)

@@ -6,6 +6,7 @@ the version the node knows, read again only on a clash (optimistic concurrency o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ from pathlib import Path
 import msgspec
 from arq.worker import Retry
 
+from spool.adapters import log_context
 from spool.adapters.account_policy_store import load_policy, seconds_quota
 from spool.adapters.database import unreachable
 from spool.adapters.event_store import refusal_reason, refused_for_good
@@ -57,7 +59,7 @@ class StageRunner(Drain):
         `cause` holds the correlation and causation ids the dispatcher gave the unit.
         """
         unit_id = job.arq_job_id(job_id, run, stage, attempt)
-        if unit_id in self.claimed:
+        if unit_id in self.claimed or unit_id in self.running:
             return "already running here"
         self.claimed.add(unit_id)
         try:
@@ -74,29 +76,82 @@ class StageRunner(Drain):
         attempt: int,
         cause: Metadata,
     ) -> str:
-        workdir = self.workdir(job_id, run)
+        slot = self.slots[stage]
+        await slot.acquire()
         try:
-            async with self.slots[stage]:
-                if self.stopping:
-                    raise Retry(defer=0)  # back to the queue, for the next start or another node
-                if stage == "download":
-                    # Taken just before a drain, a quarantine or the disk floor reached us.
-                    await self._refuse_new_download(unit_id, job_id, run)
-                unit = await self._start(stage, job_id, run, attempt, cause)
-                if isinstance(unit, str):
-                    return unit
-                self.running[unit_id] = unit
+            if self.stopping:
+                raise Retry(defer=0)  # back to the queue, for the next start or another node
+            if stage == "download":
+                # Taken just before a drain, a quarantine or the disk floor reached us.
+                await self._refuse_new_download(unit_id, job_id, run)
+            unit = await self._start(stage, job_id, run, attempt, cause)
+        except BaseException:
+            slot.release()
+            raise
+        if isinstance(unit, str):
+            slot.release()
+            return unit
+        return await self._work(unit)
+
+    async def _work(self, unit: RunningUnit) -> str:
+        """Run a started unit whose stage slot is held: the slot is freed once the work is over
+        (the next unit need not wait for the result's append), then the result is recorded."""
+        workdir = self.workdir(unit.job_id, unit.run)
+        self.running[unit.unit_id] = unit
+        try:
+            try:
                 if self.stopping:  # started while the stop went round the running units
                     unit.interrupted = True
                     unit.cancel.set()
                 outcome = await self._execute(unit, workdir)
                 unit.worked = True
-            # The slot is free while the result is recorded: the next unit need not wait for it.
+            finally:
+                self.slots[unit.stage].release()
             if isinstance(outcome, str):
                 return outcome
             return await self._complete(unit, outcome, workdir)
         finally:
-            self.running.pop(unit_id, None)
+            self.running.pop(unit.unit_id, None)
+
+    async def _next_slot(self, done: Event) -> job.Stage | None:
+        """The stage after `done` when this node can start it now, its slot taken; else None.
+
+        Only a free slot is taken, never one a queued unit waits for (`locked` counts waiters),
+        so going straight on jumps no queue the node's own units stand in.
+        """
+        if self.stopping or not isinstance(done, job.DownloadCompleted | job.MuxCompleted):
+            return None
+        nxt: job.Stage = "mux" if isinstance(done, job.DownloadCompleted) else "upload"
+        slot = self.slots[nxt]
+        if slot.locked():
+            return None
+        await slot.acquire()  # free, so taken at once: no suspension lets another take it first
+        return nxt
+
+    def _go_on(self, unit: RunningUnit, state: job.JobState) -> None:
+        """Run the next stage, started in the append that recorded `unit`'s result, as a task
+        of the node's own: the arq unit that ran `unit` ends, and its worker takes the next."""
+        nxt = RunningUnit(
+            unit.job_id, state.stage, state.run, state.attempt, state, state.version, unit.meta
+        )
+        self.running[nxt.unit_id] = nxt  # listed from now on: its lease is renewed from here
+        task = asyncio.create_task(self._chained(nxt), name=f"{nxt.stage} {nxt.job_id}")
+        self.chains.add(task)
+        task.add_done_callback(self.chains.discard)
+
+    async def _chained(self, unit: RunningUnit) -> str:
+        with log_context.bound(job_id=unit.job_id):
+            try:
+                outcome = await self._work(unit)
+            except Exception:
+                # Nothing is lost: the unit is started, and its lease expires without a result.
+                log.exception("%s of job %s failed unexpectedly", unit.stage, unit.job_id)
+                return "failed unexpectedly"
+            log.info(
+                "%s of job %s (run %d, attempt %d, went straight on): %s",
+                unit.stage, unit.job_id, unit.run, unit.attempt, outcome,
+            )  # fmt: skip
+            return outcome
 
     async def _start(
         self, stage: job.Stage, job_id: str, run: int, attempt: int, cause: Metadata
@@ -124,7 +179,13 @@ class StageRunner(Drain):
             return job.start_stage(s, stage, run, attempt, self.node_id)
 
         try:
-            started = await self._record(unit, start, fresh=fresh)
+            # A start alone need not wait for its WAL flush: its result's append is durable and
+            # flushes it too (the WAL is written in order). A crash of the database server can
+            # lose only a start whose result is not yet recorded: the unit is then unstarted in
+            # the log (its node's heartbeats still list it), and its result, when it comes, is
+            # decided on the job as it stands (clash, re-read): recorded, the start missing
+            # from the history, or refused if the job moved on meanwhile.
+            started = await self._record(unit, start, fresh=fresh, durable=False)
         except InvalidTransition:
             return "taken or changed"
         if started is None:
@@ -147,6 +208,7 @@ class StageRunner(Drain):
         decide: Callable[[job.JobState], list[Event]],
         *,
         fresh: bool = False,
+        durable: bool = True,
     ) -> job.JobState | None:
         """Append what `decide` makes of the job at the version this node knows.
 
@@ -156,7 +218,7 @@ class StageRunner(Drain):
         store) says the unit is no longer current; then `decide` runs again on what was read.
         Returns the job after the append, also kept in `unit.state`; None when the unit is no
         longer the job's current one (`unit.state` is then the job as read). InvalidTransition
-        from `decide` propagates.
+        from `decide` propagates. `durable=False` commits without waiting for the WAL flush.
         """
         held = unit.state
         known = None
@@ -175,7 +237,7 @@ class StageRunner(Drain):
         # cost a whole stage again, so clashes are re-decided for as long as they come.
         repository = replace(jobs(self.store), patience=through_outage, tries=RECORD_TRIES)
         state, appended = await repository.execute(
-            unit.job_id, decide_if_current, unit.meta, known=known
+            unit.job_id, decide_if_current, unit.meta, known=known, durable=durable
         )
         if state is None:
             return None
@@ -253,17 +315,27 @@ class StageRunner(Drain):
             return "cancelled"
 
     async def _complete(self, unit: RunningUnit, done: Event, workdir: Path) -> str:
-        """Record a stage's result, unless the job moved on (cancel wins).
+        """Record a stage's result, unless the job moved on (cancel wins); with a slot free for
+        the next stage, start it in the same append and go straight on (`job.chain`).
 
         A result the store refuses fails the stage with that refusal as its reason; when the
         same result would be refused again, at once, without spending the job's retries.
         """
+        nxt = await self._next_slot(done)
+        recorded: list[Event] = [done]
+        if nxt is not None:
+            assert isinstance(done, job.DownloadCompleted | job.MuxCompleted)
+            recorded = job.chain(done)
         try:
-            state = await self._record(unit, lambda _: [done])
+            state = await self._record(unit, lambda _: recorded)
         except Exception as exc:
+            if nxt is not None:
+                self.slots[nxt].release()
             if unreachable(exc):
                 raise  # past APPEND_PATIENCE: nothing can be recorded, the reconciler takes it
             return await self._unrecordable(unit, done, exc)
+        if nxt is not None and state is None:
+            self.slots[nxt].release()
         if state is None:
             current = unit.state  # the job as read: cancelled, or moved on to another attempt
             if isinstance(done, job.JobCompleted):
@@ -284,6 +356,9 @@ class StageRunner(Drain):
             return await self._left_behind(unit, workdir)
         if isinstance(done, job.JobCompleted):
             stages.remove_workdir(self.workroot / unit.job_id)
+        if nxt is not None:
+            self._go_on(unit, state)
+            return f"completed; {nxt} started here"
         self._remember(state)
         return "completed"
 

@@ -13,6 +13,7 @@ from arq.worker import Worker
 from spool.adapters import sysinfo
 from spool.adapters.account_storage import AccountStorages
 from spool.adapters.event_store import EventStore
+from spool.adapters.queue import DOWNLOAD_QUEUE, WEBHOOK_QUEUE, node_queue
 from spool.adapters.settings import Settings
 from spool.adapters.ssrf import UrlGuard
 from spool.adapters.storage import ObjectStorage
@@ -55,12 +56,20 @@ class NodeState:
         # Units taken from a queue but perhaps still waiting for a slot: reported as running so
         # the reconciler never mistakes them for lost.
         self.claimed: set[str] = set()
+        # The tasks of stages this node went straight on to after the one before (mux after
+        # its download, upload after its mux: `StageRunner._go_on`), outside any arq unit.
+        self.chains: set[asyncio.Task[str]] = set()
         self.slots = {
             "download": asyncio.Semaphore(settings.download_concurrency),
             "mux": asyncio.Semaphore(settings.mux_concurrency),
             "upload": asyncio.Semaphore(settings.upload_concurrency),
         }
         self.meta = Metadata(actor=f"node:{self.node_id}", node_id=self.node_id)
+        # Set when a unit is enqueued on the queue (adapters/queue.py `listen_for_wakeups`): its
+        # arq worker looks at once instead of at its next poll.
+        self.wakes = {
+            q: asyncio.Event() for q in (DOWNLOAD_QUEUE, node_queue(self.node_id), WEBHOOK_QUEUE)
+        }
         self.webhooks = WebhookSender(store, self.storages, settings)
         self.hostname = sysinfo.hostname()
         # Where the node is, as the cluster sees it: the address it reaches the database from.
@@ -73,6 +82,9 @@ class NodeState:
         # The `removed_at` of the last removal this node answered by registering again.
         self._removal_seen: Any = None
         self._heartbeat_day: date | None = None
+        # Whether the node may have rows in `live_progress`: true at start, so the first beat
+        # clears what a previous run of this node left there.
+        self._live_sent = True
         self.stopping = False
         # Why the node takes no new download now (drained, quarantined, below its disk floor:
         # reactors/worker/drain.py), and the arq worker of the shared download queue, which

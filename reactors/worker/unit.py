@@ -27,7 +27,7 @@ class RunningUnit:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     last_progress: float = field(default_factory=time.monotonic)
     progress: job.Progress | None = None
-    reported: job.Progress | None = None
+    """The stage's latest progress, sent every heartbeat (adapters/live_progress.py)."""
     stalled: bool = False
     interrupted: bool = False
     """Cut short by the node's own stop, not by the user or a stall."""
@@ -37,3 +37,7 @@ class RunningUnit:
     moved_on: bool = False
     """The job moved on without this unit (cancelled, failed over to another node or attempt):
     `state` is the job as read then, and what the unit does is nobody's any more."""
+
+    @property
+    def unit_id(self) -> str:
+        return job.arq_job_id(self.job_id, self.run, self.stage, self.attempt)
