@@ -5,7 +5,8 @@ They start and stop through `tests.fixtures.processes`, as every child does. Eac
 is ready, then serves until SIGTERM / SIGINT:
 
 * `fixtures --root DIR`: a 2 s clip made by FFmpeg (`tests.fixtures.media.make_clip`) served by
-  the loopback `MediaServer`, and moto's `ThreadedMotoServer` (a real S3 server) on loopback;
+  the loopback `MediaServer`, and moto's `ThreadedMotoServer` (a real S3 server) on loopback
+  (`fixtures` starts it and hands back where they are, `Fixtures`);
 * `api --database-url URL --port N --data-dir DIR`: the real Spool API (`api.app.create_app`)
   under one uvicorn server in one process, wired as `spool up` wires it;
 * `constant --port N`: a minimal Litestar app whose `GET /constant` returns the JSON shape of
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -26,14 +28,18 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
 from litestar import Litestar, get
 
-from tests.fixtures.processes import stop_processes
+from tests.fixtures.processes import start_module, stop_processes
+from tests.fixtures.s3 import S3Server
 
 # --- statistics -------------------------------------------------------------------------------
 
@@ -75,6 +81,136 @@ def read_ready_line(
         )
     answer: dict[str, Any] = json.loads(box[0])
     return answer
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[Any]],
+    seconds: float,
+    what: str,
+    procs: Sequence[subprocess.Popen[bytes]] = (),
+    every: float = 0.2,
+) -> Any:
+    """Call `check` every `every` seconds until it answers something truthy; that answer.
+
+    Fails after `seconds`, or as soon as one of `procs` (the workers doing the work) has ended.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        answer = await check()
+        if answer:
+            return answer
+        dead = [p for p in procs if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"{what}: a worker exited with {dead[0].returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not done after {seconds:g} s")
+        await asyncio.sleep(every)
+
+
+class OtherTransactions:
+    """The write transactions seen open in other databases of the server, sampled every
+    `every` seconds while the block runs.
+
+    A reader of the log reads only below the oldest transaction still open on the server
+    (adapters/event_store.py, `pg_snapshot_xmin`), and transaction ids are server-wide: on a
+    shared server, another database's long transaction holds every projection and reactor of
+    the run back for as long. A bench reports what it saw, and which of its events such a
+    transaction held (`held`), so that such a stall is not taken for Spool's own.
+    """
+
+    def __init__(self, pool: Any, every: float = 0.1) -> None:
+        self.pool = pool
+        self.every = every
+        self.seen: dict[tuple[int, float], tuple[str, float, float]] = {}
+        """(pid, start) -> (database, start, last seen open), epoch seconds."""
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        while True:
+            rows = await self.pool.fetch(
+                "SELECT pid, datname, extract(epoch FROM xact_start)::float8 AS start, "
+                "extract(epoch FROM clock_timestamp())::float8 AS now FROM pg_stat_activity "
+                "WHERE backend_xid IS NOT NULL AND datname IS DISTINCT FROM current_database()"
+            )
+            for r in rows:
+                self.seen[(r["pid"], r["start"])] = (r["datname"] or "", r["start"], r["now"])
+            await asyncio.sleep(self.every)
+
+    async def __aenter__(self) -> OtherTransactions:
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def held(self, at: float, *, longer: float = 0.02) -> bool:
+        """Whether such a transaction began before `at` (epoch seconds) and was still seen open
+        more than `longer` seconds after it: an event appended at `at` waited for it (at least
+        that long) before any reader could see it."""
+        return any(began < at and seen > at + longer for _, began, seen in self.seen.values())
+
+    def describe(self) -> str:
+        if not self.seen:
+            return "no write transaction seen open in another database of the server"
+        where, began, seen = max(self.seen.values(), key=lambda t: t[2] - t[1])
+        return (
+            f"{len(self.seen)} write transaction(s) seen open in other databases of the "
+            f"server, the longest {seen - began:.1f} s (`{where}`)"
+        )
+
+
+@dataclass(frozen=True)
+class Fixtures:
+    """Where the fixtures child serves the clip and S3, and its pid (for CPU accounting)."""
+
+    clip_url: str
+    clip_bytes: int
+    s3: S3Server
+    pid: int
+
+    def bucket(self, prefix: str) -> str:
+        """A new empty bucket named after `prefix`."""
+        name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        self.s3.client().create_bucket(Bucket=name)
+        return name
+
+    def storage_url(self, bucket: str) -> str:
+        """A `SPOOL_STORAGE_URL` for `bucket`; the credentials stay in the environment."""
+        return f"s3://{bucket}/media?endpoint={self.s3.endpoint_url}&region={self.s3.region}"
+
+
+@contextlib.contextmanager
+def fixtures(tmp: Path) -> Iterator[Fixtures]:
+    """The fixtures child (the clip over loopback HTTP and moto's S3 server) until the block
+    ends. moto accepts any key pair: one is set in this process's environment if none is, for
+    the children (S3 clients read it there) and for `Fixtures.s3`."""
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench-access-key")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret-key")
+    proc = start_module(
+        "bench.harness",
+        "fixtures",
+        "--root",
+        str(tmp / "media"),
+        pipe_stdout=True,
+        log=tmp / "fixtures.log",
+    )
+    try:
+        ready = read_ready_line(proc, 120, tmp / "fixtures.log")
+        yield Fixtures(
+            clip_url=ready["clip_url"],
+            clip_bytes=ready["clip_bytes"],
+            s3=S3Server(
+                endpoint_url=ready["s3_endpoint"],
+                access_key=os.environ["AWS_ACCESS_KEY_ID"],
+                secret_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+            ),
+            pid=proc.pid,
+        )
+    finally:
+        stop_processes(proc)
 
 
 def profiler(pid: int, out: Path, *, rate: int = 97) -> subprocess.Popen[bytes] | None:

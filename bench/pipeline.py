@@ -69,7 +69,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -84,12 +84,15 @@ from arq.connections import ArqRedis
 from bench import pipeline_arq
 from bench.arguments import add_database_url
 from bench.harness import (
+    Fixtures,
+    fixtures,
     median,
     percentile,
     profiler,
     read_ready_line,
     stop_profiler,
     top_frames,
+    wait_for,
 )
 from spool.adapters.database import create_database, create_pool, drop_database, migrate
 from spool.adapters.event_store import EventStore, StreamAppend
@@ -105,7 +108,6 @@ from spool.embedded import EmbeddedRedis, free_port
 from spool.keys import issue
 from spool.reactors.projection import ProjectionRunner
 from tests.fixtures.processes import SpoolProcesses, start_module, stop_processes, wait_http
-from tests.fixtures.s3 import S3Server
 
 SUBMITTERS = 8
 """Submissions in flight at once, on both sides."""
@@ -119,22 +121,15 @@ class Env:
     server_url: str
     redis_url: str
     tmp: Path
-    clip_url: str
-    clip_bytes: int
-    s3: S3Server
+    fx: Fixtures
     concurrency: str
-    fixtures_pid: int
     tag: str = field(default_factory=lambda: secrets.token_hex(4))
     disturbed: int = 0
     databases: list[str] = field(default_factory=list)
 
-    def bucket(self, what: str) -> str:
-        name = f"bench-{self.tag}-{what}-{uuid.uuid4().hex[:6]}"
-        self.s3.client().create_bucket(Bucket=name)
-        return name
-
-    def storage_url(self, bucket: str) -> str:
-        return f"s3://{bucket}/media?endpoint={self.s3.endpoint_url}&region={self.s3.region}"
+    def storage_url(self, what: str) -> str:
+        """A storage URL for a new bucket of this run's own."""
+        return self.fx.storage_url(self.fx.bucket(f"bench-{self.tag}-{what}"))
 
     async def database(self, what: str) -> str:
         name = f"spool_bench_{self.tag}_{what}"
@@ -142,23 +137,6 @@ class Env:
         self.databases.append(name)
         await migrate(url)
         return url
-
-
-@contextlib.contextmanager
-def fixtures(tmp: Path) -> Iterator[dict[str, Any]]:
-    """The fixtures process: the clip over loopback HTTP and moto's S3 server."""
-    proc = start_module(
-        "bench.harness",
-        "fixtures",
-        "--root",
-        str(tmp / "media"),
-        pipe_stdout=True,
-        log=tmp / "fixtures.log",
-    )
-    try:
-        yield {**read_ready_line(proc, 120, tmp / "fixtures.log"), "pid": proc.pid}
-    finally:
-        stop_processes(proc)
 
 
 # --- CPU accounting ---------------------------------------------------------------------------
@@ -343,25 +321,9 @@ async def _submit_all(submit: Any, count: int) -> list[str]:
     return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
-async def _until(
-    check: Any, seconds: float, what: str, procs: list[subprocess.Popen[bytes]]
-) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        answer = await check()
-        if answer:
-            return answer
-        dead = [p for p in procs if p.poll() is not None]
-        if dead:
-            raise RuntimeError(f"{what}: a worker exited with {dead[0].returncode}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not done after {seconds:g} s")
-        await asyncio.sleep(0.2)
-
-
 async def run_spool(env: Env, workers: int, jobs: int, profile: Path | None) -> PipelineResult:
     database_url = await env.database(f"pipeline_{workers}w_{uuid.uuid4().hex[:4]}")
-    storage_url = env.storage_url(env.bucket(f"spool{workers}"))
+    storage_url = env.storage_url(f"spool{workers}")
     settings = Settings(
         database_url=database_url,
         redis_url=env.redis_url,
@@ -401,7 +363,7 @@ async def run_spool(env: Env, workers: int, jobs: int, profile: Path | None) -> 
             )
             return bool(n == workers)
 
-        await _until(online, 90, "spool workers starting", procs)
+        await wait_for(online, 90, "spool workers starting", procs)
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
             profilers = [profiler(os.getpid(), profile / f"spool-{workers}w-bench.txt")] + [
@@ -409,11 +371,11 @@ async def run_spool(env: Env, workers: int, jobs: int, profile: Path | None) -> 
                 for p, n in zip(procs, node_ids, strict=True)
             ]
         # The path names the database, also in a socket URL (`...?host=/run/dir`).
-        meter = CpuMeter(procs, env.fixtures_pid, urlsplit(database_url).path.lstrip("/"))
+        meter = CpuMeter(procs, env.fx.pid, urlsplit(database_url).path.lstrip("/"))
         meter.start()
 
         async def create(_: int) -> str:
-            answer = await client.post("/jobs", json={"url": env.clip_url}, headers=headers)
+            answer = await client.post("/jobs", json={"url": env.fx.clip_url}, headers=headers)
             assert answer.status_code == 201, answer.text
             job_id: str = answer.json()["job_id"]
             return job_id
@@ -432,7 +394,7 @@ async def run_spool(env: Env, workers: int, jobs: int, profile: Path | None) -> 
                 raise RuntimeError(f"{row[1]} jobs failed; see the logs under {nodes.root}")
             return bool(row[0] >= jobs)
 
-        await _until(finished, max(300.0, jobs * 3.0), "spool jobs", procs)
+        await wait_for(finished, max(300.0, jobs * 3.0), "spool jobs", procs)
         meter.stop()
         for p in profilers:
             stop_profiler(p)
@@ -495,49 +457,35 @@ async def run_spool(env: Env, workers: int, jobs: int, profile: Path | None) -> 
 
 
 async def run_arq(env: Env, workers: int, jobs: int, profile: Path | None) -> PipelineResult:
-    storage_url = env.storage_url(env.bucket(f"arq{workers}"))
+    storage_url = env.storage_url(f"arq{workers}")
     redis = await connect(env.redis_url)
     await redis.flushdb()
     flushalls = await _flushalls(redis)
     node_ids = [f"arq-node-{i + 1}" for i in range(workers)]
-    logs = env.tmp / "logs"
-    procs = [
-        start_module(
-            "bench.pipeline_arq",
-            "--node-id",
-            n,
-            "--redis-url",
-            env.redis_url,
-            "--storage-url",
-            storage_url,
-            "--data-dir",
-            str(env.tmp / "arq-nodes" / n),
-            "--concurrency",
-            env.concurrency,
-            log=logs / f"arq-{workers}w-{n}.log",
-        )
-        for n in node_ids
-    ]
+    procs = pipeline_arq.start_nodes(
+        node_ids,
+        redis_url=env.redis_url,
+        storage_url=storage_url,
+        root=env.tmp / "arq-nodes",
+        logs=env.tmp / "logs",
+        log_prefix=f"arq-{workers}w-",
+        concurrency=env.concurrency,
+    )
     profilers: list[subprocess.Popen[bytes] | None] = []
     try:
-
-        async def ready() -> bool:
-            keys = [pipeline_arq.READY_PREFIX + n for n in node_ids]
-            return bool(await redis.exists(*keys) == workers)
-
-        await _until(ready, 60, "arq workers starting", procs)
+        await pipeline_arq.wait_ready(redis, node_ids, procs)
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
             profilers = [
                 profiler(p.pid, profile / f"arq-{workers}w-{n}.txt")
                 for p, n in zip(procs, node_ids, strict=True)
             ]
-        meter = CpuMeter(procs, env.fixtures_pid, None)
+        meter = CpuMeter(procs, env.fx.pid, None)
         meter.start()
 
         async def enqueue(_: int) -> str:
             job_id = str(uuid.uuid4())
-            await pipeline_arq.submit(redis, job_id, env.clip_url)
+            await pipeline_arq.submit(redis, job_id, env.fx.clip_url)
             return job_id
 
         started = time.time()
@@ -548,7 +496,7 @@ async def run_arq(env: Env, workers: int, jobs: int, profile: Path | None) -> Pi
             await _check_undisturbed(redis, flushalls)
             return bool(await redis.llen(pipeline_arq.DONE_LIST) >= jobs)  # type: ignore[misc]
 
-        await _until(finished, max(300.0, jobs * 3.0), "arq jobs", procs)
+        await wait_for(finished, max(300.0, jobs * 3.0), "arq jobs", procs)
         meter.stop()
         for p in profilers:
             stop_profiler(p)
@@ -915,7 +863,7 @@ def report(
         "",
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores"
         + (
-            f"; {args.jobs} jobs of a 2 s clip ({env.clip_bytes:,} bytes, H.264 + AAC 320x240), "
+            f"; {args.jobs} jobs of a 2 s clip ({env.fx.clip_bytes:,} bytes, H.264 + AAC 320x240), "
             f"node concurrency `{env.concurrency}`, {args.rounds} round(s) per worker count, "
             "Spool and baseline back to back in each round (order alternating); Redis "
             + ("of the bench's own" if args.private_redis else f"`{args.redis_url}`")
@@ -979,8 +927,6 @@ def print_profiles(profile: Path) -> None:
 
 
 async def amain(args: argparse.Namespace) -> None:
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench-access-key")  # moto accepts any pair
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret-key")
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
     for noisy in ("httpx", "alembic"):  # no line per request / per migration
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -1000,17 +946,10 @@ async def amain(args: argparse.Namespace) -> None:
             server_url=args.database_url,
             redis_url=redis_url,
             tmp=tmp,
-            clip_url=fx["clip_url"],
-            clip_bytes=fx["clip_bytes"],
-            s3=S3Server(
-                endpoint_url=fx["s3_endpoint"],
-                access_key=os.environ["AWS_ACCESS_KEY_ID"],
-                secret_key=os.environ["AWS_SECRET_ACCESS_KEY"],
-            ),
+            fx=fx,
             concurrency=args.concurrency,
-            fixtures_pid=fx["pid"],
         )
-        print(f"clip {env.clip_url} ({env.clip_bytes:,} bytes), S3 at {env.s3.endpoint_url}")
+        print(f"clip {fx.clip_url} ({fx.clip_bytes:,} bytes), S3 at {fx.s3.endpoint_url}")
         pipeline: list[PipelineResult] = []
         dashboard: DashboardResult | None = None
         try:

@@ -26,18 +26,22 @@ import json
 import logging
 import shutil
 import signal
+import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from arq.connections import ArqRedis
 from arq.worker import Worker, func
 
+from bench.harness import wait_for
 from spool.adapters import downloader, muxer
 from spool.adapters.queue import connect
 from spool.adapters.ssrf import UrlGuard
 from spool.adapters.storage import ObjectStorage, object_key, storage_from_url
+from tests.fixtures.processes import start_module
 
 DOWNLOAD_QUEUE = "bench:arq:queue:download"
 DONE_LIST = "bench:arq:done"
@@ -216,6 +220,42 @@ async def submit(redis: ArqRedis, job_id: str, url: str) -> None:
         _queue_name=DOWNLOAD_QUEUE,
         _expires=_EXPIRES,
     )
+
+
+def start_nodes(
+    node_ids: Sequence[str],
+    *,
+    redis_url: str,
+    storage_url: str,
+    root: Path,
+    logs: Path,
+    concurrency: str,
+    log_prefix: str = "",
+) -> list[subprocess.Popen[bytes]]:
+    """A baseline node process per id (this module's `main`), its data under `root/<id>` and
+    its log `logs/<log_prefix><id>.log`; the caller stops them (`stop_processes`)."""
+    procs = []
+    for node_id in node_ids:
+        proc = start_module(
+            "bench.pipeline_arq",
+            "--node-id", node_id, "--redis-url", redis_url, "--storage-url", storage_url,
+            "--data-dir", str(root / node_id), "--concurrency", concurrency,
+            log=logs / f"{log_prefix}{node_id}.log",
+        )  # fmt: skip
+        procs.append(proc)
+    return procs
+
+
+async def wait_ready(
+    redis: ArqRedis, node_ids: Sequence[str], procs: Sequence[subprocess.Popen[bytes]]
+) -> None:
+    """Until every node says it works (its ready key), or one of them has ended."""
+    keys = [READY_PREFIX + n for n in node_ids]
+
+    async def ready() -> bool:
+        return bool(await redis.exists(*keys) == len(keys))
+
+    await wait_for(ready, 60, "arq workers starting", procs)
 
 
 async def run(args: argparse.Namespace) -> None:
