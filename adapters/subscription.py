@@ -107,6 +107,8 @@ class LogSubscription:
         # however often it wakes (a websocket feed's process counts its tasks).
         stopped = asyncio.ensure_future(stop.wait())
         stopped.add_done_callback(lambda _: self._wake.set())
+        clock = asyncio.get_running_loop().time
+        polled = clock()
         try:
             while not stop.is_set():
                 try:
@@ -116,8 +118,14 @@ class LogSubscription:
                         self._everything = True
                         if on_listen is not None:
                             await on_listen()
-                    if not self._wake.is_set():
-                        self._everything = True  # the poll: look at everything
+                    # The poll looks at everything every `poll_interval`, however many NOTIFYs
+                    # come meanwhile: a node's heartbeat NOTIFYs every second, and a poll that
+                    # waited for a quiet second never came while a node was up, so an append
+                    # whose NOTIFY was lost waited for the next of its own types.
+                    if not self._wake.is_set() or clock() - polled >= self.poll_interval:
+                        self._everything = True
+                    if self._everything:
+                        polled = clock()
                     self._wake.clear()
                     await self._look(catch_up)
                 except Exception as exc:

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 
 from spool.adapters.database import create_pool
@@ -13,6 +14,7 @@ from spool.adapters.event_store import Checkpoint, EventStore
 from spool.adapters.subscription import LogSubscription, Look
 from spool.domain import job, node
 from spool.domain.events import NewEvent
+from tests.cluster_api_helpers import node_started
 
 
 @pytest.fixture
@@ -145,3 +147,54 @@ async def test_events_behind_an_open_transaction_are_read_once_it_ends_without_a
         await store.pool.release(blocker)
         stop.set()
         await asyncio.wait_for(following, 10)
+
+
+async def test_the_poll_comes_though_other_types_are_notified_more_often_than_it(
+    store: EventStore,
+) -> None:
+    subscription = LogSubscription(store, what="test follower", poll_interval=0.5)
+    stop, listening = asyncio.Event(), asyncio.Event()
+    seen: set[str] = set()
+    after = Checkpoint()
+
+    async def catch_up(look: Look) -> None:
+        nonlocal after
+        if look.concerns({job.JobCreated.__name__}):
+            async for batch in subscription.batches(after, frozenset(job.EVENT_TYPES), 100):
+                seen.update(e.stream_id for e in batch.events)
+                after = batch.horizon
+
+    async def on_listen() -> None:
+        listening.set()
+
+    async def beat() -> None:  # a node's heartbeat: a NOTIFY of another type, more often
+        n = 0
+        while not stop.is_set():
+            n += 1
+            started = node_started(f"beating-{n}")
+            await store.append(node.stream_id(f"beating-{n}"), [NewEvent(started)], 0)
+            await asyncio.sleep(0.1)
+
+    following = asyncio.create_task(subscription.follow(catch_up, stop, on_listen=on_listen))
+    beating = asyncio.create_task(beat())
+    try:
+        await asyncio.wait_for(listening.wait(), 10)
+        jid = str(uuid.uuid4())
+        [created] = job.create(
+            job_id=jid, account_id="a", url=f"http://media.test/{jid}", options=job.JobOptions()
+        )
+        # Written without a NOTIFY, as when the appender's NOTIFY was lost with its process.
+        await store.pool.execute(
+            "INSERT INTO events (stream_id, version, type, schema_version, data, metadata) "
+            "VALUES ($1, 1, $2, $3, $4, '{}')",
+            job.stream_id(jid),
+            type(created).__name__,
+            type(created).schema_version,
+            msgspec.json.encode(created),
+        )
+        async with asyncio.timeout(10):
+            while job.stream_id(jid) not in seen:
+                await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(following, beating), 10)
