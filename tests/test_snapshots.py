@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator
 
 import msgspec
 
+from spool.adapters import live_progress
 from spool.adapters.event_store import EventStore
 from spool.adapters.job_store import load_job
 from spool.adapters.read_models import jobs as job_rows
 from spool.adapters.read_models import tasks as task_rows
+from spool.adapters.settings import Settings
 from spool.adapters.viewer_store import load_viewers
 from spool.domain import job, task, viewer
 from spool.domain.aggregate import steps
@@ -118,7 +120,13 @@ async def test_a_job_row_an_older_shape_wrote_is_folded_again_when_the_job_moves
     assert row["snapshot_version"] == job.AGGREGATE.snapshot_version
     assert job_rows.ROWS.decode(row["state"]) == folded
     listed = await job_rows.page(
-        store.pool, account_id, status=None, batch_id=None, after=None, limit=10
+        store.pool,
+        account_id,
+        status=None,
+        batch_id=None,
+        after=None,
+        limit=10,
+        live_within=live_progress.fresh_within(Settings()),
     )
     assert listed.states == [folded]  # what GET /jobs lists, as the events say
     assert await load_job(store, job_id) == folded
