@@ -9,7 +9,6 @@ stage the node went straight on to (no queue holds it) is interrupted and run ag
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from spool.domain import job
 from spool.domain.events import Event, RecordedEvent
 from tests.faults.checks import assert_nothing_lost
 from tests.fixtures.cluster import Cluster, StartCluster
-from tests.fixtures.media import MediaServer, make_clip
+from tests.fixtures.media import MediaServer
 from tests.fixtures.throttle import ThrottledS3, throttled_s3  # noqa: F401
 from tests.fixtures.waiting import until
 
@@ -102,15 +101,6 @@ def test_the_stage_row_of_an_interrupted_attempt_says_interrupted() -> None:
     row = rows[("j1", 1, "download", 1)]
     assert (row.outcome, row.finished_at) == ("interrupted", AT)
     assert row.reason == "interrupted by the shutdown of node n1"
-
-
-@pytest.fixture(scope="module")
-def long_clip(media_dir: Path) -> str:
-    """A 10 s 640x360 clip beside the suite's media: re-encoding it to WebM takes seconds."""
-    path = media_dir / "long-for-interruption.mp4"
-    if not path.exists():
-        make_clip(path, 10.0, width=640, height=360)
-    return path.name
 
 
 async def _started(cluster: Cluster, job_id: str, stage: str) -> list[RecordedEvent]:

@@ -19,7 +19,7 @@ from spool.domain.events import Metadata, NewEvent
 from spool.embedded import EmbeddedRedis
 from tests.faults.checks import assert_nothing_lost
 from tests.fixtures.cluster import Cluster, StartCluster
-from tests.fixtures.media import MediaServer, make_clip
+from tests.fixtures.media import MediaServer
 from tests.fixtures.processes import SpoolProcesses
 from tests.fixtures.throttle import ThrottledS3, throttled_s3  # noqa: F401
 
@@ -42,15 +42,6 @@ async def _history(cluster: Cluster, job_id: str) -> list[dict[str, Any]]:
 def redis_url(private_redis: tuple[EmbeddedRedis, str]) -> str:
     """A Redis server of this module's own: its FLUSHALL must not empty other tests' queues."""
     return private_redis[1]
-
-
-@pytest.fixture(scope="module")
-def long_clip(media_dir: Path) -> str:
-    """A 10 s 640x360 clip beside the suite's media: re-encoding it to WebM takes seconds."""
-    path = media_dir / "long.mp4"
-    if not path.exists():
-        make_clip(path, 10.0, width=640, height=360)
-    return path.name
 
 
 # Per stage: how a job is held in it long enough to be caught there.
