@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from spool.adapters.event_store import EventStore
 from spool.adapters.history import AsOf
 from spool.adapters.read_models import jobs as job_rows
@@ -18,11 +20,17 @@ async def _load_row_and_tail(
     row's version is folded on top, which makes the answer exact. A row of another snapshot
     version is not used: the whole stream is folded.
     """
-    state, tail = await job_rows.row_and_tail(executor, job_id)
-    for row in tail:
+    state = _folded(store, await job_rows.row_and_tail(executor, job_id))
+    return Loaded(state, state.version if state is not None else 0)
+
+
+def _folded(store: EventStore, found: job_rows.RowAndTail) -> job.JobState | None:
+    """The row's state with its stream's tail folded on."""
+    state = found.state
+    for row in found.tail:
         e = store.decode(row)
         state = job.evolve(state, e.data, e.recorded_at, e.version)
-    return Loaded(state, state.version if state is not None else 0)
+    return state
 
 
 def jobs(store: EventStore) -> Repository[job.JobState]:
@@ -33,6 +41,14 @@ def jobs(store: EventStore) -> Repository[job.JobState]:
 async def load_job(store: EventStore, job_id: str) -> job.JobState | None:
     """The job folded up to its last event; None if it does not exist."""
     return await jobs(store).load(job_id)
+
+
+async def load_jobs(store: EventStore, job_ids: Sequence[str]) -> dict[str, job.JobState]:
+    """Each of `job_ids` that exists, folded up to its last event, read in one query (a row
+    as a snapshot and its stream's tail each, as `load_job` reads one)."""
+    found = await job_rows.rows_and_tails(store.pool, job_ids)
+    states = {job_id: _folded(store, row) for job_id, row in found.items()}
+    return {job_id: state for job_id, state in states.items() if state is not None}
 
 
 async def load_job_as_of(store: EventStore, job_id: str, as_of: AsOf) -> job.JobState | None:

@@ -31,7 +31,7 @@ from arq.connections import ArqRedis
 
 from spool.adapters import lease_facts
 from spool.adapters.event_store import EventStore
-from spool.adapters.job_store import jobs, load_job
+from spool.adapters.job_store import jobs, load_jobs
 from spool.adapters.periodic import run_periodically
 from spool.adapters.queue import (
     Dispatch,
@@ -50,6 +50,10 @@ from spool.domain.events import Event
 from spool.reactors.causes import following
 
 log = logging.getLogger("spool.reconciler")
+
+LOAD_AT_ONCE = 200
+"""Unfinished jobs a pass reads in one query. A verdict is acted on at the version it was
+reached on, so a job that moved on since its chunk was read only loses its verdict."""
 
 
 _UNAPPLIED_HEARTBEAT = f"""
@@ -112,8 +116,13 @@ class Reconciler:
             )
         suspects: dict[str, str] = {}
         actions: list[str] = []
-        for job_id, is_quiet in await job_rows.unfinished(self.store.pool, quiet):
-            state = await load_job(self.store, job_id)
+        unfinished = await job_rows.unfinished(self.store.pool, quiet)
+        states: dict[str, job.JobState] = {}
+        for n, (job_id, is_quiet) in enumerate(unfinished):
+            if n % LOAD_AT_ONCE == 0:  # the jobs read a chunk at a time, each exact
+                chunk = [j for j, _ in unfinished[n : n + LOAD_AT_ONCE]]
+                states = await load_jobs(self.store, chunk)
+            state = states.get(job_id)
             if state is None or state.terminal or state.held:
                 continue  # a held job waits for its batch to start: nothing is stranded
             unit = job.arq_job_id(state.job_id, state.run, state.stage, state.attempt)

@@ -12,7 +12,7 @@ import msgspec
 
 from spool.adapters import live_progress
 from spool.adapters.event_store import EventStore
-from spool.adapters.job_store import load_job
+from spool.adapters.job_store import load_job, load_jobs
 from spool.adapters.read_models import jobs as job_rows
 from spool.adapters.read_models import tasks as task_rows
 from spool.adapters.settings import Settings
@@ -186,3 +186,26 @@ async def test_a_viewer_row_of_another_snapshot_version_is_folded_from_its_strea
     )
 
     assert (await load_viewers(store, [vid]))[vid] == folded
+
+
+async def test_jobs_read_together_are_each_what_reading_it_alone_gives(
+    store: EventStore, runner: ProjectionRunner
+) -> None:
+    with_row, stale_row = await _job(store), await _job(store)
+    await runner.settle("jobs")
+    await _write_row(
+        store, stale_row, "an older shape's answer", job.AGGREGATE.snapshot_version - 1
+    )
+    # Past its row: events the projection has not applied yet are folded on.
+    await store.append(
+        job.stream_id(with_row), [NewEvent(job.JobRenamed(filename="later.mp4"), META)], 3
+    )
+    without_row = await _job(store)  # no row yet at all
+    missing = str(uuid.uuid4())
+
+    together = await load_jobs(store, [with_row, stale_row, without_row, missing])
+
+    assert set(together) == {with_row, stale_row, without_row}
+    for job_id in (with_row, stale_row, without_row):
+        assert together[job_id] == await load_job(store, job_id)
+    assert together[with_row].options.filename == "later.mp4"

@@ -148,6 +148,34 @@ async def row_and_tail(executor: asyncpg.Pool | asyncpg.Connection, job_id: str)
     return RowAndTail(state, [tuple(r)[1:] for r in rows if r[1] is not None])
 
 
+# The same for many jobs in one round trip: the job id first, then as `_ROW_AND_TAIL`.
+_ROWS_AND_TAILS = f"""
+SELECT r.job_id, j.state, t.*
+FROM unnest($1::text[]) AS r(job_id)
+LEFT JOIN jobs j ON j.job_id = r.job_id AND j.snapshot_version = $2
+LEFT JOIN LATERAL (
+    SELECT {EVENT_COLUMNS} FROM events
+    WHERE stream_id = 'job-' || r.job_id AND version > coalesce(j.version, 0)
+    ORDER BY version
+) AS t ON true
+ORDER BY r.job_id, t.version
+"""
+
+
+async def rows_and_tails(
+    executor: asyncpg.Pool | asyncpg.Connection, job_ids: Sequence[str]
+) -> dict[str, RowAndTail]:
+    """`row_and_tail` of each of `job_ids`, in one query."""
+    found: dict[str, RowAndTail] = {}
+    for r in await executor.fetch(_ROWS_AND_TAILS, list(job_ids), job.AGGREGATE.snapshot_version):
+        if r[0] not in found:
+            state = ROWS.decode(r[1]) if r[1] is not None else None
+            found[r[0]] = RowAndTail(state, [])
+        if r[2] is not None:
+            found[r[0]].tail.append(tuple(r)[2:])
+    return found
+
+
 class JobsFound(NamedTuple):
     """A page of an account's jobs, newest first (each with its current unit's live progress),
     and the key of its last row."""
