@@ -93,19 +93,27 @@ class NodeHealthReactor:
         """Node-side failures in a row that quarantine a node; 0 counts none."""
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+        # Nodes that, at this point of the batch, have no failure in a row and no quarantine:
+        # another success of theirs changes nothing (a busy node completes many jobs a batch).
+        clean: set[str] = set()
         for e in events:
             ev = e.data
             if isinstance(ev, node.NodeQuarantined):
+                clean.discard(ev.node_id)
                 await conn.execute(_SET_QUARANTINED, ev.node_id, True)
             elif isinstance(ev, node.NodeReleased):
+                clean.discard(ev.node_id)
                 await conn.execute(_RELEASED, ev.node_id)
             elif isinstance(ev, job.JobCompleted):
-                await self._succeeded(
-                    conn, e, ev.node_id, (e.stream_id.removeprefix("job-"), ev.run)
-                )
+                if ev.node_id not in clean:
+                    run = (e.stream_id.removeprefix("job-"), ev.run)
+                    if await self._succeeded(conn, e, ev.node_id, run):
+                        clean.add(ev.node_id)
             elif isinstance(ev, task.TaskSucceeded):
-                await self._succeeded(conn, e, ev.device_id, None)
+                if ev.device_id not in clean and await self._succeeded(conn, e, ev.device_id, None):
+                    clean.add(ev.device_id)
             elif self.quarantine_after > 0 and (failure := _failure(e)) is not None:
+                clean.discard(failure[0])
                 await self._failed(conn, e, *failure)
 
     async def _failed(
@@ -134,14 +142,15 @@ class NodeHealthReactor:
         e: RecordedEvent,
         node_id: str,
         run: tuple[str, int] | None,
-    ) -> None:
+    ) -> bool:
         """A job's `run` (job id, run) completed on the node, or a task succeeded there (None):
-        its failures are no longer in a row; a quarantined node's probe run releases it."""
+        its failures are no longer in a row; a quarantined node's probe run releases it.
+        Returns whether the node is now clean: no failure in a row, not quarantined."""
         if not await conn.fetchval(_QUARANTINED, node_id):
             await conn.execute(_CLEAR, node_id)
-            return
+            return True
         if run is None:
-            return  # a quarantined node is given no task: one finishing late proves nothing
+            return False  # a quarantined node is given no task: one finishing late proves nothing
         job_id, number = run
         _, appended = await self.nodes.execute(
             node_id,
@@ -151,3 +160,4 @@ class NodeHealthReactor:
         )
         if appended is not None:
             log.warning("node %s released: its probe, job %s run %d, completed", node_id, *run)
+        return False  # its release clears it when the next batch reads NodeReleased
