@@ -110,15 +110,21 @@ def parse_wake(payload: str) -> tuple[int | None, frozenset[str]]:
     return (int(tx) if sep and tx.isdigit() else None), named
 
 
-def _append_one(*, notify: bool) -> str:
+def _append_one(*, notify: bool, durable: bool = True) -> str:
     wake = _WAKE_CTE.format("$2") if notify else ""
+    # As `_append_many`'s `commit_mode`: this transaction alone commits without the flush.
+    fleeting = (
+        ""
+        if durable
+        else (", commit_mode AS (SELECT set_config('synchronous_commit', 'off', true))")
+    )
     return f"""
 WITH head AS (
     SELECT coalesce(max(version), 0) AS v FROM events WHERE stream_id = $1
-){wake}
+){wake}{fleeting}
 INSERT INTO events (stream_id, version, type, schema_version, data, metadata)
 SELECT $1, head.v + e.n, e.type, e.sv, e.data, e.meta
-FROM head{", wake" if notify else ""},
+FROM head{", wake" if notify else ""}{"" if durable else ", commit_mode"},
      unnest($2::text[], $3::int2[], $4::jsonb[], $5::jsonb[])
          WITH ORDINALITY AS e(type, sv, data, meta, n)
 WHERE $6::int IS NULL OR head.v = $6::int
@@ -132,6 +138,8 @@ RETURNING version, position, tx::text::bigint AS tx, recorded_at
 # appender on the server wait in line for the others' fsyncs.
 _APPEND_ONE = _append_one(notify=True)
 _APPEND_ONE_QUIET = _append_one(notify=False)
+# Without the wait for its flush, so its NOTIFY's lock is held for no fsync: sent within it.
+_APPEND_ONE_FLEETING = _append_one(notify=True, durable=False)
 _WAKE = "SELECT pg_notify($1, $2)"
 
 _HEADS = """
@@ -382,11 +390,13 @@ class EventStore:
         """
         if not events:
             raise ValueError("append needs at least one event")
-        if not durable and conn is None and expected_version is not None:
-            appended = StreamAppend(stream_id, events, expected_version)
-            return (await self.append_many([appended], durable=False))[0]
         columns = self._columns(events)
         await self._partitions_for([stream_id])
+        if not durable and conn is None and expected_version is not None:
+            async with self.pool.acquire() as own:
+                return await self._insert(
+                    own, stream_id, columns, expected_version, _APPEND_ONE_FLEETING
+                )
         if conn is not None:
             return await self._insert(conn, stream_id, columns, expected_version, _APPEND_ONE)
         if expected_version is None:

@@ -236,5 +236,14 @@ async def test_append_notifies_listeners_on_commit_naming_its_transaction_and_th
             )
             heard = await asyncio.wait_for(payloads.get(), timeout=5)
             assert parse_wake(heard) == (many[0].tx, frozenset({named}))
+            # An append that need not wait for its flush (a node's start of a unit) checks its
+            # version and notifies all the same.
+            stream = f"job-{uuid.uuid4()}"
+            fleeting = await store.append(stream, [_created()], 0, durable=False)
+            heard = await asyncio.wait_for(payloads.get(), timeout=5)
+            assert parse_wake(heard) == (fleeting.tx, frozenset({named}))
+            with pytest.raises(ConcurrencyError):
+                await store.append(stream, [_created()], 0, durable=False)
+            assert [e.version for e in await store.read_stream(stream)] == [1]
         finally:
             await listener.remove_listener(NOTIFY_CHANNEL, on_notify)
