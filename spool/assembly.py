@@ -45,6 +45,10 @@ class Part(Protocol):
     async def run(self, stop: asyncio.Event) -> None: ...
 
 
+PIPELINE_COALESCE = 0.003
+"""Seconds the pipeline's runner waits after a NOTIFY before it looks."""
+
+
 @dataclass(frozen=True)
 class Alongside:
     """Parts that run as one, under one name and one stop."""
@@ -100,13 +104,14 @@ def assemble(
     if PIPELINE in parts:
         built[PIPELINE] = Alongside(
             (
-                # Its dispatches are on every job's critical path: each NOTIFY is looked at at
-                # once, not gathered with the appends of the next moment as projections are.
+                # Its dispatches are on every job's critical path: a NOTIFY is looked at after
+                # a few milliseconds, not the projections' 30, which still gathers a busy
+                # moment's appends into one look (bench/pipeline_noop.py, BENCHMARKS.md).
                 ProjectionRunner(
                     store,
                     [PipelineReactor(redis)],
                     poll_interval=timings.poll_interval,
-                    coalesce=0.0,
+                    coalesce=PIPELINE_COALESCE,
                 ),
                 ProjectionRunner(
                     store,
