@@ -104,9 +104,10 @@ async def enqueue(
     return queued
 
 
-WAKE_RETRY = 1.0
-"""Seconds before a wake-up listener whose Redis connection failed subscribes again (the
-workers' poll goes on meanwhile)."""
+WAKE_RETRIES = (1.0, 2.0, 5.0)
+"""Seconds before a wake-up listener whose Redis connection failed subscribes again: the first
+tries, then each later one (the workers' poll goes on meanwhile). Only the first failure of an
+outage is logged as a warning."""
 
 
 async def listen_for_wakeups(
@@ -118,10 +119,12 @@ async def listen_for_wakeups(
     poll interval, never the unit: every event is also set after each (re)subscription.
     """
     by_channel = {wake_channel(q): e for q, e in wakes.items()}
+    failures = 0
     while not stop.is_set():
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(*by_channel)
+            failures = 0
             for e in by_channel.values():
                 e.set()
             while not stop.is_set():
@@ -132,9 +135,16 @@ async def listen_for_wakeups(
                     if (wake := by_channel.get(name)) is not None:
                         wake.set()
         except (RedisError, OSError) as exc:
-            log.warning("queue wake-ups lost (%s); subscribing again", exc)
+            delay = WAKE_RETRIES[min(failures, len(WAKE_RETRIES) - 1)]
+            log.log(
+                logging.WARNING if failures == 0 else logging.DEBUG,
+                "queue wake-ups lost (%s); subscribing again in %g s",
+                exc,
+                delay,
+            )
+            failures += 1
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(WAKE_RETRY):
+                async with asyncio.timeout(delay):
                     await stop.wait()
         finally:
             with contextlib.suppress(RedisError, OSError):
