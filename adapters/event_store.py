@@ -486,19 +486,16 @@ class EventStore:
         if not names:
             return []
         if conn is None:
+            # A commit that waits for no flush holds the NOTIFY's server-wide lock for no fsync:
+            # its NOTIFY goes within the statement, one round trip fewer.
+            sql = _APPEND_MANY_QUIET if durable else _APPEND_MANY
             async with self.pool.acquire() as own:
-                if not durable:
-                    # Its commit waits for no flush, so the NOTIFY's server-wide lock is held
-                    # for no fsync: sent within the statement, one round trip fewer.
-                    return await self._insert_many(
-                        own, _APPEND_MANY, seen, checks, streams, offsets, names,
-                        schema_versions, data, meta, durable,
-                    )  # fmt: skip
                 results = await self._insert_many(
-                    own, _APPEND_MANY_QUIET, seen, checks, streams, offsets, names,
-                    schema_versions, data, meta, durable,
+                    own, sql, seen, checks, streams, offsets, names, schema_versions, data,
+                    meta, durable,
                 )  # fmt: skip
-            self._waker.wake(names, max(r.tx for r in results))
+            if durable:
+                self._waker.wake(names, max(r.tx for r in results))
             return results
         return await self._insert_many(
             conn, _APPEND_MANY, seen, checks, streams, offsets, names, schema_versions, data,

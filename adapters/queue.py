@@ -202,10 +202,10 @@ def unit_for(job_id: str, ev: Event) -> Dispatch | None:
         return Dispatch(job_id, 1, "download", 1)
     if isinstance(ev, job.JobRetried):
         return Dispatch(job_id, ev.run, "download", 1)
-    if isinstance(ev, job.DownloadCompleted) and not ev.chained:
-        return Dispatch(job_id, ev.run, "mux", 1, ev.node_id)
-    if isinstance(ev, job.MuxCompleted) and not ev.chained:
-        return Dispatch(job_id, ev.run, "upload", 1, ev.node_id)
+    if isinstance(ev, job.DownloadCompleted | job.MuxCompleted) and not ev.chained:
+        nxt = job.stage_after(ev)
+        assert nxt is not None
+        return Dispatch(job_id, ev.run, nxt, 1, ev.node_id)
     if isinstance(ev, job.StageFailed) and ev.retry_stage and ev.retry_attempt:
         return Dispatch(job_id, ev.run, ev.retry_stage, ev.retry_attempt, ev.node_id, ev.retry_in)
     if isinstance(ev, job.StageInterrupted):

@@ -472,6 +472,16 @@ def start_stage(state: JobState, stage: Stage, run: int, attempt: int, node_id: 
     return [StageStarted(stage=stage, run=run, attempt=attempt, node_id=node_id)]
 
 
+def stage_after(done: Event) -> Stage | None:
+    """The stage a result calls for on its own node: the mux after a download, the upload
+    after a mux; None for any other event."""
+    if isinstance(done, DownloadCompleted):
+        return "mux"
+    if isinstance(done, MuxCompleted):
+        return "upload"
+    return None
+
+
 def chain(done: DownloadCompleted | MuxCompleted) -> list[Event]:
     """A stage's result and the next stage's start on the same node, to be appended together.
 
@@ -480,7 +490,8 @@ def chain(done: DownloadCompleted | MuxCompleted) -> list[Event]:
     through its queue. Each stage keeps its own events, and the next stage is a started unit
     under the node's lease like any other.
     """
-    nxt: Stage = "mux" if isinstance(done, DownloadCompleted) else "upload"
+    nxt = stage_after(done)
+    assert nxt is not None
     return [
         msgspec.structs.replace(done, chained=True),
         StageStarted(stage=nxt, run=done.run, attempt=1, node_id=done.node_id),

@@ -12,7 +12,7 @@ from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 
-from spool.adapters.queue import DOWNLOAD_QUEUE, WEBHOOK_QUEUE, node_queue
+from spool.adapters.queue import DOWNLOAD_QUEUE, UNIT_EXPIRES, WEBHOOK_QUEUE, node_queue
 from spool.reactors.tasks import run_task
 from spool.reactors.webhooks import deliver_webhook
 from spool.reactors.worker.entry_points import download, mux, ping, upload
@@ -82,7 +82,7 @@ class PromptWorker(Worker):
         made for all of them at once by `CLAIM`, atomic in Redis as arq's transaction is.
         """
         free = self.max_jobs - self.job_counter
-        candidates = [j.decode() for j in job_ids if j.decode() not in self.tasks]
+        candidates = [u for u in (j.decode() for j in job_ids) if u not in self.tasks]
         if free <= 0 or not candidates:
             return
         claimed: list[bytes] = await self.pool.eval(  # type: ignore[misc]
@@ -116,7 +116,7 @@ def arq_workers(node: Node) -> list[PromptWorker]:
         "handle_signals": False,
         "ctx": {"node": node, "webhooks": node.webhooks},
         "job_timeout": STAGE_TIMEOUT,
-        "keep_result": 7 * 24 * 3600,
+        "keep_result": UNIT_EXPIRES,
         "poll_delay": node.settings.queue_poll,
         "max_tries": 1000,
     }

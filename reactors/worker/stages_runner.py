@@ -119,9 +119,9 @@ class StageRunner(Drain):
         Only a free slot is taken, never one a queued unit waits for (`locked` counts waiters),
         so going straight on jumps no queue the node's own units stand in.
         """
-        if self.stopping or not isinstance(done, job.DownloadCompleted | job.MuxCompleted):
+        nxt = job.stage_after(done)
+        if self.stopping or nxt is None:
             return None
-        nxt: job.Stage = "mux" if isinstance(done, job.DownloadCompleted) else "upload"
         slot = self.slots[nxt]
         if slot.locked():
             return None
