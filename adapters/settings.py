@@ -20,6 +20,7 @@ _NUMERIC_ENV = {
     "node_timeout": "SPOOL_NODE_TIMEOUT",
     "lease_ttl": "SPOOL_LEASE_TTL",
     "queue_poll": "SPOOL_QUEUE_POLL",
+    "dispatch_ahead": "SPOOL_DISPATCH_AHEAD",
     "database_peer_timeout": "SPOOL_DATABASE_PEER_TIMEOUT",
     "probe_timeout": "SPOOL_PROBE_TIMEOUT",
     "probe_workers": "SPOOL_PROBE_WORKERS",
@@ -84,6 +85,11 @@ class Settings(msgspec.Struct, kw_only=True):
     # arq_workers.py `PromptWorker`): units are taken on their enqueue's wake-up, so this only
     # bounds the cost of a lost one and how late a deferred retry starts.
     queue_poll: float = 0.2
+    # Downloads the pipeline keeps in Redis ahead of the nodes, as a share of the online nodes'
+    # download slots (reactors/pipeline.py): the rest wait in PostgreSQL's line, where the fair
+    # shares between accounts and priorities order them. Less: fairer at once; more: no slot
+    # waits for the pipeline.
+    dispatch_ahead: float = 1.0
     # How soon PostgreSQL lets go of a process that vanished mid-transaction (adapters/database.py
     # `peer_settings`): until then its open transaction holds every projection back.
     database_peer_timeout: float = 30.0

@@ -152,3 +152,47 @@ live_progress = sa.Table(
     ),
     prefixes=["UNLOGGED"],
 )
+
+# Not projections and not the log: the pipeline reactor's line of jobs whose download may start
+# (adapters/dispatch_queue.py, domain/fair_share.py), written under its checkpoint, so a batch
+# applied again after a crash finds them as the log left them. `dispatch_waiting`: jobs not yet
+# sent to the download queue; `dispatch_sent`: sent and not yet started by a node (what Redis
+# holds ahead of the nodes); `dispatch_accounts`: each account's count of waiting jobs and its
+# virtual time in the fair shares.
+dispatch_waiting = sa.Table(
+    "dispatch_waiting",
+    metadata,
+    sa.Column("job_id", sa.Text, primary_key=True),
+    sa.Column("account_id", sa.Text, nullable=False),
+    sa.Column("batch_id", sa.Text),
+    sa.Column("run", sa.Integer, nullable=False),
+    sa.Column("priority", sa.SmallInteger, nullable=False),
+    # The position of the event that put the job in line: its place among equal priorities.
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("correlation_id", sa.Text),
+    sa.Column("causation_id", sa.Text),
+    sa.Index("dispatch_waiting_line_idx", "account_id", sa.text("priority DESC"), "seq", "job_id"),
+)
+
+dispatch_sent = sa.Table(
+    "dispatch_sent",
+    metadata,
+    sa.Column("job_id", sa.Text, primary_key=True),
+    sa.Column("account_id", sa.Text, nullable=False),
+    sa.Column("run", sa.Integer, nullable=False),
+    sa.Column(
+        "sent_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
+    ),
+)
+
+dispatch_accounts = sa.Table(
+    "dispatch_accounts",
+    metadata,
+    sa.Column("account_id", sa.Text, primary_key=True),
+    sa.Column("waiting", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("served", sa.Float(precision=53), nullable=False, server_default="0"),
+    sa.Column("waiting_since", sa.DateTime(timezone=True)),
+    sa.Index(
+        "dispatch_accounts_waiting_idx", "account_id", postgresql_where=sa.text("waiting > 0")
+    ),
+)

@@ -1,5 +1,6 @@
 """`/admin/accounts` (admin keys only, the job API's error shape): every account with its keys,
-its grant of code-running tasks and its quotas; set quotas, grant and revoke.
+its grant of code-running tasks, its quotas and its share of the download slots; set quotas,
+share, grant and revoke.
 
 Answers are read from the account streams, so a change shows at once.
 """
@@ -20,6 +21,7 @@ from spool.api.requests import command_metadata
 from spool.api.services import Services
 from spool.domain import account_policy
 from spool.domain.account_policy import AccountPolicy, InvalidPolicy, Quotas
+from spool.domain.fair_share import priority_word
 
 
 class QuotasBody(Quotas, frozen=True, forbid_unknown_fields=True):
@@ -34,11 +36,26 @@ class GrantBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     env: list[str] = msgspec.field(default_factory=list)
 
 
+class ShareBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`weight`: the account's share of the download slots against other accounts with jobs
+    waiting (1 to 1000, default 1); `default_priority`: what its jobs that ask for none take
+    (low, normal, high or -100 to 100)."""
+
+    weight: int = 1
+    default_priority: str | int = "normal"
+
+
+class ShareView(msgspec.Struct):
+    weight: int
+    default_priority: str | int
+
+
 class AccountView(msgspec.Struct):
     account_id: str
     keys: list[dict[str, Any]]
     grant: account_policy.Grant | None
     quotas: Quotas
+    share: ShareView
 
 
 def _decode(raw: bytes, kind: type[Any]) -> Any:
@@ -64,7 +81,8 @@ async def _keys_of(services: Services, account_id: str) -> list[dict[str, Any]]:
 
 
 def _view(policy: AccountPolicy, keys: list[dict[str, Any]]) -> AccountView:
-    return AccountView(policy.account_id, keys, policy.grant, policy.quotas)
+    share = ShareView(policy.share.weight, priority_word(policy.share.default_priority))
+    return AccountView(policy.account_id, keys, policy.grant, policy.quotas, share)
 
 
 def _bad(exc: InvalidPolicy) -> JobApiError:
@@ -106,6 +124,21 @@ class AdminAccountsController(Controller):
         quotas = Quotas(**msgspec.structs.asdict(body))
         try:
             events = account_policy.set_quotas(account_id, quotas)
+        except InvalidPolicy as exc:
+            raise _bad(exc) from None
+        await record(services.store, account_id, events, command_metadata(request, admin.key_id))
+        return _view(await _policy(services, account_id), await _keys_of(services, account_id))
+
+    @put("/{account_id:str}/share", status_code=200, opt=READS_BODY)
+    async def set_share(
+        self, request: Request[Any, Any, Any], services: Services, admin: Principal, account_id: str
+    ) -> AccountView:
+        """Set the account's share of the download slots: `weight` and `default_priority`
+        (fields left out take their defaults: 1 and normal)."""
+        body: ShareBody = _decode(await request.body(), ShareBody)
+        await _policy(services, account_id)
+        try:
+            events = account_policy.set_share(account_id, body.weight, body.default_priority)
         except InvalidPolicy as exc:
             raise _bad(exc) from None
         await record(services.store, account_id, events, command_metadata(request, admin.key_id))

@@ -35,7 +35,7 @@ from spool.api.targets import refuse_forbidden_target
 from spool.application import jobs as commands
 from spool.application.batches import BulkAnswer
 from spool.application.jobs import BatchCreatedAnswer, JobCreatedAnswer, NewJob
-from spool.domain import job
+from spool.domain import fair_share, job
 from spool.domain.events import Metadata
 
 _to_builtins = msgspec.to_builtins
@@ -95,6 +95,8 @@ class JobView(msgspec.Struct, omit_defaults=False):
     webhook_status: str | None
     created_at: int
     finished_at: int | None
+    priority: str | int | None = None
+    """As asked (a word where one fits); null: the account's default (domain/fair_share.py)."""
 
 
 class JobAction(msgspec.Struct):
@@ -215,6 +217,9 @@ def view(state: job.JobState, links: Links | None = None) -> JobView:
         webhook_status=state.webhook_status,
         created_at=created,
         finished_at=finished,
+        priority=None
+        if state.options.priority is None
+        else fair_share.priority_word(state.options.priority),
     )
 
 

@@ -1,4 +1,4 @@
-"""What an admin allows one account: a grant to run code-running tasks, and quotas.
+"""What an admin allows one account: a grant to run code-running tasks, quotas, and its share.
 
 Both are events on the account's own stream (`domain.account.stream_id`), set only by an admin;
 the account's policy is the fold of them (other events on that stream are ignored here).
@@ -17,6 +17,7 @@ from spool.domain.account import stream_id
 from spool.domain.aggregate import Aggregate
 from spool.domain.errors import DomainError
 from spool.domain.events import Event, event
+from spool.domain.fair_share import MAX_WEIGHT, InvalidPriority, parse_priority
 
 CODE_TASK_TYPES: tuple[str, ...] = ("command", "python_eval", "http_request")
 """Task types that run code or reach the network on a node: an admin key or a grant only."""
@@ -83,6 +84,23 @@ class QuotasSet(Event, frozen=True, kw_only=True):
     quotas: Quotas = Quotas()
 
 
+class Share(msgspec.Struct, frozen=True, kw_only=True):
+    """An account's place in the fair shares of the cluster's download slots
+    (domain/fair_share.py): its weight against other accounts with jobs waiting, and the
+    priority its jobs take when they ask for none."""
+
+    weight: int = 1
+    default_priority: int = 0
+
+
+@event
+class ShareSet(Event, frozen=True, kw_only=True):
+    """An admin set the account's share."""
+
+    account_id: str
+    share: Share = Share()
+
+
 class Grant(msgspec.Struct, frozen=True, kw_only=True):
     task_types: list[str]
     env: list[str]
@@ -94,6 +112,7 @@ class AccountPolicy(msgspec.Struct, frozen=True, kw_only=True):
     account_id: str
     grant: Grant | None = None
     quotas: Quotas = Quotas()
+    share: Share = Share()
     updated_at: datetime | None = None
 
 
@@ -102,7 +121,7 @@ def evolve(
 ) -> AccountPolicy | None:
     """Apply one event of the account stream; events that are not policy leave it unchanged
     (None: the account has had no policy event yet)."""
-    if not isinstance(ev, CodeTasksGranted | CodeTasksRevoked | QuotasSet):
+    if not isinstance(ev, CodeTasksGranted | CodeTasksRevoked | QuotasSet | ShareSet):
         return state
     if state is None:
         state = AccountPolicy(account_id=ev.account_id)
@@ -111,6 +130,8 @@ def evolve(
         return msgspec.structs.replace(state, grant=grant, updated_at=at)
     if isinstance(ev, CodeTasksRevoked):
         return msgspec.structs.replace(state, grant=None, updated_at=at)
+    if isinstance(ev, ShareSet):
+        return msgspec.structs.replace(state, share=ev.share, updated_at=at)
     return msgspec.structs.replace(state, quotas=ev.quotas, updated_at=at)
 
 
@@ -118,7 +139,7 @@ AGGREGATE: Aggregate[AccountPolicy] = Aggregate(
     name="account_policy",
     stream_id=stream_id,
     evolve=evolve,
-    event_classes=(CodeTasksGranted, CodeTasksRevoked, QuotasSet),
+    event_classes=(CodeTasksGranted, CodeTasksRevoked, QuotasSet, ShareSet),
 )
 
 EVENT_TYPES: frozenset[str] = AGGREGATE.event_types
@@ -163,6 +184,19 @@ def set_quotas(account_id: str, quotas: Quotas) -> list[Event]:
         if value is not None and (isinstance(value, bool) or value < 0):
             raise InvalidPolicy(name, f"{name} must be a whole number, 0 or more, or null")
     return [QuotasSet(account_id=account_id, quotas=quotas)]
+
+
+def set_share(account_id: str, weight: int, default_priority: str | int) -> list[Event]:
+    """Decide the account's share: a weight from 1 to `fair_share.MAX_WEIGHT` and a default
+    priority (a word or a number, as a job's `priority`)."""
+    if isinstance(weight, bool) or not 1 <= weight <= MAX_WEIGHT:
+        raise InvalidPolicy("weight", f"weight must be a whole number from 1 to {MAX_WEIGHT}")
+    try:
+        priority = parse_priority(default_priority)
+    except InvalidPriority as exc:
+        raise InvalidPolicy("default_priority", str(exc)) from None
+    share = Share(weight=weight, default_priority=priority)
+    return [ShareSet(account_id=account_id, share=share)]
 
 
 def task_env(

@@ -22,6 +22,7 @@ import msgspec
 
 from spool.domain import file_names
 from spool.domain.errors import DomainError
+from spool.domain.fair_share import InvalidPriority, parse_priority
 from spool.domain.timecode import normalize_timecode, parse_timecode
 
 MAX_URL_LENGTH: Final = 8192
@@ -122,6 +123,8 @@ class AskedOptions(msgspec.Struct, frozen=True, kw_only=True):
     live_from_start: bool = False
     max_duration: int | None = None
     wait_for_video: bool = False
+    priority: str | int | None = None
+    """Among the account's waiting jobs, higher starts first (domain/fair_share.py)."""
 
 
 class JobOptions(AskedOptions, frozen=True, kw_only=True, omit_defaults=True):
@@ -138,6 +141,8 @@ class JobOptions(AskedOptions, frozen=True, kw_only=True, omit_defaults=True):
     max_resolution: str = "best"
     clip_start: str | None = None
     clip_end: str | None = None
+    priority: int | None = None
+    """None: the account's default priority, decided when the job joins the line."""
 
 
 DEFAULTS: Final = JobOptions()
@@ -397,6 +402,10 @@ def resolve(asked: AskedOptions) -> JobOptions:
     webhook_url = None if asked.webhook_url is None else _check_webhook_url(asked.webhook_url)
     if asked.enable_progress_webhook and webhook_url is None:
         raise _bad("enable_progress_webhook requires webhook_url")
+    try:
+        priority = None if asked.priority is None else parse_priority(asked.priority)
+    except InvalidPriority as exc:
+        raise _bad(str(exc)) from None
 
     decided: dict[str, Any] = {
         "format": fmt,
@@ -411,6 +420,7 @@ def resolve(asked: AskedOptions) -> JobOptions:
         "filename": filename,
         "folder": folder,
         "webhook_url": webhook_url,
+        "priority": priority,
     }
     given = {name: getattr(asked, name) for name in AskedOptions.__struct_fields__}
     # convert, not the constructor: it checks each value against JobOptions' narrower types,

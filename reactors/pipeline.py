@@ -1,25 +1,57 @@
 """The job pipeline's process manager: turns job events into units of work on the queues.
 
-It follows the log like a projection (checkpoint, row lock) but its only effect is an enqueue
-under a deterministic id, so replaying an event enqueues nothing twice. Which event calls for
-which unit is `adapters.queue.unit_for`.
+It follows the log like a projection (checkpoint, row lock) but its effects are enqueues under
+deterministic ids, so replaying an event enqueues nothing twice. Which event calls for which unit
+is `adapters.queue.unit_for`; but a run's download does not go to Redis at once: the job waits in
+line (adapters/dispatch_queue.py) and is sent when the nodes have room for it, in fair shares
+between accounts and by priority within one (domain/fair_share.py). The line moves when a node
+starts a download (room frees in Redis) and on each `Ticks` pass (nodes joining, a missed event).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 
 import asyncpg
 import sqlalchemy as sa
 from arq.connections import ArqRedis
+from redis.exceptions import RedisError
 
-from spool.adapters.queue import dispatch, unit_for
-from spool.domain import job
+from spool.adapters import dispatch_queue
+from spool.adapters.account_policy_store import load_policy
+from spool.adapters.event_store import EventStore
+from spool.adapters.queue import Dispatch, dispatch, unit_for
+from spool.adapters.read_models.nodes import download_slots
+from spool.domain import fair_share, job
+from spool.domain.account_policy import Share
 from spool.domain.events import RecordedEvent, event_id
+from spool.reactors.projection import locked_checkpoint
+
+log = logging.getLogger("spool.pipeline")
 
 DISPATCH_AT_ONCE = 64
 """Enqueues in flight at once while a batch is dispatched."""
+
+MIN_AHEAD = 2
+"""Downloads kept in Redis ahead of the nodes however few slots the nodes table shows (none
+online yet, or a projection behind): the line never stops for want of a registration."""
+
+POLICY_SECONDS = 5.0
+"""How long an account's share (weight, default priority) is used before it is read again."""
+
+SLOTS_SECONDS = 2.0
+"""How long the online nodes' download slots are used before they are read again."""
+
+TIDY_EVERY = 30
+"""`Ticks` passes between two mendings of the line's counts (`dispatch_queue.tidy`)."""
+
+SENT_STALE = timedelta(minutes=2)
+"""How long a sent job whose row shows it started may stay counted as sent (a missed event)."""
 
 
 class PipelineReactor:
@@ -33,20 +65,53 @@ class PipelineReactor:
             job.JobCreated,
             job.JobReleased,
             job.JobRetried,
+            job.StageStarted,
             job.DownloadCompleted,
             job.MuxCompleted,
             job.StageFailed,
             job.StageInterrupted,
+            job.JobCancelled,
+            job.JobFailed,
+            job.JobCompleted,
         )
     )
 
-    def __init__(self, redis: ArqRedis) -> None:
+    def __init__(
+        self,
+        redis: ArqRedis,
+        store: EventStore,
+        *,
+        ahead: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.redis = redis
+        self.store = store
+        self.ahead = ahead
+        self.clock = clock
+        self._shares: dict[str, tuple[float, Share]] = {}
+        self._slots: tuple[float, int] | None = None
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
-        units = []
+        joined: dict[str, dispatch_queue.Entry] = {}
+        left: dict[str, int] = {}
+        units: list[Dispatch] = []
         for e in events:
-            unit = unit_for(e.stream_id.removeprefix("job-"), e.data)
+            job_id = e.stream_id.removeprefix("job-")
+            ev = e.data
+            if isinstance(ev, job.JobCreated | job.JobReleased | job.JobRetried):
+                if isinstance(ev, job.JobCreated) and ev.held:
+                    continue
+                entry = await self._entry(conn, e, job_id)
+                if entry is not None:
+                    joined[job_id] = entry
+                continue
+            run = _run_leaving(ev)
+            if run is not None:
+                # A run that joined in this very batch and already left never touches the line.
+                if job_id in joined and joined[job_id].run <= run:
+                    del joined[job_id]
+                left[job_id] = max(run, left.get(job_id, 0))
+            unit = unit_for(job_id, ev)
             if unit is not None:
                 # The unit follows the event's request and names the event as its cause; its
                 # id stays the deterministic one, so a replay still enqueues nothing twice.
@@ -55,9 +120,130 @@ class PipelineReactor:
                         correlation_id=e.metadata.correlation_id, causation_id=event_id(e.position)
                     )
                 )
-        # Each enqueue is a few Redis round trips; one after another they held up the whole
-        # batch (and every job behind it). Units are independent: their order does not matter.
-        for i in range(0, len(units), DISPATCH_AT_ONCE):
-            await asyncio.gather(
-                *(dispatch(self.redis, u) for u in units[i : i + DISPATCH_AT_ONCE])
+        # Leaving first: it concerns rows from earlier batches only (this batch's own are netted
+        # out above), and a run leaving may be followed by the job's next run joining.
+        await dispatch_queue.leave(conn, list(left.items()))
+        await dispatch_queue.join(conn, list(joined.values()))
+        units += await self._send_due(conn)
+        await _enqueue(self.redis, units)
+
+    async def tick(self, conn: asyncpg.Connection, *, tidy: bool) -> None:
+        """One pass outside the log's events: send what the nodes have room for (after mending
+        the line's counts, when `tidy`). The caller holds the pipeline's checkpoint lock."""
+        if tidy:
+            await dispatch_queue.tidy(conn, SENT_STALE)
+        await _enqueue(self.redis, await self._send_due(conn))
+
+    async def _entry(
+        self, conn: asyncpg.Connection, e: RecordedEvent, job_id: str
+    ) -> dispatch_queue.Entry | None:
+        ev = e.data
+        created = ev if isinstance(ev, job.JobCreated) else await self._created(conn, job_id)
+        if created is None:
+            log.warning("job %s has no JobCreated: its %s is not dispatched", job_id, e.type)
+            return None
+        priority = created.options.priority
+        if priority is None:
+            priority = (await self._share(created.account_id)).default_priority
+        return dispatch_queue.Entry(
+            job_id=job_id,
+            account_id=created.account_id,
+            batch_id=created.batch_id,
+            run=ev.run if isinstance(ev, job.JobRetried) else 1,
+            priority=priority,
+            seq=e.position,
+            correlation_id=e.metadata.correlation_id,
+            causation_id=event_id(e.position),
+        )
+
+    async def _created(self, conn: asyncpg.Connection, job_id: str) -> job.JobCreated | None:
+        first = await self.store.read_stream(job.stream_id(job_id), 1, limit=1, conn=conn)
+        found = first[0].data if first else None
+        return found if isinstance(found, job.JobCreated) else None
+
+    async def _share(self, account_id: str) -> Share:
+        now = self.clock()
+        cached = self._shares.get(account_id)
+        if cached is not None and now - cached[0] < POLICY_SECONDS:
+            return cached[1]
+        policy = await load_policy(self.store, account_id)
+        share = Share() if policy is None else policy.share
+        self._shares[account_id] = (now, share)
+        return share
+
+    async def _room(self, conn: asyncpg.Connection) -> int:
+        """How many downloads may wait in Redis for the nodes: as many as their slots (times
+        `ahead`), so a slot that frees finds its next unit there, but no more."""
+        now = self.clock()
+        if self._slots is None or now - self._slots[0] >= SLOTS_SECONDS:
+            self._slots = (now, await download_slots(conn))
+        return max(MIN_AHEAD, round(self._slots[1] * self.ahead))
+
+    async def _send_due(self, conn: asyncpg.Connection) -> list[Dispatch]:
+        found = await dispatch_queue.lines(conn)
+        if not found.lines:
+            return []
+        free = await self._room(conn) - found.sent
+        if free <= 0:
+            return []
+        lines = [
+            ln._replace(weight=(await self._share(ln.account_id)).weight) for ln in found.lines
+        ]
+        decided = fair_share.plan(free, lines)
+        sent = await dispatch_queue.send(conn, decided.order, decided.served)
+        return [
+            Dispatch(
+                s.job_id,
+                s.run,
+                "download",
+                1,
+                correlation_id=s.correlation_id,
+                causation_id=s.causation_id,
             )
+            for s in sent
+        ]
+
+
+def _run_leaving(ev: object) -> int | None:
+    """The run whose download a job event ends the wait of, if any: a node started it, or the
+    run was cancelled or is over."""
+    if isinstance(ev, job.StageStarted):
+        return ev.run if ev.stage == "download" else None
+    if isinstance(ev, job.JobCancelled | job.JobFailed | job.JobCompleted):
+        return ev.run
+    return None
+
+
+async def _enqueue(redis: ArqRedis, units: Sequence[Dispatch]) -> None:
+    # Each enqueue is a few Redis round trips; one after another they held up the whole batch
+    # (and every job behind it). Units are independent: their order matters only loosely (a
+    # batch's downloads are sent in their fair order, DISPATCH_AT_ONCE at a time).
+    for i in range(0, len(units), DISPATCH_AT_ONCE):
+        await asyncio.gather(*(dispatch(redis, u) for u in units[i : i + DISPATCH_AT_ONCE]))
+
+
+@dataclass(frozen=True)
+class Ticks:
+    """The pipeline's passes between events, every `interval` seconds, under its checkpoint's
+    lock (so never beside a batch being applied, in this process or another)."""
+
+    reactor: PipelineReactor
+    store: EventStore
+    interval: float = 1.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        passes = 0
+        while not stop.is_set():
+            try:
+                async with self.store.pool.acquire() as conn, conn.transaction():
+                    await conn.execute("SET LOCAL synchronous_commit = off")
+                    await locked_checkpoint(conn, self.reactor.name)
+                    await self.reactor.tick(conn, tidy=passes % TIDY_EVERY == 0)
+                passes += 1
+            except (OSError, RedisError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("pipeline pass failed: %s", exc)
+            try:
+                async with asyncio.timeout(self.interval):
+                    await stop.wait()
+            except TimeoutError:
+                pass

@@ -46,7 +46,7 @@ class ReadAhead(NamedTuple):
     batch: Batch
 
 
-async def _locked_checkpoint(conn: asyncpg.Connection, name: str) -> Checkpoint:
+async def locked_checkpoint(conn: asyncpg.Connection, name: str) -> Checkpoint:
     """The checkpoint `name`, row-locked for this transaction (created at the origin if new)."""
     row = await conn.fetchrow(_LOCK_CHECKPOINT, name)
     if row is None:  # the first run of this projection: start from the beginning
@@ -186,7 +186,7 @@ class ProjectionRunner:
                 if schema is not None:
                     setup += f"; SET LOCAL search_path = {schema}, public"
                 await conn.execute(setup)
-                after = await _locked_checkpoint(conn, checkpoint_name)
+                after = await locked_checkpoint(conn, checkpoint_name)
                 if prefetched is not None and prefetched.after == after:
                     batch = prefetched.batch
                 else:

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 
 from arq.connections import ArqRedis
 
-from spool.adapters import lease_facts
+from spool.adapters import dispatch_queue, lease_facts
 from spool.adapters.event_store import EventStore
 from spool.adapters.job_store import jobs, load_jobs
 from spool.adapters.periodic import run_periodically
@@ -118,13 +118,17 @@ class Reconciler:
         actions: list[str] = []
         unfinished = await job_rows.unfinished(self.store.pool, quiet)
         states: dict[str, job.JobState] = {}
+        in_line: set[str] = set()
         for n, (job_id, is_quiet) in enumerate(unfinished):
             if n % LOAD_AT_ONCE == 0:  # the jobs read a chunk at a time, each exact
                 chunk = [j for j, _ in unfinished[n : n + LOAD_AT_ONCE]]
                 states = await load_jobs(self.store, chunk)
+                in_line = await dispatch_queue.waiting_ids(self.store.pool, chunk)
             state = states.get(job_id)
             if state is None or state.terminal or state.held:
                 continue  # a held job waits for its batch to start: nothing is stranded
+            if job_id in in_line and state.status == "Pending":
+                continue  # waits in the pipeline's line for room: Redis is not to hold it yet
             unit = job.arq_job_id(state.job_id, state.run, state.stage, state.attempt)
             held = None
             if state.status == "Processing":  # a Pending job's first unit has not started

@@ -19,7 +19,7 @@ from spool.adapters.event_store import EventStore
 from spool.adapters.settings import Settings
 from spool.adapters.storage import ObjectStorage
 from spool.reactors.node_health import NodeHealthReactor
-from spool.reactors.pipeline import PipelineReactor
+from spool.reactors.pipeline import PipelineReactor, Ticks
 from spool.reactors.projection import ProjectionRunner
 from spool.reactors.reconciler import Reconciler
 from spool.reactors.scheduler import Scheduler
@@ -102,6 +102,7 @@ def assemble(
     if PROJECTIONS in parts:
         built[PROJECTIONS] = projections
     if PIPELINE in parts:
+        pipeline = PipelineReactor(redis, store, ahead=settings.dispatch_ahead)
         built[PIPELINE] = Alongside(
             (
                 # Its dispatches are on every job's critical path: a NOTIFY is looked at after
@@ -109,10 +110,11 @@ def assemble(
                 # moment's appends into one look (bench/pipeline_noop.py, BENCHMARKS.md).
                 ProjectionRunner(
                     store,
-                    [PipelineReactor(redis)],
+                    [pipeline],
                     poll_interval=timings.poll_interval,
                     coalesce=PIPELINE_COALESCE,
                 ),
+                Ticks(pipeline, store, timings.poll_interval),
                 ProjectionRunner(
                     store,
                     [WebhookReactor(redis), NodeHealthReactor(store, settings.quarantine_after)],

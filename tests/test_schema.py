@@ -29,9 +29,12 @@ OUTSIDE_PROJECTIONS = {
     tables.cluster_identity,
     tables.node_failures,
     tables.live_progress,
+    tables.dispatch_waiting,
+    tables.dispatch_sent,
+    tables.dispatch_accounts,
 }
-"""The log, the operational tables, the node health reactor's state and the nodes' live
-progress: no projection writes them."""
+"""The log, the operational tables, the node health reactor's and the pipeline's state and the
+nodes' live progress: no projection writes them."""
 
 
 def _of_the_schema(obj: Any, name: str | None, type_: str, reflected: bool, _: Any) -> bool:

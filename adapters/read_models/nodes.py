@@ -513,3 +513,16 @@ async def online_by_state(pool: asyncpg.Pool) -> dict[node.WorkState, int]:
     for r in await pool.fetch(_ONLINE_WORK):
         counts[work_of(r)[0]] += 1
     return counts
+
+
+_DOWNLOAD_SLOTS = f"""
+SELECT coalesce(sum((concurrency->>'download')::int), 0) FROM nodes
+WHERE {online(configured_timeout())} AND draining_since IS NULL AND quarantined_since IS NULL
+"""
+
+
+async def download_slots(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    """The download slots of the online nodes that take downloads (not draining, not
+    quarantined), by their registrations."""
+    slots: int = await conn.fetchval(_DOWNLOAD_SLOTS)
+    return slots

@@ -1,0 +1,222 @@
+"""The line of jobs whose download may start, kept in PostgreSQL beside the pipeline's checkpoint.
+
+The pipeline reactor (reactors/pipeline.py) puts a job in line when its run may download
+(`join`), sends the next ones to Redis when the nodes have room for them (`lines`, `send`), and
+takes a job out of what it counts as sent when a node starts it, or out of line when it is
+cancelled or finished (`leave`). Every function runs on the reactor's connection, in the
+transaction that moves its checkpoint: a batch applied again after a crash finds the tables as
+the log left them. Which account's jobs go first is `domain.fair_share.plan`'s decision; within
+an account, the line's index orders them (priority, then their place in the log).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import NamedTuple
+
+import asyncpg
+
+from spool.domain.fair_share import Line
+
+
+class Entry(NamedTuple):
+    """A job run whose download waits for room."""
+
+    job_id: str
+    account_id: str
+    batch_id: str | None
+    run: int
+    priority: int
+    seq: int
+    """The position of the event that put it in line: its place among equal priorities."""
+    correlation_id: str | None
+    causation_id: str | None
+
+
+class Sent(NamedTuple):
+    """A job taken out of line to be sent to the download queue."""
+
+    job_id: str
+    account_id: str
+    run: int
+    correlation_id: str | None
+    causation_id: str | None
+
+
+# A job joins at most once per run (replays find it there); an account whose line was empty
+# joins the fair shares at the least virtual time of those waiting (domain/fair_share.py).
+_JOIN = """
+WITH new AS (
+    INSERT INTO dispatch_waiting
+        (job_id, account_id, batch_id, run, priority, seq, correlation_id, causation_id)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::smallint[],
+                         $6::bigint[], $7::text[], $8::text[])
+    ON CONFLICT (job_id) DO NOTHING
+    RETURNING account_id
+), counts AS (
+    SELECT account_id, count(*)::int AS n FROM new GROUP BY account_id
+)
+INSERT INTO dispatch_accounts AS a (account_id, waiting, served, waiting_since)
+SELECT c.account_id, c.n,
+       coalesce((SELECT min(served) FROM dispatch_accounts WHERE waiting > 0), 0), now()
+FROM counts c
+ON CONFLICT (account_id) DO UPDATE SET
+    waiting = a.waiting + excluded.waiting,
+    served = CASE WHEN a.waiting = 0 THEN greatest(a.served, excluded.served) ELSE a.served END,
+    waiting_since = CASE WHEN a.waiting = 0 THEN excluded.waiting_since ELSE a.waiting_since END
+"""
+
+
+async def join(conn: asyncpg.Connection, entries: Sequence[Entry]) -> None:
+    """Put job runs in line (a run already there stays where it is)."""
+    if entries:
+        await conn.execute(_JOIN, *(list(column) for column in zip(*entries, strict=True)))
+
+
+_LEAVE = """
+WITH gone AS (
+    DELETE FROM dispatch_waiting w
+    USING unnest($1::text[], $2::int[]) AS g(job_id, run)
+    WHERE w.job_id = g.job_id AND w.run <= g.run
+    RETURNING w.account_id
+), counts AS (
+    SELECT account_id, count(*)::int AS n FROM gone GROUP BY account_id
+), fewer AS (
+    UPDATE dispatch_accounts a SET waiting = a.waiting - c.n
+    FROM counts c WHERE a.account_id = c.account_id
+)
+DELETE FROM dispatch_sent s
+USING unnest($1::text[], $2::int[]) AS g(job_id, run)
+WHERE s.job_id = g.job_id AND s.run <= g.run
+"""
+
+
+async def leave(conn: asyncpg.Connection, runs: Sequence[tuple[str, int]]) -> None:
+    """Take job runs (and any earlier run of the same jobs) out of line and out of the sent:
+    a node started them, or they were cancelled or ended."""
+    if runs:
+        job_ids, numbers = zip(*runs, strict=True)
+        await conn.execute(_LEAVE, list(job_ids), list(numbers))
+
+
+_LINES = """
+SELECT a.account_id, a.waiting, a.served, (SELECT count(*) FROM dispatch_sent) AS sent
+FROM dispatch_accounts a
+WHERE a.waiting > 0
+ORDER BY a.waiting_since, a.account_id
+"""
+
+
+class Lines(NamedTuple):
+    """The accounts with jobs in line (who waited longest first) and how many jobs are sent and
+    not yet started."""
+
+    sent: int
+    lines: list[Line]
+
+
+async def lines(conn: asyncpg.Connection) -> Lines:
+    """Who has jobs in line (each at weight 1: the caller knows the accounts' shares)."""
+    rows = await conn.fetch(_LINES)
+    found = [Line(r[0], r[1], 1, r[2]) for r in rows]
+    return Lines(rows[0][3] if rows else 0, found)
+
+
+_SEND = """
+WITH quota AS (
+    SELECT * FROM unnest($1::text[], $2::int[], $3::float8[]) AS q(account_id, n, served)
+), picked AS (
+    SELECT w.job_id FROM quota q CROSS JOIN LATERAL (
+        SELECT job_id FROM dispatch_waiting w
+        WHERE w.account_id = q.account_id
+        ORDER BY w.priority DESC, w.seq, w.job_id
+        LIMIT q.n
+    ) w
+), moved AS (
+    DELETE FROM dispatch_waiting w USING picked p WHERE w.job_id = p.job_id
+    RETURNING w.job_id, w.account_id, w.run, w.priority, w.seq, w.correlation_id, w.causation_id
+), marked AS (
+    INSERT INTO dispatch_sent (job_id, account_id, run)
+    SELECT job_id, account_id, run FROM moved
+), counts AS (
+    SELECT account_id, count(*)::int AS n FROM moved GROUP BY account_id
+), served AS (
+    UPDATE dispatch_accounts a SET waiting = a.waiting - c.n, served = q.served
+    FROM counts c JOIN quota q USING (account_id)
+    WHERE a.account_id = c.account_id
+)
+SELECT job_id, account_id, run, correlation_id, causation_id FROM moved
+ORDER BY account_id, priority DESC, seq, job_id
+"""
+
+
+async def send(
+    conn: asyncpg.Connection, order: Sequence[str], served: dict[str, float]
+) -> list[Sent]:
+    """Take out of line the jobs `order` gives each account (one entry per job, in the order
+    they are to go), mark them sent, and record each account's new virtual time; the jobs come
+    back in `order`'s order."""
+    if not order:
+        return []
+    counts: dict[str, int] = {}
+    for account in order:
+        counts[account] = counts.get(account, 0) + 1
+    accounts = list(counts)
+    rows = await conn.fetch(
+        _SEND, accounts, [counts[a] for a in accounts], [served[a] for a in accounts]
+    )
+    by_account: dict[str, list[Sent]] = {}
+    for r in rows:
+        by_account.setdefault(r[1], []).append(Sent(*r))
+    for jobs in by_account.values():
+        jobs.reverse()
+    return [by_account[a].pop() for a in order if by_account.get(a)]
+
+
+_RECOUNT = """
+UPDATE dispatch_accounts a SET waiting = c.n
+FROM (
+    SELECT d.account_id,
+           (SELECT count(*) FROM dispatch_waiting w WHERE w.account_id = d.account_id)::int AS n
+    FROM dispatch_accounts d
+) c
+WHERE a.account_id = c.account_id AND a.waiting <> c.n
+"""
+
+# A sent job that a node has started (or that a later run replaced) leaves at its
+# `StageStarted`; should that ever be missed, it would hold room forever: the job's row says it.
+_PRUNE_SENT = """
+DELETE FROM dispatch_sent s USING jobs j
+WHERE j.job_id = s.job_id AND s.sent_at < now() - $1::interval
+  AND (j.run > s.run OR j.status <> 'Pending' OR j.step <> 'Queued')
+"""
+
+
+async def tidy(conn: asyncpg.Connection, older_than: timedelta) -> None:
+    """Mend what a missed event could leave: counts that differ from the line, and sent jobs
+    that their rows in `jobs` show started or over, sent longer than `older_than` ago."""
+    await conn.execute(_RECOUNT)
+    await conn.execute(_PRUNE_SENT, older_than)
+
+
+async def waiting_ids(conn: asyncpg.Connection | asyncpg.Pool, job_ids: Sequence[str]) -> set[str]:
+    """Which of `job_ids` wait in line (no unit of theirs is in Redis yet)."""
+    rows = await conn.fetch(
+        "SELECT job_id FROM dispatch_waiting WHERE job_id = ANY($1::text[])", list(job_ids)
+    )
+    return {r[0] for r in rows}
+
+
+async def place(pool: asyncpg.Pool, job_id: str) -> int | None:
+    """How many of its account's jobs are ahead of a waiting job in line (None: not in line)."""
+    found: int | None = await pool.fetchval(
+        """
+        SELECT (SELECT count(*) FROM dispatch_waiting o
+                WHERE o.account_id = w.account_id
+                  AND (o.priority, -o.seq) > (w.priority, -w.seq))
+        FROM dispatch_waiting w WHERE w.job_id = $1
+        """,
+        job_id,
+    )
+    return found
