@@ -189,7 +189,7 @@ WHERE a.account_id = c.account_id AND a.waiting <> c.n
 _PRUNE_SENT = """
 DELETE FROM dispatch_sent s USING jobs j
 WHERE j.job_id = s.job_id AND s.sent_at < now() - $1::interval
-  AND (j.run > s.run OR j.status <> 'Pending' OR j.step <> 'Queued')
+  AND ((j.state->>'run')::int > s.run OR j.status <> 'Pending' OR j.step <> 'Queued')
 """
 
 
@@ -206,17 +206,3 @@ async def waiting_ids(conn: asyncpg.Connection | asyncpg.Pool, job_ids: Sequence
         "SELECT job_id FROM dispatch_waiting WHERE job_id = ANY($1::text[])", list(job_ids)
     )
     return {r[0] for r in rows}
-
-
-async def place(pool: asyncpg.Pool, job_id: str) -> int | None:
-    """How many of its account's jobs are ahead of a waiting job in line (None: not in line)."""
-    found: int | None = await pool.fetchval(
-        """
-        SELECT (SELECT count(*) FROM dispatch_waiting o
-                WHERE o.account_id = w.account_id
-                  AND (o.priority, -o.seq) > (w.priority, -w.seq))
-        FROM dispatch_waiting w WHERE w.job_id = $1
-        """,
-        job_id,
-    )
-    return found

@@ -200,6 +200,10 @@ WHERE stream_id = $1 AND version >= $2 AND ($3::bigint IS NULL OR position <= $3
 ORDER BY version LIMIT $4
 """
 
+_READ_FIRSTS = f"""
+SELECT {_COLUMNS} FROM events WHERE stream_id = ANY($1::text[]) AND version = 1
+"""
+
 _READ_STREAMS = f"""
 SELECT {_COLUMNS} FROM events
 WHERE stream_id = ANY($1::text[]) AND (tx, position) <= ($2::text::xid8, $3::bigint)
@@ -571,6 +575,13 @@ class EventStore:
             _READ_STREAM, stream_id, from_version, up_to_position, limit
         )
         return [self._record(r) for r in rows]
+
+    async def read_firsts(
+        self, stream_ids: Sequence[str], *, conn: asyncpg.Connection | None = None
+    ) -> dict[str, RecordedEvent]:
+        """The first event of each of `stream_ids` that has one, by stream."""
+        rows = await (conn or self.pool).fetch(_READ_FIRSTS, list(stream_ids))
+        return {e.stream_id: e for e in map(self._record, rows)}
 
     async def read_streams(
         self,

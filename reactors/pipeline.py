@@ -14,17 +14,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 
 import asyncpg
 import sqlalchemy as sa
 from arq.connections import ArqRedis
-from redis.exceptions import RedisError
 
 from spool.adapters import dispatch_queue
 from spool.adapters.account_policy_store import load_policy
 from spool.adapters.event_store import EventStore
+from spool.adapters.periodic import run_periodically
 from spool.adapters.queue import Dispatch, dispatch, unit_for
 from spool.adapters.read_models.nodes import download_slots
 from spool.domain import fair_share, job
@@ -72,7 +71,6 @@ class PipelineReactor:
             job.StageInterrupted,
             job.JobCancelled,
             job.JobFailed,
-            job.JobCompleted,
         )
     )
 
@@ -95,13 +93,20 @@ class PipelineReactor:
         joined: dict[str, dispatch_queue.Entry] = {}
         left: dict[str, int] = {}
         units: list[Dispatch] = []
+        # A release or a retry joins with what the job was created with: read at once.
+        later = [
+            e.stream_id for e in events if isinstance(e.data, job.JobReleased | job.JobRetried)
+        ]
+        firsts = await self.store.read_firsts(later, conn=conn) if later else {}
         for e in events:
             job_id = e.stream_id.removeprefix("job-")
             ev = e.data
             if isinstance(ev, job.JobCreated | job.JobReleased | job.JobRetried):
                 if isinstance(ev, job.JobCreated) and ev.held:
                     continue
-                entry = await self._entry(conn, e, job_id)
+                first = firsts[e.stream_id].data if e.stream_id in firsts else None
+                created = ev if isinstance(ev, job.JobCreated) else first
+                entry = await self._entry(e, job_id, created)
                 if entry is not None:
                     joined[job_id] = entry
                 continue
@@ -124,7 +129,8 @@ class PipelineReactor:
         # out above), and a run leaving may be followed by the job's next run joining.
         await dispatch_queue.leave(conn, list(left.items()))
         await dispatch_queue.join(conn, list(joined.values()))
-        units += await self._send_due(conn)
+        if joined or left:  # else the line and the room are as the last pass left them
+            units += await self._send_due(conn)
         await _enqueue(self.redis, units)
 
     async def tick(self, conn: asyncpg.Connection, *, tidy: bool) -> None:
@@ -135,11 +141,9 @@ class PipelineReactor:
         await _enqueue(self.redis, await self._send_due(conn))
 
     async def _entry(
-        self, conn: asyncpg.Connection, e: RecordedEvent, job_id: str
+        self, e: RecordedEvent, job_id: str, created: object
     ) -> dispatch_queue.Entry | None:
-        ev = e.data
-        created = ev if isinstance(ev, job.JobCreated) else await self._created(conn, job_id)
-        if created is None:
+        if not isinstance(created, job.JobCreated):
             log.warning("job %s has no JobCreated: its %s is not dispatched", job_id, e.type)
             return None
         priority = created.options.priority
@@ -149,17 +153,12 @@ class PipelineReactor:
             job_id=job_id,
             account_id=created.account_id,
             batch_id=created.batch_id,
-            run=ev.run if isinstance(ev, job.JobRetried) else 1,
+            run=e.data.run if isinstance(e.data, job.JobRetried) else 1,
             priority=priority,
             seq=e.position,
             correlation_id=e.metadata.correlation_id,
             causation_id=event_id(e.position),
         )
-
-    async def _created(self, conn: asyncpg.Connection, job_id: str) -> job.JobCreated | None:
-        first = await self.store.read_stream(job.stream_id(job_id), 1, limit=1, conn=conn)
-        found = first[0].data if first else None
-        return found if isinstance(found, job.JobCreated) else None
 
     async def _share(self, account_id: str) -> Share:
         now = self.clock()
@@ -206,10 +205,10 @@ class PipelineReactor:
 
 def _run_leaving(ev: object) -> int | None:
     """The run whose download a job event ends the wait of, if any: a node started it, or the
-    run was cancelled or is over."""
+    run was cancelled or failed (a completed run started its download: it left then)."""
     if isinstance(ev, job.StageStarted):
         return ev.run if ev.stage == "download" else None
-    if isinstance(ev, job.JobCancelled | job.JobFailed | job.JobCompleted):
+    if isinstance(ev, job.JobCancelled | job.JobFailed):
         return ev.run
     return None
 
@@ -222,28 +221,26 @@ async def _enqueue(redis: ArqRedis, units: Sequence[Dispatch]) -> None:
         await asyncio.gather(*(dispatch(redis, u) for u in units[i : i + DISPATCH_AT_ONCE]))
 
 
-@dataclass(frozen=True)
 class Ticks:
     """The pipeline's passes between events, every `interval` seconds, under its checkpoint's
     lock (so never beside a batch being applied, in this process or another)."""
 
-    reactor: PipelineReactor
-    store: EventStore
-    interval: float = 1.0
+    def __init__(self, reactor: PipelineReactor, store: EventStore, interval: float = 1.0):
+        self.reactor = reactor
+        self.store = store
+        self.interval = interval
+        self.passes = 0
+
+    async def pass_once(self) -> None:
+        """One pass: send what there is room for; every `TIDY_EVERY`th, mend the line first."""
+        tidy = self.passes % TIDY_EVERY == 0
+        self.passes += 1
+        async with self.store.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            await locked_checkpoint(conn, self.reactor.name)
+            await self.reactor.tick(conn, tidy=tidy)
 
     async def run(self, stop: asyncio.Event) -> None:
-        passes = 0
-        while not stop.is_set():
-            try:
-                async with self.store.pool.acquire() as conn, conn.transaction():
-                    await conn.execute("SET LOCAL synchronous_commit = off")
-                    await locked_checkpoint(conn, self.reactor.name)
-                    await self.reactor.tick(conn, tidy=passes % TIDY_EVERY == 0)
-                passes += 1
-            except (OSError, RedisError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("pipeline pass failed: %s", exc)
-            try:
-                async with asyncio.timeout(self.interval):
-                    await stop.wait()
-            except TimeoutError:
-                pass
+        await run_periodically(
+            self.pass_once, interval=self.interval, stop=stop, what="pipeline pass", logger=log
+        )

@@ -56,6 +56,7 @@ DOCUMENTED: set[tuple[str, str]] = {
     ("PUT", "/admin/accounts/{account_id}/grants"),
     ("DELETE", "/admin/accounts/{account_id}/grants"),
     ("PUT", "/admin/accounts/{account_id}/quotas"),
+    ("PUT", "/admin/accounts/{account_id}/share"),
     # Media and signed links.
     ("GET", "/media/{job_id}"),
     ("HEAD", "/media/{job_id}"),

@@ -12,6 +12,7 @@ from typing import Any
 from spool.adapters.read_models.jobs import jobs
 from spool.domain import job
 from spool.keys import issue
+from spool.reactors.pipeline import PipelineReactor, Ticks
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer
 from tests.fixtures.waiting import until
@@ -85,6 +86,7 @@ async def test_a_high_priority_job_starts_before_the_accounts_older_normal_ones(
     async with start_cluster(with_node=False, download_concurrency=1) as cluster:
         url = media_server.url("clip.mp4")
         normal = [await _create(cluster, cluster.key, url, filename=f"n{i}") for i in range(6)]
+        await until(lambda: _waiting_is(cluster, 4), seconds=30)
         urgent = await _create(cluster, cluster.key, url, filename="h", priority="high")
         assert (await cluster.job(urgent))["priority"] == "high"
         assert (await cluster.job(normal[0]))["priority"] is None
@@ -143,6 +145,7 @@ async def test_an_admin_weight_gives_an_account_more_of_the_slots(
         assert answer.status_code == 200, answer.text
         assert answer.json()["share"] == {"weight": 3, "default_priority": "normal"}
         light = [await _create(cluster, cluster.key, url, filename=f"l{i}") for i in range(8)]
+        await until(lambda: _waiting_is(cluster, 6), seconds=30)
         heavy = [await _create(cluster, other.key, url, filename=f"h{i}") for i in range(8)]
         cluster.start_node(download_concurrency=1)
         await _all_completed(cluster, [*light, heavy[0]])
@@ -150,3 +153,32 @@ async def test_an_admin_weight_gives_an_account_more_of_the_slots(
         # Past the two sent before anyone else waited: three of heavy's for each of light's.
         window = order[2:10]
         assert sum(1 for j in window if j in heavy) >= 5, (order, heavy)
+
+
+async def test_a_line_whose_counts_went_wrong_is_mended_and_moves_again(
+    start_cluster: StartCluster, media_server: MediaServer
+) -> None:
+    async with start_cluster(with_node=False, download_concurrency=1) as cluster:
+        url = media_server.url("clip.mp4")
+        made = [await _create(cluster, cluster.key, url, filename=f"m{i}") for i in range(4)]
+        await until(lambda: _waiting_is(cluster, 2), seconds=30)
+        # As if an event had been missed: the account seems to have nothing waiting, and a
+        # job long started still holds room.
+        await cluster.pool.execute("UPDATE dispatch_accounts SET waiting = 0")
+        await cluster.pool.execute(
+            "INSERT INTO dispatch_sent (job_id, account_id, run, sent_at) "
+            "VALUES ('gone', $1, 1, now() - interval '1 hour')",
+            cluster.account_id,
+        )
+        await cluster.pool.execute(
+            f"INSERT INTO {jobs.name} (job_id, account_id, url, status, step, created_at, "
+            "updated_at, version, state) VALUES ('gone', $1, 'u', 'Completed', 'Finished', "
+            "now(), now(), 5, '{\"run\": 1}')",
+            cluster.account_id,
+        )
+        ticks = Ticks(PipelineReactor(cluster.redis, cluster.store), cluster.store)
+        await ticks.pass_once()  # the first pass of a process mends
+        assert await cluster.pool.fetchval("SELECT waiting FROM dispatch_accounts") == 2
+        assert await cluster.pool.fetchval("SELECT count(*) FROM dispatch_sent") == 2
+        cluster.start_node(download_concurrency=1)
+        await _all_completed(cluster, made)

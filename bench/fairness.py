@@ -1,0 +1,249 @@
+"""Fair shares: how long a small account waits behind a flood, and what a deep line costs.
+
+Spool runs as a user runs it (`spool reactors` and one no-op node of `bench.pipeline_noop`,
+each stage doing nothing), over a database of the bench's own. Jobs are appended as the API
+appends them (`JobCreated`), for two accounts:
+
+* **B alone**: account B submits `--small` jobs on the idle cluster; seconds from B's first
+  `JobCreated` to B's last `JobCompleted` (median of `--rounds`).
+* **B behind a flood**: account A submits `--flood` jobs in bulk, then B its `--small`; the same
+  span for B's jobs, and A's jobs/s. Run twice, side by side: with the line as shipped
+  (`SPOOL_DISPATCH_AHEAD` 1.0) and with first come, first served (every job sent to Redis at
+  once, as before the line: `SPOOL_DISPATCH_AHEAD` large), each on a cluster of its own.
+* **A deep line**: `--deep` jobs of one account wait (no node) beside a few of nine others; the
+  milliseconds a dispatch pass takes (`dispatch_queue.lines`, `fair_share.plan`,
+  `dispatch_queue.send` of `--concurrency` jobs, rolled back), against the same with 100 jobs
+  waiting, and the pipeline's time to put the deep line's jobs in line.
+
+    python -m bench.fairness                                  # about 3 minutes
+    python -m bench.fairness --flood 500 --deep 20000 --rounds 1   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import time
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+from bench.arguments import add_database_url
+from bench.cluster import Cluster, spool_cluster
+from bench.pipeline_noop import start_workers
+from spool.adapters import dispatch_queue
+from spool.adapters.database import create_pool
+from spool.adapters.event_store import EventStore, StreamAppend
+from spool.domain import fair_share, job
+from spool.domain.events import NewEvent
+
+SUBMITTERS = 8
+
+
+BULK = 500
+"""Jobs a bulk submission appends in one transaction, as `POST /jobs/bulk` does."""
+
+
+def _created(account: str) -> tuple[str, StreamAppend]:
+    jid = str(uuid.uuid4())
+    created = job.create(
+        job_id=jid, account_id=account, url=f"https://media.test/{jid}", options=job.JobOptions()
+    )
+    return jid, StreamAppend(job.stream_id(jid), [NewEvent(e) for e in created], 0)
+
+
+async def submit(store: EventStore, account: str, n: int, *, bulk: bool = False) -> list[str]:
+    """`n` jobs of `account`: one by one from `SUBMITTERS` at once, or (`bulk`) `BULK` to a
+    transaction; their ids."""
+    ids: list[str] = []
+    if bulk:
+        for start in range(0, n, BULK):
+            made = [_created(account) for _ in range(min(BULK, n - start))]
+            await store.append_many([a for _, a in made])
+            ids += [jid for jid, _ in made]
+        return ids
+
+    async def one_by_one(k: int) -> None:
+        for _ in range(k):
+            jid, append = _created(account)
+            await store.append(append.stream_id, append.events, 0)
+            ids.append(jid)
+
+    await asyncio.gather(
+        *(one_by_one(n // SUBMITTERS + (i < n % SUBMITTERS)) for i in range(SUBMITTERS))
+    )
+    return ids
+
+
+async def wait_done(pool: asyncpg.Pool, ids: Sequence[str], within: float = 900) -> None:
+    streams = [job.stream_id(i) for i in ids]
+    deadline = time.monotonic() + within
+    while await pool.fetchval(
+        "SELECT count(*) FROM events WHERE stream_id = ANY($1::text[]) AND type = $2",
+        streams,
+        job.JobCompleted.__name__,
+    ) < len(ids):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(ids)} jobs did not complete within {within} s")
+        await asyncio.sleep(0.05)
+
+
+async def span(pool: asyncpg.Pool, ids: Sequence[str]) -> float:
+    """Seconds from the first `JobCreated` of `ids` to their last `JobCompleted`."""
+    seconds: float = await pool.fetchval(
+        "SELECT extract(epoch FROM max(recorded_at) FILTER (WHERE type = $3) "
+        "- min(recorded_at) FILTER (WHERE type = $2))::float8 "
+        "FROM events WHERE stream_id = ANY($1::text[])",
+        [job.stream_id(i) for i in ids],
+        job.JobCreated.__name__,
+        job.JobCompleted.__name__,
+    )
+    return seconds
+
+
+async def wait_nodes(pool: asyncpg.Pool, n: int) -> None:
+    deadline = time.monotonic() + 120
+    while await pool.fetchval("SELECT count(*) FROM nodes") < n:
+        assert time.monotonic() < deadline, "the node did not register"
+        await asyncio.sleep(0.2)
+
+
+async def flood_run(args: argparse.Namespace, ahead: float) -> dict[str, list[float]]:
+    """B alone, then B behind A's flood, `args.rounds` times, with `SPOOL_DISPATCH_AHEAD=ahead`."""
+    found: dict[str, list[float]] = {"alone": [], "behind": [], "a_rate": []}
+    async with spool_cluster(args.database_url, "fairness") as cluster:
+        cluster.procs.start("reactors", "reactors", SPOOL_DISPATCH_AHEAD=str(ahead))
+        start_workers("spool-node", cluster, 1, args.concurrency)
+        pool = await create_pool(cluster.database_url, max_size=10)
+        store = EventStore(pool)
+        try:
+            await wait_nodes(pool, 1)
+            await wait_done(pool, await submit(store, "warm-up", args.small))
+            for r in range(args.rounds):
+                alone = await submit(store, f"b{r}", args.small)
+                await wait_done(pool, alone)
+                found["alone"].append(await span(pool, alone))
+                flood = await submit(store, f"a{r}", args.flood, bulk=True)
+                behind = await submit(store, f"b{r}", args.small)
+                await wait_done(pool, behind)
+                found["behind"].append(await span(pool, behind))
+                await wait_done(pool, flood)
+                found["a_rate"].append(args.flood / await span(pool, flood))
+                print(
+                    f"  ahead {ahead:g}, round {r + 1}: B alone {found['alone'][-1]:.3f} s, "
+                    f"behind the flood {found['behind'][-1]:.3f} s; A "
+                    f"{found['a_rate'][-1]:.0f} jobs/s",
+                    flush=True,
+                )
+        finally:
+            await pool.close()
+    return found
+
+
+async def pass_ms(pool: asyncpg.Pool, free: int, reps: int = 20) -> float:
+    """Median ms of one dispatch pass sending `free` jobs, each rolled back."""
+    times = []
+    async with pool.acquire() as conn:
+        for _ in range(reps):
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                t0 = time.perf_counter()
+                found = await dispatch_queue.lines(conn)
+                decided = fair_share.plan(free, found.lines)
+                sent = await dispatch_queue.send(conn, decided.order, decided.served)
+                times.append(time.perf_counter() - t0)
+                assert len(sent) == free
+            finally:
+                await tx.rollback()
+    return statistics.median(times) * 1000
+
+
+async def waiting(pool: asyncpg.Pool) -> int:
+    count: int = await pool.fetchval("SELECT count(*) FROM dispatch_waiting")
+    return count
+
+
+async def deep_run(args: argparse.Namespace, cluster: Cluster) -> dict[str, float]:
+    cluster.procs.start("reactors", "reactors")
+    pool = await create_pool(cluster.database_url, max_size=10)
+    store = EventStore(pool)
+    try:
+        others = [await submit(store, f"other-{k}", 10) for k in range(9)]
+        shallow = await submit(store, "deep", 10)
+        n = sum(map(len, others)) + len(shallow)
+        while await waiting(pool) < n - 2:  # MIN_AHEAD are sent, no node being online
+            await asyncio.sleep(0.05)
+        shallow_ms = await pass_ms(pool, args.concurrency)
+        t0 = time.monotonic()
+        await submit(store, "deep", args.deep, bulk=True)
+        appended = time.monotonic() - t0
+        while await waiting(pool) < n + args.deep - 2:
+            await asyncio.sleep(0.1)
+        lined = time.monotonic() - t0
+        deep_ms = await pass_ms(pool, args.concurrency)
+        return {
+            "shallow_ms": shallow_ms,
+            "deep_ms": deep_ms,
+            "appended_s": appended,
+            "lined_s": lined,
+        }
+    finally:
+        await pool.close()
+
+
+def report(
+    args: argparse.Namespace, runs: dict[str, dict[str, list[float]]], deep: dict[str, float]
+) -> str:
+    m = statistics.median
+    lines = [
+        f"{args.small} jobs of B; A's flood {args.flood} jobs; one node, {args.concurrency} "
+        f"of each stage; {args.rounds} round(s); medians",
+        "",
+        "| dispatch | B alone, s | B behind the flood, s | ratio | A jobs/s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, found in runs.items():
+        alone, behind = m(found["alone"]), m(found["behind"])
+        lines.append(
+            f"| {name} | {alone:.3f} | {behind:.3f} | {behind / alone:.2f}x | "
+            f"{m(found['a_rate']):.0f} |"
+        )
+    lines += [
+        "",
+        f"A dispatch pass sending {args.concurrency} jobs: {deep['shallow_ms']:.2f} ms with 100 "
+        f"jobs waiting, {deep['deep_ms']:.2f} ms with {args.deep + 100:,} waiting. The deep "
+        f"line's {args.deep:,} jobs: appended in {deep['appended_s']:.1f} s, all in line "
+        f"{deep['lined_s']:.1f} s after the first append.",
+    ]
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace) -> None:
+    runs = {
+        "fair line (ahead 1.0)": await flood_run(args, 1.0),
+        "first come, first served": await flood_run(args, 1_000_000.0),
+    }
+    async with spool_cluster(args.database_url, "deep") as cluster:
+        deep = await deep_run(args, cluster)
+    print()
+    print(report(args, runs, deep))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_database_url(p)
+    p.add_argument("--flood", type=int, default=2000, help="account A's jobs")
+    p.add_argument("--small", type=int, default=20, help="account B's jobs")
+    p.add_argument("--deep", type=int, default=100_000, help="jobs waiting in the deep line")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--concurrency", type=int, default=20, help="units of each stage at once")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run(parse_args()))
