@@ -36,6 +36,8 @@ DOCUMENTED: set[tuple[str, str]] = {
     ("POST", "/jobs/{job_id}/retry"),
     ("GET", "/jobs/{job_id}/trace"),
     ("PATCH", "/jobs/{job_id}"),
+    ("POST", "/jobs/actions"),
+    ("GET", "/operations/{operation_id}"),
     ("GET", "/batch/{batch_id}"),
     ("DELETE", "/batch/{batch_id}"),
     ("PATCH", "/batch/{batch_id}/jobs"),

@@ -6,6 +6,9 @@ every later write, replay and rebuild keeps them; indexes for the `JobQuery` fil
 `q` (text search) is ILIKE over one account's rows, without pg_trgm: the embedded server need
 not ship the extension.
 
+`operations`: each bulk action's folded state (adapters/read_models/operations.py), the
+`operations` projection's table.
+
 Revision ID: 0022_job_query
 Revises: 0021_live_progress
 Create Date: 2026-12-07
@@ -39,9 +42,27 @@ def upgrade() -> None:
         postgresql_using="gin",
         postgresql_ops={"labels": "jsonb_path_ops"},
     )
+    op.create_table(
+        "operations",
+        sa.Column("operation_id", sa.Text, primary_key=True),
+        sa.Column("account_id", sa.Text, nullable=False),
+        sa.Column("action", sa.Text, nullable=False),
+        sa.Column("status", sa.Text, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("state", pg.JSONB, nullable=False),
+    )
+    op.create_index(
+        "operations_running_idx",
+        "operations",
+        ["account_id", "created_at"],
+        postgresql_where=sa.text("status = 'running'"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("operations")
     op.drop_index("jobs_labels_idx", table_name="jobs")
     op.drop_index("jobs_account_host_idx", table_name="jobs")
     op.drop_column("jobs", "labels")
