@@ -205,6 +205,9 @@ async def advance(
             outcome, reason = "done", None
         else:
             outcome, reason = await _act(services, state, job_id, meta)
+            if outcome != "done" and await _acted_before(store, job_id, cause):
+                # Refused because another runner of this operation has just acted on it.
+                outcome, reason = "done", None
         first = False
         record = functools.partial(
             _handle, index=index, job_id=job_id, outcome=outcome, reason=reason

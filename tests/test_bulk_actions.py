@@ -239,6 +239,24 @@ async def test_an_admin_key_acts_across_accounts(
     assert shown["counts"] == {"matched": 2, "done": 2, "skipped": 0, "failed": 0}
 
 
+async def test_an_account_runs_at_most_three_operations_at_once(
+    client: httpx.AsyncClient, api_key: str, store: EventStore, runner: ProjectionRunner
+) -> None:
+    await _failed(client, store, api_key, 1)
+    await runner.settle()
+    for _ in range(3):
+        await _ask(client, api_key, action="retry", filter={"status": ["Failed"]})
+    await runner.settle()
+
+    refused = await client.post(
+        "/jobs/actions", json={"action": "retry", "filter": {}}, headers=_auth(api_key)
+    )
+    assert refused.status_code == 409
+    assert "3 operations of this account are still running" in refused.json()["error"]
+    # A dry run touches nothing, so it is not held back.
+    await _ask(client, api_key, action="retry", filter={}, dry_run=True)
+
+
 async def test_another_accounts_operation_answers_404(
     client: httpx.AsyncClient, api_key: str, other_api_key: str
 ) -> None:
