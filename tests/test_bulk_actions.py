@@ -18,6 +18,9 @@ from spool.domain import job
 from spool.keys import issue
 from spool.reactors.operations import OperationRunner
 from spool.reactors.projection import ProjectionRunner
+from tests.fixtures.cluster import Cluster
+from tests.fixtures.media import MediaServer
+from tests.fixtures.waiting import until
 from tests.test_job_query import complete, fail
 
 
@@ -307,3 +310,29 @@ async def test_a_read_only_key_cannot_ask_for_a_bulk_action(
         "/jobs/actions", json={"action": "cancel", "filter": {}}, headers=_auth(issued.key)
     )
     assert answer.status_code == 403
+
+
+async def test_a_running_cluster_deletes_the_files_of_the_jobs_a_label_names(
+    cluster: Cluster, media_server: MediaServer
+) -> None:
+    """End to end: the operations runner `spool reactors` starts carries the action out."""
+    made = [
+        await cluster.create(media_server.url("clip.mp4"), labels={"season": "old"})
+        for _ in range(2)
+    ]
+    kept = await cluster.create(media_server.url("clip.mp4"), labels={"season": "new"})
+    done = [await cluster.wait(j, "Completed") for j in (*made, kept)]
+    await cluster.runner.settle()
+
+    asked = await _ask(
+        cluster.client, cluster.key, action="delete_file", filter={"labels": {"season": "old"}}
+    )
+
+    async def finished() -> dict[str, object] | None:
+        shown = await _operation(cluster.client, cluster.key, asked["operation_id"])
+        return shown if shown["status"] == "finished" else None
+
+    shown = await until(finished)
+    assert shown["counts"] == {"matched": 2, "done": 2, "skipped": 0, "failed": 0}
+    assert [(await cluster.job(j))["file_deleted"] for j in (*made, kept)] == [True, True, False]
+    assert await cluster.storage.list_keys() == [done[2]["storage_key"]]
