@@ -234,7 +234,9 @@ async def test_labels_are_changed_by_patch_and_each_change_is_an_event(
     job_id = await _create(client, api_key, labels={"a": "1", "b": "2"})
 
     answer = await client.patch(
-        f"/jobs/{job_id}", json={"labels": {"b": None, "c": "3"}}, headers=_auth(api_key)
+        f"/jobs/{job_id}",
+        json={"labels": {"b": None, "c": "3"}},
+        headers={**_auth(api_key), "x-request-id": f"label-{job_id}"},
     )
 
     assert answer.status_code == 200, answer.text
@@ -247,6 +249,10 @@ async def test_labels_are_changed_by_patch_and_each_change_is_an_event(
     assert labelled["data"]["labels"] == {"a": "1", "c": "3"}
     assert labelled["data"]["changes"] == {"b": None, "c": "3"}
     assert labelled["metadata"]["actor"]
+    trace = (await client.get(f"/jobs/{job_id}/trace", headers=_auth(api_key))).json()
+    assert {"correlation_id": f"label-{job_id}", "first_event": "JobLabelled"}.items() <= next(
+        r for r in trace["requests"] if r["correlation_id"] == f"label-{job_id}"
+    ).items()
     await runner.settle()
     assert await listed(client, api_key, label="c=3") == [job_id]
     assert await listed(client, api_key, label="b=2") == []
