@@ -25,6 +25,9 @@ log = logging.getLogger("spool.operations")
 
 AT_ONCE = 10
 """Unfinished operations one pass looks at."""
+JOBS_PER_PASS = 200
+"""Jobs of each operation one pass of `run` handles: a long operation does not hold the others
+(of any account) back until it ends."""
 
 
 class OperationRunner:
@@ -48,16 +51,25 @@ class OperationRunner:
         )
         self.services = ActionServices(store, self.storages)
 
-    async def pass_once(self, budget: int | None = None) -> None:
+    async def pass_once(self, budget: int | None = None) -> bool:
         """One look: each unfinished operation is carried on (`budget` jobs each; None: to its
-        end)."""
+        end). Whether any is left unfinished."""
+        left = False
         for operation_id in await operation_rows.running(self.store.pool, AT_ONCE):
-            await advance(self.services, operation_id, budget=budget)
+            state = await advance(self.services, operation_id, budget=budget)
+            left = left or (state is not None and state.status == "running")
+        return left
 
     async def run(self, stop: asyncio.Event) -> None:
+        more = asyncio.Event()
+
+        async def look() -> None:
+            if await self.pass_once(JOBS_PER_PASS):
+                more.set()  # the next pass at once, not after `interval`
+
         try:
             await run_periodically(
-                self.pass_once, interval=self.interval, stop=stop, what="operations", logger=log
+                look, interval=self.interval, stop=stop, what="operations", wake=more, logger=log
             )
         finally:
             await self.storages.aclose()
