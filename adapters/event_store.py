@@ -26,6 +26,7 @@ from spool.domain import (  # noqa: F401
     idempotency,
     job,
     node,
+    operation,
     storage_config,
     task,
     viewer,

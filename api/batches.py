@@ -95,15 +95,19 @@ def _bulk_items(raw: bytes) -> tuple[list[CreateJobBody], bool]:
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise JobApiError(status_code=400, detail=f"jobs[{index}]: expected an object")
-        unknown = set(item) - {"url", "filename"}
+        unknown = set(item) - {"url", "filename", "labels"}
         if unknown:
             raise JobApiError(
                 status_code=400,
-                detail=f"jobs[{index}]: only url and filename may be set per item "
+                detail=f"jobs[{index}]: only url, filename and labels may be set per item "
                 f"(got {', '.join(sorted(unknown))})",
             )
+        merged = {**body, **item}
+        # The request's labels go on every job, an item's own on top of them.
+        if isinstance(body.get("labels"), dict) and isinstance(item.get("labels"), dict):
+            merged["labels"] = {**body["labels"], **item["labels"]}
         try:
-            bodies.append(msgspec.convert({**body, **item}, CreateJobBody, strict=True))
+            bodies.append(msgspec.convert(merged, CreateJobBody, strict=True))
         except msgspec.ValidationError as exc:
             raise JobApiError(status_code=400, detail=f"jobs[{index}]: {exc}") from None
     return bodies, paused
@@ -250,7 +254,7 @@ async def create_bulk(
             checked = validate_create_job(body)
         except JobApiError as exc:
             raise JobApiError(status_code=400, detail=f"jobs[{index}]: {exc.detail}") from None
-        valid.append(NewJob(url=checked.url, options=checked.options))
+        valid.append(NewJob(url=checked.url, options=checked.options, labels=checked.labels))
     for index, new in enumerate(valid):
         try:
             await refuse_forbidden_target(services, new.url)

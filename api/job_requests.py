@@ -16,6 +16,8 @@ import msgspec
 
 from spool.api.errors import JobApiError
 from spool.domain import job_options
+from spool.domain.errors import InvalidCommand
+from spool.domain.job_labels import check_labels
 from spool.domain.job_options import AskedOptions, InvalidOption, JobOptions
 
 __all__ = [
@@ -38,13 +40,17 @@ class CreateJobBody(AskedOptions, frozen=True, kw_only=True, forbid_unknown_fiel
     url: str
     paused: bool = False
     storage: dict[str, Any] | None = None
+    labels: dict[str, str] | None = None
+    """`key=value` tags to find the job by (domain/job_labels.py has the bounds)."""
 
 
 class ValidJob(msgspec.Struct, frozen=True):
-    """A create request that passed validation: the URL to fetch and the options to store."""
+    """A create request that passed validation: the URL to fetch, the options to store and the
+    job's labels."""
 
     url: str
     options: JobOptions
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 def _bad(detail: str) -> JobApiError:
@@ -115,6 +121,7 @@ def validate_create_job(body: CreateJobBody) -> ValidJob:
         if body.storage is not None and not body.storage:
             raise InvalidOption("storage must name a provider and its settings")
         options = job_options.resolve(body)
-    except InvalidOption as exc:
+        labels = check_labels(body.labels or {})
+    except (InvalidOption, InvalidCommand) as exc:
         raise _bad(str(exc)) from None
-    return ValidJob(url=url, options=options)
+    return ValidJob(url=url, options=options, labels=labels)

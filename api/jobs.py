@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 import time
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import Parameter
 
 from spool.adapters import live_progress
@@ -27,6 +27,7 @@ from spool.api.batches import create_bulk, job_storage
 from spool.api.bodies import reads_body
 from spool.api.errors import JobApiError
 from spool.api.idempotency import IdempotencyKey, created, earlier_answer, idempotency_of
+from spool.api.job_filters import query_of_params
 from spool.api.job_requests import CreateJobBody, decode_create_job_body, validate_create_job
 from spool.api.probes import run_probe
 from spool.api.requests import command_metadata
@@ -95,6 +96,7 @@ class JobView(msgspec.Struct, omit_defaults=False):
     webhook_status: str | None
     created_at: int
     finished_at: int | None
+    labels: dict[str, str]
     priority: str | int | None = None
     """As asked (a word where one fits); null: the account's default (domain/fair_share.py)."""
 
@@ -113,6 +115,21 @@ class FileDeletedAnswer(msgspec.Struct):
 class JobPage(msgspec.Struct):
     jobs: list[JobView]
     next_cursor: str | None
+
+
+class LabelsBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`PATCH /jobs/{id}`: each key given a string is set, each given null removed, the others
+    kept."""
+
+    labels: dict[str, str | None]
+
+
+class LabelsAnswer(msgspec.Struct):
+    job_id: str
+    labels: dict[str, str]
+
+
+_decode_labels = msgspec.json.Decoder(LabelsBody).decode
 
 
 class EventView(msgspec.Struct):
@@ -217,6 +234,7 @@ def view(state: job.JobState, links: Links | None = None) -> JobView:
         webhook_status=state.webhook_status,
         created_at=created,
         finished_at=finished,
+        labels=state.labels,
         priority=None
         if state.options.priority is None
         else fair_share.priority_word(state.options.priority),
@@ -305,7 +323,6 @@ def _parse_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 MAX_VERSION = 2**31 - 1  # stream versions are PostgreSQL integers
-StatusFilter = Literal["Pending", "Processing", "Completed", "Failed", "Cancelled"]
 
 
 class JobsController(Controller):
@@ -343,7 +360,7 @@ class JobsController(Controller):
         storage = (
             await job_storage(request, services, principal, body.storage) if body.storage else None
         )
-        new = NewJob(url=valid.url, options=valid.options, storage=storage)
+        new = NewJob(url=valid.url, options=valid.options, storage=storage, labels=valid.labels)
         account_id = principal.account_id
         if playlist is not None:
             batch = await commands.create_playlist(
@@ -428,18 +445,48 @@ class JobsController(Controller):
         self,
         services: Services,
         principal: Principal,
-        status: StatusFilter | None = None,
+        status: list[str] | None = None,
         batch_id: str | None = None,
+        label: list[str] | None = None,
+        host: str | None = None,
+        created_after: str | None = None,
+        created_before: str | None = None,
+        finished_after: str | None = None,
+        finished_before: str | None = None,
+        error_type: str | None = None,
+        error: str | None = None,
+        q: str | None = None,
         limit: Annotated[int, Parameter(ge=1, le=100)] = 50,
         cursor: str | None = None,
     ) -> JobPage:
-        """The caller's jobs, newest first; pass `next_cursor` as `cursor` for the next page."""
+        """The caller's jobs, newest first; pass `next_cursor` as `cursor` for the next page
+        (with the same filters).
+
+        Filters, all of which must match: `status` (repeatable or comma-separated: any of
+        them), `batch_id`, `label=key=value` (repeatable: every pair), `host` (the source URL's
+        host), `created_after` / `created_before`, `finished_after` / `finished_before` (ISO
+        8601 or ms since the epoch; after inclusive, before exclusive), `error_type`, `error`
+        (text the error contains) and `q` (text the title, file name or URL contains; both
+        case-insensitive).
+        """
+        query = query_of_params(
+            status=status or (),
+            batch_id=batch_id,
+            label=label or (),
+            host=host,
+            created_after=created_after,
+            created_before=created_before,
+            finished_after=finished_after,
+            finished_before=finished_before,
+            error_type=error_type,
+            error=error,
+            q=q,
+        )
         after = _parse_cursor(cursor) if cursor else None
         found = await job_rows.page(
             services.pool,
             principal.account_id,
-            status=status,
-            batch_id=batch_id,
+            query,
             after=after,
             limit=limit,
             live_within=live_progress.fresh_within(services.settings),
@@ -479,3 +526,24 @@ class JobsController(Controller):
             ],
             next_from_version=page[-1].version + 1 if len(events) > limit else None,
         )
+
+    @patch("/{job_id:str}", status_code=200)
+    async def label_job(
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        job_id: str,
+        principal: Principal,
+        data: LabelsBody,
+    ) -> LabelsAnswer:
+        """Change a job's labels: `{"labels": {"key": "value", "gone": null}}` sets `key`,
+        removes `gone` and keeps every other label; recorded as a `JobLabelled` event."""
+        try:
+            body = _decode_labels(await request.body())  # strictly: `1` is not "1"
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise JobApiError(status_code=400, detail=f"Invalid body: {exc}") from None
+        meta = command_metadata(request, principal.key_id)
+        state = await commands.label_job(
+            services.store, principal.account_id, job_id, body.labels, meta
+        )
+        return LabelsAnswer(job_id=state.job_id, labels=state.labels)

@@ -41,6 +41,7 @@ class NewJob(msgspec.Struct, frozen=True):
     options: job.JobOptions
     title: str | None = None
     storage: StorageConfigured | None = None
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class JobCreatedAnswer(msgspec.Struct):
@@ -103,6 +104,7 @@ def plan_batch(
                     held=paused,
                     title=new.title,
                     storage=new.storage,
+                    labels=new.labels,
                 )
             ],
             0,
@@ -133,6 +135,7 @@ async def create_job(
         url=new.url,
         options=new.options,
         storage=new.storage,
+        labels=new.labels,
     )
     appends = [StreamAppend(job.stream_id(job_id), [NewEvent(e, meta) for e in events], 0)]
     answer = JobCreatedAnswer(job_id=job_id)
@@ -159,7 +162,13 @@ async def create_playlist(
     # shared `filename` that every episode would overwrite.
     options = msgspec.structs.replace(source.options, filename=None)
     new_jobs = [
-        NewJob(url=entry.url, options=options, title=entry.title, storage=source.storage)
+        NewJob(
+            url=entry.url,
+            options=options,
+            title=entry.title,
+            storage=source.storage,
+            labels=source.labels,
+        )
         for entry in playlist.entries
     ]
     plan = plan_batch(
@@ -249,3 +258,14 @@ async def delete_job_file(
             f"(replaced or removed); {removed}"
         )
     return await decide(store, account_id, job_id, job.delete_file, meta)
+
+
+async def label_job(
+    store: EventStore,
+    account_id: str,
+    job_id: str,
+    changes: dict[str, str | None],
+    meta: Metadata,
+) -> job.JobState:
+    """Set (a string) or remove (None) some of a job's labels, keeping the others."""
+    return await decide(store, account_id, job_id, lambda s: job.label(s, changes), meta)

@@ -17,6 +17,7 @@ import msgspec
 from spool.domain.aggregate import Aggregate
 from spool.domain.errors import InvalidTransition
 from spool.domain.events import Event, event, registry
+from spool.domain.job_labels import changed, check_labels
 from spool.domain.job_options import JobOptions as JobOptions
 from spool.domain.job_options import output_ext as output_ext
 from spool.domain.node_health import Blame
@@ -80,6 +81,8 @@ class JobCreated(Event, frozen=True, kw_only=True):
     title: str | None = None
     # A storage for this job only, its credentials sealed with the account's key.
     storage: StorageConfigured | None = None
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    """The user's `key=value` tags (domain/job_labels.py); none in histories before them."""
 
 
 @event
@@ -255,6 +258,15 @@ WebhookKind = Literal["job.completed", "job.failed"]
 
 
 @event
+class JobLabelled(Event, frozen=True, kw_only=True):
+    """The user changed the job's labels (`PATCH /jobs/{id}`): `labels` is the whole set after
+    the change, `changes` what was asked (a key's None removed it)."""
+
+    labels: dict[str, str]
+    changes: dict[str, str | None] = msgspec.field(default_factory=dict)
+
+
+@event
 class WebhookDelivered(Event, frozen=True, kw_only=True):
     kind: WebhookKind
     url: str
@@ -341,6 +353,7 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     webhook_attempts: int = 0
     timings: dict[str, StageTiming] = msgspec.field(default_factory=dict)
     """Each stage's timing in the current run."""
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
 
     @property
     def terminal(self) -> bool:
@@ -386,6 +399,7 @@ def create(
     held: bool = False,
     title: str | None = None,
     storage: StorageConfigured | None = None,
+    labels: dict[str, str] | None = None,
 ) -> list[Event]:
     """Decide the events that create a job."""
     return [
@@ -398,6 +412,7 @@ def create(
             held=held,
             title=title,
             storage=storage,
+            labels=check_labels(labels or {}),
         )
     ]
 
@@ -609,6 +624,12 @@ def delete_file(state: JobState) -> list[Event]:
     return [FileDeleted(key=state.key)]
 
 
+def label(state: JobState, changes: dict[str, str | None]) -> list[Event]:
+    """Change a job's labels, whatever its status; nothing when they would stay the same."""
+    after = changed(state.labels, changes)
+    return [] if after == state.labels else [JobLabelled(labels=after, changes=dict(changes))]
+
+
 # -- evolve ----------------------------------------------------------------------------------
 
 
@@ -628,6 +649,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             held=ev.held,
             title=ev.title,
             storage_override=ev.storage,
+            labels=dict(ev.labels),
             created_at=at,
             updated_at=at,
             version=version,
@@ -810,6 +832,8 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
     elif isinstance(ev, JobRenamed):
         options = replace(state.options, filename=ev.filename)
         return replace(state, updated_at=at, version=version, options=options)
+    elif isinstance(ev, JobLabelled):
+        return replace(state, updated_at=at, version=version, labels=dict(ev.labels))
     return replace(state, updated_at=at, version=version)
 
 
@@ -884,6 +908,7 @@ AGGREGATE: Aggregate[JobState] = Aggregate(
         FileDeleted,
         WebhookDelivered,
         WebhookFailed,
+        JobLabelled,
     ),
 )
 

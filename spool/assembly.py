@@ -19,6 +19,7 @@ from spool.adapters.event_store import EventStore
 from spool.adapters.settings import Settings
 from spool.adapters.storage import ObjectStorage
 from spool.reactors.node_health import NodeHealthReactor
+from spool.reactors.operations import OperationRunner
 from spool.reactors.pipeline import PipelineReactor, Ticks
 from spool.reactors.projection import ProjectionRunner
 from spool.reactors.reconciler import Reconciler
@@ -32,9 +33,10 @@ PIPELINE = "pipeline"
 SCHEDULER = "scheduler"
 RECONCILER = "reconciler"
 VIEWER_TIMEOUTS = "viewer-timeouts"
+OPERATIONS = "operations"
 NODE = "node"
 
-REACTORS = (PROJECTIONS, PIPELINE, SCHEDULER, RECONCILER, VIEWER_TIMEOUTS)
+REACTORS = (PROJECTIONS, PIPELINE, SCHEDULER, RECONCILER, VIEWER_TIMEOUTS, OPERATIONS)
 """Every log follower and periodic pass: what `spool reactors` runs, and `spool up` beside the
 API and a node."""
 
@@ -72,6 +74,8 @@ class Timings:
     heartbeat config's timeout)."""
     viewer_tick: float | None = None
     """Between viewer timeout passes (None: a third of the viewer timeout)."""
+    operations_tick: float = 1.0
+    """Between the operations runner's looks for unfinished bulk actions."""
 
 
 def assemble(
@@ -133,6 +137,10 @@ def assemble(
         built[RECONCILER] = Reconciler(store, redis, settings)
     if VIEWER_TIMEOUTS in parts:
         built[VIEWER_TIMEOUTS] = ViewerTimeouts(store, settings, tick=timings.viewer_tick)
+    if OPERATIONS in parts:
+        built[OPERATIONS] = OperationRunner(
+            store, settings, storage, interval=timings.operations_tick
+        )
     if NODE in parts:
         built[NODE] = node_type(store=store, redis=redis, storage=storage, settings=settings)
     return built

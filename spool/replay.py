@@ -106,6 +106,9 @@ def _job_note(ev: Event, e: RecordedEvent, names: Names) -> str:
         return f"{_by(e, names)}: {ev.reason}" + (f" (during {ev.stage})" if ev.stage else "")
     if isinstance(ev, job.JobRetried | job.JobReleased | job.JobRenamed | job.FileDeleted):
         return f"{_data(ev)} {_by(e, names)}".strip()
+    if isinstance(ev, job.JobLabelled):
+        shown = ", ".join(f"{k}={v}" for k, v in ev.labels.items()) or "none"
+        return f"labels now {shown} {_by(e, names)}".strip()
     return _data(ev)
 
 

@@ -54,6 +54,7 @@ async def test_spool_up_gets_every_reactor_and_a_node_by_name(
         "scheduler",
         "reconciler",
         "viewer-timeouts",
+        "operations",
         "node",
     ]
     assert parts["projections"] is runner  # the runner the process also waits on

@@ -240,7 +240,7 @@ async def test_bulk_creates_every_job_and_they_complete(
         ),
         (
             [{"url": "http://media.test/a.mp4", "format": "mkv"}],
-            "jobs[0]: only url and filename may be set per item (got format)",
+            "jobs[0]: only url, filename and labels may be set per item (got format)",
         ),
         ([], "`jobs` must be a non-empty list"),
         ([{"url": "http://media.test/a.mp4"}] * 101, "Too many jobs (max 100 per request)"),

@@ -38,6 +38,7 @@ from spool.domain import (
     cluster_config,
     job,
     node,
+    operation,
     storage_config,
     task,
     viewer,
@@ -45,6 +46,7 @@ from spool.domain import (
 from spool.domain.aggregate import Aggregate, steps
 from spool.domain.errors import ConcurrencyError, DomainError
 from spool.domain.events import Event, Metadata, NewEvent
+from spool.domain.job_query import JobQuery
 
 META = Metadata(actor="repository-test")
 
@@ -275,6 +277,12 @@ def _history(kind: str, aggregate_id: str) -> tuple[list[Event], list[Event]]:
             heartbeat=cluster_config.HeartbeatConfig(interval=2)
         )
         return [changed], [cluster_config.ConfigReset()]
+    if kind == "operation":
+        asked = operation.request(
+            operation_id=aggregate_id, account_id="a", accounts=["a"], action="retry",
+            filter=JobQuery(status=["Failed"]), dry_run=False, matched=1, job_ids=["j1"],
+        )  # fmt: skip
+        return asked, [operation.OperationJobDone(index=0, job_id="j1")]
     assert kind == "node"
     started = node.NodeStarted(
         node_id=aggregate_id, hostname="h", ip="127.0.0.1", role="worker", tags=[],
@@ -293,6 +301,7 @@ AGGREGATES: list[Aggregate[Any]] = [
     account_policy.AGGREGATE,
     cluster_config.AGGREGATE,
     node.AGGREGATE,
+    operation.AGGREGATE,
 ]
 
 

@@ -20,6 +20,7 @@ from spool.adapters.viewer_store import load_viewers
 from spool.domain import job, task, viewer
 from spool.domain.aggregate import steps
 from spool.domain.events import Metadata, NewEvent
+from spool.domain.job_query import JobQuery
 from spool.reactors.projection import ProjectionRunner
 from tests.test_viewers_projection import append, connected, stats, unique
 
@@ -122,8 +123,7 @@ async def test_a_job_row_an_older_shape_wrote_is_folded_again_when_the_job_moves
     listed = await job_rows.page(
         store.pool,
         account_id,
-        status=None,
-        batch_id=None,
+        JobQuery(),
         after=None,
         limit=10,
         live_within=live_progress.fresh_within(Settings()),

@@ -24,6 +24,13 @@ from spool.adapters.read_models.state_projection import Field, StateProjection, 
 from spool.adapters.tables import metadata
 from spool.domain import batch, job
 from spool.domain.events import RecordedEvent
+from spool.domain.job_query import JobQuery
+
+HOST_OF_URL = (
+    "lower(substring(url from '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\\[[^]]*\\]|[^:/?#]+)'))"
+)
+"""The host of a job's source URL, lower-cased (`JobQuery.host`): what follows the scheme and
+any user info, up to a port, path, query or fragment."""
 
 jobs = sa.Table(
     "jobs",
@@ -51,6 +58,17 @@ jobs = sa.Table(
     ),
     sa.Index("jobs_account_created_idx", "account_id", sa.text("created_at DESC"), "job_id"),
     sa.Index("jobs_batch_idx", "batch_id", postgresql_where=sa.text("batch_id IS NOT NULL")),
+    # What `JobQuery` filters on beside the columns above (migration 0022): generated from the
+    # row's own values, so every write, replay and rebuild keeps them without a line of code.
+    sa.Column("host", sa.Text, sa.Computed(HOST_OF_URL, persisted=True)),
+    sa.Column("labels", pg.JSONB, sa.Computed("state -> 'labels'", persisted=True)),
+    sa.Index("jobs_account_host_idx", "account_id", "host"),
+    sa.Index(
+        "jobs_labels_idx",
+        "labels",
+        postgresql_using="gin",
+        postgresql_ops={"labels": "jsonb_path_ops"},
+    ),
 )
 
 ROWS = StateRows(
@@ -185,41 +203,85 @@ class JobsFound(NamedTuple):
     last: tuple[datetime, str] | None
 
 
-_PAGE = f"""
-SELECT state, created_at, job_id,
-       ({live_progress.LIVE_OF_JOB.format(job_id="jobs.job_id", fresh="$7")}) AS live
-FROM jobs
-WHERE account_id = $1
-  AND ($2::text IS NULL OR status = $2)
-  AND ($3::text IS NULL OR batch_id = $3)
-  AND ($4::timestamptz IS NULL OR (created_at, job_id) < ($4, $5))
-ORDER BY created_at DESC, job_id DESC
-LIMIT $6
-"""
+_ESCAPE_LIKE = str.maketrans({"\\": "\\\\", "%": "\\%", "_": "\\_"})
+
+
+def _contains(text: str) -> str:
+    """An ILIKE pattern for `text` anywhere, its own `%`, `_` and `\\` taken literally."""
+    return f"%{text.translate(_ESCAPE_LIKE)}%"
+
+
+def where(query: JobQuery, accounts: Sequence[str] | None, args: list[Any]) -> str:
+    """The SQL condition on `jobs` that `query` means, for jobs of `accounts` (None: every
+    account's), its values appended to `args` as positional parameters: the one builder behind
+    `page` and `matching`. `q` and `error` are ILIKE over the account's rows (no trigram index:
+    the embedded server need not have pg_trgm)."""
+
+    def arg(value: Any, cast: str = "") -> str:
+        args.append(value)
+        return f"${len(args)}{cast}"
+
+    found: list[str] = []
+    if accounts is not None:
+        if len(accounts) == 1:
+            found.append(f"account_id = {arg(accounts[0])}")
+        else:
+            found.append(f"account_id = ANY({arg(list(accounts), '::text[]')})")
+    if query.status:
+        found.append(f"status = ANY({arg(list(query.status), '::text[]')})")
+    if query.batch_id is not None:
+        found.append(f"batch_id = {arg(query.batch_id)}")
+    if query.labels:
+        found.append(f"labels @> {arg(_json(query.labels), '::jsonb')}")
+    if query.host is not None:
+        found.append(f"host = {arg(query.host)}")
+    for column, after, before in (
+        ("created_at", query.created_after, query.created_before),
+        ("finished_at", query.finished_after, query.finished_before),
+    ):
+        if after is not None:
+            found.append(f"{column} >= {arg(after, '::timestamptz')}")
+        if before is not None:
+            found.append(f"{column} < {arg(before, '::timestamptz')}")
+    if query.error_type is not None:
+        found.append(f"state->>'error_type' = {arg(query.error_type)}")
+    if query.error is not None:
+        found.append(f"state->>'error' ILIKE {arg(_contains(query.error))}")
+    if query.q is not None:
+        text = arg(_contains(query.q))
+        found.append(
+            f"(url ILIKE {text} OR state->>'title' ILIKE {text}"
+            f" OR state->'options'->>'filename' ILIKE {text} OR state->>'key' ILIKE {text})"
+        )
+    return " AND ".join(found) or "true"
+
+
+_json = msgspec.json.Encoder().encode
 
 
 async def page(
     pool: asyncpg.Pool,
     account_id: str,
+    query: JobQuery,
     *,
-    status: str | None,
-    batch_id: str | None,
     after: tuple[datetime, str] | None,
     limit: int,
     live_within: timedelta,
 ) -> JobsFound:
-    """An account's jobs newest first, `after` the (created_at, job_id) of a previous page's
-    last row, each with the live progress of its current unit sent within `live_within`
-    (adapters/live_progress.py); `more` says whether another page follows."""
+    """An account's jobs that match `query`, newest first, `after` the (created_at, job_id) of
+    a previous page's last row, each with the live progress of its current unit sent within
+    `live_within` (adapters/live_progress.py); `more` says whether another page follows."""
+    args: list[Any] = [live_within]
+    condition = where(query, [account_id], args)
+    if after is not None:
+        condition += f" AND (created_at, job_id) < (${len(args) + 1}, ${len(args) + 2})"
+        args += [after[0], after[1]]
+    args.append(limit + 1)
+    live = live_progress.LIVE_OF_JOB.format(job_id="jobs.job_id", fresh="$1")
     rows = await pool.fetch(
-        _PAGE,
-        account_id,
-        status,
-        batch_id,
-        after[0] if after else None,
-        after[1] if after else None,
-        limit + 1,
-        live_within,
+        f"SELECT state, created_at, job_id, ({live}) AS live FROM jobs WHERE {condition}"
+        f" ORDER BY created_at DESC, job_id DESC LIMIT ${len(args)}",
+        *args,
     )
     shown = rows[:limit]
     return JobsFound(
@@ -227,6 +289,33 @@ async def page(
         len(rows) > limit,
         (shown[-1][1], shown[-1][2]) if shown else None,
     )
+
+
+class Matched(NamedTuple):
+    """The ids of jobs a query matched (oldest first), and how many matched in all."""
+
+    job_ids: list[str]
+    total: int
+
+
+async def matching(
+    db: asyncpg.Pool | asyncpg.Connection,
+    accounts: Sequence[str] | None,
+    query: JobQuery,
+    *,
+    limit: int,
+) -> Matched:
+    """The ids of up to `limit` jobs of `accounts` (None: all) that match `query`, oldest
+    first, and the count of all that match: what a bulk action snapshots when it is asked."""
+    args: list[Any] = []
+    condition = where(query, accounts, args)
+    args.append(limit)
+    rows = await db.fetch(
+        f"SELECT job_id, count(*) OVER () FROM jobs WHERE {condition}"
+        f" ORDER BY created_at, job_id LIMIT ${len(args)}",
+        *args,
+    )
+    return Matched([r[0] for r in rows], rows[0][1] if rows else 0)
 
 
 async def count_by_status_step(pool: asyncpg.Pool) -> list[asyncpg.Record]:
