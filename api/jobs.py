@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -35,7 +35,7 @@ from spool.api.targets import refuse_forbidden_target
 from spool.application import jobs as commands
 from spool.application.batches import BulkAnswer
 from spool.application.jobs import BatchCreatedAnswer, JobCreatedAnswer, NewJob
-from spool.domain import job
+from spool.domain import failure_groups, job
 from spool.domain.events import Metadata
 
 _to_builtins = msgspec.to_builtins
@@ -299,6 +299,53 @@ def _parse_cursor(cursor: str) -> tuple[datetime, str]:
         raise JobApiError(status_code=400, detail="Invalid cursor") from None
 
 
+class FailureGroupView(msgspec.Struct):
+    """Failed jobs that failed the same way: `message` with hosts, URLs, ids, sizes and quoted
+    names made placeholders (domain/failure_groups.py); times are ms since the epoch."""
+
+    group_id: str
+    error_type: str
+    message: str
+    count: int
+    first_failed_at: int
+    last_failed_at: int
+    job_ids: list[str]
+
+
+class FailuresAnswer(msgspec.Struct):
+    groups: list[FailureGroupView]
+
+
+def _since(raw: str) -> datetime:
+    """`since`: ms since the epoch, or an ISO 8601 time (naive is UTC); 400 otherwise."""
+    text = raw.strip()
+    try:
+        if text.isdigit():
+            return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
+        at = datetime.fromisoformat(text)
+    except (ValueError, OverflowError, OSError):
+        raise JobApiError(
+            status_code=400,
+            detail="since: expected ms since the epoch or an ISO 8601 time such as "
+            f"2026-12-01T10:00:00Z, got {raw!r}",
+        ) from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _failure_view(g: job_rows.FailureGroup) -> FailureGroupView:
+    first, last = _ms(g.first_failed_at), _ms(g.last_failed_at)
+    assert first is not None and last is not None
+    return FailureGroupView(
+        group_id=g.group_id,
+        error_type=g.error_type,
+        message=failure_groups.normalise(g.message),
+        count=g.job_count,
+        first_failed_at=first,
+        last_failed_at=last,
+        job_ids=g.job_ids,
+    )
+
+
 MAX_VERSION = 2**31 - 1  # stream versions are PostgreSQL integers
 StatusFilter = Literal["Pending", "Processing", "Completed", "Failed", "Cancelled"]
 
@@ -474,3 +521,29 @@ class JobsController(Controller):
             ],
             next_from_version=page[-1].version + 1 if len(events) > limit else None,
         )
+
+    @get("/failures")
+    async def job_failures(
+        self,
+        services: Services,
+        principal: Principal,
+        since: str | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+        all_accounts: bool = False,
+    ) -> FailuresAnswer:
+        """Why jobs fail: the caller's Failed jobs grouped by error type and normalised message
+        (hosts, URLs, ids, sizes stripped), most jobs first, each with its count, first and
+        last failure, up to 5 job ids and its `group_id`. A retried job leaves its group.
+
+        `since` (ms since the epoch or ISO 8601) counts only jobs that failed since then;
+        `all_accounts=true` (an admin key only) groups every account's jobs.
+        """
+        if all_accounts and not principal.admin:
+            raise JobApiError(status_code=403, detail="all_accounts needs an admin key")
+        found = await job_rows.failures(
+            services.pool,
+            None if all_accounts else principal.account_id,
+            since=_since(since) if since is not None else None,
+            limit=limit,
+        )
+        return FailuresAnswer(groups=[_failure_view(g) for g in found])

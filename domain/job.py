@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from spool.domain import failure_groups
 from spool.domain.aggregate import Aggregate
 from spool.domain.errors import InvalidTransition
 from spool.domain.events import Event, event, registry
@@ -350,6 +351,14 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     def queued_at(self) -> datetime:
         """When the current run was asked for: the job's creation, or its latest retry."""
         return self.retried_at or self.created_at
+
+    @property
+    def failure_group(self) -> str | None:
+        """The group of a Failed job's failure (domain/failure_groups.py); None otherwise, so a
+        retried job leaves its group."""
+        if self.status != "Failed" or self.error is None:
+            return None
+        return failure_groups.group_id(self.error_type or "error", self.error)
 
 
 API_CODEC_WORDS: dict[str, str] = {"hevc": "h265"}
