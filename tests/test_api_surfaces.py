@@ -35,6 +35,7 @@ DOCUMENTED: set[tuple[str, str]] = {
     ("DELETE", "/jobs/{job_id}/file"),
     ("POST", "/jobs/{job_id}/retry"),
     ("GET", "/jobs/{job_id}/trace"),
+    ("GET", "/jobs/failures"),
     ("GET", "/batch/{batch_id}"),
     ("DELETE", "/batch/{batch_id}"),
     ("PATCH", "/batch/{batch_id}/jobs"),
