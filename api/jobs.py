@@ -19,12 +19,13 @@ from spool.adapters.file_links import file_link
 from spool.adapters.job_store import load_job_as_of
 from spool.adapters.playlists import Playlist, extract_playlist, looks_like_media
 from spool.adapters.read_models import jobs as job_rows
+from spool.adapters.read_models import nodes as node_rows
 from spool.adapters.settings import Settings
 from spool.adapters.ssrf import UrlGuard
 from spool.api.as_of import BadAsOf, parse_as_of
 from spool.api.auth import Principal
 from spool.api.batches import create_bulk, job_storage
-from spool.api.bodies import reads_body
+from spool.api.bodies import READS_BODY, reads_body
 from spool.api.errors import JobApiError
 from spool.api.idempotency import IdempotencyKey, created, earlier_answer, idempotency_of
 from spool.api.job_requests import CreateJobBody, decode_create_job_body, validate_create_job
@@ -346,6 +347,23 @@ def _failure_view(g: job_rows.FailureGroup) -> FailureGroupView:
     )
 
 
+class RetryBody(msgspec.Struct, forbid_unknown_fields=True):
+    """`POST /jobs/{id}/retry`'s optional body."""
+
+    from_stage: job.Stage = "download"
+
+
+def _retry_body(raw: bytes) -> RetryBody:
+    """The retry's body (none: from download); a 400 naming what is wrong."""
+    try:
+        return msgspec.json.decode(raw.strip() or b"{}", type=RetryBody, strict=True)
+    except msgspec.ValidationError as exc:
+        detail = f"Invalid body: {exc}; from_stage is one of download, mux, upload"
+        raise JobApiError(status_code=400, detail=detail) from None
+    except msgspec.DecodeError as exc:
+        raise JobApiError(status_code=400, detail=f"The body is not valid JSON: {exc}") from None
+
+
 MAX_VERSION = 2**31 - 1  # stream versions are PostgreSQL integers
 StatusFilter = Literal["Pending", "Processing", "Completed", "Failed", "Cancelled"]
 
@@ -443,13 +461,28 @@ class JobsController(Controller):
         state = await commands.cancel_job(services.store, principal.account_id, job_id, meta)
         return JobAction(job_id=state.job_id, status=state.status)
 
-    @post("/{job_id:str}/retry", status_code=200)
+    @post("/{job_id:str}/retry", status_code=200, opt=READS_BODY)
     async def retry_job(
         self, request: Request[Any, Any, Any], services: Services, job_id: str, principal: Principal
     ) -> JobAction:
-        """Start a Failed or Cancelled job again from download (within `max_running_jobs`)."""
+        """Start a Failed or Cancelled job again (within `max_running_jobs`): from download, or
+        with `{"from_stage": "mux"|"upload"}` from the files its last run left on its node,
+        without downloading again. 409 when that node is not online; should the node find the
+        files gone, the stage fails saying so, and a retry from download is what is left."""
+        from_stage = _retry_body(await request.body()).from_stage
+        if from_stage != "download":
+            owned = await load_job(services, job_id, principal)  # 404 for anyone else's
+            node_id = owned.node_id
+            if node_id is not None and not await node_rows.is_online(services.pool, node_id):
+                raise JobApiError(
+                    status_code=409,
+                    detail=f"Node {node_id}, which holds this job's files, is not online; "
+                    "retry from download",
+                )
         meta = command_metadata(request, principal.key_id)
-        state = await commands.retry_job(services.store, principal.account_id, job_id, meta)
+        state = await commands.retry_job(
+            services.store, principal.account_id, job_id, meta, from_stage
+        )
         return JobAction(job_id=state.job_id, status=state.status)
 
     @delete("/{job_id:str}/file", status_code=200)

@@ -513,3 +513,12 @@ async def online_by_state(pool: asyncpg.Pool) -> dict[node.WorkState, int]:
     for r in await pool.fetch(_ONLINE_WORK):
         counts[work_of(r)[0]] += 1
     return counts
+
+
+_ONLINE_NODE = f"SELECT {online(configured_timeout())} FROM nodes WHERE node_id = $1"
+
+
+async def is_online(pool: asyncpg.Pool, node_id: str) -> bool:
+    """Whether the node is online (`online`): registered, not stopped nor removed, and heard
+    from within the heartbeat timeout."""
+    return bool(await pool.fetchval(_ONLINE_NODE, node_id))
