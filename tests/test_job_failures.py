@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 
 import asyncpg
 import httpx
 import pytest
 
+from spool.adapters.database import create_database, create_pool, drop_database, migrate
 from spool.adapters.event_store import EventStore
 from spool.adapters.job_store import jobs, load_job
 from spool.adapters.read_models import jobs as job_rows
@@ -232,3 +235,34 @@ async def test_a_groups_failed_jobs_are_listed_for_a_bulk_retry(
         limit=2,
     )
     assert first + rest == sorted(failed)
+
+
+async def test_migration_0023_gives_jobs_that_failed_before_it_their_group(
+    server_url: str,
+) -> None:
+    name = f"spool_test_{uuid.uuid4().hex[:12]}"
+    url = await create_database(server_url, name)
+    try:
+        await migrate(url, "0021_live_progress")
+        pool = await create_pool(url, max_size=2)
+        try:
+            insert = (
+                "INSERT INTO jobs (job_id, account_id, url, status, step, created_at, updated_at, "
+                "version, state) VALUES ($1, 'a', 'https://x.test/a', $2, 'Finished', now(), "
+                "now(), 3, $3::jsonb)"
+            )
+            failed = {"error": "HTTP Error 403 for https://x.test/a", "error_type": "error"}
+            await pool.execute(insert, "failed", "Failed", json.dumps(failed).encode())
+            await pool.execute(insert, "completed", "Completed", b"{}")
+
+            await migrate(url)
+
+            groups = dict(await pool.fetch("SELECT job_id, failure_group FROM jobs"))
+            assert groups == {
+                "failed": failure_groups.group_id("error", "HTTP Error 403 for https://y.test/b"),
+                "completed": None,
+            }
+        finally:
+            await pool.close()
+    finally:
+        await drop_database(server_url, name)
