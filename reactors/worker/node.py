@@ -87,7 +87,8 @@ class Node(Heartbeat, StageRunner):
         return claimed | {unit.job_id for unit in self.running.values()}
 
     async def _sweep(self) -> None:
-        keep = timedelta(seconds=self.settings.failed_files_keep)
+        # Below its disk floor the node keeps nothing for a retry: disk for downloads comes first.
+        keep = timedelta(seconds=0 if self.disk_floor else self.settings.failed_files_keep)
         await sweep_workroot(
             self.store, self.workroot, self.node_id, keep=keep, busy=self._busy_jobs
         )

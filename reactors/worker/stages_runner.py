@@ -441,8 +441,13 @@ class StageRunner(Drain):
 
     def _keep_for_retry(self, state: job.JobState) -> bool:
         """Whether a job that just failed here keeps its files for a retry from mux or upload
-        (`domain.work_files.kept_for_retry`; the node's sweep reclaims them after)."""
-        return self.settings.failed_files_keep > 0 and job.reusable_from(state) != "download"
+        (`domain.work_files.kept_for_retry`; the node's sweep reclaims them after); never
+        below the node's disk floor."""
+        return (
+            self.settings.failed_files_keep > 0
+            and self.disk_floor is None
+            and job.reusable_from(state) != "download"
+        )
 
     async def _fail(self, unit: RunningUnit, exc: stages.StageError) -> str:
         events: list[Event] = []
