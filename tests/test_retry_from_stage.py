@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 
@@ -165,6 +166,20 @@ async def test_a_failed_jobs_kept_files_are_reclaimed_by_the_nodes_sweep_once_th
         assert answer.status_code == 200, answer.text
         failed = await cluster.wait(job_id, "Completed", "Failed", seconds=60)
         assert failed["error"].startswith("Files gone"), failed
+
+
+async def test_another_accounts_job_is_not_found_whatever_the_stage_asked(
+    client: httpx.AsyncClient, api_key: str, other_api_key: str
+) -> None:
+    created = await client.post(
+        "/jobs", json={"url": "http://media.test/a.mp4"}, headers={"x-api-key": api_key}
+    )
+    job_id = created.json()["job_id"]
+    for body in ({"from_stage": "upload"}, {"from_stage": "mux"}, None):
+        answer = await client.post(
+            f"/jobs/{job_id}/retry", json=body, headers={"x-api-key": other_api_key}
+        )
+        assert answer.status_code == 404, answer.text
 
 
 # -- the rules, without servers ---------------------------------------------------------------
