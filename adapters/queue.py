@@ -201,7 +201,8 @@ def unit_for(job_id: str, ev: Event) -> Dispatch | None:
     if isinstance(ev, job.JobReleased):
         return Dispatch(job_id, 1, "download", 1)
     if isinstance(ev, job.JobRetried):
-        return Dispatch(job_id, ev.run, "download", 1)
+        # From mux or upload: to the node that holds the last run's files.
+        return Dispatch(job_id, ev.run, ev.from_stage, 1, ev.node_id)
     if isinstance(ev, job.DownloadCompleted | job.MuxCompleted) and not ev.chained:
         nxt = job.stage_after(ev)
         assert nxt is not None

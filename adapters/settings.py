@@ -37,6 +37,8 @@ _NUMERIC_ENV = {
     "hls_build_wait": "SPOOL_HLS_BUILD_WAIT",
     "quarantine_after": "SPOOL_QUARANTINE_AFTER",
     "quarantine_probe_interval": "SPOOL_QUARANTINE_PROBE_INTERVAL",
+    "failed_files_keep": "SPOOL_FAILED_FILES_KEEP",
+    "work_sweep_interval": "SPOOL_WORK_SWEEP_INTERVAL",
 }
 
 _FLAG_ENV = {
@@ -128,6 +130,11 @@ class Settings(msgspec.Struct, kw_only=True):
     quarantine_after: int = 5
     quarantine_probe_interval: float = 300.0
     disk_floor: str = "0"
+    # Seconds a node keeps a job's files after it failed or was cancelled past its download,
+    # for a retry from mux or upload (domain/work_files.py); its sweep, every
+    # `work_sweep_interval` seconds, reclaims them after. 0: removed when the job fails.
+    failed_files_keep: float = 86400.0
+    work_sweep_interval: float = 600.0
 
     def __post_init__(self) -> None:
         parse_disk_floor(self.disk_floor)  # a malformed floor stops the process at its start

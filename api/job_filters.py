@@ -68,6 +68,7 @@ def query_of_params(
     error_type: str | None = None,
     error: str | None = None,
     q: str | None = None,
+    failure_group: str | None = None,
 ) -> JobQuery:
     """`GET /jobs`'s filter: `status` and `label` (`key=value`) repeatable; all must match."""
     labels: dict[str, str] = {}
@@ -94,6 +95,7 @@ def query_of_params(
             error_type=error_type,  # type: ignore[arg-type]  # checked against ERROR_TYPES
             error=error,
             q=q,
+            failure_group=failure_group,
         )
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -19,12 +19,13 @@ from spool.adapters.file_links import file_link
 from spool.adapters.job_store import load_job_as_of
 from spool.adapters.playlists import Playlist, extract_playlist, looks_like_media
 from spool.adapters.read_models import jobs as job_rows
+from spool.adapters.read_models import nodes as node_rows
 from spool.adapters.settings import Settings
 from spool.adapters.ssrf import UrlGuard
 from spool.api.as_of import BadAsOf, parse_as_of
 from spool.api.auth import Principal
 from spool.api.batches import create_bulk, job_storage
-from spool.api.bodies import reads_body
+from spool.api.bodies import READS_BODY, reads_body
 from spool.api.errors import JobApiError
 from spool.api.idempotency import IdempotencyKey, created, earlier_answer, idempotency_of
 from spool.api.job_filters import query_of_params
@@ -36,7 +37,7 @@ from spool.api.targets import refuse_forbidden_target
 from spool.application import jobs as commands
 from spool.application.batches import BulkAnswer
 from spool.application.jobs import BatchCreatedAnswer, JobCreatedAnswer, NewJob
-from spool.domain import fair_share, job
+from spool.domain import failure_groups, fair_share, job
 from spool.domain.events import Metadata
 
 _to_builtins = msgspec.to_builtins
@@ -322,6 +323,70 @@ def _parse_cursor(cursor: str) -> tuple[datetime, str]:
         raise JobApiError(status_code=400, detail="Invalid cursor") from None
 
 
+class FailureGroupView(msgspec.Struct):
+    """Failed jobs that failed the same way: `message` with hosts, URLs, ids, sizes and quoted
+    names made placeholders (domain/failure_groups.py); times are ms since the epoch."""
+
+    group_id: str
+    error_type: str
+    message: str
+    count: int
+    first_failed_at: int
+    last_failed_at: int
+    job_ids: list[str]
+
+
+class FailuresAnswer(msgspec.Struct):
+    groups: list[FailureGroupView]
+
+
+def _since(raw: str) -> datetime:
+    """`since`: ms since the epoch, or an ISO 8601 time (naive is UTC); 400 otherwise."""
+    text = raw.strip()
+    try:
+        if text.isdigit():
+            return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
+        at = datetime.fromisoformat(text)
+    except (ValueError, OverflowError, OSError):
+        raise JobApiError(
+            status_code=400,
+            detail="since: expected ms since the epoch or an ISO 8601 time such as "
+            f"2026-12-01T10:00:00Z, got {raw!r}",
+        ) from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _failure_view(g: job_rows.FailureGroup) -> FailureGroupView:
+    first, last = _ms(g.first_failed_at), _ms(g.last_failed_at)
+    assert first is not None and last is not None
+    return FailureGroupView(
+        group_id=g.group_id,
+        error_type=g.error_type,
+        message=failure_groups.normalise(g.message),
+        count=g.job_count,
+        first_failed_at=first,
+        last_failed_at=last,
+        job_ids=g.job_ids,
+    )
+
+
+class RetryBody(msgspec.Struct, forbid_unknown_fields=True):
+    """`POST /jobs/{id}/retry`'s optional body."""
+
+    from_stage: job.Stage = "download"
+
+
+def _retry_body(raw: bytes) -> RetryBody:
+    """The retry's body (none: from download); a 400 naming what is wrong."""
+    try:
+        return msgspec.json.decode(raw.strip() or b"{}", type=RetryBody, strict=True)
+    except msgspec.ValidationError as exc:
+        detail = f"Invalid body: {exc}; from_stage is one of download, mux, upload"
+        raise JobApiError(status_code=400, detail=detail) from None
+    except msgspec.DecodeError as exc:
+        raise JobApiError(status_code=400, detail=f"The body is not valid JSON: {exc}") from None
+
+
 MAX_VERSION = 2**31 - 1  # stream versions are PostgreSQL integers
 
 
@@ -418,13 +483,28 @@ class JobsController(Controller):
         state = await commands.cancel_job(services.store, principal.account_id, job_id, meta)
         return JobAction(job_id=state.job_id, status=state.status)
 
-    @post("/{job_id:str}/retry", status_code=200)
+    @post("/{job_id:str}/retry", status_code=200, opt=READS_BODY)
     async def retry_job(
         self, request: Request[Any, Any, Any], services: Services, job_id: str, principal: Principal
     ) -> JobAction:
-        """Start a Failed or Cancelled job again from download (within `max_running_jobs`)."""
+        """Start a Failed or Cancelled job again (within `max_running_jobs`): from download, or
+        with `{"from_stage": "mux"|"upload"}` from the files its last run left on its node,
+        without downloading again. 409 when that node is not online; should the node find the
+        files gone, the stage fails saying so, and a retry from download is what is left."""
+        from_stage = _retry_body(await request.body()).from_stage
+        if from_stage != "download":
+            owned = await load_job(services, job_id, principal)  # 404 for anyone else's
+            node_id = owned.node_id
+            if node_id is not None and not await node_rows.is_online(services.pool, node_id):
+                raise JobApiError(
+                    status_code=409,
+                    detail=f"Node {node_id}, which holds this job's files, is not online; "
+                    "retry from download",
+                )
         meta = command_metadata(request, principal.key_id)
-        state = await commands.retry_job(services.store, principal.account_id, job_id, meta)
+        state = await commands.retry_job(
+            services.store, principal.account_id, job_id, meta, from_stage
+        )
         return JobAction(job_id=state.job_id, status=state.status)
 
     @delete("/{job_id:str}/file", status_code=200)
@@ -456,6 +536,7 @@ class JobsController(Controller):
         error_type: str | None = None,
         error: str | None = None,
         q: str | None = None,
+        failure_group: str | None = None,
         limit: Annotated[int, Parameter(ge=1, le=100)] = 50,
         cursor: str | None = None,
     ) -> JobPage:
@@ -466,8 +547,8 @@ class JobsController(Controller):
         them), `batch_id`, `label=key=value` (repeatable: every pair), `host` (the source URL's
         host), `created_after` / `created_before`, `finished_after` / `finished_before` (ISO
         8601 or ms since the epoch; after inclusive, before exclusive), `error_type`, `error`
-        (text the error contains) and `q` (text the title, file name or URL contains; both
-        case-insensitive).
+        (text the error contains), `q` (text the title, file name or URL contains; both
+        case-insensitive) and `failure_group` (a `group_id` of `GET /jobs/failures`).
         """
         query = query_of_params(
             status=status or (),
@@ -481,6 +562,7 @@ class JobsController(Controller):
             error_type=error_type,
             error=error,
             q=q,
+            failure_group=failure_group,
         )
         after = _parse_cursor(cursor) if cursor else None
         found = await job_rows.page(
@@ -547,3 +629,29 @@ class JobsController(Controller):
             services.store, principal.account_id, job_id, body.labels, meta
         )
         return LabelsAnswer(job_id=state.job_id, labels=state.labels)
+
+    @get("/failures")
+    async def job_failures(
+        self,
+        services: Services,
+        principal: Principal,
+        since: str | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+        all_accounts: bool = False,
+    ) -> FailuresAnswer:
+        """Why jobs fail: the caller's Failed jobs grouped by error type and normalised message
+        (hosts, URLs, ids, sizes stripped), most jobs first, each with its count, first and
+        last failure, up to 5 job ids and its `group_id`. A retried job leaves its group.
+
+        `since` (ms since the epoch or ISO 8601) counts only jobs that failed since then;
+        `all_accounts=true` (an admin key only) groups every account's jobs.
+        """
+        if all_accounts and not principal.admin:
+            raise JobApiError(status_code=403, detail="all_accounts needs an admin key")
+        found = await job_rows.failures(
+            services.pool,
+            None if all_accounts else principal.account_id,
+            since=_since(since) if since is not None else None,
+            limit=limit,
+        )
+        return FailuresAnswer(groups=[_failure_view(g) for g in found])

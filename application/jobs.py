@@ -224,14 +224,22 @@ async def cancel_job(
 
 
 async def retry_job(
-    store: EventStore, account_id: str, job_id: str, meta: Metadata
+    store: EventStore,
+    account_id: str,
+    job_id: str,
+    meta: Metadata,
+    from_stage: job.Stage = "download",
 ) -> job.JobState:
-    """Start a Failed or Cancelled job again, if one more running job fits the quotas."""
+    """Start a Failed or Cancelled job again (from download, or from the mux or upload of the
+    files its last run left on its node), if one more running job fits the quotas."""
     owned = await owned_job(store, account_id, job_id)
-    job.retry(owned)  # a job that cannot be retried is refused whatever the quota
+    job.retry(owned, from_stage)  # a job that cannot be retried is refused whatever the quota
+
+    def decision(state: job.JobState) -> list[Event]:
+        return job.retry(state, from_stage)
 
     async def retry(conn: asyncpg.Connection | None) -> job.JobState:
-        return await decide(store, account_id, job_id, job.retry, meta, conn=conn)
+        return await decide(store, account_id, job_id, decision, meta, conn=conn)
 
     return await change_admitted(store, account_id, retry)
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from spool.domain import failure_groups
 from spool.domain.aggregate import Aggregate
 from spool.domain.errors import InvalidTransition
 from spool.domain.events import Event, event, registry
@@ -246,7 +247,12 @@ class JobCancelled(Event, frozen=True, kw_only=True):
 
 @event
 class JobRetried(Event, frozen=True, kw_only=True):
+    """The job runs again as run `run`, from `from_stage`: a retry from `mux` or `upload` reuses
+    the files the last run left on node `node_id` (retries recorded before it: download)."""
+
     run: int
+    from_stage: Stage = "download"
+    node_id: str | None = None
 
 
 @event
@@ -363,6 +369,14 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     def queued_at(self) -> datetime:
         """When the current run was asked for: the job's creation, or its latest retry."""
         return self.retried_at or self.created_at
+
+    @property
+    def failure_group(self) -> str | None:
+        """The group of a Failed job's failure (domain/failure_groups.py); None otherwise, so a
+        retried job leaves its group."""
+        if self.status != "Failed" or self.error is None:
+            return None
+        return failure_groups.group_id(self.error_type or "error", self.error)
 
 
 API_CODEC_WORDS: dict[str, str] = {"hevc": "h265"}
@@ -590,13 +604,30 @@ def cancel(state: JobState) -> list[Event]:
     return [JobCancelled(run=state.run, stage=running)]
 
 
-def retry(state: JobState) -> list[Event]:
-    """Start a Failed or Cancelled job again from download."""
+def retry(state: JobState, from_stage: Stage = "download") -> list[Event]:
+    """Start a Failed or Cancelled job again, from download or (`from_stage`) from the mux or
+    upload of the files its last run left on its node."""
     if state.status not in ("Failed", "Cancelled"):
         raise InvalidTransition(
             f"Only failed or cancelled jobs can be retried (this job is {state.status})"
         )
-    return [JobRetried(run=state.run + 1)]
+    if from_stage == "download":
+        return [JobRetried(run=state.run + 1)]
+    if reusable_from(state) not in (from_stage, "upload") or state.node_id is None:
+        raise InvalidTransition(
+            f"This job's last run made no files to {from_stage} from; retry from download"
+        )
+    return [JobRetried(run=state.run + 1, from_stage=from_stage, node_id=state.node_id)]
+
+
+def reusable_from(state: JobState) -> Stage:
+    """The latest stage a retry can start from with what the job's last run made: `upload`
+    with a mux output, `mux` with downloaded files, else `download`."""
+    if state.stage == "upload" and state.output is not None:
+        return "upload"
+    if state.stage in ("mux", "upload") and state.files:
+        return "mux"
+    return "download"
 
 
 def recorded_objects(completed: JobState | JobCompleted) -> list[StoredFile]:
@@ -798,6 +829,12 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             progress=None,
         )
     elif isinstance(ev, JobRetried):
+        # From mux or upload, the last run's files (on `ev.node_id`) are what the stage reads.
+        reused: dict[str, Any] = {"node_id": ev.node_id}
+        if ev.from_stage != "upload":
+            reused["output"] = None
+        if ev.from_stage == "download":
+            reused["files"] = []
         return replace(
             state,
             updated_at=at,
@@ -807,10 +844,9 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             webhook_status=None,
             webhook_attempts=0,
             run=ev.run,
-            stage="download",
+            stage=ev.from_stage,
             attempt=1,
             interruptions=0,
-            node_id=None,
             progress=None,
             finished_at=None,
             retried_at=at,
@@ -818,12 +854,11 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             timings={},
             error=None,
             error_type=None,
-            files=[],
-            output=None,
             key=None,
             subtitle_key=None,
             thumbnail_key=None,
             objects=[],
+            **reused,
         )
     elif isinstance(ev, FileDeleted):
         return replace(state, updated_at=at, version=version, file_deleted=True)

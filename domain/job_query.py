@@ -38,6 +38,8 @@ class JobQuery(
     q: str | None = None
     """Text the title, the file name (the output's name or key) or the URL contains
     (case-insensitive)."""
+    failure_group: str | None = None
+    """A group of `GET /jobs/failures` (its `group_id`): Failed jobs of that group."""
 
 
 def _utc(at: datetime | None, name: str) -> datetime | None:
@@ -56,7 +58,7 @@ def checked(query: JobQuery) -> JobQuery:
     for key, value in query.labels.items():
         check_key(key)
         check_value(key, value)
-    for name in ("batch_id", "host", "error", "q"):
+    for name in ("batch_id", "host", "error", "q", "failure_group"):
         text = getattr(query, name)
         if text is not None and (not text.strip() or len(text) > MAX_TEXT or "\x00" in text):
             raise InvalidCommand(f"{name} must be 1-{MAX_TEXT} characters")

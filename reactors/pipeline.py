@@ -95,15 +95,15 @@ class PipelineReactor:
         units: list[Dispatch] = []
         # A release or a retry joins with what the job was created with: read at once.
         later = [
-            e.stream_id for e in events if isinstance(e.data, job.JobReleased | job.JobRetried)
+            e.stream_id
+            for e in events
+            if _joins_line(e.data) and not isinstance(e.data, job.JobCreated)
         ]
         firsts = await self.store.read_firsts(later, conn=conn) if later else {}
         for e in events:
             job_id = e.stream_id.removeprefix("job-")
             ev = e.data
-            if isinstance(ev, job.JobCreated | job.JobReleased | job.JobRetried):
-                if isinstance(ev, job.JobCreated) and ev.held:
-                    continue
+            if _joins_line(ev):
                 first = firsts[e.stream_id].data if e.stream_id in firsts else None
                 created = ev if isinstance(ev, job.JobCreated) else first
                 entry = await self._entry(e, job_id, created)
@@ -201,6 +201,16 @@ class PipelineReactor:
             )
             for s in sent
         ]
+
+
+def _joins_line(ev: object) -> bool:
+    """Whether a job event makes a run whose download may start: it waits in line. (A retry
+    from mux or upload goes to the node that holds the files, as `unit_for` says.)"""
+    if isinstance(ev, job.JobCreated):
+        return not ev.held
+    if isinstance(ev, job.JobRetried):
+        return ev.from_stage == "download"
+    return isinstance(ev, job.JobReleased)
 
 
 def _run_leaving(ev: object) -> int | None:

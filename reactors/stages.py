@@ -62,6 +62,20 @@ class StageError(Exception):
         quarantine. Unless a stage says otherwise, the node's."""
 
 
+FILES_GONE = "Files gone"
+"""How the reason of a mux or upload whose input is no longer on its node begins."""
+
+
+def files_gone(what: str, state: job.JobState, node_id: str) -> StageError:
+    """A mux or upload whose input left its node (swept, or the disk was wiped): the same stage
+    finds the same nothing on any retry, so only a retry from download helps. The node's fault,
+    unless a retry asked for files of an earlier run (this run downloaded nothing), which the
+    node may have reclaimed since (`domain.work_files.kept_for_retry`)."""
+    reason = f"{FILES_GONE}: the {what} is no longer on node {node_id}; retry from download"
+    blame: Blame = "node" if "download" in state.timings else "request"
+    return StageError(reason, retryable=False, blame=blame)
+
+
 class StageCancelled(Exception):
     """The job was cancelled while the stage ran."""
 
@@ -327,8 +341,9 @@ async def mux(
     if not media:
         raise StageError("The download produced no media file", retryable=False, blame="source")
     if not all(p.exists() for p in media):
-        raise StageError("The downloaded media is gone from this node", retryable=True)
+        raise files_gone("downloaded media", state, node_id)
     o = state.options
+    workdir.mkdir(parents=True, exist_ok=True)  # a retry from mux downloaded nothing into it
     output = workdir / f"output.{job.output_ext(o)}"
     in_size = sum(p.stat().st_size for p in media)
     session = await _session(
@@ -399,7 +414,7 @@ async def upload(
     With `viewers`, the upload is a FILE_WRITER session whose out bytes are the bytes sent.
     """
     if state.output is None or not Path(state.output.path).exists():
-        raise StageError("The muxed file is gone from this node", retryable=True)
+        raise files_gone("muxed file", state, node_id)
     started = time.monotonic()
     session = await _session(
         viewers,

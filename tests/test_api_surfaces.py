@@ -38,6 +38,7 @@ DOCUMENTED: set[tuple[str, str]] = {
     ("PATCH", "/jobs/{job_id}"),
     ("POST", "/jobs/actions"),
     ("GET", "/operations/{operation_id}"),
+    ("GET", "/jobs/failures"),
     ("GET", "/batch/{batch_id}"),
     ("DELETE", "/batch/{batch_id}"),
     ("PATCH", "/batch/{batch_id}/jobs"),

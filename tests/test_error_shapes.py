@@ -189,8 +189,8 @@ UNKNOWN_FIELDS: list[tuple[str, str, dict[str, Any], str]] = [
     ("PUT", "/api/v1/config/heartbeat", {"timout": 60}, "timout"),
     ("POST", "/api/cluster/viewers/events", {"events": [], "evnets": []}, "evnets"),
     ("POST", "/api/cluster/viewers/events", {"events": [{"type": "connect", "bogus": 1}]}, "bogus"),
-    # Routes that read no body: every field is unknown, and none is silently ignored.
     ("POST", f"/jobs/{SOMEONE}/retry", {"force": True}, "force"),
+    # Routes that read no body: every field is unknown, and none is silently ignored.
     ("DELETE", f"/jobs/{SOMEONE}", {"keep_file": True}, "keep_file"),
     ("POST", f"/batch/{SOMEONE}/start", {"paused": False}, "paused"),
     ("DELETE", f"/user/keys/{SOMEONE}", {"reason": "lost"}, "reason"),

@@ -522,7 +522,7 @@ async def test_a_real_job_shows_in_the_views_stage_by_stage(
 
 class _JobRowsOnly:
     """The jobs projection as revision 0013 had it: the `jobs` rows (no snapshot stamp, a
-    column of 0016), no batches."""
+    column of 0016, nor failure group, 0023's), no batches."""
 
     name = "jobs"
     tables = (job_rows.jobs,)
@@ -535,7 +535,7 @@ class _JobRowsOnly:
         rows=StateRows(
             job_rows.jobs,
             Field("job_id", ("job_id",), fixed=True),
-            job_rows.ROWS.fields,
+            [f for f in job_rows.ROWS.fields if f.column != "failure_group"],
             job.JobState,
         ),
     )

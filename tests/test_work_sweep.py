@@ -88,5 +88,5 @@ async def test_a_starting_node_sweeps_stale_runs_and_keeps_the_one_awaiting_its_
         swept = [r.getMessage() for r in caplog.records if "work folder swept" in r.getMessage()]
         assert swept == [
             f"work folder swept: 3 stale run folder(s) removed ({3 * STALE_BYTES} bytes), "
-            "1 kept for this node's current units"
+            "1 kept for this node's current units or a retry from mux or upload"
         ]

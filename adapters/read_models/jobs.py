@@ -69,6 +69,14 @@ jobs = sa.Table(
         postgresql_using="gin",
         postgresql_ops={"labels": "jsonb_path_ops"},
     ),
+    # A Failed job's failure group (domain/failure_groups.py): `failures` groups by it.
+    sa.Column("failure_group", sa.Text),
+    sa.Index(
+        "jobs_account_failure_idx",
+        "account_id",
+        "failure_group",
+        postgresql_where=sa.text("failure_group IS NOT NULL"),
+    ),
 )
 
 ROWS = StateRows(
@@ -85,6 +93,7 @@ ROWS = StateRows(
         Field("finished_at", ("finished_at",), "timestamptz"),
         Field("version", ("version",), "int", default=0),
         Field("state", (), "jsonb"),
+        Field("failure_group", ("failure_group",), computed=True),
     ],
     job.JobState,
     snapshot=job.AGGREGATE,
@@ -247,6 +256,8 @@ def where(query: JobQuery, accounts: Sequence[str] | None, args: list[Any]) -> s
         found.append(f"state->>'error_type' = {arg(query.error_type)}")
     if query.error is not None:
         found.append(f"state->>'error' ILIKE {arg(_contains(query.error))}")
+    if query.failure_group is not None:  # set on Failed jobs only (domain/failure_groups.py)
+        found.append(f"failure_group = {arg(query.failure_group)}")
     if query.q is not None:
         text = arg(_contains(query.q))
         found.append(
@@ -455,3 +466,43 @@ async def options_of(conn: asyncpg.Connection, job_id: str) -> job.JobOptions:
     """The options a job was created with (the defaults for a job without a row yet)."""
     raw = await conn.fetchval("SELECT state->'options' FROM jobs WHERE job_id = $1", job_id)
     return _decode_options(raw) if raw else job.JobOptions()
+
+
+class FailureGroup(NamedTuple):
+    """Failed jobs that failed the same way (domain/failure_groups.py)."""
+
+    group_id: str
+    error_type: str
+    message: str
+    """One of the group's failure messages, as recorded (the caller normalises it)."""
+    job_count: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+    job_ids: list[str]
+    """The latest to fail first, at most `FAILURE_SAMPLE`."""
+
+
+FAILURE_SAMPLE = 5
+"""Job ids a failure group shows."""
+
+_FAILURES = f"""
+SELECT failure_group, min(coalesce(state->>'error_type', 'error')), min(state->>'error'),
+       count(*), min(finished_at), max(finished_at),
+       (array_agg(job_id ORDER BY finished_at DESC, job_id))[1:{FAILURE_SAMPLE}]
+FROM jobs
+WHERE failure_group IS NOT NULL AND status = 'Failed'
+  AND ($1::text IS NULL OR account_id = $1)
+  AND ($2::timestamptz IS NULL OR finished_at >= $2)
+GROUP BY failure_group
+ORDER BY count(*) DESC, max(finished_at) DESC, failure_group
+LIMIT $3
+"""
+
+
+async def failures(
+    pool: asyncpg.Pool, account_id: str | None, *, since: datetime | None, limit: int
+) -> list[FailureGroup]:
+    """The groups of the Failed jobs of `account_id` (None: every account's) that failed
+    `since`, most jobs first, at most `limit`."""
+    rows = await pool.fetch(_FAILURES, account_id, since, limit)
+    return [FailureGroup(r[0], r[1], r[2], r[3], r[4], r[5], list(r[6])) for r in rows]

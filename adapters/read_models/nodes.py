@@ -526,3 +526,12 @@ async def download_slots(conn: asyncpg.Connection | asyncpg.Pool) -> int:
     quarantined), by their registrations."""
     slots: int = await conn.fetchval(_DOWNLOAD_SLOTS)
     return slots
+
+
+_ONLINE_NODE = f"SELECT {online(configured_timeout())} FROM nodes WHERE node_id = $1"
+
+
+async def is_online(pool: asyncpg.Pool, node_id: str) -> bool:
+    """Whether the node is online (`online`): registered, not stopped nor removed, and heard
+    from within the heartbeat timeout."""
+    return bool(await pool.fetchval(_ONLINE_NODE, node_id))

@@ -439,6 +439,16 @@ class StageRunner(Drain):
             stages.remove_workdir(workdir)
         return "cancelled" if current.status == "Cancelled" else "stale"
 
+    def _keep_for_retry(self, state: job.JobState) -> bool:
+        """Whether a job that just failed here keeps its files for a retry from mux or upload
+        (`domain.work_files.kept_for_retry`; the node's sweep reclaims them after); never
+        below the node's disk floor."""
+        return (
+            self.settings.failed_files_keep > 0
+            and self.disk_floor is None
+            and job.reusable_from(state) != "download"
+        )
+
     async def _fail(self, unit: RunningUnit, exc: stages.StageError) -> str:
         events: list[Event] = []
 
@@ -464,7 +474,8 @@ class StageRunner(Drain):
             workdir = self.workdir(unit.job_id, unit.run)
             return await self._left_behind(unit, workdir, exc.unfinished_uploads)
         if any(isinstance(e, job.JobFailed) for e in events):
-            stages.remove_workdir(self.workroot / unit.job_id)
+            if not self._keep_for_retry(state):
+                stages.remove_workdir(self.workroot / unit.job_id)
             return "failed"
         if unit.stage == "download":
             stages.remove_workdir(self.workdir(unit.job_id, unit.run))

@@ -4,8 +4,11 @@ A node that was killed, or cut off while its units were handed on, leaves run fo
 (`<data_dir>/work/<job>/<run>/`) that nothing will ever remove: the job ended, went, or moved on
 to another run, stage or node. Before it takes any unit, the node reads each such job from
 PostgreSQL and removes the runs `domain/work_files.py` says are no longer needed; a run a
-current unit of this node still needs (downloaded here, awaiting its mux or upload) stays.
-Every file a unit makes lives in its run's folder, so this is the whole of what units leave.
+current unit of this node still needs (downloaded here, awaiting its mux or upload) stays, and
+so does a failed or cancelled job's for `SPOOL_FAILED_FILES_KEEP` (a retry from mux or upload
+reuses it). The node sweeps again every `SPOOL_WORK_SWEEP_INTERVAL` while it runs, passing over
+the jobs it has units of, which is what reclaims the files kept for a retry once their time is
+up. Every file a unit makes lives in its run's folder, so this is the whole of what units leave.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from spool.adapters.event_store import EventStore
@@ -87,16 +92,31 @@ def _jobs_on_disk(workroot: Path) -> dict[str, list[Path]]:
     }
 
 
-async def sweep_workroot(store: EventStore, workroot: Path, node_id: str) -> Swept:
-    """Remove from `workroot` the runs of jobs that no longer need them on node `node_id`, and
-    the job folders left empty; logs what went (counts and bytes). Call it before the node
-    takes any unit: a run folder a unit of this process is filling looks the same."""
+async def sweep_workroot(
+    store: EventStore,
+    workroot: Path,
+    node_id: str,
+    *,
+    keep: timedelta = timedelta(0),
+    busy: Callable[[], Collection[str]] = frozenset,
+) -> Swept:
+    """Remove from `workroot` the runs of jobs that no longer need them on node `node_id`, nor
+    keep them for a retry from mux or upload (failed less than `keep` ago), and the job folders
+    left empty; logs what went (counts and bytes). A run folder a unit of this process is
+    filling looks the same: call it before the node takes any unit, or name the jobs of the
+    units it runs in `busy` (asked just before each job's folder is judged)."""
     removed = size = kept = 0
     for job_id, entries in (await asyncio.to_thread(_jobs_on_disk, workroot)).items():
         state = await load_job(store, job_id)
+        if job_id in busy():
+            continue
+        now = datetime.now(UTC)
         for entry in entries:
             run = _run_of(entry)
-            if run is not None and work_files.still_needed(state, node_id, run):
+            if run is not None and (
+                work_files.still_needed(state, node_id, run)
+                or work_files.kept_for_retry(state, node_id, run, now=now, keep=keep)
+            ):
                 kept += 1
                 continue
             freed = await asyncio.to_thread(_remove, entry)
@@ -108,7 +128,7 @@ async def sweep_workroot(store: EventStore, workroot: Path, node_id: str) -> Swe
     swept = Swept(removed, size, kept)
     log.info(
         "work folder swept: %d stale run folder(s) removed (%d bytes), %d kept for this "
-        "node's current units",
+        "node's current units or a retry from mux or upload",
         swept.removed,
         swept.bytes,
         swept.kept,
