@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Collection
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -35,8 +36,9 @@ from spool.api.targets import refuse_forbidden_target
 from spool.application import jobs as commands
 from spool.application.batches import BulkAnswer
 from spool.application.jobs import BatchCreatedAnswer, JobCreatedAnswer, NewJob
-from spool.domain import job
+from spool.domain import job, pause
 from spool.domain.events import Metadata
+from spool.domain.job import PausedBy
 
 _to_builtins = msgspec.to_builtins
 
@@ -95,6 +97,19 @@ class JobView(msgspec.Struct, omit_defaults=False):
     webhook_status: str | None
     created_at: int
     finished_at: int | None
+    paused: bool = False
+    """Whether the job's next stage is held back by a pause (its status stays as it is)."""
+    paused_by: PausedBy | None = None
+    """What holds it: `job` (its own pause), `batch`, `account` or `cluster` (intake)."""
+
+
+class JobPauseAnswer(msgspec.Struct):
+    """What `POST /jobs/{id}/pause` and `/resume` answer."""
+
+    job_id: str
+    status: str
+    paused: bool
+    paused_by: PausedBy | None
 
 
 class JobAction(msgspec.Struct):
@@ -160,8 +175,11 @@ class Links(msgspec.Struct):
     thumbnail: str | None = None
 
 
-def view(state: job.JobState, links: Links | None = None) -> JobView:
-    """The public view of a job's state."""
+def view(
+    state: job.JobState, links: Links | None = None, paused: Collection[pause.Scope] = ()
+) -> JobView:
+    """The public view of a job's state; `paused`: the scopes paused now (domain/pause.py)."""
+    held_by = pause.paused_by(state, paused)
     created = _ms(state.created_at)
     assert created is not None
     p = state.progress
@@ -215,6 +233,8 @@ def view(state: job.JobState, links: Links | None = None) -> JobView:
         webhook_status=state.webhook_status,
         created_at=created,
         finished_at=finished,
+        paused=held_by is not None,
+        paused_by=held_by,
     )
 
 
@@ -297,6 +317,11 @@ def _parse_cursor(cursor: str) -> tuple[datetime, str]:
         return datetime.fromisoformat(at), job_id
     except (ValueError, UnicodeDecodeError):
         raise JobApiError(status_code=400, detail="Invalid cursor") from None
+
+
+def _pause_answer(state: job.JobState) -> JobPauseAnswer:
+    held_by = pause.paused_by(state)
+    return JobPauseAnswer(state.job_id, state.status, held_by is not None, held_by)
 
 
 MAX_VERSION = 2**31 - 1  # stream versions are PostgreSQL integers
@@ -417,6 +442,26 @@ class JobsController(Controller):
         )
         await services.media.forget(state.job_id)
         return FileDeletedAnswer(job_id=state.job_id, deleted=True, key=state.key or "")
+
+    @post("/{job_id:str}/pause", status_code=200)
+    async def pause_job(
+        self, request: Request[Any, Any, Any], services: Services, job_id: str, principal: Principal
+    ) -> JobPauseAnswer:
+        """Pause a job: a running stage finishes and the next does not start until it is
+        resumed; a job that has not started stays Pending. A finished job answers 409."""
+        meta = command_metadata(request, principal.key_id)
+        state = await commands.pause_job(services.store, principal.account_id, job_id, meta)
+        return _pause_answer(state)
+
+    @post("/{job_id:str}/resume", status_code=200)
+    async def resume_job(
+        self, request: Request[Any, Any, Any], services: Services, job_id: str, principal: Principal
+    ) -> JobPauseAnswer:
+        """Lift a job's own pause: the stage it waits for is dispatched. A job still held by
+        its batch's, its account's or the cluster's pause says so in `paused_by`."""
+        meta = command_metadata(request, principal.key_id)
+        state = await commands.resume_job(services.store, principal.account_id, job_id, meta)
+        return _pause_answer(state)
 
     @get("/")
     async def list_jobs(

@@ -249,3 +249,17 @@ async def delete_job_file(
             f"(replaced or removed); {removed}"
         )
     return await decide(store, account_id, job_id, job.delete_file, meta)
+
+
+async def pause_job(
+    store: EventStore, account_id: str, job_id: str, meta: Metadata
+) -> job.JobState:
+    """Pause one of the account's jobs: its running stage finishes, the next does not start."""
+    return await decide(store, account_id, job_id, job.pause, meta)
+
+
+async def resume_job(
+    store: EventStore, account_id: str, job_id: str, meta: Metadata
+) -> job.JobState:
+    """Resume one of the account's paused jobs; the pipeline dispatches what is due."""
+    return await decide(store, account_id, job_id, job.resume, meta)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import msgspec
 
 from spool.domain.aggregate import Aggregate
-from spool.domain.errors import InvalidTransition
+from spool.domain.errors import Conflict, InvalidTransition
 from spool.domain.events import Event, event, registry
 from spool.domain.job_options import JobOptions as JobOptions
 from spool.domain.job_options import output_ext as output_ext
@@ -141,6 +141,9 @@ class DownloadCompleted(Event, frozen=True, kw_only=True):
     chained: bool = False
     """The node went straight on to the mux: its StageStarted follows in the same append, and
     nothing is dispatched for it (`chain`)."""
+    paused: bool = False
+    """The job was paused (`JobPaused`): the mux waits for its `JobResumed`, which dispatches
+    it; nothing is dispatched for this result (`record_result`)."""
 
 
 @event
@@ -164,6 +167,8 @@ class MuxCompleted(Event, frozen=True, kw_only=True):
     height: int | None = None
     chained: bool = False
     """The node went straight on to the upload (see `DownloadCompleted.chained`)."""
+    paused: bool = False
+    """The job was paused: the upload waits for its resume (see `DownloadCompleted.paused`)."""
 
 
 @event
@@ -274,6 +279,41 @@ class WebhookFailed(Event, frozen=True, kw_only=True):
     final: bool
 
 
+PausedBy = Literal["job", "batch", "account", "cluster"]
+"""What holds a job back (domain/pause.py): its own pause, its batch's, its account's, or the
+cluster's intake."""
+
+
+@event
+class JobPaused(Event, frozen=True, kw_only=True):
+    """The job was paused: a running stage finishes, the next one does not start."""
+
+
+@event
+class JobResumed(Event, frozen=True, kw_only=True):
+    """The pause was lifted. `due`: the job's current unit `(run, stage, attempt)` has not
+    started and is to be dispatched now (on `node_id`'s queue for a mux or an upload)."""
+
+    run: int
+    stage: Stage
+    attempt: int
+    node_id: str | None = None
+    due: bool = False
+
+
+@event
+class StageDeferred(Event, frozen=True, kw_only=True):
+    """A node took a unit of a paused job and left it unstarted (`paused_by` says what held
+    it). Like an interruption it spends no attempt: the same stage waits as `attempt + 1`, a
+    unit id of its own, for the resume to dispatch it."""
+
+    stage: Stage
+    run: int
+    attempt: int
+    node_id: str
+    paused_by: PausedBy
+
+
 # -- state -----------------------------------------------------------------------------------
 
 
@@ -341,10 +381,18 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     webhook_attempts: int = 0
     timings: dict[str, StageTiming] = msgspec.field(default_factory=dict)
     """Each stage's timing in the current run."""
+    paused: bool = False
+    """Paused by its own `JobPaused` (not by its batch, account or the cluster: domain/pause.py)."""
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def unit_started(self) -> bool:
+        """Whether a node has started the current unit: a start sets `progress`, and every
+        event that moves the job to another unit (or ends it) clears it."""
+        return self.progress is not None and not self.terminal
 
     @property
     def queued_at(self) -> datetime:
@@ -609,6 +657,47 @@ def delete_file(state: JobState) -> list[Event]:
     return [FileDeleted(key=state.key)]
 
 
+def pause(state: JobState) -> list[Event]:
+    """Pause a job: a running stage finishes, the next does not start; twice: nothing."""
+    if state.terminal:
+        raise Conflict(f"Job is already {state.status.lower()} and cannot be paused")
+    return [] if state.paused else [JobPaused()]
+
+
+def resume(state: JobState) -> list[Event]:
+    """Lift a job's pause; its current unit is dispatched if it has not started. Not paused:
+    nothing."""
+    if not state.paused:
+        return []
+    due = not (state.terminal or state.held or state.unit_started)
+    return [
+        JobResumed(
+            run=state.run, stage=state.stage, attempt=state.attempt, node_id=state.node_id, due=due
+        )
+    ]
+
+
+def defer_stage(
+    state: JobState, stage: Stage, run: int, attempt: int, *, node_id: str, paused_by: PausedBy
+) -> list[Event]:
+    """Leave a unit of a paused job unstarted: the same stage waits for the resume."""
+    _require_current(state, stage, run, attempt)
+    return [
+        StageDeferred(stage=stage, run=run, attempt=attempt, node_id=node_id, paused_by=paused_by)
+    ]
+
+
+def record_result(state: JobState, done: Event, *, go_on: bool) -> list[Event]:
+    """A stage's result as its node appends it: with the next stage's start when the node can
+    go on (`chain`), unless the job is paused, whose result says so and starts nothing."""
+    if isinstance(done, DownloadCompleted | MuxCompleted):
+        if state.paused:
+            return [msgspec.structs.replace(done, paused=True)]
+        if go_on:
+            return chain(done)
+    return [done]
+
+
 # -- evolve ----------------------------------------------------------------------------------
 
 
@@ -810,6 +899,23 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
     elif isinstance(ev, JobRenamed):
         options = replace(state.options, filename=ev.filename)
         return replace(state, updated_at=at, version=version, options=options)
+    elif isinstance(ev, JobPaused):
+        return replace(state, updated_at=at, version=version, paused=True)
+    elif isinstance(ev, JobResumed):
+        return replace(state, updated_at=at, version=version, paused=False)
+    elif isinstance(ev, StageDeferred) and (ev.run, ev.stage, ev.attempt) == (
+        state.run,
+        state.stage,
+        state.attempt,
+    ):
+        return replace(
+            state,
+            updated_at=at,
+            version=version,
+            attempt=ev.attempt + 1,
+            interruptions=state.interruptions + 1,  # spends no attempt, as a shutdown does
+            progress=None,
+        )
     return replace(state, updated_at=at, version=version)
 
 
@@ -884,6 +990,9 @@ AGGREGATE: Aggregate[JobState] = Aggregate(
         FileDeleted,
         WebhookDelivered,
         WebhookFailed,
+        JobPaused,
+        JobResumed,
+        StageDeferred,
     ),
 )
 

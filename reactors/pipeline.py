@@ -37,6 +37,7 @@ class PipelineReactor:
             job.MuxCompleted,
             job.StageFailed,
             job.StageInterrupted,
+            job.JobResumed,
         )
     )
 

@@ -44,7 +44,7 @@ from spool.adapters.read_models import jobs as job_rows
 from spool.adapters.read_models import nodes as node_rows
 from spool.adapters.repository import ChangingTooFast, Loaded
 from spool.adapters.settings import Settings
-from spool.domain import job, lease, node
+from spool.domain import job, lease, node, pause
 from spool.domain.errors import InvalidTransition
 from spool.domain.events import Event
 from spool.reactors.causes import following
@@ -125,6 +125,8 @@ class Reconciler:
             state = states.get(job_id)
             if state is None or state.terminal or state.held:
                 continue  # a held job waits for its batch to start: nothing is stranded
+            if not state.unit_started and pause.paused_by(state) is not None:
+                continue  # a paused job's next unit waits for its resume, which dispatches it
             unit = job.arq_job_id(state.job_id, state.run, state.stage, state.attempt)
             held = None
             if state.status == "Processing":  # a Pending job's first unit has not started

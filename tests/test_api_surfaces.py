@@ -34,6 +34,8 @@ DOCUMENTED: set[tuple[str, str]] = {
     ("GET", "/jobs/{job_id}/events"),
     ("DELETE", "/jobs/{job_id}/file"),
     ("POST", "/jobs/{job_id}/retry"),
+    ("POST", "/jobs/{job_id}/pause"),
+    ("POST", "/jobs/{job_id}/resume"),
     ("GET", "/jobs/{job_id}/trace"),
     ("GET", "/batch/{batch_id}"),
     ("DELETE", "/batch/{batch_id}"),
