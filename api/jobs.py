@@ -20,6 +20,7 @@ from spool.adapters.file_links import file_link
 from spool.adapters.job_store import load_job_as_of
 from spool.adapters.playlists import Playlist, extract_playlist, looks_like_media
 from spool.adapters.read_models import jobs as job_rows
+from spool.adapters.read_models import pauses
 from spool.adapters.settings import Settings
 from spool.adapters.ssrf import UrlGuard
 from spool.api.as_of import BadAsOf, parse_as_of
@@ -409,7 +410,8 @@ class JobsController(Controller):
                     services.pool, state.job_id, live_progress.fresh_within(services.settings)
                 )
                 state = live_progress.shown(state, live)
-            return view(state, await _links(services, state))
+            paused = await pauses.paused_scopes(services.pool, [state])
+            return view(state, await _links(services, state), paused)
         return view(await load_job_then(services, state.job_id, as_of))
 
     @delete("/{job_id:str}", status_code=200)
@@ -484,8 +486,9 @@ class JobsController(Controller):
             limit=limit,
             live_within=live_progress.fresh_within(services.settings),
         )
+        paused = await pauses.paused_scopes(services.pool, found.states)
         return JobPage(
-            jobs=[view(state) for state in found.states],
+            jobs=[view(state, paused=paused) for state in found.states],
             next_cursor=_cursor(*found.last) if found.more and found.last else None,
         )
 

@@ -41,6 +41,8 @@ DOCUMENTED: set[tuple[str, str]] = {
     ("DELETE", "/batch/{batch_id}"),
     ("PATCH", "/batch/{batch_id}/jobs"),
     ("POST", "/batch/{batch_id}/start"),
+    ("POST", "/batch/{batch_id}/pause"),
+    ("POST", "/batch/{batch_id}/resume"),
     ("POST", "/metadata"),
     ("GET", "/usage"),
     *{

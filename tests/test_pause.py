@@ -145,3 +145,89 @@ async def test_pausing_a_finished_job_is_a_conflict_and_another_accounts_job_is_
     assert not any(
         isinstance(e.data, job.JobPaused | job.JobResumed) for e in await _log(cluster, job_id)
     )
+
+
+async def _bulk(cluster: Cluster, urls: list[str], key: str | None = None) -> tuple[str, list[str]]:
+    body = {"jobs": [{"url": u, "filename": f"b{i}"} for i, u in enumerate(urls)]}
+    answer = await cluster.client.post("/jobs/bulk", json=body, headers=cluster.headers(key))
+    assert answer.status_code == 201, answer.text
+    return answer.json()["batch_id"], answer.json()["job_ids"]
+
+
+async def _started(cluster: Cluster, job_ids: list[str]) -> str:
+    """The first of `job_ids` whose download has started, once one has."""
+
+    async def found() -> str | None:
+        for job_id in job_ids:
+            if any(isinstance(e.data, job.StageStarted) for e in await _log(cluster, job_id)):
+                return job_id
+        return None
+
+    return await until(found, seconds=60)
+
+
+async def test_a_batch_paused_after_its_start_holds_its_waiting_jobs_while_another_batch_runs(
+    start_cluster: StartCluster, media_server: MediaServer
+) -> None:
+    async with start_cluster(download_concurrency=1) as cluster:
+        held = [media_server.held_url("clip.mp4") for _ in range(2)]
+        batch_id, job_ids = await _bulk(cluster, [url for url, _ in held])
+        running = await _started(cluster, job_ids)  # one download at a time: the other waits
+        waiting = next(j for j in job_ids if j != running)
+
+        paused = await _post(cluster, f"/batch/{batch_id}/pause")
+        assert paused.status_code == 200, paused.text
+        assert paused.json() == {"batch_id": batch_id, "status": "processing", "paused": True}
+        await cluster.runner.settle("pauses")
+        for _, gate in held:
+            gate.set()
+
+        # The running job goes on to its end; another batch's job runs; the waiting one is
+        # taken by the node and left.
+        assert (await cluster.wait(running, "Completed", "Failed"))["status"] == "Completed"
+        _, (other,) = await _bulk(cluster, [media_server.url("clip.mp4")])
+        assert (await cluster.wait(other, "Completed", "Failed"))["status"] == "Completed"
+        deferred = await _event(cluster, waiting, job.StageDeferred)
+        assert isinstance(deferred.data, job.StageDeferred)
+        assert deferred.data.paused_by == "batch"
+        shown = await cluster.job(waiting)
+        assert (shown["status"], shown["paused"], shown["paused_by"]) == ("Pending", True, "batch")
+        listed = await cluster.client.get(
+            "/jobs", params={"batch_id": batch_id}, headers=cluster.headers()
+        )
+        assert {j["id"]: j["paused_by"] for j in listed.json()["jobs"]} == {
+            running: None,
+            waiting: "batch",
+        }
+        assert (await cluster.client.get(f"/batch/{batch_id}", headers=cluster.headers())).json()[
+            "paused"
+        ]
+
+        resumed = await _post(cluster, f"/batch/{batch_id}/resume")
+        assert resumed.json() == {"batch_id": batch_id, "status": "processing", "paused": False}
+        assert (await cluster.wait(waiting, "Completed", "Failed"))["status"] == "Completed"
+        assert _starts(await _log(cluster, waiting)) == [("download", 2), ("mux", 1), ("upload", 1)]
+
+
+async def test_batch_pause_refusals_answer_in_the_job_apis_shape(
+    cluster: Cluster, media_server: MediaServer
+) -> None:
+    batch_id, _ = await _bulk(cluster, [media_server.url("clip.mp4")])
+    for action in ("pause", "resume"):
+        answer = await _post(cluster, f"/batch/{batch_id}/{action}", cluster.admin_key)
+        assert answer.status_code == 404, answer.text
+        assert "error" in answer.json()
+    assert (await cluster.client.delete(f"/batch/{batch_id}", headers=cluster.headers())).is_success
+    refused = await _post(cluster, f"/batch/{batch_id}/pause")
+    assert refused.status_code == 409
+    assert refused.json() == {"error": "Batch is cancelled and cannot be paused"}
+
+    body = {"jobs": [{"url": media_server.url("clip.mp4")}], "paused": True}
+    created = await cluster.client.post("/jobs/bulk", json=body, headers=cluster.headers())
+    unstarted = created.json()["batch_id"]
+    assert (await _post(cluster, f"/batch/{unstarted}/pause")).json()["paused"] is True
+    resumed = await _post(cluster, f"/batch/{unstarted}/resume")
+    assert resumed.status_code == 400
+    assert resumed.json() == {
+        "error": "Batch has not started. Start it with POST /batch/{id}/start."
+    }

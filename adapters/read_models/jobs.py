@@ -366,3 +366,26 @@ async def options_of(conn: asyncpg.Connection, job_id: str) -> job.JobOptions:
     """The options a job was created with (the defaults for a job without a row yet)."""
     raw = await conn.fetchval("SELECT state->'options' FROM jobs WHERE job_id = $1", job_id)
     return _decode_options(raw) if raw else job.JobOptions()
+
+
+_WAITING = """
+SELECT state FROM jobs
+WHERE status = 'Pending' AND ($1::text IS NULL OR account_id = $1)
+  AND ($2::text IS NULL OR batch_id = $2) AND job_id > $3
+ORDER BY job_id
+LIMIT $4
+"""
+
+
+async def waiting(
+    db: asyncpg.Pool | asyncpg.Connection,
+    *,
+    account_id: str | None = None,
+    batch_id: str | None = None,
+    after: str = "",
+    limit: int = 500,
+) -> list[job.JobState]:
+    """Jobs whose run has not started (`Pending`), of an account or a batch or all, by job id
+    after `after`: what a lifted pause dispatches (reactors/pipeline.py)."""
+    rows = await db.fetch(_WAITING, account_id, batch_id, after, limit)
+    return [ROWS.decode(r[0]) for r in rows]

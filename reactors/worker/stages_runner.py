@@ -22,6 +22,7 @@ from spool.adapters.database import unreachable
 from spool.adapters.event_store import refusal_reason, refused_for_good
 from spool.adapters.job_store import jobs, load_job
 from spool.adapters.owned_objects import delete_owned
+from spool.adapters.read_models import pauses
 from spool.adapters.repository import Loaded
 from spool.adapters.storage import StorageError
 from spool.domain import job, pause, work_files
@@ -175,12 +176,17 @@ class StageRunner(Drain):
         meta = self.meta.following(cause)
         unit = RunningUnit(job_id, stage, run, attempt, state, state.version, meta)
         held_by: job.PausedBy | None = None
+        # A batch's, an account's or the cluster's pause holds back a run that has not started.
+        known = state
+        paused = await through_outage(
+            f"pauses of job {job_id}", lambda: pauses.paused_scopes(self.store.pool, [known])
+        )
 
         def start(s: job.JobState) -> list[Event]:
             nonlocal held_by
             if stage != "download" and s.node_id != self.node_id:
                 return []  # the files are elsewhere: start nothing
-            held_by = pause.paused_by(s)
+            held_by = pause.paused_by(s, paused)
             if held_by is not None:
                 # Left unstarted, and recorded: its resume dispatches the stage again.
                 return job.defer_stage(
