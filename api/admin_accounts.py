@@ -1,5 +1,6 @@
 """`/admin/accounts` (admin keys only, the job API's error shape): every account with its keys,
-its grant of code-running tasks and its quotas; set quotas, grant and revoke.
+its grant of code-running tasks, its quotas and whether it is paused; set quotas, grant and
+revoke, pause and resume.
 
 Answers are read from the account streams, so a change shows at once.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, delete, get, put
+from litestar import Controller, Request, delete, get, post, put
 from litestar.di import Provide
 
 from spool.adapters.account_policy_store import accounts, load_policy, record
@@ -39,6 +40,8 @@ class AccountView(msgspec.Struct):
     keys: list[dict[str, Any]]
     grant: account_policy.Grant | None
     quotas: Quotas
+    paused: bool = False
+    """Paused by an admin: the account's jobs that have not started wait (domain/pause.py)."""
 
 
 def _decode(raw: bytes, kind: type[Any]) -> Any:
@@ -64,7 +67,7 @@ async def _keys_of(services: Services, account_id: str) -> list[dict[str, Any]]:
 
 
 def _view(policy: AccountPolicy, keys: list[dict[str, Any]]) -> AccountView:
-    return AccountView(policy.account_id, keys, policy.grant, policy.quotas)
+    return AccountView(policy.account_id, keys, policy.grant, policy.quotas, policy.paused)
 
 
 def _bad(exc: InvalidPolicy) -> JobApiError:
@@ -137,4 +140,25 @@ class AdminAccountsController(Controller):
             account_policy.revoke(policy),
             command_metadata(request, admin.key_id),
         )
+        return _view(await _policy(services, account_id), await _keys_of(services, account_id))
+
+    @post("/{account_id:str}/pause", status_code=200)
+    async def pause_account(
+        self, request: Request[Any, Any, Any], services: Services, admin: Principal, account_id: str
+    ) -> AccountView:
+        """Pause the account: its jobs that have not started wait; running ones go on to their
+        end, through mux and upload. Twice: nothing more."""
+        policy = await _policy(services, account_id)
+        meta = command_metadata(request, admin.key_id)
+        await record(services.store, account_id, account_policy.pause(policy), meta)
+        return _view(await _policy(services, account_id), await _keys_of(services, account_id))
+
+    @post("/{account_id:str}/resume", status_code=200)
+    async def resume_account(
+        self, request: Request[Any, Any, Any], services: Services, admin: Principal, account_id: str
+    ) -> AccountView:
+        """Lift the account's pause: its waiting jobs are dispatched."""
+        policy = await _policy(services, account_id)
+        meta = command_metadata(request, admin.key_id)
+        await record(services.store, account_id, account_policy.resume(policy), meta)
         return _view(await _policy(services, account_id), await _keys_of(services, account_id))

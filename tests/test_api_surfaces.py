@@ -60,6 +60,8 @@ DOCUMENTED: set[tuple[str, str]] = {
     ("PUT", "/admin/accounts/{account_id}/grants"),
     ("DELETE", "/admin/accounts/{account_id}/grants"),
     ("PUT", "/admin/accounts/{account_id}/quotas"),
+    ("POST", "/admin/accounts/{account_id}/pause"),
+    ("POST", "/admin/accounts/{account_id}/resume"),
     # Media and signed links.
     ("GET", "/media/{job_id}"),
     ("HEAD", "/media/{job_id}"),
@@ -98,6 +100,9 @@ DOCUMENTED: set[tuple[str, str]] = {
     ("GET", "/api/v1/config/heartbeat"),
     ("PUT", "/api/v1/config/heartbeat"),
     ("POST", "/api/v1/config/reset"),
+    ("GET", "/api/v1/config/intake"),
+    ("POST", "/api/v1/config/intake/pause"),
+    ("POST", "/api/v1/config/intake/resume"),
     ("GET", "/api/v1/config/server"),
     ("PUT", "/api/v1/config/server"),
     ("GET", "/api/v1/cluster/config"),

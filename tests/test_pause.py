@@ -17,6 +17,7 @@ from typing import Any
 from spool.adapters.queue import unit_status
 from spool.domain import job
 from spool.domain.events import RecordedEvent
+from tests.cluster_api_helpers import assert_error
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer
 from tests.fixtures.waiting import until
@@ -231,3 +232,88 @@ async def test_batch_pause_refusals_answer_in_the_job_apis_shape(
     assert resumed.json() == {
         "error": "Batch has not started. Start it with POST /batch/{id}/start."
     }
+
+
+async def test_an_account_paused_by_an_admin_waits_while_its_running_job_finishes_and_others_run(
+    cluster: Cluster, media_server: MediaServer
+) -> None:
+    url, release = media_server.held_url("clip.mp4")
+    running = await cluster.create(url, filename="under-way")
+    await _event(cluster, running, job.StageStarted)
+
+    # Only an admin pauses an account, in the job API's error shape otherwise.
+    path = f"/admin/accounts/{cluster.account_id}"
+    refused = await _post(cluster, f"{path}/pause")
+    assert refused.status_code == 403 and "error" in refused.json()
+    paused = await _post(cluster, f"{path}/pause", cluster.admin_key)
+    assert paused.status_code == 200, paused.text
+    assert paused.json()["paused"] is True
+    await cluster.runner.settle("pauses")
+
+    waiting = await cluster.create(media_server.url("clip.mp4"), filename="waits")
+    release.set()
+    # The running job goes on through mux and upload; another account's job runs.
+    assert (await cluster.wait(running, "Completed", "Failed"))["status"] == "Completed"
+    other = await cluster.client.post(
+        "/jobs",
+        json={"url": media_server.url("clip.mp4")},
+        headers=cluster.headers(cluster.admin_key),
+    )
+    other_id = other.json()["job_id"]
+
+    async def other_done() -> bool:
+        answer = await cluster.client.get(
+            f"/jobs/{other_id}", headers=cluster.headers(cluster.admin_key)
+        )
+        return answer.json()["status"] == "Completed"
+
+    await until(other_done, seconds=60)
+    deferred = await _event(cluster, waiting, job.StageDeferred)
+    assert isinstance(deferred.data, job.StageDeferred) and deferred.data.paused_by == "account"
+    shown = await cluster.job(waiting)
+    assert (shown["status"], shown["paused_by"]) == ("Pending", "account")
+    account = await cluster.client.get(path, headers=cluster.headers(cluster.admin_key))
+    assert account.json()["paused"] is True
+
+    resumed = await _post(cluster, f"{path}/resume", cluster.admin_key)
+    assert resumed.json()["paused"] is False
+    assert (await cluster.wait(waiting, "Completed", "Failed"))["status"] == "Completed"
+    assert _starts(await _log(cluster, waiting)) == [("download", 2), ("mux", 1), ("upload", 1)]
+
+
+async def test_a_paused_intake_starts_no_new_download_anywhere_even_across_a_node_restart(
+    cluster: Cluster, media_server: MediaServer
+) -> None:
+    url, release = media_server.held_url("clip.mp4")
+    running = await cluster.create(url, filename="under-way")
+    await _event(cluster, running, job.StageStarted)
+
+    refused = await _post(cluster, "/api/v1/config/intake/pause")
+    assert refused.status_code == 403
+    assert_error(refused.json(), "UNAUTHORIZED")
+    paused = await _post(cluster, "/api/v1/config/intake/pause", cluster.admin_key)
+    assert paused.status_code == 200, paused.text
+    assert paused.json()["data"] == {"paused": True}
+    await cluster.runner.settle("pauses")
+
+    waiting = await cluster.create(media_server.url("clip.mp4"), filename="waits")
+    deferred = await _event(cluster, waiting, job.StageDeferred)
+    assert isinstance(deferred.data, job.StageDeferred) and deferred.data.paused_by == "cluster"
+    release.set()
+    assert (await cluster.wait(running, "Completed", "Failed"))["status"] == "Completed"
+
+    await cluster.stop_node()
+    cluster.start_node()
+    shown = await cluster.job(waiting)
+    assert (shown["status"], shown["paused"], shown["paused_by"]) == ("Pending", True, "cluster")
+    intake = await cluster.client.get(
+        "/api/v1/config/intake", headers=cluster.headers(cluster.admin_key)
+    )
+    assert intake.json()["data"] == {"paused": True}
+
+    resumed = await _post(cluster, "/api/v1/config/intake/resume", cluster.admin_key)
+    assert resumed.json()["data"] == {"paused": False}
+    assert (await cluster.wait(waiting, "Completed", "Failed"))["status"] == "Completed"
+    log = await _log(cluster, waiting)
+    assert _starts(log) == [("download", 2), ("mux", 1), ("upload", 1)]
+    assert [type(e.data).__name__ for e in log].count("JobCompleted") == 1
