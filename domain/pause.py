@@ -23,14 +23,20 @@ CLUSTER = "intake"
 """The id of the cluster's one scope: its intake of new work."""
 
 
-def scopes_of(state: job.JobState) -> list[Scope]:
-    """The scopes whose pause would hold this job back, narrowest first."""
+def scopes(account_id: str, batch_id: str | None) -> list[Scope]:
+    """The scopes whose pause would hold back a job of this account and batch, narrowest
+    first."""
     found: list[Scope] = []
-    if state.batch_id is not None:
-        found.append(("batch", state.batch_id))
-    found.append(("account", state.account_id))
+    if batch_id is not None:
+        found.append(("batch", batch_id))
+    found.append(("account", account_id))
     found.append(("cluster", CLUSTER))
     return found
+
+
+def scopes_of(state: job.JobState) -> list[Scope]:
+    """The scopes whose pause would hold this job back, narrowest first."""
+    return scopes(state.account_id, state.batch_id)
 
 
 def paused_by(state: job.JobState, paused: Collection[Scope] = ()) -> job.PausedBy | None:

@@ -12,15 +12,19 @@ and recorded that it left it (`StageDeferred`), and only then looks.
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
+from spool.adapters.job_store import load_job
 from spool.adapters.queue import unit_status
-from spool.domain import job
-from spool.domain.events import RecordedEvent
+from spool.domain import account, account_policy, job, pause
+from spool.domain.events import Metadata, NewEvent, RecordedEvent
 from tests.cluster_api_helpers import assert_error
 from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer
 from tests.fixtures.waiting import until
+from tests.test_reconciler import OPTIONS, Scene, scene
 
 
 async def _log(cluster: Cluster, job_id: str) -> list[RecordedEvent]:
@@ -317,3 +321,98 @@ async def test_a_paused_intake_starts_no_new_download_anywhere_even_across_a_nod
     log = await _log(cluster, waiting)
     assert _starts(log) == [("download", 2), ("mux", 1), ("upload", 1)]
     assert [type(e.data).__name__ for e in log].count("JobCompleted") == 1
+
+
+async def test_the_reconciler_leaves_a_paused_jobs_unstarted_unit_alone_pass_after_pass(
+    fresh_database_url: str, redis_url: str
+) -> None:
+    async with scene(fresh_database_url, redis_url, lease_ttl=2.0) as s:
+        meta = Metadata(actor="test")
+
+        async def created(*more: job.Event, account_id: str = "acct") -> str:
+            job_id = uuid.uuid4().hex
+            events = [
+                *job.create(
+                    job_id=job_id, account_id=account_id, url="http://m/a.mp4", options=OPTIONS
+                ),
+                *more,
+            ]
+            await s.store.append(job.stream_id(job_id), [NewEvent(e, meta) for e in events], 0)
+            return job_id
+
+        # Never dispatched, so missing from Redis: the control is re-dispatched, the rest not.
+        control = await created()
+        paused_job = await created(job.JobPaused())
+        between = await created(
+            job.StageStarted(stage="download", run=1, attempt=1, node_id="gone"),
+            job.DownloadCompleted(
+                run=1, attempt=1, node_id="gone", files=[], bytes=1, seconds=1, paused=True
+            ),
+            job.JobPaused(),
+        )
+        held_account = await created(account_id="paused-acct")
+        paused = account_policy.AccountPaused(account_id="paused-acct")
+        await s.store.append(account.stream_id("paused-acct"), [NewEvent(paused, meta)], None)
+        passes = 0
+
+        def control_redispatched_and_two_passes_more() -> bool:
+            nonlocal passes
+            redispatched = any(a.startswith(f"re-dispatched {control}:") for a in s.done)
+            passes = passes + 1 if redispatched else 0
+            return passes >= 3
+
+        await s.passes_until(control_redispatched_and_two_passes_more)
+        for job_id in (paused_job, between, held_account):
+            assert not any(job_id in action for action in s.done), s.done
+            state = await load_job(s.store, job_id)
+            assert state is not None
+            unit = job.arq_job_id(job_id, state.run, state.stage, state.attempt)
+            assert await unit_status(s.redis, unit) == "missing"
+            assert not any(isinstance(e.data, job.StageFailed) for e in await _history(s, job_id))
+
+
+async def _history(s: Scene, job_id: str) -> list[RecordedEvent]:
+    return await s.store.read_stream(job.stream_id(job_id))
+
+
+def _fold(*events: job.Event) -> job.JobState:
+    at = datetime.now(UTC)
+    state = job.fold([(e, at, v) for v, e in enumerate(events, start=1)])
+    assert state is not None
+    return state
+
+
+def test_a_resume_dispatches_the_unit_a_paused_job_waits_for_and_never_a_running_one() -> None:
+    created = job.create(job_id="j", account_id="a", url="http://m/a.mp4", options=OPTIONS)[0]
+    started = job.StageStarted(stage="download", run=1, attempt=1, node_id="n")
+    done = job.DownloadCompleted(
+        run=1, attempt=1, node_id="n", files=[], bytes=1, seconds=1, paused=True
+    )
+    # Paused while its download ran: resumed before it ends, nothing is dispatched.
+    (running,) = job.resume(_fold(created, started, job.JobPaused()))
+    assert isinstance(running, job.JobResumed) and not running.due
+    # Paused between stages: the mux, on the node that holds the files.
+    (between,) = job.resume(_fold(created, started, job.JobPaused(), done))
+    assert isinstance(between, job.JobResumed)
+    assert (between.due, between.stage, between.attempt, between.node_id) == (True, "mux", 1, "n")
+    # A unit a node left for the pause is the next attempt, and spent none.
+    deferred = job.StageDeferred(stage="download", run=1, attempt=1, node_id="n", paused_by="job")
+    waiting = _fold(created, job.JobPaused(), deferred)
+    assert (waiting.attempt, waiting.attempt - waiting.interruptions) == (2, 1)
+    assert job.resume(waiting)[0] == job.JobResumed(run=1, stage="download", attempt=2, due=True)
+    # Not paused: nothing; twice paused: one event.
+    assert job.resume(_fold(created)) == []
+    assert job.pause(_fold(created, job.JobPaused())) == []
+
+
+def test_a_scope_holds_back_only_a_run_that_has_not_started() -> None:
+    created = job.create(
+        job_id="j", account_id="a", url="http://m/a.mp4", options=OPTIONS, batch_id="b"
+    )[0]
+    pending = _fold(created)
+    under_way = _fold(created, job.StageStarted(stage="download", run=1, attempt=1, node_id="n"))
+    for scope in pause.scopes_of(pending):
+        assert pause.paused_by(pending, {scope}) == scope[0]
+        assert pause.paused_by(under_way, {scope}) is None
+    assert pause.paused_by(_fold(created, job.JobPaused()), {("cluster", pause.CLUSTER)}) == "job"
+    assert pause.paused_by(pending, {("batch", "other"), ("account", "other")}) is None

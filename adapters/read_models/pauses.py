@@ -81,18 +81,29 @@ WHERE (scope, scope_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
 """
 
 
+async def paused_among(
+    executor: asyncpg.Pool | asyncpg.Connection, wanted: Iterable[pause.Scope]
+) -> set[pause.Scope]:
+    """Which of `wanted` are paused now, in one query (for a dispatcher holding rows, not
+    states: `pause.scopes(account_id, batch_id)` of each)."""
+    asked = set(wanted)
+    if not asked:
+        return set()
+    kinds, ids = zip(*asked, strict=True)
+    rows = await executor.fetch(_PAUSED, list(kinds), list(ids))
+    return {(r["scope"], r["scope_id"]) for r in rows}
+
+
 async def paused_scopes(
     executor: asyncpg.Pool | asyncpg.Connection, states: Iterable[job.JobState]
 ) -> set[pause.Scope]:
     """Which of the scopes that could hold these jobs back are paused now, in one query: give
     it to `pause.paused_by` with each job. Jobs under way are not looked up (no scope holds
     them back)."""
-    wanted = {s for state in states if state.status == "Pending" for s in pause.scopes_of(state)}
-    if not wanted:
-        return set()
-    kinds, ids = zip(*wanted, strict=True)
-    rows = await executor.fetch(_PAUSED, list(kinds), list(ids))
-    return {(r["scope"], r["scope_id"]) for r in rows}
+    return await paused_among(
+        executor,
+        (s for state in states if state.status == "Pending" for s in pause.scopes_of(state)),
+    )
 
 
 async def is_paused(executor: asyncpg.Pool | asyncpg.Connection, scope: pause.Scope) -> bool:
