@@ -60,7 +60,7 @@ async def _post(cluster: Cluster, path: str, key: str | None = None) -> Any:
     return await cluster.client.post(path, headers=cluster.headers(key))
 
 
-async def test_a_paused_job_finishes_its_download_and_does_not_start_the_mux_until_resumed(
+async def test_a_paused_job_finishes_its_download_and_starts_no_mux_until_resumed_after_a_restart(
     cluster: Cluster, media_server: MediaServer
 ) -> None:
     url, release = media_server.held_url("clip.mp4")
@@ -92,6 +92,9 @@ async def test_a_paused_job_finishes_its_download_and_does_not_start_the_mux_unt
         "job",
     )
 
+    # The node restarts while the job waits between stages, its files on the node's disk.
+    await cluster.stop_node()
+    cluster.start_node()
     resumed = await _post(cluster, f"/jobs/{job_id}/resume")
     assert resumed.status_code == 200, resumed.text
     assert (resumed.json()["paused"], resumed.json()["paused_by"]) == (False, None)
