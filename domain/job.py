@@ -669,7 +669,7 @@ def resume(state: JobState) -> list[Event]:
     nothing."""
     if not state.paused:
         return []
-    due = not (state.terminal or state.held or state.unit_started)
+    due = not (state.terminal or state.held or state.unit_started)  # see pause.may_start
     return [
         JobResumed(
             run=state.run, stage=state.stage, attempt=state.attempt, node_id=state.node_id, due=due

@@ -55,3 +55,10 @@ def paused_by(state: job.JobState, paused: Collection[Scope] = ()) -> job.Paused
         if scope in paused:
             return scope[0]
     return None
+
+
+def may_start(state: job.JobState, paused: Collection[Scope] = ()) -> bool:
+    """Whether the job's current unit waits to be started and nothing holds it back: what a
+    lifted pause dispatches (not finished, not held for its batch's start, not under way)."""
+    waits = not (state.terminal or state.held or state.unit_started)
+    return waits and paused_by(state, paused) is None

@@ -117,6 +117,6 @@ async def _released(
         found += [
             Dispatch(s.job_id, s.run, s.stage, s.attempt, s.node_id)
             for s in states
-            if pause.paused_by(s, paused) is None
+            if pause.may_start(s, paused)
         ]
         after = states[-1].job_id

@@ -419,3 +419,26 @@ def test_a_scope_holds_back_only_a_run_that_has_not_started() -> None:
         assert pause.paused_by(under_way, {scope}) is None
     assert pause.paused_by(_fold(created, job.JobPaused()), {("cluster", pause.CLUSTER)}) == "job"
     assert pause.paused_by(pending, {("batch", "other"), ("account", "other")}) is None
+
+
+async def test_an_account_resumed_leaves_its_batch_created_paused_held_until_started(
+    cluster: Cluster, media_server: MediaServer
+) -> None:
+    path = f"/admin/accounts/{cluster.account_id}"
+    assert (await _post(cluster, f"{path}/pause", cluster.admin_key)).json()["paused"]
+    await cluster.runner.settle("pauses")
+    body = {"jobs": [{"url": media_server.url("clip.mp4")}], "paused": True}
+    created = await cluster.client.post("/jobs/bulk", json=body, headers=cluster.headers())
+    batch_id, (held,) = created.json()["batch_id"], created.json()["job_ids"]
+    waiting = await cluster.create(media_server.url("clip.mp4"), filename="waits")
+    await _event(cluster, waiting, job.StageDeferred)
+
+    assert not (await _post(cluster, f"{path}/resume", cluster.admin_key)).json()["paused"]
+    assert (await cluster.wait(waiting, "Completed", "Failed"))["status"] == "Completed"
+    # The resume dispatched nothing for the held job: its batch's start runs it, once.
+    assert await unit_status(cluster.redis, job.arq_job_id(held, 1, "download", 1)) == "missing"
+    assert (await cluster.job(held))["status"] == "Pending"
+    started = await _post(cluster, f"/batch/{batch_id}/start")
+    assert started.status_code == 200, started.text
+    assert (await cluster.wait(held, "Completed", "Failed"))["status"] == "Completed"
+    assert _starts(await _log(cluster, held)) == [("download", 1), ("mux", 1), ("upload", 1)]

@@ -177,9 +177,9 @@ class StageRunner(Drain):
         unit = RunningUnit(job_id, stage, run, attempt, state, state.version, meta)
         held_by: job.PausedBy | None = None
         # A batch's, an account's or the cluster's pause holds back a run that has not started.
-        known = state
+        loaded = state
         paused = await through_outage(
-            f"pauses of job {job_id}", lambda: pauses.paused_scopes(self.store.pool, [known])
+            f"pauses of job {job_id}", lambda: pauses.paused_scopes(self.store.pool, [loaded])
         )
 
         def start(s: job.JobState) -> list[Event]:
