@@ -104,12 +104,17 @@ _LINES = """
 SELECT a.account_id, a.waiting, a.served, (SELECT count(*) FROM dispatch_sent) AS sent
 FROM dispatch_accounts a
 WHERE a.waiting > 0
+  AND NOT EXISTS (
+      SELECT 1 FROM pauses p
+      WHERE p.scope = 'cluster' OR (p.scope = 'account' AND p.scope_id = a.account_id)
+  )
 ORDER BY a.waiting_since, a.account_id
 """
 
 
 class Lines(NamedTuple):
-    """The accounts with jobs in line (who waited longest first) and how many jobs are sent and
+    """The accounts with jobs in line (who waited longest first), but for accounts paused or
+    all of them when the cluster's intake is (domain/pause.py), and how many jobs are sent and
     not yet started."""
 
     sent: int
@@ -130,6 +135,12 @@ WITH quota AS (
     SELECT w.job_id FROM quota q CROSS JOIN LATERAL (
         SELECT job_id FROM dispatch_waiting w
         WHERE w.account_id = q.account_id
+          AND NOT EXISTS (
+              SELECT 1 FROM pauses p WHERE p.scope = 'batch' AND p.scope_id = w.batch_id
+          )
+          AND NOT EXISTS (
+              SELECT 1 FROM jobs j WHERE j.job_id = w.job_id AND j.state->>'paused' = 'true'
+          )
         ORDER BY w.priority DESC, w.seq, w.job_id
         LIMIT q.n
     ) w
@@ -155,8 +166,9 @@ async def send(
     conn: asyncpg.Connection, order: Sequence[str], served: dict[str, float]
 ) -> list[Sent]:
     """Take out of line the jobs `order` gives each account (one entry per job, in the order
-    they are to go), mark them sent, and record each account's new virtual time; the jobs come
-    back in `order`'s order."""
+    they are to go), passing over jobs held by their own pause or their batch's, mark them
+    sent, and record each account's new virtual time; the jobs come back in `order`'s order
+    (an account with fewer jobs free to go than asked gives what it has)."""
     if not order:
         return []
     counts: dict[str, int] = {}

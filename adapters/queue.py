@@ -195,7 +195,8 @@ async def dispatch(redis: ArqRedis, d: Dispatch) -> bool:
 
 def unit_for(job_id: str, ev: Event) -> Dispatch | None:
     """The unit of work a job event calls for, if any (the pipeline's dispatch rule). A result
-    whose node went straight on to the next stage (`chained`) calls for none: it runs."""
+    whose node went straight on to the next stage (`chained`) calls for none: it runs; nor does
+    a paused job's result (`paused`): its `JobResumed` (`due`) dispatches the next stage."""
     if isinstance(ev, job.JobCreated):
         return None if ev.held else Dispatch(job_id, 1, "download", 1)
     if isinstance(ev, job.JobReleased):
@@ -203,7 +204,7 @@ def unit_for(job_id: str, ev: Event) -> Dispatch | None:
     if isinstance(ev, job.JobRetried):
         # From mux or upload: to the node that holds the last run's files.
         return Dispatch(job_id, ev.run, ev.from_stage, 1, ev.node_id)
-    if isinstance(ev, job.DownloadCompleted | job.MuxCompleted) and not ev.chained:
+    if isinstance(ev, job.DownloadCompleted | job.MuxCompleted) and not (ev.chained or ev.paused):
         nxt = job.stage_after(ev)
         assert nxt is not None
         return Dispatch(job_id, ev.run, nxt, 1, ev.node_id)
@@ -211,6 +212,8 @@ def unit_for(job_id: str, ev: Event) -> Dispatch | None:
         return Dispatch(job_id, ev.run, ev.retry_stage, ev.retry_attempt, ev.node_id, ev.retry_in)
     if isinstance(ev, job.StageInterrupted):
         return Dispatch(job_id, ev.run, ev.stage, ev.attempt + 1, ev.node_id)
+    if isinstance(ev, job.JobResumed) and ev.due:
+        return Dispatch(job_id, ev.run, ev.stage, ev.attempt, ev.node_id)
     return None
 
 

@@ -1,6 +1,6 @@
 """`/admin/accounts` (admin keys only, the job API's error shape): every account with its keys,
-its grant of code-running tasks, its quotas and its share of the download slots; set quotas,
-share, grant and revoke.
+its grant of code-running tasks, its quotas, its share of the download slots and whether it is
+paused; set quotas, share, grant and revoke, pause and resume.
 
 Answers are read from the account streams, so a change shows at once.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, delete, get, put
+from litestar import Controller, Request, delete, get, post, put
 from litestar.di import Provide
 
 from spool.adapters.account_policy_store import accounts, load_policy, record
@@ -56,6 +56,8 @@ class AccountView(msgspec.Struct):
     grant: account_policy.Grant | None
     quotas: Quotas
     share: ShareView
+    paused: bool = False
+    """Paused by an admin: the account's jobs that have not started wait (domain/pause.py)."""
 
 
 def _decode(raw: bytes, kind: type[Any]) -> Any:
@@ -82,7 +84,7 @@ async def _keys_of(services: Services, account_id: str) -> list[dict[str, Any]]:
 
 def _view(policy: AccountPolicy, keys: list[dict[str, Any]]) -> AccountView:
     share = ShareView(policy.share.weight, priority_word(policy.share.default_priority))
-    return AccountView(policy.account_id, keys, policy.grant, policy.quotas, share)
+    return AccountView(policy.account_id, keys, policy.grant, policy.quotas, share, policy.paused)
 
 
 def _bad(exc: InvalidPolicy) -> JobApiError:
@@ -170,4 +172,25 @@ class AdminAccountsController(Controller):
             account_policy.revoke(policy),
             command_metadata(request, admin.key_id),
         )
+        return _view(await _policy(services, account_id), await _keys_of(services, account_id))
+
+    @post("/{account_id:str}/pause", status_code=200)
+    async def pause_account(
+        self, request: Request[Any, Any, Any], services: Services, admin: Principal, account_id: str
+    ) -> AccountView:
+        """Pause the account: its jobs that have not started wait; running ones go on to their
+        end, through mux and upload. Twice: nothing more."""
+        policy = await _policy(services, account_id)
+        meta = command_metadata(request, admin.key_id)
+        await record(services.store, account_id, account_policy.pause(policy), meta)
+        return _view(await _policy(services, account_id), await _keys_of(services, account_id))
+
+    @post("/{account_id:str}/resume", status_code=200)
+    async def resume_account(
+        self, request: Request[Any, Any, Any], services: Services, admin: Principal, account_id: str
+    ) -> AccountView:
+        """Lift the account's pause: its waiting jobs are dispatched."""
+        policy = await _policy(services, account_id)
+        meta = command_metadata(request, admin.key_id)
+        await record(services.store, account_id, account_policy.resume(policy), meta)
         return _view(await _policy(services, account_id), await _keys_of(services, account_id))

@@ -47,6 +47,20 @@ class BatchView(msgspec.Struct):
     counts: dict[str, int]
     progress: float
     jobs: list[BatchJob]
+    paused: bool = False
+    """Whether its jobs that have not started wait: created paused, or paused after its start."""
+
+
+class BatchPauseAnswer(msgspec.Struct):
+    """What `POST /batch/{id}/pause` and `/resume` answer."""
+
+    batch_id: str
+    status: str
+    paused: bool
+
+
+def _paused(state: batch.BatchState) -> bool:
+    return state.status == "paused" or state.paused
 
 
 class Rename(msgspec.Struct, forbid_unknown_fields=True):
@@ -178,6 +192,7 @@ class BatchController(Controller):
                 )
                 for j in jobs
             ],
+            paused=_paused(state),
         )
 
     @patch("/{batch_id:str}/jobs", status_code=200)
@@ -213,6 +228,36 @@ class BatchController(Controller):
         store: EventStore = services.store
         started = await commands.start_batch(store, principal.account_id, batch_id, meta)
         return StartAnswer(started.batch_id, started_jobs=started.jobs, status="processing")
+
+    @post("/{batch_id:str}/pause", status_code=200)
+    async def pause_batch(
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        batch_id: str,
+        principal: Principal,
+    ) -> BatchPauseAnswer:
+        """Pause a started batch: its jobs that have not started do not start until it is
+        resumed; running ones go on to the end. A cancelled batch answers 409."""
+        meta = command_metadata(request, principal.key_id)
+        store: EventStore = services.store
+        state = await commands.pause_batch(store, principal.account_id, batch_id, meta)
+        return BatchPauseAnswer(state.batch_id, state.status, _paused(state))
+
+    @post("/{batch_id:str}/resume", status_code=200)
+    async def resume_batch(
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        batch_id: str,
+        principal: Principal,
+    ) -> BatchPauseAnswer:
+        """Resume a batch paused after its start: its waiting jobs are dispatched. A batch
+        created paused is started with `POST /batch/{id}/start` instead (400)."""
+        meta = command_metadata(request, principal.key_id)
+        store: EventStore = services.store
+        state = await commands.resume_batch(store, principal.account_id, batch_id, meta)
+        return BatchPauseAnswer(state.batch_id, state.status, _paused(state))
 
     @delete("/{batch_id:str}", status_code=200)
     async def cancel_batch(

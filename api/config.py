@@ -52,6 +52,12 @@ def config_view(state: config.ClusterConfig) -> ConfigView:
     return ConfigView(server=state.server, heartbeat=state.heartbeat, version=state.version)
 
 
+class IntakeView(msgspec.Struct):
+    """Whether the cluster's intake of new work is paused (domain/pause.py)."""
+
+    paused: bool
+
+
 def _patch(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict) or not data:
         raise validation_error("body", "send a JSON object with the settings to change")
@@ -122,3 +128,28 @@ class ConfigController(Controller):
         """Every section back to its defaults."""
         state = await _change(request, services, principal, config.reset)
         return success(request, config_view(state), message="Configuration reset to defaults")
+
+    @get("/intake")
+    async def intake(
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
+    ) -> Response[Envelope[IntakeView]]:
+        """Whether the cluster's intake of new work is paused."""
+        state = await load_config(services.store)
+        return success(request, IntakeView(paused=state.intake_paused))
+
+    @post("/intake/pause", status_code=200)
+    async def pause_intake(
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
+    ) -> Response[Envelope[IntakeView]]:
+        """Pause the cluster's intake: no job that has not started starts, on any node; work
+        under way goes on to its end. Twice: nothing more."""
+        state = await _change(request, services, principal, config.pause_intake)
+        return success(request, IntakeView(paused=state.intake_paused), message="Intake paused")
+
+    @post("/intake/resume", status_code=200)
+    async def resume_intake(
+        self, request: Request[Any, Any, Any], services: Services, principal: Principal
+    ) -> Response[Envelope[IntakeView]]:
+        """Open the cluster's intake again: the jobs waiting are dispatched."""
+        state = await _change(request, services, principal, config.resume_intake)
+        return success(request, IntakeView(paused=state.intake_paused), message="Intake resumed")

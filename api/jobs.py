@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ from spool.adapters.job_store import load_job_as_of
 from spool.adapters.playlists import Playlist, extract_playlist, looks_like_media
 from spool.adapters.read_models import jobs as job_rows
 from spool.adapters.read_models import nodes as node_rows
+from spool.adapters.read_models import pauses
 from spool.adapters.settings import Settings
 from spool.adapters.ssrf import UrlGuard
 from spool.api.as_of import BadAsOf, parse_as_of
@@ -37,8 +39,9 @@ from spool.api.targets import refuse_forbidden_target
 from spool.application import jobs as commands
 from spool.application.batches import BulkAnswer
 from spool.application.jobs import BatchCreatedAnswer, JobCreatedAnswer, NewJob
-from spool.domain import failure_groups, fair_share, job
+from spool.domain import failure_groups, fair_share, job, pause
 from spool.domain.events import Metadata
+from spool.domain.job import PausedBy
 
 _to_builtins = msgspec.to_builtins
 
@@ -100,6 +103,19 @@ class JobView(msgspec.Struct, omit_defaults=False):
     labels: dict[str, str]
     priority: str | int | None = None
     """As asked (a word where one fits); null: the account's default (domain/fair_share.py)."""
+    paused: bool = False
+    """Whether the job's next stage is held back by a pause (its status stays as it is)."""
+    paused_by: PausedBy | None = None
+    """What holds it: `job` (its own pause), `batch`, `account` or `cluster` (intake)."""
+
+
+class JobPauseAnswer(msgspec.Struct):
+    """What `POST /jobs/{id}/pause` and `/resume` answer."""
+
+    job_id: str
+    status: str
+    paused: bool
+    paused_by: PausedBy | None
 
 
 class JobAction(msgspec.Struct):
@@ -180,8 +196,11 @@ class Links(msgspec.Struct):
     thumbnail: str | None = None
 
 
-def view(state: job.JobState, links: Links | None = None) -> JobView:
-    """The public view of a job's state."""
+def view(
+    state: job.JobState, links: Links | None = None, paused: Collection[pause.Scope] = ()
+) -> JobView:
+    """The public view of a job's state; `paused`: the scopes paused now (domain/pause.py)."""
+    held_by = pause.paused_by(state, paused)
     created = _ms(state.created_at)
     assert created is not None
     p = state.progress
@@ -239,6 +258,8 @@ def view(state: job.JobState, links: Links | None = None) -> JobView:
         priority=None
         if state.options.priority is None
         else fair_share.priority_word(state.options.priority),
+        paused=held_by is not None,
+        paused_by=held_by,
     )
 
 
@@ -387,6 +408,11 @@ def _retry_body(raw: bytes) -> RetryBody:
         raise JobApiError(status_code=400, detail=f"The body is not valid JSON: {exc}") from None
 
 
+def _pause_answer(state: job.JobState) -> JobPauseAnswer:
+    held_by = pause.paused_by(state)
+    return JobPauseAnswer(state.job_id, state.status, held_by is not None, held_by)
+
+
 MAX_VERSION = 2**31 - 1  # stream versions are PostgreSQL integers
 
 
@@ -471,7 +497,8 @@ class JobsController(Controller):
                     services.pool, state.job_id, live_progress.fresh_within(services.settings)
                 )
                 state = live_progress.shown(state, live)
-            return view(state, await _links(services, state))
+            paused = await pauses.paused_scopes(services.pool, [state])
+            return view(state, await _links(services, state), paused)
         return view(await load_job_then(services, state.job_id, as_of))
 
     @delete("/{job_id:str}", status_code=200)
@@ -519,6 +546,26 @@ class JobsController(Controller):
         )
         await services.media.forget(state.job_id)
         return FileDeletedAnswer(job_id=state.job_id, deleted=True, key=state.key or "")
+
+    @post("/{job_id:str}/pause", status_code=200)
+    async def pause_job(
+        self, request: Request[Any, Any, Any], services: Services, job_id: str, principal: Principal
+    ) -> JobPauseAnswer:
+        """Pause a job: a running stage finishes and the next does not start until it is
+        resumed; a job that has not started stays Pending. A finished job answers 409."""
+        meta = command_metadata(request, principal.key_id)
+        state = await commands.pause_job(services.store, principal.account_id, job_id, meta)
+        return _pause_answer(state)
+
+    @post("/{job_id:str}/resume", status_code=200)
+    async def resume_job(
+        self, request: Request[Any, Any, Any], services: Services, job_id: str, principal: Principal
+    ) -> JobPauseAnswer:
+        """Lift a job's own pause: the stage it waits for is dispatched. A job still held by
+        its batch's, its account's or the cluster's pause says so in `paused_by`."""
+        meta = command_metadata(request, principal.key_id)
+        state = await commands.resume_job(services.store, principal.account_id, job_id, meta)
+        return _pause_answer(state)
 
     @get("/")
     async def list_jobs(
@@ -573,8 +620,9 @@ class JobsController(Controller):
             limit=limit,
             live_within=live_progress.fresh_within(services.settings),
         )
+        paused = await pauses.paused_scopes(services.pool, found.states)
         return JobPage(
-            jobs=[view(state) for state in found.states],
+            jobs=[view(state, paused=paused) for state in found.states],
             next_cursor=_cursor(*found.last) if found.more and found.last else None,
         )
 

@@ -94,10 +94,10 @@ class OperationsController(Controller):
         principal: Principal,
         data: ActionBody,
     ) -> Asked:
-        """Act on every job a filter matches: `{"action": "cancel"|"retry"|"delete_file",
-        "filter": {...}, "dry_run": false}`. Answers at once with the operation's id; the jobs
-        matched now are the ones acted on (at most 10,000), each through its single-job
-        command. `pause` and `resume` are not available yet."""
+        """Act on every job a filter matches: `{"action": "cancel"|"retry"|"pause"|"resume"|
+        "delete_file", "filter": {...}, "dry_run": false}`. Answers at once with the
+        operation's id; the jobs matched now are the ones acted on (at most 10,000), each
+        through its single-job command."""
         try:
             body = _decode_body(await request.body())  # strictly: `"true"` is not true
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:

@@ -143,3 +143,33 @@ async def _recorded(
     except (InvalidTransition, ChangingTooFast):
         return False
     return done.state is not None
+
+
+async def _decide_batch(
+    store: EventStore,
+    account_id: str,
+    batch_id: str,
+    decision: Callable[[batch.BatchState], list[Event]],
+    meta: Metadata,
+) -> batch.BatchState:
+    owned = await owned_batch(store, account_id, batch_id)  # NotFound for anyone else's
+    try:
+        done = await batches(store).execute(owned.batch_id, decision, meta)
+    except ChangingTooFast:
+        raise Conflict("The batch is changing too fast; try again") from None
+    assert done.state is not None
+    return done.state
+
+
+async def pause_batch(
+    store: EventStore, account_id: str, batch_id: str, meta: Metadata
+) -> batch.BatchState:
+    """Pause a started batch: its jobs that have not started wait; running ones go on."""
+    return await _decide_batch(store, account_id, batch_id, batch.pause, meta)
+
+
+async def resume_batch(
+    store: EventStore, account_id: str, batch_id: str, meta: Metadata
+) -> batch.BatchState:
+    """Lift a batch's pause; the pipeline dispatches its waiting jobs."""
+    return await _decide_batch(store, account_id, batch_id, batch.resume, meta)

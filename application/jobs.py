@@ -277,3 +277,17 @@ async def label_job(
 ) -> job.JobState:
     """Set (a string) or remove (None) some of a job's labels, keeping the others."""
     return await decide(store, account_id, job_id, lambda s: job.label(s, changes), meta)
+
+
+async def pause_job(
+    store: EventStore, account_id: str, job_id: str, meta: Metadata
+) -> job.JobState:
+    """Pause one of the account's jobs: its running stage finishes, the next does not start."""
+    return await decide(store, account_id, job_id, job.pause, meta)
+
+
+async def resume_job(
+    store: EventStore, account_id: str, job_id: str, meta: Metadata
+) -> job.JobState:
+    """Resume one of the account's paused jobs; the pipeline dispatches what is due."""
+    return await decide(store, account_id, job_id, job.resume, meta)

@@ -60,8 +60,12 @@ ACTIONS: dict[str, JobCommand] = {
     ),
     "retry": lambda s, account_id, job_id, meta: jobs.retry_job(s.store, account_id, job_id, meta),
     "delete_file": _delete_file,
+    "pause": lambda s, account_id, job_id, meta: jobs.pause_job(s.store, account_id, job_id, meta),
+    "resume": lambda s, account_id, job_id, meta: jobs.resume_job(
+        s.store, account_id, job_id, meta
+    ),
 }
-"""The action of each name: adding one (`pause`, `resume`) is one line here."""
+"""The action of each name, as its single-job endpoint runs it."""
 
 
 class Asked(msgspec.Struct):
@@ -85,10 +89,8 @@ async def request_operation(
     meta: Metadata,
 ) -> Asked:
     """Record an operation over the jobs of `accounts` (None: every account's) that `query`
-    matches now; a dry run only counts them. Refused: an action not available yet, more than
-    `MAX_JOBS` jobs, or `MAX_RUNNING` operations of the account still running."""
-    if action not in ACTIONS:
-        raise InvalidCommand(f"The action {action!r} is not available yet")
+    matches now; a dry run only counts them. Refused: more than `MAX_JOBS` jobs, or
+    `MAX_RUNNING` operations of the account still running."""
     if not dry_run and await operation_rows.running_of(store.pool, account_id) >= (
         operation.MAX_RUNNING
     ):

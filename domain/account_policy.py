@@ -101,6 +101,20 @@ class ShareSet(Event, frozen=True, kw_only=True):
     share: Share = Share()
 
 
+@event
+class AccountPaused(Event, frozen=True, kw_only=True):
+    """An admin paused the account: its jobs that have not started wait (domain/pause.py)."""
+
+    account_id: str
+
+
+@event
+class AccountResumed(Event, frozen=True, kw_only=True):
+    """The account's pause was lifted: its waiting jobs are dispatched."""
+
+    account_id: str
+
+
 class Grant(msgspec.Struct, frozen=True, kw_only=True):
     task_types: list[str]
     env: list[str]
@@ -114,6 +128,8 @@ class AccountPolicy(msgspec.Struct, frozen=True, kw_only=True):
     quotas: Quotas = Quotas()
     share: Share = Share()
     updated_at: datetime | None = None
+    paused: bool = False
+    """Paused by an admin (`AccountPaused`): its jobs that have not started wait."""
 
 
 def evolve(
@@ -121,10 +137,15 @@ def evolve(
 ) -> AccountPolicy | None:
     """Apply one event of the account stream; events that are not policy leave it unchanged
     (None: the account has had no policy event yet)."""
-    if not isinstance(ev, CodeTasksGranted | CodeTasksRevoked | QuotasSet | ShareSet):
+    if not isinstance(
+        ev,
+        CodeTasksGranted | CodeTasksRevoked | QuotasSet | ShareSet | AccountPaused | AccountResumed,
+    ):
         return state
     if state is None:
         state = AccountPolicy(account_id=ev.account_id)
+    if isinstance(ev, AccountPaused | AccountResumed):
+        return msgspec.structs.replace(state, paused=isinstance(ev, AccountPaused), updated_at=at)
     if isinstance(ev, CodeTasksGranted):
         grant = Grant(task_types=list(ev.task_types), env=list(ev.env))
         return msgspec.structs.replace(state, grant=grant, updated_at=at)
@@ -139,7 +160,14 @@ AGGREGATE: Aggregate[AccountPolicy] = Aggregate(
     name="account_policy",
     stream_id=stream_id,
     evolve=evolve,
-    event_classes=(CodeTasksGranted, CodeTasksRevoked, QuotasSet, ShareSet),
+    event_classes=(
+        CodeTasksGranted,
+        CodeTasksRevoked,
+        QuotasSet,
+        ShareSet,
+        AccountPaused,
+        AccountResumed,
+    ),
 )
 
 EVENT_TYPES: frozenset[str] = AGGREGATE.event_types
@@ -175,6 +203,16 @@ def grant(account_id: str, task_types: Sequence[str], env: Sequence[object]) -> 
 def revoke(state: AccountPolicy) -> list[Event]:
     """Decide the revocation of the account's grant; nothing when it has none."""
     return [] if state.grant is None else [CodeTasksRevoked(account_id=state.account_id)]
+
+
+def pause(state: AccountPolicy) -> list[Event]:
+    """Pause the account's intake of work; nothing when it is paused already."""
+    return [] if state.paused else [AccountPaused(account_id=state.account_id)]
+
+
+def resume(state: AccountPolicy) -> list[Event]:
+    """Lift the account's pause; nothing when it is not paused."""
+    return [AccountResumed(account_id=state.account_id)] if state.paused else []
 
 
 def set_quotas(account_id: str, quotas: Quotas) -> list[Event]:

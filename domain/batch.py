@@ -10,7 +10,7 @@ import msgspec
 
 from spool.domain import job
 from spool.domain.aggregate import Aggregate
-from spool.domain.errors import InvalidTransition
+from spool.domain.errors import Conflict, InvalidTransition
 from spool.domain.events import Event, event
 
 BatchKind = Literal["bulk", "playlist"]
@@ -42,6 +42,16 @@ class BatchCancelled(Event, frozen=True, kw_only=True):
     cancelled_jobs: int
 
 
+@event
+class BatchPaused(Event, frozen=True, kw_only=True):
+    """The started batch was paused: its jobs that have not started wait (domain/pause.py)."""
+
+
+@event
+class BatchResumed(Event, frozen=True, kw_only=True):
+    """The batch's pause was lifted: its waiting jobs are dispatched."""
+
+
 class BatchState(msgspec.Struct, frozen=True, kw_only=True):
     batch_id: str
     account_id: str
@@ -53,6 +63,8 @@ class BatchState(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     started_at: datetime | None = None
     version: int = 0
+    paused: bool = False
+    """Paused after its start (`BatchPaused`); one created paused has status `paused` instead."""
 
 
 def stream_id(batch_id: str) -> str:
@@ -80,6 +92,21 @@ def cancel(state: BatchState, cancelled_jobs: int) -> list[Event]:
     return [BatchCancelled(cancelled_jobs=cancelled_jobs)]
 
 
+def pause(state: BatchState) -> list[Event]:
+    """Pause a started batch: its jobs that have not started do not start. A batch not yet
+    started is held already, and one paused already needs nothing; a cancelled one cannot be."""
+    if state.status == "cancelled":
+        raise Conflict("Batch is cancelled and cannot be paused")
+    return [] if state.status == "paused" or state.paused else [BatchPaused()]
+
+
+def resume(state: BatchState) -> list[Event]:
+    """Lift a started batch's pause; a batch not yet started is started, not resumed."""
+    if state.status == "paused":
+        raise InvalidTransition("Batch has not started. Start it with POST /batch/{id}/start.")
+    return [BatchResumed()] if state.paused else []
+
+
 def evolve(state: BatchState | None, ev: Event, at: datetime, version: int) -> BatchState:
     """Apply one recorded event to a batch's state."""
     if isinstance(ev, BatchCreated):
@@ -101,6 +128,8 @@ def evolve(state: BatchState | None, ev: Event, at: datetime, version: int) -> B
         return msgspec.structs.replace(state, status="processing", started_at=at, version=version)
     if isinstance(ev, BatchCancelled):
         return msgspec.structs.replace(state, status="cancelled", version=version)
+    if isinstance(ev, BatchPaused | BatchResumed):
+        return msgspec.structs.replace(state, paused=isinstance(ev, BatchPaused), version=version)
     return msgspec.structs.replace(state, version=version)
 
 
@@ -108,7 +137,7 @@ AGGREGATE: Aggregate[BatchState] = Aggregate(
     name="batch",
     stream_id=stream_id,
     evolve=evolve,
-    event_classes=(BatchCreated, BatchStarted, BatchCancelled),
+    event_classes=(BatchCreated, BatchStarted, BatchCancelled, BatchPaused, BatchResumed),
 )
 
 EVENT_TYPES: frozenset[str] = AGGREGATE.event_types

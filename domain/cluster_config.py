@@ -61,10 +61,23 @@ class ConfigReset(Event, frozen=True, kw_only=True):
     """Every section back to its defaults."""
 
 
+@event
+class IntakePaused(Event, frozen=True, kw_only=True):
+    """An admin paused the cluster's intake: no job that has not started starts, anywhere;
+    work under way goes on (domain/pause.py)."""
+
+
+@event
+class IntakeResumed(Event, frozen=True, kw_only=True):
+    """The cluster's intake is open again: waiting jobs are dispatched."""
+
+
 class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
     server: ServerConfig = ServerConfig()
     heartbeat: HeartbeatConfig = HeartbeatConfig()
     version: int = 0
+    intake_paused: bool = False
+    """Not a setting (a reset leaves it): whether the cluster's intake is paused."""
 
 
 SECTIONS: tuple[str, ...] = ("server", "heartbeat")
@@ -84,7 +97,11 @@ def evolve(state: ClusterConfig | None, ev: Event, at: datetime, version: int) -
     if isinstance(ev, HeartbeatConfigChanged):
         return msgspec.structs.replace(state, heartbeat=ev.heartbeat, version=version)
     if isinstance(ev, ConfigReset):
-        return ClusterConfig(version=version)
+        return ClusterConfig(version=version, intake_paused=state.intake_paused)
+    if isinstance(ev, IntakePaused | IntakeResumed):
+        return msgspec.structs.replace(
+            state, intake_paused=isinstance(ev, IntakePaused), version=version
+        )
     return msgspec.structs.replace(state, version=version)
 
 
@@ -92,7 +109,13 @@ AGGREGATE: Aggregate[ClusterConfig] = Aggregate(
     name="config",
     stream_id=stream_id,
     evolve=evolve,
-    event_classes=(ServerConfigChanged, HeartbeatConfigChanged, ConfigReset),
+    event_classes=(
+        ServerConfigChanged,
+        HeartbeatConfigChanged,
+        ConfigReset,
+        IntakePaused,
+        IntakeResumed,
+    ),
     initial=ClusterConfig(),
 )
 
@@ -146,6 +169,16 @@ def change_heartbeat(state: ClusterConfig, patch: dict[str, Any]) -> list[Event]
 def reset(state: ClusterConfig) -> list[Event]:
     """Back to defaults (recorded even when nothing differs: the admin asked for it)."""
     return [ConfigReset()]
+
+
+def pause_intake(state: ClusterConfig) -> list[Event]:
+    """Pause the cluster's intake of new work; nothing when it is paused already."""
+    return [] if state.intake_paused else [IntakePaused()]
+
+
+def resume_intake(state: ClusterConfig) -> list[Event]:
+    """Open the cluster's intake again; nothing when it is open."""
+    return [IntakeResumed()] if state.intake_paused else []
 
 
 def as_dict(state: ClusterConfig) -> dict[str, dict[str, Any]]:

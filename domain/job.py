@@ -145,6 +145,9 @@ class DownloadCompleted(Event, frozen=True, kw_only=True):
     chained: bool = False
     """The node went straight on to the mux: its StageStarted follows in the same append, and
     nothing is dispatched for it (`chain`)."""
+    paused: bool = False
+    """The job was paused (`JobPaused`): the mux waits for its `JobResumed`, which dispatches
+    it; nothing is dispatched for this result (`record_result`)."""
 
 
 @event
@@ -168,6 +171,8 @@ class MuxCompleted(Event, frozen=True, kw_only=True):
     height: int | None = None
     chained: bool = False
     """The node went straight on to the upload (see `DownloadCompleted.chained`)."""
+    paused: bool = False
+    """The job was paused: the upload waits for its resume (see `DownloadCompleted.paused`)."""
 
 
 @event
@@ -292,6 +297,41 @@ class WebhookFailed(Event, frozen=True, kw_only=True):
     final: bool
 
 
+PausedBy = Literal["job", "batch", "account", "cluster"]
+"""What holds a job back (domain/pause.py): its own pause, its batch's, its account's, or the
+cluster's intake."""
+
+
+@event
+class JobPaused(Event, frozen=True, kw_only=True):
+    """The job was paused: a running stage finishes, the next one does not start."""
+
+
+@event
+class JobResumed(Event, frozen=True, kw_only=True):
+    """The pause was lifted. `due`: the job's current unit `(run, stage, attempt)` has not
+    started and is to be dispatched now (on `node_id`'s queue for a mux or an upload)."""
+
+    run: int
+    stage: Stage
+    attempt: int
+    node_id: str | None = None
+    due: bool = False
+
+
+@event
+class StageDeferred(Event, frozen=True, kw_only=True):
+    """A node took a unit of a paused job and left it unstarted (`paused_by` says what held
+    it). Like an interruption it spends no attempt: the same stage waits as `attempt + 1`, a
+    unit id of its own, for the resume to dispatch it."""
+
+    stage: Stage
+    run: int
+    attempt: int
+    node_id: str
+    paused_by: PausedBy
+
+
 # -- state -----------------------------------------------------------------------------------
 
 
@@ -360,10 +400,18 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     timings: dict[str, StageTiming] = msgspec.field(default_factory=dict)
     """Each stage's timing in the current run."""
     labels: dict[str, str] = msgspec.field(default_factory=dict)
+    paused: bool = False
+    """Paused by its own `JobPaused` (not by its batch, account or the cluster: domain/pause.py)."""
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def unit_started(self) -> bool:
+        """Whether a node has started the current unit: a start sets `progress`, and every
+        event that moves the job to another unit (or ends it) clears it."""
+        return self.progress is not None and not self.terminal
 
     @property
     def queued_at(self) -> datetime:
@@ -661,6 +709,47 @@ def label(state: JobState, changes: dict[str, str | None]) -> list[Event]:
     return [] if after == state.labels else [JobLabelled(labels=after, changes=dict(changes))]
 
 
+def pause(state: JobState) -> list[Event]:
+    """Pause a job: a running stage finishes, the next does not start; twice: nothing."""
+    if state.terminal:
+        raise InvalidTransition(f"Job is already {state.status.lower()} and cannot be paused")
+    return [] if state.paused else [JobPaused()]
+
+
+def resume(state: JobState) -> list[Event]:
+    """Lift a job's pause; its current unit is dispatched if it has not started. Not paused:
+    nothing."""
+    if not state.paused:
+        return []
+    due = not (state.terminal or state.held or state.unit_started)  # see pause.may_start
+    return [
+        JobResumed(
+            run=state.run, stage=state.stage, attempt=state.attempt, node_id=state.node_id, due=due
+        )
+    ]
+
+
+def defer_stage(
+    state: JobState, stage: Stage, run: int, attempt: int, *, node_id: str, paused_by: PausedBy
+) -> list[Event]:
+    """Leave a unit of a paused job unstarted: the same stage waits for the resume."""
+    _require_current(state, stage, run, attempt)
+    return [
+        StageDeferred(stage=stage, run=run, attempt=attempt, node_id=node_id, paused_by=paused_by)
+    ]
+
+
+def record_result(state: JobState, done: Event, *, go_on: bool) -> list[Event]:
+    """A stage's result as its node appends it: with the next stage's start when the node can
+    go on (`chain`), unless the job is paused, whose result says so and starts nothing."""
+    if isinstance(done, DownloadCompleted | MuxCompleted):
+        if state.paused:
+            return [msgspec.structs.replace(done, paused=True)]
+        if go_on:
+            return chain(done)
+    return [done]
+
+
 # -- evolve ----------------------------------------------------------------------------------
 
 
@@ -869,6 +958,23 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         return replace(state, updated_at=at, version=version, options=options)
     elif isinstance(ev, JobLabelled):
         return replace(state, updated_at=at, version=version, labels=dict(ev.labels))
+    elif isinstance(ev, JobPaused):
+        return replace(state, updated_at=at, version=version, paused=True)
+    elif isinstance(ev, JobResumed):
+        return replace(state, updated_at=at, version=version, paused=False)
+    elif isinstance(ev, StageDeferred) and (ev.run, ev.stage, ev.attempt) == (
+        state.run,
+        state.stage,
+        state.attempt,
+    ):
+        return replace(
+            state,
+            updated_at=at,
+            version=version,
+            attempt=ev.attempt + 1,
+            interruptions=state.interruptions + 1,  # spends no attempt, as a shutdown does
+            progress=None,
+        )
     return replace(state, updated_at=at, version=version)
 
 
@@ -944,6 +1050,9 @@ AGGREGATE: Aggregate[JobState] = Aggregate(
         WebhookDelivered,
         WebhookFailed,
         JobLabelled,
+        JobPaused,
+        JobResumed,
+        StageDeferred,
     ),
 )
 

@@ -30,6 +30,7 @@ ATTEMPT_ENDERS: tuple[type[Event], ...] = (
     job.JobFailed,
     job.JobCancelled,
     job.JobRetried,
+    job.StageDeferred,
 )
 """The job events that end whichever attempt is running. A StageStarted followed by one grants
 nothing any more, even when the job comes back to a unit of the same id: a mux or an upload

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
@@ -25,8 +26,10 @@ from spool.adapters.account_policy_store import load_policy
 from spool.adapters.event_store import EventStore
 from spool.adapters.periodic import run_periodically
 from spool.adapters.queue import Dispatch, dispatch, unit_for
+from spool.adapters.read_models import jobs as job_rows
+from spool.adapters.read_models import pauses
 from spool.adapters.read_models.nodes import download_slots
-from spool.domain import fair_share, job
+from spool.domain import account_policy, batch, cluster_config, fair_share, job, pause
 from spool.domain.account_policy import Share
 from spool.domain.events import RecordedEvent, event_id
 from spool.reactors.projection import locked_checkpoint
@@ -48,6 +51,9 @@ SLOTS_SECONDS = 2.0
 
 TIDY_EVERY = 30
 """`Ticks` passes between two mendings of the line's counts (`dispatch_queue.tidy`)."""
+
+SHARE_ROUNDS = 3
+"""Times a pass hands out again the room that accounts with only held jobs left unused."""
 
 SENT_STALE = timedelta(minutes=2)
 """How long a sent job whose row shows it started may stay counted as sent (a missed event)."""
@@ -71,6 +77,16 @@ class PipelineReactor:
             job.StageInterrupted,
             job.JobCancelled,
             job.JobFailed,
+            job.JobResumed,
+            job.StageDeferred,
+            # A scope's pause holds its jobs in line; its lift dispatches the jobs it held
+            # that are not in line (`_released`) and lets the line send the others.
+            batch.BatchPaused,
+            batch.BatchResumed,
+            account_policy.AccountPaused,
+            account_policy.AccountResumed,
+            cluster_config.IntakePaused,
+            cluster_config.IntakeResumed,
         )
     )
 
@@ -93,6 +109,7 @@ class PipelineReactor:
         joined: dict[str, dispatch_queue.Entry] = {}
         left: dict[str, int] = {}
         units: list[Dispatch] = []
+        changed = False  # a pause lifted: what the line may send has changed
         # A release or a retry joins with what the job was created with: read at once.
         later = [
             e.stream_id
@@ -101,6 +118,17 @@ class PipelineReactor:
         ]
         firsts = await self.store.read_firsts(later, conn=conn) if later else {}
         for e in events:
+            if (scope := pauses.scope_of(e)) is not None:
+                changed = True
+                if not pauses.pauses_scope(e):
+                    units += [
+                        u._replace(
+                            correlation_id=e.metadata.correlation_id,
+                            causation_id=event_id(e.position),
+                        )
+                        for u in await _released(conn, scope, e)
+                    ]
+                continue
             job_id = e.stream_id.removeprefix("job-")
             ev = e.data
             if _joins_line(ev):
@@ -116,6 +144,7 @@ class PipelineReactor:
                 if job_id in joined and joined[job_id].run <= run:
                     del joined[job_id]
                 left[job_id] = max(run, left.get(job_id, 0))
+            changed = changed or isinstance(ev, job.JobResumed)
             unit = unit_for(job_id, ev)
             if unit is not None:
                 # The unit follows the event's request and names the event as its cause; its
@@ -129,7 +158,13 @@ class PipelineReactor:
         # out above), and a run leaving may be followed by the job's next run joining.
         await dispatch_queue.leave(conn, list(left.items()))
         await dispatch_queue.join(conn, list(joined.values()))
-        if joined or left:  # else the line and the room are as the last pass left them
+        # A download of a job waiting in line is the line's to send, whatever else calls for it
+        # (a lifted pause): sent from here, it would pass the other accounts' turns.
+        downloads = [u.job_id for u in units if u.stage == "download"]
+        if downloads:
+            in_line = await dispatch_queue.waiting_ids(conn, downloads)
+            units = [u for u in units if u.stage != "download" or u.job_id not in in_line]
+        if joined or left or changed:  # else the line and the room are as the last pass left
             units += await self._send_due(conn)
         await _enqueue(self.redis, units)
 
@@ -180,16 +215,31 @@ class PipelineReactor:
 
     async def _send_due(self, conn: asyncpg.Connection) -> list[Dispatch]:
         found = await dispatch_queue.lines(conn)
-        if not found.lines:
-            return []
-        free = await self._room(conn) - found.sent
-        if free <= 0:
-            return []
+        free = await self._room(conn) - found.sent if found.lines else 0
         lines = [
             ln._replace(weight=(await self._share(ln.account_id)).weight) for ln in found.lines
         ]
-        decided = fair_share.plan(free, lines)
-        sent = await dispatch_queue.send(conn, decided.order, decided.served)
+        sent: list[dispatch_queue.Sent] = []
+        # An account whose waiting jobs are all held (a paused batch or job) sends fewer than
+        # its share: the room it leaves goes round again to the others, a few times at most.
+        for _ in range(SHARE_ROUNDS):
+            if free <= 0 or not lines:
+                break
+            decided = fair_share.plan(free, lines)
+            got = await dispatch_queue.send(conn, decided.order, decided.served)
+            sent += got
+            free -= len(got)
+            asked = Counter(decided.order)
+            given = Counter(s.account_id for s in got)
+            lines = [ln for ln in lines if given[ln.account_id] == asked[ln.account_id]]
+            lines = [
+                ln._replace(waiting=ln.waiting - given[ln.account_id], served=decided.served[a])
+                if (a := ln.account_id) in decided.served
+                else ln
+                for ln in lines
+            ]
+            if len(got) == len(decided.order):
+                break
         return [
             Dispatch(
                 s.job_id,
@@ -216,7 +266,7 @@ def _joins_line(ev: object) -> bool:
 def _run_leaving(ev: object) -> int | None:
     """The run whose download a job event ends the wait of, if any: a node started it, or the
     run was cancelled or failed (a completed run started its download: it left then)."""
-    if isinstance(ev, job.StageStarted):
+    if isinstance(ev, job.StageStarted | job.StageDeferred):  # a deferred unit ended unstarted
         return ev.run if ev.stage == "download" else None
     if isinstance(ev, job.JobCancelled | job.JobFailed):
         return ev.run
@@ -254,3 +304,46 @@ class Ticks:
         await run_periodically(
             self.pass_once, interval=self.interval, stop=stop, what="pipeline pass", logger=log
         )
+
+
+RESUME_PATIENCE = 10.0
+"""Seconds a lifted pause's dispatch waits for the `pauses` projection to have applied it."""
+
+RELEASED_AT_ONCE = 500
+"""Waiting jobs a lifted pause reads at a time."""
+
+
+async def _released(
+    conn: asyncpg.Connection, scope: pause.Scope, resumed: RecordedEvent
+) -> list[Dispatch]:
+    """The units of the jobs a lifted scope's pause held back and nothing else holds now: each
+    waiting job's current unit (a download its node left as `StageDeferred` is a new attempt,
+    never enqueued; one that stayed queued through the pause is the same id, enqueued again as
+    a no-op). A job the jobs projection shows behind the log is caught by the reconciler."""
+    # Nodes read the pause from the `pauses` table: a unit dispatched before the table has the
+    # resume would be left again (and wait for the reconciler). The projection applies it
+    # within its coalescing delay; past the patience, dispatch anyway.
+    deadline = time.monotonic() + RESUME_PATIENCE
+    while not await pauses.applied(conn, resumed) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    kind, scope_id = scope
+    found: list[Dispatch] = []
+    after = ""
+    while True:
+        states = await job_rows.waiting(
+            conn,
+            account_id=scope_id if kind == "account" else None,
+            batch_id=scope_id if kind == "batch" else None,
+            after=after,
+            limit=RELEASED_AT_ONCE,
+        )
+        if not states:
+            return found
+        # The scope is resumed: the projection may not have dropped its row yet.
+        paused = await pauses.paused_scopes(conn, states) - {scope}
+        found += [
+            Dispatch(s.job_id, s.run, s.stage, s.attempt, s.node_id)
+            for s in states
+            if pause.may_start(s, paused)
+        ]
+        after = states[-1].job_id

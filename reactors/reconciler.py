@@ -42,9 +42,10 @@ from spool.adapters.queue import (
 )
 from spool.adapters.read_models import jobs as job_rows
 from spool.adapters.read_models import nodes as node_rows
+from spool.adapters.read_models import pauses
 from spool.adapters.repository import ChangingTooFast, Loaded
 from spool.adapters.settings import Settings
-from spool.domain import job, lease, node
+from spool.domain import job, lease, node, pause
 from spool.domain.errors import InvalidTransition
 from spool.domain.events import Event
 from spool.reactors.causes import following
@@ -119,16 +120,20 @@ class Reconciler:
         unfinished = await job_rows.unfinished(self.store.pool, quiet)
         states: dict[str, job.JobState] = {}
         in_line: set[str] = set()
+        paused: set[pause.Scope] = set()
         for n, (job_id, is_quiet) in enumerate(unfinished):
             if n % LOAD_AT_ONCE == 0:  # the jobs read a chunk at a time, each exact
                 chunk = [j for j, _ in unfinished[n : n + LOAD_AT_ONCE]]
                 states = await load_jobs(self.store, chunk)
                 in_line = await dispatch_queue.waiting_ids(self.store.pool, chunk)
+                paused = await pauses.paused_scopes(self.store.pool, states.values())
             state = states.get(job_id)
             if state is None or state.terminal or state.held:
                 continue  # a held job waits for its batch to start: nothing is stranded
             if job_id in in_line and state.status == "Pending":
                 continue  # waits in the pipeline's line for room: Redis is not to hold it yet
+            if not state.unit_started and pause.paused_by(state, paused) is not None:
+                continue  # a paused job's next unit waits for its resume, which dispatches it
             unit = job.arq_job_id(state.job_id, state.run, state.stage, state.attempt)
             held = None
             if state.status == "Processing":  # a Pending job's first unit has not started

@@ -276,8 +276,6 @@ async def test_another_accounts_operation_answers_404(
     ("body", "fragment"),
     [
         ({"action": "explode", "filter": {}}, "action must be one of"),
-        ({"action": "pause", "filter": {}}, "'pause' is not available yet"),
-        ({"action": "resume", "filter": {}}, "'resume' is not available yet"),
         ({"action": "retry", "filter": {"status": ["Asleep"]}}, "Invalid enum value 'Asleep'"),
         ({"action": "retry", "filter": {"colour": "red"}}, "unknown field `colour`"),
         ({"action": "retry", "filter": {"labels": {"Bad Key": "v"}}}, "Label key"),

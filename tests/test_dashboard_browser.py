@@ -29,6 +29,7 @@ from tests.fixtures.cluster import Cluster, running_cluster
 from tests.fixtures.loopback import serve_on_loopback
 from tests.fixtures.media import MediaServer
 from tests.fixtures.s3 import S3Server
+from tests.fixtures.waiting import until
 
 WAIT_MS = 30_000
 POLL_MS = 1_000
@@ -282,6 +283,40 @@ async def test_cancel_and_retry_from_the_page(
     events = (await as_admin(dash, f"/jobs/{job_id}/events?limit=1000"))["events"]
     assert [e["type"] for e in events].count("JobCompleted") == 1
     assert "JobCancelled" in [e["type"] for e in events]
+
+
+async def test_pause_and_resume_from_the_page(
+    page: Page, dash: Api, media_server: MediaServer
+) -> None:
+    await connect(page, dash, dash.cluster.admin_key)
+    # The download holds until the pause has landed: the mux after it must not start.
+    url, release = media_server.held_url("clip.mp4")
+    await page.fill("#job-url", url)
+    await page.click("#submit-form button[type=submit]")
+    await expect(page.locator("#jobs-message")).to_contain_text("Created job")
+    job_id = (await page.locator("#jobs-message").text_content() or "").split()[-1].rstrip(".")
+    row = page.locator(f"#jobs-body tr[data-job-id='{job_id}']")
+
+    await row.locator("button.pause").click()
+    await expect(page.locator("#jobs-message")).to_contain_text("paused")
+    await expect(row.locator(".status")).to_contain_text("paused (job)", timeout=WAIT_MS)
+    await expect(row.locator("button.pause")).to_be_hidden()
+    release.set()
+
+    async def download_done() -> bool:
+        events = (await as_admin(dash, f"/jobs/{job_id}/events?limit=1000"))["events"]
+        return "DownloadCompleted" in [e["type"] for e in events]
+
+    await until(download_done, seconds=60)
+    await expect(row.locator(".status")).to_contain_text("paused (job)")
+    await row.locator("button.resume").click()
+    await expect(page.locator("#jobs-message")).to_contain_text("resumed")
+    await expect(row.locator(".status")).to_have_text("Completed", timeout=WAIT_MS)
+    events = (await as_admin(dash, f"/jobs/{job_id}/events?limit=1000"))["events"]
+    assert [e["type"] for e in events].count("JobCompleted") == 1
+    assert "JobPaused" in [e["type"] for e in events] and "JobResumed" in [
+        e["type"] for e in events
+    ]
 
 
 async def test_the_viewer_list_filters_and_pages(page: Page, dash: Api) -> None:

@@ -15,6 +15,7 @@ from spool.adapters.read_models.jobs import JobsProjection
 from spool.adapters.read_models.node_minutes import NodeMinutesProjection
 from spool.adapters.read_models.nodes import NodesProjection
 from spool.adapters.read_models.operations import OPERATIONS
+from spool.adapters.read_models.pauses import PausesProjection
 from spool.adapters.read_models.projection import Projection
 from spool.adapters.read_models.storage_configs import StorageConfigsProjection
 from spool.adapters.read_models.tasks import TASKS
@@ -39,6 +40,7 @@ def all_projections() -> list[Projection]:
         UsageMinutesProjection(),
         ViewersProjection(),
         OPERATIONS,
+        PausesProjection(),
         # Reporting (docs/reporting.md): read by the `reporting` views, not by the API.
         JobStagesProjection(),
         JobMinutesProjection(),

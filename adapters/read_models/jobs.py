@@ -506,3 +506,26 @@ async def failures(
     `since`, most jobs first, at most `limit`."""
     rows = await pool.fetch(_FAILURES, account_id, since, limit)
     return [FailureGroup(r[0], r[1], r[2], r[3], r[4], r[5], list(r[6])) for r in rows]
+
+
+_WAITING = """
+SELECT state FROM jobs
+WHERE status = 'Pending' AND ($1::text IS NULL OR account_id = $1)
+  AND ($2::text IS NULL OR batch_id = $2) AND job_id > $3
+ORDER BY job_id
+LIMIT $4
+"""
+
+
+async def waiting(
+    db: asyncpg.Pool | asyncpg.Connection,
+    *,
+    account_id: str | None = None,
+    batch_id: str | None = None,
+    after: str = "",
+    limit: int = 500,
+) -> list[job.JobState]:
+    """Jobs whose run has not started (`Pending`), of an account or a batch or all, by job id
+    after `after`: what a lifted pause dispatches (reactors/pipeline.py)."""
+    rows = await db.fetch(_WAITING, account_id, batch_id, after, limit)
+    return [ROWS.decode(r[0]) for r in rows]

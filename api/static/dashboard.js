@@ -374,7 +374,9 @@ function jobRow(job) {
   const actions = document.createElement("td");
   const cancel = button("Cancel", "cancel danger", () => jobAction(job.id, "cancel"));
   const retry = button("Retry", "retry", () => jobAction(job.id, "retry"));
-  actions.append(cancel, retry, fileLink("Play", "play"), fileLink("Download", "download"));
+  const pause = button("Pause", "pause", () => jobAction(job.id, "pause"));
+  const resume = button("Resume", "resume", () => jobAction(job.id, "resume"));
+  actions.append(cancel, retry, pause, resume, fileLink("Play", "play"), fileLink("Download", "download"));
   tr.append(idCell, url, cell(status, "status"), cell(stages, "progress"), cell(time(job.created_at), "created"), actions);
   tr.addEventListener("click", () => selectJob(job.id));
   return tr;
@@ -428,6 +430,8 @@ function updateRow(tr, job) {
   const status = tr.querySelector(".status span");
   status.className = `badge ${job.status}`;
   status.textContent = job.status === "Processing" ? `${job.status} · ${job.step}` : job.status;
+  // A pause is not a status: it is shown beside it, with what holds the job back.
+  if (job.paused) status.textContent += ` · paused (${job.paused_by})`;
   status.title = job.error || "";
   const stages = tr.querySelector(".stages");
   const percents = stagePercents(job);
@@ -436,6 +440,9 @@ function updateRow(tr, job) {
   );
   tr.querySelector(".cancel").hidden = !(job.status === "Pending" || job.status === "Processing");
   tr.querySelector(".retry").hidden = !(job.status === "Failed" || job.status === "Cancelled");
+  const unfinished = job.status === "Pending" || job.status === "Processing";
+  tr.querySelector(".pause").hidden = !unfinished || job.paused_by === "job";
+  tr.querySelector(".resume").hidden = job.paused_by !== "job";
   const hasFile = job.status === "Completed" && !job.file_deleted;
   if (hasFile && !tr.dataset.links) loadLinks(tr, job.id);
   if (!hasFile) {
@@ -491,8 +498,9 @@ async function jobAction(id, action) {
     const answer =
       action === "cancel"
         ? await api(`/jobs/${encodeURIComponent(id)}`, { method: "DELETE" })
-        : await api(`/jobs/${encodeURIComponent(id)}/retry`, { method: "POST" });
-    say(`Job ${id.slice(0, 8)}: ${action === "cancel" ? "cancelled" : "retried"} (now ${answer.status}).`);
+        : await api(`/jobs/${encodeURIComponent(id)}/${action}`, { method: "POST" });
+    const done = { cancel: "cancelled", retry: "retried", pause: "paused", resume: "resumed" }[action];
+    say(`Job ${id.slice(0, 8)}: ${done} (now ${answer.status}).`);
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) return keyRefused(error);
     say(`Could not ${action} job ${id.slice(0, 8)}: ${error.message}`);

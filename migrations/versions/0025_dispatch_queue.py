@@ -7,7 +7,7 @@ the nodes can start soon. Jobs created before this revision were sent at their c
 in Redis's queue; the line starts empty.
 
 Revision ID: 0025_dispatch_queue
-Revises: 0023_failure_groups
+Revises: 0024_pauses
 Create Date: 2026-12-07
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0025_dispatch_queue"
-down_revision = "0023_failure_groups"
+down_revision = "0024_pauses"
 branch_labels = None
 depends_on = None
 

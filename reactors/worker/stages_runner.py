@@ -22,9 +22,10 @@ from spool.adapters.database import unreachable
 from spool.adapters.event_store import refusal_reason, refused_for_good
 from spool.adapters.job_store import jobs, load_job
 from spool.adapters.owned_objects import delete_owned
+from spool.adapters.read_models import pauses
 from spool.adapters.repository import Loaded
 from spool.adapters.storage import StorageError
-from spool.domain import job, work_files
+from spool.domain import job, pause, work_files
 from spool.domain.errors import InvalidTransition
 from spool.domain.events import NO_CAUSE, Event, Metadata, event_id
 from spool.domain.node_health import Blame
@@ -158,6 +159,8 @@ class StageRunner(Drain):
     ) -> RunningUnit | str:
         """Append StageStarted; the running unit, or why it does not run here."""
         state = self.known.pop(job_id, None)
+        if state is not None and state.paused:
+            state = None  # known while paused: the unit comes after a resume, so read again
         fresh = state is None
         if state is None:
             state = await through_outage(f"job {job_id}", lambda: load_job(self.store, job_id))
@@ -172,10 +175,23 @@ class StageRunner(Drain):
                 raise Retry(defer=UNKNOWN_JOB_DEFER)
         meta = self.meta.following(cause)
         unit = RunningUnit(job_id, stage, run, attempt, state, state.version, meta)
+        held_by: job.PausedBy | None = None
+        # A batch's, an account's or the cluster's pause holds back a run that has not started.
+        loaded = state
+        paused = await through_outage(
+            f"pauses of job {job_id}", lambda: pauses.paused_scopes(self.store.pool, [loaded])
+        )
 
         def start(s: job.JobState) -> list[Event]:
+            nonlocal held_by
             if stage != "download" and s.node_id != self.node_id:
                 return []  # the files are elsewhere: start nothing
+            held_by = pause.paused_by(s, paused)
+            if held_by is not None:
+                # Left unstarted, and recorded: its resume dispatches the stage again.
+                return job.defer_stage(
+                    s, stage, run, attempt, node_id=self.node_id, paused_by=held_by
+                )
             return job.start_stage(s, stage, run, attempt, self.node_id)
 
         try:
@@ -190,6 +206,9 @@ class StageRunner(Drain):
             return "taken or changed"
         if started is None:
             return "stale"
+        if held_by is not None:
+            log.info("%s of job %s left for later: paused (%s)", stage, job_id, held_by)
+            return f"paused ({held_by})"
         if stage != "download" and started.node_id != self.node_id:
             return f"files are on node {started.node_id}"
         unit.since_version = started.version
@@ -322,20 +341,25 @@ class StageRunner(Drain):
         same result would be refused again, at once, without spending the job's retries.
         """
         nxt = await self._next_slot(done)
-        recorded: list[Event] = [done]
-        if nxt is not None:
-            assert isinstance(done, job.DownloadCompleted | job.MuxCompleted)
-            recorded = job.chain(done)
+        went_on = False
+
+        def result(s: job.JobState) -> list[Event]:
+            nonlocal went_on
+            recorded = job.record_result(s, done, go_on=nxt is not None)
+            went_on = len(recorded) > 1  # a paused job's result starts nothing
+            return recorded
+
         try:
-            state = await self._record(unit, lambda _: recorded)
+            state = await self._record(unit, result)
         except Exception as exc:
             if nxt is not None:
                 self.slots[nxt].release()
             if unreachable(exc):
                 raise  # past APPEND_PATIENCE: nothing can be recorded, the reconciler takes it
             return await self._unrecordable(unit, done, exc)
-        if nxt is not None and state is None:
+        if nxt is not None and (state is None or not went_on):
             self.slots[nxt].release()
+            nxt = None
         if state is None:
             current = unit.state  # the job as read: cancelled, or moved on to another attempt
             if isinstance(done, job.JobCompleted):
