@@ -466,10 +466,14 @@ class ProjectionRunner:
         the heartbeats at the next poll, in one read.
         """
         concerned = [p for p in self.projections if look.concerns(p.event_types)]
-        if len(concerned) > 1:
+        if len(concerned) > 1 and not look.everything:
             await self._follow_together(concerned)
-        elif concerned:
-            await self._follow(concerned[0], concerned[0].name, None)
+            return
+        # A poll goes one by one: a projection of rare types (api keys, storage configs) moves
+        # its checkpoint only once a batch's worth of other events lies behind it, and a read
+        # together from there would bring that many events of the others' types every poll.
+        for projection in concerned:
+            await self._follow(projection, projection.name, None)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the log until `stop` is set: wake on NOTIFY, else poll every interval."""
