@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from spool.adapters.event_store import EventStore
 from spool.adapters.history import AsOf
 from spool.adapters.read_models import jobs as job_rows
+from spool.adapters.read_models import nodes as node_rows
 from spool.adapters.repository import Executor, Loaded, Repository
 from spool.domain import job
 
@@ -41,6 +42,14 @@ def jobs(store: EventStore) -> Repository[job.JobState]:
 async def load_job(store: EventStore, job_id: str) -> job.JobState | None:
     """The job folded up to its last event; None if it does not exist."""
     return await jobs(store).load(job_id)
+
+
+async def load_job_gated(
+    store: EventStore, job_id: str, node_id: str
+) -> tuple[job.JobState | None, node_rows.Gate]:
+    """`load_job` and the node's download gate (`nodes.gate`), read in one query."""
+    found, gate = await job_rows.gated_row_and_tail(store.pool, job_id, node_id)
+    return _folded(store, found), gate
 
 
 async def load_jobs(store: EventStore, job_ids: Sequence[str]) -> dict[str, job.JobState]:

@@ -296,8 +296,7 @@ class Ticks:
         tidy = self.passes % TIDY_EVERY == 0
         self.passes += 1
         async with self.store.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SET LOCAL synchronous_commit = off")
-            await locked_checkpoint(conn, self.reactor.name)
+            await locked_checkpoint(conn, self.reactor.name)  # commits unflushed
             await self.reactor.tick(conn, tidy=tidy)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql as pg
 from spool.adapters import live_progress
 from spool.adapters.event_store import EVENT_COLUMNS
 from spool.adapters.read_models import batches as batch_rows
+from spool.adapters.read_models import nodes as node_rows
 from spool.adapters.read_models.state_projection import Field, StateProjection, StateRows
 from spool.adapters.tables import metadata
 from spool.domain import batch, job
@@ -201,6 +202,34 @@ async def rows_and_tails(
         if r[2] is not None:
             found[r[0]].tail.append(tuple(r)[2:])
     return found
+
+
+# `_ROW_AND_TAIL` with a node's download gate (`nodes.gate`, four columns first) in the same round
+# trip: what a node reads before it starts a download (reactors/worker/stages_runner.py).
+_GATED_ROW_AND_TAIL = f"""
+SELECT g.*, j.state, t.*
+FROM (SELECT 1) AS one
+LEFT JOIN ({node_rows.GATE_OF.format("$4")}) AS g ON true
+LEFT JOIN jobs j ON j.job_id = $1 AND j.snapshot_version = $3
+LEFT JOIN LATERAL (
+    SELECT {EVENT_COLUMNS} FROM events
+    WHERE stream_id = $2 AND version > coalesce(j.version, 0)
+    ORDER BY version
+) AS t ON true
+ORDER BY t.version
+"""
+
+
+async def gated_row_and_tail(
+    executor: asyncpg.Pool | asyncpg.Connection, job_id: str, node_id: str
+) -> tuple[RowAndTail, node_rows.Gate]:
+    """`row_and_tail` of the job and `nodes.gate` of the node, in one query."""
+    rows = await executor.fetch(
+        _GATED_ROW_AND_TAIL, job_id, job.stream_id(job_id), job.AGGREGATE.snapshot_version, node_id
+    )
+    state = ROWS.decode(rows[0][4]) if rows[0][4] is not None else None
+    tail: list[Sequence[Any]] = [tuple(r)[5:] for r in rows if r[5] is not None]
+    return RowAndTail(state, tail), node_rows.gate_of(tuple(rows[0])[:4])
 
 
 class JobsFound(NamedTuple):

@@ -452,17 +452,22 @@ class Gate(msgspec.Struct, frozen=True):
     """The database's clock, which the times above are of."""
 
 
-_GATE = """
+GATE_OF = """
 SELECT draining_since IS NOT NULL, quarantined_since, probe_started_at, now()
-FROM nodes WHERE node_id = $1
+FROM nodes WHERE node_id = {}
 """
+"""The gate's query, the node id's parameter to fill in (`gate_of` reads its row)."""
+_GATE = GATE_OF.format("$1")
 
 
 async def gate(pool: asyncpg.Pool, node_id: str) -> Gate:
     """The node's drain and quarantine (nothing for a node the table does not hold)."""
     row = await pool.fetchrow(_GATE, node_id)
-    if row is None:
-        return Gate()
+    return Gate() if row is None else gate_of(tuple(row))
+
+
+def gate_of(row: Sequence[Any]) -> Gate:
+    """The gate from a row of `GATE_OF`'s four columns (all NULL: a node the table lacks)."""
     return Gate(
         draining=bool(row[0]), quarantined_since=row[1], probe_started_at=row[2], now=row[3]
     )

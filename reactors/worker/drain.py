@@ -41,11 +41,12 @@ takes it meanwhile, and this one has stopped picking by then."""
 class Drain(NodeState):
     """Follows the node's drain, quarantine and disk into what its download worker picks."""
 
-    async def _follow_health(self) -> bool:
-        """Read the node's drain and quarantine, measure its disk, and make the download worker
-        pick accordingly; returns whether the node takes no new download now. Called on every
-        heartbeat and before each download starts."""
-        gate = await node_rows.gate(self.store.pool, self.node_id)
+    async def _follow_health(self, gate: node_rows.Gate | None = None) -> bool:
+        """Read the node's drain and quarantine (unless given, just read), measure its disk, and
+        make the download worker pick accordingly; returns whether the node takes no new
+        download now. Called on every heartbeat and before each download starts."""
+        if gate is None:
+            gate = await node_rows.gate(self.store.pool, self.node_id)
         free, total = sysinfo.disk_space(self.workroot)
         self.disk_floor = node_health.below_disk_floor(free, total, self.floor)
         probe = gate.quarantined_since is not None and self._probe_due(gate)
@@ -83,11 +84,13 @@ class Drain(NodeState):
             gate.quarantined_since, gate.probe_started_at, gate.now, interval
         )
 
-    async def _refuse_new_download(self, unit: str, job_id: str, run: int) -> None:
+    async def _refuse_new_download(
+        self, unit: str, job_id: str, run: int, gate: node_rows.Gate | None = None
+    ) -> None:
         """Hand a download back to its queue (arq `Retry`) when the node takes none now; when it
-        is quarantined and due a probe, take this one as its probe. The reads ride out a
-        database outage, as the unit's own reads do."""
-        if await through_outage(f"node {self.node_id}'s health", self._follow_health):
+        is quarantined and due a probe, take this one as its probe. `gate`: the node's gate if
+        just read (with the job); the reads ride out a database outage, as the unit's own do."""
+        if await through_outage(f"node {self.node_id}'s health", lambda: self._follow_health(gate)):
             raise Retry(defer=HAND_BACK_DEFER)
         if not self.quarantined:
             return

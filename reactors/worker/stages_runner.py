@@ -20,7 +20,7 @@ from spool.adapters import log_context
 from spool.adapters.account_policy_store import load_policy, seconds_quota
 from spool.adapters.database import unreachable
 from spool.adapters.event_store import refusal_reason, refused_for_good
-from spool.adapters.job_store import jobs, load_job
+from spool.adapters.job_store import jobs, load_job, load_job_gated
 from spool.adapters.owned_objects import delete_owned
 from spool.adapters.read_models import pauses
 from spool.adapters.repository import Loaded
@@ -82,10 +82,18 @@ class StageRunner(Drain):
         try:
             if self.stopping:
                 raise Retry(defer=0)  # back to the queue, for the next start or another node
+            read: Loaded[job.JobState | None] | None = None
             if stage == "download":
+                gate = None
+                if job_id not in self.known:
+                    # The job and the node's gate in one round trip: a download's usual case.
+                    state, gate = await through_outage(
+                        f"job {job_id}", lambda: load_job_gated(self.store, job_id, self.node_id)
+                    )
+                    read = Loaded(state, state.version if state is not None else 0)
                 # Taken just before a drain, a quarantine or the disk floor reached us.
-                await self._refuse_new_download(unit_id, job_id, run)
-            unit = await self._start(stage, job_id, run, attempt, cause)
+                await self._refuse_new_download(unit_id, job_id, run, gate)
+            unit = await self._start(stage, job_id, run, attempt, cause, read)
         except BaseException:
             slot.release()
             raise
@@ -155,24 +163,33 @@ class StageRunner(Drain):
             return outcome
 
     async def _start(
-        self, stage: job.Stage, job_id: str, run: int, attempt: int, cause: Metadata
+        self,
+        stage: job.Stage,
+        job_id: str,
+        run: int,
+        attempt: int,
+        cause: Metadata,
+        read: Loaded[job.JobState | None] | None = None,
     ) -> RunningUnit | str:
-        """Append StageStarted; the running unit, or why it does not run here."""
+        """Append StageStarted; the running unit, or why it does not run here. `read`: the job
+        as just read from the store, if it was."""
         state = self.known.pop(job_id, None)
         if state is not None and state.paused:
             state = None  # known while paused: the unit comes after a resume, so read again
         fresh = state is None
-        if state is None:
+        if read is not None:
+            state = read.state
+        elif state is None:
             state = await through_outage(f"job {job_id}", lambda: load_job(self.store, job_id))
-            if state is None:
-                # Not this database's job: the unit goes back to the queue for its owner (a
-                # process of the cluster it came from), never done in that cluster's name.
-                log.warning(
-                    "%s unit of job %s: no such job in this cluster's database; left queued",
-                    stage,
-                    job_id,
-                )
-                raise Retry(defer=UNKNOWN_JOB_DEFER)
+        if state is None:
+            # Not this database's job: the unit goes back to the queue for its owner (a
+            # process of the cluster it came from), never done in that cluster's name.
+            log.warning(
+                "%s unit of job %s: no such job in this cluster's database; left queued",
+                stage,
+                job_id,
+            )
+            raise Retry(defer=UNKNOWN_JOB_DEFER)
         meta = self.meta.following(cause)
         unit = RunningUnit(job_id, stage, run, attempt, state, state.version, meta)
         held_by: job.PausedBy | None = None
