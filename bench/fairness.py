@@ -33,7 +33,7 @@ import asyncpg
 
 from bench.arguments import add_database_url
 from bench.cluster import Cluster, spool_cluster
-from bench.pipeline_noop import start_workers
+from bench.pipeline_noop import job_span, start_workers, wait_nodes
 from spool.adapters import dispatch_queue
 from spool.adapters.database import create_pool
 from spool.adapters.event_store import EventStore, StreamAppend
@@ -91,26 +91,6 @@ async def wait_done(pool: asyncpg.Pool, ids: Sequence[str], within: float = 900)
         await asyncio.sleep(0.05)
 
 
-async def span(pool: asyncpg.Pool, ids: Sequence[str]) -> float:
-    """Seconds from the first `JobCreated` of `ids` to their last `JobCompleted`."""
-    seconds: float = await pool.fetchval(
-        "SELECT extract(epoch FROM max(recorded_at) FILTER (WHERE type = $3) "
-        "- min(recorded_at) FILTER (WHERE type = $2))::float8 "
-        "FROM events WHERE stream_id = ANY($1::text[])",
-        [job.stream_id(i) for i in ids],
-        job.JobCreated.__name__,
-        job.JobCompleted.__name__,
-    )
-    return seconds
-
-
-async def wait_nodes(pool: asyncpg.Pool, n: int) -> None:
-    deadline = time.monotonic() + 120
-    while await pool.fetchval("SELECT count(*) FROM nodes") < n:
-        assert time.monotonic() < deadline, "the node did not register"
-        await asyncio.sleep(0.2)
-
-
 async def flood_run(args: argparse.Namespace, ahead: float) -> dict[str, list[float]]:
     """B alone, then B behind A's flood, `args.rounds` times, with `SPOOL_DISPATCH_AHEAD=ahead`."""
     found: dict[str, list[float]] = {"alone": [], "behind": [], "a_rate": []}
@@ -125,13 +105,13 @@ async def flood_run(args: argparse.Namespace, ahead: float) -> dict[str, list[fl
             for r in range(args.rounds):
                 alone = await submit(store, f"b{r}", args.small)
                 await wait_done(pool, alone)
-                found["alone"].append(await span(pool, alone))
+                found["alone"].append(await job_span(pool, alone))
                 flood = await submit(store, f"a{r}", args.flood, bulk=True)
                 behind = await submit(store, f"b{r}", args.small)
                 await wait_done(pool, behind)
-                found["behind"].append(await span(pool, behind))
+                found["behind"].append(await job_span(pool, behind))
                 await wait_done(pool, flood)
-                found["a_rate"].append(args.flood / await span(pool, flood))
+                found["a_rate"].append(args.flood / await job_span(pool, flood))
                 print(
                     f"  ahead {ahead:g}, round {r + 1}: B alone {found['alone'][-1]:.3f} s, "
                     f"behind the flood {found['behind'][-1]:.3f} s; A "

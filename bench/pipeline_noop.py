@@ -271,16 +271,28 @@ class SpoolSide:
         return medians
 
     async def span(self, ids: Sequence[str]) -> float:
-        """Seconds from the first JobCreated to the last JobCompleted of `ids`."""
-        seconds: float = await self.store.pool.fetchval(
-            "SELECT extract(epoch FROM max(recorded_at) FILTER (WHERE type = $3) "
-            "- min(recorded_at) FILTER (WHERE type = $2))::float8 "
-            "FROM events WHERE stream_id = ANY($1::text[])",
-            [job.stream_id(i) for i in ids],
-            job.JobCreated.__name__,
-            job.JobCompleted.__name__,
-        )
-        return seconds
+        return await job_span(self.store.pool, ids)
+
+
+async def job_span(pool: asyncpg.Pool, ids: Sequence[str]) -> float:
+    """Seconds from the first JobCreated to the last JobCompleted of `ids`, by the log."""
+    seconds: float = await pool.fetchval(
+        "SELECT extract(epoch FROM max(recorded_at) FILTER (WHERE type = $3) "
+        "- min(recorded_at) FILTER (WHERE type = $2))::float8 "
+        "FROM events WHERE stream_id = ANY($1::text[])",
+        [job.stream_id(i) for i in ids],
+        job.JobCreated.__name__,
+        job.JobCompleted.__name__,
+    )
+    return seconds
+
+
+async def wait_nodes(pool: asyncpg.Pool, n: int, within: float = 120) -> None:
+    """Wait until `n` nodes have registered."""
+    deadline = time.monotonic() + within
+    while await pool.fetchval("SELECT count(*) FROM nodes") < n:
+        assert time.monotonic() < deadline, "the nodes did not register"
+        await asyncio.sleep(0.2)
 
 
 class ArqSide:
@@ -419,10 +431,7 @@ async def run(args: argparse.Namespace) -> None:
         pool = await create_pool(cluster.database_url, max_size=10)
         redis = await connect(cluster.redis_url)
         try:
-            deadline = time.monotonic() + 120
-            while await pool.fetchval("SELECT count(*) FROM nodes") < args.workers:
-                assert time.monotonic() < deadline, "the nodes did not register"
-                await asyncio.sleep(0.2)
+            await wait_nodes(pool, args.workers)
             spool_side = SpoolSide(cluster, EventStore(pool))
             sides: list[Side] = [spool_side, ArqSide(redis)]
             for side in sides:
