@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from spool.adapters.event_store import EventStore
 from spool.adapters.history import AsOf
 from spool.adapters.read_models import jobs as job_rows
 from spool.adapters.read_models import nodes as node_rows
 from spool.adapters.repository import Executor, Loaded, Repository
-from spool.domain import job
+from spool.domain import job, pause
 
 
 async def _load_row_and_tail(
@@ -44,12 +45,20 @@ async def load_job(store: EventStore, job_id: str) -> job.JobState | None:
     return await jobs(store).load(job_id)
 
 
-async def load_job_gated(
-    store: EventStore, job_id: str, node_id: str
-) -> tuple[job.JobState | None, node_rows.Gate]:
-    """`load_job` and the node's download gate (`nodes.gate`), read in one query."""
-    found, gate = await job_rows.gated_row_and_tail(store.pool, job_id, node_id)
-    return _folded(store, found), gate
+class GatedJob(NamedTuple):
+    """A job as `load_job` gives it, its node's download gate and the paused scopes that could
+    hold it back (None: unknown, as `job_rows.Gated` says)."""
+
+    state: job.JobState | None
+    gate: node_rows.Gate
+    paused: set[pause.Scope] | None
+
+
+async def load_job_gated(store: EventStore, job_id: str, node_id: str) -> GatedJob:
+    """`load_job`, the node's download gate (`nodes.gate`) and the job's paused scopes, read in
+    one query."""
+    gated = await job_rows.gated_row_and_tail(store.pool, job_id, node_id)
+    return GatedJob(_folded(store, gated.found), gated.gate, gated.paused)
 
 
 async def load_jobs(store: EventStore, job_ids: Sequence[str]) -> dict[str, job.JobState]:

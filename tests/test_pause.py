@@ -16,7 +16,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from spool.adapters.job_store import load_job
+from spool.adapters.job_store import load_job, load_job_gated
 from spool.adapters.queue import unit_status
 from spool.domain import account, account_policy, job, pause
 from spool.domain.events import Metadata, NewEvent, RecordedEvent
@@ -455,3 +455,26 @@ async def test_an_account_resumed_leaves_its_batch_created_paused_held_until_sta
     assert started.status_code == 200, started.text
     assert (await cluster.wait(held, "Completed", "Failed"))["status"] == "Completed"
     assert _starts(await _log(cluster, held)) == [("download", 1), ("mux", 1), ("upload", 1)]
+
+
+async def test_a_node_reads_the_pauses_over_a_job_with_the_job_itself(
+    fresh_database_url: str, redis_url: str
+) -> None:
+    async with scene(fresh_database_url, redis_url, lease_ttl=2.0) as s:
+        meta = Metadata(actor="test")
+        job_id = uuid.uuid4().hex
+        created = job.create(
+            job_id=job_id, account_id="acct", url="http://m/a.mp4", options=OPTIONS, batch_id="b1"
+        )
+        await s.store.append(job.stream_id(job_id), [NewEvent(e, meta) for e in created], 0)
+        # No row yet to name its account: the node is told to ask the pauses itself.
+        assert (await load_job_gated(s.store, job_id, "n1")).paused is None
+        paused = account_policy.AccountPaused(account_id="acct")
+        await s.store.append(account.stream_id("acct"), [NewEvent(paused, meta)], None)
+        other = account_policy.AccountPaused(account_id="someone-else")
+        await s.store.append(account.stream_id("someone-else"), [NewEvent(other, meta)], None)
+        await s.runner.settle()
+        gated = await load_job_gated(s.store, job_id, "n1")
+        assert gated.state is not None and gated.state.job_id == job_id
+        assert gated.paused == {("account", "acct")}
+        assert pause.paused_by(gated.state, gated.paused) == "account"

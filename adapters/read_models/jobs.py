@@ -21,9 +21,10 @@ from spool.adapters import live_progress
 from spool.adapters.event_store import EVENT_COLUMNS
 from spool.adapters.read_models import batches as batch_rows
 from spool.adapters.read_models import nodes as node_rows
+from spool.adapters.read_models import pauses
 from spool.adapters.read_models.state_projection import Field, StateProjection, StateRows
 from spool.adapters.tables import metadata
-from spool.domain import batch, job
+from spool.domain import batch, job, pause
 from spool.domain.events import RecordedEvent
 from spool.domain.job_query import JobQuery
 
@@ -204,10 +205,12 @@ async def rows_and_tails(
     return found
 
 
-# `_ROW_AND_TAIL` with a node's download gate (`nodes.gate`, four columns first) in the same round
-# trip: what a node reads before it starts a download (reactors/worker/stages_runner.py).
+# `_ROW_AND_TAIL` with a node's download gate (`nodes.gate`, four columns first) and the paused
+# scopes that could hold the job back (NULL without a row to name its account) in the same
+# round trip: what a node reads before it starts a download (reactors/worker/stages_runner.py).
+_PAUSED_OF_ROW = pauses.PAUSED_OF.format(account="j.account_id", batch="j.batch_id")
 _GATED_ROW_AND_TAIL = f"""
-SELECT g.*, j.state, t.*
+SELECT g.*, CASE WHEN j.job_id IS NULL THEN NULL ELSE ({_PAUSED_OF_ROW}) END, j.state, t.*
 FROM (SELECT 1) AS one
 LEFT JOIN ({node_rows.GATE_OF.format("$4")}) AS g ON true
 LEFT JOIN jobs j ON j.job_id = $1 AND j.snapshot_version = $3
@@ -220,16 +223,28 @@ ORDER BY t.version
 """
 
 
+class Gated(NamedTuple):
+    """A job's row and tail, its node's gate, and the paused scopes that could hold the job
+    back (None: the job has no row to name its account and batch; ask `pauses`)."""
+
+    found: RowAndTail
+    gate: node_rows.Gate
+    paused: set[pause.Scope] | None
+
+
 async def gated_row_and_tail(
     executor: asyncpg.Pool | asyncpg.Connection, job_id: str, node_id: str
-) -> tuple[RowAndTail, node_rows.Gate]:
-    """`row_and_tail` of the job and `nodes.gate` of the node, in one query."""
+) -> Gated:
+    """`row_and_tail` of the job, `nodes.gate` of the node and the job's paused scopes, in one
+    query."""
     rows = await executor.fetch(
         _GATED_ROW_AND_TAIL, job_id, job.stream_id(job_id), job.AGGREGATE.snapshot_version, node_id
     )
-    state = ROWS.decode(rows[0][4]) if rows[0][4] is not None else None
-    tail: list[Sequence[Any]] = [tuple(r)[5:] for r in rows if r[5] is not None]
-    return RowAndTail(state, tail), node_rows.gate_of(tuple(rows[0])[:4])
+    first = tuple(rows[0])
+    state = ROWS.decode(first[5]) if first[5] is not None else None
+    tail: list[Sequence[Any]] = [tuple(r)[6:] for r in rows if r[6] is not None]
+    paused = None if first[4] is None else pauses.scopes_from(first[4])
+    return Gated(RowAndTail(state, tail), node_rows.gate_of(first[:4]), paused)
 
 
 class JobsFound(NamedTuple):

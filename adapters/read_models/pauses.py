@@ -106,6 +106,25 @@ async def paused_scopes(
     )
 
 
+PAUSED_OF = """
+SELECT coalesce(array_agg(p.scope || ' ' || p.scope_id), '{{}}') FROM pauses p
+WHERE p.scope = 'cluster' OR (p.scope = 'account' AND p.scope_id = {account})
+   OR (p.scope = 'batch' AND p.scope_id = {batch})
+"""
+"""SQL: the paused scopes that could hold back a job of account `{account}` and batch
+`{batch}` (SQL expressions to fill in), as `kind id` texts for `scopes_from`: for reads that
+bring them with the job's own (adapters/read_models/jobs.py `gated_row_and_tail`)."""
+
+
+def scopes_from(texts: Sequence[str]) -> set[pause.Scope]:
+    """The scopes of `PAUSED_OF`'s texts."""
+    found: set[pause.Scope] = set()
+    for text in texts:
+        kind, scope_id = text.split(" ", 1)
+        found.add((kind, scope_id))  # type: ignore[arg-type]  # the table holds PausedBy kinds
+    return found
+
+
 async def is_paused(executor: asyncpg.Pool | asyncpg.Connection, scope: pause.Scope) -> bool:
     """Whether one scope is paused now, as the projection holds it."""
     found: bool = await executor.fetchval(

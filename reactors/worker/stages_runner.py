@@ -83,17 +83,20 @@ class StageRunner(Drain):
             if self.stopping:
                 raise Retry(defer=0)  # back to the queue, for the next start or another node
             read: Loaded[job.JobState | None] | None = None
+            paused: set[pause.Scope] | None = None
             if stage == "download":
                 gate = None
                 if job_id not in self.known:
-                    # The job and the node's gate in one round trip: a download's usual case.
-                    state, gate = await through_outage(
+                    # The job, the node's gate and the pauses over the job in one round trip:
+                    # a download's usual case.
+                    gated = await through_outage(
                         f"job {job_id}", lambda: load_job_gated(self.store, job_id, self.node_id)
                     )
+                    state, gate, paused = gated
                     read = Loaded(state, state.version if state is not None else 0)
                 # Taken just before a drain, a quarantine or the disk floor reached us.
                 await self._refuse_new_download(unit_id, job_id, run, gate)
-            unit = await self._start(stage, job_id, run, attempt, cause, read)
+            unit = await self._start(stage, job_id, run, attempt, cause, read, paused)
         except BaseException:
             slot.release()
             raise
@@ -170,9 +173,11 @@ class StageRunner(Drain):
         attempt: int,
         cause: Metadata,
         read: Loaded[job.JobState | None] | None = None,
+        paused_read: set[pause.Scope] | None = None,
     ) -> RunningUnit | str:
         """Append StageStarted; the running unit, or why it does not run here. `read`: the job
-        as just read from the store, if it was."""
+        as just read from the store, if it was; `paused_read`: the paused scopes read with it,
+        if they were."""
         state = self.known.pop(job_id, None)
         if state is not None and state.paused:
             state = None  # known while paused: the unit comes after a resume, so read again
@@ -195,9 +200,11 @@ class StageRunner(Drain):
         held_by: job.PausedBy | None = None
         # A batch's, an account's or the cluster's pause holds back a run that has not started.
         loaded = state
-        paused = await through_outage(
-            f"pauses of job {job_id}", lambda: pauses.paused_scopes(self.store.pool, [loaded])
-        )
+        paused = paused_read
+        if paused is None or read is None:
+            paused = await through_outage(
+                f"pauses of job {job_id}", lambda: pauses.paused_scopes(self.store.pool, [loaded])
+            )
 
         def start(s: job.JobState) -> list[Event]:
             nonlocal held_by
