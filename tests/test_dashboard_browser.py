@@ -498,6 +498,9 @@ async def test_a_failure_group_filters_the_list_and_retry_all_reruns_each_job_on
 
     await row.get_by_role("button", name="Retry all").click()
     await expect(page.locator("#confirm-text")).to_have_text("Retry 3 jobs?")
+    await expect(page.locator("#confirm-filter")).to_have_text(
+        f"Jobs matching failure group {group}."
+    )
     await page.screenshot(path=str(artifacts / "dashboard-confirm.png"))
     await page.click("#confirm-yes")
     operation = page.locator("#operation")
@@ -534,6 +537,7 @@ async def test_a_bulk_cancel_by_label_asks_with_the_count_and_cancels_exactly_th
     await page.select_option("#bulk-action", "cancel")
     await page.click("#bulk-apply")
     await expect(page.locator("#confirm-text")).to_have_text("Cancel 3 jobs?")
+    await expect(page.locator("#confirm-filter")).to_have_text(f"Jobs matching label batch={tag}.")
     await page.click("#confirm-no")  # declined: nothing happens
     await expect(page.locator("#bulk-message")).to_have_text("Nothing was done.")
     await page.click("#bulk-apply")

@@ -772,9 +772,7 @@ async function pollFailures() {
       tr.dataset.groupId = g.group_id;
       tr.title = "Show these jobs";
       tr.classList.toggle("selected", g.group_id === chosen);
-      const retry = button("Retry all", "retry-group", () =>
-        bulkAction("retry", { failure_group: g.group_id }, `failure group ${g.group_id}`),
-      );
+      const retry = button("Retry all", "retry-group", () => bulkAction("retry", { failure_group: g.group_id }));
       tr.append(
         cell(g.count, "count"),
         cell(g.error_type, "error-type"),
@@ -809,8 +807,23 @@ function bulkSay(text) {
   $("bulk-message").textContent = text;
 }
 
+// A bulk action's filter in words, for the confirmation and the messages.
+function describeFilter(filter) {
+  const parts = [];
+  if (filter.failure_group) parts.push(`failure group ${filter.failure_group}`);
+  if (filter.status) parts.push(`status ${filter.status.join(" or ")}`);
+  if (filter.labels) parts.push(...Object.entries(filter.labels).map(([k, v]) => `label ${k}=${v}`));
+  if (filter.host) parts.push(`host ${filter.host}`);
+  if (filter.created_after) parts.push(`created from ${new Date(filter.created_after).toLocaleString([], { hour12: false })}`);
+  if (filter.created_before) parts.push(`created before ${new Date(filter.created_before).toLocaleString([], { hour12: false })}`);
+  if (filter.error_type) parts.push(`error type ${filter.error_type}`);
+  if (filter.q) parts.push(`search "${filter.q}"`);
+  return parts.length ? `Jobs matching ${parts.join(", ")}.` : "No filter: every job of yours.";
+}
+
 // Ask with the count a dry run found, then act: `filter` is a bulk action's filter object.
-async function bulkAction(action, filter, what) {
+async function bulkAction(action, filter) {
+  const what = describeFilter(filter);
   bulkSay("");
   let counted;
   try {
@@ -821,12 +834,12 @@ async function bulkAction(action, filter, what) {
     return;
   }
   if (counted.matched === 0) {
-    bulkSay(`No job matches ${what}: nothing to ${action.replace("_", " ")}.`);
+    bulkSay(`No job matches: nothing to ${action.replace("_", " ")}. ${what}`);
     return;
   }
   const yes = await confirmAction(
     `${ACTION_WORDS[action]} ${counted.matched} job${counted.matched === 1 ? "" : "s"}?`,
-    `Matching ${what}.`,
+    what,
   );
   if (!yes) {
     bulkSay("Nothing was done.");
@@ -1077,9 +1090,7 @@ function start() {
     jobFiltersChanged();
   });
   $("bulk-apply").addEventListener("click", () => {
-    const filter = actionFilter();
-    const what = Object.keys(filter).length ? "the filters shown" : "no filter: every job of yours";
-    bulkAction($("bulk-action").value, filter, what);
+    bulkAction($("bulk-action").value, actionFilter());
   });
   $("viewer-harness").addEventListener("change", viewerFiltersChanged);
   $("viewer-system").addEventListener("change", viewerFiltersChanged);
