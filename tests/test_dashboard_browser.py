@@ -10,6 +10,7 @@ populated page is written to `$SPOOL_TEST_ARTIFACTS/dashboard.png`, or without t
 from __future__ import annotations
 
 import asyncio
+import html
 import os
 import re
 import time
@@ -553,19 +554,38 @@ async def test_a_bulk_cancel_by_label_asks_with_the_count_and_cancels_exactly_th
     await expect(job_rows(page).locator(".status")).to_have_text(["Cancelled"] * 3)
 
 
-async def test_hostile_labels_and_errors_show_as_text(
-    page: Page, dash: Api, media_server: MediaServer
+async def test_hostile_titles_labels_and_errors_show_as_text(
+    page: Page, dash: Api, media_server: MediaServer, media_dir: Path
 ) -> None:
     tag = f"hostile{uuid.uuid4().hex[:8]}"
+    title = "<img src=x onerror=window.pwned=4>Episode"
+    # A feed whose entry brings its own title: its job waits, titled so, in a paused batch.
+    (media_dir / f"{tag}.xml").write_text(
+        f'<?xml version="1.0"?><rss version="2.0"><channel><title>{tag}</title><item>'
+        f"<title>{html.escape(title)}</title><guid>{tag}-1</guid>"
+        f'<enclosure url="{media_server.url("clip.mp4")}" type="video/mp4" length="1"/>'
+        "</item></channel></rss>"
+    )
+    cluster = dash.cluster
+    feed = await cluster.client.post(
+        "/jobs",
+        json={"url": media_server.url(f"{tag}.xml"), "paused": True, "labels": {"find": tag}},
+        headers=cluster.headers(cluster.admin_key),
+    )
+    assert feed.status_code == 201, feed.text
+    [titled] = [e["job_id"] for e in feed.json()["episode_jobs"]]
     label = "<img src=x onerror=window.pwned=1>"
     reason = "<script>window.pwned=2</script><img src=x onerror=window.pwned=3> refused"
-    [job_id] = await failed_jobs(dash, media_server, reason, {"find": tag, "note": label})
+    [failed] = await failed_jobs(dash, media_server, reason, {"find": tag, "note": label})
 
-    await connect(page, dash, dash.cluster.admin_key)
+    await connect(page, dash, cluster.admin_key)
     await page.fill("#filter-label", f"find={tag}")
-    row = page.locator(f"#jobs-body tr[data-job-id='{job_id}']")
+    row = page.locator(f"#jobs-body tr[data-job-id='{failed}']")
     await expect(row.locator(".labels")).to_contain_text(f"note={label}", timeout=WAIT_MS)
     await expect(row.locator(".reason")).to_have_attribute("title", reason)
+    await expect(page.locator(f"#jobs-body tr[data-job-id='{titled}'] .title-text")).to_have_text(
+        title
+    )
     await expect(page.locator("#failures-body")).to_contain_text("<script>", timeout=WAIT_MS)
     assert await page.locator("#jobs-body img, #failures-body img, script:not([src])").count() == 0
     assert await page.evaluate("window.pwned") is None

@@ -38,6 +38,7 @@ const state = {
   jobCursor: null,
   jobNext: null,
   operation: null, // the bulk operation being followed: its id and action
+  failuresSeen: "",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -105,6 +106,7 @@ function connect(key) {
   state.lastRun = {};
   state.rows.clear();
   $("jobs-body").replaceChildren(emptyRow(JOB_COLUMNS, "No jobs yet."));
+  state.failuresSeen = "";
   $("key-form").hidden = true;
   $("session").hidden = false;
   $("session-kind").textContent = "connected";
@@ -760,6 +762,10 @@ function time(ms) {
 
 async function pollFailures() {
   const answer = await api("/jobs/failures?limit=20");
+  // Unchanged groups keep their rows: a button under the pointer or a focused row stays.
+  const seen = JSON.stringify(answer.groups);
+  if (seen === state.failuresSeen) return;
+  state.failuresSeen = seen;
   const body = $("failures-body");
   if (answer.groups.length === 0) {
     body.replaceChildren(emptyRow(6, "No failed jobs."));
@@ -781,7 +787,11 @@ async function pollFailures() {
         cell(dateTime(g.last_failed_at), "last"),
         cell(retry),
       );
+      tr.tabIndex = 0; // a group is reachable from the keyboard too: Enter shows its jobs
       tr.addEventListener("click", () => showFailureGroup(g.group_id));
+      tr.addEventListener("keydown", (event) => {
+        if (event.key === "Enter" && event.target === tr) showFailureGroup(g.group_id);
+      });
       return tr;
     }),
   );
