@@ -469,7 +469,23 @@ async def test_filters_and_search_narrow_the_job_list_and_paging_walks_it(
     await expect(job_rows(page).first.locator(".reason")).to_have_text(
         f"HTTP Error 410 for https://{tag}.example/a"
     )
+    await page.check("#filter-status input[value=Pending]")  # several statuses: any of them
+    await expect(page.locator("#jobs-page")).to_have_text("page 1 · 5 jobs")
+    await page.uncheck("#filter-status input[value=Pending]")
+    await page.select_option("#filter-error-type", "warning")  # they failed as errors
+    await expect(page.locator("#jobs-body")).to_contain_text("No job matches these filters.")
+    await page.select_option("#filter-error-type", "")
     await page.uncheck("#filter-status input[value=Failed]")
+    await expect(page.locator("#jobs-page")).to_have_text("page 1 · 5 jobs")
+    await page.fill("#filter-host", "elsewhere.example")
+    await expect(page.locator("#jobs-body")).to_contain_text("No job matches these filters.")
+    await page.fill("#filter-host", "127.0.0.1")
+    await expect(page.locator("#jobs-page")).to_have_text("page 1 · 5 jobs")
+    await page.fill("#filter-created-after", "2099-01-01T00:00")
+    await expect(page.locator("#jobs-body")).to_contain_text("No job matches these filters.")
+    await page.fill("#filter-created-after", "")
+    await page.fill("#filter-created-before", "2099-01-01T00:00")
+    await expect(page.locator("#jobs-page")).to_have_text("page 1 · 5 jobs")
     await page.fill("#filter-q", f"{tag}-4")  # the file name of one job
     await expect(job_rows(page)).to_have_count(1)
     assert await shown_ids(page) == [made[4]]
