@@ -541,10 +541,11 @@ async def test_a_bulk_cancel_by_label_asks_with_the_count_and_cancels_exactly_th
         dash, media_server, *[{"batch": tag} for _ in range(3)], *[{"batch": other}] * 2
     )
     chosen, kept = made[:3], made[3:]
+    [done] = await failed_jobs(dash, media_server, "HTTP Error 404 for x", {"batch": tag})
 
     await connect(page, dash, dash.cluster.admin_key)
     await page.fill("#filter-label", f"batch={tag}")
-    await expect(job_rows(page)).to_have_count(3, timeout=WAIT_MS)
+    await expect(job_rows(page)).to_have_count(4, timeout=WAIT_MS)
     # Pausing by query is not there yet: the API's refusal shows as it is, nothing is asked.
     await page.select_option("#bulk-action", "pause")
     await page.click("#bulk-apply")
@@ -553,21 +554,26 @@ async def test_a_bulk_cancel_by_label_asks_with_the_count_and_cancels_exactly_th
 
     await page.select_option("#bulk-action", "cancel")
     await page.click("#bulk-apply")
-    await expect(page.locator("#confirm-text")).to_have_text("Cancel 3 jobs?")
+    await expect(page.locator("#confirm-text")).to_have_text("Cancel 4 jobs?")
     await expect(page.locator("#confirm-filter")).to_have_text(f"Jobs matching label batch={tag}.")
     await page.click("#confirm-no")  # declined: nothing happens
     await expect(page.locator("#bulk-message")).to_have_text("Nothing was done.")
     await page.click("#bulk-apply")
-    await expect(page.locator("#confirm-text")).to_have_text("Cancel 3 jobs?")
+    await expect(page.locator("#confirm-text")).to_have_text("Cancel 4 jobs?")
     await page.click("#confirm-yes")
     await expect(page.locator("#operation")).to_contain_text(
-        "3 matched · 3 done · 0 skipped · 0 failed — finished", timeout=WAIT_MS
+        "4 matched · 3 done · 1 skipped · 0 failed — finished", timeout=WAIT_MS
+    )
+    # The job that had failed already is skipped, with the API's reason.
+    await expect(page.locator(f"#operation-problems li[data-job-id='{done}']")).to_contain_text(
+        "skipped — "
     )
     for job_id in chosen:
         assert (await as_admin(dash, f"/jobs/{job_id}"))["status"] == "Cancelled"
     for job_id in kept:
         assert (await as_admin(dash, f"/jobs/{job_id}"))["status"] == "Pending"
-    await expect(job_rows(page).locator(".status")).to_have_text(["Cancelled"] * 3)
+    assert (await as_admin(dash, f"/jobs/{done}"))["status"] == "Failed"
+    await expect(job_rows(page).locator(".status")).to_have_text(["Failed"] + ["Cancelled"] * 3)
 
 
 async def test_hostile_titles_labels_and_errors_show_as_text(

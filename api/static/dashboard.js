@@ -884,6 +884,7 @@ function confirmAction(question, detail) {
 async function followOperation(id, action) {
   const line = $("operation");
   line.hidden = false;
+  $("operation-problems").replaceChildren();
   line.dataset.operationId = id;
   while (state.operation && state.operation.id === id) {
     let shown;
@@ -902,12 +903,42 @@ async function followOperation(id, action) {
       `${c.skipped} skipped · ${c.failed} failed — ${shown.status}`;
     if (shown.status === "finished") {
       state.operation = null;
+      showProblems(shown);
       refresh("jobs");
       refresh("failures");
       return;
     }
     await new Promise((r) => setTimeout(r, TICK_MS));
   }
+}
+
+const PROBLEMS_SHOWN = 5;
+
+// The jobs a finished operation skipped or could not act on, with the API's reasons: the first
+// few of its first page (`GET /operations/{id}?limit=100`), and how many more there are.
+async function showProblems(shown) {
+  const total = shown.counts.skipped + shown.counts.failed;
+  if (total === 0) return;
+  let page = shown;
+  try {
+    page = await api(`/operations/${encodeURIComponent(shown.operation_id)}?limit=100`);
+  } catch {
+    // The counts are shown already; the reasons are a bonus.
+  }
+  const problems = page.jobs.filter((j) => j.outcome !== "done").slice(0, PROBLEMS_SHOWN);
+  const items = problems.map((j) => {
+    const li = document.createElement("li");
+    li.dataset.jobId = j.job_id;
+    li.textContent = `job ${j.job_id.slice(0, 8)}: ${j.outcome}${j.reason ? ` — ${j.reason}` : ""}`;
+    return li;
+  });
+  if (total > problems.length) {
+    const more = document.createElement("li");
+    more.className = "muted";
+    more.textContent = `and ${total - problems.length} more (GET /operations/${shown.operation_id})`;
+    items.push(more);
+  }
+  $("operation-problems").replaceChildren(...items);
 }
 
 // -- viewers ---------------------------------------------------------------------------------
