@@ -10,6 +10,7 @@ populated page is written to `$SPOOL_TEST_ARTIFACTS/dashboard.png`, or without t
 from __future__ import annotations
 
 import asyncio
+import html
 import os
 import re
 import time
@@ -24,12 +25,14 @@ from playwright.async_api import Browser, Page, expect
 
 from spool.adapters.database import create_database, drop_database
 from spool.api.app import create_app
+from spool.domain import failure_groups
 from tests.fixtures.browser import chromium
 from tests.fixtures.cluster import Cluster, running_cluster
 from tests.fixtures.loopback import serve_on_loopback
 from tests.fixtures.media import MediaServer
 from tests.fixtures.s3 import S3Server
 from tests.fixtures.waiting import until
+from tests.test_job_query import fail
 
 WAIT_MS = 30_000
 POLL_MS = 1_000
@@ -421,3 +424,226 @@ async def test_the_page_recovers_by_itself_when_the_api_comes_back(
     await expect(page.locator("#session-kind")).to_have_text("connected · admin key")
     updated = await page.locator("#updated").text_content()
     await expect(page.locator("#updated")).not_to_have_text(updated or "", timeout=WAIT_MS)
+
+
+# -- the job browser (issue 24, Deliver 6): filters, search, paging, failure groups, bulk ------
+
+
+async def waiting_jobs(api: Api, media_server: MediaServer, *labelled: dict[str, str]) -> list[str]:
+    """Jobs of the admin account (the page's), one per labels given, in a paused batch: they
+    stay Pending and no node takes them. Each is named `<first label value>-<index>`."""
+    cluster = api.cluster
+    items = [
+        {
+            "url": media_server.url("clip.mp4"),
+            "labels": labels,
+            "filename": f"{next(iter(labels.values()))}-{i}",
+        }
+        for i, labels in enumerate(labelled)
+    ]
+    answer = await cluster.client.post(
+        "/jobs/bulk",
+        json={"jobs": items, "paused": True},
+        headers=cluster.headers(cluster.admin_key),
+    )
+    assert answer.status_code == 201, answer.text
+    made: list[str] = answer.json()["job_ids"]
+    return made
+
+
+async def failed_jobs(
+    api: Api, media_server: MediaServer, reason: str, *labelled: dict[str, str]
+) -> list[str]:
+    """Waiting jobs whose download then failed for good with `reason`, as a node records it."""
+    made = await waiting_jobs(api, media_server, *labelled)
+    for job_id in made:
+        await fail(api.cluster.store, job_id, reason)
+    return made
+
+
+def job_rows(page: Page) -> Any:
+    return page.locator("#jobs-body tr[data-job-id]")
+
+
+async def shown_ids(page: Page) -> list[str]:
+    return [await tr.get_attribute("data-job-id") or "" for tr in await job_rows(page).all()]
+
+
+async def test_filters_and_search_narrow_the_job_list_and_paging_walks_it(
+    page: Page, dash: Api, media_server: MediaServer
+) -> None:
+    tag = f"browse{uuid.uuid4().hex[:8]}"
+    made = await waiting_jobs(dash, media_server, *[{"set": tag} for _ in range(7)])
+    failed = made[:2]
+    for job_id in failed:
+        await fail(dash.cluster.store, job_id, f"HTTP Error 410 for https://{tag}.example/a")
+
+    await connect(page, dash, dash.cluster.admin_key)
+    await page.select_option("#jobs-limit", "5")
+    await page.fill("#filter-label", f"set={tag}")
+    # The filters go into the URL's hash as they apply: a shared or reloaded view opens them.
+    await expect(page).to_have_url(re.compile(f"label=set%3D{tag}&limit=5$"))
+    await expect(page.locator("#jobs-page")).to_have_text("page 1 · 5 jobs", timeout=WAIT_MS)
+    first = await shown_ids(page)
+    await page.click("#jobs-next")
+    await expect(page.locator("#jobs-page")).to_have_text("page 2 · 2 jobs")
+    await expect(page.locator("#jobs-next")).to_be_disabled()
+    second = await shown_ids(page)
+    assert sorted(first + second) == sorted(made)  # newest first, each job once
+    await page.click("#jobs-prev")
+    await expect(page.locator("#jobs-page")).to_have_text("page 1 · 5 jobs")
+    assert await shown_ids(page) == first
+
+    await page.reload()
+    await expect(page.locator("#filter-label")).to_have_value(f"set={tag}")
+    await expect(page.locator("#jobs-page")).to_have_text("page 1 · 5 jobs", timeout=WAIT_MS)
+
+    await page.check("#filter-status input[value=Failed]")
+    await expect(job_rows(page)).to_have_count(2)
+    assert sorted(await shown_ids(page)) == sorted(failed)
+    await expect(job_rows(page).first.locator(".reason")).to_have_text(
+        f"HTTP Error 410 for https://{tag}.example/a"
+    )
+    await page.check("#filter-status input[value=Pending]")  # several statuses: any of them
+    await expect(page.locator("#jobs-page")).to_have_text("page 1 · 5 jobs")
+    await page.uncheck("#filter-status input[value=Pending]")
+    await page.select_option("#filter-error-type", "warning")  # they failed as errors
+    await expect(page.locator("#jobs-body")).to_contain_text("No job matches these filters.")
+    await page.select_option("#filter-error-type", "")
+    await page.uncheck("#filter-status input[value=Failed]")
+    await expect(page.locator("#jobs-page")).to_have_text("page 1 · 5 jobs")
+    await page.fill("#filter-host", "elsewhere.example")
+    await expect(page.locator("#jobs-body")).to_contain_text("No job matches these filters.")
+    await page.fill("#filter-host", "127.0.0.1")
+    await expect(page.locator("#jobs-page")).to_have_text("page 1 · 5 jobs")
+    await page.fill("#filter-created-after", "2099-01-01T00:00")
+    await expect(page.locator("#jobs-body")).to_contain_text("No job matches these filters.")
+    await page.fill("#filter-created-after", "")
+    await page.fill("#filter-created-before", "2099-01-01T00:00")
+    await expect(page.locator("#jobs-page")).to_have_text("page 1 · 5 jobs")
+    await page.fill("#filter-q", f"{tag}-4")  # the file name of one job
+    await expect(job_rows(page)).to_have_count(1)
+    assert await shown_ids(page) == [made[4]]
+    await expect(job_rows(page).locator(".title")).to_contain_text(f"set={tag}")
+    await page.click("#filter-clear")
+    await expect(page.locator("#filter-label")).to_have_value("")
+    await expect(page).not_to_have_url(re.compile("label="))
+
+
+async def test_a_failure_group_filters_the_list_and_retry_all_reruns_each_job_once(
+    page: Page, dash: Api, media_server: MediaServer, artifacts: Path
+) -> None:
+    tag = f"group{uuid.uuid4().hex[:8]}"
+    reason = f"HTTP Error 418 for https://{tag}.example/clip"
+    group = failure_groups.group_id("error", reason)
+    made = await failed_jobs(dash, media_server, reason, *[{"grp": tag} for _ in range(3)])
+
+    await connect(page, dash, dash.cluster.admin_key)
+    row = page.locator(f"#failures-body tr[data-group-id='{group}']")
+    await expect(row.locator(".count")).to_have_text("3", timeout=WAIT_MS)
+    await expect(row.locator(".message")).to_have_text("HTTP Error 418 for <url>")
+    await row.locator(".message").click()
+    await expect(page.locator("#filter-group-id")).to_have_text(group)
+    await expect(job_rows(page)).to_have_count(3)
+    assert sorted(await shown_ids(page)) == sorted(made)
+    await expect(page).to_have_url(re.compile(f"failure_group={group}"))
+
+    await row.get_by_role("button", name="Retry all").click()
+    await expect(page.locator("#confirm-text")).to_have_text("Retry 3 jobs?")
+    await expect(page.locator("#confirm-filter")).to_have_text(
+        f"Jobs matching failure group {group}."
+    )
+    await page.screenshot(path=str(artifacts / "dashboard-confirm.png"))
+    await page.click("#confirm-yes")
+    operation = page.locator("#operation")
+    await expect(operation).to_contain_text(
+        "3 matched · 3 done · 0 skipped · 0 failed", timeout=WAIT_MS
+    )
+    await expect(operation).to_contain_text("finished")
+    for job_id in made:
+        events = (await as_admin(dash, f"/jobs/{job_id}/events?limit=1000"))["events"]
+        assert [e["type"] for e in events].count("JobRetried") == 1
+    # Retried, the jobs left the group: the list (still filtered by it) empties.
+    await expect(page.locator("#jobs-body")).to_contain_text("No job matches", timeout=WAIT_MS)
+
+
+async def test_a_bulk_cancel_by_label_asks_with_the_count_and_cancels_exactly_those_jobs(
+    page: Page, dash: Api, media_server: MediaServer
+) -> None:
+    tag = f"cancel{uuid.uuid4().hex[:8]}"
+    other = f"keep{uuid.uuid4().hex[:8]}"
+    made = await waiting_jobs(
+        dash, media_server, *[{"batch": tag} for _ in range(3)], *[{"batch": other}] * 2
+    )
+    chosen, kept = made[:3], made[3:]
+    [done] = await failed_jobs(dash, media_server, "HTTP Error 404 for x", {"batch": tag})
+
+    await connect(page, dash, dash.cluster.admin_key)
+    await page.fill("#filter-label", f"batch={tag}")
+    await expect(job_rows(page)).to_have_count(4, timeout=WAIT_MS)
+    # Every action asks first with the count of the jobs it would touch.
+    await page.select_option("#bulk-action", "pause")
+    await page.click("#bulk-apply")
+    await expect(page.locator("#confirm-text")).to_have_text("Pause 4 jobs?")
+    await page.click("#confirm-no")
+    await expect(page.locator("#bulk-message")).to_have_text("Nothing was done.")
+
+    await page.select_option("#bulk-action", "cancel")
+    await page.click("#bulk-apply")
+    await expect(page.locator("#confirm-text")).to_have_text("Cancel 4 jobs?")
+    await expect(page.locator("#confirm-filter")).to_have_text(f"Jobs matching label batch={tag}.")
+    await page.click("#confirm-no")  # declined: nothing happens
+    await expect(page.locator("#bulk-message")).to_have_text("Nothing was done.")
+    await page.click("#bulk-apply")
+    await expect(page.locator("#confirm-text")).to_have_text("Cancel 4 jobs?")
+    await page.click("#confirm-yes")
+    await expect(page.locator("#operation")).to_contain_text(
+        "4 matched · 3 done · 1 skipped · 0 failed — finished", timeout=WAIT_MS
+    )
+    # The job that had failed already is skipped, with the API's reason.
+    await expect(page.locator(f"#operation-problems li[data-job-id='{done}']")).to_contain_text(
+        "skipped — "
+    )
+    for job_id in chosen:
+        assert (await as_admin(dash, f"/jobs/{job_id}"))["status"] == "Cancelled"
+    for job_id in kept:
+        assert (await as_admin(dash, f"/jobs/{job_id}"))["status"] == "Pending"
+    assert (await as_admin(dash, f"/jobs/{done}"))["status"] == "Failed"
+    await expect(job_rows(page).locator(".status")).to_have_text(["Failed"] + ["Cancelled"] * 3)
+
+
+async def test_hostile_titles_labels_and_errors_show_as_text(
+    page: Page, dash: Api, media_server: MediaServer, media_dir: Path
+) -> None:
+    tag = f"hostile{uuid.uuid4().hex[:8]}"
+    title = "<img src=x onerror=window.pwned=4>Episode"
+    # A feed whose entry brings its own title: its job waits, titled so, in a paused batch.
+    (media_dir / f"{tag}.xml").write_text(
+        f'<?xml version="1.0"?><rss version="2.0"><channel><title>{tag}</title><item>'
+        f"<title>{html.escape(title)}</title><guid>{tag}-1</guid>"
+        f'<enclosure url="{media_server.url("clip.mp4")}" type="video/mp4" length="1"/>'
+        "</item></channel></rss>"
+    )
+    cluster = dash.cluster
+    feed = await cluster.client.post(
+        "/jobs",
+        json={"url": media_server.url(f"{tag}.xml"), "paused": True, "labels": {"find": tag}},
+        headers=cluster.headers(cluster.admin_key),
+    )
+    assert feed.status_code == 201, feed.text
+    [titled] = [e["job_id"] for e in feed.json()["episode_jobs"]]
+    label = "<img src=x onerror=window.pwned=1>"
+    reason = "<script>window.pwned=2</script><img src=x onerror=window.pwned=3> refused"
+    [failed] = await failed_jobs(dash, media_server, reason, {"find": tag, "note": label})
+
+    await connect(page, dash, cluster.admin_key)
+    await page.fill("#filter-label", f"find={tag}")
+    row = page.locator(f"#jobs-body tr[data-job-id='{failed}']")
+    await expect(row.locator(".labels")).to_contain_text(f"note={label}", timeout=WAIT_MS)
+    await expect(row.locator(".reason")).to_have_attribute("title", reason)
+    await expect(page.locator(f"#jobs-body tr[data-job-id='{titled}'] .title-text")).to_have_text(
+        title
+    )
+    await expect(page.locator("#failures-body")).to_contain_text("<script>", timeout=WAIT_MS)
+    assert await page.locator("#jobs-body img, #failures-body img, script:not([src])").count() == 0
+    assert await page.evaluate("window.pwned") is None

@@ -14,6 +14,7 @@ const FEEDS = {
   cluster: { every: 1, admin: true },
   nodes: { every: 2, admin: true },
   jobs: { every: 2, admin: false },
+  failures: { every: 5, admin: false },
   viewers: { every: 5, admin: true },
   throughput: { every: 10, admin: true },
 };
@@ -31,6 +32,13 @@ const state = {
   timelineSeen: "",
   viewerPage: 1,
   viewerPages: 0,
+  // The job browser: the cursors of the pages before this one (the first page's is null) and
+  // this page's; a filter change starts again from the first page.
+  jobCursors: [],
+  jobCursor: null,
+  jobNext: null,
+  operation: null, // the bulk operation being followed: its id and action
+  failuresSeen: "",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -97,7 +105,8 @@ function connect(key) {
   state.retryAt = 0;
   state.lastRun = {};
   state.rows.clear();
-  $("jobs-body").replaceChildren(emptyRow(6, "No jobs yet."));
+  $("jobs-body").replaceChildren(emptyRow(JOB_COLUMNS, "No jobs yet."));
+  state.failuresSeen = "";
   $("key-form").hidden = true;
   $("session").hidden = false;
   $("session-kind").textContent = "connected";
@@ -154,6 +163,7 @@ const POLLERS = {
   cluster: pollCluster,
   nodes: pollNodes,
   jobs: pollJobs,
+  failures: pollFailures,
   viewers: pollViewers,
   throughput: pollThroughput,
 };
@@ -199,7 +209,13 @@ function isRefused(error) {
   return error instanceof ApiError && error.status === 401;
 }
 
-const PANEL_NOTES = { cluster: "cluster-note", nodes: "nodes-note", throughput: "throughput-note", viewers: "viewers-note" };
+const PANEL_NOTES = {
+  cluster: "cluster-note",
+  nodes: "nodes-note",
+  throughput: "throughput-note",
+  viewers: "viewers-note",
+  failures: "failures-note",
+};
 
 function panelError(name, error) {
   if (name === "jobs") {
@@ -217,7 +233,7 @@ function panelError(name, error) {
   if (error) {
     note.textContent = `Could not read this panel: ${error.message}`;
     note.hidden = false;
-  } else if (state.admin) {
+  } else if (state.admin || name === "failures") {
     note.hidden = true;
   }
 }
@@ -453,10 +469,16 @@ function updateRow(tr, job) {
 }
 
 async function pollJobs() {
-  const page = await api("/jobs?limit=20");
+  const query = jobQuery().toString();
+  const page = await api(`/jobs?${query}`);
+  // A poll that left before a filter change or a page turn answers for another view: drop it.
+  if (query !== jobQuery().toString()) return;
+  state.jobNext = page.next_cursor;
+  showJobPager(page.jobs.length);
   const body = $("jobs-body");
   if (page.jobs.length === 0) {
-    body.replaceChildren(emptyRow(6, "No jobs yet: submit one above."));
+    const filtered = Object.keys(jobFilters()).length > 0;
+    body.replaceChildren(emptyRow(JOB_COLUMNS, filtered ? "No job matches these filters." : "No jobs yet: submit one above."));
     state.rows.clear();
     return;
   }
@@ -464,12 +486,15 @@ async function pollJobs() {
     let tr = state.rows.get(job.id);
     if (!tr) {
       tr = jobRow(job);
+      addBrowserCells(tr);
       state.rows.set(job.id, tr);
     } else if (FINAL.has(job.status) && tr.dataset.status !== job.status) {
       state.lastRun.throughput = undefined; // a job just finished: its minute's bar grew
+      state.lastRun.failures = undefined; // and it may have joined a failure group
     }
     tr.dataset.status = job.status;
     updateRow(tr, job);
+    updateBrowserCells(tr, job);
     return tr;
   });
   const shown = new Set(page.jobs.map((j) => j.id));
@@ -484,6 +509,172 @@ async function pollJobs() {
     const seen = `${selected.status}/${selected.step}/${selected.progress ? selected.progress.percent : ""}`;
     if (seen !== state.timelineSeen || !FINAL.has(selected.status)) await loadTimeline(selected.id, seen);
   }
+}
+
+// -- the job browser: columns, filters, paging ------------------------------------------------
+
+const JOB_COLUMNS = 10;
+const REASON_CHARS = 80;
+
+// The columns the browser adds to a row that `jobRow` made: title (with the job's labels),
+// format and size beside the source, the failure reason after the status. Every text goes in
+// through textContent: titles, labels and errors are the users' (or their sources') words.
+function addBrowserCells(tr) {
+  const title = cell("", "title");
+  title.append(document.createElement("span"), document.createElement("span"));
+  title.firstChild.className = "title-text";
+  title.lastChild.className = "labels";
+  tr.insertBefore(title, tr.querySelector(".url"));
+  const status = tr.querySelector(".status");
+  tr.insertBefore(cell("", "format"), status);
+  tr.insertBefore(cell("", "size"), status);
+  status.after(cell("", "reason"));
+}
+
+function updateBrowserCells(tr, job) {
+  const text = job.title || job.filename || "";
+  const title = tr.querySelector(".title-text");
+  if (title.textContent !== text) title.textContent = text;
+  title.parentElement.title = text;
+  const labels = Object.entries(job.labels || {}).map(([k, v]) => `${k}=${v}`);
+  const shown = tr.querySelector(".labels");
+  if (shown.dataset.labels !== JSON.stringify(labels)) {
+    shown.dataset.labels = JSON.stringify(labels);
+    shown.replaceChildren(
+      ...labels.map((pair) => {
+        const chip = document.createElement("span");
+        chip.className = "label";
+        chip.textContent = pair;
+        return chip;
+      }),
+    );
+  }
+  tr.querySelector(".format").textContent = job.format || "–";
+  tr.querySelector(".size").textContent = job.file_size === null || job.file_size === undefined ? "–" : bytes(job.file_size);
+  const reason = tr.querySelector(".reason");
+  const error = job.error || "";
+  reason.textContent = error.length > REASON_CHARS ? `${error.slice(0, REASON_CHARS - 1)}…` : error;
+  reason.title = error;
+}
+
+const STATUS_NAMES = ["Pending", "Processing", "Completed", "Failed", "Cancelled"];
+
+// The filters as the controls hold them: names as GET /jobs takes them, only those given.
+function jobFilters() {
+  const f = {};
+  const q = $("filter-q").value.trim();
+  if (q) f.q = q;
+  const statuses = [...$("filter-status").querySelectorAll("input:checked")].map((i) => i.value);
+  if (statuses.length) f.status = statuses.join(",");
+  const label = $("filter-label").value.trim();
+  if (label) f.label = label;
+  const host = $("filter-host").value.trim();
+  if (host) f.host = host;
+  for (const [name, id] of [["created_after", "filter-created-after"], ["created_before", "filter-created-before"]]) {
+    const value = $(id).value;
+    const at = value ? new Date(value).getTime() : NaN; // the browser's local time
+    if (!Number.isNaN(at)) f[name] = String(at);
+  }
+  if ($("filter-error-type").value) f.error_type = $("filter-error-type").value;
+  const group = $("filter-group").dataset.group;
+  if (group) f.failure_group = group;
+  return f;
+}
+
+// GET /jobs's query for the page shown: the filters, the page size and this page's cursor.
+function jobQuery() {
+  const q = new URLSearchParams(jobFilters());
+  q.set("limit", $("jobs-limit").value);
+  if (state.jobCursor) q.set("cursor", state.jobCursor);
+  return q;
+}
+
+// The same filters as a bulk action's `filter` object (docs/job-api.md, Bulk actions).
+function actionFilter() {
+  const f = jobFilters();
+  const filter = {};
+  if (f.q) filter.q = f.q;
+  if (f.status) filter.status = f.status.split(",");
+  if (f.label) {
+    const at = f.label.indexOf("=");
+    filter.labels = { [f.label.slice(0, at < 0 ? f.label.length : at)]: at < 0 ? "" : f.label.slice(at + 1) };
+  }
+  if (f.host) filter.host = f.host;
+  if (f.created_after) filter.created_after = new Date(Number(f.created_after)).toISOString();
+  if (f.created_before) filter.created_before = new Date(Number(f.created_before)).toISOString();
+  if (f.error_type) filter.error_type = f.error_type;
+  if (f.failure_group) filter.failure_group = f.failure_group;
+  return filter;
+}
+
+// The view goes into the URL's hash (never to the server, never the key), so a reload or a
+// shared link opens the same filters and page size.
+function writeFilterHash() {
+  const q = new URLSearchParams(jobFilters());
+  if ($("jobs-limit").value !== "20") q.set("limit", $("jobs-limit").value);
+  const hash = q.toString();
+  if (location.hash.slice(1) !== hash) history.replaceState(null, "", hash ? `#${hash}` : location.pathname + location.search);
+}
+
+function readFilterHash() {
+  const q = new URLSearchParams(location.hash.slice(1));
+  $("filter-q").value = q.get("q") || "";
+  const statuses = new Set((q.get("status") || "").split(",").filter(Boolean));
+  for (const box of $("filter-status").querySelectorAll("input")) box.checked = statuses.has(box.value);
+  $("filter-label").value = q.get("label") || "";
+  $("filter-host").value = q.get("host") || "";
+  $("filter-created-after").value = localInput(q.get("created_after"));
+  $("filter-created-before").value = localInput(q.get("created_before"));
+  $("filter-error-type").value = ["error", "warning"].includes(q.get("error_type")) ? q.get("error_type") : "";
+  setFailureGroup(q.get("failure_group") || "");
+  const limit = q.get("limit") || "20";
+  $("jobs-limit").value = [...$("jobs-limit").options].some((o) => o.value === limit) ? limit : "20";
+}
+
+// ms since the epoch as a datetime-local input's value (the browser's local time).
+function localInput(ms) {
+  if (!ms || Number.isNaN(Number(ms))) return "";
+  const at = new Date(Number(ms));
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${at.getFullYear()}-${pad(at.getMonth() + 1)}-${pad(at.getDate())}T${pad(at.getHours())}:${pad(at.getMinutes())}`;
+}
+
+function setFailureGroup(group) {
+  const chip = $("filter-group");
+  if (group) chip.dataset.group = group;
+  else delete chip.dataset.group;
+  $("filter-group-id").textContent = group;
+  chip.hidden = !group;
+}
+
+function jobFiltersChanged() {
+  state.jobCursors = [];
+  state.jobCursor = null;
+  state.jobNext = null;
+  writeFilterHash();
+  refresh("jobs");
+}
+
+function showJobPager(count) {
+  const number = state.jobCursors.length + 1;
+  $("jobs-page").textContent = `page ${number} · ${count} job${count === 1 ? "" : "s"}`;
+  $("jobs-prev").disabled = number === 1;
+  $("jobs-next").disabled = !state.jobNext;
+}
+
+function turnJobPage(forward) {
+  if (forward) {
+    if (!state.jobNext) return;
+    state.jobCursors.push(state.jobCursor);
+    state.jobCursor = state.jobNext;
+  } else {
+    if (state.jobCursors.length === 0) return;
+    state.jobCursor = state.jobCursors.pop();
+  }
+  state.jobNext = null;
+  $("jobs-next").disabled = true;
+  $("jobs-prev").disabled = true;
+  refresh("jobs");
 }
 
 // The jobs panel's message line: what the last action did.
@@ -573,6 +764,189 @@ function eventDetail(e) {
 
 function time(ms) {
   return ms ? new Date(ms).toLocaleTimeString([], { hour12: false }) : "–";
+}
+
+// -- why jobs fail: GET /jobs/failures ----------------------------------------------------------
+
+async function pollFailures() {
+  const answer = await api("/jobs/failures?limit=20");
+  // Unchanged groups keep their rows: a button under the pointer or a focused row stays.
+  const seen = JSON.stringify(answer.groups);
+  if (seen === state.failuresSeen) return;
+  state.failuresSeen = seen;
+  const body = $("failures-body");
+  if (answer.groups.length === 0) {
+    body.replaceChildren(emptyRow(6, "No failed jobs."));
+    return;
+  }
+  const chosen = $("filter-group").dataset.group;
+  body.replaceChildren(
+    ...answer.groups.map((g) => {
+      const tr = document.createElement("tr");
+      tr.dataset.groupId = g.group_id;
+      tr.title = "Show these jobs";
+      tr.classList.toggle("selected", g.group_id === chosen);
+      const retry = button("Retry all", "retry-group", () => bulkAction("retry", { failure_group: g.group_id }));
+      tr.append(
+        cell(g.count, "count"),
+        cell(g.error_type, "error-type"),
+        cell(g.message, "message"),
+        cell(dateTime(g.first_failed_at), "first"),
+        cell(dateTime(g.last_failed_at), "last"),
+        cell(retry),
+      );
+      tr.tabIndex = 0; // a group is reachable from the keyboard too: Enter shows its jobs
+      tr.addEventListener("click", () => showFailureGroup(g.group_id));
+      tr.addEventListener("keydown", (event) => {
+        if (event.key === "Enter" && event.target === tr) showFailureGroup(g.group_id);
+      });
+      return tr;
+    }),
+  );
+}
+
+// Clicking a group shows its jobs: the group's filter alone, from the first page.
+function showFailureGroup(group) {
+  $("job-filters").reset();
+  setFailureGroup(group);
+  for (const tr of $("failures-body").children) tr.classList.toggle("selected", tr.dataset.groupId === group);
+  jobFiltersChanged();
+}
+
+function dateTime(ms) {
+  return ms ? new Date(ms).toLocaleString([], { hour12: false }) : "–";
+}
+
+// -- bulk actions: POST /jobs/actions, a dry run first, then GET /operations/{id} ---------------
+
+const ACTION_WORDS = { cancel: "Cancel", retry: "Retry", delete_file: "Delete the file of", pause: "Pause", resume: "Resume" };
+
+function bulkSay(text) {
+  $("bulk-message").textContent = text;
+}
+
+// A bulk action's filter in words, for the confirmation and the messages.
+function describeFilter(filter) {
+  const parts = [];
+  if (filter.failure_group) parts.push(`failure group ${filter.failure_group}`);
+  if (filter.status) parts.push(`status ${filter.status.join(" or ")}`);
+  if (filter.labels) parts.push(...Object.entries(filter.labels).map(([k, v]) => `label ${k}=${v}`));
+  if (filter.host) parts.push(`host ${filter.host}`);
+  if (filter.created_after) parts.push(`created from ${new Date(filter.created_after).toLocaleString([], { hour12: false })}`);
+  if (filter.created_before) parts.push(`created before ${new Date(filter.created_before).toLocaleString([], { hour12: false })}`);
+  if (filter.error_type) parts.push(`error type ${filter.error_type}`);
+  if (filter.q) parts.push(`search "${filter.q}"`);
+  return parts.length ? `Jobs matching ${parts.join(", ")}.` : "No filter: every job of yours.";
+}
+
+// Ask with the count a dry run found, then act: `filter` is a bulk action's filter object.
+async function bulkAction(action, filter) {
+  const what = describeFilter(filter);
+  bulkSay("");
+  let counted;
+  try {
+    counted = await api("/jobs/actions", { method: "POST", body: { action, filter, dry_run: true } });
+  } catch (error) {
+    if (isRefused(error)) return keyRefused(error);
+    bulkSay(`${ACTION_WORDS[action]}: ${error.message}`);
+    return;
+  }
+  if (counted.matched === 0) {
+    bulkSay(`No job matches: nothing to ${action.replace("_", " ")}. ${what}`);
+    return;
+  }
+  const yes = await confirmAction(
+    `${ACTION_WORDS[action]} ${counted.matched} job${counted.matched === 1 ? "" : "s"}?`,
+    what,
+  );
+  if (!yes) {
+    bulkSay("Nothing was done.");
+    return;
+  }
+  let asked;
+  try {
+    asked = await api("/jobs/actions", { method: "POST", body: { action, filter } });
+  } catch (error) {
+    if (isRefused(error)) return keyRefused(error);
+    bulkSay(`${ACTION_WORDS[action]}: ${error.message}`);
+    return;
+  }
+  state.operation = { id: asked.operation_id, action };
+  followOperation(asked.operation_id, action);
+}
+
+// The confirmation: a modal dialog whose text is set as text; resolves true on "Yes".
+function confirmAction(question, detail) {
+  const dialog = $("confirm");
+  $("confirm-text").textContent = question;
+  $("confirm-filter").textContent = detail;
+  $("confirm-yes").textContent = question.replace(/\?$/, "");
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "yes"), { once: true });
+    dialog.returnValue = "";
+    dialog.showModal();
+  });
+}
+
+// Show an operation's counts once a second until it is finished.
+async function followOperation(id, action) {
+  const line = $("operation");
+  line.hidden = false;
+  $("operation-problems").replaceChildren();
+  line.dataset.operationId = id;
+  while (state.operation && state.operation.id === id) {
+    let shown;
+    try {
+      shown = await api(`/operations/${encodeURIComponent(id)}`);
+    } catch (error) {
+      if (isRefused(error)) return keyRefused(error);
+      line.textContent = `Operation ${id}: cannot read its progress (${error.message}); trying again…`;
+      await new Promise((r) => setTimeout(r, TICK_MS));
+      continue;
+    }
+    const c = shown.counts;
+    line.dataset.status = shown.status;
+    line.textContent =
+      `${ACTION_WORDS[action]} (operation ${id}): ${c.matched} matched · ${c.done} done · ` +
+      `${c.skipped} skipped · ${c.failed} failed — ${shown.status}`;
+    if (shown.status === "finished") {
+      state.operation = null;
+      showProblems(shown);
+      refresh("jobs");
+      refresh("failures");
+      return;
+    }
+    await new Promise((r) => setTimeout(r, TICK_MS));
+  }
+}
+
+const PROBLEMS_SHOWN = 5;
+
+// The jobs a finished operation skipped or could not act on, with the API's reasons: the first
+// few of its first page (`GET /operations/{id}?limit=100`), and how many more there are.
+async function showProblems(shown) {
+  const total = shown.counts.skipped + shown.counts.failed;
+  if (total === 0) return;
+  let page = shown;
+  try {
+    page = await api(`/operations/${encodeURIComponent(shown.operation_id)}?limit=100`);
+  } catch {
+    // The counts are shown already; the reasons are a bonus.
+  }
+  const problems = page.jobs.filter((j) => j.outcome !== "done").slice(0, PROBLEMS_SHOWN);
+  const items = problems.map((j) => {
+    const li = document.createElement("li");
+    li.dataset.jobId = j.job_id;
+    li.textContent = `job ${j.job_id.slice(0, 8)}: ${j.outcome}${j.reason ? ` — ${j.reason}` : ""}`;
+    return li;
+  });
+  if (total > problems.length) {
+    const more = document.createElement("li");
+    more.className = "muted";
+    more.textContent = `and ${total - problems.length} more (GET /operations/${shown.operation_id})`;
+    items.push(more);
+  }
+  $("operation-problems").replaceChildren(...items);
 }
 
 // -- viewers ---------------------------------------------------------------------------------
@@ -737,6 +1111,35 @@ function start() {
   $("viewer-search").addEventListener("input", () => {
     clearTimeout(searchTimer);
     searchTimer = setTimeout(viewerFiltersChanged, 300);
+  });
+  readFilterHash();
+  let jobSearchTimer = null;
+  $("job-filters").addEventListener("submit", (event) => event.preventDefault());
+  $("job-filters").addEventListener("input", (event) => {
+    clearTimeout(jobSearchTimer);
+    // Typing waits for a pause; a box ticked or a date picked applies at once.
+    const typed = event.target.type === "search" || event.target.type === "text";
+    jobSearchTimer = setTimeout(jobFiltersChanged, typed ? 300 : 0);
+  });
+  $("filter-group-clear").addEventListener("click", () => {
+    setFailureGroup("");
+    for (const tr of $("failures-body").children) tr.classList.remove("selected");
+    jobFiltersChanged();
+  });
+  $("filter-clear").addEventListener("click", () => {
+    $("job-filters").reset();
+    setFailureGroup("");
+    jobFiltersChanged();
+  });
+  $("jobs-limit").addEventListener("change", jobFiltersChanged);
+  $("jobs-prev").addEventListener("click", () => turnJobPage(false));
+  $("jobs-next").addEventListener("click", () => turnJobPage(true));
+  window.addEventListener("hashchange", () => {
+    readFilterHash();
+    jobFiltersChanged();
+  });
+  $("bulk-apply").addEventListener("click", () => {
+    bulkAction($("bulk-action").value, actionFilter());
   });
   $("viewer-harness").addEventListener("change", viewerFiltersChanged);
   $("viewer-system").addEventListener("change", viewerFiltersChanged);
