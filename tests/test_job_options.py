@@ -55,7 +55,7 @@ async def test_every_domain_option_is_a_create_job_body_field_in_the_openapi_doc
         default = getattr(defaults, name)
         # The document names a default only where there is one to state (not null).
         assert body[name].get("default") == default, name
-    assert set(body) - set(AskedOptions.__struct_fields__) == {"url", "paused", "storage"}
+    assert set(body) - set(AskedOptions.__struct_fields__) == {"url", "paused", "storage", "labels"}
 
 
 async def test_a_job_asked_for_its_url_alone_is_created_with_the_domain_defaults(
