@@ -1,18 +1,18 @@
 """The line of jobs whose download may start, kept in PostgreSQL beside the pipeline's checkpoint.
 
 The pipeline reactor (reactors/pipeline.py) puts a job in line when its run may download
-(`join`), sends the next ones to Redis when the nodes have room for them (`lines`, `send`), and
-takes a job out of what it counts as sent when a node starts it, or out of line when it is
-cancelled or finished (`leave`). Every function runs on the reactor's connection, in the
-transaction that moves its checkpoint: a batch applied again after a crash finds the tables as
-the log left them. Which account's jobs go first is `domain.fair_share.plan`'s decision; within
-an account, the line's index orders them (priority, then their place in the log).
+(`join`), sends the next ones to Redis when the nodes have room for them (`lines`, `send`; the
+room is judged by what Redis's download queue holds), and takes a job out of line when it is
+cancelled or fails before it was sent (`leave`). Every function runs on the reactor's
+connection, in the transaction that moves its checkpoint: a batch applied again after a crash
+finds the tables as the log left them. Which account's jobs go first is
+`domain.fair_share.plan`'s decision; within an account, the line's index orders them
+(priority, then their place in the log).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import NamedTuple
 
 import asyncpg
@@ -82,26 +82,22 @@ WITH gone AS (
     RETURNING w.account_id
 ), counts AS (
     SELECT account_id, count(*)::int AS n FROM gone GROUP BY account_id
-), fewer AS (
-    UPDATE dispatch_accounts a SET waiting = a.waiting - c.n
-    FROM counts c WHERE a.account_id = c.account_id
 )
-DELETE FROM dispatch_sent s
-USING unnest($1::text[], $2::int[]) AS g(job_id, run)
-WHERE s.job_id = g.job_id AND s.run <= g.run
+UPDATE dispatch_accounts a SET waiting = a.waiting - c.n
+FROM counts c WHERE a.account_id = c.account_id
 """
 
 
 async def leave(conn: asyncpg.Connection, runs: Sequence[tuple[str, int]]) -> None:
-    """Take job runs (and any earlier run of the same jobs) out of line and out of the sent:
-    a node started them, or they were cancelled or ended."""
+    """Take job runs (and any earlier run of the same jobs) out of line: they were cancelled
+    or failed while they waited."""
     if runs:
         job_ids, numbers = zip(*runs, strict=True)
         await conn.execute(_LEAVE, list(job_ids), list(numbers))
 
 
 _LINES = """
-SELECT a.account_id, a.waiting, a.served, (SELECT count(*) FROM dispatch_sent) AS sent
+SELECT a.account_id, a.waiting, a.served
 FROM dispatch_accounts a
 WHERE a.waiting > 0
   AND NOT EXISTS (
@@ -112,20 +108,11 @@ ORDER BY a.waiting_since, a.account_id
 """
 
 
-class Lines(NamedTuple):
-    """The accounts with jobs in line (who waited longest first), but for accounts paused or
-    all of them when the cluster's intake is (domain/pause.py), and how many jobs are sent and
-    not yet started."""
-
-    sent: int
-    lines: list[Line]
-
-
-async def lines(conn: asyncpg.Connection) -> Lines:
-    """Who has jobs in line (each at weight 1: the caller knows the accounts' shares)."""
-    rows = await conn.fetch(_LINES)
-    found = [Line(r[0], r[1], 1, r[2]) for r in rows]
-    return Lines(rows[0][3] if rows else 0, found)
+async def lines(conn: asyncpg.Connection) -> list[Line]:
+    """The accounts with jobs in line, who waited longest first, but for accounts paused or
+    all of them while the cluster's intake is (domain/pause.py); each at weight 1 (the caller
+    knows the accounts' shares)."""
+    return [Line(r[0], r[1], 1, r[2]) for r in await conn.fetch(_LINES)]
 
 
 _SEND = """
@@ -147,9 +134,6 @@ WITH quota AS (
 ), moved AS (
     DELETE FROM dispatch_waiting w USING picked p WHERE w.job_id = p.job_id
     RETURNING w.job_id, w.account_id, w.run, w.priority, w.seq, w.correlation_id, w.causation_id
-), marked AS (
-    INSERT INTO dispatch_sent (job_id, account_id, run)
-    SELECT job_id, account_id, run FROM moved
 ), counts AS (
     SELECT account_id, count(*)::int AS n FROM moved GROUP BY account_id
 ), served AS (
@@ -166,8 +150,8 @@ async def send(
     conn: asyncpg.Connection, order: Sequence[str], served: dict[str, float]
 ) -> list[Sent]:
     """Take out of line the jobs `order` gives each account (one entry per job, in the order
-    they are to go), passing over jobs held by their own pause or their batch's, mark them
-    sent, and record each account's new virtual time; the jobs come back in `order`'s order
+    they are to go), passing over jobs held by their own pause or their batch's, and record
+    each account's new virtual time; the jobs come back in `order`'s order
     (an account with fewer jobs free to go than asked gives what it has)."""
     if not order:
         return []
@@ -196,20 +180,10 @@ FROM (
 WHERE a.account_id = c.account_id AND a.waiting <> c.n
 """
 
-# A sent job that a node has started (or that a later run replaced) leaves at its
-# `StageStarted`; should that ever be missed, it would hold room forever: the job's row says it.
-_PRUNE_SENT = """
-DELETE FROM dispatch_sent s USING jobs j
-WHERE j.job_id = s.job_id AND s.sent_at < now() - $1::interval
-  AND ((j.state->>'run')::int > s.run OR j.status <> 'Pending' OR j.step <> 'Queued')
-"""
 
-
-async def tidy(conn: asyncpg.Connection, older_than: timedelta) -> None:
-    """Mend what a missed event could leave: counts that differ from the line, and sent jobs
-    that their rows in `jobs` show started or over, sent longer than `older_than` ago."""
+async def tidy(conn: asyncpg.Connection) -> None:
+    """Mend the accounts' counts where they differ from the line (a missed event)."""
     await conn.execute(_RECOUNT)
-    await conn.execute(_PRUNE_SENT, older_than)
 
 
 async def waiting_ids(conn: asyncpg.Connection | asyncpg.Pool, job_ids: Sequence[str]) -> set[str]:

@@ -156,8 +156,7 @@ live_progress = sa.Table(
 # Not projections and not the log: the pipeline reactor's line of jobs whose download may start
 # (adapters/dispatch_queue.py, domain/fair_share.py), written under its checkpoint, so a batch
 # applied again after a crash finds them as the log left them. `dispatch_waiting`: jobs not yet
-# sent to the download queue; `dispatch_sent`: sent and not yet started by a node (what Redis
-# holds ahead of the nodes); `dispatch_accounts`: each account's count of waiting jobs and its
+# sent to the download queue; `dispatch_accounts`: each account's count of waiting jobs and its
 # virtual time in the fair shares.
 dispatch_waiting = sa.Table(
     "dispatch_waiting",
@@ -172,17 +171,6 @@ dispatch_waiting = sa.Table(
     sa.Column("correlation_id", sa.Text),
     sa.Column("causation_id", sa.Text),
     sa.Index("dispatch_waiting_line_idx", "account_id", sa.text("priority DESC"), "seq", "job_id"),
-)
-
-dispatch_sent = sa.Table(
-    "dispatch_sent",
-    metadata,
-    sa.Column("job_id", sa.Text, primary_key=True),
-    sa.Column("account_id", sa.Text, nullable=False),
-    sa.Column("run", sa.Integer, nullable=False),
-    sa.Column(
-        "sent_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
-    ),
 )
 
 dispatch_accounts = sa.Table(

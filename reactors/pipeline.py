@@ -4,8 +4,10 @@ It follows the log like a projection (checkpoint, row lock) but its effects are 
 deterministic ids, so replaying an event enqueues nothing twice. Which event calls for which unit
 is `adapters.queue.unit_for`; but a run's download does not go to Redis at once: the job waits in
 line (adapters/dispatch_queue.py) and is sent when the nodes have room for it, in fair shares
-between accounts and by priority within one (domain/fair_share.py). The line moves when a node
-starts a download (room frees in Redis) and on each `Ticks` pass (nodes joining, a missed event).
+between accounts and by priority within one (domain/fair_share.py). The room is what Redis's
+download queue holds against the nodes' download slots; the line moves with each batch that
+can change either (a job joining, a download ending) and on each `Ticks` pass (nodes joining,
+units taken between events).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 
 import asyncpg
 import sqlalchemy as sa
@@ -25,7 +26,7 @@ from spool.adapters import dispatch_queue
 from spool.adapters.account_policy_store import load_policy
 from spool.adapters.event_store import EventStore
 from spool.adapters.periodic import run_periodically
-from spool.adapters.queue import Dispatch, dispatch, unit_for
+from spool.adapters.queue import DOWNLOAD_QUEUE, Dispatch, dispatch, unit_for
 from spool.adapters.read_models import jobs as job_rows
 from spool.adapters.read_models import pauses
 from spool.adapters.read_models.nodes import download_slots
@@ -40,8 +41,8 @@ DISPATCH_AT_ONCE = 64
 """Enqueues in flight at once while a batch is dispatched."""
 
 MIN_AHEAD = 2
-"""Downloads kept in Redis ahead of the nodes however few slots the nodes table shows (none
-online yet, or a projection behind): the line never stops for want of a registration."""
+"""Downloads Redis may hold however few slots the nodes table shows (none online yet, or a
+projection behind): the line never stops for want of a registration."""
 
 POLICY_SECONDS = 5.0
 """How long an account's share (weight, default priority) is used before it is read again."""
@@ -52,11 +53,11 @@ SLOTS_SECONDS = 2.0
 TIDY_EVERY = 30
 """`Ticks` passes between two mendings of the line's counts (`dispatch_queue.tidy`)."""
 
+DOWNLOAD_ENDS = (job.DownloadCompleted, job.StageFailed, job.StageInterrupted)
+"""Events after which a node's download slot may be free: a unit leaves Redis's queue."""
+
 SHARE_ROUNDS = 3
 """Times a pass hands out again the room that accounts with only held jobs left unused."""
-
-SENT_STALE = timedelta(minutes=2)
-"""How long a sent job whose row shows it started may stay counted as sent (a missed event)."""
 
 
 class PipelineReactor:
@@ -70,7 +71,6 @@ class PipelineReactor:
             job.JobCreated,
             job.JobReleased,
             job.JobRetried,
-            job.StageStarted,
             job.DownloadCompleted,
             job.MuxCompleted,
             job.StageFailed,
@@ -78,7 +78,6 @@ class PipelineReactor:
             job.JobCancelled,
             job.JobFailed,
             job.JobResumed,
-            job.StageDeferred,
             # A scope's pause holds its jobs in line; its lift dispatches the jobs it held
             # that are not in line (`_released`) and lets the line send the others.
             batch.BatchPaused,
@@ -144,7 +143,7 @@ class PipelineReactor:
                 if job_id in joined and joined[job_id].run <= run:
                     del joined[job_id]
                 left[job_id] = max(run, left.get(job_id, 0))
-            changed = changed or isinstance(ev, job.JobResumed)
+            changed = changed or isinstance(ev, (job.JobResumed, *DOWNLOAD_ENDS))
             unit = unit_for(job_id, ev)
             if unit is not None:
                 # The unit follows the event's request and names the event as its cause; its
@@ -172,7 +171,7 @@ class PipelineReactor:
         """One pass outside the log's events: send what the nodes have room for (after mending
         the line's counts, when `tidy`). The caller holds the pipeline's checkpoint lock."""
         if tidy:
-            await dispatch_queue.tidy(conn, SENT_STALE)
+            await dispatch_queue.tidy(conn)
         await _enqueue(self.redis, await self._send_due(conn))
 
     async def _entry(
@@ -206,19 +205,23 @@ class PipelineReactor:
         return share
 
     async def _room(self, conn: asyncpg.Connection) -> int:
-        """How many downloads may wait in Redis for the nodes: as many as their slots (times
-        `ahead`), so a slot that frees finds its next unit there, but no more."""
+        """How many downloads Redis's queue may hold: those the nodes run (as many as their
+        slots) and as many again times `ahead` waiting, so a slot that frees finds its next unit
+        there, but no more."""
         now = self.clock()
         if self._slots is None or now - self._slots[0] >= SLOTS_SECONDS:
             self._slots = (now, await download_slots(conn))
-        return max(MIN_AHEAD, round(self._slots[1] * self.ahead))
+        return max(MIN_AHEAD, round(self._slots[1] * (1 + self.ahead)))
 
     async def _send_due(self, conn: asyncpg.Connection) -> list[Dispatch]:
-        found = await dispatch_queue.lines(conn)
-        free = await self._room(conn) - found.sent if found.lines else 0
-        lines = [
-            ln._replace(weight=(await self._share(ln.account_id)).weight) for ln in found.lines
-        ]
+        lines = await dispatch_queue.lines(conn)
+        if not lines:
+            return []
+        # Units arq holds, due now: queued or running (a unit leaves the queue when it ends);
+        # a retry deferred to later is not counted until it is due.
+        held = await self.redis.zcount(DOWNLOAD_QUEUE, "-inf", int(time.time() * 1000))
+        free = await self._room(conn) - held
+        lines = [ln._replace(weight=(await self._share(ln.account_id)).weight) for ln in lines]
         sent: list[dispatch_queue.Sent] = []
         # An account whose waiting jobs are all held (a paused batch or job) sends fewer than
         # its share: the room it leaves goes round again to the others, a few times at most.
@@ -264,10 +267,7 @@ def _joins_line(ev: object) -> bool:
 
 
 def _run_leaving(ev: object) -> int | None:
-    """The run whose download a job event ends the wait of, if any: a node started it, or the
-    run was cancelled or failed (a completed run started its download: it left then)."""
-    if isinstance(ev, job.StageStarted | job.StageDeferred):  # a deferred unit ended unstarted
-        return ev.run if ev.stage == "download" else None
+    """The run a job event takes out of line, if it waits there: cancelled or failed."""
     if isinstance(ev, job.JobCancelled | job.JobFailed):
         return ev.run
     return None

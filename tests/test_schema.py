@@ -30,7 +30,6 @@ OUTSIDE_PROJECTIONS = {
     tables.node_failures,
     tables.live_progress,
     tables.dispatch_waiting,
-    tables.dispatch_sent,
     tables.dispatch_accounts,
 }
 """The log, the operational tables, the node health reactor's and the pipeline's state and the

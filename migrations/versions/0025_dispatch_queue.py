@@ -1,5 +1,5 @@
-"""The line of jobs waiting for a download slot: `dispatch_waiting`, `dispatch_sent` and
-`dispatch_accounts` (adapters/dispatch_queue.py).
+"""The line of jobs waiting for a download slot: `dispatch_waiting` and `dispatch_accounts`
+(adapters/dispatch_queue.py).
 
 The pipeline reactor no longer sends every new job's download to Redis at once: it keeps the job
 in line here and sends, in fair shares between accounts and by priority within one, only what
@@ -38,15 +38,6 @@ def upgrade() -> None:
         ["account_id", sa.text("priority DESC"), "seq", "job_id"],
     )
     op.create_table(
-        "dispatch_sent",
-        sa.Column("job_id", sa.Text, primary_key=True),
-        sa.Column("account_id", sa.Text, nullable=False),
-        sa.Column("run", sa.Integer, nullable=False),
-        sa.Column(
-            "sent_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
-        ),
-    )
-    op.create_table(
         "dispatch_accounts",
         sa.Column("account_id", sa.Text, primary_key=True),
         sa.Column("waiting", sa.Integer, nullable=False, server_default="0"),
@@ -63,5 +54,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("dispatch_accounts")
-    op.drop_table("dispatch_sent")
     op.drop_table("dispatch_waiting")
