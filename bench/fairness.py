@@ -12,7 +12,8 @@ appends them (`JobCreated`), for two accounts:
   once, as before the line: `SPOOL_DISPATCH_AHEAD` large), each on a cluster of its own.
 * **A deep line**: `--deep` jobs of one account wait (no node) beside a few of nine others; the
   milliseconds a dispatch pass takes (`dispatch_queue.lines`, `fair_share.plan`,
-  `dispatch_queue.send` of `--concurrency` jobs, rolled back), against the same with 100 jobs
+  `dispatch_queue.send` of `--concurrency` jobs, rolled back; the pipeline's `ZCOUNT` of Redis
+  aside), against the same with 100 jobs
   waiting, and the pipeline's time to put the deep line's jobs in line.
 
     python -m bench.fairness                                  # about 3 minutes
@@ -107,6 +108,11 @@ async def flood_run(args: argparse.Namespace, ahead: float) -> dict[str, list[fl
                 await wait_done(pool, alone)
                 found["alone"].append(await job_span(pool, alone))
                 flood = await submit(store, f"a{r}", args.flood, bulk=True)
+                if args.settled:  # B comes once the flood is taken in, not while it is
+                    while await pool.fetchval(
+                        "SELECT count(*) FROM jobs WHERE account_id = $1", f"a{r}"
+                    ) < len(flood):
+                        await asyncio.sleep(0.01)
                 behind = await submit(store, f"b{r}", args.small)
                 await wait_done(pool, behind)
                 found["behind"].append(await job_span(pool, behind))
@@ -132,8 +138,8 @@ async def pass_ms(pool: asyncpg.Pool, free: int, reps: int = 20) -> float:
             await tx.start()
             try:
                 t0 = time.perf_counter()
-                found = await dispatch_queue.lines(conn)
-                decided = fair_share.plan(free, found.lines)
+                lines = await dispatch_queue.lines(conn)
+                decided = fair_share.plan(free, lines)
                 sent = await dispatch_queue.send(conn, decided.order, decided.served)
                 times.append(time.perf_counter() - t0)
                 assert len(sent) == free
@@ -203,10 +209,8 @@ def report(
 
 
 async def run(args: argparse.Namespace) -> None:
-    runs = {
-        "fair line (ahead 1.0)": await flood_run(args, 1.0),
-        "first come, first served": await flood_run(args, 1_000_000.0),
-    }
+    runs = {f"fair line (ahead {a:g})": await flood_run(args, a) for a in args.ahead}
+    runs["first come, first served"] = await flood_run(args, 1_000_000.0)
     async with spool_cluster(args.database_url, "deep") as cluster:
         deep = await deep_run(args, cluster)
     print()
@@ -221,6 +225,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--deep", type=int, default=100_000, help="jobs waiting in the deep line")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--concurrency", type=int, default=20, help="units of each stage at once")
+    p.add_argument(
+        "--settled",
+        action="store_true",
+        help="B submits once the cluster has taken A's flood in (its jobs projected), not at once",
+    )
+    p.add_argument(
+        "--ahead",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="SPOOL_DISPATCH_AHEAD values to run the line with (each a cluster of its own)",
+    )
     return p.parse_args(argv)
 
 

@@ -234,12 +234,14 @@ class PipelineReactor:
             free -= len(got)
             asked = Counter(decided.order)
             given = Counter(s.account_id for s in got)
-            lines = [ln for ln in lines if given[ln.account_id] == asked[ln.account_id]]
             lines = [
-                ln._replace(waiting=ln.waiting - given[ln.account_id], served=decided.served[a])
-                if (a := ln.account_id) in decided.served
-                else ln
+                ln._replace(
+                    waiting=ln.waiting - given[a],
+                    served=decided.served.get(a, ln.served),
+                    running=ln.running + given[a],
+                )
                 for ln in lines
+                if given[(a := ln.account_id)] == asked[a]
             ]
             if len(got) == len(decided.order):
                 break
