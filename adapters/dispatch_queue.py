@@ -127,14 +127,14 @@ WITH quota AS (
           AND NOT EXISTS (
               SELECT 1 FROM pauses p WHERE p.scope = 'batch' AND p.scope_id = w.batch_id
           )
-          AND NOT EXISTS (
-              SELECT 1 FROM jobs j WHERE j.job_id = w.job_id AND j.state->>'paused' = 'true'
-          )
+          AND NOT w.paused
         ORDER BY w.priority DESC, w.seq, w.job_id
         LIMIT q.n
     ) w
 ), moved AS (
-    DELETE FROM dispatch_waiting w USING picked p WHERE w.job_id = p.job_id
+    -- By key, one lookup a job: joined to `picked`, whose size the planner cannot know (each
+    -- account's LIMIT is a parameter), it would scan the whole line once it is deep.
+    DELETE FROM dispatch_waiting w WHERE w.job_id = ANY (ARRAY(SELECT job_id FROM picked))
     RETURNING w.job_id, w.account_id, w.run, w.priority, w.seq, w.correlation_id, w.causation_id
 ), counts AS (
     SELECT account_id, count(*)::int AS n FROM moved GROUP BY account_id
@@ -186,6 +186,17 @@ WHERE a.account_id = c.account_id AND a.waiting <> c.n
 async def tidy(conn: asyncpg.Connection) -> None:
     """Mend the accounts' counts where they differ from the line (a missed event)."""
     await conn.execute(_RECOUNT)
+
+
+async def hold(conn: asyncpg.Connection, held: dict[str, bool]) -> None:
+    """Mark waiting jobs paused (True) or not by their own pause: a paused one is passed over."""
+    if held:
+        await conn.execute(
+            "UPDATE dispatch_waiting w SET paused = h.paused "
+            "FROM unnest($1::text[], $2::bool[]) AS h(job_id, paused) WHERE w.job_id = h.job_id",
+            list(held),
+            list(held.values()),
+        )
 
 
 async def waiting_ids(conn: asyncpg.Connection | asyncpg.Pool, job_ids: Sequence[str]) -> set[str]:

@@ -170,6 +170,9 @@ dispatch_waiting = sa.Table(
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("correlation_id", sa.Text),
     sa.Column("causation_id", sa.Text),
+    # Paused by its own `JobPaused` while it waits (its batch's, account's or the cluster's
+    # pause is read from `pauses`).
+    sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("dispatch_waiting_line_idx", "account_id", sa.text("priority DESC"), "seq", "job_id"),
 )
 

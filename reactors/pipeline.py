@@ -77,6 +77,7 @@ class PipelineReactor:
             job.StageInterrupted,
             job.JobCancelled,
             job.JobFailed,
+            job.JobPaused,
             job.JobResumed,
             # A scope's pause holds its jobs in line; its lift dispatches the jobs it held
             # that are not in line (`_released`) and lets the line send the others.
@@ -109,6 +110,7 @@ class PipelineReactor:
         left: dict[str, int] = {}
         units: list[Dispatch] = []
         changed = False  # a pause lifted: what the line may send has changed
+        held: dict[str, bool] = {}  # jobs paused (True) or resumed by their own pause
         # A release or a retry joins with what the job was created with: read at once.
         later = [
             e.stream_id
@@ -137,6 +139,8 @@ class PipelineReactor:
                 if entry is not None:
                     joined[job_id] = entry
                 continue
+            if isinstance(ev, job.JobPaused | job.JobResumed):
+                held[job_id] = isinstance(ev, job.JobPaused)
             run = _run_leaving(ev)
             if run is not None:
                 # A run that joined in this very batch and already left never touches the line.
@@ -157,6 +161,7 @@ class PipelineReactor:
         # out above), and a run leaving may be followed by the job's next run joining.
         await dispatch_queue.leave(conn, list(left.items()))
         await dispatch_queue.join(conn, list(joined.values()))
+        await dispatch_queue.hold(conn, held)
         # A download of a job waiting in line is the line's to send, whatever else calls for it
         # (a lifted pause): sent from here, it would pass the other accounts' turns.
         downloads = [u.job_id for u in units if u.stage == "download"]

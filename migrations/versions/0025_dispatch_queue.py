@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("seq", sa.BigInteger, nullable=False),
         sa.Column("correlation_id", sa.Text),
         sa.Column("causation_id", sa.Text),
+        sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
     )
     op.create_index(
         "dispatch_waiting_line_idx",
