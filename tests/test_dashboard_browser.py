@@ -647,3 +647,23 @@ async def test_hostile_titles_labels_and_errors_show_as_text(
     await expect(page.locator("#failures-body")).to_contain_text("<script>", timeout=WAIT_MS)
     assert await page.locator("#jobs-body img, #failures-body img, script:not([src])").count() == 0
     assert await page.evaluate("window.pwned") is None
+
+
+async def test_an_admin_pauses_and_resumes_the_clusters_intake_from_the_page(
+    page: Page, dash: Api
+) -> None:
+    await connect(page, dash, dash.cluster.admin_key)
+    await expect(page.locator("#intake-state")).to_contain_text("Intake open", timeout=WAIT_MS)
+    await page.click("#intake-toggle")
+    await expect(page.locator("#intake-state")).to_contain_text("Intake paused")
+    assert (await as_admin(dash, "/api/v1/config/intake"))["data"] == {"paused": True}
+    await expect(page.locator("#intake-toggle")).to_have_text("Resume intake")
+    await page.click("#intake-toggle")
+    await expect(page.locator("#intake-state")).to_contain_text("Intake open")
+    assert (await as_admin(dash, "/api/v1/config/intake"))["data"] == {"paused": False}
+
+
+async def test_a_user_key_sees_no_intake_control(page: Page, dash: Api) -> None:
+    await connect(page, dash, dash.cluster.key)
+    await expect(page.locator("#cluster-note")).to_be_visible(timeout=WAIT_MS)
+    await expect(page.locator("#intake")).to_be_hidden()

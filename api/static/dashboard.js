@@ -281,6 +281,26 @@ async function pollCluster() {
   $("downloading").textContent = stats.total_downloading;
   $("muxing").textContent = stats.total_muxing;
   $("uploading").textContent = stats.total_uploading;
+  showIntake((await api("/api/v1/config/intake")).data.paused);
+}
+
+// The cluster's intake of new work (admin keys): paused, no job that has not started starts.
+function showIntake(paused) {
+  $("intake").hidden = false;
+  $("intake-state").textContent = paused
+    ? "Intake paused: no new download starts; work under way goes on."
+    : "Intake open: jobs start as the nodes have room.";
+  $("intake-toggle").textContent = paused ? "Resume intake" : "Pause intake";
+  $("intake-toggle").dataset.paused = paused ? "1" : "";
+}
+
+async function toggleIntake() {
+  const action = $("intake-toggle").dataset.paused ? "resume" : "pause";
+  try {
+    showIntake((await api(`/api/v1/config/intake/${action}`, { method: "POST" })).data.paused);
+  } catch (error) {
+    $("intake-state").textContent = `Could not ${action} the intake: ${error.message}`;
+  }
 }
 
 function setAdmin(admin) {
@@ -1107,6 +1127,7 @@ function start() {
     clearBanner();
   });
   $("submit-form").addEventListener("submit", submitJob);
+  $("intake-toggle").addEventListener("click", toggleIntake);
   $("throughput-minutes").addEventListener("change", () => refresh("throughput"));
   $("viewer-search").addEventListener("input", () => {
     clearTimeout(searchTimer);
