@@ -14,7 +14,7 @@ from spool.adapters.job_store import jobs, load_job
 from spool.adapters.repository import ChangingTooFast
 from spool.application.idempotency import Idempotent, append_once
 from spool.application.jobs import Created, NewJob, plan_batch
-from spool.application.ownership import load_owned
+from spool.application.ownership import decide_owned, load_owned
 from spool.domain import batch, job
 from spool.domain.errors import ConcurrencyError, Conflict, InvalidTransition
 from spool.domain.events import Event, Metadata
@@ -152,13 +152,7 @@ async def _decide_batch(
     decision: Callable[[batch.BatchState], list[Event]],
     meta: Metadata,
 ) -> batch.BatchState:
-    owned = await owned_batch(store, account_id, batch_id)  # NotFound for anyone else's
-    try:
-        done = await batches(store).execute(owned.batch_id, decision, meta)
-    except ChangingTooFast:
-        raise Conflict("The batch is changing too fast; try again") from None
-    assert done.state is not None
-    return done.state
+    return await decide_owned(batches(store), account_id, batch_id, "Batch", decision, meta)
 
 
 async def pause_batch(

@@ -20,10 +20,9 @@ from spool.adapters.event_store import EventStore, StreamAppend
 from spool.adapters.job_store import jobs
 from spool.adapters.owned_objects import delete_all_owned
 from spool.adapters.playlists import Playlist
-from spool.adapters.repository import ChangingTooFast
 from spool.adapters.storage import StorageError
 from spool.application.idempotency import Idempotent, append_once
-from spool.application.ownership import load_owned
+from spool.application.ownership import decide_owned, load_owned
 from spool.domain import batch, job
 from spool.domain.errors import Conflict, InvalidCommand, StorageRefused
 from spool.domain.events import Event, Metadata, NewEvent
@@ -207,13 +206,7 @@ async def decide(
     conn: asyncpg.Connection | None = None,
 ) -> job.JobState:
     """Run a command on one of the account's jobs; InvalidTransition when it does not apply."""
-    owned = await owned_job(store, account_id, job_id)  # NotFound for anyone else's
-    try:
-        done = await jobs(store).execute(owned.job_id, decision, meta, conn=conn)
-    except ChangingTooFast:
-        raise Conflict("The job is changing too fast; try again") from None
-    assert done.state is not None
-    return done.state
+    return await decide_owned(jobs(store), account_id, job_id, "Job", decision, meta, conn=conn)
 
 
 async def cancel_job(
