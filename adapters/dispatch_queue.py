@@ -49,9 +49,15 @@ class Sent(NamedTuple):
 _JOIN = """
 WITH new AS (
     INSERT INTO dispatch_waiting
-        (job_id, account_id, batch_id, run, priority, seq, correlation_id, causation_id)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::smallint[],
-                         $6::bigint[], $7::text[], $8::text[])
+        (job_id, account_id, batch_id, run, priority, seq, correlation_id, causation_id, paused)
+    SELECT u.*,
+           -- A retry keeps the job's own pause (its row has it); a new job has none.
+           CASE WHEN u.run > 1 THEN coalesce(
+               (SELECT j.state->>'paused' = 'true' FROM jobs j WHERE j.job_id = u.job_id), false
+           ) ELSE false END
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::smallint[],
+                $6::bigint[], $7::text[], $8::text[])
+         AS u(job_id, account_id, batch_id, run, priority, seq, correlation_id, causation_id)
     ON CONFLICT (job_id) DO NOTHING
     RETURNING account_id
 ), counts AS (

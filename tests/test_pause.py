@@ -492,3 +492,29 @@ async def test_a_node_reads_the_pauses_over_a_job_with_the_job_itself(
         assert gated.state is not None and gated.state.job_id == job_id
         assert gated.paused == {("account", "acct")}
         assert pause.paused_by(gated.state, gated.paused) == "account"
+
+
+async def test_a_paused_job_retried_keeps_its_pause_in_the_line(
+    start_cluster: StartCluster, media_server: MediaServer
+) -> None:
+    async with start_cluster(with_node=False) as cluster:
+        job_id = await cluster.create(media_server.url("clip.mp4"), filename="paused-retried")
+        assert (await _post(cluster, f"/jobs/{job_id}/pause")).status_code == 200
+        assert (
+            await cluster.client.delete(f"/jobs/{job_id}", headers=cluster.headers())
+        ).is_success
+        await cluster.runner.settle("jobs")
+        retried = await _post(cluster, f"/jobs/{job_id}/retry")
+        assert retried.status_code == 200, retried.text
+
+        async def held_in_line() -> bool:
+            row = await cluster.pool.fetchrow(
+                "SELECT run, paused FROM dispatch_waiting WHERE job_id = $1", job_id
+            )
+            return row is not None and (row["run"], row["paused"]) == (2, True)
+
+        await until(held_in_line, seconds=30)
+        # Room there is (no run-2 unit went out): the line passes the paused job over.
+        unit = job.arq_job_id(job_id, 2, "download", 1)
+        assert await unit_status(cluster.redis, unit) == "missing"
+        assert (await cluster.job(job_id))["paused_by"] == "job"
