@@ -57,9 +57,9 @@ def _checked(query: JobQuery) -> JobQuery:
 
 def query_of_params(
     *,
-    status: Sequence[str] = (),
+    status: list[str] | None = None,
     batch_id: str | None = None,
-    label: Sequence[str] = (),
+    label: list[str] | None = None,
     host: str | None = None,
     created_after: str | None = None,
     created_before: str | None = None,
@@ -70,9 +70,10 @@ def query_of_params(
     q: str | None = None,
     failure_group: str | None = None,
 ) -> JobQuery:
-    """`GET /jobs`'s filter: `status` and `label` (`key=value`) repeatable; all must match."""
+    """`GET /jobs`'s filter, from its query parameters (the route's `wanted` dependency):
+    `status` and `label` (`key=value`) repeatable; all must match."""
     labels: dict[str, str] = {}
-    for pair in label:
+    for pair in label or ():
         try:
             key, value = parse_pair(pair)
         except InvalidCommand as exc:
@@ -84,7 +85,7 @@ def query_of_params(
         raise _bad(f"error_type must be one of {', '.join(ERROR_TYPES)}, got {error_type[:40]!r}")
     return _checked(
         JobQuery(
-            status=_statuses(status),
+            status=_statuses(status or ()),
             batch_id=batch_id,
             labels=labels,
             host=host,

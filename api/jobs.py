@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.di import Provide
 from litestar.params import Parameter
 
 from spool.adapters import live_progress
@@ -42,6 +43,7 @@ from spool.application.jobs import BatchCreatedAnswer, JobCreatedAnswer, NewJob
 from spool.domain import failure_groups, fair_share, job, pause
 from spool.domain.events import Metadata
 from spool.domain.job import PausedBy
+from spool.domain.job_query import JobQuery
 
 _to_builtins = msgspec.to_builtins
 
@@ -567,23 +569,12 @@ class JobsController(Controller):
         state = await commands.resume_job(services.store, principal.account_id, job_id, meta)
         return _pause_answer(state)
 
-    @get("/")
+    @get("/", dependencies={"wanted": Provide(query_of_params, sync_to_thread=False)})
     async def list_jobs(
         self,
         services: Services,
         principal: Principal,
-        status: list[str] | None = None,
-        batch_id: str | None = None,
-        label: list[str] | None = None,
-        host: str | None = None,
-        created_after: str | None = None,
-        created_before: str | None = None,
-        finished_after: str | None = None,
-        finished_before: str | None = None,
-        error_type: str | None = None,
-        error: str | None = None,
-        q: str | None = None,
-        failure_group: str | None = None,
+        wanted: JobQuery,
         limit: Annotated[int, Parameter(ge=1, le=100)] = 50,
         cursor: str | None = None,
     ) -> JobPage:
@@ -597,25 +588,11 @@ class JobsController(Controller):
         (text the error contains), `q` (text the title, file name or URL contains; both
         case-insensitive) and `failure_group` (a `group_id` of `GET /jobs/failures`).
         """
-        query = query_of_params(
-            status=status or (),
-            batch_id=batch_id,
-            label=label or (),
-            host=host,
-            created_after=created_after,
-            created_before=created_before,
-            finished_after=finished_after,
-            finished_before=finished_before,
-            error_type=error_type,
-            error=error,
-            q=q,
-            failure_group=failure_group,
-        )
         after = _parse_cursor(cursor) if cursor else None
         found = await job_rows.page(
             services.pool,
             principal.account_id,
-            query,
+            wanted,
             after=after,
             limit=limit,
             live_within=live_progress.fresh_within(services.settings),
