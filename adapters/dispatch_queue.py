@@ -12,6 +12,7 @@ finds the tables as the log left them. Which account's jobs go first is
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -163,9 +164,7 @@ async def send(
     (an account with fewer jobs free to go than asked gives what it has)."""
     if not order:
         return []
-    counts: dict[str, int] = {}
-    for account in order:
-        counts[account] = counts.get(account, 0) + 1
+    counts = Counter(order)
     accounts = list(counts)
     rows = await conn.fetch(
         _SEND, accounts, [counts[a] for a in accounts], [served[a] for a in accounts]

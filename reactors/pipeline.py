@@ -224,8 +224,8 @@ class PipelineReactor:
             return []
         # Units arq holds, due now: queued or running (a unit leaves the queue when it ends);
         # a retry deferred to later is not counted until it is due.
-        held = await self.redis.zcount(DOWNLOAD_QUEUE, "-inf", int(time.time() * 1000))
-        free = await self._room(conn) - held
+        in_redis = await self.redis.zcount(DOWNLOAD_QUEUE, "-inf", int(time.time() * 1000))
+        free = await self._room(conn) - in_redis
         lines = [ln._replace(weight=(await self._share(ln.account_id)).weight) for ln in lines]
         sent: list[dispatch_queue.Sent] = []
         # An account whose waiting jobs are all held (a paused batch or job) sends fewer than
