@@ -104,8 +104,7 @@ async def leave(conn: asyncpg.Connection, runs: Sequence[tuple[str, int]]) -> No
 
 
 _LINES = """
-SELECT a.account_id, a.waiting, a.served,
-       (SELECT count(*) FROM jobs j WHERE j.account_id = a.account_id AND j.status = 'Processing')
+SELECT a.account_id, a.waiting, a.served
 FROM dispatch_accounts a
 WHERE a.waiting > 0
   AND NOT EXISTS (
@@ -118,10 +117,9 @@ ORDER BY a.waiting_since, a.account_id
 
 async def lines(conn: asyncpg.Connection) -> list[Line]:
     """The accounts with jobs in line, who waited longest first, but for accounts paused or
-    all of them while the cluster's intake is (domain/pause.py), each with its jobs running
-    (as the `jobs` projection has them: `jobs_running_idx`) and at weight 1 (the caller knows
-    the accounts' shares)."""
-    return [Line(r[0], r[1], 1, r[2], r[3]) for r in await conn.fetch(_LINES)]
+    all of them while the cluster's intake is (domain/pause.py); each at weight 1 (the caller
+    knows the accounts' shares)."""
+    return [Line(r[0], r[1], 1, r[2]) for r in await conn.fetch(_LINES)]
 
 
 _SEND = """

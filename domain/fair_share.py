@@ -2,16 +2,14 @@
 
 A job whose download may start waits in line (adapters/dispatch_queue.py) until the cluster has
 room for it. When there is room for `free` more, `plan` decides how many of them each account
-gets: the next start goes to the waiting account with the fewest jobs running for its weight
-(max-min fairness over the nodes' slots), so an account that arrives while another fills every
-slot gets the slots that free next until the two hold their shares, and accounts that both
-keep jobs waiting hold slots in proportion to their weights, however many jobs each has
-waiting. Among accounts with as many running, the one given least so far goes first: each
-account's virtual time, `served`, grows by 1 / weight with each job it is given (start-time
-fair queuing); an account that was idle joins at the least virtual time of those waiting (the
-queue sets it as the account's first job joins), so a quiet spell earns it no burst later.
-Within an account, its waiting jobs go highest priority first, then oldest first: that order
-is the queue's (its index), not this module's.
+gets, by start-time fair queuing: each account has a virtual time, `served`, which grows by
+1 / weight with each job it is given; the next job goes to the waiting account whose `served`
+is least. So accounts with jobs waiting take turns (in proportion to their weights), however
+many jobs each has waiting. An account that was idle joins at the least virtual time of those
+waiting (the queue sets it as the account's first job joins), not at the time it left, so a
+quiet spell earns it no burst later. Within an
+account, its waiting jobs go highest priority first, then oldest first: that order is the
+queue's (its index), not this module's.
 """
 
 from __future__ import annotations
@@ -61,14 +59,12 @@ def priority_word(value: int) -> str | int:
 
 
 class Line(NamedTuple):
-    """One account's place in line: how many of its jobs wait, its weight, its virtual time,
-    and how many of its jobs run now."""
+    """One account's place in line: how many of its jobs wait, its weight, its virtual time."""
 
     account_id: str
     waiting: int
     weight: int
     served: float
-    running: int = 0
 
 
 class Plan(NamedTuple):
@@ -80,24 +76,18 @@ class Plan(NamedTuple):
 
 
 def plan(free: int, lines: list[Line]) -> Plan:
-    """Give up to `free` starts to the waiting accounts of `lines`: fewest running (those given
-    here counted) for the weight first, then least `served`, then the account listed first
-    (callers list them by who has waited longest)."""
-
-    def key(ln: Line, taken: int, at: float, rank: int) -> tuple[float, float, int]:
-        return ((ln.running + taken) / max(1, ln.weight), at, rank)
-
-    heap = [(key(ln, 0, ln.served, i), ln) for i, ln in enumerate(lines) if ln.waiting > 0]
+    """Give up to `free` starts to the waiting accounts of `lines`, least `served` first; ties
+    go to the account listed first (callers list them by who has waited longest)."""
+    heap = [(ln.served, i, ln) for i, ln in enumerate(lines) if ln.waiting > 0]
     heapq.heapify(heap)
     order: list[str] = []
     served: dict[str, float] = {}
     taken: dict[str, int] = {}
     while len(order) < free and heap:
-        (_, at, rank), ln = heapq.heappop(heap)
+        at, rank, ln = heapq.heappop(heap)
         order.append(ln.account_id)
         served[ln.account_id] = at + 1.0 / max(1, ln.weight)
         taken[ln.account_id] = taken.get(ln.account_id, 0) + 1
         if taken[ln.account_id] < ln.waiting:
-            next_key = key(ln, taken[ln.account_id], served[ln.account_id], rank)
-            heapq.heappush(heap, (next_key, ln))
+            heapq.heappush(heap, (served[ln.account_id], rank, ln))
     return Plan(order, served)

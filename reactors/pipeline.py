@@ -243,7 +243,6 @@ class PipelineReactor:
                 ln._replace(
                     waiting=ln.waiting - given[a],
                     served=decided.served.get(a, ln.served),
-                    running=ln.running + given[a],
                 )
                 for ln in lines
                 if given[(a := ln.account_id)] == asked[a]

@@ -48,13 +48,3 @@ def test_any_other_priority_is_refused(asked: str | int) -> None:
 
 def test_a_priority_shows_as_its_word_where_it_has_one() -> None:
     assert [priority_word(n) for n in (-10, 0, 10, 7)] == ["low", "normal", "high", 7]
-
-
-def test_an_account_that_arrives_while_another_holds_every_slot_gets_the_next_ones() -> None:
-    decided = plan(
-        12, [Line("flood", 2000, 1, 20.0, running=20), Line("newcomer", 20, 1, 20.0, running=0)]
-    )
-    assert decided.order == ["newcomer"] * 12
-    # Once they hold equal shares, they take turns.
-    even = plan(4, [Line("flood", 2000, 1, 30.0, running=10), Line("newcomer", 8, 1, 30.0, 10)])
-    assert even.order == ["flood", "newcomer", "flood", "newcomer"]

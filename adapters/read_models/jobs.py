@@ -60,8 +60,6 @@ jobs = sa.Table(
     ),
     sa.Index("jobs_account_created_idx", "account_id", sa.text("created_at DESC"), "job_id"),
     sa.Index("jobs_batch_idx", "batch_id", postgresql_where=sa.text("batch_id IS NOT NULL")),
-    # Each account's running jobs, counted by the download line's fair shares (migration 0025).
-    sa.Index("jobs_running_idx", "account_id", postgresql_where=sa.text("status = 'Processing'")),
     # What `JobQuery` filters on beside the columns above (migration 0022): generated from the
     # row's own values, so every write, replay and rebuild keeps them without a line of code.
     sa.Column("host", sa.Text, sa.Computed(HOST_OF_URL, persisted=True)),

@@ -4,8 +4,7 @@
 The pipeline reactor no longer sends every new job's download to Redis at once: it keeps the job
 in line here and sends, in fair shares between accounts and by priority within one, only what
 the nodes can start soon. Jobs created before this revision were sent at their creation and stay
-in Redis's queue; the line starts empty. `jobs_running_idx` counts each account's running jobs
-for the shares.
+in Redis's queue; the line starts empty.
 
 Revision ID: 0025_dispatch_queue
 Revises: 0024_pauses
@@ -53,15 +52,7 @@ def upgrade() -> None:
         postgresql_where=sa.text("waiting > 0"),
     )
 
-    op.create_index(
-        "jobs_running_idx",
-        "jobs",
-        ["account_id"],
-        postgresql_where=sa.text("status = 'Processing'"),
-    )
-
 
 def downgrade() -> None:
-    op.drop_index("jobs_running_idx", table_name="jobs")
     op.drop_table("dispatch_accounts")
     op.drop_table("dispatch_waiting")
