@@ -46,7 +46,9 @@ class Sent(NamedTuple):
 
 
 # A job joins at most once per run (replays find it there); an account whose line was empty
-# joins the fair shares at the least virtual time of those waiting (domain/fair_share.py).
+# joins the fair shares `credit` turns before the latest virtual time of those waiting (so one
+# joining after another on credit is not ahead of it too), with none waiting at the latest
+# reached, or at its own if that is later (domain/fair_share.py).
 _JOIN = """
 WITH new AS (
     INSERT INTO dispatch_waiting
@@ -66,7 +68,12 @@ WITH new AS (
 )
 INSERT INTO dispatch_accounts AS a (account_id, waiting, served, waiting_since)
 SELECT c.account_id, c.n,
-       coalesce((SELECT min(served) FROM dispatch_accounts WHERE waiting > 0), 0), now()
+       coalesce(
+           (SELECT max(served) - $9 FROM dispatch_accounts WHERE waiting > 0),
+           (SELECT max(served) FROM dispatch_accounts),
+           0
+       ),
+       now()
 FROM counts c
 ON CONFLICT (account_id) DO UPDATE SET
     waiting = a.waiting + excluded.waiting,
@@ -75,10 +82,12 @@ ON CONFLICT (account_id) DO UPDATE SET
 """
 
 
-async def join(conn: asyncpg.Connection, entries: Sequence[Entry]) -> None:
-    """Put job runs in line (a run already there stays where it is)."""
+async def join(conn: asyncpg.Connection, entries: Sequence[Entry], *, credit: float = 0.0) -> None:
+    """Put job runs in line (a run already there stays where it is); an account that had none
+    waiting may go up to `credit` turns ahead of those that did (domain/fair_share.py)."""
     if entries:
-        await conn.execute(_JOIN, *(list(column) for column in zip(*entries, strict=True)))
+        columns = (list(column) for column in zip(*entries, strict=True))
+        await conn.execute(_JOIN, *columns, float(credit))
 
 
 _LEAVE = """

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
 
 from arq import create_pool
@@ -81,6 +81,7 @@ async def enqueue(
     queue: str,
     unit_id: str,
     defer: float | None = None,
+    due_ms: int | None = None,
     expires: float = UNIT_EXPIRES,
     **kwargs: Any,
 ) -> Job | None:
@@ -88,7 +89,8 @@ async def enqueue(
     holds that id (queued, running or done), which is how a replay enqueues nothing twice.
 
     The wake-up spares the unit the workers' poll: a unit due now is taken within a round trip
-    of its enqueue. A deferred one waits for the poll that finds it due.
+    of its enqueue. A deferred one waits for the poll that finds it due. `due_ms` (not later
+    than now) places the unit in its queue, which workers take in order of due time.
     """
     queued = await redis.enqueue_job(
         function,
@@ -96,6 +98,7 @@ async def enqueue(
         _job_id=unit_id,
         _queue_name=queue,
         _defer_by=defer or None,
+        _defer_until=None if due_ms is None else datetime.fromtimestamp(due_ms / 1000, UTC),
         _expires=expires,
         **kwargs,
     )
@@ -164,6 +167,9 @@ class Dispatch(NamedTuple):
     """The request the work follows from; the worker's events carry it on."""
     causation_id: str | None = None
     """The event that called for this unit (`domain.events.event_id`)."""
+    due_ms: int | None = None
+    """Its place in its queue (ms since the epoch, not later than now), where units sent
+    together must be taken in the order they were sent: the line's downloads."""
 
     @property
     def unit_id(self) -> str:
@@ -187,6 +193,7 @@ async def dispatch(redis: ArqRedis, d: Dispatch) -> bool:
         queue=d.queue,
         unit_id=d.unit_id,
         defer=d.defer,
+        due_ms=d.due_ms,
         correlation_id=d.correlation_id,
         causation_id=d.causation_id,
     )

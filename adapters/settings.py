@@ -21,6 +21,7 @@ _NUMERIC_ENV = {
     "lease_ttl": "SPOOL_LEASE_TTL",
     "queue_poll": "SPOOL_QUEUE_POLL",
     "dispatch_ahead": "SPOOL_DISPATCH_AHEAD",
+    "dispatch_burst": "SPOOL_DISPATCH_BURST",
     "database_peer_timeout": "SPOOL_DATABASE_PEER_TIMEOUT",
     "probe_timeout": "SPOOL_PROBE_TIMEOUT",
     "probe_workers": "SPOOL_PROBE_WORKERS",
@@ -92,6 +93,10 @@ class Settings(msgspec.Struct, kw_only=True):
     # shares between accounts and priorities order them. Less: fairer at once; more: no slot
     # waits for the pipeline.
     dispatch_ahead: float = 1.0
+    # How far ahead of the accounts already waiting an account may go when its jobs arrive after
+    # a quiet spell, as a share of the online nodes' download slots (domain/fair_share.py): 1.0
+    # lets it start a cluster's worth at once before it takes turns; 0, turns from its first job.
+    dispatch_burst: float = 1.0
     # How soon PostgreSQL lets go of a process that vanished mid-transaction (adapters/database.py
     # `peer_settings`): until then its open transaction holds every projection back.
     database_peer_timeout: float = 30.0

@@ -35,7 +35,7 @@ import asyncpg
 from bench.arguments import add_database_url
 from bench.cluster import Cluster, spool_cluster
 from bench.pipeline_noop import job_span, start_workers, wait_nodes
-from spool.adapters import dispatch_queue
+from spool.adapters import dispatch_queue, queue
 from spool.adapters.database import create_pool
 from spool.adapters.event_store import EventStore, StreamAppend
 from spool.domain import fair_share, job
@@ -92,11 +92,19 @@ async def wait_done(pool: asyncpg.Pool, ids: Sequence[str], within: float = 900)
         await asyncio.sleep(0.05)
 
 
-async def flood_run(args: argparse.Namespace, ahead: float) -> dict[str, list[float]]:
-    """B alone, then B behind A's flood, `args.rounds` times, with `SPOOL_DISPATCH_AHEAD=ahead`."""
+async def flood_run(
+    args: argparse.Namespace, ahead: float, burst: float = 1.0
+) -> dict[str, list[float]]:
+    """B alone, then B behind A's flood, `args.rounds` times, with `SPOOL_DISPATCH_AHEAD=ahead`
+    and `SPOOL_DISPATCH_BURST=burst`."""
     found: dict[str, list[float]] = {"alone": [], "behind": [], "a_rate": []}
     async with spool_cluster(args.database_url, "fairness") as cluster:
-        cluster.procs.start("reactors", "reactors", SPOOL_DISPATCH_AHEAD=str(ahead))
+        cluster.procs.start(
+            "reactors",
+            "reactors",
+            SPOOL_DISPATCH_AHEAD=str(ahead),
+            SPOOL_DISPATCH_BURST=str(burst),
+        )
         start_workers("spool-node", cluster, 1, args.concurrency)
         pool = await create_pool(cluster.database_url, max_size=10)
         store = EventStore(pool)
@@ -116,10 +124,13 @@ async def flood_run(args: argparse.Namespace, ahead: float) -> dict[str, list[fl
                 behind = await submit(store, f"b{r}", args.small)
                 await wait_done(pool, behind)
                 found["behind"].append(await job_span(pool, behind))
+                if args.why:
+                    print(await where_time_went(pool, cluster.redis_url, behind), flush=True)
                 await wait_done(pool, flood)
                 found["a_rate"].append(args.flood / await job_span(pool, flood))
                 print(
-                    f"  ahead {ahead:g}, round {r + 1}: B alone {found['alone'][-1]:.3f} s, "
+                    f"  ahead {ahead:g}, burst {burst:g}, round {r + 1}: "
+                    f"B alone {found['alone'][-1]:.3f} s, "
                     f"behind the flood {found['behind'][-1]:.3f} s; A "
                     f"{found['a_rate'][-1]:.0f} jobs/s",
                     flush=True,
@@ -127,6 +138,35 @@ async def flood_run(args: argparse.Namespace, ahead: float) -> dict[str, list[fl
         finally:
             await pool.close()
     return found
+
+
+async def where_time_went(pool: asyncpg.Pool, redis_url: str, ids: Sequence[str]) -> str:
+    """When the jobs' events of each type were first and last recorded, and their downloads
+    sent to Redis by the line, in ms after their first `JobCreated`."""
+    redis = await queue.connect(redis_url)
+    try:
+        sent = [await queue.enqueued_at(redis, job.arq_job_id(i, 1, "download", 1)) for i in ids]
+    finally:
+        await redis.aclose()
+    created = await pool.fetchval(
+        "SELECT min(recorded_at) FROM events WHERE stream_id = ANY($1::text[]) "
+        "AND type = 'JobCreated'",
+        [job.stream_id(i) for i in ids],
+    )
+    sent_ms = sorted((t - created).total_seconds() * 1000 for t in sent if t is not None)
+    rows = await pool.fetch(
+        "WITH e AS (SELECT type, recorded_at FROM events WHERE stream_id = ANY($1::text[])) "
+        "SELECT type, extract(epoch FROM min(recorded_at) - (SELECT min(recorded_at) FROM e "
+        "WHERE type = 'JobCreated'))::float8 * 1000 AS first_ms, "
+        "extract(epoch FROM max(recorded_at) - (SELECT min(recorded_at) FROM e "
+        "WHERE type = 'JobCreated'))::float8 * 1000 AS last_ms "
+        "FROM e GROUP BY type ORDER BY last_ms",
+        [job.stream_id(i) for i in ids],
+    )
+    went = [f"{r[0]} {r[1]:.0f}-{r[2]:.0f}" for r in rows]
+    if sent_ms:
+        went.insert(1, f"sent {sent_ms[0]:.0f}-{sent_ms[-1]:.0f}")
+    return "    " + ", ".join(went)
 
 
 async def pass_ms(pool: asyncpg.Pool, free: int, reps: int = 20) -> float:
@@ -214,8 +254,13 @@ def report(
 
 
 async def run(args: argparse.Namespace) -> None:
-    runs = {f"fair line (ahead {a:g})": await flood_run(args, a) for a in args.ahead}
-    runs["first come, first served"] = await flood_run(args, 1_000_000.0)
+    runs = {
+        f"fair line (ahead {a:g}, burst {b:g})": await flood_run(args, a, b)
+        for a in args.ahead
+        for b in args.burst
+    }
+    if not args.no_fcfs:
+        runs["first come, first served"] = await flood_run(args, 1_000_000.0, 0.0)
     async with spool_cluster(args.database_url, "deep") as cluster:
         deep = await deep_run(args, cluster)
     print()
@@ -241,6 +286,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=[1.0],
         help="SPOOL_DISPATCH_AHEAD values to run the line with (each a cluster of its own)",
+    )
+    p.add_argument(
+        "--burst",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="SPOOL_DISPATCH_BURST values to run the line with (each a cluster of its own)",
+    )
+    p.add_argument(
+        "--why",
+        action="store_true",
+        help="print, for each round, when B's events of each type were first and last recorded",
+    )
+    p.add_argument(
+        "--no-fcfs", action="store_true", help="leave out the first come, first served run"
     )
     return p.parse_args(argv)
 

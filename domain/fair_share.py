@@ -5,11 +5,17 @@ room for it. When there is room for `free` more, `plan` decides how many of them
 gets, by start-time fair queuing: each account has a virtual time, `served`, which grows by
 1 / weight with each job it is given; the next job goes to the waiting account whose `served`
 is least. So accounts with jobs waiting take turns (in proportion to their weights), however
-many jobs each has waiting. An account that was idle joins at the least virtual time of those
-waiting (the queue sets it as the account's first job joins), not at the time it left, so a
-quiet spell earns it no burst later. Within an
-account, its waiting jobs go highest priority first, then oldest first: that order is the
-queue's (its index), not this module's.
+many jobs each has waiting.
+
+An account whose line was empty joins a bounded credit before the virtual time of those
+waiting (the queue sets it as the account's first job joins): up to one cluster's worth of
+download slots (`SPOOL_DISPATCH_BURST` of them), or at its own virtual time if that is later.
+So a small account that comes back starts its handful of jobs at once rather than one every
+other slot behind a flood, while a long quiet spell earns it no more than that one burst, and an
+account that keeps coming back spends credit it has not earned back: its own virtual time is
+later than the others' less the credit. (Linux's CFS gives a waking task the same bounded
+credit.) Within an account, its waiting jobs go highest priority first, then oldest first: that
+order is the queue's (its index), not this module's.
 """
 
 from __future__ import annotations
@@ -69,10 +75,13 @@ class Line(NamedTuple):
 
 class Plan(NamedTuple):
     """What `plan` decided: the accounts in the order their jobs go (one entry per job), and
-    each chosen account's new virtual time."""
+    each chosen account's new virtual time; `early` says, for each entry of `order`, whether
+    that start is on credit (more than a turn before every other waiting account's next), so
+    it is owed a place before what the others were already sent."""
 
     order: list[str]
     served: dict[str, float]
+    early: list[bool]
 
 
 def plan(free: int, lines: list[Line]) -> Plan:
@@ -80,14 +89,23 @@ def plan(free: int, lines: list[Line]) -> Plan:
     go to the account listed first (callers list them by who has waited longest)."""
     heap = [(ln.served, i, ln) for i, ln in enumerate(lines) if ln.waiting > 0]
     heapq.heapify(heap)
+    least = heapq.nsmallest(2, ((ln.served, ln.account_id) for ln in lines if ln.waiting > 0))
     order: list[str] = []
+    early: list[bool] = []
     served: dict[str, float] = {}
     taken: dict[str, int] = {}
     while len(order) < free and heap:
         at, rank, ln = heapq.heappop(heap)
         order.append(ln.account_id)
+        early.append(at + 1.0 < _least_other(least, ln.account_id))
         served[ln.account_id] = at + 1.0 / max(1, ln.weight)
         taken[ln.account_id] = taken.get(ln.account_id, 0) + 1
         if taken[ln.account_id] < ln.waiting:
             heapq.heappush(heap, (served[ln.account_id], rank, ln))
-    return Plan(order, served)
+    return Plan(order, served, early)
+
+
+def _least_other(least: list[tuple[float, str]], account_id: str) -> float:
+    """The least virtual time, as the pass began, of the waiting accounts but `account_id`."""
+    others = [at for at, a in least if a != account_id]
+    return others[0] if others else float("-inf")

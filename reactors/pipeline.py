@@ -59,6 +59,11 @@ DOWNLOAD_ENDS = (job.DownloadCompleted, job.StageFailed, job.StageInterrupted)
 SHARE_ROUNDS = 3
 """Times a pass hands out again the room that accounts with only held jobs left unused."""
 
+EARLY_LEAD_MS = 600_000
+"""How far before now a start on credit (domain/fair_share.py) is placed in Redis's download
+queue, which the nodes take in order of due time: before every unit sent in that time on the
+other accounts' turns."""
+
 
 class PipelineReactor:
     """Dispatches download, mux and upload units as the job events arrive."""
@@ -96,11 +101,13 @@ class PipelineReactor:
         store: EventStore,
         *,
         ahead: float = 1.0,
+        burst: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.redis = redis
         self.store = store
         self.ahead = ahead
+        self.burst = burst
         self.clock = clock
         self._shares: dict[str, tuple[float, Share]] = {}
         self._slots: tuple[float, int] | None = None
@@ -160,7 +167,9 @@ class PipelineReactor:
         # Leaving first: it concerns rows from earlier batches only (this batch's own are netted
         # out above), and a run leaving may be followed by the job's next run joining.
         await dispatch_queue.leave(conn, list(left.items()))
-        await dispatch_queue.join(conn, list(joined.values()))
+        if joined:
+            credit = await self._slots_online(conn) * self.burst
+            await dispatch_queue.join(conn, list(joined.values()), credit=credit)
         await dispatch_queue.hold(conn, held)
         # A download of a job waiting in line is the line's to send, whatever else calls for it
         # (a lifted pause): sent from here, it would pass the other accounts' turns.
@@ -213,10 +222,13 @@ class PipelineReactor:
         """How many downloads Redis's queue may hold: those the nodes run (as many as their
         slots) and as many again times `ahead` waiting, so a slot that frees finds its next unit
         there, but no more."""
+        return max(MIN_AHEAD, round(await self._slots_online(conn) * (1 + self.ahead)))
+
+    async def _slots_online(self, conn: asyncpg.Connection) -> int:
         now = self.clock()
         if self._slots is None or now - self._slots[0] >= SLOTS_SECONDS:
             self._slots = (now, await download_slots(conn))
-        return max(MIN_AHEAD, round(self._slots[1] * (1 + self.ahead)))
+        return self._slots[1]
 
     async def _send_due(self, conn: asyncpg.Connection) -> list[Dispatch]:
         lines = await dispatch_queue.lines(conn)
@@ -227,7 +239,7 @@ class PipelineReactor:
         in_redis = await self.redis.zcount(DOWNLOAD_QUEUE, "-inf", int(time.time() * 1000))
         free = await self._room(conn) - in_redis
         lines = [ln._replace(weight=(await self._share(ln.account_id)).weight) for ln in lines]
-        sent: list[dispatch_queue.Sent] = []
+        sent: list[tuple[dispatch_queue.Sent, bool]] = []
         # An account whose waiting jobs are all held (a paused batch or job) sends fewer than
         # its share: the room it leaves goes round again to the others, a few times at most.
         for _ in range(SHARE_ROUNDS):
@@ -235,7 +247,11 @@ class PipelineReactor:
                 break
             decided = fair_share.plan(free, lines)
             got = await dispatch_queue.send(conn, decided.order, decided.served)
-            sent += got
+            # An account's jobs come back as the first of those `order` asked of it.
+            early: dict[str, list[bool]] = {}
+            for a, on_credit in zip(decided.order, decided.early, strict=True):
+                early.setdefault(a, []).append(on_credit)
+            sent += [(s, early[s.account_id].pop(0)) for s in got]
             free -= len(got)
             asked = Counter(decided.order)
             given = Counter(s.account_id for s in got)
@@ -249,6 +265,10 @@ class PipelineReactor:
             ]
             if len(got) == len(decided.order):
                 break
+        # Sent at once, units would share a millisecond and go in the order of their ids: each
+        # is placed a millisecond after the one before it, all already due. A start on credit
+        # goes before what Redis holds of the others' turns.
+        first_ms = int(time.time() * 1000) - len(sent)
         return [
             Dispatch(
                 s.job_id,
@@ -257,8 +277,9 @@ class PipelineReactor:
                 1,
                 correlation_id=s.correlation_id,
                 causation_id=s.causation_id,
+                due_ms=first_ms + i - (EARLY_LEAD_MS if on_credit else 0),
             )
-            for s in sent
+            for i, (s, on_credit) in enumerate(sent)
         ]
 
 

@@ -106,7 +106,9 @@ def assemble(
     if PROJECTIONS in parts:
         built[PROJECTIONS] = projections
     if PIPELINE in parts:
-        pipeline = PipelineReactor(redis, store, ahead=settings.dispatch_ahead)
+        pipeline = PipelineReactor(
+            redis, store, ahead=settings.dispatch_ahead, burst=settings.dispatch_burst
+        )
         built[PIPELINE] = Alongside(
             (
                 # Its dispatches are on every job's critical path: a NOTIFY is looked at after

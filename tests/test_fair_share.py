@@ -48,3 +48,15 @@ def test_any_other_priority_is_refused(asked: str | int) -> None:
 
 def test_a_priority_shows_as_its_word_where_it_has_one() -> None:
     assert [priority_word(n) for n in (-10, 0, 10, 7)] == ["low", "normal", "high", 7]
+
+
+def test_a_start_more_than_a_turn_before_every_other_account_is_on_credit() -> None:
+    decided = plan(4, [Line("back", 2, 1, 5.0), Line("flood", 100, 1, 10.0)])
+    assert decided.order == ["back", "back", "flood", "flood"]
+    assert decided.early == [True, True, False, False]
+
+
+def test_accounts_taking_turns_are_never_on_credit() -> None:
+    decided = plan(6, [Line("a", 10, 1, 3.0), Line("b", 10, 1, 3.5), Line("c", 10, 2, 3.2)])
+    assert not any(decided.early)
+    assert not any(plan(3, [Line("alone", 10, 1, 0.0)]).early)
