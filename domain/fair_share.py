@@ -84,9 +84,11 @@ class Plan(NamedTuple):
     early: list[bool]
 
 
-def plan(free: int, lines: list[Line]) -> Plan:
+def plan(free: int, lines: list[Line], *, early_room: int = 0) -> Plan:
     """Give up to `free` starts to the waiting accounts of `lines`, least `served` first; ties
-    go to the account listed first (callers list them by who has waited longest)."""
+    go to the account listed first (callers list them by who has waited longest). Starts on
+    credit may go beyond `free`, up to `early_room` more: they go before what the others were
+    sent, so they need no room of their own."""
     heap = [(ln.served, i, ln) for i, ln in enumerate(lines) if ln.waiting > 0]
     heapq.heapify(heap)
     least = heapq.nsmallest(2, ((ln.served, ln.account_id) for ln in lines if ln.waiting > 0))
@@ -94,10 +96,16 @@ def plan(free: int, lines: list[Line]) -> Plan:
     early: list[bool] = []
     served: dict[str, float] = {}
     taken: dict[str, int] = {}
-    while len(order) < free and heap:
+    beyond = 0
+    while heap:
         at, rank, ln = heapq.heappop(heap)
+        on_credit = at + 1.0 < _least_other(least, ln.account_id)
+        if len(order) >= free:
+            if not on_credit or beyond >= early_room:
+                break
+            beyond += 1
         order.append(ln.account_id)
-        early.append(at + 1.0 < _least_other(least, ln.account_id))
+        early.append(on_credit)
         served[ln.account_id] = at + 1.0 / max(1, ln.weight)
         taken[ln.account_id] = taken.get(ln.account_id, 0) + 1
         if taken[ln.account_id] < ln.waiting:

@@ -168,8 +168,7 @@ class PipelineReactor:
         # out above), and a run leaving may be followed by the job's next run joining.
         await dispatch_queue.leave(conn, list(left.items()))
         if joined:
-            credit = await self._slots_online(conn) * self.burst
-            await dispatch_queue.join(conn, list(joined.values()), credit=credit)
+            await dispatch_queue.join(conn, list(joined.values()), credit=await self._credit(conn))
         await dispatch_queue.hold(conn, held)
         # A download of a job waiting in line is the line's to send, whatever else calls for it
         # (a lifted pause): sent from here, it would pass the other accounts' turns.
@@ -224,6 +223,11 @@ class PipelineReactor:
         there, but no more."""
         return max(MIN_AHEAD, round(await self._slots_online(conn) * (1 + self.ahead)))
 
+    async def _credit(self, conn: asyncpg.Connection) -> int:
+        """How many turns ahead of the waiting accounts one back after a quiet spell may go
+        (domain/fair_share.py)."""
+        return round(await self._slots_online(conn) * self.burst)
+
     async def _slots_online(self, conn: asyncpg.Connection) -> int:
         now = self.clock()
         if self._slots is None or now - self._slots[0] >= SLOTS_SECONDS:
@@ -238,14 +242,18 @@ class PipelineReactor:
         # a retry deferred to later is not counted until it is due.
         in_redis = await self.redis.zcount(DOWNLOAD_QUEUE, "-inf", int(time.time() * 1000))
         free = await self._room(conn) - in_redis
+        # Starts on credit go before what Redis holds (EARLY_LEAD_MS), so they need no room
+        # freed by the others' units: Redis may hold a credit's worth more of them.
+        beyond = free + await self._credit(conn)
         lines = [ln._replace(weight=(await self._share(ln.account_id)).weight) for ln in lines]
         sent: list[tuple[dispatch_queue.Sent, bool]] = []
         # An account whose waiting jobs are all held (a paused batch or job) sends fewer than
         # its share: the room it leaves goes round again to the others, a few times at most.
         for _ in range(SHARE_ROUNDS):
-            if free <= 0 or not lines:
+            if beyond <= 0 or not lines:
                 break
-            decided = fair_share.plan(free, lines)
+            room = max(0, free)
+            decided = fair_share.plan(room, lines, early_room=beyond - room)
             got = await dispatch_queue.send(conn, decided.order, decided.served)
             # An account's jobs come back as the first of those `order` asked of it.
             early: dict[str, list[bool]] = {}
@@ -253,6 +261,7 @@ class PipelineReactor:
                 early.setdefault(a, []).append(on_credit)
             sent += [(s, early[s.account_id].pop(0)) for s in got]
             free -= len(got)
+            beyond -= len(got)
             asked = Counter(decided.order)
             given = Counter(s.account_id for s in got)
             lines = [

@@ -60,3 +60,13 @@ def test_accounts_taking_turns_are_never_on_credit() -> None:
     decided = plan(6, [Line("a", 10, 1, 3.0), Line("b", 10, 1, 3.5), Line("c", 10, 2, 3.2)])
     assert not any(decided.early)
     assert not any(plan(3, [Line("alone", 10, 1, 0.0)]).early)
+
+
+def test_starts_on_credit_may_go_beyond_the_room_up_to_their_own_bound() -> None:
+    lines = [Line("back", 5, 1, 5.0), Line("flood", 100, 1, 10.0)]
+    assert plan(0, lines, early_room=3).order == ["back"] * 3
+    # Its fifth (virtual time 9) is within a turn of the flood's next: no longer on credit.
+    assert plan(1, lines, early_room=10).order == ["back"] * 4
+    assert plan(6, lines, early_room=10).order == ["back"] * 5 + ["flood"]
+    assert plan(0, lines).order == []
+    assert plan(0, [Line("a", 5, 1, 0.0), Line("b", 5, 1, 0.0)], early_room=3).order == []
