@@ -135,17 +135,11 @@ async def batch_feed(services: Services, batch_id: str, token: str = "") -> Resp
     return await _feed(services, BATCH, batch_id, token)
 
 
-@get(
-    "/batch/{batch_id:str}/feed/{episode:str}",
-    summary="An episode's file: a redirect to a fresh link to it",
-    status_code=302,
-)
-async def batch_feed_episode(
-    services: Services, batch_id: str, episode: str, token: str = ""
+async def _redirect(
+    services: Services, kind: str, scope_id: str, name: str, token: str
 ) -> Redirect:
-    """A redirect (302) to a link to the job's file that lasts 24 h, made at each request, so
-    the enclosure itself never expires while the feed's token is in force."""
-    state = await _enclosure(services, BATCH, batch_id, episode, token)
+    """A redirect (302) to a link to the episode's file that lasts 24 h, made now."""
+    state = await _enclosure(services, kind, scope_id, name, token)
     assert state.key is not None
     storages: AccountStorages = services.storages
     settings: Settings = services.settings
@@ -165,19 +159,39 @@ async def batch_feed_episode(
     return Redirect(url, status_code=302, headers={"Cache-Control": "no-store"})
 
 
-@head("/batch/{batch_id:str}/feed/{episode:str}", summary="An episode's size and type")
-async def batch_feed_episode_head(
-    services: Services, batch_id: str, episode: str, token: str = ""
+async def _head(
+    services: Services, kind: str, scope_id: str, name: str, token: str
 ) -> Response[None]:
-    """The size and type of the episode's file, as its job recorded them (a presigned link
-    answers only the method it was signed for, so no redirect)."""
-    state = await _enclosure(services, BATCH, batch_id, episode, token)
+    """The episode's size and type as its job recorded them: a presigned link answers only
+    the method it was signed for, so a HEAD is not redirected."""
+    state = await _enclosure(services, kind, scope_id, name, token)
     assert state.key is not None
     return Response(
         None,
         media_type=media_type(state.key),
         headers={"Content-Length": str(state.file_size or 0), "Cache-Control": "no-store"},
     )
+
+
+@get(
+    "/batch/{batch_id:str}/feed/{episode:str}",
+    summary="An episode's file: a redirect to a fresh link to it",
+    status_code=302,
+)
+async def batch_feed_episode(
+    services: Services, batch_id: str, episode: str, token: str = ""
+) -> Redirect:
+    """A redirect (302) to a link to the job's file that lasts 24 h, made at each request, so
+    the enclosure itself never expires while the feed's token is in force."""
+    return await _redirect(services, BATCH, batch_id, episode, token)
+
+
+@head("/batch/{batch_id:str}/feed/{episode:str}", summary="An episode's size and type")
+async def batch_feed_episode_head(
+    services: Services, batch_id: str, episode: str, token: str = ""
+) -> Response[None]:
+    """The size and type of the episode's file, with no body and no redirect."""
+    return await _head(services, BATCH, batch_id, episode, token)
 
 
 FEED_ROUTES = [batch_feed, batch_feed_episode, batch_feed_episode_head]
