@@ -23,6 +23,7 @@ from spool.domain import (  # noqa: F401
     account,
     batch,
     cluster_config,
+    feed,
     idempotency,
     job,
     node,

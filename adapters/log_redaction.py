@@ -32,6 +32,8 @@ _CASE_FOLDS = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212
 _PATTERNS: tuple[tuple[tuple[str, ...], re.Pattern[str], str], ...] = (
     # Spool's API keys (`sk_` and 43 URL-safe characters), wherever they stand.
     (("sk_",), re.compile(r"\bsk_[A-Za-z0-9_-]{16,}"), "sk_" + REDACTED),
+    # Podcast feed tokens (`feed_` and 43 URL-safe characters: domain/feed.py).
+    (("feed_",), re.compile(r"\bfeed_[A-Za-z0-9_-]{40,}"), "feed_" + REDACTED),
     # JWTs: three base64url parts, the first a JSON header (`eyJ` is `{"`).
     (("eyj",), re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), REDACTED),
     # A password in a URL: scheme://user:password@host.

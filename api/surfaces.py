@@ -36,6 +36,7 @@ from spool.api.dashboard import DashboardController, dashboard_static
 from spool.api.devices import DevicesController
 from spool.api.envelope import CLUSTER_API_ERRORS, cluster_api_error, cluster_principal
 from spool.api.errors import JOB_API_ERRORS, MESSAGE_ERRORS, job_api_error, message_error
+from spool.api.feeds import FEED_ROUTES, BatchFeedController
 from spool.api.guards import ADMITTED, Admit, guard
 from spool.api.health import health
 from spool.api.health_ws import health_ws
@@ -135,6 +136,7 @@ JOB_API = surface(
         OperationsController,
         job_trace,
         BatchController,
+        BatchFeedController,
         MetadataController,
         UsageController,
         UserController,
@@ -173,8 +175,9 @@ HEALTH = surface(
 )
 """Seed 003: `POST /api/auth/token` (a key for a JWT) and the `ws /api/health/ws` it opens."""
 
-MEDIA = surface("/", [media_router, files_router], JOB_API_ERRORS)
-"""Playback (`/media`, owner key or `?token=`) and signed file links (`/files`, no key)."""
+MEDIA = surface("/", [media_router, files_router, *FEED_ROUTES], JOB_API_ERRORS)
+"""Playback (`/media`, owner key or `?token=`), signed file links (`/files`, no key) and
+podcast feeds (`/batch/{id}/feed.xml`, the feed's `?token=`)."""
 
 DASHBOARD = surface(
     "/dashboard",

@@ -47,6 +47,8 @@ DOCUMENTED: set[tuple[str, str]] = {
     ("POST", "/batch/{batch_id}/start"),
     ("POST", "/batch/{batch_id}/pause"),
     ("POST", "/batch/{batch_id}/resume"),
+    ("POST", "/batch/{batch_id}/feed"),
+    ("DELETE", "/batch/{batch_id}/feed"),
     ("POST", "/metadata"),
     ("GET", "/usage"),
     *{
@@ -73,6 +75,10 @@ DOCUMENTED: set[tuple[str, str]] = {
     ("GET", "/media/{job_id}/{name}"),
     ("GET", "/files/{job_id}/{kind}"),
     ("HEAD", "/files/{job_id}/{kind}"),
+    # Podcast feeds, opened by their token.
+    ("GET", "/batch/{batch_id}/feed.xml"),
+    ("GET", "/batch/{batch_id}/feed/{episode}"),
+    ("HEAD", "/batch/{batch_id}/feed/{episode}"),
     # Seed 000's dashboard panels.
     ("GET", "/dashboard/cluster"),
     ("GET", "/dashboard/nodes"),

@@ -22,6 +22,7 @@ from spool.adapters.log_redaction import _PATTERNS, REDACTED, RedactingFormatter
         ("config {'secret_access_key': 'wJalr/XUtnFE', 'region': 'eu'}", "wJalr"),
         ('{"account_key":"bXlrZXk=","sas_token":"sv=2024&sig=abc"}', "bXlrZXk"),
         ("sent Authorization: Bearer sk_zzzzzzzzzzzzzzzzzzzzzzzz", "sk_zzz"),
+        ("feed at /batch/b/feed.xml#feed_" + "f" * 43 + " moved", "feed_fff"),
         ("retrying with password=letmein01", "letmein01"),
         ("https://b.s3.amazonaws.com/k?X-Amz-Credential=AKIA%2F1&X-Amz-Signature=f00d", "f00d"),
     ],

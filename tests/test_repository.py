@@ -20,6 +20,7 @@ from spool.adapters.batch_store import batches, start_batch
 from spool.adapters.config_store import configs
 from spool.adapters.database import create_pool
 from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters.feed_store import feeds
 from spool.adapters.job_store import jobs
 from spool.adapters.repository import (
     ChangingTooFast,
@@ -36,6 +37,7 @@ from spool.domain import (
     account_policy,
     batch,
     cluster_config,
+    feed,
     job,
     node,
     operation,
@@ -283,6 +285,9 @@ def _history(kind: str, aggregate_id: str) -> tuple[list[Event], list[Event]]:
             filter=JobQuery(status=["Failed"]), dry_run=False, matched=1, job_ids=["j1"],
         )  # fmt: skip
         return asked, [operation.OperationJobDone(index=0, job_id="j1")]
+    if kind == "feed":
+        scope = feed.FeedScope("batch", aggregate_id)
+        return feed.issue(scope, "a", "feed_one"), feed.issue(scope, "a", "feed_two")
     assert kind == "node"
     started = node.NodeStarted(
         node_id=aggregate_id, hostname="h", ip="127.0.0.1", role="worker", tags=[],
@@ -302,6 +307,7 @@ AGGREGATES: list[Aggregate[Any]] = [
     cluster_config.AGGREGATE,
     node.AGGREGATE,
     operation.AGGREGATE,
+    feed.AGGREGATE,
 ]
 
 
@@ -468,3 +474,21 @@ async def test_a_unit_of_work_decides_on_the_states_it_was_given_at_their_versio
     with pytest.raises(ChangingTooFast):
         await execute_many(own_store, release, META, tries=1)
     assert len(await own_store.read_stream(repo.stream_id(job_id))) == 2
+
+
+async def test_a_feed_read_from_its_last_event_is_the_fold_of_its_whole_stream(
+    own_store: EventStore,
+) -> None:
+    scope = feed.FeedScope("batch", uuid.uuid4().hex)
+    repo = feeds(own_store)
+    assert await repo.load(scope.feed_id) is None
+    for n in range(3):  # opened, then rotated twice
+        await repo.execute(scope.feed_id, lambda _, n=n: feed.issue(scope, "a", f"feed_{n}"), META)
+    whole = Repository(own_store, feed.AGGREGATE)
+    rotated = await repo.load(scope.feed_id)
+    assert rotated == await whole.load(scope.feed_id)
+    assert rotated is not None and rotated.token_hash == feed.hash_token("feed_2")
+    await repo.execute(scope.feed_id, lambda state: feed.revoke(state, scope, "a"), META)
+    closed = await repo.load(scope.feed_id)
+    assert closed == await whole.load(scope.feed_id)
+    assert closed is not None and not closed.open

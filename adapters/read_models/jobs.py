@@ -346,6 +346,23 @@ async def page(
     )
 
 
+async def completed(
+    pool: asyncpg.Pool, account_id: str, query: JobQuery, *, limit: int
+) -> list[job.JobState]:
+    """Up to `limit` of an account's Completed jobs that match `query` and still have their
+    file, the latest finished first: what a podcast feed lists (api/feeds.py)."""
+    args: list[Any] = []
+    condition = where(msgspec.structs.replace(query, status=["Completed"]), [account_id], args)
+    args.append(limit)
+    rows = await pool.fetch(
+        f"SELECT state FROM jobs WHERE {condition} AND state->>'key' IS NOT NULL"
+        " AND NOT coalesce((state->>'file_deleted')::boolean, false)"
+        f" ORDER BY finished_at DESC NULLS LAST, job_id DESC LIMIT ${len(args)}",
+        *args,
+    )
+    return [ROWS.decode(r[0]) for r in rows]
+
+
 class Matched(NamedTuple):
     """The ids of jobs a query matched (oldest first), and how many matched in all."""
 
