@@ -28,6 +28,7 @@ from spool.domain import (  # noqa: F401
     node,
     operation,
     storage_config,
+    subscription,
     task,
     viewer,
 )

@@ -40,6 +40,7 @@ from spool.domain import (
     node,
     operation,
     storage_config,
+    subscription,
     task,
     viewer,
 )
@@ -283,6 +284,12 @@ def _history(kind: str, aggregate_id: str) -> tuple[list[Event], list[Event]]:
             filter=JobQuery(status=["Failed"]), dry_run=False, matched=1, job_ids=["j1"],
         )  # fmt: skip
         return asked, [operation.OperationJobDone(index=0, job_id="j1")]
+    if kind == "subscription":
+        made = subscription.SubscriptionCreated(
+            subscription_id=aggregate_id, account_id="a", url="http://m/feed.xml",
+            schedule=subscription.Schedule(interval=300, max_items=5),
+        )  # fmt: skip
+        return [made], [subscription.SubscriptionPaused()]
     assert kind == "node"
     started = node.NodeStarted(
         node_id=aggregate_id, hostname="h", ip="127.0.0.1", role="worker", tags=[],
@@ -302,6 +309,7 @@ AGGREGATES: list[Aggregate[Any]] = [
     cluster_config.AGGREGATE,
     node.AGGREGATE,
     operation.AGGREGATE,
+    subscription.AGGREGATE,
 ]
 
 
