@@ -15,6 +15,7 @@ import msgspec
 from spool.adapters.account_policy_store import QuotaExceeded, append_admitted, load_policy
 from spool.adapters.event_store import EventStore, StreamAppend
 from spool.adapters.playlists import Playlist
+from spool.adapters.repository import record_many
 from spool.adapters.subscription_store import count_of, in_account_turn, subscriptions
 from spool.application.jobs import NewJob, entry_jobs, plan_jobs
 from spool.application.ownership import decide_owned, load_owned
@@ -71,11 +72,14 @@ async def create_subscription(
             raise QuotaExceeded(
                 "max_subscriptions", bounds.max_subscriptions, had, 1, retry_after=None
             )
-        done = await subscriptions(store).execute(
-            subscription_id, lambda _: events, meta, conn=conn
+        repository = subscriptions(store)
+        stream = StreamAppend(
+            repository.stream_id(subscription_id), [NewEvent(e, meta) for e in events], 0
         )
-        assert done.state is not None
-        return done.state
+        appended = await record_many(store, [stream], conn=conn)  # a new stream, at version 0
+        state = repository.after(None, 0, events, appended[0])
+        assert state is not None
+        return state
 
     return await in_account_turn(store, account_id, create)
 
