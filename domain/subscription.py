@@ -154,6 +154,8 @@ class SubscriptionState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults
     """The last check started (and how it ended, once it has)."""
     checks: int = 0
     """Checks finished."""
+    listed: bool = False
+    """Whether a check has listed the entries yet (one that failed to has not)."""
     items: int = 0
     """Jobs its checks created."""
     skipped: list[str] = msgspec.field(default_factory=list)
@@ -337,7 +339,7 @@ def plan_check(state: SubscriptionState, entries: Sequence[Seen], known: set[str
     if all(e.published is None for e in ordered):
         ordered = list(fresh.values())
     taken = ordered[: state.schedule.max_items]
-    first = state.checks == 0 and state.schedule.since is None
+    first = not state.listed and state.schedule.since is None
     skipped = [e.job_id for e in ordered[state.schedule.max_items :]] if first else []
     return Plan(taken, skipped)
 
@@ -413,6 +415,7 @@ def evolve(
             running=None,
             last=last,
             checks=state.checks + 1,
+            listed=state.listed or ev.error is None,
             items=state.items + len(ev.new),
             skipped=[*state.skipped, *ev.skipped] if ev.skipped else state.skipped,
         )
