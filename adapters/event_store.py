@@ -29,6 +29,7 @@ from spool.domain import (  # noqa: F401
     node,
     operation,
     storage_config,
+    subscription,
     task,
     viewer,
 )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +45,10 @@ MEDIA_SUFFIXES = frozenset(
 class Entry(msgspec.Struct, frozen=True):
     url: str
     title: str | None
+    key: str | None = None
+    """What names the entry in its feed whatever its URL: a feed item's guid, else the id
+    yt-dlp gives it (None: neither; its URL names it)."""
+    published: datetime | None = None
 
 
 class Playlist(msgspec.Struct, frozen=True):
@@ -91,9 +97,24 @@ def extract_playlist(
     if not info or info.get("_type") != "playlist":
         return None
     entries = [
-        # yt-dlp smuggles extractor hints into a URL fragment; the job wants the plain URL.
-        Entry(url=unsmuggle_url(str(e.get("url") or e.get("webpage_url")))[0], title=e.get("title"))
-        for e in info.get("entries") or []
-        if e and (e.get("url") or e.get("webpage_url"))
+        _entry(e) for e in info.get("entries") or [] if e and (e.get("url") or e.get("webpage_url"))
     ]
     return Playlist(title=info.get("title"), entries=entries)
+
+
+def _entry(info: dict[str, Any]) -> Entry:
+    # yt-dlp smuggles extractor hints (a feed item's guid) into a URL fragment; the job wants
+    # the plain URL.
+    url, hints = unsmuggle_url(str(info.get("url") or info.get("webpage_url")))
+    key = (hints or {}).get("force_videoid") or info.get("id")
+    stamp = info.get("timestamp")
+    published = None
+    if isinstance(stamp, int | float):
+        with contextlib.suppress(OverflowError, OSError, ValueError):
+            published = datetime.fromtimestamp(stamp, UTC)
+    return Entry(
+        url=url,
+        title=info.get("title"),
+        key=str(key) if key is not None else None,
+        published=published,
+    )

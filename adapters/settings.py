@@ -40,6 +40,11 @@ _NUMERIC_ENV = {
     "quarantine_probe_interval": "SPOOL_QUARANTINE_PROBE_INTERVAL",
     "failed_files_keep": "SPOOL_FAILED_FILES_KEEP",
     "work_sweep_interval": "SPOOL_WORK_SWEEP_INTERVAL",
+    "subscription_min_interval": "SPOOL_SUBSCRIPTION_MIN_INTERVAL",
+    "max_subscriptions": "SPOOL_MAX_SUBSCRIPTIONS",
+    "subscription_max_items": "SPOOL_SUBSCRIPTION_MAX_ITEMS",
+    "subscription_checks": "SPOOL_SUBSCRIPTION_CHECKS",
+    "subscription_check_timeout": "SPOOL_SUBSCRIPTION_CHECK_TIMEOUT",
 }
 
 _FLAG_ENV = {
@@ -140,6 +145,16 @@ class Settings(msgspec.Struct, kw_only=True):
     # `work_sweep_interval` seconds, reclaims them after. 0: removed when the job fails.
     failed_files_keep: float = 86400.0
     work_sweep_interval: float = 600.0
+    # Subscriptions (domain/subscription.py): the shortest interval an account may ask for
+    # (seconds; an admin may set another for one account: its `min_subscription_interval`
+    # quota), subscriptions per account, new items one check may take at most, checks of one
+    # account running at once in the whole cluster, and the seconds after which a check whose
+    # process went silent is taken over.
+    subscription_min_interval: int = 300
+    max_subscriptions: int = 100
+    subscription_max_items: int = 100
+    subscription_checks: int = 2
+    subscription_check_timeout: float = 600.0
 
     def __post_init__(self) -> None:
         parse_disk_floor(self.disk_floor)  # a malformed floor stops the process at its start

@@ -120,7 +120,8 @@ class AdminAccountsController(Controller):
         self, request: Request[Any, Any, Any], services: Services, admin: Principal, account_id: str
     ) -> AccountView:
         """Replace the account's quotas: `max_running_jobs`, `max_jobs_per_day`,
-        `max_storage_bytes`, `max_media_seconds` (a whole number; left out or null: unlimited)."""
+        `max_storage_bytes`, `max_media_seconds` (a whole number; left out or null: unlimited)
+        and `min_subscription_interval` (seconds; null: the cluster's minimum)."""
         body: QuotasBody = _decode(await request.body(), QuotasBody)
         await _policy(services, account_id)
         quotas = Quotas(**msgspec.structs.asdict(body))

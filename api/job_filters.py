@@ -24,7 +24,7 @@ def _bad(detail: str) -> JobApiError:
     return JobApiError(status_code=400, detail=detail)
 
 
-def _time(name: str, raw: str | None) -> datetime | None:
+def time_param(name: str, raw: str | None) -> datetime | None:
     """An ISO 8601 time (UTC when it names no offset) or milliseconds since the epoch, as
     `GET /jobs/{id}` shows times."""
     if raw is None:
@@ -69,6 +69,7 @@ def query_of_params(
     error: str | None = None,
     q: str | None = None,
     failure_group: str | None = None,
+    subscription_id: str | None = None,
 ) -> JobQuery:
     """`GET /jobs`'s filter, from its query parameters (the route's `wanted` dependency):
     `status` and `label` (`key=value`) repeatable; all must match."""
@@ -89,14 +90,15 @@ def query_of_params(
             batch_id=batch_id,
             labels=labels,
             host=host,
-            created_after=_time("created_after", created_after),
-            created_before=_time("created_before", created_before),
-            finished_after=_time("finished_after", finished_after),
-            finished_before=_time("finished_before", finished_before),
+            created_after=time_param("created_after", created_after),
+            created_before=time_param("created_before", created_before),
+            finished_after=time_param("finished_after", finished_after),
+            finished_before=time_param("finished_before", finished_before),
             error_type=error_type,  # type: ignore[arg-type]  # checked against ERROR_TYPES
             error=error,
             q=q,
             failure_group=failure_group,
+            subscription_id=subscription_id,
         )
     )
 

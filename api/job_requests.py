@@ -10,7 +10,7 @@ message. Every refusal is a `JobApiError` with status 400, which the job API ren
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -24,6 +24,7 @@ __all__ = [
     "CreateJobBody",
     "ValidJob",
     "decode_create_job_body",
+    "decode_strictly",
     "validate_create_job",
     "validate_filename",
     "validate_folder",
@@ -58,6 +59,20 @@ def _bad(detail: str) -> JobApiError:
 
 
 _decoder = msgspec.json.Decoder(CreateJobBody)
+B = TypeVar("B")
+
+
+def decode_strictly(decoder: msgspec.json.Decoder[B], raw: bytes) -> B:
+    """Decode a raw body strictly, refusing wrong JSON types with a 400 naming the field, in
+    the `message (field: key)` form the job API uses for other validation errors."""
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        message, _, path = str(exc).partition(" - at `$.")
+        field = path.rstrip("`")
+        raise _bad(f"{message} (field: {field})" if field else message) from None
+    except msgspec.DecodeError as exc:
+        raise _bad(f"Invalid JSON body: {exc}") from None
 
 
 def decode_create_job_body(raw: bytes) -> CreateJobBody:
@@ -68,17 +83,9 @@ def decode_create_job_body(raw: bytes) -> CreateJobBody:
     the documented types exact.
 
     Raises:
-        JobApiError: 400, e.g. `Expected `int | null`, got `str` (field: video_quality)`, in
-            the same `message (field: key)` form the job API uses for other validation errors.
+        JobApiError: 400, e.g. `Expected `int | null`, got `str` (field: video_quality)`.
     """
-    try:
-        return _decoder.decode(raw)
-    except msgspec.ValidationError as exc:
-        message, _, path = str(exc).partition(" - at `$.")
-        field = path.rstrip("`")
-        raise _bad(f"{message} (field: {field})" if field else message) from None
-    except msgspec.DecodeError as exc:
-        raise _bad(f"Invalid JSON body: {exc}") from None
+    return decode_strictly(_decoder, raw)
 
 
 def validate_filename(filename: str) -> str:

@@ -109,6 +109,8 @@ class JobView(msgspec.Struct, omit_defaults=False):
     """Whether the job's next stage is held back by a pause (its status stays as it is)."""
     paused_by: PausedBy | None = None
     """What holds it: `job` (its own pause), `batch`, `account` or `cluster` (intake)."""
+    subscription_id: str | None = None
+    """The subscription whose check created it (null: asked for directly)."""
 
 
 class JobPauseAnswer(msgspec.Struct):
@@ -262,10 +264,11 @@ def view(
         else fair_share.priority_word(state.options.priority),
         paused=held_by is not None,
         paused_by=held_by,
+        subscription_id=state.subscription_id,
     )
 
 
-async def _playlist(services: Services, principal: Principal, url: str) -> Playlist | None:
+async def playlist_of(services: Services, principal: Principal, url: str) -> Playlist | None:
     """The entries if `url` is a playlist or feed; None for one piece of media.
 
     A probe (api/probes.py): 504 past `probe_timeout`, 429 past the account's share.
@@ -447,7 +450,7 @@ class JobsController(Controller):
         if valid.options.webhook_url is not None:
             await refuse_forbidden_target(services, valid.options.webhook_url, what="webhook_url")
         meta = command_metadata(request, principal.key_id)
-        playlist = await _playlist(services, principal, valid.url)
+        playlist = await playlist_of(services, principal, valid.url)
         if body.paused and playlist is None:
             raise JobApiError(status_code=400, detail="paused is only for playlist or feed URLs")
         storage = (
@@ -586,7 +589,8 @@ class JobsController(Controller):
         host), `created_after` / `created_before`, `finished_after` / `finished_before` (ISO
         8601 or ms since the epoch; after inclusive, before exclusive), `error_type`, `error`
         (text the error contains), `q` (text the title, file name or URL contains; both
-        case-insensitive) and `failure_group` (a `group_id` of `GET /jobs/failures`).
+        case-insensitive), `failure_group` (a `group_id` of `GET /jobs/failures`) and
+        `subscription_id` (the jobs a subscription's checks created).
         """
         after = _parse_cursor(cursor) if cursor else None
         found = await job_rows.page(

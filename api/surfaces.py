@@ -47,6 +47,7 @@ from spool.api.media import files_router, media_router
 from spool.api.metadata import MetadataController
 from spool.api.metrics import metrics
 from spool.api.operations import OperationsController
+from spool.api.subscriptions import SubscriptionsController
 from spool.api.swagger import swagger, swagger_assets
 from spool.api.tasks import TasksController
 from spool.api.tokens import issue_health_token, token_caller
@@ -137,6 +138,7 @@ JOB_API = surface(
         job_trace,
         BatchController,
         BatchFeedController,
+        SubscriptionsController,
         MetadataController,
         UsageController,
         UserController,

@@ -82,7 +82,10 @@ async def _quotas(services: Services, account_id: str, now: datetime) -> dict[st
         "max_storage_bytes": use.stored_bytes,
         "max_media_seconds": int(longest),
     }
-    return {name: QuotaUse(getattr(quotas, name), used[name]) for name in QUOTA_NAMES}
+    # A quota that is a floor, not a use (`min_subscription_interval`), has nothing to count.
+    return {
+        name: QuotaUse(getattr(quotas, name), used[name]) for name in QUOTA_NAMES if name in used
+    }
 
 
 def _period(counts: dict[str, int], by_status: dict[str, int], held: int) -> UsagePeriod:

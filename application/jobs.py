@@ -76,6 +76,53 @@ class BatchPlan(NamedTuple):
     appends: list[StreamAppend]
 
 
+def plan_jobs(
+    meta: Metadata,
+    account_id: str,
+    new_jobs: list[NewJob],
+    job_ids: list[str],
+    *,
+    batch_id: str | None = None,
+    held: bool = False,
+    subscription_id: str | None = None,
+) -> list[StreamAppend]:
+    """The appends that create `new_jobs` as `job_ids`, each a new stream (at version 0): what
+    a batch and a subscription's check append with their own event, in one transaction."""
+    return [
+        StreamAppend(
+            job.stream_id(job_id),
+            [
+                NewEvent(e, meta)
+                for e in job.create(
+                    job_id=job_id,
+                    account_id=account_id,
+                    url=new.url,
+                    options=new.options,
+                    batch_id=batch_id,
+                    held=held,
+                    title=new.title,
+                    storage=new.storage,
+                    labels=new.labels,
+                    subscription_id=subscription_id,
+                )
+            ],
+            0,
+        )
+        for job_id, new in zip(job_ids, new_jobs, strict=True)
+    ]
+
+
+def entry_jobs(source: NewJob, entries: list[tuple[str, str | None]]) -> list[NewJob]:
+    """The jobs of a feed's or playlist's entries (URL, title), each with `source`'s options
+    and storage but a name of its own (its title), not one shared `filename` that every
+    episode would overwrite."""
+    options = msgspec.structs.replace(source.options, filename=None)
+    return [
+        NewJob(url=url, options=options, title=title, storage=source.storage, labels=source.labels)
+        for url, title in entries
+    ]
+
+
 def plan_batch(
     meta: Metadata,
     account_id: str,
@@ -89,27 +136,7 @@ def plan_batch(
     """A batch and all its jobs, to be appended in one transaction: all of them, or none."""
     batch_id = str(uuid.uuid4())
     job_ids = [str(uuid.uuid4()) for _ in new_jobs]
-    appends = [
-        StreamAppend(
-            job.stream_id(job_id),
-            [
-                NewEvent(e, meta)
-                for e in job.create(
-                    job_id=job_id,
-                    account_id=account_id,
-                    url=new.url,
-                    options=new.options,
-                    batch_id=batch_id,
-                    held=paused,
-                    title=new.title,
-                    storage=new.storage,
-                    labels=new.labels,
-                )
-            ],
-            0,
-        )
-        for job_id, new in zip(job_ids, new_jobs, strict=True)
-    ]
+    appends = plan_jobs(meta, account_id, new_jobs, job_ids, batch_id=batch_id, held=paused)
     created = batch.BatchCreated(
         batch_id=batch_id,
         account_id=account_id,
@@ -157,19 +184,7 @@ async def create_playlist(
         raise InvalidCommand("The playlist or feed has no entries")
     # Titles and URLs are the source's: made safe to record, as a node makes a download's.
     playlist = made_safe(playlist)
-    # Each entry gets the options asked for, but a name of its own (its title), not one
-    # shared `filename` that every episode would overwrite.
-    options = msgspec.structs.replace(source.options, filename=None)
-    new_jobs = [
-        NewJob(
-            url=entry.url,
-            options=options,
-            title=entry.title,
-            storage=source.storage,
-            labels=source.labels,
-        )
-        for entry in playlist.entries
-    ]
+    new_jobs = entry_jobs(source, [(e.url, e.title) for e in playlist.entries])
     plan = plan_batch(
         meta,
         account_id,

@@ -56,6 +56,9 @@ class Quotas(msgspec.Struct, frozen=True, kw_only=True):
     """Bytes held in storage: uploaded minus deleted."""
     max_media_seconds: int | None = None
     """The longest media (in seconds) a job may fetch."""
+    min_subscription_interval: int | None = None
+    """The shortest interval (seconds) its subscriptions may ask for; None: the cluster's
+    `SPOOL_SUBSCRIPTION_MIN_INTERVAL` (5 minutes)."""
 
 
 QUOTA_NAMES: tuple[str, ...] = tuple(Quotas.__struct_fields__)

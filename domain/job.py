@@ -84,6 +84,8 @@ class JobCreated(Event, frozen=True, kw_only=True):
     storage: StorageConfigured | None = None
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     """The user's `key=value` tags (domain/job_labels.py); none in histories before them."""
+    subscription_id: str | None = None
+    """The subscription whose check found the entry (domain/subscription.py)."""
 
 
 @event
@@ -351,6 +353,7 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     status: JobStatus
     step: JobStep
     batch_id: str | None = None
+    subscription_id: str | None = None
     held: bool = False
     storage_override: StorageConfigured | None = None
     created_at: datetime
@@ -462,6 +465,7 @@ def create(
     title: str | None = None,
     storage: StorageConfigured | None = None,
     labels: dict[str, str] | None = None,
+    subscription_id: str | None = None,
 ) -> list[Event]:
     """Decide the events that create a job."""
     return [
@@ -475,6 +479,7 @@ def create(
             title=title,
             storage=storage,
             labels=check_labels(labels or {}),
+            subscription_id=subscription_id,
         )
     ]
 
@@ -766,6 +771,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             status="Pending",
             step="Queued",
             batch_id=ev.batch_id,
+            subscription_id=ev.subscription_id,
             held=ev.held,
             title=ev.title,
             storage_override=ev.storage,

@@ -40,6 +40,8 @@ class JobQuery(
     (case-insensitive)."""
     failure_group: str | None = None
     """A group of `GET /jobs/failures` (its `group_id`): Failed jobs of that group."""
+    subscription_id: str | None = None
+    """The jobs a subscription's checks created (domain/subscription.py)."""
 
 
 def _utc(at: datetime | None, name: str) -> datetime | None:
@@ -58,7 +60,7 @@ def checked(query: JobQuery) -> JobQuery:
     for key, value in query.labels.items():
         check_key(key)
         check_value(key, value)
-    for name in ("batch_id", "host", "error", "q", "failure_group"):
+    for name in ("batch_id", "host", "error", "q", "failure_group", "subscription_id"):
         text = getattr(query, name)
         if text is not None and (not text.strip() or len(text) > MAX_TEXT or "\x00" in text):
             raise InvalidCommand(f"{name} must be 1-{MAX_TEXT} characters")

@@ -24,6 +24,7 @@ from spool.reactors.pipeline import PipelineReactor, Ticks
 from spool.reactors.projection import ProjectionRunner
 from spool.reactors.reconciler import Reconciler
 from spool.reactors.scheduler import Scheduler
+from spool.reactors.subscriptions import SubscriptionChecks
 from spool.reactors.viewer_timeouts import ViewerTimeouts
 from spool.reactors.webhooks import WebhookReactor
 from spool.reactors.worker import Node
@@ -34,9 +35,18 @@ SCHEDULER = "scheduler"
 RECONCILER = "reconciler"
 VIEWER_TIMEOUTS = "viewer-timeouts"
 OPERATIONS = "operations"
+SUBSCRIPTIONS = "subscriptions"
 NODE = "node"
 
-REACTORS = (PROJECTIONS, PIPELINE, SCHEDULER, RECONCILER, VIEWER_TIMEOUTS, OPERATIONS)
+REACTORS = (
+    PROJECTIONS,
+    PIPELINE,
+    SCHEDULER,
+    RECONCILER,
+    VIEWER_TIMEOUTS,
+    OPERATIONS,
+    SUBSCRIPTIONS,
+)
 """Every log follower and periodic pass: what `spool reactors` runs, and `spool up` beside the
 API and a node."""
 
@@ -76,6 +86,8 @@ class Timings:
     """Between viewer timeout passes (None: a third of the viewer timeout)."""
     operations_tick: float = 1.0
     """Between the operations runner's looks for unfinished bulk actions."""
+    subscriptions_tick: float = 5.0
+    """Between the subscription checks' looks for due subscriptions."""
 
 
 def assemble(
@@ -143,6 +155,8 @@ def assemble(
         built[OPERATIONS] = OperationRunner(
             store, settings, storage, interval=timings.operations_tick
         )
+    if SUBSCRIPTIONS in parts:
+        built[SUBSCRIPTIONS] = SubscriptionChecks(store, settings, tick=timings.subscriptions_tick)
     if NODE in parts:
         built[NODE] = node_type(store=store, redis=redis, storage=storage, settings=settings)
     return built

@@ -77,6 +77,7 @@ async def _set_quotas(
         "max_jobs_per_day": None,
         "max_storage_bytes": None,
         "max_media_seconds": None,
+        "min_subscription_interval": None,
         **quotas,
     }
 

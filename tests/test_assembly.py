@@ -55,6 +55,7 @@ async def test_spool_up_gets_every_reactor_and_a_node_by_name(
         "reconciler",
         "viewer-timeouts",
         "operations",
+        "subscriptions",
         "node",
     ]
     assert parts["projections"] is runner  # the runner the process also waits on

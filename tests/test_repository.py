@@ -42,6 +42,7 @@ from spool.domain import (
     node,
     operation,
     storage_config,
+    subscription,
     task,
     viewer,
 )
@@ -288,6 +289,12 @@ def _history(kind: str, aggregate_id: str) -> tuple[list[Event], list[Event]]:
     if kind == "feed":
         scope = feed.FeedScope("batch", aggregate_id)
         return feed.issue(scope, "a", "feed_one"), feed.issue(scope, "a", "feed_two")
+    if kind == "subscription":
+        made = subscription.SubscriptionCreated(
+            subscription_id=aggregate_id, account_id="a", url="http://m/feed.xml",
+            schedule=subscription.Schedule(interval=300, max_items=5),
+        )  # fmt: skip
+        return [made], [subscription.SubscriptionPaused()]
     assert kind == "node"
     started = node.NodeStarted(
         node_id=aggregate_id, hostname="h", ip="127.0.0.1", role="worker", tags=[],
@@ -308,6 +315,7 @@ AGGREGATES: list[Aggregate[Any]] = [
     node.AGGREGATE,
     operation.AGGREGATE,
     feed.AGGREGATE,
+    subscription.AGGREGATE,
 ]
 
 

@@ -18,6 +18,7 @@ from spool.adapters.read_models.operations import OPERATIONS
 from spool.adapters.read_models.pauses import PausesProjection
 from spool.adapters.read_models.projection import Projection
 from spool.adapters.read_models.storage_configs import StorageConfigsProjection
+from spool.adapters.read_models.subscriptions import SubscriptionsProjection
 from spool.adapters.read_models.tasks import TASKS
 from spool.adapters.read_models.usage import UsageProjection
 from spool.adapters.read_models.usage_minutes import UsageMinutesProjection
@@ -41,6 +42,7 @@ def all_projections() -> list[Projection]:
         ViewersProjection(),
         OPERATIONS,
         PausesProjection(),
+        SubscriptionsProjection(),
         # Reporting (docs/reporting.md): read by the `reporting` views, not by the API.
         JobStagesProjection(),
         JobMinutesProjection(),

@@ -302,6 +302,8 @@ def where(query: JobQuery, accounts: Sequence[str] | None, args: list[Any]) -> s
         found.append(f"state->>'error' ILIKE {arg(_contains(query.error))}")
     if query.failure_group is not None:  # set on Failed jobs only (domain/failure_groups.py)
         found.append(f"failure_group = {arg(query.failure_group)}")
+    if query.subscription_id is not None:
+        found.append(f"state->>'subscription_id' = {arg(query.subscription_id)}")
     if query.q is not None:
         text = arg(_contains(query.q))
         found.append(
