@@ -1,6 +1,7 @@
-"""Podcast feeds of a batch's completed jobs: the owner opens, rotates and closes a feed with
-a key (`POST` / `DELETE /batch/{id}/feed`); a podcast app reads it with the token in its URL
-(`GET /batch/{id}/feed.xml?token=...`), no key.
+"""Podcast feeds of a batch's or a subscription's completed jobs: the owner opens, rotates and
+closes a feed with a key (`POST` / `DELETE /batch/{id}/feed`, `/subscriptions/{id}/feed`); a
+podcast app reads it with the token in its URL (`GET /batch/{id}/feed.xml?token=...`, and the
+same under `/subscriptions/{id}`), no key.
 
 An enclosure names Spool, not the storage: `/batch/{id}/feed/{job_id}.{ext}?token=...`
 answers a redirect to a fresh link to the file (`adapters/file_links.py`: the storage's own
@@ -34,19 +35,20 @@ from spool.api.podcast_rss import Channel, Episode, rss
 from spool.api.requests import command_metadata
 from spool.api.services import Services
 from spool.application import feeds as commands
-from spool.application.feeds import BATCH, FeedSource
+from spool.application.feeds import BATCH, SUBSCRIPTION, FeedSource
 from spool.domain import job
 
 RSS_TYPE = "application/rss+xml; charset=utf-8"
 
-_SCOPE_PATHS = {BATCH: "/batch"}
-"""Where each kind of scope's routes are; a subscription's adds `/subscriptions`."""
+_SCOPE_PATHS = {BATCH: "/batch", SUBSCRIPTION: "/subscriptions"}
+"""Where each kind of scope's routes are."""
 
 
-class FeedView(msgspec.Struct):
+class FeedView(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A feed just opened or rotated: `feed_url` holds its token, shown this once."""
 
-    batch_id: str
+    batch_id: str | None = None
+    subscription_id: str | None = None
     feed_url: str
     token_hint: str
     issued_at: int
@@ -194,8 +196,80 @@ async def batch_feed_episode_head(
     return await _head(services, BATCH, batch_id, episode, token)
 
 
-FEED_ROUTES = [batch_feed, batch_feed_episode, batch_feed_episode_head]
+@get(
+    "/subscriptions/{subscription_id:str}/feed.xml",
+    summary="A subscription's podcast feed (RSS 2.0), opened by its token",
+    media_type=RSS_TYPE,
+)
+async def subscription_feed(
+    services: Services, subscription_id: str, token: str = ""
+) -> Response[bytes]:
+    """The subscription's completed jobs, as a batch's feed lists a batch's."""
+    return await _feed(services, SUBSCRIPTION, subscription_id, token)
+
+
+@get(
+    "/subscriptions/{subscription_id:str}/feed/{episode:str}",
+    summary="An episode's file: a redirect to a fresh link to it",
+    status_code=302,
+)
+async def subscription_feed_episode(
+    services: Services, subscription_id: str, episode: str, token: str = ""
+) -> Redirect:
+    """A redirect (302) to a link to the job's file that lasts 24 h, made at each request."""
+    return await _redirect(services, SUBSCRIPTION, subscription_id, episode, token)
+
+
+@head("/subscriptions/{subscription_id:str}/feed/{episode:str}", summary="An episode's size")
+async def subscription_feed_episode_head(
+    services: Services, subscription_id: str, episode: str, token: str = ""
+) -> Response[None]:
+    """The size and type of the episode's file, with no body and no redirect."""
+    return await _head(services, SUBSCRIPTION, subscription_id, episode, token)
+
+
+FEED_ROUTES = [
+    batch_feed,
+    batch_feed_episode,
+    batch_feed_episode_head,
+    subscription_feed,
+    subscription_feed_episode,
+    subscription_feed_episode_head,
+]
 """The routes a podcast app calls, with the feed's token and no key (the MEDIA surface)."""
+
+
+async def _open(
+    request: Request[Any, Any, Any],
+    services: Services,
+    principal: Principal,
+    kind: str,
+    scope_id: str,
+) -> FeedView:
+    meta = command_metadata(request, principal.key_id)
+    store: EventStore = services.store
+    opened = await commands.open_feed(store, principal.account_id, kind, scope_id, meta)
+    settings: Settings = services.settings
+    issued = opened.state.issued_at or datetime.now(UTC)
+    named = {"batch_id" if kind == BATCH else "subscription_id": opened.source.scope.scope_id}
+    return FeedView(
+        **named,
+        feed_url=feed_url(settings, opened.source, opened.token),
+        token_hint=opened.state.hint or "",
+        issued_at=int(issued.timestamp() * 1000),
+    )
+
+
+async def _close(
+    request: Request[Any, Any, Any],
+    services: Services,
+    principal: Principal,
+    kind: str,
+    scope_id: str,
+) -> None:
+    meta = command_metadata(request, principal.key_id)
+    store: EventStore = services.store
+    await commands.close_feed(store, principal.account_id, kind, scope_id, meta)
 
 
 class BatchFeedController(Controller):
@@ -214,17 +288,7 @@ class BatchFeedController(Controller):
     ) -> FeedView:
         """Open the batch's podcast feed with a new token, or rotate it: the URL answered
         holds the token (shown only now); the URL before it answers 404 from now on."""
-        meta = command_metadata(request, principal.key_id)
-        store: EventStore = services.store
-        opened = await commands.open_feed(store, principal.account_id, BATCH, batch_id, meta)
-        settings: Settings = services.settings
-        issued = opened.state.issued_at or datetime.now(UTC)
-        return FeedView(
-            batch_id=opened.source.scope.scope_id,
-            feed_url=feed_url(settings, opened.source, opened.token),
-            token_hint=opened.state.hint or "",
-            issued_at=int(issued.timestamp() * 1000),
-        )
+        return await _open(request, services, principal, BATCH, batch_id)
 
     @delete("/{batch_id:str}/feed", status_code=204)
     async def close_batch_feed(
@@ -236,6 +300,33 @@ class BatchFeedController(Controller):
     ) -> None:
         """Close the batch's feed: its URL answers 404 until a new token is issued. 404 when
         the feed is not open."""
-        meta = command_metadata(request, principal.key_id)
-        store: EventStore = services.store
-        await commands.close_feed(store, principal.account_id, BATCH, batch_id, meta)
+        await _close(request, services, principal, BATCH, batch_id)
+
+
+class SubscriptionFeedController(Controller):
+    """The owner's side of a subscription's feed (the job API, with a key)."""
+
+    path = "/subscriptions"
+    tags = ["feeds"]
+
+    @post("/{subscription_id:str}/feed", status_code=201)
+    async def open_subscription_feed(
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        subscription_id: str,
+        principal: Principal,
+    ) -> FeedView:
+        """Open the subscription's podcast feed with a new token, or rotate it (as a batch's)."""
+        return await _open(request, services, principal, SUBSCRIPTION, subscription_id)
+
+    @delete("/{subscription_id:str}/feed", status_code=204)
+    async def close_subscription_feed(
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        subscription_id: str,
+        principal: Principal,
+    ) -> None:
+        """Close the subscription's feed; 404 when it is not open."""
+        await _close(request, services, principal, SUBSCRIPTION, subscription_id)

@@ -36,7 +36,7 @@ from spool.api.dashboard import DashboardController, dashboard_static
 from spool.api.devices import DevicesController
 from spool.api.envelope import CLUSTER_API_ERRORS, cluster_api_error, cluster_principal
 from spool.api.errors import JOB_API_ERRORS, MESSAGE_ERRORS, job_api_error, message_error
-from spool.api.feeds import FEED_ROUTES, BatchFeedController
+from spool.api.feeds import FEED_ROUTES, BatchFeedController, SubscriptionFeedController
 from spool.api.guards import ADMITTED, Admit, guard
 from spool.api.health import health
 from spool.api.health_ws import health_ws
@@ -138,6 +138,7 @@ JOB_API = surface(
         job_trace,
         BatchController,
         BatchFeedController,
+        SubscriptionFeedController,
         SubscriptionsController,
         MetadataController,
         UsageController,

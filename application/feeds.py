@@ -1,8 +1,8 @@
 """Podcast feeds of a scope's completed jobs: open (or rotate) a scope's feed, close it, and
 find what a token opens.
 
-A feed shows a *scope*: a batch now; another kind (a subscription) is one more entry in
-`SOURCES`, a function that finds the account's scope and says which jobs are its. Whatever is
+A feed shows a *scope*: a batch or a subscription; each kind is one entry in `SOURCES`, a
+function that finds the account's scope and says which jobs are its. Whatever is
 wrong (no such scope, another account's, a wrong or rotated-out token, a closed feed) a public
 read answers the one `NotFound`, so a token guesser learns nothing.
 """
@@ -13,12 +13,14 @@ import hmac
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 from spool.adapters.event_store import EventStore
 from spool.adapters.feed_store import feeds, load_feed, mint
 from spool.adapters.job_store import load_job
 from spool.adapters.read_models import jobs as job_rows
 from spool.application.batches import owned_batch
+from spool.application.subscriptions import owned_subscription
 from spool.domain import feed, job
 from spool.domain.errors import NotFound
 from spool.domain.events import Metadata
@@ -26,6 +28,7 @@ from spool.domain.feed import FeedScope
 from spool.domain.job_query import JobQuery
 
 BATCH = "batch"
+SUBSCRIPTION = "subscription"
 
 
 class FeedSource(NamedTuple):
@@ -57,7 +60,21 @@ async def _batch(store: EventStore, account_id: str, batch_id: str) -> FeedSourc
     )
 
 
-SOURCES: dict[str, SourceOf] = {BATCH: _batch}
+async def _subscription(store: EventStore, account_id: str, subscription_id: str) -> FeedSource:
+    state = await owned_subscription(store, account_id, subscription_id)
+    # Not the subscription's URL, which may hold a secret of the source's: only its host.
+    host = urlsplit(state.url).hostname or "a feed"
+    return FeedSource(
+        scope=FeedScope(SUBSCRIPTION, state.subscription_id),
+        account_id=account_id,
+        title=f"Spool subscription to {host}",
+        link=None,
+        jobs=JobQuery(subscription_id=state.subscription_id),
+        holds=lambda j: j.subscription_id == state.subscription_id,
+    )
+
+
+SOURCES: dict[str, SourceOf] = {BATCH: _batch, SUBSCRIPTION: _subscription}
 """Each kind of scope a feed may show."""
 
 

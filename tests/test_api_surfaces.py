@@ -57,6 +57,8 @@ DOCUMENTED: set[tuple[str, str]] = {
     ("POST", "/batch/{batch_id}/resume"),
     ("POST", "/batch/{batch_id}/feed"),
     ("DELETE", "/batch/{batch_id}/feed"),
+    ("POST", "/subscriptions/{subscription_id}/feed"),
+    ("DELETE", "/subscriptions/{subscription_id}/feed"),
     ("POST", "/metadata"),
     ("GET", "/usage"),
     *{
@@ -87,6 +89,9 @@ DOCUMENTED: set[tuple[str, str]] = {
     ("GET", "/batch/{batch_id}/feed.xml"),
     ("GET", "/batch/{batch_id}/feed/{episode}"),
     ("HEAD", "/batch/{batch_id}/feed/{episode}"),
+    ("GET", "/subscriptions/{subscription_id}/feed.xml"),
+    ("GET", "/subscriptions/{subscription_id}/feed/{episode}"),
+    ("HEAD", "/subscriptions/{subscription_id}/feed/{episode}"),
     # Seed 000's dashboard panels.
     ("GET", "/dashboard/cluster"),
     ("GET", "/dashboard/nodes"),

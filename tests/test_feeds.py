@@ -10,6 +10,7 @@ port, which the feed's and the files' links name.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,14 +24,16 @@ import pytest
 
 from spool.adapters.read_models import all_projections
 from spool.api.app import create_app
+from spool.assembly import SUBSCRIPTIONS
 from spool.domain import feed
 from spool.embedded import free_port
 from spool.keys import issue
 from spool.reactors.projection import ProjectionRunner
-from tests.fixtures.cluster import Cluster, StartCluster
+from tests.fixtures.cluster import TIMINGS, Cluster, StartCluster
 from tests.fixtures.loopback import serve_on_loopback
 from tests.fixtures.media import MediaServer
 from tests.fixtures.request_log import Lines
+from tests.fixtures.waiting import until
 
 
 def _show(media_dir: Path, media_server: MediaServer, urls: list[str]) -> str:
@@ -230,3 +233,54 @@ async def test_the_token_is_in_no_event_and_no_request_log_line(
     recorded = await cluster.store.read_stream(stream)
     held: list[dict[str, Any]] = [msgspec.to_builtins(e.data) for e in recorded]
     assert [h["token_hash"] for h in held] == [feed.hash_token(t) for t in tokens]
+
+
+async def test_a_subscription_feed_lists_what_its_checks_fetched_and_the_enclosures_download(
+    start_cluster: StartCluster, media_server: MediaServer, media_dir: Path
+) -> None:
+    port = free_port()
+    async with (
+        start_cluster(public_url=f"http://127.0.0.1:{port}") as cluster,
+        _served(cluster, port) as client,
+    ):
+        source = _show(
+            media_dir, media_server, [media_server.url(f"clip.mp4?s={n}") for n in (1, 2)]
+        )
+        made = await client.post(
+            "/subscriptions",
+            json={"url": source, "interval": 3600, "max_items": 5},
+            headers=cluster.headers(),
+        )
+        assert made.status_code == 201, made.text
+        sid = made.json()["subscription_id"]
+        cluster.start(SUBSCRIPTIONS, timings=dataclasses.replace(TIMINGS, subscriptions_tick=0.3))
+
+        async def fetched() -> list[dict[str, Any]] | None:
+            listed = await client.get(
+                "/jobs", params={"subscription_id": sid}, headers=cluster.headers()
+            )
+            jobs: list[dict[str, Any]] = listed.json()["jobs"]
+            done = len(jobs) == 2 and all(j["status"] == "Completed" for j in jobs)
+            return jobs if done else None
+
+        jobs = await until(fetched, seconds=90)
+        answer = await client.post(f"/subscriptions/{sid}/feed", headers=cluster.headers())
+        assert answer.status_code == 201, answer.text
+        assert answer.json()["subscription_id"] == sid and "batch_id" not in answer.json()
+        feed_url = answer.json()["feed_url"]
+        assert feed_url.startswith(f"http://127.0.0.1:{port}/subscriptions/{sid}/feed.xml?token=")
+        parsed = feedparser.parse((await client.get(feed_url)).content)
+        assert not parsed.bozo, parsed.bozo_exception
+        assert parsed.feed["title"] == "Spool subscription to 127.0.0.1"
+        assert sorted(e["id"] for e in parsed.entries) == sorted(j["id"] for j in jobs)
+        async with httpx.AsyncClient(follow_redirects=True, timeout=30) as app:
+            for entry in parsed.entries:
+                [enclosure] = entry["enclosures"]
+                got = await app.get(enclosure["href"])
+                job = await cluster.job(entry["id"])
+                assert got.status_code == 200
+                assert got.content == (await app.get(job["s3_url"])).content
+        # A batch's feed URL shape with the subscription's id opens nothing.
+        token = feed_url.split("token=", 1)[1]
+        wrong = await client.get(f"/batch/{sid}/feed.xml?token={token}")
+        assert wrong.status_code == 404
