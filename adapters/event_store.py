@@ -270,6 +270,12 @@ _LOCK_STREAM = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 
 _UNVERSIONED_TRIES = 10
 
+_READABLE_HEAD = """
+SELECT tx::text::bigint AS tx, position FROM events
+WHERE tx < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY events.tx DESC, events.position DESC LIMIT 1
+"""
+
 _STREAM_VERSION = "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1"
 
 
@@ -683,6 +689,12 @@ class EventStore:
             "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
         )
         return xmin
+
+    async def readable_head(self) -> Checkpoint:
+        """The last event a read made now can see: where a follower that keeps no checkpoint
+        starts, to see what is appended from then on."""
+        row = await self.pool.fetchrow(_READABLE_HEAD)
+        return Checkpoint(row["tx"], row["position"]) if row else Checkpoint()
 
     async def has_unreadable(self) -> bool:
         """Whether committed events wait behind an older transaction still in flight."""

@@ -9,7 +9,7 @@ from spool.adapters.event_store import EventStore
 from spool.adapters.history import AsOf
 from spool.adapters.read_models import jobs as job_rows
 from spool.adapters.read_models import nodes as node_rows
-from spool.adapters.repository import Executor, Loaded, Repository
+from spool.adapters.repository import Executor, Loaded, Repository, folded_on
 from spool.domain import job, pause
 
 
@@ -28,11 +28,7 @@ async def _load_row_and_tail(
 
 def _folded(store: EventStore, found: job_rows.RowAndTail) -> job.JobState | None:
     """The row's state with its stream's tail folded on."""
-    state = found.state
-    for row in found.tail:
-        e = store.decode(row)
-        state = job.evolve(state, e.data, e.recorded_at, e.version)
-    return state
+    return folded_on(store, job.AGGREGATE, found.state, found.tail)
 
 
 def jobs(store: EventStore) -> Repository[job.JobState]:

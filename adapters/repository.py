@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, NamedTuple, Protocol, TypeAlias, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeAlias, TypeVar
 
 import asyncpg
 
@@ -44,6 +44,19 @@ class Executed(NamedTuple, Generic[S]):
 
 
 Loader = Callable[[EventStore, str, Executor], Awaitable[Loaded[S]]]
+
+
+def folded_on(
+    store: EventStore, aggregate: Aggregate[S], state: S | None, tail: Sequence[Sequence[Any]]
+) -> S | None:
+    """A snapshot row's `state` with its stream's later events (rows of `EVENT_COLUMNS`) folded
+    on: what a loader that reads a row and its tail answers, exact however far the row lags."""
+    for row in tail:
+        e = store.decode(row)
+        state = aggregate.evolve(state, e.data, e.recorded_at, e.version)
+    return state
+
+
 """Reads one aggregate's current state: `(store, aggregate id, executor)`."""
 
 

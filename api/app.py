@@ -70,7 +70,7 @@ def create_app(
         redis=redis if redis is not None else open_redis(settings),
         owns_redis=redis is None,
         feed=ClusterFeed(store),
-        media=Media(settings, viewers),
+        media=Media(settings, viewers, store),
         log_buffer=LogBuffer(),
         dashboard_stats=StatsCache(),
         token_key=signing_key(secret),

@@ -87,12 +87,6 @@ JOB_STATUS = {
     job.JobRetried.__name__: "Pending",
 }
 
-_READABLE_HEAD = """
-SELECT tx::text::bigint AS tx, position FROM events
-WHERE tx < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY events.tx DESC, events.position DESC LIMIT 1
-"""
-
 
 class Update(msgspec.Struct, frozen=True):
     """One update and whose it is (None: the cluster's, for those who may read the cluster)."""
@@ -174,8 +168,7 @@ class ClusterFeed:
 
     async def _listening(self) -> None:
         """Start from the readable head: a listener sees what happens while it listens."""
-        row = await self.pool.fetchrow(_READABLE_HEAD)
-        self._at = Checkpoint(row["tx"], row["position"]) if row else Checkpoint()
+        self._at = await self.store.readable_head()
         self._table = await self._online()
         self._announced = dict(self._table)
         self.ready.set()

@@ -546,10 +546,11 @@ class JobsController(Controller):
         """Delete a completed job's file from storage; the job records that it is gone."""
         storages: AccountStorages = services.storages
         meta = command_metadata(request, principal.key_id)
-        state = await commands.delete_job_file(
-            services.store, storages, principal.account_id, job_id, meta
-        )
-        await services.media.forget(state.job_id)
+        # Its rendition is dropped where every deleted file's is (api/deleted_files.py).
+        async with services.media.deleting(job_id):
+            state = await commands.delete_job_file(
+                services.store, storages, principal.account_id, job_id, meta
+            )
         return FileDeletedAnswer(job_id=state.job_id, deleted=True, key=state.key or "")
 
     @post("/{job_id:str}/pause", status_code=200)

@@ -10,7 +10,8 @@ so its viewer (GENERIC_HLS_VIEWER) is one per job, client address and User-Agent
 first request, fed by every playlist and segment, and closed by a sweeper once no request came
 for `viewer_timeout` seconds.
 
-When a job's file is deleted, `Media.forget` drops its HLS rendition and ends its HLS viewers.
+When a job's file is deleted, however and wherever (`api/deleted_files.py`), `Media.forget` drops
+its HLS rendition and ends its HLS viewers.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import mimetypes
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -32,6 +33,7 @@ from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
 
 from spool.adapters.account_storage import AccountStorages
+from spool.adapters.event_store import EventStore
 from spool.adapters.file_links import KINDS, link_is_valid
 from spool.adapters.job_store import load_job
 from spool.adapters.media_cache import (
@@ -47,6 +49,7 @@ from spool.adapters.storage import ObjectInfo, ObjectStorage, StorageError
 from spool.adapters.tokens import TokenError, verify_token
 from spool.adapters.viewer_sessions import ViewerRecorder, ViewerSession
 from spool.api.auth import key_alive, lookup, presented_key
+from spool.api.deleted_files import DeletedFiles
 from spool.api.errors import JobApiError
 from spool.api.services import Services
 from spool.api.viewer_sources import client_address, close_viewer, open_viewer
@@ -296,12 +299,20 @@ class _HlsViewer:
         self.last_seen = time.monotonic()
 
 
+FORGET_WAIT = 5.0
+"""Longest a delete of a file answered here waits for this process to drop its rendition: the
+log makes the deletion readable as soon as no older transaction is open."""
+
+
 class Media:
     """This app's HLS renditions and the HLS viewers it holds."""
 
-    def __init__(self, settings: Settings, recorder: ViewerRecorder) -> None:
+    def __init__(self, settings: Settings, recorder: ViewerRecorder, store: EventStore) -> None:
         self.settings = settings
         self.recorder = recorder
+        self.store = store
+        self.deletions: DeletedFiles | None = None
+        """Follows deleted files once this process made its cache (api/deleted_files.py)."""
         self.timeout = settings.viewer_timeout
         self.viewers: dict[tuple[str, str, str], _HlsViewer] = {}
         self._opening = asyncio.Lock()
@@ -311,13 +322,17 @@ class Media:
     def cache(self) -> HlsCache:
         """The renditions on disk, made on first use: making it tidies what a crash left."""
         settings = self.settings
-        return HlsCache(
+        made = HlsCache(
             settings.data_dir / "media-cache" / "hls",
             max_bytes=settings.hls_cache_bytes,
             max_builds=settings.hls_builds,
             max_builds_per_account=settings.hls_builds_per_account,
             build_wait=settings.hls_build_wait,
         )
+        # From now on this process holds renditions: it drops those whose file is deleted.
+        self.deletions = DeletedFiles(self.store, self.forget)
+        self.deletions.start()
+        return made
 
     async def viewer(
         self, request: Request[Any, Any, Any], state: job.JobState
@@ -356,6 +371,25 @@ class Media:
                     del self.viewers[key]
                     close_viewer(held.session)
 
+    @contextlib.asynccontextmanager
+    async def deleting(self, job_id: str) -> AsyncIterator[None]:
+        """Around a delete of the job's file answered by this process: once it is done, wait
+        (at most `FORGET_WAIT`) until this process has dropped the file, so the answer comes
+        after. The dropping itself is the follower's, as for a delete made anywhere else."""
+        follower = self.deletions
+        if follower is None:  # no cache made here: nothing of the file to drop
+            yield
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(follower.ready.wait(), FORGET_WAIT)
+        seen = follower.expect(job_id)
+        try:
+            yield
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(seen), FORGET_WAIT)
+        finally:
+            follower.unexpect(job_id, seen)
+
     async def forget(self, job_id: str) -> None:
         """The job's file is gone: drop its rendition and end its HLS viewers."""
         for key in [k for k in self.viewers if k[0] == job_id]:
@@ -372,6 +406,8 @@ class Media:
         held, self.viewers = list(self.viewers.values()), {}
         for h in held:
             h.session.close()
+        if self.deletions is not None:
+            await self.deletions.stop()
         if "cache" in self.__dict__:  # made: a cache never used has nothing to stop
             await self.cache.aclose()
 

@@ -3,18 +3,24 @@ matches, carried on by the operations runner; `GET /operations/{id}` shows it.""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from spool.adapters.event_store import EventStore
+from spool.adapters.event_store import EventStore, StreamAppend
+from spool.adapters.read_models import operations as operation_rows
+from spool.adapters.repository import record_many
 from spool.adapters.settings import Settings
 from spool.adapters.storage import LocalStorage
 from spool.application import jobs as commands
 from spool.application.operations import caused_by
-from spool.domain import job
+from spool.domain import job, operation
+from spool.domain.aggregate import steps
+from spool.domain.events import Event, Metadata, NewEvent
+from spool.domain.job_query import JobQuery
 from spool.keys import issue
 from spool.reactors.operations import OperationRunner
 from spool.reactors.projection import ProjectionRunner
@@ -270,6 +276,81 @@ async def test_another_accounts_operation_answers_404(
     )
     assert theirs.status_code == missing.status_code == 404
     assert theirs.json() == missing.json() == {"error": "Operation not found"}
+
+
+MANY = 3_000
+"""Jobs of the large operation below: its stream holds one event each."""
+
+
+def _handled(
+    index: int, job_id: str
+) -> operation.OperationJobDone | operation.OperationJobSkipped | operation.OperationJobFailed:
+    """What the runner records for the job at `index`: most done, some skipped, some failed."""
+    if index % 7 == 0:
+        return operation.OperationJobSkipped(index=index, job_id=job_id, reason=f"gone {index}")
+    if index % 11 == 0:
+        return operation.OperationJobFailed(index=index, job_id=job_id, reason=f"quota {index}")
+    return operation.OperationJobDone(index=index, job_id=job_id)
+
+
+async def test_an_operations_progress_is_read_from_its_row_and_matches_the_fold_of_its_stream(
+    client: httpx.AsyncClient, store: EventStore, runner: ProjectionRunner, other_api_key: str
+) -> None:
+    issued = await issue(store, name=f"many-{uuid.uuid4().hex[:6]}", admin=False)
+    await runner.wait_until("api_keys", issued.at)
+    operation_id, job_ids = str(uuid.uuid4()), [str(uuid.uuid4()) for _ in range(MANY)]
+    events: list[Event] = operation.request(
+        operation_id=operation_id,
+        account_id=issued.account_id,
+        accounts=[issued.account_id],
+        action="cancel",
+        filter=JobQuery(),
+        dry_run=False,
+        matched=MANY,
+        job_ids=job_ids,
+    )
+    handled = [_handled(i, job_id) for i, job_id in enumerate(job_ids[: MANY - 40])]
+    stream = operation.stream_id(operation_id)
+    meta = Metadata(actor="bulk-test")
+    appended = await record_many(
+        store, [StreamAppend(stream, [NewEvent(e, meta) for e in [*events, *handled]], 0)]
+    )
+    folded = operation.fold(steps(await store.read_stream(stream)))
+    assert folded is not None and folded.status == "running"
+
+    # Once the projection has the operation, a read is its row alone: no event left to fold.
+    await runner.wait_until("operations", appended[-1].checkpoint)
+    found = await operation_rows.ROWS.row_and_tail(store.pool, operation_id)
+    assert (found.state, found.tail) == (folded, [])
+
+    path = f"/operations/{operation_id}"
+    shown = (await client.get(path, headers=_auth(issued.key))).json()
+    assert (shown["status"], shown["counts"]) == (
+        "running",
+        {
+            "matched": MANY,
+            "done": folded.done,
+            "skipped": folded.skipped,
+            "failed": folded.failed,
+        },
+    )
+    assert folded.done + folded.skipped + folded.failed == len(handled)
+    # The jobs it handled, a page at a time, in the order it handled them.
+    listed: list[tuple[str, str, str | None]] = []
+    after: int | None = 1
+    while after is not None:
+        page = await client.get(path, params={"after": after}, headers=_auth(issued.key))
+        assert len(page.json()["jobs"]) <= 100
+        listed += [(j["job_id"], j["outcome"], j["reason"]) for j in page.json()["jobs"]]
+        after = page.json()["next_after"]
+    outcomes = {operation.OperationJobDone: "done", operation.OperationJobSkipped: "skipped"}
+    assert listed == [
+        (e.job_id, outcomes.get(type(e), "failed"), getattr(e, "reason", None)) for e in handled
+    ]
+    # Another account: not found, as an unknown operation.
+    theirs = await client.get(path, headers=_auth(other_api_key))
+    assert theirs.status_code == 404
+    assert theirs.json() == {"error": "Operation not found"}
 
 
 @pytest.mark.parametrize(

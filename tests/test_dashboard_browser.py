@@ -667,3 +667,137 @@ async def test_a_user_key_sees_no_intake_control(page: Page, dash: Api) -> None:
     await connect(page, dash, dash.cluster.key)
     await expect(page.locator("#cluster-note")).to_be_visible(timeout=WAIT_MS)
     await expect(page.locator("#intake")).to_be_hidden()
+
+
+# -- a batch's and an account's pause (issue 24, Deliver 2: each level shown on the page) ------
+
+
+async def _admin_post(api: Api, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    cluster = api.cluster
+    answer = await cluster.client.post(path, json=body, headers=cluster.headers(cluster.admin_key))
+    assert answer.status_code in (200, 201), answer.text
+    found: dict[str, Any] = answer.json()
+    return found
+
+
+async def _admin_job_ends(api: Api, job_id: str) -> dict[str, Any]:
+    """The admin's job once it completed or failed."""
+
+    async def ended() -> dict[str, Any] | None:
+        shown = await as_admin(api, f"/jobs/{job_id}")
+        return shown if shown["status"] in ("Completed", "Failed") else None
+
+    return await until(ended, seconds=WAIT_MS / 1000)
+
+
+async def test_pausing_a_batch_from_the_page_holds_its_waiting_job_until_it_is_resumed(
+    page: Page, dash: Api, media_server: MediaServer
+) -> None:
+    cluster = dash.cluster
+    # The cluster's intake is paused while the batch starts, so its job waits in line, untaken.
+    await _admin_post(dash, "/api/v1/config/intake/pause")
+    await cluster.runner.settle("pauses")  # the line reads pauses from there
+    try:
+        made = await _admin_post(
+            dash, "/jobs/bulk", {"jobs": [{"url": media_server.url("clip.mp4"), "filename": "b0"}]}
+        )
+        batch_id, [job_id] = made["batch_id"], made["job_ids"]
+        await connect(page, dash, cluster.admin_key)
+        row = page.locator(f"#jobs-body tr[data-job-id='{job_id}']")
+        await expect(row.locator(".status")).to_contain_text("paused (cluster)", timeout=WAIT_MS)
+        await row.locator("button.batch-link").click()
+        await expect(page.locator("#batch-id")).to_have_text(batch_id)
+        await expect(page.locator("#batch-state")).to_contain_text("running · 1 job (1 Pending)")
+        await page.click("#batch-toggle")
+        await expect(page.locator("#batch-state")).to_contain_text("paused: its jobs")
+        await expect(page.locator("#batch-toggle")).to_have_text("Resume batch")
+        assert (await as_admin(dash, f"/batch/{batch_id}"))["paused"] is True
+    finally:
+        await _admin_post(dash, "/api/v1/config/intake/resume")
+
+    # The intake is open again: a job outside the batch runs to its end, the batch's stays.
+    other = (await _admin_post(dash, "/jobs", {"url": media_server.url("clip.mp4")}))["job_id"]
+    assert (await _admin_job_ends(dash, other))["status"] == "Completed"
+    await expect(row.locator(".status")).to_have_text("Pending · paused (batch)", timeout=WAIT_MS)
+    shown = await as_admin(dash, f"/jobs/{job_id}")
+    assert (shown["status"], shown["paused_by"]) == ("Pending", "batch")
+
+    await page.click("#batch-toggle")
+    await expect(page.locator("#batch-toggle")).to_have_text("Pause batch")
+    await expect(row.locator(".status")).to_have_text("Completed", timeout=WAIT_MS)
+    await expect(page.locator("#batch-state")).to_contain_text("completed · 1 job (1 Completed)")
+    events = (await as_admin(dash, f"/jobs/{job_id}/events?limit=1000"))["events"]
+    assert [e["type"] for e in events].count("JobCompleted") == 1
+
+
+async def test_an_admin_pauses_and_resumes_an_account_from_the_page(
+    page: Page, dash: Api, media_server: MediaServer
+) -> None:
+    cluster = dash.cluster
+    user = cluster.account_id
+    await connect(page, dash, cluster.admin_key)
+    row = page.locator(f"#accounts-body tr[data-account-id='{user}']")
+    await expect(row.locator(".account-state")).to_have_text("active", timeout=WAIT_MS)
+    await expect(
+        page.locator(f"#accounts-body tr[data-account-id='{cluster.admin_account_id}']")
+    ).to_contain_text("(admin)")
+    await row.get_by_role("button", name="Pause account").click()
+    try:
+        await expect(row.locator(".account-state")).to_contain_text("paused: its jobs")
+        assert (await as_admin(dash, f"/admin/accounts/{user}"))["paused"] is True
+        # The account's own view says what holds its new job (once the pause is in force).
+        await cluster.runner.settle("pauses")
+        job_id = await cluster.create(media_server.url("clip.mp4"))
+        assert (await cluster.job(job_id))["paused_by"] == "account"
+        await row.get_by_role("button", name="Resume account").click()
+        await expect(row.locator(".account-state")).to_have_text("active")
+    finally:
+        await _admin_post(dash, f"/admin/accounts/{user}/resume")
+    assert (await as_admin(dash, f"/admin/accounts/{user}"))["paused"] is False
+    assert (await cluster.wait(job_id, "Completed", "Failed"))["status"] == "Completed"
+
+
+async def test_a_user_key_sees_no_account_control(page: Page, dash: Api) -> None:
+    await connect(page, dash, dash.cluster.key)
+    await expect(page.locator("#cluster-note")).to_be_visible(timeout=WAIT_MS)
+    await expect(page.locator("#accounts")).to_be_hidden()
+    assert await page.locator("button.account-toggle").count() == 0
+
+
+async def test_a_bulk_delete_file_asks_with_the_count_and_deletes_exactly_those_files(
+    page: Page, dash: Api, media_server: MediaServer
+) -> None:
+    cluster = dash.cluster
+    tag = f"gone{uuid.uuid4().hex[:8]}"
+    made = []
+    for i, value in enumerate((tag, tag, f"keep{tag}")):
+        body = {
+            "url": media_server.url("clip.mp4"),
+            "labels": {"clean": value},
+            "filename": f"{tag}-{i}",
+        }
+        made.append((await _admin_post(dash, "/jobs", body))["job_id"])
+    done = [await _admin_job_ends(dash, job_id) for job_id in made]
+    assert [d["status"] for d in done] == ["Completed"] * 3
+    chosen, kept = made[:2], made[2]
+    stored = {job_id: d["storage_key"] for job_id, d in zip(made, done, strict=True)}
+
+    await connect(page, dash, cluster.admin_key)
+    await page.fill("#filter-label", f"clean={tag}")
+    await expect(job_rows(page)).to_have_count(2, timeout=WAIT_MS)
+    await expect(job_rows(page).get_by_role("link", name="Download")).to_have_count(2)
+    await page.select_option("#bulk-action", "delete_file")
+    await page.click("#bulk-apply")
+    await expect(page.locator("#confirm-text")).to_have_text("Delete the file of 2 jobs?")
+    await page.click("#confirm-yes")
+    await expect(page.locator("#operation")).to_contain_text(
+        "2 matched · 2 done · 0 skipped · 0 failed — finished", timeout=WAIT_MS
+    )
+    # The rows lose their links; the files are gone from storage; the third job keeps its own.
+    await expect(job_rows(page).get_by_role("link", name="Download")).to_have_count(0)
+    in_bucket = cluster.objects()
+    for job_id in chosen:
+        assert (await as_admin(dash, f"/jobs/{job_id}"))["file_deleted"] is True
+        assert not [k for k in in_bucket if k.endswith(stored[job_id])]
+    assert (await as_admin(dash, f"/jobs/{kept}"))["file_deleted"] is False
+    assert [k for k in in_bucket if k.endswith(stored[kept])]

@@ -30,11 +30,13 @@ from spool.api.services import services_of
 from spool.domain import job
 from spool.domain.events import NewEvent
 from spool.keys import issue
+from spool.reactors.operations import OperationRunner
 from spool.reactors.projection import ProjectionRunner
 from tests.fixtures.azurite import AzuriteServer, azurite_fixture  # noqa: F401 - the fixture
 from tests.fixtures.loopback import serve_on_loopback
 from tests.fixtures.media import make_clip, media_duration, media_streams
 from tests.fixtures.s3 import S3Server
+from tests.fixtures.waiting import until
 from tests.media_helpers import finished_job, pending_job
 
 CLIP_SECONDS = 6.0
@@ -347,6 +349,51 @@ async def test_deleting_the_file_removes_its_hls_rendition_and_ends_its_viewers(
     again = await playback.client.get(playlist, headers=playback.auth())
     assert again.status_code == 404
     assert again.json() == {"error": "The job's file was deleted"}
+
+
+async def test_a_file_deleted_in_bulk_leaves_the_hls_cache_and_its_viewers_too(
+    playback: Playback, runner: ProjectionRunner, tmp_path: Path
+) -> None:
+    """The operations reactor deletes the file, in another process as far as the API knows:
+    the deletion reaches the API through the log, as a single delete's does."""
+    playlist = f"/media/{playback.job_id}/index.m3u8"
+    assert (await playback.client.get(playlist, headers=playback.auth())).status_code == 200
+    media = services_of(playback.app).media
+    folder = media.cache.ready(playback.job_id)
+    assert folder is not None
+    [held] = [v for k, v in media.viewers.items() if k[0] == playback.job_id]
+    await runner.settle("jobs")  # a bulk action finds jobs by their rows
+
+    asked = await playback.client.post(
+        "/jobs/actions", json={"action": "delete_file", "filter": {}}, headers=playback.auth()
+    )
+    assert asked.status_code == 202, asked.text
+    assert asked.json()["matched"] == 1
+    await runner.settle("operations")  # where the runner finds unfinished operations
+    operations = OperationRunner(
+        playback.store,
+        Settings(data_dir=tmp_path / "reactors", secret_key="test-secret-key"),
+        playback.storage,
+    )
+    try:
+        assert not await operations.pass_once()  # nothing left unfinished
+    finally:
+        await operations.storages.aclose()
+    shown = await playback.client.get(
+        f"/operations/{asked.json()['operation_id']}", headers=playback.auth()
+    )
+    assert shown.json()["counts"]["done"] == 1, shown.text
+
+    async def dropped() -> bool:
+        return not folder.exists() and held.session.closing
+
+    await until(dropped)
+    assert media.cache.ready(playback.job_id) is None
+    assert list(media.cache.root.iterdir()) == []
+    assert not any(k[0] == playback.job_id for k in media.viewers)
+    assert media.cache.account_bytes(playback.account_id) == 0
+    again = await playback.client.get(playlist, headers=playback.auth())
+    assert again.status_code == 404
 
 
 async def test_removing_a_rendition_mid_build_stops_the_build(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from spool.adapters.read_models import batches as batch_rows
 from spool.adapters.read_models import nodes as node_rows
 from spool.adapters.read_models import pauses
 from spool.adapters.read_models.state_projection import Field, StateProjection, StateRows
+from spool.adapters.read_models.state_projection import RowAndTail as StateRowAndTail
 from spool.adapters.tables import metadata
 from spool.domain import batch, job, pause
 from spool.domain.events import RecordedEvent
@@ -141,43 +142,18 @@ class JobsProjection:
 
 # -- queries ---------------------------------------------------------------------------------
 
-# The row and the stream's events after it in one round trip (every job read of the API and of
-# the nodes makes it): at least one row, the state (or NULL) in the first column, each later
-# event in the others. A row of another snapshot version than this code's (written before an
-# upgrade changed JobState) is not used: the whole stream comes back instead.
-_ROW_AND_TAIL = f"""
-SELECT j.state, t.*
-FROM (SELECT 1) AS one
-LEFT JOIN jobs j ON j.job_id = $1 AND j.snapshot_version = $3
-LEFT JOIN LATERAL (
-    SELECT {EVENT_COLUMNS} FROM events
-    WHERE stream_id = $2 AND version > coalesce(j.version, 0)
-    ORDER BY version
-) AS t ON true
-ORDER BY t.version
-"""
-
-
-class RowAndTail(NamedTuple):
-    """A job's row as a snapshot and the events its stream holds after it."""
-
-    state: job.JobState | None
-    """The row's state; None without a row of this code's snapshot version."""
-    tail: list[Sequence[Any]]
-    """The later events as rows of `EVENT_COLUMNS` (`EventStore.decode` reads them)."""
+RowAndTail = StateRowAndTail[job.JobState]
+"""A job's row as a snapshot and the events its stream holds after it."""
 
 
 async def row_and_tail(executor: asyncpg.Pool | asyncpg.Connection, job_id: str) -> RowAndTail:
     """The job's row, if it has one of `job.AGGREGATE.snapshot_version`, and every event of its
-    stream after the row's version (all of them without such a row), in version order."""
-    rows = await executor.fetch(
-        _ROW_AND_TAIL, job_id, job.stream_id(job_id), job.AGGREGATE.snapshot_version
-    )
-    state = ROWS.decode(rows[0][0]) if rows[0][0] is not None else None
-    return RowAndTail(state, [tuple(r)[1:] for r in rows if r[1] is not None])
+    stream after the row's version (all of them without such a row), in version order: every
+    job read of the API and of the nodes makes it."""
+    return await ROWS.row_and_tail(executor, job_id)
 
 
-# The same for many jobs in one round trip: the job id first, then as `_ROW_AND_TAIL`.
+# The same for many jobs in one round trip: the job id first, then as `row_and_tail` reads.
 _ROWS_AND_TAILS = f"""
 SELECT r.job_id, j.state, t.*
 FROM unnest($1::text[]) AS r(job_id)
@@ -205,8 +181,8 @@ async def rows_and_tails(
     return found
 
 
-# `_ROW_AND_TAIL` with a node's download gate (`nodes.gate`, four columns first) and the paused
-# scopes that could hold the job back (NULL without a row to name its account) in the same
+# `row_and_tail`'s read with a node's download gate (`nodes.gate`, four columns first) and the
+# paused scopes that could hold the job back (NULL without a row to name its account) in the same
 # round trip: what a node reads before it starts a download (reactors/worker/stages_runner.py).
 _PAUSED_OF_ROW = pauses.PAUSED_OF.format(account="j.account_id", batch="j.batch_id")
 _GATED_ROW_AND_TAIL = f"""

@@ -1,5 +1,7 @@
 """The `operations` read model: each bulk action's folded state (domain/operation.py), for
-the runner to find the unfinished ones and for the per-account bound on running ones."""
+the runner to find the unfinished ones, for the per-account bound on running ones, and as the
+snapshot its repository reads (adapters/operation_store.py): `GET /operations/{id}` costs one
+row, not a fold of up to `operation.MAX_JOBS` events."""
 
 from __future__ import annotations
 
@@ -22,6 +24,14 @@ operations = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("state", pg.JSONB, nullable=False),
+    # The shape `state` was written in (as `jobs.snapshot_version`): a row of another is not
+    # used as a snapshot. The default stamps rows older than the column (migration 0029).
+    sa.Column(
+        "snapshot_version",
+        sa.SmallInteger,
+        nullable=False,
+        server_default=sa.text(str(operation.AGGREGATE.snapshot_version)),
+    ),
     sa.Index(
         "operations_running_idx",
         "account_id",
@@ -43,6 +53,7 @@ ROWS = StateRows(
         Field("state", (), "jsonb"),
     ],
     operation.OperationState,
+    snapshot=operation.AGGREGATE,
 )
 
 OPERATIONS = StateProjection(

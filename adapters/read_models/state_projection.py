@@ -19,7 +19,7 @@ import asyncpg
 import msgspec
 import sqlalchemy as sa
 
-from spool.adapters.event_store import Checkpoint, read_prefixes
+from spool.adapters.event_store import EVENT_COLUMNS, Checkpoint, read_prefixes
 from spool.domain.aggregate import Aggregate, steps
 from spool.domain.events import Event, RecordedEvent
 
@@ -227,6 +227,15 @@ class Field:
         return plain(value) if self.sql_type == "jsonb" else value
 
 
+class RowAndTail(NamedTuple, Generic[S]):
+    """A stream's row as a snapshot and the events its stream holds after it."""
+
+    state: S | None
+    """The row's state; None without a row of this code's snapshot version."""
+    tail: list[Sequence[Any]]
+    """The later events as rows of `EVENT_COLUMNS` (`EventStore.decode` reads them)."""
+
+
 class StateRows(Generic[S]):
     """Rows that keep the whole folded state (jsonb `state`) and columns taken from it.
 
@@ -281,6 +290,17 @@ class StateRows(Generic[S]):
             f"{', '.join(f'{c} = excluded.{c}' for c in updated)}\n"
             f"WHERE {table.name}.version < excluded.version\n"
         )
+        # The row and its stream's events after it in one round trip, for a repository's exact
+        # read (adapters/job_store.py, adapters/operation_store.py): at least one row, the state
+        # (or NULL) first, each later event in the other columns. A row of another snapshot
+        # version is not used: the whole stream comes back instead.
+        self._row_and_tail_sql = (
+            f"SELECT r.state, t.* FROM (SELECT 1) AS one "
+            f"LEFT JOIN {table.name} r ON r.{key.column} = $1 AND {current} "
+            f"LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM events "
+            f"WHERE stream_id = $2 AND version > coalesce(r.version, 0) ORDER BY version) AS t "
+            f"ON true ORDER BY t.version"
+        )
         self._load_sql = (
             # A join on unnest keeps the index plan even when a cached generic plan was made
             # while the table was empty (a rebuild's shadow table, a fresh install).
@@ -299,6 +319,16 @@ class StateRows(Generic[S]):
         if f.sql_type not in ("text", "jsonb"):
             sql = f"({sql})::{f.sql_type}"
         return sql if f.default is None else f"coalesce({sql}, {f.default})"
+
+    async def row_and_tail(
+        self, executor: asyncpg.Pool | asyncpg.Connection, key: str
+    ) -> RowAndTail[S]:
+        """The row of `key` as a snapshot (one of this code's snapshot version) and every event
+        of its stream after the row's version (all of them without such a row), in order."""
+        assert self.snapshot is not None  # a snapshot needs its stream: the aggregate's
+        rows = await executor.fetch(self._row_and_tail_sql, key, self.snapshot.stream_id(key))
+        state = self._decode(rows[0][0]) if rows[0][0] is not None else None
+        return RowAndTail(state, [tuple(r)[1:] for r in rows if r[1] is not None])
 
     def decode(self, raw: bytes) -> S:
         """A row's `state` column as the state."""

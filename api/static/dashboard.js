@@ -15,6 +15,8 @@ const FEEDS = {
   nodes: { every: 2, admin: true },
   jobs: { every: 2, admin: false },
   failures: { every: 5, admin: false },
+  batch: { every: 5, admin: false }, // only while a batch is open
+  accounts: { every: 10, admin: true },
   viewers: { every: 5, admin: true },
   throughput: { every: 10, admin: true },
 };
@@ -39,6 +41,8 @@ const state = {
   jobNext: null,
   operation: null, // the bulk operation being followed: its id and action
   failuresSeen: "",
+  batch: null, // the batch whose pause is shown: its id
+  accountsSeen: "",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -107,6 +111,8 @@ function connect(key) {
   state.rows.clear();
   $("jobs-body").replaceChildren(emptyRow(JOB_COLUMNS, "No jobs yet."));
   state.failuresSeen = "";
+  state.accountsSeen = "";
+  closeBatch();
   $("key-form").hidden = true;
   $("session").hidden = false;
   $("session-kind").textContent = "connected";
@@ -164,6 +170,8 @@ const POLLERS = {
   nodes: pollNodes,
   jobs: pollJobs,
   failures: pollFailures,
+  batch: pollBatch,
+  accounts: pollAccounts,
   viewers: pollViewers,
   throughput: pollThroughput,
 };
@@ -215,6 +223,7 @@ const PANEL_NOTES = {
   throughput: "throughput-note",
   viewers: "viewers-note",
   failures: "failures-note",
+  accounts: "accounts-note",
 };
 
 function panelError(name, error) {
@@ -227,6 +236,10 @@ function panelError(name, error) {
       message.textContent = "";
       delete message.dataset.error;
     }
+    return;
+  }
+  if (name === "batch") {
+    if (error) $("batch-state").textContent = `could not be read: ${error.message}`;
     return;
   }
   const note = $(PANEL_NOTES[name]);
@@ -314,6 +327,7 @@ function setAdmin(admin) {
   }
   $("viewers-note").textContent = admin ? "" : "The viewer list shows every client's address, so it needs an admin key.";
   $("viewers-filters").hidden = !admin;
+  $("accounts").hidden = !admin; // pausing an account is an admin's: others see no control
 }
 
 // -- nodes ------------------------------------------------------------------------------------
@@ -402,6 +416,13 @@ function jobRow(job) {
   tr.dataset.jobId = job.id;
   const idCell = cell(job.id.slice(0, 8), "job-id");
   idCell.title = job.id;
+  if (job.batch_id) {
+    // The job's batch: its pause is shown and set in the batch line above the list.
+    const batch = button(`batch ${job.batch_id.slice(0, 8)}`, "batch-link", () => openBatch(job.batch_id));
+    batch.title = `Batch ${job.batch_id}: show its pause`;
+    batch.dataset.batchId = job.batch_id;
+    idCell.append(batch);
+  }
   const url = cell(job.url, "url");
   url.title = job.url;
   const status = document.createElement("span");
@@ -837,6 +858,120 @@ function dateTime(ms) {
   return ms ? new Date(ms).toLocaleString([], { hour12: false }) : "–";
 }
 
+// -- a batch's pause: GET /batch/{id}, POST /batch/{id}/pause, /resume, /start ------------------
+
+function openBatch(id) {
+  state.batch = id;
+  $("batch").hidden = false;
+  $("batch-id").textContent = id;
+  $("batch-state").textContent = "reading…";
+  $("batch-toggle").hidden = true;
+  refresh("batch");
+}
+
+function closeBatch() {
+  state.batch = null;
+  $("batch").hidden = true;
+  delete $("batch").dataset.paused;
+}
+
+async function pollBatch() {
+  const id = state.batch;
+  if (!id) return;
+  const view = await api(`/batch/${encodeURIComponent(id)}`);
+  if (state.batch === id) showBatch(view);
+}
+
+// What the batch's own state lets one do: start one created paused, pause one that runs,
+// resume one paused after its start; a finished batch is only shown.
+function showBatch(view) {
+  const counts = Object.entries(view.counts).map(([s, n]) => `${n} ${s}`).join(", ");
+  const jobs = `${view.total_jobs} job${view.total_jobs === 1 ? "" : "s"}${counts ? ` (${counts})` : ""}`;
+  let words;
+  let action = null;
+  if (view.status === "paused") {
+    words = "created paused: its jobs wait until it is started";
+    action = "start";
+  } else if (view.paused) {
+    words = "paused: its jobs that have not started wait; running ones finish";
+    action = "resume";
+  } else if (view.status === "processing") {
+    words = "running";
+    action = "pause";
+  } else {
+    words = view.status;
+  }
+  $("batch-state").textContent = `${words} · ${jobs}`;
+  $("batch").dataset.paused = view.paused ? "1" : "";
+  const toggle = $("batch-toggle");
+  toggle.hidden = action === null;
+  toggle.dataset.action = action || "";
+  toggle.textContent = { start: "Start batch", pause: "Pause batch", resume: "Resume batch" }[action] || "";
+}
+
+async function batchAction() {
+  const id = state.batch;
+  const action = $("batch-toggle").dataset.action;
+  if (!id || !action) return;
+  try {
+    await api(`/batch/${encodeURIComponent(id)}/${action}`, { method: "POST" });
+  } catch (error) {
+    if (isRefused(error)) return keyRefused(error);
+    $("batch-state").textContent = `Could not ${action} the batch: ${error.message}`;
+    return;
+  }
+  refresh("batch");
+  refresh("jobs"); // what holds its jobs (paused_by) changed
+}
+
+// -- accounts (admin keys): GET /admin/accounts, POST /admin/accounts/{id}/pause, /resume --------
+
+async function pollAccounts() {
+  const answer = await api("/admin/accounts");
+  const seen = JSON.stringify(answer.accounts.map((a) => [a.account_id, a.paused, a.keys]));
+  if (seen === state.accountsSeen) return; // unchanged rows stay: a button under the pointer too
+  state.accountsSeen = seen;
+  const body = $("accounts-body");
+  if (answer.accounts.length === 0) {
+    body.replaceChildren(emptyRow(4, "No accounts."));
+    return;
+  }
+  body.replaceChildren(...answer.accounts.map(accountRow));
+}
+
+function accountRow(account) {
+  const tr = document.createElement("tr");
+  tr.dataset.accountId = account.account_id;
+  tr.dataset.paused = account.paused ? "1" : "";
+  const keys = account.keys
+    .filter((k) => !k.revoked)
+    .map((k) => `${k.name || k.hint || k.key_id}${k.admin ? " (admin)" : ""}`)
+    .join(", ");
+  const words = account.paused ? "paused: its jobs that have not started wait" : "active";
+  const action = account.paused ? "resume" : "pause";
+  const toggle = button(account.paused ? "Resume account" : "Pause account", `account-toggle ${action}`, () =>
+    accountAction(account.account_id, action),
+  );
+  tr.append(cell(account.account_id, "account-id"), cell(keys || "–", "keys"), cell(words, "account-state"), cell(toggle));
+  return tr;
+}
+
+async function accountAction(id, action) {
+  let answer;
+  try {
+    answer = await api(`/admin/accounts/${encodeURIComponent(id)}/${action}`, { method: "POST" });
+  } catch (error) {
+    if (isRefused(error)) return keyRefused(error);
+    const row = $("accounts-body").querySelector(`tr[data-account-id="${CSS.escape(id)}"] .account-state`);
+    if (row) row.textContent = `Could not ${action} the account: ${error.message}`;
+    return;
+  }
+  const row = $("accounts-body").querySelector(`tr[data-account-id="${CSS.escape(id)}"]`);
+  if (row) row.replaceWith(accountRow(answer));
+  state.accountsSeen = ""; // the next poll redraws every row
+  refresh("jobs"); // what holds its jobs (paused_by) changed
+}
+
 // -- bulk actions: POST /jobs/actions, a dry run first, then GET /operations/{id} ---------------
 
 const ACTION_WORDS = { cancel: "Cancel", retry: "Retry", delete_file: "Delete the file of", pause: "Pause", resume: "Resume" };
@@ -1128,6 +1263,8 @@ function start() {
   });
   $("submit-form").addEventListener("submit", submitJob);
   $("intake-toggle").addEventListener("click", toggleIntake);
+  $("batch-toggle").addEventListener("click", batchAction);
+  $("batch-close").addEventListener("click", closeBatch);
   $("throughput-minutes").addEventListener("change", () => refresh("throughput"));
   $("viewer-search").addEventListener("input", () => {
     clearTimeout(searchTimer);
