@@ -954,7 +954,7 @@ def _replay_command(kind: str) -> None:
             click.echo(line)
 
 
-for _kind in ("job", "batch", "task"):
+for _kind in ("job", "batch", "task", "archive"):
     _replay_command(_kind)
 
 

@@ -44,6 +44,7 @@ batches = sa.Table(
     sa.Column("jobs_completed", sa.Integer, nullable=False),
     sa.Column("jobs_failed", sa.Integer, nullable=False),
     sa.Column("jobs_cancelled", sa.Integer, nullable=False),
+    sa.Column("jobs_skipped", sa.Integer, nullable=False, server_default="0"),
     sa.Column("bytes_uploaded", sa.BigInteger, nullable=False),
     sa.Column("last_finished_at", sa.DateTime(timezone=True)),
     sa.Index("batches_account_created_idx", "account_id", sa.text("created_at DESC")),
@@ -70,6 +71,7 @@ SUMMARY_COLUMNS = (
     "jobs_completed",
     "jobs_failed",
     "jobs_cancelled",
+    "jobs_skipped",
     "bytes_uploaded",
     "last_finished_at",
 )

@@ -36,6 +36,7 @@ branch_labels = None
 depends_on = None
 
 _COUNTS = ("jobs_pending", "jobs_processing", "jobs_completed", "jobs_failed", "jobs_cancelled")
+_LATER_COLUMNS = ("jobs_skipped",)
 
 
 _EVENTS = {
@@ -71,15 +72,23 @@ def _refill(conn: sa.Connection) -> None:
     facts: dict[str, list[batch.JobFacts]] = defaultdict(list)
     for batch_id, status, size, finished_at in conn.execute(sa.text(_JOB_FACTS)):
         facts[batch_id].append(batch.JobFacts(status, size, finished_at))
-    columns = ", ".join(batch_rows.COLUMNS)
+    # The columns this revision makes: later ones (0026's jobs_skipped) come with their own.
+    made = [c for c in batch_rows.COLUMNS if c not in _LATER_COLUMNS]
+    columns = ", ".join(made)
     insert = sa.text(
         f"INSERT INTO batches (batch_id, {columns}) "
-        f"VALUES (:batch_id, {', '.join(':' + c for c in batch_rows.COLUMNS)})"
+        f"VALUES (:batch_id, {', '.join(':' + c for c in made)})"
     )
     rows = [
-        {"batch_id": batch_id}
-        | batch_rows.own_row(state, updated[batch_id])
-        | batch_rows.summary_row(batch.summarize(state, facts[batch_id]))
+        {
+            c: v
+            for c, v in (
+                {"batch_id": batch_id}
+                | batch_rows.own_row(state, updated[batch_id])
+                | batch_rows.summary_row(batch.summarize(state, facts[batch_id]))
+            ).items()
+            if c not in _LATER_COLUMNS
+        }
         for batch_id, state in states.items()
     ]
     if rows:
