@@ -34,6 +34,7 @@ from spool.adapters.task_store import tasks
 from spool.domain import (
     account,
     account_policy,
+    archive,
     batch,
     cluster_config,
     job,
@@ -283,6 +284,8 @@ def _history(kind: str, aggregate_id: str) -> tuple[list[Event], list[Event]]:
             filter=JobQuery(status=["Failed"]), dry_run=False, matched=1, job_ids=["j1"],
         )  # fmt: skip
         return asked, [operation.OperationJobDone(index=0, job_id="j1")]
+    if kind == "archive":
+        return archive.remove(aggregate_id, "youtube a"), archive.remove(aggregate_id, "vimeo b")
     assert kind == "node"
     started = node.NodeStarted(
         node_id=aggregate_id, hostname="h", ip="127.0.0.1", role="worker", tags=[],
@@ -302,6 +305,7 @@ AGGREGATES: list[Aggregate[Any]] = [
     cluster_config.AGGREGATE,
     node.AGGREGATE,
     operation.AGGREGATE,
+    archive.AGGREGATE,
 ]
 
 

@@ -1,6 +1,7 @@
 """The download archive: `archive`, one row per item an account's jobs fetched, keyed by the
 account and yt-dlp's archive id (adapters/read_models/archive.py); and `batches.jobs_skipped`,
-the jobs of a batch skipped as already archived (`JobSkipped`, status `Skipped`).
+the jobs of a batch skipped as already archived (`JobSkipped`, status `Skipped`), which
+`reporting.batches` shows at its end.
 
 The archive starts empty and fills from the log: the `archive` projection has no checkpoint
 yet, so it reads every `JobCompleted` from the start. Jobs completed before this revision
@@ -11,8 +12,14 @@ Revises: 0025_dispatch_queue
 Create Date: 2026-12-08
 """
 
+from importlib import import_module
+
 import sqlalchemy as sa
 from alembic import op
+
+from spool.adapters import reporting
+
+BATCHES_VIEW_0014 = import_module("spool.migrations.versions.0014_batch_summary").BATCHES_VIEW
 
 revision = "0026_archive"
 down_revision = "0025_dispatch_queue"
@@ -40,8 +47,13 @@ def upgrade() -> None:
     op.add_column(
         "batches", sa.Column("jobs_skipped", sa.Integer, nullable=False, server_default="0")
     )
+    # reporting.batches gains jobs_skipped, at its end.
+    for statement in reporting.statements(views=["batches"]):
+        op.execute(statement)
 
 
 def downgrade() -> None:
+    op.execute("DROP VIEW IF EXISTS reporting.batches")
+    op.execute(BATCHES_VIEW_0014)
     op.drop_column("batches", "jobs_skipped")
     op.drop_table("archive")
