@@ -7,6 +7,7 @@ Real parts only: PostgreSQL, Redis, moto's S3, FFmpeg-made media on a loopback H
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -16,9 +17,17 @@ from yt_dlp.utils import make_archive_id
 
 from spool.domain import archive, job
 from spool.replay import load_timeline
-from tests.fixtures.cluster import Cluster
+from tests.fixtures.cluster import Cluster, StartCluster
 from tests.fixtures.media import MediaServer, make_clip
 from tests.fixtures.waiting import until
+
+
+@pytest.fixture
+async def cluster(start_cluster: StartCluster) -> AsyncIterator[Cluster]:
+    """A running cluster whose node skips what an account's archive holds (the harness's
+    other clusters do not: their tests fetch one clip again and again)."""
+    async with start_cluster(archive_skips=True) as c:
+        yield c
 
 
 async def _archive(cluster: Cluster, key: str | None = None, **params: Any) -> dict[str, Any]:

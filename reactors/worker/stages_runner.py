@@ -320,7 +320,9 @@ class StageRunner(Drain):
                     sink,
                     unit.cancel,
                     max_media_seconds=seconds_quota(policy),
-                    archived=None if state.options.force else self._archived(state),
+                    archived=self._archived(state)
+                    if self.settings.archive_skips and not state.options.force
+                    else None,
                 )
             if unit.stage == "mux":
                 return await stages.mux(
