@@ -146,6 +146,12 @@ async def test_an_item_removed_from_the_archive_is_fetched_again(
     # The removal is a fact on the account's archive stream.
     archive_events = await cluster.store.read_stream(archive.stream_id(cluster.account_id))
     assert [e.type for e in archive_events] == ["ArchiveItemRemoved"]
+    timeline = await load_timeline(cluster.store, "archive", archive.stream_id(cluster.account_id))
+    assert timeline is not None
+    assert [e.note for e in timeline.entries] == [
+        f"{archive_id!r} removed by key {archive_events[0].metadata.actor} (user): "
+        "its next job downloads again"
+    ]
 
 
 async def test_a_different_file_under_the_same_name_at_another_url_is_not_skipped(
