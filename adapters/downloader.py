@@ -90,6 +90,28 @@ class MediaInfo(msgspec.Struct, frozen=True):
     audio_codec: str | None
     width: int | None
     height: int | None
+    extractor_key: str | None = None
+    """yt-dlp's name of the extractor that read the item (`Youtube`, `Generic`)."""
+    item_id: str | None = None
+    """The item's id as that extractor gives it."""
+
+
+class ItemName(msgspec.Struct, frozen=True):
+    """How yt-dlp names an item it extracted: its extractor key, its id and its page's URL."""
+
+    extractor_key: str
+    item_id: str
+    url: str
+
+
+class AlreadyHave(Exception):
+    """`download`'s `already_have` named what holds the item: nothing was fetched."""
+
+    def __init__(self, item: ItemName, holder: str, title: str | None) -> None:
+        super().__init__(f"{item.extractor_key} {item.item_id} is held by {holder}")
+        self.item = item
+        self.holder = holder
+        self.title = title
 
 
 class DownloadedFile(msgspec.Struct, frozen=True):
@@ -809,7 +831,23 @@ def _media_info(info: dict[str, Any], chosen: list[dict[str, Any]]) -> MediaInfo
         audio_codec=audio.get("acodec") if audio else None,
         width=int(width) if width else None,
         height=int(height) if height else None,
+        extractor_key=_text(info.get("extractor_key")),
+        item_id=_text(info.get("id")),
     )
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def _item_name(info: dict[str, Any], url: str) -> ItemName | None:
+    """The name yt-dlp gives an extracted item (as `YoutubeDL._make_archive_id` reads it);
+    None when it gives none."""
+    extractor_key = _text(info.get("extractor_key") or info.get("ie_key"))
+    item_id = _text(info.get("id"))
+    if extractor_key is None or item_id is None:
+        return None
+    return ItemName(extractor_key, item_id, _text(info.get("webpage_url")) or url)
 
 
 _SUBTITLE_SUFFIXES = frozenset(
@@ -891,11 +929,15 @@ def download(
     cancel: threading.Event | None = None,
     max_seconds: int | None = None,
     too_long: Callable[[float], str] | None = None,
+    already_have: Callable[[ItemName], str | None] | None = None,
 ) -> DownloadResult:
     """Fetch `url` into `dest` (blocking): one "av" file, or separate "video" and "audio" files.
 
     With `max_seconds`, a source whose extractor reports a longer duration is refused before
     any media is fetched: DownloadFailed (not retryable) with `too_long(duration)` as reason.
+    `already_have` is asked, once the item's info is extracted and before any media is
+    fetched, what already holds it (None: nothing); an answer stops the download with
+    AlreadyHave, and an error it raises ends the download with that error.
     Raises DownloadFailed with a user-facing reason, or DownloadCancelled once `cancel` is set;
     either way the files this call created in `dest` are removed.
     """
@@ -949,17 +991,47 @@ def download(
         "writethumbnail": download_thumbnail,
         "progress_hooks": [progress.hook],
     }
+    # yt-dlp asks its match filter about an extracted item before fetching anything; an answer
+    # other than None skips the item, and the refusal is raised once extract_info returns.
+    filters: list[Callable[[dict[str, Any], bool], str | None]] = []
     refused_duration: list[float] = []
+    held: list[AlreadyHave] = []
+    asked: dict[ItemName, str | None] = {}
+    lookup_failed: list[Exception] = []
+    if already_have is not None:
+        have = already_have
+
+        def held_already(info: dict[str, Any], incomplete: bool) -> str | None:
+            item = None if incomplete else _item_name(info, url)
+            if item is None:
+                return None
+            if item not in asked:  # yt-dlp looks at an item twice: ask once
+                try:
+                    holder = asked[item] = have(item)
+                except Exception as exc:
+                    lookup_failed.append(exc)
+                    return "the archive could not be read"
+                if holder is not None:
+                    held.append(AlreadyHave(item, holder, _text(info.get("title"))))
+            return None if asked[item] is None else "already fetched"
+
+        filters.append(held_already)
     if max_seconds is not None:
 
-        def longer_than_allowed(info: dict[str, Any], *, incomplete: bool = False) -> str | None:
+        def longer_than_allowed(info: dict[str, Any], incomplete: bool) -> str | None:
             duration = info.get("duration")
             if isinstance(duration, (int, float)) and duration > max_seconds:
                 refused_duration.append(float(duration))
                 return "longer than allowed"  # yt-dlp skips the entry: nothing is fetched
             return None
 
-        params["match_filter"] = longer_than_allowed
+        filters.append(longer_than_allowed)
+    if filters:
+
+        def match_filter(info: dict[str, Any], *, incomplete: bool = False) -> str | None:
+            return next((r for f in filters if (r := f(info, incomplete)) is not None), None)
+
+        params["match_filter"] = match_filter
     started = time.monotonic()
     try:
         with contextlib.ExitStack() as stack:
@@ -986,6 +1058,9 @@ def download(
     if cancel is not None and cancel.is_set():
         _remove_new_files(dest, before)
         raise DownloadCancelled(f"download of {url} cancelled")
+    if lookup_failed or held:
+        _remove_new_files(dest, before)
+        raise lookup_failed[0] if lookup_failed else held[0]
     if refused_duration:
         _remove_new_files(dest, before)
         seconds_long = refused_duration[0]

@@ -21,6 +21,7 @@ from spool.adapters import event_partitions
 # Importing the aggregates registers every event type this store decodes.
 from spool.domain import (  # noqa: F401
     account,
+    archive,
     batch,
     cluster_config,
     feed,

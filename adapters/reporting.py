@@ -110,7 +110,8 @@ SELECT b.batch_id::text AS batch_id,
        b.jobs_failed::integer AS jobs_failed,
        b.jobs_cancelled::integer AS jobs_cancelled,
        b.bytes_uploaded::bigint AS bytes_uploaded,
-       b.last_finished_at::timestamptz AS last_finished_at
+       b.last_finished_at::timestamptz AS last_finished_at,
+       b.jobs_skipped::integer AS jobs_skipped
 FROM public.batches b
 """,
     "usage_daily": """

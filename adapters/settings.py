@@ -50,6 +50,7 @@ _NUMERIC_ENV = {
 _FLAG_ENV = {
     "allow_command_tasks": "SPOOL_ALLOW_COMMAND_TASKS",
     "allow_python_eval": "SPOOL_ALLOW_PYTHON_EVAL",
+    "archive_skips": "SPOOL_ARCHIVE_SKIPS",
 }
 
 
@@ -155,6 +156,10 @@ class Settings(msgspec.Struct, kw_only=True):
     subscription_max_items: int = 100
     subscription_checks: int = 2
     subscription_check_timeout: float = 600.0
+    # Whether a job of an item already in its account's download archive is skipped
+    # (domain/archive.py; read by the node). Off, every job downloads and the archive still
+    # fills: for benches and test harnesses that fetch one clip again and again.
+    archive_skips: bool = True
 
     def __post_init__(self) -> None:
         parse_disk_floor(self.disk_floor)  # a malformed floor stops the process at its start

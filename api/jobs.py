@@ -111,6 +111,10 @@ class JobView(msgspec.Struct, omit_defaults=False):
     """What holds it: `job` (its own pause), `batch`, `account` or `cluster` (intake)."""
     subscription_id: str | None = None
     """The subscription whose check created it (null: asked for directly)."""
+    archive_id: str | None = None
+    """The item's id in the account's download archive (`GET /archive`), once downloaded."""
+    archived_by_job: str | None = None
+    """A Skipped job's: the job that holds the item in the archive (fetched it before)."""
 
 
 class JobPauseAnswer(msgspec.Struct):
@@ -265,6 +269,8 @@ def view(
         paused=held_by is not None,
         paused_by=held_by,
         subscription_id=state.subscription_id,
+        archive_id=state.archive_id,
+        archived_by_job=state.archived_by_job,
     )
 
 
@@ -335,12 +341,13 @@ async def _links(services: Services, state: job.JobState) -> Links | None:
     )
 
 
-def _cursor(created_at: datetime, job_id: str) -> str:
+def page_cursor(created_at: datetime, job_id: str) -> str:
+    """The cursor after a page's last row, by its time and id (jobs, archive items)."""
     raw = f"{created_at.isoformat()}|{job_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _parse_cursor(cursor: str) -> tuple[datetime, str]:
+def parse_page_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         at, job_id = raw.split("|", 1)
@@ -593,7 +600,7 @@ class JobsController(Controller):
         case-insensitive), `failure_group` (a `group_id` of `GET /jobs/failures`) and
         `subscription_id` (the jobs a subscription's checks created).
         """
-        after = _parse_cursor(cursor) if cursor else None
+        after = parse_page_cursor(cursor) if cursor else None
         found = await job_rows.page(
             services.pool,
             principal.account_id,
@@ -605,7 +612,7 @@ class JobsController(Controller):
         paused = await pauses.paused_scopes(services.pool, found.states)
         return JobPage(
             jobs=[view(state, paused=paused) for state in found.states],
-            next_cursor=_cursor(*found.last) if found.more and found.last else None,
+            next_cursor=page_cursor(*found.last) if found.more and found.last else None,
         )
 
     @get("/{job_id:str}/events")

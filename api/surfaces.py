@@ -26,6 +26,7 @@ from litestar.di import Provide
 from litestar.types import ControllerRouterHandler, ExceptionHandlersMap, Guard
 
 from spool.api.admin_accounts import AdminAccountsController
+from spool.api.archive import ArchiveController
 from spool.api.auth import Principal, job_api_principal
 from spool.api.batches import BatchController
 from spool.api.cluster import ClusterController
@@ -134,6 +135,7 @@ JOB_API = surface(
     "/",
     [
         JobsController,
+        ArchiveController,
         OperationsController,
         job_trace,
         BatchController,

@@ -24,12 +24,12 @@ from spool.domain.job_options import output_ext as output_ext
 from spool.domain.node_health import Blame
 from spool.domain.storage_config import StorageConfigured
 
-JobStatus = Literal["Pending", "Processing", "Completed", "Failed", "Cancelled"]
+JobStatus = Literal["Pending", "Processing", "Completed", "Failed", "Cancelled", "Skipped"]
 JobStep = Literal["Queued", "Downloading", "Muxing", "Uploading", "Finished"]
 Stage = Literal["download", "mux", "upload"]
 ErrorType = Literal["error", "warning"]
 
-TERMINAL: frozenset[str] = frozenset({"Completed", "Failed", "Cancelled"})
+TERMINAL: frozenset[str] = frozenset({"Completed", "Failed", "Cancelled", "Skipped"})
 STEP_OF: dict[Stage, JobStep] = {"download": "Downloading", "mux": "Muxing", "upload": "Uploading"}
 NEXT_STAGE: dict[Stage, Stage | None] = {"download": "mux", "mux": "upload", "upload": None}
 
@@ -150,6 +150,14 @@ class DownloadCompleted(Event, frozen=True, kw_only=True):
     paused: bool = False
     """The job was paused (`JobPaused`): the mux waits for its `JobResumed`, which dispatches
     it; nothing is dispatched for this result (`record_result`)."""
+    extractor: str | None = None
+    """yt-dlp's extractor key (`Youtube`, `Generic`); None for a live recording and in results
+    recorded before the download archive."""
+    item_id: str | None = None
+    """The item's id as that extractor gives it."""
+    archive_id: str | None = None
+    """The item's name in the account's download archive (domain/archive.py `archive_id`):
+    once the job completes, its account's later jobs of the item are skipped."""
 
 
 @event
@@ -195,6 +203,23 @@ class JobCompleted(Event, frozen=True, kw_only=True):
     objects: list[StoredFile] = msgspec.field(default_factory=list)
     """Every object written (the media first, then subtitle and thumbnail), with what identifies
     it: a delete removes an object only while it is still this one."""
+
+
+@event
+class JobSkipped(Event, frozen=True, kw_only=True):
+    """The download found the item already in the account's download archive, fetched by job
+    `archived_by_job`, and fetched nothing: the job ends here (no file, no upload). Decided by
+    the node right after yt-dlp extracted the item's info; a job asked with `force` is never
+    skipped."""
+
+    run: int
+    attempt: int
+    node_id: str
+    archive_id: str
+    archived_by_job: str
+    extractor: str | None = None
+    item_id: str | None = None
+    title: str | None = None
 
 
 @event
@@ -405,6 +430,12 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     paused: bool = False
     """Paused by its own `JobPaused` (not by its batch, account or the cluster: domain/pause.py)."""
+    archive_id: str | None = None
+    """The item's name in the download archive (domain/archive.py), once a download said it."""
+    extractor: str | None = None
+    item_id: str | None = None
+    archived_by_job: str | None = None
+    """A Skipped job's: the job that holds the item in the account's archive."""
 
     @property
     def terminal(self) -> bool:
@@ -813,6 +844,9 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             actual_quality=_quality(ev.width, ev.height) or state.actual_quality,
             duration=ev.duration,
             timings=_timed(state, "download", ev.seconds, ev.bytes),
+            archive_id=ev.archive_id,
+            extractor=ev.extractor,
+            item_id=ev.item_id,
             **_advanced("download"),
         )
     elif isinstance(ev, MuxCompleted):
@@ -851,6 +885,23 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             error=None,
             error_type=None,
             webhook_status="pending" if state.options.webhook_url else None,
+        )
+    elif isinstance(ev, JobSkipped):
+        return replace(
+            state,
+            updated_at=at,
+            version=version,
+            status="Skipped",
+            step="Finished",
+            finished_at=at,
+            progress=None,
+            error=None,
+            error_type=None,
+            title=state.title or ev.title,
+            archive_id=ev.archive_id,
+            extractor=ev.extractor,
+            item_id=ev.item_id,
+            archived_by_job=ev.archived_by_job,
         )
     elif isinstance(ev, StageFailed):
         failed = replace(
@@ -929,7 +980,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         if ev.from_stage != "upload":
             reused["output"] = None
         if ev.from_stage == "download":
-            reused["files"] = []
+            reused |= {"files": [], "archive_id": None, "extractor": None, "item_id": None}
         return replace(
             state,
             updated_at=at,
@@ -1047,6 +1098,7 @@ AGGREGATE: Aggregate[JobState] = Aggregate(
         DownloadCompleted,
         MuxCompleted,
         JobCompleted,
+        JobSkipped,
         StageFailed,
         StageInterrupted,
         JobFailed,

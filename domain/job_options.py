@@ -125,6 +125,9 @@ class AskedOptions(msgspec.Struct, frozen=True, kw_only=True):
     wait_for_video: bool = False
     priority: str | int | None = None
     """Among the account's waiting jobs, higher starts first (domain/fair_share.py)."""
+    force: bool = False
+    """Download even if the item is already in the account's download archive
+    (domain/archive.py): the job is never skipped."""
 
 
 class JobOptions(AskedOptions, frozen=True, kw_only=True, omit_defaults=True):

@@ -25,6 +25,7 @@ ATTEMPT_ENDERS: tuple[type[Event], ...] = (
     job.DownloadCompleted,
     job.MuxCompleted,
     job.JobCompleted,
+    job.JobSkipped,
     job.StageFailed,
     job.StageInterrupted,
     job.JobFailed,

@@ -53,7 +53,7 @@ SLOTS_SECONDS = 2.0
 TIDY_EVERY = 30
 """`Ticks` passes between two mendings of the line's counts (`dispatch_queue.tidy`)."""
 
-DOWNLOAD_ENDS = (job.DownloadCompleted, job.StageFailed, job.StageInterrupted)
+DOWNLOAD_ENDS = (job.DownloadCompleted, job.JobSkipped, job.StageFailed, job.StageInterrupted)
 """Events after which a node's download slot may be free: a unit leaves Redis's queue."""
 
 SHARE_ROUNDS = 3
@@ -77,6 +77,7 @@ class PipelineReactor:
             job.JobReleased,
             job.JobRetried,
             job.DownloadCompleted,
+            job.JobSkipped,
             job.MuxCompleted,
             job.StageFailed,
             job.StageInterrupted,

@@ -13,7 +13,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -30,10 +30,12 @@ from spool.adapters.storage import (
     object_key,
 )
 from spool.adapters.viewer_sessions import ViewerRecorder, ViewerSession
-from spool.domain import file_names, job, viewer
+from spool.domain import archive, file_names, job, viewer
 from spool.domain.node_health import Blame
 
 ProgressSink = Callable[[job.Progress], None]
+Archived = Callable[[str], Coroutine[Any, Any, str | None]]
+"""The job that holds an archive id in the job's account's download archive, or None."""
 T = TypeVar("T")
 
 log = logging.getLogger("spool.stages")
@@ -126,12 +128,16 @@ async def download(
     progress: ProgressSink,
     cancel: asyncio.Event,
     max_media_seconds: int | None = None,
-) -> job.DownloadCompleted:
+    archived: Archived | None = None,
+) -> job.DownloadCompleted | job.JobSkipped:
     """Fetch the source with yt-dlp into `workdir`.
 
     `max_media_seconds` is the account's quota: a longer source fails the job at once (no
     retries), before its media is fetched when the source tells its duration, else as soon
     as the fetched file shows it; a live stream is recorded for at most that long.
+    `archived` says which job holds an item in the account's download archive: an item held
+    by another job is not fetched, and the job is skipped (`JobSkipped`). A live recording
+    is never looked up: it has no archive id.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
@@ -183,7 +189,19 @@ async def download(
                 cancel=stop,
                 max_seconds=max_media_seconds,
                 too_long=lambda seconds: too_long(seconds, max_media_seconds),
+                already_have=None if archived is None else _asked_from(loop, archived, stop),
             )
+    except downloader.AlreadyHave as held:
+        return job.JobSkipped(
+            run=state.run,
+            attempt=state.attempt,
+            node_id=node_id,
+            archive_id=_archive_id(held.item),
+            archived_by_job=held.holder,
+            extractor=held.item.extractor_key,
+            item_id=held.item.item_id,
+            title=held.title,
+        )
     except downloader.DownloadCancelled:
         raise StageCancelled from None
     except downloader.DownloadFailed as exc:
@@ -219,7 +237,42 @@ async def download(
         native_audio_codec=info.audio_codec,
         width=info.width,
         height=info.height,
+        extractor=info.extractor_key,
+        item_id=info.item_id,
+        archive_id=_archive_id(
+            downloader.ItemName(info.extractor_key, info.item_id, info.webpage_url or state.url)
+        )
+        if info.extractor_key and info.item_id
+        else None,
     )
+
+
+def _archive_id(item: downloader.ItemName) -> str:
+    return archive.archive_id(item.extractor_key, item.item_id, item.url)
+
+
+ARCHIVE_LOOK = 0.2
+"""Seconds the download thread waits on its archive look-up between checks of its cancel."""
+
+
+def _asked_from(
+    loop: asyncio.AbstractEventLoop, archived: Archived, stop: threading.Event
+) -> Callable[[downloader.ItemName], str | None]:
+    """`archived`, for the download's thread: the look-up runs on the stage's loop while the
+    thread waits for it (the thread is yt-dlp's, between extracting and fetching)."""
+
+    def holder(item: downloader.ItemName) -> str | None:
+        future = asyncio.run_coroutine_threadsafe(archived(_archive_id(item)), loop)
+        while True:
+            try:
+                return future.result(timeout=ARCHIVE_LOOK)
+            except TimeoutError:
+                if stop.is_set():
+                    future.cancel()
+                    cancelled = "cancelled during the archive look-up"
+                    raise downloader.DownloadCancelled(cancelled) from None
+
+    return holder
 
 
 MEDIA_SECONDS_SLACK = 0.5

@@ -928,7 +928,9 @@ def replay() -> None:
 
 
 def _replay_command(kind: str) -> None:
-    @replay.command(kind, help=f"Print a {kind}'s history: one line an event, then a summary.")
+    whose = "an account's download archive" if kind == "archive" else f"a {kind}'s"
+
+    @replay.command(kind, help=f"Print {whose} history: one line an event, then a summary.")
     @_database_options
     @click.argument("raw_id", metavar="ID")
     @click.option("--json", "as_json", is_flag=True, help="One JSON object an event (JSON Lines).")
@@ -954,7 +956,7 @@ def _replay_command(kind: str) -> None:
             click.echo(line)
 
 
-for _kind in ("job", "batch", "task"):
+for _kind in ("job", "batch", "task", "archive"):
     _replay_command(_kind)
 
 

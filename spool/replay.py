@@ -11,7 +11,7 @@ import msgspec
 
 from spool.adapters.event_store import EventStore
 from spool.adapters.read_models import api_keys
-from spool.domain import batch, job, task
+from spool.domain import archive, batch, job, task
 from spool.domain.events import Event, RecordedEvent
 
 _encode = msgspec.json.Encoder().encode
@@ -81,7 +81,13 @@ def _job_note(ev: Event, e: RecordedEvent, names: Names) -> str:
         percent = f"{p.percent:.0f}%" if p.percent is not None else "?%"
         return f"{p.stage} {percent}" + (f" of {_size(p.total_bytes)}" if p.total_bytes else "")
     if isinstance(ev, job.DownloadCompleted):
-        return f"{_size(ev.bytes)} on {ev.node_id}" + (f", {ev.title!r}" if ev.title else "")
+        fetched = f"{_size(ev.bytes)} on {ev.node_id}" + (f", {ev.title!r}" if ev.title else "")
+        return fetched + (f", archive id {ev.archive_id!r}" if ev.archive_id else "")
+    if isinstance(ev, job.JobSkipped):
+        return (
+            f"{ev.archive_id!r} is already in the account's archive, fetched by job "
+            f"{ev.archived_by_job}: nothing downloaded (on {ev.node_id})"
+        )
     if isinstance(ev, job.MuxCompleted):
         words = (job.codec_word(ev.video_codec), job.codec_word(ev.audio_codec))
         codecs = "/".join(c for c in words if c)
@@ -195,6 +201,21 @@ def batch_timeline(
     return timeline
 
 
+def archive_timeline(stream_id: str, events: Sequence[RecordedEvent], names: Names) -> Timeline:
+    """An account's archive stream: the items it removed from its archive, and by whom."""
+    timeline = Timeline(stream_id)
+    for e in events:
+        ev = e.data
+        note = (
+            f"{ev.archive_id!r} removed {_by(e, names)}: its next job downloads again"
+            if isinstance(ev, archive.ArchiveItemRemoved)
+            else _data(ev)
+        )
+        timeline.entries.append(Entry(e, _elapsed(events, e), note))
+    timeline.status = f"{len(events)} removals"
+    return timeline
+
+
 def _elapsed(events: Sequence[RecordedEvent], e: RecordedEvent) -> float:
     return round((e.recorded_at - events[0].recorded_at).total_seconds(), 3)
 
@@ -254,12 +275,18 @@ BUILDERS: dict[str, Callable[[str, Sequence[RecordedEvent], Names], Timeline]] =
     "job": job_timeline,
     "batch": batch_timeline,
     "task": task_timeline,
+    "archive": archive_timeline,
 }
 """Timeline builders by the kind of stream they read."""
 
 
 def stream_of(kind: str, raw_id: str) -> str:
-    """The stream of the job, batch or task `raw_id`; ValueError unless it is a UUID."""
+    """The stream of the job, batch or task `raw_id` (ValueError unless it is a UUID), or of
+    the account `raw_id`'s archive."""
+    if kind == "archive":
+        if not raw_id.strip():
+            raise ValueError("an account id")
+        return archive.stream_id(raw_id.strip())
     return f"{kind}-{uuid.UUID(raw_id)}"
 
 

@@ -49,6 +49,8 @@ DOCUMENTED: set[tuple[str, str]] = {
     ("POST", "/jobs/actions"),
     ("GET", "/operations/{operation_id}"),
     ("GET", "/jobs/failures"),
+    ("GET", "/archive"),
+    ("DELETE", "/archive/{archive_id}"),
     ("GET", "/batch/{batch_id}"),
     ("DELETE", "/batch/{batch_id}"),
     ("PATCH", "/batch/{batch_id}/jobs"),

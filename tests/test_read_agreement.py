@@ -258,7 +258,7 @@ async def _check_batch(api: FreshApi, h: History, folded: dict[str, job.JobState
 
     row = await api.pool.fetchrow(
         "SELECT status, jobs_total, jobs_pending, jobs_processing, jobs_completed, jobs_failed, "
-        "jobs_cancelled, bytes_uploaded, last_finished_at FROM reporting.batches "
+        "jobs_cancelled, jobs_skipped, bytes_uploaded, last_finished_at FROM reporting.batches "
         "WHERE batch_id = $1",
         h.batch_id,
     )

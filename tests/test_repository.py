@@ -35,6 +35,7 @@ from spool.adapters.task_store import tasks
 from spool.domain import (
     account,
     account_policy,
+    archive,
     batch,
     cluster_config,
     feed,
@@ -295,6 +296,8 @@ def _history(kind: str, aggregate_id: str) -> tuple[list[Event], list[Event]]:
             schedule=subscription.Schedule(interval=300, max_items=5),
         )  # fmt: skip
         return [made], [subscription.SubscriptionPaused()]
+    if kind == "archive":
+        return archive.remove(aggregate_id, "youtube a"), archive.remove(aggregate_id, "vimeo b")
     assert kind == "node"
     started = node.NodeStarted(
         node_id=aggregate_id, hostname="h", ip="127.0.0.1", role="worker", tags=[],
@@ -316,6 +319,7 @@ AGGREGATES: list[Aggregate[Any]] = [
     operation.AGGREGATE,
     feed.AGGREGATE,
     subscription.AGGREGATE,
+    archive.AGGREGATE,
 ]
 
 

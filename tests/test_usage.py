@@ -19,7 +19,14 @@ from spool.reactors.projection import ProjectionRunner
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.media import MediaServer
 
-ZERO_STATUSES = {"Pending": 0, "Processing": 0, "Completed": 0, "Failed": 0, "Cancelled": 0}
+ZERO_STATUSES = {
+    "Pending": 0,
+    "Processing": 0,
+    "Completed": 0,
+    "Failed": 0,
+    "Cancelled": 0,
+    "Skipped": 0,
+}
 
 
 def api_client(c: Cluster) -> httpx.AsyncClient:

@@ -8,6 +8,7 @@ Importing this package puts every read model's tables on `spool.adapters.tables.
 from __future__ import annotations
 
 from spool.adapters.read_models.api_keys import ApiKeysProjection
+from spool.adapters.read_models.archive import ArchiveProjection
 from spool.adapters.read_models.cluster_config import ClusterConfigProjection
 from spool.adapters.read_models.job_minutes import JobMinutesProjection
 from spool.adapters.read_models.job_stages import JobStagesProjection
@@ -43,6 +44,7 @@ def all_projections() -> list[Projection]:
         OPERATIONS,
         PausesProjection(),
         SubscriptionsProjection(),
+        ArchiveProjection(),
         # Reporting (docs/reporting.md): read by the `reporting` views, not by the API.
         JobStagesProjection(),
         JobMinutesProjection(),

@@ -44,6 +44,7 @@ batches = sa.Table(
     sa.Column("jobs_completed", sa.Integer, nullable=False),
     sa.Column("jobs_failed", sa.Integer, nullable=False),
     sa.Column("jobs_cancelled", sa.Integer, nullable=False),
+    sa.Column("jobs_skipped", sa.Integer, nullable=False, server_default="0"),
     sa.Column("bytes_uploaded", sa.BigInteger, nullable=False),
     sa.Column("last_finished_at", sa.DateTime(timezone=True)),
     sa.Index("batches_account_created_idx", "account_id", sa.text("created_at DESC")),
@@ -70,6 +71,7 @@ SUMMARY_COLUMNS = (
     "jobs_completed",
     "jobs_failed",
     "jobs_cancelled",
+    "jobs_skipped",
     "bytes_uploaded",
     "last_finished_at",
 )
@@ -138,12 +140,13 @@ async def jobs_of(
 
 _UPSERT = f"""
 INSERT INTO batches (batch_id, {", ".join(COLUMNS)})
-SELECT b, a, k, ss, u, t, string_to_array(j, chr(31)), c, st, up, v, s, jp, jr, jc, jf, jx, by, lf
+SELECT b, a, k, ss, u, t, string_to_array(j, chr(31)), c, st, up, v, s, jp, jr, jc, jf, jx, js,
+       by, lf
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
             $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::int[], $12::text[],
-            $13::int[], $14::int[], $15::int[], $16::int[], $17::int[], $18::bigint[],
-            $19::timestamptz[])
-     AS r(b, a, k, ss, u, t, j, c, st, up, v, s, jp, jr, jc, jf, jx, by, lf)
+            $13::int[], $14::int[], $15::int[], $16::int[], $17::int[], $18::int[],
+            $19::bigint[], $20::timestamptz[])
+     AS r(b, a, k, ss, u, t, j, c, st, up, v, s, jp, jr, jc, jf, jx, js, by, lf)
 ON CONFLICT (batch_id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in COLUMNS)}
 WHERE batches.version <= excluded.version
 """

@@ -235,7 +235,7 @@ class JobsFound(NamedTuple):
 _ESCAPE_LIKE = str.maketrans({"\\": "\\\\", "%": "\\%", "_": "\\_"})
 
 
-def _contains(text: str) -> str:
+def like_anywhere(text: str) -> str:
     """An ILIKE pattern for `text` anywhere, its own `%`, `_` and `\\` taken literally."""
     return f"%{text.translate(_ESCAPE_LIKE)}%"
 
@@ -275,13 +275,13 @@ def where(query: JobQuery, accounts: Sequence[str] | None, args: list[Any]) -> s
     if query.error_type is not None:
         found.append(f"state->>'error_type' = {arg(query.error_type)}")
     if query.error is not None:
-        found.append(f"state->>'error' ILIKE {arg(_contains(query.error))}")
+        found.append(f"state->>'error' ILIKE {arg(like_anywhere(query.error))}")
     if query.failure_group is not None:  # set on Failed jobs only (domain/failure_groups.py)
         found.append(f"failure_group = {arg(query.failure_group)}")
     if query.subscription_id is not None:
         found.append(f"state->>'subscription_id' = {arg(query.subscription_id)}")
     if query.q is not None:
-        text = arg(_contains(query.q))
+        text = arg(like_anywhere(query.q))
         found.append(
             f"(url ILIKE {text} OR state->>'title' ILIKE {text}"
             f" OR state->'options'->>'filename' ILIKE {text} OR state->>'key' ILIKE {text})"

@@ -598,7 +598,7 @@ function updateBrowserCells(tr, job) {
   reason.title = error;
 }
 
-const STATUS_NAMES = ["Pending", "Processing", "Completed", "Failed", "Cancelled"];
+const STATUS_NAMES = ["Pending", "Processing", "Completed", "Failed", "Cancelled", "Skipped"];
 
 // The filters as the controls hold them: names as GET /jobs takes them, only those given.
 function jobFilters() {

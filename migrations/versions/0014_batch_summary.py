@@ -36,6 +36,29 @@ branch_labels = None
 depends_on = None
 
 _COUNTS = ("jobs_pending", "jobs_processing", "jobs_completed", "jobs_failed", "jobs_cancelled")
+_LATER_COLUMNS = ("jobs_skipped",)
+
+BATCHES_VIEW = """CREATE OR REPLACE VIEW reporting.batches AS
+SELECT b.batch_id::text AS batch_id,
+       b.account_id::text AS account_id,
+       b.kind::text AS kind,
+       b.status::text AS status,
+       b.source_url::text AS source_url,
+       b.title::text AS title,
+       b.created_at::timestamptz AS created_at,
+       b.started_at::timestamptz AS started_at,
+       b.updated_at::timestamptz AS updated_at,
+       cardinality(b.job_ids)::integer AS jobs_total,
+       b.jobs_pending::integer AS jobs_pending,
+       b.jobs_processing::integer AS jobs_processing,
+       b.jobs_completed::integer AS jobs_completed,
+       b.jobs_failed::integer AS jobs_failed,
+       b.jobs_cancelled::integer AS jobs_cancelled,
+       b.bytes_uploaded::bigint AS bytes_uploaded,
+       b.last_finished_at::timestamptz AS last_finished_at
+FROM public.batches b
+"""
+"""reporting.batches as this revision made it (0030 adds `jobs_skipped` at its end)."""
 
 
 _EVENTS = {
@@ -71,15 +94,23 @@ def _refill(conn: sa.Connection) -> None:
     facts: dict[str, list[batch.JobFacts]] = defaultdict(list)
     for batch_id, status, size, finished_at in conn.execute(sa.text(_JOB_FACTS)):
         facts[batch_id].append(batch.JobFacts(status, size, finished_at))
-    columns = ", ".join(batch_rows.COLUMNS)
+    # The columns this revision makes: later ones (0030's jobs_skipped) come with their own.
+    made = [c for c in batch_rows.COLUMNS if c not in _LATER_COLUMNS]
+    columns = ", ".join(made)
     insert = sa.text(
         f"INSERT INTO batches (batch_id, {columns}) "
-        f"VALUES (:batch_id, {', '.join(':' + c for c in batch_rows.COLUMNS)})"
+        f"VALUES (:batch_id, {', '.join(':' + c for c in made)})"
     )
     rows = [
-        {"batch_id": batch_id}
-        | batch_rows.own_row(state, updated[batch_id])
-        | batch_rows.summary_row(batch.summarize(state, facts[batch_id]))
+        {
+            c: v
+            for c, v in (
+                {"batch_id": batch_id}
+                | batch_rows.own_row(state, updated[batch_id])
+                | batch_rows.summary_row(batch.summarize(state, facts[batch_id]))
+            ).items()
+            if c not in _LATER_COLUMNS
+        }
         for batch_id, state in states.items()
     ]
     if rows:
@@ -95,9 +126,12 @@ def upgrade() -> None:
     op.add_column("batches", sa.Column("last_finished_at", sa.DateTime(timezone=True)))
     _refill(op.get_bind())
     op.execute("DELETE FROM checkpoints WHERE name = 'batches'")
-    # reporting.nodes stays as 0010 made it until 0019 (its columns are 0019's).
-    for statement in reporting.statements(views=[v for v in reporting.VIEWS if v != "nodes"]):
+    # reporting.nodes stays as 0010 made it until 0019 (its columns are 0019's); batches is
+    # this revision's until 0030.
+    older = ("nodes", "batches")
+    for statement in reporting.statements(views=[v for v in reporting.VIEWS if v not in older]):
         op.execute(statement)
+    op.execute(BATCHES_VIEW)
 
 
 def downgrade() -> None:

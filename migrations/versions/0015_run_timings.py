@@ -17,8 +17,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # reporting.nodes stays as 0010 made it until 0019 (its columns are 0019's).
-    for statement in reporting.statements(views=[v for v in reporting.VIEWS if v != "nodes"]):
+    # reporting.nodes stays as 0010 made it until 0019 (its columns are 0019's), batches as
+    # 0014 made it until 0030.
+    older = ("nodes", "batches")
+    for statement in reporting.statements(views=[v for v in reporting.VIEWS if v not in older]):
         op.execute(statement)
 
 

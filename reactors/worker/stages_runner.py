@@ -22,6 +22,7 @@ from spool.adapters.database import unreachable
 from spool.adapters.event_store import refusal_reason, refused_for_good
 from spool.adapters.job_store import jobs, load_job, load_job_gated
 from spool.adapters.owned_objects import delete_owned
+from spool.adapters.read_models import archive as archive_rows
 from spool.adapters.read_models import pauses
 from spool.adapters.repository import Loaded
 from spool.adapters.storage import StorageError
@@ -319,6 +320,9 @@ class StageRunner(Drain):
                     sink,
                     unit.cancel,
                     max_media_seconds=seconds_quota(policy),
+                    archived=self._archived(state)
+                    if self.settings.archive_skips and not state.options.force
+                    else None,
                 )
             if unit.stage == "mux":
                 return await stages.mux(
@@ -356,6 +360,19 @@ class StageRunner(Drain):
                 )
             stages.remove_workdir(workdir)
             return "cancelled"
+
+    def _archived(self, state: job.JobState) -> stages.Archived:
+        """Which other job holds an item in the job's account's download archive."""
+
+        async def holder(archive_id: str) -> str | None:
+            return await through_outage(
+                f"the archive of job {state.job_id}",
+                lambda: archive_rows.holder(
+                    self.store.pool, state.account_id, archive_id, besides=state.job_id
+                ),
+            )
+
+        return holder
 
     async def _complete(self, unit: RunningUnit, done: Event, workdir: Path) -> str:
         """Record a stage's result, unless the job moved on (cancel wins); with a slot free for
@@ -408,13 +425,13 @@ class StageRunner(Drain):
                     current.job_id,
                 )
             return await self._left_behind(unit, workdir)
-        if isinstance(done, job.JobCompleted):
+        if isinstance(done, job.JobCompleted | job.JobSkipped):
             stages.remove_workdir(self.workroot / unit.job_id)
         if nxt is not None:
             self._go_on(unit, state)
             return f"completed; {nxt} started here"
         self._remember(state)
-        return "completed"
+        return "skipped" if isinstance(done, job.JobSkipped) else "completed"
 
     async def _unrecordable(self, unit: RunningUnit, done: Event, exc: Exception) -> str:
         """Fail the stage whose result `done` could not be appended, naming why."""
