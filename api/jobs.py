@@ -109,6 +109,9 @@ class JobView(msgspec.Struct, omit_defaults=False):
     """Whether the job's next stage is held back by a pause (its status stays as it is)."""
     paused_by: PausedBy | None = None
     """What holds it: `job` (its own pause), `batch`, `account` or `cluster` (intake)."""
+    next_try_at: int | None = None
+    """While it waits for media not out yet (Pending, `error` saying so): when its download
+    tries again (domain/not_ready.py)."""
 
 
 class JobPauseAnswer(msgspec.Struct):
@@ -262,6 +265,7 @@ def view(
         else fair_share.priority_word(state.options.priority),
         paused=held_by is not None,
         paused_by=held_by,
+        next_try_at=_ms(state.next_try_at),
     )
 
 
