@@ -53,6 +53,7 @@ JOB_EVENTS: frozenset[str] = frozenset(
         job.JobCompleted,
         job.StageFailed,
         job.StageInterrupted,
+        job.MediaNotReady,
         job.JobFailed,
         job.JobCancelled,
         job.JobRetried,
@@ -85,6 +86,7 @@ JOB_STATUS = {
     job.JobFailed.__name__: "Failed",
     job.JobCancelled.__name__: "Cancelled",
     job.JobRetried.__name__: "Pending",
+    job.MediaNotReady.__name__: "Pending",  # waits for its media (domain/not_ready.py)
 }
 
 _READABLE_HEAD = """
@@ -246,6 +248,8 @@ class ClusterFeed:
                 stage = "mux"
             elif isinstance(ev, job.JobCompleted):
                 stage = "upload"
+            elif isinstance(ev, job.MediaNotReady):
+                stage = ev.stage
             return Update(
                 {
                     "type": "job_update",
