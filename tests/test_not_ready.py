@@ -28,7 +28,7 @@ from yt_dlp.globals import extractors as registered_extractors
 from yt_dlp.utils import ExtractorError, UserNotLive
 
 from spool.adapters.downloader import DownloadFailed, NotReady, _failure, download
-from spool.adapters.queue import DOWNLOAD_QUEUE, unit_status
+from spool.adapters.queue import DOWNLOAD_QUEUE, forget, unit_status
 from spool.adapters.ssrf import UrlGuard
 from spool.domain import job, not_ready
 from spool.replay import load_timeline, render_text
@@ -336,6 +336,26 @@ async def test_a_waiting_job_holds_no_node_slot_and_no_room_in_the_line(
             "Completed"
         )
         assert (await cluster.job(waiting))["status"] == "Pending"
+
+
+async def test_a_wait_redis_lost_is_dispatched_again_still_waiting(
+    start_cluster: StartCluster, premieres: dict[str, Item], media_server: MediaServer
+) -> None:
+    premieres["lost"] = Item()
+    async with start_cluster(not_ready_backoff=120) as cluster:
+        job_id = await cluster.create(premiere_url(media_server, "lost"))
+        await _waits(cluster, job_id, 1)
+        unit = job.arq_job_id(job_id, 1, "download", 2)
+        await until(lambda: cluster.redis.zscore(DOWNLOAD_QUEUE, unit))
+        await forget(cluster.redis, unit)  # as a FLUSHALL would
+        await cluster.redis.zrem(DOWNLOAD_QUEUE, unit)
+
+        # The reconciler finds the unit missing and sends it again, due when the wait ends.
+        due_at = await until(lambda: cluster.redis.zscore(DOWNLOAD_QUEUE, unit))
+        assert due_at > (time.time() + 60) * 1000
+        assert premieres["lost"].tries == 2  # the API's probe and the one try: none since
+        waiting = await cluster.job(job_id)
+        assert waiting["status"] == "Pending" and waiting["next_try_at"] is not None
 
 
 async def test_a_premiere_that_does_not_come_out_in_time_fails_clearly(
