@@ -27,6 +27,8 @@ from typing import Any, Literal, TypedDict
 
 import msgspec
 from yt_dlp import YoutubeDL
+from yt_dlp.extractor import import_extractors
+from yt_dlp.globals import extractors as registered_extractors
 from yt_dlp.globals import plugin_dirs
 from yt_dlp.networking._helper import _socket_connect, create_connection, make_ssl_context
 from yt_dlp.networking._urllib import (
@@ -144,6 +146,16 @@ class DownloadFailed(Exception):
         self.retryable = retryable
 
 
+class NotReady(DownloadFailed):
+    """The media is not out yet: a premiere, an upcoming live stream, a video its site is still
+    processing. Worth trying again later, not now (domain/not_ready.py); `ready_at` (seconds
+    since the epoch) when the source says when it is out."""
+
+    def __init__(self, message: str, *, ready_at: float | None = None) -> None:
+        super().__init__(message, kind="warning", retryable=True)
+        self.ready_at = ready_at
+
+
 class DownloadCancelled(Exception):
     """The caller's cancel event was set; the partial files are gone."""
 
@@ -165,6 +177,15 @@ class _CancelledRequest(RequestError):  # type: ignore[misc]
 
 class _Cancelled(YtDlpCancelled):  # type: ignore[misc]
     """Raised from a progress hook; yt-dlp lets its own DownloadCancelled pass through."""
+
+
+class _Upcoming(Exception):
+    """Raised from `_GuardedYoutubeDL._wait_for_video`: the extractor found the media listed
+    but not out yet. Not one of yt-dlp's errors, so it passes through `extract_info` as it is."""
+
+    def __init__(self, release_timestamp: float | None) -> None:
+        super().__init__("upcoming")
+        self.release_timestamp = release_timestamp
 
 
 OnConnect = Callable[[socket.socket], None]
@@ -343,7 +364,6 @@ def _ssl_context(*, verify: bool, legacy: bool, use_certifi: bool) -> ssl.SSLCon
     return context
 
 
-@functools.cache
 def _default_extractors() -> dict[str, Any]:
     """yt-dlp's default extractors by key, in its own order, worked out once per process.
 
@@ -351,8 +371,17 @@ def _default_extractors() -> dict[str, Any]:
     de-duplication is quadratic in the ~1,800 extractors: about 60 ms of CPU per download, more
     than the rest of setting one up. The list depends only on the extractors installed and the
     plugins loaded (none: `plugin_dirs` is emptied before the first instance), so it is the same
-    every time; it is asked of yt-dlp itself, on an instance that is then dropped.
+    every time; it is asked of yt-dlp itself, on an instance that is then dropped. Worked out
+    again only if an extractor is registered in the process after (a test's loopback stand-in
+    for a site it cannot reach: tests/test_not_ready.py).
     """
+    import_extractors()  # yt-dlp's own fill its registry first: the count below is theirs too
+    return _extractors_of(len(registered_extractors.value))
+
+
+@functools.cache
+def _extractors_of(registered: int) -> dict[str, Any]:
+    """`_default_extractors` while yt-dlp holds `registered` extractor classes."""
     holder = YoutubeDL({"quiet": True, "logger": _QuietLog(), "cachedir": False}, auto_init=False)
     YoutubeDL.add_default_info_extractors(holder)
     return dict(holder._ies)
@@ -399,6 +428,19 @@ class _GuardedYoutubeDL(YoutubeDL):  # type: ignore[misc]
         if any(v for k, v in self.params.items() if k.startswith(("force", "print_to_file"))):
             return super()._forceprint(key, info_dict)
         return None if info_dict is None else dict(info_dict)
+
+    def _wait_for_video(self, ie_result: dict[str, Any] | None = None) -> None:
+        # yt-dlp's own hook for media not out yet, given what the extractor found before any
+        # format is chosen (with no argument, after a channel that is not live: nothing to
+        # say). Its wait would hold the node's download slot for hours; Spool says so instead,
+        # and the job waits outside any node (domain/not_ready.py).
+        info = ie_result or {}
+        if info.get("_type", "video") != "video" or info.get("formats") or info.get("url"):
+            return
+        release = info.get("release_timestamp")
+        release = float(release) if isinstance(release, (int, float)) else None
+        if info.get("live_status") == "is_upcoming" or (release and release > time.time()):
+            raise _Upcoming(release)
 
     @functools.cached_property
     def _request_director(self) -> Any:
@@ -661,6 +703,28 @@ _CONTENT_PROBLEMS = re.compile(
     re.IGNORECASE,
 )
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_NOT_READY = re.compile(
+    # What sites say of media not out yet, as yt-dlp's extractors pass it on: YouTube's
+    # "This live event will begin in 3 hours", "Premieres in 2 days", "Premiere will begin
+    # shortly", "This video is (still) being processed"; others' "Livestream has not yet
+    # started", "Twitter Space not started yet", "This live event is scheduled for ...",
+    # "This video is processing" (extractor/*.py `raise_no_formats(..., expected=True)`).
+    r"\bwill begin\b|\bpremieres? in\b|\bha(?:s|ve) not (?:yet )?started\b|"
+    r"\bnot started yet\b|\bis scheduled for\b|\bbeing processed\b|\bvideo is processing\b",
+    re.IGNORECASE,
+)
+_READY_IN = re.compile(r"\bin (\d+|an?|one) (second|minute|hour|day|week)s?\b", re.IGNORECASE)
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
+
+
+def _ready_at(message: str, now: float) -> float | None:
+    """When a message like "will begin in 3 hours" says the media is out (seconds since the
+    epoch, from `now`); None when it says no time."""
+    m = _READY_IN.search(message)
+    if m is None:
+        return None
+    count = int(m.group(1)) if m.group(1).isdigit() else 1
+    return now + count * _UNIT_SECONDS[m.group(2).lower()]
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -702,12 +766,23 @@ _ENDED_EARLY = re.compile(r"Downloaded (\d+) bytes, expected (\d+) bytes")
 def _without_paths(failure: DownloadFailed, dest: Path) -> DownloadFailed:
     """`failure` with every path under `dest` (the node's temp names) said in user terms."""
     reason = re.sub(re.escape(str(dest)) + r"[^\s'\"]*", "the downloaded file", str(failure))
+    if isinstance(failure, NotReady):
+        return NotReady(reason, ready_at=failure.ready_at)
     return DownloadFailed(reason, kind=failure.kind, retryable=failure.retryable)
 
 
-def _failure(exc: BaseException, url: str, *, audio_only: bool) -> DownloadFailed:
-    """The user-facing DownloadFailed for whatever yt-dlp raised."""
+def _failure(
+    exc: BaseException, url: str, *, audio_only: bool, clock: Callable[[], float] = time.time
+) -> DownloadFailed:
+    """The user-facing DownloadFailed for whatever yt-dlp raised (`NotReady` for media not out
+    yet; `clock` reads a release time said as "in 3 hours")."""
     chain = list(_chain(exc))
+    for e in chain:
+        if isinstance(e, _Upcoming):
+            return NotReady(
+                "the source lists it as upcoming (a premiere or a live stream not started yet)",
+                ready_at=e.release_timestamp,
+            )
     for e in chain:
         if isinstance(e, _RefusedRequest):
             return _refusal(e.refusal)
@@ -716,6 +791,10 @@ def _failure(exc: BaseException, url: str, *, audio_only: bool) -> DownloadFaile
             # yt-dlp's own lookup of a host (a redirect's, or one the guard had admitted by
             # name) failed: the same DNS failure as the guard's.
             return _refusal(UnresolvedHost(urllib.parse.urlsplit(url).hostname or url, e))
+    for e in chain:
+        if isinstance(e, ExtractorError) and _NOT_READY.search(e.orig_msg or ""):
+            reason = _clean(e.orig_msg)
+            return NotReady(reason, ready_at=_ready_at(reason, clock()))
     for e in chain:
         if isinstance(e, HTTPError):
             return _http_failure(e)
@@ -930,6 +1009,7 @@ def download(
     max_seconds: int | None = None,
     too_long: Callable[[float], str] | None = None,
     already_have: Callable[[ItemName], str | None] | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> DownloadResult:
     """Fetch `url` into `dest` (blocking): one "av" file, or separate "video" and "audio" files.
 
@@ -938,8 +1018,9 @@ def download(
     `already_have` is asked, once the item's info is extracted and before any media is
     fetched, what already holds it (None: nothing); an answer stops the download with
     AlreadyHave, and an error it raises ends the download with that error.
-    Raises DownloadFailed with a user-facing reason, or DownloadCancelled once `cancel` is set;
-    either way the files this call created in `dest` are removed.
+    Raises DownloadFailed with a user-facing reason (`NotReady` for media not out yet, whose
+    release time `clock` reads), or DownloadCancelled once `cancel` is set; either way the
+    files this call created in `dest` are removed.
     """
     format_sort = _format_sort(max_resolution)  # a bad value is the caller's bug: fail first
     try:
@@ -1054,7 +1135,8 @@ def download(
             raise DownloadCancelled(f"download of {url} cancelled") from None
         if not isinstance(exc, Exception):
             raise  # KeyboardInterrupt, SystemExit: not ours to translate
-        raise _without_paths(_failure(exc, url, audio_only=audio_only), dest) from None
+        failure = _failure(exc, url, audio_only=audio_only, clock=clock)
+        raise _without_paths(failure, dest) from None
     if cancel is not None and cancel.is_set():
         _remove_new_files(dest, before)
         raise DownloadCancelled(f"download of {url} cancelled")

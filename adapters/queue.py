@@ -194,6 +194,8 @@ async def dispatch(redis: ArqRedis, d: Dispatch) -> bool:
         unit_id=d.unit_id,
         defer=d.defer,
         due_ms=d.due_ms,
+        # Kept from when it is due, however long it waits (media not out yet: days).
+        expires=UNIT_EXPIRES + d.defer,
         correlation_id=d.correlation_id,
         causation_id=d.causation_id,
     )
@@ -219,6 +221,9 @@ def unit_for(job_id: str, ev: Event) -> Dispatch | None:
         return Dispatch(job_id, ev.run, ev.retry_stage, ev.retry_attempt, ev.node_id, ev.retry_in)
     if isinstance(ev, job.StageInterrupted):
         return Dispatch(job_id, ev.run, ev.stage, ev.attempt + 1, ev.node_id)
+    if isinstance(ev, job.MediaNotReady):
+        # Any node may try again, when the wait is over.
+        return Dispatch(job_id, ev.run, "download", ev.attempt + 1, defer=ev.retry_in)
     if isinstance(ev, job.JobResumed) and ev.due:
         return Dispatch(job_id, ev.run, ev.stage, ev.attempt, ev.node_id)
     return None

@@ -11,6 +11,7 @@ import msgspec
 import platformdirs
 
 from spool.domain.node_health import DiskFloor, parse_disk_floor
+from spool.domain.not_ready import WaitPolicy
 
 _NUMERIC_ENV = {
     "stage_attempts": "SPOOL_STAGE_ATTEMPTS",
@@ -45,6 +46,9 @@ _NUMERIC_ENV = {
     "subscription_max_items": "SPOOL_SUBSCRIPTION_MAX_ITEMS",
     "subscription_checks": "SPOOL_SUBSCRIPTION_CHECKS",
     "subscription_check_timeout": "SPOOL_SUBSCRIPTION_CHECK_TIMEOUT",
+    "not_ready_backoff": "SPOOL_NOT_READY_BACKOFF",
+    "not_ready_backoff_max": "SPOOL_NOT_READY_BACKOFF_MAX",
+    "not_ready_limit": "SPOOL_NOT_READY_LIMIT",
 }
 
 _FLAG_ENV = {
@@ -160,6 +164,13 @@ class Settings(msgspec.Struct, kw_only=True):
     # (domain/archive.py; read by the node). Off, every job downloads and the archive still
     # fills: for benches and test harnesses that fetch one clip again and again.
     archive_skips: bool = True
+    # Media not out yet (a premiere, an upcoming live stream, a video still being processed:
+    # domain/not_ready.py): seconds before its download tries again (doubling each time up to
+    # `not_ready_backoff_max`, or shortly after the release time the source gives), and how
+    # long a run waits in all before the job fails. Read by the node.
+    not_ready_backoff: float = 300.0
+    not_ready_backoff_max: float = 3600.0
+    not_ready_limit: float = 172_800.0
 
     def __post_init__(self) -> None:
         parse_disk_floor(self.disk_floor)  # a malformed floor stops the process at its start
@@ -202,6 +213,14 @@ class Settings(msgspec.Struct, kw_only=True):
         if "data_dir" in values:
             values["data_dir"] = Path(str(values["data_dir"])).expanduser()
         return msgspec.convert(values, cls, strict=False)
+
+    def not_ready_policy(self) -> WaitPolicy:
+        """How a job waits for media that is not out yet (`not_ready_*`)."""
+        return WaitPolicy(
+            first=self.not_ready_backoff,
+            longest=self.not_ready_backoff_max,
+            limit=self.not_ready_limit,
+        )
 
     def resolved_disk_floor(self) -> DiskFloor:
         """The free-disk floor `disk_floor` says."""

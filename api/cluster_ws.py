@@ -54,6 +54,7 @@ JOB_EVENTS: frozenset[str] = frozenset(
         job.JobSkipped,
         job.StageFailed,
         job.StageInterrupted,
+        job.MediaNotReady,
         job.JobFailed,
         job.JobCancelled,
         job.JobRetried,
@@ -87,6 +88,7 @@ JOB_STATUS = {
     job.JobFailed.__name__: "Failed",
     job.JobCancelled.__name__: "Cancelled",
     job.JobRetried.__name__: "Pending",
+    job.MediaNotReady.__name__: "Pending",  # waits for its media (domain/not_ready.py)
 }
 
 
@@ -241,6 +243,8 @@ class ClusterFeed:
                 stage = "mux"
             elif isinstance(ev, job.JobCompleted):
                 stage = "upload"
+            elif isinstance(ev, job.MediaNotReady):
+                stage = ev.stage
             return Update(
                 {
                     "type": "job_update",

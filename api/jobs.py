@@ -115,6 +115,9 @@ class JobView(msgspec.Struct, omit_defaults=False):
     """The item's id in the account's download archive (`GET /archive`), once downloaded."""
     archived_by_job: str | None = None
     """A Skipped job's: the job that holds the item in the archive (fetched it before)."""
+    next_try_at: int | None = None
+    """While it waits for media not out yet (Pending, `error` saying so): when its download
+    tries again (domain/not_ready.py)."""
 
 
 class JobPauseAnswer(msgspec.Struct):
@@ -271,6 +274,7 @@ def view(
         subscription_id=state.subscription_id,
         archive_id=state.archive_id,
         archived_by_job=state.archived_by_job,
+        next_try_at=_ms(state.next_try_at),
     )
 
 

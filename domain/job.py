@@ -9,12 +9,12 @@ duplicate deliveries harmless.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
 
-from spool.domain import failure_groups
+from spool.domain import failure_groups, not_ready
 from spool.domain.aggregate import Aggregate
 from spool.domain.errors import InvalidTransition
 from spool.domain.events import Event, event, registry
@@ -359,6 +359,27 @@ class StageDeferred(Event, frozen=True, kw_only=True):
     paused_by: PausedBy
 
 
+@event
+class MediaNotReady(Event, frozen=True, kw_only=True):
+    """The download found its media not out yet (a premiere, an upcoming live stream, a video
+    still being processed: domain/not_ready.py). No failure and no attempt spent: the job
+    waits, Pending, and the download runs again as `attempt + 1` in `retry_in` seconds."""
+
+    run: int
+    attempt: int
+    node_id: str
+    reason: str
+    """What the source said."""
+    ready_at: datetime | None = None
+    """When the source says the media is out, if it says."""
+    retry_in: float
+
+    @property
+    def stage(self) -> Stage:
+        """The stage it ends an attempt of: always the download."""
+        return "download"
+
+
 # -- state -----------------------------------------------------------------------------------
 
 
@@ -436,6 +457,12 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     item_id: str | None = None
     archived_by_job: str | None = None
     """A Skipped job's: the job that holds the item in the account's archive."""
+    waits: int = 0
+    """The current run's waits for media not out yet (`MediaNotReady`)."""
+    waiting_since: datetime | None = None
+    """When the current run first found its media not out yet."""
+    next_try_at: datetime | None = None
+    """While the job waits for its media: when its download tries again."""
 
     @property
     def terminal(self) -> bool:
@@ -672,6 +699,53 @@ def fail_stage(
     ]
 
 
+def wait_for_media(
+    state: JobState,
+    run: int,
+    attempt: int,
+    *,
+    node_id: str,
+    reason: str,
+    ready_at: datetime | None,
+    now: datetime,
+    policy: not_ready.WaitPolicy,
+) -> list[Event]:
+    """The download found its media not out yet: wait and try again later, spending no attempt;
+    or, once the run has waited its limit (or the media comes out only after it), fail the
+    job saying so (domain/not_ready.py)."""
+    _require_current(state, "download", run, attempt)
+    since = state.waiting_since or now
+    delay = not_ready.next_try(
+        policy,
+        waits=state.waits,
+        waited=(now - since).total_seconds(),
+        ready_in=None if ready_at is None else (ready_at - now).total_seconds(),
+    )
+    if delay is None:
+        failure = not_ready.given_up(reason, policy, ready_at, now)
+        return fail_stage(
+            state,
+            "download",
+            run,
+            attempt,
+            node_id=node_id,
+            reason=failure,
+            error_type="warning",
+            retryable=False,
+            blame="source",
+        )
+    return [
+        MediaNotReady(
+            run=run,
+            attempt=attempt,
+            node_id=node_id,
+            reason=reason,
+            ready_at=ready_at,
+            retry_in=delay,
+        )
+    ]
+
+
 def interrupt_stage(
     state: JobState, stage: Stage, run: int, attempt: int, *, node_id: str
 ) -> list[Event]:
@@ -815,10 +889,14 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         raise InvalidTransition(f"{type(ev).__name__} before JobCreated")
     replace = msgspec.structs.replace
     if isinstance(ev, StageStarted):
+        waited = state.next_try_at is not None  # the note it showed while it waited goes
         return replace(
             state,
             updated_at=at,
             version=version,
+            next_try_at=None,
+            error=None if waited else state.error,
+            error_type=None if waited else state.error_type,
             status="Processing",
             step=STEP_OF[ev.stage],
             node_id=ev.node_id,
@@ -933,11 +1011,30 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
                 interruptions=state.interruptions + 1,
                 progress=None,
             )
+    elif isinstance(ev, MediaNotReady):
+        if (ev.run, ev.attempt) == (state.run, state.attempt) and state.stage == "download":
+            next_at = at + timedelta(seconds=ev.retry_in)
+            return replace(
+                state,
+                updated_at=at,
+                version=version,
+                status="Pending",
+                step="Queued",
+                attempt=ev.attempt + 1,
+                interruptions=state.interruptions + 1,  # spends no attempt, as a shutdown does
+                progress=None,
+                waits=state.waits + 1,
+                waiting_since=state.waiting_since or at,
+                next_try_at=next_at,
+                error=not_ready.note(ev.reason, ev.ready_at, next_at),
+                error_type="warning",
+            )
     elif isinstance(ev, JobFailed):
         return replace(
             state,
             updated_at=at,
             version=version,
+            next_try_at=None,
             status="Failed",
             step="Finished",
             error=ev.reason,
@@ -967,6 +1064,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             state,
             updated_at=at,
             version=version,
+            next_try_at=None,
             status="Cancelled",
             step="Finished",
             error=None,
@@ -993,6 +1091,9 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             stage=ev.from_stage,
             attempt=1,
             interruptions=0,
+            waits=0,
+            waiting_since=None,
+            next_try_at=None,
             progress=None,
             finished_at=None,
             retried_at=at,
@@ -1111,6 +1212,7 @@ AGGREGATE: Aggregate[JobState] = Aggregate(
         JobPaused,
         JobResumed,
         StageDeferred,
+        MediaNotReady,
     ),
 )
 

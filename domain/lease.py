@@ -32,6 +32,7 @@ ATTEMPT_ENDERS: tuple[type[Event], ...] = (
     job.JobCancelled,
     job.JobRetried,
     job.StageDeferred,
+    job.MediaNotReady,
 )
 """The job events that end whichever attempt is running. A StageStarted followed by one grants
 nothing any more, even when the job comes back to a unit of the same id: a mux or an upload

@@ -53,8 +53,16 @@ SLOTS_SECONDS = 2.0
 TIDY_EVERY = 30
 """`Ticks` passes between two mendings of the line's counts (`dispatch_queue.tidy`)."""
 
-DOWNLOAD_ENDS = (job.DownloadCompleted, job.JobSkipped, job.StageFailed, job.StageInterrupted)
-"""Events after which a node's download slot may be free: a unit leaves Redis's queue."""
+DOWNLOAD_ENDS = (
+    job.DownloadCompleted,
+    job.JobSkipped,
+    job.StageFailed,
+    job.StageInterrupted,
+    job.MediaNotReady,
+)
+"""Events after which a node's download slot may be free: a unit leaves Redis's queue. (A
+download whose media is not out yet goes back to Redis's queue due later, which `_send_due`'s
+count of due units leaves out until then: waiting, it holds no room in the line.)"""
 
 SHARE_ROUNDS = 3
 """Times a pass hands out again the room that accounts with only held jobs left unused."""
@@ -81,6 +89,7 @@ class PipelineReactor:
             job.MuxCompleted,
             job.StageFailed,
             job.StageInterrupted,
+            job.MediaNotReady,
             job.JobCancelled,
             job.JobFailed,
             job.JobPaused,

@@ -148,7 +148,7 @@ class Reconciler:
                 if self._suspects.get(unit) != verdict:
                     suspects[unit] = verdict  # act only if the next pass sees the same
                     continue
-                action = await self._repair(state, unit, verdict)
+                action = await self._repair(state, unit, verdict, now)
             if action:
                 actions.append(action)
                 log.info("%s", action)
@@ -232,7 +232,9 @@ class Reconciler:
         since = await lease_facts.current_since(self.store, state.job_id)
         return enqueued is not None and since is not None and enqueued < since
 
-    async def _repair(self, state: job.JobState, unit: str, verdict: str) -> str | None:
+    async def _repair(
+        self, state: job.JobState, unit: str, verdict: str, now: datetime
+    ) -> str | None:
         if verdict == "earlier unit":
             await forget(self.redis, unit)
         if verdict in ("missing", "earlier unit"):
@@ -240,12 +242,15 @@ class Reconciler:
             meta = await following(
                 self.store, job.stream_id(state.job_id), state.version, actor="reconciler"
             )
+            # A job waiting for media not out yet keeps its wait (domain/not_ready.py).
+            wait = (state.next_try_at - now).total_seconds() if state.next_try_at else 0.0
             d = Dispatch(
                 state.job_id,
                 state.run,
                 state.stage,
                 state.attempt,
                 state.node_id,
+                defer=max(0.0, wait),
                 correlation_id=meta.correlation_id,
                 causation_id=meta.causation_id,
             )

@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -80,6 +81,16 @@ def files_gone(what: str, state: job.JobState, node_id: str) -> StageError:
 
 class StageCancelled(Exception):
     """The job was cancelled while the stage ran."""
+
+
+class NotReady(Exception):
+    """The download found its media not out yet: no failure, the job waits and tries again
+    later (domain/not_ready.py). `str()` is what the source said."""
+
+    def __init__(self, reason: str, *, ready_at: datetime | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.ready_at = ready_at
 
 
 def unexpected(exc: Exception) -> StageError:
@@ -204,6 +215,9 @@ async def download(
         )
     except downloader.DownloadCancelled:
         raise StageCancelled from None
+    except downloader.NotReady as exc:
+        ready_at = None if exc.ready_at is None else datetime.fromtimestamp(exc.ready_at, UTC)
+        raise NotReady(str(exc), ready_at=ready_at) from None
     except downloader.DownloadFailed as exc:
         raise StageError(
             str(exc), retryable=exc.retryable, error_type=exc.kind, blame="source"

@@ -106,6 +106,12 @@ def _job_note(ev: Event, e: RecordedEvent, names: Names) -> str:
             f"{ev.stage} attempt {ev.attempt} on {ev.node_id}: interrupted by {ev.reason}; "
             f"{ev.stage} runs again as attempt {ev.attempt + 1} (no attempt spent)"
         )
+    if isinstance(ev, job.MediaNotReady):
+        out = f"; out at {ev.ready_at:%Y-%m-%d %H:%M:%S %Z}" if ev.ready_at else ""
+        return (
+            f"download attempt {ev.attempt} on {ev.node_id}: not out yet ({ev.reason}){out}; "
+            f"waits {ev.retry_in:g}s, then download attempt {ev.attempt + 1} (no attempt spent)"
+        )
     if isinstance(ev, job.JobFailed):
         return f"at {ev.stage}: {ev.reason}"
     if isinstance(ev, job.JobCancelled):
@@ -139,7 +145,11 @@ def job_timeline(stream_id: str, events: Sequence[RecordedEvent], names: Names) 
             entry.stage = ev.stage
             if ev.node_id not in timeline.nodes:
                 timeline.nodes.append(ev.node_id)
-        ended = ev if isinstance(ev, job.StageFailed | job.StageInterrupted) else None
+        ended = (
+            ev
+            if isinstance(ev, job.StageFailed | job.StageInterrupted | job.MediaNotReady)
+            else None
+        )
         stage = _STAGE_DONE.get(type(ev)) or (ended.stage if ended is not None else None)
         if stage is not None and stage in started:
             seconds = (e.recorded_at - started.pop(stage)).total_seconds()

@@ -4,7 +4,8 @@ A row opens at StageStarted (its node and start; the last StageStarted of an att
 in the job's own timings) and closes at the attempt's end: DownloadCompleted, MuxCompleted or
 JobCompleted (`completed`, with the worker's measured time and the bytes it moved), StageFailed
 (`failed`, with the reason), StageInterrupted (`interrupted`: its node was stopped; the stage
-runs again) or JobCancelled while it ran (`cancelled`). An attempt that failed
+runs again), MediaNotReady (`not_ready`: the media is not out yet, the download runs again
+later) or JobCancelled while it ran (`cancelled`). An attempt that failed
 before any node started it (a timeout) has a row with no start. A failed attempt the
 reconciler handed on because its node's lease expired (domain/lease.py) has `lease_expired`
 set: `/metrics` counts them (`spool_lease_expiries_total`, api/metrics.py).
@@ -36,7 +37,7 @@ job_stages = sa.Table(
     sa.Column("node_id", sa.Text),
     sa.Column("started_at", sa.DateTime(timezone=True)),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
-    sa.Column("outcome", sa.Text),  # completed | failed | cancelled; NULL while it runs
+    sa.Column("outcome", sa.Text),  # completed | failed | interrupted | not_ready | cancelled
     sa.Column("work_ms", sa.BigInteger),  # the worker's own measure of a completed attempt
     sa.Column("bytes", sa.BigInteger),
     sa.Column("reason", sa.Text),
@@ -76,6 +77,7 @@ EVENT_TYPES: frozenset[str] = types_of(
     job.JobCompleted,
     job.StageFailed,
     job.StageInterrupted,
+    job.MediaNotReady,
     job.JobCancelled,
 )
 
@@ -115,6 +117,10 @@ def evolve(rows: dict[StageKey, StageRow], job_id: str, ev: Event, at: datetime)
         row = _row(rows, (job_id, ev.run, ev.stage, ev.attempt))
         row.finished_at, row.outcome, row.node_id = at, "interrupted", ev.node_id
         row.reason = f"interrupted by the {ev.reason} of node {ev.node_id}"
+    elif isinstance(ev, job.MediaNotReady):
+        row = _row(rows, (job_id, ev.run, "download", ev.attempt))
+        row.finished_at, row.outcome, row.node_id = at, "not_ready", ev.node_id
+        row.reason = ev.reason
     elif isinstance(ev, job.JobCancelled) and ev.stage is not None:
         for key, row in rows.items():
             if key[:3] == (job_id, ev.run, ev.stage) and row.outcome is None:

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -342,6 +343,8 @@ class StageRunner(Drain):
         except Exception as exc:
             if unit.interrupted:
                 return await self._interrupt(unit)  # the stop cut it short, whatever it raised
+            if isinstance(exc, stages.NotReady):
+                return await self._wait(unit, exc)
             if isinstance(exc, stages.StageError):
                 return await self._fail(unit, exc)
             if not isinstance(exc, stages.StageCancelled):
@@ -513,6 +516,36 @@ class StageRunner(Drain):
             and self.disk_floor is None
             and job.reusable_from(state) != "download"
         )
+
+    async def _wait(self, unit: RunningUnit, exc: stages.NotReady) -> str:
+        """The media is not out yet: record the wait (the download runs again later, no attempt
+        spent, on whichever node takes it then), or the job's failure once its run has waited
+        its limit. Either way the slot is free now: nothing here waits."""
+        events: list[Event] = []
+
+        def decide(state: job.JobState) -> list[Event]:
+            events[:] = job.wait_for_media(
+                state,
+                unit.run,
+                unit.attempt,
+                node_id=self.node_id,
+                reason=exc.reason,
+                ready_at=exc.ready_at,
+                now=datetime.now(UTC),
+                policy=self.settings.not_ready_policy(),
+            )
+            return events
+
+        state = await self._record(unit, decide)
+        workdir = self.workdir(unit.job_id, unit.run)
+        if state is None:
+            return await self._left_behind(unit, workdir)
+        stages.remove_workdir(workdir)
+        if any(isinstance(e, job.JobFailed) for e in events):
+            return "failed: not out in time"
+        self._remember(state)
+        waited = next(e for e in events if isinstance(e, job.MediaNotReady))
+        return f"not out yet: tries again in {waited.retry_in:g} s"
 
     async def _fail(self, unit: RunningUnit, exc: stages.StageError) -> str:
         events: list[Event] = []
