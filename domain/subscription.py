@@ -8,6 +8,11 @@ processes; a claim older than the check timeout may be taken over) and ends with
 seen. The times of a check are the checking process's clock (`started_at`, `finished_at`), so
 a test can drive it; the next check is due `interval` plus a jitter after the last one started,
 so a check missed while Spool was down runs once, not once per interval missed.
+
+A subscription's `Retention` says which of its items keep their file (the last `keep_last`,
+those finished within `keep_days`); the retention pass deletes the others' files through the
+jobs' own delete (application/subscription_retention.py), so the subscription's stream holds
+only the rule, and each job the fact.
 """
 
 from __future__ import annotations

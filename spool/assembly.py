@@ -89,7 +89,7 @@ class Timings:
     """Between the operations runner's looks for unfinished bulk actions."""
     subscriptions_tick: float = 5.0
     """Between the subscription checks' looks for due subscriptions."""
-    retention_tick: float = 60.0
+    subscription_retention_tick: float = 60.0
     """Between the subscriptions' retention passes."""
 
 
@@ -162,7 +162,9 @@ def assemble(
         built[SUBSCRIPTIONS] = Alongside(
             (
                 SubscriptionChecks(store, settings, tick=timings.subscriptions_tick),
-                SubscriptionRetention(store, settings, storage, tick=timings.retention_tick),
+                SubscriptionRetention(
+                    store, settings, storage, tick=timings.subscription_retention_tick
+                ),
             )
         )
     if NODE in parts:
