@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from spool.adapters.account_storage import AccountStorages
 from spool.adapters.event_store import EventStore
+from spool.adapters.job_store import load_job
 from spool.adapters.read_models import jobs as job_rows
 from spool.application.jobs import delete_job_file
 from spool.domain import subscription
@@ -78,6 +79,8 @@ async def apply_retention(
         except (InvalidTransition, NotFound):
             continue  # deleted meanwhile (by another pass, or by hand): not this pass's to record
         except DomainError as exc:
+            if await _deleted_meanwhile(store, job_id):
+                continue  # another pass deleted it between this one's read and its delete
             # By ids only: the error names the storage key, which may hold a title.
             log.warning(
                 "retention of subscription %s left job %s's file: %s",
@@ -89,3 +92,8 @@ async def apply_retention(
             continue
         deleted.append(job_id)
     return Retained(deleted, left)
+
+
+async def _deleted_meanwhile(store: EventStore, job_id: str) -> bool:
+    state = await load_job(store, job_id)
+    return state is not None and state.file_deleted
