@@ -29,34 +29,52 @@ from spool.api.targets import refuse_forbidden_target
 from spool.application import subscriptions as commands
 from spool.application.jobs import NewJob
 from spool.domain.job_options import AskedOptions
-from spool.domain.subscription import Schedule, SubscriptionState, check_schedule
+from spool.domain.subscription import (
+    Retention,
+    Schedule,
+    SubscriptionState,
+    check_retention,
+    check_schedule,
+)
 
 DEFAULT_MAX_ITEMS = 10
+
+
+class RetentionBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which items keep their file: the last `keep_last` (by when their job finished), and
+    those that finished within `keep_days` days; an item's file is deleted when either says
+    so. At least one is given."""
+
+    keep_last: int | None = None
+    keep_days: int | None = None
 
 
 class CreateSubscriptionBody(AskedOptions, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """`POST /subscriptions`: the URL to watch, how often (`interval` seconds, plus up to
     `jitter`), from when (`since`: ISO 8601 or ms since the epoch), how many new items a check
-    takes at most (`max_items`), and what `POST /jobs` takes for each item: its options,
-    `storage` and `labels`."""
+    takes at most (`max_items`), which items keep their file (`retention`), and what `POST
+    /jobs` takes for each item: its options, `storage` and `labels`."""
 
     url: str
     interval: int
     jitter: int = 0
     since: str | int | None = None
     max_items: int = DEFAULT_MAX_ITEMS
+    retention: RetentionBody | None = None
     storage: dict[str, Any] | None = None
     labels: dict[str, str] | None = None
 
 
 class ChangeSubscriptionBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """`PATCH /subscriptions/{id}`: each field given replaces the subscription's (`since: null`
-    clears it; `options` replaces the items' options whole, as `POST /jobs` takes them)."""
+    and `retention: null` clear theirs; `options` replaces the items' options whole, as `POST
+    /jobs` takes them, and `retention` its retention whole)."""
 
     interval: int | None = None
     jitter: int | None = None
     since: str | int | msgspec.UnsetType | None = msgspec.UNSET
     max_items: int | None = None
+    retention: RetentionBody | msgspec.UnsetType | None = msgspec.UNSET
     options: dict[str, Any] | None = None
     labels: dict[str, str] | None = None
 
@@ -84,6 +102,11 @@ class LastCheckView(msgspec.Struct, omit_defaults=False):
     error: str | None
 
 
+class RetentionView(msgspec.Struct, omit_defaults=False):
+    keep_last: int | None
+    keep_days: int | None
+
+
 class SubscriptionView(msgspec.Struct, omit_defaults=False):
     """A subscription; times are ms since the epoch."""
 
@@ -95,6 +118,8 @@ class SubscriptionView(msgspec.Struct, omit_defaults=False):
     jitter: int
     since: int | None
     max_items: int
+    retention: RetentionView | None
+    """Which items keep their file (null: all of them)."""
     options: dict[str, Any]
     labels: dict[str, str]
     own_storage: bool
@@ -137,6 +162,11 @@ def view(state: SubscriptionState) -> SubscriptionView:
         jitter=state.schedule.jitter,
         since=_ms(state.schedule.since),
         max_items=state.schedule.max_items,
+        retention=None
+        if state.retention is None
+        else RetentionView(
+            keep_last=state.retention.keep_last, keep_days=state.retention.keep_days
+        ),
         options=msgspec.to_builtins(state.options),
         labels=state.labels,
         own_storage=state.storage is not None,
@@ -168,6 +198,13 @@ def _since(raw: str | int | None) -> datetime | None:
     at = time_param("since", raw)
     assert at is not None
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _retention(body: RetentionBody | None) -> Retention | None:
+    """The retention asked for, if Spool can keep to it (a 400 naming the field else)."""
+    if body is None:
+        return None
+    return check_retention(Retention(keep_last=body.keep_last, keep_days=body.keep_days))
 
 
 def _cursor(at: datetime, key: str) -> str:
@@ -236,6 +273,7 @@ class SubscriptionsController(Controller):
         bounds = _bounds(settings)
         limits = await commands.limits_of(services.store, principal.account_id, bounds)
         check_schedule(schedule, limits)  # refused (400) before the source is read
+        retention = _retention(body.retention)
         if await playlist_of(services, principal, valid.url) is None:
             raise JobApiError(
                 status_code=400,
@@ -247,7 +285,7 @@ class SubscriptionsController(Controller):
         new = NewJob(url=valid.url, options=valid.options, storage=storage, labels=valid.labels)
         meta = command_metadata(request, principal.key_id)
         state = await commands.create_subscription(
-            services.store, principal.account_id, new, schedule, bounds, meta
+            services.store, principal.account_id, new, schedule, bounds, meta, retention
         )
         return view(state)
 
@@ -285,8 +323,9 @@ class SubscriptionsController(Controller):
         principal: Principal,
         subscription_id: str,
     ) -> SubscriptionView:
-        """Change `interval`, `jitter`, `since` (null: none), `max_items`, the items'
-        `options` (replaced whole) or `labels`; what is left out stays."""
+        """Change `interval`, `jitter`, `since` (null: none), `max_items`, `retention`
+        (replaced whole; null: none), the items' `options` (replaced whole) or `labels`; what
+        is left out stays. A retention lowered applies at the next retention pass."""
         body = decode_strictly(_change_decoder, await request.body() or b"{}")
         store: EventStore = services.store
         state = await commands.owned_subscription(store, principal.account_id, subscription_id)
@@ -305,6 +344,7 @@ class SubscriptionsController(Controller):
             options = valid.options if body.options is not None else None
             labels = valid.labels if body.labels is not None else None
         since = body.since
+        retention = body.retention
         change = commands.Change(
             interval=body.interval,
             jitter=body.jitter,
@@ -313,6 +353,8 @@ class SubscriptionsController(Controller):
             max_items=body.max_items,
             options=options,
             labels=labels,
+            retention=None if isinstance(retention, msgspec.UnsetType) else _retention(retention),
+            clear_retention=retention is None,
         )
         settings: Settings = services.settings
         meta = command_metadata(request, principal.key_id)

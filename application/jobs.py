@@ -253,9 +253,17 @@ async def retry_job(
 
 
 async def delete_job_file(
-    store: EventStore, storages: AccountStorages, account_id: str, job_id: str, meta: Metadata
+    store: EventStore,
+    storages: AccountStorages,
+    account_id: str,
+    job_id: str,
+    meta: Metadata,
+    reason: str | None = None,
 ) -> job.JobState:
-    """Delete the files a completed job wrote, if they are still the ones it wrote."""
+    """Delete the files a completed job wrote, if they are still the ones it wrote; `reason`
+    (recorded with `FileDeleted`) says why when it is not the user's own request. A file
+    deleted already is refused (InvalidTransition) by the job's state, so however many callers
+    race, `FileDeleted` is appended once."""
     state = await owned_job(store, account_id, job_id)
     job.delete_file(state)  # refused before any storage is touched
     storage = await storages.for_job(state.account_id, state.storage_override)
@@ -273,7 +281,7 @@ async def delete_job_file(
             f"The file at {changed[0]} is no longer the one this job wrote "
             f"(replaced or removed); {removed}"
         )
-    return await decide(store, account_id, job_id, job.delete_file, meta)
+    return await decide(store, account_id, job_id, lambda s: job.delete_file(s, reason), meta)
 
 
 async def label_job(

@@ -24,7 +24,7 @@ from spool.domain.errors import ConcurrencyError, Conflict, NotFound
 from spool.domain.events import Event, Metadata, NewEvent
 from spool.domain.job_options import JobOptions
 from spool.domain.source_data import made_safe
-from spool.domain.subscription import Limits, Schedule, SubscriptionState
+from spool.domain.subscription import Limits, Retention, Schedule, SubscriptionState
 
 
 class Bounds(NamedTuple):
@@ -50,9 +50,11 @@ async def create_subscription(
     schedule: Schedule,
     bounds: Bounds,
     meta: Metadata,
+    retention: Retention | None = None,
 ) -> SubscriptionState:
-    """A subscription of `new.url` whose items become jobs like `new`; QuotaExceeded when the
-    account has `max_subscriptions` already (counted from the log, under the account's lock)."""
+    """A subscription of `new.url` whose items become jobs like `new`, their files kept as
+    `retention` says; QuotaExceeded when the account has `max_subscriptions` already (counted
+    from the log, under the account's lock)."""
     limits = await limits_of(store, account_id, bounds)
     subscription_id = str(uuid.uuid4())
     events = subscription.create(
@@ -64,6 +66,7 @@ async def create_subscription(
         labels=new.labels,
         schedule=schedule,
         limits=limits,
+        retention=retention,
     )
 
     async def create(conn: asyncpg.Connection) -> SubscriptionState:
@@ -115,6 +118,8 @@ class Change(msgspec.Struct, frozen=True, kw_only=True):
     max_items: int | None = None
     options: JobOptions | None = None
     labels: dict[str, str] | None = None
+    retention: Retention | None = None
+    clear_retention: bool = False
 
 
 def _changed(state: SubscriptionState, change: Change) -> Schedule:
@@ -135,7 +140,8 @@ async def change_subscription(
     bounds: Bounds,
     meta: Metadata,
 ) -> SubscriptionState:
-    """Change a subscription's schedule, its items' options or labels; the rest stays."""
+    """Change a subscription's schedule, its items' options, labels or retention (the next
+    retention pass keeps to the new one); the rest stays."""
     limits = await limits_of(store, account_id, bounds)
 
     def decision(state: SubscriptionState) -> list[Event]:
@@ -145,6 +151,11 @@ async def change_subscription(
             state.options if change.options is None else change.options,
             state.labels if change.labels is None else change.labels,
             limits,
+            None
+            if change.clear_retention
+            else state.retention
+            if change.retention is None
+            else change.retention,
         )
 
     return await _decide(store, account_id, raw_id, decision, meta)

@@ -289,7 +289,11 @@ class JobRetried(Event, frozen=True, kw_only=True):
 
 @event
 class FileDeleted(Event, frozen=True, kw_only=True):
+    """The job's uploaded files were deleted from storage; `reason` says why when it was not
+    asked for by hand ("retention of subscription <id>")."""
+
     key: str
+    reason: str | None = None
 
 
 WebhookKind = Literal["job.completed", "job.failed"]
@@ -804,13 +808,13 @@ def recorded_objects(completed: JobState | JobCompleted) -> list[StoredFile]:
     return found
 
 
-def delete_file(state: JobState) -> list[Event]:
-    """Record that the uploaded object was deleted."""
+def delete_file(state: JobState, reason: str | None = None) -> list[Event]:
+    """Record that the uploaded object was deleted (and why, when it was not by hand)."""
     if state.key is None or state.status != "Completed":
         raise InvalidTransition("Job has no uploaded file")
     if state.file_deleted:
         raise InvalidTransition("File already deleted")
-    return [FileDeleted(key=state.key)]
+    return [FileDeleted(key=state.key, reason=reason)]
 
 
 def label(state: JobState, changes: dict[str, str | None]) -> list[Event]:

@@ -8,6 +8,11 @@ processes; a claim older than the check timeout may be taken over) and ends with
 seen. The times of a check are the checking process's clock (`started_at`, `finished_at`), so
 a test can drive it; the next check is due `interval` plus a jitter after the last one started,
 so a check missed while Spool was down runs once, not once per interval missed.
+
+A subscription's `Retention` says which of its items keep their file (the last `keep_last`,
+those finished within `keep_days`); the retention pass deletes the others' files through the
+jobs' own delete (application/subscription_retention.py), so the subscription's stream holds
+only the rule, and each job the fact.
 """
 
 from __future__ import annotations
@@ -47,6 +52,24 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True):
     newest this many and leaves the older ones for good."""
 
 
+class Retention(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Which of a subscription's items keep their file: the last `keep_last`, and those whose
+    job finished within `keep_days` days. An item's file goes when either says so; only items
+    that still have a file count (a Completed job whose file was not deleted), newest finished
+    first."""
+
+    keep_last: int | None = None
+    keep_days: int | None = None
+
+    def cutoff(self, now: datetime) -> datetime | None:
+        """Items whose job finished before this are past `keep_days` (None: no such bound)."""
+        return None if self.keep_days is None else now - timedelta(days=self.keep_days)
+
+
+MAX_KEEP_LAST = 1000
+MAX_KEEP_DAYS = 3650
+
+
 class Limits(NamedTuple):
     """What an account's subscriptions may ask for (settings, and the account's policy)."""
 
@@ -64,15 +87,18 @@ class SubscriptionCreated(Event, frozen=True, kw_only=True):
     """A storage for its jobs only (as `POST /jobs` takes one), its credentials sealed."""
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     schedule: Schedule
+    retention: Retention | None = None
 
 
 @event
 class SubscriptionChanged(Event, frozen=True, kw_only=True):
-    """The user changed the subscription (`PATCH`): the whole new schedule, options and labels."""
+    """The user changed the subscription (`PATCH`): the whole new schedule, options, labels and
+    retention (None: every item keeps its file)."""
 
     schedule: Schedule
     options: JobOptions
     labels: dict[str, str] = msgspec.field(default_factory=dict)
+    retention: Retention | None = None
 
 
 @event
@@ -144,6 +170,8 @@ class SubscriptionState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults
     storage: StorageConfigured | None = None
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     schedule: Schedule
+    retention: Retention | None = None
+    """Which items keep their file (None: all)."""
     created_at: datetime
     updated_at: datetime
     version: int = 0
@@ -214,6 +242,20 @@ def check_schedule(schedule: Schedule, limits: Limits) -> Schedule:
     return schedule
 
 
+def check_retention(retention: Retention | None) -> Retention | None:
+    """The retention, if it says something Spool can keep to; InvalidCommand naming the field
+    else."""
+    if retention is None:
+        return None
+    if retention.keep_last is None and retention.keep_days is None:
+        raise InvalidCommand("retention must give keep_last, keep_days or both")
+    if retention.keep_last is not None and not 1 <= retention.keep_last <= MAX_KEEP_LAST:
+        raise InvalidCommand(f"retention.keep_last must be from 1 to {MAX_KEEP_LAST}")
+    if retention.keep_days is not None and not 1 <= retention.keep_days <= MAX_KEEP_DAYS:
+        raise InvalidCommand(f"retention.keep_days must be from 1 to {MAX_KEEP_DAYS}")
+    return retention
+
+
 def create(
     *,
     subscription_id: str,
@@ -224,6 +266,7 @@ def create(
     labels: dict[str, str],
     schedule: Schedule,
     limits: Limits,
+    retention: Retention | None = None,
 ) -> list[Event]:
     """Decide the creation of a subscription."""
     return [
@@ -235,6 +278,7 @@ def create(
             storage=storage,
             labels=labels,
             schedule=check_schedule(schedule, limits),
+            retention=check_retention(retention),
         )
     ]
 
@@ -250,13 +294,16 @@ def change(
     options: JobOptions,
     labels: dict[str, str],
     limits: Limits,
+    retention: Retention | None,
 ) -> list[Event]:
     """Decide a change; nothing when nothing changes."""
     _alive(state)
-    if (schedule, options, labels) == (state.schedule, state.options, state.labels):
+    now = (state.schedule, state.options, state.labels, state.retention)
+    if (schedule, options, labels, retention) == now:
         return []
     checked = check_schedule(schedule, limits)
-    return [SubscriptionChanged(schedule=checked, options=options, labels=labels)]
+    kept = check_retention(retention)
+    return [SubscriptionChanged(schedule=checked, options=options, labels=labels, retention=kept)]
 
 
 def pause(state: SubscriptionState) -> list[Event]:
@@ -386,6 +433,7 @@ def evolve(
             storage=ev.storage,
             labels=dict(ev.labels),
             schedule=ev.schedule,
+            retention=ev.retention,
             created_at=at,
             updated_at=at,
             version=version,
@@ -395,7 +443,13 @@ def evolve(
     replace = msgspec.structs.replace
     state = replace(state, version=version, updated_at=at)
     if isinstance(ev, SubscriptionChanged):
-        return replace(state, schedule=ev.schedule, options=ev.options, labels=dict(ev.labels))
+        return replace(
+            state,
+            schedule=ev.schedule,
+            options=ev.options,
+            labels=dict(ev.labels),
+            retention=ev.retention,
+        )
     if isinstance(ev, SubscriptionPaused | SubscriptionResumed):
         return replace(state, paused=isinstance(ev, SubscriptionPaused))
     if isinstance(ev, SubscriptionDeleted):

@@ -24,6 +24,7 @@ from spool.reactors.pipeline import PipelineReactor, Ticks
 from spool.reactors.projection import ProjectionRunner
 from spool.reactors.reconciler import Reconciler
 from spool.reactors.scheduler import Scheduler
+from spool.reactors.subscription_retention import SubscriptionRetention
 from spool.reactors.subscriptions import SubscriptionChecks
 from spool.reactors.viewer_timeouts import ViewerTimeouts
 from spool.reactors.webhooks import WebhookReactor
@@ -88,6 +89,8 @@ class Timings:
     """Between the operations runner's looks for unfinished bulk actions."""
     subscriptions_tick: float = 5.0
     """Between the subscription checks' looks for due subscriptions."""
+    subscription_retention_tick: float = 60.0
+    """Between the subscriptions' retention passes."""
 
 
 def assemble(
@@ -156,7 +159,14 @@ def assemble(
             store, settings, storage, interval=timings.operations_tick
         )
     if SUBSCRIPTIONS in parts:
-        built[SUBSCRIPTIONS] = SubscriptionChecks(store, settings, tick=timings.subscriptions_tick)
+        built[SUBSCRIPTIONS] = Alongside(
+            (
+                SubscriptionChecks(store, settings, tick=timings.subscriptions_tick),
+                SubscriptionRetention(
+                    store, settings, storage, tick=timings.subscription_retention_tick
+                ),
+            )
+        )
     if NODE in parts:
         built[NODE] = node_type(store=store, redis=redis, storage=storage, settings=settings)
     return built

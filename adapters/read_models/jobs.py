@@ -72,6 +72,14 @@ jobs = sa.Table(
         postgresql_using="gin",
         postgresql_ops={"labels": "jsonb_path_ops"},
     ),
+    # The jobs of a subscription (migration 0031), by when they finished: its retention pass
+    # (`past_retention`) and `JobQuery.subscription_id` read them without the account's others.
+    sa.Index(
+        "jobs_subscription_idx",
+        sa.text("(state ->> 'subscription_id')"),
+        "finished_at",
+        postgresql_where=sa.text("(state ->> 'subscription_id') IS NOT NULL"),
+    ),
     # A Failed job's failure group (domain/failure_groups.py): `failures` groups by it.
     sa.Column("failure_group", sa.Text),
     sa.Index(
@@ -339,6 +347,56 @@ async def completed(
         *args,
     )
     return [ROWS.decode(r[0]) for r in rows]
+
+
+# A subscription's items that still have their file, newest finished first (`place` 1 is the
+# newest), as a podcast feed lists them; and whether any item's row lags its stream.
+_PAST_RETENTION = """
+WITH items AS (
+    SELECT job_id, finished_at, version,
+           row_number() OVER (ORDER BY finished_at DESC NULLS LAST, job_id DESC) AS place
+    FROM jobs
+    WHERE account_id = $1 AND state->>'subscription_id' = $2 AND status = 'Completed'
+      AND state->>'key' IS NOT NULL
+      AND NOT coalesce((state->>'file_deleted')::boolean, false)
+)
+SELECT i.job_id, EXISTS (
+    SELECT 1 FROM items l
+    WHERE EXISTS (
+        SELECT 1 FROM events e WHERE e.stream_id = 'job-' || l.job_id AND e.version > l.version
+    )
+) AS lagging
+FROM items i
+WHERE i.place > $3 OR i.finished_at < $4
+ORDER BY i.finished_at NULLS FIRST, i.job_id
+LIMIT $5
+"""
+
+
+class PastRetention(NamedTuple):
+    """The items past a subscription's retention, oldest first; `settled`: no item's row lags
+    its stream, so the places they were judged by are the log's."""
+
+    job_ids: list[str]
+    settled: bool
+
+
+async def past_retention(
+    pool: asyncpg.Pool,
+    account_id: str,
+    subscription_id: str,
+    *,
+    keep_last: int | None,
+    cutoff: datetime | None,
+    limit: int,
+) -> PastRetention:
+    """Up to `limit` of the subscription's items whose file goes, oldest finished first: an
+    item is a Completed job of it whose file is still stored (jobs not completed, and files
+    already deleted, are not items), placed newest finished first; it goes when it is not among
+    the `keep_last` newest, or when it finished before `cutoff` (domain.subscription.Retention:
+    either bound is enough)."""
+    rows = await pool.fetch(_PAST_RETENTION, account_id, subscription_id, keep_last, cutoff, limit)
+    return PastRetention([r[0] for r in rows], not any(r[1] for r in rows))
 
 
 class Matched(NamedTuple):

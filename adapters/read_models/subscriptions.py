@@ -217,6 +217,23 @@ async def due(pool: asyncpg.Pool, now: datetime, stale_before: datetime, limit: 
     return [Due(r[0], r[1]) for r in rows]
 
 
+async def with_retention(pool: asyncpg.Pool, *, after: str | None, limit: int) -> list[str]:
+    """Up to `limit` ids of subscriptions (active or paused) that have a retention, in id
+    order after `after` (None: from the first): a retention pass goes round them a page at a
+    time."""
+    rows = await pool.fetch(
+        """
+        SELECT subscription_id FROM subscriptions
+        WHERE status <> 'deleted' AND state ? 'retention'
+          AND ($1::text IS NULL OR subscription_id > $1)
+        ORDER BY subscription_id LIMIT $2
+        """,
+        after,
+        limit,
+    )
+    return [r[0] for r in rows]
+
+
 class CheckRow(NamedTuple):
     check_id: str
     status: str
