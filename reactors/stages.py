@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from spool.adapters import downloader, live_hls, muxer, thumbnails
+from spool.adapters import downloader, live_hls, media_verify, muxer, thumbnails
 from spool.adapters.owned_objects import delete_owned
 from spool.adapters.ssrf import UrlGuard
 from spool.adapters.storage import (
@@ -32,6 +32,7 @@ from spool.adapters.storage import (
 from spool.adapters.viewer_sessions import ViewerRecorder, ViewerSession
 from spool.domain import file_names, job, viewer
 from spool.domain.node_health import Blame
+from spool.domain.verification import VerificationFailed
 
 ProgressSink = Callable[[job.Progress], None]
 T = TypeVar("T")
@@ -371,6 +372,16 @@ async def mux(
         if session is not None:
             session.set_bitrate(viewer.bitrate(result.size, result.duration))
             _count(session, in_size, result.size)
+        verification = await media_verify.verify(
+            o,
+            result,
+            state.source_quality,
+            cancel=cancel,
+            on_decoding=lambda: progress(job.Progress(stage="mux", percent=100.0)),
+        )
+    except VerificationFailed as exc:
+        # The same file verifies the same on any retry of the mux (docs/job-api.md, verify).
+        raise StageError(str(exc), retryable=False, blame=exc.blame) from None
     except muxer.MuxCancelled:
         raise StageCancelled from None
     except muxer.Unreadable as exc:
@@ -395,6 +406,7 @@ async def mux(
         native_audio_codec=result.source_audio_codec,
         width=result.width,
         height=result.height,
+        verification=verification,
     )
 
 
