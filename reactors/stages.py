@@ -526,7 +526,12 @@ async def _upload(
 
 def _recorded(stored: StoredObject) -> job.StoredFile:
     return job.StoredFile(
-        key=stored.key, size=stored.size, etag=stored.etag, version_id=stored.version_id
+        key=stored.key,
+        size=stored.size,
+        etag=stored.etag,
+        version_id=stored.version_id,
+        sha256=stored.sha256,
+        sha256_checked=stored.sha256_checked,
     )
 
 

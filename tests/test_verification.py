@@ -129,7 +129,9 @@ def test_the_streams_are_the_ones_the_source_had_and_the_request_kept() -> None:
     m4a_with_video = _output(container="m4a")
     assert "audio only was asked" in _failure({"audio_only": True}, SOURCE, m4a_with_video)
     silent = _source(has_audio=False, audio_codecs=frozenset())
-    assert judge(resolve(AskedOptions()), silent, _output(audio_codec=None, audio_streams=0), "fast")
+    assert judge(
+        resolve(AskedOptions()), silent, _output(audio_codec=None, audio_streams=0), "fast"
+    )
 
 
 def test_a_lower_resolution_than_asked_that_the_source_did_not_offer_is_a_warning() -> None:
