@@ -64,9 +64,10 @@ async def test_a_multipart_upload_records_the_objects_sha256_and_s3_confirmed_ev
     head = s3_server.client().head_object(
         Bucket=s3_bucket, Key="media/big.mkv", ChecksumMode="ENABLED"
     )
-    assert head["ChecksumSHA256"].split("-")[0] != base64.b64encode(
-        bytes.fromhex(stored.sha256)
-    ).decode()
+    assert (
+        head["ChecksumSHA256"].split("-")[0]
+        != base64.b64encode(bytes.fromhex(stored.sha256)).decode()
+    )
 
 
 async def test_a_folder_records_the_sha256_and_says_it_was_not_checked(tmp_path: Path) -> None:
