@@ -1061,6 +1061,9 @@ AGGREGATE: Aggregate[JobState] = Aggregate(
     name="job",
     stream_id=stream_id,
     evolve=evolve,
+    # 2: `source_quality` (folded from DownloadCompleted's width and height, which older rows
+    # never kept) and `verification` (migration 0032).
+    snapshot_version=2,
     event_classes=(
         JobCreated,
         JobReleased,
