@@ -86,6 +86,10 @@ class MuxResult(msgspec.Struct):
     width: int | None = None
     """The written video's frame size; None for audio."""
     height: int | None = None
+    inputs: list[ProbeInfo] = msgspec.field(default_factory=list)
+    """The inputs as FFmpeg read them before the mux, in order (adapters/media_verify.py)."""
+    written: ProbeInfo | None = None
+    """The file written, as FFmpeg read it back."""
 
 
 class MuxFailed(Exception):
@@ -185,7 +189,7 @@ def probe(path: Path) -> ProbeInfo:
     # Without an output FFmpeg always exits non-zero; an "Input #0" header means it read the file.
     info = parse_probe(done.stderr, path)
     if info is None:
-        detail = _last_error(done.stderr.splitlines(), [path]) or "unreadable media"
+        detail = last_error(done.stderr.splitlines(), [path]) or "unreadable media"
         raise Unreadable(detail)
     return info
 
@@ -547,6 +551,8 @@ async def mux(
         source_audio_codec=_first_codec(infos, "audio"),
         width=video.width if video else None,
         height=video.height if video else None,
+        inputs=infos,
+        written=written,
     )
 
 
@@ -587,7 +593,7 @@ async def _run(
             raise MuxFailed(f"Muxing took longer than {limit:g} s and was stopped")
         code = run.result()
         if code != 0:
-            detail = _last_error(errors, paths) or f"FFmpeg exited with status {code}"
+            detail = last_error(errors, paths) or f"FFmpeg exited with status {code}"
             raise MuxFailed(f"Muxing failed: {detail}")
         succeeded = True
     finally:
@@ -685,7 +691,7 @@ _CONTEXT = re.compile(r"^\[[^\]]+ @ (0x)?[0-9a-fA-F]+\]\s*")
 _OPENING = re.compile(r"^Error opening (input|output) files?: ")
 
 
-def _last_error(lines: Iterable[str], paths: list[Path]) -> str | None:
+def last_error(lines: Iterable[str], paths: list[Path]) -> str | None:
     """The last meaningful FFmpeg error line, without addresses or any of `paths`' names."""
     meaningful = None
     for line in lines:

@@ -40,6 +40,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from spool.adapters.checksums import Sha256
 from spool.adapters.guarded_resolver import RefusedAddress, guarded_connector_args
 from spool.adapters.ssrf import UrlGuard
 
@@ -79,6 +80,8 @@ _RETRYABLE_CODES = frozenset(
         "TooManyRequestsException",
         "RequestLimitExceeded",
         "RequestThrottled",
+        # The body arrived other than it was sent (adapters/checksums.py): send it again.
+        "BadDigest",
     }
 )
 
@@ -98,6 +101,10 @@ class StoredObject(msgspec.Struct):
     version_id: str | None = None
     """What tells this very object from a later one at the same key, when the storage says:
     S3's version id (versioned buckets), a local file's inode and modification time."""
+    sha256: str | None = None
+    """The SHA-256 (hex) of the bytes sent, hashed as they were read (adapters/checksums.py)."""
+    sha256_checked: bool = False
+    """Whether the storage answered checksums of what it stored and they matched (S3)."""
 
 
 class ObjectInfo(msgspec.Struct, frozen=True):
@@ -213,6 +220,18 @@ _EXISTS_CODES = frozenset(
 # `If-Match` on DeleteObject) may answer: the request is sent again without it (the caller
 # compared a HEAD already, which is all such a store allows).
 _NO_CONDITION_CODES = frozenset({"NotImplemented", "501", "InvalidArgument", "InvalidRequest"})
+
+# What an S3-compatible store that does not know SHA-256 checksums may answer them: the upload
+# is sent again without (and recorded as not checked).
+_NO_CHECKSUM_CODES = _NO_CONDITION_CODES | {"MalformedXML"}
+
+
+def _bad_digest(key: str) -> StorageError:
+    return StorageError(
+        f"BadDigest: the storage's SHA-256 of {key} is not that of the bytes sent",
+        retryable=True,
+        code="BadDigest",
+    )
 
 
 def refused_as_existing(exc: StorageError) -> bool:
@@ -488,6 +507,8 @@ class S3Storage:
         self._addressing_style: AddressingStyle = addressing_style or (
             "path" if path_style else "auto"
         )
+        self.checksums = True
+        """Whether uploads send SHA-256 checksums; off once the store refused them."""
         self._client: Any = None
         self.clients_opened = 0
         """How many clients this storage has opened: one, unless it was closed and used again."""
@@ -505,6 +526,10 @@ class S3Storage:
 
     def _url(self, full_key: str) -> str:
         return f"s3://{self.bucket}/{full_key}"
+
+    def _key_of(self, full_key: str) -> str:
+        """The key (relative to the prefix) of a full key."""
+        return full_key.removeprefix(f"{self.prefix}/") if self.prefix else full_key
 
     async def _get_client(self) -> Any:
         if self._client is not None:
@@ -620,13 +645,26 @@ class S3Storage:
         if owner is not None:
             extra["Metadata"] = {_S3_OWNER: owner}
         condition: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
+        digest = Sha256()
+        checksums = self.checksums
         try:
             if size > self.multipart_threshold:
                 etag, version_id = await self._put_multipart(
-                    client, full_key, path, size, content_type, progress, cancel, extra, condition
+                    client,
+                    full_key,
+                    path,
+                    size,
+                    content_type,
+                    progress,
+                    cancel,
+                    extra,
+                    condition,
+                    digest,
                 )
             else:
                 body = await asyncio.to_thread(path.read_bytes)
+                sent = await asyncio.to_thread(digest.add_part, body)
+                checksum = {"ChecksumAlgorithm": "SHA256", "ChecksumSHA256": sent}
                 with self._errors():
                     response = await client.put_object(
                         Bucket=self.bucket,
@@ -635,13 +673,31 @@ class S3Storage:
                         ContentType=content_type,
                         **extra,
                         **condition,
+                        **(checksum if checksums else {}),
                     )
                 etag, version_id = response.get("ETag"), response.get("VersionId")
+                if not digest.confirm_part(1, response.get("ChecksumSHA256")):
+                    await self._delete_quietly(key, etag.strip('"') if etag else None)
+                    raise _bad_digest(key)
         except StorageError as exc:
             if if_absent and refused_as_existing(exc):
                 exists = ObjectExists(key)
                 exists.unfinished = exc.unfinished
                 raise exists from exc
+            if checksums and exc.code in _NO_CHECKSUM_CODES and exc.unfinished is None:
+                log.warning(
+                    "%s takes no SHA-256 checksums (%s); writing %s without", self, exc, key
+                )
+                self.checksums = False
+                return await self.put_file(
+                    key,
+                    path,
+                    content_type=content_type,
+                    on_progress=on_progress,
+                    cancel=cancel,
+                    owner=owner,
+                    if_absent=if_absent,
+                )
             if if_absent and exc.code in _NO_CONDITION_CODES and exc.unfinished is None:
                 log.warning(
                     "%s takes no conditional writes (%s); writing %s plainly", self, exc, key
@@ -667,6 +723,8 @@ class S3Storage:
             etag=etag.strip('"') if etag else None,
             url=self._url(full_key),
             version_id=version_id if version_id not in (None, "null") else None,
+            sha256=digest.hexdigest,
+            sha256_checked=checksums and digest.checked,
         )
 
     async def _put_multipart(
@@ -680,12 +738,15 @@ class S3Storage:
         cancel: asyncio.Event | None,
         extra: dict[str, Any],
         condition: dict[str, Any],
+        digest: Sha256,
     ) -> tuple[str | None, str | None]:
         # A file too big for 10,000 parts of the configured size gets larger parts instead.
         part_size = max(self.part_size, math.ceil(size / MAX_PARTS))
+        checksums = self.checksums
+        algorithm = {"ChecksumAlgorithm": "SHA256"} if checksums else {}
         with self._errors():
             created = await client.create_multipart_upload(
-                Bucket=self.bucket, Key=full_key, ContentType=content_type, **extra
+                Bucket=self.bucket, Key=full_key, ContentType=content_type, **extra, **algorithm
             )
         upload_id: str = created["UploadId"]
         try:
@@ -698,6 +759,8 @@ class S3Storage:
                     chunk = await asyncio.to_thread(f.read, part_size)
                     if not chunk:
                         break
+                    sent_sum = await asyncio.to_thread(digest.add_part, chunk)
+                    checksum = {"ChecksumSHA256": sent_sum, **algorithm} if checksums else {}
                     with self._errors():
                         part = await client.upload_part(
                             Bucket=self.bucket,
@@ -705,8 +768,13 @@ class S3Storage:
                             UploadId=upload_id,
                             PartNumber=number,
                             Body=chunk,
+                            **checksum,
                         )
-                    parts.append({"ETag": part["ETag"], "PartNumber": number})
+                    answered = part.get("ChecksumSHA256")
+                    if not digest.confirm_part(number, answered):
+                        raise _bad_digest(full_key)
+                    listed = {"ChecksumSHA256": answered} if answered else {}
+                    parts.append({"ETag": part["ETag"], "PartNumber": number, **listed})
                     sent += len(chunk)
                     progress.advance(sent)
             if _cancelled(cancel):
@@ -728,6 +796,18 @@ class S3Storage:
                 exc.unfinished = f"{upload_id} {full_key}"
             raise
         etag, version_id = done.get("ETag"), done.get("VersionId")
+        if checksums and digest.checked:
+            answered = done.get("ChecksumSHA256")
+            if answered is None:  # some stores answer the composite only to a HEAD
+                with self._errors():
+                    head = await client.head_object(
+                        Bucket=self.bucket, Key=full_key, ChecksumMode="ENABLED"
+                    )
+                answered = head.get("ChecksumSHA256")
+            if not digest.confirm_composite(answered):
+                stored = str(etag).strip('"') if etag else None
+                await self._delete_quietly(self._key_of(full_key), stored)
+                raise _bad_digest(self._key_of(full_key))
         return (str(etag) if etag else None), (str(version_id) if version_id else None)
 
     async def _abort(self, full_key: str, upload_id: str) -> bool:
@@ -958,6 +1038,7 @@ class LocalStorage:
             raise StorageError(f"{exc.strerror}: {target.parent}", retryable=False) from exc
         temp = target.with_name(f"{_LOCAL_TEMP_PREFIX}{uuid.uuid4().hex}")
         digest = hashlib.md5(usedforsecurity=False)
+        sha256 = Sha256()
         try:
             with path.open("rb") as src, temp.open("wb") as dst:
                 sent = 0
@@ -969,6 +1050,7 @@ class LocalStorage:
                         break
                     await asyncio.to_thread(dst.write, chunk)
                     digest.update(chunk)
+                    sha256.add(chunk)
                     sent += len(chunk)
                     progress.advance(sent)
             if _cancelled(cancel):
@@ -994,6 +1076,7 @@ class LocalStorage:
             etag=digest.hexdigest(),
             url=target.as_uri(),
             version_id=_file_version(stat),
+            sha256=sha256.hexdigest,  # a folder answers no checksum: not checked
         )
 
     @staticmethod

@@ -59,6 +59,17 @@ class ProgressView(msgspec.Struct):
     eta: float | None
 
 
+class ObjectView(msgspec.Struct):
+    """One object a completed job wrote (its media first, then subtitle and thumbnail)."""
+
+    key: str
+    size: int | None
+    sha256: str | None
+    """Of the bytes uploaded, hashed as they were read; null for jobs completed before."""
+    sha256_checked: bool
+    """Whether the storage answered a checksum of what it stored and it matched (S3)."""
+
+
 class JobView(msgspec.Struct, omit_defaults=False):
     """A job as `GET /jobs/{id}` shows it; times are ms since the epoch."""
 
@@ -118,6 +129,13 @@ class JobView(msgspec.Struct, omit_defaults=False):
     next_try_at: int | None = None
     """While it waits for media not out yet (Pending, `error` saying so): when its download
     tries again (domain/not_ready.py)."""
+    verified: str | None = None
+    """How the output passed verification after the mux: `fast` or `full`; null: `verify:
+    off`, not muxed yet, or muxed before outputs were verified."""
+    sha256: str | None = None
+    """The media file's SHA-256 (hex), once uploaded."""
+    objects: list[ObjectView] = msgspec.field(default_factory=list)
+    """Every object the job wrote, with its size and SHA-256."""
 
 
 class JobPauseAnswer(msgspec.Struct):
@@ -275,6 +293,9 @@ def view(
         archive_id=state.archive_id,
         archived_by_job=state.archived_by_job,
         next_try_at=_ms(state.next_try_at),
+        verified=state.verification.mode if state.verification is not None else None,
+        sha256=next((o.sha256 for o in state.objects if o.key == state.key), None),
+        objects=[ObjectView(o.key, o.size, o.sha256, o.sha256_checked) for o in state.objects],
     )
 
 

@@ -23,6 +23,7 @@ from spool.domain.job_options import JobOptions as JobOptions
 from spool.domain.job_options import output_ext as output_ext
 from spool.domain.node_health import Blame
 from spool.domain.storage_config import StorageConfigured
+from spool.domain.verification import Verification
 
 JobStatus = Literal["Pending", "Processing", "Completed", "Failed", "Cancelled", "Skipped"]
 JobStep = Literal["Queued", "Downloading", "Muxing", "Uploading", "Finished"]
@@ -50,6 +51,12 @@ class StoredFile(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     size: int | None = None
     etag: str | None = None
     version_id: str | None = None
+    sha256: str | None = None
+    """The SHA-256 (hex) of the bytes sent, computed as they were read for the upload; None in
+    completions recorded before checksums were."""
+    sha256_checked: bool = False
+    """Whether the storage answered a checksum of what it stored and it matched `sha256` (S3's
+    SHA-256 checksums); False where the storage returns none (a folder, Azure Blob)."""
 
 
 class Progress(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -179,6 +186,9 @@ class MuxCompleted(Event, frozen=True, kw_only=True):
     # The written file's frame: what was delivered (after `max_resolution`), not the source's.
     width: int | None = None
     height: int | None = None
+    verification: Verification | None = None
+    """What the output was held to and passed (domain/verification.py); None: `verify: off`,
+    or a mux recorded before outputs were verified."""
     chained: bool = False
     """The node went straight on to the upload (see `DownloadCompleted.chained`)."""
     paused: bool = False
@@ -438,6 +448,11 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     native_video_codec: str | None = None
     native_audio_codec: str | None = None
     actual_quality: str | None = None
+    source_quality: int | None = None
+    """The shorter side of the format downloaded, as the source described it (None: it did
+    not say): what the output's resolution is held to (domain/verification.py)."""
+    verification: Verification | None = None
+    """The current run's mux output's passed verification (`MuxCompleted.verification`)."""
     video_codec: str | None = None
     audio_codec: str | None = None
     duration: float | None = None
@@ -924,6 +939,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             native_video_codec=codec_word(ev.native_video_codec),
             native_audio_codec=codec_word(ev.native_audio_codec),
             actual_quality=_quality(ev.width, ev.height) or state.actual_quality,
+            source_quality=min(ev.width, ev.height) if ev.width and ev.height else None,
             duration=ev.duration,
             timings=_timed(state, "download", ev.seconds, ev.bytes),
             archive_id=ev.archive_id,
@@ -943,6 +959,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             native_audio_codec=codec_word(ev.native_audio_codec) or state.native_audio_codec,
             actual_quality=_quality(ev.width, ev.height) or state.actual_quality,
             duration=ev.duration or state.duration,
+            verification=ev.verification,
             timings=_timed(state, "mux", ev.seconds, ev.output.size),
             **_advanced("mux"),
         )
@@ -964,8 +981,9 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             step="Finished",
             finished_at=at,
             progress=None,
-            error=None,
-            error_type=None,
+            # A verified output below what was asked completes with a warning that says so.
+            error=_warning(state),
+            error_type="warning" if _warning(state) else None,
             webhook_status="pending" if state.options.webhook_url else None,
         )
     elif isinstance(ev, JobSkipped):
@@ -1081,6 +1099,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         reused: dict[str, Any] = {"node_id": ev.node_id}
         if ev.from_stage != "upload":
             reused["output"] = None
+            reused["verification"] = None
         if ev.from_stage == "download":
             reused |= {"files": [], "archive_id": None, "extractor": None, "item_id": None}
         return replace(
@@ -1140,6 +1159,10 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
     return replace(state, updated_at=at, version=version)
 
 
+def _warning(state: JobState) -> str | None:
+    return state.verification.warning if state.verification is not None else None
+
+
 def _quality(width: int | None, height: int | None) -> str | None:
     """The delivered quality a frame names (`720p`); None when the frame is not known."""
     return f"{min(width, height)}p" if width and height else None
@@ -1194,6 +1217,9 @@ AGGREGATE: Aggregate[JobState] = Aggregate(
     name="job",
     stream_id=stream_id,
     evolve=evolve,
+    # 2: `source_quality` (folded from DownloadCompleted's width and height, which older rows
+    # never kept) and `verification` (migration 0032).
+    snapshot_version=2,
     event_classes=(
         JobCreated,
         JobReleased,

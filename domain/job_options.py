@@ -42,6 +42,9 @@ QUALITY_PRESETS: Final[dict[str, int]] = {
 }
 """`quality_preset` -> the CRF it stands for; a preset overrides `video_quality`."""
 MAX_RESOLUTIONS: Final = ("best", "2160", "1440", "1080", "720", "480", "360")
+VERIFY_MODES: Final = ("fast", "full", "off")
+"""`verify`: probe the output (`fast`), also decode it end to end (`full`), or neither
+(domain/verification.py)."""
 CRF_RANGE: Final = (0, 51)
 """The `video_quality` (CRF) values an encoder takes, lowest (best) first."""
 
@@ -128,6 +131,8 @@ class AskedOptions(msgspec.Struct, frozen=True, kw_only=True):
     force: bool = False
     """Download even if the item is already in the account's download archive
     (domain/archive.py): the job is never skipped."""
+    verify: str | None = None
+    """How the output is checked against the request after the mux (`VERIFY_MODES`)."""
 
 
 class JobOptions(AskedOptions, frozen=True, kw_only=True, omit_defaults=True):
@@ -146,6 +151,8 @@ class JobOptions(AskedOptions, frozen=True, kw_only=True, omit_defaults=True):
     clip_end: str | None = None
     priority: int | None = None
     """None: the account's default priority, decided when the job joins the line."""
+    verify: str = "fast"
+    """Jobs created before the option was: `fast`, as every job since unless it asks."""
 
 
 DEFAULTS: Final = JobOptions()
@@ -339,6 +346,13 @@ def _check_max_resolution(value: str | int | None) -> str:
     return text
 
 
+def _check_verify(value: str | None) -> str:
+    mode = DEFAULTS.verify if value is None else value
+    if mode not in VERIFY_MODES:
+        raise _bad(f"Invalid verify (expected {_one_of(VERIFY_MODES)})")
+    return mode
+
+
 def _check_clip(
     start: str | int | float | None, end: str | int | float | None
 ) -> tuple[str | None, str | None]:
@@ -400,6 +414,7 @@ def resolve(asked: AskedOptions) -> JobOptions:
         raise _bad(f"Invalid quality_preset (expected {_one_of(tuple(QUALITY_PRESETS))})")
     max_resolution = _check_max_resolution(asked.max_resolution)
     clip_start, clip_end = _check_clip(asked.clip_start, asked.clip_end)
+    verify = _check_verify(asked.verify)
     filename = None if asked.filename is None else check_filename(asked.filename)
     folder = None if asked.folder is None else check_folder(asked.folder)
     webhook_url = None if asked.webhook_url is None else _check_webhook_url(asked.webhook_url)
@@ -424,6 +439,7 @@ def resolve(asked: AskedOptions) -> JobOptions:
         "folder": folder,
         "webhook_url": webhook_url,
         "priority": priority,
+        "verify": verify,
     }
     given = {name: getattr(asked, name) for name in AskedOptions.__struct_fields__}
     # convert, not the constructor: it checks each value against JobOptions' narrower types,

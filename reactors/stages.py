@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from spool.adapters import downloader, live_hls, muxer, thumbnails
+from spool.adapters import downloader, live_hls, media_verify, muxer, thumbnails
 from spool.adapters.owned_objects import delete_owned
 from spool.adapters.ssrf import UrlGuard
 from spool.adapters.storage import (
@@ -33,6 +33,7 @@ from spool.adapters.storage import (
 from spool.adapters.viewer_sessions import ViewerRecorder, ViewerSession
 from spool.domain import archive, file_names, job, viewer
 from spool.domain.node_health import Blame
+from spool.domain.verification import VerificationFailed
 
 ProgressSink = Callable[[job.Progress], None]
 Archived = Callable[[str], Coroutine[Any, Any, str | None]]
@@ -438,6 +439,16 @@ async def mux(
         if session is not None:
             session.set_bitrate(viewer.bitrate(result.size, result.duration))
             _count(session, in_size, result.size)
+        verification = await media_verify.verify(
+            o,
+            result,
+            state.source_quality,
+            cancel=cancel,
+            on_decoding=lambda: progress(job.Progress(stage="mux", percent=100.0)),
+        )
+    except VerificationFailed as exc:
+        # The same file verifies the same on any retry of the mux (docs/job-api.md, verify).
+        raise StageError(str(exc), retryable=False, blame=exc.blame) from None
     except muxer.MuxCancelled:
         raise StageCancelled from None
     except muxer.Unreadable as exc:
@@ -462,6 +473,7 @@ async def mux(
         native_audio_codec=result.source_audio_codec,
         width=result.width,
         height=result.height,
+        verification=verification,
     )
 
 
@@ -581,7 +593,12 @@ async def _upload(
 
 def _recorded(stored: StoredObject) -> job.StoredFile:
     return job.StoredFile(
-        key=stored.key, size=stored.size, etag=stored.etag, version_id=stored.version_id
+        key=stored.key,
+        size=stored.size,
+        etag=stored.etag,
+        version_id=stored.version_id,
+        sha256=stored.sha256,
+        sha256_checked=stored.sha256_checked,
     )
 
 

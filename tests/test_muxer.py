@@ -21,8 +21,8 @@ from spool.adapters.muxer import (
     ProbeInfo,
     StreamInfo,
     Unreadable,
-    _last_error,
     _Progress,
+    last_error,
     mux,
     output_path,
     parse_probe,
@@ -483,7 +483,7 @@ def test_unopenable_input_parses_to_none_and_its_error_reads_plainly() -> None:
         "Error opening input files: Invalid data found when processing input\n"
     )
     assert parse_probe(stderr, Path("/tmp/jobs/x/broken.mp4")) is None
-    message = _last_error(stderr.splitlines(), [Path("/tmp/jobs/x/broken.mp4")])
+    message = last_error(stderr.splitlines(), [Path("/tmp/jobs/x/broken.mp4")])
     assert message == "Invalid data found when processing input"
 
 
@@ -492,14 +492,14 @@ def test_error_lines_lose_addresses_paths_and_file_names() -> None:
         "[vost#0:0 @ 0x1234abcd] Error opening file:/srv/spool/tmp/out.mp4: Permission denied",
         "Conversion failed!",
     ]
-    assert _last_error(lines, [Path("/srv/spool/tmp/out.mp4")]) == (
+    assert last_error(lines, [Path("/srv/spool/tmp/out.mp4")]) == (
         "Error opening the file: Permission denied"
     )
     named = ["media.mp4.mp4: Invalid data found when processing input"]
-    assert _last_error(named, [Path("/w/media.mp4.mp4")]) == (
+    assert last_error(named, [Path("/w/media.mp4.mp4")]) == (
         "Invalid data found when processing input"
     )
-    assert _last_error(["", "Conversion failed!"], []) is None
+    assert last_error(["", "Conversion failed!"], []) is None
 
 
 # --- progress throttling, on a hand-driven clock

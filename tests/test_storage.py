@@ -9,6 +9,7 @@ built the way botocore builds it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import os
 import socket
@@ -93,6 +94,8 @@ async def test_small_upload_exists_and_presigned_get(
         size=len(data),
         etag=stored.etag,
         url=f"s3://{s3_bucket}/media/user/clip.mp4",
+        sha256=hashlib.sha256(data).hexdigest(),
+        sha256_checked=True,
     )
     assert stored.etag and '"' not in stored.etag
     assert calls == [(len(data), len(data))]
@@ -355,6 +358,7 @@ async def test_local_round_trip(tmp_path: Path) -> None:
         etag=stored.etag,
         url=target.as_uri(),
         version_id=stored.version_id,
+        sha256=hashlib.sha256(data).hexdigest(),  # a folder answers none: not checked
     )
     assert stored.version_id
     assert target.read_bytes() == data
