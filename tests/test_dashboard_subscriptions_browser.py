@@ -47,9 +47,10 @@ async def checking(dash: Api) -> AsyncIterator[Api]:  # noqa: F811
 class Account:
     """An account of the test's own, with its key, asking the cluster's API."""
 
-    def __init__(self, api: Api, key: str) -> None:
+    def __init__(self, api: Api, key: str, account_id: str) -> None:
         self.api = api
         self.key = key
+        self.account_id = account_id
 
     async def get(self, path: str, **params: Any) -> dict[str, Any]:
         answer = await self.api.cluster.client.get(
@@ -83,7 +84,7 @@ class Account:
 async def account(api: Api) -> Account:
     made = await issue(api.cluster.store, name=f"dash-{uuid.uuid4().hex[:6]}", admin=False)
     await api.cluster.runner.wait_until("api_keys", made.at)
-    return Account(api, made.key)
+    return Account(api, made.key, made.account_id)
 
 
 def subscription_row(on: Page, subscription_id: str) -> Any:
@@ -219,16 +220,18 @@ async def test_a_refused_subscription_shows_the_apis_reason_and_makes_nothing(
     await expect(page.locator("#subscriptions-body")).to_contain_text("No subscriptions yet")
 
 
-def hostile_feed(media_dir: Path, media_server: MediaServer, title: str) -> str:
-    """A feed of one entry titled `title` whose enclosure is the clip (a URL of its own)."""
+def hostile_feed(media_dir: Path, media_server: MediaServer, title: str) -> tuple[str, Path]:
+    """A feed of one entry titled `title` whose enclosure is the clip (a URL of its own): its
+    URL and its file."""
     name = f"hostile-{uuid.uuid4().hex[:8]}"
-    (media_dir / f"{name}.xml").write_text(
+    path = media_dir / f"{name}.xml"
+    path.write_text(
         f'<?xml version="1.0"?><rss version="2.0"><channel><title>{name}</title><item>'
         f"<title>{html.escape(title)}</title><guid>{name}-1</guid>"
         f'<enclosure url="{media_server.url("clip.mp4")}?{name}" type="video/mp4" length="1"/>'
         "</item></channel></rss>"
     )
-    return media_server.url(f"{name}.xml")
+    return media_server.url(f"{name}.xml"), path
 
 
 async def test_the_archive_search_finds_an_item_by_title_and_remove_lets_it_be_fetched_again(
@@ -239,7 +242,7 @@ async def test_the_archive_search_finds_an_item_by_title_and_remove_lets_it_be_f
 ) -> None:
     me = await account(checking)
     tag = uuid.uuid4().hex[:8]
-    url = hostile_feed(media_dir, media_server, f"Archived episode {tag}")
+    url, _ = hostile_feed(media_dir, media_server, f"Archived episode {tag}")
     await me.subscribe(url)
     [item] = await until(lambda: me.listed("/archive", 1, q=tag), seconds=90)
     await connect(page, checking, me.key)
@@ -274,26 +277,46 @@ async def test_the_archive_search_finds_an_item_by_title_and_remove_lets_it_be_f
     await expect(page.locator("#archive-body")).to_contain_text("No archived item matches")
 
 
-async def test_hostile_entry_titles_and_subscription_urls_show_as_text(
+async def test_hostile_entry_titles_urls_and_check_errors_show_as_text(
     page: Page,  # noqa: F811
     checking: Api,
     media_dir: Path,
     media_server: MediaServer,
 ) -> None:
     me = await account(checking)
+    cluster = checking.cluster
+    # An admin lets this account check every second, so that a check fails within the test.
+    allowed = await cluster.client.put(
+        f"/admin/accounts/{me.account_id}/quotas",
+        json={"min_subscription_interval": 1},
+        headers=cluster.headers(cluster.admin_key),
+    )
+    assert allowed.status_code == 200, allowed.text
     title = "<script>window.pwned=1</script><img src=x onerror=window.pwned=2>Episode"
-    url = hostile_feed(media_dir, media_server, title)
+    url, path = hostile_feed(media_dir, media_server, title)
     hostile_url = f"{url}?x=<img/src=x/onerror=window.pwned=3>"
-    sid = await me.subscribe(hostile_url)
+    sid = await me.subscribe(hostile_url, interval=1)
     await until(lambda: me.listed("/archive", 1, q="script"), seconds=90)
+    path.unlink()  # the source is gone: the next check records why it could not read it
+
+    async def failed_check() -> str | None:
+        last = (await me.get(f"/subscriptions/{sid}"))["last_check"]
+        error: str | None = last and last["error"]
+        return error
+
+    error = await until(failed_check, seconds=30)
     await connect(page, checking, me.key)
 
     row = subscription_row(page, sid)
     shown = (await me.get(f"/subscriptions/{sid}"))["url"]
     assert "<img/src=x" in shown  # kept as the user typed it
     await expect(row.locator(".url")).to_have_text(shown)
+    await expect(row.locator(".last-check")).to_contain_text("failed")
+    await expect(row.locator(".check-error")).not_to_be_empty()
+    assert error.startswith((await row.locator(".check-error").text_content() or "x")[:40])
     await row.locator("button.subscription-checks").click()
     await expect(page.locator("#checks-url")).to_have_text(shown)
+    await expect(page.locator("#checks-body .check-status").first).to_have_text("failed")
     await page.fill("#archive-q", "<script>")
     await expect(page.locator("#archive-body tr[data-archive-id] .title")).to_have_text(title)
     await row.locator("a.subscription-jobs").click()
@@ -301,3 +324,5 @@ async def test_hostile_entry_titles_and_subscription_urls_show_as_text(
     hostile = "#subscriptions-body img, #archive-body img, #jobs-body img, script:not([src])"
     assert await page.locator(hostile).count() == 0
     assert await page.evaluate("window.pwned") is None
+    paused = await cluster.client.post(f"/subscriptions/{sid}/pause", headers={"x-api-key": me.key})
+    assert paused.status_code == 200, paused.text  # no more checks a second for the module
