@@ -12,6 +12,8 @@ const FINAL = new Set(["Completed", "Failed", "Cancelled", "Skipped", "Warning"]
 // What each feed reads, and how often (in ticks of one second).
 const FEEDS = {
   cluster: { every: 1, admin: true },
+  subscriptions: { every: 3, admin: false },
+  archive: { every: 5, admin: false },
   nodes: { every: 2, admin: true },
   jobs: { every: 2, admin: false },
   failures: { every: 5, admin: false },
@@ -34,13 +36,16 @@ const state = {
   timelineSeen: "",
   viewerPage: 1,
   viewerPages: 0,
-  // The job browser: the cursors of the pages before this one (the first page's is null) and
-  // this page's; a filter change starts again from the first page.
-  jobCursors: [],
-  jobCursor: null,
-  jobNext: null,
+  // The cursor-paged lists (`Pager`, made at start): a filter change starts again from the
+  // first page.
+  pages: {},
   operation: null, // the bulk operation being followed: its id and action
   failuresSeen: "",
+  subscriptionsSeen: "",
+  checksOf: null, // the subscription whose check history is open: its id
+  checksSeen: "",
+  archiveSeen: "",
+  archiveRemoved: new Set(), // ids removed whose row a read may still list (projection lag)
   batch: null, // the batch whose pause is shown: its id
   accountsSeen: "",
 };
@@ -113,6 +118,12 @@ function connect(key) {
   state.failuresSeen = "";
   state.accountsSeen = "";
   closeBatch();
+  // Another key may be another account's: its lists start again from their first pages.
+  for (const pages of Object.values(state.pages)) pages.reset();
+  state.subscriptionsSeen = "";
+  state.archiveSeen = "";
+  state.archiveRemoved.clear();
+  closeChecks();
   $("key-form").hidden = true;
   $("session").hidden = false;
   $("session-kind").textContent = "connected";
@@ -169,6 +180,8 @@ const POLLERS = {
   cluster: pollCluster,
   nodes: pollNodes,
   jobs: pollJobs,
+  subscriptions: pollSubscriptions,
+  archive: pollArchive,
   failures: pollFailures,
   batch: pollBatch,
   accounts: pollAccounts,
@@ -224,6 +237,8 @@ const PANEL_NOTES = {
   viewers: "viewers-note",
   failures: "failures-note",
   accounts: "accounts-note",
+  subscriptions: "subscriptions-note",
+  archive: "archive-note",
 };
 
 function panelError(name, error) {
@@ -246,7 +261,7 @@ function panelError(name, error) {
   if (error) {
     note.textContent = `Could not read this panel: ${error.message}`;
     note.hidden = false;
-  } else if (state.admin || name === "failures") {
+  } else if (state.admin || !FEEDS[name].admin) {
     note.hidden = true;
   }
 }
@@ -514,8 +529,7 @@ async function pollJobs() {
   const page = await api(`/jobs?${query}`);
   // A poll that left before a filter change or a page turn answers for another view: drop it.
   if (query !== jobQuery().toString()) return;
-  state.jobNext = page.next_cursor;
-  showJobPager(page.jobs.length);
+  state.pages.jobs.shown(page.jobs.length, page.next_cursor);
   const body = $("jobs-body");
   if (page.jobs.length === 0) {
     const filtered = Object.keys(jobFilters()).length > 0;
@@ -592,10 +606,14 @@ function updateBrowserCells(tr, job) {
   }
   tr.querySelector(".format").textContent = job.format || "–";
   tr.querySelector(".size").textContent = job.file_size === null || job.file_size === undefined ? "–" : bytes(job.file_size);
-  const reason = tr.querySelector(".reason");
-  const error = job.error || "";
-  reason.textContent = error.length > REASON_CHARS ? `${error.slice(0, REASON_CHARS - 1)}…` : error;
-  reason.title = error;
+  showReason(tr.querySelector(".reason"), job.error);
+}
+
+// An error a source or a node wrote, as text: its first characters, the whole in the tooltip.
+function showReason(el, error) {
+  const text = error || "";
+  el.textContent = text.length > REASON_CHARS ? `${text.slice(0, REASON_CHARS - 1)}…` : text;
+  el.title = text;
 }
 
 const STATUS_NAMES = ["Pending", "Processing", "Completed", "Failed", "Cancelled", "Skipped"];
@@ -617,8 +635,10 @@ function jobFilters() {
     if (!Number.isNaN(at)) f[name] = String(at);
   }
   if ($("filter-error-type").value) f.error_type = $("filter-error-type").value;
-  const group = $("filter-group").dataset.group;
+  const group = $("filter-group").dataset.value;
   if (group) f.failure_group = group;
+  const subscription = $("filter-subscription").dataset.value;
+  if (subscription) f.subscription_id = subscription;
   return f;
 }
 
@@ -626,8 +646,7 @@ function jobFilters() {
 function jobQuery() {
   const q = new URLSearchParams(jobFilters());
   q.set("limit", $("jobs-limit").value);
-  if (state.jobCursor) q.set("cursor", state.jobCursor);
-  return q;
+  return state.pages.jobs.apply(q);
 }
 
 // The same filters as a bulk action's `filter` object (docs/job-api.md, Bulk actions).
@@ -645,6 +664,7 @@ function actionFilter() {
   if (f.created_before) filter.created_before = new Date(Number(f.created_before)).toISOString();
   if (f.error_type) filter.error_type = f.error_type;
   if (f.failure_group) filter.failure_group = f.failure_group;
+  if (f.subscription_id) filter.subscription_id = f.subscription_id;
   return filter;
 }
 
@@ -667,7 +687,8 @@ function readFilterHash() {
   $("filter-created-after").value = localInput(q.get("created_after"));
   $("filter-created-before").value = localInput(q.get("created_before"));
   $("filter-error-type").value = ["error", "warning"].includes(q.get("error_type")) ? q.get("error_type") : "";
-  setFailureGroup(q.get("failure_group") || "");
+  setChip("filter-group", q.get("failure_group") || "");
+  setChip("filter-subscription", q.get("subscription_id") || "");
   const limit = q.get("limit") || "20";
   $("jobs-limit").value = [...$("jobs-limit").options].some((o) => o.value === limit) ? limit : "20";
 }
@@ -680,42 +701,79 @@ function localInput(ms) {
   return `${at.getFullYear()}-${pad(at.getMonth() + 1)}-${pad(at.getDate())}T${pad(at.getHours())}:${pad(at.getMinutes())}`;
 }
 
-function setFailureGroup(group) {
-  const chip = $("filter-group");
-  if (group) chip.dataset.group = group;
-  else delete chip.dataset.group;
-  $("filter-group-id").textContent = group;
-  chip.hidden = !group;
+// A filter the job browser shows as a chip above the list (a failure group, a subscription):
+// set by a click elsewhere on the page or by the hash, cleared by its ×.
+function setChip(id, value) {
+  const chip = $(id);
+  if (value) chip.dataset.value = value;
+  else delete chip.dataset.value;
+  $(`${id}-id`).textContent = value;
+  chip.hidden = !value;
 }
 
 function jobFiltersChanged() {
-  state.jobCursors = [];
-  state.jobCursor = null;
-  state.jobNext = null;
+  state.pages.jobs.reset();
   writeFilterHash();
   refresh("jobs");
 }
 
-function showJobPager(count) {
-  const number = state.jobCursors.length + 1;
-  $("jobs-page").textContent = `page ${number} · ${count} job${count === 1 ? "" : "s"}`;
-  $("jobs-prev").disabled = number === 1;
-  $("jobs-next").disabled = !state.jobNext;
+// One filter alone in the job browser, from the first page (a failure group, a subscription's
+// jobs, an archived item's URL): `set` sets it on the cleared controls.
+function showJobsOf(set) {
+  $("job-filters").reset();
+  setChip("filter-group", "");
+  setChip("filter-subscription", "");
+  set();
+  jobFiltersChanged();
 }
 
-function turnJobPage(forward) {
-  if (forward) {
-    if (!state.jobNext) return;
-    state.jobCursors.push(state.jobCursor);
-    state.jobCursor = state.jobNext;
-  } else {
-    if (state.jobCursors.length === 0) return;
-    state.jobCursor = state.jobCursors.pop();
+// A list read a page at a time with `next_cursor`: the cursors of the pages before this one
+// (the first page's is null) and this page's, with its "‹ previous" / "next ›" buttons and its
+// line (`<prefix>-prev`, `-next`, `-page`); `read` reads the page shown again.
+class Pager {
+  constructor(prefix, noun, read) {
+    this.prefix = prefix;
+    this.noun = noun;
+    this.read = read;
+    this.reset();
+    $(`${prefix}-prev`).addEventListener("click", () => this.turn(false));
+    $(`${prefix}-next`).addEventListener("click", () => this.turn(true));
   }
-  state.jobNext = null;
-  $("jobs-next").disabled = true;
-  $("jobs-prev").disabled = true;
-  refresh("jobs");
+
+  reset() {
+    this.before = [];
+    this.cursor = null;
+    this.next = null;
+  }
+
+  // `params` (URLSearchParams) with this page's cursor.
+  apply(params) {
+    if (this.cursor) params.set("cursor", this.cursor);
+    return params;
+  }
+
+  shown(count, next) {
+    this.next = next;
+    const number = this.before.length + 1;
+    $(`${this.prefix}-page`).textContent = `page ${number} · ${count} ${this.noun}${count === 1 ? "" : "s"}`;
+    $(`${this.prefix}-prev`).disabled = number === 1;
+    $(`${this.prefix}-next`).disabled = !next;
+  }
+
+  turn(forward) {
+    if (forward) {
+      if (!this.next) return;
+      this.before.push(this.cursor);
+      this.cursor = this.next;
+    } else {
+      if (this.before.length === 0) return;
+      this.cursor = this.before.pop();
+    }
+    this.next = null;
+    $(`${this.prefix}-next`).disabled = true;
+    $(`${this.prefix}-prev`).disabled = true;
+    this.read();
+  }
 }
 
 // The jobs panel's message line: what the last action did.
@@ -820,7 +878,7 @@ async function pollFailures() {
     body.replaceChildren(emptyRow(6, "No failed jobs."));
     return;
   }
-  const chosen = $("filter-group").dataset.group;
+  const chosen = $("filter-group").dataset.value;
   body.replaceChildren(
     ...answer.groups.map((g) => {
       const tr = document.createElement("tr");
@@ -848,10 +906,8 @@ async function pollFailures() {
 
 // Clicking a group shows its jobs: the group's filter alone, from the first page.
 function showFailureGroup(group) {
-  $("job-filters").reset();
-  setFailureGroup(group);
+  showJobsOf(() => setChip("filter-group", group));
   for (const tr of $("failures-body").children) tr.classList.toggle("selected", tr.dataset.groupId === group);
-  jobFiltersChanged();
 }
 
 function dateTime(ms) {
@@ -972,6 +1028,304 @@ async function accountAction(id, action) {
   refresh("jobs"); // what holds its jobs (paused_by) changed
 }
 
+// -- subscriptions: GET /subscriptions, POST, pause / resume / DELETE, GET .../checks ------------
+
+const SUB_COLUMNS = 6;
+
+function subscriptionsSay(text, error) {
+  const line = $("subscriptions-message");
+  line.textContent = text;
+  line.classList.toggle("error-text", Boolean(error));
+}
+
+function subscriptionQuery() {
+  return state.pages.subscriptions.apply(new URLSearchParams({ limit: "20" })).toString();
+}
+
+async function pollSubscriptions() {
+  const query = subscriptionQuery();
+  const page = await api(`/subscriptions?${query}`);
+  if (query !== subscriptionQuery()) return; // answered for a page no longer shown
+  state.pages.subscriptions.shown(page.subscriptions.length, page.next_cursor);
+  // Unchanged rows stay: a button under the pointer stays the same node.
+  const seen = JSON.stringify([query, page.subscriptions]);
+  if (seen === state.subscriptionsSeen) return;
+  state.subscriptionsSeen = seen;
+  const body = $("subscriptions-body");
+  if (page.subscriptions.length === 0) {
+    body.replaceChildren(emptyRow(SUB_COLUMNS, "No subscriptions yet: subscribe to a feed, playlist or channel above."));
+  } else {
+    body.replaceChildren(...page.subscriptions.map(subscriptionRow));
+  }
+  // The open check history follows its subscription: a check that started or ended shows.
+  if (state.checksOf && page.subscriptions.some((s) => s.subscription_id === state.checksOf)) loadChecks();
+}
+
+// How the last check went, in words: when it started, how it ended, what it saw and made.
+function lastCheckWords(check) {
+  if (!check) return "not checked yet";
+  const when = dateTime(check.started_at);
+  if (check.finished_at === null) return `${when}: running`;
+  const ended = check.error ? "failed" : "finished";
+  return `${when}: ${ended} · ${check.seen} seen · ${check.new} new`;
+}
+
+function subscriptionRow(s) {
+  const tr = document.createElement("tr");
+  tr.dataset.subscriptionId = s.subscription_id;
+  tr.dataset.status = s.status;
+  tr.classList.toggle("selected", s.subscription_id === state.checksOf);
+  // The URL as the API shows it to its owner, as text and never a link: it is the user's text,
+  // and it may carry a token of the source's.
+  const url = cell(s.url, "url");
+  url.title = s.url;
+  const status = document.createElement("span");
+  status.className = `badge ${s.status}`;
+  status.textContent = s.checking ? `${s.status} · checking` : s.status;
+  const last = document.createElement("div");
+  const words = document.createElement("span");
+  words.className = "check-words";
+  words.textContent = lastCheckWords(s.last_check);
+  const error = document.createElement("span");
+  error.className = "check-error";
+  showReason(error, s.last_check && s.last_check.error);
+  last.append(words, error);
+  const next = s.status === "paused" ? "none while paused" : dateTime(s.next_check_at);
+  const jobs = document.createElement("a");
+  jobs.className = "subscription-jobs";
+  jobs.href = `#${new URLSearchParams({ subscription_id: s.subscription_id })}`;
+  jobs.textContent = `${s.items} job${s.items === 1 ? "" : "s"}`;
+  jobs.title = "Show the jobs its checks created in the job browser";
+  jobs.addEventListener("click", (event) => {
+    event.preventDefault();
+    showJobsOf(() => setChip("filter-subscription", s.subscription_id));
+    $("jobs").scrollIntoView();
+  });
+  const action = s.status === "paused" ? "resume" : "pause";
+  const toggle = button(action === "pause" ? "Pause" : "Resume", `subscription-toggle ${action}`, () =>
+    subscriptionAction(s, action),
+  );
+  const checks = button("Checks", "subscription-checks", () => openChecks(s));
+  const remove = button("Delete", "subscription-delete danger", () => subscriptionAction(s, "delete"));
+  const actions = document.createElement("td");
+  actions.className = "actions";
+  actions.append(toggle, checks, remove);
+  tr.append(
+    url,
+    cell(status, "subscription-status"),
+    cell(last, "last-check"),
+    cell(next, "next-check"),
+    cell(jobs, "items"),
+    actions,
+  );
+  return tr;
+}
+
+async function subscriptionAction(s, action) {
+  const id = s.subscription_id;
+  const path = `/subscriptions/${encodeURIComponent(id)}`;
+  try {
+    if (action === "delete") {
+      const yes = await confirmAction(
+        "Delete this subscription?",
+        `${s.url} is never checked again; the ${s.items} job${s.items === 1 ? "" : "s"} it created stay.`,
+      );
+      if (!yes) {
+        subscriptionsSay("Nothing was done.");
+        return;
+      }
+      await api(path, { method: "DELETE" });
+      if (state.checksOf === id) closeChecks();
+    } else {
+      await api(`${path}/${action}`, { method: "POST" });
+    }
+  } catch (error) {
+    if (isRefused(error)) return keyRefused(error);
+    subscriptionsSay(`Could not ${action} subscription ${id}: ${error.message}`, true);
+    return;
+  }
+  const done = { pause: "paused", resume: "resumed", delete: "deleted" }[action];
+  subscriptionsSay(`Subscription ${id}: ${done}.`);
+  state.subscriptionsSeen = ""; // the next read redraws every row
+  refresh("subscriptions");
+}
+
+// The form: URL, interval (minutes), max items per check, format; the API's refusal is shown
+// as it words it (a 400 naming the field, a 403 past the account's bound).
+async function subscribe(event) {
+  event.preventDefault();
+  const body = {
+    url: $("subscription-url").value.trim(),
+    interval: Math.round(Number($("subscription-interval").value) * 60),
+  };
+  const most = $("subscription-max-items").value.trim();
+  if (most) body.max_items = Number(most);
+  if ($("subscription-format").value) body.format = $("subscription-format").value;
+  let made;
+  try {
+    made = await api("/subscriptions", { method: "POST", body });
+  } catch (error) {
+    if (isRefused(error)) return keyRefused(error);
+    subscriptionsSay(`The subscription was not made: ${error.message}`, true);
+    return;
+  }
+  subscriptionsSay(`Subscribed: ${made.subscription_id}. Its first check runs now.`);
+  $("subscription-url").value = "";
+  state.pages.subscriptions.reset(); // newest first: it is on the first page
+  refresh("subscriptions");
+}
+
+function openChecks(s) {
+  state.checksOf = s.subscription_id;
+  state.checksSeen = "";
+  state.pages.checks.reset();
+  $("checks").hidden = false;
+  $("checks-url").textContent = s.url;
+  $("checks-url").title = s.subscription_id;
+  for (const tr of $("subscriptions-body").children) {
+    tr.classList.toggle("selected", tr.dataset.subscriptionId === s.subscription_id);
+  }
+  $("checks-body").replaceChildren(emptyRow(6, "reading…"));
+  loadChecks();
+}
+
+function closeChecks() {
+  state.checksOf = null;
+  $("checks").hidden = true;
+  for (const tr of $("subscriptions-body").children) tr.classList.remove("selected");
+}
+
+async function loadChecks() {
+  const id = state.checksOf;
+  if (!id) return;
+  const query = state.pages.checks.apply(new URLSearchParams({ limit: "10" })).toString();
+  let page;
+  try {
+    page = await api(`/subscriptions/${encodeURIComponent(id)}/checks?${query}`);
+  } catch (error) {
+    if (isRefused(error)) return keyRefused(error);
+    if (state.checksOf === id) $("checks-body").replaceChildren(emptyRow(6, `Could not read its checks: ${error.message}`));
+    return;
+  }
+  const now = state.pages.checks.apply(new URLSearchParams({ limit: "10" })).toString();
+  if (state.checksOf !== id || query !== now) return; // answered for another view
+  state.pages.checks.shown(page.checks.length, page.next_cursor);
+  const seen = JSON.stringify([id, query, page.checks]);
+  if (seen === state.checksSeen) return;
+  state.checksSeen = seen;
+  if (page.checks.length === 0) {
+    $("checks-body").replaceChildren(emptyRow(6, "No check yet."));
+    return;
+  }
+  $("checks-body").replaceChildren(
+    ...page.checks.map((c) => {
+      const tr = document.createElement("tr");
+      tr.dataset.checkId = c.check_id;
+      tr.dataset.status = c.status;
+      const error = cell("", "check-error");
+      showReason(error, c.error);
+      tr.append(
+        cell(dateTime(c.started_at), "started"),
+        cell(dateTime(c.finished_at), "finished"),
+        cell(c.error && c.status === "finished" ? "failed" : c.status, "check-status"),
+        cell(c.seen, "seen"),
+        cell(c.new, "new"),
+        error,
+      );
+      return tr;
+    }),
+  );
+}
+
+// -- the download archive: GET /archive?q=, DELETE /archive/{archive_id} -------------------------
+
+const ARCHIVE_COLUMNS = 6;
+const MAX_QUERY_CHARS = 200; // the longest `q` GET /jobs and GET /archive take
+
+function archiveQuery() {
+  const q = new URLSearchParams({ limit: "20" });
+  const search = $("archive-q").value.trim().slice(0, MAX_QUERY_CHARS);
+  if (search) q.set("q", search);
+  return state.pages.archive.apply(q).toString();
+}
+
+function archiveSay(text, error) {
+  const line = $("archive-message");
+  line.textContent = text;
+  line.classList.toggle("error-text", Boolean(error));
+}
+
+async function pollArchive() {
+  const query = archiveQuery();
+  const page = await api(`/archive?${query}`);
+  if (query !== archiveQuery()) return; // answered for a search or a page no longer shown
+  state.pages.archive.shown(page.items.length, page.next_cursor);
+  // An item just removed stays out while the archive's projection catches up (a moment).
+  const listed = new Set(page.items.map((i) => i.archive_id));
+  for (const id of state.archiveRemoved) if (!listed.has(id)) state.archiveRemoved.delete(id);
+  const items = page.items.filter((i) => !state.archiveRemoved.has(i.archive_id));
+  const seen = JSON.stringify([query, items]);
+  if (seen === state.archiveSeen) return;
+  state.archiveSeen = seen;
+  const body = $("archive-body");
+  if (items.length === 0) {
+    const searched = new URLSearchParams(query).has("q");
+    body.replaceChildren(emptyRow(ARCHIVE_COLUMNS, searched ? "No archived item matches." : "Nothing archived yet: completed jobs land here."));
+    return;
+  }
+  body.replaceChildren(...items.map(archiveRow));
+}
+
+function archiveRow(item) {
+  const tr = document.createElement("tr");
+  tr.dataset.archiveId = item.archive_id;
+  const title = cell(item.title || "–", "title");
+  title.title = item.title || "";
+  const id = cell(item.archive_id, "archive-id");
+  id.title = item.archive_id;
+  const url = cell(item.url, "url");
+  url.title = item.url;
+  // Its job in the job browser: the browser searches the item's URL (the job's own) and opens
+  // the job's timeline.
+  const search = item.url.slice(0, MAX_QUERY_CHARS);
+  const job = document.createElement("a");
+  job.className = "archive-job";
+  job.href = `#${new URLSearchParams({ q: search })}`;
+  job.textContent = item.job_id.slice(0, 8);
+  job.title = `Job ${item.job_id}: show it in the job browser`;
+  job.addEventListener("click", (event) => {
+    event.preventDefault();
+    showJobsOf(() => ($("filter-q").value = search));
+    selectJob(item.job_id);
+    $("jobs").scrollIntoView();
+  });
+  const remove = button("Remove", "archive-remove danger", () => removeArchived(item));
+  tr.append(title, id, url, cell(dateTime(item.archived_at), "archived"), cell(job, "job"), cell(remove));
+  return tr;
+}
+
+async function removeArchived(item) {
+  const yes = await confirmAction(
+    "Remove this item from the archive?",
+    `${item.title || item.url} (${item.archive_id}): its next job downloads it again. Job ${item.job_id} and its file stay.`,
+  );
+  if (!yes) {
+    archiveSay("Nothing was done.");
+    return;
+  }
+  try {
+    await api(`/archive/${encodeURIComponent(item.archive_id)}`, { method: "DELETE" });
+  } catch (error) {
+    if (isRefused(error)) return keyRefused(error);
+    archiveSay(`Could not remove ${item.archive_id}: ${error.message}`, true);
+    return;
+  }
+  archiveSay(`Removed ${item.archive_id} from the archive: its next job downloads it again.`);
+  state.archiveRemoved.add(item.archive_id);
+  state.archiveSeen = "";
+  refresh("archive");
+}
+
 // -- bulk actions: POST /jobs/actions, a dry run first, then GET /operations/{id} ---------------
 
 const ACTION_WORDS = { cancel: "Cancel", retry: "Retry", delete_file: "Delete the file of", pause: "Pause", resume: "Resume" };
@@ -984,6 +1338,7 @@ function bulkSay(text) {
 function describeFilter(filter) {
   const parts = [];
   if (filter.failure_group) parts.push(`failure group ${filter.failure_group}`);
+  if (filter.subscription_id) parts.push(`subscription ${filter.subscription_id}`);
   if (filter.status) parts.push(`status ${filter.status.join(" or ")}`);
   if (filter.labels) parts.push(...Object.entries(filter.labels).map(([k, v]) => `label ${k}=${v}`));
   if (filter.host) parts.push(`host ${filter.host}`);
@@ -1246,6 +1601,10 @@ async function pollThroughput() {
 // -- start -------------------------------------------------------------------------------------
 
 function start() {
+  state.pages.jobs = new Pager("jobs", "job", () => refresh("jobs"));
+  state.pages.subscriptions = new Pager("subscriptions", "subscription", () => refresh("subscriptions"));
+  state.pages.checks = new Pager("checks", "check", () => loadChecks());
+  state.pages.archive = new Pager("archive", "item", () => refresh("archive"));
   $("key-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const key = $("api-key").value.trim();
@@ -1266,6 +1625,17 @@ function start() {
   $("batch-toggle").addEventListener("click", batchAction);
   $("batch-close").addEventListener("click", closeBatch);
   $("throughput-minutes").addEventListener("change", () => refresh("throughput"));
+  $("subscribe-form").addEventListener("submit", subscribe);
+  $("checks-close").addEventListener("click", closeChecks);
+  let archiveSearchTimer = null;
+  $("archive-search").addEventListener("submit", (event) => event.preventDefault());
+  $("archive-q").addEventListener("input", () => {
+    clearTimeout(archiveSearchTimer);
+    archiveSearchTimer = setTimeout(() => {
+      state.pages.archive.reset();
+      refresh("archive");
+    }, 300);
+  });
   $("viewer-search").addEventListener("input", () => {
     clearTimeout(searchTimer);
     searchTimer = setTimeout(viewerFiltersChanged, 300);
@@ -1280,18 +1650,16 @@ function start() {
     jobSearchTimer = setTimeout(jobFiltersChanged, typed ? 300 : 0);
   });
   $("filter-group-clear").addEventListener("click", () => {
-    setFailureGroup("");
+    setChip("filter-group", "");
     for (const tr of $("failures-body").children) tr.classList.remove("selected");
     jobFiltersChanged();
   });
-  $("filter-clear").addEventListener("click", () => {
-    $("job-filters").reset();
-    setFailureGroup("");
+  $("filter-subscription-clear").addEventListener("click", () => {
+    setChip("filter-subscription", "");
     jobFiltersChanged();
   });
+  $("filter-clear").addEventListener("click", () => showJobsOf(() => {}));
   $("jobs-limit").addEventListener("change", jobFiltersChanged);
-  $("jobs-prev").addEventListener("click", () => turnJobPage(false));
-  $("jobs-next").addEventListener("click", () => turnJobPage(true));
   window.addEventListener("hashchange", () => {
     readFilterHash();
     jobFiltersChanged();
