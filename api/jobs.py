@@ -40,7 +40,7 @@ from spool.api.targets import refuse_forbidden_target
 from spool.application import jobs as commands
 from spool.application.batches import BulkAnswer
 from spool.application.jobs import BatchCreatedAnswer, JobCreatedAnswer, NewJob
-from spool.domain import failure_groups, fair_share, job, pause
+from spool.domain import failure_groups, fair_share, job, pause, previews
 from spool.domain.events import Metadata
 from spool.domain.job import PausedBy
 from spool.domain.job_query import JobQuery
@@ -57,6 +57,16 @@ class ProgressView(msgspec.Struct):
     total_bytes: int | None
     speed: float | None
     eta: float | None
+
+
+class LoudnessView(msgspec.Struct):
+    """A normalised job's integrated loudness in LUFS: the target, and as measured before (the
+    source's audio over the job's clip) and after (the file delivered); null: nothing to
+    measure (no audio, or silence)."""
+
+    target_lufs: float
+    before_lufs: float | None
+    after_lufs: float | None
 
 
 class JobView(msgspec.Struct, omit_defaults=False):
@@ -111,6 +121,13 @@ class JobView(msgspec.Struct, omit_defaults=False):
     """What holds it: `job` (its own pause), `batch`, `account` or `cluster` (intake)."""
     subscription_id: str | None = None
     """The subscription whose check created it (null: asked for directly)."""
+    loudness: LoudnessView | None = None
+    """Measured by `normalize_audio` (null: not asked, or not muxed yet)."""
+    storyboard_url: str | None = None
+    """Links, like `s3_url`, to the storyboard's sprite sheet (JPEG) and its WebVTT file."""
+    storyboard_vtt_url: str | None = None
+    preview_url: str | None = None
+    """A link to the preview clip (`preview_clip`)."""
 
 
 class JobPauseAnswer(msgspec.Struct):
@@ -198,6 +215,9 @@ class Links(msgspec.Struct):
     media: str | None = None
     subtitle: str | None = None
     thumbnail: str | None = None
+    storyboard: str | None = None
+    storyboard_vtt: str | None = None
+    preview: str | None = None
 
 
 def view(
@@ -213,6 +233,7 @@ def view(
     assert queued is not None
     started = _ms(state.started_at)
     finished = _ms(state.finished_at)
+    loud = state.loudness
     return JobView(
         id=state.job_id,
         url=state.url,
@@ -265,6 +286,10 @@ def view(
         paused=held_by is not None,
         paused_by=held_by,
         subscription_id=state.subscription_id,
+        loudness=None if loud is None else LoudnessView(loud.target, loud.before, loud.after),
+        storyboard_url=links.storyboard if links else None,
+        storyboard_vtt_url=links.storyboard_vtt if links else None,
+        preview_url=links.preview if links else None,
     )
 
 
@@ -328,10 +353,12 @@ async def _links(services: Services, state: job.JobState) -> Links | None:
             now=now,
         )
 
+    found = {kind: await link(kind, job.file_key(state, kind)) for kind in previews.KINDS}
     return Links(
         await link("media", state.key),
         await link("subtitle", state.subtitle_key),
         await link("thumbnail", state.thumbnail_key),
+        **found,
     )
 
 

@@ -21,6 +21,7 @@ from spool.domain.events import Event, event, registry
 from spool.domain.job_labels import changed, check_labels
 from spool.domain.job_options import JobOptions as JobOptions
 from spool.domain.job_options import output_ext as output_ext
+from spool.domain.loudness import Loudness
 from spool.domain.node_health import Blame
 from spool.domain.storage_config import StorageConfigured
 
@@ -171,6 +172,10 @@ class MuxCompleted(Event, frozen=True, kw_only=True):
     # The written file's frame: what was delivered (after `max_resolution`), not the source's.
     width: int | None = None
     height: int | None = None
+    loudness: Loudness | None = None
+    """Measured before and after, when the job normalised its audio (`normalize_audio`)."""
+    previews: list[MediaFile] = msgspec.field(default_factory=list)
+    """The previews made of the written file (`domain.previews.KINDS`), for the upload."""
     chained: bool = False
     """The node went straight on to the upload (see `DownloadCompleted.chained`)."""
     paused: bool = False
@@ -193,8 +198,10 @@ class JobCompleted(Event, frozen=True, kw_only=True):
     aborted_uploads: list[str] = msgspec.field(default_factory=list)
     """Earlier attempts' unfinished uploads this attempt aborted first."""
     objects: list[StoredFile] = msgspec.field(default_factory=list)
-    """Every object written (the media first, then subtitle and thumbnail), with what identifies
-    it: a delete removes an object only while it is still this one."""
+    """Every object written (the media first, then subtitle and thumbnail, then previews), with
+    what identifies it: a delete removes an object only while it is still this one."""
+    preview_keys: dict[str, str] = msgspec.field(default_factory=dict)
+    """Each preview's key by its kind (`domain.previews.KINDS`)."""
 
 
 @event
@@ -394,7 +401,11 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     key: str | None = None
     subtitle_key: str | None = None
     thumbnail_key: str | None = None
+    preview_keys: dict[str, str] = msgspec.field(default_factory=dict)
     objects: list[StoredFile] = msgspec.field(default_factory=list)
+    loudness: Loudness | None = None
+    previews: list[MediaFile] = msgspec.field(default_factory=list)
+    """The mux's previews on its node, until uploaded."""
     storage: str | None = None
     file_size: int | None = None
     file_deleted: bool = False
@@ -699,6 +710,13 @@ def recorded_objects(completed: JobState | JobCompleted) -> list[StoredFile]:
     return found
 
 
+def file_key(state: JobState, kind: str) -> str | None:
+    """The key of a completed job's file of `kind`: `media`, `subtitle`, `thumbnail` or a
+    preview's (`domain.previews.KINDS`)."""
+    named = {"media": state.key, "subtitle": state.subtitle_key, "thumbnail": state.thumbnail_key}
+    return named[kind] if kind in named else state.preview_keys.get(kind)
+
+
 def delete_file(state: JobState) -> list[Event]:
     """Record that the uploaded object was deleted."""
     if state.key is None or state.status != "Completed":
@@ -827,6 +845,8 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             native_audio_codec=codec_word(ev.native_audio_codec) or state.native_audio_codec,
             actual_quality=_quality(ev.width, ev.height) or state.actual_quality,
             duration=ev.duration or state.duration,
+            loudness=ev.loudness,
+            previews=list(ev.previews),
             timings=_timed(state, "mux", ev.seconds, ev.output.size),
             **_advanced("mux"),
         )
@@ -841,6 +861,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             file_size=ev.size,
             subtitle_key=ev.subtitle_key,
             thumbnail_key=ev.thumbnail_key,
+            preview_keys=dict(ev.preview_keys),
             objects=list(ev.objects),
             unfinished_uploads=[u for u in state.unfinished_uploads if u not in aborted],
             timings=_timed(state, "upload", ev.seconds, ev.size),
@@ -927,7 +948,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         # From mux or upload, the last run's files (on `ev.node_id`) are what the stage reads.
         reused: dict[str, Any] = {"node_id": ev.node_id}
         if ev.from_stage != "upload":
-            reused["output"] = None
+            reused |= {"output": None, "loudness": None, "previews": []}
         if ev.from_stage == "download":
             reused["files"] = []
         return replace(
@@ -952,6 +973,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             key=None,
             subtitle_key=None,
             thumbnail_key=None,
+            preview_keys={},
             objects=[],
             **reused,
         )
@@ -1036,6 +1058,8 @@ def count(counts: dict[str, int], ev: Event) -> None:
 
 AGGREGATE: Aggregate[JobState] = Aggregate(
     name="job",
+    # 2: loudness, previews and their keys (a row of 1 holds none, even where events have them).
+    snapshot_version=2,
     stream_id=stream_id,
     evolve=evolve,
     event_classes=(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from spool.adapters import downloader, live_hls, muxer, thumbnails
+from spool.adapters import downloader, live_hls, loudness, muxer, previews, thumbnails
 from spool.adapters.owned_objects import delete_owned
 from spool.adapters.ssrf import UrlGuard
 from spool.adapters.storage import (
@@ -31,6 +31,7 @@ from spool.adapters.storage import (
 )
 from spool.adapters.viewer_sessions import ViewerRecorder, ViewerSession
 from spool.domain import file_names, job, viewer
+from spool.domain import previews as preview_kinds
 from spool.domain.node_health import Blame
 
 ProgressSink = Callable[[job.Progress], None]
@@ -360,17 +361,18 @@ async def mux(
         if session is not None:
             _count(session, int(in_size * min(pct, 100.0) / 100), _size_of(workdir))
 
+    muxed = previews.muxed_share(o)  # of the stage's percent; the previews take the rest
     try:
-        result = await muxer.mux(
-            media,
-            output,
-            **muxer.mux_options(o),
-            on_progress=on_progress,
-            cancel=cancel,
+        # Through loudness normalisation's passes when the job asks (adapters/loudness.py).
+        result, measured = await loudness.mux(
+            media, output, o, muxer.share(on_progress, 0.0, muxed), cancel
         )
         if session is not None:
             session.set_bitrate(viewer.bitrate(result.size, result.duration))
             _count(session, in_size, result.size)
+        made = await previews.make(
+            result, o, workdir, muxer.share(on_progress, muxed, 100.0), cancel
+        )
     except muxer.MuxCancelled:
         raise StageCancelled from None
     except muxer.Unreadable as exc:
@@ -395,6 +397,8 @@ async def mux(
         native_audio_codec=result.source_audio_codec,
         width=result.width,
         height=result.height,
+        loudness=measured,
+        previews=made,
     )
 
 
@@ -478,6 +482,7 @@ async def _upload(
         stem = key.rsplit(".", 1)[0]
         files = [("media", Path(state.output.path), key)]
         files += [(kind, path, f"{stem}{suffix}") for kind, path, suffix in extras]
+        files += previews.uploads(state.previews, stem)
         try:
             written = await _put_all(state, storage, files, on_progress, cancel, session)
         except ObjectExists:
@@ -504,6 +509,7 @@ async def _upload(
             thumbnail_key=written["thumbnail"].key if "thumbnail" in written else None,
             aborted_uploads=aborted,
             objects=[_recorded(o) for o in written.values()],
+            preview_keys={k: written[k].key for k in preview_kinds.KINDS if k in written},
         )
     raise StageError(
         "Upload failed: every name this job may take is held by a file it did not write",
