@@ -40,7 +40,7 @@ def _auth(key: str) -> dict[str, str]:
 def _refusal(**asked: Any) -> str:
     """What the domain says about these options."""
     with pytest.raises(InvalidOption) as caught:
-        resolve(AskedOptions(**asked))
+        resolve(msgspec.convert(asked, AskedOptions))
     return str(caught.value)
 
 
