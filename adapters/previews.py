@@ -24,7 +24,8 @@ from spool.domain.timecode import parse_timecode
 Report = Callable[[float], None]
 
 _TILES = "storyboard-tiles"
-"""The folder in the work folder that holds one JPEG per tile until they are tiled."""
+"""The folder in the work folder that holds one PNG per tile (lossless: the sheet is the one
+JPEG encode) until they are tiled."""
 _JPEG_QUALITY = "4"
 """FFmpeg's `-q:v` for JPEG (2 best, 31 worst)."""
 _PREVIEW_EXT = {"mp4": "mp4", "webp": "webp"}
@@ -96,10 +97,10 @@ async def _storyboard(
     last: Path | None = None
     try:
         for n in range(board.count):
-            tile = tiles / f"{n:04d}.jpg"
+            tile = tiles / f"{n:04d}.png"
             seek = f"{n * board.interval_ms / 1000:.3f}"
             args = ["-ss", seek, "-i", file_url(media), "-map", "0:v:0", "-frames:v", "1"]
-            args += ["-vf", scale, "-q:v", _JPEG_QUALITY, "-f", "image2", "-update", "1"]
+            args += ["-vf", scale, "-c:v", "png", "-f", "image2", "-update", "1"]
             await muxer.run_ffmpeg(
                 [*args, file_url(tile)],
                 expected=None,
@@ -117,7 +118,7 @@ async def _storyboard(
             on_progress(90.0 * (n + 1) / board.count)
         sprite = workdir / previews.SPRITE_NAME
         sheet = f"tile={board.columns}x{board.rows}"
-        args = ["-framerate", "1", "-i", file_url(tiles / "%04d.jpg"), "-vf", sheet]
+        args = ["-framerate", "1", "-i", file_url(tiles / "%04d.png"), "-vf", sheet]
         args += ["-frames:v", "1", "-q:v", _JPEG_QUALITY, "-f", "image2", "-update", "1"]
         await muxer.run_ffmpeg(
             [*args, file_url(sprite)],

@@ -1,9 +1,10 @@
 """Previews of a job's video, planned: a storyboard (a sprite sheet of thumbnails and the WebVTT
 file that maps times to its tiles) and a short silent preview clip.
 
-All pure: what FFmpeg is asked for (adapters/previews.py runs it) and the WebVTT text. Both are
-bounded whatever the media's length: a storyboard holds at most `MAX_TILES` tiles (a longer
-video gets a longer interval), a preview lasts at most `MAX_PREVIEW_SECONDS`.
+All pure: the storyboard's shape, the preview's window and filter (adapters/previews.py runs
+FFmpeg) and the WebVTT text. Both are bounded whatever the media's length: a storyboard holds at
+most `MAX_TILES` tiles (a longer video gets a longer interval), a preview lasts at most
+`MAX_PREVIEW_SECONDS`.
 """
 
 from __future__ import annotations
@@ -89,16 +90,6 @@ def plan_storyboard(duration: float, interval: float, width: int, height: int) -
         tile_height=tile_height,
         duration_ms=duration_ms,
     )
-
-
-def storyboard_filter(board: Storyboard) -> str:
-    """The FFmpeg video filter that draws the sprite: the first frame of each interval, scaled to
-    a tile, tiled. A tile with no frame of its own (past the video's end) stays black."""
-    seconds = f"{board.interval_ms / 1000:g}"
-    pick = f"select='isnan(prev_t)+gt(floor(t/{seconds}),floor(prev_t/{seconds}))'"
-    # The timestamps select reads are the frames' own; setsar keeps pixels square in the sheet.
-    scale = f"scale={board.tile_width}:{board.tile_height},setsar=1"
-    return f"{pick},{scale},tile={board.columns}x{board.rows}"
 
 
 def storyboard_vtt(board: Storyboard, sprite: str = SPRITE_NAME) -> str:
