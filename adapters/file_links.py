@@ -15,11 +15,12 @@ import hmac
 from urllib.parse import quote, urlencode
 
 from spool.adapters.storage import LocalStorage, ObjectStorage
+from spool.domain import previews
 
 LINK_SECONDS = 24 * 3600
 """How long a link lives: presigned, SAS or Spool alike."""
 
-KINDS = ("media", "subtitle", "thumbnail")
+KINDS = ("media", "subtitle", "thumbnail", *previews.KINDS)
 """The files of a job a link can name."""
 
 _LABEL = b"spool file links v1"

@@ -16,14 +16,14 @@ import re
 import subprocess
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Literal, TypedDict
 
 import msgspec
 
 from spool.adapters import process_groups
-from spool.adapters.ffmpeg import ffmpeg_exe
+from spool.adapters.ffmpeg import ffmpeg_exe, file_url
 from spool.domain.job_options import (
     AUDIO_FORMATS,
     CRF_RANGE,
@@ -260,8 +260,12 @@ def plan(
     audio_only: bool = DEFAULTS.audio_only,
     clip_start: float | None = None,
     clip_end: float | None = None,
+    audio_filter: str | None = None,
 ) -> MuxPlan:
-    """Decide the FFmpeg arguments that turn the probed inputs into the asked file (pure)."""
+    """Decide the FFmpeg arguments that turn the probed inputs into the asked file (pure).
+
+    `audio_filter` (loudness normalisation: adapters/loudness.py) re-encodes the audio through it.
+    """
     if len(inputs) != len(input_paths) or not inputs:
         raise ValueError("plan needs one ProbeInfo per input path, and at least one input")
 
@@ -285,7 +289,7 @@ def plan(
         raise MuxFailed("The output would overwrite an input")
 
     video_at = None if audio_only else _first(inputs, "video")
-    audio_at = _audio_source(inputs)
+    audio_at = audio_source(inputs)
     if audio_only and audio_at is None:
         raise MuxFailed("The media has no audio stream to extract")
     if video_at is None and audio_at is None:
@@ -340,7 +344,7 @@ def plan(
         stream = _stream(inputs[audio_at], "audio")
         args += ["-map", f"{audio_at}:a:0"]
         holds = AUDIO_CODECS[fmt]
-        if want_audio is None and (holds is None or stream.codec in holds):
+        if want_audio is None and audio_filter is None and (holds is None or stream.codec in holds):
             out_audio = stream.codec
             args += ["-c:a", "copy"]
         else:
@@ -348,6 +352,8 @@ def plan(
             if holds is not None and out_audio not in holds:
                 raise MuxFailed(f"The {fmt} format cannot hold {audio_codec} audio")
             transcodes_audio = True
+            if audio_filter is not None:
+                args += ["-af", audio_filter]
             args += ["-c:a", _AUDIO_ENCODERS[out_audio], "-b:a", audio_bitrate]
 
     if fmt in _FASTSTART:
@@ -415,7 +421,7 @@ def _first(inputs: list[ProbeInfo], kind: str) -> int | None:
     return next((i for i, info in enumerate(inputs) if _has(info, kind)), None)
 
 
-def _audio_source(inputs: list[ProbeInfo]) -> int | None:
+def audio_source(inputs: list[ProbeInfo]) -> int | None:
     """Prefer a separate audio input (the "bestaudio" of a split download) to muxed audio."""
     alone = next(
         (i for i, p in enumerate(inputs) if _has(p, "audio") and not _has(p, "video")), None
@@ -451,8 +457,7 @@ def _seconds(value: float) -> str:
 
 
 def _ffmpeg_path(path: Path) -> str:
-    # The file: protocol stops names like "-x.mp4" reading as options and "a:b" as protocols.
-    return f"file:{path}"
+    return file_url(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,6 +509,7 @@ async def mux(
     audio_only: bool = DEFAULTS.audio_only,
     clip_start: float | None = None,
     clip_end: float | None = None,
+    audio_filter: str | None = None,
     on_progress: Callable[[float], None] | None = None,
     cancel: asyncio.Event | None = None,
     # A plain seconds figure, as the job pipeline's stage deadline is one.
@@ -528,6 +534,7 @@ async def mux(
         audio_only=audio_only,
         clip_start=clip_start,
         clip_end=clip_end,
+        audio_filter=audio_filter,
     )
     target = output_path(output, the_plan.output_ext)
     progress = _Progress(_expected_duration(infos, clip_start, clip_end), on_progress)
@@ -560,15 +567,38 @@ def _first_codec(infos: list[ProbeInfo], kind: str) -> str | None:
     return next((s.codec for i in infos for s in i.streams if s.kind == kind), None)
 
 
+async def run_ffmpeg(
+    args: list[str],
+    *,
+    expected: float | None,
+    on_progress: Callable[[float], None] | None = None,
+    cancel: asyncio.Event | None = None,
+    timeout: float | None = None,
+    paths: Sequence[Path] = (),
+    target: Path | None = None,
+    what: str = "Muxing",
+) -> list[str]:
+    """Run FFmpeg as `mux` does, on `args` after the common ones (a later `-loglevel` wins over
+    theirs): progress against `expected` seconds, stopped by `cancel` (MuxCancelled) or past
+    `timeout`, `target` removed unless it succeeds, errors named without `paths` and headed by
+    `what`. Returns the last lines FFmpeg wrote to stderr."""
+    progress = _Progress(expected, on_progress)
+    lines = await _run([*_COMMON, *args], progress, cancel, timeout, list(paths), target, what)
+    progress.finish()
+    return lines
+
+
 async def _run(
     args: list[str],
     progress: _Progress,
     cancel: asyncio.Event | None,
     limit: float | None,
     paths: list[Path],
-    target: Path,
-) -> None:
-    """Run FFmpeg to completion; on any way out but success, stop it and remove its output."""
+    target: Path | None,
+    what: str = "Muxing",
+) -> list[str]:
+    """Run FFmpeg to completion, returning its last stderr lines; on any way out but success,
+    stop it and remove its output."""
     proc = await asyncio.create_subprocess_exec(
         ffmpeg_exe(),
         *args,
@@ -589,12 +619,12 @@ async def _run(
         done, _ = await asyncio.wait(waiting, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
         if run not in done:
             if cancelled is not None and cancelled in done:
-                raise MuxCancelled("Muxing was cancelled")
-            raise MuxFailed(f"Muxing took longer than {limit:g} s and was stopped")
+                raise MuxCancelled(f"{what} was cancelled")
+            raise MuxFailed(f"{what} took longer than {limit:g} s and was stopped")
         code = run.result()
         if code != 0:
             detail = last_error(errors, paths) or f"FFmpeg exited with status {code}"
-            raise MuxFailed(f"Muxing failed: {detail}")
+            raise MuxFailed(f"{what} failed: {detail}")
         succeeded = True
     finally:
         if cancelled is not None:
@@ -609,7 +639,9 @@ async def _run(
                 await asyncio.shield(run)
                 await proc.wait()
             # Synchronous on purpose: an await here could itself be cancelled, leaving the file.
-            target.unlink(missing_ok=True)
+            if target is not None:
+                target.unlink(missing_ok=True)
+    return list(errors)
 
 
 async def _drain(proc: asyncio.subprocess.Process, progress: _Progress, errors: deque[str]) -> int:
@@ -630,6 +662,11 @@ async def _drain(proc: asyncio.subprocess.Process, progress: _Progress, errors: 
 
     await asyncio.gather(read_progress(), read_errors())
     return await proc.wait()
+
+
+def share(report: Callable[[float], None], low: float, high: float) -> Callable[[float], None]:
+    """One FFmpeg run's 0-100 % reported as its share, `low` to `high`, of a stage's percent."""
+    return lambda pct: report(low + (high - low) * min(pct, 100.0) / 100.0)
 
 
 class _Progress:

@@ -40,7 +40,7 @@ from spool.api.targets import refuse_forbidden_target
 from spool.application import jobs as commands
 from spool.application.batches import BulkAnswer
 from spool.application.jobs import BatchCreatedAnswer, JobCreatedAnswer, NewJob
-from spool.domain import failure_groups, fair_share, job, pause
+from spool.domain import failure_groups, fair_share, job, pause, previews
 from spool.domain.events import Metadata
 from spool.domain.job import PausedBy
 from spool.domain.job_query import JobQuery
@@ -68,6 +68,16 @@ class ObjectView(msgspec.Struct):
     """Of the bytes uploaded, hashed as they were read; null for jobs completed before."""
     sha256_checked: bool
     """Whether the storage answered a checksum of what it stored and it matched (S3)."""
+
+
+class LoudnessView(msgspec.Struct):
+    """A normalised job's integrated loudness in LUFS: the target, and as measured before (the
+    source's audio over the job's clip) and after (the file delivered); null: nothing to
+    measure (no audio, or silence)."""
+
+    target_lufs: float
+    before_lufs: float | None
+    after_lufs: float | None
 
 
 class JobView(msgspec.Struct, omit_defaults=False):
@@ -136,6 +146,13 @@ class JobView(msgspec.Struct, omit_defaults=False):
     """The media file's SHA-256 (hex), once uploaded."""
     objects: list[ObjectView] = msgspec.field(default_factory=list)
     """Every object the job wrote, with its size and SHA-256."""
+    loudness: LoudnessView | None = None
+    """Measured by `normalize_audio` (null: not asked, or not muxed yet)."""
+    storyboard_url: str | None = None
+    """Links, like `s3_url`, to the storyboard's sprite sheet (JPEG) and its WebVTT file."""
+    storyboard_vtt_url: str | None = None
+    preview_url: str | None = None
+    """A link to the preview clip (`preview_clip`)."""
 
 
 class JobPauseAnswer(msgspec.Struct):
@@ -223,6 +240,9 @@ class Links(msgspec.Struct):
     media: str | None = None
     subtitle: str | None = None
     thumbnail: str | None = None
+    storyboard: str | None = None
+    storyboard_vtt: str | None = None
+    preview: str | None = None
 
 
 def view(
@@ -238,6 +258,7 @@ def view(
     assert queued is not None
     started = _ms(state.started_at)
     finished = _ms(state.finished_at)
+    loud = state.loudness
     return JobView(
         id=state.job_id,
         url=state.url,
@@ -296,6 +317,10 @@ def view(
         verified=state.verification.mode if state.verification is not None else None,
         sha256=next((o.sha256 for o in state.objects if o.key == state.key), None),
         objects=[ObjectView(o.key, o.size, o.sha256, o.sha256_checked) for o in state.objects],
+        loudness=None if loud is None else LoudnessView(loud.target, loud.before, loud.after),
+        storyboard_url=links.storyboard if links else None,
+        storyboard_vtt_url=links.storyboard_vtt if links else None,
+        preview_url=links.preview if links else None,
     )
 
 
@@ -359,10 +384,12 @@ async def _links(services: Services, state: job.JobState) -> Links | None:
             now=now,
         )
 
+    found = {kind: await link(kind, job.file_key(state, kind)) for kind in previews.KINDS}
     return Links(
         await link("media", state.key),
         await link("subtitle", state.subtitle_key),
         await link("thumbnail", state.thumbnail_key),
+        **found,
     )
 
 

@@ -509,7 +509,7 @@ async def _linked(
     state = await load_job(services.store, jid)
     key = None
     if state is not None and state.status == "Completed" and not state.file_deleted:
-        key = {"media": state.key, "subtitle": state.subtitle_key}.get(kind, state.thumbnail_key)
+        key = job.file_key(state, kind)
     # The signature is checked before anything about the job is told.
     if key is None or not link_is_valid(
         services.links_key,

@@ -21,6 +21,7 @@ from spool.domain.events import Event, event, registry
 from spool.domain.job_labels import changed, check_labels
 from spool.domain.job_options import JobOptions as JobOptions
 from spool.domain.job_options import output_ext as output_ext
+from spool.domain.loudness import Loudness
 from spool.domain.node_health import Blame
 from spool.domain.storage_config import StorageConfigured
 from spool.domain.verification import Verification
@@ -189,6 +190,10 @@ class MuxCompleted(Event, frozen=True, kw_only=True):
     verification: Verification | None = None
     """What the output was held to and passed (domain/verification.py); None: `verify: off`,
     or a mux recorded before outputs were verified."""
+    loudness: Loudness | None = None
+    """Measured before and after, when the job normalised its audio (`normalize_audio`)."""
+    previews: list[MediaFile] = msgspec.field(default_factory=list)
+    """The previews made of the written file (`domain.previews.KINDS`), for the upload."""
     chained: bool = False
     """The node went straight on to the upload (see `DownloadCompleted.chained`)."""
     paused: bool = False
@@ -211,8 +216,10 @@ class JobCompleted(Event, frozen=True, kw_only=True):
     aborted_uploads: list[str] = msgspec.field(default_factory=list)
     """Earlier attempts' unfinished uploads this attempt aborted first."""
     objects: list[StoredFile] = msgspec.field(default_factory=list)
-    """Every object written (the media first, then subtitle and thumbnail), with what identifies
-    it: a delete removes an object only while it is still this one."""
+    """Every object written (the media first, then subtitle and thumbnail, then previews), with
+    what identifies it: a delete removes an object only while it is still this one."""
+    preview_keys: dict[str, str] = msgspec.field(default_factory=dict)
+    """Each preview's key by its kind (`domain.previews.KINDS`)."""
 
 
 @event
@@ -459,7 +466,11 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     key: str | None = None
     subtitle_key: str | None = None
     thumbnail_key: str | None = None
+    preview_keys: dict[str, str] = msgspec.field(default_factory=dict)
     objects: list[StoredFile] = msgspec.field(default_factory=list)
+    loudness: Loudness | None = None
+    previews: list[MediaFile] = msgspec.field(default_factory=list)
+    """The mux's previews on its node, until uploaded."""
     storage: str | None = None
     file_size: int | None = None
     file_deleted: bool = False
@@ -823,6 +834,13 @@ def recorded_objects(completed: JobState | JobCompleted) -> list[StoredFile]:
     return found
 
 
+def file_key(state: JobState, kind: str) -> str | None:
+    """The key of a completed job's file of `kind`: `media`, `subtitle`, `thumbnail` or a
+    preview's (`domain.previews.KINDS`)."""
+    named = {"media": state.key, "subtitle": state.subtitle_key, "thumbnail": state.thumbnail_key}
+    return named[kind] if kind in named else state.preview_keys.get(kind)
+
+
 def delete_file(state: JobState, reason: str | None = None) -> list[Event]:
     """Record that the uploaded object was deleted (and why, when it was not by hand)."""
     if state.key is None or state.status != "Completed":
@@ -960,6 +978,8 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             actual_quality=_quality(ev.width, ev.height) or state.actual_quality,
             duration=ev.duration or state.duration,
             verification=ev.verification,
+            loudness=ev.loudness,
+            previews=list(ev.previews),
             timings=_timed(state, "mux", ev.seconds, ev.output.size),
             **_advanced("mux"),
         )
@@ -974,6 +994,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             file_size=ev.size,
             subtitle_key=ev.subtitle_key,
             thumbnail_key=ev.thumbnail_key,
+            preview_keys=dict(ev.preview_keys),
             objects=list(ev.objects),
             unfinished_uploads=[u for u in state.unfinished_uploads if u not in aborted],
             timings=_timed(state, "upload", ev.seconds, ev.size),
@@ -1098,8 +1119,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         # From mux or upload, the last run's files (on `ev.node_id`) are what the stage reads.
         reused: dict[str, Any] = {"node_id": ev.node_id}
         if ev.from_stage != "upload":
-            reused["output"] = None
-            reused["verification"] = None
+            reused |= {"output": None, "verification": None, "loudness": None, "previews": []}
         if ev.from_stage == "download":
             reused |= {"files": [], "archive_id": None, "extractor": None, "item_id": None}
         return replace(
@@ -1127,6 +1147,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             key=None,
             subtitle_key=None,
             thumbnail_key=None,
+            preview_keys={},
             objects=[],
             **reused,
         )
@@ -1218,8 +1239,9 @@ AGGREGATE: Aggregate[JobState] = Aggregate(
     stream_id=stream_id,
     evolve=evolve,
     # 2: `source_quality` (folded from DownloadCompleted's width and height, which older rows
-    # never kept) and `verification` (migration 0032).
-    snapshot_version=2,
+    # never kept) and `verification` (migration 0032); 3: loudness, previews and their keys
+    # (migration 0033; a row of an earlier version holds none, even where events have them).
+    snapshot_version=3,
     event_classes=(
         JobCreated,
         JobReleased,

@@ -20,7 +20,7 @@ from urllib.parse import SplitResult, urlsplit
 
 import msgspec
 
-from spool.domain import file_names
+from spool.domain import file_names, loudness, previews
 from spool.domain.errors import DomainError
 from spool.domain.fair_share import InvalidPriority, parse_priority
 from spool.domain.timecode import normalize_timecode, parse_timecode
@@ -97,6 +97,23 @@ class InvalidOption(DomainError):
     """A job request the rules refuse; the message is the one the job API answers."""
 
 
+class AskedPreviewClip(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`preview_clip` as an object: where it starts in the output (a timecode or seconds; null:
+    a tenth of the way in), how long it lasts (seconds) and its format (`mp4` or `webp`)."""
+
+    start: str | int | float | None = None
+    duration: int | float | None = None
+    format: str | None = None
+
+
+class PreviewClip(AskedPreviewClip, frozen=True, kw_only=True):
+    """A job's preview clip, resolved: `start` stored as `clip_start` is (None: a tenth in)."""
+
+    start: str | None = None
+    duration: float = previews.PREVIEW_SECONDS
+    format: str = "mp4"
+
+
 class AskedOptions(msgspec.Struct, frozen=True, kw_only=True):
     """Every job option as a request gives it; the names are the job API's.
 
@@ -133,6 +150,16 @@ class AskedOptions(msgspec.Struct, frozen=True, kw_only=True):
     (domain/archive.py): the job is never skipped."""
     verify: str | None = None
     """How the output is checked against the request after the mux (`VERIFY_MODES`)."""
+    normalize_audio: bool = False
+    """EBU R128 loudness normalisation in two passes (domain/loudness.py); re-encodes audio."""
+    loudness_target: int | float | None = None
+    """The integrated loudness normalised to, LUFS; needs `normalize_audio`."""
+    storyboard: bool = False
+    """A sprite sheet of thumbnails and its WebVTT file (domain/previews.py)."""
+    storyboard_interval: int | float | None = None
+    """Seconds between a storyboard's tiles; needs `storyboard`."""
+    preview_clip: bool | AskedPreviewClip | None = None
+    """A short silent MP4 or animated WebP of the output: true for the defaults, or an object."""
 
 
 class JobOptions(AskedOptions, frozen=True, kw_only=True, omit_defaults=True):
@@ -153,6 +180,11 @@ class JobOptions(AskedOptions, frozen=True, kw_only=True, omit_defaults=True):
     """None: the account's default priority, decided when the job joins the line."""
     verify: str = "fast"
     """Jobs created before the option was: `fast`, as every job since unless it asks."""
+    loudness_target: float | None = None
+    """Set (the asked target, or the default for the job's kind) exactly when normalising."""
+    storyboard_interval: float | None = None
+    """Set exactly when a storyboard is made."""
+    preview_clip: PreviewClip | None = None
 
 
 DEFAULTS: Final = JobOptions()
@@ -379,6 +411,79 @@ def _check_clip(
     return clip_start, clip_end
 
 
+def _check_loudness(
+    asked: AskedOptions, fmt: str, audio_only: bool, audio_codec: str
+) -> tuple[float | None, str]:
+    """The loudness target (None: not normalising) and the audio codec to encode in.
+
+    Normalising re-encodes the audio, so it is refused with `audio_codec: copy`; without a codec
+    asked, the format's first (`aac` for mp4) is stored, so the job says what it will write.
+    """
+    target = asked.loudness_target
+    if not asked.normalize_audio:
+        if target is not None:
+            raise _bad("loudness_target requires normalize_audio")
+        return None, audio_codec
+    if asked.audio_codec == "copy":
+        raise _bad(
+            "normalize_audio re-encodes the audio, so audio_codec cannot be copy "
+            "(leave it out or name a codec)"
+        )
+    if target is None:
+        target = loudness.default_target(audio_only)
+    low, high = loudness.TARGET_RANGE
+    if isinstance(target, bool) or not low <= target <= high:
+        raise _bad(f"Invalid loudness_target (expected LUFS from {low:g} to {high:g})")
+    codec = AUDIO_CODECS_BY_FORMAT[fmt][0] if audio_codec == "copy" else audio_codec
+    return float(target), codec
+
+
+def _check_storyboard(asked: AskedOptions, audio_only: bool) -> float | None:
+    """Seconds between a storyboard's tiles; None: no storyboard."""
+    interval = asked.storyboard_interval
+    if not asked.storyboard:
+        if interval is not None:
+            raise _bad("storyboard_interval requires storyboard")
+        return None
+    if audio_only:
+        raise _bad("storyboard needs video, but the job is audio only")
+    if interval is None:
+        return previews.INTERVAL
+    low, high = previews.INTERVAL_RANGE
+    if isinstance(interval, bool) or not low <= interval <= high:
+        raise _bad(f"Invalid storyboard_interval (expected seconds from {low:g} to {high:g})")
+    return float(interval)
+
+
+def _check_preview_clip(
+    asked: bool | AskedPreviewClip | None, audio_only: bool
+) -> PreviewClip | None:
+    """The preview clip to make, if any (a `PreviewClip` too: the options a job was created
+    with, given again, as a subscription's change does)."""
+    if asked is None or asked is False:
+        return None
+    if audio_only:
+        raise _bad("preview_clip needs video, but the job is audio only")
+    if isinstance(asked, bool):
+        return PreviewClip()
+    start = None
+    if asked.start is not None:
+        try:
+            start = normalize_timecode(asked.start)
+        except ValueError as exc:
+            raise _bad(f"Invalid preview_clip.start: {exc}") from None
+    length = previews.PREVIEW_SECONDS if asked.duration is None else asked.duration
+    if isinstance(length, bool) or not 0 < length <= previews.MAX_PREVIEW_SECONDS:
+        raise _bad(
+            "Invalid preview_clip.duration "
+            f"(expected seconds above 0, at most {previews.MAX_PREVIEW_SECONDS:g})"
+        )
+    fmt = asked.format or "mp4"
+    if fmt not in previews.PREVIEW_FORMATS:
+        raise _bad(f"Invalid preview_clip.format (expected {_one_of(previews.PREVIEW_FORMATS)})")
+    return PreviewClip(start=start, duration=float(length), format=fmt)
+
+
 def refuse_contradictions(asked: AskedOptions) -> None:
     """Refuse, plainly, what the pipeline cannot honour, and contradictory live options.
 
@@ -424,6 +529,9 @@ def resolve(asked: AskedOptions) -> JobOptions:
         priority = None if asked.priority is None else parse_priority(asked.priority)
     except InvalidPriority as exc:
         raise _bad(str(exc)) from None
+    loudness_target, audio_codec = _check_loudness(asked, fmt, audio_only, audio_codec)
+    storyboard_interval = _check_storyboard(asked, audio_only)
+    preview_clip = _check_preview_clip(asked.preview_clip, audio_only)
 
     decided: dict[str, Any] = {
         "format": fmt,
@@ -440,6 +548,9 @@ def resolve(asked: AskedOptions) -> JobOptions:
         "webhook_url": webhook_url,
         "priority": priority,
         "verify": verify,
+        "loudness_target": loudness_target,
+        "storyboard_interval": storyboard_interval,
+        "preview_clip": preview_clip,
     }
     given = {name: getattr(asked, name) for name in AskedOptions.__struct_fields__}
     # convert, not the constructor: it checks each value against JobOptions' narrower types,

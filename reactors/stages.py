@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from spool.adapters import downloader, live_hls, media_verify, muxer, thumbnails
+from spool.adapters import downloader, live_hls, loudness, media_verify, muxer, previews, thumbnails
 from spool.adapters.owned_objects import delete_owned
 from spool.adapters.ssrf import UrlGuard
 from spool.adapters.storage import (
@@ -32,6 +32,7 @@ from spool.adapters.storage import (
 )
 from spool.adapters.viewer_sessions import ViewerRecorder, ViewerSession
 from spool.domain import archive, file_names, job, viewer
+from spool.domain import previews as preview_kinds
 from spool.domain.node_health import Blame
 from spool.domain.verification import VerificationFailed
 
@@ -428,13 +429,11 @@ async def mux(
         if session is not None:
             _count(session, int(in_size * min(pct, 100.0) / 100), _size_of(workdir))
 
+    muxed = previews.muxed_share(o)  # of the stage's percent; the previews take the rest
     try:
-        result = await muxer.mux(
-            media,
-            output,
-            **muxer.mux_options(o),
-            on_progress=on_progress,
-            cancel=cancel,
+        # Through loudness normalisation's passes when the job asks (adapters/loudness.py).
+        result, measured = await loudness.mux(
+            media, output, o, muxer.share(on_progress, 0.0, muxed), cancel
         )
         if session is not None:
             session.set_bitrate(viewer.bitrate(result.size, result.duration))
@@ -445,6 +444,9 @@ async def mux(
             state.source_quality,
             cancel=cancel,
             on_decoding=lambda: progress(job.Progress(stage="mux", percent=100.0)),
+        )
+        made = await previews.make(
+            result, o, workdir, muxer.share(on_progress, muxed, 100.0), cancel
         )
     except VerificationFailed as exc:
         # The same file verifies the same on any retry of the mux (docs/job-api.md, verify).
@@ -474,6 +476,8 @@ async def mux(
         width=result.width,
         height=result.height,
         verification=verification,
+        loudness=measured,
+        previews=made,
     )
 
 
@@ -557,6 +561,7 @@ async def _upload(
         stem = key.rsplit(".", 1)[0]
         files = [("media", Path(state.output.path), key)]
         files += [(kind, path, f"{stem}{suffix}") for kind, path, suffix in extras]
+        files += previews.uploads(state.previews, stem)
         try:
             written = await _put_all(state, storage, files, on_progress, cancel, session)
         except ObjectExists:
@@ -583,6 +588,7 @@ async def _upload(
             thumbnail_key=written["thumbnail"].key if "thumbnail" in written else None,
             aborted_uploads=aborted,
             objects=[_recorded(o) for o in written.values()],
+            preview_keys={k: written[k].key for k in preview_kinds.KINDS if k in written},
         )
     raise StageError(
         "Upload failed: every name this job may take is held by a file it did not write",

@@ -91,6 +91,9 @@ def _job_note(ev: Event, e: RecordedEvent, names: Names) -> str:
     if isinstance(ev, job.MuxCompleted):
         words = (job.codec_word(ev.video_codec), job.codec_word(ev.audio_codec))
         codecs = "/".join(c for c in words if c)
+        loud = ev.loudness
+        if loud is not None and loud.before is not None and loud.after is not None:
+            codecs += f", {loud.before:g} -> {loud.after:g} LUFS"
         return f"{_size(ev.output.size)} {codecs} on {ev.node_id}".rstrip()
     if isinstance(ev, job.JobCompleted):
         return f"{ev.key} ({_size(ev.size)}) in {ev.storage} from {ev.node_id}"

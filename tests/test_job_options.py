@@ -40,7 +40,7 @@ def _auth(key: str) -> dict[str, str]:
 def _refusal(**asked: Any) -> str:
     """What the domain says about these options."""
     with pytest.raises(InvalidOption) as caught:
-        resolve(AskedOptions(**asked))
+        resolve(msgspec.convert(asked, AskedOptions))
     return str(caught.value)
 
 
@@ -83,6 +83,9 @@ BAD_OPTIONS: list[dict[str, Any]] = [
     {"enable_progress_webhook": True},
     {"live_from_start": True},
     {"max_duration": 0},
+    {"normalize_audio": True, "audio_codec": "copy"},
+    {"storyboard": True, "audio_only": True},
+    {"preview_clip": {"format": "gif"}},
 ]
 
 
@@ -111,6 +114,10 @@ async def test_an_option_the_domain_refuses_is_a_400_with_the_domains_message(
         {"filename": "Episode 1", "folder": "shows/a", "download_subtitles": True},
         {"webhook_url": " https://hooks.test/x ", "enable_progress_webhook": True},
         {"live_recording": True, "live_from_start": True, "max_duration": 60},
+        {"normalize_audio": True, "format": "ogg"},
+        {"normalize_audio": True, "loudness_target": -14, "audio_codec": "mp3"},
+        {"storyboard": True, "storyboard_interval": 2.5, "preview_clip": True},
+        {"preview_clip": {"start": "00:00:01.5", "duration": 2, "format": "webp"}},
     ],
 )
 def test_a_jobs_options_asked_again_give_the_same_options(asked: dict[str, Any]) -> None:

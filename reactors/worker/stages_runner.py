@@ -410,6 +410,7 @@ class StageRunner(Drain):
                 # Another attempt may have completed the job under the same key: keep its files.
                 owned = (
                     {current.key, current.subtitle_key, current.thumbnail_key}
+                    | set(current.preview_keys.values())
                     if current.status == "Completed"
                     else set()
                 )
