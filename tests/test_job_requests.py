@@ -738,6 +738,6 @@ def test_decode_keeps_every_documented_field() -> None:
         "quality_preset", "max_resolution", "audio_only", "download_subtitles",
         "download_thumbnail", "clip_start", "clip_end", "filename", "folder", "webhook_url",
         "enable_progress_webhook", "live_recording", "live_from_start", "max_duration",
-        "wait_for_video", "paused", "storage", "labels", "priority", "verify", "normalize_audio",
-        "loudness_target", "storyboard", "storyboard_interval", "preview_clip",
+        "wait_for_video", "paused", "storage", "labels", "priority", "force", "verify",
+        "normalize_audio", "loudness_target", "storyboard", "storyboard_interval", "preview_clip",
     }  # fmt: skip
