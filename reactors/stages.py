@@ -655,8 +655,14 @@ async def _put_all(
                 owner=owner,
                 if_absent=info is None,
             )
-            if session is not None and kind != "media":
-                session.add_out(written[kind].size)
+            if kind != "media":
+                if session is not None:
+                    session.add_out(written[kind].size)
+                # The files after the media (an HLS package's may be many and large) report
+                # the media's 100 % again each: the stall watchdog sees the stage still moving.
+                media = written.get("media")
+                if media is not None:
+                    on_progress(media.size, media.size)
     except BaseException:
         if written:
             try:

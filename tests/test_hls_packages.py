@@ -20,6 +20,8 @@ from typing import Any
 import msgspec
 import pytest
 
+from spool.adapters import hls as packages
+from spool.adapters import muxer
 from spool.adapters.ffmpeg import ffmpeg_exe
 from spool.domain import hls
 from spool.domain.job_options import AskedOptions, Hls, HlsRendition, InvalidOption, resolve
@@ -101,6 +103,46 @@ async def test_a_two_rendition_package_plays_through_from_its_master_playlist(
     assert deleted.status_code == 200, deleted.text
     assert cluster.objects() == []
     assert (await cluster.job(job_id))["hls_url"] is None
+
+
+async def _written(clip: Path) -> muxer.MuxResult:
+    probed = await asyncio.to_thread(muxer.probe, clip)
+    return muxer.MuxResult(
+        path=str(clip),
+        size=clip.stat().st_size,
+        duration=probed.duration,
+        video_codec="h264",
+        audio_codec="aac",
+        seconds=0.0,
+        width=320,
+        height=240,
+    )
+
+
+async def test_a_cancelled_stage_stops_packaging_and_leaves_no_package(tmp_path: Path) -> None:
+    written = await _written(make_clip(tmp_path / "clip.mp4", 2.0))
+    options = _options(hls={"renditions": [{"height": 360}]})
+    cancel = asyncio.Event()
+    cancel.set()
+    written = msgspec.structs.replace(written, width=640, height=480)
+
+    with pytest.raises(muxer.MuxCancelled):
+        await packages.package(written, options, tmp_path, lambda _: None, cancel)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
+async def test_renditions_all_taller_than_the_video_fail_saying_so(tmp_path: Path) -> None:
+    written = await _written(make_clip(tmp_path / "clip.mp4", 2.0))
+    options = _options(hls={"renditions": [{"height": 360}, {"height": 480}]})
+
+    with pytest.raises(muxer.MuxFailed) as caught:
+        await packages.package(written, options, tmp_path, lambda _: None, asyncio.Event())
+
+    assert str(caught.value) == (
+        "Every hls rendition is taller than the video (240p); none is made larger than its source"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
 
 
 @pytest.mark.parametrize(
