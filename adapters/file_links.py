@@ -20,7 +20,7 @@ from spool.domain import previews
 LINK_SECONDS = 24 * 3600
 """How long a link lives: presigned, SAS or Spool alike."""
 
-KINDS = ("media", "subtitle", "thumbnail", *previews.KINDS)
+KINDS = ("media", "subtitle", "thumbnail", "hls", *previews.KINDS)
 """The files of a job a link can name."""
 
 _LABEL = b"spool file links v1"

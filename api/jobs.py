@@ -153,6 +153,8 @@ class JobView(msgspec.Struct, omit_defaults=False):
     storyboard_vtt_url: str | None = None
     preview_url: str | None = None
     """A link to the preview clip (`preview_clip`)."""
+    hls_url: str | None = None
+    """A link, like `s3_url`, to the HLS package's master playlist (`hls`)."""
 
 
 class JobPauseAnswer(msgspec.Struct):
@@ -243,6 +245,7 @@ class Links(msgspec.Struct):
     storyboard: str | None = None
     storyboard_vtt: str | None = None
     preview: str | None = None
+    hls: str | None = None
 
 
 def view(
@@ -321,6 +324,7 @@ def view(
         storyboard_url=links.storyboard if links else None,
         storyboard_vtt_url=links.storyboard_vtt if links else None,
         preview_url=links.preview if links else None,
+        hls_url=links.hls if links else None,
     )
 
 
@@ -390,6 +394,7 @@ async def _links(services: Services, state: job.JobState) -> Links | None:
         await link("subtitle", state.subtitle_key),
         await link("thumbnail", state.thumbnail_key),
         **found,
+        hls=await link("hls", state.hls_key),
     )
 
 

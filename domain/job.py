@@ -194,6 +194,9 @@ class MuxCompleted(Event, frozen=True, kw_only=True):
     """Measured before and after, when the job normalised its audio (`normalize_audio`)."""
     previews: list[MediaFile] = msgspec.field(default_factory=list)
     """The previews made of the written file (`domain.previews.KINDS`), for the upload."""
+    hls: MediaFile | None = None
+    """The HLS package's folder on the node (`hls`, domain/hls.py), for the upload: one record
+    however many segments it holds."""
     chained: bool = False
     """The node went straight on to the upload (see `DownloadCompleted.chained`)."""
     paused: bool = False
@@ -220,6 +223,8 @@ class JobCompleted(Event, frozen=True, kw_only=True):
     what identifies it: a delete removes an object only while it is still this one."""
     preview_keys: dict[str, str] = msgspec.field(default_factory=dict)
     """Each preview's key by its kind (`domain.previews.KINDS`)."""
+    hls_key: str | None = None
+    """The HLS package's master playlist; its media playlists and segments are in `objects`."""
 
 
 @event
@@ -467,10 +472,13 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     subtitle_key: str | None = None
     thumbnail_key: str | None = None
     preview_keys: dict[str, str] = msgspec.field(default_factory=dict)
+    hls_key: str | None = None
     objects: list[StoredFile] = msgspec.field(default_factory=list)
     loudness: Loudness | None = None
     previews: list[MediaFile] = msgspec.field(default_factory=list)
     """The mux's previews on its node, until uploaded."""
+    hls: MediaFile | None = None
+    """The mux's HLS package on its node, until uploaded."""
     storage: str | None = None
     file_size: int | None = None
     file_deleted: bool = False
@@ -835,9 +843,14 @@ def recorded_objects(completed: JobState | JobCompleted) -> list[StoredFile]:
 
 
 def file_key(state: JobState, kind: str) -> str | None:
-    """The key of a completed job's file of `kind`: `media`, `subtitle`, `thumbnail` or a
-    preview's (`domain.previews.KINDS`)."""
-    named = {"media": state.key, "subtitle": state.subtitle_key, "thumbnail": state.thumbnail_key}
+    """The key of a completed job's file of `kind`: `media`, `subtitle`, `thumbnail`, `hls`
+    (the master playlist) or a preview's (`domain.previews.KINDS`)."""
+    named = {
+        "media": state.key,
+        "subtitle": state.subtitle_key,
+        "thumbnail": state.thumbnail_key,
+        "hls": state.hls_key,
+    }
     return named[kind] if kind in named else state.preview_keys.get(kind)
 
 
@@ -980,6 +993,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             verification=ev.verification,
             loudness=ev.loudness,
             previews=list(ev.previews),
+            hls=ev.hls,
             timings=_timed(state, "mux", ev.seconds, ev.output.size),
             **_advanced("mux"),
         )
@@ -995,6 +1009,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             subtitle_key=ev.subtitle_key,
             thumbnail_key=ev.thumbnail_key,
             preview_keys=dict(ev.preview_keys),
+            hls_key=ev.hls_key,
             objects=list(ev.objects),
             unfinished_uploads=[u for u in state.unfinished_uploads if u not in aborted],
             timings=_timed(state, "upload", ev.seconds, ev.size),
@@ -1120,6 +1135,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
         reused: dict[str, Any] = {"node_id": ev.node_id}
         if ev.from_stage != "upload":
             reused |= {"output": None, "verification": None, "loudness": None, "previews": []}
+            reused["hls"] = None
         if ev.from_stage == "download":
             reused |= {"files": [], "archive_id": None, "extractor": None, "item_id": None}
         return replace(
@@ -1148,6 +1164,7 @@ def evolve(state: JobState | None, ev: Event, at: datetime, version: int) -> Job
             subtitle_key=None,
             thumbnail_key=None,
             preview_keys={},
+            hls_key=None,
             objects=[],
             **reused,
         )
@@ -1240,8 +1257,9 @@ AGGREGATE: Aggregate[JobState] = Aggregate(
     evolve=evolve,
     # 2: `source_quality` (folded from DownloadCompleted's width and height, which older rows
     # never kept) and `verification` (migration 0032); 3: loudness, previews and their keys
-    # (migration 0033; a row of an earlier version holds none, even where events have them).
-    snapshot_version=3,
+    # (migration 0033; a row of an earlier version holds none, even where events have them);
+    # 4: the HLS package on the node and its master playlist's key (migration 0034).
+    snapshot_version=4,
     event_classes=(
         JobCreated,
         JobReleased,

@@ -20,7 +20,7 @@ from urllib.parse import SplitResult, urlsplit
 
 import msgspec
 
-from spool.domain import file_names, loudness, previews
+from spool.domain import file_names, hls, loudness, previews
 from spool.domain.errors import DomainError
 from spool.domain.fair_share import InvalidPriority, parse_priority
 from spool.domain.timecode import normalize_timecode, parse_timecode
@@ -114,6 +114,35 @@ class PreviewClip(AskedPreviewClip, frozen=True, kw_only=True):
     format: str = "mp4"
 
 
+class AskedRendition(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One rendition of `hls` as asked: its height (a `max_resolution` value) and, optionally,
+    its H.264 bitrate (`2500k`) and AAC bitrate (one of `AUDIO_BITRATES`)."""
+
+    height: int | str
+    video_bitrate: str | None = None
+    audio_bitrate: str | None = None
+
+
+class AskedHls(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`hls`: an adaptive HLS package of the output, one rendition per entry (domain/hls.py)."""
+
+    renditions: tuple[AskedRendition, ...]
+
+
+class HlsRendition(AskedRendition, frozen=True, kw_only=True):
+    """A rendition resolved: its height as a number, both bitrates decided."""
+
+    height: int
+    video_bitrate: str
+    audio_bitrate: str = hls.AUDIO_BITRATE
+
+
+class Hls(AskedHls, frozen=True, kw_only=True):
+    """A job's HLS package, resolved: its renditions, tallest first."""
+
+    renditions: tuple[HlsRendition, ...]
+
+
 class AskedOptions(msgspec.Struct, frozen=True, kw_only=True):
     """Every job option as a request gives it; the names are the job API's.
 
@@ -160,6 +189,8 @@ class AskedOptions(msgspec.Struct, frozen=True, kw_only=True):
     """Seconds between a storyboard's tiles; needs `storyboard`."""
     preview_clip: bool | AskedPreviewClip | None = None
     """A short silent MP4 or animated WebP of the output: true for the defaults, or an object."""
+    hls: AskedHls | None = None
+    """An adaptive HLS package of the output beside it (domain/hls.py)."""
 
 
 class JobOptions(AskedOptions, frozen=True, kw_only=True, omit_defaults=True):
@@ -185,6 +216,7 @@ class JobOptions(AskedOptions, frozen=True, kw_only=True, omit_defaults=True):
     storyboard_interval: float | None = None
     """Set exactly when a storyboard is made."""
     preview_clip: PreviewClip | None = None
+    hls: Hls | None = None
 
 
 DEFAULTS: Final = JobOptions()
@@ -484,6 +516,42 @@ def _check_preview_clip(
     return PreviewClip(start=start, duration=float(length), format=fmt)
 
 
+def _check_hls(asked: AskedHls | None, audio_only: bool, max_resolution: str) -> Hls | None:
+    """The HLS package to make, if any: 1 to `hls.MAX_RENDITIONS` renditions of distinct
+    heights, none above `max_resolution` (a `Hls` too: the options a job was created with)."""
+    if asked is None:
+        return None
+    if audio_only:
+        raise _bad("hls needs video, but the job is audio only")
+    if not 1 <= len(asked.renditions) <= hls.MAX_RENDITIONS:
+        raise _bad(f"Invalid hls.renditions (expected 1 to {hls.MAX_RENDITIONS} renditions)")
+    heights = _one_of(tuple(str(h) for h in hls.HEIGHTS))
+    made: list[HlsRendition] = []
+    for asked_one in asked.renditions:
+        height = asked_one.height
+        if isinstance(height, str) and height.isdigit():
+            height = int(height)
+        if isinstance(height, bool) or height not in hls.HEIGHTS:
+            raise _bad(f"Invalid hls rendition height (expected {heights})")
+        assert isinstance(height, int)
+        if max_resolution != "best" and height > int(max_resolution):
+            raise _bad(f"Invalid hls rendition height: {height} is above max_resolution")
+        if any(r.height == height for r in made):
+            raise _bad(f"Invalid hls.renditions: {height} is asked twice")
+        video = asked_one.video_bitrate or hls.VIDEO_BITRATES[height]
+        low, high = hls.VIDEO_BITRATE_RANGE
+        rate = hls.kbits(video)
+        if rate is None or not low <= rate <= high:
+            raise _bad(
+                f"Invalid hls rendition video_bitrate (expected kbit/s as {low}k to {high}k)"
+            )
+        audio = asked_one.audio_bitrate or hls.AUDIO_BITRATE
+        if audio not in AUDIO_BITRATES:
+            raise _bad(f"Invalid hls rendition audio_bitrate (expected {_one_of(AUDIO_BITRATES)})")
+        made.append(HlsRendition(height=height, video_bitrate=video, audio_bitrate=audio))
+    return Hls(renditions=tuple(sorted(made, key=lambda r: -r.height)))
+
+
 def refuse_contradictions(asked: AskedOptions) -> None:
     """Refuse, plainly, what the pipeline cannot honour, and contradictory live options.
 
@@ -532,6 +600,7 @@ def resolve(asked: AskedOptions) -> JobOptions:
     loudness_target, audio_codec = _check_loudness(asked, fmt, audio_only, audio_codec)
     storyboard_interval = _check_storyboard(asked, audio_only)
     preview_clip = _check_preview_clip(asked.preview_clip, audio_only)
+    hls_package = _check_hls(asked.hls, audio_only, max_resolution)
 
     decided: dict[str, Any] = {
         "format": fmt,
@@ -551,6 +620,7 @@ def resolve(asked: AskedOptions) -> JobOptions:
         "loudness_target": loudness_target,
         "storyboard_interval": storyboard_interval,
         "preview_clip": preview_clip,
+        "hls": hls_package,
     }
     given = {name: getattr(asked, name) for name in AskedOptions.__struct_fields__}
     # convert, not the constructor: it checks each value against JobOptions' narrower types,

@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from spool.adapters import downloader, live_hls, loudness, media_verify, muxer, previews, thumbnails
+from spool.adapters import (
+    downloader,
+    hls,
+    live_hls,
+    loudness,
+    media_verify,
+    muxer,
+    previews,
+    thumbnails,
+)
 from spool.adapters.owned_objects import delete_owned
 from spool.adapters.ssrf import UrlGuard
 from spool.adapters.storage import (
@@ -429,7 +438,9 @@ async def mux(
         if session is not None:
             _count(session, int(in_size * min(pct, 100.0) / 100), _size_of(workdir))
 
-    muxed = previews.muxed_share(o)  # of the stage's percent; the previews take the rest
+    # Of the stage's percent: the mux first, then the previews, then the HLS package.
+    packaged = 100.0 - hls.share(o)
+    muxed = previews.muxed_share(o) * packaged / 100.0
     try:
         # Through loudness normalisation's passes when the job asks (adapters/loudness.py).
         result, measured = await loudness.mux(
@@ -446,7 +457,10 @@ async def mux(
             on_decoding=lambda: progress(job.Progress(stage="mux", percent=100.0)),
         )
         made = await previews.make(
-            result, o, workdir, muxer.share(on_progress, muxed, 100.0), cancel
+            result, o, workdir, muxer.share(on_progress, muxed, packaged), cancel
+        )
+        package = await hls.package(
+            result, o, workdir, muxer.share(on_progress, packaged, 100.0), cancel
         )
     except VerificationFailed as exc:
         # The same file verifies the same on any retry of the mux (docs/job-api.md, verify).
@@ -478,6 +492,7 @@ async def mux(
         verification=verification,
         loudness=measured,
         previews=made,
+        hls=package,
     )
 
 
@@ -562,6 +577,7 @@ async def _upload(
         files = [("media", Path(state.output.path), key)]
         files += [(kind, path, f"{stem}{suffix}") for kind, path, suffix in extras]
         files += previews.uploads(state.previews, stem)
+        files += hls.uploads(state.hls, stem)
         try:
             written = await _put_all(state, storage, files, on_progress, cancel, session)
         except ObjectExists:
@@ -589,6 +605,7 @@ async def _upload(
             aborted_uploads=aborted,
             objects=[_recorded(o) for o in written.values()],
             preview_keys={k: written[k].key for k in preview_kinds.KINDS if k in written},
+            hls_key=written[hls.KIND].key if hls.KIND in written else None,
         )
     raise StageError(
         "Upload failed: every name this job may take is held by a file it did not write",
@@ -638,8 +655,14 @@ async def _put_all(
                 owner=owner,
                 if_absent=info is None,
             )
-            if session is not None and kind != "media":
-                session.add_out(written[kind].size)
+            if kind != "media":
+                if session is not None:
+                    session.add_out(written[kind].size)
+                # The files after the media (an HLS package's may be many and large) report
+                # the media's 100 % again each: the stall watchdog sees the stage still moving.
+                media = written.get("media")
+                if media is not None:
+                    on_progress(media.size, media.size)
     except BaseException:
         if written:
             try:

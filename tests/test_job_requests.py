@@ -740,4 +740,5 @@ def test_decode_keeps_every_documented_field() -> None:
         "enable_progress_webhook", "live_recording", "live_from_start", "max_duration",
         "wait_for_video", "paused", "storage", "labels", "priority", "force", "verify",
         "normalize_audio", "loudness_target", "storyboard", "storyboard_interval", "preview_clip",
+        "hls",
     }  # fmt: skip

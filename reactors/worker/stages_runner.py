@@ -411,6 +411,7 @@ class StageRunner(Drain):
                 owned = (
                     {current.key, current.subtitle_key, current.thumbnail_key}
                     | set(current.preview_keys.values())
+                    | {o.key for o in current.objects}
                     if current.status == "Completed"
                     else set()
                 )
