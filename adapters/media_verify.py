@@ -9,14 +9,10 @@ any line FFmpeg prints at error level fails it, since FFmpeg finishes such a dec
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from spool.adapters import process_groups
-from spool.adapters.ffmpeg import ffmpeg_exe
-from spool.adapters.muxer import MuxCancelled, MuxResult, ProbeInfo, last_error
+from spool.adapters.muxer import MuxFailed, MuxResult, ProbeInfo, last_error, run_ffmpeg
 from spool.domain.job_options import JobOptions
 from spool.domain.verification import (
     OutputFacts,
@@ -25,9 +21,6 @@ from spool.domain.verification import (
     VerificationFailed,
     judge,
 )
-
-_ERROR_LINES = 30
-"""Of a broken file's decode errors, how many are kept to pick the reason from."""
 
 
 def _short_side(info: ProbeInfo) -> int | None:
@@ -95,7 +88,11 @@ async def verify(
     )
     if mode == "full":
         error = await decode_error(
-            Path(result.path), cancel=cancel, on_progress=on_decoding, timeout=timeout
+            Path(result.path),
+            expected=result.duration,
+            cancel=cancel,
+            on_progress=on_decoding,
+            timeout=timeout,
         )
         if error is not None:
             raise VerificationFailed(f"the output does not decode: {error}", blame="source")
@@ -105,81 +102,29 @@ async def verify(
 async def decode_error(
     path: Path,
     *,
+    expected: float | None = None,
     cancel: asyncio.Event | None = None,
     on_progress: Callable[[], None] | None = None,
     timeout: float | None = None,
 ) -> str | None:
-    """Decode every stream of `path` to nothing; the first error FFmpeg reports, else None.
+    """Decode every stream of `path` to nothing, through the mux's FFmpeg runner (cancel,
+    timeout, its own process group); an error FFmpeg reported, else None.
 
-    `on_progress` is called at each of FFmpeg's progress reports (about every half second), so
-    a caller watching for a stalled stage sees the decode move.
+    `on_progress` is called as the decode moves through `expected` seconds (FFmpeg's progress
+    reports, at most every second or 5 %), so a caller watching for a stalled stage sees it move.
     """
-    proc = await asyncio.create_subprocess_exec(
-        ffmpeg_exe(),
-        *("-hide_banner", "-nostdin", "-v", "error", "-progress", "pipe:1", "-nostats"),
-        *("-i", f"file:{path}", "-f", "null", "-"),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        # Its own process group, as the mux's (adapters/muxer.py `_run`): a stop reaches it
-        # through us, never half-way on its own.
-        start_new_session=True,
-    )
-    process_groups.adopt(proc.pid)
-    errors: deque[str] = deque(maxlen=_ERROR_LINES)
-    first: list[str] = []
-    run = asyncio.ensure_future(_drain(proc, errors, first, on_progress))
-    cancelled = asyncio.ensure_future(cancel.wait()) if cancel is not None else None
-    finished = False
     try:
-        waiting = {run} if cancelled is None else {run, cancelled}
-        done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if run not in done:
-            if cancelled is not None and cancelled in done:
-                raise MuxCancelled("Verification was cancelled")
-            return f"decoding took longer than {timeout:g} s and was stopped"
-        code = run.result()
-        finished = True
-    finally:
-        if cancelled is not None:
-            cancelled.cancel()
-        if not finished and proc.returncode is None:
-            process_groups.kill(proc.pid)
-        process_groups.release(proc.pid)
-        if not finished:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.shield(run)
-                await proc.wait()
+        lines = await run_ffmpeg(
+            ["-i", f"file:{path}", "-f", "null", "-"],
+            expected=expected,
+            on_progress=None if on_progress is None else lambda _percent: on_progress(),
+            cancel=cancel,
+            timeout=timeout,
+            paths=[path],
+            what="Decoding",
+        )
+    except MuxFailed as exc:  # FFmpeg gave up, or the timeout stopped it
+        return str(exc)
+    errors = [line for line in lines if line]
     # The first error is the cause; those after it are mostly its echoes.
-    detail = last_error(first, [path]) if first else None
-    if detail is None and errors:
-        detail = last_error(errors, [path])
-    if detail is None and code != 0:
-        detail = f"FFmpeg exited with status {code}"
-    return detail
-
-
-async def _drain(
-    proc: asyncio.subprocess.Process,
-    errors: deque[str],
-    first: list[str],
-    on_progress: Callable[[], None] | None,
-) -> int:
-    assert proc.stdout is not None and proc.stderr is not None
-
-    async def read_progress() -> None:
-        assert proc.stdout is not None
-        async for raw in proc.stdout:
-            if raw.startswith(b"progress=") and on_progress is not None:
-                on_progress()
-
-    async def read_errors() -> None:
-        assert proc.stderr is not None
-        async for raw in proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            if line and not first:
-                first.append(line)
-            errors.append(line)
-
-    await asyncio.gather(read_progress(), read_errors())
-    return await proc.wait()
+    return last_error(errors[:1], [path]) or last_error(errors, [path]) if errors else None

@@ -24,6 +24,7 @@ _NUMERIC_ENV = {
     "dispatch_ahead": "SPOOL_DISPATCH_AHEAD",
     "dispatch_burst": "SPOOL_DISPATCH_BURST",
     "database_peer_timeout": "SPOOL_DATABASE_PEER_TIMEOUT",
+    "database_pool_size": "SPOOL_DATABASE_POOL_SIZE",
     "probe_timeout": "SPOOL_PROBE_TIMEOUT",
     "probe_workers": "SPOOL_PROBE_WORKERS",
     "probe_share": "SPOOL_PROBE_SHARE",
@@ -110,6 +111,9 @@ class Settings(msgspec.Struct, kw_only=True):
     # How soon PostgreSQL lets go of a process that vanished mid-transaction (adapters/database.py
     # `peer_settings`): until then its open transaction holds every projection back.
     database_peer_timeout: float = 30.0
+    # Connections one process keeps to PostgreSQL at most (spool/runtime.py), beside its log
+    # listeners: the server's own limit is shared by every process of the cluster.
+    database_pool_size: int = 20
     webhook_attempts: int = 5
     # Probes of a user's source by the API (playlist detection on `POST /jobs`, `/metadata`):
     # the total seconds one may take, the threads they run on, and how many one account holds.

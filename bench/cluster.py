@@ -15,7 +15,7 @@ from pathlib import Path
 
 from spool.adapters.database import create_database, drop_database, migrate
 from spool.embedded import EmbeddedRedis
-from tests.fixtures.processes import SpoolProcesses
+from tests.fixtures.processes import AS_PRODUCTION, SpoolProcesses
 
 
 @dataclass
@@ -52,6 +52,7 @@ async def spool_cluster(server_url: str, label: str) -> AsyncIterator[Cluster]:
             "SPOOL_DATABASE_URL": url,
             "SPOOL_REDIS_URL": redis_url,
             "SPOOL_DATA_DIR": str(root / "data"),
+            **AS_PRODUCTION,
         }
         procs = SpoolProcesses(root, env)
         with procs.kept_logs():

@@ -107,7 +107,13 @@ from spool.domain.events import Metadata, NewEvent
 from spool.embedded import EmbeddedRedis, free_port
 from spool.keys import issue
 from spool.reactors.projection import ProjectionRunner
-from tests.fixtures.processes import SpoolProcesses, start_module, stop_processes, wait_http
+from tests.fixtures.processes import (
+    AS_PRODUCTION,
+    SpoolProcesses,
+    start_module,
+    stop_processes,
+    wait_http,
+)
 
 SUBMITTERS = 8
 """Submissions in flight at once, on both sides."""
@@ -305,6 +311,7 @@ def _spool_nodes(env: Env, database_url: str, storage_url: str, workers: int) ->
             "SPOOL_REDIS_URL": env.redis_url,
             "SPOOL_STORAGE_URL": storage_url,
             "SPOOL_URL_ALLOWLIST": "127.0.0.1/32",
+            **AS_PRODUCTION,
         },
     )
 

@@ -45,7 +45,7 @@ from spool.domain import job, task
 from spool.embedded import EmbeddedPostgres, EmbeddedRedis
 from tests.fixtures.audit import audit, replay_verify
 from tests.fixtures.media import MediaServer, make_clip
-from tests.fixtures.processes import SpoolProcesses
+from tests.fixtures.processes import AS_PRODUCTION, SpoolProcesses
 from tests.fixtures.s3 import S3Server
 
 WORKERS = ("soak-a", "soak-b")
@@ -250,6 +250,7 @@ async def soak(args: argparse.Namespace) -> int:
     procs = SpoolProcesses(
         root / "logs",
         {
+            **AS_PRODUCTION,
             "SPOOL_DATABASE_URL": database_url,
             "SPOOL_REDIS_URL": redis_url,
             "SPOOL_STORAGE_URL": f"s3://{bucket}/media?endpoint={s3.endpoint_url}&region=us-east-1",

@@ -225,6 +225,9 @@ class JobCompleted(Event, frozen=True, kw_only=True):
     """Each preview's key by its kind (`domain.previews.KINDS`)."""
     hls_key: str | None = None
     """The HLS package's master playlist; its media playlists and segments are in `objects`."""
+    archive_id: str | None = None
+    """The item's archive id its download recorded (domain/archive.py), said again here so the
+    archive projection reads the job's history only for a completion that has one."""
 
 
 @event

@@ -606,6 +606,7 @@ async def _upload(
             objects=[_recorded(o) for o in written.values()],
             preview_keys={k: written[k].key for k in preview_kinds.KINDS if k in written},
             hls_key=written[hls.KIND].key if hls.KIND in written else None,
+            archive_id=state.archive_id,
         )
     raise StageError(
         "Upload failed: every name this job may take is held by a file it did not write",

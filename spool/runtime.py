@@ -66,7 +66,9 @@ async def open_runtime(
         if run_migrations:
             await migrate(database_url)
         pool = await create_pool(
-            database_url, max_size=20, peer_timeout=settings.database_peer_timeout
+            database_url,
+            max_size=settings.database_pool_size,
+            peer_timeout=settings.database_peer_timeout,
         )
         store = EventStore(pool)
         runner = ProjectionRunner(store, all_projections())

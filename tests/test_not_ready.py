@@ -371,7 +371,9 @@ async def test_a_premiere_that_does_not_come_out_in_time_fails_clearly(
         assert failed["error"].startswith("Still not out after waiting 1 s: the source lists it")
         assert failed["next_try_at"] is None
         types = [e["type"] for e in await _events(cluster, job_id)]
-        assert types.count("MediaNotReady") >= 2
+        # It waited at least once before failing (how many times depends on how soon each try
+        # ran against the 1 s limit, which a loaded machine stretches).
+        assert types.count("MediaNotReady") >= 1
         assert types[-2:] == ["StageFailed", "JobFailed"]
         assert "DownloadCompleted" not in types
 

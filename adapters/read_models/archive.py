@@ -59,7 +59,13 @@ class ArchiveProjection:
     event_types: frozenset[str] = types_of(job.JobCompleted, archive.ArchiveItemRemoved)
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
-        completed = {e.stream_id: e.version for e in events if isinstance(e.data, job.JobCompleted)}
+        # A completion without an archive id (none recorded, or completed before this field
+        # was: their downloads recorded none either) puts nothing in: its history is not read.
+        completed = {
+            e.stream_id: e.version
+            for e in events
+            if isinstance(e.data, job.JobCompleted) and e.data.archive_id is not None
+        }
         histories = await read_prefixes(conn, completed) if completed else {}
         for e in events:
             ev = e.data
@@ -69,6 +75,8 @@ class ArchiveProjection:
                     ev.account_id,
                     ev.archive_id,
                 )
+                continue
+            if e.stream_id not in completed:
                 continue
             done = job.fold(steps(histories.get(e.stream_id, [])))
             if done is None or done.archive_id is None:

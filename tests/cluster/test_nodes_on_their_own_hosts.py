@@ -100,6 +100,7 @@ TEST_ONLY = {
     "SPOOL_RATE_LIMIT": "one test client submits far faster than a user may",
     "SPOOL_URL_ALLOWLIST": "the test's media server is on a private address, refused by default",
     "SPOOL_ARCHIVE_SKIPS": "tests fetch one clip again and again; production skips archived items",
+    "SPOOL_DATABASE_POOL_SIZE": "clusters of test processes share one server's 100 connections",
 }
 """What the harness gives its processes that a production cluster leaves at its default."""
 
