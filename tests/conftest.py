@@ -160,7 +160,9 @@ async def module_api(databases: Databases, redis_url: str) -> AsyncIterator[Fres
 
 @pytest.fixture(scope="session")
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await create_pool(database_url, min_size=2, max_size=20)
+    # Held by each test process for the whole session, idle connections included: the
+    # server's 100 are shared with every cluster and child process the suite runs at once.
+    p = await create_pool(database_url, min_size=2, max_size=8)
     yield p
     await p.close()
 
